@@ -1,0 +1,1 @@
+//! Alert delivery: durable outbox, email and webhook.

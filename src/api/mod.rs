@@ -1,0 +1,111 @@
+//! The HTTP surface: one module per API family, assembled into one axum router.
+
+pub mod events;
+pub mod ops;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::registry::{AppInfo, Registry};
+use crate::store::events::EventWriter;
+
+/// Everything request handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Applications and tokens.
+    pub registry: Registry,
+    /// The ingest writer.
+    pub events: EventWriter,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Set once startup finished (definitions loaded); `/readyz` reports it.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// A JSON error body `{"error": message}` with a status.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError::new(status, message).into_response()
+}
+
+/// An error answer: a status and the JSON body clients parse.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    /// `{"error": message}` with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    /// A status with an arbitrary JSON body (Laravel-shaped validation errors).
+    pub fn with_body(status: StatusCode, body: serde_json::Value) -> Self {
+        Self { status, body }
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+/// The token of an `Authorization: Bearer` header, if well-formed.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Resolves the bearer token to an application or answers 401 the way clients expect.
+pub fn authenticate_app(state: &AppState, headers: &HeaderMap) -> Result<Arc<AppInfo>, ApiError> {
+    bearer(headers)
+        .and_then(|t| state.registry.application_for_token(t))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized"))
+}
+
+async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    metrics.record_request(&route, &method, res.status().as_u16());
+    tracing::debug!(%route, %method, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    res
+}
+
+/// The complete router for both front ends.
+pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .merge(events::routes())
+        .merge(ops::routes())
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(metrics, track))
+}

@@ -1,0 +1,50 @@
+//! Runtime configuration shared by both front ends, independent of how it was given
+//! (flags, environment, tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of the core server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// sled directory.
+    pub data_dir: PathBuf,
+    /// Base URL written into issued ping URLs (no trailing slash).
+    pub external_url: String,
+    /// SMTP URL; no email when unset.
+    pub smtp_url: Option<String>,
+    /// Sender address of alert emails.
+    pub mail_from: String,
+    /// Default alert webhook.
+    pub webhook_url: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// sled page cache size.
+    pub cache_bytes: u64,
+    /// Pings kept per monitor.
+    pub ping_history: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `listen` and `data_dir`, as the CLI documents them.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            external_url: format!("http://{listen}"),
+            listen,
+            data_dir,
+            smtp_url: None,
+            mail_from: "hartslag@localhost".into(),
+            webhook_url: None,
+            max_body_bytes: 64 * 1024,
+            cache_bytes: 64 * 1024 * 1024,
+            ping_history: 1000,
+        }
+    }
+
+    /// The external URL without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.external_url.trim_end_matches('/')
+    }
+}

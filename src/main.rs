@@ -1,0 +1,132 @@
+//! The `hartslag` command line: parses flags and environment, then hands over to the
+//! library. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hartslag::config::ServerConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "hartslag",
+    version,
+    about = "Kubernetes-native heartbeat service: event tracking and dead-man's-switch monitors"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything without Kubernetes, from a directory of Application and Heartbeat manifests.
+    Standalone {
+        /// Directory of YAML manifests (apiVersion hartslag.dev/v1alpha1).
+        #[arg(long, env = "HARTSLAG_MANIFESTS")]
+        manifests: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Address of the HTTP server.
+    #[arg(long, env = "HARTSLAG_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// sled data directory.
+    #[arg(long, env = "HARTSLAG_DATA", default_value = "./hartslag-data")]
+    data: PathBuf,
+    /// Base URL written into issued ping URLs (default http://<listen>).
+    #[arg(long, env = "HARTSLAG_EXTERNAL_URL")]
+    external_url: Option<String>,
+    /// SMTP server for alert email: smtp://[user:pass@]host[:port], smtps://..., smtp://...?tls=starttls.
+    #[arg(long, env = "HARTSLAG_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender address of alert email.
+    #[arg(long, env = "HARTSLAG_MAIL_FROM", default_value = "hartslag@localhost")]
+    mail_from: String,
+    /// Default alert webhook for monitors that name none.
+    #[arg(long, env = "HARTSLAG_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Log format.
+    #[arg(long, env = "HARTSLAG_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "HARTSLAG_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    max_body_bytes: usize,
+    /// sled page cache in MiB.
+    #[arg(long, env = "HARTSLAG_CACHE_MB", default_value_t = 64)]
+    cache_mb: u64,
+    /// Pings kept per monitor.
+    #[arg(long, env = "HARTSLAG_PING_HISTORY", default_value_t = 1000)]
+    ping_history: usize,
+}
+
+impl Common {
+    fn config(&self) -> ServerConfig {
+        let mut c = ServerConfig::new(self.listen, self.data.clone());
+        if let Some(u) = &self.external_url {
+            c.external_url = u.trim_end_matches('/').to_string();
+        }
+        c.smtp_url = self.smtp_url.clone().filter(|s| !s.is_empty());
+        c.mail_from = self.mail_from.clone();
+        c.webhook_url = self.webhook_url.clone().filter(|s| !s.is_empty());
+        c.max_body_bytes = self.max_body_bytes;
+        c.cache_bytes = self.cache_mb.saturating_mul(1024 * 1024);
+        c.ping_history = self.ping_history;
+        c
+    }
+
+    fn init_logs(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("HARTSLAG_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => builder.init(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hartslag: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
+        match cli.command {
+            Command::Standalone { manifests, common } => {
+                common.init_logs();
+                hartslag::standalone::run(common.config(), manifests).await?;
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "hartslag stopped");
+            eprintln!("hartslag: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Prometheus metrics in the text exposition format, without a metrics framework.
+//!
+//! The set is small and fixed, so plain atomics and one mutex-protected map are enough;
+//! other modules add their families through [`Metrics::register`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A fixed-bucket latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 12],
+    inf: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match BUCKETS.iter().position(|b| secs <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.inf.fetch_add(1, Ordering::Relaxed),
+        };
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.inf.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+
+/// Process-wide metrics.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Time from request arrival to durable acknowledgement on the ingest route.
+    pub ingest_latency: Histogram,
+    /// Events stored since the process started.
+    pub events_stored: AtomicU64,
+    collectors: Mutex<Vec<Collector>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Escapes a label value for the text format.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Counts one answered request by route template (never the raw path: it may hold a token).
+    pub fn record_request(&self, route: &str, method: &str, status: u16) {
+        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((route.to_string(), method.to_string(), status))
+            .or_insert(0) += 1;
+    }
+
+    /// Adds a family rendered by another module at scrape time.
+    pub fn register(&self, collector: impl Fn(&mut String) + Send + Sync + 'static) {
+        self.collectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(collector));
+    }
+
+    /// The full exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP hartslag_http_requests_total HTTP requests answered, by route template, method and status.\n");
+        out.push_str("# TYPE hartslag_http_requests_total counter\n");
+        for ((route, method, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "hartslag_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {}",
+                label(route),
+                label(method),
+                status,
+                n
+            );
+        }
+        self.ingest_latency.render(
+            "hartslag_ingest_duration_seconds",
+            "Time to validate and durably store one event.",
+            &mut out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_events_stored_total Events stored since start.\n# TYPE hartslag_events_stored_total counter\nhartslag_events_stored_total {}",
+            self.events_stored.load(Ordering::Relaxed)
+        );
+        for c in self
+            .collectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            c(&mut out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.record_request("/api/v1/heartbeat", "POST", 201);
+        m.record_request("/api/v1/heartbeat", "POST", 201);
+        m.ingest_latency.observe(Duration::from_micros(700));
+        m.ingest_latency.observe(Duration::from_secs(5));
+        let text = m.render();
+        assert!(text.contains("hartslag_http_requests_total{route=\"/api/v1/heartbeat\",method=\"POST\",status=\"201\"} 2"));
+        assert!(text.contains("hartslag_ingest_duration_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("hartslag_ingest_duration_seconds_bucket{le=\"+Inf\"} 2"));
+    }
+}

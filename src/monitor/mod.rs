@@ -1,0 +1,1 @@
+//! Heartbeat monitors: the pure state machine and the deadline scheduler.

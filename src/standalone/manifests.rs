@@ -1,0 +1,257 @@
+//! Reading `hartslag.dev/v1alpha1` manifests from a directory of YAML files.
+//!
+//! The files have the shape of the custom resources, so the same YAML works with kubectl;
+//! errors name the file and the object so a typo is found without guessing.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::spec::{ApplicationSpec, HeartbeatSpec};
+
+/// The only API version accepted.
+pub const API_VERSION: &str = "hartslag.dev/v1alpha1";
+
+/// Why the manifests could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The directory or a file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not valid YAML or a document has the wrong shape.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Two objects of one kind share a name.
+    #[error("{kind} {name:?} is defined twice ({first} and {second})")]
+    Duplicate {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+        /// First file.
+        first: PathBuf,
+        /// Second file.
+        second: PathBuf,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDoc {
+    api_version: Option<String>,
+    kind: Option<String>,
+    metadata: Option<RawMeta>,
+    #[serde(default)]
+    spec: Option<serde_json::Value>,
+}
+
+/// One object from a manifest file.
+#[derive(Debug, Clone)]
+pub struct Object<S> {
+    /// Namespace (`default` when not given).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Spec.
+    pub spec: S,
+    /// The file it came from, for messages.
+    pub source: PathBuf,
+}
+
+/// Everything defined in a manifests directory.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    /// Applications.
+    pub applications: Vec<Object<ApplicationSpec>>,
+    /// Heartbeats.
+    pub heartbeats: Vec<Object<HeartbeatSpec>>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> ManifestError {
+    ManifestError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Parses the YAML documents of one file (used for files and tests alike).
+pub fn parse_documents(path: &Path, text: &str, out: &mut Manifests) -> Result<(), ManifestError> {
+    let docs: Vec<Option<RawDoc>> = serde_saphyr::from_multiple(text)
+        .map_err(|e| invalid(path, format!("not valid YAML: {e}")))?;
+    for (i, doc) in docs.into_iter().enumerate() {
+        let Some(doc) = doc else { continue };
+        let at = |m: String| invalid(path, format!("document {}: {m}", i + 1));
+        let api = doc.api_version.unwrap_or_default();
+        if api != API_VERSION {
+            return Err(at(format!(
+                "apiVersion must be {API_VERSION}, found {api:?}"
+            )));
+        }
+        let meta = doc
+            .metadata
+            .ok_or_else(|| at("metadata.name is required".into()))?;
+        let name = meta.name.unwrap_or_default();
+        if !valid_name(&name) {
+            return Err(at(format!(
+                "metadata.name {name:?} must be a DNS name (lower-case letters, digits, '-' and '.')"
+            )));
+        }
+        let namespace = meta.namespace.unwrap_or_else(|| "default".into());
+        let spec = doc
+            .spec
+            .unwrap_or(serde_json::Value::Object(Default::default()));
+        let spec = if spec.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            spec
+        };
+        match doc.kind.as_deref() {
+            Some("Application") => {
+                let spec: ApplicationSpec = serde_json::from_value(spec)
+                    .map_err(|e| at(format!("Application {name}: spec is invalid: {e}")))?;
+                spec.validate()
+                    .map_err(|e| at(format!("Application {name}: {e}")))?;
+                out.applications.push(Object {
+                    namespace,
+                    name,
+                    spec,
+                    source: path.to_path_buf(),
+                });
+            }
+            Some("Heartbeat") => {
+                let spec: HeartbeatSpec = serde_json::from_value(spec)
+                    .map_err(|e| at(format!("Heartbeat {name}: spec is invalid: {e}")))?;
+                spec.validate()
+                    .map_err(|e| at(format!("Heartbeat {name}: {e}")))?;
+                out.heartbeats.push(Object {
+                    namespace,
+                    name,
+                    spec,
+                    source: path.to_path_buf(),
+                });
+            }
+            other => {
+                return Err(at(format!(
+                    "kind must be Application or Heartbeat, found {:?}",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_duplicates<S>(kind: &str, objects: &[Object<S>]) -> Result<(), ManifestError> {
+    for (i, a) in objects.iter().enumerate() {
+        if let Some(b) = objects[..i].iter().find(|b| b.name == a.name) {
+            return Err(ManifestError::Duplicate {
+                kind: kind.into(),
+                name: a.name.clone(),
+                first: b.source.clone(),
+                second: a.source.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Loads every `*.yaml` / `*.yml` file in `dir` (not recursive), in name order.
+pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
+    let read_err = |source| ManifestError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    let mut out = Manifests::default();
+    for path in files {
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        parse_documents(&path, &text, &mut out)?;
+    }
+    check_duplicates("Application", &out.applications)?;
+    check_duplicates("Heartbeat", &out.heartbeats)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifests, ManifestError> {
+        let mut m = Manifests::default();
+        parse_documents(Path::new("t.yaml"), text, &mut m)?;
+        Ok(m)
+    }
+
+    #[test]
+    fn reads_multi_document_files() {
+        let m = parse(
+            "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: shop\nspec:\n  timeZone: Europe/Amsterdam\n---\napiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: backup\nspec:\n  interval: 1h30m\n  applicationRef:\n    name: shop\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.applications[0].spec.time_zone.as_deref(),
+            Some("Europe/Amsterdam")
+        );
+        assert_eq!(m.heartbeats[0].spec.interval().as_secs(), 5400);
+        assert_eq!(m.heartbeats[0].namespace, "default");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = parse("apiVersion: v1\nkind: Application\nmetadata:\n  name: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("apiVersion must be hartslag.dev/v1alpha1"),
+            "{e}"
+        );
+        let e =
+            parse("apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: X_Y\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("DNS name"), "{e}");
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: a\nspec:\n  timeZone: Nowhere/City\n").unwrap_err().to_string();
+        assert!(e.contains("timeZone"), "{e}");
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  interval: soon\n").unwrap_err().to_string();
+        assert!(e.contains("Heartbeat a: spec is invalid"), "{e}");
+        let e = parse("{{{").unwrap_err().to_string();
+        assert!(e.contains("not valid YAML"), "{e}");
+    }
+}

@@ -1,0 +1,189 @@
+//! Token files under `<data>/tokens/`: where standalone mode hands issued tokens to people.
+//!
+//! The store keeps only hashes, so the file is the one place the token text lives; it is
+//! written with mode 0600 and replaced atomically.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::token::{Token, TokenError, TokenKind};
+
+/// Why a token file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    /// Reading or writing failed.
+    #[error("token file {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A token file given by the user is empty or too short to be a secret.
+    #[error("token file {0} must hold a token of at least 16 characters")]
+    TooShort(PathBuf),
+    /// No randomness.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// Writes `contents` to `path` with mode 0600, atomically (temp file + rename).
+pub fn write_private(path: &Path, contents: &str) -> Result<(), TokenFileError> {
+    let io = |source| TokenFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.write_all(b"\n").map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+/// Reads a token from a file, trimmed.
+pub fn read_token(path: &Path) -> Result<Option<Token>, TokenFileError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let t = text.trim();
+            if t.len() < 16 {
+                return Err(TokenFileError::TooShort(path.to_path_buf()));
+            }
+            Ok(Some(Token::from_string(t)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(TokenFileError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// The token file of an object: `<data>/tokens/<kind>-<name>.token`.
+pub fn token_path(data: &Path, kind: &str, name: &str) -> PathBuf {
+    data.join("tokens").join(format!("{kind}-{name}.token"))
+}
+
+/// Where a token came from, so the caller can tell the user once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A file the manifest named.
+    UserFile,
+    /// Issued earlier and read back.
+    Existing,
+    /// Issued now.
+    New,
+}
+
+/// The token for an object: the manifest's file, else the issued one, else a new one.
+pub fn ensure_token(
+    data: &Path,
+    manifests: &Path,
+    kind: TokenKind,
+    kind_name: &str,
+    name: &str,
+    user_file: Option<&str>,
+) -> Result<(Token, Origin), TokenFileError> {
+    if let Some(file) = user_file {
+        let path = manifests.join(file);
+        return match read_token(&path)? {
+            Some(t) => Ok((t, Origin::UserFile)),
+            None => Err(TokenFileError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+            }),
+        };
+    }
+    let path = token_path(data, kind_name, name);
+    if let Some(t) = read_token(&path)? {
+        return Ok((t, Origin::Existing));
+    }
+    let t = Token::generate(kind)?;
+    write_private(&path, t.expose())?;
+    Ok((t, Origin::New))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_once_then_reads_back_with_private_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, o1) = ensure_token(
+            dir.path(),
+            dir.path(),
+            TokenKind::Application,
+            "application",
+            "shop",
+            None,
+        )
+        .unwrap();
+        let (b, o2) = ensure_token(
+            dir.path(),
+            dir.path(),
+            TokenKind::Application,
+            "application",
+            "shop",
+            None,
+        )
+        .unwrap();
+        assert_eq!((o1, o2), (Origin::New, Origin::Existing));
+        assert_eq!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(token_path(dir.path(), "application", "shop"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn user_file_wins_and_short_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mine.token"),
+            "  my-own-token-1234567890  \n",
+        )
+        .unwrap();
+        let (t, o) = ensure_token(
+            dir.path(),
+            dir.path(),
+            TokenKind::Application,
+            "application",
+            "x",
+            Some("mine.token"),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.expose(), o),
+            ("my-own-token-1234567890", Origin::UserFile)
+        );
+        std::fs::write(dir.path().join("short.token"), "abc").unwrap();
+        assert!(
+            ensure_token(
+                dir.path(),
+                dir.path(),
+                TokenKind::Application,
+                "application",
+                "y",
+                Some("short.token")
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! Raw events and their rollups: the ingest writer, stats queries, export and retention.
+//!
+//! Every event updates five trees (raw, daily rollup, per-user daily rollup, total, per-user
+//! total). A single writer task applies batches of events in one sled transaction, so the
+//! rollups always agree with the raw events even after a crash, and then hands the batch
+//! to the group committer; requests are answered only after the flush.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys::{self, EventValue, Tally};
+use super::{Store, StoreError};
+use crate::ingest::periods::{Periods, date_from_key, date_key};
+
+/// Largest number of events applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// An event ready to be written: validated, timestamped and dated in its app's zone.
+#[derive(Debug, Clone)]
+pub struct EventWrite {
+    /// Numeric id of the application.
+    pub app: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Local date (`YYYYMMDD` key) in the application's time zone.
+    pub date: u32,
+    /// Name, weight and user.
+    pub value: EventValue,
+}
+
+struct Job {
+    write: EventWrite,
+    ack: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the single ingest writer task.
+#[derive(Clone, Debug)]
+pub struct EventWriter {
+    tx: mpsc::Sender<Job>,
+}
+
+impl EventWriter {
+    /// Starts the writer for `store`. Needs a tokio runtime.
+    pub fn spawn(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Job>(8192);
+        tokio::spawn(async move {
+            let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let writes: Vec<EventWrite> = batch.iter().map(|j| j.write.clone()).collect();
+                let s = store.clone();
+                let applied = tokio::task::spawn_blocking(move || s.apply_events(&writes))
+                    .await
+                    .map_err(|_| StoreError::Stopped)
+                    .and_then(|r| r);
+                let acks: Vec<_> = batch.drain(..).map(|j| j.ack).collect();
+                match applied {
+                    Ok(()) => {
+                        let committer = store.committer().clone();
+                        tokio::spawn(async move {
+                            let res = committer.flush().await.map_err(|e| e.to_string());
+                            for a in acks {
+                                let _ = a.send(res.clone());
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "writing a batch of events failed");
+                        let msg = e.to_string();
+                        for a in acks {
+                            let _ = a.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Stores one event durably; returns once it is flushed to disk.
+    pub async fn write(&self, write: EventWrite) -> Result<(), StoreError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Job { write, ack })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(StoreError::Corrupt {
+                what: "event batch".into(),
+                detail: msg,
+            }),
+            Err(_) => Err(StoreError::Stopped),
+        }
+    }
+}
+
+/// Counts and weight sums for the four periods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeriodTallies {
+    /// The current local day.
+    pub today: Tally,
+    /// The current ISO week (Monday first).
+    pub week: Tally,
+    /// The current month.
+    pub month: Tally,
+    /// Everything ever stored, including events past retention.
+    pub total: Tally,
+}
+
+/// Stats for an application: overall and per event name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsReport {
+    /// Sum over all event names.
+    pub overall: PeriodTallies,
+    /// Per event name, sorted by name.
+    pub events: BTreeMap<String, PeriodTallies>,
+}
+
+/// Filters for export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    /// Inclusive lower bound.
+    pub from: Option<Timestamp>,
+    /// Exclusive upper bound.
+    pub to: Option<Timestamp>,
+    /// Only this event name.
+    pub event: Option<String>,
+    /// Only this user.
+    pub user_id: Option<i64>,
+}
+
+/// One exported row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedEvent {
+    /// When it happened.
+    pub at: Timestamp,
+    /// Name, weight and user.
+    pub value: EventValue,
+}
+
+fn add_delta(map: &mut HashMap<Vec<u8>, Tally>, key: Vec<u8>, weight: i64) {
+    map.entry(key).or_default().add(Tally {
+        count: 1,
+        weight: i128::from(weight),
+    });
+}
+
+impl Store {
+    /// Applies a batch atomically: raw events plus every rollup they touch.
+    pub(crate) fn apply_events(&self, writes: &[EventWrite]) -> Result<(), StoreError> {
+        let mut raw = Vec::with_capacity(writes.len());
+        let mut rollups = HashMap::new();
+        let mut user_rollups = HashMap::new();
+        let mut totals = HashMap::new();
+        let mut user_totals = HashMap::new();
+        for w in writes {
+            let seq = self.db.generate_id()?;
+            raw.push((
+                keys::event_key(w.app, keys::micros(w.at), seq),
+                w.value.encode(),
+            ));
+            let v = &w.value;
+            add_delta(
+                &mut rollups,
+                keys::rollup_key(w.app, None, w.date, &v.event),
+                v.weight,
+            );
+            add_delta(
+                &mut totals,
+                keys::total_key(w.app, None, &v.event),
+                v.weight,
+            );
+            if let Some(u) = v.user_id {
+                add_delta(
+                    &mut user_rollups,
+                    keys::rollup_key(w.app, Some(u), w.date, &v.event),
+                    v.weight,
+                );
+                add_delta(
+                    &mut user_totals,
+                    keys::total_key(w.app, Some(u), &v.event),
+                    v.weight,
+                );
+            }
+        }
+        (
+            &self.events,
+            &self.rollups,
+            &self.user_rollups,
+            &self.totals,
+            &self.user_totals,
+        )
+            .transaction(|(ev, ro, uro, to, uto)| {
+                for (k, v) in &raw {
+                    ev.insert(&k[..], v.as_slice())?;
+                }
+                for (tree, deltas) in [
+                    (ro, &rollups),
+                    (uro, &user_rollups),
+                    (to, &totals),
+                    (uto, &user_totals),
+                ] {
+                    for (k, d) in deltas {
+                        let mut t = tree.get(k)?.map(|b| Tally::decode(&b)).unwrap_or_default();
+                        t.add(*d);
+                        tree.insert(k.as_slice(), &t.encode()[..])?;
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<String>>(())
+            })?;
+        Ok(())
+    }
+
+    /// Counts and weight sums for today, this week, this month and total, from rollups only.
+    pub fn stats(
+        &self,
+        app: u64,
+        periods: &Periods,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<StatsReport, StoreError> {
+        let (rollups, totals) = match user {
+            Some(_) => (&self.user_rollups, &self.user_totals),
+            None => (&self.rollups, &self.totals),
+        };
+        let prefix = keys::scope_prefix(app, user);
+        let mut report = StatsReport::default();
+        let lo = {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&date_key(periods.earliest()).to_be_bytes());
+            k
+        };
+        let hi = {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&(date_key(periods.today) + 1).to_be_bytes());
+            k
+        };
+        let (today, week, month) = (
+            date_key(periods.today),
+            date_key(periods.week_start),
+            date_key(periods.month_start),
+        );
+        for item in rollups.range(lo..hi) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(date) = rest
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+            else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[4..]);
+            if event.is_some_and(|e| e != name) {
+                continue;
+            }
+            debug_assert!(date_from_key(date).is_some());
+            let t = Tally::decode(&v);
+            let entry = report.events.entry(name.into_owned()).or_default();
+            if date == today {
+                entry.today.add(t);
+                report.overall.today.add(t);
+            }
+            if date >= week {
+                entry.week.add(t);
+                report.overall.week.add(t);
+            }
+            if date >= month {
+                entry.month.add(t);
+                report.overall.month.add(t);
+            }
+        }
+        let scan: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match event {
+            Some(e) => {
+                let key = keys::total_key(app, user, e);
+                Box::new(
+                    totals
+                        .get(&key)?
+                        .map(|v| Ok((sled::IVec::from(key), v)))
+                        .into_iter(),
+                )
+            }
+            None => Box::new(totals.scan_prefix(&prefix)),
+        };
+        for item in scan {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let t = Tally::decode(&v);
+            report.events.entry(name).or_default().total.add(t);
+            report.overall.total.add(t);
+        }
+        Ok(report)
+    }
+
+    /// Iterates an application's stored events, oldest first, applying `filter`.
+    pub fn export(
+        &self,
+        app: u64,
+        filter: ExportFilter,
+    ) -> impl Iterator<Item = Result<ExportedEvent, StoreError>> + Send + 'static {
+        let lo = keys::event_bound(app, filter.from.map(keys::micros).unwrap_or(i64::MIN));
+        let hi = match filter.to {
+            Some(to) => keys::event_bound(app, keys::micros(to)).to_vec(),
+            None => (app + 1).to_be_bytes().to_vec(),
+        };
+        self.events.range(lo.to_vec()..hi).filter_map(move |item| {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(StoreError::Sled(e))),
+            };
+            let (_, micros) = keys::parse_event_key(&k)?;
+            let Some(value) = EventValue::decode(&v) else {
+                return Some(Err(StoreError::Corrupt {
+                    what: "event".into(),
+                    detail: hex::encode(&k[..]),
+                }));
+            };
+            if filter.event.as_deref().is_some_and(|e| e != value.event)
+                || filter.user_id.is_some_and(|u| Some(u) != value.user_id)
+            {
+                return None;
+            }
+            let at = Timestamp::from_microsecond(micros).ok()?;
+            Some(Ok(ExportedEvent { at, value }))
+        })
+    }
+
+    /// Deletes an application's raw events older than `cutoff`; rollups stay.
+    pub fn purge_events_before(&self, app: u64, cutoff: Timestamp) -> Result<usize, StoreError> {
+        let lo = keys::event_bound(app, i64::MIN);
+        let hi = keys::event_bound(app, keys::micros(cutoff));
+        let mut removed = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for k in self.events.range(lo..hi).keys().take(4096) {
+                batch.remove(k?);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            self.events.apply_batch(batch)?;
+            removed += n;
+        }
+    }
+
+    /// Removes every event and rollup of an application (its deletion with data purge).
+    pub fn purge_application_events(&self, app: u64) -> Result<(), StoreError> {
+        let prefix = app.to_be_bytes();
+        for tree in [
+            &self.events,
+            &self.rollups,
+            &self.user_rollups,
+            &self.totals,
+            &self.user_totals,
+        ] {
+            let mut batch = sled::Batch::default();
+            for k in tree.scan_prefix(prefix).keys() {
+                batch.remove(k?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Number of raw events an application holds (for metrics and tests).
+    pub fn event_count(&self, app: u64) -> usize {
+        self.events.scan_prefix(app.to_be_bytes()).count()
+    }
+
+    /// Time of the newest stored event of an application.
+    pub fn last_event_at(&self, app: u64) -> Result<Option<Timestamp>, StoreError> {
+        let lo = keys::event_bound(app, i64::MIN);
+        let hi = (app + 1).to_be_bytes();
+        match self.events.range(lo.to_vec()..hi.to_vec()).next_back() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(
+                    keys::parse_event_key(&k)
+                        .and_then(|(_, m)| Timestamp::from_microsecond(m).ok()),
+                )
+            }
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Durable state on sled: events, rollups, applications and the token index.
+//!
+//! One `Store` per process (sled allows one opener). Hot write paths go through
+//! single-writer tasks and the group committer, so an acknowledged write is on disk and
+//! concurrent requests share fsyncs.
+
+pub mod apps;
+pub mod commit;
+pub mod events;
+pub mod keys;
+
+use std::path::Path;
+
+pub use commit::{CommitError, Committer};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption, or the directory is held by another process).
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A flush could not be confirmed, so the write is not known to be durable.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// A stored record could not be decoded.
+    #[error("stored record {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A background task stopped.
+    #[error("the storage writer has stopped")]
+    Stopped,
+}
+
+impl<E: std::fmt::Display> From<sled::transaction::TransactionError<E>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<E>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Storage(s) => StoreError::Sled(s),
+            sled::transaction::TransactionError::Abort(a) => StoreError::Corrupt {
+                what: "transaction".into(),
+                detail: a.to_string(),
+            },
+        }
+    }
+}
+
+/// Options for opening the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled's page cache in bytes; sled's default is small and unbounded growth is worse.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The opened database and its trees.
+#[derive(Clone)]
+pub struct Store {
+    /// The sled database; exposed for modules that own their own trees (monitors, outbox).
+    pub db: sled::Db,
+    committer: Committer,
+    pub(crate) events: sled::Tree,
+    pub(crate) rollups: sled::Tree,
+    pub(crate) user_rollups: sled::Tree,
+    pub(crate) totals: sled::Tree,
+    pub(crate) user_totals: sled::Tree,
+    pub(crate) apps: sled::Tree,
+    pub(crate) tokens: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`. Needs a tokio runtime for the committer.
+    pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let committer = Committer::spawn(db.clone());
+        Ok(Self {
+            events: db.open_tree("events")?,
+            rollups: db.open_tree("rollups")?,
+            user_rollups: db.open_tree("user_rollups")?,
+            totals: db.open_tree("totals")?,
+            user_totals: db.open_tree("user_totals")?,
+            apps: db.open_tree("apps")?,
+            tokens: db.open_tree("tokens")?,
+            committer,
+            db,
+        })
+    }
+
+    /// The group committer, for modules that write their own trees.
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        Ok(self.committer.flush().await?)
+    }
+}
