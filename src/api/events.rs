@@ -145,7 +145,23 @@ async fn stats(
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     let now = Timestamp::now();
-    let periods = Periods::at(now, &app.tz);
+    let periods = match params
+        .get("date")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        None => Periods::at(now, &app.tz),
+        Some(text) => match text.parse::<jiff::civil::Date>() {
+            Ok(date) => Periods::of_date(date),
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("query parameter date must be a YYYY-MM-DD date, got {text:?}"),
+                )
+                .into_response();
+            }
+        },
+    };
     let store = state.registry.store().clone();
     let num = app.num;
     let ev = event.clone();

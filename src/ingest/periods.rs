@@ -21,7 +21,11 @@ pub struct Periods {
 impl Periods {
     /// Periods that contain `now` in `tz`.
     pub fn at(now: Timestamp, tz: &TimeZone) -> Self {
-        let today = now.to_zoned(tz.clone()).date();
+        Self::of_date(now.to_zoned(tz.clone()).date())
+    }
+
+    /// Periods that contain the local date `today` (stats for a past or given day).
+    pub fn of_date(today: Date) -> Self {
         let back = i64::from(today.weekday().to_monday_zero_offset());
         let week_start = today
             .checked_sub(jiff::Span::new().days(back))

@@ -125,7 +125,7 @@ fn as_integer(v: &Value) -> Option<i64> {
 /// Parses the `created_at` forms the contract accepts; naive forms are UTC.
 pub fn parse_created_at(s: &str) -> Option<Timestamp> {
     if let Ok(ts) = s.parse::<Timestamp>() {
-        return Some(ts);
+        return offset_in_range(s).then_some(ts);
     }
     let bytes = s.as_bytes();
     let date_only = bytes.len() == 10;
@@ -147,6 +147,18 @@ pub fn parse_created_at(s: &str) -> Option<Timestamp> {
             .map(|z| z.timestamp());
     }
     None
+}
+
+/// RFC 3339 offsets stop at ±23:59; jiff also reads ±24 and ±25 hours.
+fn offset_in_range(s: &str) -> bool {
+    let Some(time) = s.get(11..) else { return true };
+    match time.rfind(['+', '-']) {
+        Some(i) => time
+            .get(i + 1..i + 3)
+            .and_then(|h| h.parse::<u8>().ok())
+            .is_none_or(|h| h <= 23),
+        None => true,
+    }
 }
 
 /// Applies the contract's rules to a parsed JSON body.
