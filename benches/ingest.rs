@@ -1,1 +1,158 @@
-fn main() {}
+//! Ingest load benchmark: real HTTP/1.1 keep-alive requests against (a) a no-op axum
+//! handler answering `201 []` and (b) the real ingest route with durable group commit,
+//! in the same run, on loopback. Prints events/s, p50/p99 latency and the ratio b/a.
+//!
+//! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
+//! default 5 per target).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::routing::post;
+use hartslag::config::ServerConfig;
+use hartslag::server::Core;
+
+struct Outcome {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+}
+
+async fn drive(
+    url: String,
+    token: Option<String>,
+    body: &'static str,
+    connections: usize,
+    seconds: u64,
+) -> Outcome {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .http1_only()
+        .build()
+        .expect("client");
+    // Warm-up: open the connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let client = client.clone();
+        let url = url.clone();
+        let token = token.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            let mut errors = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let mut req = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body);
+                if let Some(tok) = &token {
+                    req = req.bearer_auth(tok);
+                }
+                match req.send().await {
+                    Ok(r) if r.status() == 201 || r.status() == 200 => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            latencies.extend(l);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    Outcome {
+        requests: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+    }
+}
+
+fn report(name: &str, o: &Outcome) {
+    println!(
+        "{name:<28} {:>10.0} req/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ok, {} errors)",
+        o.rate(),
+        o.pct(0.50).as_secs_f64() * 1e3,
+        o.pct(0.99).as_secs_f64() * 1e3,
+        o.requests,
+        o.errors
+    );
+}
+
+fn main() {
+    let connections: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        // (a) no-op handler.
+        let noop = axum::Router::new().route("/api/v1/heartbeat", post(|| async { (StatusCode::CREATED, axum::Json(serde_json::json!([]))) }));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let noop_addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, noop).await });
+
+        // (b) the real server with an application.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("mkdir");
+        std::fs::write(
+            manifests.join("app.yaml"),
+            "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: bench\n",
+        )
+        .expect("write");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let core = Core::open(ServerConfig::new(addr, dir.path().join("data"))).expect("open");
+        hartslag::standalone::apply_manifests(&core, &manifests).await.expect("manifests");
+        let token = std::fs::read_to_string(dir.path().join("data/tokens/application-bench.token")).expect("token");
+        let c = core.clone();
+        tokio::spawn(async move { c.serve(l, std::future::pending()).await });
+
+        println!("ingest benchmark: {connections} keep-alive connections, {seconds} s per target, loopback, same process");
+        let body = r#"{"event":"bench-event","weight":3,"user_id":42}"#;
+        let a = drive(format!("http://{noop_addr}/api/v1/heartbeat"), None, body, connections, seconds).await;
+        report("(a) no-op handler", &a);
+        let b = drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await;
+        report("(b) ingest, durable", &b);
+        println!("ratio b/a: {:.2}", b.rate() / a.rate());
+    });
+}

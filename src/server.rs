@@ -70,7 +70,10 @@ impl Core {
             source,
         })?;
         let registry = Registry::load(store.clone())?;
-        let events = EventWriter::spawn(store);
+        let events = EventWriter::spawn(store).map_err(|source| ServerError::Open {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
         Ok(Self {
             config,
             registry,

@@ -6,8 +6,9 @@
 //! single flush that covers all of them, and answers them together.
 
 use std::sync::Arc;
+use std::sync::mpsc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Why a flush could not be confirmed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -15,48 +16,60 @@ pub enum CommitError {
     /// sled reported an I/O or corruption error while flushing.
     #[error("flushing the database failed: {0}")]
     Flush(Arc<sled::Error>),
-    /// The committer task is gone (the process is shutting down).
-    #[error("the commit task has stopped")]
+    /// The committer thread is gone (the process is shutting down).
+    #[error("the commit thread has stopped")]
     Stopped,
 }
 
-type Waiter = oneshot::Sender<Result<(), CommitError>>;
+/// Called once the flush covering a write has finished (or failed).
+pub type Callback = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
 
-/// Handle to the group-commit task; cheap to clone and share between request handlers.
+/// Handle to the group-commit thread; cheap to clone and share between request handlers.
 #[derive(Clone, Debug)]
 pub struct Committer {
-    tx: mpsc::UnboundedSender<Waiter>,
+    tx: mpsc::Sender<Callback>,
 }
 
 impl Committer {
-    /// Starts the flusher task for `db`. Must be called inside a tokio runtime.
-    pub fn spawn(db: sled::Db) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
-        tokio::spawn(async move {
-            let mut waiters: Vec<Waiter> = Vec::with_capacity(256);
-            while let Some(first) = rx.recv().await {
-                waiters.push(first);
-                while let Ok(next) = rx.try_recv() {
-                    waiters.push(next);
+    /// Starts the flusher thread for `db`. It is a plain OS thread rather than a blocking
+    /// task, so a flush costs no hand-off to tokio's blocking pool; it ends when every
+    /// handle is dropped.
+    pub fn spawn(db: sled::Db) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Callback>();
+        std::thread::Builder::new()
+            .name("hartslag-commit".into())
+            .spawn(move || {
+                let mut waiting: Vec<Callback> = Vec::with_capacity(256);
+                while let Ok(first) = rx.recv() {
+                    waiting.push(first);
+                    while let Ok(next) = rx.try_recv() {
+                        waiting.push(next);
+                    }
+                    let result = db
+                        .flush()
+                        .map(|_| ())
+                        .map_err(|e| CommitError::Flush(Arc::new(e)));
+                    for done in waiting.drain(..) {
+                        done(result.clone());
+                    }
                 }
-                let db = db.clone();
-                let result = match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(CommitError::Flush(Arc::new(e))),
-                    Err(_) => Err(CommitError::Stopped),
-                };
-                for w in waiters.drain(..) {
-                    let _ = w.send(result.clone());
-                }
-            }
-        });
-        Self { tx }
+            })?;
+        Ok(Self { tx })
+    }
+
+    /// Calls `done` once everything written before this call is on disk.
+    pub fn flush_then(&self, done: Callback) {
+        if let Err(mpsc::SendError(done)) = self.tx.send(done) {
+            done(Err(CommitError::Stopped));
+        }
     }
 
     /// Resolves once everything written to the database before this call is on disk.
     pub async fn flush(&self) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).map_err(|_| CommitError::Stopped)?;
+        self.flush_then(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
         rx.await.map_err(|_| CommitError::Stopped)?
     }
 }
@@ -69,7 +82,7 @@ mod tests {
     async fn many_concurrent_waiters_all_get_answered() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let committer = Committer::spawn(db.clone());
+        let committer = Committer::spawn(db.clone()).unwrap();
         let mut tasks = Vec::new();
         for i in 0..256u32 {
             let db = db.clone();

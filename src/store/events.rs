@@ -1,18 +1,18 @@
 //! Raw events and their rollups: the ingest writer, stats queries, export and retention.
 //!
-//! Every event updates five trees (raw, daily rollup, per-user daily rollup, total, per-user
-//! total). A single writer task applies batches of events in one sled transaction, so the
-//! rollups always agree with the raw events even after a crash, and then hands the batch
-//! to the group committer; requests are answered only after the flush.
+//! Every event writes five records (raw, daily rollup, per-user daily rollup, total,
+//! per-user total) into the events tree. A single writer task owns the rollup counters, so
+//! it can read-modify-write them without conflicts, and applies each batch of events as
+//! one atomic sled batch: the rollups always agree with the raw events, even after a
+//! crash. It then hands the batch to the group committer; requests are answered only after
+//! the flush.
 
 use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::keys::{self, EventValue, Tally};
+use super::keys::{self, EventValue, Family, Tally};
 use super::{Store, StoreError};
 use crate::ingest::periods::{Periods, date_from_key, date_key};
 
@@ -44,47 +44,44 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Starts the writer for `store`. Needs a tokio runtime.
-    pub fn spawn(store: Store) -> Self {
+    /// Starts the writer thread for `store`. A dedicated OS thread applies batches (sled
+    /// calls block) without a hand-off per batch; the group committer then answers them.
+    pub fn spawn(store: Store) -> Result<Self, StoreError> {
         let (tx, mut rx) = mpsc::channel::<Job>(8192);
-        tokio::spawn(async move {
-            let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
+        std::thread::Builder::new()
+            .name("hartslag-ingest".into())
+            .spawn(move || {
+                let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+                while let Some(first) = rx.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
                     }
-                }
-                let writes: Vec<EventWrite> = batch.iter().map(|j| j.write.clone()).collect();
-                let s = store.clone();
-                let applied = tokio::task::spawn_blocking(move || s.apply_events(&writes))
-                    .await
-                    .map_err(|_| StoreError::Stopped)
-                    .and_then(|r| r);
-                let acks: Vec<_> = batch.drain(..).map(|j| j.ack).collect();
-                match applied {
-                    Ok(()) => {
-                        let committer = store.committer().clone();
-                        tokio::spawn(async move {
-                            let res = committer.flush().await.map_err(|e| e.to_string());
+                    let writes: Vec<&EventWrite> = batch.iter().map(|j| &j.write).collect();
+                    let applied = store.apply_events(&writes);
+                    let acks: Vec<_> = batch.drain(..).map(|j| j.ack).collect();
+                    match applied {
+                        Ok(()) => store.committer().flush_then(Box::new(move |res| {
+                            let res = res.map_err(|e| e.to_string());
                             for a in acks {
                                 let _ = a.send(res.clone());
                             }
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "writing a batch of events failed");
-                        let msg = e.to_string();
-                        for a in acks {
-                            let _ = a.send(Err(msg.clone()));
+                        })),
+                        Err(e) => {
+                            tracing::error!(error = %e, "writing a batch of events failed");
+                            let msg = e.to_string();
+                            for a in acks {
+                                let _ = a.send(Err(msg.clone()));
+                            }
                         }
                     }
                 }
-            }
-        });
-        Self { tx }
+            })
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        Ok(Self { tx })
     }
 
     /// Stores one event durably; returns once it is flushed to disk.
@@ -158,7 +155,7 @@ fn add_delta(map: &mut HashMap<Vec<u8>, Tally>, key: Vec<u8>, weight: i64) {
 
 impl Store {
     /// Applies a batch atomically: raw events plus every rollup they touch.
-    pub(crate) fn apply_events(&self, writes: &[EventWrite]) -> Result<(), StoreError> {
+    pub(crate) fn apply_events(&self, writes: &[&EventWrite]) -> Result<(), StoreError> {
         let mut raw = Vec::with_capacity(writes.len());
         let mut rollups = HashMap::new();
         let mut user_rollups = HashMap::new();
@@ -194,31 +191,22 @@ impl Store {
                 );
             }
         }
-        (
-            &self.events,
-            &self.rollups,
-            &self.user_rollups,
-            &self.totals,
-            &self.user_totals,
-        )
-            .transaction(|(ev, ro, uro, to, uto)| {
-                for (k, v) in &raw {
-                    ev.insert(&k[..], v.as_slice())?;
-                }
-                for (tree, deltas) in [
-                    (ro, &rollups),
-                    (uro, &user_rollups),
-                    (to, &totals),
-                    (uto, &user_totals),
-                ] {
-                    for (k, d) in deltas {
-                        let mut t = tree.get(k)?.map(|b| Tally::decode(&b)).unwrap_or_default();
-                        t.add(*d);
-                        tree.insert(k.as_slice(), &t.encode()[..])?;
-                    }
-                }
-                Ok::<(), ConflictableTransactionError<String>>(())
-            })?;
+        let mut batch = sled::Batch::default();
+        for (k, v) in raw {
+            batch.insert(&k[..], v);
+        }
+        for deltas in [rollups, user_rollups, totals, user_totals] {
+            for (k, d) in deltas {
+                let mut t = self
+                    .events
+                    .get(&k)?
+                    .map(|b| Tally::decode(&b))
+                    .unwrap_or_default();
+                t.add(d);
+                batch.insert(k, &t.encode()[..]);
+            }
+        }
+        self.events.apply_batch(batch)?;
         Ok(())
     }
 
@@ -230,11 +218,11 @@ impl Store {
         event: Option<&str>,
         user: Option<i64>,
     ) -> Result<StatsReport, StoreError> {
-        let (rollups, totals) = match user {
-            Some(_) => (&self.user_rollups, &self.user_totals),
-            None => (&self.rollups, &self.totals),
+        let (rollup_family, total_family) = match user {
+            Some(_) => (Family::UserRollup, Family::UserTotal),
+            None => (Family::Rollup, Family::Total),
         };
-        let prefix = keys::scope_prefix(app, user);
+        let prefix = keys::scope_prefix(rollup_family, app, user);
         let mut report = StatsReport::default();
         let lo = {
             let mut k = prefix.clone();
@@ -251,7 +239,7 @@ impl Store {
             date_key(periods.week_start),
             date_key(periods.month_start),
         );
-        for item in rollups.range(lo..hi) {
+        for item in self.events.range(lo..hi) {
             let (k, v) = item?;
             let rest = &k[prefix.len()..];
             let Some(date) = rest
@@ -281,17 +269,18 @@ impl Store {
                 report.overall.month.add(t);
             }
         }
+        let prefix = keys::scope_prefix(total_family, app, user);
         let scan: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match event {
             Some(e) => {
                 let key = keys::total_key(app, user, e);
                 Box::new(
-                    totals
+                    self.events
                         .get(&key)?
                         .map(|v| Ok((sled::IVec::from(key), v)))
                         .into_iter(),
                 )
             }
-            None => Box::new(totals.scan_prefix(&prefix)),
+            None => Box::new(self.events.scan_prefix(&prefix)),
         };
         for item in scan {
             let (k, v) = item?;
@@ -312,7 +301,7 @@ impl Store {
         let lo = keys::event_bound(app, filter.from.map(keys::micros).unwrap_or(i64::MIN));
         let hi = match filter.to {
             Some(to) => keys::event_bound(app, keys::micros(to)).to_vec(),
-            None => (app + 1).to_be_bytes().to_vec(),
+            None => keys::events_end(app),
         };
         self.events.range(lo.to_vec()..hi).filter_map(move |item| {
             let (k, v) = match item {
@@ -358,33 +347,41 @@ impl Store {
 
     /// Removes every event and rollup of an application (its deletion with data purge).
     pub fn purge_application_events(&self, app: u64) -> Result<(), StoreError> {
-        let prefix = app.to_be_bytes();
-        for tree in [
-            &self.events,
-            &self.rollups,
-            &self.user_rollups,
-            &self.totals,
-            &self.user_totals,
+        let mut batch = sled::Batch::default();
+        for family in [
+            Family::Event,
+            Family::Rollup,
+            Family::UserRollup,
+            Family::Total,
+            Family::UserTotal,
         ] {
-            let mut batch = sled::Batch::default();
-            for k in tree.scan_prefix(prefix).keys() {
+            for k in self
+                .events
+                .scan_prefix(keys::scope_prefix(family, app, None))
+                .keys()
+            {
                 batch.remove(k?);
             }
-            tree.apply_batch(batch)?;
         }
+        self.events.apply_batch(batch)?;
         Ok(())
     }
 
     /// Number of raw events an application holds (for metrics and tests).
     pub fn event_count(&self, app: u64) -> usize {
-        self.events.scan_prefix(app.to_be_bytes()).count()
+        self.events
+            .scan_prefix(keys::scope_prefix(Family::Event, app, None))
+            .count()
     }
 
     /// Time of the newest stored event of an application.
     pub fn last_event_at(&self, app: u64) -> Result<Option<Timestamp>, StoreError> {
         let lo = keys::event_bound(app, i64::MIN);
-        let hi = (app + 1).to_be_bytes();
-        match self.events.range(lo.to_vec()..hi.to_vec()).next_back() {
+        match self
+            .events
+            .range(lo.to_vec()..keys::events_end(app))
+            .next_back()
+        {
             Some(item) => {
                 let (k, _) = item?;
                 Ok(

@@ -1,7 +1,9 @@
 //! Byte layouts of sled keys and values.
 //!
 //! Keys are big-endian with signed numbers bias-flipped, so sled's byte order is the order
-//! queries want: by application, then time (events) or date (rollups). Values are small
+//! queries want: by application, then time (events) or date (rollups). Raw events and all
+//! their rollups live in one tree, told apart by a leading family byte, so one atomic
+//! `apply_batch` stores an event together with every counter it changes. Values are small
 //! fixed layouts rather than JSON because the ingest path writes five of them per event.
 
 use jiff::Timestamp;
@@ -21,27 +23,58 @@ pub fn micros(ts: Timestamp) -> i64 {
     ts.as_microsecond()
 }
 
-/// Key of a raw event: application, time, sequence.
-pub fn event_key(app: u64, at_micros: i64, seq: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&app.to_be_bytes());
-    k[8..16].copy_from_slice(&i64_key(at_micros));
-    k[16..].copy_from_slice(&seq.to_be_bytes());
+/// Which kind of record a key in the events tree holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Family {
+    /// A raw event.
+    Event = 1,
+    /// Count and weight per application, local date and event name.
+    Rollup = 2,
+    /// The same per user.
+    UserRollup = 3,
+    /// All-time count and weight per application and event name.
+    Total = 4,
+    /// The same per user.
+    UserTotal = 5,
+}
+
+/// Key of a raw event: family, application, time, sequence.
+pub fn event_key(app: u64, at_micros: i64, seq: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = Family::Event as u8;
+    k[1..9].copy_from_slice(&app.to_be_bytes());
+    k[9..17].copy_from_slice(&i64_key(at_micros));
+    k[17..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
 /// First key of an application's events at or after `at_micros`.
-pub fn event_bound(app: u64, at_micros: i64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&app.to_be_bytes());
-    k[8..].copy_from_slice(&i64_key(at_micros));
+pub fn event_bound(app: u64, at_micros: i64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = Family::Event as u8;
+    k[1..9].copy_from_slice(&app.to_be_bytes());
+    k[9..].copy_from_slice(&i64_key(at_micros));
+    k
+}
+
+/// First key after all of an application's events.
+pub fn events_end(app: u64) -> Vec<u8> {
+    let mut k = vec![Family::Event as u8];
+    match app.checked_add(1) {
+        Some(next) => k.extend_from_slice(&next.to_be_bytes()),
+        None => k[0] += 1,
+    }
     k
 }
 
 /// Splits an event key into (application, micros).
 pub fn parse_event_key(k: &[u8]) -> Option<(u64, i64)> {
-    let app = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    let at = i64_from_key(k.get(8..16)?.try_into().ok()?);
+    if k.first() != Some(&(Family::Event as u8)) {
+        return None;
+    }
+    let app = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+    let at = i64_from_key(k.get(9..17)?.try_into().ok()?);
     Some((app, at))
 }
 
@@ -134,35 +167,40 @@ impl Tally {
     }
 }
 
-/// Rollup key: application, (user,) date, event name.
-pub fn rollup_key(app: u64, user: Option<i64>, date: u32, event: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(20 + event.len());
+/// Key prefix of a rollup or total family for an application, narrowed to a user for
+/// the per-user families.
+pub fn scope_prefix(family: Family, app: u64, user: Option<i64>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.push(family as u8);
     k.extend_from_slice(&app.to_be_bytes());
     if let Some(u) = user {
         k.extend_from_slice(&i64_key(u));
     }
+    k
+}
+
+/// Rollup key: family, application, (user,) date, event name.
+pub fn rollup_key(app: u64, user: Option<i64>, date: u32, event: &str) -> Vec<u8> {
+    let family = if user.is_some() {
+        Family::UserRollup
+    } else {
+        Family::Rollup
+    };
+    let mut k = scope_prefix(family, app, user);
     k.extend_from_slice(&date.to_be_bytes());
     k.extend_from_slice(event.as_bytes());
     k
 }
 
-/// Total key: application, (user,) event name.
+/// Total key: family, application, (user,) event name.
 pub fn total_key(app: u64, user: Option<i64>, event: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(16 + event.len());
-    k.extend_from_slice(&app.to_be_bytes());
-    if let Some(u) = user {
-        k.extend_from_slice(&i64_key(u));
-    }
+    let family = if user.is_some() {
+        Family::UserTotal
+    } else {
+        Family::Total
+    };
+    let mut k = scope_prefix(family, app, user);
     k.extend_from_slice(event.as_bytes());
-    k
-}
-
-/// Key prefix for an application, optionally narrowed to a user.
-pub fn scope_prefix(app: u64, user: Option<i64>) -> Vec<u8> {
-    let mut k = app.to_be_bytes().to_vec();
-    if let Some(u) = user {
-        k.extend_from_slice(&i64_key(u));
-    }
     k
 }
 

@@ -30,6 +30,9 @@ pub enum StoreError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A storage thread could not be started.
+    #[error("cannot start a storage thread: {0}")]
+    Thread(String),
     /// A background task stopped.
     #[error("the storage writer has stopped")]
     Stopped,
@@ -69,10 +72,6 @@ pub struct Store {
     pub db: sled::Db,
     committer: Committer,
     pub(crate) events: sled::Tree,
-    pub(crate) rollups: sled::Tree,
-    pub(crate) user_rollups: sled::Tree,
-    pub(crate) totals: sled::Tree,
-    pub(crate) user_totals: sled::Tree,
     pub(crate) apps: sled::Tree,
     pub(crate) tokens: sled::Tree,
 }
@@ -90,14 +89,12 @@ impl Store {
             .path(dir)
             .cache_capacity(opts.cache_bytes)
             .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
             .open()?;
-        let committer = Committer::spawn(db.clone());
+        let committer =
+            Committer::spawn(db.clone()).map_err(|e| StoreError::Thread(e.to_string()))?;
         Ok(Self {
             events: db.open_tree("events")?,
-            rollups: db.open_tree("rollups")?,
-            user_rollups: db.open_tree("user_rollups")?,
-            totals: db.open_tree("totals")?,
-            user_totals: db.open_tree("user_totals")?,
             apps: db.open_tree("apps")?,
             tokens: db.open_tree("tokens")?,
             committer,
