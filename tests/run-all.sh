@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, then runs
+# formatting and lint checks and every test. This is the command README.md gives and
+# .ci/run executes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+log "toolchain"
+cargo --version
+rustup component list --installed 2>/dev/null | grep -E 'clippy|rustfmt' || true
+
+log "format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+log "tests"
+cargo test --no-fail-fast 2>&1 | tee /tmp/hartslag-cargo-test.log
