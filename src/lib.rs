@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod duration;
 pub mod ingest;
+pub mod k8s;
 pub mod metrics;
 pub mod monitor;
 pub mod registry;

@@ -20,6 +20,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 enum Command {
     /// Run everything without Kubernetes, from a directory of Application and Heartbeat manifests.
     Standalone {
@@ -29,6 +30,9 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+
+    /// Print the CustomResourceDefinitions (Application, Heartbeat) as YAML.
+    Crd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -117,6 +121,9 @@ fn main() -> ExitCode {
             Command::Standalone { manifests, common } => {
                 common.init_logs();
                 hartslag::standalone::run(common.config(), manifests).await?;
+            }
+            Command::Crd => {
+                print!("{}", hartslag::k8s::crd::crds_yaml()?);
             }
         }
         Ok(())

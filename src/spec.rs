@@ -74,6 +74,20 @@ pub struct ApplicationSpec {
     /// Standalone mode only: a file holding the token to use instead of an issued one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
+    /// Delete (default) or Retain the Application's events when it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// What happens to stored data when its resource is deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete events, rollups, pings and state together with the resource (the default).
+    #[default]
+    Delete,
+    /// Keep the data; only the token is revoked. Re-creating the resource with the same
+    /// name picks the data up again.
+    Retain,
 }
 
 /// Reference to the Application a Heartbeat belongs to.
@@ -112,6 +126,9 @@ pub struct HeartbeatSpec {
     /// Standalone mode only: a file holding the token to use instead of an issued one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
+    /// Delete (default) or Retain the monitor's state and ping history when it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 /// A spec value that breaks a rule the schema cannot express; shown in conditions and logs.

@@ -1,0 +1,3 @@
+//! The Kubernetes front end: custom resource types, controllers and the status writer.
+
+pub mod crd;
