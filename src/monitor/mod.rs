@@ -1,1 +1,4 @@
-//! Heartbeat monitors: the pure state machine and the deadline scheduler.
+//! Heartbeat monitors: the pure state machine, the deadline scheduler and the engine that
+//! persists state and carries out effects.
+
+pub mod state;
