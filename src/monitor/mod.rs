@@ -1,4 +1,5 @@
 //! Heartbeat monitors: the pure state machine, the deadline scheduler and the engine that
 //! persists state and carries out effects.
 
+pub mod schedule;
 pub mod state;
