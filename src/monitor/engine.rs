@@ -1,0 +1,755 @@
+//! The monitor engine: owns every monitor's state, applies signals and deadlines through
+//! the pure state machine, persists the result and hands alerts to the outbox.
+//!
+//! One engine thread serialises all changes, so a monitor is never updated twice at once;
+//! a ping's state change and its history record are one atomic sled batch, and a change
+//! that alerts is one transaction with its outbox records, so a crash can never lose an
+//! alert or send one twice. Readers use an in-memory snapshot and never touch sled.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::schedule::{self, Clock, SchedulerHandle};
+use super::state::{self, DownReason, Effect, MonitorState, Signal, State, Timing};
+use crate::alert::message::{Alert, AlertKind, Target, human_duration};
+use crate::alert::outbox::{self, Outbox};
+use crate::store::Committer;
+use crate::token::TokenHash;
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No monitor under that key.
+    #[error("heartbeat not found")]
+    NotFound,
+    /// sled failed.
+    #[error("monitor storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A flush failed.
+    #[error(transparent)]
+    Commit(#[from] crate::store::CommitError),
+    /// A record could not be encoded or decoded.
+    #[error("monitor record: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// The outbox refused a record.
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    /// The engine thread is gone.
+    #[error("the monitor engine has stopped")]
+    Stopped,
+}
+
+/// Where a monitor's definition comes from; decides who may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A standalone manifest file (read-only through the API).
+    Manifest,
+    /// Created through the management API in standalone mode.
+    Api,
+    /// A Kubernetes custom resource.
+    Kubernetes,
+}
+
+/// Everything the engine needs to know about a monitor, resolved by a front end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorDef {
+    /// `namespace/name`: the engine's key.
+    pub key: String,
+    /// Stable id for the management API.
+    pub id: String,
+    /// Namespace (`default` in standalone mode).
+    pub namespace: String,
+    /// Resource name.
+    pub name: String,
+    /// Human name.
+    pub display_name: Option<String>,
+    /// Expected interval, seconds.
+    pub interval_secs: u64,
+    /// Grace, seconds.
+    pub grace_secs: u64,
+    /// Paused by spec.
+    pub paused: bool,
+    /// Resolved alert targets.
+    pub targets: Vec<Target>,
+    /// Owning application key, if any.
+    pub application: Option<String>,
+    /// Hash of the ping token.
+    pub token: TokenHash,
+    /// How to ping it, for alert text (no token).
+    pub ping_hint: String,
+    /// Who defines it.
+    pub origin: Origin,
+    /// Keep state and history after deletion.
+    pub retain_on_delete: bool,
+    /// When the monitor was first defined.
+    pub created_at: Timestamp,
+    /// When the definition last changed.
+    pub updated_at: Timestamp,
+}
+
+impl MonitorDef {
+    /// The monitor's timing.
+    pub fn timing(&self) -> Timing {
+        Timing::from_secs(self.interval_secs, self.grace_secs)
+    }
+
+    fn scope(&self) -> String {
+        match &self.application {
+            Some(app) => format!("namespace {}, application {}", self.namespace, app.rsplit('/').next().unwrap_or(app)),
+            None => format!("namespace {}", self.namespace),
+        }
+    }
+}
+
+/// A monitor as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Monitor {
+    /// Numeric id used in history keys.
+    pub num: u64,
+    /// Definition.
+    pub def: MonitorDef,
+    /// State.
+    pub state: MonitorState,
+}
+
+/// What kind of signal a ping carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PingKind {
+    /// Success (`/ping`, exit code 0).
+    Success,
+    /// A run began (`/start`).
+    Start,
+    /// Failure (`/fail`, exit code 1–255).
+    Fail,
+}
+
+/// One received ping, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRecord {
+    /// Sequence number within the monitor (1-based).
+    pub seq: u64,
+    /// When it arrived.
+    pub at: Timestamp,
+    /// Kind.
+    pub kind: PingKind,
+    /// Exit code, when given.
+    pub exit_code: Option<u8>,
+    /// Client address (first X-Forwarded-For entry when present).
+    pub source: Option<String>,
+    /// User agent, at most 200 characters.
+    pub user_agent: Option<String>,
+    /// Request body, at most 10 KiB.
+    pub body: Option<String>,
+    /// Run duration in milliseconds, when a `/start` preceded it.
+    pub duration_ms: Option<i64>,
+}
+
+/// A ping as received by the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct PingInput {
+    /// Kind.
+    pub kind: PingKind,
+    /// Exit code.
+    pub exit_code: Option<u8>,
+    /// Client address.
+    pub source: Option<String>,
+    /// User agent.
+    pub user_agent: Option<String>,
+    /// Body excerpt.
+    pub body: Option<String>,
+}
+
+/// What a ping's sender is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingOutcome {
+    /// Recorded and applied.
+    Ok,
+    /// Recorded; the monitor is paused.
+    Paused,
+}
+
+/// A state transition, for status writers and event recorders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Monitor key.
+    pub key: String,
+    /// Old state.
+    pub from: State,
+    /// New state.
+    pub to: State,
+    /// When.
+    pub at: Timestamp,
+    /// Why, in words (for Down).
+    pub reason: Option<String>,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Pings kept per monitor.
+    pub ping_history: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { ping_history: 1000 }
+    }
+}
+
+enum Command {
+    Upsert(MonitorDef, oneshot::Sender<Result<Monitor, EngineError>>),
+    Remove(String, oneshot::Sender<Result<(), EngineError>>),
+    Ping(String, PingInput, oneshot::Sender<Result<PingOutcome, EngineError>>),
+    SetPaused(String, bool, oneshot::Sender<Result<Monitor, EngineError>>),
+    Due(String),
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Pings by kind: success, start, fail.
+    pub pings: [std::sync::atomic::AtomicU64; 3],
+    /// Alerts enqueued: down, recovery.
+    pub alerts: [std::sync::atomic::AtomicU64; 2],
+    /// Time-driven transitions applied.
+    pub transitions: std::sync::atomic::AtomicU64,
+    /// How long after its due time each Down transition was applied.
+    pub down_lateness: crate::metrics::Histogram,
+}
+
+/// Handle to the engine; clone freely.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Command>,
+    snapshot: Arc<RwLock<HashMap<String, Monitor>>>,
+    history: sled::Tree,
+    changes: broadcast::Sender<Change>,
+    /// Counters.
+    pub stats: Arc<EngineStats>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+const FAMILY_MONITOR: u8 = 1;
+const FAMILY_PING: u8 = 2;
+const FAMILY_RETAINED: u8 = 3;
+
+fn monitor_key(key: &str) -> Vec<u8> {
+    let mut k = vec![FAMILY_MONITOR];
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Where a monitor deleted with `Retain` keeps its last record.
+fn tombstone_key(key: &str) -> Vec<u8> {
+    let mut k = vec![FAMILY_RETAINED];
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn ping_key(num: u64, seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = FAMILY_PING;
+    k[1..9].copy_from_slice(&num.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+struct Worker {
+    tree: sled::Tree,
+    db: sled::Db,
+    outbox: Outbox,
+    committer: Committer,
+    scheduler: SchedulerHandle<String>,
+    snapshot: Arc<RwLock<HashMap<String, Monitor>>>,
+    changes: broadcast::Sender<Change>,
+    stats: Arc<EngineStats>,
+    config: EngineConfig,
+    clock: Clock,
+}
+
+fn describe_down(reason: DownReason, m: &Monitor, at: Timestamp) -> String {
+    match reason {
+        DownReason::Missed => match m.state.last_ping_at {
+            Some(last) => format!(
+                "no ping for {} (interval {}, grace {})",
+                human_duration(at.duration_since(last).as_secs()),
+                human_duration(m.def.interval_secs as i64),
+                human_duration(m.def.grace_secs as i64)
+            ),
+            None => "no ping received".into(),
+        },
+        DownReason::Failed { exit_code: Some(c) } => format!("the job reported failure (exit code {c})"),
+        DownReason::Failed { exit_code: None } => "the job reported failure (/fail)".into(),
+        DownReason::RunTimeout => format!(
+            "a run that signalled /start did not finish within {}",
+            human_duration(m.def.timing().run_allowance().as_secs())
+        ),
+    }
+}
+
+impl Worker {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Monitor>> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, m: &Monitor) {
+        self.snapshot
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(m.def.key.clone(), m.clone());
+        match state::next_wakeup(&m.def.timing(), &m.state) {
+            Some(at) => self.scheduler.arm(m.def.key.clone(), at),
+            None => self.scheduler.disarm(m.def.key.clone()),
+        }
+    }
+
+    /// Persists `m` (plus an optional ping record and the alerts its effects call for),
+    /// then calls `done` after the flush.
+    fn commit(
+        &self,
+        m: &Monitor,
+        effects: &[Effect],
+        ping: Option<&PingRecord>,
+        done: Box<dyn FnOnce(Result<(), EngineError>) + Send>,
+    ) {
+        let result = (|| -> Result<(), EngineError> {
+            let mut alerts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for e in effects {
+                let (kind, at, reason) = match e {
+                    Effect::Alert { reason, at } => (AlertKind::Down, *at, describe_down(*reason, m, *at)),
+                    Effect::Recovery { at } => (AlertKind::Recovery, *at, "a successful ping arrived; the monitor is up again".to_string()),
+                    Effect::Transition { from, to, at } => {
+                        let reason = (*to == State::Down)
+                            .then(|| m.state.down_reason.map(|r| describe_down(r, m, *at)))
+                            .flatten();
+                        let _ = self.changes.send(Change { key: m.def.key.clone(), from: *from, to: *to, at: *at, reason });
+                        continue;
+                    }
+                    Effect::RunFinished { .. } => continue,
+                };
+                let idx = usize::from(kind == AlertKind::Recovery);
+                self.stats.alerts[idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if m.def.targets.is_empty() {
+                    tracing::warn!(monitor = %m.def.key, "alert has no target: set spec.alerts, the Application's alerts or --webhook-url");
+                    continue;
+                }
+                let alert = Alert {
+                    id: format!("{}:{}:{}", m.def.key, at.as_millisecond(), if kind == AlertKind::Down { "down" } else { "recovery" }),
+                    kind,
+                    monitor: m.def.name.clone(),
+                    display_name: m.def.display_name.clone(),
+                    scope: m.def.scope(),
+                    reason,
+                    occurred_at: at,
+                    last_ping_at: m.state.last_ping_at,
+                    expected_at: m.state.deadline,
+                    ping_hint: m.def.ping_hint.clone(),
+                };
+                alerts.extend(outbox::records(&alert, &m.def.targets, self.clock.now())?);
+            }
+            let record = serde_json::to_vec(m)?;
+            let key = monitor_key(&m.def.key);
+            let ping_kv = match ping {
+                Some(p) => Some((ping_key(m.num, p.seq), serde_json::to_vec(p)?)),
+                None => None,
+            };
+            let trim = ping.and_then(|p| p.seq.checked_sub(self.config.ping_history)).filter(|s| *s > 0);
+            if alerts.is_empty() {
+                let mut batch = sled::Batch::default();
+                batch.insert(key, record);
+                if let Some((k, v)) = ping_kv {
+                    batch.insert(&k[..], v);
+                }
+                if let Some(old) = trim {
+                    batch.remove(&ping_key(m.num, old)[..]);
+                }
+                self.tree.apply_batch(batch)?;
+            } else {
+                (&self.tree, self.outbox.pending_tree())
+                    .transaction(|(t, o)| {
+                        t.insert(key.as_slice(), record.as_slice())?;
+                        if let Some((k, v)) = &ping_kv {
+                            t.insert(&k[..], v.as_slice())?;
+                        }
+                        if let Some(old) = trim {
+                            t.remove(&ping_key(m.num, old)[..])?;
+                        }
+                        for (k, v) in &alerts {
+                            if o.get(k)?.is_none() {
+                                o.insert(k.as_slice(), v.as_slice())?;
+                            }
+                        }
+                        Ok::<(), ConflictableTransactionError<String>>(())
+                    })
+                    .map_err(|e| match e {
+                        sled::transaction::TransactionError::Storage(s) => EngineError::Sled(s),
+                        sled::transaction::TransactionError::Abort(a) => EngineError::Sled(sled::Error::Unsupported(a)),
+                    })?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.publish(m);
+                let wake_outbox = effects.iter().any(|e| matches!(e, Effect::Alert { .. } | Effect::Recovery { .. }));
+                let outbox = self.outbox.clone();
+                self.committer.flush_then(Box::new(move |r| {
+                    if wake_outbox {
+                        outbox.wake();
+                    }
+                    done(r.map_err(EngineError::from));
+                }));
+            }
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    fn step(&self, key: &str, signal: Signal, ping: Option<PingInput>, done: Box<dyn FnOnce(Result<(), EngineError>) + Send>) -> Option<Monitor> {
+        let Some(m) = self.read().get(key).cloned() else {
+            done(Err(EngineError::NotFound));
+            return None;
+        };
+        let timing = m.def.timing();
+        let (new_state, effects) = state::apply(&timing, &m.state, signal);
+        let record = ping.map(|p| {
+            let duration_ms = effects.iter().find_map(|e| match e {
+                Effect::RunFinished { duration } => Some(duration.as_millis() as i64),
+                _ => None,
+            });
+            PingRecord {
+                seq: new_state.pings,
+                at: match signal {
+                    Signal::Success(at) | Signal::Start(at) | Signal::Fail(at, _) => at,
+                    _ => self.clock.now(),
+                },
+                kind: p.kind,
+                exit_code: p.exit_code,
+                source: p.source,
+                user_agent: p.user_agent,
+                body: p.body,
+                duration_ms,
+            }
+        });
+        if record.is_none() && new_state == m.state && effects.is_empty() {
+            // Nothing changed (e.g. a stale deadline): keep the schedule right, write nothing.
+            self.publish(&m);
+            done(Ok(()));
+            return Some(m);
+        }
+        if let Signal::Tick(now) = signal {
+            for e in &effects {
+                if let Effect::Transition { to, at, .. } = e {
+                    self.stats.transitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if *to == State::Down {
+                        let late = now.duration_since(*at);
+                        self.stats.down_lateness.observe(std::time::Duration::try_from(late).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        let next = Monitor { num: m.num, def: m.def, state: new_state };
+        self.commit(&next, &effects, record.as_ref(), done);
+        Some(next)
+    }
+
+    fn upsert(&self, mut def: MonitorDef) -> Result<(Monitor, Vec<Effect>), EngineError> {
+        let now = self.clock.now();
+        let existing = self.read().get(&def.key).cloned();
+        let (m, effects) = match existing {
+            Some(old) => {
+                def.created_at = old.def.created_at;
+                def.id = old.def.id.clone();
+                if def == old.def {
+                    return Ok((old, Vec::new()));
+                }
+                let mut st = old.state.clone();
+                let mut effects = Vec::new();
+                if def.paused != old.def.paused {
+                    let sig = if def.paused { Signal::Pause(now) } else { Signal::Resume(now) };
+                    let (s, e) = state::apply(&def.timing(), &st, sig);
+                    st = s;
+                    effects.extend(e);
+                }
+                if def.timing() != old.def.timing() {
+                    let (s, e) = state::apply(&def.timing(), &st, Signal::Retimed(now));
+                    st = s;
+                    effects.extend(e);
+                }
+                (Monitor { num: old.num, def, state: st }, effects)
+            }
+            None => match self.tree.get(tombstone_key(&def.key))? {
+                // Deleted with Retain and defined again: pick up its state and history.
+                Some(v) => {
+                    let old: Monitor = serde_json::from_slice(&v)?;
+                    def.created_at = old.def.created_at;
+                    let mut st = old.state;
+                    let mut effects = Vec::new();
+                    for sig in [Signal::Retimed(now)] {
+                        let (s, e) = state::apply(&def.timing(), &st, sig);
+                        st = s;
+                        effects.extend(e);
+                    }
+                    if def.paused && st.state != State::Paused {
+                        let (s, e) = state::apply(&def.timing(), &st, Signal::Pause(now));
+                        st = s;
+                        effects.extend(e);
+                    }
+                    (Monitor { num: old.num, def, state: st }, effects)
+                }
+                None => {
+                    let num = self.db.generate_id()? + 1;
+                    let state = if def.paused { MonitorState::new_paused(now) } else { MonitorState::new(now) };
+                    (Monitor { num, def, state }, Vec::new())
+                }
+            },
+        };
+        Ok((m, effects))
+    }
+
+    fn remove(&self, key: &str) -> Result<(), EngineError> {
+        let Some(m) = self.snapshot.write().unwrap_or_else(|p| p.into_inner()).remove(key) else {
+            return Ok(());
+        };
+        self.scheduler.disarm(key.to_string());
+        let mut batch = sled::Batch::default();
+        batch.remove(monitor_key(key));
+        if !m.def.retain_on_delete {
+            batch.remove(tombstone_key(key));
+            let mut prefix = vec![FAMILY_PING];
+            prefix.extend_from_slice(&m.num.to_be_bytes());
+            for k in self.tree.scan_prefix(prefix).keys() {
+                batch.remove(k?);
+            }
+        } else {
+            // Keep history and state under a tombstone key so a re-created monitor finds them.
+            batch.insert(tombstone_key(key), serde_json::to_vec(&m)?);
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                Command::Due(key) => {
+                    let now = self.clock.now();
+                    self.step(&key, Signal::Tick(now), None, Box::new(|r| {
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "applying a deadline failed");
+                        }
+                    }));
+                }
+                Command::Ping(key, input, reply) => {
+                    let now = self.clock.now();
+                    let paused = self.read().get(&key).map(|m| m.state.state == State::Paused);
+                    let kind = input.kind;
+                    let signal = match kind {
+                        PingKind::Success => Signal::Success(now),
+                        PingKind::Start => Signal::Start(now),
+                        PingKind::Fail => Signal::Fail(now, input.exit_code),
+                    };
+                    let idx = match kind {
+                        PingKind::Success => 0,
+                        PingKind::Start => 1,
+                        PingKind::Fail => 2,
+                    };
+                    self.stats.pings[idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let outcome = if paused == Some(true) { PingOutcome::Paused } else { PingOutcome::Ok };
+                    self.step(&key, signal, Some(input), Box::new(move |r| {
+                        let _ = reply.send(r.map(|_| outcome));
+                    }));
+                }
+                Command::Upsert(def, reply) => match self.upsert(def) {
+                    Ok((m, effects)) => {
+                        let stored = self.read().get(&m.def.key) == Some(&m);
+                        if stored {
+                            let _ = reply.send(Ok(m));
+                        } else {
+                            let out = m.clone();
+                            self.commit(&m, &effects, None, Box::new(move |r| {
+                                let _ = reply.send(r.map(|_| out));
+                            }));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Command::SetPaused(key, paused, reply) => {
+                    let now = self.clock.now();
+                    let Some(mut m) = self.read().get(&key).cloned() else {
+                        let _ = reply.send(Err(EngineError::NotFound));
+                        continue;
+                    };
+                    m.def.paused = paused;
+                    m.def.updated_at = now;
+                    let sig = if paused { Signal::Pause(now) } else { Signal::Resume(now) };
+                    let (st, effects) = state::apply(&m.def.timing(), &m.state, sig);
+                    m.state = st;
+                    let out = m.clone();
+                    self.commit(&m, &effects, None, Box::new(move |r| {
+                        let _ = reply.send(r.map(|_| out));
+                    }));
+                }
+                Command::Remove(key, reply) => {
+                    let r = self.remove(&key);
+                    match r {
+                        Ok(()) => self.committer.flush_then(Box::new(move |r| {
+                            let _ = reply.send(r.map_err(EngineError::from));
+                        })),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Loads every stored monitor, arms its deadline and starts the engine thread. Monitors
+    /// that fell due while the process was down are evaluated at once (and alert once).
+    pub fn start(db: &sled::Db, committer: Committer, outbox: Outbox, config: EngineConfig, clock: Clock) -> Result<Self, EngineError> {
+        let tree = db.open_tree("monitors")?;
+        let mut map = HashMap::new();
+        for item in tree.scan_prefix([FAMILY_MONITOR]) {
+            let (_, v) = item?;
+            let m: Monitor = serde_json::from_slice(&v)?;
+            map.insert(m.def.key.clone(), m);
+        }
+        let snapshot = Arc::new(RwLock::new(map));
+        let (scheduler, mut due) = schedule::spawn::<String>(clock);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (changes, _) = broadcast::channel(4096);
+        let stats = Arc::new(EngineStats::default());
+        let worker = Worker {
+            tree: tree.clone(),
+            db: db.clone(),
+            outbox,
+            committer,
+            scheduler: scheduler.clone(),
+            snapshot: snapshot.clone(),
+            changes: changes.clone(),
+            stats: stats.clone(),
+            config,
+            clock,
+        };
+        for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
+            if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
+                scheduler.arm(m.def.key.clone(), at);
+            }
+        }
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            while let Some((key, _)) = due.recv().await {
+                if forward.send(Command::Due(key)).is_err() {
+                    return;
+                }
+            }
+        });
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("hartslag-monitors".into())
+            .spawn(move || {
+                let _guard = runtime.enter();
+                worker.run(rx);
+            })
+            .map_err(|e| EngineError::Sled(sled::Error::Io(e)))?;
+        Ok(Self { tx, snapshot, history: tree, changes, stats, clock })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Command) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Creates or updates a monitor durably; spec changes re-arm its deadline at once.
+    pub async fn upsert(&self, def: MonitorDef) -> Result<Monitor, EngineError> {
+        self.call(|tx| Command::Upsert(def, tx)).await
+    }
+
+    /// Removes a monitor (its history too, unless it is retained).
+    pub async fn remove(&self, key: &str) -> Result<(), EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Remove(key, tx)).await
+    }
+
+    /// Applies a ping durably and tells whether the monitor is paused.
+    pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Ping(key, input, tx)).await
+    }
+
+    /// Pauses or resumes a monitor.
+    pub async fn set_paused(&self, key: &str, paused: bool) -> Result<Monitor, EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::SetPaused(key, paused, tx)).await
+    }
+
+    /// One monitor.
+    pub fn get(&self, key: &str) -> Option<Monitor> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+    }
+
+    /// Every monitor, sorted by key.
+    pub fn list(&self) -> Vec<Monitor> {
+        let mut v: Vec<Monitor> = self.snapshot.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.def.key.cmp(&b.def.key));
+        v
+    }
+
+    /// Monitors per state, for gauges.
+    pub fn counts(&self) -> HashMap<State, usize> {
+        let mut c = HashMap::new();
+        for m in self.snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
+            *c.entry(m.state.state).or_insert(0) += 1;
+        }
+        c
+    }
+
+    /// The newest pings of a monitor, newest first.
+    pub fn pings(&self, num: u64, limit: usize) -> Result<Vec<PingRecord>, EngineError> {
+        let mut prefix = vec![FAMILY_PING];
+        prefix.extend_from_slice(&num.to_be_bytes());
+        self.history
+            .scan_prefix(prefix)
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item?;
+                Ok(serde_json::from_slice(&v)?)
+            })
+            .collect()
+    }
+
+    /// A retained (deleted with `Retain`) monitor's last record, for re-creation.
+    pub fn retained(&self, key: &str) -> Option<Monitor> {
+        self.history.get(tombstone_key(key)).ok().flatten().and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    /// Subscribes to state transitions.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+}
