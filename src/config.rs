@@ -25,6 +25,10 @@ pub struct ServerConfig {
     pub cache_bytes: u64,
     /// Pings kept per monitor.
     pub ping_history: usize,
+    /// Shortest accepted Heartbeat interval (60s; lower only for development and tests).
+    pub min_interval: crate::duration::Duration,
+    /// Alert retry policy.
+    pub outbox: crate::alert::outbox::OutboxConfig,
 }
 
 impl ServerConfig {
@@ -40,6 +44,8 @@ impl ServerConfig {
             max_body_bytes: 64 * 1024,
             cache_bytes: 64 * 1024 * 1024,
             ping_history: 1000,
+            min_interval: crate::spec::MIN_INTERVAL,
+            outbox: crate::alert::outbox::OutboxConfig::default(),
         }
     }
 

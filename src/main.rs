@@ -73,6 +73,12 @@ struct Common {
     /// Pings kept per monitor.
     #[arg(long, env = "HARTSLAG_PING_HISTORY", default_value_t = 1000)]
     ping_history: usize,
+    /// Shortest accepted Heartbeat interval; lower it only for development and tests.
+    #[arg(long, env = "HARTSLAG_MIN_INTERVAL", default_value = "60s")]
+    min_interval: hartslag::duration::Duration,
+    /// First delay before an alert delivery is retried (doubles per attempt, up to 10m).
+    #[arg(long, env = "HARTSLAG_ALERT_RETRY_BASE", default_value = "2s")]
+    alert_retry_base: hartslag::duration::Duration,
 }
 
 impl Common {
@@ -87,6 +93,9 @@ impl Common {
         c.max_body_bytes = self.max_body_bytes;
         c.cache_bytes = self.cache_mb.saturating_mul(1024 * 1024);
         c.ping_history = self.ping_history;
+        c.min_interval = self.min_interval;
+        c.outbox.base_delay =
+            std::time::Duration::from_secs(self.alert_retry_base.as_secs().max(1));
         c
     }
 

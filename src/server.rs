@@ -10,9 +10,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::net::TcpListener;
 
+use crate::alert::email::{EmailConfigError, EmailSender, SmtpConfig};
+use crate::alert::outbox::{Outbox, OutboxError, Senders};
+use crate::alert::webhook::WebhookSender;
 use crate::api::{self, AppState};
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::monitor::engine::{Engine, EngineConfig, EngineError};
+use crate::monitor::schedule::Clock;
 use crate::registry::{Registry, RegistryError};
 use crate::store::events::EventWriter;
 use crate::store::{Store, StoreError, StoreOptions};
@@ -31,6 +36,18 @@ pub enum ServerError {
     /// Loading definitions failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The SMTP settings are unusable.
+    #[error("--smtp-url / --mail-from: {0}")]
+    Email(#[from] EmailConfigError),
+    /// The alert outbox could not be opened.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The monitor engine could not start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The HTTP client for webhooks could not be built.
+    #[error("webhook client: {0}")]
+    Webhook(String),
     /// Binding or serving failed.
     #[error("HTTP server error on {addr}: {source}")]
     Http {
@@ -50,6 +67,10 @@ pub struct Core {
     pub registry: Registry,
     /// Ingest writer.
     pub events: EventWriter,
+    /// Heartbeat monitors.
+    pub engine: Engine,
+    /// Alert outbox.
+    pub outbox: Outbox,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Readiness flag.
@@ -69,16 +90,39 @@ impl Core {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+        let email = match &config.smtp_url {
+            Some(url) => Some(EmailSender::new(&SmtpConfig::from_url(
+                url,
+                &config.mail_from,
+            )?)?),
+            None => None,
+        };
+        let webhook = WebhookSender::new().map_err(|e| ServerError::Webhook(e.to_string()))?;
         let registry = Registry::load(store.clone())?;
+        let outbox = Outbox::open(&store.db, store.committer().clone(), config.outbox)?;
+        let engine = Engine::start(
+            &store.db,
+            store.committer().clone(),
+            outbox.clone(),
+            EngineConfig {
+                ping_history: config.ping_history as u64,
+            },
+            Clock::new(),
+        )?;
+        tokio::spawn(outbox.clone().run(Senders { email, webhook }));
         let events = EventWriter::spawn(store).map_err(|source| ServerError::Open {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+        let metrics = Arc::new(Metrics::default());
+        register_metrics(&metrics, &engine, &outbox);
         Ok(Self {
             config,
             registry,
             events,
-            metrics: Arc::new(Metrics::default()),
+            engine,
+            outbox,
+            metrics,
             ready: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -88,6 +132,7 @@ impl Core {
         api::router(AppState {
             registry: self.registry.clone(),
             events: self.events.clone(),
+            engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             max_body_bytes: self.config.max_body_bytes,
             ready: self.ready.clone(),
@@ -150,19 +195,65 @@ impl Core {
             .unwrap_or_default();
         self.ready.store(true, Ordering::Release);
         tracing::info!(%addr, "listening");
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|source| ServerError::Http {
-                addr: addr.clone(),
-                source,
-            })?;
+        axum::serve(
+            listener,
+            self.router()
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| ServerError::Http {
+            addr: addr.clone(),
+            source,
+        })?;
         self.ready.store(false, Ordering::Release);
         if let Err(e) = self.registry.store().flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
         Ok(())
     }
+}
+
+/// Adds the monitor and alert families to `/metrics`.
+fn register_metrics(metrics: &Metrics, engine: &Engine, outbox: &Outbox) {
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    let engine = engine.clone();
+    let outbox = outbox.clone();
+    metrics.register(move |out| {
+        let counts = engine.counts();
+        out.push_str("# HELP hartslag_monitors Heartbeat monitors by state.\n# TYPE hartslag_monitors gauge\n");
+        for s in crate::monitor::state::State::ALL {
+            let _ = writeln!(out, "hartslag_monitors{{state=\"{s}\"}} {}", counts.get(&s).copied().unwrap_or(0));
+        }
+        out.push_str("# HELP hartslag_pings_total Pings received by kind.\n# TYPE hartslag_pings_total counter\n");
+        for (i, kind) in ["success", "start", "fail"].iter().enumerate() {
+            let _ = writeln!(out, "hartslag_pings_total{{kind=\"{kind}\"}} {}", engine.stats.pings[i].load(Relaxed));
+        }
+        out.push_str("# HELP hartslag_alerts_total Alerts raised by kind.\n# TYPE hartslag_alerts_total counter\n");
+        for (i, kind) in ["down", "recovery"].iter().enumerate() {
+            let _ = writeln!(out, "hartslag_alerts_total{{kind=\"{kind}\"}} {}", engine.stats.alerts[i].load(Relaxed));
+        }
+        out.push_str("# HELP hartslag_alert_deliveries_total Alert deliveries by outcome.\n# TYPE hartslag_alert_deliveries_total counter\n");
+        for (name, v) in [
+            ("delivered", &outbox.stats.delivered),
+            ("failed", &outbox.stats.failed),
+            ("retried", &outbox.stats.retried),
+            ("skipped", &outbox.stats.skipped),
+        ] {
+            let _ = writeln!(out, "hartslag_alert_deliveries_total{{outcome=\"{name}\"}} {}", v.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_alert_deliveries_pending Alert deliveries waiting in the outbox.\n# TYPE hartslag_alert_deliveries_pending gauge\nhartslag_alert_deliveries_pending {}",
+            outbox.pending_tree().len()
+        );
+        engine.stats.down_lateness.render(
+            "hartslag_down_transition_lateness_seconds",
+            "How long after its due time a Down transition was applied.",
+            out,
+        );
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C, for graceful shutdown in pods and terminals.

@@ -138,8 +138,8 @@ pub enum SpecError {
     #[error("spec.timeZone {0:?} is not a known IANA time zone (for example Europe/Amsterdam)")]
     TimeZone(String),
     /// `interval` outside 60s..365d.
-    #[error("spec.interval {0} is out of range: it must be between 60s and 365d")]
-    Interval(Duration),
+    #[error("spec.interval {0} is out of range: it must be between {1} and 365d")]
+    Interval(Duration, Duration),
     /// `grace` above 365d.
     #[error("spec.grace {0} is out of range: it must be between 0s and 365d")]
     Grace(Duration),
@@ -208,9 +208,15 @@ impl HeartbeatSpec {
 
     /// Checks the rules the schema cannot express.
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.validate_with_min_interval(MIN_INTERVAL)
+    }
+
+    /// As [`HeartbeatSpec::validate`] with another lower bound for the interval
+    /// (`--min-interval`, for development and tests).
+    pub fn validate_with_min_interval(&self, min: Duration) -> Result<(), SpecError> {
         let i = self.interval();
-        if i < MIN_INTERVAL || i > MAX_INTERVAL {
-            return Err(SpecError::Interval(i));
+        if i < min || i > MAX_INTERVAL {
+            return Err(SpecError::Interval(i, min));
         }
         if self.grace() > MAX_INTERVAL {
             return Err(SpecError::Grace(self.grace()));
@@ -242,7 +248,7 @@ mod tests {
             serde_json::from_str(r#"{"interval":"1h30m","grace":"0s"}"#).unwrap();
         assert!(ok.validate().is_ok());
         let short: HeartbeatSpec = serde_json::from_str(r#"{"interval":"59s"}"#).unwrap();
-        assert!(matches!(short.validate(), Err(SpecError::Interval(_))));
+        assert!(matches!(short.validate(), Err(SpecError::Interval(..))));
         let long: HeartbeatSpec = serde_json::from_str(r#"{"grace":"366d"}"#).unwrap();
         assert!(matches!(long.validate(), Err(SpecError::Grace(_))));
         let mail: HeartbeatSpec =

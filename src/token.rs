@@ -71,6 +71,13 @@ impl Token {
     }
 }
 
+/// A random identifier (128 bits, hex) for objects that need a stable opaque id.
+pub fn random_id() -> Result<String, TokenError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
 /// SHA-256 of a token: what the store keeps instead of the token itself.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TokenHash(#[serde(with = "hex_bytes")] pub [u8; 32]);

@@ -58,6 +58,40 @@ pub enum Target {
     },
 }
 
+/// The targets a monitor alerts: its own, else its Application's, else the server's
+/// default webhook.
+pub fn resolve_targets(
+    own: Option<&crate::spec::AlertTargets>,
+    application: Option<&crate::spec::AlertTargets>,
+    default_webhook: Option<&str>,
+) -> Vec<Target> {
+    let chosen = [own, application]
+        .into_iter()
+        .flatten()
+        .find(|a| !a.is_empty());
+    let mut out = Vec::new();
+    match chosen {
+        Some(a) => {
+            if !a.email.is_empty() {
+                out.push(Target::Email {
+                    to: a.email.clone(),
+                });
+            }
+            if let Some(url) = &a.webhook {
+                out.push(Target::Webhook { url: url.clone() });
+            }
+        }
+        None => {
+            if let Some(url) = default_webhook {
+                out.push(Target::Webhook {
+                    url: url.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// "2h 5m" style: the two largest units.
 pub fn human_duration(secs: i64) -> String {
     let secs = secs.unsigned_abs();

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod ops;
+pub mod pings;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub registry: Registry,
     /// The ingest writer.
     pub events: EventWriter,
+    /// Heartbeat monitors.
+    pub engine: crate::monitor::engine::Engine,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Largest accepted body.
@@ -105,6 +108,7 @@ pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .merge(events::routes())
+        .merge(pings::routes())
         .merge(ops::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(metrics, track))

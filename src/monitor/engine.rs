@@ -102,7 +102,11 @@ impl MonitorDef {
 
     fn scope(&self) -> String {
         match &self.application {
-            Some(app) => format!("namespace {}, application {}", self.namespace, app.rsplit('/').next().unwrap_or(app)),
+            Some(app) => format!(
+                "namespace {}, application {}",
+                self.namespace,
+                app.rsplit('/').next().unwrap_or(app)
+            ),
             None => format!("namespace {}", self.namespace),
         }
     }
@@ -207,7 +211,11 @@ impl Default for EngineConfig {
 enum Command {
     Upsert(MonitorDef, oneshot::Sender<Result<Monitor, EngineError>>),
     Remove(String, oneshot::Sender<Result<(), EngineError>>),
-    Ping(String, PingInput, oneshot::Sender<Result<PingOutcome, EngineError>>),
+    Ping(
+        String,
+        PingInput,
+        oneshot::Sender<Result<PingOutcome, EngineError>>,
+    ),
     SetPaused(String, bool, oneshot::Sender<Result<Monitor, EngineError>>),
     Due(String),
 }
@@ -292,7 +300,9 @@ fn describe_down(reason: DownReason, m: &Monitor, at: Timestamp) -> String {
             ),
             None => "no ping received".into(),
         },
-        DownReason::Failed { exit_code: Some(c) } => format!("the job reported failure (exit code {c})"),
+        DownReason::Failed { exit_code: Some(c) } => {
+            format!("the job reported failure (exit code {c})")
+        }
         DownReason::Failed { exit_code: None } => "the job reported failure (/fail)".into(),
         DownReason::RunTimeout => format!(
             "a run that signalled /start did not finish within {}",
@@ -330,13 +340,25 @@ impl Worker {
             let mut alerts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for e in effects {
                 let (kind, at, reason) = match e {
-                    Effect::Alert { reason, at } => (AlertKind::Down, *at, describe_down(*reason, m, *at)),
-                    Effect::Recovery { at } => (AlertKind::Recovery, *at, "a successful ping arrived; the monitor is up again".to_string()),
+                    Effect::Alert { reason, at } => {
+                        (AlertKind::Down, *at, describe_down(*reason, m, *at))
+                    }
+                    Effect::Recovery { at } => (
+                        AlertKind::Recovery,
+                        *at,
+                        "a successful ping arrived; the monitor is up again".to_string(),
+                    ),
                     Effect::Transition { from, to, at } => {
                         let reason = (*to == State::Down)
                             .then(|| m.state.down_reason.map(|r| describe_down(r, m, *at)))
                             .flatten();
-                        let _ = self.changes.send(Change { key: m.def.key.clone(), from: *from, to: *to, at: *at, reason });
+                        let _ = self.changes.send(Change {
+                            key: m.def.key.clone(),
+                            from: *from,
+                            to: *to,
+                            at: *at,
+                            reason,
+                        });
                         continue;
                     }
                     Effect::RunFinished { .. } => continue,
@@ -348,7 +370,16 @@ impl Worker {
                     continue;
                 }
                 let alert = Alert {
-                    id: format!("{}:{}:{}", m.def.key, at.as_millisecond(), if kind == AlertKind::Down { "down" } else { "recovery" }),
+                    id: format!(
+                        "{}:{}:{}",
+                        m.def.key,
+                        at.as_millisecond(),
+                        if kind == AlertKind::Down {
+                            "down"
+                        } else {
+                            "recovery"
+                        }
+                    ),
                     kind,
                     monitor: m.def.name.clone(),
                     display_name: m.def.display_name.clone(),
@@ -367,7 +398,9 @@ impl Worker {
                 Some(p) => Some((ping_key(m.num, p.seq), serde_json::to_vec(p)?)),
                 None => None,
             };
-            let trim = ping.and_then(|p| p.seq.checked_sub(self.config.ping_history)).filter(|s| *s > 0);
+            let trim = ping
+                .and_then(|p| p.seq.checked_sub(self.config.ping_history))
+                .filter(|s| *s > 0);
             if alerts.is_empty() {
                 let mut batch = sled::Batch::default();
                 batch.insert(key, record);
@@ -397,7 +430,9 @@ impl Worker {
                     })
                     .map_err(|e| match e {
                         sled::transaction::TransactionError::Storage(s) => EngineError::Sled(s),
-                        sled::transaction::TransactionError::Abort(a) => EngineError::Sled(sled::Error::Unsupported(a)),
+                        sled::transaction::TransactionError::Abort(a) => {
+                            EngineError::Sled(sled::Error::Unsupported(a))
+                        }
                     })?;
             }
             Ok(())
@@ -405,7 +440,9 @@ impl Worker {
         match result {
             Ok(()) => {
                 self.publish(m);
-                let wake_outbox = effects.iter().any(|e| matches!(e, Effect::Alert { .. } | Effect::Recovery { .. }));
+                let wake_outbox = effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::Alert { .. } | Effect::Recovery { .. }));
                 let outbox = self.outbox.clone();
                 self.committer.flush_then(Box::new(move |r| {
                     if wake_outbox {
@@ -418,7 +455,13 @@ impl Worker {
         }
     }
 
-    fn step(&self, key: &str, signal: Signal, ping: Option<PingInput>, done: Box<dyn FnOnce(Result<(), EngineError>) + Send>) -> Option<Monitor> {
+    fn step(
+        &self,
+        key: &str,
+        signal: Signal,
+        ping: Option<PingInput>,
+        done: Box<dyn FnOnce(Result<(), EngineError>) + Send>,
+    ) -> Option<Monitor> {
         let Some(m) = self.read().get(key).cloned() else {
             done(Err(EngineError::NotFound));
             return None;
@@ -453,15 +496,23 @@ impl Worker {
         if let Signal::Tick(now) = signal {
             for e in &effects {
                 if let Effect::Transition { to, at, .. } = e {
-                    self.stats.transitions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.stats
+                        .transitions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if *to == State::Down {
                         let late = now.duration_since(*at);
-                        self.stats.down_lateness.observe(std::time::Duration::try_from(late).unwrap_or_default());
+                        self.stats
+                            .down_lateness
+                            .observe(std::time::Duration::try_from(late).unwrap_or_default());
                     }
                 }
             }
         }
-        let next = Monitor { num: m.num, def: m.def, state: new_state };
+        let next = Monitor {
+            num: m.num,
+            def: m.def,
+            state: new_state,
+        };
         self.commit(&next, &effects, record.as_ref(), done);
         Some(next)
     }
@@ -479,7 +530,11 @@ impl Worker {
                 let mut st = old.state.clone();
                 let mut effects = Vec::new();
                 if def.paused != old.def.paused {
-                    let sig = if def.paused { Signal::Pause(now) } else { Signal::Resume(now) };
+                    let sig = if def.paused {
+                        Signal::Pause(now)
+                    } else {
+                        Signal::Resume(now)
+                    };
                     let (s, e) = state::apply(&def.timing(), &st, sig);
                     st = s;
                     effects.extend(e);
@@ -489,7 +544,14 @@ impl Worker {
                     st = s;
                     effects.extend(e);
                 }
-                (Monitor { num: old.num, def, state: st }, effects)
+                (
+                    Monitor {
+                        num: old.num,
+                        def,
+                        state: st,
+                    },
+                    effects,
+                )
             }
             None => match self.tree.get(tombstone_key(&def.key))? {
                 // Deleted with Retain and defined again: pick up its state and history.
@@ -508,11 +570,22 @@ impl Worker {
                         st = s;
                         effects.extend(e);
                     }
-                    (Monitor { num: old.num, def, state: st }, effects)
+                    (
+                        Monitor {
+                            num: old.num,
+                            def,
+                            state: st,
+                        },
+                        effects,
+                    )
                 }
                 None => {
                     let num = self.db.generate_id()? + 1;
-                    let state = if def.paused { MonitorState::new_paused(now) } else { MonitorState::new(now) };
+                    let state = if def.paused {
+                        MonitorState::new_paused(now)
+                    } else {
+                        MonitorState::new(now)
+                    };
                     (Monitor { num, def, state }, Vec::new())
                 }
             },
@@ -521,7 +594,12 @@ impl Worker {
     }
 
     fn remove(&self, key: &str) -> Result<(), EngineError> {
-        let Some(m) = self.snapshot.write().unwrap_or_else(|p| p.into_inner()).remove(key) else {
+        let Some(m) = self
+            .snapshot
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
+        else {
             return Ok(());
         };
         self.scheduler.disarm(key.to_string());
@@ -547,15 +625,23 @@ impl Worker {
             match cmd {
                 Command::Due(key) => {
                     let now = self.clock.now();
-                    self.step(&key, Signal::Tick(now), None, Box::new(|r| {
-                        if let Err(e) = r {
-                            tracing::error!(error = %e, "applying a deadline failed");
-                        }
-                    }));
+                    self.step(
+                        &key,
+                        Signal::Tick(now),
+                        None,
+                        Box::new(|r| {
+                            if let Err(e) = r {
+                                tracing::error!(error = %e, "applying a deadline failed");
+                            }
+                        }),
+                    );
                 }
                 Command::Ping(key, input, reply) => {
                     let now = self.clock.now();
-                    let paused = self.read().get(&key).map(|m| m.state.state == State::Paused);
+                    let paused = self
+                        .read()
+                        .get(&key)
+                        .map(|m| m.state.state == State::Paused);
                     let kind = input.kind;
                     let signal = match kind {
                         PingKind::Success => Signal::Success(now),
@@ -568,10 +654,19 @@ impl Worker {
                         PingKind::Fail => 2,
                     };
                     self.stats.pings[idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let outcome = if paused == Some(true) { PingOutcome::Paused } else { PingOutcome::Ok };
-                    self.step(&key, signal, Some(input), Box::new(move |r| {
-                        let _ = reply.send(r.map(|_| outcome));
-                    }));
+                    let outcome = if paused == Some(true) {
+                        PingOutcome::Paused
+                    } else {
+                        PingOutcome::Ok
+                    };
+                    self.step(
+                        &key,
+                        signal,
+                        Some(input),
+                        Box::new(move |r| {
+                            let _ = reply.send(r.map(|_| outcome));
+                        }),
+                    );
                 }
                 Command::Upsert(def, reply) => match self.upsert(def) {
                     Ok((m, effects)) => {
@@ -580,9 +675,14 @@ impl Worker {
                             let _ = reply.send(Ok(m));
                         } else {
                             let out = m.clone();
-                            self.commit(&m, &effects, None, Box::new(move |r| {
-                                let _ = reply.send(r.map(|_| out));
-                            }));
+                            self.commit(
+                                &m,
+                                &effects,
+                                None,
+                                Box::new(move |r| {
+                                    let _ = reply.send(r.map(|_| out));
+                                }),
+                            );
                         }
                     }
                     Err(e) => {
@@ -597,13 +697,22 @@ impl Worker {
                     };
                     m.def.paused = paused;
                     m.def.updated_at = now;
-                    let sig = if paused { Signal::Pause(now) } else { Signal::Resume(now) };
+                    let sig = if paused {
+                        Signal::Pause(now)
+                    } else {
+                        Signal::Resume(now)
+                    };
                     let (st, effects) = state::apply(&m.def.timing(), &m.state, sig);
                     m.state = st;
                     let out = m.clone();
-                    self.commit(&m, &effects, None, Box::new(move |r| {
-                        let _ = reply.send(r.map(|_| out));
-                    }));
+                    self.commit(
+                        &m,
+                        &effects,
+                        None,
+                        Box::new(move |r| {
+                            let _ = reply.send(r.map(|_| out));
+                        }),
+                    );
                 }
                 Command::Remove(key, reply) => {
                     let r = self.remove(&key);
@@ -624,7 +733,13 @@ impl Worker {
 impl Engine {
     /// Loads every stored monitor, arms its deadline and starts the engine thread. Monitors
     /// that fell due while the process was down are evaluated at once (and alert once).
-    pub fn start(db: &sled::Db, committer: Committer, outbox: Outbox, config: EngineConfig, clock: Clock) -> Result<Self, EngineError> {
+    pub fn start(
+        db: &sled::Db,
+        committer: Committer,
+        outbox: Outbox,
+        config: EngineConfig,
+        clock: Clock,
+    ) -> Result<Self, EngineError> {
         let tree = db.open_tree("monitors")?;
         let mut map = HashMap::new();
         for item in tree.scan_prefix([FAMILY_MONITOR]) {
@@ -670,10 +785,20 @@ impl Engine {
                 worker.run(rx);
             })
             .map_err(|e| EngineError::Sled(sled::Error::Io(e)))?;
-        Ok(Self { tx, snapshot, history: tree, changes, stats, clock })
+        Ok(Self {
+            tx,
+            snapshot,
+            history: tree,
+            changes,
+            stats,
+            clock,
+        })
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Command) -> Result<T, EngineError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Command,
+    ) -> Result<T, EngineError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
@@ -704,12 +829,22 @@ impl Engine {
 
     /// One monitor.
     pub fn get(&self, key: &str) -> Option<Monitor> {
-        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).get(key).cloned()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// Every monitor, sorted by key.
     pub fn list(&self) -> Vec<Monitor> {
-        let mut v: Vec<Monitor> = self.snapshot.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut v: Vec<Monitor> = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.def.key.cmp(&b.def.key));
         v
     }
@@ -717,7 +852,12 @@ impl Engine {
     /// Monitors per state, for gauges.
     pub fn counts(&self) -> HashMap<State, usize> {
         let mut c = HashMap::new();
-        for m in self.snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
+        for m in self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             *c.entry(m.state.state).or_insert(0) += 1;
         }
         c
@@ -740,7 +880,11 @@ impl Engine {
 
     /// A retained (deleted with `Retain`) monitor's last record, for re-creation.
     pub fn retained(&self, key: &str) -> Option<Monitor> {
-        self.history.get(tombstone_key(key)).ok().flatten().and_then(|v| serde_json::from_slice(&v).ok())
+        self.history
+            .get(tombstone_key(key))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
     }
 
     /// Subscribes to state transitions.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::duration::Duration;
 use crate::spec::{ApplicationSpec, HeartbeatSpec};
 
 /// The only API version accepted.
@@ -102,7 +103,12 @@ fn invalid(path: &Path, message: impl Into<String>) -> ManifestError {
 }
 
 /// Parses the YAML documents of one file (used for files and tests alike).
-pub fn parse_documents(path: &Path, text: &str, out: &mut Manifests) -> Result<(), ManifestError> {
+pub fn parse_documents(
+    path: &Path,
+    text: &str,
+    min_interval: Duration,
+    out: &mut Manifests,
+) -> Result<(), ManifestError> {
     let docs: Vec<Option<RawDoc>> = serde_saphyr::from_multiple(text)
         .map_err(|e| invalid(path, format!("not valid YAML: {e}")))?;
     for (i, doc) in docs.into_iter().enumerate() {
@@ -148,7 +154,7 @@ pub fn parse_documents(path: &Path, text: &str, out: &mut Manifests) -> Result<(
             Some("Heartbeat") => {
                 let spec: HeartbeatSpec = serde_json::from_value(spec)
                     .map_err(|e| at(format!("Heartbeat {name}: spec is invalid: {e}")))?;
-                spec.validate()
+                spec.validate_with_min_interval(min_interval)
                     .map_err(|e| at(format!("Heartbeat {name}: {e}")))?;
                 out.heartbeats.push(Object {
                     namespace,
@@ -183,7 +189,7 @@ fn check_duplicates<S>(kind: &str, objects: &[Object<S>]) -> Result<(), Manifest
 }
 
 /// Loads every `*.yaml` / `*.yml` file in `dir` (not recursive), in name order.
-pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
+pub fn load_dir(dir: &Path, min_interval: Duration) -> Result<Manifests, ManifestError> {
     let read_err = |source| ManifestError::Read {
         path: dir.to_path_buf(),
         source,
@@ -202,7 +208,7 @@ pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
             path: path.clone(),
             source,
         })?;
-        parse_documents(&path, &text, &mut out)?;
+        parse_documents(&path, &text, min_interval, &mut out)?;
     }
     check_duplicates("Application", &out.applications)?;
     check_duplicates("Heartbeat", &out.heartbeats)?;
@@ -212,10 +218,11 @@ pub fn load_dir(dir: &Path) -> Result<Manifests, ManifestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::MIN_INTERVAL;
 
     fn parse(text: &str) -> Result<Manifests, ManifestError> {
         let mut m = Manifests::default();
-        parse_documents(Path::new("t.yaml"), text, &mut m)?;
+        parse_documents(Path::new("t.yaml"), text, MIN_INTERVAL, &mut m)?;
         Ok(m)
     }
 

@@ -5,10 +5,14 @@ pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
+use crate::alert::message::resolve_targets;
 use crate::config::ServerConfig;
+use crate::monitor::engine::{EngineError, MonitorDef, Origin};
 use crate::registry::{RegistryError, object_key};
 use crate::server::{Core, ServerError, shutdown_signal};
-use crate::token::TokenKind;
+use crate::spec::DeletionPolicy;
+use crate::store::apps::TokenOwner;
+use crate::token::{TokenError, TokenKind};
 
 /// Why standalone mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +26,27 @@ pub enum StandaloneError {
     /// The core failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A Heartbeat names an Application that is not defined.
+    #[error(
+        "Heartbeat {heartbeat}: spec.applicationRef names Application {application:?}, which is not defined in the manifests"
+    )]
+    UnknownApplication {
+        /// Heartbeat name.
+        heartbeat: String,
+        /// Referenced name.
+        application: String,
+    },
+    /// The monitor engine refused a definition.
+    #[error("Heartbeat {object}: {source}")]
+    Engine {
+        /// Which object.
+        object: String,
+        /// Why.
+        source: EngineError,
+    },
+    /// No randomness for ids.
+    #[error(transparent)]
+    Random(#[from] TokenError),
     /// A definition was refused.
     #[error("{object}: {source}")]
     Registry {
@@ -38,7 +63,7 @@ pub async fn apply_manifests(
     core: &Core,
     dir: &Path,
 ) -> Result<manifests::Manifests, StandaloneError> {
-    let m = manifests::load_dir(dir)?;
+    let m = manifests::load_dir(dir, core.config.min_interval)?;
     let data = &core.config.data_dir;
     for app in &m.applications {
         let (token, origin) = tokens::ensure_token(
@@ -83,7 +108,173 @@ pub async fn apply_manifests(
                 })?;
         }
     }
+    apply_heartbeats(core, dir, &m).await?;
+    ensure_admin_token(core).await?;
     Ok(m)
+}
+
+/// The dashboard/status admin token: `<data>/tokens/admin.token`.
+async fn ensure_admin_token(core: &Core) -> Result<(), StandaloneError> {
+    let path = core.config.data_dir.join("tokens").join("admin.token");
+    let token = match tokens::read_token(&path)? {
+        Some(t) => t,
+        None => {
+            let t = crate::token::Token::generate(TokenKind::Admin)?;
+            tokens::write_private(&path, t.expose())?;
+            println!(
+                "Issued the admin token (sees every application and monitor): saved in {}",
+                path.display()
+            );
+            t
+        }
+    };
+    core.registry
+        .put_token(
+            token.hash(),
+            TokenOwner {
+                kind: TokenKind::Admin,
+                key: "admin".into(),
+            },
+            None,
+        )
+        .await
+        .map_err(|source| StandaloneError::Registry {
+            object: "admin token".into(),
+            source,
+        })
+}
+
+async fn apply_heartbeats(
+    core: &Core,
+    dir: &Path,
+    m: &manifests::Manifests,
+) -> Result<(), StandaloneError> {
+    let data = &core.config.data_dir;
+    let now = jiff::Timestamp::now();
+    for hb in &m.heartbeats {
+        let key = object_key(&hb.namespace, &hb.name);
+        let app = match &hb.spec.application_ref {
+            Some(r) => {
+                let app_key = object_key(&hb.namespace, &r.name);
+                let Some(app) = core.registry.application(&app_key) else {
+                    return Err(StandaloneError::UnknownApplication {
+                        heartbeat: hb.name.clone(),
+                        application: r.name.clone(),
+                    });
+                };
+                Some(app)
+            }
+            None => None,
+        };
+        let (token, origin) = tokens::ensure_token(
+            data,
+            dir,
+            TokenKind::Heartbeat,
+            "heartbeat",
+            &hb.name,
+            hb.spec.token_file.as_deref(),
+        )?;
+        let ping_url = format!(
+            "{}/v1/heartbeats/{}/ping",
+            core.config.base_url(),
+            token.expose()
+        );
+        let url_path = data
+            .join("tokens")
+            .join(format!("heartbeat-{}.url", hb.name));
+        tokens::write_private(&url_path, &ping_url)?;
+        let existing = core.engine.get(&key);
+        let old_token = existing.as_ref().map(|e| e.def.token);
+        core.registry
+            .put_token(
+                token.hash(),
+                TokenOwner {
+                    kind: TokenKind::Heartbeat,
+                    key: key.clone(),
+                },
+                old_token,
+            )
+            .await
+            .map_err(|source| StandaloneError::Registry {
+                object: format!("Heartbeat {}", hb.name),
+                source,
+            })?;
+        let def = MonitorDef {
+            key: key.clone(),
+            id: match &existing {
+                Some(e) => e.def.id.clone(),
+                None => crate::token::random_id()?,
+            },
+            namespace: hb.namespace.clone(),
+            name: hb.name.clone(),
+            display_name: hb.spec.display_name.clone(),
+            interval_secs: hb.spec.interval().as_secs(),
+            grace_secs: hb.spec.grace().as_secs(),
+            paused: hb.spec.paused,
+            targets: resolve_targets(
+                hb.spec.alerts.as_ref(),
+                app.as_ref().and_then(|a| a.spec.alerts.as_ref()),
+                core.config.webhook_url.as_deref(),
+            ),
+            application: app.as_ref().map(|a| a.key.clone()),
+            token: token.hash(),
+            ping_hint: format!(
+                "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
+                url_path.display()
+            ),
+            origin: Origin::Manifest,
+            retain_on_delete: hb.spec.deletion_policy == Some(DeletionPolicy::Retain),
+            created_at: existing.as_ref().map(|e| e.def.created_at).unwrap_or(now),
+            updated_at: now,
+        };
+        let unchanged = existing.as_ref().is_some_and(|e| {
+            MonitorDef {
+                updated_at: e.def.updated_at,
+                ..def.clone()
+            } == e.def
+        });
+        if !unchanged {
+            core.engine
+                .upsert(def)
+                .await
+                .map_err(|source| StandaloneError::Engine {
+                    object: hb.name.clone(),
+                    source,
+                })?;
+        }
+        if origin == tokens::Origin::New {
+            println!(
+                "Issued a ping URL for Heartbeat {}: saved in {}",
+                hb.name,
+                url_path.display()
+            );
+        }
+    }
+    let wanted: Vec<String> = m
+        .heartbeats
+        .iter()
+        .map(|h| object_key(&h.namespace, &h.name))
+        .collect();
+    for mon in core.engine.list() {
+        if mon.def.origin == Origin::Manifest && !wanted.contains(&mon.def.key) {
+            tracing::info!(monitor = %mon.def.key, "heartbeat no longer in the manifests: removing it and revoking its token");
+            core.registry
+                .remove_token(mon.def.token)
+                .await
+                .map_err(|source| StandaloneError::Registry {
+                    object: format!("Heartbeat {}", mon.def.name),
+                    source,
+                })?;
+            core.engine
+                .remove(&mon.def.key)
+                .await
+                .map_err(|source| StandaloneError::Engine {
+                    object: mon.def.name.clone(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs standalone mode until SIGTERM/Ctrl-C.
