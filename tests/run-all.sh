@@ -11,6 +11,13 @@ log "toolchain"
 cargo --version
 rustup component list --installed 2>/dev/null | grep -E 'clippy|rustfmt' || true
 
+log "test dependencies"
+# A real SMTP server for the alert tests.
+if ! python3 -c "import aiosmtpd" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+fi
+python3 -c "import aiosmtpd; print('aiosmtpd', aiosmtpd.__version__)"
+
 log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

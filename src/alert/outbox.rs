@@ -123,13 +123,16 @@ pub fn delivery_key(alert: &Alert, target: &Target) -> Vec<u8> {
     format!("{}|{suffix}", alert.id).into_bytes()
 }
 
+/// A key and value ready for a sled batch.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// Encoded records for `alert` to each of `targets`, for a caller that writes them in its
 /// own atomic batch (the monitor engine stores them together with the state change).
 pub fn records(
     alert: &Alert,
     targets: &[Target],
     now: Timestamp,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, OutboxError> {
+) -> Result<Vec<Record>, OutboxError> {
     targets
         .iter()
         .map(|t| {
@@ -348,21 +351,14 @@ impl Outbox {
                     }
                 })
                 .collect();
-            for (key, d) in due {
-                if let Err(e) = self.attempt(&senders, &key, d).await {
-                    tracing::error!(error = %e, "outbox storage error");
+            if !due.is_empty() {
+                for (key, d) in due {
+                    if let Err(e) = self.attempt(&senders, &key, d).await {
+                        tracing::error!(error = %e, "outbox storage error");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
-            }
-            if self
-                .pending
-                .iter()
-                .values()
-                .filter_map(|v| v.ok())
-                .any(|v| {
-                    serde_json::from_slice::<Delivery>(&v)
-                        .is_ok_and(|d| d.next_attempt_at <= Timestamp::now())
-                })
-            {
+                // Rescan: attempts rescheduled records, and new ones may have arrived.
                 continue;
             }
             let wait = next

@@ -558,13 +558,8 @@ impl Worker {
                 Some(v) => {
                     let old: Monitor = serde_json::from_slice(&v)?;
                     def.created_at = old.def.created_at;
-                    let mut st = old.state;
-                    let mut effects = Vec::new();
-                    for sig in [Signal::Retimed(now)] {
-                        let (s, e) = state::apply(&def.timing(), &st, sig);
-                        st = s;
-                        effects.extend(e);
-                    }
+                    let (mut st, mut effects) =
+                        state::apply(&def.timing(), &old.state, Signal::Retimed(now));
                     if def.paused && st.state != State::Paused {
                         let (s, e) = state::apply(&def.timing(), &st, Signal::Pause(now));
                         st = s;

@@ -133,6 +133,7 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `hartslag standalone` with extra args and waits until `/readyz` answers 200.
     pub async fn start(manifests: &Path, data: &Path, extra: &[&str]) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
@@ -204,4 +205,185 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A real SMTP server (Python's aiosmtpd) that stores every message in a maildir.
+pub struct SmtpSink {
+    /// Port it listens on.
+    pub port: u16,
+    /// The maildir.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SmtpSink {
+    /// Reserves a port and a maildir without starting the server (to test an outage).
+    pub fn reserve(dir: &Path) -> Self {
+        let maildir = dir.join("maildir");
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        Self {
+            port: free_port(),
+            dir: maildir,
+            child: None,
+        }
+    }
+
+    /// Starts a server on a new port.
+    pub async fn start(dir: &Path) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut s = Self::reserve(dir);
+        s.run().await;
+        s
+    }
+
+    /// Starts (or restarts) the server on the reserved port; waits until it accepts.
+    pub async fn run(&mut self) {
+        let check = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .unwrap();
+        assert!(
+            check.success(),
+            "python3 module aiosmtpd is missing: pip install aiosmtpd (tests/run-all.sh installs it)"
+        );
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{}", self.port),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            "the SMTP server to accept connections",
+            Duration::from_secs(20),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Stops the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `smtp://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every received message, with quoted-printable soft breaks and escapes decoded.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
+                for e in entries.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(e.path()) {
+                        out.push(decode_quoted_printable(&text));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Messages whose subject contains `needle`.
+    pub fn with_subject(&self, needle: &str) -> Vec<String> {
+        self.messages()
+            .into_iter()
+            .filter(|m| {
+                m.lines()
+                    .any(|l| l.starts_with("Subject:") && l.contains(needle))
+            })
+            .collect()
+    }
+}
+
+/// Undoes quoted-printable encoding (good enough for the tests' ASCII and UTF-8 bodies).
+pub fn decode_quoted_printable(text: &str) -> String {
+    let joined = text.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Heartbeat manifest.
+pub fn heartbeat_manifest(name: &str, interval: &str, grace: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: {name}\nspec:\n  interval: {interval}\n  grace: {grace}\n{extra_spec}"
+    )
+}
+
+/// Reads `/v1/status` with the admin token and returns the monitor named `name`.
+pub async fn monitor_status(base: &str, admin: &str, name: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/v1/status"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["monitors"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+}
+
+/// Waits until monitor `name` reports `state`.
+pub async fn wait_state(
+    base: &str,
+    admin: &str,
+    name: &str,
+    state: &str,
+    within: Duration,
+) -> serde_json::Value {
+    wait_for(&format!("{name} to be {state}"), within, || async move {
+        monitor_status(base, admin, name)
+            .await
+            .filter(|m| m["state"] == state)
+    })
+    .await
 }
