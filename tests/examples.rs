@@ -10,7 +10,11 @@ fn standalone_examples_load() {
     assert_eq!(m.heartbeats.len(), 3);
     for hb in &m.heartbeats {
         if let Some(r) = &hb.spec.application_ref {
-            assert!(m.applications.iter().any(|a| a.name == r.name), "{} refers to a missing application", hb.name);
+            assert!(
+                m.applications.iter().any(|a| a.name == r.name),
+                "{} refers to a missing application",
+                hb.name
+            );
         }
     }
 }

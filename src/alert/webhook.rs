@@ -14,6 +14,8 @@ pub struct WebhookSender {
 impl WebhookSender {
     /// A sender with a 10 s timeout.
     pub fn new() -> Result<Self, DeliveryError> {
+        // reqwest and lettre share rustls with the ring provider; install it if nobody has.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("hartslag/", env!("CARGO_PKG_VERSION")))
