@@ -1,6 +1,7 @@
 //! Ingest load benchmark: real HTTP/1.1 keep-alive requests against (a) a no-op axum
 //! handler answering `201 []` and (b) the real ingest route with durable group commit,
-//! in the same run, on loopback. Prints events/s, p50/p99 latency and the ratio b/a.
+//! in the same run, on loopback, and (c) the heartbeat ping route. Prints requests/s,
+//! p50/p99 latency and the ratios b/a and c/a.
 //!
 //! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
 //! default 5 per target).
@@ -110,6 +111,7 @@ fn report(name: &str, o: &Outcome) {
 }
 
 fn main() {
+    hartslag::tune_allocator();
     let connections: usize = std::env::var("BENCH_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -136,7 +138,7 @@ fn main() {
         std::fs::create_dir_all(&manifests).expect("mkdir");
         std::fs::write(
             manifests.join("app.yaml"),
-            "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: bench\n",
+            "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: bench\n---\napiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: bench-job\nspec:\n  interval: 1h\n",
         )
         .expect("write");
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -154,5 +156,9 @@ fn main() {
         let b = drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await;
         report("(b) ingest, durable", &b);
         println!("ratio b/a: {:.2}", b.rate() / a.rate());
+        let ping = std::fs::read_to_string(dir.path().join("data/tokens/heartbeat-bench-job.url")).expect("ping url");
+        let c = drive(ping.trim().to_string(), None, "", connections, seconds).await;
+        report("(c) ping, durable", &c);
+        println!("ratio c/a: {:.2}", c.rate() / a.rate());
     });
 }

@@ -33,6 +33,7 @@ fn rss_mb() -> f64 {
 }
 
 fn main() {
+    hartslag::tune_allocator();
     let n: usize = std::env::var("BENCH_MONITORS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -49,6 +50,9 @@ fn main() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path().join("data"));
         config.min_interval = hartslag::duration::Duration::from_secs(1);
+        if let Some(mb) = std::env::var("BENCH_CACHE_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
+            config.cache_bytes = mb * 1024 * 1024;
+        }
         let core = Arc::new(Core::open(config).expect("open"));
         println!("monitor scale benchmark: {n} monitors, interval {interval}s, grace 0s");
         println!("RSS at start: {:.0} MB", rss_mb());

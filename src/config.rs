@@ -42,7 +42,7 @@ impl ServerConfig {
             mail_from: "hartslag@localhost".into(),
             webhook_url: None,
             max_body_bytes: 64 * 1024,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: 32 * 1024 * 1024,
             ping_history: 1000,
             min_interval: crate::spec::MIN_INTERVAL,
             outbox: crate::alert::outbox::OutboxConfig::default(),

@@ -18,3 +18,14 @@ pub mod spec;
 pub mod standalone;
 pub mod store;
 pub mod token;
+
+/// Limits glibc to two malloc arenas. With one arena per thread (glibc's default, up to
+/// eight per core) the storage and engine threads fragment memory enough to double the
+/// resident size of a server with 100 000 monitors; two arenas cost nothing measurable.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

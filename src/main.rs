@@ -68,7 +68,7 @@ struct Common {
     #[arg(long, env = "HARTSLAG_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     max_body_bytes: usize,
     /// sled page cache in MiB.
-    #[arg(long, env = "HARTSLAG_CACHE_MB", default_value_t = 64)]
+    #[arg(long, env = "HARTSLAG_CACHE_MB", default_value_t = 32)]
     cache_mb: u64,
     /// Pings kept per monitor.
     #[arg(long, env = "HARTSLAG_PING_HISTORY", default_value_t = 1000)]
@@ -113,6 +113,7 @@ impl Common {
 }
 
 fn main() -> ExitCode {
+    hartslag::tune_allocator();
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

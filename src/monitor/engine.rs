@@ -43,6 +43,9 @@ pub enum EngineError {
     /// The engine thread is gone.
     #[error("the monitor engine has stopped")]
     Stopped,
+    /// Writing a round of changes failed.
+    #[error("writing monitor state failed: {0}")]
+    Write(String),
 }
 
 /// Where a monitor's definition comes from; decides who may change it.
@@ -311,6 +314,19 @@ fn describe_down(reason: DownReason, m: &Monitor, at: Timestamp) -> String {
     }
 }
 
+type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+
+/// Changes staged by one round of commands, written together and flushed once.
+#[derive(Default)]
+struct Pending {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    alerts: Vec<outbox::Record>,
+    done: Vec<Done>,
+}
+
+/// Most commands handled in one round (one sled write, one flush).
+const MAX_ROUND: usize = 1024;
+
 impl Worker {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Monitor>> {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
@@ -327,17 +343,17 @@ impl Worker {
         }
     }
 
-    /// Persists `m` (plus an optional ping record and the alerts its effects call for),
-    /// then calls `done` after the flush.
-    fn commit(
+    /// Stages `m` (plus an optional ping record and the alerts its effects call for) and
+    /// publishes it to readers; `done` runs once the round is on disk.
+    fn stage(
         &self,
         m: &Monitor,
         effects: &[Effect],
         ping: Option<&PingRecord>,
-        done: Box<dyn FnOnce(Result<(), EngineError>) + Send>,
+        pending: &mut Pending,
+        done: Done,
     ) {
-        let result = (|| -> Result<(), EngineError> {
-            let mut alerts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let staged = (|| -> Result<(), EngineError> {
             for e in effects {
                 let (kind, at, reason) = match e {
                     Effect::Alert { reason, at } => {
@@ -390,68 +406,92 @@ impl Worker {
                     expected_at: m.state.deadline,
                     ping_hint: m.def.ping_hint.clone(),
                 };
-                alerts.extend(outbox::records(&alert, &m.def.targets, self.clock.now())?);
+                pending
+                    .alerts
+                    .extend(outbox::records(&alert, &m.def.targets, self.clock.now())?);
             }
-            let record = serde_json::to_vec(m)?;
-            let key = monitor_key(&m.def.key);
-            let ping_kv = match ping {
-                Some(p) => Some((ping_key(m.num, p.seq), serde_json::to_vec(p)?)),
-                None => None,
-            };
-            let trim = ping
-                .and_then(|p| p.seq.checked_sub(self.config.ping_history))
-                .filter(|s| *s > 0);
-            if alerts.is_empty() {
-                let mut batch = sled::Batch::default();
-                batch.insert(key, record);
-                if let Some((k, v)) = ping_kv {
-                    batch.insert(&k[..], v);
+            pending
+                .ops
+                .push((monitor_key(&m.def.key), Some(serde_json::to_vec(m)?)));
+            if let Some(p) = ping {
+                pending.ops.push((
+                    ping_key(m.num, p.seq).to_vec(),
+                    Some(serde_json::to_vec(p)?),
+                ));
+                if let Some(old) = p
+                    .seq
+                    .checked_sub(self.config.ping_history)
+                    .filter(|s| *s > 0)
+                {
+                    pending.ops.push((ping_key(m.num, old).to_vec(), None));
                 }
-                if let Some(old) = trim {
-                    batch.remove(&ping_key(m.num, old)[..]);
-                }
-                self.tree.apply_batch(batch)?;
-            } else {
-                (&self.tree, self.outbox.pending_tree())
-                    .transaction(|(t, o)| {
-                        t.insert(key.as_slice(), record.as_slice())?;
-                        if let Some((k, v)) = &ping_kv {
-                            t.insert(&k[..], v.as_slice())?;
-                        }
-                        if let Some(old) = trim {
-                            t.remove(&ping_key(m.num, old)[..])?;
-                        }
-                        for (k, v) in &alerts {
-                            if o.get(k)?.is_none() {
-                                o.insert(k.as_slice(), v.as_slice())?;
-                            }
-                        }
-                        Ok::<(), ConflictableTransactionError<String>>(())
-                    })
-                    .map_err(|e| match e {
-                        sled::transaction::TransactionError::Storage(s) => EngineError::Sled(s),
-                        sled::transaction::TransactionError::Abort(a) => {
-                            EngineError::Sled(sled::Error::Unsupported(a))
-                        }
-                    })?;
             }
             Ok(())
         })();
-        match result {
+        match staged {
             Ok(()) => {
                 self.publish(m);
-                let wake_outbox = effects
-                    .iter()
-                    .any(|e| matches!(e, Effect::Alert { .. } | Effect::Recovery { .. }));
-                let outbox = self.outbox.clone();
-                self.committer.flush_then(Box::new(move |r| {
-                    if wake_outbox {
-                        outbox.wake();
-                    }
-                    done(r.map_err(EngineError::from));
-                }));
+                pending.done.push(done);
             }
             Err(e) => done(Err(e)),
+        }
+    }
+
+    /// Writes a round: one atomic batch, or one transaction with the outbox when it alerts.
+    fn write(&self, pending: Pending) {
+        if pending.done.is_empty() && pending.ops.is_empty() {
+            return;
+        }
+        let result = if pending.alerts.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (k, v) in pending.ops {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            self.tree.apply_batch(batch).map_err(|e| e.to_string())
+        } else {
+            (&self.tree, self.outbox.pending_tree())
+                .transaction(|(t, o)| {
+                    for (k, v) in &pending.ops {
+                        match v {
+                            Some(v) => t.insert(k.as_slice(), v.as_slice())?,
+                            None => t.remove(k.as_slice())?,
+                        };
+                    }
+                    for (k, v) in &pending.alerts {
+                        if o.get(k)?.is_none() {
+                            o.insert(k.as_slice(), v.as_slice())?;
+                        }
+                    }
+                    Ok::<(), ConflictableTransactionError<String>>(())
+                })
+                .map_err(|e| e.to_string())
+        };
+        let done = pending.done;
+        match result {
+            Ok(()) => {
+                let outbox = (!pending.alerts.is_empty()).then(|| self.outbox.clone());
+                self.committer.flush_then(Box::new(move |r| {
+                    if let Some(o) = outbox {
+                        o.wake();
+                    }
+                    let msg = r.as_ref().err().map(|e| e.to_string());
+                    for d in done {
+                        d(match &msg {
+                            None => Ok(()),
+                            Some(m) => Err(EngineError::Write(m.clone())),
+                        });
+                    }
+                }));
+            }
+            Err(msg) => {
+                tracing::error!(error = %msg, "writing monitor state failed");
+                for d in done {
+                    d(Err(EngineError::Write(msg.clone())));
+                }
+            }
         }
     }
 
@@ -460,11 +500,12 @@ impl Worker {
         key: &str,
         signal: Signal,
         ping: Option<PingInput>,
-        done: Box<dyn FnOnce(Result<(), EngineError>) + Send>,
-    ) -> Option<Monitor> {
+        pending: &mut Pending,
+        done: Done,
+    ) {
         let Some(m) = self.read().get(key).cloned() else {
             done(Err(EngineError::NotFound));
-            return None;
+            return;
         };
         let timing = m.def.timing();
         let (new_state, effects) = state::apply(&timing, &m.state, signal);
@@ -491,7 +532,7 @@ impl Worker {
             // Nothing changed (e.g. a stale deadline): keep the schedule right, write nothing.
             self.publish(&m);
             done(Ok(()));
-            return Some(m);
+            return;
         }
         if let Signal::Tick(now) = signal {
             for e in &effects {
@@ -513,8 +554,7 @@ impl Worker {
             def: m.def,
             state: new_state,
         };
-        self.commit(&next, &effects, record.as_ref(), done);
-        Some(next)
+        self.stage(&next, &effects, record.as_ref(), pending, done);
     }
 
     fn upsert(&self, mut def: MonitorDef) -> Result<(Monitor, Vec<Effect>), EngineError> {
@@ -588,7 +628,7 @@ impl Worker {
         Ok((m, effects))
     }
 
-    fn remove(&self, key: &str) -> Result<(), EngineError> {
+    fn remove(&self, key: &str, pending: &mut Pending) -> Result<(), EngineError> {
         let Some(m) = self
             .snapshot
             .write()
@@ -598,129 +638,141 @@ impl Worker {
             return Ok(());
         };
         self.scheduler.disarm(key.to_string());
-        let mut batch = sled::Batch::default();
-        batch.remove(monitor_key(key));
-        if !m.def.retain_on_delete {
-            batch.remove(tombstone_key(key));
+        pending.ops.push((monitor_key(key), None));
+        if m.def.retain_on_delete {
+            // Keep history and state under a tombstone key so a re-created monitor finds them.
+            pending
+                .ops
+                .push((tombstone_key(key), Some(serde_json::to_vec(&m)?)));
+        } else {
+            pending.ops.push((tombstone_key(key), None));
             let mut prefix = vec![FAMILY_PING];
             prefix.extend_from_slice(&m.num.to_be_bytes());
             for k in self.tree.scan_prefix(prefix).keys() {
-                batch.remove(k?);
+                pending.ops.push((k?.to_vec(), None));
             }
-        } else {
-            // Keep history and state under a tombstone key so a re-created monitor finds them.
-            batch.insert(tombstone_key(key), serde_json::to_vec(&m)?);
         }
-        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
+    fn handle(&self, cmd: Command, pending: &mut Pending) {
+        match cmd {
+            Command::Due(key) => {
+                let now = self.clock.now();
+                self.step(
+                    &key,
+                    Signal::Tick(now),
+                    None,
+                    pending,
+                    Box::new(|r| {
+                        if let Err(e) = r {
+                            tracing::error!(error = %e, "applying a deadline failed");
+                        }
+                    }),
+                );
+            }
+            Command::Ping(key, input, reply) => {
+                let now = self.clock.now();
+                let paused = self
+                    .read()
+                    .get(&key)
+                    .map(|m| m.state.state == State::Paused);
+                let kind = input.kind;
+                let signal = match kind {
+                    PingKind::Success => Signal::Success(now),
+                    PingKind::Start => Signal::Start(now),
+                    PingKind::Fail => Signal::Fail(now, input.exit_code),
+                };
+                let idx = match kind {
+                    PingKind::Success => 0,
+                    PingKind::Start => 1,
+                    PingKind::Fail => 2,
+                };
+                self.stats.pings[idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let outcome = if paused == Some(true) {
+                    PingOutcome::Paused
+                } else {
+                    PingOutcome::Ok
+                };
+                self.step(
+                    &key,
+                    signal,
+                    Some(input),
+                    pending,
+                    Box::new(move |r| {
+                        let _ = reply.send(r.map(|_| outcome));
+                    }),
+                );
+            }
+            Command::Upsert(def, reply) => match self.upsert(def) {
+                Ok((m, effects)) => {
+                    if self.read().get(&m.def.key) == Some(&m) {
+                        let _ = reply.send(Ok(m));
+                    } else {
+                        let out = m.clone();
+                        self.stage(
+                            &m,
+                            &effects,
+                            None,
+                            pending,
+                            Box::new(move |r| {
+                                let _ = reply.send(r.map(|_| out));
+                            }),
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::SetPaused(key, paused, reply) => {
+                let now = self.clock.now();
+                let Some(mut m) = self.read().get(&key).cloned() else {
+                    let _ = reply.send(Err(EngineError::NotFound));
+                    return;
+                };
+                m.def.paused = paused;
+                m.def.updated_at = now;
+                let sig = if paused {
+                    Signal::Pause(now)
+                } else {
+                    Signal::Resume(now)
+                };
+                let (st, effects) = state::apply(&m.def.timing(), &m.state, sig);
+                m.state = st;
+                let out = m.clone();
+                self.stage(
+                    &m,
+                    &effects,
+                    None,
+                    pending,
+                    Box::new(move |r| {
+                        let _ = reply.send(r.map(|_| out));
+                    }),
+                );
+            }
+            Command::Remove(key, reply) => match self.remove(&key, pending) {
+                Ok(()) => pending.done.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                })),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+
     fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(cmd) = rx.blocking_recv() {
-            match cmd {
-                Command::Due(key) => {
-                    let now = self.clock.now();
-                    self.step(
-                        &key,
-                        Signal::Tick(now),
-                        None,
-                        Box::new(|r| {
-                            if let Err(e) = r {
-                                tracing::error!(error = %e, "applying a deadline failed");
-                            }
-                        }),
-                    );
-                }
-                Command::Ping(key, input, reply) => {
-                    let now = self.clock.now();
-                    let paused = self
-                        .read()
-                        .get(&key)
-                        .map(|m| m.state.state == State::Paused);
-                    let kind = input.kind;
-                    let signal = match kind {
-                        PingKind::Success => Signal::Success(now),
-                        PingKind::Start => Signal::Start(now),
-                        PingKind::Fail => Signal::Fail(now, input.exit_code),
-                    };
-                    let idx = match kind {
-                        PingKind::Success => 0,
-                        PingKind::Start => 1,
-                        PingKind::Fail => 2,
-                    };
-                    self.stats.pings[idx].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let outcome = if paused == Some(true) {
-                        PingOutcome::Paused
-                    } else {
-                        PingOutcome::Ok
-                    };
-                    self.step(
-                        &key,
-                        signal,
-                        Some(input),
-                        Box::new(move |r| {
-                            let _ = reply.send(r.map(|_| outcome));
-                        }),
-                    );
-                }
-                Command::Upsert(def, reply) => match self.upsert(def) {
-                    Ok((m, effects)) => {
-                        let stored = self.read().get(&m.def.key) == Some(&m);
-                        if stored {
-                            let _ = reply.send(Ok(m));
-                        } else {
-                            let out = m.clone();
-                            self.commit(
-                                &m,
-                                &effects,
-                                None,
-                                Box::new(move |r| {
-                                    let _ = reply.send(r.map(|_| out));
-                                }),
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
-                Command::SetPaused(key, paused, reply) => {
-                    let now = self.clock.now();
-                    let Some(mut m) = self.read().get(&key).cloned() else {
-                        let _ = reply.send(Err(EngineError::NotFound));
-                        continue;
-                    };
-                    m.def.paused = paused;
-                    m.def.updated_at = now;
-                    let sig = if paused {
-                        Signal::Pause(now)
-                    } else {
-                        Signal::Resume(now)
-                    };
-                    let (st, effects) = state::apply(&m.def.timing(), &m.state, sig);
-                    m.state = st;
-                    let out = m.clone();
-                    self.commit(
-                        &m,
-                        &effects,
-                        None,
-                        Box::new(move |r| {
-                            let _ = reply.send(r.map(|_| out));
-                        }),
-                    );
-                }
-                Command::Remove(key, reply) => {
-                    let r = self.remove(&key);
-                    match r {
-                        Ok(()) => self.committer.flush_then(Box::new(move |r| {
-                            let _ = reply.send(r.map_err(EngineError::from));
-                        })),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
+        while let Some(first) = rx.blocking_recv() {
+            let mut pending = Pending::default();
+            self.handle(first, &mut pending);
+            for _ in 1..MAX_ROUND {
+                match rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd, &mut pending),
+                    Err(_) => break,
                 }
             }
+            self.write(pending);
         }
     }
 }
