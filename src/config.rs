@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub ping_history: usize,
     /// Shortest accepted Heartbeat interval (60s; lower only for development and tests).
     pub min_interval: crate::duration::Duration,
+    /// Management API requests per second per key (sustained).
+    pub api_rate_per_sec: f64,
+    /// Management API burst per key.
+    pub api_rate_burst: f64,
     /// Alert retry policy.
     pub outbox: crate::alert::outbox::OutboxConfig,
 }
@@ -45,6 +49,8 @@ impl ServerConfig {
             cache_bytes: 32 * 1024 * 1024,
             ping_history: 1000,
             min_interval: crate::spec::MIN_INTERVAL,
+            api_rate_per_sec: 10.0,
+            api_rate_burst: 50.0,
             outbox: crate::alert::outbox::OutboxConfig::default(),
         }
     }

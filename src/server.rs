@@ -75,6 +75,10 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Readiness flag.
     pub ready: Arc<AtomicBool>,
+    /// Management API writes, installed by the front end.
+    pub directory: Arc<std::sync::OnceLock<Arc<dyn crate::api::manage::Directory>>>,
+    /// Management API rate limit.
+    pub rate_limit: Arc<crate::api::manage::RateLimiter>,
 }
 
 impl Core {
@@ -114,6 +118,7 @@ impl Core {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+        let config_rate = (config.api_rate_per_sec, config.api_rate_burst);
         let metrics = Arc::new(Metrics::default());
         register_metrics(&metrics, &engine, &outbox);
         Ok(Self {
@@ -124,6 +129,11 @@ impl Core {
             outbox,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            directory: Arc::default(),
+            rate_limit: Arc::new(crate::api::manage::RateLimiter::new(
+                config_rate.0,
+                config_rate.1,
+            )),
         })
     }
 
@@ -136,6 +146,8 @@ impl Core {
             metrics: self.metrics.clone(),
             max_body_bytes: self.config.max_body_bytes,
             ready: self.ready.clone(),
+            directory: self.directory.clone(),
+            rate_limit: self.rate_limit.clone(),
         })
     }
 

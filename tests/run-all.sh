@@ -12,11 +12,11 @@ cargo --version
 rustup component list --installed 2>/dev/null | grep -E 'clippy|rustfmt' || true
 
 log "test dependencies"
-# A real SMTP server for the alert tests.
-if ! python3 -c "import aiosmtpd" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+# A real SMTP server for the alert tests, and the real Tickstem SDK for the API tests.
+if ! python3 -c "import aiosmtpd, tickstem" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd tickstem
 fi
-python3 -c "import aiosmtpd; print('aiosmtpd', aiosmtpd.__version__)"
+python3 -c "import aiosmtpd, tickstem; print('aiosmtpd', aiosmtpd.__version__, '/ tickstem', tickstem.__version__)"
 
 log "format and lints"
 cargo fmt --all -- --check

@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per API family, assembled into one axum router.
 
 pub mod events;
+pub mod manage;
 pub mod ops;
 pub mod pings;
 
@@ -34,6 +35,10 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Set once startup finished (definitions loaded); `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
+    /// Where management API writes go; set by the front end.
+    pub directory: Arc<std::sync::OnceLock<Arc<dyn manage::Directory>>>,
+    /// Per-key rate limit of the management API.
+    pub rate_limit: Arc<manage::RateLimiter>,
 }
 
 /// A JSON error body `{"error": message}` with a status.
@@ -109,6 +114,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(events::routes())
         .merge(pings::routes())
+        .merge(manage::routes())
         .merge(ops::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(metrics, track))

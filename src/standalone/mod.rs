@@ -1,5 +1,6 @@
 //! Standalone mode: the core driven by a directory of manifests instead of a cluster.
 
+pub mod directory;
 pub mod manifests;
 pub mod tokens;
 
@@ -110,6 +111,11 @@ pub async fn apply_manifests(
     }
     apply_heartbeats(core, dir, &m).await?;
     ensure_admin_token(core).await?;
+    let _ = core
+        .directory
+        .set(std::sync::Arc::new(directory::StandaloneDirectory::new(
+            core.clone(),
+        )));
     Ok(m)
 }
 
