@@ -31,6 +31,20 @@ enum Command {
         common: Common,
     },
 
+    /// Run the controllers and the HTTP server in a cluster (kubeconfig or in-cluster config).
+    Operator {
+        /// Namespaces to watch (comma-separated); all when empty.
+        #[arg(long, env = "HARTSLAG_NAMESPACES", value_delimiter = ',')]
+        namespaces: Vec<String>,
+        /// Most status patches per second sent to the API server.
+        #[arg(long, env = "HARTSLAG_STATUS_RATE", default_value_t = 20)]
+        status_rate: u32,
+        /// How often counters on the custom resources' status are refreshed.
+        #[arg(long, env = "HARTSLAG_STATUS_PERIOD", default_value = "5s")]
+        status_period: hartslag::duration::Duration,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Print the CustomResourceDefinitions (Application, Heartbeat) as YAML.
     Crd,
 }
@@ -131,6 +145,24 @@ fn main() -> ExitCode {
             Command::Standalone { manifests, common } => {
                 common.init_logs();
                 hartslag::standalone::run(common.config(), manifests).await?;
+            }
+            Command::Operator {
+                namespaces,
+                status_rate,
+                status_period,
+                common,
+            } => {
+                common.init_logs();
+                let writer = hartslag::k8s::status::WriterConfig {
+                    max_per_sec: status_rate.max(1),
+                    counter_period: std::time::Duration::from_secs(status_period.as_secs().max(1)),
+                };
+                let namespaces = namespaces
+                    .into_iter()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                hartslag::k8s::run(common.config(), namespaces, writer).await?;
             }
             Command::Crd => {
                 print!("{}", hartslag::k8s::crd::crds_yaml()?);

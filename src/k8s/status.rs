@@ -1,0 +1,304 @@
+//! Status of the custom resources computed as data (pure), and the writer that applies it.
+//!
+//! The writer patches the status subresource only: state transitions at once, counters at
+//! most every `counter_period`, nothing when unchanged, and never more than `max_per_sec`
+//! patches per second whatever the ping rate. It works from the engine's snapshot, so after
+//! an API-server outage it simply writes the current truth.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use super::crd::{
+    Application, ApplicationStatus, EventTotal, Heartbeat, HeartbeatStatus, TallyStatus,
+};
+use crate::monitor::engine::{Monitor, Origin};
+use crate::monitor::state::{self, State};
+use crate::store::events::{PeriodTallies, StatsReport};
+use crate::store::keys::Tally;
+
+/// Field manager name for server-side apply and patches.
+pub const MANAGER: &str = "hartslag";
+
+/// A condition that keeps its transition time while its status does not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// The status a Heartbeat should show for monitor `m`.
+pub fn heartbeat_status(
+    m: &Monitor,
+    previous: &HeartbeatStatus,
+    secret: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> HeartbeatStatus {
+    let st = &m.state;
+    let up = st.state == State::Up;
+    let fmt = |t: Option<Timestamp>| t.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    let conditions = vec![
+        condition(
+            &previous.conditions,
+            "Ready",
+            true,
+            "Armed",
+            "token issued and monitor armed".into(),
+            generation,
+            now,
+        ),
+        condition(
+            &previous.conditions,
+            "Up",
+            up,
+            st.state.as_str(),
+            match st.state {
+                State::Up => "pings arrive on time".into(),
+                State::New => "no ping received yet".into(),
+                State::Late => "the deadline passed; within grace".into(),
+                State::Down => "missed its deadline or reported failure".into(),
+                State::Paused => "paused".into(),
+                State::Started => "a run is in progress".into(),
+            },
+            generation,
+            now,
+        ),
+    ];
+    HeartbeatStatus {
+        state: Some(st.state.as_str().into()),
+        last_ping_at: fmt(st.last_ping_at),
+        next_due_at: fmt(st.next_expected_at()),
+        consecutive_misses: state::consecutive_misses(&m.def.timing(), st, now),
+        pings: st.pings,
+        last_alert_at: fmt(st.last_alert_at),
+        token_secret_name: Some(secret.into()),
+        conditions,
+        observed_generation: generation,
+    }
+}
+
+fn tally(t: Tally) -> TallyStatus {
+    TallyStatus {
+        count: t.count,
+        weight: i64::try_from(t.weight).unwrap_or(if t.weight > 0 { i64::MAX } else { i64::MIN }),
+    }
+}
+
+/// The status an Application should show for its stats.
+pub fn application_status(
+    report: &StatsReport,
+    last_event: Option<Timestamp>,
+    previous: &ApplicationStatus,
+    secret: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> ApplicationStatus {
+    let o: &PeriodTallies = &report.overall;
+    let mut top: Vec<EventTotal> = report
+        .events
+        .iter()
+        .map(|(name, p)| EventTotal {
+            event: name.clone(),
+            count: p.total.count,
+            weight: tally(p.total).weight,
+        })
+        .collect();
+    top.sort_by(|a, b| b.count.cmp(&a.count).then(a.event.cmp(&b.event)));
+    top.truncate(10);
+    ApplicationStatus {
+        today: Some(tally(o.today)),
+        week: Some(tally(o.week)),
+        month: Some(tally(o.month)),
+        total: Some(tally(o.total)),
+        last_event_at: last_event.map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        top_events: top,
+        token_secret_name: Some(secret.into()),
+        conditions: vec![condition(
+            &previous.conditions,
+            "Ready",
+            true,
+            "TokenIssued",
+            "token issued; events are accepted".into(),
+            generation,
+            now,
+        )],
+        observed_generation: generation,
+    }
+}
+
+/// True when two statuses differ in anything but condition timestamps' precision.
+pub fn differs<T: PartialEq>(a: &T, b: &T) -> bool {
+    a != b
+}
+
+/// Patches `status` of a namespaced resource.
+pub async fn patch_status<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Writer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Most status patches per second.
+    pub max_per_sec: u32,
+    /// How often counters (pings, misses, application counts) are refreshed.
+    pub counter_period: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_per_sec: 20,
+            counter_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs the Heartbeat status writer until the process ends.
+pub async fn run_heartbeat_writer(ctx: std::sync::Arc<super::Context>, config: WriterConfig) {
+    let mut changes = ctx.core.engine.subscribe();
+    let mut written: HashMap<String, HeartbeatStatus> = HashMap::new();
+    let mut urgent: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(config.counter_period);
+    let gap = Duration::from_secs_f64(1.0 / f64::from(config.max_per_sec.max(1)));
+    loop {
+        let full = tokio::select! {
+            c = changes.recv() => {
+                match c {
+                    Ok(change) => urgent.push(change.key),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                while let Ok(change) = changes.try_recv() {
+                    urgent.push(change.key);
+                }
+                false
+            }
+            _ = tick.tick() => true,
+        };
+        let now = ctx.core.engine.clock().now();
+        let candidates: Vec<Monitor> = if full {
+            ctx.core
+                .engine
+                .list()
+                .into_iter()
+                .filter(|m| m.def.origin == Origin::Kubernetes)
+                .collect()
+        } else {
+            urgent.sort();
+            urgent.dedup();
+            urgent
+                .drain(..)
+                .filter_map(|k| ctx.core.engine.get(&k))
+                .filter(|m| m.def.origin == Origin::Kubernetes)
+                .collect()
+        };
+        for m in candidates {
+            let Some(meta) = ctx.heartbeat_meta(&m.def.key) else {
+                continue;
+            };
+            let previous = written.get(&m.def.key).cloned().unwrap_or_default();
+            let desired = heartbeat_status(&m, &previous, &meta.secret, meta.generation, now);
+            if !differs(&desired, &previous) {
+                continue;
+            }
+            let api: Api<Heartbeat> = Api::namespaced(ctx.client.clone(), &m.def.namespace);
+            match patch_status(&api, &m.def.name, &desired).await {
+                Ok(()) => {
+                    ctx.patches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    written.insert(m.def.key.clone(), desired);
+                }
+                Err(e) => {
+                    tracing::warn!(heartbeat = %m.def.key, error = %e, "status patch failed; will retry")
+                }
+            }
+            tokio::time::sleep(gap).await;
+        }
+    }
+}
+
+/// Runs the Application status writer until the process ends.
+pub async fn run_application_writer(ctx: std::sync::Arc<super::Context>, config: WriterConfig) {
+    let mut written: HashMap<String, ApplicationStatus> = HashMap::new();
+    let mut tick = tokio::time::interval(config.counter_period);
+    let gap = Duration::from_secs_f64(1.0 / f64::from(config.max_per_sec.max(1)));
+    loop {
+        tick.tick().await;
+        for app in ctx.core.registry.applications() {
+            let Some(meta) = ctx.application_meta(&app.key) else {
+                continue;
+            };
+            let store = ctx.core.registry.store().clone();
+            let num = app.num;
+            let periods = crate::ingest::periods::Periods::at(Timestamp::now(), &app.tz);
+            let Ok(Ok((report, last))) = tokio::task::spawn_blocking(move || {
+                let r = store.stats(num, &periods, None, None)?;
+                let last = store.last_event_at(num)?;
+                Ok::<_, crate::store::StoreError>((r, last))
+            })
+            .await
+            else {
+                continue;
+            };
+            let previous = written.get(&app.key).cloned().unwrap_or_default();
+            let desired = application_status(
+                &report,
+                last,
+                &previous,
+                &meta.secret,
+                meta.generation,
+                Timestamp::now(),
+            );
+            if !differs(&desired, &previous) {
+                continue;
+            }
+            let api: Api<Application> = Api::namespaced(ctx.client.clone(), &app.namespace);
+            match patch_status(&api, &app.name, &desired).await {
+                Ok(()) => {
+                    ctx.patches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    written.insert(app.key.clone(), desired);
+                }
+                Err(e) => {
+                    tracing::warn!(application = %app.key, error = %e, "status patch failed; will retry")
+                }
+            }
+            tokio::time::sleep(gap).await;
+        }
+    }
+}
