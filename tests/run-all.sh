@@ -22,5 +22,12 @@ log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 
-log "tests"
-cargo test --no-fail-fast 2>&1 | tee /tmp/hartslag-cargo-test.log
+log "test control plane (etcd + kube-apiserver + kube-controller-manager; kind where configured)"
+bash tests/cluster/cluster.sh install
+bash tests/cluster/cluster.sh up
+trap 'bash tests/cluster/cluster.sh down >/dev/null 2>&1 || true' EXIT
+eval "$(bash tests/cluster/cluster.sh env)"
+command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client; }
+
+log "tests (cluster tests included: KUBECONFIG=$KUBECONFIG)"
+cargo test --no-fail-fast -- --include-ignored 2>&1 | tee /tmp/hartslag-cargo-test.log

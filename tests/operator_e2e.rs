@@ -1,0 +1,338 @@
+//! The operator end to end against a real API server (the control plane of
+//! `tests/cluster/cluster.sh`, or kind: `KUBECONFIG` decides). Run by `tests/run-all.sh`,
+//! which brings the cluster up; without a cluster these tests fail rather than pass.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{SmtpSink, free_port, wait_for};
+use hartslag::k8s::crd::{Application, Heartbeat};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+const NEEDS_CLUSTER: &str = "needs a Kubernetes cluster: run tests/run-all.sh (starts one), or set KUBECONFIG and pass --include-ignored";
+
+async fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let path = std::env::var("KUBECONFIG")
+        .unwrap_or_else(|_| panic!("KUBECONFIG is not set: {NEEDS_CLUSTER}"));
+    assert!(
+        Path::new(&path).exists(),
+        "KUBECONFIG {path} does not exist: {NEEDS_CLUSTER}"
+    );
+    let config = Config::infer().await.expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+fn kubectl(args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Operator {
+    child: Child,
+    base: String,
+}
+
+impl Operator {
+    async fn start(data: &Path, ns: &str, smtp: &str, port: u16) -> Self {
+        let base = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
+            .args(["operator", "--namespaces", ns, "--data"])
+            .arg(data)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--external-url",
+                &base,
+                "--smtp-url",
+                smtp,
+            ])
+            .args([
+                "--min-interval",
+                "1s",
+                "--alert-retry-base",
+                "1s",
+                "--status-period",
+                "1s",
+            ])
+            .env("HARTSLAG_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let op = Self { child, base };
+        let url = format!("{}/readyz", op.base);
+        wait_for("the operator to be ready", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                reqwest::get(url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
+        })
+        .await;
+        op
+    }
+
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn secret_value(api: &Api<Secret>, name: &str, key: &str) -> Option<String> {
+    let s = api.get_opt(name).await.ok()??;
+    let b = s.data?.get(key)?.0.clone();
+    String::from_utf8(b).ok()
+}
+
+async fn hb_status(api: &Api<Heartbeat>, name: &str) -> Option<Value> {
+    let hb = api.get_opt(name).await.ok()??;
+    serde_json::to_value(hb.status?).ok()
+}
+
+async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usize {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
+    let client = client().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/applications.hartslag.dev",
+        "crd/heartbeats.hartslag.dev",
+        "--timeout=60s",
+    ]);
+
+    let ns = format!("e2e-{}", &hartslag::token::random_id().unwrap()[..8]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let data = dir.path().join("data");
+    let port = free_port();
+    let op = Operator::start(&data, &ns, &sink.url(), port).await;
+
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application",
+        "metadata": {"name": "shop"},
+        "spec": {"timeZone": "Europe/Amsterdam", "alerts": {"email": ["ops@example.com"]}}
+    }))
+    .unwrap();
+    apps.create(&PostParams::default(), &app).await.unwrap();
+    let hb: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+        "metadata": {"name": "backup"},
+        "spec": {"displayName": "Nightly backup", "interval": "2s", "grace": "1s", "applicationRef": {"name": "shop"}}
+    }))
+    .unwrap();
+    hbs.create(&PostParams::default(), &hb).await.unwrap();
+
+    // Issued Secrets, owned by their resources.
+    let app_token = wait_for(
+        "the Application's token Secret",
+        Duration::from_secs(30),
+        || secret_value(&secrets, "shop-hartslag-token", "token"),
+    )
+    .await;
+    let ping_url = wait_for("the Heartbeat's ping-url", Duration::from_secs(30), || {
+        secret_value(&secrets, "backup-heartbeat", "ping-url")
+    })
+    .await;
+    assert!(
+        ping_url.starts_with(&op.base) && ping_url.ends_with("/ping"),
+        "{ping_url}"
+    );
+    let s = secrets.get("backup-heartbeat").await.unwrap();
+    assert_eq!(
+        s.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
+        "hartslag"
+    );
+    assert_eq!(s.metadata.owner_references.unwrap()[0].kind, "Heartbeat");
+
+    // Events in, counts on the Application's status.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/heartbeat", op.base))
+        .bearer_auth(&app_token)
+        .json(&json!({"event": "order-placed", "weight": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    wait_for(
+        "Application status counts",
+        Duration::from_secs(30),
+        || async {
+            let a = apps.get_opt("shop").await.ok()??;
+            let st = a.status?;
+            (st.total?.count == 1 && st.top_events.first()?.event == "order-placed").then_some(())
+        },
+    )
+    .await;
+
+    // Ping → Up; silence → Down, an Event and one email.
+    assert_eq!(reqwest::get(&ping_url).await.unwrap().status(), 200);
+    wait_for("status Up", Duration::from_secs(15), || async {
+        hb_status(&hbs, "backup")
+            .await
+            .filter(|s| s["state"] == "Up")
+    })
+    .await;
+    let down = wait_for("status Down", Duration::from_secs(20), || async {
+        hb_status(&hbs, "backup")
+            .await
+            .filter(|s| s["state"] == "Down")
+    })
+    .await;
+    let up_condition = down["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Up")
+        .unwrap()
+        .clone();
+    assert_eq!(up_condition["status"], "False");
+    assert!(down["lastPingAt"].is_string() && down["nextDueAt"].is_string());
+    wait_for("a Down Event", Duration::from_secs(20), || async {
+        (events_with_reason(&client, &ns, "Down").await >= 1).then_some(())
+    })
+    .await;
+    wait_for("one DOWN email", Duration::from_secs(20), || async {
+        (sink.with_subject("DOWN: Nightly backup").len() == 1).then_some(())
+    })
+    .await;
+    let out = kubectl(&["get", "heartbeats", "-n", &ns]);
+    assert!(out.contains("STATE") && out.contains("Down"), "{out}");
+
+    // Restart the operator: nothing lost, no second alert; a ping recovers once.
+    op.kill9();
+    let op = Operator::start(&data, &ns, &sink.url(), port).await;
+    assert_eq!(hb_status(&hbs, "backup").await.unwrap()["state"], "Down");
+    assert_eq!(reqwest::get(&ping_url).await.unwrap().status(), 200);
+    wait_for(
+        "status Up after restart",
+        Duration::from_secs(15),
+        || async {
+            hb_status(&hbs, "backup")
+                .await
+                .filter(|s| s["state"] == "Up")
+        },
+    )
+    .await;
+    wait_for("one RECOVERED email", Duration::from_secs(20), || async {
+        (sink.with_subject("RECOVERED: Nightly backup").len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        sink.with_subject("DOWN: Nightly backup").len(),
+        1,
+        "the restart repeated the alert"
+    );
+
+    // Delete: token revoked at once, Secret garbage-collected.
+    hbs.delete("backup", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the Heartbeat to be gone",
+        Duration::from_secs(30),
+        || async {
+            hbs.get_opt("backup")
+                .await
+                .ok()
+                .filter(|o| o.is_none())
+                .map(|_| ())
+        },
+    )
+    .await;
+    let r = reqwest::get(&ping_url).await.unwrap();
+    assert_eq!(r.status(), 404);
+    wait_for(
+        "the Secret to be garbage-collected",
+        Duration::from_secs(150),
+        || async {
+            secrets
+                .get_opt("backup-heartbeat")
+                .await
+                .ok()
+                .filter(|o| o.is_none())
+                .map(|_| ())
+        },
+    )
+    .await;
+    apps.delete("shop", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "the Application to be gone",
+        Duration::from_secs(30),
+        || async {
+            apps.get_opt("shop")
+                .await
+                .ok()
+                .filter(|o| o.is_none())
+                .map(|_| ())
+        },
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/heartbeat", op.base))
+        .bearer_auth(&app_token)
+        .json(&json!({"event": "late"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a deleted Application's token is revoked");
+    drop(op);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
