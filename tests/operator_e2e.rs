@@ -336,3 +336,223 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     drop(op);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn management_api_is_a_facade_over_the_custom_resources() {
+    let client = client().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/applications.hartslag.dev",
+        "crd/heartbeats.hartslag.dev",
+        "--timeout=60s",
+    ]);
+    let ns = format!("e2e-api-{}", &hartslag::token::random_id().unwrap()[..8]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for (name, limit) in [("team-a", Some(3)), ("team-b", None)] {
+        let mut spec = json!({});
+        if let Some(l) = limit {
+            spec["limits"] = json!({"heartbeats": l});
+        }
+        let app: Application = serde_json::from_value(json!({
+            "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application", "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        apps.create(&PostParams::default(), &app).await.unwrap();
+    }
+    let hb: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+        "metadata": {"name": "from-kubectl"}, "spec": {"interval": "1h", "applicationRef": {"name": "team-a"}}
+    }))
+    .unwrap();
+    hbs.create(&PostParams::default(), &hb).await.unwrap();
+    let key_a = wait_for("team-a token", Duration::from_secs(30), || {
+        secret_value(&secrets, "team-a-hartslag-token", "token")
+    })
+    .await;
+    let key_b = wait_for("team-b token", Duration::from_secs(30), || {
+        secret_value(&secrets, "team-b-hartslag-token", "token")
+    })
+    .await;
+    wait_for(
+        "the kubectl monitor in the API",
+        Duration::from_secs(30),
+        || {
+            let op_base = op.base.clone();
+            let key = key_a.clone();
+            async move {
+                let v: Value = reqwest::Client::new()
+                    .get(format!("{op_base}/v1/heartbeats"))
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (v["heartbeats"].as_array()?.len() == 1).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The real SDK, unchanged, against the operator.
+    let script = format!("{root}/tests/sdk/tickstem_flow.py");
+    let base = op.base.clone();
+    let (ka, kb) = (key_a.clone(), key_b.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([&script, &base, &ka, &kb, "from-kubectl", "kubernetes"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK flow failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Created through the API → visible to kubectl with the right interval.
+    let c = reqwest::Client::new();
+    let created: Value = c
+        .post(format!("{}/v1/heartbeats", op.base))
+        .bearer_auth(&key_a)
+        .json(&json!({"name": "Weekly Report", "interval_secs": 7200, "grace_secs": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["resource"], "weekly-report", "{created}");
+    let out = kubectl(&[
+        "get",
+        "heartbeats",
+        "-n",
+        &ns,
+        "weekly-report",
+        "-o",
+        "jsonpath={.spec.interval} {.spec.displayName} {.spec.applicationRef.name}",
+    ]);
+    assert_eq!(out, "2h Weekly Report team-a");
+    let listed = kubectl(&["get", "hb", "-n", &ns]);
+    assert!(
+        listed.contains("weekly-report") && listed.contains("2h"),
+        "{listed}"
+    );
+    // A kubectl edit of its interval → visible through get.
+    kubectl(&[
+        "patch",
+        "heartbeat",
+        "weekly-report",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"interval":"3h"}}"#,
+    ]);
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_for(
+        "the kubectl edit in the API",
+        Duration::from_secs(30),
+        || {
+            let url = format!("{}/v1/heartbeats/{id}", op.base);
+            let key = key_a.clone();
+            async move {
+                let v: Value = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (v["interval_secs"] == 10800).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        reqwest::Client::new()
+            .post(format!(
+                "{}/v1/heartbeats/{}/ping",
+                op.base,
+                created["token"].as_str().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Quota past the limit as a condition on a kubectl-created CR: team-a owns 2 of 3 now.
+    for name in ["extra-1", "extra-2"] {
+        let hb: Heartbeat = serde_json::from_value(json!({
+            "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+            "metadata": {"name": name}, "spec": {"interval": "1h", "applicationRef": {"name": "team-a"}}
+        }))
+        .unwrap();
+        hbs.create(&PostParams::default(), &hb).await.unwrap();
+    }
+    let blocked = wait_for(
+        "a QuotaExceeded condition",
+        Duration::from_secs(30),
+        || async {
+            for name in ["extra-1", "extra-2"] {
+                if let Some(st) = hb_status(&hbs, name).await
+                    && st["conditions"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| c["reason"] == "QuotaExceeded")
+                {
+                    return Some(name);
+                }
+            }
+            None
+        },
+    )
+    .await;
+    assert!(
+        secrets
+            .get_opt(&format!("{blocked}-heartbeat"))
+            .await
+            .unwrap()
+            .is_none(),
+        "a blocked monitor gets no token"
+    );
+    // Deleted through the API → the CR is gone.
+    let r = c
+        .delete(format!(
+            "{}/v1/heartbeats/{}",
+            op.base,
+            created["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(hbs.get_opt("weekly-report").await.unwrap().is_none());
+    drop(op);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}

@@ -2,6 +2,7 @@
 //! Heartbeats into issued tokens and armed monitors, and the status writer.
 
 pub mod crd;
+pub mod directory;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
@@ -71,6 +72,8 @@ pub struct Context {
     tokens: RwLock<HashMap<String, String>>,
     /// Status patches sent.
     pub patches: AtomicU64,
+    /// Serialises Heartbeat activation, so two new monitors cannot both take the last quota slot.
+    pub activation: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -88,6 +91,7 @@ impl Context {
             heartbeats: RwLock::default(),
             tokens: RwLock::default(),
             patches: AtomicU64::new(0),
+            activation: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -234,6 +238,9 @@ pub async fn run(
     let core = Core::open(config)?;
     let client = Client::try_default().await?;
     let ctx = Arc::new(Context::new(core.clone(), client.clone()));
+    let _ = core
+        .directory
+        .set(Arc::new(directory::KubernetesDirectory::new(ctx.clone())));
     tokio::spawn(status::run_heartbeat_writer(ctx.clone(), writer));
     tokio::spawn(status::run_application_writer(ctx.clone(), writer));
     tokio::spawn(publish_transitions(ctx.clone()));

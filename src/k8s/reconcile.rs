@@ -277,6 +277,7 @@ async fn apply_heartbeat(
         },
         None => None,
     };
+    let _activation = ctx.activation.lock().await;
     if let Some(app) = &app
         && let Some(limit) = app.spec.limits.as_ref().and_then(|l| l.heartbeats)
     {

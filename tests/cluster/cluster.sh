@@ -77,7 +77,7 @@ resolve_mode() {
 
 setup_apt_sources() {
   [[ $(id -u) == 0 ]] || die "install needs root (apt-get)"
-  local changed=0 f
+  local f
   f=/etc/apt/sources.list.d/hartslag-cluster-bookworm-src.sources
   if [[ ! -f $f ]]; then
     cat >"$f" <<'EOF'
@@ -88,7 +88,6 @@ Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-    changed=1
   fi
   f=/etc/apt/sources.list.d/hartslag-cluster-bullseye.sources
   if [[ ! -f $f ]]; then
@@ -101,7 +100,6 @@ Suites: bullseye
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
-    changed=1
   fi
   f=/etc/apt/preferences.d/hartslag-cluster-bullseye
   if [[ ! -f $f ]]; then
@@ -112,7 +110,6 @@ Package: *
 Pin: release n=bullseye
 Pin-Priority: 1
 EOF
-    changed=1
   fi
   return 0
 }
@@ -167,8 +164,8 @@ cmd_install() {
   log "fetching Debian's kubernetes source package"
   (cd "$build" && run_logged "$aptlog" apt-get source --download-only kubernetes)
   local dsc
-  dsc=$(ls "$build"/kubernetes_*.dsc | head -n1)
-  [[ -f $dsc ]] || die "no kubernetes .dsc downloaded (see $aptlog)"
+  dsc=$(find "$build" -maxdepth 1 -name 'kubernetes_*.dsc' | head -n1)
+  [[ -n $dsc && -f $dsc ]] || die "no kubernetes .dsc downloaded (see $aptlog)"
   (cd "$build" && run_logged "$aptlog" dpkg-source -x --skip-patches "$dsc" src)
   local src="$build/src"
   # Version: 1.20.5+really1.20.2-1 -> v1.20.2 (shown by --version and /version).
@@ -243,11 +240,12 @@ fail_up() {
   printf '[cluster] ERROR: %s\n' "$*" >&2
   local f
   for f in "$RUN"/logs/*.log; do
-    [[ -f $f ]] || continue
+    [[ -s $f ]] || continue
     printf '\n[cluster] ---- last 40 lines of %s ----\n' "$f" >&2
     tail -n 40 "$f" >&2
   done
-  printf '\n[cluster] state left in %s; run "%s down" to clean up\n' "$RUN" "$0" >&2
+  printf '\n[cluster] ERROR: %s\n' "$*" >&2
+  printf '[cluster] state left in %s for inspection; "%s down" cleans up\n' "$RUN" "$0" >&2
   exit 1
 }
 
@@ -475,8 +473,16 @@ down_local() {
   rm -rf "$RUN"
 }
 
+# Serialise up/down on the same run directory.
+lock_run() {
+  mkdir -p "$(dirname "$RUN")"
+  exec 8>"$RUN.lock"
+  flock 8
+}
+
 cmd_up() {
   resolve_mode
+  lock_run
   if [[ $MODE == kind ]]; then
     kind_usable || die "MODE=kind but kind/docker engine not usable"
     mkdir -p "$RUN"
@@ -494,6 +500,7 @@ cmd_up() {
 }
 
 cmd_down() {
+  lock_run
   if [[ -f $RUN/mode && $(<"$RUN/mode") == kind ]]; then
     kind delete cluster --name "$KIND_NAME" || true
     rm -rf "$RUN"

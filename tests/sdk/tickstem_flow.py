@@ -1,8 +1,10 @@
 """Drives Hartslag's management API with the real Tickstem Python SDK (PyPI `tickstem`).
 
-Usage: python3 tickstem_flow.py BASE_URL KEY_A KEY_B MANIFEST_MONITOR_NAME
-Team A may own 3 heartbeats and already owns one from a manifest file. Exits non-zero with
-a message on the first broken expectation.
+Usage: python3 tickstem_flow.py BASE_URL KEY_A KEY_B OTHER_MONITOR_NAME [standalone|kubernetes]
+Team A may own 3 heartbeats and already owns one defined outside the API (a manifest file in
+standalone mode, read-only through the API; a kubectl-created Heartbeat in Kubernetes mode,
+where the custom resources are the truth and the API may change it). Exits non-zero with a
+message on the first broken expectation.
 """
 
 import sys
@@ -12,6 +14,7 @@ from tickstem.heartbeat import CreateParams, HeartbeatClient
 from tickstem._base import APIError, is_quota_exceeded, is_unauthorized
 
 base, key_a, key_b, manifest_name = sys.argv[1:5]
+mode = sys.argv[5] if len(sys.argv) > 5 else "standalone"
 api = f"{base}/v1"
 a = HeartbeatClient(key_a, base_url=api)
 b = HeartbeatClient(key_b, base_url=api)
@@ -77,8 +80,12 @@ expect_error(lambda: b.get(hb.id), 404, "foreign id")
 expect_error(lambda: b.delete(hb.id), 404, "foreign delete")
 expect_error(lambda: a.get("no-such-id"), 404, "unknown id")
 manifest = [h for h in a.list() if h.id != hb.id][0]
-e = expect_error(lambda: a.pause(manifest.id), 409, "manifest monitors are read-only")
-expect("manifest" in e.message, f"409 says why: {e.message}")
+if mode == "standalone":
+    e = expect_error(lambda: a.pause(manifest.id), 409, "manifest monitors are read-only")
+    expect("manifest" in e.message, f"409 says why: {e.message}")
+else:
+    expect(a.pause(manifest.id).status == "paused", "a kubectl-created monitor can be paused through the API")
+    expect(a.resume(manifest.id).status == "active", "and resumed")
 
 # quota: team A owns the manifest monitor and hb; a third fits, a fourth does not
 third = a.create(CreateParams(name="Daily Backup", interval_secs=60))
