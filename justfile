@@ -24,3 +24,23 @@ bench:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
+
+# Regenerate the checked-in CustomResourceDefinitions.
+crds:
+    cargo run -q -- crd > crds/hartslag.dev.yaml
+
+# Start the test control plane (prints nothing else; `eval "$(bash tests/cluster/cluster.sh env)"` to use it).
+cluster-up:
+    bash tests/cluster/cluster.sh up
+
+# Stop the test control plane.
+cluster-down:
+    bash tests/cluster/cluster.sh down
+
+# Operator end-to-end tests against the test control plane.
+e2e: cluster-up
+    KUBECONFIG=$(bash tests/cluster/cluster.sh env | sed 's/^export KUBECONFIG=//') cargo test --test operator_e2e -- --include-ignored
+
+# Scale benchmark of the monitor engine.
+bench-monitors:
+    cargo bench --bench monitors

@@ -30,4 +30,8 @@ eval "$(bash tests/cluster/cluster.sh env)"
 command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client; }
 
 log "tests (cluster tests included: KUBECONFIG=$KUBECONFIG)"
-cargo test --no-fail-fast -- --include-ignored 2>&1 | tee /tmp/hartslag-cargo-test.log
+cargo test --no-fail-fast --lib --bins --tests -- --include-ignored 2>&1 | tee /tmp/hartslag-cargo-test.log
+
+# One closing line for the whole suite.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' /tmp/hartslag-cargo-test.log

@@ -302,3 +302,110 @@ pub async fn run_application_writer(ctx: std::sync::Arc<super::Context>, config:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::engine::{MonitorDef, Origin};
+    use crate::monitor::state::{MonitorState, Signal, apply};
+    use crate::token::TokenHash;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    fn monitor(state: MonitorState) -> Monitor {
+        Monitor {
+            num: 1,
+            def: MonitorDef {
+                key: "ns/backup".into(),
+                id: "id".into(),
+                namespace: "ns".into(),
+                name: "backup".into(),
+                display_name: None,
+                interval_secs: 60,
+                grace_secs: 30,
+                paused: false,
+                targets: vec![],
+                application: None,
+                token: TokenHash::of("x"),
+                ping_hint: String::new(),
+                origin: Origin::Kubernetes,
+                retain_on_delete: false,
+                created_at: t(0),
+                updated_at: t(0),
+            },
+            state,
+        }
+    }
+
+    #[test]
+    fn heartbeat_status_reflects_state_and_keeps_transition_times() {
+        let m = monitor(MonitorState::new(t(0)));
+        let (s, _) = apply(&m.def.timing(), &m.state, Signal::Success(t(10)));
+        let up = monitor(s);
+        let first = heartbeat_status(
+            &up,
+            &HeartbeatStatus::default(),
+            "backup-heartbeat",
+            Some(1),
+            t(11),
+        );
+        assert_eq!(first.state.as_deref(), Some("Up"));
+        assert_eq!(first.last_ping_at.as_deref(), Some("2023-11-14T22:13:30Z"));
+        assert_eq!(first.next_due_at.as_deref(), Some("2023-11-14T22:14:30Z"));
+        let cond = |st: &HeartbeatStatus, ty: &str| {
+            st.conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(cond(&first, "Up").status, "True");
+        // Same state later: identical status, so the writer sends nothing.
+        let again = heartbeat_status(&up, &first, "backup-heartbeat", Some(1), t(20));
+        assert_eq!(again, first);
+        // Down: the Up condition flips and its transition time moves.
+        let (s, _) = apply(&up.def.timing(), &up.state, Signal::Tick(t(200)));
+        let down = heartbeat_status(&monitor(s), &first, "backup-heartbeat", Some(1), t(200));
+        assert_eq!(down.state.as_deref(), Some("Down"));
+        assert_eq!(cond(&down, "Up").status, "False");
+        assert_eq!(cond(&down, "Up").last_transition_time, Time(t(200)));
+        assert_eq!(
+            cond(&down, "Ready").last_transition_time,
+            cond(&first, "Ready").last_transition_time
+        );
+        assert_eq!(down.consecutive_misses, 2);
+    }
+
+    #[test]
+    fn application_status_keeps_the_top_ten() {
+        let mut report = StatsReport::default();
+        for i in 0..12 {
+            let mut p = PeriodTallies::default();
+            p.total = Tally {
+                count: i,
+                weight: i128::from(i) * 10,
+            };
+            report.events.insert(format!("e{i:02}"), p);
+            report.overall.total.add(p.total);
+        }
+        let st = application_status(
+            &report,
+            Some(t(5)),
+            &ApplicationStatus::default(),
+            "s",
+            Some(2),
+            t(6),
+        );
+        assert_eq!(st.top_events.len(), 10);
+        assert_eq!(st.top_events[0].event, "e11");
+        assert_eq!(st.total.unwrap().count, 66);
+        assert_eq!(st.last_event_at.as_deref(), Some("2023-11-14T22:13:25Z"));
+        let big = Tally {
+            count: 1,
+            weight: i128::MAX,
+        };
+        assert_eq!(tally(big).weight, i64::MAX, "weights saturate in status");
+    }
+}
