@@ -382,10 +382,12 @@ mod tests {
     fn application_status_keeps_the_top_ten() {
         let mut report = StatsReport::default();
         for i in 0..12 {
-            let mut p = PeriodTallies::default();
-            p.total = Tally {
-                count: i,
-                weight: i128::from(i) * 10,
+            let p = PeriodTallies {
+                total: Tally {
+                    count: i,
+                    weight: i128::from(i) * 10,
+                },
+                ..Default::default()
             };
             report.events.insert(format!("e{i:02}"), p);
             report.overall.total.add(p.total);
