@@ -72,6 +72,8 @@ pub struct Context {
     tokens: RwLock<HashMap<String, String>>,
     /// Status patches sent.
     pub patches: AtomicU64,
+    /// Time from a state transition to its status patch.
+    pub status_lag: crate::metrics::Histogram,
     /// Serialises Heartbeat activation, so two new monitors cannot both take the last quota slot.
     pub activation: tokio::sync::Mutex<()>,
 }
@@ -91,6 +93,7 @@ impl Context {
             heartbeats: RwLock::default(),
             tokens: RwLock::default(),
             patches: AtomicU64::new(0),
+            status_lag: crate::metrics::Histogram::default(),
             activation: tokio::sync::Mutex::new(()),
         }
     }
@@ -241,6 +244,18 @@ pub async fn run(
     let _ = core
         .directory
         .set(Arc::new(directory::KubernetesDirectory::new(ctx.clone())));
+    {
+        let ctx = ctx.clone();
+        core.metrics.register(move |out| {
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                out,
+                "# HELP hartslag_status_patches_total Status patches sent to the API server.\n# TYPE hartslag_status_patches_total counter\nhartslag_status_patches_total {}",
+                ctx.patches.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            ctx.status_lag.render("hartslag_status_lag_seconds", "Time from a Heartbeat state transition to its status patch.", out);
+        });
+    }
     tokio::spawn(status::run_heartbeat_writer(ctx.clone(), writer));
     tokio::spawn(status::run_application_writer(ctx.clone(), writer));
     tokio::spawn(publish_transitions(ctx.clone()));

@@ -189,65 +189,112 @@ impl Default for WriterConfig {
 }
 
 /// Runs the Heartbeat status writer until the process ends.
+///
+/// Transitions go to the front of the queue; the periodic sweep (counters, last ping) fills
+/// the remaining budget. One patch per `1 / max_per_sec`, shared by both, so the API server
+/// sees a bounded rate whatever the ping rate.
 pub async fn run_heartbeat_writer(ctx: std::sync::Arc<super::Context>, config: WriterConfig) {
+    use std::collections::{HashSet, VecDeque};
+    use tokio::sync::broadcast::error::TryRecvError;
+
     let mut changes = ctx.core.engine.subscribe();
     let mut written: HashMap<String, HeartbeatStatus> = HashMap::new();
-    let mut urgent: Vec<String> = Vec::new();
-    let mut tick = tokio::time::interval(config.counter_period);
-    let gap = Duration::from_secs_f64(1.0 / f64::from(config.max_per_sec.max(1)));
+    // Transitions not yet written, with the (logical) time they happened.
+    let mut urgent: VecDeque<(String, Timestamp)> = VecDeque::new();
+    let mut urgent_keys: HashSet<String> = HashSet::new();
+    let mut sweep: VecDeque<String> = VecDeque::new();
+    let mut next_sweep = tokio::time::Instant::now();
+    let mut budget = tokio::time::interval(Duration::from_secs_f64(
+        1.0 / f64::from(config.max_per_sec.max(1)),
+    ));
+    budget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let full = tokio::select! {
-            c = changes.recv() => {
-                match c {
-                    Ok(change) => urgent.push(change.key),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        // Collect transitions without blocking.
+        loop {
+            match changes.try_recv() {
+                Ok(c) => {
+                    if urgent_keys.insert(c.key.clone()) {
+                        urgent.push_back((c.key, c.at));
+                    }
                 }
-                while let Ok(change) = changes.try_recv() {
-                    urgent.push(change.key);
-                }
-                false
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Closed) => return,
+                Err(TryRecvError::Empty) => break,
             }
-            _ = tick.tick() => true,
-        };
-        let now = ctx.core.engine.clock().now();
-        let candidates: Vec<Monitor> = if full {
-            ctx.core
+        }
+        if sweep.is_empty() && tokio::time::Instant::now() >= next_sweep {
+            sweep = ctx
+                .core
                 .engine
                 .list()
                 .into_iter()
                 .filter(|m| m.def.origin == Origin::Kubernetes)
-                .collect()
-        } else {
-            urgent.sort();
-            urgent.dedup();
-            urgent
-                .drain(..)
-                .filter_map(|k| ctx.core.engine.get(&k))
-                .filter(|m| m.def.origin == Origin::Kubernetes)
-                .collect()
+                .map(|m| m.def.key)
+                .collect();
+            next_sweep = tokio::time::Instant::now() + config.counter_period;
+        }
+        let (key, since) = match urgent.pop_front() {
+            Some((k, at)) => {
+                urgent_keys.remove(&k);
+                (k, Some(at))
+            }
+            None => match sweep.pop_front() {
+                Some(k) => (k, None),
+                None => {
+                    // Idle: wait for a transition or the next sweep.
+                    let wait = next_sweep.saturating_duration_since(tokio::time::Instant::now());
+                    tokio::select! {
+                        c = changes.recv() => match c {
+                            Ok(c) => {
+                                if urgent_keys.insert(c.key.clone()) {
+                                    urgent.push_back((c.key, c.at));
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+            },
         };
-        for m in candidates {
-            let Some(meta) = ctx.heartbeat_meta(&m.def.key) else {
-                continue;
-            };
-            let previous = written.get(&m.def.key).cloned().unwrap_or_default();
-            let desired = heartbeat_status(&m, &previous, &meta.secret, meta.generation, now);
-            if !differs(&desired, &previous) {
-                continue;
-            }
-            let api: Api<Heartbeat> = Api::namespaced(ctx.client.clone(), &m.def.namespace);
-            match patch_status(&api, &m.def.name, &desired).await {
-                Ok(()) => {
-                    ctx.patches
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    written.insert(m.def.key.clone(), desired);
+        let Some(m) = ctx
+            .core
+            .engine
+            .get(&key)
+            .filter(|m| m.def.origin == Origin::Kubernetes)
+        else {
+            continue;
+        };
+        let Some(meta) = ctx.heartbeat_meta(&key) else {
+            continue;
+        };
+        let now = ctx.core.engine.clock().now();
+        let previous = written.get(&key).cloned().unwrap_or_default();
+        let desired = heartbeat_status(&m, &previous, &meta.secret, meta.generation, now);
+        if !differs(&desired, &previous) {
+            continue;
+        }
+        budget.tick().await;
+        let api: Api<Heartbeat> = Api::namespaced(ctx.client.clone(), &m.def.namespace);
+        match patch_status(&api, &m.def.name, &desired).await {
+            Ok(()) => {
+                ctx.patches
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(at) = since {
+                    let lag = Timestamp::now().duration_since(at);
+                    ctx.status_lag
+                        .observe(Duration::try_from(lag).unwrap_or_default());
                 }
-                Err(e) => {
-                    tracing::warn!(heartbeat = %m.def.key, error = %e, "status patch failed; will retry")
+                written.insert(key, desired);
+            }
+            Err(e) => {
+                tracing::warn!(heartbeat = %key, error = %e, "status patch failed; will retry");
+                if since.is_some() && urgent_keys.insert(key.clone()) {
+                    urgent.push_back((key, since.unwrap_or(now)));
                 }
             }
-            tokio::time::sleep(gap).await;
         }
     }
 }
