@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 
 const NEEDS_CLUSTER: &str = "needs a Kubernetes cluster: run tests/run-all.sh (starts one), or set KUBECONFIG and pass --include-ignored";
 
+/// The tests share one API server and one of them pauses it: they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn client() -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let path = std::env::var("KUBECONFIG")
@@ -135,6 +138,7 @@ async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     let root = env!("CARGO_MANIFEST_DIR");
     kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
@@ -340,6 +344,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn management_api_is_a_facade_over_the_custom_resources() {
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     let root = env!("CARGO_MANIFEST_DIR");
     kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
@@ -553,6 +558,177 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert!(hbs.get_opt("weekly-report").await.unwrap().is_none());
+    drop(op);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
+
+/// Pauses the API server (SIGSTOP of the local control plane's process, or `docker pause`
+/// of a kind node) until the returned guard is dropped.
+struct ApiServerPause(Box<dyn FnMut()>);
+
+impl ApiServerPause {
+    fn start() -> Self {
+        let run = std::env::var("HARTSLAG_CLUSTER_RUN")
+            .unwrap_or_else(|_| "/tmp/hartslag-cluster".into());
+        let pidfile = Path::new(&run).join("kube-apiserver.pid");
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let pid = pid.trim().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-STOP", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            return Self(Box::new(move || {
+                let _ = Command::new("kill").args(["-CONT", &pid]).status();
+            }));
+        }
+        let node = format!(
+            "{}-control-plane",
+            std::env::var("HARTSLAG_CLUSTER_KIND_NAME").unwrap_or_else(|_| "hartslag".into())
+        );
+        let paused = Command::new("docker")
+            .args(["pause", &node])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            paused,
+            "cannot pause the API server: no {} and no kind node {node}",
+            pidfile.display()
+        );
+        Self(Box::new(move || {
+            let _ = Command::new("docker").args(["unpause", &node]).status();
+        }))
+    }
+}
+
+impl Drop for ApiServerPause {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monitoring() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/applications.hartslag.dev",
+        "crd/heartbeats.hartslag.dev",
+        "--timeout=60s",
+    ]);
+    let ns = format!("e2e-out-{}", &hartslag::token::random_id().unwrap()[..8]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
+    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+
+    // Bring your own token: the Secret exists before the resource.
+    let own = "my-own-token-0123456789abcdef";
+    let byo: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "byo"}, "stringData": {"token": own}}))
+            .unwrap();
+    secrets.create(&PostParams::default(), &byo).await.unwrap();
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application", "metadata": {"name": "shop"}, "spec": {}
+    }))
+    .unwrap();
+    apps.create(&PostParams::default(), &app).await.unwrap();
+    let hb: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat", "metadata": {"name": "job"},
+        "spec": {"interval": "2s", "grace": "1s", "tokenSecretName": "byo", "applicationRef": {"name": "shop"}}
+    }))
+    .unwrap();
+    hbs.create(&PostParams::default(), &hb).await.unwrap();
+    let url = wait_for(
+        "ping-url added to the adopted Secret",
+        Duration::from_secs(30),
+        || secret_value(&secrets, "byo", "ping-url"),
+    )
+    .await;
+    assert!(url.contains(own), "{url}");
+    assert!(
+        secrets
+            .get("byo")
+            .await
+            .unwrap()
+            .metadata
+            .owner_references
+            .is_none(),
+        "an adopted Secret stays the user's"
+    );
+    let app_token = wait_for("the Application's token", Duration::from_secs(30), || {
+        secret_value(&secrets, "shop-hartslag-token", "token")
+    })
+    .await;
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    wait_for("status Up", Duration::from_secs(15), || async {
+        hb_status(&hbs, "job").await.filter(|s| s["state"] == "Up")
+    })
+    .await;
+
+    // The API server stops answering: events, pings and deadlines go on.
+    let pause = ApiServerPause::start();
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/api/v1/heartbeat", op.base))
+        .bearer_auth(&app_token)
+        .json(&json!({"event": "during-outage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    let status_url = format!("{}/v1/status", op.base);
+    wait_for(
+        "Down while the API server is away",
+        Duration::from_secs(20),
+        || {
+            let (c, u, t) = (c.clone(), status_url.clone(), app_token.clone());
+            async move {
+                let v: Value = c
+                    .get(u)
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (v["monitors"][0]["state"] == "Down").then_some(())
+            }
+        },
+    )
+    .await;
+    drop(pause);
+    // Status catches up when it returns.
+    wait_for(
+        "status Down after the outage",
+        Duration::from_secs(60),
+        || async {
+            hb_status(&hbs, "job")
+                .await
+                .filter(|s| s["state"] == "Down")
+        },
+    )
+    .await;
     drop(op);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
