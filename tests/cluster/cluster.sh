@@ -127,7 +127,7 @@ cmd_install() {
   fi
   mkdir -p "$CACHE/logs"
   exec 9>"$CACHE/install.lock"
-  flock 9
+  flock -w 1800 9 || die "another install has held $CACHE/install.lock for 30 min"
   if binaries_ok; then # someone else finished while we waited for the lock
     log "binaries present in $BIN"
     return 0
@@ -232,7 +232,8 @@ start() {
   local name=$1
   shift
   printf '%q ' "$@" >"$RUN/$name.cmdline"
-  setsid "$@" </dev/null >"$RUN/logs/$name.log" 2>&1 &
+  # Close the lock fds (8, 9): a daemon holding them would block every later up/down.
+  setsid "$@" </dev/null >"$RUN/logs/$name.log" 2>&1 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
 }
 
@@ -476,8 +477,8 @@ down_local() {
 # Serialise up/down on the same run directory.
 lock_run() {
   mkdir -p "$(dirname "$RUN")"
-  exec 8>"$RUN.lock"
-  flock 8
+  exec 8>"$RUN.cmd-lock"
+  flock -w 300 8 || die "another cluster.sh up/down on $RUN has held $RUN.cmd-lock for 300 s"
 }
 
 cmd_up() {
