@@ -25,9 +25,14 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Regenerate the checked-in CustomResourceDefinitions.
+# Regenerate the checked-in CustomResourceDefinitions (and the chart's copy).
 crds:
     cargo run -q -- crd > crds/hartslag.dev.yaml
+    cp crds/hartslag.dev.yaml charts/hartslag/crds/hartslag.dev.yaml
+
+# Lint and render the Helm chart through Helm's engine, with assertions.
+chart-lint:
+    python3 tests/chart/test_chart.py
 
 # Start the test control plane (prints nothing else; `eval "$(bash tests/cluster/cluster.sh env)"` to use it).
 cluster-up:

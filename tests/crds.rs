@@ -32,3 +32,15 @@ fn checked_in_crds_match_the_binary() {
         assert!(printed.contains(needle), "missing {needle:?}");
     }
 }
+
+#[test]
+fn chart_crds_are_the_top_level_ones() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let top = std::fs::read_to_string(format!("{root}/crds/hartslag.dev.yaml")).unwrap();
+    let chart =
+        std::fs::read_to_string(format!("{root}/charts/hartslag/crds/hartslag.dev.yaml")).unwrap();
+    assert!(
+        top == chart,
+        "charts/hartslag/crds/ drifted from crds/: cp crds/hartslag.dev.yaml charts/hartslag/crds/"
+    );
+}

@@ -12,11 +12,12 @@ cargo --version
 rustup component list --installed 2>/dev/null | grep -E 'clippy|rustfmt' || true
 
 log "test dependencies"
-# A real SMTP server for the alert tests, and the real Tickstem SDK for the API tests.
-if ! python3 -c "import aiosmtpd, tickstem" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd tickstem
+# A real SMTP server for the alert tests, the real Tickstem SDK for the API tests, and
+# Helm's engine (without the helm binary) plus PyYAML for the chart tests.
+if ! python3 -c "import aiosmtpd, tickstem, helm_python, yaml" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd tickstem helm-python-sdk pyyaml
 fi
-python3 -c "import aiosmtpd, tickstem; print('aiosmtpd', aiosmtpd.__version__, '/ tickstem', tickstem.__version__)"
+python3 -c "import aiosmtpd, tickstem, helm_python; print('aiosmtpd', aiosmtpd.__version__, '/ tickstem', tickstem.__version__, '/ helm', helm_python.helm_sdk_version())"
 
 log "format and lints"
 cargo fmt --all -- --check

@@ -1,0 +1,142 @@
+"""Lint and render charts/hartslag through Helm's own engine (PyPI helm-python-sdk) and
+assert on the rendered objects for the main value combinations.
+
+Usage: python3 test_chart.py [--render-to FILE]   (FILE: the default render, for installing)
+Exits non-zero with a message on the first broken expectation.
+"""
+
+import pathlib
+import sys
+
+import helm_python as helm
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "hartslag"
+failures = []
+
+
+def expect(cond, what):
+    if not cond:
+        failures.append(what)
+        print(f"FAILED: {what}", file=sys.stderr)
+
+
+def render(values, namespace="ops"):
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values)
+        out = chart.render(values, name="hs", namespace=namespace)
+    objects = []
+    for path, text in out.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append(doc)
+    return objects, out
+
+
+def find(objects, kind, name=None):
+    return [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def env(deploy):
+    c = deploy["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e for e in c["env"]}
+
+
+# lint
+result = helm.lint(str(CHART))
+expect(not result["errors"], f"lint errors: {result['errors']}")
+
+# CRDs in the chart are the top-level ones
+expect((CHART / "crds" / "hartslag.dev.yaml").read_text() == (ROOT / "crds" / "hartslag.dev.yaml").read_text(),
+       "charts/hartslag/crds drifted from crds/: copy crds/hartslag.dev.yaml there")
+
+# defaults: cluster-wide, PVC, least-privilege RBAC, hardened pod
+objs, raw = render({})
+deploy = find(objs, "Deployment")[0]
+spec = deploy["spec"]
+expect(spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate", "one replica, Recreate")
+pod = spec["template"]["spec"]
+c = pod["containers"][0]
+expect(c["args"] == ["operator"], "runs hartslag operator")
+psc, csc = pod["securityContext"], c["securityContext"]
+expect(psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault", f"pod security {psc}")
+expect(csc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False, "capabilities": {"drop": ["ALL"]}}, f"container security {csc}")
+expect(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz", "probes")
+expect("limits" in c["resources"] and "requests" in c["resources"], "resources")
+e = env(deploy)
+expect(e["HARTSLAG_EXTERNAL_URL"]["value"] == "http://hs-hartslag.ops.svc:8080", f"external URL default {e['HARTSLAG_EXTERNAL_URL']}")
+expect("HARTSLAG_NAMESPACES" not in e and "HARTSLAG_SMTP_URL" not in e, "cluster-wide, no email by default")
+pvc = find(objs, "PersistentVolumeClaim")
+expect(len(pvc) == 1 and pvc[0]["spec"]["resources"]["requests"]["storage"] == "1Gi", "a 1Gi PVC")
+expect(pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "hs-hartslag-data", "data on the PVC")
+roles = find(objs, "ClusterRole")
+expect(len(roles) == 1 and not find(objs, "Role"), "cluster-wide: one ClusterRole, no Roles")
+rules = {(r["apiGroups"][0], tuple(r["resources"])): set(r["verbs"]) for r in roles[0]["rules"]}
+expect(rules == {
+    ("hartslag.dev", ("applications", "heartbeats")): {"get", "list", "watch", "create", "patch", "delete"},
+    ("hartslag.dev", ("applications/status", "heartbeats/status")): {"get", "patch"},
+    ("hartslag.dev", ("applications/finalizers", "heartbeats/finalizers")): {"update"},
+    ("", ("secrets",)): {"get", "list", "watch", "create", "patch"},
+    ("events.k8s.io", ("events",)): {"create", "patch"},
+}, f"least-privilege rules: {rules}")
+expect(all("*" not in v for v in rules.values()), "no wildcard verbs")
+binding = find(objs, "ClusterRoleBinding")[0]
+expect(binding["subjects"][0] == {"kind": "ServiceAccount", "name": "hs-hartslag", "namespace": "ops"}, "bound to the ServiceAccount")
+expect(find(objs, "Service")[0]["spec"]["ports"][0]["port"] == 8080, "service port")
+expect(not find(objs, "Ingress") and not find(objs, "ServiceMonitor") and not find(objs, "Secret"), "optional objects off by default")
+if len(sys.argv) > 2 and sys.argv[1] == "--render-to":
+    pathlib.Path(sys.argv[2]).write_text("\n---\n".join(yaml.safe_dump(o) for o in objs))
+
+# namespaced scope: Roles in each watched namespace, the operator told which
+objs, _ = render({"scope": {"clusterWide": False, "namespaces": ["team-a", "team-b"]}})
+expect(not find(objs, "ClusterRole") and not find(objs, "ClusterRoleBinding"), "namespaced: no cluster-wide RBAC")
+expect(sorted(r["metadata"]["namespace"] for r in find(objs, "Role")) == ["team-a", "team-b"], "a Role per namespace")
+expect(sorted(b["metadata"]["namespace"] for b in find(objs, "RoleBinding")) == ["team-a", "team-b"], "a RoleBinding per namespace")
+expect(env(find(objs, "Deployment")[0])["HARTSLAG_NAMESPACES"]["value"] == "team-a,team-b", "HARTSLAG_NAMESPACES")
+
+# trial mode, storage class, SMTP from values or an existing Secret, webhook, ingress, ServiceMonitor
+objs, _ = render({"persistence": {"enabled": False}})
+expect(not find(objs, "PersistentVolumeClaim"), "no PVC when persistence is off")
+expect(find(objs, "Deployment")[0]["spec"]["template"]["spec"]["volumes"][0]["emptyDir"] == {}, "emptyDir when persistence is off")
+objs, _ = render({"persistence": {"storageClass": "fast"}})
+expect(find(objs, "PersistentVolumeClaim")[0]["spec"]["storageClassName"] == "fast", "storage class")
+objs, _ = render({"smtp": {"url": "smtps://u:p@mail:465", "from": "hb@example.com"}, "webhookURL": "https://hooks.example.com/x"})
+secret = find(objs, "Secret")
+expect(len(secret) == 1 and secret[0]["stringData"] == {"url": "smtps://u:p@mail:465", "from": "hb@example.com"}, "SMTP Secret from values")
+e = env(find(objs, "Deployment")[0])
+expect(e["HARTSLAG_SMTP_URL"]["valueFrom"]["secretKeyRef"] == {"name": "hs-hartslag-smtp", "key": "url"}, "SMTP URL from the Secret")
+expect(e["HARTSLAG_WEBHOOK_URL"]["value"] == "https://hooks.example.com/x", "webhook default")
+objs, _ = render({"smtp": {"existingSecret": "mail-creds"}})
+expect(not find(objs, "Secret"), "existing SMTP Secret: none created")
+expect(env(find(objs, "Deployment")[0])["HARTSLAG_MAIL_FROM"]["valueFrom"]["secretKeyRef"]["name"] == "mail-creds", "existing SMTP Secret used")
+objs, _ = render({"externalURL": "https://hb.example.com/", "ingress": {"enabled": True, "host": "hb.example.com", "tlsSecretName": "hb-tls"}, "serviceMonitor": {"enabled": True}})
+expect(env(find(objs, "Deployment")[0])["HARTSLAG_EXTERNAL_URL"]["value"] == "https://hb.example.com", "external URL")
+ing = find(objs, "Ingress")
+expect(len(ing) == 1 and ing[0]["spec"]["tls"][0]["secretName"] == "hb-tls", "ingress with TLS")
+expect(find(objs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["path"] == "/metrics", "ServiceMonitor")
+_, raw = render({})
+notes = [v for k, v in raw.items() if k.endswith("NOTES.txt")][0]
+expect("ping-url" in notes and "kubectl get heartbeats" in notes, "NOTES.txt explains the first monitor")
+
+# bad values fail at install
+for bad, what in [
+    ({"logFormat": "xml"}, "logFormat"),
+    ({"scope": {"clusterWide": False, "namespaces": []}}, "namespaced scope without namespaces"),
+    ({"statusRate": 0}, "statusRate"),
+    ({"smtp": {"url": "mail.example.com"}}, "smtp.url scheme"),
+    ({"ingress": {"enabled": True}}, "ingress without host"),
+    ({"replicas": 3}, "unknown key"),
+]:
+    try:
+        with helm.Chart.load(str(CHART)) as chart:
+            chart.validate_schema(bad)
+        expect(False, f"schema accepted bad values: {what}")
+    except helm.HelmError:
+        pass
+
+if failures:
+    sys.exit(1)
+print("chart: all expectations held")
