@@ -732,3 +732,81 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
     drop(op);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn kubernetes_examples_apply_and_issue_their_secrets() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/applications.hartslag.dev",
+        "crd/heartbeats.hartslag.dev",
+        "--timeout=60s",
+    ]);
+    let ns = format!("e2e-ex-{}", &hartslag::token::random_id().unwrap()[..8]);
+    kubectl(&["create", "namespace", &ns]);
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
+    // The examples use batch/v1 CronJobs (Kubernetes 1.21+); an older test control plane
+    // (Debian's 1.20) serves them as batch/v1beta1 with the same fields.
+    let batch_v1 = kubectl(&["get", "--raw", "/apis/batch/v1"]);
+    let examples = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(format!("{root}/examples/kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if !batch_v1.contains("\"cronjobs\"") {
+            text = text.replace(
+                "apiVersion: batch/v1\nkind: CronJob",
+                "apiVersion: batch/v1beta1\nkind: CronJob",
+            );
+        }
+        std::fs::write(examples.path().join(path.file_name().unwrap()), text).unwrap();
+    }
+    let applied = kubectl(&["apply", "-n", &ns, "-f", examples.path().to_str().unwrap()]);
+    for object in [
+        "application.hartslag.dev/shop",
+        "deployment.apps/shop-events",
+        "heartbeat.hartslag.dev/backup",
+        "cronjob.batch/backup",
+        "heartbeat.hartslag.dev/report",
+        "cronjob.batch/report",
+    ] {
+        assert!(applied.contains(object), "{object} not applied:\n{applied}");
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    wait_for("the shop token", Duration::from_secs(30), || {
+        secret_value(&secrets, "shop-hartslag-token", "token")
+    })
+    .await;
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+    for name in ["backup", "report"] {
+        // What the CronJob does with the Secret it mounts.
+        let secret = format!("{name}-heartbeat");
+        let url = wait_for("a ping-url", Duration::from_secs(30), || {
+            secret_value(&secrets, &secret, "ping-url")
+        })
+        .await;
+        let base = url.trim_end_matches("/ping").to_string();
+        assert_eq!(
+            reqwest::get(format!("{base}/start"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+        wait_for("status Up", Duration::from_secs(15), || async {
+            hb_status(&hbs, name).await.filter(|s| s["state"] == "Up")
+        })
+        .await;
+    }
+    drop(op);
+    let _ = Command::new("kubectl")
+        .args(["delete", "namespace", &ns, "--wait=false"])
+        .output();
+}
