@@ -19,6 +19,9 @@ if ! python3 -c "import aiosmtpd, tickstem, helm_python, yaml" 2>/dev/null; then
 fi
 python3 -c "import aiosmtpd, tickstem, helm_python; print('aiosmtpd', aiosmtpd.__version__, '/ tickstem', tickstem.__version__, '/ helm', helm_python.helm_sdk_version())"
 
+# umoci builds the image archive without a Docker daemon.
+command -v umoci >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umoci; }
+
 log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
