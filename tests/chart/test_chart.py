@@ -121,6 +121,23 @@ _, raw = render({})
 notes = [v for k, v in raw.items() if k.endswith("NOTES.txt")][0]
 expect("ping-url" in notes and "kubectl get heartbeats" in notes, "NOTES.txt explains the first monitor")
 
+# the README's configuration table names every value
+readme = (ROOT / "README.md").read_text()
+defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def leaves(d, prefix=""):
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v and k not in ("resources",):
+            yield from leaves(v, path + ".")
+        else:
+            yield path
+
+
+for path in leaves(defaults):
+    expect(f"| `{path}` |" in readme, f"README configuration table lacks `{path}`")
+
 # bad values fail at install
 for bad, what in [
     ({"logFormat": "xml"}, "logFormat"),
