@@ -45,6 +45,30 @@ fn kubectl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Applies the CRDs and creates a fresh namespace named `prefix-<random>`.
+async fn prepare(prefix: &str) -> (Client, String, Api<Namespace>) {
+    let client = client().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/applications.hartslag.dev",
+        "crd/heartbeats.hartslag.dev",
+        "--timeout=60s",
+    ]);
+    let ns = format!("{prefix}-{}", &hartslag::token::random_id().unwrap()[..8]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    (client, ns, namespaces)
+}
+
 struct Operator {
     child: Child,
     base: String,
@@ -139,26 +163,7 @@ async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usize {
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     let _serial = SERIAL.lock().await;
-    let client = client().await;
-    let root = env!("CARGO_MANIFEST_DIR");
-    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/applications.hartslag.dev",
-        "crd/heartbeats.hartslag.dev",
-        "--timeout=60s",
-    ]);
-
-    let ns = format!("e2e-{}", &hartslag::token::random_id().unwrap()[..8]);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let (client, ns, namespaces) = prepare("e2e").await;
 
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
@@ -345,25 +350,8 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn management_api_is_a_facade_over_the_custom_resources() {
     let _serial = SERIAL.lock().await;
-    let client = client().await;
+    let (client, ns, namespaces) = prepare("e2e-api").await;
     let root = env!("CARGO_MANIFEST_DIR");
-    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/applications.hartslag.dev",
-        "crd/heartbeats.hartslag.dev",
-        "--timeout=60s",
-    ]);
-    let ns = format!("e2e-api-{}", &hartslag::token::random_id().unwrap()[..8]);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
@@ -614,25 +602,7 @@ impl Drop for ApiServerPause {
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monitoring() {
     let _serial = SERIAL.lock().await;
-    let client = client().await;
-    let root = env!("CARGO_MANIFEST_DIR");
-    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/applications.hartslag.dev",
-        "crd/heartbeats.hartslag.dev",
-        "--timeout=60s",
-    ]);
-    let ns = format!("e2e-out-{}", &hartslag::token::random_id().unwrap()[..8]);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let (client, ns, namespaces) = prepare("e2e-out").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
@@ -737,18 +707,8 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let _serial = SERIAL.lock().await;
-    let client = client().await;
+    let (client, ns, _namespaces) = prepare("e2e-ex").await;
     let root = env!("CARGO_MANIFEST_DIR");
-    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/applications.hartslag.dev",
-        "crd/heartbeats.hartslag.dev",
-        "--timeout=60s",
-    ]);
-    let ns = format!("e2e-ex-{}", &hartslag::token::random_id().unwrap()[..8]);
-    kubectl(&["create", "namespace", &ns]);
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;

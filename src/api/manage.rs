@@ -71,6 +71,19 @@ pub enum DirectoryError {
     Unavailable(String),
 }
 
+/// Refuses a create when the Application already owns `spec.limits.heartbeats` monitors.
+pub fn check_quota(
+    engine: &crate::monitor::engine::Engine,
+    app: &AppInfo,
+) -> Result<(), DirectoryError> {
+    match app.spec.limits.as_ref().and_then(|l| l.heartbeats) {
+        Some(limit) if engine.count_for_application(&app.key, None) >= limit as usize => {
+            Err(DirectoryError::Quota)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What the management API needs from a front end to change monitors.
 pub trait Directory: Send + Sync {
     /// Creates a monitor for `app`; returns it with its token.

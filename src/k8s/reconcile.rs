@@ -281,13 +281,7 @@ async fn apply_heartbeat(
     if let Some(app) = &app
         && let Some(limit) = app.spec.limits.as_ref().and_then(|l| l.heartbeats)
     {
-        let others = ctx
-            .core
-            .engine
-            .list()
-            .into_iter()
-            .filter(|m| m.def.application.as_deref() == Some(app.key.as_str()) && m.def.key != key)
-            .count();
+        let others = ctx.core.engine.count_for_application(&app.key, Some(&key));
         if others >= limit as usize {
             deactivate(ctx, &key).await?;
             let msg = format!(

@@ -896,6 +896,18 @@ impl Engine {
         v
     }
 
+    /// How many monitors belong to application `app`, not counting `except`.
+    pub fn count_for_application(&self, app: &str, except: Option<&str>) -> usize {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|m| {
+                m.def.application.as_deref() == Some(app) && Some(m.def.key.as_str()) != except
+            })
+            .count()
+    }
+
     /// Monitors per state, for gauges.
     pub fn counts(&self) -> HashMap<State, usize> {
         let mut c = HashMap::new();

@@ -63,17 +63,7 @@ impl Directory for StandaloneDirectory {
     ) -> BoxFuture<'a, Result<(Monitor, String), DirectoryError>> {
         Box::pin(async move {
             let core = &self.core;
-            let owned = core
-                .engine
-                .list()
-                .into_iter()
-                .filter(|m| m.def.application.as_deref() == Some(app.key.as_str()))
-                .count();
-            if let Some(limit) = app.spec.limits.as_ref().and_then(|l| l.heartbeats)
-                && owned >= limit as usize
-            {
-                return Err(DirectoryError::Quota);
-            }
+            crate::api::manage::check_quota(&core.engine, app)?;
             let data = &core.config.data_dir;
             let base = slug(&req.name);
             let mut name = base.clone();
