@@ -49,3 +49,7 @@ e2e: cluster-up
 # Scale benchmark of the monitor engine.
 bench-monitors:
     cargo bench --bench monitors
+
+# Build the image as an OCI archive without a Docker daemon (umoci); `docker build .` with one.
+image:
+    bash image/build-oci.sh target/hartslag-oci.tar

@@ -708,6 +708,14 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
 async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let _serial = SERIAL.lock().await;
     let (client, ns, _namespaces) = prepare("e2e-ex").await;
+    // Every field is documented for `kubectl explain`.
+    let explained = kubectl(&["explain", "heartbeat.spec.interval"]);
+    assert!(
+        explained.contains("Longest expected time between two successful pings"),
+        "{explained}"
+    );
+    let explained = kubectl(&["explain", "hsapp.spec.timeZone"]);
+    assert!(explained.contains("IANA time zone"), "{explained}");
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
