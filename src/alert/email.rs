@@ -240,7 +240,16 @@ impl EmailSender {
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .body(alert.body())
             .map_err(|e| DeliveryError::Permanent(format!("cannot build the message: {e}")))?;
-        match self.transport.send(message).await {
+        // lettre's timeout covers connecting, not a server that accepts and then stalls.
+        let sent =
+            tokio::time::timeout(Duration::from_secs(30), self.transport.send(message)).await;
+        let Ok(sent) = sent else {
+            return Err(DeliveryError::Transient(format!(
+                "SMTP {}: no answer within 30 s",
+                self.server
+            )));
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(e) if e.is_permanent() => Err(DeliveryError::Permanent(format!(
                 "SMTP {}: {e}",

@@ -1,19 +1,27 @@
 //! Deadline scheduling for many monitors without polling them all.
 //!
-//! One ordered set keyed by (deadline, monitor) and one map from monitor to its armed
-//! deadline: arming, re-arming and disarming are O(log n), and the driver sleeps exactly
-//! until the earliest deadline. Time inside is tokio's clock (so tests run on a paused,
-//! virtual clock); [`Clock`] maps it to wall time.
+//! [`DeadlineQueue`] keeps one deadline per key in an ordered set plus a map from key to its
+//! armed deadline, so arming, re-arming and disarming are O(log n) and the earliest deadline
+//! is always at hand. The driver started by [`spawn`] sleeps exactly until that earliest
+//! deadline and is woken early by new commands. All of its time comes from tokio's clock,
+//! mapped to wall time by [`Clock`], so the whole engine runs on a paused, virtual clock in
+//! tests.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// How far ahead [`Clock::instant_for`] looks when a wall time has no tokio instant (beyond
+/// what `Instant` can hold): the scheduler then wakes, sees nothing due and sleeps again.
+const FAR_AHEAD: Duration = Duration::from_secs(86_400);
+
 /// Wall time derived from tokio's monotonic clock and one anchor pair, so the engine and its
-/// tests share one notion of "now" (virtual under `tokio::time::pause`).
+/// tests share a single notion of "now" (virtual under `tokio::time::pause`), and deadlines
+/// in wall time convert to instants to sleep until, exactly and in both directions.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     wall: Timestamp,
@@ -21,15 +29,13 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// Anchors at the current wall and tokio times.
+    /// Anchors at the current wall and tokio times (the production clock).
     pub fn new() -> Self {
-        Self {
-            wall: Timestamp::now(),
-            mono: Instant::now(),
-        }
+        Self::starting_at(Timestamp::now())
     }
 
-    /// Anchors at a chosen wall time (tests).
+    /// Anchors a chosen wall time at the current tokio time, so tests get reproducible
+    /// timestamps.
     pub fn starting_at(wall: Timestamp) -> Self {
         Self {
             wall,
@@ -37,23 +43,49 @@ impl Clock {
         }
     }
 
-    /// The current wall time.
+    /// The current wall time: the anchor plus tokio time elapsed since it.
     pub fn now(&self) -> Timestamp {
-        let elapsed = Instant::now().saturating_duration_since(self.mono);
-        let d = SignedDuration::try_from(elapsed).unwrap_or(SignedDuration::MAX);
-        self.wall.checked_add(d).unwrap_or(Timestamp::MAX)
+        self.timestamp_at(Instant::now())
     }
 
-    /// The tokio instant at which wall time `at` is reached (now, if it is past).
+    /// The wall time of a tokio instant, for reporting when something fired.
+    pub fn timestamp_at(&self, instant: Instant) -> Timestamp {
+        let (delta, ahead) = match instant.checked_duration_since(self.mono) {
+            Some(d) => (d, true),
+            None => (self.mono.duration_since(instant), false),
+        };
+        let delta = SignedDuration::try_from(delta).unwrap_or(SignedDuration::MAX);
+        let at = if ahead {
+            self.wall.checked_add(delta)
+        } else {
+            self.wall.checked_sub(delta)
+        };
+        at.unwrap_or(if ahead {
+            Timestamp::MAX
+        } else {
+            Timestamp::MIN
+        })
+    }
+
+    /// The tokio instant at which wall time `at` is reached, to sleep until. Exact where
+    /// `Instant` can represent it; otherwise the anchor for past times (already due) or a day
+    /// from now for absurdly distant ones (the caller re-checks after waking).
     pub fn instant_for(&self, at: Timestamp) -> Instant {
-        let now = self.now();
-        if at <= now {
-            return Instant::now();
-        }
-        let ahead = at.duration_since(now);
-        let ahead = std::time::Duration::try_from(ahead)
-            .unwrap_or(std::time::Duration::from_secs(86_400 * 365));
-        Instant::now() + ahead
+        let delta = at.duration_since(self.wall);
+        let magnitude = delta.unsigned_abs();
+        let exact = if delta.is_negative() {
+            self.mono.checked_sub(magnitude)
+        } else {
+            self.mono.checked_add(magnitude)
+        };
+        exact.unwrap_or_else(|| {
+            if delta.is_negative() {
+                self.mono
+            } else {
+                let now = Instant::now();
+                now.checked_add(FAR_AHEAD).unwrap_or(now)
+            }
+        })
     }
 }
 
@@ -63,14 +95,15 @@ impl Default for Clock {
     }
 }
 
-/// Deadlines by key; one per key, re-arming replaces.
-#[derive(Debug)]
-pub struct DeadlineQueue<K: Ord + Hash + Clone> {
-    order: BTreeSet<(Timestamp, K)>,
-    armed: HashMap<K, Timestamp>,
+/// Deadlines by key, one per key, ordered by (deadline, key): the pure core of the
+/// scheduler, separate so its ordering rules are testable without a runtime.
+#[derive(Debug, Clone)]
+pub struct DeadlineQueue<K, T = Timestamp> {
+    order: BTreeSet<(T, K)>,
+    armed: HashMap<K, T>,
 }
 
-impl<K: Ord + Hash + Clone> Default for DeadlineQueue<K> {
+impl<K, T> Default for DeadlineQueue<K, T> {
     fn default() -> Self {
         Self {
             order: BTreeSet::new(),
@@ -79,34 +112,43 @@ impl<K: Ord + Hash + Clone> Default for DeadlineQueue<K> {
     }
 }
 
-impl<K: Ord + Hash + Clone> DeadlineQueue<K> {
-    /// Arms `key` at `at`, replacing an earlier arming.
-    pub fn arm(&mut self, key: K, at: Timestamp) {
+impl<K: Ord + Hash + Clone, T: Ord + Copy> DeadlineQueue<K, T> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Arms `key` at `at`, replacing its previous deadline: a ping moves a monitor's deadline
+    /// rather than adding a second one.
+    pub fn arm(&mut self, key: K, at: T) {
         if let Some(old) = self.armed.insert(key.clone(), at) {
             self.order.remove(&(old, key.clone()));
         }
         self.order.insert((at, key));
     }
 
-    /// Removes `key`'s deadline.
+    /// Removes `key`'s deadline, if any (paused or deleted monitors).
     pub fn disarm(&mut self, key: &K) {
         if let Some(old) = self.armed.remove(key) {
             self.order.remove(&(old, key.clone()));
         }
     }
 
-    /// The earliest deadline.
-    pub fn next_due(&self) -> Option<Timestamp> {
+    /// `key`'s armed deadline, to tell whether re-arming would change anything.
+    pub fn deadline(&self, key: &K) -> Option<T> {
+        self.armed.get(key).copied()
+    }
+
+    /// The earliest deadline: how long the driver may sleep.
+    pub fn next_due(&self) -> Option<T> {
         self.order.first().map(|(at, _)| *at)
     }
 
-    /// Removes and returns every key due at or before `now`, earliest first.
-    pub fn pop_due(&mut self, now: Timestamp) -> Vec<(K, Timestamp)> {
+    /// Removes and returns every key due at or before `now` with its deadline, earliest
+    /// first and ties by key, so firing order is deterministic.
+    pub fn pop_due(&mut self, now: T) -> Vec<(K, T)> {
         let mut out = Vec::new();
-        while let Some((at, _)) = self.order.first() {
-            if *at > now {
-                break;
-            }
+        while self.order.first().is_some_and(|(at, _)| *at <= now) {
             if let Some((at, key)) = self.order.pop_first() {
                 self.armed.remove(&key);
                 out.push((key, at));
@@ -115,23 +157,26 @@ impl<K: Ord + Hash + Clone> DeadlineQueue<K> {
         out
     }
 
-    /// Armed keys.
+    /// Number of armed keys, for metrics.
     pub fn len(&self) -> usize {
         self.armed.len()
     }
 
-    /// True when nothing is armed.
+    /// Nothing armed: the driver can sleep until a command arrives.
     pub fn is_empty(&self) -> bool {
         self.armed.is_empty()
     }
 }
 
+/// What a [`SchedulerHandle`] asks of the driver task.
+#[derive(Debug)]
 enum Command<K> {
     Arm(K, Timestamp),
     Disarm(K),
 }
 
-/// Handle for arming and disarming; cheap to clone, usable from any thread.
+/// The only way to reach the driver task: cheap to clone and usable from any thread, so the
+/// engine can arm deadlines where it changes state.
 #[derive(Debug)]
 pub struct SchedulerHandle<K> {
     tx: mpsc::UnboundedSender<Command<K>>,
@@ -145,139 +190,276 @@ impl<K> Clone for SchedulerHandle<K> {
     }
 }
 
-impl<K: Send + 'static> SchedulerHandle<K> {
-    /// Arms (or re-arms) `key` at wall time `at`.
+impl<K> SchedulerHandle<K> {
+    /// Arms (or re-arms) `key` at wall time `at`; a time already past fires at once. Sending
+    /// only fails once the driver stopped because nobody receives due keys any more, when
+    /// there is nothing left to schedule for, so that is ignored.
     pub fn arm(&self, key: K, at: Timestamp) {
         let _ = self.tx.send(Command::Arm(key, at));
     }
 
-    /// Disarms `key`.
+    /// Disarms `key`; nothing fires for it until it is armed again.
     pub fn disarm(&self, key: K) {
         let _ = self.tx.send(Command::Disarm(key));
     }
 }
 
-/// Starts the scheduler task: due keys arrive on the returned channel, in deadline order,
-/// once per arming, with the deadline they were armed for.
+/// Starts the driver task on the current tokio runtime. Due keys arrive on the returned
+/// channel in deadline order, once per arming, each with the wall time it was armed for.
+/// The task ends when the receiver is dropped, or when every handle is dropped and nothing
+/// armed is left to fire.
 pub fn spawn<K>(clock: Clock) -> (SchedulerHandle<K>, mpsc::UnboundedReceiver<(K, Timestamp)>)
 where
-    K: Ord + Hash + Clone + Send + Sync + 'static,
+    K: Ord + Hash + Clone + Send + 'static,
 {
-    let (tx, mut commands) = mpsc::unbounded_channel::<Command<K>>();
+    let (tx, commands) = mpsc::unbounded_channel();
     let (due_tx, due_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut queue = DeadlineQueue::<K>::default();
-        loop {
-            for (key, at) in queue.pop_due(clock.now()) {
-                if due_tx.send((key, at)).is_err() {
-                    return;
-                }
-            }
-            let sleep = async {
-                match queue.next_due() {
-                    Some(at) => tokio::time::sleep_until(clock.instant_for(at)).await,
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Arm(k, at)) => queue.arm(k, at),
-                    Some(Command::Disarm(k)) => queue.disarm(&k),
-                    None => return,
-                },
-                _ = sleep => {}
-            }
-            // Take every queued command before firing, so a re-arm sent just before a
-            // deadline wins over it.
-            while let Ok(cmd) = commands.try_recv() {
-                match cmd {
-                    Command::Arm(k, at) => queue.arm(k, at),
-                    Command::Disarm(k) => queue.disarm(&k),
-                }
+    tokio::spawn(drive(clock, commands, due_tx));
+    (SchedulerHandle { tx }, due_rx)
+}
+
+async fn drive<K>(
+    clock: Clock,
+    mut commands: mpsc::UnboundedReceiver<Command<K>>,
+    due: mpsc::UnboundedSender<(K, Timestamp)>,
+) where
+    K: Ord + Hash + Clone,
+{
+    let mut queue = DeadlineQueue::<K>::new();
+    let mut handles_alive = true;
+    // One timer, reset only when the earliest deadline changes.
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut sleeping_until: Option<Timestamp> = None;
+    loop {
+        for fired in queue.pop_due(clock.now()) {
+            if due.send(fired).is_err() {
+                return;
             }
         }
-    });
-    (SchedulerHandle { tx }, due_rx)
+        let next = queue.next_due();
+        match next {
+            None if !handles_alive => return,
+            Some(at) if sleeping_until != Some(at) => {
+                sleep.as_mut().reset(clock.instant_for(at));
+                sleeping_until = Some(at);
+            }
+            _ => {}
+        }
+        tokio::select! {
+            biased;
+            () = due.closed() => return,
+            command = commands.recv(), if handles_alive => match command {
+                Some(first) => {
+                    // Take everything queued before firing, so a re-arm or disarm sent just
+                    // before a deadline wins over it, and a burst costs one pass.
+                    let mut command = Some(first);
+                    while let Some(c) = command {
+                        match c {
+                            Command::Arm(key, at) => queue.arm(key, at),
+                            Command::Disarm(key) => queue.disarm(&key),
+                        }
+                        command = commands.try_recv().ok();
+                    }
+                }
+                None => handles_alive = false,
+            },
+            () = &mut sleep, if next.is_some() => sleeping_until = None,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    fn base() -> Timestamp {
+        Timestamp::from_second(1_700_000_000).unwrap()
+    }
+
+    fn plus(at: Timestamp, d: SignedDuration) -> Timestamp {
+        at.checked_add(d).unwrap()
+    }
 
     #[test]
-    fn queue_orders_and_replaces() {
-        let base = Timestamp::from_second(1_700_000_000).unwrap();
-        let at = |s: i64| base.checked_add(SignedDuration::from_secs(s)).unwrap();
-        let mut q = DeadlineQueue::default();
+    fn queue_orders_by_deadline_then_key_and_replaces() {
+        let at = |s: i64| plus(base(), SignedDuration::from_secs(s));
+        let mut q = DeadlineQueue::new();
+        assert!(q.is_empty());
         q.arm("b", at(20));
-        q.arm("a", at(10));
         q.arm("c", at(10));
-        q.arm("b", at(5));
-        q.disarm(&"c");
-        assert_eq!(q.len(), 2);
+        q.arm("a", at(10));
+        q.arm("d", at(30));
+        q.arm("b", at(5)); // re-arming replaces
+        q.disarm(&"d");
+        q.disarm(&"never armed");
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.deadline(&"b"), Some(at(5)));
+        assert_eq!(q.deadline(&"d"), None);
         assert_eq!(q.next_due(), Some(at(5)));
-        assert_eq!(q.pop_due(at(10)), vec![("b", at(5)), ("a", at(10))]);
+        assert_eq!(q.pop_due(at(4)), vec![]);
+        assert_eq!(
+            q.pop_due(at(10)),
+            vec![("b", at(5)), ("a", at(10)), ("c", at(10))],
+            "inclusive, in deadline order, ties by key"
+        );
+        assert!(q.is_empty());
+        assert_eq!(q.next_due(), None);
+        assert_eq!(q.pop_due(at(1000)), vec![]);
+        // A key that fired can be armed again.
+        q.arm("a", at(50));
+        q.arm("a", at(60));
+        assert_eq!(q.pop_due(at(100)), vec![("a", at(60))]);
+    }
+
+    #[test]
+    fn queue_works_with_any_ordered_time() {
+        let mut q: DeadlineQueue<u32, u64> = DeadlineQueue::new();
+        for k in 0..1000u32 {
+            q.arm(k, u64::from((k * 7919) % 1000));
+        }
+        for k in 0..1000u32 {
+            q.arm(k, u64::from((k * 7919) % 1000) + 5); // every key moved once
+        }
+        assert_eq!(q.len(), 1000);
+        let fired = q.pop_due(u64::MAX);
+        assert_eq!(fired.len(), 1000);
+        assert!(
+            fired
+                .windows(2)
+                .all(|w| (w[0].1, w[0].0) < (w[1].1, w[1].0))
+        );
         assert!(q.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
+    async fn clock_maps_wall_time_and_tokio_time_both_ways() {
+        let clock = Clock::starting_at(base());
+        let anchor = Instant::now();
+        assert_eq!(clock.now(), base());
+        tokio::time::advance(Duration::from_millis(10_500)).await;
+        assert_eq!(
+            clock.now(),
+            plus(base(), SignedDuration::from_millis(10_500))
+        );
+        let later = plus(base(), SignedDuration::from_nanos(3_600_000_000_123));
+        let instant = clock.instant_for(later);
+        assert_eq!(instant, anchor + Duration::from_nanos(3_600_000_000_123));
+        assert_eq!(clock.timestamp_at(instant), later);
+        let earlier = plus(base(), SignedDuration::from_secs(-5));
+        assert_eq!(clock.timestamp_at(clock.instant_for(earlier)), earlier);
+        assert!(clock.instant_for(earlier) <= Instant::now());
+        assert!(clock.instant_for(Timestamp::MIN) <= Instant::now());
+        assert!(clock.instant_for(Timestamp::MAX) > Instant::now());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn ten_thousand_deadlines_fire_in_order_and_on_time() {
-        let clock = Clock::starting_at(Timestamp::from_second(1_700_000_000).unwrap());
+        let clock = Clock::starting_at(base());
         let start = clock.now();
         let (handle, mut due) = spawn::<u32>(clock);
-        // Staggered: key i due at start + (i * 7919 % 10000) ms, so arming order != due order.
+        // Key i is due at a sub-millisecond offset in a scrambled order (arming order is not
+        // firing order), with some ties (distinct keys, same deadline).
+        let offset =
+            |i: u32| SignedDuration::from_micros(i64::from((i * 7919) % 5_000) * 1_997 + 1);
         for i in 0..10_000u32 {
-            let ms = i64::from(i * 7919 % 10_000) + 1;
-            handle.arm(
-                i,
-                start.checked_add(SignedDuration::from_millis(ms)).unwrap(),
-            );
+            handle.arm(i, plus(start, offset(i)));
         }
-        let mut last = start;
+        let mut previous: Option<(Timestamp, u32)> = None;
         let mut worst = SignedDuration::ZERO;
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..10_000 {
-            let (_, at) = due.recv().await.unwrap();
+            let (key, at) = due.recv().await.unwrap();
             let fired = clock.now();
-            assert!(fired >= at, "fired before its deadline");
-            assert!(at >= last, "out of order");
+            assert_eq!(at, plus(start, offset(key)), "reports the armed deadline");
+            assert!(
+                fired >= at,
+                "key {key} fired {} early",
+                at.duration_since(fired)
+            );
+            assert!(
+                previous < Some((at, key)),
+                "out of order: {previous:?} then {key}"
+            );
+            assert!(seen.insert(key), "key {key} fired twice");
             worst = worst.max(fired.duration_since(at));
-            last = at;
+            previous = Some((at, key));
         }
+        assert!(worst <= SignedDuration::from_millis(1), "lateness {worst}");
         assert!(
-            worst <= SignedDuration::from_millis(1),
-            "lateness {worst:?}"
-        );
-        assert!(
-            tokio::time::timeout(Duration::from_secs(60), due.recv())
+            tokio::time::timeout(Duration::from_secs(3600), due.recv())
                 .await
                 .is_err(),
-            "fired twice"
+            "something fired twice"
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn rearming_moves_a_deadline_and_disarm_cancels() {
-        let clock = Clock::starting_at(Timestamp::from_second(1_700_000_000).unwrap());
+    async fn rearming_moves_a_deadline_disarm_cancels_and_earlier_arms_wake_the_task() {
+        let clock = Clock::starting_at(base());
         let start = clock.now();
-        let secs = |s: i64| start.checked_add(SignedDuration::from_secs(s)).unwrap();
+        let secs = |s: i64| plus(start, SignedDuration::from_secs(s));
         let (handle, mut due) = spawn::<&'static str>(clock);
         handle.arm("ping", secs(10));
         handle.arm("gone", secs(5));
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        handle.arm("late", secs(100));
+        tokio::time::sleep(Duration::from_secs(3)).await; // the task now sleeps until +5 s
         handle.arm("ping", secs(20)); // a ping arrived: the old deadline must not fire
         handle.disarm("gone");
         handle.arm("early", secs(4)); // earlier than anything armed: wakes the sleeper
-        let (k, at) = due.recv().await.unwrap();
-        assert_eq!((k, at), ("early", secs(4)));
+        assert_eq!(due.recv().await, Some(("early", secs(4))));
         assert_eq!(clock.now(), secs(4));
-        let (k, at) = due.recv().await.unwrap();
-        assert_eq!((k, at), ("ping", secs(20)));
+        assert_eq!(due.recv().await, Some(("ping", secs(20))));
         assert_eq!(clock.now(), secs(20));
+        // While sleeping until +100 s, an arm at +30 s wakes the task early.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        handle.arm("sooner", secs(30));
+        assert_eq!(due.recv().await, Some(("sooner", secs(30))));
+        assert_eq!(clock.now(), secs(30));
+        assert_eq!(due.recv().await, Some(("late", secs(100))));
+        assert_eq!(clock.now(), secs(100));
         assert!(
-            tokio::time::timeout(Duration::from_secs(100), due.recv())
+            tokio::time::timeout(Duration::from_secs(1000), due.recv())
+                .await
+                .is_err(),
+            "moved or disarmed deadlines fired"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_deadlines_fire_at_once_and_each_arming_fires_once() {
+        let clock = Clock::starting_at(base());
+        let start = clock.now();
+        let (handle, mut due) = spawn::<u8>(clock);
+        let long_ago = plus(start, SignedDuration::from_secs(-86_400 * 365));
+        handle.arm(1, long_ago);
+        assert_eq!(due.recv().await, Some((1, long_ago)));
+        assert_eq!(clock.now(), start, "no waiting for a past deadline");
+        // Armed again after firing: fires again, once.
+        let soon = plus(start, SignedDuration::from_millis(5));
+        handle.arm(1, soon);
+        assert_eq!(due.recv().await, Some((1, soon)));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), due.recv())
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_every_handle_still_fires_what_is_armed_then_closes() {
+        let clock = Clock::starting_at(base());
+        let start = clock.now();
+        let (handle, mut due) = spawn::<u8>(clock);
+        let at = plus(start, SignedDuration::from_secs(60));
+        handle.arm(7, at);
+        let clone = handle.clone();
+        drop(handle);
+        clone.disarm(8);
+        drop(clone);
+        assert_eq!(due.recv().await, Some((7, at)));
+        assert_eq!(clock.now(), at);
+        let end = tokio::time::timeout(Duration::from_secs(3600), due.recv()).await;
+        assert_eq!(end, Ok(None), "the task ended");
     }
 }
