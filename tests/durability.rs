@@ -82,15 +82,7 @@ async fn every_acknowledged_event_survives_kill_9() {
         acked.len() - acked.intersection(&stored).count()
     );
     // Rollups agree with raw events after the crash (they are written in one transaction).
-    let stats: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/stats", server.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = common::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
     assert_eq!(stats["total"]["count"].as_u64(), Some(stored.len() as u64));
     eprintln!(
         "acknowledged {}, stored {} after kill -9",
@@ -126,15 +118,7 @@ async fn fifty_clients_two_hundred_events_each() {
         t.await.unwrap();
     }
     let expected_weight: i64 = (0..10_000i64).sum();
-    let stats: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/stats", s.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = common::get_json(&format!("{}/api/v1/stats", s.base), &token).await;
     assert_eq!(
         stats["total"],
         json!({"count": 10_000, "weight": expected_weight})
@@ -150,15 +134,8 @@ async fn fifty_clients_two_hundred_events_each() {
         .map(|e| e["total"]["count"].as_i64().unwrap())
         .sum();
     assert_eq!(per_event, 10_000);
-    let user7: Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/stats?user_id=7", s.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let user7: Value =
+        common::get_json(&format!("{}/api/v1/stats?user_id=7", s.base), &token).await;
     let w7: i64 = (1400..1600i64).sum();
     assert_eq!(user7["total"], json!({"count": 200, "weight": w7}));
     let text = reqwest::Client::new()
@@ -229,15 +206,7 @@ async fn retention_deletes_raw_events_but_keeps_totals() {
     })
     .await;
     assert_eq!(&rows[0][1], "new");
-    let stats: Value = http
-        .get(format!("{}/api/v1/stats", s.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = common::get_json(&format!("{}/api/v1/stats", s.base), &token).await;
     assert_eq!(
         stats["total"],
         json!({"count": 3, "weight": 5}),

@@ -150,11 +150,6 @@ pub fn application_status(
     }
 }
 
-/// True when two statuses differ in anything but condition timestamps' precision.
-pub fn differs<T: PartialEq>(a: &T, b: &T) -> bool {
-    a != b
-}
-
 /// Patches `status` of a namespaced resource.
 pub async fn patch_status<K>(
     api: &Api<K>,
@@ -273,7 +268,7 @@ pub async fn run_heartbeat_writer(ctx: std::sync::Arc<super::Context>, config: W
         let now = ctx.core.engine.clock().now();
         let previous = written.get(&key).cloned().unwrap_or_default();
         let desired = heartbeat_status(&m, &previous, &meta.secret, meta.generation, now);
-        if !differs(&desired, &previous) {
+        if desired == previous {
             continue;
         }
         budget.tick().await;
@@ -331,7 +326,7 @@ pub async fn run_application_writer(ctx: std::sync::Arc<super::Context>, config:
                 meta.generation,
                 Timestamp::now(),
             );
-            if !differs(&desired, &previous) {
+            if desired == previous {
                 continue;
             }
             let api: Api<Application> = Api::namespaced(ctx.client.clone(), &app.namespace);

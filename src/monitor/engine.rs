@@ -264,6 +264,22 @@ fn monitor_key(key: &str) -> Vec<u8> {
     k
 }
 
+/// Applies `signals` in order, collecting every effect.
+fn apply_all(
+    timing: &Timing,
+    state: &MonitorState,
+    signals: Vec<Signal>,
+) -> (MonitorState, Vec<Effect>) {
+    let mut st = state.clone();
+    let mut effects = Vec::new();
+    for sig in signals {
+        let (next, e) = state::apply(timing, &st, sig);
+        st = next;
+        effects.extend(e);
+    }
+    (st, effects)
+}
+
 /// Where a monitor deleted with `Retain` keeps its last record.
 fn tombstone_key(key: &str) -> Vec<u8> {
     let mut k = vec![FAMILY_RETAINED];
@@ -567,23 +583,18 @@ impl Worker {
                 if def == old.def {
                     return Ok((old, Vec::new()));
                 }
-                let mut st = old.state.clone();
-                let mut effects = Vec::new();
+                let mut signals = Vec::new();
                 if def.paused != old.def.paused {
-                    let sig = if def.paused {
+                    signals.push(if def.paused {
                         Signal::Pause(now)
                     } else {
                         Signal::Resume(now)
-                    };
-                    let (s, e) = state::apply(&def.timing(), &st, sig);
-                    st = s;
-                    effects.extend(e);
+                    });
                 }
                 if def.timing() != old.def.timing() {
-                    let (s, e) = state::apply(&def.timing(), &st, Signal::Retimed(now));
-                    st = s;
-                    effects.extend(e);
+                    signals.push(Signal::Retimed(now));
                 }
+                let (st, effects) = apply_all(&def.timing(), &old.state, signals);
                 (
                     Monitor {
                         num: old.num,
@@ -598,13 +609,11 @@ impl Worker {
                 Some(v) => {
                     let old: Monitor = serde_json::from_slice(&v)?;
                     def.created_at = old.def.created_at;
-                    let (mut st, mut effects) =
-                        state::apply(&def.timing(), &old.state, Signal::Retimed(now));
-                    if def.paused && st.state != State::Paused {
-                        let (s, e) = state::apply(&def.timing(), &st, Signal::Pause(now));
-                        st = s;
-                        effects.extend(e);
+                    let mut signals = vec![Signal::Retimed(now)];
+                    if def.paused {
+                        signals.push(Signal::Pause(now));
                     }
+                    let (st, effects) = apply_all(&def.timing(), &old.state, signals);
                     (
                         Monitor {
                             num: old.num,

@@ -387,3 +387,16 @@ pub async fn wait_state(
     })
     .await
 }
+
+/// GETs `url` with a bearer token and returns the JSON body.
+pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
