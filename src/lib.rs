@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod duration;
 pub mod ingest;
 pub mod k8s;

@@ -225,6 +225,12 @@ impl Registry {
         TokenHash(*stored).ct_eq(&hash).then(|| owner.clone())
     }
 
+    /// The current owner of a token known only by its hash (a dashboard session re-checks
+    /// it on every request, so a revoked or rotated token ends the session at once).
+    pub fn owner_of_hash(&self, hash: &TokenHash) -> Option<TokenOwner> {
+        self.read().tokens.get(&hash.0).cloned()
+    }
+
     /// Resolves an application token to its application.
     pub fn application_for_token(&self, presented: &str) -> Option<Arc<AppInfo>> {
         let owner = self.authenticate(presented)?;

@@ -79,6 +79,8 @@ pub struct Core {
     pub directory: Arc<std::sync::OnceLock<Arc<dyn crate::api::manage::Directory>>>,
     /// Management API rate limit.
     pub rate_limit: Arc<crate::api::manage::RateLimiter>,
+    /// Dashboard sessions and badge index.
+    pub dashboard: Arc<crate::dashboard::Dashboard>,
 }
 
 impl Core {
@@ -121,6 +123,7 @@ impl Core {
         let config_rate = (config.api_rate_per_sec, config.api_rate_burst);
         let metrics = Arc::new(Metrics::default());
         register_metrics(&metrics, &engine, &outbox);
+        let dashboard = Arc::new(crate::dashboard::Dashboard::new(&config.external_url));
         Ok(Self {
             config,
             registry,
@@ -134,12 +137,20 @@ impl Core {
                 config_rate.0,
                 config_rate.1,
             )),
+            dashboard,
         })
     }
 
     /// The HTTP router over this core.
     pub fn router(&self) -> axum::Router {
-        api::router(AppState {
+        api::router(
+            self.app_state(),
+            crate::dashboard::router(self.app_state(), self.dashboard.clone()),
+        )
+    }
+
+    fn app_state(&self) -> AppState {
+        AppState {
             registry: self.registry.clone(),
             events: self.events.clone(),
             engine: self.engine.clone(),
@@ -148,7 +159,7 @@ impl Core {
             ready: self.ready.clone(),
             directory: self.directory.clone(),
             rate_limit: self.rate_limit.clone(),
-        })
+        }
     }
 
     /// Deletes raw events past each application's retention, now and then every `every`.

@@ -269,22 +269,32 @@ async fn export(
         Ok(app) => app,
         Err(res) => return res.into_response(),
     };
-    let filter = match (|| {
-        Ok::<_, ApiError>(ExportFilter {
-            from: bound(&app, "from", params.get("from"), false)?,
-            to: bound(&app, "to", params.get("to"), true)?,
-            event: params
-                .get("event")
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
-            user_id: int_param(&params, "user_id")?,
-        })
-    })() {
-        Ok(f) => f,
-        Err(res) => return res.into_response(),
-    };
+    match export_filter(&app, &params) {
+        Ok(filter) => csv_response(state.registry.store().clone(), &app, filter),
+        Err(res) => res.into_response(),
+    }
+}
+
+/// Reads the export query (`from`, `to`, `event`, `user_id`), shared by the API and the
+/// dashboard's download link so both filter alike.
+pub fn export_filter(
+    app: &AppInfo,
+    params: &HashMap<String, String>,
+) -> Result<ExportFilter, ApiError> {
+    Ok(ExportFilter {
+        from: bound(app, "from", params.get("from"), false)?,
+        to: bound(app, "to", params.get("to"), true)?,
+        event: params
+            .get("event")
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        user_id: int_param(params, "user_id")?,
+    })
+}
+
+/// Streams an application's events as RFC 4180 CSV without building it in memory.
+pub fn csv_response(store: crate::store::Store, app: &AppInfo, filter: ExportFilter) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let store = state.registry.store().clone();
     let num = app.num;
     tokio::task::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(64 * 1024);

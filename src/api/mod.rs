@@ -71,6 +71,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The human-readable message, for callers that show it in a page instead of JSON.
+    pub fn message(&self) -> String {
+        match self.body.get("error").and_then(|v| v.as_str()) {
+            Some(m) => m.to_string(),
+            None => self.body.to_string(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -108,8 +116,9 @@ async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) ->
     res
 }
 
-/// The complete router for both front ends.
-pub fn router(state: AppState) -> Router {
+/// The complete router for both front ends: the APIs plus `pages` (the dashboard), all
+/// counted in the request metrics.
+pub fn router(state: AppState, pages: Router) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .merge(events::routes())
@@ -117,5 +126,6 @@ pub fn router(state: AppState) -> Router {
         .merge(manage::routes())
         .merge(ops::routes())
         .with_state(state)
+        .merge(pages)
         .layer(axum::middleware::from_fn_with_state(metrics, track))
 }

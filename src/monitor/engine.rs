@@ -183,6 +183,23 @@ pub enum PingOutcome {
     Paused,
 }
 
+/// A state transition as kept in a monitor's timeline (newest first when read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    /// When the monitor entered `to`.
+    pub at: Timestamp,
+    /// Old state.
+    pub from: State,
+    /// New state.
+    pub to: State,
+    /// Why, in words (for Down).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Transitions kept per monitor; older ones are dropped as new ones arrive.
+const TRANSITION_HISTORY: usize = 200;
+
 /// A state transition, for status writers and event recorders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -257,6 +274,24 @@ impl std::fmt::Debug for Engine {
 const FAMILY_MONITOR: u8 = 1;
 const FAMILY_PING: u8 = 2;
 const FAMILY_RETAINED: u8 = 3;
+const FAMILY_TRANSITION: u8 = 4;
+
+fn transition_prefix(num: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = FAMILY_TRANSITION;
+    k[1..].copy_from_slice(&num.to_be_bytes());
+    k
+}
+
+/// Transition key: family, monitor, time, position among the effects of one step (two
+/// transitions can share an instant).
+fn transition_key(num: u64, at: Timestamp, idx: u8) -> [u8; 18] {
+    let mut k = [0u8; 18];
+    k[..9].copy_from_slice(&transition_prefix(num));
+    k[9..17].copy_from_slice(&crate::store::keys::i64_key(at.as_microsecond()));
+    k[17] = idx;
+    k
+}
 
 fn monitor_key(key: &str) -> Vec<u8> {
     let mut k = vec![FAMILY_MONITOR];
@@ -370,7 +405,8 @@ impl Worker {
         done: Done,
     ) {
         let staged = (|| -> Result<(), EngineError> {
-            for e in effects {
+            let mut dropped_old = false;
+            for (idx, e) in effects.iter().enumerate() {
                 let (kind, at, reason) = match e {
                     Effect::Alert { reason, at } => {
                         (AlertKind::Down, *at, describe_down(*reason, m, *at))
@@ -384,6 +420,21 @@ impl Worker {
                         let reason = (*to == State::Down)
                             .then(|| m.state.down_reason.map(|r| describe_down(r, m, *at)))
                             .flatten();
+                        let record = TransitionRecord {
+                            at: *at,
+                            from: *from,
+                            to: *to,
+                            reason: reason.clone(),
+                        };
+                        pending.ops.push((
+                            transition_key(m.num, *at, u8::try_from(idx).unwrap_or(u8::MAX))
+                                .to_vec(),
+                            Some(serde_json::to_vec(&record)?),
+                        ));
+                        if !dropped_old {
+                            dropped_old = true;
+                            self.drop_old_transitions(m.num, pending)?;
+                        }
                         let _ = self.changes.send(Change {
                             key: m.def.key.clone(),
                             from: *from,
@@ -451,6 +502,22 @@ impl Worker {
             }
             Err(e) => done(Err(e)),
         }
+    }
+
+    /// Keeps the timeline bounded: stages removal of entries beyond the newest
+    /// [`TRANSITION_HISTORY`] (minus room for this step's own).
+    fn drop_old_transitions(&self, num: u64, pending: &mut Pending) -> Result<(), EngineError> {
+        let keep = TRANSITION_HISTORY.saturating_sub(2);
+        for k in self
+            .tree
+            .scan_prefix(transition_prefix(num))
+            .keys()
+            .rev()
+            .skip(keep)
+        {
+            pending.ops.push((k?.to_vec(), None));
+        }
+        Ok(())
     }
 
     /// Writes a round: one atomic batch, or one transaction with the outbox when it alerts.
@@ -658,6 +725,9 @@ impl Worker {
             let mut prefix = vec![FAMILY_PING];
             prefix.extend_from_slice(&m.num.to_be_bytes());
             for k in self.tree.scan_prefix(prefix).keys() {
+                pending.ops.push((k?.to_vec(), None));
+            }
+            for k in self.tree.scan_prefix(transition_prefix(m.num)).keys() {
                 pending.ops.push((k?.to_vec(), None));
             }
         }
@@ -905,6 +975,12 @@ impl Engine {
         v
     }
 
+    /// Runs `f` over the snapshot under its read lock, so readers can filter and count a
+    /// large set without cloning every monitor; keep `f` short (the engine waits for it).
+    pub fn view<R>(&self, f: impl FnOnce(&HashMap<String, Monitor>) -> R) -> R {
+        f(&self.snapshot.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// How many monitors belong to application `app`, not counting `except`.
     pub fn count_for_application(&self, app: &str, except: Option<&str>) -> usize {
         self.snapshot
@@ -937,6 +1013,23 @@ impl Engine {
         prefix.extend_from_slice(&num.to_be_bytes());
         self.history
             .scan_prefix(prefix)
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item?;
+                Ok(serde_json::from_slice(&v)?)
+            })
+            .collect()
+    }
+
+    /// The newest state transitions of a monitor, newest first.
+    pub fn transitions(
+        &self,
+        num: u64,
+        limit: usize,
+    ) -> Result<Vec<TransitionRecord>, EngineError> {
+        self.history
+            .scan_prefix(transition_prefix(num))
             .rev()
             .take(limit)
             .map(|item| {

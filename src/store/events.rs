@@ -1,7 +1,7 @@
 //! Raw events and their rollups: the ingest writer, stats queries, export and retention.
 //!
-//! Every event writes five records (raw, daily rollup, per-user daily rollup, total,
-//! per-user total) into the events tree. A single writer task owns the rollup counters, so
+//! Every event writes six records (raw, daily rollup, per-user daily rollup, total,
+//! per-user total, hourly rollup) into the events tree; rollups are merged per batch. A single writer task owns the rollup counters, so
 //! it can read-modify-write them without conflicts, and applies each batch of events as
 //! one atomic sled batch: the rollups always agree with the raw events, even after a
 //! crash. It then hands the batch to the group committer; requests are answered only after
@@ -161,6 +161,7 @@ impl Store {
         let mut user_rollups = HashMap::new();
         let mut totals = HashMap::new();
         let mut user_totals = HashMap::new();
+        let mut hours = HashMap::new();
         for w in writes {
             let seq = self.db.generate_id()?;
             raw.push((
@@ -176,6 +177,11 @@ impl Store {
             add_delta(
                 &mut totals,
                 keys::total_key(w.app, None, &v.event),
+                v.weight,
+            );
+            add_delta(
+                &mut hours,
+                keys::hour_key(w.app, keys::hour_of(w.at), &v.event),
                 v.weight,
             );
             if let Some(u) = v.user_id {
@@ -195,7 +201,7 @@ impl Store {
         for (k, v) in raw {
             batch.insert(&k[..], v);
         }
-        for deltas in [rollups, user_rollups, totals, user_totals] {
+        for deltas in [rollups, user_rollups, totals, user_totals, hours] {
             for (k, d) in deltas {
                 let mut t = self
                     .events
@@ -325,15 +331,24 @@ impl Store {
         })
     }
 
-    /// Deletes an application's raw events older than `cutoff`; rollups stay.
+    /// Deletes an application's raw events and hourly rollups older than `cutoff`; daily
+    /// rollups and totals stay, so every period and `total` stay exact.
     pub fn purge_events_before(&self, app: u64, cutoff: Timestamp) -> Result<usize, StoreError> {
-        let lo = keys::event_bound(app, i64::MIN);
-        let hi = keys::event_bound(app, keys::micros(cutoff));
+        let lo = keys::event_bound(app, i64::MIN).to_vec();
+        let hi = keys::event_bound(app, keys::micros(cutoff)).to_vec();
+        let removed = self.purge_range(lo, hi)?;
+        let hour_lo = keys::hour_key(app, i64::MIN, "");
+        let hour_hi = keys::hour_key(app, keys::hour_of(cutoff), "");
+        self.purge_range(hour_lo, hour_hi)?;
+        Ok(removed)
+    }
+
+    fn purge_range(&self, lo: Vec<u8>, hi: Vec<u8>) -> Result<usize, StoreError> {
         let mut removed = 0;
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for k in self.events.range(lo..hi).keys().take(4096) {
+            for k in self.events.range(lo.clone()..hi.clone()).keys().take(4096) {
                 batch.remove(k?);
                 n += 1;
             }
@@ -354,6 +369,7 @@ impl Store {
             Family::UserRollup,
             Family::Total,
             Family::UserTotal,
+            Family::HourRollup,
         ] {
             for k in self
                 .events
@@ -392,4 +408,138 @@ impl Store {
             None => Ok(None),
         }
     }
+
+    /// Event counts per UTC hour in `[from_hour, to_hour)`, per event name (charts).
+    pub fn hourly(
+        &self,
+        app: u64,
+        from_hour: i64,
+        to_hour: i64,
+        event: Option<&str>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        let prefix = keys::scope_prefix(Family::HourRollup, app, None);
+        let lo = keys::hour_key(app, from_hour, "");
+        let hi = keys::hour_key(app, to_hour, "");
+        let mut out = Vec::new();
+        for item in self.events.range(lo..hi) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(hour) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[8..]);
+            if event.is_some_and(|e| e != name) {
+                continue;
+            }
+            out.push(Bucket {
+                at: keys::i64_from_key(hour),
+                event: name.into_owned(),
+                tally: Tally::decode(&v),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Event counts per local date in `[from, to]` (`YYYYMMDD` keys), per event name.
+    pub fn daily(
+        &self,
+        app: u64,
+        from: u32,
+        to: u32,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        let family = if user.is_some() {
+            Family::UserRollup
+        } else {
+            Family::Rollup
+        };
+        let prefix = keys::scope_prefix(family, app, user);
+        let bound = |date: u32| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&date.to_be_bytes());
+            k
+        };
+        let mut out = Vec::new();
+        for item in self.events.range(bound(from)..bound(to.saturating_add(1))) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(date) = rest.get(..4).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[4..]);
+            if event.is_some_and(|e| e != name) {
+                continue;
+            }
+            out.push(Bucket {
+                at: i64::from(u32::from_be_bytes(date)),
+                event: name.into_owned(),
+                tally: Tally::decode(&v),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The `limit` users with the most events of all time (optionally of one event name),
+    /// most first; ties by user id.
+    pub fn top_users(
+        &self,
+        app: u64,
+        event: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Tally)>, StoreError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let prefix = keys::scope_prefix(Family::UserTotal, app, None);
+        // A min-heap of the best `limit` so far: memory stays bounded for any user count.
+        let mut best: BinaryHeap<Reverse<(i64, Reverse<i64>, i128)>> = BinaryHeap::new();
+        let mut offer = |user: i64, t: Tally| {
+            best.push(Reverse((t.count, Reverse(user), t.weight)));
+            if best.len() > limit {
+                best.pop();
+            }
+        };
+        let mut current: Option<(i64, Tally)> = None;
+        for item in self.events.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(user) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            if event.is_some_and(|e| e.as_bytes() != &rest[8..]) {
+                continue;
+            }
+            let user = keys::i64_from_key(user);
+            let t = Tally::decode(&v);
+            // Keys are ordered by user, so one user's event names are adjacent.
+            match &mut current {
+                Some((u, acc)) if *u == user => acc.add(t),
+                _ => {
+                    if let Some((u, acc)) = current.replace((user, t)) {
+                        offer(u, acc);
+                    }
+                }
+            }
+        }
+        if let Some((u, acc)) = current {
+            offer(u, acc);
+        }
+        let mut out: Vec<(i64, Tally)> = best
+            .into_iter()
+            .map(|Reverse((count, Reverse(user), weight))| (user, Tally { count, weight }))
+            .collect();
+        out.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+}
+
+/// A tally in one time bucket for one event name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// Hours since the epoch (hourly) or a `YYYYMMDD` date key (daily).
+    pub at: i64,
+    /// Event name.
+    pub event: String,
+    /// Count and weight sum.
+    pub tally: Tally,
 }

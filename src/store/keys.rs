@@ -4,7 +4,7 @@
 //! queries want: by application, then time (events) or date (rollups). Raw events and all
 //! their rollups live in one tree, told apart by a leading family byte, so one atomic
 //! `apply_batch` stores an event together with every counter it changes. Values are small
-//! fixed layouts rather than JSON because the ingest path writes five of them per event.
+//! fixed layouts rather than JSON because the ingest path writes six of them per event.
 
 use jiff::Timestamp;
 
@@ -37,6 +37,8 @@ pub enum Family {
     Total = 4,
     /// The same per user.
     UserTotal = 5,
+    /// Count and weight per application, UTC hour and event name (dashboard charts).
+    HourRollup = 6,
 }
 
 /// Key of a raw event: family, application, time, sequence.
@@ -202,6 +204,19 @@ pub fn total_key(app: u64, user: Option<i64>, event: &str) -> Vec<u8> {
     let mut k = scope_prefix(family, app, user);
     k.extend_from_slice(event.as_bytes());
     k
+}
+
+/// Hour rollup key: family, application, hours since the epoch, event name.
+pub fn hour_key(app: u64, hour: i64, event: &str) -> Vec<u8> {
+    let mut k = scope_prefix(Family::HourRollup, app, None);
+    k.extend_from_slice(&i64_key(hour));
+    k.extend_from_slice(event.as_bytes());
+    k
+}
+
+/// Hours since the epoch of `ts`, the bucket of an hour rollup.
+pub fn hour_of(ts: Timestamp) -> i64 {
+    ts.as_second().div_euclid(3600)
 }
 
 #[cfg(test)]
