@@ -223,7 +223,13 @@ impl Core {
             self.router()
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown({
+            let dashboard = self.dashboard.clone();
+            async move {
+                shutdown.await;
+                dashboard.close_streams();
+            }
+        })
         .await
         .map_err(|source| ServerError::Http {
             addr: addr.clone(),

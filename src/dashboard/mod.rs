@@ -57,6 +57,7 @@ pub struct Dashboard {
     badges: badge::BadgeIndex,
     base_url: String,
     https: bool,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Dashboard {
@@ -68,7 +69,13 @@ impl Dashboard {
             badges: badge::BadgeIndex::default(),
             base_url: base_url.trim_end_matches('/').to_string(),
             https: base_url.starts_with("https://"),
+            closing: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Ends every live stream, so a graceful shutdown does not wait for open browser tabs.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
     }
 }
 
@@ -611,9 +618,18 @@ async fn live(State(st): State<Dash>, headers: HeaderMap) -> Response {
     let rx = st.api.engine.subscribe();
     let engine = st.api.engine.clone();
     let principal = viewer.principal;
-    let stream = futures::stream::unfold((rx, engine, principal), |(mut rx, engine, p)| async move {
+    let closing = st.dash.closing.subscribe();
+    let state = (rx, engine, principal, closing);
+    let stream = futures::stream::unfold(state, |(mut rx, engine, p, mut closing)| async move {
         loop {
-            match rx.recv().await {
+            if *closing.borrow_and_update() {
+                return None;
+            }
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = closing.changed() => return None,
+            };
+            let event = match received {
                 Ok(change) => {
                     let visible = match &p {
                         Principal::Admin => true,
@@ -621,19 +637,19 @@ async fn live(State(st): State<Dash>, headers: HeaderMap) -> Response {
                             .get(&change.key)
                             .is_some_and(|m| p.sees_monitor(&m.def)),
                     };
-                    if visible {
-                        let ev = Event::default()
-                            .event("change")
-                            .data(format!("{} {}", change.key, change.to.as_str()));
-                        return Some((Ok::<_, Infallible>(ev), (rx, engine, p)));
+                    if !visible {
+                        continue;
                     }
+                    Event::default()
+                        .event("change")
+                        .data(format!("{} {}", change.key, change.to.as_str()))
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    let ev = Event::default().event("change").data("*");
-                    return Some((Ok(ev), (rx, engine, p)));
+                    Event::default().event("change").data("*")
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
+            };
+            return Some((Ok::<_, Infallible>(event), (rx, engine, p, closing)));
         }
     });
     Sse::new(stream)
