@@ -91,7 +91,8 @@ impl Chart {
             .iter()
             .flat_map(|s| s.values.iter().copied())
             .fold(0.0f64, f64::max);
-        let top = nice_ceiling(max);
+        // At least 2, so the midline of a small integer chart is a whole number.
+        let top = nice_ceiling(max).max(2.0);
         let plot_w = WIDTH - LEFT - RIGHT;
         let plot_h = HEIGHT - TOP - BOTTOM;
         let step = plot_w / slots as f64;

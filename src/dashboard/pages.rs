@@ -161,11 +161,11 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
                             th scope="row" {
                                 a href=(monitor_href(m)) { (m.def.display_name.as_deref().unwrap_or(&m.def.name)) }
                             }
-                            td { (scope(m)) }
-                            td { (state_pill(m.state.state)) " " span.muted { (relative(m.state.since, now)) } }
-                            td { (time_cell(m.state.last_ping_at, now)) }
-                            td { (time_cell(m.state.deadline, now)) }
-                            td { (short_duration(SignedDuration::from_secs(m.def.interval_secs as i64))) " / " (short_duration(SignedDuration::from_secs(m.def.grace_secs as i64))) }
+                            td data-label="Scope" { (scope(m)) }
+                            td data-label="State" { (state_pill(m.state.state)) " " span.muted { (relative(m.state.since, now)) } }
+                            td data-label="Last ping" { (time_cell(m.state.last_ping_at, now)) }
+                            td data-label="Next due" { (time_cell(m.state.deadline, now)) }
+                            td data-label="Interval / grace" { (short_duration(SignedDuration::from_secs(m.def.interval_secs as i64))) " / " (short_duration(SignedDuration::from_secs(m.def.grace_secs as i64))) }
                         }
                     }
                 }

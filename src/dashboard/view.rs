@@ -96,6 +96,9 @@ pub fn relative(at: Timestamp, now: Timestamp) -> String {
 /// A compact duration such as "1h 30m" or "90s" for intervals, grace and run times.
 pub fn short_duration(d: SignedDuration) -> String {
     let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
     if ms < 1000 {
         return format!("{ms}ms");
     }
