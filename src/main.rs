@@ -42,6 +42,12 @@ enum Command {
         /// How often counters on the custom resources' status are refreshed.
         #[arg(long, env = "HARTSLAG_STATUS_PERIOD", default_value = "5s")]
         status_period: hartslag::duration::Duration,
+        /// Secret holding the dashboard admin token (created when missing).
+        #[arg(long, env = "HARTSLAG_ADMIN_SECRET", default_value = "hartslag-admin")]
+        admin_secret: String,
+        /// Namespace of that Secret; the operator's own namespace when unset.
+        #[arg(long, env = "HARTSLAG_ADMIN_NAMESPACE")]
+        admin_namespace: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -150,6 +156,8 @@ fn main() -> ExitCode {
                 namespaces,
                 status_rate,
                 status_period,
+                admin_secret,
+                admin_namespace,
                 common,
             } => {
                 common.init_logs();
@@ -162,7 +170,13 @@ fn main() -> ExitCode {
                     .map(|n| n.trim().to_string())
                     .filter(|n| !n.is_empty())
                     .collect();
-                hartslag::k8s::run(common.config(), namespaces, writer).await?;
+                let admin = hartslag::k8s::admin::AdminSecret {
+                    namespace: admin_namespace
+                        .filter(|n| !n.trim().is_empty())
+                        .unwrap_or_else(hartslag::k8s::admin::own_namespace),
+                    name: admin_secret,
+                };
+                hartslag::k8s::run(common.config(), namespaces, writer, admin).await?;
             }
             Command::Crd => {
                 print!("{}", hartslag::k8s::crd::crds_yaml()?);

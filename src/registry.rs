@@ -209,6 +209,30 @@ impl Registry {
         Ok(())
     }
 
+    /// Makes `hash` the one admin token: any other admin token (an edited token file, a
+    /// rotated Secret, one left from an earlier run) stops working.
+    pub async fn set_admin_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
+        let stale: Vec<TokenHash> = self
+            .read()
+            .tokens
+            .iter()
+            .filter(|(h, o)| o.kind == TokenKind::Admin && **h != hash.0)
+            .map(|(h, _)| TokenHash(*h))
+            .collect();
+        for old in stale {
+            self.remove_token(old).await?;
+        }
+        self.put_token(
+            hash,
+            TokenOwner {
+                kind: TokenKind::Admin,
+                key: "admin".into(),
+            },
+            None,
+        )
+        .await
+    }
+
     /// Drops a token so it stops working at once.
     pub async fn remove_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
         self.write().tokens.remove(&hash.0);

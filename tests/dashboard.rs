@@ -54,11 +54,16 @@ fn client() -> reqwest::Client {
 async fn login(base: &str, token: &str) -> String {
     let res = client()
         .post(format!("{base}/ui/login"))
-        .header("content-type", "application/x-www-form-urlencoded").body(form(&[("token", token), ("next", "/ui")]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", token), ("next", "/ui")]))
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER, "login with a valid token");
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "login with a valid token"
+    );
     let cookie = res
         .headers()
         .get("set-cookie")
@@ -175,7 +180,14 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     send_event(&base, &billing, json!({"event": "invoice"})).await;
     let backup = ping_url(&s, "backup");
     let c = client();
-    assert!(c.get(backup.replace("/ping", "/start")).send().await.unwrap().status().is_success());
+    assert!(
+        c.get(backup.replace("/ping", "/start"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
     let res = c
         .post(&backup)
         .header("user-agent", "backup-cron/1.0")
@@ -199,7 +211,10 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
         let loc = headers.get("location").unwrap().to_str().unwrap();
         assert!(loc.starts_with("/ui/login?next=%2Fui"), "{path} → {loc}");
     }
-    assert_eq!(get(&base, "/ui/live", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&base, "/ui/live", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, _, body) = get(&base, "/ui/login", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("type=\"password\""));
@@ -211,7 +226,8 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     ] {
         let res = client()
             .post(format!("{base}/ui/login"))
-            .header("content-type", "application/x-www-form-urlencoded").body(form(&[("token", token), ("next", "/ui")]))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("token", token), ("next", "/ui")]))
             .send()
             .await
             .unwrap();
@@ -221,7 +237,8 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/login"))
         .header("origin", "https://evil.example")
-        .header("content-type", "application/x-www-form-urlencoded").body(form(&[("token", admin.as_str()), ("next", "/ui")]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("token", admin.as_str()), ("next", "/ui")]))
         .send()
         .await
         .unwrap();
@@ -229,13 +246,20 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/login"))
         .header("x-forwarded-proto", "https")
-        .header("content-type", "application/x-www-form-urlencoded").body(form(&[("token", admin.as_str()), ("next", "//evil.example/")]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("token", admin.as_str()),
+            ("next", "//evil.example/"),
+        ]))
         .send()
         .await
         .unwrap();
     assert_eq!(res.headers()["location"], "/ui", "no open redirect");
     assert!(
-        res.headers()["set-cookie"].to_str().unwrap().contains("Secure"),
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Secure"),
         "Secure behind an HTTPS proxy"
     );
 
@@ -266,20 +290,34 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let detail = page(&base, "/ui/monitors/default/backup", &a).await;
     assert!(detail.contains("dumped 42 tables"), "ping body excerpt");
     assert!(detail.contains("backup-cron/1.0"), "user agent");
-    assert!(detail.contains("Duration of the last 1 runs"), "run duration chart");
+    assert!(
+        detail.contains("Duration of the last 1 runs"),
+        "run duration chart"
+    );
     assert!(detail.contains(">start<") && detail.contains(">success<"));
     let app = page(&base, "/ui/applications/default/shop", &a).await;
-    assert!(app.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "names escaped");
+    assert!(
+        app.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "names escaped"
+    );
     assert!(!app.contains("<script>alert"));
     assert!(app.contains("Europe/Amsterdam"));
     assert!(app.contains("Events per hour, last 48 hours"));
     assert!(app.contains("Events per day, last 90 days"));
     assert!(app.contains("<polyline"), "charts drawn");
-    assert!(app.contains("refund"), "a 10-day-old event in the daily chart and totals");
+    assert!(
+        app.contains("refund"),
+        "a 10-day-old event in the daily chart and totals"
+    );
     let users = app.split("Top users").nth(1).unwrap();
     let (u7, u8) = (users.find(">7<").unwrap(), users.find(">8<").unwrap());
     assert!(u7 < u8, "user 7 (2 events) ranks above user 8 (1 event)");
-    let filtered = page(&base, "/ui/applications/default/shop?event=order&from=2000-01-01", &a).await;
+    let filtered = page(
+        &base,
+        "/ui/applications/default/shop?event=order&from=2000-01-01",
+        &a,
+    )
+    .await;
     assert!(
         filtered.contains("export.csv?event=order&amp;from=2000-01-01"),
         "export link keeps the filters"
@@ -304,7 +342,9 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let num = s.core.registry.application("default/shop").unwrap().num;
     let store = s.core.registry.store();
     let hour = hartslag::store::keys::hour_of(now);
-    let hourly = store.hourly(num, hour - 47, hour + 1, Some("order")).unwrap();
+    let hourly = store
+        .hourly(num, hour - 47, hour + 1, Some("order"))
+        .unwrap();
     let count_at = |h: i64| -> i64 {
         hourly
             .iter()
@@ -324,22 +364,41 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["content-disposition"].to_str().unwrap().contains("attachment"));
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
     let mut rdr = csv::Reader::from_reader(csv.as_bytes());
     let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
-    assert_eq!(rows.len(), 5, "3 orders now, 1 an hour ago, 1 thirty hours ago");
+    assert_eq!(
+        rows.len(),
+        5,
+        "3 orders now, 1 an hour ago, 1 thirty hours ago"
+    );
     assert!(rows.iter().all(|r| &r[1] == "order"));
 
     // Badge: public, read-only, not the ping token.
     let at = detail.find("/badge/").unwrap();
-    let badge_path: String = detail[at..].chars().take_while(|c| *c != '"' && *c != ')').collect();
+    let badge_path: String = detail[at..]
+        .chars()
+        .take_while(|c| *c != '"' && *c != ')')
+        .collect();
     assert!(badge_path.ends_with(".svg") && badge_path.len() == "/badge/".len() + 24 + 4);
     let (status, headers, svg) = get(&base, &badge_path, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers["content-type"].to_str().unwrap().starts_with("image/svg+xml"));
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("image/svg+xml")
+    );
     assert!(svg.contains(">Up<") && svg.contains("Nightly backup"));
     assert_eq!(
-        get(&base, "/badge/000000000000000000000000.svg", None).await.0,
+        get(&base, "/badge/000000000000000000000000.svg", None)
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
 
@@ -353,11 +412,19 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        get(&base, "/ui/applications/default/billing", Some(&sh)).await.0,
+        get(&base, "/ui/applications/default/billing", Some(&sh))
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        get(&base, "/ui/applications/default/billing/export.csv", Some(&sh)).await.0,
+        get(
+            &base,
+            "/ui/applications/default/billing/export.csv",
+            Some(&sh)
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND
     );
     let apps = page(&base, "/ui/applications", &sh).await;
@@ -375,7 +442,10 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     assert!(overview.contains("flappy"));
     let detail = page(&base, "/ui/monitors/default/flappy", &sh).await;
     let timeline = detail.split("State timeline").nth(1).unwrap();
-    assert!(timeline.contains("st-up") && timeline.contains("st-down"), "Up → … → Down rows");
+    assert!(
+        timeline.contains("st-up") && timeline.contains("st-down"),
+        "Up → … → Down rows"
+    );
     let monitors = page(&base, "/ui/monitors", &sh).await;
     assert!(
         monitors.find("flappy").unwrap() < monitors.find("Nightly backup").unwrap(),
@@ -387,7 +457,8 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/logout"))
         .header("cookie", &sh)
-        .header("content-type", "application/x-www-form-urlencoded").body(form(&[("csrf", "forged")]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", "forged")]))
         .send()
         .await
         .unwrap();
@@ -395,12 +466,18 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/logout"))
         .header("cookie", &sh)
-        .header("content-type", "application/x-www-form-urlencoded").body(form(&[("csrf", csrf.as_str())]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", csrf.as_str())]))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert!(res.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     assert_eq!(get(&base, "/ui", Some(&sh)).await.0, StatusCode::SEE_OTHER);
     s.stop().await;
 }
@@ -434,7 +511,12 @@ async fn live_stream_announces_a_state_change_at_once() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     // A change the viewer may not see is not announced; its own monitor's change is.
     let report = ping_url(&s, "report");
     let backup = ping_url(&s, "backup");

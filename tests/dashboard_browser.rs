@@ -44,7 +44,14 @@ impl Browser {
         wait_for("chromedriver to answer", Duration::from_secs(20), || {
             let (http, base) = (http.clone(), base.clone());
             async move {
-                let v: Value = http.get(format!("{base}/status")).send().await.ok()?.json().await.ok()?;
+                let v: Value = http
+                    .get(format!("{base}/status"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
                 (v["value"]["ready"] == true).then_some(())
             }
         })
@@ -97,7 +104,8 @@ impl Browser {
     }
 
     async fn goto(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
     }
 
     async fn url(&self) -> String {
@@ -121,8 +129,12 @@ impl Browser {
 
     async fn click(&self, css: &str) {
         let id = self.find(css).await;
-        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})))
-            .await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -174,9 +186,11 @@ impl Browser {
         self.call(
             reqwest::Method::POST,
             "/actions",
-            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
-                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}
-            ]}]})),
+            Some(
+                json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                    {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}
+                ]}]}),
+            ),
         )
         .await;
     }
@@ -250,7 +264,11 @@ async fn browser_login_live_down_history_and_csv() {
     for name in ["nightly-backup", "cache-warmer"] {
         let u = url(name);
         http.get(u.replace("/ping", "/start")).send().await.unwrap();
-        http.post(&u).body(format!("{name} finished\nall good")).send().await.unwrap();
+        http.post(&u)
+            .body(format!("{name} finished\nall good"))
+            .send()
+            .await
+            .unwrap();
     }
 
     let downloads = tempfile::tempdir().unwrap();
@@ -262,9 +280,11 @@ async fn browser_login_live_down_history_and_csv() {
     b.screenshot("login").await;
     b.type_into("#token", admin).await;
     b.click("form button[type=submit]").await;
-    wait_for("the monitors page after login", Duration::from_secs(10), || async {
-        b.url().await.ends_with("/ui/monitors").then_some(())
-    })
+    wait_for(
+        "the monitors page after login",
+        Duration::from_secs(10),
+        || async { b.url().await.ends_with("/ui/monitors").then_some(()) },
+    )
     .await;
     assert!(!b.html().await.contains(admin), "no token in the page");
 
@@ -272,7 +292,8 @@ async fn browser_login_live_down_history_and_csv() {
     http.get(url("invoice-run")).send().await.unwrap();
     wait_state(&s.base, admin, "invoice-run", "Up", Duration::from_secs(5)).await;
     b.goto(&format!("{}/ui/monitors", s.base)).await;
-    b.script("window.__sameDocument = 'yes'; return true;").await;
+    b.script("window.__sameDocument = 'yes'; return true;")
+        .await;
     let row = "return (Array.from(document.querySelectorAll('table.monitors tbody tr')).find(r => r.innerText.includes('Invoice run')) || {}).innerText || '';";
     let up = wait_for("Invoice run shown Up", Duration::from_secs(5), || async {
         let t = b.script(row).await.as_str().unwrap_or_default().to_string();
@@ -281,46 +302,80 @@ async fn browser_login_live_down_history_and_csv() {
     .await;
     assert!(up.contains("Invoice run"));
     b.screenshot("monitors-up").await;
-    let down = wait_state(&s.base, admin, "invoice-run", "Down", Duration::from_secs(10)).await;
+    let down = wait_state(
+        &s.base,
+        admin,
+        "invoice-run",
+        "Down",
+        Duration::from_secs(10),
+    )
+    .await;
     let went_down = Instant::now();
     let since = down["since"].as_str().unwrap_or_default().to_string();
-    wait_for("Invoice run shown Down without reload", Duration::from_secs(2), || async {
-        let t = b.script(row).await.as_str().unwrap_or_default().to_string();
-        t.contains("Down").then_some(())
-    })
+    wait_for(
+        "Invoice run shown Down without reload",
+        Duration::from_secs(2),
+        || async {
+            let t = b.script(row).await.as_str().unwrap_or_default().to_string();
+            t.contains("Down").then_some(())
+        },
+    )
     .await;
     println!(
         "Down (since {since}) visible in the open page {:?} after the API reported it",
         went_down.elapsed()
     );
     assert_eq!(
-        b.script("return window.__sameDocument || 'reloaded';").await,
+        b.script("return window.__sameDocument || 'reloaded';")
+            .await,
         "yes",
         "updated in place, not reloaded"
     );
     b.screenshot("monitors").await;
 
     // Keyboard: the first Tab reaches the skip link.
-    b.script("document.activeElement && document.activeElement.blur(); return true;").await;
+    b.script("document.activeElement && document.activeElement.blur(); return true;")
+        .await;
     b.press_tab().await;
-    let focused = b.script("return document.activeElement.className + ' ' + document.activeElement.textContent;").await;
-    assert!(focused.as_str().unwrap_or_default().contains("Skip to content"), "{focused}");
+    let focused = b
+        .script(
+            "return document.activeElement.className + ' ' + document.activeElement.textContent;",
+        )
+        .await;
+    assert!(
+        focused
+            .as_str()
+            .unwrap_or_default()
+            .contains("Skip to content"),
+        "{focused}"
+    );
 
     // History of a monitor.
-    b.click("a[href='/ui/monitors/default/nightly-backup']").await;
+    b.click("a[href='/ui/monitors/default/nightly-backup']")
+        .await;
     wait_for("the monitor page", Duration::from_secs(5), || async {
         b.url().await.ends_with("/nightly-backup").then_some(())
     })
     .await;
     let text = b.text().await;
-    assert!(text.contains("Ping history") && text.contains("nightly-backup finished"), "{text}");
+    assert!(
+        text.contains("Ping history") && text.contains("nightly-backup finished"),
+        "{text}"
+    );
     assert!(text.contains("State timeline"));
     b.screenshot("monitor-detail").await;
 
     // Application page and the CSV download.
-    b.goto(&format!("{}/ui/applications/default/webshop?event=checkout", s.base)).await;
+    b.goto(&format!(
+        "{}/ui/applications/default/webshop?event=checkout",
+        s.base
+    ))
+    .await;
     let text = b.text().await;
-    assert!(text.contains("Per hour, last 48 hours") && text.contains("Top users"), "{text}");
+    assert!(
+        text.contains("Per hour, last 48 hours") && text.contains("Top users"),
+        "{text}"
+    );
     b.screenshot("application").await;
     b.click("#export").await;
     let csv = wait_for("the CSV download", Duration::from_secs(10), || async {
@@ -341,9 +396,14 @@ async fn browser_login_live_down_history_and_csv() {
     b.resize(390, 844).await;
     b.goto(&format!("{}/ui/monitors", s.base)).await;
     let overflow = b
-        .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+        .script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+        )
         .await;
-    assert!(overflow.as_i64().unwrap_or(99) <= 0, "page wider than a phone: {overflow}");
+    assert!(
+        overflow.as_i64().unwrap_or(99) <= 0,
+        "page wider than a phone: {overflow}"
+    );
     b.screenshot("monitors-phone").await;
     b.goto(&format!("{}/ui", s.base)).await;
     b.resize(1280, 900).await;

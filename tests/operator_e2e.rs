@@ -93,6 +93,7 @@ impl Operator {
                 "--smtp-url",
                 smtp,
             ])
+            .args(["--admin-namespace", ns])
             .args([
                 "--min-interval",
                 "1s",
@@ -264,6 +265,48 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     .await;
     let out = kubectl(&["get", "heartbeats", "-n", &ns]);
     assert!(out.contains("STATE") && out.contains("Down"), "{out}");
+
+    // The dashboard admin token, issued into a Secret in the operator's namespace, opens
+    // the dashboard, which shows the custom resources' monitors.
+    let admin = wait_for("the admin token Secret", Duration::from_secs(30), || {
+        secret_value(&secrets, "hartslag-admin", "token")
+    })
+    .await;
+    assert!(admin.starts_with("hsx_"));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = wait_for(
+        "an admin dashboard login",
+        Duration::from_secs(30),
+        || async {
+            let res = http
+                .post(format!("{}/ui/login", op.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={admin}&next=%2Fui%2Fmonitors"))
+                .send()
+                .await
+                .ok()?;
+            let c = res.headers().get("set-cookie")?.to_str().ok()?;
+            Some(c.split(';').next()?.to_string())
+        },
+    )
+    .await;
+    let html = http
+        .get(format!("{}/ui/monitors?namespace={ns}", op.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("Nightly backup") && html.contains("Down"),
+        "{html}"
+    );
+    assert!(!html.contains(&admin) && !html.contains(&app_token));
 
     // Restart the operator: nothing lost, no second alert; a ping recovers once.
     op.kill9();

@@ -22,6 +22,12 @@ python3 -c "import aiosmtpd, tickstem, helm_python; print('aiosmtpd', aiosmtpd._
 # umoci builds the image archive without a Docker daemon.
 command -v umoci >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umoci; }
 
+# Headless Chromium and its WebDriver for the dashboard's browser test.
+command -v chromedriver >/dev/null && [ -x /usr/bin/chromium ] || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+}
+chromedriver --version
+
 log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

@@ -141,13 +141,19 @@ pub fn router(api: AppState, dashboard: Arc<Dashboard>) -> Router {
         .route("/ui/monitors", get(monitors))
         .route("/ui/monitors/{namespace}/{name}", get(monitor_detail))
         .route("/ui/applications", get(applications))
-        .route("/ui/applications/{namespace}/{name}", get(application_detail))
+        .route(
+            "/ui/applications/{namespace}/{name}",
+            get(application_detail),
+        )
         .route(
             "/ui/applications/{namespace}/{name}/export.csv",
             get(application_export),
         )
         .route("/ui/live", get(live))
-        .route("/ui/static/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+        .route(
+            "/ui/static/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
         .route(
             "/ui/static/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
@@ -171,10 +177,19 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -196,7 +211,10 @@ fn not_found(viewer: &Viewer, what: &str) -> Response {
             "Not found",
             viewer,
             Section::Overview,
-            pages::message("Not found", &format!("There is no {what} here that you may see.")),
+            pages::message(
+                "Not found",
+                &format!("There is no {what} here that you may see."),
+            ),
         ),
     )
 }
@@ -212,7 +230,11 @@ fn safe_next(next: &str) -> &str {
 
 fn to_login(uri: &Uri) -> Response {
     let next = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/ui");
-    Redirect::to(&format!("/ui/login?next={}", view::urlencode(safe_next(next)))).into_response()
+    Redirect::to(&format!(
+        "/ui/login?next={}",
+        view::urlencode(safe_next(next))
+    ))
+    .into_response()
 }
 
 /// A cross-site form post is refused: the browser says where the request came from.
@@ -261,12 +283,19 @@ struct LoginForm {
     next: String,
 }
 
-async fn login(State(st): State<Dash>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(st): State<Dash>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = safe_next(&form.next).to_string();
     if !same_origin(&headers) {
         return page(
             StatusCode::FORBIDDEN,
-            pages::login(&next, Some("This login came from another site and was refused.")),
+            pages::login(
+                &next,
+                Some("This login came from another site and was refused."),
+            ),
         );
     }
     let token = form.token.trim();
@@ -287,7 +316,10 @@ async fn login(State(st): State<Dash>, headers: HeaderMap, Form(form): Form<Logi
         .create(principal, crate::token::TokenHash::of(token))
     {
         Ok(id) => (
-            [(header::SET_COOKIE, session::set_cookie(&id, st.secure(&headers)))],
+            [(
+                header::SET_COOKIE,
+                session::set_cookie(&id, st.secure(&headers)),
+            )],
             Redirect::to(&next),
         )
             .into_response(),
@@ -295,7 +327,10 @@ async fn login(State(st): State<Dash>, headers: HeaderMap, Form(form): Form<Logi
             tracing::error!(error = %e, "cannot start a dashboard session");
             page(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                pages::login(&next, Some("The server could not start a session; try again.")),
+                pages::login(
+                    &next,
+                    Some("The server could not start a session; try again."),
+                ),
             )
         }
     }
@@ -307,7 +342,11 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout(State(st): State<Dash>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+async fn logout(
+    State(st): State<Dash>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
     let Some(cookie) = session::cookie_value(&headers) else {
         return Redirect::to("/ui/login").into_response();
     };
@@ -327,7 +366,10 @@ async fn logout(State(st): State<Dash>, headers: HeaderMap, Form(form): Form<Csr
     }
     st.dash.sessions.remove(cookie);
     (
-        [(header::SET_COOKIE, session::clear_cookie(st.secure(&headers)))],
+        [(
+            header::SET_COOKIE,
+            session::clear_cookie(st.secure(&headers)),
+        )],
         Redirect::to("/ui/login"),
     )
         .into_response()
@@ -348,9 +390,15 @@ async fn overview(State(st): State<Dash>, headers: HeaderMap, uri: Uri) -> Respo
     let (counts, attention) = st.api.engine.view(|all| {
         let mut counts = HashMap::new();
         let mut attention: Vec<&Monitor> = Vec::new();
-        for m in all.values().filter(|m| viewer.principal.sees_monitor(&m.def)) {
+        for m in all
+            .values()
+            .filter(|m| viewer.principal.sees_monitor(&m.def))
+        {
             *counts.entry(m.state.state).or_insert(0) += 1;
-            if matches!(m.state.state, MonitorStateKind::Down | MonitorStateKind::Late) {
+            if matches!(
+                m.state.state,
+                MonitorStateKind::Down | MonitorStateKind::Late
+            ) {
                 attention.push(m);
             }
         }
@@ -389,9 +437,10 @@ async fn monitors(
 ) -> Response {
     let viewer = viewer_or_login!(st, headers, uri);
     let query = view::MonitorQuery::from_params(&params);
-    let page = st.api.engine.view(|all| {
-        view::monitor_page(all.values(), &viewer.principal, &query, view::PAGE_SIZE)
-    });
+    let page = st
+        .api
+        .engine
+        .view(|all| view::monitor_page(all.values(), &viewer.principal, &query, view::PAGE_SIZE));
     in_layout(
         &viewer,
         "Monitors",
@@ -455,7 +504,11 @@ async fn monitor_detail(
         ),
         durations,
     };
-    let title = m.def.display_name.clone().unwrap_or_else(|| m.def.name.clone());
+    let title = m
+        .def
+        .display_name
+        .clone()
+        .unwrap_or_else(|| m.def.name.clone());
     in_layout(
         &viewer,
         &title,
@@ -581,7 +634,11 @@ async fn application_detail(
             count_states(&monitor_counts)
         },
     };
-    let title = app.spec.display_name.clone().unwrap_or_else(|| app.name.clone());
+    let title = app
+        .spec
+        .display_name
+        .clone()
+        .unwrap_or_else(|| app.name.clone());
     in_layout(
         &viewer,
         &title,
@@ -640,9 +697,11 @@ async fn live(State(st): State<Dash>, headers: HeaderMap) -> Response {
                     if !visible {
                         continue;
                     }
-                    Event::default()
-                        .event("change")
-                        .data(format!("{} {}", change.key, change.to.as_str()))
+                    Event::default().event("change").data(format!(
+                        "{} {}",
+                        change.key,
+                        change.to.as_str()
+                    ))
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     Event::default().event("change").data("*")
@@ -682,7 +741,10 @@ mod tests {
 
     #[test]
     fn next_stays_inside_the_dashboard() {
-        assert_eq!(safe_next("/ui/monitors?state=Down"), "/ui/monitors?state=Down");
+        assert_eq!(
+            safe_next("/ui/monitors?state=Down"),
+            "/ui/monitors?state=Down"
+        );
         assert_eq!(safe_next("//evil.example/ui"), "/ui");
         assert_eq!(safe_next("https://evil.example"), "/ui");
         assert_eq!(safe_next("/ui\\@evil"), "/ui");
@@ -692,10 +754,19 @@ mod tests {
     fn cross_site_posts_are_refused() {
         let mut h = HeaderMap::new();
         assert!(same_origin(&h), "no browser hints: a non-browser client");
-        h.insert(header::HOST, HeaderValue::from_static("hartslag.local:8080"));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://hartslag.local:8080"));
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("hartslag.local:8080"),
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://hartslag.local:8080"),
+        );
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(!same_origin(&h));
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(!same_origin(&h));

@@ -202,7 +202,10 @@ mod tests {
             HeaderValue::from_static("a=1; hartslag_session=abc ; b=2"),
         );
         assert_eq!(cookie_value(&h), Some("abc"));
-        h.insert(header::COOKIE, HeaderValue::from_static("hartslag_sessionx=1"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("hartslag_sessionx=1"),
+        );
         assert_eq!(cookie_value(&h), None);
     }
 

@@ -171,8 +171,7 @@ impl MonitorQuery {
                 .is_none_or(|ns| m.def.namespace == ns)
             && self.text.as_deref().is_none_or(|t| {
                 m.def.name.to_lowercase().contains(t)
-                    || m
-                        .def
+                    || m.def
                         .display_name
                         .as_deref()
                         .is_some_and(|d| d.to_lowercase().contains(t))
@@ -287,14 +286,19 @@ pub fn monitor_page<'a>(
 
 /// Series per event name over `slots` (x positions), keeping the busiest
 /// [`MAX_SERIES`] names and summing the rest as "other".
-pub fn series_by_event(buckets: &[Bucket], slot_of: impl Fn(i64) -> Option<usize>, slots: usize) -> Vec<Series> {
+pub fn series_by_event(
+    buckets: &[Bucket],
+    slot_of: impl Fn(i64) -> Option<usize>,
+    slots: usize,
+) -> Vec<Series> {
     let mut per_event: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for b in buckets {
         let Some(i) = slot_of(b.at).filter(|i| *i < slots) else {
             continue;
         };
-        per_event.entry(b.event.as_str()).or_insert_with(|| vec![0.0; slots])[i] +=
-            b.tally.count as f64;
+        per_event
+            .entry(b.event.as_str())
+            .or_insert_with(|| vec![0.0; slots])[i] += b.tally.count as f64;
     }
     let mut ranked: Vec<(&str, Vec<f64>)> = per_event.into_iter().collect();
     ranked.sort_by(|a, b| {
@@ -339,11 +343,7 @@ pub fn hourly_chart(buckets: &[Bucket], now: Timestamp, tz: &TimeZone) -> Chart 
     Chart {
         title: "Events per hour, last 48 hours".into(),
         x_labels: labels,
-        series: series_by_event(
-            buckets,
-            |h| usize::try_from(h - first).ok(),
-            48,
-        ),
+        series: series_by_event(buckets, |h| usize::try_from(h - first).ok(), 48),
         unit: "events".into(),
     }
 }
@@ -361,7 +361,10 @@ pub fn daily_chart(buckets: &[Bucket], today: jiff::civil::Date) -> Chart {
         .collect();
     Chart {
         title: "Events per day, last 90 days".into(),
-        x_labels: days.iter().map(|d| d.strftime("%b %d").to_string()).collect(),
+        x_labels: days
+            .iter()
+            .map(|d| d.strftime("%b %d").to_string())
+            .collect(),
         series: series_by_event(buckets, |k| index.get(&k).copied(), days.len()),
         unit: "events".into(),
     }
@@ -425,7 +428,7 @@ mod tests {
 
     #[test]
     fn pages_put_down_first_and_respect_the_viewer() {
-        let all = vec![
+        let all = [
             monitor("a", "up1", Some("a/shop"), State::Up),
             monitor("a", "down1", Some("a/shop"), State::Down),
             monitor("b", "late1", None, State::Late),
@@ -447,7 +450,10 @@ mod tests {
             state: Some(State::Late),
             ..q.clone()
         };
-        assert_eq!(monitor_page(all.iter(), &Principal::Admin, &only_late, 100).matching, 2);
+        assert_eq!(
+            monitor_page(all.iter(), &Principal::Admin, &only_late, 100).matching,
+            2
+        );
     }
 
     #[test]
@@ -478,7 +484,10 @@ mod tests {
             page: 99,
             ..Default::default()
         };
-        assert_eq!(monitor_page(all.iter(), &Principal::Admin, &beyond, 100).page, 6);
+        assert_eq!(
+            monitor_page(all.iter(), &Principal::Admin, &beyond, 100).page,
+            6
+        );
     }
 
     #[test]
@@ -490,7 +499,10 @@ mod tests {
         let q = MonitorQuery::from_params(&p);
         assert_eq!(q.state, Some(State::Down));
         assert_eq!(q.page, 1);
-        assert_eq!(q.href(2), "/ui/monitors?state=Down&namespace=team%20a&page=2");
+        assert_eq!(
+            q.href(2),
+            "/ui/monitors?state=Down&namespace=team%20a&page=2"
+        );
     }
 
     #[test]
@@ -523,12 +535,18 @@ mod tests {
             Bucket {
                 at: 100,
                 event: "x".into(),
-                tally: Tally { count: 3, weight: 3 },
+                tally: Tally {
+                    count: 3,
+                    weight: 3,
+                },
             },
             Bucket {
                 at: 53,
                 event: "x".into(),
-                tally: Tally { count: 1, weight: 1 },
+                tally: Tally {
+                    count: 1,
+                    weight: 1,
+                },
             },
         ];
         let c = hourly_chart(&buckets, now, &TimeZone::UTC);

@@ -1,6 +1,7 @@
 //! The Kubernetes front end: custom resource types, controllers that turn Applications and
 //! Heartbeats into issued tokens and armed monitors, and the status writer.
 
+pub mod admin;
 pub mod crd;
 pub mod directory;
 pub mod reconcile;
@@ -237,6 +238,7 @@ pub async fn run(
     config: ServerConfig,
     namespaces: Vec<String>,
     writer: status::WriterConfig,
+    admin_secret: admin::AdminSecret,
 ) -> Result<(), OperatorError> {
     let core = Core::open(config)?;
     let client = Client::try_default().await?;
@@ -260,6 +262,12 @@ pub async fn run(
     tokio::spawn(status::run_application_writer(ctx.clone(), writer));
     tokio::spawn(publish_transitions(ctx.clone()));
     core.spawn_retention(std::time::Duration::from_secs(3600));
+    tokio::spawn(admin::keep_in_sync(
+        Api::namespaced(client.clone(), &admin_secret.namespace),
+        admin_secret.name.clone(),
+        core.registry.clone(),
+        std::time::Duration::from_secs(30),
+    ));
 
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]

@@ -135,14 +135,7 @@ async fn ensure_admin_token(core: &Core) -> Result<(), StandaloneError> {
         }
     };
     core.registry
-        .put_token(
-            token.hash(),
-            TokenOwner {
-                kind: TokenKind::Admin,
-                key: "admin".into(),
-            },
-            None,
-        )
+        .set_admin_token(token.hash())
         .await
         .map_err(|source| StandaloneError::Registry {
             object: "admin token".into(),

@@ -67,13 +67,22 @@ expect(csc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True
 expect(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz", "probes")
 expect("limits" in c["resources"] and "requests" in c["resources"], "resources")
 e = env(deploy)
+expect(e["HARTSLAG_ADMIN_SECRET"]["value"] == "hs-hartslag-admin", "admin Secret name")
+expect(e["HARTSLAG_ADMIN_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "admin Secret in the pod's namespace")
 expect(e["HARTSLAG_EXTERNAL_URL"]["value"] == "http://hs-hartslag.ops.svc:8080", f"external URL default {e['HARTSLAG_EXTERNAL_URL']}")
 expect("HARTSLAG_NAMESPACES" not in e and "HARTSLAG_SMTP_URL" not in e, "cluster-wide, no email by default")
 pvc = find(objs, "PersistentVolumeClaim")
 expect(len(pvc) == 1 and pvc[0]["spec"]["resources"]["requests"]["storage"] == "1Gi", "a 1Gi PVC")
 expect(pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "hs-hartslag-data", "data on the PVC")
 roles = find(objs, "ClusterRole")
-expect(len(roles) == 1 and not find(objs, "Role"), "cluster-wide: one ClusterRole, no Roles")
+admin_roles = find(objs, "Role")
+expect(len(roles) == 1 and [r["metadata"]["name"] for r in admin_roles] == ["hs-hartslag-admin"], "cluster-wide: one ClusterRole, and only the admin-Secret Role")
+expect(admin_roles[0]["metadata"]["namespace"] == "ops", "admin Secret Role in the release namespace")
+expect(admin_roles[0]["rules"] == [
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hs-hartslag-admin"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+], f"admin Secret rules: {admin_roles[0]['rules']}")
+expect(find(objs, "RoleBinding")[0]["subjects"][0]["name"] == "hs-hartslag", "admin Role bound to the ServiceAccount")
 rules = {(r["apiGroups"][0], tuple(r["resources"])): set(r["verbs"]) for r in roles[0]["rules"]}
 expect(rules == {
     ("hartslag.dev", ("applications", "heartbeats")): {"get", "list", "watch", "create", "patch", "delete"},
@@ -93,8 +102,8 @@ if len(sys.argv) > 2 and sys.argv[1] == "--render-to":
 # namespaced scope: Roles in each watched namespace, the operator told which
 objs, _ = render({"scope": {"clusterWide": False, "namespaces": ["team-a", "team-b"]}})
 expect(not find(objs, "ClusterRole") and not find(objs, "ClusterRoleBinding"), "namespaced: no cluster-wide RBAC")
-expect(sorted(r["metadata"]["namespace"] for r in find(objs, "Role")) == ["team-a", "team-b"], "a Role per namespace")
-expect(sorted(b["metadata"]["namespace"] for b in find(objs, "RoleBinding")) == ["team-a", "team-b"], "a RoleBinding per namespace")
+expect(sorted(r["metadata"]["namespace"] for r in find(objs, "Role")) == ["ops", "team-a", "team-b"], "a Role per namespace, plus the admin-Secret Role")
+expect(sorted(b["metadata"]["namespace"] for b in find(objs, "RoleBinding")) == ["ops", "team-a", "team-b"], "a RoleBinding per namespace, plus the admin-Secret one")
 expect(env(find(objs, "Deployment")[0])["HARTSLAG_NAMESPACES"]["value"] == "team-a,team-b", "HARTSLAG_NAMESPACES")
 
 # trial mode, storage class, SMTP from values or an existing Secret, webhook, ingress, ServiceMonitor

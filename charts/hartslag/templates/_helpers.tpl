@@ -48,3 +48,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
+
+{{/* Secret holding the dashboard admin token. */}}
+{{- define "hartslag.adminSecret" -}}
+{{- default (printf "%s-admin" (include "hartslag.fullname" .)) .Values.adminSecretName -}}
+{{- end -}}

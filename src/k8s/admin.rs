@@ -1,0 +1,115 @@
+//! The operator's admin token: kept in a Secret in the operator's own namespace, so
+//! whoever may read that Secret may open the whole dashboard, and nobody else.
+//!
+//! The Secret is created with a fresh token when missing; an existing one (for example
+//! created by GitOps with your own token) is used as it is. The operator re-reads it now
+//! and then, so editing or deleting the Secret rotates the token without a restart.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+
+use super::secrets::{MANAGED_BY, SecretError};
+use crate::registry::Registry;
+use crate::token::{Token, TokenHash, TokenKind};
+
+/// Where the admin token lives.
+#[derive(Debug, Clone)]
+pub struct AdminSecret {
+    /// Namespace (the operator's own).
+    pub namespace: String,
+    /// Secret name.
+    pub name: String,
+}
+
+/// The namespace the operator runs in: the service account's namespace in a pod,
+/// otherwise `default`.
+pub fn own_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+fn token_of(secret: &Secret) -> Option<Token> {
+    secret
+        .data
+        .as_ref()?
+        .get("token")
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| t.len() >= 16)
+        .map(Token::from_string)
+}
+
+/// Reads the admin token from its Secret, creating the Secret when it does not exist.
+pub async fn ensure(api: &Api<Secret>, name: &str) -> Result<Token, SecretError> {
+    let err = |source| SecretError::Api {
+        name: name.to_string(),
+        source,
+    };
+    if let Some(secret) = api.get_opt(name).await.map_err(err)? {
+        return token_of(&secret).ok_or_else(|| SecretError::Unusable(name.to_string()));
+    }
+    let token = Token::generate(TokenKind::Admin)?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY.0.to_string(),
+                MANAGED_BY.1.to_string(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                "hartslag.dev/description".to_string(),
+                "Admin token of the Hartslag dashboard: sees every application and monitor."
+                    .to_string(),
+            )])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            "token".to_string(),
+            ByteString(token.expose().as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = name, "issued the dashboard admin token");
+            Ok(token)
+        }
+        // Another replica (or a user) was faster: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let secret = api.get(name).await.map_err(err)?;
+            token_of(&secret).ok_or_else(|| SecretError::Unusable(name.to_string()))
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Keeps the registry's admin token equal to the Secret's, checking every `every`.
+pub async fn keep_in_sync(api: Api<Secret>, name: String, registry: Registry, every: Duration) {
+    let mut current: Option<TokenHash> = None;
+    loop {
+        match ensure(&api, &name).await {
+            Ok(token) => {
+                let hash = token.hash();
+                if current != Some(hash) {
+                    match registry.set_admin_token(hash).await {
+                        Ok(()) => current = Some(hash),
+                        Err(e) => tracing::error!(error = %e, "cannot install the admin token"),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the admin token Secret; the dashboard admin login keeps the last known token")
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
