@@ -66,6 +66,11 @@ fn rendered_chart_is_accepted_by_the_api_server() {
     ]);
     let ns = format!("chart-{}", &hartslag::token::random_id().unwrap()[..8]);
     kubectl(&["create", "namespace", &ns]);
+    // Rendered as release namespace `ops`; objects that name it explicitly go to ours.
+    let rendered = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("namespace: ops\n", &format!("namespace: {ns}\n"));
+    std::fs::write(&file, rendered).unwrap();
     let applied = kubectl(&["apply", "-n", &ns, "-f", file.to_str().unwrap()]);
     for object in [
         "serviceaccount/hs-hartslag",
@@ -74,6 +79,8 @@ fn rendered_chart_is_accepted_by_the_api_server() {
         "persistentvolumeclaim/hs-hartslag-data",
         "clusterrole.rbac.authorization.k8s.io/hs-hartslag",
         "clusterrolebinding.rbac.authorization.k8s.io/hs-hartslag",
+        "role.rbac.authorization.k8s.io/hs-hartslag-admin",
+        "rolebinding.rbac.authorization.k8s.io/hs-hartslag-admin",
     ] {
         assert!(applied.contains(object), "{object} not created:\n{applied}");
     }
