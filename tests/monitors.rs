@@ -567,3 +567,32 @@ async fn overdue_while_stopped_alerts_once_and_edits_keep_history() {
         "restarts must not repeat the alert"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_timeline_is_recorded_newest_first_and_stays_bounded() {
+    let s = start(
+        &[("hb.yaml", heartbeat_manifest("flip", "1h", "5m", ""))],
+        None,
+    )
+    .await;
+    let key = "default/flip";
+    for i in 0..300 {
+        s.core.engine.set_paused(key, i % 2 == 0).await.unwrap();
+    }
+    let m = s.core.engine.get(key).unwrap();
+    let timeline = s.core.engine.transitions(m.num, 10_000).unwrap();
+    assert!(
+        (190..=250).contains(&timeline.len()),
+        "bounded to the newest ~200: {}",
+        timeline.len()
+    );
+    assert!(
+        timeline.windows(2).all(|w| w[0].at >= w[1].at),
+        "newest first"
+    );
+    assert_eq!(
+        timeline[0].to, m.state.state,
+        "the newest entry is the current state"
+    );
+    s.stop().await;
+}

@@ -72,6 +72,7 @@ pub struct MonitorDef {
     /// Resource name.
     pub name: String,
     /// Human name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     /// Expected interval, seconds.
     pub interval_secs: u64,
@@ -80,16 +81,20 @@ pub struct MonitorDef {
     /// Paused by spec.
     pub paused: bool,
     /// Resolved alert targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
     /// Owning application key, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
     /// Hash of the ping token.
     pub token: TokenHash,
     /// How to ping it, for alert text (no token).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ping_hint: String,
     /// Who defines it.
     pub origin: Origin,
     /// Keep state and history after deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retain_on_delete: bool,
     /// When the monitor was first defined.
     pub created_at: Timestamp,
@@ -148,14 +153,19 @@ pub struct PingRecord {
     /// Kind.
     pub kind: PingKind,
     /// Exit code, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<u8>,
     /// Client address (first X-Forwarded-For entry when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// User agent, at most 200 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     /// Request body, at most 10 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// Run duration in milliseconds, when a `/start` preceded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
 }
 
@@ -193,11 +203,11 @@ pub struct TransitionRecord {
     /// New state.
     pub to: State,
     /// Why, in words (for Down).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
-/// Transitions kept per monitor; older ones are dropped as new ones arrive.
+/// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
 const TRANSITION_HISTORY: usize = 200;
 
 /// A state transition, for status writers and event recorders.
@@ -341,7 +351,14 @@ struct Worker {
     stats: Arc<EngineStats>,
     config: EngineConfig,
     clock: Clock,
+    /// Transitions written per monitor since start; the timeline is trimmed only every
+    /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history.
+    transitions_since_trim: std::cell::RefCell<HashMap<u64, u32>>,
 }
+
+/// How many transitions a monitor may add before its timeline is trimmed back to
+/// [`TRANSITION_HISTORY`]; it never holds more than the sum of both plus one restart's worth.
+const TRIM_EVERY: u32 = 50;
 
 fn describe_down(reason: DownReason, m: &Monitor, at: Timestamp) -> String {
     match reason {
@@ -433,7 +450,16 @@ impl Worker {
                         ));
                         if !dropped_old {
                             dropped_old = true;
-                            self.drop_old_transitions(m.num, pending)?;
+                            let due = {
+                                let mut counts = self.transitions_since_trim.borrow_mut();
+                                let n = counts.entry(m.num).or_insert(0);
+                                *n += 1;
+                                *n >= TRIM_EVERY
+                            };
+                            if due {
+                                self.transitions_since_trim.borrow_mut().insert(m.num, 0);
+                                self.drop_old_transitions(m.num, pending)?;
+                            }
                         }
                         let _ = self.changes.send(Change {
                             key: m.def.key.clone(),
@@ -505,7 +531,8 @@ impl Worker {
     }
 
     /// Keeps the timeline bounded: stages removal of entries beyond the newest
-    /// [`TRANSITION_HISTORY`] (minus room for this step's own).
+    /// [`TRANSITION_HISTORY`] (minus room for this step's own); called every
+    /// [`TRIM_EVERY`] transitions of a monitor.
     fn drop_old_transitions(&self, num: u64, pending: &mut Pending) -> Result<(), EngineError> {
         let keep = TRANSITION_HISTORY.saturating_sub(2);
         for k in self
@@ -714,6 +741,7 @@ impl Worker {
             return Ok(());
         };
         self.scheduler.disarm(key.to_string());
+        self.transitions_since_trim.borrow_mut().remove(&m.num);
         pending.ops.push((monitor_key(key), None));
         if m.def.retain_on_delete {
             // Keep history and state under a tombstone key so a re-created monitor finds them.
@@ -879,6 +907,7 @@ impl Engine {
         let (changes, _) = broadcast::channel(4096);
         let stats = Arc::new(EngineStats::default());
         let worker = Worker {
+            transitions_since_trim: Default::default(),
             tree: tree.clone(),
             db: db.clone(),
             outbox,

@@ -149,7 +149,8 @@ pub enum DownReason {
 }
 
 /// Everything the state machine remembers about one monitor; stored as JSON, so fields are
-/// only ever added (with serde defaults), never renamed.
+/// only ever added (with serde defaults), never renamed. Empty fields are left out of the
+/// stored record: 100 000 monitors keep a smaller database and cache.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorState {
     /// Current state.
@@ -157,32 +158,32 @@ pub struct MonitorState {
     /// When the current state began: never decreases.
     pub since: Timestamp,
     /// Latest success ping heard (the maximum, even if pings arrive out of order).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ping_at: Option<Timestamp>,
     /// Start of the run in progress: set while Started, or while Down after a `/start`, so
     /// the run's end can report its duration.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_started_at: Option<Timestamp>,
     /// Latest failure signal heard.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fail_at: Option<Timestamp>,
     /// Last ping plus interval, once pinged; `None` while New or Paused (the API's
     /// `next_expected_at`, and the base of `consecutive_misses`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Timestamp>,
     /// Why it is Down; `None` in every other state.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<DownReason>,
     /// A Down alert was sent and its recovery has not been; survives pause and resume so an
     /// episode gets exactly one alert and one recovery.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incident_open: bool,
     /// A success ping arrived while paused: resume goes to Up (judged by that ping) instead
     /// of New.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pinged_while_paused: bool,
     /// When the last Down alert was sent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_alert_at: Option<Timestamp>,
     /// Signals received (success, start, fail, paused or not); numbers the ping history.
     #[serde(default)]
