@@ -212,6 +212,16 @@ impl Registry {
     /// Makes `hash` the one admin token: any other admin token (an edited token file, a
     /// rotated Secret, one left from an earlier run) stops working.
     pub async fn set_admin_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
+        // The new token first: if that fails, the old one still opens the dashboard.
+        self.put_token(
+            hash,
+            TokenOwner {
+                kind: TokenKind::Admin,
+                key: "admin".into(),
+            },
+            None,
+        )
+        .await?;
         let stale: Vec<TokenHash> = self
             .read()
             .tokens
@@ -222,15 +232,7 @@ impl Registry {
         for old in stale {
             self.remove_token(old).await?;
         }
-        self.put_token(
-            hash,
-            TokenOwner {
-                kind: TokenKind::Admin,
-                key: "admin".into(),
-            },
-            None,
-        )
-        .await
+        Ok(())
     }
 
     /// Drops a token so it stops working at once.

@@ -535,5 +535,33 @@ async fn live_stream_announces_a_state_change_at_once() {
     assert!(got.contains("event: change"));
     assert!(!got.contains("default/report"), "{got}");
     println!("change announced {:?} after the ping", sent.elapsed());
+
+    // Logging out ends the open stream as well (the session is re-checked as it runs).
+    let csrf = csrf_of(&page(&s.base, "/ui", &cookie).await);
+    let out = client()
+        .post(format!("{}/ui/logout", s.base))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, res_chunk(&mut res)).await {
+            Ok(None) => break,
+            Ok(Some(_)) => continue,
+            Err(_) => panic!("the live stream outlived its session"),
+        }
+    }
     s.stop().await;
+}
+
+/// The length of the next chunk of a streamed body; `None` once it has ended.
+async fn res_chunk(res: &mut reqwest::Response) -> Option<usize> {
+    match res.chunk().await {
+        Ok(Some(b)) => Some(b.len()),
+        _ => None,
+    }
 }

@@ -87,7 +87,10 @@ struct Dash {
 
 impl Dash {
     fn viewer(&self, headers: &HeaderMap) -> Option<Viewer> {
-        let cookie = session::cookie_value(headers)?;
+        self.viewer_of(session::cookie_value(headers)?)
+    }
+
+    fn viewer_of(&self, cookie: &str) -> Option<Viewer> {
         self.dash.sessions.resolve(cookie, &self.api.registry)
     }
 
@@ -114,6 +117,15 @@ impl Dash {
                 Default::default()
             });
         AppSummary { app, stats }
+    }
+
+    /// Summaries of the viewer's applications, read off the async workers.
+    async fn summaries(&self, viewer: &Viewer, now: Timestamp) -> Vec<AppSummary> {
+        let apps = self.visible_apps(viewer);
+        let st = self.clone();
+        tokio::task::spawn_blocking(move || apps.into_iter().map(|a| st.summary(a, now)).collect())
+            .await
+            .unwrap_or_default()
     }
 
     fn visible_apps(&self, viewer: &Viewer) -> Vec<Arc<AppInfo>> {
@@ -221,11 +233,11 @@ fn not_found(viewer: &Viewer, what: &str) -> Response {
 
 /// Only paths inside the dashboard are followed after login (no open redirect).
 fn safe_next(next: &str) -> &str {
-    if next.starts_with("/ui") && !next.starts_with("//") && !next.contains('\\') {
-        next
-    } else {
-        "/ui"
-    }
+    let inside = next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?");
+    let clean = next.bytes().all(|b| b.is_ascii_graphic())
+        && !next.contains('\\')
+        && !next.split(['/', '?']).any(|seg| seg == "..");
+    if inside && clean { next } else { "/ui" }
 }
 
 fn to_login(uri: &Uri) -> Response {
@@ -416,11 +428,7 @@ async fn overview(State(st): State<Dash>, headers: HeaderMap, uri: Uri) -> Respo
             .collect();
         (counts, attention)
     });
-    let apps: Vec<AppSummary> = st
-        .visible_apps(&viewer)
-        .into_iter()
-        .map(|a| st.summary(a, now))
-        .collect();
+    let apps = st.summaries(&viewer, now).await;
     in_layout(
         &viewer,
         "Overview",
@@ -497,11 +505,8 @@ async fn monitor_detail(
         monitor: &m,
         pings: &pings,
         transitions: &transitions,
-        badge_url: format!(
-            "{}/badge/{}.svg",
-            st.dash.base_url,
-            badge::badge_key(&m.def.token)
-        ),
+        badge_path: format!("/badge/{}.svg", badge::badge_key(&m.def.token)),
+        base_url: st.dash.base_url.clone(),
         durations,
     };
     let title = m
@@ -520,11 +525,7 @@ async fn monitor_detail(
 async fn applications(State(st): State<Dash>, headers: HeaderMap, uri: Uri) -> Response {
     let viewer = viewer_or_login!(st, headers, uri);
     let now = st.now();
-    let apps: Vec<AppSummary> = st
-        .visible_apps(&viewer)
-        .into_iter()
-        .map(|a| st.summary(a, now))
-        .collect();
+    let apps = st.summaries(&viewer, now).await;
     in_layout(
         &viewer,
         "Applications",
@@ -578,39 +579,65 @@ async fn application_detail(
         to: text("to"),
     };
     let now = st.now();
-    let store = st.api.registry.store().clone();
-    let all = st.summary(app.clone(), now);
-    let event_names: Vec<String> = all.stats.events.keys().cloned().collect();
-    let event = filters.event.as_deref();
-    let summary = if event.is_some() || filters.user_id.is_some() {
-        let stats = store
-            .stats(app.num, &Periods::at(now, &app.tz), event, filters.user_id)
-            .unwrap_or_default();
-        AppSummary {
-            app: app.clone(),
-            stats,
-        }
-    } else {
-        all
+    // Rollup scans run off the async workers, so a busy page never stalls pings.
+    let read = {
+        let st = st.clone();
+        let app = app.clone();
+        let event = filters.event.clone();
+        let user = filters.user_id;
+        tokio::task::spawn_blocking(move || {
+            let store = st.api.registry.store().clone();
+            let all = st.summary(app.clone(), now);
+            let event_names: Vec<String> = all.stats.events.keys().cloned().collect();
+            let event = event.as_deref();
+            let summary = if event.is_some() || user.is_some() {
+                let stats = store
+                    .stats(app.num, &Periods::at(now, &app.tz), event, user)
+                    .unwrap_or_default();
+                AppSummary {
+                    app: app.clone(),
+                    stats,
+                }
+            } else {
+                all
+            };
+            // Hourly rollups are not kept per user: with a user filter the chart is left
+            // out rather than shown unfiltered.
+            let hour = hour_of(now);
+            let hourly = match user {
+                Some(_) => None,
+                None => Some(
+                    store
+                        .hourly(app.num, hour - 47, hour + 1, event)
+                        .unwrap_or_default(),
+                ),
+            };
+            let today = now.to_zoned(app.tz.clone()).date();
+            let first_day = today
+                .checked_sub(jiff::Span::new().days(89))
+                .unwrap_or(today);
+            let daily = store
+                .daily(app.num, date_key(first_day), date_key(today), event, user)
+                .unwrap_or_default();
+            let top_users = store.top_users(app.num, event, 10).unwrap_or_default();
+            (summary, event_names, hourly, today, daily, top_users)
+        })
+        .await
     };
-    let hour = hour_of(now);
-    let hourly = store
-        .hourly(app.num, hour - 47, hour + 1, event)
-        .unwrap_or_default();
-    let today = now.to_zoned(app.tz.clone()).date();
-    let first_day = today
-        .checked_sub(jiff::Span::new().days(89))
-        .unwrap_or(today);
-    let daily = store
-        .daily(
-            app.num,
-            date_key(first_day),
-            date_key(today),
-            event,
-            filters.user_id,
-        )
-        .unwrap_or_default();
-    let top_users = store.top_users(app.num, event, 10).unwrap_or_default();
+    let Ok((summary, event_names, hourly, today, daily, top_users)) = read else {
+        return page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::layout(
+                "Error",
+                &viewer,
+                Section::Applications,
+                pages::message(
+                    "Error",
+                    "Reading this application's data failed; see the server log.",
+                ),
+            ),
+        );
+    };
     let monitor_counts = st.api.engine.view(|all| {
         let mut c = HashMap::new();
         for m in all
@@ -624,7 +651,7 @@ async fn application_detail(
     let detail = AppDetail {
         summary: &summary,
         event_names: &event_names,
-        hourly: view::hourly_chart(&hourly, now, &app.tz),
+        hourly: hourly.map(|h| view::hourly_chart(&h, now, &app.tz)),
         daily: view::daily_chart(&daily, today),
         top_users: &top_users,
         filters: &filters,
@@ -666,33 +693,59 @@ async fn application_export(
     }
 }
 
+/// How often an idle live stream re-checks its session.
+const LIVE_RECHECK: Duration = Duration::from_secs(5);
+
+struct LiveStream {
+    rx: tokio::sync::broadcast::Receiver<crate::monitor::engine::Change>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    principal: Principal,
+    cookie: String,
+    st: Dash,
+}
+
 /// Server-sent events: a `change` event whenever a monitor the viewer sees changes state,
 /// so pages refresh within a second of it instead of polling.
 async fn live(State(st): State<Dash>, headers: HeaderMap) -> Response {
     let Some(viewer) = st.viewer(&headers) else {
         return (StatusCode::UNAUTHORIZED, "log in first").into_response();
     };
-    let rx = st.api.engine.subscribe();
-    let engine = st.api.engine.clone();
-    let principal = viewer.principal;
-    let closing = st.dash.closing.subscribe();
-    let state = (rx, engine, principal, closing);
-    let stream = futures::stream::unfold(state, |(mut rx, engine, p, mut closing)| async move {
+    let Some(cookie) = session::cookie_value(&headers).map(str::to_string) else {
+        return (StatusCode::UNAUTHORIZED, "log in first").into_response();
+    };
+    let stream_state = LiveStream {
+        rx: st.api.engine.subscribe(),
+        closing: st.dash.closing.subscribe(),
+        principal: viewer.principal,
+        cookie,
+        st,
+    };
+    let stream = futures::stream::unfold(stream_state, |mut ls| async move {
         loop {
-            if *closing.borrow_and_update() {
+            if *ls.closing.borrow_and_update() {
                 return None;
             }
             let received = tokio::select! {
-                r = rx.recv() => r,
-                _ = closing.changed() => return None,
+                r = ls.rx.recv() => Some(r),
+                _ = ls.closing.changed() => return None,
+                _ = tokio::time::sleep(LIVE_RECHECK) => None,
             };
+            // The session is re-checked on every event and every few seconds: logout,
+            // expiry or a revoked token end the stream too.
+            if ls.st.viewer_of(&ls.cookie).map(|v| v.principal).as_ref() != Some(&ls.principal) {
+                return None;
+            }
             let event = match received {
-                Ok(change) => {
-                    let visible = match &p {
+                None => continue,
+                Some(Ok(change)) => {
+                    let visible = match &ls.principal {
                         Principal::Admin => true,
-                        Principal::Application(_) => engine
+                        Principal::Application(_) => ls
+                            .st
+                            .api
+                            .engine
                             .get(&change.key)
-                            .is_some_and(|m| p.sees_monitor(&m.def)),
+                            .is_some_and(|m| ls.principal.sees_monitor(&m.def)),
                     };
                     if !visible {
                         continue;
@@ -703,12 +756,12 @@ async fn live(State(st): State<Dash>, headers: HeaderMap) -> Response {
                         change.to.as_str()
                     ))
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                Some(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                     Event::default().event("change").data("*")
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                Some(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
             };
-            return Some((Ok::<_, Infallible>(event), (rx, engine, p, closing)));
+            return Some((Ok::<_, Infallible>(event), ls));
         }
     });
     Sse::new(stream)
@@ -721,11 +774,17 @@ async fn badge_svg(State(st): State<Dash>, Path(file): Path<String>) -> Response
         (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
         (header::CACHE_CONTROL, "no-cache, max-age=0"),
     ];
-    let found = file
+    let key = file
         .strip_suffix(".svg")
-        .filter(|k| k.len() == 24 && k.bytes().all(|b| b.is_ascii_hexdigit()))
-        .and_then(|k| st.dash.badges.lookup(&st.api.engine, k))
-        .and_then(|key| st.api.engine.get(&key));
+        .filter(|k| k.len() == 24 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+    // The index may be stale (token rotated, monitor re-created): the key must still match.
+    let found = key.and_then(|k| {
+        st.dash
+            .badges
+            .lookup(&st.api.engine, k)
+            .and_then(|mk| st.api.engine.get(&mk))
+            .filter(|m| badge::badge_key(&m.def.token) == k)
+    });
     match found {
         Some(m) => {
             let label = m.def.display_name.as_deref().unwrap_or(&m.def.name);
@@ -748,6 +807,9 @@ mod tests {
         assert_eq!(safe_next("//evil.example/ui"), "/ui");
         assert_eq!(safe_next("https://evil.example"), "/ui");
         assert_eq!(safe_next("/ui\\@evil"), "/ui");
+        assert_eq!(safe_next("/ui\r\nX: y"), "/ui");
+        assert_eq!(safe_next("/ui/../metrics"), "/ui");
+        assert_eq!(safe_next("/uix"), "/ui");
     }
 
     #[test]

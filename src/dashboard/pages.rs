@@ -277,7 +277,7 @@ pub fn monitors(page: &MonitorPage, query: &MonitorQuery, now: Timestamp) -> Mar
     html! {
         h1 { "Monitors" }
         (count_cards(&counts))
-        form.filters method="get" action="/ui/monitors" data-autosubmit="1" role="search" {
+        form.filters method="get" action="/ui/monitors" role="search" {
             label { "State "
                 select name="state" {
                     option value="" { "All" }
@@ -331,8 +331,10 @@ pub struct MonitorDetail<'a> {
     pub pings: &'a [PingRecord],
     /// Newest transitions first.
     pub transitions: &'a [TransitionRecord],
-    /// Public badge URL.
-    pub badge_url: String,
+    /// Badge path (`/badge/<key>.svg`), relative so the preview loads under any origin.
+    pub badge_path: String,
+    /// External base URL, for the copyable Markdown snippet.
+    pub base_url: String,
     /// Run-duration chart, when runs reported durations.
     pub durations: Option<Chart>,
 }
@@ -359,9 +361,9 @@ pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
         }
         section aria-labelledby="h-badge" {
             h2 #h-badge { "Status badge" }
-            p { img src=(d.badge_url) alt={ "Status badge: " (st.state.as_str()) }; }
+            p { img src=(d.badge_path) alt={ "Status badge: " (st.state.as_str()) }; }
             p.muted { "A read-only URL that shows only the state, for READMEs and wikis:" }
-            pre.copy { code { "![" (m.def.name) "](" (d.badge_url) ")" } }
+            pre.copy { code { "![" (m.def.name) "](" (d.base_url) (d.badge_path) ")" } }
         }
         section aria-labelledby="h-durations" {
             h2 #h-durations { "Run durations" }
@@ -491,8 +493,8 @@ pub struct AppDetail<'a> {
     pub summary: &'a AppSummary,
     /// Every event name it has, for the filter.
     pub event_names: &'a [String],
-    /// Hourly chart.
-    pub hourly: Chart,
+    /// Hourly chart; `None` with a user filter (hourly rollups are not kept per user).
+    pub hourly: Option<Chart>,
     /// Daily chart.
     pub daily: Chart,
     /// Top users by count.
@@ -536,7 +538,10 @@ pub fn application_detail(d: &AppDetail<'_>) -> Markup {
         (period_cards(&d.summary.stats.overall))
         section aria-labelledby="h-hourly" {
             h2 #h-hourly { "Per hour, last 48 hours" }
-            (chart_figure(&d.hourly))
+            @match &d.hourly {
+                Some(c) => (chart_figure(c)),
+                None => p.muted { "Not kept per user: clear the user filter to see events per hour." },
+            }
         }
         section aria-labelledby="h-daily" {
             h2 #h-daily { "Per day, last 90 days" }

@@ -21,8 +21,9 @@ pub const COOKIE: &str = "hartslag_session";
 /// How long a login lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// Most sessions kept at once; the oldest go first, so logins cannot exhaust memory.
-const MAX_SESSIONS: usize = 10_000;
+/// Most sessions kept per principal; a principal's oldest goes first, so logins with one
+/// token can neither exhaust memory nor push out anyone else's sessions.
+const MAX_SESSIONS_PER_PRINCIPAL: usize = 50;
 
 /// Errors of session handling.
 #[derive(Debug, thiserror::Error)]
@@ -112,13 +113,16 @@ impl Sessions {
         let id = random_hex(32)?;
         let csrf = random_hex(16)?;
         let mut map = self.lock();
-        if map.len() >= MAX_SESSIONS {
-            map.retain(|_, s| s.created.elapsed() < SESSION_TTL);
-            if map.len() >= MAX_SESSIONS
-                && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k)
-            {
-                map.remove(&oldest);
-            }
+        map.retain(|_, s| s.created.elapsed() < SESSION_TTL);
+        let mine: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(_, s)| s.principal == principal)
+            .map(|(k, s)| (*k, s.created))
+            .collect();
+        if mine.len() >= MAX_SESSIONS_PER_PRINCIPAL
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, created)| *created)
+        {
+            map.remove(oldest);
         }
         map.insert(
             TokenHash::of(&id).0,
@@ -215,6 +219,34 @@ mod tests {
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.ends_with("Secure"));
         assert!(!set_cookie("v", false).contains("Secure"));
         assert!(clear_cookie(false).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn logins_with_one_token_do_not_push_out_other_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), &Default::default()).unwrap();
+        let registry = Registry::load(store).unwrap();
+        let sessions = Sessions::default();
+        let admin = sessions
+            .create(Principal::Admin, TokenHash::of("admin"))
+            .unwrap();
+        let app = Principal::Application("default/shop".into());
+        let first = sessions.create(app.clone(), TokenHash::of("shop")).unwrap();
+        for _ in 0..MAX_SESSIONS_PER_PRINCIPAL + 5 {
+            sessions.create(app.clone(), TokenHash::of("shop")).unwrap();
+        }
+        let map = sessions.lock();
+        assert_eq!(map.len(), MAX_SESSIONS_PER_PRINCIPAL + 1);
+        assert!(
+            map.contains_key(&TokenHash::of(&admin).0),
+            "admin session kept"
+        );
+        assert!(
+            !map.contains_key(&TokenHash::of(&first).0),
+            "the oldest app session went"
+        );
+        drop(map);
+        drop(registry);
     }
 
     #[test]

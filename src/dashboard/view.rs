@@ -336,7 +336,7 @@ pub fn hourly_chart(buckets: &[Bucket], now: Timestamp, tz: &TimeZone) -> Chart 
     let labels = (first..=last)
         .map(|h| {
             Timestamp::from_second(h * 3600)
-                .map(|t| t.to_zoned(tz.clone()).strftime("%a %H:00").to_string())
+                .map(|t| t.to_zoned(tz.clone()).strftime("%a %H:%M").to_string())
                 .unwrap_or_default()
         })
         .collect();

@@ -5,14 +5,35 @@
   "use strict";
   var live = document.getElementById("live");
   var status = document.getElementById("live-status");
-  var busy = false, again = false, timer = null;
+  if (!live) return;
+  var busy = false, again = false, deferred = false, timer = null, es = null;
 
   function setStatus(text) { if (status) status.textContent = text; }
 
-  function refresh() {
-    if (!live) return;
+  // While someone types or picks in a form inside the region, replacing it would wipe
+  // their input: the refresh waits until focus leaves the field (and is not dropped).
+  function editing() {
     var a = document.activeElement;
-    if (a && live.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName)) return; // do not wipe typing
+    return a && live.contains(a) && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName);
+  }
+
+  // Focus on a link or button survives the refresh: it is found again by its target.
+  function focusKey() {
+    var a = document.activeElement;
+    if (!a || !live.contains(a)) return null;
+    return a.getAttribute("href") || a.id || null;
+  }
+
+  function restoreFocus(key) {
+    if (!key) return;
+    var el = document.getElementById(key) ||
+      live.querySelector('[href="' + key.replace(/"/g, '\\"') + '"]');
+    if (el) el.focus();
+  }
+
+  function refresh() {
+    if (document.hidden) { deferred = true; return; }
+    if (editing()) { deferred = true; return; }
     if (busy) { again = true; return; }
     busy = true;
     fetch(location.href, { credentials: "same-origin", cache: "no-store", headers: { "X-Hartslag-Live": "1" } })
@@ -21,14 +42,14 @@
         return r.ok ? r.text() : null;
       })
       .then(function (html) {
-        if (!html) return;
+        if (!html || editing()) { if (html) deferred = true; return; }
         var next = new DOMParser().parseFromString(html, "text/html").getElementById("live");
         if (!next) return;
-        var focused = document.activeElement && document.activeElement.id;
+        var key = focusKey();
         live.replaceChildren.apply(live, Array.prototype.slice.call(next.childNodes));
-        if (focused) { var el = document.getElementById(focused); if (el) el.focus(); }
+        restoreFocus(key);
         document.body.setAttribute("data-refreshed", String(Date.now()));
-        wire();
+        setStatus("Live updates on");
       })
       .catch(function () { setStatus("Live updates paused (server unreachable)"); })
       .then(function () { busy = false; if (again) { again = false; refresh(); } });
@@ -36,20 +57,23 @@
 
   function soon() { clearTimeout(timer); timer = setTimeout(refresh, 150); }
 
-  function wire() {
-    // Filters apply as soon as a choice is made; the submit button stays for keyboards.
-    var selects = document.querySelectorAll("form[data-autosubmit] select");
-    for (var i = 0; i < selects.length; i++) {
-      selects[i].addEventListener("change", function (e) { e.target.form.submit(); });
-    }
-  }
+  live.addEventListener("focusout", function () {
+    if (deferred) { deferred = false; setTimeout(function () { if (!editing()) soon(); else deferred = true; }, 0); }
+  });
 
-  wire();
-  if (live && window.EventSource) {
-    var es = new EventSource("/ui/live");
+  // One stream per visible tab: hidden tabs close theirs (browsers allow few connections
+  // per host) and catch up when shown again.
+  function connect() {
+    if (es || !window.EventSource) return;
+    es = new EventSource("/ui/live");
     es.addEventListener("change", soon);
     es.onopen = function () { setStatus("Live updates on"); };
     es.onerror = function () { setStatus("Live updates reconnecting…"); };
   }
-  if (live) setInterval(refresh, 10000);
+  function disconnect() { if (es) { es.close(); es = null; } }
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) { disconnect(); } else { connect(); if (deferred) { deferred = false; soon(); } }
+  });
+  if (!document.hidden) connect();
+  setInterval(refresh, 10000);
 })();
