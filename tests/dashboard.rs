@@ -54,8 +54,7 @@ fn client() -> reqwest::Client {
 async fn login(base: &str, token: &str) -> String {
     let res = client()
         .post(format!("{base}/ui/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("token", token), ("next", "/ui")]))
+        .form_body(&[("token", token), ("next", "/ui")])
         .send()
         .await
         .unwrap();
@@ -120,14 +119,22 @@ fn ping_url(s: &InProcess, name: &str) -> String {
         .to_string()
 }
 
-/// An `application/x-www-form-urlencoded` body, as a browser sends a form.
-fn form(pairs: &[(&str, &str)]) -> String {
-    use hartslag::dashboard::view::urlencode;
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+/// Sends a form the way a browser does (`application/x-www-form-urlencoded`).
+trait FormBody {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self;
+}
+
+impl FormBody for reqwest::RequestBuilder {
+    fn form_body(self, pairs: &[(&str, &str)]) -> Self {
+        use hartslag::dashboard::view::urlencode;
+        let body = pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        self.header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+    }
 }
 
 fn csrf_of(html: &str) -> String {
@@ -226,8 +233,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     ] {
         let res = client()
             .post(format!("{base}/ui/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[("token", token), ("next", "/ui")]))
+            .form_body(&[("token", token), ("next", "/ui")])
             .send()
             .await
             .unwrap();
@@ -237,8 +243,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/login"))
         .header("origin", "https://evil.example")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("token", admin.as_str()), ("next", "/ui")]))
+        .form_body(&[("token", admin.as_str()), ("next", "/ui")])
         .send()
         .await
         .unwrap();
@@ -246,11 +251,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/login"))
         .header("x-forwarded-proto", "https")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("token", admin.as_str()),
-            ("next", "//evil.example/"),
-        ]))
+        .form_body(&[("token", admin.as_str()), ("next", "//evil.example/")])
         .send()
         .await
         .unwrap();
@@ -457,8 +458,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/logout"))
         .header("cookie", &sh)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", "forged")]))
+        .form_body(&[("csrf", "forged")])
         .send()
         .await
         .unwrap();
@@ -466,8 +466,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let res = client()
         .post(format!("{base}/ui/logout"))
         .header("cookie", &sh)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", csrf.as_str())]))
+        .form_body(&[("csrf", csrf.as_str())])
         .send()
         .await
         .unwrap();
@@ -541,8 +540,7 @@ async fn live_stream_announces_a_state_change_at_once() {
     let out = client()
         .post(format!("{}/ui/logout", s.base))
         .header("cookie", &cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[("csrf", csrf.as_str())]))
+        .form_body(&[("csrf", csrf.as_str())])
         .send()
         .await
         .unwrap();
