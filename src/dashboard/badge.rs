@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::chart::escape_html;
 use crate::monitor::engine::Engine;
 use crate::monitor::state::State;
 use crate::token::TokenHash;
@@ -85,20 +86,13 @@ fn state_colour(state: State) -> &'static str {
     }
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// A flat two-part badge: `label | state`.
 pub fn render(label: &str, state: State) -> String {
     let value = state.as_str();
     let lw = text_width(label) + 12;
     let vw = text_width(value) + 12;
     let total = lw + vw;
-    let label = escape(label);
+    let label = escape_html(label);
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{label}: {value}"><title>{label}: {value}</title><rect width="{lw}" height="20" fill="#555"/><rect x="{lw}" width="{vw}" height="20" fill="{colour}"/><g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11" text-anchor="middle"><text x="{lx}" y="14">{label}</text><text x="{vx}" y="14">{value}</text></g></svg>"##,
         colour = state_colour(state),

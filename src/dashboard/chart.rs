@@ -8,6 +8,13 @@
 
 use std::fmt::Write as _;
 
+use maud::Render;
+
+/// Text escaped for HTML and SVG, by the same code maud uses for the pages.
+pub(super) fn escape_html(text: &str) -> String {
+    text.render().into_string()
+}
+
 /// One named series of values, one per x slot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
@@ -39,21 +46,6 @@ const BOTTOM: f64 = 28.0;
 
 /// Dash patterns, paired with the colour classes `s0`..`s5` in the stylesheet.
 const DASHES: [&str; 6] = ["", "6 3", "2 3", "8 3 2 3", "1 2", "10 4"];
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
 
 /// A round number at or above `max` for the top of the y axis (1, 2, 5 × 10ⁿ).
 pub fn nice_ceiling(max: f64) -> f64 {
@@ -103,8 +95,8 @@ impl Chart {
         let _ = write!(
             svg,
             r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img"><title>{}</title><desc>{} in {} slots, total {}, highest {}</desc>"#,
-            escape(&self.title),
-            escape(&self.unit),
+            escape_html(&self.title),
+            escape_html(&self.unit),
             slots,
             format_value(total),
             format_value(max),
@@ -130,7 +122,7 @@ impl Chart {
                     r#"<text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
                     x_of(i),
                     HEIGHT - 8.0,
-                    escape(label)
+                    escape_html(label)
                 );
             }
         }
@@ -145,9 +137,9 @@ impl Chart {
                         r#"<rect class="bar" x="{:.1}" y="{y:.1}" width="{w:.1}" height="{:.1}"><title>{}: {} {}</title></rect>"#,
                         x_of(i) - w / 2.0,
                         (TOP + plot_h - y).max(0.0),
-                        escape(label),
+                        escape_html(label),
                         format_value(*v),
-                        escape(&self.unit),
+                        escape_html(&self.unit),
                     );
                 }
             }
@@ -168,7 +160,7 @@ impl Chart {
                     } else {
                         format!(r#" stroke-dasharray="{dash}""#)
                     },
-                    escape(&s.name),
+                    escape_html(&s.name),
                 );
             }
         }
@@ -191,7 +183,7 @@ impl Chart {
                 } else {
                     format!(r#" stroke-dasharray="{dash}""#)
                 },
-                escape(&s.name),
+                escape_html(&s.name),
                 format_value(total),
             );
         }

@@ -534,11 +534,25 @@ async fn applications(State(st): State<Dash>, headers: HeaderMap, uri: Uri) -> R
     )
 }
 
-fn visible_app(st: &Dash, viewer: &Viewer, namespace: &str, name: &str) -> Option<Arc<AppInfo>> {
-    st.api
+/// The viewer and the application at `namespace/name`, or the answer to give instead: the
+/// login form without a session, 404 for an application the viewer may not see.
+fn viewer_and_app(
+    st: &Dash,
+    headers: &HeaderMap,
+    uri: &Uri,
+    namespace: &str,
+    name: &str,
+) -> Result<(Viewer, Arc<AppInfo>), Box<Response>> {
+    let viewer = st.viewer(headers).ok_or_else(|| Box::new(to_login(uri)))?;
+    match st
+        .api
         .registry
         .application(&object_key(namespace, name))
         .filter(|a| viewer.principal.sees_application(&a.key))
+    {
+        Some(app) => Ok((viewer, app)),
+        None => Err(Box::new(not_found(&viewer, "application"))),
+    }
 }
 
 async fn application_detail(
@@ -548,9 +562,9 @@ async fn application_detail(
     Path((namespace, name)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let viewer = viewer_or_login!(st, headers, uri);
-    let Some(app) = visible_app(&st, &viewer, &namespace, &name) else {
-        return not_found(&viewer, "application");
+    let (viewer, app) = match viewer_and_app(&st, &headers, &uri, &namespace, &name) {
+        Ok(found) => found,
+        Err(answer) => return *answer,
     };
     let filter = match crate::api::events::export_filter(&app, &params) {
         Ok(f) => f,
@@ -681,9 +695,9 @@ async fn application_export(
     Path((namespace, name)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let viewer = viewer_or_login!(st, headers, uri);
-    let Some(app) = visible_app(&st, &viewer, &namespace, &name) else {
-        return not_found(&viewer, "application");
+    let (_, app) = match viewer_and_app(&st, &headers, &uri, &namespace, &name) {
+        Ok(found) => found,
+        Err(answer) => return *answer,
     };
     match crate::api::events::export_filter(&app, &params) {
         Ok(filter) => {
@@ -707,10 +721,9 @@ struct LiveStream {
 /// Server-sent events: a `change` event whenever a monitor the viewer sees changes state,
 /// so pages refresh within a second of it instead of polling.
 async fn live(State(st): State<Dash>, headers: HeaderMap) -> Response {
-    let Some(viewer) = st.viewer(&headers) else {
-        return (StatusCode::UNAUTHORIZED, "log in first").into_response();
-    };
-    let Some(cookie) = session::cookie_value(&headers).map(str::to_string) else {
+    let Some((cookie, viewer)) =
+        session::cookie_value(&headers).and_then(|c| Some((c.to_string(), st.viewer_of(c)?)))
+    else {
         return (StatusCode::UNAUTHORIZED, "log in first").into_response();
     };
     let stream_state = LiveStream {

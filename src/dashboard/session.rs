@@ -30,7 +30,7 @@ const MAX_SESSIONS_PER_PRINCIPAL: usize = 50;
 pub enum SessionError {
     /// The OS had no randomness for a session id.
     #[error("cannot create a session id: {0}")]
-    Random(String),
+    Random(#[from] crate::token::TokenError),
 }
 
 /// What a logged-in viewer may see.
@@ -97,12 +97,6 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-fn random_hex(bytes: usize) -> Result<String, SessionError> {
-    let mut buf = vec![0u8; bytes];
-    getrandom::fill(&mut buf).map_err(|e| SessionError::Random(e.to_string()))?;
-    Ok(hex::encode(buf))
-}
-
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -110,8 +104,9 @@ impl Sessions {
 
     /// Starts a session for the holder of `token`; returns the cookie value.
     pub fn create(&self, principal: Principal, token: TokenHash) -> Result<String, SessionError> {
-        let id = random_hex(32)?;
-        let csrf = random_hex(16)?;
+        // 128 random bits each: the session id in the cookie, the form token in pages.
+        let id = crate::token::random_id()?;
+        let csrf = crate::token::random_id()?;
         let mut map = self.lock();
         map.retain(|_, s| s.created.elapsed() < SESSION_TTL);
         let mine: Vec<([u8; 32], Instant)> = map
@@ -223,9 +218,6 @@ mod tests {
 
     #[test]
     fn logins_with_one_token_do_not_push_out_other_sessions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path(), &Default::default()).unwrap();
-        let registry = Registry::load(store).unwrap();
         let sessions = Sessions::default();
         let admin = sessions
             .create(Principal::Admin, TokenHash::of("admin"))
@@ -245,8 +237,6 @@ mod tests {
             !map.contains_key(&TokenHash::of(&first).0),
             "the oldest app session went"
         );
-        drop(map);
-        drop(registry);
     }
 
     #[test]
