@@ -4,7 +4,8 @@
 //! p50/p99 latency and the ratios b/a and c/a.
 //!
 //! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
-//! default 5 per target).
+//! default 5 per target; `BENCH_ONLY=ingest` or `BENCH_ONLY=ping` runs that target alone,
+//! for a profiler).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,12 +152,25 @@ fn main() {
 
         println!("ingest benchmark: {connections} keep-alive connections, {seconds} s per target, loopback, same process");
         let body = r#"{"event":"bench-event","weight":3,"user_id":42}"#;
+        let ping = std::fs::read_to_string(dir.path().join("data/tokens/heartbeat-bench-job.url")).expect("ping url");
+        match std::env::var("BENCH_ONLY").as_deref() {
+            Ok("ingest") => {
+                let b = drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await;
+                report("(b) ingest, durable", &b);
+                return;
+            }
+            Ok("ping") => {
+                let c = drive(ping.trim().to_string(), None, "", connections, seconds).await;
+                report("(c) ping, durable", &c);
+                return;
+            }
+            _ => {}
+        }
         let a = drive(format!("http://{noop_addr}/api/v1/heartbeat"), None, body, connections, seconds).await;
         report("(a) no-op handler", &a);
         let b = drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await;
         report("(b) ingest, durable", &b);
         println!("ratio b/a: {:.2}", b.rate() / a.rate());
-        let ping = std::fs::read_to_string(dir.path().join("data/tokens/heartbeat-bench-job.url")).expect("ping url");
         let c = drive(ping.trim().to_string(), None, "", connections, seconds).await;
         report("(c) ping, durable", &c);
         println!("ratio c/a: {:.2}", c.rate() / a.rate());

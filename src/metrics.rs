@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -54,7 +54,9 @@ type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
 /// Process-wide metrics.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Route template → method → status → count. Nested so that counting a request that
+    /// was seen before takes a shared lock and allocates nothing.
+    requests: RwLock<BTreeMap<String, BTreeMap<String, BTreeMap<u16, AtomicU64>>>>,
     /// Time from request arrival to durable acknowledgement on the ingest route.
     pub ingest_latency: Histogram,
     /// Events stored since the process started.
@@ -78,9 +80,25 @@ pub fn label(v: &str) -> String {
 impl Metrics {
     /// Counts one answered request by route template (never the raw path: it may hold a token).
     pub fn record_request(&self, route: &str, method: &str, status: u16) {
-        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((route.to_string(), method.to_string(), status))
-            .or_insert(0) += 1;
+        {
+            let map = self.requests.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map
+                .get(route)
+                .and_then(|m| m.get(method))
+                .and_then(|m| m.get(&status))
+            {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut map = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(route.to_string())
+            .or_default()
+            .entry(method.to_string())
+            .or_default()
+            .entry(status)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Adds a family rendered by another module at scrape time.
@@ -96,21 +114,22 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP hartslag_http_requests_total HTTP requests answered, by route template, method and status.\n");
         out.push_str("# TYPE hartslag_http_requests_total counter\n");
-        for ((route, method, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "hartslag_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {}",
-                label(route),
-                label(method),
-                status,
-                n
-            );
+        let requests = self.requests.read().unwrap_or_else(|p| p.into_inner());
+        for (route, methods) in requests.iter() {
+            for (method, statuses) in methods {
+                for (status, n) in statuses {
+                    let _ = writeln!(
+                        out,
+                        "hartslag_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {}",
+                        label(route),
+                        label(method),
+                        status,
+                        n.load(Ordering::Relaxed)
+                    );
+                }
+            }
         }
+        drop(requests);
         self.ingest_latency.render(
             "hartslag_ingest_duration_seconds",
             "Time to validate and durably store one event.",

@@ -150,7 +150,7 @@ impl Core {
     }
 
     fn app_state(&self) -> AppState {
-        AppState {
+        AppState::new(api::Shared {
             registry: self.registry.clone(),
             events: self.events.clone(),
             engine: self.engine.clone(),
@@ -159,7 +159,7 @@ impl Core {
             ready: self.ready.clone(),
             directory: self.directory.clone(),
             rate_limit: self.rate_limit.clone(),
-        }
+        })
     }
 
     /// Deletes raw events past each application's retention, now and then every `every`.

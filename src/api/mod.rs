@@ -20,9 +20,27 @@ use crate::metrics::Metrics;
 use crate::registry::{AppInfo, Registry};
 use crate::store::events::EventWriter;
 
-/// Everything request handlers share.
+/// Everything request handlers share, behind one `Arc`: axum clones the state for every
+/// request, and one reference count is cheaper than one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the shared parts for the router.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// Applications and tokens.
     pub registry: Registry,
     /// The ingest writer.
@@ -103,15 +121,13 @@ pub fn authenticate_app(state: &AppState, headers: &HeaderMap) -> Result<Arc<App
 }
 
 async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    // `MatchedPath` and `Method` clone without allocating.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let started = Instant::now();
     let res = next.run(req).await;
-    metrics.record_request(&route, &method, res.status().as_u16());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.record_request(route, method.as_str(), res.status().as_u16());
     tracing::debug!(%route, %method, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
     res
 }
