@@ -21,7 +21,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    hartslag::tune_allocator();
     let n: usize = std::env::var("BENCH_MONITORS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -112,7 +112,6 @@ fn report(name: &str, o: &Outcome) {
 }
 
 fn main() {
-    hartslag::tune_allocator();
     let connections: usize = std::env::var("BENCH_CONNECTIONS")
         .ok()
         .and_then(|v| v.parse().ok())

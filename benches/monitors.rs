@@ -33,7 +33,6 @@ fn rss_mb() -> f64 {
 }
 
 fn main() {
-    hartslag::tune_allocator();
     let n: usize = std::env::var("BENCH_MONITORS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -133,7 +133,6 @@ impl Common {
 }
 
 fn main() -> ExitCode {
-    hartslag::tune_allocator();
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -51,12 +51,15 @@ impl Histogram {
 
 type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
 
+/// Request counts of one route template: method → status → count.
+type RouteCounts = BTreeMap<String, BTreeMap<u16, AtomicU64>>;
+
 /// Process-wide metrics.
 #[derive(Default)]
 pub struct Metrics {
     /// Route template → method → status → count. Nested so that counting a request that
     /// was seen before takes a shared lock and allocates nothing.
-    requests: RwLock<BTreeMap<String, BTreeMap<String, BTreeMap<u16, AtomicU64>>>>,
+    requests: RwLock<BTreeMap<String, RouteCounts>>,
     /// Time from request arrival to durable acknowledgement on the ingest route.
     pub ingest_latency: Histogram,
     /// Events stored since the process started.

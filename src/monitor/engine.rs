@@ -1,18 +1,17 @@
 //! The monitor engine: owns every monitor's state, applies signals and deadlines through
 //! the pure state machine, persists the result and hands alerts to the outbox.
 //!
-//! One engine thread serialises all changes, so a monitor is never updated twice at once;
-//! a ping's state change and its history record are one atomic sled batch, and a change
-//! that alerts is one transaction with its outbox records, so a crash can never lose an
-//! alert or send one twice. Readers use an in-memory snapshot and never touch sled.
+//! One engine thread serialises all changes, so a monitor is never updated twice at once.
+//! A round of commands (pings, deadlines, edits) is one commit-log record: state changes,
+//! ping history, timeline entries and the alerts they queue are durable together, so a
+//! crash can never lose an alert or send one twice. Readers use an in-memory snapshot and
+//! never touch sled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::ConflictableTransactionError;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::schedule::{self, Clock, SchedulerHandle};
@@ -20,6 +19,7 @@ use super::state::{self, DownReason, Effect, MonitorState, Signal, State, Timing
 use crate::alert::message::{Alert, AlertKind, Target, human_duration};
 use crate::alert::outbox::{self, Outbox};
 use crate::store::Committer;
+use crate::store::wal::Write;
 use crate::token::TokenHash;
 
 /// Errors of the engine.
@@ -384,7 +384,7 @@ fn describe_down(reason: DownReason, m: &Monitor, at: Timestamp) -> String {
 
 type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
-/// Changes staged by one round of commands, written together and flushed once.
+/// Changes staged by one round of commands, made durable together.
 #[derive(Default)]
 struct Pending {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
@@ -392,7 +392,7 @@ struct Pending {
     done: Vec<Done>,
 }
 
-/// Most commands handled in one round (one sled write, one flush).
+/// Most commands handled in one round (one commit-log record).
 const MAX_ROUND: usize = 1024;
 
 impl Worker {
@@ -547,61 +547,37 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes a round: one atomic batch, or one transaction with the outbox when it alerts.
+    /// Writes a round as one commit-log record (monitor state, pings, timeline and the
+    /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
+    /// next round reads what this one wrote; commands gather meanwhile.
     fn write(&self, pending: Pending) {
         if pending.done.is_empty() && pending.ops.is_empty() {
             return;
         }
-        let result = if pending.alerts.is_empty() {
-            let mut batch = sled::Batch::default();
-            for (k, v) in pending.ops {
-                match v {
-                    Some(v) => batch.insert(k, v),
-                    None => batch.remove(k),
-                }
-            }
-            self.tree.apply_batch(batch).map_err(|e| e.to_string())
-        } else {
-            (&self.tree, self.outbox.pending_tree())
-                .transaction(|(t, o)| {
-                    for (k, v) in &pending.ops {
-                        match v {
-                            Some(v) => t.insert(k.as_slice(), v.as_slice())?,
-                            None => t.remove(k.as_slice())?,
-                        };
-                    }
-                    for (k, v) in &pending.alerts {
-                        if o.get(k)?.is_none() {
-                            o.insert(k.as_slice(), v.as_slice())?;
-                        }
-                    }
-                    Ok::<(), ConflictableTransactionError<String>>(())
-                })
-                .map_err(|e| e.to_string())
-        };
-        let done = pending.done;
-        match result {
-            Ok(()) => {
-                let outbox = (!pending.alerts.is_empty()).then(|| self.outbox.clone());
-                self.committer.flush_then(Box::new(move |r| {
-                    if let Some(o) = outbox {
-                        o.wake();
-                    }
-                    let msg = r.as_ref().err().map(|e| e.to_string());
-                    for d in done {
-                        d(match &msg {
-                            None => Ok(()),
-                            Some(m) => Err(EngineError::Write(m.clone())),
-                        });
-                    }
-                }));
-            }
-            Err(msg) => {
-                tracing::error!(error = %msg, "writing monitor state failed");
-                for d in done {
-                    d(Err(EngineError::Write(msg.clone())));
-                }
-            }
+        let alerts = !pending.alerts.is_empty();
+        let mut writes: Vec<Write> = pending
+            .ops
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => Write::put(&self.tree, k, v),
+                None => Write::remove(&self.tree, k),
+            })
+            .collect();
+        writes.extend(
+            pending
+                .alerts
+                .into_iter()
+                .map(|(k, v)| Write::put_if_absent(self.outbox.pending_tree(), k, v)),
+        );
+        let result = self.committer.log_blocking(writes).map_err(|e| {
+            tracing::error!(error = %e, "writing monitor state failed");
+            e.to_string()
+        });
+        if alerts && result.is_ok() {
+            self.outbox.wake();
+        }
+        for d in pending.done {
+            d(result.clone().map_err(EngineError::Write));
         }
     }
 

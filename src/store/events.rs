@@ -1,11 +1,12 @@
 //! Raw events and their rollups: the ingest writer, stats queries, export and retention.
 //!
 //! Every event writes six records (raw, daily rollup, per-user daily rollup, total,
-//! per-user total, hourly rollup) into the events tree; rollups are merged per batch. A single writer task owns the rollup counters, so
-//! it can read-modify-write them without conflicts, and applies each batch of events as
-//! one atomic sled batch: the rollups always agree with the raw events, even after a
-//! crash. It then hands the batch to the group committer; requests are answered only after
-//! the flush.
+//! per-user total, hourly rollup) into the events tree; rollups are merged per batch. A
+//! single writer thread owns the rollup counters, so it can read-modify-write them without
+//! conflicts. Each batch of events becomes one commit-log record (raw events and every
+//! rollup they touch, as absolute values), so the rollups always agree with the raw events,
+//! even after a crash. The writer waits until the committer has made the record durable
+//! and applied it, then answers the batch; while it waits, the next batch gathers.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,10 +14,11 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{self, EventValue, Family, Tally};
+use super::wal::Write;
 use super::{Store, StoreError};
 use crate::ingest::periods::{Periods, date_from_key, date_key};
 
-/// Largest number of events applied in one transaction.
+/// Largest number of events written in one record.
 const MAX_BATCH: usize = 1024;
 
 /// An event ready to be written: validated, timestamped and dated in its app's zone.
@@ -37,15 +39,15 @@ struct Job {
     ack: oneshot::Sender<Result<(), String>>,
 }
 
-/// Handle to the single ingest writer task.
+/// Handle to the single ingest writer thread.
 #[derive(Clone, Debug)]
 pub struct EventWriter {
     tx: mpsc::Sender<Job>,
 }
 
 impl EventWriter {
-    /// Starts the writer thread for `store`. A dedicated OS thread applies batches (sled
-    /// calls block) without a hand-off per batch; the group committer then answers them.
+    /// Starts the writer thread for `store`. A dedicated OS thread, because sled calls and
+    /// the wait for the committer block; the committer makes each batch durable.
     pub fn spawn(store: Store) -> Result<Self, StoreError> {
         let (tx, mut rx) = mpsc::channel::<Job>(8192);
         std::thread::Builder::new()
@@ -61,22 +63,15 @@ impl EventWriter {
                         }
                     }
                     let writes: Vec<&EventWrite> = batch.iter().map(|j| &j.write).collect();
-                    let applied = store.apply_events(&writes);
-                    let acks: Vec<_> = batch.drain(..).map(|j| j.ack).collect();
-                    match applied {
-                        Ok(()) => store.committer().flush_then(Box::new(move |res| {
-                            let res = res.map_err(|e| e.to_string());
-                            for a in acks {
-                                let _ = a.send(res.clone());
-                            }
-                        })),
-                        Err(e) => {
+                    let result = store
+                        .event_writes(&writes)
+                        .and_then(|w| Ok(store.committer().log_blocking(w)?))
+                        .map_err(|e| {
                             tracing::error!(error = %e, "writing a batch of events failed");
-                            let msg = e.to_string();
-                            for a in acks {
-                                let _ = a.send(Err(msg.clone()));
-                            }
-                        }
+                            e.to_string()
+                        });
+                    for job in batch.drain(..) {
+                        let _ = job.ack.send(result.clone());
                     }
                 }
             })
@@ -84,7 +79,7 @@ impl EventWriter {
         Ok(Self { tx })
     }
 
-    /// Stores one event durably; returns once it is flushed to disk.
+    /// Stores one event durably; returns once it is on disk and visible to queries.
     pub async fn write(&self, write: EventWrite) -> Result<(), StoreError> {
         let (ack, rx) = oneshot::channel();
         self.tx
@@ -154,9 +149,10 @@ fn add_delta(map: &mut HashMap<Vec<u8>, Tally>, key: Vec<u8>, weight: i64) {
 }
 
 impl Store {
-    /// Applies a batch atomically: raw events plus every rollup they touch.
-    pub(crate) fn apply_events(&self, writes: &[&EventWrite]) -> Result<(), StoreError> {
-        let mut raw = Vec::with_capacity(writes.len());
+    /// The writes for a batch: raw events plus every rollup they touch, with the rollups'
+    /// new absolute values (so the record replays to the same result however often).
+    pub(crate) fn event_writes(&self, writes: &[&EventWrite]) -> Result<Vec<Write>, StoreError> {
+        let mut out = Vec::with_capacity(writes.len() + 8);
         let mut rollups = HashMap::new();
         let mut user_rollups = HashMap::new();
         let mut totals = HashMap::new();
@@ -164,8 +160,9 @@ impl Store {
         let mut hours = HashMap::new();
         for w in writes {
             let seq = self.db.generate_id()?;
-            raw.push((
-                keys::event_key(w.app, keys::micros(w.at), seq),
+            out.push(Write::put(
+                &self.events,
+                keys::event_key(w.app, keys::micros(w.at), seq).to_vec(),
                 w.value.encode(),
             ));
             let v = &w.value;
@@ -197,10 +194,6 @@ impl Store {
                 );
             }
         }
-        let mut batch = sled::Batch::default();
-        for (k, v) in raw {
-            batch.insert(&k[..], v);
-        }
         for deltas in [rollups, user_rollups, totals, user_totals, hours] {
             for (k, d) in deltas {
                 let mut t = self
@@ -209,11 +202,10 @@ impl Store {
                     .map(|b| Tally::decode(&b))
                     .unwrap_or_default();
                 t.add(d);
-                batch.insert(k, &t.encode()[..]);
+                out.push(Write::put(&self.events, k, t.encode().to_vec()));
             }
         }
-        self.events.apply_batch(batch)?;
-        Ok(())
+        Ok(out)
     }
 
     /// Counts and weight sums for today, this week, this month and total, from rollups only.
@@ -332,7 +324,9 @@ impl Store {
     }
 
     /// Deletes an application's raw events and hourly rollups older than `cutoff`; daily
-    /// rollups and totals stay, so every period and `total` stay exact.
+    /// rollups and totals stay, so every period and `total` stay exact. These deletes bypass
+    /// the commit log: after a crash, a replay may bring back a few events that were past
+    /// retention already, and the next pass deletes them again.
     pub fn purge_events_before(&self, app: u64, cutoff: Timestamp) -> Result<usize, StoreError> {
         let lo = keys::event_bound(app, i64::MIN).to_vec();
         let hi = keys::event_bound(app, keys::micros(cutoff)).to_vec();

@@ -2,8 +2,8 @@
 //!
 //! Keys are big-endian with signed numbers bias-flipped, so sled's byte order is the order
 //! queries want: by application, then time (events) or date (rollups). Raw events and all
-//! their rollups live in one tree, told apart by a leading family byte, so one atomic
-//! `apply_batch` stores an event together with every counter it changes. Values are small
+//! their rollups live in one tree, told apart by a leading family byte; one commit-log
+//! record stores a batch of events together with every counter it changes. Values are small
 //! fixed layouts rather than JSON because the ingest path writes six of them per event.
 
 use jiff::Timestamp;

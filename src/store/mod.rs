@@ -1,13 +1,14 @@
 //! Durable state on sled: events, rollups, applications and the token index.
 //!
 //! One `Store` per process (sled allows one opener). Hot write paths go through
-//! single-writer tasks and the group committer, so an acknowledged write is on disk and
-//! concurrent requests share fsyncs.
+//! single-writer threads and the group committer's commit log ([`wal`]), so an
+//! acknowledged write is on disk and concurrent requests share one fsync.
 
 pub mod apps;
 pub mod commit;
 pub mod events;
 pub mod keys;
+pub mod wal;
 
 use std::path::Path;
 
@@ -91,8 +92,13 @@ impl Store {
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::HighThroughput)
             .open()?;
-        let committer =
-            Committer::spawn(db.clone()).map_err(|e| StoreError::Thread(e.to_string()))?;
+        let (committer, replayed) = Committer::spawn(db.clone(), dir)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "applied acknowledged writes from the commit log that the database had not flushed before the last stop"
+            );
+        }
         Ok(Self {
             events: db.open_tree("events")?,
             apps: db.open_tree("apps")?,

@@ -1,0 +1,449 @@
+//! The commit log: how a hot write becomes durable without a sled flush per group.
+//!
+//! A sled flush is costly for small groups: every one wakes sled's whole IO thread pool,
+//! and an atomic sled batch forces two more log writes of its own. So the hot paths
+//! (events, pings, monitor state) describe their changes as a list of [`Write`]s; the group
+//! committer appends the lists of every waiting writer to this file as checksummed
+//! records, makes them durable with one `fdatasync`, and only then applies them to sled as
+//! plain inserts. sled writes them out in the background.
+//!
+//! Nothing reaches sled before its record is on disk, and a record replays to the same
+//! result however much of it sled had already kept: every write is an absolute put or
+//! remove (or a put-if-absent), and each key has a single writer. So at startup the
+//! records are applied again in order, sled is flushed, and the file is emptied. The same
+//! happens at a checkpoint (a size bound, an idle period, or any explicit flush): after a
+//! sled flush every applied record is in sled, and the log starts over.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+
+/// File name of the log inside the database directory.
+pub const FILE_NAME: &str = "hartslag-commit.log";
+
+/// Bytes before a record's payload: its length and its CRC-32.
+const HEADER: usize = 8;
+
+/// Largest payload a record may declare; anything larger is a torn or corrupt header.
+const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+/// What a write does to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets the value.
+    Put(Vec<u8>),
+    /// Deletes the key.
+    Remove,
+    /// Sets the value unless the key exists: a queued alert is created once, and neither a
+    /// second staging nor a replay replaces one that is already queued.
+    PutIfAbsent(Vec<u8>),
+}
+
+/// One change to one key of one tree.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The tree it goes to.
+    pub tree: sled::Tree,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The change.
+    pub op: Op,
+}
+
+impl Write {
+    /// Sets `key` to `value` in `tree`.
+    pub fn put(tree: &sled::Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            tree: tree.clone(),
+            key: key.into(),
+            op: Op::Put(value.into()),
+        }
+    }
+
+    /// Deletes `key` from `tree`.
+    pub fn remove(tree: &sled::Tree, key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            tree: tree.clone(),
+            key: key.into(),
+            op: Op::Remove,
+        }
+    }
+
+    /// Sets `key` to `value` in `tree` unless it is there already.
+    pub fn put_if_absent(
+        tree: &sled::Tree,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
+        Self {
+            tree: tree.clone(),
+            key: key.into(),
+            op: Op::PutIfAbsent(value.into()),
+        }
+    }
+
+    /// Applies this write to sled (not durable by itself).
+    pub fn apply(&self) -> sled::Result<()> {
+        apply_one(&self.tree, &self.key, &self.op)
+    }
+}
+
+fn apply_one(tree: &sled::Tree, key: &[u8], op: &Op) -> sled::Result<()> {
+    match op {
+        Op::Put(v) => {
+            tree.insert(key, v.as_slice())?;
+        }
+        Op::Remove => {
+            tree.remove(key)?;
+        }
+        Op::PutIfAbsent(v) => {
+            // A compare-and-swap, so a consumer removing the key at the same moment is
+            // never overwritten by a stale check.
+            let _ = tree.compare_and_swap(key, None::<&[u8]>, Some(v.as_slice()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why the log could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Reading, writing or syncing the file failed.
+    #[error("commit log {path}: {source}")]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// Applying a replayed record to sled failed.
+    #[error("replaying the commit log into the database failed: {0}")]
+    Replay(#[from] sled::Error),
+}
+
+const TAG_PUT: u8 = 1;
+const TAG_REMOVE: u8 = 2;
+const TAG_PUT_IF_ABSENT: u8 = 3;
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Lengths are bounded by the request body limit and sled's own limits, far below 4 GiB.
+    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Appends one record holding `writes` (applied together on replay) to `out`.
+pub fn encode_record(writes: &[Write], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER]);
+    out.extend_from_slice(
+        &u32::try_from(writes.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for w in writes {
+        let (tag, value): (u8, &[u8]) = match &w.op {
+            Op::Put(v) => (TAG_PUT, v),
+            Op::Remove => (TAG_REMOVE, &[]),
+            Op::PutIfAbsent(v) => (TAG_PUT_IF_ABSENT, v),
+        };
+        out.push(tag);
+        put_bytes(out, &w.tree.name());
+        put_bytes(out, &w.key);
+        if tag != TAG_REMOVE {
+            put_bytes(out, value);
+        }
+    }
+    let payload = &out[start + HEADER..];
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A write read back from the log: the tree by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedWrite {
+    /// Name of the tree.
+    pub tree: Vec<u8>,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The change.
+    pub op: Op,
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = usize::try_from(self.u32()?).ok()?;
+        self.take(n).map(<[u8]>::to_vec)
+    }
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedWrite>> {
+    let mut c = Cursor(payload);
+    let n = c.u32()?;
+    let mut writes = Vec::with_capacity(usize::try_from(n).ok()?.min(4096));
+    for _ in 0..n {
+        let tag = c.take(1)?[0];
+        let tree = c.bytes()?;
+        let key = c.bytes()?;
+        let op = match tag {
+            TAG_PUT => Op::Put(c.bytes()?),
+            TAG_REMOVE => Op::Remove,
+            TAG_PUT_IF_ABSENT => Op::PutIfAbsent(c.bytes()?),
+            _ => return None,
+        };
+        writes.push(LoggedWrite { tree, key, op });
+    }
+    c.0.is_empty().then_some(writes)
+}
+
+/// Every whole, intact record in `bytes`, and how many bytes they take. Reading stops at
+/// the first short or damaged record: a crash can only tear the tail, since each group is
+/// appended and synced before the next one starts.
+pub fn decode_records(bytes: &[u8]) -> (Vec<Vec<LoggedWrite>>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= HEADER {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let crc = u32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let Ok(len) = usize::try_from(len) else { break };
+        if len > MAX_RECORD || bytes.len() - at - HEADER < len {
+            break;
+        }
+        let payload = &bytes[at + HEADER..at + HEADER + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(writes) = decode_payload(payload) else {
+            break;
+        };
+        records.push(writes);
+        at += HEADER + len;
+    }
+    (records, at)
+}
+
+/// The open log file.
+#[derive(Debug)]
+pub struct Log {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl Log {
+    fn io(&self, source: std::io::Error) -> WalError {
+        WalError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens the log in `dir`, applies whatever it holds to `db` (the writes of a process
+    /// that stopped before its last checkpoint), makes that durable in sled and empties the
+    /// log. Returns the log and how many records were replayed.
+    pub fn open(dir: &Path, db: &sled::Db) -> Result<(Self, usize), WalError> {
+        let path = dir.join(FILE_NAME);
+        let err = |source| WalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(err)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(err)?;
+        let (records, used) = decode_records(&bytes);
+        if used < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() - used,
+                "the commit log ends in an incomplete record (a write cut short by a crash); it was never acknowledged and is dropped"
+            );
+        }
+        let mut trees = std::collections::HashMap::<Vec<u8>, sled::Tree>::new();
+        for record in &records {
+            for w in record {
+                let tree = match trees.get(&w.tree) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = db.open_tree(&w.tree)?;
+                        trees.insert(w.tree.clone(), t.clone());
+                        t
+                    }
+                };
+                apply_one(&tree, &w.key, &w.op)?;
+            }
+        }
+        let mut log = Self {
+            file,
+            path,
+            len: bytes.len() as u64,
+        };
+        if !bytes.is_empty() {
+            db.flush()?;
+            log.reset()?;
+        }
+        // The file's directory entry must survive a crash too.
+        if let Some(parent) = log.path.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| log.io(e))?;
+        }
+        Ok((log, records.len()))
+    }
+
+    /// Appends `buf` (whole records) and waits until it is on disk.
+    pub fn append(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        self.file.write_all(buf).map_err(|e| self.io(e))?;
+        self.file.sync_data().map_err(|e| self.io(e))?;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Empties the log; call only once sled has flushed everything applied from it.
+    pub fn reset(&mut self) -> Result<(), WalError> {
+        self.file.set_len(0).map_err(|e| self.io(e))?;
+        self.file.sync_data().map_err(|e| self.io(e))?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// Bytes written since the last reset.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written since the last reset.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let (_d, db) = db();
+        let t = db.open_tree("events").unwrap();
+        let writes = vec![
+            Write::put(&t, b"k1".to_vec(), b"v1".to_vec()),
+            Write::remove(&t, b"k2".to_vec()),
+            Write::put_if_absent(&t, b"k3".to_vec(), Vec::new()),
+        ];
+        let mut buf = Vec::new();
+        encode_record(&writes, &mut buf);
+        encode_record(&writes[..1], &mut buf);
+        let (records, used) = decode_records(&buf);
+        assert_eq!(used, buf.len());
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].len(), 3);
+        assert_eq!(records[0][0].tree, b"events");
+        assert_eq!(records[0][1].op, Op::Remove);
+        assert_eq!(records[0][2].op, Op::PutIfAbsent(Vec::new()));
+        assert_eq!(records[1][0].key, b"k1");
+    }
+
+    #[test]
+    fn a_torn_or_damaged_tail_stops_reading_at_the_last_whole_record() {
+        let (_d, db) = db();
+        let t = db.open_tree("t").unwrap();
+        let mut buf = Vec::new();
+        encode_record(&[Write::put(&t, b"a".to_vec(), b"1".to_vec())], &mut buf);
+        let first = buf.len();
+        encode_record(&[Write::put(&t, b"b".to_vec(), b"2".to_vec())], &mut buf);
+        for cut in first..buf.len() {
+            let (records, used) = decode_records(&buf[..cut]);
+            assert_eq!((records.len(), used), (1, first), "cut at {cut}");
+        }
+        let mut damaged = buf.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        assert_eq!(decode_records(&damaged).1, first);
+        let mut zeros = buf[..first].to_vec();
+        zeros.extend_from_slice(&[0u8; 64]);
+        assert_eq!(decode_records(&zeros).1, first);
+    }
+
+    #[test]
+    fn open_replays_every_record_in_order_then_empties_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let t = db.open_tree("t").unwrap();
+            let (mut log, replayed) = Log::open(dir.path(), &db).unwrap();
+            assert_eq!(replayed, 0);
+            let mut buf = Vec::new();
+            encode_record(&[Write::put(&t, b"a".to_vec(), b"1".to_vec())], &mut buf);
+            encode_record(
+                &[
+                    Write::put(&t, b"a".to_vec(), b"2".to_vec()),
+                    Write::put(&t, b"b".to_vec(), b"x".to_vec()),
+                    Write::put_if_absent(&t, b"q".to_vec(), b"first".to_vec()),
+                ],
+                &mut buf,
+            );
+            encode_record(
+                &[
+                    Write::remove(&t, b"b".to_vec()),
+                    Write::put_if_absent(&t, b"q".to_vec(), b"second".to_vec()),
+                ],
+                &mut buf,
+            );
+            // Half of a fourth record: a crash in the middle of a write.
+            let mut torn = Vec::new();
+            encode_record(
+                &[Write::put(&t, b"c".to_vec(), b"never".to_vec())],
+                &mut torn,
+            );
+            buf.extend_from_slice(&torn[..torn.len() / 2]);
+            log.append(&buf).unwrap();
+            // sled holds nothing of it: the process "dies" before applying.
+            assert!(t.is_empty());
+        }
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (log, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 3);
+        assert!(log.is_empty());
+        let t = db.open_tree("t").unwrap();
+        assert_eq!(t.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(t.get(b"b").unwrap(), None);
+        assert_eq!(t.get(b"q").unwrap().as_deref(), Some(&b"first"[..]));
+        assert_eq!(t.get(b"c").unwrap(), None);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
+            0
+        );
+        // Replaying on top of state that already holds the records changes nothing.
+        drop(log);
+        let (_, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 0);
+        assert_eq!(t.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+}
