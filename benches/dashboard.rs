@@ -7,6 +7,8 @@
 //!
 //! `cargo bench --bench dashboard`
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,14 +23,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_MONITORS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let requests: usize = std::env::var("BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let n: usize = common::env_or("BENCH_MONITORS", 10_000);
+    let requests: usize = common::env_or("BENCH_REQUESTS", 300);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

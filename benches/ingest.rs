@@ -7,6 +7,8 @@
 //! default 5 per target; `BENCH_ONLY=ingest` or `BENCH_ONLY=ping` runs that target alone,
 //! for a profiler).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -112,14 +114,8 @@ fn report(name: &str, o: &Outcome) {
 }
 
 fn main() {
-    let connections: usize = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let connections: usize = common::env_or("BENCH_CONNECTIONS", 64);
+    let seconds: u64 = common::env_or("BENCH_SECONDS", 5);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,6 +5,8 @@
 //!
 //! `cargo bench --bench monitors`
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -33,14 +35,8 @@ fn rss_mb() -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("BENCH_MONITORS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let interval: u64 = std::env::var("BENCH_INTERVAL_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let n: usize = common::env_or("BENCH_MONITORS", 100_000);
+    let interval: u64 = common::env_or("BENCH_INTERVAL_SECS", 20);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

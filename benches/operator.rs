@@ -7,6 +7,8 @@
 //!
 //! `eval "$(bash tests/cluster/cluster.sh env)"; cargo bench --bench operator`
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,17 +74,9 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let n: usize = std::env::var("BENCH_HEARTBEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = common::env_or("BENCH_HEARTBEATS", 1000);
     let flappers = (n / 50).max(1);
-    let window = Duration::from_secs(
-        std::env::var("BENCH_SECONDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(30),
-    );
+    let window = Duration::from_secs(common::env_or("BENCH_SECONDS", 30));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
