@@ -1,8 +1,9 @@
 //! Raw events and their rollups: the ingest writer, stats queries, export and retention.
 //!
-//! Every event writes six records (raw, daily rollup, per-user daily rollup, total,
-//! per-user total, hourly rollup) into the events tree; rollups are merged per batch. A
-//! single writer thread owns the rollup counters, so it can read-modify-write them without
+//! Every event counts in five rollups (daily, per-user daily, total, per-user total,
+//! hourly), merged per batch, and is stored raw in a block: one value holding a batch's
+//! events of one application that lie within [`keys::BLOCK_SPAN_MICROS`] of each other, so
+//! a batch costs a few sled inserts rather than one per event. A single writer thread owns the rollup counters, so it can read-modify-write them without
 //! conflicts. Each batch of events becomes one commit-log record (raw events and every
 //! rollup they touch, as absolute values), so the rollups always agree with the raw events,
 //! even after a crash. The writer waits until the committer has made the record durable
@@ -141,6 +142,143 @@ pub struct ExportedEvent {
     pub value: EventValue,
 }
 
+/// Cuts one application's events, sorted by time, into stored blocks: each at most
+/// [`keys::BLOCK_MAX_EVENTS`] long and spanning at most [`keys::BLOCK_SPAN_MICROS`].
+fn split_blocks<'a, 'e>(events: &'a [(i64, &'e EventValue)]) -> Vec<&'a [(i64, &'e EventValue)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let first = events[start].0;
+        let mut end = start + 1;
+        while end < events.len()
+            && end - start < keys::BLOCK_MAX_EVENTS
+            && events[end].0 - first <= keys::BLOCK_SPAN_MICROS
+        {
+            end += 1;
+        }
+        out.push(&events[start..end]);
+        start = end;
+    }
+    out
+}
+
+/// Application, first event's micros and sequence of a raw-event key.
+fn block_key(k: &[u8]) -> Option<(i64, u64)> {
+    let (_, first) = keys::parse_event_key(k)?;
+    let seq = u64::from_be_bytes(k.get(17..25)?.try_into().ok()?);
+    Some((first, seq))
+}
+
+/// An event read from a block, waiting until no later block can hold an earlier one.
+struct Pending {
+    at: i64,
+    seq: u64,
+    index: usize,
+    value: EventValue,
+}
+
+impl Pending {
+    fn order(&self) -> (i64, u64, usize) {
+        (self.at, self.seq, self.index)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.order() == other.order()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order().cmp(&other.order())
+    }
+}
+
+/// Streams an application's events in time order (ties in the order they were stored).
+/// Blocks are keyed by their first event and reach at most [`keys::BLOCK_SPAN_MICROS`]
+/// further, so once a block starting at `t` is read, every pending event before `t` is
+/// final: memory holds only the events of blocks that overlap in time.
+struct ExportIter {
+    blocks: sled::Iter,
+    pending: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
+    frontier: i64,
+    done: bool,
+    from: i64,
+    to: i64,
+    filter: ExportFilter,
+}
+
+impl Iterator for ExportIter {
+    type Item = Result<ExportedEvent, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let ready = self
+                .pending
+                .peek()
+                .is_some_and(|p| self.done || p.0.at < self.frontier);
+            if ready {
+                let std::cmp::Reverse(p) = self.pending.pop()?;
+                match Timestamp::from_microsecond(p.at) {
+                    Ok(at) => {
+                        return Some(Ok(ExportedEvent { at, value: p.value }));
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if self.done {
+                return None;
+            }
+            let (k, v) = match self.blocks.next() {
+                None => {
+                    self.done = true;
+                    continue;
+                }
+                Some(Err(e)) => return Some(Err(StoreError::Sled(e))),
+                Some(Ok(kv)) => kv,
+            };
+            let Some((first, seq)) = block_key(&k) else {
+                continue;
+            };
+            self.frontier = first;
+            let Some(events) = keys::decode_events(first, &v) else {
+                return Some(Err(StoreError::Corrupt {
+                    what: "event".into(),
+                    detail: hex::encode(&k[..]),
+                }));
+            };
+            for (index, (at, value)) in events.into_iter().enumerate() {
+                if at < self.from
+                    || at >= self.to
+                    || self
+                        .filter
+                        .event
+                        .as_deref()
+                        .is_some_and(|e| e != value.event)
+                    || self
+                        .filter
+                        .user_id
+                        .is_some_and(|u| Some(u) != value.user_id)
+                {
+                    continue;
+                }
+                self.pending.push(std::cmp::Reverse(Pending {
+                    at,
+                    seq,
+                    index,
+                    value,
+                }));
+            }
+        }
+    }
+}
+
 fn add_delta(map: &mut HashMap<Vec<u8>, Tally>, key: Vec<u8>, weight: i64) {
     map.entry(key).or_default().add(Tally {
         count: 1,
@@ -158,13 +296,12 @@ impl Store {
         let mut totals = HashMap::new();
         let mut user_totals = HashMap::new();
         let mut hours = HashMap::new();
+        let mut by_app: HashMap<u64, Vec<(i64, &EventValue)>> = HashMap::new();
         for w in writes {
-            let seq = self.db.generate_id()?;
-            out.push(Write::put(
-                &self.events,
-                keys::event_key(w.app, keys::micros(w.at), seq).to_vec(),
-                w.value.encode(),
-            ));
+            by_app
+                .entry(w.app)
+                .or_default()
+                .push((keys::micros(w.at), &w.value));
             let v = &w.value;
             add_delta(
                 &mut rollups,
@@ -192,6 +329,19 @@ impl Store {
                     keys::total_key(w.app, Some(u), &v.event),
                     v.weight,
                 );
+            }
+        }
+        for (app, mut events) in by_app {
+            // Stable: events of the same microsecond keep their arrival order.
+            events.sort_by_key(|(at, _)| *at);
+            for block in split_blocks(&events) {
+                let first = block[0].0;
+                let seq = self.db.generate_id()?;
+                out.push(Write::put(
+                    &self.events,
+                    keys::event_key(app, first, seq).to_vec(),
+                    keys::encode_block(first, block.iter().copied()),
+                ));
             }
         }
         for deltas in [rollups, user_rollups, totals, user_totals, hours] {
@@ -296,41 +446,76 @@ impl Store {
         app: u64,
         filter: ExportFilter,
     ) -> impl Iterator<Item = Result<ExportedEvent, StoreError>> + Send + 'static {
-        let lo = keys::event_bound(app, filter.from.map(keys::micros).unwrap_or(i64::MIN));
+        let from = filter.from.map(keys::micros).unwrap_or(i64::MIN);
+        let to = filter.to.map(keys::micros).unwrap_or(i64::MAX);
+        // A block starting up to one span before `from` may still hold events after it.
+        let lo = keys::event_bound(app, from.saturating_sub(keys::BLOCK_SPAN_MICROS));
         let hi = match filter.to {
-            Some(to) => keys::event_bound(app, keys::micros(to)).to_vec(),
+            Some(_) => keys::event_bound(app, to).to_vec(),
             None => keys::events_end(app),
         };
-        self.events.range(lo.to_vec()..hi).filter_map(move |item| {
-            let (k, v) = match item {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(StoreError::Sled(e))),
-            };
-            let (_, micros) = keys::parse_event_key(&k)?;
-            let Some(value) = EventValue::decode(&v) else {
-                return Some(Err(StoreError::Corrupt {
-                    what: "event".into(),
-                    detail: hex::encode(&k[..]),
-                }));
-            };
-            if filter.event.as_deref().is_some_and(|e| e != value.event)
-                || filter.user_id.is_some_and(|u| Some(u) != value.user_id)
-            {
-                return None;
-            }
-            let at = Timestamp::from_microsecond(micros).ok()?;
-            Some(Ok(ExportedEvent { at, value }))
-        })
+        ExportIter {
+            blocks: self.events.range(lo.to_vec()..hi),
+            pending: std::collections::BinaryHeap::new(),
+            frontier: i64::MIN,
+            done: false,
+            from,
+            to,
+            filter,
+        }
     }
 
     /// Deletes an application's raw events and hourly rollups older than `cutoff`; daily
-    /// rollups and totals stay, so every period and `total` stay exact. These deletes bypass
-    /// the commit log: after a crash, a replay may bring back a few events that were past
-    /// retention already, and the next pass deletes them again.
+    /// rollups and totals stay, so every period and `total` stay exact. Blocks that end
+    /// before `cutoff` go whole; a block that straddles it keeps its later events. These
+    /// writes bypass the commit log: after a crash, a replay may bring back a few events
+    /// that were past retention already, and the next pass deletes them again. Returns the
+    /// number of events deleted.
     pub fn purge_events_before(&self, app: u64, cutoff: Timestamp) -> Result<usize, StoreError> {
+        let cut = keys::micros(cutoff);
+        let whole = cut.saturating_sub(keys::BLOCK_SPAN_MICROS);
+        let mut removed = 0;
         let lo = keys::event_bound(app, i64::MIN).to_vec();
-        let hi = keys::event_bound(app, keys::micros(cutoff)).to_vec();
-        let removed = self.purge_range(lo, hi)?;
+        let hi = keys::event_bound(app, whole).to_vec();
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for item in self.events.range(lo.clone()..hi.clone()).take(4096) {
+                let (k, v) = item?;
+                removed += keys::event_count_of(&v);
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            self.events.apply_batch(batch)?;
+        }
+        let mut batch = sled::Batch::default();
+        for item in self
+            .events
+            .range(hi.clone()..keys::event_bound(app, cut).to_vec())
+        {
+            let (k, v) = item?;
+            let Some((first, _)) = block_key(&k) else {
+                continue;
+            };
+            let Some(events) = keys::decode_events(first, &v) else {
+                continue;
+            };
+            let keep: Vec<(i64, &EventValue)> = events
+                .iter()
+                .filter(|(at, _)| *at >= cut)
+                .map(|(at, e)| (*at, e))
+                .collect();
+            removed += events.len() - keep.len();
+            if keep.is_empty() {
+                batch.remove(k);
+            } else if keep.len() < events.len() {
+                batch.insert(k, keys::encode_block(first, keep));
+            }
+        }
+        self.events.apply_batch(batch)?;
         let hour_lo = keys::hour_key(app, i64::MIN, "");
         let hour_hi = keys::hour_key(app, keys::hour_of(cutoff), "");
         self.purge_range(hour_lo, hour_hi)?;
@@ -378,29 +563,37 @@ impl Store {
     }
 
     /// Number of raw events an application holds (for metrics and tests).
-    pub fn event_count(&self, app: u64) -> usize {
-        self.events
+    pub fn event_count(&self, app: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self
+            .events
             .scan_prefix(keys::scope_prefix(Family::Event, app, None))
-            .count()
+            .values()
+        {
+            n += keys::event_count_of(&item?);
+        }
+        Ok(n)
     }
 
     /// Time of the newest stored event of an application.
     pub fn last_event_at(&self, app: u64) -> Result<Option<Timestamp>, StoreError> {
         let lo = keys::event_bound(app, i64::MIN);
-        match self
-            .events
-            .range(lo.to_vec()..keys::events_end(app))
-            .next_back()
-        {
-            Some(item) => {
-                let (k, _) = item?;
-                Ok(
-                    keys::parse_event_key(&k)
-                        .and_then(|(_, m)| Timestamp::from_microsecond(m).ok()),
-                )
+        let mut newest: Option<i64> = None;
+        for item in self.events.range(lo.to_vec()..keys::events_end(app)).rev() {
+            let (k, v) = item?;
+            let Some((first, _)) = block_key(&k) else {
+                continue;
+            };
+            // Blocks are keyed by their first event: one that starts more than a span
+            // before the newest event found cannot hold a newer one.
+            if newest.is_some_and(|m| first.saturating_add(keys::BLOCK_SPAN_MICROS) < m) {
+                break;
             }
-            None => Ok(None),
+            let last = keys::decode_events(first, &v)
+                .and_then(|events| events.iter().map(|(at, _)| *at).max());
+            newest = newest.max(last);
         }
+        Ok(newest.and_then(|m| Timestamp::from_microsecond(m).ok()))
     }
 
     /// Event counts per UTC hour in `[from_hour, to_hour)`, per event name (charts).
@@ -536,4 +729,152 @@ pub struct Bucket {
     pub event: String,
     /// Count and weight sum.
     pub tally: Tally,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn ev(name: &str, user: Option<i64>) -> EventValue {
+        EventValue {
+            event: name.into(),
+            weight: 1,
+            user_id: user,
+        }
+    }
+
+    fn at(micros: i64) -> Timestamp {
+        Timestamp::from_microsecond(micros).unwrap()
+    }
+
+    /// Writes one group commit's worth of events, as the ingest writer does.
+    fn batch(store: &Store, events: &[(u64, i64, &str)]) {
+        let writes: Vec<EventWrite> = events
+            .iter()
+            .map(|(app, micros, name)| EventWrite {
+                app: *app,
+                at: at(*micros),
+                date: 20240101,
+                value: ev(name, None),
+            })
+            .collect();
+        let refs: Vec<&EventWrite> = writes.iter().collect();
+        let w = store.event_writes(&refs).unwrap();
+        store.committer().log_blocking(w).unwrap();
+    }
+
+    fn names(store: &Store, app: u64, filter: ExportFilter) -> Vec<(i64, String)> {
+        store
+            .export(app, filter)
+            .map(|r| {
+                let e = r.unwrap();
+                (e.at.as_microsecond(), e.value.event)
+            })
+            .collect()
+    }
+
+    const T: i64 = 1_700_000_000_000_000;
+
+    #[tokio::test]
+    async fn export_merges_overlapping_blocks_into_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        // Batch 1 spans 0.9 s; batch 2 lands inside it; app 2 must not leak into app 1.
+        batch(
+            &store,
+            &[(1, T + 900_000, "c"), (1, T, "a"), (2, T + 1, "other")],
+        );
+        batch(&store, &[(1, T + 500_000, "b"), (1, T + 900_000, "c2")]);
+        // A value written before blocks existed (one event per key) still reads.
+        store
+            .events
+            .insert(
+                keys::event_key(1, T + 700_000, u64::MAX),
+                ev("old", Some(7)).encode(),
+            )
+            .unwrap();
+        // Out of the span of the first block: starts a block of its own.
+        batch(&store, &[(1, T + 3_000_000, "d"), (1, T - 5, "z")]);
+        assert_eq!(
+            names(&store, 1, ExportFilter::default()),
+            vec![
+                (T - 5, "z".to_string()),
+                (T, "a".into()),
+                (T + 500_000, "b".into()),
+                (T + 700_000, "old".into()),
+                (T + 900_000, "c".into()),
+                (T + 900_000, "c2".into()),
+                (T + 3_000_000, "d".into()),
+            ]
+        );
+        assert_eq!(store.event_count(1).unwrap(), 7);
+        assert_eq!(store.event_count(2).unwrap(), 1);
+        // Bounds that cut through blocks.
+        let f = ExportFilter {
+            from: Some(at(T + 500_000)),
+            to: Some(at(T + 900_000)),
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&store, 1, f),
+            vec![(T + 500_000, "b".into()), (T + 700_000, "old".into())]
+        );
+        let f = ExportFilter {
+            user_id: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(names(&store, 1, f), vec![(T + 700_000, "old".into())]);
+        assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 3_000_000)));
+    }
+
+    #[tokio::test]
+    async fn newest_event_may_sit_in_an_earlier_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        batch(&store, &[(1, T, "a"), (1, T + 800_000, "newest")]);
+        batch(&store, &[(1, T + 100_000, "b")]);
+        assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 800_000)));
+        assert_eq!(store.last_event_at(3).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn retention_cuts_through_a_block_and_keeps_its_later_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        batch(&store, &[(1, T - 10_000_000, "old")]);
+        batch(
+            &store,
+            &[(1, T - 300_000, "before"), (1, T + 200_000, "after")],
+        );
+        batch(&store, &[(1, T - 100, "just-before")]);
+        assert_eq!(store.purge_events_before(1, at(T)).unwrap(), 3);
+        assert_eq!(
+            names(&store, 1, ExportFilter::default()),
+            vec![(T + 200_000, "after".to_string())]
+        );
+        assert_eq!(store.purge_events_before(1, at(T)).unwrap(), 0);
+        // Totals are kept when raw events go.
+        let total = store
+            .events
+            .get(keys::total_key(1, None, "before"))
+            .unwrap()
+            .map(|v| Tally::decode(&v));
+        assert_eq!(total.map(|t| t.count), Some(1));
+    }
+
+    #[test]
+    fn blocks_respect_their_span_and_size() {
+        let e = ev("x", None);
+        let events: Vec<(i64, &EventValue)> = (0..600)
+            .map(|i| (i * 10, &e))
+            .chain([(2_000_000, &e), (3_000_001, &e)])
+            .collect();
+        let blocks = split_blocks(&events);
+        let sizes: Vec<usize> = blocks.iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![256, 256, 88, 1, 1]);
+        for b in blocks {
+            assert!(b[b.len() - 1].0 - b[0].0 <= keys::BLOCK_SPAN_MICROS);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! queries want: by application, then time (events) or date (rollups). Raw events and all
 //! their rollups live in one tree, told apart by a leading family byte; one commit-log
 //! record stores a batch of events together with every counter it changes. Values are small
-//! fixed layouts rather than JSON because the ingest path writes six of them per event.
+//! fixed layouts rather than JSON because the ingest path writes them for every batch.
 
 use jiff::Timestamp;
 
@@ -27,7 +27,8 @@ pub fn micros(ts: Timestamp) -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Family {
-    /// A raw event.
+    /// Raw events: a block of one application's events within [`BLOCK_SPAN_MICROS`] of
+    /// the key's time (or, as written before blocks, a single event).
     Event = 1,
     /// Count and weight per application, local date and event name.
     Rollup = 2,
@@ -125,6 +126,103 @@ impl EventValue {
             weight,
             user_id,
         })
+    }
+}
+
+/// Longest time, in microseconds, between the first and last event of one stored block.
+/// Bounds how far a block can reach past its key's time, which is what lets export merge
+/// blocks into time order while holding only the blocks of one such span, and retention
+/// drop a block by its key alone.
+pub const BLOCK_SPAN_MICROS: i64 = 1_000_000;
+
+/// Most events in one stored block, so a block's value stays a few kilobytes.
+pub const BLOCK_MAX_EVENTS: usize = 256;
+
+/// Version byte of a block of events (a single event's value starts with 1).
+const BLOCK_TAG: u8 = 2;
+
+/// Encodes events of one application, sorted by time, all within [`BLOCK_SPAN_MICROS`] of
+/// `first` (the time in the block's key), as one value:
+/// `[2][count u32][per event: delta u32, weight i64, has_user u8, (user i64), len u16, name]`,
+/// little-endian. One sled insert then stores a whole group commit's events of an
+/// application, instead of one insert per event.
+pub fn encode_block<'a>(
+    first: i64,
+    events: impl IntoIterator<Item = (i64, &'a EventValue)>,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    v.push(BLOCK_TAG);
+    v.extend_from_slice(&0u32.to_le_bytes());
+    let mut n: u32 = 0;
+    for (at, e) in events {
+        let delta = u32::try_from(at.saturating_sub(first)).unwrap_or(u32::MAX);
+        v.extend_from_slice(&delta.to_le_bytes());
+        v.extend_from_slice(&e.weight.to_le_bytes());
+        match e.user_id {
+            Some(u) => {
+                v.push(1);
+                v.extend_from_slice(&u.to_le_bytes());
+            }
+            None => v.push(0),
+        }
+        // Names are at most 255 characters (1 020 bytes), so the length fits a u16.
+        let name = e.event.as_bytes();
+        let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+        v.extend_from_slice(&len.to_le_bytes());
+        v.extend_from_slice(&name[..usize::from(len)]);
+        n += 1;
+    }
+    v[1..5].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// Decodes a stored value of the raw event family into `(micros, event)` pairs in time
+/// order: a block written by [`encode_block`], or a single event ([`EventValue::encode`])
+/// whose time is the key's. `None` for bytes neither wrote.
+pub fn decode_events(key_micros: i64, b: &[u8]) -> Option<Vec<(i64, EventValue)>> {
+    match b.first() {
+        Some(&BLOCK_TAG) => {}
+        _ => return EventValue::decode(b).map(|e| vec![(key_micros, e)]),
+    }
+    let n = u32::from_le_bytes(b.get(1..5)?.try_into().ok()?) as usize;
+    let mut out = Vec::with_capacity(n.min(BLOCK_MAX_EVENTS));
+    let mut rest = &b[5..];
+    let mut take = |len: usize| -> Option<&[u8]> {
+        let (head, tail) = (rest.get(..len)?, rest.get(len..)?);
+        rest = tail;
+        Some(head)
+    };
+    for _ in 0..n {
+        let delta = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let weight = i64::from_le_bytes(take(8)?.try_into().ok()?);
+        let user_id = match take(1)?[0] {
+            0 => None,
+            1 => Some(i64::from_le_bytes(take(8)?.try_into().ok()?)),
+            _ => return None,
+        };
+        let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
+        let event = String::from_utf8(take(usize::from(len))?.to_vec()).ok()?;
+        out.push((
+            key_micros.checked_add(i64::from(delta))?,
+            EventValue {
+                event,
+                weight,
+                user_id,
+            },
+        ));
+    }
+    Some(out)
+}
+
+/// Number of events in a stored raw-event value, read from its header alone.
+pub fn event_count_of(b: &[u8]) -> usize {
+    match b.first() {
+        Some(&BLOCK_TAG) => b
+            .get(1..5)
+            .and_then(|c| c.try_into().ok())
+            .map_or(0, |c| u32::from_le_bytes(c) as usize),
+        Some(_) => 1,
+        None => 0,
     }
 }
 
@@ -257,5 +355,31 @@ mod tests {
             weight: -(1i128 << 70),
         };
         assert_eq!(Tally::decode(&t.encode()), t);
+    }
+
+    #[test]
+    fn block_round_trip_and_single_event_values() {
+        let a = EventValue {
+            event: "é,\"x\"".into(),
+            weight: -7,
+            user_id: Some(i64::MIN),
+        };
+        let b = EventValue {
+            event: "b".into(),
+            weight: i64::MAX,
+            user_id: None,
+        };
+        let enc = encode_block(1_000, [(1_000, &a), (1_999_000, &b)]);
+        assert_eq!(event_count_of(&enc), 2);
+        assert_eq!(
+            decode_events(1_000, &enc),
+            Some(vec![(1_000, a.clone()), (1_999_000, b)])
+        );
+        // Values written before blocks: one event at the key's time.
+        assert_eq!(decode_events(5, &a.encode()), Some(vec![(5, a.clone())]));
+        assert_eq!(event_count_of(&a.encode()), 1);
+        // A truncated block is refused, not misread.
+        assert_eq!(decode_events(1_000, &enc[..enc.len() - 1]), None);
+        assert_eq!(decode_events(0, &[2, 1, 0, 0, 0]), None);
     }
 }
