@@ -596,3 +596,40 @@ async fn state_timeline_is_recorded_newest_first_and_stays_bounded() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pings_to_one_monitor_is_stored_whole_across_kill_9() {
+    // Concurrent pings of one monitor share engine rounds, whose monitor record is written
+    // once with its last state: every acknowledged ping must still count after kill -9.
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = write_manifests(dir.path(), &heartbeat_manifest("burst", "1h", "5m", ""));
+    let data = dir.path().join("data");
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let admin = std::fs::read_to_string(data.join("tokens/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let url = ping_url(&data, "burst");
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let r = client.post(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    server.kill9();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let m = common::monitor_status(&server.base, &admin, "burst")
+        .await
+        .unwrap();
+    assert_eq!(m["pings"], 320, "{m}");
+    assert_eq!(m["state"], "Up", "{m}");
+}

@@ -388,6 +388,9 @@ type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 #[derive(Default)]
 struct Pending {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Monitor records to store, by key: a monitor stepped several times in one round
+    /// (pings in a burst) is serialized and written once, with its last state.
+    monitors: HashMap<String, Monitor>,
     alerts: Vec<outbox::Record>,
     done: Vec<Done>,
 }
@@ -503,9 +506,7 @@ impl Worker {
                     .alerts
                     .extend(outbox::records(&alert, &m.def.targets, self.clock.now())?);
             }
-            pending
-                .ops
-                .push((monitor_key(&m.def.key), Some(serde_json::to_vec(m)?)));
+            pending.monitors.insert(m.def.key.clone(), m.clone());
             if let Some(p) = ping {
                 pending.ops.push((
                     ping_key(m.num, p.seq).to_vec(),
@@ -551,18 +552,20 @@ impl Worker {
     /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
     /// next round reads what this one wrote; commands gather meanwhile.
     fn write(&self, pending: Pending) {
-        if pending.done.is_empty() && pending.ops.is_empty() {
+        if pending.done.is_empty() && pending.ops.is_empty() && pending.monitors.is_empty() {
             return;
         }
         let alerts = !pending.alerts.is_empty();
-        let mut writes: Vec<Write> = pending
-            .ops
-            .into_iter()
-            .map(|(k, v)| match v {
-                Some(v) => Write::put(&self.tree, k, v),
-                None => Write::remove(&self.tree, k),
-            })
-            .collect();
+        let mut writes = match self.round_writes(pending.ops, pending.monitors) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding monitor state failed");
+                for d in pending.done {
+                    d(Err(EngineError::Write(e.to_string())));
+                }
+                return;
+            }
+        };
         writes.extend(
             pending
                 .alerts
@@ -579,6 +582,31 @@ impl Worker {
         for d in pending.done {
             d(result.clone().map_err(EngineError::Write));
         }
+    }
+
+    /// A round's changes to the monitors tree as writes, in the order they were staged;
+    /// monitor records come after the other changes, since a monitor removed in the round
+    /// is no longer among them.
+    fn round_writes(
+        &self,
+        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        monitors: HashMap<String, Monitor>,
+    ) -> Result<Vec<Write>, serde_json::Error> {
+        let mut writes: Vec<Write> = Vec::with_capacity(ops.len() + monitors.len());
+        for (k, v) in ops {
+            writes.push(match v {
+                Some(v) => Write::put(&self.tree, k, v),
+                None => Write::remove(&self.tree, k),
+            });
+        }
+        for (key, m) in monitors {
+            writes.push(Write::put(
+                &self.tree,
+                monitor_key(&key),
+                serde_json::to_vec(&m)?,
+            ));
+        }
+        Ok(writes)
     }
 
     fn step(
@@ -718,6 +746,7 @@ impl Worker {
         };
         self.scheduler.disarm(key.to_string());
         self.transitions_since_trim.borrow_mut().remove(&m.num);
+        pending.monitors.remove(key);
         pending.ops.push((monitor_key(key), None));
         if m.def.retain_on_delete {
             // Keep history and state under a tombstone key so a re-created monitor finds them.
