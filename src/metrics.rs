@@ -64,6 +64,8 @@ pub struct Metrics {
     pub ingest_latency: Histogram,
     /// Events stored since the process started.
     pub events_stored: AtomicU64,
+    /// Retries answered from their `Idempotency-Key` without counting again.
+    pub events_replayed: AtomicU64,
     collectors: Mutex<Vec<Collector>>,
 }
 
@@ -142,6 +144,11 @@ impl Metrics {
             out,
             "# HELP hartslag_events_stored_total Events stored since start.\n# TYPE hartslag_events_stored_total counter\nhartslag_events_stored_total {}",
             self.events_stored.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_events_replayed_total Retries answered from their Idempotency-Key without counting again.\n# TYPE hartslag_events_replayed_total counter\nhartslag_events_replayed_total {}",
+            self.events_replayed.load(Ordering::Relaxed)
         );
         for c in self
             .collectors

@@ -177,6 +177,7 @@ impl Core {
                     let store = registry.store().clone();
                     let num = app.num;
                     match tokio::task::spawn_blocking(move || {
+                        store.purge_idempotency(num, Timestamp::now())?;
                         store.purge_events_before(num, cutoff)
                     })
                     .await

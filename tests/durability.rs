@@ -214,3 +214,35 @@ async fn retention_deletes_raw_events_but_keeps_totals() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_still_answers_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest("retry", "UTC")).unwrap();
+    let send = |base: String, token: String| async move {
+        reqwest::Client::new()
+            .post(format!("{base}/api/v1/heartbeat"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", "nightly-2026-11-23")
+            .json(&json!({"event": "backup", "weight": 7}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let token = read_token(&data, "application", "retry");
+    let first = send(server.base.clone(), token.clone()).await;
+    assert_eq!(first.status(), 201);
+    server.kill9();
+    // The client never saw the answer and retries against the restarted server.
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let retry = send(server.base.clone(), token.clone()).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let stats: Value = common::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
+    assert_eq!(stats["total"]["count"], 1, "{stats}");
+    assert_eq!(stats["total"]["weight"], 7, "{stats}");
+}

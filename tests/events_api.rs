@@ -579,3 +579,156 @@ async fn health_ready_and_metrics() {
     assert!(!text.contains(&token));
     s.stop().await;
 }
+
+async fn post_with_key(base: &str, token: &str, key: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/api/v1/heartbeat"))
+        .bearer_auth(token)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn total_count(stats: &Value) -> i64 {
+    stats["total"]["count"].as_i64().unwrap_or_else(|| {
+        panic!("no total count in {stats}");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_retries_count_once() {
+    let (s, token) = server().await;
+    let body =
+        json!({"event": "order", "weight": 3, "user_id": 9, "created_at": "2024-01-17T10:30:00Z"});
+    let first = post_with_key(&s.base, &token, "order-1", body.clone()).await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    // The same event re-serialized differently (key order, a string integer) is a retry.
+    let retry = post_with_key(
+        &s.base,
+        &token,
+        "order-1",
+        json!({"created_at": "2024-01-17T12:30:00+02:00", "user_id": "9", "weight": 3, "event": " order "}),
+    )
+    .await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Value>().await.unwrap(), json!([]));
+    // Another key counts; no key counts every time.
+    assert_eq!(
+        post_with_key(&s.base, &token, "order-2", body.clone())
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        post(&s.base, &token, body.clone()).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        post(&s.base, &token, body.clone()).await.0,
+        StatusCode::CREATED
+    );
+    let st = stats(&s.base, &token, "").await;
+    assert_eq!(total_count(&st), 4, "{st}");
+    assert_eq!(st["total"]["weight"], 12);
+    assert_eq!(export(&s.base, &token, "").await.len(), 4);
+
+    // The key with a different event: refused, nothing stored.
+    let reused = post_with_key(
+        &s.base,
+        &token,
+        "order-1",
+        json!({"event": "order", "weight": 4}),
+    )
+    .await;
+    assert_eq!(reused.status(), 422);
+    let v: Value = reused.json().await.unwrap();
+    assert_eq!(
+        v["message"],
+        "The Idempotency-Key was already used with a different event in the last 24 hours."
+    );
+    assert!(v["errors"]["idempotency_key"].is_array(), "{v}");
+    assert_eq!(total_count(&stats(&s.base, &token, "").await), 4);
+
+    // Malformed keys are refused before anything is stored.
+    for bad in ["", &"k".repeat(256)] {
+        let r = post_with_key(&s.base, &token, bad, body.clone()).await;
+        assert_eq!(r.status(), 400, "key {bad:?}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"].as_str().unwrap().contains("Idempotency-Key"),
+            "{v}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/heartbeat", s.base))
+        .bearer_auth(&token)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Authentication still comes first.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/heartbeat", s.base))
+        .header("Idempotency-Key", "")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(total_count(&stats(&s.base, &token, "").await), 4);
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("hartslag_events_replayed_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_one_request_count_once_and_keys_are_per_application() {
+    let s = InProcess::start(&[(
+        "apps.yaml",
+        format!(
+            "{}---\n{}",
+            app_manifest("a", "UTC"),
+            app_manifest("b", "UTC")
+        ),
+    )])
+    .await;
+    let (a, b) = (s.app_token("a"), s.app_token("b"));
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let base = s.base.clone();
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            post_with_key(&base, &a, "same", json!({"event": "job"}))
+                .await
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    assert_eq!(total_count(&stats(&s.base, &a, "").await), 1);
+    // Another application's identical key is its own.
+    assert_eq!(
+        post_with_key(&s.base, &b, "same", json!({"event": "job"}))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(total_count(&stats(&s.base, &b, "").await), 1);
+}

@@ -12,12 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jiff::Timestamp;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, authenticate_app, error};
 use crate::ingest::periods::{Periods, date_key, local_date};
-use crate::ingest::validate::{ValidationErrors, parse_created_at, validate_event};
+use crate::ingest::validate::{NewEvent, ValidationErrors, parse_created_at, validate_event};
 use crate::registry::AppInfo;
-use crate::store::events::{EventWrite, ExportFilter, PeriodTallies};
+use crate::store::events::{EventWrite, ExportFilter, Idempotency, Outcome, PeriodTallies};
 use crate::store::keys::{EventValue, Tally};
 
 /// Routes of this family.
@@ -63,6 +64,10 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         Ok(app) => app,
         Err(res) => return res.into_response(),
     };
+    let idempotency_key = match idempotency_header(&headers) {
+        Ok(k) => k,
+        Err(res) => return res.into_response(),
+    };
     let bytes = match read_body(body, state.max_body_bytes).await {
         Ok(b) => b,
         Err(res) => return res.into_response(),
@@ -79,6 +84,10 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         Ok(e) => e,
         Err(errors) => return unprocessable(&errors),
     };
+    let idempotency = idempotency_key.map(|key| Idempotency {
+        key,
+        fingerprint: fingerprint(&event),
+    });
     let at = event.created_at.unwrap_or_else(Timestamp::now);
     let write = EventWrite {
         app: app.num,
@@ -89,17 +98,89 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Body) -
             weight: event.weight,
             user_id: event.user_id,
         },
+        idempotency,
     };
-    if let Err(e) = state.events.write(write).await {
-        tracing::error!(error = %e, application = %app.key, "event not stored");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the event could not be stored; retry later",
-        );
+    let outcome = match state.events.write(write).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, application = %app.key, "event not stored");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event could not be stored; retry later",
+            );
+        }
+    };
+    match outcome {
+        Outcome::Stored => {
+            state.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
+            state.metrics.ingest_latency.observe(started.elapsed());
+            (StatusCode::CREATED, axum::Json(json!([]))).into_response()
+        }
+        Outcome::Replayed => {
+            state
+                .metrics
+                .events_replayed
+                .fetch_add(1, Ordering::Relaxed);
+            (
+                StatusCode::CREATED,
+                [(REPLAYED_HEADER, "true")],
+                axum::Json(json!([])),
+            )
+                .into_response()
+        }
+        Outcome::KeyReused => {
+            let msg =
+                "The Idempotency-Key was already used with a different event in the last 24 hours.";
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(json!({"message": msg, "errors": {"idempotency_key": [msg]}})),
+            )
+                .into_response()
+        }
     }
-    state.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
-    state.metrics.ingest_latency.observe(started.elapsed());
-    (StatusCode::CREATED, axum::Json(json!([]))).into_response()
+}
+
+/// Marks the answer to a retry that was not counted again.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// The hashed `Idempotency-Key` header, if sent: 1 to 255 printable ASCII characters, as
+/// the IETF draft and common practice allow. Only the hash is stored.
+fn idempotency_header(headers: &HeaderMap) -> Result<Option<[u8; 32]>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 255 || !b.iter().all(|c| (0x20..0x7f).contains(c)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the Idempotency-Key header must be 1 to 255 printable ASCII characters",
+        ));
+    }
+    Ok(Some(Sha256::digest(b).into()))
+}
+
+/// What a retry must repeat to count as the same request: name, weight, user and the time
+/// given (not the body's bytes, so a client that re-serializes differently still matches).
+fn fingerprint(e: &NewEvent) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((e.event.len() as u64).to_le_bytes());
+    h.update(e.event.as_bytes());
+    h.update(e.weight.to_le_bytes());
+    match e.user_id {
+        Some(u) => {
+            h.update([1]);
+            h.update(u.to_le_bytes());
+        }
+        None => h.update([0]),
+    }
+    match e.created_at {
+        Some(t) => {
+            h.update([1]);
+            h.update(t.as_nanosecond().to_le_bytes());
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
 }
 
 fn int_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {

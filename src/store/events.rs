@@ -33,11 +33,38 @@ pub struct EventWrite {
     pub date: u32,
     /// Name, weight and user.
     pub value: EventValue,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// How long an `Idempotency-Key` keeps answering retries.
+pub const IDEMPOTENCY_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// An `Idempotency-Key` and the request it came with, both hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    /// SHA-256 of the header value.
+    pub key: [u8; 32],
+    /// SHA-256 of what the event says (name, weight, user, given time), so a retry is told
+    /// apart from a different event sent under the same key.
+    pub fingerprint: [u8; 32],
+}
+
+/// What became of an event handed to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (and counted).
+    Stored,
+    /// A retry: its `Idempotency-Key` came with the same event within the window, which was
+    /// stored then; nothing was counted again.
+    Replayed,
+    /// Its `Idempotency-Key` came with a different event within the window; nothing stored.
+    KeyReused,
 }
 
 struct Job {
     write: EventWrite,
-    ack: oneshot::Sender<Result<(), String>>,
+    ack: oneshot::Sender<Result<Outcome, String>>,
 }
 
 /// Handle to the single ingest writer thread.
@@ -65,14 +92,21 @@ impl EventWriter {
                     }
                     let writes: Vec<&EventWrite> = batch.iter().map(|j| &j.write).collect();
                     let result = store
-                        .event_writes(&writes)
-                        .and_then(|w| Ok(store.committer().log_blocking(w)?))
+                        .event_writes(&writes, Timestamp::now())
+                        .and_then(|(w, outcomes)| {
+                            store.committer().log_blocking(w)?;
+                            Ok(outcomes)
+                        })
                         .map_err(|e| {
                             tracing::error!(error = %e, "writing a batch of events failed");
                             e.to_string()
                         });
-                    for job in batch.drain(..) {
-                        let _ = job.ack.send(result.clone());
+                    for (i, job) in batch.drain(..).enumerate() {
+                        let r = match &result {
+                            Ok(outcomes) => Ok(outcomes.get(i).copied().unwrap_or(Outcome::Stored)),
+                            Err(e) => Err(e.clone()),
+                        };
+                        let _ = job.ack.send(r);
                     }
                 }
             })
@@ -80,15 +114,16 @@ impl EventWriter {
         Ok(Self { tx })
     }
 
-    /// Stores one event durably; returns once it is on disk and visible to queries.
-    pub async fn write(&self, write: EventWrite) -> Result<(), StoreError> {
+    /// Stores one event durably; returns once it is on disk and visible to queries (or
+    /// once its `Idempotency-Key` has been settled).
+    pub async fn write(&self, write: EventWrite) -> Result<Outcome, StoreError> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Job { write, ack })
             .await
             .map_err(|_| StoreError::Stopped)?;
         match rx.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(outcome)) => Ok(outcome),
             Ok(Err(msg)) => Err(StoreError::Corrupt {
                 what: "event batch".into(),
                 detail: msg,
@@ -287,10 +322,80 @@ fn add_delta(map: &mut HashMap<Vec<u8>, Tally>, key: Vec<u8>, weight: i64) {
 }
 
 impl Store {
+    /// What an event's `Idempotency-Key` says about it: a key accepted within the window
+    /// (earlier in this batch, or stored) answers for it.
+    fn idempotency_outcome(
+        &self,
+        app: u64,
+        idem: &Idempotency,
+        now: Timestamp,
+        batch: &HashMap<(u64, [u8; 32]), [u8; 32]>,
+    ) -> Result<Outcome, StoreError> {
+        let seen = match batch.get(&(app, idem.key)) {
+            Some(fp) => Some(*fp),
+            None => {
+                let since = keys::micros(
+                    now.checked_sub(IDEMPOTENCY_WINDOW)
+                        .unwrap_or(Timestamp::MIN),
+                );
+                let today = keys::day_of(now);
+                let mut found = None;
+                for day in [today, today - 1] {
+                    let stored = self
+                        .events
+                        .get(keys::idempotency_key(app, day, &idem.key))?
+                        .and_then(|v| keys::decode_idempotency(&v))
+                        .filter(|(at, _)| *at >= since);
+                    if let Some((_, fp)) = stored {
+                        found = Some(fp);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        Ok(match seen {
+            None => Outcome::Stored,
+            Some(fp) if fp == idem.fingerprint => Outcome::Replayed,
+            Some(_) => Outcome::KeyReused,
+        })
+    }
+
     /// The writes for a batch: raw events plus every rollup they touch, with the rollups'
-    /// new absolute values (so the record replays to the same result however often).
-    pub(crate) fn event_writes(&self, writes: &[&EventWrite]) -> Result<Vec<Write>, StoreError> {
-        let mut out = Vec::with_capacity(writes.len() + 8);
+    /// new absolute values (so the record replays to the same result however often), and
+    /// the idempotency records of events sent with a key; plus what became of each event.
+    /// Retries of a key are settled here, in the single writer, so two copies of one
+    /// request racing each other still count once.
+    pub(crate) fn event_writes(
+        &self,
+        all: &[&EventWrite],
+        now: Timestamp,
+    ) -> Result<(Vec<Write>, Vec<Outcome>), StoreError> {
+        let mut outcomes = Vec::with_capacity(all.len());
+        let mut accepted = HashMap::new();
+        let mut out = Vec::with_capacity(all.len() + 8);
+        let mut writes = Vec::with_capacity(all.len());
+        for w in all {
+            let outcome = match &w.idempotency {
+                None => Outcome::Stored,
+                Some(idem) => {
+                    let o = self.idempotency_outcome(w.app, idem, now, &accepted)?;
+                    if o == Outcome::Stored {
+                        accepted.insert((w.app, idem.key), idem.fingerprint);
+                        out.push(Write::put(
+                            &self.events,
+                            keys::idempotency_key(w.app, keys::day_of(now), &idem.key).to_vec(),
+                            keys::encode_idempotency(keys::micros(now), &idem.fingerprint).to_vec(),
+                        ));
+                    }
+                    o
+                }
+            };
+            if outcome == Outcome::Stored {
+                writes.push(*w);
+            }
+            outcomes.push(outcome);
+        }
         let mut rollups = HashMap::new();
         let mut user_rollups = HashMap::new();
         let mut totals = HashMap::new();
@@ -355,7 +460,7 @@ impl Store {
                 out.push(Write::put(&self.events, k, t.encode().to_vec()));
             }
         }
-        Ok(out)
+        Ok((out, outcomes))
     }
 
     /// Counts and weight sums for today, this week, this month and total, from rollups only.
@@ -539,6 +644,14 @@ impl Store {
         }
     }
 
+    /// Deletes an application's idempotency records of days before yesterday (UTC): they
+    /// are past the window, which lookups check by time as well.
+    pub fn purge_idempotency(&self, app: u64, now: Timestamp) -> Result<usize, StoreError> {
+        let lo = keys::idempotency_bound(app, i64::from(i32::MIN)).to_vec();
+        let hi = keys::idempotency_bound(app, keys::day_of(now) - 1).to_vec();
+        self.purge_range(lo, hi)
+    }
+
     /// Removes every event and rollup of an application (its deletion with data purge).
     pub fn purge_application_events(&self, app: u64) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
@@ -549,6 +662,7 @@ impl Store {
             Family::Total,
             Family::UserTotal,
             Family::HourRollup,
+            Family::Idempotency,
         ] {
             for k in self
                 .events
@@ -757,10 +871,11 @@ mod tests {
                 at: at(*micros),
                 date: 20240101,
                 value: ev(name, None),
+                idempotency: None,
             })
             .collect();
         let refs: Vec<&EventWrite> = writes.iter().collect();
-        let w = store.event_writes(&refs).unwrap();
+        let (w, _) = store.event_writes(&refs, Timestamp::now()).unwrap();
         store.committer().log_blocking(w).unwrap();
     }
 
@@ -876,5 +991,47 @@ mod tests {
         for b in blocks {
             assert!(b[b.len() - 1].0 - b[0].0 <= keys::BLOCK_SPAN_MICROS);
         }
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_answers_for_24_hours_then_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let idem = |fp: u8| Idempotency {
+            key: [7; 32],
+            fingerprint: [fp; 32],
+        };
+        let write = |fp: u8| EventWrite {
+            app: 1,
+            at: at(T),
+            date: 20231114,
+            value: ev("e", None),
+            idempotency: Some(idem(fp)),
+        };
+        let run = |now: Timestamp, ws: &[EventWrite]| {
+            let refs: Vec<&EventWrite> = ws.iter().collect();
+            let (w, outcomes) = store.event_writes(&refs, now).unwrap();
+            store.committer().log_blocking(w).unwrap();
+            outcomes
+        };
+        // Late in a UTC day, so the retry lands on the next day's bucket.
+        let t0 = Timestamp::from_second(1_700_000_000 - 1_700_000_000 % 86_400 + 86_000).unwrap();
+        // Two copies in one batch count once.
+        assert_eq!(
+            run(t0, &[write(1), write(1), write(2)]),
+            vec![Outcome::Stored, Outcome::Replayed, Outcome::KeyReused]
+        );
+        let hours = |h: i64| t0.checked_add(jiff::SignedDuration::from_hours(h)).unwrap();
+        assert_eq!(run(hours(23), &[write(1)]), vec![Outcome::Replayed]);
+        assert_eq!(run(hours(23), &[write(3)]), vec![Outcome::KeyReused]);
+        assert_eq!(store.event_count(1).unwrap(), 1);
+        // Past the window the key is new again.
+        assert_eq!(run(hours(25), &[write(3)]), vec![Outcome::Stored]);
+        assert_eq!(store.event_count(1).unwrap(), 2);
+        // Expiry drops whole days before yesterday: the first record goes, the new stays.
+        assert_eq!(store.purge_idempotency(1, hours(50)).unwrap(), 1);
+        assert_eq!(run(hours(26), &[write(3)]), vec![Outcome::Replayed]);
+        assert_eq!(store.purge_idempotency(1, hours(80)).unwrap(), 1);
+        assert_eq!(run(hours(26), &[write(3)]), vec![Outcome::Stored]);
     }
 }

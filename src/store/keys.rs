@@ -40,6 +40,8 @@ pub enum Family {
     UserTotal = 5,
     /// Count and weight per application, UTC hour and event name (dashboard charts).
     HourRollup = 6,
+    /// An `Idempotency-Key` seen with an accepted event, per application and UTC day.
+    Idempotency = 7,
 }
 
 /// Key of a raw event: family, application, time, sequence.
@@ -224,6 +226,48 @@ pub fn event_count_of(b: &[u8]) -> usize {
         Some(_) => 1,
         None => 0,
     }
+}
+
+/// Key of an idempotency record: family, application, UTC day (days since the epoch) it
+/// was accepted on, SHA-256 of the client's key. Grouping by day lets expiry delete whole
+/// days by range, and a lookup needs only today and yesterday.
+pub fn idempotency_key(app: u64, day: i64, key_hash: &[u8; 32]) -> [u8; 45] {
+    let mut k = [0u8; 45];
+    k[..13].copy_from_slice(&idempotency_bound(app, day));
+    k[13..].copy_from_slice(key_hash);
+    k
+}
+
+/// First idempotency key of an application's records of `day`.
+pub fn idempotency_bound(app: u64, day: i64) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0] = Family::Idempotency as u8;
+    k[1..9].copy_from_slice(&app.to_be_bytes());
+    // Days since the epoch fit an i32 for every time jiff can represent.
+    let day = i32::try_from(day).unwrap_or(if day < 0 { i32::MIN } else { i32::MAX });
+    k[9..].copy_from_slice(&((day as u32) ^ (1 << 31)).to_be_bytes());
+    k
+}
+
+/// UTC day (days since the epoch) of `ts`, the bucket of an idempotency record.
+pub fn day_of(ts: Timestamp) -> i64 {
+    ts.as_second().div_euclid(86_400)
+}
+
+/// An idempotency record's value: when its event was accepted and the fingerprint of the
+/// request, `[micros i64 LE][fingerprint 32]`.
+pub fn encode_idempotency(at_micros: i64, fingerprint: &[u8; 32]) -> [u8; 40] {
+    let mut v = [0u8; 40];
+    v[..8].copy_from_slice(&at_micros.to_le_bytes());
+    v[8..].copy_from_slice(fingerprint);
+    v
+}
+
+/// Inverse of [`encode_idempotency`].
+pub fn decode_idempotency(b: &[u8]) -> Option<(i64, [u8; 32])> {
+    let at = i64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let fp = b.get(8..40)?.try_into().ok()?;
+    Some((at, fp))
 }
 
 /// A count and a weight sum; the sum is 128-bit so no realistic volume overflows it.
