@@ -562,14 +562,7 @@ async fn health_ready_and_metrics() {
             .status(),
         200
     );
-    let text = c
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&s.base).await;
     assert!(text.contains("hartslag_http_requests_total{route=\"/api/v1/heartbeat\",method=\"POST\",status=\"201\"} 1"), "{text}");
     assert!(
         text.contains("hartslag_ingest_duration_seconds_count 1"),
@@ -685,12 +678,7 @@ async fn idempotency_key_retries_count_once() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(total_count(&stats(&s.base, &token, "").await), 4);
-    let metrics = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&s.base).await;
     assert!(
         metrics.contains("hartslag_events_replayed_total 1"),
         "{metrics}"

@@ -317,14 +317,7 @@ async fn ping_endpoints_record_what_the_job_sent() {
         pings.iter().map(|p| p.seq).collect::<Vec<_>>(),
         vec![10, 9, 8, 7, 6]
     );
-    let text = c
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&s.base).await;
     assert!(
         text.contains("hartslag_pings_total{kind=\"success\"} 8"),
         "{text}"

@@ -354,6 +354,16 @@ pub fn heartbeat_manifest(name: &str, interval: &str, grace: &str, extra_spec: &
     )
 }
 
+/// The Prometheus text of `/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Reads `/v1/status` with the admin token and returns the monitor named `name`.
 pub async fn monitor_status(base: &str, admin: &str, name: &str) -> Option<serde_json::Value> {
     let v: serde_json::Value = reqwest::Client::new()
