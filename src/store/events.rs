@@ -3,8 +3,8 @@
 //! Every event counts in five rollups (daily, per-user daily, total, per-user total,
 //! hourly), merged per batch, and is stored raw in a block: one value holding a batch's
 //! events of one application that lie within [`keys::BLOCK_SPAN_MICROS`] of each other, so
-//! a batch costs a few sled inserts rather than one per event. A single writer thread owns the rollup counters, so it can read-modify-write them without
-//! conflicts. Each batch of events becomes one commit-log record (raw events and every
+//! a batch costs a few sled inserts rather than one per event. A single writer thread owns
+//! the rollup counters, so it can read-modify-write them without conflicts. Each batch of events becomes one commit-log record (raw events and every
 //! rollup they touch, as absolute values), so the rollups always agree with the raw events,
 //! even after a crash. The writer waits until the committer has made the record durable
 //! and applied it, then answers the batch; while it waits, the next batch gathers.
@@ -101,12 +101,18 @@ impl EventWriter {
                             tracing::error!(error = %e, "writing a batch of events failed");
                             e.to_string()
                         });
-                    for (i, job) in batch.drain(..).enumerate() {
-                        let r = match &result {
-                            Ok(outcomes) => Ok(outcomes.get(i).copied().unwrap_or(Outcome::Stored)),
-                            Err(e) => Err(e.clone()),
-                        };
-                        let _ = job.ack.send(r);
+                    match result {
+                        // One outcome per event, in batch order.
+                        Ok(outcomes) => {
+                            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                                let _ = job.ack.send(Ok(outcome));
+                            }
+                        }
+                        Err(e) => {
+                            for job in batch.drain(..) {
+                                let _ = job.ack.send(Err(e.clone()));
+                            }
+                        }
                     }
                 }
             })
@@ -579,28 +585,11 @@ impl Store {
     pub fn purge_events_before(&self, app: u64, cutoff: Timestamp) -> Result<usize, StoreError> {
         let cut = keys::micros(cutoff);
         let whole = cut.saturating_sub(keys::BLOCK_SPAN_MICROS);
-        let mut removed = 0;
         let lo = keys::event_bound(app, i64::MIN).to_vec();
         let hi = keys::event_bound(app, whole).to_vec();
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for item in self.events.range(lo.clone()..hi.clone()).take(4096) {
-                let (k, v) = item?;
-                removed += keys::event_count_of(&v);
-                batch.remove(k);
-                n += 1;
-            }
-            if n == 0 {
-                break;
-            }
-            self.events.apply_batch(batch)?;
-        }
+        let mut removed = self.purge_range(lo, hi.clone(), keys::event_count_of)?;
         let mut batch = sled::Batch::default();
-        for item in self
-            .events
-            .range(hi.clone()..keys::event_bound(app, cut).to_vec())
-        {
+        for item in self.events.range(hi..keys::event_bound(app, cut).to_vec()) {
             let (k, v) = item?;
             let Some((first, _)) = block_key(&k) else {
                 continue;
@@ -623,24 +612,32 @@ impl Store {
         self.events.apply_batch(batch)?;
         let hour_lo = keys::hour_key(app, i64::MIN, "");
         let hour_hi = keys::hour_key(app, keys::hour_of(cutoff), "");
-        self.purge_range(hour_lo, hour_hi)?;
+        self.purge_range(hour_lo, hour_hi, |_| 1)?;
         Ok(removed)
     }
 
-    fn purge_range(&self, lo: Vec<u8>, hi: Vec<u8>) -> Result<usize, StoreError> {
+    /// Deletes every key in `lo..hi`, in batches; returns the sum of `weigh` over the
+    /// deleted values (records, or events for raw-event blocks).
+    fn purge_range(
+        &self,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+        weigh: impl Fn(&[u8]) -> usize,
+    ) -> Result<usize, StoreError> {
         let mut removed = 0;
         loop {
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for k in self.events.range(lo.clone()..hi.clone()).keys().take(4096) {
-                batch.remove(k?);
+            for item in self.events.range(lo.clone()..hi.clone()).take(4096) {
+                let (k, v) = item?;
+                removed += weigh(&v);
+                batch.remove(k);
                 n += 1;
             }
             if n == 0 {
                 return Ok(removed);
             }
             self.events.apply_batch(batch)?;
-            removed += n;
         }
     }
 
@@ -649,7 +646,7 @@ impl Store {
     pub fn purge_idempotency(&self, app: u64, now: Timestamp) -> Result<usize, StoreError> {
         let lo = keys::idempotency_bound(app, i64::from(i32::MIN)).to_vec();
         let hi = keys::idempotency_bound(app, keys::day_of(now) - 1).to_vec();
-        self.purge_range(lo, hi)
+        self.purge_range(lo, hi, |_| 1)
     }
 
     /// Removes every event and rollup of an application (its deletion with data purge).
