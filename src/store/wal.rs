@@ -515,8 +515,10 @@ mod tests {
     fn open_replays_every_record_in_order_then_starts_a_new_generation() {
         let dir = tempfile::tempdir().unwrap();
         let first_generation;
+        // One database throughout (sled keeps its lock a moment after a drop); the records
+        // are only ever appended to the log here, never applied, so sled starts empty.
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
             let t = db.open_tree("t").unwrap();
             let (mut log, replayed) = Log::open(dir.path(), &db).unwrap();
             assert_eq!(replayed, 0);
@@ -556,7 +558,6 @@ mod tests {
         }
         let path = dir.path().join(FILE_NAME);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), INITIAL_BYTES);
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
         let (mut log, replayed) = Log::open(dir.path(), &db).unwrap();
         assert_eq!(replayed, 3);
         assert!(log.is_empty());
@@ -605,8 +606,8 @@ mod tests {
     fn records_past_the_zeroed_end_grow_the_file_and_replay() {
         let dir = tempfile::tempdir().unwrap();
         let big = vec![7u8; 3 * 1024 * 1024 / 2];
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
             let t = db.open_tree("t").unwrap();
             let (mut log, _) = Log::open(dir.path(), &db).unwrap();
             for k in [&b"a"[..], b"b"] {
@@ -621,7 +622,6 @@ mod tests {
         }
         let path = dir.path().join(FILE_NAME);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BYTES);
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
         let (_, replayed) = Log::open(dir.path(), &db).unwrap();
         assert_eq!(replayed, 2);
         let t = db.open_tree("t").unwrap();
