@@ -10,11 +10,19 @@ use axum::routing::get;
 
 use super::AppState;
 
-async fn healthz() -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        axum::Json(serde_json::json!({"status": "ok"})),
-    )
+/// Liveness: fails once storage has stopped accepting writes after a failed write to
+/// disk, so the kubelet restarts the pod and the restart replays the commit log.
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.registry.store().committer().health() {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok"})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "failing", "error": e.to_string()})),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

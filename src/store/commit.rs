@@ -1,17 +1,26 @@
-//! Group commit: one thread owns the commit log and every `flush` of the sled database.
+//! Group commit: writer threads take turns leading the commit log, and every `flush` of
+//! the sled database goes through the same turn.
 //!
-//! Writers hand the committer either a list of writes ([`Committer::log`]) or a request
-//! for a full flush ([`Committer::flush`]). The committer drains every request that is
-//! queued, appends all the write lists to the commit log with one `fdatasync`, applies them
-//! to sled in arrival order, and answers them together. A flush request (and a commit log
-//! grown past its bound, or one left idle) becomes a checkpoint: a sled flush, after which
-//! the log is emptied. sled 0.34 also deadlocks when many tasks call `flush_async` at once,
-//! which is one more reason a single thread owns it.
+//! A writer ([`Committer::log_blocking`]) queues its writes and waits. Whoever finds no
+//! commit running becomes the leader: it takes every queued write list, appends them all
+//! to the commit log with one `fdatasync`, applies them to sled in queue order, and wakes
+//! the writers it covered. Writes queued meanwhile go with the next leader. The writer
+//! thread itself does the fsync when nobody else is committing, so a lone writer (the
+//! ingest thread under load) pays no hand-off to another thread and back.
+//!
+//! A small background thread serves [`Committer::flush`] and checkpoints a log left idle:
+//! a checkpoint is a sled flush, after which the log is emptied. It takes the same turn,
+//! so only one thread ever flushes sled (sled 0.34 deadlocks when many tasks call
+//! `flush_async` at once).
+//!
+//! After a failed `fdatasync` nothing more is accepted: the kernel may already have dropped
+//! the pages it could not write, so a later fsync that succeeds proves nothing. Writers get
+//! [`CommitError::Halted`], [`Committer::health`] reports it, and a restart replays the log.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -20,11 +29,8 @@ use super::wal::{self, Log, WalError, Write};
 /// Log size after which the committer checkpoints (bounds replay time after a crash).
 const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 
-/// A log with records in it is checkpointed after this long without requests.
+/// A log with records in it is checkpointed after this long without commits.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(10);
-
-/// Most requests answered in one group.
-const MAX_GROUP: usize = 4096;
 
 /// Why a write or flush could not be confirmed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,186 +41,314 @@ pub enum CommitError {
     /// The commit log could not be written.
     #[error("{0}")]
     Log(Arc<WalError>),
-    /// The committer thread is gone (the process is shutting down).
-    #[error("the commit thread has stopped")]
+    /// An earlier write to disk failed, so no later one can be trusted until a restart.
+    #[error("writes are stopped until a restart, because an earlier write to disk failed: {0}")]
+    Halted(Box<CommitError>),
+    /// The committer is gone (the process is shutting down).
+    #[error("the committer has stopped")]
     Stopped,
 }
 
-/// Called once the group covering a request is durable (or failed).
-pub type Callback = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
-
-enum Request {
-    Log(Vec<Write>, Callback),
-    Flush(Callback),
+/// One writer's queued writes and where its leader puts the answer.
+struct Entry {
+    writes: Vec<Write>,
+    done: Arc<OnceLock<Result<(), CommitError>>>,
 }
 
-/// Handle to the group-commit thread; cheap to clone and share between writers.
-#[derive(Clone, Debug)]
-pub struct Committer {
-    tx: mpsc::Sender<Request>,
+struct State {
+    /// Writes waiting for a leader.
+    queue: Vec<Entry>,
+    /// The commit log; `None` while a leader holds it.
+    log: Option<Log>,
+    /// Set after a failed write to disk: everything later is refused.
+    halted: Option<CommitError>,
+    /// When the last group was committed (the idle checkpoint waits for quiet).
+    last_commit: Instant,
 }
 
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Request::Log(w, _) => write!(f, "Log({} writes)", w.len()),
-            Request::Flush(_) => f.write_str("Flush"),
-        }
-    }
-}
-
-struct Thread {
+struct Inner {
     db: sled::Db,
-    log: Log,
+    state: Mutex<State>,
+    /// Signalled whenever a leader hands the log back.
+    turn: Condvar,
 }
 
-impl Thread {
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
-        let mut group: Vec<Request> = Vec::with_capacity(256);
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        loop {
-            let first = match rx.recv_timeout(IDLE_CHECKPOINT) {
-                Ok(r) => r,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if !self.log.is_empty()
-                        && let Err(e) = self.checkpoint()
-                    {
-                        tracing::error!(error = %e, "checkpointing the commit log failed");
-                    }
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            group.push(first);
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(r) => group.push(r),
-                    Err(_) => break,
-                }
-            }
-            self.commit(&mut group, &mut buf);
-        }
-        // Every handle is gone: leave an empty log behind, so the next start replays nothing.
-        if !self.log.is_empty()
-            && let Err(e) = self.checkpoint()
-        {
-            tracing::error!(error = %e, "the final checkpoint failed; the next start replays the commit log");
-        }
+/// Handle to the group committer; cheap to clone and share between writers.
+#[derive(Clone)]
+pub struct Committer {
+    inner: Arc<Inner>,
+    flushes: mpsc::Sender<oneshot::Sender<Result<(), CommitError>>>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").finish_non_exhaustive()
+    }
+}
+
+/// What a leader does with the log in its turn.
+enum Work {
+    /// Commit these writers' lists (and checkpoint if the log has grown past its bound).
+    Group(Vec<Entry>),
+    /// Flush sled and empty the log.
+    Checkpoint,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing is left half-done under this lock (a leader takes the log out first), so
+        // a lock poisoned by a panic elsewhere is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn commit(&mut self, group: &mut Vec<Request>, buf: &mut Vec<u8>) {
-        buf.clear();
-        let mut wants_flush = false;
-        for r in group.iter() {
-            match r {
-                Request::Log(writes, _) => wal::encode_record(writes, self.log.generation(), buf),
-                Request::Flush(_) => wants_flush = true,
+    fn wait<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.turn.wait(state).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses everything from now on and answers whoever is queued.
+    fn halt(&self, state: &mut State, cause: CommitError) {
+        let refusal = halted(&cause);
+        for e in state.queue.drain(..) {
+            let _ = e.done.set(Err(refusal.clone()));
+        }
+        state.halted = Some(cause);
+        self.turn.notify_all();
+    }
+
+    /// Takes the log (the caller saw it there), runs `work` outside the lock and hands the
+    /// log back. Returns the state lock, taken again, and the outcome.
+    fn lead<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        work: Work,
+    ) -> (MutexGuard<'a, State>, Result<(), CommitError>) {
+        let Some(mut log) = state.log.take() else {
+            return (state, Err(CommitError::Stopped));
+        };
+        drop(state);
+        let mut turn = Turn {
+            inner: self,
+            log: Some(&mut log),
+        };
+        let result = match work {
+            Work::Group(group) => {
+                let result = turn.commit(&group);
+                for e in group {
+                    let _ = e.done.set(result.clone());
+                }
+                result
             }
+            Work::Checkpoint => turn.checkpoint(),
+        };
+        turn.log = None;
+        drop(turn);
+        let mut state = self.lock();
+        state.log = Some(log);
+        state.last_commit = Instant::now();
+        if let Err(e) = &result
+            && e.is_disk_failure()
+        {
+            tracing::error!(error = %e, "a write to disk failed; refusing every write until a restart");
+            self.halt(&mut state, e.clone());
         }
-        let mut result = Ok(());
-        if !buf.is_empty() {
-            result = self
-                .log
-                .append(buf)
-                .map_err(|e| CommitError::Log(Arc::new(e)));
-            if result.is_ok() {
-                // Durable first, then visible: sled never holds a write whose record could
-                // still be lost, so a replay can always complete what sled kept.
-                result = group
-                    .iter()
-                    .filter_map(|r| match r {
-                        Request::Log(writes, _) => Some(writes),
-                        Request::Flush(_) => None,
-                    })
-                    .flatten()
-                    .try_for_each(Write::apply)
-                    .map_err(|e| CommitError::Flush(Arc::new(e)));
+        self.turn.notify_all();
+        (state, result)
+    }
+
+    /// Waits for the log, then checkpoints (used by flushes and the idle checkpoint).
+    fn checkpoint_when_free(&self, only_if_idle: bool) -> Result<(), CommitError> {
+        let mut state = self.lock();
+        loop {
+            if let Some(h) = &state.halted {
+                return Err(halted(h));
             }
-        }
-        if result.is_ok() && (wants_flush || self.log.len() >= CHECKPOINT_BYTES) {
-            result = self.checkpoint();
-        }
-        for r in group.drain(..) {
-            match r {
-                Request::Log(_, done) | Request::Flush(done) => done(result.clone()),
+            if let Some(log) = &state.log {
+                if only_if_idle && (log.is_empty() || state.last_commit.elapsed() < IDLE_CHECKPOINT)
+                {
+                    return Ok(());
+                }
+                return self.lead(state, Work::Checkpoint).1;
             }
+            state = self.wait(state);
         }
+    }
+}
+
+/// The refusal given after `cause` stopped the committer.
+fn halted(cause: &CommitError) -> CommitError {
+    match cause {
+        CommitError::Stopped => CommitError::Stopped,
+        other => CommitError::Halted(Box::new(other.clone())),
+    }
+}
+
+impl CommitError {
+    /// Whether this leaves the disk in a state later writes cannot be trusted on.
+    fn is_disk_failure(&self) -> bool {
+        matches!(self, CommitError::Log(_) | CommitError::Flush(_))
+    }
+}
+
+/// A leader's turn with the log. If the leader unwinds mid-turn, the log is gone: every
+/// writer is told the committer stopped instead of waiting forever.
+struct Turn<'a> {
+    inner: &'a Inner,
+    log: Option<&'a mut Log>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.log.is_some() {
+            let mut state = self.inner.lock();
+            self.inner.halt(&mut state, CommitError::Stopped);
+        }
+    }
+}
+
+impl Turn<'_> {
+    fn log(&mut self) -> Result<&mut Log, CommitError> {
+        self.log.as_deref_mut().ok_or(CommitError::Stopped)
+    }
+
+    fn commit(&mut self, group: &[Entry]) -> Result<(), CommitError> {
+        let mut buf = Vec::with_capacity(group.iter().map(|e| e.writes.len() * 64).sum());
+        let log = self.log()?;
+        for e in group {
+            wal::encode_record(&e.writes, log.generation(), &mut buf);
+        }
+        log.append(&buf)
+            .map_err(|e| CommitError::Log(Arc::new(e)))?;
+        // Durable first, then visible: sled never holds a write whose record could still be
+        // lost, so a replay can always complete what sled kept.
+        group
+            .iter()
+            .flat_map(|e| &e.writes)
+            .try_for_each(Write::apply)
+            .map_err(|e| CommitError::Flush(Arc::new(e)))?;
+        if log.len() >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Makes sled durable up to now, then empties the log it no longer needs.
     fn checkpoint(&mut self) -> Result<(), CommitError> {
-        self.db
+        self.inner
+            .db
             .flush()
             .map_err(|e| CommitError::Flush(Arc::new(e)))?;
-        if self.log.is_empty() {
+        let log = self.log()?;
+        if log.is_empty() {
             return Ok(());
         }
-        self.log.reset().map_err(|e| CommitError::Log(Arc::new(e)))
+        log.reset().map_err(|e| CommitError::Log(Arc::new(e)))
     }
 }
 
 impl Committer {
     /// Replays the commit log in `dir` into `db` (writes acknowledged before a crash that
-    /// sled had not flushed), then starts the committer thread. It is a plain OS thread
-    /// rather than a blocking task, so a group costs no hand-off to tokio's blocking pool;
-    /// it ends, with a final checkpoint, when every handle is dropped.
+    /// sled had not flushed), then starts the thread that serves flushes and idle
+    /// checkpoints. When every handle is dropped that thread checkpoints once more, so the
+    /// next start replays nothing.
     pub fn spawn(db: sled::Db, dir: &Path) -> Result<(Self, usize), CommitError> {
         let (log, replayed) = Log::open(dir, &db).map_err(|e| CommitError::Log(Arc::new(e)))?;
-        let (tx, rx) = mpsc::channel::<Request>();
-        let thread = Thread { db, log };
+        let inner = Arc::new(Inner {
+            db,
+            state: Mutex::new(State {
+                queue: Vec::new(),
+                log: Some(log),
+                halted: None,
+                last_commit: Instant::now(),
+            }),
+            turn: Condvar::new(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let background = inner.clone();
         std::thread::Builder::new()
-            .name("hartslag-commit".into())
-            .spawn(move || thread.run(rx))
+            .name("hartslag-checkpoint".into())
+            .spawn(move || checkpointer(&background, &rx))
             .map_err(|e| {
                 CommitError::Log(Arc::new(WalError::Io {
                     path: dir.join(wal::FILE_NAME),
                     source: e,
                 }))
             })?;
-        Ok((Self { tx }, replayed))
+        Ok((Self { inner, flushes: tx }, replayed))
     }
 
-    fn send(&self, r: Request) {
-        if let Err(mpsc::SendError(r)) = self.tx.send(r) {
-            match r {
-                Request::Log(_, done) | Request::Flush(done) => done(Err(CommitError::Stopped)),
-            }
-        }
-    }
-
-    /// Makes `writes` durable (one record, replayed as a whole), applies them to sled, then
-    /// calls `done`. Writes of one caller are applied in the order they were handed over.
-    pub fn log_then(&self, writes: Vec<Write>, done: Callback) {
-        self.send(Request::Log(writes, done));
-    }
-
-    /// [`Committer::log_then`] for writer threads: blocks until the writes are applied.
+    /// Makes `writes` durable (one record, replayed as a whole) and applies them to sled,
+    /// blocking the calling thread until both are done. For writer threads, never for
+    /// async tasks: the caller may be the one that runs the fsync.
     pub fn log_blocking(&self, writes: Vec<Write>) -> Result<(), CommitError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.log_then(
+        let done = Arc::new(OnceLock::new());
+        let mut state = self.inner.lock();
+        if let Some(h) = &state.halted {
+            return Err(halted(h));
+        }
+        state.queue.push(Entry {
             writes,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.recv().map_err(|_| CommitError::Stopped)?
-    }
-
-    /// Calls `done` once everything written to sled before this call is on disk.
-    pub fn flush_then(&self, done: Callback) {
-        self.send(Request::Flush(done));
+            done: done.clone(),
+        });
+        loop {
+            if let Some(result) = done.get() {
+                return result.clone();
+            }
+            if let Some(h) = &state.halted {
+                // A leader that took these writes unwound before answering.
+                return Err(halted(h));
+            }
+            if state.log.is_some() {
+                let group = std::mem::take(&mut state.queue);
+                state = self.inner.lead(state, Work::Group(group)).0;
+                continue;
+            }
+            state = self.inner.wait(state);
+        }
     }
 
     /// Resolves once everything written to the database before this call is on disk.
     pub async fn flush(&self) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
-        self.flush_then(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
+        self.flushes.send(tx).map_err(|_| CommitError::Stopped)?;
         rx.await.map_err(|_| CommitError::Stopped)?
+    }
+
+    /// `Err` once a failed write to disk has stopped all writing (until a restart).
+    pub fn health(&self) -> Result<(), CommitError> {
+        match &self.inner.lock().halted {
+            Some(h) => Err(halted(h)),
+            None => Ok(()),
+        }
     }
 }
 
+/// Serves flush requests (all those queued share one checkpoint) and checkpoints a log
+/// that has been idle for [`IDLE_CHECKPOINT`].
+fn checkpointer(inner: &Inner, rx: &mpsc::Receiver<oneshot::Sender<Result<(), CommitError>>>) {
+    loop {
+        match rx.recv_timeout(IDLE_CHECKPOINT) {
+            Ok(first) => {
+                let mut waiters = vec![first];
+                waiters.extend(rx.try_iter());
+                let result = inner.checkpoint_when_free(false);
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = inner.checkpoint_when_free(true) {
+                    tracing::error!(error = %e, "checkpointing the commit log failed");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if let Err(e) = inner.checkpoint_when_free(false) {
+                    tracing::error!(error = %e, "the final checkpoint failed; the next start replays the commit log");
+                }
+                return;
+            }
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,14 +369,10 @@ mod tests {
                     db.insert(i.to_be_bytes(), &b"x"[..]).unwrap();
                     c.flush().await
                 } else {
-                    let (tx, rx) = oneshot::channel();
-                    c.log_then(
-                        vec![Write::put(&tree, i.to_be_bytes().to_vec(), b"y".to_vec())],
-                        Box::new(move |r| {
-                            let _ = tx.send(r);
-                        }),
-                    );
-                    rx.await.unwrap()
+                    let w = vec![Write::put(&tree, i.to_be_bytes().to_vec(), b"y".to_vec())];
+                    tokio::task::spawn_blocking(move || c.log_blocking(w))
+                        .await
+                        .unwrap()
                 }
             }));
         }
@@ -286,6 +416,60 @@ mod tests {
         assert_eq!(replayed, 1);
         let tree = db.open_tree("t").unwrap();
         assert_eq!(tree.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_failed_write_to_disk_stops_every_later_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let put = |k: &[u8]| vec![Write::put(&tree, k.to_vec(), b"v".to_vec())];
+        committer.log_blocking(put(b"before")).unwrap();
+        assert!(committer.health().is_ok());
+
+        committer
+            .inner
+            .lock()
+            .log
+            .as_mut()
+            .unwrap()
+            .fail_next_append = true;
+        let first = committer.log_blocking(put(b"failed")).unwrap_err();
+        assert!(matches!(first, CommitError::Log(_)), "{first:?}");
+        // The disk worked again, yet nothing more is accepted: the lost pages may be gone.
+        let later = committer.log_blocking(put(b"later")).unwrap_err();
+        assert!(matches!(later, CommitError::Halted(_)), "{later:?}");
+        assert!(
+            later.to_string().contains("injected fsync failure"),
+            "{later}"
+        );
+        assert!(committer.health().is_err());
+        assert!(tree.get(b"failed").unwrap().is_none());
+        assert!(tree.get(b"later").unwrap().is_none());
+        assert_eq!(tree.get(b"before").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn writers_on_many_threads_share_turns_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8u32 {
+                let (committer, tree) = (committer.clone(), tree.clone());
+                s.spawn(move || {
+                    for i in 0..50u32 {
+                        let k = [t.to_be_bytes(), i.to_be_bytes()].concat();
+                        committer
+                            .log_blocking(vec![Write::put(&tree, k.clone(), k)])
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(tree.len(), 400);
     }
 
     fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -4,10 +4,11 @@
 //! hourly), merged per batch, and is stored raw in a block: one value holding a batch's
 //! events of one application that lie within [`keys::BLOCK_SPAN_MICROS`] of each other, so
 //! a batch costs a few sled inserts rather than one per event. A single writer thread owns
-//! the rollup counters, so it can read-modify-write them without conflicts. Each batch of events becomes one commit-log record (raw events and every
-//! rollup they touch, as absolute values), so the rollups always agree with the raw events,
-//! even after a crash. The writer waits until the committer has made the record durable
-//! and applied it, then answers the batch; while it waits, the next batch gathers.
+//! the rollup counters, so it can read-modify-write them without conflicts. Each batch of
+//! events becomes one commit-log record (raw events and every rollup they touch, as absolute
+//! values), so the rollups always agree with the raw events, even after a crash. The writer
+//! commits the record itself when no other commit is running ([`super::commit`]) and
+//! answers the batch once it is durable and applied; meanwhile the next batch gathers.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -75,7 +76,7 @@ pub struct EventWriter {
 
 impl EventWriter {
     /// Starts the writer thread for `store`. A dedicated OS thread, because sled calls and
-    /// the wait for the committer block; the committer makes each batch durable.
+    /// the commit (often its own `fdatasync`) block.
     pub fn spawn(store: Store) -> Result<Self, StoreError> {
         let (tx, mut rx) = mpsc::channel::<Job>(8192);
         std::thread::Builder::new()

@@ -84,7 +84,7 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`. Needs a tokio runtime for the committer.
+    /// Opens (or creates) the database in `dir`, replaying the commit log first.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)

@@ -310,6 +310,9 @@ pub struct Log {
     end: u64,
     /// Bytes of the file written (with zeros or records).
     size: u64,
+    /// Tests set this to make the next append fail like a failed `fdatasync`.
+    #[cfg(test)]
+    pub(crate) fail_next_append: bool,
 }
 
 impl Log {
@@ -382,6 +385,8 @@ impl Log {
             generation,
             end: FILE_HEADER as u64,
             size: bytes.len() as u64,
+            #[cfg(test)]
+            fail_next_append: false,
         };
         if log.size < INITIAL_BYTES {
             log.fill_zeros(INITIAL_BYTES)?;
@@ -420,6 +425,10 @@ impl Log {
     /// Writes `buf` (whole records of this generation) after the last record and waits
     /// until it is on disk.
     pub fn append(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_append) {
+            return Err(self.io(std::io::Error::other("injected fsync failure")));
+        }
         let needed = self.end + buf.len() as u64;
         if needed > self.size {
             self.fill_zeros(needed.div_ceil(GROW_BYTES) * GROW_BYTES)?;
