@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::history::{self, RoundBlocks};
 use super::schedule::{self, Clock, SchedulerHandle};
 use super::state::{self, DownReason, Effect, MonitorState, Signal, State, Timing};
 use crate::alert::message::{Alert, AlertKind, Target, human_duration};
@@ -37,6 +38,9 @@ pub enum EngineError {
     /// A record could not be encoded or decoded.
     #[error("monitor record: {0}")]
     Codec(#[from] serde_json::Error),
+    /// Ping history could not be read or written.
+    #[error(transparent)]
+    History(#[from] history::HistoryError),
     /// The outbox refused a record.
     #[error(transparent)]
     Outbox(#[from] outbox::OutboxError),
@@ -269,6 +273,7 @@ pub struct Engine {
     tx: mpsc::UnboundedSender<Command>,
     snapshot: Arc<RwLock<HashMap<String, Monitor>>>,
     history: sled::Tree,
+    ping_history: u64,
     changes: broadcast::Sender<Change>,
     /// Counters.
     pub stats: Arc<EngineStats>,
@@ -281,8 +286,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+// Key families of the monitors tree. 2 held single pings in earlier versions and 5 holds
+// ping blocks; both belong to `history`.
 const FAMILY_MONITOR: u8 = 1;
-const FAMILY_PING: u8 = 2;
 const FAMILY_RETAINED: u8 = 3;
 const FAMILY_TRANSITION: u8 = 4;
 
@@ -329,14 +335,6 @@ fn apply_all(
 fn tombstone_key(key: &str) -> Vec<u8> {
     let mut k = vec![FAMILY_RETAINED];
     k.extend_from_slice(key.as_bytes());
-    k
-}
-
-fn ping_key(num: u64, seq: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = FAMILY_PING;
-    k[1..9].copy_from_slice(&num.to_be_bytes());
-    k[9..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -391,6 +389,8 @@ struct Pending {
     /// Monitor records to store, by key: a monitor stepped several times in one round
     /// (pings in a burst) is serialized and written once, with its last state.
     monitors: HashMap<String, Monitor>,
+    /// Ping blocks appended to in this round, written once each.
+    pings: RoundBlocks,
     alerts: Vec<outbox::Record>,
     done: Vec<Done>,
 }
@@ -508,17 +508,15 @@ impl Worker {
             }
             pending.monitors.insert(m.def.key.clone(), m.clone());
             if let Some(p) = ping {
-                pending.ops.push((
-                    ping_key(m.num, p.seq).to_vec(),
-                    Some(serde_json::to_vec(p)?),
-                ));
-                if let Some(old) = p
-                    .seq
-                    .checked_sub(self.config.ping_history)
-                    .filter(|s| *s > 0)
-                {
-                    pending.ops.push((ping_key(m.num, old).to_vec(), None));
-                }
+                let mut expired = Vec::new();
+                pending.pings.record(
+                    &self.tree,
+                    m.num,
+                    p,
+                    self.config.ping_history,
+                    &mut expired,
+                )?;
+                pending.ops.extend(expired.into_iter().map(|k| (k, None)));
             }
             Ok(())
         })();
@@ -552,11 +550,15 @@ impl Worker {
     /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
     /// next round reads what this one wrote; commands gather meanwhile.
     fn write(&self, pending: Pending) {
-        if pending.done.is_empty() && pending.ops.is_empty() && pending.monitors.is_empty() {
+        if pending.done.is_empty()
+            && pending.ops.is_empty()
+            && pending.monitors.is_empty()
+            && pending.pings.is_empty()
+        {
             return;
         }
         let alerts = !pending.alerts.is_empty();
-        let mut writes = match self.round_writes(pending.ops, pending.monitors) {
+        let mut writes = match self.round_writes(pending.ops, pending.pings, pending.monitors) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "encoding monitor state failed");
@@ -585,20 +587,22 @@ impl Worker {
     }
 
     /// A round's changes to the monitors tree as writes, in the order they were staged;
-    /// monitor records come after the other changes, since a monitor removed in the round
-    /// is no longer among them.
+    /// ping blocks and monitor records come after the other changes, since a monitor
+    /// removed in the round is no longer among them.
     fn round_writes(
         &self,
         ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        pings: RoundBlocks,
         monitors: HashMap<String, Monitor>,
     ) -> Result<Vec<Write>, serde_json::Error> {
-        let mut writes: Vec<Write> = Vec::with_capacity(ops.len() + monitors.len());
+        let mut writes: Vec<Write> = Vec::with_capacity(ops.len() + monitors.len() + 1);
         for (k, v) in ops {
             writes.push(match v {
                 Some(v) => Write::put(&self.tree, k, v),
                 None => Write::remove(&self.tree, k),
             });
         }
+        writes.extend(pings.into_writes(&self.tree));
         for (key, m) in monitors {
             writes.push(Write::put(
                 &self.tree,
@@ -747,6 +751,7 @@ impl Worker {
         self.scheduler.disarm(key.to_string());
         self.transitions_since_trim.borrow_mut().remove(&m.num);
         pending.monitors.remove(key);
+        pending.pings.forget(m.num);
         pending.ops.push((monitor_key(key), None));
         if m.def.retain_on_delete {
             // Keep history and state under a tombstone key so a re-created monitor finds them.
@@ -755,9 +760,7 @@ impl Worker {
                 .push((tombstone_key(key), Some(serde_json::to_vec(&m)?)));
         } else {
             pending.ops.push((tombstone_key(key), None));
-            let mut prefix = vec![FAMILY_PING];
-            prefix.extend_from_slice(&m.num.to_be_bytes());
-            for k in self.tree.scan_prefix(prefix).keys() {
+            for k in self.tree.scan_prefix(history::monitor_prefix(m.num)).keys() {
                 pending.ops.push((k?.to_vec(), None));
             }
             for k in self.tree.scan_prefix(transition_prefix(m.num)).keys() {
@@ -900,6 +903,10 @@ impl Engine {
         clock: Clock,
     ) -> Result<Self, EngineError> {
         let tree = db.open_tree("monitors")?;
+        let converted = history::convert_single_records(&tree, &committer)?;
+        if converted > 0 {
+            tracing::info!(pings = converted, "converted stored ping history to blocks");
+        }
         let mut map = HashMap::new();
         for item in tree.scan_prefix([FAMILY_MONITOR]) {
             let (_, v) = item?;
@@ -949,6 +956,7 @@ impl Engine {
             tx,
             snapshot,
             history: tree,
+            ping_history: config.ping_history,
             changes,
             stats,
             clock,
@@ -1043,17 +1051,12 @@ impl Engine {
 
     /// The newest pings of a monitor, newest first.
     pub fn pings(&self, num: u64, limit: usize) -> Result<Vec<PingRecord>, EngineError> {
-        let mut prefix = vec![FAMILY_PING];
-        prefix.extend_from_slice(&num.to_be_bytes());
-        self.history
-            .scan_prefix(prefix)
-            .rev()
-            .take(limit)
-            .map(|item| {
-                let (_, v) = item?;
-                Ok(serde_json::from_slice(&v)?)
-            })
-            .collect()
+        Ok(history::newest(
+            &self.history,
+            num,
+            limit,
+            self.ping_history,
+        )?)
     }
 
     /// The newest state transitions of a monitor, newest first.

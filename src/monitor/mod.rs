@@ -2,5 +2,6 @@
 //! persists state and carries out effects.
 
 pub mod engine;
+pub mod history;
 pub mod schedule;
 pub mod state;
