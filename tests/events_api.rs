@@ -562,8 +562,28 @@ async fn health_ready_and_metrics() {
             .status(),
         200
     );
+    assert_eq!(
+        c.get(format!("{}/no/such/route", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     let text = common::metrics_text(&s.base).await;
     assert!(text.contains("hartslag_http_requests_total{route=\"/api/v1/heartbeat\",method=\"POST\",status=\"201\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "hartslag_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "hartslag_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 1"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("hartslag_ingest_duration_seconds_count 1"),
         "{text}"

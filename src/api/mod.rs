@@ -4,15 +4,13 @@ pub mod events;
 pub mod manage;
 pub mod ops;
 pub mod pings;
+pub mod track;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -120,18 +118,6 @@ pub fn authenticate_app(state: &AppState, headers: &HeaderMap) -> Result<Arc<App
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized"))
 }
 
-async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    // `MatchedPath` and `Method` clone without allocating.
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let started = Instant::now();
-    let res = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics.record_request(route, method.as_str(), res.status().as_u16());
-    tracing::debug!(%route, %method, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
-    res
-}
-
 /// The complete router for both front ends: the APIs plus `pages` (the dashboard), all
 /// counted in the request metrics.
 pub fn router(state: AppState, pages: Router) -> Router {
@@ -143,5 +129,5 @@ pub fn router(state: AppState, pages: Router) -> Router {
         .merge(ops::routes())
         .with_state(state)
         .merge(pages)
-        .layer(axum::middleware::from_fn_with_state(metrics, track))
+        .layer(track::TrackLayer::new(metrics))
 }
