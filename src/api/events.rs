@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{ApiError, AppState, authenticate_app, error};
+use super::{ApiError, AppState, authenticate_app, error, json_body};
 use crate::ingest::periods::{Periods, date_key, local_date};
 use crate::ingest::validate::{NewEvent, ValidationErrors, parse_created_at, validate_event};
 use crate::registry::AppInfo;
@@ -58,13 +58,15 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn ingest(State(state): State<AppState>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
-    let app = match authenticate_app(&state, &headers) {
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let app = match authenticate_app(&state, headers) {
         Ok(app) => app,
         Err(res) => return res.into_response(),
     };
-    let idempotency_key = match idempotency_header(&headers) {
+    let idempotency_key = match idempotency_header(headers) {
         Ok(k) => k,
         Err(res) => return res.into_response(),
     };
@@ -114,19 +116,19 @@ async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         Outcome::Stored => {
             state.metrics.events_stored.fetch_add(1, Ordering::Relaxed);
             state.metrics.ingest_latency.observe(started.elapsed());
-            (StatusCode::CREATED, axum::Json(json!([]))).into_response()
+            json_body(StatusCode::CREATED, "[]")
         }
         Outcome::Replayed => {
             state
                 .metrics
                 .events_replayed
                 .fetch_add(1, Ordering::Relaxed);
-            (
-                StatusCode::CREATED,
-                [(REPLAYED_HEADER, "true")],
-                axum::Json(json!([])),
-            )
-                .into_response()
+            let mut res = json_body(StatusCode::CREATED, "[]");
+            res.headers_mut().insert(
+                REPLAYED_HEADER,
+                axum::http::HeaderValue::from_static("true"),
+            );
+            res
         }
         Outcome::KeyReused => {
             let msg =

@@ -57,6 +57,12 @@ pub struct Shared {
     pub rate_limit: Arc<manage::RateLimiter>,
 }
 
+/// A fixed JSON answer: the hot routes' bodies never change, so they skip building and
+/// serializing a `serde_json::Value` per request.
+pub fn json_body(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 /// A JSON error body `{"error": message}` with a status.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     ApiError::new(status, message).into_response()

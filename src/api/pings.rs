@@ -14,7 +14,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::events::read_body;
-use super::{ApiError, AppState, bearer};
+use super::{ApiError, AppState, bearer, json_body};
 use crate::monitor::engine::{EngineError, Monitor, PingInput, PingKind, PingOutcome};
 use crate::monitor::state;
 use crate::token::TokenKind;
@@ -63,7 +63,7 @@ async fn receive(
     token: String,
     mut kind: PingKind,
     params: HashMap<String, String>,
-    headers: HeaderMap,
+    headers: &HeaderMap,
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
@@ -103,17 +103,13 @@ async fn receive(
     let input = PingInput {
         kind,
         exit_code,
-        source: source(&headers, peer),
+        source: source(headers, peer),
         user_agent,
         body,
     };
     match state.engine.ping(&owner.key, input).await {
-        Ok(PingOutcome::Ok) => {
-            (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
-        }
-        Ok(PingOutcome::Paused) => {
-            (StatusCode::OK, axum::Json(json!({"status": "paused"}))).into_response()
-        }
+        Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
+        Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
         Err(EngineError::NotFound) => not_found(),
         Err(e) => {
             tracing::error!(error = %e, monitor = %owner.key, "ping not recorded");
@@ -138,8 +134,8 @@ macro_rules! ping_handler {
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
-            let headers = req.headers().clone();
-            receive(s, t, $kind, q, headers, peer, req.into_body()).await
+            let (parts, body) = req.into_parts();
+            receive(s, t, $kind, q, &parts.headers, peer, body).await
         }
     };
 }
