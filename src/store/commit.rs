@@ -49,9 +49,13 @@ pub enum CommitError {
     Stopped,
 }
 
+/// Called once a writer's record is on disk, before it is applied to sled.
+pub type OnDurable = Box<dyn FnOnce() + Send>;
+
 /// One writer's queued writes and where its leader puts the answer.
 struct Entry {
     writes: Vec<Write>,
+    on_durable: Option<OnDurable>,
     done: Arc<OnceLock<Result<(), CommitError>>>,
 }
 
@@ -131,8 +135,8 @@ impl Inner {
             log: Some(&mut log),
         };
         let result = match work {
-            Work::Group(group) => {
-                let result = turn.commit(&group);
+            Work::Group(mut group) => {
+                let result = turn.commit(&mut group);
                 for e in group {
                     let _ = e.done.set(result.clone());
                 }
@@ -210,14 +214,19 @@ impl Turn<'_> {
         self.log.as_deref_mut().ok_or(CommitError::Stopped)
     }
 
-    fn commit(&mut self, group: &[Entry]) -> Result<(), CommitError> {
+    fn commit(&mut self, group: &mut [Entry]) -> Result<(), CommitError> {
         let mut buf = Vec::with_capacity(group.iter().map(|e| e.writes.len() * 64).sum());
         let log = self.log()?;
-        for e in group {
+        for e in group.iter() {
             wal::encode_record(&e.writes, log.generation(), &mut buf);
         }
         log.append(&buf)
             .map_err(|e| CommitError::Log(Arc::new(e)))?;
+        for e in group.iter_mut() {
+            if let Some(f) = e.on_durable.take() {
+                f();
+            }
+        }
         // Durable first, then visible: sled never holds a write whose record could still be
         // lost, so a replay can always complete what sled kept.
         group
@@ -280,6 +289,18 @@ impl Committer {
     /// blocking the calling thread until both are done. For writer threads, never for
     /// async tasks: the caller may be the one that runs the fsync.
     pub fn log_blocking(&self, writes: Vec<Write>) -> Result<(), CommitError> {
+        self.log_blocking_then(writes, None)
+    }
+
+    /// [`Committer::log_blocking`], calling `on_durable` as soon as the record is on disk
+    /// and before it is applied: a writer can answer its callers while sled catches up, as
+    /// long as its readers wait for the apply (see `store::events::Visibility`). Not
+    /// called if the record could not be written.
+    pub fn log_blocking_then(
+        &self,
+        writes: Vec<Write>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<(), CommitError> {
         let done = Arc::new(OnceLock::new());
         let mut state = self.inner.lock();
         if let Some(h) = &state.halted {
@@ -287,6 +308,7 @@ impl Committer {
         }
         state.queue.push(Entry {
             writes,
+            on_durable,
             done: done.clone(),
         });
         loop {
@@ -448,6 +470,49 @@ mod tests {
         assert!(tree.get(b"failed").unwrap().is_none());
         assert!(tree.get(b"later").unwrap().is_none());
         assert_eq!(tree.get(b"before").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn on_durable_runs_after_the_fsync_and_before_the_apply_and_never_after_a_failure() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        // 1: called before the apply; 2: called after it (wrong).
+        let seen = Arc::new(AtomicU8::new(0));
+        let (s, t) = (seen.clone(), tree.clone());
+        committer
+            .log_blocking_then(
+                vec![Write::put(&tree, b"k".to_vec(), b"v".to_vec())],
+                Some(Box::new(move || {
+                    let applied = t.get(b"k").unwrap().is_some();
+                    s.store(if applied { 2 } else { 1 }, Ordering::SeqCst);
+                })),
+            )
+            .unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert!(tree.get(b"k").unwrap().is_some());
+
+        committer
+            .inner
+            .lock()
+            .log
+            .as_mut()
+            .unwrap()
+            .fail_next_append = true;
+        let called = Arc::new(AtomicU8::new(0));
+        let c = called.clone();
+        let r = committer.log_blocking_then(
+            vec![Write::put(&tree, b"x".to_vec(), b"v".to_vec())],
+            Some(Box::new(move || c.store(1, Ordering::SeqCst))),
+        );
+        assert!(r.is_err());
+        assert_eq!(
+            called.load(Ordering::SeqCst),
+            0,
+            "answered a write that is not on disk"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! answers the batch once it is durable and applied; meanwhile the next batch gathers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
@@ -83,6 +85,7 @@ impl EventWriter {
             .name("hartslag-ingest".into())
             .spawn(move || {
                 let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+                let mut seq = 0u64;
                 while let Some(first) = rx.blocking_recv() {
                     batch.push(first);
                     while batch.len() < MAX_BATCH {
@@ -91,28 +94,39 @@ impl EventWriter {
                             Err(_) => break,
                         }
                     }
+                    seq += 1;
                     let writes: Vec<&EventWrite> = batch.iter().map(|j| &j.write).collect();
-                    let result = store
-                        .event_writes(&writes, Timestamp::now())
-                        .and_then(|(w, outcomes)| {
-                            store.committer().log_blocking(w)?;
-                            Ok(outcomes)
-                        })
-                        .map_err(|e| {
-                            tracing::error!(error = %e, "writing a batch of events failed");
-                            e.to_string()
-                        });
-                    match result {
-                        // One outcome per event, in batch order.
-                        Ok(outcomes) => {
-                            for (job, outcome) in batch.drain(..).zip(outcomes) {
-                                let _ = job.ack.send(Ok(outcome));
-                            }
-                        }
+                    let (w, outcomes) = match store.event_writes(&writes, Timestamp::now()) {
+                        Ok(prepared) => prepared,
                         Err(e) => {
+                            tracing::error!(error = %e, "preparing a batch of events failed");
                             for job in batch.drain(..) {
-                                let _ = job.ack.send(Err(e.clone()));
+                                let _ = job.ack.send(Err(e.to_string()));
                             }
+                            continue;
+                        }
+                    };
+                    // One outcome per event, in batch order. The answers go out as soon as
+                    // the batch is on disk; readers wait for the apply (`Visibility`).
+                    let answers: Vec<_> = batch.drain(..).map(|j| j.ack).zip(outcomes).collect();
+                    let answers = Arc::new(Mutex::new(Some(answers)));
+                    let on_durable = {
+                        let (answers, visible) = (answers.clone(), store.visible.clone());
+                        Box::new(move || {
+                            visible.acknowledged(seq);
+                            let taken = answers.lock().unwrap_or_else(|p| p.into_inner()).take();
+                            for (ack, outcome) in taken.into_iter().flatten() {
+                                let _ = ack.send(Ok(outcome));
+                            }
+                        })
+                    };
+                    let result = store.committer().log_blocking_then(w, Some(on_durable));
+                    store.visible.applied(seq);
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "writing a batch of events failed");
+                        let taken = answers.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        for (ack, _) in taken.into_iter().flatten() {
+                            let _ = ack.send(Err(e.to_string()));
                         }
                     }
                 }
@@ -121,8 +135,8 @@ impl EventWriter {
         Ok(Self { tx })
     }
 
-    /// Stores one event durably; returns once it is on disk and visible to queries (or
-    /// once its `Idempotency-Key` has been settled).
+    /// Stores one event durably; returns once it is on disk (or once its `Idempotency-Key`
+    /// has been settled). Queries made after that see it: they wait for the apply.
     pub async fn write(&self, write: EventWrite) -> Result<Outcome, StoreError> {
         let (ack, rx) = oneshot::channel();
         self.tx
@@ -136,6 +150,49 @@ impl EventWriter {
                 detail: msg,
             }),
             Err(_) => Err(StoreError::Stopped),
+        }
+    }
+}
+
+/// Read-your-writes for events answered before sled has them: the ingest writer answers a
+/// batch once its record is on disk and applies it to sled right after, so every query
+/// first waits until the last answered batch is applied (normally already true, otherwise
+/// a few tens of microseconds).
+#[derive(Debug, Default)]
+pub struct Visibility {
+    acknowledged: AtomicU64,
+    applied: Mutex<u64>,
+    caught_up: Condvar,
+}
+
+impl Visibility {
+    /// Batch `seq` is about to be answered.
+    fn acknowledged(&self, seq: u64) {
+        self.acknowledged.store(seq, Ordering::Release);
+    }
+
+    /// Batch `seq` is applied to sled (or failed; nothing more will arrive for it).
+    fn applied(&self, seq: u64) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        self.caught_up.notify_all();
+    }
+
+    /// Waits until everything answered so far is readable from sled.
+    pub fn wait(&self) {
+        let target = self.acknowledged.load(Ordering::Acquire);
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        while *applied < target {
+            let (guard, timeout) = self
+                .caught_up
+                .wait_timeout(applied, std::time::Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner());
+            applied = guard;
+            if timeout.timed_out() {
+                tracing::warn!(
+                    "a query gave up waiting for the ingest writer to apply its last batch"
+                );
+                break;
+            }
         }
     }
 }
@@ -478,6 +535,7 @@ impl Store {
         event: Option<&str>,
         user: Option<i64>,
     ) -> Result<StatsReport, StoreError> {
+        self.visible.wait();
         let (rollup_family, total_family) = match user {
             Some(_) => (Family::UserRollup, Family::UserTotal),
             None => (Family::Rollup, Family::Total),
@@ -558,6 +616,7 @@ impl Store {
         app: u64,
         filter: ExportFilter,
     ) -> impl Iterator<Item = Result<ExportedEvent, StoreError>> + Send + 'static {
+        self.visible.wait();
         let from = filter.from.map(keys::micros).unwrap_or(i64::MIN);
         let to = filter.to.map(keys::micros).unwrap_or(i64::MAX);
         // A block starting up to one span before `from` may still hold events after it.
@@ -676,6 +735,7 @@ impl Store {
 
     /// Number of raw events an application holds (for metrics and tests).
     pub fn event_count(&self, app: u64) -> Result<usize, StoreError> {
+        self.visible.wait();
         let mut n = 0;
         for item in self
             .events
@@ -689,6 +749,7 @@ impl Store {
 
     /// Time of the newest stored event of an application.
     pub fn last_event_at(&self, app: u64) -> Result<Option<Timestamp>, StoreError> {
+        self.visible.wait();
         let lo = keys::event_bound(app, i64::MIN);
         let mut newest: Option<i64> = None;
         for item in self.events.range(lo.to_vec()..keys::events_end(app)).rev() {
@@ -846,6 +907,25 @@ pub struct Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_wait_for_answered_batches_to_be_applied() {
+        let v = Arc::new(Visibility::default());
+        v.wait(); // nothing answered: returns at once
+        v.acknowledged(1);
+        let started = std::time::Instant::now();
+        let applier = {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                v.applied(1);
+            })
+        };
+        v.wait();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        assert_eq!(*v.applied.lock().unwrap(), 1);
+        applier.join().unwrap();
+    }
     use crate::store::StoreOptions;
 
     fn ev(name: &str, user: Option<i64>) -> EventValue {

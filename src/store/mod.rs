@@ -75,6 +75,8 @@ pub struct Store {
     pub(crate) events: sled::Tree,
     pub(crate) apps: sled::Tree,
     pub(crate) tokens: sled::Tree,
+    /// Queries wait here for events that were answered before sled had them.
+    pub(crate) visible: std::sync::Arc<events::Visibility>,
 }
 
 impl std::fmt::Debug for Store {
@@ -103,6 +105,7 @@ impl Store {
             events: db.open_tree("events")?,
             apps: db.open_tree("apps")?,
             tokens: db.open_tree("tokens")?,
+            visible: Default::default(),
             committer,
             db,
         })
