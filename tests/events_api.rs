@@ -546,30 +546,10 @@ async fn health_ready_and_metrics() {
         StatusCode::CREATED
     );
     let c = reqwest::Client::new();
-    assert_eq!(
-        c.get(format!("{}/healthz", s.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(format!("{}/readyz", s.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(format!("{}/no/such/route", s.base))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/no/such/route", 404)] {
+        let r = c.get(format!("{}{path}", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+    }
     let text = common::metrics_text(&s.base).await;
     assert!(text.contains("hartslag_http_requests_total{route=\"/api/v1/heartbeat\",method=\"POST\",status=\"201\"} 1"), "{text}");
     assert!(

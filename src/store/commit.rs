@@ -377,10 +377,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_concurrent_waiters_all_get_answered() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
-        let tree = db.open_tree("t").unwrap();
+        let (_dir, db, committer, tree) = open();
         let mut tasks = Vec::new();
         for i in 0..256u32 {
             let db = db.clone();
@@ -442,21 +439,12 @@ mod tests {
 
     #[test]
     fn a_failed_write_to_disk_stops_every_later_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
-        let tree = db.open_tree("t").unwrap();
+        let (_dir, _db, committer, tree) = open();
         let put = |k: &[u8]| vec![Write::put(&tree, k.to_vec(), b"v".to_vec())];
         committer.log_blocking(put(b"before")).unwrap();
         assert!(committer.health().is_ok());
 
-        committer
-            .inner
-            .lock()
-            .log
-            .as_mut()
-            .unwrap()
-            .fail_next_append = true;
+        fail_next_append(&committer);
         let first = committer.log_blocking(put(b"failed")).unwrap_err();
         assert!(matches!(first, CommitError::Log(_)), "{first:?}");
         // The disk worked again, yet nothing more is accepted: the lost pages may be gone.
@@ -475,10 +463,7 @@ mod tests {
     #[test]
     fn on_durable_runs_after_the_fsync_and_before_the_apply_and_never_after_a_failure() {
         use std::sync::atomic::{AtomicU8, Ordering};
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
-        let tree = db.open_tree("t").unwrap();
+        let (_dir, _db, committer, tree) = open();
         // 1: called before the apply; 2: called after it (wrong).
         let seen = Arc::new(AtomicU8::new(0));
         let (s, t) = (seen.clone(), tree.clone());
@@ -494,13 +479,7 @@ mod tests {
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         assert!(tree.get(b"k").unwrap().is_some());
 
-        committer
-            .inner
-            .lock()
-            .log
-            .as_mut()
-            .unwrap()
-            .fail_next_append = true;
+        fail_next_append(&committer);
         let called = Arc::new(AtomicU8::new(0));
         let c = called.clone();
         let r = committer.log_blocking_then(
@@ -517,10 +496,7 @@ mod tests {
 
     #[test]
     fn writers_on_many_threads_share_turns_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
-        let tree = db.open_tree("t").unwrap();
+        let (_dir, _db, committer, tree) = open();
         std::thread::scope(|s| {
             for t in 0..8u32 {
                 let (committer, tree) = (committer.clone(), tree.clone());
@@ -535,6 +511,26 @@ mod tests {
             }
         });
         assert_eq!(tree.len(), 400);
+    }
+
+    /// A committer on a fresh database, with tree `t` to write to.
+    fn open() -> (tempfile::TempDir, sled::Db, Committer, sled::Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        (dir, db, committer, tree)
+    }
+
+    /// Makes the next append fail the way a failed `fdatasync` does.
+    fn fail_next_append(committer: &Committer) {
+        committer
+            .inner
+            .lock()
+            .log
+            .as_mut()
+            .unwrap()
+            .fail_next_append = true;
     }
 
     fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
