@@ -7,8 +7,9 @@
 //! the rollup counters, so it can read-modify-write them without conflicts. Each batch of
 //! events becomes one commit-log record (raw events and every rollup they touch, as absolute
 //! values), so the rollups always agree with the raw events, even after a crash. The writer
-//! commits the record itself when no other commit is running ([`super::commit`]) and
-//! answers the batch once it is durable and applied; meanwhile the next batch gathers.
+//! commits the record itself when no other commit is running ([`super::commit`]), answers
+//! the batch as soon as it is on disk and then applies it; queries wait for that apply
+//! ([`Visibility`]). Meanwhile the next batch gathers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
