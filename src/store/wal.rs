@@ -14,9 +14,10 @@
 //! happens at a checkpoint (a size bound, an idle period, or any explicit flush): after a
 //! sled flush every applied record is in sled.
 //!
-//! The file is written with zeros ahead of the records, in steps of `GROW_BYTES` (4 MiB), and
-//! reused after every checkpoint: a record is written over bytes that already exist, so its `fdatasync` has no file size or block
-//! allocation to commit to the file system journal (about 180 µs here instead of 300 µs).
+//! The file is written with zeros ahead of the records, in steps of `GROW_BYTES` (4 MiB),
+//! and reused after every checkpoint: a record is written over bytes that already exist, so
+//! its `fdatasync` has no file size or block allocation to commit to the file system
+//! journal (about 180 µs here instead of 300 µs).
 //! Starting over writes a new generation number into the file header instead of
 //! truncating; every record carries the generation it was written in, so records left
 //! from an earlier generation end the log just as a torn or zeroed one does.
