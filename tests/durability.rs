@@ -4,19 +4,27 @@
 mod common;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ChildServer, InProcess, app_manifest, read_token};
 use serde_json::{Value, json};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_acknowledged_event_survives_kill_9() {
+/// A temporary manifests directory holding one UTC Application `name`, and a data
+/// directory next to it (not created yet).
+fn one_application(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("app.yaml"), app_manifest("durable", "UTC")).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest(name, "UTC")).unwrap();
+    (dir, manifests, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_event_survives_kill_9() {
+    let (_dir, manifests, data) = one_application("durable");
 
     let server = ChildServer::start(&manifests, &data, &[]).await;
     let token = read_token(&data, "application", "durable");
@@ -217,11 +225,7 @@ async fn retention_deletes_raw_events_but_keeps_totals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_still_answers_after_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("app.yaml"), app_manifest("retry", "UTC")).unwrap();
+    let (_dir, manifests, data) = one_application("retry");
     let send = |base: String, token: String| async move {
         reqwest::Client::new()
             .post(format!("{base}/api/v1/heartbeat"))
