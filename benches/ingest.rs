@@ -3,9 +3,13 @@
 //! in the same run, on loopback, and (c) the heartbeat ping route. Prints requests/s,
 //! p50/p99 latency and the ratios b/a and c/a.
 //!
+//! The targets take turns in rounds, in a rotating order, and the ratios are over the sums
+//! of all rounds: on a shared machine the disk's flush latency drifts by tens of percent
+//! within minutes, and one target measured after another would catch different states.
+//!
 //! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
-//! default 5 per target; `BENCH_ONLY=ingest` or `BENCH_ONLY=ping` runs that target alone,
-//! for a profiler).
+//! default 3 per target and round; `BENCH_ROUNDS`, default 3; `BENCH_ONLY=noop`, `ingest`
+//! or `ping` runs that target alone, for a profiler).
 
 mod common;
 
@@ -113,9 +117,42 @@ fn report(name: &str, o: &Outcome) {
     );
 }
 
+/// One target's runs over all rounds, merged: total requests over total time, and the
+/// latency percentiles of every request.
+fn merge(runs: &[Outcome]) -> Outcome {
+    let mut latencies: Vec<Duration> = runs
+        .iter()
+        .flat_map(|o| o.latencies.iter().copied())
+        .collect();
+    latencies.sort();
+    Outcome {
+        requests: latencies.len(),
+        errors: runs.iter().map(|o| o.errors).sum(),
+        elapsed: runs.iter().map(|o| o.elapsed).sum(),
+        latencies,
+    }
+}
+
+/// The lowest and highest of the per-round ratios `num/den`.
+fn spread(num: &[Outcome], den: &[Outcome]) -> (f64, f64) {
+    num.iter()
+        .zip(den)
+        .map(|(n, d)| n.rate() / d.rate())
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r), hi.max(r)))
+}
+
+/// The three targets, measured by [`drive`] one after another.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    Noop,
+    Ingest,
+    Ping,
+}
+
 fn main() {
     let connections: usize = common::env_or("BENCH_CONNECTIONS", 64);
-    let seconds: u64 = common::env_or("BENCH_SECONDS", 5);
+    let seconds: u64 = common::env_or("BENCH_SECONDS", 3);
+    let rounds: usize = common::env_or("BENCH_ROUNDS", 3).max(1);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,29 +182,52 @@ fn main() {
         let c = core.clone();
         tokio::spawn(async move { c.serve(l, std::future::pending()).await });
 
-        println!("ingest benchmark: {connections} keep-alive connections, {seconds} s per target, loopback, same process");
         let body = r#"{"event":"bench-event","weight":3,"user_id":42}"#;
         let ping = std::fs::read_to_string(dir.path().join("data/tokens/heartbeat-bench-job.url")).expect("ping url");
-        match std::env::var("BENCH_ONLY").as_deref() {
-            Ok("ingest") => {
-                let b = drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await;
-                report("(b) ingest, durable", &b);
-                return;
+        let targets: Vec<Target> = match std::env::var("BENCH_ONLY").as_deref() {
+            Ok("ingest") => vec![Target::Ingest],
+            Ok("ping") => vec![Target::Ping],
+            Ok("noop") => vec![Target::Noop],
+            _ => vec![Target::Noop, Target::Ingest, Target::Ping],
+        };
+        println!(
+            "ingest benchmark: {connections} keep-alive connections, loopback, same process; {rounds} rounds of {seconds} s per target, \
+             the order rotating each round so drift on the machine reaches every target alike"
+        );
+        let mut results: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for k in 0..targets.len() {
+                let i = (k + round) % targets.len();
+                let o = match targets[i] {
+                    Target::Noop => drive(format!("http://{noop_addr}/api/v1/heartbeat"), None, body, connections, seconds).await,
+                    Target::Ingest => drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await,
+                    Target::Ping => drive(ping.trim().to_string(), None, "", connections, seconds).await,
+                };
+                report(&format!("  round {} {}", round + 1, label(targets[i])), &o);
+                results[i].push(o);
             }
-            Ok("ping") => {
-                let c = drive(ping.trim().to_string(), None, "", connections, seconds).await;
-                report("(c) ping, durable", &c);
-                return;
-            }
-            _ => {}
         }
-        let a = drive(format!("http://{noop_addr}/api/v1/heartbeat"), None, body, connections, seconds).await;
-        report("(a) no-op handler", &a);
-        let b = drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await;
-        report("(b) ingest, durable", &b);
-        println!("ratio b/a: {:.2}", b.rate() / a.rate());
-        let c = drive(ping.trim().to_string(), None, "", connections, seconds).await;
-        report("(c) ping, durable", &c);
-        println!("ratio c/a: {:.2}", c.rate() / a.rate());
+        println!("all rounds:");
+        let merged: Vec<Outcome> = results.iter().map(|r| merge(r)).collect();
+        for (t, o) in targets.iter().zip(&merged) {
+            report(label(*t), o);
+        }
+        if targets.len() == 3 {
+            for (i, name) in [(1, "b/a"), (2, "c/a")] {
+                let (lo, hi) = spread(&results[i], &results[0]);
+                println!(
+                    "ratio {name}: {:.2}   (rounds {lo:.2}–{hi:.2})",
+                    merged[i].rate() / merged[0].rate()
+                );
+            }
+        }
     });
+}
+
+fn label(t: Target) -> &'static str {
+    match t {
+        Target::Noop => "(a) no-op handler",
+        Target::Ingest => "(b) ingest, durable",
+        Target::Ping => "(c) ping, durable",
+    }
 }
