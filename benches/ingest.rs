@@ -117,6 +117,50 @@ fn report(name: &str, o: &Outcome) {
     );
 }
 
+/// The commit log's counters from the server's `/metrics`: seconds spent in append and
+/// fdatasync, groups (one fdatasync each) and the writers' records in them.
+#[derive(Clone, Copy, Default)]
+struct Commits {
+    sync_seconds: f64,
+    groups: f64,
+    records: f64,
+}
+
+async fn commits(base: &str) -> Commits {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Commits {
+        sync_seconds: value("hartslag_commit_sync_seconds_sum"),
+        groups: value("hartslag_commit_groups_total"),
+        records: value("hartslag_commit_records_total"),
+    }
+}
+
+/// What the commit log did during a run (between two readings), as one line: the flush
+/// latency the disk gave, and how many requests each flush served.
+fn describe(before: Commits, after: Commits, run: &Outcome) -> String {
+    let groups = after.groups - before.groups;
+    if groups < 1.0 {
+        return "      no commits".into();
+    }
+    format!(
+        "      commit log: append + fdatasync {:.0} µs on average, {:.0}/s, {:.1} requests and {:.1} writer records each",
+        (after.sync_seconds - before.sync_seconds) / groups * 1e6,
+        groups / run.elapsed.as_secs_f64(),
+        run.requests as f64 / groups,
+        (after.records - before.records) / groups,
+    )
+}
+
 /// One target's runs over all rounds, merged: total requests over total time, and the
 /// latency percentiles of every request.
 fn merge(runs: &[Outcome]) -> Outcome {
@@ -194,16 +238,22 @@ fn main() {
             "ingest benchmark: {connections} keep-alive connections, loopback, same process; {rounds} rounds of {seconds} s per target, \
              the order rotating each round so drift on the machine reaches every target alike"
         );
+        let base = format!("http://{addr}");
         let mut results: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {
             for k in 0..targets.len() {
                 let i = (k + round) % targets.len();
+                let before = commits(&base).await;
                 let o = match targets[i] {
                     Target::Noop => drive(format!("http://{noop_addr}/api/v1/heartbeat"), None, body, connections, seconds).await,
                     Target::Ingest => drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await,
                     Target::Ping => drive(ping.trim().to_string(), None, "", connections, seconds).await,
                 };
+                let after = commits(&base).await;
                 report(&format!("  round {} {}", round + 1, label(targets[i])), &o);
+                if targets[i] != Target::Noop {
+                    println!("{}", describe(before, after, &o));
+                }
                 results[i].push(o);
             }
         }

@@ -14,19 +14,42 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Finer bounds for disk flushes, which take tens to hundreds of microseconds on a good
+/// disk: the default buckets would put nearly all of them in the first one.
+pub const SYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// A fixed-bucket latency histogram.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Histogram {
+    bounds: &'static [f64; 12],
     counts: [AtomicU64; 12],
     inf: AtomicU64,
     sum_micros: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::with_bounds(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    /// A histogram over other bucket bounds (ascending, in seconds) than the default.
+    pub fn with_bounds(bounds: &'static [f64; 12]) -> Self {
+        Self {
+            bounds,
+            counts: Default::default(),
+            inf: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        match BUCKETS.iter().position(|b| secs <= *b) {
+        match self.bounds.iter().position(|b| secs <= *b) {
             Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
             None => self.inf.fetch_add(1, Ordering::Relaxed),
         };
@@ -38,7 +61,7 @@ impl Histogram {
     pub fn render(&self, name: &str, help: &str, out: &mut String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
         }

@@ -20,7 +20,7 @@ use crate::monitor::engine::{Engine, EngineConfig, EngineError};
 use crate::monitor::schedule::Clock;
 use crate::registry::{Registry, RegistryError};
 use crate::store::events::EventWriter;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Committer, Store, StoreError, StoreOptions};
 
 /// Errors while starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -116,13 +116,14 @@ impl Core {
             Clock::new(),
         )?;
         tokio::spawn(outbox.clone().run(Senders { email, webhook }));
+        let committer = store.committer().clone();
         let events = EventWriter::spawn(store).map_err(|source| ServerError::Open {
             path: config.data_dir.display().to_string(),
             source,
         })?;
         let config_rate = (config.api_rate_per_sec, config.api_rate_burst);
         let metrics = Arc::new(Metrics::default());
-        register_metrics(&metrics, &engine, &outbox);
+        register_metrics(&metrics, &engine, &outbox, committer);
         let dashboard = Arc::new(crate::dashboard::Dashboard::new(&config.external_url));
         Ok(Self {
             config,
@@ -244,8 +245,8 @@ impl Core {
     }
 }
 
-/// Adds the monitor and alert families to `/metrics`.
-fn register_metrics(metrics: &Metrics, engine: &Engine, outbox: &Outbox) {
+/// Adds the monitor, alert and commit-log families to `/metrics`.
+fn register_metrics(metrics: &Metrics, engine: &Engine, outbox: &Outbox, committer: Committer) {
     use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
     let engine = engine.clone();
@@ -281,6 +282,27 @@ fn register_metrics(metrics: &Metrics, engine: &Engine, outbox: &Outbox) {
         engine.stats.down_lateness.render(
             "hartslag_down_transition_lateness_seconds",
             "How long after its due time a Down transition was applied.",
+            out,
+        );
+        let commits = committer.stats();
+        commits.sync.render(
+            "hartslag_commit_sync_seconds",
+            "How long each group commit's append and fdatasync took: the disk's flush latency, which bounds durable writes.",
+            out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_commit_groups_total Group commits (one fdatasync each).\n# TYPE hartslag_commit_groups_total counter\nhartslag_commit_groups_total {}",
+            commits.groups.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_commit_records_total Writer records committed; divided by the groups, how many writes one fdatasync served.\n# TYPE hartslag_commit_records_total counter\nhartslag_commit_records_total {}",
+            commits.records.load(Relaxed)
+        );
+        commits.checkpoint.render(
+            "hartslag_commit_checkpoint_seconds",
+            "How long each checkpoint (database flush, then emptying the commit log) took.",
             out,
         );
     });

@@ -569,6 +569,24 @@ async fn health_ready_and_metrics() {
         "{text}"
     );
     assert!(text.contains("hartslag_events_stored_total 1"), "{text}");
+    // The commit log: every group is one timed fdatasync, serving one or more records.
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+    };
+    let groups = value("hartslag_commit_groups_total");
+    assert!(groups >= 1, "{text}");
+    assert_eq!(
+        value("hartslag_commit_sync_seconds_count"),
+        groups,
+        "{text}"
+    );
+    assert!(value("hartslag_commit_records_total") >= groups, "{text}");
+    assert!(
+        text.contains("hartslag_commit_sync_seconds_bucket{le=\"0.0001\"}"),
+        "{text}"
+    );
     assert!(!text.contains(&token));
     s.stop().await;
 }

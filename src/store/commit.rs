@@ -18,6 +18,7 @@
 //! [`CommitError::Halted`], [`Committer::health`] reports it, and a restart replays the log.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::wal::{self, Log, WalError, Write};
+use crate::metrics::{Histogram, SYNC_BUCKETS};
 
 /// Log size after which the committer checkpoints (bounds replay time after a crash).
 const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
@@ -70,8 +72,34 @@ struct State {
     last_commit: Instant,
 }
 
+/// What the commit log has done since start, for `/metrics`. The disk's flush latency is
+/// what bounds durable writes, and records per group show how well group commit shares it.
+#[derive(Debug)]
+pub struct CommitStats {
+    /// How long each group's append and `fdatasync` took.
+    pub sync: Histogram,
+    /// How long each checkpoint (sled flush, then emptying the log) took.
+    pub checkpoint: Histogram,
+    /// Groups committed: one `fdatasync` each.
+    pub groups: AtomicU64,
+    /// Writers' records in those groups.
+    pub records: AtomicU64,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        Self {
+            sync: Histogram::with_bounds(&SYNC_BUCKETS),
+            checkpoint: Histogram::default(),
+            groups: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+        }
+    }
+}
+
 struct Inner {
     db: sled::Db,
+    stats: CommitStats,
     state: Mutex<State>,
     /// Signalled whenever a leader hands the log back.
     turn: Condvar,
@@ -216,12 +244,19 @@ impl Turn<'_> {
 
     fn commit(&mut self, group: &mut [Entry]) -> Result<(), CommitError> {
         let mut buf = Vec::with_capacity(group.iter().map(|e| e.writes.len() * 64).sum());
+        let stats = &self.inner.stats;
         let log = self.log()?;
         for e in group.iter() {
             wal::encode_record(&e.writes, log.generation(), &mut buf);
         }
+        let started = Instant::now();
         log.append(&buf)
             .map_err(|e| CommitError::Log(Arc::new(e)))?;
+        stats.sync.observe(started.elapsed());
+        stats.groups.fetch_add(1, Ordering::Relaxed);
+        stats
+            .records
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         for e in group.iter_mut() {
             if let Some(f) = e.on_durable.take() {
                 f();
@@ -242,15 +277,17 @@ impl Turn<'_> {
 
     /// Makes sled durable up to now, then empties the log it no longer needs.
     fn checkpoint(&mut self) -> Result<(), CommitError> {
+        let started = Instant::now();
         self.inner
             .db
             .flush()
             .map_err(|e| CommitError::Flush(Arc::new(e)))?;
         let log = self.log()?;
-        if log.is_empty() {
-            return Ok(());
+        if !log.is_empty() {
+            log.reset().map_err(|e| CommitError::Log(Arc::new(e)))?;
         }
-        log.reset().map_err(|e| CommitError::Log(Arc::new(e)))
+        self.inner.stats.checkpoint.observe(started.elapsed());
+        Ok(())
     }
 }
 
@@ -263,6 +300,7 @@ impl Committer {
         let (log, replayed) = Log::open(dir, &db).map_err(|e| CommitError::Log(Arc::new(e)))?;
         let inner = Arc::new(Inner {
             db,
+            stats: CommitStats::default(),
             state: Mutex::new(State {
                 queue: Vec::new(),
                 log: Some(log),
@@ -333,6 +371,11 @@ impl Committer {
         let (tx, rx) = oneshot::channel();
         self.flushes.send(tx).map_err(|_| CommitError::Stopped)?;
         rx.await.map_err(|_| CommitError::Stopped)?
+    }
+
+    /// Counts and latencies of the commit log since start.
+    pub fn stats(&self) -> &CommitStats {
+        &self.inner.stats
     }
 
     /// `Err` once a failed write to disk has stopped all writing (until a restart).
@@ -511,6 +554,39 @@ mod tests {
             }
         });
         assert_eq!(tree.len(), 400);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stats_count_groups_records_syncs_and_checkpoints() {
+        let (_dir, _db, committer, tree) = open();
+        let writers: Vec<_> = (0..16u32)
+            .map(|t| {
+                let (committer, tree) = (committer.clone(), tree.clone());
+                std::thread::spawn(move || {
+                    for i in 0..20u32 {
+                        let k = [t.to_be_bytes(), i.to_be_bytes()].concat();
+                        committer
+                            .log_blocking(vec![Write::put(&tree, k.clone(), k)])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let stats = committer.stats();
+        let groups = stats.groups.load(Ordering::Relaxed);
+        assert_eq!(stats.records.load(Ordering::Relaxed), 320);
+        assert!((1..=320).contains(&groups), "{groups} groups");
+        let mut text = String::new();
+        stats.sync.render("sync", "", &mut text);
+        assert!(text.contains(&format!("sync_count {groups}\n")), "{text}");
+        assert!(text.contains("sync_bucket{le=\"0.0001\"}"), "{text}");
+        committer.flush().await.unwrap();
+        let mut text = String::new();
+        stats.checkpoint.render("checkpoint", "", &mut text);
+        assert!(!text.contains("checkpoint_count 0\n"), "{text}");
     }
 
     /// A committer on a fresh database, with tree `t` to write to.

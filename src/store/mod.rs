@@ -12,7 +12,7 @@ pub mod wal;
 
 use std::path::Path;
 
-pub use commit::{CommitError, Committer};
+pub use commit::{CommitError, CommitStats, Committer};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
