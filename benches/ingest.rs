@@ -3,13 +3,19 @@
 //! in the same run, on loopback, and (c) the heartbeat ping route. Prints requests/s,
 //! p50/p99 latency and the ratios b/a and c/a.
 //!
+//! The load generator runs as its own process (this binary, started again in client
+//! mode), the way wrk or oha would: real clients do not share the server's scheduler. A
+//! generator inside the server's runtime lets the no-op handler run on the very worker that
+//! wrote its request, which no remote client gets; `BENCH_CLIENT=in-process` measures that
+//! way for comparison.
+//!
 //! The targets take turns in rounds, in a rotating order, and the ratios are over the sums
 //! of all rounds: on a shared machine the disk's flush latency drifts by tens of percent
 //! within minutes, and one target measured after another would catch different states.
 //!
 //! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
 //! default 3 per target and round; `BENCH_ROUNDS`, default 3; `BENCH_ONLY=noop`, `ingest`
-//! or `ping` runs that target alone, for a profiler).
+//! or `ping` runs that target alone, for a profiler; `BENCH_CLIENT=in-process`).
 
 mod common;
 
@@ -193,11 +199,118 @@ enum Target {
     Ping,
 }
 
+/// Environment variables that put this binary in load-generator mode.
+const LOADGEN_URL: &str = "BENCH_LOADGEN_URL";
+const LOADGEN_TOKEN: &str = "BENCH_LOADGEN_TOKEN";
+const LOADGEN_BODY: &str = "BENCH_LOADGEN_BODY";
+const LOADGEN_OUT: &str = "BENCH_LOADGEN_OUT";
+
+/// One target's load: where, with what, how hard and for how long.
+struct Load {
+    url: String,
+    token: Option<String>,
+    body: &'static str,
+    connections: usize,
+    seconds: u64,
+}
+
+/// Runs `load` from a generator process of its own (or on this runtime when `in_process`)
+/// and collects what it measured.
+async fn run_load(load: Load, in_process: bool) -> Outcome {
+    if in_process {
+        return drive(
+            load.url,
+            load.token,
+            load.body,
+            load.connections,
+            load.seconds,
+        )
+        .await;
+    }
+    let out = tempfile::NamedTempFile::new().expect("result file");
+    let path = out.path().to_path_buf();
+    let exe = std::env::current_exe().expect("own executable");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(exe);
+        cmd.env(LOADGEN_URL, &load.url)
+            .env(LOADGEN_BODY, load.body)
+            .env(LOADGEN_OUT, &path)
+            .env("BENCH_CONNECTIONS", load.connections.to_string())
+            .env("BENCH_SECONDS", load.seconds.to_string());
+        match &load.token {
+            Some(t) => cmd.env(LOADGEN_TOKEN, t),
+            None => cmd.env_remove(LOADGEN_TOKEN),
+        };
+        cmd.status()
+    })
+    .await
+    .expect("generator task")
+    .expect("start the load generator");
+    assert!(status.success(), "the load generator failed: {status}");
+    decode(&std::fs::read(out.path()).expect("generator results"))
+}
+
+/// Requests, errors, elapsed nanoseconds, then each latency in nanoseconds (u64 LE).
+fn encode(o: &Outcome) -> Vec<u8> {
+    let mut b = Vec::with_capacity(8 * (o.latencies.len() + 3));
+    for v in [
+        o.requests as u64,
+        o.errors as u64,
+        o.elapsed.as_nanos() as u64,
+    ]
+    .into_iter()
+    .chain(o.latencies.iter().map(|l| l.as_nanos() as u64))
+    {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+fn decode(b: &[u8]) -> Outcome {
+    let v: Vec<u64> = b
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    assert!(v.len() >= 3, "the load generator wrote no results");
+    Outcome {
+        requests: v[0] as usize,
+        errors: v[1] as usize,
+        elapsed: Duration::from_nanos(v[2]),
+        latencies: v[3..].iter().map(|n| Duration::from_nanos(*n)).collect(),
+    }
+}
+
+/// Load-generator mode: drives the target named in the environment and writes the
+/// results to the file named there.
+fn generate(url: String, out: String) {
+    let load = Load {
+        url,
+        token: std::env::var(LOADGEN_TOKEN).ok(),
+        body: Box::leak(
+            std::env::var(LOADGEN_BODY)
+                .unwrap_or_default()
+                .into_boxed_str(),
+        ),
+        connections: common::env_or("BENCH_CONNECTIONS", 64),
+        seconds: common::env_or("BENCH_SECONDS", 3),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let o = rt.block_on(run_load(load, true));
+    std::fs::write(out, encode(&o)).expect("write results");
+}
+
 fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let (Ok(url), Ok(out)) = (std::env::var(LOADGEN_URL), std::env::var(LOADGEN_OUT)) {
+        return generate(url, out);
+    }
     let connections: usize = common::env_or("BENCH_CONNECTIONS", 64);
     let seconds: u64 = common::env_or("BENCH_SECONDS", 3);
     let rounds: usize = common::env_or("BENCH_ROUNDS", 3).max(1);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let in_process = std::env::var("BENCH_CLIENT").is_ok_and(|v| v == "in-process");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -235,8 +348,9 @@ fn main() {
             _ => vec![Target::Noop, Target::Ingest, Target::Ping],
         };
         println!(
-            "ingest benchmark: {connections} keep-alive connections, loopback, same process; {rounds} rounds of {seconds} s per target, \
-             the order rotating each round so drift on the machine reaches every target alike"
+            "ingest benchmark: {connections} keep-alive connections over loopback from {}; {rounds} rounds of {seconds} s per target, \
+             the order rotating each round so drift on the machine reaches every target alike",
+            if in_process { "a client on the server's own runtime" } else { "a load-generator process" }
         );
         let base = format!("http://{addr}");
         let mut results: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
@@ -246,11 +360,12 @@ fn main() {
                 // Only the durable routes commit; the no-op round needs no readings.
                 let durable = targets[i] != Target::Noop;
                 let before = if durable { Some(commits(&base).await) } else { None };
-                let o = match targets[i] {
-                    Target::Noop => drive(format!("http://{noop_addr}/api/v1/heartbeat"), None, body, connections, seconds).await,
-                    Target::Ingest => drive(format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body, connections, seconds).await,
-                    Target::Ping => drive(ping.trim().to_string(), None, "", connections, seconds).await,
+                let (url, token, body) = match targets[i] {
+                    Target::Noop => (format!("http://{noop_addr}/api/v1/heartbeat"), None, body),
+                    Target::Ingest => (format!("http://{addr}/api/v1/heartbeat"), Some(token.trim().to_string()), body),
+                    Target::Ping => (ping.trim().to_string(), None, ""),
                 };
+                let o = run_load(Load { url, token, body, connections, seconds }, in_process).await;
                 report(&format!("  round {} {}", round + 1, label(targets[i])), &o);
                 if let Some(before) = before {
                     println!("{}", describe(before, commits(&base).await, &o));
