@@ -16,7 +16,7 @@ test-rust:
 run:
     cargo run -- standalone --manifests examples/standalone --data ./hartslag-data --listen 127.0.0.1:8080
 
-# Ingest load benchmark (no-op handler vs durable ingest).
+# Ingest load benchmark (no-op handler vs durable ingest and pings).
 bench:
     cargo bench --bench ingest
 

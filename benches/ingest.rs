@@ -5,9 +5,9 @@
 //!
 //! The load generator runs as its own process (this binary, started again in client
 //! mode), the way wrk or oha would: real clients do not share the server's scheduler. A
-//! generator inside the server's runtime lets the no-op handler run on the very worker that
-//! wrote its request, which no remote client gets; `BENCH_CLIENT=in-process` measures that
-//! way for comparison.
+//! generator inside the server's runtime runs its tasks on the server's own two worker
+//! threads, which flatters the no-op handler by about 10 % here and the durable routes not
+//! at all; `BENCH_CLIENT=in-process` measures that way for comparison.
 //!
 //! The targets take turns in rounds, in a rotating order, and the ratios are over the sums
 //! of all rounds: on a shared machine the disk's flush latency drifts by tens of percent
