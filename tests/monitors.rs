@@ -626,3 +626,77 @@ async fn a_burst_of_pings_to_one_monitor_is_stored_whole_across_kill_9() {
     assert_eq!(m["pings"], 320, "{m}");
     assert_eq!(m["state"], "Up", "{m}");
 }
+
+/// A ping answered in the same engine round as the deletion of its retained monitor is
+/// kept with the monitor's history. Every ping and delete is sent before any is awaited,
+/// so the engine takes most pairs into one round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_history() {
+    use hartslag::config::ServerConfig;
+    use hartslag::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+    use hartslag::server::Core;
+    use hartslag::token::TokenHash;
+
+    let dir = tempfile::tempdir().unwrap();
+    let core = Core::open(ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+    ))
+    .unwrap();
+    let engine = &core.engine;
+    let now = jiff::Timestamp::now();
+    const MONITORS: usize = 50;
+    for i in 0..MONITORS {
+        engine
+            .upsert(MonitorDef {
+                key: format!("ns/m{i}"),
+                id: format!("{i:016x}"),
+                namespace: "ns".into(),
+                name: format!("m{i}"),
+                display_name: None,
+                interval_secs: 3600,
+                grace_secs: 0,
+                paused: false,
+                targets: Vec::new(),
+                application: None,
+                token: TokenHash::of(&format!("t{i}")),
+                ping_hint: String::new(),
+                origin: Origin::Api,
+                retain_on_delete: true,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+    }
+    let keys: Vec<String> = (0..MONITORS).map(|i| format!("ns/m{i}")).collect();
+    let calls = keys.iter().flat_map(|key| {
+        let input = PingInput {
+            kind: PingKind::Success,
+            exit_code: None,
+            source: None,
+            user_agent: None,
+            body: None,
+        };
+        [
+            futures::future::Either::Left(async move { engine.ping(key, input).await.map(|_| ()) }),
+            futures::future::Either::Right(engine.remove(key)),
+        ]
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap();
+    }
+    for key in &keys {
+        let retained = engine.retained(key).unwrap();
+        assert_eq!(
+            retained.state.pings, 1,
+            "{key}: the tombstone counts the ping"
+        );
+        let history = engine.pings(retained.num, 10).unwrap();
+        assert_eq!(
+            history.len(),
+            1,
+            "{key}: the answered ping is in its history"
+        );
+    }
+}

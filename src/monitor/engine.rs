@@ -751,14 +751,16 @@ impl Worker {
         self.scheduler.disarm(key.to_string());
         self.transitions_since_trim.borrow_mut().remove(&m.num);
         pending.monitors.remove(key);
-        pending.pings.forget(m.num);
         pending.ops.push((monitor_key(key), None));
         if m.def.retain_on_delete {
-            // Keep history and state under a tombstone key so a re-created monitor finds them.
+            // Keep history and state under a tombstone key so a re-created monitor finds them;
+            // pings answered earlier in this round stay staged and are written with it.
             pending
                 .ops
                 .push((tombstone_key(key), Some(serde_json::to_vec(&m)?)));
         } else {
+            // Staged ping blocks would be written after the removals below.
+            pending.pings.forget(m.num);
             pending.ops.push((tombstone_key(key), None));
             for k in self.tree.scan_prefix(history::monitor_prefix(m.num)).keys() {
                 pending.ops.push((k?.to_vec(), None));
