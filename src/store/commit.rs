@@ -54,10 +54,15 @@ pub enum CommitError {
 /// Called once a writer's record is on disk, before it is applied to sled.
 pub type OnDurable = Box<dyn FnOnce() + Send>;
 
+/// Called once a writer's record is applied to sled, before any checkpoint the leader runs
+/// next: readers waiting for the apply need not wait for a sled flush too.
+pub type OnApplied = Box<dyn FnOnce() + Send>;
+
 /// One writer's queued writes and where its leader puts the answer.
 struct Entry {
     writes: Vec<Write>,
     on_durable: Option<OnDurable>,
+    on_applied: Option<OnApplied>,
     done: Arc<OnceLock<Result<(), CommitError>>>,
 }
 
@@ -269,6 +274,11 @@ impl Turn<'_> {
             .flat_map(|e| &e.writes)
             .try_for_each(Write::apply)
             .map_err(|e| CommitError::Flush(Arc::new(e)))?;
+        for e in group.iter_mut() {
+            if let Some(f) = e.on_applied.take() {
+                f();
+            }
+        }
         if log.len() >= CHECKPOINT_BYTES {
             self.checkpoint()?;
         }
@@ -327,17 +337,19 @@ impl Committer {
     /// blocking the calling thread until both are done. For writer threads, never for
     /// async tasks: the caller may be the one that runs the fsync.
     pub fn log_blocking(&self, writes: Vec<Write>) -> Result<(), CommitError> {
-        self.log_blocking_then(writes, None)
+        self.log_blocking_then(writes, None, None)
     }
 
     /// [`Committer::log_blocking`], calling `on_durable` as soon as the record is on disk
     /// and before it is applied: a writer can answer its callers while sled catches up, as
     /// long as its readers wait for the apply (see `store::events::Visibility`). Not
-    /// called if the record could not be written.
+    /// called if the record could not be written. `on_applied` runs right after the apply
+    /// (not if it failed), before a checkpoint the leader may run in the same turn.
     pub fn log_blocking_then(
         &self,
         writes: Vec<Write>,
         on_durable: Option<OnDurable>,
+        on_applied: Option<OnApplied>,
     ) -> Result<(), CommitError> {
         let done = Arc::new(OnceLock::new());
         let mut state = self.inner.lock();
@@ -347,6 +359,7 @@ impl Committer {
         state.queue.push(Entry {
             writes,
             on_durable,
+            on_applied,
             done: done.clone(),
         });
         loop {
@@ -504,36 +517,43 @@ mod tests {
     }
 
     #[test]
-    fn on_durable_runs_after_the_fsync_and_before_the_apply_and_never_after_a_failure() {
+    fn on_durable_runs_before_the_apply_on_applied_after_it_and_neither_after_a_failure() {
         use std::sync::atomic::{AtomicU8, Ordering};
         let (_dir, _db, committer, tree) = open();
-        // 1: called before the apply; 2: called after it (wrong).
-        let seen = Arc::new(AtomicU8::new(0));
-        let (s, t) = (seen.clone(), tree.clone());
+        // 1: called before the apply; 2: called after it.
+        let durable = Arc::new(AtomicU8::new(0));
+        let applied = Arc::new(AtomicU8::new(0));
+        let seen = |flag: &Arc<AtomicU8>| -> OnDurable {
+            let (flag, t) = (flag.clone(), tree.clone());
+            Box::new(move || {
+                let there = t.get(b"k").unwrap().is_some();
+                flag.store(if there { 2 } else { 1 }, Ordering::SeqCst);
+            })
+        };
         committer
             .log_blocking_then(
                 vec![Write::put(&tree, b"k".to_vec(), b"v".to_vec())],
-                Some(Box::new(move || {
-                    let applied = t.get(b"k").unwrap().is_some();
-                    s.store(if applied { 2 } else { 1 }, Ordering::SeqCst);
-                })),
+                Some(seen(&durable)),
+                Some(seen(&applied)),
             )
             .unwrap();
-        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        assert_eq!(durable.load(Ordering::SeqCst), 1);
+        assert_eq!(applied.load(Ordering::SeqCst), 2);
         assert!(tree.get(b"k").unwrap().is_some());
 
         fail_next_append(&committer);
         let called = Arc::new(AtomicU8::new(0));
-        let c = called.clone();
+        let (c, c2) = (called.clone(), called.clone());
         let r = committer.log_blocking_then(
             vec![Write::put(&tree, b"x".to_vec(), b"v".to_vec())],
             Some(Box::new(move || c.store(1, Ordering::SeqCst))),
+            Some(Box::new(move || c2.store(2, Ordering::SeqCst))),
         );
         assert!(r.is_err());
         assert_eq!(
             called.load(Ordering::SeqCst),
             0,
-            "answered a write that is not on disk"
+            "answered or published a write that is not on disk"
         );
     }
 

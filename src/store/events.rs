@@ -121,7 +121,15 @@ impl EventWriter {
                             }
                         })
                     };
-                    let result = store.committer().log_blocking_then(w, Some(on_durable));
+                    // Readers may go on once the batch is in sled, without waiting for a
+                    // checkpoint the commit may run next; after a failure, nothing more
+                    // arrives for this batch, so they stop waiting too.
+                    let visible = store.visible.clone();
+                    let on_applied = Box::new(move || visible.applied(seq));
+                    let result =
+                        store
+                            .committer()
+                            .log_blocking_then(w, Some(on_durable), Some(on_applied));
                     store.visible.applied(seq);
                     if let Err(e) = result {
                         tracing::error!(error = %e, "writing a batch of events failed");
@@ -778,6 +786,7 @@ impl Store {
         to_hour: i64,
         event: Option<&str>,
     ) -> Result<Vec<Bucket>, StoreError> {
+        self.visible.wait();
         let prefix = keys::scope_prefix(Family::HourRollup, app, None);
         let lo = keys::hour_key(app, from_hour, "");
         let hi = keys::hour_key(app, to_hour, "");
@@ -810,6 +819,7 @@ impl Store {
         event: Option<&str>,
         user: Option<i64>,
     ) -> Result<Vec<Bucket>, StoreError> {
+        self.visible.wait();
         let family = if user.is_some() {
             Family::UserRollup
         } else {
@@ -849,6 +859,7 @@ impl Store {
         event: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(i64, Tally)>, StoreError> {
+        self.visible.wait();
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
         let prefix = keys::scope_prefix(Family::UserTotal, app, None);
