@@ -10,17 +10,17 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::net::TcpListener;
 
-use crate::alert::email::{EmailConfigError, EmailSender, SmtpConfig};
-use crate::alert::outbox::{Outbox, OutboxError, Senders};
-use crate::alert::webhook::WebhookSender;
-use crate::api::{self, AppState};
 use crate::config::ServerConfig;
-use crate::metrics::Metrics;
-use crate::monitor::engine::{Engine, EngineConfig, EngineError};
-use crate::monitor::schedule::Clock;
-use crate::registry::{Registry, RegistryError};
-use crate::store::events::EventWriter;
-use crate::store::{Committer, Store, StoreError, StoreOptions};
+use crate::core::alert::outbox::{Outbox, OutboxError, Senders};
+use crate::core::metrics::Metrics;
+use crate::core::monitor::engine::{Engine, EngineConfig, EngineError};
+use crate::core::monitor::schedule::Clock;
+use crate::core::registry::{Registry, RegistryError};
+use crate::core::store::events::EventWriter;
+use crate::core::store::{Committer, Store, StoreError, StoreOptions};
+use crate::http::api::{self, AppState};
+use crate::notify::email::{EmailConfigError, EmailSender, SmtpConfig};
+use crate::notify::webhook::WebhookSender;
 
 /// Errors while starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +76,11 @@ pub struct Core {
     /// Readiness flag.
     pub ready: Arc<AtomicBool>,
     /// Management API writes, installed by the front end.
-    pub directory: Arc<std::sync::OnceLock<Arc<dyn crate::api::manage::Directory>>>,
+    pub directory: Arc<std::sync::OnceLock<Arc<dyn crate::http::api::manage::Directory>>>,
     /// Management API rate limit.
-    pub rate_limit: Arc<crate::api::manage::RateLimiter>,
+    pub rate_limit: Arc<crate::http::api::manage::RateLimiter>,
     /// Dashboard sessions and badge index.
-    pub dashboard: Arc<crate::dashboard::Dashboard>,
+    pub dashboard: Arc<crate::http::dashboard::Dashboard>,
 }
 
 impl Core {
@@ -124,7 +124,7 @@ impl Core {
         let config_rate = (config.api_rate_per_sec, config.api_rate_burst);
         let metrics = Arc::new(Metrics::default());
         register_metrics(&metrics, &engine, &outbox, committer);
-        let dashboard = Arc::new(crate::dashboard::Dashboard::new(&config.external_url));
+        let dashboard = Arc::new(crate::http::dashboard::Dashboard::new(&config.external_url));
         Ok(Self {
             config,
             registry,
@@ -134,7 +134,7 @@ impl Core {
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             directory: Arc::default(),
-            rate_limit: Arc::new(crate::api::manage::RateLimiter::new(
+            rate_limit: Arc::new(crate::http::api::manage::RateLimiter::new(
                 config_rate.0,
                 config_rate.1,
             )),
@@ -146,7 +146,7 @@ impl Core {
     pub fn router(&self) -> axum::Router {
         api::router(
             self.app_state(),
-            crate::dashboard::router(self.app_state(), self.dashboard.clone()),
+            crate::http::dashboard::router(self.app_state(), self.dashboard.clone()),
         )
     }
 
@@ -254,7 +254,7 @@ fn register_metrics(metrics: &Metrics, engine: &Engine, outbox: &Outbox, committ
     metrics.register(move |out| {
         let counts = engine.counts();
         out.push_str("# HELP hartslag_monitors Heartbeat monitors by state.\n# TYPE hartslag_monitors gauge\n");
-        for s in crate::monitor::state::State::ALL {
+        for s in crate::core::monitor::state::State::ALL {
             let _ = writeln!(out, "hartslag_monitors{{state=\"{s}\"}} {}", counts.get(&s).copied().unwrap_or(0));
         }
         out.push_str("# HELP hartslag_pings_total Pings received by kind.\n# TYPE hartslag_pings_total counter\n");

@@ -64,7 +64,10 @@ fn rendered_chart_is_accepted_by_the_api_server() {
         "-f",
         &format!("{root}/charts/hartslag/crds/hartslag.dev.yaml"),
     ]);
-    let ns = format!("chart-{}", &hartslag::token::random_id().unwrap()[..8]);
+    let ns = format!(
+        "chart-{}",
+        &hartslag::core::token::random_id().unwrap()[..8]
+    );
     kubectl(&["create", "namespace", &ns]);
     // Rendered as release namespace `ops`; objects that name it explicitly go to ours.
     let rendered = std::fs::read_to_string(&file)

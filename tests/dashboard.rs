@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{InProcess, heartbeat_manifest, read_token, wait_state};
-use hartslag::duration::Duration as Dur;
+use hartslag::core::duration::Duration as Dur;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::json;
@@ -126,7 +126,7 @@ trait FormBody {
 
 impl FormBody for reqwest::RequestBuilder {
     fn form_body(self, pairs: &[(&str, &str)]) -> Self {
-        use hartslag::dashboard::view::urlencode;
+        use hartslag::http::dashboard::view::urlencode;
         let body = pairs
             .iter()
             .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
@@ -342,7 +342,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     // The hourly rollups behind the chart hold the events in their hours.
     let num = s.core.registry.application("default/shop").unwrap().num;
     let store = s.core.registry.store();
-    let hour = hartslag::store::keys::hour_of(now);
+    let hour = hartslag::core::store::keys::hour_of(now);
     let hourly = store
         .hourly(num, hour - 47, hour + 1, Some("order"))
         .unwrap();

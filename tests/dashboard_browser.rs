@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::{InProcess, heartbeat_manifest, wait_for, wait_state};
-use hartslag::duration::Duration as Dur;
+use hartslag::core::duration::Duration as Dur;
 use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";

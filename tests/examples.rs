@@ -7,7 +7,8 @@ use std::path::Path;
 #[test]
 fn standalone_examples_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standalone");
-    let m = hartslag::standalone::manifests::load_dir(&dir, hartslag::spec::MIN_INTERVAL).unwrap();
+    let m = hartslag::standalone::manifests::load_dir(&dir, hartslag::core::spec::MIN_INTERVAL)
+        .unwrap();
     assert_eq!(m.applications.len(), 2);
     assert_eq!(m.heartbeats.len(), 3);
     for hb in &m.heartbeats {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ChildServer, InProcess, SmtpSink, heartbeat_manifest, wait_for, wait_state};
-use hartslag::duration::Duration as Dur;
+use hartslag::core::duration::Duration as Dur;
 use serde_json::{Value, json};
 
 const EMAIL: &str = "  alerts:\n    email: [\"ops@example.com\"]\n";
@@ -633,9 +633,9 @@ async fn a_burst_of_pings_to_one_monitor_is_stored_whole_across_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_history() {
     use hartslag::config::ServerConfig;
-    use hartslag::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+    use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+    use hartslag::core::token::TokenHash;
     use hartslag::server::Core;
-    use hartslag::token::TokenHash;
 
     let dir = tempfile::tempdir().unwrap();
     let core = Core::open(ServerConfig::new(

@@ -57,7 +57,10 @@ async fn prepare(prefix: &str) -> (Client, String, Api<Namespace>) {
         "crd/heartbeats.hartslag.dev",
         "--timeout=60s",
     ]);
-    let ns = format!("{prefix}-{}", &hartslag::token::random_id().unwrap()[..8]);
+    let ns = format!(
+        "{prefix}-{}",
+        &hartslag::core::token::random_id().unwrap()[..8]
+    );
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(

@@ -2,8 +2,8 @@
 //! Heartbeats into issued tokens and armed monitors, and the status writer.
 
 pub mod admin;
+pub mod catalogue;
 pub mod crd;
-pub mod directory;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
@@ -74,7 +74,7 @@ pub struct Context {
     /// Status patches sent.
     pub patches: AtomicU64,
     /// Time from a state transition to its status patch.
-    pub status_lag: crate::metrics::Histogram,
+    pub status_lag: crate::core::metrics::Histogram,
     /// Serialises Heartbeat activation, so two new monitors cannot both take the last quota slot.
     pub activation: tokio::sync::Mutex<()>,
 }
@@ -94,7 +94,7 @@ impl Context {
             heartbeats: RwLock::default(),
             tokens: RwLock::default(),
             patches: AtomicU64::new(0),
-            status_lag: crate::metrics::Histogram::default(),
+            status_lag: crate::core::metrics::Histogram::default(),
             activation: tokio::sync::Mutex::new(()),
         }
     }
@@ -201,13 +201,13 @@ async fn publish_transitions(ctx: Arc<Context>) {
         let Some(m) = ctx.core.engine.get(&change.key) else {
             continue;
         };
-        if m.def.origin != crate::monitor::engine::Origin::Kubernetes {
+        if m.def.origin != crate::core::monitor::engine::Origin::Kubernetes {
             continue;
         }
         let uid = ctx.heartbeat_meta(&change.key).and_then(|h| h.uid);
         let warning = matches!(
             change.to,
-            crate::monitor::state::State::Down | crate::monitor::state::State::Late
+            crate::core::monitor::state::State::Down | crate::core::monitor::state::State::Late
         );
         let note = match &change.reason {
             Some(r) => format!("{} → {}: {r}", change.from, change.to),
@@ -245,7 +245,7 @@ pub async fn run(
     let ctx = Arc::new(Context::new(core.clone(), client.clone()));
     let _ = core
         .directory
-        .set(Arc::new(directory::KubernetesDirectory::new(ctx.clone())));
+        .set(Arc::new(catalogue::KubernetesDirectory::new(ctx.clone())));
     {
         let ctx = ctx.clone();
         core.metrics.register(move |out| {

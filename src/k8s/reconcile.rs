@@ -15,12 +15,12 @@ use kube::{Resource, ResourceExt};
 use super::crd::{Application, ApplicationStatus, Heartbeat, HeartbeatStatus};
 use super::status::{condition, patch_status};
 use super::{Context, FINALIZER, Regarding, ResourceMeta, secrets};
-use crate::alert::message::resolve_targets;
-use crate::monitor::engine::{MonitorDef, Origin};
-use crate::registry::object_key;
-use crate::spec::DeletionPolicy;
-use crate::store::apps::TokenOwner;
-use crate::token::TokenKind;
+use crate::core::alert::message::resolve_targets;
+use crate::core::monitor::engine::{MonitorDef, Origin};
+use crate::core::registry::object_key;
+use crate::core::spec::DeletionPolicy;
+use crate::core::store::apps::TokenOwner;
+use crate::core::token::TokenKind;
 
 /// Why a reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]

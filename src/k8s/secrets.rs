@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-use crate::token::{Token, TokenKind};
+use crate::core::token::{Token, TokenKind};
 
 /// Label on every Secret the operator creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hartslag");
@@ -31,7 +31,7 @@ pub enum SecretError {
     Unusable(String),
     /// No randomness.
     #[error(transparent)]
-    Token(#[from] crate::token::TokenError),
+    Token(#[from] crate::core::token::TokenError),
 }
 
 /// The outcome of ensuring a Secret.

@@ -16,10 +16,10 @@ use serde_json::json;
 use super::crd::{
     Application, ApplicationStatus, EventTotal, Heartbeat, HeartbeatStatus, TallyStatus,
 };
-use crate::monitor::engine::{Monitor, Origin};
-use crate::monitor::state::{self, State};
-use crate::store::events::{PeriodTallies, StatsReport};
-use crate::store::keys::Tally;
+use crate::core::monitor::engine::{Monitor, Origin};
+use crate::core::monitor::state::{self, State};
+use crate::core::store::events::{PeriodTallies, StatsReport};
+use crate::core::store::keys::Tally;
 
 /// Field manager name for server-side apply and patches.
 pub const MANAGER: &str = "hartslag";
@@ -307,11 +307,11 @@ pub async fn run_application_writer(ctx: std::sync::Arc<super::Context>, config:
             };
             let store = ctx.core.registry.store().clone();
             let num = app.num;
-            let periods = crate::ingest::periods::Periods::at(Timestamp::now(), &app.tz);
+            let periods = crate::core::calendar::Periods::at(Timestamp::now(), &app.tz);
             let Ok(Ok((report, last))) = tokio::task::spawn_blocking(move || {
                 let r = store.stats(num, &periods, None, None)?;
                 let last = store.last_event_at(num)?;
-                Ok::<_, crate::store::StoreError>((r, last))
+                Ok::<_, crate::core::store::StoreError>((r, last))
             })
             .await
             else {
@@ -348,9 +348,9 @@ pub async fn run_application_writer(ctx: std::sync::Arc<super::Context>, config:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::engine::{MonitorDef, Origin};
-    use crate::monitor::state::{MonitorState, Signal, apply};
-    use crate::token::TokenHash;
+    use crate::core::monitor::engine::{MonitorDef, Origin};
+    use crate::core::monitor::state::{MonitorState, Signal, apply};
+    use crate::core::token::TokenHash;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap()

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::duration::Duration;
-use crate::spec::{ApplicationSpec, HeartbeatSpec};
+use crate::core::duration::Duration;
+use crate::core::spec::{ApplicationSpec, HeartbeatSpec};
 
 /// The only API version accepted.
 pub const API_VERSION: &str = "hartslag.dev/v1alpha1";
@@ -218,7 +218,7 @@ pub fn load_dir(dir: &Path, min_interval: Duration) -> Result<Manifests, Manifes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::MIN_INTERVAL;
+    use crate::core::spec::MIN_INTERVAL;
 
     fn parse(text: &str) -> Result<Manifests, ManifestError> {
         let mut m = Manifests::default();

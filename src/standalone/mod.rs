@@ -1,19 +1,19 @@
 //! Standalone mode: the core driven by a directory of manifests instead of a cluster.
 
-pub mod directory;
+pub mod catalogue;
 pub mod manifests;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
-use crate::alert::message::resolve_targets;
 use crate::config::ServerConfig;
-use crate::monitor::engine::{EngineError, MonitorDef, Origin};
-use crate::registry::{RegistryError, object_key};
+use crate::core::alert::message::resolve_targets;
+use crate::core::monitor::engine::{EngineError, MonitorDef, Origin};
+use crate::core::registry::{RegistryError, object_key};
+use crate::core::spec::DeletionPolicy;
+use crate::core::store::apps::TokenOwner;
+use crate::core::token::{TokenError, TokenKind};
 use crate::server::{Core, ServerError, shutdown_signal};
-use crate::spec::DeletionPolicy;
-use crate::store::apps::TokenOwner;
-use crate::token::{TokenError, TokenKind};
 
 /// Why standalone mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +113,7 @@ pub async fn apply_manifests(
     ensure_admin_token(core).await?;
     let _ = core
         .directory
-        .set(std::sync::Arc::new(directory::StandaloneDirectory::new(
+        .set(std::sync::Arc::new(catalogue::StandaloneDirectory::new(
             core.clone(),
         )));
     Ok(m)
@@ -125,7 +125,7 @@ async fn ensure_admin_token(core: &Core) -> Result<(), StandaloneError> {
     let token = match tokens::read_token(&path)? {
         Some(t) => t,
         None => {
-            let t = crate::token::Token::generate(TokenKind::Admin)?;
+            let t = crate::core::token::Token::generate(TokenKind::Admin)?;
             tokens::write_private(&path, t.expose())?;
             println!(
                 "Issued the admin token (sees every application and monitor): saved in {}",
@@ -202,7 +202,7 @@ async fn apply_heartbeats(
             key: key.clone(),
             id: match &existing {
                 Some(e) => e.def.id.clone(),
-                None => crate::token::random_id()?,
+                None => crate::core::token::random_id()?,
             },
             namespace: hb.namespace.clone(),
             name: hb.name.clone(),

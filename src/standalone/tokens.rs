@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::token::{Token, TokenError, TokenKind};
+use crate::core::token::{Token, TokenError, TokenKind};
 
 /// Why a token file could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,4 @@
+//! Outbound alert delivery: email and webhooks.
+
+pub mod email;
+pub mod webhook;

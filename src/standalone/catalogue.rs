@@ -1,0 +1,222 @@
+//! Management-API writes in standalone mode: monitors created through the API live in the
+//! store next to the manifest ones (with token files like theirs); manifest monitors are
+//! read-only through the API, because the next start would undo any change.
+
+use futures::future::BoxFuture;
+
+use super::tokens;
+use crate::core::alert::message::resolve_targets;
+use crate::core::monitor::engine::{Monitor, MonitorDef, Origin};
+use crate::core::registry::{AppInfo, object_key};
+use crate::core::store::apps::TokenOwner;
+use crate::core::token::{Token, TokenKind};
+use crate::http::api::manage::{CreateRequest, Directory, DirectoryError, UpdateRequest};
+use crate::server::Core;
+
+/// The standalone [`Directory`].
+pub struct StandaloneDirectory {
+    core: Core,
+}
+
+impl StandaloneDirectory {
+    /// A directory over `core`.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+/// A DNS-safe resource name from a human name (`Daily Backup!` → `daily-backup`).
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let trimmed: String = out.trim_matches('-').chars().take(50).collect();
+    let trimmed = trimmed.trim_end_matches('-').to_string();
+    if trimmed.is_empty() {
+        "heartbeat".into()
+    } else {
+        trimmed
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::Unavailable(e.to_string())
+}
+
+fn read_only(m: &Monitor) -> DirectoryError {
+    DirectoryError::ReadOnly(format!(
+        "heartbeat {} is defined by a manifest file; change or remove it there",
+        m.def.name
+    ))
+}
+
+impl Directory for StandaloneDirectory {
+    fn create<'a>(
+        &'a self,
+        app: &'a AppInfo,
+        req: CreateRequest,
+    ) -> BoxFuture<'a, Result<(Monitor, String), DirectoryError>> {
+        Box::pin(async move {
+            let core = &self.core;
+            crate::http::api::manage::check_quota(&core.engine, app)?;
+            let data = &core.config.data_dir;
+            let base = slug(&req.name);
+            let mut name = base.clone();
+            let mut n = 1;
+            while core
+                .engine
+                .get(&object_key(&app.namespace, &name))
+                .is_some()
+                || core
+                    .engine
+                    .retained(&object_key(&app.namespace, &name))
+                    .is_some()
+                || tokens::token_path(data, "heartbeat", &name).exists()
+            {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            let key = object_key(&app.namespace, &name);
+            let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
+            let url_path = data.join("tokens").join(format!("heartbeat-{name}.url"));
+            tokens::write_private(
+                &tokens::token_path(data, "heartbeat", &name),
+                token.expose(),
+            )
+            .map_err(unavailable)?;
+            tokens::write_private(
+                &url_path,
+                &format!(
+                    "{}/v1/heartbeats/{}/ping",
+                    core.config.base_url(),
+                    token.expose()
+                ),
+            )
+            .map_err(unavailable)?;
+            core.registry
+                .put_token(
+                    token.hash(),
+                    TokenOwner {
+                        kind: TokenKind::Heartbeat,
+                        key: key.clone(),
+                    },
+                    None,
+                )
+                .await
+                .map_err(unavailable)?;
+            let now = jiff::Timestamp::now();
+            let def = MonitorDef {
+                key,
+                id: crate::core::token::random_id().map_err(unavailable)?,
+                namespace: app.namespace.clone(),
+                name,
+                display_name: Some(req.name),
+                interval_secs: req.interval_secs,
+                grace_secs: req.grace_secs,
+                paused: false,
+                targets: resolve_targets(
+                    None,
+                    app.spec.alerts.as_ref(),
+                    core.config.webhook_url.as_deref(),
+                ),
+                application: Some(app.key.clone()),
+                token: token.hash(),
+                ping_hint: format!(
+                    "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
+                    url_path.display()
+                ),
+                origin: Origin::Api,
+                retain_on_delete: false,
+                created_at: now,
+                updated_at: now,
+            };
+            let m = core.engine.upsert(def).await.map_err(unavailable)?;
+            Ok((m, token.expose().to_string()))
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        _app: &'a AppInfo,
+        monitor: &'a Monitor,
+        req: UpdateRequest,
+    ) -> BoxFuture<'a, Result<Monitor, DirectoryError>> {
+        Box::pin(async move {
+            if monitor.def.origin == Origin::Manifest {
+                return Err(read_only(monitor));
+            }
+            let mut def = monitor.def.clone();
+            if let Some(n) = req.name {
+                def.display_name = Some(n);
+            }
+            if let Some(i) = req.interval_secs {
+                def.interval_secs = i;
+            }
+            if let Some(g) = req.grace_secs {
+                def.grace_secs = g;
+            }
+            if let Some(p) = req.paused {
+                def.paused = p;
+            }
+            if def == monitor.def {
+                return Ok(monitor.clone());
+            }
+            def.updated_at = jiff::Timestamp::now();
+            self.core.engine.upsert(def).await.map_err(unavailable)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        _app: &'a AppInfo,
+        monitor: &'a Monitor,
+    ) -> BoxFuture<'a, Result<(), DirectoryError>> {
+        Box::pin(async move {
+            if monitor.def.origin == Origin::Manifest {
+                return Err(read_only(monitor));
+            }
+            let core = &self.core;
+            core.registry
+                .remove_token(monitor.def.token)
+                .await
+                .map_err(unavailable)?;
+            core.engine
+                .remove(&monitor.def.key)
+                .await
+                .map_err(unavailable)?;
+            let data = &core.config.data_dir;
+            let _ = std::fs::remove_file(tokens::token_path(data, "heartbeat", &monitor.def.name));
+            let _ = std::fs::remove_file(
+                data.join("tokens")
+                    .join(format!("heartbeat-{}.url", monitor.def.name)),
+            );
+            Ok(())
+        })
+    }
+
+    fn token(&self, monitor: &Monitor) -> Option<String> {
+        let path = tokens::token_path(&self.core.config.data_dir, "heartbeat", &monitor.def.name);
+        tokens::read_token(&path)
+            .ok()
+            .flatten()
+            .map(|t| t.expose().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_dns_safe() {
+        assert_eq!(slug("Daily Backup!"), "daily-backup");
+        assert_eq!(slug("  --Weekly  report-- "), "weekly-report");
+        assert_eq!(slug("ÄÖÜ"), "heartbeat");
+        assert_eq!(slug(&"x".repeat(80)).len(), 50);
+    }
+}
