@@ -1,8 +1,6 @@
 //! The event API of spec section 1 over real sockets and a real sled directory.
 
-mod common;
-
-use common::{InProcess, app_manifest};
+use crate::helpers::{InProcess, app_manifest};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -550,7 +548,7 @@ async fn health_ready_and_metrics() {
         let r = c.get(format!("{}{path}", s.base)).send().await.unwrap();
         assert_eq!(r.status(), status, "{path}");
     }
-    let text = common::metrics_text(&s.base).await;
+    let text = crate::helpers::metrics_text(&s.base).await;
     assert!(text.contains("hartslag_http_requests_total{route=\"/api/v1/heartbeat\",method=\"POST\",status=\"201\"} 1"), "{text}");
     assert!(
         text.contains(
@@ -696,7 +694,7 @@ async fn idempotency_key_retries_count_once() {
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(total_count(&stats(&s.base, &token, "").await), 4);
-    let metrics = common::metrics_text(&s.base).await;
+    let metrics = crate::helpers::metrics_text(&s.base).await;
     assert!(
         metrics.contains("hartslag_events_replayed_total 1"),
         "{metrics}"

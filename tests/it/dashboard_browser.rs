@@ -6,14 +6,12 @@
 //! Needs `chromedriver` on PATH (the test command installs it); without it the test
 //! fails rather than passing silently.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::helpers::{InProcess, heartbeat_manifest, wait_for, wait_state};
 use base64::Engine as _;
-use common::{InProcess, heartbeat_manifest, wait_for, wait_state};
 use hartslag::core::duration::Duration as Dur;
 use serde_json::{Value, json};
 
@@ -30,7 +28,7 @@ struct Browser {
 impl Browser {
     async fn start(downloads: &Path) -> Self {
         let driver_bin = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
-        let port = common::free_port();
+        let port = crate::helpers::free_port();
         let driver = Command::new(&driver_bin)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -1,14 +1,12 @@
 //! Acknowledged means durable, and concurrency loses nothing: a child `hartslag` process is
 //! killed with SIGKILL under load and its data directory reopened.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildServer, InProcess, app_manifest, read_token};
+use crate::helpers::{ChildServer, InProcess, app_manifest, read_token};
 use serde_json::{Value, json};
 
 /// A temporary manifests directory holding one UTC Application `name`, and a data
@@ -57,7 +55,7 @@ async fn every_acknowledged_event_survives_kill_9() {
         }));
     }
     // Kill while requests are in flight, once a good number have been acknowledged.
-    common::wait_for("2000 acknowledged events", Duration::from_secs(60), || {
+    crate::helpers::wait_for("2000 acknowledged events", Duration::from_secs(60), || {
         let n = acked.lock().unwrap().len();
         async move { (n >= 2000).then_some(()) }
     })
@@ -90,7 +88,8 @@ async fn every_acknowledged_event_survives_kill_9() {
         acked.len() - acked.intersection(&stored).count()
     );
     // Rollups agree with raw events after the crash (they are written in one transaction).
-    let stats: Value = common::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
+    let stats: Value =
+        crate::helpers::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
     assert_eq!(stats["total"]["count"].as_u64(), Some(stored.len() as u64));
     eprintln!(
         "acknowledged {}, stored {} after kill -9",
@@ -126,7 +125,7 @@ async fn fifty_clients_two_hundred_events_each() {
         t.await.unwrap();
     }
     let expected_weight: i64 = (0..10_000i64).sum();
-    let stats: Value = common::get_json(&format!("{}/api/v1/stats", s.base), &token).await;
+    let stats: Value = crate::helpers::get_json(&format!("{}/api/v1/stats", s.base), &token).await;
     assert_eq!(
         stats["total"],
         json!({"count": 10_000, "weight": expected_weight})
@@ -143,7 +142,7 @@ async fn fifty_clients_two_hundred_events_each() {
         .sum();
     assert_eq!(per_event, 10_000);
     let user7: Value =
-        common::get_json(&format!("{}/api/v1/stats?user_id=7", s.base), &token).await;
+        crate::helpers::get_json(&format!("{}/api/v1/stats?user_id=7", s.base), &token).await;
     let w7: i64 = (1400..1600i64).sum();
     assert_eq!(user7["total"], json!({"count": 200, "weight": w7}));
     let text = reqwest::Client::new()
@@ -191,7 +190,7 @@ async fn retention_deletes_raw_events_but_keeps_totals() {
     assert_eq!(r.status(), 201);
     s.core.spawn_retention(Duration::from_secs(3600));
     let base = s.base.clone();
-    let rows = common::wait_for("retention pass", Duration::from_secs(10), || {
+    let rows = crate::helpers::wait_for("retention pass", Duration::from_secs(10), || {
         let http = http.clone();
         let base = base.clone();
         let token = token.clone();
@@ -214,7 +213,7 @@ async fn retention_deletes_raw_events_but_keeps_totals() {
     })
     .await;
     assert_eq!(&rows[0][1], "new");
-    let stats: Value = common::get_json(&format!("{}/api/v1/stats", s.base), &token).await;
+    let stats: Value = crate::helpers::get_json(&format!("{}/api/v1/stats", s.base), &token).await;
     assert_eq!(
         stats["total"],
         json!({"count": 3, "weight": 5}),
@@ -246,7 +245,8 @@ async fn an_idempotency_key_still_answers_after_kill_9() {
     let retry = send(server.base.clone(), token.clone()).await;
     assert_eq!(retry.status(), 201);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
-    let stats: Value = common::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
+    let stats: Value =
+        crate::helpers::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
     assert_eq!(stats["total"]["count"], 1, "{stats}");
     assert_eq!(stats["total"]["weight"], 7, "{stats}");
 }

@@ -2,11 +2,9 @@
 //! APIs: every page rendered with real data, access control per token kind, no token in
 //! any page, cookies and CSP, CSV export through the session, badges and the live stream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{InProcess, heartbeat_manifest, read_token, wait_state};
+use crate::helpers::{InProcess, heartbeat_manifest, read_token, wait_state};
 use hartslag::core::duration::Duration as Dur;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};

@@ -1,11 +1,9 @@
 //! The Tickstem management API (spec section 3) in standalone mode, driven by the real
 //! Tickstem Python SDK and by plain HTTP for what the SDK does not cover.
 
-mod common;
-
 use std::process::Command;
 
-use common::{InProcess, app_manifest, heartbeat_manifest};
+use crate::helpers::{InProcess, app_manifest, heartbeat_manifest};
 use serde_json::{Value, json};
 
 fn manifests() -> Vec<(&'static str, String)> {

@@ -22,8 +22,6 @@ fn standalone_examples_load() {
     }
 }
 
-mod common;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tickstem_sdk_example_runs_against_the_standalone_examples() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/standalone");
@@ -38,7 +36,7 @@ async fn tickstem_sdk_example_runs_against_the_standalone_examples() {
         })
         .collect();
     let refs: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let s = common::InProcess::start(&refs).await;
+    let s = crate::helpers::InProcess::start(&refs).await;
     let key = s.app_token("billing");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tickstem_sdk.py");
     let base = s.base.clone();

@@ -2,12 +2,10 @@
 //! alerts through a real SMTP server (aiosmtpd) and a real webhook receiver, restarts and
 //! kill -9 of real child processes.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildServer, InProcess, SmtpSink, heartbeat_manifest, wait_for, wait_state};
+use crate::helpers::{ChildServer, InProcess, SmtpSink, heartbeat_manifest, wait_for, wait_state};
 use hartslag::core::duration::Duration as Dur;
 use serde_json::{Value, json};
 
@@ -206,7 +204,7 @@ async fn paused_monitors_answer_paused_and_never_alert() {
         (std::time::Instant::now() >= until).then_some(())
     })
     .await;
-    let m = common::monitor_status(&s.base, &admin, "sleepy")
+    let m = crate::helpers::monitor_status(&s.base, &admin, "sleepy")
         .await
         .unwrap();
     assert_eq!(
@@ -317,7 +315,7 @@ async fn ping_endpoints_record_what_the_job_sent() {
         pings.iter().map(|p| p.seq).collect::<Vec<_>>(),
         vec![10, 9, 8, 7, 6]
     );
-    let text = common::metrics_text(&s.base).await;
+    let text = crate::helpers::metrics_text(&s.base).await;
     assert!(
         text.contains("hartslag_pings_total{kind=\"success\"} 8"),
         "{text}"
@@ -458,7 +456,7 @@ async fn kill_9_between_down_and_delivery_delivers_once_after_restart() {
         Some(0.0),
         "the restarted process raised the alert again"
     );
-    let m = common::monitor_status(&server.base, &admin, "nightly")
+    let m = crate::helpers::monitor_status(&server.base, &admin, "nightly")
         .await
         .unwrap();
     assert_eq!(m["state"], "Down");
@@ -531,7 +529,7 @@ async fn overdue_while_stopped_alerts_once_and_edits_keep_history() {
     )
     .unwrap();
     let server = ChildServer::start(&manifests, &data, &args).await;
-    let m = common::monitor_status(&server.base, &admin, "cron")
+    let m = crate::helpers::monitor_status(&server.base, &admin, "cron")
         .await
         .unwrap();
     assert_eq!(m["interval_secs"], 3600);
@@ -620,7 +618,7 @@ async fn a_burst_of_pings_to_one_monitor_is_stored_whole_across_kill_9() {
     }
     server.kill9();
     let server = ChildServer::start(&manifests, &data, &[]).await;
-    let m = common::monitor_status(&server.base, &admin, "burst")
+    let m = crate::helpers::monitor_status(&server.base, &admin, "burst")
         .await
         .unwrap();
     assert_eq!(m["pings"], 320, "{m}");

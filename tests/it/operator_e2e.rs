@@ -2,13 +2,11 @@
 //! `tests/cluster/cluster.sh`, or kind: `KUBECONFIG` decides). Run by `tests/run-all.sh`,
 //! which brings the cluster up; without a cluster these tests fail rather than pass.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{SmtpSink, free_port, wait_for};
+use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::{Application, Heartbeat};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};

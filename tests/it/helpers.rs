@@ -1,8 +1,6 @@
 //! Shared helpers for the integration tests: servers on real sockets over real sled
 //! directories, either in-process or as a child process that a test can kill.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,8 +24,6 @@ pub struct InProcess {
     pub base: String,
     /// Data directory.
     pub data: PathBuf,
-    /// Manifests directory.
-    pub manifests: PathBuf,
     /// The core, for white-box assertions.
     pub core: Core,
     stop: Option<oneshot::Sender<()>>,
@@ -74,7 +70,6 @@ impl InProcess {
         Self {
             base: format!("http://{addr}"),
             data,
-            manifests,
             core,
             stop: Some(tx),
             task: Some(task),
@@ -126,8 +121,6 @@ pub struct ChildServer {
     pub base: String,
     /// The process.
     pub child: Child,
-    /// Its address.
-    pub addr: SocketAddr,
 }
 
 impl ChildServer {
@@ -153,7 +146,6 @@ impl ChildServer {
         let server = Self {
             base: format!("http://{addr}"),
             child,
-            addr,
         };
         server.wait_ready(Duration::from_secs(30)).await;
         server
