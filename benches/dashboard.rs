@@ -41,7 +41,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut config = ServerConfig::new(addr, dir.path().join("data"));
-        config.min_interval = hartslag::core::duration::Duration::from_secs(1);
+        config.min_interval = hartslag::core::duration::SpecDuration::from_secs(1);
         let core = Arc::new(Core::open(config).expect("open"));
         hartslag::standalone::apply_manifests(&core, &manifests)
             .await

@@ -44,7 +44,7 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path().join("data"));
-        config.min_interval = hartslag::core::duration::Duration::from_secs(1);
+        config.min_interval = hartslag::core::duration::SpecDuration::from_secs(1);
         if let Some(mb) = std::env::var("BENCH_CACHE_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
             config.cache_bytes = mb * 1024 * 1024;
         }

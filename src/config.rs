@@ -26,7 +26,7 @@ pub struct ServerConfig {
     /// Pings kept per monitor.
     pub ping_history: usize,
     /// Shortest accepted Heartbeat interval (60s; lower only for development and tests).
-    pub min_interval: crate::core::duration::Duration,
+    pub min_interval: crate::core::duration::SpecDuration,
     /// Management API requests per second per key (sustained).
     pub api_rate_per_sec: f64,
     /// Management API burst per key.

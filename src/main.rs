@@ -41,7 +41,7 @@ enum Command {
         status_rate: u32,
         /// How often counters on the custom resources' status are refreshed.
         #[arg(long, env = "HARTSLAG_STATUS_PERIOD", default_value = "5s")]
-        status_period: hartslag::core::duration::Duration,
+        status_period: hartslag::core::duration::SpecDuration,
         /// Secret holding the dashboard admin token (created when missing).
         #[arg(long, env = "HARTSLAG_ADMIN_SECRET", default_value = "hartslag-admin")]
         admin_secret: String,
@@ -95,10 +95,10 @@ struct Common {
     ping_history: usize,
     /// Shortest accepted Heartbeat interval; lower it only for development and tests.
     #[arg(long, env = "HARTSLAG_MIN_INTERVAL", default_value = "60s")]
-    min_interval: hartslag::core::duration::Duration,
+    min_interval: hartslag::core::duration::SpecDuration,
     /// First delay before an alert delivery is retried (doubles per attempt, up to 10m).
     #[arg(long, env = "HARTSLAG_ALERT_RETRY_BASE", default_value = "2s")]
-    alert_retry_base: hartslag::core::duration::Duration,
+    alert_retry_base: hartslag::core::duration::SpecDuration,
 }
 
 impl Common {

@@ -20,13 +20,15 @@ pub enum DurationError {
     Overflow(String),
 }
 
-/// A whole number of seconds, parsed from and printed as `1h30m` style text.
+/// A whole number of seconds, parsed from and printed as `1h30m` style text: the form of
+/// every duration in specs, manifests and flags. Code that computes with time uses
+/// `std::time::Duration` or `jiff::SignedDuration`; this type only crosses the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Duration {
+pub struct SpecDuration {
     secs: u64,
 }
 
-impl Duration {
+impl SpecDuration {
     /// A duration of `secs` seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Self { secs }
@@ -87,7 +89,7 @@ impl Duration {
     }
 }
 
-impl fmt::Display for Duration {
+impl fmt::Display for SpecDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.secs == 0 {
             return f.write_str("0s");
@@ -103,36 +105,36 @@ impl fmt::Display for Duration {
     }
 }
 
-impl std::str::FromStr for Duration {
+impl std::str::FromStr for SpecDuration {
     type Err = DurationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
 }
 
-impl serde::Serialize for Duration {
+impl serde::Serialize for SpecDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Duration {
+impl<'de> serde::Deserialize<'de> for SpecDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl serde::de::Visitor<'_> for V {
-            type Value = Duration;
+            type Value = SpecDuration;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a duration such as 90s, 5m, 1h30m or 7d")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-                Duration::parse(v).map_err(E::custom)
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SpecDuration, E> {
+                SpecDuration::parse(v).map_err(E::custom)
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
-                Ok(Duration::from_secs(v))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SpecDuration, E> {
+                Ok(SpecDuration::from_secs(v))
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SpecDuration, E> {
                 u64::try_from(v)
-                    .map(Duration::from_secs)
+                    .map(SpecDuration::from_secs)
                     .map_err(|_| E::custom("a duration cannot be negative"))
             }
         }
@@ -140,7 +142,7 @@ impl<'de> serde::Deserialize<'de> for Duration {
     }
 }
 
-impl schemars::JsonSchema for Duration {
+impl schemars::JsonSchema for SpecDuration {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Duration".into()
     }
@@ -172,7 +174,7 @@ mod tests {
             ("45", 45),
             (" 1h ", 3600),
         ] {
-            assert_eq!(Duration::parse(text).unwrap().as_secs(), secs, "{text}");
+            assert_eq!(SpecDuration::parse(text).unwrap().as_secs(), secs, "{text}");
         }
     }
 
@@ -187,15 +189,15 @@ mod tests {
             "1.5h",
             "99999999999999999999s",
         ] {
-            let err = Duration::parse(text).unwrap_err();
+            let err = SpecDuration::parse(text).unwrap_err();
             assert!(!err.to_string().is_empty(), "{text}");
         }
     }
 
     #[test]
     fn prints_canonical_form() {
-        assert_eq!(Duration::from_secs(5400).to_string(), "1h30m");
-        assert_eq!(Duration::from_secs(0).to_string(), "0s");
-        assert_eq!(Duration::from_secs(86_461).to_string(), "1d1m1s");
+        assert_eq!(SpecDuration::from_secs(5400).to_string(), "1h30m");
+        assert_eq!(SpecDuration::from_secs(0).to_string(), "0s");
+        assert_eq!(SpecDuration::from_secs(86_461).to_string(), "1d1m1s");
     }
 }

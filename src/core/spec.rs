@@ -7,18 +7,18 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::core::duration::Duration;
+use crate::core::duration::SpecDuration;
 
 /// Default retention of raw events when an Application does not say.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(400 * 86_400);
+pub const DEFAULT_RETENTION: SpecDuration = SpecDuration::from_secs(400 * 86_400);
 /// Default time between expected pings.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3_600);
+pub const DEFAULT_INTERVAL: SpecDuration = SpecDuration::from_secs(3_600);
 /// Default extra time after a missed deadline before a monitor is Down.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+pub const DEFAULT_GRACE: SpecDuration = SpecDuration::from_secs(300);
 /// Shortest interval a monitor may have: shorter ones would be noise, not monitoring.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+pub const MIN_INTERVAL: SpecDuration = SpecDuration::from_secs(60);
 /// Longest interval or grace a monitor may have.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 86_400);
+pub const MAX_INTERVAL: SpecDuration = SpecDuration::from_secs(365 * 86_400);
 
 /// Where alerts go.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -61,7 +61,7 @@ pub struct ApplicationSpec {
     pub time_zone: Option<String>,
     /// How long raw events are kept (e.g. 400d); counts survive deletion. Default 400d.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<Duration>,
+    pub retention: Option<SpecDuration>,
     /// Default alert targets for the Application's Heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertTargets>,
@@ -107,10 +107,10 @@ pub struct HeartbeatSpec {
     pub display_name: Option<String>,
     /// Longest expected time between two successful pings (60s to 365d). Default 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
+    pub interval: Option<SpecDuration>,
     /// Extra time after a missed deadline before the monitor is Down and alerts (0s to 365d). Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grace: Option<Duration>,
+    pub grace: Option<SpecDuration>,
     /// A paused monitor records pings but never alerts.
     #[serde(default)]
     pub paused: bool,
@@ -139,10 +139,10 @@ pub enum SpecError {
     TimeZone(String),
     /// `interval` outside 60s..365d.
     #[error("spec.interval {0} is out of range: it must be between {1} and 365d")]
-    Interval(Duration, Duration),
+    Interval(SpecDuration, SpecDuration),
     /// `grace` above 365d.
     #[error("spec.grace {0} is out of range: it must be between 0s and 365d")]
-    Grace(Duration),
+    Grace(SpecDuration),
     /// `retention` of zero.
     #[error("spec.retention must be at least 1s")]
     Retention,
@@ -179,7 +179,7 @@ impl ApplicationSpec {
     }
 
     /// The retention to apply.
-    pub fn retention(&self) -> Duration {
+    pub fn retention(&self) -> SpecDuration {
         self.retention.unwrap_or(DEFAULT_RETENTION)
     }
 
@@ -197,12 +197,12 @@ impl ApplicationSpec {
 
 impl HeartbeatSpec {
     /// The interval to apply.
-    pub fn interval(&self) -> Duration {
+    pub fn interval(&self) -> SpecDuration {
         self.interval.unwrap_or(DEFAULT_INTERVAL)
     }
 
     /// The grace to apply.
-    pub fn grace(&self) -> Duration {
+    pub fn grace(&self) -> SpecDuration {
         self.grace.unwrap_or(DEFAULT_GRACE)
     }
 
@@ -213,7 +213,7 @@ impl HeartbeatSpec {
 
     /// As [`HeartbeatSpec::validate`] with another lower bound for the interval
     /// (`--min-interval`, for development and tests).
-    pub fn validate_with_min_interval(&self, min: Duration) -> Result<(), SpecError> {
+    pub fn validate_with_min_interval(&self, min: SpecDuration) -> Result<(), SpecError> {
         let i = self.interval();
         if i < min || i > MAX_INTERVAL {
             return Err(SpecError::Interval(i, min));

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::Context;
 use super::crd::Heartbeat;
-use crate::core::duration::Duration as Dur;
+use crate::core::duration::SpecDuration;
 use crate::core::monitor::engine::Monitor;
 use crate::core::registry::{AppInfo, object_key};
 use crate::http::api::manage::{CreateRequest, Directory, DirectoryError, UpdateRequest};
@@ -80,8 +80,8 @@ impl Directory for KubernetesDirectory {
                     "metadata": {"name": name, "namespace": app.namespace, "labels": {"app.kubernetes.io/managed-by": "hartslag-api"}},
                     "spec": {
                         "displayName": req.name,
-                        "interval": Dur::from_secs(req.interval_secs).to_string(),
-                        "grace": Dur::from_secs(req.grace_secs).to_string(),
+                        "interval": SpecDuration::from_secs(req.interval_secs).to_string(),
+                        "grace": SpecDuration::from_secs(req.grace_secs).to_string(),
                         "applicationRef": {"name": app.name},
                     }
                 }))
@@ -119,10 +119,16 @@ impl Directory for KubernetesDirectory {
                 spec.insert("displayName".into(), json!(n));
             }
             if let Some(i) = req.interval_secs {
-                spec.insert("interval".into(), json!(Dur::from_secs(i).to_string()));
+                spec.insert(
+                    "interval".into(),
+                    json!(SpecDuration::from_secs(i).to_string()),
+                );
             }
             if let Some(g) = req.grace_secs {
-                spec.insert("grace".into(), json!(Dur::from_secs(g).to_string()));
+                spec.insert(
+                    "grace".into(),
+                    json!(SpecDuration::from_secs(g).to_string()),
+                );
             }
             if let Some(p) = req.paused {
                 spec.insert("paused".into(), json!(p));

@@ -82,7 +82,7 @@ pub async fn apply_manifests(
                 object: format!("Application {}", app.name),
                 source,
             })?;
-        if origin == tokens::Origin::New {
+        if origin == tokens::TokenSource::New {
             let path = tokens::token_path(data, "application", &app.name);
             println!(
                 "Issued a token for Application {}: {} (saved in {})",
@@ -241,7 +241,7 @@ async fn apply_heartbeats(
                     source,
                 })?;
         }
-        if origin == tokens::Origin::New {
+        if origin == tokens::TokenSource::New {
             println!(
                 "Issued a ping URL for Heartbeat {}: saved in {}",
                 hb.name,

@@ -77,7 +77,7 @@ pub fn token_path(data: &Path, kind: &str, name: &str) -> PathBuf {
 
 /// Where a token came from, so the caller can tell the user once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum TokenSource {
     /// A file the manifest named.
     UserFile,
     /// Issued earlier and read back.
@@ -94,11 +94,11 @@ pub fn ensure_token(
     kind_name: &str,
     name: &str,
     user_file: Option<&str>,
-) -> Result<(Token, Origin), TokenFileError> {
+) -> Result<(Token, TokenSource), TokenFileError> {
     if let Some(file) = user_file {
         let path = manifests.join(file);
         return match read_token(&path)? {
-            Some(t) => Ok((t, Origin::UserFile)),
+            Some(t) => Ok((t, TokenSource::UserFile)),
             None => Err(TokenFileError::Io {
                 path,
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
@@ -107,11 +107,11 @@ pub fn ensure_token(
     }
     let path = token_path(data, kind_name, name);
     if let Some(t) = read_token(&path)? {
-        return Ok((t, Origin::Existing));
+        return Ok((t, TokenSource::Existing));
     }
     let t = Token::generate(kind)?;
     write_private(&path, t.expose())?;
-    Ok((t, Origin::New))
+    Ok((t, TokenSource::New))
 }
 
 #[cfg(test)]
@@ -139,7 +139,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!((o1, o2), (Origin::New, Origin::Existing));
+        assert_eq!((o1, o2), (TokenSource::New, TokenSource::Existing));
         assert_eq!(a, b);
         #[cfg(unix)]
         {
@@ -171,7 +171,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (t.expose(), o),
-            ("my-own-token-1234567890", Origin::UserFile)
+            ("my-own-token-1234567890", TokenSource::UserFile)
         );
         std::fs::write(dir.path().join("short.token"), "abc").unwrap();
         assert!(

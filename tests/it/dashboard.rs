@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::helpers::{InProcess, heartbeat_manifest, read_token, wait_state};
-use hartslag::core::duration::Duration as Dur;
+use hartslag::core::duration::SpecDuration;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::json;
@@ -36,7 +36,7 @@ fn files() -> Vec<(&'static str, String)> {
 
 async fn start() -> InProcess {
     InProcess::start_with(&files(), |c| {
-        c.min_interval = Dur::from_secs(1);
+        c.min_interval = SpecDuration::from_secs(1);
     })
     .await
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{InProcess, heartbeat_manifest, wait_for, wait_state};
 use base64::Engine as _;
-use hartslag::core::duration::Duration as Dur;
+use hartslag::core::duration::SpecDuration;
 use serde_json::{Value, json};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -235,7 +235,7 @@ async fn browser_login_live_down_history_and_csv() {
             .join("---\n"),
         ),
     ];
-    let s = InProcess::start_with(&files, |c| c.min_interval = Dur::from_secs(1)).await;
+    let s = InProcess::start_with(&files, |c| c.min_interval = SpecDuration::from_secs(1)).await;
     let admin = std::fs::read_to_string(s.data.join("tokens/admin.token")).unwrap();
     let admin = admin.trim();
     let shop = s.app_token("webshop");

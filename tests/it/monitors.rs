@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::helpers::{ChildServer, InProcess, SmtpSink, heartbeat_manifest, wait_for, wait_state};
-use hartslag::core::duration::Duration as Dur;
+use hartslag::core::duration::SpecDuration;
 use serde_json::{Value, json};
 
 const EMAIL: &str = "  alerts:\n    email: [\"ops@example.com\"]\n";
@@ -14,7 +14,7 @@ const EMAIL: &str = "  alerts:\n    email: [\"ops@example.com\"]\n";
 async fn start(files: &[(&str, String)], smtp: Option<String>) -> InProcess {
     InProcess::start_with(files, |c| {
         c.smtp_url = smtp;
-        c.min_interval = Dur::from_secs(1);
+        c.min_interval = SpecDuration::from_secs(1);
         c.outbox.base_delay = Duration::from_millis(200);
         c.outbox.max_delay = Duration::from_secs(1);
         c.ping_history = 5;

@@ -20,7 +20,7 @@ use super::state::{self, DownReason, Effect, MonitorState, Signal, State, Timing
 use crate::core::alert::message::{Alert, AlertKind, Target, human_duration};
 use crate::core::alert::outbox::{self, Outbox};
 use crate::core::store::Committer;
-use crate::core::store::wal::Write;
+use crate::core::store::wal::Mutation;
 use crate::core::token::TokenHash;
 
 /// Errors of the engine.
@@ -384,7 +384,7 @@ type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
 /// Changes staged by one round of commands, made durable together.
 #[derive(Default)]
-struct Pending {
+struct Round {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Monitor records to store, by key: a monitor stepped several times in one round
     /// (pings in a burst) is serialized and written once, with its last state.
@@ -421,7 +421,7 @@ impl Worker {
         m: &Monitor,
         effects: &[Effect],
         ping: Option<&PingRecord>,
-        pending: &mut Pending,
+        round: &mut Round,
         done: Done,
     ) {
         let staged = (|| -> Result<(), EngineError> {
@@ -446,7 +446,7 @@ impl Worker {
                             to: *to,
                             reason: reason.clone(),
                         };
-                        pending.ops.push((
+                        round.ops.push((
                             transition_key(m.num, *at, u8::try_from(idx).unwrap_or(u8::MAX))
                                 .to_vec(),
                             Some(serde_json::to_vec(&record)?),
@@ -461,7 +461,7 @@ impl Worker {
                             };
                             if due {
                                 self.transitions_since_trim.borrow_mut().insert(m.num, 0);
-                                self.drop_old_transitions(m.num, pending)?;
+                                self.drop_old_transitions(m.num, round)?;
                             }
                         }
                         let _ = self.changes.send(Change {
@@ -502,28 +502,24 @@ impl Worker {
                     expected_at: m.state.deadline,
                     ping_hint: m.def.ping_hint.clone(),
                 };
-                pending
+                round
                     .alerts
                     .extend(outbox::records(&alert, &m.def.targets, self.clock.now())?);
             }
-            pending.monitors.insert(m.def.key.clone(), m.clone());
+            round.monitors.insert(m.def.key.clone(), m.clone());
             if let Some(p) = ping {
                 let mut expired = Vec::new();
-                pending.pings.record(
-                    &self.tree,
-                    m.num,
-                    p,
-                    self.config.ping_history,
-                    &mut expired,
-                )?;
-                pending.ops.extend(expired.into_iter().map(|k| (k, None)));
+                round
+                    .pings
+                    .record(&self.tree, m.num, p, self.config.ping_history, &mut expired)?;
+                round.ops.extend(expired.into_iter().map(|k| (k, None)));
             }
             Ok(())
         })();
         match staged {
             Ok(()) => {
                 self.publish(m);
-                pending.done.push(done);
+                round.done.push(done);
             }
             Err(e) => done(Err(e)),
         }
@@ -532,7 +528,7 @@ impl Worker {
     /// Keeps the timeline bounded: stages removal of entries beyond the newest
     /// [`TRANSITION_HISTORY`] (minus room for this step's own); called every
     /// [`TRIM_EVERY`] transitions of a monitor.
-    fn drop_old_transitions(&self, num: u64, pending: &mut Pending) -> Result<(), EngineError> {
+    fn drop_old_transitions(&self, num: u64, round: &mut Round) -> Result<(), EngineError> {
         let keep = TRANSITION_HISTORY.saturating_sub(2);
         for k in self
             .tree
@@ -541,7 +537,7 @@ impl Worker {
             .rev()
             .skip(keep)
         {
-            pending.ops.push((k?.to_vec(), None));
+            round.ops.push((k?.to_vec(), None));
         }
         Ok(())
     }
@@ -549,30 +545,30 @@ impl Worker {
     /// Writes a round as one commit-log record (monitor state, pings, timeline and the
     /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
     /// next round reads what this one wrote; commands gather meanwhile.
-    fn write(&self, pending: Pending) {
-        if pending.done.is_empty()
-            && pending.ops.is_empty()
-            && pending.monitors.is_empty()
-            && pending.pings.is_empty()
+    fn write(&self, round: Round) {
+        if round.done.is_empty()
+            && round.ops.is_empty()
+            && round.monitors.is_empty()
+            && round.pings.is_empty()
         {
             return;
         }
-        let alerts = !pending.alerts.is_empty();
-        let mut writes = match self.round_writes(pending.ops, pending.pings, pending.monitors) {
+        let alerts = !round.alerts.is_empty();
+        let mut writes = match self.round_writes(round.ops, round.pings, round.monitors) {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "encoding monitor state failed");
-                for d in pending.done {
+                for d in round.done {
                     d(Err(EngineError::Write(e.to_string())));
                 }
                 return;
             }
         };
         writes.extend(
-            pending
+            round
                 .alerts
                 .into_iter()
-                .map(|(k, v)| Write::put_if_absent(self.outbox.pending_tree(), k, v)),
+                .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
         );
         let result = self.committer.log_blocking(writes).map_err(|e| {
             tracing::error!(error = %e, "writing monitor state failed");
@@ -581,7 +577,7 @@ impl Worker {
         if alerts && result.is_ok() {
             self.outbox.wake();
         }
-        for d in pending.done {
+        for d in round.done {
             d(result.clone().map_err(EngineError::Write));
         }
     }
@@ -594,17 +590,17 @@ impl Worker {
         ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         pings: RoundBlocks,
         monitors: HashMap<String, Monitor>,
-    ) -> Result<Vec<Write>, serde_json::Error> {
-        let mut writes: Vec<Write> = Vec::with_capacity(ops.len() + monitors.len() + 1);
+    ) -> Result<Vec<Mutation>, serde_json::Error> {
+        let mut writes: Vec<Mutation> = Vec::with_capacity(ops.len() + monitors.len() + 1);
         for (k, v) in ops {
             writes.push(match v {
-                Some(v) => Write::put(&self.tree, k, v),
-                None => Write::remove(&self.tree, k),
+                Some(v) => Mutation::put(&self.tree, k, v),
+                None => Mutation::remove(&self.tree, k),
             });
         }
         writes.extend(pings.into_writes(&self.tree));
         for (key, m) in monitors {
-            writes.push(Write::put(
+            writes.push(Mutation::put(
                 &self.tree,
                 monitor_key(&key),
                 serde_json::to_vec(&m)?,
@@ -618,7 +614,7 @@ impl Worker {
         key: &str,
         signal: Signal,
         ping: Option<PingInput>,
-        pending: &mut Pending,
+        round: &mut Round,
         done: Done,
     ) {
         let Some(m) = self.read().get(key).cloned() else {
@@ -672,7 +668,7 @@ impl Worker {
             def: m.def,
             state: new_state,
         };
-        self.stage(&next, &effects, record.as_ref(), pending, done);
+        self.stage(&next, &effects, record.as_ref(), round, done);
     }
 
     fn upsert(&self, mut def: MonitorDef) -> Result<(Monitor, Vec<Effect>), EngineError> {
@@ -739,7 +735,7 @@ impl Worker {
         Ok((m, effects))
     }
 
-    fn remove(&self, key: &str, pending: &mut Pending) -> Result<(), EngineError> {
+    fn remove(&self, key: &str, round: &mut Round) -> Result<(), EngineError> {
         let Some(m) = self
             .snapshot
             .write()
@@ -750,29 +746,29 @@ impl Worker {
         };
         self.scheduler.disarm(key.to_string());
         self.transitions_since_trim.borrow_mut().remove(&m.num);
-        pending.monitors.remove(key);
-        pending.ops.push((monitor_key(key), None));
+        round.monitors.remove(key);
+        round.ops.push((monitor_key(key), None));
         if m.def.retain_on_delete {
             // Keep history and state under a tombstone key so a re-created monitor finds them;
             // pings answered earlier in this round stay staged and are written with it.
-            pending
+            round
                 .ops
                 .push((tombstone_key(key), Some(serde_json::to_vec(&m)?)));
         } else {
             // Staged ping blocks would be written after the removals below.
-            pending.pings.forget(m.num);
-            pending.ops.push((tombstone_key(key), None));
+            round.pings.forget(m.num);
+            round.ops.push((tombstone_key(key), None));
             for k in self.tree.scan_prefix(history::monitor_prefix(m.num)).keys() {
-                pending.ops.push((k?.to_vec(), None));
+                round.ops.push((k?.to_vec(), None));
             }
             for k in self.tree.scan_prefix(transition_prefix(m.num)).keys() {
-                pending.ops.push((k?.to_vec(), None));
+                round.ops.push((k?.to_vec(), None));
             }
         }
         Ok(())
     }
 
-    fn handle(&self, cmd: Command, pending: &mut Pending) {
+    fn handle(&self, cmd: Command, round: &mut Round) {
         match cmd {
             Command::Due(key) => {
                 let now = self.clock.now();
@@ -780,7 +776,7 @@ impl Worker {
                     &key,
                     Signal::Tick(now),
                     None,
-                    pending,
+                    round,
                     Box::new(|r| {
                         if let Err(e) = r {
                             tracing::error!(error = %e, "applying a deadline failed");
@@ -815,7 +811,7 @@ impl Worker {
                     &key,
                     signal,
                     Some(input),
-                    pending,
+                    round,
                     Box::new(move |r| {
                         let _ = reply.send(r.map(|_| outcome));
                     }),
@@ -831,7 +827,7 @@ impl Worker {
                             &m,
                             &effects,
                             None,
-                            pending,
+                            round,
                             Box::new(move |r| {
                                 let _ = reply.send(r.map(|_| out));
                             }),
@@ -862,14 +858,14 @@ impl Worker {
                     &m,
                     &effects,
                     None,
-                    pending,
+                    round,
                     Box::new(move |r| {
                         let _ = reply.send(r.map(|_| out));
                     }),
                 );
             }
-            Command::Remove(key, reply) => match self.remove(&key, pending) {
-                Ok(()) => pending.done.push(Box::new(move |r| {
+            Command::Remove(key, reply) => match self.remove(&key, round) {
+                Ok(()) => round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 })),
                 Err(e) => {
@@ -881,15 +877,15 @@ impl Worker {
 
     fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut pending = Pending::default();
-            self.handle(first, &mut pending);
+            let mut round = Round::default();
+            self.handle(first, &mut round);
             for _ in 1..MAX_ROUND {
                 match rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd, &mut pending),
+                    Ok(cmd) => self.handle(cmd, &mut round),
                     Err(_) => break,
                 }
             }
-            self.write(pending);
+            self.write(round);
         }
     }
 }

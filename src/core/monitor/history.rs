@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use super::engine::PingRecord;
-use crate::core::store::wal::Write;
+use crate::core::store::wal::Mutation;
 
 /// Key family of ping blocks in the monitors tree (see the engine's other families).
 pub(crate) const FAMILY_PING_BLOCK: u8 = 5;
@@ -157,10 +157,10 @@ impl RoundBlocks {
     }
 
     /// The round's blocks as writes.
-    pub fn into_writes(self, tree: &sled::Tree) -> impl Iterator<Item = Write> {
+    pub fn into_writes(self, tree: &sled::Tree) -> impl Iterator<Item = Mutation> {
         self.blocks
             .into_iter()
-            .map(move |(k, v)| Write::put(tree, k.to_vec(), v))
+            .map(move |(k, v)| Mutation::put(tree, k.to_vec(), v))
     }
 
     /// Whether the round touched no block.
@@ -228,13 +228,13 @@ pub fn convert_single_records(
                 }
             };
             append(block, &record)?;
-            writes.push(Write::remove(tree, k.to_vec()));
+            writes.push(Mutation::remove(tree, k.to_vec()));
             converted += 1;
         }
         writes.extend(
             blocks
                 .into_iter()
-                .map(|(k, v)| Write::put(tree, k.to_vec(), v)),
+                .map(|(k, v)| Mutation::put(tree, k.to_vec(), v)),
         );
         committer.log_blocking(writes)?;
     }

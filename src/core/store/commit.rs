@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::wal::{self, Log, WalError, Write};
+use super::wal::{self, Log, Mutation, WalError};
 use crate::core::metrics::{Histogram, SYNC_BUCKETS};
 
 /// Log size after which the committer checkpoints (bounds replay time after a crash).
@@ -60,7 +60,7 @@ pub type OnApplied = Box<dyn FnOnce() + Send>;
 
 /// One writer's queued writes and where its leader puts the answer.
 struct Entry {
-    writes: Vec<Write>,
+    writes: Vec<Mutation>,
     on_durable: Option<OnDurable>,
     on_applied: Option<OnApplied>,
     done: Arc<OnceLock<Result<(), CommitError>>>,
@@ -272,7 +272,7 @@ impl Turn<'_> {
         group
             .iter()
             .flat_map(|e| &e.writes)
-            .try_for_each(Write::apply)
+            .try_for_each(Mutation::apply)
             .map_err(|e| CommitError::Flush(Arc::new(e)))?;
         for e in group.iter_mut() {
             if let Some(f) = e.on_applied.take() {
@@ -336,7 +336,7 @@ impl Committer {
     /// Makes `writes` durable (one record, replayed as a whole) and applies them to sled,
     /// blocking the calling thread until both are done. For writer threads, never for
     /// async tasks: the caller may be the one that runs the fsync.
-    pub fn log_blocking(&self, writes: Vec<Write>) -> Result<(), CommitError> {
+    pub fn log_blocking(&self, writes: Vec<Mutation>) -> Result<(), CommitError> {
         self.log_blocking_then(writes, None, None)
     }
 
@@ -347,7 +347,7 @@ impl Committer {
     /// (not if it failed), before a checkpoint the leader may run in the same turn.
     pub fn log_blocking_then(
         &self,
-        writes: Vec<Write>,
+        writes: Vec<Mutation>,
         on_durable: Option<OnDurable>,
         on_applied: Option<OnApplied>,
     ) -> Result<(), CommitError> {
@@ -444,7 +444,11 @@ mod tests {
                     db.insert(i.to_be_bytes(), &b"x"[..]).unwrap();
                     c.flush().await
                 } else {
-                    let w = vec![Write::put(&tree, i.to_be_bytes().to_vec(), b"y".to_vec())];
+                    let w = vec![Mutation::put(
+                        &tree,
+                        i.to_be_bytes().to_vec(),
+                        b"y".to_vec(),
+                    )];
                     tokio::task::spawn_blocking(move || c.log_blocking(w))
                         .await
                         .unwrap()
@@ -470,7 +474,7 @@ mod tests {
             let (committer, _) = Committer::spawn(db.clone(), dir.path()).unwrap();
             let tree = db.open_tree("t").unwrap();
             committer
-                .log_blocking(vec![Write::put(&tree, b"k".to_vec(), b"v".to_vec())])
+                .log_blocking(vec![Mutation::put(&tree, b"k".to_vec(), b"v".to_vec())])
                 .unwrap();
             assert_eq!(tree.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
             // Simulate a crash: keep the log, throw away what sled holds in memory.
@@ -496,7 +500,7 @@ mod tests {
     #[test]
     fn a_failed_write_to_disk_stops_every_later_write() {
         let (_dir, _db, committer, tree) = open();
-        let put = |k: &[u8]| vec![Write::put(&tree, k.to_vec(), b"v".to_vec())];
+        let put = |k: &[u8]| vec![Mutation::put(&tree, k.to_vec(), b"v".to_vec())];
         committer.log_blocking(put(b"before")).unwrap();
         assert!(committer.health().is_ok());
 
@@ -532,7 +536,7 @@ mod tests {
         };
         committer
             .log_blocking_then(
-                vec![Write::put(&tree, b"k".to_vec(), b"v".to_vec())],
+                vec![Mutation::put(&tree, b"k".to_vec(), b"v".to_vec())],
                 Some(seen(&durable)),
                 Some(seen(&applied)),
             )
@@ -545,7 +549,7 @@ mod tests {
         let called = Arc::new(AtomicU8::new(0));
         let (c, c2) = (called.clone(), called.clone());
         let r = committer.log_blocking_then(
-            vec![Write::put(&tree, b"x".to_vec(), b"v".to_vec())],
+            vec![Mutation::put(&tree, b"x".to_vec(), b"v".to_vec())],
             Some(Box::new(move || c.store(1, Ordering::SeqCst))),
             Some(Box::new(move || c2.store(2, Ordering::SeqCst))),
         );
@@ -567,7 +571,7 @@ mod tests {
                     for i in 0..50u32 {
                         let k = [t.to_be_bytes(), i.to_be_bytes()].concat();
                         committer
-                            .log_blocking(vec![Write::put(&tree, k.clone(), k)])
+                            .log_blocking(vec![Mutation::put(&tree, k.clone(), k)])
                             .unwrap();
                     }
                 });
@@ -586,7 +590,7 @@ mod tests {
                     for i in 0..20u32 {
                         let k = [t.to_be_bytes(), i.to_be_bytes()].concat();
                         committer
-                            .log_blocking(vec![Write::put(&tree, k.clone(), k)])
+                            .log_blocking(vec![Mutation::put(&tree, k.clone(), k)])
                             .unwrap();
                     }
                 })

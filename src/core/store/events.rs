@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{self, EventValue, Family, Tally};
-use super::wal::Write;
+use super::wal::Mutation;
 use super::{Store, StoreError};
 use crate::core::calendar::{Periods, date_from_key, date_key};
 
@@ -278,31 +278,31 @@ fn block_key(k: &[u8]) -> Option<(i64, u64)> {
 }
 
 /// An event read from a block, waiting until no later block can hold an earlier one.
-struct Pending {
+struct Buffered {
     at: i64,
     seq: u64,
     index: usize,
     value: EventValue,
 }
 
-impl Pending {
+impl Buffered {
     fn order(&self) -> (i64, u64, usize) {
         (self.at, self.seq, self.index)
     }
 }
 
-impl PartialEq for Pending {
+impl PartialEq for Buffered {
     fn eq(&self, other: &Self) -> bool {
         self.order() == other.order()
     }
 }
-impl Eq for Pending {}
-impl PartialOrd for Pending {
+impl Eq for Buffered {}
+impl PartialOrd for Buffered {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Pending {
+impl Ord for Buffered {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.order().cmp(&other.order())
     }
@@ -310,11 +310,11 @@ impl Ord for Pending {
 
 /// Streams an application's events in time order (ties in the order they were stored).
 /// Blocks are keyed by their first event and reach at most [`keys::BLOCK_SPAN_MICROS`]
-/// further, so once a block starting at `t` is read, every pending event before `t` is
+/// further, so once a block starting at `t` is read, every buffered event before `t` is
 /// final: memory holds only the events of blocks that overlap in time.
 struct ExportIter {
     blocks: sled::Iter,
-    pending: std::collections::BinaryHeap<std::cmp::Reverse<Pending>>,
+    buffered: std::collections::BinaryHeap<std::cmp::Reverse<Buffered>>,
     frontier: i64,
     done: bool,
     from: i64,
@@ -328,11 +328,11 @@ impl Iterator for ExportIter {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let ready = self
-                .pending
+                .buffered
                 .peek()
                 .is_some_and(|p| self.done || p.0.at < self.frontier);
             if ready {
-                let std::cmp::Reverse(p) = self.pending.pop()?;
+                let std::cmp::Reverse(p) = self.buffered.pop()?;
                 match Timestamp::from_microsecond(p.at) {
                     Ok(at) => {
                         return Some(Ok(ExportedEvent { at, value: p.value }));
@@ -376,7 +376,7 @@ impl Iterator for ExportIter {
                 {
                     continue;
                 }
-                self.pending.push(std::cmp::Reverse(Pending {
+                self.buffered.push(std::cmp::Reverse(Buffered {
                     at,
                     seq,
                     index,
@@ -443,7 +443,7 @@ impl Store {
         &self,
         all: &[&EventWrite],
         now: Timestamp,
-    ) -> Result<(Vec<Write>, Vec<Outcome>), StoreError> {
+    ) -> Result<(Vec<Mutation>, Vec<Outcome>), StoreError> {
         let mut outcomes = Vec::with_capacity(all.len());
         let mut accepted = HashMap::new();
         let mut out = Vec::with_capacity(all.len() + 8);
@@ -455,7 +455,7 @@ impl Store {
                     let o = self.idempotency_outcome(w.app, idem, now, &accepted)?;
                     if o == Outcome::Stored {
                         accepted.insert((w.app, idem.key), idem.fingerprint);
-                        out.push(Write::put(
+                        out.push(Mutation::put(
                             &self.events,
                             keys::idempotency_key(w.app, keys::day_of(now), &idem.key).to_vec(),
                             keys::encode_idempotency(keys::micros(now), &idem.fingerprint).to_vec(),
@@ -515,7 +515,7 @@ impl Store {
             for block in split_blocks(&events) {
                 let first = block[0].0;
                 let seq = self.db.generate_id()?;
-                out.push(Write::put(
+                out.push(Mutation::put(
                     &self.events,
                     keys::event_key(app, first, seq).to_vec(),
                     keys::encode_block(first, block.iter().copied()),
@@ -530,7 +530,7 @@ impl Store {
                     .map(|b| Tally::decode(&b))
                     .unwrap_or_default();
                 t.add(d);
-                out.push(Write::put(&self.events, k, t.encode().to_vec()));
+                out.push(Mutation::put(&self.events, k, t.encode().to_vec()));
             }
         }
         Ok((out, outcomes))
@@ -636,7 +636,7 @@ impl Store {
         };
         ExportIter {
             blocks: self.events.range(lo.to_vec()..hi),
-            pending: std::collections::BinaryHeap::new(),
+            buffered: std::collections::BinaryHeap::new(),
             frontier: i64::MIN,
             done: false,
             from,

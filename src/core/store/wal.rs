@@ -2,7 +2,7 @@
 //!
 //! A sled flush is costly for small groups: every one wakes sled's whole IO thread pool,
 //! and an atomic sled batch forces two more log writes of its own. So the hot paths
-//! (events, pings, monitor state) describe their changes as a list of [`Write`]s; the group
+//! (events, pings, monitor state) describe their changes as a list of [`Mutation`]s; the group
 //! committer appends the lists of every waiting writer to this file as checksummed
 //! records, makes them durable with one `fdatasync`, and only then applies them to sled as
 //! plain inserts. sled writes them out in the background.
@@ -63,7 +63,7 @@ pub enum Op {
 
 /// One change to one key of one tree.
 #[derive(Debug, Clone)]
-pub struct Write {
+pub struct Mutation {
     /// The tree it goes to.
     pub tree: sled::Tree,
     /// The key.
@@ -72,7 +72,7 @@ pub struct Write {
     pub op: Op,
 }
 
-impl Write {
+impl Mutation {
     /// Sets `key` to `value` in `tree`.
     pub fn put(tree: &sled::Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
         Self {
@@ -155,7 +155,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Appends one record holding `writes` (applied together on replay) to `out`, for the log
 /// generation `generation` ([`Log::generation`]).
-pub fn encode_record(writes: &[Write], generation: u64, out: &mut Vec<u8>) {
+pub fn encode_record(writes: &[Mutation], generation: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
     out.extend_from_slice(
@@ -193,7 +193,7 @@ fn record_crc(generation: u64, payload: &[u8]) -> u32 {
 
 /// A write read back from the log: the tree by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoggedWrite {
+pub struct LoggedMutation {
     /// Name of the tree.
     pub tree: Vec<u8>,
     /// The key.
@@ -224,7 +224,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedWrite>> {
+fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedMutation>> {
     let mut c = Cursor(payload);
     let n = c.u32()?;
     let mut writes = Vec::with_capacity(usize::try_from(n).ok()?.min(4096));
@@ -238,7 +238,7 @@ fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedWrite>> {
             TAG_PUT_IF_ABSENT => Op::PutIfAbsent(c.bytes()?),
             _ => return None,
         };
-        writes.push(LoggedWrite { tree, key, op });
+        writes.push(LoggedMutation { tree, key, op });
     }
     c.0.is_empty().then_some(writes)
 }
@@ -247,7 +247,7 @@ fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedWrite>> {
 /// they take. Reading stops at the first short, damaged, zeroed or older record: a crash
 /// can only tear the tail, since each group is written and synced before the next one
 /// starts.
-pub fn decode_records(bytes: &[u8], generation: u64) -> (Vec<Vec<LoggedWrite>>, usize) {
+pub fn decode_records(bytes: &[u8], generation: u64) -> (Vec<Vec<LoggedMutation>>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= HEADER {
@@ -481,9 +481,9 @@ mod tests {
         let (_d, db) = db();
         let t = db.open_tree("events").unwrap();
         let writes = vec![
-            Write::put(&t, b"k1".to_vec(), b"v1".to_vec()),
-            Write::remove(&t, b"k2".to_vec()),
-            Write::put_if_absent(&t, b"k3".to_vec(), Vec::new()),
+            Mutation::put(&t, b"k1".to_vec(), b"v1".to_vec()),
+            Mutation::remove(&t, b"k2".to_vec()),
+            Mutation::put_if_absent(&t, b"k3".to_vec(), Vec::new()),
         ];
         let mut buf = Vec::new();
         encode_record(&writes, 7, &mut buf);
@@ -505,9 +505,17 @@ mod tests {
         let (_d, db) = db();
         let t = db.open_tree("t").unwrap();
         let mut buf = Vec::new();
-        encode_record(&[Write::put(&t, b"a".to_vec(), b"1".to_vec())], 1, &mut buf);
+        encode_record(
+            &[Mutation::put(&t, b"a".to_vec(), b"1".to_vec())],
+            1,
+            &mut buf,
+        );
         let first = buf.len();
-        encode_record(&[Write::put(&t, b"b".to_vec(), b"2".to_vec())], 1, &mut buf);
+        encode_record(
+            &[Mutation::put(&t, b"b".to_vec(), b"2".to_vec())],
+            1,
+            &mut buf,
+        );
         for cut in first..buf.len() {
             let (records, used) = decode_records(&buf[..cut], 1);
             assert_eq!((records.len(), used), (1, first), "cut at {cut}");
@@ -535,20 +543,24 @@ mod tests {
             first_generation = log.generation();
             let g = log.generation();
             let mut buf = Vec::new();
-            encode_record(&[Write::put(&t, b"a".to_vec(), b"1".to_vec())], g, &mut buf);
+            encode_record(
+                &[Mutation::put(&t, b"a".to_vec(), b"1".to_vec())],
+                g,
+                &mut buf,
+            );
             encode_record(
                 &[
-                    Write::put(&t, b"a".to_vec(), b"2".to_vec()),
-                    Write::put(&t, b"b".to_vec(), b"x".to_vec()),
-                    Write::put_if_absent(&t, b"q".to_vec(), b"first".to_vec()),
+                    Mutation::put(&t, b"a".to_vec(), b"2".to_vec()),
+                    Mutation::put(&t, b"b".to_vec(), b"x".to_vec()),
+                    Mutation::put_if_absent(&t, b"q".to_vec(), b"first".to_vec()),
                 ],
                 g,
                 &mut buf,
             );
             encode_record(
                 &[
-                    Write::remove(&t, b"b".to_vec()),
-                    Write::put_if_absent(&t, b"q".to_vec(), b"second".to_vec()),
+                    Mutation::remove(&t, b"b".to_vec()),
+                    Mutation::put_if_absent(&t, b"q".to_vec(), b"second".to_vec()),
                 ],
                 g,
                 &mut buf,
@@ -556,7 +568,7 @@ mod tests {
             // Half of a fourth record: a crash in the middle of a write.
             let mut torn = Vec::new();
             encode_record(
-                &[Write::put(&t, b"c".to_vec(), b"never".to_vec())],
+                &[Mutation::put(&t, b"c".to_vec(), b"never".to_vec())],
                 g,
                 &mut torn,
             );
@@ -581,7 +593,7 @@ mod tests {
         // shorter record of the new one is followed by them and replay must stop there.
         let mut buf = Vec::new();
         encode_record(
-            &[Write::put(&t, b"z".to_vec(), b"new".to_vec())],
+            &[Mutation::put(&t, b"z".to_vec(), b"new".to_vec())],
             log.generation(),
             &mut buf,
         );
@@ -623,7 +635,7 @@ mod tests {
             for k in [&b"a"[..], b"b"] {
                 let mut buf = Vec::new();
                 encode_record(
-                    &[Write::put(&t, k.to_vec(), big.clone())],
+                    &[Mutation::put(&t, k.to_vec(), big.clone())],
                     log.generation(),
                     &mut buf,
                 );
