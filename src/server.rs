@@ -76,7 +76,7 @@ pub struct Core {
     /// Readiness flag.
     pub ready: Arc<AtomicBool>,
     /// Management API writes, installed by the front end.
-    pub directory: Arc<std::sync::OnceLock<Arc<dyn crate::http::api::manage::Directory>>>,
+    pub catalogue: Arc<std::sync::OnceLock<Arc<dyn crate::core::catalogue::MonitorCatalogue>>>,
     /// Management API rate limit.
     pub rate_limit: Arc<crate::http::api::manage::RateLimiter>,
     /// Dashboard sessions and badge index.
@@ -133,7 +133,7 @@ impl Core {
             outbox,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
-            directory: Arc::default(),
+            catalogue: Arc::default(),
             rate_limit: Arc::new(crate::http::api::manage::RateLimiter::new(
                 config_rate.0,
                 config_rate.1,
@@ -158,7 +158,7 @@ impl Core {
             metrics: self.metrics.clone(),
             max_body_bytes: self.config.max_body_bytes,
             ready: self.ready.clone(),
-            directory: self.directory.clone(),
+            catalogue: self.catalogue.clone(),
             rate_limit: self.rate_limit.clone(),
         })
     }

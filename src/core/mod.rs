@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod calendar;
+pub mod catalogue;
 pub mod duration;
 pub mod ingest;
 pub mod metrics;

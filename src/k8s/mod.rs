@@ -244,8 +244,8 @@ pub async fn run(
     let client = Client::try_default().await?;
     let ctx = Arc::new(Context::new(core.clone(), client.clone()));
     let _ = core
-        .directory
-        .set(Arc::new(catalogue::KubernetesDirectory::new(ctx.clone())));
+        .catalogue
+        .set(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
     {
         let ctx = ctx.clone();
         core.metrics.register(move |out| {

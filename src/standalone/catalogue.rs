@@ -6,64 +6,47 @@ use futures::future::BoxFuture;
 
 use super::tokens;
 use crate::core::alert::message::resolve_targets;
+use crate::core::catalogue::{
+    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
+};
 use crate::core::monitor::engine::{Monitor, MonitorDef, Origin};
 use crate::core::registry::{AppInfo, object_key};
 use crate::core::store::apps::TokenOwner;
 use crate::core::token::{Token, TokenKind};
-use crate::http::api::manage::{CreateRequest, Directory, DirectoryError, UpdateRequest};
 use crate::server::Core;
 
-/// The standalone [`Directory`].
-pub struct StandaloneDirectory {
+/// The standalone [`MonitorCatalogue`].
+pub struct StandaloneCatalogue {
     core: Core,
 }
 
-impl StandaloneDirectory {
-    /// A directory over `core`.
+impl StandaloneCatalogue {
+    /// A catalogue over `core`.
     pub fn new(core: Core) -> Self {
         Self { core }
     }
 }
 
-/// A DNS-safe resource name from a human name (`Daily Backup!` → `daily-backup`).
-pub fn slug(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    let trimmed: String = out.trim_matches('-').chars().take(50).collect();
-    let trimmed = trimmed.trim_end_matches('-').to_string();
-    if trimmed.is_empty() {
-        "heartbeat".into()
-    } else {
-        trimmed
-    }
+fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
+    CatalogueError::Unavailable(e.to_string())
 }
 
-fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
-    DirectoryError::Unavailable(e.to_string())
-}
-
-fn read_only(m: &Monitor) -> DirectoryError {
-    DirectoryError::ReadOnly(format!(
+fn read_only(m: &Monitor) -> CatalogueError {
+    CatalogueError::ReadOnly(format!(
         "heartbeat {} is defined by a manifest file; change or remove it there",
         m.def.name
     ))
 }
 
-impl Directory for StandaloneDirectory {
+impl MonitorCatalogue for StandaloneCatalogue {
     fn create<'a>(
         &'a self,
         app: &'a AppInfo,
         req: CreateRequest,
-    ) -> BoxFuture<'a, Result<(Monitor, String), DirectoryError>> {
+    ) -> BoxFuture<'a, Result<(Monitor, String), CatalogueError>> {
         Box::pin(async move {
             let core = &self.core;
-            crate::http::api::manage::check_quota(&core.engine, app)?;
+            check_quota(&core.engine, app)?;
             let data = &core.config.data_dir;
             let base = slug(&req.name);
             let mut name = base.clone();
@@ -145,7 +128,7 @@ impl Directory for StandaloneDirectory {
         _app: &'a AppInfo,
         monitor: &'a Monitor,
         req: UpdateRequest,
-    ) -> BoxFuture<'a, Result<Monitor, DirectoryError>> {
+    ) -> BoxFuture<'a, Result<Monitor, CatalogueError>> {
         Box::pin(async move {
             if monitor.def.origin == Origin::Manifest {
                 return Err(read_only(monitor));
@@ -175,7 +158,7 @@ impl Directory for StandaloneDirectory {
         &'a self,
         _app: &'a AppInfo,
         monitor: &'a Monitor,
-    ) -> BoxFuture<'a, Result<(), DirectoryError>> {
+    ) -> BoxFuture<'a, Result<(), CatalogueError>> {
         Box::pin(async move {
             if monitor.def.origin == Origin::Manifest {
                 return Err(read_only(monitor));
@@ -205,18 +188,5 @@ impl Directory for StandaloneDirectory {
             .ok()
             .flatten()
             .map(|t| t.expose().to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slugs_are_dns_safe() {
-        assert_eq!(slug("Daily Backup!"), "daily-backup");
-        assert_eq!(slug("  --Weekly  report-- "), "weekly-report");
-        assert_eq!(slug("ÄÖÜ"), "heartbeat");
-        assert_eq!(slug(&"x".repeat(80)).len(), 50);
     }
 }

@@ -112,8 +112,8 @@ pub async fn apply_manifests(
     apply_heartbeats(core, dir, &m).await?;
     ensure_admin_token(core).await?;
     let _ = core
-        .directory
-        .set(std::sync::Arc::new(catalogue::StandaloneDirectory::new(
+        .catalogue
+        .set(std::sync::Arc::new(catalogue::StandaloneCatalogue::new(
             core.clone(),
         )));
     Ok(m)

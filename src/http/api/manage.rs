@@ -2,9 +2,8 @@
 //! pause/resume, delete and ping history, authenticated with an Application's token and
 //! scoped to that Application's Heartbeats.
 //!
-//! Reads come from the engine's snapshot in both modes; writes go through a
-//! [`Directory`], which the front end provides: standalone mode stores API-created monitors
-//! next to the manifest ones, the operator turns them into custom resources.
+//! Reads come from the engine's snapshot in both modes; writes go through the front end's
+//! [`MonitorCatalogue`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,11 +15,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::events::read_body;
 use super::{ApiError, AppState, authenticate_app};
+use crate::core::catalogue::{CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest};
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state;
 use crate::core::registry::AppInfo;
@@ -29,85 +28,6 @@ use crate::core::registry::AppInfo;
 pub const INTERVAL_RANGE: (u64, u64) = (60, 86_400);
 /// Tickstem's bounds for `grace_secs`.
 pub const GRACE_RANGE: (u64, u64) = (0, 86_400);
-
-/// A validated create request.
-#[derive(Debug, Clone)]
-pub struct CreateRequest {
-    /// Human name.
-    pub name: String,
-    /// Interval in seconds.
-    pub interval_secs: u64,
-    /// Grace in seconds.
-    pub grace_secs: u64,
-}
-
-/// A validated update request; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
-pub struct UpdateRequest {
-    /// New human name.
-    pub name: Option<String>,
-    /// New interval.
-    pub interval_secs: Option<u64>,
-    /// New grace.
-    pub grace_secs: Option<u64>,
-    /// Pause (true) or resume (false).
-    pub paused: Option<bool>,
-}
-
-/// Why a directory operation failed; mapped to the contract's status codes.
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    /// 404.
-    #[error("heartbeat not found")]
-    NotFound,
-    /// 402.
-    #[error("heartbeat quota reached")]
-    Quota,
-    /// 409: the monitor is defined elsewhere (a manifest file).
-    #[error("{0}")]
-    ReadOnly(String),
-    /// 503: storage or cluster trouble.
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// Refuses a create when the Application already owns `spec.limits.heartbeats` monitors.
-pub fn check_quota(
-    engine: &crate::core::monitor::engine::Engine,
-    app: &AppInfo,
-) -> Result<(), DirectoryError> {
-    match app.spec.limits.as_ref().and_then(|l| l.heartbeats) {
-        Some(limit) if engine.count_for_application(&app.key, None) >= limit as usize => {
-            Err(DirectoryError::Quota)
-        }
-        _ => Ok(()),
-    }
-}
-
-/// What the management API needs from a front end to change monitors.
-pub trait Directory: Send + Sync {
-    /// Creates a monitor for `app`; returns it with its token.
-    fn create<'a>(
-        &'a self,
-        app: &'a AppInfo,
-        req: CreateRequest,
-    ) -> BoxFuture<'a, Result<(Monitor, String), DirectoryError>>;
-    /// Applies an update to the monitor `id` of `app`.
-    fn update<'a>(
-        &'a self,
-        app: &'a AppInfo,
-        monitor: &'a Monitor,
-        req: UpdateRequest,
-    ) -> BoxFuture<'a, Result<Monitor, DirectoryError>>;
-    /// Deletes the monitor.
-    fn delete<'a>(
-        &'a self,
-        app: &'a AppInfo,
-        monitor: &'a Monitor,
-    ) -> BoxFuture<'a, Result<(), DirectoryError>>;
-    /// The monitor's ping token, for the `token` field.
-    fn token(&self, monitor: &Monitor) -> Option<String>;
-}
 
 /// Token bucket per API key: `burst` requests, refilled at `per_sec`.
 #[derive(Debug)]
@@ -161,21 +81,21 @@ fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError::new(status, msg)
 }
 
-fn dir_error(e: DirectoryError) -> ApiError {
+fn catalogue_error(e: CatalogueError) -> ApiError {
     let status = match e {
-        DirectoryError::NotFound => StatusCode::NOT_FOUND,
-        DirectoryError::Quota => StatusCode::PAYMENT_REQUIRED,
-        DirectoryError::ReadOnly(_) => StatusCode::CONFLICT,
-        DirectoryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CatalogueError::NotFound => StatusCode::NOT_FOUND,
+        CatalogueError::Quota => StatusCode::PAYMENT_REQUIRED,
+        CatalogueError::ReadOnly(_) => StatusCode::CONFLICT,
+        CatalogueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     err(status, e.to_string())
 }
 
-/// Authenticates, rate-limits and resolves the directory.
+/// Authenticates, rate-limits and resolves the monitor catalogue.
 fn begin(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<(Arc<AppInfo>, Arc<dyn Directory>), ApiError> {
+) -> Result<(Arc<AppInfo>, Arc<dyn MonitorCatalogue>), ApiError> {
     let app = authenticate_app(state, headers)?;
     if !state.rate_limit.allow(&app.key) {
         return Err(err(
@@ -183,13 +103,13 @@ fn begin(
             "rate limit exceeded; slow down",
         ));
     }
-    let dir = state.directory.get().cloned().ok_or_else(|| {
+    let catalogue = state.catalogue.get().cloned().ok_or_else(|| {
         err(
             StatusCode::SERVICE_UNAVAILABLE,
             "monitor management is not available yet",
         )
     })?;
-    Ok((app, dir))
+    Ok((app, catalogue))
 }
 
 /// The contract's Heartbeat object.
@@ -224,7 +144,7 @@ fn ok(status: StatusCode, v: Value) -> Response {
 }
 
 async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let (app, dir) = match begin(&state, &headers) {
+    let (app, catalogue) = match begin(&state, &headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
@@ -234,7 +154,7 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .list()
         .iter()
         .filter(|m| m.def.application.as_deref() == Some(app.key.as_str()))
-        .map(|m| heartbeat_json(m, dir.token(m), now))
+        .map(|m| heartbeat_json(m, catalogue.token(m), now))
         .collect();
     ok(StatusCode::OK, json!({ "heartbeats": items }))
 }
@@ -244,16 +164,16 @@ async fn get_one(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let (app, dir) = match begin(&state, &headers) {
+    let (app, catalogue) = match begin(&state, &headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
     match find(&state, &app, &id) {
         Some(m) => ok(
             StatusCode::OK,
-            heartbeat_json(&m, dir.token(&m), state.engine.clock().now()),
+            heartbeat_json(&m, catalogue.token(&m), state.engine.clock().now()),
         ),
-        None => dir_error(DirectoryError::NotFound).into_response(),
+        None => catalogue_error(CatalogueError::NotFound).into_response(),
     }
 }
 
@@ -321,7 +241,7 @@ fn name_field(
 }
 
 async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (app, dir) = match begin(&state, &headers) {
+    let (app, catalogue) = match begin(&state, &headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
@@ -340,12 +260,12 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
-    match dir.create(&app, req).await {
+    match catalogue.create(&app, req).await {
         Ok((m, token)) => ok(
             StatusCode::CREATED,
             heartbeat_json(&m, Some(token), state.engine.clock().now()),
         ),
-        Err(e) => dir_error(e).into_response(),
+        Err(e) => catalogue_error(e).into_response(),
     }
 }
 
@@ -355,7 +275,7 @@ async fn apply_update(
     id: &str,
     req: Result<UpdateRequest, ApiError>,
 ) -> Response {
-    let (app, dir) = match begin(state, headers) {
+    let (app, catalogue) = match begin(state, headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
@@ -364,14 +284,14 @@ async fn apply_update(
         Err(r) => return r.into_response(),
     };
     let Some(m) = find(state, &app, id) else {
-        return dir_error(DirectoryError::NotFound).into_response();
+        return catalogue_error(CatalogueError::NotFound).into_response();
     };
-    match dir.update(&app, &m, req).await {
+    match catalogue.update(&app, &m, req).await {
         Ok(m) => ok(
             StatusCode::OK,
-            heartbeat_json(&m, dir.token(&m), state.engine.clock().now()),
+            heartbeat_json(&m, catalogue.token(&m), state.engine.clock().now()),
         ),
-        Err(e) => dir_error(e).into_response(),
+        Err(e) => catalogue_error(e).into_response(),
     }
 }
 
@@ -445,16 +365,16 @@ async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let (app, dir) = match begin(&state, &headers) {
+    let (app, catalogue) = match begin(&state, &headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
     let Some(m) = find(&state, &app, &id) else {
-        return dir_error(DirectoryError::NotFound).into_response();
+        return catalogue_error(CatalogueError::NotFound).into_response();
     };
-    match dir.delete(&app, &m).await {
+    match catalogue.delete(&app, &m).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => dir_error(e).into_response(),
+        Err(e) => catalogue_error(e).into_response(),
     }
 }
 
@@ -480,7 +400,7 @@ async fn pings(
         }
     };
     let Some(m) = find(&state, &app, &id) else {
-        return dir_error(DirectoryError::NotFound).into_response();
+        return catalogue_error(CatalogueError::NotFound).into_response();
     };
     match state.engine.pings(m.num, limit) {
         Ok(list) => {

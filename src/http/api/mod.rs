@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::core::catalogue::MonitorCatalogue;
 use crate::core::metrics::Metrics;
 use crate::core::registry::{AppInfo, Registry};
 use crate::core::store::events::EventWriter;
@@ -52,7 +53,7 @@ pub struct Shared {
     /// Set once startup finished (definitions loaded); `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
     /// Where management API writes go; set by the front end.
-    pub directory: Arc<std::sync::OnceLock<Arc<dyn manage::Directory>>>,
+    pub catalogue: Arc<std::sync::OnceLock<Arc<dyn MonitorCatalogue>>>,
     /// Per-key rate limit of the management API.
     pub rate_limit: Arc<manage::RateLimiter>,
 }
