@@ -8,8 +8,10 @@
 
 use futures::future::BoxFuture;
 
+use super::duration::SpecDuration;
 use super::monitor::engine::{Engine, Monitor};
 use super::registry::AppInfo;
+use super::spec::{ApplicationRef, HeartbeatSpec};
 
 /// A validated create request.
 #[derive(Debug, Clone)]
@@ -20,6 +22,21 @@ pub struct CreateRequest {
     pub interval_secs: u64,
     /// Grace in seconds.
     pub grace_secs: u64,
+}
+
+impl CreateRequest {
+    /// The Heartbeat spec this request asks for, owned by `app`.
+    pub fn heartbeat_spec(&self, app: &AppInfo) -> HeartbeatSpec {
+        HeartbeatSpec {
+            display_name: Some(self.name.clone()),
+            interval: Some(SpecDuration::from_secs(self.interval_secs)),
+            grace: Some(SpecDuration::from_secs(self.grace_secs)),
+            application_ref: Some(ApplicationRef {
+                name: app.name.clone(),
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 /// A validated update request; `None` leaves a field as it is.

@@ -5,14 +5,14 @@
 use futures::future::BoxFuture;
 
 use super::tokens;
-use crate::core::alert::message::resolve_targets;
 use crate::core::catalogue::{
     CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
 };
-use crate::core::monitor::engine::{Monitor, MonitorDef, Origin};
+use crate::core::monitor::define::DeclaredHeartbeat;
+use crate::core::monitor::engine::{Monitor, Origin};
 use crate::core::registry::{AppInfo, object_key};
 use crate::core::store::apps::TokenOwner;
-use crate::core::token::{Token, TokenKind};
+use crate::core::token::{Token, TokenKind, random_id};
 use crate::server::Core;
 
 /// The standalone [`MonitorCatalogue`].
@@ -64,60 +64,38 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 n += 1;
                 name = format!("{base}-{n}");
             }
-            let key = object_key(&app.namespace, &name);
             let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
-            let url_path = data.join("tokens").join(format!("heartbeat-{name}.url"));
-            tokens::write_private(
-                &tokens::token_path(data, "heartbeat", &name),
-                token.expose(),
-            )
-            .map_err(unavailable)?;
-            tokens::write_private(
-                &url_path,
-                &format!(
-                    "{}/v1/heartbeats/{}/ping",
-                    core.config.base_url(),
-                    token.expose()
-                ),
-            )
-            .map_err(unavailable)?;
+            let url_path =
+                tokens::write_heartbeat_files(data, &name, &token, core.config.base_url())
+                    .map_err(unavailable)?;
+            let key = object_key(&app.namespace, &name);
             core.registry
                 .put_token(
                     token.hash(),
                     TokenOwner {
                         kind: TokenKind::Heartbeat,
-                        key: key.clone(),
+                        key,
                     },
                     None,
                 )
                 .await
                 .map_err(unavailable)?;
-            let now = jiff::Timestamp::now();
-            let def = MonitorDef {
-                key,
-                id: crate::core::token::random_id().map_err(unavailable)?,
-                namespace: app.namespace.clone(),
-                name,
-                display_name: Some(req.name),
-                interval_secs: req.interval_secs,
-                grace_secs: req.grace_secs,
-                paused: false,
-                targets: resolve_targets(
-                    None,
-                    app.spec.alerts.as_ref(),
-                    core.config.webhook_url.as_deref(),
-                ),
-                application: Some(app.key.clone()),
+            let spec = req.heartbeat_spec(app);
+            let def = DeclaredHeartbeat {
+                namespace: &app.namespace,
+                name: &name,
+                spec: &spec,
+                application: Some(app),
                 token: token.hash(),
-                ping_hint: format!(
-                    "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
-                    url_path.display()
-                ),
+                ping_hint: tokens::ping_hint(&url_path),
                 origin: Origin::Api,
-                retain_on_delete: false,
-                created_at: now,
-                updated_at: now,
-            };
+                id: random_id().map_err(unavailable)?,
+            }
+            .monitor_def(
+                None,
+                core.config.webhook_url.as_deref(),
+                jiff::Timestamp::now(),
+            );
             let m = core.engine.upsert(def).await.map_err(unavailable)?;
             Ok((m, token.expose().to_string()))
         })
@@ -172,12 +150,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 .remove(&monitor.def.key)
                 .await
                 .map_err(unavailable)?;
-            let data = &core.config.data_dir;
-            let _ = std::fs::remove_file(tokens::token_path(data, "heartbeat", &monitor.def.name));
-            let _ = std::fs::remove_file(
-                data.join("tokens")
-                    .join(format!("heartbeat-{}.url", monitor.def.name)),
-            );
+            tokens::remove_heartbeat_files(&core.config.data_dir, &monitor.def.name);
             Ok(())
         })
     }
