@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
-use crate::core::alert::outbox::{Outbox, OutboxError, Senders};
+use crate::core::alert::outbox::{Outbox, OutboxError};
 use crate::core::metrics::Metrics;
 use crate::core::monitor::engine::{Engine, EngineConfig, EngineError};
 use crate::core::monitor::schedule::Clock;
@@ -19,8 +19,7 @@ use crate::core::registry::{Registry, RegistryError};
 use crate::core::store::events::EventWriter;
 use crate::core::store::{Committer, Store, StoreError, StoreOptions};
 use crate::http::api::{self, AppState};
-use crate::notify::email::{EmailConfigError, EmailSender, SmtpConfig};
-use crate::notify::webhook::WebhookSender;
+use crate::notify::{Notifier, NotifyError};
 
 /// Errors while starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +35,15 @@ pub enum ServerError {
     /// Loading definitions failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// The SMTP settings are unusable.
-    #[error("--smtp-url / --mail-from: {0}")]
-    Email(#[from] EmailConfigError),
+    /// An alert channel could not be set up.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     /// The alert outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     /// The monitor engine could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The HTTP client for webhooks could not be built.
-    #[error("webhook client: {0}")]
-    Webhook(String),
     /// Binding or serving failed.
     #[error("HTTP server error on {addr}: {source}")]
     Http {
@@ -96,14 +92,7 @@ impl Core {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let email = match &config.smtp_url {
-            Some(url) => Some(EmailSender::new(&SmtpConfig::from_url(
-                url,
-                &config.mail_from,
-            )?)?),
-            None => None,
-        };
-        let webhook = WebhookSender::new().map_err(|e| ServerError::Webhook(e.to_string()))?;
+        let notifier = Notifier::new(config.smtp_url.as_deref(), &config.mail_from)?;
         let registry = Registry::load(store.clone())?;
         let outbox = Outbox::open(&store.db, store.committer().clone(), config.outbox)?;
         let engine = Engine::start(
@@ -115,7 +104,7 @@ impl Core {
             },
             Clock::new(),
         )?;
-        tokio::spawn(outbox.clone().run(Senders { email, webhook }));
+        tokio::spawn(outbox.clone().run(Arc::new(notifier)));
         let committer = store.committer().clone();
         let events = EventWriter::spawn(store).map_err(|source| ServerError::Open {
             path: config.data_dir.display().to_string(),

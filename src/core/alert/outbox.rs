@@ -15,11 +15,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::DeliveryError;
 use super::message::{Alert, Target};
+use super::{Deliver, DeliveryError};
 use crate::core::store::Committer;
-use crate::notify::email::EmailSender;
-use crate::notify::webhook::WebhookSender;
 
 /// Errors of the outbox's storage.
 #[derive(Debug, thiserror::Error)]
@@ -149,15 +147,6 @@ pub fn records(
         .collect()
 }
 
-/// The channels deliveries go through.
-#[derive(Clone, Debug)]
-pub struct Senders {
-    /// Email, when SMTP is configured.
-    pub email: Option<EmailSender>,
-    /// Webhooks.
-    pub webhook: WebhookSender,
-}
-
 /// Handle to the outbox; clone freely.
 #[derive(Clone)]
 pub struct Outbox {
@@ -270,29 +259,22 @@ impl Outbox {
 
     async fn attempt(
         &self,
-        senders: &Senders,
+        courier: &dyn Deliver,
         key: &[u8],
         mut d: Delivery,
     ) -> Result<(), OutboxError> {
         d.attempts += 1;
-        let result = match &d.target {
-            Target::Email { to } => match &senders.email {
-                Some(sender) => sender.send(&d.alert, to).await,
-                None => {
-                    tracing::warn!(alert = %d.alert.id, "alert email not sent: no SMTP server is configured (--smtp-url)");
-                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    return self
-                        .finish(key, &d, "skipped", Some("no SMTP server configured".into()))
-                        .await;
-                }
-            },
-            Target::Webhook { url } => senders.webhook.send(&d.alert, url).await,
-        };
+        let result = courier.deliver(&d.alert, &d.target).await;
         match result {
             Ok(()) => {
                 tracing::info!(alert = %d.alert.id, attempts = d.attempts, "alert delivered");
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 self.finish(key, &d, "delivered", None).await
+            }
+            Err(DeliveryError::Unconfigured(msg)) => {
+                tracing::warn!(alert = %d.alert.id, reason = %msg, "alert not sent: its channel is not configured");
+                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                self.finish(key, &d, "skipped", Some(msg)).await
             }
             Err(DeliveryError::Permanent(msg)) => {
                 tracing::warn!(alert = %d.alert.id, error = %msg, "alert delivery failed permanently");
@@ -326,7 +308,7 @@ impl Outbox {
     }
 
     /// The delivery worker; runs until the process ends.
-    pub async fn run(self, senders: Senders) {
+    pub async fn run(self, courier: std::sync::Arc<dyn Deliver>) {
         loop {
             let now = Timestamp::now();
             let mut next: Option<Timestamp> = None;
@@ -353,7 +335,7 @@ impl Outbox {
                 .collect();
             if !due.is_empty() {
                 for (key, d) in due {
-                    if let Err(e) = self.attempt(&senders, &key, d).await {
+                    if let Err(e) = self.attempt(courier.as_ref(), &key, d).await {
                         tracing::error!(error = %e, "outbox storage error");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
