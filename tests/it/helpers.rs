@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
-use hartslag::server::Core;
+use hartslag::core::Services;
+use hartslag::server::Server;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -24,8 +25,8 @@ pub struct InProcess {
     pub base: String,
     /// Data directory.
     pub data: PathBuf,
-    /// The core, for white-box assertions.
-    pub core: Core,
+    /// The core's services, for white-box assertions.
+    pub core: Services,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
@@ -54,18 +55,19 @@ impl InProcess {
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, data.clone());
         tweak(&mut config);
-        let core = Core::open(config).unwrap();
-        hartslag::standalone::apply_manifests(&core, &manifests)
+        let mut server = Server::open(config).unwrap();
+        hartslag::standalone::apply_manifests(&mut server, &manifests)
             .await
             .unwrap();
+        let core = server.core.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let c = core.clone();
         let task = tokio::spawn(async move {
-            c.serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
+            server
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
         });
         Self {
             base: format!("http://{addr}"),

@@ -633,15 +633,15 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
     use hartslag::config::ServerConfig;
     use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
     use hartslag::core::token::TokenHash;
-    use hartslag::server::Core;
+    use hartslag::server::Server;
 
     let dir = tempfile::tempdir().unwrap();
-    let core = Core::open(ServerConfig::new(
+    let server = Server::open(ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         dir.path().join("data"),
     ))
     .unwrap();
-    let engine = &core.engine;
+    let engine = &server.core.engine;
     let now = jiff::Timestamp::now();
     const MONITORS: usize = 50;
     for i in 0..MONITORS {

@@ -13,11 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::events::read_body;
-use super::{ApiError, AppState, bearer, json_body};
 use crate::core::monitor::engine::{EngineError, Monitor, PingInput, PingKind, PingOutcome};
 use crate::core::monitor::state;
 use crate::core::token::TokenKind;
+use crate::http::HttpState;
+use crate::http::auth::bearer;
+use crate::http::body::read_body;
+use crate::http::error::{ApiError, json_body};
 
 /// Longest ping body kept (a job's last log lines).
 pub const MAX_PING_BODY: usize = 10 * 1024;
@@ -25,7 +27,7 @@ pub const MAX_PING_BODY: usize = 10 * 1024;
 pub const MAX_USER_AGENT: usize = 200;
 
 /// Routes of this family.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1/heartbeats/{token}/ping", get(ping).post(ping))
         .route("/v1/heartbeats/{token}/start", get(start).post(start))
@@ -59,7 +61,7 @@ fn source(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
 }
 
 async fn receive(
-    state: AppState,
+    state: HttpState,
     token: String,
     mut kind: PingKind,
     params: HashMap<String, String>,
@@ -67,7 +69,7 @@ async fn receive(
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
-    let Some(owner) = state.registry.authenticate(&token) else {
+    let Some(owner) = state.core.registry.authenticate(&token) else {
         return not_found();
     };
     if owner.kind != TokenKind::Heartbeat {
@@ -107,7 +109,7 @@ async fn receive(
         user_agent,
         body,
     };
-    match state.engine.ping(&owner.key, input).await {
+    match state.core.engine.ping(&owner.key, input).await {
         Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
         Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
         Err(EngineError::NotFound) => not_found(),
@@ -125,7 +127,7 @@ async fn receive(
 macro_rules! ping_handler {
     ($name:ident, $kind:expr) => {
         async fn $name(
-            State(s): State<AppState>,
+            State(s): State<HttpState>,
             Path(t): Path<String>,
             Query(q): Query<HashMap<String, String>>,
             req: Request,
@@ -166,19 +168,20 @@ pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
 }
 
 async fn status(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let owner = bearer(&headers).and_then(|t| state.registry.authenticate(t));
+    let owner = bearer(&headers).and_then(|t| state.core.registry.authenticate(t));
     let scope: Option<String> = match owner {
         Some(o) if o.kind == TokenKind::Admin => None,
         Some(o) if o.kind == TokenKind::Application => Some(o.key),
         _ => return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
     };
     let wanted_state = params.get("state").map(|s| s.to_ascii_lowercase());
-    let now = state.engine.clock().now();
+    let now = state.core.engine.clock().now();
     let monitors: Vec<Value> = state
+        .core
         .engine
         .list()
         .iter()
