@@ -1,6 +1,8 @@
 //! The `hartslag` command line: parses flags and environment, then hands over to the
 //! library. Nothing else lives here.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
