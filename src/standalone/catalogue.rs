@@ -27,6 +27,26 @@ impl StandaloneCatalogue {
     pub fn new(core: Services, config: ServerConfig) -> Self {
         Self { core, config }
     }
+
+    /// The slug of `display_name`, numbered (`-2`, `-3`, ...) past every name a monitor,
+    /// a retained monitor or a token file of `app`'s namespace already has.
+    fn free_name(&self, app: &AppInfo, display_name: &str) -> String {
+        let engine = &self.core.engine;
+        let taken = |name: &str| {
+            let key = object_key(&app.namespace, name);
+            engine.get(&key).is_some()
+                || engine.retained(&key).is_some()
+                || tokens::token_path(&self.config.data_dir, "heartbeat", name).exists()
+        };
+        let base = slug(display_name);
+        let mut name = base.clone();
+        let mut n = 1;
+        while taken(&name) {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        name
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
@@ -50,22 +70,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             let core = &self.core;
             check_quota(&core.engine, app)?;
             let data = &self.config.data_dir;
-            let base = slug(&req.name);
-            let mut name = base.clone();
-            let mut n = 1;
-            while core
-                .engine
-                .get(&object_key(&app.namespace, &name))
-                .is_some()
-                || core
-                    .engine
-                    .retained(&object_key(&app.namespace, &name))
-                    .is_some()
-                || tokens::token_path(data, "heartbeat", &name).exists()
-            {
-                n += 1;
-                name = format!("{base}-{n}");
-            }
+            let name = self.free_name(app, &req.name);
             let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
             let url_path =
                 tokens::write_heartbeat_files(data, &name, &token, self.config.base_url())

@@ -63,51 +63,23 @@ fn source(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
 async fn receive(
     state: HttpState,
     token: String,
-    mut kind: PingKind,
+    kind: PingKind,
     params: HashMap<String, String>,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
-    let Some(owner) = state.core.registry.authenticate(&token) else {
+    let owner = state
+        .core
+        .registry
+        .authenticate(&token)
+        .filter(|o| o.kind == TokenKind::Heartbeat);
+    let Some(owner) = owner else {
         return not_found();
     };
-    if owner.kind != TokenKind::Heartbeat {
-        return not_found();
-    }
-    let mut exit_code = None;
-    if let Some(raw) = params.get("exit_code") {
-        match raw.trim().parse::<u8>() {
-            Ok(0) => {}
-            Ok(code) => {
-                kind = PingKind::Fail;
-                exit_code = Some(code);
-            }
-            Err(_) => {
-                return ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("exit_code must be an integer from 0 to 255, got {raw:?}"),
-                )
-                .into_response();
-            }
-        }
-    }
-    let bytes = match read_body(body, state.max_body_bytes).await {
-        Ok(b) => b,
+    let input = match ping_input(&state, kind, &params, headers, peer, body).await {
+        Ok(input) => input,
         Err(e) => return e.into_response(),
-    };
-    let body =
-        (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-    let input = PingInput {
-        kind,
-        exit_code,
-        source: source(headers, peer),
-        user_agent,
-        body,
     };
     match state.core.engine.ping(&owner.key, input).await {
         Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
@@ -115,12 +87,55 @@ async fn receive(
         Err(EngineError::NotFound) => not_found(),
         Err(e) => {
             tracing::error!(error = %e, monitor = %owner.key, "ping not recorded");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the ping could not be recorded; retry",
-            )
-            .into_response()
+            let msg = "the ping could not be recorded; retry";
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
         }
+    }
+}
+
+/// What the ping tells and what is kept of it: a non-zero `exit_code` makes it a failure,
+/// and the body, user agent and client address are cut to their limits.
+async fn ping_input(
+    state: &HttpState,
+    kind: PingKind,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    body: Body,
+) -> Result<PingInput, ApiError> {
+    let exit_code = failure_code(params)?;
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let body =
+        (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    Ok(PingInput {
+        kind: if exit_code.is_some() {
+            PingKind::Fail
+        } else {
+            kind
+        },
+        exit_code,
+        source: source(headers, peer),
+        user_agent,
+        body,
+    })
+}
+
+/// The `exit_code` parameter when it reports a failure (1–255); 0 or none is no failure.
+fn failure_code(params: &HashMap<String, String>) -> Result<Option<u8>, ApiError> {
+    let Some(raw) = params.get("exit_code") else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<u8>() {
+        Ok(0) => Ok(None),
+        Ok(code) => Ok(Some(code)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("exit_code must be an integer from 0 to 255, got {raw:?}"),
+        )),
     }
 }
 

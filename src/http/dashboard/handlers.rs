@@ -284,7 +284,27 @@ pub async fn application_detail(
             text,
         );
     };
-    let monitor_counts = st.core.engine.view(|all| {
+    let detail = AppDetail {
+        summary: &data.summary,
+        event_names: &data.event_names,
+        hourly: data.hourly.map(|h| view::hourly_chart(&h, now, &app.tz)),
+        daily: view::daily_chart(&data.daily, data.today),
+        top_users: &data.top_users,
+        filters: &filters,
+        monitor_counts: monitor_counts(&st, &app),
+    };
+    let title = app.spec.display_name.as_deref().unwrap_or(&app.name);
+    in_layout(
+        &viewer,
+        title,
+        Section::Applications,
+        pages::application_detail(&detail),
+    )
+}
+
+/// The application's monitors per state; empty when it has none.
+fn monitor_counts(st: &HttpState, app: &AppInfo) -> Vec<(MonitorStateKind, usize)> {
+    let counts = st.core.engine.view(|all| {
         let mut c = HashMap::new();
         for m in all
             .values()
@@ -294,26 +314,11 @@ pub async fn application_detail(
         }
         c
     });
-    let detail = AppDetail {
-        summary: &data.summary,
-        event_names: &data.event_names,
-        hourly: data.hourly.map(|h| view::hourly_chart(&h, now, &app.tz)),
-        daily: view::daily_chart(&data.daily, data.today),
-        top_users: &data.top_users,
-        filters: &filters,
-        monitor_counts: if monitor_counts.is_empty() {
-            Vec::new()
-        } else {
-            count_states(&monitor_counts)
-        },
-    };
-    let title = app.spec.display_name.as_deref().unwrap_or(&app.name);
-    in_layout(
-        &viewer,
-        title,
-        Section::Applications,
-        pages::application_detail(&detail),
-    )
+    if counts.is_empty() {
+        Vec::new()
+    } else {
+        count_states(&counts)
+    }
 }
 
 /// Stats (filtered by event and user when asked), charts and top users of `app`. Hourly

@@ -72,6 +72,47 @@ struct ExportIter {
     filter: ExportFilter,
 }
 
+impl ExportIter {
+    /// Whether an event read from a block is within the bounds and passes the filter.
+    fn admits(&self, at: i64, value: &EventValue) -> bool {
+        at >= self.from
+            && at < self.to
+            && self
+                .filter
+                .event
+                .as_deref()
+                .is_none_or(|e| e == value.event)
+            && self.filter.user_id.is_none_or(|u| Some(u) == value.user_id)
+    }
+
+    /// Reads the next block into the buffer; `false` when there is none left.
+    fn read_block(&mut self) -> Result<bool, StoreError> {
+        let Some(item) = self.blocks.next() else {
+            return Ok(false);
+        };
+        let (k, v) = item?;
+        let Some((first, seq)) = keys::parse_block_key(&k) else {
+            return Ok(true);
+        };
+        self.frontier = first;
+        let events = keys::decode_events(first, &v).ok_or_else(|| StoreError::Corrupt {
+            what: "event".into(),
+            detail: hex::encode(&k[..]),
+        })?;
+        for (index, (at, value)) in events.into_iter().enumerate() {
+            if self.admits(at, &value) {
+                self.buffered.push(std::cmp::Reverse(Buffered {
+                    at,
+                    seq,
+                    index,
+                    value,
+                }));
+            }
+        }
+        Ok(true)
+    }
+}
+
 impl Iterator for ExportIter {
     type Item = Result<ExportedEvent, StoreError>;
 
@@ -83,55 +124,17 @@ impl Iterator for ExportIter {
                 .is_some_and(|p| self.done || p.0.at < self.frontier);
             if ready {
                 let std::cmp::Reverse(p) = self.buffered.pop()?;
-                match Timestamp::from_microsecond(p.at) {
-                    Ok(at) => {
-                        return Some(Ok(ExportedEvent { at, value: p.value }));
-                    }
-                    Err(_) => continue,
+                if let Ok(at) = Timestamp::from_microsecond(p.at) {
+                    return Some(Ok(ExportedEvent { at, value: p.value }));
                 }
+                continue;
             }
             if self.done {
                 return None;
             }
-            let (k, v) = match self.blocks.next() {
-                None => {
-                    self.done = true;
-                    continue;
-                }
-                Some(Err(e)) => return Some(Err(StoreError::Sled(e))),
-                Some(Ok(kv)) => kv,
-            };
-            let Some((first, seq)) = keys::parse_block_key(&k) else {
-                continue;
-            };
-            self.frontier = first;
-            let Some(events) = keys::decode_events(first, &v) else {
-                return Some(Err(StoreError::Corrupt {
-                    what: "event".into(),
-                    detail: hex::encode(&k[..]),
-                }));
-            };
-            for (index, (at, value)) in events.into_iter().enumerate() {
-                if at < self.from
-                    || at >= self.to
-                    || self
-                        .filter
-                        .event
-                        .as_deref()
-                        .is_some_and(|e| e != value.event)
-                    || self
-                        .filter
-                        .user_id
-                        .is_some_and(|u| Some(u) != value.user_id)
-                {
-                    continue;
-                }
-                self.buffered.push(std::cmp::Reverse(Buffered {
-                    at,
-                    seq,
-                    index,
-                    value,
-                }));
+            match self.read_block() {
+                Ok(more) => self.done = !more,
+                Err(e) => return Some(Err(e)),
             }
         }
     }
