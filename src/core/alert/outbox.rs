@@ -88,11 +88,11 @@ pub struct DoneRecord {
     pub key: String,
     /// `delivered`, `failed` or `skipped`.
     pub outcome: String,
-    /// Detail.
+    /// Why it failed or was skipped.
     pub detail: Option<String>,
     /// Attempts made.
     pub attempts: u32,
-    /// When.
+    /// When it finished.
     pub at: Timestamp,
 }
 
