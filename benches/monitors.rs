@@ -70,6 +70,10 @@ fn main() {
                     display_name: None,
                     interval_secs: interval,
                     grace_secs: 0,
+                    schedule: None,
+                    max_duration_secs: None,
+                    cron_job: None,
+                    require_ping: false,
                     paused: false,
                     targets: Vec::new(),
                     application: None,
@@ -94,7 +98,7 @@ fn main() {
             let core = core.clone();
             tasks.push(tokio::spawn(async move {
                 for i in (w..n).step_by(CLIENTS) {
-                    let input = PingInput { kind: PingKind::Success, exit_code: None, source: None, user_agent: None, body: None };
+                    let input = PingInput { kind: PingKind::Success, exit_code: None, source: None, user_agent: None, body: None, rid: None };
                     core.engine.ping(&format!("bench/m{i}"), input).await.expect("ping");
                 }
             }));

@@ -328,6 +328,7 @@ async fn apply_heartbeat(
         name: &name,
         spec: &spec,
         application: app.as_deref(),
+        cron_job: None,
         token: ensured.token.hash(),
         ping_hint: format!(
             "curl -fsS -m 10 --retry 3 \"$PING_URL\" (the ping URL is key ping-url of Secret {ns}/{secret_name})"
@@ -339,7 +340,8 @@ async fn apply_heartbeat(
         existing.as_ref().map(|m| &m.def),
         ctx.config.webhook_url.as_deref(),
         now,
-    );
+    )
+    .map_err(core_err)?;
     let changed = existing.as_ref().is_none_or(|m| {
         MonitorDef {
             updated_at: m.def.updated_at,

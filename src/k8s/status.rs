@@ -367,6 +367,10 @@ mod tests {
                 display_name: None,
                 interval_secs: 60,
                 grace_secs: 30,
+                schedule: None,
+                max_duration_secs: None,
+                cron_job: None,
+                require_ping: false,
                 paused: false,
                 targets: vec![],
                 application: None,
@@ -384,7 +388,7 @@ mod tests {
     #[test]
     fn heartbeat_status_reflects_state_and_keeps_transition_times() {
         let m = monitor(MonitorState::new(t(0)));
-        let (s, _) = apply(&m.def.timing(), &m.state, Signal::Success(t(10)));
+        let (s, _) = apply(&m.def.timing(), &m.state, &Signal::Success(t(10)));
         let up = monitor(s);
         let first = heartbeat_status(
             &up,
@@ -408,7 +412,7 @@ mod tests {
         let again = heartbeat_status(&up, &first, "backup-heartbeat", Some(1), t(20));
         assert_eq!(again, first);
         // Down: the Up condition flips and its transition time moves.
-        let (s, _) = apply(&up.def.timing(), &up.state, Signal::Tick(t(200)));
+        let (s, _) = apply(&up.def.timing(), &up.state, &Signal::Tick(t(200)));
         let down = heartbeat_status(&monitor(s), &first, "backup-heartbeat", Some(1), t(200));
         assert_eq!(down.state.as_deref(), Some("Down"));
         assert_eq!(cond(&down, "Up").status, "False");

@@ -364,6 +364,9 @@ pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
     }
 }
 
+/// Scheduled runs listed on a monitor's page.
+const NEXT_RUNS: usize = 5;
+
 fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
     let st = &m.state;
     let secs = |s: u64| short_duration(SignedDuration::from_secs(s as i64));
@@ -373,10 +376,28 @@ fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
             dt { "Namespace / application" } dd { (scope(m)) }
             dt { "State since" } dd { (time_cell(Some(st.since), now)) }
             dt { "Last ping" } dd { (time_cell(st.last_ping_at, now)) }
-            dt { "Next due" } dd { (time_cell(st.deadline, now)) }
-            dt { "Interval / grace" } dd { (secs(m.def.interval_secs)) " / " (secs(m.def.grace_secs)) }
-            @if let Some(r) = st.down_reason {
-                dt { "Why Down" } dd { (format!("{r:?}")) }
+            dt { "Next due" } dd { (time_cell(st.next_expected_at(), now)) }
+            @match &m.def.schedule {
+                Some(s) => {
+                    dt { "Schedule / grace" } dd { code { (s.expression()) } " in " (s.zone()) " / " (secs(m.def.grace_secs)) }
+                    dt { "Next runs" } dd {
+                        ol.runs {
+                            @for run in s.upcoming(now, NEXT_RUNS) {
+                                li { time datetime=(run.to_string()) title=(exact(run)) { (s.local_time(run)) } " " span.muted { (relative(run, now)) } }
+                            }
+                        }
+                    }
+                },
+                None => { dt { "Interval / grace" } dd { (secs(m.def.interval_secs)) " / " (secs(m.def.grace_secs)) } },
+            }
+            @if let Some(cj) = &m.def.cron_job {
+                dt { "CronJob" } dd { (cj) @if m.def.require_ping { " " span.muted { "(its Jobs must ping)" } } }
+            }
+            @if let Some(max) = m.def.max_duration_secs {
+                dt { "Longest run" } dd { (secs(max)) }
+            }
+            @if let Some(why) = m.why_down() {
+                dt { "Why Down" } dd { (why) }
             }
             dt { "Pings received" } dd { (st.pings) }
             dt { "How to ping" } dd { code { (m.def.ping_hint) } }

@@ -23,6 +23,7 @@ pub use metrics::EngineStats;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
 
 use super::history;
+use super::jobs::JobSignal;
 use super::schedule::{self, Clock};
 use super::state::{self, State};
 use crate::core::alert::outbox::{self, Outbox};
@@ -184,6 +185,14 @@ impl Engine {
         self.call(|tx| Command::Ping(key, input, tx)).await
     }
 
+    /// Applies evidence from a Job of the monitor's watched CronJob durably. Reporting a
+    /// Job again changes nothing, so a front end may report every Job it sees on each
+    /// (re)list.
+    pub async fn job(&self, key: &str, job: JobSignal) -> Result<(), EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Job(key, job, tx)).await
+    }
+
     /// Pauses or resumes a monitor.
     pub async fn set_paused(&self, key: &str, paused: bool) -> Result<Monitor, EngineError> {
         let key = key.to_string();
@@ -288,6 +297,14 @@ impl Engine {
     /// The engine's clock.
     pub fn clock(&self) -> Clock {
         self.clock
+    }
+}
+
+impl Monitor {
+    /// Why it is Down, in the words its alert used; `None` unless Down.
+    pub fn why_down(&self) -> Option<String> {
+        let reason = self.state.down_reason.as_ref()?;
+        Some(wording::describe_down(reason, self, self.state.since))
     }
 }
 
