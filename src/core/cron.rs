@@ -435,7 +435,9 @@ fn go_duration(text: &str) -> Option<SignedDuration> {
         rest = tail;
     }
     let secs = total.round();
-    (1.0..1e15).contains(&secs).then(|| SignedDuration::from_secs(secs as i64))
+    (1.0..1e15)
+        .contains(&secs)
+        .then(|| SignedDuration::from_secs(secs as i64))
 }
 
 impl serde::Serialize for Schedule {

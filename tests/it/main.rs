@@ -17,3 +17,4 @@ mod image;
 mod management_api;
 mod monitors;
 mod operator_e2e;
+mod schedules;

@@ -198,6 +198,10 @@ pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
         "last_alert_at": m.state.last_alert_at.map(|t| t.to_string()),
         "interval_secs": m.def.interval_secs,
         "grace_secs": m.def.grace_secs,
+        "schedule": m.def.schedule.as_ref().map(|s| s.expression()),
+        "time_zone": m.def.schedule.as_ref().map(|s| s.zone()),
+        "cron_job": m.def.cron_job,
+        "down_reason": m.why_down(),
     })
 }
 

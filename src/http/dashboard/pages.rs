@@ -142,6 +142,16 @@ fn scope(m: &Monitor) -> String {
     }
 }
 
+/// A monitor's interval, or its schedule and zone.
+fn cadence(m: &Monitor) -> Markup {
+    html! {
+        @match &m.def.schedule {
+            Some(s) => { code { (s.expression()) } @if s.zone() != "UTC" { " " span.muted { (s.zone()) } } },
+            None => (short_duration(SignedDuration::from_secs(m.def.interval_secs as i64))),
+        }
+    }
+}
+
 fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
     html! {
         div.scroll {
@@ -153,7 +163,7 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
                     th scope="col" { "State" }
                     th scope="col" { "Last ping" }
                     th scope="col" { "Next due" }
-                    th scope="col" { "Interval / grace" }
+                    th scope="col" { "Interval or schedule / grace" }
                 } }
                 tbody {
                     @for m in rows {
@@ -164,8 +174,8 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
                             td data-label="Scope" { (scope(m)) }
                             td data-label="State" { (state_pill(m.state.state)) " " span.muted { (relative(m.state.since, now)) } }
                             td data-label="Last ping" { (time_cell(m.state.last_ping_at, now)) }
-                            td data-label="Next due" { (time_cell(m.state.deadline, now)) }
-                            td data-label="Interval / grace" { (short_duration(SignedDuration::from_secs(m.def.interval_secs as i64))) " / " (short_duration(SignedDuration::from_secs(m.def.grace_secs as i64))) }
+                            td data-label="Next due" { (time_cell(m.state.next_expected_at(), now)) }
+                            td data-label="Interval or schedule / grace" { (cadence(m)) " / " (short_duration(SignedDuration::from_secs(m.def.grace_secs as i64))) }
                         }
                     }
                 }
