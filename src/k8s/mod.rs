@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod catalogue;
 pub mod crd;
+pub mod cronjobs;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;

@@ -106,8 +106,9 @@ pub struct JobSignal {
     pub started_at: Timestamp,
     /// Running, succeeded or failed.
     pub outcome: JobOutcome,
-    /// The names a ping may carry in `?rid=` to say it came from this Job: the Job's own
-    /// and its Pods'.
+    /// The ids a ping may carry in `?rid=` to say it came from this Job: the Job's name,
+    /// or the name of one of its parts (`<id>-...`, such as its Pods' names, which is what
+    /// `$HOSTNAME` holds in a Pod).
     pub run_ids: Vec<String>,
 }
 
@@ -150,10 +151,16 @@ impl JobSignal {
             .unwrap_or(self.started_at);
         let to = self.at().checked_add(PING_SLACK).unwrap_or(self.at());
         pings.iter().any(|p| match &p.rid {
-            Some(rid) => self.run_ids.iter().any(|id| id == rid),
+            Some(rid) => self.run_ids.iter().any(|id| names_part_of(rid, id)),
             None => from <= p.at && p.at <= to,
         })
     }
+}
+
+/// Whether `rid` is `id` itself or names a part of it (`<id>-<suffix>`).
+fn names_part_of(rid: &str, id: &str) -> bool {
+    rid.strip_prefix(id)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
 }
 
 /// How far a remembered Job has got; evidence never moves a Job backwards.
@@ -267,7 +274,7 @@ mod tests {
             name: name.into(),
             started_at: t(started),
             outcome,
-            run_ids: vec![name.into(), format!("{name}-pod")],
+            run_ids: vec![name.into()],
         }
     }
 
@@ -349,11 +356,16 @@ mod tests {
             !a.pinged(&tagged),
             "tagged for another Job, even within the run"
         );
+        remember_ping(&mut tagged, t(9_000), Some("ab-pod"));
+        assert!(!a.pinged(&tagged), "another Job whose name starts alike");
         remember_ping(&mut tagged, t(10_000), Some("a-pod"));
         assert!(
             a.pinged(&tagged),
             "tagged for this Job's pod, whenever it came"
         );
+        let mut by_name = Vec::new();
+        remember_ping(&mut by_name, t(10_000), Some("a"));
+        assert!(a.pinged(&by_name), "tagged with the Job's own name");
         for i in 0..40 {
             remember_ping(&mut tagged, t(20_000 + i), None);
         }

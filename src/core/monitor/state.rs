@@ -2281,7 +2281,7 @@ mod tests {
             name: name.into(),
             started_at: at(started),
             outcome,
-            run_ids: vec![name.into(), format!("{name}-x7k2p")],
+            run_ids: vec![name.into()],
         })
     }
 

@@ -1,0 +1,6 @@
+//! Watching CronJobs: their Jobs and Pods as evidence for the Heartbeats that name them
+//! (`cronJobRef`), and Heartbeats made from one annotation on a CronJob.
+
+pub mod annotations;
+pub mod evidence;
+pub mod view;
