@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::Context;
+use super::context::Context;
 use super::crd::Heartbeat;
 use crate::api::manage::{CreateRequest, Directory, DirectoryError, UpdateRequest};
 use crate::duration::Duration as Dur;
@@ -100,7 +100,7 @@ impl Directory for KubernetesDirectory {
             let key = object_key(&app.namespace, &name);
             self.wait("issued its token", || {
                 let m = core.engine.get(&key)?;
-                let t = self.ctx.heartbeat_token(&key)?;
+                let t = self.ctx.heartbeat_token(&app.namespace, &name)?;
                 Some((m, t))
             })
             .await
@@ -184,6 +184,7 @@ impl Directory for KubernetesDirectory {
     }
 
     fn token(&self, monitor: &Monitor) -> Option<String> {
-        self.ctx.heartbeat_token(&monitor.def.key)
+        self.ctx
+            .heartbeat_token(&monitor.def.namespace, &monitor.def.name)
     }
 }

@@ -1,0 +1,408 @@
+//! The operator's assembly, in the order that keeps it safe:
+//!
+//! 1. take the Lease (one instance runs the controllers and the scheduler);
+//! 2. open the core;
+//! 3. start the watch caches and the controllers, and wait for the first complete lists;
+//! 4. remove monitors whose resource vanished while the operator was down, before the
+//!    service reports ready;
+//! 5. serve until SIGTERM or until another instance took the Lease, then stop the
+//!    controllers, flush the store and release the Lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+
+use super::caches::{self, Caches, Relisted, ScopeCaches};
+use super::context::Context;
+use super::crd::{Application, Heartbeat};
+use super::instances::{Claim, Instances, LEASE_LABEL, SCOPE_ANNOTATION, Scope};
+use super::lease::{Elector, LeaseSettings};
+use super::reconcile::{self, error_policy};
+use super::secrets::TOKEN_LABEL;
+use super::status::{self, StatusQueue, WriterConfig};
+use super::triggers::{TriggerStream, Triggers};
+use super::{OperatorError, admin, directory, orphans, transitions};
+use crate::config::ServerConfig;
+use crate::server::{Core, shutdown_signal};
+
+/// Reconciles of one kind running at once per scope: enough to activate a thousand
+/// Heartbeats in seconds, few enough not to flood the API server.
+pub const CONCURRENCY: u16 = 16;
+
+/// Everything the operator is started with.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// The core's settings.
+    pub server: ServerConfig,
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
+    /// Status writer settings.
+    pub writer: WriterConfig,
+    /// Where the dashboard admin token lives.
+    pub admin: admin::AdminSecret,
+    /// Namespace and name of the Lease.
+    pub lease: (String, String),
+}
+
+/// A stream of the values of a channel.
+fn receiver_stream<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// A stream that yields whenever `rx` sees a new value.
+fn changes<T: Send + Sync + 'static>(rx: watch::Receiver<T>) -> impl Stream<Item = ()> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok().map(|_| ((), rx))
+    })
+}
+
+/// The resources of `kind` a token Secret belongs to: its owner, or for an adopted Secret
+/// the resources that name it.
+fn secret_users<K>(
+    kind: &'static str,
+    store: Store<K>,
+    names_secret: fn(&K) -> String,
+) -> impl Fn(Arc<Secret>) -> Vec<ObjectRef<K>> + Send + Sync + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    move |s: Arc<Secret>| {
+        let ns = s.namespace().unwrap_or_default();
+        let owned: Vec<ObjectRef<K>> = s
+            .owner_references()
+            .iter()
+            .filter(|r| r.kind == kind && r.api_version.starts_with("hartslag.dev/"))
+            .map(|r| ObjectRef::new(&r.name).within(&ns))
+            .collect();
+        if !owned.is_empty() {
+            return owned;
+        }
+        let name = s.name_any();
+        store
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(ns.as_str()) && names_secret(o) == name)
+            .map(|o| ObjectRef::from(o.as_ref()))
+            .collect()
+    }
+}
+
+fn heartbeat_secret(hb: &Heartbeat) -> String {
+    reconcile::heartbeat::secret_name(&hb.spec.spec, &hb.name_any())
+}
+
+fn application_secret(app: &Application) -> String {
+    reconcile::application::secret_name(&app.spec.spec, &app.name_any())
+}
+
+/// Starts a scope's watches and controllers over the context.
+type StartScope = Box<
+    dyn FnOnce(
+            Arc<Context>,
+            TriggerStream,
+            watch::Receiver<bool>,
+        ) -> Vec<tokio::task::JoinHandle<()>>
+        + Send,
+>;
+
+/// The parts of one scope that run as tasks.
+struct ScopeTasks {
+    caches: ScopeCaches,
+    run: StartScope,
+}
+
+fn apis<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Builds the caches and controllers of one scope.
+fn scope(
+    client: &Client,
+    ns: Option<String>,
+    relisted: &mpsc::UnboundedSender<Relisted>,
+) -> ScopeTasks {
+    let (hb_store, hb_writer) = reflector::store::<Heartbeat>();
+    let (app_store, app_writer) = reflector::store::<Application>();
+    let (secret_store, secret_writer) = reflector::store_shared::<Secret>(256);
+    let hb_secrets = secret_writer.subscribe();
+    let app_secrets = secret_writer.subscribe();
+    // Only what a spec change (or the finalizer) means passes: status writes and pings do
+    // not wake the reconcilers.
+    let hb_stream = caches::reflect(
+        apis::<Heartbeat>(client, ns.as_deref()),
+        watcher::Config::default(),
+        hb_writer,
+        Some((relisted.clone(), Relisted::Heartbeats(ns.clone()))),
+    )
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    );
+    let app_stream = caches::reflect(
+        apis::<Application>(client, ns.as_deref()),
+        watcher::Config::default(),
+        app_writer,
+        Some((relisted.clone(), Relisted::Applications(ns.clone()))),
+    )
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    );
+    let secrets_root = watcher::watcher(
+        apis::<Secret>(client, ns.as_deref()),
+        watcher::Config::default().labels(TOKEN_LABEL),
+    )
+    .default_backoff()
+    .modify(caches::slim)
+    .reflect_shared(secret_writer)
+    .for_each(|_| std::future::ready(()));
+    let caches = ScopeCaches {
+        namespace: ns.clone(),
+        applications: app_store.clone(),
+        heartbeats: hb_store.clone(),
+        secrets: secret_store,
+    };
+    let run = move |ctx: Arc<Context>, triggers: TriggerStream, stop: watch::Receiver<bool>| {
+        let stopped = move || {
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        };
+        let config = controller::Config::default().concurrency(CONCURRENCY);
+        let ownership = ctx.instances.subscribe();
+        let mut tasks = vec![tokio::spawn(secrets_root)];
+        let mut hb = Controller::for_stream(hb_stream, hb_store.clone())
+            .with_config(config.clone())
+            .reconcile_on(receiver_stream(triggers))
+            .reconcile_all_on(changes(ownership.clone()))
+            .graceful_shutdown_on(stopped());
+        if let Some(s) = hb_secrets {
+            hb = hb.watches_shared_stream(s, secret_users("Heartbeat", hb_store, heartbeat_secret));
+        }
+        tasks.push(tokio::spawn(
+            hb.run(reconcile::heartbeat::reconcile, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
+        ));
+        let mut app = Controller::for_stream(app_stream, app_store.clone())
+            .with_config(config)
+            .reconcile_all_on(changes(ownership))
+            .graceful_shutdown_on(stopped());
+        if let Some(s) = app_secrets {
+            app = app.watches_shared_stream(
+                s,
+                secret_users("Application", app_store, application_secret),
+            );
+        }
+        tasks.push(tokio::spawn(
+            app.run(reconcile::application::reconcile, error_policy, ctx)
+                .for_each(|_| std::future::ready(())),
+        ));
+        tasks
+    };
+    ScopeTasks {
+        caches,
+        run: Box::new(run),
+    }
+}
+
+/// Keeps [`Instances`] up to date from the operator Leases of the whole cluster.
+async fn watch_instances(client: Client, ctx: Arc<Context>) {
+    let api: Api<Lease> = Api::all(client);
+    let (store, writer) = reflector::store::<Lease>();
+    let selector = format!("{}={}", LEASE_LABEL.0, LEASE_LABEL.1);
+    let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .modify(caches::slim)
+        .reflect(writer)
+        .boxed();
+    // Claims also expire with time alone: look again now and then.
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Err(e)) => tracing::warn!(error = %e, "cannot watch operator Leases; overlapping installations are not detected"),
+                Some(Ok(_)) => {}
+                None => return,
+            },
+            _ = tick.tick() => {}
+        }
+        if store.wait_until_ready().await.is_ok() {
+            let claims = store.state().iter().filter_map(|l| Claim::of(l)).collect();
+            ctx.instances.set_others(claims);
+        }
+    }
+}
+
+/// Sweeps orphans after every relist and every change of namespace ownership.
+async fn keep_sweeping(ctx: Arc<Context>, mut relisted: mpsc::UnboundedReceiver<Relisted>) {
+    let mut ownership = ctx.instances.subscribe();
+    loop {
+        tokio::select! {
+            r = relisted.recv() => if r.is_none() { return },
+            c = ownership.changed() => if c.is_err() { return },
+        }
+        while relisted.try_recv().is_ok() {}
+        orphans::sweep(&ctx).await;
+    }
+}
+
+fn register_metrics(ctx: &Arc<Context>) {
+    let ctx = ctx.clone();
+    let metrics = ctx.core.metrics.clone();
+    metrics.register(move |out| {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_status_patches_total Status writes sent to the API server.\n# TYPE hartslag_status_patches_total counter\nhartslag_status_patches_total {}",
+            ctx.stats.status_writes.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_reconcile_errors_total Reconciles that failed and were retried with backoff.\n# TYPE hartslag_reconcile_errors_total counter\nhartslag_reconcile_errors_total {}",
+            ctx.stats.reconcile_errors.load(Relaxed)
+        );
+        ctx.stats.status_lag.render(
+            "hartslag_status_lag_seconds",
+            "Time from a Heartbeat state transition to its status write.",
+            out,
+        );
+    });
+}
+
+/// Runs the operator until SIGTERM (or until another instance takes the Lease).
+pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
+    let client = Client::try_default().await?;
+    let scope_claim = Scope::of(&config.namespaces);
+    let (lease_ns, lease_name) = config.lease.clone();
+    let mut settings = LeaseSettings::new(&lease_ns, &lease_name, &super::lease::identity());
+    settings
+        .labels
+        .insert(LEASE_LABEL.0.into(), LEASE_LABEL.1.into());
+    settings
+        .annotations
+        .insert(SCOPE_ANNOTATION.into(), scope_claim.annotation());
+    let identity = settings.identity.clone();
+    tracing::info!(lease = %format!("{lease_ns}/{lease_name}"), %identity, "waiting for the Lease");
+    let leadership = Elector::new(client.clone(), settings)
+        .acquire(|holder| {
+            tracing::warn!(%holder, "another instance holds the Lease; waiting until it stops or lets go")
+        })
+        .await?;
+
+    let core = Core::open(config.server.clone())?;
+    let me = Claim {
+        lease: format!("{lease_ns}/{lease_name}"),
+        holder: Some(identity),
+        scope: scope_claim,
+        created: leadership.created().unwrap_or_else(jiff::Timestamp::now),
+        renewed: Some(jiff::Timestamp::now()),
+    };
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (relist_tx, relist_rx) = mpsc::unbounded_channel();
+    let mut parts: Vec<ScopeTasks> = scopes
+        .iter()
+        .map(|ns| scope(&client, ns.clone(), &relist_tx))
+        .collect();
+    let caches = Caches::new(parts.iter().map(|p| p.caches.clone()).collect());
+    let (triggers, trigger_rxs) = Triggers::new(&scopes);
+    let (status_queue, status_inbox) = StatusQueue::new();
+    let ctx = Arc::new(Context::new(
+        core.clone(),
+        client.clone(),
+        caches,
+        status_queue.clone(),
+        Instances::new(me),
+        triggers,
+    ));
+    let _ = core
+        .directory
+        .set(Arc::new(directory::KubernetesDirectory::new(ctx.clone())));
+    register_metrics(&ctx);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = vec![
+        tokio::spawn(watch_instances(client.clone(), ctx.clone())),
+        tokio::spawn(status::writer::run(
+            ctx.clone(),
+            status_inbox,
+            status_queue,
+            config.writer,
+        )),
+        tokio::spawn(transitions::publish(ctx.clone())),
+        tokio::spawn(admin::keep_in_sync(
+            Api::namespaced(client.clone(), &config.admin.namespace),
+            config.admin.name.clone(),
+            core.registry.clone(),
+        )),
+    ];
+    for (part, triggers) in parts.drain(..).zip(trigger_rxs) {
+        tracing::info!(
+            namespace = part.caches.namespace.as_deref().unwrap_or("<all>"),
+            "watching Applications and Heartbeats"
+        );
+        tasks.extend((part.run)(ctx.clone(), triggers, stop_rx.clone()));
+    }
+    core.spawn_retention(Duration::from_secs(3600));
+
+    ctx.caches.wait_synced().await;
+    orphans::sweep(&ctx).await;
+    tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relist_rx)));
+    drop(relist_tx);
+
+    let listener = core.bind().await?;
+    // Stop on SIGTERM, or at once when another instance took the Lease.
+    let lost_reason = Arc::new(std::sync::Mutex::new(None::<String>));
+    let shutdown = {
+        let lost = leadership.on_lost();
+        let reason = lost_reason.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                r = lost => {
+                    tracing::error!(reason = %r, "lost the Lease; stopping");
+                    *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            }
+            let _ = stop_tx.send(true);
+        }
+    };
+    let served = core.serve(listener, shutdown).await;
+    for t in tasks {
+        t.abort();
+    }
+    let lost = lost_reason.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match lost {
+        Some(reason) => {
+            drop(leadership);
+            served?;
+            Err(OperatorError::LeaseLost(reason))
+        }
+        None => {
+            leadership.release().await;
+            served?;
+            Ok(())
+        }
+    }
+}
