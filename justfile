@@ -44,7 +44,7 @@ cluster-down:
 
 # Operator end-to-end tests against the test control plane.
 e2e: cluster-up
-    KUBECONFIG=$(bash tests/cluster/cluster.sh env | sed 's/^export KUBECONFIG=//') cargo test --test operator_e2e -- --include-ignored
+    KUBECONFIG=$(bash tests/cluster/cluster.sh env | sed 's/^export KUBECONFIG=//') cargo test --test it operator_e2e:: -- --include-ignored
 
 # Scale benchmark of the monitor engine.
 bench-monitors:

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
-use hartslag::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::token::TokenHash;
 use hartslag::server::Core;
-use hartslag::token::TokenHash;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -41,7 +41,7 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let mut config = ServerConfig::new(addr, dir.path().join("data"));
-        config.min_interval = hartslag::duration::Duration::from_secs(1);
+        config.min_interval = hartslag::core::duration::SpecDuration::from_secs(1);
         let core = Arc::new(Core::open(config).expect("open"));
         hartslag::standalone::apply_manifests(&core, &manifests)
             .await
@@ -146,7 +146,7 @@ fn main() {
         // Wait (bounded) for the 1 s monitors that were pinged to go Down.
         let expect_down = (0..n).filter(|i| i % 50 == 0 && i % 4 != 0 && i % 97 != 0).count();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while core.engine.counts().get(&hartslag::monitor::state::State::Down).copied().unwrap_or(0) < expect_down
+        while core.engine.counts().get(&hartslag::core::monitor::state::State::Down).copied().unwrap_or(0) < expect_down
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;

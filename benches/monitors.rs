@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
-use hartslag::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
-use hartslag::monitor::state::State;
+use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::state::State;
+use hartslag::core::token::TokenHash;
 use hartslag::server::Core;
-use hartslag::token::TokenHash;
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -44,7 +44,7 @@ fn main() {
     rt.block_on(async move {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServerConfig::new("127.0.0.1:0".parse().expect("addr"), dir.path().join("data"));
-        config.min_interval = hartslag::duration::Duration::from_secs(1);
+        config.min_interval = hartslag::core::duration::SpecDuration::from_secs(1);
         if let Some(mb) = std::env::var("BENCH_CACHE_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
             config.cache_bytes = mb * 1024 * 1024;
         }

@@ -86,7 +86,7 @@ fn main() {
         let root = env!("CARGO_MANIFEST_DIR");
         let ok = Command::new("kubectl").args(["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]).stdout(Stdio::null()).status().expect("kubectl");
         assert!(ok.success(), "kubectl apply failed");
-        let ns = format!("bench-{}", &hartslag::token::random_id().expect("id")[..8]);
+        let ns = format!("bench-{}", &hartslag::core::token::random_id().expect("id")[..8]);
         let namespaces: Api<Namespace> = Api::all(client.clone());
         namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns")).await.expect("namespace");
 

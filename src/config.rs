@@ -26,13 +26,13 @@ pub struct ServerConfig {
     /// Pings kept per monitor.
     pub ping_history: usize,
     /// Shortest accepted Heartbeat interval (60s; lower only for development and tests).
-    pub min_interval: crate::duration::Duration,
+    pub min_interval: crate::core::duration::SpecDuration,
     /// Management API requests per second per key (sustained).
     pub api_rate_per_sec: f64,
     /// Management API burst per key.
     pub api_rate_burst: f64,
     /// Alert retry policy.
-    pub outbox: crate::alert::outbox::OutboxConfig,
+    pub outbox: crate::core::alert::outbox::OutboxConfig,
 }
 
 impl ServerConfig {
@@ -48,10 +48,10 @@ impl ServerConfig {
             max_body_bytes: 64 * 1024,
             cache_bytes: 32 * 1024 * 1024,
             ping_history: 1000,
-            min_interval: crate::spec::MIN_INTERVAL,
+            min_interval: crate::core::spec::MIN_INTERVAL,
             api_rate_per_sec: 10.0,
             api_rate_burst: 50.0,
-            outbox: crate::alert::outbox::OutboxConfig::default(),
+            outbox: crate::core::alert::outbox::OutboxConfig::default(),
         }
     }
 

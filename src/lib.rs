@@ -4,21 +4,13 @@
 //! The core (`store`, `ingest`, `monitor`, `alert`, `registry`) knows nothing of Kubernetes;
 //! the front ends (`k8s`, `standalone`) feed it definitions and read its state.
 
-pub mod alert;
-pub mod api;
 pub mod config;
-pub mod dashboard;
-pub mod duration;
-pub mod ingest;
+pub mod core;
+pub mod http;
 pub mod k8s;
-pub mod metrics;
-pub mod monitor;
-pub mod registry;
+pub mod notify;
 pub mod server;
-pub mod spec;
 pub mod standalone;
-pub mod store;
-pub mod token;
 
 /// jemalloc instead of the system allocator. The storage, engine and HTTP threads
 /// allocate from each other's memory all the time; glibc's arenas either contended for it

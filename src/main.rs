@@ -43,7 +43,7 @@ enum Command {
         /// How often coarse status facts (last ping, counts) are looked at; each object's
         /// are refreshed at most this often.
         #[arg(long, env = "HARTSLAG_STATUS_PERIOD", default_value = "60s")]
-        status_period: hartslag::duration::Duration,
+        status_period: hartslag::core::duration::SpecDuration,
         /// Lease that keeps the operator to one running instance.
         #[arg(long, env = "HARTSLAG_LEASE_NAME", default_value = "hartslag")]
         lease_name: String,
@@ -103,10 +103,10 @@ struct Common {
     ping_history: usize,
     /// Shortest accepted Heartbeat interval; lower it only for development and tests.
     #[arg(long, env = "HARTSLAG_MIN_INTERVAL", default_value = "60s")]
-    min_interval: hartslag::duration::Duration,
+    min_interval: hartslag::core::duration::SpecDuration,
     /// First delay before an alert delivery is retried (doubles per attempt, up to 10m).
     #[arg(long, env = "HARTSLAG_ALERT_RETRY_BASE", default_value = "2s")]
-    alert_retry_base: hartslag::duration::Duration,
+    alert_retry_base: hartslag::core::duration::SpecDuration,
 }
 
 impl Common {

@@ -10,17 +10,16 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::net::TcpListener;
 
-use crate::alert::email::{EmailConfigError, EmailSender, SmtpConfig};
-use crate::alert::outbox::{Outbox, OutboxError, Senders};
-use crate::alert::webhook::WebhookSender;
-use crate::api::{self, AppState};
 use crate::config::ServerConfig;
-use crate::metrics::Metrics;
-use crate::monitor::engine::{Engine, EngineConfig, EngineError};
-use crate::monitor::schedule::Clock;
-use crate::registry::{Registry, RegistryError};
-use crate::store::events::EventWriter;
-use crate::store::{Committer, Store, StoreError, StoreOptions};
+use crate::core::alert::outbox::{Outbox, OutboxError};
+use crate::core::metrics::Metrics;
+use crate::core::monitor::engine::{Engine, EngineConfig, EngineError};
+use crate::core::monitor::schedule::Clock;
+use crate::core::registry::{Registry, RegistryError};
+use crate::core::store::events::EventWriter;
+use crate::core::store::{Committer, Store, StoreError, StoreOptions};
+use crate::http::api::{self, AppState};
+use crate::notify::{Notifier, NotifyError};
 
 /// Errors while starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +35,15 @@ pub enum ServerError {
     /// Loading definitions failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// The SMTP settings are unusable.
-    #[error("--smtp-url / --mail-from: {0}")]
-    Email(#[from] EmailConfigError),
+    /// An alert channel could not be set up.
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     /// The alert outbox could not be opened.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     /// The monitor engine could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The HTTP client for webhooks could not be built.
-    #[error("webhook client: {0}")]
-    Webhook(String),
     /// Binding or serving failed.
     #[error("HTTP server error on {addr}: {source}")]
     Http {
@@ -76,11 +72,11 @@ pub struct Core {
     /// Readiness flag.
     pub ready: Arc<AtomicBool>,
     /// Management API writes, installed by the front end.
-    pub directory: Arc<std::sync::OnceLock<Arc<dyn crate::api::manage::Directory>>>,
+    pub catalogue: Arc<std::sync::OnceLock<Arc<dyn crate::core::catalogue::MonitorCatalogue>>>,
     /// Management API rate limit.
-    pub rate_limit: Arc<crate::api::manage::RateLimiter>,
+    pub rate_limit: Arc<crate::http::api::manage::RateLimiter>,
     /// Dashboard sessions and badge index.
-    pub dashboard: Arc<crate::dashboard::Dashboard>,
+    pub dashboard: Arc<crate::http::dashboard::Dashboard>,
 }
 
 impl Core {
@@ -96,14 +92,7 @@ impl Core {
             path: config.data_dir.display().to_string(),
             source,
         })?;
-        let email = match &config.smtp_url {
-            Some(url) => Some(EmailSender::new(&SmtpConfig::from_url(
-                url,
-                &config.mail_from,
-            )?)?),
-            None => None,
-        };
-        let webhook = WebhookSender::new().map_err(|e| ServerError::Webhook(e.to_string()))?;
+        let notifier = Notifier::new(config.smtp_url.as_deref(), &config.mail_from)?;
         let registry = Registry::load(store.clone())?;
         let outbox = Outbox::open(&store.db, store.committer().clone(), config.outbox)?;
         let engine = Engine::start(
@@ -115,7 +104,7 @@ impl Core {
             },
             Clock::new(),
         )?;
-        tokio::spawn(outbox.clone().run(Senders { email, webhook }));
+        tokio::spawn(outbox.clone().run(Arc::new(notifier)));
         let committer = store.committer().clone();
         let events = EventWriter::spawn(store).map_err(|source| ServerError::Open {
             path: config.data_dir.display().to_string(),
@@ -124,7 +113,7 @@ impl Core {
         let config_rate = (config.api_rate_per_sec, config.api_rate_burst);
         let metrics = Arc::new(Metrics::default());
         register_metrics(&metrics, &engine, &outbox, committer);
-        let dashboard = Arc::new(crate::dashboard::Dashboard::new(&config.external_url));
+        let dashboard = Arc::new(crate::http::dashboard::Dashboard::new(&config.external_url));
         Ok(Self {
             config,
             registry,
@@ -133,8 +122,8 @@ impl Core {
             outbox,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
-            directory: Arc::default(),
-            rate_limit: Arc::new(crate::api::manage::RateLimiter::new(
+            catalogue: Arc::default(),
+            rate_limit: Arc::new(crate::http::api::manage::RateLimiter::new(
                 config_rate.0,
                 config_rate.1,
             )),
@@ -146,7 +135,7 @@ impl Core {
     pub fn router(&self) -> axum::Router {
         api::router(
             self.app_state(),
-            crate::dashboard::router(self.app_state(), self.dashboard.clone()),
+            crate::http::dashboard::router(self.app_state(), self.dashboard.clone()),
         )
     }
 
@@ -158,7 +147,7 @@ impl Core {
             metrics: self.metrics.clone(),
             max_body_bytes: self.config.max_body_bytes,
             ready: self.ready.clone(),
-            directory: self.directory.clone(),
+            catalogue: self.catalogue.clone(),
             rate_limit: self.rate_limit.clone(),
         })
     }
@@ -254,7 +243,7 @@ fn register_metrics(metrics: &Metrics, engine: &Engine, outbox: &Outbox, committ
     metrics.register(move |out| {
         let counts = engine.counts();
         out.push_str("# HELP hartslag_monitors Heartbeat monitors by state.\n# TYPE hartslag_monitors gauge\n");
-        for s in crate::monitor::state::State::ALL {
+        for s in crate::core::monitor::state::State::ALL {
             let _ = writeln!(out, "hartslag_monitors{{state=\"{s}\"}} {}", counts.get(&s).copied().unwrap_or(0));
         }
         out.push_str("# HELP hartslag_pings_total Pings received by kind.\n# TYPE hartslag_pings_total counter\n");

@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 
 use super::secrets::{MANAGED_BY, SecretError};
-use crate::registry::Registry;
-use crate::token::{Token, TokenHash, TokenKind};
+use crate::core::registry::Registry;
+use crate::core::token::{Token, TokenHash, TokenKind};
 
 /// Where the admin token lives.
 #[derive(Debug, Clone)]

@@ -28,7 +28,7 @@ pub struct OperatorStats {
     /// Status writes sent.
     pub status_writes: AtomicU64,
     /// Time from a Heartbeat state transition to its status write.
-    pub status_lag: crate::metrics::Histogram,
+    pub status_lag: crate::core::metrics::Histogram,
     /// Reconciles that failed and were retried.
     pub reconcile_errors: AtomicU64,
 }

@@ -1,6 +1,6 @@
 //! The `Application` and `Heartbeat` custom resources (`hartslag.dev/v1alpha1`).
 //!
-//! The specs are the core's own types (`crate::spec`), flattened into the resource, so a
+//! The specs are the core's own types (`crate::core::spec`), flattened into the resource, so a
 //! manifest that works in standalone mode works with kubectl unchanged; only the status
 //! types are Kubernetes-specific.
 
@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{ApplicationSpec, HeartbeatSpec};
+use crate::core::spec::{ApplicationSpec, HeartbeatSpec};
 
 mod schema;
 

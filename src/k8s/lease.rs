@@ -93,7 +93,7 @@ pub fn identity() -> String {
     let base = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "hartslag".into());
-    let suffix = crate::token::random_id()
+    let suffix = crate::core::token::random_id()
         .map(|s| s.chars().take(8).collect::<String>())
         .unwrap_or_default();
     format!("{base}_{suffix}")

@@ -10,9 +10,9 @@
 
 pub mod admin;
 pub mod caches;
+pub mod catalogue;
 pub mod context;
 pub mod crd;
-pub mod directory;
 pub mod instances;
 pub mod lease;
 pub mod operator;

@@ -29,7 +29,7 @@ use super::reconcile::{self, error_policy};
 use super::secrets::TOKEN_LABEL;
 use super::status::{self, StatusQueue, WriterConfig};
 use super::triggers::{TriggerStream, Triggers};
-use super::{OperatorError, admin, directory, orphans, transitions};
+use super::{OperatorError, admin, catalogue, orphans, transitions};
 use crate::config::ServerConfig;
 use crate::server::{Core, shutdown_signal};
 
@@ -337,8 +337,8 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         triggers,
     ));
     let _ = core
-        .directory
-        .set(Arc::new(directory::KubernetesDirectory::new(ctx.clone())));
+        .catalogue
+        .set(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
     register_metrics(&ctx);
 
     let (stop_tx, stop_rx) = watch::channel(false);

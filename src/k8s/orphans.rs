@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::context::Context;
 use super::reconcile::heartbeat::deactivate;
 use super::status::Kind;
-use crate::monitor::engine::Origin;
-use crate::spec::DeletionPolicy;
+use crate::core::monitor::engine::Origin;
+use crate::core::spec::DeletionPolicy;
 
 /// A definition in the core, by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq)]

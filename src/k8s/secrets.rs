@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::token::{Token, TokenKind};
+use crate::core::token::{Token, TokenKind};
 
 /// Label on every Secret the operator creates (the contract's `managed-by`).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hartslag");
@@ -51,7 +51,7 @@ pub enum SecretError {
     NotAdoptable(String),
     /// No randomness.
     #[error(transparent)]
-    Token(#[from] crate::token::TokenError),
+    Token(#[from] crate::core::token::TokenError),
 }
 
 impl SecretError {

@@ -8,8 +8,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::context::Context;
 use super::status::Target;
-use crate::monitor::engine::Origin;
-use crate::monitor::state::State;
+use crate::core::monitor::engine::Origin;
+use crate::core::monitor::state::State;
 
 /// Publishes an Event for every transition of a Kubernetes monitor, until the engine stops.
 pub async fn publish(ctx: Arc<Context>) {

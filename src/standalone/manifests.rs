@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::duration::Duration;
-use crate::spec::{ApplicationSpec, HeartbeatSpec};
+use crate::core::duration::SpecDuration;
+use crate::core::spec::{ApplicationSpec, HeartbeatSpec};
 
 /// The only API version accepted.
 pub const API_VERSION: &str = "hartslag.dev/v1alpha1";
@@ -106,7 +106,7 @@ fn invalid(path: &Path, message: impl Into<String>) -> ManifestError {
 pub fn parse_documents(
     path: &Path,
     text: &str,
-    min_interval: Duration,
+    min_interval: SpecDuration,
     out: &mut Manifests,
 ) -> Result<(), ManifestError> {
     let docs: Vec<Option<RawDoc>> = serde_saphyr::from_multiple(text)
@@ -189,7 +189,7 @@ fn check_duplicates<S>(kind: &str, objects: &[Object<S>]) -> Result<(), Manifest
 }
 
 /// Loads every `*.yaml` / `*.yml` file in `dir` (not recursive), in name order.
-pub fn load_dir(dir: &Path, min_interval: Duration) -> Result<Manifests, ManifestError> {
+pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, ManifestError> {
     let read_err = |source| ManifestError::Read {
         path: dir.to_path_buf(),
         source,
@@ -218,7 +218,7 @@ pub fn load_dir(dir: &Path, min_interval: Duration) -> Result<Manifests, Manifes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::MIN_INTERVAL;
+    use crate::core::spec::MIN_INTERVAL;
 
     fn parse(text: &str) -> Result<Manifests, ManifestError> {
         let mut m = Manifests::default();

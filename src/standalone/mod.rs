@@ -1,19 +1,18 @@
 //! Standalone mode: the core driven by a directory of manifests instead of a cluster.
 
-pub mod directory;
+pub mod catalogue;
 pub mod manifests;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
-use crate::alert::message::resolve_targets;
 use crate::config::ServerConfig;
-use crate::monitor::engine::{EngineError, MonitorDef, Origin};
-use crate::registry::{RegistryError, object_key};
+use crate::core::monitor::define::DeclaredHeartbeat;
+use crate::core::monitor::engine::{EngineError, Origin};
+use crate::core::registry::{RegistryError, object_key};
+use crate::core::store::apps::TokenOwner;
+use crate::core::token::{TokenError, TokenKind};
 use crate::server::{Core, ServerError, shutdown_signal};
-use crate::spec::DeletionPolicy;
-use crate::store::apps::TokenOwner;
-use crate::token::{TokenError, TokenKind};
 
 /// Why standalone mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +81,7 @@ pub async fn apply_manifests(
                 object: format!("Application {}", app.name),
                 source,
             })?;
-        if origin == tokens::Origin::New {
+        if origin == tokens::TokenSource::New {
             let path = tokens::token_path(data, "application", &app.name);
             println!(
                 "Issued a token for Application {}: {} (saved in {})",
@@ -112,8 +111,8 @@ pub async fn apply_manifests(
     apply_heartbeats(core, dir, &m).await?;
     ensure_admin_token(core).await?;
     let _ = core
-        .directory
-        .set(std::sync::Arc::new(directory::StandaloneDirectory::new(
+        .catalogue
+        .set(std::sync::Arc::new(catalogue::StandaloneCatalogue::new(
             core.clone(),
         )));
     Ok(m)
@@ -125,7 +124,7 @@ async fn ensure_admin_token(core: &Core) -> Result<(), StandaloneError> {
     let token = match tokens::read_token(&path)? {
         Some(t) => t,
         None => {
-            let t = crate::token::Token::generate(TokenKind::Admin)?;
+            let t = crate::core::token::Token::generate(TokenKind::Admin)?;
             tokens::write_private(&path, t.expose())?;
             println!(
                 "Issued the admin token (sees every application and monitor): saved in {}",
@@ -173,15 +172,7 @@ async fn apply_heartbeats(
             &hb.name,
             hb.spec.token_file.as_deref(),
         )?;
-        let ping_url = format!(
-            "{}/v1/heartbeats/{}/ping",
-            core.config.base_url(),
-            token.expose()
-        );
-        let url_path = data
-            .join("tokens")
-            .join(format!("heartbeat-{}.url", hb.name));
-        tokens::write_private(&url_path, &ping_url)?;
+        let url_path = tokens::write_ping_url(data, &hb.name, &token, core.config.base_url())?;
         let existing = core.engine.get(&key);
         let old_token = existing.as_ref().map(|e| e.def.token);
         core.registry
@@ -198,40 +189,22 @@ async fn apply_heartbeats(
                 object: format!("Heartbeat {}", hb.name),
                 source,
             })?;
-        let def = MonitorDef {
-            key: key.clone(),
-            id: match &existing {
-                Some(e) => e.def.id.clone(),
-                None => crate::token::random_id()?,
-            },
-            namespace: hb.namespace.clone(),
-            name: hb.name.clone(),
-            display_name: hb.spec.display_name.clone(),
-            interval_secs: hb.spec.interval().as_secs(),
-            grace_secs: hb.spec.grace().as_secs(),
-            paused: hb.spec.paused,
-            targets: resolve_targets(
-                hb.spec.alerts.as_ref(),
-                app.as_ref().and_then(|a| a.spec.alerts.as_ref()),
-                core.config.webhook_url.as_deref(),
-            ),
-            application: app.as_ref().map(|a| a.key.clone()),
+        let def = DeclaredHeartbeat {
+            namespace: &hb.namespace,
+            name: &hb.name,
+            spec: &hb.spec,
+            application: app.as_deref(),
             token: token.hash(),
-            ping_hint: format!(
-                "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
-                url_path.display()
-            ),
+            ping_hint: tokens::ping_hint(&url_path),
             origin: Origin::Manifest,
-            retain_on_delete: hb.spec.deletion_policy == Some(DeletionPolicy::Retain),
-            created_at: existing.as_ref().map(|e| e.def.created_at).unwrap_or(now),
-            updated_at: now,
-        };
-        let unchanged = existing.as_ref().is_some_and(|e| {
-            MonitorDef {
-                updated_at: e.def.updated_at,
-                ..def.clone()
-            } == e.def
-        });
+            id: crate::core::token::random_id()?,
+        }
+        .monitor_def(
+            existing.as_ref().map(|e| &e.def),
+            core.config.webhook_url.as_deref(),
+            now,
+        );
+        let unchanged = existing.as_ref().is_some_and(|e| e.def == def);
         if !unchanged {
             core.engine
                 .upsert(def)
@@ -241,7 +214,7 @@ async fn apply_heartbeats(
                     source,
                 })?;
         }
-        if origin == tokens::Origin::New {
+        if origin == tokens::TokenSource::New {
             println!(
                 "Issued a ping URL for Heartbeat {}: saved in {}",
                 hb.name,

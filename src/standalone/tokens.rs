@@ -6,7 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::token::{Token, TokenError, TokenKind};
+use crate::core::monitor::define::ping_url;
+use crate::core::token::{Token, TokenError, TokenKind};
 
 /// Why a token file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +76,54 @@ pub fn token_path(data: &Path, kind: &str, name: &str) -> PathBuf {
     data.join("tokens").join(format!("{kind}-{name}.token"))
 }
 
+/// The file holding a Heartbeat's ping URL: `<data>/tokens/heartbeat-<name>.url`.
+pub fn ping_url_path(data: &Path, name: &str) -> PathBuf {
+    data.join("tokens").join(format!("heartbeat-{name}.url"))
+}
+
+/// Writes the ping URL file of Heartbeat `name` for `token` (the token file itself is
+/// [`ensure_token`]'s or the caller's); returns the URL file's path.
+pub fn write_ping_url(
+    data: &Path,
+    name: &str,
+    token: &Token,
+    base_url: &str,
+) -> Result<PathBuf, TokenFileError> {
+    let path = ping_url_path(data, name);
+    write_private(&path, &ping_url(base_url, token.expose()))?;
+    Ok(path)
+}
+
+/// Writes both files of a new Heartbeat `name`: its token and its ping URL; returns the
+/// URL file's path.
+pub fn write_heartbeat_files(
+    data: &Path,
+    name: &str,
+    token: &Token,
+    base_url: &str,
+) -> Result<PathBuf, TokenFileError> {
+    write_private(&token_path(data, "heartbeat", name), token.expose())?;
+    write_ping_url(data, name, token, base_url)
+}
+
+/// Removes both files of Heartbeat `name`; files already gone are no error.
+pub fn remove_heartbeat_files(data: &Path, name: &str) {
+    let _ = std::fs::remove_file(token_path(data, "heartbeat", name));
+    let _ = std::fs::remove_file(ping_url_path(data, name));
+}
+
+/// How an alert tells people to ping a standalone monitor: by reading the URL file, so the
+/// token never appears in an alert.
+pub fn ping_hint(url_path: &Path) -> String {
+    format!(
+        "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
+        url_path.display()
+    )
+}
+
 /// Where a token came from, so the caller can tell the user once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum TokenSource {
     /// A file the manifest named.
     UserFile,
     /// Issued earlier and read back.
@@ -94,11 +140,11 @@ pub fn ensure_token(
     kind_name: &str,
     name: &str,
     user_file: Option<&str>,
-) -> Result<(Token, Origin), TokenFileError> {
+) -> Result<(Token, TokenSource), TokenFileError> {
     if let Some(file) = user_file {
         let path = manifests.join(file);
         return match read_token(&path)? {
-            Some(t) => Ok((t, Origin::UserFile)),
+            Some(t) => Ok((t, TokenSource::UserFile)),
             None => Err(TokenFileError::Io {
                 path,
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
@@ -107,11 +153,11 @@ pub fn ensure_token(
     }
     let path = token_path(data, kind_name, name);
     if let Some(t) = read_token(&path)? {
-        return Ok((t, Origin::Existing));
+        return Ok((t, TokenSource::Existing));
     }
     let t = Token::generate(kind)?;
     write_private(&path, t.expose())?;
-    Ok((t, Origin::New))
+    Ok((t, TokenSource::New))
 }
 
 #[cfg(test)]
@@ -139,7 +185,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!((o1, o2), (Origin::New, Origin::Existing));
+        assert_eq!((o1, o2), (TokenSource::New, TokenSource::Existing));
         assert_eq!(a, b);
         #[cfg(unix)]
         {
@@ -171,7 +217,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (t.expose(), o),
-            ("my-own-token-1234567890", Origin::UserFile)
+            ("my-own-token-1234567890", TokenSource::UserFile)
         );
         std::fs::write(dir.path().join("short.token"), "abc").unwrap();
         assert!(

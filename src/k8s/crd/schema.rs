@@ -10,7 +10,7 @@
 use schemars::Schema;
 use serde_json::{Map, Value, json};
 
-use crate::spec::{DEFAULT_GRACE, DEFAULT_INTERVAL, MAX_INTERVAL};
+use crate::core::spec::{DEFAULT_GRACE, DEFAULT_INTERVAL, MAX_INTERVAL};
 
 /// Longest duration text accepted; bounds the cost the API server estimates for the rules.
 const DURATION_MAX_LENGTH: u64 = 32;

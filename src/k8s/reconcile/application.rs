@@ -16,14 +16,14 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::{ReconcileError, Step, Stop, resync, secret_stop, settle};
+use crate::core::registry::{RegistryError, object_key};
+use crate::core::spec::{ApplicationSpec, DeletionPolicy};
+use crate::core::token::TokenKind;
 use crate::k8s::FINALIZER;
 use crate::k8s::context::Context;
 use crate::k8s::crd::Application;
 use crate::k8s::secrets::{self, Ensured, Wanted};
 use crate::k8s::status::{Outcome, Target, Verdict};
-use crate::registry::{RegistryError, object_key};
-use crate::spec::{ApplicationSpec, DeletionPolicy};
-use crate::token::TokenKind;
 
 /// Reconciles an Application.
 pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {

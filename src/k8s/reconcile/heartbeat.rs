@@ -16,18 +16,18 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::{ReconcileError, Step, Stop, resync, secret_stop, settle};
-use crate::alert::message::resolve_targets;
-use crate::duration::Duration as Dur;
+use crate::core::duration::SpecDuration;
+use crate::core::monitor::define::{DeclaredHeartbeat, ping_url};
+use crate::core::monitor::engine::{MonitorDef, Origin};
+use crate::core::registry::{AppInfo, RegistryError, object_key};
+use crate::core::spec::HeartbeatSpec;
+use crate::core::store::apps::TokenOwner;
+use crate::core::token::{TokenHash, TokenKind};
 use crate::k8s::FINALIZER;
 use crate::k8s::context::Context;
 use crate::k8s::crd::Heartbeat;
 use crate::k8s::secrets::{self, Ensured, Wanted};
 use crate::k8s::status::{Outcome, Target, Verdict};
-use crate::monitor::engine::{MonitorDef, Origin};
-use crate::registry::{AppInfo, RegistryError, object_key};
-use crate::spec::{DeletionPolicy, HeartbeatSpec};
-use crate::store::apps::TokenOwner;
-use crate::token::{TokenHash, TokenKind};
 
 /// Reconciles a Heartbeat.
 pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -125,7 +125,7 @@ async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<St
 }
 
 /// Step validate: the rules the schema cannot express (an older API server enforces none).
-pub fn validate(spec: &HeartbeatSpec, min_interval: Dur) -> Result<(), Stop> {
+pub fn validate(spec: &HeartbeatSpec, min_interval: SpecDuration) -> Result<(), Stop> {
     spec.validate_with_min_interval(min_interval)
         .map_err(|e| Stop::wait("InvalidSpec", e.to_string()))
 }
@@ -133,7 +133,7 @@ pub fn validate(spec: &HeartbeatSpec, min_interval: Dur) -> Result<(), Stop> {
 /// Step application: the Application named by `applicationRef`, which must exist. Its
 /// reconcile triggers this Heartbeat again when it appears.
 pub fn application(
-    registry: &crate::registry::Registry,
+    registry: &crate::core::registry::Registry,
     ns: &str,
     spec: &HeartbeatSpec,
 ) -> Result<Option<Arc<AppInfo>>, Stop> {
@@ -180,11 +180,6 @@ pub fn secret_name(spec: &HeartbeatSpec, name: &str) -> String {
         .unwrap_or_else(|| format!("{name}-heartbeat"))
 }
 
-/// The ping URL of a token.
-pub fn ping_url(base: &str, token: &str) -> String {
-    format!("{base}/v1/heartbeats/{token}/ping")
-}
-
 /// Step secret: ensures the token Secret (issued, ours, or adopted by opt-in).
 async fn token_secret(
     hb: &Heartbeat,
@@ -196,7 +191,7 @@ async fn token_secret(
         .controller_owner_ref(&())
         .ok_or(ReconcileError::Incomplete("uid"))?;
     let base = ctx.core.config.base_url().to_string();
-    let url = move |t: &crate::token::Token| Some(ping_url(&base, t.expose()));
+    let url = move |t: &crate::core::token::Token| Some(ping_url(&base, t.expose()));
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let cached = ctx.caches.secret(ns, secret_name);
     secrets::ensure(
@@ -235,36 +230,29 @@ pub struct BuildInputs<'a> {
     pub now: Timestamp,
 }
 
-/// Step build (pure): the monitor definition for the core. Creation and change times are
-/// kept from `existing`; [`activate`] moves `updated_at` when something else changed.
+/// Step build (pure): the monitor definition for the core, by the core's one rule for
+/// turning a Heartbeat into a monitor. Equal to `existing` when nothing changed.
 pub fn build(i: &BuildInputs<'_>) -> MonitorDef {
     let name = i.hb.name_any();
-    let key = object_key(i.namespace, &name);
-    MonitorDef {
-        id: i.hb.metadata.uid.clone().unwrap_or_else(|| key.clone()),
-        key,
-        namespace: i.namespace.to_string(),
-        name,
-        display_name: i.spec.display_name.clone(),
-        interval_secs: i.spec.interval().as_secs(),
-        grace_secs: i.spec.grace().as_secs(),
-        paused: i.spec.paused,
-        targets: resolve_targets(
-            i.spec.alerts.as_ref(),
-            i.app.and_then(|a| a.spec.alerts.as_ref()),
-            i.default_webhook,
-        ),
-        application: i.app.map(|a| a.key.clone()),
+    DeclaredHeartbeat {
+        namespace: i.namespace,
+        name: &name,
+        spec: i.spec,
+        application: i.app,
         token: i.token,
         ping_hint: format!(
             "curl -fsS -m 10 --retry 5 --retry-all-errors \"$PING_URL\" (the ping URL is key ping-url of Secret {}/{})",
             i.namespace, i.secret
         ),
         origin: Origin::Kubernetes,
-        retain_on_delete: i.spec.deletion_policy == Some(DeletionPolicy::Retain),
-        created_at: i.existing.map(|d| d.created_at).unwrap_or(i.now),
-        updated_at: i.existing.map(|d| d.updated_at).unwrap_or(i.now),
+        id: i
+            .hb
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| object_key(i.namespace, &name)),
     }
+    .monitor_def(i.existing, i.default_webhook, i.now)
 }
 
 /// Step apply: registers the token (only when it is not registered to this monitor
@@ -295,20 +283,10 @@ async fn activate(
             Err(e) => return Err(ReconcileError::core(Step::Apply, e).into()),
         }
     }
-    let changed = existing.is_none_or(|d| {
-        &MonitorDef {
-            updated_at: d.updated_at,
-            ..def.clone()
-        } != d
-    });
-    if changed {
-        let now = Timestamp::now();
+    if existing != Some(&def) {
         ctx.core
             .engine
-            .upsert(MonitorDef {
-                updated_at: now,
-                ..def
-            })
+            .upsert(def)
             .await
             .map_err(|e| ReconcileError::core(Step::Apply, e))?;
     }
@@ -374,7 +352,7 @@ async fn cleanup(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{ApplicationRef, ApplicationSpec, Limits};
+    use crate::core::spec::{ApplicationRef, ApplicationSpec, Limits};
 
     fn heartbeat(spec: serde_json::Value) -> Heartbeat {
         serde_json::from_value(serde_json::json!({
@@ -393,7 +371,7 @@ mod tests {
             name: "web".into(),
             spec: ApplicationSpec {
                 limits: Some(Limits { heartbeats: limit }),
-                alerts: Some(crate::spec::AlertTargets {
+                alerts: Some(crate::core::spec::AlertTargets {
                     email: vec!["ops@example.com".into()],
                     webhook: None,
                 }),
@@ -414,19 +392,19 @@ mod tests {
     fn validation_refuses_out_of_range_intervals_until_the_spec_changes() {
         let hb = heartbeat(serde_json::json!({"interval": "400d"}));
         let (reason, message, retry) =
-            refused(validate(&hb.spec.spec, Dur::from_secs(60)).unwrap_err());
+            refused(validate(&hb.spec.spec, SpecDuration::from_secs(60)).unwrap_err());
         assert_eq!(reason, "InvalidSpec");
         assert!(message.contains("400d"), "{message}");
         assert!(!retry, "only a spec change can fix it");
         let ok = heartbeat(serde_json::json!({"interval": "5m"}));
-        assert!(validate(&ok.spec.spec, Dur::from_secs(60)).is_ok());
+        assert!(validate(&ok.spec.spec, SpecDuration::from_secs(60)).is_ok());
     }
 
     #[test]
     fn a_missing_application_is_refused_and_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path(), &Default::default()).unwrap();
-        let registry = crate::registry::Registry::load(store).unwrap();
+        let store = crate::core::store::Store::open(dir.path(), &Default::default()).unwrap();
+        let registry = crate::core::registry::Registry::load(store).unwrap();
         let spec = HeartbeatSpec {
             application_ref: Some(ApplicationRef { name: "web".into() }),
             ..Default::default()
@@ -477,7 +455,7 @@ mod tests {
         assert_eq!(def.application.as_deref(), Some("shop/web"));
         assert_eq!(
             def.targets,
-            vec![crate::alert::message::Target::Email {
+            vec![crate::core::alert::message::Target::Email {
                 to: vec!["ops@example.com".into()]
             }],
             "the Application's targets before the server default"
@@ -493,6 +471,21 @@ mod tests {
             ..inputs
         });
         assert_eq!(later, def, "an unchanged spec builds the same definition");
+        let paused = HeartbeatSpec {
+            paused: true,
+            ..hb.spec.spec.clone()
+        };
+        let changed = build(&BuildInputs {
+            spec: &paused,
+            existing: Some(&def),
+            now: t0 + jiff::SignedDuration::from_secs(60),
+            ..inputs
+        });
+        assert!(
+            changed.paused
+                && changed.updated_at > def.updated_at
+                && changed.created_at == def.created_at
+        );
     }
 
     #[test]

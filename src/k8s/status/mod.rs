@@ -73,7 +73,7 @@ impl Target {
 
     /// The `namespace/name` key the core uses.
     pub fn key(&self) -> String {
-        crate::registry::object_key(&self.namespace, &self.name)
+        crate::core::registry::object_key(&self.namespace, &self.name)
     }
 }
 

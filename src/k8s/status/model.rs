@@ -12,13 +12,13 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::core::monitor::engine::Monitor;
+use crate::core::monitor::state::{self, State};
+use crate::core::store::events::StatsReport;
+use crate::core::store::keys::Tally;
 use crate::k8s::crd::{
     ApplicationStatus, EventTotal, HeartbeatState, HeartbeatStatus, TallyStatus,
 };
-use crate::monitor::engine::Monitor;
-use crate::monitor::state::{self, State};
-use crate::store::events::StatsReport;
-use crate::store::keys::Tally;
 
 /// Condition types.
 pub mod kinds {
@@ -373,10 +373,10 @@ pub fn application_status(i: ApplicationInputs<'_>) -> ApplicationStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor::engine::{MonitorDef, Origin};
-    use crate::monitor::state::{MonitorState, Signal, apply};
-    use crate::store::events::PeriodTallies;
-    use crate::token::TokenHash;
+    use crate::core::monitor::engine::{MonitorDef, Origin};
+    use crate::core::monitor::state::{MonitorState, Signal, apply};
+    use crate::core::store::events::PeriodTallies;
+    use crate::core::token::TokenHash;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + s).unwrap()

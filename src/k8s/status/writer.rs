@@ -28,9 +28,9 @@ use tokio::time::Instant;
 use super::apply::apply_status;
 use super::model::{self, AppCounts, ApplicationInputs, HeartbeatInputs};
 use super::{Kind, Target, WriterConfig};
+use crate::core::monitor::engine::Origin;
 use crate::k8s::context::{Context, spread};
 use crate::k8s::crd::{Application, ApplicationStatus, Heartbeat, HeartbeatStatus};
-use crate::monitor::engine::Origin;
 
 /// Why the writer should look at an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,12 +190,12 @@ fn heartbeat_write(ctx: &Context, t: &Target, refresh: Duration) -> Option<Heart
 async fn counts(ctx: &Context, key: &str) -> Option<AppCounts> {
     let app = ctx.core.registry.application(key)?;
     let store = ctx.core.registry.store().clone();
-    let periods = crate::ingest::periods::Periods::at(Timestamp::now(), &app.tz);
+    let periods = crate::core::calendar::Periods::at(Timestamp::now(), &app.tz);
     let num = app.num;
     tokio::task::spawn_blocking(move || {
         let report = store.stats(num, &periods, None, None)?;
         let last_event = store.last_event_at(num)?;
-        Ok::<_, crate::store::StoreError>(AppCounts { report, last_event })
+        Ok::<_, crate::core::store::StoreError>(AppCounts { report, last_event })
     })
     .await
     .ok()?

@@ -1,0 +1,288 @@
+//! What an alert says, rendered for email and for webhooks. Pure; no I/O.
+//!
+//! People read these at 3 a.m.: the subject names the monitor and the state, the body says
+//! what happened, when it last pinged, when it was expected and how to ping it — never the
+//! token itself.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Down or back up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The monitor went Down.
+    Down,
+    /// The monitor is Up again after a Down alert.
+    Recovery,
+}
+
+/// One alert about one monitor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable id (monitor, incident, kind): enqueueing it twice delivers it once.
+    pub id: String,
+    /// Down or recovery.
+    pub kind: AlertKind,
+    /// Monitor name (the resource name).
+    pub monitor: String,
+    /// Human name, when the spec has one.
+    pub display_name: Option<String>,
+    /// Namespace and application: where to find it.
+    pub scope: String,
+    /// What happened, in words.
+    pub reason: String,
+    /// When it went Down or recovered.
+    pub occurred_at: Timestamp,
+    /// Last successful ping.
+    pub last_ping_at: Option<Timestamp>,
+    /// When a ping was expected.
+    pub expected_at: Option<Timestamp>,
+    /// How to ping it, without the token.
+    pub ping_hint: String,
+}
+
+/// Where an alert goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Target {
+    /// One email to these addresses.
+    Email {
+        /// Recipients.
+        to: Vec<String>,
+    },
+    /// A JSON POST to this URL.
+    Webhook {
+        /// URL.
+        url: String,
+    },
+}
+
+/// The targets a monitor alerts: its own, else its Application's, else the server's
+/// default webhook.
+pub fn resolve_targets(
+    own: Option<&crate::core::spec::AlertTargets>,
+    application: Option<&crate::core::spec::AlertTargets>,
+    default_webhook: Option<&str>,
+) -> Vec<Target> {
+    let chosen = [own, application]
+        .into_iter()
+        .flatten()
+        .find(|a| !a.is_empty());
+    let mut out = Vec::new();
+    match chosen {
+        Some(a) => {
+            if !a.email.is_empty() {
+                out.push(Target::Email {
+                    to: a.email.clone(),
+                });
+            }
+            if let Some(url) = &a.webhook {
+                out.push(Target::Webhook { url: url.clone() });
+            }
+        }
+        None => {
+            if let Some(url) = default_webhook {
+                out.push(Target::Webhook {
+                    url: url.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// "2h 5m" style: the two largest units.
+pub fn human_duration(secs: i64) -> String {
+    let secs = secs.unsigned_abs();
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (size, name) in units {
+        if rest >= size && parts.len() < 2 {
+            parts.push(format!("{}{}", rest / size, name));
+            rest %= size;
+        } else if !parts.is_empty() {
+            break;
+        }
+    }
+    if parts.is_empty() {
+        "0s".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn when(at: Option<Timestamp>, now: Timestamp) -> String {
+    match at {
+        None => "never".into(),
+        Some(t) => {
+            let d = now.duration_since(t).as_secs();
+            let rel = if d >= 0 {
+                format!("{} ago", human_duration(d))
+            } else {
+                format!("in {}", human_duration(d))
+            };
+            format!("{} ({rel})", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        }
+    }
+}
+
+impl Alert {
+    /// The name people know the monitor by.
+    pub fn title(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.monitor)
+    }
+
+    fn state_word(&self) -> &'static str {
+        match self.kind {
+            AlertKind::Down => "DOWN",
+            AlertKind::Recovery => "RECOVERED",
+        }
+    }
+
+    /// Email subject.
+    pub fn subject(&self) -> String {
+        format!(
+            "[Hartslag] {}: {} ({})",
+            self.state_word(),
+            self.title(),
+            self.scope
+        )
+    }
+
+    /// Plain-text email body.
+    pub fn body(&self) -> String {
+        let now = self.occurred_at;
+        let headline = match self.kind {
+            AlertKind::Down => format!("Heartbeat monitor \"{}\" is DOWN.", self.title()),
+            AlertKind::Recovery => format!(
+                "Heartbeat monitor \"{}\" has RECOVERED and is up again.",
+                self.title()
+            ),
+        };
+        format!(
+            "{headline}\n\n\
+             Monitor:       {monitor}\n\
+             Where:         {scope}\n\
+             What happened: {reason}\n\
+             When:          {at}\n\
+             Last ping:     {last}\n\
+             Expected by:   {expected}\n\n\
+             How to ping it:\n  {hint}\n\n\
+             -- \nHartslag, alert {id}\n",
+            monitor = self.monitor,
+            scope = self.scope,
+            reason = self.reason,
+            at = self.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            last = when(self.last_ping_at, now),
+            expected = when(self.expected_at, now),
+            hint = self.ping_hint,
+            id = self.id,
+        )
+    }
+
+    /// Webhook payload: Slack-compatible `text` plus structured fields.
+    pub fn webhook_json(&self) -> serde_json::Value {
+        let event = match self.kind {
+            AlertKind::Down => "down",
+            AlertKind::Recovery => "recovery",
+        };
+        let text = format!(
+            "{} {}: {} ({}) — {}. Last ping: {}.",
+            match self.kind {
+                AlertKind::Down => ":red_circle:",
+                AlertKind::Recovery => ":large_green_circle:",
+            },
+            self.state_word(),
+            self.title(),
+            self.scope,
+            self.reason,
+            when(self.last_ping_at, self.occurred_at),
+        );
+        serde_json::json!({
+            "text": text,
+            "event": event,
+            "alert_id": self.id,
+            "monitor": {
+                "name": self.monitor,
+                "display_name": self.display_name,
+                "scope": self.scope,
+            },
+            "reason": self.reason,
+            "occurred_at": self.occurred_at.to_string(),
+            "last_ping_at": self.last_ping_at.map(|t| t.to_string()),
+            "expected_at": self.expected_at.map(|t| t.to_string()),
+            "ping_hint": self.ping_hint,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(kind: AlertKind) -> Alert {
+        Alert {
+            id: "team-a/backup:1:down".into(),
+            kind,
+            monitor: "backup".into(),
+            display_name: Some("Nightly backup".into()),
+            scope: "namespace team-a".into(),
+            reason: "no ping for 1h 5m (interval 1h, grace 5m)".into(),
+            occurred_at: "2024-05-01T03:05:00Z".parse().unwrap(),
+            last_ping_at: Some("2024-05-01T02:00:00Z".parse().unwrap()),
+            expected_at: Some("2024-05-01T03:00:00Z".parse().unwrap()),
+            ping_hint: "curl -fsS \"$PING_URL\" (ping-url in Secret team-a/backup-heartbeat)"
+                .into(),
+        }
+    }
+
+    #[test]
+    fn email_says_what_when_and_how() {
+        let a = alert(AlertKind::Down);
+        assert_eq!(
+            a.subject(),
+            "[Hartslag] DOWN: Nightly backup (namespace team-a)"
+        );
+        let body = a.body();
+        for needle in [
+            "is DOWN",
+            "Monitor:       backup",
+            "namespace team-a",
+            "no ping for 1h 5m",
+            "Last ping:     2024-05-01T02:00:00Z (1h 5m ago)",
+            "Expected by:   2024-05-01T03:00:00Z (5m ago)",
+            "ping-url in Secret team-a/backup-heartbeat",
+        ] {
+            assert!(body.contains(needle), "missing {needle:?} in\n{body}");
+        }
+        let r = alert(AlertKind::Recovery);
+        assert!(
+            r.subject()
+                .starts_with("[Hartslag] RECOVERED: Nightly backup")
+        );
+    }
+
+    #[test]
+    fn webhook_has_text_and_fields() {
+        let v = alert(AlertKind::Down).webhook_json();
+        assert_eq!(v["event"], "down");
+        assert_eq!(v["monitor"]["name"], "backup");
+        assert_eq!(v["last_ping_at"], "2024-05-01T02:00:00Z");
+        assert!(
+            v["text"]
+                .as_str()
+                .unwrap()
+                .contains("DOWN: Nightly backup (namespace team-a)")
+        );
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(3900), "1h 5m");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(90_061), "1d 1h");
+        assert_eq!(human_duration(0), "0s");
+    }
+}

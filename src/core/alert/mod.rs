@@ -1,0 +1,35 @@
+//! Alerts: what they say, the durable outbox that makes sure each one arrives, and the
+//! port through which the outbox hands them to a channel (email, webhooks, ...), whose
+//! implementations live outside the core (`crate::notify`).
+
+pub mod message;
+pub mod outbox;
+
+use futures::future::BoxFuture;
+
+use message::{Alert, Target};
+
+/// Why one delivery attempt failed; the outbox retries, gives up or skips accordingly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying: the server was unreachable, timed out or asked to retry.
+    #[error("temporary failure: {0}")]
+    Transient(String),
+    /// Retrying will not help: rejected address, 4xx from a webhook.
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+    /// The target's channel is not configured on this server (email without an SMTP
+    /// server): the delivery is skipped, not failed.
+    #[error("channel not configured: {0}")]
+    Unconfigured(String),
+}
+
+/// Carries one alert to one target: the port the outbox delivers through.
+pub trait Deliver: Send + Sync {
+    /// One attempt; `Ok` only once the target has accepted the alert.
+    fn deliver<'a>(
+        &'a self,
+        alert: &'a Alert,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
+}

@@ -1,0 +1,14 @@
+//! The domain: storage, event ingest, heartbeat monitors, alerts, the registry of
+//! definitions and the spec types. It knows nothing of Kubernetes or HTTP.
+
+pub mod alert;
+pub mod calendar;
+pub mod catalogue;
+pub mod duration;
+pub mod ingest;
+pub mod metrics;
+pub mod monitor;
+pub mod registry;
+pub mod spec;
+pub mod store;
+pub mod token;

@@ -1,0 +1,283 @@
+//! The in-memory view of defined applications and issued tokens, backed by the store.
+//!
+//! Both front ends (Kubernetes controllers, standalone manifests) declare applications
+//! here; request handlers authenticate and resolve against memory, never against sled,
+//! so a bearer check costs a hash and a map lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use jiff::tz::TimeZone;
+
+use crate::core::spec::{ApplicationSpec, SpecError};
+use crate::core::store::apps::{AppRecord, TokenOwner};
+use crate::core::store::{Store, StoreError};
+use crate::core::token::{TokenHash, TokenKind};
+
+/// Errors when declaring or resolving definitions.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The spec breaks a rule.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Persisting failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The token is already issued to something else.
+    #[error("this token is already used by another resource")]
+    TokenInUse,
+}
+
+/// A defined application, resolved for request handling.
+#[derive(Debug, Clone)]
+pub struct AppInfo {
+    /// `namespace/name`.
+    pub key: String,
+    /// Numeric id in storage keys.
+    pub num: u64,
+    /// Namespace, or `default` in standalone mode.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The applied spec.
+    pub spec: ApplicationSpec,
+    /// Its resolved time zone.
+    pub tz: TimeZone,
+}
+
+/// The key under which a namespaced object is known: `namespace/name`.
+pub fn object_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+#[derive(Default)]
+struct Inner {
+    apps: HashMap<String, Arc<AppInfo>>,
+    tokens: HashMap<[u8; 32], TokenOwner>,
+}
+
+/// Shared registry; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    inner: Arc<RwLock<Inner>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+fn info_from(rec: &AppRecord) -> AppInfo {
+    let tz = TimeZone::get(rec.spec.time_zone_name()).unwrap_or(TimeZone::UTC);
+    AppInfo {
+        key: object_key(&rec.namespace, &rec.name),
+        num: rec.num,
+        namespace: rec.namespace.clone(),
+        name: rec.name.clone(),
+        spec: rec.spec.clone(),
+        tz,
+    }
+}
+
+impl Registry {
+    /// Loads every stored application and token.
+    pub fn load(store: Store) -> Result<Self, RegistryError> {
+        let mut inner = Inner::default();
+        for rec in store.load_apps()? {
+            let info = info_from(&rec);
+            inner.apps.insert(info.key.clone(), Arc::new(info));
+        }
+        for (hash, owner) in store.load_tokens()? {
+            inner.tokens.insert(hash.0, owner);
+        }
+        Ok(Self {
+            store,
+            inner: Arc::new(RwLock::new(inner)),
+        })
+    }
+
+    /// The store behind the registry.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates or updates an application with the hash of its token, durably.
+    pub async fn upsert_application(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: ApplicationSpec,
+        token: TokenHash,
+    ) -> Result<Arc<AppInfo>, RegistryError> {
+        spec.validate()?;
+        let key = object_key(namespace, name);
+        if let Some(owner) = self.read().tokens.get(&token.0)
+            && (owner.kind != TokenKind::Application || owner.key != key)
+        {
+            return Err(RegistryError::TokenInUse);
+        }
+        let existing = self.store.get_app(&key)?;
+        let num = match &existing {
+            Some(r) => r.num,
+            None => self.store.next_app_num()?,
+        };
+        let rec = AppRecord {
+            num,
+            namespace: namespace.into(),
+            name: name.into(),
+            spec,
+            token,
+        };
+        let old_token = existing.as_ref().map(|r| r.token);
+        if existing.as_ref() != Some(&rec) {
+            self.store.put_app(&key, &rec, old_token)?;
+            self.store.flush().await?;
+        }
+        let info = Arc::new(info_from(&rec));
+        let mut inner = self.write();
+        if let Some(old) = old_token
+            && old != token
+        {
+            inner.tokens.remove(&old.0);
+        }
+        inner.tokens.insert(
+            token.0,
+            TokenOwner {
+                kind: TokenKind::Application,
+                key: key.clone(),
+            },
+        );
+        inner.apps.insert(key, info.clone());
+        Ok(info)
+    }
+
+    /// Removes an application: its token stops working at once; `purge` also drops its events.
+    pub async fn remove_application(
+        &self,
+        namespace: &str,
+        name: &str,
+        purge: bool,
+    ) -> Result<(), RegistryError> {
+        let key = object_key(namespace, name);
+        {
+            let mut inner = self.write();
+            inner.apps.remove(&key);
+            inner
+                .tokens
+                .retain(|_, o| !(o.kind == TokenKind::Application && o.key == key));
+        }
+        if let Some(rec) = self.store.delete_app(&key)?
+            && purge
+        {
+            self.store.purge_application_events(rec.num)?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Indexes a non-application token (heartbeats, admin).
+    pub async fn put_token(
+        &self,
+        hash: TokenHash,
+        owner: TokenOwner,
+        old: Option<TokenHash>,
+    ) -> Result<(), RegistryError> {
+        if let Some(existing) = self.read().tokens.get(&hash.0)
+            && existing != &owner
+        {
+            return Err(RegistryError::TokenInUse);
+        }
+        self.store.put_token(hash, &owner, old)?;
+        self.store.flush().await?;
+        let mut inner = self.write();
+        if let Some(old) = old
+            && old != hash
+        {
+            inner.tokens.remove(&old.0);
+        }
+        inner.tokens.insert(hash.0, owner);
+        Ok(())
+    }
+
+    /// Makes `hash` the one admin token: any other admin token (an edited token file, a
+    /// rotated Secret, one left from an earlier run) stops working.
+    pub async fn set_admin_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
+        // The new token first: if that fails, the old one still opens the dashboard.
+        self.put_token(
+            hash,
+            TokenOwner {
+                kind: TokenKind::Admin,
+                key: "admin".into(),
+            },
+            None,
+        )
+        .await?;
+        let stale: Vec<TokenHash> = self
+            .read()
+            .tokens
+            .iter()
+            .filter(|(h, o)| o.kind == TokenKind::Admin && **h != hash.0)
+            .map(|(h, _)| TokenHash(*h))
+            .collect();
+        for old in stale {
+            self.remove_token(old).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops a token so it stops working at once.
+    pub async fn remove_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
+        self.write().tokens.remove(&hash.0);
+        self.store.remove_token(hash)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Resolves presented token text to its owner; constant-time on the hash comparison.
+    pub fn authenticate(&self, presented: &str) -> Option<TokenOwner> {
+        let hash = TokenHash::of(presented);
+        let inner = self.read();
+        let (stored, owner) = inner.tokens.get_key_value(&hash.0)?;
+        TokenHash(*stored).ct_eq(&hash).then(|| owner.clone())
+    }
+
+    /// The current owner of a token known only by its hash (a dashboard session re-checks
+    /// it on every request, so a revoked or rotated token ends the session at once).
+    pub fn owner_of_hash(&self, hash: &TokenHash) -> Option<TokenOwner> {
+        self.read().tokens.get(&hash.0).cloned()
+    }
+
+    /// Resolves an application token to its application.
+    pub fn application_for_token(&self, presented: &str) -> Option<Arc<AppInfo>> {
+        // One read lock and no copy of the owner: this runs for every ingested event.
+        let hash = TokenHash::of(presented);
+        let inner = self.read();
+        let (stored, owner) = inner.tokens.get_key_value(&hash.0)?;
+        if !TokenHash(*stored).ct_eq(&hash) || owner.kind != TokenKind::Application {
+            return None;
+        }
+        inner.apps.get(&owner.key).cloned()
+    }
+
+    /// The application under `namespace/name`.
+    pub fn application(&self, key: &str) -> Option<Arc<AppInfo>> {
+        self.read().apps.get(key).cloned()
+    }
+
+    /// Every defined application.
+    pub fn applications(&self) -> Vec<Arc<AppInfo>> {
+        let mut v: Vec<_> = self.read().apps.values().cloned().collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+}

@@ -1,0 +1,258 @@
+//! The desired state of Applications and Heartbeats, shared by both front ends.
+//!
+//! One Rust type per kind serves the Kubernetes custom resources and the standalone
+//! manifest files, so a YAML file moves between the two unchanged. These types carry no
+//! Kubernetes machinery; `crate::k8s` wraps them.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::core::duration::SpecDuration;
+
+/// Default retention of raw events when an Application does not say.
+pub const DEFAULT_RETENTION: SpecDuration = SpecDuration::from_secs(400 * 86_400);
+/// Default time between expected pings.
+pub const DEFAULT_INTERVAL: SpecDuration = SpecDuration::from_secs(3_600);
+/// Default extra time after a missed deadline before a monitor is Down.
+pub const DEFAULT_GRACE: SpecDuration = SpecDuration::from_secs(300);
+/// Shortest interval a monitor may have: shorter ones would be noise, not monitoring.
+pub const MIN_INTERVAL: SpecDuration = SpecDuration::from_secs(60);
+/// Longest interval or grace a monitor may have.
+pub const MAX_INTERVAL: SpecDuration = SpecDuration::from_secs(365 * 86_400);
+
+/// Where alerts go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertTargets {
+    /// Email addresses that receive Down and recovery notices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email: Vec<String>,
+    /// A URL that receives a JSON POST (Slack-compatible `text` plus structured fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+impl AlertTargets {
+    /// True when neither email nor webhook is set, so defaults apply.
+    pub fn is_empty(&self) -> bool {
+        self.email.is_empty() && self.webhook.is_none()
+    }
+}
+
+/// Quotas for an Application.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Most Heartbeats this Application may own; unset means unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub heartbeats: Option<u32>,
+}
+
+/// An Application: a source of events with its own API token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationSpec {
+    /// Human-readable name shown in status, alerts and the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// IANA time zone in which today, this week (Monday first) and this month are counted. Default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// How long raw events are kept (e.g. 400d); counts survive deletion. Default 400d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<SpecDuration>,
+    /// Default alert targets for the Application's Heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertTargets>,
+    /// Quotas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Name of the Secret that holds the issued token (key `token`). Default `<name>-hartslag-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+    /// Standalone mode only: a file holding the token to use instead of an issued one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Delete (default) or Retain the Application's events when it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// What happens to stored data when its resource is deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete events, rollups, pings and state together with the resource (the default).
+    #[default]
+    Delete,
+    /// Keep the data; only the token is revoked. Re-creating the resource with the same
+    /// name picks the data up again.
+    Retain,
+}
+
+/// Reference to the Application a Heartbeat belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationRef {
+    /// Name of an Application in the same namespace.
+    pub name: String,
+}
+
+/// A Heartbeat: a dead-man's switch that expects a ping at least every `interval`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatSpec {
+    /// Human-readable name shown in status, alerts and the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Longest expected time between two successful pings (60s to 365d). Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<SpecDuration>,
+    /// Extra time after a missed deadline before the monitor is Down and alerts (0s to 365d). Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<SpecDuration>,
+    /// A paused monitor records pings but never alerts.
+    #[serde(default)]
+    pub paused: bool,
+    /// Alert targets; when empty, the Application's and then the server's defaults apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<AlertTargets>,
+    /// The Application this monitor belongs to (management API scope, quota, alert defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_ref: Option<ApplicationRef>,
+    /// Name of the Secret that holds the issued token (keys `token`, `ping-url`). Default `<name>-heartbeat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+    /// Standalone mode only: a file holding the token to use instead of an issued one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// Delete (default) or Retain the monitor's state and ping history when it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// A spec value that breaks a rule the schema cannot express; shown in conditions and logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// `timeZone` is not a known IANA zone.
+    #[error("spec.timeZone {0:?} is not a known IANA time zone (for example Europe/Amsterdam)")]
+    TimeZone(String),
+    /// `interval` outside 60s..365d.
+    #[error("spec.interval {0} is out of range: it must be between {1} and 365d")]
+    Interval(SpecDuration, SpecDuration),
+    /// `grace` above 365d.
+    #[error("spec.grace {0} is out of range: it must be between 0s and 365d")]
+    Grace(SpecDuration),
+    /// `retention` of zero.
+    #[error("spec.retention must be at least 1s")]
+    Retention,
+    /// An alert email address without an `@`.
+    #[error("spec.alerts.email {0:?} is not an email address")]
+    Email(String),
+    /// An alert webhook that is not an http(s) URL.
+    #[error("spec.alerts.webhook {0:?} is not an http:// or https:// URL")]
+    Webhook(String),
+}
+
+fn check_alerts(alerts: Option<&AlertTargets>) -> Result<(), SpecError> {
+    let Some(a) = alerts else { return Ok(()) };
+    for e in &a.email {
+        let ok = e
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'));
+        if !ok {
+            return Err(SpecError::Email(e.clone()));
+        }
+    }
+    if let Some(w) = &a.webhook
+        && !(w.starts_with("http://") || w.starts_with("https://"))
+    {
+        return Err(SpecError::Webhook(w.clone()));
+    }
+    Ok(())
+}
+
+impl ApplicationSpec {
+    /// The time zone name to use, UTC when unset.
+    pub fn time_zone_name(&self) -> &str {
+        self.time_zone.as_deref().unwrap_or("UTC")
+    }
+
+    /// The retention to apply.
+    pub fn retention(&self) -> SpecDuration {
+        self.retention.unwrap_or(DEFAULT_RETENTION)
+    }
+
+    /// Checks the rules the schema cannot express and resolves the time zone.
+    pub fn validate(&self) -> Result<jiff::tz::TimeZone, SpecError> {
+        let name = self.time_zone_name();
+        let tz = jiff::tz::TimeZone::get(name).map_err(|_| SpecError::TimeZone(name.into()))?;
+        if self.retention().as_secs() == 0 {
+            return Err(SpecError::Retention);
+        }
+        check_alerts(self.alerts.as_ref())?;
+        Ok(tz)
+    }
+}
+
+impl HeartbeatSpec {
+    /// The interval to apply.
+    pub fn interval(&self) -> SpecDuration {
+        self.interval.unwrap_or(DEFAULT_INTERVAL)
+    }
+
+    /// The grace to apply.
+    pub fn grace(&self) -> SpecDuration {
+        self.grace.unwrap_or(DEFAULT_GRACE)
+    }
+
+    /// Checks the rules the schema cannot express.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.validate_with_min_interval(MIN_INTERVAL)
+    }
+
+    /// As [`HeartbeatSpec::validate`] with another lower bound for the interval
+    /// (`--min-interval`, for development and tests).
+    pub fn validate_with_min_interval(&self, min: SpecDuration) -> Result<(), SpecError> {
+        let i = self.interval();
+        if i < min || i > MAX_INTERVAL {
+            return Err(SpecError::Interval(i, min));
+        }
+        if self.grace() > MAX_INTERVAL {
+            return Err(SpecError::Grace(self.grace()));
+        }
+        check_alerts(self.alerts.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn application_defaults_and_zone() {
+        let spec: ApplicationSpec =
+            serde_json::from_str(r#"{"timeZone":"Europe/Amsterdam"}"#).unwrap();
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.retention().as_secs(), 400 * 86_400);
+        let bad: ApplicationSpec = serde_json::from_str(r#"{"timeZone":"Mars/Olympus"}"#).unwrap();
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            SpecError::TimeZone("Mars/Olympus".into())
+        );
+    }
+
+    #[test]
+    fn heartbeat_ranges() {
+        let ok: HeartbeatSpec =
+            serde_json::from_str(r#"{"interval":"1h30m","grace":"0s"}"#).unwrap();
+        assert!(ok.validate().is_ok());
+        let short: HeartbeatSpec = serde_json::from_str(r#"{"interval":"59s"}"#).unwrap();
+        assert!(matches!(short.validate(), Err(SpecError::Interval(..))));
+        let long: HeartbeatSpec = serde_json::from_str(r#"{"grace":"366d"}"#).unwrap();
+        assert!(matches!(long.validate(), Err(SpecError::Grace(_))));
+        let mail: HeartbeatSpec =
+            serde_json::from_str(r#"{"alerts":{"email":["nobody"]}}"#).unwrap();
+        assert!(matches!(mail.validate(), Err(SpecError::Email(_))));
+    }
+}

@@ -1,0 +1,652 @@
+//! The commit log: how a hot write becomes durable without a sled flush per group.
+//!
+//! A sled flush is costly for small groups: every one wakes sled's whole IO thread pool,
+//! and an atomic sled batch forces two more log writes of its own. So the hot paths
+//! (events, pings, monitor state) describe their changes as a list of [`Mutation`]s; the group
+//! committer appends the lists of every waiting writer to this file as checksummed
+//! records, makes them durable with one `fdatasync`, and only then applies them to sled as
+//! plain inserts. sled writes them out in the background.
+//!
+//! Nothing reaches sled before its record is on disk, and a record replays to the same
+//! result however much of it sled had already kept: every write is an absolute put or
+//! remove (or a put-if-absent), and each key has a single writer. So at startup the
+//! records are applied again in order, sled is flushed, and the log starts over. The same
+//! happens at a checkpoint (a size bound, an idle period, or any explicit flush): after a
+//! sled flush every applied record is in sled.
+//!
+//! The file is written with zeros ahead of the records, in steps of `GROW_BYTES` (4 MiB),
+//! and reused after every checkpoint: a record is written over bytes that already exist, so
+//! its `fdatasync` has no file size or block allocation to commit to the file system
+//! journal (about 180 µs here instead of 300 µs).
+//! Starting over writes a new generation number into the file header instead of
+//! truncating; every record carries the generation it was written in, so records left
+//! from an earlier generation end the log just as a torn or zeroed one does.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// File name of the log inside the database directory.
+pub const FILE_NAME: &str = "hartslag-commit.log";
+
+/// Bytes before a record's payload: length, CRC-32 (of generation and payload) and the
+/// log generation it was written in.
+const HEADER: usize = 16;
+
+/// The file header: magic, generation, CRC-32 of both, padding.
+const FILE_HEADER: usize = 32;
+
+/// Zero-filled size of a new log file.
+const INITIAL_BYTES: u64 = 1024 * 1024;
+
+/// How far ahead of its records the log file is zero-filled when they reach its end.
+const GROW_BYTES: u64 = 4 * 1024 * 1024;
+
+/// First bytes of a commit log file.
+const MAGIC: &[u8; 8] = b"HSLGLOG1";
+
+/// Largest payload a record may declare; anything larger is a torn or corrupt header.
+const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+/// What a write does to its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets the value.
+    Put(Vec<u8>),
+    /// Deletes the key.
+    Remove,
+    /// Sets the value unless the key exists: a queued alert is created once, and neither a
+    /// second staging nor a replay replaces one that is already queued.
+    PutIfAbsent(Vec<u8>),
+}
+
+/// One change to one key of one tree.
+#[derive(Debug, Clone)]
+pub struct Mutation {
+    /// The tree it goes to.
+    pub tree: sled::Tree,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The change.
+    pub op: Op,
+}
+
+impl Mutation {
+    /// Sets `key` to `value` in `tree`.
+    pub fn put(tree: &sled::Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            tree: tree.clone(),
+            key: key.into(),
+            op: Op::Put(value.into()),
+        }
+    }
+
+    /// Deletes `key` from `tree`.
+    pub fn remove(tree: &sled::Tree, key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            tree: tree.clone(),
+            key: key.into(),
+            op: Op::Remove,
+        }
+    }
+
+    /// Sets `key` to `value` in `tree` unless it is there already.
+    pub fn put_if_absent(
+        tree: &sled::Tree,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
+        Self {
+            tree: tree.clone(),
+            key: key.into(),
+            op: Op::PutIfAbsent(value.into()),
+        }
+    }
+
+    /// Applies this write to sled (not durable by itself).
+    pub fn apply(&self) -> sled::Result<()> {
+        apply_one(&self.tree, &self.key, &self.op)
+    }
+}
+
+fn apply_one(tree: &sled::Tree, key: &[u8], op: &Op) -> sled::Result<()> {
+    match op {
+        Op::Put(v) => {
+            tree.insert(key, v.as_slice())?;
+        }
+        Op::Remove => {
+            tree.remove(key)?;
+        }
+        Op::PutIfAbsent(v) => {
+            // A compare-and-swap, so a consumer removing the key at the same moment is
+            // never overwritten by a stale check.
+            let _ = tree.compare_and_swap(key, None::<&[u8]>, Some(v.as_slice()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why the log could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Reading, writing or syncing the file failed.
+    #[error("commit log {path}: {source}")]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// Applying a replayed record to sled failed.
+    #[error("replaying the commit log into the database failed: {0}")]
+    Replay(#[from] sled::Error),
+}
+
+const TAG_PUT: u8 = 1;
+const TAG_REMOVE: u8 = 2;
+const TAG_PUT_IF_ABSENT: u8 = 3;
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Lengths are bounded by the request body limit and sled's own limits, far below 4 GiB.
+    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Appends one record holding `writes` (applied together on replay) to `out`, for the log
+/// generation `generation` ([`Log::generation`]).
+pub fn encode_record(writes: &[Mutation], generation: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER]);
+    out.extend_from_slice(
+        &u32::try_from(writes.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for w in writes {
+        let (tag, value): (u8, &[u8]) = match &w.op {
+            Op::Put(v) => (TAG_PUT, v),
+            Op::Remove => (TAG_REMOVE, &[]),
+            Op::PutIfAbsent(v) => (TAG_PUT_IF_ABSENT, v),
+        };
+        out.push(tag);
+        put_bytes(out, &w.tree.name());
+        put_bytes(out, &w.key);
+        if tag != TAG_REMOVE {
+            put_bytes(out, value);
+        }
+    }
+    let payload = &out[start + HEADER..];
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let crc = record_crc(generation, payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out[start + 8..start + 16].copy_from_slice(&generation.to_le_bytes());
+}
+
+fn record_crc(generation: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&generation.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// A write read back from the log: the tree by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedMutation {
+    /// Name of the tree.
+    pub tree: Vec<u8>,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The change.
+    pub op: Op,
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = usize::try_from(self.u32()?).ok()?;
+        self.take(n).map(<[u8]>::to_vec)
+    }
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedMutation>> {
+    let mut c = Cursor(payload);
+    let n = c.u32()?;
+    let mut writes = Vec::with_capacity(usize::try_from(n).ok()?.min(4096));
+    for _ in 0..n {
+        let tag = c.take(1)?[0];
+        let tree = c.bytes()?;
+        let key = c.bytes()?;
+        let op = match tag {
+            TAG_PUT => Op::Put(c.bytes()?),
+            TAG_REMOVE => Op::Remove,
+            TAG_PUT_IF_ABSENT => Op::PutIfAbsent(c.bytes()?),
+            _ => return None,
+        };
+        writes.push(LoggedMutation { tree, key, op });
+    }
+    c.0.is_empty().then_some(writes)
+}
+
+/// Every whole, intact record of `generation` at the start of `bytes`, and how many bytes
+/// they take. Reading stops at the first short, damaged, zeroed or older record: a crash
+/// can only tear the tail, since each group is written and synced before the next one
+/// starts.
+pub fn decode_records(bytes: &[u8], generation: u64) -> (Vec<Vec<LoggedMutation>>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= HEADER {
+        let field = |i: usize| -> [u8; 4] {
+            [
+                bytes[at + i],
+                bytes[at + i + 1],
+                bytes[at + i + 2],
+                bytes[at + i + 3],
+            ]
+        };
+        let len = u32::from_le_bytes(field(0));
+        let crc = u32::from_le_bytes(field(4));
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&bytes[at + 8..at + 16]);
+        let Ok(len) = usize::try_from(len) else { break };
+        if u64::from_le_bytes(g) != generation
+            || len > MAX_RECORD
+            || bytes.len() - at - HEADER < len
+        {
+            break;
+        }
+        let payload = &bytes[at + HEADER..at + HEADER + len];
+        if record_crc(generation, payload) != crc {
+            break;
+        }
+        let Some(writes) = decode_payload(payload) else {
+            break;
+        };
+        records.push(writes);
+        at += HEADER + len;
+    }
+    (records, at)
+}
+
+fn file_header(generation: u64) -> [u8; FILE_HEADER] {
+    let mut h = [0u8; FILE_HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&generation.to_le_bytes());
+    let crc = crc32fast::hash(&h[..16]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The generation in a file header, `None` if it is not one.
+fn parse_file_header(b: &[u8]) -> Option<u64> {
+    let h = b.get(..FILE_HEADER)?;
+    if &h[..8] != MAGIC || crc32fast::hash(&h[..16]).to_le_bytes() != h[16..20] {
+        return None;
+    }
+    Some(u64::from_le_bytes(h[8..16].try_into().ok()?))
+}
+
+/// The open log file.
+#[derive(Debug)]
+pub struct Log {
+    file: File,
+    path: PathBuf,
+    generation: u64,
+    /// Offset of the next record.
+    end: u64,
+    /// Bytes of the file written (with zeros or records).
+    size: u64,
+    /// Tests set this to make the next append fail like a failed `fdatasync`.
+    #[cfg(test)]
+    pub(crate) fail_next_append: bool,
+}
+
+impl Log {
+    fn io(&self, source: std::io::Error) -> WalError {
+        WalError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens the log in `dir`, applies whatever it holds to `db` (the writes of a process
+    /// that stopped before its last checkpoint), makes that durable in sled and starts the
+    /// log over. Returns the log and how many records were replayed.
+    pub fn open(dir: &Path, db: &sled::Db) -> Result<(Self, usize), WalError> {
+        let path = dir.join(FILE_NAME);
+        let err = |source| WalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(err)?;
+        let (generation, records) = if bytes.iter().all(|b| *b == 0) {
+            // New, or created but never given a header before a crash: nothing to replay.
+            (0, Vec::new())
+        } else {
+            let generation = parse_file_header(&bytes).ok_or_else(|| {
+                err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not a Hartslag commit log (unknown header); it was left untouched",
+                ))
+            })?;
+            let tail = &bytes[FILE_HEADER..];
+            let (records, used) = decode_records(tail, generation);
+            // A header of this generation after the last whole record: a torn write.
+            if tail.get(used + 8..used + 16) == Some(&generation.to_le_bytes()[..]) {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the commit log ends in an incomplete record (a write cut short by a crash); it was never acknowledged and is dropped"
+                );
+            }
+            (generation, records)
+        };
+        let mut trees = std::collections::HashMap::<Vec<u8>, sled::Tree>::new();
+        for record in &records {
+            for w in record {
+                let tree = match trees.get(&w.tree) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = db.open_tree(&w.tree)?;
+                        trees.insert(w.tree.clone(), t.clone());
+                        t
+                    }
+                };
+                apply_one(&tree, &w.key, &w.op)?;
+            }
+        }
+        if !records.is_empty() {
+            db.flush()?;
+        }
+        let mut log = Self {
+            file,
+            path,
+            generation,
+            end: FILE_HEADER as u64,
+            size: bytes.len() as u64,
+            #[cfg(test)]
+            fail_next_append: false,
+        };
+        if log.size < INITIAL_BYTES {
+            log.fill_zeros(INITIAL_BYTES)?;
+        }
+        log.reset()?;
+        // The file's directory entry must survive a crash too.
+        if let Some(parent) = log.path.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| log.io(e))?;
+        }
+        Ok((log, records.len()))
+    }
+
+    /// Writes zeros from the end of the file up to `to` and makes the new size durable.
+    fn fill_zeros(&mut self, to: u64) -> Result<(), WalError> {
+        let chunk = vec![0u8; 1 << 20];
+        let mut at = self.size;
+        while at < to {
+            let n = (to - at).min(chunk.len() as u64) as usize;
+            self.file
+                .write_all_at(&chunk[..n], at)
+                .map_err(|e| self.io(e))?;
+            at += n as u64;
+        }
+        self.file.sync_all().map_err(|e| self.io(e))?;
+        self.size = to;
+        Ok(())
+    }
+
+    /// The generation records must be encoded for ([`encode_record`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Writes `buf` (whole records of this generation) after the last record and waits
+    /// until it is on disk.
+    pub fn append(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_append) {
+            return Err(self.io(std::io::Error::other("injected fsync failure")));
+        }
+        let needed = self.end + buf.len() as u64;
+        if needed > self.size {
+            self.fill_zeros(needed.div_ceil(GROW_BYTES) * GROW_BYTES)?;
+        }
+        self.file
+            .write_all_at(buf, self.end)
+            .map_err(|e| self.io(e))?;
+        self.file.sync_data().map_err(|e| self.io(e))?;
+        self.end += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Starts the log over; call only once sled has flushed everything applied from it.
+    /// The new generation is durable before any record of it is written.
+    pub fn reset(&mut self) -> Result<(), WalError> {
+        let generation = self.generation.wrapping_add(1).max(1);
+        self.file
+            .write_all_at(&file_header(generation), 0)
+            .map_err(|e| self.io(e))?;
+        self.file.sync_data().map_err(|e| self.io(e))?;
+        self.generation = generation;
+        self.end = FILE_HEADER as u64;
+        Ok(())
+    }
+
+    /// Bytes of records written since the last reset.
+    pub fn len(&self) -> u64 {
+        self.end - FILE_HEADER as u64
+    }
+
+    /// Whether nothing was written since the last reset.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let (_d, db) = db();
+        let t = db.open_tree("events").unwrap();
+        let writes = vec![
+            Mutation::put(&t, b"k1".to_vec(), b"v1".to_vec()),
+            Mutation::remove(&t, b"k2".to_vec()),
+            Mutation::put_if_absent(&t, b"k3".to_vec(), Vec::new()),
+        ];
+        let mut buf = Vec::new();
+        encode_record(&writes, 7, &mut buf);
+        encode_record(&writes[..1], 7, &mut buf);
+        let (records, used) = decode_records(&buf, 7);
+        assert_eq!(used, buf.len());
+        // Records of another generation are not part of the log.
+        assert_eq!(decode_records(&buf, 8), (Vec::new(), 0));
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].len(), 3);
+        assert_eq!(records[0][0].tree, b"events");
+        assert_eq!(records[0][1].op, Op::Remove);
+        assert_eq!(records[0][2].op, Op::PutIfAbsent(Vec::new()));
+        assert_eq!(records[1][0].key, b"k1");
+    }
+
+    #[test]
+    fn a_torn_or_damaged_tail_stops_reading_at_the_last_whole_record() {
+        let (_d, db) = db();
+        let t = db.open_tree("t").unwrap();
+        let mut buf = Vec::new();
+        encode_record(
+            &[Mutation::put(&t, b"a".to_vec(), b"1".to_vec())],
+            1,
+            &mut buf,
+        );
+        let first = buf.len();
+        encode_record(
+            &[Mutation::put(&t, b"b".to_vec(), b"2".to_vec())],
+            1,
+            &mut buf,
+        );
+        for cut in first..buf.len() {
+            let (records, used) = decode_records(&buf[..cut], 1);
+            assert_eq!((records.len(), used), (1, first), "cut at {cut}");
+        }
+        let mut damaged = buf.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        assert_eq!(decode_records(&damaged, 1).1, first);
+        let mut zeros = buf[..first].to_vec();
+        zeros.extend_from_slice(&[0u8; 64]);
+        assert_eq!(decode_records(&zeros, 1).1, first);
+    }
+
+    #[test]
+    fn open_replays_every_record_in_order_then_starts_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_generation;
+        // One database throughout (sled keeps its lock a moment after a drop); the records
+        // are only ever appended to the log here, never applied, so sled starts empty.
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        {
+            let t = db.open_tree("t").unwrap();
+            let (mut log, replayed) = Log::open(dir.path(), &db).unwrap();
+            assert_eq!(replayed, 0);
+            first_generation = log.generation();
+            let g = log.generation();
+            let mut buf = Vec::new();
+            encode_record(
+                &[Mutation::put(&t, b"a".to_vec(), b"1".to_vec())],
+                g,
+                &mut buf,
+            );
+            encode_record(
+                &[
+                    Mutation::put(&t, b"a".to_vec(), b"2".to_vec()),
+                    Mutation::put(&t, b"b".to_vec(), b"x".to_vec()),
+                    Mutation::put_if_absent(&t, b"q".to_vec(), b"first".to_vec()),
+                ],
+                g,
+                &mut buf,
+            );
+            encode_record(
+                &[
+                    Mutation::remove(&t, b"b".to_vec()),
+                    Mutation::put_if_absent(&t, b"q".to_vec(), b"second".to_vec()),
+                ],
+                g,
+                &mut buf,
+            );
+            // Half of a fourth record: a crash in the middle of a write.
+            let mut torn = Vec::new();
+            encode_record(
+                &[Mutation::put(&t, b"c".to_vec(), b"never".to_vec())],
+                g,
+                &mut torn,
+            );
+            buf.extend_from_slice(&torn[..torn.len() / 2]);
+            log.append(&buf).unwrap();
+            assert!(!log.is_empty());
+            // sled holds nothing of it: the process "dies" before applying.
+            assert!(t.is_empty());
+        }
+        let path = dir.path().join(FILE_NAME);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), INITIAL_BYTES);
+        let (mut log, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 3);
+        assert!(log.is_empty());
+        assert!(log.generation() > first_generation);
+        let t = db.open_tree("t").unwrap();
+        assert_eq!(t.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(t.get(b"b").unwrap(), None);
+        assert_eq!(t.get(b"q").unwrap().as_deref(), Some(&b"first"[..]));
+        assert_eq!(t.get(b"c").unwrap(), None);
+        // The old records are still in the file, but belong to an older generation: a
+        // shorter record of the new one is followed by them and replay must stop there.
+        let mut buf = Vec::new();
+        encode_record(
+            &[Mutation::put(&t, b"z".to_vec(), b"new".to_vec())],
+            log.generation(),
+            &mut buf,
+        );
+        log.append(&buf).unwrap();
+        drop(log);
+        t.remove(b"z").unwrap();
+        t.insert(b"a", &b"changed later"[..]).unwrap();
+        let (log, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 1);
+        assert_eq!(t.get(b"z").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(t.get(b"a").unwrap().as_deref(), Some(&b"changed later"[..]));
+        // Replaying on top of state that already holds the records changes nothing.
+        drop(log);
+        let (_, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 0);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_commit_log_is_refused_and_left_alone() {
+        let (dir, db) = db();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"something else entirely").unwrap();
+        let err = Log::open(dir.path(), &db).unwrap_err();
+        assert!(
+            err.to_string().contains("not a Hartslag commit log"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"something else entirely");
+    }
+
+    #[test]
+    fn records_past_the_zeroed_end_grow_the_file_and_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![7u8; 3 * 1024 * 1024 / 2];
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        {
+            let t = db.open_tree("t").unwrap();
+            let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+            for k in [&b"a"[..], b"b"] {
+                let mut buf = Vec::new();
+                encode_record(
+                    &[Mutation::put(&t, k.to_vec(), big.clone())],
+                    log.generation(),
+                    &mut buf,
+                );
+                log.append(&buf).unwrap();
+            }
+        }
+        let path = dir.path().join(FILE_NAME);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BYTES);
+        let (_, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 2);
+        let t = db.open_tree("t").unwrap();
+        assert_eq!(t.get(b"b").unwrap().as_deref(), Some(&big[..]));
+    }
+}

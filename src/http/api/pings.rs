@@ -1,0 +1,203 @@
+//! Dead-man's-switch pings (Tickstem compatible, spec section 2) and the monitor status
+//! listing. The token in the path is the credential; unknown and deleted tokens answer
+//! alike.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::events::read_body;
+use super::{ApiError, AppState, bearer, json_body};
+use crate::core::monitor::engine::{EngineError, Monitor, PingInput, PingKind, PingOutcome};
+use crate::core::monitor::state;
+use crate::core::token::TokenKind;
+
+/// Longest ping body kept (a job's last log lines).
+pub const MAX_PING_BODY: usize = 10 * 1024;
+/// Longest user agent kept.
+pub const MAX_USER_AGENT: usize = 200;
+
+/// Routes of this family.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/heartbeats/{token}/ping", get(ping).post(ping))
+        .route("/v1/heartbeats/{token}/start", get(start).post(start))
+        .route("/v1/heartbeats/{token}/fail", get(fail).post(fail))
+        .route("/v1/status", get(status))
+}
+
+fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "heartbeat not found").into_response()
+}
+
+fn truncate(s: &str, max_bytes: usize) -> String {
+    if s.len() <= max_bytes {
+        return s.to_string();
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn source(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .or_else(|| peer.map(|p| p.ip().to_string()))
+}
+
+async fn receive(
+    state: AppState,
+    token: String,
+    mut kind: PingKind,
+    params: HashMap<String, String>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    body: Body,
+) -> Response {
+    let Some(owner) = state.registry.authenticate(&token) else {
+        return not_found();
+    };
+    if owner.kind != TokenKind::Heartbeat {
+        return not_found();
+    }
+    let mut exit_code = None;
+    if let Some(raw) = params.get("exit_code") {
+        match raw.trim().parse::<u8>() {
+            Ok(0) => {}
+            Ok(code) => {
+                kind = PingKind::Fail;
+                exit_code = Some(code);
+            }
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("exit_code must be an integer from 0 to 255, got {raw:?}"),
+                )
+                .into_response();
+            }
+        }
+    }
+    let bytes = match read_body(body, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let body =
+        (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    let input = PingInput {
+        kind,
+        exit_code,
+        source: source(headers, peer),
+        user_agent,
+        body,
+    };
+    match state.engine.ping(&owner.key, input).await {
+        Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
+        Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
+        Err(EngineError::NotFound) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, monitor = %owner.key, "ping not recorded");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the ping could not be recorded; retry",
+            )
+            .into_response()
+        }
+    }
+}
+
+macro_rules! ping_handler {
+    ($name:ident, $kind:expr) => {
+        async fn $name(
+            State(s): State<AppState>,
+            Path(t): Path<String>,
+            Query(q): Query<HashMap<String, String>>,
+            req: Request,
+        ) -> Response {
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0);
+            let (parts, body) = req.into_parts();
+            receive(s, t, $kind, q, &parts.headers, peer, body).await
+        }
+    };
+}
+
+ping_handler!(ping, PingKind::Success);
+ping_handler!(start, PingKind::Start);
+ping_handler!(fail, PingKind::Fail);
+
+/// The status view of one monitor.
+pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
+    let timing = m.def.timing();
+    json!({
+        "name": m.def.name,
+        "namespace": m.def.namespace,
+        "application": m.def.application.as_deref().map(|a| a.rsplit('/').next().unwrap_or(a)),
+        "display_name": m.def.display_name,
+        "state": m.state.state.as_str(),
+        "status": m.state.state.tickstem_status(),
+        "since": m.state.since.to_string(),
+        "last_ping_at": m.state.last_ping_at.map(|t| t.to_string()),
+        "next_due_at": m.state.next_expected_at().map(|t| t.to_string()),
+        "consecutive_misses": state::consecutive_misses(&timing, &m.state, now),
+        "pings": m.state.pings,
+        "last_alert_at": m.state.last_alert_at.map(|t| t.to_string()),
+        "interval_secs": m.def.interval_secs,
+        "grace_secs": m.def.grace_secs,
+    })
+}
+
+async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let owner = bearer(&headers).and_then(|t| state.registry.authenticate(t));
+    let scope: Option<String> = match owner {
+        Some(o) if o.kind == TokenKind::Admin => None,
+        Some(o) if o.kind == TokenKind::Application => Some(o.key),
+        _ => return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
+    };
+    let wanted_state = params.get("state").map(|s| s.to_ascii_lowercase());
+    let now = state.engine.clock().now();
+    let monitors: Vec<Value> = state
+        .engine
+        .list()
+        .iter()
+        .filter(|m| scope.is_none() || m.def.application == scope)
+        .filter(|m| {
+            wanted_state
+                .as_deref()
+                .is_none_or(|w| m.state.state.as_str().eq_ignore_ascii_case(w))
+        })
+        .map(|m| monitor_json(m, now))
+        .collect();
+    let mut counts = serde_json::Map::new();
+    for s in state::State::ALL {
+        let n = monitors.iter().filter(|m| m["state"] == s.as_str()).count();
+        counts.insert(s.as_str().into(), n.into());
+    }
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "monitors": monitors, "counts": counts, "as_of": now.to_string() })),
+    )
+        .into_response()
+}

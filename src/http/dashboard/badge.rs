@@ -1,0 +1,134 @@
+//! Status badges: a small SVG per monitor for READMEs and wikis.
+//!
+//! A badge URL is public by nature (it ends up in a README), so it must not carry the ping
+//! token: its key is derived one-way from the token's hash. Knowing a badge key reveals
+//! neither the token nor anything that can ping, and the key changes when the token is
+//! rotated, which retires old badge URLs along with the old token.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::chart::escape_html;
+use crate::core::monitor::engine::Engine;
+use crate::core::monitor::state::State;
+use crate::core::token::TokenHash;
+
+/// The badge key of a monitor whose ping token hashes to `token`.
+pub fn badge_key(token: &TokenHash) -> String {
+    let mut h = Sha256::new();
+    h.update(b"hartslag-badge-v1:");
+    h.update(token.0);
+    hex::encode(&h.finalize()[..12])
+}
+
+/// Badge key → monitor key, rebuilt from the engine when a key is not found (at most
+/// every few seconds, so unknown keys cannot make every request rebuild it).
+#[derive(Default)]
+pub struct BadgeIndex {
+    inner: RwLock<(Option<Instant>, HashMap<String, String>)>,
+}
+
+impl std::fmt::Debug for BadgeIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BadgeIndex").finish_non_exhaustive()
+    }
+}
+
+const REBUILD_EVERY: Duration = Duration::from_secs(5);
+
+impl BadgeIndex {
+    /// The monitor key a badge key belongs to.
+    pub fn lookup(&self, engine: &Engine, key: &str) -> Option<String> {
+        {
+            let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(found) = inner.1.get(key) {
+                return Some(found.clone());
+            }
+            if inner.0.is_some_and(|at| at.elapsed() < REBUILD_EVERY) {
+                return None;
+            }
+        }
+        let map: HashMap<String, String> = engine.view(|all| {
+            all.values()
+                .map(|m| (badge_key(&m.def.token), m.def.key.clone()))
+                .collect()
+        });
+        let found = map.get(key).cloned();
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), map);
+        found
+    }
+}
+
+/// Approximate text width in pixels at 11 px Verdana (the badge convention), so the
+/// badge needs no font metrics at run time.
+fn text_width(text: &str) -> u32 {
+    text.chars()
+        .map(|c| match c {
+            'i' | 'l' | 'j' | '.' | ',' | ':' | '|' | '!' | '\'' => 4,
+            'm' | 'w' | 'M' | 'W' => 10,
+            c if c.is_ascii_uppercase() => 8,
+            _ => 7,
+        })
+        .sum()
+}
+
+/// The colour of a state on a badge; the badge always spells the state out as well.
+fn state_colour(state: State) -> &'static str {
+    match state {
+        State::Up => "#2e7d32",
+        State::Started => "#1565c0",
+        State::Late => "#b26a00",
+        State::Down => "#c62828",
+        State::New | State::Paused => "#616161",
+    }
+}
+
+/// A flat two-part badge: `label | state`.
+pub fn render(label: &str, state: State) -> String {
+    let value = state.as_str();
+    let lw = text_width(label) + 12;
+    let vw = text_width(value) + 12;
+    let total = lw + vw;
+    let label = escape_html(label);
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{label}: {value}"><title>{label}: {value}</title><rect width="{lw}" height="20" fill="#555"/><rect x="{lw}" width="{vw}" height="20" fill="{colour}"/><g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11" text-anchor="middle"><text x="{lx}" y="14">{label}</text><text x="{vx}" y="14">{value}</text></g></svg>"##,
+        colour = state_colour(state),
+        lx = lw / 2,
+        vx = lw + vw / 2,
+    )
+}
+
+/// The badge shown for a key that matches no monitor (deleted, or the token rotated).
+pub fn render_unknown() -> String {
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="120" height="20" role="img" aria-label="heartbeat: unknown"><title>heartbeat: unknown</title><rect width="70" height="20" fill="#555"/><rect x="70" width="50" height="20" fill="#9e9e9e"/><g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11" text-anchor="middle"><text x="35" y="14">heartbeat</text><text x="95" y="14">{}</text></g></svg>"##,
+        "unknown"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_stable_and_does_not_contain_the_token() {
+        let token = "hsh_secretsecretsecret";
+        let h = TokenHash::of(token);
+        let k = badge_key(&h);
+        assert_eq!(k, badge_key(&h));
+        assert_eq!(k.len(), 24);
+        assert!(!k.contains(&hex::encode(h.0)[..8]));
+        assert_ne!(k, badge_key(&TokenHash::of("hsh_other")));
+    }
+
+    #[test]
+    fn badge_spells_out_the_state() {
+        let svg = render("backup <db>", State::Down);
+        assert!(svg.contains(">Down<"));
+        assert!(svg.contains("backup &lt;db&gt;"));
+        assert!(svg.contains("#c62828"));
+    }
+}

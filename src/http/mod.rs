@@ -1,0 +1,4 @@
+//! The HTTP adapters: the APIs and the dashboard.
+
+pub mod api;
+pub mod dashboard;

@@ -1,0 +1,197 @@
+//! Management-API writes in Kubernetes mode: the API is a facade over the custom
+//! resources, which stay the single source of truth. A create makes a Heartbeat CR, updates
+//! patch its spec, a delete deletes it; each call waits (bounded) until the controller has
+//! reconciled the change, so the answer shows the new state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::context::Context;
+use super::crd::Heartbeat;
+use crate::core::catalogue::{
+    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
+};
+use crate::core::duration::SpecDuration;
+use crate::core::monitor::engine::Monitor;
+use crate::core::registry::{AppInfo, object_key};
+
+/// How long an API call waits for the controller to reconcile its change.
+const RECONCILE_WAIT: Duration = Duration::from_secs(15);
+
+/// The Kubernetes [`MonitorCatalogue`]: Heartbeat resources are the source of truth.
+pub struct KubernetesCatalogue {
+    ctx: Arc<Context>,
+}
+
+impl KubernetesCatalogue {
+    /// A catalogue over the controllers' context.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self { ctx }
+    }
+
+    async fn wait<T>(
+        &self,
+        what: &str,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Result<T, CatalogueError> {
+        let deadline = tokio::time::Instant::now() + RECONCILE_WAIT;
+        loop {
+            if let Some(v) = check() {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CatalogueError::Unavailable(format!(
+                    "the change was accepted but the operator has not {what} yet; retry the read shortly"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
+    CatalogueError::Unavailable(e.to_string())
+}
+
+impl MonitorCatalogue for KubernetesCatalogue {
+    fn create<'a>(
+        &'a self,
+        app: &'a AppInfo,
+        req: CreateRequest,
+    ) -> BoxFuture<'a, Result<(Monitor, String), CatalogueError>> {
+        Box::pin(async move {
+            let core = &self.ctx.core;
+            check_quota(&core.engine, app)?;
+            let api: Api<Heartbeat> = Api::namespaced(self.ctx.client.clone(), &app.namespace);
+            let base = slug(&req.name);
+            let mut created = None;
+            for n in 1..=50 {
+                let name = if n == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                };
+                let hb: Heartbeat = serde_json::from_value(json!({
+                    "apiVersion": "hartslag.dev/v1alpha1",
+                    "kind": "Heartbeat",
+                    "metadata": {"name": name, "namespace": app.namespace, "labels": {"app.kubernetes.io/managed-by": "hartslag-api"}},
+                    "spec": {
+                        "displayName": req.name,
+                        "interval": SpecDuration::from_secs(req.interval_secs).to_string(),
+                        "grace": SpecDuration::from_secs(req.grace_secs).to_string(),
+                        "applicationRef": {"name": app.name},
+                    }
+                }))
+                .map_err(unavailable)?;
+                match api.create(&PostParams::default(), &hb).await {
+                    Ok(_) => {
+                        created = Some(name);
+                        break;
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(unavailable(e)),
+                }
+            }
+            let name =
+                created.ok_or_else(|| unavailable("no free resource name for this heartbeat"))?;
+            let key = object_key(&app.namespace, &name);
+            self.wait("issued its token", || {
+                let m = core.engine.get(&key)?;
+                let t = self.ctx.heartbeat_token(&app.namespace, &name)?;
+                Some((m, t))
+            })
+            .await
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        _app: &'a AppInfo,
+        monitor: &'a Monitor,
+        req: UpdateRequest,
+    ) -> BoxFuture<'a, Result<Monitor, CatalogueError>> {
+        Box::pin(async move {
+            let mut spec = serde_json::Map::new();
+            if let Some(n) = &req.name {
+                spec.insert("displayName".into(), json!(n));
+            }
+            if let Some(i) = req.interval_secs {
+                spec.insert(
+                    "interval".into(),
+                    json!(SpecDuration::from_secs(i).to_string()),
+                );
+            }
+            if let Some(g) = req.grace_secs {
+                spec.insert(
+                    "grace".into(),
+                    json!(SpecDuration::from_secs(g).to_string()),
+                );
+            }
+            if let Some(p) = req.paused {
+                spec.insert("paused".into(), json!(p));
+            }
+            if spec.is_empty() {
+                return Ok(monitor.clone());
+            }
+            let api: Api<Heartbeat> =
+                Api::namespaced(self.ctx.client.clone(), &monitor.def.namespace);
+            api.patch(
+                &monitor.def.name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": spec })),
+            )
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.code == 404 => CatalogueError::NotFound,
+                other => unavailable(other),
+            })?;
+            let key = monitor.def.key.clone();
+            self.wait("applied the change", || {
+                let m = self.ctx.core.engine.get(&key)?;
+                let d = &m.def;
+                let ok = req
+                    .name
+                    .as_ref()
+                    .is_none_or(|n| d.display_name.as_ref() == Some(n))
+                    && req.interval_secs.is_none_or(|i| d.interval_secs == i)
+                    && req.grace_secs.is_none_or(|g| d.grace_secs == g)
+                    && req.paused.is_none_or(|p| d.paused == p);
+                ok.then_some(m)
+            })
+            .await
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        _app: &'a AppInfo,
+        monitor: &'a Monitor,
+    ) -> BoxFuture<'a, Result<(), CatalogueError>> {
+        Box::pin(async move {
+            let api: Api<Heartbeat> =
+                Api::namespaced(self.ctx.client.clone(), &monitor.def.namespace);
+            match api
+                .delete(&monitor.def.name, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => return Err(CatalogueError::NotFound),
+                Err(e) => return Err(unavailable(e)),
+            }
+            let key = monitor.def.key.clone();
+            self.wait("removed it", || {
+                self.ctx.core.engine.get(&key).is_none().then_some(())
+            })
+            .await
+        })
+    }
+
+    fn token(&self, monitor: &Monitor) -> Option<String> {
+        self.ctx
+            .heartbeat_token(&monitor.def.namespace, &monitor.def.name)
+    }
+}

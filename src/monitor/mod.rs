@@ -1,7 +1,0 @@
-//! Heartbeat monitors: the pure state machine, the deadline scheduler and the engine that
-//! persists state and carries out effects.
-
-pub mod engine;
-pub mod history;
-pub mod schedule;
-pub mod state;

@@ -1,0 +1,165 @@
+//! Management-API writes in standalone mode: monitors created through the API live in the
+//! store next to the manifest ones (with token files like theirs); manifest monitors are
+//! read-only through the API, because the next start would undo any change.
+
+use futures::future::BoxFuture;
+
+use super::tokens;
+use crate::core::catalogue::{
+    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
+};
+use crate::core::monitor::define::DeclaredHeartbeat;
+use crate::core::monitor::engine::{Monitor, Origin};
+use crate::core::registry::{AppInfo, object_key};
+use crate::core::store::apps::TokenOwner;
+use crate::core::token::{Token, TokenKind, random_id};
+use crate::server::Core;
+
+/// The standalone [`MonitorCatalogue`].
+pub struct StandaloneCatalogue {
+    core: Core,
+}
+
+impl StandaloneCatalogue {
+    /// A catalogue over `core`.
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
+    CatalogueError::Unavailable(e.to_string())
+}
+
+fn read_only(m: &Monitor) -> CatalogueError {
+    CatalogueError::ReadOnly(format!(
+        "heartbeat {} is defined by a manifest file; change or remove it there",
+        m.def.name
+    ))
+}
+
+impl MonitorCatalogue for StandaloneCatalogue {
+    fn create<'a>(
+        &'a self,
+        app: &'a AppInfo,
+        req: CreateRequest,
+    ) -> BoxFuture<'a, Result<(Monitor, String), CatalogueError>> {
+        Box::pin(async move {
+            let core = &self.core;
+            check_quota(&core.engine, app)?;
+            let data = &core.config.data_dir;
+            let base = slug(&req.name);
+            let mut name = base.clone();
+            let mut n = 1;
+            while core
+                .engine
+                .get(&object_key(&app.namespace, &name))
+                .is_some()
+                || core
+                    .engine
+                    .retained(&object_key(&app.namespace, &name))
+                    .is_some()
+                || tokens::token_path(data, "heartbeat", &name).exists()
+            {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
+            let url_path =
+                tokens::write_heartbeat_files(data, &name, &token, core.config.base_url())
+                    .map_err(unavailable)?;
+            let key = object_key(&app.namespace, &name);
+            core.registry
+                .put_token(
+                    token.hash(),
+                    TokenOwner {
+                        kind: TokenKind::Heartbeat,
+                        key,
+                    },
+                    None,
+                )
+                .await
+                .map_err(unavailable)?;
+            let spec = req.heartbeat_spec(app);
+            let def = DeclaredHeartbeat {
+                namespace: &app.namespace,
+                name: &name,
+                spec: &spec,
+                application: Some(app),
+                token: token.hash(),
+                ping_hint: tokens::ping_hint(&url_path),
+                origin: Origin::Api,
+                id: random_id().map_err(unavailable)?,
+            }
+            .monitor_def(
+                None,
+                core.config.webhook_url.as_deref(),
+                jiff::Timestamp::now(),
+            );
+            let m = core.engine.upsert(def).await.map_err(unavailable)?;
+            Ok((m, token.expose().to_string()))
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        _app: &'a AppInfo,
+        monitor: &'a Monitor,
+        req: UpdateRequest,
+    ) -> BoxFuture<'a, Result<Monitor, CatalogueError>> {
+        Box::pin(async move {
+            if monitor.def.origin == Origin::Manifest {
+                return Err(read_only(monitor));
+            }
+            let mut def = monitor.def.clone();
+            if let Some(n) = req.name {
+                def.display_name = Some(n);
+            }
+            if let Some(i) = req.interval_secs {
+                def.interval_secs = i;
+            }
+            if let Some(g) = req.grace_secs {
+                def.grace_secs = g;
+            }
+            if let Some(p) = req.paused {
+                def.paused = p;
+            }
+            if def == monitor.def {
+                return Ok(monitor.clone());
+            }
+            def.updated_at = jiff::Timestamp::now();
+            self.core.engine.upsert(def).await.map_err(unavailable)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        _app: &'a AppInfo,
+        monitor: &'a Monitor,
+    ) -> BoxFuture<'a, Result<(), CatalogueError>> {
+        Box::pin(async move {
+            if monitor.def.origin == Origin::Manifest {
+                return Err(read_only(monitor));
+            }
+            let core = &self.core;
+            core.registry
+                .remove_token(monitor.def.token)
+                .await
+                .map_err(unavailable)?;
+            core.engine
+                .remove(&monitor.def.key)
+                .await
+                .map_err(unavailable)?;
+            tokens::remove_heartbeat_files(&core.config.data_dir, &monitor.def.name);
+            Ok(())
+        })
+    }
+
+    fn token(&self, monitor: &Monitor) -> Option<String> {
+        let path = tokens::token_path(&self.core.config.data_dir, "heartbeat", &monitor.def.name);
+        tokens::read_token(&path)
+            .ok()
+            .flatten()
+            .map(|t| t.expose().to_string())
+    }
+}

@@ -1,0 +1,404 @@
+//! Shared helpers for the integration tests: servers on real sockets over real sled
+//! directories, either in-process or as a child process that a test can kill.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hartslag::config::ServerConfig;
+use hartslag::server::Core;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// An Application manifest with a time zone.
+pub fn app_manifest(name: &str, tz: &str) -> String {
+    format!(
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: {name}\nspec:\n  timeZone: {tz}\n"
+    )
+}
+
+/// A server running inside the test process on a loopback port.
+pub struct InProcess {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Data directory.
+    pub data: PathBuf,
+    /// The core, for white-box assertions.
+    pub core: Core,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+impl InProcess {
+    /// Starts a server on the given manifests (file name, contents).
+    pub async fn start(files: &[(&str, String)]) -> Self {
+        Self::start_with(files, |_| {}).await
+    }
+
+    /// Starts a server after letting `tweak` adjust the configuration.
+    pub async fn start_with(
+        files: &[(&str, String)],
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&manifests).unwrap();
+        for (name, text) in files {
+            std::fs::write(manifests.join(name), text).unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = ServerConfig::new(addr, data.clone());
+        tweak(&mut config);
+        let core = Core::open(config).unwrap();
+        hartslag::standalone::apply_manifests(&core, &manifests)
+            .await
+            .unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let c = core.clone();
+        let task = tokio::spawn(async move {
+            c.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            base: format!("http://{addr}"),
+            data,
+            core,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// The issued token of an application.
+    pub fn app_token(&self, name: &str) -> String {
+        read_token(&self.data, "application", name)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Reads `<data>/tokens/<kind>-<name>.token`.
+pub fn read_token(data: &Path, kind: &str, name: &str) -> String {
+    std::fs::read_to_string(data.join("tokens").join(format!("{kind}-{name}.token")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A free loopback port (bound and released; the race is acceptable for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `hartslag` binary built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hartslag"))
+}
+
+/// A `hartslag standalone` child process.
+pub struct ChildServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The process.
+    pub child: Child,
+}
+
+impl ChildServer {
+    /// Starts `hartslag standalone` with extra args and waits until `/readyz` answers 200.
+    pub async fn start(manifests: &Path, data: &Path, extra: &[&str]) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
+        let child = Command::new(binary())
+            .arg("standalone")
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--data")
+            .arg(data)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let server = Self {
+            base: format!("http://{addr}"),
+            child,
+        };
+        server.wait_ready(Duration::from_secs(30)).await;
+        server
+    }
+
+    async fn wait_ready(&self, within: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server at {} did not become ready",
+                self.base
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown hooks, no final flush.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `within`.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A real SMTP server (Python's aiosmtpd) that stores every message in a maildir.
+pub struct SmtpSink {
+    /// Port it listens on.
+    pub port: u16,
+    /// The maildir.
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl SmtpSink {
+    /// Reserves a port and a maildir without starting the server (to test an outage).
+    pub fn reserve(dir: &Path) -> Self {
+        let maildir = dir.join("maildir");
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        Self {
+            port: free_port(),
+            dir: maildir,
+            child: None,
+        }
+    }
+
+    /// Starts a server on a new port.
+    pub async fn start(dir: &Path) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut s = Self::reserve(dir);
+        s.run().await;
+        s
+    }
+
+    /// Starts (or restarts) the server on the reserved port; waits until it accepts.
+    pub async fn run(&mut self) {
+        let check = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .unwrap();
+        assert!(
+            check.success(),
+            "python3 module aiosmtpd is missing: pip install aiosmtpd (tests/run-all.sh installs it)"
+        );
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{}", self.port),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            "the SMTP server to accept connections",
+            Duration::from_secs(20),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// Stops the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `smtp://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every received message, with quoted-printable soft breaks and escapes decoded.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) {
+                for e in entries.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(e.path()) {
+                        out.push(decode_quoted_printable(&text));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Messages whose subject contains `needle`.
+    pub fn with_subject(&self, needle: &str) -> Vec<String> {
+        self.messages()
+            .into_iter()
+            .filter(|m| {
+                m.lines()
+                    .any(|l| l.starts_with("Subject:") && l.contains(needle))
+            })
+            .collect()
+    }
+}
+
+/// Undoes quoted-printable encoding (good enough for the tests' ASCII and UTF-8 bodies).
+pub fn decode_quoted_printable(text: &str) -> String {
+    let joined = text.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Heartbeat manifest.
+pub fn heartbeat_manifest(name: &str, interval: &str, grace: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: {name}\nspec:\n  interval: {interval}\n  grace: {grace}\n{extra_spec}"
+    )
+}
+
+/// The Prometheus text of `/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Reads `/v1/status` with the admin token and returns the monitor named `name`.
+pub async fn monitor_status(base: &str, admin: &str, name: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/v1/status"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["monitors"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+}
+
+/// Waits until monitor `name` reports `state`.
+pub async fn wait_state(
+    base: &str,
+    admin: &str,
+    name: &str,
+    state: &str,
+    within: Duration,
+) -> serde_json::Value {
+    wait_for(&format!("{name} to be {state}"), within, || async move {
+        monitor_status(base, admin, name)
+            .await
+            .filter(|m| m["state"] == state)
+    })
+    .await
+}
+
+/// GETs `url` with a bearer token and returns the JSON body.
+pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

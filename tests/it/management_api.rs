@@ -1,0 +1,160 @@
+//! The Tickstem management API (spec section 3) in standalone mode, driven by the real
+//! Tickstem Python SDK and by plain HTTP for what the SDK does not cover.
+
+use std::process::Command;
+
+use crate::helpers::{InProcess, app_manifest, heartbeat_manifest};
+use serde_json::{Value, json};
+
+fn manifests() -> Vec<(&'static str, String)> {
+    let team_a = "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: team-a\nspec:\n  limits:\n    heartbeats: 3\n".to_string();
+    vec![
+        ("a.yaml", team_a),
+        ("b.yaml", app_manifest("team-b", "UTC")),
+        (
+            "hb.yaml",
+            heartbeat_manifest(
+                "from-file",
+                "1h",
+                "5m",
+                "  applicationRef:\n    name: team-a\n",
+            ),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickstem_python_sdk_works_unchanged() {
+    let s = InProcess::start(&manifests()).await;
+    let (a, b) = (s.app_token("team-a"), s.app_token("team-b"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/tickstem_flow.py");
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &base, &a, &b, "from-file"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'tickstem'"),
+        "the Tickstem SDK is missing: pip install tickstem (tests/run-all.sh installs it)"
+    );
+    assert!(
+        out.status.success(),
+        "SDK flow failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_monitors_persist_and_are_validated() {
+    let s = InProcess::start(&manifests()).await;
+    let key = s.app_token("team-b");
+    let c = reqwest::Client::new();
+    let api = format!("{}/v1/heartbeats", s.base);
+    let r = c
+        .post(&api)
+        .bearer_auth(&key)
+        .json(&json!({"name": "Nightly ETL"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let hb: Value = r.json().await.unwrap();
+    assert_eq!(
+        (hb["interval_secs"].as_u64(), hb["grace_secs"].as_u64()),
+        (Some(3600), Some(300)),
+        "defaults"
+    );
+    assert_eq!(hb["resource"], "nightly-etl");
+    // Token and ping URL files exist like the manifest ones.
+    let url = std::fs::read_to_string(s.data.join("tokens/heartbeat-nightly-etl.url")).unwrap();
+    assert!(url.contains(hb["token"].as_str().unwrap()));
+    for (body, field) in [
+        (json!({}), "name"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": 5}), "name"),
+        (json!({"name": "x", "interval_secs": 59}), "interval_secs"),
+        (
+            json!({"name": "x", "interval_secs": 86401}),
+            "interval_secs",
+        ),
+        (json!({"name": "x", "grace_secs": -1}), "grace_secs"),
+        (json!({"name": "x", "interval_secs": "60"}), "interval_secs"),
+    ] {
+        let r = c
+            .post(&api)
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    let r = c
+        .post(&api)
+        .bearer_auth(&key)
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!(
+            "{api}/{}/pings?limit=0",
+            hb["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = c
+        .delete(format!("{api}/{}", hb["id"].as_str().unwrap()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_api_is_rate_limited_per_key() {
+    let s = InProcess::start_with(&manifests(), |c| {
+        c.api_rate_per_sec = 1.0;
+        c.api_rate_burst = 5.0;
+    })
+    .await;
+    let (a, b) = (s.app_token("team-a"), s.app_token("team-b"));
+    let c = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            c.get(format!("{}/v1/heartbeats", s.base))
+                .bearer_auth(&a)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(&statuses[..5], &[200; 5]);
+    assert!(statuses[5..].contains(&429), "{statuses:?}");
+    let r = c
+        .get(format!("{}/v1/heartbeats", s.base))
+        .bearer_auth(&b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "another key has its own budget");
+    s.stop().await;
+}

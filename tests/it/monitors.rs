@@ -1,0 +1,700 @@
+//! Dead-man's switch end to end: pings over real sockets, deadlines on the real clock,
+//! alerts through a real SMTP server (aiosmtpd) and a real webhook receiver, restarts and
+//! kill -9 of real child processes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::helpers::{ChildServer, InProcess, SmtpSink, heartbeat_manifest, wait_for, wait_state};
+use hartslag::core::duration::SpecDuration;
+use serde_json::{Value, json};
+
+const EMAIL: &str = "  alerts:\n    email: [\"ops@example.com\"]\n";
+
+async fn start(files: &[(&str, String)], smtp: Option<String>) -> InProcess {
+    InProcess::start_with(files, |c| {
+        c.smtp_url = smtp;
+        c.min_interval = SpecDuration::from_secs(1);
+        c.outbox.base_delay = Duration::from_millis(200);
+        c.outbox.max_delay = Duration::from_secs(1);
+        c.ping_history = 5;
+    })
+    .await
+}
+
+fn ping_url(data: &std::path::Path, name: &str) -> String {
+    std::fs::read_to_string(data.join("tokens").join(format!("heartbeat-{name}.url")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+async fn metric(base: &str, line_prefix: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_then_recovery_send_exactly_one_email_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let s = start(
+        &[(
+            "hb.yaml",
+            heartbeat_manifest(
+                "backup",
+                "2s",
+                "1s",
+                &format!("  displayName: Nightly backup\n{EMAIL}"),
+            ),
+        )],
+        Some(sink.url()),
+    )
+    .await;
+    let admin = std::fs::read_to_string(s.data.join("tokens/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let url = ping_url(&s.data, "backup");
+    assert!(url.starts_with(&s.base) && url.ends_with("/ping"), "{url}");
+
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    wait_state(&s.base, &admin, "backup", "Up", Duration::from_secs(5)).await;
+    let down = wait_state(&s.base, &admin, "backup", "Down", Duration::from_secs(15)).await;
+    assert_eq!(down["status"], "failing");
+    let mails = wait_for("one DOWN email", Duration::from_secs(15), || {
+        let m = sink.with_subject("DOWN: Nightly backup");
+        async move { (!m.is_empty()).then_some(m) }
+    })
+    .await;
+    assert_eq!(mails.len(), 1);
+    let mail = &mails[0];
+    for needle in [
+        "To: ops@example.com",
+        "Monitor:       backup",
+        "namespace default",
+        "no ping for",
+        "Last ping:",
+        "Expected by:",
+        "heartbeat-backup.url",
+    ] {
+        assert!(mail.contains(needle), "missing {needle:?} in\n{mail}");
+    }
+    let token = url.rsplit('/').nth(1).unwrap();
+    assert!(!mail.contains(token), "the token leaked into the email");
+
+    let r = reqwest::Client::new()
+        .post(&url)
+        .body("backup finished: 42 files")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for("one RECOVERED email", Duration::from_secs(15), || {
+        let n = sink.with_subject("RECOVERED: Nightly backup").len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        sink.with_subject("DOWN").len(),
+        1,
+        "a second DOWN email was sent"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_outage_is_retried_and_delivered_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = SmtpSink::reserve(dir.path());
+    let s = start(
+        &[("hb.yaml", heartbeat_manifest("report", "1s", "0s", EMAIL))],
+        Some(sink.url()),
+    )
+    .await;
+    let admin = std::fs::read_to_string(s.data.join("tokens/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    reqwest::get(ping_url(&s.data, "report")).await.unwrap();
+    wait_state(&s.base, &admin, "report", "Down", Duration::from_secs(10)).await;
+    let base = s.base.clone();
+    wait_for("a failed delivery attempt", Duration::from_secs(15), || {
+        let base = base.clone();
+        async move {
+            metric(
+                &base,
+                "hartslag_alert_deliveries_total{outcome=\"retried\"}",
+            )
+            .await
+            .filter(|v| *v >= 2.0)
+        }
+    })
+    .await;
+    assert!(sink.messages().is_empty());
+    sink.run().await;
+    wait_for(
+        "the DOWN email after SMTP returned",
+        Duration::from_secs(20),
+        || {
+            let n = sink.with_subject("DOWN: report").len();
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
+    let base = s.base.clone();
+    wait_for("an empty outbox", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move {
+            metric(&base, "hartslag_alert_deliveries_pending")
+                .await
+                .filter(|v| *v == 0.0)
+        }
+    })
+    .await;
+    assert_eq!(sink.with_subject("DOWN: report").len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_monitors_answer_paused_and_never_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let s = start(
+        &[(
+            "hb.yaml",
+            heartbeat_manifest("sleepy", "1s", "0s", &format!("  paused: true\n{EMAIL}")),
+        )],
+        Some(sink.url()),
+    )
+    .await;
+    let admin = std::fs::read_to_string(s.data.join("tokens/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let url = ping_url(&s.data, "sleepy");
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "paused"})
+    );
+    let r = reqwest::Client::new()
+        .post(url.replace("/ping", "/fail"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "paused"})
+    );
+    // Let several intervals pass on the wall clock.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    wait_for("four seconds", Duration::from_secs(10), || async move {
+        (std::time::Instant::now() >= until).then_some(())
+    })
+    .await;
+    let m = crate::helpers::monitor_status(&s.base, &admin, "sleepy")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            m["state"].as_str(),
+            m["status"].as_str(),
+            m["pings"].as_u64()
+        ),
+        (Some("Paused"), Some("paused"), Some(2))
+    );
+    assert_eq!(
+        metric(&s.base, "hartslag_alerts_total{kind=\"down\"}").await,
+        Some(0.0)
+    );
+    assert!(sink.messages().is_empty());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_endpoints_record_what_the_job_sent() {
+    let s = start(
+        &[("hb.yaml", heartbeat_manifest("job", "1h", "5m", ""))],
+        None,
+    )
+    .await;
+    let url = ping_url(&s.data, "job");
+    let base_url = url.trim_end_matches("/ping").to_string();
+    let c = reqwest::Client::new();
+
+    let r = c.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("{base_url}/start")).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    let r = c
+        .post(format!("{url}?exit_code=0"))
+        .header("User-Agent", "x".repeat(300))
+        .header("X-Forwarded-For", "203.0.113.7, 10.0.0.1")
+        .body("é".repeat(6000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let key = "default/job";
+    let m = s.core.engine.get(key).unwrap();
+    assert_eq!(m.state.state.as_str(), "Up");
+    let pings = s.core.engine.pings(m.num, 10).unwrap();
+    assert_eq!(pings.len(), 3);
+    let last = &pings[0];
+    assert_eq!(last.seq, 3, "newest first");
+    assert_eq!(last.source.as_deref(), Some("203.0.113.7"));
+    assert_eq!(last.user_agent.as_ref().unwrap().chars().count(), 200);
+    assert!(
+        last.body.as_ref().unwrap().len() <= 10 * 1024
+            && last.body.as_ref().unwrap().len() > 10_000
+    );
+    assert!(last.duration_ms.is_some(), "a /start preceded it");
+    assert_eq!(pings[2].source.as_deref(), Some("127.0.0.1"));
+
+    let r = c.get(format!("{url}?exit_code=3")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let m = s.core.engine.get(key).unwrap();
+    assert_eq!(
+        m.state.state.as_str(),
+        "Down",
+        "a non-zero exit code is a failure"
+    );
+    let r = c.get(format!("{url}?exit_code=nope")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit_code")
+    );
+
+    for bad in [
+        "/v1/heartbeats/hsh_unknown/ping",
+        "/v1/heartbeats/x/start",
+        "/v1/heartbeats/x/fail",
+    ] {
+        let r = c.post(format!("{}{bad}", s.base)).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"error": "heartbeat not found"})
+        );
+    }
+    // An application token is not a ping token.
+    let r = c
+        .get(format!(
+            "{}/v1/heartbeats/{}/ping",
+            s.base,
+            std::fs::read_to_string(s.data.join("tokens/admin.token"))
+                .unwrap()
+                .trim()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // History is bounded (ping_history = 5 here).
+    for _ in 0..6 {
+        c.get(&url).send().await.unwrap();
+    }
+    let pings = s.core.engine.pings(m.num, 100).unwrap();
+    assert_eq!(
+        pings.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        vec![10, 9, 8, 7, 6]
+    );
+    let text = crate::helpers::metrics_text(&s.base).await;
+    assert!(
+        text.contains("hartslag_pings_total{kind=\"success\"} 8"),
+        "{text}"
+    );
+    assert!(text.contains("hartslag_monitors{state=\"Up\"} 1"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_receives_down_and_recovery() {
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let extra = format!("  alerts:\n    webhook: {hook}\n");
+    let s = start(
+        &[("hb.yaml", heartbeat_manifest("etl", "1s", "0s", &extra))],
+        None,
+    )
+    .await;
+    let url = ping_url(&s.data, "etl");
+    reqwest::Client::new()
+        .post(format!("{url}?exit_code=2"))
+        .send()
+        .await
+        .unwrap();
+    let r = received.clone();
+    wait_for("the down webhook", Duration::from_secs(10), || {
+        let n = r.lock().unwrap().len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    reqwest::get(&url).await.unwrap();
+    let r = received.clone();
+    wait_for("the recovery webhook", Duration::from_secs(10), || {
+        let n = r.lock().unwrap().len();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got[0]["event"], "down");
+    assert!(got[0]["text"].as_str().unwrap().contains("DOWN: etl"));
+    assert!(got[0]["reason"].as_str().unwrap().contains("exit code 2"));
+    assert_eq!(got[1]["event"], "recovery");
+    assert_eq!(got[0]["monitor"]["name"], "etl");
+    s.stop().await;
+}
+
+fn write_manifests(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let m = dir.join("manifests");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(m.join("hb.yaml"), text).unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_down_and_delivery_delivers_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = SmtpSink::reserve(dir.path());
+    let manifests = write_manifests(
+        dir.path(),
+        &heartbeat_manifest("nightly", "1s", "0s", EMAIL),
+    );
+    let data = dir.path().join("data");
+    let args = [
+        "--smtp-url",
+        &sink.url(),
+        "--min-interval",
+        "1s",
+        "--alert-retry-base",
+        "1s",
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = ChildServer::start(&manifests, &data, &args).await;
+    let admin = std::fs::read_to_string(data.join("tokens/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    reqwest::get(ping_url(&data, "nightly")).await.unwrap();
+    wait_state(
+        &server.base,
+        &admin,
+        "nightly",
+        "Down",
+        Duration::from_secs(10),
+    )
+    .await;
+    let base = server.base.clone();
+    wait_for("a failed delivery attempt", Duration::from_secs(15), || {
+        let base = base.clone();
+        async move {
+            metric(
+                &base,
+                "hartslag_alert_deliveries_total{outcome=\"retried\"}",
+            )
+            .await
+            .filter(|v| *v >= 1.0)
+        }
+    })
+    .await;
+    server.kill9();
+    sink.run().await;
+    let server = ChildServer::start(&manifests, &data, &args).await;
+    wait_for(
+        "the DOWN email after restart",
+        Duration::from_secs(20),
+        || {
+            let n = sink.with_subject("DOWN: nightly").len();
+            async move { (n >= 1).then_some(()) }
+        },
+    )
+    .await;
+    let base = server.base.clone();
+    wait_for("an empty outbox", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move {
+            metric(&base, "hartslag_alert_deliveries_pending")
+                .await
+                .filter(|v| *v == 0.0)
+        }
+    })
+    .await;
+    assert_eq!(sink.with_subject("DOWN: nightly").len(), 1);
+    assert_eq!(
+        metric(&server.base, "hartslag_alerts_total{kind=\"down\"}").await,
+        Some(0.0),
+        "the restarted process raised the alert again"
+    );
+    let m = crate::helpers::monitor_status(&server.base, &admin, "nightly")
+        .await
+        .unwrap();
+    assert_eq!(m["state"], "Down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overdue_while_stopped_alerts_once_and_edits_keep_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let manifests = write_manifests(dir.path(), &heartbeat_manifest("cron", "2s", "1s", EMAIL));
+    let data = dir.path().join("data");
+    let args = [
+        "--smtp-url",
+        &sink.url(),
+        "--min-interval",
+        "1s",
+        "--alert-retry-base",
+        "1s",
+    ]
+    .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = ChildServer::start(&manifests, &data, &args).await;
+    let admin = std::fs::read_to_string(data.join("tokens/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let url = ping_url(&data, "cron");
+    for _ in 0..3 {
+        reqwest::get(&url).await.unwrap();
+    }
+    server.kill9();
+    // Stay down past deadline + grace.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    wait_for(
+        "the deadline to pass while stopped",
+        Duration::from_secs(10),
+        || async move { (std::time::Instant::now() >= until).then_some(()) },
+    )
+    .await;
+    let server = ChildServer::start(&manifests, &data, &args).await;
+    wait_state(
+        &server.base,
+        &admin,
+        "cron",
+        "Down",
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_for("one DOWN email", Duration::from_secs(15), || {
+        let n = sink.with_subject("DOWN: cron").len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    let base = server.base.clone();
+    wait_for("an empty outbox", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move {
+            metric(&base, "hartslag_alert_deliveries_pending")
+                .await
+                .filter(|v| *v == 0.0)
+        }
+    })
+    .await;
+    drop(server);
+
+    // Edit the manifest (longer interval) and restart: state, counts and history survive.
+    std::fs::write(
+        manifests.join("hb.yaml"),
+        heartbeat_manifest("cron", "1h", "5m", EMAIL),
+    )
+    .unwrap();
+    let server = ChildServer::start(&manifests, &data, &args).await;
+    let m = crate::helpers::monitor_status(&server.base, &admin, "cron")
+        .await
+        .unwrap();
+    assert_eq!(m["interval_secs"], 3600);
+    assert_eq!(m["pings"], 3);
+    assert_eq!(
+        m["state"], "Down",
+        "a longer interval does not pretend the job ran"
+    );
+    let token = |u: &str| u.rsplit('/').nth(1).unwrap().to_string();
+    assert_eq!(
+        token(&ping_url(&data, "cron")),
+        token(&url),
+        "the token survives restarts"
+    );
+    reqwest::get(ping_url(&data, "cron")).await.unwrap();
+    let m = wait_state(&server.base, &admin, "cron", "Up", Duration::from_secs(5)).await;
+    assert_eq!(m["pings"], 4);
+    wait_for("one RECOVERED email", Duration::from_secs(15), || {
+        let n = sink.with_subject("RECOVERED: cron").len();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        sink.with_subject("DOWN: cron").len(),
+        1,
+        "restarts must not repeat the alert"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_timeline_is_recorded_newest_first_and_stays_bounded() {
+    let s = start(
+        &[("hb.yaml", heartbeat_manifest("flip", "1h", "5m", ""))],
+        None,
+    )
+    .await;
+    let key = "default/flip";
+    for i in 0..300 {
+        s.core.engine.set_paused(key, i % 2 == 0).await.unwrap();
+    }
+    let m = s.core.engine.get(key).unwrap();
+    let timeline = s.core.engine.transitions(m.num, 10_000).unwrap();
+    assert!(
+        (190..=250).contains(&timeline.len()),
+        "bounded to the newest ~200: {}",
+        timeline.len()
+    );
+    assert!(
+        timeline.windows(2).all(|w| w[0].at >= w[1].at),
+        "newest first"
+    );
+    assert_eq!(
+        timeline[0].to, m.state.state,
+        "the newest entry is the current state"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_pings_to_one_monitor_is_stored_whole_across_kill_9() {
+    // Concurrent pings of one monitor share engine rounds, whose monitor record is written
+    // once with its last state: every acknowledged ping must still count after kill -9.
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = write_manifests(dir.path(), &heartbeat_manifest("burst", "1h", "5m", ""));
+    let data = dir.path().join("data");
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let admin = std::fs::read_to_string(data.join("tokens/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let url = ping_url(&data, "burst");
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let r = client.post(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    server.kill9();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let m = crate::helpers::monitor_status(&server.base, &admin, "burst")
+        .await
+        .unwrap();
+    assert_eq!(m["pings"], 320, "{m}");
+    assert_eq!(m["state"], "Up", "{m}");
+}
+
+/// A ping answered in the same engine round as the deletion of its retained monitor is
+/// kept with the monitor's history. Every ping and delete is sent before any is awaited,
+/// so the engine takes most pairs into one round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_history() {
+    use hartslag::config::ServerConfig;
+    use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+    use hartslag::core::token::TokenHash;
+    use hartslag::server::Core;
+
+    let dir = tempfile::tempdir().unwrap();
+    let core = Core::open(ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+    ))
+    .unwrap();
+    let engine = &core.engine;
+    let now = jiff::Timestamp::now();
+    const MONITORS: usize = 50;
+    for i in 0..MONITORS {
+        engine
+            .upsert(MonitorDef {
+                key: format!("ns/m{i}"),
+                id: format!("{i:016x}"),
+                namespace: "ns".into(),
+                name: format!("m{i}"),
+                display_name: None,
+                interval_secs: 3600,
+                grace_secs: 0,
+                paused: false,
+                targets: Vec::new(),
+                application: None,
+                token: TokenHash::of(&format!("t{i}")),
+                ping_hint: String::new(),
+                origin: Origin::Api,
+                retain_on_delete: true,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+    }
+    let keys: Vec<String> = (0..MONITORS).map(|i| format!("ns/m{i}")).collect();
+    let calls = keys.iter().flat_map(|key| {
+        let input = PingInput {
+            kind: PingKind::Success,
+            exit_code: None,
+            source: None,
+            user_agent: None,
+            body: None,
+        };
+        [
+            futures::future::Either::Left(async move { engine.ping(key, input).await.map(|_| ()) }),
+            futures::future::Either::Right(engine.remove(key)),
+        ]
+    });
+    for result in futures::future::join_all(calls).await {
+        result.unwrap();
+    }
+    for key in &keys {
+        let retained = engine.retained(key).unwrap();
+        assert_eq!(
+            retained.state.pings, 1,
+            "{key}: the tombstone counts the ping"
+        );
+        let history = engine.pings(retained.num, 10).unwrap();
+        assert_eq!(
+            history.len(),
+            1,
+            "{key}: the answered ping is in its history"
+        );
+    }
+}
