@@ -118,7 +118,7 @@ async fn install(registry: &Registry, current: &mut Option<TokenHash>, token: To
 /// the Secret when it is missing (or deleted), then follows it through a watch.
 pub async fn keep_in_sync(api: Api<Secret>, name: String, registry: Registry) {
     let mut current: Option<TokenHash> = None;
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let config = super::caches::watch_config().fields(&format!("metadata.name={name}"));
     let mut events = watcher::watcher(api.clone(), config)
         .default_backoff()
         .boxed();

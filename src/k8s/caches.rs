@@ -34,6 +34,15 @@ pub fn slim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// A watch configuration whose requests end after 5 to 10 minutes, chosen per watch, as
+/// client-go's informers do: fewer re-watches than kube's default of 290 s, and spread so
+/// that watches started together do not restart together. A watch that goes silent for
+/// longer is treated as broken and restarted.
+pub fn watch_config() -> watcher::Config {
+    let secs = 300.0 + 300.0 * super::context::jitter();
+    watcher::Config::default().timeout(secs as u32)
+}
+
 /// Which list of a scope was (re)loaded: the orphan sweep runs after each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Relisted {
@@ -130,9 +139,9 @@ impl Caches {
     /// Waits until every cache holds its first complete list.
     pub async fn wait_synced(&self) {
         for s in &self.scopes {
-            let _ = s.applications.wait_until_ready().await;
-            let _ = s.heartbeats.wait_until_ready().await;
-            let _ = s.secrets.wait_until_ready().await;
+            listed(&s.applications).await;
+            listed(&s.heartbeats).await;
+            listed(&s.secrets).await;
         }
         self.synced.store(true, Ordering::Release);
     }
@@ -141,6 +150,20 @@ impl Caches {
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
+}
+
+/// Waits until `store` holds its first complete list. A store wakes only the most recent
+/// of several waiters (the controller waits on the same store), so look again now and then
+/// instead of trusting the wake-up.
+async fn listed<K>(store: &Store<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let again = std::time::Duration::from_millis(200);
+    while tokio::time::timeout(again, store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }
 
 /// A watch on `api` feeding `writer`: slimmed objects, backoff on errors, and a note on

@@ -182,9 +182,12 @@ impl MonitorCatalogue for KubernetesCatalogue {
                 Err(kube::Error::Api(s)) if s.code == 404 => return Err(CatalogueError::NotFound),
                 Err(e) => return Err(unavailable(e)),
             }
-            let key = monitor.def.key.clone();
+            let (key, d) = (monitor.def.key.clone(), &monitor.def);
+            // Gone from the engine and, once its finalizer is off, from the API server.
             self.wait("removed it", || {
-                self.ctx.core.engine.get(&key).is_none().then_some(())
+                let gone = self.ctx.core.engine.get(&key).is_none()
+                    && self.ctx.caches.heartbeat(&d.namespace, &d.name).is_none();
+                gone.then_some(())
             })
             .await
         })

@@ -146,7 +146,7 @@ fn scope(
     // not wake the reconcilers.
     let hb_stream = caches::reflect(
         apis::<Heartbeat>(client, ns.as_deref()),
-        watcher::Config::default(),
+        caches::watch_config(),
         hb_writer,
         Some((relisted.clone(), Relisted::Heartbeats(ns.clone()))),
     )
@@ -156,7 +156,7 @@ fn scope(
     );
     let app_stream = caches::reflect(
         apis::<Application>(client, ns.as_deref()),
-        watcher::Config::default(),
+        caches::watch_config(),
         app_writer,
         Some((relisted.clone(), Relisted::Applications(ns.clone()))),
     )
@@ -166,7 +166,7 @@ fn scope(
     );
     let secrets_root = watcher::watcher(
         apis::<Secret>(client, ns.as_deref()),
-        watcher::Config::default().labels(TOKEN_LABEL),
+        caches::watch_config().labels(TOKEN_LABEL),
     )
     .default_backoff()
     .modify(caches::slim)
@@ -222,12 +222,13 @@ fn scope(
     }
 }
 
-/// Keeps [`Instances`] up to date from the operator Leases of the whole cluster.
-async fn watch_instances(client: Client, ctx: Arc<Context>) {
+/// Keeps [`Instances`] up to date from the operator Leases of the whole cluster; `looked`
+/// turns true once the first list is in (or the Leases cannot be read at all).
+async fn watch_instances(client: Client, ctx: Arc<Context>, looked: watch::Sender<bool>) {
     let api: Api<Lease> = Api::all(client);
     let (store, writer) = reflector::store::<Lease>();
     let selector = format!("{}={}", LEASE_LABEL.0, LEASE_LABEL.1);
-    let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
+    let mut events = watcher::watcher(api, caches::watch_config().labels(&selector))
         .default_backoff()
         .modify(caches::slim)
         .reflect(writer)
@@ -237,16 +238,21 @@ async fn watch_instances(client: Client, ctx: Arc<Context>) {
     loop {
         tokio::select! {
             ev = events.next() => match ev {
-                Some(Err(e)) => tracing::warn!(error = %e, "cannot watch operator Leases; overlapping installations are not detected"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot watch operator Leases; overlapping installations are not detected");
+                    looked.send_replace(true);
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    looked.send_replace(true);
+                }
                 Some(Ok(_)) => {}
                 None => return,
             },
             _ = tick.tick() => {}
         }
-        if store.wait_until_ready().await.is_ok() {
-            let claims = store.state().iter().filter_map(|l| Claim::of(l)).collect();
-            ctx.instances.set_others(claims);
-        }
+        // Before the first complete list the store is empty: nobody else is known yet.
+        let claims = store.state().iter().filter_map(|l| Claim::of(l)).collect();
+        ctx.instances.set_others(claims);
     }
 }
 
@@ -341,9 +347,17 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         .set(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
     register_metrics(&ctx);
 
+    // Know the other installations before reconciling anything, so that a newer one never
+    // touches a namespace an older one reconciles.
+    let (looked_tx, mut looked) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn(watch_instances(
+        client.clone(),
+        ctx.clone(),
+        looked_tx,
+    ))];
+    let _ = looked.wait_for(|l| *l).await;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = vec![
-        tokio::spawn(watch_instances(client.clone(), ctx.clone())),
+    tasks.extend([
         tokio::spawn(status::writer::run(
             ctx.clone(),
             status_inbox,
@@ -356,7 +370,7 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
             config.admin.name.clone(),
             core.registry.clone(),
         )),
-    ];
+    ]);
     for (part, triggers) in parts.drain(..).zip(trigger_rxs) {
         tracing::info!(
             namespace = part.caches.namespace.as_deref().unwrap_or("<all>"),
@@ -365,9 +379,11 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         tasks.extend((part.run)(ctx.clone(), triggers, stop_rx.clone()));
     }
     core.spawn_retention(Duration::from_secs(3600));
-
+    tracing::debug!("controllers started");
     ctx.caches.wait_synced().await;
+    tracing::info!("watch caches hold their first complete lists");
     orphans::sweep(&ctx).await;
+    tracing::info!("removed what vanished while the operator was down");
     tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relist_rx)));
     drop(relist_tx);
 

@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{ReconcileError, Step, Stop, resync, secret_stop, settle};
+use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle};
 use crate::core::registry::{RegistryError, object_key};
 use crate::core::spec::{ApplicationSpec, DeletionPolicy};
 use crate::core::token::TokenKind;
@@ -72,7 +72,7 @@ async fn apply(app: &Application, ctx: &Context, ns: &str) -> Result<Action, Rec
             };
             settle(ctx, &target, uid, live, verdict).await;
             Ok(if retry {
-                Action::requeue(ctx.retries.next(&target))
+                recheck(ctx, &target)
             } else {
                 ctx.retries.reset(&target);
                 Action::await_change()

@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{ReconcileError, Step, Stop, resync, secret_stop, settle};
+use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle};
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::define::{DeclaredHeartbeat, ping_url};
 use crate::core::monitor::engine::{MonitorDef, Origin};
@@ -59,6 +59,7 @@ async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reconc
     let key = object_key(ns, &name);
     let generation = hb.metadata.generation;
     let live = hb.status.as_ref().map(|s| s.conditions.as_slice());
+    tracing::debug!(object = %target, ?generation, "reconciling");
     match steps(hb, ctx, ns, &name).await {
         Ok(secret) => {
             ctx.retries.reset(&target);
@@ -77,7 +78,7 @@ async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reconc
             };
             settle(ctx, &target, hb.metadata.uid.clone(), live, verdict).await;
             Ok(if retry {
-                Action::requeue(ctx.retries.next(&target))
+                recheck(ctx, &target)
             } else {
                 ctx.retries.reset(&target);
                 Action::await_change()

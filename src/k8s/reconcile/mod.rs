@@ -166,6 +166,15 @@ pub fn resync() -> Action {
     Action::requeue(spread(RESYNC))
 }
 
+/// Longest wait before a refusal that may lift by itself is checked again: someone who just
+/// annotated their Secret or fixed RBAC should not wait minutes.
+pub const RECHECK_AT_MOST: Duration = Duration::from_secs(60);
+
+/// Requeue after a refusal with `retry`: backoff with jitter, capped at [`RECHECK_AT_MOST`].
+pub fn recheck(ctx: &Context, target: &Target) -> Action {
+    Action::requeue(ctx.retries.next(target).min(spread(RECHECK_AT_MOST)))
+}
+
 /// The Ready condition's reason on the live object, if any.
 fn live_ready_reason(
     conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
