@@ -16,7 +16,8 @@ use super::caches::Caches;
 use super::instances::Instances;
 use super::status::{StatusQueue, Target, Verdict};
 use super::triggers::Triggers;
-use crate::server::Core;
+use crate::config::ServerConfig;
+use crate::core::Services;
 
 /// How often every object is reconciled even when nothing changed, before jitter. With
 /// watch caches a resync costs no API request; it repairs what a missed event left behind.
@@ -178,8 +179,10 @@ impl QuotaLocks {
 
 /// Shared state of the controllers.
 pub struct Context {
-    /// The core.
-    pub core: Core,
+    /// The core's services.
+    pub core: Services,
+    /// The process configuration.
+    pub config: ServerConfig,
     /// Kubernetes client.
     pub client: Client,
     /// Watch caches: the live objects.
@@ -204,7 +207,8 @@ pub struct Context {
 impl Context {
     /// A context; `instance` names this process in Events.
     pub fn new(
-        core: Core,
+        core: Services,
+        config: ServerConfig,
         client: Client,
         caches: Caches,
         status: StatusQueue,
@@ -218,6 +222,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             core,
+            config,
             client,
             caches,
             verdicts: Verdicts::default(),

@@ -31,7 +31,8 @@ use super::status::{self, StatusQueue, WriterConfig};
 use super::triggers::{TriggerStream, Triggers};
 use super::{OperatorError, admin, catalogue, orphans, transitions};
 use crate::config::ServerConfig;
-use crate::server::{Core, shutdown_signal};
+use crate::core::metrics::MetricRegistry;
+use crate::server::{Server, shutdown_signal};
 
 /// Reconciles of one kind running at once per scope: enough to activate a thousand
 /// Heartbeats in seconds, few enough not to flood the API server.
@@ -269,28 +270,56 @@ async fn keep_sweeping(ctx: Arc<Context>, mut relisted: mpsc::UnboundedReceiver<
     }
 }
 
-fn register_metrics(ctx: &Arc<Context>) {
-    let ctx = ctx.clone();
-    let metrics = ctx.core.metrics.clone();
-    metrics.register(move |out| {
-        use std::fmt::Write as _;
+fn register_metrics(registry: &mut MetricRegistry, ctx: &Arc<Context>) {
+    registry.register_with_unit(
+        "hartslag_status_lag",
+        "Time from a Heartbeat state transition to its status write",
+        prometheus_client::registry::Unit::Seconds,
+        ctx.stats.status_lag.clone(),
+    );
+    registry.register_collector(Box::new(Counters(ctx.clone())));
+}
+
+/// The operator's counters, read from the context at each scrape.
+struct Counters(Arc<Context>);
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for Counters {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
         use std::sync::atomic::Ordering::Relaxed;
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_status_patches_total Status writes sent to the API server.\n# TYPE hartslag_status_patches_total counter\nhartslag_status_patches_total {}",
-            ctx.stats.status_writes.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_reconcile_errors_total Reconciles that failed and were retried with backoff.\n# TYPE hartslag_reconcile_errors_total counter\nhartslag_reconcile_errors_total {}",
-            ctx.stats.reconcile_errors.load(Relaxed)
-        );
-        ctx.stats.status_lag.render(
-            "hartslag_status_lag_seconds",
-            "Time from a Heartbeat state transition to its status write.",
-            out,
-        );
-    });
+        let stats = &self.0.stats;
+        for (name, help, value) in [
+            (
+                "hartslag_status_patches",
+                "Status writes sent to the API server.",
+                stats.status_writes.load(Relaxed),
+            ),
+            (
+                "hartslag_reconcile_errors",
+                "Reconciles that failed and were retried with backoff.",
+                stats.reconcile_errors.load(Relaxed),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs the operator until SIGTERM (or until another instance takes the Lease).
@@ -313,7 +342,8 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         })
         .await?;
 
-    let core = Core::open(config.server.clone())?;
+    let mut server = Server::open(config.server.clone())?;
+    let core = server.core.clone();
     let me = Claim {
         lease: format!("{lease_ns}/{lease_name}"),
         holder: Some(identity),
@@ -336,16 +366,15 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     let (status_queue, status_inbox) = StatusQueue::new();
     let ctx = Arc::new(Context::new(
         core.clone(),
+        server.config.clone(),
         client.clone(),
         caches,
         status_queue.clone(),
         Instances::new(me),
         triggers,
     ));
-    let _ = core
-        .catalogue
-        .set(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
-    register_metrics(&ctx);
+    server.set_catalogue(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
+    register_metrics(server.metrics(), &ctx);
 
     // Know the other installations before reconciling anything, so that a newer one never
     // touches a namespace an older one reconciles.
@@ -387,7 +416,7 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relist_rx)));
     drop(relist_tx);
 
-    let listener = core.bind().await?;
+    let listener = server.bind().await?;
     // Stop on SIGTERM, or at once when another instance took the Lease.
     let lost_reason = Arc::new(std::sync::Mutex::new(None::<String>));
     let shutdown = {
@@ -404,7 +433,7 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
             let _ = stop_tx.send(true);
         }
     };
-    let served = core.serve(listener, shutdown).await;
+    let served = server.serve(listener, shutdown).await;
     for t in tasks {
         t.abort();
     }

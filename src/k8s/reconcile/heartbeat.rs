@@ -91,7 +91,7 @@ async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reconc
 /// The steps that end in an armed monitor; returns the Secret holding its token.
 async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<String, Stop> {
     let spec = &hb.spec.spec;
-    validate(spec, ctx.core.config.min_interval)?;
+    validate(spec, ctx.config.min_interval)?;
     let app = application(&ctx.core.registry, ns, spec)?;
     let key = object_key(ns, name);
     // Held until the monitor is active, so two new monitors cannot both take the last slot.
@@ -116,7 +116,7 @@ async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<St
         app: app.as_deref(),
         token: ensured.token.hash(),
         secret: &secret_name,
-        default_webhook: ctx.core.config.webhook_url.as_deref(),
+        default_webhook: ctx.config.webhook_url.as_deref(),
         existing: existing.as_ref().map(|m| &m.def),
         now: Timestamp::now(),
     });
@@ -191,7 +191,7 @@ async fn token_secret(
     let owner = hb
         .controller_owner_ref(&())
         .ok_or(ReconcileError::Incomplete("uid"))?;
-    let base = ctx.core.config.base_url().to_string();
+    let base = ctx.config.base_url().to_string();
     let url = move |t: &crate::core::token::Token| Some(ping_url(&base, t.expose()));
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let cached = ctx.caches.secret(ns, secret_name);
