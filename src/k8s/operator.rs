@@ -1,14 +1,17 @@
 //! The operator's assembly, in the order that keeps it safe:
 //!
-//! 1. take the Lease (one instance runs the controllers and the scheduler);
-//! 2. open the core;
-//! 3. start the watch caches and the controllers, and wait for the first complete lists;
-//! 4. remove monitors whose resource vanished while the operator was down, before the
-//!    service reports ready;
-//! 5. serve until SIGTERM or until another instance took the Lease, then stop the
+//! 1. bind the HTTP port at once: it answers 503 with `Retry-After` until the database is
+//!    open, so a restart looks like a short wait to clients, not a refused connection;
+//! 2. take the Lease (one instance runs the controllers and the scheduler);
+//! 3. open the core with monitor deadlines held;
+//! 4. start the watch caches and the controllers;
+//! 5. once the caches hold complete lists, remove what vanished while the operator was
+//!    down, release the deadlines and report ready (`/readyz`);
+//! 6. serve until SIGTERM or until another instance took the Lease, then stop the
 //!    controllers, flush the store and release the Lease.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -24,7 +27,7 @@ use super::caches::{self, Caches, Relisted, ScopeCaches};
 use super::context::Context;
 use super::crd::{Application, Heartbeat};
 use super::instances::{Claim, Instances, LEASE_LABEL, SCOPE_ANNOTATION, Scope};
-use super::lease::{Elector, LeaseSettings};
+use super::lease::{Elector, Leadership, LeaseSettings};
 use super::reconcile::{self, error_policy};
 use super::secrets::TOKEN_LABEL;
 use super::status::{self, StatusQueue, WriterConfig};
@@ -32,7 +35,7 @@ use super::triggers::{TriggerStream, Triggers};
 use super::{OperatorError, admin, catalogue, orphans, transitions};
 use crate::config::ServerConfig;
 use crate::core::metrics::MetricRegistry;
-use crate::server::{Server, shutdown_signal};
+use crate::server::{Server, bind_early, shutdown_signal};
 
 /// Reconciles of one kind running at once per scope: enough to activate a thousand
 /// Heartbeats in seconds, few enough not to flood the API server.
@@ -322,48 +325,69 @@ impl prometheus_client::collector::Collector for Counters {
     }
 }
 
-/// Runs the operator until SIGTERM (or until another instance takes the Lease).
-pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
-    let client = Client::try_default().await?;
-    let scope_claim = Scope::of(&config.namespaces);
-    let (lease_ns, lease_name) = config.lease.clone();
-    let mut settings = LeaseSettings::new(&lease_ns, &lease_name, &super::lease::identity());
+fn lease_settings(config: &OperatorConfig, scope: &Scope) -> LeaseSettings {
+    let (ns, name) = &config.lease;
+    let mut settings = LeaseSettings::new(ns, name, &super::lease::identity());
     settings
         .labels
         .insert(LEASE_LABEL.0.into(), LEASE_LABEL.1.into());
     settings
         .annotations
-        .insert(SCOPE_ANNOTATION.into(), scope_claim.annotation());
-    let identity = settings.identity.clone();
-    tracing::info!(lease = %format!("{lease_ns}/{lease_name}"), %identity, "waiting for the Lease");
-    let leadership = Elector::new(client.clone(), settings)
-        .acquire(|holder| {
-            tracing::warn!(%holder, "another instance holds the Lease; waiting until it stops or lets go")
-        })
-        .await?;
+        .insert(SCOPE_ANNOTATION.into(), scope.annotation());
+    settings
+}
 
-    let mut server = Server::open(config.server.clone())?;
-    let core = server.core.clone();
-    let me = Claim {
-        lease: format!("{lease_ns}/{lease_name}"),
-        holder: Some(identity),
-        scope: scope_claim,
-        created: leadership.created().unwrap_or_else(jiff::Timestamp::now),
-        renewed: Some(jiff::Timestamp::now()),
-    };
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Takes the Lease, or gives up (`None`) when asked to stop first.
+async fn take_lease(
+    client: &Client,
+    settings: LeaseSettings,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<Leadership>, OperatorError> {
+    tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.name), identity = %settings.identity, "waiting for the Lease");
+    let acquire = Elector::new(client.clone(), settings).acquire(|holder| {
+        tracing::warn!(%holder, "another instance holds the Lease; waiting until it stops or lets go")
+    });
+    tokio::select! {
+        l = acquire => Ok(Some(l?)),
+        _ = stopped(stop) => Ok(None),
+    }
+}
+
+/// What [`start`] hands back to [`run`].
+struct Running {
+    ctx: Arc<Context>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    relisted: mpsc::UnboundedReceiver<Relisted>,
+}
+
+/// Opens the context over `server`, learns the other installations, and starts the
+/// caches, controllers, status writer and Event publisher.
+async fn start(
+    config: &OperatorConfig,
+    client: &Client,
+    server: &mut Server,
+    me: Claim,
+    stop: &watch::Receiver<bool>,
+) -> Running {
     let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
         vec![None]
     } else {
         config.namespaces.iter().cloned().map(Some).collect()
     };
-    let (relist_tx, relist_rx) = mpsc::unbounded_channel();
-    let mut parts: Vec<ScopeTasks> = scopes
+    let (relist_tx, relisted) = mpsc::unbounded_channel();
+    let parts: Vec<ScopeTasks> = scopes
         .iter()
-        .map(|ns| scope(&client, ns.clone(), &relist_tx))
+        .map(|ns| scope(client, ns.clone(), &relist_tx))
         .collect();
     let caches = Caches::new(parts.iter().map(|p| p.caches.clone()).collect());
     let (triggers, trigger_rxs) = Triggers::new(&scopes);
     let (status_queue, status_inbox) = StatusQueue::new();
+    let core = server.core.clone();
     let ctx = Arc::new(Context::new(
         core.clone(),
         server.config.clone(),
@@ -375,7 +399,6 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     ));
     server.set_catalogue(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
     register_metrics(server.metrics(), &ctx);
-
     // Know the other installations before reconciling anything, so that a newer one never
     // touches a namespace an older one reconciles.
     let (looked_tx, mut looked) = watch::channel(false);
@@ -385,7 +408,6 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         looked_tx,
     ))];
     let _ = looked.wait_for(|l| *l).await;
-    let (stop_tx, stop_rx) = watch::channel(false);
     tasks.extend([
         tokio::spawn(status::writer::run(
             ctx.clone(),
@@ -400,40 +422,101 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
             core.registry.clone(),
         )),
     ]);
-    for (part, triggers) in parts.drain(..).zip(trigger_rxs) {
+    for (part, triggers) in parts.into_iter().zip(trigger_rxs) {
         tracing::info!(
             namespace = part.caches.namespace.as_deref().unwrap_or("<all>"),
             "watching Applications and Heartbeats"
         );
-        tasks.extend((part.run)(ctx.clone(), triggers, stop_rx.clone()));
+        tasks.extend((part.run)(ctx.clone(), triggers, stop.clone()));
     }
     core.spawn_retention(Duration::from_secs(3600));
-    tracing::debug!("controllers started");
-    ctx.caches.wait_synced().await;
-    tracing::info!("watch caches hold their first complete lists");
-    orphans::sweep(&ctx).await;
-    tracing::info!("removed what vanished while the operator was down");
-    tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relist_rx)));
-    drop(relist_tx);
+    Running {
+        ctx,
+        tasks,
+        relisted,
+    }
+}
 
-    let listener = server.bind().await?;
-    // Stop on SIGTERM, or at once when another instance took the Lease.
-    let lost_reason = Arc::new(std::sync::Mutex::new(None::<String>));
-    let shutdown = {
-        let lost = leadership.on_lost();
-        let reason = lost_reason.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown_signal() => {}
-                r = lost => {
-                    tracing::error!(reason = %r, "lost the Lease; stopping");
-                    *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-                }
-            }
-            let _ = stop_tx.send(true);
+/// Runs the operator until SIGTERM (or until another instance takes the Lease).
+///
+/// The port answers from the first moment (503 with `Retry-After` while the Lease and the
+/// database are awaited); `/readyz` turns ready once the watch caches are complete and
+/// what vanished during downtime is removed. Monitor deadlines are held until then.
+pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
+    let port = bind_early(config.server.listen).await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop_tx.send_replace(true);
+        });
+    }
+    let client = Client::try_default().await?;
+    let scope_claim = Scope::of(&config.namespaces);
+    let settings = lease_settings(&config, &scope_claim);
+    let me = Claim {
+        lease: format!("{}/{}", settings.namespace, settings.name),
+        holder: Some(settings.identity.clone()),
+        scope: scope_claim,
+        created: jiff::Timestamp::now(),
+        renewed: Some(jiff::Timestamp::now()),
+    };
+    port.waiting_for("the Lease (another instance may hold it)");
+    let Some(leadership) = take_lease(&client, settings, stop.clone()).await? else {
+        port.close()
+            .await
+            .map_err(|e| OperatorError::Server(http_error(&config, e)))?;
+        return Ok(());
+    };
+    port.waiting_for("the database to open");
+    let mut server_config = config.server.clone();
+    server_config.hold_deadlines = true;
+    let mut server = match Server::open(server_config) {
+        Ok(s) => s,
+        Err(e) => {
+            leadership.release().await;
+            return Err(e.into());
         }
     };
-    let served = server.serve(listener, shutdown).await;
+    let ready = Arc::new(AtomicBool::new(false));
+    server.ready_when(ready.clone());
+    let me = Claim {
+        created: leadership.created().unwrap_or(me.created),
+        ..me
+    };
+    let Running {
+        ctx,
+        mut tasks,
+        relisted,
+    } = start(&config, &client, &mut server, me, &stop).await;
+    // Stop on SIGTERM, or at once when another instance took the Lease.
+    let lost_reason = Arc::new(std::sync::Mutex::new(None::<String>));
+    {
+        let (lost, reason, stop_tx) = (leadership.on_lost(), lost_reason.clone(), stop_tx.clone());
+        tokio::spawn(async move {
+            let r = lost.await;
+            tracing::error!(reason = %r, "lost the Lease; stopping");
+            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            stop_tx.send_replace(true);
+        });
+    }
+    let serving = tokio::spawn(server.serve_on(port, stopped(stop.clone())));
+    tokio::select! {
+        _ = ctx.caches.wait_synced() => {
+            tracing::info!("watch caches hold their first complete lists");
+            orphans::sweep(&ctx).await;
+            tracing::info!("removed what vanished while the operator was down");
+            ctx.core.engine.release_deadlines();
+            ready.store(true, Ordering::Release);
+            tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));
+        }
+        _ = stopped(stop.clone()) => {}
+    }
+    let served = serving
+        .await
+        .unwrap_or_else(|e| Err(http_error(&config, std::io::Error::other(e))));
     for t in tasks {
         t.abort();
     }
@@ -449,5 +532,12 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
             served?;
             Ok(())
         }
+    }
+}
+
+fn http_error(config: &OperatorConfig, source: std::io::Error) -> crate::server::ServerError {
+    crate::server::ServerError::Http {
+        addr: config.server.listen.to_string(),
+        source,
     }
 }

@@ -186,6 +186,13 @@ async fn a_second_instance_waits_while_the_lease_is_held_and_takes_over_on_relea
     }
     let log = std::fs::read_to_string(&second.log).unwrap();
     assert!(log.contains("another instance holds the Lease"), "{log}");
+    // Its port answers meanwhile: 503 with Retry-After, saying what it waits for.
+    let waiting = reqwest::get(format!("{}/v1/heartbeats/some-token/ping", second.base))
+        .await
+        .unwrap();
+    assert_eq!(waiting.status(), 503);
+    assert_eq!(waiting.headers()["retry-after"], "5");
+    assert!(waiting.text().await.unwrap().contains("Lease"));
     // Only the holder reconciles: the ping URL points at it.
     let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -293,4 +300,49 @@ async fn overlapping_installations_are_detected_and_only_the_older_reconciles() 
     drop(op);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     let _ = kubectl(&["delete", "namespace", &other_ns, "--wait=false"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn readiness_waits_for_the_watch_caches() {
+    let _serial = SERIAL.lock().await;
+    let (client, ns, namespaces) = prepare("e2e-ready").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let install = Install::new(&ns, &[&ns]);
+    // Take away listing Heartbeats: the Lease and the database are fine, the cache is not.
+    let role = install.fullname.clone();
+    let rules: Value =
+        serde_json::from_str(&kubectl(&["get", "role", &role, "-n", &ns, "-o", "json"])).unwrap();
+    let mut narrowed = rules["rules"].clone();
+    for r in narrowed.as_array_mut().unwrap() {
+        if r["resources"] == json!(["heartbeats"]) {
+            r["verbs"] = json!(["patch", "create", "delete"]);
+        }
+    }
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), &ns);
+    let patch = |rules: &Value| {
+        kube::api::Patch::Merge(json!({ "rules": rules }))
+    };
+    roles
+        .patch(&role, &kube::api::PatchParams::default(), &patch(&narrowed))
+        .await
+        .unwrap();
+    let op = Operator::spawn(&install, &dir.path().join("data"), &sink.url(), free_port(), &[]);
+    wait_for("the database to be open", Duration::from_secs(60), || async {
+        let r = reqwest::get(format!("{}/healthz", op.base)).await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        assert!(!op.ready().await, "ready before its Heartbeat cache was complete");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    roles
+        .patch(&role, &kube::api::PatchParams::default(), &patch(&rules["rules"]))
+        .await
+        .unwrap();
+    op.wait_ready(Duration::from_secs(90)).await;
+    drop(op);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
