@@ -200,10 +200,10 @@ pub struct HeartbeatStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due_at: Option<String>,
     /// Whole intervals missed since the deadline while Down.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_misses: u64,
     /// Pings received, refreshed together with `lastPingAt`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub pings: u64,
     /// Time of the last Down alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,6 +220,10 @@ pub struct HeartbeatStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Both CustomResourceDefinitions as a multi-document YAML stream (`hartslag crd`).

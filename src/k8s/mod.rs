@@ -20,6 +20,8 @@ pub mod orphans;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
+#[cfg(test)]
+pub mod testing;
 pub mod transitions;
 pub mod triggers;
 

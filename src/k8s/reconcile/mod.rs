@@ -9,6 +9,8 @@
 
 pub mod application;
 pub mod heartbeat;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -94,6 +94,34 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::crd::Heartbeat;
+    use crate::k8s::testing::{heartbeat, mock_client};
+
+    #[tokio::test]
+    async fn fields_left_by_another_manager_are_removed_once_after_the_apply() {
+        // The API server keeps `state`, owned by the merge patches of an earlier version.
+        let (client, log) = mock_client(|req| {
+            let mut obj = serde_json::to_value(heartbeat("job", json!({}), &[])).unwrap();
+            obj["status"] = req.body["status"].clone();
+            if req.content_type == "application/apply-patch+yaml" {
+                obj["status"]["state"] = json!("Up");
+            }
+            (200, obj)
+        });
+        let api: Api<Heartbeat> = Api::namespaced(client, "shop");
+        let status: crate::k8s::crd::HeartbeatStatus = serde_json::from_value(json!({"conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": "m", "lastTransitionTime": "2024-01-01T00:00:00Z"}]})).unwrap();
+        assert!(apply_status(&api, "job", &status).await.unwrap());
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].content_type, "application/json-patch+json");
+        assert_eq!(
+            seen[1].body,
+            json!([
+                {"op": "test", "path": "/status/state", "value": "Up"},
+                {"op": "remove", "path": "/status/state"}
+            ])
+        );
+    }
 
     #[test]
     fn leftovers_of_other_managers_are_removed_with_a_test_first() {

@@ -156,24 +156,57 @@ impl Queues {
 }
 
 /// A status to send.
+#[derive(Clone)]
 enum Write {
     Heartbeat(HeartbeatStatus),
     Application(ApplicationStatus),
 }
 
-/// The status Heartbeat `t` should get, if it differs from the live one.
-fn heartbeat_write(ctx: &Context, t: &Target, refresh: Duration) -> Option<HeartbeatStatus> {
+/// What this writer wrote to each object that its watch cache has not shown back yet:
+/// the status, and the `resourceVersion` the cache held when it was written. Until the
+/// cache moves past that version the written status stands for the live one, so a second
+/// look in that window does not write the same status again. An entry goes as soon as the
+/// cache catches up.
+#[derive(Default)]
+struct Unseen(HashMap<Target, (Option<String>, Write)>);
+
+impl Unseen {
+    /// The status written to `t`, while the cache still shows the version `live_rv`.
+    fn live(&mut self, t: &Target, live_rv: &Option<String>) -> Option<Write> {
+        match self.0.get(t) {
+            Some((rv, w)) if rv == live_rv => Some(w.clone()),
+            Some(_) => {
+                self.0.remove(t);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// The status Heartbeat `t` should get, if it differs from the live one (or from what
+/// this writer wrote and the cache does not show yet: `unseen`).
+fn heartbeat_write(
+    ctx: &Context,
+    t: &Target,
+    refresh: Duration,
+    unseen: &mut Unseen,
+) -> Option<(Option<String>, HeartbeatStatus)> {
     let live = ctx.caches.heartbeat(&t.namespace, &t.name)?;
     if live.metadata.deletion_timestamp.is_some() {
         return None;
     }
+    let rv = live.metadata.resource_version.clone();
     let verdict = ctx.verdicts.get(t)?;
     let monitor = ctx
         .core
         .engine
         .get(&t.key())
         .filter(|m| m.def.origin == Origin::Kubernetes);
-    let live_status = live.status.clone().unwrap_or_default();
+    let live_status = match unseen.live(t, &rv) {
+        Some(Write::Heartbeat(st)) => st,
+        _ => live.status.clone().unwrap_or_default(),
+    };
     let conflict = ctx.instances.conflict_note(&t.namespace);
     let want = model::heartbeat_status(HeartbeatInputs {
         verdict: &verdict,
@@ -183,7 +216,7 @@ fn heartbeat_write(ctx: &Context, t: &Target, refresh: Duration) -> Option<Heart
         now: ctx.core.engine.clock().now(),
         refresh,
     })?;
-    (want != live_status).then_some(want)
+    (want != live_status).then_some((rv, want))
 }
 
 /// The counts of Application `key`, when it is registered.
@@ -202,15 +235,24 @@ async fn counts(ctx: &Context, key: &str) -> Option<AppCounts> {
     .ok()
 }
 
-/// The status Application `t` should get, if it differs from the live one.
-async fn application_write(ctx: &Context, t: &Target) -> Option<ApplicationStatus> {
+/// The status Application `t` should get, if it differs from the live one (or from
+/// `unseen`).
+async fn application_write(
+    ctx: &Context,
+    t: &Target,
+    unseen: &mut Unseen,
+) -> Option<(Option<String>, ApplicationStatus)> {
     let live = ctx.caches.application(&t.namespace, &t.name)?;
     if live.metadata.deletion_timestamp.is_some() {
         return None;
     }
+    let rv = live.metadata.resource_version.clone();
     let verdict = ctx.verdicts.get(t)?;
     let counts = counts(ctx, &t.key()).await;
-    let live_status = live.status.clone().unwrap_or_default();
+    let live_status = match unseen.live(t, &rv) {
+        Some(Write::Application(st)) => st,
+        _ => live.status.clone().unwrap_or_default(),
+    };
     let conflict = ctx.instances.conflict_note(&t.namespace);
     let want = model::application_status(ApplicationInputs {
         verdict: &verdict,
@@ -219,25 +261,39 @@ async fn application_write(ctx: &Context, t: &Target) -> Option<ApplicationStatu
         conflict: conflict.as_deref(),
         now: Timestamp::now(),
     });
-    (want != live_status).then_some(want)
+    (want != live_status).then_some((rv, want))
 }
 
-async fn desired(ctx: &Context, t: &Target, refresh: Duration) -> Option<Write> {
+/// What to write to `t`, with the `resourceVersion` it was computed against.
+async fn desired(
+    ctx: &Context,
+    t: &Target,
+    refresh: Duration,
+    unseen: &mut Unseen,
+) -> Option<(Option<String>, Write)> {
     if !ctx.instances.owns(&t.namespace) {
         return None;
     }
     match t.kind {
-        Kind::Heartbeat => heartbeat_write(ctx, t, refresh).map(Write::Heartbeat),
-        Kind::Application => application_write(ctx, t).await.map(Write::Application),
+        Kind::Heartbeat => {
+            heartbeat_write(ctx, t, refresh, unseen).map(|(rv, st)| (rv, Write::Heartbeat(st)))
+        }
+        Kind::Application => application_write(ctx, t, unseen)
+            .await
+            .map(|(rv, st)| (rv, Write::Application(st))),
     }
 }
 
-async fn send(
-    ctx: Arc<Context>,
-    t: Target,
-    lane: Lane,
-    write: Write,
-) -> (Target, Lane, Result<bool, kube::Error>) {
+/// A finished write: the object, why, what was written against which version, the outcome.
+type Sent = (
+    Target,
+    Lane,
+    Option<String>,
+    Write,
+    Result<bool, kube::Error>,
+);
+
+async fn send(ctx: Arc<Context>, t: Target, lane: Lane, rv: Option<String>, write: Write) -> Sent {
     let result = match &write {
         Write::Heartbeat(st) => {
             let api: Api<Heartbeat> = Api::namespaced(ctx.client.clone(), &t.namespace);
@@ -248,7 +304,7 @@ async fn send(
             apply_status(&api, &t.name, st).await
         }
     };
-    (t, lane, result)
+    (t, lane, rv, write, result)
 }
 
 /// Every object in the watch caches.
@@ -317,6 +373,7 @@ pub async fn run(
     let mut inflight = FuturesUnordered::new();
     let mut busy: HashSet<Target> = HashSet::new();
     let mut again: HashMap<Target, Lane> = HashMap::new();
+    let mut unseen = Unseen::default();
     let mut sweep = tokio::time::interval(config.refresh);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -332,7 +389,8 @@ pub async fn run(
                 }
                 continue;
             }
-            let Some(write) = desired(&ctx, &target, config.refresh).await else {
+            let Some((rv, write)) = desired(&ctx, &target, config.refresh, &mut unseen).await
+            else {
                 continue;
             };
             if lane.budgeted()
@@ -343,7 +401,7 @@ pub async fn run(
                 break;
             }
             busy.insert(target.clone());
-            inflight.push(send(ctx.clone(), target, lane, write));
+            inflight.push(send(ctx.clone(), target, lane, rv, write));
         }
         tokio::select! {
             nudge = inbox.recv() => match nudge {
@@ -374,8 +432,11 @@ pub async fn run(
                     queues.push(t, Lane::Refresh);
                 }
             }
-            Some((target, lane, result)) = inflight.next(), if !inflight.is_empty() => {
+            Some((target, lane, rv, write, result)) = inflight.next(), if !inflight.is_empty() => {
                 busy.remove(&target);
+                if result.is_ok() {
+                    unseen.0.insert(target.clone(), (rv, write));
+                }
                 record(&ctx, &target, lane, result, &retry);
                 if let Some(l) = again.remove(&target) {
                     queues.push(target, l);
@@ -389,6 +450,98 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::k8s::status::{Outcome, Refusal, Verdict};
+    use crate::k8s::testing::{Seen, context, heartbeat, mock_client, status_error};
+    use serde_json::{Value, json};
+
+    /// Applies a status by echoing it on the object, as the API server would.
+    fn api(req: &Seen) -> (u16, Value) {
+        if req.method == "PATCH" && req.uri.contains("/status") {
+            let mut obj = serde_json::to_value(heartbeat("job", json!({}), &[])).unwrap();
+            obj["status"] = req.body["status"].clone();
+            return (200, obj);
+        }
+        (500, status_error(500, "unexpected"))
+    }
+
+    #[tokio::test]
+    async fn status_is_applied_server_side_once_and_not_again_when_the_live_object_agrees() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, log) = mock_client(api);
+        let (ctx, mut caches, inbox) = context(dir.path(), client);
+        let hb = heartbeat(
+            "job",
+            json!({"interval": "400d"}),
+            &["hartslag.dev/cleanup"],
+        );
+        caches.heartbeat(&hb);
+        let target = Target::heartbeat("shop", "job");
+        ctx.verdicts.set(
+            &target,
+            Verdict {
+                generation: Some(1),
+                outcome: Outcome::Refused(Refusal::new(
+                    "InvalidSpec",
+                    "spec.interval 400d is out of range",
+                )),
+            },
+        );
+        let config = WriterConfig {
+            refresh: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        tokio::spawn(run(ctx.clone(), inbox, ctx.status.clone(), config));
+        ctx.status.nudge(target.clone(), Lane::Verdict);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "no status write");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent = log.lock().unwrap()[0].clone();
+        assert_eq!(sent.method, "PATCH");
+        assert!(
+            sent.uri
+                .starts_with("/apis/hartslag.dev/v1alpha1/namespaces/shop/heartbeats/job/status?"),
+            "{}",
+            sent.uri
+        );
+        assert!(
+            sent.uri.contains("fieldManager=hartslag") && sent.uri.contains("force=true"),
+            "{}",
+            sent.uri
+        );
+        assert_eq!(sent.content_type, "application/apply-patch+yaml");
+        assert_eq!(
+            (sent.body["apiVersion"].as_str(), sent.body["kind"].as_str()),
+            (Some("hartslag.dev/v1alpha1"), Some("Heartbeat"))
+        );
+        let status = &sent.body["status"];
+        assert_eq!(status["conditions"][0]["reason"], "InvalidSpec");
+        assert!(
+            status.get("state").is_none() && status.get("nextDueAt").is_none(),
+            "{status}"
+        );
+        assert_eq!(status["observedGeneration"], 1);
+
+        // The watch brings the written status back: nudges now find nothing to write.
+        let mut written = hb;
+        written.status = Some(serde_json::from_value(status.clone()).unwrap());
+        caches.heartbeat(&written);
+        ctx.status.nudge(target.clone(), Lane::Verdict);
+        ctx.status.nudge(target, Lane::Refresh);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            log.lock().unwrap().len(),
+            1,
+            "wrote a status equal to the live one"
+        );
+        assert_eq!(
+            ctx.stats
+                .status_writes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_allows_a_burst_then_the_rate() {

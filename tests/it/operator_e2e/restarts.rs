@@ -321,25 +321,40 @@ async fn readiness_waits_for_the_watch_caches() {
         }
     }
     let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), &ns);
-    let patch = |rules: &Value| {
-        kube::api::Patch::Merge(json!({ "rules": rules }))
-    };
+    let patch = |rules: &Value| kube::api::Patch::Merge(json!({ "rules": rules }));
     roles
         .patch(&role, &kube::api::PatchParams::default(), &patch(&narrowed))
         .await
         .unwrap();
-    let op = Operator::spawn(&install, &dir.path().join("data"), &sink.url(), free_port(), &[]);
-    wait_for("the database to be open", Duration::from_secs(60), || async {
-        let r = reqwest::get(format!("{}/healthz", op.base)).await.ok()?;
-        (r.status() == 200).then_some(())
-    })
+    let op = Operator::spawn(
+        &install,
+        &dir.path().join("data"),
+        &sink.url(),
+        free_port(),
+        &[],
+    );
+    wait_for(
+        "the database to be open",
+        Duration::from_secs(60),
+        || async {
+            let r = reqwest::get(format!("{}/healthz", op.base)).await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
     .await;
     for _ in 0..10 {
-        assert!(!op.ready().await, "ready before its Heartbeat cache was complete");
+        assert!(
+            !op.ready().await,
+            "ready before its Heartbeat cache was complete"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     roles
-        .patch(&role, &kube::api::PatchParams::default(), &patch(&rules["rules"]))
+        .patch(
+            &role,
+            &kube::api::PatchParams::default(),
+            &patch(&rules["rules"]),
+        )
         .await
         .unwrap();
     op.wait_ready(Duration::from_secs(90)).await;
