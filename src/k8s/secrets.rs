@@ -49,6 +49,11 @@ pub enum SecretError {
     /// A Secret of that name exists and may not be used; the message says how to opt in.
     #[error("{0}")]
     NotAdoptable(String),
+    /// The Secret's token already belongs to another resource.
+    #[error(
+        "the token in Secret {0} is already used by another Heartbeat or Application; give each its own token"
+    )]
+    TokenInUse(String),
     /// No randomness.
     #[error(transparent)]
     Token(#[from] crate::core::token::TokenError),
@@ -228,6 +233,9 @@ pub struct Wanted<'a> {
     pub kind: TokenKind,
     /// The ping URL for a token (Heartbeats), `None` for Applications.
     pub ping_url: &'a (dyn Fn(&Token) -> Option<String> + Send + Sync),
+    /// Whether a token already belongs to another resource: such a Secret is refused
+    /// before anything is written into it.
+    pub taken: &'a (dyn Fn(&Token) -> bool + Send + Sync),
 }
 
 /// Makes Secret `wanted.name` hold a usable token, writing only what is missing.
@@ -294,6 +302,9 @@ pub async fn ensure(
         }
         (Classified::Adoptable(t), Some(s)) => {
             let token = Token::from_string(t);
+            if (wanted.taken)(&token) {
+                return Err(SecretError::TokenInUse(name.to_string()));
+            }
             let p = patch_for(s, "adopted", None, (wanted.ping_url)(&token).as_deref());
             let adopted = p.is_some();
             if let Some(p) = p {

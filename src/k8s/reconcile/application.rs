@@ -15,9 +15,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle};
+use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle, taken_by_another};
 use crate::core::registry::{RegistryError, object_key};
 use crate::core::spec::{ApplicationSpec, DeletionPolicy};
+use crate::core::store::apps::TokenOwner;
 use crate::core::token::TokenKind;
 use crate::k8s::FINALIZER;
 use crate::k8s::context::Context;
@@ -134,6 +135,13 @@ async fn token_secret(
     let owner = app
         .controller_owner_ref(&())
         .ok_or(ReconcileError::Incomplete("uid"))?;
+    let taken = taken_by_another(
+        &ctx.core.registry,
+        &TokenOwner {
+            kind: TokenKind::Application,
+            key: object_key(ns, &app.name_any()),
+        },
+    );
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let cached = ctx.caches.secret(ns, secret_name);
     secrets::ensure(
@@ -144,6 +152,7 @@ async fn token_secret(
             owner,
             kind: TokenKind::Application,
             ping_url: &|_| None,
+            taken: &taken,
         },
     )
     .await

@@ -15,7 +15,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle};
+use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle, taken_by_another};
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::define::{DeclaredHeartbeat, ping_url};
 use crate::core::monitor::engine::{MonitorDef, Origin};
@@ -193,6 +193,11 @@ async fn token_secret(
         .ok_or(ReconcileError::Incomplete("uid"))?;
     let base = ctx.config.base_url().to_string();
     let url = move |t: &crate::core::token::Token| Some(ping_url(&base, t.expose()));
+    let owner_key = TokenOwner {
+        kind: TokenKind::Heartbeat,
+        key: object_key(ns, &hb.name_any()),
+    };
+    let taken = taken_by_another(&ctx.core.registry, &owner_key);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let cached = ctx.caches.secret(ns, secret_name);
     secrets::ensure(
@@ -203,6 +208,7 @@ async fn token_secret(
             owner,
             kind: TokenKind::Heartbeat,
             ping_url: &url,
+            taken: &taken,
         },
     )
     .await

@@ -152,6 +152,7 @@ impl From<ReconcileError> for Stop {
 pub fn secret_stop(e: SecretError, namespace: &str) -> Stop {
     match e {
         SecretError::NotAdoptable(m) => Stop::retry("SecretNotAdoptable", m),
+        e @ SecretError::TokenInUse(_) => Stop::retry("TokenInUse", e.to_string()),
         e if e.status_code() == Some(403) => Stop::retry(
             "Forbidden",
             format!(
@@ -159,6 +160,19 @@ pub fn secret_stop(e: SecretError, namespace: &str) -> Stop {
             ),
         ),
         e => Stop::Failed(ReconcileError::Secret(e)),
+    }
+}
+
+/// Whether `token` is registered to something other than `owner`.
+pub fn taken_by_another(
+    registry: &crate::core::registry::Registry,
+    owner: &crate::core::store::apps::TokenOwner,
+) -> impl Fn(&crate::core::token::Token) -> bool + Send + Sync + use<> {
+    let (registry, owner) = (registry.clone(), owner.clone());
+    move |t| {
+        registry
+            .owner_of_hash(&t.hash())
+            .is_some_and(|o| o != owner)
     }
 }
 

@@ -186,8 +186,14 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     }))
     .unwrap();
     secrets.create(&PostParams::default(), &copy).await.unwrap();
+    let copy_before = fingerprint(&secrets.get("copy").await.unwrap());
     heartbeat(&hbs, "twin", "copy").await;
     wait_reason(&hbs, "twin", "TokenInUse").await;
+    assert_eq!(
+        fingerprint(&secrets.get("copy").await.unwrap()),
+        copy_before,
+        "a Secret whose token is refused was written"
+    );
     wait_for("a TokenInUse Event", Duration::from_secs(20), || async {
         (events_with_reason(&client, &ns, "TokenInUse").await >= 1).then_some(())
     })
