@@ -201,6 +201,8 @@ pub struct Context {
     pub triggers: Triggers,
     /// Counters.
     pub stats: OperatorStats,
+    /// Recent reads of webhook Secrets.
+    pub webhook_secrets: super::reconcile::alerts::WebhookSecrets,
     recorder: Recorder,
 }
 
@@ -232,6 +234,7 @@ impl Context {
             instances,
             triggers,
             stats: OperatorStats::default(),
+            webhook_secrets: Default::default(),
         }
     }
 

@@ -83,6 +83,16 @@ fn deletion_policy(props: &mut Map<String, Value>, what: &str) {
 /// Alert targets: the URL and address shapes the reconciler accepts, enforced at admission
 /// on every Kubernetes version (plain OpenAPI patterns, not CEL).
 fn alerts(props: &mut Map<String, Value>) {
+    if let Some(a) = field(props, "alerts") {
+        set(
+            a,
+            "x-kubernetes-validations",
+            json!([{
+                "rule": "!(has(self.webhook) && has(self.webhookSecretRef))",
+                "message": "set webhook or webhookSecretRef, not both"
+            }]),
+        );
+    }
     let Some(alerts) = field(props, "alerts").and_then(|a| a.get_mut("properties")) else {
         return;
     };
@@ -210,6 +220,22 @@ mod tests {
                     warnings.iter().map(|w| &w.message).collect::<Vec<_>>()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_webhook_comes_from_the_spec_or_from_a_secret_not_both() {
+        for s in [schema(Heartbeat::crd()), schema(Application::crd())] {
+            let both = json!({"alerts": {"webhook": "https://x", "webhookSecretRef": {"name": "s", "key": "url"}}});
+            assert_eq!(broken(&s, both).len(), 1);
+            assert!(
+                broken(
+                    &s,
+                    json!({"alerts": {"webhookSecretRef": {"name": "s", "key": "url"}}})
+                )
+                .is_empty()
+            );
+            assert!(broken(&s, json!({"alerts": {"webhook": "https://x"}})).is_empty());
         }
     }
 

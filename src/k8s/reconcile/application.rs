@@ -15,7 +15,9 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle, taken_by_another};
+use super::{
+    ReconcileError, Step, Stop, alerts, recheck, resync, secret_stop, settle, taken_by_another,
+};
 use crate::core::registry::{RegistryError, object_key};
 use crate::core::spec::{ApplicationSpec, DeletionPolicy};
 use crate::core::store::apps::TokenOwner;
@@ -86,6 +88,8 @@ async fn apply(app: &Application, ctx: &Context, ns: &str) -> Result<Action, Rec
 async fn steps(app: &Application, ctx: &Context, ns: &str, name: &str) -> Result<String, Stop> {
     let spec = &app.spec.spec;
     validate(spec)?;
+    // Its Heartbeats read the URL themselves; this shows a broken reference here too.
+    alerts::resolve(ctx, ns, spec.alerts.as_ref()).await?;
     let secret_name = secret_name(spec, name);
     let ensured = token_secret(app, ctx, ns, &secret_name).await?;
     match ctx

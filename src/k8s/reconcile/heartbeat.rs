@@ -15,7 +15,9 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{ReconcileError, Step, Stop, recheck, resync, secret_stop, settle, taken_by_another};
+use super::{
+    ReconcileError, Step, Stop, alerts, recheck, resync, secret_stop, settle, taken_by_another,
+};
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::define::{DeclaredHeartbeat, ping_url};
 use crate::core::monitor::engine::{MonitorDef, Origin};
@@ -108,12 +110,13 @@ async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<St
     }
     let secret_name = secret_name(spec, name);
     let ensured = token_secret(hb, ctx, ns, &secret_name).await?;
+    let (spec, app) = resolved_alerts(ctx, ns, spec, app.as_deref()).await?;
     let existing = ctx.core.engine.get(&key);
     let def = build(&BuildInputs {
         hb,
         namespace: ns,
-        spec,
-        app: app.as_deref(),
+        spec: &spec,
+        app: app.as_ref(),
         token: ensured.token.hash(),
         secret: &secret_name,
         default_webhook: ctx.config.webhook_url.as_deref(),
@@ -123,6 +126,24 @@ async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<St
     activate(ctx, def, existing.as_ref().map(|m| &m.def)).await?;
     announce(ctx, hb, ns, &secret_name, &ensured).await;
     Ok(secret_name)
+}
+
+/// Step alerts: the alert targets that apply (the Heartbeat's own, else its Application's)
+/// with a `webhookSecretRef` resolved into its URL.
+async fn resolved_alerts(
+    ctx: &Context,
+    ns: &str,
+    spec: &HeartbeatSpec,
+    app: Option<&AppInfo>,
+) -> Result<(HeartbeatSpec, Option<AppInfo>), Stop> {
+    let mut spec = spec.clone();
+    let mut app = app.cloned();
+    if spec.alerts.as_ref().is_some_and(|a| !a.is_empty()) {
+        spec.alerts = alerts::resolve(ctx, ns, spec.alerts.as_ref()).await?;
+    } else if let Some(a) = app.as_mut() {
+        a.spec.alerts = alerts::resolve(ctx, ns, a.spec.alerts.as_ref()).await?;
+    }
+    Ok((spec, app))
 }
 
 /// Step validate: the rules the schema cannot express (an older API server enforces none).
@@ -381,6 +402,7 @@ mod tests {
                 alerts: Some(crate::core::spec::AlertTargets {
                     email: vec!["ops@example.com".into()],
                     webhook: None,
+                    webhook_secret_ref: None,
                 }),
                 ..Default::default()
             },

@@ -7,6 +7,7 @@
 //!
 //! New kinds add a module with their own steps and reuse the finishing steps here.
 
+pub mod alerts;
 pub mod application;
 pub mod heartbeat;
 #[cfg(test)]
@@ -34,6 +35,8 @@ pub enum Step {
     Quota,
     /// Ensuring the token Secret.
     Secret,
+    /// Reading webhook URLs from Secrets.
+    Alerts,
     /// Registering the token and definition with the core.
     Apply,
     /// Removing what a deleted resource left in the core.
@@ -49,6 +52,7 @@ impl std::fmt::Display for Step {
             Self::Application => "application",
             Self::Quota => "quota",
             Self::Secret => "secret",
+            Self::Alerts => "alerts",
             Self::Apply => "apply",
             Self::Cleanup => "cleanup",
             Self::Finalizer => "finalizer",

@@ -251,3 +251,76 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     drop(op);
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn a_webhook_url_can_live_in_a_secret_and_never_shows() {
+    use std::sync::{Arc, Mutex};
+    let _serial = SERIAL.lock().await;
+    let (client, ns, namespaces) = prepare("e2e-hook").await;
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = received.clone();
+    let receiver = axum::Router::new().route(
+        "/hook/secret-part",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook/secret-part", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, receiver).await });
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let install = Install::new(&ns, &[&ns]);
+    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let hb: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat", "metadata": {"name": "hooked"},
+        "spec": {"interval": "1h", "alerts": {"webhookSecretRef": {"name": "slack", "key": "url"}}}
+    }))
+    .unwrap();
+    hbs.create(&PostParams::default(), &hb).await.unwrap();
+    let message = wait_reason(&hbs, "hooked", "WebhookSecretNotFound").await;
+    assert!(message.contains("slack"), "{message}");
+    let slack: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "slack"}, "stringData": {"url": hook}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &slack)
+        .await
+        .unwrap();
+    wait_reason(&hbs, "hooked", "Armed").await;
+    let url = wait_for("the ping URL", Duration::from_secs(30), || {
+        secret_value(&secrets, "hooked-heartbeat", "ping-url")
+    })
+    .await;
+    let failed = reqwest::Client::new()
+        .post(format!("{url}?exit_code=3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 200);
+    let r = received.clone();
+    wait_for("the Down webhook", Duration::from_secs(30), || {
+        let n = r.lock().unwrap().len();
+        async move { (n >= 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(received.lock().unwrap()[0]["event"], "down");
+    // The URL is a credential: neither the status nor any Event shows it.
+    let status = hb_status(&hbs, "hooked").await.unwrap().to_string();
+    assert!(!status.contains("secret-part"), "{status}");
+    let events = kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
+    assert!(
+        !events.contains("secret-part"),
+        "an Event shows the webhook URL"
+    );
+    drop(op);
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
