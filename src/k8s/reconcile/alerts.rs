@@ -22,9 +22,12 @@ use crate::k8s::context::Context;
 /// How long one read of a webhook Secret is reused.
 const REUSE: Duration = Duration::from_secs(30);
 
-/// Recent reads of webhook Secrets: `(namespace, name)` → when, and the Secret's data.
+/// A Secret by namespace and name.
+type SecretKey = (String, String);
+
+/// Recent reads of webhook Secrets: when, and what the API server answered.
 #[derive(Default)]
-pub struct WebhookSecrets(Mutex<HashMap<(String, String), (Instant, Option<Secret>)>>);
+pub struct WebhookSecrets(Mutex<HashMap<SecretKey, (Instant, Option<Secret>)>>);
 
 impl std::fmt::Debug for WebhookSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,13 +36,13 @@ impl std::fmt::Debug for WebhookSecrets {
 }
 
 impl WebhookSecrets {
-    fn recent(&self, key: &(String, String)) -> Option<Option<Secret>> {
+    fn recent(&self, key: &SecretKey) -> Option<Option<Secret>> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, (at, _)| at.elapsed() < REUSE);
         map.get(key).map(|(_, s)| s.clone())
     }
 
-    fn remember(&self, key: (String, String), secret: Option<Secret>) {
+    fn remember(&self, key: SecretKey, secret: Option<Secret>) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
