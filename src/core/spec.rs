@@ -82,7 +82,7 @@ pub struct ApplicationSpec {
     /// Quotas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
-    /// Name of the Secret that holds the issued token (key `token`). Default `<name>-hartslag-token`.
+    /// Name of the Secret that holds the issued token (key `token`). Default `<name>-hartslag-token`. A Secret that exists already is used only if it is of type Opaque and annotated `hartslag.dev/adopt: "true"`; any other is left untouched and refused (SecretNotAdoptable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_name: Option<String>,
     /// Standalone mode only: a file holding the token to use instead of an issued one.
@@ -134,7 +134,7 @@ pub struct HeartbeatSpec {
     /// The Application this monitor belongs to (management API scope, quota, alert defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_ref: Option<ApplicationRef>,
-    /// Name of the Secret that holds the issued token (keys `token`, `ping-url`). Default `<name>-heartbeat`.
+    /// Name of the Secret that holds the issued token (keys `token`, `ping-url`). Default `<name>-heartbeat`. A Secret that exists already is used only if it is of type Opaque and annotated `hartslag.dev/adopt: "true"`; any other is left untouched and refused (SecretNotAdoptable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_name: Option<String>,
     /// Standalone mode only: a file holding the token to use instead of an issued one.

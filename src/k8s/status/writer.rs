@@ -423,7 +423,11 @@ pub async fn run(
                 Err(RecvError::Closed) => return,
             },
             _ = sweep.tick() => {
-                for t in everything(&ctx) {
+                let all = everything(&ctx);
+                // Forget what was written to objects that are gone.
+                let live: HashSet<&Target> = all.iter().collect();
+                unseen.0.retain(|t, _| live.contains(t));
+                for t in all {
                     queues.push(t, Lane::Refresh);
                 }
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::harness::{
     ApiServerPause, Install, Operator, SERIAL, events_with_reason, hb_status, kubectl, prepare,
-    secret_value,
+    secret_value, teardown,
 };
 use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::{Application, Heartbeat};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e").await;
+    let (client, ns) = prepare("e2e").await;
 
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
@@ -242,14 +242,14 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
         .unwrap();
     assert_eq!(r.status(), 401, "a deleted Application's token is revoked");
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn management_api_is_a_facade_over_the_custom_resources() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-api").await;
+    let (client, ns) = prepare("e2e-api").await;
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
@@ -447,14 +447,14 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
     assert_eq!(r.status(), 204);
     assert!(hbs.get_opt("weekly-report").await.unwrap().is_none());
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monitoring() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-out").await;
+    let (client, ns) = prepare("e2e-out").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let install = Install::new(&ns, &[&ns]);
@@ -555,14 +555,14 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
     )
     .await;
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, _namespaces) = prepare("e2e-ex").await;
+    let (client, ns) = prepare("e2e-ex").await;
     // Every field is documented for `kubectl explain`.
     let explained = kubectl(&["explain", "heartbeat.spec.interval"]);
     assert!(
@@ -630,7 +630,5 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
         .await;
     }
     drop(op);
-    let _ = Command::new("kubectl")
-        .args(["delete", "namespace", &ns, "--wait=false"])
-        .output();
+    teardown(&ns);
 }

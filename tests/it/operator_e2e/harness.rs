@@ -11,6 +11,7 @@ use kube::api::{Api, PostParams};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
+pub use crate::helpers::kubectl;
 use crate::helpers::wait_for;
 use hartslag::k8s::crd::Heartbeat;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -46,11 +47,6 @@ pub fn kubectl_try(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// Runs kubectl (as admin) and insists that it succeeds.
-pub fn kubectl(args: &[&str]) -> String {
-    kubectl_try(args).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-}
-
 /// The test control plane's run directory (see tests/cluster/README.md).
 pub fn cluster_run() -> PathBuf {
     PathBuf::from(
@@ -59,7 +55,7 @@ pub fn cluster_run() -> PathBuf {
 }
 
 /// Applies the CRDs and creates a fresh namespace named `prefix-<random>`.
-pub async fn prepare(prefix: &str) -> (Client, String, Api<Namespace>) {
+pub async fn prepare(prefix: &str) -> (Client, String) {
     let client = client().await;
     let root = env!("CARGO_MANIFEST_DIR");
     // --validate=false: kubectl checks the CRD against the server's own schema, and servers
@@ -86,7 +82,7 @@ pub async fn prepare(prefix: &str) -> (Client, String, Api<Namespace>) {
         )
         .await
         .unwrap();
-    (client, ns, namespaces)
+    (client, ns)
 }
 
 fn random(n: usize) -> String {
@@ -97,6 +93,27 @@ fn random(n: usize) -> String {
         .map(|c| c.to_ascii_lowercase())
         .take(n)
         .collect()
+}
+
+/// Deletes a test namespace. The operator of the test is gone by then, so the finalizers
+/// it put on the resources are taken off first: otherwise the namespace would stay
+/// Terminating for good and keep the namespace controller busy.
+pub fn teardown(namespace: &str) {
+    for kind in ["heartbeats.hartslag.dev", "applications.hartslag.dev"] {
+        let names = kubectl_try(&["get", kind, "-n", namespace, "-o", "name"]).unwrap_or_default();
+        for name in names.lines().filter(|l| !l.is_empty()) {
+            let _ = kubectl_try(&[
+                "patch",
+                name,
+                "-n",
+                namespace,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+    }
+    let _ = kubectl_try(&["delete", "namespace", namespace, "--wait=false"]);
 }
 
 /// What the chart installs for one release, without the Deployment: the ServiceAccount,
@@ -260,6 +277,17 @@ impl Operator {
             .append(true)
             .open(&log)
             .unwrap();
+        // Test timing, unless `extra` sets it otherwise.
+        let defaults = [
+            ("--min-interval", "1s"),
+            ("--alert-retry-base", "1s"),
+            ("--status-period", "1s"),
+        ];
+        let timing: Vec<&str> = defaults
+            .iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [*flag, *value])
+            .collect();
         let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
             .args(["operator", "--namespaces"])
             .arg(install.watched.join(","))
@@ -280,13 +308,8 @@ impl Operator {
                 &install.namespace,
                 "--lease-name",
                 &install.fullname,
-                "--min-interval",
-                "1s",
-                "--alert-retry-base",
-                "1s",
-                "--status-period",
-                "1s",
             ])
+            .args(timing)
             .args(extra)
             .env("KUBECONFIG", &install.kubeconfig)
             .env(

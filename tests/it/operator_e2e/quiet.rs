@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
-use super::harness::{Install, Operator, SERIAL, kubectl, prepare, requests, secret_value};
+use super::harness::{
+    Install, Operator, SERIAL, kubectl, prepare, requests, secret_value, teardown,
+};
 use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::Heartbeat;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 /// Idle requests per second the operator may send, whatever the number of Heartbeats.
@@ -18,10 +20,11 @@ const IDLE_BUDGET: f64 = 0.02;
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-quiet").await;
+    let (client, ns) = prepare("e2e-quiet").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let install = Install::new(&ns, &[&ns]);
+    let started = jiff::Timestamp::now();
     let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
     let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -107,6 +110,21 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
         "{} idle requests in {window:?} ({rate:.4}/s) with {n} Heartbeats: {sent:#?}",
         sent.len()
     );
+
+    // RBAC cannot hold the operator to a selector, so check it holds itself to one: every
+    // Secret it listed or watched was selected by the token label or by name.
+    let admin = format!("fieldSelector=metadata.name%3D{}", install.admin_secret());
+    let unselected: Vec<_> = requests(&install.user, started)
+        .into_iter()
+        .filter(|r| r.resource == "secrets" && (r.verb == "list" || r.verb == "watch"))
+        .filter(|r| {
+            !r.uri.contains("labelSelector=hartslag.dev%2Ftoken") && !r.uri.contains(&admin)
+        })
+        .collect();
+    assert!(
+        unselected.is_empty(),
+        "Secrets listed without a selector: {unselected:#?}"
+    );
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }

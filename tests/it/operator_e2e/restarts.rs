@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use super::harness::{
     Install, Operator, SERIAL, hb_status, kubectl, prepare, requests, secret_value, status_writes,
+    teardown,
 };
 use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::Heartbeat;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 async fn create(hbs: &Api<Heartbeat>, name: &str) {
@@ -65,7 +66,7 @@ fn transition_times(status: &Value) -> Vec<(String, String)> {
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn a_restart_with_nothing_changed_writes_nothing_and_vanished_monitors_stop_answering() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-restart").await;
+    let (client, ns) = prepare("e2e-restart").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let install = Install::new(&ns, &[&ns]);
@@ -151,14 +152,14 @@ async fn a_restart_with_nothing_changed_writes_nothing_and_vanished_monitors_sto
     }
     assert_eq!(reqwest::get(&up_url).await.unwrap().status(), 200);
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn a_second_instance_waits_while_the_lease_is_held_and_takes_over_on_release() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-lease").await;
+    let (client, ns) = prepare("e2e-lease").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let install = Install::new(&ns, &[&ns]);
@@ -220,15 +221,15 @@ async fn a_second_instance_waits_while_the_lease_is_held_and_takes_over_on_relea
     .unwrap();
     assert!(lease["spec"]["leaseTransitions"].as_i64().unwrap() >= 1);
     drop(second);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn overlapping_installations_are_detected_and_only_the_older_reconciles() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-overlap").await;
-    let (_, other_ns, _) = prepare("e2e-overlap-b").await;
+    let (client, ns) = prepare("e2e-overlap").await;
+    let (_, other_ns) = prepare("e2e-overlap-b").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let older = Install::new(&ns, &[&ns]);
@@ -259,6 +260,16 @@ async fn overlapping_installations_are_detected_and_only_the_older_reconciles() 
     )
     .await;
     assert!(note.contains(&lease), "{note}");
+    // Its admin Secret lives outside the watched namespace: issued through the Role that
+    // allows only that one Secret by name (list and watch with a field selector).
+    let other_secrets: Api<Secret> = Api::namespaced(client.clone(), &other_ns);
+    let admin = newer.admin_secret();
+    wait_for(
+        "the newer installation's admin Secret",
+        Duration::from_secs(30),
+        || secret_value(&other_secrets, &admin, "token"),
+    )
+    .await;
     // The newer one leaves the namespace alone: no writes, and no monitor of its own.
     create(&hbs, "later").await;
     ready_all(&ns);
@@ -298,15 +309,15 @@ async fn overlapping_installations_are_detected_and_only_the_older_reconciles() 
     )
     .await;
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    let _ = kubectl(&["delete", "namespace", &other_ns, "--wait=false"]);
+    teardown(&ns);
+    teardown(&other_ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn readiness_waits_for_the_watch_caches() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-ready").await;
+    let (client, ns) = prepare("e2e-ready").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let install = Install::new(&ns, &[&ns]);
@@ -359,5 +370,5 @@ async fn readiness_waits_for_the_watch_caches() {
         .unwrap();
     op.wait_ready(Duration::from_secs(90)).await;
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }

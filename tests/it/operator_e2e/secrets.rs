@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use super::harness::{
     Install, Operator, SERIAL, events_with_reason, hb_status, kubectl, prepare, secret_value,
+    teardown,
 };
 use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::Heartbeat;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 async fn ready_reason(hbs: &Api<Heartbeat>, name: &str) -> Option<(String, String, String)> {
@@ -64,7 +65,7 @@ fn fingerprint(s: &Secret) -> Value {
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-secrets").await;
+    let (client, ns) = prepare("e2e-secrets").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let install = Install::new(&ns, &[&ns]);
@@ -249,7 +250,7 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
         sa_before
     );
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +258,7 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
 async fn a_webhook_url_can_live_in_a_secret_and_never_shows() {
     use std::sync::{Arc, Mutex};
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-hook").await;
+    let (client, ns) = prepare("e2e-hook").await;
     let received: Arc<Mutex<Vec<Value>>> = Arc::default();
     let sink = received.clone();
     let receiver = axum::Router::new().route(
@@ -322,5 +323,5 @@ async fn a_webhook_url_can_live_in_a_secret_and_never_shows() {
         "an Event shows the webhook URL"
     );
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }

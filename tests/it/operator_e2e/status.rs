@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use super::harness::{
     Install, Operator, SERIAL, events_with_reason, hb_status, kubectl, prepare, secret_value,
+    teardown,
 };
 use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::Heartbeat;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 fn condition(status: &Value, ty: &str) -> Option<Value> {
@@ -55,7 +56,7 @@ fn apply(ns: &str, yaml: &str) {
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-status").await;
+    let (client, ns) = prepare("e2e-status").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let install = Install::new(&ns, &[&ns]);
@@ -191,5 +192,5 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
     let described = kubectl(&["describe", "heartbeat", "waits", "-n", &ns]);
     assert!(described.contains("ApplicationNotFound"), "{described}");
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
