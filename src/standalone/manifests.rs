@@ -149,6 +149,8 @@ fn add_document(
                 .map_err(|e| format!("Application {name}: spec is invalid: {e}"))?;
             spec.validate()
                 .map_err(|e| format!("Application {name}: {e}"))?;
+            kubernetes_only(spec.alerts.as_ref())
+                .map_err(|e| format!("Application {name}: {e}"))?;
             out.applications.push(Object {
                 namespace,
                 name,
@@ -166,6 +168,7 @@ fn add_document(
                     "Heartbeat {name}: spec.cronJobRef needs the operator: standalone mode cannot watch CronJobs (give the job a ping URL and a schedule instead)"
                 ));
             }
+            kubernetes_only(spec.alerts.as_ref()).map_err(|e| format!("Heartbeat {name}: {e}"))?;
             out.heartbeats.push(Object {
                 namespace,
                 name,
@@ -222,6 +225,16 @@ pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, Man
     check_duplicates("Application", &out.applications)?;
     check_duplicates("Heartbeat", &out.heartbeats)?;
     Ok(out)
+}
+
+/// Refuses what only the operator can resolve: a manifest file has no Secrets to read.
+fn kubernetes_only(alerts: Option<&crate::core::spec::AlertTargets>) -> Result<(), String> {
+    match alerts.and_then(|a| a.webhook_secret_ref.as_ref()) {
+        Some(_) => Err(
+            "spec.alerts.webhookSecretRef works only in Kubernetes; in a manifest file use spec.alerts.webhook (keep the file readable only to the server)".into(),
+        ),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -281,5 +294,10 @@ mod tests {
         assert!(e.contains("spec.cronJobRef needs the operator"), "{e}");
         let e = parse("{{{").unwrap_err().to_string();
         assert!(e.contains("not valid YAML"), "{e}");
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  alerts:\n    webhookSecretRef: {name: slack, key: url}\n").unwrap_err().to_string();
+        assert!(
+            e.contains("webhookSecretRef works only in Kubernetes"),
+            "{e}"
+        );
     }
 }

@@ -80,6 +80,7 @@ pub fn wanted(
         alerts: (!email.is_empty()).then_some(AlertTargets {
             email,
             webhook: None,
+            webhook_secret_ref: None,
         }),
         ..Default::default()
     };

@@ -1,177 +1,31 @@
-//! The operator end to end against a real API server (the control plane of
-//! `tests/cluster/cluster.sh`, or kind: `KUBECONFIG` decides). Run by `tests/run-all.sh`,
-//! which brings the cluster up; without a cluster these tests fail rather than pass.
+//! The operator's main flows end to end: tokens, status, alerts, the management API, the
+//! examples, and an outage of the API server.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use super::harness::{
+    ApiServerPause, Install, Operator, SERIAL, events_with_reason, hb_status, kubectl, prepare,
+    secret_value, teardown,
+};
 use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::{Application, Heartbeat};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::{Client, Config};
 use serde_json::{Value, json};
-
-const NEEDS_CLUSTER: &str = "needs a Kubernetes cluster: run tests/run-all.sh (starts one), or set KUBECONFIG and pass --include-ignored";
-
-/// The tests share one API server and one of them pauses it: they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn client() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let path = std::env::var("KUBECONFIG")
-        .unwrap_or_else(|_| panic!("KUBECONFIG is not set: {NEEDS_CLUSTER}"));
-    assert!(
-        Path::new(&path).exists(),
-        "KUBECONFIG {path} does not exist: {NEEDS_CLUSTER}"
-    );
-    let config = Config::infer().await.expect("kubeconfig");
-    Client::try_from(config).expect("client")
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Applies the CRDs and creates a fresh namespace named `prefix-<random>`.
-async fn prepare(prefix: &str) -> (Client, String, Api<Namespace>) {
-    let client = client().await;
-    let root = env!("CARGO_MANIFEST_DIR");
-    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/applications.hartslag.dev",
-        "crd/heartbeats.hartslag.dev",
-        "--timeout=60s",
-    ]);
-    let ns = format!(
-        "{prefix}-{}",
-        &hartslag::core::token::random_id().unwrap()[..8]
-    );
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    (client, ns, namespaces)
-}
-
-struct Operator {
-    child: Child,
-    base: String,
-}
-
-impl Operator {
-    async fn start(data: &Path, ns: &str, smtp: &str, port: u16) -> Self {
-        let base = format!("http://127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.with_extension("log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
-            .args(["operator", "--namespaces", ns, "--data"])
-            .arg(data)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--external-url",
-                &base,
-                "--smtp-url",
-                smtp,
-            ])
-            .args(["--admin-namespace", ns])
-            .args([
-                "--min-interval",
-                "1s",
-                "--alert-retry-base",
-                "1s",
-                "--status-period",
-                "1s",
-            ])
-            .env("HARTSLAG_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let op = Self { child, base };
-        let url = format!("{}/readyz", op.base);
-        wait_for("the operator to be ready", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move {
-                reqwest::get(url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-                    .map(|_| ())
-            }
-        })
-        .await;
-        op
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn secret_value(api: &Api<Secret>, name: &str, key: &str) -> Option<String> {
-    let s = api.get_opt(name).await.ok()??;
-    let b = s.data?.get(key)?.0.clone();
-    String::from_utf8(b).ok()
-}
-
-async fn hb_status(api: &Api<Heartbeat>, name: &str) -> Option<Value> {
-    let hb = api.get_opt(name).await.ok()??;
-    serde_json::to_value(hb.status?).ok()
-}
-
-async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usize {
-    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
-    api.list(&Default::default())
-        .await
-        .map(|l| {
-            l.items
-                .iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .count()
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e").await;
+    let (client, ns) = prepare("e2e").await;
 
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
     let data = dir.path().join("data");
     let port = free_port();
-    let op = Operator::start(&data, &ns, &sink.url(), port).await;
+    let install = Install::new(&ns, &[&ns]);
+    let op = Operator::start(&install, &data, &sink.url(), port).await;
 
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
     let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
@@ -269,8 +123,9 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 
     // The dashboard admin token, issued into a Secret in the operator's namespace, opens
     // the dashboard, which shows the custom resources' monitors.
+    let admin_secret = install.admin_secret();
     let admin = wait_for("the admin token Secret", Duration::from_secs(30), || {
-        secret_value(&secrets, "hartslag-admin", "token")
+        secret_value(&secrets, &admin_secret, "token")
     })
     .await;
     assert!(admin.starts_with("hsx_"));
@@ -311,7 +166,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 
     // Restart the operator: nothing lost, no second alert; a ping recovers once.
     op.kill9();
-    let op = Operator::start(&data, &ns, &sink.url(), port).await;
+    let op = Operator::start(&install, &data, &sink.url(), port).await;
     assert_eq!(hb_status(&hbs, "backup").await.unwrap()["state"], "Down");
     assert_eq!(reqwest::get(&ping_url).await.unwrap().status(), 200);
     wait_for(
@@ -387,18 +242,19 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
         .unwrap();
     assert_eq!(r.status(), 401, "a deleted Application's token is revoked");
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn management_api_is_a_facade_over_the_custom_resources() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-api").await;
+    let (client, ns) = prepare("e2e-api").await;
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
-    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
+    let install = Install::new(&ns, &[&ns]);
+    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
     let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -591,74 +447,29 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
     assert_eq!(r.status(), 204);
     assert!(hbs.get_opt("weekly-report").await.unwrap().is_none());
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-}
-
-/// Pauses the API server (SIGSTOP of the local control plane's process, or `docker pause`
-/// of a kind node) until the returned guard is dropped.
-struct ApiServerPause(Box<dyn FnMut()>);
-
-impl ApiServerPause {
-    fn start() -> Self {
-        let run = std::env::var("HARTSLAG_CLUSTER_RUN")
-            .unwrap_or_else(|_| "/tmp/hartslag-cluster".into());
-        let pidfile = Path::new(&run).join("kube-apiserver.pid");
-        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-            let pid = pid.trim().to_string();
-            assert!(
-                Command::new("kill")
-                    .args(["-STOP", &pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-            return Self(Box::new(move || {
-                let _ = Command::new("kill").args(["-CONT", &pid]).status();
-            }));
-        }
-        let node = format!(
-            "{}-control-plane",
-            std::env::var("HARTSLAG_CLUSTER_KIND_NAME").unwrap_or_else(|_| "hartslag".into())
-        );
-        let paused = Command::new("docker")
-            .args(["pause", &node])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            paused,
-            "cannot pause the API server: no {} and no kind node {node}",
-            pidfile.display()
-        );
-        Self(Box::new(move || {
-            let _ = Command::new("docker").args(["unpause", &node]).status();
-        }))
-    }
-}
-
-impl Drop for ApiServerPause {
-    fn drop(&mut self) {
-        (self.0)();
-    }
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monitoring() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-out").await;
+    let (client, ns) = prepare("e2e-out").await;
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
-    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
+    let install = Install::new(&ns, &[&ns]);
+    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
     let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
     let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
 
-    // Bring your own token: the Secret exists before the resource.
+    // Bring your own token: the Secret exists before the resource and allows adoption.
     let own = "my-own-token-0123456789abcdef";
-    let byo: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "byo"}, "stringData": {"token": own}}))
-            .unwrap();
+    let byo: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "byo", "annotations": {"hartslag.dev/adopt": "true"}},
+        "stringData": {"token": own}
+    }))
+    .unwrap();
     secrets.create(&PostParams::default(), &byo).await.unwrap();
     let app: Application = serde_json::from_value(json!({
         "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application", "metadata": {"name": "shop"}, "spec": {}
@@ -744,14 +555,14 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
     )
     .await;
     drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let _serial = SERIAL.lock().await;
-    let (client, ns, _namespaces) = prepare("e2e-ex").await;
+    let (client, ns) = prepare("e2e-ex").await;
     // Every field is documented for `kubectl explain`.
     let explained = kubectl(&["explain", "heartbeat.spec.interval"]);
     assert!(
@@ -763,7 +574,8 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let sink = SmtpSink::start(dir.path()).await;
-    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
+    let install = Install::new(&ns, &[&ns]);
+    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
     // The examples use batch/v1 CronJobs (Kubernetes 1.21+); an older test control plane
     // (Debian's 1.20) serves them as batch/v1beta1 with the same fields.
     let batch_v1 = kubectl(&["get", "--raw", "/apis/batch/v1"]);
@@ -818,7 +630,5 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
         .await;
     }
     drop(op);
-    let _ = Command::new("kubectl")
-        .args(["delete", "namespace", &ns, "--wait=false"])
-        .output();
+    teardown(&ns);
 }
