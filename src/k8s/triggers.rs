@@ -59,6 +59,22 @@ impl Triggers {
         }
     }
 
+    /// CronJob `cron_job` in `namespace` was applied or deleted: the Heartbeats whose
+    /// `cronJobRef` names it take its schedule, time zone and `suspend`.
+    pub fn cron_job_changed(&self, ctx: &Context, namespace: &str, cron_job: &str) {
+        for hb in ctx.caches.heartbeats_in(namespace) {
+            let refers = hb
+                .spec
+                .spec
+                .cron_job_ref
+                .as_ref()
+                .is_some_and(|r| r.name == cron_job);
+            if refers && let Some(name) = hb.metadata.name.as_deref() {
+                self.send(namespace, name);
+            }
+        }
+    }
+
     /// A Heartbeat of Application `app_key` (`namespace/name`) went away.
     pub fn quota_freed(&self, ctx: &Context, app_key: &str) {
         let Some((namespace, app)) = app_key.split_once('/') else {

@@ -164,7 +164,21 @@ pub fn shown_state(s: State) -> HeartbeatState {
     }
 }
 
-fn up_message(s: State) -> &'static str {
+/// The Up condition's message: for a Down monitor whose reason does not change with time
+/// (a failed Job, a run not scheduled or running too long), the reason in words, as the
+/// alert says it; otherwise the state in words, so the message does not change (and cost a
+/// status write) as time passes.
+fn up_message(m: &Monitor, now: Timestamp) -> String {
+    use crate::core::monitor::state::DownReason;
+    match (&m.state.state, &m.state.down_reason) {
+        (State::Down, Some(r)) if !matches!(r, DownReason::Missed | DownReason::RunTimeout) => {
+            crate::core::monitor::engine::describe_down(r, m, now)
+        }
+        (s, _) => state_words(*s).into(),
+    }
+}
+
+fn state_words(s: State) -> &'static str {
     match s {
         State::Up => "pings arrive on time",
         State::New => "no ping received yet",
@@ -227,7 +241,7 @@ pub fn heartbeat_status(i: HeartbeatInputs<'_>) -> Option<HeartbeatStatus> {
                     "False"
                 },
                 st.state.as_str(),
-                up_message(st.state).into(),
+                up_message(m, i.now),
                 generation,
                 i.now,
             ));

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
+pub use wording::describe_down;
 
 use super::history;
 use super::jobs::JobSignal;
