@@ -509,6 +509,7 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
             tracing::info!("watch caches hold their first complete lists");
             orphans::sweep(&ctx).await;
             tracing::info!("removed what vanished while the operator was down");
+            super::cronjobs::watch::report_everything(&ctx).await;
             ctx.core.engine.release_deadlines();
             ready.store(true, Ordering::Release);
             tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));

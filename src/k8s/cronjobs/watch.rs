@@ -333,6 +333,20 @@ async fn failed_exit_code(ctx: &Context, ns: &str, job: &Job) -> Option<u8> {
     }
 }
 
+/// Reports every cached Job to the monitors that watch its CronJob: once the caches hold
+/// complete lists after a start, before deadlines are released, so a Job that ran while
+/// the operator was down counts before its window is judged.
+pub async fn report_everything(ctx: &Context) {
+    let Some(scopes) = ctx.cron_jobs.scopes.get() else {
+        return;
+    };
+    for scope in scopes {
+        for job in scope.jobs.state() {
+            report_job(ctx, &job).await;
+        }
+    }
+}
+
 /// Reports every Job of CronJob `cron_job` to the monitors that watch it: after a
 /// Heartbeat's monitor is (re)defined, so a monitor made while a Job runs knows it.
 pub async fn report_all(ctx: &Context, namespace: &str, cron_job: &str) {
