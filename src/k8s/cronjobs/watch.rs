@@ -27,7 +27,9 @@ use tokio::sync::watch;
 
 use super::evidence;
 use super::view::CronJobView;
-use crate::core::monitor::jobs::JobPhase;
+use jiff::Timestamp;
+
+use crate::core::monitor::jobs::{JobOutcome, JobPhase, JobSignal, SeenJob};
 use crate::core::registry::object_key;
 use crate::k8s::caches::{slim, watch_config};
 use crate::k8s::context::Context;
@@ -286,25 +288,10 @@ pub async fn report_job(ctx: &Context, job: &Job) {
         let Some(probe) = evidence::signal(job, None) else {
             return;
         };
-        let known = monitor
-            .state
-            .jobs
-            .iter()
-            .find(|s| s.name == probe.name && s.started_at == probe.started_at);
-        let phase_now = if evidence::failed(job) {
-            JobPhase::Failed
-        } else if probe.duration().is_some() {
-            JobPhase::Succeeded
-        } else {
-            JobPhase::Running
-        };
-        if known.is_some_and(|k| k.phase != JobPhase::Running || phase_now == JobPhase::Running) {
+        if !news(&monitor.state.jobs, &probe, monitor.def.created_at) {
             continue;
         }
-        if known.is_none() && probe.duration().is_some() && probe.at() < monitor.def.created_at {
-            continue;
-        }
-        if phase_now == JobPhase::Failed && !pods_read {
+        if matches!(probe.outcome, JobOutcome::Failed { .. }) && !pods_read {
             exit_code = failed_exit_code(ctx, &ns, job).await;
             pods_read = true;
         }
@@ -314,6 +301,20 @@ pub async fn report_job(ctx: &Context, job: &Job) {
         if let Err(e) = ctx.core.engine.job(&key, signal).await {
             tracing::warn!(error = %e, monitor = %key, job = %job.name_any(), "cannot record the Job");
         }
+    }
+}
+
+/// Whether `job` tells a monitor that remembers `seen` (and was created at `created`)
+/// something new: a Job it has not seen (unless that Job ended before the monitor
+/// existed: history, not news), or the end of one it saw running.
+pub fn news(seen: &[SeenJob], job: &JobSignal, created: Timestamp) -> bool {
+    let known = seen
+        .iter()
+        .find(|s| s.name == job.name && s.started_at == job.started_at);
+    let ended = !matches!(job.outcome, JobOutcome::Running);
+    match known {
+        Some(k) => k.phase == JobPhase::Running && ended,
+        None => !ended || job.at() >= created,
     }
 }
 
@@ -355,5 +356,52 @@ pub async fn report_all(ctx: &Context, namespace: &str, cron_job: &str) {
     };
     for job in ctx.cron_jobs.jobs_of(namespace, &view.uid) {
         report_job(ctx, &job).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn job(outcome: JobOutcome) -> JobSignal {
+        JobSignal {
+            name: "nightly-1".into(),
+            started_at: t(0),
+            outcome,
+            run_ids: vec!["nightly-1".into()],
+        }
+    }
+
+    fn seen(phase: JobPhase) -> Vec<SeenJob> {
+        vec![SeenJob {
+            name: "nightly-1".into(),
+            started_at: t(0),
+            phase,
+        }]
+    }
+
+    #[test]
+    fn only_news_is_reported() {
+        let running = job(JobOutcome::Running);
+        let done = job(JobOutcome::Succeeded(t(60)));
+        // Unknown: a running Job always, a finished one only if it ended after creation.
+        assert!(news(&[], &running, t(100)));
+        assert!(news(&[], &done, t(30)));
+        assert!(!news(&[], &done, t(100)), "history, not news");
+        // Seen running: its end is news, its running again is not.
+        assert!(news(&seen(JobPhase::Running), &done, t(100)));
+        assert!(!news(&seen(JobPhase::Running), &running, t(100)));
+        // Seen ended: nothing more.
+        assert!(!news(&seen(JobPhase::Succeeded), &done, t(0)));
+        let failed = job(JobOutcome::Failed {
+            at: t(60),
+            reason: crate::core::monitor::jobs::JobFailure::BackoffLimitExceeded,
+            exit_code: None,
+        });
+        assert!(!news(&seen(JobPhase::Failed), &failed, t(0)));
     }
 }
