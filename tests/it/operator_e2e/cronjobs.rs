@@ -74,6 +74,11 @@ async fn status_where(
     .await
 }
 
+/// Waits until the Heartbeat's status shows `state`; returns it.
+async fn in_state(hbs: &Api<Heartbeat>, name: &str, state: &str, within: Duration) -> Value {
+    status_where(hbs, name, state, within, |s| s["state"] == state).await
+}
+
 /// The Up condition's message.
 fn up_message(status: &Value) -> String {
     condition(status, "Up")
@@ -311,16 +316,10 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
     // The CronJob controller starts a Job: Started. Its Pod fails with exit code 3: Down,
     // with the reason and exit code in status, an Event, the ping history and one email.
     let first = nth_job(&jobs, "nightly", 1, Duration::from_secs(90)).await;
-    status_where(&hbs, "nightly", "Started", Duration::from_secs(30), |s| {
-        s["state"] == "Started"
-    })
-    .await;
+    in_state(&hbs, "nightly", "Started", Duration::from_secs(30)).await;
     let pod = pod_of(&pods, &first).await;
     finish_pod(&pods, &pod, 3).await;
-    let down = status_where(&hbs, "nightly", "Down", Duration::from_secs(30), |s| {
-        s["state"] == "Down"
-    })
-    .await;
+    let down = in_state(&hbs, "nightly", "Down", Duration::from_secs(30)).await;
     let message = up_message(&down);
     assert!(
         message.contains(&format!("Job {first} failed: BackoffLimitExceeded"))
@@ -361,10 +360,7 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
     let second = nth_job(&jobs, "nightly", 2, Duration::from_secs(90)).await;
     let pod = pod_of(&pods, &second).await;
     finish_pod(&pods, &pod, 0).await;
-    status_where(&hbs, "nightly", "Up", Duration::from_secs(30), |s| {
-        s["state"] == "Up"
-    })
-    .await;
+    in_state(&hbs, "nightly", "Up", Duration::from_secs(30)).await;
     sink.wait_for_mail("RECOVERED", Duration::from_secs(30))
         .await;
     let history = pings(&op.base, &key, "nightly").await;
@@ -405,10 +401,7 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         "-p",
         r#"{"spec":{"suspend":true}}"#,
     ]);
-    status_where(&hbs, "nightly", "Paused", Duration::from_secs(30), |s| {
-        s["state"] == "Paused"
-    })
-    .await;
+    in_state(&hbs, "nightly", "Paused", Duration::from_secs(30)).await;
 
     // A Heartbeat made by hand is never taken over: an Event on the CronJob says why.
     apply(
@@ -534,15 +527,9 @@ async fn jobs_not_scheduled_running_too_long_or_without_a_ping_are_down() {
     // A Job runs past maxDuration: Down, "running too long".
     start_job(&client, &ns, "batch", "batch-1").await;
     for name in ["slow", "strict"] {
-        status_where(&hbs, name, "Started", Duration::from_secs(30), |s| {
-            s["state"] == "Started"
-        })
-        .await;
+        in_state(&hbs, name, "Started", Duration::from_secs(30)).await;
     }
-    let slow = status_where(&hbs, "slow", "Down", Duration::from_secs(30), |s| {
-        s["state"] == "Down"
-    })
-    .await;
+    let slow = in_state(&hbs, "slow", "Down", Duration::from_secs(30)).await;
     assert!(
         up_message(&slow).contains("running too long: Job batch-1"),
         "{slow}"
@@ -551,10 +538,7 @@ async fn jobs_not_scheduled_running_too_long_or_without_a_ping_are_down() {
     // It completes with no ping from its code: the requirePing monitor is Down.
     let pod = pod_of(&pods, "batch-1").await;
     finish_pod(&pods, &pod, 0).await;
-    let strict = status_where(&hbs, "strict", "Down", Duration::from_secs(30), |s| {
-        s["state"] == "Down"
-    })
-    .await;
+    let strict = in_state(&hbs, "strict", "Down", Duration::from_secs(30)).await;
     assert!(
         up_message(&strict).contains("completed without a ping: Job batch-1"),
         "{strict}"
@@ -570,16 +554,10 @@ async fn jobs_not_scheduled_running_too_long_or_without_a_ping_are_down() {
     let r = reqwest::get(format!("{url}?rid={pod}")).await.unwrap();
     assert_eq!(r.status(), 200);
     finish_pod(&pods, &pod, 0).await;
-    status_where(&hbs, "strict", "Up", Duration::from_secs(30), |s| {
-        s["state"] == "Up"
-    })
-    .await;
+    in_state(&hbs, "strict", "Up", Duration::from_secs(30)).await;
 
     // No Job at all for the minute "missing" expects: Down, "not scheduled".
-    let missing = status_where(&hbs, "missing", "Down", Duration::from_secs(80), |s| {
-        s["state"] == "Down"
-    })
-    .await;
+    let missing = in_state(&hbs, "missing", "Down", Duration::from_secs(80)).await;
     assert!(
         up_message(&missing).contains("not scheduled: CronJob idle started no Job"),
         "{missing}"
