@@ -143,6 +143,14 @@ pub async fn start(
             return Vec::new();
         }
     };
+    // A chart from before CronJobs were watched grants no access to them: without this
+    // look, the watches would retry for good and the operator never turn ready.
+    for ns in scopes {
+        if let Err(e) = readable(&ctx.client, ns.as_deref(), &resource).await {
+            tracing::warn!(error = %e, namespace = ns.as_deref().unwrap_or("<all>"), "cannot list CronJobs or Jobs (check the chart's RBAC); CronJobs are not watched and Heartbeats with cronJobRef are not monitored");
+            return Vec::new();
+        }
+    }
     tracing::info!(api_version = %resource.api_version, "watching CronJobs and their Jobs");
     let mut tasks = Vec::new();
     let mut caches = Vec::new();
@@ -182,6 +190,22 @@ pub async fn start(
         tracing::warn!("the CronJob watches were started twice");
     }
     tasks
+}
+
+/// Whether CronJobs and Jobs of the scope may be listed (one small list of each).
+async fn readable(
+    client: &Client,
+    ns: Option<&str>,
+    resource: &ApiResource,
+) -> Result<(), kube::Error> {
+    let cron_jobs = match ns {
+        Some(n) => Api::<DynamicObject>::namespaced_with(client.clone(), n, resource),
+        None => Api::<DynamicObject>::all_with(client.clone(), resource),
+    };
+    let one = ListParams::default().limit(1);
+    cron_jobs.list_metadata(&one).await?;
+    api::<Job>(client, ns).list_metadata(&one).await?;
+    Ok(())
 }
 
 async fn until_stopped(work: impl Future<Output = ()>, mut stop: watch::Receiver<bool>) {
