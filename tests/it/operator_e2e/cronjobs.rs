@@ -13,7 +13,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use super::harness::{
-    Install, Operator, SERIAL, hb_status, kubectl, kubectl_try, prepare, secret_value, teardown,
+    Install, Operator, SERIAL, apply, condition, hb_status, kubectl, kubectl_try, prepare,
+    secret_value, status_where, teardown,
 };
 use crate::helpers::{SmtpSink, free_port, wait_for};
 use hartslag::k8s::crd::Heartbeat;
@@ -26,13 +27,6 @@ fn batch_version() -> &'static str {
     } else {
         "batch/v1beta1"
     }
-}
-
-fn apply(ns: &str, yaml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("o.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    kubectl(&["apply", "-n", ns, "-f", f.to_str().unwrap()]);
 }
 
 /// A CronJob whose Jobs fail at the first failed Pod.
@@ -50,28 +44,6 @@ fn cron_job(name: &str, schedule: &str, annotations: &[(&str, &str)]) -> String 
         "apiVersion: {}\nkind: CronJob\nmetadata:\n  name: {name}\n  annotations:{annotations}\nspec:\n  schedule: \"{schedule}\"\n  jobTemplate:\n    spec:\n      backoffLimit: 0\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n            - name: main\n              image: busybox\n              command: [\"true\"]\n",
         batch_version()
     )
-}
-
-fn condition(status: &Value, ty: &str) -> Option<Value> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-        .cloned()
-}
-
-/// Waits until the Heartbeat's status satisfies `check`; returns it.
-async fn status_where(
-    hbs: &Api<Heartbeat>,
-    name: &str,
-    what: &str,
-    within: Duration,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_for(&format!("{name}: {what}"), within, || async {
-        hb_status(hbs, name).await.filter(|s| check(s))
-    })
-    .await
 }
 
 /// Waits until the Heartbeat's status shows `state`; returns it.
