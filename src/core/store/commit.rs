@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::latency::LatencyRecord;
 use super::wal::{self, Log, Mutation, WalError};
 use crate::core::metrics::{Histogram, SYNC_BUCKETS};
 
@@ -83,6 +84,8 @@ struct State {
 pub struct CommitStats {
     /// How long each group's append and `fdatasync` took.
     pub sync: Histogram,
+    /// How long each group's `fdatasync` alone took, finely: the disk's flush latency.
+    pub flush: LatencyRecord,
     /// How long each checkpoint (sled flush, then emptying the log) took.
     pub checkpoint: Histogram,
     /// Groups committed: one `fdatasync` each.
@@ -95,6 +98,7 @@ impl Default for CommitStats {
     fn default() -> Self {
         Self {
             sync: Histogram::with_bounds(&SYNC_BUCKETS),
+            flush: LatencyRecord::default(),
             checkpoint: Histogram::default(),
             groups: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -255,8 +259,10 @@ impl Turn<'_> {
             wal::encode_record(&e.writes, log.generation(), &mut buf);
         }
         let started = Instant::now();
-        log.append(&buf)
-            .map_err(|e| CommitError::Log(Arc::new(e)))?;
+        log.write(&buf).map_err(|e| CommitError::Log(Arc::new(e)))?;
+        let synced = Instant::now();
+        log.sync().map_err(|e| CommitError::Log(Arc::new(e)))?;
+        stats.flush.observe(synced.elapsed());
         stats.sync.observe(started.elapsed());
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats

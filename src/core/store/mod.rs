@@ -8,6 +8,7 @@ pub mod apps;
 pub mod commit;
 pub mod events;
 pub mod keys;
+pub mod latency;
 pub mod wal;
 
 use std::path::Path;
