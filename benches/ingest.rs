@@ -34,7 +34,7 @@ use axum::routing::post;
 use hartslag::config::ServerConfig;
 use hartslag::core::store::CommitStats;
 use hartslag::core::store::latency::LatencySnapshot;
-use hartslag::server::Core;
+use hartslag::server::Server;
 
 struct Outcome {
     requests: usize,
@@ -401,11 +401,11 @@ fn main() {
         .expect("write");
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
-        let core = Core::open(ServerConfig::new(addr, dir.path().join("data"))).expect("open");
-        hartslag::standalone::apply_manifests(&core, &manifests).await.expect("manifests");
+        let mut server = Server::open(ServerConfig::new(addr, dir.path().join("data"))).expect("open");
+        hartslag::standalone::apply_manifests(&mut server, &manifests).await.expect("manifests");
         let token = std::fs::read_to_string(dir.path().join("data/tokens/application-bench.token")).expect("token");
-        let c = core.clone();
-        tokio::spawn(async move { c.serve(l, std::future::pending()).await });
+        let store = server.core.registry.store().clone();
+        tokio::spawn(async move { server.serve(l, std::future::pending()).await });
 
         let body = r#"{"event":"bench-event","weight":3,"user_id":42}"#;
         let ping = std::fs::read_to_string(dir.path().join("data/tokens/heartbeat-bench-job.url")).expect("ping url");
@@ -420,7 +420,7 @@ fn main() {
              the order rotating each round so drift on the machine reaches every target alike",
             if in_process { "a client on the server's own runtime" } else { "a load-generator process" }
         );
-        let stats = core.registry.store().committer().stats();
+        let stats = store.committer().stats();
         println!("load average at start: {}", common::load_average());
         let mut results: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::core::ServicesConfig;
+
 /// Settings of the core server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -58,5 +60,15 @@ impl ServerConfig {
     /// The external URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.external_url.trim_end_matches('/')
+    }
+
+    /// What the core's services need of this configuration.
+    pub fn services(&self) -> ServicesConfig {
+        ServicesConfig {
+            data_dir: self.data_dir.clone(),
+            cache_bytes: self.cache_bytes,
+            ping_history: self.ping_history as u64,
+            outbox: self.outbox,
+        }
     }
 }

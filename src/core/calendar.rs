@@ -1,7 +1,9 @@
-//! Calendar periods for stats: today, this ISO week and this month in an Application's zone.
+//! Calendar periods for stats: today, this ISO week and this month in an Application's zone,
+//! and the date keys rollups are stored under.
 //!
 //! Rollups are keyed by the event's local date, so the periods are ranges of dates; the
-//! arithmetic happens here, once, instead of in every query.
+//! arithmetic happens here, once, for ingest (which dates each event), the store (which
+//! sums ranges of dates) and the readers (which ask for periods).
 
 use jiff::Timestamp;
 use jiff::civil::Date;

@@ -3,11 +3,15 @@
 
 pub mod alert;
 pub mod calendar;
+pub mod catalogue;
 pub mod duration;
 pub mod ingest;
 pub mod metrics;
 pub mod monitor;
 pub mod registry;
+pub mod services;
 pub mod spec;
 pub mod store;
 pub mod token;
+
+pub use services::{Services, ServicesConfig, ServicesError};

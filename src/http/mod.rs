@@ -1,4 +1,30 @@
-//! The HTTP adapters: the APIs and the dashboard.
+//! The HTTP adapters over the core's services: the event, ping, management and operations
+//! APIs ([`api`]) and the dashboard ([`dashboard`]), in one router whose every answer is
+//! counted ([`track`]).
 
 pub mod api;
+pub mod auth;
+pub mod body;
 pub mod dashboard;
+pub mod error;
+pub mod export;
+pub mod query;
+mod serve;
+mod state;
+pub mod track;
+
+use axum::Router;
+
+pub use error::ApiError;
+pub use serve::serve;
+pub use state::{HttpState, Shared};
+
+/// The complete router: the APIs plus the dashboard, all counted in the request metrics.
+pub fn router(state: HttpState) -> Router {
+    let requests = state.requests.clone();
+    Router::new()
+        .merge(api::routes())
+        .merge(dashboard::routes())
+        .with_state(state)
+        .layer(track::TrackLayer::new(requests))
+}

@@ -12,22 +12,23 @@ use serde_json::json;
 
 use super::Context;
 use super::crd::Heartbeat;
+use crate::core::catalogue::{
+    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
+};
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::engine::Monitor;
 use crate::core::registry::{AppInfo, object_key};
-use crate::http::api::manage::{CreateRequest, Directory, DirectoryError, UpdateRequest};
-use crate::standalone::catalogue::slug;
 
 /// How long an API call waits for the controller to reconcile its change.
 const RECONCILE_WAIT: Duration = Duration::from_secs(15);
 
-/// The Kubernetes [`Directory`].
-pub struct KubernetesDirectory {
+/// The Kubernetes [`MonitorCatalogue`]: Heartbeat resources are the source of truth.
+pub struct KubernetesCatalogue {
     ctx: Arc<Context>,
 }
 
-impl KubernetesDirectory {
-    /// A directory over the controllers' context.
+impl KubernetesCatalogue {
+    /// A catalogue over the controllers' context.
     pub fn new(ctx: Arc<Context>) -> Self {
         Self { ctx }
     }
@@ -36,14 +37,14 @@ impl KubernetesDirectory {
         &self,
         what: &str,
         mut check: impl FnMut() -> Option<T>,
-    ) -> Result<T, DirectoryError> {
+    ) -> Result<T, CatalogueError> {
         let deadline = tokio::time::Instant::now() + RECONCILE_WAIT;
         loop {
             if let Some(v) = check() {
                 return Ok(v);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(DirectoryError::Unavailable(format!(
+                return Err(CatalogueError::Unavailable(format!(
                     "the change was accepted but the operator has not {what} yet; retry the read shortly"
                 )));
             }
@@ -52,19 +53,19 @@ impl KubernetesDirectory {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
-    DirectoryError::Unavailable(e.to_string())
+fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
+    CatalogueError::Unavailable(e.to_string())
 }
 
-impl Directory for KubernetesDirectory {
+impl MonitorCatalogue for KubernetesCatalogue {
     fn create<'a>(
         &'a self,
         app: &'a AppInfo,
         req: CreateRequest,
-    ) -> BoxFuture<'a, Result<(Monitor, String), DirectoryError>> {
+    ) -> BoxFuture<'a, Result<(Monitor, String), CatalogueError>> {
         Box::pin(async move {
             let core = &self.ctx.core;
-            crate::http::api::manage::check_quota(&core.engine, app)?;
+            check_quota(&core.engine, app)?;
             let api: Api<Heartbeat> = Api::namespaced(self.ctx.client.clone(), &app.namespace);
             let base = slug(&req.name);
             let mut created = None;
@@ -112,7 +113,7 @@ impl Directory for KubernetesDirectory {
         _app: &'a AppInfo,
         monitor: &'a Monitor,
         req: UpdateRequest,
-    ) -> BoxFuture<'a, Result<Monitor, DirectoryError>> {
+    ) -> BoxFuture<'a, Result<Monitor, CatalogueError>> {
         Box::pin(async move {
             let mut spec = serde_json::Map::new();
             if let Some(n) = &req.name {
@@ -145,7 +146,7 @@ impl Directory for KubernetesDirectory {
             )
             .await
             .map_err(|e| match e {
-                kube::Error::Api(s) if s.code == 404 => DirectoryError::NotFound,
+                kube::Error::Api(s) if s.code == 404 => CatalogueError::NotFound,
                 other => unavailable(other),
             })?;
             let key = monitor.def.key.clone();
@@ -169,7 +170,7 @@ impl Directory for KubernetesDirectory {
         &'a self,
         _app: &'a AppInfo,
         monitor: &'a Monitor,
-    ) -> BoxFuture<'a, Result<(), DirectoryError>> {
+    ) -> BoxFuture<'a, Result<(), CatalogueError>> {
         Box::pin(async move {
             let api: Api<Heartbeat> =
                 Api::namespaced(self.ctx.client.clone(), &monitor.def.namespace);
@@ -178,7 +179,7 @@ impl Directory for KubernetesDirectory {
                 .await
             {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => return Err(DirectoryError::NotFound),
+                Err(kube::Error::Api(s)) if s.code == 404 => return Err(CatalogueError::NotFound),
                 Err(e) => return Err(unavailable(e)),
             }
             let key = monitor.def.key.clone();

@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use super::crd::{Application, ApplicationStatus, Heartbeat, HeartbeatStatus};
 use super::status::{condition, patch_status};
 use super::{Context, FINALIZER, Regarding, ResourceMeta, secrets};
-use crate::core::alert::message::resolve_targets;
+use crate::core::monitor::define::{DeclaredHeartbeat, ping_url};
 use crate::core::monitor::engine::{MonitorDef, Origin};
 use crate::core::registry::object_key;
 use crate::core::spec::DeletionPolicy;
@@ -251,7 +251,7 @@ async fn apply_heartbeat(
         )];
         st
     };
-    if let Err(e) = spec.validate_with_min_interval(ctx.core.config.min_interval) {
+    if let Err(e) = spec.validate_with_min_interval(ctx.config.min_interval) {
         deactivate(ctx, &key).await?;
         return invalid(
             &api,
@@ -301,13 +301,13 @@ async fn apply_heartbeat(
     let Some(owner_ref) = owner(hb.as_ref()) else {
         return Err(core_err("object has no uid yet"));
     };
-    let base = ctx.core.config.base_url().to_string();
+    let base = ctx.config.base_url().to_string();
     let ensured = secrets::ensure(
         &secrets_api,
         &secret_name,
         owner_ref,
         TokenKind::Heartbeat,
-        |t| Some(format!("{base}/v1/heartbeats/{}/ping", t.expose())),
+        |t| Some(ping_url(&base, t.expose())),
     )
     .await?;
     let existing = ctx.core.engine.get(&key);
@@ -323,30 +323,23 @@ async fn apply_heartbeat(
         )
         .await
         .map_err(core_err)?;
-    let def = MonitorDef {
-        key: key.clone(),
-        id: hb.metadata.uid.clone().unwrap_or_else(|| key.clone()),
-        namespace: ns.to_string(),
-        name: name.clone(),
-        display_name: spec.display_name.clone(),
-        interval_secs: spec.interval().as_secs(),
-        grace_secs: spec.grace().as_secs(),
-        paused: spec.paused,
-        targets: resolve_targets(
-            spec.alerts.as_ref(),
-            app.as_ref().and_then(|a| a.spec.alerts.as_ref()),
-            ctx.core.config.webhook_url.as_deref(),
-        ),
-        application: app.as_ref().map(|a| a.key.clone()),
+    let def = DeclaredHeartbeat {
+        namespace: ns,
+        name: &name,
+        spec: &spec,
+        application: app.as_deref(),
         token: ensured.token.hash(),
         ping_hint: format!(
             "curl -fsS -m 10 --retry 3 \"$PING_URL\" (the ping URL is key ping-url of Secret {ns}/{secret_name})"
         ),
         origin: Origin::Kubernetes,
-        retain_on_delete: spec.deletion_policy == Some(DeletionPolicy::Retain),
-        created_at: existing.as_ref().map(|m| m.def.created_at).unwrap_or(now),
-        updated_at: existing.as_ref().map(|m| m.def.updated_at).unwrap_or(now),
-    };
+        id: hb.metadata.uid.clone().unwrap_or_else(|| key.clone()),
+    }
+    .monitor_def(
+        existing.as_ref().map(|m| &m.def),
+        ctx.config.webhook_url.as_deref(),
+        now,
+    );
     let changed = existing.as_ref().is_none_or(|m| {
         MonitorDef {
             updated_at: m.def.updated_at,

@@ -1,4 +1,63 @@
-//! Outbound alert delivery: email and webhooks.
+//! Outbound alert delivery: the core's [`Deliver`] port over real channels, one file per
+//! kind of target. A new kind is a new file here and one arm in [`Notifier::deliver`].
 
 pub mod email;
 pub mod webhook;
+
+use futures::future::BoxFuture;
+
+use crate::core::alert::message::{Alert, Target};
+use crate::core::alert::{Deliver, DeliveryError};
+use email::{EmailConfigError, EmailSender, SmtpConfig};
+use webhook::WebhookSender;
+
+/// Why the channels could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The SMTP settings are unusable.
+    #[error("--smtp-url / --mail-from: {0}")]
+    Email(#[from] EmailConfigError),
+    /// The HTTP client for webhooks could not be built.
+    #[error("webhook client: {0}")]
+    Webhook(DeliveryError),
+}
+
+/// Every channel this server can deliver through.
+#[derive(Clone, Debug)]
+pub struct Notifier {
+    /// Email, when an SMTP server is configured.
+    email: Option<EmailSender>,
+    webhook: WebhookSender,
+}
+
+impl Notifier {
+    /// Sets up the channels: email through `smtp_url` (none when unset), webhooks always.
+    pub fn new(smtp_url: Option<&str>, mail_from: &str) -> Result<Self, NotifyError> {
+        let email = match smtp_url {
+            Some(url) => Some(EmailSender::new(&SmtpConfig::from_url(url, mail_from)?)?),
+            None => None,
+        };
+        let webhook = WebhookSender::new().map_err(NotifyError::Webhook)?;
+        Ok(Self { email, webhook })
+    }
+}
+
+impl Deliver for Notifier {
+    fn deliver<'a>(
+        &'a self,
+        alert: &'a Alert,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            match target {
+                Target::Email { to } => match &self.email {
+                    Some(sender) => sender.send(alert, to).await,
+                    None => Err(DeliveryError::Unconfigured(
+                        "no SMTP server is configured (--smtp-url)".into(),
+                    )),
+                },
+                Target::Webhook { url } => self.webhook.send(alert, url).await,
+            }
+        })
+    }
+}

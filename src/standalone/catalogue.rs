@@ -5,136 +5,104 @@
 use futures::future::BoxFuture;
 
 use super::tokens;
-use crate::core::alert::message::resolve_targets;
-use crate::core::monitor::engine::{Monitor, MonitorDef, Origin};
+use crate::config::ServerConfig;
+use crate::core::Services;
+use crate::core::catalogue::{
+    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
+};
+use crate::core::monitor::define::DeclaredHeartbeat;
+use crate::core::monitor::engine::{Monitor, Origin};
 use crate::core::registry::{AppInfo, object_key};
 use crate::core::store::apps::TokenOwner;
-use crate::core::token::{Token, TokenKind};
-use crate::http::api::manage::{CreateRequest, Directory, DirectoryError, UpdateRequest};
-use crate::server::Core;
+use crate::core::token::{Token, TokenKind, random_id};
 
-/// The standalone [`Directory`].
-pub struct StandaloneDirectory {
-    core: Core,
+/// The standalone [`MonitorCatalogue`].
+pub struct StandaloneCatalogue {
+    core: Services,
+    config: ServerConfig,
 }
 
-impl StandaloneDirectory {
-    /// A directory over `core`.
-    pub fn new(core: Core) -> Self {
-        Self { core }
+impl StandaloneCatalogue {
+    /// A catalogue over `core`, with token files under `config`'s data directory.
+    pub fn new(core: Services, config: ServerConfig) -> Self {
+        Self { core, config }
     }
-}
 
-/// A DNS-safe resource name from a human name (`Daily Backup!` → `daily-backup`).
-pub fn slug(name: &str) -> String {
-    let mut out = String::new();
-    for c in name.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') {
-            out.push('-');
+    /// The slug of `display_name`, numbered (`-2`, `-3`, ...) past every name a monitor,
+    /// a retained monitor or a token file of `app`'s namespace already has.
+    fn free_name(&self, app: &AppInfo, display_name: &str) -> String {
+        let engine = &self.core.engine;
+        let taken = |name: &str| {
+            let key = object_key(&app.namespace, name);
+            engine.get(&key).is_some()
+                || engine.retained(&key).is_some()
+                || tokens::token_path(&self.config.data_dir, "heartbeat", name).exists()
+        };
+        let base = slug(display_name);
+        let mut name = base.clone();
+        let mut n = 1;
+        while taken(&name) {
+            n += 1;
+            name = format!("{base}-{n}");
         }
-    }
-    let trimmed: String = out.trim_matches('-').chars().take(50).collect();
-    let trimmed = trimmed.trim_end_matches('-').to_string();
-    if trimmed.is_empty() {
-        "heartbeat".into()
-    } else {
-        trimmed
+        name
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> DirectoryError {
-    DirectoryError::Unavailable(e.to_string())
+fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
+    CatalogueError::Unavailable(e.to_string())
 }
 
-fn read_only(m: &Monitor) -> DirectoryError {
-    DirectoryError::ReadOnly(format!(
+fn read_only(m: &Monitor) -> CatalogueError {
+    CatalogueError::ReadOnly(format!(
         "heartbeat {} is defined by a manifest file; change or remove it there",
         m.def.name
     ))
 }
 
-impl Directory for StandaloneDirectory {
+impl MonitorCatalogue for StandaloneCatalogue {
     fn create<'a>(
         &'a self,
         app: &'a AppInfo,
         req: CreateRequest,
-    ) -> BoxFuture<'a, Result<(Monitor, String), DirectoryError>> {
+    ) -> BoxFuture<'a, Result<(Monitor, String), CatalogueError>> {
         Box::pin(async move {
             let core = &self.core;
-            crate::http::api::manage::check_quota(&core.engine, app)?;
-            let data = &core.config.data_dir;
-            let base = slug(&req.name);
-            let mut name = base.clone();
-            let mut n = 1;
-            while core
-                .engine
-                .get(&object_key(&app.namespace, &name))
-                .is_some()
-                || core
-                    .engine
-                    .retained(&object_key(&app.namespace, &name))
-                    .is_some()
-                || tokens::token_path(data, "heartbeat", &name).exists()
-            {
-                n += 1;
-                name = format!("{base}-{n}");
-            }
-            let key = object_key(&app.namespace, &name);
+            check_quota(&core.engine, app)?;
+            let data = &self.config.data_dir;
+            let name = self.free_name(app, &req.name);
             let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
-            let url_path = data.join("tokens").join(format!("heartbeat-{name}.url"));
-            tokens::write_private(
-                &tokens::token_path(data, "heartbeat", &name),
-                token.expose(),
-            )
-            .map_err(unavailable)?;
-            tokens::write_private(
-                &url_path,
-                &format!(
-                    "{}/v1/heartbeats/{}/ping",
-                    core.config.base_url(),
-                    token.expose()
-                ),
-            )
-            .map_err(unavailable)?;
+            let url_path =
+                tokens::write_heartbeat_files(data, &name, &token, self.config.base_url())
+                    .map_err(unavailable)?;
+            let key = object_key(&app.namespace, &name);
             core.registry
                 .put_token(
                     token.hash(),
                     TokenOwner {
                         kind: TokenKind::Heartbeat,
-                        key: key.clone(),
+                        key,
                     },
                     None,
                 )
                 .await
                 .map_err(unavailable)?;
-            let now = jiff::Timestamp::now();
-            let def = MonitorDef {
-                key,
-                id: crate::core::token::random_id().map_err(unavailable)?,
-                namespace: app.namespace.clone(),
-                name,
-                display_name: Some(req.name),
-                interval_secs: req.interval_secs,
-                grace_secs: req.grace_secs,
-                paused: false,
-                targets: resolve_targets(
-                    None,
-                    app.spec.alerts.as_ref(),
-                    core.config.webhook_url.as_deref(),
-                ),
-                application: Some(app.key.clone()),
+            let spec = req.heartbeat_spec(app);
+            let def = DeclaredHeartbeat {
+                namespace: &app.namespace,
+                name: &name,
+                spec: &spec,
+                application: Some(app),
                 token: token.hash(),
-                ping_hint: format!(
-                    "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
-                    url_path.display()
-                ),
+                ping_hint: tokens::ping_hint(&url_path),
                 origin: Origin::Api,
-                retain_on_delete: false,
-                created_at: now,
-                updated_at: now,
-            };
+                id: random_id().map_err(unavailable)?,
+            }
+            .monitor_def(
+                None,
+                self.config.webhook_url.as_deref(),
+                jiff::Timestamp::now(),
+            );
             let m = core.engine.upsert(def).await.map_err(unavailable)?;
             Ok((m, token.expose().to_string()))
         })
@@ -145,7 +113,7 @@ impl Directory for StandaloneDirectory {
         _app: &'a AppInfo,
         monitor: &'a Monitor,
         req: UpdateRequest,
-    ) -> BoxFuture<'a, Result<Monitor, DirectoryError>> {
+    ) -> BoxFuture<'a, Result<Monitor, CatalogueError>> {
         Box::pin(async move {
             if monitor.def.origin == Origin::Manifest {
                 return Err(read_only(monitor));
@@ -175,7 +143,7 @@ impl Directory for StandaloneDirectory {
         &'a self,
         _app: &'a AppInfo,
         monitor: &'a Monitor,
-    ) -> BoxFuture<'a, Result<(), DirectoryError>> {
+    ) -> BoxFuture<'a, Result<(), CatalogueError>> {
         Box::pin(async move {
             if monitor.def.origin == Origin::Manifest {
                 return Err(read_only(monitor));
@@ -189,34 +157,16 @@ impl Directory for StandaloneDirectory {
                 .remove(&monitor.def.key)
                 .await
                 .map_err(unavailable)?;
-            let data = &core.config.data_dir;
-            let _ = std::fs::remove_file(tokens::token_path(data, "heartbeat", &monitor.def.name));
-            let _ = std::fs::remove_file(
-                data.join("tokens")
-                    .join(format!("heartbeat-{}.url", monitor.def.name)),
-            );
+            tokens::remove_heartbeat_files(&self.config.data_dir, &monitor.def.name);
             Ok(())
         })
     }
 
     fn token(&self, monitor: &Monitor) -> Option<String> {
-        let path = tokens::token_path(&self.core.config.data_dir, "heartbeat", &monitor.def.name);
+        let path = tokens::token_path(&self.config.data_dir, "heartbeat", &monitor.def.name);
         tokens::read_token(&path)
             .ok()
             .flatten()
             .map(|t| t.expose().to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slugs_are_dns_safe() {
-        assert_eq!(slug("Daily Backup!"), "daily-backup");
-        assert_eq!(slug("  --Weekly  report-- "), "weekly-report");
-        assert_eq!(slug("ÄÖÜ"), "heartbeat");
-        assert_eq!(slug(&"x".repeat(80)).len(), 50);
     }
 }

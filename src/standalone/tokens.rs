@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::core::monitor::define::ping_url;
 use crate::core::token::{Token, TokenError, TokenKind};
 
 /// Why a token file could not be used.
@@ -73,6 +74,51 @@ pub fn read_token(path: &Path) -> Result<Option<Token>, TokenFileError> {
 /// The token file of an object: `<data>/tokens/<kind>-<name>.token`.
 pub fn token_path(data: &Path, kind: &str, name: &str) -> PathBuf {
     data.join("tokens").join(format!("{kind}-{name}.token"))
+}
+
+/// The file holding a Heartbeat's ping URL: `<data>/tokens/heartbeat-<name>.url`.
+pub fn ping_url_path(data: &Path, name: &str) -> PathBuf {
+    data.join("tokens").join(format!("heartbeat-{name}.url"))
+}
+
+/// Writes the ping URL file of Heartbeat `name` for `token` (the token file itself is
+/// [`ensure_token`]'s or the caller's); returns the URL file's path.
+pub fn write_ping_url(
+    data: &Path,
+    name: &str,
+    token: &Token,
+    base_url: &str,
+) -> Result<PathBuf, TokenFileError> {
+    let path = ping_url_path(data, name);
+    write_private(&path, &ping_url(base_url, token.expose()))?;
+    Ok(path)
+}
+
+/// Writes both files of a new Heartbeat `name`: its token and its ping URL; returns the
+/// URL file's path.
+pub fn write_heartbeat_files(
+    data: &Path,
+    name: &str,
+    token: &Token,
+    base_url: &str,
+) -> Result<PathBuf, TokenFileError> {
+    write_private(&token_path(data, "heartbeat", name), token.expose())?;
+    write_ping_url(data, name, token, base_url)
+}
+
+/// Removes both files of Heartbeat `name`; files already gone are no error.
+pub fn remove_heartbeat_files(data: &Path, name: &str) {
+    let _ = std::fs::remove_file(token_path(data, "heartbeat", name));
+    let _ = std::fs::remove_file(ping_url_path(data, name));
+}
+
+/// How an alert tells people to ping a standalone monitor: by reading the URL file, so the
+/// token never appears in an alert.
+pub fn ping_hint(url_path: &Path) -> String {
+    format!(
+        "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
+        url_path.display()
+    )
 }
 
 /// Where a token came from, so the caller can tell the user once.

@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod boundary;
+
 mod chart;
 mod crds;
 mod dashboard;

@@ -1,10 +1,18 @@
-//! Alert delivery: what alerts say, how they travel (email, webhook) and the durable
-//! outbox that makes sure each one arrives.
+//! Alerts: what they say, the durable outbox that makes sure each one arrives, and the
+//! port through which the outbox hands them to a channel (email, webhooks, ...), whose
+//! implementations live outside the core (`crate::notify`).
 
 pub mod message;
+mod metrics;
 pub mod outbox;
 
-/// Why one delivery attempt failed.
+pub use metrics::OutboxStats;
+
+use futures::future::BoxFuture;
+
+use message::{Alert, Target};
+
+/// Why one delivery attempt failed; the outbox retries, gives up or skips accordingly.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
     /// Worth retrying: the server was unreachable, timed out or asked to retry.
@@ -13,4 +21,18 @@ pub enum DeliveryError {
     /// Retrying will not help: rejected address, 4xx from a webhook.
     #[error("permanent failure: {0}")]
     Permanent(String),
+    /// The target's channel is not configured on this server (email without an SMTP
+    /// server): the delivery is skipped, not failed.
+    #[error("channel not configured: {0}")]
+    Unconfigured(String),
+}
+
+/// Carries one alert to one target: the port the outbox delivers through.
+pub trait Deliver: Send + Sync {
+    /// One attempt; `Ok` only once the target has accepted the alert.
+    fn deliver<'a>(
+        &'a self,
+        alert: &'a Alert,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }

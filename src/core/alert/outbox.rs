@@ -15,11 +15,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::DeliveryError;
 use super::message::{Alert, Target};
+use super::{Deliver, DeliveryError, OutboxStats};
 use crate::core::store::Committer;
-use crate::notify::email::EmailSender;
-use crate::notify::webhook::WebhookSender;
 
 /// Errors of the outbox's storage.
 #[derive(Debug, thiserror::Error)]
@@ -98,19 +96,6 @@ pub struct DoneRecord {
     pub at: Timestamp,
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct OutboxStats {
-    /// Deliveries accepted by their target.
-    pub delivered: AtomicU64,
-    /// Deliveries given up (permanent error or too old).
-    pub failed: AtomicU64,
-    /// Transient failures that were rescheduled.
-    pub retried: AtomicU64,
-    /// Deliveries skipped because their channel is not configured.
-    pub skipped: AtomicU64,
-}
-
 /// The key of one (alert, target) delivery.
 pub fn delivery_key(alert: &Alert, target: &Target) -> Vec<u8> {
     let suffix = match target {
@@ -147,15 +132,6 @@ pub fn records(
             Ok((delivery_key(alert, t), serde_json::to_vec(&d)?))
         })
         .collect()
-}
-
-/// The channels deliveries go through.
-#[derive(Clone, Debug)]
-pub struct Senders {
-    /// Email, when SMTP is configured.
-    pub email: Option<EmailSender>,
-    /// Webhooks.
-    pub webhook: WebhookSender,
 }
 
 /// Handle to the outbox; clone freely.
@@ -201,6 +177,11 @@ impl Outbox {
             stats: Arc::new(OutboxStats::default()),
             done_seq: Arc::new(AtomicU64::new(last)),
         })
+    }
+
+    /// Adds the outbox's families to `/metrics`.
+    pub fn register_metrics(&self, registry: &mut crate::core::metrics::MetricRegistry) {
+        self.stats.register(self.pending.clone(), registry);
     }
 
     /// The tree pending deliveries live in (for callers that write records atomically).
@@ -270,33 +251,26 @@ impl Outbox {
 
     async fn attempt(
         &self,
-        senders: &Senders,
+        courier: &dyn Deliver,
         key: &[u8],
         mut d: Delivery,
     ) -> Result<(), OutboxError> {
         d.attempts += 1;
-        let result = match &d.target {
-            Target::Email { to } => match &senders.email {
-                Some(sender) => sender.send(&d.alert, to).await,
-                None => {
-                    tracing::warn!(alert = %d.alert.id, "alert email not sent: no SMTP server is configured (--smtp-url)");
-                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    return self
-                        .finish(key, &d, "skipped", Some("no SMTP server configured".into()))
-                        .await;
-                }
-            },
-            Target::Webhook { url } => senders.webhook.send(&d.alert, url).await,
-        };
+        let result = courier.deliver(&d.alert, &d.target).await;
         match result {
             Ok(()) => {
                 tracing::info!(alert = %d.alert.id, attempts = d.attempts, "alert delivered");
-                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.stats.delivered.inc();
                 self.finish(key, &d, "delivered", None).await
+            }
+            Err(DeliveryError::Unconfigured(msg)) => {
+                tracing::warn!(alert = %d.alert.id, reason = %msg, "alert not sent: its channel is not configured");
+                self.stats.skipped.inc();
+                self.finish(key, &d, "skipped", Some(msg)).await
             }
             Err(DeliveryError::Permanent(msg)) => {
                 tracing::warn!(alert = %d.alert.id, error = %msg, "alert delivery failed permanently");
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.failed.inc();
                 self.finish(key, &d, "failed", Some(msg)).await
             }
             Err(DeliveryError::Transient(msg)) => {
@@ -306,14 +280,14 @@ impl Outbox {
                         .unwrap_or(SignedDuration::MAX)
                 {
                     tracing::warn!(alert = %d.alert.id, error = %msg, attempts = d.attempts, "alert delivery given up");
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.stats.failed.inc();
                     return self
                         .finish(key, &d, "failed", Some(format!("gave up: {msg}")))
                         .await;
                 }
                 let delay = backoff(&self.config, d.attempts - 1, key);
                 tracing::info!(alert = %d.alert.id, error = %msg, attempts = d.attempts, retry_in_ms = delay.as_millis() as u64, "alert delivery will be retried");
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                self.stats.retried.inc();
                 d.next_attempt_at = Timestamp::now()
                     .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
                     .unwrap_or(Timestamp::MAX);
@@ -326,7 +300,7 @@ impl Outbox {
     }
 
     /// The delivery worker; runs until the process ends.
-    pub async fn run(self, senders: Senders) {
+    pub async fn run(self, courier: std::sync::Arc<dyn Deliver>) {
         loop {
             let now = Timestamp::now();
             let mut next: Option<Timestamp> = None;
@@ -353,7 +327,7 @@ impl Outbox {
                 .collect();
             if !due.is_empty() {
                 for (key, d) in due {
-                    if let Err(e) = self.attempt(&senders, &key, d).await {
+                    if let Err(e) = self.attempt(courier.as_ref(), &key, d).await {
                         tracing::error!(error = %e, "outbox storage error");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }

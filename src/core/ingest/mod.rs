@@ -1,5 +1,5 @@
-//! Event ingest: the pure rules that turn a request body into an event, and the calendar
-//! arithmetic behind the stats periods. No I/O here; `crate::core::store` persists the results.
+//! Event ingest: the pure rules that turn a request body into an event. No I/O here;
+//! `crate::core::store::events` persists the results, dated by `crate::core::calendar`.
 
 pub mod validate;
 

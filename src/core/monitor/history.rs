@@ -13,14 +13,49 @@
 
 use std::collections::HashMap;
 
-use super::engine::PingRecord;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::engine::keys::{Family, numbered_prefix};
 use crate::core::store::wal::Mutation;
 
-/// Key family of ping blocks in the monitors tree (see the engine's other families).
-pub(crate) const FAMILY_PING_BLOCK: u8 = 5;
+/// What kind of signal a ping carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PingKind {
+    /// Success (`/ping`, exit code 0).
+    Success,
+    /// A run began (`/start`).
+    Start,
+    /// Failure (`/fail`, exit code 1–255).
+    Fail,
+}
 
-/// Key family of single-ping records written by earlier versions; converted at start.
-pub(crate) const FAMILY_PING_SINGLE: u8 = 2;
+/// One received ping, as kept in the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRecord {
+    /// Sequence number within the monitor (1-based).
+    pub seq: u64,
+    /// When it arrived.
+    pub at: Timestamp,
+    /// Kind.
+    pub kind: PingKind,
+    /// Exit code, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
+    /// Client address (first X-Forwarded-For entry when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// User agent, at most 200 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Request body, at most 10 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Run duration in milliseconds, when a `/start` preceded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+}
 
 /// Pings per block.
 pub const PINGS_PER_BLOCK: u64 = 16;
@@ -56,10 +91,7 @@ pub enum HistoryError {
 
 /// The prefix every block of monitor `num` starts with.
 pub fn monitor_prefix(num: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = FAMILY_PING_BLOCK;
-    k[1..].copy_from_slice(&num.to_be_bytes());
-    k
+    numbered_prefix(Family::PingBlock, num)
 }
 
 /// The key of the block that holds ping `seq` of monitor `num`.
@@ -201,7 +233,7 @@ pub fn convert_single_records(
 ) -> Result<usize, HistoryError> {
     let mut converted = 0;
     loop {
-        let Some(first) = tree.scan_prefix([FAMILY_PING_SINGLE]).keys().next() else {
+        let Some(first) = tree.scan_prefix([Family::PingSingle as u8]).keys().next() else {
             return Ok(converted);
         };
         let first = first?;
@@ -243,8 +275,6 @@ pub fn convert_single_records(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::monitor::engine::PingKind;
-    use jiff::Timestamp;
 
     fn ping(seq: u64) -> PingRecord {
         PingRecord {
@@ -368,7 +398,7 @@ mod tests {
         let (committer, _) = crate::core::store::Committer::spawn(db.clone(), dir.path()).unwrap();
         for num in [7u64, 8] {
             for seq in 1..=40u64 {
-                let mut k = vec![FAMILY_PING_SINGLE];
+                let mut k = vec![Family::PingSingle as u8];
                 k.extend_from_slice(&num.to_be_bytes());
                 k.extend_from_slice(&seq.to_be_bytes());
                 tree.insert(k, serde_json::to_vec(&ping(seq)).unwrap())
@@ -376,7 +406,7 @@ mod tests {
             }
         }
         assert_eq!(convert_single_records(&tree, &committer).unwrap(), 80);
-        assert_eq!(tree.scan_prefix([FAMILY_PING_SINGLE]).count(), 0);
+        assert_eq!(tree.scan_prefix([Family::PingSingle as u8]).count(), 0);
         for num in [7u64, 8] {
             let got = newest(&tree, num, 1000, 1000).unwrap();
             assert_eq!(got, (1..=40).rev().map(ping).collect::<Vec<_>>());

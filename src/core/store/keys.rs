@@ -83,6 +83,13 @@ pub fn parse_event_key(k: &[u8]) -> Option<(u64, i64)> {
     Some((app, at))
 }
 
+/// The first event's micros and the sequence of a raw-event (block) key.
+pub fn parse_block_key(k: &[u8]) -> Option<(i64, u64)> {
+    let (_, first) = parse_event_key(k)?;
+    let seq = u64::from_be_bytes(k.get(17..25)?.try_into().ok()?);
+    Some((first, seq))
+}
+
 /// A stored event's payload (the time lives in the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventValue {

@@ -1,0 +1,138 @@
+//! The monitor catalogue: the port through which the management API creates, changes and
+//! deletes monitors, and the rules every implementation shares.
+//!
+//! Reads come from the engine's snapshot in both modes; writes go to the front end's own
+//! source of truth. Standalone mode stores API-created monitors beside the manifest ones;
+//! the operator turns them into Heartbeat resources and waits for its controller. The API
+//! handlers see only [`MonitorCatalogue`], so neither mode leaks into them.
+
+use futures::future::BoxFuture;
+
+use super::duration::SpecDuration;
+use super::monitor::engine::{Engine, Monitor};
+use super::registry::AppInfo;
+use super::spec::{ApplicationRef, HeartbeatSpec};
+
+/// A validated create request.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// Human name; the resource name is its [`slug`].
+    pub name: String,
+    /// Interval in seconds.
+    pub interval_secs: u64,
+    /// Grace in seconds.
+    pub grace_secs: u64,
+}
+
+impl CreateRequest {
+    /// The Heartbeat spec this request asks for, owned by `app`.
+    pub fn heartbeat_spec(&self, app: &AppInfo) -> HeartbeatSpec {
+        HeartbeatSpec {
+            display_name: Some(self.name.clone()),
+            interval: Some(SpecDuration::from_secs(self.interval_secs)),
+            grace: Some(SpecDuration::from_secs(self.grace_secs)),
+            application_ref: Some(ApplicationRef {
+                name: app.name.clone(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// A validated update request; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateRequest {
+    /// New human name.
+    pub name: Option<String>,
+    /// New interval.
+    pub interval_secs: Option<u64>,
+    /// New grace.
+    pub grace_secs: Option<u64>,
+    /// Pause (true) or resume (false).
+    pub paused: Option<bool>,
+}
+
+/// Why a catalogue operation failed; the API maps each to the contract's status code.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    /// No such monitor for this application (404).
+    #[error("heartbeat not found")]
+    NotFound,
+    /// The application owns as many monitors as `spec.limits.heartbeats` allows (402).
+    #[error("heartbeat quota reached")]
+    Quota,
+    /// The monitor is defined elsewhere, in a manifest file (409).
+    #[error("{0}")]
+    ReadOnly(String),
+    /// Storage or the cluster could not complete the change (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What the management API needs from a front end to change monitors.
+pub trait MonitorCatalogue: Send + Sync {
+    /// Creates a monitor for `app`; returns it with its ping token.
+    fn create<'a>(
+        &'a self,
+        app: &'a AppInfo,
+        req: CreateRequest,
+    ) -> BoxFuture<'a, Result<(Monitor, String), CatalogueError>>;
+    /// Applies an update to `monitor`, one of `app`'s.
+    fn update<'a>(
+        &'a self,
+        app: &'a AppInfo,
+        monitor: &'a Monitor,
+        req: UpdateRequest,
+    ) -> BoxFuture<'a, Result<Monitor, CatalogueError>>;
+    /// Deletes `monitor`, one of `app`'s.
+    fn delete<'a>(
+        &'a self,
+        app: &'a AppInfo,
+        monitor: &'a Monitor,
+    ) -> BoxFuture<'a, Result<(), CatalogueError>>;
+    /// The monitor's ping token, for the API's `token` field.
+    fn token(&self, monitor: &Monitor) -> Option<String>;
+}
+
+/// Refuses a create when the Application already owns `spec.limits.heartbeats` monitors.
+pub fn check_quota(engine: &Engine, app: &AppInfo) -> Result<(), CatalogueError> {
+    match app.spec.limits.as_ref().and_then(|l| l.heartbeats) {
+        Some(limit) if engine.count_for_application(&app.key, None) >= limit as usize => {
+            Err(CatalogueError::Quota)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A DNS-safe resource name from a human name (`Daily Backup!` → `daily-backup`), so a
+/// monitor created through the API gets the same name in both modes.
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let trimmed: String = out.trim_matches('-').chars().take(50).collect();
+    let trimmed = trimmed.trim_end_matches('-').to_string();
+    if trimmed.is_empty() {
+        "heartbeat".into()
+    } else {
+        trimmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_dns_safe() {
+        assert_eq!(slug("Daily Backup!"), "daily-backup");
+        assert_eq!(slug("  --Weekly  report-- "), "weekly-report");
+        assert_eq!(slug("ÄÖÜ"), "heartbeat");
+        assert_eq!(slug(&"x".repeat(80)).len(), 50);
+    }
+}

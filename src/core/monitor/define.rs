@@ -1,0 +1,160 @@
+//! How a Heartbeat becomes a monitor: the one rule every front end follows, whether the
+//! Heartbeat comes from a manifest file, a custom resource or the management API.
+
+use jiff::Timestamp;
+
+use super::engine::{MonitorDef, Origin};
+use crate::core::alert::message::resolve_targets;
+use crate::core::registry::AppInfo;
+use crate::core::spec::{DeletionPolicy, HeartbeatSpec};
+use crate::core::token::TokenHash;
+
+/// A Heartbeat as a front end found it: its spec and what the front end resolved around it.
+#[derive(Debug, Clone)]
+pub struct DeclaredHeartbeat<'a> {
+    /// Namespace (`default` in standalone mode).
+    pub namespace: &'a str,
+    /// Resource name.
+    pub name: &'a str,
+    /// The desired state.
+    pub spec: &'a HeartbeatSpec,
+    /// The Application its `applicationRef` names, already looked up.
+    pub application: Option<&'a AppInfo>,
+    /// Hash of its ping token.
+    pub token: TokenHash,
+    /// How to ping it, for alert text; never the token itself.
+    pub ping_hint: String,
+    /// Who defines it, which decides who may change it.
+    pub origin: Origin,
+    /// The id a new monitor gets; an existing monitor keeps its own.
+    pub id: String,
+}
+
+impl DeclaredHeartbeat<'_> {
+    /// The monitor definition this Heartbeat asks for. Against `existing` (the definition
+    /// the engine holds now) the id and creation time are kept, and `updated_at` moves to
+    /// `now` only when something else changed: a result equal to `existing` means there is
+    /// nothing to write.
+    pub fn monitor_def(
+        self,
+        existing: Option<&MonitorDef>,
+        default_webhook: Option<&str>,
+        now: Timestamp,
+    ) -> MonitorDef {
+        let spec = self.spec;
+        let mut def = MonitorDef {
+            key: crate::core::registry::object_key(self.namespace, self.name),
+            id: existing.map_or(self.id, |e| e.id.clone()),
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            display_name: spec.display_name.clone(),
+            interval_secs: spec.interval().as_secs(),
+            grace_secs: spec.grace().as_secs(),
+            paused: spec.paused,
+            targets: resolve_targets(
+                spec.alerts.as_ref(),
+                self.application.and_then(|a| a.spec.alerts.as_ref()),
+                default_webhook,
+            ),
+            application: self.application.map(|a| a.key.clone()),
+            token: self.token,
+            ping_hint: self.ping_hint,
+            origin: self.origin,
+            retain_on_delete: spec.deletion_policy == Some(DeletionPolicy::Retain),
+            created_at: existing.map_or(now, |e| e.created_at),
+            updated_at: existing.map_or(now, |e| e.updated_at),
+        };
+        if existing.is_some_and(|e| *e != def) {
+            def.updated_at = now;
+        }
+        def
+    }
+}
+
+/// The URL a job calls to ping the monitor whose token is `token`, under the server's
+/// external URL `base_url` (no trailing slash).
+pub fn ping_url(base_url: &str, token: &str) -> String {
+    format!("{base_url}/v1/heartbeats/{token}/ping")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::spec::{AlertTargets, ApplicationSpec};
+
+    fn app() -> AppInfo {
+        AppInfo {
+            key: "team/shop".into(),
+            num: 1,
+            namespace: "team".into(),
+            name: "shop".into(),
+            spec: ApplicationSpec {
+                alerts: Some(AlertTargets {
+                    email: vec!["ops@example.com".into()],
+                    webhook: None,
+                }),
+                ..Default::default()
+            },
+            tz: jiff::tz::TimeZone::UTC,
+        }
+    }
+
+    fn declared<'a>(spec: &'a HeartbeatSpec, app: Option<&'a AppInfo>) -> DeclaredHeartbeat<'a> {
+        DeclaredHeartbeat {
+            namespace: "team",
+            name: "backup",
+            spec,
+            application: app,
+            token: TokenHash::of("token"),
+            ping_hint: "curl".into(),
+            origin: Origin::Kubernetes,
+            id: "new-id".into(),
+        }
+    }
+
+    #[test]
+    fn a_new_monitor_takes_the_spec_and_the_application_defaults() {
+        let spec: HeartbeatSpec = serde_json::from_str(
+            r#"{"interval":"2h","grace":"10m","deletionPolicy":"Retain","displayName":"Backup"}"#,
+        )
+        .unwrap();
+        let app = app();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let def = declared(&spec, Some(&app)).monitor_def(None, Some("http://hook"), now);
+        assert_eq!(def.key, "team/backup");
+        assert_eq!(def.id, "new-id");
+        assert_eq!((def.interval_secs, def.grace_secs), (7200, 600));
+        assert_eq!(def.application.as_deref(), Some("team/shop"));
+        assert!(def.retain_on_delete);
+        assert_eq!((def.created_at, def.updated_at), (now, now));
+        // The Application's targets win over the server's default webhook.
+        assert_eq!(
+            serde_json::to_value(&def.targets).unwrap(),
+            serde_json::json!([{"type": "email", "to": ["ops@example.com"]}])
+        );
+        let alone = declared(&spec, None).monitor_def(None, Some("http://hook"), now);
+        assert_eq!(
+            serde_json::to_value(&alone.targets).unwrap(),
+            serde_json::json!([{"type": "webhook", "url": "http://hook"}])
+        );
+    }
+
+    #[test]
+    fn an_unchanged_heartbeat_yields_the_definition_the_engine_holds() {
+        let spec = HeartbeatSpec::default();
+        let then = Timestamp::from_second(1_600_000_000).unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let existing = declared(&spec, None).monitor_def(None, None, then);
+        let mut again = declared(&spec, None);
+        again.id = "another-id".into();
+        assert_eq!(again.monitor_def(Some(&existing), None, now), existing);
+        let paused = HeartbeatSpec {
+            paused: true,
+            ..Default::default()
+        };
+        let changed = declared(&paused, None).monitor_def(Some(&existing), None, now);
+        assert_eq!(changed.id, existing.id);
+        assert_eq!(changed.created_at, then);
+        assert_eq!(changed.updated_at, now);
+    }
+}

@@ -1,0 +1,317 @@
+//! The monitor engine: owns every monitor's state, applies signals and deadlines through
+//! the pure state machine, persists the result and hands alerts to the outbox.
+//!
+//! One engine thread ([`worker`]) serialises all changes, so a monitor is never updated
+//! twice at once. A round of commands (pings, deadlines, edits) is one commit-log record:
+//! state changes, ping history, timeline entries and the alerts they queue are durable
+//! together, so a crash can never lose an alert or send one twice. Readers use an in-memory
+//! snapshot through the [`Engine`] handle and never touch sled.
+
+pub mod keys;
+mod metrics;
+mod types;
+mod wording;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use super::history::{PingKind, PingRecord};
+pub use metrics::EngineStats;
+pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
+
+use super::history;
+use super::schedule::{self, Clock};
+use super::state::{self, State};
+use crate::core::alert::outbox::{self, Outbox};
+use crate::core::metrics::MetricRegistry;
+use crate::core::store::Committer;
+use keys::{Family, numbered_prefix, retained_key};
+use worker::{Command, Snapshot, Worker};
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No monitor under that key.
+    #[error("heartbeat not found")]
+    NotFound,
+    /// sled failed.
+    #[error("monitor storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A flush failed.
+    #[error(transparent)]
+    Commit(#[from] crate::core::store::CommitError),
+    /// A record could not be encoded or decoded.
+    #[error("monitor record: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// Ping history could not be read or written.
+    #[error(transparent)]
+    History(#[from] history::HistoryError),
+    /// The outbox refused a record.
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    /// The engine thread is gone.
+    #[error("the monitor engine has stopped")]
+    Stopped,
+    /// Writing a round of changes failed.
+    #[error("writing monitor state failed: {0}")]
+    Write(String),
+    /// The engine thread could not be started.
+    #[error("cannot start the monitor engine thread: {0}")]
+    Thread(String),
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Pings kept per monitor.
+    pub ping_history: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { ping_history: 1000 }
+    }
+}
+
+/// Handle to the engine; clone freely.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Command>,
+    snapshot: Snapshot,
+    history: sled::Tree,
+    ping_history: u64,
+    changes: broadcast::Sender<Change>,
+    /// Counters.
+    pub stats: Arc<EngineStats>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads every stored monitor, arms its deadline and starts the engine thread. Monitors
+    /// that fell due while the process was down are evaluated at once (and alert once).
+    pub fn start(
+        db: &sled::Db,
+        committer: Committer,
+        outbox: Outbox,
+        config: EngineConfig,
+        clock: Clock,
+    ) -> Result<Self, EngineError> {
+        let tree = db.open_tree("monitors")?;
+        let converted = history::convert_single_records(&tree, &committer)?;
+        if converted > 0 {
+            tracing::info!(pings = converted, "converted stored ping history to blocks");
+        }
+        let snapshot: Snapshot = Arc::new(RwLock::new(load_monitors(&tree)?));
+        let (scheduler, mut due) = schedule::spawn::<String>(clock);
+        for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
+            if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
+                scheduler.arm(m.def.key.clone(), at);
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            while let Some((key, _)) = due.recv().await {
+                if forward.send(Command::Due(key)).is_err() {
+                    return;
+                }
+            }
+        });
+        let (changes, _) = broadcast::channel(4096);
+        let stats = Arc::new(EngineStats::default());
+        let worker = Worker {
+            transitions_since_trim: Default::default(),
+            tree: tree.clone(),
+            db: db.clone(),
+            outbox,
+            committer,
+            scheduler,
+            snapshot: snapshot.clone(),
+            changes: changes.clone(),
+            stats: stats.clone(),
+            config,
+            clock,
+        };
+        spawn_worker(worker, rx)?;
+        Ok(Self {
+            tx,
+            snapshot,
+            history: tree,
+            ping_history: config.ping_history,
+            changes,
+            stats,
+            clock,
+        })
+    }
+
+    /// Adds the engine's families to `/metrics`.
+    pub fn register_metrics(&self, registry: &mut MetricRegistry) {
+        self.stats.register(self.snapshot.clone(), registry);
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Command,
+    ) -> Result<T, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Creates or updates a monitor durably; spec changes re-arm its deadline at once.
+    pub async fn upsert(&self, def: MonitorDef) -> Result<Monitor, EngineError> {
+        self.call(|tx| Command::Upsert(def, tx)).await
+    }
+
+    /// Removes a monitor (its history too, unless it is retained).
+    pub async fn remove(&self, key: &str) -> Result<(), EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Remove(key, tx)).await
+    }
+
+    /// Applies a ping durably and tells whether the monitor is paused.
+    pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Ping(key, input, tx)).await
+    }
+
+    /// Pauses or resumes a monitor.
+    pub async fn set_paused(&self, key: &str, paused: bool) -> Result<Monitor, EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::SetPaused(key, paused, tx)).await
+    }
+
+    /// One monitor.
+    pub fn get(&self, key: &str) -> Option<Monitor> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Every monitor, sorted by key.
+    pub fn list(&self) -> Vec<Monitor> {
+        let mut v: Vec<Monitor> = self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.def.key.cmp(&b.def.key));
+        v
+    }
+
+    /// Runs `f` over the snapshot under its read lock, so readers can filter and count a
+    /// large set without cloning every monitor; keep `f` short (the engine waits for it).
+    pub fn view<R>(&self, f: impl FnOnce(&HashMap<String, Monitor>) -> R) -> R {
+        f(&self.snapshot.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// How many monitors belong to application `app`, not counting `except`.
+    pub fn count_for_application(&self, app: &str, except: Option<&str>) -> usize {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|m| {
+                m.def.application.as_deref() == Some(app) && Some(m.def.key.as_str()) != except
+            })
+            .count()
+    }
+
+    /// Monitors per state, for gauges.
+    pub fn counts(&self) -> HashMap<State, usize> {
+        let mut c = HashMap::new();
+        for m in self
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            *c.entry(m.state.state).or_insert(0) += 1;
+        }
+        c
+    }
+
+    /// The newest pings of a monitor, newest first.
+    pub fn pings(&self, num: u64, limit: usize) -> Result<Vec<PingRecord>, EngineError> {
+        Ok(history::newest(
+            &self.history,
+            num,
+            limit,
+            self.ping_history,
+        )?)
+    }
+
+    /// The newest state transitions of a monitor, newest first.
+    pub fn transitions(
+        &self,
+        num: u64,
+        limit: usize,
+    ) -> Result<Vec<TransitionRecord>, EngineError> {
+        self.history
+            .scan_prefix(numbered_prefix(Family::Transition, num))
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (_, v) = item?;
+                Ok(serde_json::from_slice(&v)?)
+            })
+            .collect()
+    }
+
+    /// A retained (deleted with `Retain`) monitor's last record, for re-creation.
+    pub fn retained(&self, key: &str) -> Option<Monitor> {
+        self.history
+            .get(retained_key(key))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    /// Subscribes to state transitions.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+}
+
+/// Every stored monitor, by key.
+fn load_monitors(tree: &sled::Tree) -> Result<HashMap<String, Monitor>, EngineError> {
+    let mut map = HashMap::new();
+    for item in tree.scan_prefix([Family::Monitor as u8]) {
+        let (_, v) = item?;
+        let m: Monitor = serde_json::from_slice(&v)?;
+        map.insert(m.def.key.clone(), m);
+    }
+    Ok(map)
+}
+
+/// Runs `worker` on its own thread: sled calls and the commit block, and one thread keeps
+/// every change to a monitor in order.
+fn spawn_worker(worker: Worker, rx: mpsc::UnboundedReceiver<Command>) -> Result<(), EngineError> {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("hartslag-monitors".into())
+        .spawn(move || {
+            let _guard = runtime.enter();
+            worker.run(rx);
+        })
+        .map(|_| ())
+        .map_err(|e| EngineError::Thread(e.to_string()))
+}

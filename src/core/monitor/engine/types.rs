@@ -1,0 +1,136 @@
+//! What the engine holds and hands out: monitor definitions and state, pings as received,
+//! and state transitions as stored and as broadcast.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::PingKind;
+use crate::core::alert::message::Target;
+use crate::core::monitor::state::{MonitorState, State, Timing};
+use crate::core::token::TokenHash;
+
+/// Where a monitor's definition comes from; decides who may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A standalone manifest file (read-only through the API).
+    Manifest,
+    /// Created through the management API in standalone mode.
+    Api,
+    /// A Kubernetes custom resource.
+    Kubernetes,
+}
+
+/// Everything the engine needs to know about a monitor, resolved by a front end
+/// ([`crate::core::monitor::define`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorDef {
+    /// `namespace/name`: the engine's key.
+    pub key: String,
+    /// Stable id for the management API.
+    pub id: String,
+    /// Namespace (`default` in standalone mode).
+    pub namespace: String,
+    /// Resource name.
+    pub name: String,
+    /// Human name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Expected interval, seconds.
+    pub interval_secs: u64,
+    /// Grace, seconds.
+    pub grace_secs: u64,
+    /// Paused by spec.
+    pub paused: bool,
+    /// Resolved alert targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
+    /// Owning application key, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// Hash of the ping token.
+    pub token: TokenHash,
+    /// How to ping it, for alert text (no token).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ping_hint: String,
+    /// Who defines it.
+    pub origin: Origin,
+    /// Keep state and history after deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_on_delete: bool,
+    /// When the monitor was first defined.
+    pub created_at: Timestamp,
+    /// When the definition last changed.
+    pub updated_at: Timestamp,
+}
+
+impl MonitorDef {
+    /// The interval and grace the state machine works with.
+    pub fn timing(&self) -> Timing {
+        Timing::from_secs(self.interval_secs, self.grace_secs)
+    }
+}
+
+/// A monitor as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Monitor {
+    /// Numeric id used in history keys.
+    pub num: u64,
+    /// Definition.
+    pub def: MonitorDef,
+    /// State.
+    pub state: MonitorState,
+}
+
+/// A ping as received by the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct PingInput {
+    /// Kind.
+    pub kind: PingKind,
+    /// Exit code.
+    pub exit_code: Option<u8>,
+    /// Client address.
+    pub source: Option<String>,
+    /// User agent.
+    pub user_agent: Option<String>,
+    /// Body excerpt.
+    pub body: Option<String>,
+}
+
+/// What a ping's sender is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingOutcome {
+    /// Recorded and applied.
+    Ok,
+    /// Recorded; the monitor is paused.
+    Paused,
+}
+
+/// A state transition as kept in a monitor's timeline (newest first when read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    /// When the monitor entered `to`.
+    pub at: Timestamp,
+    /// Old state.
+    pub from: State,
+    /// New state.
+    pub to: State,
+    /// Why, in words (for Down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A state transition as broadcast to status writers, event recorders and live pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Monitor key.
+    pub key: String,
+    /// Old state.
+    pub from: State,
+    /// New state.
+    pub to: State,
+    /// When.
+    pub at: Timestamp,
+    /// Why, in words (for Down).
+    pub reason: Option<String>,
+}

@@ -1,0 +1,611 @@
+//! The engine thread: takes commands in rounds, steps monitors through the pure state
+//! machine, stages what changed and writes each round as one commit-log record.
+//!
+//! Staging publishes a monitor's new state to readers at once, but its sender is answered
+//! only after the round is on disk (the `Done` callbacks): nothing is acknowledged that a
+//! crash could still lose.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use jiff::Timestamp;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::keys::{Family, monitor_key, numbered_prefix, retained_key, transition_key};
+use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
+use super::wording::{self, RECOVERED, describe_down};
+use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
+use crate::core::alert::message::AlertKind;
+use crate::core::alert::outbox::{self, Outbox};
+use crate::core::monitor::history::{self, RoundBlocks};
+use crate::core::monitor::schedule::{Clock, SchedulerHandle};
+use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
+use crate::core::store::Committer;
+use crate::core::store::wal::Mutation;
+
+/// The in-memory view readers share with the worker.
+pub(super) type Snapshot = Arc<RwLock<HashMap<String, Monitor>>>;
+
+/// Most commands handled in one round (one commit-log record).
+const MAX_ROUND: usize = 1024;
+
+/// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
+const TRANSITION_HISTORY: usize = 200;
+
+/// How many transitions a monitor may add before its timeline is trimmed back to
+/// [`TRANSITION_HISTORY`]; it never holds more than the sum of both plus one restart's worth.
+const TRIM_EVERY: u32 = 50;
+
+/// What the engine handle asks of the worker.
+pub(super) enum Command {
+    Upsert(MonitorDef, oneshot::Sender<Result<Monitor, EngineError>>),
+    Remove(String, oneshot::Sender<Result<(), EngineError>>),
+    Ping(
+        String,
+        PingInput,
+        oneshot::Sender<Result<PingOutcome, EngineError>>,
+    ),
+    SetPaused(String, bool, oneshot::Sender<Result<Monitor, EngineError>>),
+    Due(String),
+}
+
+/// Answers a command once its round is durable (or failed).
+type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+
+/// Changes staged by one round of commands, made durable together.
+#[derive(Default)]
+struct Round {
+    /// Puts and removals in the monitors tree, in staging order.
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Monitor records to store, by key: a monitor stepped several times in one round
+    /// (pings in a burst) is serialized and written once, with its last state.
+    monitors: HashMap<String, Monitor>,
+    /// Ping blocks appended to in this round, written once each.
+    pings: RoundBlocks,
+    alerts: Vec<outbox::Record>,
+    done: Vec<Done>,
+}
+
+impl Round {
+    fn is_empty(&self) -> bool {
+        self.done.is_empty()
+            && self.ops.is_empty()
+            && self.monitors.is_empty()
+            && self.pings.is_empty()
+    }
+}
+
+/// The engine thread's state; lives on that thread alone.
+pub(super) struct Worker {
+    pub(super) tree: sled::Tree,
+    pub(super) db: sled::Db,
+    pub(super) outbox: Outbox,
+    pub(super) committer: Committer,
+    pub(super) scheduler: SchedulerHandle<String>,
+    pub(super) snapshot: Snapshot,
+    pub(super) changes: broadcast::Sender<Change>,
+    pub(super) stats: Arc<EngineStats>,
+    pub(super) config: EngineConfig,
+    pub(super) clock: Clock,
+    /// Transitions written per monitor since start; the timeline is trimmed only every
+    /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history.
+    pub(super) transitions_since_trim: RefCell<HashMap<u64, u32>>,
+}
+
+impl Worker {
+    /// Handles commands until every engine handle is gone: each round takes what is queued
+    /// (up to [`MAX_ROUND`]) and is written as one record while the next round gathers.
+    pub(super) fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut round = Round::default();
+            self.handle(first, &mut round);
+            for _ in 1..MAX_ROUND {
+                match rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd, &mut round),
+                    Err(_) => break,
+                }
+            }
+            self.write(round);
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Monitor>> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, cmd: Command, round: &mut Round) {
+        match cmd {
+            Command::Due(key) => self.due(&key, round),
+            Command::Ping(key, input, reply) => self.ping(&key, input, reply, round),
+            Command::Upsert(def, reply) => self.define(def, reply, round),
+            Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
+            Command::Remove(key, reply) => match self.remove(&key, round) {
+                Ok(()) => round.done.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                })),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+        }
+    }
+
+    fn due(&self, key: &str, round: &mut Round) {
+        let signal = Signal::Tick(self.clock.now());
+        let done: Done = Box::new(|r| {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "applying a deadline failed");
+            }
+        });
+        self.step(key, signal, None, round, done);
+    }
+
+    fn ping(
+        &self,
+        key: &str,
+        input: PingInput,
+        reply: oneshot::Sender<Result<PingOutcome, EngineError>>,
+        round: &mut Round,
+    ) {
+        let now = self.clock.now();
+        let paused = self.read().get(key).map(|m| m.state.state == State::Paused);
+        let signal = match input.kind {
+            PingKind::Success => Signal::Success(now),
+            PingKind::Start => Signal::Start(now),
+            PingKind::Fail => Signal::Fail(now, input.exit_code),
+        };
+        self.stats.count_ping(input.kind);
+        let outcome = if paused == Some(true) {
+            PingOutcome::Paused
+        } else {
+            PingOutcome::Ok
+        };
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(r.map(|_| outcome));
+        });
+        self.step(key, signal, Some(input), round, done);
+    }
+
+    fn define(
+        &self,
+        def: MonitorDef,
+        reply: oneshot::Sender<Result<Monitor, EngineError>>,
+        round: &mut Round,
+    ) {
+        match self.upsert(def) {
+            Ok((m, _)) if self.read().get(&m.def.key) == Some(&m) => {
+                let _ = reply.send(Ok(m));
+            }
+            Ok((m, effects)) => {
+                let out = m.clone();
+                let done: Done = Box::new(move |r| {
+                    let _ = reply.send(r.map(|_| out));
+                });
+                self.stage(&m, &effects, None, round, done);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn set_paused(
+        &self,
+        key: &str,
+        paused: bool,
+        reply: oneshot::Sender<Result<Monitor, EngineError>>,
+        round: &mut Round,
+    ) {
+        let now = self.clock.now();
+        let Some(mut m) = self.read().get(key).cloned() else {
+            let _ = reply.send(Err(EngineError::NotFound));
+            return;
+        };
+        m.def.paused = paused;
+        m.def.updated_at = now;
+        let signal = if paused {
+            Signal::Pause(now)
+        } else {
+            Signal::Resume(now)
+        };
+        let (st, effects) = state::apply(&m.def.timing(), &m.state, signal);
+        m.state = st;
+        let out = m.clone();
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(r.map(|_| out));
+        });
+        self.stage(&m, &effects, None, round, done);
+    }
+
+    /// Applies `signal` to monitor `key` and stages the result; a ping is recorded in the
+    /// history even when it changes no state.
+    fn step(
+        &self,
+        key: &str,
+        signal: Signal,
+        ping: Option<PingInput>,
+        round: &mut Round,
+        done: Done,
+    ) {
+        let Some(m) = self.read().get(key).cloned() else {
+            done(Err(EngineError::NotFound));
+            return;
+        };
+        let (new_state, effects) = state::apply(&m.def.timing(), &m.state, signal);
+        let record = ping.map(|p| self.ping_record(p, signal, &new_state, &effects));
+        if record.is_none() && new_state == m.state && effects.is_empty() {
+            // Nothing changed (e.g. a stale deadline): keep the schedule right, write nothing.
+            self.publish(&m);
+            done(Ok(()));
+            return;
+        }
+        if let Signal::Tick(now) = signal {
+            self.count_timed_transitions(&effects, now);
+        }
+        let next = Monitor {
+            num: m.num,
+            def: m.def,
+            state: new_state,
+        };
+        self.stage(&next, &effects, record.as_ref(), round, done);
+    }
+
+    /// The history entry of a ping, with the run's duration when it closed one.
+    fn ping_record(
+        &self,
+        p: PingInput,
+        signal: Signal,
+        state: &MonitorState,
+        effects: &[Effect],
+    ) -> PingRecord {
+        let duration_ms = effects.iter().find_map(|e| match e {
+            Effect::RunFinished { duration } => Some(duration.as_millis() as i64),
+            _ => None,
+        });
+        PingRecord {
+            seq: state.pings,
+            at: match signal {
+                Signal::Success(at) | Signal::Start(at) | Signal::Fail(at, _) => at,
+                _ => self.clock.now(),
+            },
+            kind: p.kind,
+            exit_code: p.exit_code,
+            source: p.source,
+            user_agent: p.user_agent,
+            body: p.body,
+            duration_ms,
+        }
+    }
+
+    /// Counts deadline-driven transitions and how late each Down was applied.
+    fn count_timed_transitions(&self, effects: &[Effect], now: Timestamp) {
+        for e in effects {
+            if let Effect::Transition { to, at, .. } = e {
+                self.stats.transitions.fetch_add(1, Relaxed);
+                if *to == State::Down {
+                    let late = now.duration_since(*at);
+                    self.stats
+                        .down_lateness
+                        .observe(std::time::Duration::try_from(late).unwrap_or_default());
+                }
+            }
+        }
+    }
+
+    /// The monitor `def` defines, and the effects of the change: a known monitor keeps its
+    /// id, creation time and state; one deleted with `Retain` picks its state back up.
+    fn upsert(&self, mut def: MonitorDef) -> Result<(Monitor, Vec<Effect>), EngineError> {
+        let now = self.clock.now();
+        if let Some(old) = self.read().get(&def.key).cloned() {
+            def.created_at = old.def.created_at;
+            def.id = old.def.id.clone();
+            if def == old.def {
+                return Ok((old, Vec::new()));
+            }
+            let mut signals = Vec::new();
+            if def.paused != old.def.paused {
+                signals.push(if def.paused {
+                    Signal::Pause(now)
+                } else {
+                    Signal::Resume(now)
+                });
+            }
+            if def.timing() != old.def.timing() {
+                signals.push(Signal::Retimed(now));
+            }
+            return Ok(redefined(old, def, signals));
+        }
+        if let Some(v) = self.tree.get(retained_key(&def.key))? {
+            let old: Monitor = serde_json::from_slice(&v)?;
+            def.created_at = old.def.created_at;
+            let mut signals = vec![Signal::Retimed(now)];
+            if def.paused {
+                signals.push(Signal::Pause(now));
+            }
+            return Ok(redefined(old, def, signals));
+        }
+        let num = self.db.generate_id()? + 1;
+        let state = if def.paused {
+            MonitorState::new_paused(now)
+        } else {
+            MonitorState::new(now)
+        };
+        Ok((Monitor { num, def, state }, Vec::new()))
+    }
+
+    fn remove(&self, key: &str, round: &mut Round) -> Result<(), EngineError> {
+        let Some(m) = self
+            .snapshot
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
+        else {
+            return Ok(());
+        };
+        self.scheduler.disarm(key.to_string());
+        self.transitions_since_trim.borrow_mut().remove(&m.num);
+        round.monitors.remove(key);
+        round.ops.push((monitor_key(key), None));
+        if m.def.retain_on_delete {
+            // Keep history and state under the retained key so a re-created monitor finds
+            // them; pings answered earlier in this round stay staged and are written with it.
+            round
+                .ops
+                .push((retained_key(key), Some(serde_json::to_vec(&m)?)));
+            return Ok(());
+        }
+        // Staged ping blocks would be written after the removals below.
+        round.pings.forget(m.num);
+        round.ops.push((retained_key(key), None));
+        for prefix in [
+            history::monitor_prefix(m.num),
+            numbered_prefix(Family::Transition, m.num),
+        ] {
+            for k in self.tree.scan_prefix(prefix).keys() {
+                round.ops.push((k?.to_vec(), None));
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, m: &Monitor) {
+        self.snapshot
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(m.def.key.clone(), m.clone());
+        match state::next_wakeup(&m.def.timing(), &m.state) {
+            Some(at) => self.scheduler.arm(m.def.key.clone(), at),
+            None => self.scheduler.disarm(m.def.key.clone()),
+        }
+    }
+
+    /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
+    /// effects call for) and publishes it to readers; `done` runs once the round is on disk.
+    fn stage(
+        &self,
+        m: &Monitor,
+        effects: &[Effect],
+        ping: Option<&PingRecord>,
+        round: &mut Round,
+        done: Done,
+    ) {
+        match self.stage_changes(m, effects, ping, round) {
+            Ok(()) => {
+                self.publish(m);
+                round.done.push(done);
+            }
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    fn stage_changes(
+        &self,
+        m: &Monitor,
+        effects: &[Effect],
+        ping: Option<&PingRecord>,
+        round: &mut Round,
+    ) -> Result<(), EngineError> {
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::Transition { .. }))
+        {
+            self.trim_timeline_now_and_then(m.num, round)?;
+        }
+        for (idx, effect) in effects.iter().enumerate() {
+            match *effect {
+                Effect::Transition { from, to, at } => {
+                    let idx = u8::try_from(idx).unwrap_or(u8::MAX);
+                    self.stage_transition(m, (from, to, at), idx, round)?;
+                }
+                Effect::Alert { reason, at } => {
+                    let reason = describe_down(reason, m, at);
+                    self.stage_alert(m, AlertKind::Down, at, reason, round)?;
+                }
+                Effect::Recovery { at } => {
+                    self.stage_alert(m, AlertKind::Recovery, at, RECOVERED.into(), round)?;
+                }
+                Effect::RunFinished { .. } => {}
+            }
+        }
+        round.monitors.insert(m.def.key.clone(), m.clone());
+        if let Some(p) = ping {
+            let mut expired = Vec::new();
+            round
+                .pings
+                .record(&self.tree, m.num, p, self.config.ping_history, &mut expired)?;
+            round.ops.extend(expired.into_iter().map(|k| (k, None)));
+        }
+        Ok(())
+    }
+
+    /// Stores the transition in the monitor's timeline and broadcasts it.
+    fn stage_transition(
+        &self,
+        m: &Monitor,
+        (from, to, at): (State, State, Timestamp),
+        idx: u8,
+        round: &mut Round,
+    ) -> Result<(), EngineError> {
+        let reason = (to == State::Down)
+            .then(|| m.state.down_reason.map(|r| describe_down(r, m, at)))
+            .flatten();
+        let record = TransitionRecord {
+            at,
+            from,
+            to,
+            reason: reason.clone(),
+        };
+        round.ops.push((
+            transition_key(m.num, at, idx).to_vec(),
+            Some(serde_json::to_vec(&record)?),
+        ));
+        let _ = self.changes.send(Change {
+            key: m.def.key.clone(),
+            from,
+            to,
+            at,
+            reason,
+        });
+        Ok(())
+    }
+
+    /// Queues the alert for each of the monitor's targets, in the same record as the state
+    /// change that raised it.
+    fn stage_alert(
+        &self,
+        m: &Monitor,
+        kind: AlertKind,
+        at: Timestamp,
+        reason: String,
+        round: &mut Round,
+    ) -> Result<(), EngineError> {
+        self.stats.count_alert(kind);
+        if m.def.targets.is_empty() {
+            tracing::warn!(monitor = %m.def.key, "alert has no target: set spec.alerts, the Application's alerts or --webhook-url");
+            return Ok(());
+        }
+        let alert = wording::alert(m, kind, at, reason);
+        round
+            .alerts
+            .extend(outbox::records(&alert, &m.def.targets, self.clock.now())?);
+        Ok(())
+    }
+
+    /// Counts a step with transitions; every [`TRIM_EVERY`] of them, stages removal of the
+    /// timeline entries beyond the newest [`TRANSITION_HISTORY`] (minus room for this
+    /// step's own).
+    fn trim_timeline_now_and_then(&self, num: u64, round: &mut Round) -> Result<(), EngineError> {
+        let due = {
+            let mut counts = self.transitions_since_trim.borrow_mut();
+            let n = counts.entry(num).or_insert(0);
+            *n += 1;
+            if *n >= TRIM_EVERY {
+                *n = 0;
+            }
+            *n == 0
+        };
+        if !due {
+            return Ok(());
+        }
+        let keep = TRANSITION_HISTORY.saturating_sub(2);
+        let prefix = numbered_prefix(Family::Transition, num);
+        for k in self.tree.scan_prefix(prefix).keys().rev().skip(keep) {
+            round.ops.push((k?.to_vec(), None));
+        }
+        Ok(())
+    }
+
+    /// Writes a round as one commit-log record (monitor state, pings, timeline and the
+    /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
+    /// next round reads what this one wrote; commands gather meanwhile.
+    fn write(&self, round: Round) {
+        if round.is_empty() {
+            return;
+        }
+        let alerts = !round.alerts.is_empty();
+        let mut writes = match self.round_writes(round.ops, round.pings, round.monitors) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding monitor state failed");
+                for d in round.done {
+                    d(Err(EngineError::Write(e.to_string())));
+                }
+                return;
+            }
+        };
+        writes.extend(
+            round
+                .alerts
+                .into_iter()
+                .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
+        );
+        let result = self.committer.log_blocking(writes).map_err(|e| {
+            tracing::error!(error = %e, "writing monitor state failed");
+            e.to_string()
+        });
+        if alerts && result.is_ok() {
+            self.outbox.wake();
+        }
+        for d in round.done {
+            d(result.clone().map_err(EngineError::Write));
+        }
+    }
+
+    /// A round's changes to the monitors tree as writes, in the order they were staged;
+    /// ping blocks and monitor records come after the other changes, since a monitor
+    /// removed in the round is no longer among them.
+    fn round_writes(
+        &self,
+        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        pings: RoundBlocks,
+        monitors: HashMap<String, Monitor>,
+    ) -> Result<Vec<Mutation>, serde_json::Error> {
+        let mut writes: Vec<Mutation> = Vec::with_capacity(ops.len() + monitors.len() + 1);
+        for (k, v) in ops {
+            writes.push(match v {
+                Some(v) => Mutation::put(&self.tree, k, v),
+                None => Mutation::remove(&self.tree, k),
+            });
+        }
+        writes.extend(pings.into_writes(&self.tree));
+        for (key, m) in monitors {
+            writes.push(Mutation::put(
+                &self.tree,
+                monitor_key(&key),
+                serde_json::to_vec(&m)?,
+            ));
+        }
+        Ok(writes)
+    }
+}
+
+/// `old` under its new definition, with the effects of `signals` applied in order.
+fn redefined(old: Monitor, def: MonitorDef, signals: Vec<Signal>) -> (Monitor, Vec<Effect>) {
+    let (state, effects) = apply_all(&def.timing(), &old.state, signals);
+    (
+        Monitor {
+            num: old.num,
+            def,
+            state,
+        },
+        effects,
+    )
+}
+
+/// Applies `signals` in order, collecting every effect.
+fn apply_all(
+    timing: &Timing,
+    state: &MonitorState,
+    signals: Vec<Signal>,
+) -> (MonitorState, Vec<Effect>) {
+    let mut st = state.clone();
+    let mut effects = Vec::new();
+    for sig in signals {
+        let (next, e) = state::apply(timing, &st, sig);
+        st = next;
+        effects.extend(e);
+    }
+    (st, effects)
+}

@@ -1,0 +1,289 @@
+//! What one batch of events writes: raw blocks, the new absolute value of every rollup it
+//! touches and the idempotency records of events sent with a key, all in one record.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+
+use crate::core::store::keys::{self, EventValue, Tally};
+use crate::core::store::wal::Mutation;
+use crate::core::store::{Store, StoreError};
+
+/// An event ready to be written: validated, timestamped and dated in its app's zone.
+#[derive(Debug, Clone)]
+pub struct EventWrite {
+    /// Numeric id of the application.
+    pub app: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Local date (`YYYYMMDD` key) in the application's time zone.
+    pub date: u32,
+    /// Name, weight and user.
+    pub value: EventValue,
+    /// The client's `Idempotency-Key`, when it sent one.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// How long an `Idempotency-Key` keeps answering retries.
+pub const IDEMPOTENCY_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// An `Idempotency-Key` and the request it came with, both hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency {
+    /// SHA-256 of the header value.
+    pub key: [u8; 32],
+    /// SHA-256 of what the event says (name, weight, user, given time), so a retry is told
+    /// apart from a different event sent under the same key.
+    pub fingerprint: [u8; 32],
+}
+
+/// What became of an event handed to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored (and counted).
+    Stored,
+    /// A retry: its `Idempotency-Key` came with the same event within the window, which was
+    /// stored then; nothing was counted again.
+    Replayed,
+    /// Its `Idempotency-Key` came with a different event within the window; nothing stored.
+    KeyReused,
+}
+
+/// Cuts one application's events, sorted by time, into stored blocks: each at most
+/// [`keys::BLOCK_MAX_EVENTS`] long and spanning at most [`keys::BLOCK_SPAN_MICROS`].
+fn split_blocks<'a, 'e>(events: &'a [(i64, &'e EventValue)]) -> Vec<&'a [(i64, &'e EventValue)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < events.len() {
+        let first = events[start].0;
+        let mut end = start + 1;
+        while end < events.len()
+            && end - start < keys::BLOCK_MAX_EVENTS
+            && events[end].0 - first <= keys::BLOCK_SPAN_MICROS
+        {
+            end += 1;
+        }
+        out.push(&events[start..end]);
+        start = end;
+    }
+    out
+}
+
+/// What a batch adds to each rollup it touches, one map per family, in the order their
+/// new values are written.
+#[derive(Default)]
+struct RollupDeltas([HashMap<Vec<u8>, Tally>; 5]);
+
+impl RollupDeltas {
+    const DAILY: usize = 0;
+    const USER_DAILY: usize = 1;
+    const TOTAL: usize = 2;
+    const USER_TOTAL: usize = 3;
+    const HOURLY: usize = 4;
+
+    fn of(events: &[&EventWrite]) -> Self {
+        let mut d = Self::default();
+        for w in events {
+            let v = &w.value;
+            d.add(
+                Self::DAILY,
+                keys::rollup_key(w.app, None, w.date, &v.event),
+                v.weight,
+            );
+            d.add(
+                Self::TOTAL,
+                keys::total_key(w.app, None, &v.event),
+                v.weight,
+            );
+            let hour = keys::hour_key(w.app, keys::hour_of(w.at), &v.event);
+            d.add(Self::HOURLY, hour, v.weight);
+            if let Some(u) = v.user_id {
+                let daily = keys::rollup_key(w.app, Some(u), w.date, &v.event);
+                d.add(Self::USER_DAILY, daily, v.weight);
+                d.add(
+                    Self::USER_TOTAL,
+                    keys::total_key(w.app, Some(u), &v.event),
+                    v.weight,
+                );
+            }
+        }
+        d
+    }
+
+    fn add(&mut self, family: usize, key: Vec<u8>, weight: i64) {
+        self.0[family].entry(key).or_default().add(Tally {
+            count: 1,
+            weight: i128::from(weight),
+        });
+    }
+}
+
+impl Store {
+    /// What an event's `Idempotency-Key` says about it: a key accepted within the window
+    /// (earlier in this batch, or stored) answers for it.
+    fn idempotency_outcome(
+        &self,
+        app: u64,
+        idem: &Idempotency,
+        now: Timestamp,
+        batch: &HashMap<(u64, [u8; 32]), [u8; 32]>,
+    ) -> Result<Outcome, StoreError> {
+        let seen = match batch.get(&(app, idem.key)) {
+            Some(fp) => Some(*fp),
+            None => {
+                let since = keys::micros(
+                    now.checked_sub(IDEMPOTENCY_WINDOW)
+                        .unwrap_or(Timestamp::MIN),
+                );
+                let today = keys::day_of(now);
+                let mut found = None;
+                for day in [today, today - 1] {
+                    let stored = self
+                        .events
+                        .get(keys::idempotency_key(app, day, &idem.key))?
+                        .and_then(|v| keys::decode_idempotency(&v))
+                        .filter(|(at, _)| *at >= since);
+                    if let Some((_, fp)) = stored {
+                        found = Some(fp);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        Ok(match seen {
+            None => Outcome::Stored,
+            Some(fp) if fp == idem.fingerprint => Outcome::Replayed,
+            Some(_) => Outcome::KeyReused,
+        })
+    }
+
+    /// The writes for a batch: raw events plus every rollup they touch, with the rollups'
+    /// new absolute values (so the record replays to the same result however often), and
+    /// the idempotency records of events sent with a key; plus what became of each event.
+    /// Retries of a key are settled here, in the single writer, so two copies of one
+    /// request racing each other still count once.
+    pub(crate) fn event_writes(
+        &self,
+        all: &[&EventWrite],
+        now: Timestamp,
+    ) -> Result<(Vec<Mutation>, Vec<Outcome>), StoreError> {
+        let mut out = Vec::with_capacity(all.len() + 8);
+        let (stored, outcomes) = self.settle_idempotency(all, now, &mut out)?;
+        self.push_blocks(&stored, &mut out)?;
+        self.push_rollups(RollupDeltas::of(&stored), &mut out)?;
+        Ok((out, outcomes))
+    }
+
+    /// What became of each event under its `Idempotency-Key`, and the events to store; the
+    /// idempotency records of newly accepted keys go to `out`.
+    fn settle_idempotency<'a>(
+        &self,
+        all: &[&'a EventWrite],
+        now: Timestamp,
+        out: &mut Vec<Mutation>,
+    ) -> Result<(Vec<&'a EventWrite>, Vec<Outcome>), StoreError> {
+        let mut outcomes = Vec::with_capacity(all.len());
+        let mut accepted = HashMap::new();
+        let mut stored = Vec::with_capacity(all.len());
+        for w in all {
+            let outcome = match &w.idempotency {
+                None => Outcome::Stored,
+                Some(idem) => {
+                    let o = self.idempotency_outcome(w.app, idem, now, &accepted)?;
+                    if o == Outcome::Stored {
+                        accepted.insert((w.app, idem.key), idem.fingerprint);
+                        out.push(Mutation::put(
+                            &self.events,
+                            keys::idempotency_key(w.app, keys::day_of(now), &idem.key).to_vec(),
+                            keys::encode_idempotency(keys::micros(now), &idem.fingerprint).to_vec(),
+                        ));
+                    }
+                    o
+                }
+            };
+            if outcome == Outcome::Stored {
+                stored.push(*w);
+            }
+            outcomes.push(outcome);
+        }
+        Ok((stored, outcomes))
+    }
+
+    /// The raw events, as blocks per application.
+    fn push_blocks(
+        &self,
+        events: &[&EventWrite],
+        out: &mut Vec<Mutation>,
+    ) -> Result<(), StoreError> {
+        let mut by_app: HashMap<u64, Vec<(i64, &EventValue)>> = HashMap::new();
+        for w in events {
+            by_app
+                .entry(w.app)
+                .or_default()
+                .push((keys::micros(w.at), &w.value));
+        }
+        for (app, mut events) in by_app {
+            // Stable: events of the same microsecond keep their arrival order.
+            events.sort_by_key(|(at, _)| *at);
+            for block in split_blocks(&events) {
+                let first = block[0].0;
+                let seq = self.db.generate_id()?;
+                out.push(Mutation::put(
+                    &self.events,
+                    keys::event_key(app, first, seq).to_vec(),
+                    keys::encode_block(first, block.iter().copied()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every touched rollup's new absolute value: the stored one plus the batch's delta.
+    fn push_rollups(
+        &self,
+        deltas: RollupDeltas,
+        out: &mut Vec<Mutation>,
+    ) -> Result<(), StoreError> {
+        for family in deltas.0 {
+            for (k, d) in family {
+                let mut t = self
+                    .events
+                    .get(&k)?
+                    .map(|b| Tally::decode(&b))
+                    .unwrap_or_default();
+                t.add(d);
+                out.push(Mutation::put(&self.events, k, t.encode().to_vec()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(name: &str) -> EventValue {
+        EventValue {
+            event: name.into(),
+            weight: 1,
+            user_id: None,
+        }
+    }
+
+    #[test]
+    fn blocks_respect_their_span_and_size() {
+        let e = ev("x");
+        let events: Vec<(i64, &EventValue)> = (0..600)
+            .map(|i| (i * 10, &e))
+            .chain([(2_000_000, &e), (3_000_001, &e)])
+            .collect();
+        let blocks = split_blocks(&events);
+        let sizes: Vec<usize> = blocks.iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![256, 256, 88, 1, 1]);
+        for b in blocks {
+            assert!(b[b.len() - 1].0 - b[0].0 <= keys::BLOCK_SPAN_MICROS);
+        }
+    }
+}

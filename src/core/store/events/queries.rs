@@ -1,0 +1,318 @@
+//! Stats, charts and counts, read from the rollups (raw events only where a count needs
+//! them); every query first waits until the events answered so far are applied.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+use crate::core::calendar::{Periods, date_from_key, date_key};
+use crate::core::store::keys::{self, Family, Tally};
+use crate::core::store::{Store, StoreError};
+
+/// Counts and weight sums for the four periods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PeriodTallies {
+    /// The current local day.
+    pub today: Tally,
+    /// The current ISO week (Monday first).
+    pub week: Tally,
+    /// The current month.
+    pub month: Tally,
+    /// Everything ever stored, including events past retention.
+    pub total: Tally,
+}
+
+/// Stats for an application: overall and per event name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsReport {
+    /// Sum over all event names.
+    pub overall: PeriodTallies,
+    /// Per event name, sorted by name.
+    pub events: BTreeMap<String, PeriodTallies>,
+}
+
+/// A tally in one time bucket for one event name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// Hours since the epoch (hourly) or a `YYYYMMDD` date key (daily).
+    pub at: i64,
+    /// Event name.
+    pub event: String,
+    /// Count and weight sum.
+    pub tally: Tally,
+}
+
+impl Store {
+    /// Counts and weight sums for today, this week, this month and total, from rollups only.
+    pub fn stats(
+        &self,
+        app: u64,
+        periods: &Periods,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<StatsReport, StoreError> {
+        self.visible.wait();
+        let mut report = StatsReport::default();
+        self.add_periods(&mut report, app, periods, event, user)?;
+        self.add_totals(&mut report, app, event, user)?;
+        Ok(report)
+    }
+
+    /// Adds today, this week and this month from the daily rollups of the dates the
+    /// periods span.
+    fn add_periods(
+        &self,
+        report: &mut StatsReport,
+        app: u64,
+        periods: &Periods,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let family = if user.is_some() {
+            Family::UserRollup
+        } else {
+            Family::Rollup
+        };
+        let prefix = keys::scope_prefix(family, app, user);
+        let bound = |date: u32| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&date.to_be_bytes());
+            k
+        };
+        let (today, week, month) = (
+            date_key(periods.today),
+            date_key(periods.week_start),
+            date_key(periods.month_start),
+        );
+        for item in self
+            .events
+            .range(bound(date_key(periods.earliest()))..bound(today + 1))
+        {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(date) = rest
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+            else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[4..]);
+            if event.is_some_and(|e| e != name) {
+                continue;
+            }
+            debug_assert!(date_from_key(date).is_some());
+            let t = Tally::decode(&v);
+            let entry = report.events.entry(name.into_owned()).or_default();
+            for (in_period, total, overall) in [
+                (date == today, &mut entry.today, &mut report.overall.today),
+                (date >= week, &mut entry.week, &mut report.overall.week),
+                (date >= month, &mut entry.month, &mut report.overall.month),
+            ] {
+                if in_period {
+                    total.add(t);
+                    overall.add(t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the all-time totals, which outlive the raw events and daily rollups.
+    fn add_totals(
+        &self,
+        report: &mut StatsReport,
+        app: u64,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let family = if user.is_some() {
+            Family::UserTotal
+        } else {
+            Family::Total
+        };
+        let prefix = keys::scope_prefix(family, app, user);
+        let scan: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match event {
+            Some(e) => {
+                let key = keys::total_key(app, user, e);
+                Box::new(
+                    self.events
+                        .get(&key)?
+                        .map(|v| Ok((sled::IVec::from(key), v)))
+                        .into_iter(),
+                )
+            }
+            None => Box::new(self.events.scan_prefix(&prefix)),
+        };
+        for item in scan {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let t = Tally::decode(&v);
+            report.events.entry(name).or_default().total.add(t);
+            report.overall.total.add(t);
+        }
+        Ok(())
+    }
+
+    /// Number of raw events an application holds (for metrics and tests).
+    pub fn event_count(&self, app: u64) -> Result<usize, StoreError> {
+        self.visible.wait();
+        let mut n = 0;
+        for item in self
+            .events
+            .scan_prefix(keys::scope_prefix(Family::Event, app, None))
+            .values()
+        {
+            n += keys::event_count_of(&item?);
+        }
+        Ok(n)
+    }
+
+    /// Time of the newest stored event of an application.
+    pub fn last_event_at(&self, app: u64) -> Result<Option<Timestamp>, StoreError> {
+        self.visible.wait();
+        let lo = keys::event_bound(app, i64::MIN);
+        let mut newest: Option<i64> = None;
+        for item in self.events.range(lo.to_vec()..keys::events_end(app)).rev() {
+            let (k, v) = item?;
+            let Some((first, _)) = keys::parse_block_key(&k) else {
+                continue;
+            };
+            // Blocks are keyed by their first event: one that starts more than a span
+            // before the newest event found cannot hold a newer one.
+            if newest.is_some_and(|m| first.saturating_add(keys::BLOCK_SPAN_MICROS) < m) {
+                break;
+            }
+            let last = keys::decode_events(first, &v)
+                .and_then(|events| events.iter().map(|(at, _)| *at).max());
+            newest = newest.max(last);
+        }
+        Ok(newest.and_then(|m| Timestamp::from_microsecond(m).ok()))
+    }
+
+    /// Event counts per UTC hour in `[from_hour, to_hour)`, per event name (charts).
+    pub fn hourly(
+        &self,
+        app: u64,
+        from_hour: i64,
+        to_hour: i64,
+        event: Option<&str>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        self.visible.wait();
+        let prefix = keys::scope_prefix(Family::HourRollup, app, None);
+        let lo = keys::hour_key(app, from_hour, "");
+        let hi = keys::hour_key(app, to_hour, "");
+        let mut out = Vec::new();
+        for item in self.events.range(lo..hi) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(hour) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[8..]);
+            if event.is_some_and(|e| e != name) {
+                continue;
+            }
+            out.push(Bucket {
+                at: keys::i64_from_key(hour),
+                event: name.into_owned(),
+                tally: Tally::decode(&v),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Event counts per local date in `[from, to]` (`YYYYMMDD` keys), per event name.
+    pub fn daily(
+        &self,
+        app: u64,
+        from: u32,
+        to: u32,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<Vec<Bucket>, StoreError> {
+        self.visible.wait();
+        let family = if user.is_some() {
+            Family::UserRollup
+        } else {
+            Family::Rollup
+        };
+        let prefix = keys::scope_prefix(family, app, user);
+        let bound = |date: u32| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&date.to_be_bytes());
+            k
+        };
+        let mut out = Vec::new();
+        for item in self.events.range(bound(from)..bound(to.saturating_add(1))) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(date) = rest.get(..4).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[4..]);
+            if event.is_some_and(|e| e != name) {
+                continue;
+            }
+            out.push(Bucket {
+                at: i64::from(u32::from_be_bytes(date)),
+                event: name.into_owned(),
+                tally: Tally::decode(&v),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The `limit` users with the most events of all time (optionally of one event name),
+    /// most first; ties by user id.
+    pub fn top_users(
+        &self,
+        app: u64,
+        event: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(i64, Tally)>, StoreError> {
+        self.visible.wait();
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let prefix = keys::scope_prefix(Family::UserTotal, app, None);
+        // A min-heap of the best `limit` so far: memory stays bounded for any user count.
+        let mut best: BinaryHeap<Reverse<(i64, Reverse<i64>, i128)>> = BinaryHeap::new();
+        let mut offer = |user: i64, t: Tally| {
+            best.push(Reverse((t.count, Reverse(user), t.weight)));
+            if best.len() > limit {
+                best.pop();
+            }
+        };
+        let mut current: Option<(i64, Tally)> = None;
+        for item in self.events.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let rest = &k[prefix.len()..];
+            let Some(user) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            if event.is_some_and(|e| e.as_bytes() != &rest[8..]) {
+                continue;
+            }
+            let user = keys::i64_from_key(user);
+            let t = Tally::decode(&v);
+            // Keys are ordered by user, so one user's event names are adjacent.
+            match &mut current {
+                Some((u, acc)) if *u == user => acc.add(t),
+                _ => {
+                    if let Some((u, acc)) = current.replace((user, t)) {
+                        offer(u, acc);
+                    }
+                }
+            }
+        }
+        if let Some((u, acc)) = current {
+            offer(u, acc);
+        }
+        let mut out: Vec<(i64, Tally)> = best
+            .into_iter()
+            .map(|Reverse((count, Reverse(user), weight))| (user, Tally { count, weight }))
+            .collect();
+        out.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+}

@@ -1,0 +1,106 @@
+//! Retention: raw events and hourly rollups past an application's window are deleted;
+//! daily rollups and totals stay, so every period and the total stay exact.
+
+use jiff::Timestamp;
+
+use crate::core::store::keys::{self, EventValue, Family};
+use crate::core::store::{Store, StoreError};
+
+impl Store {
+    /// Deletes an application's raw events and hourly rollups older than `cutoff`; daily
+    /// rollups and totals stay, so every period and `total` stay exact. Blocks that end
+    /// before `cutoff` go whole; a block that straddles it keeps its later events. These
+    /// writes bypass the commit log: after a crash, a replay may bring back a few events
+    /// that were past retention already, and the next pass deletes them again. Returns the
+    /// number of events deleted.
+    pub fn purge_events_before(&self, app: u64, cutoff: Timestamp) -> Result<usize, StoreError> {
+        let cut = keys::micros(cutoff);
+        let whole = cut.saturating_sub(keys::BLOCK_SPAN_MICROS);
+        let lo = keys::event_bound(app, i64::MIN).to_vec();
+        let hi = keys::event_bound(app, whole).to_vec();
+        let mut removed = self.purge_range(lo, hi.clone(), keys::event_count_of)?;
+        let mut batch = sled::Batch::default();
+        for item in self.events.range(hi..keys::event_bound(app, cut).to_vec()) {
+            let (k, v) = item?;
+            let Some((first, _)) = keys::parse_block_key(&k) else {
+                continue;
+            };
+            let Some(events) = keys::decode_events(first, &v) else {
+                continue;
+            };
+            let keep: Vec<(i64, &EventValue)> = events
+                .iter()
+                .filter(|(at, _)| *at >= cut)
+                .map(|(at, e)| (*at, e))
+                .collect();
+            removed += events.len() - keep.len();
+            if keep.is_empty() {
+                batch.remove(k);
+            } else if keep.len() < events.len() {
+                batch.insert(k, keys::encode_block(first, keep));
+            }
+        }
+        self.events.apply_batch(batch)?;
+        let hour_lo = keys::hour_key(app, i64::MIN, "");
+        let hour_hi = keys::hour_key(app, keys::hour_of(cutoff), "");
+        self.purge_range(hour_lo, hour_hi, |_| 1)?;
+        Ok(removed)
+    }
+
+    /// Deletes every key in `lo..hi`, in batches; returns the sum of `weigh` over the
+    /// deleted values (records, or events for raw-event blocks).
+    fn purge_range(
+        &self,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+        weigh: impl Fn(&[u8]) -> usize,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for item in self.events.range(lo.clone()..hi.clone()).take(4096) {
+                let (k, v) = item?;
+                removed += weigh(&v);
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(removed);
+            }
+            self.events.apply_batch(batch)?;
+        }
+    }
+
+    /// Deletes an application's idempotency records of days before yesterday (UTC): they
+    /// are past the window, which lookups check by time as well.
+    pub fn purge_idempotency(&self, app: u64, now: Timestamp) -> Result<usize, StoreError> {
+        let lo = keys::idempotency_bound(app, i64::from(i32::MIN)).to_vec();
+        let hi = keys::idempotency_bound(app, keys::day_of(now) - 1).to_vec();
+        self.purge_range(lo, hi, |_| 1)
+    }
+
+    /// Removes every event and rollup of an application (its deletion with data purge).
+    pub fn purge_application_events(&self, app: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for family in [
+            Family::Event,
+            Family::Rollup,
+            Family::UserRollup,
+            Family::Total,
+            Family::UserTotal,
+            Family::HourRollup,
+            Family::Idempotency,
+        ] {
+            for k in self
+                .events
+                .scan_prefix(keys::scope_prefix(family, app, None))
+                .keys()
+            {
+                batch.remove(k?);
+            }
+        }
+        self.events.apply_batch(batch)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! The events store end to end: batches as the writer commits them, read back through
+//! export, counts and retention.
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::core::store::keys::{self, EventValue, Tally};
+use crate::core::store::{Store, StoreOptions};
+
+fn ev(name: &str, user: Option<i64>) -> EventValue {
+    EventValue {
+        event: name.into(),
+        weight: 1,
+        user_id: user,
+    }
+}
+
+fn at(micros: i64) -> Timestamp {
+    Timestamp::from_microsecond(micros).unwrap()
+}
+
+/// Writes one group commit's worth of events, as the ingest writer does.
+fn batch(store: &Store, events: &[(u64, i64, &str)]) {
+    let writes: Vec<EventWrite> = events
+        .iter()
+        .map(|(app, micros, name)| EventWrite {
+            app: *app,
+            at: at(*micros),
+            date: 20240101,
+            value: ev(name, None),
+            idempotency: None,
+        })
+        .collect();
+    let refs: Vec<&EventWrite> = writes.iter().collect();
+    let (w, _) = store.event_writes(&refs, Timestamp::now()).unwrap();
+    store.committer().log_blocking(w).unwrap();
+}
+
+fn names(store: &Store, app: u64, filter: ExportFilter) -> Vec<(i64, String)> {
+    store
+        .export(app, filter)
+        .map(|r| {
+            let e = r.unwrap();
+            (e.at.as_microsecond(), e.value.event)
+        })
+        .collect()
+}
+
+const T: i64 = 1_700_000_000_000_000;
+
+#[tokio::test]
+async fn export_merges_overlapping_blocks_into_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    // Batch 1 spans 0.9 s; batch 2 lands inside it; app 2 must not leak into app 1.
+    batch(
+        &store,
+        &[(1, T + 900_000, "c"), (1, T, "a"), (2, T + 1, "other")],
+    );
+    batch(&store, &[(1, T + 500_000, "b"), (1, T + 900_000, "c2")]);
+    // A value written before blocks existed (one event per key) still reads.
+    store
+        .events
+        .insert(
+            keys::event_key(1, T + 700_000, u64::MAX),
+            ev("old", Some(7)).encode(),
+        )
+        .unwrap();
+    // Out of the span of the first block: starts a block of its own.
+    batch(&store, &[(1, T + 3_000_000, "d"), (1, T - 5, "z")]);
+    assert_eq!(
+        names(&store, 1, ExportFilter::default()),
+        vec![
+            (T - 5, "z".to_string()),
+            (T, "a".into()),
+            (T + 500_000, "b".into()),
+            (T + 700_000, "old".into()),
+            (T + 900_000, "c".into()),
+            (T + 900_000, "c2".into()),
+            (T + 3_000_000, "d".into()),
+        ]
+    );
+    assert_eq!(store.event_count(1).unwrap(), 7);
+    assert_eq!(store.event_count(2).unwrap(), 1);
+    // Bounds that cut through blocks.
+    let f = ExportFilter {
+        from: Some(at(T + 500_000)),
+        to: Some(at(T + 900_000)),
+        ..Default::default()
+    };
+    assert_eq!(
+        names(&store, 1, f),
+        vec![(T + 500_000, "b".into()), (T + 700_000, "old".into())]
+    );
+    let f = ExportFilter {
+        user_id: Some(7),
+        ..Default::default()
+    };
+    assert_eq!(names(&store, 1, f), vec![(T + 700_000, "old".into())]);
+    assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 3_000_000)));
+}
+
+#[tokio::test]
+async fn newest_event_may_sit_in_an_earlier_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    batch(&store, &[(1, T, "a"), (1, T + 800_000, "newest")]);
+    batch(&store, &[(1, T + 100_000, "b")]);
+    assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 800_000)));
+    assert_eq!(store.last_event_at(3).unwrap(), None);
+}
+
+#[tokio::test]
+async fn retention_cuts_through_a_block_and_keeps_its_later_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    batch(&store, &[(1, T - 10_000_000, "old")]);
+    batch(
+        &store,
+        &[(1, T - 300_000, "before"), (1, T + 200_000, "after")],
+    );
+    batch(&store, &[(1, T - 100, "just-before")]);
+    assert_eq!(store.purge_events_before(1, at(T)).unwrap(), 3);
+    assert_eq!(
+        names(&store, 1, ExportFilter::default()),
+        vec![(T + 200_000, "after".to_string())]
+    );
+    assert_eq!(store.purge_events_before(1, at(T)).unwrap(), 0);
+    // Totals are kept when raw events go.
+    let total = store
+        .events
+        .get(keys::total_key(1, None, "before"))
+        .unwrap()
+        .map(|v| Tally::decode(&v));
+    assert_eq!(total.map(|t| t.count), Some(1));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_answers_for_24_hours_then_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let idem = |fp: u8| Idempotency {
+        key: [7; 32],
+        fingerprint: [fp; 32],
+    };
+    let write = |fp: u8| EventWrite {
+        app: 1,
+        at: at(T),
+        date: 20231114,
+        value: ev("e", None),
+        idempotency: Some(idem(fp)),
+    };
+    let run = |now: Timestamp, ws: &[EventWrite]| {
+        let refs: Vec<&EventWrite> = ws.iter().collect();
+        let (w, outcomes) = store.event_writes(&refs, now).unwrap();
+        store.committer().log_blocking(w).unwrap();
+        outcomes
+    };
+    // Late in a UTC day, so the retry lands on the next day's bucket.
+    let t0 = Timestamp::from_second(1_700_000_000 - 1_700_000_000 % 86_400 + 86_000).unwrap();
+    // Two copies in one batch count once.
+    assert_eq!(
+        run(t0, &[write(1), write(1), write(2)]),
+        vec![Outcome::Stored, Outcome::Replayed, Outcome::KeyReused]
+    );
+    let hours = |h: i64| t0.checked_add(jiff::SignedDuration::from_hours(h)).unwrap();
+    assert_eq!(run(hours(23), &[write(1)]), vec![Outcome::Replayed]);
+    assert_eq!(run(hours(23), &[write(3)]), vec![Outcome::KeyReused]);
+    assert_eq!(store.event_count(1).unwrap(), 1);
+    // Past the window the key is new again.
+    assert_eq!(run(hours(25), &[write(3)]), vec![Outcome::Stored]);
+    assert_eq!(store.event_count(1).unwrap(), 2);
+    // Expiry drops whole days before yesterday: the first record goes, the new stays.
+    assert_eq!(store.purge_idempotency(1, hours(50)).unwrap(), 1);
+    assert_eq!(run(hours(26), &[write(3)]), vec![Outcome::Replayed]);
+    assert_eq!(store.purge_idempotency(1, hours(80)).unwrap(), 1);
+    assert_eq!(run(hours(26), &[write(3)]), vec![Outcome::Stored]);
+}

@@ -1,0 +1,73 @@
+//! Read-your-writes for events answered before sled has them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+/// Read-your-writes for events answered before sled has them: the ingest writer answers a
+/// batch once its record is on disk and applies it to sled right after, so every query
+/// first waits until the last answered batch is applied (normally already true, otherwise
+/// a few tens of microseconds).
+#[derive(Debug, Default)]
+pub struct Visibility {
+    acknowledged: AtomicU64,
+    applied: Mutex<u64>,
+    caught_up: Condvar,
+}
+
+impl Visibility {
+    /// Batch `seq` is about to be answered.
+    pub(super) fn acknowledged(&self, seq: u64) {
+        self.acknowledged.store(seq, Ordering::Release);
+    }
+
+    /// Batch `seq` is applied to sled (or failed; nothing more will arrive for it).
+    pub(super) fn applied(&self, seq: u64) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        self.caught_up.notify_all();
+    }
+
+    /// Waits until everything answered so far is readable from sled.
+    pub fn wait(&self) {
+        let target = self.acknowledged.load(Ordering::Acquire);
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        while *applied < target {
+            let (guard, timeout) = self
+                .caught_up
+                .wait_timeout(applied, std::time::Duration::from_secs(1))
+                .unwrap_or_else(|p| p.into_inner());
+            applied = guard;
+            if timeout.timed_out() {
+                tracing::warn!(
+                    "a query gave up waiting for the ingest writer to apply its last batch"
+                );
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn queries_wait_for_answered_batches_to_be_applied() {
+        let v = Arc::new(Visibility::default());
+        v.wait(); // nothing answered: returns at once
+        v.acknowledged(1);
+        let started = std::time::Instant::now();
+        let applier = {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                v.applied(1);
+            })
+        };
+        v.wait();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        assert_eq!(*v.applied.lock().unwrap(), 1);
+        applier.join().unwrap();
+    }
+}
