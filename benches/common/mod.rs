@@ -3,6 +3,8 @@
 //! accounting). Each benchmark uses a part of it.
 #![allow(dead_code)]
 
+pub mod loadgen;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
