@@ -1,7 +1,7 @@
 //! What one batch of events writes: raw blocks, the new absolute value of every rollup it
 //! touches and the idempotency records of events sent with a key, all in one record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 
@@ -248,7 +248,9 @@ impl Prepare<'_> {
         events: &[&EventWrite],
         out: &mut Vec<Mutation>,
     ) -> Result<(), StoreError> {
-        let mut by_app: HashMap<u64, Vec<(i64, &EventValue)>> = HashMap::new();
+        // By application in order, so the block keys' sequence numbers follow from the
+        // batch alone: the same batch stores the same keys however it reaches sled.
+        let mut by_app: BTreeMap<u64, Vec<(i64, &EventValue)>> = BTreeMap::new();
         for w in events {
             by_app
                 .entry(w.app)
