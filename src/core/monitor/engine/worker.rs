@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::keys::{Family, monitor_key, numbered_prefix, retained_key, transition_key};
+use super::snapshot::Monitors;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
 use super::wording::{self, RECOVERED, describe_down};
 use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
@@ -27,7 +28,7 @@ use crate::core::store::commit::Progress;
 use crate::core::store::wal::Mutation;
 
 /// The in-memory view readers share with the worker.
-pub(super) type Snapshot = Arc<RwLock<HashMap<String, Monitor>>>;
+pub(super) type Snapshot = Arc<RwLock<Monitors>>;
 
 /// Most commands handled in one round (one commit-log record).
 const MAX_ROUND: usize = 1024;
@@ -112,7 +113,7 @@ impl Worker {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Monitor>> {
+    fn read(&self) -> RwLockReadGuard<'_, Monitors> {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -383,7 +384,7 @@ impl Worker {
         self.snapshot
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(m.def.key.clone(), m.clone());
+            .insert(m.clone());
         match state::next_wakeup(&m.def.timing(), &m.state) {
             Some(at) => self.scheduler.arm(m.def.key.clone(), at),
             None => self.scheduler.disarm(m.def.key.clone()),
