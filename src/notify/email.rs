@@ -52,15 +52,15 @@ pub enum Security {
 /// A parsed SMTP URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SmtpConfig {
-    /// Host.
+    /// Server host name or address.
     pub host: String,
-    /// Port.
+    /// Server port: given, or 25, 587 or 465 by TLS mode.
     pub port: u16,
     /// TLS mode.
     pub security: Security,
     user: Option<String>,
     pass: Option<String>,
-    /// Sender.
+    /// Sender address (`From`).
     pub from: String,
 }
 

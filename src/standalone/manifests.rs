@@ -68,9 +68,9 @@ struct RawDoc {
 pub struct Object<S> {
     /// Namespace (`default` when not given).
     pub namespace: String,
-    /// Name.
+    /// Resource name (`metadata.name`).
     pub name: String,
-    /// Spec.
+    /// The desired state, validated.
     pub spec: S,
     /// The file it came from, for messages.
     pub source: PathBuf,
@@ -79,9 +79,9 @@ pub struct Object<S> {
 /// Everything defined in a manifests directory.
 #[derive(Debug, Clone, Default)]
 pub struct Manifests {
-    /// Applications.
+    /// Applications, in the order the files list them.
     pub applications: Vec<Object<ApplicationSpec>>,
-    /// Heartbeats.
+    /// Heartbeats, in the order the files list them.
     pub heartbeats: Vec<Object<HeartbeatSpec>>,
 }
 

@@ -88,11 +88,11 @@ pub struct DoneRecord {
     pub key: String,
     /// `delivered`, `failed` or `skipped`.
     pub outcome: String,
-    /// Detail.
+    /// Why it failed or was skipped.
     pub detail: Option<String>,
     /// Attempts made.
     pub attempts: u32,
-    /// When.
+    /// When it finished.
     pub at: Timestamp,
 }
 
@@ -192,35 +192,6 @@ impl Outbox {
     /// Wakes the worker after records were written by someone else.
     pub fn wake(&self) {
         self.notify.notify_one();
-    }
-
-    /// Stores `alert` for each target durably (idempotent by alert id) and wakes the worker.
-    pub async fn enqueue(&self, alert: &Alert, targets: &[Target]) -> Result<(), OutboxError> {
-        for (k, v) in records(alert, targets, Timestamp::now())? {
-            let _ = self.pending.compare_and_swap(k, None::<&[u8]>, Some(v))?;
-        }
-        self.committer.flush().await?;
-        self.wake();
-        Ok(())
-    }
-
-    /// Deliveries not yet done.
-    pub fn pending(&self) -> Vec<Delivery> {
-        self.pending
-            .iter()
-            .values()
-            .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
-            .collect()
-    }
-
-    /// The most recent finished deliveries, newest first.
-    pub fn recent_done(&self, limit: usize) -> Vec<DoneRecord> {
-        self.done
-            .iter()
-            .rev()
-            .take(limit)
-            .filter_map(|item| item.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
-            .collect()
     }
 
     async fn finish(

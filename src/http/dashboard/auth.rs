@@ -8,8 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::handlers::{not_found, page};
 use super::pages;
+use super::reply::{not_found, page};
 use super::session::{self, Principal, Viewer};
 use super::view;
 use crate::core::registry::{AppInfo, object_key};

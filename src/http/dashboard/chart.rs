@@ -31,7 +31,7 @@ pub struct Chart {
     pub title: String,
     /// Label of each x slot (shown for a few evenly spaced slots).
     pub x_labels: Vec<String>,
-    /// The series.
+    /// One line per series, or the first series as bars.
     pub series: Vec<Series>,
     /// Unit shown after the maximum on the y axis (e.g. "events", "ms").
     pub unit: String,

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
-use maud::Markup;
 
 use super::auth::AppPage;
 use super::pages::{self, AppDetail, AppFilters, AppSummary, MonitorDetail, Section};
+use super::reply::{in_layout, message, not_found};
 use super::session::Viewer;
 use super::{badge, chart, view};
 use crate::core::calendar::{Periods, date_key};
@@ -35,41 +35,6 @@ const ATTENTION_ROWS: usize = 50;
 const CHART_DAYS: i64 = 90;
 /// Hours in an application's hourly chart.
 const CHART_HOURS: i64 = 48;
-
-/// A whole page with `status`.
-pub fn page(status: StatusCode, markup: Markup) -> Response {
-    (status, Html(markup.into_string())).into_response()
-}
-
-fn in_layout(viewer: &Viewer, title: &str, section: Section, body: Markup) -> Response {
-    page(StatusCode::OK, pages::layout(title, viewer, section, body))
-}
-
-/// A message page, in the layout, with `status`.
-fn message(
-    status: StatusCode,
-    viewer: &Viewer,
-    section: Section,
-    title: &str,
-    text: &str,
-) -> Response {
-    page(
-        status,
-        pages::layout(title, viewer, section, pages::message(title, text)),
-    )
-}
-
-/// The 404 page: the same whether the thing is missing or hidden from this viewer.
-pub fn not_found(viewer: &Viewer, what: &str) -> Response {
-    let text = format!("There is no {what} here that you may see.");
-    message(
-        StatusCode::NOT_FOUND,
-        viewer,
-        Section::Overview,
-        "Not found",
-        &text,
-    )
-}
 
 fn now(st: &HttpState) -> Timestamp {
     st.core.engine.clock().now()

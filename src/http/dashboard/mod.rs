@@ -14,6 +14,7 @@ mod handlers;
 mod headers;
 mod live;
 pub mod pages;
+mod reply;
 pub mod session;
 pub mod view;
 

@@ -23,11 +23,11 @@ use crate::core::store::keys::Tally;
 /// Which top-level section a page belongs to (highlighted in the navigation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
-    /// Overview.
+    /// `/ui`: counts, what needs attention, applications at a glance.
     Overview,
-    /// Monitors.
+    /// `/ui/monitors` and each monitor's page.
     Monitors,
-    /// Applications.
+    /// `/ui/applications` and each application's page.
     Applications,
 }
 

@@ -200,26 +200,10 @@ impl Store {
     ) -> Result<Vec<Bucket>, StoreError> {
         self.visible.wait();
         let prefix = keys::scope_prefix(Family::HourRollup, app, None);
-        let lo = keys::hour_key(app, from_hour, "");
-        let hi = keys::hour_key(app, to_hour, "");
-        let mut out = Vec::new();
-        for item in self.events.range(lo..hi) {
-            let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            let Some(hour) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
-                continue;
-            };
-            let name = String::from_utf8_lossy(&rest[8..]);
-            if event.is_some_and(|e| e != name) {
-                continue;
-            }
-            out.push(Bucket {
-                at: keys::i64_from_key(hour),
-                event: name.into_owned(),
-                tally: Tally::decode(&v),
-            });
-        }
-        Ok(out)
+        let range = keys::hour_key(app, from_hour, "")..keys::hour_key(app, to_hour, "");
+        self.buckets(range, prefix.len(), event, |b: [u8; 8]| {
+            keys::i64_from_key(b)
+        })
     }
 
     /// Event counts per local date in `[from, to]` (`YYYYMMDD` keys), per event name.
@@ -243,19 +227,36 @@ impl Store {
             k.extend_from_slice(&date.to_be_bytes());
             k
         };
+        let range = bound(from)..bound(to.saturating_add(1));
+        self.buckets(range, prefix.len(), event, |b: [u8; 4]| {
+            i64::from(u32::from_be_bytes(b))
+        })
+    }
+
+    /// The rollups in `range`, whose keys are a prefix of `prefix_len` bytes, a bucket of
+    /// `N` bytes (read by `at`) and the event name; only `event`'s when given.
+    fn buckets<const N: usize>(
+        &self,
+        range: std::ops::Range<Vec<u8>>,
+        prefix_len: usize,
+        event: Option<&str>,
+        at: impl Fn([u8; N]) -> i64,
+    ) -> Result<Vec<Bucket>, StoreError> {
         let mut out = Vec::new();
-        for item in self.events.range(bound(from)..bound(to.saturating_add(1))) {
+        for item in self.events.range(range) {
             let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            let Some(date) = rest.get(..4).and_then(|b| b.try_into().ok()) else {
+            let Some(rest) = k.get(prefix_len..) else {
                 continue;
             };
-            let name = String::from_utf8_lossy(&rest[4..]);
+            let Some(bucket) = rest.get(..N).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[N..]);
             if event.is_some_and(|e| e != name) {
                 continue;
             }
             out.push(Bucket {
-                at: i64::from(u32::from_be_bytes(date)),
+                at: at(bucket),
                 event: name.into_owned(),
                 tally: Tally::decode(&v),
             });
