@@ -108,15 +108,23 @@ mod tests {
         let tree = db.open_tree("monitors").unwrap();
         let n = CHUNK * 3 + 17;
         for i in 0..n {
-            let m = sample(&format!("ns/m{i}"), if i % 3 == 0 { State::Down } else { State::New });
-            tree.insert(monitor_key(&m.def.key), serde_json::to_vec(&m).unwrap()).unwrap();
+            let m = sample(
+                &format!("ns/m{i}"),
+                if i % 3 == 0 { State::Down } else { State::New },
+            );
+            tree.insert(monitor_key(&m.def.key), serde_json::to_vec(&m).unwrap())
+                .unwrap();
         }
         // Other families are not monitors.
-        tree.insert([Family::Monitor as u8 + 1, 1], &b"not json"[..]).unwrap();
+        tree.insert([Family::Monitor as u8 + 1, 1], &b"not json"[..])
+            .unwrap();
         let all = load_monitors(&tree).unwrap();
         assert_eq!(all.len(), n);
         assert_eq!(all.count(State::Down), n.div_ceil(3));
-        assert_eq!(all.get("ns/m17").map(|m| m.def.name.clone()), Some("ns/m17".into()));
+        assert_eq!(
+            all.get("ns/m17").map(|m| m.def.name.clone()),
+            Some("ns/m17".into())
+        );
         tree.insert(monitor_key("ns/broken"), &b"{"[..]).unwrap();
         assert!(matches!(load_monitors(&tree), Err(EngineError::Codec(_))));
     }

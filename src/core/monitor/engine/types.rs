@@ -171,5 +171,4 @@ mod samples {
             state: st,
         }
     }
-
 }
