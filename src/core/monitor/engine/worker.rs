@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::keys::{Family, monitor_key, numbered_prefix, retained_key, transition_key};
+use super::snapshot::Monitors;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
 use super::wording::{self, RECOVERED, describe_down};
 use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
@@ -24,10 +25,11 @@ use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
 use crate::core::store::Committer;
+use crate::core::store::commit::Progress;
 use crate::core::store::wal::Mutation;
 
 /// The in-memory view readers share with the worker.
-pub(super) type Snapshot = Arc<RwLock<HashMap<String, Monitor>>>;
+pub(super) type Snapshot = Arc<RwLock<Monitors>>;
 
 /// Most commands handled in one round (one commit-log record).
 const MAX_ROUND: usize = 1024;
@@ -113,7 +115,7 @@ impl Worker {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Monitor>> {
+    fn read(&self) -> RwLockReadGuard<'_, Monitors> {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -344,7 +346,11 @@ impl Worker {
             }
             return Ok(redefined(old, def, signals));
         }
-        if let Some(v) = self.tree.get(retained_key(&def.key))? {
+        if let Some(v) = self
+            .committer
+            .reader()
+            .read(&self.tree, &retained_key(&def.key))?
+        {
             let old: Monitor = serde_json::from_slice(&v)?;
             def.created_at = old.def.created_at;
             let mut signals = vec![Signal::Retimed(now)];
@@ -386,8 +392,12 @@ impl Worker {
             history::monitor_prefix(m.num),
             numbered_prefix(Family::Transition, m.num),
         ] {
-            for k in self.tree.scan_prefix(prefix).keys() {
-                round.ops.push((k?.to_vec(), None));
+            for k in self
+                .committer
+                .reader()
+                .keys_with_prefix(&self.tree, &prefix)?
+            {
+                round.ops.push((k, None));
             }
         }
         Ok(())
@@ -397,7 +407,7 @@ impl Worker {
         self.snapshot
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(m.def.key.clone(), m.clone());
+            .insert(m.clone());
         match state::next_wakeup(&m.def.timing(), &m.state) {
             Some(at) => self.scheduler.arm(m.def.key.clone(), at),
             None => self.scheduler.disarm(m.def.key.clone()),
@@ -455,9 +465,14 @@ impl Worker {
         round.monitors.insert(m.def.key.clone(), m.clone());
         if let Some(p) = ping {
             let mut expired = Vec::new();
-            round
-                .pings
-                .record(&self.tree, m.num, p, self.config.ping_history, &mut expired)?;
+            round.pings.record(
+                &self.committer.reader(),
+                &self.tree,
+                m.num,
+                p,
+                self.config.ping_history,
+                &mut expired,
+            )?;
             round.ops.extend(expired.into_iter().map(|k| (k, None)));
         }
         Ok(())
@@ -539,15 +554,21 @@ impl Worker {
         }
         let keep = TRANSITION_HISTORY.saturating_sub(2);
         let prefix = numbered_prefix(Family::Transition, num);
-        for k in self.tree.scan_prefix(prefix).keys().rev().skip(keep) {
-            round.ops.push((k?.to_vec(), None));
+        let timeline = self
+            .committer
+            .reader()
+            .keys_with_prefix(&self.tree, &prefix)?;
+        for k in timeline.into_iter().rev().skip(keep) {
+            round.ops.push((k, None));
         }
         Ok(())
     }
 
-    /// Writes a round as one commit-log record (monitor state, pings, timeline and the
-    /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
-    /// next round reads what this one wrote; commands gather meanwhile.
+    /// Hands a round to the group committer as one commit-log record (monitor state, pings,
+    /// timeline and the alerts it queues, all or nothing) and goes on with the next round
+    /// while the disk flushes this one: the next round reads this one's writes through the
+    /// committer's reader. Its callers are answered once it is applied, so whoever reads
+    /// the history after an answer finds the ping there.
     fn write(&self, round: Round) {
         if round.is_empty() {
             return;
@@ -569,16 +590,29 @@ impl Worker {
                 .into_iter()
                 .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
         );
-        let result = self.committer.log_blocking(writes).map_err(|e| {
-            tracing::error!(error = %e, "writing monitor state failed");
-            e.to_string()
-        });
-        if alerts && result.is_ok() {
-            self.outbox.wake();
-        }
-        for d in round.done {
-            d(result.clone().map_err(EngineError::Write));
-        }
+        let outbox = alerts.then(|| self.outbox.clone());
+        let mut done = Some(round.done);
+        self.committer.submit(
+            writes,
+            Box::new(move |progress| {
+                let result = match progress {
+                    Progress::Durable => return,
+                    Progress::Applied => {
+                        if let Some(outbox) = &outbox {
+                            outbox.wake();
+                        }
+                        Ok(())
+                    }
+                    Progress::Failed(e) => {
+                        tracing::error!(error = %e, "writing monitor state failed");
+                        Err(e.to_string())
+                    }
+                };
+                for d in done.take().into_iter().flatten() {
+                    d(result.clone().map_err(EngineError::Write));
+                }
+            }),
+        );
     }
 
     /// A round's changes to the monitors tree as writes, in the order they were staged;

@@ -1,10 +1,11 @@
 //! What one batch of events writes: raw blocks, the new absolute value of every rollup it
 //! touches and the idempotency records of events sent with a key, all in one record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 
+use crate::core::store::commit::PendingReader;
 use crate::core::store::keys::{self, EventValue, Tally};
 use crate::core::store::wal::Mutation;
 use crate::core::store::{Store, StoreError};
@@ -118,7 +119,38 @@ impl RollupDeltas {
     }
 }
 
+/// What preparing a batch reads and writes: the events tree, the id generator for block
+/// keys, and the committer's view of records not applied yet (the previous batch may still
+/// be on its way to disk when the next is prepared).
+pub(crate) struct Prepare<'a> {
+    /// The events tree.
+    pub events: &'a sled::Tree,
+    /// The database, for block sequence numbers.
+    pub db: &'a sled::Db,
+    /// Reads that see batches not applied yet.
+    pub reader: &'a PendingReader<'a>,
+}
+
 impl Store {
+    /// The writes for a batch and what became of each event ([`Prepare::event_writes`]),
+    /// read through this store's committer.
+    #[cfg(test)]
+    pub(crate) fn event_writes(
+        &self,
+        all: &[&EventWrite],
+        now: Timestamp,
+    ) -> Result<(Vec<Mutation>, Vec<Outcome>), StoreError> {
+        let reader = self.committer().reader();
+        Prepare {
+            events: &self.events,
+            db: &self.db,
+            reader: &reader,
+        }
+        .event_writes(all, now)
+    }
+}
+
+impl Prepare<'_> {
     /// What an event's `Idempotency-Key` says about it: a key accepted within the window
     /// (earlier in this batch, or stored) answers for it.
     fn idempotency_outcome(
@@ -139,8 +171,8 @@ impl Store {
                 let mut found = None;
                 for day in [today, today - 1] {
                     let stored = self
-                        .events
-                        .get(keys::idempotency_key(app, day, &idem.key))?
+                        .reader
+                        .read(self.events, &keys::idempotency_key(app, day, &idem.key))?
                         .and_then(|v| keys::decode_idempotency(&v))
                         .filter(|(at, _)| *at >= since);
                     if let Some((_, fp)) = stored {
@@ -194,7 +226,7 @@ impl Store {
                     if o == Outcome::Stored {
                         accepted.insert((w.app, idem.key), idem.fingerprint);
                         out.push(Mutation::put(
-                            &self.events,
+                            self.events,
                             keys::idempotency_key(w.app, keys::day_of(now), &idem.key).to_vec(),
                             keys::encode_idempotency(keys::micros(now), &idem.fingerprint).to_vec(),
                         ));
@@ -216,7 +248,9 @@ impl Store {
         events: &[&EventWrite],
         out: &mut Vec<Mutation>,
     ) -> Result<(), StoreError> {
-        let mut by_app: HashMap<u64, Vec<(i64, &EventValue)>> = HashMap::new();
+        // By application in order, so the block keys' sequence numbers follow from the
+        // batch alone: the same batch stores the same keys however it reaches sled.
+        let mut by_app: BTreeMap<u64, Vec<(i64, &EventValue)>> = BTreeMap::new();
         for w in events {
             by_app
                 .entry(w.app)
@@ -230,7 +264,7 @@ impl Store {
                 let first = block[0].0;
                 let seq = self.db.generate_id()?;
                 out.push(Mutation::put(
-                    &self.events,
+                    self.events,
                     keys::event_key(app, first, seq).to_vec(),
                     keys::encode_block(first, block.iter().copied()),
                 ));
@@ -248,12 +282,12 @@ impl Store {
         for family in deltas.0 {
             for (k, d) in family {
                 let mut t = self
-                    .events
-                    .get(&k)?
+                    .reader
+                    .read(self.events, &k)?
                     .map(|b| Tally::decode(&b))
                     .unwrap_or_default();
                 t.add(d);
-                out.push(Mutation::put(&self.events, k, t.encode().to_vec()));
+                out.push(Mutation::put(self.events, k, t.encode().to_vec()));
             }
         }
         Ok(())
