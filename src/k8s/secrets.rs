@@ -240,6 +240,9 @@ pub struct Wanted<'a> {
     /// Whether a token already belongs to another resource: such a Secret is refused
     /// before anything is written into it.
     pub taken: &'a (dyn Fn(&Token) -> bool + Send + Sync),
+    /// Whether the watch cache holds its complete list: only then does a Secret missing
+    /// from it mean one that is (almost certainly) missing.
+    pub cache_complete: bool,
 }
 
 /// Issues a new token into a new Secret `wanted.name`; `None` when a Secret of that name
@@ -267,10 +270,12 @@ async fn issue(api: &Api<Secret>, wanted: &Wanted<'_>) -> Result<Option<Ensured>
 }
 
 /// Makes Secret `wanted.name` hold a usable token, writing only what is missing.
-/// `cached` is the Secret from the watch cache. A Secret not in it is usually missing, so
-/// it is created at once (one request, not a read and then a create); only when one of
-/// that name exists already (not labelled yet, or the cache lags) is it read and judged
-/// like a cached one. A refused create writes nothing.
+/// `cached` is the Secret from the watch cache. Once the cache is complete a Secret not in
+/// it is usually missing, so it is created at once (one request, not a read and then a
+/// create); only when one of that name exists already (not labelled yet, or the cache
+/// lags) is it read and judged like a cached one. A refused create writes nothing. Before
+/// the cache is complete (just after a start) the Secret is read first, so a restart
+/// writes nothing.
 pub async fn ensure(
     api: &Api<Secret>,
     cached: Option<&Secret>,
@@ -285,7 +290,9 @@ pub async fn ensure(
     let existing = match cached {
         Some(s) => Some(s),
         None => {
-            if let Some(ensured) = issue(api, &wanted).await? {
+            if wanted.cache_complete
+                && let Some(ensured) = issue(api, &wanted).await?
+            {
                 return Ok(ensured);
             }
             fetched = api.get_opt(name).await.map_err(err)?;

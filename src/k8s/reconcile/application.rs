@@ -123,6 +123,7 @@ async fn token_secret(
             kind: TokenKind::Application,
             ping_url: &|_| None,
             taken: &taken,
+            cache_complete: ctx.caches.synced(),
         },
     )
     .await

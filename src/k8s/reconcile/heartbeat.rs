@@ -197,6 +197,7 @@ async fn token_secret(
             kind: TokenKind::Heartbeat,
             ping_url: &url,
             taken: &taken,
+            cache_complete: ctx.caches.synced(),
         },
     )
     .await

@@ -78,6 +78,7 @@ async fn an_armed_heartbeat_issues_its_secret_once_and_an_unchanged_resync_sends
     let (ctx, mut caches, mut inbox) = context(dir.path(), client);
     let hb = heartbeat("job", json!({"interval": "1h"}), &["hartslag.dev/cleanup"]);
     caches.heartbeat(&hb);
+    ctx.caches.wait_synced().await;
     reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
     assert_eq!(
         requests(&log),
@@ -138,6 +139,7 @@ async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
     let (ctx, _, _) = context(dir.path(), client);
+    ctx.caches.wait_synced().await;
     let hb = heartbeat(
         "steal",
         json!({"tokenSecretName": "plain"}),
