@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub api_rate_burst: f64,
     /// Alert retry policy.
     pub outbox: crate::core::alert::outbox::OutboxConfig,
+    /// Hold monitor deadlines until the front end releases them: the operator does, until
+    /// it has removed the monitors whose resources vanished while it was down.
+    pub hold_deadlines: bool,
 }
 
 impl ServerConfig {
@@ -54,6 +57,7 @@ impl ServerConfig {
             api_rate_per_sec: 10.0,
             api_rate_burst: 50.0,
             outbox: crate::core::alert::outbox::OutboxConfig::default(),
+            hold_deadlines: false,
         }
     }
 
@@ -69,6 +73,7 @@ impl ServerConfig {
             cache_bytes: self.cache_bytes,
             ping_history: self.ping_history as u64,
             outbox: self.outbox,
+            hold_deadlines: self.hold_deadlines,
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct ServicesConfig {
     pub ping_history: u64,
     /// How alert deliveries are retried.
     pub outbox: OutboxConfig,
+    /// Hold monitor deadlines until the front end releases them (see
+    /// `EngineConfig::hold_deadlines`).
+    pub hold_deadlines: bool,
 }
 
 /// Why the services could not be opened.
@@ -87,6 +90,7 @@ impl Services {
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {
             ping_history: config.ping_history,
+            hold_deadlines: config.hold_deadlines,
         };
         let committer = store.committer().clone();
         let engine = Engine::start(

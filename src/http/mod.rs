@@ -8,6 +8,7 @@ pub mod body;
 pub mod dashboard;
 pub mod error;
 pub mod export;
+pub mod port;
 pub mod query;
 mod serve;
 mod state;
@@ -16,6 +17,7 @@ pub mod track;
 use axum::Router;
 
 pub use error::ApiError;
+pub use port::Port;
 pub use serve::serve;
 pub use state::{HttpState, Shared};
 

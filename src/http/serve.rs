@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use super::{HttpState, router};
 
 /// Serves the APIs and the dashboard on `listener` until `shutdown` resolves; `/readyz`
-/// answers ready meanwhile. Live dashboard streams end as shutdown begins, so open browser
+/// answers ready meanwhile, while the front end's gate is open. Live dashboard streams end as shutdown begins, so open browser
 /// tabs do not hold it up.
 pub async fn serve(
     listener: TcpListener,
@@ -17,7 +17,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    state.ready.store(true, Ordering::Release);
+    state.serving.store(true, Ordering::Release);
     let closing = state.clone();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -25,6 +25,6 @@ pub async fn serve(
             closing.dashboard.close_streams();
         })
         .await;
-    state.ready.store(false, Ordering::Release);
+    state.serving.store(false, Ordering::Release);
     served
 }

@@ -27,8 +27,11 @@ pub struct Shared {
     pub max_body_bytes: usize,
     /// Per-key rate limit of the management API.
     pub rate_limit: RateLimiter,
-    /// Set while serving; `/readyz` reports it.
-    pub ready: AtomicBool,
+    /// Set while serving.
+    pub serving: AtomicBool,
+    /// Opened by the front end once it is ready (the operator: when its watch caches are
+    /// complete); `/readyz` answers ready while serving with the gate open.
+    pub ready: Arc<AtomicBool>,
     /// The HTTP layer's own metric families.
     pub requests: RequestMetrics,
     /// Every metric family of the process, for `/metrics`.
@@ -39,12 +42,13 @@ pub struct Shared {
 
 impl HttpState {
     /// The state for serving `core`: registers the HTTP layer's families into `metrics`
-    /// and keeps the registry for `/metrics`.
+    /// and keeps the registry for `/metrics`; `ready` is the front end's readiness gate.
     pub fn new(
         core: Services,
         config: &ServerConfig,
         catalogue: Option<Arc<dyn MonitorCatalogue>>,
         mut metrics: MetricRegistry,
+        ready: Arc<AtomicBool>,
     ) -> Self {
         let requests = RequestMetrics::register(&mut metrics);
         Self(Arc::new(Shared {
@@ -52,7 +56,8 @@ impl HttpState {
             catalogue,
             max_body_bytes: config.max_body_bytes,
             rate_limit: RateLimiter::new(config.api_rate_per_sec, config.api_rate_burst),
-            ready: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
+            ready,
             requests,
             metrics,
             dashboard: Dashboard::new(config.base_url()),
