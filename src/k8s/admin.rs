@@ -42,14 +42,7 @@ pub fn own_namespace() -> String {
 }
 
 fn token_of(secret: &Secret) -> Option<Token> {
-    secret
-        .data
-        .as_ref()?
-        .get("token")
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .map(|t| t.trim().to_string())
-        .filter(|t| t.len() >= 16)
-        .map(Token::from_string)
+    super::secrets::token_in(secret).map(Token::from_string)
 }
 
 fn unusable(name: &str) -> SecretError {

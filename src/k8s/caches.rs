@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -193,4 +193,26 @@ where
             }
         })
         .applied_objects()
+}
+
+/// [`reflect`], passing on only what a reconciler must see: a spec change (generation) or
+/// a finalizer change. A status write or a ping does not wake a reconciler.
+pub fn spec_changes<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    relisted: (mpsc::UnboundedSender<Relisted>, Relisted),
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    reflect(api, watch_config(), writer, Some(relisted)).predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    )
 }

@@ -19,7 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
@@ -146,27 +146,15 @@ fn scope(
     let (secret_store, secret_writer) = reflector::store_shared::<Secret>(256);
     let hb_secrets = secret_writer.subscribe();
     let app_secrets = secret_writer.subscribe();
-    // Only what a spec change (or the finalizer) means passes: status writes and pings do
-    // not wake the reconcilers.
-    let hb_stream = caches::reflect(
+    let hb_stream = caches::spec_changes(
         apis::<Heartbeat>(client, ns.as_deref()),
-        caches::watch_config(),
         hb_writer,
-        Some((relisted.clone(), Relisted::Heartbeats(ns.clone()))),
-    )
-    .predicate_filter(
-        predicates::generation.combine(predicates::finalizers),
-        Default::default(),
+        (relisted.clone(), Relisted::Heartbeats(ns.clone())),
     );
-    let app_stream = caches::reflect(
+    let app_stream = caches::spec_changes(
         apis::<Application>(client, ns.as_deref()),
-        caches::watch_config(),
         app_writer,
-        Some((relisted.clone(), Relisted::Applications(ns.clone()))),
-    )
-    .predicate_filter(
-        predicates::generation.combine(predicates::finalizers),
-        Default::default(),
+        (relisted.clone(), Relisted::Applications(ns.clone())),
     );
     let secrets_root = watcher::watcher(
         apis::<Secret>(client, ns.as_deref()),

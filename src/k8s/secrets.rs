@@ -54,6 +54,10 @@ pub enum SecretError {
         "the token in Secret {0} is already used by another Heartbeat or Application; give each its own token"
     )]
     TokenInUse(String),
+    /// The Secret appeared between a conflict and the read that followed it, or went and
+    /// came back; the next reconcile settles it.
+    #[error("Secret {0} changed while it was being created; trying again")]
+    Raced(String),
     /// No randomness.
     #[error(transparent)]
     Token(#[from] crate::core::token::TokenError),
@@ -236,11 +240,42 @@ pub struct Wanted<'a> {
     /// Whether a token already belongs to another resource: such a Secret is refused
     /// before anything is written into it.
     pub taken: &'a (dyn Fn(&Token) -> bool + Send + Sync),
+    /// Whether the watch cache holds its complete list: only then does a Secret missing
+    /// from it mean one that is (almost certainly) missing.
+    pub cache_complete: bool,
+}
+
+/// Issues a new token into a new Secret `wanted.name`; `None` when a Secret of that name
+/// exists already (the API server answers 409 and writes nothing).
+async fn issue(api: &Api<Secret>, wanted: &Wanted<'_>) -> Result<Option<Ensured>, SecretError> {
+    let token = Token::generate(wanted.kind)?;
+    let secret = issued(
+        wanted.name,
+        wanted.owner.clone(),
+        &token,
+        (wanted.ping_url)(&token),
+    );
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(Some(Ensured {
+            token,
+            issued: true,
+            adopted: false,
+        })),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(source) => Err(SecretError::Api {
+            name: wanted.name.to_string(),
+            source,
+        }),
+    }
 }
 
 /// Makes Secret `wanted.name` hold a usable token, writing only what is missing.
-/// `cached` is the Secret from the watch cache; a Secret not in it (not labelled yet) is
-/// read once from the API server.
+/// `cached` is the Secret from the watch cache. Once the cache is complete a Secret not in
+/// it is usually missing, so it is created at once (one request, not a read and then a
+/// create); only when one of that name exists already (not labelled yet, or the cache
+/// lags) is it read and judged like a cached one. A refused create writes nothing. Before
+/// the cache is complete (just after a start) the Secret is read first, so a restart
+/// writes nothing.
 pub async fn ensure(
     api: &Api<Secret>,
     cached: Option<&Secret>,
@@ -255,6 +290,11 @@ pub async fn ensure(
     let existing = match cached {
         Some(s) => Some(s),
         None => {
+            if wanted.cache_complete
+                && let Some(ensured) = issue(api, &wanted).await?
+            {
+                return Ok(ensured);
+            }
             fetched = api.get_opt(name).await.map_err(err)?;
             fetched.as_ref()
         }
@@ -265,18 +305,11 @@ pub async fn ensure(
             .map_err(err)
     };
     match (classify(existing, name, &wanted.owner.uid), existing) {
-        (Classified::Missing, _) | (_, None) => {
-            let token = Token::generate(wanted.kind)?;
-            let secret = issued(name, wanted.owner, &token, (wanted.ping_url)(&token));
-            api.create(&PostParams::default(), &secret)
-                .await
-                .map_err(err)?;
-            Ok(Ensured {
-                token,
-                issued: true,
-                adopted: false,
-            })
-        }
+        // Gone between the conflict and the read (or never cached): create it; a second
+        // conflict is a race the next reconcile settles.
+        (Classified::Missing, _) | (_, None) => issue(api, &wanted)
+            .await?
+            .ok_or_else(|| SecretError::Raced(name.to_string())),
         (Classified::Ours(Some(t)), Some(s)) => {
             let token = Token::from_string(t);
             if let Some(p) = patch_for(s, "issued", None, (wanted.ping_url)(&token).as_deref()) {

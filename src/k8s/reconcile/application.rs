@@ -12,77 +12,43 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    ReconcileError, Step, Stop, alerts, recheck, resync, secret_stop, settle, taken_by_another,
+    ReconcileError, Step, Stop, alerts, conclude, finalized, secret_stop, taken_by_another,
 };
 use crate::core::registry::{RegistryError, object_key};
 use crate::core::spec::{ApplicationSpec, DeletionPolicy};
 use crate::core::store::apps::TokenOwner;
 use crate::core::token::TokenKind;
-use crate::k8s::FINALIZER;
 use crate::k8s::context::Context;
 use crate::k8s::crd::Application;
 use crate::k8s::secrets::{self, Ensured, Wanted};
-use crate::k8s::status::{Outcome, Target, Verdict};
+use crate::k8s::status::Target;
 
 /// Reconciles an Application.
 pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let ns = app
-        .namespace()
-        .ok_or(ReconcileError::Incomplete("namespace"))?;
-    if !ctx.instances.owns(&ns) {
-        return Ok(Action::await_change());
-    }
-    let api: Api<Application> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, app, |event| async {
+    let ctx = &ctx;
+    finalized(app, ctx, |event, ns| async move {
         match event {
-            Finalizer::Apply(app) => apply(&app, &ctx, &ns).await,
-            Finalizer::Cleanup(app) => cleanup(&app, &ctx, &ns).await,
+            Finalizer::Apply(app) => apply(&app, ctx, &ns).await,
+            Finalizer::Cleanup(app) => cleanup(&app, ctx, &ns).await,
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => ReconcileError::Finalizer(other.to_string()),
-    })
 }
 
 async fn apply(app: &Application, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
     let name = app.name_any();
     let target = Target::application(ns, &name);
     let live = app.status.as_ref().map(|s| s.conditions.as_slice());
-    let generation = app.metadata.generation;
-    let uid = app.metadata.uid.clone();
-    match steps(app, ctx, ns, &name).await {
-        Ok(secret) => {
-            ctx.retries.reset(&target);
-            let verdict = Verdict {
-                generation,
-                outcome: Outcome::Ready { secret },
-            };
-            settle(ctx, &target, uid, live, verdict).await;
-            ctx.triggers.application_changed(ctx, ns, &name);
-            Ok(resync())
-        }
-        Err(Stop::Refused { refusal, retry }) => {
-            let verdict = Verdict {
-                generation,
-                outcome: Outcome::Refused(refusal),
-            };
-            settle(ctx, &target, uid, live, verdict).await;
-            Ok(if retry {
-                recheck(ctx, &target)
-            } else {
-                ctx.retries.reset(&target);
-                Action::await_change()
-            })
-        }
-        Err(Stop::Failed(e)) => Err(e),
+    let concluded = steps(app, ctx, ns, &name).await;
+    let (next, ready) = conclude(ctx, &target, &app.metadata, live, concluded).await?;
+    if ready {
+        ctx.triggers.application_changed(ctx, ns, &name);
     }
+    Ok(next)
 }
 
 async fn steps(app: &Application, ctx: &Context, ns: &str, name: &str) -> Result<String, Stop> {
@@ -157,6 +123,7 @@ async fn token_secret(
             kind: TokenKind::Application,
             ping_url: &|_| None,
             taken: &taken,
+            cache_complete: ctx.caches.synced(),
         },
     )
     .await

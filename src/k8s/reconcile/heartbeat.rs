@@ -12,11 +12,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    ReconcileError, Step, Stop, alerts, recheck, resync, secret_stop, settle, taken_by_another,
+    ReconcileError, Step, Stop, alerts, conclude, finalized, secret_stop, taken_by_another,
 };
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::define::{DeclaredHeartbeat, WatchedCronJob, ping_url};
@@ -25,69 +25,36 @@ use crate::core::registry::{AppInfo, RegistryError, object_key};
 use crate::core::spec::HeartbeatSpec;
 use crate::core::store::apps::TokenOwner;
 use crate::core::token::{TokenHash, TokenKind};
-use crate::k8s::FINALIZER;
 use crate::k8s::context::Context;
 use crate::k8s::crd::Heartbeat;
 use crate::k8s::secrets::{self, Ensured, Wanted};
-use crate::k8s::status::{Outcome, Target, Verdict};
+use crate::k8s::status::Target;
 
 /// Reconciles a Heartbeat.
 pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let ns = hb
-        .namespace()
-        .ok_or(ReconcileError::Incomplete("namespace"))?;
-    if !ctx.instances.owns(&ns) {
-        // Another operator instance reconciles this namespace; it says so in the status.
-        return Ok(Action::await_change());
-    }
-    let api: Api<Heartbeat> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, hb, |event| async {
+    let ctx = &ctx;
+    finalized(hb, ctx, |event, ns| async move {
         match event {
-            Finalizer::Apply(hb) => apply(&hb, &ctx, &ns).await,
-            Finalizer::Cleanup(hb) => cleanup(&hb, &ctx, &ns).await,
+            Finalizer::Apply(hb) => apply(&hb, ctx, &ns).await,
+            Finalizer::Cleanup(hb) => cleanup(&hb, ctx, &ns).await,
         }
     })
     .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => ReconcileError::Finalizer(other.to_string()),
-    })
 }
 
 async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
     let name = hb.name_any();
     let target = Target::heartbeat(ns, &name);
-    let key = object_key(ns, &name);
-    let generation = hb.metadata.generation;
     let live = hb.status.as_ref().map(|s| s.conditions.as_slice());
-    tracing::debug!(object = %target, ?generation, "reconciling");
-    match steps(hb, ctx, ns, &name).await {
-        Ok(secret) => {
-            ctx.retries.reset(&target);
-            let verdict = Verdict {
-                generation,
-                outcome: Outcome::Ready { secret },
-            };
-            settle(ctx, &target, hb.metadata.uid.clone(), live, verdict).await;
-            Ok(resync())
-        }
-        Err(Stop::Refused { refusal, retry }) => {
-            deactivate(ctx, &key).await?;
-            let verdict = Verdict {
-                generation,
-                outcome: Outcome::Refused(refusal),
-            };
-            settle(ctx, &target, hb.metadata.uid.clone(), live, verdict).await;
-            Ok(if retry {
-                recheck(ctx, &target)
-            } else {
-                ctx.retries.reset(&target);
-                Action::await_change()
-            })
-        }
-        Err(Stop::Failed(e)) => Err(e),
+    tracing::debug!(object = %target, generation = ?hb.metadata.generation, "reconciling");
+    let concluded = steps(hb, ctx, ns, &name).await;
+    if matches!(concluded, Err(Stop::Refused { .. })) {
+        // Not Ready means not monitored: the token stops working, the monitor goes.
+        deactivate(ctx, &object_key(ns, &name)).await?;
     }
+    Ok(conclude(ctx, &target, &hb.metadata, live, concluded)
+        .await?
+        .0)
 }
 
 /// The steps that end in an armed monitor; returns the Secret holding its token.
@@ -265,6 +232,7 @@ async fn token_secret(
             kind: TokenKind::Heartbeat,
             ping_url: &url,
             taken: &taken,
+            cache_complete: ctx.caches.synced(),
         },
     )
     .await

@@ -234,6 +234,78 @@ pub async fn settle(
     }
 }
 
+/// The frame of every reconcile: objects in a namespace another installation reconciles
+/// are left alone; otherwise the finalizer helper calls `run` with the event and the
+/// object's namespace (apply, or cleanup once the object is being deleted).
+pub async fn finalized<K, F, Fut>(
+    obj: Arc<K>,
+    ctx: &Context,
+    run: F,
+) -> Result<Action, ReconcileError>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    F: FnOnce(kube::runtime::finalizer::Event<K>, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, ReconcileError>>,
+{
+    use kube::runtime::finalizer::{Error, finalizer};
+    let ns = obj
+        .namespace()
+        .ok_or(ReconcileError::Incomplete("namespace"))?;
+    if !ctx.instances.owns(&ns) {
+        // Another operator installation reconciles this namespace; it says so in the status.
+        return Ok(Action::await_change());
+    }
+    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, super::FINALIZER, obj, |event| run(event, ns.clone()))
+        .await
+        .map_err(|e| match e {
+            Error::ApplyFailed(e) | Error::CleanupFailed(e) => e,
+            other => ReconcileError::Finalizer(other.to_string()),
+        })
+}
+
+/// The end of an apply: turns what the steps concluded (the Secret holding the token, or
+/// why not) into a verdict and the next requeue. Returns whether the object is Ready.
+pub async fn conclude(
+    ctx: &Context,
+    target: &Target,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    live: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+    concluded: Result<String, Stop>,
+) -> Result<(Action, bool), ReconcileError> {
+    let generation = meta.generation;
+    match concluded {
+        Ok(secret) => {
+            ctx.retries.reset(target);
+            let verdict = Verdict {
+                generation,
+                outcome: Outcome::Ready { secret },
+            };
+            settle(ctx, target, meta.uid.clone(), live, verdict).await;
+            Ok((resync(), true))
+        }
+        Err(Stop::Refused { refusal, retry }) => {
+            let verdict = Verdict {
+                generation,
+                outcome: Outcome::Refused(refusal),
+            };
+            settle(ctx, target, meta.uid.clone(), live, verdict).await;
+            let next = if retry {
+                recheck(ctx, target)
+            } else {
+                ctx.retries.reset(target);
+                Action::await_change()
+            };
+            Ok((next, false))
+        }
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
 /// Failed reconciles come back after an exponential backoff with jitter; a 403 also gets a
 /// Warning Event (once per run of failures), since it needs a person.
 pub fn error_policy<K>(obj: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action

@@ -11,7 +11,8 @@ use crate::k8s::status::{Lane, Outcome, Target};
 use crate::k8s::testing::{Seen, context, heartbeat, mock_client, status_error};
 
 /// The API server of these tests: Secrets named `missing-*` or `*-heartbeat` do not exist,
-/// `plain` is someone's Secret without the adopt annotation; writes are echoed back.
+/// `plain` is someone's Secret without the adopt annotation (creating it again conflicts);
+/// writes are echoed back.
 fn api(req: &Seen) -> (u16, Value) {
     let path = req.uri.split('?').next().unwrap_or_default();
     match (req.method.as_str(), path) {
@@ -22,6 +23,9 @@ fn api(req: &Seen) -> (u16, Value) {
                    "data": {"token": "c29tZW9uZS1lbHNlcy10b2tlbi0wMTIzNDU2Nzg5"}}),
         ),
         ("GET", p) if p.contains("/secrets/") => (404, status_error(404, "NotFound")),
+        ("POST", p) if p.ends_with("/secrets") && req.body["metadata"]["name"] == "plain" => {
+            (409, status_error(409, "AlreadyExists"))
+        }
         ("POST", _) => (201, req.body.clone()),
         ("PATCH", p) if p.contains("/heartbeats/") => {
             let mut hb =
@@ -74,29 +78,27 @@ async fn an_armed_heartbeat_issues_its_secret_once_and_an_unchanged_resync_sends
     let (ctx, mut caches, mut inbox) = context(dir.path(), client);
     let hb = heartbeat("job", json!({"interval": "1h"}), &["hartslag.dev/cleanup"]);
     caches.heartbeat(&hb);
+    ctx.caches.wait_synced().await;
     reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
     assert_eq!(
         requests(&log),
         vec![
-            (
-                "GET".into(),
-                "/api/v1/namespaces/shop/secrets/job-heartbeat".into()
-            ),
             ("POST".into(), "/api/v1/namespaces/shop/secrets".into()),
             (
                 "POST".into(),
                 "/apis/events.k8s.io/v1/namespaces/shop/events".into()
             ),
-        ]
+        ],
+        "a Secret missing from the cache is created at once, without a read first"
     );
-    let created = log.lock().unwrap()[1].body.clone();
+    let created = log.lock().unwrap()[0].body.clone();
     assert_eq!(created["type"], "Opaque");
     assert_eq!(
         created["metadata"]["labels"]["hartslag.dev/token"],
         "issued"
     );
     assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-job");
-    assert_eq!(log.lock().unwrap()[2].body["reason"], "TokenIssued");
+    assert_eq!(log.lock().unwrap()[1].body["reason"], "TokenIssued");
     let verdict = ctx.verdicts.get(&Target::heartbeat("shop", "job")).unwrap();
     assert_eq!(
         verdict.outcome,
@@ -137,6 +139,7 @@ async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
     let (ctx, _, _) = context(dir.path(), client);
+    ctx.caches.wait_synced().await;
     let hb = heartbeat(
         "steal",
         json!({"tokenSecretName": "plain"}),
@@ -151,15 +154,16 @@ async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
     assert_eq!(
         requests(&log),
         vec![
+            ("POST".into(), "/api/v1/namespaces/shop/secrets".into()),
             ("GET".into(), "/api/v1/namespaces/shop/secrets/plain".into()),
             (
                 "POST".into(),
                 "/apis/events.k8s.io/v1/namespaces/shop/events".into()
             ),
         ],
-        "nothing but a read of the Secret and a Warning Event"
+        "nothing but a create that conflicts, a read of the Secret and a Warning Event"
     );
-    let event = log.lock().unwrap()[1].body.clone();
+    let event = log.lock().unwrap()[2].body.clone();
     assert_eq!(
         (event["type"].as_str(), event["reason"].as_str()),
         (Some("Warning"), Some("SecretNotAdoptable"))

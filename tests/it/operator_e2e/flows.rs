@@ -5,10 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::harness::{
-    ApiServerPause, Install, Operator, SERIAL, events_with_reason, hb_status, kubectl, prepare,
-    secret_value, teardown,
+    ApiServerPause, Scenario, events_with_reason, hb_status, kubectl, secret_value,
 };
-use crate::helpers::{SmtpSink, free_port, wait_for};
+use crate::helpers::wait_for;
 use hartslag::k8s::crd::{Application, Heartbeat};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
@@ -17,19 +16,9 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e").await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let data = dir.path().join("data");
-    let port = free_port();
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &data, &sink.url(), port).await;
-
-    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut sc = Scenario::start("e2e").await;
+    let (client, ns) = (sc.client.clone(), sc.ns.clone());
+    let (apps, hbs, secrets) = (sc.apps.clone(), sc.hbs.clone(), sc.secrets.clone());
     let app: Application = serde_json::from_value(json!({
         "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application",
         "metadata": {"name": "shop"},
@@ -57,7 +46,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     })
     .await;
     assert!(
-        ping_url.starts_with(&op.base) && ping_url.ends_with("/ping"),
+        ping_url.starts_with(&sc.op.base) && ping_url.ends_with("/ping"),
         "{ping_url}"
     );
     let s = secrets.get("backup-heartbeat").await.unwrap();
@@ -69,7 +58,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 
     // Events in, counts on the Application's status.
     let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/heartbeat", op.base))
+        .post(format!("{}/api/v1/heartbeat", sc.op.base))
         .bearer_auth(&app_token)
         .json(&json!({"event": "order-placed", "weight": 5}))
         .send()
@@ -115,7 +104,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     })
     .await;
     wait_for("one DOWN email", Duration::from_secs(20), || async {
-        (sink.with_subject("DOWN: Nightly backup").len() == 1).then_some(())
+        (sc.sink.with_subject("DOWN: Nightly backup").len() == 1).then_some(())
     })
     .await;
     let out = kubectl(&["get", "heartbeats", "-n", &ns]);
@@ -123,7 +112,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 
     // The dashboard admin token, issued into a Secret in the operator's namespace, opens
     // the dashboard, which shows the custom resources' monitors.
-    let admin_secret = install.admin_secret();
+    let admin_secret = sc.install.admin_secret();
     let admin = wait_for("the admin token Secret", Duration::from_secs(30), || {
         secret_value(&secrets, &admin_secret, "token")
     })
@@ -138,7 +127,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
         Duration::from_secs(30),
         || async {
             let res = http
-                .post(format!("{}/ui/login", op.base))
+                .post(format!("{}/ui/login", sc.op.base))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(format!("token={admin}&next=%2Fui%2Fmonitors"))
                 .send()
@@ -150,7 +139,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     )
     .await;
     let html = http
-        .get(format!("{}/ui/monitors?namespace={ns}", op.base))
+        .get(format!("{}/ui/monitors?namespace={ns}", sc.op.base))
         .header("cookie", &cookie)
         .send()
         .await
@@ -165,8 +154,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     assert!(!html.contains(&admin) && !html.contains(&app_token));
 
     // Restart the operator: nothing lost, no second alert; a ping recovers once.
-    op.kill9();
-    let op = Operator::start(&install, &data, &sink.url(), port).await;
+    sc.restart().await;
     assert_eq!(hb_status(&hbs, "backup").await.unwrap()["state"], "Down");
     assert_eq!(reqwest::get(&ping_url).await.unwrap().status(), 200);
     wait_for(
@@ -180,11 +168,11 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     )
     .await;
     wait_for("one RECOVERED email", Duration::from_secs(20), || async {
-        (sink.with_subject("RECOVERED: Nightly backup").len() == 1).then_some(())
+        (sc.sink.with_subject("RECOVERED: Nightly backup").len() == 1).then_some(())
     })
     .await;
     assert_eq!(
-        sink.with_subject("DOWN: Nightly backup").len(),
+        sc.sink.with_subject("DOWN: Nightly backup").len(),
         1,
         "the restart repeated the alert"
     );
@@ -234,30 +222,22 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     )
     .await;
     let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/heartbeat", op.base))
+        .post(format!("{}/api/v1/heartbeat", sc.op.base))
         .bearer_auth(&app_token)
         .json(&json!({"event": "late"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "a deleted Application's token is revoked");
-    drop(op);
-    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn management_api_is_a_facade_over_the_custom_resources() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-api").await;
+    let sc = Scenario::start("e2e-api").await;
+    let (_client, ns) = (sc.client.clone(), sc.ns.clone());
     let root = env!("CARGO_MANIFEST_DIR");
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let (apps, hbs, secrets) = (sc.apps.clone(), sc.hbs.clone(), sc.secrets.clone());
     for (name, limit) in [("team-a", Some(3)), ("team-b", None)] {
         let mut spec = json!({});
         if let Some(l) = limit {
@@ -287,7 +267,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         "the kubectl monitor in the API",
         Duration::from_secs(30),
         || {
-            let op_base = op.base.clone();
+            let op_base = sc.op.base.clone();
             let key = key_a.clone();
             async move {
                 let v: Value = reqwest::Client::new()
@@ -307,7 +287,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
 
     // The real SDK, unchanged, against the operator.
     let script = format!("{root}/tests/sdk/tickstem_flow.py");
-    let base = op.base.clone();
+    let base = sc.op.base.clone();
     let (ka, kb) = (key_a.clone(), key_b.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
@@ -327,7 +307,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
     // Created through the API → visible to kubectl with the right interval.
     let c = reqwest::Client::new();
     let created: Value = c
-        .post(format!("{}/v1/heartbeats", op.base))
+        .post(format!("{}/v1/heartbeats", sc.op.base))
         .bearer_auth(&key_a)
         .json(&json!({"name": "Weekly Report", "interval_secs": 7200, "grace_secs": 60}))
         .send()
@@ -368,7 +348,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         "the kubectl edit in the API",
         Duration::from_secs(30),
         || {
-            let url = format!("{}/v1/heartbeats/{id}", op.base);
+            let url = format!("{}/v1/heartbeats/{id}", sc.op.base);
             let key = key_a.clone();
             async move {
                 let v: Value = reqwest::Client::new()
@@ -389,7 +369,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         reqwest::Client::new()
             .post(format!(
                 "{}/v1/heartbeats/{}/ping",
-                op.base,
+                sc.op.base,
                 created["token"].as_str().unwrap()
             ))
             .send()
@@ -437,7 +417,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
     let r = c
         .delete(format!(
             "{}/v1/heartbeats/{}",
-            op.base,
+            sc.op.base,
             created["id"].as_str().unwrap()
         ))
         .bearer_auth(&key_a)
@@ -446,22 +426,14 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert!(hbs.get_opt("weekly-report").await.unwrap().is_none());
-    drop(op);
-    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monitoring() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-out").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let sc = Scenario::start("e2e-out").await;
+    let (_client, _ns) = (sc.client.clone(), sc.ns.clone());
+    let (apps, hbs, secrets) = (sc.apps.clone(), sc.hbs.clone(), sc.secrets.clone());
 
     // Bring your own token: the Secret exists before the resource and allows adoption.
     let own = "my-own-token-0123456789abcdef";
@@ -513,7 +485,7 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
     let pause = ApiServerPause::start();
     let c = reqwest::Client::new();
     let r = c
-        .post(format!("{}/api/v1/heartbeat", op.base))
+        .post(format!("{}/api/v1/heartbeat", sc.op.base))
         .bearer_auth(&app_token)
         .json(&json!({"event": "during-outage"}))
         .send()
@@ -521,7 +493,7 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
-    let status_url = format!("{}/v1/status", op.base);
+    let status_url = format!("{}/v1/status", sc.op.base);
     wait_for(
         "Down while the API server is away",
         Duration::from_secs(20),
@@ -554,15 +526,13 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
         },
     )
     .await;
-    drop(op);
-    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn kubernetes_examples_apply_and_issue_their_secrets() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-ex").await;
+    let sc = Scenario::start("e2e-ex").await;
+    let (client, ns) = (sc.client.clone(), sc.ns.clone());
     // Every field is documented for `kubectl explain`.
     let explained = kubectl(&["explain", "heartbeat.spec.interval"]);
     assert!(
@@ -572,10 +542,6 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let explained = kubectl(&["explain", "hsapp.spec.timeZone"]);
     assert!(explained.contains("IANA time zone"), "{explained}");
     let root = env!("CARGO_MANIFEST_DIR");
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
     // The examples use batch/v1 CronJobs (Kubernetes 1.21+); an older test control plane
     // (Debian's 1.20) serves them as batch/v1beta1 with the same fields.
     let batch_v1 = kubectl(&["get", "--raw", "/apis/batch/v1"]);
@@ -629,6 +595,4 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
         })
         .await;
     }
-    drop(op);
-    teardown(&ns);
 }

@@ -346,7 +346,7 @@ impl Operator {
     }
 
     /// Kills it at once (SIGKILL).
-    pub fn kill9(mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -375,10 +375,7 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
     }
 }
 
@@ -407,6 +404,77 @@ pub async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usiz
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// The usual start of a test: the cluster to itself (tests run one at a time), a fresh
+/// namespace with the chart's RBAC for it, an SMTP sink and a ready operator.
+pub struct Scenario {
+    /// Admin client.
+    pub client: Client,
+    /// The test's namespace (also the release namespace).
+    pub ns: String,
+    /// The chart's objects for it.
+    pub install: Install,
+    /// The operator, as the install's ServiceAccount.
+    pub op: Operator,
+    /// Heartbeats in `ns`.
+    pub hbs: Api<Heartbeat>,
+    /// Applications in `ns`.
+    pub apps: Api<hartslag::k8s::crd::Application>,
+    /// Secrets in `ns`.
+    pub secrets: Api<Secret>,
+    /// Alert email.
+    pub sink: crate::helpers::SmtpSink,
+    /// The operator's data directory.
+    pub data: PathBuf,
+    /// The operator's port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Scenario {
+    /// Sets it all up in namespace `prefix-<random>`.
+    pub async fn start(prefix: &str) -> Self {
+        let serial = SERIAL.lock().await;
+        let (client, ns) = prepare(prefix).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = crate::helpers::SmtpSink::start(dir.path()).await;
+        let install = Install::new(&ns, &[&ns]);
+        let data = dir.path().join("data");
+        let port = crate::helpers::free_port();
+        let op = Operator::start(&install, &data, &sink.url(), port).await;
+        Self {
+            hbs: Api::namespaced(client.clone(), &ns),
+            apps: Api::namespaced(client.clone(), &ns),
+            secrets: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            install,
+            op,
+            sink,
+            data,
+            port,
+            _dir: dir,
+            _serial: serial,
+        }
+    }
+}
+
+impl Scenario {
+    /// Kills the operator (SIGKILL) and starts it again on the same data and port.
+    pub async fn restart(&mut self) {
+        self.op.kill();
+        self.op = Operator::start(&self.install, &self.data, &self.sink.url(), self.port).await;
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        // The operator goes first, so that it does not race the namespace's deletion.
+        self.op.kill();
+        teardown(&self.ns);
+    }
 }
 
 /// One request as the API server's audit log recorded it.

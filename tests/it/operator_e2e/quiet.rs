@@ -4,13 +4,10 @@
 
 use std::time::Duration;
 
-use super::harness::{
-    Install, Operator, SERIAL, kubectl, prepare, requests, secret_value, teardown,
-};
-use crate::helpers::{SmtpSink, free_port, wait_for};
+use super::harness::{Scenario, kubectl, requests, secret_value};
+use crate::helpers::wait_for;
 use hartslag::k8s::crd::Heartbeat;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 
 /// Idle requests per second the operator may send, whatever the number of Heartbeats.
@@ -19,15 +16,9 @@ const IDLE_BUDGET: f64 = 0.02;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-quiet").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
     let started = jiff::Timestamp::now();
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let s = Scenario::start("e2e-quiet").await;
+    let (_client, ns, hbs, secrets, _op) = (&s.client, &s.ns, &s.hbs, &s.secrets, &s.op);
     let n = 40;
     for i in 0..n {
         let hb: Heartbeat = serde_json::from_value(json!({
@@ -40,7 +31,7 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
     kubectl(&[
         "wait",
         "-n",
-        &ns,
+        ns,
         "--for=condition=Ready",
         "heartbeats",
         "--all",
@@ -51,7 +42,7 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
         let name = format!("hb-{i}-heartbeat");
         urls.push(
             wait_for("a ping URL", Duration::from_secs(30), || {
-                secret_value(&secrets, &name, "ping-url")
+                secret_value(secrets, &name, "ping-url")
             })
             .await,
         );
@@ -68,7 +59,7 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let sent = requests(&install.user, since);
+    let sent = requests(&s.install.user, since);
     let secret_requests: Vec<_> = sent.iter().filter(|r| r.resource == "secrets").collect();
     assert!(
         secret_requests.is_empty(),
@@ -95,7 +86,7 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
     let window = Duration::from_secs(240);
     let since = jiff::Timestamp::now();
     tokio::time::sleep(window).await;
-    let sent: Vec<_> = requests(&install.user, since)
+    let sent: Vec<_> = requests(&s.install.user, since)
         .into_iter()
         .filter(|r| r.resource != "leases")
         .collect();
@@ -113,8 +104,8 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
 
     // RBAC cannot hold the operator to a selector, so check it holds itself to one: every
     // Secret it listed or watched was selected by the token label or by name.
-    let admin = format!("fieldSelector=metadata.name%3D{}", install.admin_secret());
-    let unselected: Vec<_> = requests(&install.user, started)
+    let admin = format!("fieldSelector=metadata.name%3D{}", s.install.admin_secret());
+    let unselected: Vec<_> = requests(&s.install.user, started)
         .into_iter()
         .filter(|r| r.resource == "secrets" && (r.verb == "list" || r.verb == "watch"))
         .filter(|r| {
@@ -125,6 +116,4 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
         unselected.is_empty(),
         "Secrets listed without a selector: {unselected:#?}"
     );
-    drop(op);
-    teardown(&ns);
 }

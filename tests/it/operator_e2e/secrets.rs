@@ -4,11 +4,8 @@
 
 use std::time::Duration;
 
-use super::harness::{
-    Install, Operator, SERIAL, events_with_reason, hb_status, kubectl, prepare, secret_value,
-    teardown,
-};
-use crate::helpers::{SmtpSink, free_port, wait_for};
+use super::harness::{Scenario, events_with_reason, hb_status, kubectl, secret_value};
+use crate::helpers::{wait_for, webhook_sink};
 use hartslag::k8s::crd::Heartbeat;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -64,14 +61,8 @@ fn fingerprint(s: &Secret) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-secrets").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let s = Scenario::start("e2e-secrets").await;
+    let (client, ns, hbs, secrets, op) = (&s.client, &s.ns, &s.hbs, &s.secrets, &s.op);
     let token = "someone-elses-token-0123456789";
 
     // A Secret that does not opt in: refused, untouched, its token not accepted.
@@ -84,14 +75,14 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
         .await
         .unwrap();
     let before = fingerprint(&secrets.get("plain").await.unwrap());
-    heartbeat(&hbs, "steal", "plain").await;
-    let message = wait_reason(&hbs, "steal", "SecretNotAdoptable").await;
+    heartbeat(hbs, "steal", "plain").await;
+    let message = wait_reason(hbs, "steal", "SecretNotAdoptable").await;
     assert!(
         message.contains("hartslag.dev/adopt: \"true\""),
         "{message}"
     );
     assert!(
-        hb_status(&hbs, "steal")
+        hb_status(hbs, "steal")
             .await
             .unwrap()
             .get("state")
@@ -101,7 +92,7 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
         "a SecretNotAdoptable Event",
         Duration::from_secs(20),
         || async {
-            (events_with_reason(&client, &ns, "SecretNotAdoptable").await >= 1).then_some(())
+            (events_with_reason(client, ns, "SecretNotAdoptable").await >= 1).then_some(())
         },
     )
     .await;
@@ -109,7 +100,7 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     assert_eq!(reqwest::get(&ping).await.unwrap().status(), 404);
 
     // A service-account token Secret is never adopted, annotation or not.
-    kubectl(&["create", "serviceaccount", "robot", "-n", &ns]);
+    kubectl(&["create", "serviceaccount", "robot", "-n", ns]);
     let sa_secret = wait_for(
         "the robot's token Secret",
         Duration::from_secs(30),
@@ -135,12 +126,12 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
         "secret",
         &sa_secret,
         "-n",
-        &ns,
+        ns,
         "hartslag.dev/adopt=true",
     ]);
     let sa_before = fingerprint(&secrets.get(&sa_secret).await.unwrap());
-    heartbeat(&hbs, "robot", &sa_secret).await;
-    let message = wait_reason(&hbs, "robot", "SecretNotAdoptable").await;
+    heartbeat(hbs, "robot", &sa_secret).await;
+    let message = wait_reason(hbs, "robot", "SecretNotAdoptable").await;
     assert!(message.contains("only Opaque Secrets"), "{message}");
 
     // Opting in: adopted without touching the Heartbeat; the operator adds ping-url.
@@ -154,14 +145,14 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
         "secret",
         "plain",
         "-n",
-        &ns,
+        ns,
         "hartslag.dev/adopt=true",
     ]);
-    wait_reason(&hbs, "steal", "Armed").await;
+    wait_reason(hbs, "steal", "Armed").await;
     let url = wait_for(
         "ping-url in the adopted Secret",
         Duration::from_secs(30),
-        || secret_value(&secrets, "plain", "ping-url"),
+        || secret_value(secrets, "plain", "ping-url"),
     )
     .await;
     assert_eq!(url, ping);
@@ -176,7 +167,7 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     );
     assert_eq!(reqwest::get(&ping).await.unwrap().status(), 200);
     wait_for("a TokenAdopted Event", Duration::from_secs(20), || async {
-        (events_with_reason(&client, &ns, "TokenAdopted").await >= 1).then_some(())
+        (events_with_reason(client, ns, "TokenAdopted").await >= 1).then_some(())
     })
     .await;
 
@@ -188,31 +179,31 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     .unwrap();
     secrets.create(&PostParams::default(), &copy).await.unwrap();
     let copy_before = fingerprint(&secrets.get("copy").await.unwrap());
-    heartbeat(&hbs, "twin", "copy").await;
-    wait_reason(&hbs, "twin", "TokenInUse").await;
+    heartbeat(hbs, "twin", "copy").await;
+    wait_reason(hbs, "twin", "TokenInUse").await;
     assert_eq!(
         fingerprint(&secrets.get("copy").await.unwrap()),
         copy_before,
         "a Secret whose token is refused was written"
     );
     wait_for("a TokenInUse Event", Duration::from_secs(20), || async {
-        (events_with_reason(&client, &ns, "TokenInUse").await >= 1).then_some(())
+        (events_with_reason(client, ns, "TokenInUse").await >= 1).then_some(())
     })
     .await;
     assert_eq!(reqwest::get(&ping).await.unwrap().status(), 200);
 
     // The API server refuses (RBAC without `patch` on Secrets, so adopting one fails):
     // Forbidden, with an Event; once RBAC is fixed the Heartbeat becomes Ready by itself.
-    let role = install.fullname.clone();
+    let role = s.install.fullname.clone();
     let rules: Value =
-        serde_json::from_str(&kubectl(&["get", "role", &role, "-n", &ns, "-o", "json"])).unwrap();
+        serde_json::from_str(&kubectl(&["get", "role", &role, "-n", ns, "-o", "json"])).unwrap();
     let mut narrowed = rules["rules"].clone();
     for r in narrowed.as_array_mut().unwrap() {
         if r["resources"] == json!(["secrets"]) {
             r["verbs"] = json!(["get", "list", "watch", "create"]);
         }
     }
-    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), &ns);
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), ns);
     roles
         .patch(
             &role,
@@ -227,11 +218,11 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     }))
     .unwrap();
     secrets.create(&PostParams::default(), &mine).await.unwrap();
-    heartbeat(&hbs, "denied", "mine").await;
-    let message = wait_reason(&hbs, "denied", "Forbidden").await;
+    heartbeat(hbs, "denied", "mine").await;
+    let message = wait_reason(hbs, "denied", "Forbidden").await;
     assert!(message.contains("Secrets"), "{message}");
     wait_for("a Forbidden Event", Duration::from_secs(20), || async {
-        (events_with_reason(&client, &ns, "Forbidden").await >= 1).then_some(())
+        (events_with_reason(client, ns, "Forbidden").await >= 1).then_some(())
     })
     .await;
     roles
@@ -242,51 +233,28 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
         )
         .await
         .unwrap();
-    wait_reason(&hbs, "denied", "Armed").await;
+    wait_reason(hbs, "denied", "Armed").await;
 
     // Nothing the operator refused was ever written.
     assert_eq!(
         fingerprint(&secrets.get(&sa_secret).await.unwrap()),
         sa_before
     );
-    drop(op);
-    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn a_webhook_url_can_live_in_a_secret_and_never_shows() {
-    use std::sync::{Arc, Mutex};
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-hook").await;
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = received.clone();
-    let receiver = axum::Router::new().route(
-        "/hook/secret-part",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook/secret-part", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, receiver).await });
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let s = Scenario::start("e2e-hook").await;
+    let (_client, ns, hbs, secrets) = (&s.client, &s.ns, &s.hbs, &s.secrets);
+    let (hook, received) = webhook_sink("/hook/secret-part").await;
     let hb: Heartbeat = serde_json::from_value(json!({
         "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat", "metadata": {"name": "hooked"},
         "spec": {"interval": "1h", "alerts": {"webhookSecretRef": {"name": "slack", "key": "url"}}}
     }))
     .unwrap();
     hbs.create(&PostParams::default(), &hb).await.unwrap();
-    let message = wait_reason(&hbs, "hooked", "WebhookSecretNotFound").await;
+    let message = wait_reason(hbs, "hooked", "WebhookSecretNotFound").await;
     assert!(message.contains("slack"), "{message}");
     let slack: Secret = serde_json::from_value(json!({
         "metadata": {"name": "slack"}, "stringData": {"url": hook}
@@ -296,9 +264,9 @@ async fn a_webhook_url_can_live_in_a_secret_and_never_shows() {
         .create(&PostParams::default(), &slack)
         .await
         .unwrap();
-    wait_reason(&hbs, "hooked", "Armed").await;
+    wait_reason(hbs, "hooked", "Armed").await;
     let url = wait_for("the ping URL", Duration::from_secs(30), || {
-        secret_value(&secrets, "hooked-heartbeat", "ping-url")
+        secret_value(secrets, "hooked-heartbeat", "ping-url")
     })
     .await;
     let failed = reqwest::Client::new()
@@ -315,13 +283,11 @@ async fn a_webhook_url_can_live_in_a_secret_and_never_shows() {
     .await;
     assert_eq!(received.lock().unwrap()[0]["event"], "down");
     // The URL is a credential: neither the status nor any Event shows it.
-    let status = hb_status(&hbs, "hooked").await.unwrap().to_string();
+    let status = hb_status(hbs, "hooked").await.unwrap().to_string();
     assert!(!status.contains("secret-part"), "{status}");
-    let events = kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
+    let events = kubectl(&["get", "events", "-n", ns, "-o", "json"]);
     assert!(
         !events.contains("secret-part"),
         "an Event shows the webhook URL"
     );
-    drop(op);
-    teardown(&ns);
 }

@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use super::harness::{
-    Install, Operator, SERIAL, apply, condition, events_with_reason, kubectl, prepare,
-    secret_value, status_where, teardown,
+    Scenario, apply, condition, events_with_reason, kubectl, secret_value, status_where,
 };
-use crate::helpers::{SmtpSink, free_port, wait_for};
+use crate::helpers::wait_for;
 use hartslag::k8s::crd::Heartbeat;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -37,25 +35,19 @@ async fn status_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-status").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let s = Scenario::start("e2e-status").await;
+    let (client, ns, hbs, secrets, _op) = (&s.client, &s.ns, &s.hbs, &s.secrets, &s.op);
 
     // Schema defaults fill grace and deletionPolicy (interval has none: it excludes a
     // schedule), and `kubectl wait` works on the Ready condition.
     apply(
-        &ns,
+        ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: job\nspec: {}\n",
     );
     kubectl(&[
         "wait",
         "-n",
-        &ns,
+        ns,
         "--for=condition=Ready",
         "heartbeat/job",
         "--timeout=60s",
@@ -65,13 +57,13 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
         "heartbeat",
         "job",
         "-n",
-        &ns,
+        ns,
         "-o",
         "jsonpath={.spec.grace} {.spec.deletionPolicy}",
     ]);
     // No default interval in the schema (it excludes `schedule`): the core applies 1h.
     assert_eq!(spec, "5m Delete");
-    let table = kubectl(&["get", "heartbeats", "-n", &ns]);
+    let table = kubectl(&["get", "heartbeats", "-n", ns]);
     let row = table.lines().find(|l| l.starts_with("job ")).unwrap();
     assert!(row.contains("New") && row.contains("True"), "{table}");
     let explained = kubectl(&["explain", "heartbeat.spec.deletionPolicy"]);
@@ -79,16 +71,16 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
 
     // Up, with a deadline.
     let url = wait_for("the ping URL", Duration::from_secs(30), || {
-        secret_value(&secrets, "job-heartbeat", "ping-url")
+        secret_value(secrets, "job-heartbeat", "ping-url")
     })
     .await;
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
-    let up = status_within(&hbs, "job", "Up", |s| s["state"] == "Up").await;
+    let up = status_within(hbs, "job", "Up", |s| s["state"] == "Up").await;
     assert!(up["nextDueAt"].is_string() && up["lastPingAt"].is_string());
 
     // An invalid spec: not monitored, so no state, deadline or counters next to the reason.
-    patch_spec(&hbs, "job", json!({"interval": "400d"})).await;
-    let invalid = status_within(&hbs, "job", "Ready=False InvalidSpec", |s| {
+    patch_spec(hbs, "job", json!({"interval": "400d"})).await;
+    let invalid = status_within(hbs, "job", "Ready=False InvalidSpec", |s| {
         condition(s, "Ready").is_some_and(|c| c["reason"] == "InvalidSpec")
     })
     .await;
@@ -112,38 +104,38 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
         "the token stops working"
     );
     wait_for("an InvalidSpec Event", Duration::from_secs(20), || async {
-        (events_with_reason(&client, &ns, "InvalidSpec").await >= 1).then_some(())
+        (events_with_reason(client, ns, "InvalidSpec").await >= 1).then_some(())
     })
     .await;
 
     // Fixed: Ready again; a ping brings back the deadline.
-    patch_spec(&hbs, "job", json!({"interval": "1h"})).await;
+    patch_spec(hbs, "job", json!({"interval": "1h"})).await;
     kubectl(&[
         "wait",
         "-n",
-        &ns,
+        ns,
         "--for=condition=Ready",
         "heartbeat/job",
         "--timeout=60s",
     ]);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
-    status_within(&hbs, "job", "Up again", |s| {
+    status_within(hbs, "job", "Up again", |s| {
         s["state"] == "Up" && s["nextDueAt"].is_string()
     })
     .await;
 
     // Paused: no deadline.
-    patch_spec(&hbs, "job", json!({"paused": true})).await;
-    let paused = status_within(&hbs, "job", "Paused", |s| s["state"] == "Paused").await;
+    patch_spec(hbs, "job", json!({"paused": true})).await;
+    let paused = status_within(hbs, "job", "Paused", |s| s["state"] == "Paused").await;
     assert!(paused.get("nextDueAt").is_none(), "{paused}");
 
     // A missing Application: refused with a reason and an Event; it appears, and the
     // Heartbeat is Ready without being touched.
     apply(
-        &ns,
+        ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: waits\nspec:\n  applicationRef:\n    name: later\n",
     );
-    let waiting = status_within(&hbs, "waits", "ApplicationNotFound", |s| {
+    let waiting = status_within(hbs, "waits", "ApplicationNotFound", |s| {
         condition(s, "Ready").is_some_and(|c| c["reason"] == "ApplicationNotFound")
     })
     .await;
@@ -152,25 +144,23 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
         "an ApplicationNotFound Event",
         Duration::from_secs(20),
         || async {
-            (events_with_reason(&client, &ns, "ApplicationNotFound").await >= 1).then_some(())
+            (events_with_reason(client, ns, "ApplicationNotFound").await >= 1).then_some(())
         },
     )
     .await;
     apply(
-        &ns,
+        ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: later\nspec: {}\n",
     );
     kubectl(&[
         "wait",
         "-n",
-        &ns,
+        ns,
         "--for=condition=Ready",
         "heartbeat/waits",
         "application/later",
         "--timeout=60s",
     ]);
-    let described = kubectl(&["describe", "heartbeat", "waits", "-n", &ns]);
+    let described = kubectl(&["describe", "heartbeat", "waits", "-n", ns]);
     assert!(described.contains("ApplicationNotFound"), "{described}");
-    drop(op);
-    teardown(&ns);
 }
