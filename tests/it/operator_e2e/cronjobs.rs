@@ -7,16 +7,15 @@
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use super::harness::{
-    Install, Operator, SERIAL, apply, condition, hb_status, kubectl, kubectl_try, prepare,
-    secret_value, status_where, teardown,
+    Scenario, apply, condition, hb_status, kubectl, kubectl_try, secret_value, status_where,
 };
-use crate::helpers::{SmtpSink, free_port, wait_for};
+use crate::helpers::wait_for;
 use hartslag::k8s::crd::Heartbeat;
 
 /// The CronJob API version the server serves.
@@ -215,24 +214,19 @@ async fn pings(base: &str, key: &str, name: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-cronjob").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let s = Scenario::start("e2e-cronjob").await;
+    let (client, ns, hbs, secrets, op, sink) =
+        (&s.client, &s.ns, &s.hbs, &s.secrets, &s.op, &s.sink);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     apply(
-        &ns,
+        ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: shop\nspec: {}\n",
     );
 
     // The annotation makes a Heartbeat of the CronJob's name, owned by it, on its schedule.
     apply(
-        &ns,
+        ns,
         &cron_job(
             "nightly",
             "* * * * *",
@@ -257,14 +251,14 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         (owner.kind.as_str(), owner.controller),
         ("CronJob", Some(true))
     );
-    let ready = status_where(&hbs, "nightly", "Ready", Duration::from_secs(30), |s| {
+    let ready = status_where(hbs, "nightly", "Ready", Duration::from_secs(30), |s| {
         condition(s, "Ready").is_some_and(|c| c["status"] == "True")
     })
     .await;
     let due: jiff::Timestamp = ready["nextDueAt"].as_str().unwrap().parse().unwrap();
     assert_eq!(due.as_second() % 60, 0, "due at a whole minute: {ready}");
     let key = wait_for("the Application key", Duration::from_secs(30), || {
-        secret_value(&secrets, "shop-hartslag-token", "token")
+        secret_value(secrets, "shop-hartslag-token", "token")
     })
     .await;
     let list: Value = reqwest::Client::new()
@@ -288,10 +282,10 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
     // The CronJob controller starts a Job: Started. Its Pod fails with exit code 3: Down,
     // with the reason and exit code in status, an Event, the ping history and one email.
     let first = nth_job(&jobs, "nightly", 1, Duration::from_secs(90)).await;
-    in_state(&hbs, "nightly", "Started", Duration::from_secs(30)).await;
+    in_state(hbs, "nightly", "Started", Duration::from_secs(30)).await;
     let pod = pod_of(&pods, &first).await;
     finish_pod(&pods, &pod, 3).await;
-    let down = in_state(&hbs, "nightly", "Down", Duration::from_secs(30)).await;
+    let down = in_state(hbs, "nightly", "Down", Duration::from_secs(30)).await;
     let message = up_message(&down);
     assert!(
         message.contains(&format!("Job {first} failed: BackoffLimitExceeded"))
@@ -299,7 +293,7 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         "{down}"
     );
     let notes = wait_for("a Down Event", Duration::from_secs(20), || async {
-        let n = event_notes(&client, &ns, "Heartbeat", "nightly", "Down").await;
+        let n = event_notes(client, ns, "Heartbeat", "nightly", "Down").await;
         (!n.is_empty()).then_some(n)
     })
     .await;
@@ -332,7 +326,7 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
     let second = nth_job(&jobs, "nightly", 2, Duration::from_secs(90)).await;
     let pod = pod_of(&pods, &second).await;
     finish_pod(&pods, &pod, 0).await;
-    in_state(&hbs, "nightly", "Up", Duration::from_secs(30)).await;
+    in_state(hbs, "nightly", "Up", Duration::from_secs(30)).await;
     sink.wait_for_mail("RECOVERED", Duration::from_secs(30))
         .await;
     let history = pings(&op.base, &key, "nightly").await;
@@ -351,7 +345,7 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         "cronjob",
         "nightly",
         "-n",
-        &ns,
+        ns,
         "--overwrite",
         "hartslag.dev/grace=2m",
     ]);
@@ -368,33 +362,33 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         "cronjob",
         "nightly",
         "-n",
-        &ns,
+        ns,
         "--type=merge",
         "-p",
         r#"{"spec":{"suspend":true}}"#,
     ]);
-    in_state(&hbs, "nightly", "Paused", Duration::from_secs(30)).await;
+    in_state(hbs, "nightly", "Paused", Duration::from_secs(30)).await;
 
     // A Heartbeat made by hand is never taken over: an Event on the CronJob says why.
     apply(
-        &ns,
+        ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: report\nspec:\n  interval: 1h\n",
     );
     wait_for(
         "the hand-made Heartbeat in the cache",
         Duration::from_secs(30),
-        || async { hb_status(&hbs, "report").await },
+        || async { hb_status(hbs, "report").await },
     )
     .await;
     apply(
-        &ns,
+        ns,
         &cron_job("report", "0 0 1 1 *", &[("hartslag.dev/monitor", "true")]),
     );
     let notes = wait_for(
         "a HeartbeatExists Event",
         Duration::from_secs(30),
         || async {
-            let n = event_notes(&client, &ns, "CronJob", "report", "HeartbeatExists").await;
+            let n = event_notes(client, ns, "CronJob", "report", "HeartbeatExists").await;
             (!n.is_empty()).then_some(n)
         },
     )
@@ -416,7 +410,7 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         "cronjob",
         "nightly",
         "-n",
-        &ns,
+        ns,
         "hartslag.dev/monitor-",
     ]);
     wait_for("the Heartbeat to go", Duration::from_secs(30), || async {
@@ -429,14 +423,14 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
     })
     .await;
     apply(
-        &ns,
+        ns,
         &cron_job("weekly", "0 0 * * 0", &[("hartslag.dev/monitor", "true")]),
     );
     wait_for("the weekly Heartbeat", Duration::from_secs(30), || async {
         hbs.get_opt("weekly").await.ok().flatten()
     })
     .await;
-    kubectl(&["delete", "cronjob", "weekly", "-n", &ns]);
+    kubectl(&["delete", "cronjob", "weekly", "-n", ns]);
     wait_for(
         "the weekly Heartbeat to go with its CronJob",
         Duration::from_secs(60),
@@ -450,44 +444,36 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         },
     )
     .await;
-    assert!(op.terminate());
-    teardown(&ns);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn jobs_not_scheduled_running_too_long_or_without_a_ping_are_down() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns) = prepare("e2e-cronjob-rules").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let install = Install::new(&ns, &[&ns]);
-    let op = Operator::start(&install, &dir.path().join("data"), &sink.url(), free_port()).await;
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let s = Scenario::start("e2e-cronjob-rules").await;
+    let (client, ns, hbs, secrets) = (&s.client, &s.ns, &s.hbs, &s.secrets);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
 
     // CronJobs due once a year: every Job in this test is started by the test.
-    apply(&ns, &cron_job("batch", "0 0 1 1 *", &[]));
-    apply(&ns, &cron_job("idle", "0 0 1 1 *", &[]));
+    apply(ns, &cron_job("batch", "0 0 1 1 *", &[]));
+    apply(ns, &cron_job("idle", "0 0 1 1 *", &[]));
     // "missing" expects a run every minute, which its CronJob never starts.
     apply(
-        &ns,
+        ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: missing\nspec:\n  cronJobRef: {name: idle}\n  schedule: '* * * * *'\n  grace: 5s\n---\napiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: slow\nspec:\n  cronJobRef: {name: batch}\n  maxDuration: 5s\n---\napiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: strict\nspec:\n  cronJobRef: {name: batch}\n  requirePing: true\n",
     );
     for name in ["missing", "slow", "strict"] {
-        status_where(&hbs, name, "Ready", Duration::from_secs(30), |s| {
+        status_where(hbs, name, "Ready", Duration::from_secs(30), |s| {
             condition(s, "Ready").is_some_and(|c| c["status"] == "True")
         })
         .await;
     }
     // A Heartbeat naming a CronJob that does not exist says so.
     apply(
-        &ns,
+        ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: orphan\nspec:\n  cronJobRef: {name: nope}\n",
     );
     let orphan = status_where(
-        &hbs,
+        hbs,
         "orphan",
         "CronJobNotFound",
         Duration::from_secs(30),
@@ -497,11 +483,11 @@ async fn jobs_not_scheduled_running_too_long_or_without_a_ping_are_down() {
     assert!(up_message(&orphan).is_empty(), "not monitored: {orphan}");
 
     // A Job runs past maxDuration: Down, "running too long".
-    start_job(&client, &ns, "batch", "batch-1").await;
+    start_job(client, ns, "batch", "batch-1").await;
     for name in ["slow", "strict"] {
-        in_state(&hbs, name, "Started", Duration::from_secs(30)).await;
+        in_state(hbs, name, "Started", Duration::from_secs(30)).await;
     }
-    let slow = in_state(&hbs, "slow", "Down", Duration::from_secs(30)).await;
+    let slow = in_state(hbs, "slow", "Down", Duration::from_secs(30)).await;
     assert!(
         up_message(&slow).contains("running too long: Job batch-1"),
         "{slow}"
@@ -510,7 +496,7 @@ async fn jobs_not_scheduled_running_too_long_or_without_a_ping_are_down() {
     // It completes with no ping from its code: the requirePing monitor is Down.
     let pod = pod_of(&pods, "batch-1").await;
     finish_pod(&pods, &pod, 0).await;
-    let strict = in_state(&hbs, "strict", "Down", Duration::from_secs(30)).await;
+    let strict = in_state(hbs, "strict", "Down", Duration::from_secs(30)).await;
     assert!(
         up_message(&strict).contains("completed without a ping: Job batch-1"),
         "{strict}"
@@ -518,22 +504,20 @@ async fn jobs_not_scheduled_running_too_long_or_without_a_ping_are_down() {
 
     // The next Job's code pings with its Pod's name as the run id: Up.
     let url = wait_for("the ping URL", Duration::from_secs(30), || {
-        secret_value(&secrets, "strict-heartbeat", "ping-url")
+        secret_value(secrets, "strict-heartbeat", "ping-url")
     })
     .await;
-    start_job(&client, &ns, "batch", "batch-2").await;
+    start_job(client, ns, "batch", "batch-2").await;
     let pod = pod_of(&pods, "batch-2").await;
     let r = reqwest::get(format!("{url}?rid={pod}")).await.unwrap();
     assert_eq!(r.status(), 200);
     finish_pod(&pods, &pod, 0).await;
-    in_state(&hbs, "strict", "Up", Duration::from_secs(30)).await;
+    in_state(hbs, "strict", "Up", Duration::from_secs(30)).await;
 
     // No Job at all for the minute "missing" expects: Down, "not scheduled".
-    let missing = in_state(&hbs, "missing", "Down", Duration::from_secs(80)).await;
+    let missing = in_state(hbs, "missing", "Down", Duration::from_secs(80)).await;
     assert!(
         up_message(&missing).contains("not scheduled: CronJob idle started no Job"),
         "{missing}"
     );
-    assert!(op.terminate());
-    teardown(&ns);
 }
