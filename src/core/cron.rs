@@ -22,7 +22,8 @@
 //! controller may create a second Job; an extra run is harmless to a monitor, so nothing
 //! special is needed there.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use croner::Cron;
 use croner::errors::CronError;
@@ -242,7 +243,19 @@ impl Schedule {
         Self::build(text, &zone, Dialect::CronJob).map(CronJobCadence::Schedule)
     }
 
+    /// A schedule parsed before and still in use is shared (see [`Interned`]); otherwise
+    /// parsed now.
     fn build(expr: &str, zone: &str, dialect: Dialect) -> Result<Self, ScheduleError> {
+        let key = (expr.to_string(), zone.to_string(), dialect);
+        if let Some(inner) = Interned::get(&key) {
+            return Ok(Self { inner });
+        }
+        let schedule = Self::parse_now(expr, zone, dialect)?;
+        Interned::put(key, &schedule.inner);
+        Ok(schedule)
+    }
+
+    fn parse_now(expr: &str, zone: &str, dialect: Dialect) -> Result<Self, ScheduleError> {
         let lower = expr.to_ascii_lowercase();
         if lower.starts_with('@') && !NICKNAMES.contains(&lower.as_str()) {
             return Err(ScheduleError::Expression {
@@ -440,6 +453,40 @@ fn go_duration(text: &str) -> Option<SignedDuration> {
         .then(|| SignedDuration::from_secs(secs as i64))
 }
 
+/// Parsed schedules by what was written, so that monitors with the same schedule share
+/// one parsed form: a parsed pattern with its time zone takes kilobytes, and a hundred
+/// thousand monitors use far fewer distinct schedules (most are `@hourly`, `@daily` or a
+/// few dozen crontab lines). Only weak references are kept; entries of schedules no
+/// longer used are dropped whenever the map has doubled since the last sweep.
+struct Interned {
+    map: HashMap<InternKey, Weak<Inner>>,
+    sweep_at: usize,
+}
+
+type InternKey = (String, String, Dialect);
+
+static INTERNED: Mutex<Option<Interned>> = Mutex::new(None);
+
+impl Interned {
+    fn get(key: &InternKey) -> Option<Arc<Inner>> {
+        let guard = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref()?.map.get(key)?.upgrade()
+    }
+
+    fn put(key: InternKey, inner: &Arc<Inner>) {
+        let mut guard = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+        let interned = guard.get_or_insert_with(|| Interned {
+            map: HashMap::new(),
+            sweep_at: 1024,
+        });
+        interned.map.insert(key, Arc::downgrade(inner));
+        if interned.map.len() >= interned.sweep_at {
+            interned.map.retain(|_, w| w.strong_count() > 0);
+            interned.sweep_at = (interned.map.len() * 2).max(1024);
+        }
+    }
+}
+
 impl serde::Serialize for Schedule {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         Stored {
@@ -473,6 +520,23 @@ fn is_cron(d: &Dialect) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn equal_schedules_share_one_parsed_form() {
+        use super::*;
+        let a = Schedule::parse("*/7 3 * * 1", Some("Europe/Amsterdam")).unwrap();
+        let b = Schedule::parse(" */7 3 * * 1 ", Some("Europe/Amsterdam")).unwrap();
+        assert!(Arc::ptr_eq(&a.inner, &b.inner));
+        let other_zone = Schedule::parse("*/7 3 * * 1", None).unwrap();
+        let other_dialect =
+            Schedule::parse_as("*/7 3 * * 1", Some("Europe/Amsterdam"), Dialect::CronJob).unwrap();
+        assert!(!Arc::ptr_eq(&a.inner, &other_zone.inner));
+        assert!(!Arc::ptr_eq(&a.inner, &other_dialect.inner));
+        // Stored and read back: shared as well.
+        let json = serde_json::to_string(&a).unwrap();
+        let c: Schedule = serde_json::from_str(&json).unwrap();
+        assert!(Arc::ptr_eq(&a.inner, &c.inner));
+    }
+
     use super::*;
 
     fn ts(text: &str) -> Timestamp {
