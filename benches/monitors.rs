@@ -7,10 +7,10 @@
 //! load (target ≤ 10 s).
 //!
 //! A third of the monitors (every `BENCH_SCHEDULED_EVERY`th, 3; 0 for none) are on the
-//! cron schedule `* * * * *`, each parsed from its text as definitions are (equal schedules
-//! share one parsed form), due at the next
-//! whole minute after their ping with a grace of 0 to 9 s: a herd of Down transitions at
-//! each of ten instants, as at the top of every hour in a real cluster.
+//! cron schedule `* * * * *`, each parsed from its text as definitions are (equal
+//! schedules share one parsed form), due at the next whole minute after their ping with a
+//! grace of 0 to 9 s: a herd of Down transitions at each of ten instants, as at the top of
+//! every hour in a real cluster.
 //!
 //! `cargo bench --bench monitors` (env: `BENCH_MONITORS`, `BENCH_INTERVAL_SECS` (20),
 //! `BENCH_SCHEDULED_EVERY` (3),
