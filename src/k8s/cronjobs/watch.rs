@@ -274,13 +274,7 @@ fn monitors_of(ctx: &Context, namespace: &str, cron_job: &str) -> Vec<String> {
     ctx.caches
         .heartbeats_in(namespace)
         .iter()
-        .filter(|hb| {
-            hb.spec
-                .spec
-                .cron_job_ref
-                .as_ref()
-                .is_some_and(|r| r.name == cron_job)
-        })
+        .filter(|hb| crate::k8s::triggers::refers_to_cron_job(hb, cron_job))
         .map(|hb| object_key(namespace, &hb.name_any()))
         .collect()
 }

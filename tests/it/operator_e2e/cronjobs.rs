@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::harness::{
     Scenario, apply, condition, hb_status, kubectl, kubectl_try, secret_value, status_where,
 };
-use crate::helpers::wait_for;
+use crate::helpers::{get_json, wait_for};
 use hartslag::k8s::crd::Heartbeat;
 
 /// The CronJob API version the server serves.
@@ -182,33 +182,22 @@ async fn event_notes(
 
 /// The monitor's ping history through the management API.
 async fn pings(base: &str, key: &str, name: &str) -> Vec<Value> {
-    let http = reqwest::Client::new();
-    let list: Value = http
-        .get(format!("{base}/v1/heartbeats"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let Some(id) = list["heartbeats"]
-        .as_array()
-        .and_then(|a| a.iter().find(|h| h["name"] == name))
-        .and_then(|h| h["id"].as_str().map(String::from))
-    else {
+    let Some(hb) = listed(base, key, name).await else {
         return Vec::new();
     };
-    let v: Value = http
-        .get(format!("{base}/v1/heartbeats/{id}/pings"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let id = hb["id"].as_str().unwrap_or_default();
+    let v = get_json(&format!("{base}/v1/heartbeats/{id}/pings"), key).await;
     v["pings"].as_array().cloned().unwrap_or_default()
+}
+
+/// Heartbeat `name` as the management API lists it.
+async fn listed(base: &str, key: &str, name: &str) -> Option<Value> {
+    let list = get_json(&format!("{base}/v1/heartbeats"), key).await;
+    list["heartbeats"]
+        .as_array()?
+        .iter()
+        .find(|h| h["name"] == name)
+        .cloned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,22 +250,7 @@ async fn one_annotation_monitors_a_cron_job_through_its_jobs() {
         secret_value(secrets, "shop-hartslag-token", "token")
     })
     .await;
-    let list: Value = reqwest::Client::new()
-        .get(format!("{}/v1/heartbeats", op.base))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let listed = list["heartbeats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["name"] == "nightly")
-        .cloned()
-        .unwrap();
+    let listed = listed(&op.base, &key, "nightly").await.unwrap();
     assert_eq!(listed["schedule"], "* * * * *", "{listed}");
 
     // The CronJob controller starts a Job: Started. Its Pod fails with exit code 3: Down,
