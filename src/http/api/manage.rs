@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::events::read_body;
-use super::{ApiError, AppState, authenticate_app};
+use super::{ApiError, AppState, Segment, authenticate_app};
 use crate::core::catalogue::{CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest};
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state;
@@ -131,7 +131,9 @@ pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) 
     })
 }
 
-fn find(state: &AppState, app: &AppInfo, id: &str) -> Option<Monitor> {
+/// `app`'s monitor with API id `id`; `None` for another application's, or for no id.
+fn find(state: &AppState, app: &AppInfo, id: Option<&str>) -> Option<Monitor> {
+    let id = id?;
     state
         .engine
         .list()
@@ -162,13 +164,13 @@ async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
 async fn get_one(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     let (app, catalogue) = match begin(&state, &headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    match find(&state, &app, &id) {
+    match find(&state, &app, id.as_deref()) {
         Some(m) => ok(
             StatusCode::OK,
             heartbeat_json(&m, catalogue.token(&m), state.engine.clock().now()),
@@ -272,7 +274,7 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -
 async fn apply_update(
     state: &AppState,
     headers: &HeaderMap,
-    id: &str,
+    id: Option<&str>,
     req: Result<UpdateRequest, ApiError>,
 ) -> Response {
     let (app, catalogue) = match begin(state, headers) {
@@ -298,7 +300,7 @@ async fn apply_update(
 async fn update(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Body,
 ) -> Response {
     let req = match json_object(&state, body).await {
@@ -323,18 +325,18 @@ async fn update(
         })(),
         Err(r) => Err(r),
     };
-    apply_update(&state, &headers, &id, req).await
+    apply_update(&state, &headers, id.as_deref(), req).await
 }
 
 async fn pause(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     apply_update(
         &state,
         &headers,
-        &id,
+        id.as_deref(),
         Ok(UpdateRequest {
             paused: Some(true),
             ..Default::default()
@@ -346,12 +348,12 @@ async fn pause(
 async fn resume(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     apply_update(
         &state,
         &headers,
-        &id,
+        id.as_deref(),
         Ok(UpdateRequest {
             paused: Some(false),
             ..Default::default()
@@ -363,13 +365,13 @@ async fn resume(
 async fn delete(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     let (app, catalogue) = match begin(&state, &headers) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let Some(m) = find(&state, &app, &id) else {
+    let Some(m) = find(&state, &app, id.as_deref()) else {
         return catalogue_error(CatalogueError::NotFound).into_response();
     };
     match catalogue.delete(&app, &m).await {
@@ -381,7 +383,7 @@ async fn delete(
 async fn pings(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let (app, _) = match begin(&state, &headers) {
@@ -399,7 +401,7 @@ async fn pings(
             .into_response();
         }
     };
-    let Some(m) = find(&state, &app, &id) else {
+    let Some(m) = find(&state, &app, id.as_deref()) else {
         return catalogue_error(CatalogueError::NotFound).into_response();
     };
     match state.engine.pings(m.num, limit) {

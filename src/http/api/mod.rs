@@ -110,6 +110,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// One path parameter. A segment that is not UTF-8 once percent-decoded names nothing that
+/// exists, so it reads as `None` and the route gives its own 404 instead of axum's plain
+/// text 400.
+pub struct Segment(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let path = axum::extract::Path::<String>::from_request_parts(parts, state).await;
+        Ok(Self(path.ok().map(|p| p.0)))
+    }
+}
+
 /// The token of an `Authorization: Bearer` header, if well-formed.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
@@ -136,5 +153,6 @@ pub fn router(state: AppState, pages: Router) -> Router {
         .merge(ops::routes())
         .with_state(state)
         .merge(pages)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(track::TrackLayer::new(metrics))
 }

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::events::read_body;
-use super::{ApiError, AppState, bearer, json_body};
+use super::{ApiError, AppState, Segment, bearer, json_body};
 use crate::core::monitor::engine::{EngineError, Monitor, PingInput, PingKind, PingOutcome};
 use crate::core::monitor::state;
 use crate::core::token::TokenKind;
@@ -126,7 +126,7 @@ macro_rules! ping_handler {
     ($name:ident, $kind:expr) => {
         async fn $name(
             State(s): State<AppState>,
-            Path(t): Path<String>,
+            Segment(t): Segment,
             Query(q): Query<HashMap<String, String>>,
             req: Request,
         ) -> Response {
@@ -134,6 +134,7 @@ macro_rules! ping_handler {
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
+            let Some(t) = t else { return not_found() };
             let (parts, body) = req.into_parts();
             receive(s, t, $kind, q, &parts.headers, peer, body).await
         }
