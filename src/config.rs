@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub api_rate_burst: f64,
     /// Alert retry policy.
     pub outbox: crate::core::alert::outbox::OutboxConfig,
+    /// HTTP timeouts and the connection cap.
+    pub http: crate::http::serve::HttpLimits,
 }
 
 impl ServerConfig {
@@ -52,6 +54,7 @@ impl ServerConfig {
             api_rate_per_sec: 10.0,
             api_rate_burst: 50.0,
             outbox: crate::core::alert::outbox::OutboxConfig::default(),
+            http: crate::http::serve::HttpLimits::default(),
         }
     }
 

@@ -99,6 +99,19 @@ struct Common {
     /// First delay before an alert delivery is retried (doubles per attempt, up to 10m).
     #[arg(long, env = "HARTSLAG_ALERT_RETRY_BASE", default_value = "2s")]
     alert_retry_base: hartslag::core::duration::SpecDuration,
+    /// Longest wait for a request's headers, from when the server is ready for them; also
+    /// how long an idle keep-alive connection stays open.
+    #[arg(long, env = "HARTSLAG_HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    http_header_timeout: hartslag::core::duration::SpecDuration,
+    /// Longest time to receive a request body (408 after it).
+    #[arg(long, env = "HARTSLAG_HTTP_BODY_TIMEOUT", default_value = "30s")]
+    http_body_timeout: hartslag::core::duration::SpecDuration,
+    /// Most HTTP connections open at once; further clients wait until one closes.
+    #[arg(long, env = "HARTSLAG_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    http_max_connections: usize,
+    /// How long a shutdown waits for requests in flight.
+    #[arg(long, env = "HARTSLAG_SHUTDOWN_GRACE", default_value = "20s")]
+    shutdown_grace: hartslag::core::duration::SpecDuration,
 }
 
 impl Common {
@@ -116,6 +129,12 @@ impl Common {
         c.min_interval = self.min_interval;
         c.outbox.base_delay =
             std::time::Duration::from_secs(self.alert_retry_base.as_secs().max(1));
+        c.http = hartslag::http::serve::HttpLimits {
+            header_timeout: secs(self.http_header_timeout),
+            body_timeout: secs(self.http_body_timeout),
+            max_connections: self.http_max_connections.max(1),
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace.as_secs()),
+        };
         c
     }
 
@@ -130,6 +149,11 @@ impl Common {
             LogFormat::Text => builder.init(),
         }
     }
+}
+
+/// A flag's duration, at least one second (zero would turn a timeout into "at once").
+fn secs(d: hartslag::core::duration::SpecDuration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs().max(1))
 }
 
 fn main() -> ExitCode {

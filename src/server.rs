@@ -77,6 +77,8 @@ pub struct Core {
     pub rate_limit: Arc<crate::http::api::manage::RateLimiter>,
     /// Dashboard sessions and badge index.
     pub dashboard: Arc<crate::http::dashboard::Dashboard>,
+    /// HTTP connection counters.
+    pub connections: Arc<crate::http::serve::ConnectionStats>,
 }
 
 impl Core {
@@ -114,6 +116,11 @@ impl Core {
         let metrics = Arc::new(Metrics::default());
         register_metrics(&metrics, &engine, &outbox, committer);
         let dashboard = Arc::new(crate::http::dashboard::Dashboard::new(&config.external_url));
+        let connections = Arc::new(crate::http::serve::ConnectionStats::default());
+        {
+            let (connections, max) = (connections.clone(), config.http.max_connections);
+            metrics.register(move |out| connections.render(max, out));
+        }
         Ok(Self {
             config,
             registry,
@@ -128,6 +135,7 @@ impl Core {
                 config_rate.1,
             )),
             dashboard,
+            connections,
         })
     }
 
@@ -146,6 +154,7 @@ impl Core {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             max_body_bytes: self.config.max_body_bytes,
+            body_timeout: self.config.http.body_timeout,
             ready: self.ready.clone(),
             catalogue: self.catalogue.clone(),
             rate_limit: self.rate_limit.clone(),
@@ -209,23 +218,20 @@ impl Core {
             .unwrap_or_default();
         self.ready.store(true, Ordering::Release);
         tracing::info!(%addr, "listening");
-        axum::serve(
+        let dashboard = self.dashboard.clone();
+        crate::http::serve::serve(
             listener,
-            self.router()
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown({
-            let dashboard = self.dashboard.clone();
+            self.router(),
+            self.config.http,
+            self.connections.clone(),
             async move {
                 shutdown.await;
+                // Live streams never end by themselves: end them, so the shutdown does
+                // not wait for open browser tabs.
                 dashboard.close_streams();
-            }
-        })
-        .await
-        .map_err(|source| ServerError::Http {
-            addr: addr.clone(),
-            source,
-        })?;
+            },
+        )
+        .await;
         self.ready.store(false, Ordering::Release);
         if let Err(e) = self.registry.store().flush().await {
             tracing::error!(error = %e, "final flush failed");

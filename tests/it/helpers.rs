@@ -121,6 +121,8 @@ pub struct ChildServer {
     pub base: String,
     /// The process.
     pub child: Child,
+    /// Where its log (stderr) goes.
+    pub log: PathBuf,
 }
 
 impl ChildServer {
@@ -129,7 +131,8 @@ impl ChildServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
+        let log_path = data.with_extension(format!("{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(binary())
             .arg("standalone")
             .arg("--manifests")
@@ -146,6 +149,7 @@ impl ChildServer {
         let server = Self {
             base: format!("http://{addr}"),
             child,
+            log: log_path,
         };
         server.wait_ready(Duration::from_secs(30)).await;
         server
@@ -169,6 +173,29 @@ impl ChildServer {
         }
     }
 
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as the kubelet sends it; returns once the process exited, with how long
+    /// that took, or `None` if it was still running after `within` (then it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        while started.elapsed() < within {
+            if self.child.try_wait().unwrap().is_some() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL: no shutdown hooks, no final flush.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -181,6 +208,32 @@ impl Drop for ChildServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Raises this process's soft open-files limit to at least `want` (up to the hard limit;
+/// child processes inherit it) and returns the soft limit in force afterwards.
+pub fn raise_open_files(want: u64) -> u64 {
+    let read = || -> (u64, u64) {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let line = text.lines().find(|l| l.starts_with("Max open files"));
+        let mut nums = line
+            .into_iter()
+            .flat_map(|l| l.split_whitespace().skip(3).take(2))
+            .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+        (nums.next().unwrap_or(1024), nums.next().unwrap_or(1024))
+    };
+    let (soft, hard) = read();
+    if soft < want {
+        let target = want.min(hard);
+        let _ = Command::new("prlimit")
+            .args([
+                "--pid",
+                &std::process::id().to_string(),
+                &format!("--nofile={target}:"),
+            ])
+            .status();
+    }
+    read().0
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `within`.

@@ -17,3 +17,4 @@ mod management_api;
 mod monitors;
 mod operator_e2e;
 mod properties;
+mod slow_clients;

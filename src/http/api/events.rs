@@ -37,9 +37,21 @@ fn unprocessable(errors: &ValidationErrors) -> Response {
         .into_response()
 }
 
-/// Reads the body within the limit; `Err` is the 413 (or 400) answer.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads a request body of at most `state.max_body_bytes` within `state.body_timeout`;
+/// `Err` is the 413, 408 (too slow) or 400 answer.
+pub async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let (limit, timeout) = (state.max_body_bytes, state.body_timeout);
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s",
+                timeout.as_secs()
+            ),
+        ));
+    };
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .map(|s| s.to_string().contains("length limit"))
             .unwrap_or(false)
@@ -70,7 +82,7 @@ async fn ingest(State(state): State<AppState>, req: axum::extract::Request) -> R
         Ok(k) => k,
         Err(res) => return res.into_response(),
     };
-    let bytes = match read_body(body, state.max_body_bytes).await {
+    let bytes = match read_body(&state, body).await {
         Ok(b) => b,
         Err(res) => return res.into_response(),
     };

@@ -184,7 +184,7 @@ async fn json_object(
     state: &AppState,
     body: Body,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    let bytes = read_body(state, body).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(err(

@@ -50,6 +50,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Longest time to receive a request body.
+    pub body_timeout: std::time::Duration,
     /// Set once startup finished (definitions loaded); `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
     /// Where management API writes go; set by the front end.

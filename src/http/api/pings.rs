@@ -90,7 +90,7 @@ async fn receive(
             }
         }
     }
-    let bytes = match read_body(body, state.max_body_bytes).await {
+    let bytes = match read_body(&state, body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };

@@ -1,0 +1,212 @@
+//! The HTTP/1.1 server loop: hyper's connection builder with timeouts, a cap on open
+//! connections and graceful shutdown.
+//!
+//! `axum::serve` gives hyper no timer, which turns its header-read timeout off: a client
+//! that sends half a request header holds its connection (and a file descriptor) forever,
+//! and two thousand such clients exhaust the process. Here every connection gets hyper's
+//! timer, so a request head must arrive within `header_timeout` of the server being ready
+//! for it. hyper counts that time from the end of the previous response too, so the same
+//! limit is the idle keep-alive timeout. Request bodies have their own deadline
+//! ([`crate::http::api::events::read_body`]). At most `max_connections` are open at once;
+//! further clients wait in the kernel's accept queue until one closes, which the timeouts
+//! guarantee happens.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Longest wait for a complete request head, counted from when the server is ready
+    /// for it: after accepting, and after each response (so also the idle keep-alive
+    /// timeout).
+    pub header_timeout: Duration,
+    /// Longest time to receive a whole request body.
+    pub body_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// How long a shutdown waits for requests in flight before closing their connections.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Connection counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Times the server stopped accepting because `max_connections` were open.
+    pub cap_reached: AtomicU64,
+    /// Connections closed because a request head did not arrive in time (slow or idle
+    /// clients).
+    pub header_timeouts: AtomicU64,
+}
+
+impl ConnectionStats {
+    /// Appends the families in the text format.
+    pub fn render(&self, max_connections: usize, out: &mut String) {
+        use std::fmt::Write as _;
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_http_connections Open HTTP connections.\n# TYPE hartslag_http_connections gauge\nhartslag_http_connections {}",
+            load(&self.open)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_http_connections_max Most HTTP connections served at once (--http-max-connections).\n# TYPE hartslag_http_connections_max gauge\nhartslag_http_connections_max {max_connections}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_http_connections_accepted_total HTTP connections accepted.\n# TYPE hartslag_http_connections_accepted_total counter\nhartslag_http_connections_accepted_total {}",
+            load(&self.accepted)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_http_connection_cap_reached_total Times every allowed connection was open, so new clients had to wait.\n# TYPE hartslag_http_connection_cap_reached_total counter\nhartslag_http_connection_cap_reached_total {}",
+            load(&self.cap_reached)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hartslag_http_header_timeouts_total Connections closed because a request head did not arrive within --http-header-timeout.\n# TYPE hartslag_http_header_timeouts_total counter\nhartslag_http_header_timeouts_total {}",
+            load(&self.header_timeouts)
+        );
+    }
+}
+
+/// How often, at most, the "connection cap reached" warning is logged during a burst.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets
+/// requests in flight finish for up to `limits.shutdown_grace` and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    stats: Arc<ConnectionStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    warn_if_descriptors_are_short(limits.max_connections);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut last_cap_log: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        if permits.available_permits() == 0 {
+            stats.cap_reached.fetch_add(1, Ordering::Relaxed);
+            if last_cap_log.is_none_or(|t| t.elapsed() >= CAP_LOG_EVERY) {
+                last_cap_log = Some(Instant::now());
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "HTTP connection cap reached: new clients wait until a connection closes (idle and slow ones close after --http-header-timeout); raise --http-max-connections if this is normal load"
+                );
+            }
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors or a connection reset before accept: keep
+                    // serving the connections there are, try again shortly.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let service = router
+            .clone()
+            .map_request(move |mut req: axum::extract::Request| {
+                req.extensions_mut().insert(ConnectInfo(remote));
+                req
+            })
+            .map_request(|req: hyper::Request<hyper::body::Incoming>| {
+                req.map(axum::body::Body::new)
+            });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true);
+        let conn = graceful.watch(
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
+        );
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!(
+                grace_secs = limits.shutdown_grace.as_secs(),
+                "requests still running at the end of the shutdown grace period were cut off"
+            );
+        }
+    }
+}
+
+/// Warns when the process may run out of file descriptors before reaching the connection
+/// cap (Linux: the soft `RLIMIT_NOFILE` from `/proc/self/limits`).
+fn warn_if_descriptors_are_short(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    // The database, the commit log and outgoing connections need descriptors too.
+    if let Some(soft) = soft
+        && soft < max_connections.saturating_add(256)
+    {
+        tracing::warn!(
+            open_files_limit = soft,
+            max_connections,
+            "the open-files limit is below --http-max-connections plus what storage needs; lower the cap or raise the limit (ulimit -n)"
+        );
+    }
+}
