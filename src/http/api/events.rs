@@ -387,6 +387,22 @@ pub fn export_filter(
     })
 }
 
+/// Text a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, or a tab or carriage
+/// return before one) gets a leading `'`, which spreadsheets show as text and hide. Only
+/// event names need it: they are the one column a client chooses freely; times and numbers
+/// are written by the server.
+pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// How long an export waits for a client to take the next chunk before giving up on it,
+/// so a client that stopped reading does not hold a storage thread forever.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Streams an application's events as RFC 4180 CSV without building it in memory.
 pub fn csv_response(
     store: crate::core::store::Store,
@@ -395,6 +411,19 @@ pub fn csv_response(
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let num = app.num;
+    let key = app.key.clone();
+    let runtime = tokio::runtime::Handle::current();
+    // False once the client is gone or stalled: the export stops.
+    let send = move |chunk: Result<Bytes, std::io::Error>| -> bool {
+        match runtime.block_on(tokio::time::timeout(EXPORT_STALL, tx.send(chunk))) {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::info!(application = %key, "export stopped: the client took no data for a minute");
+                false
+            }
+        }
+    };
     tokio::task::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(64 * 1024);
         csv_row(&mut buf, ["created_at", "event", "weight", "user_id"]);
@@ -406,7 +435,7 @@ pub fn csv_response(
                         &mut buf,
                         [
                             &e.at.to_string(),
-                            &e.value.event,
+                            &neutralise_formula(&e.value.event),
                             &e.value.weight.to_string(),
                             &user,
                         ],
@@ -414,20 +443,16 @@ pub fn csv_response(
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "export stopped");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+                    send(Err(std::io::Error::other(err.to_string())));
                     return;
                 }
             }
-            if buf.len() >= 60 * 1024
-                && tx
-                    .blocking_send(Ok(Bytes::from(std::mem::take(&mut buf))))
-                    .is_err()
-            {
+            if buf.len() >= 60 * 1024 && !send(Ok(Bytes::from(std::mem::take(&mut buf)))) {
                 return;
             }
         }
         if !buf.is_empty() {
-            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+            send(Ok(Bytes::from(buf)));
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
