@@ -128,6 +128,18 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `hartslag standalone` with extra args and waits until `/readyz` answers 200.
     pub async fn start(manifests: &Path, data: &Path, extra: &[&str]) -> Self {
+        match Self::try_start(manifests, data, extra).await {
+            Some(s) => s,
+            None => panic!(
+                "hartslag standalone exited during startup ({})",
+                data.display()
+            ),
+        }
+    }
+
+    /// [`ChildServer::start`], or `None` if the process exits before it is ready (the
+    /// data directory still locked by another process, say).
+    pub async fn try_start(manifests: &Path, data: &Path, extra: &[&str]) -> Option<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -146,23 +158,29 @@ impl ChildServer {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        let server = Self {
+        let mut server = Self {
             base: format!("http://{addr}"),
             child,
             log: log_path,
         };
-        server.wait_ready(Duration::from_secs(30)).await;
         server
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .then_some(server)
     }
 
-    async fn wait_ready(&self, within: Duration) {
+    /// Waits for `/readyz`; false if the process exited first.
+    async fn wait_ready(&mut self, within: Duration) -> bool {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + within;
         loop {
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
                 && r.status() == 200
             {
-                return;
+                return true;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod big_export;
 mod chart;
 mod crds;
 mod dashboard;

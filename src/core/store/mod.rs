@@ -101,14 +101,16 @@ impl Store {
                 "applied acknowledged writes from the commit log that the database had not flushed before the last stop"
             );
         }
-        Ok(Self {
+        let store = Self {
             events: db.open_tree("events")?,
             apps: db.open_tree("apps")?,
             tokens: db.open_tree("tokens")?,
             visible: Default::default(),
             committer,
             db,
-        })
+        };
+        store.remember_newest_events()?;
+        Ok(store)
     }
 
     /// The group committer, for modules that write their own trees.

@@ -171,6 +171,7 @@ impl Store {
         let mut out = Vec::with_capacity(all.len() + 8);
         let (stored, outcomes) = self.settle_idempotency(all, now, &mut out)?;
         self.push_blocks(&stored, &mut out)?;
+        self.push_latest(&stored, &mut out)?;
         self.push_rollups(RollupDeltas::of(&stored), &mut out)?;
         Ok((out, outcomes))
     }
@@ -233,6 +234,35 @@ impl Store {
                     &self.events,
                     keys::event_key(app, first, seq).to_vec(),
                     keys::encode_block(first, block.iter().copied()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest event time of each application in the batch, where it moved forward.
+    fn push_latest(
+        &self,
+        events: &[&EventWrite],
+        out: &mut Vec<Mutation>,
+    ) -> Result<(), StoreError> {
+        let mut newest: HashMap<u64, i64> = HashMap::new();
+        for w in events {
+            let at = keys::micros(w.at);
+            newest
+                .entry(w.app)
+                .and_modify(|m| *m = (*m).max(at))
+                .or_insert(at);
+        }
+        for (app, at) in newest {
+            if self
+                .latest_event_micros(app)?
+                .is_none_or(|known| at > known)
+            {
+                out.push(Mutation::put(
+                    &self.events,
+                    keys::latest_key(app).to_vec(),
+                    at.to_le_bytes().to_vec(),
                 ));
             }
         }

@@ -176,3 +176,47 @@ async fn an_idempotency_key_answers_for_24_hours_then_expires() {
     assert_eq!(store.purge_idempotency(1, hours(80)).unwrap(), 1);
     assert_eq!(run(hours(26), &[write(3)]), vec![Outcome::Stored]);
 }
+
+#[tokio::test]
+async fn newest_event_time_is_read_without_decoding_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    for _ in 0..5 {
+        batch(&store, &[(1, T, "same"), (1, T, "instant")]);
+    }
+    batch(&store, &[(1, T + 5, "newest"), (1, T - 5, "older")]);
+    // Damage every block: the newest time must not need them.
+    let prefix = keys::scope_prefix(keys::Family::Event, 1, None);
+    for k in store.events.scan_prefix(&prefix).keys() {
+        store
+            .events
+            .insert(k.unwrap(), &b"\x02damaged"[..])
+            .unwrap();
+    }
+    assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 5)));
+}
+
+#[tokio::test]
+async fn data_stored_before_the_newest_event_record_gets_one_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        batch(&store, &[(1, T + 7, "newest"), (2, T, "other")]);
+        batch(&store, &[(1, T, "a")]);
+        for app in [1, 2] {
+            store.events.remove(keys::latest_key(app)).unwrap();
+        }
+        store.flush().await.unwrap();
+    }
+    // sled's lock goes once the committer's thread has let go of the database.
+    let store = loop {
+        match Store::open(dir.path(), &StoreOptions::default()) {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let record = |app| store.events.get(keys::latest_key(app)).unwrap();
+    assert_eq!(record(1).as_deref(), Some(&(T + 7).to_le_bytes()[..]));
+    assert_eq!(record(2).as_deref(), Some(&T.to_le_bytes()[..]));
+    assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 7)));
+}
