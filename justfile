@@ -4,13 +4,15 @@
 build:
     cargo build
 
+# The fast lane: formatting, lints and every test that needs no cluster and no browser.
+check:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+    cargo test --lib --bins --tests -- --skip dashboard_browser::
+
 # Run the whole test suite, installing what the tests need (the command CI runs).
 test:
     bash tests/run-all.sh
-
-# Unit and integration tests only (no installs).
-test-rust:
-    cargo test
 
 # Start the standalone server on the example manifests.
 run:

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use hartslag::config::ServerConfig;
 use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::token::TokenHash;
-use hartslag::server::Core;
+use hartslag::server::Server;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -42,17 +42,15 @@ fn main() {
         let addr = listener.local_addr().expect("addr");
         let mut config = ServerConfig::new(addr, dir.path().join("data"));
         config.min_interval = hartslag::core::duration::SpecDuration::from_secs(1);
-        let core = Arc::new(Core::open(config).expect("open"));
-        hartslag::standalone::apply_manifests(&core, &manifests)
+        let mut server = Server::open(config).expect("open");
+        hartslag::standalone::apply_manifests(&mut server, &manifests)
             .await
             .expect("manifests");
         let base = format!("http://{addr}");
-        {
-            let core = core.clone();
-            tokio::spawn(async move {
-                let _ = core.serve(listener, std::future::pending()).await;
-            });
-        }
+        let core = Arc::new(server.core.clone());
+        tokio::spawn(async move {
+            let _ = server.serve(listener, std::future::pending()).await;
+        });
 
         // Monitors: a quarter never pinged (New), the rest pinged; 1 in 50 with a 1 s
         // interval so they go Down during setup.

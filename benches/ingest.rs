@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::routing::post;
 use hartslag::config::ServerConfig;
-use hartslag::server::Core;
+use hartslag::server::Server;
 
 struct Outcome {
     requests: usize,
@@ -333,11 +333,10 @@ fn main() {
         .expect("write");
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
-        let core = Core::open(ServerConfig::new(addr, dir.path().join("data"))).expect("open");
-        hartslag::standalone::apply_manifests(&core, &manifests).await.expect("manifests");
+        let mut server = Server::open(ServerConfig::new(addr, dir.path().join("data"))).expect("open");
+        hartslag::standalone::apply_manifests(&mut server, &manifests).await.expect("manifests");
         let token = std::fs::read_to_string(dir.path().join("data/tokens/application-bench.token")).expect("token");
-        let c = core.clone();
-        tokio::spawn(async move { c.serve(l, std::future::pending()).await });
+        tokio::spawn(async move { server.serve(l, std::future::pending()).await });
 
         let body = r#"{"event":"bench-event","weight":3,"user_id":42}"#;
         let ping = std::fs::read_to_string(dir.path().join("data/tokens/heartbeat-bench-job.url")).expect("ping url");

@@ -15,7 +15,7 @@ use hartslag::config::ServerConfig;
 use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
 use hartslag::core::token::TokenHash;
-use hartslag::server::Core;
+use hartslag::server::Server;
 
 fn rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -48,7 +48,7 @@ fn main() {
         if let Some(mb) = std::env::var("BENCH_CACHE_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
             config.cache_bytes = mb * 1024 * 1024;
         }
-        let core = Arc::new(Core::open(config).expect("open"));
+        let core = Arc::new(Server::open(config).expect("open").core);
         println!("monitor scale benchmark: {n} monitors, interval {interval}s, grace 0s");
         println!("RSS at start: {:.0} MB", rss_mb());
 

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::core::ServicesConfig;
+
 /// Settings of the core server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -34,7 +36,7 @@ pub struct ServerConfig {
     /// Alert retry policy.
     pub outbox: crate::core::alert::outbox::OutboxConfig,
     /// HTTP timeouts and the connection cap.
-    pub http: crate::http::serve::HttpLimits,
+    pub http: crate::http::HttpLimits,
 }
 
 impl ServerConfig {
@@ -54,12 +56,22 @@ impl ServerConfig {
             api_rate_per_sec: 10.0,
             api_rate_burst: 50.0,
             outbox: crate::core::alert::outbox::OutboxConfig::default(),
-            http: crate::http::serve::HttpLimits::default(),
+            http: crate::http::HttpLimits::default(),
         }
     }
 
     /// The external URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.external_url.trim_end_matches('/')
+    }
+
+    /// What the core's services need of this configuration.
+    pub fn services(&self) -> ServicesConfig {
+        ServicesConfig {
+            data_dir: self.data_dir.clone(),
+            cache_bytes: self.cache_bytes,
+            ping_history: self.ping_history as u64,
+            outbox: self.outbox,
+        }
     }
 }

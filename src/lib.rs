@@ -1,8 +1,15 @@
 //! Hartslag: event tracking and dead-man's-switch monitoring, run as a Kubernetes operator
 //! or standalone from a directory of manifests.
 //!
-//! The core (`store`, `ingest`, `monitor`, `alert`, `registry`) knows nothing of Kubernetes;
-//! the front ends (`k8s`, `standalone`) feed it definitions and read its state.
+//! [`core`] is the domain (storage, ingest, monitors, alerts, definitions) and owns the
+//! ports adapters implement; it knows nothing of Kubernetes or HTTP, and a test holds it to
+//! that. Around it: the front ends ([`k8s`], [`standalone`]) feed it definitions, the HTTP
+//! adapters ([`http`]) serve the APIs and the dashboard over it, [`notify`] carries its
+//! alerts out, and [`server`] assembles them. `docs/ARCHITECTURE.md` draws the whole.
+
+// The service never unwraps: a request, a file or the network must not be able to panic
+// it. Tests may (clippy.toml allows it there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
 pub mod core;

@@ -1,6 +1,8 @@
 //! The `hartslag` command line: parses flags and environment, then hands over to the
 //! library. Nothing else lives here.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,7 +131,7 @@ impl Common {
         c.min_interval = self.min_interval;
         c.outbox.base_delay =
             std::time::Duration::from_secs(self.alert_retry_base.as_secs().max(1));
-        c.http = hartslag::http::serve::HttpLimits {
+        c.http = hartslag::http::HttpLimits {
             header_timeout: secs(self.http_header_timeout),
             body_timeout: secs(self.http_body_timeout),
             max_connections: self.http_max_connections.max(1),
@@ -169,45 +171,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
-        match cli.command {
-            Command::Standalone { manifests, common } => {
-                common.init_logs();
-                hartslag::standalone::run(common.config(), manifests).await?;
-            }
-            Command::Operator {
-                namespaces,
-                status_rate,
-                status_period,
-                admin_secret,
-                admin_namespace,
-                common,
-            } => {
-                common.init_logs();
-                let writer = hartslag::k8s::status::WriterConfig {
-                    max_per_sec: status_rate.max(1),
-                    counter_period: std::time::Duration::from_secs(status_period.as_secs().max(1)),
-                };
-                let namespaces = namespaces
-                    .into_iter()
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty())
-                    .collect();
-                let admin = hartslag::k8s::admin::AdminSecret {
-                    namespace: admin_namespace
-                        .filter(|n| !n.trim().is_empty())
-                        .unwrap_or_else(hartslag::k8s::admin::own_namespace),
-                    name: admin_secret,
-                };
-                hartslag::k8s::run(common.config(), namespaces, writer, admin).await?;
-            }
-            Command::Crd => {
-                print!("{}", hartslag::k8s::crd::crds_yaml()?);
-            }
-        }
-        Ok(())
-    });
-    match result {
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "hartslag stopped");
@@ -215,4 +179,43 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        Command::Standalone { manifests, common } => {
+            common.init_logs();
+            hartslag::standalone::run(common.config(), manifests).await?;
+        }
+        Command::Operator {
+            namespaces,
+            status_rate,
+            status_period,
+            admin_secret,
+            admin_namespace,
+            common,
+        } => {
+            common.init_logs();
+            let writer = hartslag::k8s::status::WriterConfig {
+                max_per_sec: status_rate.max(1),
+                counter_period: std::time::Duration::from_secs(status_period.as_secs().max(1)),
+            };
+            let namespaces = namespaces
+                .into_iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            let admin = hartslag::k8s::admin::AdminSecret {
+                namespace: admin_namespace
+                    .filter(|n| !n.trim().is_empty())
+                    .unwrap_or_else(hartslag::k8s::admin::own_namespace),
+                name: admin_secret,
+            };
+            hartslag::k8s::run(common.config(), namespaces, writer, admin).await?;
+        }
+        Command::Crd => {
+            print!("{}", hartslag::k8s::crd::crds_yaml()?);
+        }
+    }
+    Ok(())
 }

@@ -39,11 +39,6 @@ impl SpecDuration {
         self.secs
     }
 
-    /// The same length as a jiff signed duration, saturating at jiff's maximum.
-    pub fn to_signed(self) -> jiff::SignedDuration {
-        jiff::SignedDuration::from_secs(i64::try_from(self.secs).unwrap_or(i64::MAX))
-    }
-
     /// Parses `90s`, `5m`, `1h30m`, `7d`, `2d12h`. A bare number is taken as seconds.
     pub fn parse(text: &str) -> Result<Self, DurationError> {
         let s = text.trim();

@@ -1,188 +1,76 @@
-//! Prometheus metrics in the text exposition format, without a metrics framework.
+//! Metrics: each subsystem registers its own families in one [`MetricRegistry`] as the
+//! server is assembled, and `/metrics` encodes the registry as OpenMetrics text.
 //!
-//! The set is small and fixed, so plain atomics and one mutex-protected map are enough;
-//! other modules add their families through [`Metrics::register`].
+//! Counters are registered without their `_total` suffix, which the encoder adds; the names
+//! on `/metrics` are a contract (see the operations guide) and never change.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 12] = [
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+pub use prometheus_client::registry::Registry as MetricRegistry;
+
+/// Upper bounds (seconds) of the latency histograms: request handling, status patches,
+/// late transitions.
+pub const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// Finer bounds for disk flushes, which take tens to hundreds of microseconds on a good
-/// disk: the default buckets would put nearly all of them in the first one.
+/// disk: the latency buckets would put nearly all of them in the first one.
 pub const SYNC_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// A fixed-bucket latency histogram.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64; 12],
-    counts: [AtomicU64; 12],
-    inf: AtomicU64,
-    sum_micros: AtomicU64,
-}
+/// A histogram of durations, in seconds; clones share their counts.
+#[derive(Debug, Clone)]
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self::with_bounds(&BUCKETS)
+        Self::with_bounds(&LATENCY_BUCKETS)
     }
 }
 
 impl Histogram {
-    /// A histogram over other bucket bounds (ascending, in seconds) than the default.
-    pub fn with_bounds(bounds: &'static [f64; 12]) -> Self {
-        Self {
-            bounds,
-            counts: Default::default(),
-            inf: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
+    /// A histogram over these bucket bounds (ascending, in seconds).
+    pub fn with_bounds(bounds: &[f64]) -> Self {
+        Self(prometheus_client::metrics::histogram::Histogram::new(
+            bounds.iter().copied(),
+        ))
     }
 
-    /// Records one observation.
+    /// Records one duration.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        match self.bounds.iter().position(|b| secs <= *b) {
-            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
-            None => self.inf.fetch_add(1, Ordering::Relaxed),
-        };
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.0.observe(d.as_secs_f64());
     }
 
-    /// Appends the histogram in the text format.
+    /// Appends this histogram alone, as OpenMetrics text under `name`: for benchmarks and
+    /// tests that read it without a server.
     pub fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, b) in self.bounds.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        cumulative += self.inf.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+        let mut registry = MetricRegistry::default();
+        registry.register(name, help, self.clone());
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode_registry(out, &registry);
     }
 }
 
-type Collector = Box<dyn Fn(&mut String) + Send + Sync>;
+impl EncodeMetric for Histogram {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
 
-/// Request counts of one route template: method → status → count.
-type RouteCounts = BTreeMap<String, BTreeMap<u16, AtomicU64>>;
-
-/// Process-wide metrics.
-#[derive(Default)]
-pub struct Metrics {
-    /// Route template → method → status → count. Nested so that counting a request that
-    /// was seen before takes a shared lock and allocates nothing.
-    requests: RwLock<BTreeMap<String, RouteCounts>>,
-    /// Time from request arrival to durable acknowledgement on the ingest route.
-    pub ingest_latency: Histogram,
-    /// Events stored since the process started.
-    pub events_stored: AtomicU64,
-    /// Retries answered from their `Idempotency-Key` without counting again.
-    pub events_replayed: AtomicU64,
-    collectors: Mutex<Vec<Collector>>,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
-/// Escapes a label value for the text format.
-pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-impl Metrics {
-    /// Counts one answered request by route template (never the raw path: it may hold a token).
-    pub fn record_request(&self, route: &str, method: &str, status: u16) {
-        {
-            let map = self.requests.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = map
-                .get(route)
-                .and_then(|m| m.get(method))
-                .and_then(|m| m.get(&status))
-            {
-                n.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut map = self.requests.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(route.to_string())
-            .or_default()
-            .entry(method.to_string())
-            .or_default()
-            .entry(status)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds a family rendered by another module at scrape time.
-    pub fn register(&self, collector: impl Fn(&mut String) + Send + Sync + 'static) {
-        self.collectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(collector));
-    }
-
-    /// The full exposition text.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP hartslag_http_requests_total HTTP requests answered, by route template, method and status.\n");
-        out.push_str("# TYPE hartslag_http_requests_total counter\n");
-        let requests = self.requests.read().unwrap_or_else(|p| p.into_inner());
-        for (route, methods) in requests.iter() {
-            for (method, statuses) in methods {
-                for (status, n) in statuses {
-                    let _ = writeln!(
-                        out,
-                        "hartslag_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{}\"}} {}",
-                        label(route),
-                        label(method),
-                        status,
-                        n.load(Ordering::Relaxed)
-                    );
-                }
-            }
-        }
-        drop(requests);
-        self.ingest_latency.render(
-            "hartslag_ingest_duration_seconds",
-            "Time to validate and durably store one event.",
-            &mut out,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_events_stored_total Events stored since start.\n# TYPE hartslag_events_stored_total counter\nhartslag_events_stored_total {}",
-            self.events_stored.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_events_replayed_total Retries answered from their Idempotency-Key without counting again.\n# TYPE hartslag_events_replayed_total counter\nhartslag_events_replayed_total {}",
-            self.events_replayed.load(Ordering::Relaxed)
-        );
-        for c in self
-            .collectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            c(&mut out);
-        }
-        out
-    }
+/// Every registered family as OpenMetrics text.
+pub fn encode(registry: &MetricRegistry) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
 }
 
 #[cfg(test)]
@@ -190,15 +78,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_histogram() {
-        let m = Metrics::default();
-        m.record_request("/api/v1/heartbeat", "POST", 201);
-        m.record_request("/api/v1/heartbeat", "POST", 201);
-        m.ingest_latency.observe(Duration::from_micros(700));
-        m.ingest_latency.observe(Duration::from_secs(5));
-        let text = m.render();
-        assert!(text.contains("hartslag_http_requests_total{route=\"/api/v1/heartbeat\",method=\"POST\",status=\"201\"} 2"));
-        assert!(text.contains("hartslag_ingest_duration_seconds_bucket{le=\"0.001\"} 1"));
-        assert!(text.contains("hartslag_ingest_duration_seconds_bucket{le=\"+Inf\"} 2"));
+    fn histograms_keep_their_bounds_and_count_in_seconds() {
+        let h = Histogram::with_bounds(&SYNC_BUCKETS);
+        h.observe(Duration::from_micros(80));
+        h.observe(Duration::from_millis(700));
+        h.observe(Duration::from_secs(5));
+        let mut text = String::new();
+        h.render("sync_seconds", "Flushes", &mut text);
+        assert!(
+            text.contains("sync_seconds_bucket{le=\"0.0001\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sync_seconds_bucket{le=\"1.0\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sync_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("sync_seconds_count 3\n"), "{text}");
     }
 }

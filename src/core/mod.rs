@@ -9,6 +9,9 @@ pub mod ingest;
 pub mod metrics;
 pub mod monitor;
 pub mod registry;
+pub mod services;
 pub mod spec;
 pub mod store;
 pub mod token;
+
+pub use services::{Services, ServicesConfig, ServicesError};

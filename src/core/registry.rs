@@ -37,7 +37,7 @@ pub struct AppInfo {
     pub num: u64,
     /// Namespace, or `default` in standalone mode.
     pub namespace: String,
-    /// Name.
+    /// Resource name (`metadata.name`).
     pub name: String,
     /// The applied spec.
     pub spec: ApplicationSpec,

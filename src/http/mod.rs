@@ -1,5 +1,33 @@
-//! The HTTP adapters: the APIs and the dashboard.
+//! The HTTP adapters over the core's services: the event, ping, management and operations
+//! APIs ([`api`]) and the dashboard ([`dashboard`]), in one router whose every answer is
+//! counted ([`track`]).
 
 pub mod api;
+pub mod auth;
+pub mod body;
 pub mod dashboard;
-pub mod serve;
+pub mod error;
+pub mod export;
+pub mod path;
+pub mod query;
+mod serve;
+mod state;
+pub mod track;
+
+use axum::Router;
+use axum::http::StatusCode;
+
+pub use error::ApiError;
+pub use serve::{ConnectionStats, HttpLimits, serve};
+pub use state::{HttpState, Shared};
+
+/// The complete router: the APIs plus the dashboard, all counted in the request metrics.
+pub fn router(state: HttpState) -> Router {
+    let requests = state.requests.clone();
+    Router::new()
+        .merge(api::routes())
+        .merge(dashboard::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+        .layer(track::TrackLayer::new(requests))
+}

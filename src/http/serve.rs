@@ -7,23 +7,27 @@
 //! timer, so a request head must arrive within `header_timeout` of the server being ready
 //! for it. hyper counts that time from the end of the previous response too, so the same
 //! limit is the idle keep-alive timeout. Request bodies have their own deadline
-//! ([`crate::http::api::events::read_body`]). At most `max_connections` are open at once;
+//! ([`super::body::read_body`]). At most `max_connections` are open at once;
 //! further clients wait in the kernel's accept queue until one closes, which the timeouts
 //! guarantee happens.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+use super::{HttpState, router};
+use crate::core::metrics::MetricRegistry;
 
 /// Limits of the HTTP server.
 #[derive(Debug, Clone, Copy)]
@@ -51,72 +55,78 @@ impl Default for HttpLimits {
     }
 }
 
-/// Connection counters for `/metrics`.
-#[derive(Debug, Default)]
+/// Connection counters for `/metrics`; clones share their values.
+#[derive(Debug, Clone, Default)]
 pub struct ConnectionStats {
     /// Connections accepted since start.
-    pub accepted: AtomicU64,
+    pub accepted: Counter,
     /// Connections open now.
-    pub open: AtomicU64,
+    pub open: Gauge,
     /// Times the server stopped accepting because `max_connections` were open.
-    pub cap_reached: AtomicU64,
+    pub cap_reached: Counter,
     /// Connections closed because a request head did not arrive in time (slow or idle
     /// clients).
-    pub header_timeouts: AtomicU64,
+    pub header_timeouts: Counter,
 }
 
 impl ConnectionStats {
-    /// Appends the families in the text format.
-    pub fn render(&self, max_connections: usize, out: &mut String) {
-        use std::fmt::Write as _;
-        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_http_connections Open HTTP connections.\n# TYPE hartslag_http_connections gauge\nhartslag_http_connections {}",
-            load(&self.open)
+    /// The families, registered in `registry`, with the cap as a gauge beside them.
+    pub fn register(registry: &mut MetricRegistry, max_connections: usize) -> Self {
+        let stats = Self::default();
+        registry.register(
+            "hartslag_http_connections",
+            "Open HTTP connections",
+            stats.open.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_http_connections_max Most HTTP connections served at once (--http-max-connections).\n# TYPE hartslag_http_connections_max gauge\nhartslag_http_connections_max {max_connections}"
+        let max: Gauge = Gauge::default();
+        max.set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+        registry.register(
+            "hartslag_http_connections_max",
+            "Most HTTP connections served at once (--http-max-connections)",
+            max,
         );
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_http_connections_accepted_total HTTP connections accepted.\n# TYPE hartslag_http_connections_accepted_total counter\nhartslag_http_connections_accepted_total {}",
-            load(&self.accepted)
+        registry.register(
+            "hartslag_http_connections_accepted",
+            "HTTP connections accepted",
+            stats.accepted.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_http_connection_cap_reached_total Times every allowed connection was open, so new clients had to wait.\n# TYPE hartslag_http_connection_cap_reached_total counter\nhartslag_http_connection_cap_reached_total {}",
-            load(&self.cap_reached)
+        registry.register(
+            "hartslag_http_connection_cap_reached",
+            "Times every allowed connection was open, so new clients had to wait",
+            stats.cap_reached.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP hartslag_http_header_timeouts_total Connections closed because a request head did not arrive within --http-header-timeout.\n# TYPE hartslag_http_header_timeouts_total counter\nhartslag_http_header_timeouts_total {}",
-            load(&self.header_timeouts)
+        registry.register(
+            "hartslag_http_header_timeouts",
+            "Connections closed because a request head did not arrive within --http-header-timeout",
+            stats.header_timeouts.clone(),
         );
+        stats
     }
 }
 
 /// How often, at most, the "connection cap reached" warning is logged during a burst.
 const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets
-/// requests in flight finish for up to `limits.shutdown_grace` and returns.
+/// Serves the APIs and the dashboard on `listener` until `shutdown` resolves; `/readyz`
+/// answers ready meanwhile. Then stops accepting, ends live dashboard streams (open browser
+/// tabs would otherwise hold the shutdown up), lets requests in flight finish for up to
+/// `shutdown_grace` and returns.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
-    limits: HttpLimits,
-    stats: Arc<ConnectionStats>,
-    shutdown: impl Future<Output = ()> + Send,
-) {
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (limits, stats) = (state.limits, state.connections.clone());
+    let router = router(state.clone());
     warn_if_descriptors_are_short(limits.max_connections);
+    state.ready.store(true, Ordering::Release);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut last_cap_log: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         if permits.available_permits() == 0 {
-            stats.cap_reached.fetch_add(1, Ordering::Relaxed);
+            stats.cap_reached.inc();
             if last_cap_log.is_none_or(|t| t.elapsed() >= CAP_LOG_EVERY) {
                 last_cap_log = Some(Instant::now());
                 tracing::warn!(
@@ -145,8 +155,8 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
+        stats.accepted.inc();
+        stats.open.inc();
         let service = router
             .clone()
             .map_request(move |mut req: axum::extract::Request| {
@@ -168,15 +178,17 @@ pub async fn serve(
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 if e.is_timeout() {
-                    stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    stats.header_timeouts.inc();
                 }
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
             }
-            stats.open.fetch_sub(1, Ordering::Relaxed);
+            stats.open.dec();
             drop(permit);
         });
     }
     drop(listener);
+    state.ready.store(false, Ordering::Release);
+    state.dashboard.close_streams();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(limits.shutdown_grace) => {
@@ -186,6 +198,7 @@ pub async fn serve(
             );
         }
     }
+    Ok(())
 }
 
 /// Warns when the process may run out of file descriptors before reaching the connection

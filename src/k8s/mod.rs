@@ -20,7 +20,9 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 
 use crate::config::ServerConfig;
-use crate::server::{Core, ServerError, shutdown_signal};
+use crate::core::Services;
+use crate::core::metrics::MetricRegistry;
+use crate::server::{Server, ServerError, shutdown_signal};
 use crd::{Application, Heartbeat};
 
 /// Finalizer on both kinds: deletion revokes the token and removes (or retains) data first.
@@ -62,8 +64,10 @@ pub struct Regarding<'a> {
 
 /// Shared state of the controllers.
 pub struct Context {
-    /// The core.
-    pub core: Core,
+    /// The core's services.
+    pub core: Services,
+    /// The process configuration.
+    pub config: ServerConfig,
     /// Kubernetes client.
     pub client: Client,
     /// Event recorder.
@@ -81,7 +85,7 @@ pub struct Context {
 
 impl Context {
     /// A context over `core` and `client`.
-    pub fn new(core: Core, client: Client) -> Self {
+    pub fn new(core: Services, config: ServerConfig, client: Client) -> Self {
         let reporter = Reporter {
             controller: "hartslag".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -89,6 +93,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             core,
+            config,
             client,
             apps: RwLock::default(),
             heartbeats: RwLock::default(),
@@ -233,6 +238,43 @@ async fn publish_transitions(ctx: Arc<Context>) {
     }
 }
 
+/// Adds the status writer's families to `/metrics`.
+fn register_metrics(registry: &mut MetricRegistry, ctx: &Arc<Context>) {
+    registry.register_with_unit(
+        "hartslag_status_lag",
+        "Time from a Heartbeat state transition to its status patch",
+        prometheus_client::registry::Unit::Seconds,
+        ctx.status_lag.clone(),
+    );
+    registry.register_collector(Box::new(StatusPatches(ctx.clone())));
+}
+
+/// The `hartslag_status_patches_total` counter, read from the context at each scrape.
+struct StatusPatches(Arc<Context>);
+
+impl std::fmt::Debug for StatusPatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusPatches").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for StatusPatches {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let patches = self.0.patches.load(std::sync::atomic::Ordering::Relaxed);
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(patches);
+        counter.encode(encoder.encode_descriptor(
+            "hartslag_status_patches",
+            "Status patches sent to the API server.",
+            None,
+            counter.metric_type(),
+        )?)
+    }
+}
+
 /// Runs the controllers and the HTTP server until SIGTERM.
 pub async fn run(
     config: ServerConfig,
@@ -240,32 +282,25 @@ pub async fn run(
     writer: status::WriterConfig,
     admin_secret: admin::AdminSecret,
 ) -> Result<(), OperatorError> {
-    let core = Core::open(config)?;
+    let mut server = Server::open(config)?;
     let client = Client::try_default().await?;
-    let ctx = Arc::new(Context::new(core.clone(), client.clone()));
-    let _ = core
-        .catalogue
-        .set(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
-    {
-        let ctx = ctx.clone();
-        core.metrics.register(move |out| {
-            use std::fmt::Write as _;
-            let _ = writeln!(
-                out,
-                "# HELP hartslag_status_patches_total Status patches sent to the API server.\n# TYPE hartslag_status_patches_total counter\nhartslag_status_patches_total {}",
-                ctx.patches.load(std::sync::atomic::Ordering::Relaxed)
-            );
-            ctx.status_lag.render("hartslag_status_lag_seconds", "Time from a Heartbeat state transition to its status patch.", out);
-        });
-    }
+    let ctx = Arc::new(Context::new(
+        server.core.clone(),
+        server.config.clone(),
+        client.clone(),
+    ));
+    server.set_catalogue(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
+    register_metrics(server.metrics(), &ctx);
     tokio::spawn(status::run_heartbeat_writer(ctx.clone(), writer));
     tokio::spawn(status::run_application_writer(ctx.clone(), writer));
     tokio::spawn(publish_transitions(ctx.clone()));
-    core.spawn_retention(std::time::Duration::from_secs(3600));
+    server
+        .core
+        .spawn_retention(std::time::Duration::from_secs(3600));
     tokio::spawn(admin::keep_in_sync(
         Api::namespaced(client.clone(), &admin_secret.namespace),
         admin_secret.name.clone(),
-        core.registry.clone(),
+        server.core.registry.clone(),
         std::time::Duration::from_secs(30),
     ));
 
@@ -322,8 +357,8 @@ pub async fn run(
                 }),
         ));
     }
-    let listener = core.bind().await?;
-    core.serve(listener, shutdown_signal()).await?;
+    let listener = server.bind().await?;
+    server.serve(listener, shutdown_signal()).await?;
     for c in controllers {
         c.abort();
     }

@@ -251,7 +251,7 @@ async fn apply_heartbeat(
         )];
         st
     };
-    if let Err(e) = spec.validate_with_min_interval(ctx.core.config.min_interval) {
+    if let Err(e) = spec.validate_with_min_interval(ctx.config.min_interval) {
         deactivate(ctx, &key).await?;
         return invalid(
             &api,
@@ -301,7 +301,7 @@ async fn apply_heartbeat(
     let Some(owner_ref) = owner(hb.as_ref()) else {
         return Err(core_err("object has no uid yet"));
     };
-    let base = ctx.core.config.base_url().to_string();
+    let base = ctx.config.base_url().to_string();
     let ensured = secrets::ensure(
         &secrets_api,
         &secret_name,
@@ -337,7 +337,7 @@ async fn apply_heartbeat(
     }
     .monitor_def(
         existing.as_ref().map(|m| &m.def),
-        ctx.core.config.webhook_url.as_deref(),
+        ctx.config.webhook_url.as_deref(),
         now,
     );
     let changed = existing.as_ref().is_none_or(|m| {

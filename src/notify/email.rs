@@ -52,15 +52,15 @@ pub enum Security {
 /// A parsed SMTP URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SmtpConfig {
-    /// Host.
+    /// Server host name or address.
     pub host: String,
-    /// Port.
+    /// Server port: given, or 25, 587 or 465 by TLS mode.
     pub port: u16,
     /// TLS mode.
     pub security: Security,
     user: Option<String>,
     pass: Option<String>,
-    /// Sender.
+    /// Sender address (`From`).
     pub from: String,
 }
 
@@ -116,33 +116,8 @@ impl SmtpConfig {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let mut security = if implicit {
-            Security::Implicit
-        } else {
-            Security::Plain
-        };
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("tls", "starttls")) if !implicit => security = Security::StartTls,
-                Some(("tls", v)) => return Err(EmailConfigError::Tls(v.to_string())),
-                _ => {}
-            }
-        }
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                Some(p.parse::<u16>().map_err(|_| EmailConfigError::Host)?),
-            ),
-            None => (hostport, None),
-        };
-        if host.is_empty() {
-            return Err(EmailConfigError::Host);
-        }
-        let port = port.unwrap_or(match security {
-            Security::Plain => 25,
-            Security::StartTls => 587,
-            Security::Implicit => 465,
-        });
+        let security = security(implicit, query.unwrap_or(""))?;
+        let (host, port) = host_and_port(hostport, security)?;
         let (user, pass) = match userinfo {
             Some(u) => match u.split_once(':') {
                 Some((a, b)) => (Some(percent_decode(a)), Some(percent_decode(b))),
@@ -153,7 +128,7 @@ impl SmtpConfig {
         from.parse::<Mailbox>()
             .map_err(|_| EmailConfigError::From(from.to_string()))?;
         Ok(Self {
-            host: host.trim_matches(['[', ']']).to_string(),
+            host,
             port,
             security,
             user,
@@ -161,6 +136,44 @@ impl SmtpConfig {
             from: from.to_string(),
         })
     }
+}
+
+/// The TLS mode: implicit for `smtps://`, STARTTLS when the query asks for it.
+fn security(implicit: bool, query: &str) -> Result<Security, EmailConfigError> {
+    let mut security = if implicit {
+        Security::Implicit
+    } else {
+        Security::Plain
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("tls", "starttls")) if !implicit => security = Security::StartTls,
+            Some(("tls", v)) => return Err(EmailConfigError::Tls(v.to_string())),
+            _ => {}
+        }
+    }
+    Ok(security)
+}
+
+/// The host (brackets of an IPv6 address removed) and the port, by default the one the
+/// TLS mode uses.
+fn host_and_port(hostport: &str, security: Security) -> Result<(String, u16), EmailConfigError> {
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            Some(p.parse::<u16>().map_err(|_| EmailConfigError::Host)?),
+        ),
+        None => (hostport, None),
+    };
+    if host.is_empty() {
+        return Err(EmailConfigError::Host);
+    }
+    let port = port.unwrap_or(match security {
+        Security::Plain => 25,
+        Security::StartTls => 587,
+        Security::Implicit => 465,
+    });
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
 }
 
 /// Sends alert email through one SMTP server.

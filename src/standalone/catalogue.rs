@@ -5,6 +5,8 @@
 use futures::future::BoxFuture;
 
 use super::tokens;
+use crate::config::ServerConfig;
+use crate::core::Services;
 use crate::core::catalogue::{
     CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
 };
@@ -13,17 +15,37 @@ use crate::core::monitor::engine::{Monitor, Origin};
 use crate::core::registry::{AppInfo, object_key};
 use crate::core::store::apps::TokenOwner;
 use crate::core::token::{Token, TokenKind, random_id};
-use crate::server::Core;
 
 /// The standalone [`MonitorCatalogue`].
 pub struct StandaloneCatalogue {
-    core: Core,
+    core: Services,
+    config: ServerConfig,
 }
 
 impl StandaloneCatalogue {
-    /// A catalogue over `core`.
-    pub fn new(core: Core) -> Self {
-        Self { core }
+    /// A catalogue over `core`, with token files under `config`'s data directory.
+    pub fn new(core: Services, config: ServerConfig) -> Self {
+        Self { core, config }
+    }
+
+    /// The slug of `display_name`, numbered (`-2`, `-3`, ...) past every name a monitor,
+    /// a retained monitor or a token file of `app`'s namespace already has.
+    fn free_name(&self, app: &AppInfo, display_name: &str) -> String {
+        let engine = &self.core.engine;
+        let taken = |name: &str| {
+            let key = object_key(&app.namespace, name);
+            engine.get(&key).is_some()
+                || engine.retained(&key).is_some()
+                || tokens::token_path(&self.config.data_dir, "heartbeat", name).exists()
+        };
+        let base = slug(display_name);
+        let mut name = base.clone();
+        let mut n = 1;
+        while taken(&name) {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        name
     }
 }
 
@@ -47,26 +69,11 @@ impl MonitorCatalogue for StandaloneCatalogue {
         Box::pin(async move {
             let core = &self.core;
             check_quota(&core.engine, app)?;
-            let data = &core.config.data_dir;
-            let base = slug(&req.name);
-            let mut name = base.clone();
-            let mut n = 1;
-            while core
-                .engine
-                .get(&object_key(&app.namespace, &name))
-                .is_some()
-                || core
-                    .engine
-                    .retained(&object_key(&app.namespace, &name))
-                    .is_some()
-                || tokens::token_path(data, "heartbeat", &name).exists()
-            {
-                n += 1;
-                name = format!("{base}-{n}");
-            }
+            let data = &self.config.data_dir;
+            let name = self.free_name(app, &req.name);
             let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
             let url_path =
-                tokens::write_heartbeat_files(data, &name, &token, core.config.base_url())
+                tokens::write_heartbeat_files(data, &name, &token, self.config.base_url())
                     .map_err(unavailable)?;
             let key = object_key(&app.namespace, &name);
             core.registry
@@ -93,7 +100,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             }
             .monitor_def(
                 None,
-                core.config.webhook_url.as_deref(),
+                self.config.webhook_url.as_deref(),
                 jiff::Timestamp::now(),
             );
             let m = core.engine.upsert(def).await.map_err(unavailable)?;
@@ -150,13 +157,13 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 .remove(&monitor.def.key)
                 .await
                 .map_err(unavailable)?;
-            tokens::remove_heartbeat_files(&core.config.data_dir, &monitor.def.name);
+            tokens::remove_heartbeat_files(&self.config.data_dir, &monitor.def.name);
             Ok(())
         })
     }
 
     fn token(&self, monitor: &Monitor) -> Option<String> {
-        let path = tokens::token_path(&self.core.config.data_dir, "heartbeat", &monitor.def.name);
+        let path = tokens::token_path(&self.config.data_dir, "heartbeat", &monitor.def.name);
         tokens::read_token(&path)
             .ok()
             .flatten()

@@ -68,9 +68,9 @@ struct RawDoc {
 pub struct Object<S> {
     /// Namespace (`default` when not given).
     pub namespace: String,
-    /// Name.
+    /// Resource name (`metadata.name`).
     pub name: String,
-    /// Spec.
+    /// The desired state, validated.
     pub spec: S,
     /// The file it came from, for messages.
     pub source: PathBuf,
@@ -79,9 +79,9 @@ pub struct Object<S> {
 /// Everything defined in a manifests directory.
 #[derive(Debug, Clone, Default)]
 pub struct Manifests {
-    /// Applications.
+    /// Applications, in the order the files list them.
     pub applications: Vec<Object<ApplicationSpec>>,
-    /// Heartbeats.
+    /// Heartbeats, in the order the files list them.
     pub heartbeats: Vec<Object<HeartbeatSpec>>,
 }
 
@@ -114,61 +114,65 @@ pub fn parse_documents(
     for (i, doc) in docs.into_iter().enumerate() {
         let Some(doc) = doc else { continue };
         let at = |m: String| invalid(path, format!("document {}: {m}", i + 1));
-        let api = doc.api_version.unwrap_or_default();
-        if api != API_VERSION {
-            return Err(at(format!(
-                "apiVersion must be {API_VERSION}, found {api:?}"
-            )));
+        add_document(path, doc, min_interval, out).map_err(at)?;
+    }
+    Ok(())
+}
+
+/// Checks one document and adds its object to `out`; `Err` says what is wrong with it.
+fn add_document(
+    path: &Path,
+    doc: RawDoc,
+    min_interval: SpecDuration,
+    out: &mut Manifests,
+) -> Result<(), String> {
+    let api = doc.api_version.unwrap_or_default();
+    if api != API_VERSION {
+        return Err(format!("apiVersion must be {API_VERSION}, found {api:?}"));
+    }
+    let meta = doc.metadata.ok_or("metadata.name is required")?;
+    let name = meta.name.unwrap_or_default();
+    if !valid_name(&name) {
+        return Err(format!(
+            "metadata.name {name:?} must be a DNS name (lower-case letters, digits, '-' and '.')"
+        ));
+    }
+    let namespace = meta.namespace.unwrap_or_else(|| "default".into());
+    let spec = match doc.spec {
+        None | Some(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
+        Some(spec) => spec,
+    };
+    let source = path.to_path_buf();
+    match doc.kind.as_deref() {
+        Some("Application") => {
+            let spec: ApplicationSpec = serde_json::from_value(spec)
+                .map_err(|e| format!("Application {name}: spec is invalid: {e}"))?;
+            spec.validate()
+                .map_err(|e| format!("Application {name}: {e}"))?;
+            out.applications.push(Object {
+                namespace,
+                name,
+                spec,
+                source,
+            });
         }
-        let meta = doc
-            .metadata
-            .ok_or_else(|| at("metadata.name is required".into()))?;
-        let name = meta.name.unwrap_or_default();
-        if !valid_name(&name) {
-            return Err(at(format!(
-                "metadata.name {name:?} must be a DNS name (lower-case letters, digits, '-' and '.')"
-            )));
+        Some("Heartbeat") => {
+            let spec: HeartbeatSpec = serde_json::from_value(spec)
+                .map_err(|e| format!("Heartbeat {name}: spec is invalid: {e}"))?;
+            spec.validate_with_min_interval(min_interval)
+                .map_err(|e| format!("Heartbeat {name}: {e}"))?;
+            out.heartbeats.push(Object {
+                namespace,
+                name,
+                spec,
+                source,
+            });
         }
-        let namespace = meta.namespace.unwrap_or_else(|| "default".into());
-        let spec = doc
-            .spec
-            .unwrap_or(serde_json::Value::Object(Default::default()));
-        let spec = if spec.is_null() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            spec
-        };
-        match doc.kind.as_deref() {
-            Some("Application") => {
-                let spec: ApplicationSpec = serde_json::from_value(spec)
-                    .map_err(|e| at(format!("Application {name}: spec is invalid: {e}")))?;
-                spec.validate()
-                    .map_err(|e| at(format!("Application {name}: {e}")))?;
-                out.applications.push(Object {
-                    namespace,
-                    name,
-                    spec,
-                    source: path.to_path_buf(),
-                });
-            }
-            Some("Heartbeat") => {
-                let spec: HeartbeatSpec = serde_json::from_value(spec)
-                    .map_err(|e| at(format!("Heartbeat {name}: spec is invalid: {e}")))?;
-                spec.validate_with_min_interval(min_interval)
-                    .map_err(|e| at(format!("Heartbeat {name}: {e}")))?;
-                out.heartbeats.push(Object {
-                    namespace,
-                    name,
-                    spec,
-                    source: path.to_path_buf(),
-                });
-            }
-            other => {
-                return Err(at(format!(
-                    "kind must be Application or Heartbeat, found {:?}",
-                    other.unwrap_or("")
-                )));
-            }
+        other => {
+            return Err(format!(
+                "kind must be Application or Heartbeat, found {:?}",
+                other.unwrap_or("")
+            ));
         }
     }
     Ok(())

@@ -5,14 +5,18 @@ pub mod manifests;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::ServerConfig;
+use crate::core::Services;
 use crate::core::monitor::define::DeclaredHeartbeat;
 use crate::core::monitor::engine::{EngineError, Origin};
-use crate::core::registry::{RegistryError, object_key};
+use crate::core::registry::{AppInfo, RegistryError, object_key};
+use crate::core::spec::HeartbeatSpec;
 use crate::core::store::apps::TokenOwner;
-use crate::core::token::{TokenError, TokenKind};
-use crate::server::{Core, ServerError, shutdown_signal};
+use crate::core::token::{Token, TokenError, TokenKind, random_id};
+use crate::server::{Server, ServerError, shutdown_signal};
+use manifests::{Manifests, Object};
 
 /// Why standalone mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,32 +61,77 @@ pub enum StandaloneError {
     },
 }
 
-/// Applies the manifests in `dir` to the core: applications (and their tokens) are created
-/// or updated; ones that disappeared from the directory lose their token but keep their data.
+/// Applies the manifests in `dir` to the server's services: applications and heartbeats
+/// (and their tokens) are created or updated; applications that disappeared from the
+/// directory lose their token but keep their data, heartbeats that disappeared are removed.
+/// Installs the standalone monitor catalogue for the management API.
 pub async fn apply_manifests(
-    core: &Core,
+    server: &mut Server,
     dir: &Path,
-) -> Result<manifests::Manifests, StandaloneError> {
-    let m = manifests::load_dir(dir, core.config.min_interval)?;
-    let data = &core.config.data_dir;
+) -> Result<Manifests, StandaloneError> {
+    let m = manifests::load_dir(dir, server.config.min_interval)?;
+    let apply = Apply {
+        core: &server.core,
+        config: &server.config,
+        dir,
+    };
     for app in &m.applications {
-        let (token, origin) = tokens::ensure_token(
-            data,
-            dir,
+        apply.application(app).await?;
+    }
+    apply.remove_stale_applications(&m).await?;
+    let now = jiff::Timestamp::now();
+    for hb in &m.heartbeats {
+        apply.heartbeat(hb, now).await?;
+    }
+    apply.remove_stale_heartbeats(&m).await?;
+    apply.admin_token().await?;
+    let catalogue = catalogue::StandaloneCatalogue::new(server.core.clone(), server.config.clone());
+    server.set_catalogue(Arc::new(catalogue));
+    Ok(m)
+}
+
+/// One pass of applying a manifests directory.
+struct Apply<'a> {
+    core: &'a Services,
+    config: &'a ServerConfig,
+    dir: &'a Path,
+}
+
+fn refused(object: String) -> impl FnOnce(RegistryError) -> StandaloneError {
+    move |source| StandaloneError::Registry { object, source }
+}
+
+fn engine_refused(object: &str) -> impl FnOnce(EngineError) -> StandaloneError {
+    let object = object.to_string();
+    move |source| StandaloneError::Engine { object, source }
+}
+
+impl Apply<'_> {
+    fn data(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Creates or updates an Application with its token (the manifest's file, the one
+    /// issued earlier, or a new one, printed once).
+    async fn application(
+        &self,
+        app: &Object<crate::core::spec::ApplicationSpec>,
+    ) -> Result<(), StandaloneError> {
+        let (token, source) = tokens::ensure_token(
+            self.data(),
+            self.dir,
             TokenKind::Application,
             "application",
             &app.name,
             app.spec.token_file.as_deref(),
         )?;
-        core.registry
+        self.core
+            .registry
             .upsert_application(&app.namespace, &app.name, app.spec.clone(), token.hash())
             .await
-            .map_err(|source| StandaloneError::Registry {
-                object: format!("Application {}", app.name),
-                source,
-            })?;
-        if origin == tokens::TokenSource::New {
-            let path = tokens::token_path(data, "application", &app.name);
+            .map_err(refused(format!("Application {}", app.name)))?;
+        if source == tokens::TokenSource::New {
+            let path = tokens::token_path(self.data(), "application", &app.name);
             println!(
                 "Issued a token for Application {}: {} (saved in {})",
                 app.name,
@@ -90,105 +139,54 @@ pub async fn apply_manifests(
                 path.display()
             );
         }
+        Ok(())
     }
-    let wanted: Vec<String> = m
-        .applications
-        .iter()
-        .map(|a| object_key(&a.namespace, &a.name))
-        .collect();
-    for app in core.registry.applications() {
-        if !wanted.contains(&app.key) {
-            tracing::info!(application = %app.key, "application no longer in the manifests: its token is revoked, its data kept");
-            core.registry
-                .remove_application(&app.namespace, &app.name, false)
-                .await
-                .map_err(|source| StandaloneError::Registry {
-                    object: format!("Application {}", app.name),
-                    source,
-                })?;
-        }
-    }
-    apply_heartbeats(core, dir, &m).await?;
-    ensure_admin_token(core).await?;
-    let _ = core
-        .catalogue
-        .set(std::sync::Arc::new(catalogue::StandaloneCatalogue::new(
-            core.clone(),
-        )));
-    Ok(m)
-}
 
-/// The dashboard/status admin token: `<data>/tokens/admin.token`.
-async fn ensure_admin_token(core: &Core) -> Result<(), StandaloneError> {
-    let path = core.config.data_dir.join("tokens").join("admin.token");
-    let token = match tokens::read_token(&path)? {
-        Some(t) => t,
-        None => {
-            let t = crate::core::token::Token::generate(TokenKind::Admin)?;
-            tokens::write_private(&path, t.expose())?;
-            println!(
-                "Issued the admin token (sees every application and monitor): saved in {}",
-                path.display()
-            );
-            t
-        }
-    };
-    core.registry
-        .set_admin_token(token.hash())
-        .await
-        .map_err(|source| StandaloneError::Registry {
-            object: "admin token".into(),
-            source,
-        })
-}
-
-async fn apply_heartbeats(
-    core: &Core,
-    dir: &Path,
-    m: &manifests::Manifests,
-) -> Result<(), StandaloneError> {
-    let data = &core.config.data_dir;
-    let now = jiff::Timestamp::now();
-    for hb in &m.heartbeats {
-        let key = object_key(&hb.namespace, &hb.name);
-        let app = match &hb.spec.application_ref {
-            Some(r) => {
-                let app_key = object_key(&hb.namespace, &r.name);
-                let Some(app) = core.registry.application(&app_key) else {
-                    return Err(StandaloneError::UnknownApplication {
-                        heartbeat: hb.name.clone(),
-                        application: r.name.clone(),
-                    });
-                };
-                Some(app)
+    async fn remove_stale_applications(&self, m: &Manifests) -> Result<(), StandaloneError> {
+        let wanted: Vec<String> = m
+            .applications
+            .iter()
+            .map(|a| object_key(&a.namespace, &a.name))
+            .collect();
+        for app in self.core.registry.applications() {
+            if !wanted.contains(&app.key) {
+                tracing::info!(application = %app.key, "application no longer in the manifests: its token is revoked, its data kept");
+                self.core
+                    .registry
+                    .remove_application(&app.namespace, &app.name, false)
+                    .await
+                    .map_err(refused(format!("Application {}", app.name)))?;
             }
-            None => None,
-        };
-        let (token, origin) = tokens::ensure_token(
-            data,
-            dir,
+        }
+        Ok(())
+    }
+
+    /// Creates or updates a Heartbeat's monitor, its token and its ping URL file.
+    async fn heartbeat(
+        &self,
+        hb: &Object<HeartbeatSpec>,
+        now: jiff::Timestamp,
+    ) -> Result<(), StandaloneError> {
+        let app = self.application_of(hb)?;
+        let (token, source) = tokens::ensure_token(
+            self.data(),
+            self.dir,
             TokenKind::Heartbeat,
             "heartbeat",
             &hb.name,
             hb.spec.token_file.as_deref(),
         )?;
-        let url_path = tokens::write_ping_url(data, &hb.name, &token, core.config.base_url())?;
-        let existing = core.engine.get(&key);
-        let old_token = existing.as_ref().map(|e| e.def.token);
-        core.registry
-            .put_token(
-                token.hash(),
-                TokenOwner {
-                    kind: TokenKind::Heartbeat,
-                    key: key.clone(),
-                },
-                old_token,
-            )
-            .await
-            .map_err(|source| StandaloneError::Registry {
-                object: format!("Heartbeat {}", hb.name),
-                source,
-            })?;
+        let url_path =
+            tokens::write_ping_url(self.data(), &hb.name, &token, self.config.base_url())?;
+        let key = object_key(&hb.namespace, &hb.name);
+        let existing = self.core.engine.get(&key);
+        self.index_token(
+            &token,
+            key,
+            existing.as_ref().map(|e| e.def.token),
+            &hb.name,
+        )
+        .await?;
         let def = DeclaredHeartbeat {
             namespace: &hb.namespace,
             name: &hb.name,
@@ -197,70 +195,131 @@ async fn apply_heartbeats(
             token: token.hash(),
             ping_hint: tokens::ping_hint(&url_path),
             origin: Origin::Manifest,
-            id: crate::core::token::random_id()?,
+            id: random_id()?,
         }
         .monitor_def(
             existing.as_ref().map(|e| &e.def),
-            core.config.webhook_url.as_deref(),
+            self.config.webhook_url.as_deref(),
             now,
         );
-        let unchanged = existing.as_ref().is_some_and(|e| e.def == def);
-        if !unchanged {
-            core.engine
+        if existing.as_ref().is_none_or(|e| e.def != def) {
+            self.core
+                .engine
                 .upsert(def)
                 .await
-                .map_err(|source| StandaloneError::Engine {
-                    object: hb.name.clone(),
-                    source,
-                })?;
+                .map_err(engine_refused(&hb.name))?;
         }
-        if origin == tokens::TokenSource::New {
+        if source == tokens::TokenSource::New {
             println!(
                 "Issued a ping URL for Heartbeat {}: saved in {}",
                 hb.name,
                 url_path.display()
             );
         }
+        Ok(())
     }
-    let wanted: Vec<String> = m
-        .heartbeats
-        .iter()
-        .map(|h| object_key(&h.namespace, &h.name))
-        .collect();
-    for mon in core.engine.list() {
-        if mon.def.origin == Origin::Manifest && !wanted.contains(&mon.def.key) {
-            tracing::info!(monitor = %mon.def.key, "heartbeat no longer in the manifests: removing it and revoking its token");
-            core.registry
-                .remove_token(mon.def.token)
-                .await
-                .map_err(|source| StandaloneError::Registry {
-                    object: format!("Heartbeat {}", mon.def.name),
-                    source,
-                })?;
-            core.engine
-                .remove(&mon.def.key)
-                .await
-                .map_err(|source| StandaloneError::Engine {
-                    object: mon.def.name.clone(),
-                    source,
-                })?;
+
+    /// The Application a Heartbeat's `applicationRef` names, which must be defined.
+    fn application_of(
+        &self,
+        hb: &Object<HeartbeatSpec>,
+    ) -> Result<Option<Arc<AppInfo>>, StandaloneError> {
+        let Some(r) = &hb.spec.application_ref else {
+            return Ok(None);
+        };
+        match self
+            .core
+            .registry
+            .application(&object_key(&hb.namespace, &r.name))
+        {
+            Some(app) => Ok(Some(app)),
+            None => Err(StandaloneError::UnknownApplication {
+                heartbeat: hb.name.clone(),
+                application: r.name.clone(),
+            }),
         }
     }
-    Ok(())
+
+    /// Indexes a Heartbeat's ping token, replacing the one it had.
+    async fn index_token(
+        &self,
+        token: &Token,
+        key: String,
+        old: Option<crate::core::token::TokenHash>,
+        name: &str,
+    ) -> Result<(), StandaloneError> {
+        let owner = TokenOwner {
+            kind: TokenKind::Heartbeat,
+            key,
+        };
+        self.core
+            .registry
+            .put_token(token.hash(), owner, old)
+            .await
+            .map_err(refused(format!("Heartbeat {name}")))
+    }
+
+    async fn remove_stale_heartbeats(&self, m: &Manifests) -> Result<(), StandaloneError> {
+        let wanted: Vec<String> = m
+            .heartbeats
+            .iter()
+            .map(|h| object_key(&h.namespace, &h.name))
+            .collect();
+        for mon in self.core.engine.list() {
+            if mon.def.origin == Origin::Manifest && !wanted.contains(&mon.def.key) {
+                tracing::info!(monitor = %mon.def.key, "heartbeat no longer in the manifests: removing it and revoking its token");
+                self.core
+                    .registry
+                    .remove_token(mon.def.token)
+                    .await
+                    .map_err(refused(format!("Heartbeat {}", mon.def.name)))?;
+                self.core
+                    .engine
+                    .remove(&mon.def.key)
+                    .await
+                    .map_err(engine_refused(&mon.def.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The dashboard and status admin token: `<data>/tokens/admin.token`, issued once.
+    async fn admin_token(&self) -> Result<(), StandaloneError> {
+        let path = self.data().join("tokens").join("admin.token");
+        let token = match tokens::read_token(&path)? {
+            Some(t) => t,
+            None => {
+                let t = Token::generate(TokenKind::Admin)?;
+                tokens::write_private(&path, t.expose())?;
+                println!(
+                    "Issued the admin token (sees every application and monitor): saved in {}",
+                    path.display()
+                );
+                t
+            }
+        };
+        self.core
+            .registry
+            .set_admin_token(token.hash())
+            .await
+            .map_err(refused("admin token".into()))
+    }
 }
 
 /// Runs standalone mode until SIGTERM/Ctrl-C.
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
-    let core = Core::open(config)?;
-    let m = apply_manifests(&core, &manifests_dir).await?;
+    let mut server = Server::open(config)?;
+    let m = apply_manifests(&mut server, &manifests_dir).await?;
     tracing::info!(
         applications = m.applications.len(),
         heartbeats = m.heartbeats.len(),
         manifests = %manifests_dir.display(),
         "manifests applied"
     );
-    core.spawn_retention(std::time::Duration::from_secs(3600));
-    let listener = core.bind().await?;
-    core.serve(listener, shutdown_signal()).await?;
+    server
+        .core
+        .spawn_retention(std::time::Duration::from_secs(3600));
+    let listener = server.bind().await?;
+    server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

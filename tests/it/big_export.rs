@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hartslag::config::ServerConfig;
+use hartslag::core::Services;
+use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::store::events::EventWrite;
 use hartslag::core::store::keys::EventValue;
-use hartslag::server::Core;
 
 use crate::helpers::{ChildServer, app_manifest, read_token};
 
@@ -33,10 +34,10 @@ fn fill(manifests: &Path, data: &Path) {
             .unwrap();
         rt.block_on(async move {
             let addr = "127.0.0.1:0".parse().unwrap();
-            let core = Core::open(ServerConfig::new(addr, data)).unwrap();
+            let config = ServerConfig::new(addr, data).services();
+            let core = Services::open(&config, &mut MetricRegistry::default()).unwrap();
             // The Application as the manifest defines it; the server started on this
-            // directory later issues its token. (Not through the standalone front end: its
-            // catalogue keeps the core alive, and with it the database lock.)
+            // directory later issues its token.
             let spec = hartslag::standalone::manifests::load_dir(
                 &manifests,
                 hartslag::core::spec::MIN_INTERVAL,

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use crate::helpers::kubectl;
+
 fn script(args: &[&str]) -> std::process::Output {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chart/test_chart.py");
     let out = Command::new("python3")
@@ -28,19 +30,6 @@ fn chart_lints_renders_and_rejects_bad_values() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

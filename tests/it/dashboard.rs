@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{InProcess, heartbeat_manifest, read_token, wait_state};
+use crate::helpers::{InProcess, heartbeat_manifest, ping_url, read_token, wait_state};
 use hartslag::core::duration::SpecDuration;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -110,13 +110,6 @@ async fn send_event(base: &str, token: &str, body: serde_json::Value) {
     assert_eq!(res.status(), StatusCode::CREATED, "{body}");
 }
 
-fn ping_url(s: &InProcess, name: &str) -> String {
-    std::fs::read_to_string(s.data.join("tokens").join(format!("heartbeat-{name}.url")))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// Sends a form the way a browser does (`application/x-www-form-urlencoded`).
 trait FormBody {
     fn form_body(self, pairs: &[(&str, &str)]) -> Self;
@@ -183,7 +176,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
         .await;
     }
     send_event(&base, &billing, json!({"event": "invoice"})).await;
-    let backup = ping_url(&s, "backup");
+    let backup = ping_url(&s.data, "backup");
     let c = client();
     assert!(
         c.get(backup.replace("/ping", "/start"))
@@ -433,7 +426,7 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     assert_no_tokens("/ui (shop)", &overview);
 
     // A monitor that goes Down shows first, in the overview and its timeline.
-    let flappy = ping_url(&s, "flappy");
+    let flappy = ping_url(&s.data, "flappy");
     assert!(c.get(&flappy).send().await.unwrap().status().is_success());
     wait_state(&base, &admin, "flappy", "Down", Duration::from_secs(10)).await;
     let overview = page(&base, "/ui", &sh).await;
@@ -515,8 +508,8 @@ async fn live_stream_announces_a_state_change_at_once() {
             .starts_with("text/event-stream")
     );
     // A change the viewer may not see is not announced; its own monitor's change is.
-    let report = ping_url(&s, "report");
-    let backup = ping_url(&s, "backup");
+    let report = ping_url(&s.data, "report");
+    let backup = ping_url(&s.data, "backup");
     let c = client();
     assert!(c.get(&report).send().await.unwrap().status().is_success());
     let sent = std::time::Instant::now();

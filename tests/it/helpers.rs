@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
-use hartslag::server::Core;
+use hartslag::core::Services;
+use hartslag::server::Server;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -24,8 +25,8 @@ pub struct InProcess {
     pub base: String,
     /// Data directory.
     pub data: PathBuf,
-    /// The core, for white-box assertions.
-    pub core: Core,
+    /// The core's services, for white-box assertions.
+    pub core: Services,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: TempDir,
@@ -54,18 +55,19 @@ impl InProcess {
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, data.clone());
         tweak(&mut config);
-        let core = Core::open(config).unwrap();
-        hartslag::standalone::apply_manifests(&core, &manifests)
+        let mut server = Server::open(config).unwrap();
+        hartslag::standalone::apply_manifests(&mut server, &manifests)
             .await
             .unwrap();
+        let core = server.core.clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let c = core.clone();
         let task = tokio::spawn(async move {
-            c.serve(listener, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
+            server
+                .serve(listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
         });
         Self {
             base: format!("http://{addr}"),
@@ -369,6 +371,15 @@ impl SmtpSink {
         out
     }
 
+    /// Waits (up to `within`) for mail whose subject contains `needle`; returns all of it.
+    pub async fn wait_for_mail(&self, needle: &str, within: Duration) -> Vec<String> {
+        wait_for(&format!("an email about {needle:?}"), within, || {
+            let mails = self.with_subject(needle);
+            async move { (!mails.is_empty()).then_some(mails) }
+        })
+        .await
+    }
+
     /// Messages whose subject contains `needle`.
     pub fn with_subject(&self, needle: &str) -> Vec<String> {
         self.messages()
@@ -417,7 +428,7 @@ pub fn heartbeat_manifest(name: &str, interval: &str, grace: &str, extra_spec: &
     )
 }
 
-/// The Prometheus text of `/metrics`.
+/// The OpenMetrics text of `/metrics`.
 pub async fn metrics_text(base: &str) -> String {
     reqwest::get(format!("{base}/metrics"))
         .await
@@ -425,6 +436,56 @@ pub async fn metrics_text(base: &str) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// The value of the first sample in `text` whose series (name and labels) is `series`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The value of `series` on the server at `base`; `None` while it cannot be read.
+pub async fn metric(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric_value(&text, series)
+}
+
+/// Waits until the server at `base` has no alert delivery left in its outbox.
+pub async fn wait_outbox_empty(base: &str) {
+    wait_for("an empty outbox", Duration::from_secs(10), || async move {
+        metric(base, "hartslag_alert_deliveries_pending")
+            .await
+            .filter(|v| *v == 0.0)
+    })
+    .await;
+}
+
+/// The ping URL standalone mode wrote for Heartbeat `name` under `data`.
+pub fn ping_url(data: &Path, name: &str) -> String {
+    std::fs::read_to_string(data.join("tokens").join(format!("heartbeat-{name}.url")))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Runs `kubectl` (the `KUBECONFIG` of the environment) and returns its output; fails the
+/// test with kubectl's message when it fails.
+pub fn kubectl(args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Reads `/v1/status` with the admin token and returns the monitor named `name`.

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod big_export;
+mod boundary;
 mod chart;
 mod crds;
 mod dashboard;

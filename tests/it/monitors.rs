@@ -5,7 +5,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::{ChildServer, InProcess, SmtpSink, heartbeat_manifest, wait_for, wait_state};
+use crate::helpers::{
+    ChildServer, InProcess, SmtpSink, heartbeat_manifest, metric, ping_url, wait_for,
+    wait_outbox_empty, wait_state,
+};
 use hartslag::core::duration::SpecDuration;
 use serde_json::{Value, json};
 
@@ -20,26 +23,6 @@ async fn start(files: &[(&str, String)], smtp: Option<String>) -> InProcess {
         c.ping_history = 5;
     })
     .await
-}
-
-fn ping_url(data: &std::path::Path, name: &str) -> String {
-    std::fs::read_to_string(data.join("tokens").join(format!("heartbeat-{name}.url")))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-async fn metric(base: &str, line_prefix: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,11 +55,9 @@ async fn down_then_recovery_send_exactly_one_email_each() {
     wait_state(&s.base, &admin, "backup", "Up", Duration::from_secs(5)).await;
     let down = wait_state(&s.base, &admin, "backup", "Down", Duration::from_secs(15)).await;
     assert_eq!(down["status"], "failing");
-    let mails = wait_for("one DOWN email", Duration::from_secs(15), || {
-        let m = sink.with_subject("DOWN: Nightly backup");
-        async move { (!m.is_empty()).then_some(m) }
-    })
-    .await;
+    let mails = sink
+        .wait_for_mail("DOWN: Nightly backup", Duration::from_secs(15))
+        .await;
     assert_eq!(mails.len(), 1);
     let mail = &mails[0];
     for needle in [
@@ -100,11 +81,10 @@ async fn down_then_recovery_send_exactly_one_email_each() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    wait_for("one RECOVERED email", Duration::from_secs(15), || {
-        let n = sink.with_subject("RECOVERED: Nightly backup").len();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    let mails = sink
+        .wait_for_mail("RECOVERED: Nightly backup", Duration::from_secs(15))
+        .await;
+    assert_eq!(mails.len(), 1, "one RECOVERED email");
     assert_eq!(
         sink.with_subject("DOWN").len(),
         1,
@@ -144,25 +124,9 @@ async fn smtp_outage_is_retried_and_delivered_once() {
     .await;
     assert!(sink.messages().is_empty());
     sink.run().await;
-    wait_for(
-        "the DOWN email after SMTP returned",
-        Duration::from_secs(20),
-        || {
-            let n = sink.with_subject("DOWN: report").len();
-            async move { (n >= 1).then_some(()) }
-        },
-    )
-    .await;
-    let base = s.base.clone();
-    wait_for("an empty outbox", Duration::from_secs(10), || {
-        let base = base.clone();
-        async move {
-            metric(&base, "hartslag_alert_deliveries_pending")
-                .await
-                .filter(|v| *v == 0.0)
-        }
-    })
-    .await;
+    sink.wait_for_mail("DOWN: report", Duration::from_secs(20))
+        .await;
+    wait_outbox_empty(&s.base).await;
     assert_eq!(sink.with_subject("DOWN: report").len(), 1);
     s.stop().await;
 }
@@ -431,25 +395,9 @@ async fn kill_9_between_down_and_delivery_delivers_once_after_restart() {
     server.kill9();
     sink.run().await;
     let server = ChildServer::start(&manifests, &data, &args).await;
-    wait_for(
-        "the DOWN email after restart",
-        Duration::from_secs(20),
-        || {
-            let n = sink.with_subject("DOWN: nightly").len();
-            async move { (n >= 1).then_some(()) }
-        },
-    )
-    .await;
-    let base = server.base.clone();
-    wait_for("an empty outbox", Duration::from_secs(10), || {
-        let base = base.clone();
-        async move {
-            metric(&base, "hartslag_alert_deliveries_pending")
-                .await
-                .filter(|v| *v == 0.0)
-        }
-    })
-    .await;
+    sink.wait_for_mail("DOWN: nightly", Duration::from_secs(20))
+        .await;
+    wait_outbox_empty(&server.base).await;
     assert_eq!(sink.with_subject("DOWN: nightly").len(), 1);
     assert_eq!(
         metric(&server.base, "hartslag_alerts_total{kind=\"down\"}").await,
@@ -505,21 +453,9 @@ async fn overdue_while_stopped_alerts_once_and_edits_keep_history() {
         Duration::from_secs(10),
     )
     .await;
-    wait_for("one DOWN email", Duration::from_secs(15), || {
-        let n = sink.with_subject("DOWN: cron").len();
-        async move { (n >= 1).then_some(()) }
-    })
-    .await;
-    let base = server.base.clone();
-    wait_for("an empty outbox", Duration::from_secs(10), || {
-        let base = base.clone();
-        async move {
-            metric(&base, "hartslag_alert_deliveries_pending")
-                .await
-                .filter(|v| *v == 0.0)
-        }
-    })
-    .await;
+    sink.wait_for_mail("DOWN: cron", Duration::from_secs(15))
+        .await;
+    wait_outbox_empty(&server.base).await;
     drop(server);
 
     // Edit the manifest (longer interval) and restart: state, counts and history survive.
@@ -547,11 +483,10 @@ async fn overdue_while_stopped_alerts_once_and_edits_keep_history() {
     reqwest::get(ping_url(&data, "cron")).await.unwrap();
     let m = wait_state(&server.base, &admin, "cron", "Up", Duration::from_secs(5)).await;
     assert_eq!(m["pings"], 4);
-    wait_for("one RECOVERED email", Duration::from_secs(15), || {
-        let n = sink.with_subject("RECOVERED: cron").len();
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    let mails = sink
+        .wait_for_mail("RECOVERED: cron", Duration::from_secs(15))
+        .await;
+    assert_eq!(mails.len(), 1, "one RECOVERED email");
     assert_eq!(
         sink.with_subject("DOWN: cron").len(),
         1,
@@ -633,15 +568,15 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
     use hartslag::config::ServerConfig;
     use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
     use hartslag::core::token::TokenHash;
-    use hartslag::server::Core;
+    use hartslag::server::Server;
 
     let dir = tempfile::tempdir().unwrap();
-    let core = Core::open(ServerConfig::new(
+    let server = Server::open(ServerConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         dir.path().join("data"),
     ))
     .unwrap();
-    let engine = &core.engine;
+    let engine = &server.core.engine;
     let now = jiff::Timestamp::now();
     const MONITORS: usize = 50;
     for i in 0..MONITORS {

@@ -3,7 +3,10 @@
 //! implementations live outside the core (`crate::notify`).
 
 pub mod message;
+mod metrics;
 pub mod outbox;
+
+pub use metrics::OutboxStats;
 
 use futures::future::BoxFuture;
 

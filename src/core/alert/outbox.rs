@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::message::{Alert, Target};
-use super::{Deliver, DeliveryError};
+use super::{Deliver, DeliveryError, OutboxStats};
 use crate::core::store::Committer;
 
 /// Errors of the outbox's storage.
@@ -88,25 +88,12 @@ pub struct DoneRecord {
     pub key: String,
     /// `delivered`, `failed` or `skipped`.
     pub outcome: String,
-    /// Detail.
+    /// Why it failed or was skipped.
     pub detail: Option<String>,
     /// Attempts made.
     pub attempts: u32,
-    /// When.
+    /// When it finished.
     pub at: Timestamp,
-}
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct OutboxStats {
-    /// Deliveries accepted by their target.
-    pub delivered: AtomicU64,
-    /// Deliveries given up (permanent error or too old).
-    pub failed: AtomicU64,
-    /// Transient failures that were rescheduled.
-    pub retried: AtomicU64,
-    /// Deliveries skipped because their channel is not configured.
-    pub skipped: AtomicU64,
 }
 
 /// The key of one (alert, target) delivery.
@@ -192,6 +179,11 @@ impl Outbox {
         })
     }
 
+    /// Adds the outbox's families to `/metrics`.
+    pub fn register_metrics(&self, registry: &mut crate::core::metrics::MetricRegistry) {
+        self.stats.register(self.pending.clone(), registry);
+    }
+
     /// The tree pending deliveries live in (for callers that write records atomically).
     pub fn pending_tree(&self) -> &sled::Tree {
         &self.pending
@@ -200,35 +192,6 @@ impl Outbox {
     /// Wakes the worker after records were written by someone else.
     pub fn wake(&self) {
         self.notify.notify_one();
-    }
-
-    /// Stores `alert` for each target durably (idempotent by alert id) and wakes the worker.
-    pub async fn enqueue(&self, alert: &Alert, targets: &[Target]) -> Result<(), OutboxError> {
-        for (k, v) in records(alert, targets, Timestamp::now())? {
-            let _ = self.pending.compare_and_swap(k, None::<&[u8]>, Some(v))?;
-        }
-        self.committer.flush().await?;
-        self.wake();
-        Ok(())
-    }
-
-    /// Deliveries not yet done.
-    pub fn pending(&self) -> Vec<Delivery> {
-        self.pending
-            .iter()
-            .values()
-            .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
-            .collect()
-    }
-
-    /// The most recent finished deliveries, newest first.
-    pub fn recent_done(&self, limit: usize) -> Vec<DoneRecord> {
-        self.done
-            .iter()
-            .rev()
-            .take(limit)
-            .filter_map(|item| item.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
-            .collect()
     }
 
     async fn finish(
@@ -268,17 +231,17 @@ impl Outbox {
         match result {
             Ok(()) => {
                 tracing::info!(alert = %d.alert.id, attempts = d.attempts, "alert delivered");
-                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.stats.delivered.inc();
                 self.finish(key, &d, "delivered", None).await
             }
             Err(DeliveryError::Unconfigured(msg)) => {
                 tracing::warn!(alert = %d.alert.id, reason = %msg, "alert not sent: its channel is not configured");
-                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                self.stats.skipped.inc();
                 self.finish(key, &d, "skipped", Some(msg)).await
             }
             Err(DeliveryError::Permanent(msg)) => {
                 tracing::warn!(alert = %d.alert.id, error = %msg, "alert delivery failed permanently");
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.stats.failed.inc();
                 self.finish(key, &d, "failed", Some(msg)).await
             }
             Err(DeliveryError::Transient(msg)) => {
@@ -288,14 +251,14 @@ impl Outbox {
                         .unwrap_or(SignedDuration::MAX)
                 {
                     tracing::warn!(alert = %d.alert.id, error = %msg, attempts = d.attempts, "alert delivery given up");
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    self.stats.failed.inc();
                     return self
                         .finish(key, &d, "failed", Some(format!("gave up: {msg}")))
                         .await;
                 }
                 let delay = backoff(&self.config, d.attempts - 1, key);
                 tracing::info!(alert = %d.alert.id, error = %msg, attempts = d.attempts, retry_in_ms = delay.as_millis() as u64, "alert delivery will be retried");
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                self.stats.retried.inc();
                 d.next_attempt_at = Timestamp::now()
                     .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
                     .unwrap_or(Timestamp::MAX);

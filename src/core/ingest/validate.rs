@@ -166,67 +166,16 @@ fn offset_in_range(s: &str) -> bool {
     }
 }
 
-/// Applies the contract's rules to a parsed JSON body.
+/// Applies the contract's rules to a parsed JSON body; every field at fault is named.
 pub fn validate_event(body: &Value) -> Result<NewEvent, ValidationErrors> {
     let Value::Object(map) = body else {
         return Err(ValidationErrors::body_not_object());
     };
     let mut errors = ValidationErrors::default();
-
-    let event = match normalise(map.get("event")) {
-        None => {
-            errors.add("event", "The event field is required.".into());
-            None
-        }
-        Some(Value::String(s)) => {
-            if s.chars().count() > MAX_EVENT_CHARS {
-                errors.add(
-                    "event",
-                    "The event field must not be greater than 255 characters.".into(),
-                );
-                None
-            } else {
-                Some(s)
-            }
-        }
-        Some(_) => {
-            errors.add("event", "The event field must be a string.".into());
-            None
-        }
-    };
-
-    let mut integer = |field: &str, label: &str| -> Option<i64> {
-        let v = normalise(map.get(field))?;
-        let parsed = as_integer(&v);
-        if parsed.is_none() {
-            errors.add(field, format!("The {label} field must be an integer."));
-        }
-        parsed
-    };
-    let weight = integer("weight", "weight");
-    let user_id = integer("user_id", "user id");
-
-    let created_at = match normalise(map.get("created_at")) {
-        None => None,
-        Some(Value::String(s)) => {
-            let parsed = parse_created_at(&s);
-            if parsed.is_none() {
-                errors.add(
-                    "created_at",
-                    "The created at field must be a valid date.".into(),
-                );
-            }
-            parsed
-        }
-        Some(_) => {
-            errors.add(
-                "created_at",
-                "The created at field must be a valid date.".into(),
-            );
-            None
-        }
-    };
-
+    let event = event_field(map, &mut errors);
+    let weight = integer_field(map, "weight", "weight", &mut errors);
+    let user_id = integer_field(map, "user_id", "user id", &mut errors);
+    let created_at = created_at_field(map, &mut errors);
     match (errors.is_empty(), event) {
         (true, Some(event)) => Ok(NewEvent {
             event,
@@ -236,6 +185,58 @@ pub fn validate_event(body: &Value) -> Result<NewEvent, ValidationErrors> {
         }),
         _ => Err(errors),
     }
+}
+
+/// `event`: required, a string of at most 255 characters.
+fn event_field(map: &Map<String, Value>, errors: &mut ValidationErrors) -> Option<String> {
+    match normalise(map.get("event")) {
+        None => {
+            errors.add("event", "The event field is required.".into());
+            None
+        }
+        Some(Value::String(s)) if s.chars().count() > MAX_EVENT_CHARS => {
+            errors.add(
+                "event",
+                "The event field must not be greater than 255 characters.".into(),
+            );
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errors.add("event", "The event field must be a string.".into());
+            None
+        }
+    }
+}
+
+/// An optional integer field (an integer string such as `"150"` counts).
+fn integer_field(
+    map: &Map<String, Value>,
+    field: &str,
+    label: &str,
+    errors: &mut ValidationErrors,
+) -> Option<i64> {
+    let v = normalise(map.get(field))?;
+    let parsed = as_integer(&v);
+    if parsed.is_none() {
+        errors.add(field, format!("The {label} field must be an integer."));
+    }
+    parsed
+}
+
+/// `created_at`: optional, a date or an instant.
+fn created_at_field(map: &Map<String, Value>, errors: &mut ValidationErrors) -> Option<Timestamp> {
+    let parsed = match normalise(map.get("created_at"))? {
+        Value::String(s) => parse_created_at(&s),
+        _ => None,
+    };
+    if parsed.is_none() {
+        errors.add(
+            "created_at",
+            "The created at field must be a valid date.".into(),
+        );
+    }
+    parsed
 }
 
 #[cfg(test)]

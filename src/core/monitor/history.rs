@@ -38,7 +38,7 @@ pub struct PingRecord {
     pub seq: u64,
     /// When it arrived.
     pub at: Timestamp,
-    /// Kind.
+    /// Success, start or failure.
     pub kind: PingKind,
     /// Exit code, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,7 @@ pub struct AppRecord {
     pub num: u64,
     /// Namespace (Kubernetes) or `default` (standalone).
     pub namespace: String,
-    /// Name.
+    /// Resource name (`metadata.name`).
     pub name: String,
     /// The spec last applied.
     pub spec: ApplicationSpec,

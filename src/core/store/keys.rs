@@ -105,7 +105,7 @@ pub fn parse_block_key(k: &[u8]) -> Option<(i64, u64)> {
 pub struct EventValue {
     /// Event name.
     pub event: String,
-    /// Weight.
+    /// What it adds to the weight sums (1 unless the client says otherwise).
     pub weight: i64,
     /// Optional user id.
     pub user_id: Option<i64>,

@@ -8,6 +8,7 @@ pub mod apps;
 pub mod commit;
 pub mod events;
 pub mod keys;
+pub mod metrics;
 pub mod wal;
 
 use std::path::Path;
@@ -116,6 +117,11 @@ impl Store {
     /// The group committer, for modules that write their own trees.
     pub fn committer(&self) -> &Committer {
         &self.committer
+    }
+
+    /// Adds the commit log's families to `/metrics`.
+    pub fn register_metrics(&self, registry: &mut crate::core::metrics::MetricRegistry) {
+        metrics::register(&self.committer, registry);
     }
 
     /// Waits until everything written so far is on disk.

@@ -11,18 +11,22 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::events::read_body;
-use super::{ApiError, AppState, Segment, authenticate_app};
 use crate::core::catalogue::{CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest};
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state;
 use crate::core::registry::AppInfo;
+use crate::http::HttpState;
+use crate::http::auth::AuthenticatedApp;
+use crate::http::body::read_body;
+use crate::http::error::ApiError;
+use crate::http::path::Segment;
 
 /// Tickstem's bounds for `interval_secs`.
 pub const INTERVAL_RANGE: (u64, u64) = (60, 86_400);
@@ -65,7 +69,7 @@ impl RateLimiter {
 }
 
 /// Routes of this family.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1/heartbeats", get(list).post(create))
         .route(
@@ -75,6 +79,53 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/heartbeats/{id}/pause", post(pause))
         .route("/v1/heartbeats/{id}/resume", post(resume))
         .route("/v1/heartbeats/{id}/pings", get(pings))
+}
+
+/// A caller of the management API: authenticated by its Application's token, within its
+/// rate limit, with the catalogue its writes go to.
+struct Managing {
+    app: Arc<AppInfo>,
+    catalogue: Arc<dyn MonitorCatalogue>,
+}
+
+impl FromRequestParts<HttpState> for Managing {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
+        let AuthenticatedApp(app) = AuthenticatedApp::from_request_parts(parts, state).await?;
+        if !state.rate_limit.allow(&app.key) {
+            return Err(err(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded; slow down",
+            ));
+        }
+        let catalogue = state.catalogue.clone().ok_or_else(|| {
+            err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "monitor management is not available yet",
+            )
+        })?;
+        Ok(Self { app, catalogue })
+    }
+}
+
+impl Managing {
+    /// The caller's monitor with management id `id`.
+    fn find(&self, state: &HttpState, id: &str) -> Result<Monitor, ApiError> {
+        state
+            .core
+            .engine
+            .list()
+            .into_iter()
+            .find(|m| m.def.id == id && m.def.application.as_deref() == Some(self.app.key.as_str()))
+            .ok_or_else(|| catalogue_error(CatalogueError::NotFound))
+    }
+
+    /// The contract's Heartbeat object for `m`, with its token when the catalogue knows it.
+    fn answer(&self, state: &HttpState, status: StatusCode, m: &Monitor) -> Response {
+        let json = heartbeat_json(m, self.catalogue.token(m), state.core.engine.clock().now());
+        (status, axum::Json(json)).into_response()
+    }
 }
 
 fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
@@ -89,27 +140,6 @@ fn catalogue_error(e: CatalogueError) -> ApiError {
         CatalogueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     err(status, e.to_string())
-}
-
-/// Authenticates, rate-limits and resolves the monitor catalogue.
-fn begin(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<(Arc<AppInfo>, Arc<dyn MonitorCatalogue>), ApiError> {
-    let app = authenticate_app(state, headers)?;
-    if !state.rate_limit.allow(&app.key) {
-        return Err(err(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate limit exceeded; slow down",
-        ));
-    }
-    let catalogue = state.catalogue.get().cloned().ok_or_else(|| {
-        err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "monitor management is not available yet",
-        )
-    })?;
-    Ok((app, catalogue))
 }
 
 /// The contract's Heartbeat object.
@@ -131,60 +161,31 @@ pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) 
     })
 }
 
-/// `app`'s monitor with API id `id`; `None` for another application's, or for no id.
-fn find(state: &AppState, app: &AppInfo, id: Option<&str>) -> Option<Monitor> {
-    let id = id?;
-    state
-        .engine
-        .list()
-        .into_iter()
-        .find(|m| m.def.id == id && m.def.application.as_deref() == Some(app.key.as_str()))
-}
-
-fn ok(status: StatusCode, v: Value) -> Response {
-    (status, axum::Json(v)).into_response()
-}
-
-async fn list(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let (app, catalogue) = match begin(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let now = state.engine.clock().now();
+async fn list(State(state): State<HttpState>, caller: Managing) -> Response {
+    let now = state.core.engine.clock().now();
     let items: Vec<Value> = state
+        .core
         .engine
         .list()
         .iter()
-        .filter(|m| m.def.application.as_deref() == Some(app.key.as_str()))
-        .map(|m| heartbeat_json(m, catalogue.token(m), now))
+        .filter(|m| m.def.application.as_deref() == Some(caller.app.key.as_str()))
+        .map(|m| heartbeat_json(m, caller.catalogue.token(m), now))
         .collect();
-    ok(StatusCode::OK, json!({ "heartbeats": items }))
+    (StatusCode::OK, axum::Json(json!({ "heartbeats": items }))).into_response()
 }
 
 async fn get_one(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<HttpState>,
+    caller: Managing,
     Segment(id): Segment,
-) -> Response {
-    let (app, catalogue) = match begin(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    match find(&state, &app, id.as_deref()) {
-        Some(m) => ok(
-            StatusCode::OK,
-            heartbeat_json(&m, catalogue.token(&m), state.engine.clock().now()),
-        ),
-        None => catalogue_error(CatalogueError::NotFound).into_response(),
-    }
+) -> Result<Response, ApiError> {
+    let m = caller.find(&state, &id)?;
+    Ok(caller.answer(&state, StatusCode::OK, &m))
 }
 
 /// Parses a JSON object body; `Err` is the 400 answer.
-async fn json_object(
-    state: &AppState,
-    body: Body,
-) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = read_body(state, body).await?;
+async fn json_object(state: &HttpState, body: Body) -> Result<Map<String, Value>, ApiError> {
+    let bytes = read_body(body, state.max_body_bytes, state.limits.body_timeout).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(err(
@@ -199,7 +200,7 @@ async fn json_object(
 }
 
 fn seconds(
-    map: &serde_json::Map<String, Value>,
+    map: &Map<String, Value>,
     field: &str,
     range: (u64, u64),
 ) -> Result<Option<u64>, ApiError> {
@@ -215,10 +216,7 @@ fn seconds(
     }
 }
 
-fn name_field(
-    map: &serde_json::Map<String, Value>,
-    required: bool,
-) -> Result<Option<String>, ApiError> {
+fn name_field(map: &Map<String, Value>, required: bool) -> Result<Option<String>, ApiError> {
     match map.get("name") {
         None | Some(Value::Null) if required => {
             Err(err(StatusCode::UNPROCESSABLE_ENTITY, "name is required"))
@@ -242,186 +240,142 @@ fn name_field(
     }
 }
 
-async fn create(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let (app, catalogue) = match begin(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let map = match json_object(&state, body).await {
-        Ok(m) => m,
-        Err(r) => return r.into_response(),
-    };
-    let req = (|| {
-        Ok::<_, ApiError>(CreateRequest {
-            name: name_field(&map, true)?.unwrap_or_default(),
-            interval_secs: seconds(&map, "interval_secs", INTERVAL_RANGE)?.unwrap_or(3600),
-            grace_secs: seconds(&map, "grace_secs", GRACE_RANGE)?.unwrap_or(300),
-        })
-    })();
-    let req = match req {
-        Ok(r) => r,
-        Err(r) => return r.into_response(),
-    };
-    match catalogue.create(&app, req).await {
-        Ok((m, token)) => ok(
-            StatusCode::CREATED,
-            heartbeat_json(&m, Some(token), state.engine.clock().now()),
-        ),
-        Err(e) => catalogue_error(e).into_response(),
+fn status_field(map: &Map<String, Value>) -> Result<Option<bool>, ApiError> {
+    match map.get("status") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s == "paused" => Ok(Some(true)),
+        Some(Value::String(s)) if s == "active" => Ok(Some(false)),
+        Some(_) => Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "status must be \"paused\" or \"active\"",
+        )),
     }
+}
+
+async fn create(
+    State(state): State<HttpState>,
+    caller: Managing,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let map = json_object(&state, body).await?;
+    let req = CreateRequest {
+        name: name_field(&map, true)?.unwrap_or_default(),
+        interval_secs: seconds(&map, "interval_secs", INTERVAL_RANGE)?.unwrap_or(3600),
+        grace_secs: seconds(&map, "grace_secs", GRACE_RANGE)?.unwrap_or(300),
+    };
+    let (m, token) = caller
+        .catalogue
+        .create(&caller.app, req)
+        .await
+        .map_err(catalogue_error)?;
+    let json = heartbeat_json(&m, Some(token), state.core.engine.clock().now());
+    Ok((StatusCode::CREATED, axum::Json(json)).into_response())
 }
 
 async fn apply_update(
-    state: &AppState,
-    headers: &HeaderMap,
-    id: Option<&str>,
-    req: Result<UpdateRequest, ApiError>,
-) -> Response {
-    let (app, catalogue) = match begin(state, headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let req = match req {
-        Ok(r) => r,
-        Err(r) => return r.into_response(),
-    };
-    let Some(m) = find(state, &app, id) else {
-        return catalogue_error(CatalogueError::NotFound).into_response();
-    };
-    match catalogue.update(&app, &m, req).await {
-        Ok(m) => ok(
-            StatusCode::OK,
-            heartbeat_json(&m, catalogue.token(&m), state.engine.clock().now()),
-        ),
-        Err(e) => catalogue_error(e).into_response(),
-    }
+    state: &HttpState,
+    caller: &Managing,
+    id: &str,
+    req: UpdateRequest,
+) -> Result<Response, ApiError> {
+    let m = caller.find(state, id)?;
+    let m = caller
+        .catalogue
+        .update(&caller.app, &m, req)
+        .await
+        .map_err(catalogue_error)?;
+    Ok(caller.answer(state, StatusCode::OK, &m))
 }
 
 async fn update(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<HttpState>,
+    caller: Managing,
     Segment(id): Segment,
     body: Body,
-) -> Response {
-    let req = match json_object(&state, body).await {
-        Ok(map) => (|| {
-            let paused = match map.get("status") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if s == "paused" => Some(true),
-                Some(Value::String(s)) if s == "active" => Some(false),
-                Some(_) => {
-                    return Err(err(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "status must be \"paused\" or \"active\"",
-                    ));
-                }
-            };
-            Ok(UpdateRequest {
-                name: name_field(&map, false)?,
-                interval_secs: seconds(&map, "interval_secs", INTERVAL_RANGE)?,
-                grace_secs: seconds(&map, "grace_secs", GRACE_RANGE)?,
-                paused,
-            })
-        })(),
-        Err(r) => Err(r),
+) -> Result<Response, ApiError> {
+    let map = json_object(&state, body).await?;
+    let req = UpdateRequest {
+        name: name_field(&map, false)?,
+        interval_secs: seconds(&map, "interval_secs", INTERVAL_RANGE)?,
+        grace_secs: seconds(&map, "grace_secs", GRACE_RANGE)?,
+        paused: status_field(&map)?,
     };
-    apply_update(&state, &headers, id.as_deref(), req).await
+    apply_update(&state, &caller, &id, req).await
 }
 
 async fn pause(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<HttpState>,
+    caller: Managing,
     Segment(id): Segment,
-) -> Response {
-    apply_update(
-        &state,
-        &headers,
-        id.as_deref(),
-        Ok(UpdateRequest {
-            paused: Some(true),
-            ..Default::default()
-        }),
-    )
-    .await
+) -> Result<Response, ApiError> {
+    let req = UpdateRequest {
+        paused: Some(true),
+        ..Default::default()
+    };
+    apply_update(&state, &caller, &id, req).await
 }
 
 async fn resume(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<HttpState>,
+    caller: Managing,
     Segment(id): Segment,
-) -> Response {
-    apply_update(
-        &state,
-        &headers,
-        id.as_deref(),
-        Ok(UpdateRequest {
-            paused: Some(false),
-            ..Default::default()
-        }),
-    )
-    .await
+) -> Result<Response, ApiError> {
+    let req = UpdateRequest {
+        paused: Some(false),
+        ..Default::default()
+    };
+    apply_update(&state, &caller, &id, req).await
 }
 
 async fn delete(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<HttpState>,
+    caller: Managing,
     Segment(id): Segment,
-) -> Response {
-    let (app, catalogue) = match begin(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
-    let Some(m) = find(&state, &app, id.as_deref()) else {
-        return catalogue_error(CatalogueError::NotFound).into_response();
-    };
-    match catalogue.delete(&app, &m).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => catalogue_error(e).into_response(),
-    }
+) -> Result<Response, ApiError> {
+    let m = caller.find(&state, &id)?;
+    caller
+        .catalogue
+        .delete(&caller.app, &m)
+        .await
+        .map_err(catalogue_error)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn pings(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    State(state): State<HttpState>,
+    caller: Managing,
     Segment(id): Segment,
     Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let (app, _) = match begin(&state, &headers) {
-        Ok(v) => v,
-        Err(r) => return r.into_response(),
-    };
+) -> Result<Response, ApiError> {
     let limit = match params.get("limit").map(|s| s.trim().parse::<usize>()) {
         None => 50,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
         Some(_) => {
-            return err(
+            return Err(err(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "limit must be an integer from 1 to 1000",
-            )
-            .into_response();
+            ));
         }
     };
-    let Some(m) = find(&state, &app, id.as_deref()) else {
-        return catalogue_error(CatalogueError::NotFound).into_response();
-    };
-    match state.engine.pings(m.num, limit) {
-        Ok(list) => {
-            let items: Vec<Value> = list
-                .iter()
-                .map(|p| {
-                    json!({
-                        "id": format!("{}-{}", m.def.id, p.seq),
-                        "heartbeat_id": m.def.id,
-                        "pinged_at": p.at.to_string(),
-                        "kind": p.kind,
-                        "exit_code": p.exit_code,
-                        "duration_ms": p.duration_ms,
-                        "source": p.source,
-                    })
-                })
-                .collect();
-            ok(StatusCode::OK, json!({ "pings": items }))
-        }
-        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
+    let m = caller.find(&state, &id)?;
+    let list = state
+        .core
+        .engine
+        .pings(m.num, limit)
+        .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let items: Vec<Value> = list
+        .iter()
+        .map(|p| {
+            json!({
+                "id": format!("{}-{}", m.def.id, p.seq),
+                "heartbeat_id": m.def.id,
+                "pinged_at": p.at.to_string(),
+                "kind": p.kind,
+                "exit_code": p.exit_code,
+                "duration_ms": p.duration_ms,
+                "source": p.source,
+            })
+        })
+        .collect();
+    Ok((StatusCode::OK, axum::Json(json!({ "pings": items }))).into_response())
 }

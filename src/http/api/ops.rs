@@ -8,12 +8,13 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::AppState;
+use crate::core::metrics::encode;
+use crate::http::HttpState;
 
 /// Liveness: fails once storage has stopped accepting writes after a failed write to
 /// disk, so the kubelet restarts the pod and the restart replays the commit log.
-async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.registry.store().committer().health() {
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    match state.core.registry.store().committer().health() {
         Ok(()) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"status": "ok"})),
@@ -25,7 +26,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     if state.ready.load(Ordering::Acquire) {
         (
             StatusCode::OK,
@@ -39,18 +40,18 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.render(),
+        encode(&state.metrics),
     )
 }
 
 /// Routes of this family.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

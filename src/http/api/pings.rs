@@ -13,11 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::events::read_body;
-use super::{ApiError, AppState, Segment, bearer, json_body};
 use crate::core::monitor::engine::{EngineError, Monitor, PingInput, PingKind, PingOutcome};
 use crate::core::monitor::state;
 use crate::core::token::TokenKind;
+use crate::http::HttpState;
+use crate::http::auth::bearer;
+use crate::http::body::read_body;
+use crate::http::error::{ApiError, json_body};
+use crate::http::path::Segment;
 
 /// Longest ping body kept (a job's last log lines).
 pub const MAX_PING_BODY: usize = 10 * 1024;
@@ -25,7 +28,7 @@ pub const MAX_PING_BODY: usize = 10 * 1024;
 pub const MAX_USER_AGENT: usize = 200;
 
 /// Routes of this family.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1/heartbeats/{token}/ping", get(ping).post(ping))
         .route("/v1/heartbeats/{token}/start", get(start).post(start))
@@ -59,73 +62,88 @@ fn source(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
 }
 
 async fn receive(
-    state: AppState,
+    state: HttpState,
     token: String,
-    mut kind: PingKind,
+    kind: PingKind,
     params: HashMap<String, String>,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
-    let Some(owner) = state.registry.authenticate(&token) else {
+    let owner = state
+        .core
+        .registry
+        .authenticate(&token)
+        .filter(|o| o.kind == TokenKind::Heartbeat);
+    let Some(owner) = owner else {
         return not_found();
     };
-    if owner.kind != TokenKind::Heartbeat {
-        return not_found();
-    }
-    let mut exit_code = None;
-    if let Some(raw) = params.get("exit_code") {
-        match raw.trim().parse::<u8>() {
-            Ok(0) => {}
-            Ok(code) => {
-                kind = PingKind::Fail;
-                exit_code = Some(code);
-            }
-            Err(_) => {
-                return ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("exit_code must be an integer from 0 to 255, got {raw:?}"),
-                )
-                .into_response();
-            }
-        }
-    }
-    let bytes = match read_body(&state, body).await {
-        Ok(b) => b,
+    let input = match ping_input(&state, kind, &params, headers, peer, body).await {
+        Ok(input) => input,
         Err(e) => return e.into_response(),
     };
+    match state.core.engine.ping(&owner.key, input).await {
+        Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
+        Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
+        Err(EngineError::NotFound) => not_found(),
+        Err(e) => {
+            tracing::error!(error = %e, monitor = %owner.key, "ping not recorded");
+            let msg = "the ping could not be recorded; retry";
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
+        }
+    }
+}
+
+/// What the ping tells and what is kept of it: a non-zero `exit_code` makes it a failure,
+/// and the body, user agent and client address are cut to their limits.
+async fn ping_input(
+    state: &HttpState,
+    kind: PingKind,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    body: Body,
+) -> Result<PingInput, ApiError> {
+    let exit_code = failure_code(params)?;
+    let bytes = read_body(body, state.max_body_bytes, state.limits.body_timeout).await?;
     let body =
         (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-    let input = PingInput {
-        kind,
+    Ok(PingInput {
+        kind: if exit_code.is_some() {
+            PingKind::Fail
+        } else {
+            kind
+        },
         exit_code,
         source: source(headers, peer),
         user_agent,
         body,
+    })
+}
+
+/// The `exit_code` parameter when it reports a failure (1–255); 0 or none is no failure.
+fn failure_code(params: &HashMap<String, String>) -> Result<Option<u8>, ApiError> {
+    let Some(raw) = params.get("exit_code") else {
+        return Ok(None);
     };
-    match state.engine.ping(&owner.key, input).await {
-        Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
-        Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
-        Err(EngineError::NotFound) => not_found(),
-        Err(e) => {
-            tracing::error!(error = %e, monitor = %owner.key, "ping not recorded");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the ping could not be recorded; retry",
-            )
-            .into_response()
-        }
+    match raw.trim().parse::<u8>() {
+        Ok(0) => Ok(None),
+        Ok(code) => Ok(Some(code)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("exit_code must be an integer from 0 to 255, got {raw:?}"),
+        )),
     }
 }
 
 macro_rules! ping_handler {
     ($name:ident, $kind:expr) => {
         async fn $name(
-            State(s): State<AppState>,
+            State(s): State<HttpState>,
             Segment(t): Segment,
             Query(q): Query<HashMap<String, String>>,
             req: Request,
@@ -134,7 +152,6 @@ macro_rules! ping_handler {
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0);
-            let Some(t) = t else { return not_found() };
             let (parts, body) = req.into_parts();
             receive(s, t, $kind, q, &parts.headers, peer, body).await
         }
@@ -167,19 +184,20 @@ pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
 }
 
 async fn status(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let owner = bearer(&headers).and_then(|t| state.registry.authenticate(t));
+    let owner = bearer(&headers).and_then(|t| state.core.registry.authenticate(t));
     let scope: Option<String> = match owner {
         Some(o) if o.kind == TokenKind::Admin => None,
         Some(o) if o.kind == TokenKind::Application => Some(o.key),
         _ => return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
     };
     let wanted_state = params.get("state").map(|s| s.to_ascii_lowercase());
-    let now = state.engine.clock().now();
+    let now = state.core.engine.clock().now();
     let monitors: Vec<Value> = state
+        .core
         .engine
         .list()
         .iter()

@@ -31,7 +31,7 @@ pub struct Chart {
     pub title: String,
     /// Label of each x slot (shown for a few evenly spaced slots).
     pub x_labels: Vec<String>,
-    /// The series.
+    /// One line per series, or the first series as bars.
     pub series: Vec<Series>,
     /// Unit shown after the maximum on the y axis (e.g. "events", "ms").
     pub unit: String,
@@ -74,22 +74,44 @@ fn format_value(v: f64) -> String {
     }
 }
 
+/// Where values land in the plot area: one slot per x label, y scaled to a round top.
+struct Frame {
+    slots: usize,
+    top: f64,
+    step: f64,
+    plot_h: f64,
+}
+
+impl Frame {
+    fn new(labels: usize, max: f64) -> Self {
+        let slots = labels.max(1);
+        Self {
+            slots,
+            // At least 2, so the midline of a small integer chart is a whole number.
+            top: nice_ceiling(max).max(2.0),
+            step: (WIDTH - LEFT - RIGHT) / slots as f64,
+            plot_h: HEIGHT - TOP - BOTTOM,
+        }
+    }
+
+    fn x_of(&self, i: usize) -> f64 {
+        LEFT + self.step * (i as f64 + 0.5)
+    }
+
+    fn y_of(&self, v: f64) -> f64 {
+        TOP + self.plot_h * (1.0 - (v / self.top).clamp(0.0, 1.0))
+    }
+}
+
 impl Chart {
     /// Renders lines (several series) or bars (one series) as an SVG element.
     pub fn to_svg(&self, bars: bool) -> String {
-        let slots = self.x_labels.len().max(1);
         let max = self
             .series
             .iter()
             .flat_map(|s| s.values.iter().copied())
             .fold(0.0f64, f64::max);
-        // At least 2, so the midline of a small integer chart is a whole number.
-        let top = nice_ceiling(max).max(2.0);
-        let plot_w = WIDTH - LEFT - RIGHT;
-        let plot_h = HEIGHT - TOP - BOTTOM;
-        let step = plot_w / slots as f64;
-        let x_of = |i: usize| LEFT + step * (i as f64 + 0.5);
-        let y_of = |v: f64| TOP + plot_h * (1.0 - (v / top).clamp(0.0, 1.0));
+        let frame = Frame::new(self.x_labels.len(), max);
         let mut svg = String::with_capacity(4096);
         let total: f64 = self.series.iter().flat_map(|s| s.values.iter()).sum();
         let _ = write!(
@@ -97,75 +119,89 @@ impl Chart {
             r#"<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img"><title>{}</title><desc>{} in {} slots, total {}, highest {}</desc>"#,
             escape_html(&self.title),
             escape_html(&self.unit),
-            slots,
+            frame.slots,
             format_value(total),
             format_value(max),
         );
-        // Grid and y labels: zero, half, top.
+        self.axes(&frame, &mut svg);
+        if bars {
+            self.bars(&frame, &mut svg);
+        } else {
+            self.lines(&frame, &mut svg);
+        }
+        svg.push_str("</svg>");
+        svg
+    }
+
+    /// Grid lines and y labels at zero, half and top; at most 8 x labels, evenly spaced.
+    fn axes(&self, frame: &Frame, svg: &mut String) {
         for frac in [0.0, 0.5, 1.0] {
-            let y = y_of(top * frac);
+            let y = frame.y_of(frame.top * frac);
             let _ = write!(
                 svg,
                 r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{y:.1}" y2="{y:.1}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
                 WIDTH - RIGHT,
                 LEFT - 6.0,
                 y + 4.0,
-                format_value(top * frac),
+                format_value(frame.top * frac),
             );
         }
-        // X labels: at most 8, evenly spaced.
-        let every = slots.div_ceil(8).max(1);
+        let every = frame.slots.div_ceil(8).max(1);
         for (i, label) in self.x_labels.iter().enumerate() {
             if i % every == 0 {
                 let _ = write!(
                     svg,
                     r#"<text class="axis" x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                    x_of(i),
+                    frame.x_of(i),
                     HEIGHT - 8.0,
                     escape_html(label)
                 );
             }
         }
-        if bars {
-            if let Some(s) = self.series.first() {
-                let w = (step * 0.8).max(1.0);
-                for (i, v) in s.values.iter().enumerate() {
-                    let y = y_of(*v);
-                    let label = self.x_labels.get(i).map(String::as_str).unwrap_or("");
-                    let _ = write!(
-                        svg,
-                        r#"<rect class="bar" x="{:.1}" y="{y:.1}" width="{w:.1}" height="{:.1}"><title>{}: {} {}</title></rect>"#,
-                        x_of(i) - w / 2.0,
-                        (TOP + plot_h - y).max(0.0),
-                        escape_html(label),
-                        format_value(*v),
-                        escape_html(&self.unit),
-                    );
-                }
-            }
-        } else {
-            for (n, s) in self.series.iter().enumerate() {
-                let mut points = String::with_capacity(s.values.len() * 12);
-                for (i, v) in s.values.iter().enumerate() {
-                    let _ = write!(points, "{:.1},{:.1} ", x_of(i), y_of(*v));
-                }
-                let dash = DASHES[n % DASHES.len()];
-                let _ = write!(
-                    svg,
-                    r#"<polyline class="line s{}" points="{}"{}><title>{}</title></polyline>"#,
-                    n % DASHES.len(),
-                    points.trim_end(),
-                    if dash.is_empty() {
-                        String::new()
-                    } else {
-                        format!(r#" stroke-dasharray="{dash}""#)
-                    },
-                    escape_html(&s.name),
-                );
-            }
+    }
+
+    /// The first series as bars, each with its value as a tooltip.
+    fn bars(&self, frame: &Frame, svg: &mut String) {
+        let Some(s) = self.series.first() else {
+            return;
+        };
+        let w = (frame.step * 0.8).max(1.0);
+        for (i, v) in s.values.iter().enumerate() {
+            let y = frame.y_of(*v);
+            let label = self.x_labels.get(i).map(String::as_str).unwrap_or("");
+            let _ = write!(
+                svg,
+                r#"<rect class="bar" x="{:.1}" y="{y:.1}" width="{w:.1}" height="{:.1}"><title>{}: {} {}</title></rect>"#,
+                frame.x_of(i) - w / 2.0,
+                (TOP + frame.plot_h - y).max(0.0),
+                escape_html(label),
+                format_value(*v),
+                escape_html(&self.unit),
+            );
         }
-        svg.push_str("</svg>");
-        svg
+    }
+
+    /// Every series as a line, told apart by colour and dash pattern.
+    fn lines(&self, frame: &Frame, svg: &mut String) {
+        for (n, s) in self.series.iter().enumerate() {
+            let mut points = String::with_capacity(s.values.len() * 12);
+            for (i, v) in s.values.iter().enumerate() {
+                let _ = write!(points, "{:.1},{:.1} ", frame.x_of(i), frame.y_of(*v));
+            }
+            let dash = DASHES[n % DASHES.len()];
+            let _ = write!(
+                svg,
+                r#"<polyline class="line s{}" points="{}"{}><title>{}</title></polyline>"#,
+                n % DASHES.len(),
+                points.trim_end(),
+                if dash.is_empty() {
+                    String::new()
+                } else {
+                    format!(r#" stroke-dasharray="{dash}""#)
+                },
+                escape_html(&s.name),
+            );
+        }
     }
 
     /// The legend: each series' name with a swatch in its colour and dash pattern.

@@ -23,11 +23,11 @@ use crate::core::store::keys::Tally;
 /// Which top-level section a page belongs to (highlighted in the navigation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Section {
-    /// Overview.
+    /// `/ui`: counts, what needs attention, applications at a glance.
     Overview,
-    /// Monitors.
+    /// `/ui/monitors` and each monitor's page.
     Monitors,
-    /// Applications.
+    /// `/ui/applications` and each application's page.
     Applications,
 }
 
@@ -342,26 +342,13 @@ pub struct MonitorDetail<'a> {
 /// One monitor: summary, badge, run durations, state timeline and ping history.
 pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
     let m = d.monitor;
-    let st = &m.state;
     html! {
         p.crumbs { a href="/ui/monitors" { "Monitors" } " / " (m.def.namespace) }
-        h1 { (m.def.display_name.as_deref().unwrap_or(&m.def.name)) " " (state_pill(st.state)) }
-        dl.facts {
-            dt { "Name" } dd { (m.def.name) }
-            dt { "Namespace / application" } dd { (scope(m)) }
-            dt { "State since" } dd { (time_cell(Some(st.since), now)) }
-            dt { "Last ping" } dd { (time_cell(st.last_ping_at, now)) }
-            dt { "Next due" } dd { (time_cell(st.deadline, now)) }
-            dt { "Interval / grace" } dd { (short_duration(SignedDuration::from_secs(m.def.interval_secs as i64))) " / " (short_duration(SignedDuration::from_secs(m.def.grace_secs as i64))) }
-            @if let Some(r) = st.down_reason {
-                dt { "Why Down" } dd { (format!("{r:?}")) }
-            }
-            dt { "Pings received" } dd { (st.pings) }
-            dt { "How to ping" } dd { code { (m.def.ping_hint) } }
-        }
+        h1 { (m.def.display_name.as_deref().unwrap_or(&m.def.name)) " " (state_pill(m.state.state)) }
+        (monitor_facts(m, now))
         section aria-labelledby="h-badge" {
             h2 #h-badge { "Status badge" }
-            p { img src=(d.badge_path) alt={ "Status badge: " (st.state.as_str()) }; }
+            p { img src=(d.badge_path) alt={ "Status badge: " (m.state.state.as_str()) }; }
             p.muted { "A read-only URL that shows only the state, for READMEs and wikis:" }
             pre.copy { code { "![" (m.def.name) "](" (d.base_url) (d.badge_path) ")" } }
         }
@@ -372,17 +359,45 @@ pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
                 None => p.muted { "No run durations yet: ping " code { "/start" } " before a run and " code { "/ping" } " after it." },
             }
         }
+        (timeline(d.transitions, now))
+        (ping_history(d.pings, now))
+    }
+}
+
+fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
+    let st = &m.state;
+    let secs = |s: u64| short_duration(SignedDuration::from_secs(s as i64));
+    html! {
+        dl.facts {
+            dt { "Name" } dd { (m.def.name) }
+            dt { "Namespace / application" } dd { (scope(m)) }
+            dt { "State since" } dd { (time_cell(Some(st.since), now)) }
+            dt { "Last ping" } dd { (time_cell(st.last_ping_at, now)) }
+            dt { "Next due" } dd { (time_cell(st.deadline, now)) }
+            dt { "Interval / grace" } dd { (secs(m.def.interval_secs)) " / " (secs(m.def.grace_secs)) }
+            @if let Some(r) = st.down_reason {
+                dt { "Why Down" } dd { (format!("{r:?}")) }
+            }
+            dt { "Pings received" } dd { (st.pings) }
+            dt { "How to ping" } dd { code { (m.def.ping_hint) } }
+        }
+    }
+}
+
+/// State changes, newest first, each with how long the state lasted.
+fn timeline(transitions: &[TransitionRecord], now: Timestamp) -> Markup {
+    html! {
         section aria-labelledby="h-timeline" {
             h2 #h-timeline { "State timeline" }
-            @if d.transitions.is_empty() {
+            @if transitions.is_empty() {
                 p.muted { "No state changes recorded yet." }
             } @else {
                 div.scroll { table.timeline {
                     caption { "State changes, newest first" }
                     thead { tr { th scope="col" { "When" } th scope="col" { "Change" } th scope="col" { "Lasted" } th scope="col" { "Why" } } }
                     tbody {
-                        @for (i, t) in d.transitions.iter().enumerate() {
-                            @let until = if i == 0 { now } else { d.transitions[i - 1].at };
+                        @for (i, t) in transitions.iter().enumerate() {
+                            @let until = if i == 0 { now } else { transitions[i - 1].at };
                             tr {
                                 td { (time_cell(Some(t.at), now)) }
                                 td { (state_pill(t.from)) " → " (state_pill(t.to)) }
@@ -394,19 +409,25 @@ pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
                 } }
             }
         }
+    }
+}
+
+/// The newest pings with what each carried.
+fn ping_history(pings: &[PingRecord], now: Timestamp) -> Markup {
+    html! {
         section aria-labelledby="h-pings" {
             h2 #h-pings { "Ping history" }
-            @if d.pings.is_empty() {
+            @if pings.is_empty() {
                 p.muted { "No pings yet." }
             } @else {
                 div.scroll { table.pings {
-                    caption { "The newest " (d.pings.len()) " pings" }
+                    caption { "The newest " (pings.len()) " pings" }
                     thead { tr {
                         th scope="col" { "Time" } th scope="col" { "Kind" } th scope="col" { "Source" }
                         th scope="col" { "Duration" } th scope="col" { "Exit code" } th scope="col" { "Body" }
                     } }
                     tbody {
-                        @for p in d.pings {
+                        @for p in pings {
                             tr class={ "ping-" (kind_text(p.kind)) } {
                                 td { (time_cell(Some(p.at), now)) }
                                 td { (kind_text(p.kind)) }
@@ -508,12 +529,40 @@ pub struct AppDetail<'a> {
 /// One application: period cards, charts, per-event table, top users, export.
 pub fn application_detail(d: &AppDetail<'_>) -> Markup {
     let app = &d.summary.app;
-    let f = d.filters;
-    let export = format!("{}/export.csv{}", app_href(app), f.query());
     html! {
         p.crumbs { a href="/ui/applications" { "Applications" } " / " (app.namespace) }
         h1 { (app.spec.display_name.as_deref().unwrap_or(&app.name)) }
         p.muted { "Periods in " (app.spec.time_zone_name()) "." }
+        (app_filters(d))
+        (period_cards(&d.summary.stats.overall))
+        section aria-labelledby="h-hourly" {
+            h2 #h-hourly { "Per hour, last 48 hours" }
+            @match &d.hourly {
+                Some(c) => (chart_figure(c)),
+                None => p.muted { "Not kept per user: clear the user filter to see events per hour." },
+            }
+        }
+        section aria-labelledby="h-daily" {
+            h2 #h-daily { "Per day, last 90 days" }
+            (chart_figure(&d.daily))
+        }
+        (per_event(&d.summary.stats))
+        (top_users(d.top_users))
+        @if !d.monitor_counts.is_empty() {
+            section aria-labelledby="h-app-monitors" {
+                h2 #h-app-monitors { "Its monitors" }
+                (count_cards(&d.monitor_counts))
+            }
+        }
+    }
+}
+
+/// The filter form, the CSV link that keeps its filters, and what the cards are filtered by.
+fn app_filters(d: &AppDetail<'_>) -> Markup {
+    let app = &d.summary.app;
+    let f = d.filters;
+    let export = format!("{}/export.csv{}", app_href(app), f.query());
+    html! {
         form.filters method="get" action=(app_href(app)) role="search" {
             label { "Event "
                 select name="event" {
@@ -535,25 +584,18 @@ pub fn application_detail(d: &AppDetail<'_>) -> Markup {
                 @if let Some(u) = f.user_id { "user " (u) }
                 "; the dates filter the CSV." }
         }
-        (period_cards(&d.summary.stats.overall))
-        section aria-labelledby="h-hourly" {
-            h2 #h-hourly { "Per hour, last 48 hours" }
-            @match &d.hourly {
-                Some(c) => (chart_figure(c)),
-                None => p.muted { "Not kept per user: clear the user filter to see events per hour." },
-            }
-        }
-        section aria-labelledby="h-daily" {
-            h2 #h-daily { "Per day, last 90 days" }
-            (chart_figure(&d.daily))
-        }
+    }
+}
+
+fn per_event(stats: &StatsReport) -> Markup {
+    html! {
         section aria-labelledby="h-names" {
             h2 #h-names { "Per event" }
             div.scroll { table {
                 caption { "Count and weight per event name" }
                 thead { tr { th scope="col" { "Event" } th scope="col" { "Today" } th scope="col" { "This week" } th scope="col" { "This month" } th scope="col" { "Total" } } }
                 tbody {
-                    @for (name, p) in &d.summary.stats.events {
+                    @for (name, p) in &stats.events {
                         tr {
                             th scope="row" { (name) }
                             td { (tally_text(&p.today)) }
@@ -565,26 +607,25 @@ pub fn application_detail(d: &AppDetail<'_>) -> Markup {
                 }
             } }
         }
+    }
+}
+
+fn top_users(users: &[(i64, Tally)]) -> Markup {
+    html! {
         section aria-labelledby="h-users" {
             h2 #h-users { "Top users" }
-            @if d.top_users.is_empty() {
+            @if users.is_empty() {
                 p.muted { "No events with a user id yet." }
             } @else {
                 table {
                     caption { "Users with the most events of all time" }
                     thead { tr { th scope="col" { "User id" } th scope="col" { "Events" } th scope="col" { "Weight" } } }
                     tbody {
-                        @for (u, t) in d.top_users {
+                        @for (u, t) in users {
                             tr { th scope="row" { (u) } td { (t.count) } td { (t.weight) } }
                         }
                     }
                 }
-            }
-        }
-        @if !d.monitor_counts.is_empty() {
-            section aria-labelledby="h-app-monitors" {
-                h2 #h-app-monitors { "Its monitors" }
-                (count_cards(&d.monitor_counts))
             }
         }
     }

@@ -8,25 +8,25 @@
 //! snapshot through the [`Engine`] handle and never touch sled.
 
 pub mod keys;
+mod metrics;
 mod types;
 mod wording;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use super::history::{PingKind, PingRecord};
+pub use metrics::EngineStats;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
 
 use super::history;
 use super::schedule::{self, Clock};
 use super::state::{self, State};
-use crate::core::alert::message::AlertKind;
 use crate::core::alert::outbox::{self, Outbox};
-use crate::core::metrics::Histogram;
+use crate::core::metrics::MetricRegistry;
 use crate::core::store::Committer;
 use keys::{Family, numbered_prefix, retained_key};
 use worker::{Command, Snapshot, Worker};
@@ -73,35 +73,6 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self { ping_history: 1000 }
-    }
-}
-
-/// What the engine has done since start, for `/metrics` and the benchmarks.
-#[derive(Debug, Default)]
-pub struct EngineStats {
-    /// Pings by kind: success, start, fail.
-    pub pings: [AtomicU64; 3],
-    /// Alerts raised: down, recovery.
-    pub alerts: [AtomicU64; 2],
-    /// Time-driven transitions applied.
-    pub transitions: AtomicU64,
-    /// How long after its due time each Down transition was applied.
-    pub down_lateness: Histogram,
-}
-
-impl EngineStats {
-    fn count_ping(&self, kind: PingKind) {
-        let i = match kind {
-            PingKind::Success => 0,
-            PingKind::Start => 1,
-            PingKind::Fail => 2,
-        };
-        self.pings[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn count_alert(&self, kind: AlertKind) {
-        let i = usize::from(kind == AlertKind::Recovery);
-        self.alerts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -180,6 +151,11 @@ impl Engine {
             stats,
             clock,
         })
+    }
+
+    /// Adds the engine's families to `/metrics`.
+    pub fn register_metrics(&self, registry: &mut MetricRegistry) {
+        self.stats.register(self.snapshot.clone(), registry);
     }
 
     async fn call<T>(

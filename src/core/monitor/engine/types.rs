@@ -76,24 +76,24 @@ impl MonitorDef {
 pub struct Monitor {
     /// Numeric id used in history keys.
     pub num: u64,
-    /// Definition.
+    /// What its front end defined.
     pub def: MonitorDef,
-    /// State.
+    /// Where the state machine has it now.
     pub state: MonitorState,
 }
 
 /// A ping as received by the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct PingInput {
-    /// Kind.
+    /// Which route it came in on, or `Fail` for a non-zero exit code.
     pub kind: PingKind,
-    /// Exit code.
+    /// A failure's exit code (1–255).
     pub exit_code: Option<u8>,
-    /// Client address.
+    /// Client address (first `X-Forwarded-For` entry when present).
     pub source: Option<String>,
-    /// User agent.
+    /// User agent, cut to 200 characters.
     pub user_agent: Option<String>,
-    /// Body excerpt.
+    /// Request body, cut to 10 KiB: a job's last log lines.
     pub body: Option<String>,
 }
 
@@ -129,7 +129,7 @@ pub struct Change {
     pub from: State,
     /// New state.
     pub to: State,
-    /// When.
+    /// When the new state began (may precede the deadline tick that noticed it).
     pub at: Timestamp,
     /// Why, in words (for Down).
     pub reason: Option<String>,

@@ -76,7 +76,8 @@ struct ExportIter {
 }
 
 impl ExportIter {
-    fn wanted(&self, at: i64, value: &EventValue) -> bool {
+    /// Whether an event read from a block is within the bounds and passes the filter.
+    fn admits(&self, at: i64, value: &EventValue) -> bool {
         at >= self.from
             && at < self.to
             && self
@@ -138,7 +139,7 @@ impl ExportIter {
             detail: hex::encode(&k[..]),
         })?;
         for (index, (at, value)) in events.into_iter().enumerate() {
-            if self.wanted(at, &value) {
+            if self.admits(at, &value) {
                 let index = u32::try_from(index).unwrap_or(u32::MAX);
                 self.buffer((at, seq, index), value);
             }

@@ -52,20 +52,31 @@ impl Store {
         user: Option<i64>,
     ) -> Result<StatsReport, StoreError> {
         self.visible.wait();
-        let (rollup_family, total_family) = match user {
-            Some(_) => (Family::UserRollup, Family::UserTotal),
-            None => (Family::Rollup, Family::Total),
-        };
-        let prefix = keys::scope_prefix(rollup_family, app, user);
         let mut report = StatsReport::default();
-        let lo = {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&date_key(periods.earliest()).to_be_bytes());
-            k
+        self.add_periods(&mut report, app, periods, event, user)?;
+        self.add_totals(&mut report, app, event, user)?;
+        Ok(report)
+    }
+
+    /// Adds today, this week and this month from the daily rollups of the dates the
+    /// periods span.
+    fn add_periods(
+        &self,
+        report: &mut StatsReport,
+        app: u64,
+        periods: &Periods,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let family = if user.is_some() {
+            Family::UserRollup
+        } else {
+            Family::Rollup
         };
-        let hi = {
+        let prefix = keys::scope_prefix(family, app, user);
+        let bound = |date: u32| {
             let mut k = prefix.clone();
-            k.extend_from_slice(&(date_key(periods.today) + 1).to_be_bytes());
+            k.extend_from_slice(&date.to_be_bytes());
             k
         };
         let (today, week, month) = (
@@ -73,7 +84,10 @@ impl Store {
             date_key(periods.week_start),
             date_key(periods.month_start),
         );
-        for item in self.events.range(lo..hi) {
+        for item in self
+            .events
+            .range(bound(date_key(periods.earliest()))..bound(today + 1))
+        {
             let (k, v) = item?;
             let rest = &k[prefix.len()..];
             let Some(date) = rest
@@ -90,20 +104,34 @@ impl Store {
             debug_assert!(date_from_key(date).is_some());
             let t = Tally::decode(&v);
             let entry = report.events.entry(name.into_owned()).or_default();
-            if date == today {
-                entry.today.add(t);
-                report.overall.today.add(t);
-            }
-            if date >= week {
-                entry.week.add(t);
-                report.overall.week.add(t);
-            }
-            if date >= month {
-                entry.month.add(t);
-                report.overall.month.add(t);
+            for (in_period, total, overall) in [
+                (date == today, &mut entry.today, &mut report.overall.today),
+                (date >= week, &mut entry.week, &mut report.overall.week),
+                (date >= month, &mut entry.month, &mut report.overall.month),
+            ] {
+                if in_period {
+                    total.add(t);
+                    overall.add(t);
+                }
             }
         }
-        let prefix = keys::scope_prefix(total_family, app, user);
+        Ok(())
+    }
+
+    /// Adds the all-time totals, which outlive the raw events and daily rollups.
+    fn add_totals(
+        &self,
+        report: &mut StatsReport,
+        app: u64,
+        event: Option<&str>,
+        user: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let family = if user.is_some() {
+            Family::UserTotal
+        } else {
+            Family::Total
+        };
+        let prefix = keys::scope_prefix(family, app, user);
         let scan: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = match event {
             Some(e) => {
                 let key = keys::total_key(app, user, e);
@@ -123,7 +151,7 @@ impl Store {
             report.events.entry(name).or_default().total.add(t);
             report.overall.total.add(t);
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Number of raw events an application holds (for metrics and tests).
@@ -223,26 +251,10 @@ impl Store {
     ) -> Result<Vec<Bucket>, StoreError> {
         self.visible.wait();
         let prefix = keys::scope_prefix(Family::HourRollup, app, None);
-        let lo = keys::hour_key(app, from_hour, "");
-        let hi = keys::hour_key(app, to_hour, "");
-        let mut out = Vec::new();
-        for item in self.events.range(lo..hi) {
-            let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            let Some(hour) = rest.get(..8).and_then(|b| b.try_into().ok()) else {
-                continue;
-            };
-            let name = String::from_utf8_lossy(&rest[8..]);
-            if event.is_some_and(|e| e != name) {
-                continue;
-            }
-            out.push(Bucket {
-                at: keys::i64_from_key(hour),
-                event: name.into_owned(),
-                tally: Tally::decode(&v),
-            });
-        }
-        Ok(out)
+        let range = keys::hour_key(app, from_hour, "")..keys::hour_key(app, to_hour, "");
+        self.buckets(range, prefix.len(), event, |b: [u8; 8]| {
+            keys::i64_from_key(b)
+        })
     }
 
     /// Event counts per local date in `[from, to]` (`YYYYMMDD` keys), per event name.
@@ -266,19 +278,36 @@ impl Store {
             k.extend_from_slice(&date.to_be_bytes());
             k
         };
+        let range = bound(from)..bound(to.saturating_add(1));
+        self.buckets(range, prefix.len(), event, |b: [u8; 4]| {
+            i64::from(u32::from_be_bytes(b))
+        })
+    }
+
+    /// The rollups in `range`, whose keys are a prefix of `prefix_len` bytes, a bucket of
+    /// `N` bytes (read by `at`) and the event name; only `event`'s when given.
+    fn buckets<const N: usize>(
+        &self,
+        range: std::ops::Range<Vec<u8>>,
+        prefix_len: usize,
+        event: Option<&str>,
+        at: impl Fn([u8; N]) -> i64,
+    ) -> Result<Vec<Bucket>, StoreError> {
         let mut out = Vec::new();
-        for item in self.events.range(bound(from)..bound(to.saturating_add(1))) {
+        for item in self.events.range(range) {
             let (k, v) = item?;
-            let rest = &k[prefix.len()..];
-            let Some(date) = rest.get(..4).and_then(|b| b.try_into().ok()) else {
+            let Some(rest) = k.get(prefix_len..) else {
                 continue;
             };
-            let name = String::from_utf8_lossy(&rest[4..]);
+            let Some(bucket) = rest.get(..N).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&rest[N..]);
             if event.is_some_and(|e| e != name) {
                 continue;
             }
             out.push(Bucket {
-                at: i64::from(u32::from_be_bytes(date)),
+                at: at(bucket),
                 event: name.into_owned(),
                 tally: Tally::decode(&v),
             });

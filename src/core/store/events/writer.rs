@@ -4,9 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batch::{EventWrite, Outcome};
+use crate::core::metrics::MetricRegistry;
 use crate::core::store::{Store, StoreError};
 
 /// Largest number of events written in one record.
@@ -21,6 +23,10 @@ struct Job {
 #[derive(Clone, Debug)]
 pub struct EventWriter {
     tx: mpsc::Sender<Job>,
+    /// Events stored since start.
+    stored: Counter,
+    /// Retries answered from their `Idempotency-Key` without counting again.
+    replayed: Counter,
 }
 
 impl EventWriter {
@@ -32,7 +38,25 @@ impl EventWriter {
             .name("hartslag-ingest".into())
             .spawn(move || run(&store, rx))
             .map_err(|e| StoreError::Thread(e.to_string()))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            stored: Counter::default(),
+            replayed: Counter::default(),
+        })
+    }
+
+    /// Adds the ingest counters to `/metrics`.
+    pub fn register_metrics(&self, registry: &mut MetricRegistry) {
+        registry.register(
+            "hartslag_events_stored",
+            "Events stored since start",
+            self.stored.clone(),
+        );
+        registry.register(
+            "hartslag_events_replayed",
+            "Retries answered from their Idempotency-Key without counting again",
+            self.replayed.clone(),
+        );
     }
 
     /// Stores one event durably; returns once it is on disk (or once its `Idempotency-Key`
@@ -44,7 +68,14 @@ impl EventWriter {
             .await
             .map_err(|_| StoreError::Stopped)?;
         match rx.await {
-            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Ok(outcome)) => {
+                match outcome {
+                    Outcome::Stored => self.stored.inc(),
+                    Outcome::Replayed => self.replayed.inc(),
+                    Outcome::KeyReused => 0,
+                };
+                Ok(outcome)
+            }
             Ok(Err(msg)) => Err(StoreError::Corrupt {
                 what: "event batch".into(),
                 detail: msg,

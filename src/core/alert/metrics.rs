@@ -1,0 +1,70 @@
+//! The outbox's families on `/metrics`: deliveries by outcome, and how many wait.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::core::metrics::MetricRegistry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Deliveries by outcome since start.
+#[derive(Debug)]
+pub struct OutboxStats {
+    family: Family<OutcomeLabel, Counter>,
+    /// Accepted by their target.
+    pub delivered: Counter,
+    /// Given up: a permanent error, or transient ones for too long.
+    pub failed: Counter,
+    /// Transient failures that were rescheduled.
+    pub retried: Counter,
+    /// Skipped because their channel is not configured.
+    pub skipped: Counter,
+}
+
+impl Default for OutboxStats {
+    fn default() -> Self {
+        let family = Family::<OutcomeLabel, Counter>::default();
+        let counter = |outcome| family.get_or_create_owned(&OutcomeLabel { outcome });
+        Self {
+            delivered: counter("delivered"),
+            failed: counter("failed"),
+            retried: counter("retried"),
+            skipped: counter("skipped"),
+            family,
+        }
+    }
+}
+
+impl OutboxStats {
+    /// Registers the outbox's families; pending deliveries are counted at each scrape.
+    pub(super) fn register(&self, pending: sled::Tree, registry: &mut MetricRegistry) {
+        registry.register(
+            "hartslag_alert_deliveries",
+            "Alert deliveries by outcome",
+            self.family.clone(),
+        );
+        registry.register_collector(Box::new(Pending(pending)));
+    }
+}
+
+/// The `hartslag_alert_deliveries_pending` gauge: records in the outbox's pending tree.
+#[derive(Debug)]
+struct Pending(sled::Tree);
+
+impl Collector for Pending {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(i64::try_from(self.0.len()).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "hartslag_alert_deliveries_pending",
+            "Alert deliveries waiting in the outbox.",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}

@@ -1,0 +1,130 @@
+//! The engine's families on `/metrics`: monitors by state, pings and alerts by kind, and
+//! how late Down transitions were applied.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Unit;
+
+use super::PingKind;
+use super::worker::Snapshot;
+use crate::core::alert::message::AlertKind;
+use crate::core::metrics::{Histogram, MetricRegistry};
+use crate::core::monitor::state::State;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// What the engine has done since start. Each kind's counter is fetched from its family
+/// once, so counting a ping is one atomic add.
+#[derive(Debug)]
+pub struct EngineStats {
+    ping_family: Family<KindLabel, Counter>,
+    alert_family: Family<KindLabel, Counter>,
+    pings: [Counter; 3],
+    alerts: [Counter; 2],
+    /// Time-driven transitions applied (read by the monitors benchmark).
+    pub transitions: AtomicU64,
+    /// How long after its due time each Down transition was applied.
+    pub down_lateness: Histogram,
+}
+
+impl Default for EngineStats {
+    fn default() -> Self {
+        let ping_family = Family::<KindLabel, Counter>::default();
+        let alert_family = Family::<KindLabel, Counter>::default();
+        let pings = ["success", "start", "fail"]
+            .map(|kind| ping_family.get_or_create_owned(&KindLabel { kind }));
+        let alerts =
+            ["down", "recovery"].map(|kind| alert_family.get_or_create_owned(&KindLabel { kind }));
+        Self {
+            ping_family,
+            alert_family,
+            pings,
+            alerts,
+            transitions: AtomicU64::new(0),
+            down_lateness: Histogram::default(),
+        }
+    }
+}
+
+impl EngineStats {
+    pub(super) fn count_ping(&self, kind: PingKind) {
+        let i = match kind {
+            PingKind::Success => 0,
+            PingKind::Start => 1,
+            PingKind::Fail => 2,
+        };
+        self.pings[i].inc();
+    }
+
+    pub(super) fn count_alert(&self, kind: AlertKind) {
+        self.alerts[usize::from(kind == AlertKind::Recovery)].inc();
+    }
+
+    /// Registers the engine's families; monitors by state are counted at each scrape.
+    pub(super) fn register(&self, snapshot: Snapshot, registry: &mut MetricRegistry) {
+        registry.register(
+            "hartslag_pings",
+            "Pings received by kind",
+            self.ping_family.clone(),
+        );
+        registry.register(
+            "hartslag_alerts",
+            "Alerts raised by kind",
+            self.alert_family.clone(),
+        );
+        registry.register_with_unit(
+            "hartslag_down_transition_lateness",
+            "How long after its due time a Down transition was applied",
+            Unit::Seconds,
+            self.down_lateness.clone(),
+        );
+        registry.register_collector(Box::new(MonitorsByState(snapshot)));
+    }
+}
+
+/// The `hartslag_monitors` gauge, counted from the readers' snapshot.
+struct MonitorsByState(Snapshot);
+
+impl std::fmt::Debug for MonitorsByState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorsByState").finish_non_exhaustive()
+    }
+}
+
+impl Collector for MonitorsByState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut counts = [0i64; State::ALL.len()];
+        for m in self.0.read().unwrap_or_else(|p| p.into_inner()).values() {
+            if let Some(i) = State::ALL.iter().position(|s| *s == m.state.state) {
+                counts[i] += 1;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "hartslag_monitors",
+            "Heartbeat monitors by state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in State::ALL.iter().zip(counts) {
+            let label = StateLabel {
+                state: state.as_str(),
+            };
+            ConstGauge::new(n).encode(family.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}

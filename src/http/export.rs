@@ -1,0 +1,171 @@
+//! CSV export over HTTP, for the event API and the dashboard's download link alike: the
+//! same query parameters filter both, and both stream the rows without building the file.
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+
+use super::error::ApiError;
+use super::query::{int_param, text_param};
+use crate::core::ingest::validate::parse_created_at;
+use crate::core::registry::AppInfo;
+use crate::core::store::Store;
+use crate::core::store::events::ExportFilter;
+
+/// Reads the export query: `from`, `to` (instants, or dates in the application's zone),
+/// `event` and `user_id`.
+pub fn export_filter(
+    app: &AppInfo,
+    params: &HashMap<String, String>,
+) -> Result<ExportFilter, ApiError> {
+    Ok(ExportFilter {
+        from: bound(app, "from", params.get("from"), false)?,
+        to: bound(app, "to", params.get("to"), true)?,
+        event: text_param(params, "event"),
+        user_id: int_param(params, "user_id")?,
+    })
+}
+
+/// Parses an export bound: an instant, or a date in the application's zone (`end` = day after).
+fn bound(
+    app: &AppInfo,
+    name: &str,
+    value: Option<&String>,
+    end: bool,
+) -> Result<Option<Timestamp>, ApiError> {
+    let Some(text) = value.map(|s| s.trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "query parameter {name} must be an RFC 3339 time or a YYYY-MM-DD date, got {text:?}"
+            ),
+        )
+    };
+    if text.len() == 10 {
+        let date: jiff::civil::Date = text.parse().map_err(|_| bad())?;
+        let date = if end {
+            date.tomorrow().map_err(|_| bad())?
+        } else {
+            date
+        };
+        let z = date.to_zoned(app.tz.clone()).map_err(|_| bad())?;
+        return Ok(Some(z.timestamp()));
+    }
+    parse_created_at(text).map(Some).ok_or_else(bad)
+}
+
+/// Text a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, or a tab or carriage
+/// return before one) gets a leading `'`, which spreadsheets show as text and hide. Only
+/// event names need it: they are the one column a client chooses freely; times and numbers
+/// are written by the server.
+pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// How long an export waits for its client to take the next chunk before giving up, so a
+/// client that stopped reading does not hold a storage thread forever.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Streams an application's events as RFC 4180 CSV without building it in memory.
+pub fn csv_response(store: Store, app: &AppInfo, filter: ExportFilter) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let num = app.num;
+    let chunks = Chunks {
+        tx,
+        runtime: tokio::runtime::Handle::current(),
+        app: app.key.clone(),
+    };
+    tokio::task::spawn_blocking(move || write_rows(&store, num, filter, &chunks));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let filename = format!("{}-events.csv", app.name);
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Where an export's rows go: the response body, from a blocking thread.
+struct Chunks {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    runtime: tokio::runtime::Handle,
+    app: String,
+}
+
+impl Chunks {
+    /// Hands one chunk to the response; false once the client is gone or has taken
+    /// nothing for [`EXPORT_STALL`].
+    fn send(&self, chunk: Result<Bytes, std::io::Error>) -> bool {
+        let sent = tokio::time::timeout(EXPORT_STALL, self.tx.send(chunk));
+        match self.runtime.block_on(sent) {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::info!(application = %self.app, "export stopped: the client took no data for a minute");
+                false
+            }
+        }
+    }
+}
+
+/// Sends the rows in chunks of about 60 KiB; stops when the client goes away.
+fn write_rows(store: &Store, app: u64, filter: ExportFilter, out: &Chunks) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    csv_row(&mut buf, ["created_at", "event", "weight", "user_id"]);
+    for item in store.export(app, filter) {
+        match item {
+            Ok(e) => {
+                let user = e.value.user_id.map(|u| u.to_string()).unwrap_or_default();
+                let (at, weight) = (e.at.to_string(), e.value.weight.to_string());
+                let event = neutralise_formula(&e.value.event);
+                csv_row(&mut buf, [&at, &event, &weight, &user]);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "export stopped");
+                out.send(Err(std::io::Error::other(err.to_string())));
+                return;
+            }
+        }
+        if buf.len() >= 60 * 1024 && !out.send(Ok(Bytes::from(std::mem::take(&mut buf)))) {
+            return;
+        }
+    }
+    if !buf.is_empty() {
+        out.send(Ok(Bytes::from(buf)));
+    }
+}
+
+/// Appends one RFC 4180 record: fields quoted when they hold a comma, quote or line break.
+fn csv_row(buf: &mut Vec<u8>, fields: [&str; 4]) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        if f.contains([',', '"', '\r', '\n']) || f.starts_with(' ') || f.ends_with(' ') {
+            buf.push(b'"');
+            buf.extend_from_slice(f.replace('"', "\"\"").as_bytes());
+            buf.push(b'"');
+        } else {
+            buf.extend_from_slice(f.as_bytes());
+        }
+    }
+    buf.extend_from_slice(b"\r\n");
+}

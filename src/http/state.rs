@@ -1,0 +1,77 @@
+//! What request handlers share: the core's services beside the HTTP layer's own state.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::api::manage::RateLimiter;
+use super::dashboard::Dashboard;
+use super::track::RequestMetrics;
+use super::{ConnectionStats, HttpLimits};
+use crate::config::ServerConfig;
+use crate::core::Services;
+use crate::core::catalogue::MonitorCatalogue;
+use crate::core::metrics::MetricRegistry;
+
+/// Everything request handlers share, behind one `Arc`: axum clones the state for every
+/// request, and one reference count is cheaper than one per field.
+#[derive(Clone)]
+pub struct HttpState(Arc<Shared>);
+
+/// The parts of [`HttpState`].
+pub struct Shared {
+    /// The domain.
+    pub core: Services,
+    /// Where management API writes go; `None` when the front end offers none.
+    pub catalogue: Option<Arc<dyn MonitorCatalogue>>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Timeouts and the connection cap.
+    pub limits: HttpLimits,
+    /// Connection counters.
+    pub connections: ConnectionStats,
+    /// Per-key rate limit of the management API.
+    pub rate_limit: RateLimiter,
+    /// Set while serving; `/readyz` reports it.
+    pub ready: AtomicBool,
+    /// The HTTP layer's own metric families.
+    pub requests: RequestMetrics,
+    /// Every metric family of the process, for `/metrics`.
+    pub metrics: MetricRegistry,
+    /// Dashboard sessions, badges and live streams.
+    pub dashboard: Dashboard,
+}
+
+impl HttpState {
+    /// The state for serving `core`: registers the HTTP layer's families into `metrics`
+    /// and keeps the registry for `/metrics`.
+    pub fn new(
+        core: Services,
+        config: &ServerConfig,
+        catalogue: Option<Arc<dyn MonitorCatalogue>>,
+        mut metrics: MetricRegistry,
+    ) -> Self {
+        let requests = RequestMetrics::register(&mut metrics);
+        let connections = ConnectionStats::register(&mut metrics, config.http.max_connections);
+        Self(Arc::new(Shared {
+            core,
+            catalogue,
+            max_body_bytes: config.max_body_bytes,
+            limits: config.http,
+            connections,
+            rate_limit: RateLimiter::new(config.api_rate_per_sec, config.api_rate_burst),
+            ready: AtomicBool::new(false),
+            requests,
+            metrics,
+            dashboard: Dashboard::new(config.base_url()),
+        }))
+    }
+}
+
+impl Deref for HttpState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
