@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub api_rate_burst: f64,
     /// Alert retry policy.
     pub outbox: crate::core::alert::outbox::OutboxConfig,
+    /// Limits of Applications that set none of their own.
+    pub limits: crate::core::limits::LimitDefaults,
     /// HTTP timeouts and the connection cap.
     pub http: crate::http::HttpLimits,
 }
@@ -56,6 +58,7 @@ impl ServerConfig {
             api_rate_per_sec: 10.0,
             api_rate_burst: 50.0,
             outbox: crate::core::alert::outbox::OutboxConfig::default(),
+            limits: crate::core::limits::LimitDefaults::default(),
             http: crate::http::HttpLimits::default(),
         }
     }
@@ -72,6 +75,7 @@ impl ServerConfig {
             cache_bytes: self.cache_bytes,
             ping_history: self.ping_history as u64,
             outbox: self.outbox,
+            limits: self.limits,
         }
     }
 }

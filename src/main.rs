@@ -111,6 +111,22 @@ struct Common {
     /// Most HTTP connections open at once; further clients wait until one closes.
     #[arg(long, env = "HARTSLAG_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
     http_max_connections: usize,
+    /// Most Heartbeats an Application may create through the management API, unless its
+    /// spec.limits.heartbeats says otherwise.
+    #[arg(long, env = "HARTSLAG_MAX_HEARTBEATS", default_value_t = 1000)]
+    max_heartbeats: u32,
+    /// Most distinct event names per Application, unless its spec.limits.eventNames says
+    /// otherwise.
+    #[arg(long, env = "HARTSLAG_MAX_EVENT_NAMES", default_value_t = 10_000)]
+    max_event_names: u32,
+    /// Events per second an Application's token may send, sustained (0: no limit), unless
+    /// its spec.limits.ingestRate says otherwise.
+    #[arg(long, env = "HARTSLAG_INGEST_RATE", default_value_t = 2000)]
+    ingest_rate: u32,
+    /// Events an Application's token may send at once above that rate, unless its
+    /// spec.limits.ingestBurst says otherwise.
+    #[arg(long, env = "HARTSLAG_INGEST_BURST", default_value_t = 10_000)]
+    ingest_burst: u32,
     /// How long a shutdown waits for requests in flight.
     #[arg(long, env = "HARTSLAG_SHUTDOWN_GRACE", default_value = "20s")]
     shutdown_grace: hartslag::core::duration::SpecDuration,
@@ -131,6 +147,12 @@ impl Common {
         c.min_interval = self.min_interval;
         c.outbox.base_delay =
             std::time::Duration::from_secs(self.alert_retry_base.as_secs().max(1));
+        c.limits = hartslag::core::limits::LimitDefaults {
+            heartbeats: self.max_heartbeats,
+            event_names: self.max_event_names.max(1),
+            ingest_rate: self.ingest_rate,
+            ingest_burst: self.ingest_burst.max(1),
+        };
         c.http = hartslag::http::HttpLimits {
             header_timeout: secs(self.http_header_timeout),
             body_timeout: secs(self.http_body_timeout),

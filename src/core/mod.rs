@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod catalogue;
 pub mod duration;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod registry;

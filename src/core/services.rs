@@ -10,6 +10,7 @@ use jiff::Timestamp;
 
 use super::alert::Deliver;
 use super::alert::outbox::{Outbox, OutboxConfig, OutboxError};
+use super::limits::LimitDefaults;
 use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
 use super::monitor::schedule::Clock;
@@ -28,6 +29,8 @@ pub struct ServicesConfig {
     pub ping_history: u64,
     /// How alert deliveries are retried.
     pub outbox: OutboxConfig,
+    /// Limits of Applications that set none of their own.
+    pub limits: LimitDefaults,
 }
 
 /// Why the services could not be opened.
@@ -82,7 +85,7 @@ impl Services {
         };
         let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
         store.register_metrics(metrics);
-        let registry = Registry::load(store.clone())?;
+        let registry = Registry::load(store.clone(), config.limits)?;
         let outbox = Outbox::open(&store.db, store.committer().clone(), config.outbox)?;
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {

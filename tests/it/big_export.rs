@@ -68,6 +68,7 @@ fn fill(manifests: &Path, data: &Path) {
                                 user_id: None,
                             },
                             idempotency: None,
+                            name_limit: u32::MAX,
                         })
                         .await
                         .unwrap()

@@ -20,3 +20,4 @@ mod monitors;
 mod operator_e2e;
 mod properties;
 mod slow_clients;
+mod tenant_limits;

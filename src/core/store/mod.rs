@@ -78,6 +78,8 @@ pub struct Store {
     pub(crate) tokens: sled::Tree,
     /// Queries wait here for events that were answered before sled had them.
     pub(crate) visible: std::sync::Arc<events::Visibility>,
+    /// Distinct event names per application, for the ingest writer's limit.
+    pub(crate) names: std::sync::Arc<events::batch::NameCounts>,
 }
 
 impl std::fmt::Debug for Store {
@@ -107,6 +109,7 @@ impl Store {
             apps: db.open_tree("apps")?,
             tokens: db.open_tree("tokens")?,
             visible: Default::default(),
+            names: Default::default(),
             committer,
             db,
         };

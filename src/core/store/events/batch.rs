@@ -22,6 +22,9 @@ pub struct EventWrite {
     pub value: EventValue,
     /// The client's `Idempotency-Key`, when it sent one.
     pub idempotency: Option<Idempotency>,
+    /// Most distinct event names the application may have: an event with a new name is
+    /// refused once it has this many.
+    pub name_limit: u32,
 }
 
 /// How long an `Idempotency-Key` keeps answering retries.
@@ -47,6 +50,27 @@ pub enum Outcome {
     Replayed,
     /// Its `Idempotency-Key` came with a different event within the window; nothing stored.
     KeyReused,
+    /// Its name would be one more distinct name than the application may have; nothing
+    /// stored.
+    TooManyNames,
+}
+
+/// How many distinct event names each application has, kept by the ingest writer (the one
+/// thread that adds names) so a batch need not count rollup keys.
+#[derive(Debug, Default)]
+pub struct NameCounts(std::sync::Mutex<HashMap<u64, usize>>);
+
+impl NameCounts {
+    /// Forgets what is known (a failed write, a purged application): counted again on use.
+    pub(crate) fn forget(&self, app: Option<u64>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match app {
+            Some(app) => {
+                map.remove(&app);
+            }
+            None => map.clear(),
+        }
+    }
 }
 
 /// Cuts one application's events, sorted by time, into stored blocks: each at most
@@ -68,6 +92,10 @@ fn split_blocks<'a, 'e>(events: &'a [(i64, &'e EventValue)]) -> Vec<&'a [(i64, &
     }
     out
 }
+
+/// Names a batch adds, per application.
+#[derive(Default)]
+struct NewNames<'a>(std::collections::HashSet<(u64, &'a str)>);
 
 /// What a batch adds to each rollup it touches, one map per family, in the order their
 /// new values are written.
@@ -187,11 +215,15 @@ impl Store {
         let mut outcomes = Vec::with_capacity(all.len());
         let mut accepted = HashMap::new();
         let mut stored = Vec::with_capacity(all.len());
+        let mut names = NewNames::default();
         for w in all {
             let outcome = match &w.idempotency {
-                None => Outcome::Stored,
+                None => self.name_outcome(w, &mut names)?,
                 Some(idem) => {
-                    let o = self.idempotency_outcome(w.app, idem, now, &accepted)?;
+                    let mut o = self.idempotency_outcome(w.app, idem, now, &accepted)?;
+                    if o == Outcome::Stored {
+                        o = self.name_outcome(w, &mut names)?;
+                    }
                     if o == Outcome::Stored {
                         accepted.insert((w.app, idem.key), idem.fingerprint);
                         out.push(Mutation::put(
@@ -209,6 +241,39 @@ impl Store {
             outcomes.push(outcome);
         }
         Ok((stored, outcomes))
+    }
+
+    /// Whether `w`'s name may be stored: a name the application has, or a new one while it
+    /// has fewer than its limit. New names of this batch count as they are accepted.
+    fn name_outcome<'a>(
+        &self,
+        w: &'a EventWrite,
+        batch: &mut NewNames<'a>,
+    ) -> Result<Outcome, StoreError> {
+        let name = w.value.event.as_str();
+        if batch.0.contains(&(w.app, name))
+            || self
+                .events
+                .contains_key(keys::total_key(w.app, None, name))?
+        {
+            return Ok(Outcome::Stored);
+        }
+        let mut counts = self.names.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = match counts.get(&w.app) {
+            Some(n) => *n,
+            None => {
+                let prefix = keys::scope_prefix(keys::Family::Total, w.app, None);
+                let n = self.events.scan_prefix(prefix).keys().count();
+                counts.insert(w.app, n);
+                n
+            }
+        };
+        if count >= usize::try_from(w.name_limit).unwrap_or(usize::MAX) {
+            return Ok(Outcome::TooManyNames);
+        }
+        counts.insert(w.app, count + 1);
+        batch.0.insert((w.app, name));
+        Ok(Outcome::Stored)
     }
 
     /// The raw events, as blocks per application.

@@ -248,6 +248,7 @@ mod tests {
                     user_id: None,
                 },
                 idempotency: None,
+                name_limit: u32::MAX,
             })
             .collect();
         let refs: Vec<&EventWrite> = writes.iter().collect();

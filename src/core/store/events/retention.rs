@@ -110,6 +110,7 @@ impl Store {
             }
         }
         self.events.apply_batch(batch)?;
+        self.names.forget(Some(app));
         Ok(())
     }
 }

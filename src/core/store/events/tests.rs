@@ -29,6 +29,7 @@ fn batch(store: &Store, events: &[(u64, i64, &str)]) {
             date: 20240101,
             value: ev(name, None),
             idempotency: None,
+            name_limit: u32::MAX,
         })
         .collect();
     let refs: Vec<&EventWrite> = writes.iter().collect();
@@ -149,6 +150,7 @@ async fn an_idempotency_key_answers_for_24_hours_then_expires() {
         date: 20231114,
         value: ev("e", None),
         idempotency: Some(idem(fp)),
+        name_limit: u32::MAX,
     };
     let run = |now: Timestamp, ws: &[EventWrite]| {
         let refs: Vec<&EventWrite> = ws.iter().collect();
@@ -219,4 +221,46 @@ async fn data_stored_before_the_newest_event_record_gets_one_at_open() {
     assert_eq!(record(1).as_deref(), Some(&(T + 7).to_le_bytes()[..]));
     assert_eq!(record(2).as_deref(), Some(&T.to_le_bytes()[..]));
     assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 7)));
+}
+
+#[tokio::test]
+async fn a_new_name_past_the_limit_is_refused_and_known_names_still_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let write = |app: u64, name: &str| EventWrite {
+        app,
+        at: at(T),
+        date: 20231114,
+        value: ev(name, None),
+        idempotency: None,
+        name_limit: 3,
+    };
+    let run = |ws: &[EventWrite]| {
+        let refs: Vec<&EventWrite> = ws.iter().collect();
+        let (w, outcomes) = store.event_writes(&refs, Timestamp::now()).unwrap();
+        store.committer().log_blocking(w).unwrap();
+        outcomes
+    };
+    use Outcome::{Stored, TooManyNames};
+    // Two names in one batch, the third and fourth racing in the next: one wins.
+    assert_eq!(
+        run(&[write(1, "a"), write(1, "b"), write(1, "a")]),
+        vec![Stored; 3]
+    );
+    assert_eq!(
+        run(&[write(1, "c"), write(1, "d"), write(1, "c"), write(2, "d")]),
+        vec![Stored, TooManyNames, Stored, Stored]
+    );
+    // Known names keep counting; the limit is per application.
+    assert_eq!(
+        run(&[write(1, "a"), write(1, "e")]),
+        vec![Stored, TooManyNames]
+    );
+    assert_eq!(store.event_count(1).unwrap(), 6);
+    // After a restart the count is read back from the totals.
+    store.names.forget(None);
+    assert_eq!(
+        run(&[write(1, "f"), write(1, "b")]),
+        vec![TooManyNames, Stored]
+    );
 }

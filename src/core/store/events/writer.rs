@@ -72,7 +72,7 @@ impl EventWriter {
                 match outcome {
                     Outcome::Stored => self.stored.inc(),
                     Outcome::Replayed => self.replayed.inc(),
-                    Outcome::KeyReused => 0,
+                    Outcome::KeyReused | Outcome::TooManyNames => 0,
                 };
                 Ok(outcome)
             }
@@ -111,6 +111,8 @@ fn commit(store: &Store, batch: &mut Vec<Job>, seq: u64) {
         Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!(error = %e, "preparing a batch of events failed");
+            // Names counted for this batch were never stored.
+            store.names.forget(None);
             for job in batch.drain(..) {
                 let _ = job.ack.send(Err(e.to_string()));
             }
@@ -142,6 +144,7 @@ fn commit(store: &Store, batch: &mut Vec<Job>, seq: u64) {
     store.visible.applied(seq);
     if let Err(e) = result {
         tracing::error!(error = %e, "writing a batch of events failed");
+        store.names.forget(None);
         let taken = answers.lock().unwrap_or_else(|p| p.into_inner()).take();
         for (ack, _) in taken.into_iter().flatten() {
             let _ = ack.send(Err(e.to_string()));
