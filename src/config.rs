@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub outbox: crate::core::alert::outbox::OutboxConfig,
     /// Limits of Applications that set none of their own.
     pub limits: crate::core::limits::LimitDefaults,
+    /// Which addresses alert webhooks may reach.
+    pub webhooks: crate::notify::guard::AddressPolicy,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// HTTP timeouts and the connection cap.
     pub http: crate::http::HttpLimits,
 }
@@ -59,6 +63,8 @@ impl ServerConfig {
             api_rate_burst: 50.0,
             outbox: crate::core::alert::outbox::OutboxConfig::default(),
             limits: crate::core::limits::LimitDefaults::default(),
+            webhooks: crate::notify::guard::AddressPolicy::default(),
+            trusted_proxies: Vec::new(),
             http: crate::http::HttpLimits::default(),
         }
     }

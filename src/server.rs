@@ -51,7 +51,11 @@ impl Server {
     pub fn open(config: ServerConfig) -> Result<Self, ServerError> {
         let mut metrics = MetricRegistry::default();
         let core = Services::open(&config.services(), &mut metrics)?;
-        let notifier = Notifier::new(config.smtp_url.as_deref(), &config.mail_from)?;
+        let notifier = Notifier::new(
+            config.smtp_url.as_deref(),
+            &config.mail_from,
+            config.webhooks.clone(),
+        )?;
         core.deliver_alerts(Arc::new(notifier));
         Ok(Self {
             config,

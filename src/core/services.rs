@@ -129,6 +129,37 @@ impl Services {
         });
     }
 
+    /// Whether the services can do their work: `Err` names the first that cannot. The
+    /// commit log, the monitor engine and the outbox must be able to write, and the ingest
+    /// writer and the engine threads must answer a probe within `within` (a dead or stuck
+    /// thread would otherwise leave the process serving requests it can never answer).
+    pub async fn health(&self, within: Duration) -> Result<(), String> {
+        self.registry
+            .store()
+            .committer()
+            .health()
+            .map_err(|e| e.to_string())?;
+        self.engine.health()?;
+        self.outbox.health()?;
+        let probes = async {
+            self.events
+                .probe()
+                .await
+                .map_err(|_| "the ingest writer has stopped".to_string())?;
+            self.engine
+                .probe()
+                .await
+                .map_err(|_| "the monitor engine has stopped".to_string())
+        };
+        match tokio::time::timeout(within, probes).await {
+            Ok(answered) => answered,
+            Err(_) => Err(format!(
+                "the ingest writer or the monitor engine did not answer within {}s",
+                within.as_secs()
+            )),
+        }
+    }
+
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.registry.store().flush().await
@@ -159,5 +190,123 @@ async fn purge_past_retention(registry: &Registry, app: &AppInfo) {
             tracing::warn!(application = %app.key, error = %e, "retention pass failed")
         }
         Err(e) => tracing::warn!(error = %e, "retention task panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::core::monitor::engine::PingInput;
+
+    async fn open(dir: &std::path::Path) -> Services {
+        let config = ServicesConfig {
+            data_dir: dir.to_path_buf(),
+            cache_bytes: 8 << 20,
+            ping_history: 10,
+            outbox: OutboxConfig::default(),
+            limits: LimitDefaults::default(),
+        };
+        Services::open(&config, &mut MetricRegistry::default()).unwrap()
+    }
+
+    const WITHIN: Duration = Duration::from_millis(500);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_fails_while_a_thread_is_stuck_and_recovers_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+
+        core.engine.stall(Duration::from_secs(2));
+        let err = core.health(WITHIN).await.unwrap_err();
+        assert!(err.contains("did not answer within"), "{err}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+
+        core.events.stall(Duration::from_secs(2)).await;
+        assert!(core.health(WITHIN).await.is_err());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+    }
+
+    fn success() -> PingInput {
+        PingInput {
+            kind: crate::core::monitor::engine::PingKind::Success,
+            exit_code: None,
+            source: None,
+            user_agent: None,
+            body: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_state_is_published_and_broadcast_only_once_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        core.engine.upsert(monitor("a")).await.unwrap();
+        let mut changes = core.engine.subscribe();
+        core.engine.fail_writes(true);
+        assert!(core.engine.ping("default/a", success()).await.is_err());
+        // Readers, the deadline scheduler and subscribers still see what is on disk.
+        let m = core.engine.get("default/a").unwrap();
+        assert_eq!(m.state.state, crate::core::monitor::state::State::New);
+        assert_eq!(m.state.pings, 0);
+        assert!(
+            changes.try_recv().is_err(),
+            "a change that was never written was broadcast"
+        );
+        core.engine.fail_writes(false);
+        core.engine.ping("default/a", success()).await.unwrap();
+        let m = core.engine.get("default/a").unwrap();
+        assert_eq!(m.state.state, crate::core::monitor::state::State::Up);
+        let change = changes.try_recv().unwrap();
+        assert_eq!(
+            (change.key.as_str(), change.to),
+            ("default/a", m.state.state)
+        );
+    }
+
+    fn monitor(name: &str) -> crate::core::monitor::engine::MonitorDef {
+        crate::core::monitor::engine::MonitorDef {
+            key: format!("default/{name}"),
+            id: name.into(),
+            namespace: "default".into(),
+            name: name.into(),
+            display_name: None,
+            interval_secs: 60,
+            grace_secs: 0,
+            paused: false,
+            targets: Vec::new(),
+            application: None,
+            token: crate::core::token::TokenHash::of(name),
+            ping_hint: String::new(),
+            origin: crate::core::monitor::engine::Origin::Manifest,
+            retain_on_delete: false,
+            created_at: Timestamp::now(),
+            updated_at: Timestamp::now(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_fails_while_the_engine_or_the_outbox_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        core.engine.fail_writes(true);
+        let def = monitor("a");
+        assert!(core.engine.upsert(def.clone()).await.is_err());
+        let err = core.health(WITHIN).await.unwrap_err();
+        assert!(err.contains("writing monitor state failed"), "{err}");
+        // Nothing was published that is not on disk.
+        assert!(core.engine.get("default/a").is_none());
+        core.engine.fail_writes(false);
+        assert!(core.engine.upsert(def).await.is_ok());
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+
+        core.outbox.fail_writes.store(true, Ordering::Relaxed);
+        let _ = core.outbox.write(Vec::new()).await;
+        let err = core.health(WITHIN).await.unwrap_err();
+        assert!(err.contains("cannot record deliveries"), "{err}");
     }
 }

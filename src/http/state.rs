@@ -28,6 +28,8 @@ pub struct Shared {
     pub max_body_bytes: usize,
     /// Timeouts and the connection cap.
     pub limits: HttpLimits,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Connection counters.
     pub connections: ConnectionStats,
     /// Per-key rate limit of the management API.
@@ -58,6 +60,7 @@ impl HttpState {
             catalogue,
             max_body_bytes: config.max_body_bytes,
             limits: config.http,
+            trusted_proxies: config.trusted_proxies.clone(),
             connections,
             rate_limit: RateLimiter::new(config.api_rate_per_sec, config.api_rate_burst),
             ready: AtomicBool::new(false),

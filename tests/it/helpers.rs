@@ -54,6 +54,8 @@ impl InProcess {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, data.clone());
+        // Test receivers listen on loopback.
+        config.webhooks.allow_all = true;
         tweak(&mut config);
         let mut server = Server::open(config).unwrap();
         hartslag::standalone::apply_manifests(&mut server, &manifests)
@@ -142,6 +144,25 @@ impl ChildServer {
     /// [`ChildServer::start`], or `None` if the process exits before it is ready (the
     /// data directory still locked by another process, say).
     pub async fn try_start(manifests: &Path, data: &Path, extra: &[&str]) -> Option<Self> {
+        // Test receivers listen on loopback.
+        let mut args = vec!["--allow-private-webhooks"];
+        args.extend_from_slice(extra);
+        Self::try_start_exactly(manifests, data, &args).await
+    }
+
+    /// Starts `hartslag standalone` with exactly these extra args (without the
+    /// `--allow-private-webhooks` the other constructors add).
+    pub async fn start_exactly(manifests: &Path, data: &Path, extra: &[&str]) -> Self {
+        match Self::try_start_exactly(manifests, data, extra).await {
+            Some(s) => s,
+            None => panic!(
+                "hartslag standalone exited during startup ({})",
+                data.display()
+            ),
+        }
+    }
+
+    async fn try_start_exactly(manifests: &Path, data: &Path, extra: &[&str]) -> Option<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -114,3 +114,49 @@ async fn multibyte_dates_get_422_from_ingest_export_and_the_dashboard() {
         .unwrap();
     assert_eq!(res.status(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+    std::fs::write(
+        manifests.join("hb.yaml"),
+        crate::helpers::heartbeat_manifest(
+            "job",
+            "1h",
+            "5m",
+            "  applicationRef:\n    name: shop\n",
+        ),
+    )
+    .unwrap();
+    let mut sources = Vec::new();
+    for (i, trusted) in [None, Some("127.0.0.1,10.0.0.0/8")].into_iter().enumerate() {
+        let data = dir.path().join(format!("data-{i}"));
+        let args: Vec<&str> = trusted
+            .map(|t| vec!["--trusted-proxies", t])
+            .unwrap_or_default();
+        let server = ChildServer::start(&manifests, &data, &args).await;
+        let token = read_token(&data, "application", "shop");
+        let res = reqwest::Client::new()
+            .post(crate::helpers::ping_url(&data, "job"))
+            .header("X-Forwarded-For", "6.6.6.6, 203.0.113.7, 10.0.0.1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let list =
+            crate::helpers::get_json(&format!("{}/v1/heartbeats", server.base), &token).await;
+        let id = list["heartbeats"][0]["id"].as_str().unwrap().to_string();
+        let pings =
+            crate::helpers::get_json(&format!("{}/v1/heartbeats/{id}/pings", server.base), &token)
+                .await;
+        sources.push(pings["pings"][0]["source"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        sources,
+        ["127.0.0.1", "203.0.113.7"],
+        "ignored from an untrusted peer; through trusted proxies, the nearest untrusted hop"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod alert_delivery;
 mod big_export;
 mod boundary;
 mod chart;
@@ -21,3 +22,4 @@ mod operator_e2e;
 mod properties;
 mod slow_clients;
 mod tenant_limits;
+mod webhook_ssrf;

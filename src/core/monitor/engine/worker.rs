@@ -1,9 +1,11 @@
 //! The engine thread: takes commands in rounds, steps monitors through the pure state
 //! machine, stages what changed and writes each round as one commit-log record.
 //!
-//! Staging publishes a monitor's new state to readers at once, but its sender is answered
-//! only after the round is on disk (the `Done` callbacks): nothing is acknowledged that a
-//! crash could still lose.
+//! A round's later commands see its earlier ones' staged state; readers (the snapshot, the
+//! deadline scheduler, the dashboard, status writers and Kubernetes Events) see it only
+//! once the round is on disk, and senders are answered then too (the `Done` callbacks):
+//! nothing is published or acknowledged that a crash could still lose, and a round that
+//! fails to write leaves readers with what is on disk.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -49,6 +51,11 @@ pub(super) enum Command {
     ),
     SetPaused(String, bool, oneshot::Sender<Result<Monitor, EngineError>>),
     Due(String),
+    /// Answered as soon as the worker takes it: the thread is alive and not stuck.
+    Probe(oneshot::Sender<()>),
+    /// Tests: holds the worker for a while, as a stuck disk would.
+    #[cfg(test)]
+    Stall(std::time::Duration),
 }
 
 /// Answers a command once its round is durable (or failed).
@@ -66,6 +73,10 @@ struct Round {
     pings: RoundBlocks,
     alerts: Vec<outbox::Record>,
     done: Vec<Done>,
+    /// Monitors removed in this round.
+    removed: std::collections::HashSet<String>,
+    /// State transitions to broadcast once the round is on disk.
+    changes: Vec<Change>,
 }
 
 impl Round {
@@ -92,6 +103,11 @@ pub(super) struct Worker {
     /// Transitions written per monitor since start; the timeline is trimmed only every
     /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history.
     pub(super) transitions_since_trim: RefCell<HashMap<u64, u32>>,
+    /// Why the last round could not be written, until one is.
+    pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Tests make writes fail with this.
+    #[cfg(test)]
+    pub(super) fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -115,6 +131,17 @@ impl Worker {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Monitor `key` as this round left it so far: staged, removed, or as published.
+    fn current(&self, key: &str, round: &Round) -> Option<Monitor> {
+        if round.removed.contains(key) {
+            return None;
+        }
+        match round.monitors.get(key) {
+            Some(m) => Some(m.clone()),
+            None => self.read().get(key).cloned(),
+        }
+    }
+
     fn handle(&self, cmd: Command, round: &mut Round) {
         match cmd {
             Command::Due(key) => self.due(&key, round),
@@ -129,6 +156,11 @@ impl Worker {
                     let _ = reply.send(Err(e));
                 }
             },
+            Command::Probe(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(test)]
+            Command::Stall(d) => std::thread::sleep(d),
         }
     }
 
@@ -150,7 +182,9 @@ impl Worker {
         round: &mut Round,
     ) {
         let now = self.clock.now();
-        let paused = self.read().get(key).map(|m| m.state.state == State::Paused);
+        let paused = self
+            .current(key, round)
+            .map(|m| m.state.state == State::Paused);
         let signal = match input.kind {
             PingKind::Success => Signal::Success(now),
             PingKind::Start => Signal::Start(now),
@@ -174,8 +208,8 @@ impl Worker {
         reply: oneshot::Sender<Result<Monitor, EngineError>>,
         round: &mut Round,
     ) {
-        match self.upsert(def) {
-            Ok((m, _)) if self.read().get(&m.def.key) == Some(&m) => {
+        match self.upsert(def, round) {
+            Ok((m, _)) if self.current(&m.def.key, round).as_ref() == Some(&m) => {
                 let _ = reply.send(Ok(m));
             }
             Ok((m, effects)) => {
@@ -199,7 +233,7 @@ impl Worker {
         round: &mut Round,
     ) {
         let now = self.clock.now();
-        let Some(mut m) = self.read().get(key).cloned() else {
+        let Some(mut m) = self.current(key, round) else {
             let _ = reply.send(Err(EngineError::NotFound));
             return;
         };
@@ -229,15 +263,18 @@ impl Worker {
         round: &mut Round,
         done: Done,
     ) {
-        let Some(m) = self.read().get(key).cloned() else {
+        let Some(m) = self.current(key, round) else {
             done(Err(EngineError::NotFound));
             return;
         };
         let (new_state, effects) = state::apply(&m.def.timing(), &m.state, signal);
         let record = ping.map(|p| self.ping_record(p, signal, &new_state, &effects));
         if record.is_none() && new_state == m.state && effects.is_empty() {
-            // Nothing changed (e.g. a stale deadline): keep the schedule right, write nothing.
-            self.publish(&m);
+            // Nothing changed (e.g. a stale deadline): keep the schedule right, write
+            // nothing. A monitor staged in this round is armed when the round is written.
+            if !round.monitors.contains_key(key) {
+                self.arm(&m);
+            }
             done(Ok(()));
             return;
         }
@@ -296,9 +333,13 @@ impl Worker {
 
     /// The monitor `def` defines, and the effects of the change: a known monitor keeps its
     /// id, creation time and state; one deleted with `Retain` picks its state back up.
-    fn upsert(&self, mut def: MonitorDef) -> Result<(Monitor, Vec<Effect>), EngineError> {
+    fn upsert(
+        &self,
+        mut def: MonitorDef,
+        round: &Round,
+    ) -> Result<(Monitor, Vec<Effect>), EngineError> {
         let now = self.clock.now();
-        if let Some(old) = self.read().get(&def.key).cloned() {
+        if let Some(old) = self.current(&def.key, round) {
             def.created_at = old.def.created_at;
             def.id = old.def.id.clone();
             if def == old.def {
@@ -336,17 +377,12 @@ impl Worker {
     }
 
     fn remove(&self, key: &str, round: &mut Round) -> Result<(), EngineError> {
-        let Some(m) = self
-            .snapshot
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key)
-        else {
+        let Some(m) = self.current(key, round) else {
             return Ok(());
         };
-        self.scheduler.disarm(key.to_string());
         self.transitions_since_trim.borrow_mut().remove(&m.num);
         round.monitors.remove(key);
+        round.removed.insert(key.to_string());
         round.ops.push((monitor_key(key), None));
         if m.def.retain_on_delete {
             // Keep history and state under the retained key so a re-created monitor finds
@@ -370,19 +406,43 @@ impl Worker {
         Ok(())
     }
 
-    fn publish(&self, m: &Monitor) {
-        self.snapshot
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(m.def.key.clone(), m.clone());
+    /// Arms `m`'s next deadline (or none).
+    fn arm(&self, m: &Monitor) {
         match state::next_wakeup(&m.def.timing(), &m.state) {
             Some(at) => self.scheduler.arm(m.def.key.clone(), at),
             None => self.scheduler.disarm(m.def.key.clone()),
         }
     }
 
+    /// Hands a written round to readers: the snapshot, the deadline scheduler, and the
+    /// subscribers to state transitions, in the order the transitions happened.
+    fn publish(&self, round: &Round) {
+        {
+            let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+            for key in &round.removed {
+                if !round.monitors.contains_key(key) {
+                    snapshot.remove(key);
+                }
+            }
+            for (key, m) in &round.monitors {
+                snapshot.insert(key.clone(), m.clone());
+            }
+        }
+        for key in &round.removed {
+            if !round.monitors.contains_key(key) {
+                self.scheduler.disarm(key.clone());
+            }
+        }
+        for m in round.monitors.values() {
+            self.arm(m);
+        }
+        for change in &round.changes {
+            let _ = self.changes.send(change.clone());
+        }
+    }
+
     /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
-    /// effects call for) and publishes it to readers; `done` runs once the round is on disk.
+    /// effects call for); readers see it and `done` runs once the round is on disk.
     fn stage(
         &self,
         m: &Monitor,
@@ -393,7 +453,7 @@ impl Worker {
     ) {
         match self.stage_changes(m, effects, ping, round) {
             Ok(()) => {
-                self.publish(m);
+                round.removed.remove(&m.def.key);
                 round.done.push(done);
             }
             Err(e) => done(Err(e)),
@@ -440,7 +500,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Stores the transition in the monitor's timeline and broadcasts it.
+    /// Stores the transition in the monitor's timeline, to be broadcast once it is written.
     fn stage_transition(
         &self,
         m: &Monitor,
@@ -461,7 +521,7 @@ impl Worker {
             transition_key(m.num, at, idx).to_vec(),
             Some(serde_json::to_vec(&record)?),
         ));
-        let _ = self.changes.send(Change {
+        round.changes.push(Change {
             key: m.def.key.clone(),
             from,
             to,
@@ -519,64 +579,65 @@ impl Worker {
 
     /// Writes a round as one commit-log record (monitor state, pings, timeline and the
     /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
-    /// next round reads what this one wrote; commands gather meanwhile.
-    fn write(&self, round: Round) {
+    /// next round reads what this one wrote; commands gather meanwhile. Then readers see
+    /// it and its senders are answered.
+    fn write(&self, mut round: Round) {
         if round.is_empty() {
             return;
         }
         let alerts = !round.alerts.is_empty();
-        let mut writes = match self.round_writes(round.ops, round.pings, round.monitors) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "encoding monitor state failed");
-                for d in round.done {
-                    d(Err(EngineError::Write(e.to_string())));
+        let result = self
+            .round_writes(&mut round)
+            .map_err(|e| format!("encoding monitor state failed: {e}"))
+            .and_then(|writes| {
+                #[cfg(test)]
+                if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err("writing monitor state failed: injected failure".to_string());
                 }
-                return;
+                self.committer
+                    .log_blocking(writes)
+                    .map_err(|e| format!("writing monitor state failed: {e}"))
+            });
+        match &result {
+            Ok(()) => {
+                self.publish(&round);
+                if alerts {
+                    self.outbox.wake();
+                }
             }
-        };
-        writes.extend(
-            round
-                .alerts
-                .into_iter()
-                .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
-        );
-        let result = self.committer.log_blocking(writes).map_err(|e| {
-            tracing::error!(error = %e, "writing monitor state failed");
-            e.to_string()
-        });
-        if alerts && result.is_ok() {
-            self.outbox.wake();
+            Err(e) => tracing::error!(error = %e, "a round of monitor changes was not written"),
         }
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
         for d in round.done {
             d(result.clone().map_err(EngineError::Write));
         }
     }
 
-    /// A round's changes to the monitors tree as writes, in the order they were staged;
-    /// ping blocks and monitor records come after the other changes, since a monitor
-    /// removed in the round is no longer among them.
-    fn round_writes(
-        &self,
-        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        pings: RoundBlocks,
-        monitors: HashMap<String, Monitor>,
-    ) -> Result<Vec<Mutation>, serde_json::Error> {
-        let mut writes: Vec<Mutation> = Vec::with_capacity(ops.len() + monitors.len() + 1);
-        for (k, v) in ops {
+    /// A round's changes as writes, in the order they were staged; ping blocks and monitor
+    /// records come after the other changes, since a monitor removed in the round is no
+    /// longer among them; the alerts it queues come last.
+    fn round_writes(&self, round: &mut Round) -> Result<Vec<Mutation>, serde_json::Error> {
+        let mut writes: Vec<Mutation> =
+            Vec::with_capacity(round.ops.len() + round.monitors.len() + round.alerts.len() + 1);
+        for (k, v) in std::mem::take(&mut round.ops) {
             writes.push(match v {
                 Some(v) => Mutation::put(&self.tree, k, v),
                 None => Mutation::remove(&self.tree, k),
             });
         }
-        writes.extend(pings.into_writes(&self.tree));
-        for (key, m) in monitors {
+        writes.extend(std::mem::take(&mut round.pings).into_writes(&self.tree));
+        for (key, m) in &round.monitors {
             writes.push(Mutation::put(
                 &self.tree,
-                monitor_key(&key),
-                serde_json::to_vec(&m)?,
+                monitor_key(key),
+                serde_json::to_vec(m)?,
             ));
         }
+        writes.extend(
+            std::mem::take(&mut round.alerts)
+                .into_iter()
+                .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
+        );
         Ok(writes)
     }
 }

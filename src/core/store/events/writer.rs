@@ -19,10 +19,21 @@ struct Job {
     ack: oneshot::Sender<Result<Outcome, String>>,
 }
 
+/// What the writer thread is sent.
+enum Work {
+    /// An event to store.
+    Event(Job),
+    /// Answered as soon as the thread takes it: it is alive and keeping up.
+    Probe(oneshot::Sender<()>),
+    /// Tests: holds the thread for a while, as a stuck disk would.
+    #[cfg(test)]
+    Stall(std::time::Duration),
+}
+
 /// Handle to the single ingest writer thread.
 #[derive(Clone, Debug)]
 pub struct EventWriter {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Work>,
     /// Events stored since start.
     stored: Counter,
     /// Retries answered from their `Idempotency-Key` without counting again.
@@ -33,7 +44,7 @@ impl EventWriter {
     /// Starts the writer thread for `store`. A dedicated OS thread, because sled calls and
     /// the commit (often its own `fdatasync`) block.
     pub fn spawn(store: Store) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::channel::<Job>(8192);
+        let (tx, rx) = mpsc::channel::<Work>(8192);
         std::thread::Builder::new()
             .name("hartslag-ingest".into())
             .spawn(move || run(&store, rx))
@@ -59,12 +70,29 @@ impl EventWriter {
         );
     }
 
+    /// Resolves once the writer thread has taken a probe sent now, behind the events queued
+    /// before it: the thread is alive and keeping up. `Err` if it is gone.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Work::Probe(tx))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Tests: holds the writer thread for `d`, as a stuck disk would.
+    #[cfg(test)]
+    pub(crate) async fn stall(&self, d: std::time::Duration) {
+        let _ = self.tx.send(Work::Stall(d)).await;
+    }
+
     /// Stores one event durably; returns once it is on disk (or once its `Idempotency-Key`
     /// has been settled). Queries made after that see it: they wait for the apply.
     pub async fn write(&self, write: EventWrite) -> Result<Outcome, StoreError> {
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Job { write, ack })
+            .send(Work::Event(Job { write, ack }))
             .await
             .map_err(|_| StoreError::Stopped)?;
         match rx.await {
@@ -87,19 +115,33 @@ impl EventWriter {
 
 /// The writer thread: each batch takes whatever has queued up (up to [`MAX_BATCH`]) while
 /// the previous one was being committed.
-fn run(store: &Store, mut rx: mpsc::Receiver<Job>) {
+fn run(store: &Store, mut rx: mpsc::Receiver<Work>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut seq = 0u64;
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+        take(first, &mut batch);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(work) => take(work, &mut batch),
                 Err(_) => break,
             }
         }
-        seq += 1;
-        commit(store, &mut batch, seq);
+        if !batch.is_empty() {
+            seq += 1;
+            commit(store, &mut batch, seq);
+        }
+    }
+}
+
+/// Adds an event to the batch; answers a probe at once.
+fn take(work: Work, batch: &mut Vec<Job>) {
+    match work {
+        Work::Event(job) => batch.push(job),
+        Work::Probe(reply) => {
+            let _ = reply.send(());
+        }
+        #[cfg(test)]
+        Work::Stall(d) => std::thread::sleep(d),
     }
 }
 
