@@ -114,9 +114,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The `hartslag` binary built for these tests.
+/// The `hartslag` binary the tests start: the one built for them, or the one
+/// `HARTSLAG_TEST_BINARY` names (an earlier build, to see a test fail without its fix).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hartslag"))
+    std::env::var_os("HARTSLAG_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hartslag")))
 }
 
 /// A `hartslag standalone` child process.
