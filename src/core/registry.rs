@@ -104,6 +104,9 @@ impl Registry {
     pub fn load(store: Store, defaults: LimitDefaults) -> Result<Self, RegistryError> {
         let mut inner = Inner::default();
         for rec in store.load_apps()? {
+            if rec.retained_since.is_some() {
+                continue;
+            }
             let info = info_from(&rec, &defaults, None);
             inner.apps.insert(info.key.clone(), Arc::new(info));
         }
@@ -156,8 +159,14 @@ impl Registry {
             name: name.into(),
             spec,
             token,
+            retained_since: None,
         };
-        let old_token = existing.as_ref().map(|r| r.token);
+        // A retained record's token was revoked with it; a re-created application brings
+        // its own.
+        let old_token = existing
+            .as_ref()
+            .filter(|r| r.retained_since.is_none())
+            .map(|r| r.token);
         if existing.as_ref() != Some(&rec) {
             self.store.put_app(&key, &rec, old_token)?;
             self.store.flush().await?;
@@ -181,7 +190,9 @@ impl Registry {
         Ok(info)
     }
 
-    /// Removes an application: its token stops working at once; `purge` also drops its events.
+    /// Removes an application: its token stops working at once. With `purge` its events go
+    /// too; without, its record stays (retained) so that an application re-created under
+    /// the same name picks its data up, and retention keeps applying to that data.
     pub async fn remove_application(
         &self,
         namespace: &str,
@@ -196,13 +207,31 @@ impl Registry {
                 .tokens
                 .retain(|_, o| !(o.kind == TokenKind::Application && o.key == key));
         }
-        if let Some(rec) = self.store.delete_app(&key)?
-            && purge
-        {
-            self.store.purge_application_events(rec.num)?;
+        if purge {
+            if let Some(rec) = self.store.delete_app(&key)? {
+                self.store.purge_application_events(rec.num)?;
+            }
+        } else {
+            self.store.retain_app(&key, jiff::Timestamp::now())?;
         }
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// Every application whose raw events retention applies to: the defined ones and the
+    /// retained ones, as (key, numeric id, retention).
+    pub fn retention_targets(
+        &self,
+    ) -> Result<Vec<(String, u64, crate::core::duration::SpecDuration)>, RegistryError> {
+        Ok(self
+            .store
+            .load_apps()?
+            .into_iter()
+            .map(|rec| {
+                let key = object_key(&rec.namespace, &rec.name);
+                (key, rec.num, rec.spec.retention())
+            })
+            .collect())
     }
 
     /// Indexes a non-application token (heartbeats, admin).

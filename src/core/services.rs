@@ -10,11 +10,12 @@ use jiff::Timestamp;
 
 use super::alert::Deliver;
 use super::alert::outbox::{Outbox, OutboxConfig, OutboxError};
+use super::duration::SpecDuration;
 use super::limits::LimitDefaults;
 use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
 use super::monitor::schedule::Clock;
-use super::registry::{AppInfo, Registry, RegistryError};
+use super::registry::{Registry, RegistryError};
 use super::store::events::EventWriter;
 use super::store::{Store, StoreError, StoreOptions};
 
@@ -115,15 +116,21 @@ impl Services {
         tokio::spawn(self.outbox.clone().run(courier));
     }
 
-    /// Deletes raw events past each application's retention, now and then every `every`.
+    /// Deletes raw events past each application's retention, now and then every `every`;
+    /// applications deleted with their data retained included.
     pub fn spawn_retention(&self, every: Duration) {
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                for app in registry.applications() {
-                    purge_past_retention(&registry, &app).await;
+                match registry.retention_targets() {
+                    Ok(targets) => {
+                        for (key, num, retention) in targets {
+                            purge_past_retention(&registry, &key, num, retention).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "retention pass failed"),
                 }
             }
         });
@@ -169,13 +176,12 @@ impl Services {
 /// One application's retention pass: raw events older than its window, and idempotency
 /// records past theirs. Runs off the async workers; failures are logged and retried on the
 /// next pass.
-async fn purge_past_retention(registry: &Registry, app: &AppInfo) {
-    let secs = i64::try_from(app.spec.retention().as_secs()).unwrap_or(i64::MAX);
+async fn purge_past_retention(registry: &Registry, key: &str, num: u64, retention: SpecDuration) {
+    let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let cutoff = Timestamp::now()
         .checked_sub(jiff::SignedDuration::from_secs(secs))
         .unwrap_or(Timestamp::MIN);
     let store = registry.store().clone();
-    let num = app.num;
     let purged = tokio::task::spawn_blocking(move || {
         store.purge_idempotency(num, Timestamp::now())?;
         store.purge_events_before(num, cutoff)
@@ -184,10 +190,10 @@ async fn purge_past_retention(registry: &Registry, app: &AppInfo) {
     match purged {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => {
-            tracing::info!(application = %app.key, removed = n, "deleted events past retention")
+            tracing::info!(application = %key, removed = n, "deleted events past retention")
         }
         Ok(Err(e)) => {
-            tracing::warn!(application = %app.key, error = %e, "retention pass failed")
+            tracing::warn!(application = %key, error = %e, "retention pass failed")
         }
         Err(e) => tracing::warn!(error = %e, "retention task panicked"),
     }

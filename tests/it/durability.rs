@@ -250,3 +250,96 @@ async fn an_idempotency_key_still_answers_after_kill_9() {
     assert_eq!(stats["total"]["count"], 1, "{stats}");
     assert_eq!(stats["total"]["weight"], 7, "{stats}");
 }
+
+/// Posts one event (optionally dated) and expects it acknowledged.
+async fn post_event(base: &str, token: &str, event: &str, created_at: Option<&str>) {
+    let mut body = json!({"event": event});
+    if let Some(at) = created_at {
+        body["created_at"] = json!(at);
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/heartbeat"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_deleted_with_retain_gets_its_data_back_when_re_created() {
+    let s = InProcess::start(&[("app.yaml", app_manifest("shop", "UTC"))]).await;
+    let token = s.app_token("shop");
+    for _ in 0..3 {
+        post_event(&s.base, &token, "order", None).await;
+    }
+    let info = s.core.registry.application("default/shop").unwrap();
+    s.core
+        .registry
+        .remove_application("default", "shop", false)
+        .await
+        .unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/stats", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the deleted application's token is revoked"
+    );
+
+    let fresh =
+        hartslag::core::token::Token::generate(hartslag::core::token::TokenKind::Application)
+            .unwrap();
+    let again = s
+        .core
+        .registry
+        .upsert_application("default", "shop", info.spec.clone(), fresh.hash())
+        .await
+        .unwrap();
+    assert_eq!(again.num, info.num, "the same name keeps its storage id");
+    let stats: Value =
+        crate::helpers::get_json(&format!("{}/api/v1/stats", s.base), fresh.expose()).await;
+    assert_eq!(stats["total"]["count"], json!(3), "{stats}");
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/stats", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the old token stays revoked");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_still_reaches_the_data_of_a_retained_application() {
+    let manifest = "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: gone\nspec:\n  retention: 1d\n";
+    let s = InProcess::start(&[("app.yaml", manifest.to_string())]).await;
+    let token = s.app_token("gone");
+    post_event(&s.base, &token, "old", Some("2020-01-01T00:00:00Z")).await;
+    post_event(&s.base, &token, "new", None).await;
+    let num = s.core.registry.application("default/gone").unwrap().num;
+    let store = s.core.registry.store().clone();
+    assert_eq!(store.event_count(num).unwrap(), 2);
+    s.core
+        .registry
+        .remove_application("default", "gone", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.event_count(num).unwrap(),
+        2,
+        "Retain keeps the events"
+    );
+    s.core.spawn_retention(Duration::from_secs(3600));
+    crate::helpers::wait_for("retention pass", Duration::from_secs(10), || {
+        let n = store.event_count(num).unwrap();
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    s.stop().await;
+}
