@@ -132,10 +132,10 @@ impl Apply<'_> {
             .map_err(refused(format!("Application {}", app.name)))?;
         if source == tokens::TokenSource::New {
             let path = tokens::token_path(self.data(), "application", &app.name);
+            // Only where it is: stdout ends up in terminals, CI logs and log collectors.
             println!(
-                "Issued a token for Application {}: {} (saved in {})",
+                "Issued a token for Application {}: saved in {}",
                 app.name,
-                token.expose(),
                 path.display()
             );
         }

@@ -128,7 +128,7 @@ pub struct ChildServer {
     pub base: String,
     /// The process.
     pub child: Child,
-    /// Where its log (stderr) goes.
+    /// Where its output (stdout and stderr) goes.
     pub log: PathBuf,
 }
 
@@ -180,7 +180,7 @@ impl ChildServer {
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();

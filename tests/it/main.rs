@@ -20,6 +20,7 @@ mod management_api;
 mod monitors;
 mod operator_e2e;
 mod properties;
+mod secrets;
 mod slow_clients;
 mod tenant_limits;
 mod webhook_ssrf;
