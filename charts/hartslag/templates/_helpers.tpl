@@ -53,3 +53,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "hartslag.adminSecret" -}}
 {{- default (printf "%s-admin" (include "hartslag.fullname" .)) .Values.adminSecretName -}}
 {{- end -}}
+
+{{/* A CIDR from a CIDR or a single address, as a NetworkPolicy ipBlock needs it. */}}
+{{- define "hartslag.cidr" -}}
+{{- if contains "/" . -}}{{ . }}{{- else if contains ":" . -}}{{ . }}/128{{- else -}}{{ . }}/32{{- end -}}
+{{- end -}}
