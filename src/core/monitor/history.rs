@@ -17,6 +17,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::engine::keys::{Family, numbered_prefix};
+use crate::core::store::Committer;
+use crate::core::store::commit::PendingReader;
 use crate::core::store::wal::Mutation;
 
 /// What kind of signal a ping carried.
@@ -151,9 +153,11 @@ pub struct RoundBlocks {
 impl RoundBlocks {
     /// Adds `record` to its block (read from `tree` the first time the round touches it)
     /// and, when it starts a new block, stages the removal of blocks that now lie wholly
-    /// before the newest `keep` pings.
+    /// before the newest `keep` pings. Reads go through `reader`, which sees the blocks of
+    /// earlier rounds still on their way to disk.
     pub fn record(
         &mut self,
+        reader: &PendingReader<'_>,
         tree: &sled::Tree,
         num: u64,
         record: &PingRecord,
@@ -161,11 +165,19 @@ impl RoundBlocks {
         removals: &mut Vec<Vec<u8>>,
     ) -> Result<(), HistoryError> {
         let key = block_key(num, record.seq);
+        // Sequence numbers only grow, so the first ping of a block finds nothing stored
+        // under its key: no need to look (a read that misses sled's cache costs more than
+        // the rest of a ping).
+        let starts_block = record.seq <= 1 || record.seq.is_multiple_of(PINGS_PER_BLOCK);
         let block = match self.blocks.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(tree.get(key)?.map(|v| v.to_vec()).unwrap_or_default())
-            }
+            std::collections::hash_map::Entry::Vacant(e) if starts_block => e.insert(Vec::new()),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(
+                reader
+                    .read(tree, &key)?
+                    .map(|v| v.to_vec())
+                    .unwrap_or_default(),
+            ),
         };
         append(block, record)?;
         if record.seq.is_multiple_of(PINGS_PER_BLOCK) {
@@ -173,9 +185,7 @@ impl RoundBlocks {
             let first_kept = record.seq.saturating_sub(keep).saturating_add(1);
             let bound = block_key(num, first_kept);
             let prefix = monitor_prefix(num);
-            for k in tree.range(&prefix[..]..&bound[..]).keys() {
-                removals.push(k?.to_vec());
-            }
+            removals.extend(reader.keys(tree, &prefix, Some(&bound))?);
             self.blocks
                 .retain(|k, _| !(k.starts_with(&prefix) && k < &bound));
         }
@@ -229,7 +239,7 @@ pub fn newest(
 /// the next start). Returns how many pings were converted.
 pub fn convert_single_records(
     tree: &sled::Tree,
-    committer: &crate::core::store::Committer,
+    committer: &Committer,
 ) -> Result<usize, HistoryError> {
     let mut converted = 0;
     loop {
@@ -291,30 +301,41 @@ mod tests {
         }
     }
 
-    fn db() -> (tempfile::TempDir, sled::Db, sled::Tree) {
+    fn db() -> (tempfile::TempDir, Committer, sled::Tree) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let tree = db.open_tree("monitors").unwrap();
-        (dir, db, tree)
+        let (committer, _) = Committer::spawn(db, dir.path()).unwrap();
+        (dir, committer, tree)
     }
 
-    /// Records `seqs` the way the engine does, one round per chunk.
-    fn record_rounds(tree: &sled::Tree, num: u64, seqs: &[u64], keep: u64, round: usize) {
+    /// Records `seqs` the way the engine does, one round per chunk, each round handed to
+    /// the committer without waiting for the previous one to reach disk.
+    fn record_rounds(
+        c: &Committer,
+        tree: &sled::Tree,
+        num: u64,
+        seqs: &[u64],
+        keep: u64,
+        round: usize,
+    ) {
         for chunk in seqs.chunks(round) {
             let mut blocks = RoundBlocks::default();
             let mut removals = Vec::new();
             for &s in chunk {
                 blocks
-                    .record(tree, num, &ping(s), keep, &mut removals)
+                    .record(&c.reader(), tree, num, &ping(s), keep, &mut removals)
                     .unwrap();
             }
-            for k in removals {
-                tree.remove(k).unwrap();
-            }
-            for w in blocks.into_writes(tree) {
-                w.apply().unwrap();
-            }
+            let mut writes: Vec<Mutation> = removals
+                .into_iter()
+                .map(|k| Mutation::remove(tree, k))
+                .collect();
+            writes.extend(blocks.into_writes(tree));
+            c.submit(writes, Box::new(|_| {}));
         }
+        // Records are applied in order: once this one is, every round before it is too.
+        c.log_blocking(Vec::new()).unwrap();
     }
 
     #[test]
@@ -338,11 +359,11 @@ mod tests {
 
     #[test]
     fn the_window_is_exact_and_old_blocks_are_dropped() {
-        let (_dir, _db, tree) = db();
+        let (_dir, c, tree) = db();
         let seqs: Vec<u64> = (1..=250).collect();
         for round in [1, 7, 64] {
             tree.clear().unwrap();
-            record_rounds(&tree, 3, &seqs, 40, round);
+            record_rounds(&c, &tree, 3, &seqs, 40, round);
             let got = newest(&tree, 3, 1000, 40).unwrap();
             assert_eq!(
                 got.iter().map(|p| p.seq).collect::<Vec<_>>(),
@@ -359,9 +380,9 @@ mod tests {
 
     #[test]
     fn monitors_keep_their_own_history() {
-        let (_dir, _db, tree) = db();
-        record_rounds(&tree, 1, &(1..=20).collect::<Vec<_>>(), 1000, 4);
-        record_rounds(&tree, 2, &(1..=3).collect::<Vec<_>>(), 1000, 4);
+        let (_dir, c, tree) = db();
+        record_rounds(&c, &tree, 1, &(1..=20).collect::<Vec<_>>(), 1000, 4);
+        record_rounds(&c, &tree, 2, &(1..=3).collect::<Vec<_>>(), 1000, 4);
         assert_eq!(newest(&tree, 1, 100, 1000).unwrap().len(), 20);
         assert_eq!(
             newest(&tree, 2, 100, 1000)
@@ -376,14 +397,14 @@ mod tests {
 
     #[test]
     fn a_removed_monitor_leaves_no_block_behind_from_its_last_round() {
-        let (_dir, _db, tree) = db();
+        let (_dir, c, tree) = db();
         let mut blocks = RoundBlocks::default();
         let mut removals = Vec::new();
         blocks
-            .record(&tree, 4, &ping(1), 10, &mut removals)
+            .record(&c.reader(), &tree, 4, &ping(1), 10, &mut removals)
             .unwrap();
         blocks
-            .record(&tree, 5, &ping(1), 10, &mut removals)
+            .record(&c.reader(), &tree, 5, &ping(1), 10, &mut removals)
             .unwrap();
         blocks.forget(4);
         let keys: Vec<Vec<u8>> = blocks.into_writes(&tree).map(|w| w.key).collect();

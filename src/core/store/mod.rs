@@ -8,6 +8,7 @@ pub mod apps;
 pub mod commit;
 pub mod events;
 pub mod keys;
+pub mod latency;
 pub mod metrics;
 pub mod wal;
 
@@ -91,12 +92,14 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the database in `dir`, replaying the commit log first.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_bytes)
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::HighThroughput)
             .open()?;
+        let opened = started.elapsed();
         let (committer, replayed) = Committer::spawn(db.clone(), dir)?;
         if replayed > 0 {
             tracing::info!(
@@ -104,6 +107,11 @@ impl Store {
                 "applied acknowledged writes from the commit log that the database had not flushed before the last stop"
             );
         }
+        tracing::info!(
+            database_ms = opened.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "opened the database"
+        );
         let store = Self {
             events: db.open_tree("events")?,
             apps: db.open_tree("apps")?,

@@ -426,6 +426,13 @@ impl Log {
     /// Writes `buf` (whole records of this generation) after the last record and waits
     /// until it is on disk.
     pub fn append(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        self.write(buf)?;
+        self.sync()
+    }
+
+    /// Writes `buf` (whole records of this generation) after the last record, into the
+    /// page cache: not durable until the next [`Log::sync`].
+    pub fn write(&mut self, buf: &[u8]) -> Result<(), WalError> {
         #[cfg(test)]
         if std::mem::take(&mut self.fail_next_append) {
             return Err(self.io(std::io::Error::other("injected fsync failure")));
@@ -437,9 +444,13 @@ impl Log {
         self.file
             .write_all_at(buf, self.end)
             .map_err(|e| self.io(e))?;
-        self.file.sync_data().map_err(|e| self.io(e))?;
         self.end += buf.len() as u64;
         Ok(())
+    }
+
+    /// Makes every record written so far durable (`fdatasync`).
+    pub fn sync(&self) -> Result<(), WalError> {
+        self.file.sync_data().map_err(|e| self.io(e))
     }
 
     /// Starts the log over; call only once sled has flushed everything applied from it.

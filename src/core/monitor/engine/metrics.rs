@@ -107,12 +107,10 @@ impl std::fmt::Debug for MonitorsByState {
 
 impl Collector for MonitorsByState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut counts = [0i64; State::ALL.len()];
-        for m in self.0.read().unwrap_or_else(|p| p.into_inner()).values() {
-            if let Some(i) = State::ALL.iter().position(|s| *s == m.state.state) {
-                counts[i] += 1;
-            }
-        }
+        let counts = {
+            let all = self.0.read().unwrap_or_else(|p| p.into_inner());
+            State::ALL.map(|s| i64::try_from(all.count(s)).unwrap_or(i64::MAX))
+        };
         let mut family = encoder.encode_descriptor(
             "hartslag_monitors",
             "Heartbeat monitors by state.",

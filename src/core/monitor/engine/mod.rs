@@ -8,7 +8,9 @@
 //! snapshot through the [`Engine`] handle and never touch sled.
 
 pub mod keys;
+mod load;
 mod metrics;
+mod snapshot;
 mod types;
 mod wording;
 mod worker;
@@ -20,6 +22,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
+pub use snapshot::Monitors;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
 
 use super::history;
@@ -115,7 +118,9 @@ impl Engine {
         if converted > 0 {
             tracing::info!(pings = converted, "converted stored ping history to blocks");
         }
-        let snapshot: Snapshot = Arc::new(RwLock::new(load_monitors(&tree)?));
+        let started = std::time::Instant::now();
+        let snapshot: Snapshot = Arc::new(RwLock::new(load::load_monitors(&tree)?));
+        let loaded = started.elapsed();
         let (scheduler, mut due) = schedule::spawn::<String>(clock);
         for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
             if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
@@ -141,6 +146,8 @@ impl Engine {
             #[cfg(test)]
             fail_writes: fail_writes.clone(),
             transitions_since_trim: Default::default(),
+            inflight: Default::default(),
+            written: Default::default(),
             tree: tree.clone(),
             db: db.clone(),
             outbox,
@@ -153,6 +160,12 @@ impl Engine {
             clock,
         };
         spawn_worker(worker, rx)?;
+        tracing::info!(
+            monitors = snapshot.read().unwrap_or_else(|p| p.into_inner()).len(),
+            load_ms = loaded.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "loaded the monitors and armed their deadlines"
+        );
         Ok(Self {
             tx,
             snapshot,
@@ -259,7 +272,7 @@ impl Engine {
 
     /// Runs `f` over the snapshot under its read lock, so readers can filter and count a
     /// large set without cloning every monitor; keep `f` short (the engine waits for it).
-    pub fn view<R>(&self, f: impl FnOnce(&HashMap<String, Monitor>) -> R) -> R {
+    pub fn view<R>(&self, f: impl FnOnce(&Monitors) -> R) -> R {
         f(&self.snapshot.read().unwrap_or_else(|p| p.into_inner()))
     }
 
@@ -275,18 +288,10 @@ impl Engine {
             .count()
     }
 
-    /// Monitors per state, for gauges.
+    /// Monitors per state, for gauges (kept as monitors change: no walk over them all).
     pub fn counts(&self) -> HashMap<State, usize> {
-        let mut c = HashMap::new();
-        for m in self
-            .snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            *c.entry(m.state.state).or_insert(0) += 1;
-        }
-        c
+        let all = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        State::ALL.iter().map(|s| (*s, all.count(*s))).collect()
     }
 
     /// The newest pings of a monitor, newest first.
@@ -334,17 +339,6 @@ impl Engine {
     pub fn clock(&self) -> Clock {
         self.clock
     }
-}
-
-/// Every stored monitor, by key.
-fn load_monitors(tree: &sled::Tree) -> Result<HashMap<String, Monitor>, EngineError> {
-    let mut map = HashMap::new();
-    for item in tree.scan_prefix([Family::Monitor as u8]) {
-        let (_, v) = item?;
-        let m: Monitor = serde_json::from_slice(&v)?;
-        map.insert(m.def.key.clone(), m);
-    }
-    Ok(map)
 }
 
 /// Runs `worker` on its own thread: sled calls and the commit block, and one thread keeps

@@ -134,3 +134,41 @@ pub struct Change {
     /// Why, in words (for Down).
     pub reason: Option<String>,
 }
+
+#[cfg(test)]
+pub(crate) use samples::sample;
+
+#[cfg(test)]
+mod samples {
+    use super::*;
+    use crate::core::monitor::state::State;
+
+    /// A monitor under `key` in `state`, for tests.
+    pub(crate) fn sample(key: &str, state: State) -> Monitor {
+        let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+        let mut st = MonitorState::new(now);
+        st.state = state;
+        Monitor {
+            num: 1,
+            def: MonitorDef {
+                key: key.into(),
+                id: key.into(),
+                namespace: "ns".into(),
+                name: key.into(),
+                display_name: None,
+                interval_secs: 60,
+                grace_secs: 0,
+                paused: false,
+                targets: Vec::new(),
+                application: None,
+                token: TokenHash::of(key),
+                ping_hint: String::new(),
+                origin: Origin::Api,
+                retain_on_delete: false,
+                created_at: now,
+                updated_at: now,
+            },
+            state: st,
+        }
+    }
+}

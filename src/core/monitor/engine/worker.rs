@@ -10,12 +10,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::keys::{Family, monitor_key, numbered_prefix, retained_key, transition_key};
+use super::snapshot::Monitors;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
 use super::wording::{self, RECOVERED, describe_down};
 use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
@@ -25,10 +27,11 @@ use crate::core::monitor::history::{self, RoundBlocks};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
 use crate::core::store::Committer;
+use crate::core::store::commit::Progress;
 use crate::core::store::wal::Mutation;
 
 /// The in-memory view readers share with the worker.
-pub(super) type Snapshot = Arc<RwLock<HashMap<String, Monitor>>>;
+pub(super) type Snapshot = Arc<RwLock<Monitors>>;
 
 /// Most commands handled in one round (one commit-log record).
 const MAX_ROUND: usize = 1024;
@@ -105,9 +108,128 @@ pub(super) struct Worker {
     pub(super) transitions_since_trim: RefCell<HashMap<u64, u32>>,
     /// Why the last round could not be written, until one is.
     pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Monitors as rounds handed to the committer and not applied yet left them (`None`:
+    /// removed), with the round's number: what the next rounds build on.
+    pub(super) inflight: RefCell<HashMap<String, (u64, Option<Monitor>)>>,
+    /// How far rounds have been numbered, applied and failed.
+    pub(super) written: Arc<Written>,
     /// Tests make writes fail with this.
     #[cfg(test)]
     pub(super) fail_writes: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Round numbers: the last one handed to the committer (engine thread), the last one
+/// applied and the first one that failed (commit thread).
+#[derive(Debug)]
+pub(super) struct Written {
+    submitted: AtomicU64,
+    applied: AtomicU64,
+    failed_from: AtomicU64,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            submitted: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            failed_from: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Written {
+    fn next(&self) -> u64 {
+        self.submitted.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether round `seq`'s staged state is what the next rounds build on: handed over,
+    /// not applied yet (then readers have it) and not failed (then the disk does not).
+    fn pending(&self, seq: u64) -> bool {
+        seq > self.applied() && seq < self.failed_from.load(Ordering::Acquire)
+    }
+}
+
+/// A round handed to the committer, for readers once it is applied.
+struct Published {
+    seq: u64,
+    monitors: HashMap<String, Monitor>,
+    removed: std::collections::HashSet<String>,
+    changes: Vec<Change>,
+    alerts: bool,
+    done: Vec<Done>,
+}
+
+/// Everyone who sees a round once it is written: the snapshot, the deadline scheduler,
+/// subscribers to state transitions and the outbox; run on the commit thread, in order.
+struct Readers {
+    snapshot: Snapshot,
+    scheduler: SchedulerHandle<String>,
+    changes: broadcast::Sender<Change>,
+    outbox: Outbox,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    written: Arc<Written>,
+}
+
+impl Readers {
+    /// Publishes round `p` if it was written (`Ok`), then answers its callers.
+    fn settle(&self, p: Published, result: Result<(), String>) {
+        match &result {
+            Ok(()) => {
+                self.publish(&p);
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.written.applied.store(p.seq, Ordering::Release);
+                if p.alerts {
+                    self.outbox.wake();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a round of monitor changes was not written");
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                self.written.failed_from.fetch_min(p.seq, Ordering::Release);
+            }
+        }
+        for d in p.done {
+            d(result.clone().map_err(EngineError::Write));
+        }
+    }
+
+    /// The snapshot, the deadlines and the transitions, in the order they happened.
+    fn publish(&self, p: &Published) {
+        {
+            let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            for key in &p.removed {
+                if !p.monitors.contains_key(key) {
+                    snapshot.remove(key);
+                }
+            }
+            for m in p.monitors.values() {
+                snapshot.insert(m.clone());
+            }
+        }
+        for key in &p.removed {
+            if !p.monitors.contains_key(key) {
+                self.scheduler.disarm(key.clone());
+            }
+        }
+        for m in p.monitors.values() {
+            arm(&self.scheduler, m);
+        }
+        for change in &p.changes {
+            let _ = self.changes.send(change.clone());
+        }
+    }
+}
+
+/// Arms `m`'s next deadline (or none).
+fn arm(scheduler: &SchedulerHandle<String>, m: &Monitor) {
+    match state::next_wakeup(&m.def.timing(), &m.state) {
+        Some(at) => scheduler.arm(m.def.key.clone(), at),
+        None => scheduler.disarm(m.def.key.clone()),
+    }
 }
 
 impl Worker {
@@ -127,19 +249,25 @@ impl Worker {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Monitor>> {
+    fn read(&self) -> RwLockReadGuard<'_, Monitors> {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Monitor `key` as this round left it so far: staged, removed, or as published.
+    /// Monitor `key` as this round left it so far: staged, removed, as a round on its way
+    /// to disk left it, or as published.
     fn current(&self, key: &str, round: &Round) -> Option<Monitor> {
         if round.removed.contains(key) {
             return None;
         }
-        match round.monitors.get(key) {
-            Some(m) => Some(m.clone()),
-            None => self.read().get(key).cloned(),
+        if let Some(m) = round.monitors.get(key) {
+            return Some(m.clone());
         }
+        if let Some((seq, m)) = self.inflight.borrow().get(key)
+            && self.written.pending(*seq)
+        {
+            return m.clone();
+        }
+        self.read().get(key).cloned()
     }
 
     fn handle(&self, cmd: Command, round: &mut Round) {
@@ -273,7 +401,7 @@ impl Worker {
             // Nothing changed (e.g. a stale deadline): keep the schedule right, write
             // nothing. A monitor staged in this round is armed when the round is written.
             if !round.monitors.contains_key(key) {
-                self.arm(&m);
+                arm(&self.scheduler, &m);
             }
             done(Ok(()));
             return;
@@ -358,7 +486,11 @@ impl Worker {
             }
             return Ok(redefined(old, def, signals));
         }
-        if let Some(v) = self.tree.get(retained_key(&def.key))? {
+        if let Some(v) = self
+            .committer
+            .reader()
+            .read(&self.tree, &retained_key(&def.key))?
+        {
             let old: Monitor = serde_json::from_slice(&v)?;
             def.created_at = old.def.created_at;
             let mut signals = vec![Signal::Retimed(now)];
@@ -399,46 +531,15 @@ impl Worker {
             history::monitor_prefix(m.num),
             numbered_prefix(Family::Transition, m.num),
         ] {
-            for k in self.tree.scan_prefix(prefix).keys() {
-                round.ops.push((k?.to_vec(), None));
+            for k in self
+                .committer
+                .reader()
+                .keys_with_prefix(&self.tree, &prefix)?
+            {
+                round.ops.push((k, None));
             }
         }
         Ok(())
-    }
-
-    /// Arms `m`'s next deadline (or none).
-    fn arm(&self, m: &Monitor) {
-        match state::next_wakeup(&m.def.timing(), &m.state) {
-            Some(at) => self.scheduler.arm(m.def.key.clone(), at),
-            None => self.scheduler.disarm(m.def.key.clone()),
-        }
-    }
-
-    /// Hands a written round to readers: the snapshot, the deadline scheduler, and the
-    /// subscribers to state transitions, in the order the transitions happened.
-    fn publish(&self, round: &Round) {
-        {
-            let mut snapshot = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
-            for key in &round.removed {
-                if !round.monitors.contains_key(key) {
-                    snapshot.remove(key);
-                }
-            }
-            for (key, m) in &round.monitors {
-                snapshot.insert(key.clone(), m.clone());
-            }
-        }
-        for key in &round.removed {
-            if !round.monitors.contains_key(key) {
-                self.scheduler.disarm(key.clone());
-            }
-        }
-        for m in round.monitors.values() {
-            self.arm(m);
-        }
-        for change in &round.changes {
-            let _ = self.changes.send(change.clone());
-        }
     }
 
     /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
@@ -492,9 +593,14 @@ impl Worker {
         round.monitors.insert(m.def.key.clone(), m.clone());
         if let Some(p) = ping {
             let mut expired = Vec::new();
-            round
-                .pings
-                .record(&self.tree, m.num, p, self.config.ping_history, &mut expired)?;
+            round.pings.record(
+                &self.committer.reader(),
+                &self.tree,
+                m.num,
+                p,
+                self.config.ping_history,
+                &mut expired,
+            )?;
             round.ops.extend(expired.into_iter().map(|k| (k, None)));
         }
         Ok(())
@@ -571,45 +677,96 @@ impl Worker {
         }
         let keep = TRANSITION_HISTORY.saturating_sub(2);
         let prefix = numbered_prefix(Family::Transition, num);
-        for k in self.tree.scan_prefix(prefix).keys().rev().skip(keep) {
-            round.ops.push((k?.to_vec(), None));
+        let timeline = self
+            .committer
+            .reader()
+            .keys_with_prefix(&self.tree, &prefix)?;
+        for k in timeline.into_iter().rev().skip(keep) {
+            round.ops.push((k, None));
         }
         Ok(())
     }
 
-    /// Writes a round as one commit-log record (monitor state, pings, timeline and the
-    /// alerts it queues, all or nothing) and waits until it is durable and applied, so the
-    /// next round reads what this one wrote; commands gather meanwhile. Then readers see
-    /// it and its senders are answered.
+    /// Hands a round to the group committer as one commit-log record (monitor state, pings,
+    /// timeline and the alerts it queues, all or nothing) and goes on with the next round
+    /// while the disk flushes this one: the next round reads this one's writes through the
+    /// committer's reader and its monitors through [`Worker::current`]. Once the record is
+    /// applied, readers see the round and its callers are answered, so whoever reads the
+    /// history after an answer finds the ping there; a round that is not written is never
+    /// published.
     fn write(&self, mut round: Round) {
         if round.is_empty() {
             return;
         }
         let alerts = !round.alerts.is_empty();
-        let result = self
-            .round_writes(&mut round)
-            .map_err(|e| format!("encoding monitor state failed: {e}"))
-            .and_then(|writes| {
-                #[cfg(test)]
-                if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err("writing monitor state failed: injected failure".to_string());
-                }
-                self.committer
-                    .log_blocking(writes)
-                    .map_err(|e| format!("writing monitor state failed: {e}"))
-            });
-        match &result {
-            Ok(()) => {
-                self.publish(&round);
-                if alerts {
-                    self.outbox.wake();
-                }
+        let writes = match self.round_writes(&mut round) {
+            Ok(w) => w,
+            Err(e) => {
+                let e = format!("encoding monitor state failed: {e}");
+                return self.refuse(round, e);
             }
-            Err(e) => tracing::error!(error = %e, "a round of monitor changes was not written"),
+        };
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.refuse(
+                round,
+                "writing monitor state failed: injected failure".into(),
+            );
         }
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = result.clone().err();
-        for d in round.done {
-            d(result.clone().map_err(EngineError::Write));
+        let seq = self.written.next();
+        {
+            let mut inflight = self.inflight.borrow_mut();
+            let applied = self.written.applied();
+            inflight.retain(|_, (s, _)| *s > applied);
+            for key in &round.removed {
+                inflight.insert(key.clone(), (seq, None));
+            }
+            for (key, m) in &round.monitors {
+                inflight.insert(key.clone(), (seq, Some(m.clone())));
+            }
+        }
+        let mut published = Some(Published {
+            seq,
+            monitors: std::mem::take(&mut round.monitors),
+            removed: std::mem::take(&mut round.removed),
+            changes: std::mem::take(&mut round.changes),
+            alerts,
+            done: std::mem::take(&mut round.done),
+        });
+        let readers = self.readers();
+        self.committer.submit(
+            writes,
+            Box::new(move |progress| {
+                let result = match progress {
+                    Progress::Durable => return,
+                    Progress::Applied => Ok(()),
+                    Progress::Failed(e) => Err(format!("writing monitor state failed: {e}")),
+                };
+                if let Some(p) = published.take() {
+                    readers.settle(p, result);
+                }
+            }),
+        );
+    }
+
+    /// Answers a round that could not be handed to the committer with `error`.
+    fn refuse(&self, mut round: Round, error: String) {
+        tracing::error!(error = %error, "a round of monitor changes was not written");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+        for d in std::mem::take(&mut round.done) {
+            d(Err(EngineError::Write(error.clone())));
+        }
+    }
+
+    /// What a written round is handed to.
+    fn readers(&self) -> Readers {
+        Readers {
+            snapshot: self.snapshot.clone(),
+            scheduler: self.scheduler.clone(),
+            changes: self.changes.clone(),
+            outbox: self.outbox.clone(),
+            failure: self.failure.clone(),
+            written: self.written.clone(),
         }
     }
 

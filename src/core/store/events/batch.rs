@@ -1,10 +1,11 @@
 //! What one batch of events writes: raw blocks, the new absolute value of every rollup it
 //! touches and the idempotency records of events sent with a key, all in one record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 
+use crate::core::store::commit::PendingReader;
 use crate::core::store::keys::{self, EventValue, Tally};
 use crate::core::store::wal::Mutation;
 use crate::core::store::{Store, StoreError};
@@ -146,7 +147,41 @@ impl RollupDeltas {
     }
 }
 
+/// What preparing a batch reads and writes: the events tree, the id generator for block
+/// keys, and the committer's view of records not applied yet (the previous batch may still
+/// be on its way to disk when the next is prepared).
+pub(crate) struct Prepare<'a> {
+    /// The events tree.
+    pub events: &'a sled::Tree,
+    /// The database, for block sequence numbers.
+    pub db: &'a sled::Db,
+    /// Reads that see batches not applied yet.
+    pub reader: &'a PendingReader<'a>,
+    /// Distinct event names per application, kept by the commit thread.
+    pub names: &'a NameCounts,
+}
+
 impl Store {
+    /// The writes for a batch and what became of each event ([`Prepare::event_writes`]),
+    /// read through this store's committer.
+    #[cfg(test)]
+    pub(crate) fn event_writes(
+        &self,
+        all: &[&EventWrite],
+        now: Timestamp,
+    ) -> Result<(Vec<Mutation>, Vec<Outcome>), StoreError> {
+        let reader = self.committer().reader();
+        Prepare {
+            events: &self.events,
+            db: &self.db,
+            reader: &reader,
+            names: &self.names,
+        }
+        .event_writes(all, now)
+    }
+}
+
+impl Prepare<'_> {
     /// What an event's `Idempotency-Key` says about it: a key accepted within the window
     /// (earlier in this batch, or stored) answers for it.
     fn idempotency_outcome(
@@ -167,8 +202,8 @@ impl Store {
                 let mut found = None;
                 for day in [today, today - 1] {
                     let stored = self
-                        .events
-                        .get(keys::idempotency_key(app, day, &idem.key))?
+                        .reader
+                        .read(self.events, &keys::idempotency_key(app, day, &idem.key))?
                         .and_then(|v| keys::decode_idempotency(&v))
                         .filter(|(at, _)| *at >= since);
                     if let Some((_, fp)) = stored {
@@ -227,7 +262,7 @@ impl Store {
                     if o == Outcome::Stored {
                         accepted.insert((w.app, idem.key), idem.fingerprint);
                         out.push(Mutation::put(
-                            &self.events,
+                            self.events,
                             keys::idempotency_key(w.app, keys::day_of(now), &idem.key).to_vec(),
                             keys::encode_idempotency(keys::micros(now), &idem.fingerprint).to_vec(),
                         ));
@@ -253,8 +288,9 @@ impl Store {
         let name = w.value.event.as_str();
         if batch.0.contains(&(w.app, name))
             || self
-                .events
-                .contains_key(keys::total_key(w.app, None, name))?
+                .reader
+                .read(self.events, &keys::total_key(w.app, None, name))?
+                .is_some()
         {
             return Ok(Outcome::Stored);
         }
@@ -263,7 +299,7 @@ impl Store {
             Some(n) => *n,
             None => {
                 let prefix = keys::scope_prefix(keys::Family::Total, w.app, None);
-                let n = self.events.scan_prefix(prefix).keys().count();
+                let n = self.reader.keys_with_prefix(self.events, &prefix)?.len();
                 counts.insert(w.app, n);
                 n
             }
@@ -282,7 +318,9 @@ impl Store {
         events: &[&EventWrite],
         out: &mut Vec<Mutation>,
     ) -> Result<(), StoreError> {
-        let mut by_app: HashMap<u64, Vec<(i64, &EventValue)>> = HashMap::new();
+        // By application in order, so the block keys' sequence numbers follow from the
+        // batch alone: the same batch stores the same keys however it reaches sled.
+        let mut by_app: BTreeMap<u64, Vec<(i64, &EventValue)>> = BTreeMap::new();
         for w in events {
             by_app
                 .entry(w.app)
@@ -296,7 +334,7 @@ impl Store {
                 let first = block[0].0;
                 let seq = self.db.generate_id()?;
                 out.push(Mutation::put(
-                    &self.events,
+                    self.events,
                     keys::event_key(app, first, seq).to_vec(),
                     keys::encode_block(first, block.iter().copied()),
                 ));
@@ -325,13 +363,27 @@ impl Store {
                 .is_none_or(|known| at > known)
             {
                 out.push(Mutation::put(
-                    &self.events,
+                    self.events,
                     keys::latest_key(app).to_vec(),
                     at.to_le_bytes().to_vec(),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The newest event time recorded for `app`, the previous batch's included (it may be
+    /// on its way to disk still). Every application with stored events has the record: the
+    /// store writes it at open for data from before there was one.
+    fn latest_event_micros(&self, app: u64) -> Result<Option<i64>, StoreError> {
+        let Some(v) = self.reader.read(self.events, &keys::latest_key(app))? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            what: "newest event time".into(),
+            detail: hex::encode(&v),
+        })?;
+        Ok(Some(i64::from_le_bytes(bytes)))
     }
 
     /// Every touched rollup's new absolute value: the stored one plus the batch's delta.
@@ -343,12 +395,12 @@ impl Store {
         for family in deltas.0 {
             for (k, d) in family {
                 let mut t = self
-                    .events
-                    .get(&k)?
+                    .reader
+                    .read(self.events, &k)?
                     .map(|b| Tally::decode(&b))
                     .unwrap_or_default();
                 t.add(d);
-                out.push(Mutation::put(&self.events, k, t.encode().to_vec()));
+                out.push(Mutation::put(self.events, k, t.encode().to_vec()));
             }
         }
         Ok(())

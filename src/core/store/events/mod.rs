@@ -15,6 +15,7 @@
 //! [`keys::BLOCK_SPAN_MICROS`]: super::keys::BLOCK_SPAN_MICROS
 
 pub mod batch;
+pub mod bulk;
 pub mod export;
 pub mod queries;
 pub mod retention;

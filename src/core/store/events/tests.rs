@@ -264,3 +264,59 @@ async fn a_new_name_past_the_limit_is_refused_and_known_names_still_count() {
         vec![TooManyNames, Stored]
     );
 }
+
+/// Every key and value of a store's events tree.
+fn dump(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store
+        .events
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_bulk_load_stores_what_committed_batches_store() {
+    // Batches of varied sizes, two applications, users or none, out-of-order times,
+    // and spans that cut blocks by time and by count.
+    let batches: Vec<Vec<EventWrite>> = (0..40u32)
+        .map(|b| {
+            (0..(b * 37 % 300 + 1))
+                .map(|i| {
+                    let n = i64::from(b * 1000 + i);
+                    EventWrite {
+                        app: 1 + u64::from(i % 3 == 0),
+                        at: at(T + n * 7_919 % 5_000_000 - i64::from(b) * 86_400_000_000),
+                        date: 20240101 + b % 3,
+                        value: ev(
+                            ["login", "buy", "x"][(i % 3) as usize],
+                            (i % 4 != 0).then_some(n % 5),
+                        ),
+                        idempotency: None,
+                        name_limit: u32::MAX,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let committed_dir = tempfile::tempdir().unwrap();
+    let committed = Store::open(committed_dir.path(), &StoreOptions::default()).unwrap();
+    for b in &batches {
+        let refs: Vec<&EventWrite> = b.iter().collect();
+        let (w, _) = committed.event_writes(&refs, Timestamp::now()).unwrap();
+        committed.committer().log_blocking(w).unwrap();
+    }
+    let bulk_dir = tempfile::tempdir().unwrap();
+    let bulk = Store::open(bulk_dir.path(), &StoreOptions::default()).unwrap();
+    let n = bulk.load_events(batches.clone()).await.unwrap();
+    assert_eq!(n, batches.iter().map(Vec::len).sum::<usize>() as u64);
+    let (a, b) = (dump(&committed), dump(&bulk));
+    assert!(a.len() > 100, "{} keys", a.len());
+    assert!(a == b, "the bulk load stored other keys or values");
+    assert_eq!(
+        bulk.event_count(1).unwrap() + bulk.event_count(2).unwrap(),
+        n as usize
+    );
+}

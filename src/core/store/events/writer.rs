@@ -1,39 +1,53 @@
-//! The single ingest writer thread: gathers events into batches, commits each batch as one
-//! record and answers every event of it once that record is on disk.
+//! The ingest writer: events wait in an open batch of the group committer, which seals
+//! whatever arrived while the disk flushed the previous group into one record, and every
+//! event of it is answered once that record is on disk.
+//!
+//! There is no writer thread: a request adds its event to the batch and waits for its
+//! answer, and the commit thread prepares the record when it starts the next group. One
+//! record per group keeps raw-event blocks large and writes each rollup once per flush,
+//! however many requests arrived; the commit thread is the single writer of the rollups
+//! and of the distinct-name counts, so it reads and adds to them without conflicts.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use super::batch::{EventWrite, Outcome};
+use super::Visibility;
+use super::batch::{EventWrite, NameCounts, Outcome, Prepare};
 use crate::core::metrics::MetricRegistry;
+use crate::core::store::commit::{CommitError, Notify, OpenBatch, PendingReader, Progress, Sealer};
+use crate::core::store::wal::Mutation;
 use crate::core::store::{Store, StoreError};
 
-/// Largest number of events written in one record.
-const MAX_BATCH: usize = 1024;
+/// Most events waiting for a record: a request past it waits for room, so a disk that
+/// stalls holds clients back instead of growing memory without bound.
+const MAX_WAITING: usize = 8192;
 
 struct Job {
     write: EventWrite,
     ack: oneshot::Sender<Result<Outcome, String>>,
+    /// Room in the batch, given back once the event is answered.
+    _room: OwnedSemaphorePermit,
 }
 
-/// What the writer thread is sent.
+/// What waits in the open batch.
 enum Work {
     /// An event to store.
     Event(Job),
-    /// Answered as soon as the thread takes it: it is alive and keeping up.
+    /// Answered when the commit thread seals the batch: it is alive and keeping up.
     Probe(oneshot::Sender<()>),
-    /// Tests: holds the thread for a while, as a stuck disk would.
+    /// Tests: holds the commit thread for a while, as a stuck disk would.
     #[cfg(test)]
     Stall(std::time::Duration),
 }
 
-/// Handle to the single ingest writer thread.
+/// Handle to the ingest writer.
 #[derive(Clone, Debug)]
 pub struct EventWriter {
-    tx: mpsc::Sender<Work>,
+    batch: OpenBatch<Vec<Work>>,
+    room: Arc<Semaphore>,
     /// Events stored since start.
     stored: Counter,
     /// Retries answered from their `Idempotency-Key` without counting again.
@@ -41,16 +55,18 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Starts the writer thread for `store`. A dedicated OS thread, because sled calls and
-    /// the commit (often its own `fdatasync`) block.
+    /// Opens the ingest batch in `store`'s committer.
     pub fn spawn(store: Store) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::channel::<Work>(8192);
-        std::thread::Builder::new()
-            .name("hartslag-ingest".into())
-            .spawn(move || run(&store, rx))
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        let sealer = Seal {
+            events: store.events.clone(),
+            db: store.db.clone(),
+            visible: store.visible.clone(),
+            names: store.names.clone(),
+            seq: 0,
+        };
         Ok(Self {
-            tx,
+            batch: store.committer().open_batch(sealer),
+            room: Arc::new(Semaphore::new(MAX_WAITING)),
             stored: Counter::default(),
             replayed: Counter::default(),
         })
@@ -70,31 +86,37 @@ impl EventWriter {
         );
     }
 
-    /// Resolves once the writer thread has taken a probe sent now, behind the events queued
-    /// before it: the thread is alive and keeping up. `Err` if it is gone.
+    /// Resolves once the commit thread has sealed a batch holding a probe added now: the
+    /// ingest path is alive and keeping up. `Err` if it is gone.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Work::Probe(tx))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+        self.batch.add(|work| work.push(Work::Probe(tx)))?;
         rx.await.map_err(|_| StoreError::Stopped)
     }
 
-    /// Tests: holds the writer thread for `d`, as a stuck disk would.
+    /// Tests: holds the commit thread for `d`, as a stuck disk would.
     #[cfg(test)]
     pub(crate) async fn stall(&self, d: std::time::Duration) {
-        let _ = self.tx.send(Work::Stall(d)).await;
+        let _ = self.batch.add(|work| work.push(Work::Stall(d)));
     }
 
     /// Stores one event durably; returns once it is on disk (or once its `Idempotency-Key`
     /// has been settled). Queries made after that see it: they wait for the apply.
     pub async fn write(&self, write: EventWrite) -> Result<Outcome, StoreError> {
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Work::Event(Job { write, ack }))
+        let room = self
+            .room
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| StoreError::Stopped)?;
+        let (ack, rx) = oneshot::channel();
+        self.batch.add(|work| {
+            work.push(Work::Event(Job {
+                write,
+                ack,
+                _room: room,
+            }))
+        })?;
         match rx.await {
             Ok(Ok(outcome)) => {
                 match outcome {
@@ -113,83 +135,94 @@ impl EventWriter {
     }
 }
 
-/// The writer thread: each batch takes whatever has queued up (up to [`MAX_BATCH`]) while
-/// the previous one was being committed.
-fn run(store: &Store, mut rx: mpsc::Receiver<Work>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut seq = 0u64;
-    while let Some(first) = rx.blocking_recv() {
-        take(first, &mut batch);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(work) => take(work, &mut batch),
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            seq += 1;
-            commit(store, &mut batch, seq);
-        }
-    }
+/// Turns the waiting events into one record, on the commit thread. Holds the store's parts
+/// rather than the store, which holds the committer that holds this.
+struct Seal {
+    events: sled::Tree,
+    db: sled::Db,
+    visible: Arc<Visibility>,
+    names: Arc<NameCounts>,
+    /// Number of the last batch sealed, for [`Visibility`].
+    seq: u64,
 }
 
-/// Adds an event to the batch; answers a probe at once.
-fn take(work: Work, batch: &mut Vec<Job>) {
-    match work {
-        Work::Event(job) => batch.push(job),
-        Work::Probe(reply) => {
-            let _ = reply.send(());
+/// The events of a batch; probes are answered on the way.
+fn events_of(work: Vec<Work>) -> Vec<Job> {
+    let mut jobs = Vec::with_capacity(work.len());
+    for w in work {
+        match w {
+            Work::Event(job) => jobs.push(job),
+            Work::Probe(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(test)]
+            Work::Stall(d) => std::thread::sleep(d),
         }
-        #[cfg(test)]
-        Work::Stall(d) => std::thread::sleep(d),
     }
+    jobs
 }
 
-/// Commits batch number `seq` as one record and answers each of its events: with its
-/// outcome as soon as the record is on disk, with the error if it could not be written.
-fn commit(store: &Store, batch: &mut Vec<Job>, seq: u64) {
-    let writes: Vec<&EventWrite> = batch.iter().map(|j| &j.write).collect();
-    let (record, outcomes) = match store.event_writes(&writes, Timestamp::now()) {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            tracing::error!(error = %e, "preparing a batch of events failed");
-            // Names counted for this batch were never stored.
-            store.names.forget(None);
-            for job in batch.drain(..) {
-                let _ = job.ack.send(Err(e.to_string()));
-            }
-            return;
+impl Sealer<Vec<Work>> for Seal {
+    fn seal(
+        &mut self,
+        work: Vec<Work>,
+        reader: &PendingReader<'_>,
+    ) -> Option<(Vec<Mutation>, Notify)> {
+        let jobs = events_of(work);
+        if jobs.is_empty() {
+            return None;
         }
-    };
-    // One outcome per event, in batch order. The answers go out as soon as the batch is on
-    // disk; readers wait for the apply (`Visibility`).
-    let answers: Vec<_> = batch.drain(..).map(|j| j.ack).zip(outcomes).collect();
-    let answers = Arc::new(Mutex::new(Some(answers)));
-    let on_durable = {
-        let (answers, visible) = (answers.clone(), store.visible.clone());
-        Box::new(move || {
-            visible.acknowledged(seq);
-            let taken = answers.lock().unwrap_or_else(|p| p.into_inner()).take();
-            for (ack, outcome) in taken.into_iter().flatten() {
-                let _ = ack.send(Ok(outcome));
+        let writes: Vec<&EventWrite> = jobs.iter().map(|j| &j.write).collect();
+        let prepare = Prepare {
+            events: &self.events,
+            db: &self.db,
+            reader,
+            names: &self.names,
+        };
+        let (record, outcomes) = match prepare.event_writes(&writes, Timestamp::now()) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::error!(error = %e, "preparing a batch of events failed");
+                // Names counted for this batch were never stored.
+                self.names.forget(None);
+                for job in jobs {
+                    let _ = job.ack.send(Err(e.to_string()));
+                }
+                return None;
             }
-        })
-    };
-    // Readers may go on once the batch is in sled, without waiting for a checkpoint the
-    // commit may run next; after a failure, nothing more arrives for this batch, so they
-    // stop waiting too.
-    let visible = store.visible.clone();
-    let on_applied = Box::new(move || visible.applied(seq));
-    let result = store
-        .committer()
-        .log_blocking_then(record, Some(on_durable), Some(on_applied));
-    store.visible.applied(seq);
-    if let Err(e) = result {
-        tracing::error!(error = %e, "writing a batch of events failed");
-        store.names.forget(None);
-        let taken = answers.lock().unwrap_or_else(|p| p.into_inner()).take();
-        for (ack, _) in taken.into_iter().flatten() {
-            let _ = ack.send(Err(e.to_string()));
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        let (visible, names) = (self.visible.clone(), self.names.clone());
+        // One outcome per event, in batch order. The answers go out as soon as the batch
+        // is on disk; readers wait for the apply (`Visibility`).
+        let mut answers: Option<Vec<_>> = Some(jobs.into_iter().zip(outcomes).collect());
+        let notify: Notify = Box::new(move |progress| match progress {
+            Progress::Durable => {
+                visible.acknowledged(seq);
+                for (job, outcome) in answers.take().into_iter().flatten() {
+                    let _ = job.ack.send(Ok(outcome));
+                }
+            }
+            // Readers may go on once the batch is in sled, without waiting for a
+            // checkpoint; after a failure nothing more arrives for this batch, so they
+            // stop waiting too.
+            Progress::Applied => visible.applied(seq),
+            Progress::Failed(e) => {
+                tracing::error!(error = %e, "writing a batch of events failed");
+                names.forget(None);
+                for (job, _) in answers.take().into_iter().flatten() {
+                    let _ = job.ack.send(Err(e.to_string()));
+                }
+                visible.applied(seq);
+            }
+        });
+        Some((record, notify))
+    }
+
+    fn fail(&mut self, work: Vec<Work>, error: &CommitError) {
+        for job in events_of(work) {
+            let _ = job.ack.send(Err(error.to_string()));
         }
     }
 }
