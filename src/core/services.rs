@@ -274,6 +274,38 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_pings_with_large_bodies_is_written_in_records_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        core.engine.upsert(monitor("a")).await.unwrap();
+        let stats = core.registry.store().committer().stats();
+        let before = stats.records.load(Ordering::Relaxed);
+        // Everything queues behind the stall and is taken into as few rounds as allowed.
+        core.engine.stall(Duration::from_secs(1));
+        let body = "x".repeat(10 * 1024);
+        let pings: Vec<_> = (0..1000)
+            .map(|_| {
+                let (engine, body) = (core.engine.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut p = success();
+                    p.body = Some(body);
+                    engine.ping("default/a", p).await
+                })
+            })
+            .collect();
+        for p in pings {
+            p.await.unwrap().unwrap();
+        }
+        let records = stats.records.load(Ordering::Relaxed) - before;
+        // About 10 MiB of ping blocks: more than one round may hold.
+        assert!(records >= 2, "{records} records");
+        let m = core.engine.get("default/a").unwrap();
+        assert_eq!(m.state.pings, 1000);
+        let newest = core.engine.pings(m.num, 1).unwrap();
+        assert_eq!(newest[0].seq, 1000);
+    }
+
     fn monitor(name: &str) -> crate::core::monitor::engine::MonitorDef {
         crate::core::monitor::engine::MonitorDef {
             key: format!("default/{name}"),

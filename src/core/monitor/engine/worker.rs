@@ -36,6 +36,11 @@ pub(super) type Snapshot = Arc<RwLock<Monitors>>;
 /// Most commands handled in one round (one commit-log record).
 const MAX_ROUND: usize = 1024;
 
+/// A round ends early once its ping blocks take this many bytes: a burst of pings with
+/// large bodies to monitors with full blocks makes several records of bounded size, not
+/// one that holds hundreds of megabytes.
+const ROUND_BYTES: usize = 8 * 1024 * 1024;
+
 /// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
 const TRANSITION_HISTORY: usize = 200;
 
@@ -240,6 +245,9 @@ impl Worker {
             let mut round = Round::default();
             self.handle(first, &mut round);
             for _ in 1..MAX_ROUND {
+                if round.pings.bytes() >= ROUND_BYTES {
+                    break;
+                }
                 match rx.try_recv() {
                     Ok(cmd) => self.handle(cmd, &mut round),
                     Err(_) => break,
