@@ -79,6 +79,9 @@ pub enum CommitError {
     /// The committer is gone (the process is shutting down).
     #[error("the committer has stopped")]
     Stopped,
+    /// sled failed while a record was prepared (a full disk, say).
+    #[error("the database failed: {0}")]
+    Database(Arc<sled::Error>),
 }
 
 /// What became of a submitted record, reported to its writer in this order: `Durable`
@@ -247,12 +250,17 @@ impl Inner {
     }
 }
 
+/// What sealing a batch gives: its record and callback, nothing, or a database failure.
+pub type Sealed = Result<Option<(Vec<Mutation>, Notify)>, CommitError>;
+
 /// How the commit thread turns a writer's open batch into a record.
 pub trait Sealer<T>: Send + 'static {
     /// The batch's writes and the callback that hears what became of them; `None` when it
     /// writes nothing (having answered its callers itself). Runs on the commit thread at
     /// the start of a group, so it should be quick; `reader` sees records not applied yet.
-    fn seal(&mut self, batch: T, reader: &PendingReader<'_>) -> Option<(Vec<Mutation>, Notify)>;
+    /// `Err` (its callers answered) when the database failed while preparing the record:
+    /// then the committer stops, as after a failed write.
+    fn seal(&mut self, batch: T, reader: &PendingReader<'_>) -> Sealed;
 
     /// Answers everything in the batch with `error`: the committer has stopped.
     fn fail(&mut self, batch: T, error: &CommitError);
@@ -306,7 +314,7 @@ impl<T> OpenBatch<T> {
 
 /// An open batch with its sealer, as the commit thread holds it.
 trait Sealable: Send {
-    fn seal(&mut self, reader: &PendingReader<'_>) -> Option<(Vec<Mutation>, Notify)>;
+    fn seal(&mut self, reader: &PendingReader<'_>) -> Sealed;
     fn close(&mut self, error: &CommitError);
 }
 
@@ -327,9 +335,11 @@ impl<T: Default + Send, S: Sealer<T>> Registered<T, S> {
 }
 
 impl<T: Default + Send, S: Sealer<T>> Sealable for Registered<T, S> {
-    fn seal(&mut self, reader: &PendingReader<'_>) -> Option<(Vec<Mutation>, Notify)> {
-        let batch = self.take()?;
-        self.sealer.seal(batch, reader)
+    fn seal(&mut self, reader: &PendingReader<'_>) -> Sealed {
+        match self.take() {
+            Some(batch) => self.sealer.seal(batch, reader),
+            None => Ok(None),
+        }
     }
 
     fn close(&mut self, error: &CommitError) {
@@ -737,18 +747,32 @@ impl<'a> CommitThread<'a> {
     }
 
     /// Seals every open batch that got something into a record at the end of `group`.
+    /// A database failure while sealing stops the committer: `group` is then refused.
     fn seal_batches(&mut self, group: &mut Vec<Entry>) {
         let reader = PendingReader { inner: self.inner };
+        let mut failure = None;
         for batch in self.inner.batches().iter_mut() {
-            if let Some((writes, notify)) = batch.seal(&reader) {
-                let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-                self.inner.overlay().add(seq, &writes);
-                group.push(Entry {
-                    seq,
-                    writes,
-                    notify,
-                });
+            match batch.seal(&reader) {
+                Ok(Some((writes, notify))) => {
+                    let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+                    self.inner.overlay().add(seq, &writes);
+                    group.push(Entry {
+                        seq,
+                        writes,
+                        notify,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
+        }
+        if let Some(e) = failure
+            && self.refusal().is_none()
+        {
+            tracing::error!(error = %e, "the database failed while a record was prepared; refusing every write until a restart");
+            fail_all(self.inner.halt(e.clone()), &halted(&e));
         }
     }
 
@@ -1153,11 +1177,7 @@ mod tests {
     }
 
     impl Sealer<Vec<u32>> for Numbers {
-        fn seal(
-            &mut self,
-            batch: Vec<u32>,
-            reader: &PendingReader<'_>,
-        ) -> Option<(Vec<Mutation>, Notify)> {
+        fn seal(&mut self, batch: Vec<u32>, reader: &PendingReader<'_>) -> Sealed {
             // The previous record's writes are seen whether applied yet or not.
             let last = reader.read(&self.tree, b"last").unwrap();
             assert_eq!(
@@ -1179,7 +1199,7 @@ mod tests {
             ));
             let id = self.sealed.lock().unwrap().len() as u32;
             self.sealed.lock().unwrap().push(batch);
-            Some((writes, listen(&self.heard, id)))
+            Ok(Some((writes, listen(&self.heard, id))))
         }
 
         fn fail(&mut self, batch: Vec<u32>, _: &CommitError) {

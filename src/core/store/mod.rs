@@ -33,6 +33,9 @@ pub enum StoreError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A write could not be made durable; the reason as the commit thread reported it.
+    #[error("the write was not stored: {0}")]
+    Write(String),
     /// A storage thread could not be started.
     #[error("cannot start a storage thread: {0}")]
     Thread(String),

@@ -17,8 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use super::Visibility;
 use super::batch::{EventWrite, NameCounts, Outcome, Prepare};
 use crate::core::metrics::MetricRegistry;
-use crate::core::store::commit::{CommitError, Notify, OpenBatch, PendingReader, Progress, Sealer};
-use crate::core::store::wal::Mutation;
+use crate::core::store::commit::{
+    CommitError, Notify, OpenBatch, PendingReader, Progress, Sealed, Sealer,
+};
 use crate::core::store::{Store, StoreError};
 
 /// Most events waiting for a record: a request past it waits for room, so a disk that
@@ -126,10 +127,7 @@ impl EventWriter {
                 };
                 Ok(outcome)
             }
-            Ok(Err(msg)) => Err(StoreError::Corrupt {
-                what: "event batch".into(),
-                detail: msg,
-            }),
+            Ok(Err(msg)) => Err(StoreError::Write(msg)),
             Err(_) => Err(StoreError::Stopped),
         }
     }
@@ -163,14 +161,10 @@ fn events_of(work: Vec<Work>) -> Vec<Job> {
 }
 
 impl Sealer<Vec<Work>> for Seal {
-    fn seal(
-        &mut self,
-        work: Vec<Work>,
-        reader: &PendingReader<'_>,
-    ) -> Option<(Vec<Mutation>, Notify)> {
+    fn seal(&mut self, work: Vec<Work>, reader: &PendingReader<'_>) -> Sealed {
         let jobs = events_of(work);
         if jobs.is_empty() {
-            return None;
+            return Ok(None);
         }
         let writes: Vec<&EventWrite> = jobs.iter().map(|j| &j.write).collect();
         let prepare = Prepare {
@@ -188,7 +182,11 @@ impl Sealer<Vec<Work>> for Seal {
                 for job in jobs {
                     let _ = job.ack.send(Err(e.to_string()));
                 }
-                return None;
+                // sled failing (a full disk) stops every write, as a failed write does.
+                return match e {
+                    StoreError::Sled(e) => Err(CommitError::Database(Arc::new(e))),
+                    _ => Ok(None),
+                };
             }
         };
         self.seq += 1;
@@ -217,7 +215,7 @@ impl Sealer<Vec<Work>> for Seal {
                 visible.applied(seq);
             }
         });
-        Some((record, notify))
+        Ok(Some((record, notify)))
     }
 
     fn fail(&mut self, work: Vec<Work>, error: &CommitError) {
