@@ -78,7 +78,9 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_sec` events per second sustained, `burst` at once (at least 1 each).
     pub fn new(per_sec: u32, burst: u32) -> Self {
-        let interval = 1_000_000_000 / u64::from(per_sec.max(1));
+        // At least a nanosecond: a rate past a billion a second would otherwise leave no
+        // tolerance at all, and requests racing each other would be refused.
+        let interval = (1_000_000_000 / u64::from(per_sec.max(1))).max(1);
         Self {
             interval,
             tolerance: interval.saturating_mul(u64::from(burst.max(1)) - 1),
@@ -139,6 +141,15 @@ mod tests {
             assert!(l.check(later).is_ok());
         }
         assert!(l.check(later).is_err());
+    }
+
+    #[test]
+    fn a_rate_past_a_billion_a_second_refuses_no_racing_request() {
+        let l = RateLimiter::new(u32::MAX, u32::MAX);
+        let t0 = Instant::now();
+        // One request's clock read later than another's, which then takes its turn.
+        assert!(l.check(t0 + Duration::from_micros(50)).is_ok());
+        assert!(l.check(t0).is_ok());
     }
 
     #[test]
