@@ -1,10 +1,17 @@
 //! Retention: raw events and hourly rollups past an application's window are deleted;
 //! daily rollups and totals stay, so every period and the total stay exact.
 
+use std::time::Instant;
+
 use jiff::Timestamp;
 
 use crate::core::store::keys::{self, EventValue, Family};
 use crate::core::store::{Store, StoreError};
+
+/// Keys deleted per sled batch. A sled batch holds the tree's write lock while it applies,
+/// so the commit thread's next apply (and the answers behind it) waits for at most one
+/// batch this size.
+const PURGE_BATCH: usize = 512;
 
 impl Store {
     /// Deletes an application's raw events and hourly rollups older than `cutoff`; daily
@@ -56,7 +63,9 @@ impl Store {
     }
 
     /// Deletes every key in `lo..hi`, in batches; returns the sum of `weigh` over the
-    /// deleted values (records, or events for raw-event blocks).
+    /// deleted values (records, or events for raw-event blocks). Retention is background
+    /// work: after each batch it rests as long as the batch took, so a purge of millions of
+    /// events takes at most half a core and half of sled's write lock from ingest.
     fn purge_range(
         &self,
         lo: Vec<u8>,
@@ -65,9 +74,10 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut removed = 0;
         loop {
+            let started = Instant::now();
             let mut batch = sled::Batch::default();
             let mut n = 0;
-            for item in self.events.range(lo.clone()..hi.clone()).take(4096) {
+            for item in self.events.range(lo.clone()..hi.clone()).take(PURGE_BATCH) {
                 let (k, v) = item?;
                 removed += weigh(&v);
                 batch.remove(k);
@@ -77,6 +87,7 @@ impl Store {
                 return Ok(removed);
             }
             self.events.apply_batch(batch)?;
+            std::thread::sleep(started.elapsed());
         }
     }
 
