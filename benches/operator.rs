@@ -1,22 +1,40 @@
-//! Operator status benchmark against a real API server (`KUBECONFIG`, e.g. the control
-//! plane of `tests/cluster/cluster.sh up`): 1 000 Heartbeats (`BENCH_HEARTBEATS`) pinged
-//! continuously, except 2 % that stop and go Down one after another during the measured
-//! window. Prints status patches per second sent to the API server and the lag from a
-//! state transition to its status patch. A warm-up first pings everything once and waits
-//! until those New → Up transitions are on the API server.
+//! Operator benchmark against a real API server (`KUBECONFIG` and `HARTSLAG_CLUSTER_RUN`:
+//! the control plane of `tests/cluster/cluster.sh up`, whose audit log counts the
+//! operator's requests). The operator runs as the Helm chart's ServiceAccount with the
+//! chart's RBAC, as in the end-to-end tests.
+//!
+//! 1. apply → Ready: `BENCH_HEARTBEATS` (1 000) Heartbeats created 32 at a time; the time
+//!    until every one is Ready, and the operator's requests meanwhile.
+//! 2. idle: the operator's requests per second with those Heartbeats idle, over
+//!    `BENCH_IDLE_SECONDS` (300), leases apart.
+//! 3. restart: status writes after a restart with nothing changed, and the gap from SIGTERM
+//!    of the old process to the first ping the new one accepts.
+//! 4. status lag: `BENCH_LAG_HEARTBEATS` (10 000) Heartbeats pinging every 5 minutes
+//!    (`BENCH_LAG_INTERVAL`; their interval one minute longer, grace 4 minutes), 1 % of
+//!    them left to go Late and Down; over
+//!    `BENCH_LAG_SECONDS` (600) after a warm-up, the status writes per second (budget 20)
+//!    and the lag from a state transition to its status write. `BENCH_LAG_HEARTBEATS=0`
+//!    skips it.
 //!
 //! `eval "$(bash tests/cluster/cluster.sh env)"; cargo bench --bench operator`
 
 mod common;
+#[path = "../tests/it/operator_e2e/harness.rs"]
+#[allow(dead_code)] // the benchmark uses part of the end-to-end harness
+mod harness;
+#[path = "../tests/it/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hartslag::k8s::crd::Heartbeat;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, Config};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+
+use harness::{Install, Operator, prepare, requests, status_writes, teardown};
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -26,30 +44,16 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn quantile(text: &str, name: &str, q: f64) -> f64 {
-    let count = metric(text, &format!("{name}_count"));
-    for line in text
+/// The bucket bound below which a fraction `q` of the observations of histogram `name` fall,
+/// in the difference `after` − `before`.
+fn quantile(after: &str, before: &str, name: &str, q: f64) -> f64 {
+    let count = metric(after, &format!("{name}_count")) - metric(before, &format!("{name}_count"));
+    for line in after
         .lines()
         .filter(|l| l.starts_with(&format!("{name}_bucket")))
     {
-        let le = line.split('"').nth(1).unwrap_or("+Inf");
-        let v: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if v >= q * count {
-            return le.parse().unwrap_or(f64::INFINITY);
-        }
-    }
-    f64::NAN
-}
-
-/// The histogram lines of `name` in `after` minus those in `before`.
-fn subtract(after: &str, before: &str, name: &str) -> String {
-    let mut out = String::new();
-    for line in after.lines().filter(|l| l.starts_with(name)) {
         let key = line.rsplit_once(' ').map(|(k, _)| k).unwrap_or(line);
+        let le = line.split('"').nth(1).unwrap_or("+Inf");
         let a: f64 = line
             .rsplit(' ')
             .next()
@@ -61,9 +65,303 @@ fn subtract(after: &str, before: &str, name: &str) -> String {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
-        out.push_str(&format!("{key} {}\n", a - b));
+        if count > 0.0 && a - b >= q * count {
+            return le.parse().unwrap_or(f64::INFINITY);
+        }
     }
-    out
+    f64::NAN
+}
+
+async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Creates Heartbeats `prefix-0..n` with `spec`, 32 requests at a time.
+async fn create(hbs: &Api<Heartbeat>, prefix: &str, n: usize, spec: &Value) {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let hb: Heartbeat = serde_json::from_value(json!({
+                "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+                "metadata": {"name": format!("{prefix}-{i}")}, "spec": spec,
+            }))
+            .expect("hb");
+            async move {
+                hbs.create(&PostParams::default(), &hb)
+                    .await
+                    .expect("create")
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+async fn ready_count(hbs: &Api<Heartbeat>) -> usize {
+    let list = hbs.list(&ListParams::default()).await.expect("list");
+    list.items
+        .iter()
+        .filter(|h| {
+            h.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count()
+}
+
+/// Waits until `n` Heartbeats are Ready, looking every `every`.
+async fn all_ready(hbs: &Api<Heartbeat>, n: usize, every: Duration, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let ready = ready_count(hbs).await;
+        if ready >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "only {ready} of {n} Heartbeats Ready after {within:?}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Every issued ping URL in the namespace, by Heartbeat name.
+async fn ping_urls(secrets: &Api<Secret>) -> Vec<(String, String)> {
+    let list = secrets
+        .list(&ListParams::default().labels("hartslag.dev/token=issued"))
+        .await
+        .expect("secrets");
+    list.items
+        .iter()
+        .filter_map(|s| {
+            let url = String::from_utf8(s.data.as_ref()?.get("ping-url")?.0.clone()).ok()?;
+            let name = s
+                .metadata
+                .name
+                .as_ref()?
+                .strip_suffix("-heartbeat")?
+                .to_string();
+            Some((name, url))
+        })
+        .collect()
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Phases 1 to 3.
+async fn apply_idle_restart(n: usize, idle: Duration) {
+    let (client, ns) = prepare("bench-op").await;
+    let install = Install::new(&ns, &[&ns]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let port = port();
+    let op = Operator::spawn(
+        &install,
+        &data,
+        "smtp://127.0.0.1:1",
+        port,
+        &["--status-period", "60s"],
+    );
+    op.wait_ready(Duration::from_secs(60)).await;
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+
+    let since = jiff::Timestamp::now();
+    let t = Instant::now();
+    create(&hbs, "hb", n, &json!({"interval": "1h"})).await;
+    let created = t.elapsed();
+    all_ready(
+        &hbs,
+        n,
+        Duration::from_millis(250),
+        Duration::from_secs(600),
+    )
+    .await;
+    let ready = t.elapsed();
+    let sent = requests(&install.user, since);
+    println!(
+        "apply → Ready: {n} Heartbeats created in {:.1} s (32 at a time), all Ready after {:.1} s; the operator sent {} requests meanwhile",
+        created.as_secs_f64(),
+        ready.as_secs_f64(),
+        sent.iter().filter(|r| r.resource != "leases").count()
+    );
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let since = jiff::Timestamp::now();
+    tokio::time::sleep(idle).await;
+    let sent: Vec<_> = requests(&install.user, since)
+        .into_iter()
+        .filter(|r| r.resource != "leases")
+        .collect();
+    let watches = sent.iter().filter(|r| r.verb == "watch").count();
+    println!(
+        "idle: {} requests in {} s with {n} idle Heartbeats = {:.4} requests/s ({watches} watch renewals, {} other; Lease renewals apart)",
+        sent.len(),
+        idle.as_secs(),
+        sent.len() as f64 / idle.as_secs_f64(),
+        sent.len() - watches
+    );
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // The gap is measured with a ping, which turns that one Heartbeat from New to Up: its
+    // status write is the ping's, not the restart's, and is counted apart.
+    let (pinged, url) = ping_urls(&secrets)
+        .await
+        .into_iter()
+        .next()
+        .expect("a ping URL");
+    let http = reqwest::Client::new();
+    let stopping = Instant::now();
+    assert!(op.terminate(), "the operator did not stop cleanly");
+    let since = jiff::Timestamp::now();
+    let op = Operator::spawn(
+        &install,
+        &data,
+        "smtp://127.0.0.1:1",
+        port,
+        &["--status-period", "60s"],
+    );
+    loop {
+        let answered = http
+            .get(&url)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if answered == 200 {
+            break;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(120),
+            "no ping accepted after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gap = stopping.elapsed();
+    op.wait_ready(Duration::from_secs(60)).await;
+    let ready_after = stopping.elapsed();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let sent = requests(&install.user, since);
+    let (ping_caused, writes): (Vec<_>, Vec<_>) = status_writes(&sent)
+        .into_iter()
+        .partition(|r| r.uri.contains(&format!("/heartbeats/{pinged}/")));
+    let (writes, ping_caused) = (writes.len(), ping_caused.len());
+    println!(
+        "restart: SIGTERM → first ping accepted by the new process {:.2} s (ready {:.2} s); status writes after the restart with nothing changed: {writes} for {n} Heartbeats (and {ping_caused} for the one the gap's ping turned Up)",
+        gap.as_secs_f64(),
+        ready_after.as_secs_f64()
+    );
+    drop(op);
+    teardown(&ns);
+}
+
+/// Phase 4.
+async fn status_lag(n: usize, window: Duration, every: Duration) {
+    let (client, ns) = prepare("bench-lag").await;
+    let install = Install::new(&ns, &[&ns]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let op = Operator::spawn(
+        &install,
+        &dir.path().join("data"),
+        "smtp://127.0.0.1:1",
+        port(),
+        &["--status-period", "60s"],
+    );
+    op.wait_ready(Duration::from_secs(60)).await;
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+    let every_s = format!("{}s", every.as_secs());
+    let t = Instant::now();
+    create(
+        &hbs,
+        "lag",
+        n,
+        &json!({"interval": every_s, "grace": every_s}),
+    )
+    .await;
+    all_ready(&hbs, n, Duration::from_secs(2), Duration::from_secs(3600)).await;
+    println!(
+        "status lag: {n} Heartbeats (interval {every_s}, grace {every_s}) Ready after {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let urls = ping_urls(&secrets).await;
+    assert_eq!(urls.len(), n, "ping URLs");
+    let flappers = (n / 100).max(1);
+    // Every Heartbeat pings once per `every`, spread evenly; the first `flappers` stop after
+    // their first ping and go Late, then Down, during the measurement.
+    let start = tokio::time::Instant::now();
+    let http = reqwest::Client::new();
+    let mut pingers = Vec::new();
+    for (i, (name, url)) in urls.into_iter().enumerate() {
+        let http = http.clone();
+        let offset = every.mul_f64(i as f64 / n as f64);
+        let stops = name
+            .strip_prefix("lag-")
+            .and_then(|k| k.parse::<usize>().ok())
+            .is_some_and(|k| k < flappers);
+        pingers.push(tokio::spawn(async move {
+            let mut at = start + offset;
+            loop {
+                tokio::time::sleep_until(at).await;
+                let _ = http.get(&url).send().await;
+                if stops {
+                    return;
+                }
+                at += every;
+            }
+        }));
+    }
+    // Warm-up: the first round (New → Up for all) is written at the budget; measure once
+    // those writes drained (no transition written for 10 s after the round).
+    let base = op.base.clone();
+    let warm = Instant::now();
+    tokio::time::sleep(every).await;
+    let mut last = -1.0;
+    loop {
+        let c = metric(&metrics(&base).await, "hartslag_status_lag_seconds_count");
+        if (c >= n as f64 && c == last) || warm.elapsed() > every * 6 {
+            break;
+        }
+        last = c;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    println!(
+        "status lag: warm-up (first round of pings, {n} New → Up written) took {:.0} s",
+        warm.elapsed().as_secs_f64()
+    );
+    let before = metrics(&base).await;
+    let measured = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = metrics(&base).await;
+    let secs = measured.elapsed().as_secs_f64();
+    let writes = metric(&after, "hartslag_status_patches_total")
+        - metric(&before, "hartslag_status_patches_total");
+    let name = "hartslag_status_lag_seconds";
+    let transitions =
+        metric(&after, &format!("{name}_count")) - metric(&before, &format!("{name}_count"));
+    println!(
+        "status lag: {n} Heartbeats pinging every {every_s} ({:.0} pings/s), {flappers} going Late and Down: {writes:.0} status writes in {secs:.0} s = {:.1}/s (budget 20/s); {transitions:.0} transitions written, lag p50 ≤ {} s, p99 ≤ {} s (histogram bucket bounds)",
+        n as f64 / every.as_secs_f64(),
+        writes / secs,
+        quantile(&after, &before, name, 0.5),
+        quantile(&after, &before, name, 0.99),
+    );
+    for p in pingers {
+        p.abort();
+    }
+    drop(op);
+    teardown(&ns);
 }
 
 fn main() {
@@ -75,121 +373,19 @@ fn main() {
         std::process::exit(1);
     }
     let n: usize = common::env_or("BENCH_HEARTBEATS", 1000);
-    let flappers = (n / 50).max(1);
-    let window = Duration::from_secs(common::env_or("BENCH_SECONDS", 30));
+    let idle = Duration::from_secs(common::env_or("BENCH_IDLE_SECONDS", 300));
+    let lag_n: usize = common::env_or("BENCH_LAG_HEARTBEATS", 10_000);
+    let lag_window = Duration::from_secs(common::env_or("BENCH_LAG_SECONDS", 600));
+    let every = Duration::from_secs(common::env_or("BENCH_LAG_INTERVAL", 300));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let client = Client::try_from(Config::infer().await.expect("kubeconfig")).expect("client");
-        let root = env!("CARGO_MANIFEST_DIR");
-        let ok = Command::new("kubectl").args(["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]).stdout(Stdio::null()).status().expect("kubectl");
-        assert!(ok.success(), "kubectl apply failed");
-        let ns = format!("bench-{}", &hartslag::core::token::random_id().expect("id")[..8]);
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns")).await.expect("namespace");
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-        let base = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
-            .args(["operator", "--namespaces", &ns, "--listen", &format!("127.0.0.1:{port}"), "--external-url", &base, "--min-interval", "1s"])
-            .arg("--data")
-            .arg(dir.path().join("data"))
-            .env("HARTSLAG_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("operator");
-        let http = reqwest::Client::new();
-        let started = Instant::now();
-        while http.get(format!("{base}/readyz")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-            assert!(started.elapsed() < Duration::from_secs(30), "operator not ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        println!("operator benchmark (the operator runs as the chart's ServiceAccount; requests counted from the API server's audit log)");
+        apply_idle_restart(n, idle).await;
+        if lag_n > 0 {
+            status_lag(lag_n, lag_window, every).await;
         }
-
-        println!("operator status benchmark: {n} Heartbeats ({flappers} left to go Down), default --status-rate 20");
-        let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-        let t = Instant::now();
-        for i in 0..n {
-            let flapper_interval = format!("{}s", 5 + i);
-            let (interval, grace) = if i < flappers { (flapper_interval.as_str(), "0s") } else { ("1h", "5m") };
-            let hb: Heartbeat = serde_json::from_value(json!({
-                "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
-                "metadata": {"name": format!("hb-{i}")}, "spec": {"interval": interval, "grace": grace}
-            }))
-            .expect("hb");
-            hbs.create(&PostParams::default(), &hb).await.expect("create");
-        }
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let urls = loop {
-            let list = secrets.list(&ListParams::default().labels("app.kubernetes.io/managed-by=hartslag")).await.expect("secrets");
-            let urls: Vec<(String, String)> = list
-                .items
-                .iter()
-                .filter_map(|s| {
-                    let url = String::from_utf8(s.data.as_ref()?.get("ping-url")?.0.clone()).ok()?;
-                    Some((s.metadata.name.clone()?, url))
-                })
-                .collect();
-            if urls.len() == n {
-                break urls;
-            }
-            assert!(t.elapsed() < Duration::from_secs(600), "only {} of {n} Heartbeats reconciled", urls.len());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        println!("created and reconciled {n} Heartbeats in {:.1} s", t.elapsed().as_secs_f64());
-
-        // Warm-up: one ping each, then wait until the New → Up statuses are written.
-        for (_, url) in &urls {
-            let _ = http.get(url).send().await;
-        }
-        let t = Instant::now();
-        let (mut last, mut stable_since) = (-1.0, Instant::now());
-        loop {
-            let text = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
-            let count = metric(&text, "hartslag_status_lag_seconds_count");
-            if count != last {
-                (last, stable_since) = (count, Instant::now());
-            }
-            // Done when every first transition is written and nothing new arrived for 3 s.
-            if (count >= n as f64 && stable_since.elapsed() > Duration::from_secs(3)) || t.elapsed() > Duration::from_secs(300) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        println!("warm-up: {n} New → Up statuses written in {:.1} s at the patch limit", t.elapsed().as_secs_f64());
-        let before = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
-        let t = Instant::now();
-        let mut pings = 0u64;
-        // First round: everyone pings once (flappers then go Down 3 s later); then the steady 90 % keep pinging.
-        let flapper_names: std::collections::HashSet<String> = (0..flappers).map(|i| format!("hb-{i}-heartbeat")).collect();
-        let mut first = true;
-        while t.elapsed() < window {
-            for (name, url) in &urls {
-                if !first && flapper_names.contains(name) {
-                    continue;
-                }
-                if http.get(url).send().await.map(|r| r.status() == 200).unwrap_or(false) {
-                    pings += 1;
-                }
-            }
-            first = false;
-        }
-        let elapsed = t.elapsed().as_secs_f64();
-        let after = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
-        let patches = metric(&after, "hartslag_status_patches_total") - metric(&before, "hartslag_status_patches_total");
-        println!("{pings} pings in {elapsed:.1} s ({:.0} pings/s)", pings as f64 / elapsed);
-        println!("status patches: {patches:.0} in {elapsed:.1} s = {:.1} patches/s (limit 20/s)", patches / elapsed);
-        let window_hist = subtract(&after, &before, "hartslag_status_lag_seconds");
-        println!(
-            "transition-to-status lag in the window: p50 <= {} s, p99 <= {} s ({} transitions written; histogram bucket bounds)",
-            quantile(&window_hist, "hartslag_status_lag_seconds", 0.5),
-            quantile(&window_hist, "hartslag_status_lag_seconds", 0.99),
-            metric(&window_hist, "hartslag_status_lag_seconds_count")
-        );
-        let _ = child.kill();
-        let _ = child.wait();
-        let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     });
 }

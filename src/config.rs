@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// HTTP timeouts and the connection cap.
     pub http: crate::http::HttpLimits,
+    /// Hold monitor deadlines until the front end releases them: the operator does, until
+    /// it has removed the monitors whose resources vanished while it was down.
+    pub hold_deadlines: bool,
 }
 
 impl ServerConfig {
@@ -66,6 +69,7 @@ impl ServerConfig {
             webhooks: crate::notify::guard::AddressPolicy::default(),
             trusted_proxies: Vec::new(),
             http: crate::http::HttpLimits::default(),
+            hold_deadlines: false,
         }
     }
 
@@ -82,6 +86,7 @@ impl ServerConfig {
             ping_history: self.ping_history as u64,
             outbox: self.outbox,
             limits: self.limits,
+            hold_deadlines: self.hold_deadlines,
         }
     }
 }

@@ -38,12 +38,20 @@ enum Command {
         /// Namespaces to watch (comma-separated); all when empty.
         #[arg(long, env = "HARTSLAG_NAMESPACES", value_delimiter = ',')]
         namespaces: Vec<String>,
-        /// Most status patches per second sent to the API server.
+        /// Most status writes per second for state changes and refreshes (answers to spec
+        /// changes are written at once).
         #[arg(long, env = "HARTSLAG_STATUS_RATE", default_value_t = 20)]
         status_rate: u32,
-        /// How often counters on the custom resources' status are refreshed.
-        #[arg(long, env = "HARTSLAG_STATUS_PERIOD", default_value = "5s")]
+        /// How often coarse status facts (last ping, counts) are looked at; each object's
+        /// are refreshed at most this often.
+        #[arg(long, env = "HARTSLAG_STATUS_PERIOD", default_value = "60s")]
         status_period: hartslag::core::duration::SpecDuration,
+        /// Lease that keeps the operator to one running instance.
+        #[arg(long, env = "HARTSLAG_LEASE_NAME", default_value = "hartslag")]
+        lease_name: String,
+        /// Namespace of that Lease; the operator's own namespace when unset.
+        #[arg(long, env = "HARTSLAG_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
         /// Secret holding the dashboard admin token (created when missing).
         #[arg(long, env = "HARTSLAG_ADMIN_SECRET", default_value = "hartslag-admin")]
         admin_secret: String,
@@ -262,6 +270,8 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             namespaces,
             status_rate,
             status_period,
+            lease_name,
+            lease_namespace,
             admin_secret,
             admin_namespace,
             common,
@@ -269,20 +279,30 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             common.init_logs();
             let writer = hartslag::k8s::status::WriterConfig {
                 max_per_sec: status_rate.max(1),
-                counter_period: std::time::Duration::from_secs(status_period.as_secs().max(1)),
+                refresh: std::time::Duration::from_secs(status_period.as_secs().max(1)),
+                ..Default::default()
             };
             let namespaces = namespaces
                 .into_iter()
                 .map(|n| n.trim().to_string())
                 .filter(|n| !n.is_empty())
                 .collect();
+            let own = |n: Option<String>| {
+                n.filter(|n| !n.trim().is_empty())
+                    .unwrap_or_else(hartslag::k8s::admin::own_namespace)
+            };
             let admin = hartslag::k8s::admin::AdminSecret {
-                namespace: admin_namespace
-                    .filter(|n| !n.trim().is_empty())
-                    .unwrap_or_else(hartslag::k8s::admin::own_namespace),
+                namespace: own(admin_namespace),
                 name: admin_secret,
             };
-            hartslag::k8s::run(common.config(), namespaces, writer, admin).await?;
+            let config = hartslag::k8s::OperatorConfig {
+                server: common.config(),
+                namespaces,
+                writer,
+                admin,
+                lease: (own(lease_namespace), lease_name),
+            };
+            hartslag::k8s::run(config).await?;
         }
         Command::Crd => {
             print!("{}", hartslag::k8s::crd::crds_yaml()?);

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use tokio::net::TcpListener;
 
@@ -13,7 +14,7 @@ use crate::config::ServerConfig;
 use crate::core::catalogue::MonitorCatalogue;
 use crate::core::metrics::MetricRegistry;
 use crate::core::{Services, ServicesError};
-use crate::http::{self, HttpState};
+use crate::http::{self, HttpState, Port};
 use crate::notify::{Notifier, NotifyError};
 
 /// Errors while starting or running the server.
@@ -43,6 +44,7 @@ pub struct Server {
     pub core: Services,
     metrics: MetricRegistry,
     catalogue: Option<Arc<dyn MonitorCatalogue>>,
+    ready: Option<Arc<AtomicBool>>,
 }
 
 impl Server {
@@ -62,6 +64,7 @@ impl Server {
             core,
             metrics,
             catalogue: None,
+            ready: None,
         })
     }
 
@@ -73,6 +76,28 @@ impl Server {
     /// Where the management API's writes go.
     pub fn set_catalogue(&mut self, catalogue: Arc<dyn MonitorCatalogue>) {
         self.catalogue = Some(catalogue);
+    }
+
+    /// A readiness gate the front end opens when it is ready: `/readyz` answers ready only
+    /// while it is open. Without one the server is ready as soon as it serves.
+    pub fn ready_when(&mut self, gate: Arc<AtomicBool>) {
+        self.ready = Some(gate);
+    }
+
+    fn http_state(self, connections: http::ConnectionStats) -> (Services, HttpState) {
+        let core = self.core.clone();
+        let ready = self
+            .ready
+            .unwrap_or_else(|| Arc::new(AtomicBool::new(true)));
+        let state = HttpState::new(
+            self.core,
+            &self.config,
+            self.catalogue,
+            self.metrics,
+            ready,
+            connections,
+        );
+        (core, state)
     }
 
     /// Binds the configured address.
@@ -96,8 +121,7 @@ impl Server {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let core = self.core.clone();
-        let state = HttpState::new(self.core, &self.config, self.catalogue, self.metrics);
+        let (core, state) = self.http_state(http::ConnectionStats::default());
         tracing::info!(%addr, "listening");
         http::serve(listener, state, shutdown)
             .await
@@ -107,6 +131,38 @@ impl Server {
         }
         Ok(())
     }
+
+    /// Serves HTTP on a port bound before the server was open (see [`Port`]) until
+    /// `shutdown` resolves, then flushes the store.
+    pub async fn serve_on(
+        self,
+        port: Port,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let addr = port.addr().to_string();
+        let (core, state) = self.http_state(port.connections());
+        port.serve(state, shutdown)
+            .await
+            .map_err(|source| ServerError::Http { addr, source })?;
+        if let Err(e) = core.flush().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        Ok(())
+    }
+}
+
+/// Binds `addr` at once, with the connection `limits` in force; it answers 503 with
+/// `Retry-After` until [`Server::serve_on`].
+pub async fn bind_early(
+    addr: std::net::SocketAddr,
+    limits: http::HttpLimits,
+) -> Result<Port, ServerError> {
+    Port::bind(addr, limits)
+        .await
+        .map_err(|source| ServerError::Http {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Resolves on SIGTERM or Ctrl-C, for graceful shutdown in pods and terminals.

@@ -32,6 +32,9 @@ pub struct ServicesConfig {
     pub outbox: OutboxConfig,
     /// Limits of Applications that set none of their own.
     pub limits: LimitDefaults,
+    /// Hold monitor deadlines until the front end releases them (see
+    /// `EngineConfig::hold_deadlines`).
+    pub hold_deadlines: bool,
 }
 
 /// Why the services could not be opened.
@@ -91,6 +94,7 @@ impl Services {
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {
             ping_history: config.ping_history,
+            hold_deadlines: config.hold_deadlines,
         };
         let committer = store.committer().clone();
         let engine = Engine::start(
@@ -213,6 +217,7 @@ mod tests {
             ping_history: 10,
             outbox: OutboxConfig::default(),
             limits: LimitDefaults::default(),
+            hold_deadlines: false,
         };
         Services::open(&config, &mut MetricRegistry::default()).unwrap()
     }

@@ -30,12 +30,26 @@ pub struct AlertTargets {
     /// A URL that receives a JSON POST (Slack-compatible `text` plus structured fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// Kubernetes only: the webhook URL from a key of a Secret in the same namespace,
+    /// instead of `webhook` (a Slack webhook URL is a password). Read when the resource is
+    /// reconciled; never shown in status, Events or logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key within the Secret.
+    pub key: String,
 }
 
 impl AlertTargets {
-    /// True when neither email nor webhook is set, so defaults apply.
+    /// True when neither email nor a webhook is set, so defaults apply.
     pub fn is_empty(&self) -> bool {
-        self.email.is_empty() && self.webhook.is_none()
+        self.email.is_empty() && self.webhook.is_none() && self.webhook_secret_ref.is_none()
     }
 }
 
@@ -84,7 +98,7 @@ pub struct ApplicationSpec {
     /// Quotas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
-    /// Name of the Secret that holds the issued token (key `token`). Default `<name>-hartslag-token`.
+    /// Name of the Secret that holds the issued token (key `token`). Default `<name>-hartslag-token`. A Secret that exists already is used only if it is of type Opaque and annotated `hartslag.dev/adopt: "true"`; any other is left untouched and refused (SecretNotAdoptable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_name: Option<String>,
     /// Standalone mode only: a file holding the token to use instead of an issued one.
@@ -136,7 +150,7 @@ pub struct HeartbeatSpec {
     /// The Application this monitor belongs to (management API scope, quota, alert defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application_ref: Option<ApplicationRef>,
-    /// Name of the Secret that holds the issued token (keys `token`, `ping-url`). Default `<name>-heartbeat`.
+    /// Name of the Secret that holds the issued token (keys `token`, `ping-url`). Default `<name>-heartbeat`. A Secret that exists already is used only if it is of type Opaque and annotated `hartslag.dev/adopt: "true"`; any other is left untouched and refused (SecretNotAdoptable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_name: Option<String>,
     /// Standalone mode only: a file holding the token to use instead of an issued one.
@@ -168,6 +182,9 @@ pub enum SpecError {
     /// An alert webhook that is not an http(s) URL.
     #[error("spec.alerts.webhook {0:?} is not an http:// or https:// URL")]
     Webhook(String),
+    /// Both `webhook` and `webhookSecretRef`.
+    #[error("spec.alerts: set webhook or webhookSecretRef, not both")]
+    TwoWebhooks,
 }
 
 fn check_alerts(alerts: Option<&AlertTargets>) -> Result<(), SpecError> {
@@ -184,6 +201,9 @@ fn check_alerts(alerts: Option<&AlertTargets>) -> Result<(), SpecError> {
         && !(w.starts_with("http://") || w.starts_with("https://"))
     {
         return Err(SpecError::Webhook(w.clone()));
+    }
+    if a.webhook.is_some() && a.webhook_secret_ref.is_some() {
+        return Err(SpecError::TwoWebhooks);
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod error;
 pub mod export;
 pub mod path;
+pub mod port;
 pub mod query;
 mod serve;
 mod state;
@@ -18,6 +19,7 @@ use axum::Router;
 use axum::http::StatusCode;
 
 pub use error::ApiError;
+pub use port::Port;
 pub use serve::{ConnectionStats, HttpLimits, serve};
 pub use state::{HttpState, Shared};
 

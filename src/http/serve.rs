@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -70,9 +71,9 @@ pub struct ConnectionStats {
 }
 
 impl ConnectionStats {
-    /// The families, registered in `registry`, with the cap as a gauge beside them.
-    pub fn register(registry: &mut MetricRegistry, max_connections: usize) -> Self {
-        let stats = Self::default();
+    /// Registers these counters in `registry`, with the cap as a gauge beside them.
+    pub fn register(&self, registry: &mut MetricRegistry, max_connections: usize) {
+        let stats = self;
         registry.register(
             "hartslag_http_connections",
             "Open HTTP connections",
@@ -100,7 +101,6 @@ impl ConnectionStats {
             "Connections closed because a request head did not arrive within --http-header-timeout",
             stats.header_timeouts.clone(),
         );
-        stats
     }
 }
 
@@ -108,22 +108,47 @@ impl ConnectionStats {
 const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves the APIs and the dashboard on `listener` until `shutdown` resolves; `/readyz`
-/// answers ready meanwhile. Then stops accepting, ends live dashboard streams (open browser
-/// tabs would otherwise hold the shutdown up), lets requests in flight finish for up to
-/// `shutdown_grace` and returns.
+/// answers ready meanwhile, while the front end's gate is open. Then stops accepting, ends
+/// live dashboard streams (open browser tabs would otherwise hold the shutdown up), lets
+/// requests in flight finish for up to `shutdown_grace` and returns.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (limits, stats) = (state.limits, state.connections.clone());
-    let router = router(state.clone());
+    let app = router(state.clone());
+    state.serving.store(true, Ordering::Release);
+    let closing = state.clone();
+    accept(
+        listener,
+        app,
+        state.limits,
+        state.connections.clone(),
+        async move {
+            shutdown.await;
+            closing.serving.store(false, Ordering::Release);
+            closing.dashboard.close_streams();
+        },
+    )
+    .await
+}
+
+/// Accepts connections on `listener` and serves `app` on each (HTTP/1.1 with hyper's
+/// header-read and keep-alive timeout, at most `max_connections` at once) until `stop`
+/// resolves; then stops accepting and lets requests in flight finish for up to
+/// `shutdown_grace`.
+pub(super) async fn accept(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    stats: ConnectionStats,
+    stop: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     warn_if_descriptors_are_short(limits.max_connections);
-    state.ready.store(true, Ordering::Release);
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut last_cap_log: Option<Instant> = None;
-    tokio::pin!(shutdown);
+    tokio::pin!(stop);
     loop {
         if permits.available_permits() == 0 {
             stats.cap_reached.inc();
@@ -140,7 +165,7 @@ pub async fn serve(
                 Ok(p) => p,
                 Err(_) => break,
             },
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         };
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -153,11 +178,11 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = &mut stop => break,
         };
         stats.accepted.inc();
         stats.open.inc();
-        let service = router
+        let service = app
             .clone()
             .map_request(move |mut req: axum::extract::Request| {
                 req.extensions_mut().insert(ConnectInfo(remote));
@@ -187,8 +212,6 @@ pub async fn serve(
         });
     }
     drop(listener);
-    state.ready.store(false, Ordering::Release);
-    state.dashboard.close_streams();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(limits.shutdown_grace) => {

@@ -34,8 +34,11 @@ pub struct Shared {
     pub connections: ConnectionStats,
     /// Per-key rate limit of the management API.
     pub rate_limit: RateLimiter,
-    /// Set while serving; `/readyz` reports it.
-    pub ready: AtomicBool,
+    /// Set while serving.
+    pub serving: AtomicBool,
+    /// Opened by the front end once it is ready (the operator: when its watch caches are
+    /// complete); `/readyz` answers ready while serving with the gate open.
+    pub ready: Arc<AtomicBool>,
     /// The HTTP layer's own metric families.
     pub requests: RequestMetrics,
     /// Every metric family of the process, for `/metrics`.
@@ -46,15 +49,18 @@ pub struct Shared {
 
 impl HttpState {
     /// The state for serving `core`: registers the HTTP layer's families into `metrics`
-    /// and keeps the registry for `/metrics`.
+    /// and keeps the registry for `/metrics`; `ready` is the front end's readiness gate,
+    /// `connections` the counters of the port it is served on.
     pub fn new(
         core: Services,
         config: &ServerConfig,
         catalogue: Option<Arc<dyn MonitorCatalogue>>,
         mut metrics: MetricRegistry,
+        ready: Arc<AtomicBool>,
+        connections: ConnectionStats,
     ) -> Self {
         let requests = RequestMetrics::register(&mut metrics);
-        let connections = ConnectionStats::register(&mut metrics, config.http.max_connections);
+        connections.register(&mut metrics, config.http.max_connections);
         Self(Arc::new(Shared {
             core,
             catalogue,
@@ -63,7 +69,8 @@ impl HttpState {
             trusted_proxies: config.trusted_proxies.clone(),
             connections,
             rate_limit: RateLimiter::new(config.api_rate_per_sec, config.api_rate_burst),
-            ready: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
+            ready,
             requests,
             metrics,
             dashboard: Dashboard::new(config.base_url()),

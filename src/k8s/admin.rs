@@ -2,11 +2,16 @@
 //! whoever may read that Secret may open the whole dashboard, and nobody else.
 //!
 //! The Secret is created with a fresh token when missing; an existing one (for example
-//! created by GitOps with your own token) is used as it is. The operator re-reads it now
-//! and then, so editing or deleting the Secret rotates the token without a restart.
+//! created by GitOps with your own token) is used as it is. The operator watches that one
+//! Secret (a field selector on its name, which RBAC can limit to it), so editing or
+//! deleting it rotates the token at once without a restart, and costs no polling.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -37,14 +42,13 @@ pub fn own_namespace() -> String {
 }
 
 fn token_of(secret: &Secret) -> Option<Token> {
-    secret
-        .data
-        .as_ref()?
-        .get("token")
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .map(|t| t.trim().to_string())
-        .filter(|t| t.len() >= 16)
-        .map(Token::from_string)
+    super::secrets::token_in(secret).map(Token::from_string)
+}
+
+fn unusable(name: &str) -> SecretError {
+    SecretError::NotAdoptable(format!(
+        "Secret {name} has no key `token` of at least 16 characters; add one or delete the Secret to get a new token"
+    ))
 }
 
 /// Reads the admin token from its Secret, creating the Secret when it does not exist.
@@ -54,7 +58,7 @@ pub async fn ensure(api: &Api<Secret>, name: &str) -> Result<Token, SecretError>
         source,
     };
     if let Some(secret) = api.get_opt(name).await.map_err(err)? {
-        return token_of(&secret).ok_or_else(|| SecretError::Unusable(name.to_string()));
+        return token_of(&secret).ok_or_else(|| unusable(name));
     }
     let token = Token::generate(TokenKind::Admin)?;
     let secret = Secret {
@@ -86,30 +90,65 @@ pub async fn ensure(api: &Api<Secret>, name: &str) -> Result<Token, SecretError>
         // Another replica (or a user) was faster: use theirs.
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let secret = api.get(name).await.map_err(err)?;
-            token_of(&secret).ok_or_else(|| SecretError::Unusable(name.to_string()))
+            token_of(&secret).ok_or_else(|| unusable(name))
         }
         Err(e) => Err(err(e)),
     }
 }
 
-/// Keeps the registry's admin token equal to the Secret's, checking every `every`.
-pub async fn keep_in_sync(api: Api<Secret>, name: String, registry: Registry, every: Duration) {
+async fn install(registry: &Registry, current: &mut Option<TokenHash>, token: Token) {
+    let hash = token.hash();
+    if *current == Some(hash) {
+        return;
+    }
+    match registry.set_admin_token(hash).await {
+        Ok(()) => *current = Some(hash),
+        Err(e) => tracing::error!(error = %e, "cannot install the admin token"),
+    }
+}
+
+/// Keeps the registry's admin token equal to the Secret's, until the process ends: creates
+/// the Secret when it is missing (or deleted), then follows it through a watch.
+pub async fn keep_in_sync(api: Api<Secret>, name: String, registry: Registry) {
     let mut current: Option<TokenHash> = None;
-    loop {
-        match ensure(&api, &name).await {
-            Ok(token) => {
-                let hash = token.hash();
-                if current != Some(hash) {
-                    match registry.set_admin_token(hash).await {
-                        Ok(()) => current = Some(hash),
-                        Err(e) => tracing::error!(error = %e, "cannot install the admin token"),
-                    }
-                }
+    let config = super::caches::watch_config().fields(&format!("metadata.name={name}"));
+    let mut events = watcher::watcher(api.clone(), config)
+        .default_backoff()
+        .boxed();
+    let mut seen = false;
+    while let Some(event) = events.next().await {
+        let secret = match event {
+            Ok(Event::Apply(s) | Event::InitApply(s)) => {
+                seen = true;
+                Some(s)
             }
+            Ok(Event::Init) => {
+                seen = false;
+                None
+            }
+            Ok(Event::InitDone) if seen => None,
+            // Missing, or just deleted: issue a new one (or pick up whoever was faster).
+            Ok(Event::InitDone | Event::Delete(_)) => match ensure(&api, &name).await {
+                Ok(token) => {
+                    install(&registry, &mut current, token).await;
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot issue the admin token Secret; the dashboard admin login keeps the last known token");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    None
+                }
+            },
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the admin token Secret; the dashboard admin login keeps the last known token")
+                tracing::warn!(error = %e, "cannot watch the admin token Secret; the dashboard admin login keeps the last known token");
+                None
+            }
+        };
+        if let Some(s) = secret {
+            match token_of(&s) {
+                Some(token) => install(&registry, &mut current, token).await,
+                None => tracing::warn!(secret = %name, "{}", unusable(&name)),
             }
         }
-        tokio::time::sleep(every).await;
     }
 }

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::Context;
+use super::context::Context;
 use super::crd::Heartbeat;
 use crate::core::catalogue::{
     CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
@@ -101,7 +101,7 @@ impl MonitorCatalogue for KubernetesCatalogue {
             let key = object_key(&app.namespace, &name);
             self.wait("issued its token", || {
                 let m = core.engine.get(&key)?;
-                let t = self.ctx.heartbeat_token(&key)?;
+                let t = self.ctx.heartbeat_token(&app.namespace, &name)?;
                 Some((m, t))
             })
             .await
@@ -182,15 +182,19 @@ impl MonitorCatalogue for KubernetesCatalogue {
                 Err(kube::Error::Api(s)) if s.code == 404 => return Err(CatalogueError::NotFound),
                 Err(e) => return Err(unavailable(e)),
             }
-            let key = monitor.def.key.clone();
+            let (key, d) = (monitor.def.key.clone(), &monitor.def);
+            // Gone from the engine and, once its finalizer is off, from the API server.
             self.wait("removed it", || {
-                self.ctx.core.engine.get(&key).is_none().then_some(())
+                let gone = self.ctx.core.engine.get(&key).is_none()
+                    && self.ctx.caches.heartbeat(&d.namespace, &d.name).is_none();
+                gone.then_some(())
             })
             .await
         })
     }
 
     fn token(&self, monitor: &Monitor) -> Option<String> {
-        self.ctx.heartbeat_token(&monitor.def.key)
+        self.ctx
+            .heartbeat_token(&monitor.def.namespace, &monitor.def.name)
     }
 }

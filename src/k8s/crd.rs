@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::spec::{ApplicationSpec, HeartbeatSpec};
 
+mod schema;
+
 /// Settings of an Application: time zone for stats, retention of raw events, alert defaults for its Heartbeats, quotas and the token Secret.
 #[allow(clippy::duplicated_attributes)] // kube-derive takes one `printcolumn` per column.
 #[derive(CustomResource, Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -43,11 +45,18 @@ use crate::core::spec::{ApplicationSpec, HeartbeatSpec};
     ),
     printcolumn(name = "Last Event", type_ = "date", json_path = ".status.lastEventAt"),
     printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Token issued and events accepted"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[schemars(transform = schema::application_spec)]
 pub struct ApplicationResourceSpec {
     /// The Application's settings.
     #[serde(flatten)]
@@ -72,8 +81,20 @@ pub struct ApplicationResourceSpec {
         json_path = ".status.state",
         description = "New, Up, Started, Late, Down or Paused"
     ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Token issued and monitor armed"
+    ),
     printcolumn(name = "Last Ping", type_ = "date", json_path = ".status.lastPingAt"),
-    printcolumn(name = "Next Due", type_ = "date", json_path = ".status.nextDueAt"),
+    // A date column shows a future time as "<invalid>", so the deadline is shown as written.
+    printcolumn(
+        name = "Next Due",
+        type_ = "string",
+        json_path = ".status.nextDueAt",
+        description = "When the next ping is due (UTC)"
+    ),
     printcolumn(name = "Interval", type_ = "string", json_path = ".spec.interval"),
     printcolumn(
         name = "Age",
@@ -81,6 +102,7 @@ pub struct ApplicationResourceSpec {
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[schemars(transform = schema::heartbeat_spec)]
 pub struct HeartbeatResourceSpec {
     /// The monitor's settings.
     #[serde(flatten)]
@@ -133,32 +155,55 @@ pub struct ApplicationStatus {
     /// Secret holding the API token (key `token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_name: Option<String>,
-    /// `Ready`: the token is issued and events are accepted.
+    /// `Ready`: the token is issued and events are accepted; `OperatorConflict` while another
+    /// operator instance also watches the namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
+/// New, Up, Started, Late, Down or Paused; absent while the Heartbeat is not Ready (not
+/// monitored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HeartbeatState {
+    /// Created, never pinged.
+    New,
+    /// Pinged on time.
+    Up,
+    /// A run signalled start and has not finished.
+    Started,
+    /// Past its deadline, within grace.
+    Late,
+    /// Past deadline plus grace, timed out or reported failure.
+    Down,
+    /// Paused: records pings, never alerts.
+    Paused,
+}
+
 /// Observed state of a Heartbeat, written by the operator.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatStatus {
-    /// New, Up, Started, Late, Down or Paused.
+    /// New, Up, Started, Late, Down or Paused; absent while the Heartbeat is not Ready
+    /// (not monitored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    /// Time of the last ping.
+    pub state: Option<HeartbeatState>,
+    /// Time of the last ping, refreshed with every state change and otherwise once it is
+    /// more than interval plus grace (and at least the status period) behind: exact times
+    /// are on the dashboard and the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ping_at: Option<String>,
-    /// When the next ping is due (last ping + interval).
+    /// The deadline set by `lastPingAt` (it plus interval); absent while New or Paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due_at: Option<String>,
     /// Whole intervals missed since the deadline while Down.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_misses: u64,
-    /// Pings received.
-    #[serde(default)]
+    /// Pings received, refreshed together with `lastPingAt`.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub pings: u64,
     /// Time of the last Down alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,12 +211,19 @@ pub struct HeartbeatStatus {
     /// Secret holding the token and ping URL (keys `token`, `ping-url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret_name: Option<String>,
-    /// `Ready` (token issued, monitor armed) and `Up` (True while Up, for `kubectl wait --for=condition=Up`).
+    /// `Ready` (token issued, monitor armed), `Up` (True while Up, for
+    /// `kubectl wait --for=condition=Up`) and `OperatorConflict` while another operator
+    /// instance also watches the namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Both CustomResourceDefinitions as a multi-document YAML stream (`hartslag crd`).

@@ -149,6 +149,8 @@ fn add_document(
                 .map_err(|e| format!("Application {name}: spec is invalid: {e}"))?;
             spec.validate()
                 .map_err(|e| format!("Application {name}: {e}"))?;
+            kubernetes_only(spec.alerts.as_ref())
+                .map_err(|e| format!("Application {name}: {e}"))?;
             out.applications.push(Object {
                 namespace,
                 name,
@@ -161,6 +163,7 @@ fn add_document(
                 .map_err(|e| format!("Heartbeat {name}: spec is invalid: {e}"))?;
             spec.validate_with_min_interval(min_interval)
                 .map_err(|e| format!("Heartbeat {name}: {e}"))?;
+            kubernetes_only(spec.alerts.as_ref()).map_err(|e| format!("Heartbeat {name}: {e}"))?;
             out.heartbeats.push(Object {
                 namespace,
                 name,
@@ -219,6 +222,16 @@ pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, Man
     Ok(out)
 }
 
+/// Refuses what only the operator can resolve: a manifest file has no Secrets to read.
+fn kubernetes_only(alerts: Option<&crate::core::spec::AlertTargets>) -> Result<(), String> {
+    match alerts.and_then(|a| a.webhook_secret_ref.as_ref()) {
+        Some(_) => Err(
+            "spec.alerts.webhookSecretRef works only in Kubernetes; in a manifest file use spec.alerts.webhook (keep the file readable only to the server)".into(),
+        ),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +277,10 @@ mod tests {
         assert!(e.contains("Heartbeat a: spec is invalid"), "{e}");
         let e = parse("{{{").unwrap_err().to_string();
         assert!(e.contains("not valid YAML"), "{e}");
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  alerts:\n    webhookSecretRef: {name: slack, key: url}\n").unwrap_err().to_string();
+        assert!(
+            e.contains("webhookSecretRef works only in Kubernetes"),
+            "{e}"
+        );
     }
 }

@@ -306,9 +306,13 @@ impl Apply<'_> {
     }
 }
 
-/// Runs standalone mode until SIGTERM/Ctrl-C.
+/// Runs standalone mode until SIGTERM/Ctrl-C. The port answers (503 with `Retry-After`)
+/// while the database is recovered and the manifests are applied.
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
+    let port = crate::server::bind_early(config.listen, config.http).await?;
+    port.waiting_for("the database to open");
     let mut server = Server::open(config)?;
+    port.waiting_for("the manifests to be applied");
     let m = apply_manifests(&mut server, &manifests_dir).await?;
     tracing::info!(
         applications = m.applications.len(),
@@ -319,7 +323,6 @@ pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), Sta
     server
         .core
         .spawn_retention(std::time::Duration::from_secs(3600));
-    let listener = server.bind().await?;
-    server.serve(listener, shutdown_signal()).await?;
+    server.serve_on(port, shutdown_signal()).await?;
     Ok(())
 }

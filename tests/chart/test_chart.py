@@ -65,6 +65,8 @@ psc, csc = pod["securityContext"], c["securityContext"]
 expect(psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault", f"pod security {psc}")
 expect(csc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False, "capabilities": {"drop": ["ALL"]}}, f"container security {csc}")
 expect(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz", "probes")
+startup = c["startupProbe"]
+expect(startup["httpGet"]["path"] == "/healthz" and startup["periodSeconds"] * startup["failureThreshold"] >= 600, f"a startupProbe that allows a long recovery: {startup}")
 expect("limits" in c["resources"] and "requests" in c["resources"], "resources")
 e = env(deploy)
 expect(e["HARTSLAG_ADMIN_SECRET"]["value"] == "hs-hartslag-admin", "admin Secret name")
@@ -74,25 +76,41 @@ expect("HARTSLAG_NAMESPACES" not in e and "HARTSLAG_SMTP_URL" not in e, "cluster
 pvc = find(objs, "PersistentVolumeClaim")
 expect(len(pvc) == 1 and pvc[0]["spec"]["resources"]["requests"]["storage"] == "1Gi", "a 1Gi PVC")
 expect(pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "hs-hartslag-data", "data on the PVC")
-roles = find(objs, "ClusterRole")
+roles = find(objs, "ClusterRole", "hs-hartslag")
 admin_roles = find(objs, "Role")
-expect(len(roles) == 1 and [r["metadata"]["name"] for r in admin_roles] == ["hs-hartslag-admin"], "cluster-wide: one ClusterRole, and only the admin-Secret Role")
+expect(sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == ["hs-hartslag", "hs-hartslag-edit", "hs-hartslag-leases", "hs-hartslag-view"], "cluster-wide: the operator's ClusterRole, the Lease reader and the aggregated view/edit roles")
+expect([r["metadata"]["name"] for r in admin_roles] == ["hs-hartslag-admin"], "cluster-wide: only the admin-Secret Role")
 expect(admin_roles[0]["metadata"]["namespace"] == "ops", "admin Secret Role in the release namespace")
 expect(admin_roles[0]["rules"] == [
-    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hs-hartslag-admin"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hs-hartslag-admin"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-], f"admin Secret rules: {admin_roles[0]['rules']}")
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["hs-hartslag"], "verbs": ["get", "update"]},
+], f"admin Secret and Lease rules: {admin_roles[0]['rules']}")
+lease = find(objs, "Lease")
+expect(len(lease) == 1 and lease[0]["metadata"]["name"] == "hs-hartslag" and "spec" not in lease[0], "the chart creates the Lease, without a holder")
+expect(lease[0]["metadata"]["labels"]["hartslag.dev/lease"] == "operator" and lease[0]["metadata"]["annotations"]["hartslag.dev/scope"] == "*", f"Lease label and scope: {lease[0]['metadata']}")
+expect(e["HARTSLAG_LEASE_NAME"]["value"] == "hs-hartslag" and e["HARTSLAG_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "the operator is told its Lease")
+leases_role = find(objs, "ClusterRole", "hs-hartslag-leases")[0]
+expect(leases_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "watch"]}], f"Lease reader: {leases_role['rules']}")
+view = find(objs, "ClusterRole", "hs-hartslag-view")[0]
+edit = find(objs, "ClusterRole", "hs-hartslag-edit")[0]
+expect(view["metadata"]["labels"].get("rbac.authorization.k8s.io/aggregate-to-view") == "true" and set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}, "view aggregation: read only")
+expect(edit["metadata"]["labels"].get("rbac.authorization.k8s.io/aggregate-to-edit") == "true" and edit["metadata"]["labels"].get("rbac.authorization.k8s.io/aggregate-to-admin") == "true", "edit aggregation: edit and admin")
+objs_noagg, _ = render({"rbac": {"aggregateToDefaultRoles": False}})
+expect(not find(objs_noagg, "ClusterRole", "hs-hartslag-view") and not find(objs_noagg, "ClusterRole", "hs-hartslag-edit"), "aggregation can be switched off")
 expect(find(objs, "RoleBinding")[0]["subjects"][0]["name"] == "hs-hartslag", "admin Role bound to the ServiceAccount")
 rules = {(r["apiGroups"][0], tuple(r["resources"])): set(r["verbs"]) for r in roles[0]["rules"]}
 expect(rules == {
-    ("hartslag.dev", ("applications", "heartbeats")): {"get", "list", "watch", "create", "patch", "delete"},
-    ("hartslag.dev", ("applications/status", "heartbeats/status")): {"get", "patch"},
+    ("hartslag.dev", ("heartbeats",)): {"list", "watch", "patch", "create", "delete"},
+    ("hartslag.dev", ("applications",)): {"list", "watch", "patch"},
+    ("hartslag.dev", ("applications/status", "heartbeats/status")): {"patch"},
     ("hartslag.dev", ("applications/finalizers", "heartbeats/finalizers")): {"update"},
     ("", ("secrets",)): {"get", "list", "watch", "create", "patch"},
     ("events.k8s.io", ("events",)): {"create", "patch"},
 }, f"least-privilege rules: {rules}")
+expect(all(v != {"*"} and "update" not in v or r[1][0].endswith("/finalizers") for r, v in rules.items()), "no update except finalizers")
 expect(all("*" not in v for v in rules.values()), "no wildcard verbs")
-binding = find(objs, "ClusterRoleBinding")[0]
+binding = find(objs, "ClusterRoleBinding", "hs-hartslag")[0]
 expect(binding["subjects"][0] == {"kind": "ServiceAccount", "name": "hs-hartslag", "namespace": "ops"}, "bound to the ServiceAccount")
 expect(find(objs, "Service")[0]["spec"]["ports"][0]["port"] == 8080, "service port")
 expect(not find(objs, "Ingress") and not find(objs, "ServiceMonitor") and not find(objs, "Secret"), "optional objects off by default")
@@ -101,7 +119,9 @@ if len(sys.argv) > 2 and sys.argv[1] == "--render-to":
 
 # namespaced scope: Roles in each watched namespace, the operator told which
 objs, _ = render({"scope": {"clusterWide": False, "namespaces": ["team-a", "team-b"]}})
-expect(not find(objs, "ClusterRole") and not find(objs, "ClusterRoleBinding"), "namespaced: no cluster-wide RBAC")
+expect(not find(objs, "ClusterRole", "hs-hartslag") and not find(objs, "ClusterRoleBinding", "hs-hartslag"), "namespaced: no cluster-wide access to the resources or Secrets")
+expect(find(objs, "ClusterRole", "hs-hartslag-leases"), "namespaced: still reads other installations' Leases")
+expect(find(objs, "Lease")[0]["metadata"]["annotations"]["hartslag.dev/scope"] == "team-a,team-b", "the Lease announces the scope")
 expect(sorted(r["metadata"]["namespace"] for r in find(objs, "Role")) == ["ops", "team-a", "team-b"], "a Role per namespace, plus the admin-Secret Role")
 expect(sorted(b["metadata"]["namespace"] for b in find(objs, "RoleBinding")) == ["ops", "team-a", "team-b"], "a RoleBinding per namespace, plus the admin-Secret one")
 expect(env(find(objs, "Deployment")[0])["HARTSLAG_NAMESPACES"]["value"] == "team-a,team-b", "HARTSLAG_NAMESPACES")

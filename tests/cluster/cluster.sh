@@ -386,6 +386,18 @@ up_local() {
     --unsafe-no-fsync
   wait_for "etcd health" etcd etcd_healthy
 
+  # Every request at Metadata level (who, verb, resource, URI), so tests and benchmarks can
+  # count what a client sends; health probes are left out.
+  cat >"$RUN/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    nonResourceURLs: ["/healthz*", "/readyz*", "/livez*", "/version"]
+  - level: Metadata
+POLICY
+
   log "starting kube-apiserver on https://127.0.0.1:$API_PORT"
   start kube-apiserver "$BIN/kube-apiserver" \
     --bind-address=127.0.0.1 \
@@ -410,6 +422,9 @@ up_local() {
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --endpoint-reconciler-type=none \
     --allow-privileged=true \
+    --audit-policy-file="$RUN/audit-policy.yaml" \
+    --audit-log-path="$RUN/logs/audit.log" \
+    --audit-log-format=json \
     --profiling=false \
     --v=1
   wait_for "kube-apiserver /readyz" kube-apiserver api_ready

@@ -105,6 +105,32 @@ pub fn read_token(data: &Path, kind: &str, name: &str) -> String {
         .to_string()
 }
 
+/// A webhook receiver on a loopback port: its URL (ending in `path`) and the JSON bodies it
+/// was sent, in order.
+pub async fn webhook_sink(
+    path: &str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        path,
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}{path}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, received)
+}
+
 /// A free loopback port (bound and released; the race is acceptable for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,12 +2,11 @@
 //! alerts through a real SMTP server (aiosmtpd) and a real webhook receiver, restarts and
 //! kill -9 of real child processes.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::helpers::{
     ChildServer, InProcess, SmtpSink, heartbeat_manifest, metric, ping_url, wait_for,
-    wait_outbox_empty, wait_state,
+    wait_outbox_empty, wait_state, webhook_sink,
 };
 use hartslag::core::duration::SpecDuration;
 use serde_json::{Value, json};
@@ -291,21 +290,7 @@ async fn ping_endpoints_record_what_the_job_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_receives_down_and_recovery() {
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(v);
-                "ok"
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let (hook, received) = webhook_sink("/hook").await;
     let extra = format!("  alerts:\n    webhook: {hook}\n");
     let s = start(
         &[("hb.yaml", heartbeat_manifest("etl", "1s", "0s", &extra))],

@@ -31,22 +31,54 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.smtp.existingSecret -}}{{ .Values.smtp.existingSecret }}{{- else -}}{{ include "hartslag.fullname" . }}-smtp{{- end -}}
 {{- end -}}
 
+{{/*
+What the operator may do in each watched namespace, and why. Nothing more.
+*/}}
 {{- define "hartslag.rules" -}}
+# Heartbeats: listed and watched into the operator's cache; patch adds and removes the
+# finalizer; create, patch and delete serve the management API, which is a facade over
+# the resources.
 - apiGroups: ["hartslag.dev"]
-  resources: ["applications", "heartbeats"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  resources: ["heartbeats"]
+  verbs: ["list", "watch", "patch", "create", "delete"]
+# Applications: cached, and patched for the finalizer only.
+- apiGroups: ["hartslag.dev"]
+  resources: ["applications"]
+  verbs: ["list", "watch", "patch"]
+# Status is written by server-side apply, which is a patch.
 - apiGroups: ["hartslag.dev"]
   resources: ["applications/status", "heartbeats/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
+# Issued Secrets are owned by their resource with blockOwnerDeletion; clusters running the
+# OwnerReferencesPermissionEnforcement admission plugin require this to set it.
 - apiGroups: ["hartslag.dev"]
   resources: ["applications/finalizers", "heartbeats/finalizers"]
   verbs: ["update"]
+# Secrets. list, watch: the operator lists and watches only Secrets labelled
+# hartslag.dev/token (its issued and adopted token Secrets), but RBAC cannot limit a list
+# or watch to a label selector. get: a Secret named by tokenSecretName that is not labelled
+# yet is read once, to check its hartslag.dev/adopt annotation (no selector can filter on
+# annotations) and type; one that does not opt in is never written. create: issue tokens.
+# patch: add ping-url and the label to an adopted Secret, restore a missing key in an
+# issued one. No update and no delete: issued Secrets go with their resource, through the
+# garbage collector.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# Events on the resources (state changes, refusals, issued tokens).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* The Lease that keeps the operator to one running instance. */}}
+{{- define "hartslag.lease" -}}
+{{ include "hartslag.fullname" . }}
+{{- end -}}
+
+{{/* The namespaces the operator watches, as its Lease announces them. */}}
+{{- define "hartslag.scope" -}}
+{{- if .Values.scope.clusterWide -}}*{{- else -}}{{ join "," .Values.scope.namespaces }}{{- end -}}
 {{- end -}}
 
 {{/* Secret holding the dashboard admin token. */}}

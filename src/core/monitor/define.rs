@@ -92,6 +92,7 @@ mod tests {
                 alerts: Some(AlertTargets {
                     email: vec!["ops@example.com".into()],
                     webhook: None,
+                    webhook_secret_ref: None,
                 }),
                 ..Default::default()
             },

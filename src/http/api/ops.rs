@@ -31,7 +31,7 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
+    if state.serving.load(Ordering::Acquire) && state.ready.load(Ordering::Acquire) {
         (
             StatusCode::OK,
             axum::Json(serde_json::json!({"status": "ready"})),

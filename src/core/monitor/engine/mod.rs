@@ -18,7 +18,7 @@ mod worker;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
@@ -71,11 +71,18 @@ pub enum EngineError {
 pub struct EngineConfig {
     /// Pings kept per monitor.
     pub ping_history: u64,
+    /// Hold deadlines until [`Engine::release_deadlines`]: a front end whose definitions
+    /// may be out of date at start (the operator, whose resources may have been deleted
+    /// while it was down) first removes what is gone, so a vanished monitor never alerts.
+    pub hold_deadlines: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { ping_history: 1000 }
+        Self {
+            ping_history: 1000,
+            hold_deadlines: false,
+        }
     }
 }
 
@@ -83,6 +90,7 @@ impl Default for EngineConfig {
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::UnboundedSender<Command>,
+    release: Arc<watch::Sender<bool>>,
     snapshot: Snapshot,
     history: sled::Tree,
     ping_history: u64,
@@ -129,7 +137,12 @@ impl Engine {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let forward = tx.clone();
+        let (release, mut released) = watch::channel(!config.hold_deadlines);
         tokio::spawn(async move {
+            // Deadlines that come due while held wait in the scheduler's queue.
+            if released.wait_for(|r| *r).await.is_err() {
+                return;
+            }
             while let Some((key, _)) = due.recv().await {
                 if forward.send(Command::Due(key)).is_err() {
                     return;
@@ -168,6 +181,7 @@ impl Engine {
         );
         Ok(Self {
             tx,
+            release: Arc::new(release),
             snapshot,
             history: tree,
             ping_history: config.ping_history,
@@ -209,6 +223,12 @@ impl Engine {
     #[cfg(test)]
     pub(crate) fn stall(&self, d: std::time::Duration) {
         let _ = self.tx.send(Command::Stall(d));
+    }
+
+    /// Lets held deadlines through (see [`EngineConfig::hold_deadlines`]); those that came
+    /// due meanwhile are evaluated at once.
+    pub fn release_deadlines(&self) {
+        self.release.send_replace(true);
     }
 
     /// Adds the engine's families to `/metrics`.
@@ -353,4 +373,69 @@ fn spawn_worker(worker: Worker, rx: mpsc::UnboundedReceiver<Command>) -> Result<
         })
         .map(|_| ())
         .map_err(|e| EngineError::Thread(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::core::services::{Services, ServicesConfig};
+    use crate::core::token::TokenHash;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_deadlines_wait_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServicesConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_bytes: 8 << 20,
+            ping_history: 10,
+            outbox: Default::default(),
+            limits: Default::default(),
+            hold_deadlines: true,
+        };
+        let core = Services::open(&config, &mut MetricRegistry::default()).unwrap();
+        let now = core.engine.clock().now();
+        core.engine
+            .upsert(MonitorDef {
+                key: "ns/job".into(),
+                id: "job".into(),
+                namespace: "ns".into(),
+                name: "job".into(),
+                display_name: None,
+                interval_secs: 1,
+                grace_secs: 0,
+                paused: false,
+                targets: vec![],
+                application: None,
+                token: TokenHash::of("job-token"),
+                ping_hint: String::new(),
+                origin: Origin::Kubernetes,
+                retain_on_delete: false,
+                created_at: now,
+                updated_at: now,
+            })
+            .await
+            .unwrap();
+        let ping = PingInput {
+            kind: PingKind::Success,
+            exit_code: None,
+            source: None,
+            user_agent: None,
+            body: None,
+        };
+        core.engine.ping("ns/job", ping).await.unwrap();
+        // Well past interval plus grace: held, so still Up.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(core.engine.get("ns/job").unwrap().state.state, State::Up);
+        core.engine.release_deadlines();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while core.engine.get("ns/job").unwrap().state.state != State::Down {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "released deadlines were not evaluated"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -1,181 +1,24 @@
-//! The operator end to end against a real API server (the control plane of
-//! `tests/cluster/cluster.sh`, or kind: `KUBECONFIG` decides). Run by `tests/run-all.sh`,
-//! which brings the cluster up; without a cluster these tests fail rather than pass.
+//! The operator's main flows end to end: tokens, status, alerts, the management API, the
+//! examples, and an outage of the API server.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::{SmtpSink, free_port, wait_for};
+use super::harness::{
+    ApiServerPause, Scenario, events_with_reason, hb_status, kubectl, secret_value,
+};
+use crate::helpers::wait_for;
 use hartslag::k8s::crd::{Application, Heartbeat};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::{Client, Config};
 use serde_json::{Value, json};
-
-const NEEDS_CLUSTER: &str = "needs a Kubernetes cluster: run tests/run-all.sh (starts one), or set KUBECONFIG and pass --include-ignored";
-
-/// The tests share one API server and one of them pauses it: they run one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn client() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let path = std::env::var("KUBECONFIG")
-        .unwrap_or_else(|_| panic!("KUBECONFIG is not set: {NEEDS_CLUSTER}"));
-    assert!(
-        Path::new(&path).exists(),
-        "KUBECONFIG {path} does not exist: {NEEDS_CLUSTER}"
-    );
-    let config = Config::infer().await.expect("kubeconfig");
-    Client::try_from(config).expect("client")
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Applies the CRDs and creates a fresh namespace named `prefix-<random>`.
-async fn prepare(prefix: &str) -> (Client, String, Api<Namespace>) {
-    let client = client().await;
-    let root = env!("CARGO_MANIFEST_DIR");
-    kubectl(&["apply", "-f", &format!("{root}/crds/hartslag.dev.yaml")]);
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/applications.hartslag.dev",
-        "crd/heartbeats.hartslag.dev",
-        "--timeout=60s",
-    ]);
-    let ns = format!(
-        "{prefix}-{}",
-        &hartslag::core::token::random_id().unwrap()[..8]
-    );
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    (client, ns, namespaces)
-}
-
-struct Operator {
-    child: Child,
-    base: String,
-}
-
-impl Operator {
-    async fn start(data: &Path, ns: &str, smtp: &str, port: u16) -> Self {
-        let base = format!("http://127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data.with_extension("log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
-            .args(["operator", "--namespaces", ns, "--data"])
-            .arg(data)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--external-url",
-                &base,
-                "--smtp-url",
-                smtp,
-            ])
-            .args(["--admin-namespace", ns])
-            .args([
-                "--min-interval",
-                "1s",
-                "--alert-retry-base",
-                "1s",
-                "--status-period",
-                "1s",
-            ])
-            .env("HARTSLAG_LOG", "info,kube=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let op = Self { child, base };
-        let url = format!("{}/readyz", op.base);
-        wait_for("the operator to be ready", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move {
-                reqwest::get(url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status() == 200)
-                    .map(|_| ())
-            }
-        })
-        .await;
-        op
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn secret_value(api: &Api<Secret>, name: &str, key: &str) -> Option<String> {
-    let s = api.get_opt(name).await.ok()??;
-    let b = s.data?.get(key)?.0.clone();
-    String::from_utf8(b).ok()
-}
-
-async fn hb_status(api: &Api<Heartbeat>, name: &str) -> Option<Value> {
-    let hb = api.get_opt(name).await.ok()??;
-    serde_json::to_value(hb.status?).ok()
-}
-
-async fn events_with_reason(client: &Client, ns: &str, reason: &str) -> usize {
-    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
-    api.list(&Default::default())
-        .await
-        .map(|l| {
-            l.items
-                .iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .count()
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e").await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let data = dir.path().join("data");
-    let port = free_port();
-    let op = Operator::start(&data, &ns, &sink.url(), port).await;
-
-    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut sc = Scenario::start("e2e").await;
+    let (client, ns) = (sc.client.clone(), sc.ns.clone());
+    let (apps, hbs, secrets) = (sc.apps.clone(), sc.hbs.clone(), sc.secrets.clone());
     let app: Application = serde_json::from_value(json!({
         "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application",
         "metadata": {"name": "shop"},
@@ -203,7 +46,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     })
     .await;
     assert!(
-        ping_url.starts_with(&op.base) && ping_url.ends_with("/ping"),
+        ping_url.starts_with(&sc.op.base) && ping_url.ends_with("/ping"),
         "{ping_url}"
     );
     let s = secrets.get("backup-heartbeat").await.unwrap();
@@ -215,7 +58,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 
     // Events in, counts on the Application's status.
     let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/heartbeat", op.base))
+        .post(format!("{}/api/v1/heartbeat", sc.op.base))
         .bearer_auth(&app_token)
         .json(&json!({"event": "order-placed", "weight": 5}))
         .send()
@@ -261,7 +104,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     })
     .await;
     wait_for("one DOWN email", Duration::from_secs(20), || async {
-        (sink.with_subject("DOWN: Nightly backup").len() == 1).then_some(())
+        (sc.sink.with_subject("DOWN: Nightly backup").len() == 1).then_some(())
     })
     .await;
     let out = kubectl(&["get", "heartbeats", "-n", &ns]);
@@ -269,8 +112,9 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
 
     // The dashboard admin token, issued into a Secret in the operator's namespace, opens
     // the dashboard, which shows the custom resources' monitors.
+    let admin_secret = sc.install.admin_secret();
     let admin = wait_for("the admin token Secret", Duration::from_secs(30), || {
-        secret_value(&secrets, "hartslag-admin", "token")
+        secret_value(&secrets, &admin_secret, "token")
     })
     .await;
     assert!(admin.starts_with("hsx_"));
@@ -283,7 +127,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
         Duration::from_secs(30),
         || async {
             let res = http
-                .post(format!("{}/ui/login", op.base))
+                .post(format!("{}/ui/login", sc.op.base))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .body(format!("token={admin}&next=%2Fui%2Fmonitors"))
                 .send()
@@ -295,7 +139,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     )
     .await;
     let html = http
-        .get(format!("{}/ui/monitors?namespace={ns}", op.base))
+        .get(format!("{}/ui/monitors?namespace={ns}", sc.op.base))
         .header("cookie", &cookie)
         .send()
         .await
@@ -310,8 +154,7 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     assert!(!html.contains(&admin) && !html.contains(&app_token));
 
     // Restart the operator: nothing lost, no second alert; a ping recovers once.
-    op.kill9();
-    let op = Operator::start(&data, &ns, &sink.url(), port).await;
+    sc.restart().await;
     assert_eq!(hb_status(&hbs, "backup").await.unwrap()["state"], "Down");
     assert_eq!(reqwest::get(&ping_url).await.unwrap().status(), 200);
     wait_for(
@@ -325,11 +168,11 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     )
     .await;
     wait_for("one RECOVERED email", Duration::from_secs(20), || async {
-        (sink.with_subject("RECOVERED: Nightly backup").len() == 1).then_some(())
+        (sc.sink.with_subject("RECOVERED: Nightly backup").len() == 1).then_some(())
     })
     .await;
     assert_eq!(
-        sink.with_subject("DOWN: Nightly backup").len(),
+        sc.sink.with_subject("DOWN: Nightly backup").len(),
         1,
         "the restart repeated the alert"
     );
@@ -379,29 +222,22 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     )
     .await;
     let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/heartbeat", op.base))
+        .post(format!("{}/api/v1/heartbeat", sc.op.base))
         .bearer_auth(&app_token)
         .json(&json!({"event": "late"}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "a deleted Application's token is revoked");
-    drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn management_api_is_a_facade_over_the_custom_resources() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-api").await;
+    let sc = Scenario::start("e2e-api").await;
+    let (_client, ns) = (sc.client.clone(), sc.ns.clone());
     let root = env!("CARGO_MANIFEST_DIR");
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
-    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let (apps, hbs, secrets) = (sc.apps.clone(), sc.hbs.clone(), sc.secrets.clone());
     for (name, limit) in [("team-a", Some(3)), ("team-b", None)] {
         let mut spec = json!({});
         if let Some(l) = limit {
@@ -431,7 +267,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         "the kubectl monitor in the API",
         Duration::from_secs(30),
         || {
-            let op_base = op.base.clone();
+            let op_base = sc.op.base.clone();
             let key = key_a.clone();
             async move {
                 let v: Value = reqwest::Client::new()
@@ -451,7 +287,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
 
     // The real SDK, unchanged, against the operator.
     let script = format!("{root}/tests/sdk/tickstem_flow.py");
-    let base = op.base.clone();
+    let base = sc.op.base.clone();
     let (ka, kb) = (key_a.clone(), key_b.clone());
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
@@ -471,7 +307,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
     // Created through the API → visible to kubectl with the right interval.
     let c = reqwest::Client::new();
     let created: Value = c
-        .post(format!("{}/v1/heartbeats", op.base))
+        .post(format!("{}/v1/heartbeats", sc.op.base))
         .bearer_auth(&key_a)
         .json(&json!({"name": "Weekly Report", "interval_secs": 7200, "grace_secs": 60}))
         .send()
@@ -512,7 +348,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         "the kubectl edit in the API",
         Duration::from_secs(30),
         || {
-            let url = format!("{}/v1/heartbeats/{id}", op.base);
+            let url = format!("{}/v1/heartbeats/{id}", sc.op.base);
             let key = key_a.clone();
             async move {
                 let v: Value = reqwest::Client::new()
@@ -533,7 +369,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         reqwest::Client::new()
             .post(format!(
                 "{}/v1/heartbeats/{}/ping",
-                op.base,
+                sc.op.base,
                 created["token"].as_str().unwrap()
             ))
             .send()
@@ -581,7 +417,7 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
     let r = c
         .delete(format!(
             "{}/v1/heartbeats/{}",
-            op.base,
+            sc.op.base,
             created["id"].as_str().unwrap()
         ))
         .bearer_auth(&key_a)
@@ -590,75 +426,22 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert!(hbs.get_opt("weekly-report").await.unwrap().is_none());
-    drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-}
-
-/// Pauses the API server (SIGSTOP of the local control plane's process, or `docker pause`
-/// of a kind node) until the returned guard is dropped.
-struct ApiServerPause(Box<dyn FnMut()>);
-
-impl ApiServerPause {
-    fn start() -> Self {
-        let run = std::env::var("HARTSLAG_CLUSTER_RUN")
-            .unwrap_or_else(|_| "/tmp/hartslag-cluster".into());
-        let pidfile = Path::new(&run).join("kube-apiserver.pid");
-        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-            let pid = pid.trim().to_string();
-            assert!(
-                Command::new("kill")
-                    .args(["-STOP", &pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-            return Self(Box::new(move || {
-                let _ = Command::new("kill").args(["-CONT", &pid]).status();
-            }));
-        }
-        let node = format!(
-            "{}-control-plane",
-            std::env::var("HARTSLAG_CLUSTER_KIND_NAME").unwrap_or_else(|_| "hartslag".into())
-        );
-        let paused = Command::new("docker")
-            .args(["pause", &node])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(
-            paused,
-            "cannot pause the API server: no {} and no kind node {node}",
-            pidfile.display()
-        );
-        Self(Box::new(move || {
-            let _ = Command::new("docker").args(["unpause", &node]).status();
-        }))
-    }
-}
-
-impl Drop for ApiServerPause {
-    fn drop(&mut self) {
-        (self.0)();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monitoring() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns, namespaces) = prepare("e2e-out").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
-    let apps: Api<Application> = Api::namespaced(client.clone(), &ns);
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let sc = Scenario::start("e2e-out").await;
+    let (_client, _ns) = (sc.client.clone(), sc.ns.clone());
+    let (apps, hbs, secrets) = (sc.apps.clone(), sc.hbs.clone(), sc.secrets.clone());
 
-    // Bring your own token: the Secret exists before the resource.
+    // Bring your own token: the Secret exists before the resource and allows adoption.
     let own = "my-own-token-0123456789abcdef";
-    let byo: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "byo"}, "stringData": {"token": own}}))
-            .unwrap();
+    let byo: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "byo", "annotations": {"hartslag.dev/adopt": "true"}},
+        "stringData": {"token": own}
+    }))
+    .unwrap();
     secrets.create(&PostParams::default(), &byo).await.unwrap();
     let app: Application = serde_json::from_value(json!({
         "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application", "metadata": {"name": "shop"}, "spec": {}
@@ -702,7 +485,7 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
     let pause = ApiServerPause::start();
     let c = reqwest::Client::new();
     let r = c
-        .post(format!("{}/api/v1/heartbeat", op.base))
+        .post(format!("{}/api/v1/heartbeat", sc.op.base))
         .bearer_auth(&app_token)
         .json(&json!({"event": "during-outage"}))
         .send()
@@ -710,7 +493,7 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
         .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
-    let status_url = format!("{}/v1/status", op.base);
+    let status_url = format!("{}/v1/status", sc.op.base);
     wait_for(
         "Down while the API server is away",
         Duration::from_secs(20),
@@ -743,15 +526,13 @@ async fn own_tokens_are_adopted_and_outages_of_the_api_server_do_not_stop_monito
         },
     )
     .await;
-    drop(op);
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
 async fn kubernetes_examples_apply_and_issue_their_secrets() {
-    let _serial = SERIAL.lock().await;
-    let (client, ns, _namespaces) = prepare("e2e-ex").await;
+    let sc = Scenario::start("e2e-ex").await;
+    let (client, ns) = (sc.client.clone(), sc.ns.clone());
     // Every field is documented for `kubectl explain`.
     let explained = kubectl(&["explain", "heartbeat.spec.interval"]);
     assert!(
@@ -761,9 +542,6 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let explained = kubectl(&["explain", "hsapp.spec.timeZone"]);
     assert!(explained.contains("IANA time zone"), "{explained}");
     let root = env!("CARGO_MANIFEST_DIR");
-    let dir = tempfile::tempdir().unwrap();
-    let sink = SmtpSink::start(dir.path()).await;
-    let op = Operator::start(&dir.path().join("data"), &ns, &sink.url(), free_port()).await;
     // The examples use batch/v1 CronJobs (Kubernetes 1.21+); an older test control plane
     // (Debian's 1.20) serves them as batch/v1beta1 with the same fields.
     let batch_v1 = kubectl(&["get", "--raw", "/apis/batch/v1"]);
@@ -817,8 +595,4 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
         })
         .await;
     }
-    drop(op);
-    let _ = Command::new("kubectl")
-        .args(["delete", "namespace", &ns, "--wait=false"])
-        .output();
 }

@@ -1,0 +1,531 @@
+//! The operator's assembly, in the order that keeps it safe:
+//!
+//! 1. bind the HTTP port at once: it answers 503 with `Retry-After` until the database is
+//!    open, so a restart looks like a short wait to clients, not a refused connection;
+//! 2. take the Lease (one instance runs the controllers and the scheduler);
+//! 3. open the core with monitor deadlines held;
+//! 4. start the watch caches and the controllers;
+//! 5. once the caches hold complete lists, remove what vanished while the operator was
+//!    down, release the deadlines and report ready (`/readyz`);
+//! 6. serve until SIGTERM or until another instance took the Lease, then stop the
+//!    controllers, flush the store and release the Lease.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+
+use super::caches::{self, Caches, Relisted, ScopeCaches};
+use super::context::Context;
+use super::crd::{Application, Heartbeat};
+use super::instances::{Claim, Instances, LEASE_LABEL, SCOPE_ANNOTATION, Scope};
+use super::lease::{Elector, Leadership, LeaseSettings};
+use super::reconcile::{self, error_policy};
+use super::secrets::TOKEN_LABEL;
+use super::status::{self, StatusQueue, WriterConfig};
+use super::triggers::{TriggerStream, Triggers};
+use super::{OperatorError, admin, catalogue, orphans, transitions};
+use crate::config::ServerConfig;
+use crate::core::metrics::MetricRegistry;
+use crate::server::{Server, bind_early, shutdown_signal};
+
+/// Reconciles of one kind running at once per scope: enough to activate a thousand
+/// Heartbeats in seconds, few enough not to flood the API server.
+pub const CONCURRENCY: u16 = 16;
+
+/// Everything the operator is started with.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// The core's settings.
+    pub server: ServerConfig,
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
+    /// Status writer settings.
+    pub writer: WriterConfig,
+    /// Where the dashboard admin token lives.
+    pub admin: admin::AdminSecret,
+    /// Namespace and name of the Lease.
+    pub lease: (String, String),
+}
+
+/// A stream of the values of a channel.
+fn receiver_stream<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// A stream that yields whenever `rx` sees a new value.
+fn changes<T: Send + Sync + 'static>(rx: watch::Receiver<T>) -> impl Stream<Item = ()> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok().map(|_| ((), rx))
+    })
+}
+
+/// The resources of `kind` a token Secret belongs to: its owner, or for an adopted Secret
+/// the resources that name it.
+fn secret_users<K>(
+    kind: &'static str,
+    store: Store<K>,
+    names_secret: fn(&K) -> String,
+) -> impl Fn(Arc<Secret>) -> Vec<ObjectRef<K>> + Send + Sync + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    move |s: Arc<Secret>| {
+        let ns = s.namespace().unwrap_or_default();
+        let owned: Vec<ObjectRef<K>> = s
+            .owner_references()
+            .iter()
+            .filter(|r| r.kind == kind && r.api_version.starts_with("hartslag.dev/"))
+            .map(|r| ObjectRef::new(&r.name).within(&ns))
+            .collect();
+        if !owned.is_empty() {
+            return owned;
+        }
+        let name = s.name_any();
+        store
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(ns.as_str()) && names_secret(o) == name)
+            .map(|o| ObjectRef::from(o.as_ref()))
+            .collect()
+    }
+}
+
+fn heartbeat_secret(hb: &Heartbeat) -> String {
+    reconcile::heartbeat::secret_name(&hb.spec.spec, &hb.name_any())
+}
+
+fn application_secret(app: &Application) -> String {
+    reconcile::application::secret_name(&app.spec.spec, &app.name_any())
+}
+
+/// Starts a scope's watches and controllers over the context.
+type StartScope = Box<
+    dyn FnOnce(
+            Arc<Context>,
+            TriggerStream,
+            watch::Receiver<bool>,
+        ) -> Vec<tokio::task::JoinHandle<()>>
+        + Send,
+>;
+
+/// The parts of one scope that run as tasks.
+struct ScopeTasks {
+    caches: ScopeCaches,
+    run: StartScope,
+}
+
+fn apis<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Builds the caches and controllers of one scope.
+fn scope(
+    client: &Client,
+    ns: Option<String>,
+    relisted: &mpsc::UnboundedSender<Relisted>,
+) -> ScopeTasks {
+    let (hb_store, hb_writer) = reflector::store::<Heartbeat>();
+    let (app_store, app_writer) = reflector::store::<Application>();
+    let (secret_store, secret_writer) = reflector::store_shared::<Secret>(256);
+    let hb_secrets = secret_writer.subscribe();
+    let app_secrets = secret_writer.subscribe();
+    let hb_stream = caches::spec_changes(
+        apis::<Heartbeat>(client, ns.as_deref()),
+        hb_writer,
+        (relisted.clone(), Relisted::Heartbeats(ns.clone())),
+    );
+    let app_stream = caches::spec_changes(
+        apis::<Application>(client, ns.as_deref()),
+        app_writer,
+        (relisted.clone(), Relisted::Applications(ns.clone())),
+    );
+    let secrets_root = watcher::watcher(
+        apis::<Secret>(client, ns.as_deref()),
+        caches::watch_config().labels(TOKEN_LABEL),
+    )
+    .default_backoff()
+    .modify(caches::slim)
+    .reflect_shared(secret_writer)
+    .for_each(|_| std::future::ready(()));
+    let caches = ScopeCaches {
+        namespace: ns.clone(),
+        applications: app_store.clone(),
+        heartbeats: hb_store.clone(),
+        secrets: secret_store,
+    };
+    let run = move |ctx: Arc<Context>, triggers: TriggerStream, stop: watch::Receiver<bool>| {
+        let stopped = move || {
+            let mut stop = stop.clone();
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        };
+        let config = controller::Config::default().concurrency(CONCURRENCY);
+        let ownership = ctx.instances.subscribe();
+        let mut tasks = vec![tokio::spawn(secrets_root)];
+        let mut hb = Controller::for_stream(hb_stream, hb_store.clone())
+            .with_config(config.clone())
+            .reconcile_on(receiver_stream(triggers))
+            .reconcile_all_on(changes(ownership.clone()))
+            .graceful_shutdown_on(stopped());
+        if let Some(s) = hb_secrets {
+            hb = hb.watches_shared_stream(s, secret_users("Heartbeat", hb_store, heartbeat_secret));
+        }
+        tasks.push(tokio::spawn(
+            hb.run(reconcile::heartbeat::reconcile, error_policy, ctx.clone())
+                .for_each(|_| std::future::ready(())),
+        ));
+        let mut app = Controller::for_stream(app_stream, app_store.clone())
+            .with_config(config)
+            .reconcile_all_on(changes(ownership))
+            .graceful_shutdown_on(stopped());
+        if let Some(s) = app_secrets {
+            app = app.watches_shared_stream(
+                s,
+                secret_users("Application", app_store, application_secret),
+            );
+        }
+        tasks.push(tokio::spawn(
+            app.run(reconcile::application::reconcile, error_policy, ctx)
+                .for_each(|_| std::future::ready(())),
+        ));
+        tasks
+    };
+    ScopeTasks {
+        caches,
+        run: Box::new(run),
+    }
+}
+
+/// Keeps [`Instances`] up to date from the operator Leases of the whole cluster; `looked`
+/// turns true once the first list is in (or the Leases cannot be read at all).
+async fn watch_instances(client: Client, ctx: Arc<Context>, looked: watch::Sender<bool>) {
+    let api: Api<Lease> = Api::all(client);
+    let (store, writer) = reflector::store::<Lease>();
+    let selector = format!("{}={}", LEASE_LABEL.0, LEASE_LABEL.1);
+    let mut events = watcher::watcher(api, caches::watch_config().labels(&selector))
+        .default_backoff()
+        .modify(caches::slim)
+        .reflect(writer)
+        .boxed();
+    // Claims also expire with time alone: look again now and then.
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot watch operator Leases; overlapping installations are not detected");
+                    looked.send_replace(true);
+                }
+                Some(Ok(watcher::Event::InitDone)) => {
+                    looked.send_replace(true);
+                }
+                Some(Ok(_)) => {}
+                None => return,
+            },
+            _ = tick.tick() => {}
+        }
+        // Before the first complete list the store is empty: nobody else is known yet.
+        let claims = store.state().iter().filter_map(|l| Claim::of(l)).collect();
+        ctx.instances.set_others(claims);
+    }
+}
+
+/// Sweeps orphans after every relist and every change of namespace ownership.
+async fn keep_sweeping(ctx: Arc<Context>, mut relisted: mpsc::UnboundedReceiver<Relisted>) {
+    let mut ownership = ctx.instances.subscribe();
+    loop {
+        tokio::select! {
+            r = relisted.recv() => if r.is_none() { return },
+            c = ownership.changed() => if c.is_err() { return },
+        }
+        while relisted.try_recv().is_ok() {}
+        orphans::sweep(&ctx).await;
+    }
+}
+
+fn register_metrics(registry: &mut MetricRegistry, ctx: &Arc<Context>) {
+    registry.register_with_unit(
+        "hartslag_status_lag",
+        "Time from a Heartbeat state transition to its status write",
+        prometheus_client::registry::Unit::Seconds,
+        ctx.stats.status_lag.clone(),
+    );
+    registry.register_collector(Box::new(Counters(ctx.clone())));
+}
+
+/// The operator's counters, read from the context at each scrape.
+struct Counters(Arc<Context>);
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counters").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for Counters {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.0.stats;
+        for (name, help, value) in [
+            (
+                "hartslag_status_patches",
+                "Status writes sent to the API server.",
+                stats.status_writes.load(Relaxed),
+            ),
+            (
+                "hartslag_reconcile_errors",
+                "Reconciles that failed and were retried with backoff.",
+                stats.reconcile_errors.load(Relaxed),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+fn lease_settings(config: &OperatorConfig, scope: &Scope) -> LeaseSettings {
+    let (ns, name) = &config.lease;
+    let mut settings = LeaseSettings::new(ns, name, &super::lease::identity());
+    settings
+        .labels
+        .insert(LEASE_LABEL.0.into(), LEASE_LABEL.1.into());
+    settings
+        .annotations
+        .insert(SCOPE_ANNOTATION.into(), scope.annotation());
+    settings
+}
+
+/// Resolves once `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Takes the Lease, or gives up (`None`) when asked to stop first.
+async fn take_lease(
+    client: &Client,
+    settings: LeaseSettings,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<Leadership>, OperatorError> {
+    tracing::info!(lease = %format!("{}/{}", settings.namespace, settings.name), identity = %settings.identity, "waiting for the Lease");
+    let acquire = Elector::new(client.clone(), settings).acquire(|holder| {
+        tracing::warn!(%holder, "another instance holds the Lease; waiting until it stops or lets go")
+    });
+    tokio::select! {
+        l = acquire => Ok(Some(l?)),
+        _ = stopped(stop) => Ok(None),
+    }
+}
+
+/// What [`start`] hands back to [`run`].
+struct Running {
+    ctx: Arc<Context>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    relisted: mpsc::UnboundedReceiver<Relisted>,
+}
+
+/// Opens the context over `server`, learns the other installations, and starts the
+/// caches, controllers, status writer and Event publisher.
+async fn start(
+    config: &OperatorConfig,
+    client: &Client,
+    server: &mut Server,
+    me: Claim,
+    stop: &watch::Receiver<bool>,
+) -> Running {
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let (relist_tx, relisted) = mpsc::unbounded_channel();
+    let parts: Vec<ScopeTasks> = scopes
+        .iter()
+        .map(|ns| scope(client, ns.clone(), &relist_tx))
+        .collect();
+    let caches = Caches::new(parts.iter().map(|p| p.caches.clone()).collect());
+    let (triggers, trigger_rxs) = Triggers::new(&scopes);
+    let (status_queue, status_inbox) = StatusQueue::new();
+    let core = server.core.clone();
+    let ctx = Arc::new(Context::new(
+        core.clone(),
+        server.config.clone(),
+        client.clone(),
+        caches,
+        status_queue.clone(),
+        Instances::new(me),
+        triggers,
+    ));
+    server.set_catalogue(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
+    register_metrics(server.metrics(), &ctx);
+    // Know the other installations before reconciling anything, so that a newer one never
+    // touches a namespace an older one reconciles.
+    let (looked_tx, mut looked) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn(watch_instances(
+        client.clone(),
+        ctx.clone(),
+        looked_tx,
+    ))];
+    let _ = looked.wait_for(|l| *l).await;
+    tasks.extend([
+        tokio::spawn(status::writer::run(
+            ctx.clone(),
+            status_inbox,
+            status_queue,
+            config.writer,
+        )),
+        tokio::spawn(transitions::publish(ctx.clone())),
+        tokio::spawn(admin::keep_in_sync(
+            Api::namespaced(client.clone(), &config.admin.namespace),
+            config.admin.name.clone(),
+            core.registry.clone(),
+        )),
+    ]);
+    for (part, triggers) in parts.into_iter().zip(trigger_rxs) {
+        tracing::info!(
+            namespace = part.caches.namespace.as_deref().unwrap_or("<all>"),
+            "watching Applications and Heartbeats"
+        );
+        tasks.extend((part.run)(ctx.clone(), triggers, stop.clone()));
+    }
+    core.spawn_retention(Duration::from_secs(3600));
+    Running {
+        ctx,
+        tasks,
+        relisted,
+    }
+}
+
+/// Runs the operator until SIGTERM (or until another instance takes the Lease).
+///
+/// The port answers from the first moment (503 with `Retry-After` while the Lease and the
+/// database are awaited); `/readyz` turns ready once the watch caches are complete and
+/// what vanished during downtime is removed. Monitor deadlines are held until then.
+pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
+    let port = bind_early(config.server.listen, config.server.http).await?;
+    let (stop_tx, stop) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop_tx.send_replace(true);
+        });
+    }
+    let client = Client::try_default().await?;
+    let scope_claim = Scope::of(&config.namespaces);
+    let settings = lease_settings(&config, &scope_claim);
+    let me = Claim {
+        lease: format!("{}/{}", settings.namespace, settings.name),
+        holder: Some(settings.identity.clone()),
+        scope: scope_claim,
+        created: jiff::Timestamp::now(),
+        renewed: Some(jiff::Timestamp::now()),
+    };
+    port.waiting_for("the Lease (another instance may hold it)");
+    let Some(leadership) = take_lease(&client, settings, stop.clone()).await? else {
+        port.close()
+            .await
+            .map_err(|e| OperatorError::Server(http_error(&config, e)))?;
+        return Ok(());
+    };
+    port.waiting_for("the database to open");
+    let mut server_config = config.server.clone();
+    server_config.hold_deadlines = true;
+    let mut server = match Server::open(server_config) {
+        Ok(s) => s,
+        Err(e) => {
+            leadership.release().await;
+            return Err(e.into());
+        }
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    server.ready_when(ready.clone());
+    let me = Claim {
+        created: leadership.created().unwrap_or(me.created),
+        ..me
+    };
+    let Running {
+        ctx,
+        mut tasks,
+        relisted,
+    } = start(&config, &client, &mut server, me, &stop).await;
+    // Stop on SIGTERM, or at once when another instance took the Lease.
+    let lost_reason = Arc::new(std::sync::Mutex::new(None::<String>));
+    {
+        let (lost, reason, stop_tx) = (leadership.on_lost(), lost_reason.clone(), stop_tx.clone());
+        tokio::spawn(async move {
+            let r = lost.await;
+            tracing::error!(reason = %r, "lost the Lease; stopping");
+            *reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            stop_tx.send_replace(true);
+        });
+    }
+    let serving = tokio::spawn(server.serve_on(port, stopped(stop.clone())));
+    tokio::select! {
+        _ = ctx.caches.wait_synced() => {
+            tracing::info!("watch caches hold their first complete lists");
+            orphans::sweep(&ctx).await;
+            tracing::info!("removed what vanished while the operator was down");
+            ctx.core.engine.release_deadlines();
+            ready.store(true, Ordering::Release);
+            tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));
+        }
+        _ = stopped(stop.clone()) => {}
+    }
+    let served = serving
+        .await
+        .unwrap_or_else(|e| Err(http_error(&config, std::io::Error::other(e))));
+    for t in tasks {
+        t.abort();
+    }
+    let lost = lost_reason.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match lost {
+        Some(reason) => {
+            drop(leadership);
+            served?;
+            Err(OperatorError::LeaseLost(reason))
+        }
+        None => {
+            leadership.release().await;
+            served?;
+            Ok(())
+        }
+    }
+}
+
+fn http_error(config: &OperatorConfig, source: std::io::Error) -> crate::server::ServerError {
+    crate::server::ServerError::Http {
+        addr: config.server.listen.to_string(),
+        source,
+    }
+}

@@ -1,0 +1,142 @@
+//! Monitors and Applications whose custom resource is gone.
+//!
+//! The finalizer removes a monitor when its resource is deleted while the operator runs.
+//! What happened while it was down — a finalizer force-removed, a resource deleted, a
+//! namespace dropped from `--namespaces` or taken over by another installation — is found
+//! here, by comparing the core's definitions with the watch caches after every complete
+//! (re)list. An orphan's token stops working at once and it never alerts again; its data
+//! is removed or retained as its `deletionPolicy` said.
+
+use std::sync::Arc;
+
+use super::context::Context;
+use super::reconcile::heartbeat::deactivate;
+use super::status::Kind;
+use crate::core::monitor::engine::Origin;
+use crate::core::spec::DeletionPolicy;
+
+/// A definition in the core, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defined {
+    /// `namespace/name`.
+    pub key: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// The definitions that have no live resource: their namespace is not ours to reconcile
+/// (`ours`), or the cache of that namespace lacks them (`exists`). Pure.
+pub fn orphans(
+    defined: &[Defined],
+    ours: impl Fn(&str) -> bool,
+    exists: impl Fn(&str, &str) -> bool,
+) -> Vec<Defined> {
+    defined
+        .iter()
+        .filter(|d| !ours(&d.namespace) || !exists(&d.namespace, &d.name))
+        .cloned()
+        .collect()
+}
+
+fn ours(ctx: &Context, namespace: &str) -> bool {
+    ctx.caches.covers(namespace) && ctx.instances.owns(namespace)
+}
+
+/// Removes every orphaned monitor and Application, and forgets per-object state of
+/// objects that are gone. Call only when the caches hold complete lists.
+pub async fn sweep(ctx: &Arc<Context>) {
+    let monitors: Vec<Defined> = ctx
+        .core
+        .engine
+        .list()
+        .into_iter()
+        .filter(|m| m.def.origin == Origin::Kubernetes)
+        .map(|m| Defined {
+            key: m.def.key,
+            namespace: m.def.namespace,
+            name: m.def.name,
+        })
+        .collect();
+    let gone = orphans(
+        &monitors,
+        |ns| ours(ctx, ns),
+        |ns, name| ctx.caches.heartbeat(ns, name).is_some(),
+    );
+    for d in gone {
+        tracing::info!(heartbeat = %d.key, "its Heartbeat is gone (or not ours to reconcile); removing the monitor");
+        if let Err(e) = deactivate(ctx, &d.key).await {
+            tracing::warn!(heartbeat = %d.key, error = %e, "cannot remove an orphaned monitor; will try again");
+        }
+    }
+    let apps: Vec<Defined> = ctx
+        .core
+        .registry
+        .applications()
+        .into_iter()
+        .map(|a| Defined {
+            key: a.key.clone(),
+            namespace: a.namespace.clone(),
+            name: a.name.clone(),
+        })
+        .collect();
+    let gone = orphans(
+        &apps,
+        |ns| ours(ctx, ns),
+        |ns, name| ctx.caches.application(ns, name).is_some(),
+    );
+    for d in gone {
+        let purge = ctx
+            .core
+            .registry
+            .application(&d.key)
+            .is_none_or(|a| a.spec.deletion_policy != Some(DeletionPolicy::Retain));
+        tracing::info!(application = %d.key, purge, "its Application is gone (or not ours to reconcile); revoking its token");
+        if let Err(e) = ctx
+            .core
+            .registry
+            .remove_application(&d.namespace, &d.name, purge)
+            .await
+        {
+            tracing::warn!(application = %d.key, error = %e, "cannot remove an orphaned Application; will try again");
+        }
+        ctx.quotas.forget(&d.key);
+    }
+    // Per-object state of objects that are gone.
+    ctx.verdicts.retain(|t| {
+        let live = match t.kind {
+            Kind::Heartbeat => ctx.caches.heartbeat(&t.namespace, &t.name).is_some(),
+            Kind::Application => ctx.caches.application(&t.namespace, &t.name).is_some(),
+        };
+        let keep = live && ours(ctx, &t.namespace);
+        if !keep {
+            ctx.retries.reset(t);
+        }
+        keep
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(ns: &str, name: &str) -> Defined {
+        Defined {
+            key: format!("{ns}/{name}"),
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_definition_without_its_resource_or_outside_our_namespaces_is_an_orphan() {
+        let defined = vec![d("a", "kept"), d("a", "deleted"), d("dropped", "x")];
+        let gone = orphans(
+            &defined,
+            |ns| ns == "a",
+            |ns, name| ns == "a" && name == "kept",
+        );
+        assert_eq!(gone, vec![d("a", "deleted"), d("dropped", "x")]);
+    }
+}

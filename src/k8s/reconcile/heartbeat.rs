@@ -1,0 +1,508 @@
+//! The Heartbeat pipeline: validate → application → quota → secret → build → apply →
+//! verdict. Deletion (through the finalizer) revokes the token at once and removes or
+//! retains the monitor's data as `deletionPolicy` says.
+//!
+//! A Heartbeat that is not Ready has no monitor: a refusal deactivates it, so its status
+//! never shows a state, deadline or count next to `Ready=False`.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::Event as Finalizer;
+use kube::{Resource, ResourceExt};
+
+use super::{
+    ReconcileError, Step, Stop, alerts, conclude, finalized, secret_stop, taken_by_another,
+};
+use crate::core::duration::SpecDuration;
+use crate::core::monitor::define::{DeclaredHeartbeat, ping_url};
+use crate::core::monitor::engine::{MonitorDef, Origin};
+use crate::core::registry::{AppInfo, RegistryError, object_key};
+use crate::core::spec::HeartbeatSpec;
+use crate::core::store::apps::TokenOwner;
+use crate::core::token::{TokenHash, TokenKind};
+use crate::k8s::context::Context;
+use crate::k8s::crd::Heartbeat;
+use crate::k8s::secrets::{self, Ensured, Wanted};
+use crate::k8s::status::Target;
+
+/// Reconciles a Heartbeat.
+pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ctx = &ctx;
+    finalized(hb, ctx, |event, ns| async move {
+        match event {
+            Finalizer::Apply(hb) => apply(&hb, ctx, &ns).await,
+            Finalizer::Cleanup(hb) => cleanup(&hb, ctx, &ns).await,
+        }
+    })
+    .await
+}
+
+async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+    let name = hb.name_any();
+    let target = Target::heartbeat(ns, &name);
+    let live = hb.status.as_ref().map(|s| s.conditions.as_slice());
+    tracing::debug!(object = %target, generation = ?hb.metadata.generation, "reconciling");
+    let concluded = steps(hb, ctx, ns, &name).await;
+    if matches!(concluded, Err(Stop::Refused { .. })) {
+        // Not Ready means not monitored: the token stops working, the monitor goes.
+        deactivate(ctx, &object_key(ns, &name)).await?;
+    }
+    Ok(conclude(ctx, &target, &hb.metadata, live, concluded)
+        .await?
+        .0)
+}
+
+/// The steps that end in an armed monitor; returns the Secret holding its token.
+async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<String, Stop> {
+    let spec = &hb.spec.spec;
+    validate(spec, ctx.config.min_interval)?;
+    let app = application(&ctx.core.registry, ns, spec)?;
+    let key = object_key(ns, name);
+    // Held until the monitor is active, so two new monitors cannot both take the last slot.
+    let quota_lock = app
+        .as_ref()
+        .filter(|a| quota_limit(a).is_some())
+        .map(|a| ctx.quotas.of(&a.key));
+    let _held = match &quota_lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+    if let Some(a) = &app {
+        quota(a, ctx.core.engine.count_for_application(&a.key, Some(&key)))?;
+    }
+    let secret_name = secret_name(spec, name);
+    let ensured = token_secret(hb, ctx, ns, &secret_name).await?;
+    let (spec, app) = resolved_alerts(ctx, ns, spec, app.as_deref()).await?;
+    let existing = ctx.core.engine.get(&key);
+    let def = build(&BuildInputs {
+        hb,
+        namespace: ns,
+        spec: &spec,
+        app: app.as_ref(),
+        token: ensured.token.hash(),
+        secret: &secret_name,
+        default_webhook: ctx.config.webhook_url.as_deref(),
+        existing: existing.as_ref().map(|m| &m.def),
+        now: Timestamp::now(),
+    });
+    activate(ctx, def, existing.as_ref().map(|m| &m.def)).await?;
+    announce(ctx, hb, ns, &secret_name, &ensured).await;
+    Ok(secret_name)
+}
+
+/// Step alerts: the alert targets that apply (the Heartbeat's own, else its Application's)
+/// with a `webhookSecretRef` resolved into its URL.
+async fn resolved_alerts(
+    ctx: &Context,
+    ns: &str,
+    spec: &HeartbeatSpec,
+    app: Option<&AppInfo>,
+) -> Result<(HeartbeatSpec, Option<AppInfo>), Stop> {
+    let mut spec = spec.clone();
+    let mut app = app.cloned();
+    if spec.alerts.as_ref().is_some_and(|a| !a.is_empty()) {
+        spec.alerts = alerts::resolve(ctx, ns, spec.alerts.as_ref()).await?;
+    } else if let Some(a) = app.as_mut() {
+        a.spec.alerts = alerts::resolve(ctx, ns, a.spec.alerts.as_ref()).await?;
+    }
+    Ok((spec, app))
+}
+
+/// Step validate: the rules the schema cannot express (an older API server enforces none).
+pub fn validate(spec: &HeartbeatSpec, min_interval: SpecDuration) -> Result<(), Stop> {
+    spec.validate_with_min_interval(min_interval)
+        .map_err(|e| Stop::wait("InvalidSpec", e.to_string()))
+}
+
+/// Step application: the Application named by `applicationRef`, which must exist. Its
+/// reconcile triggers this Heartbeat again when it appears.
+pub fn application(
+    registry: &crate::core::registry::Registry,
+    ns: &str,
+    spec: &HeartbeatSpec,
+) -> Result<Option<Arc<AppInfo>>, Stop> {
+    let Some(r) = &spec.application_ref else {
+        return Ok(None);
+    };
+    registry
+        .application(&object_key(ns, &r.name))
+        .map(Some)
+        .ok_or_else(|| {
+            Stop::wait(
+                "ApplicationNotFound",
+                format!(
+                    "Application {} does not exist in namespace {ns} (or is not Ready yet); this Heartbeat is not monitored until it does",
+                    r.name
+                ),
+            )
+        })
+}
+
+fn quota_limit(app: &AppInfo) -> Option<u32> {
+    app.spec.limits.as_ref().and_then(|l| l.heartbeats)
+}
+
+/// Step quota: refuses when the Application already owns as many other monitors as its
+/// limit allows. A deletion among them triggers this Heartbeat again.
+pub fn quota(app: &AppInfo, others: usize) -> Result<(), Stop> {
+    match quota_limit(app) {
+        Some(limit) if others >= limit as usize => Err(Stop::wait(
+            "QuotaExceeded",
+            format!(
+                "Application {} may own {limit} Heartbeats and already owns {others}; this one is not activated",
+                app.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The Secret that holds the token: `tokenSecretName`, or `<name>-heartbeat`.
+pub fn secret_name(spec: &HeartbeatSpec, name: &str) -> String {
+    spec.token_secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{name}-heartbeat"))
+}
+
+/// Step secret: ensures the token Secret (issued, ours, or adopted by opt-in).
+async fn token_secret(
+    hb: &Heartbeat,
+    ctx: &Context,
+    ns: &str,
+    secret_name: &str,
+) -> Result<Ensured, Stop> {
+    let owner = hb
+        .controller_owner_ref(&())
+        .ok_or(ReconcileError::Incomplete("uid"))?;
+    let base = ctx.config.base_url().to_string();
+    let url = move |t: &crate::core::token::Token| Some(ping_url(&base, t.expose()));
+    let owner_key = TokenOwner {
+        kind: TokenKind::Heartbeat,
+        key: object_key(ns, &hb.name_any()),
+    };
+    let taken = taken_by_another(&ctx.core.registry, &owner_key);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let cached = ctx.caches.secret(ns, secret_name);
+    secrets::ensure(
+        &api,
+        cached.as_deref(),
+        Wanted {
+            name: secret_name,
+            owner,
+            kind: TokenKind::Heartbeat,
+            ping_url: &url,
+            taken: &taken,
+            cache_complete: ctx.caches.synced(),
+        },
+    )
+    .await
+    .map_err(|e| secret_stop(e, ns))
+}
+
+/// What [`build`] turns into a monitor definition.
+pub struct BuildInputs<'a> {
+    /// The resource.
+    pub hb: &'a Heartbeat,
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its spec.
+    pub spec: &'a HeartbeatSpec,
+    /// Its Application.
+    pub app: Option<&'a AppInfo>,
+    /// Hash of its token.
+    pub token: TokenHash,
+    /// The Secret holding the token (for the ping hint in alerts).
+    pub secret: &'a str,
+    /// The server's default alert webhook.
+    pub default_webhook: Option<&'a str>,
+    /// The definition in the engine now.
+    pub existing: Option<&'a MonitorDef>,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// Step build (pure): the monitor definition for the core, by the core's one rule for
+/// turning a Heartbeat into a monitor. Equal to `existing` when nothing changed.
+pub fn build(i: &BuildInputs<'_>) -> MonitorDef {
+    let name = i.hb.name_any();
+    DeclaredHeartbeat {
+        namespace: i.namespace,
+        name: &name,
+        spec: i.spec,
+        application: i.app,
+        token: i.token,
+        ping_hint: format!(
+            "curl -fsS -m 10 --retry 5 --retry-all-errors \"$PING_URL\" (the ping URL is key ping-url of Secret {}/{})",
+            i.namespace, i.secret
+        ),
+        origin: Origin::Kubernetes,
+        id: i
+            .hb
+            .metadata
+            .uid
+            .clone()
+            .unwrap_or_else(|| object_key(i.namespace, &name)),
+    }
+    .monitor_def(i.existing, i.default_webhook, i.now)
+}
+
+/// Step apply: registers the token (only when it is not registered to this monitor
+/// already) and creates or changes the monitor (only when its definition changed), so an
+/// unchanged resync writes nothing to disk.
+async fn activate(
+    ctx: &Context,
+    def: MonitorDef,
+    existing: Option<&MonitorDef>,
+) -> Result<(), Stop> {
+    let owner = TokenOwner {
+        kind: TokenKind::Heartbeat,
+        key: def.key.clone(),
+    };
+    let registry = &ctx.core.registry;
+    if registry.owner_of_hash(&def.token).as_ref() != Some(&owner) {
+        match registry
+            .put_token(def.token, owner, existing.map(|d| d.token))
+            .await
+        {
+            Ok(()) => {}
+            Err(RegistryError::TokenInUse) => {
+                return Err(Stop::retry(
+                    "TokenInUse",
+                    "the token in this Heartbeat's Secret is already used by another Heartbeat or Application; give each its own token",
+                ));
+            }
+            Err(e) => return Err(ReconcileError::core(Step::Apply, e).into()),
+        }
+    }
+    if existing != Some(&def) {
+        ctx.core
+            .engine
+            .upsert(def)
+            .await
+            .map_err(|e| ReconcileError::core(Step::Apply, e))?;
+    }
+    Ok(())
+}
+
+async fn announce(ctx: &Context, hb: &Heartbeat, ns: &str, secret: &str, ensured: &Ensured) {
+    let note = if ensured.adopted {
+        format!("using the token in Secret {secret}, which allows adoption")
+    } else if ensured.issued {
+        format!("issued a ping token and URL into Secret {secret}")
+    } else {
+        return;
+    };
+    let reason = if ensured.adopted {
+        "TokenAdopted"
+    } else {
+        "TokenIssued"
+    };
+    ctx.event(
+        &Target::heartbeat(ns, &hb.name_any()),
+        hb.metadata.uid.clone(),
+        EventType::Normal,
+        reason,
+        note,
+        "IssueToken",
+    )
+    .await;
+}
+
+/// Stops monitoring `key`: its token stops working at once and its monitor goes.
+pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
+    if let Some(m) = ctx.core.engine.get(key) {
+        ctx.core
+            .registry
+            .remove_token(m.def.token)
+            .await
+            .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
+        ctx.core
+            .engine
+            .remove(key)
+            .await
+            .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
+    }
+    Ok(())
+}
+
+async fn cleanup(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+    let name = hb.name_any();
+    let key = object_key(ns, &name);
+    let app = ctx.core.engine.get(&key).and_then(|m| m.def.application);
+    deactivate(ctx, &key).await?;
+    let target = Target::heartbeat(ns, &name);
+    ctx.verdicts.remove(&target);
+    ctx.retries.reset(&target);
+    // A slot in the Application's quota is free: look at the ones that waited for it.
+    if let Some(app) = app {
+        ctx.triggers.quota_freed(ctx, &app);
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::spec::{ApplicationRef, ApplicationSpec, Limits};
+
+    fn heartbeat(spec: serde_json::Value) -> Heartbeat {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+            "metadata": {"name": "backup", "namespace": "shop", "uid": "u-1", "generation": 2},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn app(limit: Option<u32>) -> AppInfo {
+        let spec = ApplicationSpec {
+            limits: Some(Limits {
+                heartbeats: limit,
+                ..Default::default()
+            }),
+            alerts: Some(crate::core::spec::AlertTargets {
+                email: vec!["ops@example.com".into()],
+                webhook: None,
+                webhook_secret_ref: None,
+            }),
+            ..Default::default()
+        };
+        AppInfo {
+            key: "shop/web".into(),
+            num: 1,
+            namespace: "shop".into(),
+            name: "web".into(),
+            limits: crate::core::limits::AppLimits::resolve(&spec, &Default::default()),
+            ingest: None,
+            spec,
+            tz: jiff::tz::TimeZone::UTC,
+        }
+    }
+
+    fn refused(stop: Stop) -> (&'static str, String, bool) {
+        match stop {
+            Stop::Refused { refusal, retry } => (refusal.reason, refusal.message, retry),
+            Stop::Failed(e) => panic!("not a refusal: {e}"),
+        }
+    }
+
+    #[test]
+    fn validation_refuses_out_of_range_intervals_until_the_spec_changes() {
+        let hb = heartbeat(serde_json::json!({"interval": "400d"}));
+        let (reason, message, retry) =
+            refused(validate(&hb.spec.spec, SpecDuration::from_secs(60)).unwrap_err());
+        assert_eq!(reason, "InvalidSpec");
+        assert!(message.contains("400d"), "{message}");
+        assert!(!retry, "only a spec change can fix it");
+        let ok = heartbeat(serde_json::json!({"interval": "5m"}));
+        assert!(validate(&ok.spec.spec, SpecDuration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn a_missing_application_is_refused_and_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::core::store::Store::open(dir.path(), &Default::default()).unwrap();
+        let registry = crate::core::registry::Registry::load(store, Default::default()).unwrap();
+        let spec = HeartbeatSpec {
+            application_ref: Some(ApplicationRef { name: "web".into() }),
+            ..Default::default()
+        };
+        let (reason, message, retry) = refused(application(&registry, "shop", &spec).unwrap_err());
+        assert_eq!(reason, "ApplicationNotFound");
+        assert!(message.contains("web") && message.contains("shop"));
+        assert!(!retry);
+        assert!(
+            application(&registry, "shop", &HeartbeatSpec::default())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_quota_counts_the_other_monitors_of_the_application() {
+        assert!(quota(&app(Some(2)), 1).is_ok());
+        let (reason, message, _) = refused(quota(&app(Some(2)), 2).unwrap_err());
+        assert_eq!(reason, "QuotaExceeded");
+        assert!(message.contains("may own 2"), "{message}");
+        assert!(quota(&app(None), 1000).is_ok(), "no limit, no check");
+    }
+
+    #[test]
+    fn build_resolves_defaults_targets_and_keeps_creation_time() {
+        let hb = heartbeat(
+            serde_json::json!({"displayName": "Backup", "applicationRef": {"name": "web"}}),
+        );
+        let a = app(None);
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+        let inputs = BuildInputs {
+            hb: &hb,
+            namespace: "shop",
+            spec: &hb.spec.spec,
+            app: Some(&a),
+            token: TokenHash::of("t"),
+            secret: "backup-heartbeat",
+            default_webhook: Some("https://hooks.example.com/x"),
+            existing: None,
+            now: t0,
+        };
+        let def = build(&inputs);
+        assert_eq!(def.key, "shop/backup");
+        assert_eq!(def.id, "u-1");
+        assert_eq!(def.interval_secs, 3600, "default interval");
+        assert_eq!(def.grace_secs, 300, "default grace");
+        assert_eq!(def.application.as_deref(), Some("shop/web"));
+        assert_eq!(
+            def.targets,
+            vec![crate::core::alert::message::Target::Email {
+                to: vec!["ops@example.com".into()]
+            }],
+            "the Application's targets before the server default"
+        );
+        assert!(
+            def.ping_hint.contains("Secret shop/backup-heartbeat"),
+            "{}",
+            def.ping_hint
+        );
+        let later = build(&BuildInputs {
+            existing: Some(&def),
+            now: t0 + jiff::SignedDuration::from_secs(60),
+            ..inputs
+        });
+        assert_eq!(later, def, "an unchanged spec builds the same definition");
+        let paused = HeartbeatSpec {
+            paused: true,
+            ..hb.spec.spec.clone()
+        };
+        let changed = build(&BuildInputs {
+            spec: &paused,
+            existing: Some(&def),
+            now: t0 + jiff::SignedDuration::from_secs(60),
+            ..inputs
+        });
+        assert!(
+            changed.paused
+                && changed.updated_at > def.updated_at
+                && changed.created_at == def.created_at
+        );
+    }
+
+    #[test]
+    fn ping_urls_and_secret_names() {
+        assert_eq!(
+            ping_url("http://h:8080", "hsh_x"),
+            "http://h:8080/v1/heartbeats/hsh_x/ping"
+        );
+        let spec = HeartbeatSpec::default();
+        assert_eq!(secret_name(&spec, "backup"), "backup-heartbeat");
+        let named = HeartbeatSpec {
+            token_secret_name: Some("mine".into()),
+            ..Default::default()
+        };
+        assert_eq!(secret_name(&named, "backup"), "mine");
+    }
+}

@@ -1,0 +1,84 @@
+//! Reconcile requests across controllers. A Heartbeat depends on its Application (which
+//! must exist, whose alert defaults and quota apply), so when an Application is applied or
+//! deleted its Heartbeats are looked at again, and when a Heartbeat goes, the ones waiting
+//! for a quota slot are. Requests go straight to the Heartbeat controller of the right
+//! scope; nothing polls.
+
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::mpsc;
+
+use super::context::Context;
+use super::crd::Heartbeat;
+use super::status::{Kind, Outcome};
+
+/// Senders into the Heartbeat controllers, one per watched scope.
+#[derive(Debug, Default)]
+pub struct Triggers {
+    scopes: Vec<(Option<String>, mpsc::UnboundedSender<ObjectRef<Heartbeat>>)>,
+}
+
+/// The receiving end for one scope's Heartbeat controller.
+pub type TriggerStream = mpsc::UnboundedReceiver<ObjectRef<Heartbeat>>;
+
+impl Triggers {
+    /// Triggers for `scopes` (`None`: the whole cluster), with one receiver per scope in
+    /// the same order.
+    pub fn new(scopes: &[Option<String>]) -> (Self, Vec<TriggerStream>) {
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for s in scopes {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push((s.clone(), tx));
+            receivers.push(rx);
+        }
+        (Self { scopes: senders }, receivers)
+    }
+
+    fn send(&self, namespace: &str, name: &str) {
+        if let Some((_, tx)) = self
+            .scopes
+            .iter()
+            .find(|(s, _)| s.as_deref().is_none_or(|s| s == namespace))
+        {
+            let _ = tx.send(ObjectRef::new(name).within(namespace));
+        }
+    }
+
+    /// Application `app` in `namespace` was applied or deleted.
+    pub fn application_changed(&self, ctx: &Context, namespace: &str, app: &str) {
+        for hb in ctx.caches.heartbeats_in(namespace) {
+            let refers = hb
+                .spec
+                .spec
+                .application_ref
+                .as_ref()
+                .is_some_and(|r| r.name == app);
+            if refers && let Some(name) = hb.metadata.name.as_deref() {
+                self.send(namespace, name);
+            }
+        }
+    }
+
+    /// A Heartbeat of Application `app_key` (`namespace/name`) went away.
+    pub fn quota_freed(&self, ctx: &Context, app_key: &str) {
+        let Some((namespace, app)) = app_key.split_once('/') else {
+            return;
+        };
+        for target in ctx.verdicts.targets() {
+            if target.kind != Kind::Heartbeat || target.namespace != namespace {
+                continue;
+            }
+            let waiting = ctx.verdicts.get(&target).is_some_and(
+                |v| matches!(&v.outcome, Outcome::Refused(r) if r.reason == "QuotaExceeded"),
+            );
+            let refers = ctx
+                .caches
+                .heartbeat(namespace, &target.name)
+                .and_then(|hb| hb.spec.spec.application_ref.clone())
+                .is_some_and(|r| r.name == app);
+            if waiting && refers {
+                self.send(namespace, &target.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Status tells the truth: what stopped being true disappears, refusals say why (with an
+//! Event), `kubectl wait --for=condition=Ready` works, and the schema's defaults fill the
+//! printer columns.
+
+use std::time::Duration;
+
+use super::harness::{Scenario, events_with_reason, hb_status, kubectl, secret_value};
+use crate::helpers::wait_for;
+use hartslag::k8s::crd::Heartbeat;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+fn condition(status: &Value, ty: &str) -> Option<Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .cloned()
+}
+
+async fn patch_spec(hbs: &Api<Heartbeat>, name: &str, spec: Value) {
+    hbs.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": spec })),
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until the Heartbeat's status satisfies `check`; returns it.
+async fn status_where(
+    hbs: &Api<Heartbeat>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(what, Duration::from_secs(30), || async {
+        hb_status(hbs, name).await.filter(|s| check(s))
+    })
+    .await
+}
+
+fn apply(ns: &str, yaml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("o.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    kubectl(&["apply", "-n", ns, "-f", f.to_str().unwrap()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
+    let s = Scenario::start("e2e-status").await;
+    let (client, ns, hbs, secrets, _op) = (&s.client, &s.ns, &s.hbs, &s.secrets, &s.op);
+
+    // Schema defaults fill the spec, so the printer columns are never blank, and
+    // `kubectl wait` works on the Ready condition.
+    apply(
+        ns,
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: job\nspec: {}\n",
+    );
+    kubectl(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        "heartbeat/job",
+        "--timeout=60s",
+    ]);
+    let spec = kubectl(&[
+        "get",
+        "heartbeat",
+        "job",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.interval} {.spec.grace} {.spec.deletionPolicy}",
+    ]);
+    assert_eq!(spec, "1h 5m Delete");
+    let table = kubectl(&["get", "heartbeats", "-n", ns]);
+    let row = table.lines().find(|l| l.starts_with("job ")).unwrap();
+    assert!(
+        row.contains("New") && row.contains("True") && row.contains("1h"),
+        "{table}"
+    );
+    let explained = kubectl(&["explain", "heartbeat.spec.deletionPolicy"]);
+    assert!(explained.contains("Default: Delete"), "{explained}");
+
+    // Up, with a deadline.
+    let url = wait_for("the ping URL", Duration::from_secs(30), || {
+        secret_value(secrets, "job-heartbeat", "ping-url")
+    })
+    .await;
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    let up = status_where(hbs, "job", "Up", |s| s["state"] == "Up").await;
+    assert!(up["nextDueAt"].is_string() && up["lastPingAt"].is_string());
+
+    // An invalid spec: not monitored, so no state, deadline or counters next to the reason.
+    patch_spec(hbs, "job", json!({"interval": "400d"})).await;
+    let invalid = status_where(hbs, "job", "Ready=False InvalidSpec", |s| {
+        condition(s, "Ready").is_some_and(|c| c["reason"] == "InvalidSpec")
+    })
+    .await;
+    let ready = condition(&invalid, "Ready").unwrap();
+    assert_eq!(ready["status"], "False");
+    assert!(
+        ready["message"].as_str().unwrap().contains("400d"),
+        "{ready}"
+    );
+    for gone in ["state", "lastPingAt", "nextDueAt", "tokenSecretName"] {
+        assert!(
+            invalid.get(gone).is_none(),
+            "{gone} outlived the monitor: {invalid}"
+        );
+    }
+    assert!(condition(&invalid, "Up").is_none(), "{invalid}");
+    assert_eq!(invalid["observedGeneration"], 2);
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().status(),
+        404,
+        "the token stops working"
+    );
+    wait_for("an InvalidSpec Event", Duration::from_secs(20), || async {
+        (events_with_reason(client, ns, "InvalidSpec").await >= 1).then_some(())
+    })
+    .await;
+
+    // Fixed: Ready again; a ping brings back the deadline.
+    patch_spec(hbs, "job", json!({"interval": "1h"})).await;
+    kubectl(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        "heartbeat/job",
+        "--timeout=60s",
+    ]);
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    status_where(hbs, "job", "Up again", |s| {
+        s["state"] == "Up" && s["nextDueAt"].is_string()
+    })
+    .await;
+
+    // Paused: no deadline.
+    patch_spec(hbs, "job", json!({"paused": true})).await;
+    let paused = status_where(hbs, "job", "Paused", |s| s["state"] == "Paused").await;
+    assert!(paused.get("nextDueAt").is_none(), "{paused}");
+
+    // A missing Application: refused with a reason and an Event; it appears, and the
+    // Heartbeat is Ready without being touched.
+    apply(
+        ns,
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: waits\nspec:\n  applicationRef:\n    name: later\n",
+    );
+    let waiting = status_where(hbs, "waits", "ApplicationNotFound", |s| {
+        condition(s, "Ready").is_some_and(|c| c["reason"] == "ApplicationNotFound")
+    })
+    .await;
+    assert!(waiting.get("state").is_none());
+    wait_for(
+        "an ApplicationNotFound Event",
+        Duration::from_secs(20),
+        || async {
+            (events_with_reason(client, ns, "ApplicationNotFound").await >= 1).then_some(())
+        },
+    )
+    .await;
+    apply(
+        ns,
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: later\nspec: {}\n",
+    );
+    kubectl(&[
+        "wait",
+        "-n",
+        ns,
+        "--for=condition=Ready",
+        "heartbeat/waits",
+        "application/later",
+        "--timeout=60s",
+    ]);
+    let described = kubectl(&["describe", "heartbeat", "waits", "-n", ns]);
+    assert!(described.contains("ApplicationNotFound"), "{described}");
+}
