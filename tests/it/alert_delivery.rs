@@ -150,12 +150,19 @@ async fn a_flapping_monitor_sends_one_notice_not_each_pair() {
         .iter()
         .map(|v| v["event"].as_str().unwrap_or_default().to_string())
         .collect();
+    // Notices go out one by one until the fifth is raised within the window (how many went
+    // out before depends on how fast the receiver answered): at most four, alternating.
+    let before = events
+        .iter()
+        .position(|e| e == "flapping")
+        .expect("a flapping notice");
+    let mut expected: Vec<&str> = ["down", "recovery"].repeat(3);
+    expected.truncate(before);
+    expected.extend(["flapping", "recovery"]);
+    assert!(before <= 4, "{events:?}");
     assert_eq!(
-        events,
-        [
-            "down", "recovery", "down", "recovery", "flapping", "recovery"
-        ],
-        "twelve changes, four notices, one flapping notice, then where it settled"
+        events, expected,
+        "twelve changes: at most four notices, one flapping notice, then where it settled"
     );
     assert_eq!(
         metric(
@@ -163,7 +170,8 @@ async fn a_flapping_monitor_sends_one_notice_not_each_pair() {
             "hartslag_alert_deliveries_total{outcome=\"superseded\"}"
         )
         .await,
-        Some(7.0)
+        Some((11 - before) as f64),
+        "every other notice superseded"
     );
 }
 
