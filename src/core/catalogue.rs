@@ -67,6 +67,10 @@ pub enum CatalogueError {
     /// Storage or the cluster could not complete the change (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The cluster refused the change: its access rules, validation or admission policies
+    /// (422). Retrying the same request will not help.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What the management API needs from a front end to change monitors.

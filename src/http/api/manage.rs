@@ -138,6 +138,7 @@ fn catalogue_error(e: CatalogueError) -> ApiError {
         CatalogueError::Quota => StatusCode::PAYMENT_REQUIRED,
         CatalogueError::ReadOnly(_) => StatusCode::CONFLICT,
         CatalogueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CatalogueError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
     };
     err(status, e.to_string())
 }

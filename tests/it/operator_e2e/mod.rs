@@ -6,6 +6,7 @@
 mod flows;
 mod harness;
 mod quiet;
+mod refusals;
 mod restarts;
 mod secrets;
 mod status;
