@@ -1,7 +1,8 @@
 """Lint and render charts/hartslag through Helm's own engine (PyPI helm-python-sdk) and
 assert on the rendered objects for the main value combinations.
 
-Usage: python3 test_chart.py [--render-to FILE]   (FILE: the default render, for installing)
+Usage: python3 test_chart.py [--render-to FILE]   (FILE: the default render plus the
+NetworkPolicy of networkPolicy.enabled, for installing)
 Exits non-zero with a message on the first broken expectation.
 """
 
@@ -209,6 +210,11 @@ expect("ports" not in np["egress"][3], "webhookPorts empty: webhooks on any port
 objs, _ = render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.1"]}})
 np = find(objs, "NetworkPolicy")[0]["spec"]
 expect(len(np["egress"]) == 3, "no SMTP rule without SMTP")
+if len(sys.argv) > 2 and sys.argv[1] == "--render-to":
+    # The API server checks what no schema here can: ipBlock excepts inside their CIDR.
+    policy = find(render(np_values)[0], "NetworkPolicy")[0]
+    with open(sys.argv[2], "a") as f:
+        f.write("\n---\n" + yaml.safe_dump(policy))
 
 # the configuration guide's table of chart values names every value
 guide = (ROOT / "docs" / "configuration.md").read_text()
