@@ -7,6 +7,7 @@ pub mod catalogue;
 pub mod cron;
 pub mod duration;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod registry;
