@@ -3,10 +3,11 @@
 //! the contract's: success, or a 4xx with the documented body; never a panic, never a 5xx.
 //!
 //! Case counts are bounded (`CASES`, or `PROPTEST_CASES` to run more) so `cargo test`
-//! stays fast. A new parser of user text (a cron expression, say) joins [`TEXT_PARSERS`].
+//! stays fast. A new parser of user text joins [`TEXT_PARSERS`].
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use hartslag::core::cron::{CronJobCadence, Schedule};
 use hartslag::core::duration::SpecDuration;
 use hartslag::core::ingest::validate::{parse_created_at, validate_event};
 use proptest::prelude::*;
@@ -51,7 +52,56 @@ const TEXT_PARSERS: &[TextParser] = &[
         },
         Err(_) => Ok(()),
     }),
+    ("cron", |s| match Schedule::parse(s, None) {
+        Ok(schedule) => accepted_schedule(s, &schedule),
+        Err(_) => Ok(()),
+    }),
+    ("cron_job", |s| match Schedule::parse_cron_job(s, None) {
+        Ok(CronJobCadence::Schedule(schedule)) => accepted_schedule(s, &schedule),
+        Ok(CronJobCadence::Every(gap)) if !gap.is_positive() => Err(format!("{s:?} -> {gap}")),
+        _ => Ok(()),
+    }),
+    ("time_zone", |s| {
+        match Schedule::parse("0 3 * * *", Some(s)) {
+            Ok(schedule) => accepted_schedule("0 3 * * *", &schedule),
+            Err(_) => Ok(()),
+        }
+    }),
 ];
+
+/// What holds for every schedule a user's text was accepted as: its expression and zone
+/// read back as the same schedule, and its next occurrence lies ahead and is an occurrence.
+fn accepted_schedule(text: &str, schedule: &Schedule) -> Result<(), String> {
+    let again = Schedule::parse_as(
+        schedule.expression(),
+        Some(schedule.zone()),
+        schedule.dialect(),
+    )
+    .map_err(|e| format!("{text:?} accepted, its expression refused: {e}"))?;
+    if &again != schedule {
+        return Err(format!("{text:?} reads back as {again}"));
+    }
+    let now = jiff::Timestamp::from_second(1_733_000_000).map_err(|e| e.to_string())?;
+    match schedule.next_after(now) {
+        Some(next) if next <= now || !schedule.is_occurrence(next) => {
+            Err(format!("{text:?}: next after {now} is {next}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Text near crontab expressions: fields of numbers, names, ranges, steps and lists, the
+/// @-forms and zone prefixes, with a multibyte character or an arbitrary string now and then.
+fn near_cron() -> impl Strategy<Value = String> {
+    let field = "([0-9]{1,2}|\\*|[A-Za-z]{3}|\u{e9})([-/,][0-9A-Za-z*]{1,3}){0,3}";
+    prop_oneof![
+        proptest::collection::vec(field, 1..8).prop_map(|f| f.join(" ")),
+        "(CRON_TZ=|TZ=)?[A-Za-z_/+0-9-]{0,20} [0-9*/, -]{0,16}",
+        "@[a-z]{0,8}( [0-9hms]{0,6})?",
+        "[A-Za-z]{0,10}/[A-Za-z_]{0,12}",
+        any::<String>(),
+    ]
+}
 
 /// Text that is mostly near the accepted forms (digits, separators, a multibyte character
 /// here and there), plus arbitrary strings.
@@ -97,11 +147,13 @@ fn mutated_date() -> impl Strategy<Value = String> {
 #[test]
 fn text_parsers_return_for_any_input() {
     for (name, parse) in TEXT_PARSERS {
-        runner()
-            .run(&near_dates(), |s| {
-                parse(&s).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))
-            })
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for strategy in [near_dates().boxed(), near_cron().boxed()] {
+            runner()
+                .run(&strategy, |s| {
+                    parse(&s).map_err(|e| TestCaseError::fail(format!("{name}: {e}")))
+                })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
     }
 }
 
@@ -133,6 +185,7 @@ fn field_name() -> impl Strategy<Value = String> {
         Just("name".to_string()),
         Just("interval_secs".to_string()),
         Just("grace_secs".to_string()),
+        Just("schedule".to_string()),
         Just("status".to_string()),
         "[a-z_]{1,8}",
     ]
