@@ -37,9 +37,9 @@ use crate::config::ServerConfig;
 use crate::core::metrics::MetricRegistry;
 use crate::server::{Server, bind_early, shutdown_signal};
 
-/// Reconciles of one kind running at once per scope: enough to activate a thousand
-/// Heartbeats in seconds, few enough not to flood the API server.
-pub const CONCURRENCY: u16 = 16;
+/// Default of [`OperatorConfig::concurrency`]: measured with 1 000 new Heartbeats on a
+/// 2-core test control plane, where more only lengthens the API server's queue.
+pub const CONCURRENCY: u16 = 32;
 
 /// Everything the operator is started with.
 #[derive(Debug, Clone)]
@@ -54,6 +54,10 @@ pub struct OperatorConfig {
     pub admin: admin::AdminSecret,
     /// Namespace and name of the Lease.
     pub lease: (String, String),
+    /// Reconciles of one kind running at once per scope. Each activation waits on a few
+    /// API round trips in turn (finalizer, Secret, Event), so throughput grows with it until
+    /// the API server is the limit (docs/benchmarks.md).
+    pub concurrency: u16,
 }
 
 /// A stream of the values of a channel.
@@ -140,6 +144,7 @@ fn scope(
     client: &Client,
     ns: Option<String>,
     relisted: &mpsc::UnboundedSender<Relisted>,
+    concurrency: u16,
 ) -> ScopeTasks {
     let (hb_store, hb_writer) = reflector::store::<Heartbeat>();
     let (app_store, app_writer) = reflector::store::<Application>();
@@ -177,7 +182,7 @@ fn scope(
                 let _ = stop.wait_for(|s| *s).await;
             }
         };
-        let config = controller::Config::default().concurrency(CONCURRENCY);
+        let config = controller::Config::default().concurrency(concurrency.max(1));
         let ownership = ctx.instances.subscribe();
         let mut tasks = vec![tokio::spawn(secrets_root)];
         let mut hb = Controller::for_stream(hb_stream, hb_store.clone())
@@ -370,7 +375,7 @@ async fn start(
     let (relist_tx, relisted) = mpsc::unbounded_channel();
     let parts: Vec<ScopeTasks> = scopes
         .iter()
-        .map(|ns| scope(client, ns.clone(), &relist_tx))
+        .map(|ns| scope(client, ns.clone(), &relist_tx, config.concurrency))
         .collect();
     let caches = Caches::new(parts.iter().map(|p| p.caches.clone()).collect());
     let (triggers, trigger_rxs) = Triggers::new(&scopes);
