@@ -4,8 +4,10 @@
 pub mod alert;
 pub mod calendar;
 pub mod catalogue;
+pub mod cron;
 pub mod duration;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod registry;

@@ -48,6 +48,14 @@ pub enum StandaloneError {
         /// Why.
         source: EngineError,
     },
+    /// A Heartbeat's timing cannot be read.
+    #[error("{object}: {source}")]
+    Spec {
+        /// Which object.
+        object: String,
+        /// Why.
+        source: crate::core::spec::SpecError,
+    },
     /// No randomness for ids.
     #[error(transparent)]
     Random(#[from] TokenError),
@@ -132,10 +140,10 @@ impl Apply<'_> {
             .map_err(refused(format!("Application {}", app.name)))?;
         if source == tokens::TokenSource::New {
             let path = tokens::token_path(self.data(), "application", &app.name);
+            // Only where it is: stdout ends up in terminals, CI logs and log collectors.
             println!(
-                "Issued a token for Application {}: {} (saved in {})",
+                "Issued a token for Application {}: saved in {}",
                 app.name,
-                token.expose(),
                 path.display()
             );
         }
@@ -192,6 +200,7 @@ impl Apply<'_> {
             name: &hb.name,
             spec: &hb.spec,
             application: app.as_deref(),
+            cron_job: None,
             token: token.hash(),
             ping_hint: tokens::ping_hint(&url_path),
             origin: Origin::Manifest,
@@ -201,7 +210,11 @@ impl Apply<'_> {
             existing.as_ref().map(|e| &e.def),
             self.config.webhook_url.as_deref(),
             now,
-        );
+        )
+        .map_err(|source| StandaloneError::Spec {
+            object: format!("Heartbeat {}", hb.name),
+            source,
+        })?;
         if existing.as_ref().is_none_or(|e| e.def != def) {
             self.core
                 .engine
@@ -309,7 +322,7 @@ impl Apply<'_> {
 /// Runs standalone mode until SIGTERM/Ctrl-C. The port answers (503 with `Retry-After`)
 /// while the database is recovered and the manifests are applied.
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
-    let port = crate::server::bind_early(config.listen).await?;
+    let port = crate::server::bind_early(config.listen, config.http).await?;
     port.waiting_for("the database to open");
     let mut server = Server::open(config)?;
     port.waiting_for("the manifests to be applied");

@@ -4,8 +4,9 @@
 
 mod helpers;
 
+mod alert_delivery;
+mod big_export;
 mod boundary;
-
 mod chart;
 mod crds;
 mod dashboard;
@@ -13,7 +14,14 @@ mod dashboard_browser;
 mod durability;
 mod events_api;
 mod examples;
+mod hostile_input;
 mod image;
 mod management_api;
 mod monitors;
 mod operator_e2e;
+mod properties;
+mod schedules;
+mod secrets;
+mod slow_clients;
+mod tenant_limits;
+mod webhook_ssrf;

@@ -217,7 +217,8 @@ async fn ping_endpoints_record_what_the_job_sent() {
     assert_eq!(pings.len(), 3);
     let last = &pings[0];
     assert_eq!(last.seq, 3, "newest first");
-    assert_eq!(last.source.as_deref(), Some("203.0.113.7"));
+    // No proxy is trusted here: the header is not believed.
+    assert_eq!(last.source.as_deref(), Some("127.0.0.1"));
     assert_eq!(last.user_agent.as_ref().unwrap().chars().count(), 200);
     assert!(
         last.body.as_ref().unwrap().len() <= 10 * 1024
@@ -574,6 +575,10 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
                 display_name: None,
                 interval_secs: 3600,
                 grace_secs: 0,
+                schedule: None,
+                max_duration_secs: None,
+                cron_job: None,
+                require_ping: false,
                 paused: false,
                 targets: Vec::new(),
                 application: None,
@@ -595,6 +600,7 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
             source: None,
             user_agent: None,
             body: None,
+            rid: None,
         };
         [
             futures::future::Either::Left(async move { engine.ping(key, input).await.map(|_| ()) }),

@@ -24,8 +24,10 @@ pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
 pub use snapshot::Monitors;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
+pub use wording::describe_down;
 
 use super::history;
+use super::jobs::JobSignal;
 use super::schedule::{self, Clock};
 use super::state::{self, State};
 use crate::core::alert::outbox::{self, Outbox};
@@ -98,6 +100,11 @@ pub struct Engine {
     /// Counters.
     pub stats: Arc<EngineStats>,
     clock: Clock,
+    /// Why the worker's last round could not be written, until one is.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Tests make the worker's writes fail with this.
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,8 +153,16 @@ impl Engine {
         });
         let (changes, _) = broadcast::channel(4096);
         let stats = Arc::new(EngineStats::default());
+        let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        #[cfg(test)]
+        let fail_writes: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let worker = Worker {
+            failure: failure.clone(),
+            #[cfg(test)]
+            fail_writes: fail_writes.clone(),
             transitions_since_trim: Default::default(),
+            inflight: Default::default(),
+            written: Default::default(),
             tree: tree.clone(),
             db: db.clone(),
             outbox,
@@ -175,7 +190,41 @@ impl Engine {
             changes,
             stats,
             clock,
+            failure,
+            #[cfg(test)]
+            fail_writes,
         })
+    }
+
+    /// `Err` with the reason while the engine cannot write monitor state.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves once the engine thread has taken a command sent now: it is alive and not
+    /// stuck. `Err` if it is gone.
+    pub async fn probe(&self) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Probe(tx))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Tests: makes the worker's writes fail (`true`) or work again.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.fail_writes
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tests: holds the engine thread for `d`, as a stuck disk would.
+    #[cfg(test)]
+    pub(crate) fn stall(&self, d: std::time::Duration) {
+        let _ = self.tx.send(Command::Stall(d));
     }
 
     /// Lets held deadlines through (see [`EngineConfig::hold_deadlines`]); those that came
@@ -213,6 +262,14 @@ impl Engine {
     pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, EngineError> {
         let key = key.to_string();
         self.call(|tx| Command::Ping(key, input, tx)).await
+    }
+
+    /// Applies evidence from a Job of the monitor's watched CronJob durably. Reporting a
+    /// Job again changes nothing, so a front end may report every Job it sees on each
+    /// (re)list.
+    pub async fn job(&self, key: &str, job: JobSignal) -> Result<(), EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Job(key, job, tx)).await
     }
 
     /// Pauses or resumes a monitor.
@@ -314,6 +371,14 @@ impl Engine {
     }
 }
 
+impl Monitor {
+    /// Why it is Down, in the words its alert used; `None` unless Down.
+    pub fn why_down(&self) -> Option<String> {
+        let reason = self.state.down_reason.as_ref()?;
+        Some(wording::describe_down(reason, self, self.state.since))
+    }
+}
+
 /// Runs `worker` on its own thread: sled calls and the commit block, and one thread keeps
 /// every change to a monitor in order.
 fn spawn_worker(worker: Worker, rx: mpsc::UnboundedReceiver<Command>) -> Result<(), EngineError> {
@@ -344,6 +409,7 @@ mod tests {
             cache_bytes: 8 << 20,
             ping_history: 10,
             outbox: Default::default(),
+            limits: Default::default(),
             hold_deadlines: true,
         };
         let core = Services::open(&config, &mut MetricRegistry::default()).unwrap();
@@ -357,6 +423,10 @@ mod tests {
                 display_name: None,
                 interval_secs: 1,
                 grace_secs: 0,
+                schedule: None,
+                max_duration_secs: None,
+                cron_job: None,
+                require_ping: false,
                 paused: false,
                 targets: vec![],
                 application: None,
@@ -372,6 +442,7 @@ mod tests {
         let ping = PingInput {
             kind: PingKind::Success,
             exit_code: None,
+            rid: None,
             source: None,
             user_agent: None,
             body: None,
