@@ -46,6 +46,10 @@ enum Command {
         /// are refreshed at most this often.
         #[arg(long, env = "HARTSLAG_STATUS_PERIOD", default_value = "60s")]
         status_period: hartslag::core::duration::SpecDuration,
+        /// Reconciles of one kind running at once (per watched namespace): how many
+        /// resources are activated in parallel.
+        #[arg(long, env = "HARTSLAG_RECONCILE_CONCURRENCY", default_value_t = hartslag::k8s::operator::CONCURRENCY)]
+        reconcile_concurrency: u16,
         /// Lease that keeps the operator to one running instance.
         #[arg(long, env = "HARTSLAG_LEASE_NAME", default_value = "hartslag")]
         lease_name: String,
@@ -270,6 +274,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             namespaces,
             status_rate,
             status_period,
+            reconcile_concurrency,
             lease_name,
             lease_namespace,
             admin_secret,
@@ -280,7 +285,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             let writer = hartslag::k8s::status::WriterConfig {
                 max_per_sec: status_rate.max(1),
                 refresh: std::time::Duration::from_secs(status_period.as_secs().max(1)),
-                ..Default::default()
+                // Answers to reconciles are written as fast as they come (the budget is
+                // for transitions and refreshes), so as many at once as reconciles run.
+                concurrency: usize::from(reconcile_concurrency.max(8)),
             };
             let namespaces = namespaces
                 .into_iter()
@@ -301,6 +308,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 writer,
                 admin,
                 lease: (own(lease_namespace), lease_name),
+                concurrency: reconcile_concurrency.max(1),
             };
             hartslag::k8s::run(config).await?;
         }

@@ -47,18 +47,33 @@ async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reconc
     let target = Target::heartbeat(ns, &name);
     let live = hb.status.as_ref().map(|s| s.conditions.as_slice());
     tracing::debug!(object = %target, generation = ?hb.metadata.generation, "reconciling");
-    let concluded = steps(hb, ctx, ns, &name).await;
+    let (concluded, ensured) = match steps(hb, ctx, ns, &name).await {
+        Ok((secret, ensured)) => (Ok(secret), Some(ensured)),
+        Err(stop) => (Err(stop), None),
+    };
     if matches!(concluded, Err(Stop::Refused { .. })) {
         // Not Ready means not monitored: the token stops working, the monitor goes.
         deactivate(ctx, &object_key(ns, &name)).await?;
     }
-    Ok(conclude(ctx, &target, &hb.metadata, live, concluded)
+    let secret = concluded.as_ref().ok().cloned();
+    let action = conclude(ctx, &target, &hb.metadata, live, concluded)
         .await?
-        .0)
+        .0;
+    // After the verdict: the status writer does not wait for the Event.
+    if let (Some(secret), Some(ensured)) = (secret, ensured) {
+        announce(ctx, hb, ns, &secret, &ensured).await;
+    }
+    Ok(action)
 }
 
-/// The steps that end in an armed monitor; returns the Secret holding its token.
-async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<String, Stop> {
+/// The steps that end in an armed monitor; returns the Secret holding its token and what
+/// was done to it.
+async fn steps(
+    hb: &Heartbeat,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<(String, Ensured), Stop> {
     let spec = &hb.spec.spec;
     validate(spec, ctx.config.min_interval)?;
     let app = application(&ctx.core.registry, ns, spec)?;
@@ -96,8 +111,7 @@ async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<St
     if let Some(r) = &spec.cron_job_ref {
         crate::k8s::cronjobs::watch::report_all(ctx, ns, &r.name).await;
     }
-    announce(ctx, hb, ns, &secret_name, &ensured).await;
-    Ok(secret_name)
+    Ok((secret_name, ensured))
 }
 
 /// Step alerts: the alert targets that apply (the Heartbeat's own, else its Application's)

@@ -413,7 +413,8 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
             .is_none(),
         "a blocked monitor gets no token"
     );
-    // Deleted through the API → the CR is gone.
+    // Deleted through the API → the 204 comes once the deletion is complete (docs/api.md):
+    // the CR is gone from the API server and the ping URL no longer answers.
     let r = c
         .delete(format!(
             "{}/v1/heartbeats/{}",
@@ -425,7 +426,21 @@ async fn management_api_is_a_facade_over_the_custom_resources() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(hbs.get_opt("weekly-report").await.unwrap().is_none());
+    assert!(
+        hbs.get_opt("weekly-report").await.unwrap().is_none(),
+        "the 204 came before the resource was gone"
+    );
+    let pinged = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/heartbeats/{}/ping",
+            sc.op.base,
+            created["token"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(pinged, 404, "the deleted Heartbeat's token still works");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

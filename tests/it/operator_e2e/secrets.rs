@@ -134,6 +134,28 @@ async fn only_secrets_that_opt_in_are_adopted_and_refusals_are_visible() {
     let message = wait_reason(hbs, "robot", "SecretNotAdoptable").await;
     assert!(message.contains("only Opaque Secrets"), "{message}");
 
+    // Opted in, but no usable token (too short): refused, saying what is missing, untouched.
+    let short: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "short", "annotations": {"hartslag.dev/adopt": "true"}},
+        "type": "Opaque", "stringData": {"token": "too-short"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &short)
+        .await
+        .unwrap();
+    let short_before = fingerprint(&secrets.get("short").await.unwrap());
+    heartbeat(hbs, "short", "short").await;
+    let message = wait_reason(hbs, "short", "SecretNotAdoptable").await;
+    assert!(message.contains("no key `token`"), "{message}");
+    assert_eq!(
+        fingerprint(&secrets.get("short").await.unwrap()),
+        short_before,
+        "a Secret without a usable token was modified"
+    );
+    let short_ping = format!("{}/v1/heartbeats/too-short/ping", op.base);
+    assert_eq!(reqwest::get(&short_ping).await.unwrap().status(), 404);
+
     // Opting in: adopted without touching the Heartbeat; the operator adds ping-url.
     assert_eq!(
         fingerprint(&secrets.get("plain").await.unwrap()),
