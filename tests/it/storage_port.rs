@@ -1,10 +1,14 @@
 //! The storage port's contract: what every backend behind `hartslag::core::storage` keeps,
 //! written once and run against each backend. A backend joins with one line at the end of
-//! this file (`contract!(name => open_fn);`), where `open_fn` opens it over a directory
-//! that belongs to the test.
+//! this file (`contract!(name => open_port, open_services);`), whose functions open its
+//! port, or the services on it, over a directory that belongs to the test.
 //!
 //! The process-level form of "acknowledged means durable" (kill -9 under load) lives in
 //! `durability.rs`; here a backend is closed without a flush and opened again.
+//!
+//! Monitors (state, ping history, timeline) are not behind the port's traits yet: their
+//! contract is checked through the services a backend opens, so it carries over when they
+//! are.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,17 +16,25 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use hartslag::core::calendar::{Periods, date_key};
+use hartslag::core::metrics::MetricRegistry;
+use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::state::State;
 use hartslag::core::storage::{
     AppRecord, EventValue, EventWrite, ExportFilter, IDEMPOTENCY_WINDOW, Idempotency, Outcome,
     Storage, Tally, TokenOwner, hour_of,
 };
 use hartslag::core::token::{TokenHash, TokenKind};
+use hartslag::core::{Services, ServicesConfig};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
 /// Opens a backend over a directory of the test's; called again on the same directory to
 /// reopen it once every handle of the previous opening is dropped.
 type Open = fn(PathBuf) -> BoxFuture<'static, Storage>;
+
+/// Opens the services (registry, events, monitor engine, outbox) on a backend over a
+/// directory of the test's.
+type OpenServices = fn(PathBuf) -> BoxFuture<'static, Services>;
 
 /// sled, opened as the services open it; a reopen waits until the last opening has let
 /// go of the directory (its threads finish after the handles are dropped).
@@ -41,6 +53,54 @@ fn open_sled(dir: PathBuf) -> BoxFuture<'static, Storage> {
         )
         .await
     })
+}
+
+/// The services on sled; a reopen waits until the last opening has let go of the directory.
+fn services_on_sled(dir: PathBuf) -> BoxFuture<'static, Services> {
+    Box::pin(async move {
+        let config = ServicesConfig {
+            data_dir: dir,
+            cache_bytes: 8 << 20,
+            ping_history: 5,
+            outbox: Default::default(),
+            limits: Default::default(),
+            hold_deadlines: false,
+        };
+        crate::helpers::wait_for(
+            "the sled directory to be free",
+            Duration::from_secs(20),
+            || {
+                let config = config.clone();
+                async move {
+                    let metrics = &mut MetricRegistry::default();
+                    Services::open(&config, metrics).await.ok()
+                }
+            },
+        )
+        .await
+    })
+}
+
+/// Runs `work` on services opened by `open` in a runtime of its own, and drops that
+/// runtime after: its tasks end, so the engine's threads let go of the backend, as at the
+/// end of a process.
+async fn with_services<T: Send + 'static>(
+    open: OpenServices,
+    dir: &std::path::Path,
+    work: impl FnOnce(Services) -> BoxFuture<'static, T> + Send + 'static,
+) -> T {
+    let dir = dir.to_path_buf();
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let out = rt.block_on(async move { work(open(dir).await).await });
+        drop(rt);
+        out
+    };
+    tokio::task::spawn_blocking(run).await.unwrap()
 }
 
 /// 2024-03-14T12:00:00Z, a Thursday.
@@ -436,10 +496,114 @@ async fn applications_and_tokens_round_trip(open: Open) {
     assert_eq!(left[0].retained_since, Some(now));
 }
 
+fn monitor(name: &str) -> MonitorDef {
+    MonitorDef {
+        key: format!("default/{name}"),
+        id: name.into(),
+        namespace: "default".into(),
+        name: name.into(),
+        display_name: None,
+        interval_secs: 3600,
+        schedule: None,
+        grace_secs: 60,
+        max_duration_secs: None,
+        cron_job: None,
+        require_ping: false,
+        paused: false,
+        targets: Vec::new(),
+        application: None,
+        token: TokenHash::of(name),
+        ping_hint: String::new(),
+        origin: Origin::Manifest,
+        retain_on_delete: true,
+        created_at: Timestamp::now(),
+        updated_at: Timestamp::now(),
+    }
+}
+
+fn ping(kind: PingKind, body: &str) -> PingInput {
+    PingInput {
+        kind,
+        exit_code: (kind == PingKind::Fail).then_some(3),
+        source: Some("192.0.2.7".into()),
+        user_agent: Some("contract".into()),
+        body: Some(body.into()),
+        rid: None,
+    }
+}
+
+async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
+    let dir = tempfile::tempdir().unwrap();
+    let written = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let e = &core.engine;
+            e.upsert(monitor("nightly")).await.unwrap();
+            for (i, kind) in [PingKind::Success, PingKind::Fail, PingKind::Success]
+                .into_iter()
+                .cycle()
+                .take(7)
+                .enumerate()
+            {
+                e.ping("default/nightly", ping(kind, &format!("run {i}")))
+                    .await
+                    .unwrap();
+            }
+            let m = e.get("default/nightly").unwrap();
+            let pings = e.pings(m.num, 10).unwrap();
+            let timeline = e.transitions(m.num, 10).unwrap();
+            (m, pings, timeline)
+        })
+    })
+    .await;
+    let (m, pings, timeline) = &written;
+    assert_eq!(m.state.state, State::Up);
+    assert_eq!(m.state.pings, 7);
+    // Newest first, and only as many as the history keeps.
+    let seqs: Vec<u64> = pings.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, [7, 6, 5, 4, 3]);
+    assert_eq!(pings[0].body.as_deref(), Some("run 6"));
+    assert_eq!(pings[2].kind, PingKind::Fail);
+    assert_eq!(pings[2].exit_code, Some(3));
+    let states: Vec<State> = timeline.iter().map(|t| t.to).collect();
+    assert_eq!(states[..2], [State::Up, State::Down]);
+
+    let (read, gone) = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let e = &core.engine;
+            let m = e.get("default/nightly").unwrap();
+            let read = (
+                m.clone(),
+                e.pings(m.num, 10).unwrap(),
+                e.transitions(m.num, 10).unwrap(),
+            );
+            // Deleted with its data retained: its last record is kept for a re-creation.
+            e.remove("default/nightly").await.unwrap();
+            (read, e.get("default/nightly"))
+        })
+    })
+    .await;
+    assert_eq!(read, written, "monitor, pings and timeline after a reopen");
+    assert_eq!(gone, None);
+
+    let retained = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let retained = core.engine.retained("default/nightly");
+            (core.engine.get("default/nightly"), retained)
+        })
+    })
+    .await;
+    assert_eq!(retained.0, None, "a removed monitor came back");
+    let kept = retained.1.expect("the retained record");
+    assert_eq!((kept.num, kept.state.pings), (written.0.num, 7));
+}
+
 /// The contract's tests for one backend, as a module named after it.
 macro_rules! contract {
-    ($backend:ident => $open:ident) => {
+    ($backend:ident => $open:ident, $services:ident) => {
         mod $backend {
+            contract!(@tests $services;
+                monitor_state_pings_and_timeline_survive_a_reopen,
+            );
             contract!(@tests $open;
                 acknowledged_writes_are_there_after_a_reopen,
                 counts_and_weights_fall_in_their_periods,
@@ -462,4 +626,4 @@ macro_rules! contract {
     };
 }
 
-contract!(on_sled => open_sled);
+contract!(on_sled => open_sled, services_on_sled);

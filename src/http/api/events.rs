@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 use crate::core::calendar::{Periods, date_key, local_date};
 use crate::core::ingest::validate::{NewEvent, ValidationErrors, validate_event};
 use crate::core::registry::AppInfo;
-use crate::core::storage::{EventValue, Tally};
-use crate::core::storage::{EventWrite, Idempotency, Outcome, PeriodTallies, StatsReport};
+use crate::core::storage::{
+    EventValue, EventWrite, Idempotency, Outcome, PeriodTallies, StatsReport, Tally,
+};
 use crate::http::HttpState;
 use crate::http::auth::AuthenticatedApp;
 use crate::http::body::read_body;

@@ -14,8 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state::{self, State};
-use crate::core::storage::StatsReport;
-use crate::core::storage::Tally;
+use crate::core::storage::{StatsReport, Tally};
 use crate::k8s::crd::{
     ApplicationStatus, EventTotal, HeartbeatState, HeartbeatStatus, TallyStatus,
 };
