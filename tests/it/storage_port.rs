@@ -6,15 +6,18 @@
 //! The process-level form of "acknowledged means durable" (kill -9 under load) lives in
 //! `durability.rs`; here a backend is closed without a flush and opened again.
 //!
-//! Monitors (state, ping history, timeline) are not behind the port's traits yet: their
-//! contract is checked through the services a backend opens, so it carries over when they
-//! are.
+//! Monitors (state, ping history, timeline) and the alert outbox are not behind the port's
+//! traits yet: their contract is checked through the services a backend opens, so it
+//! carries over when they are.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use hartslag::core::alert::message::{Alert, Target};
+use hartslag::core::alert::{Deliver, DeliveryError};
 use hartslag::core::calendar::{Periods, date_key};
 use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
@@ -597,12 +600,102 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
     assert_eq!((kept.num, kept.state.pings), (written.0.num, 7));
 }
 
+/// A channel that takes every alert and remembers it, as `(alert id, target)`.
+#[derive(Default)]
+struct Courier(std::sync::Mutex<Vec<String>>);
+
+impl Courier {
+    fn ids(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Deliver for Courier {
+    fn deliver<'a>(
+        &'a self,
+        alert: &'a Alert,
+        _target: &'a Target,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        self.0.lock().unwrap().push(alert.id.clone());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Waits until `courier` has taken `n` alerts; returns them.
+async fn delivered(courier: &Courier, n: usize) -> Vec<String> {
+    let what = format!("{n} alerts delivered");
+    crate::helpers::wait_for(&what, Duration::from_secs(30), || {
+        let ids = courier.ids();
+        async move { (ids.len() >= n).then_some(ids) }
+    })
+    .await
+}
+
+async fn an_alert_is_queued_with_its_state_and_delivered_once(open: OpenServices) {
+    let dir = tempfile::tempdir().unwrap();
+    let alerting = || MonitorDef {
+        targets: vec![Target::Webhook {
+            url: "http://alerts.invalid/hook".into(),
+        }],
+        ..monitor("backup")
+    };
+    // Down with nobody delivering: the alert waits in the outbox, durable with the state.
+    with_services(open, dir.path(), move |core| {
+        Box::pin(async move {
+            let e = &core.engine;
+            e.upsert(alerting()).await.unwrap();
+            e.ping("default/backup", ping(PingKind::Success, "ok"))
+                .await
+                .unwrap();
+            e.ping("default/backup", ping(PingKind::Fail, "disk full"))
+                .await
+                .unwrap();
+        })
+    })
+    .await;
+    // Delivered after a reopen; then the recovery, which the target's queue sends only
+    // after the first delivery is recorded.
+    let first = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let courier = Arc::new(Courier::default());
+            core.deliver_alerts(courier.clone());
+            delivered(&courier, 1).await;
+            let e = &core.engine;
+            e.ping("default/backup", ping(PingKind::Success, "ok"))
+                .await
+                .unwrap();
+            delivered(&courier, 2).await
+        })
+    })
+    .await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first[0] != first[1], "{first:?}");
+    // Reopened again: nothing delivered is sent again; a new incident is.
+    let second = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let courier = Arc::new(Courier::default());
+            core.deliver_alerts(courier.clone());
+            let e = &core.engine;
+            e.ping("default/backup", ping(PingKind::Fail, "again"))
+                .await
+                .unwrap();
+            delivered(&courier, 1).await;
+            core.flush().await.unwrap();
+            courier.ids()
+        })
+    })
+    .await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert!(!first.contains(&second[0]), "sent twice: {second:?}");
+}
+
 /// The contract's tests for one backend, as a module named after it.
 macro_rules! contract {
     ($backend:ident => $open:ident, $services:ident) => {
         mod $backend {
             contract!(@tests $services;
                 monitor_state_pings_and_timeline_survive_a_reopen,
+                an_alert_is_queued_with_its_state_and_delivered_once,
             );
             contract!(@tests $open;
                 acknowledged_writes_are_there_after_a_reopen,
