@@ -42,7 +42,7 @@ fn main() {
         let addr = listener.local_addr().expect("addr");
         let mut config = ServerConfig::new(addr, dir.path().join("data"));
         config.min_interval = hartslag::core::duration::SpecDuration::from_secs(1);
-        let mut server = Server::open(config).expect("open");
+        let mut server = Server::open(config).await.expect("open");
         hartslag::standalone::apply_manifests(&mut server, &manifests)
             .await
             .expect("manifests");

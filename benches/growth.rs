@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 
 use common::loadgen::{Load, Outcome, run_load};
 use hartslag::core::calendar::{date_key, local_date};
-use hartslag::core::registry::Registry;
-use hartslag::core::store::events::EventWrite;
-use hartslag::core::store::keys::EventValue;
+use hartslag::core::limits::AppLimits;
+use hartslag::core::storage::{EventValue, EventWrite};
 use hartslag::core::store::{Store, StoreOptions};
 use jiff::{SignedDuration, Timestamp};
 
@@ -117,12 +116,16 @@ fn fill(data: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let store = Store::open(Path::new(data), &StoreOptions::default()).expect("open store");
-        let registry = Registry::load(store.clone(), Default::default()).expect("registry");
-        let app = registry
-            .applications()
+        // This bench fills sled itself, so it reads the application's record from sled too.
+        let app = store
+            .load_apps()
+            .expect("applications")
             .into_iter()
             .find(|a| a.name == APP)
             .expect("the application");
+        let tz =
+            jiff::tz::TimeZone::get(app.spec.time_zone_name()).unwrap_or(jiff::tz::TimeZone::UTC);
+        let name_limit = AppLimits::resolve(&app.spec, &Default::default()).event_names;
         let value = EventValue {
             event: "bench-event".into(),
             weight: 3,
@@ -135,10 +138,10 @@ fn fill(data: &str) {
                     EventWrite {
                         app: app.num,
                         at,
-                        date: date_key(local_date(at, &app.tz)),
+                        date: date_key(local_date(at, &tz)),
                         value: value.clone(),
                         idempotency: None,
-                        name_limit: app.limits.event_names,
+                        name_limit,
                     }
                 })
                 .collect::<Vec<_>>()

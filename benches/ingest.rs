@@ -203,10 +203,10 @@ fn main() {
         // in production, but never refuses one.
         config.limits.ingest_rate = u32::MAX;
         config.limits.ingest_burst = u32::MAX;
-        let mut server = Server::open(config).expect("open");
+        let mut server = Server::open(config).await.expect("open");
         hartslag::standalone::apply_manifests(&mut server, &manifests).await.expect("manifests");
         let token = std::fs::read_to_string(dir.path().join("data/tokens/application-bench.token")).expect("token");
-        let store = server.core.registry.store().clone();
+        let core = server.core.clone();
         tokio::spawn(async move { server.serve(l, std::future::pending()).await });
 
         let body = r#"{"event":"bench-event","weight":3,"user_id":42}"#;
@@ -222,7 +222,7 @@ fn main() {
              the order rotating each round so drift on the machine reaches every target alike",
             if in_process { "a client on the server's own runtime" } else { "a load-generator process" }
         );
-        let stats = store.committer().stats();
+        let stats = core.commit_stats();
         println!("load average at start: {}", common::load_average());
         let mut results: Vec<Vec<Round>> = targets.iter().map(|_| Vec::new()).collect();
         for round in 0..rounds {

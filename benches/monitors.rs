@@ -78,7 +78,7 @@ fn restart(data: &str) {
     rt.block_on(async {
         let before = rss_mb();
         let started = Instant::now();
-        let server = Server::open(config(std::path::Path::new(data))).expect("open");
+        let server = Server::open(config(std::path::Path::new(data))).await.expect("open");
         let took = started.elapsed();
         let loaded: usize = server.core.engine.counts().values().sum();
         println!(
@@ -129,8 +129,8 @@ fn run(data: &str) {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let server = Server::open(config(std::path::Path::new(data))).expect("open");
-        let store = server.core.registry.store().clone();
+        let server = Server::open(config(std::path::Path::new(data))).await.expect("open");
+        let services = server.core.clone();
         let core = Arc::new(server.core);
         let probe = common::flush_probe(std::path::Path::new(data), 200);
         println!("disk probe: fdatasync {}; load average {}", common::describe_flushes(&probe), common::load_average());
@@ -181,7 +181,7 @@ fn run(data: &str) {
         println!("defined {n} monitors in {:.1} s ({:.0}/s)", started.elapsed().as_secs_f64(), n as f64 / started.elapsed().as_secs_f64());
 
         println!("RSS with {n} monitors defined: {:.0} MB", rss_mb());
-        let flushes = store.committer().stats().flush.snapshot();
+        let flushes = services.commit_stats().flush.snapshot();
         let threads = common::Threads::of("self");
         let started = Instant::now();
         for w in 0..CLIENTS {
@@ -198,7 +198,7 @@ fn run(data: &str) {
         }
         let ping_secs = started.elapsed().as_secs_f64();
         println!("pinged {n} monitors in {ping_secs:.1} s ({:.0} pings/s); deadlines spread over that span", n as f64 / ping_secs);
-        let flushes = store.committer().stats().flush.snapshot().since(&flushes);
+        let flushes = services.commit_stats().flush.snapshot().since(&flushes);
         println!("commit log during the pings: fdatasync {} over {} flushes", common::describe_flushes(&flushes), flushes.count());
         println!("CPU µs per ping by thread: {}", common::Threads::of("self").since(&threads).per(n as f64));
         let threads = common::Threads::of("self");

@@ -50,9 +50,9 @@ pub struct Server {
 impl Server {
     /// Opens the services (each registering its metrics) and starts delivering alerts
     /// through the configured channels. Needs a tokio runtime.
-    pub fn open(config: ServerConfig) -> Result<Self, ServerError> {
+    pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
         let mut metrics = MetricRegistry::default();
-        let core = Services::open(&config.services(), &mut metrics)?;
+        let core = Services::open(&config.services(), &mut metrics).await?;
         let notifier = Notifier::new(
             config.smtp_url.as_deref(),
             &config.mail_from,

@@ -13,6 +13,7 @@ pub mod monitor;
 pub mod registry;
 pub mod services;
 pub mod spec;
+pub mod storage;
 pub mod store;
 pub mod token;
 

@@ -1,8 +1,8 @@
 //! The in-memory view of defined applications and issued tokens, backed by the store.
 //!
 //! Both front ends (Kubernetes controllers, standalone manifests) declare applications
-//! here; request handlers authenticate and resolve against memory, never against sled,
-//! so a bearer check costs a hash and a map lookup.
+//! here; request handlers authenticate and resolve against memory, never against the
+//! store, so a bearer check costs a hash and a map lookup.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -11,8 +11,7 @@ use jiff::tz::TimeZone;
 
 use crate::core::limits::{AppLimits, LimitDefaults, RateLimiter};
 use crate::core::spec::{ApplicationSpec, SpecError};
-use crate::core::store::apps::{AppRecord, TokenOwner};
-use crate::core::store::{Store, StoreError};
+use crate::core::storage::{AppRecord, AppStore, EventStore, StorageError, TokenOwner};
 use crate::core::token::{TokenHash, TokenKind};
 
 /// Errors when declaring or resolving definitions.
@@ -23,7 +22,7 @@ pub enum RegistryError {
     Spec(#[from] SpecError),
     /// Persisting failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Storage(#[from] StorageError),
     /// The token is already issued to something else.
     #[error("this token is already used by another resource")]
     TokenInUse,
@@ -64,7 +63,9 @@ struct Inner {
 /// Shared registry; cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    store: Store,
+    store: Arc<dyn AppStore>,
+    /// Where a purged application's events are deleted.
+    events: Arc<dyn EventStore>,
     inner: Arc<RwLock<Inner>>,
     defaults: LimitDefaults,
 }
@@ -101,28 +102,28 @@ fn info_from(rec: &AppRecord, defaults: &LimitDefaults, previous: Option<&AppInf
 impl Registry {
     /// Loads every stored application and token; applications that set no limits of
     /// their own get `defaults`.
-    pub fn load(store: Store, defaults: LimitDefaults) -> Result<Self, RegistryError> {
+    pub async fn load(
+        store: Arc<dyn AppStore>,
+        events: Arc<dyn EventStore>,
+        defaults: LimitDefaults,
+    ) -> Result<Self, RegistryError> {
         let mut inner = Inner::default();
-        for rec in store.load_apps()? {
+        for rec in store.load_apps().await? {
             if rec.retained_since.is_some() {
                 continue;
             }
             let info = info_from(&rec, &defaults, None);
             inner.apps.insert(info.key.clone(), Arc::new(info));
         }
-        for (hash, owner) in store.load_tokens()? {
+        for (hash, owner) in store.load_tokens().await? {
             inner.tokens.insert(hash.0, owner);
         }
         Ok(Self {
             store,
+            events,
             inner: Arc::new(RwLock::new(inner)),
             defaults,
         })
-    }
-
-    /// The store behind the registry.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -148,10 +149,10 @@ impl Registry {
         {
             return Err(RegistryError::TokenInUse);
         }
-        let existing = self.store.get_app(&key)?;
+        let existing = self.store.get_app(key.clone()).await?;
         let num = match &existing {
             Some(r) => r.num,
-            None => self.store.next_app_num()?,
+            None => self.store.next_app_num().await?,
         };
         let rec = AppRecord {
             num,
@@ -168,8 +169,9 @@ impl Registry {
             .filter(|r| r.retained_since.is_none())
             .map(|r| r.token);
         if existing.as_ref() != Some(&rec) {
-            self.store.put_app(&key, &rec, old_token)?;
-            self.store.flush().await?;
+            self.store
+                .put_app(key.clone(), rec.clone(), old_token)
+                .await?;
         }
         let previous = self.application(&key);
         let info = Arc::new(info_from(&rec, &self.defaults, previous.as_deref()));
@@ -208,24 +210,24 @@ impl Registry {
                 .retain(|_, o| !(o.kind == TokenKind::Application && o.key == key));
         }
         if purge {
-            if let Some(rec) = self.store.delete_app(&key)? {
-                self.store.purge_application_events(rec.num)?;
+            if let Some(rec) = self.store.delete_app(key).await? {
+                self.events.purge_application(rec.num).await?;
             }
         } else {
-            self.store.retain_app(&key, jiff::Timestamp::now())?;
+            self.store.retain_app(key, jiff::Timestamp::now()).await?;
         }
-        self.store.flush().await?;
         Ok(())
     }
 
     /// Every application whose raw events retention applies to: the defined ones and the
     /// retained ones, as (key, numeric id, retention).
-    pub fn retention_targets(
+    pub async fn retention_targets(
         &self,
     ) -> Result<Vec<(String, u64, crate::core::duration::SpecDuration)>, RegistryError> {
         Ok(self
             .store
-            .load_apps()?
+            .load_apps()
+            .await?
             .into_iter()
             .map(|rec| {
                 let key = object_key(&rec.namespace, &rec.name);
@@ -246,8 +248,7 @@ impl Registry {
         {
             return Err(RegistryError::TokenInUse);
         }
-        self.store.put_token(hash, &owner, old)?;
-        self.store.flush().await?;
+        self.store.put_token(hash, owner.clone(), old).await?;
         let mut inner = self.write();
         if let Some(old) = old
             && old != hash
@@ -287,8 +288,7 @@ impl Registry {
     /// Drops a token so it stops working at once.
     pub async fn remove_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
         self.write().tokens.remove(&hash.0);
-        self.store.remove_token(hash)?;
-        self.store.flush().await?;
+        self.store.remove_token(hash).await?;
         Ok(())
     }
 

@@ -16,8 +16,9 @@ use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
+use super::storage::{EventStore, StorageError};
 use super::store::events::EventWriter;
-use super::store::{Store, StoreError, StoreOptions};
+use super::store::{CommitStats, Store, StoreError, StoreOptions};
 
 /// Where the services keep their data and how much they keep.
 #[derive(Debug, Clone)]
@@ -64,19 +65,24 @@ pub enum ServicesError {
 pub struct Services {
     /// Applications, monitors' tokens and the store behind them.
     pub registry: Registry,
-    /// The ingest writer.
-    pub events: EventWriter,
+    /// Events: the ingest write, stats, export, retention.
+    pub events: Arc<dyn EventStore>,
     /// Heartbeat monitors.
     pub engine: Engine,
     /// Alerts waiting for delivery.
     pub outbox: Outbox,
+    /// The embedded backend; the monitor engine and the outbox write its trees directly.
+    store: Store,
+    /// The ingest writer behind `events`, for tests that hold it.
+    #[cfg(test)]
+    writer: EventWriter,
 }
 
 impl Services {
     /// Opens the store (replaying its commit log), loads the definitions, starts the monitor
     /// engine and the ingest writer, and registers each one's metrics. Needs a tokio
     /// runtime. Alerts queue up until [`Services::deliver_alerts`] starts their delivery.
-    pub fn open(
+    pub async fn open(
         config: &ServicesConfig,
         metrics: &mut MetricRegistry,
     ) -> Result<Self, ServicesError> {
@@ -89,7 +95,6 @@ impl Services {
         };
         let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
         store.register_metrics(metrics);
-        let registry = Registry::load(store.clone(), config.limits)?;
         let outbox = Outbox::open(&store.db, store.committer().clone(), config.outbox)?;
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {
@@ -105,14 +110,25 @@ impl Services {
             Clock::new(),
         )?;
         engine.register_metrics(metrics);
-        let events = EventWriter::spawn(store).map_err(open_error)?;
-        events.register_metrics(metrics);
+        let writer = EventWriter::spawn(store.clone()).map_err(open_error)?;
+        writer.register_metrics(metrics);
+        let storage = crate::core::store::port::storage(&store, writer.clone());
+        let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
         Ok(Self {
             registry,
-            events,
+            events: storage.events,
             engine,
             outbox,
+            store,
+            #[cfg(test)]
+            writer,
         })
+    }
+
+    /// The embedded backend's commit-log figures (group commits, flush latency), for
+    /// benchmarks that print them beside durable throughput.
+    pub fn commit_stats(&self) -> &CommitStats {
+        self.store.committer().stats()
     }
 
     /// Starts delivering queued and future alerts through `courier`.
@@ -124,14 +140,15 @@ impl Services {
     /// applications deleted with their data retained included.
     pub fn spawn_retention(&self, every: Duration) {
         let registry = self.registry.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                match registry.retention_targets() {
+                match registry.retention_targets().await {
                     Ok(targets) => {
                         for (key, num, retention) in targets {
-                            purge_past_retention(&registry, &key, num, retention).await;
+                            purge_past_retention(events.as_ref(), &key, num, retention).await;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "retention pass failed"),
@@ -145,11 +162,7 @@ impl Services {
     /// writer and the engine threads must answer a probe within `within` (a dead or stuck
     /// thread would otherwise leave the process serving requests it can never answer).
     pub async fn health(&self, within: Duration) -> Result<(), String> {
-        self.registry
-            .store()
-            .committer()
-            .health()
-            .map_err(|e| e.to_string())?;
+        self.events.health().map_err(|e| e.to_string())?;
         self.engine.health()?;
         self.outbox.health()?;
         let probes = async {
@@ -172,34 +185,31 @@ impl Services {
     }
 
     /// Waits until everything written so far is on disk.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.registry.store().flush().await
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        Ok(self.store.flush().await?)
     }
 }
 
 /// One application's retention pass: raw events older than its window, and idempotency
-/// records past theirs. Runs off the async workers; failures are logged and retried on the
-/// next pass.
-async fn purge_past_retention(registry: &Registry, key: &str, num: u64, retention: SpecDuration) {
+/// records past theirs. Failures are logged and retried on the next pass.
+async fn purge_past_retention(
+    events: &dyn EventStore,
+    key: &str,
+    num: u64,
+    retention: SpecDuration,
+) {
     let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let cutoff = Timestamp::now()
         .checked_sub(jiff::SignedDuration::from_secs(secs))
         .unwrap_or(Timestamp::MIN);
-    let store = registry.store().clone();
-    let purged = tokio::task::spawn_blocking(move || {
-        store.purge_idempotency(num, Timestamp::now())?;
-        store.purge_events_before(num, cutoff)
-    })
-    .await;
-    match purged {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => {
-            tracing::info!(application = %key, removed = n, "deleted events past retention")
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(application = %key, error = %e, "retention pass failed")
-        }
-        Err(e) => tracing::warn!(error = %e, "retention task panicked"),
+    let purged = async {
+        events.purge_idempotency(num, Timestamp::now()).await?;
+        events.purge_before(num, cutoff).await
+    };
+    match purged.await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(application = %key, removed = n, "deleted events past retention"),
+        Err(e) => tracing::warn!(application = %key, error = %e, "retention pass failed"),
     }
 }
 
@@ -219,7 +229,9 @@ mod tests {
             limits: LimitDefaults::default(),
             hold_deadlines: false,
         };
-        Services::open(&config, &mut MetricRegistry::default()).unwrap()
+        Services::open(&config, &mut MetricRegistry::default())
+            .await
+            .unwrap()
     }
 
     const WITHIN: Duration = Duration::from_millis(500);
@@ -236,7 +248,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(core.health(WITHIN).await, Ok(()));
 
-        core.events.stall(Duration::from_secs(2)).await;
+        core.writer.stall(Duration::from_secs(2)).await;
         assert!(core.health(WITHIN).await.is_err());
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(core.health(WITHIN).await, Ok(()));
@@ -285,7 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let core = open(dir.path()).await;
         core.engine.upsert(monitor("a")).await.unwrap();
-        let stats = core.registry.store().committer().stats();
+        let stats = core.commit_stats();
         let before = stats.records.load(Ordering::Relaxed);
         // Everything queues behind the stall and is taken into as few rounds as allowed.
         core.engine.stall(Duration::from_secs(1));

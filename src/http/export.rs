@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use jiff::Timestamp;
 
 use super::error::ApiError;
 use super::query::{int_param, text_param};
 use crate::core::ingest::validate::parse_created_at;
 use crate::core::registry::AppInfo;
-use crate::core::store::Store;
-use crate::core::store::events::ExportFilter;
+use crate::core::storage::{EventStore, ExportBatches, ExportFilter};
 
 /// Reads the export query: `from`, `to` (instants, or dates in the application's zone),
 /// `event` and `user_id`.
@@ -73,19 +73,18 @@ pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// How long an export waits for its client to take the next chunk before giving up, so a
-/// client that stopped reading does not hold a storage thread forever.
+/// client that stopped reading does not hold the store's reader forever.
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Streams an application's events as RFC 4180 CSV without building it in memory.
-pub fn csv_response(store: Store, app: &AppInfo, filter: ExportFilter) -> Response {
+pub fn csv_response(events: &dyn EventStore, app: &AppInfo, filter: ExportFilter) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let num = app.num;
+    let rows = events.export(app.num, filter);
     let chunks = Chunks {
         tx,
-        runtime: tokio::runtime::Handle::current(),
         app: app.key.clone(),
     };
-    tokio::task::spawn_blocking(move || write_rows(&store, num, filter, &chunks));
+    tokio::spawn(write_rows(rows, chunks));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -103,19 +102,17 @@ pub fn csv_response(store: Store, app: &AppInfo, filter: ExportFilter) -> Respon
         .into_response()
 }
 
-/// Where an export's rows go: the response body, from a blocking thread.
+/// Where an export's rows go: the response body.
 struct Chunks {
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    runtime: tokio::runtime::Handle,
     app: String,
 }
 
 impl Chunks {
     /// Hands one chunk to the response; false once the client is gone or has taken
     /// nothing for [`EXPORT_STALL`].
-    fn send(&self, chunk: Result<Bytes, std::io::Error>) -> bool {
-        let sent = tokio::time::timeout(EXPORT_STALL, self.tx.send(chunk));
-        match self.runtime.block_on(sent) {
+    async fn send(&self, chunk: Result<Bytes, std::io::Error>) -> bool {
+        match tokio::time::timeout(EXPORT_STALL, self.tx.send(chunk)).await {
             Ok(Ok(())) => true,
             Ok(Err(_)) => false,
             Err(_) => {
@@ -126,30 +123,33 @@ impl Chunks {
     }
 }
 
-/// Sends the rows in chunks of about 60 KiB; stops when the client goes away.
-fn write_rows(store: &Store, app: u64, filter: ExportFilter, out: &Chunks) {
+/// Sends the rows in chunks of about 60 KiB; stops when the client goes away, which drops
+/// `rows` and so stops the store's reader.
+async fn write_rows(mut rows: ExportBatches, out: Chunks) {
     let mut buf = Vec::with_capacity(64 * 1024);
     csv_row(&mut buf, ["created_at", "event", "weight", "user_id"]);
-    for item in store.export(app, filter) {
-        match item {
-            Ok(e) => {
-                let user = e.value.user_id.map(|u| u.to_string()).unwrap_or_default();
-                let (at, weight) = (e.at.to_string(), e.value.weight.to_string());
-                let event = neutralise_formula(&e.value.event);
-                csv_row(&mut buf, [&at, &event, &weight, &user]);
-            }
+    while let Some(batch) = rows.next().await {
+        let batch = match batch {
+            Ok(batch) => batch,
             Err(err) => {
                 tracing::error!(error = %err, "export stopped");
-                out.send(Err(std::io::Error::other(err.to_string())));
+                out.send(Err(std::io::Error::other(err.to_string()))).await;
+                return;
+            }
+        };
+        for e in batch {
+            let user = e.value.user_id.map(|u| u.to_string()).unwrap_or_default();
+            let (at, weight) = (e.at.to_string(), e.value.weight.to_string());
+            let event = neutralise_formula(&e.value.event);
+            csv_row(&mut buf, [&at, &event, &weight, &user]);
+            if buf.len() >= 60 * 1024 && !out.send(Ok(Bytes::from(std::mem::take(&mut buf)))).await
+            {
                 return;
             }
         }
-        if buf.len() >= 60 * 1024 && !out.send(Ok(Bytes::from(std::mem::take(&mut buf)))) {
-            return;
-        }
     }
     if !buf.is_empty() {
-        out.send(Ok(Bytes::from(buf)));
+        out.send(Ok(Bytes::from(buf))).await;
     }
 }
 

@@ -305,7 +305,7 @@ mod tests {
                 "reason": reason, "code": code, "message": message,
             });
             let (client, _log) = mock_client(move |_| (code, status.clone()));
-            let (ctx, _writers, _nudges) = context(dir.path(), client);
+            let (ctx, _writers, _nudges) = context(dir.path(), client).await;
             let catalogue = KubernetesCatalogue::new(ctx);
             let req = CreateRequest {
                 name: "nightly".into(),

@@ -469,7 +469,7 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     port.waiting_for("the database to open");
     let mut server_config = config.server.clone();
     server_config.hold_deadlines = true;
-    let mut server = match Server::open(server_config) {
+    let mut server = match Server::open(server_config).await {
         Ok(s) => s,
         Err(e) => {
             leadership.release().await;

@@ -107,7 +107,7 @@ impl CacheWriters {
 
 /// A context over fresh core services (in `dir`) and `client`, watching every namespace,
 /// alone in the cluster; with writers into its caches and the status writer's inbox.
-pub fn context(
+pub async fn context(
     dir: &std::path::Path,
     client: Client,
 ) -> (
@@ -117,7 +117,9 @@ pub fn context(
 ) {
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
     config.external_url = "http://hartslag.test".into();
-    let core = Services::open(&config.services(), &mut MetricRegistry::default()).unwrap();
+    let core = Services::open(&config.services(), &mut MetricRegistry::default())
+        .await
+        .unwrap();
     let (hb_store, mut hb_writer): (Store<Heartbeat>, _) = reflector::store();
     let (app_store, mut app_writer): (Store<Application>, _) = reflector::store();
     let (secret_store, mut secret_writer): (Store<Secret>, _) = reflector::store();

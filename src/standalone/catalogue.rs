@@ -14,7 +14,7 @@ use crate::core::catalogue::{
 use crate::core::monitor::define::DeclaredHeartbeat;
 use crate::core::monitor::engine::{Monitor, Origin};
 use crate::core::registry::{AppInfo, object_key};
-use crate::core::store::apps::TokenOwner;
+use crate::core::storage::TokenOwner;
 use crate::core::token::{Token, TokenKind, random_id};
 
 /// The standalone [`MonitorCatalogue`].

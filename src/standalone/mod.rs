@@ -13,7 +13,7 @@ use crate::core::monitor::define::DeclaredHeartbeat;
 use crate::core::monitor::engine::{EngineError, Origin};
 use crate::core::registry::{AppInfo, RegistryError, object_key};
 use crate::core::spec::HeartbeatSpec;
-use crate::core::store::apps::TokenOwner;
+use crate::core::storage::TokenOwner;
 use crate::core::token::{Token, TokenError, TokenKind, random_id};
 use crate::server::{Server, ServerError, shutdown_signal};
 use manifests::{Manifests, Object};
@@ -324,7 +324,7 @@ impl Apply<'_> {
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
     let port = crate::server::bind_early(config.listen, config.http).await?;
     port.waiting_for("the database to open");
-    let mut server = Server::open(config)?;
+    let mut server = Server::open(config).await?;
     port.waiting_for("the manifests to be applied");
     let m = apply_manifests(&mut server, &manifests_dir).await?;
     tracing::info!(

@@ -11,8 +11,7 @@ use futures::StreamExt;
 use hartslag::config::ServerConfig;
 use hartslag::core::Services;
 use hartslag::core::metrics::MetricRegistry;
-use hartslag::core::store::events::EventWrite;
-use hartslag::core::store::keys::EventValue;
+use hartslag::core::storage::{EventValue, EventWrite};
 
 use crate::helpers::{ChildServer, app_manifest, read_token};
 
@@ -35,7 +34,9 @@ fn fill(manifests: &Path, data: &Path) {
         rt.block_on(async move {
             let addr = "127.0.0.1:0".parse().unwrap();
             let config = ServerConfig::new(addr, data).services();
-            let core = Services::open(&config, &mut MetricRegistry::default()).unwrap();
+            let core = Services::open(&config, &mut MetricRegistry::default())
+                .await
+                .unwrap();
             // The Application as the manifest defines it; the server started on this
             // directory later issues its token.
             let spec = hartslag::standalone::manifests::load_dir(
@@ -75,7 +76,7 @@ fn fill(manifests: &Path, data: &Path) {
                 }
             });
             writes.buffer_unordered(4096).for_each(|_| async {}).await;
-            core.registry.store().flush().await.unwrap();
+            core.flush().await.unwrap();
         });
         // Dropping the runtime ends the core's tasks; its threads then let go of sled.
         drop(rt);

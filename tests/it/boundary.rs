@@ -333,6 +333,114 @@ fn the_core_names_no_adapter_and_no_framework() {
     );
 }
 
+/// Modules that may name the embedded backend (the `sled` crate and `crate::core::store`):
+/// the backend itself, the services that open it, and the parts of the core that still
+/// write its trees directly (the monitor engine and its ping history, the alert outbox).
+/// Everything else, the storage port included, reaches storage through the port's traits.
+const BACKEND_MODULES: &[&[&str]] = &[
+    &["core", "store"],
+    &["core", "services"],
+    &["core", "monitor", "engine"],
+    &["core", "monitor", "history"],
+    &["core", "alert", "outbox"],
+    &["core", "alert", "scheduler"],
+    &["core", "alert", "metrics"],
+];
+
+/// The absolute module path `segments` names from a file of module `module`, or `None`
+/// for a path that does not start at the crate (a local name, `std`, `self::`...); a
+/// foreign crate's path is returned as it stands.
+fn absolute(segments: &[String], module: &[&str]) -> Option<Vec<String>> {
+    match segments[0].as_str() {
+        "crate" => Some(segments[1..].to_vec()),
+        "super" => {
+            let ups = segments.iter().take_while(|s| *s == "super").count();
+            let base = module.len().checked_sub(ups)?;
+            let mut path: Vec<String> = module[..base].iter().map(|s| s.to_string()).collect();
+            path.extend(segments[ups..].iter().cloned());
+            Some(path)
+        }
+        "sled" => Some(segments.to_vec()),
+        _ => None,
+    }
+}
+
+/// Paths in `src` (a file of module `module`) that name the embedded backend.
+fn backend_breaches(src: &str, module: &[&str]) -> Vec<Breach> {
+    let mut found = Vec::new();
+    for (line, segments) in paths(&code_only(src)) {
+        let Some(path) = absolute(&segments, module) else {
+            continue;
+        };
+        let backend = path.first().is_some_and(|s| s == "sled")
+            || (path.len() >= 2 && path[0] == "core" && path[1] == "store");
+        if backend {
+            found.push(Breach {
+                line,
+                path: segments.join("::"),
+            });
+        }
+    }
+    found
+}
+
+#[test]
+fn only_the_backend_and_the_modules_it_lists_name_sled() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&root, Vec::new(), &mut files);
+    let mut report = Vec::new();
+    let mut port_files = 0;
+    for (path, module) in &files {
+        let module: Vec<&str> = module.iter().map(String::as_str).collect();
+        port_files += usize::from(module.starts_with(&["core", "storage"]));
+        if BACKEND_MODULES.iter().any(|m| module.starts_with(m)) {
+            continue;
+        }
+        let src = std::fs::read_to_string(path).unwrap();
+        for b in backend_breaches(&src, &module) {
+            report.push(format!("{}:{}: {}", path.display(), b.line, b.path));
+        }
+    }
+    assert!(port_files >= 3, "the storage port has {port_files} files");
+    assert!(
+        report.is_empty(),
+        "outside the backend, storage goes through crate::core::storage:\n{}",
+        report.join("\n")
+    );
+}
+
+#[test]
+fn the_backend_check_resolves_paths_from_where_they_stand() {
+    let src = r#"
+use crate::core::storage::EventStore;
+use crate::core::store::Store;
+use super::store::keys;
+use super::super::store::{port, wal::Mutation};
+use sled::Tree;
+fn f() -> sled::Result<()> { Ok(()) }
+/// sled, in a comment, is no path.
+use std::collections::HashMap;
+"#;
+    let found: Vec<(usize, String)> = backend_breaches(src, &["core", "storage", "events"])
+        .into_iter()
+        .map(|b| (b.line, b.path))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (3, "crate::core::store::Store".to_string()),
+            (5, "super::super::store::port".into()),
+            (5, "super::super::store::wal::Mutation".into()),
+            (6, "sled::Tree".into()),
+            (7, "sled::Result".into()),
+        ]
+    );
+    // From `core::services`, one `super` climbs to the core.
+    let found = backend_breaches("use super::store::Store;", &["core", "services"]);
+    assert_eq!(found.len(), 1);
+}
+
 #[test]
 fn the_check_catches_every_way_of_naming_a_forbidden_path() {
     let module = ["core", "store", "keys"];

@@ -332,10 +332,12 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
 
     // The hourly rollups behind the chart hold the events in their hours.
     let num = s.core.registry.application("default/shop").unwrap().num;
-    let store = s.core.registry.store();
-    let hour = hartslag::core::store::keys::hour_of(now);
-    let hourly = store
-        .hourly(num, hour - 47, hour + 1, Some("order"))
+    let hour = hartslag::core::storage::hour_of(now);
+    let hourly = s
+        .core
+        .events
+        .hourly(num, hour - 47, hour + 1, Some("order".into()))
+        .await
         .unwrap();
     let count_at = |h: i64| -> i64 {
         hourly

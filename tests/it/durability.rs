@@ -323,22 +323,22 @@ async fn retention_still_reaches_the_data_of_a_retained_application() {
     post_event(&s.base, &token, "old", Some("2020-01-01T00:00:00Z")).await;
     post_event(&s.base, &token, "new", None).await;
     let num = s.core.registry.application("default/gone").unwrap().num;
-    let store = s.core.registry.store().clone();
-    assert_eq!(store.event_count(num).unwrap(), 2);
+    let events = s.core.events.clone();
+    assert_eq!(events.event_count(num).await.unwrap(), 2);
     s.core
         .registry
         .remove_application("default", "gone", false)
         .await
         .unwrap();
     assert_eq!(
-        store.event_count(num).unwrap(),
+        events.event_count(num).await.unwrap(),
         2,
         "Retain keeps the events"
     );
     s.core.spawn_retention(Duration::from_secs(3600));
     crate::helpers::wait_for("retention pass", Duration::from_secs(10), || {
-        let n = store.event_count(num).unwrap();
-        async move { (n == 1).then_some(()) }
+        let events = events.clone();
+        async move { (events.event_count(num).await.ok()? == 1).then_some(()) }
     })
     .await;
     s.stop().await;

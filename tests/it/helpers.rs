@@ -57,7 +57,7 @@ impl InProcess {
         // Test receivers listen on loopback.
         config.webhooks.allow_all = true;
         tweak(&mut config);
-        let mut server = Server::open(config).unwrap();
+        let mut server = Server::open(config).await.unwrap();
         hartslag::standalone::apply_manifests(&mut server, &manifests)
             .await
             .unwrap();

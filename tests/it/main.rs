@@ -23,5 +23,6 @@ mod properties;
 mod schedules;
 mod secrets;
 mod slow_clients;
+mod storage_port;
 mod tenant_limits;
 mod webhook_ssrf;

@@ -561,6 +561,7 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
         "127.0.0.1:0".parse().unwrap(),
         dir.path().join("data"),
     ))
+    .await
     .unwrap();
     let engine = &server.core.engine;
     let now = jiff::Timestamp::now();

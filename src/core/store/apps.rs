@@ -2,37 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::core::storage::{AppRecord, TokenOwner};
+
 use super::{Store, StoreError};
-use crate::core::spec::ApplicationSpec;
 use crate::core::token::{TokenHash, TokenKind};
-
-/// What the store remembers about an application.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppRecord {
-    /// Compact numeric id used in every event and rollup key.
-    pub num: u64,
-    /// Namespace (Kubernetes) or `default` (standalone).
-    pub namespace: String,
-    /// Resource name (`metadata.name`).
-    pub name: String,
-    /// The spec last applied.
-    pub spec: ApplicationSpec,
-    /// Hash of its API token.
-    pub token: TokenHash,
-    /// Set while the application is deleted with its data retained: its token is revoked,
-    /// its data stays under its name for a re-created one, and retention still applies.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retained_since: Option<jiff::Timestamp>,
-}
-
-/// Who a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenOwner {
-    /// The kind of credential.
-    pub kind: TokenKind,
-    /// The owner's key, `namespace/name`.
-    pub key: String,
-}
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {

@@ -8,6 +8,8 @@
 
 use jiff::Timestamp;
 
+pub use crate::core::storage::{EventValue, Tally};
+
 /// Signed integer as big-endian bytes that sort in numeric order.
 pub fn i64_key(v: i64) -> [u8; 8] {
     ((v as u64) ^ (1 << 63)).to_be_bytes()
@@ -98,17 +100,6 @@ pub fn parse_block_key(k: &[u8]) -> Option<(i64, u64)> {
     let (_, first) = parse_event_key(k)?;
     let seq = u64::from_be_bytes(k.get(17..25)?.try_into().ok()?);
     Some((first, seq))
-}
-
-/// A stored event's payload (the time lives in the key).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventValue {
-    /// Event name.
-    pub event: String,
-    /// What it adds to the weight sums (1 unless the client says otherwise).
-    pub weight: i64,
-    /// Optional user id.
-    pub user_id: Option<i64>,
 }
 
 impl EventValue {
@@ -382,22 +373,7 @@ pub fn decode_idempotency(b: &[u8]) -> Option<(i64, [u8; 32])> {
     Some((at, fp))
 }
 
-/// A count and a weight sum; the sum is 128-bit so no realistic volume overflows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct Tally {
-    /// Number of events.
-    pub count: i64,
-    /// Sum of their weights.
-    pub weight: i128,
-}
-
 impl Tally {
-    /// Adds another tally.
-    pub fn add(&mut self, other: Tally) {
-        self.count = self.count.saturating_add(other.count);
-        self.weight = self.weight.saturating_add(other.weight);
-    }
-
     /// 24-byte little-endian layout.
     pub fn encode(&self) -> [u8; 24] {
         let mut b = [0u8; 24];
@@ -468,10 +444,7 @@ pub fn hour_key(app: u64, hour: i64, event: &str) -> Vec<u8> {
     k
 }
 
-/// Hours since the epoch of `ts`, the bucket of an hour rollup.
-pub fn hour_of(ts: Timestamp) -> i64 {
-    ts.as_second().div_euclid(3600)
-}
+pub use crate::core::storage::hour_of;
 
 #[cfg(test)]
 mod tests {

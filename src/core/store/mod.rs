@@ -1,4 +1,6 @@
-//! Durable state on sled: events, rollups, applications and the token index.
+//! The embedded storage backend, on sled: events, rollups, applications and the token
+//! index behind the storage port ([`port`], [`crate::core::storage`]), and the commit log
+//! and trees the monitor engine and the alert outbox write.
 //!
 //! One `Store` per process (sled allows one opener). Hot write paths go through
 //! single-writer threads and the group committer's commit log ([`wal`]), so an
@@ -10,6 +12,7 @@ pub mod events;
 pub mod keys;
 pub mod latency;
 pub mod metrics;
+pub mod port;
 pub mod wal;
 
 use std::path::Path;

@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 use crate::core::calendar::{Periods, date_key, local_date};
 use crate::core::ingest::validate::{NewEvent, ValidationErrors, validate_event};
 use crate::core::registry::AppInfo;
-use crate::core::store::events::{EventWrite, Idempotency, Outcome, PeriodTallies, StatsReport};
-use crate::core::store::keys::{EventValue, Tally};
+use crate::core::storage::{
+    EventValue, EventWrite, Idempotency, Outcome, PeriodTallies, StatsReport, Tally,
+};
 use crate::http::HttpState;
 use crate::http::auth::AuthenticatedApp;
 use crate::http::body::read_body;
@@ -194,15 +195,14 @@ async fn stats(
             )
         })?),
     };
-    let store = state.core.registry.store().clone();
-    let (num, ev) = (app.num, event.clone());
-    let read = tokio::task::spawn_blocking(move || store.stats(num, &periods, ev.as_deref(), user));
+    let read = state
+        .core
+        .events
+        .stats(app.num, periods, event.clone(), user);
     let report = match read.await {
-        Ok(Ok(r)) => r,
-        failed => {
-            if let Ok(Err(e)) = failed {
-                tracing::error!(error = %e, "stats query failed");
-            }
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "stats query failed");
             let msg = "stats could not be read";
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg));
         }
@@ -260,9 +260,5 @@ async fn export(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let filter = export_filter(&app, &params)?;
-    Ok(csv_response(
-        state.core.registry.store().clone(),
-        &app,
-        filter,
-    ))
+    Ok(csv_response(state.core.events.as_ref(), &app, filter))
 }

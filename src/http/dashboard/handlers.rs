@@ -19,8 +19,7 @@ use crate::core::calendar::{Periods, date_key};
 use crate::core::monitor::engine::{Monitor, PingRecord};
 use crate::core::monitor::state::State as MonitorStateKind;
 use crate::core::registry::{AppInfo, object_key};
-use crate::core::store::events::{Bucket, ExportFilter};
-use crate::core::store::keys::{Tally, hour_of};
+use crate::core::storage::{Bucket, ExportFilter, Tally, hour_of};
 use crate::http::HttpState;
 use crate::http::export::{csv_response, export_filter};
 use crate::http::query::text_param;
@@ -41,12 +40,12 @@ fn now(st: &HttpState) -> Timestamp {
 }
 
 /// An application with its stats for today, this week, this month and in total.
-fn summary(st: &HttpState, app: Arc<AppInfo>, now: Timestamp) -> AppSummary {
+async fn summary(st: &HttpState, app: Arc<AppInfo>, now: Timestamp) -> AppSummary {
     let stats = st
         .core
-        .registry
-        .store()
-        .stats(app.num, &Periods::at(now, &app.tz), None, None)
+        .events
+        .stats(app.num, Periods::at(now, &app.tz), None, None)
+        .await
         .unwrap_or_else(|e| {
             tracing::warn!(application = %app.key, error = %e, "stats for the dashboard failed");
             Default::default()
@@ -54,7 +53,7 @@ fn summary(st: &HttpState, app: Arc<AppInfo>, now: Timestamp) -> AppSummary {
     AppSummary { app, stats }
 }
 
-/// Summaries of the viewer's applications, read off the async workers.
+/// Summaries of the viewer's applications, one after the other.
 async fn summaries(st: &HttpState, viewer: &Viewer, now: Timestamp) -> Vec<AppSummary> {
     let apps: Vec<Arc<AppInfo>> = st
         .core
@@ -63,10 +62,11 @@ async fn summaries(st: &HttpState, viewer: &Viewer, now: Timestamp) -> Vec<AppSu
         .into_iter()
         .filter(|a| viewer.principal.sees_application(&a.key))
         .collect();
-    let st = st.clone();
-    tokio::task::spawn_blocking(move || apps.into_iter().map(|a| summary(&st, a, now)).collect())
-        .await
-        .unwrap_or_default()
+    let mut out = Vec::with_capacity(apps.len());
+    for app in apps {
+        out.push(summary(st, app, now).await);
+    }
+    out
 }
 
 /// Monitors per state, most urgent first, every state listed.
@@ -235,20 +235,7 @@ pub async fn application_detail(
         to: text_param(&params, "to"),
     };
     let now = now(&st);
-    let read = {
-        let (st, app) = (st.clone(), app.clone());
-        tokio::task::spawn_blocking(move || read_app_data(&st, app, &filter, now)).await
-    };
-    let Ok(data) = read else {
-        let text = "Reading this application's data failed; see the server log.";
-        return message(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &viewer,
-            Section::Applications,
-            "Error",
-            text,
-        );
-    };
+    let data = read_app_data(&st, app.clone(), &filter, now).await;
     let detail = AppDetail {
         summary: &data.summary,
         event_names: &data.event_names,
@@ -289,19 +276,21 @@ fn monitor_counts(st: &HttpState, app: &AppInfo) -> Vec<(MonitorStateKind, usize
 /// Stats (filtered by event and user when asked), charts and top users of `app`. Hourly
 /// rollups are not kept per user: with a user filter the hourly chart is left out rather
 /// than shown unfiltered.
-fn read_app_data(
+async fn read_app_data(
     st: &HttpState,
     app: Arc<AppInfo>,
     filter: &ExportFilter,
     now: Timestamp,
 ) -> AppData {
-    let store = st.core.registry.store();
-    let all = summary(st, app.clone(), now);
+    let store = &st.core.events;
+    let all = summary(st, app.clone(), now).await;
     let event_names: Vec<String> = all.stats.events.keys().cloned().collect();
-    let (event, user) = (filter.event.as_deref(), filter.user_id);
+    let (event, user) = (filter.event.clone(), filter.user_id);
     let summary = if event.is_some() || user.is_some() {
+        let periods = Periods::at(now, &app.tz);
         let stats = store
-            .stats(app.num, &Periods::at(now, &app.tz), event, user)
+            .stats(app.num, periods, event.clone(), user)
+            .await
             .unwrap_or_default();
         AppSummary {
             app: app.clone(),
@@ -311,19 +300,33 @@ fn read_app_data(
         all
     };
     let hour = hour_of(now);
-    let hourly = user.is_none().then(|| {
-        store
-            .hourly(app.num, hour - (CHART_HOURS - 1), hour + 1, event)
-            .unwrap_or_default()
-    });
+    let hourly = match user {
+        None => Some(
+            store
+                .hourly(app.num, hour - (CHART_HOURS - 1), hour + 1, event.clone())
+                .await
+                .unwrap_or_default(),
+        ),
+        Some(_) => None,
+    };
     let today = now.to_zoned(app.tz.clone()).date();
     let first_day = today
         .checked_sub(jiff::Span::new().days(CHART_DAYS - 1))
         .unwrap_or(today);
     let daily = store
-        .daily(app.num, date_key(first_day), date_key(today), event, user)
+        .daily(
+            app.num,
+            date_key(first_day),
+            date_key(today),
+            event.clone(),
+            user,
+        )
+        .await
         .unwrap_or_default();
-    let top_users = store.top_users(app.num, event, 10).unwrap_or_default();
+    let top_users = store
+        .top_users(app.num, event, 10)
+        .await
+        .unwrap_or_default();
     AppData {
         summary,
         event_names,
@@ -340,7 +343,7 @@ pub async fn application_export(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     match export_filter(&app, &params) {
-        Ok(filter) => csv_response(st.core.registry.store().clone(), &app, filter),
+        Ok(filter) => csv_response(st.core.events.as_ref(), &app, filter),
         Err(e) => e.into_response(),
     }
 }

@@ -17,8 +17,7 @@ use super::view::{
 use crate::core::monitor::engine::{Monitor, PingKind, PingRecord, TransitionRecord};
 use crate::core::monitor::state::State;
 use crate::core::registry::AppInfo;
-use crate::core::store::events::{PeriodTallies, StatsReport};
-use crate::core::store::keys::Tally;
+use crate::core::storage::{PeriodTallies, StatsReport, Tally};
 
 /// Which top-level section a page belongs to (highlighted in the navigation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::monitor::engine::MonitorDef;
 use crate::core::registry::Registry;
-use crate::core::store::apps::TokenOwner;
+use crate::core::storage::TokenOwner;
 use crate::core::token::{TokenHash, TokenKind};
 
 /// Name of the session cookie.

@@ -11,7 +11,7 @@ use super::chart::{Chart, Series};
 use super::session::Principal;
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state::State;
-use crate::core::store::events::Bucket;
+use crate::core::storage::Bucket;
 
 /// Rows per page of the monitors table.
 pub const PAGE_SIZE: usize = 100;
@@ -331,7 +331,7 @@ pub fn series_by_event(
 
 /// Events per hour over the 48 hours ending with the current one, labelled in `tz`.
 pub fn hourly_chart(buckets: &[Bucket], now: Timestamp, tz: &TimeZone) -> Chart {
-    let last = crate::core::store::keys::hour_of(now);
+    let last = crate::core::storage::hour_of(now);
     let first = last - 47;
     let labels = (first..=last)
         .map(|h| {
@@ -375,7 +375,7 @@ mod tests {
     use super::*;
     use crate::core::monitor::engine::{MonitorDef, Origin};
     use crate::core::monitor::state::MonitorState;
-    use crate::core::store::keys::Tally;
+    use crate::core::storage::Tally;
     use crate::core::token::TokenHash;
 
     fn monitor(ns: &str, name: &str, app: Option<&str>, state: State) -> Monitor {

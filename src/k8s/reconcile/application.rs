@@ -20,7 +20,7 @@ use super::{
 };
 use crate::core::registry::{RegistryError, object_key};
 use crate::core::spec::{ApplicationSpec, DeletionPolicy};
-use crate::core::store::apps::TokenOwner;
+use crate::core::storage::TokenOwner;
 use crate::core::token::TokenKind;
 use crate::k8s::context::Context;
 use crate::k8s::crd::Application;

@@ -23,7 +23,7 @@ use crate::core::monitor::define::{DeclaredHeartbeat, WatchedCronJob, ping_url};
 use crate::core::monitor::engine::{MonitorDef, Origin};
 use crate::core::registry::{AppInfo, RegistryError, object_key};
 use crate::core::spec::HeartbeatSpec;
-use crate::core::store::apps::TokenOwner;
+use crate::core::storage::TokenOwner;
 use crate::core::token::{TokenHash, TokenKind};
 use crate::k8s::context::Context;
 use crate::k8s::crd::Heartbeat;
@@ -457,11 +457,16 @@ mod tests {
         assert!(validate(&ok.spec.spec, SpecDuration::from_secs(60)).is_ok());
     }
 
-    #[test]
-    fn a_missing_application_is_refused_and_waits_for_it() {
+    #[tokio::test]
+    async fn a_missing_application_is_refused_and_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::core::store::Store::open(dir.path(), &Default::default()).unwrap();
-        let registry = crate::core::registry::Registry::load(store, Default::default()).unwrap();
+        let config =
+            crate::config::ServerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
+        let metrics = &mut Default::default();
+        let registry = crate::core::Services::open(&config.services(), metrics)
+            .await
+            .unwrap()
+            .registry;
         let spec = HeartbeatSpec {
             application_ref: Some(ApplicationRef { name: "web".into() }),
             ..Default::default()

@@ -170,7 +170,7 @@ pub fn secret_stop(e: SecretError, namespace: &str) -> Stop {
 /// Whether `token` is registered to something other than `owner`.
 pub fn taken_by_another(
     registry: &crate::core::registry::Registry,
-    owner: &crate::core::store::apps::TokenOwner,
+    owner: &crate::core::storage::TokenOwner,
 ) -> impl Fn(&crate::core::token::Token) -> bool + Send + Sync + use<> {
     let (registry, owner) = (registry.clone(), owner.clone());
     move |t| {

@@ -54,7 +54,7 @@ fn requests(log: &crate::k8s::testing::Log) -> Vec<(String, String)> {
 async fn a_new_heartbeat_gets_its_finalizer_and_nothing_else_first() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
-    let (ctx, _, _) = context(dir.path(), client);
+    let (ctx, _, _) = context(dir.path(), client).await;
     let action = reconcile(Arc::new(heartbeat("job", json!({}), &[])), ctx.clone())
         .await
         .unwrap();
@@ -75,7 +75,7 @@ async fn a_new_heartbeat_gets_its_finalizer_and_nothing_else_first() {
 async fn an_armed_heartbeat_issues_its_secret_once_and_an_unchanged_resync_sends_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
-    let (ctx, mut caches, mut inbox) = context(dir.path(), client);
+    let (ctx, mut caches, mut inbox) = context(dir.path(), client).await;
     let hb = heartbeat("job", json!({"interval": "1h"}), &["hartslag.dev/cleanup"]);
     caches.heartbeat(&hb);
     ctx.caches.wait_synced().await;
@@ -138,7 +138,7 @@ async fn an_armed_heartbeat_issues_its_secret_once_and_an_unchanged_resync_sends
 async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
-    let (ctx, _, _) = context(dir.path(), client);
+    let (ctx, _, _) = context(dir.path(), client).await;
     ctx.caches.wait_synced().await;
     let hb = heartbeat(
         "steal",
@@ -186,7 +186,7 @@ async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
 async fn deletion_revokes_the_token_and_then_removes_the_finalizer() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
-    let (ctx, mut caches, _) = context(dir.path(), client);
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
     let hb = heartbeat("job", json!({}), &["hartslag.dev/cleanup"]);
     caches.heartbeat(&hb);
     reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
@@ -224,7 +224,7 @@ async fn deletion_revokes_the_token_and_then_removes_the_finalizer() {
 async fn an_invalid_spec_is_refused_and_its_monitor_removed_without_api_writes() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
-    let (ctx, mut caches, _) = context(dir.path(), client);
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
     let hb = heartbeat("job", json!({"interval": "1h"}), &["hartslag.dev/cleanup"]);
     caches.heartbeat(&hb);
     reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();

@@ -14,8 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state::{self, State};
-use crate::core::store::events::StatsReport;
-use crate::core::store::keys::Tally;
+use crate::core::storage::{StatsReport, Tally};
 use crate::k8s::crd::{
     ApplicationStatus, EventTotal, HeartbeatState, HeartbeatStatus, TallyStatus,
 };
@@ -389,7 +388,7 @@ mod tests {
     use super::*;
     use crate::core::monitor::engine::{MonitorDef, Origin};
     use crate::core::monitor::state::{MonitorState, Signal, apply};
-    use crate::core::store::events::PeriodTallies;
+    use crate::core::storage::PeriodTallies;
     use crate::core::token::TokenHash;
 
     fn t(s: i64) -> Timestamp {

@@ -222,17 +222,11 @@ fn heartbeat_write(
 /// The counts of Application `key`, when it is registered.
 async fn counts(ctx: &Context, key: &str) -> Option<AppCounts> {
     let app = ctx.core.registry.application(key)?;
-    let store = ctx.core.registry.store().clone();
+    let events = &ctx.core.events;
     let periods = crate::core::calendar::Periods::at(Timestamp::now(), &app.tz);
-    let num = app.num;
-    tokio::task::spawn_blocking(move || {
-        let report = store.stats(num, &periods, None, None)?;
-        let last_event = store.last_event_at(num)?;
-        Ok::<_, crate::core::store::StoreError>(AppCounts { report, last_event })
-    })
-    .await
-    .ok()?
-    .ok()
+    let report = events.stats(app.num, periods, None, None).await.ok()?;
+    let last_event = events.last_event_at(app.num).await.ok()?;
+    Some(AppCounts { report, last_event })
 }
 
 /// The status Application `t` should get, if it differs from the live one (or from
@@ -472,7 +466,7 @@ mod tests {
     async fn status_is_applied_server_side_once_and_not_again_when_the_live_object_agrees() {
         let dir = tempfile::tempdir().unwrap();
         let (client, log) = mock_client(api);
-        let (ctx, mut caches, inbox) = context(dir.path(), client);
+        let (ctx, mut caches, inbox) = context(dir.path(), client).await;
         let hb = heartbeat(
             "job",
             json!({"interval": "400d"}),

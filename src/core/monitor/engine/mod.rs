@@ -412,7 +412,9 @@ mod tests {
             limits: Default::default(),
             hold_deadlines: true,
         };
-        let core = Services::open(&config, &mut MetricRegistry::default()).unwrap();
+        let core = Services::open(&config, &mut MetricRegistry::default())
+            .await
+            .unwrap();
         let now = core.engine.clock().now();
         core.engine
             .upsert(MonitorDef {

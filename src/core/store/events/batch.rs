@@ -5,56 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use jiff::Timestamp;
 
+pub use crate::core::storage::{EventWrite, IDEMPOTENCY_WINDOW, Idempotency, Outcome};
 use crate::core::store::commit::PendingReader;
 use crate::core::store::keys::{self, EventValue, Tally};
 use crate::core::store::wal::Mutation;
 use crate::core::store::{Store, StoreError};
-
-/// An event ready to be written: validated, timestamped and dated in its app's zone.
-#[derive(Debug, Clone)]
-pub struct EventWrite {
-    /// Numeric id of the application.
-    pub app: u64,
-    /// When it happened.
-    pub at: Timestamp,
-    /// Local date (`YYYYMMDD` key) in the application's time zone.
-    pub date: u32,
-    /// Name, weight and user.
-    pub value: EventValue,
-    /// The client's `Idempotency-Key`, when it sent one.
-    pub idempotency: Option<Idempotency>,
-    /// Most distinct event names the application may have: an event with a new name is
-    /// refused once it has this many.
-    pub name_limit: u32,
-}
-
-/// How long an `Idempotency-Key` keeps answering retries.
-pub const IDEMPOTENCY_WINDOW: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
-
-/// An `Idempotency-Key` and the request it came with, both hashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Idempotency {
-    /// SHA-256 of the header value.
-    pub key: [u8; 32],
-    /// SHA-256 of what the event says (name, weight, user, given time), so a retry is told
-    /// apart from a different event sent under the same key.
-    pub fingerprint: [u8; 32],
-}
-
-/// What became of an event handed to the writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Stored (and counted).
-    Stored,
-    /// A retry: its `Idempotency-Key` came with the same event within the window, which was
-    /// stored then; nothing was counted again.
-    Replayed,
-    /// Its `Idempotency-Key` came with a different event within the window; nothing stored.
-    KeyReused,
-    /// Its name would be one more distinct name than the application may have; nothing
-    /// stored.
-    TooManyNames,
-}
 
 /// How many distinct event names each application has, kept by the ingest writer (the one
 /// thread that adds names) so a batch need not count rollup keys.

@@ -2,30 +2,9 @@
 
 use jiff::Timestamp;
 
+pub use crate::core::storage::{ExportFilter, ExportedEvent};
 use crate::core::store::keys::{self, EventValue};
 use crate::core::store::{Store, StoreError};
-
-/// Filters for export.
-#[derive(Debug, Clone, Default)]
-pub struct ExportFilter {
-    /// Inclusive lower bound.
-    pub from: Option<Timestamp>,
-    /// Exclusive upper bound.
-    pub to: Option<Timestamp>,
-    /// Only this event name.
-    pub event: Option<String>,
-    /// Only this user.
-    pub user_id: Option<i64>,
-}
-
-/// One exported row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportedEvent {
-    /// When it happened.
-    pub at: Timestamp,
-    /// Name, weight and user.
-    pub value: EventValue,
-}
 
 /// Where an event stands in export order: its time, the sequence of the block it was
 /// stored in, its index in that block. Blocks are keyed by (first event time, sequence) and

@@ -1,46 +1,12 @@
 //! Stats, charts and counts, read from the rollups (raw events only where a count needs
 //! them); every query first waits until the events answered so far are applied.
 
-use std::collections::BTreeMap;
-
 use jiff::Timestamp;
 
 use crate::core::calendar::{Periods, date_from_key, date_key};
+pub use crate::core::storage::{Bucket, PeriodTallies, StatsReport};
 use crate::core::store::keys::{self, Family, Tally};
 use crate::core::store::{Store, StoreError};
-
-/// Counts and weight sums for the four periods.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PeriodTallies {
-    /// The current local day.
-    pub today: Tally,
-    /// The current ISO week (Monday first).
-    pub week: Tally,
-    /// The current month.
-    pub month: Tally,
-    /// Everything ever stored, including events past retention.
-    pub total: Tally,
-}
-
-/// Stats for an application: overall and per event name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatsReport {
-    /// Sum over all event names.
-    pub overall: PeriodTallies,
-    /// Per event name, sorted by name.
-    pub events: BTreeMap<String, PeriodTallies>,
-}
-
-/// A tally in one time bucket for one event name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bucket {
-    /// Hours since the epoch (hourly) or a `YYYYMMDD` date key (daily).
-    pub at: i64,
-    /// Event name.
-    pub event: String,
-    /// Count and weight sum.
-    pub tally: Tally,
-}
 
 impl Store {
     /// Counts and weight sums for today, this week, this month and total, from rollups only.

@@ -1,0 +1,70 @@
+//! The storage port: what the core, the HTTP adapters and the front ends need from a
+//! database, as traits the core owns. A backend implements them; nothing outside the
+//! backend names its types, so a second backend is added by implementing these traits and
+//! choosing it where the services are opened ([`crate::core::services`]).
+//!
+//! The shape follows what any durable backend can promise, an embedded one or a database
+//! server: a write resolves only once it is durable (a later crash keeps it), queries see
+//! every write that resolved before them, reads and writes are `async` (a backend may block
+//! a thread or wait on a socket, never the caller's executor), results are owned values
+//! and batches of values rather than cursors into the backend, and every failure is one
+//! [`StorageError`]. The contract every backend keeps is written down as tests in
+//! `tests/it/storage_port.rs`, which run against each backend.
+//!
+//! The embedded backend is sled ([`crate::core::store`]).
+
+mod apps;
+mod events;
+mod types;
+
+use std::sync::Arc;
+
+pub use apps::AppStore;
+pub use events::{EventStore, ExportBatches};
+pub use types::{
+    AppRecord, Bucket, EventValue, EventWrite, ExportFilter, ExportedEvent, IDEMPOTENCY_WINDOW,
+    Idempotency, Outcome, PeriodTallies, StatsReport, Tally, TokenOwner, hour_of,
+};
+
+/// A future a port method returns: boxed so the traits stay object safe, `Send` so it may
+/// be awaited on any worker.
+pub type StorageFuture<'a, T> = futures::future::BoxFuture<'a, Result<T, StorageError>>;
+
+/// Why a storage operation failed. Callers tell the client to retry later (a write that
+/// failed was not acknowledged, so nothing acknowledged is lost); they do not branch on
+/// the backend's reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The backend cannot be reached or failed (I/O, a lost connection, a held lock).
+    #[error("the database failed: {0}")]
+    Unavailable(String),
+    /// A write was not made durable; the reason as the backend reported it.
+    #[error("the write was not stored: {0}")]
+    NotStored(String),
+    /// A stored record could not be decoded.
+    #[error("stored record {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The backend's writer has stopped; nothing more can be written in this process.
+    #[error("the storage writer has stopped")]
+    Stopped,
+}
+
+/// One backend's implementations of the port, as the services hold them. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    /// Events: ingest, rollups, stats, export, retention and idempotency keys.
+    pub events: Arc<dyn EventStore>,
+    /// Application records and the token index.
+    pub apps: Arc<dyn AppStore>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
