@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod calendar;
 pub mod catalogue;
+pub mod channel;
 pub mod duration;
 pub mod ingest;
 pub mod metrics;
