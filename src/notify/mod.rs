@@ -1,7 +1,14 @@
 //! Outbound alert delivery: the core's [`Deliver`] port over real channels, one file per
 //! kind of target. A new kind is a new file here and one arm in [`Notifier::deliver`].
 
+pub mod alertmanager;
 pub mod email;
+pub mod facts;
+pub mod pagerduty;
+pub mod schema;
+pub mod slack;
+pub mod teams;
+pub mod template;
 pub mod webhook;
 
 use futures::future::BoxFuture;
