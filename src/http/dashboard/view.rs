@@ -403,6 +403,7 @@ mod tests {
                 updated_at: t0,
             },
             state: st,
+            last_run_ms: None,
         }
     }
 

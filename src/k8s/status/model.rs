@@ -404,6 +404,7 @@ mod tests {
                 updated_at: t(0),
             },
             state,
+            last_run_ms: None,
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod keys;
 mod load;
 mod metrics;
+mod series;
 mod snapshot;
 mod types;
 mod wording;
@@ -22,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
+pub use series::MonitorSeries;
 pub use snapshot::Monitors;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
 
@@ -97,6 +99,7 @@ pub struct Engine {
     changes: broadcast::Sender<Change>,
     /// Counters.
     pub stats: Arc<EngineStats>,
+    series: Arc<MonitorSeries>,
     clock: Clock,
 }
 
@@ -166,6 +169,7 @@ impl Engine {
             total_ms = started.elapsed().as_millis() as u64,
             "loaded the monitors and armed their deadlines"
         );
+        let series = Arc::new(MonitorSeries::new(snapshot.clone()));
         Ok(Self {
             tx,
             release: Arc::new(release),
@@ -174,6 +178,7 @@ impl Engine {
             ping_history: config.ping_history,
             changes,
             stats,
+            series,
             clock,
         })
     }
@@ -182,6 +187,12 @@ impl Engine {
     /// due meanwhile are evaluated at once.
     pub fn release_deadlines(&self) {
         self.release.send_replace(true);
+    }
+
+    /// The per-monitor families for `/metrics` (written beside the registry's, see
+    /// [`MonitorSeries`]).
+    pub fn series(&self) -> &MonitorSeries {
+        &self.series
     }
 
     /// Adds the engine's families to `/metrics`.

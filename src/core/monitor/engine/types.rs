@@ -80,6 +80,9 @@ pub struct Monitor {
     pub def: MonitorDef,
     /// Where the state machine has it now.
     pub state: MonitorState,
+    /// How long its last run (from `/start` to its end) took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_ms: Option<u64>,
 }
 
 /// A ping as received by the HTTP layer.
@@ -169,6 +172,7 @@ mod samples {
                 updated_at: now,
             },
             state: st,
+            last_run_ms: None,
         }
     }
 }

@@ -246,10 +246,18 @@ impl Worker {
         if let Signal::Tick(now) = signal {
             self.count_timed_transitions(&effects, now);
         }
+        let last_run_ms = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::RunFinished { duration } => u64::try_from(duration.as_millis()).ok(),
+                _ => None,
+            })
+            .or(m.last_run_ms);
         let next = Monitor {
             num: m.num,
             def: m.def,
             state: new_state,
+            last_run_ms,
         };
         self.stage(&next, &effects, record.as_ref(), round, done);
     }
@@ -338,7 +346,15 @@ impl Worker {
         } else {
             MonitorState::new(now)
         };
-        Ok((Monitor { num, def, state }, Vec::new()))
+        Ok((
+            Monitor {
+                num,
+                def,
+                state,
+                last_run_ms: None,
+            },
+            Vec::new(),
+        ))
     }
 
     fn remove(&self, key: &str, round: &mut Round) -> Result<(), EngineError> {
@@ -623,6 +639,7 @@ fn redefined(old: Monitor, def: MonitorDef, signals: Vec<Signal>) -> (Monitor, V
             num: old.num,
             def,
             state,
+            last_run_ms: old.last_run_ms,
         },
         effects,
     )
