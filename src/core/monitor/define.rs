@@ -93,6 +93,7 @@ mod tests {
                     email: vec!["ops@example.com".into()],
                     webhook: None,
                     webhook_secret_ref: None,
+                    ..Default::default()
                 }),
                 ..Default::default()
             },
