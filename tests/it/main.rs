@@ -6,6 +6,7 @@ mod helpers;
 
 mod boundary;
 
+mod alerting;
 mod chart;
 mod crds;
 mod dashboard;

@@ -35,7 +35,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/v1/status", get(status))
 }
 
-fn not_found() -> Response {
+pub(super) fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "heartbeat not found").into_response()
 }
 
@@ -50,7 +50,7 @@ fn truncate(s: &str, max_bytes: usize) -> String {
     s[..end].to_string()
 }
 
-fn source(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
+pub(super) fn source(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
     headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
@@ -69,24 +69,34 @@ async fn receive(
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
-    let owner = state
-        .core
-        .registry
-        .authenticate(&token)
-        .filter(|o| o.kind == TokenKind::Heartbeat);
-    let Some(owner) = owner else {
+    let Some(key) = monitor_of(&state, &token) else {
         return not_found();
     };
     let input = match ping_input(&state, kind, &params, headers, peer, body).await {
         Ok(input) => input,
         Err(e) => return e.into_response(),
     };
-    match state.core.engine.ping(&owner.key, input).await {
+    record(&state, &key, input).await
+}
+
+/// The monitor a ping token belongs to.
+pub(super) fn monitor_of(state: &HttpState, token: &str) -> Option<String> {
+    state
+        .core
+        .registry
+        .authenticate(token)
+        .filter(|o| o.kind == TokenKind::Heartbeat)
+        .map(|o| o.key)
+}
+
+/// Applies a ping to the monitor under `key` and answers as the ping routes do.
+pub(super) async fn record(state: &HttpState, key: &str, input: PingInput) -> Response {
+    match state.core.engine.ping(key, input).await {
         Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
         Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
         Err(EngineError::NotFound) => not_found(),
         Err(e) => {
-            tracing::error!(error = %e, monitor = %owner.key, "ping not recorded");
+            tracing::error!(error = %e, monitor = %key, "ping not recorded");
             let msg = "the ping could not be recorded; retry";
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
         }
