@@ -70,6 +70,10 @@ fn main() {
                     display_name: (i % 3 == 0).then(|| format!("Nightly job number {i}")),
                     interval_secs: if i % 50 == 0 { 1 } else { 3600 },
                     grace_secs: if i % 50 == 0 { 0 } else { 300 },
+                    schedule: None,
+                    max_duration_secs: None,
+                    cron_job: None,
+                    require_ping: false,
                     paused: i % 97 == 0,
                     targets: Vec::new(),
                     application: (i % 2 == 0).then(|| "default/shop".to_string()),
@@ -92,6 +96,7 @@ fn main() {
                                 source: Some("10.0.0.7".into()),
                                 user_agent: Some("curl/8.5.0".into()),
                                 body: Some("ok".into()),
+                                rid: None,
                             },
                         )
                         .await
@@ -115,6 +120,7 @@ fn main() {
                             source: Some("10.0.0.7".into()),
                             user_agent: Some("backup-cron/2.1 (linux; amd64) with a long user agent string".into()),
                             body: Some("x".repeat(400)),
+                            rid: None,
                         },
                     )
                     .await

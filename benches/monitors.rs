@@ -6,7 +6,14 @@
 //! latency; then a new process opens the store and prints how long the monitors take to
 //! load (target ≤ 10 s).
 //!
+//! A third of the monitors (every `BENCH_SCHEDULED_EVERY`th, 3; 0 for none) are on the
+//! cron schedule `* * * * *`, each parsed from its text as definitions are (equal
+//! schedules share one parsed form), due at the next whole minute after their ping with a
+//! grace of 0 to 9 s: a herd of Down transitions at each of ten instants, as at the top of
+//! every hour in a real cluster.
+//!
 //! `cargo bench --bench monitors` (env: `BENCH_MONITORS`, `BENCH_INTERVAL_SECS` (20),
+//! `BENCH_SCHEDULED_EVERY` (3),
 //! `BENCH_CACHE_MB`, `BENCH_DIR`, default `target/monitors-bench`, deleted afterwards
 //! unless `BENCH_KEEP=1`).
 
@@ -17,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
+use hartslag::core::cron::Schedule;
 use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
 use hartslag::core::token::TokenHash;
@@ -115,6 +123,7 @@ fn main() {
 fn run(data: &str) {
     let n: usize = common::env_or("BENCH_MONITORS", 100_000);
     let interval: u64 = common::env_or("BENCH_INTERVAL_SECS", 20);
+    let scheduled_every: usize = common::env_or("BENCH_SCHEDULED_EVERY", 3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,7 +134,8 @@ fn run(data: &str) {
         let core = Arc::new(server.core);
         let probe = common::flush_probe(std::path::Path::new(data), 200);
         println!("disk probe: fdatasync {}; load average {}", common::describe_flushes(&probe), common::load_average());
-        println!("monitor scale benchmark: {n} monitors, interval {interval}s, grace 0s");
+        let share = if scheduled_every > 0 { format!("1 in {scheduled_every}") } else { "none".into() };
+        println!("monitor scale benchmark: {n} monitors on interval {interval}s with grace 0s, {share} of them on schedule \"* * * * *\" with grace 0-9s instead");
         println!("RSS at start: {:.0} MB", rss_mb());
 
         let now = jiff::Timestamp::now();
@@ -138,14 +148,19 @@ fn run(data: &str) {
             let core = core.clone();
             tasks.push(tokio::spawn(async move {
               for i in (w..n).step_by(CLIENTS) {
+                let scheduled = scheduled_every > 0 && i % scheduled_every == 0;
                 let def = MonitorDef {
                     key: format!("bench/m{i}"),
                     id: format!("{i:016x}"),
                     namespace: "bench".into(),
                     name: format!("m{i}"),
                     display_name: None,
-                    interval_secs: interval,
-                    grace_secs: 0,
+                    interval_secs: if scheduled { 60 } else { interval },
+                    grace_secs: if scheduled { i as u64 % 10 } else { 0 },
+                    schedule: scheduled.then(|| Schedule::parse("* * * * *", None).expect("schedule")),
+                    max_duration_secs: None,
+                    cron_job: None,
+                    require_ping: false,
                     paused: false,
                     targets: Vec::new(),
                     application: None,
@@ -173,7 +188,7 @@ fn run(data: &str) {
             let core = core.clone();
             tasks.push(tokio::spawn(async move {
                 for i in (w..n).step_by(CLIENTS) {
-                    let input = PingInput { kind: PingKind::Success, exit_code: None, source: None, user_agent: None, body: None };
+                    let input = PingInput { kind: PingKind::Success, exit_code: None, rid: None, source: None, user_agent: None, body: None };
                     core.engine.ping(&format!("bench/m{i}"), input).await.expect("ping");
                 }
             }));
@@ -190,7 +205,9 @@ fn run(data: &str) {
         println!("RSS with {n} monitors loaded: {:.0} MB", rss_mb());
 
         // Wait until every monitor is Down (deadline + a generous margin).
-        let deadline = Instant::now() + Duration::from_secs(interval + ping_secs as u64 + 120);
+        // A scheduled monitor is due up to a minute after its ping, plus its grace.
+        let latest = if scheduled_every > 0 { interval.max(70) } else { interval };
+        let deadline = Instant::now() + Duration::from_secs(latest + ping_secs as u64 + 120);
         let mut first_down: Option<Instant> = None;
         loop {
             let down = core.engine.counts().get(&State::Down).copied().unwrap_or(0);

@@ -27,6 +27,10 @@ fn def(i: usize, now: jiff::Timestamp) -> MonitorDef {
         display_name: None,
         interval_secs: 3600,
         grace_secs: 300,
+        schedule: None,
+        max_duration_secs: None,
+        cron_job: None,
+        require_ping: false,
         paused: false,
         targets: Vec::new(),
         application: Some(format!("bench/app-{}", i % 100)),
@@ -85,6 +89,7 @@ fn main() {
                             source: None,
                             user_agent: None,
                             body: None,
+                            rid: None,
                         };
                         core.engine
                             .ping(&format!("bench/m{i}"), input)
@@ -123,6 +128,7 @@ fn main() {
                     source: None,
                     user_agent: None,
                     body: None,
+                    rid: None,
                 };
                 core.engine
                     .ping(&format!("bench/m{i}"), input)

@@ -8,8 +8,9 @@
 
 use futures::future::BoxFuture;
 
+use super::cron::Schedule;
 use super::duration::SpecDuration;
-use super::monitor::engine::{Engine, Monitor};
+use super::monitor::engine::{Engine, Monitor, MonitorDef};
 use super::registry::AppInfo;
 use super::spec::{ApplicationRef, HeartbeatSpec};
 
@@ -18,8 +19,10 @@ use super::spec::{ApplicationRef, HeartbeatSpec};
 pub struct CreateRequest {
     /// Human name; the resource name is its [`slug`].
     pub name: String,
-    /// Interval in seconds.
+    /// Interval in seconds (unused with a schedule).
     pub interval_secs: u64,
+    /// A cron schedule in its zone, instead of the interval.
+    pub schedule: Option<Schedule>,
     /// Grace in seconds.
     pub grace_secs: u64,
 }
@@ -29,7 +32,12 @@ impl CreateRequest {
     pub fn heartbeat_spec(&self, app: &AppInfo) -> HeartbeatSpec {
         HeartbeatSpec {
             display_name: Some(self.name.clone()),
-            interval: Some(SpecDuration::from_secs(self.interval_secs)),
+            interval: self
+                .schedule
+                .is_none()
+                .then(|| SpecDuration::from_secs(self.interval_secs)),
+            schedule: self.schedule.as_ref().map(|s| s.expression().to_string()),
+            time_zone: self.schedule.as_ref().map(|s| s.zone().to_string()),
             grace: Some(SpecDuration::from_secs(self.grace_secs)),
             application_ref: Some(ApplicationRef {
                 name: app.name.clone(),
@@ -44,12 +52,29 @@ impl CreateRequest {
 pub struct UpdateRequest {
     /// New human name.
     pub name: Option<String>,
-    /// New interval.
+    /// New interval; without `schedule`, it also drops a schedule the monitor had.
     pub interval_secs: Option<u64>,
+    /// `Some(Some(_))` puts the monitor on this schedule; `Some(None)` takes it off its
+    /// schedule, onto `interval_secs` or else its schedule's typical gap.
+    pub schedule: Option<Option<Schedule>>,
     /// New grace.
     pub grace_secs: Option<u64>,
     /// Pause (true) or resume (false).
     pub paused: Option<bool>,
+}
+
+/// The timing an update leaves a monitor with: its schedule (if any) and its interval in
+/// seconds (a schedule's typical gap when scheduled).
+pub fn updated_cadence(def: &MonitorDef, req: &UpdateRequest) -> (Option<Schedule>, u64) {
+    match (&req.schedule, req.interval_secs) {
+        (Some(Some(s)), _) => (
+            Some(s.clone()),
+            u64::try_from(s.typical_gap().as_secs()).unwrap_or(u64::MAX),
+        ),
+        (Some(None), i) => (None, i.unwrap_or(def.interval_secs)),
+        (None, Some(i)) => (None, i),
+        (None, None) => (def.schedule.clone(), def.interval_secs),
+    }
 }
 
 /// Why a catalogue operation failed; the API maps each to the contract's status code.
@@ -64,6 +89,9 @@ pub enum CatalogueError {
     /// The monitor is defined elsewhere, in a manifest file (409).
     #[error("{0}")]
     ReadOnly(String),
+    /// The request asks for something the rules refuse (422).
+    #[error("{0}")]
+    Invalid(String),
     /// Storage or the cluster could not complete the change (503).
     #[error("{0}")]
     Unavailable(String),

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::core::channel::{AlertPolicy, ChannelError, MaintenanceWindow};
+use crate::core::cron::{CronJobCadence, Dialect, Schedule, ScheduleError};
 use crate::core::duration::SpecDuration;
 
 /// Default retention of raw events when an Application does not say.
@@ -124,7 +125,16 @@ pub struct ApplicationRef {
     pub name: String,
 }
 
-/// A Heartbeat: a dead-man's switch that expects a ping at least every `interval`.
+/// Reference to the CronJob whose Jobs a Heartbeat watches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJobRef {
+    /// Name of a CronJob in the same namespace.
+    pub name: String,
+}
+
+/// A Heartbeat: a dead-man's switch that expects a ping at least every `interval`, or in a
+/// window after each time of a cron `schedule`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatSpec {
@@ -132,11 +142,36 @@ pub struct HeartbeatSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     /// Longest expected time between two successful pings (60s to 365d). Default 1h.
+    /// Excludes `schedule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<SpecDuration>,
-    /// Extra time after a missed deadline before the monitor is Down and alerts (0s to 365d). Default 5m.
+    /// A cron schedule the job runs on: five fields (minute hour day-of-month month
+    /// day-of-week, with ranges, steps, lists and names) or @hourly, @daily, @weekly,
+    /// @monthly, @yearly. A ping is expected from each scheduled time to that time plus
+    /// `grace`. Excludes `interval`; with `cronJobRef` and neither set, the CronJob's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA time zone of `schedule` (for example Europe/Amsterdam). Default UTC, or the
+    /// CronJob's `spec.timeZone` with `cronJobRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Extra time after a missed deadline (or scheduled time) before the monitor is Down and alerts (0s to 365d). Default 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace: Option<SpecDuration>,
+    /// Watch this CronJob's Jobs and Pods: a Job starting counts as a start, completing as
+    /// a successful ping, failing as a failure; no Job in a scheduled window is Down
+    /// ("not scheduled"). Kubernetes mode only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job_ref: Option<CronJobRef>,
+    /// Longest a run (a Job, or a `/start` until its end) may take before the monitor is
+    /// Down ("running too long"). Default: a run may last until the next scheduled time
+    /// plus grace, or, without a schedule, the grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<SpecDuration>,
+    /// With `cronJobRef`: a Job that completes without a successful ping from its code
+    /// during its run is Down ("completed without a ping").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_ping: bool,
     /// A paused monitor records pings but never alerts.
     #[serde(default)]
     pub paused: bool,
@@ -194,6 +229,31 @@ pub enum SpecError {
     /// An alert webhook that is not an http(s) URL.
     #[error("spec.alerts.webhook {0:?} is not an http:// or https:// URL")]
     Webhook(String),
+    /// Both `schedule` and `interval` are set.
+    #[error(
+        "spec.schedule and spec.interval are mutually exclusive: set schedule for cron timing or interval for a fixed period, not both"
+    )]
+    ScheduleAndInterval,
+    /// `schedule` does not parse or never fires.
+    #[error("spec.schedule {0}")]
+    Schedule(ScheduleError),
+    /// The watched CronJob's schedule cannot be read (only when it is not the API
+    /// server's to validate, such as an unknown `timeZone`).
+    #[error("the CronJob's spec.schedule {0}")]
+    CronJobSchedule(ScheduleError),
+    /// `timeZone` without anything it could apply to.
+    #[error(
+        "spec.timeZone applies to a cron schedule: set spec.schedule or spec.cronJobRef as well"
+    )]
+    TimeZoneWithoutSchedule,
+    /// `requirePing` without Jobs to judge.
+    #[error(
+        "spec.requirePing needs spec.cronJobRef: only the Jobs of a watched CronJob can complete without a ping"
+    )]
+    RequirePingWithoutCronJob,
+    /// `maxDuration` outside 1s..365d.
+    #[error("spec.maxDuration {0} is out of range: it must be between 1s and 365d")]
+    MaxDuration(SpecDuration),
     /// Both `webhook` and `webhookSecretRef`.
     #[error("spec.alerts: set webhook or webhookSecretRef, not both")]
     TwoWebhooks,
@@ -209,6 +269,15 @@ pub enum SpecError {
     /// An alert policy or a maintenance window that cannot be applied.
     #[error("{0}")]
     Policy(#[from] ChannelError),
+}
+
+impl From<ScheduleError> for SpecError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::TimeZone(name) => SpecError::TimeZone(name),
+            other => SpecError::Schedule(other),
+        }
+    }
 }
 
 fn check_alerts(alerts: Option<&AlertTargets>) -> Result<(), SpecError> {
@@ -287,12 +356,24 @@ impl HeartbeatSpec {
     /// As [`HeartbeatSpec::validate`] with another lower bound for the interval
     /// (`--min-interval`, for development and tests).
     pub fn validate_with_min_interval(&self, min: SpecDuration) -> Result<(), SpecError> {
+        self.own_cadence()?;
         let i = self.interval();
-        if i < min || i > MAX_INTERVAL {
+        if self.schedule.is_none() && (i < min || i > MAX_INTERVAL) {
             return Err(SpecError::Interval(i, min));
         }
         if self.grace() > MAX_INTERVAL {
             return Err(SpecError::Grace(self.grace()));
+        }
+        if let Some(d) = self.max_duration
+            && (d.as_secs() == 0 || d > MAX_INTERVAL)
+        {
+            return Err(SpecError::MaxDuration(d));
+        }
+        if self.require_ping && self.cron_job_ref.is_none() {
+            return Err(SpecError::RequirePingWithoutCronJob);
+        }
+        if self.time_zone.is_some() && self.schedule.is_none() && self.cron_job_ref.is_none() {
+            return Err(SpecError::TimeZoneWithoutSchedule);
         }
         if let Some(n) = self.failure_threshold
             && !(1..=100).contains(&n)
@@ -312,6 +393,73 @@ impl HeartbeatSpec {
     pub fn failure_threshold(&self) -> u32 {
         self.failure_threshold.unwrap_or(1)
     }
+
+    /// The schedule the Heartbeat sets itself, parsed; `None` when it sets none. With a
+    /// `cronJobRef` the schedule is read as the CronJob controller reads it, since that
+    /// controller creates the Jobs the monitor expects.
+    pub fn own_schedule(&self) -> Result<Option<Schedule>, SpecError> {
+        self.own_cadence()
+    }
+
+    fn own_cadence(&self) -> Result<Option<Schedule>, SpecError> {
+        let Some(expr) = &self.schedule else {
+            return Ok(None);
+        };
+        if self.interval.is_some() {
+            return Err(SpecError::ScheduleAndInterval);
+        }
+        let dialect = if self.cron_job_ref.is_some() {
+            Dialect::CronJob
+        } else {
+            Dialect::Cron
+        };
+        Ok(Some(Schedule::parse_as(
+            expr,
+            self.time_zone.as_deref(),
+            dialect,
+        )?))
+    }
+
+    /// How the monitor is timed: its own schedule or interval, else the watched CronJob's
+    /// (`cron_job`, read by the front end from the CronJob's `spec.schedule` and
+    /// `spec.timeZone`, with this Heartbeat's `timeZone` taking precedence), else the
+    /// default interval.
+    pub fn cadence(&self, cron_job: Option<&CronJobSchedule>) -> Result<Cadence, SpecError> {
+        if let Some(s) = self.own_cadence()? {
+            return Ok(Cadence::Schedule(s));
+        }
+        if let Some(i) = self.interval {
+            return Ok(Cadence::Every(i));
+        }
+        let Some(cj) = cron_job else {
+            return Ok(Cadence::Every(self.interval()));
+        };
+        let zone = self.time_zone.as_deref().or(cj.time_zone.as_deref());
+        match Schedule::parse_cron_job(&cj.schedule, zone).map_err(SpecError::CronJobSchedule)? {
+            CronJobCadence::Schedule(s) => Ok(Cadence::Schedule(s)),
+            CronJobCadence::Every(d) => Ok(Cadence::Every(SpecDuration::from_secs(
+                u64::try_from(d.as_secs()).unwrap_or(u64::MAX),
+            ))),
+        }
+    }
+}
+
+/// A watched CronJob's own timing, as its front end read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronJobSchedule {
+    /// `spec.schedule`.
+    pub schedule: String,
+    /// `spec.timeZone`, where the API server has it.
+    pub time_zone: Option<String>,
+}
+
+/// How a monitor is timed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cadence {
+    /// A ping at least this often.
+    Every(SpecDuration),
+    /// A ping in a window after each scheduled time.
+    Schedule(Schedule),
 }
 
 #[cfg(test)]
@@ -377,5 +525,122 @@ mod tests {
             let err = spec.validate().unwrap_err().to_string();
             assert!(err.contains(what), "{bad}: {err}");
         }
+    }
+
+    fn hb(json: &str) -> HeartbeatSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn schedules_are_checked_with_messages_that_name_the_field() {
+        assert!(
+            hb(r#"{"schedule":"30 2 * * 1-5","timeZone":"Europe/Amsterdam"}"#)
+                .validate()
+                .is_ok()
+        );
+        let both = hb(r#"{"schedule":"@daily","interval":"1h"}"#)
+            .validate()
+            .unwrap_err();
+        assert_eq!(both, SpecError::ScheduleAndInterval);
+        assert!(
+            both.to_string()
+                .contains("spec.schedule and spec.interval are mutually exclusive")
+        );
+        let bad = hb(r#"{"schedule":"61 * * * *"}"#).validate().unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "spec.schedule \"61 * * * *\" is not a valid cron expression: minute field \"61\": Number out of bounds; write five fields (minute hour day-of-month month day-of-week, e.g. \"30 2 * * 1-5\") or @hourly, @daily, @weekly, @monthly, @yearly"
+        );
+        assert_eq!(
+            hb(r#"{"schedule":"@daily","timeZone":"Mars/Olympus"}"#)
+                .validate()
+                .unwrap_err(),
+            SpecError::TimeZone("Mars/Olympus".into())
+        );
+        assert_eq!(
+            hb(r#"{"timeZone":"Europe/Amsterdam"}"#)
+                .validate()
+                .unwrap_err(),
+            SpecError::TimeZoneWithoutSchedule
+        );
+        assert_eq!(
+            hb(r#"{"requirePing":true}"#).validate().unwrap_err(),
+            SpecError::RequirePingWithoutCronJob
+        );
+        assert!(matches!(
+            hb(r#"{"maxDuration":"0s"}"#).validate(),
+            Err(SpecError::MaxDuration(_))
+        ));
+        // A schedule needs no interval check: `* * * * *` is as often as cron goes.
+        assert!(
+            hb(r#"{"schedule":"* * * * *"}"#)
+                .validate_with_min_interval(SpecDuration::from_secs(3600))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn cadence_comes_from_the_heartbeat_then_the_cron_job() {
+        let cj = CronJobSchedule {
+            schedule: "0 4 * * *".into(),
+            time_zone: Some("Asia/Tokyo".into()),
+        };
+        let Cadence::Schedule(s) = hb(r#"{"cronJobRef":{"name":"nightly"}}"#)
+            .cadence(Some(&cj))
+            .unwrap()
+        else {
+            panic!("not scheduled")
+        };
+        assert_eq!(
+            (s.expression(), s.zone(), s.dialect()),
+            ("0 4 * * *", "Asia/Tokyo", Dialect::CronJob)
+        );
+        // The Heartbeat's zone wins; its own schedule too, read as the controller reads it.
+        let Cadence::Schedule(s) = hb(r#"{"cronJobRef":{"name":"n"},"timeZone":"UTC"}"#)
+            .cadence(Some(&cj))
+            .unwrap()
+        else {
+            panic!("not scheduled")
+        };
+        assert_eq!(s.zone(), "UTC");
+        let Cadence::Schedule(s) = hb(r#"{"cronJobRef":{"name":"n"},"schedule":"0 5 * * *"}"#)
+            .cadence(Some(&cj))
+            .unwrap()
+        else {
+            panic!("not scheduled")
+        };
+        assert_eq!(
+            (s.expression(), s.zone(), s.dialect()),
+            ("0 5 * * *", "UTC", Dialect::CronJob)
+        );
+        assert_eq!(
+            hb(r#"{"cronJobRef":{"name":"n"},"interval":"2h"}"#)
+                .cadence(Some(&cj))
+                .unwrap(),
+            Cadence::Every(SpecDuration::from_secs(7200))
+        );
+        let every = CronJobSchedule {
+            schedule: "@every 90m".into(),
+            time_zone: None,
+        };
+        assert_eq!(
+            hb(r#"{"cronJobRef":{"name":"n"}}"#)
+                .cadence(Some(&every))
+                .unwrap(),
+            Cadence::Every(SpecDuration::from_secs(5400))
+        );
+        // Without the CronJob read (yet): the default interval.
+        assert_eq!(
+            hb(r#"{"cronJobRef":{"name":"n"}}"#).cadence(None).unwrap(),
+            Cadence::Every(DEFAULT_INTERVAL)
+        );
+        let broken = CronJobSchedule {
+            schedule: "0 4 * * *".into(),
+            time_zone: Some("Nowhere/Land".into()),
+        };
+        assert!(matches!(
+            hb(r#"{"cronJobRef":{"name":"n"}}"#).cadence(Some(&broken)),
+            Err(SpecError::CronJobSchedule(_))
+        ));
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::context::Context;
 use super::crd::Heartbeat;
 use crate::core::catalogue::{
     CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
+    updated_cadence,
 };
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::engine::Monitor;
@@ -79,12 +80,7 @@ impl MonitorCatalogue for KubernetesCatalogue {
                     "apiVersion": "hartslag.dev/v1alpha1",
                     "kind": "Heartbeat",
                     "metadata": {"name": name, "namespace": app.namespace, "labels": {"app.kubernetes.io/managed-by": "hartslag-api"}},
-                    "spec": {
-                        "displayName": req.name,
-                        "interval": SpecDuration::from_secs(req.interval_secs).to_string(),
-                        "grace": SpecDuration::from_secs(req.grace_secs).to_string(),
-                        "applicationRef": {"name": app.name},
-                    }
+                    "spec": req.heartbeat_spec(app),
                 }))
                 .map_err(unavailable)?;
                 match api.create(&PostParams::default(), &hb).await {
@@ -119,11 +115,23 @@ impl MonitorCatalogue for KubernetesCatalogue {
             if let Some(n) = &req.name {
                 spec.insert("displayName".into(), json!(n));
             }
-            if let Some(i) = req.interval_secs {
-                spec.insert(
-                    "interval".into(),
-                    json!(SpecDuration::from_secs(i).to_string()),
-                );
+            let (schedule, interval) = updated_cadence(&monitor.def, &req);
+            if req.interval_secs.is_some() || req.schedule.is_some() {
+                match &schedule {
+                    Some(s) => {
+                        spec.insert("schedule".into(), json!(s.expression()));
+                        spec.insert("timeZone".into(), json!(s.zone()));
+                        spec.insert("interval".into(), Value::Null);
+                    }
+                    None => {
+                        spec.insert("schedule".into(), Value::Null);
+                        spec.insert("timeZone".into(), Value::Null);
+                        spec.insert(
+                            "interval".into(),
+                            json!(SpecDuration::from_secs(interval).to_string()),
+                        );
+                    }
+                }
             }
             if let Some(g) = req.grace_secs {
                 spec.insert(
@@ -157,7 +165,8 @@ impl MonitorCatalogue for KubernetesCatalogue {
                     .name
                     .as_ref()
                     .is_none_or(|n| d.display_name.as_ref() == Some(n))
-                    && req.interval_secs.is_none_or(|i| d.interval_secs == i)
+                    && d.schedule == schedule
+                    && d.interval_secs == interval
                     && req.grace_secs.is_none_or(|g| d.grace_secs == g)
                     && req.paused.is_none_or(|p| d.paused == p);
                 ok.then_some(m)

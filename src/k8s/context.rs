@@ -203,6 +203,8 @@ pub struct Context {
     pub stats: OperatorStats,
     /// Recent reads of webhook Secrets.
     pub webhook_secrets: super::reconcile::alerts::WebhookSecrets,
+    /// CronJobs and their Jobs, for Heartbeats with `cronJobRef`.
+    pub cron_jobs: super::cronjobs::watch::CronJobCaches,
     recorder: Recorder,
 }
 
@@ -235,6 +237,7 @@ impl Context {
             triggers,
             stats: OperatorStats::default(),
             webhook_secrets: Default::default(),
+            cron_jobs: Default::default(),
         }
     }
 
@@ -256,6 +259,19 @@ impl Context {
             uid,
             ..Default::default()
         };
+        self.event_on(&reference, type_, reason, note, action).await;
+    }
+
+    /// Publishes a Kubernetes Event about any object (such as a CronJob); failures are
+    /// logged, not fatal.
+    pub async fn event_on(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -263,8 +279,8 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &reference).await {
-            tracing::warn!(error = %e, object = %about, reason, "cannot publish a Kubernetes Event");
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::warn!(error = %e, kind = ?reference.kind, name = ?reference.name, reason, "cannot publish a Kubernetes Event");
         }
     }
 

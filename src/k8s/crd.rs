@@ -104,6 +104,18 @@ pub struct ApplicationResourceSpec {
     ),
     printcolumn(name = "Interval", type_ = "string", json_path = ".spec.interval"),
     printcolumn(
+        name = "Schedule",
+        type_ = "string",
+        json_path = ".spec.schedule",
+        description = "Cron schedule (a cronJobRef without one follows its CronJob's)"
+    ),
+    printcolumn(
+        name = "CronJob",
+        type_ = "string",
+        json_path = ".spec.cronJobRef.name",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -13,6 +13,7 @@ pub mod caches;
 pub mod catalogue;
 pub mod context;
 pub mod crd;
+pub mod cronjobs;
 pub mod instances;
 pub mod lease;
 pub mod operator;

@@ -417,6 +417,7 @@ async fn start(
         );
         tasks.extend((part.run)(ctx.clone(), triggers, stop.clone()));
     }
+    tasks.extend(super::cronjobs::watch::start(&ctx, &scopes, stop.clone()).await);
     core.spawn_retention(Duration::from_secs(3600));
     Running {
         ctx,
@@ -492,10 +493,11 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     }
     let serving = tokio::spawn(server.serve_on(port, stopped(stop.clone())));
     tokio::select! {
-        _ = ctx.caches.wait_synced() => {
+        _ = async { ctx.caches.wait_synced().await; ctx.cron_jobs.wait_synced().await } => {
             tracing::info!("watch caches hold their first complete lists");
             orphans::sweep(&ctx).await;
             tracing::info!("removed what vanished while the operator was down");
+            super::cronjobs::watch::report_everything(&ctx).await;
             ctx.core.engine.release_deadlines();
             ready.store(true, Ordering::Release);
             tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));

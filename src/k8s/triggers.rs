@@ -46,14 +46,32 @@ impl Triggers {
 
     /// Application `app` in `namespace` was applied or deleted.
     pub fn application_changed(&self, ctx: &Context, namespace: &str, app: &str) {
-        for hb in ctx.caches.heartbeats_in(namespace) {
-            let refers = hb
-                .spec
+        self.heartbeats_where(ctx, namespace, |hb| {
+            hb.spec
                 .spec
                 .application_ref
                 .as_ref()
-                .is_some_and(|r| r.name == app);
-            if refers && let Some(name) = hb.metadata.name.as_deref() {
+                .is_some_and(|r| r.name == app)
+        });
+    }
+
+    /// CronJob `cron_job` in `namespace` was applied or deleted: the Heartbeats whose
+    /// `cronJobRef` names it take its schedule, time zone and `suspend`.
+    pub fn cron_job_changed(&self, ctx: &Context, namespace: &str, cron_job: &str) {
+        self.heartbeats_where(ctx, namespace, |hb| refers_to_cron_job(hb, cron_job));
+    }
+
+    /// Reconciles the Heartbeats of `namespace` that satisfy `refers`.
+    fn heartbeats_where(
+        &self,
+        ctx: &Context,
+        namespace: &str,
+        refers: impl Fn(&Heartbeat) -> bool,
+    ) {
+        for hb in ctx.caches.heartbeats_in(namespace) {
+            if refers(&hb)
+                && let Some(name) = hb.metadata.name.as_deref()
+            {
                 self.send(namespace, name);
             }
         }
@@ -81,4 +99,13 @@ impl Triggers {
             }
         }
     }
+}
+
+/// Whether `hb`'s `cronJobRef` names `cron_job`.
+pub fn refers_to_cron_job(hb: &Heartbeat, cron_job: &str) -> bool {
+    hb.spec
+        .spec
+        .cron_job_ref
+        .as_ref()
+        .is_some_and(|r| r.name == cron_job)
 }

@@ -9,6 +9,7 @@ use crate::config::ServerConfig;
 use crate::core::Services;
 use crate::core::catalogue::{
     CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, check_quota, slug,
+    updated_cadence,
 };
 use crate::core::monitor::define::DeclaredHeartbeat;
 use crate::core::monitor::engine::{Monitor, Origin};
@@ -93,6 +94,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 name: &name,
                 spec: &spec,
                 application: Some(app),
+                cron_job: None,
                 token: token.hash(),
                 ping_hint: tokens::ping_hint(&url_path),
                 origin: Origin::Api,
@@ -102,7 +104,8 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 None,
                 self.config.webhook_url.as_deref(),
                 jiff::Timestamp::now(),
-            );
+            )
+            .map_err(|e| CatalogueError::Invalid(e.to_string()))?;
             let m = core.engine.upsert(def).await.map_err(unavailable)?;
             Ok((m, token.expose().to_string()))
         })
@@ -119,12 +122,10 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 return Err(read_only(monitor));
             }
             let mut def = monitor.def.clone();
-            if let Some(n) = req.name {
+            if let Some(n) = req.name.clone() {
                 def.display_name = Some(n);
             }
-            if let Some(i) = req.interval_secs {
-                def.interval_secs = i;
-            }
+            (def.schedule, def.interval_secs) = updated_cadence(&monitor.def, &req);
             if let Some(g) = req.grace_secs {
                 def.grace_secs = g;
             }

@@ -163,6 +163,11 @@ fn add_document(
                 .map_err(|e| format!("Heartbeat {name}: spec is invalid: {e}"))?;
             spec.validate_with_min_interval(min_interval)
                 .map_err(|e| format!("Heartbeat {name}: {e}"))?;
+            if spec.cron_job_ref.is_some() {
+                return Err(format!(
+                    "Heartbeat {name}: spec.cronJobRef needs the operator: standalone mode cannot watch CronJobs (give the job a ping URL and a schedule instead)"
+                ));
+            }
             kubernetes_only(spec.alerts.as_ref()).map_err(|e| format!("Heartbeat {name}: {e}"))?;
             out.heartbeats.push(Object {
                 namespace,
@@ -275,6 +280,18 @@ mod tests {
         assert!(e.contains("timeZone"), "{e}");
         let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  interval: soon\n").unwrap_err().to_string();
         assert!(e.contains("Heartbeat a: spec is invalid"), "{e}");
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  schedule: '0 25 * * *'\n").unwrap_err().to_string();
+        assert!(
+            e.contains("Heartbeat a: spec.schedule \"0 25 * * *\" is not a valid cron expression: hour field"),
+            "{e}"
+        );
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  schedule: '@daily'\n  interval: 1h\n").unwrap_err().to_string();
+        assert!(
+            e.contains("spec.schedule and spec.interval are mutually exclusive"),
+            "{e}"
+        );
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  cronJobRef:\n    name: nightly\n").unwrap_err().to_string();
+        assert!(e.contains("spec.cronJobRef needs the operator"), "{e}");
         let e = parse("{{{").unwrap_err().to_string();
         assert!(e.contains("not valid YAML"), "{e}");
         let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  alerts:\n    webhookSecretRef: {name: slack, key: url}\n").unwrap_err().to_string();

@@ -48,6 +48,14 @@ pub enum StandaloneError {
         /// Why.
         source: EngineError,
     },
+    /// A Heartbeat's timing cannot be read.
+    #[error("{object}: {source}")]
+    Spec {
+        /// Which object.
+        object: String,
+        /// Why.
+        source: crate::core::spec::SpecError,
+    },
     /// No randomness for ids.
     #[error(transparent)]
     Random(#[from] TokenError),
@@ -192,6 +200,7 @@ impl Apply<'_> {
             name: &hb.name,
             spec: &hb.spec,
             application: app.as_deref(),
+            cron_job: None,
             token: token.hash(),
             ping_hint: tokens::ping_hint(&url_path),
             origin: Origin::Manifest,
@@ -201,7 +210,11 @@ impl Apply<'_> {
             existing.as_ref().map(|e| &e.def),
             self.config.webhook_url.as_deref(),
             now,
-        );
+        )
+        .map_err(|source| StandaloneError::Spec {
+            object: format!("Heartbeat {}", hb.name),
+            source,
+        })?;
         if existing.as_ref().is_none_or(|e| e.def != def) {
             self.core
                 .engine

@@ -109,6 +109,8 @@ expect(rules == {
     ("hartslag.dev", ("applications/finalizers", "heartbeats/finalizers")): {"update"},
     ("", ("secrets",)): {"get", "list", "watch", "create", "patch"},
     ("events.k8s.io", ("events",)): {"create", "patch"},
+    ("batch", ("cronjobs", "jobs")): {"get", "list", "watch"},
+    ("", ("pods",)): {"get", "list", "watch"},
 }, f"least-privilege rules: {rules}")
 expect(all(v != {"*"} and "update" not in v or r[1][0].endswith("/finalizers") for r, v in rules.items()), "no update except finalizers")
 expect(all("*" not in v for v in rules.values()), "no wildcard verbs")
@@ -127,6 +129,9 @@ expect(find(objs, "Lease")[0]["metadata"]["annotations"]["hartslag.dev/scope"] =
 expect(sorted(r["metadata"]["namespace"] for r in find(objs, "Role")) == ["ops", "team-a", "team-b"], "a Role per namespace, plus the admin-Secret Role")
 expect(sorted(b["metadata"]["namespace"] for b in find(objs, "RoleBinding")) == ["ops", "team-a", "team-b"], "a RoleBinding per namespace, plus the admin-Secret one")
 expect(env(find(objs, "Deployment")[0])["HARTSLAG_NAMESPACES"]["value"] == "team-a,team-b", "HARTSLAG_NAMESPACES")
+team_role = [r for r in find(objs, "Role") if r["metadata"]["namespace"] == "team-a"][0]
+team_rules = {(r["apiGroups"][0], tuple(r["resources"])): set(r["verbs"]) for r in team_role["rules"]}
+expect(team_rules == rules, f"namespaced: the same rules in each namespace, CronJobs, Jobs and Pods read-only: {team_rules}")
 
 # trial mode, storage class, SMTP from values or an existing Secret, webhook, ingress, ServiceMonitor
 objs, _ = render({"persistence": {"enabled": False}})

@@ -554,3 +554,29 @@ async fn res_chunk(res: &mut reqwest::Response) -> Option<usize> {
         _ => None,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_monitor_shows_its_schedule_and_next_runs() {
+    let hb = "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: weekly\nspec:\n  schedule: \"30 2 * * sun\"\n  timeZone: Europe/Amsterdam\n  grace: 15m\n  maxDuration: 1h\n";
+    let s = InProcess::start(&[("hb.yaml", hb.to_string())]).await;
+    let admin = std::fs::read_to_string(s.data.join("tokens/admin.token")).unwrap();
+    let a = login(&s.base, admin.trim()).await;
+    let detail = page(&s.base, "/ui/monitors/default/weekly", &a).await;
+    assert!(
+        detail.contains("<code>30 2 * * sun</code> in Europe/Amsterdam"),
+        "{detail}"
+    );
+    assert!(detail.contains("Next runs"), "{detail}");
+    let runs = detail.split("Next runs").nth(1).unwrap();
+    let runs = runs.split("</ol>").next().unwrap();
+    assert_eq!(runs.matches("<li>").count(), 5, "{runs}");
+    assert_eq!(runs.matches(" 02:30 ").count(), 5, "local times: {runs}");
+    assert!(runs.contains("CET") || runs.contains("CEST"), "{runs}");
+    assert!(detail.contains("Longest run"), "maxDuration shown");
+    let list = page(&s.base, "/ui/monitors", &a).await;
+    assert!(
+        list.contains("30 2 * * sun"),
+        "the list shows the schedule: {list}"
+    );
+    s.stop().await;
+}

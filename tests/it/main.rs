@@ -18,3 +18,4 @@ mod image;
 mod management_api;
 mod monitors;
 mod operator_e2e;
+mod schedules;

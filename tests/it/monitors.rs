@@ -574,6 +574,10 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
                 display_name: None,
                 interval_secs: 3600,
                 grace_secs: 0,
+                schedule: None,
+                max_duration_secs: None,
+                cron_job: None,
+                require_ping: false,
                 paused: false,
                 targets: Vec::new(),
                 application: None,
@@ -595,6 +599,7 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
             source: None,
             user_agent: None,
             body: None,
+            rid: None,
         };
         [
             futures::future::Either::Left(async move { engine.ping(key, input).await.map(|_| ()) }),

@@ -65,7 +65,17 @@ What the operator may do in each watched namespace, and why. Nothing more.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# Events on the resources (state changes, refusals, issued tokens).
+# CronJobs named by cronJobRef, or annotated hartslag.dev/monitor, and their Jobs: cached
+# and watched, never written (one rule covers batch/v1 and batch/v1beta1). Pods: read only
+# when a Job has failed, for the exit code of its failed container.
+- apiGroups: ["batch"]
+  resources: ["cronjobs", "jobs"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Events on the resources (state changes, refusals, issued tokens) and on CronJobs whose
+# annotations cannot be followed.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -6,8 +6,17 @@ use jiff::Timestamp;
 use super::engine::{MonitorDef, Origin};
 use crate::core::alert::message::resolve_targets;
 use crate::core::registry::AppInfo;
-use crate::core::spec::{DeletionPolicy, HeartbeatSpec};
+use crate::core::spec::{Cadence, CronJobSchedule, DeletionPolicy, HeartbeatSpec, SpecError};
 use crate::core::token::TokenHash;
+
+/// What a front end read from the CronJob a Heartbeat's `cronJobRef` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedCronJob {
+    /// Its schedule and time zone.
+    pub schedule: CronJobSchedule,
+    /// `spec.suspend`: no Jobs are created, so the monitor is paused.
+    pub suspended: bool,
+}
 
 /// A Heartbeat as a front end found it: its spec and what the front end resolved around it.
 #[derive(Debug, Clone)]
@@ -20,6 +29,9 @@ pub struct DeclaredHeartbeat<'a> {
     pub spec: &'a HeartbeatSpec,
     /// The Application its `applicationRef` names, already looked up.
     pub application: Option<&'a AppInfo>,
+    /// The CronJob its `cronJobRef` names, already read; `None` without a `cronJobRef`
+    /// (or while the CronJob cannot be read, when the Heartbeat's own timing applies).
+    pub cron_job: Option<&'a WatchedCronJob>,
     /// Hash of its ping token.
     pub token: TokenHash,
     /// How to ping it, for alert text; never the token itself.
@@ -34,23 +46,35 @@ impl DeclaredHeartbeat<'_> {
     /// The monitor definition this Heartbeat asks for. Against `existing` (the definition
     /// the engine holds now) the id and creation time are kept, and `updated_at` moves to
     /// `now` only when something else changed: a result equal to `existing` means there is
-    /// nothing to write.
+    /// nothing to write. Fails only when the timing cannot be read (the spec's, or the
+    /// CronJob's schedule).
     pub fn monitor_def(
         self,
         existing: Option<&MonitorDef>,
         default_webhook: Option<&str>,
         now: Timestamp,
-    ) -> MonitorDef {
+    ) -> Result<MonitorDef, SpecError> {
         let spec = self.spec;
+        let (interval_secs, schedule) = match spec.cadence(self.cron_job.map(|c| &c.schedule))? {
+            Cadence::Every(d) => (d.as_secs(), None),
+            Cadence::Schedule(s) => (
+                u64::try_from(s.typical_gap().as_secs()).unwrap_or(u64::MAX),
+                Some(s),
+            ),
+        };
         let mut def = MonitorDef {
             key: crate::core::registry::object_key(self.namespace, self.name),
             id: existing.map_or(self.id, |e| e.id.clone()),
             namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             display_name: spec.display_name.clone(),
-            interval_secs: spec.interval().as_secs(),
+            interval_secs,
+            schedule,
             grace_secs: spec.grace().as_secs(),
-            paused: spec.paused,
+            max_duration_secs: spec.max_duration.map(|d| d.as_secs()),
+            cron_job: spec.cron_job_ref.as_ref().map(|r| r.name.clone()),
+            require_ping: spec.require_ping,
+            paused: spec.paused || self.cron_job.is_some_and(|c| c.suspended),
             targets: resolve_targets(
                 spec.alerts.as_ref(),
                 self.application.and_then(|a| a.spec.alerts.as_ref()),
@@ -67,7 +91,7 @@ impl DeclaredHeartbeat<'_> {
         if existing.is_some_and(|e| *e != def) {
             def.updated_at = now;
         }
-        def
+        Ok(def)
     }
 }
 
@@ -107,6 +131,7 @@ mod tests {
             name: "backup",
             spec,
             application: app,
+            cron_job: None,
             token: TokenHash::of("token"),
             ping_hint: "curl".into(),
             origin: Origin::Kubernetes,
@@ -122,7 +147,9 @@ mod tests {
         .unwrap();
         let app = app();
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let def = declared(&spec, Some(&app)).monitor_def(None, Some("http://hook"), now);
+        let def = declared(&spec, Some(&app))
+            .monitor_def(None, Some("http://hook"), now)
+            .unwrap();
         assert_eq!(def.key, "team/backup");
         assert_eq!(def.id, "new-id");
         assert_eq!((def.interval_secs, def.grace_secs), (7200, 600));
@@ -134,7 +161,9 @@ mod tests {
             serde_json::to_value(&def.targets).unwrap(),
             serde_json::json!([{"type": "email", "to": ["ops@example.com"]}])
         );
-        let alone = declared(&spec, None).monitor_def(None, Some("http://hook"), now);
+        let alone = declared(&spec, None)
+            .monitor_def(None, Some("http://hook"), now)
+            .unwrap();
         assert_eq!(
             serde_json::to_value(&alone.targets).unwrap(),
             serde_json::json!([{"type": "webhook", "url": "http://hook"}])
@@ -146,15 +175,20 @@ mod tests {
         let spec = HeartbeatSpec::default();
         let then = Timestamp::from_second(1_600_000_000).unwrap();
         let now = Timestamp::from_second(1_700_000_000).unwrap();
-        let existing = declared(&spec, None).monitor_def(None, None, then);
+        let existing = declared(&spec, None).monitor_def(None, None, then).unwrap();
         let mut again = declared(&spec, None);
         again.id = "another-id".into();
-        assert_eq!(again.monitor_def(Some(&existing), None, now), existing);
+        assert_eq!(
+            again.monitor_def(Some(&existing), None, now).unwrap(),
+            existing
+        );
         let paused = HeartbeatSpec {
             paused: true,
             ..Default::default()
         };
-        let changed = declared(&paused, None).monitor_def(Some(&existing), None, now);
+        let changed = declared(&paused, None)
+            .monitor_def(Some(&existing), None, now)
+            .unwrap();
         assert_eq!(changed.id, existing.id);
         assert_eq!(changed.created_at, then);
         assert_eq!(changed.updated_at, now);

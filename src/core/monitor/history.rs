@@ -54,9 +54,18 @@ pub struct PingRecord {
     /// Request body, at most 10 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Run duration in milliseconds, when a `/start` preceded it.
+    /// Run duration in milliseconds, when a `/start` (or the Job's start) preceded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
+    /// The run id the ping carried (`?rid=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    /// The Job this entry reports, for evidence from a watched CronJob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Why the Job failed (`BackoffLimitExceeded`, `DeadlineExceeded`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Pings per block.
@@ -298,6 +307,9 @@ mod tests {
                 .is_multiple_of(3)
                 .then(|| format!("run {seq}\nline two, \"quoted\"")),
             duration_ms: None,
+            rid: None,
+            job: None,
+            reason: None,
         }
     }
 

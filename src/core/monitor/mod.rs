@@ -4,5 +4,6 @@
 pub mod define;
 pub mod engine;
 pub mod history;
+pub mod jobs;
 pub mod schedule;
 pub mod state;

@@ -6,27 +6,44 @@
 //! effects. The stored form ([`MonitorState`]) is plain serde data so it can live in sled as
 //! JSON.
 //!
+//! A monitor is timed by an interval (the deadline is the last ping plus the interval) or
+//! by a cron schedule (the deadline is the first scheduled time after the last ping, and a
+//! scheduled monitor is armed from the moment it is created or resumed, since its rhythm
+//! does not depend on a first ping). Either way it is Late from the deadline and Down from
+//! the deadline plus grace. Monitors of a watched CronJob also take [`Signal::Job`]
+//! evidence (see [`super::jobs`]): a Job's start, success or failure, and a window with no
+//! Job at all is Down as "not scheduled".
+//!
 //! Rules that hold after every [`apply`]:
 //! - at most one [`Effect::Transition`] per step, from the old state straight to the new one
 //!   (a tick long after the deadline goes Up → Down, never through a zero-length Late);
 //! - `since` never decreases, whatever the order in which signals arrive;
 //! - Down with no open incident opens one and alerts; Up with an open incident closes it and
 //!   sends the recovery: at most one alert and one recovery per episode, and ticks are
-//!   idempotent.
+//!   idempotent;
+//! - the deadline of an interval monitor is its last ping plus the interval, and it has none
+//!   while New; a scheduled monitor's deadline is always a scheduled time, and it has one
+//!   in every state but Paused (while the schedule fires at all);
+//! - the same Job reported twice changes nothing the second time.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
+use super::jobs::{self, JobFailure, JobOutcome, JobSignal, Novelty, RecentPing, SeenJob};
+use crate::core::cron::Schedule;
+
 /// Where a monitor stands; the single value status pages, metrics and alerting key on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum State {
-    /// Created, never pinged (or resumed with nothing heard while paused): never alerts on
-    /// time, since there is no rhythm to miss yet.
+    /// Created, never pinged (or resumed with nothing heard while paused). An interval
+    /// monitor never alerts on time while New, since there is no rhythm to miss yet; a
+    /// scheduled one awaits its first scheduled time.
     New,
-    /// Pinged; the next ping is due at `deadline` (last ping plus interval).
+    /// Pinged; the next ping is due at `deadline` (last ping plus interval, or the next
+    /// scheduled time).
     Up,
-    /// A run signalled `/start` and has not finished; its own deadline replaces the regular
-    /// one so long jobs are judged by their run time.
+    /// A run signalled `/start` (or a Job started) and has not finished; its own deadline
+    /// replaces the regular one so long jobs are judged by their run time.
     Started,
     /// Past the deadline but within grace: worth showing, not yet worth waking someone.
     Late,
@@ -86,17 +103,43 @@ pub enum TimingError {
     NegativeGrace(SignedDuration),
 }
 
-/// How long a monitor waits, passed to every step rather than stored, so a changed spec
-/// takes effect on the next step without rewriting stored state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Timing {
-    /// Longest expected time between successful pings.
-    pub interval: SignedDuration,
-    /// Extra time after the deadline before Down; also the time a started run may take.
-    pub grace: SignedDuration,
+/// What the Jobs of a watched CronJob are held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct JobRules {
+    /// A Job that completes without a ping from its code is Down.
+    pub require_ping: bool,
 }
 
-impl Timing {
+/// How long a monitor waits, passed to every step rather than stored, so a changed spec
+/// takes effect on the next step without rewriting stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing<'a> {
+    /// Longest expected time between successful pings; for a scheduled monitor, the
+    /// schedule's typical gap (only used where a single period must be shown).
+    pub interval: SignedDuration,
+    /// Extra time after the deadline before Down; also the time a started run may take
+    /// when nothing else limits it.
+    pub grace: SignedDuration,
+    /// The cron schedule, when the monitor is scheduled rather than on an interval.
+    pub schedule: Option<&'a Schedule>,
+    /// The longest a run may take (`maxDuration`).
+    pub max_duration: Option<SignedDuration>,
+    /// Set when the monitor watches a CronJob's Jobs.
+    pub jobs: Option<JobRules>,
+}
+
+impl Timing<'static> {
+    /// Interval timing with nothing else set.
+    pub const fn every(interval: SignedDuration, grace: SignedDuration) -> Self {
+        Self {
+            interval,
+            grace,
+            schedule: None,
+            max_duration: None,
+            jobs: None,
+        }
+    }
+
     /// Checked constructor for timing that comes from users (the fields stay public for
     /// literals; out-of-range values there are clamped by the state machine, not trusted).
     pub fn new(interval: SignedDuration, grace: SignedDuration) -> Result<Self, TimingError> {
@@ -106,20 +149,32 @@ impl Timing {
         if grace.is_negative() {
             return Err(TimingError::NegativeGrace(grace));
         }
-        Ok(Self { interval, grace })
+        Ok(Self::every(interval, grace))
     }
 
     /// Monitor definitions store whole seconds; this saturates instead of failing.
     pub fn from_secs(interval: u64, grace: u64) -> Self {
-        let s = |v: u64| SignedDuration::from_secs(i64::try_from(v).unwrap_or(i64::MAX));
-        Self {
-            interval: s(interval),
-            grace: s(grace),
-        }
+        Self::every(secs_saturating(interval), secs_saturating(grace))
+    }
+}
+
+/// `v` seconds, saturating at the largest duration.
+pub fn secs_saturating(v: u64) -> SignedDuration {
+    SignedDuration::from_secs(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+impl<'a> Timing<'a> {
+    /// The same timing on a cron schedule.
+    pub fn with_schedule<'b>(self, schedule: Option<&'b Schedule>) -> Timing<'b>
+    where
+        'a: 'b,
+    {
+        Timing { schedule, ..self }
     }
 
-    /// How long a started run may take before it is Down: the grace, or the interval when
-    /// grace is zero (a zero allowance would fail every run at once).
+    /// How long a started run may take before it is Down when neither `maxDuration` nor a
+    /// schedule limits it: the grace, or the interval when grace is zero (a zero allowance
+    /// would fail every run at once).
     pub fn run_allowance(&self) -> SignedDuration {
         if self.grace.is_positive() {
             self.grace
@@ -131,10 +186,42 @@ impl Timing {
     fn grace_or_zero(&self) -> SignedDuration {
         self.grace.max(SignedDuration::ZERO)
     }
+
+    /// The deadline a success ping at `ping` sets: the next scheduled time after it, or
+    /// the ping plus the interval.
+    pub fn deadline_after(&self, ping: Timestamp) -> Option<Timestamp> {
+        match self.schedule {
+            Some(s) => s.next_after(ping),
+            None => plus(ping, self.interval),
+        }
+    }
+
+    /// When a run that started at `started` times out: after `maxDuration`; without one,
+    /// on a schedule, once the next scheduled run is due and its grace has passed (a run
+    /// still going then is stuck or blocking the next); otherwise after
+    /// [`Timing::run_allowance`].
+    pub fn run_deadline(&self, started: Timestamp) -> Option<Timestamp> {
+        match (self.max_duration, self.schedule) {
+            (Some(max), _) => plus(started, max.max(SignedDuration::from_secs(1))),
+            (None, Some(s)) => s
+                .next_after(started)
+                .and_then(|n| plus(n, self.grace_or_zero())),
+            (None, None) => plus(started, self.run_allowance()),
+        }
+    }
+
+    /// Why a missed deadline is Down: with Jobs watched, no Job started in the window.
+    fn miss_reason(&self) -> DownReason {
+        if self.jobs.is_some() {
+            DownReason::NotScheduled
+        } else {
+            DownReason::Missed
+        }
+    }
 }
 
 /// Why a monitor went Down, kept so alerts and status can say more than "down".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DownReason {
     /// No success ping before deadline plus grace.
@@ -146,6 +233,28 @@ pub enum DownReason {
     },
     /// A run that sent `/start` did not finish within its allowance.
     RunTimeout,
+    /// A watched CronJob created no Job in the window after a scheduled time.
+    NotScheduled,
+    /// A Job of the watched CronJob failed.
+    JobFailed {
+        /// The Job's name.
+        job: String,
+        /// Its condition's reason.
+        reason: JobFailure,
+        /// The failed container's exit code, when a Pod still showed it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<u8>,
+    },
+    /// A Job ran past its allowance (`maxDuration`, or the next run's window).
+    JobTooLong {
+        /// The Job's name.
+        job: String,
+    },
+    /// A Job completed, but its code sent no ping during its run (`requirePing`).
+    CompletedWithoutPing {
+        /// The Job's name.
+        job: String,
+    },
 }
 
 /// Everything the state machine remembers about one monitor; stored as JSON, so fields are
@@ -167,7 +276,8 @@ pub struct MonitorState {
     /// Latest failure signal heard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fail_at: Option<Timestamp>,
-    /// Last ping plus interval, once pinged; `None` while New or Paused (the API's
+    /// When the next ping is due: last ping plus interval, or the next scheduled time;
+    /// `None` while Paused, and while an interval monitor is New (the API's
     /// `next_expected_at`, and the base of `consecutive_misses`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Timestamp>,
@@ -185,9 +295,16 @@ pub struct MonitorState {
     /// When the last Down alert was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_alert_at: Option<Timestamp>,
-    /// Signals received (success, start, fail, paused or not); numbers the ping history.
+    /// Signals received (success, start, fail, Job evidence, paused or not); numbers the
+    /// ping history.
     #[serde(default)]
     pub pings: u64,
+    /// The newest Jobs of a watched CronJob, so replayed evidence counts once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<SeenJob>,
+    /// The newest successful pings of a `requirePing` monitor, to tie to Jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_pings: Vec<RecentPing>,
 }
 
 /// Something the engine must do or record because of a step; returned rather than done so
@@ -225,22 +342,26 @@ pub enum Effect {
 
 /// An input to the state machine; each carries the time it happened, since the state
 /// machine has no clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
     /// A successful ping (`/ping`, or exit code 0).
     Success(Timestamp),
+    /// A successful ping that named the run it belongs to (`?rid=`: a Job's or Pod's name).
+    SuccessFor(Timestamp, String),
     /// A run began (`/start`).
     Start(Timestamp),
     /// The job failed (`/fail`, or exit code 1–255). `Some(0)` is treated as a success.
     Fail(Timestamp, Option<u8>),
+    /// A Job of the watched CronJob, as its front end sees it now.
+    Job(JobSignal),
     /// The monitor was paused.
     Pause(Timestamp),
     /// The monitor was resumed.
     Resume(Timestamp),
     /// Time passed; apply the deadlines due by then (never moves backwards).
     Tick(Timestamp),
-    /// Interval or grace changed: recompute the deadline from the last ping and re-evaluate
-    /// at this time (may also move Late back to Up).
+    /// Timing changed (interval, schedule, grace, run limits): recompute the deadline and
+    /// re-evaluate at this time (may also move Late back to Up).
     Retimed(Timestamp),
 }
 
@@ -256,14 +377,16 @@ impl Signal {
 
     /// When it happened, for records that do not care which signal it was.
     pub fn at(&self) -> Timestamp {
-        match *self {
+        match self {
+            Signal::Job(job) => job.at(),
             Signal::Success(at)
+            | Signal::SuccessFor(at, _)
             | Signal::Start(at)
             | Signal::Fail(at, _)
             | Signal::Pause(at)
             | Signal::Resume(at)
             | Signal::Tick(at)
-            | Signal::Retimed(at) => at,
+            | Signal::Retimed(at) => *at,
         }
     }
 }
@@ -283,6 +406,8 @@ impl MonitorState {
             pinged_while_paused: false,
             last_alert_at: None,
             pings: 0,
+            jobs: Vec::new(),
+            recent_pings: Vec::new(),
         }
     }
 
@@ -295,12 +420,24 @@ impl MonitorState {
         }
     }
 
-    /// `next_expected_at` as the API shows it: none while New or Paused, where no ping is
-    /// awaited.
+    /// A monitor defined at `at` with `timing`: paused, or New and, on a schedule, armed
+    /// for the first scheduled time after `at`.
+    pub fn created(timing: &Timing<'_>, at: Timestamp, paused: bool) -> Self {
+        if paused {
+            return Self::new_paused(at);
+        }
+        Self {
+            deadline: timing.schedule.and_then(|s| s.next_after(at)),
+            ..Self::new(at)
+        }
+    }
+
+    /// `next_expected_at` as the API shows it: none while Paused, or while an interval
+    /// monitor is New, where no ping is awaited.
     pub fn next_expected_at(&self) -> Option<Timestamp> {
         match self.state {
-            State::New | State::Paused => None,
-            State::Up | State::Started | State::Late | State::Down => self.deadline,
+            State::Paused => None,
+            State::New | State::Up | State::Started | State::Late | State::Down => self.deadline,
         }
     }
 }
@@ -310,39 +447,36 @@ fn plus(a: Timestamp, d: SignedDuration) -> Option<Timestamp> {
     a.checked_add(d).ok()
 }
 
-/// The deadline a ping at `ping` sets.
-fn deadline_after(timing: &Timing, ping: Option<Timestamp>) -> Option<Timestamp> {
-    ping.and_then(|p| plus(p, timing.interval))
-}
-
 /// When a run in progress times out.
-fn run_deadline(timing: &Timing, s: &MonitorState) -> Option<Timestamp> {
-    s.run_started_at
-        .and_then(|r| plus(r, timing.run_allowance()))
+fn run_deadline(timing: &Timing<'_>, s: &MonitorState) -> Option<Timestamp> {
+    s.run_started_at.and_then(|r| timing.run_deadline(r))
 }
 
-/// Where a pinged monitor stands at `now` judged only by its deadline, and since when.
-fn by_deadline(timing: &Timing, deadline: Option<Timestamp>, now: Timestamp) -> (State, Timestamp) {
-    let Some(deadline) = deadline else {
-        return (State::Up, now);
-    };
+/// Where a monitor stands at `now` judged only by its deadline, and since when; `None`
+/// when nothing is due yet.
+fn overdue(
+    timing: &Timing<'_>,
+    deadline: Option<Timestamp>,
+    now: Timestamp,
+) -> Option<(State, Timestamp)> {
+    let deadline = deadline?;
     match plus(deadline, timing.grace_or_zero()) {
-        Some(down_at) if down_at <= now => (State::Down, down_at),
-        _ if deadline <= now => (State::Late, deadline),
-        _ => (State::Up, now),
+        Some(down_at) if down_at <= now => Some((State::Down, down_at)),
+        _ if deadline <= now => Some((State::Late, deadline)),
+        _ => None,
     }
 }
 
 /// One step in progress: the state being built, the state it started from and the effects
 /// that are not derived from the final state.
-struct Step<'a> {
-    timing: &'a Timing,
+struct Step<'a, 't> {
+    timing: &'a Timing<'t>,
     from: State,
     s: MonitorState,
     run_finished: Option<SignedDuration>,
 }
 
-impl Step<'_> {
+impl Step<'_, '_> {
     /// Moves to `to`, which began at `at` (clamped so `since` never decreases).
     fn enter(&mut self, to: State, at: Timestamp) {
         if self.s.state != to {
@@ -372,39 +506,71 @@ impl Step<'_> {
     /// Applies the time-driven transitions due by `now`, forwards only.
     fn tick(&mut self, now: Timestamp) {
         match self.s.state {
-            State::Up | State::Late => {
-                let (to, at) = by_deadline(self.timing, self.s.deadline, now);
-                match (self.s.state, to) {
-                    (_, State::Down) => self.down(DownReason::Missed, at),
-                    (State::Up, State::Late) => self.enter(State::Late, at),
+            State::New | State::Up | State::Late => {
+                match overdue(self.timing, self.s.deadline, now) {
+                    Some((State::Down, at)) => self.down(self.timing.miss_reason(), at),
+                    Some((State::Late, at)) if self.s.state != State::Late => {
+                        self.enter(State::Late, at)
+                    }
                     _ => {}
                 }
             }
             State::Started => {
                 if let Some(at) = run_deadline(self.timing, &self.s).filter(|at| *at <= now) {
+                    let reason = self.timeout_reason();
                     self.s.run_started_at = None;
-                    self.down(DownReason::RunTimeout, at);
+                    self.down(reason, at);
                 }
             }
-            State::New | State::Down | State::Paused => {}
+            State::Down | State::Paused => {}
         }
     }
 
-    fn success(&mut self, at: Timestamp) {
+    /// A run timed out: a Job's when the run in progress is a remembered Job's.
+    fn timeout_reason(&self) -> DownReason {
+        self.s
+            .run_started_at
+            .and_then(|r| jobs::running_since(&self.s.jobs, r))
+            .map_or(DownReason::RunTimeout, |j| DownReason::JobTooLong {
+                job: j.name.clone(),
+            })
+    }
+
+    fn success(&mut self, at: Timestamp, rid: Option<&str>) {
         self.s.pings = self.s.pings.saturating_add(1);
+        if self.timing.jobs.is_some_and(|j| j.require_ping) {
+            jobs::remember_ping(&mut self.s.recent_pings, at, rid);
+        }
+        self.succeed(at);
+    }
+
+    /// A success, from a ping or a Job: recorded always, applied unless paused.
+    fn succeed(&mut self, at: Timestamp) {
+        if self.record_success(at) {
+            self.finish_run(at);
+            self.enter(State::Up, at);
+        }
+    }
+
+    /// Keeps the latest success and the deadline it sets; false while paused, where it
+    /// is only remembered for the resume.
+    fn record_success(&mut self, at: Timestamp) -> bool {
         let last = self.s.last_ping_at.map_or(at, |p| p.max(at));
         self.s.last_ping_at = Some(last);
         if self.s.state == State::Paused {
             self.s.pinged_while_paused = true;
-            return;
+            return false;
         }
-        self.finish_run(at);
-        self.s.deadline = deadline_after(self.timing, Some(last));
-        self.enter(State::Up, at);
+        self.s.deadline = self.timing.deadline_after(last);
+        true
     }
 
     fn start(&mut self, at: Timestamp) {
         self.s.pings = self.s.pings.saturating_add(1);
+        self.begin_run(at);
+    }
+
+    fn begin_run(&mut self, at: Timestamp) {
         match self.s.state {
             State::Paused => {}
             // A start proves nothing: the episode stays Down (and "failing") until the run
@@ -421,12 +587,71 @@ impl Step<'_> {
 
     fn fail(&mut self, at: Timestamp, exit_code: Option<u8>) {
         self.s.pings = self.s.pings.saturating_add(1);
+        self.finish_run(at);
+        self.fail_with(at, DownReason::Failed { exit_code });
+    }
+
+    /// A failure: recorded always, Down unless paused (where no run is tracked to end).
+    fn fail_with(&mut self, at: Timestamp, reason: DownReason) {
         self.s.last_fail_at = Some(self.s.last_fail_at.map_or(at, |f| f.max(at)));
-        if self.s.state == State::Paused {
+        if self.s.state != State::Paused {
+            self.down(reason, at);
+        }
+    }
+
+    /// Evidence from a Job: its start is a start, its end a success or a failure. An end
+    /// that belongs to an older run than the one in progress (Jobs that overlap) is
+    /// recorded, and a failure still counts, but a success does not end the newer run.
+    fn job(&mut self, job: &JobSignal) {
+        let novelty = jobs::remember(&mut self.s.jobs, job);
+        if novelty == Novelty::Stale {
             return;
         }
-        self.finish_run(at);
-        self.down(DownReason::Failed { exit_code }, at);
+        self.s.pings = self.s.pings.saturating_add(1);
+        if novelty == Novelty::New {
+            self.begin_run(job.started_at);
+        }
+        let newer_run = self.s.run_started_at.is_some_and(|r| r > job.started_at);
+        match job.outcome {
+            JobOutcome::Running => {}
+            JobOutcome::Failed {
+                at,
+                reason,
+                exit_code,
+            } => {
+                let reason = DownReason::JobFailed {
+                    job: job.name.clone(),
+                    reason,
+                    exit_code,
+                };
+                self.end_job_run(job, newer_run);
+                self.fail_with(at, reason);
+            }
+            JobOutcome::Succeeded(at) => {
+                let require_ping = self.timing.jobs.is_some_and(|j| j.require_ping);
+                if require_ping && !job.pinged(&self.s.recent_pings) {
+                    self.end_job_run(job, newer_run);
+                    let reason = DownReason::CompletedWithoutPing {
+                        job: job.name.clone(),
+                    };
+                    self.fail_with(at, reason);
+                } else if newer_run {
+                    self.run_finished = job.duration();
+                    self.record_success(at);
+                } else {
+                    self.end_job_run(job, false);
+                    self.succeed(at);
+                }
+            }
+        }
+    }
+
+    /// Reports the Job's own duration and, unless a newer run is in progress, ends the run.
+    fn end_job_run(&mut self, job: &JobSignal, newer_run: bool) {
+        self.run_finished = job.duration();
+        if !newer_run {
+            self.s.run_started_at = None;
+        }
     }
 
     fn pause(&mut self, at: Timestamp) {
@@ -442,38 +667,62 @@ impl Step<'_> {
         if self.s.state != State::Paused {
             return;
         }
-        if self.s.pinged_while_paused && self.s.last_ping_at.is_some() {
-            self.s.deadline = deadline_after(self.timing, self.s.last_ping_at);
-            // Nothing could be late while paused: whatever it is now, it became so now.
-            let (to, _) = by_deadline(self.timing, self.s.deadline, at);
-            if to == State::Down {
-                self.down(DownReason::Missed, at);
-            } else {
-                self.enter(to, at);
+        match self.s.last_ping_at.filter(|_| self.s.pinged_while_paused) {
+            Some(last) => {
+                self.s.deadline = self.timing.deadline_after(last);
+                // Nothing could be late while paused: whatever it is now, it became so now.
+                match overdue(self.timing, self.s.deadline, at) {
+                    Some((State::Down, _)) => self.down(self.timing.miss_reason(), at),
+                    Some((to, _)) => self.enter(to, at),
+                    None => self.enter(State::Up, at),
+                }
             }
-        } else {
-            self.s.deadline = None;
-            self.enter(State::New, at);
+            None => {
+                self.s.deadline = self.timing.schedule.and_then(|s| s.next_after(at));
+                self.enter(State::New, at);
+            }
         }
         self.s.pinged_while_paused = false;
     }
 
     fn retime(&mut self, now: Timestamp) {
-        if self.s.deadline.is_some() {
-            self.s.deadline = deadline_after(self.timing, self.s.last_ping_at);
+        if self.s.state == State::Paused {
+            return;
         }
+        self.s.deadline = self.retimed_deadline(now);
         match self.s.state {
-            // Up and Late are judged afresh, so a longer interval can make Late Up again.
-            State::Up | State::Late => {
-                let (to, at) = by_deadline(self.timing, self.s.deadline, now);
-                match to {
-                    State::Down => self.down(DownReason::Missed, at),
-                    _ => self.enter(to, at),
+            // Up and Late are judged afresh, so a longer interval can make Late Up again,
+            // and a monitor that never pinged goes back to waiting.
+            State::Up | State::Late => match overdue(self.timing, self.s.deadline, now) {
+                Some((State::Down, at)) => self.down(self.timing.miss_reason(), at),
+                Some((to, at)) => self.enter(to, at),
+                None if self.s.last_ping_at.is_some() && self.s.deadline.is_some() => {
+                    self.enter(State::Up, now)
                 }
-            }
-            State::Started => self.tick(now),
-            // Down ends only with a success ping; New and Paused have no deadline.
-            State::New | State::Down | State::Paused => {}
+                None => self.enter(State::New, now),
+            },
+            State::New | State::Started => self.tick(now),
+            // Down ends only with a success ping.
+            State::Down | State::Paused => {}
+        }
+    }
+
+    /// The deadline after a change of timing. On a schedule: the current deadline while it
+    /// is still a scheduled time (only grace or run limits changed), else the next
+    /// scheduled time from now, since a new schedule is not applied to the past. On an
+    /// interval: from the last ping, where the deadline came from one.
+    fn retimed_deadline(&self, now: Timestamp) -> Option<Timestamp> {
+        match self.timing.schedule {
+            Some(s) => match self.s.deadline {
+                Some(d) if s.is_occurrence(d) => Some(d),
+                _ => s.next_after(now),
+            },
+            None if self.s.state == State::New => None,
+            None => self
+                .s
+                .deadline
+                .and(self.s.last_ping_at)
+                .and_then(|p| self.timing.deadline_after(p)),
         }
     }
 
@@ -501,7 +750,7 @@ impl Step<'_> {
                 self.s.incident_open = true;
                 self.s.last_alert_at = Some(at);
                 effects.push(Effect::Alert {
-                    reason: self.s.down_reason.unwrap_or(DownReason::Missed),
+                    reason: self.s.down_reason.clone().unwrap_or(DownReason::Missed),
                     at,
                 });
             }
@@ -517,7 +766,11 @@ impl Step<'_> {
 
 /// One step: the new state and the effects the engine must carry out, in the order
 /// transition, run finished, alert or recovery.
-pub fn apply(timing: &Timing, state: &MonitorState, signal: Signal) -> (MonitorState, Vec<Effect>) {
+pub fn apply(
+    timing: &Timing<'_>,
+    state: &MonitorState,
+    signal: &Signal,
+) -> (MonitorState, Vec<Effect>) {
     let mut step = Step {
         timing,
         from: state.state,
@@ -525,36 +778,53 @@ pub fn apply(timing: &Timing, state: &MonitorState, signal: Signal) -> (MonitorS
         run_finished: None,
     };
     match signal {
-        Signal::Success(at) | Signal::Fail(at, Some(0)) => step.success(at),
-        Signal::Start(at) => step.start(at),
-        Signal::Fail(at, exit_code) => step.fail(at, exit_code),
-        Signal::Pause(at) => step.pause(at),
-        Signal::Resume(at) => step.resume(at),
-        Signal::Tick(now) => step.tick(now),
-        Signal::Retimed(now) => step.retime(now),
+        Signal::Success(at) | Signal::Fail(at, Some(0)) => step.success(*at, None),
+        Signal::SuccessFor(at, rid) => step.success(*at, Some(rid)),
+        Signal::Start(at) => step.start(*at),
+        Signal::Fail(at, exit_code) => step.fail(*at, *exit_code),
+        Signal::Job(job) => step.job(job),
+        Signal::Pause(at) => step.pause(*at),
+        Signal::Resume(at) => step.resume(*at),
+        Signal::Tick(now) => step.tick(*now),
+        Signal::Retimed(now) => step.retime(*now),
     }
     step.finish(signal.at())
 }
 
 /// When a tick could next change this monitor, so the scheduler arms exactly one deadline
 /// per monitor instead of polling; `None` means only a signal can change it.
-pub fn next_wakeup(timing: &Timing, s: &MonitorState) -> Option<Timestamp> {
+pub fn next_wakeup(timing: &Timing<'_>, s: &MonitorState) -> Option<Timestamp> {
     match s.state {
-        State::Up => s.deadline,
+        State::New | State::Up => s.deadline,
         State::Late => s.deadline.and_then(|d| plus(d, timing.grace_or_zero())),
         State::Started => run_deadline(timing, s),
-        State::New | State::Down | State::Paused => None,
+        State::Down | State::Paused => None,
     }
 }
 
-/// Whole intervals elapsed since the deadline while Down (0 in any other state, before the
-/// deadline, or with no deadline), for status pages and Tickstem's `consecutive_misses`.
-pub fn consecutive_misses(timing: &Timing, s: &MonitorState, now: Timestamp) -> u64 {
+/// Most scheduled times [`consecutive_misses`] counts one by one before it estimates the
+/// rest from the typical gap: a monitor Down for a year on `* * * * *` must not cost a
+/// walk over half a million minutes on every status read.
+const MISSES_WALKED: u64 = 1000;
+
+/// Whole intervals (or scheduled times) elapsed since the deadline while Down (0 in any
+/// other state, before the deadline, or with no deadline), for status pages and
+/// Tickstem's `consecutive_misses`.
+pub fn consecutive_misses(timing: &Timing<'_>, s: &MonitorState, now: Timestamp) -> u64 {
     let (State::Down, Some(deadline)) = (s.state, s.deadline) else {
         return 0;
     };
+    if now <= deadline {
+        return 0;
+    }
+    if let Some(schedule) = timing.schedule {
+        let walked = schedule.count_between(deadline, now, MISSES_WALKED);
+        if walked < MISSES_WALKED {
+            return walked;
+        }
+    }
     let interval = timing.interval.as_nanos();
-    if now <= deadline || interval <= 0 {
+    if interval <= 0 {
         return 0;
     }
     let whole = now
@@ -568,7 +838,8 @@ pub fn consecutive_misses(timing: &Timing, s: &MonitorState, now: Timestamp) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Signal::{Fail, Pause, Resume, Retimed, Start, Success, Tick};
+    use crate::core::cron::Dialect;
+    use Signal::{Fail, Pause, Resume, Retimed, Start, Success, SuccessFor, Tick};
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + secs).unwrap()
@@ -580,16 +851,13 @@ mod tests {
 
     /// Interval one hour, grace five minutes: Late at +3600, Down at +3900; a run may take
     /// 300 s.
-    const HOUR: Timing = Timing {
-        interval: SignedDuration::from_secs(3600),
-        grace: SignedDuration::from_secs(300),
-    };
+    const HOUR: Timing = Timing::every(
+        SignedDuration::from_secs(3600),
+        SignedDuration::from_secs(300),
+    );
 
     /// Interval one minute, no grace: Down at +60; a run may take 60 s.
-    const MINUTE: Timing = Timing {
-        interval: SignedDuration::from_secs(60),
-        grace: SignedDuration::ZERO,
-    };
+    const MINUTE: Timing = Timing::every(SignedDuration::from_secs(60), SignedDuration::ZERO);
 
     /// Runs `signals` from a New monitor created at t(0): the final state, all effects, and
     /// the effects of the last signal alone.
@@ -598,7 +866,7 @@ mod tests {
         let mut all = Vec::new();
         let mut last = Vec::new();
         for sig in signals {
-            let (n, e) = apply(timing, &s, *sig);
+            let (n, e) = apply(timing, &s, sig);
             s = n;
             all.extend(e.iter().cloned());
             last = e;
@@ -644,7 +912,7 @@ mod tests {
 
     struct Case {
         name: &'static str,
-        timing: Timing,
+        timing: Timing<'static>,
         signals: Vec<Signal>,
         state: State,
         /// Exactly the effects of the last signal.
@@ -656,7 +924,7 @@ mod tests {
 
     fn case(
         name: &'static str,
-        timing: Timing,
+        timing: Timing<'static>,
         signals: Vec<Signal>,
         state: State,
         last: Vec<Effect>,
@@ -1330,13 +1598,58 @@ mod tests {
         }
     }
 
+    /// A random Job signal: one of a few names, started a little before `at`, and
+    /// running, succeeded or failed.
+    fn random_job(rng: &mut Lcg, at: Timestamp) -> Signal {
+        let n = rng.next(4);
+        let started_at = at
+            .checked_sub(secs(i64::try_from(rng.next(120)).unwrap()))
+            .unwrap();
+        let outcome = match rng.next(3) {
+            0 => JobOutcome::Running,
+            1 => JobOutcome::Succeeded(at),
+            _ => JobOutcome::Failed {
+                at,
+                reason: JobFailure::BackoffLimitExceeded,
+                exit_code: Some(3),
+            },
+        };
+        Signal::Job(JobSignal {
+            name: format!("job-{n}"),
+            started_at,
+            outcome,
+            run_ids: vec![format!("job-{n}")],
+        })
+    }
+
     #[test]
     fn invariants_hold_for_random_sequences() {
-        let timings = [HOUR, MINUTE, Timing::from_secs(10, 5)];
+        let minutely = Schedule::parse("* * * * *", None).unwrap();
+        let five = Schedule::parse("*/5 * * * *", Some("Europe/Amsterdam")).unwrap();
+        let jobs = Some(JobRules { require_ping: true });
+        let timings = [
+            HOUR,
+            MINUTE,
+            Timing::from_secs(10, 5),
+            Timing::from_secs(60, 10).with_schedule(Some(&minutely)),
+            Timing {
+                jobs,
+                ..Timing::from_secs(300, 0).with_schedule(Some(&five))
+            },
+            Timing {
+                jobs: Some(JobRules::default()),
+                max_duration: Some(secs(30)),
+                ..Timing::from_secs(60, 20).with_schedule(Some(&minutely))
+            },
+            Timing {
+                jobs,
+                ..Timing::from_secs(120, 30)
+            },
+        ];
         let mut rng = Lcg(42);
-        for round in 0..3000 {
+        for round in 0..4200 {
             let timing = timings[round % timings.len()];
-            let mut s = MonitorState::new(t(0));
+            let mut s = MonitorState::created(&timing, t(0), false);
             let mut now = 0i64;
             let mut alerts = 0usize;
             let mut recoveries = 0usize;
@@ -1344,7 +1657,7 @@ mod tests {
                 // Mostly forward in time, sometimes a stale timestamp.
                 now += i64::try_from(rng.next(400)).unwrap();
                 let at = t(now - i64::try_from(rng.next(4) * rng.next(30)).unwrap());
-                let sig = match rng.next(9) {
+                let sig = match rng.next(11) {
                     0 => Success(at),
                     1 => Start(at),
                     2 => Fail(at, Some(u8::try_from(rng.next(256)).unwrap())),
@@ -1352,10 +1665,12 @@ mod tests {
                     4 => Pause(at),
                     5 => Resume(at),
                     6 => Retimed(at),
+                    7 => SuccessFor(at, format!("job-{}", rng.next(4))),
+                    8 => random_job(&mut rng, at),
                     _ => Tick(t(now)),
                 };
                 let before = s.clone();
-                let (next, effects) = apply(&timing, &s, sig);
+                let (next, effects) = apply(&timing, &s, &sig);
                 let ctx = format!("{sig:?} on {before:?} gave {effects:?}");
                 // One transition at most, at the new `since`, which never decreases.
                 let transitions: Vec<_> = effects
@@ -1417,36 +1732,54 @@ mod tests {
                     assert_eq!(next.deadline, None, "{ctx}");
                     assert_eq!(next.run_started_at, None, "{ctx}");
                 }
-                if next.state == State::New {
-                    assert_eq!(next.deadline, None, "{ctx}");
+                match timing.schedule {
+                    None => {
+                        if next.state == State::New {
+                            assert_eq!(next.deadline, None, "{ctx}");
+                        }
+                        if let (Some(d), Some(p)) = (next.deadline, next.last_ping_at) {
+                            assert_eq!(d, p.checked_add(timing.interval).unwrap(), "{ctx}");
+                        }
+                    }
+                    Some(schedule) => {
+                        if next.state != State::Paused {
+                            let d = next.deadline.expect(&ctx);
+                            assert!(schedule.is_occurrence(d), "{ctx}");
+                        }
+                        if let (State::Up, Some(p)) = (next.state, next.last_ping_at) {
+                            assert_eq!(next.deadline, schedule.next_after(p), "{ctx}");
+                        }
+                    }
                 }
-                if let (Some(d), Some(p)) = (next.deadline, next.last_ping_at) {
-                    assert_eq!(d, p.checked_add(timing.interval).unwrap(), "{ctx}");
+                // The same signal again: a Job is counted once.
+                if matches!(sig, Signal::Job(_)) {
+                    let (again, e) = apply(&timing, &next, &sig);
+                    assert_eq!((&again, e.as_slice()), (&next, &[][..]), "{ctx}");
                 }
                 // Ticks: idempotent, and they change something exactly from next_wakeup on.
-                let (again, e) = apply(&timing, &next, Tick(next.since));
+                let (again, e) = apply(&timing, &next, &Tick(next.since));
                 if next_wakeup(&timing, &next).is_none_or(|w| w > next.since) {
                     assert_eq!((&again, e.as_slice()), (&next, &[][..]), "{ctx}");
                 }
                 if let Some(w) = next_wakeup(&timing, &next) {
                     let just_before = w.checked_sub(SignedDuration::from_nanos(1)).unwrap();
                     if just_before >= next.since {
-                        let (same, e) = apply(&timing, &next, Tick(just_before));
+                        let (same, e) = apply(&timing, &next, &Tick(just_before));
                         assert_eq!((&same, e.as_slice()), (&next, &[][..]), "{ctx}");
                     }
-                    let (moved, e) = apply(&timing, &next, Tick(w));
+                    let (moved, e) = apply(&timing, &next, &Tick(w));
                     assert_ne!(
                         moved.state, next.state,
                         "wakeup at {w} changed nothing: {ctx}"
                     );
-                    let (twice, e2) = apply(&timing, &moved, Tick(w));
+                    let (twice, e2) = apply(&timing, &moved, &Tick(w));
                     assert_eq!(
                         (&twice, e2.as_slice()),
                         (&moved, &[][..]),
                         "{ctx} then {e:?}"
                     );
                 } else {
-                    let (same, e) = apply(&timing, &next, Tick(t(now + 10_000_000)));
+                    let (same, e) = apply(&timing, &next, &Tick(t(now + 10_000_000)));
                     assert_eq!(
                         (&same, e.as_slice()),
                         (&next, &[][..]),
@@ -1512,10 +1845,7 @@ mod tests {
         let (timed_out, _, _) = run(&HOUR, &[Success(t(0)), Start(t(10)), Tick(t(310))]);
         assert_eq!(consecutive_misses(&HOUR, &timed_out, t(3600 * 4)), 3);
         // Sub-second precision: interval 1.5 s, 3 s past the deadline is 2 misses.
-        let fast = Timing {
-            interval: SignedDuration::from_millis(1500),
-            grace: SignedDuration::ZERO,
-        };
+        let fast = Timing::every(SignedDuration::from_millis(1500), SignedDuration::ZERO);
         let (s, _, _) = run(&fast, &[Success(t(0)), Tick(t(2))]);
         let deadline = s.deadline.unwrap();
         assert_eq!(
@@ -1523,10 +1853,7 @@ mod tests {
             2
         );
         // A nonsense interval never divides by zero.
-        let zero = Timing {
-            interval: SignedDuration::ZERO,
-            grace: SignedDuration::ZERO,
-        };
+        let zero = Timing::every(SignedDuration::ZERO, SignedDuration::ZERO);
         assert_eq!(consecutive_misses(&zero, &down, t(100_000)), 0);
     }
 
@@ -1537,17 +1864,17 @@ mod tests {
         assert_eq!(late.state, Late);
         // Longer interval: Late becomes Up now, the deadline moves.
         let longer = Timing::from_secs(7200, 300);
-        let (s, e) = apply(&longer, &late, Retimed(t(3701)));
+        let (s, e) = apply(&longer, &late, &Retimed(t(3701)));
         assert_eq!(
             (s.state, s.deadline, e),
             (Up, Some(t(7200)), vec![tr(Late, Up, 3701)])
         );
         // Longer grace only: stays Late.
-        let (s, e) = apply(&Timing::from_secs(3600, 1000), &late, Retimed(t(3701)));
+        let (s, e) = apply(&Timing::from_secs(3600, 1000), &late, &Retimed(t(3701)));
         assert_eq!((s.state, e), (Late, vec![]));
         // Shorter interval: straight to Down at the logical time, with the alert.
         let shorter = Timing::from_secs(60, 0);
-        let (s, e) = apply(&shorter, &late, Retimed(t(3702)));
+        let (s, e) = apply(&shorter, &late, &Retimed(t(3702)));
         assert_eq!(s.state, Down);
         assert_eq!(s.deadline, Some(t(60)));
         assert_eq!(
@@ -1557,11 +1884,11 @@ mod tests {
         );
         // Up to Late by a shorter interval.
         let (up, _, _) = run(&HOUR, &[Success(t(0))]);
-        let (s, e) = apply(&Timing::from_secs(100, 1000), &up, Retimed(t(500)));
+        let (s, e) = apply(&Timing::from_secs(100, 1000), &up, &Retimed(t(500)));
         assert_eq!((s.state, e), (Late, vec![tr(Up, Late, 100)]));
         // Down stays Down (only a ping ends an episode), with the deadline recomputed.
         let (down, _, _) = run(&HOUR, &[Success(t(0)), Tick(t(3900))]);
-        let (s, e) = apply(&Timing::from_secs(100_000, 0), &down, Retimed(t(4000)));
+        let (s, e) = apply(&Timing::from_secs(100_000, 0), &down, &Retimed(t(4000)));
         assert_eq!((s.state, s.deadline, e), (Down, Some(t(100_000)), vec![]));
         assert_eq!(
             consecutive_misses(&Timing::from_secs(100_000, 0), &s, t(4000)),
@@ -1569,7 +1896,7 @@ mod tests {
         );
         // Started: a shorter grace can time the run out.
         let (started, _, _) = run(&HOUR, &[Success(t(0)), Start(t(100))]);
-        let (s, e) = apply(&Timing::from_secs(3600, 50), &started, Retimed(t(200)));
+        let (s, e) = apply(&Timing::from_secs(3600, 50), &started, &Retimed(t(200)));
         assert_eq!(s.state, Down);
         assert_eq!(
             e,
@@ -1578,17 +1905,17 @@ mod tests {
         // New and Paused have no deadline to move.
         let new = MonitorState::new(t(0));
         assert_eq!(
-            apply(&shorter, &new, Retimed(t(99_999))),
+            apply(&shorter, &new, &Retimed(t(99_999))),
             (new.clone(), vec![])
         );
         let (paused, _, _) = run(&HOUR, &[Success(t(0)), Pause(t(1))]);
         assert_eq!(
-            apply(&shorter, &paused, Retimed(t(99_999))),
+            apply(&shorter, &paused, &Retimed(t(99_999))),
             (paused.clone(), vec![])
         );
         // Resuming uses the timing in force at resume time.
         let (paused_pinged, _, _) = run(&HOUR, &[Pause(t(1)), Success(t(2))]);
-        let (s, _) = apply(&shorter, &paused_pinged, Resume(t(100)));
+        let (s, _) = apply(&shorter, &paused_pinged, &Resume(t(100)));
         assert_eq!(s.state, Down);
     }
 
@@ -1616,7 +1943,7 @@ mod tests {
             last_ping_at: Some(t(0)),
             ..MonitorState::new_paused(t(10))
         };
-        let (s, e) = apply(&HOUR, &paused, Resume(t(20)));
+        let (s, e) = apply(&HOUR, &paused, &Resume(t(20)));
         assert_eq!(
             (s.state, s.deadline, e),
             (State::New, None, vec![tr(State::Paused, State::New, 20)])
@@ -1630,7 +1957,7 @@ mod tests {
             incident_open: true,
             ..MonitorState::new(t(0))
         };
-        let (s, e) = apply(&HOUR, &up, Success(t(100)));
+        let (s, e) = apply(&HOUR, &up, &Success(t(100)));
         assert_eq!(e, vec![recovery(100)]);
         assert!(!s.incident_open);
     }
@@ -1684,10 +2011,7 @@ mod tests {
         assert_eq!(HOUR.run_allowance(), secs(300));
         assert_eq!(MINUTE.run_allowance(), secs(60));
         // A negative grace given as a literal is treated as zero, not as "Down before Late".
-        let odd = Timing {
-            interval: secs(60),
-            grace: secs(-30),
-        };
+        let odd = Timing::every(secs(60), secs(-30));
         let (_, _, last) = run(&odd, &[Success(t(0)), Tick(t(59))]);
         assert_eq!(last, vec![]);
     }
@@ -1724,5 +2048,564 @@ mod tests {
             serde_json::from_value::<MonitorState>(minimal).unwrap(),
             MonitorState::new(t(0))
         );
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    /// Steps `signals` from `start`, returning the final state and every effect.
+    fn steps(
+        timing: &Timing<'_>,
+        start: MonitorState,
+        signals: &[Signal],
+    ) -> (MonitorState, Vec<Effect>) {
+        let mut s = start;
+        let mut all = Vec::new();
+        for sig in signals {
+            let (n, e) = apply(timing, &s, sig);
+            s = n;
+            all.extend(e);
+        }
+        (s, all)
+    }
+
+    fn trans(from: State, to: State, when: &str) -> Effect {
+        Effect::Transition {
+            from,
+            to,
+            at: at(when),
+        }
+    }
+
+    #[test]
+    fn a_scheduled_monitor_expects_each_run_from_its_creation() {
+        use State::*;
+        let daily = Schedule::parse("0 2 * * *", None).unwrap();
+        let timing = Timing::from_secs(86_400, 300).with_schedule(Some(&daily));
+        let new = MonitorState::created(&timing, at("2026-01-05T01:00:00Z"), false);
+        assert_eq!(
+            (new.state, new.deadline),
+            (New, Some(at("2026-01-05T02:00:00Z")))
+        );
+        assert_eq!(new.next_expected_at(), Some(at("2026-01-05T02:00:00Z")));
+        assert_eq!(next_wakeup(&timing, &new), Some(at("2026-01-05T02:00:00Z")));
+        // Due at the scheduled time, Down when grace has passed with no ping.
+        let (late, e) = apply(&timing, &new, &Tick(at("2026-01-05T02:00:00Z")));
+        assert_eq!(e, vec![trans(New, Late, "2026-01-05T02:00:00Z")]);
+        let (down, e) = apply(&timing, &late, &Tick(at("2026-01-05T02:05:00Z")));
+        assert_eq!(down.down_reason, Some(DownReason::Missed));
+        assert_eq!(
+            e,
+            vec![
+                trans(Late, Down, "2026-01-05T02:05:00Z"),
+                Effect::Alert {
+                    reason: DownReason::Missed,
+                    at: at("2026-01-05T02:05:00Z")
+                }
+            ]
+        );
+        // Three more runs missed by the morning of the fourth day.
+        assert_eq!(
+            consecutive_misses(&timing, &down, at("2026-01-08T03:00:00Z")),
+            3
+        );
+        // A ping in the window: Up, next due at tomorrow's run.
+        let (up, _) = apply(&timing, &late, &Success(at("2026-01-05T02:03:00Z")));
+        assert_eq!(
+            (up.state, up.deadline),
+            (Up, Some(at("2026-01-06T02:00:00Z")))
+        );
+        // A ping before the run (a manual run at 01:30) does not stand for the 02:00 run.
+        let (early, _) = apply(&timing, &new, &Success(at("2026-01-05T01:30:00Z")));
+        assert_eq!(
+            (early.state, early.deadline),
+            (Up, Some(at("2026-01-05T02:00:00Z")))
+        );
+        // A ping far after a missed run recovers, due at the next run after it.
+        let (back, e) = apply(&timing, &down, &Success(at("2026-01-07T12:00:00Z")));
+        assert_eq!(back.deadline, Some(at("2026-01-08T02:00:00Z")));
+        assert!(e.contains(&Effect::Recovery {
+            at: at("2026-01-07T12:00:00Z")
+        }));
+        // Created paused: nothing armed.
+        let paused = MonitorState::created(&timing, at("2026-01-05T01:00:00Z"), true);
+        assert_eq!((paused.state, paused.deadline), (Paused, None));
+    }
+
+    #[test]
+    fn scheduled_runs_and_resumes() {
+        use State::*;
+        let hourly = Schedule::parse("@hourly", None).unwrap();
+        let timing = Timing::from_secs(3600, 60).with_schedule(Some(&hourly));
+        let start = MonitorState::created(&timing, at("2026-01-05T09:30:00Z"), false);
+        // A run may last until the next scheduled run plus grace.
+        let (started, _) = steps(&timing, start.clone(), &[Start(at("2026-01-05T10:00:10Z"))]);
+        assert_eq!(
+            next_wakeup(&timing, &started),
+            Some(at("2026-01-05T11:01:00Z"))
+        );
+        let (s, _) = apply(&timing, &started, &Tick(at("2026-01-05T11:01:00Z")));
+        assert_eq!(
+            (s.state, s.down_reason),
+            (Down, Some(DownReason::RunTimeout))
+        );
+        // maxDuration limits it instead.
+        let capped = Timing {
+            max_duration: Some(secs(600)),
+            ..timing
+        };
+        assert_eq!(
+            next_wakeup(&capped, &started),
+            Some(at("2026-01-05T10:10:10Z"))
+        );
+        // Resumed without a ping while paused: New, armed for the next run after the resume.
+        let (s, _) = steps(
+            &timing,
+            start,
+            &[
+                Pause(at("2026-01-05T09:40:00Z")),
+                Resume(at("2026-01-05T13:20:00Z")),
+            ],
+        );
+        assert_eq!(
+            (s.state, s.deadline),
+            (New, Some(at("2026-01-05T14:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn a_new_schedule_is_not_applied_to_the_past() {
+        use State::*;
+        let two = Schedule::parse("0 2 * * *", None).unwrap();
+        let three = Schedule::parse("0 3 * * *", None).unwrap();
+        let at_two = Timing::from_secs(86_400, 300).with_schedule(Some(&two));
+        let at_three = Timing::from_secs(86_400, 300).with_schedule(Some(&three));
+        let (up, _) = steps(
+            &at_two,
+            MonitorState::created(&at_two, at("2026-01-04T00:00:00Z"), false),
+            &[Success(at("2026-01-04T02:01:00Z"))],
+        );
+        // Moved to 03:00 at 02:30 the next day: due at today's 03:00, not yesterday's.
+        let (s, e) = apply(&at_three, &up, &Retimed(at("2026-01-05T02:30:00Z")));
+        assert_eq!(
+            (s.state, s.deadline, e),
+            (Up, Some(at("2026-01-05T03:00:00Z")), vec![])
+        );
+        // Only the grace changed: the deadline stays, and is judged with the new grace.
+        let shorter = Timing {
+            grace: secs(0),
+            ..at_two
+        };
+        let (late, _) = apply(&at_two, &up, &Tick(at("2026-01-05T02:00:00Z")));
+        let (s, _) = apply(&shorter, &late, &Retimed(at("2026-01-05T02:01:00Z")));
+        assert_eq!(
+            (s.state, s.deadline),
+            (Down, Some(at("2026-01-05T02:00:00Z")))
+        );
+        // From an interval to a schedule while New: armed from now.
+        let new = MonitorState::new(at("2026-01-01T00:00:00Z"));
+        let (s, e) = apply(&at_two, &new, &Retimed(at("2026-01-05T12:00:00Z")));
+        assert_eq!(
+            (s.state, s.deadline, e),
+            (New, Some(at("2026-01-06T02:00:00Z")), vec![])
+        );
+        // From a schedule to an interval before any ping: back to waiting for one.
+        let (late_new, _) = apply(
+            &at_two,
+            &MonitorState::created(&at_two, at("2026-01-05T01:00:00Z"), false),
+            &Tick(at("2026-01-05T02:01:00Z")),
+        );
+        assert_eq!(late_new.state, Late);
+        let (s, e) = apply(&HOUR, &late_new, &Retimed(at("2026-01-05T02:02:00Z")));
+        assert_eq!((s.state, s.deadline), (New, None));
+        assert_eq!(e, vec![trans(Late, New, "2026-01-05T02:02:00Z")]);
+    }
+
+    #[test]
+    fn daylight_saving_days_in_amsterdam() {
+        // A cron user's 02:30 runs at 03:00 CEST on the spring-forward day...
+        let cron = Schedule::parse("30 2 * * *", Some("Europe/Amsterdam")).unwrap();
+        let timing = Timing::from_secs(86_400, 600).with_schedule(Some(&cron));
+        let (s, _) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-03-28T00:00:00Z"), false),
+            &[Success(at("2026-03-28T01:31:00Z"))],
+        );
+        assert_eq!(s.deadline, Some(at("2026-03-29T01:00:00Z")));
+        // ...but the CronJob controller creates no Job that day: a CronJob's monitor
+        // expects none, so no false "not scheduled".
+        let k8s =
+            Schedule::parse_as("30 2 * * *", Some("Europe/Amsterdam"), Dialect::CronJob).unwrap();
+        let watched = Timing {
+            jobs: Some(JobRules::default()),
+            ..Timing::from_secs(86_400, 600).with_schedule(Some(&k8s))
+        };
+        let (s, _) = steps(
+            &watched,
+            MonitorState::created(&watched, at("2026-03-28T00:00:00Z"), false),
+            &[
+                Success(at("2026-03-28T01:31:00Z")),
+                Tick(at("2026-03-29T12:00:00Z")),
+            ],
+        );
+        assert_eq!(
+            (s.state, s.deadline),
+            (State::Up, Some(at("2026-03-30T00:30:00Z")))
+        );
+        // Fall back: one run expected, on the first pass; the next is the following day.
+        let (s, _) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-10-24T12:00:00Z"), false),
+            &[
+                Success(at("2026-10-25T00:31:00Z")),
+                Tick(at("2026-10-25T01:45:00Z")),
+            ],
+        );
+        assert_eq!(
+            (s.state, s.deadline),
+            (State::Up, Some(at("2026-10-26T01:30:00Z")))
+        );
+    }
+
+    /// `*/10 * * * *` with two minutes' grace, Jobs watched.
+    fn watched<'a>(schedule: &'a Schedule, require_ping: bool) -> Timing<'a> {
+        Timing {
+            jobs: Some(JobRules { require_ping }),
+            ..Timing::from_secs(600, 120).with_schedule(Some(schedule))
+        }
+    }
+
+    fn job(name: &str, started: &str, outcome: JobOutcome) -> Signal {
+        Signal::Job(JobSignal {
+            name: name.into(),
+            started_at: at(started),
+            outcome,
+            run_ids: vec![name.into()],
+        })
+    }
+
+    fn job_failed(when: &str, reason: JobFailure, exit_code: Option<u8>) -> JobOutcome {
+        JobOutcome::Failed {
+            at: at(when),
+            reason,
+            exit_code,
+        }
+    }
+
+    #[test]
+    fn jobs_start_succeed_and_fail_like_pings() {
+        use State::*;
+        let every10 = Schedule::parse_as("*/10 * * * *", None, Dialect::CronJob).unwrap();
+        let timing = watched(&every10, false);
+        let new = MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), false);
+        // Created at 10:00:07 for the 10:00 run, done a minute later.
+        let (s, e) = steps(
+            &timing,
+            new.clone(),
+            &[job(
+                "nightly-1",
+                "2026-01-05T10:00:07Z",
+                JobOutcome::Running,
+            )],
+        );
+        assert_eq!(
+            (s.state, s.run_started_at),
+            (Started, Some(at("2026-01-05T10:00:07Z")))
+        );
+        assert_eq!(e, vec![trans(New, Started, "2026-01-05T10:00:07Z")]);
+        let done = job(
+            "nightly-1",
+            "2026-01-05T10:00:07Z",
+            JobOutcome::Succeeded(at("2026-01-05T10:01:07Z")),
+        );
+        let (up, e) = apply(&timing, &s, &done);
+        assert_eq!(
+            (up.state, up.deadline),
+            (Up, Some(at("2026-01-05T10:10:00Z")))
+        );
+        assert_eq!(e, vec![trans(Started, Up, "2026-01-05T10:01:07Z"), ran(60)]);
+        assert_eq!(up.pings, 2);
+        // The same evidence again (a re-list, a restart) changes nothing.
+        assert_eq!(apply(&timing, &up, &done), (up.clone(), vec![]));
+        let (again, e) = steps(
+            &timing,
+            up.clone(),
+            &[job(
+                "nightly-1",
+                "2026-01-05T10:00:07Z",
+                JobOutcome::Running,
+            )],
+        );
+        assert_eq!((again, e), (up.clone(), vec![]));
+        // A failed Job: Down with its reason and exit code.
+        let failure = job_failed(
+            "2026-01-05T10:10:40Z",
+            JobFailure::BackoffLimitExceeded,
+            Some(3),
+        );
+        let (down, e) = steps(
+            &timing,
+            up.clone(),
+            &[job("nightly-2", "2026-01-05T10:10:05Z", failure)],
+        );
+        let reason = DownReason::JobFailed {
+            job: "nightly-2".into(),
+            reason: JobFailure::BackoffLimitExceeded,
+            exit_code: Some(3),
+        };
+        assert_eq!(down.down_reason, Some(reason.clone()));
+        assert_eq!(
+            e,
+            vec![
+                trans(Up, Down, "2026-01-05T10:10:40Z"),
+                ran(35),
+                Effect::Alert {
+                    reason,
+                    at: at("2026-01-05T10:10:40Z")
+                }
+            ]
+        );
+        // The next Job succeeds: Up, one recovery.
+        let (s, e) = steps(
+            &timing,
+            down,
+            &[job(
+                "nightly-3",
+                "2026-01-05T10:20:04Z",
+                JobOutcome::Succeeded(at("2026-01-05T10:20:30Z")),
+            )],
+        );
+        assert_eq!(s.state, Up);
+        assert_eq!(count(&e, is_recovery), 1);
+    }
+
+    #[test]
+    fn no_job_in_the_window_is_not_scheduled() {
+        use State::*;
+        let every10 = Schedule::parse_as("*/10 * * * *", None, Dialect::CronJob).unwrap();
+        let timing = watched(&every10, false);
+        let (s, e) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), false),
+            &[
+                Tick(at("2026-01-05T10:00:00Z")),
+                Tick(at("2026-01-05T10:02:00Z")),
+            ],
+        );
+        assert_eq!(
+            (s.state, s.down_reason.clone()),
+            (Down, Some(DownReason::NotScheduled))
+        );
+        assert_eq!(count(&e, is_alert), 1);
+        // A Job that starts late in the window (controller lag) is in time.
+        let (s, _) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), false),
+            &[
+                Tick(at("2026-01-05T10:00:00Z")),
+                job("j", "2026-01-05T10:01:50Z", JobOutcome::Running),
+                Tick(at("2026-01-05T10:02:00Z")),
+            ],
+        );
+        assert_eq!(s.state, Started);
+    }
+
+    #[test]
+    fn jobs_running_too_long_and_overlapping() {
+        use State::*;
+        let every10 = Schedule::parse_as("*/10 * * * *", None, Dialect::CronJob).unwrap();
+        let capped = Timing {
+            max_duration: Some(secs(300)),
+            ..watched(&every10, false)
+        };
+        let (s, e) = steps(
+            &capped,
+            MonitorState::created(&capped, at("2026-01-05T09:55:00Z"), false),
+            &[
+                job("a", "2026-01-05T10:00:05Z", JobOutcome::Running),
+                Tick(at("2026-01-05T10:05:05Z")),
+            ],
+        );
+        assert_eq!(
+            s.down_reason,
+            Some(DownReason::JobTooLong { job: "a".into() })
+        );
+        assert_eq!(
+            e.last(),
+            Some(&Effect::Alert {
+                reason: DownReason::JobTooLong { job: "a".into() },
+                at: at("2026-01-05T10:05:05Z")
+            })
+        );
+        // Without maxDuration, a Job may run until the next run's window has passed.
+        let timing = watched(&every10, false);
+        let (s, _) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), false),
+            &[job("a", "2026-01-05T10:00:05Z", JobOutcome::Running)],
+        );
+        assert_eq!(next_wakeup(&timing, &s), Some(at("2026-01-05T10:12:00Z")));
+        // Overlap: b starts while a runs; a's success is recorded, b's run goes on.
+        let (s, e) = steps(
+            &timing,
+            s,
+            &[
+                job("b", "2026-01-05T10:10:05Z", JobOutcome::Running),
+                job(
+                    "a",
+                    "2026-01-05T10:00:05Z",
+                    JobOutcome::Succeeded(at("2026-01-05T10:11:05Z")),
+                ),
+            ],
+        );
+        assert_eq!(
+            (s.state, s.run_started_at),
+            (Started, Some(at("2026-01-05T10:10:05Z")))
+        );
+        assert_eq!(s.last_ping_at, Some(at("2026-01-05T10:11:05Z")));
+        assert_eq!(e.last(), Some(&ran(660)));
+        // A failure of the older Job still counts.
+        let failure = job_failed("2026-01-05T10:11:05Z", JobFailure::DeadlineExceeded, None);
+        let (s2, _) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), false),
+            &[
+                job("a", "2026-01-05T10:00:05Z", JobOutcome::Running),
+                job("b", "2026-01-05T10:10:05Z", JobOutcome::Running),
+                job("a", "2026-01-05T10:00:05Z", failure),
+            ],
+        );
+        assert_eq!(s2.state, Down);
+        assert_eq!(
+            s2.run_started_at,
+            Some(at("2026-01-05T10:10:05Z")),
+            "b is still tracked"
+        );
+        // A Job first seen finished (it ran while the operator was away) counts as a run.
+        let (s3, e) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), false),
+            &[job(
+                "c",
+                "2026-01-05T10:00:05Z",
+                JobOutcome::Succeeded(at("2026-01-05T10:00:35Z")),
+            )],
+        );
+        assert_eq!(s3.state, Up);
+        assert_eq!(e, vec![trans(New, Up, "2026-01-05T10:00:35Z"), ran(30)]);
+    }
+
+    #[test]
+    fn require_ping_ties_pings_to_jobs() {
+        use State::*;
+        let every10 = Schedule::parse_as("*/10 * * * *", None, Dialect::CronJob).unwrap();
+        let timing = watched(&every10, true);
+        let created = MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), false);
+        let run = |signals: &[Signal]| steps(&timing, created.clone(), signals).0;
+        let start = job("a", "2026-01-05T10:00:05Z", JobOutcome::Running);
+        let end = job(
+            "a",
+            "2026-01-05T10:00:05Z",
+            JobOutcome::Succeeded(at("2026-01-05T10:01:00Z")),
+        );
+        // No ping: Down, "completed without a ping".
+        let s = run(&[start.clone(), end.clone()]);
+        assert_eq!(
+            (s.state, s.down_reason),
+            (
+                Down,
+                Some(DownReason::CompletedWithoutPing { job: "a".into() })
+            )
+        );
+        assert_eq!(s.last_ping_at, None, "the run proved nothing");
+        // An untagged ping during the run: Up.
+        let s = run(&[
+            start.clone(),
+            Success(at("2026-01-05T10:00:58Z")),
+            end.clone(),
+        ]);
+        assert_eq!(s.state, Up);
+        // A ping tagged with this Job's pod: Up. Tagged with another Job's: not this one's.
+        let s = run(&[
+            start.clone(),
+            SuccessFor(at("2026-01-05T10:00:58Z"), "a-x7k2p".into()),
+            end.clone(),
+        ]);
+        assert_eq!(s.state, Up);
+        let s = run(&[
+            start.clone(),
+            SuccessFor(at("2026-01-05T10:00:58Z"), "b-x7k2p".into()),
+            end.clone(),
+        ]);
+        assert_eq!(s.state, Down);
+        // A ping long before the run does not count.
+        let s = run(&[Success(at("2026-01-05T09:56:00Z")), start, end]);
+        assert_eq!(s.state, Down);
+    }
+
+    #[test]
+    fn jobs_while_paused_are_recorded_and_judge_the_resume() {
+        use State::*;
+        let every10 = Schedule::parse_as("*/10 * * * *", None, Dialect::CronJob).unwrap();
+        let timing = watched(&every10, false);
+        let (s, e) = steps(
+            &timing,
+            MonitorState::created(&timing, at("2026-01-05T09:55:00Z"), true),
+            &[
+                job("a", "2026-01-05T10:00:05Z", JobOutcome::Running),
+                job(
+                    "a",
+                    "2026-01-05T10:00:05Z",
+                    job_failed(
+                        "2026-01-05T10:00:15Z",
+                        JobFailure::BackoffLimitExceeded,
+                        Some(1),
+                    ),
+                ),
+                job(
+                    "b",
+                    "2026-01-05T10:10:05Z",
+                    JobOutcome::Succeeded(at("2026-01-05T10:10:15Z")),
+                ),
+            ],
+        );
+        assert_eq!((s.state, s.pings), (Paused, 3));
+        assert_eq!(
+            e,
+            vec![ran(10), ran(10)],
+            "durations are reported, nothing else"
+        );
+        let (s, _) = apply(&timing, &s, &Resume(at("2026-01-05T10:12:00Z")));
+        assert_eq!(
+            (s.state, s.deadline),
+            (Up, Some(at("2026-01-05T10:20:00Z")))
+        );
+    }
+
+    #[test]
+    fn down_reasons_are_stored_in_a_stable_shape() {
+        let reason = DownReason::JobFailed {
+            job: "nightly-1".into(),
+            reason: JobFailure::BackoffLimitExceeded,
+            exit_code: Some(3),
+        };
+        let json = serde_json::to_value(&reason).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "job_failed", "job": "nightly-1", "reason": "BackoffLimitExceeded", "exit_code": 3})
+        );
+        assert_eq!(serde_json::from_value::<DownReason>(json).unwrap(), reason);
+        for (r, kind) in [
+            (DownReason::NotScheduled, "not_scheduled"),
+            (DownReason::RunTimeout, "run_timeout"),
+            (
+                DownReason::CompletedWithoutPing { job: "j".into() },
+                "completed_without_ping",
+            ),
+            (DownReason::JobTooLong { job: "j".into() }, "job_too_long"),
+        ] {
+            assert_eq!(serde_json::to_value(&r).unwrap()["kind"], kind);
+        }
     }
 }

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use crate::core::catalogue::{CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest};
+use crate::core::cron::Schedule;
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state;
 use crate::core::registry::AppInfo;
@@ -136,18 +137,22 @@ fn catalogue_error(e: CatalogueError) -> ApiError {
         CatalogueError::NotFound => StatusCode::NOT_FOUND,
         CatalogueError::Quota => StatusCode::PAYMENT_REQUIRED,
         CatalogueError::ReadOnly(_) => StatusCode::CONFLICT,
+        CatalogueError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         CatalogueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     err(status, e.to_string())
 }
 
-/// The contract's Heartbeat object.
+/// The contract's Heartbeat object. A scheduled monitor reports its schedule's typical
+/// gap as `interval_secs`, so clients that only know intervals still read something true.
 pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) -> Value {
     json!({
         "id": m.def.id,
         "name": m.def.display_name.clone().unwrap_or_else(|| m.def.name.clone()),
         "token": token,
         "interval_secs": m.def.interval_secs,
+        "schedule": m.def.schedule.as_ref().map(Schedule::expression),
+        "time_zone": m.def.schedule.as_ref().map(Schedule::zone),
         "grace_secs": m.def.grace_secs,
         "status": m.state.state.tickstem_status(),
         "consecutive_misses": state::consecutive_misses(&m.def.timing(), &m.state, now),
@@ -239,6 +244,59 @@ fn name_field(map: &Map<String, Value>, required: bool) -> Result<Option<String>
     }
 }
 
+fn unprocessable(msg: impl Into<String>) -> ApiError {
+    err(StatusCode::UNPROCESSABLE_ENTITY, msg)
+}
+
+/// An optional string field: absent, `null`, or a string.
+fn text_field(map: &Map<String, Value>, field: &str) -> Result<Option<Option<String>>, ApiError> {
+    match map.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => Ok(Some(Some(s.trim().to_string()))),
+        Some(_) => Err(unprocessable(format!("{field} must be a string"))),
+    }
+}
+
+/// `schedule` and `time_zone` of a request: `Some(None)` takes a monitor off its schedule.
+/// `current` is the schedule the monitor has now, whose expression a lone `time_zone`
+/// moves to another zone.
+fn schedule_field(
+    map: &Map<String, Value>,
+    current: Option<&Schedule>,
+) -> Result<Option<Option<Schedule>>, ApiError> {
+    let zone = text_field(map, "time_zone")?.flatten();
+    let expr = match (text_field(map, "schedule")?, current) {
+        (Some(None), _) if zone.is_some() => {
+            return Err(unprocessable(
+                "time_zone applies to a schedule: send schedule as well",
+            ));
+        }
+        (Some(None), _) => return Ok(Some(None)),
+        (Some(Some(e)), _) => e,
+        (None, Some(c)) if zone.is_some() => c.expression().to_string(),
+        (None, _) if zone.is_some() => {
+            return Err(unprocessable(
+                "time_zone applies to a schedule: send schedule as well",
+            ));
+        }
+        (None, _) => return Ok(None),
+    };
+    if map.get("interval_secs").is_some_and(|v| !v.is_null()) {
+        return Err(unprocessable(
+            "schedule and interval_secs are mutually exclusive: send one of them",
+        ));
+    }
+    Schedule::parse(&expr, zone.as_deref())
+        .map(|s| Some(Some(s)))
+        .map_err(|e| match e {
+            crate::core::cron::ScheduleError::TimeZone(_) => {
+                unprocessable(format!("time_zone {e}"))
+            }
+            other => unprocessable(format!("schedule {other}")),
+        })
+}
+
 fn status_field(map: &Map<String, Value>) -> Result<Option<bool>, ApiError> {
     match map.get("status") {
         None | Some(Value::Null) => Ok(None),
@@ -259,6 +317,7 @@ async fn create(
     let map = json_object(&state, body).await?;
     let req = CreateRequest {
         name: name_field(&map, true)?.unwrap_or_default(),
+        schedule: schedule_field(&map, None)?.flatten(),
         interval_secs: seconds(&map, "interval_secs", INTERVAL_RANGE)?.unwrap_or(3600),
         grace_secs: seconds(&map, "grace_secs", GRACE_RANGE)?.unwrap_or(300),
     };
@@ -293,8 +352,10 @@ async fn update(
     body: Body,
 ) -> Result<Response, ApiError> {
     let map = json_object(&state, body).await?;
+    let current = caller.find(&state, &id)?;
     let req = UpdateRequest {
         name: name_field(&map, false)?,
+        schedule: schedule_field(&map, current.def.schedule.as_ref())?,
         interval_secs: seconds(&map, "interval_secs", INTERVAL_RANGE)?,
         grace_secs: seconds(&map, "grace_secs", GRACE_RANGE)?,
         paused: status_field(&map)?,
@@ -373,6 +434,9 @@ async fn pings(
                 "exit_code": p.exit_code,
                 "duration_ms": p.duration_ms,
                 "source": p.source,
+                "rid": p.rid,
+                "job": p.job,
+                "reason": p.reason,
             })
         })
         .collect();

@@ -131,7 +131,26 @@ async fn ping_input(
         source: source(headers, peer),
         user_agent,
         body,
+        rid: run_id(params)?,
     })
+}
+
+/// Longest run id kept (`?rid=`): a Kubernetes name is at most 253 characters.
+pub const MAX_RUN_ID: usize = 253;
+
+/// The `rid` parameter: the run a ping belongs to (a Job's or Pod's name), so a
+/// `requirePing` monitor ties it to its Job even when runs overlap.
+fn run_id(params: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
+    match params.get("rid").map(|r| r.trim()) {
+        None | Some("") => Ok(None),
+        Some(r) if r.len() <= MAX_RUN_ID && !r.chars().any(char::is_control) => {
+            Ok(Some(r.to_string()))
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("rid must be at most {MAX_RUN_ID} characters without control characters"),
+        )),
+    }
 }
 
 /// The `exit_code` parameter when it reports a failure (1–255); 0 or none is no failure.
@@ -189,6 +208,10 @@ pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
         "last_alert_at": m.state.last_alert_at.map(|t| t.to_string()),
         "interval_secs": m.def.interval_secs,
         "grace_secs": m.def.grace_secs,
+        "schedule": m.def.schedule.as_ref().map(|s| s.expression()),
+        "time_zone": m.def.schedule.as_ref().map(|s| s.zone()),
+        "cron_job": m.def.cron_job,
+        "down_reason": m.why_down(),
     })
 }
 

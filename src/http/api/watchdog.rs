@@ -138,6 +138,7 @@ async fn receive(
             "Alertmanager receiver {:?}: {alertname} {note}",
             n.receiver.chars().take(200).collect::<String>()
         )),
+        rid: None,
     };
     record(&state, &key, input).await
 }

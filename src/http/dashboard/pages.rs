@@ -142,6 +142,16 @@ fn scope(m: &Monitor) -> String {
     }
 }
 
+/// A monitor's interval, or its schedule and zone.
+fn cadence(m: &Monitor) -> Markup {
+    html! {
+        @match &m.def.schedule {
+            Some(s) => { code { (s.expression()) } @if s.zone() != "UTC" { " " span.muted { (s.zone()) } } },
+            None => (short_duration(SignedDuration::from_secs(m.def.interval_secs as i64))),
+        }
+    }
+}
+
 fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
     html! {
         div.scroll {
@@ -153,7 +163,7 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
                     th scope="col" { "State" }
                     th scope="col" { "Last ping" }
                     th scope="col" { "Next due" }
-                    th scope="col" { "Interval / grace" }
+                    th scope="col" { "Interval or schedule / grace" }
                 } }
                 tbody {
                     @for m in rows {
@@ -164,8 +174,8 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
                             td data-label="Scope" { (scope(m)) }
                             td data-label="State" { (state_pill(m.state.state)) " " span.muted { (relative(m.state.since, now)) } }
                             td data-label="Last ping" { (time_cell(m.state.last_ping_at, now)) }
-                            td data-label="Next due" { (time_cell(m.state.deadline, now)) }
-                            td data-label="Interval / grace" { (short_duration(SignedDuration::from_secs(m.def.interval_secs as i64))) " / " (short_duration(SignedDuration::from_secs(m.def.grace_secs as i64))) }
+                            td data-label="Next due" { (time_cell(m.state.next_expected_at(), now)) }
+                            td data-label="Interval or schedule / grace" { (cadence(m)) " / " (short_duration(SignedDuration::from_secs(m.def.grace_secs as i64))) }
                         }
                     }
                 }
@@ -364,6 +374,9 @@ pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
     }
 }
 
+/// Scheduled runs listed on a monitor's page.
+const NEXT_RUNS: usize = 5;
+
 fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
     let st = &m.state;
     let secs = |s: u64| short_duration(SignedDuration::from_secs(s as i64));
@@ -373,10 +386,28 @@ fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
             dt { "Namespace / application" } dd { (scope(m)) }
             dt { "State since" } dd { (time_cell(Some(st.since), now)) }
             dt { "Last ping" } dd { (time_cell(st.last_ping_at, now)) }
-            dt { "Next due" } dd { (time_cell(st.deadline, now)) }
-            dt { "Interval / grace" } dd { (secs(m.def.interval_secs)) " / " (secs(m.def.grace_secs)) }
-            @if let Some(r) = st.down_reason {
-                dt { "Why Down" } dd { (format!("{r:?}")) }
+            dt { "Next due" } dd { (time_cell(st.next_expected_at(), now)) }
+            @match &m.def.schedule {
+                Some(s) => {
+                    dt { "Schedule / grace" } dd { code { (s.expression()) } " in " (s.zone()) " / " (secs(m.def.grace_secs)) }
+                    dt { "Next runs" } dd {
+                        ol.runs {
+                            @for run in s.upcoming(now, NEXT_RUNS) {
+                                li { time datetime=(run.to_string()) title=(exact(run)) { (s.local_time(run)) } " " span.muted { (relative(run, now)) } }
+                            }
+                        }
+                    }
+                },
+                None => { dt { "Interval / grace" } dd { (secs(m.def.interval_secs)) " / " (secs(m.def.grace_secs)) } },
+            }
+            @if let Some(cj) = &m.def.cron_job {
+                dt { "CronJob" } dd { (cj) @if m.def.require_ping { " " span.muted { "(its Jobs must ping)" } } }
+            }
+            @if let Some(max) = m.def.max_duration_secs {
+                dt { "Longest run" } dd { (secs(max)) }
+            }
+            @if let Some(why) = m.why_down() {
+                dt { "Why Down" } dd { (why) }
             }
             dt { "Pings received" } dd { (st.pings) }
             dt { "How to ping" } dd { code { (m.def.ping_hint) } }

@@ -10,7 +10,7 @@
 use schemars::Schema;
 use serde_json::{Map, Value, json};
 
-use crate::core::spec::{DEFAULT_GRACE, DEFAULT_INTERVAL, MAX_INTERVAL};
+use crate::core::spec::{DEFAULT_GRACE, MAX_INTERVAL};
 
 /// Longest duration text accepted; bounds the cost the API server estimates for the rules.
 const DURATION_MAX_LENGTH: u64 = 32;
@@ -123,10 +123,14 @@ pub fn heartbeat_spec(schema: &mut Schema) {
         return;
     };
     let max = MAX_INTERVAL.as_secs();
+    // No default for interval: it excludes `schedule`, and a Heartbeat with `cronJobRef`
+    // takes the CronJob's schedule; a default filled in by the API server would be
+    // indistinguishable from an interval set on purpose. The core applies 1h when neither
+    // is set.
     duration(
         props,
         "interval",
-        Some(DEFAULT_INTERVAL.to_string()),
+        None,
         vec![rule(
             format!("{SECONDS} >= 1 && {SECONDS} <= {max}"),
             "interval must be between 1s and 365d (the operator's --min-interval, 60s by default, is checked when it is applied)",
@@ -329,7 +333,10 @@ mod tests {
     fn defaults_limits_and_list_types_are_in_the_schema() {
         let s = schema(Heartbeat::crd());
         let spec = &s["properties"]["spec"]["properties"];
-        assert_eq!(spec["interval"]["default"], "1h");
+        assert!(
+            spec["interval"].get("default").is_none(),
+            "interval excludes schedule: no default"
+        );
         assert_eq!(spec["grace"]["default"], "5m");
         assert_eq!(spec["deletionPolicy"]["default"], "Delete");
         assert!(

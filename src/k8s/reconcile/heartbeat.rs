@@ -19,7 +19,7 @@ use super::{
     ReconcileError, Step, Stop, alerts, conclude, finalized, secret_stop, taken_by_another,
 };
 use crate::core::duration::SpecDuration;
-use crate::core::monitor::define::{DeclaredHeartbeat, ping_url};
+use crate::core::monitor::define::{DeclaredHeartbeat, WatchedCronJob, ping_url};
 use crate::core::monitor::engine::{MonitorDef, Origin};
 use crate::core::registry::{AppInfo, RegistryError, object_key};
 use crate::core::spec::HeartbeatSpec;
@@ -62,6 +62,7 @@ async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<St
     let spec = &hb.spec.spec;
     validate(spec, ctx.config.min_interval)?;
     let app = application(&ctx.core.registry, ns, spec)?;
+    let cron_job = cron_job(ctx, ns, spec)?;
     let key = object_key(ns, name);
     // Held until the monitor is active, so two new monitors cannot both take the last slot.
     let quota_lock = app
@@ -84,13 +85,17 @@ async fn steps(hb: &Heartbeat, ctx: &Context, ns: &str, name: &str) -> Result<St
         namespace: ns,
         spec: &spec,
         app: app.as_ref(),
+        cron_job: cron_job.as_ref(),
         token: ensured.token.hash(),
         secret: &secret_name,
         default_webhook: ctx.config.webhook_url.as_deref(),
         existing: existing.as_ref().map(|m| &m.def),
         now: Timestamp::now(),
-    });
+    })?;
     activate(ctx, def, existing.as_ref().map(|m| &m.def)).await?;
+    if let Some(r) = &spec.cron_job_ref {
+        crate::k8s::cronjobs::watch::report_all(ctx, ns, &r.name).await;
+    }
     announce(ctx, hb, ns, &secret_name, &ensured).await;
     Ok(secret_name)
 }
@@ -137,6 +142,36 @@ pub fn application(
                 "ApplicationNotFound",
                 format!(
                     "Application {} does not exist in namespace {ns} (or is not Ready yet); this Heartbeat is not monitored until it does",
+                    r.name
+                ),
+            )
+        })
+}
+
+/// Step cronJob: the CronJob named by `cronJobRef`, which must exist (in the watch cache).
+/// Its watch triggers this Heartbeat again when it appears or changes.
+pub fn cron_job(
+    ctx: &Context,
+    ns: &str,
+    spec: &HeartbeatSpec,
+) -> Result<Option<WatchedCronJob>, Stop> {
+    let Some(r) = &spec.cron_job_ref else {
+        return Ok(None);
+    };
+    if !ctx.cron_jobs.served() {
+        return Err(Stop::retry(
+            "CronJobsNotWatched",
+            "the API server serves no CronJob API the operator can read (batch/v1 or batch/v1beta1), or the operator may not list CronJobs, Jobs and Pods here; check the chart's RBAC",
+        ));
+    }
+    ctx.cron_jobs
+        .cron_job(ns, &r.name)
+        .map(|c| Some(c.watched()))
+        .ok_or_else(|| {
+            Stop::wait(
+                "CronJobNotFound",
+                format!(
+                    "CronJob {} does not exist in namespace {ns}; this Heartbeat is not monitored until it does",
                     r.name
                 ),
             )
@@ -214,6 +249,8 @@ pub struct BuildInputs<'a> {
     pub spec: &'a HeartbeatSpec,
     /// Its Application.
     pub app: Option<&'a AppInfo>,
+    /// The CronJob its `cronJobRef` names, as last seen.
+    pub cron_job: Option<&'a WatchedCronJob>,
     /// Hash of its token.
     pub token: TokenHash,
     /// The Secret holding the token (for the ping hint in alerts).
@@ -227,14 +264,16 @@ pub struct BuildInputs<'a> {
 }
 
 /// Step build (pure): the monitor definition for the core, by the core's one rule for
-/// turning a Heartbeat into a monitor. Equal to `existing` when nothing changed.
-pub fn build(i: &BuildInputs<'_>) -> MonitorDef {
+/// turning a Heartbeat into a monitor. Equal to `existing` when nothing changed. Refuses
+/// when the timing cannot be read (such as a CronJob's time zone this build does not know).
+pub fn build(i: &BuildInputs<'_>) -> Result<MonitorDef, Stop> {
     let name = i.hb.name_any();
     DeclaredHeartbeat {
         namespace: i.namespace,
         name: &name,
         spec: i.spec,
         application: i.app,
+        cron_job: i.cron_job,
         token: i.token,
         ping_hint: format!(
             "curl -fsS -m 10 --retry 5 --retry-all-errors \"$PING_URL\" (the ping URL is key ping-url of Secret {}/{})",
@@ -249,6 +288,7 @@ pub fn build(i: &BuildInputs<'_>) -> MonitorDef {
             .unwrap_or_else(|| object_key(i.namespace, &name)),
     }
     .monitor_def(i.existing, i.default_webhook, i.now)
+    .map_err(|e| Stop::wait("InvalidSchedule", e.to_string()))
 }
 
 /// Step apply: registers the token (only when it is not registered to this monitor
@@ -439,13 +479,14 @@ mod tests {
             namespace: "shop",
             spec: &hb.spec.spec,
             app: Some(&a),
+            cron_job: None,
             token: TokenHash::of("t"),
             secret: "backup-heartbeat",
             default_webhook: Some("https://hooks.example.com/x"),
             existing: None,
             now: t0,
         };
-        let def = build(&inputs);
+        let def = build(&inputs).unwrap();
         assert_eq!(def.key, "shop/backup");
         assert_eq!(def.id, "u-1");
         assert_eq!(def.interval_secs, 3600, "default interval");
@@ -467,7 +508,8 @@ mod tests {
             existing: Some(&def),
             now: t0 + jiff::SignedDuration::from_secs(60),
             ..inputs
-        });
+        })
+        .unwrap();
         assert_eq!(later, def, "an unchanged spec builds the same definition");
         let paused = HeartbeatSpec {
             paused: true,
@@ -478,7 +520,8 @@ mod tests {
             existing: Some(&def),
             now: t0 + jiff::SignedDuration::from_secs(60),
             ..inputs
-        });
+        })
+        .unwrap();
         assert!(
             changed.paused
                 && changed.updated_at > def.updated_at

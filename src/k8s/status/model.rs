@@ -164,7 +164,21 @@ pub fn shown_state(s: State) -> HeartbeatState {
     }
 }
 
-fn up_message(s: State) -> &'static str {
+/// The Up condition's message: for a Down monitor whose reason does not change with time
+/// (a failed Job, a run not scheduled or running too long), the reason in words, as the
+/// alert says it; otherwise the state in words, so the message does not change (and cost a
+/// status write) as time passes.
+fn up_message(m: &Monitor, now: Timestamp) -> String {
+    use crate::core::monitor::state::DownReason;
+    match (&m.state.state, &m.state.down_reason) {
+        (State::Down, Some(r)) if !matches!(r, DownReason::Missed | DownReason::RunTimeout) => {
+            crate::core::monitor::engine::describe_down(r, m, now)
+        }
+        (s, _) => state_words(*s).into(),
+    }
+}
+
+fn state_words(s: State) -> &'static str {
     match s {
         State::Up => "pings arrive on time",
         State::New => "no ping received yet",
@@ -227,7 +241,7 @@ pub fn heartbeat_status(i: HeartbeatInputs<'_>) -> Option<HeartbeatStatus> {
                     "False"
                 },
                 st.state.as_str(),
-                up_message(st.state).into(),
+                up_message(m, i.now),
                 generation,
                 i.now,
             ));
@@ -393,6 +407,10 @@ mod tests {
                 display_name: None,
                 interval_secs: 60,
                 grace_secs: 30,
+                schedule: None,
+                max_duration_secs: None,
+                cron_job: None,
+                require_ping: false,
                 paused: false,
                 targets: vec![],
                 application: None,
@@ -449,7 +467,7 @@ mod tests {
     }
 
     fn pinged(m: &Monitor, at: i64) -> Monitor {
-        let (s, _) = apply(&m.def.timing(), &m.state, Signal::Success(t(at)));
+        let (s, _) = apply(&m.def.timing(), &m.state, &Signal::Success(t(at)));
         Monitor {
             state: s,
             ..m.clone()
@@ -467,7 +485,7 @@ mod tests {
         // Same state later: identical status, so nothing is written.
         assert_eq!(hb(&ready(1), Some(&up), &first, 20), first);
         // Down: the Up condition flips and its transition time moves; Ready's does not.
-        let (s, _) = apply(&up.def.timing(), &up.state, Signal::Tick(t(200)));
+        let (s, _) = apply(&up.def.timing(), &up.state, &Signal::Tick(t(200)));
         let down = hb(&ready(1), Some(&monitor(s)), &first, 200);
         assert_eq!(down.state, Some(HeartbeatState::Down));
         assert_eq!(cond(&down, "Up").status, "False");
@@ -507,7 +525,7 @@ mod tests {
     fn a_paused_heartbeat_has_no_next_due_time() {
         let up = pinged(&monitor(MonitorState::new(t(0))), 10);
         let live = hb(&ready(1), Some(&up), &HeartbeatStatus::default(), 11);
-        let (s, _) = apply(&up.def.timing(), &up.state, Signal::Pause(t(20)));
+        let (s, _) = apply(&up.def.timing(), &up.state, &Signal::Pause(t(20)));
         let paused = hb(&ready(2), Some(&monitor(s)), &live, 20);
         assert_eq!(paused.state, Some(HeartbeatState::Paused));
         assert_eq!(paused.next_due_at, None);
@@ -532,7 +550,7 @@ mod tests {
         );
         assert_eq!(refreshed.pings, m.state.pings);
         // A state change is written at once, whatever the shown ping.
-        let (s, _) = apply(&m.def.timing(), &m.state, Signal::Fail(t(101), None));
+        let (s, _) = apply(&m.def.timing(), &m.state, &Signal::Fail(t(101), None));
         let failed = hb(&ready(1), Some(&monitor(s)), &refreshed, 101);
         assert_eq!(failed.state, Some(HeartbeatState::Down));
     }

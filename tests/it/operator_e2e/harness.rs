@@ -583,3 +583,34 @@ impl Drop for ApiServerPause {
         (self.0)();
     }
 }
+
+/// Applies `yaml` in namespace `ns` with kubectl (as admin).
+pub fn apply(ns: &str, yaml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("o.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    kubectl(&["apply", "-n", ns, "-f", f.to_str().unwrap()]);
+}
+
+/// The condition of `type` in a status.
+pub fn condition(status: &Value, ty: &str) -> Option<Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .cloned()
+}
+
+/// Waits (up to `within`) until the Heartbeat's status satisfies `check`; returns it.
+pub async fn status_where(
+    hbs: &Api<Heartbeat>,
+    name: &str,
+    what: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(&format!("{name}: {what}"), within, || async {
+        hb_status(hbs, name).await.filter(|s| check(s))
+    })
+    .await
+}

@@ -4,19 +4,13 @@
 
 use std::time::Duration;
 
-use super::harness::{Scenario, events_with_reason, hb_status, kubectl, secret_value};
+use super::harness::{
+    Scenario, apply, condition, events_with_reason, kubectl, secret_value, status_where,
+};
 use crate::helpers::wait_for;
 use hartslag::k8s::crd::Heartbeat;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-
-fn condition(status: &Value, ty: &str) -> Option<Value> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == ty)
-        .cloned()
-}
 
 async fn patch_spec(hbs: &Api<Heartbeat>, name: &str, spec: Value) {
     hbs.patch(
@@ -28,24 +22,14 @@ async fn patch_spec(hbs: &Api<Heartbeat>, name: &str, spec: Value) {
     .unwrap();
 }
 
-/// Waits until the Heartbeat's status satisfies `check`; returns it.
-async fn status_where(
+/// Waits (up to 30 s) until the Heartbeat's status satisfies `check`; returns it.
+async fn status_within(
     hbs: &Api<Heartbeat>,
     name: &str,
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    wait_for(what, Duration::from_secs(30), || async {
-        hb_status(hbs, name).await.filter(|s| check(s))
-    })
-    .await
-}
-
-fn apply(ns: &str, yaml: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("o.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    kubectl(&["apply", "-n", ns, "-f", f.to_str().unwrap()]);
+    status_where(hbs, name, what, Duration::from_secs(30), check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,8 +38,8 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
     let s = Scenario::start("e2e-status").await;
     let (client, ns, hbs, secrets, _op) = (&s.client, &s.ns, &s.hbs, &s.secrets, &s.op);
 
-    // Schema defaults fill the spec, so the printer columns are never blank, and
-    // `kubectl wait` works on the Ready condition.
+    // Schema defaults fill grace and deletionPolicy (interval has none: it excludes a
+    // schedule), and `kubectl wait` works on the Ready condition.
     apply(
         ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: job\nspec: {}\n",
@@ -75,15 +59,13 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
         "-n",
         ns,
         "-o",
-        "jsonpath={.spec.interval} {.spec.grace} {.spec.deletionPolicy}",
+        "jsonpath={.spec.grace} {.spec.deletionPolicy}",
     ]);
-    assert_eq!(spec, "1h 5m Delete");
+    // No default interval in the schema (it excludes `schedule`): the core applies 1h.
+    assert_eq!(spec, "5m Delete");
     let table = kubectl(&["get", "heartbeats", "-n", ns]);
     let row = table.lines().find(|l| l.starts_with("job ")).unwrap();
-    assert!(
-        row.contains("New") && row.contains("True") && row.contains("1h"),
-        "{table}"
-    );
+    assert!(row.contains("New") && row.contains("True"), "{table}");
     let explained = kubectl(&["explain", "heartbeat.spec.deletionPolicy"]);
     assert!(explained.contains("Default: Delete"), "{explained}");
 
@@ -93,12 +75,12 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
     })
     .await;
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
-    let up = status_where(hbs, "job", "Up", |s| s["state"] == "Up").await;
+    let up = status_within(hbs, "job", "Up", |s| s["state"] == "Up").await;
     assert!(up["nextDueAt"].is_string() && up["lastPingAt"].is_string());
 
     // An invalid spec: not monitored, so no state, deadline or counters next to the reason.
     patch_spec(hbs, "job", json!({"interval": "400d"})).await;
-    let invalid = status_where(hbs, "job", "Ready=False InvalidSpec", |s| {
+    let invalid = status_within(hbs, "job", "Ready=False InvalidSpec", |s| {
         condition(s, "Ready").is_some_and(|c| c["reason"] == "InvalidSpec")
     })
     .await;
@@ -137,14 +119,14 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
         "--timeout=60s",
     ]);
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
-    status_where(hbs, "job", "Up again", |s| {
+    status_within(hbs, "job", "Up again", |s| {
         s["state"] == "Up" && s["nextDueAt"].is_string()
     })
     .await;
 
     // Paused: no deadline.
     patch_spec(hbs, "job", json!({"paused": true})).await;
-    let paused = status_where(hbs, "job", "Paused", |s| s["state"] == "Paused").await;
+    let paused = status_within(hbs, "job", "Paused", |s| s["state"] == "Paused").await;
     assert!(paused.get("nextDueAt").is_none(), "{paused}");
 
     // A missing Application: refused with a reason and an Event; it appears, and the
@@ -153,7 +135,7 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
         ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: waits\nspec:\n  applicationRef:\n    name: later\n",
     );
-    let waiting = status_where(hbs, "waits", "ApplicationNotFound", |s| {
+    let waiting = status_within(hbs, "waits", "ApplicationNotFound", |s| {
         condition(s, "Ready").is_some_and(|c| c["reason"] == "ApplicationNotFound")
     })
     .await;

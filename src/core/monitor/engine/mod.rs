@@ -26,8 +26,10 @@ pub use metrics::EngineStats;
 pub use series::MonitorSeries;
 pub use snapshot::Monitors;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
+pub use wording::describe_down;
 
 use super::history;
+use super::jobs::JobSignal;
 use super::schedule::{self, Clock};
 use super::state::{self, State};
 use crate::core::alert::outbox::{self, Outbox};
@@ -226,6 +228,14 @@ impl Engine {
         self.call(|tx| Command::Ping(key, input, tx)).await
     }
 
+    /// Applies evidence from a Job of the monitor's watched CronJob durably. Reporting a
+    /// Job again changes nothing, so a front end may report every Job it sees on each
+    /// (re)list.
+    pub async fn job(&self, key: &str, job: JobSignal) -> Result<(), EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Job(key, job, tx)).await
+    }
+
     /// Pauses or resumes a monitor.
     pub async fn set_paused(&self, key: &str, paused: bool) -> Result<Monitor, EngineError> {
         let key = key.to_string();
@@ -325,6 +335,14 @@ impl Engine {
     }
 }
 
+impl Monitor {
+    /// Why it is Down, in the words its alert used; `None` unless Down.
+    pub fn why_down(&self) -> Option<String> {
+        let reason = self.state.down_reason.as_ref()?;
+        Some(wording::describe_down(reason, self, self.state.since))
+    }
+}
+
 /// Runs `worker` on its own thread: sled calls and the commit block, and one thread keeps
 /// every change to a monitor in order.
 fn spawn_worker(worker: Worker, rx: mpsc::UnboundedReceiver<Command>) -> Result<(), EngineError> {
@@ -368,6 +386,10 @@ mod tests {
                 display_name: None,
                 interval_secs: 1,
                 grace_secs: 0,
+                schedule: None,
+                max_duration_secs: None,
+                cron_job: None,
+                require_ping: false,
                 paused: false,
                 targets: vec![],
                 application: None,
@@ -383,6 +405,7 @@ mod tests {
         let ping = PingInput {
             kind: PingKind::Success,
             exit_code: None,
+            rid: None,
             source: None,
             user_agent: None,
             body: None,

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::PingKind;
 use crate::core::alert::message::Target;
-use crate::core::monitor::state::{MonitorState, State, Timing};
+use crate::core::cron::Schedule;
+use crate::core::monitor::state::{JobRules, MonitorState, State, Timing, secs_saturating};
 use crate::core::token::TokenHash;
 
 /// Where a monitor's definition comes from; decides who may change it.
@@ -36,10 +37,28 @@ pub struct MonitorDef {
     /// Human name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
-    /// Expected interval, seconds.
+    /// Expected interval, seconds; for a scheduled monitor, the schedule's typical gap.
     pub interval_secs: u64,
+    /// The cron schedule of a scheduled monitor. A stored schedule that no longer parses
+    /// (a parser upgrade that drops some syntax) is read as none, so the monitor falls back
+    /// to `interval_secs` instead of stopping the engine from starting.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_schedule"
+    )]
+    pub schedule: Option<Schedule>,
     /// Grace, seconds.
     pub grace_secs: u64,
+    /// Longest a run may take, seconds (`maxDuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_secs: Option<u64>,
+    /// The watched CronJob, whose Jobs are evidence for this monitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_job: Option<String>,
+    /// A Job that completes without a ping from its code is Down.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_ping: bool,
     /// Paused by spec.
     pub paused: bool,
     /// Resolved alert targets.
@@ -65,10 +84,28 @@ pub struct MonitorDef {
 }
 
 impl MonitorDef {
-    /// The interval and grace the state machine works with.
-    pub fn timing(&self) -> Timing {
-        Timing::from_secs(self.interval_secs, self.grace_secs)
+    /// The timing the state machine works with.
+    pub fn timing(&self) -> Timing<'_> {
+        Timing {
+            schedule: self.schedule.as_ref(),
+            max_duration: self.max_duration_secs.map(secs_saturating),
+            jobs: self.cron_job.as_ref().map(|_| JobRules {
+                require_ping: self.require_ping,
+            }),
+            ..Timing::from_secs(self.interval_secs, self.grace_secs)
+        }
     }
+}
+
+fn lenient_schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Schedule>, D::Error> {
+    let raw = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(raw.and_then(|v| match serde_json::from_value::<Schedule>(v.clone()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(schedule = %v, error = %e, "a stored schedule no longer parses; the monitor keeps its interval");
+            None
+        }
+    }))
 }
 
 /// A monitor as readers see it.
@@ -98,6 +135,8 @@ pub struct PingInput {
     pub user_agent: Option<String>,
     /// Request body, cut to 10 KiB: a job's last log lines.
     pub body: Option<String>,
+    /// The run it belongs to (`?rid=`): a Job's or Pod's name, or any id the job chose.
+    pub rid: Option<String>,
 }
 
 /// What a ping's sender is told.
@@ -161,6 +200,10 @@ mod samples {
                 display_name: None,
                 interval_secs: 60,
                 grace_secs: 0,
+                schedule: None,
+                max_duration_secs: None,
+                cron_job: None,
+                require_ping: false,
                 paused: false,
                 targets: Vec::new(),
                 application: None,

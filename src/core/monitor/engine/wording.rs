@@ -11,25 +11,88 @@ use crate::core::monitor::state::DownReason;
 pub const RECOVERED: &str = "a successful ping arrived; the monitor is up again";
 
 /// Why the monitor went Down, in words.
-pub fn describe_down(reason: DownReason, m: &Monitor, at: Timestamp) -> String {
+pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String {
+    let def = &m.def;
+    let grace = human_duration(def.grace_secs as i64);
     match reason {
-        DownReason::Missed => match m.state.last_ping_at {
-            Some(last) => format!(
-                "no ping for {} (interval {}, grace {})",
-                human_duration(at.duration_since(last).as_secs()),
-                human_duration(m.def.interval_secs as i64),
-                human_duration(m.def.grace_secs as i64)
+        DownReason::Missed => match (&def.schedule, m.state.deadline) {
+            (Some(s), Some(due)) => format!(
+                "no ping for the run scheduled at {} ({s}, grace {grace}){}",
+                s.local_time(due),
+                match m.state.last_ping_at {
+                    Some(last) => format!(
+                        "; last ping {} before",
+                        human_duration(at.duration_since(last).as_secs())
+                    ),
+                    None => "; no ping received yet".into(),
+                }
             ),
-            None => "no ping received".into(),
+            _ => match m.state.last_ping_at {
+                Some(last) => format!(
+                    "no ping for {} (interval {}, grace {grace})",
+                    human_duration(at.duration_since(last).as_secs()),
+                    human_duration(def.interval_secs as i64),
+                ),
+                None => "no ping received".into(),
+            },
         },
+        DownReason::NotScheduled => {
+            let cron_job = def.cron_job.as_deref().unwrap_or(&def.name);
+            let due = match (&def.schedule, m.state.deadline) {
+                (Some(s), Some(due)) => format!("the run due at {} ({s})", s.local_time(due)),
+                _ => format!(
+                    "{} (interval {})",
+                    "the expected run",
+                    human_duration(def.interval_secs as i64)
+                ),
+            };
+            format!(
+                "not scheduled: CronJob {cron_job} started no Job for {due} within grace {grace}; check whether it is suspended, its startingDeadlineSeconds and concurrencyPolicy, and its Events"
+            )
+        }
         DownReason::Failed { exit_code: Some(c) } => {
             format!("the job reported failure (exit code {c})")
         }
         DownReason::Failed { exit_code: None } => "the job reported failure (/fail)".into(),
+        DownReason::JobFailed {
+            job,
+            reason,
+            exit_code,
+        } => format!(
+            "Job {job} failed: {} ({}){}",
+            reason.as_str(),
+            reason.explain(),
+            exit_code.map_or(String::new(), |c| format!(", exit code {c}"))
+        ),
+        DownReason::JobTooLong { job } => {
+            format!(
+                "running too long: Job {job} has run longer than {}",
+                run_limit(def)
+            )
+        }
+        DownReason::CompletedWithoutPing { job } => format!(
+            "completed without a ping: Job {job} succeeded, but its code sent no successful ping during its run (requirePing)"
+        ),
+        DownReason::RunTimeout if def.max_duration_secs.is_some() => format!(
+            "running too long: a run that signalled /start did not finish within {}",
+            run_limit(def)
+        ),
         DownReason::RunTimeout => format!(
             "a run that signalled /start did not finish within {}",
-            human_duration(m.def.timing().run_allowance().as_secs())
+            run_limit(def)
         ),
+    }
+}
+
+/// How long a run may take, in words.
+fn run_limit(def: &MonitorDef) -> String {
+    match (def.max_duration_secs, &def.schedule) {
+        (Some(max), _) => format!("maxDuration {}", human_duration(max as i64)),
+        (None, Some(_)) => format!(
+            "the next scheduled run plus grace {}",
+            human_duration(def.grace_secs as i64)
+        ),
+        (None, None) => human_duration(def.timing().run_allowance().as_secs()),
     }
 }
 

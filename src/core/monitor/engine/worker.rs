@@ -21,6 +21,7 @@ use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
 use crate::core::alert::message::AlertKind;
 use crate::core::alert::outbox::{self, Outbox};
 use crate::core::monitor::history::{self, RoundBlocks};
+use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
 use crate::core::store::Committer;
@@ -50,6 +51,7 @@ pub(super) enum Command {
         oneshot::Sender<Result<PingOutcome, EngineError>>,
     ),
     SetPaused(String, bool, oneshot::Sender<Result<Monitor, EngineError>>),
+    Job(String, JobSignal, oneshot::Sender<Result<(), EngineError>>),
     Due(String),
 }
 
@@ -123,6 +125,7 @@ impl Worker {
             Command::Ping(key, input, reply) => self.ping(&key, input, reply, round),
             Command::Upsert(def, reply) => self.define(def, reply, round),
             Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
+            Command::Job(key, job, reply) => self.job(&key, job, reply, round),
             Command::Remove(key, reply) => match self.remove(&key, round) {
                 Ok(()) => round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
@@ -153,10 +156,11 @@ impl Worker {
     ) {
         let now = self.clock.now();
         let paused = self.read().get(key).map(|m| m.state.state == State::Paused);
-        let signal = match input.kind {
-            PingKind::Success => Signal::Success(now),
-            PingKind::Start => Signal::Start(now),
-            PingKind::Fail => Signal::Fail(now, input.exit_code),
+        let signal = match (input.kind, input.rid.clone()) {
+            (PingKind::Success, Some(rid)) => Signal::SuccessFor(now, rid),
+            (PingKind::Success, None) => Signal::Success(now),
+            (PingKind::Start, _) => Signal::Start(now),
+            (PingKind::Fail, _) => Signal::Fail(now, input.exit_code),
         };
         self.stats.count_ping(input.kind);
         let outcome = if paused == Some(true) {
@@ -168,6 +172,21 @@ impl Worker {
             let _ = reply.send(r.map(|_| outcome));
         });
         self.step(key, signal, Some(input), round, done);
+    }
+
+    /// Applies a Job's evidence; it enters the ping history like a ping, unless it told
+    /// nothing new (the same Job reported again).
+    fn job(
+        &self,
+        key: &str,
+        job: JobSignal,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+        round: &mut Round,
+    ) {
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(r);
+        });
+        self.step(key, Signal::Job(job), None, round, done);
     }
 
     fn define(
@@ -212,7 +231,7 @@ impl Worker {
         } else {
             Signal::Resume(now)
         };
-        let (st, effects) = state::apply(&m.def.timing(), &m.state, signal);
+        let (st, effects) = state::apply(&m.def.timing(), &m.state, &signal);
         m.state = st;
         let out = m.clone();
         let done: Done = Box::new(move |r| {
@@ -235,8 +254,14 @@ impl Worker {
             done(Err(EngineError::NotFound));
             return;
         };
-        let (new_state, effects) = state::apply(&m.def.timing(), &m.state, signal);
-        let record = ping.map(|p| self.ping_record(p, signal, &new_state, &effects));
+        let (new_state, effects) = state::apply(&m.def.timing(), &m.state, &signal);
+        let record = match (&signal, ping) {
+            (_, Some(p)) => Some(self.ping_record(p, &signal, &new_state, &effects)),
+            (Signal::Job(job), None) if new_state != m.state => {
+                Some(job_record(job, &new_state, &effects))
+            }
+            _ => None,
+        };
         if record.is_none() && new_state == m.state && effects.is_empty() {
             // Nothing changed (e.g. a stale deadline): keep the schedule right, write nothing.
             self.publish(&m);
@@ -266,18 +291,17 @@ impl Worker {
     fn ping_record(
         &self,
         p: PingInput,
-        signal: Signal,
+        signal: &Signal,
         state: &MonitorState,
         effects: &[Effect],
     ) -> PingRecord {
-        let duration_ms = effects.iter().find_map(|e| match e {
-            Effect::RunFinished { duration } => Some(duration.as_millis() as i64),
-            _ => None,
-        });
         PingRecord {
             seq: state.pings,
             at: match signal {
-                Signal::Success(at) | Signal::Start(at) | Signal::Fail(at, _) => at,
+                Signal::Success(at)
+                | Signal::SuccessFor(at, _)
+                | Signal::Start(at)
+                | Signal::Fail(at, _) => *at,
                 _ => self.clock.now(),
             },
             kind: p.kind,
@@ -285,7 +309,10 @@ impl Worker {
             source: p.source,
             user_agent: p.user_agent,
             body: p.body,
-            duration_ms,
+            duration_ms: run_duration_ms(effects),
+            rid: p.rid,
+            job: None,
+            reason: None,
         }
     }
 
@@ -341,11 +368,7 @@ impl Worker {
             return Ok(redefined(old, def, signals));
         }
         let num = self.db.generate_id()? + 1;
-        let state = if def.paused {
-            MonitorState::new_paused(now)
-        } else {
-            MonitorState::new(now)
-        };
+        let state = MonitorState::created(&def.timing(), now, def.paused);
         Ok((
             Monitor {
                 num,
@@ -445,7 +468,7 @@ impl Worker {
                     let idx = u8::try_from(idx).unwrap_or(u8::MAX);
                     self.stage_transition(m, (from, to, at), idx, round)?;
                 }
-                Effect::Alert { reason, at } => {
+                Effect::Alert { ref reason, at } => {
                     let reason = describe_down(reason, m, at);
                     self.stage_alert(m, AlertKind::Down, at, reason, round)?;
                 }
@@ -480,7 +503,12 @@ impl Worker {
         round: &mut Round,
     ) -> Result<(), EngineError> {
         let reason = (to == State::Down)
-            .then(|| m.state.down_reason.map(|r| describe_down(r, m, at)))
+            .then(|| {
+                m.state
+                    .down_reason
+                    .as_ref()
+                    .map(|r| describe_down(r, m, at))
+            })
             .flatten();
         let record = TransitionRecord {
             at,
@@ -631,6 +659,42 @@ impl Worker {
     }
 }
 
+/// The duration a step reports for the run it ended, in milliseconds.
+fn run_duration_ms(effects: &[Effect]) -> Option<i64> {
+    effects.iter().find_map(|e| match e {
+        Effect::RunFinished { duration } => i64::try_from(duration.as_millis()).ok(),
+        _ => None,
+    })
+}
+
+/// The history entry of a Job's evidence: a start, a success or a failure with its
+/// reason and exit code, at the time the Job reported it.
+fn job_record(job: &JobSignal, state: &MonitorState, effects: &[Effect]) -> PingRecord {
+    let (kind, exit_code, reason) = match job.outcome {
+        JobOutcome::Running => (PingKind::Start, None, None),
+        JobOutcome::Succeeded(_) => (PingKind::Success, None, None),
+        JobOutcome::Failed {
+            reason, exit_code, ..
+        } => (PingKind::Fail, exit_code, Some(reason.as_str().to_string())),
+    };
+    PingRecord {
+        seq: state.pings,
+        at: job.at(),
+        kind,
+        exit_code,
+        source: None,
+        user_agent: None,
+        body: None,
+        duration_ms: run_duration_ms(effects).or_else(|| {
+            job.duration()
+                .and_then(|d| i64::try_from(d.as_millis()).ok())
+        }),
+        rid: None,
+        job: Some(job.name.clone()),
+        reason,
+    }
+}
+
 /// `old` under its new definition, with the effects of `signals` applied in order.
 fn redefined(old: Monitor, def: MonitorDef, signals: Vec<Signal>) -> (Monitor, Vec<Effect>) {
     let (state, effects) = apply_all(&def.timing(), &old.state, signals);
@@ -654,7 +718,7 @@ fn apply_all(
     let mut st = state.clone();
     let mut effects = Vec::new();
     for sig in signals {
-        let (next, e) = state::apply(timing, &st, sig);
+        let (next, e) = state::apply(timing, &st, &sig);
         st = next;
         effects.extend(e);
     }
