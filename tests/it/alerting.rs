@@ -216,3 +216,104 @@ async fn watchdog_notifications_from_a_real_alertmanager_ping_a_heartbeat() {
     drop(am);
     server.stop().await;
 }
+
+/// A real Prometheus (Debian's) on loopback, scraping `target` every second.
+struct Prometheus {
+    base: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(target: &str) -> Self {
+        let bin = "/usr/bin/prometheus";
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "prometheus is missing: apt-get install prometheus (tests/run-all.sh installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: hartslag\n    static_configs: [{{targets: [\"{target}\"]}}]\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The value of an instant query's single sample, once there is one.
+    async fn value(&self, query: &str) -> Option<f64> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let url = format!("{}/api/v1/query?query={encoded}", self.base);
+        let res = reqwest::get(url).await.ok()?;
+        let v: Value = res.json().await.ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_reads_a_down_heartbeat_as_up_zero() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let server = InProcess::start_with(
+        &[("hb.yaml", heartbeat_manifest("nightly", "2s", "0s", ""))],
+        |c| c.min_interval = hartslag::core::duration::SpecDuration::from_secs(1),
+    )
+    .await;
+    let ping = ping_url(&server.data, "nightly");
+    let res = reqwest::get(&ping).await.unwrap();
+    assert!(res.status().is_success());
+    let target = server.base.trim_start_matches("http://").to_string();
+    let prometheus = Prometheus::start(&target).await;
+    let query = r#"hartslag_heartbeat_up{name="nightly",namespace="default"}"#;
+    wait_for(
+        "Prometheus reading the Heartbeat as down",
+        Duration::from_secs(60),
+        || async { prometheus.value(query).await.filter(|v| *v == 0.0) },
+    )
+    .await;
+    let down = r#"hartslag_heartbeat_state{name="nightly",state="Down"}"#;
+    assert_eq!(prometheus.value(down).await, Some(1.0));
+    // A ping brings it back up.
+    reqwest::get(&ping).await.unwrap();
+    wait_for(
+        "Prometheus reading the Heartbeat as up",
+        Duration::from_secs(30),
+        || async { prometheus.value(query).await.filter(|v| *v == 1.0) },
+    )
+    .await;
+    drop(prometheus);
+    server.stop().await;
+}
