@@ -25,6 +25,14 @@ pub enum NoticeKind {
 }
 
 impl NoticeKind {
+    /// Every kind, for tests and checks that cover them all.
+    pub const ALL: [NoticeKind; 4] = [
+        NoticeKind::Down,
+        NoticeKind::Late,
+        NoticeKind::Recovery,
+        NoticeKind::Flapping,
+    ];
+
     /// Whether the notice opens (or keeps open) an alert, rather than closing it.
     pub fn is_firing(self) -> bool {
         !matches!(self, NoticeKind::Recovery)

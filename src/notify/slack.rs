@@ -76,12 +76,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_notice_is_valid_block_kit() {
-        for kind in [
-            NoticeKind::Down,
-            NoticeKind::Late,
-            NoticeKind::Recovery,
-            NoticeKind::Flapping,
-        ] {
+        for kind in NoticeKind::ALL {
             let m = message(&sample(kind));
             schema::slack(&m).unwrap_or_else(|e| panic!("{kind:?}: {e}\n{m:#}"));
         }

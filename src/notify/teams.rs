@@ -65,12 +65,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_notice_is_one_adaptive_card_the_workflow_accepts() {
-        for kind in [
-            NoticeKind::Down,
-            NoticeKind::Late,
-            NoticeKind::Recovery,
-            NoticeKind::Flapping,
-        ] {
+        for kind in NoticeKind::ALL {
             let m = message(&sample(kind));
             schema::teams(&m).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         }

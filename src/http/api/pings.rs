@@ -117,10 +117,7 @@ async fn ping_input(
     let bytes = read_body(body, state.max_body_bytes).await?;
     let body =
         (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    let user_agent = user_agent(headers);
     Ok(PingInput {
         kind: if exit_code.is_some() {
             PingKind::Fail
@@ -168,6 +165,24 @@ fn failure_code(params: &HashMap<String, String>) -> Result<Option<u8>, ApiError
     }
 }
 
+/// A request's headers, the client's address and the body.
+pub(super) fn split(req: Request) -> (HeaderMap, Option<SocketAddr>, Body) {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (parts, body) = req.into_parts();
+    (parts.headers, peer, body)
+}
+
+/// The `User-Agent` header, cut to [`MAX_USER_AGENT`] characters.
+pub(super) fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect())
+}
+
 macro_rules! ping_handler {
     ($name:ident, $kind:expr) => {
         async fn $name(
@@ -176,12 +191,8 @@ macro_rules! ping_handler {
             Query(q): Query<HashMap<String, String>>,
             req: Request,
         ) -> Response {
-            let peer = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0);
-            let (parts, body) = req.into_parts();
-            receive(s, t, $kind, q, &parts.headers, peer, body).await
+            let (headers, peer, body) = split(req);
+            receive(s, t, $kind, q, &headers, peer, body).await
         }
     };
 }

@@ -12,16 +12,15 @@
 //!   sending other alerts here cannot keep the Heartbeat up.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
 
-use super::pings::{MAX_USER_AGENT, monitor_of, not_found, record, source};
+use super::pings::{monitor_of, not_found, record, source, split, user_agent};
 use crate::core::monitor::engine::{PingInput, PingKind};
 use crate::http::HttpState;
 use crate::http::body::read_body;
@@ -84,12 +83,7 @@ async fn receive(
     Query(params): Query<HashMap<String, String>>,
     req: Request,
 ) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let (parts, body) = req.into_parts();
-    let headers = parts.headers;
+    let (headers, peer, body) = split(req);
     let Some(key) = monitor_of(&state, &token) else {
         return not_found();
     };
@@ -125,10 +119,7 @@ async fn receive(
             return refuse(StatusCode::UNPROCESSABLE_ENTITY, msg);
         }
     };
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    let user_agent = user_agent(&headers);
     let input = PingInput {
         kind,
         exit_code: (kind == PingKind::Fail).then_some(1),
