@@ -399,7 +399,10 @@ mod tests {
         assert!(alerts["channels"]["items"]["pattern"].is_string());
         assert!(alerts["notifyAfter"].is_object() && alerts["notifyLate"].is_object());
         assert!(hb["properties"]["runbookURL"].is_object());
-        assert_eq!(hb["properties"]["failureThreshold"]["minimum"], 1);
+        assert_eq!(
+            hb["properties"]["failureThreshold"]["minimum"].as_f64(),
+            Some(1.0)
+        );
         assert!(hb["properties"]["maintenance"]["items"]["properties"]["schedule"].is_object());
     }
 }
