@@ -117,7 +117,7 @@ fn fill(data: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let store = Store::open(Path::new(data), &StoreOptions::default()).expect("open store");
-        let registry = Registry::load(store.clone()).expect("registry");
+        let registry = Registry::load(store.clone(), Default::default()).expect("registry");
         let app = registry
             .applications()
             .into_iter()
@@ -138,6 +138,7 @@ fn fill(data: &str) {
                         date: date_key(local_date(at, &app.tz)),
                         value: value.clone(),
                         idempotency: None,
+                        name_limit: app.limits.event_names,
                     }
                 })
                 .collect::<Vec<_>>()

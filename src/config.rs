@@ -35,6 +35,14 @@ pub struct ServerConfig {
     pub api_rate_burst: f64,
     /// Alert retry policy.
     pub outbox: crate::core::alert::outbox::OutboxConfig,
+    /// Limits of Applications that set none of their own.
+    pub limits: crate::core::limits::LimitDefaults,
+    /// Which addresses alert webhooks may reach.
+    pub webhooks: crate::notify::guard::AddressPolicy,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// HTTP timeouts and the connection cap.
+    pub http: crate::http::HttpLimits,
     /// Hold monitor deadlines until the front end releases them: the operator does, until
     /// it has removed the monitors whose resources vanished while it was down.
     pub hold_deadlines: bool,
@@ -57,6 +65,10 @@ impl ServerConfig {
             api_rate_per_sec: 10.0,
             api_rate_burst: 50.0,
             outbox: crate::core::alert::outbox::OutboxConfig::default(),
+            limits: crate::core::limits::LimitDefaults::default(),
+            webhooks: crate::notify::guard::AddressPolicy::default(),
+            trusted_proxies: Vec::new(),
+            http: crate::http::HttpLimits::default(),
             hold_deadlines: false,
         }
     }
@@ -73,6 +85,7 @@ impl ServerConfig {
             cache_bytes: self.cache_bytes,
             ping_history: self.ping_history as u64,
             outbox: self.outbox,
+            limits: self.limits,
             hold_deadlines: self.hold_deadlines,
         }
     }

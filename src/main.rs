@@ -109,6 +109,64 @@ struct Common {
     /// First delay before an alert delivery is retried (doubles per attempt, up to 10m).
     #[arg(long, env = "HARTSLAG_ALERT_RETRY_BASE", default_value = "2s")]
     alert_retry_base: hartslag::core::duration::SpecDuration,
+    /// Let alert webhooks reach any address: loopback, link-local and private ones too
+    /// (tests, trusted on-prem networks).
+    #[arg(long, env = "HARTSLAG_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
+    /// Also refuse webhooks to private ranges (10/8, 172.16/12, 192.168/16, 100.64/10,
+    /// fc00::/7); loopback and link-local are always refused.
+    #[arg(long, env = "HARTSLAG_REFUSE_PRIVATE_WEBHOOKS")]
+    refuse_private_webhooks: bool,
+    /// Address ranges webhooks may reach whatever they are (comma-separated CIDRs or
+    /// addresses), such as an in-cluster receiver.
+    #[arg(long, env = "HARTSLAG_WEBHOOK_ALLOWED_CIDRS", value_delimiter = ',', value_parser = cidr)]
+    webhook_allowed_cidrs: Vec<ipnet::IpNet>,
+    /// Proxies whose X-Forwarded-For header is believed (comma-separated CIDRs or
+    /// addresses); other clients are recorded by their own address.
+    #[arg(long, env = "HARTSLAG_TRUSTED_PROXIES", value_delimiter = ',', value_parser = cidr)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Most alert deliveries in flight at once (each target gets one at a time).
+    #[arg(long, env = "HARTSLAG_ALERT_CONCURRENCY", default_value_t = 16)]
+    alert_concurrency: usize,
+    /// A monitor that raises more notices than this within --alert-flapping-window is
+    /// flapping: one "flapping" notice, then its notices wait until it is stable.
+    #[arg(long, env = "HARTSLAG_ALERT_FLAPPING_NOTICES", default_value_t = 6)]
+    alert_flapping_notices: u32,
+    /// The window of the flapping rule, and how long a flapping monitor must be quiet.
+    #[arg(long, env = "HARTSLAG_ALERT_FLAPPING_WINDOW", default_value = "30m")]
+    alert_flapping_window: hartslag::core::duration::SpecDuration,
+    /// Most notices per alert target (email recipients, webhook URL) per hour; 0 is no cap.
+    #[arg(long, env = "HARTSLAG_ALERT_TARGET_HOURLY_CAP", default_value_t = 100)]
+    alert_target_hourly_cap: u32,
+    /// Longest wait for a request's headers, from when the server is ready for them; also
+    /// how long an idle keep-alive connection stays open.
+    #[arg(long, env = "HARTSLAG_HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    http_header_timeout: hartslag::core::duration::SpecDuration,
+    /// Longest time to receive a request body (408 after it).
+    #[arg(long, env = "HARTSLAG_HTTP_BODY_TIMEOUT", default_value = "30s")]
+    http_body_timeout: hartslag::core::duration::SpecDuration,
+    /// Most HTTP connections open at once; further clients wait until one closes.
+    #[arg(long, env = "HARTSLAG_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    http_max_connections: usize,
+    /// Most Heartbeats an Application may create through the management API, unless its
+    /// spec.limits.heartbeats says otherwise.
+    #[arg(long, env = "HARTSLAG_MAX_HEARTBEATS", default_value_t = 1000)]
+    max_heartbeats: u32,
+    /// Most distinct event names per Application, unless its spec.limits.eventNames says
+    /// otherwise.
+    #[arg(long, env = "HARTSLAG_MAX_EVENT_NAMES", default_value_t = 10_000)]
+    max_event_names: u32,
+    /// Events per second an Application's token may send, sustained (0: no limit), unless
+    /// its spec.limits.ingestRate says otherwise.
+    #[arg(long, env = "HARTSLAG_INGEST_RATE", default_value_t = 2000)]
+    ingest_rate: u32,
+    /// Events an Application's token may send at once above that rate, unless its
+    /// spec.limits.ingestBurst says otherwise.
+    #[arg(long, env = "HARTSLAG_INGEST_BURST", default_value_t = 10_000)]
+    ingest_burst: u32,
+    /// How long a shutdown waits for requests in flight.
+    #[arg(long, env = "HARTSLAG_SHUTDOWN_GRACE", default_value = "20s")]
+    shutdown_grace: hartslag::core::duration::SpecDuration,
 }
 
 impl Common {
@@ -126,6 +184,30 @@ impl Common {
         c.min_interval = self.min_interval;
         c.outbox.base_delay =
             std::time::Duration::from_secs(self.alert_retry_base.as_secs().max(1));
+        c.webhooks = hartslag::notify::guard::AddressPolicy {
+            allow_all: self.allow_private_webhooks,
+            refuse_private: self.refuse_private_webhooks,
+            allowed: self.webhook_allowed_cidrs.clone(),
+        };
+        c.trusted_proxies = self.trusted_proxies.clone();
+        c.outbox.concurrency = self.alert_concurrency.max(1);
+        c.outbox.policy = hartslag::core::alert::policy::PolicyConfig {
+            flapping_notices: self.alert_flapping_notices,
+            flapping_window: secs(self.alert_flapping_window),
+            hourly_cap: self.alert_target_hourly_cap,
+        };
+        c.limits = hartslag::core::limits::LimitDefaults {
+            heartbeats: self.max_heartbeats,
+            event_names: self.max_event_names.max(1),
+            ingest_rate: self.ingest_rate,
+            ingest_burst: self.ingest_burst.max(1),
+        };
+        c.http = hartslag::http::HttpLimits {
+            header_timeout: secs(self.http_header_timeout),
+            body_timeout: secs(self.http_body_timeout),
+            max_connections: self.http_max_connections.max(1),
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace.as_secs()),
+        };
         c
     }
 
@@ -140,6 +222,19 @@ impl Common {
             LogFormat::Text => builder.init(),
         }
     }
+}
+
+/// A CIDR range, or a single address as a range of one.
+fn cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR range such as 10.0.0.0/8"))
+}
+
+/// A flag's duration, at least one second (zero would turn a timeout into "at once").
+fn secs(d: hartslag::core::duration::SpecDuration) -> std::time::Duration {
+    std::time::Duration::from_secs(d.as_secs().max(1))
 }
 
 fn main() -> ExitCode {

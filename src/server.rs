@@ -53,7 +53,11 @@ impl Server {
     pub fn open(config: ServerConfig) -> Result<Self, ServerError> {
         let mut metrics = MetricRegistry::default();
         let core = Services::open(&config.services(), &mut metrics)?;
-        let notifier = Notifier::new(config.smtp_url.as_deref(), &config.mail_from)?;
+        let notifier = Notifier::new(
+            config.smtp_url.as_deref(),
+            &config.mail_from,
+            config.webhooks.clone(),
+        )?;
         core.deliver_alerts(Arc::new(notifier));
         Ok(Self {
             config,
@@ -80,12 +84,19 @@ impl Server {
         self.ready = Some(gate);
     }
 
-    fn http_state(self) -> (Services, HttpState) {
+    fn http_state(self, connections: http::ConnectionStats) -> (Services, HttpState) {
         let core = self.core.clone();
         let ready = self
             .ready
             .unwrap_or_else(|| Arc::new(AtomicBool::new(true)));
-        let state = HttpState::new(self.core, &self.config, self.catalogue, self.metrics, ready);
+        let state = HttpState::new(
+            self.core,
+            &self.config,
+            self.catalogue,
+            self.metrics,
+            ready,
+            connections,
+        );
         (core, state)
     }
 
@@ -110,7 +121,7 @@ impl Server {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let (core, state) = self.http_state();
+        let (core, state) = self.http_state(http::ConnectionStats::default());
         tracing::info!(%addr, "listening");
         http::serve(listener, state, shutdown)
             .await
@@ -129,7 +140,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let addr = port.addr().to_string();
-        let (core, state) = self.http_state();
+        let (core, state) = self.http_state(port.connections());
         port.serve(state, shutdown)
             .await
             .map_err(|source| ServerError::Http { addr, source })?;
@@ -140,12 +151,18 @@ impl Server {
     }
 }
 
-/// Binds `addr` at once; it answers 503 with `Retry-After` until [`Server::serve_on`].
-pub async fn bind_early(addr: std::net::SocketAddr) -> Result<Port, ServerError> {
-    Port::bind(addr).await.map_err(|source| ServerError::Http {
-        addr: addr.to_string(),
-        source,
-    })
+/// Binds `addr` at once, with the connection `limits` in force; it answers 503 with
+/// `Retry-After` until [`Server::serve_on`].
+pub async fn bind_early(
+    addr: std::net::SocketAddr,
+    limits: http::HttpLimits,
+) -> Result<Port, ServerError> {
+    Port::bind(addr, limits)
+        .await
+        .map_err(|source| ServerError::Http {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Resolves on SIGTERM or Ctrl-C, for graceful shutdown in pods and terminals.

@@ -83,7 +83,7 @@ pub enum CatalogueError {
     /// No such monitor for this application (404).
     #[error("heartbeat not found")]
     NotFound,
-    /// The application owns as many monitors as `spec.limits.heartbeats` allows (402).
+    /// The application owns as many monitors as its limit allows (402).
     #[error("heartbeat quota reached")]
     Quota,
     /// The monitor is defined elsewhere, in a manifest file (409).
@@ -95,6 +95,10 @@ pub enum CatalogueError {
     /// Storage or the cluster could not complete the change (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The cluster refused the change: its access rules, validation or admission policies
+    /// (422). Retrying the same request will not help.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What the management API needs from a front end to change monitors.
@@ -122,14 +126,14 @@ pub trait MonitorCatalogue: Send + Sync {
     fn token(&self, monitor: &Monitor) -> Option<String>;
 }
 
-/// Refuses a create when the Application already owns `spec.limits.heartbeats` monitors.
+/// Refuses a create when the Application already owns as many monitors as its limit
+/// (`spec.limits.heartbeats`, else the server's default) allows.
 pub fn check_quota(engine: &Engine, app: &AppInfo) -> Result<(), CatalogueError> {
-    match app.spec.limits.as_ref().and_then(|l| l.heartbeats) {
-        Some(limit) if engine.count_for_application(&app.key, None) >= limit as usize => {
-            Err(CatalogueError::Quota)
-        }
-        _ => Ok(()),
+    let limit = usize::try_from(app.limits.heartbeats).unwrap_or(usize::MAX);
+    if engine.count_for_application(&app.key, None) >= limit {
+        return Err(CatalogueError::Quota);
     }
+    Ok(())
 }
 
 /// A DNS-safe resource name from a human name (`Daily Backup!` → `daily-backup`), so a

@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use jiff::tz::TimeZone;
 
+use crate::core::limits::{AppLimits, LimitDefaults, RateLimiter};
 use crate::core::spec::{ApplicationSpec, SpecError};
 use crate::core::store::apps::{AppRecord, TokenOwner};
 use crate::core::store::{Store, StoreError};
@@ -43,6 +44,10 @@ pub struct AppInfo {
     pub spec: ApplicationSpec,
     /// Its resolved time zone.
     pub tz: TimeZone,
+    /// Its limits, `spec.limits` over the server's defaults.
+    pub limits: AppLimits,
+    /// Its ingest rate limit, shared by every request with its token; `None` is no limit.
+    pub ingest: Option<Arc<RateLimiter>>,
 }
 
 /// The key under which a namespaced object is known: `namespace/name`.
@@ -61,6 +66,7 @@ struct Inner {
 pub struct Registry {
     store: Store,
     inner: Arc<RwLock<Inner>>,
+    defaults: LimitDefaults,
 }
 
 impl std::fmt::Debug for Registry {
@@ -69,8 +75,17 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-fn info_from(rec: &AppRecord) -> AppInfo {
+/// The resolved view of `rec`; `previous` (the same application before a spec change)
+/// hands over its rate limiter, so an edit does not refill a drained bucket.
+fn info_from(rec: &AppRecord, defaults: &LimitDefaults, previous: Option<&AppInfo>) -> AppInfo {
     let tz = TimeZone::get(rec.spec.time_zone_name()).unwrap_or(TimeZone::UTC);
+    let limits = AppLimits::resolve(&rec.spec, defaults);
+    let ingest = limits.ingest.map(|(rate, burst)| {
+        previous
+            .and_then(|p| p.ingest.clone())
+            .filter(|l| l.is_for(rate, burst))
+            .unwrap_or_else(|| Arc::new(RateLimiter::new(rate, burst)))
+    });
     AppInfo {
         key: object_key(&rec.namespace, &rec.name),
         num: rec.num,
@@ -78,15 +93,21 @@ fn info_from(rec: &AppRecord) -> AppInfo {
         name: rec.name.clone(),
         spec: rec.spec.clone(),
         tz,
+        limits,
+        ingest,
     }
 }
 
 impl Registry {
-    /// Loads every stored application and token.
-    pub fn load(store: Store) -> Result<Self, RegistryError> {
+    /// Loads every stored application and token; applications that set no limits of
+    /// their own get `defaults`.
+    pub fn load(store: Store, defaults: LimitDefaults) -> Result<Self, RegistryError> {
         let mut inner = Inner::default();
         for rec in store.load_apps()? {
-            let info = info_from(&rec);
+            if rec.retained_since.is_some() {
+                continue;
+            }
+            let info = info_from(&rec, &defaults, None);
             inner.apps.insert(info.key.clone(), Arc::new(info));
         }
         for (hash, owner) in store.load_tokens()? {
@@ -95,6 +116,7 @@ impl Registry {
         Ok(Self {
             store,
             inner: Arc::new(RwLock::new(inner)),
+            defaults,
         })
     }
 
@@ -137,13 +159,20 @@ impl Registry {
             name: name.into(),
             spec,
             token,
+            retained_since: None,
         };
-        let old_token = existing.as_ref().map(|r| r.token);
+        // A retained record's token was revoked with it; a re-created application brings
+        // its own.
+        let old_token = existing
+            .as_ref()
+            .filter(|r| r.retained_since.is_none())
+            .map(|r| r.token);
         if existing.as_ref() != Some(&rec) {
             self.store.put_app(&key, &rec, old_token)?;
             self.store.flush().await?;
         }
-        let info = Arc::new(info_from(&rec));
+        let previous = self.application(&key);
+        let info = Arc::new(info_from(&rec, &self.defaults, previous.as_deref()));
         let mut inner = self.write();
         if let Some(old) = old_token
             && old != token
@@ -161,7 +190,9 @@ impl Registry {
         Ok(info)
     }
 
-    /// Removes an application: its token stops working at once; `purge` also drops its events.
+    /// Removes an application: its token stops working at once. With `purge` its events go
+    /// too; without, its record stays (retained) so that an application re-created under
+    /// the same name picks its data up, and retention keeps applying to that data.
     pub async fn remove_application(
         &self,
         namespace: &str,
@@ -176,13 +207,31 @@ impl Registry {
                 .tokens
                 .retain(|_, o| !(o.kind == TokenKind::Application && o.key == key));
         }
-        if let Some(rec) = self.store.delete_app(&key)?
-            && purge
-        {
-            self.store.purge_application_events(rec.num)?;
+        if purge {
+            if let Some(rec) = self.store.delete_app(&key)? {
+                self.store.purge_application_events(rec.num)?;
+            }
+        } else {
+            self.store.retain_app(&key, jiff::Timestamp::now())?;
         }
         self.store.flush().await?;
         Ok(())
+    }
+
+    /// Every application whose raw events retention applies to: the defined ones and the
+    /// retained ones, as (key, numeric id, retention).
+    pub fn retention_targets(
+        &self,
+    ) -> Result<Vec<(String, u64, crate::core::duration::SpecDuration)>, RegistryError> {
+        Ok(self
+            .store
+            .load_apps()?
+            .into_iter()
+            .map(|rec| {
+                let key = object_key(&rec.namespace, &rec.name);
+                (key, rec.num, rec.spec.retention())
+            })
+            .collect())
     }
 
     /// Indexes a non-application token (heartbeats, admin).

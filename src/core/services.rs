@@ -10,10 +10,12 @@ use jiff::Timestamp;
 
 use super::alert::Deliver;
 use super::alert::outbox::{Outbox, OutboxConfig, OutboxError};
+use super::duration::SpecDuration;
+use super::limits::LimitDefaults;
 use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
 use super::monitor::schedule::Clock;
-use super::registry::{AppInfo, Registry, RegistryError};
+use super::registry::{Registry, RegistryError};
 use super::store::events::EventWriter;
 use super::store::{Store, StoreError, StoreOptions};
 
@@ -28,6 +30,8 @@ pub struct ServicesConfig {
     pub ping_history: u64,
     /// How alert deliveries are retried.
     pub outbox: OutboxConfig,
+    /// Limits of Applications that set none of their own.
+    pub limits: LimitDefaults,
     /// Hold monitor deadlines until the front end releases them (see
     /// `EngineConfig::hold_deadlines`).
     pub hold_deadlines: bool,
@@ -85,7 +89,7 @@ impl Services {
         };
         let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
         store.register_metrics(metrics);
-        let registry = Registry::load(store.clone())?;
+        let registry = Registry::load(store.clone(), config.limits)?;
         let outbox = Outbox::open(&store.db, store.committer().clone(), config.outbox)?;
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {
@@ -116,18 +120,55 @@ impl Services {
         tokio::spawn(self.outbox.clone().run(courier));
     }
 
-    /// Deletes raw events past each application's retention, now and then every `every`.
+    /// Deletes raw events past each application's retention, now and then every `every`;
+    /// applications deleted with their data retained included.
     pub fn spawn_retention(&self, every: Duration) {
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                for app in registry.applications() {
-                    purge_past_retention(&registry, &app).await;
+                match registry.retention_targets() {
+                    Ok(targets) => {
+                        for (key, num, retention) in targets {
+                            purge_past_retention(&registry, &key, num, retention).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "retention pass failed"),
                 }
             }
         });
+    }
+
+    /// Whether the services can do their work: `Err` names the first that cannot. The
+    /// commit log, the monitor engine and the outbox must be able to write, and the ingest
+    /// writer and the engine threads must answer a probe within `within` (a dead or stuck
+    /// thread would otherwise leave the process serving requests it can never answer).
+    pub async fn health(&self, within: Duration) -> Result<(), String> {
+        self.registry
+            .store()
+            .committer()
+            .health()
+            .map_err(|e| e.to_string())?;
+        self.engine.health()?;
+        self.outbox.health()?;
+        let probes = async {
+            self.events
+                .probe()
+                .await
+                .map_err(|_| "the ingest writer has stopped".to_string())?;
+            self.engine
+                .probe()
+                .await
+                .map_err(|_| "the monitor engine has stopped".to_string())
+        };
+        match tokio::time::timeout(within, probes).await {
+            Ok(answered) => answered,
+            Err(_) => Err(format!(
+                "the ingest writer or the monitor engine did not answer within {}s",
+                within.as_secs()
+            )),
+        }
     }
 
     /// Waits until everything written so far is on disk.
@@ -139,13 +180,12 @@ impl Services {
 /// One application's retention pass: raw events older than its window, and idempotency
 /// records past theirs. Runs off the async workers; failures are logged and retried on the
 /// next pass.
-async fn purge_past_retention(registry: &Registry, app: &AppInfo) {
-    let secs = i64::try_from(app.spec.retention().as_secs()).unwrap_or(i64::MAX);
+async fn purge_past_retention(registry: &Registry, key: &str, num: u64, retention: SpecDuration) {
+    let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let cutoff = Timestamp::now()
         .checked_sub(jiff::SignedDuration::from_secs(secs))
         .unwrap_or(Timestamp::MIN);
     let store = registry.store().clone();
-    let num = app.num;
     let purged = tokio::task::spawn_blocking(move || {
         store.purge_idempotency(num, Timestamp::now())?;
         store.purge_events_before(num, cutoff)
@@ -154,11 +194,167 @@ async fn purge_past_retention(registry: &Registry, app: &AppInfo) {
     match purged {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => {
-            tracing::info!(application = %app.key, removed = n, "deleted events past retention")
+            tracing::info!(application = %key, removed = n, "deleted events past retention")
         }
         Ok(Err(e)) => {
-            tracing::warn!(application = %app.key, error = %e, "retention pass failed")
+            tracing::warn!(application = %key, error = %e, "retention pass failed")
         }
         Err(e) => tracing::warn!(error = %e, "retention task panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::core::monitor::engine::PingInput;
+
+    async fn open(dir: &std::path::Path) -> Services {
+        let config = ServicesConfig {
+            data_dir: dir.to_path_buf(),
+            cache_bytes: 8 << 20,
+            ping_history: 10,
+            outbox: OutboxConfig::default(),
+            limits: LimitDefaults::default(),
+            hold_deadlines: false,
+        };
+        Services::open(&config, &mut MetricRegistry::default()).unwrap()
+    }
+
+    const WITHIN: Duration = Duration::from_millis(500);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_fails_while_a_thread_is_stuck_and_recovers_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+
+        core.engine.stall(Duration::from_secs(2));
+        let err = core.health(WITHIN).await.unwrap_err();
+        assert!(err.contains("did not answer within"), "{err}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+
+        core.events.stall(Duration::from_secs(2)).await;
+        assert!(core.health(WITHIN).await.is_err());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+    }
+
+    fn success() -> PingInput {
+        PingInput {
+            kind: crate::core::monitor::engine::PingKind::Success,
+            exit_code: None,
+            source: None,
+            user_agent: None,
+            body: None,
+            rid: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_state_is_published_and_broadcast_only_once_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        core.engine.upsert(monitor("a")).await.unwrap();
+        let mut changes = core.engine.subscribe();
+        core.engine.fail_writes(true);
+        assert!(core.engine.ping("default/a", success()).await.is_err());
+        // Readers, the deadline scheduler and subscribers still see what is on disk.
+        let m = core.engine.get("default/a").unwrap();
+        assert_eq!(m.state.state, crate::core::monitor::state::State::New);
+        assert_eq!(m.state.pings, 0);
+        assert!(
+            changes.try_recv().is_err(),
+            "a change that was never written was broadcast"
+        );
+        core.engine.fail_writes(false);
+        core.engine.ping("default/a", success()).await.unwrap();
+        let m = core.engine.get("default/a").unwrap();
+        assert_eq!(m.state.state, crate::core::monitor::state::State::Up);
+        let change = changes.try_recv().unwrap();
+        assert_eq!(
+            (change.key.as_str(), change.to),
+            ("default/a", m.state.state)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_pings_with_large_bodies_is_written_in_records_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        core.engine.upsert(monitor("a")).await.unwrap();
+        let stats = core.registry.store().committer().stats();
+        let before = stats.records.load(Ordering::Relaxed);
+        // Everything queues behind the stall and is taken into as few rounds as allowed.
+        core.engine.stall(Duration::from_secs(1));
+        let body = "x".repeat(10 * 1024);
+        let pings: Vec<_> = (0..1000)
+            .map(|_| {
+                let (engine, body) = (core.engine.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut p = success();
+                    p.body = Some(body);
+                    engine.ping("default/a", p).await
+                })
+            })
+            .collect();
+        for p in pings {
+            p.await.unwrap().unwrap();
+        }
+        let records = stats.records.load(Ordering::Relaxed) - before;
+        // About 10 MiB of ping blocks: more than one round may hold.
+        assert!(records >= 2, "{records} records");
+        let m = core.engine.get("default/a").unwrap();
+        assert_eq!(m.state.pings, 1000);
+        let newest = core.engine.pings(m.num, 1).unwrap();
+        assert_eq!(newest[0].seq, 1000);
+    }
+
+    fn monitor(name: &str) -> crate::core::monitor::engine::MonitorDef {
+        crate::core::monitor::engine::MonitorDef {
+            key: format!("default/{name}"),
+            id: name.into(),
+            namespace: "default".into(),
+            name: name.into(),
+            display_name: None,
+            interval_secs: 60,
+            schedule: None,
+            grace_secs: 0,
+            max_duration_secs: None,
+            cron_job: None,
+            require_ping: false,
+            paused: false,
+            targets: Vec::new(),
+            application: None,
+            token: crate::core::token::TokenHash::of(name),
+            ping_hint: String::new(),
+            origin: crate::core::monitor::engine::Origin::Manifest,
+            retain_on_delete: false,
+            created_at: Timestamp::now(),
+            updated_at: Timestamp::now(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_fails_while_the_engine_or_the_outbox_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = open(dir.path()).await;
+        core.engine.fail_writes(true);
+        let def = monitor("a");
+        assert!(core.engine.upsert(def.clone()).await.is_err());
+        let err = core.health(WITHIN).await.unwrap_err();
+        assert!(err.contains("writing monitor state failed"), "{err}");
+        // Nothing was published that is not on disk.
+        assert!(core.engine.get("default/a").is_none());
+        core.engine.fail_writes(false);
+        assert!(core.engine.upsert(def).await.is_ok());
+        assert_eq!(core.health(WITHIN).await, Ok(()));
+
+        core.outbox.fail_writes.store(true, Ordering::Relaxed);
+        let _ = core.outbox.write(Vec::new()).await;
+        let err = core.health(WITHIN).await.unwrap_err();
+        assert!(err.contains("cannot record deliveries"), "{err}");
     }
 }

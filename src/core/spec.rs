@@ -66,14 +66,30 @@ impl AlertTargets {
     }
 }
 
-/// Quotas for an Application.
+/// What an Application may use of the server; unset fields take the server's defaults
+/// (flags `--max-heartbeats`, `--max-event-names`, `--ingest-rate`, `--ingest-burst`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
-    /// Most Heartbeats this Application may own; unset means unlimited.
+    /// Most Heartbeats this Application may own (Heartbeat resources beyond it are not
+    /// Ready; the management API answers 402). Through the management API the server's
+    /// default applies when unset; resources are unlimited when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub heartbeats: Option<u32>,
+    /// Most distinct event names; an event with a new name beyond it gets 422. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub event_names: Option<u32>,
+    /// Events per second this Application's token may send, sustained (429 with
+    /// Retry-After beyond it); 0 is no limit. Default 2000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ingest_rate: Option<u32>,
+    /// Events the token may send at once above the sustained rate. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub ingest_burst: Option<u32>,
 }
 
 /// An Application: a source of events with its own API token.

@@ -1,13 +1,25 @@
-//! Request bodies, read whole up to the configured limit.
+//! Request bodies, read whole up to the configured size and time limits.
+
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 
 use super::error::ApiError;
 
-/// Reads the body within `limit` bytes; `Err` is the 413 (or 400) answer.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads the body within `limit` bytes and `timeout`; `Err` is the 413, 408 (too slow) or
+/// 400 answer.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let Ok(read) = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s",
+                timeout.as_secs()
+            ),
+        ));
+    };
+    read.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .map(|s| s.to_string().contains("length limit"))
             .unwrap_or(false)

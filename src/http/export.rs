@@ -60,11 +60,32 @@ fn bound(
     parse_created_at(text).map(Some).ok_or_else(bad)
 }
 
+/// Text a spreadsheet would take for a formula (`=`, `+`, `-`, `@`, or a tab or carriage
+/// return before one) gets a leading `'`, which spreadsheets show as text and hide. Only
+/// event names need it: they are the one column a client chooses freely; times and numbers
+/// are written by the server.
+pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// How long an export waits for its client to take the next chunk before giving up, so a
+/// client that stopped reading does not hold a storage thread forever.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Streams an application's events as RFC 4180 CSV without building it in memory.
 pub fn csv_response(store: Store, app: &AppInfo, filter: ExportFilter) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let num = app.num;
-    tokio::task::spawn_blocking(move || write_rows(&store, num, filter, &tx));
+    let chunks = Chunks {
+        tx,
+        runtime: tokio::runtime::Handle::current(),
+        app: app.key.clone(),
+    };
+    tokio::task::spawn_blocking(move || write_rows(&store, num, filter, &chunks));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -82,13 +103,31 @@ pub fn csv_response(store: Store, app: &AppInfo, filter: ExportFilter) -> Respon
         .into_response()
 }
 
-/// Sends the rows to `tx` in chunks of about 60 KiB; stops when the client goes away.
-fn write_rows(
-    store: &Store,
-    app: u64,
-    filter: ExportFilter,
-    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
+/// Where an export's rows go: the response body, from a blocking thread.
+struct Chunks {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    runtime: tokio::runtime::Handle,
+    app: String,
+}
+
+impl Chunks {
+    /// Hands one chunk to the response; false once the client is gone or has taken
+    /// nothing for [`EXPORT_STALL`].
+    fn send(&self, chunk: Result<Bytes, std::io::Error>) -> bool {
+        let sent = tokio::time::timeout(EXPORT_STALL, self.tx.send(chunk));
+        match self.runtime.block_on(sent) {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::info!(application = %self.app, "export stopped: the client took no data for a minute");
+                false
+            }
+        }
+    }
+}
+
+/// Sends the rows in chunks of about 60 KiB; stops when the client goes away.
+fn write_rows(store: &Store, app: u64, filter: ExportFilter, out: &Chunks) {
     let mut buf = Vec::with_capacity(64 * 1024);
     csv_row(&mut buf, ["created_at", "event", "weight", "user_id"]);
     for item in store.export(app, filter) {
@@ -96,24 +135,21 @@ fn write_rows(
             Ok(e) => {
                 let user = e.value.user_id.map(|u| u.to_string()).unwrap_or_default();
                 let (at, weight) = (e.at.to_string(), e.value.weight.to_string());
-                csv_row(&mut buf, [&at, &e.value.event, &weight, &user]);
+                let event = neutralise_formula(&e.value.event);
+                csv_row(&mut buf, [&at, &event, &weight, &user]);
             }
             Err(err) => {
                 tracing::error!(error = %err, "export stopped");
-                let _ = tx.blocking_send(Err(std::io::Error::other(err.to_string())));
+                out.send(Err(std::io::Error::other(err.to_string())));
                 return;
             }
         }
-        if buf.len() >= 60 * 1024
-            && tx
-                .blocking_send(Ok(Bytes::from(std::mem::take(&mut buf))))
-                .is_err()
-        {
+        if buf.len() >= 60 * 1024 && !out.send(Ok(Bytes::from(std::mem::take(&mut buf)))) {
             return;
         }
     }
     if !buf.is_empty() {
-        let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        out.send(Ok(Bytes::from(buf)));
     }
 }
 

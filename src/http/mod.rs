@@ -8,6 +8,7 @@ pub mod body;
 pub mod dashboard;
 pub mod error;
 pub mod export;
+pub mod path;
 pub mod port;
 pub mod query;
 mod serve;
@@ -15,10 +16,11 @@ mod state;
 pub mod track;
 
 use axum::Router;
+use axum::http::StatusCode;
 
 pub use error::ApiError;
 pub use port::Port;
-pub use serve::serve;
+pub use serve::{ConnectionStats, HttpLimits, serve};
 pub use state::{HttpState, Shared};
 
 /// The complete router: the APIs plus the dashboard, all counted in the request metrics.
@@ -27,6 +29,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(dashboard::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
         .layer(track::TrackLayer::new(requests))
 }

@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use super::{HttpState, router};
+use super::serve::accept;
+use super::{ConnectionStats, HttpLimits, HttpState, router};
 
 /// Seconds a client is told to wait while the process starts.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -34,6 +35,7 @@ pub struct Port {
     phase: Arc<RwLock<&'static str>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    connections: ConnectionStats,
 }
 
 fn starting(phase: &str) -> Response {
@@ -48,8 +50,9 @@ fn starting(phase: &str) -> Response {
 }
 
 impl Port {
-    /// Binds `addr` and starts answering.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+    /// Binds `addr` and starts answering, with the connection `limits` in force from the
+    /// first connection.
+    pub async fn bind(addr: SocketAddr, limits: HttpLimits) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let slot: Slot = Arc::default();
@@ -71,16 +74,16 @@ impl Port {
                 }
             })
         };
-        let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
+        let connections = ConnectionStats::default();
+        let task = tokio::spawn(accept(
+            listener,
+            app,
+            limits,
+            connections.clone(),
+            async move {
                 let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-        });
+            },
+        ));
         tracing::info!(%addr, "listening; starting");
         Ok(Self {
             addr,
@@ -88,12 +91,18 @@ impl Port {
             phase,
             stop,
             task,
+            connections,
         })
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The port's connection counters, for `/metrics` once the server is open.
+    pub fn connections(&self) -> ConnectionStats {
+        self.connections.clone()
     }
 
     /// What the process waits for now, shown in the 503 answers.

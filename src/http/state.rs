@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use super::api::manage::RateLimiter;
 use super::dashboard::Dashboard;
 use super::track::RequestMetrics;
+use super::{ConnectionStats, HttpLimits};
 use crate::config::ServerConfig;
 use crate::core::Services;
 use crate::core::catalogue::MonitorCatalogue;
@@ -25,6 +26,12 @@ pub struct Shared {
     pub catalogue: Option<Arc<dyn MonitorCatalogue>>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Timeouts and the connection cap.
+    pub limits: HttpLimits,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connection counters.
+    pub connections: ConnectionStats,
     /// Per-key rate limit of the management API.
     pub rate_limit: RateLimiter,
     /// Set while serving.
@@ -42,19 +49,25 @@ pub struct Shared {
 
 impl HttpState {
     /// The state for serving `core`: registers the HTTP layer's families into `metrics`
-    /// and keeps the registry for `/metrics`; `ready` is the front end's readiness gate.
+    /// and keeps the registry for `/metrics`; `ready` is the front end's readiness gate,
+    /// `connections` the counters of the port it is served on.
     pub fn new(
         core: Services,
         config: &ServerConfig,
         catalogue: Option<Arc<dyn MonitorCatalogue>>,
         mut metrics: MetricRegistry,
         ready: Arc<AtomicBool>,
+        connections: ConnectionStats,
     ) -> Self {
         let requests = RequestMetrics::register(&mut metrics);
+        connections.register(&mut metrics, config.http.max_connections);
         Self(Arc::new(Shared {
             core,
             catalogue,
             max_body_bytes: config.max_body_bytes,
+            limits: config.http,
+            trusted_proxies: config.trusted_proxies.clone(),
+            connections,
             rate_limit: RateLimiter::new(config.api_rate_per_sec, config.api_rate_burst),
             serving: AtomicBool::new(false),
             ready,

@@ -58,6 +58,44 @@ fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
     CatalogueError::Unavailable(e.to_string())
 }
 
+/// What an API client learns when the API server refused or failed a change: the kind of
+/// failure in words of our own, never the API server's (they name the cluster's service
+/// accounts, quotas, admission webhooks, policies and addresses). The whole error goes to
+/// the log, where the cluster's operators look.
+fn cluster_error(action: &str, namespace: &str, name: &str, e: &kube::Error) -> CatalogueError {
+    tracing::warn!(
+        namespace,
+        heartbeat = name,
+        error = %e,
+        "the Kubernetes API server did not accept a management API {action}"
+    );
+    let details = "the operator's log has the details";
+    match e {
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("exceeded quota") => {
+            CatalogueError::Quota
+        }
+        // A quota the cluster has not counted yet (just created): the same request will
+        // pass or meet the quota shortly.
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("status unknown for quota") => {
+            CatalogueError::Unavailable(
+                "the cluster is still counting a quota; retry shortly".into(),
+            )
+        }
+        kube::Error::Api(s) if s.code == 403 => CatalogueError::Refused(format!(
+            "the cluster does not allow this change (its access rules or admission policies refused it); {details}"
+        )),
+        kube::Error::Api(s) if s.code == 400 || s.code == 422 => CatalogueError::Refused(format!(
+            "the cluster's validation refused this heartbeat; {details}"
+        )),
+        kube::Error::Api(s) if s.code == 409 => {
+            CatalogueError::Unavailable("the heartbeat was changed at the same time; retry".into())
+        }
+        _ => CatalogueError::Unavailable(
+            "the Kubernetes API server did not answer as expected; retry shortly".into(),
+        ),
+    }
+}
+
 impl MonitorCatalogue for KubernetesCatalogue {
     fn create<'a>(
         &'a self,
@@ -89,7 +127,7 @@ impl MonitorCatalogue for KubernetesCatalogue {
                         break;
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(e) => return Err(unavailable(e)),
+                    Err(e) => return Err(cluster_error("create", &app.namespace, &name, &e)),
                 }
             }
             let name =
@@ -155,7 +193,7 @@ impl MonitorCatalogue for KubernetesCatalogue {
             .await
             .map_err(|e| match e {
                 kube::Error::Api(s) if s.code == 404 => CatalogueError::NotFound,
-                other => unavailable(other),
+                other => cluster_error("update", &monitor.def.namespace, &monitor.def.name, &other),
             })?;
             let key = monitor.def.key.clone();
             self.wait("applied the change", || {
@@ -189,7 +227,10 @@ impl MonitorCatalogue for KubernetesCatalogue {
             {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => return Err(CatalogueError::NotFound),
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => {
+                    let d = &monitor.def;
+                    return Err(cluster_error("delete", &d.namespace, &d.name, &e));
+                }
             }
             let (key, d) = (monitor.def.key.clone(), &monitor.def);
             // Gone from the engine and, once its finalizer is off, from the API server.
@@ -205,5 +246,98 @@ impl MonitorCatalogue for KubernetesCatalogue {
     fn token(&self, monitor: &Monitor) -> Option<String> {
         self.ctx
             .heartbeat_token(&monitor.def.namespace, &monitor.def.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::limits::AppLimits;
+    use crate::core::spec::ApplicationSpec;
+    use crate::k8s::testing::{context, mock_client};
+
+    fn app() -> AppInfo {
+        let spec = ApplicationSpec::default();
+        AppInfo {
+            key: "shop/web".into(),
+            num: 1,
+            namespace: "shop".into(),
+            name: "web".into(),
+            limits: AppLimits::resolve(&spec, &Default::default()),
+            ingest: None,
+            spec,
+            tz: jiff::tz::TimeZone::UTC,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_api_servers_own_words_never_reach_an_api_client() {
+        let cases = [
+            (
+                403,
+                "Forbidden",
+                r#"heartbeats.hartslag.dev is forbidden: User "system:serviceaccount:ops:hs-hartslag" cannot create resource "heartbeats" in API group "hartslag.dev" in the namespace "shop""#,
+                422,
+            ),
+            (
+                403,
+                "Forbidden",
+                r#"heartbeats.hartslag.dev "nightly" is forbidden: exceeded quota: team-quota, requested: count/heartbeats.hartslag.dev=1, used: count/heartbeats.hartslag.dev=0, limited: count/heartbeats.hartslag.dev=0"#,
+                402,
+            ),
+            (
+                422,
+                "Invalid",
+                r#"admission webhook "policy.corp.internal" denied the request: team shop may not run jobs at night"#,
+                422,
+            ),
+            (
+                500,
+                "InternalError",
+                "etcdserver: request timed out, leader 10.0.3.17:2380",
+                503,
+            ),
+        ];
+        for (code, reason, message, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let status = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": reason, "code": code, "message": message,
+            });
+            let (client, _log) = mock_client(move |_| (code, status.clone()));
+            let (ctx, _writers, _nudges) = context(dir.path(), client);
+            let catalogue = KubernetesCatalogue::new(ctx);
+            let req = CreateRequest {
+                name: "nightly".into(),
+                interval_secs: 3600,
+                schedule: None,
+                grace_secs: 300,
+            };
+            let Err(err) = catalogue.create(&app(), req).await else {
+                panic!("{code} {reason}: created");
+            };
+            let (status, text) = match &err {
+                CatalogueError::Quota => (402, err.to_string()),
+                CatalogueError::Refused(m) => (422, m.clone()),
+                CatalogueError::Unavailable(m) => (503, m.clone()),
+                other => panic!("{code} {reason}: {other:?}"),
+            };
+            assert_eq!(status, want, "{code} {reason}: {text}");
+            for word in [
+                "system:",
+                "serviceaccount",
+                "quota:",
+                "webhook",
+                "policy.corp",
+                "10.0.3.17",
+                "etcd",
+                message,
+            ] {
+                assert!(
+                    !text.contains(word),
+                    "{code} {reason}: the answer says {word:?}: {text}"
+                );
+            }
+        }
     }
 }

@@ -432,7 +432,7 @@ async fn start(
 /// database are awaited); `/readyz` turns ready once the watch caches are complete and
 /// what vanished during downtime is removed. Monitor deadlines are held until then.
 pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
-    let port = bind_early(config.server.listen).await?;
+    let port = bind_early(config.server.listen, config.server.http).await?;
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     {

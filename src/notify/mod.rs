@@ -4,6 +4,7 @@
 pub mod alertmanager;
 pub mod email;
 pub mod facts;
+pub mod guard;
 pub mod pagerduty;
 pub mod schema;
 pub mod slack;
@@ -38,13 +39,18 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Sets up the channels: email through `smtp_url` (none when unset), webhooks always.
-    pub fn new(smtp_url: Option<&str>, mail_from: &str) -> Result<Self, NotifyError> {
+    /// Sets up the channels: email through `smtp_url` (none when unset), webhooks always,
+    /// to the addresses `webhooks` allows.
+    pub fn new(
+        smtp_url: Option<&str>,
+        mail_from: &str,
+        webhooks: guard::AddressPolicy,
+    ) -> Result<Self, NotifyError> {
         let email = match smtp_url {
             Some(url) => Some(EmailSender::new(&SmtpConfig::from_url(url, mail_from)?)?),
             None => None,
         };
-        let webhook = WebhookSender::new().map_err(NotifyError::Webhook)?;
+        let webhook = WebhookSender::new(webhooks).map_err(NotifyError::Webhook)?;
         Ok(Self { email, webhook })
     }
 }

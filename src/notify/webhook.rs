@@ -1,7 +1,15 @@
 //! Alert webhooks: a JSON POST with a Slack-compatible `text` and structured fields.
+//!
+//! Redirects are not followed (a 3xx is a failed delivery): a redirect would take the
+//! request to an address nobody checked. Where a webhook may connect is decided by
+//! [`AddressPolicy`], on literal addresses here and on resolved ones in the client's
+//! resolver. Proxies from the environment are not used, since the resolver would then
+//! vet the proxy's address instead of the target's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::guard::{AddressPolicy, FilteringResolver, Refused, literal_host};
 use crate::core::alert::DeliveryError;
 use crate::core::alert::message::Alert;
 
@@ -9,33 +17,56 @@ use crate::core::alert::message::Alert;
 #[derive(Clone, Debug)]
 pub struct WebhookSender {
     client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
 }
 
 impl WebhookSender {
-    /// A sender with a 10 s timeout.
-    pub fn new() -> Result<Self, DeliveryError> {
+    /// A sender with a 10 s timeout that connects only where `policy` allows.
+    pub fn new(policy: AddressPolicy) -> Result<Self, DeliveryError> {
         // reqwest and lettre share rustls with the ring provider; install it if nobody has.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(FilteringResolver::new(policy.clone())))
             .user_agent(concat!("hartslag/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| DeliveryError::Permanent(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { client })
+        Ok(Self { client, policy })
     }
 
-    /// POSTs `alert` to `url`: 2xx delivered; 408, 429, 5xx and network errors are retried.
+    /// POSTs `alert` to `url`: 2xx delivered; 408, 429, 5xx and network errors are retried;
+    /// a refused address, a redirect and other statuses are permanent failures.
     pub async fn send(&self, alert: &Alert, url: &str) -> Result<(), DeliveryError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| DeliveryError::Permanent(format!("webhook URL is not valid: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(DeliveryError::Permanent(
+                "webhook URL must be http:// or https://".into(),
+            ));
+        }
+        if let Some(ip) = literal_host(&parsed) {
+            self.policy
+                .check(ip)
+                .map_err(|r| DeliveryError::Permanent(r.to_string()))?;
+        }
         let res = self
             .client
-            .post(url)
+            .post(parsed)
             .json(&alert.webhook_json())
             .send()
             .await
-            .map_err(|e| DeliveryError::Transient(format!("webhook: {}", e.without_url())))?;
+            .map_err(failure)?;
         let status = res.status();
         if status.is_success() {
             Ok(())
+        } else if status.is_redirection() {
+            Err(DeliveryError::Permanent(format!(
+                "webhook answered {status}, a redirect; redirects are not followed"
+            )))
         } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
             Err(DeliveryError::Transient(format!(
                 "webhook answered {status}"
@@ -46,4 +77,17 @@ impl WebhookSender {
             )))
         }
     }
+}
+
+/// A request that got no answer: permanent when the resolver refused every address of the
+/// host, worth retrying otherwise.
+fn failure(e: reqwest::Error) -> DeliveryError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<Refused>() {
+            return DeliveryError::Permanent(refused.to_string());
+        }
+        source = s.source();
+    }
+    DeliveryError::Transient(format!("webhook: {}", e.without_url()))
 }

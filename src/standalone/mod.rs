@@ -140,10 +140,10 @@ impl Apply<'_> {
             .map_err(refused(format!("Application {}", app.name)))?;
         if source == tokens::TokenSource::New {
             let path = tokens::token_path(self.data(), "application", &app.name);
+            // Only where it is: stdout ends up in terminals, CI logs and log collectors.
             println!(
-                "Issued a token for Application {}: {} (saved in {})",
+                "Issued a token for Application {}: saved in {}",
                 app.name,
-                token.expose(),
                 path.display()
             );
         }
@@ -322,7 +322,7 @@ impl Apply<'_> {
 /// Runs standalone mode until SIGTERM/Ctrl-C. The port answers (503 with `Retry-After`)
 /// while the database is recovered and the manifests are applied.
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
-    let port = crate::server::bind_early(config.listen).await?;
+    let port = crate::server::bind_early(config.listen, config.http).await?;
     port.waiting_for("the database to open");
     let mut server = Server::open(config)?;
     port.waiting_for("the manifests to be applied");

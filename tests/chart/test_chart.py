@@ -1,7 +1,8 @@
 """Lint and render charts/hartslag through Helm's own engine (PyPI helm-python-sdk) and
 assert on the rendered objects for the main value combinations.
 
-Usage: python3 test_chart.py [--render-to FILE]   (FILE: the default render, for installing)
+Usage: python3 test_chart.py [--render-to FILE]   (FILE: the default render plus the
+NetworkPolicy of networkPolicy.enabled, for installing)
        python3 test_chart.py --rules-to FILE     (FILE: the PrometheusRule's spec as a rule file, for promtool)
 Exits non-zero with a message on the first broken expectation.
 """
@@ -176,6 +177,71 @@ if dash:
 if len(sys.argv) > 2 and sys.argv[1] == "--rules-to" and rule:
     pathlib.Path(sys.argv[2]).write_text(yaml.safe_dump(rule[0]["spec"]))
 
+# webhook address filtering: private ranges refused by default, allowed ranges and trusted proxies passed on
+e = env(find(render({})[0], "Deployment")[0])
+expect(e.get("HARTSLAG_REFUSE_PRIVATE_WEBHOOKS", {}).get("value") == "true", "private webhook ranges refused by default")
+expect("HARTSLAG_WEBHOOK_ALLOWED_CIDRS" not in e and "HARTSLAG_TRUSTED_PROXIES" not in e, "no allowed ranges or trusted proxies by default")
+e = env(find(render({"webhooks": {"refusePrivate": False, "allowedCIDRs": ["10.96.5.0/24", "10.1.2.3"]}, "trustedProxies": ["10.244.0.0/16"]})[0], "Deployment")[0])
+expect("HARTSLAG_REFUSE_PRIVATE_WEBHOOKS" not in e, "refusePrivate: false lifts the refusal")
+expect(e["HARTSLAG_WEBHOOK_ALLOWED_CIDRS"]["value"] == "10.96.5.0/24,10.1.2.3", "allowed webhook ranges")
+expect(e["HARTSLAG_TRUSTED_PROXIES"]["value"] == "10.244.0.0/16", "trusted proxies")
+
+# NetworkPolicy: off by default; on, the pod's HTTP port in, and out only DNS, the API server, SMTP and webhook ranges
+import ipaddress
+
+expect(not find(render({})[0], "NetworkPolicy"), "no NetworkPolicy by default")
+np_values = {"networkPolicy": {"enabled": True, "apiServerCIDRs": ["172.18.0.2", "10.0.0.0/30"]},
+             "webhooks": {"allowedCIDRs": ["10.96.5.0/24"]}, "smtp": {"url": "smtp://mail:25"}}
+objs, _ = render(np_values)
+policies = find(objs, "NetworkPolicy")
+expect(len(policies) == 1, "one NetworkPolicy when enabled")
+np = policies[0]["spec"]
+pod_labels = find(objs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+expect(all(pod_labels.get(k) == v for k, v in np["podSelector"]["matchLabels"].items()), "the policy selects the operator's pod")
+expect(sorted(np["policyTypes"]) == ["Egress", "Ingress"], "ingress and egress both restricted")
+expect(np["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}], f"ingress: the HTTP port only, from anywhere: {np['ingress']}")
+
+
+def rule_ports(rule):
+    return sorted((p["port"], p["protocol"]) for p in rule.get("ports", []))
+
+
+egress = np["egress"]
+expect(len(egress) == 4, f"egress: DNS, API server, SMTP, webhooks: {egress}")
+dns, api, smtp, hooks = egress
+expect(rule_ports(dns) == [(53, "TCP"), (53, "UDP")] and dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}, f"DNS rule: {dns}")
+expect(rule_ports(api) == [(443, "TCP"), (6443, "TCP")] and [t["ipBlock"]["cidr"] for t in api["to"]] == ["172.18.0.2/32", "10.0.0.0/30"], f"API server rule (an address becomes a /32): {api}")
+expect(rule_ports(smtp) == [(25, "TCP"), (465, "TCP"), (587, "TCP")] and "to" not in smtp, f"SMTP rule: {smtp}")
+blocks = [t["ipBlock"] for t in hooks["to"]]
+expect(rule_ports(hooks) == [(80, "TCP"), (443, "TCP")], f"webhook ports: {hooks}")
+expect(blocks[-1] == {"cidr": "10.96.5.0/24"}, f"allowed webhook ranges are let through: {blocks}")
+for b in blocks:
+    net = ipaddress.ip_network(b["cidr"])
+    for x in b.get("except", []):
+        sub = ipaddress.ip_network(x)
+        expect(sub.version == net.version and sub.subnet_of(net) and sub != net, f"ipBlock except {x} must lie inside {net}, as the API server requires")
+refused = ["10.1.2.3", "172.20.0.1", "192.168.1.1", "100.64.0.1", "127.0.0.1", "169.254.169.254", "fd00::1", "fe80::1", "::1"]
+for addr in refused:
+    a = ipaddress.ip_address(addr)
+    through = [b for b in blocks[:-1] if a in ipaddress.ip_network(b["cidr"]) and not any(a in ipaddress.ip_network(x) for x in b.get("except", []))]
+    expect(not through, f"the default webhook blocks let {addr} through: {through}")
+for addr in ["8.8.8.8", "2001:4860:4860::8888"]:
+    a = ipaddress.ip_address(addr)
+    expect(any(a in ipaddress.ip_network(b["cidr"]) and not any(a in ipaddress.ip_network(x) for x in b.get("except", [])) for b in blocks), f"the default webhook blocks let public {addr} through")
+objs, _ = render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.1/32"], "ingressFrom": [{"namespaceSelector": {"matchLabels": {"name": "ingress"}}}], "webhookPorts": [], "smtpCIDRs": ["192.0.2.25"]}, "smtp": {"existingSecret": "mail"}})
+np = find(objs, "NetworkPolicy")[0]["spec"]
+expect(np["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {"name": "ingress"}}}], "ingressFrom limits who reaches the port")
+expect(np["egress"][2]["to"] == [{"ipBlock": {"cidr": "192.0.2.25/32"}}], f"SMTP limited to smtpCIDRs: {np['egress'][2]}")
+expect("ports" not in np["egress"][3], "webhookPorts empty: webhooks on any port")
+objs, _ = render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.1"]}})
+np = find(objs, "NetworkPolicy")[0]["spec"]
+expect(len(np["egress"]) == 3, "no SMTP rule without SMTP")
+if len(sys.argv) > 2 and sys.argv[1] == "--render-to":
+    # The API server checks what no schema here can: ipBlock excepts inside their CIDR.
+    policy = find(render(np_values)[0], "NetworkPolicy")[0]
+    with open(sys.argv[2], "a") as f:
+        f.write("\n---\n" + yaml.safe_dump(policy))
+
 # the configuration guide's table of chart values names every value
 guide = (ROOT / "docs" / "configuration.md").read_text()
 defaults = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -203,6 +269,12 @@ for bad, what in [
     ({"replicas": 3}, "unknown key"),
     ({"prometheusRule": {"severity": "page"}}, "prometheusRule.severity"),
     ({"prometheusRule": {"downFor": "one minute"}}, "prometheusRule.downFor"),
+
+    ({"networkPolicy": {"enabled": True}}, "NetworkPolicy without the API server's address"),
+    ({"networkPolicy": {"webhookBlocks": [{"cidr": "anywhere"}]}}, "webhook block that is no CIDR"),
+    ({"networkPolicy": {"webhookPorts": [0]}}, "port 0"),
+    ({"webhooks": {"allowedCIDRs": ["intranet"]}}, "allowed webhook range that is no CIDR"),
+    ({"trustedProxies": "10.0.0.0/8"}, "trusted proxies not a list"),
 ]:
     try:
         with helm.Chart.load(str(CHART)) as chart:

@@ -72,6 +72,7 @@ fn rendered_chart_is_accepted_by_the_api_server() {
         "service/hs-hartslag",
         "deployment.apps/hs-hartslag",
         "persistentvolumeclaim/hs-hartslag-data",
+        "networkpolicy.networking.k8s.io/hs-hartslag",
         "clusterrole.rbac.authorization.k8s.io/hs-hartslag",
         "clusterrolebinding.rbac.authorization.k8s.io/hs-hartslag",
         "role.rbac.authorization.k8s.io/hs-hartslag-admin",

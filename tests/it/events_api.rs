@@ -352,8 +352,15 @@ async fn csv_round_trips_awkward_names_and_filters() {
         assert_eq!(post(&s.base, &token, body).await.0, StatusCode::CREATED);
     }
     let rows = export(&s.base, &token, "").await;
-    // Names are trimmed at ingest, exactly as Laravel does.
-    let expected: Vec<String> = names.iter().map(|n| n.trim().to_string()).collect();
+    // Names are trimmed at ingest, exactly as Laravel does, and one a spreadsheet would
+    // run as a formula is exported behind a `'`.
+    let expected: Vec<String> = names
+        .iter()
+        .map(|n| match n.trim() {
+            "=1+2" => "'=1+2".to_string(),
+            n => n.to_string(),
+        })
+        .collect();
     let got: Vec<String> = rows.iter().map(|r| r[1].to_string()).collect();
     assert_eq!(got, expected, "oldest first, names intact");
     assert_eq!(&rows[0][0], "2024-05-01T08:00:00Z");
@@ -734,4 +741,43 @@ async fn concurrent_copies_of_one_request_count_once_and_keys_are_per_applicatio
         201
     );
     assert_eq!(total_count(&stats(&s.base, &b, "").await), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_neutralised() {
+    let (s, token) = server().await;
+    let names = [
+        "=HYPERLINK(\"http://evil.example\",\"x\")",
+        "+1+1",
+        "-2+3",
+        "@SUM(A1:A9)",
+        "safe=name",
+        "'quoted",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let body = json!({"event": name, "weight": -(i as i64), "created_at": format!("2024-05-{:02}T08:00:00Z", i + 1)});
+        assert_eq!(post(&s.base, &token, body).await.0, StatusCode::CREATED);
+    }
+    let rows = export(&s.base, &token, "").await;
+    let got: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r[1].to_string(), r[2].to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "'=HYPERLINK(\"http://evil.example\",\"x\")".into(),
+                "0".into()
+            ),
+            ("'+1+1".into(), "-1".into()),
+            ("'-2+3".into(), "-2".into()),
+            ("'@SUM(A1:A9)".into(), "-3".into()),
+            ("safe=name".into(), "-4".into()),
+            ("'quoted".into(), "-5".into()),
+        ],
+        "event names are neutralised, numbers written by the server are not"
+    );
+    // Filters still take the name as stored.
+    assert_eq!(export(&s.base, &token, "?event=%2B1%2B1").await.len(), 1);
 }

@@ -54,6 +54,8 @@ impl InProcess {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(addr, data.clone());
+        // Test receivers listen on loopback.
+        config.webhooks.allow_all = true;
         tweak(&mut config);
         let mut server = Server::open(config).unwrap();
         hartslag::standalone::apply_manifests(&mut server, &manifests)
@@ -138,9 +140,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The `hartslag` binary built for these tests.
+/// The `hartslag` binary the tests start: the one built for them, or the one
+/// `HARTSLAG_TEST_BINARY` names (an earlier build, to see a test fail without its fix).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hartslag"))
+    std::env::var_os("HARTSLAG_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hartslag")))
 }
 
 /// A `hartslag standalone` child process.
@@ -149,15 +154,49 @@ pub struct ChildServer {
     pub base: String,
     /// The process.
     pub child: Child,
+    /// Where its output (stdout and stderr) goes.
+    pub log: PathBuf,
 }
 
 impl ChildServer {
     /// Starts `hartslag standalone` with extra args and waits until `/readyz` answers 200.
     pub async fn start(manifests: &Path, data: &Path, extra: &[&str]) -> Self {
+        match Self::try_start(manifests, data, extra).await {
+            Some(s) => s,
+            None => panic!(
+                "hartslag standalone exited during startup ({})",
+                data.display()
+            ),
+        }
+    }
+
+    /// [`ChildServer::start`], or `None` if the process exits before it is ready (the
+    /// data directory still locked by another process, say).
+    pub async fn try_start(manifests: &Path, data: &Path, extra: &[&str]) -> Option<Self> {
+        // Test receivers listen on loopback.
+        let mut args = vec!["--allow-private-webhooks"];
+        args.extend_from_slice(extra);
+        Self::try_start_exactly(manifests, data, &args).await
+    }
+
+    /// Starts `hartslag standalone` with exactly these extra args (without the
+    /// `--allow-private-webhooks` the other constructors add).
+    pub async fn start_exactly(manifests: &Path, data: &Path, extra: &[&str]) -> Self {
+        match Self::try_start_exactly(manifests, data, extra).await {
+            Some(s) => s,
+            None => panic!(
+                "hartslag standalone exited during startup ({})",
+                data.display()
+            ),
+        }
+    }
+
+    async fn try_start_exactly(manifests: &Path, data: &Path, extra: &[&str]) -> Option<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
+        let log_path = data.with_extension(format!("{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(binary())
             .arg("standalone")
             .arg("--manifests")
@@ -167,26 +206,33 @@ impl ChildServer {
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        let server = Self {
+        let mut server = Self {
             base: format!("http://{addr}"),
             child,
+            log: log_path,
         };
-        server.wait_ready(Duration::from_secs(30)).await;
         server
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .then_some(server)
     }
 
-    async fn wait_ready(&self, within: Duration) {
+    /// Waits for `/readyz`; false if the process exited first.
+    async fn wait_ready(&mut self, within: Duration) -> bool {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + within;
         loop {
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
                 && r.status() == 200
             {
-                return;
+                return true;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
             }
             assert!(
                 Instant::now() < deadline,
@@ -195,6 +241,29 @@ impl ChildServer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as the kubelet sends it; returns once the process exited, with how long
+    /// that took, or `None` if it was still running after `within` (then it is killed).
+    pub fn terminate(&mut self, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        while started.elapsed() < within {
+            if self.child.try_wait().unwrap().is_some() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGKILL: no shutdown hooks, no final flush.
@@ -209,6 +278,32 @@ impl Drop for ChildServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Raises this process's soft open-files limit to at least `want` (up to the hard limit;
+/// child processes inherit it) and returns the soft limit in force afterwards.
+pub fn raise_open_files(want: u64) -> u64 {
+    let read = || -> (u64, u64) {
+        let text = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let line = text.lines().find(|l| l.starts_with("Max open files"));
+        let mut nums = line
+            .into_iter()
+            .flat_map(|l| l.split_whitespace().skip(3).take(2))
+            .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+        (nums.next().unwrap_or(1024), nums.next().unwrap_or(1024))
+    };
+    let (soft, hard) = read();
+    if soft < want {
+        let target = want.min(hard);
+        let _ = Command::new("prlimit")
+            .args([
+                "--pid",
+                &std::process::id().to_string(),
+                &format!("--nofile={target}:"),
+            ])
+            .status();
+    }
+    read().0
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `within`.

@@ -4,9 +4,10 @@
 
 mod helpers;
 
-mod boundary;
-
+mod alert_delivery;
 mod alerting;
+mod big_export;
+mod boundary;
 mod chart;
 mod crds;
 mod dashboard;
@@ -14,8 +15,14 @@ mod dashboard_browser;
 mod durability;
 mod events_api;
 mod examples;
+mod hostile_input;
 mod image;
 mod management_api;
 mod monitors;
 mod operator_e2e;
+mod properties;
 mod schedules;
+mod secrets;
+mod slow_clients;
+mod tenant_limits;
+mod webhook_ssrf;

@@ -95,3 +95,8 @@ What the operator may do in each watched namespace, and why. Nothing more.
 {{- define "hartslag.adminSecret" -}}
 {{- default (printf "%s-admin" (include "hartslag.fullname" .)) .Values.adminSecretName -}}
 {{- end -}}
+
+{{/* A CIDR from a CIDR or a single address, as a NetworkPolicy ipBlock needs it. */}}
+{{- define "hartslag.cidr" -}}
+{{- if contains "/" . -}}{{ . }}{{- else if contains ":" . -}}{{ . }}/128{{- else -}}{{ . }}/32{{- end -}}
+{{- end -}}

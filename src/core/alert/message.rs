@@ -7,7 +7,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// Down or back up.
+/// Down, back up, or flipping between the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
@@ -15,6 +15,9 @@ pub enum AlertKind {
     Down,
     /// The monitor is Up again after a Down alert.
     Recovery,
+    /// The monitor went Down and up so often that its notices are held until it settles
+    /// (sent once, by the delivery scheduler, instead of each pair).
+    Flapping,
 }
 
 /// One alert about one monitor.
@@ -56,6 +59,24 @@ pub enum Target {
         /// URL.
         url: String,
     },
+}
+
+impl Target {
+    /// Who receives it, as one string: alerts to one identity share a delivery queue, its
+    /// order and its notification cap, whichever monitors raised them.
+    pub fn identity(&self) -> String {
+        use sha2::Digest as _;
+        let (kind, who) = match self {
+            Target::Email { to } => {
+                let mut to = to.clone();
+                to.sort();
+                ("email", to.join(","))
+            }
+            Target::Webhook { url } => ("webhook", url.clone()),
+        };
+        let digest = sha2::Sha256::digest(who.as_bytes());
+        format!("{kind}:{}", hex::encode(&digest[..8]))
+    }
 }
 
 /// The targets a monitor alerts: its own, else its Application's, else the server's
@@ -129,6 +150,38 @@ fn when(at: Option<Timestamp>, now: Timestamp) -> String {
 }
 
 impl Alert {
+    /// The monitor's `namespace/name`: the id without its instant and kind.
+    pub fn monitor_key(&self) -> &str {
+        self.id.rsplitn(3, ':').last().unwrap_or(&self.id)
+    }
+
+    /// The notice that `self`'s monitor is flapping, having raised `notices` alerts within
+    /// `window`: it replaces the alerts that follow until the monitor settles.
+    pub fn flapping(&self, notices: usize, window: std::time::Duration, now: Timestamp) -> Alert {
+        let window = human_duration(i64::try_from(window.as_secs()).unwrap_or(i64::MAX));
+        Alert {
+            id: format!("{}:{}:flapping", self.monitor_key(), now.as_millisecond()),
+            kind: AlertKind::Flapping,
+            reason: format!(
+                "{notices} Down and recovery notices within {window}; further notices are held until it has been stable for {window}, then the last one is sent"
+            ),
+            occurred_at: now,
+            ..self.clone()
+        }
+    }
+
+    /// `self` sent as the first notice after a flapping spell: it tells the state the
+    /// monitor settled in.
+    pub fn settled(&self, held: usize) -> Alert {
+        let mut a = self.clone();
+        a.reason = format!(
+            "{} (stable again after flapping; {held} notice{} held meanwhile)",
+            self.reason,
+            if held == 1 { "" } else { "s" }
+        );
+        a
+    }
+
     /// The name people know the monitor by.
     pub fn title(&self) -> &str {
         self.display_name.as_deref().unwrap_or(&self.monitor)
@@ -138,6 +191,7 @@ impl Alert {
         match self.kind {
             AlertKind::Down => "DOWN",
             AlertKind::Recovery => "RECOVERED",
+            AlertKind::Flapping => "FLAPPING",
         }
     }
 
@@ -158,6 +212,10 @@ impl Alert {
             AlertKind::Down => format!("Heartbeat monitor \"{}\" is DOWN.", self.title()),
             AlertKind::Recovery => format!(
                 "Heartbeat monitor \"{}\" has RECOVERED and is up again.",
+                self.title()
+            ),
+            AlertKind::Flapping => format!(
+                "Heartbeat monitor \"{}\" is FLAPPING between Down and up.",
                 self.title()
             ),
         };
@@ -187,12 +245,14 @@ impl Alert {
         let event = match self.kind {
             AlertKind::Down => "down",
             AlertKind::Recovery => "recovery",
+            AlertKind::Flapping => "flapping",
         };
         let text = format!(
             "{} {}: {} ({}) — {}. Last ping: {}.",
             match self.kind {
                 AlertKind::Down => ":red_circle:",
                 AlertKind::Recovery => ":large_green_circle:",
+                AlertKind::Flapping => ":large_orange_circle:",
             },
             self.state_word(),
             self.title(),
@@ -275,6 +335,48 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .contains("DOWN: Nightly backup (namespace team-a)")
+        );
+    }
+
+    #[test]
+    fn flapping_and_settled_notices_say_so() {
+        let a = alert(AlertKind::Down);
+        assert_eq!(a.monitor_key(), "team-a/backup");
+        let now: Timestamp = "2024-05-01T03:30:00Z".parse().unwrap();
+        let f = a.flapping(7, std::time::Duration::from_secs(1800), now);
+        assert_eq!(
+            f.id,
+            format!("team-a/backup:{}:flapping", now.as_millisecond())
+        );
+        assert_eq!(f.monitor_key(), "team-a/backup");
+        assert!(
+            f.subject()
+                .starts_with("[Hartslag] FLAPPING: Nightly backup")
+        );
+        assert!(
+            f.body().contains("7 Down and recovery notices within 30m"),
+            "{}",
+            f.body()
+        );
+        assert_eq!(f.webhook_json()["event"], "flapping");
+        let s = a.settled(3);
+        assert!(
+            s.reason
+                .ends_with("(stable again after flapping; 3 notices held meanwhile)")
+        );
+        let one = Target::Email {
+            to: vec!["b@x.io".into(), "a@x.io".into()],
+        };
+        let same = Target::Email {
+            to: vec!["a@x.io".into(), "b@x.io".into()],
+        };
+        assert_eq!(one.identity(), same.identity());
+        assert_ne!(
+            one.identity(),
+            Target::Webhook {
+                url: "https://x.io".into()
+            }
+            .identity()
         );
     }
 

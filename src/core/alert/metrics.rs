@@ -25,6 +25,9 @@ pub struct OutboxStats {
     pub retried: Counter,
     /// Skipped because their channel is not configured.
     pub skipped: Counter,
+    /// Not sent because a newer notice about the same monitor went to the same target
+    /// (after a flapping spell, or past the target's hourly cap).
+    pub superseded: Counter,
 }
 
 impl Default for OutboxStats {
@@ -36,6 +39,7 @@ impl Default for OutboxStats {
             failed: counter("failed"),
             retried: counter("retried"),
             skipped: counter("skipped"),
+            superseded: counter("superseded"),
             family,
         }
     }

@@ -1,10 +1,13 @@
-//! Alerts: what they say, the durable outbox that makes sure each one arrives, and the
-//! port through which the outbox hands them to a channel (email, webhooks, ...), whose
-//! implementations live outside the core (`crate::notify`).
+//! Alerts: what they say, the durable outbox that makes sure each one arrives, the
+//! scheduler and rules that decide when each target gets what (a queue per target,
+//! flapping, an hourly cap), and the port through which deliveries go to a channel (email,
+//! webhooks, ...), whose implementations live outside the core (`crate::notify`).
 
 pub mod message;
 mod metrics;
 pub mod outbox;
+pub mod policy;
+mod scheduler;
 
 pub use metrics::OutboxStats;
 

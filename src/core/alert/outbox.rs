@@ -1,23 +1,30 @@
-//! The durable alert outbox: alerts are stored in sled before anything is sent, delivered
-//! by one worker, retried with exponential backoff while a server is unreachable, and
-//! picked up again after a restart.
+//! The durable alert outbox: alerts are stored before anything is sent (by the monitor
+//! engine, in the same commit-log record as the state change that raised them), delivered
+//! by the [scheduler](super::scheduler), retried with exponential backoff while a target is
+//! unreachable, and picked up again after a restart.
 //!
-//! A delivery is removed only after its target accepted it. If the process dies between a
-//! successful send and that removal (a window of one flush) the delivery is repeated once
-//! after restart; every other path delivers exactly once.
+//! Each finished delivery is one commit-log record: its `done` entry, the removal of the
+//! pending one and the target's updated history, all or nothing. A delivery is finished
+//! only after its target accepted it, so a crash between acceptance and that record repeats
+//! the one delivery after restart; every other path delivers exactly once per incident and
+//! target. When that record cannot be written (the disk failed), the scheduler remembers
+//! the delivery as sent and never repeats it while the process runs, and [`Outbox::health`]
+//! fails until a restart.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::message::{Alert, Target};
-use super::{Deliver, DeliveryError, OutboxStats};
+use super::policy::{PolicyConfig, TargetHistory};
+use super::{Deliver, OutboxStats};
 use crate::core::store::Committer;
+use crate::core::store::wal::Mutation;
 
 /// Errors of the outbox's storage.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +38,12 @@ pub enum OutboxError {
     /// A record could not be encoded.
     #[error("outbox record: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The blocking write could not be run.
+    #[error("outbox write: {0}")]
+    Task(String),
 }
 
-/// Retry policy.
+/// How alerts are delivered: retries, the notification rules, and how many at once.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxConfig {
     /// First retry delay; doubles per attempt.
@@ -42,6 +52,10 @@ pub struct OutboxConfig {
     pub max_delay: Duration,
     /// After this long a delivery that keeps failing transiently is given up.
     pub give_up_after: Duration,
+    /// Flapping and the per-target cap.
+    pub policy: PolicyConfig,
+    /// Most deliveries in flight at once (one per target at a time).
+    pub concurrency: usize,
 }
 
 impl Default for OutboxConfig {
@@ -50,6 +64,8 @@ impl Default for OutboxConfig {
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(600),
             give_up_after: Duration::from_secs(24 * 3600),
+            policy: PolicyConfig::default(),
+            concurrency: 16,
         }
     }
 }
@@ -86,7 +102,8 @@ pub struct Delivery {
 pub struct DoneRecord {
     /// Delivery key.
     pub key: String,
-    /// `delivered`, `failed` or `skipped`.
+    /// `delivered`, `failed`, `skipped` or `superseded` (a newer notice about the same
+    /// monitor went instead).
     pub outcome: String,
     /// Why it failed or was skipped.
     pub detail: Option<String>,
@@ -139,12 +156,18 @@ pub fn records(
 pub struct Outbox {
     pending: sled::Tree,
     done: sled::Tree,
+    targets: sled::Tree,
     committer: Committer,
     notify: Arc<Notify>,
-    config: OutboxConfig,
+    pub(super) config: OutboxConfig,
     /// Counters.
     pub stats: Arc<OutboxStats>,
     done_seq: Arc<AtomicU64>,
+    /// Why the last write failed, until one succeeds.
+    failure: Arc<Mutex<Option<String>>>,
+    /// Tests make writes fail with this.
+    #[cfg(test)]
+    pub(crate) fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -171,11 +194,15 @@ impl Outbox {
         Ok(Self {
             pending: db.open_tree("outbox")?,
             done,
+            targets: db.open_tree("outbox_targets")?,
             committer,
             notify: Arc::new(Notify::new()),
             config,
             stats: Arc::new(OutboxStats::default()),
             done_seq: Arc::new(AtomicU64::new(last)),
+            failure: Arc::default(),
+            #[cfg(test)]
+            fail_writes: Arc::default(),
         })
     }
 
@@ -189,18 +216,88 @@ impl Outbox {
         &self.pending
     }
 
-    /// Wakes the worker after records were written by someone else.
+    /// Wakes the scheduler after records were written by someone else.
     pub fn wake(&self) {
         self.notify.notify_one();
     }
 
-    async fn finish(
+    /// Resolves at the next [`Outbox::wake`].
+    pub(super) async fn woken(&self) {
+        self.notify.notified().await;
+    }
+
+    /// `Err` with the reason while the outbox cannot record what it delivered.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the delivery scheduler; runs until the process ends.
+    pub async fn run(self, courier: Arc<dyn Deliver>) {
+        super::scheduler::run(self, courier).await;
+    }
+
+    /// Every pending delivery, with its key; unreadable records are dropped with a log line.
+    pub(super) fn load_pending(&self) -> Vec<(Vec<u8>, Delivery)> {
+        self.pending
+            .iter()
+            .filter_map(|item| item.ok())
+            .filter_map(|(k, v)| match serde_json::from_slice::<Delivery>(&v) {
+                Ok(d) => Some((k.to_vec(), d)),
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping an unreadable outbox record");
+                    let _ = self.pending.remove(&k);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// What target `identity` was sent lately.
+    pub(super) fn history(&self, identity: &str) -> TargetHistory {
+        self.targets
+            .get(identity)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes `writes` as one commit-log record, durably, off the async workers; a failure
+    /// is kept for [`Outbox::health`] until a write succeeds.
+    pub(crate) async fn write(&self, writes: Vec<Mutation>) -> Result<(), OutboxError> {
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::Relaxed) {
+            let e = OutboxError::Task("injected write failure".into());
+            let why = format!("the alert outbox cannot record deliveries: {e}");
+            *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            return Err(e);
+        }
+        let committer = self.committer.clone();
+        let result = tokio::task::spawn_blocking(move || committer.log_blocking(writes))
+            .await
+            .map_err(|e| OutboxError::Task(e.to_string()))
+            .and_then(|r| r.map_err(OutboxError::from));
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        *failure = result
+            .as_ref()
+            .err()
+            .map(|e| format!("the alert outbox cannot record deliveries: {e}"));
+        result
+    }
+
+    /// The writes that finish delivery `key` with `outcome`: its `done` entry, the removal
+    /// of the pending record and the target's history, for one record.
+    pub(super) fn finish_writes(
         &self,
         key: &[u8],
         d: &Delivery,
         outcome: &str,
         detail: Option<String>,
-    ) -> Result<(), OutboxError> {
+        history: (&str, &TargetHistory),
+    ) -> Result<Vec<Mutation>, OutboxError> {
         let seq = self.done_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let rec = DoneRecord {
             key: String::from_utf8_lossy(key).into_owned(),
@@ -209,113 +306,44 @@ impl Outbox {
             attempts: d.attempts,
             at: Timestamp::now(),
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(&seq.to_be_bytes(), serde_json::to_vec(&rec)?);
+        let mut writes = vec![
+            Mutation::put(&self.done, seq.to_be_bytes(), serde_json::to_vec(&rec)?),
+            Mutation::remove(&self.pending, key),
+            self.history_write(history)?,
+        ];
         if seq > DONE_KEEP {
-            batch.remove(&(seq - DONE_KEEP).to_be_bytes());
+            writes.push(Mutation::remove(
+                &self.done,
+                (seq - DONE_KEEP).to_be_bytes(),
+            ));
         }
-        self.done.apply_batch(batch)?;
-        self.pending.remove(key)?;
-        self.committer.flush().await?;
-        Ok(())
+        Ok(writes)
     }
 
-    async fn attempt(
+    /// The write that stores a rescheduled delivery.
+    pub(super) fn pending_write(&self, key: &[u8], d: &Delivery) -> Result<Mutation, OutboxError> {
+        Ok(Mutation::put(&self.pending, key, serde_json::to_vec(d)?))
+    }
+
+    /// The write that queues a new delivery (once: a queued one is never replaced).
+    pub(super) fn queue_write(&self, d: &Delivery) -> Result<Mutation, OutboxError> {
+        Ok(Mutation::put_if_absent(
+            &self.pending,
+            delivery_key(&d.alert, &d.target),
+            serde_json::to_vec(d)?,
+        ))
+    }
+
+    /// The write that stores a target's history.
+    pub(super) fn history_write(
         &self,
-        courier: &dyn Deliver,
-        key: &[u8],
-        mut d: Delivery,
-    ) -> Result<(), OutboxError> {
-        d.attempts += 1;
-        let result = courier.deliver(&d.alert, &d.target).await;
-        match result {
-            Ok(()) => {
-                tracing::info!(alert = %d.alert.id, attempts = d.attempts, "alert delivered");
-                self.stats.delivered.inc();
-                self.finish(key, &d, "delivered", None).await
-            }
-            Err(DeliveryError::Unconfigured(msg)) => {
-                tracing::warn!(alert = %d.alert.id, reason = %msg, "alert not sent: its channel is not configured");
-                self.stats.skipped.inc();
-                self.finish(key, &d, "skipped", Some(msg)).await
-            }
-            Err(DeliveryError::Permanent(msg)) => {
-                tracing::warn!(alert = %d.alert.id, error = %msg, "alert delivery failed permanently");
-                self.stats.failed.inc();
-                self.finish(key, &d, "failed", Some(msg)).await
-            }
-            Err(DeliveryError::Transient(msg)) => {
-                let age = Timestamp::now().duration_since(d.created_at);
-                if age
-                    > SignedDuration::try_from(self.config.give_up_after)
-                        .unwrap_or(SignedDuration::MAX)
-                {
-                    tracing::warn!(alert = %d.alert.id, error = %msg, attempts = d.attempts, "alert delivery given up");
-                    self.stats.failed.inc();
-                    return self
-                        .finish(key, &d, "failed", Some(format!("gave up: {msg}")))
-                        .await;
-                }
-                let delay = backoff(&self.config, d.attempts - 1, key);
-                tracing::info!(alert = %d.alert.id, error = %msg, attempts = d.attempts, retry_in_ms = delay.as_millis() as u64, "alert delivery will be retried");
-                self.stats.retried.inc();
-                d.next_attempt_at = Timestamp::now()
-                    .checked_add(SignedDuration::try_from(delay).unwrap_or(SignedDuration::MAX))
-                    .unwrap_or(Timestamp::MAX);
-                d.last_error = Some(msg);
-                self.pending.insert(key, serde_json::to_vec(&d)?)?;
-                self.committer.flush().await?;
-                Ok(())
-            }
-        }
-    }
-
-    /// The delivery worker; runs until the process ends.
-    pub async fn run(self, courier: std::sync::Arc<dyn Deliver>) {
-        loop {
-            let now = Timestamp::now();
-            let mut next: Option<Timestamp> = None;
-            let due: Vec<(Vec<u8>, Delivery)> = self
-                .pending
-                .iter()
-                .filter_map(|item| item.ok())
-                .filter_map(|(k, v)| match serde_json::from_slice::<Delivery>(&v) {
-                    Ok(d) => Some((k.to_vec(), d)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "dropping an unreadable outbox record");
-                        let _ = self.pending.remove(&k);
-                        None
-                    }
-                })
-                .filter(|(_, d)| {
-                    if d.next_attempt_at <= now {
-                        true
-                    } else {
-                        next = Some(next.map_or(d.next_attempt_at, |n| n.min(d.next_attempt_at)));
-                        false
-                    }
-                })
-                .collect();
-            if !due.is_empty() {
-                for (key, d) in due {
-                    if let Err(e) = self.attempt(courier.as_ref(), &key, d).await {
-                        tracing::error!(error = %e, "outbox storage error");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-                // Rescan: attempts rescheduled records, and new ones may have arrived.
-                continue;
-            }
-            let wait = next
-                .map(|n| Timestamp::now().duration_until(n))
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or(Duration::from_secs(30))
-                .min(Duration::from_secs(30));
-            tokio::select! {
-                _ = self.notify.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
+        (identity, history): (&str, &TargetHistory),
+    ) -> Result<Mutation, OutboxError> {
+        Ok(Mutation::put(
+            &self.targets,
+            identity.as_bytes(),
+            serde_json::to_vec(history)?,
+        ))
     }
 }
 

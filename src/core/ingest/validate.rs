@@ -123,30 +123,35 @@ fn as_integer(v: &Value) -> Option<i64> {
 }
 
 /// Parses the `created_at` forms the contract accepts; naive forms are UTC.
+///
+/// Every accepted form is ASCII, so anything else is refused before any position in the
+/// text is looked at; the positions are then read with checked slices all the same.
 pub fn parse_created_at(s: &str) -> Option<Timestamp> {
+    if !s.is_ascii() {
+        return None;
+    }
     if let Ok(ts) = s.parse::<Timestamp>() {
         return offset_in_range(s).then_some(ts);
     }
-    let bytes = s.as_bytes();
-    let date_only = bytes.len() == 10;
-    let naive_ok =
-        bytes.len() >= 19 && (bytes[10] == b'T' || bytes[10] == b't' || bytes[10] == b' ');
-    if date_only {
+    if s.len() == 10 {
         let d: jiff::civil::Date = s.parse().ok()?;
         return d
             .to_zoned(jiff::tz::TimeZone::UTC)
             .ok()
             .map(|z| z.timestamp());
     }
-    if naive_ok && !s[19..].contains(['+', 'Z', 'z']) && !s[10..].contains('-') {
-        let normalised = format!("{}T{}", &s[..10], &s[11..]);
-        let dt: jiff::civil::DateTime = normalised.parse().ok()?;
-        return dt
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .ok()
-            .map(|z| z.timestamp());
+    let (date, sep, time) = (s.get(..10)?, s.get(10..11)?, s.get(11..)?);
+    let naive = s.len() >= 19
+        && matches!(sep, "T" | "t" | " ")
+        && !time.get(8..)?.contains(['+', 'Z', 'z'])
+        && !time.contains('-');
+    if !naive {
+        return None;
     }
-    None
+    let dt: jiff::civil::DateTime = format!("{date}T{time}").parse().ok()?;
+    dt.to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 /// RFC 3339 offsets stop at ±23:59; jiff also reads ±24 and ±25 hours.
@@ -294,6 +299,11 @@ mod tests {
             "17/01/2024",
             "2024-13-01T00:00:00Z",
             "2024-01-17T25:00:00",
+            "2024-01-01T00:00:0\u{e9}",
+            "2024-01-01\u{e9}00:00:00",
+            "\u{e9}024-01-01",
+            "2024-01-01T00:00:00\u{e9}",
+            "2024-01-01 00:00:00+\u{1F600}",
         ] {
             let body = err(json!({"event": "x", "created_at": input}));
             assert_eq!(

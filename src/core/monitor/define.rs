@@ -122,6 +122,11 @@ mod tests {
                 ..Default::default()
             },
             tz: jiff::tz::TimeZone::UTC,
+            limits: crate::core::limits::AppLimits::resolve(
+                &ApplicationSpec::default(),
+                &Default::default(),
+            ),
+            ingest: None,
         }
     }
 

@@ -157,6 +157,8 @@ pub fn decode(key: &[u8], block: &[u8]) -> Result<Vec<PingRecord>, HistoryError>
 #[derive(Default)]
 pub struct RoundBlocks {
     blocks: HashMap<BlockKey, Vec<u8>>,
+    /// Bytes of blocks read and appended in this round (blocks dropped again included).
+    bytes: usize,
 }
 
 impl RoundBlocks {
@@ -181,14 +183,18 @@ impl RoundBlocks {
         let block = match self.blocks.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) if starts_block => e.insert(Vec::new()),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(
-                reader
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let stored = reader
                     .read(tree, &key)?
                     .map(|v| v.to_vec())
-                    .unwrap_or_default(),
-            ),
+                    .unwrap_or_default();
+                self.bytes += stored.len();
+                e.insert(stored)
+            }
         };
+        let before = block.len();
         append(block, record)?;
+        self.bytes += block.len().saturating_sub(before);
         if record.seq.is_multiple_of(PINGS_PER_BLOCK) {
             // Oldest ping still kept; every block before its block holds only older ones.
             let first_kept = record.seq.saturating_sub(keep).saturating_add(1);
@@ -212,6 +218,12 @@ impl RoundBlocks {
         self.blocks
             .into_iter()
             .map(move |(k, v)| Mutation::put(tree, k.to_vec(), v))
+    }
+
+    /// About how many bytes the round's blocks will write: what a round is cut by, so that
+    /// bursts of pings with large bodies make several records of bounded size.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Whether the round touched no block.

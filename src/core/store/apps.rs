@@ -19,6 +19,10 @@ pub struct AppRecord {
     pub spec: ApplicationSpec,
     /// Hash of its API token.
     pub token: TokenHash,
+    /// Set while the application is deleted with its data retained: its token is revoked,
+    /// its data stays under its name for a re-created one, and retention still applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_since: Option<jiff::Timestamp>,
 }
 
 /// Who a token belongs to.
@@ -81,6 +85,21 @@ impl Store {
         self.put_token(rec.token, &owner, old_token)?;
         self.apps.insert(key, encode(rec)?)?;
         Ok(())
+    }
+
+    /// Keeps an application's record as retained and drops its token from the index.
+    pub fn retain_app(
+        &self,
+        key: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Option<AppRecord>, StoreError> {
+        let Some(mut rec) = self.get_app(key)? else {
+            return Ok(None);
+        };
+        self.tokens.remove(rec.token.0)?;
+        rec.retained_since.get_or_insert(now);
+        self.apps.insert(key, encode(&rec)?)?;
+        Ok(Some(rec))
     }
 
     /// Removes an application record and its token.

@@ -52,6 +52,11 @@ use crate::core::metrics::{Histogram, SYNC_BUCKETS};
 /// Log size after which the committer checkpoints (bounds replay time after a crash).
 const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Most record bytes written with one `fdatasync`: a longer queue is committed in several
+/// groups, with a checkpoint between them once the log passes [`CHECKPOINT_BYTES`], so the
+/// log never holds much more than the sum of both (or one round larger than that).
+const GROUP_BYTES: usize = 32 * 1024 * 1024;
+
 /// A log with records in it is checkpointed after this long without commits.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(10);
 
@@ -74,6 +79,9 @@ pub enum CommitError {
     /// The committer is gone (the process is shutting down).
     #[error("the committer has stopped")]
     Stopped,
+    /// sled failed while a record was prepared (a full disk, say).
+    #[error("the database failed: {0}")]
+    Database(Arc<sled::Error>),
 }
 
 /// What became of a submitted record, reported to its writer in this order: `Durable`
@@ -242,12 +250,17 @@ impl Inner {
     }
 }
 
+/// What sealing a batch gives: its record and callback, nothing, or a database failure.
+pub type Sealed = Result<Option<(Vec<Mutation>, Notify)>, CommitError>;
+
 /// How the commit thread turns a writer's open batch into a record.
 pub trait Sealer<T>: Send + 'static {
     /// The batch's writes and the callback that hears what became of them; `None` when it
     /// writes nothing (having answered its callers itself). Runs on the commit thread at
     /// the start of a group, so it should be quick; `reader` sees records not applied yet.
-    fn seal(&mut self, batch: T, reader: &PendingReader<'_>) -> Option<(Vec<Mutation>, Notify)>;
+    /// `Err` (its callers answered) when the database failed while preparing the record:
+    /// then the committer stops, as after a failed write.
+    fn seal(&mut self, batch: T, reader: &PendingReader<'_>) -> Sealed;
 
     /// Answers everything in the batch with `error`: the committer has stopped.
     fn fail(&mut self, batch: T, error: &CommitError);
@@ -301,7 +314,7 @@ impl<T> OpenBatch<T> {
 
 /// An open batch with its sealer, as the commit thread holds it.
 trait Sealable: Send {
-    fn seal(&mut self, reader: &PendingReader<'_>) -> Option<(Vec<Mutation>, Notify)>;
+    fn seal(&mut self, reader: &PendingReader<'_>) -> Sealed;
     fn close(&mut self, error: &CommitError);
 }
 
@@ -322,9 +335,11 @@ impl<T: Default + Send, S: Sealer<T>> Registered<T, S> {
 }
 
 impl<T: Default + Send, S: Sealer<T>> Sealable for Registered<T, S> {
-    fn seal(&mut self, reader: &PendingReader<'_>) -> Option<(Vec<Mutation>, Notify)> {
-        let batch = self.take()?;
-        self.sealer.seal(batch, reader)
+    fn seal(&mut self, reader: &PendingReader<'_>) -> Sealed {
+        match self.take() {
+            Some(batch) => self.sealer.seal(batch, reader),
+            None => Ok(None),
+        }
     }
 
     fn close(&mut self, error: &CommitError) {
@@ -732,26 +747,74 @@ impl<'a> CommitThread<'a> {
     }
 
     /// Seals every open batch that got something into a record at the end of `group`.
+    /// A database failure while sealing stops the committer: `group` is then refused.
     fn seal_batches(&mut self, group: &mut Vec<Entry>) {
         let reader = PendingReader { inner: self.inner };
+        let mut failure = None;
         for batch in self.inner.batches().iter_mut() {
-            if let Some((writes, notify)) = batch.seal(&reader) {
-                let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-                self.inner.overlay().add(seq, &writes);
-                group.push(Entry {
-                    seq,
-                    writes,
-                    notify,
-                });
+            match batch.seal(&reader) {
+                Ok(Some((writes, notify))) => {
+                    let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+                    self.inner.overlay().add(seq, &writes);
+                    group.push(Entry {
+                        seq,
+                        writes,
+                        notify,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure
+            && self.refusal().is_none()
+        {
+            tracing::error!(error = %e, "the database failed while a record was prepared; refusing every write until a restart");
+            fail_all(self.inner.halt(e.clone()), &halted(&e));
+        }
+    }
+
+    /// Commits the queued records in groups of at most [`GROUP_BYTES`], checkpointing
+    /// between them when the log has grown past [`CHECKPOINT_BYTES`].
+    fn commit(&mut self, mut queued: Vec<Entry>) {
+        while !queued.is_empty() {
+            let mut bytes = 0;
+            let n = queued
+                .iter()
+                .take_while(|e| {
+                    bytes += wal::round_len(&e.writes);
+                    bytes <= GROUP_BYTES
+                })
+                .count()
+                .max(1);
+            let rest = queued.split_off(n);
+            let group = std::mem::replace(&mut queued, rest);
+            if !self.commit_group(group) {
+                let refusal = self.refusal().unwrap_or(CommitError::Stopped);
+                fail_all(queued, &refusal);
+                return;
+            }
+            if !queued.is_empty()
+                && self.log.len() >= CHECKPOINT_BYTES
+                && let Err(e) = self.checkpoint()
+            {
+                tracing::error!(error = %e, "checkpointing the commit log failed; refusing every write until a restart");
+                let waiting = self.inner.halt(e.clone());
+                fail_all(queued, &e);
+                fail_all(waiting, &halted(&e));
+                return;
             }
         }
     }
 
-    /// Writes, syncs, reports and applies one group; on failure stops everything.
-    fn commit(&mut self, mut group: Vec<Entry>) {
+    /// Writes, syncs, reports and applies one group; on failure stops everything and
+    /// returns `false`.
+    fn commit_group(&mut self, mut group: Vec<Entry>) -> bool {
         if let Some(refusal) = self.refusal() {
             fail_all(group, &refusal);
-            return;
+            return false;
         }
         self.last_commit = Instant::now();
         if let Err(e) = self.make_durable(&group) {
@@ -759,7 +822,7 @@ impl<'a> CommitThread<'a> {
             let waiting = self.inner.halt(e.clone());
             fail_all(group, &e);
             fail_all(waiting, &halted(&e));
-            return;
+            return false;
         }
         for e in &mut group {
             (e.notify)(Progress::Durable);
@@ -775,21 +838,25 @@ impl<'a> CommitThread<'a> {
                 (e.notify)(Progress::Failed(&err));
                 fail_all(group.collect(), &err);
                 fail_all(waiting, &halted(&err));
-                return;
+                return false;
             }
             self.inner.overlay().applied(e.seq, &e.writes);
             (e.notify)(Progress::Applied);
         }
+        true
     }
 
     /// Appends the group's records to the log and waits for the disk.
     fn make_durable(&mut self, group: &[Entry]) -> Result<(), CommitError> {
         let stats = &self.inner.stats;
         self.buf.clear();
-        for e in group {
-            wal::encode_record(&e.writes, self.log.generation(), &mut self.buf);
-        }
         let log_error = |e| CommitError::Log(Arc::new(e));
+        for e in group {
+            // A write too large for any record fails the group before anything of it is
+            // written; the records behind it may build on it, so the committer stops.
+            wal::encode_record(&e.writes, self.log.generation(), &mut self.buf)
+                .map_err(log_error)?;
+        }
         let started = Instant::now();
         #[cfg(test)]
         if self.inner.gate.pass() {
@@ -1110,11 +1177,7 @@ mod tests {
     }
 
     impl Sealer<Vec<u32>> for Numbers {
-        fn seal(
-            &mut self,
-            batch: Vec<u32>,
-            reader: &PendingReader<'_>,
-        ) -> Option<(Vec<Mutation>, Notify)> {
+        fn seal(&mut self, batch: Vec<u32>, reader: &PendingReader<'_>) -> Sealed {
             // The previous record's writes are seen whether applied yet or not.
             let last = reader.read(&self.tree, b"last").unwrap();
             assert_eq!(
@@ -1136,7 +1199,7 @@ mod tests {
             ));
             let id = self.sealed.lock().unwrap().len() as u32;
             self.sealed.lock().unwrap().push(batch);
-            Some((writes, listen(&self.heard, id)))
+            Ok(Some((writes, listen(&self.heard, id))))
         }
 
         fn fail(&mut self, batch: Vec<u32>, _: &CommitError) {
@@ -1319,6 +1382,30 @@ mod tests {
         let mut text = String::new();
         stats.checkpoint.render("checkpoint", "", &mut text);
         assert!(!text.contains("checkpoint_count 0\n"), "{text}");
+    }
+
+    #[test]
+    fn a_long_queue_is_committed_in_bounded_groups_and_the_log_stays_bounded() {
+        let (dir, _db, c, tree) = open();
+        let heard = Heard::default();
+        c.inner.gate.close();
+        c.submit(put(&tree, b"first", b"1"), listen(&heard, 0));
+        c.inner.gate.wait_for_arrivals(1);
+        // 96 MiB queue up behind the first group, three times what one group may hold.
+        let value = vec![7u8; 2 * 1024 * 1024];
+        for i in 1..=48u32 {
+            c.submit(put(&tree, &i.to_be_bytes(), &value), listen(&heard, i));
+        }
+        c.inner.gate.open();
+        wait_for(&heard, 2 * 49);
+        let groups = c.stats().groups.load(Ordering::Relaxed);
+        assert!(groups >= 4, "{groups} groups");
+        let size = std::fs::metadata(dir.path().join(wal::FILE_NAME))
+            .unwrap()
+            .len();
+        let bound = CHECKPOINT_BYTES + GROUP_BYTES as u64 + 4 * 1024 * 1024;
+        assert!(size <= bound, "the log file grew to {size} bytes");
+        assert_eq!(tree.len(), 49);
     }
 
     /// A committer on a fresh database, with tree `t` to write to.

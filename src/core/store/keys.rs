@@ -4,7 +4,7 @@
 //! queries want: by application, then time (events) or date (rollups). Raw events and all
 //! their rollups live in one tree, told apart by a leading family byte; one commit-log
 //! record stores a batch of events together with every counter it changes. Values are small
-//! fixed layouts rather than JSON because the ingest path writes them for every batch.
+//! binary layouts rather than JSON because the ingest path writes them for every batch.
 
 use jiff::Timestamp;
 
@@ -42,6 +42,16 @@ pub enum Family {
     HourRollup = 6,
     /// An `Idempotency-Key` seen with an accepted event, per application and UTC day.
     Idempotency = 7,
+    /// The time of an application's newest event, so reading it never scans blocks.
+    Latest = 8,
+}
+
+/// Key of an application's newest-event time.
+pub fn latest_key(app: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = Family::Latest as u8;
+    k[1..].copy_from_slice(&app.to_be_bytes());
+    k
 }
 
 /// Key of a raw event: family, application, time, sequence.
@@ -147,70 +157,164 @@ pub const BLOCK_SPAN_MICROS: i64 = 1_000_000;
 /// Most events in one stored block, so a block's value stays a few kilobytes.
 pub const BLOCK_MAX_EVENTS: usize = 256;
 
-/// Version byte of a block of events (a single event's value starts with 1).
-const BLOCK_TAG: u8 = 2;
+/// Version byte of a block in the fixed-width layout of earlier versions (a single
+/// event's value starts with 1). Still read; no longer written.
+const BLOCK_TAG_FIXED: u8 = 2;
+
+/// Version byte of a block in the compact layout [`encode_block`] writes.
+const BLOCK_TAG: u8 = 3;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Signed to unsigned, small magnitudes small: 0, -1, 1, -2 → 0, 1, 2, 3.
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Reads a value from the front of a byte slice, advancing it; `None` past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (self.0.get(..len)?, self.0.get(len..)?);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.take(1)?.first()?;
+            v |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.varint()?).ok()
+    }
+}
 
 /// Encodes events of one application, sorted by time, all within [`BLOCK_SPAN_MICROS`] of
-/// `first` (the time in the block's key), as one value:
-/// `[2][count u32][per event: delta u32, weight i64, has_user u8, (user i64), len u16, name]`,
-/// little-endian. One sled insert then stores a whole group commit's events of an
-/// application, instead of one insert per event.
+/// `first` (the time in the block's key), as one value, so one sled insert stores a whole
+/// group commit's events of an application:
+///
+/// `[3][count][name count][per name: len, UTF-8][per event: delta, name index × 2 + has
+/// user, weight, (user)]`, every number a LEB128 varint (weights and users zigzag-encoded).
+///
+/// Names repeat within a block and deltas and weights are small, so an event takes three
+/// to a dozen bytes instead of two dozen and more: less to write through the commit log,
+/// to store, and to hold in sled's cache while a block is read.
 pub fn encode_block<'a>(
     first: i64,
     events: impl IntoIterator<Item = (i64, &'a EventValue)>,
 ) -> Vec<u8> {
-    let mut v = Vec::with_capacity(64);
-    v.push(BLOCK_TAG);
-    v.extend_from_slice(&0u32.to_le_bytes());
-    let mut n: u32 = 0;
-    for (at, e) in events {
-        let delta = u32::try_from(at.saturating_sub(first)).unwrap_or(u32::MAX);
-        v.extend_from_slice(&delta.to_le_bytes());
-        v.extend_from_slice(&e.weight.to_le_bytes());
-        match e.user_id {
-            Some(u) => {
-                v.push(1);
-                v.extend_from_slice(&u.to_le_bytes());
+    let events: Vec<(i64, &EventValue)> = events.into_iter().collect();
+    let mut names: Vec<&str> = Vec::new();
+    let mut index: Vec<usize> = Vec::with_capacity(events.len());
+    for (_, e) in &events {
+        // Blocks hold at most a few distinct names; a linear search beats hashing.
+        let i = match names.iter().position(|n| *n == e.event) {
+            Some(i) => i,
+            None => {
+                names.push(&e.event);
+                names.len() - 1
             }
-            None => v.push(0),
-        }
-        // Names are at most 255 characters (1 020 bytes), so the length fits a u16.
-        let name = e.event.as_bytes();
-        let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-        v.extend_from_slice(&len.to_le_bytes());
-        v.extend_from_slice(&name[..usize::from(len)]);
-        n += 1;
+        };
+        index.push(i);
     }
-    v[1..5].copy_from_slice(&n.to_le_bytes());
+    let mut v = Vec::with_capacity(
+        16 + names.iter().map(|n| n.len() + 2).sum::<usize>() + events.len() * 6,
+    );
+    v.push(BLOCK_TAG);
+    put_varint(&mut v, events.len() as u64);
+    put_varint(&mut v, names.len() as u64);
+    for n in &names {
+        put_varint(&mut v, n.len() as u64);
+        v.extend_from_slice(n.as_bytes());
+    }
+    for ((at, e), i) in events.iter().zip(index) {
+        put_varint(&mut v, u64::try_from(at.saturating_sub(first)).unwrap_or(0));
+        put_varint(&mut v, (i as u64) << 1 | u64::from(e.user_id.is_some()));
+        put_varint(&mut v, zigzag(e.weight));
+        if let Some(u) = e.user_id {
+            put_varint(&mut v, zigzag(u));
+        }
+    }
     v
 }
 
 /// Decodes a stored value of the raw event family into `(micros, event)` pairs in time
-/// order: a block written by [`encode_block`], or a single event ([`EventValue::encode`])
-/// whose time is the key's. `None` for bytes neither wrote.
+/// order: a block written by [`encode_block`] or in the earlier fixed layout, or a single
+/// event ([`EventValue::encode`]) whose time is the key's. `None` for bytes none wrote.
 pub fn decode_events(key_micros: i64, b: &[u8]) -> Option<Vec<(i64, EventValue)>> {
     match b.first() {
-        Some(&BLOCK_TAG) => {}
-        _ => return EventValue::decode(b).map(|e| vec![(key_micros, e)]),
+        Some(&BLOCK_TAG) => decode_compact(key_micros, b.get(1..)?),
+        Some(&BLOCK_TAG_FIXED) => decode_fixed(key_micros, b),
+        _ => EventValue::decode(b).map(|e| vec![(key_micros, e)]),
     }
+}
+
+fn decode_compact(key_micros: i64, b: &[u8]) -> Option<Vec<(i64, EventValue)>> {
+    let mut r = Reader(b);
+    let n = r.len()?;
+    let name_count = r.len()?;
+    let mut names = Vec::with_capacity(name_count.min(BLOCK_MAX_EVENTS));
+    for _ in 0..name_count {
+        let len = r.len()?;
+        names.push(std::str::from_utf8(r.take(len)?).ok()?);
+    }
+    let mut out = Vec::with_capacity(n.min(BLOCK_MAX_EVENTS));
+    for _ in 0..n {
+        let delta = i64::try_from(r.varint()?).ok()?;
+        let tag = r.varint()?;
+        let name = names.get(usize::try_from(tag >> 1).ok()?)?;
+        let weight = unzigzag(r.varint()?);
+        let user_id = match tag & 1 {
+            1 => Some(unzigzag(r.varint()?)),
+            _ => None,
+        };
+        out.push((
+            key_micros.checked_add(delta)?,
+            EventValue {
+                event: (*name).to_string(),
+                weight,
+                user_id,
+            },
+        ));
+    }
+    r.0.is_empty().then_some(out)
+}
+
+/// The fixed layout of earlier versions: `[2][count u32][per event: delta u32, weight i64,
+/// has_user u8, (user i64), len u16, name]`, little-endian.
+fn decode_fixed(key_micros: i64, b: &[u8]) -> Option<Vec<(i64, EventValue)>> {
     let n = u32::from_le_bytes(b.get(1..5)?.try_into().ok()?) as usize;
     let mut out = Vec::with_capacity(n.min(BLOCK_MAX_EVENTS));
-    let mut rest = &b[5..];
-    let mut take = |len: usize| -> Option<&[u8]> {
-        let (head, tail) = (rest.get(..len)?, rest.get(len..)?);
-        rest = tail;
-        Some(head)
-    };
+    let mut r = Reader(b.get(5..)?);
     for _ in 0..n {
-        let delta = u32::from_le_bytes(take(4)?.try_into().ok()?);
-        let weight = i64::from_le_bytes(take(8)?.try_into().ok()?);
-        let user_id = match take(1)?[0] {
+        let delta = u32::from_le_bytes(r.take(4)?.try_into().ok()?);
+        let weight = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let user_id = match r.take(1)?[0] {
             0 => None,
-            1 => Some(i64::from_le_bytes(take(8)?.try_into().ok()?)),
+            1 => Some(i64::from_le_bytes(r.take(8)?.try_into().ok()?)),
             _ => return None,
         };
-        let len = u16::from_le_bytes(take(2)?.try_into().ok()?);
-        let event = String::from_utf8(take(usize::from(len))?.to_vec()).ok()?;
+        let len = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+        let event = String::from_utf8(r.take(usize::from(len))?.to_vec()).ok()?;
         out.push((
             key_micros.checked_add(i64::from(delta))?,
             EventValue {
@@ -226,7 +330,8 @@ pub fn decode_events(key_micros: i64, b: &[u8]) -> Option<Vec<(i64, EventValue)>
 /// Number of events in a stored raw-event value, read from its header alone.
 pub fn event_count_of(b: &[u8]) -> usize {
     match b.first() {
-        Some(&BLOCK_TAG) => b
+        Some(&BLOCK_TAG) => b.get(1..).and_then(|rest| Reader(rest).len()).unwrap_or(0),
+        Some(&BLOCK_TAG_FIXED) => b
             .get(1..5)
             .and_then(|c| c.try_into().ok())
             .map_or(0, |c| u32::from_le_bytes(c) as usize),
@@ -432,5 +537,72 @@ mod tests {
         // A truncated block is refused, not misread.
         assert_eq!(decode_events(1_000, &enc[..enc.len() - 1]), None);
         assert_eq!(decode_events(0, &[2, 1, 0, 0, 0]), None);
+        assert_eq!(decode_events(0, &[3, 1, 1, 0]), None);
     }
+
+    #[test]
+    fn blocks_in_the_earlier_fixed_layout_still_read() {
+        // [2][count 2][delta 0, weight 5, user -1, "ab"][delta 7, weight -1, no user, ""]
+        let mut b = vec![2, 2, 0, 0, 0];
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&5i64.to_le_bytes());
+        b.push(1);
+        b.extend_from_slice(&(-1i64).to_le_bytes());
+        b.extend_from_slice(&2u16.to_le_bytes());
+        b.extend_from_slice(b"ab");
+        b.extend_from_slice(&7u32.to_le_bytes());
+        b.extend_from_slice(&(-1i64).to_le_bytes());
+        b.push(0);
+        b.extend_from_slice(&0u16.to_le_bytes());
+        let want = vec![
+            (
+                100,
+                EventValue {
+                    event: "ab".into(),
+                    weight: 5,
+                    user_id: Some(-1),
+                },
+            ),
+            (
+                107,
+                EventValue {
+                    event: "".into(),
+                    weight: -1,
+                    user_id: None,
+                },
+            ),
+        ];
+        assert_eq!(decode_events(100, &b), Some(want));
+        assert_eq!(event_count_of(&b), 2);
+    }
+
+    #[test]
+    fn compact_blocks_are_small_and_round_trip_extreme_values() {
+        let names = ["backfill", "login", "backfill"];
+        let events: Vec<(i64, EventValue)> = (0..256)
+            .map(|i| {
+                (
+                    T0 + i64::from(i % 3),
+                    EventValue {
+                        event: names[(i % 3) as usize].into(),
+                        weight: [1, i64::MIN, i64::MAX][(i % 3) as usize],
+                        user_id: [None, Some(i64::MIN), Some(i64::MAX)][(i % 3) as usize],
+                    },
+                )
+            })
+            .collect();
+        let enc = encode_block(T0, events.iter().map(|(at, e)| (*at, e)));
+        assert_eq!(decode_events(T0, &enc), Some(events));
+        assert_eq!(event_count_of(&enc), 256);
+        // One instant, one name, small weights: three bytes an event.
+        let same = EventValue {
+            event: "backfill".into(),
+            weight: 2,
+            user_id: None,
+        };
+        let enc = encode_block(T0, (0..256).map(|_| (T0, &same)));
+        assert!(enc.len() <= 3 * 256 + 16, "{} bytes", enc.len());
+    }
+
+    const T0: i64 = 1_700_000_000_000_000;
 }

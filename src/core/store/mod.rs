@@ -33,6 +33,9 @@ pub enum StoreError {
         /// What is wrong with it.
         detail: String,
     },
+    /// A write could not be made durable; the reason as the commit thread reported it.
+    #[error("the write was not stored: {0}")]
+    Write(String),
     /// A storage thread could not be started.
     #[error("cannot start a storage thread: {0}")]
     Thread(String),
@@ -79,6 +82,8 @@ pub struct Store {
     pub(crate) tokens: sled::Tree,
     /// Queries wait here for events that were answered before sled had them.
     pub(crate) visible: std::sync::Arc<events::Visibility>,
+    /// Distinct event names per application, for the ingest writer's limit.
+    pub(crate) names: std::sync::Arc<events::batch::NameCounts>,
 }
 
 impl std::fmt::Debug for Store {
@@ -110,14 +115,17 @@ impl Store {
             total_ms = started.elapsed().as_millis() as u64,
             "opened the database"
         );
-        Ok(Self {
+        let store = Self {
             events: db.open_tree("events")?,
             apps: db.open_tree("apps")?,
             tokens: db.open_tree("tokens")?,
             visible: Default::default(),
+            names: Default::default(),
             committer,
             db,
-        })
+        };
+        store.remember_newest_events()?;
+        Ok(store)
     }
 
     /// The group committer, for modules that write their own trees.

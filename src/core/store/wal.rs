@@ -21,9 +21,14 @@
 //! Starting over writes a new generation number into the file header instead of
 //! truncating; every record carries the generation it was written in, so records left
 //! from an earlier generation end the log just as a torn or zeroed one does.
+//!
+//! A round larger than [`PART_BYTES`] is written as several records (parts) that replay
+//! all or nothing, so no record nears the [`MAX_RECORD`] a reader accepts; a single write
+//! larger than that is refused before anything is written. Replay reads the file one
+//! record at a time, and a checkpoint cuts back a file that a burst grew past its bound.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +52,21 @@ const GROW_BYTES: u64 = 4 * 1024 * 1024;
 const MAGIC: &[u8; 8] = b"HSLGLOG1";
 
 /// Largest payload a record may declare; anything larger is a torn or corrupt header.
+/// Writing never comes near it: rounds are cut into parts of [`PART_BYTES`], and a single
+/// write too large for a record is refused before anything is written.
 const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+/// Payload size past which a round of writes is cut into several records (parts). The
+/// parts of a round are written together and replayed all or nothing, so a round of any
+/// size replays whole, and reading the log back needs memory for one part at a time.
+pub const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Set in a part's write count when more parts of the same round follow.
+const MORE_PARTS: u32 = 1 << 31;
+
+/// Past this size the file is cut back at a checkpoint, so one burst of large groups does
+/// not leave a large file for every later start to read.
+const KEEP_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What a write does to its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +160,14 @@ pub enum WalError {
     /// Applying a replayed record to sled failed.
     #[error("replaying the commit log into the database failed: {0}")]
     Replay(#[from] sled::Error),
+    /// One write is larger than a record may be; nothing of its round was written.
+    #[error(
+        "a single write of {bytes} bytes is larger than a commit-log record may be ({MAX_RECORD} bytes)"
+    )]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+    },
 }
 
 const TAG_PUT: u8 = 1;
@@ -148,21 +175,82 @@ const TAG_REMOVE: u8 = 2;
 const TAG_PUT_IF_ABSENT: u8 = 3;
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // Lengths are bounded by the request body limit and sled's own limits, far below 4 GiB.
+    // Callers check sizes first (`encoded_len` against MAX_RECORD), far below 4 GiB.
     out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(b);
 }
 
-/// Appends one record holding `writes` (applied together on replay) to `out`, for the log
-/// generation `generation` ([`Log::generation`]).
-pub fn encode_record(writes: &[Mutation], generation: u64, out: &mut Vec<u8>) {
+/// Bytes `w` takes in a record's payload.
+fn encoded_len(w: &Mutation) -> usize {
+    let value = match &w.op {
+        Op::Put(v) | Op::PutIfAbsent(v) => 4 + v.len(),
+        Op::Remove => 0,
+    };
+    1 + 4 + w.tree.name().len() + 4 + w.key.len() + value
+}
+
+/// Bytes the records of a round of `writes` take in the log (ignoring part headers).
+pub fn round_len(writes: &[Mutation]) -> usize {
+    HEADER + 4 + writes.iter().map(encoded_len).sum::<usize>()
+}
+
+/// Appends `writes` (applied together on replay) to `out` as records of the log
+/// generation `generation` ([`Log::generation`]): one record, or parts of at most
+/// [`PART_BYTES`] when they take more. `Err` (and `out` as it was) when a single write is
+/// larger than any record may be.
+pub fn encode_record(
+    writes: &[Mutation],
+    generation: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), WalError> {
+    encode_parts(writes, generation, PART_BYTES, out)
+}
+
+fn encode_parts(
+    writes: &[Mutation],
+    generation: u64,
+    part_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), WalError> {
+    if let Some(bytes) = writes.iter().map(encoded_len).find(|n| 4 + n > MAX_RECORD) {
+        return Err(WalError::TooLarge { bytes });
+    }
+    // Cut into parts: each takes writes while they fit (at least one).
+    let mut parts: Vec<&[Mutation]> = Vec::new();
+    let mut rest = writes;
+    loop {
+        let mut size = 4;
+        let mut n = 0;
+        while let Some(w) = rest.get(n) {
+            let len = encoded_len(w);
+            if n > 0 && size + len > part_bytes {
+                break;
+            }
+            size += len;
+            n += 1;
+        }
+        let (part, tail) = rest.split_at(n);
+        parts.push(part);
+        rest = tail;
+        if rest.is_empty() {
+            break;
+        }
+    }
+    let last = parts.len() - 1;
+    for (i, part) in parts.into_iter().enumerate() {
+        encode_part(part, i < last, generation, out);
+    }
+    Ok(())
+}
+
+/// One record: its header, then the write count (with [`MORE_PARTS`] when `more`) and
+/// the writes.
+fn encode_part(writes: &[Mutation], more: bool, generation: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
-    out.extend_from_slice(
-        &u32::try_from(writes.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes(),
-    );
+    let count = u32::try_from(writes.len()).unwrap_or(MORE_PARTS - 1) & !MORE_PARTS;
+    let count = if more { count | MORE_PARTS } else { count };
+    out.extend_from_slice(&count.to_le_bytes());
     for w in writes {
         let (tag, value): (u8, &[u8]) = match &w.op {
             Op::Put(v) => (TAG_PUT, v),
@@ -224,9 +312,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedMutation>> {
+/// A record's writes, and whether more parts of its round follow.
+fn decode_payload(payload: &[u8]) -> Option<(Vec<LoggedMutation>, bool)> {
     let mut c = Cursor(payload);
-    let n = c.u32()?;
+    let count = c.u32()?;
+    let more = count & MORE_PARTS != 0;
+    let n = count & !MORE_PARTS;
     let mut writes = Vec::with_capacity(usize::try_from(n).ok()?.min(4096));
     for _ in 0..n {
         let tag = c.take(1)?[0];
@@ -240,47 +331,84 @@ fn decode_payload(payload: &[u8]) -> Option<Vec<LoggedMutation>> {
         };
         writes.push(LoggedMutation { tree, key, op });
     }
-    c.0.is_empty().then_some(writes)
+    c.0.is_empty().then_some((writes, more))
 }
 
-/// Every whole, intact record of `generation` at the start of `bytes`, and how many bytes
-/// they take. Reading stops at the first short, damaged, zeroed or older record: a crash
-/// can only tear the tail, since each group is written and synced before the next one
-/// starts.
-pub fn decode_records(bytes: &[u8], generation: u64) -> (Vec<Vec<LoggedMutation>>, usize) {
-    let mut records = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= HEADER {
-        let field = |i: usize| -> [u8; 4] {
-            [
-                bytes[at + i],
-                bytes[at + i + 1],
-                bytes[at + i + 2],
-                bytes[at + i + 3],
-            ]
-        };
-        let len = u32::from_le_bytes(field(0));
+/// Reads a log's records one at a time, keeping one record's payload in memory. Reading
+/// stops at the first short, damaged, zeroed or older record: a crash can only tear the
+/// tail, since each group is written and synced before the next one starts.
+struct Records<R> {
+    from: R,
+    generation: u64,
+    /// Bytes of whole records read so far.
+    read: u64,
+    payload: Vec<u8>,
+}
+
+impl<R: Read> Records<R> {
+    fn new(from: R, generation: u64) -> Self {
+        Self {
+            from,
+            generation,
+            read: 0,
+            payload: Vec::new(),
+        }
+    }
+
+    /// The next intact record: its writes and whether more parts of its round follow.
+    fn next_record(&mut self) -> Option<(Vec<LoggedMutation>, bool)> {
+        let mut head = [0u8; HEADER];
+        self.from.read_exact(&mut head).ok()?;
+        let field = |i: usize| [head[i], head[i + 1], head[i + 2], head[i + 3]];
+        let len = usize::try_from(u32::from_le_bytes(field(0))).ok()?;
         let crc = u32::from_le_bytes(field(4));
         let mut g = [0u8; 8];
-        g.copy_from_slice(&bytes[at + 8..at + 16]);
-        let Ok(len) = usize::try_from(len) else { break };
-        if u64::from_le_bytes(g) != generation
-            || len > MAX_RECORD
-            || bytes.len() - at - HEADER < len
-        {
-            break;
+        g.copy_from_slice(&head[8..16]);
+        if u64::from_le_bytes(g) != self.generation || len > MAX_RECORD {
+            return None;
         }
-        let payload = &bytes[at + HEADER..at + HEADER + len];
-        if record_crc(generation, payload) != crc {
-            break;
+        self.payload.clear();
+        (&mut self.from)
+            .take(len as u64)
+            .read_to_end(&mut self.payload)
+            .ok()?;
+        if self.payload.len() != len || record_crc(self.generation, &self.payload) != crc {
+            return None;
         }
-        let Some(writes) = decode_payload(payload) else {
-            break;
-        };
-        records.push(writes);
-        at += HEADER + len;
+        let decoded = decode_payload(&self.payload)?;
+        self.read += (HEADER + len) as u64;
+        Some(decoded)
     }
-    (records, at)
+}
+
+/// Where the whole rounds at the start of a log end: how many rounds and the bytes they
+/// take. Parts of a round whose last part is missing (a torn tail) are not counted.
+fn whole_rounds(from: impl Read, generation: u64) -> (usize, u64) {
+    let mut records = Records::new(from, generation);
+    let (mut rounds, mut end) = (0, 0);
+    while let Some((_, more)) = records.next_record() {
+        if !more {
+            rounds += 1;
+            end = records.read;
+        }
+    }
+    (rounds, end)
+}
+
+/// Every whole round at the start of `bytes` (its parts' writes together), and how many
+/// bytes they take.
+#[cfg(test)]
+pub fn decode_records(bytes: &[u8], generation: u64) -> (Vec<Vec<LoggedMutation>>, usize) {
+    let (_, end) = whole_rounds(bytes, generation);
+    let mut records = Records::new(&bytes[..end as usize], generation);
+    let (mut rounds, mut round) = (Vec::new(), Vec::new());
+    while let Some((writes, more)) = records.next_record() {
+        round.extend(writes);
+        if !more {
+            rounds.push(std::mem::take(&mut round));
+        }
+    }
+    (rounds, end as usize)
 }
 
 fn file_header(generation: u64) -> [u8; FILE_HEADER] {
@@ -299,6 +427,57 @@ fn parse_file_header(b: &[u8]) -> Option<u64> {
         return None;
     }
     Some(u64::from_le_bytes(h[8..16].try_into().ok()?))
+}
+
+/// Applies the whole rounds in `file` (a log of `generation`) to `db` and flushes it;
+/// returns how many rounds there were. Reads the file twice, one record at a time: once to
+/// find where the whole rounds end (a round cut short by a crash was never acknowledged
+/// and is dropped), then to apply them.
+fn replay(file: &File, path: &Path, generation: u64, db: &sled::Db) -> Result<usize, WalError> {
+    let err = |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = |from: u64| {
+        let mut f = file.try_clone()?;
+        f.seek(SeekFrom::Start(from))?;
+        Ok::<_, std::io::Error>(BufReader::with_capacity(1 << 20, f))
+    };
+    let (rounds, end) = whole_rounds(reader(FILE_HEADER as u64).map_err(err)?, generation);
+    // A header of this generation after the last whole round: a torn write.
+    let mut after = [0u8; HEADER];
+    let torn = file
+        .read_exact_at(&mut after, FILE_HEADER as u64 + end)
+        .is_ok()
+        && after[8..16] == generation.to_le_bytes();
+    if torn {
+        tracing::warn!(
+            path = %path.display(),
+            "the commit log ends in an incomplete record (a write cut short by a crash); it was never acknowledged and is dropped"
+        );
+    }
+    let mut records = Records::new(
+        reader(FILE_HEADER as u64).map_err(err)?.take(end),
+        generation,
+    );
+    let mut trees = std::collections::HashMap::<Vec<u8>, sled::Tree>::new();
+    while let Some((writes, _)) = records.next_record() {
+        for w in writes {
+            let tree = match trees.get(&w.tree) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = db.open_tree(&w.tree)?;
+                    trees.insert(w.tree.clone(), t.clone());
+                    t
+                }
+            };
+            apply_one(&tree, &w.key, &w.op)?;
+        }
+    }
+    if rounds > 0 {
+        db.flush()?;
+    }
+    Ok(rounds)
 }
 
 /// The open log file.
@@ -333,59 +512,37 @@ impl Log {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
             .map_err(err)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(err)?;
-        let (generation, records) = if bytes.iter().all(|b| *b == 0) {
+        let size = file.metadata().map_err(err)?.len();
+        let mut head = Vec::with_capacity(FILE_HEADER);
+        (&file)
+            .take(FILE_HEADER as u64)
+            .read_to_end(&mut head)
+            .map_err(err)?;
+        let (generation, replayed) = if head.iter().all(|b| *b == 0) {
             // New, or created but never given a header before a crash: nothing to replay.
-            (0, Vec::new())
+            (0, 0)
         } else {
-            let generation = parse_file_header(&bytes).ok_or_else(|| {
+            let generation = parse_file_header(&head).ok_or_else(|| {
                 err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
                     "not a Hartslag commit log (unknown header); it was left untouched",
                 ))
             })?;
-            let tail = &bytes[FILE_HEADER..];
-            let (records, used) = decode_records(tail, generation);
-            // A header of this generation after the last whole record: a torn write.
-            if tail.get(used + 8..used + 16) == Some(&generation.to_le_bytes()[..]) {
-                tracing::warn!(
-                    path = %path.display(),
-                    "the commit log ends in an incomplete record (a write cut short by a crash); it was never acknowledged and is dropped"
-                );
-            }
-            (generation, records)
+            (generation, replay(&file, &path, generation, db)?)
         };
-        let mut trees = std::collections::HashMap::<Vec<u8>, sled::Tree>::new();
-        for record in &records {
-            for w in record {
-                let tree = match trees.get(&w.tree) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = db.open_tree(&w.tree)?;
-                        trees.insert(w.tree.clone(), t.clone());
-                        t
-                    }
-                };
-                apply_one(&tree, &w.key, &w.op)?;
-            }
-        }
-        if !records.is_empty() {
-            db.flush()?;
-        }
         let mut log = Self {
             file,
             path,
             generation,
             end: FILE_HEADER as u64,
-            size: bytes.len() as u64,
+            size,
             #[cfg(test)]
             fail_next_append: false,
         };
@@ -399,7 +556,7 @@ impl Log {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| log.io(e))?;
         }
-        Ok((log, records.len()))
+        Ok((log, replayed))
     }
 
     /// Writes zeros from the end of the file up to `to` and makes the new size durable.
@@ -456,6 +613,14 @@ impl Log {
     /// Starts the log over; call only once sled has flushed everything applied from it.
     /// The new generation is durable before any record of it is written.
     pub fn reset(&mut self) -> Result<(), WalError> {
+        if self.size > KEEP_BYTES {
+            // Everything in it is in sled now: cut it back to its first size.
+            self.file
+                .set_len(INITIAL_BYTES)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| self.io(e))?;
+            self.size = INITIAL_BYTES;
+        }
         let generation = self.generation.wrapping_add(1).max(1);
         self.file
             .write_all_at(&file_header(generation), 0)
@@ -497,8 +662,8 @@ mod tests {
             Mutation::put_if_absent(&t, b"k3".to_vec(), Vec::new()),
         ];
         let mut buf = Vec::new();
-        encode_record(&writes, 7, &mut buf);
-        encode_record(&writes[..1], 7, &mut buf);
+        encode_record(&writes, 7, &mut buf).unwrap();
+        encode_record(&writes[..1], 7, &mut buf).unwrap();
         let (records, used) = decode_records(&buf, 7);
         assert_eq!(used, buf.len());
         // Records of another generation are not part of the log.
@@ -520,13 +685,15 @@ mod tests {
             &[Mutation::put(&t, b"a".to_vec(), b"1".to_vec())],
             1,
             &mut buf,
-        );
+        )
+        .unwrap();
         let first = buf.len();
         encode_record(
             &[Mutation::put(&t, b"b".to_vec(), b"2".to_vec())],
             1,
             &mut buf,
-        );
+        )
+        .unwrap();
         for cut in first..buf.len() {
             let (records, used) = decode_records(&buf[..cut], 1);
             assert_eq!((records.len(), used), (1, first), "cut at {cut}");
@@ -558,7 +725,8 @@ mod tests {
                 &[Mutation::put(&t, b"a".to_vec(), b"1".to_vec())],
                 g,
                 &mut buf,
-            );
+            )
+            .unwrap();
             encode_record(
                 &[
                     Mutation::put(&t, b"a".to_vec(), b"2".to_vec()),
@@ -567,7 +735,8 @@ mod tests {
                 ],
                 g,
                 &mut buf,
-            );
+            )
+            .unwrap();
             encode_record(
                 &[
                     Mutation::remove(&t, b"b".to_vec()),
@@ -575,14 +744,16 @@ mod tests {
                 ],
                 g,
                 &mut buf,
-            );
+            )
+            .unwrap();
             // Half of a fourth record: a crash in the middle of a write.
             let mut torn = Vec::new();
             encode_record(
                 &[Mutation::put(&t, b"c".to_vec(), b"never".to_vec())],
                 g,
                 &mut torn,
-            );
+            )
+            .unwrap();
             buf.extend_from_slice(&torn[..torn.len() / 2]);
             log.append(&buf).unwrap();
             assert!(!log.is_empty());
@@ -607,7 +778,8 @@ mod tests {
             &[Mutation::put(&t, b"z".to_vec(), b"new".to_vec())],
             log.generation(),
             &mut buf,
-        );
+        )
+        .unwrap();
         log.append(&buf).unwrap();
         drop(log);
         t.remove(b"z").unwrap();
@@ -649,7 +821,8 @@ mod tests {
                     &[Mutation::put(&t, k.to_vec(), big.clone())],
                     log.generation(),
                     &mut buf,
-                );
+                )
+                .unwrap();
                 log.append(&buf).unwrap();
             }
         }
@@ -659,5 +832,174 @@ mod tests {
         assert_eq!(replayed, 2);
         let t = db.open_tree("t").unwrap();
         assert_eq!(t.get(b"b").unwrap().as_deref(), Some(&big[..]));
+    }
+
+    #[test]
+    fn a_round_larger_than_a_part_is_cut_into_parts_that_replay_all_or_nothing() {
+        let (_d, db) = db();
+        let t = db.open_tree("t").unwrap();
+        let writes: Vec<Mutation> = (0..10u8)
+            .map(|i| Mutation::put(&t, vec![i], vec![i; 40]))
+            .collect();
+        let mut buf = Vec::new();
+        encode_parts(&writes, 3, 64, &mut buf).unwrap();
+        let round = buf.len();
+        encode_parts(&writes[..1], 3, 64, &mut buf).unwrap();
+        // One write per part here: ten records, read back as one round.
+        let mut records = Records::new(&buf[..round], 3);
+        let mut parts = 0;
+        while let Some((_, more)) = records.next_record() {
+            parts += 1;
+            assert_eq!(more, parts < 10);
+        }
+        assert_eq!(parts, 10);
+        let (rounds, used) = decode_records(&buf, 3);
+        assert_eq!(used, buf.len());
+        assert_eq!(rounds.len(), 2);
+        assert_eq!(rounds[0].len(), 10);
+        assert_eq!(rounds[0][9].key, vec![9]);
+        // Cut anywhere inside the round: none of it is replayed.
+        for cut in 0..round {
+            assert_eq!(
+                decode_records(&buf[..cut], 3),
+                (Vec::new(), 0),
+                "cut at {cut}"
+            );
+        }
+        // A round within the part size stays one record.
+        let mut one = Vec::new();
+        encode_record(&writes, 3, &mut one).unwrap();
+        let mut records = Records::new(&one[..], 3);
+        assert_eq!(
+            records.next_record().map(|(w, more)| (w.len(), more)),
+            Some((10, false))
+        );
+        assert!(records.next_record().is_none());
+    }
+
+    #[test]
+    fn a_write_larger_than_any_record_is_refused_before_anything_is_written() {
+        let (_d, db) = db();
+        let t = db.open_tree("t").unwrap();
+        let huge = Mutation::put(&t, b"k".to_vec(), vec![0u8; MAX_RECORD]);
+        let mut buf = b"earlier".to_vec();
+        let err = encode_record(
+            &[Mutation::put(&t, b"a".to_vec(), b"1".to_vec()), huge],
+            1,
+            &mut buf,
+        )
+        .unwrap_err();
+        assert!(matches!(err, WalError::TooLarge { .. }), "{err}");
+        assert_eq!(buf, b"earlier");
+    }
+
+    #[test]
+    fn parts_replay_on_open_and_a_round_cut_short_is_dropped_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("t").unwrap();
+        {
+            let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+            let g = log.generation();
+            let big: Vec<Mutation> = (0..8u8)
+                .map(|i| Mutation::put(&t, vec![b'b', i], vec![i; 100]))
+                .collect();
+            let mut buf = Vec::new();
+            encode_parts(&big, g, 150, &mut buf).unwrap();
+            encode_record(
+                &[Mutation::put(&t, b"after".to_vec(), b"1".to_vec())],
+                g,
+                &mut buf,
+            )
+            .unwrap();
+            // Then a round of which only the first part reached the disk.
+            let mut torn = Vec::new();
+            let lost: Vec<Mutation> = (0..4u8)
+                .map(|i| Mutation::put(&t, vec![b'l', i], vec![i; 100]))
+                .collect();
+            encode_parts(&lost, g, 150, &mut torn).unwrap();
+            let first_part = HEADER + u32::from_le_bytes(torn[..4].try_into().unwrap()) as usize;
+            buf.extend_from_slice(&torn[..first_part]);
+            log.append(&buf).unwrap();
+        }
+        let (_log, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 2);
+        assert_eq!(t.get([b'b', 7]).unwrap().as_deref(), Some(&[7u8; 100][..]));
+        assert_eq!(t.get(b"after").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            t.get([b'l', 0]).unwrap(),
+            None,
+            "part of an unfinished round"
+        );
+    }
+
+    #[test]
+    fn a_file_grown_past_its_bound_is_cut_back_at_the_next_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("t").unwrap();
+        let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+        let value = vec![1u8; 4 * 1024 * 1024];
+        let mut written = 0;
+        while written <= KEEP_BYTES {
+            let mut buf = Vec::new();
+            encode_record(
+                &[Mutation::put(&t, b"k".to_vec(), value.clone())],
+                log.generation(),
+                &mut buf,
+            )
+            .unwrap();
+            written += buf.len() as u64;
+            log.append(&buf).unwrap();
+        }
+        let path = dir.path().join(FILE_NAME);
+        assert!(std::fs::metadata(&path).unwrap().len() > KEEP_BYTES);
+        log.reset().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), INITIAL_BYTES);
+        // And it is still a working log.
+        let mut buf = Vec::new();
+        encode_record(
+            &[Mutation::put(&t, b"z".to_vec(), b"1".to_vec())],
+            log.generation(),
+            &mut buf,
+        )
+        .unwrap();
+        log.append(&buf).unwrap();
+        drop(log);
+        let (_, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 1);
+        assert_eq!(t.get(b"z").unwrap().as_deref(), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_round_past_the_record_limit_and_the_records_after_it_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("t").unwrap();
+        // 33 writes of 8 MiB: more than the 256 MiB one record may hold.
+        let value = vec![3u8; 8 * 1024 * 1024];
+        {
+            let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+            let big: Vec<Mutation> = (0..33u8)
+                .map(|i| Mutation::put(&t, vec![i], value.clone()))
+                .collect();
+            let mut buf = Vec::new();
+            encode_record(&big, log.generation(), &mut buf).unwrap();
+            encode_record(
+                &[Mutation::put(&t, b"after".to_vec(), b"1".to_vec())],
+                log.generation(),
+                &mut buf,
+            )
+            .unwrap();
+            log.append(&buf).unwrap();
+        }
+        let (_log, replayed) = Log::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, 2);
+        assert_eq!(t.get([32u8]).unwrap().map(|v| v.len()), Some(value.len()));
+        assert_eq!(
+            t.get(b"after").unwrap().as_deref(),
+            Some(&b"1"[..]),
+            "an acknowledged record after the large round was lost"
+        );
     }
 }

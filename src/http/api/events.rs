@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jiff::Timestamp;
@@ -42,6 +42,11 @@ async fn ingest(
     req: Request,
 ) -> Response {
     let started = Instant::now();
+    if let Some(limiter) = &app.ingest
+        && let Err(wait) = limiter.check(started)
+    {
+        return too_many_requests(&app, wait);
+    }
     let (parts, body) = req.into_parts();
     let write = match event_write(&state, &app, &parts.headers, body).await {
         Ok(w) => w,
@@ -64,12 +69,32 @@ async fn ingest(
             let body = json!({"message": msg, "errors": {"idempotency_key": [msg]}});
             ApiError::with_body(StatusCode::UNPROCESSABLE_ENTITY, body).into_response()
         }
+        Ok(Outcome::TooManyNames) => {
+            let msg = "The event field has too many distinct values.";
+            let body = json!({"message": msg, "errors": {"event": [msg]}});
+            ApiError::with_body(StatusCode::UNPROCESSABLE_ENTITY, body).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, application = %app.key, "event not stored");
             let msg = "the event could not be stored; retry later";
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
         }
     }
+}
+
+/// 429 for an Application past its ingest rate, with when to retry in whole seconds
+/// (`Retry-After`) and the limit in the headers Laravel's throttle sends.
+fn too_many_requests(app: &AppInfo, wait: std::time::Duration) -> Response {
+    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut res =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Attempts.").into_response();
+    let headers = res.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+    if let Some((rate, _)) = app.limits.ingest {
+        headers.insert("x-ratelimit-limit", HeaderValue::from(rate));
+    }
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(0));
+    res
 }
 
 /// The event a request asks to store, validated, timestamped and dated in its
@@ -81,7 +106,7 @@ async fn event_write(
     body: Body,
 ) -> Result<EventWrite, ApiError> {
     let idempotency_key = idempotency_header(headers)?;
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    let bytes = read_body(body, state.max_body_bytes, state.limits.body_timeout).await?;
     let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
@@ -104,6 +129,7 @@ async fn event_write(
             user_id: event.user_id,
         },
         idempotency,
+        name_limit: app.limits.event_names,
     })
 }
 

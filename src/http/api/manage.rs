@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use crate::http::HttpState;
 use crate::http::auth::AuthenticatedApp;
 use crate::http::body::read_body;
 use crate::http::error::ApiError;
+use crate::http::path::Segment;
 
 /// Tickstem's bounds for `interval_secs`.
 pub const INTERVAL_RANGE: (u64, u64) = (60, 86_400);
@@ -139,6 +140,7 @@ fn catalogue_error(e: CatalogueError) -> ApiError {
         CatalogueError::ReadOnly(_) => StatusCode::CONFLICT,
         CatalogueError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         CatalogueError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        CatalogueError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
     };
     err(status, e.to_string())
 }
@@ -181,7 +183,7 @@ async fn list(State(state): State<HttpState>, caller: Managing) -> Response {
 async fn get_one(
     State(state): State<HttpState>,
     caller: Managing,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Response, ApiError> {
     let m = caller.find(&state, &id)?;
     Ok(caller.answer(&state, StatusCode::OK, &m))
@@ -189,7 +191,7 @@ async fn get_one(
 
 /// Parses a JSON object body; `Err` is the 400 answer.
 async fn json_object(state: &HttpState, body: Body) -> Result<Map<String, Value>, ApiError> {
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    let bytes = read_body(body, state.max_body_bytes, state.limits.body_timeout).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(err(
@@ -348,7 +350,7 @@ async fn apply_update(
 async fn update(
     State(state): State<HttpState>,
     caller: Managing,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Body,
 ) -> Result<Response, ApiError> {
     let map = json_object(&state, body).await?;
@@ -366,7 +368,7 @@ async fn update(
 async fn pause(
     State(state): State<HttpState>,
     caller: Managing,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Response, ApiError> {
     let req = UpdateRequest {
         paused: Some(true),
@@ -378,7 +380,7 @@ async fn pause(
 async fn resume(
     State(state): State<HttpState>,
     caller: Managing,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Response, ApiError> {
     let req = UpdateRequest {
         paused: Some(false),
@@ -390,7 +392,7 @@ async fn resume(
 async fn delete(
     State(state): State<HttpState>,
     caller: Managing,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Result<Response, ApiError> {
     let m = caller.find(&state, &id)?;
     caller
@@ -404,7 +406,7 @@ async fn delete(
 async fn pings(
     State(state): State<HttpState>,
     caller: Managing,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let limit = match params.get("limit").map(|s| s.trim().parse::<usize>()) {

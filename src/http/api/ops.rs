@@ -11,10 +11,14 @@ use axum::routing::get;
 use crate::core::metrics::encode_with;
 use crate::http::HttpState;
 
-/// Liveness: fails once storage has stopped accepting writes after a failed write to
-/// disk, so the kubelet restarts the pod and the restart replays the commit log.
+/// How long the liveness check waits for the ingest writer and the engine to answer.
+const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Liveness: fails once storage, the monitor engine or the alert outbox cannot write (after
+/// a failed write to disk), or once the ingest writer or the engine thread is dead or stuck,
+/// so the kubelet restarts the pod and the restart replays the commit log.
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    match state.core.registry.store().committer().health() {
+    match state.core.health(PROBE_WITHIN).await {
         Ok(()) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"status": "ok"})),

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +20,7 @@ use crate::http::HttpState;
 use crate::http::auth::bearer;
 use crate::http::body::read_body;
 use crate::http::error::{ApiError, json_body};
+use crate::http::path::Segment;
 
 /// Longest ping body kept (a job's last log lines).
 pub const MAX_PING_BODY: usize = 10 * 1024;
@@ -50,14 +51,40 @@ fn truncate(s: &str, max_bytes: usize) -> String {
     s[..end].to_string()
 }
 
-pub(super) fn source(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<String> {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
+/// The client's address: the connection's peer, or, when the peer is one of the
+/// `trusted` proxies, the nearest address in `X-Forwarded-For` that is not one of them
+/// (read from the right: entries further left were written by the client itself or by
+/// proxies nobody vouches for). Without trusted proxies the header is ignored, so a client
+/// cannot write its own source into a monitor's history.
+pub(super) fn source(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    trusted: &[ipnet::IpNet],
+) -> Option<String> {
+    let peer = peer?.ip().to_canonical();
+    let is_trusted =
+        |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
+    if !is_trusted(peer) {
+        return Some(peer.to_string());
+    }
+    let mut hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
         .filter(|v| !v.is_empty())
-        .or_else(|| peer.map(|p| p.ip().to_string()))
+        .collect();
+    let mut client = peer.to_string();
+    while let Some(hop) = hops.pop() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted(ip) => client = ip.to_canonical().to_string(),
+            Ok(ip) => return Some(ip.to_canonical().to_string()),
+            // Not an address (a name, "unknown", garbage): nothing further left is vouched for.
+            Err(_) => return Some(client),
+        }
+    }
+    Some(client)
 }
 
 async fn receive(
@@ -114,7 +141,7 @@ async fn ping_input(
     body: Body,
 ) -> Result<PingInput, ApiError> {
     let exit_code = failure_code(params)?;
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    let bytes = read_body(body, state.max_body_bytes, state.limits.body_timeout).await?;
     let body =
         (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
     let user_agent = user_agent(headers);
@@ -125,7 +152,7 @@ async fn ping_input(
             kind
         },
         exit_code,
-        source: source(headers, peer),
+        source: source(headers, peer, &state.trusted_proxies),
         user_agent,
         body,
         rid: run_id(params)?,
@@ -187,7 +214,7 @@ macro_rules! ping_handler {
     ($name:ident, $kind:expr) => {
         async fn $name(
             State(s): State<HttpState>,
-            Path(t): Path<String>,
+            Segment(t): Segment,
             Query(q): Query<HashMap<String, String>>,
             req: Request,
         ) -> Response {
@@ -262,4 +289,70 @@ async fn status(
         axum::Json(json!({ "monitors": monitors, "counts": counts, "as_of": now.to_string() })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn peer(ip: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(ip.parse().unwrap(), 40000))
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let spoofed = headers(&["6.6.6.6"]);
+        // A direct client cannot claim another address.
+        assert_eq!(
+            source(&spoofed, peer("203.0.113.9"), &trusted).as_deref(),
+            Some("203.0.113.9")
+        );
+        assert_eq!(
+            source(&spoofed, peer("203.0.113.9"), &[]).as_deref(),
+            Some("203.0.113.9")
+        );
+        // Through the trusted ingress: the address it saw.
+        assert_eq!(
+            source(&headers(&["198.51.100.7"]), peer("10.1.2.3"), &trusted).as_deref(),
+            Some("198.51.100.7")
+        );
+        // A client that sends its own header in front: the rightmost untrusted entry wins.
+        let chain = headers(&["6.6.6.6, 198.51.100.7", "10.9.9.9"]);
+        assert_eq!(
+            source(&chain, peer("10.1.2.3"), &trusted).as_deref(),
+            Some("198.51.100.7")
+        );
+        // Garbage stops the walk at the last vouched-for hop; no header means the proxy.
+        assert_eq!(
+            source(
+                &headers(&["nonsense, 10.9.9.9"]),
+                peer("10.1.2.3"),
+                &trusted
+            )
+            .as_deref(),
+            Some("10.9.9.9")
+        );
+        assert_eq!(
+            source(&HeaderMap::new(), peer("10.1.2.3"), &trusted).as_deref(),
+            Some("10.1.2.3")
+        );
+        assert_eq!(
+            source(
+                &headers(&["::ffff:198.51.100.7"]),
+                peer("::ffff:10.1.2.3"),
+                &trusted
+            )
+            .as_deref(),
+            Some("198.51.100.7")
+        );
+    }
 }

@@ -87,7 +87,7 @@ async fn receive(
     let Some(key) = monitor_of(&state, &token) else {
         return not_found();
     };
-    let bytes = match read_body(body, state.max_body_bytes).await {
+    let bytes = match read_body(body, state.max_body_bytes, state.limits.body_timeout).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -123,7 +123,7 @@ async fn receive(
     let input = PingInput {
         kind,
         exit_code: (kind == PingKind::Fail).then_some(1),
-        source: source(&headers, peer),
+        source: source(&headers, peer, &state.trusted_proxies),
         user_agent,
         body: Some(format!(
             "Alertmanager receiver {:?}: {alertname} {note}",

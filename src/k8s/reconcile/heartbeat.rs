@@ -400,21 +400,27 @@ mod tests {
     }
 
     fn app(limit: Option<u32>) -> AppInfo {
+        let spec = ApplicationSpec {
+            limits: Some(Limits {
+                heartbeats: limit,
+                ..Default::default()
+            }),
+            alerts: Some(crate::core::spec::AlertTargets {
+                email: vec!["ops@example.com".into()],
+                webhook: None,
+                webhook_secret_ref: None,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         AppInfo {
             key: "shop/web".into(),
             num: 1,
             namespace: "shop".into(),
             name: "web".into(),
-            spec: ApplicationSpec {
-                limits: Some(Limits { heartbeats: limit }),
-                alerts: Some(crate::core::spec::AlertTargets {
-                    email: vec!["ops@example.com".into()],
-                    webhook: None,
-                    webhook_secret_ref: None,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+            limits: crate::core::limits::AppLimits::resolve(&spec, &Default::default()),
+            ingest: None,
+            spec,
             tz: jiff::tz::TimeZone::UTC,
         }
     }
@@ -442,7 +448,7 @@ mod tests {
     fn a_missing_application_is_refused_and_waits_for_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::core::store::Store::open(dir.path(), &Default::default()).unwrap();
-        let registry = crate::core::registry::Registry::load(store).unwrap();
+        let registry = crate::core::registry::Registry::load(store, Default::default()).unwrap();
         let spec = HeartbeatSpec {
             application_ref: Some(ApplicationRef { name: "web".into() }),
             ..Default::default()

@@ -308,6 +308,8 @@ impl Operator {
                 &install.namespace,
                 "--lease-name",
                 &install.fullname,
+                // Test receivers listen on loopback.
+                "--allow-private-webhooks",
             ])
             .args(timing)
             .args(extra)

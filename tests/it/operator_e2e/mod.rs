@@ -7,6 +7,7 @@ mod cronjobs;
 mod flows;
 mod harness;
 mod quiet;
+mod refusals;
 mod restarts;
 mod secrets;
 mod status;

@@ -103,6 +103,11 @@ pub struct Engine {
     pub stats: Arc<EngineStats>,
     series: Arc<MonitorSeries>,
     clock: Clock,
+    /// Why the worker's last round could not be written, until one is.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Tests make the worker's writes fail with this.
+    #[cfg(test)]
+    fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -151,8 +156,16 @@ impl Engine {
         });
         let (changes, _) = broadcast::channel(4096);
         let stats = Arc::new(EngineStats::default());
+        let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        #[cfg(test)]
+        let fail_writes: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let worker = Worker {
+            failure: failure.clone(),
+            #[cfg(test)]
+            fail_writes: fail_writes.clone(),
             transitions_since_trim: Default::default(),
+            inflight: Default::default(),
+            written: Default::default(),
             tree: tree.clone(),
             db: db.clone(),
             outbox,
@@ -182,7 +195,41 @@ impl Engine {
             stats,
             series,
             clock,
+            failure,
+            #[cfg(test)]
+            fail_writes,
         })
+    }
+
+    /// `Err` with the reason while the engine cannot write monitor state.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves once the engine thread has taken a command sent now: it is alive and not
+    /// stuck. `Err` if it is gone.
+    pub async fn probe(&self) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Probe(tx))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
+    }
+
+    /// Tests: makes the worker's writes fail (`true`) or work again.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.fail_writes
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tests: holds the engine thread for `d`, as a stuck disk would.
+    #[cfg(test)]
+    pub(crate) fn stall(&self, d: std::time::Duration) {
+        let _ = self.tx.send(Command::Stall(d));
     }
 
     /// Lets held deadlines through (see [`EngineConfig::hold_deadlines`]); those that came
@@ -373,6 +420,7 @@ mod tests {
             cache_bytes: 8 << 20,
             ping_history: 10,
             outbox: Default::default(),
+            limits: Default::default(),
             hold_deadlines: true,
         };
         let core = Services::open(&config, &mut MetricRegistry::default()).unwrap();

@@ -102,6 +102,7 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
     let kind_word = match kind {
         AlertKind::Down => "down",
         AlertKind::Recovery => "recovery",
+        AlertKind::Flapping => "flapping",
     };
     Alert {
         id: format!("{}:{}:{kind_word}", m.def.key, at.as_millisecond()),

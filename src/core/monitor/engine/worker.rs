@@ -1,13 +1,16 @@
 //! The engine thread: takes commands in rounds, steps monitors through the pure state
 //! machine, stages what changed and writes each round as one commit-log record.
 //!
-//! Staging publishes a monitor's new state to readers at once, but its sender is answered
-//! only after the round is on disk (the `Done` callbacks): nothing is acknowledged that a
-//! crash could still lose.
+//! A round's later commands see its earlier ones' staged state; readers (the snapshot, the
+//! deadline scheduler, the dashboard, status writers and Kubernetes Events) see it only
+//! once the round is on disk, and senders are answered then too (the `Done` callbacks):
+//! nothing is published or acknowledged that a crash could still lose, and a round that
+//! fails to write leaves readers with what is on disk.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use jiff::Timestamp;
@@ -34,6 +37,11 @@ pub(super) type Snapshot = Arc<RwLock<Monitors>>;
 /// Most commands handled in one round (one commit-log record).
 const MAX_ROUND: usize = 1024;
 
+/// A round ends early once its ping blocks take this many bytes: a burst of pings with
+/// large bodies to monitors with full blocks makes several records of bounded size, not
+/// one that holds hundreds of megabytes.
+const ROUND_BYTES: usize = 8 * 1024 * 1024;
+
 /// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
 const TRANSITION_HISTORY: usize = 200;
 
@@ -53,6 +61,11 @@ pub(super) enum Command {
     SetPaused(String, bool, oneshot::Sender<Result<Monitor, EngineError>>),
     Job(String, JobSignal, oneshot::Sender<Result<(), EngineError>>),
     Due(String),
+    /// Answered as soon as the worker takes it: the thread is alive and not stuck.
+    Probe(oneshot::Sender<()>),
+    /// Tests: holds the worker for a while, as a stuck disk would.
+    #[cfg(test)]
+    Stall(std::time::Duration),
 }
 
 /// Answers a command once its round is durable (or failed).
@@ -70,6 +83,10 @@ struct Round {
     pings: RoundBlocks,
     alerts: Vec<outbox::Record>,
     done: Vec<Done>,
+    /// Monitors removed in this round.
+    removed: std::collections::HashSet<String>,
+    /// State transitions to broadcast once the round is on disk.
+    changes: Vec<Change>,
 }
 
 impl Round {
@@ -96,6 +113,130 @@ pub(super) struct Worker {
     /// Transitions written per monitor since start; the timeline is trimmed only every
     /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history.
     pub(super) transitions_since_trim: RefCell<HashMap<u64, u32>>,
+    /// Why the last round could not be written, until one is.
+    pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Monitors as rounds handed to the committer and not applied yet left them (`None`:
+    /// removed), with the round's number: what the next rounds build on.
+    pub(super) inflight: RefCell<HashMap<String, (u64, Option<Monitor>)>>,
+    /// How far rounds have been numbered, applied and failed.
+    pub(super) written: Arc<Written>,
+    /// Tests make writes fail with this.
+    #[cfg(test)]
+    pub(super) fail_writes: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Round numbers: the last one handed to the committer (engine thread), the last one
+/// applied and the first one that failed (commit thread).
+#[derive(Debug)]
+pub(super) struct Written {
+    submitted: AtomicU64,
+    applied: AtomicU64,
+    failed_from: AtomicU64,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            submitted: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            failed_from: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Written {
+    fn next(&self) -> u64 {
+        self.submitted.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether round `seq`'s staged state is what the next rounds build on: handed over,
+    /// not applied yet (then readers have it) and not failed (then the disk does not).
+    fn pending(&self, seq: u64) -> bool {
+        seq > self.applied() && seq < self.failed_from.load(Ordering::Acquire)
+    }
+}
+
+/// A round handed to the committer, for readers once it is applied.
+struct Published {
+    seq: u64,
+    monitors: HashMap<String, Monitor>,
+    removed: std::collections::HashSet<String>,
+    changes: Vec<Change>,
+    alerts: bool,
+    done: Vec<Done>,
+}
+
+/// Everyone who sees a round once it is written: the snapshot, the deadline scheduler,
+/// subscribers to state transitions and the outbox; run on the commit thread, in order.
+struct Readers {
+    snapshot: Snapshot,
+    scheduler: SchedulerHandle<String>,
+    changes: broadcast::Sender<Change>,
+    outbox: Outbox,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    written: Arc<Written>,
+}
+
+impl Readers {
+    /// Publishes round `p` if it was written (`Ok`), then answers its callers.
+    fn settle(&self, p: Published, result: Result<(), String>) {
+        match &result {
+            Ok(()) => {
+                self.publish(&p);
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.written.applied.store(p.seq, Ordering::Release);
+                if p.alerts {
+                    self.outbox.wake();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a round of monitor changes was not written");
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                self.written.failed_from.fetch_min(p.seq, Ordering::Release);
+            }
+        }
+        for d in p.done {
+            d(result.clone().map_err(EngineError::Write));
+        }
+    }
+
+    /// The snapshot, the deadlines and the transitions, in the order they happened.
+    fn publish(&self, p: &Published) {
+        {
+            let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            for key in &p.removed {
+                if !p.monitors.contains_key(key) {
+                    snapshot.remove(key);
+                }
+            }
+            for m in p.monitors.values() {
+                snapshot.insert(m.clone());
+            }
+        }
+        for key in &p.removed {
+            if !p.monitors.contains_key(key) {
+                self.scheduler.disarm(key.clone());
+            }
+        }
+        for m in p.monitors.values() {
+            arm(&self.scheduler, m);
+        }
+        for change in &p.changes {
+            let _ = self.changes.send(change.clone());
+        }
+    }
+}
+
+/// Arms `m`'s next deadline (or none).
+fn arm(scheduler: &SchedulerHandle<String>, m: &Monitor) {
+    match state::next_wakeup(&m.def.timing(), &m.state) {
+        Some(at) => scheduler.arm(m.def.key.clone(), at),
+        None => scheduler.disarm(m.def.key.clone()),
+    }
 }
 
 impl Worker {
@@ -106,6 +247,9 @@ impl Worker {
             let mut round = Round::default();
             self.handle(first, &mut round);
             for _ in 1..MAX_ROUND {
+                if round.pings.bytes() >= ROUND_BYTES {
+                    break;
+                }
                 match rx.try_recv() {
                     Ok(cmd) => self.handle(cmd, &mut round),
                     Err(_) => break,
@@ -117,6 +261,23 @@ impl Worker {
 
     fn read(&self) -> RwLockReadGuard<'_, Monitors> {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Monitor `key` as this round left it so far: staged, removed, as a round on its way
+    /// to disk left it, or as published.
+    fn current(&self, key: &str, round: &Round) -> Option<Monitor> {
+        if round.removed.contains(key) {
+            return None;
+        }
+        if let Some(m) = round.monitors.get(key) {
+            return Some(m.clone());
+        }
+        if let Some((seq, m)) = self.inflight.borrow().get(key)
+            && self.written.pending(*seq)
+        {
+            return m.clone();
+        }
+        self.read().get(key).cloned()
     }
 
     fn handle(&self, cmd: Command, round: &mut Round) {
@@ -134,6 +295,11 @@ impl Worker {
                     let _ = reply.send(Err(e));
                 }
             },
+            Command::Probe(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(test)]
+            Command::Stall(d) => std::thread::sleep(d),
         }
     }
 
@@ -155,7 +321,9 @@ impl Worker {
         round: &mut Round,
     ) {
         let now = self.clock.now();
-        let paused = self.read().get(key).map(|m| m.state.state == State::Paused);
+        let paused = self
+            .current(key, round)
+            .map(|m| m.state.state == State::Paused);
         let signal = match (input.kind, input.rid.clone()) {
             (PingKind::Success, Some(rid)) => Signal::SuccessFor(now, rid),
             (PingKind::Success, None) => Signal::Success(now),
@@ -195,8 +363,8 @@ impl Worker {
         reply: oneshot::Sender<Result<Monitor, EngineError>>,
         round: &mut Round,
     ) {
-        match self.upsert(def) {
-            Ok((m, _)) if self.read().get(&m.def.key) == Some(&m) => {
+        match self.upsert(def, round) {
+            Ok((m, _)) if self.current(&m.def.key, round).as_ref() == Some(&m) => {
                 let _ = reply.send(Ok(m));
             }
             Ok((m, effects)) => {
@@ -220,7 +388,7 @@ impl Worker {
         round: &mut Round,
     ) {
         let now = self.clock.now();
-        let Some(mut m) = self.read().get(key).cloned() else {
+        let Some(mut m) = self.current(key, round) else {
             let _ = reply.send(Err(EngineError::NotFound));
             return;
         };
@@ -250,7 +418,7 @@ impl Worker {
         round: &mut Round,
         done: Done,
     ) {
-        let Some(m) = self.read().get(key).cloned() else {
+        let Some(m) = self.current(key, round) else {
             done(Err(EngineError::NotFound));
             return;
         };
@@ -263,8 +431,11 @@ impl Worker {
             _ => None,
         };
         if record.is_none() && new_state == m.state && effects.is_empty() {
-            // Nothing changed (e.g. a stale deadline): keep the schedule right, write nothing.
-            self.publish(&m);
+            // Nothing changed (e.g. a stale deadline): keep the schedule right, write
+            // nothing. A monitor staged in this round is armed when the round is written.
+            if !round.monitors.contains_key(key) {
+                arm(&self.scheduler, &m);
+            }
             done(Ok(()));
             return;
         }
@@ -333,9 +504,13 @@ impl Worker {
 
     /// The monitor `def` defines, and the effects of the change: a known monitor keeps its
     /// id, creation time and state; one deleted with `Retain` picks its state back up.
-    fn upsert(&self, mut def: MonitorDef) -> Result<(Monitor, Vec<Effect>), EngineError> {
+    fn upsert(
+        &self,
+        mut def: MonitorDef,
+        round: &Round,
+    ) -> Result<(Monitor, Vec<Effect>), EngineError> {
         let now = self.clock.now();
-        if let Some(old) = self.read().get(&def.key).cloned() {
+        if let Some(old) = self.current(&def.key, round) {
             def.created_at = old.def.created_at;
             def.id = old.def.id.clone();
             if def == old.def {
@@ -381,17 +556,12 @@ impl Worker {
     }
 
     fn remove(&self, key: &str, round: &mut Round) -> Result<(), EngineError> {
-        let Some(m) = self
-            .snapshot
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key)
-        else {
+        let Some(m) = self.current(key, round) else {
             return Ok(());
         };
-        self.scheduler.disarm(key.to_string());
         self.transitions_since_trim.borrow_mut().remove(&m.num);
         round.monitors.remove(key);
+        round.removed.insert(key.to_string());
         round.ops.push((monitor_key(key), None));
         if m.def.retain_on_delete {
             // Keep history and state under the retained key so a re-created monitor finds
@@ -419,19 +589,8 @@ impl Worker {
         Ok(())
     }
 
-    fn publish(&self, m: &Monitor) {
-        self.snapshot
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(m.clone());
-        match state::next_wakeup(&m.def.timing(), &m.state) {
-            Some(at) => self.scheduler.arm(m.def.key.clone(), at),
-            None => self.scheduler.disarm(m.def.key.clone()),
-        }
-    }
-
     /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
-    /// effects call for) and publishes it to readers; `done` runs once the round is on disk.
+    /// effects call for); readers see it and `done` runs once the round is on disk.
     fn stage(
         &self,
         m: &Monitor,
@@ -442,7 +601,7 @@ impl Worker {
     ) {
         match self.stage_changes(m, effects, ping, round) {
             Ok(()) => {
-                self.publish(m);
+                round.removed.remove(&m.def.key);
                 round.done.push(done);
             }
             Err(e) => done(Err(e)),
@@ -494,7 +653,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Stores the transition in the monitor's timeline and broadcasts it.
+    /// Stores the transition in the monitor's timeline, to be broadcast once it is written.
     fn stage_transition(
         &self,
         m: &Monitor,
@@ -520,7 +679,7 @@ impl Worker {
             transition_key(m.num, at, idx).to_vec(),
             Some(serde_json::to_vec(&record)?),
         ));
-        let _ = self.changes.send(Change {
+        round.changes.push(Change {
             key: m.def.key.clone(),
             from,
             to,
@@ -583,78 +742,111 @@ impl Worker {
     /// Hands a round to the group committer as one commit-log record (monitor state, pings,
     /// timeline and the alerts it queues, all or nothing) and goes on with the next round
     /// while the disk flushes this one: the next round reads this one's writes through the
-    /// committer's reader. Its callers are answered once it is applied, so whoever reads
-    /// the history after an answer finds the ping there.
-    fn write(&self, round: Round) {
+    /// committer's reader and its monitors through [`Worker::current`]. Once the record is
+    /// applied, readers see the round and its callers are answered, so whoever reads the
+    /// history after an answer finds the ping there; a round that is not written is never
+    /// published.
+    fn write(&self, mut round: Round) {
         if round.is_empty() {
             return;
         }
         let alerts = !round.alerts.is_empty();
-        let mut writes = match self.round_writes(round.ops, round.pings, round.monitors) {
+        let writes = match self.round_writes(&mut round) {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(error = %e, "encoding monitor state failed");
-                for d in round.done {
-                    d(Err(EngineError::Write(e.to_string())));
-                }
-                return;
+                let e = format!("encoding monitor state failed: {e}");
+                return self.refuse(round, e);
             }
         };
-        writes.extend(
-            round
-                .alerts
-                .into_iter()
-                .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
-        );
-        let outbox = alerts.then(|| self.outbox.clone());
-        let mut done = Some(round.done);
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.refuse(
+                round,
+                "writing monitor state failed: injected failure".into(),
+            );
+        }
+        let seq = self.written.next();
+        {
+            let mut inflight = self.inflight.borrow_mut();
+            let applied = self.written.applied();
+            inflight.retain(|_, (s, _)| *s > applied);
+            for key in &round.removed {
+                inflight.insert(key.clone(), (seq, None));
+            }
+            for (key, m) in &round.monitors {
+                inflight.insert(key.clone(), (seq, Some(m.clone())));
+            }
+        }
+        let mut published = Some(Published {
+            seq,
+            monitors: std::mem::take(&mut round.monitors),
+            removed: std::mem::take(&mut round.removed),
+            changes: std::mem::take(&mut round.changes),
+            alerts,
+            done: std::mem::take(&mut round.done),
+        });
+        let readers = self.readers();
         self.committer.submit(
             writes,
             Box::new(move |progress| {
                 let result = match progress {
                     Progress::Durable => return,
-                    Progress::Applied => {
-                        if let Some(outbox) = &outbox {
-                            outbox.wake();
-                        }
-                        Ok(())
-                    }
-                    Progress::Failed(e) => {
-                        tracing::error!(error = %e, "writing monitor state failed");
-                        Err(e.to_string())
-                    }
+                    Progress::Applied => Ok(()),
+                    Progress::Failed(e) => Err(format!("writing monitor state failed: {e}")),
                 };
-                for d in done.take().into_iter().flatten() {
-                    d(result.clone().map_err(EngineError::Write));
+                if let Some(p) = published.take() {
+                    readers.settle(p, result);
                 }
             }),
         );
     }
 
-    /// A round's changes to the monitors tree as writes, in the order they were staged;
-    /// ping blocks and monitor records come after the other changes, since a monitor
-    /// removed in the round is no longer among them.
-    fn round_writes(
-        &self,
-        ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-        pings: RoundBlocks,
-        monitors: HashMap<String, Monitor>,
-    ) -> Result<Vec<Mutation>, serde_json::Error> {
-        let mut writes: Vec<Mutation> = Vec::with_capacity(ops.len() + monitors.len() + 1);
-        for (k, v) in ops {
+    /// Answers a round that could not be handed to the committer with `error`.
+    fn refuse(&self, mut round: Round, error: String) {
+        tracing::error!(error = %error, "a round of monitor changes was not written");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+        for d in std::mem::take(&mut round.done) {
+            d(Err(EngineError::Write(error.clone())));
+        }
+    }
+
+    /// What a written round is handed to.
+    fn readers(&self) -> Readers {
+        Readers {
+            snapshot: self.snapshot.clone(),
+            scheduler: self.scheduler.clone(),
+            changes: self.changes.clone(),
+            outbox: self.outbox.clone(),
+            failure: self.failure.clone(),
+            written: self.written.clone(),
+        }
+    }
+
+    /// A round's changes as writes, in the order they were staged; ping blocks and monitor
+    /// records come after the other changes, since a monitor removed in the round is no
+    /// longer among them; the alerts it queues come last.
+    fn round_writes(&self, round: &mut Round) -> Result<Vec<Mutation>, serde_json::Error> {
+        let mut writes: Vec<Mutation> =
+            Vec::with_capacity(round.ops.len() + round.monitors.len() + round.alerts.len() + 1);
+        for (k, v) in std::mem::take(&mut round.ops) {
             writes.push(match v {
                 Some(v) => Mutation::put(&self.tree, k, v),
                 None => Mutation::remove(&self.tree, k),
             });
         }
-        writes.extend(pings.into_writes(&self.tree));
-        for (key, m) in monitors {
+        writes.extend(std::mem::take(&mut round.pings).into_writes(&self.tree));
+        for (key, m) in &round.monitors {
             writes.push(Mutation::put(
                 &self.tree,
-                monitor_key(&key),
-                serde_json::to_vec(&m)?,
+                monitor_key(key),
+                serde_json::to_vec(m)?,
             ));
         }
+        writes.extend(
+            std::mem::take(&mut round.alerts)
+                .into_iter()
+                .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
+        );
         Ok(writes)
     }
 }

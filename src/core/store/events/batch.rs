@@ -23,6 +23,9 @@ pub struct EventWrite {
     pub value: EventValue,
     /// The client's `Idempotency-Key`, when it sent one.
     pub idempotency: Option<Idempotency>,
+    /// Most distinct event names the application may have: an event with a new name is
+    /// refused once it has this many.
+    pub name_limit: u32,
 }
 
 /// How long an `Idempotency-Key` keeps answering retries.
@@ -48,6 +51,27 @@ pub enum Outcome {
     Replayed,
     /// Its `Idempotency-Key` came with a different event within the window; nothing stored.
     KeyReused,
+    /// Its name would be one more distinct name than the application may have; nothing
+    /// stored.
+    TooManyNames,
+}
+
+/// How many distinct event names each application has, kept by the ingest writer (the one
+/// thread that adds names) so a batch need not count rollup keys.
+#[derive(Debug, Default)]
+pub struct NameCounts(std::sync::Mutex<HashMap<u64, usize>>);
+
+impl NameCounts {
+    /// Forgets what is known (a failed write, a purged application): counted again on use.
+    pub(crate) fn forget(&self, app: Option<u64>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match app {
+            Some(app) => {
+                map.remove(&app);
+            }
+            None => map.clear(),
+        }
+    }
 }
 
 /// Cuts one application's events, sorted by time, into stored blocks: each at most
@@ -69,6 +93,10 @@ fn split_blocks<'a, 'e>(events: &'a [(i64, &'e EventValue)]) -> Vec<&'a [(i64, &
     }
     out
 }
+
+/// Names a batch adds, per application.
+#[derive(Default)]
+struct NewNames<'a>(std::collections::HashSet<(u64, &'a str)>);
 
 /// What a batch adds to each rollup it touches, one map per family, in the order their
 /// new values are written.
@@ -129,6 +157,8 @@ pub(crate) struct Prepare<'a> {
     pub db: &'a sled::Db,
     /// Reads that see batches not applied yet.
     pub reader: &'a PendingReader<'a>,
+    /// Distinct event names per application, kept by the commit thread.
+    pub names: &'a NameCounts,
 }
 
 impl Store {
@@ -145,6 +175,7 @@ impl Store {
             events: &self.events,
             db: &self.db,
             reader: &reader,
+            names: &self.names,
         }
         .event_writes(all, now)
     }
@@ -203,6 +234,7 @@ impl Prepare<'_> {
         let mut out = Vec::with_capacity(all.len() + 8);
         let (stored, outcomes) = self.settle_idempotency(all, now, &mut out)?;
         self.push_blocks(&stored, &mut out)?;
+        self.push_latest(&stored, &mut out)?;
         self.push_rollups(RollupDeltas::of(&stored), &mut out)?;
         Ok((out, outcomes))
     }
@@ -218,11 +250,15 @@ impl Prepare<'_> {
         let mut outcomes = Vec::with_capacity(all.len());
         let mut accepted = HashMap::new();
         let mut stored = Vec::with_capacity(all.len());
+        let mut names = NewNames::default();
         for w in all {
             let outcome = match &w.idempotency {
-                None => Outcome::Stored,
+                None => self.name_outcome(w, &mut names)?,
                 Some(idem) => {
-                    let o = self.idempotency_outcome(w.app, idem, now, &accepted)?;
+                    let mut o = self.idempotency_outcome(w.app, idem, now, &accepted)?;
+                    if o == Outcome::Stored {
+                        o = self.name_outcome(w, &mut names)?;
+                    }
                     if o == Outcome::Stored {
                         accepted.insert((w.app, idem.key), idem.fingerprint);
                         out.push(Mutation::put(
@@ -240,6 +276,40 @@ impl Prepare<'_> {
             outcomes.push(outcome);
         }
         Ok((stored, outcomes))
+    }
+
+    /// Whether `w`'s name may be stored: a name the application has, or a new one while it
+    /// has fewer than its limit. New names of this batch count as they are accepted.
+    fn name_outcome<'a>(
+        &self,
+        w: &'a EventWrite,
+        batch: &mut NewNames<'a>,
+    ) -> Result<Outcome, StoreError> {
+        let name = w.value.event.as_str();
+        if batch.0.contains(&(w.app, name))
+            || self
+                .reader
+                .read(self.events, &keys::total_key(w.app, None, name))?
+                .is_some()
+        {
+            return Ok(Outcome::Stored);
+        }
+        let mut counts = self.names.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = match counts.get(&w.app) {
+            Some(n) => *n,
+            None => {
+                let prefix = keys::scope_prefix(keys::Family::Total, w.app, None);
+                let n = self.reader.keys_with_prefix(self.events, &prefix)?.len();
+                counts.insert(w.app, n);
+                n
+            }
+        };
+        if count >= usize::try_from(w.name_limit).unwrap_or(usize::MAX) {
+            return Ok(Outcome::TooManyNames);
+        }
+        counts.insert(w.app, count + 1);
+        batch.0.insert((w.app, name));
+        Ok(Outcome::Stored)
     }
 
     /// The raw events, as blocks per application.
@@ -271,6 +341,49 @@ impl Prepare<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The newest event time of each application in the batch, where it moved forward.
+    fn push_latest(
+        &self,
+        events: &[&EventWrite],
+        out: &mut Vec<Mutation>,
+    ) -> Result<(), StoreError> {
+        let mut newest: HashMap<u64, i64> = HashMap::new();
+        for w in events {
+            let at = keys::micros(w.at);
+            newest
+                .entry(w.app)
+                .and_modify(|m| *m = (*m).max(at))
+                .or_insert(at);
+        }
+        for (app, at) in newest {
+            if self
+                .latest_event_micros(app)?
+                .is_none_or(|known| at > known)
+            {
+                out.push(Mutation::put(
+                    self.events,
+                    keys::latest_key(app).to_vec(),
+                    at.to_le_bytes().to_vec(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest event time recorded for `app`, the previous batch's included (it may be
+    /// on its way to disk still). Every application with stored events has the record: the
+    /// store writes it at open for data from before there was one.
+    fn latest_event_micros(&self, app: u64) -> Result<Option<i64>, StoreError> {
+        let Some(v) = self.reader.read(self.events, &keys::latest_key(app))? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            what: "newest event time".into(),
+            detail: hex::encode(&v),
+        })?;
+        Ok(Some(i64::from_le_bytes(bytes)))
     }
 
     /// Every touched rollup's new absolute value: the stored one plus the batch's delta.

@@ -24,6 +24,7 @@ impl Store {
             events: &self.events,
             db: &self.db,
             reader: &reader,
+            names: &self.names,
         };
         let mut stored = 0;
         for batch in batches {

@@ -168,9 +168,60 @@ impl Store {
         Ok(n)
     }
 
-    /// Time of the newest stored event of an application.
+    /// Time of the newest event an application stored (retention may have deleted it
+    /// since).
     pub fn last_event_at(&self, app: u64) -> Result<Option<Timestamp>, StoreError> {
         self.visible.wait();
+        Ok(self
+            .latest_event_micros(app)?
+            .and_then(|m| Timestamp::from_microsecond(m).ok()))
+    }
+
+    /// The newest event time of an application in microseconds: its record, kept by the
+    /// ingest writer, or for data stored before there was one, found in the blocks.
+    pub(crate) fn latest_event_micros(&self, app: u64) -> Result<Option<i64>, StoreError> {
+        if let Some(v) = self.events.get(keys::latest_key(app))? {
+            let bytes: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                what: "newest event time".into(),
+                detail: hex::encode(&v),
+            })?;
+            return Ok(Some(i64::from_le_bytes(bytes)));
+        }
+        self.newest_in_blocks(app)
+    }
+
+    /// Writes the newest-event record of every application whose events were stored
+    /// before there was one, so reading it never decodes blocks again. Runs at open, before
+    /// the ingest writer (the record's only other writer) starts; the record is derived
+    /// data, so it bypasses the commit log.
+    pub(crate) fn remember_newest_events(&self) -> Result<(), StoreError> {
+        let mut next = Some(0u64);
+        while let Some(from) = next {
+            let Some(item) = self
+                .events
+                .range(keys::event_bound(from, i64::MIN).to_vec()..vec![Family::Event as u8 + 1])
+                .next()
+            else {
+                break;
+            };
+            let (k, _) = item?;
+            let Some((app, _)) = keys::parse_event_key(&k) else {
+                break;
+            };
+            if self.events.get(keys::latest_key(app))?.is_none()
+                && let Some(newest) = self.newest_in_blocks(app)?
+            {
+                self.events
+                    .insert(keys::latest_key(app), &newest.to_le_bytes()[..])?;
+            }
+            next = app.checked_add(1);
+        }
+        Ok(())
+    }
+
+    /// The newest event time found by reading blocks from the end (decoding each, so only
+    /// for data without a [`keys::latest_key`] record).
+    fn newest_in_blocks(&self, app: u64) -> Result<Option<i64>, StoreError> {
         let lo = keys::event_bound(app, i64::MIN);
         let mut newest: Option<i64> = None;
         for item in self.events.range(lo.to_vec()..keys::events_end(app)).rev() {
@@ -187,7 +238,7 @@ impl Store {
                 .and_then(|events| events.iter().map(|(at, _)| *at).max());
             newest = newest.max(last);
         }
-        Ok(newest.and_then(|m| Timestamp::from_microsecond(m).ok()))
+        Ok(newest)
     }
 
     /// Event counts per UTC hour in `[from_hour, to_hour)`, per event name (charts).

@@ -26,8 +26,15 @@ impl Store {
         let lo = keys::event_bound(app, i64::MIN).to_vec();
         let hi = keys::event_bound(app, whole).to_vec();
         let mut removed = self.purge_range(lo, hi.clone(), keys::event_count_of)?;
+        // Blocks that straddle the cutoff are rewritten a few hundred at a time, so a span
+        // holding millions of events (a backfill of one instant) never sits in one batch.
         let mut batch = sled::Batch::default();
+        let mut staged = 0;
         for item in self.events.range(hi..keys::event_bound(app, cut).to_vec()) {
+            if staged == 256 {
+                self.events.apply_batch(std::mem::take(&mut batch))?;
+                staged = 0;
+            }
             let (k, v) = item?;
             let Some((first, _)) = keys::parse_block_key(&k) else {
                 continue;
@@ -41,6 +48,7 @@ impl Store {
                 .map(|(at, e)| (*at, e))
                 .collect();
             removed += events.len() - keep.len();
+            staged += 1;
             if keep.is_empty() {
                 batch.remove(k);
             } else if keep.len() < events.len() {
@@ -102,6 +110,7 @@ impl Store {
             Family::UserTotal,
             Family::HourRollup,
             Family::Idempotency,
+            Family::Latest,
         ] {
             for k in self
                 .events
@@ -112,6 +121,7 @@ impl Store {
             }
         }
         self.events.apply_batch(batch)?;
+        self.names.forget(Some(app));
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ fn batch(store: &Store, events: &[(u64, i64, &str)]) {
             date: 20240101,
             value: ev(name, None),
             idempotency: None,
+            name_limit: u32::MAX,
         })
         .collect();
     let refs: Vec<&EventWrite> = writes.iter().collect();
@@ -149,6 +150,7 @@ async fn an_idempotency_key_answers_for_24_hours_then_expires() {
         date: 20231114,
         value: ev("e", None),
         idempotency: Some(idem(fp)),
+        name_limit: u32::MAX,
     };
     let run = |now: Timestamp, ws: &[EventWrite]| {
         let refs: Vec<&EventWrite> = ws.iter().collect();
@@ -175,6 +177,92 @@ async fn an_idempotency_key_answers_for_24_hours_then_expires() {
     assert_eq!(run(hours(26), &[write(3)]), vec![Outcome::Replayed]);
     assert_eq!(store.purge_idempotency(1, hours(80)).unwrap(), 1);
     assert_eq!(run(hours(26), &[write(3)]), vec![Outcome::Stored]);
+}
+
+#[tokio::test]
+async fn newest_event_time_is_read_without_decoding_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    for _ in 0..5 {
+        batch(&store, &[(1, T, "same"), (1, T, "instant")]);
+    }
+    batch(&store, &[(1, T + 5, "newest"), (1, T - 5, "older")]);
+    // Damage every block: the newest time must not need them.
+    let prefix = keys::scope_prefix(keys::Family::Event, 1, None);
+    for k in store.events.scan_prefix(&prefix).keys() {
+        store
+            .events
+            .insert(k.unwrap(), &b"\x02damaged"[..])
+            .unwrap();
+    }
+    assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 5)));
+}
+
+#[tokio::test]
+async fn data_stored_before_the_newest_event_record_gets_one_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        batch(&store, &[(1, T + 7, "newest"), (2, T, "other")]);
+        batch(&store, &[(1, T, "a")]);
+        for app in [1, 2] {
+            store.events.remove(keys::latest_key(app)).unwrap();
+        }
+        store.flush().await.unwrap();
+    }
+    // sled's lock goes once the committer's thread has let go of the database.
+    let store = loop {
+        match Store::open(dir.path(), &StoreOptions::default()) {
+            Ok(s) => break s,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let record = |app| store.events.get(keys::latest_key(app)).unwrap();
+    assert_eq!(record(1).as_deref(), Some(&(T + 7).to_le_bytes()[..]));
+    assert_eq!(record(2).as_deref(), Some(&T.to_le_bytes()[..]));
+    assert_eq!(store.last_event_at(1).unwrap(), Some(at(T + 7)));
+}
+
+#[tokio::test]
+async fn a_new_name_past_the_limit_is_refused_and_known_names_still_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+    let write = |app: u64, name: &str| EventWrite {
+        app,
+        at: at(T),
+        date: 20231114,
+        value: ev(name, None),
+        idempotency: None,
+        name_limit: 3,
+    };
+    let run = |ws: &[EventWrite]| {
+        let refs: Vec<&EventWrite> = ws.iter().collect();
+        let (w, outcomes) = store.event_writes(&refs, Timestamp::now()).unwrap();
+        store.committer().log_blocking(w).unwrap();
+        outcomes
+    };
+    use Outcome::{Stored, TooManyNames};
+    // Two names in one batch, the third and fourth racing in the next: one wins.
+    assert_eq!(
+        run(&[write(1, "a"), write(1, "b"), write(1, "a")]),
+        vec![Stored; 3]
+    );
+    assert_eq!(
+        run(&[write(1, "c"), write(1, "d"), write(1, "c"), write(2, "d")]),
+        vec![Stored, TooManyNames, Stored, Stored]
+    );
+    // Known names keep counting; the limit is per application.
+    assert_eq!(
+        run(&[write(1, "a"), write(1, "e")]),
+        vec![Stored, TooManyNames]
+    );
+    assert_eq!(store.event_count(1).unwrap(), 6);
+    // After a restart the count is read back from the totals.
+    store.names.forget(None);
+    assert_eq!(
+        run(&[write(1, "f"), write(1, "b")]),
+        vec![TooManyNames, Stored]
+    );
 }
 
 /// Every key and value of a store's events tree.
@@ -207,6 +295,7 @@ async fn a_bulk_load_stores_what_committed_batches_store() {
                             (i % 4 != 0).then_some(n % 5),
                         ),
                         idempotency: None,
+                        name_limit: u32::MAX,
                     }
                 })
                 .collect()

@@ -1,0 +1,572 @@
+//! The delivery scheduler: one queue per target, a bounded number of deliveries in flight,
+//! and the notification rules of [`policy`](super::policy) deciding what each target gets.
+//!
+//! One task owns the bookkeeping; each delivery runs in a task of its own, at most
+//! [`OutboxConfig::concurrency`](super::outbox::OutboxConfig) at once and one per target,
+//! so a target that accepts a connection and never answers holds up its own queue only:
+//! another monitor's email goes out meanwhile. Targets are told apart by
+//! [`Target::identity`](super::message::Target::identity), whatever kind of channel they
+//! are, so a new kind of target gets its queue, order, flapping rule and cap for free.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::message::AlertKind;
+use super::outbox::{Delivery, Outbox, OutboxError, backoff};
+use super::policy::{self, Decision, Queued, TargetHistory};
+use super::{Deliver, DeliveryError};
+
+/// Longest sleep between two looks at the queues, whatever they say.
+const IDLE_LOOK: Duration = Duration::from_secs(30);
+
+/// A delivery attempt's result, handed back to the scheduler task.
+struct Attempted {
+    identity: String,
+    key: Vec<u8>,
+    delivery: Delivery,
+    settled: Option<usize>,
+    result: Result<(), DeliveryError>,
+}
+
+struct Scheduler {
+    outbox: Outbox,
+    courier: Arc<dyn Deliver>,
+    histories: HashMap<String, TargetHistory>,
+    /// Targets with a delivery in flight.
+    busy: HashSet<String>,
+    /// Delivered, but their finish could not be written: never sent again by this process.
+    unrecorded: HashSet<Vec<u8>>,
+    /// Rescheduled, but the new attempt time could not be written.
+    rescheduled: HashMap<Vec<u8>, Delivery>,
+    permits: Arc<Semaphore>,
+    done_tx: mpsc::UnboundedSender<Attempted>,
+    done_rx: mpsc::UnboundedReceiver<Attempted>,
+}
+
+/// Runs the scheduler for `outbox` until the process ends.
+pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut s = Scheduler {
+        permits: Arc::new(Semaphore::new(outbox.config.concurrency.max(1))),
+        outbox,
+        courier,
+        histories: HashMap::new(),
+        busy: HashSet::new(),
+        unrecorded: HashSet::new(),
+        rescheduled: HashMap::new(),
+        done_tx,
+        done_rx,
+    };
+    loop {
+        let wake_at = s.dispatch().await;
+        let sleep = Timestamp::now()
+            .duration_until(wake_at)
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+            .min(IDLE_LOOK);
+        tokio::select! {
+            () = s.outbox.woken() => {}
+            Some(done) = s.done_rx.recv() => s.settle(done).await,
+            () = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+impl Scheduler {
+    /// The pending deliveries per target identity, each queue oldest first.
+    fn queues(&self) -> BTreeMap<String, Vec<(Vec<u8>, Delivery)>> {
+        let mut queues: BTreeMap<String, Vec<(Vec<u8>, Delivery)>> = BTreeMap::new();
+        for (key, d) in self.outbox.load_pending() {
+            if self.unrecorded.contains(&key) {
+                continue;
+            }
+            let d = self.rescheduled.get(&key).cloned().unwrap_or(d);
+            queues
+                .entry(d.target.identity())
+                .or_default()
+                .push((key, d));
+        }
+        for q in queues.values_mut() {
+            q.sort_by(|a, b| (a.1.created_at, &a.0).cmp(&(b.1.created_at, &b.0)));
+        }
+        queues
+    }
+
+    fn history(&mut self, identity: &str) -> &mut TargetHistory {
+        let outbox = &self.outbox;
+        self.histories
+            .entry(identity.to_string())
+            .or_insert_with(|| outbox.history(identity))
+    }
+
+    /// Starts what may start now on every idle target; returns when to look again.
+    async fn dispatch(&mut self) -> Timestamp {
+        loop {
+            let now = Timestamp::now();
+            let mut wake = plus(now, IDLE_LOOK);
+            let mut changed = false;
+            let queues = self.queues();
+            // A target whose queue is empty is no longer held back by its cap.
+            for (identity, h) in &mut self.histories {
+                h.capped &= queues.contains_key(identity);
+            }
+            for (identity, queue) in queues {
+                if self.busy.contains(&identity) {
+                    continue;
+                }
+                let config = self.outbox.config.policy;
+                let queued: Vec<Queued> = queue
+                    .iter()
+                    .map(|(key, d)| Queued {
+                        key,
+                        monitor: d.alert.monitor_key(),
+                        created_at: d.created_at,
+                        next_attempt_at: d.next_attempt_at,
+                        flapping: d.alert.kind == AlertKind::Flapping,
+                    })
+                    .collect();
+                let decision = policy::decide(&config, self.history(&identity), &queued, now);
+                match decision {
+                    Decision::Send { key, settled } => {
+                        let Some((_, d)) = queue.iter().find(|(k, _)| *k == key) else {
+                            continue;
+                        };
+                        if !self.start(&identity, key.clone(), d.clone(), settled) {
+                            // Every permit is taken: a finishing delivery wakes the loop.
+                            break;
+                        }
+                    }
+                    Decision::Flapping {
+                        key,
+                        monitor,
+                        notices,
+                    } => {
+                        self.queue_flapping_notice(&identity, &queue, &key, &monitor, notices)
+                            .await;
+                        changed = true;
+                    }
+                    Decision::Supersede { keys } => {
+                        self.supersede(&identity, &queue, &keys).await;
+                        changed = true;
+                    }
+                    Decision::Capped { until } => {
+                        if !self.history(&identity).capped {
+                            tracing::warn!(target = %identity, until = %until, "alert target reached its hourly cap; its notices wait, then only the newest per monitor goes");
+                            self.history(&identity).capped = true;
+                        }
+                        wake = wake.min(until);
+                    }
+                    Decision::Wait { until } => wake = wake.min(until),
+                    Decision::Idle => {}
+                }
+            }
+            if !changed {
+                return wake;
+            }
+        }
+    }
+
+    /// Starts delivering `d` to its target in a task of its own; false when no permit is
+    /// free.
+    fn start(&mut self, identity: &str, key: Vec<u8>, d: Delivery, settled: Option<usize>) -> bool {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return false;
+        };
+        self.busy.insert(identity.to_string());
+        let courier = self.courier.clone();
+        let done = self.done_tx.clone();
+        let identity = identity.to_string();
+        tokio::spawn(async move {
+            let alert = match settled {
+                Some(held) => d.alert.settled(held),
+                None => d.alert.clone(),
+            };
+            let result = courier.deliver(&alert, &d.target).await;
+            drop(permit);
+            let _ = done.send(Attempted {
+                identity,
+                key,
+                delivery: d,
+                settled,
+                result,
+            });
+        });
+        true
+    }
+
+    /// Records a finished attempt: delivered, failed, skipped, or rescheduled.
+    async fn settle(&mut self, a: Attempted) {
+        self.busy.remove(&a.identity);
+        let mut d = a.delivery;
+        d.attempts += 1;
+        let stats = self.outbox.stats.clone();
+        let (outcome, detail, sent) = match a.result {
+            Ok(()) => {
+                tracing::info!(alert = %d.alert.id, attempts = d.attempts, "alert delivered");
+                stats.delivered.inc();
+                ("delivered", None, true)
+            }
+            Err(DeliveryError::Unconfigured(msg)) => {
+                tracing::warn!(alert = %d.alert.id, reason = %msg, "alert not sent: its channel is not configured");
+                stats.skipped.inc();
+                ("skipped", Some(msg), false)
+            }
+            Err(DeliveryError::Permanent(msg)) => {
+                tracing::warn!(alert = %d.alert.id, error = %msg, "alert delivery failed permanently");
+                stats.failed.inc();
+                ("failed", Some(msg), false)
+            }
+            Err(DeliveryError::Transient(msg)) => {
+                let given_up = SignedDuration::try_from(self.outbox.config.give_up_after)
+                    .is_ok_and(|limit| Timestamp::now().duration_since(d.created_at) > limit);
+                if !given_up {
+                    return self.reschedule(a.key, d, msg).await;
+                }
+                tracing::warn!(alert = %d.alert.id, error = %msg, attempts = d.attempts, "alert delivery given up");
+                stats.failed.inc();
+                ("failed", Some(format!("gave up: {msg}")), false)
+            }
+        };
+        let config = self.outbox.config.policy;
+        let now = Timestamp::now();
+        let monitor = d.alert.monitor_key().to_string();
+        let history = self.history(&a.identity);
+        if d.alert.kind == AlertKind::Flapping {
+            history.notice_sent(&config, sent, now);
+        } else {
+            history.record(
+                &config,
+                &monitor,
+                d.created_at,
+                sent,
+                a.settled.is_some(),
+                now,
+            );
+        }
+        let history = history.clone();
+        let writes =
+            self.outbox
+                .finish_writes(&a.key, &d, outcome, detail, (&a.identity, &history));
+        if let Err(e) = self.write_or(writes).await {
+            tracing::error!(error = %e, alert = %d.alert.id, "the outbox could not record a finished delivery; it will not be sent again until a restart");
+            self.unrecorded.insert(a.key);
+        } else {
+            self.rescheduled.remove(&a.key);
+        }
+    }
+
+    /// Schedules the next attempt of a delivery that failed for now.
+    async fn reschedule(&mut self, key: Vec<u8>, mut d: Delivery, msg: String) {
+        let delay = backoff(&self.outbox.config, d.attempts.saturating_sub(1), &key);
+        tracing::info!(alert = %d.alert.id, error = %msg, attempts = d.attempts, retry_in_ms = delay.as_millis() as u64, "alert delivery will be retried");
+        self.outbox.stats.retried.inc();
+        d.next_attempt_at = plus(Timestamp::now(), delay);
+        d.last_error = Some(msg);
+        let write = self.outbox.pending_write(&key, &d).map(|w| vec![w]);
+        if let Err(e) = self.write_or(write).await {
+            tracing::error!(error = %e, alert = %d.alert.id, "the outbox could not record a retry");
+            self.rescheduled.insert(key, d);
+        } else {
+            self.rescheduled.remove(&key);
+        }
+    }
+
+    /// Queues the "flapping" notice about `monitor` and marks it flapping, in one record.
+    async fn queue_flapping_notice(
+        &mut self,
+        identity: &str,
+        queue: &[(Vec<u8>, Delivery)],
+        key: &[u8],
+        monitor: &str,
+        notices: usize,
+    ) {
+        let Some((_, base)) = queue.iter().find(|(k, _)| k == key) else {
+            return;
+        };
+        let now = Timestamp::now();
+        let window = self.outbox.config.policy.flapping_window;
+        let notice = Delivery {
+            alert: base.alert.flapping(notices, window, now),
+            target: base.target.clone(),
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            last_error: None,
+        };
+        tracing::warn!(monitor, target = %identity, notices, "monitor is flapping: one notice instead of each Down and recovery");
+        let history = {
+            let h = self.history(identity);
+            h.start_flapping(monitor, now);
+            h.clone()
+        };
+        let writes = self
+            .outbox
+            .queue_write(&notice)
+            .and_then(|q| Ok(vec![q, self.outbox.history_write((identity, &history))?]));
+        if let Err(e) = self.write_or(writes).await {
+            tracing::error!(error = %e, "the outbox could not queue a flapping notice");
+            // Without the notice queued, the monitor must not stay flapping.
+            if let Some(m) = self.history(identity).monitors.get_mut(monitor) {
+                m.flapping_since = None;
+            }
+        }
+    }
+
+    /// Finishes `keys` as superseded by a newer notice about their monitor, in one record.
+    async fn supersede(&mut self, identity: &str, queue: &[(Vec<u8>, Delivery)], keys: &[Vec<u8>]) {
+        let config = self.outbox.config.policy;
+        let now = Timestamp::now();
+        let gone: Vec<&(Vec<u8>, Delivery)> =
+            queue.iter().filter(|(k, _)| keys.contains(k)).collect();
+        let Some((_, first)) = gone.first() else {
+            return;
+        };
+        let monitor = first.alert.monitor_key().to_string();
+        let raised: Vec<Timestamp> = gone.iter().map(|(_, d)| d.created_at).collect();
+        let history = {
+            let h = self.history(identity);
+            h.superseded(&config, &monitor, &raised, now);
+            h.clone()
+        };
+        let mut writes = Vec::new();
+        for (key, d) in &gone {
+            let detail = Some("a newer notice about the same monitor was sent instead".to_string());
+            match self
+                .outbox
+                .finish_writes(key, d, "superseded", detail, (identity, &history))
+            {
+                Ok(w) => writes.extend(w),
+                Err(e) => return tracing::error!(error = %e, "encoding an outbox record failed"),
+            }
+        }
+        self.outbox.stats.superseded.inc_by(gone.len() as u64);
+        if let Err(e) = self.outbox.write(writes).await {
+            tracing::error!(error = %e, "the outbox could not record superseded notices");
+            self.unrecorded.extend(gone.iter().map(|(k, _)| k.clone()));
+        }
+    }
+
+    /// Writes `writes` if they could be encoded.
+    async fn write_or(
+        &self,
+        writes: Result<Vec<crate::core::store::wal::Mutation>, OutboxError>,
+    ) -> Result<(), OutboxError> {
+        self.outbox.write(writes?).await
+    }
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::core::alert::message::{Alert, Target};
+    use crate::core::alert::outbox::{OutboxConfig, records};
+    use crate::core::alert::policy::PolicyConfig;
+    use crate::core::store::{Store, StoreOptions};
+
+    /// Records what it was asked to deliver; never answers for `black_hole`.
+    #[derive(Default)]
+    struct Courier {
+        black_hole: Option<Target>,
+        sent: Mutex<Vec<(Alert, Target)>>,
+    }
+
+    impl Deliver for Courier {
+        fn deliver<'a>(
+            &'a self,
+            alert: &'a Alert,
+            target: &'a Target,
+        ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            Box::pin(async move {
+                if self.black_hole.as_ref() == Some(target) {
+                    std::future::pending::<()>().await;
+                }
+                self.sent
+                    .lock()
+                    .unwrap()
+                    .push((alert.clone(), target.clone()));
+                Ok(())
+            })
+        }
+    }
+
+    impl Courier {
+        fn sent(&self) -> Vec<(Alert, Target)> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    fn alert(monitor: &str, n: i64, kind: AlertKind) -> Alert {
+        let at = Timestamp::from_second(1_700_000_000 + n).unwrap();
+        Alert {
+            id: format!("default/{monitor}:{}:{kind:?}", at.as_millisecond()),
+            kind,
+            monitor: monitor.into(),
+            display_name: None,
+            scope: "namespace default".into(),
+            reason: "test".into(),
+            occurred_at: at,
+            last_ping_at: None,
+            expected_at: None,
+            ping_hint: String::new(),
+        }
+    }
+
+    fn queue(outbox: &Outbox, alert: &Alert, target: &Target, created: Timestamp) {
+        for (k, v) in records(alert, std::slice::from_ref(target), created).unwrap() {
+            outbox.pending_tree().insert(k, v).unwrap();
+        }
+        outbox.wake();
+    }
+
+    fn open(config: OutboxConfig) -> (tempfile::TempDir, Store, Outbox) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let outbox = Outbox::open(&store.db, store.committer().clone(), config).unwrap();
+        (dir, store, outbox)
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn email() -> Target {
+        Target::Email {
+            to: vec!["ops@example.com".into()],
+        }
+    }
+
+    fn hole() -> Target {
+        Target::Webhook {
+            url: "http://192.0.2.1/never-answers".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_target_that_never_answers_holds_up_only_its_own_queue() {
+        let (_dir, _store, outbox) = open(OutboxConfig::default());
+        let courier = Arc::new(Courier {
+            black_hole: Some(hole()),
+            ..Default::default()
+        });
+        let now = Timestamp::now();
+        for (i, m) in ["a", "b", "c"].into_iter().enumerate() {
+            queue(&outbox, &alert(m, i as i64, AlertKind::Down), &hole(), now);
+        }
+        queue(&outbox, &alert("d", 9, AlertKind::Down), &email(), now);
+        tokio::spawn(outbox.clone().run(courier.clone()));
+        let started = std::time::Instant::now();
+        until("the email", || !courier.sent().is_empty()).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(courier.sent()[0].1, email());
+        // The black hole has one delivery in flight, the rest wait behind it in order.
+        until("the email's record", || outbox.pending_tree().len() == 3).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivery_whose_finish_cannot_be_written_is_not_sent_again() {
+        let (_dir, _store, outbox) = open(OutboxConfig::default());
+        let courier = Arc::new(Courier::default());
+        outbox.fail_writes.store(true, Ordering::Relaxed);
+        queue(
+            &outbox,
+            &alert("a", 0, AlertKind::Down),
+            &email(),
+            Timestamp::now(),
+        );
+        tokio::spawn(outbox.clone().run(courier.clone()));
+        until("the delivery", || courier.sent().len() == 1).await;
+        until("the failed write", || outbox.health().is_err()).await;
+        // The scheduler keeps looking (new alerts, timers) but never sends it again.
+        for _ in 0..20 {
+            outbox.wake();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(courier.sent().len(), 1);
+        assert!(
+            outbox
+                .health()
+                .unwrap_err()
+                .contains("cannot record deliveries")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_finished_delivery_leaves_the_queue_and_its_record_in_one_write() {
+        let (_dir, store, outbox) = open(OutboxConfig::default());
+        let courier = Arc::new(Courier::default());
+        queue(
+            &outbox,
+            &alert("a", 0, AlertKind::Down),
+            &email(),
+            Timestamp::now(),
+        );
+        tokio::spawn(outbox.clone().run(courier.clone()));
+        until("the delivery", || outbox.pending_tree().is_empty()).await;
+        let done = store.db.open_tree("outbox_done").unwrap();
+        let targets = store.db.open_tree("outbox_targets").unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(targets.len(), 1);
+        assert!(outbox.health().is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flapping_monitor_sends_one_notice_then_where_it_settled() {
+        let config = OutboxConfig {
+            policy: PolicyConfig {
+                flapping_notices: 3,
+                flapping_window: Duration::from_secs(2),
+                hourly_cap: 0,
+            },
+            ..Default::default()
+        };
+        let (_dir, _store, outbox) = open(config);
+        let courier = Arc::new(Courier::default());
+        tokio::spawn(outbox.clone().run(courier.clone()));
+        // Eight flips within a second: Down, recovery, Down, ...
+        for i in 0..8 {
+            let kind = if i % 2 == 0 {
+                AlertKind::Down
+            } else {
+                AlertKind::Recovery
+            };
+            queue(&outbox, &alert("a", i, kind), &email(), Timestamp::now());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        until("the settled notice", || outbox.pending_tree().is_empty()).await;
+        let kinds: Vec<(AlertKind, bool)> = courier
+            .sent()
+            .iter()
+            .map(|(a, _)| (a.kind, a.reason.contains("stable again after flapping")))
+            .collect();
+        use AlertKind::*;
+        assert_eq!(
+            kinds,
+            vec![
+                (Down, false),
+                (Recovery, false),
+                (Down, false),
+                (Flapping, false),
+                (Recovery, true)
+            ]
+        );
+        assert_eq!(outbox.stats.superseded.get(), 4);
+    }
+}

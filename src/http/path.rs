@@ -1,0 +1,19 @@
+//! Path parameters read so that a malformed one names nothing instead of failing the
+//! request.
+
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+
+/// One path parameter, percent-decoded. A segment that is not UTF-8 once decoded names
+/// nothing that exists, so it reads as empty and the route answers its own 404 (in the
+/// API's JSON shape) instead of axum's plain-text 400.
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let path = Path::<String>::from_request_parts(parts, state).await;
+        Ok(Self(path.map(|p| p.0).unwrap_or_default()))
+    }
+}

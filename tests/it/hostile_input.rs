@@ -1,0 +1,167 @@
+//! Malformed input against a real server process: every answer is a 4xx with the documented
+//! body, never a dropped connection.
+
+use std::time::Duration;
+
+use crate::helpers::{ChildServer, app_manifest, read_token};
+use serde_json::{Value, json};
+
+/// Dates with a multibyte character where the contract expects ASCII: each once panicked
+/// the parser (byte slicing inside a character) and the client got an empty reply.
+const MULTIBYTE_DATES: [&str; 5] = [
+    "2024-01-01T00:00:0\u{e9}",
+    "2024-01-01\u{e9}00:00:00",
+    "2024-01-01T00:00:00\u{e9}",
+    "\u{e9}024-01-01T00:00:00",
+    "2024-01-01 00:00:00+\u{1F600}",
+];
+
+fn encode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multibyte_dates_get_422_from_ingest_export_and_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let token = read_token(&data, "application", "shop");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    for date in MULTIBYTE_DATES {
+        let res = http
+            .post(format!("{}/api/v1/heartbeat", server.base))
+            .bearer_auth(&token)
+            .json(&json!({"event": "x", "created_at": date}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("ingest with {date:?}: no answer: {e}"));
+        assert_eq!(res.status(), 422, "{date:?}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "message": "The created at field must be a valid date.",
+                "errors": {"created_at": ["The created at field must be a valid date."]}
+            }),
+            "{date:?}"
+        );
+
+        for param in ["from", "to"] {
+            let url = format!("{}/api/v1/export.csv?{param}={}", server.base, encode(date));
+            let res = http
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("export with {param}={date:?}: no answer: {e}"));
+            assert_eq!(res.status(), 422, "{param}={date:?}");
+            let body: Value = res.json().await.unwrap();
+            let msg = body["error"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("query parameter {param} must be")),
+                "{msg}"
+            );
+        }
+    }
+
+    // The dashboard's filters read the same parser.
+    let login = http
+        .post(format!("{}/ui/login", server.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&next=%2Fui"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string();
+    for date in MULTIBYTE_DATES {
+        for path in ["", "/export.csv"] {
+            let url = format!(
+                "{}/ui/applications/default/shop{path}?from={}",
+                server.base,
+                encode(date)
+            );
+            let res = http
+                .get(&url)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("dashboard {path} with from={date:?}: no answer: {e}"));
+            assert_eq!(res.status(), 422, "{path} from={date:?}");
+        }
+    }
+
+    // The server is still there and still counting.
+    let res = http
+        .post(format!("{}/api/v1/heartbeat", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"event": "after"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+    std::fs::write(
+        manifests.join("hb.yaml"),
+        crate::helpers::heartbeat_manifest(
+            "job",
+            "1h",
+            "5m",
+            "  applicationRef:\n    name: shop\n",
+        ),
+    )
+    .unwrap();
+    let cases = [
+        (
+            None,
+            "127.0.0.1",
+            "ignored from a peer that is not a trusted proxy",
+        ),
+        (
+            Some("127.0.0.1,10.0.0.0/8"),
+            "203.0.113.7",
+            "through trusted proxies, the nearest hop they do not cover",
+        ),
+    ];
+    for (i, (trusted, want, why)) in cases.into_iter().enumerate() {
+        let data = dir.path().join(format!("data-{i}"));
+        let args: Vec<&str> = trusted
+            .map(|t| vec!["--trusted-proxies", t])
+            .unwrap_or_default();
+        let server = ChildServer::start(&manifests, &data, &args).await;
+        let token = read_token(&data, "application", "shop");
+        let res = reqwest::Client::new()
+            .post(crate::helpers::ping_url(&data, "job"))
+            .header("X-Forwarded-For", "6.6.6.6, 203.0.113.7, 10.0.0.1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let base = &server.base;
+        let list = crate::helpers::get_json(&format!("{base}/v1/heartbeats"), &token).await;
+        let id = list["heartbeats"][0]["id"].as_str().unwrap().to_string();
+        let pings =
+            crate::helpers::get_json(&format!("{base}/v1/heartbeats/{id}/pings"), &token).await;
+        assert_eq!(pings["pings"][0]["source"], want, "{why}");
+    }
+}
