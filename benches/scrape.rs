@@ -33,6 +33,7 @@ fn def(i: usize, now: jiff::Timestamp) -> MonitorDef {
         require_ping: false,
         paused: false,
         targets: Vec::new(),
+        alerting: Default::default(),
         application: Some(format!("bench/app-{}", i % 100)),
         token: TokenHash::of(&format!("t{i}")),
         ping_hint: String::new(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::alert::Deliver;
+use super::alert::channels::ChannelBook;
 use super::alert::outbox::{Outbox, OutboxConfig, OutboxError};
 use super::duration::SpecDuration;
 use super::limits::LimitDefaults;
@@ -70,6 +71,8 @@ pub struct Services {
     pub engine: Engine,
     /// Alerts waiting for delivery.
     pub outbox: Outbox,
+    /// The alert channels the front end resolved, and how delivery through each goes.
+    pub channels: ChannelBook,
 }
 
 impl Services {
@@ -112,6 +115,7 @@ impl Services {
             events,
             engine,
             outbox,
+            channels: ChannelBook::default(),
         })
     }
 
@@ -208,7 +212,8 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::core::monitor::engine::PingInput;
+    use crate::core::alert::channels::ChannelBook;
+use crate::core::monitor::engine::PingInput;
 
     async fn open(dir: &std::path::Path) -> Services {
         let config = ServicesConfig {
@@ -327,6 +332,7 @@ mod tests {
             require_ping: false,
             paused: false,
             targets: Vec::new(),
+            alerting: Default::default(),
             application: None,
             token: crate::core::token::TokenHash::of(name),
             ping_hint: String::new(),

@@ -70,6 +70,9 @@ impl Deliver for Notifier {
                     )),
                 },
                 Target::Webhook { url } => self.webhook.send(alert, url).await,
+                Target::Channel { channel } => Err(DeliveryError::Unconfigured(format!(
+                    "{channel}: delivery through channels is not built yet"
+                ))),
             }
         })
     }

@@ -59,6 +59,12 @@ pub enum Target {
         /// URL.
         url: String,
     },
+    /// An alert channel the front end resolved ([`ChannelBook`](super::channels::ChannelBook)
+    /// holds where it delivers, secrets included; the outbox stores only its name).
+    Channel {
+        /// Which channel.
+        channel: super::channels::ChannelRef,
+    },
 }
 
 impl Target {
@@ -73,6 +79,7 @@ impl Target {
                 ("email", to.join(","))
             }
             Target::Webhook { url } => ("webhook", url.clone()),
+            Target::Channel { channel } => ("channel", channel.to_string()),
         };
         let digest = sha2::Sha256::digest(who.as_bytes());
         format!("{kind}:{}", hex::encode(&digest[..8]))

@@ -121,6 +121,10 @@ pub fn delivery_key(alert: &Alert, target: &Target) -> Vec<u8> {
             "webhook:{}",
             hex::encode(&Sha256::digest(url.as_bytes())[..6])
         ),
+        Target::Channel { channel } => format!(
+            "channel:{}",
+            hex::encode(&Sha256::digest(channel.to_string().as_bytes())[..6])
+        ),
     };
     format!("{}|{suffix}", alert.id).into_bytes()
 }

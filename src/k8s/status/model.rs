@@ -413,6 +413,7 @@ mod tests {
                 require_ping: false,
                 paused: false,
                 targets: vec![],
+                alerting: Default::default(),
                 application: None,
                 token: TokenHash::of("x"),
                 ping_hint: String::new(),

@@ -440,6 +440,7 @@ mod tests {
                 require_ping: false,
                 paused: false,
                 targets: vec![],
+                alerting: Default::default(),
                 application: None,
                 token: TokenHash::of("job-token"),
                 ping_hint: String::new(),

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PingKind;
 use crate::core::alert::message::Target;
+use crate::core::alert::alerting::Alerting;
 use crate::core::cron::Schedule;
 use crate::core::monitor::state::{JobRules, MonitorState, State, Timing, secs_saturating};
 use crate::core::token::TokenHash;
@@ -64,6 +65,9 @@ pub struct MonitorDef {
     /// Resolved alert targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
+    /// When to notify: threshold, maintenance windows, the Heartbeat's own policy.
+    #[serde(default, skip_serializing_if = "Alerting::is_default")]
+    pub alerting: Alerting,
     /// Owning application key, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
@@ -206,6 +210,7 @@ mod samples {
                 require_ping: false,
                 paused: false,
                 targets: Vec::new(),
+                alerting: Default::default(),
                 application: None,
                 token: TokenHash::of(key),
                 ping_hint: String::new(),
