@@ -127,7 +127,7 @@ pub fn gate(
     windows: &[MaintenanceWindow],
     now: Timestamp,
 ) -> Gate {
-    if kind == AlertKind::Late && policy.notify_late != Some(true) {
+    if matches!(kind, AlertKind::Late | AlertKind::OnTime) && policy.notify_late != Some(true) {
         return Gate::Skip("notifyLate is not set");
     }
     if let Some(end) = maintenance_until(windows, now) {
@@ -222,10 +222,12 @@ mod tests {
             gate(AlertKind::Recovery, 0, opened, &policy, &[], early),
             Gate::Go
         );
-        assert!(matches!(
-            gate(AlertKind::Late, 0, opened, &policy, &[], early),
-            Gate::Skip(_)
-        ));
+        for warning in [AlertKind::Late, AlertKind::OnTime] {
+            assert!(matches!(
+                gate(warning, 0, opened, &policy, &[], early),
+                Gate::Skip(_)
+            ));
+        }
         let late = AlertPolicy {
             notify_late: Some(true),
             ..Default::default()
@@ -299,12 +301,14 @@ pub fn tidy(queue: &[Pending<'_>]) -> Tidy {
             out.stale.push(p.key.to_vec());
             continue;
         }
-        let unsent_down = p.kind == AlertKind::Down && p.repeat == 0 && p.attempts == 0 && p.held;
-        if unsent_down
-            && let Some(recovery) = queue
-                .iter()
-                .filter(later)
-                .find(|q| q.kind == AlertKind::Recovery)
+        let closer = match p.kind {
+            AlertKind::Down => AlertKind::Recovery,
+            AlertKind::Late => AlertKind::OnTime,
+            _ => continue,
+        };
+        let unsent = p.repeat == 0 && p.attempts == 0 && p.held;
+        if unsent
+            && let Some(recovery) = queue.iter().filter(later).find(|q| q.kind == closer)
             && !out.cancelled.iter().any(|k| k == recovery.key)
         {
             out.cancelled.push(p.key.to_vec());
@@ -351,5 +355,11 @@ mod tidy_tests {
         assert_eq!(tidy(&q), Tidy::default());
         // A repetition alone waits for its time.
         assert_eq!(tidy(&q[..1]), Tidy::default());
+        // A held Late warning and the end of it go the same way.
+        let q = [
+            p(b"late", AlertKind::Late, 0, 0, true),
+            p(b"ok", AlertKind::OnTime, 0, 5, false),
+        ];
+        assert_eq!(tidy(&q).cancelled, vec![b"late".to_vec(), b"ok".to_vec()]);
     }
 }
