@@ -462,3 +462,40 @@ async fn notify_late_warns_where_asked_and_says_when_it_is_over() {
     wait_outbox_empty(&server.base).await;
     assert_eq!(count(&quiet_got), 0, "{:?}", bodies(&quiet_got));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeat_every_notifies_again_while_down_and_stops_at_recovery() {
+    let (slack, got) = receiver(schema::slack).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: slack-url\n  repeatEvery: 2s\n",
+        ),
+        heartbeat_manifest("stuck", "1h", "5m", "  alerts:\n    channels: [chat]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", &slack)]);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "stuck", "ping").await;
+    signal(&data, "stuck", "fail").await;
+    wait_for("two repetitions", Duration::from_secs(20), || async {
+        (count(&got) >= 3).then_some(())
+    })
+    .await;
+    signal(&data, "stuck", "ping").await;
+    wait_for("the recovery", Duration::from_secs(15), || async {
+        bodies(&got)
+            .last()
+            .is_some_and(|b| b.to_string().contains("RECOVERED"))
+            .then_some(())
+    })
+    .await;
+    wait_outbox_empty(&server.base).await;
+    let sent = bodies(&got);
+    let downs = sent
+        .iter()
+        .filter(|b| b.to_string().contains("DOWN"))
+        .count();
+    assert_eq!(downs + 1, sent.len(), "Downs, then one recovery: {sent:?}");
+}
