@@ -2,6 +2,9 @@
 //! (`failureThreshold`), the Heartbeat's own policy (which overrides its channels'), its
 //! maintenance windows and its runbook. Carried in the monitor's definition.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +91,7 @@ pub fn maintenance_until(windows: &[MaintenanceWindow], t: Timestamp) -> Option<
         let next = windows
             .iter()
             .filter_map(|w| {
-                let schedule = Schedule::parse(&w.schedule, w.time_zone.as_deref()).ok()?;
+                let schedule = parsed(w)?;
                 let length = SignedDuration::try_from(w.duration.as_std()).ok()?;
                 let start = schedule.window_containing(at, length)?;
                 start.checked_add(length).ok()
@@ -103,6 +106,28 @@ pub fn maintenance_until(windows: &[MaintenanceWindow], t: Timestamp) -> Option<
         }
     }
     end
+}
+
+/// Most parsed window schedules kept per thread.
+const PARSED_KEPT: usize = 1024;
+
+/// `w`'s schedule, parsed once per thread (parsing measures the schedule's gaps, and
+/// windows are looked at on every tick of their monitor).
+fn parsed(w: &MaintenanceWindow) -> Option<Schedule> {
+    type Parsed = HashMap<(String, Option<String>), Option<Schedule>>;
+    thread_local! {
+        static PARSED: RefCell<Parsed> = RefCell::default();
+    }
+    PARSED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= PARSED_KEPT {
+            cache.clear();
+        }
+        cache
+            .entry((w.schedule.clone(), w.time_zone.clone()))
+            .or_insert_with(|| Schedule::parse(&w.schedule, w.time_zone.as_deref()).ok())
+            .clone()
+    })
 }
 
 /// What the delivery scheduler does with a queued notice through a channel now.
