@@ -499,3 +499,31 @@ async fn repeat_every_notifies_again_while_down_and_stops_at_recovery() {
         .count();
     assert_eq!(downs + 1, sent.len(), "Downs, then one recovery: {sent:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_channel_sends_through_the_configured_smtp_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = crate::helpers::SmtpSink::start(dir.path()).await;
+    let docs = [
+        channel(
+            "ClusterAlertChannel",
+            "ops-mail",
+            "  email:\n    to: [\"ops@example.com\"]\n",
+        ),
+        heartbeat_manifest(
+            "mailer",
+            "1h",
+            "5m",
+            "  alerts:\n    channels: [ops-mail]\n",
+        ),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let smtp = sink.url();
+    let _server = ChildServer::start(&manifests, &data, &["--smtp-url", &smtp]).await;
+    signal(&data, "mailer", "ping").await;
+    signal(&data, "mailer", "fail").await;
+    let mail = sink
+        .wait_for_mail("[Hartslag] DOWN: mailer", Duration::from_secs(15))
+        .await;
+    assert!(mail[0].contains("ops@example.com"), "{}", mail[0]);
+}
