@@ -76,6 +76,7 @@ fn main() {
                     require_ping: false,
                     paused: i % 97 == 0,
                     targets: Vec::new(),
+                    alerting: Default::default(),
                     application: (i % 2 == 0).then(|| "default/shop".to_string()),
                     token: TokenHash::of(&format!("t{i}")),
                     ping_hint: format!("curl -fsS http://example/v1/heartbeats/<token of job-{i:05}>/ping"),

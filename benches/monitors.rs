@@ -163,6 +163,7 @@ fn run(data: &str) {
                     require_ping: false,
                     paused: false,
                     targets: Vec::new(),
+                    alerting: Default::default(),
                     application: None,
                     token: TokenHash::of(&format!("t{i}")),
                     ping_hint: String::new(),

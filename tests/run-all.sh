@@ -28,6 +28,18 @@ command -v chromedriver >/dev/null && [ -x /usr/bin/chromium ] || {
 }
 chromedriver --version
 
+# Prometheus (promtool for the chart's rules, a real scrape) and Alertmanager: the tests
+# start their own on loopback ports from temporary directories. Without systemd the
+# packages start no service; with it, the packaged services are stopped so they keep
+# their default ports free of surprises.
+command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
+  fi
+}
+promtool --version 2>&1 | head -1; prometheus-alertmanager --version 2>&1 | head -1
+
 log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

@@ -67,9 +67,17 @@ impl EncodeMetric for Histogram {
 
 /// Every registered family as OpenMetrics text.
 pub fn encode(registry: &MetricRegistry) -> String {
+    encode_with(registry, |_| {})
+}
+
+/// Every registered family, then the families `more` writes as OpenMetrics text (for
+/// families rendered outside the registry, such as the per-monitor series), then `# EOF`.
+pub fn encode_with(registry: &MetricRegistry, more: impl FnOnce(&mut String)) -> String {
     let mut out = String::with_capacity(8 * 1024);
     // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    let _ = prometheus_client::encoding::text::encode_registry(&mut out, registry);
+    more(&mut out);
+    let _ = prometheus_client::encoding::text::encode_eof(&mut out);
     out
 }
 

@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod calendar;
 pub mod catalogue;
+pub mod channel;
 pub mod cron;
 pub mod duration;
 pub mod ingest;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::alert::Deliver;
+use super::alert::channels::ChannelBook;
 use super::alert::outbox::{Outbox, OutboxConfig, OutboxError};
 use super::duration::SpecDuration;
 use super::limits::LimitDefaults;
@@ -71,6 +72,8 @@ pub struct Services {
     pub engine: Engine,
     /// Alerts waiting for delivery.
     pub outbox: Outbox,
+    /// The alert channels the front end resolved, and how delivery through each goes.
+    pub channels: ChannelBook,
     /// The embedded backend; the monitor engine and the outbox write its trees directly.
     store: Store,
     /// The ingest writer behind `events`, for tests that hold it.
@@ -110,6 +113,17 @@ impl Services {
             Clock::new(),
         )?;
         engine.register_metrics(metrics);
+        // A reader, not the engine: the outbox the engine holds must not keep it alive.
+        let monitors = engine.reader();
+        outbox.set_incident_check(Arc::new(move |key, target| {
+            monitors(key, &|m| {
+                // A paused monitor never alerts, though its incident stays open.
+                m.state.incident_open
+                    && m.state.state == crate::core::monitor::state::State::Down
+                    && m.def.targets.contains(target)
+            })
+        }));
+        let channels = outbox.channels().clone();
         let writer = EventWriter::spawn(store.clone()).map_err(open_error)?;
         writer.register_metrics(metrics);
         let storage = crate::core::store::port::storage(&store, writer.clone());
@@ -119,6 +133,7 @@ impl Services {
             events: storage.events,
             engine,
             outbox,
+            channels,
             store,
             #[cfg(test)]
             writer,
@@ -339,6 +354,7 @@ mod tests {
             require_ping: false,
             paused: false,
             targets: Vec::new(),
+            alerting: Default::default(),
             application: None,
             token: crate::core::token::TokenHash::of(name),
             ping_hint: String::new(),

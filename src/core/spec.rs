@@ -7,6 +7,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::core::channel::{AlertPolicy, ChannelError, MaintenanceWindow};
 use crate::core::cron::{CronJobCadence, Dialect, Schedule, ScheduleError};
 use crate::core::duration::SpecDuration;
 
@@ -36,6 +37,14 @@ pub struct AlertTargets {
     /// reconciled; never shown in status, Events or logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret_ref: Option<SecretKeyRef>,
+    /// Names of alert channels: an `AlertChannel` in the same namespace, else a
+    /// `ClusterAlertChannel` (in standalone manifests, an `AlertChannel` document). An
+    /// unknown name leaves the Heartbeat not Ready (`ChannelNotFound`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// When to notify; overrides the channels' own policy.
+    #[serde(flatten)]
+    pub policy: AlertPolicy,
 }
 
 /// A key of a Secret in the resource's namespace.
@@ -50,7 +59,10 @@ pub struct SecretKeyRef {
 impl AlertTargets {
     /// True when neither email nor a webhook is set, so defaults apply.
     pub fn is_empty(&self) -> bool {
-        self.email.is_empty() && self.webhook.is_none() && self.webhook_secret_ref.is_none()
+        self.email.is_empty()
+            && self.webhook.is_none()
+            && self.webhook_secret_ref.is_none()
+            && self.channels.is_empty()
     }
 }
 
@@ -194,6 +206,22 @@ pub struct HeartbeatSpec {
     /// Delete (default) or Retain the monitor's state and ping history when it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+    /// Down only after this many consecutive failed runs or missed deadlines. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<u32>,
+    /// A runbook for whoever is paged: shown in alerts (Alertmanager's `runbook_url`
+    /// annotation, PagerDuty links, chat buttons).
+    #[serde(
+        default,
+        rename = "runbookURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub runbook_url: Option<String>,
+    /// Windows without notifications; a monitor due during one gets a fresh deadline when
+    /// it ends instead of alerting at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<MaintenanceWindow>,
 }
 
 /// A spec value that breaks a rule the schema cannot express; shown in conditions and logs.
@@ -245,6 +273,18 @@ pub enum SpecError {
     /// Both `webhook` and `webhookSecretRef`.
     #[error("spec.alerts: set webhook or webhookSecretRef, not both")]
     TwoWebhooks,
+    /// A channel name that cannot name a resource.
+    #[error("spec.alerts.channels {0:?} is not a valid resource name")]
+    ChannelName(String),
+    /// `failureThreshold` outside 1..100.
+    #[error("spec.failureThreshold {0} is out of range: it must be between 1 and 100")]
+    FailureThreshold(u32),
+    /// `runbookURL` that is not http(s).
+    #[error("spec.runbookURL {0:?} is not an http:// or https:// URL")]
+    RunbookUrl(String),
+    /// An alert policy or a maintenance window that cannot be applied.
+    #[error("{0}")]
+    Policy(#[from] ChannelError),
 }
 
 impl From<ScheduleError> for SpecError {
@@ -274,6 +314,19 @@ fn check_alerts(alerts: Option<&AlertTargets>) -> Result<(), SpecError> {
     if a.webhook.is_some() && a.webhook_secret_ref.is_some() {
         return Err(SpecError::TwoWebhooks);
     }
+    for name in &a.channels {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && !name.starts_with(['-', '.'])
+            && !name.ends_with(['-', '.']);
+        if !ok {
+            return Err(SpecError::ChannelName(name.clone()));
+        }
+    }
+    crate::core::channel::check_policy(&a.policy)?;
     Ok(())
 }
 
@@ -338,7 +391,23 @@ impl HeartbeatSpec {
         if self.time_zone.is_some() && self.schedule.is_none() && self.cron_job_ref.is_none() {
             return Err(SpecError::TimeZoneWithoutSchedule);
         }
+        if let Some(n) = self.failure_threshold
+            && !(1..=100).contains(&n)
+        {
+            return Err(SpecError::FailureThreshold(n));
+        }
+        if let Some(url) = &self.runbook_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SpecError::RunbookUrl(url.clone()));
+        }
+        crate::core::channel::check_windows(&self.maintenance)?;
         check_alerts(self.alerts.as_ref())
+    }
+
+    /// Consecutive failures before Down.
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.unwrap_or(1)
     }
 
     /// The schedule the Heartbeat sets itself, parsed; `None` when it sets none. With a
@@ -438,6 +507,40 @@ mod tests {
         let mail: HeartbeatSpec =
             serde_json::from_str(r#"{"alerts":{"email":["nobody"]}}"#).unwrap();
         assert!(matches!(mail.validate(), Err(SpecError::Email(_))));
+    }
+
+    #[test]
+    fn channels_policy_threshold_runbook_and_windows() {
+        let ok: HeartbeatSpec = serde_json::from_str(
+            r#"{"alerts":{"channels":["oncall","team.slack"],"notifyAfter":"10m","notifyLate":true},
+                "failureThreshold":3,"runbookURL":"https://runbooks.example.com/x",
+                "maintenance":[{"schedule":"0 2 * * 0","duration":"2h","timeZone":"Europe/Amsterdam"}]}"#,
+        )
+        .unwrap();
+        assert!(ok.validate().is_ok(), "{:?}", ok.validate());
+        let alerts = ok.alerts.as_ref().unwrap();
+        assert_eq!(alerts.channels, vec!["oncall", "team.slack"]);
+        assert_eq!(alerts.policy.notify_after.map(|d| d.as_secs()), Some(600));
+        assert!(!alerts.is_empty());
+        assert_eq!(ok.failure_threshold(), 3);
+        assert_eq!(HeartbeatSpec::default().failure_threshold(), 1);
+        let round_trip = serde_json::to_value(&ok).unwrap();
+        assert_eq!(round_trip["runbookURL"], "https://runbooks.example.com/x");
+        assert_eq!(round_trip["alerts"]["notifyLate"], true);
+        for (bad, what) in [
+            (r#"{"alerts":{"channels":["Bad_Name"]}}"#, "channels"),
+            (r#"{"failureThreshold":0}"#, "failureThreshold"),
+            (r#"{"runbookURL":"wiki/x"}"#, "runbookURL"),
+            (r#"{"alerts":{"repeatEvery":"0s"}}"#, "repeatEvery"),
+            (
+                r#"{"maintenance":[{"schedule":"","duration":"1h"}]}"#,
+                "maintenance",
+            ),
+        ] {
+            let spec: HeartbeatSpec = serde_json::from_str(bad).unwrap();
+            let err = spec.validate().unwrap_err().to_string();
+            assert!(err.contains(what), "{bad}: {err}");
+        }
     }
 
     fn hb(json: &str) -> HeartbeatSpec {

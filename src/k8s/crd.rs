@@ -1,4 +1,5 @@
-//! The `Application` and `Heartbeat` custom resources (`hartslag.dev/v1alpha1`).
+//! The `Application`, `Heartbeat`, `AlertChannel` and `ClusterAlertChannel` custom resources
+//! (`hartslag.dev/v1alpha1`).
 //!
 //! The specs are the core's own types (`crate::core::spec`), flattened into the resource, so a
 //! manifest that works in standalone mode works with kubectl unchanged; only the status
@@ -11,7 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::spec::{ApplicationSpec, HeartbeatSpec};
 
+mod channel;
 mod schema;
+
+pub use channel::{
+    AlertChannel, AlertChannelResourceSpec, AlertChannelStatus, ClusterAlertChannel,
+    ClusterAlertChannelResourceSpec,
+};
 
 /// Settings of an Application: time zone for stats, retention of raw events, alert defaults for its Heartbeats, quotas and the token Secret.
 #[allow(clippy::duplicated_attributes)] // kube-derive takes one `printcolumn` per column.
@@ -238,11 +245,16 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// Both CustomResourceDefinitions as a multi-document YAML stream (`hartslag crd`).
+/// Every CustomResourceDefinition as a multi-document YAML stream (`hartslag crd`).
 pub fn crds_yaml() -> Result<String, serde_saphyr::ser_error::Error> {
     use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [Application::crd(), Heartbeat::crd()] {
+    for crd in [
+        Application::crd(),
+        Heartbeat::crd(),
+        AlertChannel::crd(),
+        ClusterAlertChannel::crd(),
+    ] {
         out.push_str("---\n");
         out.push_str(&serde_saphyr::to_string(&crd)?);
     }

@@ -99,6 +99,14 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 ping_hint: tokens::ping_hint(&url_path),
                 origin: Origin::Api,
                 id: random_id().map_err(unavailable)?,
+                channels: super::channels::of_heartbeat(
+                    &core.channels,
+                    &app.namespace,
+                    &name,
+                    &spec,
+                    Some(app),
+                )
+                .map_err(|e| CatalogueError::Invalid(e.to_string()))?,
             }
             .monitor_def(
                 None,

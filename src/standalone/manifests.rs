@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::core::channel::{AlertChannelSpec, Secrets};
 use crate::core::duration::SpecDuration;
-use crate::core::spec::{ApplicationSpec, HeartbeatSpec};
+use crate::core::spec::{AlertTargets, ApplicationSpec, HeartbeatSpec};
 
 /// The only API version accepted.
 pub const API_VERSION: &str = "hartslag.dev/v1alpha1";
@@ -83,6 +84,10 @@ pub struct Manifests {
     pub applications: Vec<Object<ApplicationSpec>>,
     /// Heartbeats, in the order the files list them.
     pub heartbeats: Vec<Object<HeartbeatSpec>>,
+    /// `AlertChannel` documents (with `...File` fields for secrets).
+    pub channels: Vec<Object<AlertChannelSpec>>,
+    /// `ClusterAlertChannel` documents: usable from every namespace.
+    pub cluster_channels: Vec<Object<AlertChannelSpec>>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -176,11 +181,90 @@ fn add_document(
                 source,
             });
         }
+        Some(kind @ ("AlertChannel" | "ClusterAlertChannel")) => {
+            let spec = channel_spec(kind, &name, spec)?;
+            let list = if kind == "AlertChannel" {
+                &mut out.channels
+            } else {
+                &mut out.cluster_channels
+            };
+            list.push(Object {
+                namespace,
+                name,
+                spec,
+                source,
+            });
+        }
         other => {
             return Err(format!(
-                "kind must be Application or Heartbeat, found {:?}",
+                "kind must be Application, Heartbeat, AlertChannel or ClusterAlertChannel, found {:?}",
                 other.unwrap_or("")
             ));
+        }
+    }
+    Ok(())
+}
+
+/// A channel document's spec, checked as standalone mode reads it (secrets from files,
+/// templates rendered once with sample data).
+fn channel_spec(
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<AlertChannelSpec, String> {
+    let spec: AlertChannelSpec =
+        serde_json::from_value(spec).map_err(|e| format!("{kind} {name}: spec is invalid: {e}"))?;
+    spec.validate(Secrets::Files)
+        .map_err(|e| format!("{kind} {name}: {e}"))?;
+    if let Some(t) = spec.webhook.as_ref().and_then(|w| w.template.as_deref()) {
+        crate::notify::template::BodyTemplate::new(t)
+            .map_err(|e| format!("{kind} {name}: spec.webhook.{e}"))?;
+    }
+    Ok(spec)
+}
+
+/// Every channel a Heartbeat or Application names must be defined: an `AlertChannel` in
+/// its namespace or a `ClusterAlertChannel` (the operator's `ChannelNotFound`).
+fn check_channel_names(m: &Manifests) -> Result<(), ManifestError> {
+    let named = m
+        .heartbeats
+        .iter()
+        .map(|o| {
+            (
+                "Heartbeat",
+                o.namespace.as_str(),
+                o.name.as_str(),
+                o.spec.alerts.as_ref(),
+                &o.source,
+            )
+        })
+        .chain(m.applications.iter().map(|o| {
+            (
+                "Application",
+                o.namespace.as_str(),
+                o.name.as_str(),
+                o.spec.alerts.as_ref(),
+                &o.source,
+            )
+        }));
+    for (kind, ns, name, alerts, source) in named {
+        for channel in alerts
+            .map(|a: &AlertTargets| a.channels.as_slice())
+            .unwrap_or_default()
+        {
+            let found = m
+                .channels
+                .iter()
+                .any(|c| c.namespace == ns && &c.name == channel)
+                || m.cluster_channels.iter().any(|c| &c.name == channel);
+            if !found {
+                return Err(invalid(
+                    source,
+                    format!(
+                        "{kind} {name}: spec.alerts.channels names {channel:?}, which no AlertChannel in namespace {ns:?} and no ClusterAlertChannel defines (ChannelNotFound)"
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -224,6 +308,21 @@ pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, Man
     }
     check_duplicates("Application", &out.applications)?;
     check_duplicates("Heartbeat", &out.heartbeats)?;
+    check_duplicates("ClusterAlertChannel", &out.cluster_channels)?;
+    for (i, a) in out.channels.iter().enumerate() {
+        if let Some(b) = out.channels[..i]
+            .iter()
+            .find(|b| b.name == a.name && b.namespace == a.namespace)
+        {
+            return Err(ManifestError::Duplicate {
+                kind: "AlertChannel".into(),
+                name: a.name.clone(),
+                first: b.source.clone(),
+                second: a.source.clone(),
+            });
+        }
+    }
+    check_channel_names(&out)?;
     Ok(out)
 }
 
@@ -297,6 +396,75 @@ mod tests {
         let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  alerts:\n    webhookSecretRef: {name: slack, key: url}\n").unwrap_err().to_string();
         assert!(
             e.contains("webhookSecretRef works only in Kubernetes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn alert_channels_are_read_with_file_secrets_and_names_must_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = |kind: &str, name: &str, spec: &str| {
+            format!(
+                "apiVersion: hartslag.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}---\n"
+            )
+        };
+        let channels = doc(
+            "AlertChannel",
+            "team-slack",
+            "  slack:\n    webhookFile: /etc/hartslag/slack-url\n",
+        ) + &doc(
+            "ClusterAlertChannel",
+            "alertmanager",
+            "  alertmanager:\n    url: http://am:9093\n",
+        );
+        std::fs::write(dir.path().join("channels.yaml"), channels).unwrap();
+        let hb = doc(
+            "Heartbeat",
+            "backup",
+            "  alerts:\n    channels: [team-slack, alertmanager]\n",
+        );
+        std::fs::write(dir.path().join("hb.yaml"), &hb).unwrap();
+        let m = load_dir(dir.path(), MIN_INTERVAL).unwrap();
+        assert_eq!((m.channels.len(), m.cluster_channels.len()), (1, 1));
+        assert_eq!(
+            m.channels[0]
+                .spec
+                .slack
+                .as_ref()
+                .unwrap()
+                .webhook_file
+                .as_deref(),
+            Some("/etc/hartslag/slack-url")
+        );
+        let missing = doc("Heartbeat", "backup", "  alerts:\n    channels: [pager]\n");
+        std::fs::write(dir.path().join("hb.yaml"), missing).unwrap();
+        let e = load_dir(dir.path(), MIN_INTERVAL).unwrap_err().to_string();
+        assert!(
+            e.contains("names \"pager\"") && e.contains("ChannelNotFound"),
+            "{e}"
+        );
+        let e = parse(&doc(
+            "AlertChannel",
+            "x",
+            "  slack:\n    webhookSecretRef: {name: s, key: url}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "AlertChannel x: spec.slack: set webhookFile (Secret references are for Kubernetes)"
+            ),
+            "{e}"
+        );
+        let e = parse(&doc(
+            "AlertChannel",
+            "x",
+            "  webhook:\n    url: https://x.io\n    template: '{{ nope }}'\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("AlertChannel x: spec.webhook.template: undefined value"),
             "{e}"
         );
     }

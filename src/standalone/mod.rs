@@ -1,6 +1,7 @@
 //! Standalone mode: the core driven by a directory of manifests instead of a cluster.
 
 pub mod catalogue;
+pub mod channels;
 pub mod manifests;
 pub mod tokens;
 
@@ -59,6 +60,9 @@ pub enum StandaloneError {
     /// No randomness for ids.
     #[error(transparent)]
     Random(#[from] TokenError),
+    /// An alert channel cannot be used.
+    #[error(transparent)]
+    Channels(#[from] channels::ChannelsError),
     /// A definition was refused.
     #[error("{object}: {source}")]
     Registry {
@@ -87,6 +91,7 @@ pub async fn apply_manifests(
         apply.application(app).await?;
     }
     apply.remove_stale_applications(&m).await?;
+    channels::load(&server.core.channels, &m, dir)?;
     let now = jiff::Timestamp::now();
     for hb in &m.heartbeats {
         apply.heartbeat(hb, now).await?;
@@ -205,6 +210,13 @@ impl Apply<'_> {
             ping_hint: tokens::ping_hint(&url_path),
             origin: Origin::Manifest,
             id: random_id()?,
+            channels: channels::of_heartbeat(
+                &self.core.channels,
+                &hb.namespace,
+                &hb.name,
+                &hb.spec,
+                app.as_deref(),
+            )?,
         }
         .monitor_def(
             existing.as_ref().map(|e| &e.def),

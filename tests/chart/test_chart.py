@@ -3,9 +3,11 @@ assert on the rendered objects for the main value combinations.
 
 Usage: python3 test_chart.py [--render-to FILE]   (FILE: the default render plus the
 NetworkPolicy of networkPolicy.enabled, for installing)
+       python3 test_chart.py --rules-to FILE     (FILE: the PrometheusRule's spec as a rule file, for promtool)
 Exits non-zero with a message on the first broken expectation.
 """
 
+import json
 import pathlib
 import sys
 
@@ -156,6 +158,25 @@ _, raw = render({})
 notes = [v for k, v in raw.items() if k.endswith("NOTES.txt")][0]
 expect("ping-url" in notes and "kubectl get heartbeats" in notes, "NOTES.txt explains the first monitor")
 
+# alerting rules and the Grafana dashboard: off by default, rendered when enabled
+expect(not find(objs, "PrometheusRule") and not find(objs, "ConfigMap"), "no rules or dashboard by default")
+objs, _ = render({"prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+                  "grafanaDashboard": {"enabled": True}})
+rule = find(objs, "PrometheusRule")
+expect(len(rule) == 1 and rule[0]["metadata"]["labels"].get("release") == "kube-prometheus", "PrometheusRule with extra labels")
+names = [r["alert"] for g in rule[0]["spec"]["groups"] for r in g["rules"]] if rule else []
+expect(names == ["HeartbeatDown", "HeartbeatLate", "HartslagDown", "HartslagAlertDeliveryFailing"], f"rule names {names}")
+expect(rule and 'up{job="hs-hartslag"}' in str(rule[0]["spec"]), "HartslagDown watches the Service's scrape job")
+dash = find(objs, "ConfigMap", "hs-hartslag-dashboard")
+expect(len(dash) == 1 and dash[0]["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard ConfigMap labelled grafana_dashboard")
+if dash:
+    board = json.loads(dash[0]["data"]["hartslag.json"])
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    for metric in ["hartslag_heartbeat_up", "hartslag_heartbeat_state", "hartslag_heartbeat_last_success_timestamp_seconds", "hartslag_alert_deliveries_total"]:
+        expect(metric in exprs, f"the dashboard charts {metric}")
+if len(sys.argv) > 2 and sys.argv[1] == "--rules-to" and rule:
+    pathlib.Path(sys.argv[2]).write_text(yaml.safe_dump(rule[0]["spec"]))
+
 # webhook address filtering: private ranges refused by default, allowed ranges and trusted proxies passed on
 e = env(find(render({})[0], "Deployment")[0])
 expect(e.get("HARTSLAG_REFUSE_PRIVATE_WEBHOOKS", {}).get("value") == "true", "private webhook ranges refused by default")
@@ -246,6 +267,9 @@ for bad, what in [
     ({"smtp": {"url": "mail.example.com"}}, "smtp.url scheme"),
     ({"ingress": {"enabled": True}}, "ingress without host"),
     ({"replicas": 3}, "unknown key"),
+    ({"prometheusRule": {"severity": "page"}}, "prometheusRule.severity"),
+    ({"prometheusRule": {"downFor": "one minute"}}, "prometheusRule.downFor"),
+
     ({"networkPolicy": {"enabled": True}}, "NetworkPolicy without the API server's address"),
     ({"networkPolicy": {"webhookBlocks": [{"cidr": "anywhere"}]}}, "webhook block that is no CIDR"),
     ({"networkPolicy": {"webhookPorts": [0]}}, "port 0"),

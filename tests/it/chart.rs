@@ -114,3 +114,50 @@ fn rendered_chart_is_accepted_by_the_api_server() {
         ])
         .output();
 }
+
+/// The chart's PrometheusRule, as Prometheus loads it: `promtool check rules` on the
+/// rendered rules and `promtool test rules` on the unit tests in `tests/chart/rules`.
+#[test]
+fn chart_rules_pass_promtool_check_and_unit_tests() {
+    let promtool = which("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    let out = script(&["--rules-to", rules.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tests = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/chart/rules/heartbeats_test.yml"
+    );
+    std::fs::copy(tests, dir.path().join("heartbeats_test.yml")).unwrap();
+    for args in [
+        vec!["check", "rules", rules.to_str().unwrap()],
+        vec!["test", "rules", "heartbeats_test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A tool from Debian's packages, with a message saying where it comes from when missing.
+fn which(tool: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin", "/bin"] {
+        let path = format!("{dir}/{tool}");
+        if std::path::Path::new(&path).exists() {
+            return path;
+        }
+    }
+    panic!("{tool} is missing: apt-get install prometheus (tests/run-all.sh installs it)");
+}

@@ -61,3 +61,41 @@ async fn tickstem_sdk_example_runs_against_the_standalone_examples() {
     );
     s.stop().await;
 }
+
+/// `examples/channels/`: one file per kind of channel, each a valid channel for the
+/// operator (Secret references), plus a Heartbeat naming channels and the Watchdog setup.
+#[test]
+fn channel_examples_hold_one_valid_channel_of_each_kind() {
+    use hartslag::core::channel::{AlertChannelSpec, Secrets};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/channels");
+    let mut kinds = Vec::new();
+    for kind in [
+        "alertmanager",
+        "pagerduty",
+        "slack",
+        "teams",
+        "webhook",
+        "email",
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{kind}.yaml"))).unwrap();
+        let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        assert!(
+            doc["kind"].as_str().unwrap().ends_with("AlertChannel"),
+            "{kind}"
+        );
+        let spec: AlertChannelSpec = serde_json::from_value(doc["spec"].clone()).unwrap();
+        let k = spec.validate(Secrets::Kubernetes).unwrap();
+        assert_eq!(k.field(), kind);
+        if let Some(t) = spec.webhook.as_ref().and_then(|w| w.template.as_deref()) {
+            hartslag::notify::template::BodyTemplate::new(t).unwrap();
+        }
+        kinds.push(k);
+    }
+    assert_eq!(kinds.len(), 6);
+    let hb = std::fs::read_to_string(dir.join("heartbeat-with-channels.yaml")).unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(&hb).unwrap();
+    let spec: hartslag::core::spec::HeartbeatSpec =
+        serde_json::from_value(doc["spec"].clone()).unwrap();
+    spec.validate().unwrap();
+    assert_eq!(spec.alerts.unwrap().channels.len(), 3);
+}

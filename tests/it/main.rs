@@ -5,8 +5,10 @@
 mod helpers;
 
 mod alert_delivery;
+mod alerting;
 mod big_export;
 mod boundary;
+mod channels;
 mod chart;
 mod crds;
 mod dashboard;

@@ -582,6 +582,7 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
                 require_ping: false,
                 paused: false,
                 targets: Vec::new(),
+                alerting: Default::default(),
                 application: None,
                 token: TokenHash::of(&format!("t{i}")),
                 ping_hint: String::new(),

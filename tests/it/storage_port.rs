@@ -514,6 +514,7 @@ fn monitor(name: &str) -> MonitorDef {
         require_ping: false,
         paused: false,
         targets: Vec::new(),
+        alerting: Default::default(),
         application: None,
         token: TokenHash::of(name),
         ping_hint: String::new(),

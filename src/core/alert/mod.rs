@@ -3,6 +3,8 @@
 //! flapping, an hourly cap), and the port through which deliveries go to a channel (email,
 //! webhooks, ...), whose implementations live outside the core (`crate::notify`).
 
+pub mod alerting;
+pub mod channels;
 pub mod message;
 mod metrics;
 pub mod outbox;

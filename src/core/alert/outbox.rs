@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use super::channels::ChannelBook;
 use super::message::{Alert, Target};
 use super::policy::{PolicyConfig, TargetHistory};
 use super::{Deliver, OutboxStats};
@@ -121,8 +122,22 @@ pub fn delivery_key(alert: &Alert, target: &Target) -> Vec<u8> {
             "webhook:{}",
             hex::encode(&Sha256::digest(url.as_bytes())[..6])
         ),
+        Target::Channel { channel } => format!(
+            "channel:{}",
+            hex::encode(&Sha256::digest(channel.to_string().as_bytes())[..6])
+        ),
     };
     format!("{}|{suffix}", alert.id).into_bytes()
+}
+
+/// Whether a monitor (`namespace/name`) is Down and alerts a target.
+pub type IncidentCheck = Arc<dyn Fn(&str, &Target) -> bool + Send + Sync>;
+
+/// Whether `key` (a [`delivery_key`]) is that of a repetition (`...:down-r3|...`).
+pub fn is_repetition(key: &[u8]) -> bool {
+    let id = key.split(|b| *b == b'|').next().unwrap_or(key);
+    let kind = id.rsplit(|b| *b == b':').next().unwrap_or(id);
+    kind.windows(2).any(|w| w == b"-r")
 }
 
 /// A key and value ready for a sled batch.
@@ -165,6 +180,11 @@ pub struct Outbox {
     done_seq: Arc<AtomicU64>,
     /// Why the last write failed, until one succeeds.
     failure: Arc<Mutex<Option<String>>>,
+    /// The alert channels front ends resolved, and their delivery status.
+    pub(super) channels: ChannelBook,
+    /// Whether a monitor's incident is still open for a target (set once the monitor
+    /// engine runs): repetitions stop when it is not.
+    incidents: Arc<std::sync::OnceLock<IncidentCheck>>,
     /// Tests make writes fail with this.
     #[cfg(test)]
     pub(crate) fail_writes: Arc<std::sync::atomic::AtomicBool>,
@@ -201,9 +221,29 @@ impl Outbox {
             stats: Arc::new(OutboxStats::default()),
             done_seq: Arc::new(AtomicU64::new(last)),
             failure: Arc::default(),
+            channels: ChannelBook::default(),
+            incidents: Arc::default(),
             #[cfg(test)]
             fail_writes: Arc::default(),
         })
+    }
+
+    /// The channel book deliveries through channels read (and record their status in).
+    pub fn channels(&self) -> &ChannelBook {
+        &self.channels
+    }
+
+    /// Tells the outbox how to learn whether a monitor (`namespace/name`) is still Down
+    /// and still alerts a target; without it every incident counts as open.
+    pub fn set_incident_check(&self, check: IncidentCheck) {
+        let _ = self.incidents.set(check);
+    }
+
+    /// Whether the incident of the monitor `monitor` is open for `target`.
+    pub(super) fn incident_open(&self, monitor: &str, target: &Target) -> bool {
+        self.incidents
+            .get()
+            .is_none_or(|check| check(monitor, target))
     }
 
     /// Adds the outbox's families to `/metrics`.
@@ -350,6 +390,17 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetitions_are_told_by_their_key() {
+        assert!(is_repetition(
+            b"ns/my-runner:1700000000000:down-r2|channel:abc"
+        ));
+        assert!(!is_repetition(
+            b"ns/my-runner:1700000000000:down|channel:abc"
+        ));
+        assert!(!is_repetition(b"ns/a-r:1700000000000:recovery|email"));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters_deterministically() {

@@ -4,7 +4,9 @@
 use jiff::Timestamp;
 
 use super::engine::{MonitorDef, Origin};
-use crate::core::alert::message::resolve_targets;
+use crate::core::alert::alerting::Alerting;
+use crate::core::alert::channels::ChannelRef;
+use crate::core::alert::message::{Target, resolve_targets};
 use crate::core::registry::AppInfo;
 use crate::core::spec::{Cadence, CronJobSchedule, DeletionPolicy, HeartbeatSpec, SpecError};
 use crate::core::token::TokenHash;
@@ -40,6 +42,9 @@ pub struct DeclaredHeartbeat<'a> {
     pub origin: Origin,
     /// The id a new monitor gets; an existing monitor keeps its own.
     pub id: String,
+    /// The alert channels its `alerts.channels` (or its Application's) name, resolved by
+    /// the front end ([`channels::resolve_names`](crate::core::alert::channels::resolve_names)).
+    pub channels: Vec<ChannelRef>,
 }
 
 impl DeclaredHeartbeat<'_> {
@@ -79,7 +84,15 @@ impl DeclaredHeartbeat<'_> {
                 spec.alerts.as_ref(),
                 self.application.and_then(|a| a.spec.alerts.as_ref()),
                 default_webhook,
-            ),
+            )
+            .into_iter()
+            .chain(
+                self.channels
+                    .into_iter()
+                    .map(|channel| Target::Channel { channel }),
+            )
+            .collect(),
+            alerting: Alerting::of(spec),
             application: self.application.map(|a| a.key.clone()),
             token: self.token,
             ping_hint: self.ping_hint,
@@ -117,6 +130,7 @@ mod tests {
                     email: vec!["ops@example.com".into()],
                     webhook: None,
                     webhook_secret_ref: None,
+                    ..Default::default()
                 }),
                 ..Default::default()
             },
@@ -140,6 +154,7 @@ mod tests {
             ping_hint: "curl".into(),
             origin: Origin::Kubernetes,
             id: "new-id".into(),
+            channels: Vec::new(),
         }
     }
 

@@ -1,10 +1,12 @@
-//! The APIs: events (the Hartslag API), pings and the status listing (Tickstem's), monitor
-//! management (Tickstem's), and health, readiness and metrics for operations.
+//! The APIs: events (the Hartslag API), pings and the status listing (Tickstem's),
+//! Alertmanager's Watchdog as a ping, monitor management (Tickstem's), and health,
+//! readiness and metrics for operations.
 
 pub mod events;
 pub mod manage;
 pub mod ops;
 pub mod pings;
+pub mod watchdog;
 
 use axum::Router;
 
@@ -15,6 +17,7 @@ pub fn routes() -> Router<HttpState> {
     Router::new()
         .merge(events::routes())
         .merge(pings::routes())
+        .merge(watchdog::routes())
         .merge(manage::routes())
         .merge(ops::routes())
 }

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::core::metrics::encode;
+use crate::core::metrics::encode_with;
 use crate::http::HttpState;
 
 /// How long the liveness check waits for the ingest writer and the engine to answer.
@@ -44,14 +44,28 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
+/// The registry's families and the per-monitor series. With many monitors this is tens of
+/// megabytes of text, so it is built on a blocking thread, not on the async workers.
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        encode(&state.metrics),
-    )
+    let body = tokio::task::spawn_blocking(move || {
+        encode_with(&state.metrics, |out| state.core.engine.series().write(out))
+    })
+    .await;
+    match body {
+        Ok(body) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("metrics: {e}"),
+        ),
+    }
 }
 
 /// Routes of this family.

@@ -36,7 +36,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/v1/status", get(status))
 }
 
-fn not_found() -> Response {
+pub(super) fn not_found() -> Response {
     ApiError::new(StatusCode::NOT_FOUND, "heartbeat not found").into_response()
 }
 
@@ -56,7 +56,7 @@ fn truncate(s: &str, max_bytes: usize) -> String {
 /// (read from the right: entries further left were written by the client itself or by
 /// proxies nobody vouches for). Without trusted proxies the header is ignored, so a client
 /// cannot write its own source into a monitor's history.
-fn source(
+pub(super) fn source(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     trusted: &[ipnet::IpNet],
@@ -96,24 +96,34 @@ async fn receive(
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
-    let owner = state
-        .core
-        .registry
-        .authenticate(&token)
-        .filter(|o| o.kind == TokenKind::Heartbeat);
-    let Some(owner) = owner else {
+    let Some(key) = monitor_of(&state, &token) else {
         return not_found();
     };
     let input = match ping_input(&state, kind, &params, headers, peer, body).await {
         Ok(input) => input,
         Err(e) => return e.into_response(),
     };
-    match state.core.engine.ping(&owner.key, input).await {
+    record(&state, &key, input).await
+}
+
+/// The monitor a ping token belongs to.
+pub(super) fn monitor_of(state: &HttpState, token: &str) -> Option<String> {
+    state
+        .core
+        .registry
+        .authenticate(token)
+        .filter(|o| o.kind == TokenKind::Heartbeat)
+        .map(|o| o.key)
+}
+
+/// Applies a ping to the monitor under `key` and answers as the ping routes do.
+pub(super) async fn record(state: &HttpState, key: &str, input: PingInput) -> Response {
+    match state.core.engine.ping(key, input).await {
         Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
         Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
         Err(EngineError::NotFound) => not_found(),
         Err(e) => {
-            tracing::error!(error = %e, monitor = %owner.key, "ping not recorded");
+            tracing::error!(error = %e, monitor = %key, "ping not recorded");
             let msg = "the ping could not be recorded; retry";
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
         }
@@ -134,10 +144,7 @@ async fn ping_input(
     let bytes = read_body(body, state.max_body_bytes, state.limits.body_timeout).await?;
     let body =
         (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    let user_agent = user_agent(headers);
     Ok(PingInput {
         kind: if exit_code.is_some() {
             PingKind::Fail
@@ -185,6 +192,24 @@ fn failure_code(params: &HashMap<String, String>) -> Result<Option<u8>, ApiError
     }
 }
 
+/// A request's headers, the client's address and the body.
+pub(super) fn split(req: Request) -> (HeaderMap, Option<SocketAddr>, Body) {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (parts, body) = req.into_parts();
+    (parts.headers, peer, body)
+}
+
+/// The `User-Agent` header, cut to [`MAX_USER_AGENT`] characters.
+pub(super) fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect())
+}
+
 macro_rules! ping_handler {
     ($name:ident, $kind:expr) => {
         async fn $name(
@@ -193,12 +218,8 @@ macro_rules! ping_handler {
             Query(q): Query<HashMap<String, String>>,
             req: Request,
         ) -> Response {
-            let peer = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0);
-            let (parts, body) = req.into_parts();
-            receive(s, t, $kind, q, &parts.headers, peer, body).await
+            let (headers, peer, body) = split(req);
+            receive(s, t, $kind, q, &headers, peer, body).await
         }
     };
 }

@@ -398,6 +398,7 @@ mod tests {
                 require_ping: false,
                 paused: false,
                 targets: vec![],
+                alerting: Default::default(),
                 application: app.map(String::from),
                 token: TokenHash::of(name),
                 ping_hint: String::new(),
@@ -407,6 +408,7 @@ mod tests {
                 updated_at: t0,
             },
             state: st,
+            last_run_ms: None,
         }
     }
 

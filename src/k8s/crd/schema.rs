@@ -108,6 +108,13 @@ fn alerts(props: &mut Map<String, Value>) {
     {
         items.insert("pattern".into(), json!("^[^@]+@.*[.]"));
     }
+    if let Some(items) = field(alerts, "channels")
+        .and_then(|e| e.get_mut("items"))
+        .and_then(Value::as_object_mut)
+    {
+        items.insert("pattern".into(), json!("^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"));
+        items.insert("maxLength".into(), json!(253));
+    }
 }
 
 /// The Heartbeat spec's schema.
@@ -160,12 +167,84 @@ pub fn application_spec(schema: &mut Schema) {
     alerts(props);
 }
 
+/// Removes the standalone-only `...File` fields from a schema and everything under it: in
+/// a cluster, secrets come from Secrets.
+fn drop_file_fields(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::Object(props)) = o.get_mut("properties") {
+                props.retain(|k, _| !k.ends_with("File"));
+            }
+            o.values_mut().for_each(drop_file_fields);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_file_fields),
+        _ => {}
+    }
+}
+
+/// The kinds of target a channel may hold: exactly one is required.
+const CHANNEL_KINDS: [&str; 6] = [
+    "alertmanager",
+    "pagerduty",
+    "slack",
+    "teams",
+    "webhook",
+    "email",
+];
+
+/// The AlertChannel and ClusterAlertChannel spec's schema: exactly one kind of target
+/// (`oneOf` of `required`, which every Kubernetes version checks), URL and address
+/// patterns, the Alertmanager re-send default, and no standalone `...File` fields.
+pub fn channel_spec(schema: &mut Schema) {
+    let mut value = schema.as_value().clone();
+    drop_file_fields(&mut value);
+    if let Ok(s) = Schema::try_from(value) {
+        *schema = s;
+    }
+    let one_of: Vec<Value> = CHANNEL_KINDS
+        .iter()
+        .map(|k| json!({ "required": [k] }))
+        .collect();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("oneOf".into(), Value::Array(one_of));
+    }
+    let Some(props) = properties(schema) else {
+        return;
+    };
+    for (kind, name, key, value) in [
+        ("alertmanager", "url", "pattern", json!("^https?://")),
+        ("alertmanager", "resendInterval", "default", json!("1m")),
+        ("webhook", "url", "pattern", json!("^https?://")),
+        ("email", "to", "minItems", json!(1)),
+    ] {
+        let target = field(props, kind)
+            .and_then(|f| f.get_mut("properties"))
+            .and_then(Value::as_object_mut)
+            .and_then(|p| field(p, name));
+        if let Some(f) = target {
+            set(f, key, value);
+        }
+    }
+    if let Some(items) = field(props, "email")
+        .and_then(|f| f.get_mut("properties"))
+        .and_then(Value::as_object_mut)
+        .and_then(|p| field(p, "to"))
+        .and_then(|t| t.get_mut("items"))
+        .and_then(Value::as_object_mut)
+    {
+        items.insert("pattern".into(), json!("^[^@]+@.*[.]"));
+    }
+    if let Some(f) = field(props, "severity") {
+        f.insert("default".into(), json!("critical"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use kube::CustomResourceExt;
     use serde_json::{Value, json};
 
-    use crate::k8s::crd::{Application, Heartbeat};
+    use crate::k8s::crd::{AlertChannel, Application, ClusterAlertChannel, Heartbeat};
 
     fn schema(
         crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -281,5 +360,49 @@ mod tests {
             status["state"]["enum"],
             json!(["New", "Up", "Started", "Late", "Down", "Paused"])
         );
+    }
+
+    #[test]
+    fn channels_require_exactly_one_kind_and_show_no_file_fields() {
+        for crd in [AlertChannel::crd(), ClusterAlertChannel::crd()] {
+            let spec = schema(crd)["properties"]["spec"].clone();
+            let kinds: Vec<&str> = spec["oneOf"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|alt| alt["required"][0].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    "alertmanager",
+                    "pagerduty",
+                    "slack",
+                    "teams",
+                    "webhook",
+                    "email"
+                ]
+            );
+            let text = spec.to_string();
+            assert!(
+                !text.contains("File\""),
+                "a standalone ...File field in {text}"
+            );
+            assert!(text.contains("webhookSecretRef") && text.contains("routingKeySecretRef"));
+            let am = &spec["properties"]["alertmanager"]["properties"];
+            assert_eq!(am["resendInterval"]["default"], "1m");
+            assert_eq!(am["url"]["pattern"], "^https?://");
+            assert_eq!(spec["properties"]["severity"]["default"], "critical");
+        }
+        let hb = schema(Heartbeat::crd())["properties"]["spec"].clone();
+        let alerts = &hb["properties"]["alerts"]["properties"];
+        assert!(alerts["channels"]["items"]["pattern"].is_string());
+        assert!(alerts["notifyAfter"].is_object() && alerts["notifyLate"].is_object());
+        assert!(hb["properties"]["runbookURL"].is_object());
+        assert_eq!(
+            hb["properties"]["failureThreshold"]["minimum"].as_f64(),
+            Some(1.0)
+        );
+        assert!(hb["properties"]["maintenance"]["items"]["properties"]["schedule"].is_object());
     }
 }

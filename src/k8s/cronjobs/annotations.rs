@@ -81,6 +81,7 @@ pub fn wanted(
             email,
             webhook: None,
             webhook_secret_ref: None,
+            ..Default::default()
         }),
         ..Default::default()
     };

@@ -300,6 +300,7 @@ pub fn build(i: &BuildInputs<'_>) -> Result<MonitorDef, Stop> {
             .uid
             .clone()
             .unwrap_or_else(|| object_key(i.namespace, &name)),
+        channels: Vec::new(),
     }
     .monitor_def(i.existing, i.default_webhook, i.now)
     .map_err(|e| Stop::wait("InvalidSchedule", e.to_string()))
@@ -423,6 +424,7 @@ mod tests {
                 email: vec!["ops@example.com".into()],
                 webhook: None,
                 webhook_secret_ref: None,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -412,6 +412,7 @@ mod tests {
                 require_ping: false,
                 paused: false,
                 targets: vec![],
+                alerting: Default::default(),
                 application: None,
                 token: TokenHash::of("x"),
                 ping_hint: String::new(),
@@ -421,6 +422,7 @@ mod tests {
                 updated_at: t(0),
             },
             state,
+            last_run_ms: None,
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod keys;
 mod load;
 mod metrics;
+mod series;
 mod snapshot;
 mod types;
 mod wording;
@@ -22,6 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
+pub use series::MonitorSeries;
 pub use snapshot::Monitors;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
 pub use wording::describe_down;
@@ -99,6 +101,7 @@ pub struct Engine {
     changes: broadcast::Sender<Change>,
     /// Counters.
     pub stats: Arc<EngineStats>,
+    series: Arc<MonitorSeries>,
     clock: Clock,
     /// Why the worker's last round could not be written, until one is.
     failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -181,6 +184,7 @@ impl Engine {
             total_ms = started.elapsed().as_millis() as u64,
             "loaded the monitors and armed their deadlines"
         );
+        let series = Arc::new(MonitorSeries::new(snapshot.clone()));
         Ok(Self {
             tx,
             release: Arc::new(release),
@@ -189,6 +193,7 @@ impl Engine {
             ping_history: config.ping_history,
             changes,
             stats,
+            series,
             clock,
             failure,
             #[cfg(test)]
@@ -233,6 +238,12 @@ impl Engine {
         self.release.send_replace(true);
     }
 
+    /// The per-monitor families for `/metrics` (written beside the registry's, see
+    /// [`MonitorSeries`]).
+    pub fn series(&self) -> &MonitorSeries {
+        &self.series
+    }
+
     /// Adds the engine's families to `/metrics`.
     pub fn register_metrics(&self, registry: &mut MetricRegistry) {
         self.stats.register(self.snapshot.clone(), registry);
@@ -249,7 +260,7 @@ impl Engine {
 
     /// Creates or updates a monitor durably; spec changes re-arm its deadline at once.
     pub async fn upsert(&self, def: MonitorDef) -> Result<Monitor, EngineError> {
-        self.call(|tx| Command::Upsert(def, tx)).await
+        self.call(|tx| Command::Upsert(Box::new(def), tx)).await
     }
 
     /// Removes a monitor (its history too, unless it is retained).
@@ -280,11 +291,25 @@ impl Engine {
 
     /// One monitor.
     pub fn get(&self, key: &str) -> Option<Monitor> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+        read_monitor(&self.snapshot, key)
+    }
+
+    /// A reader of the monitors that does not keep the engine running: for parts the engine
+    /// itself holds (the outbox), where holding the engine would keep its thread and store
+    /// alive after everything else let go.
+    /// The reader answers `test` of monitor `key` (false when there is none) without
+    /// copying it.
+    pub fn reader(
+        &self,
+    ) -> impl Fn(&str, &dyn Fn(&Monitor) -> bool) -> bool + Send + Sync + 'static {
+        let snapshot = self.snapshot.clone();
+        move |key, test| {
+            snapshot
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .is_some_and(test)
+        }
     }
 
     /// Every monitor, sorted by key.
@@ -393,6 +418,15 @@ fn spawn_worker(worker: Worker, rx: mpsc::UnboundedReceiver<Command>) -> Result<
         .map_err(|e| EngineError::Thread(e.to_string()))
 }
 
+/// One monitor from the readers' snapshot.
+fn read_monitor(snapshot: &Snapshot, key: &str) -> Option<Monitor> {
+    snapshot
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -431,6 +465,7 @@ mod tests {
                 require_ping: false,
                 paused: false,
                 targets: vec![],
+                alerting: Default::default(),
                 application: None,
                 token: TokenHash::of("job-token"),
                 ping_hint: String::new(),

@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::PingKind;
+use crate::core::alert::alerting::Alerting;
 use crate::core::alert::message::Target;
 use crate::core::cron::Schedule;
 use crate::core::monitor::state::{JobRules, MonitorState, State, Timing, secs_saturating};
@@ -64,6 +65,9 @@ pub struct MonitorDef {
     /// Resolved alert targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
+    /// When to notify: threshold, maintenance windows, the Heartbeat's own policy.
+    #[serde(default, skip_serializing_if = "Alerting::is_default")]
+    pub alerting: Alerting,
     /// Owning application key, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
@@ -92,6 +96,8 @@ impl MonitorDef {
             jobs: self.cron_job.as_ref().map(|_| JobRules {
                 require_ping: self.require_ping,
             }),
+            failure_threshold: self.alerting.failure_threshold,
+            maintenance: &self.alerting.maintenance,
             ..Timing::from_secs(self.interval_secs, self.grace_secs)
         }
     }
@@ -117,6 +123,9 @@ pub struct Monitor {
     pub def: MonitorDef,
     /// Where the state machine has it now.
     pub state: MonitorState,
+    /// How long its last run (from `/start` to its end) took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_ms: Option<u64>,
 }
 
 /// A ping as received by the HTTP layer.
@@ -203,6 +212,7 @@ mod samples {
                 require_ping: false,
                 paused: false,
                 targets: Vec::new(),
+                alerting: Default::default(),
                 application: None,
                 token: TokenHash::of(key),
                 ping_hint: String::new(),
@@ -212,6 +222,7 @@ mod samples {
                 updated_at: now,
             },
             state: st,
+            last_run_ms: None,
         }
     }
 }

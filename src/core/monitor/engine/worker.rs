@@ -51,7 +51,10 @@ const TRIM_EVERY: u32 = 50;
 
 /// What the engine handle asks of the worker.
 pub(super) enum Command {
-    Upsert(MonitorDef, oneshot::Sender<Result<Monitor, EngineError>>),
+    Upsert(
+        Box<MonitorDef>,
+        oneshot::Sender<Result<Monitor, EngineError>>,
+    ),
     Remove(String, oneshot::Sender<Result<(), EngineError>>),
     Ping(
         String,
@@ -284,7 +287,7 @@ impl Worker {
         match cmd {
             Command::Due(key) => self.due(&key, round),
             Command::Ping(key, input, reply) => self.ping(&key, input, reply, round),
-            Command::Upsert(def, reply) => self.define(def, reply, round),
+            Command::Upsert(def, reply) => self.define(*def, reply, round),
             Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
             Command::Job(key, job, reply) => self.job(&key, job, reply, round),
             Command::Remove(key, reply) => match self.remove(&key, round) {
@@ -442,10 +445,18 @@ impl Worker {
         if let Signal::Tick(now) = signal {
             self.count_timed_transitions(&effects, now);
         }
+        let last_run_ms = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::RunFinished { duration } => u64::try_from(duration.as_millis()).ok(),
+                _ => None,
+            })
+            .or(m.last_run_ms);
         let next = Monitor {
             num: m.num,
             def: m.def,
             state: new_state,
+            last_run_ms,
         };
         self.stage(&next, &effects, record.as_ref(), round, done);
     }
@@ -536,7 +547,15 @@ impl Worker {
         }
         let num = self.db.generate_id()? + 1;
         let state = MonitorState::created(&def.timing(), now, def.paused);
-        Ok((Monitor { num, def, state }, Vec::new()))
+        Ok((
+            Monitor {
+                num,
+                def,
+                state,
+                last_run_ms: None,
+            },
+            Vec::new(),
+        ))
     }
 
     fn remove(&self, key: &str, round: &mut Round) -> Result<(), EngineError> {
@@ -610,6 +629,9 @@ impl Worker {
                 Effect::Transition { from, to, at } => {
                     let idx = u8::try_from(idx).unwrap_or(u8::MAX);
                     self.stage_transition(m, (from, to, at), idx, round)?;
+                    if let Some((kind, reason)) = wording::warning(m, from, to) {
+                        self.stage_alert(m, kind, at, reason, round)?;
+                    }
                 }
                 Effect::Alert { ref reason, at } => {
                     let reason = describe_down(reason, m, at);
@@ -879,6 +901,7 @@ fn redefined(old: Monitor, def: MonitorDef, signals: Vec<Signal>) -> (Monitor, V
             num: old.num,
             def,
             state,
+            last_run_ms: old.last_run_ms,
         },
         effects,
     )

@@ -1,0 +1,91 @@
+//! Microsoft Teams through a Workflows webhook ("Post to a channel when a webhook request is
+//! received"): a message with one Adaptive Card, version 1.4. Office 365 connectors and
+//! their MessageCard format are retired, so they are not offered.
+
+use serde_json::{Value, json};
+
+use super::facts::{Facts, NoticeKind, stamp};
+
+/// The Adaptive Card version sent: rendered by Teams on every client.
+pub const CARD_VERSION: &str = "1.4";
+
+fn colour(kind: NoticeKind) -> &'static str {
+    match kind {
+        NoticeKind::Down | NoticeKind::Flapping => "Attention",
+        NoticeKind::Late => "Warning",
+        NoticeKind::Recovery => "Good",
+    }
+}
+
+/// The webhook body for this notice.
+pub fn message(facts: &Facts) -> Value {
+    let mut facts_list = vec![
+        json!({"title": "State", "value": facts.kind.state()}),
+        json!({"title": "Since", "value": stamp(Some(facts.since))}),
+        json!({"title": "Last ping", "value": stamp(facts.last_ping_at)}),
+        json!({"title": "Expected", "value": stamp(facts.expected_at)}),
+        json!({"title": "Namespace", "value": facts.namespace}),
+        json!({"title": "Application", "value": facts.application.as_deref().unwrap_or("none")}),
+    ];
+    if let Some(code) = facts.exit_code {
+        facts_list.push(json!({"title": "Exit code", "value": code.to_string()}));
+    }
+    let mut actions = vec![
+        json!({"type": "Action.OpenUrl", "title": "Open in Hartslag", "url": facts.dashboard_url}),
+    ];
+    if let Some(url) = &facts.runbook_url {
+        actions.push(json!({"type": "Action.OpenUrl", "title": "Runbook", "url": url}));
+    }
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": CARD_VERSION,
+                "body": [
+                    {"type": "TextBlock", "text": facts.headline(), "weight": "Bolder",
+                     "size": "Medium", "color": colour(facts.kind), "wrap": true},
+                    {"type": "TextBlock", "text": facts.reason, "wrap": true},
+                    {"type": "FactSet", "facts": facts_list},
+                ],
+                "actions": actions,
+            },
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::facts::sample;
+    use crate::notify::schema;
+
+    #[test]
+    fn every_kind_of_notice_is_one_adaptive_card_the_workflow_accepts() {
+        for kind in NoticeKind::ALL {
+            let m = message(&sample(kind));
+            schema::teams(&m).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        }
+        let m = message(&sample(NoticeKind::Recovery));
+        let card = &m["attachments"][0]["content"];
+        assert_eq!(card["version"], "1.4");
+        assert_eq!(card["body"][0]["color"], "Good");
+        assert_eq!(
+            card["actions"][0]["url"],
+            sample(NoticeKind::Recovery).dashboard_url
+        );
+    }
+
+    #[test]
+    fn the_schema_check_refuses_what_teams_would() {
+        let mut m = message(&sample(NoticeKind::Down));
+        m["attachments"][0]["content"]["version"] = "2.0".into();
+        assert!(schema::teams(&m).is_err());
+        let mut m = message(&sample(NoticeKind::Down));
+        m["attachments"][0]["content"]["actions"][0]["type"] = "Action.Submit".into();
+        assert!(schema::teams(&m).is_err());
+    }
+}
