@@ -199,7 +199,7 @@ impl ResolvedChannel {
         let destination = if let Some(a) = &spec.alertmanager {
             Destination::Alertmanager {
                 url: a.url.trim_end_matches('/').to_string(),
-                resend_interval: spec.resend_interval().into(),
+                resend_interval: Duration::from_secs(spec.resend_interval().as_secs()),
             }
         } else if let Some(p) = &spec.pagerduty {
             let key = secret(

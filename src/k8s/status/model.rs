@@ -95,7 +95,7 @@ pub fn condition(
     }
 }
 
-fn ready_condition(
+pub(super) fn ready_condition(
     live: &[Condition],
     verdict: &Verdict,
     ready_reason: &str,
