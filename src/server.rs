@@ -57,6 +57,7 @@ impl Server {
             config.smtp_url.as_deref(),
             &config.mail_from,
             config.webhooks.clone(),
+            crate::notify::channel::ChannelSender::new(core.channels.clone(), config.base_url()),
         )?;
         core.deliver_alerts(Arc::new(notifier));
         Ok(Self {

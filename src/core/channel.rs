@@ -96,6 +96,10 @@ pub struct PagerDutyTarget {
     /// Standalone mode: a file holding the routing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_key_file: Option<String>,
+    /// The Events API endpoint. Default `https://events.pagerduty.com/v2/enqueue`; the EU
+    /// service region uses `https://events.eu.pagerduty.com/v2/enqueue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A chat webhook whose URL is a secret (Slack incoming webhook, Teams Workflows webhook).
@@ -343,6 +347,9 @@ impl AlertChannelSpec {
                 p.routing_key_file.as_ref(),
             );
             secret("pagerduty", secrets, r, f, names)?;
+            if let Some(url) = &p.url {
+                http_url("pagerduty.url", url)?;
+            }
         }
         for (field, chat) in [("slack", &self.slack), ("teams", &self.teams)] {
             if let Some(c) = chat {

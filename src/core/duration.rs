@@ -39,6 +39,11 @@ impl SpecDuration {
         self.secs
     }
 
+    /// The length as a `std::time::Duration`.
+    pub const fn as_std(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.secs)
+    }
+
     /// Parses `90s`, `5m`, `1h30m`, `7d`, `2d12h`. A bare number is taken as seconds.
     pub fn parse(text: &str) -> Result<Self, DurationError> {
         let s = text.trim();

@@ -108,6 +108,7 @@ impl Services {
             Clock::new(),
         )?;
         engine.register_metrics(metrics);
+        let channels = outbox.channels().clone();
         let events = EventWriter::spawn(store).map_err(open_error)?;
         events.register_metrics(metrics);
         Ok(Self {
@@ -115,7 +116,7 @@ impl Services {
             events,
             engine,
             outbox,
-            channels: ChannelBook::default(),
+            channels,
         })
     }
 
@@ -212,8 +213,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::core::alert::channels::ChannelBook;
-use crate::core::monitor::engine::PingInput;
+    use crate::core::monitor::engine::PingInput;
 
     async fn open(dir: &std::path::Path) -> Services {
         let config = ServicesConfig {

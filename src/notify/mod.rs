@@ -2,6 +2,7 @@
 //! kind of target. A new kind is a new file here and one arm in [`Notifier::deliver`].
 
 pub mod alertmanager;
+pub mod channel;
 pub mod email;
 pub mod facts;
 pub mod guard;
@@ -36,22 +37,29 @@ pub struct Notifier {
     /// Email, when an SMTP server is configured.
     email: Option<EmailSender>,
     webhook: WebhookSender,
+    channels: channel::ChannelSender,
 }
 
 impl Notifier {
     /// Sets up the channels: email through `smtp_url` (none when unset), webhooks always,
-    /// to the addresses `webhooks` allows.
+    /// to the addresses `webhooks` allows, and the alert channels in `channels` (links to
+    /// the dashboard under `base_url`).
     pub fn new(
         smtp_url: Option<&str>,
         mail_from: &str,
         webhooks: guard::AddressPolicy,
+        channels: channel::ChannelSender,
     ) -> Result<Self, NotifyError> {
         let email = match smtp_url {
             Some(url) => Some(EmailSender::new(&SmtpConfig::from_url(url, mail_from)?)?),
             None => None,
         };
         let webhook = WebhookSender::new(webhooks).map_err(NotifyError::Webhook)?;
-        Ok(Self { email, webhook })
+        Ok(Self {
+            email,
+            webhook,
+            channels,
+        })
     }
 }
 
@@ -70,9 +78,13 @@ impl Deliver for Notifier {
                     )),
                 },
                 Target::Webhook { url } => self.webhook.send(alert, url).await,
-                Target::Channel { channel } => Err(DeliveryError::Unconfigured(format!(
-                    "{channel}: delivery through channels is not built yet"
-                ))),
+                Target::Channel { channel } => {
+                    let senders = channel::Senders {
+                        http: &self.webhook,
+                        email: self.email.as_ref(),
+                    };
+                    self.channels.send(senders, alert, channel).await
+                }
             }
         })
     }

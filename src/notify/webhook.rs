@@ -41,6 +41,17 @@ impl WebhookSender {
     /// POSTs `alert` to `url`: 2xx delivered; 408, 429, 5xx and network errors are retried;
     /// a refused address, a redirect and other statuses are permanent failures.
     pub async fn send(&self, alert: &Alert, url: &str) -> Result<(), DeliveryError> {
+        self.post_json(url, &alert.webhook_json(), &[]).await
+    }
+
+    /// POSTs `body` as JSON to `url` with `headers`, by the rules of [`WebhookSender::send`].
+    /// Errors never quote the URL: a chat webhook's URL is its password.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        headers: &[(String, String)],
+    ) -> Result<(), DeliveryError> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| DeliveryError::Permanent(format!("webhook URL is not valid: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -53,13 +64,11 @@ impl WebhookSender {
                 .check(ip)
                 .map_err(|r| DeliveryError::Permanent(r.to_string()))?;
         }
-        let res = self
-            .client
-            .post(parsed)
-            .json(&alert.webhook_json())
-            .send()
-            .await
-            .map_err(failure)?;
+        let mut request = self.client.post(parsed).json(body);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let res = request.send().await.map_err(failure)?;
         let status = res.status();
         if status.is_success() {
             Ok(())

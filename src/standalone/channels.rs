@@ -54,8 +54,12 @@ pub fn load(book: &ChannelBook, m: &Manifests, dir: &Path) -> Result<(), Channel
         .map(|c| (ChannelRef::cluster(&c.name), &c.spec));
     let mut resolved = Vec::new();
     for (id, spec) in namespaced.chain(cluster) {
-        let channel = ResolvedChannel::resolve(id.clone(), spec, read)
-            .map_err(|source| ChannelsError::Resolve { channel: id, source })?;
+        let channel = ResolvedChannel::resolve(id.clone(), spec, read).map_err(|source| {
+            ChannelsError::Resolve {
+                channel: id,
+                source,
+            }
+        })?;
         resolved.push(channel);
     }
     book.replace_all(resolved);
@@ -70,7 +74,10 @@ pub fn of_heartbeat(
     spec: &HeartbeatSpec,
     app: Option<&AppInfo>,
 ) -> Result<Vec<ChannelRef>, ChannelsError> {
-    let names = channel_names(spec.alerts.as_ref(), app.and_then(|a| a.spec.alerts.as_ref()));
+    let names = channel_names(
+        spec.alerts.as_ref(),
+        app.and_then(|a| a.spec.alerts.as_ref()),
+    );
     resolve_names(namespace, names, |r| book.contains(r)).map_err(|source| {
         ChannelsError::NotFound {
             heartbeat: name.to_string(),

@@ -12,15 +12,15 @@ use crate::helpers::{InProcess, free_port, heartbeat_manifest, metrics_text, pin
 
 /// A real Alertmanager (Debian's `prometheus-alertmanager`) on a loopback port, from a
 /// temporary directory, without clustering; killed when dropped.
-struct Alertmanager {
-    base: String,
+pub(crate) struct Alertmanager {
+    pub(crate) base: String,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Alertmanager {
     /// Starts one routing every alert to `webhook` (when given) and waits until ready.
-    async fn start(webhook: Option<&str>) -> Self {
+    pub(crate) async fn start(webhook: Option<&str>) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let bin = ["/usr/bin/prometheus-alertmanager", "/usr/local/bin/alertmanager"]
             .into_iter()
@@ -89,7 +89,7 @@ impl Alertmanager {
     }
 
     /// The active alerts named `alertname`.
-    async fn active(&self, alertname: &str) -> Vec<Value> {
+    pub(crate) async fn active(&self, alertname: &str) -> Vec<Value> {
         let url = format!(
             "{}/api/v2/alerts?active=true&silenced=false&inhibited=false&filter=alertname%3D%22{alertname}%22",
             self.base

@@ -8,6 +8,7 @@ mod alert_delivery;
 mod alerting;
 mod big_export;
 mod boundary;
+mod channels;
 mod chart;
 mod crds;
 mod dashboard;

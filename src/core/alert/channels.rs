@@ -199,7 +199,7 @@ impl ResolvedChannel {
         let destination = if let Some(a) = &spec.alertmanager {
             Destination::Alertmanager {
                 url: a.url.trim_end_matches('/').to_string(),
-                resend_interval: Duration::from_secs(spec.resend_interval().as_secs()),
+                resend_interval: spec.resend_interval().as_std(),
             }
         } else if let Some(p) = &spec.pagerduty {
             let key = secret(
@@ -209,7 +209,7 @@ impl ResolvedChannel {
             )?;
             Destination::PagerDuty {
                 routing_key: key,
-                events_url: PAGERDUTY_EVENTS_URL.into(),
+                events_url: p.url.clone().unwrap_or_else(|| PAGERDUTY_EVENTS_URL.into()),
             }
         } else if let Some(c) = &spec.slack {
             let url = secret(
@@ -249,7 +249,11 @@ impl ResolvedChannel {
                 template: w.template.clone(),
             }
         } else {
-            let to = spec.email.as_ref().map(|e| e.to.clone()).unwrap_or_default();
+            let to = spec
+                .email
+                .as_ref()
+                .map(|e| e.to.clone())
+                .unwrap_or_default();
             Destination::Email { to }
         };
         Ok(Self {
@@ -422,13 +426,21 @@ impl ChannelBook {
 
     /// Records an accepted delivery through `id` (the delivery scheduler).
     pub fn delivered(&self, id: &ChannelRef, at: Timestamp) {
-        self.write().status.entry(id.clone()).or_default().last_delivery = Some(at);
+        self.write()
+            .status
+            .entry(id.clone())
+            .or_default()
+            .last_delivery = Some(at);
         self.changed.send_modify(|n| *n += 1);
     }
 
     /// Records a failed attempt through `id` (the delivery scheduler).
     pub fn failed(&self, id: &ChannelRef, at: Timestamp, why: &str) {
-        self.write().status.entry(id.clone()).or_default().last_error = Some((at, why.into()));
+        self.write()
+            .status
+            .entry(id.clone())
+            .or_default()
+            .last_error = Some((at, why.into()));
         self.changed.send_modify(|n| *n += 1);
     }
 }
@@ -473,7 +485,9 @@ mod tests {
         );
         let id = ChannelRef::namespaced("team-a", "hook");
         let ch = ResolvedChannel::resolve(id.clone(), &s, |src| match src {
-            SecretSource::Ref(r) if r.key == "url" => Ok("https://hooks.example.com/T0/secret\n".into()),
+            SecretSource::Ref(r) if r.key == "url" => {
+                Ok("https://hooks.example.com/T0/secret\n".into())
+            }
             SecretSource::Ref(_) => Ok("Authorization: Bearer s3cret\n# note\nX-Team: a\n".into()),
             SecretSource::File(_) => Err("unexpected".into()),
         })

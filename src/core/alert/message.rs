@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub enum AlertKind {
     /// The monitor went Down.
     Down,
+    /// The monitor is Late (a warning before Down, for channels with `notifyLate`).
+    Late,
     /// The monitor is Up again after a Down alert.
     Recovery,
     /// The monitor went Down and up so often that its notices are held until it settles
@@ -43,6 +45,38 @@ pub struct Alert {
     pub expected_at: Option<Timestamp>,
     /// How to ping it, without the token.
     pub ping_hint: String,
+    /// The monitor's namespace (empty in alerts stored before it was recorded: then read
+    /// from the id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Its Application's name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// When the incident opened (its Down): equal to `occurred_at` on a Down alert, earlier
+    /// on its recovery. Names the incident for providers that deduplicate (PagerDuty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_at: Option<Timestamp>,
+    /// The Heartbeat's runbook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runbook_url: Option<String>,
+    /// 0 for the notice itself; n for its n-th repetition while the monitor stays Down
+    /// (`repeatEvery`, Alertmanager's re-send).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeat: u32,
+    /// The Heartbeat's (or its Application's) policy, over each channel's.
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub policy: crate::core::channel::AlertPolicy,
+    /// The Heartbeat's maintenance windows: no notices inside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<crate::core::channel::MaintenanceWindow>,
+}
+
+fn is_default_policy(p: &crate::core::channel::AlertPolicy) -> bool {
+    *p == crate::core::channel::AlertPolicy::default()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Where an alert goes.
@@ -162,6 +196,36 @@ impl Alert {
         self.id.rsplitn(3, ':').last().unwrap_or(&self.id)
     }
 
+    /// The monitor's namespace.
+    pub fn namespace(&self) -> &str {
+        if self.namespace.is_empty() {
+            self.monitor_key().split('/').next().unwrap_or_default()
+        } else {
+            &self.namespace
+        }
+    }
+
+    /// When the incident this alert belongs to opened.
+    pub fn incident_opened_at(&self) -> Timestamp {
+        self.opened_at.unwrap_or(self.occurred_at)
+    }
+
+    /// The `n`-th repetition of this Down alert (a new id, so it is queued and recorded
+    /// on its own).
+    pub fn repetition(&self, n: u32) -> Alert {
+        Alert {
+            id: match self.id.rsplit_once(':') {
+                Some((head, last)) => {
+                    let kind = last.split_once("-r").map_or(last, |(k, _)| k);
+                    format!("{head}:{kind}-r{n}")
+                }
+                None => format!("{}-r{n}", self.id),
+            },
+            repeat: n,
+            ..self.clone()
+        }
+    }
+
     /// The notice that `self`'s monitor is flapping, having raised `notices` alerts within
     /// `window`: it replaces the alerts that follow until the monitor settles.
     pub fn flapping(&self, notices: usize, window: std::time::Duration, now: Timestamp) -> Alert {
@@ -197,6 +261,7 @@ impl Alert {
     fn state_word(&self) -> &'static str {
         match self.kind {
             AlertKind::Down => "DOWN",
+            AlertKind::Late => "LATE",
             AlertKind::Recovery => "RECOVERED",
             AlertKind::Flapping => "FLAPPING",
         }
@@ -217,6 +282,10 @@ impl Alert {
         let now = self.occurred_at;
         let headline = match self.kind {
             AlertKind::Down => format!("Heartbeat monitor \"{}\" is DOWN.", self.title()),
+            AlertKind::Late => format!(
+                "Heartbeat monitor \"{}\" is LATE: it will be Down when its grace ends.",
+                self.title()
+            ),
             AlertKind::Recovery => format!(
                 "Heartbeat monitor \"{}\" has RECOVERED and is up again.",
                 self.title()
@@ -251,6 +320,7 @@ impl Alert {
     pub fn webhook_json(&self) -> serde_json::Value {
         let event = match self.kind {
             AlertKind::Down => "down",
+            AlertKind::Late => "late",
             AlertKind::Recovery => "recovery",
             AlertKind::Flapping => "flapping",
         };
@@ -258,6 +328,7 @@ impl Alert {
             "{} {}: {} ({}) — {}. Last ping: {}.",
             match self.kind {
                 AlertKind::Down => ":red_circle:",
+                AlertKind::Late => ":large_yellow_circle:",
                 AlertKind::Recovery => ":large_green_circle:",
                 AlertKind::Flapping => ":large_orange_circle:",
             },
@@ -302,6 +373,13 @@ mod tests {
             expected_at: Some("2024-05-01T03:00:00Z".parse().unwrap()),
             ping_hint: "curl -fsS \"$PING_URL\" (ping-url in Secret team-a/backup-heartbeat)"
                 .into(),
+            namespace: String::new(),
+            application: None,
+            opened_at: None,
+            runbook_url: None,
+            repeat: 0,
+            policy: Default::default(),
+            maintenance: Vec::new(),
         }
     }
 

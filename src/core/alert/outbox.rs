@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use super::channels::ChannelBook;
 use super::message::{Alert, Target};
 use super::policy::{PolicyConfig, TargetHistory};
 use super::{Deliver, OutboxStats};
@@ -169,6 +170,8 @@ pub struct Outbox {
     done_seq: Arc<AtomicU64>,
     /// Why the last write failed, until one succeeds.
     failure: Arc<Mutex<Option<String>>>,
+    /// The alert channels front ends resolved, and their delivery status.
+    pub(super) channels: ChannelBook,
     /// Tests make writes fail with this.
     #[cfg(test)]
     pub(crate) fail_writes: Arc<std::sync::atomic::AtomicBool>,
@@ -205,9 +208,15 @@ impl Outbox {
             stats: Arc::new(OutboxStats::default()),
             done_seq: Arc::new(AtomicU64::new(last)),
             failure: Arc::default(),
+            channels: ChannelBook::default(),
             #[cfg(test)]
             fail_writes: Arc::default(),
         })
+    }
+
+    /// The channel book deliveries through channels read (and record their status in).
+    pub fn channels(&self) -> &ChannelBook {
+        &self.channels
     }
 
     /// Adds the outbox's families to `/metrics`.

@@ -15,10 +15,13 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::message::AlertKind;
+use super::alerting::{self, Gate, Pending};
+use super::channels::Destination;
+use super::message::{AlertKind, Target};
 use super::outbox::{Delivery, Outbox, OutboxError, backoff};
 use super::policy::{self, Decision, Queued, TargetHistory};
 use super::{Deliver, DeliveryError};
+use crate::core::channel::{AlertPolicy, MaintenanceWindow};
 
 /// Longest sleep between two looks at the queues, whatever they say.
 const IDLE_LOOK: Duration = Duration::from_secs(30);
@@ -38,6 +41,8 @@ struct Scheduler {
     histories: HashMap<String, TargetHistory>,
     /// Targets with a delivery in flight.
     busy: HashSet<String>,
+    /// The deliveries in flight: nothing else finishes them.
+    in_flight: HashSet<Vec<u8>>,
     /// Delivered, but their finish could not be written: never sent again by this process.
     unrecorded: HashSet<Vec<u8>>,
     /// Rescheduled, but the new attempt time could not be written.
@@ -56,6 +61,7 @@ pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
         courier,
         histories: HashMap::new(),
         busy: HashSet::new(),
+        in_flight: HashSet::new(),
         unrecorded: HashSet::new(),
         rescheduled: HashMap::new(),
         done_tx,
@@ -115,17 +121,44 @@ impl Scheduler {
                 h.capped &= queues.contains_key(identity);
             }
             for (identity, queue) in queues {
+                let gates: Vec<Gate> = queue.iter().map(|(_, d)| self.gate(d, now)).collect();
+                if self.tidy(&identity, &queue, &gates).await {
+                    changed = true;
+                    continue;
+                }
                 if self.busy.contains(&identity) {
                     continue;
+                }
+                // Repetitions go at their time, outside the notification rules: they repeat
+                // what the target was told, they are no new notice.
+                let not_before = |i: usize, d: &Delivery| match gates[i] {
+                    Gate::HoldUntil(t) => d.next_attempt_at.max(t),
+                    _ => d.next_attempt_at,
+                };
+                let repeats = queue
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (_, d))| d.alert.repeat > 0);
+                if let Some((i, (key, d))) = repeats.min_by_key(|(i, (_, d))| not_before(*i, d)) {
+                    let at = not_before(i, d);
+                    if at <= now {
+                        if !self.start(&identity, key.clone(), d.clone(), None) {
+                            break;
+                        }
+                        continue;
+                    }
+                    wake = wake.min(at);
                 }
                 let config = self.outbox.config.policy;
                 let queued: Vec<Queued> = queue
                     .iter()
-                    .map(|(key, d)| Queued {
+                    .enumerate()
+                    .filter(|(_, (_, d))| d.alert.repeat == 0)
+                    .map(|(i, (key, d))| Queued {
                         key,
                         monitor: d.alert.monitor_key(),
                         created_at: d.created_at,
-                        next_attempt_at: d.next_attempt_at,
+                        next_attempt_at: not_before(i, d),
                         flapping: d.alert.kind == AlertKind::Flapping,
                     })
                     .collect();
@@ -177,6 +210,7 @@ impl Scheduler {
             return false;
         };
         self.busy.insert(identity.to_string());
+        self.in_flight.insert(key.clone());
         let courier = self.courier.clone();
         let done = self.done_tx.clone();
         let identity = identity.to_string();
@@ -201,9 +235,18 @@ impl Scheduler {
     /// Records a finished attempt: delivered, failed, skipped, or rescheduled.
     async fn settle(&mut self, a: Attempted) {
         self.busy.remove(&a.identity);
+        self.in_flight.remove(&a.key);
         let mut d = a.delivery;
         d.attempts += 1;
         let stats = self.outbox.stats.clone();
+        if let Target::Channel { channel } = &d.target {
+            let book = &self.outbox.channels;
+            match &a.result {
+                Ok(()) => book.delivered(channel, Timestamp::now()),
+                Err(e) => book.failed(channel, Timestamp::now(), &e.to_string()),
+            }
+        }
+        let repetition = d.alert.repeat > 0;
         let (outcome, detail, sent) = match a.result {
             Ok(()) => {
                 tracing::info!(alert = %d.alert.id, attempts = d.attempts, "alert delivered");
@@ -223,7 +266,8 @@ impl Scheduler {
             Err(DeliveryError::Transient(msg)) => {
                 let given_up = SignedDuration::try_from(self.outbox.config.give_up_after)
                     .is_ok_and(|limit| Timestamp::now().duration_since(d.created_at) > limit);
-                if !given_up {
+                // A failed repetition is not retried: the next one follows at its time.
+                if !given_up && !repetition {
                     return self.reschedule(a.key, d, msg).await;
                 }
                 tracing::warn!(alert = %d.alert.id, error = %msg, attempts = d.attempts, "alert delivery given up");
@@ -234,8 +278,11 @@ impl Scheduler {
         let config = self.outbox.config.policy;
         let now = Timestamp::now();
         let monitor = d.alert.monitor_key().to_string();
+        let next = self.next_repetition(&d, now);
         let history = self.history(&a.identity);
-        if d.alert.kind == AlertKind::Flapping {
+        if repetition {
+            // Repetitions count neither toward flapping nor toward the cap.
+        } else if d.alert.kind == AlertKind::Flapping {
             history.notice_sent(&config, sent, now);
         } else {
             history.record(
@@ -248,15 +295,152 @@ impl Scheduler {
             );
         }
         let history = history.clone();
-        let writes =
-            self.outbox
-                .finish_writes(&a.key, &d, outcome, detail, (&a.identity, &history));
+        let writes = self
+            .outbox
+            .finish_writes(&a.key, &d, outcome, detail, (&a.identity, &history))
+            .and_then(|mut w| {
+                if let Some(next) = &next {
+                    w.push(self.outbox.queue_write(next)?);
+                }
+                Ok(w)
+            });
         if let Err(e) = self.write_or(writes).await {
             tracing::error!(error = %e, alert = %d.alert.id, "the outbox could not record a finished delivery; it will not be sent again until a restart");
             self.unrecorded.insert(a.key);
         } else {
             self.rescheduled.remove(&a.key);
         }
+    }
+
+    /// What the channel's policy says of `d` now (for targets that are no channel, the
+    /// Heartbeat's own policy and windows).
+    fn gate(&self, d: &Delivery, now: Timestamp) -> Gate {
+        let (policy, windows) = self.policy_of(d);
+        alerting::gate(
+            d.alert.kind,
+            d.alert.repeat,
+            d.alert.incident_opened_at(),
+            &policy,
+            &windows,
+            now,
+        )
+    }
+
+    /// The policy in force for `d` and the maintenance windows that hold it.
+    fn policy_of(&self, d: &Delivery) -> (AlertPolicy, Vec<MaintenanceWindow>) {
+        let mut windows = d.alert.maintenance.clone();
+        let channel = match &d.target {
+            Target::Channel { channel } => self.outbox.channels.get(channel),
+            _ => None,
+        };
+        if let Some(c) = &channel {
+            windows.extend(c.maintenance.iter().cloned());
+        }
+        let policy = alerting::effective(&d.alert.policy, channel.as_ref().map(|c| &c.policy));
+        (policy, windows)
+    }
+
+    /// The repetition that follows Down notice `d` (sent or not) while its incident lasts,
+    /// when its target repeats.
+    fn next_repetition(&self, d: &Delivery, now: Timestamp) -> Option<Delivery> {
+        if d.alert.kind != AlertKind::Down {
+            return None;
+        }
+        let resend = match &d.target {
+            Target::Channel { channel } => match &self.outbox.channels.get(channel)?.destination {
+                Destination::Alertmanager {
+                    resend_interval, ..
+                } => Some(*resend_interval),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (policy, _) = self.policy_of(d);
+        let every = alerting::repeat_interval(&policy, resend)?;
+        Some(Delivery {
+            alert: d.alert.repetition(d.alert.repeat + 1),
+            target: d.target.clone(),
+            attempts: 0,
+            next_attempt_at: plus(now, every),
+            // Raised with the notice it repeats, so any later notice about the monitor
+            // (its recovery) sorts after it and ends the repetitions.
+            created_at: d.created_at,
+            last_error: None,
+        })
+    }
+
+    /// Finishes what nobody needs any more in `identity`'s queue (stale repetitions, Late
+    /// warnings the channel does not want, incidents that ended unannounced); true when
+    /// something was finished.
+    async fn tidy(
+        &mut self,
+        identity: &str,
+        queue: &[(Vec<u8>, Delivery)],
+        gates: &[Gate],
+    ) -> bool {
+        let pending: Vec<Pending> = queue
+            .iter()
+            .zip(gates)
+            .map(|((key, d), gate)| Pending {
+                key,
+                monitor: d.alert.monitor_key(),
+                kind: d.alert.kind,
+                repeat: d.alert.repeat,
+                created_at: d.created_at,
+                attempts: d.attempts,
+                held: matches!(gate, Gate::HoldUntil(_)),
+            })
+            .collect();
+        let tidy = alerting::tidy(&pending);
+        let mut finish: Vec<(&[u8], &Delivery, &str, String)> = Vec::new();
+        for ((key, d), gate) in queue.iter().zip(gates) {
+            if self.in_flight.contains(key) {
+                continue;
+            }
+            let why = if tidy.stale.contains(key) {
+                Some(("superseded", "the monitor recovered".to_string()))
+            } else if tidy.cancelled.contains(key) {
+                Some((
+                    "skipped",
+                    "the incident ended before it was to be notified (maintenance or notifyAfter)"
+                        .to_string(),
+                ))
+            } else if let Gate::Skip(why) = gate {
+                Some(("skipped", why.to_string()))
+            } else {
+                None
+            };
+            if let Some((outcome, detail)) = why {
+                finish.push((key, d, outcome, detail));
+            }
+        }
+        if finish.is_empty() {
+            return false;
+        }
+        let history = self.history(identity).clone();
+        let mut writes = Vec::new();
+        for (key, d, outcome, detail) in &finish {
+            match self.outbox.finish_writes(
+                key,
+                d,
+                outcome,
+                Some(detail.clone()),
+                (identity, &history),
+            ) {
+                Ok(w) => writes.extend(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding an outbox record failed");
+                    return false;
+                }
+            }
+        }
+        self.outbox.stats.skipped.inc_by(finish.len() as u64);
+        if let Err(e) = self.outbox.write(writes).await {
+            tracing::error!(error = %e, "the outbox could not record finished notices");
+            self.unrecorded
+                .extend(finish.iter().map(|(k, ..)| k.to_vec()));
+        }
+        true
     }
 
     /// Schedules the next attempt of a delivery that failed for now.
@@ -422,6 +606,13 @@ mod tests {
             last_ping_at: None,
             expected_at: None,
             ping_hint: String::new(),
+            namespace: String::new(),
+            application: None,
+            opened_at: None,
+            runbook_url: None,
+            repeat: 0,
+            policy: Default::default(),
+            maintenance: Vec::new(),
         }
     }
 

@@ -4,9 +4,9 @@
 use jiff::Timestamp;
 
 use super::engine::{MonitorDef, Origin};
+use crate::core::alert::alerting::Alerting;
 use crate::core::alert::channels::ChannelRef;
 use crate::core::alert::message::{Target, resolve_targets};
-use crate::core::alert::alerting::Alerting;
 use crate::core::registry::AppInfo;
 use crate::core::spec::{Cadence, CronJobSchedule, DeletionPolicy, HeartbeatSpec, SpecError};
 use crate::core::token::TokenHash;

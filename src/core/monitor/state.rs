@@ -24,12 +24,19 @@
 //! - the deadline of an interval monitor is its last ping plus the interval, and it has none
 //!   while New; a scheduled monitor's deadline is always a scheduled time, and it has one
 //!   in every state but Paused (while the schedule fires at all);
-//! - the same Job reported twice changes nothing the second time.
+//! - the same Job reported twice changes nothing the second time;
+//! - Down only on the `failureThreshold`-th consecutive failed run or missed deadline
+//!   (`failures` counts them and a success resets it); below it each failure moves the
+//!   deadline on, so one window never counts twice;
+//! - a tick inside a maintenance window changes no state but Late (back to Up or New): a
+//!   deadline falling in the window is replaced by a fresh one after it, so the window's
+//!   end never finds the monitor overdue.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::jobs::{self, JobFailure, JobOutcome, JobSignal, Novelty, RecentPing, SeenJob};
+use crate::core::channel::MaintenanceWindow;
 use crate::core::cron::Schedule;
 
 /// Where a monitor stands; the single value status pages, metrics and alerting key on.
@@ -126,6 +133,12 @@ pub struct Timing<'a> {
     pub max_duration: Option<SignedDuration>,
     /// Set when the monitor watches a CronJob's Jobs.
     pub jobs: Option<JobRules>,
+    /// Down only after this many consecutive failed runs or missed deadlines (`0` reads
+    /// as 1).
+    pub failure_threshold: u32,
+    /// Windows in which no deadline makes the monitor Late or Down; a deadline that falls
+    /// in one is replaced by a fresh one after it.
+    pub maintenance: &'a [MaintenanceWindow],
 }
 
 impl Timing<'static> {
@@ -137,6 +150,8 @@ impl Timing<'static> {
             schedule: None,
             max_duration: None,
             jobs: None,
+            failure_threshold: 1,
+            maintenance: &[],
         }
     }
 
@@ -208,6 +223,14 @@ impl<'a> Timing<'a> {
                 .and_then(|n| plus(n, self.grace_or_zero())),
             (None, None) => plus(started, self.run_allowance()),
         }
+    }
+
+    /// When the maintenance window `t` lies in ends, if it lies in one.
+    fn maintenance_until(&self, t: Timestamp) -> Option<Timestamp> {
+        if self.maintenance.is_empty() {
+            return None;
+        }
+        crate::core::alert::alerting::maintenance_until(self.maintenance, t)
     }
 
     /// Why a missed deadline is Down: with Jobs watched, no Job started in the window.
@@ -305,6 +328,14 @@ pub struct MonitorState {
     /// The newest successful pings of a `requirePing` monitor, to tie to Jobs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_pings: Vec<RecentPing>,
+    /// Consecutive failed runs and missed deadlines since the last success (counted toward
+    /// `failureThreshold`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Something the engine must do or record because of a step; returned rather than done so
@@ -408,6 +439,7 @@ impl MonitorState {
             pings: 0,
             jobs: Vec::new(),
             recent_pings: Vec::new(),
+            failures: 0,
         }
     }
 
@@ -488,11 +520,42 @@ impl Step<'_, '_> {
         }
     }
 
-    /// Goes Down for `reason` unless already Down (the first reason of an episode stays).
-    fn down(&mut self, reason: DownReason, at: Timestamp) {
-        if self.s.state != State::Down {
+    /// A failed run or a missed deadline at `at`: Down for `reason` once it is the
+    /// `failureThreshold`-th in a row, unless already Down (the first reason of an episode
+    /// stays). Below the threshold it is counted and absorbed: the monitor waits for its
+    /// next deadline ([`Step::absorb`]). Returns whether it was absorbed.
+    fn down(&mut self, reason: DownReason, at: Timestamp) -> bool {
+        if self.s.state == State::Down {
+            return false;
+        }
+        self.s.failures = self.s.failures.saturating_add(1);
+        if self.s.failures >= self.timing.failure_threshold.max(1) {
             self.enter(State::Down, at);
             self.s.down_reason = Some(reason);
+            return false;
+        }
+        self.absorb(&reason, at);
+        true
+    }
+
+    /// A failure below the threshold. A missed deadline moves the deadline to the next
+    /// one (the next interval or scheduled time after it); a failed or timed-out run
+    /// counts as the run of its window, so the next deadline follows from `at` (else the
+    /// same window would count again as missed). A run in progress ends.
+    fn absorb(&mut self, reason: &DownReason, at: Timestamp) {
+        let from = match reason {
+            DownReason::Missed | DownReason::NotScheduled => self.s.deadline.unwrap_or(at),
+            _ => at,
+        };
+        self.s.deadline = self.timing.deadline_after(from).or(self.s.deadline);
+        self.s.run_started_at = None;
+        if matches!(self.s.state, State::Started | State::Late) {
+            let back = if self.s.last_ping_at.is_some() || self.timing.schedule.is_some() {
+                State::Up
+            } else {
+                State::New
+            };
+            self.enter(back, at);
         }
     }
 
@@ -503,18 +566,15 @@ impl Step<'_, '_> {
         }
     }
 
-    /// Applies the time-driven transitions due by `now`, forwards only.
+    /// Applies the time-driven transitions due by `now`, forwards only. Inside a
+    /// maintenance window nothing is due: a deadline that falls in it is replaced by a
+    /// fresh one after it.
     fn tick(&mut self, now: Timestamp) {
+        if let Some(end) = self.timing.maintenance_until(now) {
+            return self.maintain(end, now);
+        }
         match self.s.state {
-            State::New | State::Up | State::Late => {
-                match overdue(self.timing, self.s.deadline, now) {
-                    Some((State::Down, at)) => self.down(self.timing.miss_reason(), at),
-                    Some((State::Late, at)) if self.s.state != State::Late => {
-                        self.enter(State::Late, at)
-                    }
-                    _ => {}
-                }
-            }
+            State::New | State::Up | State::Late => self.judge_deadline(now),
             State::Started => {
                 if let Some(at) = run_deadline(self.timing, &self.s).filter(|at| *at <= now) {
                     let reason = self.timeout_reason();
@@ -523,6 +583,47 @@ impl Step<'_, '_> {
                 }
             }
             State::Down | State::Paused => {}
+        }
+    }
+
+    /// Late or Down by the deadline; each miss absorbed below the failure threshold moves
+    /// the deadline on, so a tick long after several missed deadlines counts each.
+    fn judge_deadline(&mut self, now: Timestamp) {
+        for _ in 0..=self.timing.failure_threshold {
+            match overdue(self.timing, self.s.deadline, now) {
+                Some((State::Down, at)) => {
+                    if !self.down(self.timing.miss_reason(), at) {
+                        return;
+                    }
+                }
+                Some((State::Late, at)) => {
+                    if self.s.state != State::Late {
+                        self.enter(State::Late, at);
+                    }
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Inside a maintenance window that ends at `end`: a monitor whose deadline falls
+    /// before the end gets a fresh one after it (and is no longer Late), instead of
+    /// alerting the moment the window closes.
+    fn maintain(&mut self, end: Timestamp, now: Timestamp) {
+        if !matches!(self.s.state, State::New | State::Up | State::Late) {
+            return;
+        }
+        if self.s.deadline.is_some_and(|d| d < end) {
+            self.s.deadline = self.timing.deadline_after(end).or(self.s.deadline);
+            if self.s.state == State::Late {
+                let back = if self.s.last_ping_at.is_some() {
+                    State::Up
+                } else {
+                    State::New
+                };
+                self.enter(back, now);
+            }
         }
     }
 
@@ -562,6 +663,7 @@ impl Step<'_, '_> {
             return false;
         }
         self.s.deadline = self.timing.deadline_after(last);
+        self.s.failures = 0;
         true
     }
 
@@ -672,7 +774,9 @@ impl Step<'_, '_> {
                 self.s.deadline = self.timing.deadline_after(last);
                 // Nothing could be late while paused: whatever it is now, it became so now.
                 match overdue(self.timing, self.s.deadline, at) {
-                    Some((State::Down, _)) => self.down(self.timing.miss_reason(), at),
+                    Some((State::Down, _)) => {
+                        self.down(self.timing.miss_reason(), at);
+                    }
                     Some((to, _)) => self.enter(to, at),
                     None => self.enter(State::Up, at),
                 }
@@ -694,7 +798,9 @@ impl Step<'_, '_> {
             // Up and Late are judged afresh, so a longer interval can make Late Up again,
             // and a monitor that never pinged goes back to waiting.
             State::Up | State::Late => match overdue(self.timing, self.s.deadline, now) {
-                Some((State::Down, at)) => self.down(self.timing.miss_reason(), at),
+                Some((State::Down, at)) => {
+                    self.down(self.timing.miss_reason(), at);
+                }
                 Some((to, at)) => self.enter(to, at),
                 None if self.s.last_ping_at.is_some() && self.s.deadline.is_some() => {
                     self.enter(State::Up, now)
@@ -797,7 +903,8 @@ pub fn next_wakeup(timing: &Timing<'_>, s: &MonitorState) -> Option<Timestamp> {
     match s.state {
         State::New | State::Up => s.deadline,
         State::Late => s.deadline.and_then(|d| plus(d, timing.grace_or_zero())),
-        State::Started => run_deadline(timing, s),
+        // A run deadline inside a maintenance window is judged when the window ends.
+        State::Started => run_deadline(timing, s).map(|w| timing.maintenance_until(w).unwrap_or(w)),
         State::Down | State::Paused => None,
     }
 }
@@ -2607,5 +2714,101 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(&r).unwrap()["kind"], kind);
         }
+    }
+
+    #[test]
+    fn down_only_at_the_failure_threshold_and_a_success_resets_the_count() {
+        let timing = Timing {
+            failure_threshold: 2,
+            ..HOUR
+        };
+        let (s, all, _) = run(&timing, &[Success(t(0)), Fail(t(10), Some(1))]);
+        assert_eq!((s.state, s.failures), (State::Up, 1));
+        assert_eq!(count(&all, is_alert), 0);
+        // The failed run counts as its window's run: the next deadline follows from it.
+        assert_eq!(s.deadline, Some(t(3610)));
+        let (s, _, last) = run(
+            &timing,
+            &[Success(t(0)), Fail(t(10), Some(1)), Fail(t(20), Some(2))],
+        );
+        assert_eq!(s.state, State::Down);
+        assert_eq!(
+            last,
+            vec![tr(State::Up, State::Down, 20), alert(failed(Some(2)), 20)]
+        );
+        let (s, _, _) = run(
+            &timing,
+            &[
+                Success(t(0)),
+                Fail(t(10), None),
+                Success(t(15)),
+                Fail(t(20), None),
+            ],
+        );
+        assert_eq!((s.state, s.failures), (State::Up, 1));
+    }
+
+    #[test]
+    fn missed_deadlines_count_one_window_each_even_in_one_late_tick() {
+        let timing = Timing {
+            failure_threshold: 2,
+            ..HOUR
+        };
+        // Late at 3600; the first miss at 3900 is absorbed and moves the deadline on.
+        let (s, _, last) = run(&timing, &[Success(t(0)), Tick(t(3600)), Tick(t(3900))]);
+        assert_eq!(
+            (s.state, s.failures, s.deadline),
+            (State::Up, 1, Some(t(7200)))
+        );
+        assert_eq!(last, vec![tr(State::Late, State::Up, 3900)]);
+        let (s, all, _) = run(&timing, &[Success(t(0)), Tick(t(3900)), Tick(t(7500))]);
+        assert_eq!(s.state, State::Down);
+        assert_eq!(count(&all, is_alert), 1);
+        // One tick long after both misses: one transition, Down when the second was due.
+        let (s, _, last) = run(&timing, &[Success(t(0)), Tick(t(8000))]);
+        assert_eq!(s.state, State::Down);
+        assert_eq!(
+            last,
+            vec![
+                tr(State::Up, State::Down, 7500),
+                alert(DownReason::Missed, 7500)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deadline_inside_maintenance_gets_a_fresh_one_after_it() {
+        // t(0) is 22:13:20 UTC; the window runs 23:00 to 00:00 (t(2800) to t(6400)).
+        let windows = [MaintenanceWindow {
+            schedule: "0 23 * * *".into(),
+            duration: crate::core::duration::SpecDuration::from_secs(3600),
+            time_zone: None,
+        }];
+        let timing = Timing {
+            maintenance: &windows,
+            ..HOUR
+        };
+        let (s, all, _) = run(&timing, &[Success(t(0)), Tick(t(3600)), Tick(t(3900))]);
+        assert_eq!(s.state, State::Up);
+        assert_eq!(s.deadline, Some(t(10_000)));
+        assert_eq!(count(&all, is_alert), 0);
+        // Its end finds nothing overdue; the fresh deadline counts as usual.
+        let (s, _, _) = run(&timing, &[Success(t(0)), Tick(t(3600)), Tick(t(6400))]);
+        assert_eq!(s.state, State::Up);
+        let (s, all, _) = run(
+            &timing,
+            &[Success(t(0)), Tick(t(3600)), Tick(t(6400)), Tick(t(10_300))],
+        );
+        assert_eq!(s.state, State::Down);
+        assert_eq!(count(&all, is_alert), 1);
+        // Late when the window opens: back to Up with the fresh deadline.
+        let (s, _, last) = run(&timing, &[Success(t(-1000)), Tick(t(2600)), Tick(t(2900))]);
+        assert_eq!(s.state, State::Up);
+        assert_eq!(last, vec![tr(State::Late, State::Up, 2900)]);
+        // A run deadline inside the window is judged when it ends.
+        let (s, _, _) = run(&timing, &[Success(t(0)), Start(t(2700))]);
+        assert_eq!(next_wakeup(&timing, &s), Some(t(6400)));
+        let (s, _, _) = run(&timing, &[Success(t(0)), Start(t(2700)), Tick(t(3100))]);
+        assert_eq!(s.state, State::Started);
     }
 }

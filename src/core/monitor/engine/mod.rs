@@ -260,7 +260,7 @@ impl Engine {
 
     /// Creates or updates a monitor durably; spec changes re-arm its deadline at once.
     pub async fn upsert(&self, def: MonitorDef) -> Result<Monitor, EngineError> {
-        self.call(|tx| Command::Upsert(def, tx)).await
+        self.call(|tx| Command::Upsert(Box::new(def), tx)).await
     }
 
     /// Removes a monitor (its history too, unless it is retained).

@@ -5,8 +5,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::PingKind;
-use crate::core::alert::message::Target;
 use crate::core::alert::alerting::Alerting;
+use crate::core::alert::message::Target;
 use crate::core::cron::Schedule;
 use crate::core::monitor::state::{JobRules, MonitorState, State, Timing, secs_saturating};
 use crate::core::token::TokenHash;
@@ -96,6 +96,8 @@ impl MonitorDef {
             jobs: self.cron_job.as_ref().map(|_| JobRules {
                 require_ping: self.require_ping,
             }),
+            failure_threshold: self.alerting.failure_threshold,
+            maintenance: &self.alerting.maintenance,
             ..Timing::from_secs(self.interval_secs, self.grace_secs)
         }
     }

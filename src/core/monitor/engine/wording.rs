@@ -101,6 +101,7 @@ fn run_limit(def: &MonitorDef) -> String {
 pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Alert {
     let kind_word = match kind {
         AlertKind::Down => "down",
+        AlertKind::Late => "late",
         AlertKind::Recovery => "recovery",
         AlertKind::Flapping => "flapping",
     };
@@ -115,6 +116,20 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
         last_ping_at: m.state.last_ping_at,
         expected_at: m.state.deadline,
         ping_hint: m.def.ping_hint.clone(),
+        namespace: m.def.namespace.clone(),
+        application: m
+            .def
+            .application
+            .as_deref()
+            .map(|a| a.rsplit('/').next().unwrap_or(a).to_string()),
+        opened_at: Some(match kind {
+            AlertKind::Down => at,
+            _ => m.state.last_alert_at.unwrap_or(at),
+        }),
+        runbook_url: m.def.alerting.runbook_url.clone(),
+        repeat: 0,
+        policy: m.def.alerting.policy.clone(),
+        maintenance: m.def.alerting.maintenance.clone(),
     }
 }
 

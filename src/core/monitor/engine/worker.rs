@@ -51,7 +51,7 @@ const TRIM_EVERY: u32 = 50;
 
 /// What the engine handle asks of the worker.
 pub(super) enum Command {
-    Upsert(MonitorDef, oneshot::Sender<Result<Monitor, EngineError>>),
+    Upsert(Box<MonitorDef>, oneshot::Sender<Result<Monitor, EngineError>>),
     Remove(String, oneshot::Sender<Result<(), EngineError>>),
     Ping(
         String,
@@ -284,7 +284,7 @@ impl Worker {
         match cmd {
             Command::Due(key) => self.due(&key, round),
             Command::Ping(key, input, reply) => self.ping(&key, input, reply, round),
-            Command::Upsert(def, reply) => self.define(def, reply, round),
+            Command::Upsert(def, reply) => self.define(*def, reply, round),
             Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
             Command::Job(key, job, reply) => self.job(&key, job, reply, round),
             Command::Remove(key, reply) => match self.remove(&key, round) {

@@ -1,0 +1,413 @@
+//! Alert channels end to end, through a real `hartslag standalone` process: a Heartbeat
+//! naming channels (AlertChannel documents with `...File` secrets) alerts a real
+//! Alertmanager (Debian's) and local receivers that validate each provider's documented
+//! schema (PagerDuty Events v2, Slack Block Kit, Teams Adaptive Card 1.4); a channel that
+//! never answers delays no other; notifyAfter, failureThreshold and maintenance windows.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hartslag::notify::schema;
+use serde_json::Value;
+
+use crate::alerting::Alertmanager;
+use crate::helpers::{
+    ChildServer, heartbeat_manifest, metric, ping_url, wait_for, wait_outbox_empty,
+};
+
+/// What a receiver was sent: each body with its request headers.
+type Received = Arc<Mutex<Vec<(Value, axum::http::HeaderMap)>>>;
+
+/// A loopback receiver at `/hook` that checks each body with `check` (answering 400 with
+/// the reason when it fails, as the provider would) and keeps what it accepted.
+async fn receiver(check: fn(&Value) -> Result<(), schema::SchemaError>) -> (String, Received) {
+    let received: Received = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(v): axum::Json<Value>| {
+                let sink = sink.clone();
+                async move {
+                    if let Err(e) = check(&v) {
+                        return (axum::http::StatusCode::BAD_REQUEST, e.to_string());
+                    }
+                    sink.lock().unwrap().push((v, headers));
+                    (axum::http::StatusCode::ACCEPTED, "ok".to_string())
+                }
+            },
+        ),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, received)
+}
+
+fn any_json(_: &Value) -> Result<(), schema::SchemaError> {
+    Ok(())
+}
+
+/// A loopback listener that accepts every connection and never answers on any.
+async fn black_hole() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/never-answers", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = l.accept().await {
+            held.push(socket);
+        }
+    });
+    url
+}
+
+fn channel(kind: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: hartslag.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+/// A manifests directory with `docs` and secret `files`, and a data directory beside it.
+fn setup(dir: &Path, docs: &[String], files: &[(&str, &str)]) -> (PathBuf, PathBuf) {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("all.yaml"), docs.join("---\n")).unwrap();
+    for (name, text) in files {
+        std::fs::write(manifests.join(name), text).unwrap();
+    }
+    (manifests, dir.join("data"))
+}
+
+async fn signal(data: &Path, name: &str, what: &str) {
+    let url = ping_url(data, name).replace("/ping", &format!("/{what}"));
+    let res = reqwest::Client::new().post(url).send().await.unwrap();
+    assert!(res.status().is_success(), "{what}: {}", res.status());
+}
+
+fn count(r: &Received) -> usize {
+    r.lock().unwrap().len()
+}
+
+fn bodies(r: &Received) -> Vec<Value> {
+    r.lock().unwrap().iter().map(|(v, _)| v.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_heartbeat_fires_in_a_real_alertmanager_stays_active_and_resolves() {
+    let am = Alertmanager::start(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "ClusterAlertChannel",
+            "alertmanager",
+            &format!(
+                "  alertmanager:\n    url: {}\n    resendInterval: 2s\n  severity: warning\n",
+                am.base
+            ),
+        ),
+        heartbeat_manifest(
+            "nightly",
+            "1h",
+            "5m",
+            "  alerts:\n    channels: [alertmanager]\n  runbookURL: https://runbooks.example.com/nightly\n",
+        ),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let server = ChildServer::start(&manifests, &data, &["--min-interval", "1s"]).await;
+    signal(&data, "nightly", "ping").await;
+    let failed = Instant::now();
+    signal(&data, "nightly", "fail").await;
+    let alerts = wait_for(
+        "HeartbeatDown in Alertmanager",
+        Duration::from_secs(15),
+        || async {
+            let a = am.active("HeartbeatDown").await;
+            (!a.is_empty()).then_some(a)
+        },
+    )
+    .await;
+    println!(
+        "HeartbeatDown active in Alertmanager {:?} after the failure",
+        failed.elapsed()
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let labels = &alerts[0]["labels"];
+    for (k, v) in [
+        ("alertname", "HeartbeatDown"),
+        ("namespace", "default"),
+        ("heartbeat", "nightly"),
+        ("severity", "warning"),
+    ] {
+        assert_eq!(labels[k], v, "{labels}");
+    }
+    assert_eq!(
+        alerts[0]["annotations"]["runbook_url"],
+        "https://runbooks.example.com/nightly"
+    );
+    assert!(
+        alerts[0]["generatorURL"]
+            .as_str()
+            .unwrap()
+            .ends_with("/ui/monitors/default/nightly"),
+        "{}",
+        alerts[0]["generatorURL"]
+    );
+    // endsAt lies four re-sends (8 s) ahead: only re-sends keep the alert active for 12 s,
+    // and each pushes its end on.
+    let first_end: jiff::Timestamp = alerts[0]["endsAt"].as_str().unwrap().parse().unwrap();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let alerts = am.active("HeartbeatDown").await;
+    assert_eq!(alerts.len(), 1, "re-sends keep it active: {alerts:?}");
+    let end: jiff::Timestamp = alerts[0]["endsAt"].as_str().unwrap().parse().unwrap();
+    assert!(end > first_end, "{end} after {first_end}");
+    // Recovery resolves it.
+    signal(&data, "nightly", "ping").await;
+    wait_for(
+        "HeartbeatDown resolved",
+        Duration::from_secs(15),
+        || async { am.active("HeartbeatDown").await.is_empty().then_some(()) },
+    )
+    .await;
+    // No re-send after the recovery brings it back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(am.active("HeartbeatDown").await.is_empty());
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_slack_teams_and_a_templated_webhook_get_valid_notices() {
+    let (pd, pd_got) = receiver(schema::pagerduty).await;
+    let (slack, slack_got) = receiver(schema::slack).await;
+    let (teams, teams_got) = receiver(schema::teams).await;
+    let (hook, hook_got) = receiver(any_json).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "0123456789abcdef0123456789abcdef";
+    let docs = [
+        channel(
+            "AlertChannel",
+            "pager",
+            &format!("  pagerduty:\n    routingKeyFile: secrets/pd\n    url: {pd}\n"),
+        ),
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: secrets/slack\n",
+        ),
+        channel(
+            "ClusterAlertChannel",
+            "teams",
+            "  teams:\n    webhookFile: secrets/teams\n",
+        ),
+        channel(
+            "AlertChannel",
+            "hook",
+            "  webhook:\n    urlFile: secrets/hook\n    headersFile: secrets/headers\n    template: '{\"monitor\": {{ name }}, \"state\": {{ state }}, \"incident\": {{ incident }}}'\n",
+        ),
+        heartbeat_manifest(
+            "backup",
+            "1h",
+            "5m",
+            "  alerts:\n    channels: [pager, chat, teams, hook]\n",
+        ),
+    ];
+    let files = [
+        ("secrets/pd", format!("{key}\n")),
+        ("secrets/slack", format!("{slack}\n")),
+        ("secrets/teams", teams.clone()),
+        ("secrets/hook", hook.clone()),
+        (
+            "secrets/headers",
+            "Authorization: Bearer t0ken\nX-Team: platform\n".to_string(),
+        ),
+    ];
+    std::fs::create_dir_all(dir.path().join("manifests/secrets")).unwrap();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let (manifests, data) = setup(dir.path(), &docs, &files);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "backup", "ping").await;
+    signal(&data, "backup", "fail").await;
+    for (what, got) in [
+        ("PagerDuty", &pd_got),
+        ("Slack", &slack_got),
+        ("Teams", &teams_got),
+        ("webhook", &hook_got),
+    ] {
+        wait_for(what, Duration::from_secs(15), || async {
+            (count(got) >= 1).then_some(())
+        })
+        .await;
+    }
+    signal(&data, "backup", "ping").await;
+    wait_for("PagerDuty resolve", Duration::from_secs(15), || async {
+        bodies(&pd_got)
+            .iter()
+            .any(|e| e["event_action"] == "resolve")
+            .then_some(())
+    })
+    .await;
+    wait_outbox_empty(&server.base).await;
+    let pd = bodies(&pd_got);
+    let trigger = pd.iter().find(|e| e["event_action"] == "trigger").unwrap();
+    assert_eq!(trigger["routing_key"], key);
+    assert_eq!(trigger["payload"]["severity"], "critical");
+    let resolve = pd
+        .iter()
+        .find(|e| e["event_action"] == "resolve" && e["dedup_key"] == trigger["dedup_key"]);
+    assert!(
+        resolve.is_some(),
+        "the recovery resolves the trigger's dedup_key: {pd:?}"
+    );
+    assert_eq!(
+        count(&slack_got),
+        2,
+        "Down and recovery: {:?}",
+        bodies(&slack_got)
+    );
+    assert_eq!(count(&teams_got), 2, "{:?}", bodies(&teams_got));
+    let card = &bodies(&teams_got)[0]["attachments"][0]["content"];
+    assert_eq!(card["version"], "1.4");
+    let hooks = hook_got.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks[0].0["monitor"], "backup");
+    assert_eq!(hooks[0].0["state"], "Down");
+    assert_eq!(hooks[1].0["state"], "Up");
+    assert_eq!(hooks[0].0["incident"], hooks[1].0["incident"]);
+    assert_eq!(hooks[0].1["authorization"], "Bearer t0ken");
+    assert_eq!(hooks[0].1["x-team"], "platform");
+    // No secret reaches the log.
+    let log = server.log_text();
+    for secret in [key, "t0ken", slack.as_str()] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_never_answers_delays_no_other_channel() {
+    let hole = black_hole().await;
+    let (slack, slack_got) = receiver(schema::slack).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "a-hole",
+            &format!("  webhook:\n    url: {hole}\n"),
+        ),
+        channel(
+            "AlertChannel",
+            "z-chat",
+            "  slack:\n    webhookFile: slack-url\n",
+        ),
+        heartbeat_manifest(
+            "job",
+            "1h",
+            "5m",
+            "  alerts:\n    channels: [a-hole, z-chat]\n",
+        ),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", &slack)]);
+    let _server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "job", "ping").await;
+    let failed = Instant::now();
+    signal(&data, "job", "fail").await;
+    wait_for("the Slack notice", Duration::from_secs(5), || async {
+        (count(&slack_got) == 1).then_some(())
+    })
+    .await;
+    let took = failed.elapsed();
+    println!("Slack notice {took:?} after the failure, beside a channel that never answers");
+    // The black hole's attempt times out only after 10 s.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_after_holds_a_down_and_drops_it_when_it_recovers_first() {
+    let (slack, got) = receiver(schema::slack).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: slack-url\n  notifyAfter: 4s\n",
+        ),
+        heartbeat_manifest("quick", "1h", "5m", "  alerts:\n    channels: [chat]\n"),
+        heartbeat_manifest("slow", "1h", "5m", "  alerts:\n    channels: [chat]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", &slack)]);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    for hb in ["quick", "slow"] {
+        signal(&data, hb, "ping").await;
+    }
+    let failed = Instant::now();
+    signal(&data, "quick", "fail").await;
+    signal(&data, "slow", "fail").await;
+    // "quick" recovers within its notifyAfter: neither its Down nor its recovery is sent.
+    signal(&data, "quick", "ping").await;
+    wait_for("the held Down", Duration::from_secs(15), || async {
+        (count(&got) == 1).then_some(())
+    })
+    .await;
+    assert!(
+        failed.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        failed.elapsed()
+    );
+    let sent = bodies(&got);
+    assert!(sent[0].to_string().contains("slow"), "{sent:?}");
+    wait_outbox_empty(&server.base).await;
+    assert_eq!(count(&got), 1, "{:?}", bodies(&got));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_threshold_and_maintenance_decide_what_is_notified() {
+    let (slack, got) = receiver(schema::slack).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: slack-url\n",
+        ),
+        heartbeat_manifest(
+            "flaky",
+            "1h",
+            "5m",
+            "  failureThreshold: 2\n  alerts:\n    channels: [chat]\n",
+        ),
+        // A window that is always open: every minute, for an hour.
+        heartbeat_manifest(
+            "maintained",
+            "1h",
+            "5m",
+            "  maintenance:\n  - schedule: '* * * * *'\n    duration: 1h\n  alerts:\n    channels: [chat]\n",
+        ),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", &slack)]);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    for hb in ["flaky", "maintained"] {
+        signal(&data, hb, "ping").await;
+    }
+    // One failure is below the threshold, and a Down inside maintenance is held.
+    signal(&data, "flaky", "fail").await;
+    signal(&data, "maintained", "fail").await;
+    wait_for("the held Down", Duration::from_secs(10), || async {
+        metric(&server.base, "hartslag_alert_deliveries_pending")
+            .await
+            .filter(|v| *v == 1.0)
+    })
+    .await;
+    assert_eq!(count(&got), 0, "{:?}", bodies(&got));
+    // It recovers inside the window: nobody is told of either.
+    signal(&data, "maintained", "ping").await;
+    wait_outbox_empty(&server.base).await;
+    assert_eq!(count(&got), 0, "{:?}", bodies(&got));
+    // The second failure in a row is Down, and notified.
+    signal(&data, "flaky", "fail").await;
+    wait_for("the Down notice", Duration::from_secs(15), || async {
+        (count(&got) == 1).then_some(())
+    })
+    .await;
+    assert!(bodies(&got)[0].to_string().contains("flaky"));
+    wait_outbox_empty(&server.base).await;
+    assert_eq!(count(&got), 1, "{:?}", bodies(&got));
+}
