@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::harness::{
     Install, Operator, SERIAL, Scenario, events_with_reason, hb_status, prepare, requests,
-    status_writes, teardown,
+    secret_value, status_writes, teardown,
 };
 use crate::helpers::{SmtpSink, free_port, wait_for, webhook_sink};
 use hartslag::k8s::crd::{AlertChannel, ClusterAlertChannel, Heartbeat};
@@ -82,7 +82,7 @@ async fn a_slack_channel_reads_its_labelled_secret_and_unknown_names_are_channel
     let mut s = Scenario::start("e2e-chan").await;
     let (client, ns) = (s.client.clone(), s.ns.clone());
     let channels: Api<AlertChannel> = Api::namespaced(client.clone(), &ns);
-    let (hook, _received) = webhook_sink("/services/T000/B000/e2e").await;
+    let (hook, received) = webhook_sink("/services/T000/B000/e2e").await;
 
     // A channel whose Secret does not exist yet: not Ready, saying which Secret, and an Event.
     let ch: AlertChannel = serde_json::from_value(json!({
@@ -175,6 +175,33 @@ async fn a_slack_channel_reads_its_labelled_secret_and_unknown_names_are_channel
     assert_eq!(st["observedGeneration"], 1, "{st}");
     assert!(!st.to_string().contains(&hook), "the URL leaked: {st}");
 
+    // A Heartbeat through the channel goes Down: Slack's receiver gets a Block Kit message
+    // that meets Slack's documented schema, and the channel shows its last delivery.
+    let fast: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+        "metadata": {"name": "nightly"},
+        "spec": {"interval": "2s", "grace": "1s", "alerts": {"channels": ["team-slack"]}}
+    }))
+    .unwrap();
+    s.hbs.create(&PostParams::default(), &fast).await.unwrap();
+    let ping = wait_for("nightly's ping URL", Duration::from_secs(30), || {
+        secret_value(&secrets, "nightly-heartbeat", "ping-url")
+    })
+    .await;
+    assert_eq!(reqwest::get(&ping).await.unwrap().status(), 200);
+    let body = wait_for("a Slack message", Duration::from_secs(30), || async {
+        received.lock().unwrap().first().cloned()
+    })
+    .await;
+    hartslag::notify::schema::slack(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(body.to_string().contains("nightly"), "{body}");
+    wait_for("the channel's lastDeliveryAt", Duration::from_secs(30), || async {
+        channel_status(&channels, "team-slack")
+            .await
+            .filter(|st| st["lastDeliveryAt"].is_string())
+    })
+    .await;
+
     // An unknown name: ChannelNotFound naming it, an Event, and Ready once it exists.
     heartbeat(&s.hbs, "orphan", &["team-slack", "nowhere"]).await;
     let message = wait_ready("orphan", "ChannelNotFound", || hb_status(&hbs, "orphan")).await;
@@ -207,7 +234,16 @@ async fn a_slack_channel_reads_its_labelled_secret_and_unknown_names_are_channel
         .unwrap();
     wait_ready("orphan", "ChannelNotFound", || hb_status(&hbs, "orphan")).await;
 
-    // A restart with nothing changed writes no channel status.
+    // A restart with nothing changed writes no channel status (nightly goes first, so no
+    // delivery can change the channel's status meanwhile).
+    s.hbs
+        .delete("nightly", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("nightly to be gone", Duration::from_secs(30), || async {
+        hbs.get_opt("nightly").await.ok()?.is_none().then_some(())
+    })
+    .await;
     let before = channel_status(&channels, "team-slack").await.unwrap();
     let restarted = jiff::Timestamp::now();
     s.restart().await;
