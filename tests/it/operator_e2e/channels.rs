@@ -195,11 +195,15 @@ async fn a_slack_channel_reads_its_labelled_secret_and_unknown_names_are_channel
     .await;
     hartslag::notify::schema::slack(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert!(body.to_string().contains("nightly"), "{body}");
-    wait_for("the channel's lastDeliveryAt", Duration::from_secs(30), || async {
-        channel_status(&channels, "team-slack")
-            .await
-            .filter(|st| st["lastDeliveryAt"].is_string())
-    })
+    wait_for(
+        "the channel's lastDeliveryAt",
+        Duration::from_secs(30),
+        || async {
+            channel_status(&channels, "team-slack")
+                .await
+                .filter(|st| st["lastDeliveryAt"].is_string())
+        },
+    )
     .await;
 
     // An unknown name: ChannelNotFound naming it, an Event, and Ready once it exists.
