@@ -187,15 +187,18 @@ where
         .boxed()
 }
 
-/// Whether the operator may list `api` (one small list); a missing CRD or RBAC rule
-/// leaves that kind unwatched rather than the operator never ready.
+/// Whether the operator may list `api` (one small list of metadata, of labelled Secrets
+/// only); a missing CRD or RBAC rule leaves that kind unwatched rather than the operator
+/// never ready.
 async fn readable<K>(api: &Api<K>) -> Result<(), kube::Error>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.list_metadata(&ListParams::default().limit(1))
-        .await
-        .map(|_| ())
+    let mut params = ListParams::default().limit(1);
+    if K::kind(&()) == "Secret" {
+        params = params.labels(CHANNEL_SECRET_LABEL);
+    }
+    api.list_metadata(&params).await.map(|_| ())
 }
 
 /// Starts the channel watches of `scopes` and the cluster's, and the task that settles

@@ -2,7 +2,9 @@
 //! operator's cache (only once it is labelled for channels), a missing one is a clear
 //! condition and an Event, a Heartbeat naming an unknown channel is `ChannelNotFound` until
 //! the channel appears, a `ClusterAlertChannel` serves Heartbeats in every watched
-//! namespace, and a restart with nothing changed writes no channel status.
+//! namespace (named by a Heartbeat or as its Application's default), a Down Heartbeat's
+//! alert reaches a Slack receiver, and a restart with nothing changed writes no channel
+//! status.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use super::harness::{
     secret_value, status_writes, teardown,
 };
 use crate::helpers::{SmtpSink, free_port, wait_for, webhook_sink};
-use hartslag::k8s::crd::{AlertChannel, ClusterAlertChannel, Heartbeat};
+use hartslag::k8s::crd::{AlertChannel, Application, ClusterAlertChannel, Heartbeat};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
@@ -306,8 +308,27 @@ async fn a_cluster_channel_serves_heartbeats_in_two_namespaces() {
     let other_hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &other);
     heartbeat(&home_hbs, "a", &[&name]).await;
     heartbeat(&other_hbs, "b", &[&name]).await;
+    // An Application's channels are the defaults of its Heartbeats.
+    let apps: Api<Application> = Api::namespaced(client.clone(), &other);
+    let app: Application = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application",
+        "metadata": {"name": "team"}, "spec": {"alerts": {"channels": [name]}}
+    }))
+    .unwrap();
+    apps.create(&PostParams::default(), &app).await.unwrap();
+    let inherits: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+        "metadata": {"name": "c"},
+        "spec": {"interval": "1h", "applicationRef": {"name": "team"}}
+    }))
+    .unwrap();
+    other_hbs
+        .create(&PostParams::default(), &inherits)
+        .await
+        .unwrap();
     wait_ready("a", "Armed", || hb_status(&home_hbs, "a")).await;
     wait_ready("b", "Armed", || hb_status(&other_hbs, "b")).await;
+    wait_ready("c", "Armed", || hb_status(&other_hbs, "c")).await;
 
     // Gone: both Heartbeats say so.
     cluster
@@ -316,6 +337,8 @@ async fn a_cluster_channel_serves_heartbeats_in_two_namespaces() {
         .unwrap();
     wait_ready("a", "ChannelNotFound", || hb_status(&home_hbs, "a")).await;
     wait_ready("b", "ChannelNotFound", || hb_status(&other_hbs, "b")).await;
+    let message = wait_ready("c", "ChannelNotFound", || hb_status(&other_hbs, "c")).await;
+    assert!(message.contains(&name), "{message}");
     drop(op);
     teardown(&home);
     teardown(&other);
