@@ -111,7 +111,9 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
         .filter(|r| r.resource == "secrets" && (r.verb == "list" || r.verb == "watch"))
         .filter(|r| {
             !r.uri.contains("labelSelector=hartslag.dev%2Ftoken")
-                && !r.uri.contains("labelSelector=hartslag.dev%2Fchannel-secret")
+                && !r
+                    .uri
+                    .contains("labelSelector=hartslag.dev%2Fchannel-secret")
                 && !r.uri.contains(&admin)
         })
         .collect();
