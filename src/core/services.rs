@@ -108,6 +108,15 @@ impl Services {
             Clock::new(),
         )?;
         engine.register_metrics(metrics);
+        let monitors = engine.clone();
+        outbox.set_incident_check(Arc::new(move |key, target| {
+            monitors.get(key).is_some_and(|m| {
+                // A paused monitor never alerts, though its incident stays open.
+                m.state.incident_open
+                    && m.state.state == crate::core::monitor::state::State::Down
+                    && m.def.targets.contains(target)
+            })
+        }));
         let channels = outbox.channels().clone();
         let events = EventWriter::spawn(store).map_err(open_error)?;
         events.register_metrics(metrics);

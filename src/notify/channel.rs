@@ -110,7 +110,7 @@ pub fn facts(alert: &Alert, channel: &ResolvedChannel, base_url: &str) -> Facts 
     Facts {
         kind: match alert.kind {
             AlertKind::Down => NoticeKind::Down,
-            AlertKind::Recovery => NoticeKind::Recovery,
+            AlertKind::Recovery | AlertKind::OnTime => NoticeKind::Recovery,
             AlertKind::Flapping => NoticeKind::Flapping,
             AlertKind::Late => NoticeKind::Late,
         },

@@ -3,8 +3,9 @@
 //! A Down notice triggers an alert whose `dedup_key` names the monitor and the incident, so
 //! re-sends fold into one PagerDuty alert and the recovery resolves exactly that one; the
 //! next incident gets a new key and so a new alert. A Late warning is its own alert (key
-//! ending `/late`), since a trigger on an open key is dropped as a duplicate and would keep
-//! the milder severity; the recovery resolves both.
+//! `hartslag/<namespace>/<name>/late`, one per monitor: a Late episode comes before the
+//! incident it may open), since a trigger on an open key is dropped as a duplicate and
+//! would keep the milder severity; a recovery, or the end of the Late spell, resolves it.
 
 use serde_json::{Value, json};
 
@@ -16,15 +17,15 @@ pub const EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// PagerDuty refuses a `payload.summary` longer than this (characters).
 const SUMMARY_MAX: usize = 1024;
 
-/// The key PagerDuty deduplicates on: stable for one monitor and incident (≤ 255 chars).
+/// The key PagerDuty deduplicates on: stable for one monitor and incident, and for one
+/// monitor's Late warning (≤ 255 chars).
 pub fn dedup_key(facts: &Facts, kind: NoticeKind) -> String {
-    let base = format!(
-        "hartslag/{}/{}/{}",
-        facts.namespace, facts.name, facts.incident
-    );
     let key = match kind {
-        NoticeKind::Late => format!("{base}/late"),
-        _ => base,
+        NoticeKind::Late => format!("hartslag/{}/{}/late", facts.namespace, facts.name),
+        _ => format!(
+            "hartslag/{}/{}/{}",
+            facts.namespace, facts.name, facts.incident
+        ),
     };
     key.chars().take(255).collect()
 }
@@ -130,6 +131,12 @@ mod tests {
         assert_eq!(late[0]["payload"]["severity"], "warning");
         let up = events(&sample(NoticeKind::Recovery), KEY);
         assert_eq!(up[1]["dedup_key"], late[0]["dedup_key"]);
+        // The Late warning's key does not depend on the incident the Down opens later.
+        assert_eq!(late[0]["dedup_key"], "hartslag/team-a/nightly-backup/late");
+        assert_eq!(events(&next, KEY).len(), 1);
+        let mut later_up = sample(NoticeKind::Recovery);
+        later_up.incident = "1764990000000".into();
+        assert_eq!(events(&later_up, KEY)[1]["dedup_key"], late[0]["dedup_key"]);
     }
 
     #[test]

@@ -411,3 +411,91 @@ async fn failure_threshold_and_maintenance_decide_what_is_notified() {
     wait_outbox_empty(&server.base).await;
     assert_eq!(count(&got), 1, "{:?}", bodies(&got));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_late_warns_where_asked_and_says_when_it_is_over() {
+    let (warned, warned_got) = receiver(schema::slack).await;
+    let (quiet, quiet_got) = receiver(schema::slack).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "warned",
+            "  slack:\n    webhookFile: warned-url\n  notifyLate: true\n",
+        ),
+        channel(
+            "AlertChannel",
+            "quiet",
+            "  slack:\n    webhookFile: quiet-url\n",
+        ),
+        heartbeat_manifest(
+            "tight",
+            "2s",
+            "1m",
+            "  alerts:\n    channels: [warned, quiet]\n",
+        ),
+    ];
+    let files = [
+        ("warned-url", warned.as_str()),
+        ("quiet-url", quiet.as_str()),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &files);
+    let server = ChildServer::start(&manifests, &data, &["--min-interval", "1s"]).await;
+    signal(&data, "tight", "ping").await;
+    wait_for("the Late warning", Duration::from_secs(15), || async {
+        (count(&warned_got) == 1).then_some(())
+    })
+    .await;
+    assert!(
+        bodies(&warned_got)[0].to_string().contains("LATE"),
+        "{:?}",
+        bodies(&warned_got)
+    );
+    signal(&data, "tight", "ping").await;
+    wait_for(
+        "the end of the warning",
+        Duration::from_secs(15),
+        || async { (count(&warned_got) == 2).then_some(()) },
+    )
+    .await;
+    assert!(bodies(&warned_got)[1].to_string().contains("RECOVERED"));
+    wait_outbox_empty(&server.base).await;
+    assert_eq!(count(&quiet_got), 0, "{:?}", bodies(&quiet_got));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeat_every_notifies_again_while_down_and_stops_at_recovery() {
+    let (slack, got) = receiver(schema::slack).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: slack-url\n  repeatEvery: 2s\n",
+        ),
+        heartbeat_manifest("stuck", "1h", "5m", "  alerts:\n    channels: [chat]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", &slack)]);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "stuck", "ping").await;
+    signal(&data, "stuck", "fail").await;
+    wait_for("two repetitions", Duration::from_secs(20), || async {
+        (count(&got) >= 3).then_some(())
+    })
+    .await;
+    signal(&data, "stuck", "ping").await;
+    wait_for("the recovery", Duration::from_secs(15), || async {
+        bodies(&got)
+            .last()
+            .is_some_and(|b| b.to_string().contains("RECOVERED"))
+            .then_some(())
+    })
+    .await;
+    wait_outbox_empty(&server.base).await;
+    let sent = bodies(&got);
+    let downs = sent
+        .iter()
+        .filter(|b| b.to_string().contains("DOWN"))
+        .count();
+    assert_eq!(downs + 1, sent.len(), "Downs, then one recovery: {sent:?}");
+}

@@ -2,6 +2,9 @@
 //! (`failureThreshold`), the Heartbeat's own policy (which overrides its channels'), its
 //! maintenance windows and its runbook. Carried in the monitor's definition.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +91,7 @@ pub fn maintenance_until(windows: &[MaintenanceWindow], t: Timestamp) -> Option<
         let next = windows
             .iter()
             .filter_map(|w| {
-                let schedule = Schedule::parse(&w.schedule, w.time_zone.as_deref()).ok()?;
+                let schedule = parsed(w)?;
                 let length = SignedDuration::try_from(w.duration.as_std()).ok()?;
                 let start = schedule.window_containing(at, length)?;
                 start.checked_add(length).ok()
@@ -103,6 +106,28 @@ pub fn maintenance_until(windows: &[MaintenanceWindow], t: Timestamp) -> Option<
         }
     }
     end
+}
+
+/// Most parsed window schedules kept per thread.
+const PARSED_KEPT: usize = 1024;
+
+/// `w`'s schedule, parsed once per thread (parsing measures the schedule's gaps, and
+/// windows are looked at on every tick of their monitor).
+fn parsed(w: &MaintenanceWindow) -> Option<Schedule> {
+    type Parsed = HashMap<(String, Option<String>), Option<Schedule>>;
+    thread_local! {
+        static PARSED: RefCell<Parsed> = RefCell::default();
+    }
+    PARSED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= PARSED_KEPT {
+            cache.clear();
+        }
+        cache
+            .entry((w.schedule.clone(), w.time_zone.clone()))
+            .or_insert_with(|| Schedule::parse(&w.schedule, w.time_zone.as_deref()).ok())
+            .clone()
+    })
 }
 
 /// What the delivery scheduler does with a queued notice through a channel now.
@@ -127,7 +152,7 @@ pub fn gate(
     windows: &[MaintenanceWindow],
     now: Timestamp,
 ) -> Gate {
-    if kind == AlertKind::Late && policy.notify_late != Some(true) {
+    if matches!(kind, AlertKind::Late | AlertKind::OnTime) && policy.notify_late != Some(true) {
         return Gate::Skip("notifyLate is not set");
     }
     if let Some(end) = maintenance_until(windows, now) {
@@ -222,10 +247,12 @@ mod tests {
             gate(AlertKind::Recovery, 0, opened, &policy, &[], early),
             Gate::Go
         );
-        assert!(matches!(
-            gate(AlertKind::Late, 0, opened, &policy, &[], early),
-            Gate::Skip(_)
-        ));
+        for warning in [AlertKind::Late, AlertKind::OnTime] {
+            assert!(matches!(
+                gate(warning, 0, opened, &policy, &[], early),
+                Gate::Skip(_)
+            ));
+        }
         let late = AlertPolicy {
             notify_late: Some(true),
             ..Default::default()
@@ -299,12 +326,14 @@ pub fn tidy(queue: &[Pending<'_>]) -> Tidy {
             out.stale.push(p.key.to_vec());
             continue;
         }
-        let unsent_down = p.kind == AlertKind::Down && p.repeat == 0 && p.attempts == 0 && p.held;
-        if unsent_down
-            && let Some(recovery) = queue
-                .iter()
-                .filter(later)
-                .find(|q| q.kind == AlertKind::Recovery)
+        let closer = match p.kind {
+            AlertKind::Down => AlertKind::Recovery,
+            AlertKind::Late => AlertKind::OnTime,
+            _ => continue,
+        };
+        let unsent = p.repeat == 0 && p.attempts == 0 && p.held;
+        if unsent
+            && let Some(recovery) = queue.iter().filter(later).find(|q| q.kind == closer)
             && !out.cancelled.iter().any(|k| k == recovery.key)
         {
             out.cancelled.push(p.key.to_vec());
@@ -351,5 +380,11 @@ mod tidy_tests {
         assert_eq!(tidy(&q), Tidy::default());
         // A repetition alone waits for its time.
         assert_eq!(tidy(&q[..1]), Tidy::default());
+        // A held Late warning and the end of it go the same way.
+        let q = [
+            p(b"late", AlertKind::Late, 0, 0, true),
+            p(b"ok", AlertKind::OnTime, 0, 5, false),
+        ];
+        assert_eq!(tidy(&q).cancelled, vec![b"late".to_vec(), b"ok".to_vec()]);
     }
 }

@@ -434,13 +434,15 @@ impl ChannelBook {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Records a failed attempt through `id` (the delivery scheduler).
+    /// Records a failed attempt through `id` (the delivery scheduler); an attempt through
+    /// a channel not handed over yet is no failure of the channel.
     pub fn failed(&self, id: &ChannelRef, at: Timestamp, why: &str) {
-        self.write()
-            .status
-            .entry(id.clone())
-            .or_default()
-            .last_error = Some((at, why.into()));
+        let mut book = self.write();
+        if !book.channels.contains_key(id) {
+            return;
+        }
+        book.status.entry(id.clone()).or_default().last_error = Some((at, why.into()));
+        drop(book);
         self.changed.send_modify(|n| *n += 1);
     }
 }

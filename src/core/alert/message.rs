@@ -15,6 +15,9 @@ pub enum AlertKind {
     Down,
     /// The monitor is Late (a warning before Down, for channels with `notifyLate`).
     Late,
+    /// The monitor pinged again after a Late warning, before it was Down: the warning is
+    /// over (sent where the warning went).
+    OnTime,
     /// The monitor is Up again after a Down alert.
     Recovery,
     /// The monitor went Down and up so often that its notices are held until it settles
@@ -262,6 +265,7 @@ impl Alert {
         match self.kind {
             AlertKind::Down => "DOWN",
             AlertKind::Late => "LATE",
+            AlertKind::OnTime => "ON TIME",
             AlertKind::Recovery => "RECOVERED",
             AlertKind::Flapping => "FLAPPING",
         }
@@ -284,6 +288,10 @@ impl Alert {
             AlertKind::Down => format!("Heartbeat monitor \"{}\" is DOWN.", self.title()),
             AlertKind::Late => format!(
                 "Heartbeat monitor \"{}\" is LATE: it will be Down when its grace ends.",
+                self.title()
+            ),
+            AlertKind::OnTime => format!(
+                "Heartbeat monitor \"{}\" pinged again after being Late; it did not go Down.",
                 self.title()
             ),
             AlertKind::Recovery => format!(
@@ -321,6 +329,7 @@ impl Alert {
         let event = match self.kind {
             AlertKind::Down => "down",
             AlertKind::Late => "late",
+            AlertKind::OnTime => "on_time",
             AlertKind::Recovery => "recovery",
             AlertKind::Flapping => "flapping",
         };
@@ -329,6 +338,7 @@ impl Alert {
             match self.kind {
                 AlertKind::Down => ":red_circle:",
                 AlertKind::Late => ":large_yellow_circle:",
+                AlertKind::OnTime => ":large_green_circle:",
                 AlertKind::Recovery => ":large_green_circle:",
                 AlertKind::Flapping => ":large_orange_circle:",
             },

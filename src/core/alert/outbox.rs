@@ -130,6 +130,9 @@ pub fn delivery_key(alert: &Alert, target: &Target) -> Vec<u8> {
     format!("{}|{suffix}", alert.id).into_bytes()
 }
 
+/// Whether a monitor (`namespace/name`) is Down and alerts a target.
+pub type IncidentCheck = Arc<dyn Fn(&str, &Target) -> bool + Send + Sync>;
+
 /// A key and value ready for a sled batch.
 pub type Record = (Vec<u8>, Vec<u8>);
 
@@ -172,6 +175,9 @@ pub struct Outbox {
     failure: Arc<Mutex<Option<String>>>,
     /// The alert channels front ends resolved, and their delivery status.
     pub(super) channels: ChannelBook,
+    /// Whether a monitor's incident is still open for a target (set once the monitor
+    /// engine runs): repetitions stop when it is not.
+    incidents: Arc<std::sync::OnceLock<IncidentCheck>>,
     /// Tests make writes fail with this.
     #[cfg(test)]
     pub(crate) fail_writes: Arc<std::sync::atomic::AtomicBool>,
@@ -209,6 +215,7 @@ impl Outbox {
             done_seq: Arc::new(AtomicU64::new(last)),
             failure: Arc::default(),
             channels: ChannelBook::default(),
+            incidents: Arc::default(),
             #[cfg(test)]
             fail_writes: Arc::default(),
         })
@@ -217,6 +224,19 @@ impl Outbox {
     /// The channel book deliveries through channels read (and record their status in).
     pub fn channels(&self) -> &ChannelBook {
         &self.channels
+    }
+
+    /// Tells the outbox how to learn whether a monitor (`namespace/name`) is still Down
+    /// and still alerts a target; without it every incident counts as open.
+    pub fn set_incident_check(&self, check: IncidentCheck) {
+        let _ = self.incidents.set(check);
+    }
+
+    /// Whether the incident of the monitor `monitor` is open for `target`.
+    pub(super) fn incident_open(&self, monitor: &str, target: &Target) -> bool {
+        self.incidents
+            .get()
+            .is_none_or(|check| check(monitor, target))
     }
 
     /// Adds the outbox's families to `/metrics`.

@@ -343,7 +343,9 @@ impl Scheduler {
     /// The repetition that follows Down notice `d` (sent or not) while its incident lasts,
     /// when its target repeats.
     fn next_repetition(&self, d: &Delivery, now: Timestamp) -> Option<Delivery> {
-        if d.alert.kind != AlertKind::Down {
+        if d.alert.kind != AlertKind::Down
+            || !self.outbox.incident_open(d.alert.monitor_key(), &d.target)
+        {
             return None;
         }
         let resend = match &d.target {
@@ -397,8 +399,10 @@ impl Scheduler {
             if self.in_flight.contains(key) {
                 continue;
             }
-            let why = if tidy.stale.contains(key) {
-                Some(("superseded", "the monitor recovered".to_string()))
+            let over =
+                d.alert.repeat > 0 && !self.outbox.incident_open(d.alert.monitor_key(), &d.target);
+            let why = if tidy.stale.contains(key) || over {
+                Some(("superseded", "the incident is over".to_string()))
             } else if tidy.cancelled.contains(key) {
                 Some((
                     "skipped",

@@ -545,11 +545,16 @@ impl Step<'_, '_> {
     fn absorb(&mut self, reason: &DownReason, at: Timestamp) {
         let from = match reason {
             DownReason::Missed | DownReason::NotScheduled => self.s.deadline.unwrap_or(at),
-            _ => at,
+            // A failure reported late never moves the deadline before the last success's.
+            _ => self.s.last_ping_at.map_or(at, |p| p.max(at)),
         };
-        self.s.deadline = self.timing.deadline_after(from).or(self.s.deadline);
+        // An interval monitor that never pinged has no rhythm to move on.
+        if self.s.deadline.is_some() || self.timing.schedule.is_some() {
+            self.s.deadline = self.timing.deadline_after(from).or(self.s.deadline);
+        }
         self.s.run_started_at = None;
-        if matches!(self.s.state, State::Started | State::Late) {
+        // Paused only while resuming: the monitor is running again.
+        if matches!(self.s.state, State::Started | State::Late | State::Paused) {
             let back = if self.s.last_ping_at.is_some() || self.timing.schedule.is_some() {
                 State::Up
             } else {
@@ -579,7 +584,10 @@ impl Step<'_, '_> {
                 if let Some(at) = run_deadline(self.timing, &self.s).filter(|at| *at <= now) {
                     let reason = self.timeout_reason();
                     self.s.run_started_at = None;
-                    self.down(reason, at);
+                    // Absorbed below the threshold: the new deadline may be due already.
+                    if self.down(reason, at) {
+                        self.judge_deadline(now);
+                    }
                 }
             }
             State::Down | State::Paused => {}
@@ -762,6 +770,8 @@ impl Step<'_, '_> {
             self.s.pinged_while_paused = false;
             self.s.run_started_at = None;
             self.s.deadline = None;
+            // Counting starts again after the pause.
+            self.s.failures = 0;
         }
     }
 
@@ -1734,7 +1744,31 @@ mod tests {
         let minutely = Schedule::parse("* * * * *", None).unwrap();
         let five = Schedule::parse("*/5 * * * *", Some("Europe/Amsterdam")).unwrap();
         let jobs = Some(JobRules { require_ping: true });
+        // A window every 20 minutes for 5 minutes, from t(0) on.
+        let windows = [MaintenanceWindow {
+            schedule: "*/20 * * * *".into(),
+            duration: crate::core::duration::SpecDuration::from_secs(300),
+            time_zone: None,
+        }];
         let timings = [
+            Timing {
+                failure_threshold: 3,
+                ..Timing::from_secs(60, 10)
+            },
+            Timing {
+                failure_threshold: 2,
+                jobs,
+                ..Timing::from_secs(60, 10).with_schedule(Some(&minutely))
+            },
+            Timing {
+                maintenance: &windows,
+                ..Timing::from_secs(600, 60)
+            },
+            Timing {
+                maintenance: &windows,
+                failure_threshold: 2,
+                ..Timing::from_secs(300, 30).with_schedule(Some(&five))
+            },
             HOUR,
             MINUTE,
             Timing::from_secs(10, 5),
@@ -1839,13 +1873,20 @@ mod tests {
                     assert_eq!(next.deadline, None, "{ctx}");
                     assert_eq!(next.run_started_at, None, "{ctx}");
                 }
+                // Absorbed failures and maintenance move deadlines past the last ping's.
+                let moved_on = timing.failure_threshold > 1 || !timing.maintenance.is_empty();
                 match timing.schedule {
                     None => {
                         if next.state == State::New {
                             assert_eq!(next.deadline, None, "{ctx}");
                         }
                         if let (Some(d), Some(p)) = (next.deadline, next.last_ping_at) {
-                            assert_eq!(d, p.checked_add(timing.interval).unwrap(), "{ctx}");
+                            let from_ping = p.checked_add(timing.interval).unwrap();
+                            if moved_on {
+                                assert!(d >= from_ping, "{ctx}");
+                            } else {
+                                assert_eq!(d, from_ping, "{ctx}");
+                            }
                         }
                     }
                     Some(schedule) => {
@@ -1854,7 +1895,11 @@ mod tests {
                             assert!(schedule.is_occurrence(d), "{ctx}");
                         }
                         if let (State::Up, Some(p)) = (next.state, next.last_ping_at) {
-                            assert_eq!(next.deadline, schedule.next_after(p), "{ctx}");
+                            if moved_on {
+                                assert!(next.deadline >= schedule.next_after(p), "{ctx}");
+                            } else {
+                                assert_eq!(next.deadline, schedule.next_after(p), "{ctx}");
+                            }
                         }
                     }
                 }
@@ -1862,6 +1907,24 @@ mod tests {
                 if matches!(sig, Signal::Job(_)) {
                     let (again, e) = apply(&timing, &next, &sig);
                     assert_eq!((&again, e.as_slice()), (&next, &[][..]), "{ctx}");
+                }
+                // Failures below the threshold are counted, never more than it.
+                assert!(
+                    next.failures <= timing.failure_threshold.max(1) || next.state == State::Down,
+                    "{ctx}"
+                );
+                if next.failures > 0 && next.state != State::Down {
+                    assert!(next.failures < timing.failure_threshold, "{ctx}");
+                }
+                // Inside a maintenance window a tick may move a deadline at any time (it
+                // has no wakeup of its own), so the wakeup rules below are for the rest;
+                // ticks stay idempotent.
+                if !timing.maintenance.is_empty() {
+                    let (once, _) = apply(&timing, &next, &Tick(t(now)));
+                    let (twice, e) = apply(&timing, &once, &Tick(t(now)));
+                    assert_eq!((&twice, e.as_slice()), (&once, &[][..]), "{ctx}");
+                    s = next;
+                    continue;
                 }
                 // Ticks: idempotent, and they change something exactly from next_wakeup on.
                 let (again, e) = apply(&timing, &next, &Tick(next.since));

@@ -71,7 +71,16 @@ impl EngineStats {
     }
 
     pub(super) fn count_alert(&self, kind: AlertKind) {
-        self.alerts[usize::from(kind == AlertKind::Recovery)].inc();
+        match kind {
+            AlertKind::Down | AlertKind::Flapping => {
+                self.alerts[0].inc();
+            }
+            AlertKind::Recovery => {
+                self.alerts[1].inc();
+            }
+            // Warnings are no alerts of their own.
+            AlertKind::Late | AlertKind::OnTime => {}
+        }
     }
 
     /// Registers the engine's families; monitors by state are counted at each scrape.

@@ -4,8 +4,8 @@
 use jiff::Timestamp;
 
 use super::types::{Monitor, MonitorDef};
-use crate::core::alert::message::{Alert, AlertKind, human_duration};
-use crate::core::monitor::state::DownReason;
+use crate::core::alert::message::{Alert, AlertKind, Target, human_duration};
+use crate::core::monitor::state::{DownReason, State};
 
 /// Why a recovery alert was sent.
 pub const RECOVERED: &str = "a successful ping arrived; the monitor is up again";
@@ -102,6 +102,7 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
     let kind_word = match kind {
         AlertKind::Down => "down",
         AlertKind::Late => "late",
+        AlertKind::OnTime => "on_time",
         AlertKind::Recovery => "recovery",
         AlertKind::Flapping => "flapping",
     };
@@ -130,6 +131,37 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
         repeat: 0,
         policy: m.def.alerting.policy.clone(),
         maintenance: m.def.alerting.maintenance.clone(),
+    }
+}
+
+/// The Late warning (or its end) a transition from `from` to `to` raises, when `m` may
+/// want one: its own policy says `notifyLate`, or it alerts through channels (whose policy
+/// the delivery scheduler applies; a channel without `notifyLate` skips it).
+pub fn warning(m: &Monitor, from: State, to: State) -> Option<(AlertKind, String)> {
+    let own = m.def.alerting.policy.notify_late;
+    let channels = m
+        .def
+        .targets
+        .iter()
+        .any(|t| matches!(t, Target::Channel { .. }));
+    if own == Some(false) || (own.is_none() && !channels) {
+        return None;
+    }
+    let expected = m.state.deadline.map_or("its deadline".to_string(), |d| {
+        d.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    });
+    match (from, to) {
+        (State::Late, State::Late) => None,
+        (_, State::Late) => Some((
+            AlertKind::Late,
+            format!("no ping since it was expected at {expected}; Down when its grace ends"),
+        )),
+        (State::Late, State::Down) => None,
+        (State::Late, _) => Some((
+            AlertKind::OnTime,
+            "pinged again before it was Down".to_string(),
+        )),
+        _ => None,
     }
 }
 

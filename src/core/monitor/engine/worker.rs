@@ -51,7 +51,10 @@ const TRIM_EVERY: u32 = 50;
 
 /// What the engine handle asks of the worker.
 pub(super) enum Command {
-    Upsert(Box<MonitorDef>, oneshot::Sender<Result<Monitor, EngineError>>),
+    Upsert(
+        Box<MonitorDef>,
+        oneshot::Sender<Result<Monitor, EngineError>>,
+    ),
     Remove(String, oneshot::Sender<Result<(), EngineError>>),
     Ping(
         String,
@@ -626,6 +629,9 @@ impl Worker {
                 Effect::Transition { from, to, at } => {
                     let idx = u8::try_from(idx).unwrap_or(u8::MAX);
                     self.stage_transition(m, (from, to, at), idx, round)?;
+                    if let Some((kind, reason)) = wording::warning(m, from, to) {
+                        self.stage_alert(m, kind, at, reason, round)?;
+                    }
                 }
                 Effect::Alert { ref reason, at } => {
                     let reason = describe_down(reason, m, at);
