@@ -201,6 +201,77 @@ where
     api.list_metadata(&params).await.map(|_| ())
 }
 
+/// The watches feeding [`run`], in order.
+type Feeds = Vec<BoxStream<'static, (usize, bool)>>;
+
+/// Labelled channel Secrets only.
+fn secrets_config() -> watcher::Config {
+    watch_config().labels(CHANNEL_SECRET_LABEL)
+}
+
+/// The `AlertChannel` and channel Secret watches of every scope, once all are readable.
+async fn watch_scopes(ctx: &Context, scopes: &[Option<String>], feeds: &mut Feeds) {
+    let client = &ctx.client;
+    for ns in scopes {
+        let a = api::<AlertChannel>(client, ns.as_deref());
+        let s = api::<Secret>(client, ns.as_deref());
+        if let Err(e) = futures::try_join!(readable(&a), readable(&s)) {
+            tracing::warn!(error = %e, namespace = ns.as_deref().unwrap_or("<all>"), "cannot list AlertChannels or Secrets (is the CRD installed, does the chart's RBAC allow it?); AlertChannels are not watched");
+            return;
+        }
+    }
+    let mut caches = Vec::new();
+    for ns in scopes {
+        let (channels, cw) = reflector::store::<AlertChannel>();
+        let (secrets, sw) = reflector::store::<Secret>();
+        let n = feeds.len();
+        feeds.push(feed(api(client, ns.as_deref()), watch_config(), cw, n));
+        feeds.push(feed(
+            api(client, ns.as_deref()),
+            secrets_config(),
+            sw,
+            n + 1,
+        ));
+        caches.push(ChannelScope {
+            namespace: ns.clone(),
+            channels,
+            secrets,
+        });
+    }
+    let _ = ctx.channels.scopes.set(caches);
+}
+
+/// The `ClusterAlertChannel` watch, and the channel Secrets of `home` unless a scope's
+/// watch covers them already.
+async fn watch_cluster(ctx: &Context, home: &str, feeds: &mut Feeds) {
+    let client = &ctx.client;
+    let cluster_api: Api<ClusterAlertChannel> = Api::all(client.clone());
+    let home_api: Api<Secret> = Api::namespaced(client.clone(), home);
+    let covered = ctx.channels.scope_of(home).is_some();
+    let readable = match readable(&cluster_api).await {
+        Ok(()) if covered => Ok(()),
+        Ok(()) => readable(&home_api).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = readable {
+        tracing::warn!(error = %e, namespace = home, "cannot list ClusterAlertChannels or the Secrets of the operator's namespace (is the CRD installed, does the chart's RBAC allow it?); ClusterAlertChannels are not watched");
+        return;
+    }
+    let (channels, cw) = reflector::store::<ClusterAlertChannel>();
+    let n = feeds.len();
+    feeds.push(feed(cluster_api, watch_config(), cw, n));
+    let home_secrets = (!covered).then(|| {
+        let (store, sw) = reflector::store::<Secret>();
+        feeds.push(feed(home_api, secrets_config(), sw, n + 1));
+        store
+    });
+    let _ = ctx.channels.cluster.set(ClusterSide {
+        channels,
+        home: home.to_string(),
+        home_secrets,
+    });
+}
+
 /// Starts the channel watches of `scopes` and the cluster's, and the task that settles
 /// channels on every change. `home` is the operator's namespace.
 pub async fn start(
@@ -209,67 +280,9 @@ pub async fn start(
     home: &str,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let client = &ctx.client;
-    let secrets_config = || watch_config().labels(CHANNEL_SECRET_LABEL);
-    let mut feeds: Vec<BoxStream<'static, (usize, bool)>> = Vec::new();
-    let mut all_readable = true;
-    for ns in scopes {
-        let a = api::<AlertChannel>(client, ns.as_deref());
-        let s = api::<Secret>(client, ns.as_deref());
-        if let Err(e) = futures::try_join!(readable(&a), readable(&s)) {
-            tracing::warn!(error = %e, namespace = ns.as_deref().unwrap_or("<all>"), "cannot list AlertChannels or Secrets (is the CRD installed, does the chart's RBAC allow it?); AlertChannels are not watched");
-            all_readable = false;
-        }
-    }
-    let mut caches = Vec::new();
-    if all_readable {
-        for ns in scopes {
-            let (channels, cw) = reflector::store::<AlertChannel>();
-            let (secrets, sw) = reflector::store::<Secret>();
-            let n = feeds.len();
-            feeds.push(feed(api(client, ns.as_deref()), watch_config(), cw, n));
-            feeds.push(feed(
-                api(client, ns.as_deref()),
-                secrets_config(),
-                sw,
-                n + 1,
-            ));
-            caches.push(ChannelScope {
-                namespace: ns.clone(),
-                channels,
-                secrets,
-            });
-        }
-        let _ = ctx.channels.scopes.set(caches.clone());
-    }
-    let cluster_api: Api<ClusterAlertChannel> = Api::all(client.clone());
-    let home_api: Api<Secret> = Api::namespaced(client.clone(), home);
-    let covered = caches.iter().any(|c| c.covers(home));
-    let cluster_ok = match readable(&cluster_api).await {
-        Ok(()) if covered => Ok(()),
-        Ok(()) => readable(&home_api).await,
-        Err(e) => Err(e),
-    };
-    match cluster_ok {
-        Ok(()) => {
-            let (channels, cw) = reflector::store::<ClusterAlertChannel>();
-            let n = feeds.len();
-            feeds.push(feed(cluster_api, watch_config(), cw, n));
-            let home_secrets = (!covered).then(|| {
-                let (store, sw) = reflector::store::<Secret>();
-                feeds.push(feed(home_api, secrets_config(), sw, n + 1));
-                store
-            });
-            let _ = ctx.channels.cluster.set(ClusterSide {
-                channels,
-                home: home.to_string(),
-                home_secrets,
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, namespace = home, "cannot list ClusterAlertChannels or the Secrets of the operator's namespace (is the CRD installed, does the chart's RBAC allow it?); ClusterAlertChannels are not watched");
-        }
-    }
+    let mut feeds = Feeds::new();
+    watch_scopes(ctx, scopes, &mut feeds).await;
+    watch_cluster(ctx, home, &mut feeds).await;
     if feeds.is_empty() {
         return Vec::new();
     }
@@ -279,11 +292,7 @@ pub async fn start(
 }
 
 /// Settles every channel after each batch of events, once every watch listed completely.
-async fn run(
-    ctx: Arc<Context>,
-    feeds: Vec<BoxStream<'static, (usize, bool)>>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn run(ctx: Arc<Context>, feeds: Feeds, mut stop: watch::Receiver<bool>) {
     let mut listed = vec![false; feeds.len()];
     let mut events = futures::stream::select_all(feeds);
     // A Secret or channel that keeps failing to resolve is looked at again now and then,
