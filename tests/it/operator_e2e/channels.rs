@@ -3,8 +3,8 @@
 //! condition and an Event, a Heartbeat naming an unknown channel is `ChannelNotFound` until
 //! the channel appears, a `ClusterAlertChannel` serves Heartbeats in every watched
 //! namespace (named by a Heartbeat or as its Application's default), a Down Heartbeat's
-//! alert reaches a Slack receiver, and a restart with nothing changed writes no channel
-//! status.
+//! alert reaches a Slack receiver (and a refusing target's error shows on its channel),
+//! and a restart with nothing changed writes no channel status.
 
 use std::time::Duration;
 
@@ -270,9 +270,21 @@ async fn a_slack_channel_reads_its_labelled_secret_and_unknown_names_are_channel
     );
 }
 
+/// A loopback receiver that answers every POST with 500; its URL.
+async fn refusing_receiver() -> String {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
-async fn a_cluster_channel_serves_heartbeats_in_two_namespaces() {
+async fn a_cluster_channel_serves_heartbeats_in_two_namespaces_and_errors_show_on_the_channel() {
     let _serial = SERIAL.lock().await;
     let (client, home) = prepare("e2e-cch").await;
     let (_, other) = prepare("e2e-cch2").await;
@@ -329,6 +341,43 @@ async fn a_cluster_channel_serves_heartbeats_in_two_namespaces() {
     wait_ready("a", "Armed", || hb_status(&home_hbs, "a")).await;
     wait_ready("b", "Armed", || hb_status(&other_hbs, "b")).await;
     wait_ready("c", "Armed", || hb_status(&other_hbs, "c")).await;
+
+    // A channel whose target refuses shows the last error, and when it happened.
+    let refusing = refusing_receiver().await;
+    let broken: AlertChannel = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "AlertChannel",
+        "metadata": {"name": "broken"}, "spec": {"webhook": {"url": refusing}}
+    }))
+    .unwrap();
+    let others: Api<AlertChannel> = Api::namespaced(client.clone(), &other);
+    others
+        .create(&PostParams::default(), &broken)
+        .await
+        .unwrap();
+    let failing: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+        "metadata": {"name": "d"},
+        "spec": {"interval": "2s", "grace": "1s", "alerts": {"channels": ["broken"]}}
+    }))
+    .unwrap();
+    other_hbs
+        .create(&PostParams::default(), &failing)
+        .await
+        .unwrap();
+    let other_secrets: Api<Secret> = Api::namespaced(client.clone(), &other);
+    let ping = wait_for("d's ping URL", Duration::from_secs(30), || {
+        secret_value(&other_secrets, "d-heartbeat", "ping-url")
+    })
+    .await;
+    assert_eq!(reqwest::get(&ping).await.unwrap().status(), 200);
+    let st = wait_for("broken's lastError", Duration::from_secs(30), || async {
+        channel_status(&others, "broken")
+            .await
+            .filter(|st| st["lastError"].is_string() && st["lastErrorAt"].is_string())
+    })
+    .await;
+    assert!(st["lastDeliveryAt"].is_null(), "nothing was accepted: {st}");
+    assert_eq!(ready(&st).map(|r| r.1).as_deref(), Some("Resolved"), "{st}");
 
     // Gone: both Heartbeats say so.
     cluster
