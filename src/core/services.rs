@@ -108,9 +108,10 @@ impl Services {
             Clock::new(),
         )?;
         engine.register_metrics(metrics);
-        let monitors = engine.clone();
+        // A reader, not the engine: the outbox the engine holds must not keep it alive.
+        let monitors = engine.reader();
         outbox.set_incident_check(Arc::new(move |key, target| {
-            monitors.get(key).is_some_and(|m| {
+            monitors(key).is_some_and(|m| {
                 // A paused monitor never alerts, though its incident stays open.
                 m.state.incident_open
                     && m.state.state == crate::core::monitor::state::State::Down

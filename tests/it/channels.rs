@@ -22,6 +22,15 @@ type Received = Arc<Mutex<Vec<(Value, axum::http::HeaderMap)>>>;
 /// A loopback receiver at `/hook` that checks each body with `check` (answering 400 with
 /// the reason when it fails, as the provider would) and keeps what it accepted.
 async fn receiver(check: fn(&Value) -> Result<(), schema::SchemaError>) -> (String, Received) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    receiver_on(l, check)
+}
+
+/// [`receiver`] on a listener the test bound.
+fn receiver_on(
+    l: tokio::net::TcpListener,
+    check: fn(&Value) -> Result<(), schema::SchemaError>,
+) -> (String, Received) {
     let received: Received = Arc::default();
     let sink = received.clone();
     let app = axum::Router::new().route(
@@ -39,7 +48,6 @@ async fn receiver(check: fn(&Value) -> Result<(), schema::SchemaError>) -> (Stri
             },
         ),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
     (url, received)
@@ -498,4 +506,74 @@ async fn repeat_every_notifies_again_while_down_and_stops_at_recovery() {
         .filter(|b| b.to_string().contains("DOWN"))
         .count();
     assert_eq!(downs + 1, sent.len(), "Downs, then one recovery: {sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_channel_sends_through_the_configured_smtp_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = crate::helpers::SmtpSink::start(dir.path()).await;
+    let docs = [
+        channel(
+            "ClusterAlertChannel",
+            "ops-mail",
+            "  email:\n    to: [\"ops@example.com\"]\n",
+        ),
+        heartbeat_manifest(
+            "mailer",
+            "1h",
+            "5m",
+            "  alerts:\n    channels: [ops-mail]\n",
+        ),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let smtp = sink.url();
+    let _server = ChildServer::start(&manifests, &data, &["--smtp-url", &smtp]).await;
+    signal(&data, "mailer", "ping").await;
+    signal(&data, "mailer", "fail").await;
+    let mail = sink
+        .wait_for_mail("[Hartslag] DOWN: mailer", Duration::from_secs(15))
+        .await;
+    assert!(mail[0].contains("ops@example.com"), "{}", mail[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_waiting_for_its_channel_is_delivered_once_after_kill_9() {
+    // The Slack receiver is not listening yet: deliveries fail and are retried.
+    let port = crate::helpers::free_port();
+    let slack = format!("http://127.0.0.1:{port}/hook");
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: slack-url\n",
+        ),
+        heartbeat_manifest("durable", "1h", "5m", "  alerts:\n    channels: [chat]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", &slack)]);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "durable", "ping").await;
+    signal(&data, "durable", "fail").await;
+    wait_for("a failed attempt", Duration::from_secs(15), || async {
+        crate::helpers::metric(
+            &server.base,
+            "hartslag_alert_deliveries_total{outcome=\"retried\"}",
+        )
+        .await
+        .filter(|v| *v >= 1.0)
+    })
+    .await;
+    server.kill9();
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (_, got) = receiver_on(l, schema::slack);
+    // After the restart the channel is read from the manifests again and the notice goes.
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    wait_for("the Down notice", Duration::from_secs(30), || async {
+        (count(&got) == 1).then_some(())
+    })
+    .await;
+    wait_outbox_empty(&server.base).await;
+    assert_eq!(count(&got), 1, "{:?}", bodies(&got));
 }

@@ -481,6 +481,31 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_without_alerts_of_its_own_takes_its_applications_channels() {
+        use crate::core::spec::AlertTargets;
+        let app = AlertTargets {
+            channels: vec!["team".into()],
+            ..Default::default()
+        };
+        let own = AlertTargets {
+            channels: vec!["mine".into()],
+            ..Default::default()
+        };
+        let inline = AlertTargets {
+            email: vec!["ops@example.com".into()],
+            ..Default::default()
+        };
+        assert_eq!(channel_names(None, Some(&app)), ["team"]);
+        assert_eq!(channel_names(Some(&own), Some(&app)), ["mine"]);
+        // Alerts of its own, even inline ones only, replace the Application's.
+        assert!(channel_names(Some(&inline), Some(&app)).is_empty());
+        assert_eq!(
+            channel_names(Some(&AlertTargets::default()), Some(&app)),
+            ["team"]
+        );
+    }
+
+    #[test]
     fn secrets_are_read_through_the_front_end_and_never_printed() {
         let s = spec(
             r#"{"webhook":{"urlSecretRef":{"name":"hook","key":"url"},"headersSecretRef":{"name":"hook","key":"headers"}},"severity":"warning"}"#,

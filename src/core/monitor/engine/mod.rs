@@ -291,11 +291,15 @@ impl Engine {
 
     /// One monitor.
     pub fn get(&self, key: &str) -> Option<Monitor> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
+        read_monitor(&self.snapshot, key)
+    }
+
+    /// A reader of the monitors that does not keep the engine running: for parts the engine
+    /// itself holds (the outbox), where holding the engine would keep its thread and store
+    /// alive after everything else let go.
+    pub fn reader(&self) -> impl Fn(&str) -> Option<Monitor> + Send + Sync + 'static {
+        let snapshot = self.snapshot.clone();
+        move |key| read_monitor(&snapshot, key)
     }
 
     /// Every monitor, sorted by key.
@@ -402,6 +406,15 @@ fn spawn_worker(worker: Worker, rx: mpsc::UnboundedReceiver<Command>) -> Result<
         })
         .map(|_| ())
         .map_err(|e| EngineError::Thread(e.to_string()))
+}
+
+/// One monitor from the readers' snapshot.
+fn read_monitor(snapshot: &Snapshot, key: &str) -> Option<Monitor> {
+    snapshot
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(key)
+        .cloned()
 }
 
 #[cfg(test)]
