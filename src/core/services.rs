@@ -111,7 +111,7 @@ impl Services {
         // A reader, not the engine: the outbox the engine holds must not keep it alive.
         let monitors = engine.reader();
         outbox.set_incident_check(Arc::new(move |key, target| {
-            monitors(key).is_some_and(|m| {
+            monitors(key, &|m| {
                 // A paused monitor never alerts, though its incident stays open.
                 m.state.incident_open
                     && m.state.state == crate::core::monitor::state::State::Down

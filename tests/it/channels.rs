@@ -577,3 +577,53 @@ async fn a_notice_waiting_for_its_channel_is_delivered_once_after_kill_9() {
     wait_outbox_empty(&server.base).await;
     assert_eq!(count(&got), 1, "{:?}", bodies(&got));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_maintenance_window_holds_its_notices_only() {
+    let (resting, resting_got) = receiver(schema::slack).await;
+    let (awake, awake_got) = receiver(schema::slack).await;
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        // A window that is always open: every minute, for an hour.
+        channel(
+            "AlertChannel",
+            "resting",
+            "  slack:\n    webhookFile: resting-url\n  maintenance:\n  - schedule: '* * * * *'\n    duration: 1h\n",
+        ),
+        channel(
+            "AlertChannel",
+            "awake",
+            "  slack:\n    webhookFile: awake-url\n",
+        ),
+        heartbeat_manifest(
+            "job",
+            "1h",
+            "5m",
+            "  alerts:\n    channels: [resting, awake]\n",
+        ),
+    ];
+    let files = [
+        ("resting-url", resting.as_str()),
+        ("awake-url", awake.as_str()),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &files);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "job", "ping").await;
+    signal(&data, "job", "fail").await;
+    wait_for(
+        "the Down through the other channel",
+        Duration::from_secs(15),
+        || async { (count(&awake_got) == 1).then_some(()) },
+    )
+    .await;
+    signal(&data, "job", "ping").await;
+    wait_for(
+        "the recovery through the other channel",
+        Duration::from_secs(15),
+        || async { (count(&awake_got) == 2).then_some(()) },
+    )
+    .await;
+    // Inside its window the resting channel's Down and recovery are dropped as a pair.
+    wait_outbox_empty(&server.base).await;
+    assert_eq!(count(&resting_got), 0, "{:?}", bodies(&resting_got));
+}

@@ -317,12 +317,26 @@ pub struct Tidy {
     pub cancelled: Vec<Vec<u8>>,
 }
 
-/// What to finish in a target's queue before anything else is decided. Pure.
+/// What to finish in a target's queue before anything else is decided. Pure; linear in
+/// the queue but for each monitor's own notices (a queue may hold a repetition for every
+/// monitor that is Down).
 pub fn tidy(queue: &[Pending<'_>]) -> Tidy {
-    let mut out = Tidy::default();
+    let mut by_monitor: HashMap<&str, Vec<&Pending<'_>>> = HashMap::new();
     for p in queue {
-        let later = |q: &&Pending| q.monitor == p.monitor && q.created_at > p.created_at;
-        if p.repeat > 0 && queue.iter().any(|q| later(&q) && q.repeat == 0) {
+        by_monitor.entry(p.monitor).or_default().push(p);
+    }
+    let mut out = Tidy::default();
+    for group in by_monitor.values() {
+        tidy_monitor(group, &mut out);
+    }
+    out
+}
+
+/// [`tidy`] for one monitor's notices.
+fn tidy_monitor(group: &[&Pending<'_>], out: &mut Tidy) {
+    for p in group {
+        let later = |q: &&&Pending| q.created_at > p.created_at;
+        if p.repeat > 0 && group.iter().any(|q| later(&q) && q.repeat == 0) {
             out.stale.push(p.key.to_vec());
             continue;
         }
@@ -333,14 +347,13 @@ pub fn tidy(queue: &[Pending<'_>]) -> Tidy {
         };
         let unsent = p.repeat == 0 && p.attempts == 0 && p.held;
         if unsent
-            && let Some(recovery) = queue.iter().filter(later).find(|q| q.kind == closer)
+            && let Some(recovery) = group.iter().filter(later).find(|q| q.kind == closer)
             && !out.cancelled.iter().any(|k| k == recovery.key)
         {
             out.cancelled.push(p.key.to_vec());
             out.cancelled.push(recovery.key.to_vec());
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -57,16 +57,25 @@ impl OutboxStats {
     }
 }
 
-/// The `hartslag_alert_deliveries_pending` gauge: records in the outbox's pending tree.
+/// The `hartslag_alert_deliveries_pending` gauge: notices in the outbox's pending tree.
+/// Repetitions scheduled while an incident lasts are left out: they wait by design, and
+/// counting them would make every long outage look like a delivery backlog.
 #[derive(Debug)]
 struct Pending(sled::Tree);
 
 impl Collector for Pending {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauge = ConstGauge::new(i64::try_from(self.0.len()).unwrap_or(i64::MAX));
+        let notices = self
+            .0
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !super::outbox::is_repetition(k))
+            .count();
+        let gauge = ConstGauge::new(i64::try_from(notices).unwrap_or(i64::MAX));
         gauge.encode(encoder.encode_descriptor(
             "hartslag_alert_deliveries_pending",
-            "Alert deliveries waiting in the outbox.",
+            "Alert notices waiting in the outbox (scheduled repetitions not counted).",
             None,
             gauge.metric_type(),
         )?)

@@ -133,6 +133,13 @@ pub fn delivery_key(alert: &Alert, target: &Target) -> Vec<u8> {
 /// Whether a monitor (`namespace/name`) is Down and alerts a target.
 pub type IncidentCheck = Arc<dyn Fn(&str, &Target) -> bool + Send + Sync>;
 
+/// Whether `key` (a [`delivery_key`]) is that of a repetition (`...:down-r3|...`).
+pub fn is_repetition(key: &[u8]) -> bool {
+    let id = key.split(|b| *b == b'|').next().unwrap_or(key);
+    let kind = id.rsplit(|b| *b == b':').next().unwrap_or(id);
+    kind.windows(2).any(|w| w == b"-r")
+}
+
 /// A key and value ready for a sled batch.
 pub type Record = (Vec<u8>, Vec<u8>);
 
@@ -383,6 +390,17 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetitions_are_told_by_their_key() {
+        assert!(is_repetition(
+            b"ns/my-runner:1700000000000:down-r2|channel:abc"
+        ));
+        assert!(!is_repetition(
+            b"ns/my-runner:1700000000000:down|channel:abc"
+        ));
+        assert!(!is_repetition(b"ns/a-r:1700000000000:recovery|email"));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_jitters_deterministically() {

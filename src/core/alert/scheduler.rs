@@ -764,4 +764,43 @@ mod tests {
         );
         assert_eq!(outbox.stats.superseded.get(), 4);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn repetitions_waiting_for_their_time_hold_up_no_notice() {
+        let (_dir, _store, outbox) = open(OutboxConfig::default());
+        let courier = Arc::new(Courier::default());
+        tokio::spawn(outbox.clone().run(courier.clone()));
+        let hourly = |mut a: Alert| {
+            a.policy.repeat_every = Some(crate::core::duration::SpecDuration::from_secs(3600));
+            a
+        };
+        let now = Timestamp::now();
+        for i in 0..50 {
+            let down = hourly(alert(&format!("m{i}"), i, AlertKind::Down));
+            queue(&outbox, &down, &email(), now);
+        }
+        // Each Down is sent and leaves its next repetition, an hour ahead, in the queue.
+        until("the Downs", || courier.sent().len() == 50).await;
+        until("the repetitions", || {
+            outbox
+                .load_pending()
+                .iter()
+                .filter(|(_, d)| d.alert.repeat == 1)
+                .count()
+                == 50
+        })
+        .await;
+        let up = alert("m7", 100, AlertKind::Recovery);
+        queue(&outbox, &up, &email(), Timestamp::now());
+        until("the recovery", || courier.sent().len() == 51).await;
+        assert_eq!(courier.sent()[50].0.kind, AlertKind::Recovery);
+        // The recovered monitor's repetition is gone; the others wait for their time.
+        until("the stale repetition", || outbox.load_pending().len() == 49).await;
+        assert!(
+            outbox
+                .load_pending()
+                .iter()
+                .all(|(_, d)| d.alert.monitor != "m7")
+        );
+    }
 }

@@ -297,9 +297,19 @@ impl Engine {
     /// A reader of the monitors that does not keep the engine running: for parts the engine
     /// itself holds (the outbox), where holding the engine would keep its thread and store
     /// alive after everything else let go.
-    pub fn reader(&self) -> impl Fn(&str) -> Option<Monitor> + Send + Sync + 'static {
+    /// The reader answers `test` of monitor `key` (false when there is none) without
+    /// copying it.
+    pub fn reader(
+        &self,
+    ) -> impl Fn(&str, &dyn Fn(&Monitor) -> bool) -> bool + Send + Sync + 'static {
         let snapshot = self.snapshot.clone();
-        move |key| read_monitor(&snapshot, key)
+        move |key, test| {
+            snapshot
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .is_some_and(test)
+        }
     }
 
     /// Every monitor, sorted by key.

@@ -157,6 +157,10 @@ pub fn warning(m: &Monitor, from: State, to: State) -> Option<(AlertKind, String
             format!("no ping since it was expected at {expected}; Down when its grace ends"),
         )),
         (State::Late, State::Down) => None,
+        (State::Late, State::Paused) => Some((
+            AlertKind::OnTime,
+            "paused while Late; it will not go Down while paused".to_string(),
+        )),
         (State::Late, _) => Some((
             AlertKind::OnTime,
             "pinged again before it was Down".to_string(),
