@@ -205,6 +205,8 @@ pub struct Context {
     pub webhook_secrets: super::reconcile::alerts::WebhookSecrets,
     /// CronJobs and their Jobs, for Heartbeats with `cronJobRef`.
     pub cron_jobs: super::cronjobs::watch::CronJobCaches,
+    /// AlertChannels, ClusterAlertChannels and the Secrets they read.
+    pub channels: super::channels::ChannelCaches,
     recorder: Recorder,
 }
 
@@ -238,6 +240,7 @@ impl Context {
             stats: OperatorStats::default(),
             webhook_secrets: Default::default(),
             cron_jobs: Default::default(),
+            channels: Default::default(),
         }
     }
 
@@ -254,7 +257,8 @@ impl Context {
         let reference = ObjectReference {
             api_version: Some("hartslag.dev/v1alpha1".into()),
             kind: Some(about.kind.as_str().into()),
-            namespace: Some(about.namespace.clone()),
+            // Cluster-scoped objects (ClusterAlertChannel) have no namespace.
+            namespace: (!about.namespace.is_empty()).then(|| about.namespace.clone()),
             name: Some(about.name.clone()),
             uid,
             ..Default::default()

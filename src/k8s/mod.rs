@@ -6,11 +6,12 @@
 //! [`status`] computes and writes status; [`caches`] are the watch caches everything reads
 //! from; [`secrets`] the token Secret rules; [`lease`] the reusable Lease lock;
 //! [`instances`] detects other installations; [`orphans`] removes what vanished while the
-//! operator was down.
+//! operator was down; [`channels`] watches and resolves alert channels.
 
 pub mod admin;
 pub mod caches;
 pub mod catalogue;
+pub mod channels;
 pub mod context;
 pub mod crd;
 pub mod cronjobs;

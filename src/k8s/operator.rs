@@ -417,6 +417,8 @@ async fn start(
             core.registry.clone(),
         )),
     ]);
+    // Channels before the controllers: a Heartbeat naming a channel waits for this list.
+    tasks.extend(super::channels::watch::start(&ctx, &scopes, &config.lease.0, stop.clone()).await);
     for (part, triggers) in parts.into_iter().zip(trigger_rxs) {
         tracing::info!(
             namespace = part.caches.namespace.as_deref().unwrap_or("<all>"),
@@ -500,7 +502,11 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     }
     let serving = tokio::spawn(server.serve_on(port, stopped(stop.clone())));
     tokio::select! {
-        _ = async { ctx.caches.wait_synced().await; ctx.cron_jobs.wait_synced().await } => {
+        _ = async {
+            ctx.caches.wait_synced().await;
+            ctx.cron_jobs.wait_synced().await;
+            ctx.channels.wait_synced().await;
+        } => {
             tracing::info!("watch caches hold their first complete lists");
             orphans::sweep(&ctx).await;
             tracing::info!("removed what vanished while the operator was down");

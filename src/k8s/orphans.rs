@@ -108,6 +108,8 @@ pub async fn sweep(ctx: &Arc<Context>) {
         let live = match t.kind {
             Kind::Heartbeat => ctx.caches.heartbeat(&t.namespace, &t.name).is_some(),
             Kind::Application => ctx.caches.application(&t.namespace, &t.name).is_some(),
+            // Channels settle their own verdicts as they come and go.
+            Kind::AlertChannel | Kind::ClusterAlertChannel => return true,
         };
         let keep = live && ours(ctx, &t.namespace);
         if !keep {

@@ -61,6 +61,26 @@ impl Triggers {
         self.heartbeats_where(ctx, namespace, |hb| refers_to_cron_job(hb, cron_job));
     }
 
+    /// Channel `id` appeared or went: the Heartbeats naming it (in its namespace, or in
+    /// every namespace for a `ClusterAlertChannel`) resolve their channels again.
+    pub fn channel_changed(&self, ctx: &Context, id: &crate::core::alert::channels::ChannelRef) {
+        let refers = |hb: &Heartbeat| crate::k8s::channels::names(ctx, hb, &id.name);
+        match &id.namespace {
+            Some(ns) => self.heartbeats_where(ctx, ns, refers),
+            None => {
+                for scope in ctx.caches.scopes() {
+                    for hb in scope.heartbeats.state() {
+                        if let (Some(ns), Some(name)) = (&hb.metadata.namespace, &hb.metadata.name)
+                            && refers(&hb)
+                        {
+                            self.send(ns, name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Reconciles the Heartbeats of `namespace` that satisfy `refers`.
     fn heartbeats_where(
         &self,

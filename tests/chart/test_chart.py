@@ -81,11 +81,12 @@ expect(len(pvc) == 1 and pvc[0]["spec"]["resources"]["requests"]["storage"] == "
 expect(pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "hs-hartslag-data", "data on the PVC")
 roles = find(objs, "ClusterRole", "hs-hartslag")
 admin_roles = find(objs, "Role")
-expect(sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == ["hs-hartslag", "hs-hartslag-edit", "hs-hartslag-leases", "hs-hartslag-view"], "cluster-wide: the operator's ClusterRole, the Lease reader and the aggregated view/edit roles")
+expect(sorted(r["metadata"]["name"] for r in find(objs, "ClusterRole")) == ["hs-hartslag", "hs-hartslag-cluster-channels", "hs-hartslag-edit", "hs-hartslag-leases", "hs-hartslag-view"], "cluster-wide: the operator's ClusterRole, the ClusterAlertChannel reader, the Lease reader and the aggregated view/edit roles")
 expect([r["metadata"]["name"] for r in admin_roles] == ["hs-hartslag-admin"], "cluster-wide: only the admin-Secret Role")
 expect(admin_roles[0]["metadata"]["namespace"] == "ops", "admin Secret Role in the release namespace")
 expect(admin_roles[0]["rules"] == [
     {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hs-hartslag-admin"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["hs-hartslag"], "verbs": ["get", "update"]},
 ], f"admin Secret and Lease rules: {admin_roles[0]['rules']}")
@@ -94,6 +95,12 @@ expect(len(lease) == 1 and lease[0]["metadata"]["name"] == "hs-hartslag" and "sp
 expect(lease[0]["metadata"]["labels"]["hartslag.dev/lease"] == "operator" and lease[0]["metadata"]["annotations"]["hartslag.dev/scope"] == "*", f"Lease label and scope: {lease[0]['metadata']}")
 expect(e["HARTSLAG_LEASE_NAME"]["value"] == "hs-hartslag" and e["HARTSLAG_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "the operator is told its Lease")
 leases_role = find(objs, "ClusterRole", "hs-hartslag-leases")[0]
+channels_role = find(objs, "ClusterRole", "hs-hartslag-cluster-channels")[0]
+expect(channels_role["rules"] == [
+    {"apiGroups": ["hartslag.dev"], "resources": ["clusteralertchannels"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["hartslag.dev"], "resources": ["clusteralertchannels/status"], "verbs": ["patch"]},
+], f"ClusterAlertChannel reader: {channels_role['rules']}")
+expect(find(objs, "ClusterRoleBinding", "hs-hartslag-cluster-channels")[0]["subjects"][0]["name"] == "hs-hartslag", "ClusterAlertChannel reader bound to the ServiceAccount")
 expect(leases_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["list", "watch"]}], f"Lease reader: {leases_role['rules']}")
 view = find(objs, "ClusterRole", "hs-hartslag-view")[0]
 edit = find(objs, "ClusterRole", "hs-hartslag-edit")[0]
@@ -106,7 +113,8 @@ rules = {(r["apiGroups"][0], tuple(r["resources"])): set(r["verbs"]) for r in ro
 expect(rules == {
     ("hartslag.dev", ("heartbeats",)): {"list", "watch", "patch", "create", "delete"},
     ("hartslag.dev", ("applications",)): {"list", "watch", "patch"},
-    ("hartslag.dev", ("applications/status", "heartbeats/status")): {"patch"},
+    ("hartslag.dev", ("alertchannels",)): {"get", "list", "watch"},
+    ("hartslag.dev", ("applications/status", "heartbeats/status", "alertchannels/status")): {"patch"},
     ("hartslag.dev", ("applications/finalizers", "heartbeats/finalizers")): {"update"},
     ("", ("secrets",)): {"get", "list", "watch", "create", "patch"},
     ("events.k8s.io", ("events",)): {"create", "patch"},
@@ -126,6 +134,7 @@ if len(sys.argv) > 2 and sys.argv[1] == "--render-to":
 objs, _ = render({"scope": {"clusterWide": False, "namespaces": ["team-a", "team-b"]}})
 expect(not find(objs, "ClusterRole", "hs-hartslag") and not find(objs, "ClusterRoleBinding", "hs-hartslag"), "namespaced: no cluster-wide access to the resources or Secrets")
 expect(find(objs, "ClusterRole", "hs-hartslag-leases"), "namespaced: still reads other installations' Leases")
+expect(find(objs, "ClusterRole", "hs-hartslag-cluster-channels") and find(objs, "ClusterRoleBinding", "hs-hartslag-cluster-channels"), "namespaced: still reads ClusterAlertChannels")
 expect(find(objs, "Lease")[0]["metadata"]["annotations"]["hartslag.dev/scope"] == "team-a,team-b", "the Lease announces the scope")
 expect(sorted(r["metadata"]["namespace"] for r in find(objs, "Role")) == ["ops", "team-a", "team-b"], "a Role per namespace, plus the admin-Secret Role")
 expect(sorted(b["metadata"]["namespace"] for b in find(objs, "RoleBinding")) == ["ops", "team-a", "team-b"], "a RoleBinding per namespace, plus the admin-Secret one")

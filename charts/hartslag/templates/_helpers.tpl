@@ -45,9 +45,14 @@ What the operator may do in each watched namespace, and why. Nothing more.
 - apiGroups: ["hartslag.dev"]
   resources: ["applications"]
   verbs: ["list", "watch", "patch"]
+# AlertChannels: cached (the Heartbeats naming them resolve against the cache), never
+# written but for their status.
+- apiGroups: ["hartslag.dev"]
+  resources: ["alertchannels"]
+  verbs: ["get", "list", "watch"]
 # Status is written by server-side apply, which is a patch.
 - apiGroups: ["hartslag.dev"]
-  resources: ["applications/status", "heartbeats/status"]
+  resources: ["applications/status", "heartbeats/status", "alertchannels/status"]
   verbs: ["patch"]
 # Issued Secrets are owned by their resource with blockOwnerDeletion; clusters running the
 # OwnerReferencesPermissionEnforcement admission plugin require this to set it.
@@ -55,7 +60,8 @@ What the operator may do in each watched namespace, and why. Nothing more.
   resources: ["applications/finalizers", "heartbeats/finalizers"]
   verbs: ["update"]
 # Secrets. list, watch: the operator lists and watches only Secrets labelled
-# hartslag.dev/token (its issued and adopted token Secrets), but RBAC cannot limit a list
+# hartslag.dev/token (its issued and adopted token Secrets) and Secrets labelled
+# hartslag.dev/channel-secret (which AlertChannels may read), but RBAC cannot limit a list
 # or watch to a label selector. get: a Secret named by tokenSecretName that is not labelled
 # yet is read once, to check its hartslag.dev/adopt annotation (no selector can filter on
 # annotations) and type; one that does not opt in is never written. create: issue tokens.

@@ -19,7 +19,7 @@ use crate::core::channel::AlertChannelSpec;
     status = "AlertChannelStatus",
     shortname = "hsch",
     category = "hartslag",
-    doc = "An AlertChannel is one alert target (Alertmanager, PagerDuty, Slack, Teams, a webhook or email) with its policy; Heartbeats in its namespace name it in spec.alerts.channels.",
+    doc = "An AlertChannel is one alert target (Alertmanager, PagerDuty, Slack, Teams, a webhook or email) with its policy; Heartbeats in its namespace name it in spec.alerts.channels. Secrets it names are read from its namespace and must carry the label hartslag.dev/channel-secret.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -55,7 +55,7 @@ pub struct AlertChannelResourceSpec {
     status = "AlertChannelStatus",
     shortname = "hscch",
     category = "hartslag",
-    doc = "A ClusterAlertChannel is an alert target any Heartbeat in the cluster may name in spec.alerts.channels; Secrets it refers to are read from the operator's namespace.",
+    doc = "A ClusterAlertChannel is an alert target any Heartbeat in the cluster may name in spec.alerts.channels; Secrets it refers to are read from the operator's namespace and must carry the label hartslag.dev/channel-secret.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -84,8 +84,8 @@ pub struct ClusterAlertChannelResourceSpec {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertChannelStatus {
-    /// `Ready`: the target is valid and its Secret resolved (reasons `SecretNotFound`,
-    /// `Invalid`).
+    /// `Ready`: the target is valid and its Secrets resolved (reasons when not:
+    /// `SecretNotFound`, `SecretKeyNotFound`, `SecretInvalid`, `Invalid`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -1,5 +1,5 @@
-//! The Heartbeat pipeline: validate → application → quota → secret → build → apply →
-//! verdict. Deletion (through the finalizer) revokes the token at once and removes or
+//! The Heartbeat pipeline: validate → application → cronJob → channels → quota → secret →
+//! alerts → build → apply → verdict. Deletion (through the finalizer) revokes the token at once and removes or
 //! retains the monitor's data as `deletionPolicy` says.
 //!
 //! A Heartbeat that is not Ready has no monitor: a refusal deactivates it, so its status
@@ -78,6 +78,12 @@ async fn steps(
     validate(spec, ctx.config.min_interval)?;
     let app = application(&ctx.core.registry, ns, spec)?;
     let cron_job = cron_job(ctx, ns, spec)?;
+    let channels = crate::k8s::channels::step(ctx, ns, spec, app.as_deref())
+        .await
+        .map_err(|refusal| Stop::Refused {
+            refusal,
+            retry: false,
+        })?;
     let key = object_key(ns, name);
     // Held until the monitor is active, so two new monitors cannot both take the last slot.
     let quota_lock = app
@@ -104,6 +110,7 @@ async fn steps(
         token: ensured.token.hash(),
         secret: &secret_name,
         default_webhook: ctx.config.webhook_url.as_deref(),
+        channels: &channels,
         existing: existing.as_ref().map(|m| &m.def),
         now: Timestamp::now(),
     })?;
@@ -271,6 +278,8 @@ pub struct BuildInputs<'a> {
     pub secret: &'a str,
     /// The server's default alert webhook.
     pub default_webhook: Option<&'a str>,
+    /// The channels its alerts go through (resolved by step channels).
+    pub channels: &'a [crate::core::alert::channels::ChannelRef],
     /// The definition in the engine now.
     pub existing: Option<&'a MonitorDef>,
     /// Now.
@@ -300,7 +309,7 @@ pub fn build(i: &BuildInputs<'_>) -> Result<MonitorDef, Stop> {
             .uid
             .clone()
             .unwrap_or_else(|| object_key(i.namespace, &name)),
-        channels: Vec::new(),
+        channels: i.channels.to_vec(),
     }
     .monitor_def(i.existing, i.default_webhook, i.now)
     .map_err(|e| Stop::wait("InvalidSchedule", e.to_string()))
@@ -509,6 +518,7 @@ mod tests {
             token: TokenHash::of("t"),
             secret: "backup-heartbeat",
             default_webhook: Some("https://hooks.example.com/x"),
+            channels: &[],
             existing: None,
             now: t0,
         };

@@ -7,10 +7,12 @@
 //!   the engine its transitions, a periodic sweep the coarse refreshes; it compares each
 //!   desired status with the live object from the watch cache and writes only the
 //!   difference.
+//! - [`channel`] does the same for alert channels.
 //! - [`apply`] sends a status by server-side apply with field manager `hartslag`, so a
 //!   field that becomes empty disappears from the object.
 
 pub mod apply;
+pub mod channel;
 pub mod model;
 pub mod writer;
 
@@ -29,6 +31,10 @@ pub enum Kind {
     Application,
     /// `Heartbeat`.
     Heartbeat,
+    /// `AlertChannel`.
+    AlertChannel,
+    /// `ClusterAlertChannel` (cluster-scoped: its target's namespace is empty).
+    ClusterAlertChannel,
 }
 
 impl Kind {
@@ -37,6 +43,8 @@ impl Kind {
         match self {
             Self::Application => "Application",
             Self::Heartbeat => "Heartbeat",
+            Self::AlertChannel => "AlertChannel",
+            Self::ClusterAlertChannel => "ClusterAlertChannel",
         }
     }
 }
@@ -71,6 +79,24 @@ impl Target {
         }
     }
 
+    /// An AlertChannel.
+    pub fn alert_channel(namespace: &str, name: &str) -> Self {
+        Self {
+            kind: Kind::AlertChannel,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// A ClusterAlertChannel.
+    pub fn cluster_alert_channel(name: &str) -> Self {
+        Self {
+            kind: Kind::ClusterAlertChannel,
+            namespace: String::new(),
+            name: name.into(),
+        }
+    }
+
     /// The `namespace/name` key the core uses.
     pub fn key(&self) -> String {
         crate::core::registry::object_key(&self.namespace, &self.name)
@@ -79,7 +105,11 @@ impl Target {
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind.as_str(), self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        }
     }
 }
 

@@ -94,7 +94,7 @@ pub fn condition(
     }
 }
 
-fn ready_condition(
+pub(super) fn ready_condition(
     live: &[Condition],
     verdict: &Verdict,
     ready_reason: &str,

@@ -1,4 +1,5 @@
-//! The status writer: the one task that writes the status of Applications and Heartbeats.
+//! The status writer: the one task that writes the status of Applications, Heartbeats
+//! and alert channels.
 //!
 //! It is nudged from three lanes and serves them in this order:
 //! 1. verdicts — a reconcile concluded something new (follows the user's own writes, so it
@@ -30,7 +31,10 @@ use super::model::{self, AppCounts, ApplicationInputs, HeartbeatInputs};
 use super::{Kind, Target, WriterConfig};
 use crate::core::monitor::engine::Origin;
 use crate::k8s::context::{Context, spread};
-use crate::k8s::crd::{Application, ApplicationStatus, Heartbeat, HeartbeatStatus};
+use crate::k8s::crd::{
+    AlertChannel, AlertChannelStatus, Application, ApplicationStatus, ClusterAlertChannel,
+    Heartbeat, HeartbeatStatus,
+};
 
 /// Why the writer should look at an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +164,7 @@ impl Queues {
 enum Write {
     Heartbeat(HeartbeatStatus),
     Application(ApplicationStatus),
+    Channel(AlertChannelStatus),
 }
 
 /// What this writer wrote to each object that its watch cache has not shown back yet:
@@ -258,6 +263,47 @@ async fn application_write(
     (want != live_status).then_some((rv, want))
 }
 
+/// A channel's live `resourceVersion` and status, unless it is gone or being deleted.
+fn live_channel(ctx: &Context, t: &Target) -> Option<(Option<String>, AlertChannelStatus)> {
+    let (meta, status) = match t.kind {
+        Kind::AlertChannel => {
+            let c = ctx.channels.channel(&t.namespace, &t.name)?;
+            (c.metadata.clone(), c.status.clone())
+        }
+        Kind::ClusterAlertChannel => {
+            let c = ctx.channels.cluster_channel(&t.name)?;
+            (c.metadata.clone(), c.status.clone())
+        }
+        _ => return None,
+    };
+    if meta.deletion_timestamp.is_some() {
+        return None;
+    }
+    Some((meta.resource_version, status.unwrap_or_default()))
+}
+
+/// The status channel `t` should get, if it differs from the live one (or from `unseen`).
+fn channel_write(
+    ctx: &Context,
+    t: &Target,
+    unseen: &mut Unseen,
+) -> Option<(Option<String>, AlertChannelStatus)> {
+    let (rv, live) = live_channel(ctx, t)?;
+    let verdict = ctx.verdicts.get(t)?;
+    let live_status = match unseen.live(t, &rv) {
+        Some(Write::Channel(st)) => st,
+        _ => live,
+    };
+    let deliveries = crate::k8s::channels::settle::deliveries(ctx, t);
+    let want = super::channel::channel_status(super::channel::ChannelInputs {
+        verdict: &verdict,
+        deliveries: deliveries.as_ref(),
+        live: &live_status,
+        now: Timestamp::now(),
+    });
+    (want != live_status).then_some((rv, want))
+}
+
 /// What to write to `t`, with the `resourceVersion` it was computed against.
 async fn desired(
     ctx: &Context,
@@ -265,7 +311,8 @@ async fn desired(
     refresh: Duration,
     unseen: &mut Unseen,
 ) -> Option<(Option<String>, Write)> {
-    if !ctx.instances.owns(&t.namespace) {
+    // A ClusterAlertChannel belongs to no namespace; every installation may write it.
+    if t.kind != Kind::ClusterAlertChannel && !ctx.instances.owns(&t.namespace) {
         return None;
     }
     match t.kind {
@@ -275,6 +322,9 @@ async fn desired(
         Kind::Application => application_write(ctx, t, unseen)
             .await
             .map(|(rv, st)| (rv, Write::Application(st))),
+        Kind::AlertChannel | Kind::ClusterAlertChannel => {
+            channel_write(ctx, t, unseen).map(|(rv, st)| (rv, Write::Channel(st)))
+        }
     }
 }
 
@@ -297,6 +347,14 @@ async fn send(ctx: Arc<Context>, t: Target, lane: Lane, rv: Option<String>, writ
             let api: Api<Application> = Api::namespaced(ctx.client.clone(), &t.namespace);
             apply_status(&api, &t.name, st).await
         }
+        Write::Channel(st) if t.kind == Kind::ClusterAlertChannel => {
+            let api: Api<ClusterAlertChannel> = Api::all(ctx.client.clone());
+            apply_status(&api, &t.name, st).await
+        }
+        Write::Channel(st) => {
+            let api: Api<AlertChannel> = Api::namespaced(ctx.client.clone(), &t.namespace);
+            apply_status(&api, &t.name, st).await
+        }
     };
     (t, lane, rv, write, result)
 }
@@ -314,6 +372,16 @@ fn everything(ctx: &Context) -> Vec<Target> {
             if let (Some(ns), Some(name)) = (&app.metadata.namespace, &app.metadata.name) {
                 out.push(Target::application(ns, name));
             }
+        }
+    }
+    for c in ctx.channels.channels() {
+        if let (Some(ns), Some(name)) = (&c.metadata.namespace, &c.metadata.name) {
+            out.push(Target::alert_channel(ns, name));
+        }
+    }
+    for c in ctx.channels.cluster_channels() {
+        if let Some(name) = &c.metadata.name {
+            out.push(Target::cluster_alert_channel(name));
         }
     }
     out

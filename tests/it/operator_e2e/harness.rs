@@ -71,6 +71,8 @@ pub async fn prepare(prefix: &str) -> (Client, String) {
         "--for=condition=Established",
         "crd/applications.hartslag.dev",
         "crd/heartbeats.hartslag.dev",
+        "crd/alertchannels.hartslag.dev",
+        "crd/clusteralertchannels.hartslag.dev",
         "--timeout=60s",
     ]);
     let ns = format!("{prefix}-{}", random(8));

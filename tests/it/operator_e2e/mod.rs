@@ -3,6 +3,7 @@
 //! ServiceAccount with the chart's rendered RBAC. Run by `tests/run-all.sh`, which brings
 //! the cluster up; without a cluster these tests fail rather than pass.
 
+mod channels;
 mod cronjobs;
 mod flows;
 mod harness;

@@ -103,13 +103,18 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
     );
 
     // RBAC cannot hold the operator to a selector, so check it holds itself to one: every
-    // Secret it listed or watched was selected by the token label or by name.
+    // Secret it listed or watched was selected by the token label, the channel label or by
+    // name.
     let admin = format!("fieldSelector=metadata.name%3D{}", s.install.admin_secret());
     let unselected: Vec<_> = requests(&s.install.user, started)
         .into_iter()
         .filter(|r| r.resource == "secrets" && (r.verb == "list" || r.verb == "watch"))
         .filter(|r| {
-            !r.uri.contains("labelSelector=hartslag.dev%2Ftoken") && !r.uri.contains(&admin)
+            !r.uri.contains("labelSelector=hartslag.dev%2Ftoken")
+                && !r
+                    .uri
+                    .contains("labelSelector=hartslag.dev%2Fchannel-secret")
+                && !r.uri.contains(&admin)
         })
         .collect();
     assert!(
