@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// Hold monitor deadlines until the front end releases them: the operator does, until
     /// it has removed the monitors whose resources vanished while it was down.
     pub hold_deadlines: bool,
+    /// Event names per Application with a series of their own on `/metrics`.
+    pub metrics_top_events: usize,
 }
 
 impl ServerConfig {
@@ -70,6 +72,7 @@ impl ServerConfig {
             trusted_proxies: Vec::new(),
             http: crate::http::HttpLimits::default(),
             hold_deadlines: false,
+            metrics_top_events: crate::core::ingest::counts::DEFAULT_TOP_EVENTS,
         }
     }
 
@@ -87,6 +90,7 @@ impl ServerConfig {
             outbox: self.outbox,
             limits: self.limits,
             hold_deadlines: self.hold_deadlines,
+            top_events: self.metrics_top_events,
         }
     }
 }

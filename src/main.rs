@@ -168,6 +168,10 @@ struct Common {
     /// spec.limits.ingestBurst says otherwise.
     #[arg(long, env = "HARTSLAG_INGEST_BURST", default_value_t = 10_000)]
     ingest_burst: u32,
+    /// Event names per Application that get their own `hartslag_events_total` series on
+    /// /metrics (the most frequent since start; bounds the series a tenant can create).
+    #[arg(long, env = "HARTSLAG_METRICS_TOP_EVENTS", default_value_t = hartslag::core::ingest::counts::DEFAULT_TOP_EVENTS)]
+    metrics_top_events: usize,
     /// How long a shutdown waits for requests in flight.
     #[arg(long, env = "HARTSLAG_SHUTDOWN_GRACE", default_value = "20s")]
     shutdown_grace: hartslag::core::duration::SpecDuration,
@@ -194,6 +198,7 @@ impl Common {
             allowed: self.webhook_allowed_cidrs.clone(),
         };
         c.trusted_proxies = self.trusted_proxies.clone();
+        c.metrics_top_events = self.metrics_top_events;
         c.outbox.concurrency = self.alert_concurrency.max(1);
         c.outbox.policy = hartslag::core::alert::policy::PolicyConfig {
             flapping_notices: self.alert_flapping_notices,

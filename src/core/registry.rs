@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use jiff::tz::TimeZone;
 
+use crate::core::ingest::counts::EventCounts;
 use crate::core::limits::{AppLimits, LimitDefaults, RateLimiter};
 use crate::core::spec::{ApplicationSpec, SpecError};
 use crate::core::storage::{AppRecord, AppStore, EventStore, StorageError, TokenOwner};
@@ -47,6 +48,8 @@ pub struct AppInfo {
     pub limits: AppLimits,
     /// Its ingest rate limit, shared by every request with its token; `None` is no limit.
     pub ingest: Option<Arc<RateLimiter>>,
+    /// Events stored since start by name, for `/metrics`; handed over like the limiter.
+    pub counts: Arc<EventCounts>,
 }
 
 /// The key under which a namespaced object is known: `namespace/name`.
@@ -77,7 +80,8 @@ impl std::fmt::Debug for Registry {
 }
 
 /// The resolved view of `rec`; `previous` (the same application before a spec change)
-/// hands over its rate limiter, so an edit does not refill a drained bucket.
+/// hands over its rate limiter, so an edit does not refill a drained bucket, and its
+/// event counts, so an edit does not reset counters.
 fn info_from(rec: &AppRecord, defaults: &LimitDefaults, previous: Option<&AppInfo>) -> AppInfo {
     let tz = TimeZone::get(rec.spec.time_zone_name()).unwrap_or(TimeZone::UTC);
     let limits = AppLimits::resolve(&rec.spec, defaults);
@@ -96,6 +100,7 @@ fn info_from(rec: &AppRecord, defaults: &LimitDefaults, previous: Option<&AppInf
         tz,
         limits,
         ingest,
+        counts: previous.map(|p| p.counts.clone()).unwrap_or_default(),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct ServicesConfig {
     /// Hold monitor deadlines until the front end releases them (see
     /// `EngineConfig::hold_deadlines`).
     pub hold_deadlines: bool,
+    /// Event names per Application with a series of their own on `/metrics`.
+    pub top_events: usize,
 }
 
 /// Why the services could not be opened.
@@ -128,6 +130,7 @@ impl Services {
         writer.register_metrics(metrics);
         let storage = crate::core::store::port::storage(&store, writer.clone());
         let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
+        crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
         Ok(Self {
             registry,
             events: storage.events,
@@ -243,6 +246,7 @@ mod tests {
             outbox: OutboxConfig::default(),
             limits: LimitDefaults::default(),
             hold_deadlines: false,
+            top_events: 10,
         };
         Services::open(&config, &mut MetricRegistry::default())
             .await

@@ -265,6 +265,7 @@ mod tests {
             name: "web".into(),
             limits: AppLimits::resolve(&spec, &Default::default()),
             ingest: None,
+            counts: Default::default(),
             spec,
             tz: jiff::tz::TimeZone::UTC,
         }

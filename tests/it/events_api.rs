@@ -781,3 +781,34 @@ async fn csv_cells_a_spreadsheet_would_run_as_formulas_are_neutralised() {
     // Filters still take the name as stored.
     assert_eq!(export(&s.base, &token, "?event=%2B1%2B1").await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_events_per_application_and_only_its_most_frequent_names() {
+    let s = InProcess::start_with(&[("apps.yaml", app_manifest("shop", "UTC"))], |c| {
+        c.metrics_top_events = 2;
+    })
+    .await;
+    let token = s.app_token("shop");
+    for (name, n) in [("signup", 3), ("login", 2), ("rare", 1)] {
+        for _ in 0..n {
+            let (status, _) = post(&s.base, &token, json!({"event": name})).await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+    }
+    // Refused events are not counted.
+    let (status, _) = post(&s.base, &token, json!({"event": ""})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let text = crate::helpers::metrics_text(&s.base).await;
+    let series = |labels: &str| crate::helpers::metric_value(&text, labels);
+    assert_eq!(
+        series(r#"hartslag_application_events_total{namespace="default",application="shop"}"#),
+        Some(6.0),
+        "{text}"
+    );
+    for (name, n) in [("signup", Some(3.0)), ("login", Some(2.0)), ("rare", None)] {
+        let labels = format!(
+            r#"hartslag_events_total{{namespace="default",application="shop",event="{name}"}}"#
+        );
+        assert_eq!(series(&labels), n, "{name} in {text}");
+    }
+}

@@ -68,6 +68,7 @@ fn services_on_sled(dir: PathBuf) -> BoxFuture<'static, Services> {
             outbox: Default::default(),
             limits: Default::default(),
             hold_deadlines: false,
+            top_events: 10,
         };
         crate::helpers::wait_for(
             "the sled directory to be free",

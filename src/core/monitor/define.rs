@@ -140,6 +140,7 @@ mod tests {
                 &Default::default(),
             ),
             ingest: None,
+            counts: Default::default(),
         }
     }
 

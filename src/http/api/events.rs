@@ -53,8 +53,11 @@ async fn ingest(
         Ok(w) => w,
         Err(e) => return e.into_response(),
     };
+    // The name outlives the write for the per-name counter.
+    let event = write.value.event.clone();
     match state.core.events.write(write).await {
         Ok(Outcome::Stored) => {
+            app.counts.record(&event);
             state.requests.ingest_latency.observe(started.elapsed());
             json_body(StatusCode::CREATED, "[]")
         }

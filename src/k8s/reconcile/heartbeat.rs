@@ -444,6 +444,7 @@ mod tests {
             name: "web".into(),
             limits: crate::core::limits::AppLimits::resolve(&spec, &Default::default()),
             ingest: None,
+            counts: Default::default(),
             spec,
             tz: jiff::tz::TimeZone::UTC,
         }

@@ -445,6 +445,7 @@ mod tests {
             outbox: Default::default(),
             limits: Default::default(),
             hold_deadlines: true,
+            top_events: 10,
         };
         let core = Services::open(&config, &mut MetricRegistry::default())
             .await
