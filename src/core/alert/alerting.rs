@@ -67,6 +67,49 @@ impl Alerting {
     }
 }
 
+/// A monitor's [`Alerting`], held only where it differs from the defaults: most monitors
+/// keep them, and a million monitors should not each carry a hundred bytes of nothing
+/// (the engine and its readers' snapshot each hold every definition). Reads as an
+/// [`Alerting`]; stored as one, so the stored form is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AlertingBox(Option<Box<Alerting>>);
+
+static DEFAULT_ALERTING: std::sync::LazyLock<Alerting> =
+    std::sync::LazyLock::new(Alerting::default);
+
+impl From<Alerting> for AlertingBox {
+    fn from(a: Alerting) -> Self {
+        Self((!a.is_default()).then(|| Box::new(a)))
+    }
+}
+
+impl std::ops::Deref for AlertingBox {
+    type Target = Alerting;
+
+    fn deref(&self) -> &Alerting {
+        self.0.as_deref().unwrap_or(&DEFAULT_ALERTING)
+    }
+}
+
+impl AlertingBox {
+    /// Nothing set: stored definitions leave the field out.
+    pub fn is_default(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Serialize for AlertingBox {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for AlertingBox {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Alerting::deserialize(d).map(Self::from)
+    }
+}
+
 /// The policy in force for one monitor through one channel: the Heartbeat's fields where
 /// set, else the channel's.
 pub fn effective(own: &AlertPolicy, channel: Option<&AlertPolicy>) -> AlertPolicy {
@@ -183,6 +226,31 @@ pub fn repeat_interval(
 mod tests {
     use super::*;
     use crate::core::duration::SpecDuration;
+
+    #[test]
+    fn only_settings_that_differ_from_the_defaults_are_boxed_and_both_store_as_before() {
+        let plain = AlertingBox::from(Alerting::default());
+        assert!(plain.is_default());
+        assert_eq!(plain.failure_threshold, 1);
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            serde_json::to_value(Alerting::default()).unwrap()
+        );
+        let set = Alerting {
+            failure_threshold: 3,
+            runbook_url: Some("https://runbooks.example/backup".into()),
+            ..Alerting::default()
+        };
+        let boxed = AlertingBox::from(set.clone());
+        assert!(!boxed.is_default());
+        assert_eq!(*boxed, set);
+        let stored = serde_json::to_string(&boxed).unwrap();
+        assert_eq!(stored, serde_json::to_string(&set).unwrap());
+        let read: AlertingBox = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, boxed);
+        let read_plain: AlertingBox = serde_json::from_str("{}").unwrap();
+        assert!(read_plain.is_default());
+    }
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()

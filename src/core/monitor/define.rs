@@ -92,7 +92,7 @@ impl DeclaredHeartbeat<'_> {
                     .map(|channel| Target::Channel { channel }),
             )
             .collect(),
-            alerting: Alerting::of(spec),
+            alerting: Alerting::of(spec).into(),
             application: self.application.map(|a| a.key.clone()),
             token: self.token,
             ping_hint: self.ping_hint,

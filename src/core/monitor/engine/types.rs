@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::PingKind;
-use crate::core::alert::alerting::Alerting;
+use crate::core::alert::alerting::AlertingBox;
 use crate::core::alert::message::Target;
 use crate::core::cron::Schedule;
 use crate::core::monitor::state::{JobRules, MonitorState, State, Timing, secs_saturating};
@@ -66,8 +66,8 @@ pub struct MonitorDef {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
     /// When to notify: threshold, maintenance windows, the Heartbeat's own policy.
-    #[serde(default, skip_serializing_if = "Alerting::is_default")]
-    pub alerting: Alerting,
+    #[serde(default, skip_serializing_if = "AlertingBox::is_default")]
+    pub alerting: AlertingBox,
     /// Owning application key, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub application: Option<String>,
