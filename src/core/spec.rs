@@ -2,7 +2,7 @@
 //!
 //! One Rust type per kind serves the Kubernetes custom resources and the standalone
 //! manifest files, so a YAML file moves between the two unchanged. These types carry no
-//! Kubernetes machinery; `crate::k8s` wraps them.
+//! Kubernetes machinery; the operator's custom resource types wrap them.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

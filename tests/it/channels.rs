@@ -93,6 +93,11 @@ async fn signal(data: &Path, name: &str, what: &str) {
     assert!(res.status().is_success(), "{what}: {}", res.status());
 }
 
+/// Waits (up to `within`) until `r` has received exactly `n` requests.
+async fn received(r: &Received, n: usize, what: &str, within: Duration) {
+    wait_for(what, within, || async { (count(r) == n).then_some(()) }).await;
+}
+
 fn count(r: &Received) -> usize {
     r.lock().unwrap().len()
 }
@@ -318,10 +323,7 @@ async fn a_channel_that_never_answers_delays_no_other_channel() {
     signal(&data, "job", "ping").await;
     let failed = Instant::now();
     signal(&data, "job", "fail").await;
-    wait_for("the Slack notice", Duration::from_secs(5), || async {
-        (count(&slack_got) == 1).then_some(())
-    })
-    .await;
+    received(&slack_got, 1, "the Slack notice", Duration::from_secs(5)).await;
     let took = failed.elapsed();
     println!("Slack notice {took:?} after the failure, beside a channel that never answers");
     // The black hole's attempt times out only after 10 s.
@@ -351,10 +353,7 @@ async fn notify_after_holds_a_down_and_drops_it_when_it_recovers_first() {
     signal(&data, "slow", "fail").await;
     // "quick" recovers within its notifyAfter: neither its Down nor its recovery is sent.
     signal(&data, "quick", "ping").await;
-    wait_for("the held Down", Duration::from_secs(15), || async {
-        (count(&got) == 1).then_some(())
-    })
-    .await;
+    received(&got, 1, "the held Down", Duration::from_secs(15)).await;
     assert!(
         failed.elapsed() >= Duration::from_secs(4),
         "{:?}",
@@ -411,10 +410,7 @@ async fn failure_threshold_and_maintenance_decide_what_is_notified() {
     assert_eq!(count(&got), 0, "{:?}", bodies(&got));
     // The second failure in a row is Down, and notified.
     signal(&data, "flaky", "fail").await;
-    wait_for("the Down notice", Duration::from_secs(15), || async {
-        (count(&got) == 1).then_some(())
-    })
-    .await;
+    received(&got, 1, "the Down notice", Duration::from_secs(15)).await;
     assert!(bodies(&got)[0].to_string().contains("flaky"));
     wait_outbox_empty(&server.base).await;
     assert_eq!(count(&got), 1, "{:?}", bodies(&got));
@@ -450,20 +446,18 @@ async fn notify_late_warns_where_asked_and_says_when_it_is_over() {
     let (manifests, data) = setup(dir.path(), &docs, &files);
     let server = ChildServer::start(&manifests, &data, &["--min-interval", "1s"]).await;
     signal(&data, "tight", "ping").await;
-    wait_for("the Late warning", Duration::from_secs(15), || async {
-        (count(&warned_got) == 1).then_some(())
-    })
-    .await;
+    received(&warned_got, 1, "the Late warning", Duration::from_secs(15)).await;
     assert!(
         bodies(&warned_got)[0].to_string().contains("LATE"),
         "{:?}",
         bodies(&warned_got)
     );
     signal(&data, "tight", "ping").await;
-    wait_for(
+    received(
+        &warned_got,
+        2,
         "the end of the warning",
         Duration::from_secs(15),
-        || async { (count(&warned_got) == 2).then_some(()) },
     )
     .await;
     assert!(bodies(&warned_got)[1].to_string().contains("RECOVERED"));
@@ -570,10 +564,7 @@ async fn a_notice_waiting_for_its_channel_is_delivered_once_after_kill_9() {
     let (_, got) = receiver_on(l, schema::slack);
     // After the restart the channel is read from the manifests again and the notice goes.
     let server = ChildServer::start(&manifests, &data, &[]).await;
-    wait_for("the Down notice", Duration::from_secs(30), || async {
-        (count(&got) == 1).then_some(())
-    })
-    .await;
+    received(&got, 1, "the Down notice", Duration::from_secs(30)).await;
     wait_outbox_empty(&server.base).await;
     assert_eq!(count(&got), 1, "{:?}", bodies(&got));
 }
@@ -610,17 +601,19 @@ async fn a_channels_maintenance_window_holds_its_notices_only() {
     let server = ChildServer::start(&manifests, &data, &[]).await;
     signal(&data, "job", "ping").await;
     signal(&data, "job", "fail").await;
-    wait_for(
+    received(
+        &awake_got,
+        1,
         "the Down through the other channel",
         Duration::from_secs(15),
-        || async { (count(&awake_got) == 1).then_some(()) },
     )
     .await;
     signal(&data, "job", "ping").await;
-    wait_for(
+    received(
+        &awake_got,
+        2,
         "the recovery through the other channel",
         Duration::from_secs(15),
-        || async { (count(&awake_got) == 2).then_some(()) },
     )
     .await;
     // Inside its window the resting channel's Down and recovery are dropped as a pair.
