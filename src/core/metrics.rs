@@ -65,6 +65,19 @@ impl EncodeMetric for Histogram {
     }
 }
 
+/// Encodes counters read at scrape time, each a family of one sample without labels:
+/// `(name without _total, help, value)`. For collectors over plain atomics.
+pub fn encode_counters(
+    encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    counters: &[(&str, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, help, value) in counters {
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(value);
+        counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+    }
+    Ok(())
+}
+
 /// Every registered family as OpenMetrics text.
 pub fn encode(registry: &MetricRegistry) -> String {
     encode_with(registry, |_| {})

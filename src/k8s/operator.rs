@@ -292,31 +292,23 @@ impl prometheus_client::collector::Collector for Counters {
         &self,
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::counter::ConstCounter;
         use std::sync::atomic::Ordering::Relaxed;
         let stats = &self.0.stats;
-        for (name, help, value) in [
-            (
-                "hartslag_status_patches",
-                "Status writes sent to the API server.",
-                stats.status_writes.load(Relaxed),
-            ),
-            (
-                "hartslag_reconcile_errors",
-                "Reconciles that failed and were retried with backoff.",
-                stats.reconcile_errors.load(Relaxed),
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        Ok(())
+        crate::core::metrics::encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "hartslag_status_patches",
+                    "Status writes sent to the API server.",
+                    stats.status_writes.load(Relaxed),
+                ),
+                (
+                    "hartslag_reconcile_errors",
+                    "Reconciles that failed and were retried with backoff.",
+                    stats.reconcile_errors.load(Relaxed),
+                ),
+            ],
+        )
     }
 }
 

@@ -4,12 +4,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Unit;
 
 use super::Committer;
-use crate::core::metrics::MetricRegistry;
+use crate::core::metrics::{MetricRegistry, encode_counters};
 
 /// Registers the commit log's families; counts are read from the committer at each scrape.
 pub fn register(committer: &Committer, registry: &mut MetricRegistry) {
@@ -36,26 +35,20 @@ struct CommitCounts(Committer);
 impl Collector for CommitCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.0.stats();
-        for (name, help, value) in [
-            (
-                "hartslag_commit_groups",
-                "Group commits (one fdatasync each).",
-                stats.groups.load(Relaxed),
-            ),
-            (
-                "hartslag_commit_records",
-                "Writer records committed; divided by the groups, how many writes one fdatasync served.",
-                stats.records.load(Relaxed),
-            ),
-        ] {
-            let counter = ConstCounter::new(value);
-            counter.encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                counter.metric_type(),
-            )?)?;
-        }
-        Ok(())
+        encode_counters(
+            &mut encoder,
+            &[
+                (
+                    "hartslag_commit_groups",
+                    "Group commits (one fdatasync each).",
+                    stats.groups.load(Relaxed),
+                ),
+                (
+                    "hartslag_commit_records",
+                    "Writer records committed; divided by the groups, how many writes one fdatasync served.",
+                    stats.records.load(Relaxed),
+                ),
+            ],
+        )
     }
 }
