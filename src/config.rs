@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub hold_deadlines: bool,
     /// Event names per Application with a series of their own on `/metrics`.
     pub metrics_top_events: usize,
+    /// PostgreSQL for events, applications and tokens; `None` keeps them in `data_dir`.
+    pub database_url: Option<crate::core::store_pg::DatabaseUrl>,
 }
 
 impl ServerConfig {
@@ -73,6 +75,7 @@ impl ServerConfig {
             http: crate::http::HttpLimits::default(),
             hold_deadlines: false,
             metrics_top_events: crate::core::ingest::counts::DEFAULT_TOP_EVENTS,
+            database_url: None,
         }
     }
 
@@ -91,6 +94,7 @@ impl ServerConfig {
             limits: self.limits,
             hold_deadlines: self.hold_deadlines,
             top_events: self.metrics_top_events,
+            database: self.database_url.clone(),
         }
     }
 }

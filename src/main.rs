@@ -83,6 +83,13 @@ struct Common {
     /// sled data directory.
     #[arg(long, env = "HARTSLAG_DATA", default_value = "./hartslag-data")]
     data: PathBuf,
+    /// PostgreSQL for events, applications and the token index
+    /// (postgres://user:password@host:port/database?sslmode=require), shared by every
+    /// replica; schema migrations run at start. Monitors, ping history and the alert
+    /// outbox stay in --data for now. Unset: everything in --data.
+    // Parsed after clap, whose error would quote the value, password and all.
+    #[arg(long, env = "HARTSLAG_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Base URL written into issued ping URLs (default http://<listen>).
     #[arg(long, env = "HARTSLAG_EXTERNAL_URL")]
     external_url: Option<String>,
@@ -178,7 +185,7 @@ struct Common {
 }
 
 impl Common {
-    fn config(&self) -> ServerConfig {
+    fn config(&self) -> Result<ServerConfig, hartslag::core::store_pg::UrlError> {
         let mut c = ServerConfig::new(self.listen, self.data.clone());
         if let Some(u) = &self.external_url {
             c.external_url = u.trim_end_matches('/').to_string();
@@ -199,6 +206,10 @@ impl Common {
         };
         c.trusted_proxies = self.trusted_proxies.clone();
         c.metrics_top_events = self.metrics_top_events;
+        c.database_url = match self.database_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => Some(url.parse()?),
+            _ => None,
+        };
         c.outbox.concurrency = self.alert_concurrency.max(1);
         c.outbox.policy = hartslag::core::alert::policy::PolicyConfig {
             flapping_notices: self.alert_flapping_notices,
@@ -217,7 +228,7 @@ impl Common {
             max_connections: self.http_max_connections.max(1),
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace.as_secs()),
         };
-        c
+        Ok(c)
     }
 
     fn init_logs(&self) {
@@ -273,7 +284,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Standalone { manifests, common } => {
             common.init_logs();
-            hartslag::standalone::run(common.config(), manifests).await?;
+            hartslag::standalone::run(common.config()?, manifests).await?;
         }
         Command::Operator {
             namespaces,
@@ -308,7 +319,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 name: admin_secret,
             };
             let config = hartslag::k8s::OperatorConfig {
-                server: common.config(),
+                server: common.config()?,
                 namespaces,
                 writer,
                 admin,

@@ -40,6 +40,17 @@ command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null 
 }
 promtool --version 2>&1 | head -1; prometheus-alertmanager --version 2>&1 | head -1
 
+# PostgreSQL's server for the storage tests, which start their own as the unprivileged
+# `postgres` user (the package creates it) on a loopback port from a temporary directory;
+# the package's own cluster is stopped where systemd started it.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now postgresql >/dev/null 2>&1 || true
+  fi
+}
+ls /usr/lib/postgresql/*/bin/initdb
+
 log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

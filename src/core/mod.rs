@@ -16,6 +16,7 @@ pub mod services;
 pub mod spec;
 pub mod storage;
 pub mod store;
+pub mod store_pg;
 pub mod token;
 
 pub use services::{Services, ServicesConfig, ServicesError};

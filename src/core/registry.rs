@@ -178,6 +178,12 @@ impl Registry {
                 .put_app(key.clone(), rec.clone(), old_token)
                 .await?;
         }
+        // A store shared by several replicas keeps the number of whichever created the
+        // application first: every replica must count its events under that one.
+        let rec = match existing {
+            None => self.store.get_app(key.clone()).await?.unwrap_or(rec),
+            Some(_) => rec,
+        };
         let previous = self.application(&key);
         let info = Arc::new(info_from(&rec, &self.defaults, previous.as_deref()));
         let mut inner = self.write();

@@ -20,6 +20,7 @@ use super::registry::{Registry, RegistryError};
 use super::storage::{EventStore, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
+use super::store_pg::{DatabaseUrl, PgError};
 
 /// Where the services keep their data and how much they keep.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct ServicesConfig {
     pub hold_deadlines: bool,
     /// Event names per Application with a series of their own on `/metrics`.
     pub top_events: usize,
+    /// PostgreSQL for events, applications and the token index instead of the data
+    /// directory (monitors and the alert outbox stay in the data directory).
+    pub database: Option<DatabaseUrl>,
 }
 
 /// Why the services could not be opened.
@@ -61,6 +65,9 @@ pub enum ServicesError {
     /// The monitor engine could not start.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Database(#[from] PgError),
 }
 
 /// The running domain; cheap to clone.
@@ -78,9 +85,9 @@ pub struct Services {
     pub channels: ChannelBook,
     /// The embedded backend; the monitor engine and the outbox write its trees directly.
     store: Store,
-    /// The ingest writer behind `events`, for tests that hold it.
+    /// The embedded ingest writer behind `events` (on sled), for tests that hold it.
     #[cfg(test)]
-    writer: EventWriter,
+    writer: Option<EventWriter>,
 }
 
 impl Services {
@@ -126,9 +133,16 @@ impl Services {
             })
         }));
         let channels = outbox.channels().clone();
-        let writer = EventWriter::spawn(store.clone()).map_err(open_error)?;
-        writer.register_metrics(metrics);
-        let storage = crate::core::store::port::storage(&store, writer.clone());
+        // The embedded writer is kept for tests that stall it.
+        let (storage, _writer) = match &config.database {
+            None => {
+                let writer = EventWriter::spawn(store.clone()).map_err(open_error)?;
+                writer.register_metrics(metrics);
+                let storage = crate::core::store::port::storage(&store, writer.clone());
+                (storage, Some(writer))
+            }
+            Some(url) => (crate::core::store_pg::open(url, metrics).await?, None),
+        };
         let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
         crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
         Ok(Self {
@@ -139,7 +153,7 @@ impl Services {
             channels,
             store,
             #[cfg(test)]
-            writer,
+            writer: _writer,
         })
     }
 
@@ -247,6 +261,7 @@ mod tests {
             limits: LimitDefaults::default(),
             hold_deadlines: false,
             top_events: 10,
+            database: None,
         };
         Services::open(&config, &mut MetricRegistry::default())
             .await
@@ -267,7 +282,8 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(core.health(WITHIN).await, Ok(()));
 
-        core.writer.stall(Duration::from_secs(2)).await;
+        let writer = core.writer.as_ref().unwrap();
+        writer.stall(Duration::from_secs(2)).await;
         assert!(core.health(WITHIN).await.is_err());
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(core.health(WITHIN).await, Ok(()));

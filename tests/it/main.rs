@@ -3,6 +3,7 @@
 //! passes `--include-ignored`.
 
 mod helpers;
+mod pg;
 
 mod alert_delivery;
 mod alerting;
@@ -21,6 +22,7 @@ mod image;
 mod management_api;
 mod monitors;
 mod operator_e2e;
+mod pg_replicas;
 mod properties;
 mod schedules;
 mod secrets;

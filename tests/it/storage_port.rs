@@ -4,7 +4,8 @@
 //! port, or the services on it, over a directory that belongs to the test.
 //!
 //! The process-level form of "acknowledged means durable" (kill -9 under load) lives in
-//! `durability.rs`; here a backend is closed without a flush and opened again.
+//! `durability.rs` (and, for PostgreSQL with several replicas, `pg_replicas.rs`); here a
+//! backend is closed without a flush and opened again.
 //!
 //! Monitors (state, ping history, timeline) and the alert outbox are not behind the port's
 //! traits yet: their contract is checked through the services a backend opens, so it
@@ -69,6 +70,47 @@ fn services_on_sled(dir: PathBuf) -> BoxFuture<'static, Services> {
             limits: Default::default(),
             hold_deadlines: false,
             top_events: 10,
+            database: None,
+        };
+        crate::helpers::wait_for(
+            "the sled directory to be free",
+            Duration::from_secs(20),
+            || {
+                let config = config.clone();
+                async move {
+                    let metrics = &mut MetricRegistry::default();
+                    Services::open(&config, metrics).await.ok()
+                }
+            },
+        )
+        .await
+    })
+}
+
+/// PostgreSQL, on the database the shared test server keeps for this directory: a reopen
+/// connects to the same database again.
+fn open_postgres(dir: PathBuf) -> BoxFuture<'static, Storage> {
+    Box::pin(async move {
+        let url = crate::pg::database_for(&dir).parse().unwrap();
+        hartslag::core::store_pg::open(&url, &mut MetricRegistry::default())
+            .await
+            .unwrap()
+    })
+}
+
+/// The services with events, applications and tokens in PostgreSQL (monitors and the
+/// outbox in the directory); a reopen waits until the last opening has let go of it.
+fn services_on_postgres(dir: PathBuf) -> BoxFuture<'static, Services> {
+    Box::pin(async move {
+        let config = ServicesConfig {
+            data_dir: dir.clone(),
+            cache_bytes: 8 << 20,
+            ping_history: 5,
+            outbox: Default::default(),
+            limits: Default::default(),
+            hold_deadlines: false,
+            top_events: 10,
+            database: Some(crate::pg::database_for(&dir).parse().unwrap()),
         };
         crate::helpers::wait_for(
             "the sled directory to be free",
@@ -722,3 +764,4 @@ macro_rules! contract {
 }
 
 contract!(on_sled => open_sled, services_on_sled);
+contract!(on_postgres => open_postgres, services_on_postgres);

@@ -446,6 +446,7 @@ mod tests {
             limits: Default::default(),
             hold_deadlines: true,
             top_events: 10,
+            database: None,
         };
         let core = Services::open(&config, &mut MetricRegistry::default())
             .await

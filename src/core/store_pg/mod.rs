@@ -1,0 +1,136 @@
+//! PostgreSQL behind the storage port: events, rollups, idempotency keys, application
+//! records and the token index in a database several replicas share.
+//!
+//! Writes go through a pool of connections (deadpool-postgres over tokio-postgres, TLS by
+//! rustls); ingest writes are grouped by one task per process into one transaction
+//! ([`writer`]), whose rollups are added with `INSERT ... ON CONFLICT DO UPDATE`, so
+//! replicas writing at once keep every count exact. The schema is versioned SQL in
+//! `migrations/postgres`, applied at start ([`migrate`]).
+
+mod apps;
+mod connect;
+mod events;
+mod ingest;
+mod migrate;
+mod url;
+mod writer;
+
+use std::sync::Arc;
+
+pub use url::{DatabaseUrl, UrlError};
+
+use crate::core::metrics::MetricRegistry;
+use crate::core::storage::{Storage, StorageError};
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// No connection could be made (or the pool could not be built).
+    #[error("cannot connect to the database {url}: {detail}")]
+    Connect {
+        /// The database, without its password.
+        url: String,
+        /// Why, without the password.
+        detail: String,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot migrate the database schema: {0}")]
+    Migrate(String),
+    /// The database holds a schema this binary does not know.
+    #[error(
+        "the database schema is at version {found}, newer than this binary knows ({known}): run the newer hartslag that migrated it, or restore a backup"
+    )]
+    Newer {
+        /// The newest version applied to the database.
+        found: i64,
+        /// The newest version this binary has.
+        known: i64,
+    },
+    /// The TLS setup failed.
+    #[error("cannot set up TLS to the database: {0}")]
+    Tls(String),
+}
+
+/// Connects to `url`, brings the schema up to date (refusing a newer one) and returns the
+/// port's events and applications on it. Ingest counters go to `metrics`. Needs a tokio
+/// runtime; the ingest task lives as long as the returned handles.
+pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Storage, PgError> {
+    let tls = connect::tls()?;
+    migrate::run(url, tls.clone()).await?;
+    let pool = connect::pool(url, tls)?;
+    let db = Db {
+        pool,
+        url: url.clone(),
+    };
+    let writer = writer::Writer::spawn(db.clone());
+    writer.register_metrics(metrics);
+    tracing::info!(database = %url, "events, applications and tokens are stored in PostgreSQL");
+    Ok(Storage {
+        events: Arc::new(events::PgEvents {
+            db: db.clone(),
+            writer,
+        }),
+        apps: Arc::new(apps::PgApps { db }),
+    })
+}
+
+/// The pool and what errors need to name the database without its password.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pool: deadpool_postgres::Pool,
+    url: DatabaseUrl,
+}
+
+impl Db {
+    /// A connection from the pool; `Unavailable` when none can be had in time.
+    async fn client(&self) -> Result<deadpool_postgres::Client, StorageError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StorageError::Unavailable(self.url.redact(&e.to_string())))
+    }
+
+    /// A failed statement as the port's error: the database unreachable or gone is
+    /// `Unavailable`, anything else `NotStored`; the password never appears.
+    fn fail(&self, e: tokio_postgres::Error) -> StorageError {
+        let text = self.url.redact(&describe(&e));
+        if e.is_closed() || e.code().is_none() {
+            StorageError::Unavailable(text)
+        } else {
+            StorageError::NotStored(text)
+        }
+    }
+}
+
+/// An error with the server's message where there is one (tokio-postgres' own `Display`
+/// says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Application numbers and user ids are stored as `bigint`; numbers the store gave out
+/// always fit, and the cast round-trips every value.
+fn db_id(n: u64) -> i64 {
+    n as i64
+}
+
+/// The inverse of [`db_id`].
+fn from_db_id(n: i64) -> u64 {
+    n as u64
+}
+
+/// An instant as stored: microseconds since the epoch.
+fn micros(t: jiff::Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+/// A stored weight sum (`numeric`, read as text) as the port's 128-bit sum.
+fn weight_of(text: &str) -> Result<i128, StorageError> {
+    text.parse().map_err(|_| StorageError::Corrupt {
+        what: "weight sum".into(),
+        detail: text.chars().take(64).collect(),
+    })
+}

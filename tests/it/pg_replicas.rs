@@ -1,0 +1,283 @@
+//! Several `hartslag standalone` processes on one PostgreSQL database, with real clients:
+//! counts and weights stay exact when replicas ingest at once, an `Idempotency-Key` holds
+//! across replicas, a replica killed with SIGKILL loses no acknowledged event, and a
+//! database that stops answers 503 (never 201) until it is back, then ingest resumes
+//! without a restart.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{ChildServer, app_manifest, read_token};
+use crate::pg::PgServer;
+
+/// A manifests directory with one UTC Application and two data directories (one per
+/// replica), in a temporary directory.
+fn layout(app: &str) -> (tempfile::TempDir, PathBuf, [PathBuf; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest(app, "UTC")).unwrap();
+    let data = [dir.path().join("a"), dir.path().join("b")];
+    (dir, manifests, data)
+}
+
+/// Starts the first replica, then the second with the first one's Application token (as a
+/// shared token file gives every replica the same one).
+async fn two_replicas(
+    manifests: &Path,
+    data: &[PathBuf; 2],
+    url: &str,
+    app: &str,
+) -> (ChildServer, ChildServer, String) {
+    let a = ChildServer::start(manifests, &data[0], &["--database-url", url]).await;
+    let token = read_token(&data[0], "application", app);
+    let tokens = data[1].join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let file = format!("application-{app}.token");
+    std::fs::copy(data[0].join("tokens").join(&file), tokens.join(&file)).unwrap();
+    let b = ChildServer::start(manifests, &data[1], &["--database-url", url]).await;
+    (a, b, token)
+}
+
+/// Posts an event with a user id; the status, or 0 when no answer came.
+async fn post(http: &reqwest::Client, base: &str, token: &str, body: &Value) -> u16 {
+    match http
+        .post(format!("{base}/api/v1/heartbeat"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// The user ids of every exported event.
+async fn exported_users(base: &str, token: &str) -> HashSet<i64> {
+    let text = reqwest::Client::new()
+        .get(format!("{base}/api/v1/export.csv"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    reader
+        .records()
+        .map(|r| r.unwrap()[3].parse().unwrap())
+        .collect()
+}
+
+async fn total(base: &str, token: &str) -> (u64, u64) {
+    let stats = crate::helpers::get_json(&format!("{base}/api/v1/stats"), token).await;
+    (
+        stats["total"]["count"].as_u64().unwrap(),
+        stats["total"]["weight"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_ingesting_at_once_count_every_event_once() {
+    let (dir, manifests, data) = layout("shared");
+    let url = crate::pg::database_for(dir.path());
+    let (a, b, token) = two_replicas(&manifests, &data, &url, "shared").await;
+    let bases = [a.base.clone(), b.base.clone()];
+    let (clients, each) = (16i64, 150i64);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (base, token) = (bases[(c % 2) as usize].clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0..each {
+                // A few names, weights 1..=5: every rollup row is written by both replicas.
+                let body = json!({"event": format!("e{}", i % 3), "weight": 1 + i % 5});
+                assert_eq!(post(&http, &base, &token, &body).await, 201);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let weight: i64 = (0..each).map(|i| 1 + i % 5).sum::<i64>() * clients;
+    let want = ((clients * each) as u64, weight as u64);
+    assert_eq!(total(&a.base, &token).await, want, "through the first");
+    assert_eq!(total(&b.base, &token).await, want, "through the second");
+
+    // One key across replicas: the retry through the other one is a replay, not a second
+    // event; another event under the same key is refused.
+    let http = reqwest::Client::new();
+    let send = |base: &str, weight: i64| {
+        http.post(format!("{base}/api/v1/heartbeat"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "order-17")
+            .json(&json!({"event": "order", "weight": weight}))
+            .send()
+    };
+    let first = send(&a.base, 3).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let retry = send(&b.base, 3).await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(
+        retry
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(send(&b.base, 4).await.unwrap().status(), 422);
+    let (count, _) = total(&b.base, &token).await;
+    assert_eq!(count, want.0 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_under_load_loses_no_acknowledged_event() {
+    let (dir, manifests, data) = layout("kill");
+    let url = crate::pg::database_for(dir.path());
+    let (a, b, token) = two_replicas(&manifests, &data, &url, "kill").await;
+    let acked = Arc::new(Mutex::new(HashSet::<i64>::new()));
+    let mut tasks = Vec::new();
+    for c in 0..8i64 {
+        let base = if c % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        let (token, acked) = (token.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            for i in 0..400i64 {
+                let id = c * 1_000_000 + i;
+                let body = json!({"event": "tick", "user_id": id});
+                match post(&http, &base, &token, &body).await {
+                    201 => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    // The killed replica's clients stop at the first failure.
+                    _ => return,
+                }
+            }
+        }));
+    }
+    crate::helpers::wait_for("500 acknowledged events", Duration::from_secs(60), || {
+        let n = acked.lock().unwrap().len();
+        async move { (n >= 500).then_some(()) }
+    })
+    .await;
+    a.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let stored = exported_users(&b.base, &token).await;
+    let lost: Vec<_> = acked.difference(&stored).take(10).collect();
+    assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
+    // Rollups agree with the raw events: each transaction wrote both or neither.
+    assert_eq!(total(&b.base, &token).await.0, stored.len() as u64);
+    eprintln!("acknowledged {}, stored {}", acked.len(), stored.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_database_gets_503_never_201_and_ingest_resumes_by_itself() {
+    // A server of its own: stopping the shared one would fail other tests.
+    let server = PgServer::start();
+    let (dir, manifests, data) = layout("outage");
+    let _ = dir;
+    let url = server.database("outage");
+    let a = ChildServer::start(&manifests, &data[0], &["--database-url", &url]).await;
+    let token = read_token(&data[0], "application", "outage");
+    let acked = Arc::new(Mutex::new(HashSet::<i64>::new()));
+    let refused = Arc::new(Mutex::new(0usize));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..4i64 {
+        let (base, token) = (a.base.clone(), token.clone());
+        let (acked, refused, stop) = (acked.clone(), refused.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap();
+            let mut i = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 100_000 {
+                let id = c * 1_000_000 + i;
+                i += 1;
+                match post(
+                    &http,
+                    &base,
+                    &token,
+                    &json!({"event": "tick", "user_id": id}),
+                )
+                .await
+                {
+                    201 => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    503 => {
+                        *refused.lock().unwrap() += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("answered {other} while the database was away"),
+                }
+            }
+        }));
+    }
+    let count = |n: usize| {
+        let acked = acked.clone();
+        move || {
+            let got = acked.lock().unwrap().len();
+            async move { (got >= n).then_some(()) }
+        }
+    };
+    crate::helpers::wait_for(
+        "200 acknowledged events",
+        Duration::from_secs(60),
+        count(200),
+    )
+    .await;
+    server.stop();
+    let refusals = || {
+        let refused = refused.clone();
+        move || {
+            let n = *refused.lock().unwrap();
+            async move { (n >= 20).then_some(()) }
+        }
+    };
+    crate::helpers::wait_for(
+        "503s while the database is down",
+        Duration::from_secs(30),
+        refusals(),
+    )
+    .await;
+    let before = acked.lock().unwrap().len();
+    server.resume();
+    crate::helpers::wait_for(
+        "ingest to resume after the database is back",
+        Duration::from_secs(30),
+        count(before + 200),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let stored = exported_users(&a.base, &token).await;
+    let lost: Vec<_> = acked.difference(&stored).take(10).collect();
+    assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
+    eprintln!(
+        "acknowledged {}, stored {}, refused {}",
+        acked.len(),
+        stored.len(),
+        refused.lock().unwrap()
+    );
+}
