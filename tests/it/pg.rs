@@ -153,26 +153,34 @@ impl PgServer {
     pub fn database(&self, database: &str) -> String {
         let mut made = self.databases.lock().unwrap();
         if made.insert(database.to_string()) {
-            let out = Command::new(self.bin.join("psql"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
-                .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c"])
-                .arg(format!("CREATE DATABASE \"{database}\""))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "CREATE DATABASE {database}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            self.psql("postgres", &format!("CREATE DATABASE \"{database}\""));
         }
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Runs `sql` in `database` with psql; its output, unaligned and without headers.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let port = self.port.to_string();
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 

@@ -87,7 +87,7 @@ impl Db {
         self.pool
             .get()
             .await
-            .map_err(|e| StorageError::Unavailable(self.url.redact(&e.to_string())))
+            .map_err(|e| StorageError::Unavailable(self.url.redact(&with_causes(&e))))
     }
 
     /// A failed statement as the port's error: the database unreachable or gone is
@@ -102,13 +102,25 @@ impl Db {
     }
 }
 
-/// An error with the server's message where there is one (tokio-postgres' own `Display`
-/// says only "db error").
+/// An error with the server's message where there is one, and the cause of a connection
+/// error (tokio-postgres' own `Display` says only "db error" or "error connecting to
+/// server").
 fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
     }
+    with_causes(e)
+}
+
+/// An error and every cause under it, as one line.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text = format!("{text}: {c}");
+        cause = c.source();
+    }
+    text
 }
 
 /// Application numbers and user ids are stored as `bigint`; numbers the store gave out

@@ -1,0 +1,93 @@
+//! The PostgreSQL schema and connection as an operator meets them: migrations run once
+//! however often a process starts, a schema newer than the binary is refused with a clear
+//! error before anything is written, and a URL's password appears in no log line or error.
+
+use hartslag::core::metrics::MetricRegistry;
+use hartslag::core::store_pg::{self, DatabaseUrl, PgError};
+
+async fn open(url: &str) -> Result<hartslag::core::storage::Storage, PgError> {
+    let url: DatabaseUrl = url.parse().unwrap();
+    store_pg::open(&url, &mut MetricRegistry::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_once_and_a_newer_schema_is_refused() {
+    let server = crate::pg::shared();
+    let url = server.database("schema_newer");
+    let storage = open(&url).await.unwrap();
+    drop(storage);
+    // Started again (several replicas, or a restart): nothing more to apply.
+    let storage = open(&url).await.unwrap();
+    drop(storage);
+    let history =
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM hartslag_schema_history";
+    assert_eq!(server.psql("schema_newer", history), "1");
+
+    // A later release migrated this database: this binary must not write to it.
+    server.psql(
+        "schema_newer",
+        "INSERT INTO hartslag_schema_history (version, name, applied_on, checksum) \
+         VALUES (999, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+    );
+    let err = open(&url).await.expect_err("a newer schema was accepted");
+    assert!(
+        matches!(
+            err,
+            PgError::Newer {
+                found: 999,
+                known: 1
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("version 999, newer than this binary knows (1)"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_reach_its_database_stops_without_showing_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let closed = crate::helpers::free_port();
+    let url = format!("postgres://hartslag:sekrit-pw@127.0.0.1:{closed}/events");
+    let out = std::process::Command::new(crate::helpers::binary())
+        .args(["standalone", "--manifests"])
+        .arg(&manifests)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!log.contains("sekrit-pw"), "the password leaked: {log}");
+    assert!(
+        log.contains(&format!(
+            "postgres://hartslag:***@127.0.0.1:{closed}/events"
+        )),
+        "{log}"
+    );
+
+    // A URL that does not parse is refused without echoing it either.
+    let out = std::process::Command::new(crate::helpers::binary())
+        .args(["standalone", "--manifests"])
+        .arg(&manifests)
+        .args([
+            "--database-url",
+            "postgres://hartslag:sekrit-pw@host:notaport/db",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("sekrit-pw"), "the password leaked: {err}");
+    assert!(err.contains("not a PostgreSQL connection URL"), "{err}");
+}
