@@ -251,6 +251,25 @@ if len(sys.argv) > 2 and sys.argv[1] == "--render-to":
     with open(sys.argv[2], "a") as f:
         f.write("\n---\n" + yaml.safe_dump(policy))
 
+# PostgreSQL: none by default; a URL goes into a Secret of the chart's, an existing Secret
+# is read under its key; the NetworkPolicy lets the pod reach the database
+objs, _ = render({})
+expect("HARTSLAG_DATABASE_URL" not in env(find(objs, "Deployment")[0]), "no database by default")
+expect(find(objs, "Deployment")[0]["spec"]["replicas"] == 1, "one replica by default")
+objs, _ = render({"database": {"url": "postgres://hartslag:pw@db.example:5432/hartslag?sslmode=require"}})
+secrets = [o for o in find(objs, "Secret") if o["metadata"]["name"].endswith("-database")]
+expect(len(secrets) == 1 and secrets[0]["stringData"]["url"].startswith("postgres://hartslag:pw@"), f"database.url becomes a Secret: {secrets}")
+ref = env(find(objs, "Deployment")[0]).get("HARTSLAG_DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef")
+expect(secrets and ref == {"name": secrets[0]["metadata"]["name"], "key": "url"}, f"the URL is read from that Secret, never inlined: {ref}")
+objs, _ = render({"database": {"existingSecret": "events-app", "existingSecretKey": "uri"}})
+expect(not [o for o in find(objs, "Secret") if o["metadata"]["name"].endswith("-database")], "no Secret of the chart's with an existing one")
+ref = env(find(objs, "Deployment")[0])["HARTSLAG_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+expect(ref == {"name": "events-app", "key": "uri"}, f"an existing Secret (CloudNativePG's app Secret) under its key: {ref}")
+objs, _ = render({"database": {"existingSecret": "events-app"}, "networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.1"], "databaseTo": [{"podSelector": {"matchLabels": {"cnpg.io/cluster": "events"}}}]}})
+egress = find(objs, "NetworkPolicy")[0]["spec"]["egress"]
+db_rules = [r for r in egress if rule_ports(r) == [(5432, "TCP")]]
+expect(len(db_rules) == 1 and db_rules[0]["to"] == [{"podSelector": {"matchLabels": {"cnpg.io/cluster": "events"}}}], f"egress to the database: {egress}")
+
 # the configuration guide's table of chart values names every value
 guide = (ROOT / "docs" / "configuration.md").read_text()
 defaults = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -284,6 +303,11 @@ for bad, what in [
     ({"networkPolicy": {"webhookPorts": [0]}}, "port 0"),
     ({"webhooks": {"allowedCIDRs": ["intranet"]}}, "allowed webhook range that is no CIDR"),
     ({"trustedProxies": "10.0.0.0/8"}, "trusted proxies not a list"),
+    ({"database": {"url": "mysql://db/events"}}, "a database URL that is not PostgreSQL's"),
+    ({"replicaCount": 2}, "more than one replica without a database"),
+    # Until replicas elect a leader, not even with one.
+    ({"replicaCount": 2, "database": {"url": "postgres://db/events"}}, "more than one replica before leader election"),
+    ({"replicaCount": 0}, "no replica"),
 ]:
     try:
         with helm.Chart.load(str(CHART)) as chart:

@@ -106,3 +106,7 @@ What the operator may do in each watched namespace, and why. Nothing more.
 {{- define "hartslag.cidr" -}}
 {{- if contains "/" . -}}{{ . }}{{- else if contains ":" . -}}{{ . }}/128{{- else -}}{{ . }}/32{{- end -}}
 {{- end -}}
+
+{{- define "hartslag.databaseSecret" -}}
+{{- if .Values.database.existingSecret -}}{{ .Values.database.existingSecret }}{{- else -}}{{ include "hartslag.fullname" . }}-database{{- end -}}
+{{- end -}}
