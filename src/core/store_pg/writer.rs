@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use prometheus_client::metrics::counter::Counter;
@@ -127,6 +127,7 @@ impl Writer {
 /// events), commits it as one transaction and answers.
 async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Work>, running: Arc<AtomicBool>) {
     let mut pending = None;
+    let mut failures = Failures::default();
     loop {
         let first = match pending.take() {
             Some(w) => w,
@@ -151,14 +152,51 @@ async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Work>, running: Arc<AtomicB
         }
         pending = next;
         if !jobs.is_empty() {
-            commit(&db, jobs).await;
+            commit(&db, jobs, &mut failures).await;
         }
     }
     running.store(false, Ordering::Release);
 }
 
+/// Failed batches since the last one logged: while the database is away every batch
+/// fails within milliseconds, and one line a few seconds says as much as thousands.
+#[derive(Default)]
+struct Failures {
+    logged: Option<Instant>,
+    batches: u64,
+    events: u64,
+}
+
+/// How often a run of failed batches is logged.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Failures {
+    fn record(&mut self, error: &StorageError, events: usize) {
+        self.batches += 1;
+        self.events += events as u64;
+        if self.logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+            tracing::error!(
+                error = %error,
+                batches = self.batches,
+                events = self.events,
+                "events were not stored (answered 503); the next batches try again"
+            );
+            *self = Self {
+                logged: Some(Instant::now()),
+                ..Self::default()
+            };
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.logged.take().is_some() {
+            tracing::info!("events are stored again");
+        }
+    }
+}
+
 /// Writes `jobs` as one transaction and answers each.
-async fn commit(db: &Db, jobs: Vec<Job>) {
+async fn commit(db: &Db, jobs: Vec<Job>, failures: &mut Failures) {
     let writes: Vec<&EventWrite> = jobs.iter().map(|j| &j.write).collect();
     let done = tokio::time::timeout(
         COMMIT_WITHIN,
@@ -173,12 +211,13 @@ async fn commit(db: &Db, jobs: Vec<Job>) {
     });
     match done {
         Ok(outcomes) => {
+            failures.recovered();
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 let _ = job.ack.send(Ok(outcome));
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, events = jobs.len(), "a batch of events was not stored");
+            failures.record(&e, jobs.len());
             let text = e.to_string();
             for job in jobs {
                 let err = match &e {
