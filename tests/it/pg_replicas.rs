@@ -281,3 +281,81 @@ async fn a_stopped_database_gets_503_never_201_and_ingest_resumes_by_itself() {
         refused.lock().unwrap()
     );
 }
+
+/// Two openings of the port on one database, as two replicas hold them.
+async fn two_writers(database: &str) -> [hartslag::core::storage::Storage; 2] {
+    let url: hartslag::core::store_pg::DatabaseUrl =
+        crate::pg::shared().database(database).parse().unwrap();
+    let open = || {
+        let url = url.clone();
+        async move {
+            let metrics = &mut hartslag::core::metrics::MetricRegistry::default();
+            hartslag::core::store_pg::open(&url, metrics).await.unwrap()
+        }
+    };
+    [open().await, open().await]
+}
+
+fn write(name: &str, limit: u32, key: Option<&str>) -> hartslag::core::storage::EventWrite {
+    use hartslag::core::token::TokenHash;
+    let at = jiff::Timestamp::now();
+    hartslag::core::storage::EventWrite {
+        app: 1,
+        at,
+        date: hartslag::core::calendar::date_key(at.to_zoned(jiff::tz::TimeZone::UTC).date()),
+        value: hartslag::core::storage::EventValue {
+            event: name.into(),
+            weight: 1,
+            user_id: None,
+        },
+        idempotency: key.map(|k| hartslag::core::storage::Idempotency {
+            key: TokenHash::of(k).0,
+            fingerprint: TokenHash::of(name).0,
+        }),
+        name_limit: limit,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_at_once_never_pass_the_names_limit_or_store_a_key_twice() {
+    use hartslag::core::storage::Outcome;
+    let writers = two_writers("two_writers").await;
+    // Forty new names at once through both, ten allowed: without the per-application lock
+    // each writer would count the names before the other's commit and take ten.
+    let writes = (0..40).map(|i| {
+        writers[i % 2]
+            .events
+            .write(write(&format!("n{i}"), 10, None))
+    });
+    let outcomes: Vec<Outcome> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let stored = outcomes.iter().filter(|o| **o == Outcome::Stored).count();
+    assert_eq!(stored, 10, "{outcomes:?}");
+    assert_eq!(outcomes.len() - stored, 30);
+    let periods =
+        hartslag::core::calendar::Periods::at(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
+    let report = writers[1]
+        .events
+        .stats(1, periods, None, None)
+        .await
+        .unwrap();
+    assert_eq!(report.events.len(), 10);
+
+    // One key sent through both at once: stored once, the other copy is its replay. (With
+    // a name the application has: which ten names were taken depends on who came first.)
+    let kept = report.events.keys().next().unwrap().clone();
+    let copies = writers
+        .iter()
+        .map(|w| w.events.write(write(&kept, 10, Some("retry-me"))));
+    let mut outcomes: Vec<Outcome> = futures::future::join_all(copies)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(outcomes, [Outcome::Replayed, Outcome::Stored]);
+    assert_eq!(writers[0].events.event_count(1).await.unwrap(), 11);
+}
