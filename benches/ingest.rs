@@ -21,7 +21,8 @@
 //!
 //! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
 //! default 3 per target and round; `BENCH_ROUNDS`, default 5; `BENCH_ONLY=noop`, `ingest`
-//! or `ping` runs that target alone, for a profiler; `BENCH_CLIENT=in-process`).
+//! or `ping` runs that target alone, for a profiler; `BENCH_CLIENT=in-process`;
+//! `BENCH_DATABASE_URL=postgres://...` stores the events in that PostgreSQL database).
 
 mod common;
 
@@ -203,6 +204,11 @@ fn main() {
         // in production, but never refuses one.
         config.limits.ingest_rate = u32::MAX;
         config.limits.ingest_burst = u32::MAX;
+        // Events in PostgreSQL instead of sled (the commit-log figures then show only the
+        // pings' share).
+        if let Ok(url) = std::env::var("BENCH_DATABASE_URL") {
+            config.database_url = Some(url.parse().expect("BENCH_DATABASE_URL"));
+        }
         let mut server = Server::open(config).await.expect("open");
         hartslag::standalone::apply_manifests(&mut server, &manifests).await.expect("manifests");
         let token = std::fs::read_to_string(dir.path().join("data/tokens/application-bench.token")).expect("token");
