@@ -554,8 +554,8 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
                     .unwrap();
             }
             let m = e.get("default/nightly").unwrap();
-            let pings = e.pings(m.num, 10).unwrap();
-            let timeline = e.transitions(m.num, 10).unwrap();
+            let pings = e.pings(m.num, 10).await.unwrap();
+            let timeline = e.transitions(m.num, 10).await.unwrap();
             (m, pings, timeline)
         })
     })
@@ -578,8 +578,8 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
             let m = e.get("default/nightly").unwrap();
             let read = (
                 m.clone(),
-                e.pings(m.num, 10).unwrap(),
-                e.transitions(m.num, 10).unwrap(),
+                e.pings(m.num, 10).await.unwrap(),
+                e.transitions(m.num, 10).await.unwrap(),
             );
             // Deleted with its data retained: its last record is kept for a re-creation.
             e.remove("default/nightly").await.unwrap();
@@ -592,7 +592,7 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
 
     let retained = with_services(open, dir.path(), |core| {
         Box::pin(async move {
-            let retained = core.engine.retained("default/nightly");
+            let retained = core.engine.retained("default/nightly").await;
             (core.engine.get("default/nightly"), retained)
         })
     })
