@@ -45,39 +45,31 @@ type OpenServices = fn(PathBuf) -> BoxFuture<'static, Services>;
 /// sled, opened as the services open it; a reopen waits until the last opening has let
 /// go of the directory (its threads finish after the handles are dropped).
 fn open_sled(dir: PathBuf) -> BoxFuture<'static, Storage> {
-    Box::pin(async move {
-        let options = hartslag::core::store::StoreOptions {
-            cache_bytes: 8 << 20,
-        };
-        crate::helpers::wait_for(
-            "the sled directory to be free",
-            Duration::from_secs(20),
-            || {
-                let opened = hartslag::core::store::port::open(&dir, &options);
-                async move { opened.ok() }
-            },
-        )
-        .await
-    })
+    Box::pin(reopen_sled(dir, hartslag::core::store::port::open))
 }
 
-/// sled's monitor and outbox stores; a reopen waits until the last opening has let go of
-/// the directory.
+/// sled's monitor and outbox stores, opened like [`open_sled`].
 fn monitors_on_sled(dir: PathBuf) -> BoxFuture<'static, MonitorStorage> {
-    Box::pin(async move {
-        let options = hartslag::core::store::StoreOptions {
-            cache_bytes: 8 << 20,
-        };
-        crate::helpers::wait_for(
-            "the sled directory to be free",
-            Duration::from_secs(20),
-            || {
-                let opened = hartslag::core::store::port::open_monitors(&dir, &options);
-                async move { opened.ok() }
-            },
-        )
-        .await
-    })
+    Box::pin(reopen_sled(dir, hartslag::core::store::port::open_monitors))
+}
+
+/// Opens sled in `dir` with `open` once the last opening has let go of the directory.
+async fn reopen_sled<T, E>(
+    dir: PathBuf,
+    open: fn(&std::path::Path, &hartslag::core::store::StoreOptions) -> Result<T, E>,
+) -> T {
+    let options = hartslag::core::store::StoreOptions {
+        cache_bytes: 8 << 20,
+    };
+    crate::helpers::wait_for(
+        "the sled directory to be free",
+        Duration::from_secs(20),
+        || {
+            let opened = open(&dir, &options);
+            async move { opened.ok() }
+        },
+    )
+    .await
 }
 
 /// The services on sled; a reopen waits until the last opening has let go of the directory.

@@ -136,27 +136,31 @@ pub fn approx_size(record: &PingRecord) -> usize {
         + text(&record.reason)
 }
 
+/// A ping as tests of the block format and of stored history use it: every third one
+/// has a body of two lines with quotes.
+#[cfg(test)]
+pub(crate) fn sample_ping(seq: u64) -> PingRecord {
+    PingRecord {
+        seq,
+        at: Timestamp::from_second(1_700_000_000 + seq as i64).unwrap_or_default(),
+        kind: PingKind::Success,
+        exit_code: None,
+        source: Some("10.0.0.1".into()),
+        user_agent: Some("curl/8".into()),
+        body: seq
+            .is_multiple_of(3)
+            .then(|| format!("run {seq}\nline two, \"quoted\"")),
+        duration_ms: None,
+        rid: None,
+        job: None,
+        reason: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ping(seq: u64) -> PingRecord {
-        PingRecord {
-            seq,
-            at: Timestamp::from_second(1_700_000_000 + seq as i64).unwrap(),
-            kind: PingKind::Success,
-            exit_code: None,
-            source: Some("10.0.0.1".into()),
-            user_agent: Some("curl/8".into()),
-            body: seq
-                .is_multiple_of(3)
-                .then(|| format!("run {seq}\nline two, \"quoted\"")),
-            duration_ms: None,
-            rid: None,
-            job: None,
-            reason: None,
-        }
-    }
+    use sample_ping as ping;
 
     #[test]
     fn blocks_round_trip_and_refuse_truncation() {

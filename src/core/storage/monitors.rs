@@ -83,9 +83,10 @@ pub struct Removal {
 ///
 /// Rounds are stored in the order they are handed over, and the engine's synchronous
 /// calls (and a round's own preparation) see every round handed over before them, durable
-/// yet or not: the engine builds each round on the ones before. Once one round fails,
-/// the backend may refuse the rest until a restart (the embedded one does: a disk that
-/// failed a write proves nothing by succeeding later).
+/// yet or not: the engine builds each round on the ones before. So once one round fails,
+/// every round handed over after it fails too, until a restart: they were built on what
+/// it would have stored (the embedded backend's commit log stops at its first failed
+/// write anyway, since a disk that failed a write proves nothing by succeeding later).
 pub trait MonitorStore: Send + Sync + 'static {
     /// Every stored monitor, in batches handed to `batch` as they are decoded (a million
     /// monitors are never held twice). Called once, at start.

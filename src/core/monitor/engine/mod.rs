@@ -402,9 +402,130 @@ fn read_monitor(snapshot: &Snapshot, key: &str) -> Option<Monitor> {
 mod tests {
     use std::time::Duration;
 
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
-    use crate::core::services::{Services, ServicesConfig};
+    use crate::core::services::{Services, ServicesConfig, open_monitor_storage};
+    use crate::core::storage::{MonitorRound, RoundDone, StorageFuture};
     use crate::core::token::TokenHash;
+
+    /// The embedded backend's store, refusing rounds (as a full disk would) while `refuse`
+    /// is set.
+    struct Refusing {
+        inner: Arc<dyn MonitorStore>,
+        refuse: AtomicBool,
+    }
+
+    impl MonitorStore for Refusing {
+        fn load_monitors(&self, batch: &mut dyn FnMut(Vec<Monitor>)) -> Result<(), StorageError> {
+            self.inner.load_monitors(batch)
+        }
+
+        fn next_monitor_num(&self) -> Result<u64, StorageError> {
+            self.inner.next_monitor_num()
+        }
+
+        fn find_retained(&self, key: &str) -> Result<Option<Monitor>, StorageError> {
+            self.inner.find_retained(key)
+        }
+
+        fn commit_round(&self, round: MonitorRound, done: RoundDone) {
+            if self.refuse.load(Ordering::Relaxed) {
+                // Reported from another thread, as a backend's writer would.
+                std::thread::spawn(move || {
+                    done(Err(StorageError::NotStored(
+                        "no space left on device".into(),
+                    )))
+                });
+                return;
+            }
+            self.inner.commit_round(round, done);
+        }
+
+        fn pings(&self, num: u64, limit: usize, keep: u64) -> StorageFuture<'_, Vec<PingRecord>> {
+            self.inner.pings(num, limit, keep)
+        }
+
+        fn transitions(&self, num: u64, limit: usize) -> StorageFuture<'_, Vec<TransitionRecord>> {
+            self.inner.transitions(num, limit)
+        }
+
+        fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
+            self.inner.retained(key)
+        }
+    }
+
+    fn def(name: &str, now: jiff::Timestamp) -> MonitorDef {
+        MonitorDef {
+            key: format!("ns/{name}"),
+            id: name.into(),
+            namespace: "ns".into(),
+            name: name.into(),
+            display_name: None,
+            interval_secs: 1,
+            grace_secs: 0,
+            schedule: None,
+            max_duration_secs: None,
+            cron_job: None,
+            require_ping: false,
+            paused: false,
+            targets: vec![],
+            alerting: Default::default(),
+            application: None,
+            token: TokenHash::of("job-token"),
+            ping_hint: String::new(),
+            origin: Origin::Kubernetes,
+            retain_on_delete: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn success() -> PingInput {
+        PingInput {
+            kind: PingKind::Success,
+            exit_code: None,
+            rid: None,
+            source: None,
+            user_agent: None,
+            body: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_the_store_refuses_is_answered_with_its_error_and_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let store = Arc::new(Refusing {
+            inner: storage.monitors,
+            refuse: AtomicBool::new(false),
+        });
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let engine =
+            Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
+        let m = engine
+            .upsert(def("job", engine.clock().now()))
+            .await
+            .unwrap();
+        let mut changes = engine.subscribe();
+        store.refuse.store(true, Ordering::Relaxed);
+        let err = engine.ping("ns/job", success()).await.unwrap_err();
+        assert!(err.to_string().contains("no space left on device"), "{err}");
+        assert!(
+            engine
+                .health()
+                .unwrap_err()
+                .contains("writing monitor state failed")
+        );
+        // Readers, the history and subscribers see only what the store holds.
+        assert_eq!(engine.get("ns/job").unwrap().state.pings, 0);
+        assert_eq!(engine.get("ns/job").unwrap().state.state, State::New);
+        assert!(engine.pings(m.num, 10).await.unwrap().is_empty());
+        assert!(
+            changes.try_recv().is_err(),
+            "a refused change was broadcast"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn held_deadlines_wait_until_released() {
@@ -422,41 +543,8 @@ mod tests {
             .await
             .unwrap();
         let now = core.engine.clock().now();
-        core.engine
-            .upsert(MonitorDef {
-                key: "ns/job".into(),
-                id: "job".into(),
-                namespace: "ns".into(),
-                name: "job".into(),
-                display_name: None,
-                interval_secs: 1,
-                grace_secs: 0,
-                schedule: None,
-                max_duration_secs: None,
-                cron_job: None,
-                require_ping: false,
-                paused: false,
-                targets: vec![],
-                alerting: Default::default(),
-                application: None,
-                token: TokenHash::of("job-token"),
-                ping_hint: String::new(),
-                origin: Origin::Kubernetes,
-                retain_on_delete: false,
-                created_at: now,
-                updated_at: now,
-            })
-            .await
-            .unwrap();
-        let ping = PingInput {
-            kind: PingKind::Success,
-            exit_code: None,
-            rid: None,
-            source: None,
-            user_agent: None,
-            body: None,
-        };
-        core.engine.ping("ns/job", ping).await.unwrap();
+        core.engine.upsert(def("job", now)).await.unwrap();
+        core.engine.ping("ns/job", success()).await.unwrap();
         // Well past interval plus grace: held, so still Up.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(core.engine.get("ns/job").unwrap().state.state, State::Up);

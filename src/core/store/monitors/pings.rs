@@ -162,28 +162,8 @@ pub(super) fn convert_single_records(
 
 #[cfg(test)]
 mod tests {
-    use jiff::Timestamp;
-
     use super::*;
-    use crate::core::monitor::history::PingKind;
-
-    fn ping(seq: u64) -> PingRecord {
-        PingRecord {
-            seq,
-            at: Timestamp::from_second(1_700_000_000 + seq as i64).unwrap(),
-            kind: PingKind::Success,
-            exit_code: None,
-            source: Some("10.0.0.1".into()),
-            user_agent: Some("curl/8".into()),
-            body: seq
-                .is_multiple_of(3)
-                .then(|| format!("run {seq}\nline two, \"quoted\"")),
-            duration_ms: None,
-            rid: None,
-            job: None,
-            reason: None,
-        }
-    }
+    use crate::core::monitor::history::sample_ping as ping;
 
     fn db() -> (tempfile::TempDir, Committer, sled::Tree) {
         let dir = tempfile::tempdir().unwrap();
