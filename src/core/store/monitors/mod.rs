@@ -195,3 +195,124 @@ impl MonitorStore for SledMonitors {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::core::alert::message::{Alert, AlertKind, Target};
+    use crate::core::alert::outbox::deliveries;
+    use crate::core::monitor::engine::sample;
+    use crate::core::monitor::history::sample_ping;
+    use crate::core::monitor::state::State;
+    use crate::core::storage::Removal;
+    use crate::core::store::StoreOptions;
+    use crate::core::store::wal::Op;
+
+    fn down(m: &Monitor) -> Alert {
+        Alert {
+            id: format!("{}:1:down", m.def.key),
+            kind: AlertKind::Down,
+            monitor: m.def.name.clone(),
+            display_name: None,
+            scope: "namespace ns".into(),
+            reason: "no ping".into(),
+            occurred_at: m.state.since,
+            last_ping_at: None,
+            expected_at: None,
+            ping_hint: String::new(),
+            namespace: "ns".into(),
+            application: None,
+            opened_at: None,
+            runbook_url: None,
+            repeat: 0,
+            policy: Default::default(),
+            maintenance: Vec::new(),
+        }
+    }
+
+    /// Each write as (tree, key family or first byte, what it does).
+    fn shape(writes: &[Mutation]) -> Vec<(String, u8, &'static str)> {
+        writes
+            .iter()
+            .map(|w| {
+                let op = match w.op {
+                    Op::Put(_) => "put",
+                    Op::Remove => "remove",
+                    Op::PutIfAbsent(_) => "put if absent",
+                };
+                let tree = String::from_utf8_lossy(&w.tree.name()).into_owned();
+                (tree, w.key.first().copied().unwrap_or(0), op)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_round_is_one_record_of_removals_timeline_blocks_monitors_then_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let sled = SledMonitors::open(&store).unwrap();
+        let (mut kept, mut gone) = (sample("ns/kept", State::Down), sample("ns/gone", State::Up));
+        (kept.num, gone.num) = (7, 8);
+        let hook = Target::Webhook {
+            url: "http://alerts.invalid/hook".into(),
+        };
+        let round = MonitorRound {
+            remove: vec![Removal {
+                key: gone.def.key.clone(),
+                num: gone.num,
+                retain: None,
+            }],
+            put: vec![Arc::new(kept.clone())],
+            pings: vec![(kept.num, sample_ping(1)), (kept.num, sample_ping(2))],
+            keep_pings: 10,
+            transitions: vec![(
+                kept.num,
+                0,
+                TransitionRecord {
+                    at: kept.state.since,
+                    from: State::Up,
+                    to: State::Down,
+                    reason: None,
+                },
+            )],
+            trims: Vec::new(),
+            deliveries: deliveries(&down(&kept), &[hook], kept.state.since),
+        };
+        let writes = sled.round_writes(round).unwrap();
+        let f = |family: Family| family as u8;
+        let monitors = || "monitors".to_string();
+        assert_eq!(
+            shape(&writes),
+            vec![
+                (monitors(), f(Family::Monitor), "remove"),
+                (monitors(), f(Family::Retained), "remove"),
+                (monitors(), f(Family::Transition), "put"),
+                // Both pings in one block, written once.
+                (monitors(), f(Family::PingBlock), "put"),
+                (monitors(), f(Family::Monitor), "put"),
+                ("outbox".to_string(), b'n', "put if absent"),
+            ]
+        );
+        assert_eq!(writes[3].key, pings::block_key(kept.num, 1).to_vec());
+
+        // Handed over as one record of the commit log.
+        let before = store.committer().stats().records.load(Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let round = MonitorRound {
+            put: vec![Arc::new(kept)],
+            ..Default::default()
+        };
+        sled.commit_round(
+            round,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap().unwrap();
+        let after = store.committer().stats().records.load(Ordering::Relaxed);
+        assert_eq!(after - before, 1);
+    }
+}
