@@ -410,23 +410,57 @@ mod tests {
     use crate::core::token::TokenHash;
 
     /// The embedded backend's store, refusing rounds (as a full disk would) while `refuse`
-    /// is set.
-    struct Refusing {
-        inner: Arc<dyn MonitorStore>,
+    /// is set, and holding them (as a slow disk would) while `hold` is.
+    #[derive(Default)]
+    struct Gated {
+        inner: Option<Arc<dyn MonitorStore>>,
         refuse: AtomicBool,
+        hold: AtomicBool,
+        held: std::sync::Mutex<Vec<(MonitorRound, RoundDone)>>,
     }
 
-    impl MonitorStore for Refusing {
+    impl Gated {
+        fn over(inner: Arc<dyn MonitorStore>) -> Arc<Self> {
+            Arc::new(Self {
+                inner: Some(inner),
+                ..Default::default()
+            })
+        }
+
+        fn inner(&self) -> &Arc<dyn MonitorStore> {
+            self.inner.as_ref().unwrap()
+        }
+
+        /// Pings in the rounds held so far.
+        fn held_pings(&self) -> usize {
+            self.held
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(r, _)| r.pings.len())
+                .sum()
+        }
+
+        /// Stops holding and hands every held round to the store, in order.
+        fn release(&self) {
+            self.hold.store(false, Ordering::Relaxed);
+            for (round, done) in std::mem::take(&mut *self.held.lock().unwrap()) {
+                self.inner().commit_round(round, done);
+            }
+        }
+    }
+
+    impl MonitorStore for Gated {
         fn load_monitors(&self, batch: &mut dyn FnMut(Vec<Monitor>)) -> Result<(), StorageError> {
-            self.inner.load_monitors(batch)
+            self.inner().load_monitors(batch)
         }
 
         fn next_monitor_num(&self) -> Result<u64, StorageError> {
-            self.inner.next_monitor_num()
+            self.inner().next_monitor_num()
         }
 
         fn find_retained(&self, key: &str) -> Result<Option<Monitor>, StorageError> {
-            self.inner.find_retained(key)
+            self.inner().find_retained(key)
         }
 
         fn commit_round(&self, round: MonitorRound, done: RoundDone) {
@@ -439,19 +473,25 @@ mod tests {
                 });
                 return;
             }
-            self.inner.commit_round(round, done);
+            let mut held = self.held.lock().unwrap();
+            if self.hold.load(Ordering::Relaxed) {
+                held.push((round, done));
+                return;
+            }
+            drop(held);
+            self.inner().commit_round(round, done);
         }
 
         fn pings(&self, num: u64, limit: usize, keep: u64) -> StorageFuture<'_, Vec<PingRecord>> {
-            self.inner.pings(num, limit, keep)
+            self.inner().pings(num, limit, keep)
         }
 
         fn transitions(&self, num: u64, limit: usize) -> StorageFuture<'_, Vec<TransitionRecord>> {
-            self.inner.transitions(num, limit)
+            self.inner().transitions(num, limit)
         }
 
         fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
-            self.inner.retained(key)
+            self.inner().retained(key)
         }
     }
 
@@ -496,10 +536,7 @@ mod tests {
     async fn a_round_the_store_refuses_is_answered_with_its_error_and_never_published() {
         let dir = tempfile::tempdir().unwrap();
         let storage = open_monitor_storage(dir.path());
-        let store = Arc::new(Refusing {
-            inner: storage.monitors,
-            refuse: AtomicBool::new(false),
-        });
+        let store = Gated::over(storage.monitors);
         let outbox = Outbox::new(storage.outbox, Default::default());
         let engine =
             Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
@@ -557,5 +594,51 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_stops_taking_commands_while_the_store_lags_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let store = Gated::over(storage.monitors);
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let engine =
+            Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
+        let m = engine
+            .upsert(def("job", engine.clock().now()))
+            .await
+            .unwrap();
+        store.hold.store(true, Ordering::Relaxed);
+        let bound = worker::MAX_IN_FLIGHT;
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pings: Vec<_> = (0..2 * bound)
+            .map(|_| {
+                let (engine, sent) = (engine.clone(), sent.clone());
+                tokio::spawn(async move {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    engine.ping("ns/job", success()).await
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.held_pings() < bound || sent.load(Ordering::Relaxed) < 2 * bound {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never filled the pipeline"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Without the bound the worker takes every queued ping within milliseconds.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = store.held_pings();
+        assert!(
+            held < bound + worker::MAX_ROUND,
+            "{held} pings on their way to a store that took none"
+        );
+        store.release();
+        for p in pings {
+            assert_eq!(p.await.unwrap().unwrap(), PingOutcome::Ok);
+        }
+        assert_eq!(engine.pings(m.num, 1).await.unwrap().len(), 1);
     }
 }

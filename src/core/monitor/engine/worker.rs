@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -33,12 +33,21 @@ use crate::core::storage::{MonitorRound, MonitorStore, Removal};
 pub(super) type Snapshot = Arc<RwLock<Monitors>>;
 
 /// Most commands handled in one round (one durable write).
-const MAX_ROUND: usize = 1024;
+pub(super) const MAX_ROUND: usize = 1024;
 
 /// A round ends early once its ping blocks take about this many bytes: a burst of pings
 /// with large bodies to monitors with full blocks makes several writes of bounded size,
 /// not one that holds hundreds of megabytes.
 const ROUND_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most commands in rounds handed to the store and not settled yet; past it the worker
+/// waits for the store before it takes more. Staging is faster than storing: a herd of
+/// deadlines (a hundred thousand monitors on one cron schedule, due in the same seconds)
+/// would otherwise pile up as staged rounds (monitor records, encoded writes, alerts, the
+/// commit log's pending view) between the worker and the disk, hundreds of megabytes for
+/// a herd that waits in the command queue as keys of a few dozen bytes. Eight full rounds
+/// in flight keep the disk's groups as large as they are without the bound.
+pub(super) const MAX_IN_FLIGHT: usize = 8 * MAX_ROUND;
 
 /// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
 const TRANSITION_HISTORY: usize = 200;
@@ -147,6 +156,10 @@ pub(super) struct Written {
     submitted: AtomicU64,
     applied: AtomicU64,
     failed_from: AtomicU64,
+    /// Commands in rounds handed over and not settled (see [`MAX_IN_FLIGHT`]).
+    in_flight: Mutex<usize>,
+    /// Signalled whenever a round settles.
+    room: Condvar,
 }
 
 impl Default for Written {
@@ -155,6 +168,8 @@ impl Default for Written {
             submitted: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             failed_from: AtomicU64::new(u64::MAX),
+            in_flight: Mutex::new(0),
+            room: Condvar::new(),
         }
     }
 }
@@ -168,6 +183,31 @@ impl Written {
         self.applied.load(Ordering::Acquire)
     }
 
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `commands` handed to the store in a round.
+    fn hand_over(&self, commands: usize) {
+        *self.in_flight() += commands;
+    }
+
+    /// A round of `commands` settled (written or failed): room for more.
+    fn settled(&self, commands: usize) {
+        let mut n = self.in_flight();
+        *n = n.saturating_sub(commands);
+        self.room.notify_all();
+    }
+
+    /// Waits until fewer than `max` commands are on their way to the store. A failed
+    /// round settles too, so a store that stopped never holds the worker here.
+    fn wait_for_room(&self, max: usize) {
+        let mut n = self.in_flight();
+        while *n >= max {
+            n = self.room.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Whether round `seq`'s staged state is what the next rounds build on: handed over,
     /// not applied yet (then readers have it) and not failed (then the disk does not).
     fn pending(&self, seq: u64) -> bool {
@@ -178,6 +218,8 @@ impl Written {
 /// A round handed to the store, for readers once it is applied.
 struct Published {
     seq: u64,
+    /// Commands the round answers (see [`MAX_IN_FLIGHT`]).
+    commands: usize,
     monitors: Vec<Arc<Monitor>>,
     /// Removed and not defined again in the round.
     removed: Vec<String>,
@@ -215,6 +257,7 @@ impl Readers {
                 self.written.failed_from.fetch_min(p.seq, Ordering::Release);
             }
         }
+        self.written.settled(p.commands);
         for d in p.done {
             d(result.clone().map_err(EngineError::Write));
         }
@@ -253,21 +296,22 @@ fn arm(scheduler: &SchedulerHandle<String>, m: &Monitor) {
 
 impl Worker {
     /// Handles commands until every engine handle is gone: each round takes what is queued
-    /// (up to [`MAX_ROUND`]) and is written as one record while the next round gathers.
+    /// (up to [`MAX_ROUND`]) and is written as one record while the next round gathers, with
+    /// at most [`MAX_IN_FLIGHT`] commands on their way to the store.
     pub(super) fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
+            self.written.wait_for_room(MAX_IN_FLIGHT);
             let mut round = Round::default();
             self.handle(first, &mut round);
-            for _ in 1..MAX_ROUND {
-                if round.ping_bytes >= ROUND_BYTES {
-                    break;
-                }
+            let mut commands = 1;
+            while commands < MAX_ROUND && round.ping_bytes < ROUND_BYTES {
                 match rx.try_recv() {
                     Ok(cmd) => self.handle(cmd, &mut round),
                     Err(_) => break,
                 }
+                commands += 1;
             }
-            self.write(round);
+            self.write(round, commands);
         }
     }
 
@@ -708,7 +752,7 @@ impl Worker {
     /// and visible, readers see it and its callers are answered, so whoever reads the
     /// history after an answer finds the ping there; a round that is not written is never
     /// published.
-    fn write(&self, mut round: Round) {
+    fn write(&self, mut round: Round, commands: usize) {
         if round.is_empty() {
             return;
         }
@@ -740,8 +784,10 @@ impl Worker {
         let mut writes = std::mem::take(&mut round.writes);
         writes.put = monitors.clone();
         writes.keep_pings = self.config.ping_history;
+        self.written.hand_over(commands);
         let published = Published {
             seq,
+            commands,
             monitors,
             removed,
             changes: std::mem::take(&mut round.changes),
