@@ -405,3 +405,54 @@ async fn a_deleted_application_is_removed_and_its_events_kept_only_with_retain()
         assert!(log.lock().unwrap().is_empty());
     }
 }
+
+/// A clean-up for [`super::clean_up_gone`].
+type CleanUp = Box<
+    dyn Fn(
+            Arc<crate::k8s::context::Context>,
+        ) -> std::future::Ready<Result<(), super::ReconcileError>>
+        + Send,
+>;
+
+/// A clean-up that fails `failures` times, then succeeds; counts its calls.
+fn flaky(failures: usize) -> (Arc<std::sync::atomic::AtomicUsize>, CleanUp) {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cleanup = move |_| {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(if n < failures {
+            Err(super::ReconcileError::core(
+                super::Step::Cleanup,
+                "disk full",
+            ))
+        } else {
+            Ok(())
+        })
+    };
+    (calls, Box::new(cleanup))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_clean_up_after_a_deletion_is_tried_again_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _) = mock_client(api);
+    let (ctx, _, _) = context(dir.path(), client).await;
+    let target = Target::heartbeat("shop", "job");
+    let (calls, cleanup) = flaky(2);
+    super::clean_up_gone(ctx.clone(), target.clone(), |_| false, cleanup).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Backoff from 1 s with jitter: well within ten minutes of paused time.
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "tried again until it succeeded, and not after"
+    );
+
+    // An object of that name is back: its reconcile decides, the clean-up stops.
+    let (calls, cleanup) = flaky(usize::MAX);
+    super::clean_up_gone(ctx.clone(), target.clone(), |_| true, cleanup).await;
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(ctx.retries.failures(&target), 0);
+}
