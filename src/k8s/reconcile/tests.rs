@@ -232,7 +232,7 @@ async fn a_deleted_heartbeat_loses_token_and_monitor_from_the_watch_event_withou
         "per-object state kept"
     );
     assert!(
-        ctx.core.engine.retained("shop/job").is_none(),
+        ctx.core.engine.retained("shop/job").await.is_none(),
         "deletionPolicy Delete (the default) kept the monitor's record"
     );
     assert_eq!(
@@ -254,7 +254,7 @@ async fn a_deleted_heartbeat_with_retain_keeps_its_record_and_loses_its_token() 
     super::heartbeat::gone(ctx.clone(), hb).await;
     assert!(ctx.core.engine.get("shop/job").is_none());
     assert!(ctx.core.registry.owner_of_hash(&token).is_none());
-    assert!(ctx.core.engine.retained("shop/job").is_some());
+    assert!(ctx.core.engine.retained("shop/job").await.is_some());
 }
 
 #[tokio::test]
