@@ -186,6 +186,8 @@ impl ServerProcess {
             .arg(dir.join("manifests"))
             .env("HARTSLAG_LISTEN", format!("127.0.0.1:{port}"))
             .env("HARTSLAG_DATA", dir.join("data"))
+            // No tenant limit: the load generator's 64 connections are one application.
+            .env("HARTSLAG_INGEST_RATE", "0")
             .env("HARTSLAG_LOG", "info")
             .env("HARTSLAG_LOG_FORMAT", "json")
             .stdout(Stdio::null())

@@ -142,8 +142,15 @@ async fn all_ready(hbs: &Api<Heartbeat>, n: usize, within: Duration) {
 
 /// What the API server's audit log shows for `[from, to)`: requests from every client
 /// (watches apart) per second on average and in the busiest second, and `user`'s requests
-/// with their mean latency (received → answered) and how many were in flight on average.
-fn server_load(user: &str, from: jiff::Timestamp, to: jiff::Timestamp) -> String {
+/// with their mean latency (received → answered) and how many were in flight on average;
+/// both also per Heartbeat of the `heartbeats` created, the figure that does not depend on
+/// the machine's load.
+fn server_load(
+    user: &str,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+    heartbeats: usize,
+) -> String {
     let dir = harness::cluster_run().join("logs");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("audit logs")
@@ -189,39 +196,20 @@ fn server_load(user: &str, from: jiff::Timestamp, to: jiff::Timestamp) -> String
         }
     }
     let secs = to.duration_since(from).as_secs_f64().max(1e-3);
+    let per = heartbeats.max(1) as f64;
     format!(
-        "the operator sent {mine} requests (leases apart), mean latency {:.0} ms, {:.1} in flight on average; the API server answered {:.0} requests/s from all clients, {} in the busiest second",
+        "the operator sent {mine} requests (leases apart; {:.2} per Heartbeat), mean latency {:.0} ms, {:.1} in flight on average; the API server answered {all} requests from all clients ({:.2} per Heartbeat, the creates included), {:.0} requests/s, {} in the busiest second",
+        mine as f64 / per,
         1000.0 * busy / (mine.max(1) as f64),
         busy / secs,
+        all as f64 / per,
         all as f64 / secs,
         per_second.values().max().copied().unwrap_or(0)
     )
 }
 
-/// Removes namespace `ns` with its Heartbeats, whose finalizers are taken off 32 at a time
-/// (the harness's one `kubectl` per object takes minutes for a thousand).
-async fn teardown_many(client: &kube::Client, ns: &str) {
-    use kube::ResourceExt;
-    use kube::api::{Patch, PatchParams};
-    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), ns);
-    if let Ok(list) = hbs.list(&ListParams::default()).await {
-        futures::stream::iter(list.items)
-            .map(|hb| {
-                let hbs = hbs.clone();
-                async move {
-                    let _ = hbs
-                        .patch(
-                            &hb.name_any(),
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                        )
-                        .await;
-                }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await;
-    }
+/// Removes namespace `ns` with its Heartbeats (which carry no finalizer).
+fn teardown_many(ns: &str) {
     let _ = std::process::Command::new("kubectl")
         .args(["delete", "namespace", ns, "--wait=false"])
         .output();
@@ -256,10 +244,10 @@ async fn apply_round(n: usize, concurrency: u16) {
         "apply → Ready, --reconcile-concurrency {concurrency}: {n} Heartbeats created in {:.1} s, all Ready after {:.1} s; {}",
         created.as_secs_f64(),
         ready.as_secs_f64(),
-        server_load(&install.user, since, until)
+        server_load(&install.user, since, until, n)
     );
     drop(op);
-    teardown_many(&client, &ns).await;
+    teardown_many(&ns);
 }
 
 /// Every issued ping URL in the namespace, by Heartbeat name.
@@ -314,12 +302,15 @@ async fn apply_idle_restart(n: usize, idle: Duration) {
     let created = t.elapsed();
     all_ready(&hbs, n, Duration::from_secs(600)).await;
     let ready = t.elapsed();
-    let sent = requests(&install.user, since);
+    let sent = requests(&install.user, since)
+        .into_iter()
+        .filter(|r| r.resource != "leases")
+        .count();
     println!(
-        "apply → Ready: {n} Heartbeats created in {:.1} s (32 at a time), all Ready after {:.1} s; the operator sent {} requests meanwhile",
+        "apply → Ready: {n} Heartbeats created in {:.1} s (32 at a time), all Ready after {:.1} s; the operator sent {sent} requests meanwhile ({:.2} per Heartbeat)",
         created.as_secs_f64(),
         ready.as_secs_f64(),
-        sent.iter().filter(|r| r.resource != "leases").count()
+        sent as f64 / n.max(1) as f64
     );
 
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -388,7 +379,7 @@ async fn apply_idle_restart(n: usize, idle: Duration) {
         ready_after.as_secs_f64()
     );
     drop(op);
-    teardown_many(&client, &ns).await;
+    teardown_many(&ns);
 }
 
 /// Phase 4.
@@ -494,7 +485,7 @@ async fn status_lag(n: usize, window: Duration, every: Duration) {
         p.abort();
     }
     drop(op);
-    teardown_many(&client, &ns).await;
+    teardown_many(&ns);
 }
 
 fn main() {

@@ -129,7 +129,7 @@ pub struct Load {
 /// and collects what it measured.
 pub async fn run_load(load: Load, in_process: bool) -> Outcome {
     if in_process {
-        return drive(
+        let o = drive(
             load.url,
             load.token,
             load.body,
@@ -137,6 +137,8 @@ pub async fn run_load(load: Load, in_process: bool) -> Outcome {
             load.seconds,
         )
         .await;
+        warn_of_errors(&o);
+        return o;
     }
     let out = tempfile::NamedTempFile::new().expect("result file");
     let path = out.path().to_path_buf();
@@ -158,7 +160,21 @@ pub async fn run_load(load: Load, in_process: bool) -> Outcome {
     .expect("generator task")
     .expect("start the load generator");
     assert!(status.success(), "the load generator failed: {status}");
-    decode(&std::fs::read(out.path()).expect("generator results"))
+    let outcome = decode(&std::fs::read(out.path()).expect("generator results"));
+    warn_of_errors(&outcome);
+    outcome
+}
+
+/// A run whose requests failed (a 429 from a tenant limit, a 503) measured the failures, not
+/// the server: say so beside the figures instead of printing a rate nobody should quote.
+fn warn_of_errors(o: &Outcome) {
+    if o.errors > 0 {
+        println!(
+            "  WARNING: {} of {} requests failed; the figures of this round do not measure ingest",
+            o.errors,
+            o.errors + o.requests
+        );
+    }
 }
 
 /// Requests, errors, elapsed and CPU nanoseconds, then each latency in nanoseconds (u64 LE).

@@ -45,6 +45,14 @@ pub struct ServicesConfig {
     pub database: Option<DatabaseUrl>,
 }
 
+/// The embedded backend's monitor and outbox stores over `dir`, for tests of the core's
+/// parts that need no services.
+#[cfg(test)]
+pub(crate) fn open_monitor_storage(dir: &std::path::Path) -> super::storage::MonitorStorage {
+    crate::core::store::port::open_monitors(dir, &StoreOptions::default())
+        .expect("the embedded backend opens")
+}
+
 /// Why the services could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesError {
@@ -83,7 +91,7 @@ pub struct Services {
     pub outbox: Outbox,
     /// The alert channels the front end resolved, and how delivery through each goes.
     pub channels: ChannelBook,
-    /// The embedded backend; the monitor engine and the outbox write its trees directly.
+    /// The embedded backend, for its commit log's figures.
     store: Store,
     /// The embedded ingest writer behind `events` (on sled), for tests that hold it.
     #[cfg(test)]
@@ -107,16 +115,16 @@ impl Services {
         };
         let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
         store.register_metrics(metrics);
-        let outbox = Outbox::open(&store.db, store.committer().clone(), config.outbox)?;
+        let monitor_storage =
+            crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
+        let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {
             ping_history: config.ping_history,
             hold_deadlines: config.hold_deadlines,
         };
-        let committer = store.committer().clone();
         let engine = Engine::start(
-            &store.db,
-            committer,
+            monitor_storage.monitors,
             outbox.clone(),
             engine_config,
             Clock::new(),
@@ -355,7 +363,7 @@ mod tests {
         assert!(records >= 2, "{records} records");
         let m = core.engine.get("default/a").unwrap();
         assert_eq!(m.state.pings, 1000);
-        let newest = core.engine.pings(m.num, 1).unwrap();
+        let newest = core.engine.pings(m.num, 1).await.unwrap();
         assert_eq!(newest[0].seq, 1000);
     }
 
@@ -401,7 +409,7 @@ mod tests {
         assert_eq!(core.health(WITHIN).await, Ok(()));
 
         core.outbox.fail_writes.store(true, Ordering::Relaxed);
-        let _ = core.outbox.write(Vec::new()).await;
+        let _ = core.outbox.record(Box::pin(async { Ok(()) })).await;
         let err = core.health(WITHIN).await.unwrap_err();
         assert!(err.contains("cannot record deliveries"), "{err}");
     }

@@ -166,13 +166,17 @@ where
     {}
 }
 
-/// A watch on `api` feeding `writer`: slimmed objects, backoff on errors, and a note on
-/// `relisted` after every complete (re)list. Yields the applied objects.
-pub fn reflect<K>(
+/// A watch on `api` feeding `writer`: slimmed objects, backoff on errors, a note on
+/// `relisted` after every complete (re)list, and `gone` awaited for every object the watch
+/// saw deleted — after the cache dropped it and before the next event is applied, so a
+/// resource created again under the same name is cleaned up after, never before. Yields
+/// the applied objects.
+pub fn reflect<K, G, Fut>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
     relisted: Option<(mpsc::UnboundedSender<Relisted>, Relisted)>,
+    gone: G,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send
 where
     K: Resource<DynamicType = ()>
@@ -182,6 +186,8 @@ where
         + Send
         + Sync
         + 'static,
+    G: Fn(K) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     watcher(api, config)
         .default_backoff()
@@ -192,15 +198,29 @@ where
                 let _ = tx.send(which.clone());
             }
         })
+        .then(move |event| {
+            let cleanup = match &event {
+                Ok(Event::Delete(obj)) => Some(gone(obj.clone())),
+                _ => None,
+            };
+            async move {
+                if let Some(c) = cleanup {
+                    c.await;
+                }
+                event
+            }
+        })
         .applied_objects()
 }
 
-/// [`reflect`], passing on only what a reconciler must see: a spec change (generation) or
-/// a finalizer change. A status write or a ping does not wake a reconciler.
-pub fn spec_changes<K>(
+/// [`reflect`], passing on only what a reconciler must see: a spec change (generation, which
+/// the API server also bumps when a deletion starts) or a change of finalizers. A status
+/// write or a ping does not wake a reconciler; a deletion goes to `gone`.
+pub fn spec_changes<K, G, Fut>(
     api: Api<K>,
     writer: Writer<K>,
     relisted: (mpsc::UnboundedSender<Relisted>, Relisted),
+    gone: G,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send
 where
     K: Resource<DynamicType = ()>
@@ -210,8 +230,10 @@ where
         + Send
         + Sync
         + 'static,
+    G: Fn(K) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
-    reflect(api, watch_config(), writer, Some(relisted)).predicate_filter(
+    reflect(api, watch_config(), writer, Some(relisted), gone).predicate_filter(
         predicates::generation.combine(predicates::finalizers),
         Default::default(),
     )

@@ -233,7 +233,8 @@ impl MonitorCatalogue for KubernetesCatalogue {
                 }
             }
             let (key, d) = (monitor.def.key.clone(), &monitor.def);
-            // Gone from the engine and, once its finalizer is off, from the API server.
+            // Gone from the API server (the watch saw it go) and, by the clean-up that
+            // the watch's delete event runs, from the engine.
             self.wait("removed it", || {
                 let gone = self.ctx.core.engine.get(&key).is_none()
                     && self.ctx.caches.heartbeat(&d.namespace, &d.name).is_none();

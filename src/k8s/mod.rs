@@ -31,8 +31,10 @@ pub use operator::{OperatorConfig, run};
 
 use crate::server::ServerError;
 
-/// Finalizer on both kinds: deletion revokes the token and removes (or retains) data first.
-pub const FINALIZER: &str = "hartslag.dev/cleanup";
+/// The finalizer earlier versions put on both kinds. Deletion needs none now (the watch's
+/// delete event and the orphan sweep clean up), so it is taken off wherever it is still
+/// found: left on, it would hold an object's deletion once no version that knows it runs.
+pub const LEGACY_FINALIZER: &str = "hartslag.dev/cleanup";
 
 /// Errors of the operator.
 #[derive(Debug, thiserror::Error)]

@@ -56,9 +56,9 @@ pub struct OperatorConfig {
     pub admin: admin::AdminSecret,
     /// Namespace and name of the Lease.
     pub lease: (String, String),
-    /// Reconciles of one kind running at once per scope. Each activation waits on a few
-    /// API round trips in turn (finalizer, Secret, Event), so throughput grows with it until
-    /// the API server is the limit (docs/benchmarks.md).
+    /// Reconciles of one kind running at once per scope. An activation waits on an API
+    /// round trip (the Secret), so throughput grows with it until the API server is the
+    /// limit (docs/benchmarks.md).
     pub concurrency: u16,
 }
 
@@ -153,16 +153,10 @@ fn scope(
     let (secret_store, secret_writer) = reflector::store_shared::<Secret>(256);
     let hb_secrets = secret_writer.subscribe();
     let app_secrets = secret_writer.subscribe();
-    let hb_stream = caches::spec_changes(
-        apis::<Heartbeat>(client, ns.as_deref()),
-        hb_writer,
-        (relisted.clone(), Relisted::Heartbeats(ns.clone())),
-    );
-    let app_stream = caches::spec_changes(
-        apis::<Application>(client, ns.as_deref()),
-        app_writer,
-        (relisted.clone(), Relisted::Applications(ns.clone())),
-    );
+    let hb_api = apis::<Heartbeat>(client, ns.as_deref());
+    let app_api = apis::<Application>(client, ns.as_deref());
+    let hb_relisted = (relisted.clone(), Relisted::Heartbeats(ns.clone()));
+    let app_relisted = (relisted.clone(), Relisted::Applications(ns.clone()));
     let secrets_root = watcher::watcher(
         apis::<Secret>(client, ns.as_deref()),
         caches::watch_config().labels(TOKEN_LABEL),
@@ -183,6 +177,19 @@ fn scope(
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             }
+        };
+        // A deletion is cleaned up from the watch event: there is no finalizer to wait for.
+        let hb_stream = {
+            let ctx = ctx.clone();
+            caches::spec_changes(hb_api, hb_writer, hb_relisted, move |hb| {
+                reconcile::heartbeat::gone(ctx.clone(), hb)
+            })
+        };
+        let app_stream = {
+            let ctx = ctx.clone();
+            caches::spec_changes(app_api, app_writer, app_relisted, move |app| {
+                reconcile::application::gone(ctx.clone(), app)
+            })
         };
         let config = controller::Config::default().concurrency(concurrency.max(1));
         let ownership = ctx.instances.subscribe();

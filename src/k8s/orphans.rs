@@ -1,11 +1,11 @@
 //! Monitors and Applications whose custom resource is gone.
 //!
-//! The finalizer removes a monitor when its resource is deleted while the operator runs.
-//! What happened while it was down — a finalizer force-removed, a resource deleted, a
-//! namespace dropped from `--namespaces` or taken over by another installation — is found
-//! here, by comparing the core's definitions with the watch caches after every complete
-//! (re)list. An orphan's token stops working at once and it never alerts again; its data
-//! is removed or retained as its `deletionPolicy` said.
+//! The watch's delete event removes a monitor when its resource is deleted while the
+//! operator runs. What it cannot see — a resource deleted while the operator was down or
+//! while its watch was broken, a namespace dropped from `--namespaces` or taken over by
+//! another installation — is found here, by comparing the core's definitions with the
+//! watch caches after every complete (re)list. An orphan's token stops working at once and
+//! it never alerts again; its data is removed or retained as its `deletionPolicy` said.
 
 use std::sync::Arc;
 

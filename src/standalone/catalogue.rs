@@ -31,18 +31,18 @@ impl StandaloneCatalogue {
 
     /// The slug of `display_name`, numbered (`-2`, `-3`, ...) past every name a monitor,
     /// a retained monitor or a token file of `app`'s namespace already has.
-    fn free_name(&self, app: &AppInfo, display_name: &str) -> String {
+    async fn free_name(&self, app: &AppInfo, display_name: &str) -> String {
         let engine = &self.core.engine;
-        let taken = |name: &str| {
-            let key = object_key(&app.namespace, name);
+        let taken = |name: String| async move {
+            let key = object_key(&app.namespace, &name);
             engine.get(&key).is_some()
-                || engine.retained(&key).is_some()
-                || tokens::token_path(&self.config.data_dir, "heartbeat", name).exists()
+                || engine.retained(&key).await.is_some()
+                || tokens::token_path(&self.config.data_dir, "heartbeat", &name).exists()
         };
         let base = slug(display_name);
         let mut name = base.clone();
         let mut n = 1;
-        while taken(&name) {
+        while taken(name.clone()).await {
             n += 1;
             name = format!("{base}-{n}");
         }
@@ -71,7 +71,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             let core = &self.core;
             check_quota(&core.engine, app)?;
             let data = &self.config.data_dir;
-            let name = self.free_name(app, &req.name);
+            let name = self.free_name(app, &req.name).await;
             let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
             let url_path =
                 tokens::write_heartbeat_files(data, &name, &token, self.config.base_url())

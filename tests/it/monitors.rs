@@ -213,7 +213,7 @@ async fn ping_endpoints_record_what_the_job_sent() {
     let key = "default/job";
     let m = s.core.engine.get(key).unwrap();
     assert_eq!(m.state.state.as_str(), "Up");
-    let pings = s.core.engine.pings(m.num, 10).unwrap();
+    let pings = s.core.engine.pings(m.num, 10).await.unwrap();
     assert_eq!(pings.len(), 3);
     let last = &pings[0];
     assert_eq!(last.seq, 3, "newest first");
@@ -274,7 +274,7 @@ async fn ping_endpoints_record_what_the_job_sent() {
     for _ in 0..6 {
         c.get(&url).send().await.unwrap();
     }
-    let pings = s.core.engine.pings(m.num, 100).unwrap();
+    let pings = s.core.engine.pings(m.num, 100).await.unwrap();
     assert_eq!(
         pings.iter().map(|p| p.seq).collect::<Vec<_>>(),
         vec![10, 9, 8, 7, 6]
@@ -492,7 +492,7 @@ async fn state_timeline_is_recorded_newest_first_and_stays_bounded() {
         s.core.engine.set_paused(key, i % 2 == 0).await.unwrap();
     }
     let m = s.core.engine.get(key).unwrap();
-    let timeline = s.core.engine.transitions(m.num, 10_000).unwrap();
+    let timeline = s.core.engine.transitions(m.num, 10_000).await.unwrap();
     assert!(
         (190..=250).contains(&timeline.len()),
         "bounded to the newest ~200: {}",
@@ -613,12 +613,12 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
         result.unwrap();
     }
     for key in &keys {
-        let retained = engine.retained(key).unwrap();
+        let retained = engine.retained(key).await.unwrap();
         assert_eq!(
             retained.state.pings, 1,
             "{key}: the tombstone counts the ping"
         );
-        let history = engine.pings(retained.num, 10).unwrap();
+        let history = engine.pings(retained.num, 10).await.unwrap();
         assert_eq!(
             history.len(),
             1,

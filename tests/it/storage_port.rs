@@ -1,15 +1,18 @@
 //! The storage port's contract: what every backend behind `hartslag::core::storage` keeps,
 //! written once and run against each backend. A backend joins with one line at the end of
-//! this file (`contract!(name => open_port, open_services);`), whose functions open its
-//! port, or the services on it, over a directory that belongs to the test.
+//! this file (`contract!(name => open_port, open_services, open_monitors);`), whose
+//! functions open its port, the services on it, or its monitor and outbox stores, over a
+//! directory that belongs to the test.
 //!
 //! The process-level form of "acknowledged means durable" (kill -9 under load) lives in
 //! `durability.rs` (and, for PostgreSQL with several replicas, `pg_replicas.rs`); here a
 //! backend is closed without a flush and opened again.
 //!
-//! Monitors (state, ping history, timeline) and the alert outbox are not behind the port's
-//! traits yet: their contract is checked through the services a backend opens, so it
-//! carries over when they are.
+//! Monitors and the alert outbox are checked twice: at the port ([`engine`]: rounds,
+//! history, timelines, claims and finishes) and through the services a backend opens (the
+//! engine and the scheduler on top of them).
+
+mod engine;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,8 +27,8 @@ use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
 use hartslag::core::storage::{
-    AppRecord, EventValue, EventWrite, ExportFilter, IDEMPOTENCY_WINDOW, Idempotency, Outcome,
-    Storage, Tally, TokenOwner, hour_of,
+    AppRecord, EventValue, EventWrite, ExportFilter, IDEMPOTENCY_WINDOW, Idempotency,
+    MonitorStorage, Outcome, Storage, Tally, TokenOwner, hour_of,
 };
 use hartslag::core::token::{TokenHash, TokenKind};
 use hartslag::core::{Services, ServicesConfig};
@@ -43,20 +46,31 @@ type OpenServices = fn(PathBuf) -> BoxFuture<'static, Services>;
 /// sled, opened as the services open it; a reopen waits until the last opening has let
 /// go of the directory (its threads finish after the handles are dropped).
 fn open_sled(dir: PathBuf) -> BoxFuture<'static, Storage> {
-    Box::pin(async move {
-        let options = hartslag::core::store::StoreOptions {
-            cache_bytes: 8 << 20,
-        };
-        crate::helpers::wait_for(
-            "the sled directory to be free",
-            Duration::from_secs(20),
-            || {
-                let opened = hartslag::core::store::port::open(&dir, &options);
-                async move { opened.ok() }
-            },
-        )
-        .await
-    })
+    Box::pin(reopen_sled(dir, hartslag::core::store::port::open))
+}
+
+/// sled's monitor and outbox stores, opened like [`open_sled`].
+fn monitors_on_sled(dir: PathBuf) -> BoxFuture<'static, MonitorStorage> {
+    Box::pin(reopen_sled(dir, hartslag::core::store::port::open_monitors))
+}
+
+/// Opens sled in `dir` with `open` once the last opening has let go of the directory.
+async fn reopen_sled<T, E>(
+    dir: PathBuf,
+    open: fn(&std::path::Path, &hartslag::core::store::StoreOptions) -> Result<T, E>,
+) -> T {
+    let options = hartslag::core::store::StoreOptions {
+        cache_bytes: 8 << 20,
+    };
+    crate::helpers::wait_for(
+        "the sled directory to be free",
+        Duration::from_secs(20),
+        || {
+            let opened = open(&dir, &options);
+            async move { opened.ok() }
+        },
+    )
+    .await
 }
 
 /// The services on sled; a reopen waits until the last opening has let go of the directory.
@@ -596,8 +610,8 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
                     .unwrap();
             }
             let m = e.get("default/nightly").unwrap();
-            let pings = e.pings(m.num, 10).unwrap();
-            let timeline = e.transitions(m.num, 10).unwrap();
+            let pings = e.pings(m.num, 10).await.unwrap();
+            let timeline = e.transitions(m.num, 10).await.unwrap();
             (m, pings, timeline)
         })
     })
@@ -620,8 +634,8 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
             let m = e.get("default/nightly").unwrap();
             let read = (
                 m.clone(),
-                e.pings(m.num, 10).unwrap(),
-                e.transitions(m.num, 10).unwrap(),
+                e.pings(m.num, 10).await.unwrap(),
+                e.transitions(m.num, 10).await.unwrap(),
             );
             // Deleted with its data retained: its last record is kept for a re-creation.
             e.remove("default/nightly").await.unwrap();
@@ -634,7 +648,7 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
 
     let retained = with_services(open, dir.path(), |core| {
         Box::pin(async move {
-            let retained = core.engine.retained("default/nightly");
+            let retained = core.engine.retained("default/nightly").await;
             (core.engine.get("default/nightly"), retained)
         })
     })
@@ -735,7 +749,10 @@ async fn an_alert_is_queued_with_its_state_and_delivered_once(open: OpenServices
 
 /// The contract's tests for one backend, as a module named after it.
 macro_rules! contract {
-    ($backend:ident => $open:ident, $services:ident) => {
+    ($backend:ident => $open:ident, $services:ident, $monitors:ident) => {
+        contract!($backend => $open, $services; $monitors);
+    };
+    ($backend:ident => $open:ident, $services:ident $(; $monitors:ident)?) => {
         mod $backend {
             contract!(@tests $services;
                 monitor_state_pings_and_timeline_survive_a_reopen,
@@ -751,6 +768,17 @@ macro_rules! contract {
                 retention_deletes_raw_events_and_keeps_the_counts,
                 applications_and_tokens_round_trip,
             );
+            $(
+                contract!(@engine $monitors;
+                    a_committed_round_is_there_after_a_reopen,
+                    ping_history_is_newest_first_and_cut_to_what_is_kept,
+                    a_timeline_is_trimmed_to_its_newest_entries,
+                    a_retained_monitor_keeps_its_record_and_history,
+                    a_delivery_is_claimed_and_finished_once_across_a_reopen,
+                    a_claimed_delivery_never_finished_is_pending_after_a_restart,
+                    a_retry_keeps_its_backoff_and_ends_the_claim,
+                );
+            )?
         }
     };
     (@tests $open:ident; $($test:ident,)*) => {
@@ -761,7 +789,16 @@ macro_rules! contract {
             }
         )*
     };
+    (@engine $open:ident; $($test:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::engine::$test(super::$open).await
+            }
+        )*
+    };
 }
 
-contract!(on_sled => open_sled, services_on_sled);
+contract!(on_sled => open_sled, services_on_sled, monitors_on_sled);
+// Monitors and the outbox stay on sled with a database until their PostgreSQL side exists.
 contract!(on_postgres => open_postgres, services_on_postgres);

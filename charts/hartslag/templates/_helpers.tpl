@@ -35,13 +35,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 What the operator may do in each watched namespace, and why. Nothing more.
 */}}
 {{- define "hartslag.rules" -}}
-# Heartbeats: listed and watched into the operator's cache; patch adds and removes the
-# finalizer; create, patch and delete serve the management API, which is a facade over
-# the resources.
+# Heartbeats: listed and watched into the operator's cache; patch takes off the finalizer
+# earlier versions added (none is added now); create, patch and delete serve the
+# management API, which is a facade over the resources.
 - apiGroups: ["hartslag.dev"]
   resources: ["heartbeats"]
   verbs: ["list", "watch", "patch", "create", "delete"]
-# Applications: cached, and patched for the finalizer only.
+# Applications: cached, and patched only to take off the finalizer earlier versions added.
 - apiGroups: ["hartslag.dev"]
   resources: ["applications"]
   verbs: ["list", "watch", "patch"]

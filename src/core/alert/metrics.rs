@@ -6,7 +6,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use std::sync::Arc;
+
 use crate::core::metrics::MetricRegistry;
+use crate::core::storage::OutboxStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -47,31 +50,28 @@ impl Default for OutboxStats {
 
 impl OutboxStats {
     /// Registers the outbox's families; pending deliveries are counted at each scrape.
-    pub(super) fn register(&self, pending: sled::Tree, registry: &mut MetricRegistry) {
+    pub(super) fn register(&self, store: Arc<dyn OutboxStore>, registry: &mut MetricRegistry) {
         registry.register(
             "hartslag_alert_deliveries",
             "Alert deliveries by outcome",
             self.family.clone(),
         );
-        registry.register_collector(Box::new(Pending(pending)));
+        registry.register_collector(Box::new(Pending(store)));
     }
 }
 
-/// The `hartslag_alert_deliveries_pending` gauge: notices in the outbox's pending tree.
+/// The `hartslag_alert_deliveries_pending` gauge: notices waiting in the outbox.
 /// Repetitions scheduled while an incident lasts are left out: they wait by design, and
 /// counting them would make every long outage look like a delivery backlog.
 #[derive(Debug)]
-struct Pending(sled::Tree);
+struct Pending(Arc<dyn OutboxStore>);
 
 impl Collector for Pending {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let notices = self
-            .0
-            .iter()
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !super::outbox::is_repetition(k))
-            .count();
+        // A store that cannot count now leaves the gauge out of this scrape.
+        let Ok(notices) = self.0.pending_notices() else {
+            return Ok(());
+        };
         let gauge = ConstGauge::new(i64::try_from(notices).unwrap_or(i64::MAX));
         gauge.encode(encoder.encode_descriptor(
             "hartslag_alert_deliveries_pending",

@@ -3,15 +3,15 @@
 //! by the [scheduler](super::scheduler), retried with exponential backoff while a target is
 //! unreachable, and picked up again after a restart.
 //!
-//! Each finished delivery is one commit-log record: its `done` entry, the removal of the
-//! pending one and the target's updated history, all or nothing. A delivery is finished
+//! Deliveries are stored behind the storage port ([`OutboxStore`]). Each finished delivery
+//! is one atomic write: its `done` entry, the removal of the pending one and the target's
+//! updated history, all or nothing. A delivery is finished
 //! only after its target accepted it, so a crash between acceptance and that record repeats
 //! the one delivery after restart; every other path delivers exactly once per incident and
 //! target. When that record cannot be written (the disk failed), the scheduler remembers
 //! the delivery as sent and never repeats it while the process runs, and [`Outbox::health`]
 //! fails until a restart.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,24 +22,17 @@ use tokio::sync::Notify;
 
 use super::channels::ChannelBook;
 use super::message::{Alert, Target};
-use super::policy::{PolicyConfig, TargetHistory};
+use super::policy::PolicyConfig;
 use super::{Deliver, OutboxStats};
-use crate::core::store::Committer;
-use crate::core::store::wal::Mutation;
+use crate::core::storage::{OutboxStore, StorageError, StorageFuture};
 
 /// Errors of the outbox's storage.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    /// sled failed.
+    /// The store failed.
     #[error("outbox storage: {0}")]
-    Sled(#[from] sled::Error),
-    /// A flush failed.
-    #[error(transparent)]
-    Commit(#[from] crate::core::store::CommitError),
-    /// A record could not be encoded.
-    #[error("outbox record: {0}")]
-    Encode(#[from] serde_json::Error),
-    /// The blocking write could not be run.
+    Storage(#[from] StorageError),
+    /// The write could not be run.
     #[error("outbox write: {0}")]
     Task(String),
 }
@@ -140,28 +133,18 @@ pub fn is_repetition(key: &[u8]) -> bool {
     kind.windows(2).any(|w| w == b"-r")
 }
 
-/// A key and value ready for a sled batch.
-pub type Record = (Vec<u8>, Vec<u8>);
-
-/// Encoded records for `alert` to each of `targets`, for a caller that writes them in its
-/// own atomic batch (the monitor engine stores them together with the state change).
-pub fn records(
-    alert: &Alert,
-    targets: &[Target],
-    now: Timestamp,
-) -> Result<Vec<Record>, OutboxError> {
+/// The deliveries of `alert` to each of `targets`, for a caller that queues them in its
+/// own atomic write (the monitor engine stores them together with the state change).
+pub fn deliveries(alert: &Alert, targets: &[Target], now: Timestamp) -> Vec<Delivery> {
     targets
         .iter()
-        .map(|t| {
-            let d = Delivery {
-                alert: alert.clone(),
-                target: t.clone(),
-                attempts: 0,
-                next_attempt_at: now,
-                created_at: now,
-                last_error: None,
-            };
-            Ok((delivery_key(alert, t), serde_json::to_vec(&d)?))
+        .map(|t| Delivery {
+            alert: alert.clone(),
+            target: t.clone(),
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            last_error: None,
         })
         .collect()
 }
@@ -169,15 +152,11 @@ pub fn records(
 /// Handle to the outbox; clone freely.
 #[derive(Clone)]
 pub struct Outbox {
-    pending: sled::Tree,
-    done: sled::Tree,
-    targets: sled::Tree,
-    committer: Committer,
+    store: Arc<dyn OutboxStore>,
     notify: Arc<Notify>,
     pub(super) config: OutboxConfig,
     /// Counters.
     pub stats: Arc<OutboxStats>,
-    done_seq: Arc<AtomicU64>,
     /// Why the last write failed, until one succeeds.
     failure: Arc<Mutex<Option<String>>>,
     /// The alert channels front ends resolved, and their delivery status.
@@ -196,36 +175,25 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
-/// Finished deliveries kept for inspection.
-const DONE_KEEP: u64 = 10_000;
-
 impl Outbox {
-    /// Opens the outbox trees.
-    pub fn open(
-        db: &sled::Db,
-        committer: Committer,
-        config: OutboxConfig,
-    ) -> Result<Self, OutboxError> {
-        let done = db.open_tree("outbox_done")?;
-        let last = done
-            .last()?
-            .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        Ok(Self {
-            pending: db.open_tree("outbox")?,
-            done,
-            targets: db.open_tree("outbox_targets")?,
-            committer,
+    /// The outbox over `store`.
+    pub fn new(store: Arc<dyn OutboxStore>, config: OutboxConfig) -> Self {
+        Self {
+            store,
             notify: Arc::new(Notify::new()),
             config,
             stats: Arc::new(OutboxStats::default()),
-            done_seq: Arc::new(AtomicU64::new(last)),
             failure: Arc::default(),
             channels: ChannelBook::default(),
             incidents: Arc::default(),
             #[cfg(test)]
             fail_writes: Arc::default(),
-        })
+        }
+    }
+
+    /// Where the deliveries are stored.
+    pub fn store(&self) -> &Arc<dyn OutboxStore> {
+        &self.store
     }
 
     /// The channel book deliveries through channels read (and record their status in).
@@ -248,12 +216,7 @@ impl Outbox {
 
     /// Adds the outbox's families to `/metrics`.
     pub fn register_metrics(&self, registry: &mut crate::core::metrics::MetricRegistry) {
-        self.stats.register(self.pending.clone(), registry);
-    }
-
-    /// The tree pending deliveries live in (for callers that write records atomically).
-    pub fn pending_tree(&self) -> &sled::Tree {
-        &self.pending
+        self.stats.register(self.store.clone(), registry);
     }
 
     /// Wakes the scheduler after records were written by someone else.
@@ -279,111 +242,23 @@ impl Outbox {
         super::scheduler::run(self, courier).await;
     }
 
-    /// Every pending delivery, with its key; unreadable records are dropped with a log line.
-    pub(super) fn load_pending(&self) -> Vec<(Vec<u8>, Delivery)> {
-        self.pending
-            .iter()
-            .filter_map(|item| item.ok())
-            .filter_map(|(k, v)| match serde_json::from_slice::<Delivery>(&v) {
-                Ok(d) => Some((k.to_vec(), d)),
-                Err(e) => {
-                    tracing::error!(error = %e, "dropping an unreadable outbox record");
-                    let _ = self.pending.remove(&k);
-                    None
-                }
-            })
-            .collect()
-    }
-
-    /// What target `identity` was sent lately.
-    pub(super) fn history(&self, identity: &str) -> TargetHistory {
-        self.targets
-            .get(identity)
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default()
-    }
-
-    /// Writes `writes` as one commit-log record, durably, off the async workers; a failure
-    /// is kept for [`Outbox::health`] until a write succeeds.
-    pub(crate) async fn write(&self, writes: Vec<Mutation>) -> Result<(), OutboxError> {
+    /// Runs `write`, a write of the store, and keeps a failure for [`Outbox::health`]
+    /// until a write succeeds.
+    pub(crate) async fn record<T>(&self, write: StorageFuture<'_, T>) -> Result<T, OutboxError> {
         #[cfg(test)]
-        if self.fail_writes.load(Ordering::Relaxed) {
+        if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             let e = OutboxError::Task("injected write failure".into());
             let why = format!("the alert outbox cannot record deliveries: {e}");
             *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             return Err(e);
         }
-        let committer = self.committer.clone();
-        let result = tokio::task::spawn_blocking(move || committer.log_blocking(writes))
-            .await
-            .map_err(|e| OutboxError::Task(e.to_string()))
-            .and_then(|r| r.map_err(OutboxError::from));
+        let result = write.await.map_err(OutboxError::from);
         let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
         *failure = result
             .as_ref()
             .err()
             .map(|e| format!("the alert outbox cannot record deliveries: {e}"));
         result
-    }
-
-    /// The writes that finish delivery `key` with `outcome`: its `done` entry, the removal
-    /// of the pending record and the target's history, for one record.
-    pub(super) fn finish_writes(
-        &self,
-        key: &[u8],
-        d: &Delivery,
-        outcome: &str,
-        detail: Option<String>,
-        history: (&str, &TargetHistory),
-    ) -> Result<Vec<Mutation>, OutboxError> {
-        let seq = self.done_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let rec = DoneRecord {
-            key: String::from_utf8_lossy(key).into_owned(),
-            outcome: outcome.into(),
-            detail,
-            attempts: d.attempts,
-            at: Timestamp::now(),
-        };
-        let mut writes = vec![
-            Mutation::put(&self.done, seq.to_be_bytes(), serde_json::to_vec(&rec)?),
-            Mutation::remove(&self.pending, key),
-            self.history_write(history)?,
-        ];
-        if seq > DONE_KEEP {
-            writes.push(Mutation::remove(
-                &self.done,
-                (seq - DONE_KEEP).to_be_bytes(),
-            ));
-        }
-        Ok(writes)
-    }
-
-    /// The write that stores a rescheduled delivery.
-    pub(super) fn pending_write(&self, key: &[u8], d: &Delivery) -> Result<Mutation, OutboxError> {
-        Ok(Mutation::put(&self.pending, key, serde_json::to_vec(d)?))
-    }
-
-    /// The write that queues a new delivery (once: a queued one is never replaced).
-    pub(super) fn queue_write(&self, d: &Delivery) -> Result<Mutation, OutboxError> {
-        Ok(Mutation::put_if_absent(
-            &self.pending,
-            delivery_key(&d.alert, &d.target),
-            serde_json::to_vec(d)?,
-        ))
-    }
-
-    /// The write that stores a target's history.
-    pub(super) fn history_write(
-        &self,
-        (identity, history): (&str, &TargetHistory),
-    ) -> Result<Mutation, OutboxError> {
-        Ok(Mutation::put(
-            &self.targets,
-            identity.as_bytes(),
-            serde_json::to_vec(history)?,
-        ))
     }
 }
 

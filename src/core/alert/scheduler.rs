@@ -18,10 +18,11 @@ use tokio::sync::{Semaphore, mpsc};
 use super::alerting::{self, Gate, Pending};
 use super::channels::Destination;
 use super::message::{AlertKind, Target};
-use super::outbox::{Delivery, Outbox, OutboxError, backoff};
+use super::outbox::{Delivery, Outbox, backoff};
 use super::policy::{self, Decision, Queued, TargetHistory};
 use super::{Deliver, DeliveryError};
 use crate::core::channel::{AlertPolicy, MaintenanceWindow};
+use crate::core::storage::Finished;
 
 /// Longest sleep between two looks at the queues, whatever they say.
 const IDLE_LOOK: Duration = Duration::from_secs(30);
@@ -32,6 +33,9 @@ struct Attempted {
     key: Vec<u8>,
     delivery: Delivery,
     settled: Option<usize>,
+    /// `false`: the store did not hand the delivery to this attempt (it was finished
+    /// meanwhile); nothing was sent.
+    claimed: bool,
     result: Result<(), DeliveryError>,
 }
 
@@ -55,11 +59,19 @@ struct Scheduler {
 /// Runs the scheduler for `outbox` until the process ends.
 pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
+    // The scheduler writes every target's history from now on: read them once.
+    let histories = match outbox.store().target_histories().await {
+        Ok(all) => all.into_iter().collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "the targets' alert history could not be read; every target starts afresh");
+            HashMap::new()
+        }
+    };
     let mut s = Scheduler {
         permits: Arc::new(Semaphore::new(outbox.config.concurrency.max(1))),
         outbox,
         courier,
-        histories: HashMap::new(),
+        histories,
         busy: HashSet::new(),
         in_flight: HashSet::new(),
         unrecorded: HashSet::new(),
@@ -83,10 +95,18 @@ pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
 }
 
 impl Scheduler {
-    /// The pending deliveries per target identity, each queue oldest first.
-    fn queues(&self) -> BTreeMap<String, Vec<(Vec<u8>, Delivery)>> {
+    /// The pending deliveries per target identity, each queue oldest first; none while
+    /// the store cannot be read (logged; the next look tries again).
+    async fn queues(&self) -> BTreeMap<String, Vec<(Vec<u8>, Delivery)>> {
         let mut queues: BTreeMap<String, Vec<(Vec<u8>, Delivery)>> = BTreeMap::new();
-        for (key, d) in self.outbox.load_pending() {
+        let pending = match self.outbox.store().pending().await {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::error!(error = %e, "the outbox's pending deliveries could not be read");
+                return queues;
+            }
+        };
+        for (key, d) in pending {
             if self.unrecorded.contains(&key) {
                 continue;
             }
@@ -103,10 +123,7 @@ impl Scheduler {
     }
 
     fn history(&mut self, identity: &str) -> &mut TargetHistory {
-        let outbox = &self.outbox;
-        self.histories
-            .entry(identity.to_string())
-            .or_insert_with(|| outbox.history(identity))
+        self.histories.entry(identity.to_string()).or_default()
     }
 
     /// Starts what may start now on every idle target; returns when to look again.
@@ -115,7 +132,7 @@ impl Scheduler {
             let now = Timestamp::now();
             let mut wake = plus(now, IDLE_LOOK);
             let mut changed = false;
-            let queues = self.queues();
+            let queues = self.queues().await;
             // A target whose queue is empty is no longer held back by its cap.
             for (identity, h) in &mut self.histories {
                 h.capped &= queues.contains_key(identity);
@@ -212,6 +229,7 @@ impl Scheduler {
         self.busy.insert(identity.to_string());
         self.in_flight.insert(key.clone());
         let courier = self.courier.clone();
+        let store = self.outbox.store().clone();
         let done = self.done_tx.clone();
         let identity = identity.to_string();
         tokio::spawn(async move {
@@ -219,13 +237,24 @@ impl Scheduler {
                 Some(held) => d.alert.settled(held),
                 None => d.alert.clone(),
             };
-            let result = courier.deliver(&alert, &d.target).await;
+            let (claimed, result) = match store.claim(key.clone()).await {
+                Ok(true) => (true, courier.deliver(&alert, &d.target).await),
+                Ok(false) => (false, Ok(())),
+                // Retried with backoff, like a target that could not be reached.
+                Err(e) => (
+                    true,
+                    Err(DeliveryError::Transient(format!(
+                        "the outbox could not claim it: {e}"
+                    ))),
+                ),
+            };
             drop(permit);
             let _ = done.send(Attempted {
                 identity,
                 key,
                 delivery: d,
                 settled,
+                claimed,
                 result,
             });
         });
@@ -236,6 +265,9 @@ impl Scheduler {
     async fn settle(&mut self, a: Attempted) {
         self.busy.remove(&a.identity);
         self.in_flight.remove(&a.key);
+        if !a.claimed {
+            return;
+        }
         let mut d = a.delivery;
         d.attempts += 1;
         let stats = self.outbox.stats.clone();
@@ -295,16 +327,17 @@ impl Scheduler {
             );
         }
         let history = history.clone();
-        let writes = self
+        let finished = Finished {
+            key: a.key.clone(),
+            outcome: outcome.into(),
+            detail,
+            attempts: d.attempts,
+        };
+        let write = self
             .outbox
-            .finish_writes(&a.key, &d, outcome, detail, (&a.identity, &history))
-            .and_then(|mut w| {
-                if let Some(next) = &next {
-                    w.push(self.outbox.queue_write(next)?);
-                }
-                Ok(w)
-            });
-        if let Err(e) = self.write_or(writes).await {
+            .store()
+            .finish(vec![finished], (a.identity.clone(), history), next);
+        if let Err(e) = self.outbox.record(write).await {
             tracing::error!(error = %e, alert = %d.alert.id, "the outbox could not record a finished delivery; it will not be sent again until a restart");
             self.unrecorded.insert(a.key);
         } else {
@@ -394,7 +427,7 @@ impl Scheduler {
             })
             .collect();
         let tidy = alerting::tidy(&pending);
-        let mut finish: Vec<(&[u8], &Delivery, &str, String)> = Vec::new();
+        let mut finish: Vec<Finished> = Vec::new();
         for ((key, d), gate) in queue.iter().zip(gates) {
             if self.in_flight.contains(key) {
                 continue;
@@ -415,34 +448,27 @@ impl Scheduler {
                 None
             };
             if let Some((outcome, detail)) = why {
-                finish.push((key, d, outcome, detail));
+                finish.push(Finished {
+                    key: key.clone(),
+                    outcome: outcome.into(),
+                    detail: Some(detail),
+                    attempts: d.attempts,
+                });
             }
         }
         if finish.is_empty() {
             return false;
         }
         let history = self.history(identity).clone();
-        let mut writes = Vec::new();
-        for (key, d, outcome, detail) in &finish {
-            match self.outbox.finish_writes(
-                key,
-                d,
-                outcome,
-                Some(detail.clone()),
-                (identity, &history),
-            ) {
-                Ok(w) => writes.extend(w),
-                Err(e) => {
-                    tracing::error!(error = %e, "encoding an outbox record failed");
-                    return false;
-                }
-            }
-        }
+        let keys: Vec<Vec<u8>> = finish.iter().map(|f| f.key.clone()).collect();
         self.outbox.stats.skipped.inc_by(finish.len() as u64);
-        if let Err(e) = self.outbox.write(writes).await {
+        let write = self
+            .outbox
+            .store()
+            .finish(finish, (identity.to_string(), history), None);
+        if let Err(e) = self.outbox.record(write).await {
             tracing::error!(error = %e, "the outbox could not record finished notices");
-            self.unrecorded
-                .extend(finish.iter().map(|(k, ..)| k.to_vec()));
+            self.unrecorded.extend(keys);
         }
         true
     }
@@ -454,8 +480,8 @@ impl Scheduler {
         self.outbox.stats.retried.inc();
         d.next_attempt_at = plus(Timestamp::now(), delay);
         d.last_error = Some(msg);
-        let write = self.outbox.pending_write(&key, &d).map(|w| vec![w]);
-        if let Err(e) = self.write_or(write).await {
+        let write = self.outbox.store().retry(key.clone(), d.clone());
+        if let Err(e) = self.outbox.record(write).await {
             tracing::error!(error = %e, alert = %d.alert.id, "the outbox could not record a retry");
             self.rescheduled.insert(key, d);
         } else {
@@ -491,11 +517,11 @@ impl Scheduler {
             h.start_flapping(monitor, now);
             h.clone()
         };
-        let writes = self
+        let write = self
             .outbox
-            .queue_write(&notice)
-            .and_then(|q| Ok(vec![q, self.outbox.history_write((identity, &history))?]));
-        if let Err(e) = self.write_or(writes).await {
+            .store()
+            .queue(notice, Some((identity.to_string(), history)));
+        if let Err(e) = self.outbox.record(write).await {
             tracing::error!(error = %e, "the outbox could not queue a flapping notice");
             // Without the notice queued, the monitor must not stay flapping.
             if let Some(m) = self.history(identity).monitors.get_mut(monitor) {
@@ -520,30 +546,24 @@ impl Scheduler {
             h.superseded(&config, &monitor, &raised, now);
             h.clone()
         };
-        let mut writes = Vec::new();
-        for (key, d) in &gone {
-            let detail = Some("a newer notice about the same monitor was sent instead".to_string());
-            match self
-                .outbox
-                .finish_writes(key, d, "superseded", detail, (identity, &history))
-            {
-                Ok(w) => writes.extend(w),
-                Err(e) => return tracing::error!(error = %e, "encoding an outbox record failed"),
-            }
-        }
+        let finish = gone
+            .iter()
+            .map(|(key, d)| Finished {
+                key: key.clone(),
+                outcome: "superseded".into(),
+                detail: Some("a newer notice about the same monitor was sent instead".into()),
+                attempts: d.attempts,
+            })
+            .collect();
         self.outbox.stats.superseded.inc_by(gone.len() as u64);
-        if let Err(e) = self.outbox.write(writes).await {
+        let write = self
+            .outbox
+            .store()
+            .finish(finish, (identity.to_string(), history), None);
+        if let Err(e) = self.outbox.record(write).await {
             tracing::error!(error = %e, "the outbox could not record superseded notices");
             self.unrecorded.extend(gone.iter().map(|(k, _)| k.clone()));
         }
-    }
-
-    /// Writes `writes` if they could be encoded.
-    async fn write_or(
-        &self,
-        writes: Result<Vec<crate::core::store::wal::Mutation>, OutboxError>,
-    ) -> Result<(), OutboxError> {
-        self.outbox.write(writes?).await
     }
 }
 
@@ -561,9 +581,9 @@ mod tests {
 
     use super::*;
     use crate::core::alert::message::{Alert, Target};
-    use crate::core::alert::outbox::{OutboxConfig, records};
+    use crate::core::alert::outbox::{OutboxConfig, deliveries};
     use crate::core::alert::policy::PolicyConfig;
-    use crate::core::store::{Store, StoreOptions};
+    use crate::core::services::open_monitor_storage;
 
     /// Records what it was asked to deliver; never answers for `black_hole`.
     #[derive(Default)]
@@ -620,18 +640,35 @@ mod tests {
         }
     }
 
-    fn queue(outbox: &Outbox, alert: &Alert, target: &Target, created: Timestamp) {
-        for (k, v) in records(alert, std::slice::from_ref(target), created).unwrap() {
-            outbox.pending_tree().insert(k, v).unwrap();
+    async fn queue(outbox: &Outbox, alert: &Alert, target: &Target, created: Timestamp) {
+        for d in deliveries(alert, std::slice::from_ref(target), created) {
+            outbox.store().queue(d, None).await.unwrap();
         }
         outbox.wake();
     }
 
-    fn open(config: OutboxConfig) -> (tempfile::TempDir, Store, Outbox) {
+    fn open(config: OutboxConfig) -> (tempfile::TempDir, Outbox) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let outbox = Outbox::open(&store.db, store.committer().clone(), config).unwrap();
-        (dir, store, outbox)
+        let outbox = Outbox::new(open_monitor_storage(dir.path()).outbox, config);
+        (dir, outbox)
+    }
+
+    /// Notices waiting (repetitions not counted).
+    fn waiting(outbox: &Outbox) -> u64 {
+        outbox.store().pending_notices().unwrap()
+    }
+
+    /// Waits until the pending deliveries pass `check`.
+    async fn until_pending(
+        what: &str,
+        outbox: &Outbox,
+        check: impl Fn(&[(Vec<u8>, Delivery)]) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check(&outbox.store().pending().await.unwrap()) {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -656,28 +693,28 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_target_that_never_answers_holds_up_only_its_own_queue() {
-        let (_dir, _store, outbox) = open(OutboxConfig::default());
+        let (_dir, outbox) = open(OutboxConfig::default());
         let courier = Arc::new(Courier {
             black_hole: Some(hole()),
             ..Default::default()
         });
         let now = Timestamp::now();
         for (i, m) in ["a", "b", "c"].into_iter().enumerate() {
-            queue(&outbox, &alert(m, i as i64, AlertKind::Down), &hole(), now);
+            queue(&outbox, &alert(m, i as i64, AlertKind::Down), &hole(), now).await;
         }
-        queue(&outbox, &alert("d", 9, AlertKind::Down), &email(), now);
+        queue(&outbox, &alert("d", 9, AlertKind::Down), &email(), now).await;
         tokio::spawn(outbox.clone().run(courier.clone()));
         let started = std::time::Instant::now();
         until("the email", || !courier.sent().is_empty()).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert_eq!(courier.sent()[0].1, email());
         // The black hole has one delivery in flight, the rest wait behind it in order.
-        until("the email's record", || outbox.pending_tree().len() == 3).await;
+        until("the email's record", || waiting(&outbox) == 3).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_delivery_whose_finish_cannot_be_written_is_not_sent_again() {
-        let (_dir, _store, outbox) = open(OutboxConfig::default());
+        let (_dir, outbox) = open(OutboxConfig::default());
         let courier = Arc::new(Courier::default());
         outbox.fail_writes.store(true, Ordering::Relaxed);
         queue(
@@ -685,7 +722,8 @@ mod tests {
             &alert("a", 0, AlertKind::Down),
             &email(),
             Timestamp::now(),
-        );
+        )
+        .await;
         tokio::spawn(outbox.clone().run(courier.clone()));
         until("the delivery", || courier.sent().len() == 1).await;
         until("the failed write", || outbox.health().is_err()).await;
@@ -705,20 +743,20 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_finished_delivery_leaves_the_queue_and_its_record_in_one_write() {
-        let (_dir, store, outbox) = open(OutboxConfig::default());
+        let (_dir, outbox) = open(OutboxConfig::default());
         let courier = Arc::new(Courier::default());
         queue(
             &outbox,
             &alert("a", 0, AlertKind::Down),
             &email(),
             Timestamp::now(),
-        );
+        )
+        .await;
         tokio::spawn(outbox.clone().run(courier.clone()));
-        until("the delivery", || outbox.pending_tree().is_empty()).await;
-        let done = store.db.open_tree("outbox_done").unwrap();
-        let targets = store.db.open_tree("outbox_targets").unwrap();
-        assert_eq!(done.len(), 1);
+        until("the delivery", || waiting(&outbox) == 0).await;
+        let targets = outbox.store().target_histories().await.unwrap();
         assert_eq!(targets.len(), 1);
+        assert_eq!(targets[0].1.sent.len(), 1, "{targets:?}");
         assert!(outbox.health().is_ok());
     }
 
@@ -732,7 +770,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let (_dir, _store, outbox) = open(config);
+        let (_dir, outbox) = open(config);
         let courier = Arc::new(Courier::default());
         tokio::spawn(outbox.clone().run(courier.clone()));
         // Eight flips within a second: Down, recovery, Down, ...
@@ -742,10 +780,10 @@ mod tests {
             } else {
                 AlertKind::Recovery
             };
-            queue(&outbox, &alert("a", i, kind), &email(), Timestamp::now());
+            queue(&outbox, &alert("a", i, kind), &email(), Timestamp::now()).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        until("the settled notice", || outbox.pending_tree().is_empty()).await;
+        until("the settled notice", || waiting(&outbox) == 0).await;
         let kinds: Vec<(AlertKind, bool)> = courier
             .sent()
             .iter()
@@ -767,7 +805,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn repetitions_waiting_for_their_time_hold_up_no_notice() {
-        let (_dir, _store, outbox) = open(OutboxConfig::default());
+        let (_dir, outbox) = open(OutboxConfig::default());
         let courier = Arc::new(Courier::default());
         tokio::spawn(outbox.clone().run(courier.clone()));
         let hourly = |mut a: Alert| {
@@ -777,28 +815,26 @@ mod tests {
         let now = Timestamp::now();
         for i in 0..50 {
             let down = hourly(alert(&format!("m{i}"), i, AlertKind::Down));
-            queue(&outbox, &down, &email(), now);
+            queue(&outbox, &down, &email(), now).await;
         }
         // Each Down is sent and leaves its next repetition, an hour ahead, in the queue.
         until("the Downs", || courier.sent().len() == 50).await;
-        until("the repetitions", || {
-            outbox
-                .load_pending()
-                .iter()
-                .filter(|(_, d)| d.alert.repeat == 1)
-                .count()
-                == 50
+        until_pending("the repetitions", &outbox, |pending| {
+            pending.iter().filter(|(_, d)| d.alert.repeat == 1).count() == 50
         })
         .await;
         let up = alert("m7", 100, AlertKind::Recovery);
-        queue(&outbox, &up, &email(), Timestamp::now());
+        queue(&outbox, &up, &email(), Timestamp::now()).await;
         until("the recovery", || courier.sent().len() == 51).await;
         assert_eq!(courier.sent()[50].0.kind, AlertKind::Recovery);
         // The recovered monitor's repetition is gone; the others wait for their time.
-        until("the stale repetition", || outbox.load_pending().len() == 49).await;
+        until_pending("the stale repetition", &outbox, |p| p.len() == 49).await;
         assert!(
             outbox
-                .load_pending()
+                .store()
+                .pending()
+                .await
+                .unwrap()
                 .iter()
                 .all(|(_, d)| d.alert.monitor != "m7")
         );

@@ -17,6 +17,9 @@ mod apps;
 mod events;
 mod types;
 
+mod monitors;
+mod outbox;
+
 use std::sync::Arc;
 
 pub use apps::AppStore;
@@ -25,6 +28,9 @@ pub use types::{
     AppRecord, Bucket, EventValue, EventWrite, ExportFilter, ExportedEvent, IDEMPOTENCY_WINDOW,
     Idempotency, Outcome, PeriodTallies, StatsReport, Tally, TokenOwner, hour_of,
 };
+
+pub use monitors::{MonitorRound, MonitorStore, Removal, RoundDone};
+pub use outbox::{Finished, OutboxStore};
 
 /// A future a port method returns: boxed so the traits stay object safe, `Send` so it may
 /// be awaited on any worker.
@@ -66,5 +72,21 @@ pub struct Storage {
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
+
+/// One backend's monitor and outbox stores, as the monitor engine and the alert outbox
+/// hold them. Cheap to clone.
+#[derive(Clone)]
+pub struct MonitorStorage {
+    /// Monitors, ping history, timelines and the engine's rounds.
+    pub monitors: Arc<dyn MonitorStore>,
+    /// Pending and finished alert deliveries and the targets' histories.
+    pub outbox: Arc<dyn OutboxStore>,
+}
+
+impl std::fmt::Debug for MonitorStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorStorage").finish_non_exhaustive()
     }
 }

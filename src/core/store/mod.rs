@@ -1,6 +1,7 @@
 //! The embedded storage backend, on sled: events, rollups, applications and the token
-//! index behind the storage port ([`port`], [`crate::core::storage`]), and the commit log
-//! and trees the monitor engine and the alert outbox write.
+//! index ([`port`]), monitors and the monitor engine's rounds ([`monitors`]) and the alert
+//! outbox ([`outbox`]) behind the storage port ([`crate::core::storage`]), over one
+//! commit log.
 //!
 //! One `Store` per process (sled allows one opener). Hot write paths go through
 //! single-writer threads and the group committer's commit log ([`wal`]), so an
@@ -12,6 +13,8 @@ pub mod events;
 pub mod keys;
 pub mod latency;
 pub mod metrics;
+pub mod monitors;
+pub mod outbox;
 pub mod port;
 pub mod wal;
 
@@ -59,6 +62,22 @@ impl<E: std::fmt::Display> From<sled::transaction::TransactionError<E>> for Stor
     }
 }
 
+impl From<crate::core::monitor::history::HistoryError> for StoreError {
+    fn from(e: crate::core::monitor::history::HistoryError) -> Self {
+        use crate::core::monitor::history::HistoryError;
+        match e {
+            HistoryError::Codec(e) => StoreError::Corrupt {
+                what: "ping record".into(),
+                detail: e.to_string(),
+            },
+            HistoryError::Corrupt { key, detail } => StoreError::Corrupt {
+                what: format!("ping history block {key}"),
+                detail: detail.into(),
+            },
+        }
+    }
+}
+
 /// Options for opening the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -77,8 +96,8 @@ impl Default for StoreOptions {
 /// The opened database and its trees.
 #[derive(Clone)]
 pub struct Store {
-    /// The sled database; exposed for modules that own their own trees (monitors, outbox).
-    pub db: sled::Db,
+    /// The sled database, for the backend's modules that own trees of their own.
+    pub(crate) db: sled::Db,
     committer: Committer,
     pub(crate) events: sled::Tree,
     pub(crate) apps: sled::Tree,

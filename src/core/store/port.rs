@@ -1,6 +1,8 @@
 //! sled behind the storage port: [`EventStore`] and [`AppStore`] over the [`Store`] and its
-//! ingest writer. sled's reads block (and queries first wait for the writer's apply), so
-//! each runs on tokio's blocking pool; writes resolve once the commit log has them on disk.
+//! ingest writer, and the monitor and outbox stores ([`super::monitors`],
+//! [`super::outbox`]) over the same store. sled's reads block (and queries first wait for
+//! the writer's apply), so each runs on tokio's blocking pool; writes resolve once the
+//! commit log has them on disk.
 
 use std::sync::Arc;
 
@@ -8,11 +10,14 @@ use futures::StreamExt;
 use jiff::Timestamp;
 
 use super::events::EventWriter;
+use super::monitors::SledMonitors;
+use super::outbox::SledOutbox;
 use super::{Store, StoreError};
 use crate::core::calendar::Periods;
 use crate::core::storage::{
     AppRecord, AppStore, Bucket, EventStore, EventWrite, ExportBatches, ExportFilter,
-    ExportedEvent, Outcome, StatsReport, Storage, StorageError, StorageFuture, Tally, TokenOwner,
+    ExportedEvent, MonitorStorage, Outcome, StatsReport, Storage, StorageError, StorageFuture,
+    Tally, TokenOwner,
 };
 use crate::core::token::TokenHash;
 
@@ -55,8 +60,25 @@ pub fn storage(store: &Store, writer: EventWriter) -> Storage {
     }
 }
 
+/// Opens the store in `dir` (replaying its commit log) with the monitor and outbox stores
+/// alone: for tests of the engine's side of the port.
+pub fn open_monitors(
+    dir: &std::path::Path,
+    opts: &super::StoreOptions,
+) -> Result<MonitorStorage, StoreError> {
+    monitor_storage(&Store::open(dir, opts)?)
+}
+
+/// The monitor and outbox stores over `store`.
+pub fn monitor_storage(store: &Store) -> Result<MonitorStorage, StoreError> {
+    Ok(MonitorStorage {
+        monitors: Arc::new(SledMonitors::open(store)?),
+        outbox: Arc::new(SledOutbox::open(store)?),
+    })
+}
+
 /// Runs a blocking read of `store` on the blocking pool.
-fn blocking<T: Send + 'static>(
+pub(super) fn blocking<T: Send + 'static>(
     store: &Store,
     read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> StorageFuture<'static, T> {

@@ -424,6 +424,7 @@ async fn pings(
         .core
         .engine
         .pings(m.num, limit)
+        .await
         .map_err(|e| err(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let items: Vec<Value> = list
         .iter()

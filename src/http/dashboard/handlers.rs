@@ -143,12 +143,13 @@ pub async fn monitor_detail(
         return not_found(&viewer, "monitor");
     };
     let engine = &st.core.engine;
-    let pings = engine.pings(m.num, PING_ROWS).unwrap_or_else(|e| {
+    let pings = engine.pings(m.num, PING_ROWS).await.unwrap_or_else(|e| {
         tracing::warn!(monitor = %m.def.key, error = %e, "reading ping history failed");
         Vec::new()
     });
     let transitions = engine
         .transitions(m.num, TRANSITION_ROWS)
+        .await
         .unwrap_or_else(|e| {
             tracing::warn!(monitor = %m.def.key, error = %e, "reading the state timeline failed");
             Vec::new()

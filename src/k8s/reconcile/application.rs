@@ -1,7 +1,8 @@
 //! The Application pipeline: validate → secret → apply → verdict, then the Heartbeats that
 //! refer to it are looked at again (they may have waited for it, and its alert defaults
-//! are theirs). Deletion (through the finalizer) revokes the token at once and removes or
-//! retains the events as `deletionPolicy` says.
+//! are theirs). Deletion (seen by the watch, or the start of one held by another
+//! finalizer) revokes the token at once and removes or retains the events as
+//! `deletionPolicy` says.
 //!
 //! A refused change leaves the Application as it was: its last accepted settings and token
 //! stay in force (events keep flowing), and `Ready=False` says what was refused.
@@ -12,11 +13,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    ReconcileError, Step, Stop, alerts, conclude, finalized, secret_stop, taken_by_another,
+    Frame, ReconcileError, Step, Stop, TokenNews, alerts, clean_up_gone, conclude, framed,
+    secret_stop, still_cached, taken_by_another,
 };
 use crate::core::registry::{RegistryError, object_key};
 use crate::core::spec::{ApplicationSpec, DeletionPolicy};
@@ -30,13 +31,43 @@ use crate::k8s::status::Target;
 /// Reconciles an Application.
 pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ctx = &ctx;
-    finalized(app, ctx, |event, ns| async move {
-        match event {
-            Finalizer::Apply(app) => apply(&app, ctx, &ns).await,
-            Finalizer::Cleanup(app) => cleanup(&app, ctx, &ns).await,
+    match framed(app.as_ref(), ctx).await? {
+        Frame::Elsewhere => Ok(Action::await_change()),
+        Frame::Deleting(ns) => {
+            cleanup(&app, ctx, &ns).await?;
+            Ok(Action::await_change())
         }
+        Frame::Live(ns) => {
+            let action = apply(&app, ctx, &ns).await?;
+            if still_cached(ctx.caches.application(&ns, &app.name_any()), app.as_ref()) {
+                return Ok(action);
+            }
+            cleanup(&app, ctx, &ns).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// The watch saw Application `app` deleted (it is out of the cache already): its token is
+/// revoked and its events removed or retained as its `deletionPolicy` says.
+pub async fn gone(ctx: Arc<Context>, app: Application) {
+    let Some(ns) = app.namespace() else {
+        return;
+    };
+    if !ctx.instances.owns(&ns) {
+        return;
+    }
+    let name = app.name_any();
+    let target = Target::application(&ns, &name);
+    let back = {
+        let (ns, name) = (ns.clone(), name.clone());
+        move |ctx: &Context| ctx.caches.application(&ns, &name).is_some()
+    };
+    clean_up_gone(ctx, target, back, move |ctx| {
+        let (app, ns) = (app.clone(), ns.clone());
+        async move { cleanup(&app, &ctx, &ns).await }
     })
-    .await
+    .await;
 }
 
 async fn apply(app: &Application, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
@@ -58,6 +89,13 @@ async fn steps(app: &Application, ctx: &Context, ns: &str, name: &str) -> Result
     alerts::resolve(ctx, ns, spec.alerts.as_ref()).await?;
     let secret_name = secret_name(spec, name);
     let ensured = token_secret(app, ctx, ns, &secret_name).await?;
+    let news = TokenNews::of(
+        &ensured,
+        ctx.core
+            .registry
+            .application(&object_key(ns, name))
+            .is_some(),
+    );
     match ctx
         .core
         .registry
@@ -75,7 +113,9 @@ async fn steps(app: &Application, ctx: &Context, ns: &str, name: &str) -> Result
         }
         Err(e) => return Err(ReconcileError::core(Step::Apply, e).into()),
     }
-    announce(ctx, app, ns, &secret_name, &ensured).await;
+    if let Some(news) = news {
+        announce(ctx, app, ns, &secret_name, news).await;
+    }
     Ok(secret_name)
 }
 
@@ -130,32 +170,29 @@ async fn token_secret(
     .map_err(|e| secret_stop(e, ns))
 }
 
-async fn announce(ctx: &Context, app: &Application, ns: &str, secret: &str, ensured: &Ensured) {
-    let (reason, note) = if ensured.adopted {
-        (
-            "TokenAdopted",
-            format!("using the token in Secret {secret}, which allows adoption"),
-        )
-    } else if ensured.issued {
-        (
-            "TokenIssued",
-            format!("issued an API token into Secret {secret}"),
-        )
-    } else {
-        return;
+/// Publishes a Normal Event for a token change a person should hear of (not the first
+/// issue: `Ready=True` says it).
+async fn announce(ctx: &Context, app: &Application, ns: &str, secret: &str, news: TokenNews) {
+    let note = match news {
+        TokenNews::Adopted => format!("using the token in Secret {secret}, which allows adoption"),
+        TokenNews::Reissued => format!(
+            "issued a new API token into Secret {secret}, which had none; the previous token no longer works"
+        ),
     };
     ctx.event(
         &Target::application(ns, &app.name_any()),
         app.metadata.uid.clone(),
         EventType::Normal,
-        reason,
+        news.reason(),
         note,
         "IssueToken",
     )
     .await;
 }
 
-async fn cleanup(app: &Application, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+/// Clean-up after a deletion: the token is revoked, the events go unless `deletionPolicy`
+/// is `Retain`, and the per-object state goes.
+async fn cleanup(app: &Application, ctx: &Context, ns: &str) -> Result<(), ReconcileError> {
     let name = app.name_any();
     let purge = app.spec.spec.deletion_policy != Some(DeletionPolicy::Retain);
     ctx.core
@@ -169,7 +206,7 @@ async fn cleanup(app: &Application, ctx: &Context, ns: &str) -> Result<Action, R
     ctx.quotas.forget(&object_key(ns, &name));
     // Its Heartbeats lose their Application: they say so in their status.
     ctx.triggers.application_changed(ctx, ns, &name);
-    Ok(Action::await_change())
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The Heartbeat pipeline: validate → application → cronJob → channels → quota → secret →
-//! alerts → build → apply → verdict. Deletion (through the finalizer) revokes the token at once and removes or
-//! retains the monitor's data as `deletionPolicy` says.
+//! alerts → build → apply → verdict. Deletion (seen by the watch, or the start of one held
+//! by another finalizer) revokes the token at once and removes or retains the monitor's
+//! data as `deletionPolicy` says.
 //!
 //! A Heartbeat that is not Ready has no monitor: a refusal deactivates it, so its status
 //! never shows a state, deadline or count next to `Ready=False`.
@@ -12,11 +13,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    ReconcileError, Step, Stop, alerts, conclude, finalized, secret_stop, taken_by_another,
+    Frame, ReconcileError, Step, Stop, TokenNews, alerts, clean_up_gone, conclude, framed,
+    secret_stop, still_cached, taken_by_another,
 };
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::define::{DeclaredHeartbeat, WatchedCronJob, ping_url};
@@ -33,13 +34,43 @@ use crate::k8s::status::Target;
 /// Reconciles a Heartbeat.
 pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let ctx = &ctx;
-    finalized(hb, ctx, |event, ns| async move {
-        match event {
-            Finalizer::Apply(hb) => apply(&hb, ctx, &ns).await,
-            Finalizer::Cleanup(hb) => cleanup(&hb, ctx, &ns).await,
+    match framed(hb.as_ref(), ctx).await? {
+        Frame::Elsewhere => Ok(Action::await_change()),
+        Frame::Deleting(ns) => {
+            cleanup(&hb, ctx, &ns).await?;
+            Ok(Action::await_change())
         }
+        Frame::Live(ns) => {
+            let action = apply(&hb, ctx, &ns).await?;
+            if still_cached(ctx.caches.heartbeat(&ns, &hb.name_any()), hb.as_ref()) {
+                return Ok(action);
+            }
+            cleanup(&hb, ctx, &ns).await?;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// The watch saw Heartbeat `hb` deleted (it is out of the cache already): its token stops
+/// working and its monitor goes.
+pub async fn gone(ctx: Arc<Context>, hb: Heartbeat) {
+    let Some(ns) = hb.namespace() else {
+        return;
+    };
+    if !ctx.instances.owns(&ns) {
+        return;
+    }
+    let name = hb.name_any();
+    let target = Target::heartbeat(&ns, &name);
+    let back = {
+        let (ns, name) = (ns.clone(), name.clone());
+        move |ctx: &Context| ctx.caches.heartbeat(&ns, &name).is_some()
+    };
+    clean_up_gone(ctx, target, back, move |ctx| {
+        let (hb, ns) = (hb.clone(), ns.clone());
+        async move { cleanup(&hb, &ctx, &ns).await }
     })
-    .await
+    .await;
 }
 
 async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
@@ -47,8 +78,8 @@ async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reconc
     let target = Target::heartbeat(ns, &name);
     let live = hb.status.as_ref().map(|s| s.conditions.as_slice());
     tracing::debug!(object = %target, generation = ?hb.metadata.generation, "reconciling");
-    let (concluded, ensured) = match steps(hb, ctx, ns, &name).await {
-        Ok((secret, ensured)) => (Ok(secret), Some(ensured)),
+    let (concluded, news) = match steps(hb, ctx, ns, &name).await {
+        Ok((secret, news)) => (Ok(secret), news),
         Err(stop) => (Err(stop), None),
     };
     if matches!(concluded, Err(Stop::Refused { .. })) {
@@ -60,20 +91,20 @@ async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reconc
         .await?
         .0;
     // After the verdict: the status writer does not wait for the Event.
-    if let (Some(secret), Some(ensured)) = (secret, ensured) {
-        announce(ctx, hb, ns, &secret, &ensured).await;
+    if let (Some(secret), Some(news)) = (secret, news) {
+        announce(ctx, hb, ns, &secret, news).await;
     }
     Ok(action)
 }
 
-/// The steps that end in an armed monitor; returns the Secret holding its token and what
-/// was done to it.
+/// The steps that end in an armed monitor; returns the Secret holding its token, and what
+/// happened to the token that a person should hear of.
 async fn steps(
     hb: &Heartbeat,
     ctx: &Context,
     ns: &str,
     name: &str,
-) -> Result<(String, Ensured), Stop> {
+) -> Result<(String, Option<TokenNews>), Stop> {
     let spec = &hb.spec.spec;
     validate(spec, ctx.config.min_interval)?;
     let app = application(&ctx.core.registry, ns, spec)?;
@@ -101,6 +132,7 @@ async fn steps(
     let ensured = token_secret(hb, ctx, ns, &secret_name).await?;
     let (spec, app) = resolved_alerts(ctx, ns, spec, app.as_deref()).await?;
     let existing = ctx.core.engine.get(&key);
+    let news = TokenNews::of(&ensured, existing.is_some());
     let def = build(&BuildInputs {
         hb,
         namespace: ns,
@@ -118,7 +150,7 @@ async fn steps(
     if let Some(r) = &spec.cron_job_ref {
         crate::k8s::cronjobs::watch::report_all(ctx, ns, &r.name).await;
     }
-    Ok((secret_name, ensured))
+    Ok((secret_name, news))
 }
 
 /// Step alerts: the alert targets that apply (the Heartbeat's own, else its Application's)
@@ -353,24 +385,21 @@ async fn activate(
     Ok(())
 }
 
-async fn announce(ctx: &Context, hb: &Heartbeat, ns: &str, secret: &str, ensured: &Ensured) {
-    let note = if ensured.adopted {
-        format!("using the token in Secret {secret}, which allows adoption")
-    } else if ensured.issued {
-        format!("issued a ping token and URL into Secret {secret}")
-    } else {
-        return;
-    };
-    let reason = if ensured.adopted {
-        "TokenAdopted"
-    } else {
-        "TokenIssued"
+/// Publishes a Normal Event for a token change a person should hear of. The first issue of
+/// a token has none: `Ready=True` says it, and an Event would cost every new Heartbeat a
+/// request.
+async fn announce(ctx: &Context, hb: &Heartbeat, ns: &str, secret: &str, news: TokenNews) {
+    let note = match news {
+        TokenNews::Adopted => format!("using the token in Secret {secret}, which allows adoption"),
+        TokenNews::Reissued => format!(
+            "issued a new ping token and URL into Secret {secret}, which had none; the previous ping URL no longer works"
+        ),
     };
     ctx.event(
         &Target::heartbeat(ns, &hb.name_any()),
         hb.metadata.uid.clone(),
         EventType::Normal,
-        reason,
+        news.reason(),
         note,
         "IssueToken",
     )
@@ -394,7 +423,9 @@ pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> 
     Ok(())
 }
 
-async fn cleanup(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, ReconcileError> {
+/// Clean-up after a deletion: the token and monitor go (the monitor's data stays when its
+/// `deletionPolicy` is `Retain`), and the per-object state.
+async fn cleanup(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<(), ReconcileError> {
     let name = hb.name_any();
     let key = object_key(ns, &name);
     let app = ctx.core.engine.get(&key).and_then(|m| m.def.application);
@@ -406,7 +437,7 @@ async fn cleanup(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reco
     if let Some(app) = app {
         ctx.triggers.quota_freed(ctx, &app);
     }
-    Ok(Action::await_change())
+    Ok(())
 }
 
 #[cfg(test)]

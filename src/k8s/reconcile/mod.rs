@@ -41,7 +41,7 @@ pub enum Step {
     Apply,
     /// Removing what a deleted resource left in the core.
     Cleanup,
-    /// Adding or removing the finalizer.
+    /// Removing the finalizer of earlier versions.
     Finalizer,
 }
 
@@ -86,9 +86,6 @@ pub enum ReconcileError {
         /// Why.
         message: String,
     },
-    /// The finalizer helper failed.
-    #[error("finalizer: {0}")]
-    Finalizer(String),
 }
 
 impl ReconcileError {
@@ -167,6 +164,38 @@ pub fn secret_stop(e: SecretError, namespace: &str) -> Stop {
     }
 }
 
+/// A change of a token that a person should hear of, published as a Normal Event. The
+/// first issue of a token is none: `Ready=True` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenNews {
+    /// The user's own Secret was adopted now.
+    Adopted,
+    /// A resource that had a token got a new one (its Secret was deleted, or lost its
+    /// token): the old one no longer works, and whoever uses it must read the Secret again.
+    Reissued,
+}
+
+impl TokenNews {
+    /// What ensuring the Secret did that is news, for a resource that `had_token` before.
+    pub fn of(ensured: &super::secrets::Ensured, had_token: bool) -> Option<Self> {
+        if ensured.adopted {
+            Some(Self::Adopted)
+        } else if ensured.issued && had_token {
+            Some(Self::Reissued)
+        } else {
+            None
+        }
+    }
+
+    /// The Event's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Adopted => "TokenAdopted",
+            Self::Reissued => "TokenReissued",
+        }
+    }
+}
+
 /// Whether `token` is registered to something other than `owner`.
 pub fn taken_by_another(
     registry: &crate::core::registry::Registry,
@@ -234,38 +263,120 @@ pub async fn settle(
     }
 }
 
-/// The frame of every reconcile: objects in a namespace another installation reconciles
-/// are left alone; otherwise the finalizer helper calls `run` with the event and the
-/// object's namespace (apply, or cleanup once the object is being deleted).
-pub async fn finalized<K, F, Fut>(
-    obj: Arc<K>,
-    ctx: &Context,
-    run: F,
-) -> Result<Action, ReconcileError>
+/// What a reconcile is about, as [`framed`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The namespace is another installation's: leave the object alone (that one says so
+    /// in the status).
+    Elsewhere,
+    /// The object is being deleted (another finalizer, or the one of earlier versions,
+    /// holds it): clean up at once. In the object's namespace.
+    Deleting(String),
+    /// Apply it. In the object's namespace.
+    Live(String),
+}
+
+/// The frame of every reconcile: whether the object is ours to reconcile and whether it is
+/// being deleted. The finalizer that earlier versions put on every object is taken off
+/// here (one patch, only where it still is): nothing waits for it any more, and left on,
+/// it would hold the object's deletion for good once no version that knows it runs.
+///
+/// Deletion needs no finalizer: the watch's delete event cleans up (the `gone` of each
+/// kind), and what was deleted while the operator was down is found by the orphan sweep
+/// after every (re)list. Garbage collection removes the token Secret, which the object owns.
+pub async fn framed<K>(obj: &K, ctx: &Context) -> Result<Frame, ReconcileError>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
-        + serde::Serialize
         + std::fmt::Debug,
-    F: FnOnce(kube::runtime::finalizer::Event<K>, String) -> Fut,
-    Fut: std::future::Future<Output = Result<Action, ReconcileError>>,
 {
-    use kube::runtime::finalizer::{Error, finalizer};
     let ns = obj
         .namespace()
         .ok_or(ReconcileError::Incomplete("namespace"))?;
     if !ctx.instances.owns(&ns) {
-        // Another operator installation reconciles this namespace; it says so in the status.
-        return Ok(Action::await_change());
+        return Ok(Frame::Elsewhere);
     }
-    let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, super::FINALIZER, obj, |event| run(event, ns.clone()))
-        .await
-        .map_err(|e| match e {
-            Error::ApplyFailed(e) | Error::CleanupFailed(e) => e,
-            other => ReconcileError::Finalizer(other.to_string()),
-        })
+    if let Some(patch) = legacy_finalizer_removal(obj.finalizers()) {
+        let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &ns);
+        let params = kube::api::PatchParams::default();
+        match api
+            .patch(
+                &obj.name_any(),
+                &params,
+                &kube::api::Patch::Json::<()>(patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Gone already: it was only waiting for this finalizer.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(ReconcileError::Kube {
+                    step: Step::Finalizer,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(if obj.meta().deletion_timestamp.is_some() {
+        Frame::Deleting(ns)
+    } else {
+        Frame::Live(ns)
+    })
+}
+
+/// The JSON patch that takes [`super::LEGACY_FINALIZER`] off an object with `finalizers`,
+/// if it has it. The `test` makes the patch fail rather than remove another finalizer
+/// when the list changed meanwhile (it is then retried with the new list).
+pub fn legacy_finalizer_removal(finalizers: &[String]) -> Option<json_patch::Patch> {
+    let i = finalizers
+        .iter()
+        .position(|f| f == super::LEGACY_FINALIZER)?;
+    let path = format!("/metadata/finalizers/{i}");
+    serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": super::LEGACY_FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .ok()
+}
+
+/// Whether `cached` (the watch cache's object of the same name, now) is still `obj`. After
+/// an apply, a `false` means the object was deleted while it was being reconciled: the
+/// watch's clean-up may have run before the apply finished, so the apply cleans up itself.
+pub fn still_cached<K: kube::Resource>(cached: Option<Arc<K>>, obj: &K) -> bool {
+    cached.is_some_and(|c| c.meta().uid == obj.meta().uid)
+}
+
+/// Runs `cleanup` for object `target`, which the watch saw deleted. Should it fail (the
+/// database could not write), it is tried again in the background with backoff and jitter
+/// until it succeeds, or until an object of that name is back (`back`), whose reconcile
+/// then decides: no relist, and so no orphan sweep, may come for hours.
+pub async fn clean_up_gone<F, Fut, B>(ctx: Arc<Context>, target: Target, back: B, cleanup: F)
+where
+    F: Fn(Arc<Context>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), ReconcileError>> + Send,
+    B: Fn(&Context) -> bool + Send + 'static,
+{
+    let Err(error) = cleanup(ctx.clone()).await else {
+        return;
+    };
+    tracing::warn!(object = %target, %error, "cannot clean up after a deletion; will try again");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(ctx.retries.next(&target)).await;
+            if back(&ctx) {
+                ctx.retries.reset(&target);
+                return;
+            }
+            match cleanup(ctx.clone()).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(object = %target, %error, "cannot clean up after a deletion; will try again");
+                }
+            }
+        }
+    });
 }
 
 /// The end of an apply: turns what the steps concluded (the Secret holding the token, or

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use kube::runtime::controller::Action;
+use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
 use super::heartbeat::reconcile;
@@ -27,12 +28,10 @@ fn api(req: &Seen) -> (u16, Value) {
             (409, status_error(409, "AlreadyExists"))
         }
         ("POST", _) => (201, req.body.clone()),
-        ("PATCH", p) if p.contains("/heartbeats/") => {
-            let mut hb =
-                serde_json::to_value(heartbeat("job", json!({"interval": "1h"}), &[])).unwrap();
-            hb["metadata"]["finalizers"] = json!(["hartslag.dev/cleanup"]);
-            (200, hb)
-        }
+        ("PATCH", p) if p.contains("/heartbeats/") => (
+            200,
+            serde_json::to_value(heartbeat("job", json!({"interval": "1h"}), &[])).unwrap(),
+        ),
         _ => (500, status_error(500, "unexpected")),
     }
 }
@@ -51,45 +50,18 @@ fn requests(log: &crate::k8s::testing::Log) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn a_new_heartbeat_gets_its_finalizer_and_nothing_else_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, log) = mock_client(api);
-    let (ctx, _, _) = context(dir.path(), client).await;
-    let action = reconcile(Arc::new(heartbeat("job", json!({}), &[])), ctx.clone())
-        .await
-        .unwrap();
-    assert_eq!(action, Action::await_change());
-    let seen = log.lock().unwrap().clone();
-    assert_eq!(seen.len(), 1, "{seen:#?}");
-    assert_eq!(seen[0].method, "PATCH");
-    assert_eq!(seen[0].content_type, "application/json-patch+json");
-    assert!(
-        seen[0].body.to_string().contains("hartslag.dev/cleanup"),
-        "{:?}",
-        seen[0].body
-    );
-    assert!(ctx.core.engine.get("shop/job").is_none());
-}
-
-#[tokio::test]
-async fn an_armed_heartbeat_issues_its_secret_once_and_an_unchanged_resync_sends_nothing() {
+async fn a_new_heartbeat_costs_one_secret_create_and_an_unchanged_resync_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
     let (ctx, mut caches, mut inbox) = context(dir.path(), client).await;
-    let hb = heartbeat("job", json!({"interval": "1h"}), &["hartslag.dev/cleanup"]);
+    let hb = heartbeat("job", json!({"interval": "1h"}), &[]);
     caches.heartbeat(&hb);
     ctx.caches.wait_synced().await;
     reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
     assert_eq!(
         requests(&log),
-        vec![
-            ("POST".into(), "/api/v1/namespaces/shop/secrets".into()),
-            (
-                "POST".into(),
-                "/apis/events.k8s.io/v1/namespaces/shop/events".into()
-            ),
-        ],
-        "a Secret missing from the cache is created at once, without a read first"
+        vec![("POST".into(), "/api/v1/namespaces/shop/secrets".into())],
+        "a Secret missing from the cache is created at once, without a read first; no finalizer, and no Event for the first token (Ready says it)"
     );
     let created = log.lock().unwrap()[0].body.clone();
     assert_eq!(created["type"], "Opaque");
@@ -98,7 +70,6 @@ async fn an_armed_heartbeat_issues_its_secret_once_and_an_unchanged_resync_sends
         "issued"
     );
     assert_eq!(created["metadata"]["ownerReferences"][0]["uid"], "uid-job");
-    assert_eq!(log.lock().unwrap()[1].body["reason"], "TokenIssued");
     let verdict = ctx.verdicts.get(&Target::heartbeat("shop", "job")).unwrap();
     assert_eq!(
         verdict.outcome,
@@ -138,13 +109,10 @@ async fn an_armed_heartbeat_issues_its_secret_once_and_an_unchanged_resync_sends
 async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
-    let (ctx, _, _) = context(dir.path(), client).await;
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
     ctx.caches.wait_synced().await;
-    let hb = heartbeat(
-        "steal",
-        json!({"tokenSecretName": "plain"}),
-        &["hartslag.dev/cleanup"],
-    );
+    let hb = heartbeat("steal", json!({"tokenSecretName": "plain"}), &[]);
+    caches.heartbeat(&hb);
     let action = reconcile(Arc::new(hb), ctx.clone()).await.unwrap();
     assert_ne!(
         action,
@@ -183,49 +151,11 @@ async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
 }
 
 #[tokio::test]
-async fn deletion_revokes_the_token_and_then_removes_the_finalizer() {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, log) = mock_client(api);
-    let (ctx, mut caches, _) = context(dir.path(), client).await;
-    let hb = heartbeat("job", json!({}), &["hartslag.dev/cleanup"]);
-    caches.heartbeat(&hb);
-    reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
-    let token = ctx.core.engine.get("shop/job").unwrap().def.token;
-    assert!(ctx.core.registry.owner_of_hash(&token).is_some());
-    log.lock().unwrap().clear();
-
-    let mut deleting = hb;
-    deleting.metadata.deletion_timestamp = Some(
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
-    );
-    reconcile(Arc::new(deleting), ctx.clone()).await.unwrap();
-    assert!(ctx.core.engine.get("shop/job").is_none());
-    assert!(
-        ctx.core.registry.owner_of_hash(&token).is_none(),
-        "the token still works"
-    );
-    assert!(
-        ctx.verdicts
-            .get(&Target::heartbeat("shop", "job"))
-            .is_none(),
-        "per-object state kept"
-    );
-    let seen = log.lock().unwrap().clone();
-    assert_eq!(seen.len(), 1, "{seen:#?}");
-    assert_eq!(seen[0].method, "PATCH");
-    let ops = seen[0].body.as_array().unwrap();
-    assert!(
-        ops.iter().any(|o| o["op"] == "test") && ops.iter().any(|o| o["op"] == "remove"),
-        "{ops:?}"
-    );
-}
-
-#[tokio::test]
 async fn an_invalid_spec_is_refused_and_its_monitor_removed_without_api_writes() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
     let (ctx, mut caches, _) = context(dir.path(), client).await;
-    let hb = heartbeat("job", json!({"interval": "1h"}), &["hartslag.dev/cleanup"]);
+    let hb = heartbeat("job", json!({"interval": "1h"}), &[]);
     caches.heartbeat(&hb);
     reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
     assert!(ctx.core.engine.get("shop/job").is_some());
@@ -254,4 +184,275 @@ async fn an_invalid_spec_is_refused_and_its_monitor_removed_without_api_writes()
             "/apis/events.k8s.io/v1/namespaces/shop/events".into()
         )]
     );
+}
+
+/// Arms Heartbeat `job` (with `spec`) in a fresh context, with its Secret in the cache as
+/// the watch would bring it; the request log starts empty.
+async fn armed(
+    dir: &std::path::Path,
+    spec: Value,
+) -> (
+    Arc<crate::k8s::context::Context>,
+    crate::k8s::testing::CacheWriters,
+    crate::k8s::testing::Log,
+    crate::k8s::crd::Heartbeat,
+) {
+    let (client, log) = mock_client(api);
+    let (ctx, mut caches, _) = context(dir, client).await;
+    let hb = heartbeat("job", spec, &[]);
+    caches.heartbeat(&hb);
+    ctx.caches.wait_synced().await;
+    reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(log.lock().unwrap()[0].body.clone()).unwrap();
+    caches.secrets.apply_watcher_event(&Event::Apply(secret));
+    log.lock().unwrap().clear();
+    (ctx, caches, log, hb)
+}
+
+#[tokio::test]
+async fn a_deleted_heartbeat_loses_token_and_monitor_from_the_watch_event_without_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, mut caches, log, hb) = armed(dir.path(), json!({"interval": "1h"})).await;
+    let token = ctx.core.engine.get("shop/job").unwrap().def.token;
+    assert!(ctx.core.registry.owner_of_hash(&token).is_some());
+    caches
+        .heartbeats
+        .apply_watcher_event(&Event::Delete(hb.clone()));
+    super::heartbeat::gone(ctx.clone(), hb).await;
+    assert!(ctx.core.engine.get("shop/job").is_none());
+    assert!(
+        ctx.core.registry.owner_of_hash(&token).is_none(),
+        "the token still works"
+    );
+    assert!(
+        ctx.verdicts
+            .get(&Target::heartbeat("shop", "job"))
+            .is_none(),
+        "per-object state kept"
+    );
+    assert!(
+        ctx.core.engine.retained("shop/job").await.is_none(),
+        "deletionPolicy Delete (the default) kept the monitor's record"
+    );
+    assert_eq!(
+        requests(&log),
+        vec![],
+        "the Secret is the garbage collector's"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_heartbeat_with_retain_keeps_its_record_and_loses_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({"interval": "1h", "deletionPolicy": "Retain"});
+    let (ctx, mut caches, _, hb) = armed(dir.path(), spec).await;
+    let token = ctx.core.engine.get("shop/job").unwrap().def.token;
+    caches
+        .heartbeats
+        .apply_watcher_event(&Event::Delete(hb.clone()));
+    super::heartbeat::gone(ctx.clone(), hb).await;
+    assert!(ctx.core.engine.get("shop/job").is_none());
+    assert!(ctx.core.registry.owner_of_hash(&token).is_none());
+    assert!(ctx.core.engine.retained("shop/job").await.is_some());
+}
+
+#[tokio::test]
+async fn a_heartbeat_deleted_while_it_was_reconciled_keeps_no_monitor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _) = mock_client(api);
+    let (ctx, _, _) = context(dir.path(), client).await;
+    ctx.caches.wait_synced().await;
+    // Not in the cache (any more): the watch saw it go while this reconcile ran.
+    let hb = heartbeat("job", json!({"interval": "1h"}), &[]);
+    let action = reconcile(Arc::new(hb), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(ctx.core.engine.get("shop/job").is_none());
+    assert!(
+        ctx.verdicts
+            .get(&Target::heartbeat("shop", "job"))
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_legacy_finalizer_is_taken_off_with_one_patch_and_the_apply_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, log) = mock_client(api);
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
+    ctx.caches.wait_synced().await;
+    let hb = heartbeat(
+        "job",
+        json!({"interval": "1h"}),
+        &["example.com/keep", "hartslag.dev/cleanup"],
+    );
+    caches.heartbeat(&hb);
+    reconcile(Arc::new(hb), ctx.clone()).await.unwrap();
+    assert_eq!(
+        requests(&log),
+        vec![
+            (
+                "PATCH".into(),
+                "/apis/hartslag.dev/v1alpha1/namespaces/shop/heartbeats/job".into()
+            ),
+            ("POST".into(), "/api/v1/namespaces/shop/secrets".into()),
+        ]
+    );
+    let patch = log.lock().unwrap()[0].clone();
+    assert_eq!(patch.content_type, "application/json-patch+json");
+    assert_eq!(
+        patch.body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/1", "value": "hartslag.dev/cleanup"},
+            {"op": "remove", "path": "/metadata/finalizers/1"},
+        ]),
+        "only that finalizer, and only while it is where it was"
+    );
+    assert!(ctx.core.engine.get("shop/job").is_some());
+    assert!(super::legacy_finalizer_removal(&[]).is_none());
+    assert!(super::legacy_finalizer_removal(&["example.com/keep".into()]).is_none());
+}
+
+#[tokio::test]
+async fn a_heartbeat_held_by_the_legacy_finalizer_is_cleaned_up_and_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, _, log, hb) = armed(dir.path(), json!({"interval": "1h"})).await;
+    let token = ctx.core.engine.get("shop/job").unwrap().def.token;
+    // Deleted while an earlier version's finalizer was on it.
+    let mut deleting = hb;
+    deleting.metadata.finalizers = Some(vec!["hartslag.dev/cleanup".into()]);
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    let action = reconcile(Arc::new(deleting), ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(ctx.core.engine.get("shop/job").is_none());
+    assert!(
+        ctx.core.registry.owner_of_hash(&token).is_none(),
+        "the token still works"
+    );
+    let seen = requests(&log);
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].0, "PATCH");
+}
+
+#[tokio::test]
+async fn a_token_issued_again_is_announced_and_the_old_one_stops_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, mut caches, log, hb) = armed(dir.path(), json!({"interval": "1h"})).await;
+    let old = ctx.core.engine.get("shop/job").unwrap().def.token;
+    // Someone deleted the Secret.
+    let secret = ctx.caches.secret("shop", "job-heartbeat").unwrap();
+    caches
+        .secrets
+        .apply_watcher_event(&Event::Delete(secret.as_ref().clone()));
+    reconcile(Arc::new(hb), ctx.clone()).await.unwrap();
+    assert_eq!(
+        requests(&log),
+        vec![
+            ("POST".into(), "/api/v1/namespaces/shop/secrets".into()),
+            (
+                "POST".into(),
+                "/apis/events.k8s.io/v1/namespaces/shop/events".into()
+            ),
+        ]
+    );
+    let event = log.lock().unwrap()[1].body.clone();
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Normal"), Some("TokenReissued"))
+    );
+    let new = ctx.core.engine.get("shop/job").unwrap().def.token;
+    assert_ne!(new, old);
+    assert!(ctx.core.registry.owner_of_hash(&old).is_none());
+    assert!(ctx.core.registry.owner_of_hash(&new).is_some());
+}
+
+fn application(spec: Value) -> crate::k8s::crd::Application {
+    serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "uid-web", "generation": 1},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_deleted_application_is_removed_and_its_events_kept_only_with_retain() {
+    for (policy, kept) in [("Retain", true), ("Delete", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, log) = mock_client(api);
+        let (ctx, _, _) = context(dir.path(), client).await;
+        let registry = &ctx.core.registry;
+        let hash = |t: &str| crate::core::token::Token::from_string(t).hash();
+        let spec = crate::core::spec::ApplicationSpec::default();
+        let num = registry
+            .upsert_application("shop", "web", spec.clone(), hash("first-token-0123456789"))
+            .await
+            .unwrap()
+            .num;
+        super::application::gone(ctx.clone(), application(json!({"deletionPolicy": policy}))).await;
+        assert!(registry.application("shop/web").is_none(), "{policy}");
+        assert!(
+            registry.authenticate("first-token-0123456789").is_none(),
+            "{policy}: the token still works"
+        );
+        let again = registry
+            .upsert_application("shop", "web", spec, hash("second-token-0123456789"))
+            .await
+            .unwrap();
+        assert_eq!(again.num == num, kept, "{policy}: storage kept or not");
+        assert!(log.lock().unwrap().is_empty());
+    }
+}
+
+/// A clean-up for [`super::clean_up_gone`].
+type CleanUp = Box<
+    dyn Fn(
+            Arc<crate::k8s::context::Context>,
+        ) -> std::future::Ready<Result<(), super::ReconcileError>>
+        + Send,
+>;
+
+/// A clean-up that fails `failures` times, then succeeds; counts its calls.
+fn flaky(failures: usize) -> (Arc<std::sync::atomic::AtomicUsize>, CleanUp) {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cleanup = move |_| {
+        let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(if n < failures {
+            Err(super::ReconcileError::core(
+                super::Step::Cleanup,
+                "disk full",
+            ))
+        } else {
+            Ok(())
+        })
+    };
+    (calls, Box::new(cleanup))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_clean_up_after_a_deletion_is_tried_again_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _) = mock_client(api);
+    let (ctx, _, _) = context(dir.path(), client).await;
+    let target = Target::heartbeat("shop", "job");
+    let (calls, cleanup) = flaky(2);
+    super::clean_up_gone(ctx.clone(), target.clone(), |_| false, cleanup).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Backoff from 1 s with jitter: well within ten minutes of paused time.
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "tried again until it succeeded, and not after"
+    );
+
+    // An object of that name is back: its reconcile decides, the clean-up stops.
+    let (calls, cleanup) = flaky(usize::MAX);
+    super::clean_up_gone(ctx.clone(), target.clone(), |_| true, cleanup).await;
+    tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(ctx.retries.failures(&target), 0);
 }

@@ -177,24 +177,19 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
         "the restart repeated the alert"
     );
 
-    // Delete: token revoked at once, Secret garbage-collected.
+    // Delete: gone at once (no finalizer holds it), the token revoked as soon as the
+    // operator's watch sees it go, the Secret garbage-collected.
     hbs.delete("backup", &DeleteParams::default())
         .await
         .unwrap();
+    let held = hbs.get_opt("backup").await.unwrap();
+    assert!(held.is_none(), "a finalizer holds the Heartbeat: {held:?}");
     wait_for(
-        "the Heartbeat to be gone",
-        Duration::from_secs(30),
-        || async {
-            hbs.get_opt("backup")
-                .await
-                .ok()
-                .filter(|o| o.is_none())
-                .map(|_| ())
-        },
+        "the deleted Heartbeat's ping URL to answer 404",
+        Duration::from_secs(15),
+        || async { (reqwest::get(&ping_url).await.ok()?.status() == 404).then_some(()) },
     )
     .await;
-    let r = reqwest::get(&ping_url).await.unwrap();
-    assert_eq!(r.status(), 404);
     wait_for(
         "the Secret to be garbage-collected",
         Duration::from_secs(150),
@@ -209,26 +204,24 @@ async fn operator_issues_tokens_tracks_status_alerts_and_cleans_up() {
     )
     .await;
     apps.delete("shop", &DeleteParams::default()).await.unwrap();
+    assert!(apps.get_opt("shop").await.unwrap().is_none());
     wait_for(
-        "the Application to be gone",
-        Duration::from_secs(30),
+        "the deleted Application's token to be refused",
+        Duration::from_secs(15),
         || async {
-            apps.get_opt("shop")
+            let r = reqwest::Client::new()
+                .post(format!("{}/api/v1/heartbeat", sc.op.base))
+                .bearer_auth(&app_token)
+                .json(&json!({"event": "late"}))
+                .send()
                 .await
-                .ok()
-                .filter(|o| o.is_none())
-                .map(|_| ())
+                .ok()?;
+            (r.status() == 401).then_some(())
         },
     )
     .await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/heartbeat", sc.op.base))
-        .bearer_auth(&app_token)
-        .json(&json!({"event": "late"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "a deleted Application's token is revoked");
+    // The first token of each was announced by Ready alone: no TokenIssued Events.
+    assert_eq!(events_with_reason(&client, &ns, "TokenIssued").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

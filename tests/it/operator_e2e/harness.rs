@@ -97,8 +97,9 @@ fn random(n: usize) -> String {
         .collect()
 }
 
-/// Deletes a test namespace. The operator of the test is gone by then, so the finalizers
-/// it put on the resources are taken off first: otherwise the namespace would stay
+/// Deletes a test namespace. The operator puts no finalizer on its resources, but a test
+/// may leave one (such as the one earlier versions put on them) where no operator runs any
+/// more to take it off: finalizers are taken off first, or the namespace would stay
 /// Terminating for good and keep the namespace controller busy.
 pub fn teardown(namespace: &str) {
     for kind in ["heartbeats.hartslag.dev", "applications.hartslag.dev"] {

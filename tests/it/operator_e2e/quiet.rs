@@ -1,6 +1,7 @@
-//! Quiet on the API server, counted from the API server's audit log: pings cost no Secret
-//! request (and a status write only for a state change), and idle Heartbeats cost no
-//! request at all beyond the watches, whose number does not grow with the Heartbeats.
+//! Quiet on the API server, counted from the API server's audit log: a new Heartbeat costs
+//! the operator two requests, pings cost no Secret request (and a status write only for a
+//! state change), and idle Heartbeats cost no request at all beyond the watches, whose
+//! number does not grow with the Heartbeats.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
     let s = Scenario::start("e2e-quiet").await;
     let (_client, ns, hbs, secrets, _op) = (&s.client, &s.ns, &s.hbs, &s.secrets, &s.op);
     let n = 40;
+    let applied = jiff::Timestamp::now();
     for i in 0..n {
         let hb: Heartbeat = serde_json::from_value(json!({
             "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
@@ -37,6 +39,34 @@ async fn pings_cost_no_secret_requests_and_idle_heartbeats_cost_nothing() {
         "--all",
         "--timeout=120s",
     ]);
+    // Apply: a new Heartbeat costs the operator two requests, its Secret's create and one
+    // status write: no finalizer patch, no read, no Event for its first token.
+    let sent = wait_for(
+        "the apply in the audit log",
+        Duration::from_secs(20),
+        || async {
+            let sent: Vec<_> = requests(&s.install.user, applied)
+                .into_iter()
+                .filter(|r| r.resource != "leases" && !["watch", "list"].contains(&r.verb.as_str()))
+                .collect();
+            let done = |resource: &str, sub: &str, verb: &str| {
+                sent.iter()
+                    .filter(|r| r.resource == resource && r.subresource == sub && r.verb == verb)
+                    .count()
+                    >= n
+            };
+            (done("secrets", "", "create") && done("heartbeats", "status", "patch")).then_some(sent)
+        },
+    )
+    .await;
+    assert_eq!(
+        sent.len(),
+        2 * n,
+        "more than two requests per new Heartbeat: {:#?}",
+        sent.iter()
+            .map(|r| format!("{} {}/{}", r.verb, r.resource, r.subresource))
+            .collect::<std::collections::BTreeSet<_>>()
+    );
     let mut urls = Vec::new();
     for i in 0..5 {
         let name = format!("hb-{i}-heartbeat");

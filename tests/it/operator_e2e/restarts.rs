@@ -95,20 +95,10 @@ async fn a_restart_with_nothing_changed_writes_nothing_and_vanished_monitors_sto
     )
     .await;
 
-    // Down for a while: a Heartbeat is deleted and its finalizer forced off, so the
-    // operator never hears of it.
+    // Down for a while: a Heartbeat is deleted (no finalizer holds it), so the operator
+    // never hears of it.
     assert!(op.terminate(), "the operator exits cleanly on SIGTERM");
     kubectl(&["delete", "heartbeat", "doomed", "-n", &ns, "--wait=false"]);
-    kubectl(&[
-        "patch",
-        "heartbeat",
-        "doomed",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":null}}"#,
-    ]);
     wait_for("doomed to be gone", Duration::from_secs(30), || async {
         hbs.get_opt("doomed").await.ok()?.is_none().then_some(())
     })
@@ -151,6 +141,169 @@ async fn a_restart_with_nothing_changed_writes_nothing_and_vanished_monitors_sto
         assert_eq!(now, *was, "{name}: status changed");
     }
     assert_eq!(reqwest::get(&up_url).await.unwrap().status(), 200);
+    drop(op);
+    teardown(&ns);
+}
+
+/// The finalizer earlier versions put on Heartbeats and Applications.
+const LEGACY_FINALIZER: &str = "hartslag.dev/cleanup";
+
+async fn create_with(hbs: &Api<Heartbeat>, name: &str, spec: &Value, finalizers: &[&str]) {
+    let hb: Heartbeat = serde_json::from_value(json!({
+        "apiVersion": "hartslag.dev/v1alpha1", "kind": "Heartbeat",
+        "metadata": {"name": name, "finalizers": finalizers}, "spec": spec
+    }))
+    .unwrap();
+    hbs.create(&PostParams::default(), &hb).await.unwrap();
+}
+
+/// Waits until `url` answers `code`.
+async fn answers(url: &str, code: u16) {
+    wait_for(
+        &format!("{url} to answer {code}"),
+        Duration::from_secs(20),
+        || async { (reqwest::get(url).await.ok()?.status() == code).then_some(()) },
+    )
+    .await;
+}
+
+/// Pings `names` (each once) and waits until they are Up; returns their ping URLs.
+async fn ping_up(hbs: &Api<Heartbeat>, secrets: &Api<Secret>, names: &[&str]) -> Vec<String> {
+    let mut urls = Vec::new();
+    for name in names {
+        let url = ping_url(secrets, name).await;
+        answers(&url, 200).await;
+        wait_for(&format!("{name} Up"), Duration::from_secs(30), || async {
+            (hb_status(hbs, name).await?["state"] == "Up").then_some(())
+        })
+        .await;
+        urls.push(url);
+    }
+    urls
+}
+
+/// Re-creates `kept` (Retain) and `purged` (Delete) after their deletion: `kept` picks up
+/// its state and last ping, `purged` starts afresh.
+async fn recreate_and_check(
+    hbs: &Api<Heartbeat>,
+    ns: &str,
+    kept: &Value,
+    purged: &Value,
+    when: &str,
+) {
+    create_with(hbs, "kept", kept, &[]).await;
+    create_with(hbs, "purged", purged, &[]).await;
+    ready_all(ns);
+    let k = hb_status(hbs, "kept").await.unwrap();
+    assert!(
+        k["state"] == "Up" && k["lastPingAt"].is_string(),
+        "{when}: Retain lost the monitor's state: {k}"
+    );
+    let p = hb_status(hbs, "purged").await.unwrap();
+    assert!(
+        p["state"] != "Up" && p["lastPingAt"].is_null(),
+        "{when}: Delete kept the monitor's state: {p}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn deletions_keep_to_their_policy_running_or_down_and_the_old_finalizer_is_taken_off() {
+    let _serial = SERIAL.lock().await;
+    let (client, ns) = prepare("e2e-delete").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let install = Install::new(&ns, &[&ns]);
+    let data = dir.path().join("data");
+    let port = free_port();
+    let op = Operator::start(&install, &data, &sink.url(), port).await;
+    let hbs: Api<Heartbeat> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let kept = json!({"interval": "1h", "deletionPolicy": "Retain"});
+    let purged = json!({"interval": "1h", "deletionPolicy": "Delete"});
+
+    // A Heartbeat that still carries an earlier version's finalizer loses it, in one
+    // patch; the others get none.
+    let since = jiff::Timestamp::now();
+    create_with(
+        &hbs,
+        "held",
+        &json!({"interval": "1h"}),
+        &[LEGACY_FINALIZER],
+    )
+    .await;
+    create_with(&hbs, "kept", &kept, &[]).await;
+    create_with(&hbs, "purged", &purged, &[]).await;
+    ready_all(&ns);
+    wait_for(
+        "the old finalizer taken off",
+        Duration::from_secs(20),
+        || async {
+            let hb = hbs.get_opt("held").await.ok()??;
+            hb.metadata
+                .finalizers
+                .unwrap_or_default()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let patches: Vec<_> = requests(&install.user, since)
+        .into_iter()
+        .filter(|r| r.resource == "heartbeats" && r.subresource.is_empty() && r.verb == "patch")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    assert!(patches[0].uri.contains("/heartbeats/held"), "{patches:#?}");
+
+    // Deleted while the operator runs: the tokens stop working; Retain keeps the state
+    // for a resource of the same name, Delete does not.
+    let urls = ping_up(&hbs, &secrets, &["kept", "purged"]).await;
+    for name in ["kept", "purged"] {
+        kubectl(&["delete", "heartbeat", name, "-n", &ns]);
+    }
+    for url in &urls {
+        answers(url, 404).await;
+    }
+    recreate_and_check(&hbs, &ns, &kept, &purged, "running").await;
+
+    // Deleted while the operator is down: the same. `held` gets the old finalizer back,
+    // as if an earlier version were still running, and waits in its deletion for it.
+    let urls = ping_up(&hbs, &secrets, &["kept", "purged", "held"]).await;
+    assert!(op.terminate(), "the operator exits cleanly on SIGTERM");
+    kubectl(&[
+        "patch",
+        "heartbeat",
+        "held",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        &json!({"metadata": {"finalizers": [LEGACY_FINALIZER]}}).to_string(),
+    ]);
+    for name in ["kept", "purged", "held"] {
+        kubectl(&["delete", "heartbeat", name, "-n", &ns, "--wait=false"]);
+    }
+    wait_for("kept and purged gone", Duration::from_secs(30), || async {
+        let k = hbs.get_opt("kept").await.ok()?;
+        let p = hbs.get_opt("purged").await.ok()?;
+        (k.is_none() && p.is_none()).then_some(())
+    })
+    .await;
+    let held = hbs
+        .get_opt("held")
+        .await
+        .unwrap()
+        .expect("held waits for its finalizer");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let op = Operator::start(&install, &data, &sink.url(), port).await;
+    for url in &urls {
+        answers(url, 404).await;
+    }
+    wait_for("held let go and gone", Duration::from_secs(20), || async {
+        hbs.get_opt("held").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    recreate_and_check(&hbs, &ns, &kept, &purged, "down").await;
     drop(op);
     teardown(&ns);
 }

@@ -2,13 +2,12 @@
 //! the pure state machine, persists the result and hands alerts to the outbox.
 //!
 //! One engine thread ([`worker`]) serialises all changes, so a monitor is never updated
-//! twice at once. A round of commands (pings, deadlines, edits) is one commit-log record:
-//! state changes, ping history, timeline entries and the alerts they queue are durable
-//! together, so a crash can never lose an alert or send one twice. Readers use an in-memory
-//! snapshot through the [`Engine`] handle and never touch sled.
+//! twice at once. A round of commands (pings, deadlines, edits) is one durable write
+//! through the storage port ([`MonitorStore::commit_round`]): state changes, ping history,
+//! timeline entries and the alerts they queue are durable together, so a crash can never
+//! lose an alert or send one twice. Readers use an in-memory snapshot through the
+//! [`Engine`] handle; history is read from the store.
 
-pub mod keys;
-mod load;
 mod metrics;
 mod series;
 mod snapshot;
@@ -25,17 +24,17 @@ pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
 pub use series::MonitorSeries;
 pub use snapshot::Monitors;
+#[cfg(test)]
+pub(crate) use types::sample;
 pub use types::{Change, Monitor, MonitorDef, Origin, PingInput, PingOutcome, TransitionRecord};
 pub use wording::describe_down;
 
-use super::history;
 use super::jobs::JobSignal;
 use super::schedule::{self, Clock};
 use super::state::{self, State};
-use crate::core::alert::outbox::{self, Outbox};
+use crate::core::alert::outbox::Outbox;
 use crate::core::metrics::MetricRegistry;
-use crate::core::store::Committer;
-use keys::{Family, numbered_prefix, retained_key};
+use crate::core::storage::{MonitorStore, StorageError};
 use worker::{Command, Snapshot, Worker};
 
 /// Errors of the engine.
@@ -44,21 +43,9 @@ pub enum EngineError {
     /// No monitor under that key.
     #[error("heartbeat not found")]
     NotFound,
-    /// sled failed.
+    /// The store failed.
     #[error("monitor storage: {0}")]
-    Sled(#[from] sled::Error),
-    /// A flush failed.
-    #[error(transparent)]
-    Commit(#[from] crate::core::store::CommitError),
-    /// A record could not be encoded or decoded.
-    #[error("monitor record: {0}")]
-    Codec(#[from] serde_json::Error),
-    /// Ping history could not be read or written.
-    #[error(transparent)]
-    History(#[from] history::HistoryError),
-    /// The outbox refused a record.
-    #[error(transparent)]
-    Outbox(#[from] outbox::OutboxError),
+    Storage(#[from] StorageError),
     /// The engine thread is gone.
     #[error("the monitor engine has stopped")]
     Stopped,
@@ -96,7 +83,7 @@ pub struct Engine {
     tx: mpsc::UnboundedSender<Command>,
     release: Arc<watch::Sender<bool>>,
     snapshot: Snapshot,
-    history: sled::Tree,
+    store: Arc<dyn MonitorStore>,
     ping_history: u64,
     changes: broadcast::Sender<Change>,
     /// Counters.
@@ -120,19 +107,15 @@ impl Engine {
     /// Loads every stored monitor, arms its deadline and starts the engine thread. Monitors
     /// that fell due while the process was down are evaluated at once (and alert once).
     pub fn start(
-        db: &sled::Db,
-        committer: Committer,
+        store: Arc<dyn MonitorStore>,
         outbox: Outbox,
         config: EngineConfig,
         clock: Clock,
     ) -> Result<Self, EngineError> {
-        let tree = db.open_tree("monitors")?;
-        let converted = history::convert_single_records(&tree, &committer)?;
-        if converted > 0 {
-            tracing::info!(pings = converted, "converted stored ping history to blocks");
-        }
         let started = std::time::Instant::now();
-        let snapshot: Snapshot = Arc::new(RwLock::new(load::load_monitors(&tree)?));
+        let mut monitors = Monitors::default();
+        store.load_monitors(&mut |batch| batch.into_iter().for_each(|m| monitors.insert(m)))?;
+        let snapshot: Snapshot = Arc::new(RwLock::new(monitors));
         let loaded = started.elapsed();
         let (scheduler, mut due) = schedule::spawn::<String>(clock);
         for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
@@ -166,10 +149,8 @@ impl Engine {
             transitions_since_trim: Default::default(),
             inflight: Default::default(),
             written: Default::default(),
-            tree: tree.clone(),
-            db: db.clone(),
+            store: store.clone(),
             outbox,
-            committer,
             scheduler,
             snapshot: snapshot.clone(),
             changes: changes.clone(),
@@ -189,7 +170,7 @@ impl Engine {
             tx,
             release: Arc::new(release),
             snapshot,
-            history: tree,
+            store,
             ping_history: config.ping_history,
             changes,
             stats,
@@ -350,39 +331,29 @@ impl Engine {
     }
 
     /// The newest pings of a monitor, newest first.
-    pub fn pings(&self, num: u64, limit: usize) -> Result<Vec<PingRecord>, EngineError> {
-        Ok(history::newest(
-            &self.history,
-            num,
-            limit,
-            self.ping_history,
-        )?)
+    pub async fn pings(&self, num: u64, limit: usize) -> Result<Vec<PingRecord>, EngineError> {
+        Ok(self.store.pings(num, limit, self.ping_history).await?)
     }
 
     /// The newest state transitions of a monitor, newest first.
-    pub fn transitions(
+    pub async fn transitions(
         &self,
         num: u64,
         limit: usize,
     ) -> Result<Vec<TransitionRecord>, EngineError> {
-        self.history
-            .scan_prefix(numbered_prefix(Family::Transition, num))
-            .rev()
-            .take(limit)
-            .map(|item| {
-                let (_, v) = item?;
-                Ok(serde_json::from_slice(&v)?)
-            })
-            .collect()
+        Ok(self.store.transitions(num, limit).await?)
     }
 
-    /// A retained (deleted with `Retain`) monitor's last record, for re-creation.
-    pub fn retained(&self, key: &str) -> Option<Monitor> {
-        self.history
-            .get(retained_key(key))
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
+    /// A retained (deleted with `Retain`) monitor's last record, for re-creation; `None`
+    /// too when it cannot be read (logged).
+    pub async fn retained(&self, key: &str) -> Option<Monitor> {
+        match self.store.retained(key.to_string()).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(monitor = key, error = %e, "reading a retained monitor failed");
+                None
+            }
+        }
     }
 
     /// Subscribes to state transitions.
@@ -404,8 +375,8 @@ impl Monitor {
     }
 }
 
-/// Runs `worker` on its own thread: sled calls and the commit block, and one thread keeps
-/// every change to a monitor in order.
+/// Runs `worker` on its own thread: the store's synchronous calls may block, and one
+/// thread keeps every change to a monitor in order.
 fn spawn_worker(worker: Worker, rx: mpsc::UnboundedReceiver<Command>) -> Result<(), EngineError> {
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
@@ -431,9 +402,167 @@ fn read_monitor(snapshot: &Snapshot, key: &str) -> Option<Monitor> {
 mod tests {
     use std::time::Duration;
 
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use super::*;
-    use crate::core::services::{Services, ServicesConfig};
+    use crate::core::services::{Services, ServicesConfig, open_monitor_storage};
+    use crate::core::storage::{MonitorRound, RoundDone, StorageFuture};
     use crate::core::token::TokenHash;
+
+    /// The embedded backend's store, refusing rounds (as a full disk would) while `refuse`
+    /// is set, and holding them (as a slow disk would) while `hold` is.
+    #[derive(Default)]
+    struct Gated {
+        inner: Option<Arc<dyn MonitorStore>>,
+        refuse: AtomicBool,
+        hold: AtomicBool,
+        held: std::sync::Mutex<Vec<(MonitorRound, RoundDone)>>,
+    }
+
+    impl Gated {
+        fn over(inner: Arc<dyn MonitorStore>) -> Arc<Self> {
+            Arc::new(Self {
+                inner: Some(inner),
+                ..Default::default()
+            })
+        }
+
+        fn inner(&self) -> &Arc<dyn MonitorStore> {
+            self.inner.as_ref().unwrap()
+        }
+
+        /// Pings in the rounds held so far.
+        fn held_pings(&self) -> usize {
+            self.held
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(r, _)| r.pings.len())
+                .sum()
+        }
+
+        /// Stops holding and hands every held round to the store, in order.
+        fn release(&self) {
+            self.hold.store(false, Ordering::Relaxed);
+            for (round, done) in std::mem::take(&mut *self.held.lock().unwrap()) {
+                self.inner().commit_round(round, done);
+            }
+        }
+    }
+
+    impl MonitorStore for Gated {
+        fn load_monitors(&self, batch: &mut dyn FnMut(Vec<Monitor>)) -> Result<(), StorageError> {
+            self.inner().load_monitors(batch)
+        }
+
+        fn next_monitor_num(&self) -> Result<u64, StorageError> {
+            self.inner().next_monitor_num()
+        }
+
+        fn find_retained(&self, key: &str) -> Result<Option<Monitor>, StorageError> {
+            self.inner().find_retained(key)
+        }
+
+        fn commit_round(&self, round: MonitorRound, done: RoundDone) {
+            if self.refuse.load(Ordering::Relaxed) {
+                // Reported from another thread, as a backend's writer would.
+                std::thread::spawn(move || {
+                    done(Err(StorageError::NotStored(
+                        "no space left on device".into(),
+                    )))
+                });
+                return;
+            }
+            let mut held = self.held.lock().unwrap();
+            if self.hold.load(Ordering::Relaxed) {
+                held.push((round, done));
+                return;
+            }
+            drop(held);
+            self.inner().commit_round(round, done);
+        }
+
+        fn pings(&self, num: u64, limit: usize, keep: u64) -> StorageFuture<'_, Vec<PingRecord>> {
+            self.inner().pings(num, limit, keep)
+        }
+
+        fn transitions(&self, num: u64, limit: usize) -> StorageFuture<'_, Vec<TransitionRecord>> {
+            self.inner().transitions(num, limit)
+        }
+
+        fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
+            self.inner().retained(key)
+        }
+    }
+
+    fn def(name: &str, now: jiff::Timestamp) -> MonitorDef {
+        MonitorDef {
+            key: format!("ns/{name}"),
+            id: name.into(),
+            namespace: "ns".into(),
+            name: name.into(),
+            display_name: None,
+            interval_secs: 1,
+            grace_secs: 0,
+            schedule: None,
+            max_duration_secs: None,
+            cron_job: None,
+            require_ping: false,
+            paused: false,
+            targets: vec![],
+            alerting: Default::default(),
+            application: None,
+            token: TokenHash::of("job-token"),
+            ping_hint: String::new(),
+            origin: Origin::Kubernetes,
+            retain_on_delete: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn success() -> PingInput {
+        PingInput {
+            kind: PingKind::Success,
+            exit_code: None,
+            rid: None,
+            source: None,
+            user_agent: None,
+            body: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_the_store_refuses_is_answered_with_its_error_and_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let store = Gated::over(storage.monitors);
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let engine =
+            Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
+        let m = engine
+            .upsert(def("job", engine.clock().now()))
+            .await
+            .unwrap();
+        let mut changes = engine.subscribe();
+        store.refuse.store(true, Ordering::Relaxed);
+        let err = engine.ping("ns/job", success()).await.unwrap_err();
+        assert!(err.to_string().contains("no space left on device"), "{err}");
+        assert!(
+            engine
+                .health()
+                .unwrap_err()
+                .contains("writing monitor state failed")
+        );
+        // Readers, the history and subscribers see only what the store holds.
+        assert_eq!(engine.get("ns/job").unwrap().state.pings, 0);
+        assert_eq!(engine.get("ns/job").unwrap().state.state, State::New);
+        assert!(engine.pings(m.num, 10).await.unwrap().is_empty());
+        assert!(
+            changes.try_recv().is_err(),
+            "a refused change was broadcast"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn held_deadlines_wait_until_released() {
@@ -452,41 +581,8 @@ mod tests {
             .await
             .unwrap();
         let now = core.engine.clock().now();
-        core.engine
-            .upsert(MonitorDef {
-                key: "ns/job".into(),
-                id: "job".into(),
-                namespace: "ns".into(),
-                name: "job".into(),
-                display_name: None,
-                interval_secs: 1,
-                grace_secs: 0,
-                schedule: None,
-                max_duration_secs: None,
-                cron_job: None,
-                require_ping: false,
-                paused: false,
-                targets: vec![],
-                alerting: Default::default(),
-                application: None,
-                token: TokenHash::of("job-token"),
-                ping_hint: String::new(),
-                origin: Origin::Kubernetes,
-                retain_on_delete: false,
-                created_at: now,
-                updated_at: now,
-            })
-            .await
-            .unwrap();
-        let ping = PingInput {
-            kind: PingKind::Success,
-            exit_code: None,
-            rid: None,
-            source: None,
-            user_agent: None,
-            body: None,
-        };
-        core.engine.ping("ns/job", ping).await.unwrap();
+        core.engine.upsert(def("job", now)).await.unwrap();
+        core.engine.ping("ns/job", success()).await.unwrap();
         // Well past interval plus grace: held, so still Up.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(core.engine.get("ns/job").unwrap().state.state, State::Up);
@@ -499,5 +595,51 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_stops_taking_commands_while_the_store_lags_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let store = Gated::over(storage.monitors);
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let engine =
+            Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
+        let m = engine
+            .upsert(def("job", engine.clock().now()))
+            .await
+            .unwrap();
+        store.hold.store(true, Ordering::Relaxed);
+        let bound = worker::MAX_IN_FLIGHT;
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pings: Vec<_> = (0..2 * bound)
+            .map(|_| {
+                let (engine, sent) = (engine.clone(), sent.clone());
+                tokio::spawn(async move {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    engine.ping("ns/job", success()).await
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while store.held_pings() < bound || sent.load(Ordering::Relaxed) < 2 * bound {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker never filled the pipeline"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Without the bound the worker takes every queued ping within milliseconds.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let held = store.held_pings();
+        assert!(
+            held < bound + worker::MAX_ROUND,
+            "{held} pings on their way to a store that took none"
+        );
+        store.release();
+        for p in pings {
+            assert_eq!(p.await.unwrap().unwrap(), PingOutcome::Ok);
+        }
+        assert_eq!(engine.pings(m.num, 1).await.unwrap().len(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! The engine thread: takes commands in rounds, steps monitors through the pure state
-//! machine, stages what changed and writes each round as one commit-log record.
+//! machine, stages what changed and hands each round to the store as one durable unit
+//! ([`MonitorStore::commit_round`]).
 //!
 //! A round's later commands see its earlier ones' staged state; readers (the snapshot, the
 //! deadline scheduler, the dashboard, status writers and Kubernetes Events) see it only
@@ -11,36 +12,42 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::keys::{Family, monitor_key, numbered_prefix, retained_key, transition_key};
 use super::snapshot::Monitors;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
 use super::wording::{self, RECOVERED, describe_down};
 use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
 use crate::core::alert::message::AlertKind;
 use crate::core::alert::outbox::{self, Outbox};
-use crate::core::monitor::history::{self, RoundBlocks};
+use crate::core::monitor::history::{PINGS_PER_BLOCK, approx_size};
 use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
-use crate::core::store::Committer;
-use crate::core::store::commit::Progress;
-use crate::core::store::wal::Mutation;
+use crate::core::storage::{MonitorRound, MonitorStore, Removal};
 
 /// The in-memory view readers share with the worker.
 pub(super) type Snapshot = Arc<RwLock<Monitors>>;
 
-/// Most commands handled in one round (one commit-log record).
-const MAX_ROUND: usize = 1024;
+/// Most commands handled in one round (one durable write).
+pub(super) const MAX_ROUND: usize = 1024;
 
-/// A round ends early once its ping blocks take this many bytes: a burst of pings with
-/// large bodies to monitors with full blocks makes several records of bounded size, not
-/// one that holds hundreds of megabytes.
+/// A round ends early once its ping blocks take about this many bytes: a burst of pings
+/// with large bodies to monitors with full blocks makes several writes of bounded size,
+/// not one that holds hundreds of megabytes.
 const ROUND_BYTES: usize = 8 * 1024 * 1024;
+
+/// Most commands in rounds handed to the store and not settled yet; past it the worker
+/// waits for the store before it takes more. Staging is faster than storing: a herd of
+/// deadlines (a hundred thousand monitors on one cron schedule, due in the same seconds)
+/// would otherwise pile up as staged rounds (monitor records, encoded writes, alerts, the
+/// commit log's pending view) between the worker and the disk, hundreds of megabytes for
+/// a herd that waits in the command queue as keys of a few dozen bytes. Eight full rounds
+/// in flight keep the disk's groups as large as they are without the bound.
+pub(super) const MAX_IN_FLIGHT: usize = 8 * MAX_ROUND;
 
 /// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
 const TRANSITION_HISTORY: usize = 200;
@@ -77,14 +84,16 @@ type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 /// Changes staged by one round of commands, made durable together.
 #[derive(Default)]
 struct Round {
-    /// Puts and removals in the monitors tree, in staging order.
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// What the round writes besides its monitor records: removals, pings, timeline
+    /// entries and trims, and the alerts it queues.
+    writes: MonitorRound,
     /// Monitor records to store, by key: a monitor stepped several times in one round
-    /// (pings in a burst) is serialized and written once, with its last state.
+    /// (pings in a burst) is written once, with its last state.
     monitors: HashMap<String, Monitor>,
-    /// Ping blocks appended to in this round, written once each.
-    pings: RoundBlocks,
-    alerts: Vec<outbox::Record>,
+    /// About how many bytes the round's pings make their blocks take (see [`ROUND_BYTES`]).
+    ping_bytes: usize,
+    /// Monitors the round appended pings for.
+    pinged: std::collections::HashSet<u64>,
     done: Vec<Done>,
     /// Monitors removed in this round.
     removed: std::collections::HashSet<String>,
@@ -94,19 +103,27 @@ struct Round {
 
 impl Round {
     fn is_empty(&self) -> bool {
-        self.done.is_empty()
-            && self.ops.is_empty()
-            && self.monitors.is_empty()
-            && self.pings.is_empty()
+        self.done.is_empty() && self.monitors.is_empty() && self.writes.is_empty()
+    }
+
+    /// Adds ping `p` of monitor `num`. The first ping of a monitor in a round counts the
+    /// block it goes into as a whole (its earlier pings are most likely of the same size),
+    /// since that block is written again.
+    fn ping(&mut self, num: u64, p: PingRecord) {
+        let size = approx_size(&p);
+        self.ping_bytes += if self.pinged.insert(num) {
+            size.saturating_mul(1 + (p.seq % PINGS_PER_BLOCK) as usize)
+        } else {
+            size
+        };
+        self.writes.pings.push((num, p));
     }
 }
 
 /// The engine thread's state; lives on that thread alone.
 pub(super) struct Worker {
-    pub(super) tree: sled::Tree,
-    pub(super) db: sled::Db,
+    pub(super) store: Arc<dyn MonitorStore>,
     pub(super) outbox: Outbox,
-    pub(super) committer: Committer,
     pub(super) scheduler: SchedulerHandle<String>,
     pub(super) snapshot: Snapshot,
     pub(super) changes: broadcast::Sender<Change>,
@@ -118,9 +135,9 @@ pub(super) struct Worker {
     pub(super) transitions_since_trim: RefCell<HashMap<u64, u32>>,
     /// Why the last round could not be written, until one is.
     pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
-    /// Monitors as rounds handed to the committer and not applied yet left them (`None`:
-    /// removed), with the round's number: what the next rounds build on.
-    pub(super) inflight: RefCell<HashMap<String, (u64, Option<Monitor>)>>,
+    /// Monitors as rounds handed to the store and not applied yet left them, by key: what
+    /// the next rounds build on.
+    pub(super) inflight: RefCell<HashMap<String, Inflight>>,
     /// How far rounds have been numbered, applied and failed.
     pub(super) written: Arc<Written>,
     /// Tests make writes fail with this.
@@ -128,13 +145,21 @@ pub(super) struct Worker {
     pub(super) fail_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Round numbers: the last one handed to the committer (engine thread), the last one
-/// applied and the first one that failed (commit thread).
+/// A monitor as a round on its way to the store left it (`None`: removed), with the
+/// round's number.
+pub(super) type Inflight = (u64, Option<Arc<Monitor>>);
+
+/// Round numbers: the last one handed to the store (engine thread), the last one applied
+/// and the first one that failed (the store's callback).
 #[derive(Debug)]
 pub(super) struct Written {
     submitted: AtomicU64,
     applied: AtomicU64,
     failed_from: AtomicU64,
+    /// Commands in rounds handed over and not settled (see [`MAX_IN_FLIGHT`]).
+    in_flight: Mutex<usize>,
+    /// Signalled whenever a round settles.
+    room: Condvar,
 }
 
 impl Default for Written {
@@ -143,6 +168,8 @@ impl Default for Written {
             submitted: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             failed_from: AtomicU64::new(u64::MAX),
+            in_flight: Mutex::new(0),
+            room: Condvar::new(),
         }
     }
 }
@@ -156,6 +183,31 @@ impl Written {
         self.applied.load(Ordering::Acquire)
     }
 
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `commands` handed to the store in a round.
+    fn hand_over(&self, commands: usize) {
+        *self.in_flight() += commands;
+    }
+
+    /// A round of `commands` settled (written or failed): room for more.
+    fn settled(&self, commands: usize) {
+        let mut n = self.in_flight();
+        *n = n.saturating_sub(commands);
+        self.room.notify_all();
+    }
+
+    /// Waits until fewer than `max` commands are on their way to the store. A failed
+    /// round settles too, so a store that stopped never holds the worker here.
+    fn wait_for_room(&self, max: usize) {
+        let mut n = self.in_flight();
+        while *n >= max {
+            n = self.room.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Whether round `seq`'s staged state is what the next rounds build on: handed over,
     /// not applied yet (then readers have it) and not failed (then the disk does not).
     fn pending(&self, seq: u64) -> bool {
@@ -163,18 +215,21 @@ impl Written {
     }
 }
 
-/// A round handed to the committer, for readers once it is applied.
+/// A round handed to the store, for readers once it is applied.
 struct Published {
     seq: u64,
-    monitors: HashMap<String, Monitor>,
-    removed: std::collections::HashSet<String>,
+    /// Commands the round answers (see [`MAX_IN_FLIGHT`]).
+    commands: usize,
+    monitors: Vec<Arc<Monitor>>,
+    /// Removed and not defined again in the round.
+    removed: Vec<String>,
     changes: Vec<Change>,
     alerts: bool,
     done: Vec<Done>,
 }
 
 /// Everyone who sees a round once it is written: the snapshot, the deadline scheduler,
-/// subscribers to state transitions and the outbox; run on the commit thread, in order.
+/// subscribers to state transitions and the outbox; run by the store's callback, in order.
 struct Readers {
     snapshot: Snapshot,
     scheduler: SchedulerHandle<String>,
@@ -202,6 +257,7 @@ impl Readers {
                 self.written.failed_from.fetch_min(p.seq, Ordering::Release);
             }
         }
+        self.written.settled(p.commands);
         for d in p.done {
             d(result.clone().map_err(EngineError::Write));
         }
@@ -212,20 +268,16 @@ impl Readers {
         {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
             for key in &p.removed {
-                if !p.monitors.contains_key(key) {
-                    snapshot.remove(key);
-                }
+                snapshot.remove(key);
             }
-            for m in p.monitors.values() {
-                snapshot.insert(m.clone());
+            for m in &p.monitors {
+                snapshot.insert(Monitor::clone(m));
             }
         }
         for key in &p.removed {
-            if !p.monitors.contains_key(key) {
-                self.scheduler.disarm(key.clone());
-            }
+            self.scheduler.disarm(key.clone());
         }
-        for m in p.monitors.values() {
+        for m in &p.monitors {
             arm(&self.scheduler, m);
         }
         for change in &p.changes {
@@ -244,21 +296,22 @@ fn arm(scheduler: &SchedulerHandle<String>, m: &Monitor) {
 
 impl Worker {
     /// Handles commands until every engine handle is gone: each round takes what is queued
-    /// (up to [`MAX_ROUND`]) and is written as one record while the next round gathers.
+    /// (up to [`MAX_ROUND`]) and is written as one record while the next round gathers, with
+    /// at most [`MAX_IN_FLIGHT`] commands on their way to the store.
     pub(super) fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(first) = rx.blocking_recv() {
+            self.written.wait_for_room(MAX_IN_FLIGHT);
             let mut round = Round::default();
             self.handle(first, &mut round);
-            for _ in 1..MAX_ROUND {
-                if round.pings.bytes() >= ROUND_BYTES {
-                    break;
-                }
+            let mut commands = 1;
+            while commands < MAX_ROUND && round.ping_bytes < ROUND_BYTES {
                 match rx.try_recv() {
                     Ok(cmd) => self.handle(cmd, &mut round),
                     Err(_) => break,
                 }
+                commands += 1;
             }
-            self.write(round);
+            self.write(round, commands);
         }
     }
 
@@ -278,7 +331,7 @@ impl Worker {
         if let Some((seq, m)) = self.inflight.borrow().get(key)
             && self.written.pending(*seq)
         {
-            return m.clone();
+            return m.as_deref().cloned();
         }
         self.read().get(key).cloned()
     }
@@ -290,14 +343,12 @@ impl Worker {
             Command::Upsert(def, reply) => self.define(*def, reply, round),
             Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
             Command::Job(key, job, reply) => self.job(&key, job, reply, round),
-            Command::Remove(key, reply) => match self.remove(&key, round) {
-                Ok(()) => round.done.push(Box::new(move |r| {
+            Command::Remove(key, reply) => {
+                self.remove(&key, round);
+                round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
-                })),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+                }));
+            }
             Command::Probe(reply) => {
                 let _ = reply.send(());
             }
@@ -458,7 +509,7 @@ impl Worker {
             state: new_state,
             last_run_ms,
         };
-        self.stage(&next, &effects, record.as_ref(), round, done);
+        self.stage(&next, &effects, record, round, done);
     }
 
     /// The history entry of a ping, with the run's duration when it closed one.
@@ -532,12 +583,7 @@ impl Worker {
             }
             return Ok(redefined(old, def, signals));
         }
-        if let Some(v) = self
-            .committer
-            .reader()
-            .read(&self.tree, &retained_key(&def.key))?
-        {
-            let old: Monitor = serde_json::from_slice(&v)?;
+        if let Some(old) = self.store.find_retained(&def.key)? {
             def.created_at = old.def.created_at;
             let mut signals = vec![Signal::Retimed(now)];
             if def.paused {
@@ -545,7 +591,7 @@ impl Worker {
             }
             return Ok(redefined(old, def, signals));
         }
-        let num = self.db.generate_id()? + 1;
+        let num = self.store.next_monitor_num()?;
         let state = MonitorState::created(&def.timing(), now, def.paused);
         Ok((
             Monitor {
@@ -558,38 +604,28 @@ impl Worker {
         ))
     }
 
-    fn remove(&self, key: &str, round: &mut Round) -> Result<(), EngineError> {
+    fn remove(&self, key: &str, round: &mut Round) {
         let Some(m) = self.current(key, round) else {
-            return Ok(());
+            return;
         };
         self.transitions_since_trim.borrow_mut().remove(&m.num);
         round.monitors.remove(key);
         round.removed.insert(key.to_string());
-        round.ops.push((monitor_key(key), None));
-        if m.def.retain_on_delete {
-            // Keep history and state under the retained key so a re-created monitor finds
-            // them; pings answered earlier in this round stay staged and are written with it.
-            round
-                .ops
-                .push((retained_key(key), Some(serde_json::to_vec(&m)?)));
-            return Ok(());
+        let num = m.num;
+        // Kept with history and state under the retained key, so a re-created monitor
+        // finds them: pings answered earlier in this round stay staged and are written
+        // with it. Otherwise they go with the rest of its history.
+        let retain = m.def.retain_on_delete.then_some(m);
+        if retain.is_none() {
+            round.writes.pings.retain(|(n, _)| *n != num);
+            round.writes.transitions.retain(|(n, ..)| *n != num);
+            round.writes.trims.retain(|(n, _)| *n != num);
         }
-        // Staged ping blocks would be written after the removals below.
-        round.pings.forget(m.num);
-        round.ops.push((retained_key(key), None));
-        for prefix in [
-            history::monitor_prefix(m.num),
-            numbered_prefix(Family::Transition, m.num),
-        ] {
-            for k in self
-                .committer
-                .reader()
-                .keys_with_prefix(&self.tree, &prefix)?
-            {
-                round.ops.push((k, None));
-            }
-        }
-        Ok(())
+        round.writes.remove.push(Removal {
+            key: key.to_string(),
+            num,
+            retain,
+        });
     }
 
     /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
@@ -598,65 +634,41 @@ impl Worker {
         &self,
         m: &Monitor,
         effects: &[Effect],
-        ping: Option<&PingRecord>,
+        ping: Option<PingRecord>,
         round: &mut Round,
         done: Done,
     ) {
-        match self.stage_changes(m, effects, ping, round) {
-            Ok(()) => {
-                round.removed.remove(&m.def.key);
-                round.done.push(done);
-            }
-            Err(e) => done(Err(e)),
-        }
-    }
-
-    fn stage_changes(
-        &self,
-        m: &Monitor,
-        effects: &[Effect],
-        ping: Option<&PingRecord>,
-        round: &mut Round,
-    ) -> Result<(), EngineError> {
         if effects
             .iter()
             .any(|e| matches!(e, Effect::Transition { .. }))
         {
-            self.trim_timeline_now_and_then(m.num, round)?;
+            self.trim_timeline_now_and_then(m.num, round);
         }
         for (idx, effect) in effects.iter().enumerate() {
             match *effect {
                 Effect::Transition { from, to, at } => {
                     let idx = u8::try_from(idx).unwrap_or(u8::MAX);
-                    self.stage_transition(m, (from, to, at), idx, round)?;
+                    self.stage_transition(m, (from, to, at), idx, round);
                     if let Some((kind, reason)) = wording::warning(m, from, to) {
-                        self.stage_alert(m, kind, at, reason, round)?;
+                        self.stage_alert(m, kind, at, reason, round);
                     }
                 }
                 Effect::Alert { ref reason, at } => {
                     let reason = describe_down(reason, m, at);
-                    self.stage_alert(m, AlertKind::Down, at, reason, round)?;
+                    self.stage_alert(m, AlertKind::Down, at, reason, round);
                 }
                 Effect::Recovery { at } => {
-                    self.stage_alert(m, AlertKind::Recovery, at, RECOVERED.into(), round)?;
+                    self.stage_alert(m, AlertKind::Recovery, at, RECOVERED.into(), round);
                 }
                 Effect::RunFinished { .. } => {}
             }
         }
         round.monitors.insert(m.def.key.clone(), m.clone());
         if let Some(p) = ping {
-            let mut expired = Vec::new();
-            round.pings.record(
-                &self.committer.reader(),
-                &self.tree,
-                m.num,
-                p,
-                self.config.ping_history,
-                &mut expired,
-            )?;
-            round.ops.extend(expired.into_iter().map(|k| (k, None)));
+            round.ping(m.num, p);
         }
-        Ok(())
+        round.removed.remove(&m.def.key);
+        round.done.push(done);
     }
 
     /// Stores the transition in the monitor's timeline, to be broadcast once it is written.
@@ -666,7 +678,7 @@ impl Worker {
         (from, to, at): (State, State, Timestamp),
         idx: u8,
         round: &mut Round,
-    ) -> Result<(), EngineError> {
+    ) {
         let reason = (to == State::Down)
             .then(|| {
                 m.state
@@ -681,10 +693,7 @@ impl Worker {
             to,
             reason: reason.clone(),
         };
-        round.ops.push((
-            transition_key(m.num, at, idx).to_vec(),
-            Some(serde_json::to_vec(&record)?),
-        ));
+        round.writes.transitions.push((m.num, idx, record));
         round.changes.push(Change {
             key: m.def.key.clone(),
             from,
@@ -692,10 +701,9 @@ impl Worker {
             at,
             reason,
         });
-        Ok(())
     }
 
-    /// Queues the alert for each of the monitor's targets, in the same record as the state
+    /// Queues the alert for each of the monitor's targets, in the same round as the state
     /// change that raised it.
     fn stage_alert(
         &self,
@@ -704,23 +712,24 @@ impl Worker {
         at: Timestamp,
         reason: String,
         round: &mut Round,
-    ) -> Result<(), EngineError> {
+    ) {
         self.stats.count_alert(kind);
         if m.def.targets.is_empty() {
             tracing::warn!(monitor = %m.def.key, "alert has no target: set spec.alerts, the Application's alerts or --webhook-url");
-            return Ok(());
+            return;
         }
         let alert = wording::alert(m, kind, at, reason);
-        round
-            .alerts
-            .extend(outbox::records(&alert, &m.def.targets, self.clock.now())?);
-        Ok(())
+        round.writes.deliveries.extend(outbox::deliveries(
+            &alert,
+            &m.def.targets,
+            self.clock.now(),
+        ));
     }
 
     /// Counts a step with transitions; every [`TRIM_EVERY`] of them, stages removal of the
     /// timeline entries beyond the newest [`TRANSITION_HISTORY`] (minus room for this
     /// step's own).
-    fn trim_timeline_now_and_then(&self, num: u64, round: &mut Round) -> Result<(), EngineError> {
+    fn trim_timeline_now_and_then(&self, num: u64, round: &mut Round) {
         let due = {
             let mut counts = self.transitions_since_trim.borrow_mut();
             let n = counts.entry(num).or_insert(0);
@@ -730,40 +739,23 @@ impl Worker {
             }
             *n == 0
         };
-        if !due {
-            return Ok(());
+        if due {
+            let keep = TRANSITION_HISTORY.saturating_sub(2);
+            round.writes.trims.push((num, keep));
         }
-        let keep = TRANSITION_HISTORY.saturating_sub(2);
-        let prefix = numbered_prefix(Family::Transition, num);
-        let timeline = self
-            .committer
-            .reader()
-            .keys_with_prefix(&self.tree, &prefix)?;
-        for k in timeline.into_iter().rev().skip(keep) {
-            round.ops.push((k, None));
-        }
-        Ok(())
     }
 
-    /// Hands a round to the group committer as one commit-log record (monitor state, pings,
-    /// timeline and the alerts it queues, all or nothing) and goes on with the next round
-    /// while the disk flushes this one: the next round reads this one's writes through the
-    /// committer's reader and its monitors through [`Worker::current`]. Once the record is
-    /// applied, readers see the round and its callers are answered, so whoever reads the
+    /// Hands a round to the store as one durable unit (monitor state, pings, timeline and
+    /// the alerts it queues, all or nothing) and goes on with the next round while the
+    /// store makes this one durable: the next round builds on this one's monitors through
+    /// [`Worker::current`] (and the store's own reads see it). Once the round is durable
+    /// and visible, readers see it and its callers are answered, so whoever reads the
     /// history after an answer finds the ping there; a round that is not written is never
     /// published.
-    fn write(&self, mut round: Round) {
+    fn write(&self, mut round: Round, commands: usize) {
         if round.is_empty() {
             return;
         }
-        let alerts = !round.alerts.is_empty();
-        let writes = match self.round_writes(&mut round) {
-            Ok(w) => w,
-            Err(e) => {
-                let e = format!("encoding monitor state failed: {e}");
-                return self.refuse(round, e);
-            }
-        };
         #[cfg(test)]
         if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return self.refuse(
@@ -772,42 +764,48 @@ impl Worker {
             );
         }
         let seq = self.written.next();
+        let monitors: Vec<Arc<Monitor>> = std::mem::take(&mut round.monitors)
+            .into_values()
+            .map(Arc::new)
+            .collect();
+        // A monitor staged after its removal left `removed` then.
+        let removed: Vec<String> = std::mem::take(&mut round.removed).into_iter().collect();
         {
             let mut inflight = self.inflight.borrow_mut();
             let applied = self.written.applied();
             inflight.retain(|_, (s, _)| *s > applied);
-            for key in &round.removed {
+            for key in &removed {
                 inflight.insert(key.clone(), (seq, None));
             }
-            for (key, m) in &round.monitors {
-                inflight.insert(key.clone(), (seq, Some(m.clone())));
+            for m in &monitors {
+                inflight.insert(m.def.key.clone(), (seq, Some(m.clone())));
             }
         }
-        let mut published = Some(Published {
+        let mut writes = std::mem::take(&mut round.writes);
+        writes.put = monitors.clone();
+        writes.keep_pings = self.config.ping_history;
+        self.written.hand_over(commands);
+        let published = Published {
             seq,
-            monitors: std::mem::take(&mut round.monitors),
-            removed: std::mem::take(&mut round.removed),
+            commands,
+            monitors,
+            removed,
             changes: std::mem::take(&mut round.changes),
-            alerts,
+            alerts: !writes.deliveries.is_empty(),
             done: std::mem::take(&mut round.done),
-        });
+        };
         let readers = self.readers();
-        self.committer.submit(
+        self.store.commit_round(
             writes,
-            Box::new(move |progress| {
-                let result = match progress {
-                    Progress::Durable => return,
-                    Progress::Applied => Ok(()),
-                    Progress::Failed(e) => Err(format!("writing monitor state failed: {e}")),
-                };
-                if let Some(p) = published.take() {
-                    readers.settle(p, result);
-                }
+            Box::new(move |result| {
+                let result = result.map_err(|e| format!("writing monitor state failed: {e}"));
+                readers.settle(published, result);
             }),
         );
     }
 
-    /// Answers a round that could not be handed to the committer with `error`.
+    /// Answers a round that could not be handed to the store with `error`.
+    #[cfg(test)]
     fn refuse(&self, mut round: Round, error: String) {
         tracing::error!(error = %error, "a round of monitor changes was not written");
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
@@ -826,34 +824,6 @@ impl Worker {
             failure: self.failure.clone(),
             written: self.written.clone(),
         }
-    }
-
-    /// A round's changes as writes, in the order they were staged; ping blocks and monitor
-    /// records come after the other changes, since a monitor removed in the round is no
-    /// longer among them; the alerts it queues come last.
-    fn round_writes(&self, round: &mut Round) -> Result<Vec<Mutation>, serde_json::Error> {
-        let mut writes: Vec<Mutation> =
-            Vec::with_capacity(round.ops.len() + round.monitors.len() + round.alerts.len() + 1);
-        for (k, v) in std::mem::take(&mut round.ops) {
-            writes.push(match v {
-                Some(v) => Mutation::put(&self.tree, k, v),
-                None => Mutation::remove(&self.tree, k),
-            });
-        }
-        writes.extend(std::mem::take(&mut round.pings).into_writes(&self.tree));
-        for (key, m) in &round.monitors {
-            writes.push(Mutation::put(
-                &self.tree,
-                monitor_key(key),
-                serde_json::to_vec(m)?,
-            ));
-        }
-        writes.extend(
-            std::mem::take(&mut round.alerts)
-                .into_iter()
-                .map(|(k, v)| Mutation::put_if_absent(self.outbox.pending_tree(), k, v)),
-        );
-        Ok(writes)
     }
 }
 

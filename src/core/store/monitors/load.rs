@@ -3,24 +3,27 @@
 //! Decoding a monitor's JSON record costs several times what reading it from sled does,
 //! and a million of them take seconds on one core. So one thread reads the records in
 //! chunks, one per core decodes them, and the calling thread files the monitors as they
-//! come: a bounded number of chunks is in flight, so memory stays that of the monitors.
+//! come to the engine: a bounded number of chunks is in flight, so memory stays that of
+//! the monitors.
 
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use super::EngineError;
 use super::keys::Family;
-use super::snapshot::Monitors;
-use super::types::Monitor;
+use crate::core::monitor::engine::Monitor;
+use crate::core::store::StoreError;
 
 /// Records decoded as one piece of work.
 const CHUNK: usize = 2048;
 
-/// Every stored monitor, by key.
-pub(super) fn load_monitors(tree: &sled::Tree) -> Result<Monitors, EngineError> {
+/// Hands every stored monitor to `batch`, a decoded chunk at a time.
+pub(super) fn load_monitors(
+    tree: &sled::Tree,
+    batch: &mut dyn FnMut(Vec<Monitor>),
+) -> Result<(), StoreError> {
     let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let (raw_tx, raw_rx) = sync_channel::<Result<Vec<sled::IVec>, sled::Error>>(decoders * 2);
-    let (done_tx, done_rx) = sync_channel::<Result<Vec<Monitor>, EngineError>>(decoders * 2);
+    let (done_tx, done_rx) = sync_channel::<Result<Vec<Monitor>, StoreError>>(decoders * 2);
     let raw_rx = Mutex::new(raw_rx);
     std::thread::scope(|s| {
         s.spawn(move || read_chunks(tree, &raw_tx));
@@ -31,11 +34,11 @@ pub(super) fn load_monitors(tree: &sled::Tree) -> Result<Monitors, EngineError> 
         }
         // The decoders hold the only senders left: the loop ends when they do.
         drop(done_tx);
-        let mut all = Monitors::default();
         let mut failed = None;
         for chunk in done_rx {
             match chunk {
-                Ok(monitors) => monitors.into_iter().for_each(|m| all.insert(m)),
+                Ok(monitors) if failed.is_none() => batch(monitors),
+                Ok(_) => {}
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -43,7 +46,7 @@ pub(super) fn load_monitors(tree: &sled::Tree) -> Result<Monitors, EngineError> 
         }
         match failed {
             Some(e) => Err(e),
-            None => Ok(all),
+            None => Ok(()),
         }
     })
 }
@@ -76,16 +79,21 @@ fn read_chunks(tree: &sled::Tree, out: &SyncSender<Result<Vec<sled::IVec>, sled:
 /// Decodes chunks until the reader is done.
 fn decode_chunks(
     input: &Mutex<Receiver<Result<Vec<sled::IVec>, sled::Error>>>,
-    out: &SyncSender<Result<Vec<Monitor>, EngineError>>,
+    out: &SyncSender<Result<Vec<Monitor>, StoreError>>,
 ) {
     loop {
         let next = input.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let decoded = match next {
             Err(_) => return,
-            Ok(Err(e)) => Err(EngineError::from(e)),
+            Ok(Err(e)) => Err(StoreError::from(e)),
             Ok(Ok(raw)) => raw
                 .iter()
-                .map(|v| serde_json::from_slice(v).map_err(EngineError::from))
+                .map(|v| {
+                    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+                        what: "monitor record".into(),
+                        detail: e.to_string(),
+                    })
+                })
                 .collect(),
         };
         if out.send(decoded).is_err() {
@@ -97,9 +105,17 @@ fn decode_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::monitor::engine::keys::monitor_key;
-    use crate::core::monitor::engine::types::sample;
+    use crate::core::monitor::engine::{Monitors, sample};
     use crate::core::monitor::state::State;
+    use crate::core::store::monitors::keys::monitor_key;
+
+    fn load(tree: &sled::Tree) -> Result<Monitors, StoreError> {
+        let mut all = Monitors::default();
+        load_monitors(tree, &mut |batch| {
+            batch.into_iter().for_each(|m| all.insert(m))
+        })?;
+        Ok(all)
+    }
 
     #[test]
     fn every_stored_monitor_is_loaded_and_a_damaged_record_fails_the_load() {
@@ -118,7 +134,7 @@ mod tests {
         // Other families are not monitors.
         tree.insert([Family::Monitor as u8 + 1, 1], &b"not json"[..])
             .unwrap();
-        let all = load_monitors(&tree).unwrap();
+        let all = load(&tree).unwrap();
         assert_eq!(all.len(), n);
         assert_eq!(all.count(State::Down), n.div_ceil(3));
         assert_eq!(
@@ -126,6 +142,6 @@ mod tests {
             Some("ns/m17".into())
         );
         tree.insert(monitor_key("ns/broken"), &b"{"[..]).unwrap();
-        assert!(matches!(load_monitors(&tree), Err(EngineError::Codec(_))));
+        assert!(matches!(load(&tree), Err(StoreError::Corrupt { .. })));
     }
 }

@@ -1,0 +1,318 @@
+//! Monitors in sled, behind [`MonitorStore`]: one tree, `monitors`, with a family byte per
+//! kind of record ([`keys`]): monitor records, ping blocks ([`pings`]), timeline entries
+//! and the records of monitors deleted with their data retained.
+//!
+//! A round of the engine becomes one commit-log record: its removals, trims and timeline
+//! entries, the ping blocks it appended to (and the blocks that fell out of the kept
+//! window), its monitor records, and last the deliveries it queues, put into the outbox's
+//! pending tree only where none is queued under the same key. The round is prepared on the
+//! engine's thread through the committer's [`PendingReader`](super::commit::PendingReader),
+//! which sees the rounds before it that are still on their way to disk, and handed to the
+//! group committer without waiting: the engine gathers the next round while the disk
+//! flushes this one.
+
+pub mod keys;
+mod load;
+mod pings;
+
+use super::commit::Progress;
+use super::port::blocking;
+use super::wal::Mutation;
+use super::{Store, StoreError};
+use crate::core::alert::outbox::delivery_key;
+use crate::core::monitor::engine::{Monitor, TransitionRecord};
+use crate::core::monitor::history::PingRecord;
+use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError, StorageFuture};
+use keys::{Family, monitor_key, numbered_prefix, retained_key, transition_key};
+
+/// Monitors, ping history and timelines in sled.
+pub struct SledMonitors {
+    store: Store,
+    tree: sled::Tree,
+    /// The outbox's pending deliveries, where a round queues the alerts it raised.
+    pending: sled::Tree,
+}
+
+impl SledMonitors {
+    /// Opens the monitors tree, converting ping history that earlier versions stored one
+    /// ping per value into blocks first.
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        let tree = store.db.open_tree("monitors")?;
+        let converted = pings::convert_single_records(&tree, store.committer())?;
+        if converted > 0 {
+            tracing::info!(pings = converted, "converted stored ping history to blocks");
+        }
+        Ok(Self {
+            pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
+            store: store.clone(),
+            tree,
+        })
+    }
+
+    /// A round as writes, in the order of one record: removals, trims and timeline
+    /// entries, then ping blocks, monitor records and queued deliveries.
+    fn round_writes(&self, round: MonitorRound) -> Result<Vec<Mutation>, StoreError> {
+        let reader = self.store.committer().reader();
+        let tree = &self.tree;
+        let mut writes = Vec::with_capacity(
+            round.remove.len()
+                + round.transitions.len()
+                + round.pings.len()
+                + round.put.len()
+                + round.deliveries.len(),
+        );
+        for r in &round.remove {
+            writes.push(Mutation::remove(tree, monitor_key(&r.key)));
+            if let Some(m) = &r.retain {
+                // History and state stay, under the retained key, for a re-created monitor.
+                writes.push(Mutation::put(tree, retained_key(&r.key), encode(m)?));
+                continue;
+            }
+            writes.push(Mutation::remove(tree, retained_key(&r.key)));
+            for prefix in [
+                pings::monitor_prefix(r.num),
+                numbered_prefix(Family::Transition, r.num),
+            ] {
+                for k in reader.keys_with_prefix(tree, &prefix)? {
+                    writes.push(Mutation::remove(tree, k));
+                }
+            }
+        }
+        for &(num, keep) in &round.trims {
+            let timeline =
+                reader.keys_with_prefix(tree, &numbered_prefix(Family::Transition, num))?;
+            for k in timeline.into_iter().rev().skip(keep) {
+                writes.push(Mutation::remove(tree, k));
+            }
+        }
+        for (num, idx, record) in &round.transitions {
+            let key = transition_key(*num, record.at, *idx);
+            writes.push(Mutation::put(tree, key.to_vec(), encode(record)?));
+        }
+        let mut blocks = pings::RoundBlocks::default();
+        let mut expired = Vec::new();
+        for (num, p) in &round.pings {
+            blocks.record(&reader, tree, *num, p, round.keep_pings, &mut expired)?;
+        }
+        writes.extend(expired.into_iter().map(|k| Mutation::remove(tree, k)));
+        writes.extend(blocks.into_writes(tree));
+        for m in &round.put {
+            writes.push(Mutation::put(
+                tree,
+                monitor_key(&m.def.key),
+                encode(m.as_ref())?,
+            ));
+        }
+        for d in &round.deliveries {
+            let key = delivery_key(&d.alert, &d.target);
+            writes.push(Mutation::put_if_absent(&self.pending, key, encode(d)?));
+        }
+        Ok(writes)
+    }
+}
+
+/// A record as its JSON value.
+fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Write(format!("encoding a record: {e}")))
+}
+
+/// A stored JSON record, `what` naming it when it is corrupt.
+fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+impl MonitorStore for SledMonitors {
+    fn load_monitors(&self, batch: &mut dyn FnMut(Vec<Monitor>)) -> Result<(), StorageError> {
+        Ok(load::load_monitors(&self.tree, batch)?)
+    }
+
+    fn next_monitor_num(&self) -> Result<u64, StorageError> {
+        let id = self.store.db.generate_id().map_err(StoreError::from)?;
+        Ok(id + 1)
+    }
+
+    fn find_retained(&self, key: &str) -> Result<Option<Monitor>, StorageError> {
+        let reader = self.store.committer().reader();
+        match reader
+            .read(&self.tree, &retained_key(key))
+            .map_err(StoreError::from)?
+        {
+            Some(v) => Ok(Some(decode(&format!("retained monitor {key}"), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn commit_round(&self, round: MonitorRound, done: RoundDone) {
+        let writes = match self.round_writes(round) {
+            Ok(w) => w,
+            Err(e) => return done(Err(e.into())),
+        };
+        let mut done = Some(done);
+        self.store.committer().submit(
+            writes,
+            Box::new(move |progress| {
+                let result = match progress {
+                    Progress::Durable => return,
+                    Progress::Applied => Ok(()),
+                    Progress::Failed(e) => Err(StorageError::NotStored(e.to_string())),
+                };
+                if let Some(done) = done.take() {
+                    done(result);
+                }
+            }),
+        );
+    }
+
+    fn pings(&self, num: u64, limit: usize, keep: u64) -> StorageFuture<'_, Vec<PingRecord>> {
+        let tree = self.tree.clone();
+        blocking(&self.store, move |_| pings::newest(&tree, num, limit, keep))
+    }
+
+    fn transitions(&self, num: u64, limit: usize) -> StorageFuture<'_, Vec<TransitionRecord>> {
+        let tree = self.tree.clone();
+        blocking(&self.store, move |_| {
+            tree.scan_prefix(numbered_prefix(Family::Transition, num))
+                .rev()
+                .take(limit)
+                .map(|item| {
+                    let (_, v) = item?;
+                    decode::<TransitionRecord>("timeline entry", &v)
+                })
+                .collect()
+        })
+    }
+
+    fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
+        let tree = self.tree.clone();
+        blocking(&self.store, move |_| {
+            match tree.get(retained_key(&key))? {
+                Some(v) => Ok(Some(decode(&format!("retained monitor {key}"), &v)?)),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::core::alert::message::{Alert, AlertKind, Target};
+    use crate::core::alert::outbox::deliveries;
+    use crate::core::monitor::engine::sample;
+    use crate::core::monitor::history::sample_ping;
+    use crate::core::monitor::state::State;
+    use crate::core::storage::Removal;
+    use crate::core::store::StoreOptions;
+    use crate::core::store::wal::Op;
+
+    fn down(m: &Monitor) -> Alert {
+        Alert {
+            id: format!("{}:1:down", m.def.key),
+            kind: AlertKind::Down,
+            monitor: m.def.name.clone(),
+            display_name: None,
+            scope: "namespace ns".into(),
+            reason: "no ping".into(),
+            occurred_at: m.state.since,
+            last_ping_at: None,
+            expected_at: None,
+            ping_hint: String::new(),
+            namespace: "ns".into(),
+            application: None,
+            opened_at: None,
+            runbook_url: None,
+            repeat: 0,
+            policy: Default::default(),
+            maintenance: Vec::new(),
+        }
+    }
+
+    /// Each write as (tree, key family or first byte, what it does).
+    fn shape(writes: &[Mutation]) -> Vec<(String, u8, &'static str)> {
+        writes
+            .iter()
+            .map(|w| {
+                let op = match w.op {
+                    Op::Put(_) => "put",
+                    Op::Remove => "remove",
+                    Op::PutIfAbsent(_) => "put if absent",
+                };
+                let tree = String::from_utf8_lossy(&w.tree.name()).into_owned();
+                (tree, w.key.first().copied().unwrap_or(0), op)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_round_is_one_record_of_removals_timeline_blocks_monitors_then_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let sled = SledMonitors::open(&store).unwrap();
+        let (mut kept, mut gone) = (sample("ns/kept", State::Down), sample("ns/gone", State::Up));
+        (kept.num, gone.num) = (7, 8);
+        let hook = Target::Webhook {
+            url: "http://alerts.invalid/hook".into(),
+        };
+        let round = MonitorRound {
+            remove: vec![Removal {
+                key: gone.def.key.clone(),
+                num: gone.num,
+                retain: None,
+            }],
+            put: vec![Arc::new(kept.clone())],
+            pings: vec![(kept.num, sample_ping(1)), (kept.num, sample_ping(2))],
+            keep_pings: 10,
+            transitions: vec![(
+                kept.num,
+                0,
+                TransitionRecord {
+                    at: kept.state.since,
+                    from: State::Up,
+                    to: State::Down,
+                    reason: None,
+                },
+            )],
+            trims: Vec::new(),
+            deliveries: deliveries(&down(&kept), &[hook], kept.state.since),
+        };
+        let writes = sled.round_writes(round).unwrap();
+        let f = |family: Family| family as u8;
+        let monitors = || "monitors".to_string();
+        assert_eq!(
+            shape(&writes),
+            vec![
+                (monitors(), f(Family::Monitor), "remove"),
+                (monitors(), f(Family::Retained), "remove"),
+                (monitors(), f(Family::Transition), "put"),
+                // Both pings in one block, written once.
+                (monitors(), f(Family::PingBlock), "put"),
+                (monitors(), f(Family::Monitor), "put"),
+                ("outbox".to_string(), b'n', "put if absent"),
+            ]
+        );
+        assert_eq!(writes[3].key, pings::block_key(kept.num, 1).to_vec());
+
+        // Handed over as one record of the commit log.
+        let before = store.committer().stats().records.load(Ordering::Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let round = MonitorRound {
+            put: vec![Arc::new(kept)],
+            ..Default::default()
+        };
+        sled.commit_round(
+            round,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap().unwrap();
+        let after = store.committer().stats().records.load(Ordering::Relaxed);
+        assert_eq!(after - before, 1);
+    }
+}
