@@ -90,6 +90,10 @@ struct Round {
     /// Monitor records to store, by key: a monitor stepped several times in one round
     /// (pings in a burst) is written once, with its last state.
     monitors: HashMap<String, Monitor>,
+    /// Monitors among [`Self::monitors`] whose definition changed in the round (defined,
+    /// redefined, paused or resumed): written whole. The others changed their state alone
+    /// and are written as state ([`MonitorRound::put_state`]).
+    redefined: std::collections::HashSet<String>,
     /// About how many bytes the round's pings make their blocks take (see [`ROUND_BYTES`]).
     ping_bytes: usize,
     /// Monitors the round appended pings for.
@@ -427,6 +431,7 @@ impl Worker {
                     let _ = reply.send(r.map(|_| out));
                 });
                 self.stage(&m, &effects, None, round, done);
+                round.redefined.insert(m.def.key);
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -460,6 +465,7 @@ impl Worker {
             let _ = reply.send(r.map(|_| out));
         });
         self.stage(&m, &effects, None, round, done);
+        round.redefined.insert(m.def.key);
     }
 
     /// Applies `signal` to monitor `key` and stages the result; a ping is recorded in the
@@ -610,6 +616,7 @@ impl Worker {
         };
         self.transitions_since_trim.borrow_mut().remove(&m.num);
         round.monitors.remove(key);
+        round.redefined.remove(key);
         round.removed.insert(key.to_string());
         let num = m.num;
         // Kept with history and state under the retained key, so a re-created monitor
@@ -629,7 +636,9 @@ impl Worker {
     }
 
     /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
-    /// effects call for); readers see it and `done` runs once the round is on disk.
+    /// effects call for); readers see it and `done` runs once the round is on disk. It is
+    /// written as its state alone unless the caller changed its definition and marks it
+    /// in [`Round::redefined`].
     fn stage(
         &self,
         m: &Monitor,
@@ -782,7 +791,10 @@ impl Worker {
             }
         }
         let mut writes = std::mem::take(&mut round.writes);
-        writes.put = monitors.clone();
+        (writes.put, writes.put_state) = monitors
+            .iter()
+            .cloned()
+            .partition(|m| round.redefined.contains(&m.def.key));
         writes.keep_pings = self.config.ping_history;
         self.written.hand_over(commands);
         let published = Published {
