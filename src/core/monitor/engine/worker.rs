@@ -430,8 +430,9 @@ impl Worker {
                 let done: Done = Box::new(move |r| {
                     let _ = reply.send(r.map(|_| out));
                 });
-                self.stage(&m, &effects, None, round, done);
-                round.redefined.insert(m.def.key);
+                let key = m.def.key.clone();
+                self.stage(m, &effects, None, round, done);
+                round.redefined.insert(key);
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -464,8 +465,9 @@ impl Worker {
         let done: Done = Box::new(move |r| {
             let _ = reply.send(r.map(|_| out));
         });
-        self.stage(&m, &effects, None, round, done);
-        round.redefined.insert(m.def.key);
+        let key = m.def.key.clone();
+        self.stage(m, &effects, None, round, done);
+        round.redefined.insert(key);
     }
 
     /// Applies `signal` to monitor `key` and stages the result; a ping is recorded in the
@@ -515,7 +517,7 @@ impl Worker {
             state: new_state,
             last_run_ms,
         };
-        self.stage(&next, &effects, record, round, done);
+        self.stage(next, &effects, record, round, done);
     }
 
     /// The history entry of a ping, with the run's duration when it closed one.
@@ -641,7 +643,7 @@ impl Worker {
     /// in [`Round::redefined`].
     fn stage(
         &self,
-        m: &Monitor,
+        m: Monitor,
         effects: &[Effect],
         ping: Option<PingRecord>,
         round: &mut Round,
@@ -657,26 +659,26 @@ impl Worker {
             match *effect {
                 Effect::Transition { from, to, at } => {
                     let idx = u8::try_from(idx).unwrap_or(u8::MAX);
-                    self.stage_transition(m, (from, to, at), idx, round);
-                    if let Some((kind, reason)) = wording::warning(m, from, to) {
-                        self.stage_alert(m, kind, at, reason, round);
+                    self.stage_transition(&m, (from, to, at), idx, round);
+                    if let Some((kind, reason)) = wording::warning(&m, from, to) {
+                        self.stage_alert(&m, kind, at, reason, round);
                     }
                 }
                 Effect::Alert { ref reason, at } => {
-                    let reason = describe_down(reason, m, at);
-                    self.stage_alert(m, AlertKind::Down, at, reason, round);
+                    let reason = describe_down(reason, &m, at);
+                    self.stage_alert(&m, AlertKind::Down, at, reason, round);
                 }
                 Effect::Recovery { at } => {
-                    self.stage_alert(m, AlertKind::Recovery, at, RECOVERED.into(), round);
+                    self.stage_alert(&m, AlertKind::Recovery, at, RECOVERED.into(), round);
                 }
                 Effect::RunFinished { .. } => {}
             }
         }
-        round.monitors.insert(m.def.key.clone(), m.clone());
         if let Some(p) = ping {
             round.ping(m.num, p);
         }
         round.removed.remove(&m.def.key);
+        round.monitors.insert(m.def.key.clone(), m);
         round.done.push(done);
     }
 
