@@ -16,7 +16,8 @@
 //! durable routes: the disk's own flush latency (a probe of 200 `fdatasync`s just before
 //! the round), the commit log's fdatasync latency during the round (p50/p99), requests per
 //! fdatasync and the disk ceiling (that group size over the mean flush latency: the rate
-//! of an ideal group commit with fsyncs back to back), the machine's idle share, and the
+//! of an ideal group commit with fsyncs back to back), the bytes the commit log takes per
+//! writer record and per request, the machine's idle share, and the
 //! CPU time per request (and per fdatasync) of every server thread and of the generator.
 //!
 //! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
@@ -45,6 +46,7 @@ struct Readings {
     flushes: LatencySnapshot,
     groups: u64,
     records: u64,
+    bytes: u64,
 }
 
 impl Readings {
@@ -55,6 +57,7 @@ impl Readings {
             flushes: stats.flush.snapshot(),
             groups: stats.groups.load(Ordering::Relaxed),
             records: stats.records.load(Ordering::Relaxed),
+            bytes: stats.bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -68,6 +71,8 @@ struct Round {
     flushes: LatencySnapshot,
     groups: u64,
     records: u64,
+    /// Bytes the commit log took during the round.
+    bytes: u64,
     cpu: common::Cpu,
     idle: (f64, f64),
 }
@@ -79,6 +84,7 @@ impl Round {
             flushes: after.flushes.since(&before.flushes),
             groups: after.groups - before.groups,
             records: after.records - before.records,
+            bytes: after.bytes - before.bytes,
             cpu: after.threads.since(&before.threads),
             idle: after.machine.idle_since(&before.machine),
             outcome,
@@ -109,14 +115,16 @@ impl Round {
         if self.groups > 0 {
             out += &format!(
                 "\n      commit log: fdatasync {} (mean {:.0} µs), {:.0}/s, {:.1} requests and {:.1} writer records each; \
-                 disk ceiling {:.0}/s, reached {:.0} %",
+                 disk ceiling {:.0}/s, reached {:.0} %; {:.0} bytes per writer record, {:.0} per request",
                 common::describe_flushes(&self.flushes),
                 common::us(self.flushes.mean()),
                 self.groups as f64 / o.elapsed.as_secs_f64(),
                 self.group_size(),
                 self.records as f64 / self.groups as f64,
                 self.disk_ceiling(),
-                o.rate() / self.disk_ceiling() * 100.0
+                o.rate() / self.disk_ceiling() * 100.0,
+                self.bytes as f64 / self.records.max(1) as f64,
+                self.bytes as f64 / n
             );
         }
         out += &format!(

@@ -3,10 +3,11 @@
 //! change them.
 //!
 //! The engine writes nothing key by key: each round of its commands (pings, deadlines,
-//! edits) becomes one [`MonitorRound`] (monitors to put and remove, pings to append,
-//! transitions, timelines to trim, deliveries to queue), written as one durable unit with
-//! [`MonitorStore::commit_round`]. sled encodes it as one commit-log record, shared with
-//! whatever else commits in the same group; a SQL backend writes it as one transaction.
+//! edits) becomes one [`MonitorRound`] (monitors to put whole or by their state alone and
+//! to remove, pings to append, transitions, timelines to trim, deliveries to queue),
+//! written as one durable unit with [`MonitorStore::commit_round`]. sled encodes it as one
+//! commit-log record, shared with whatever else commits in the same group; a SQL backend
+//! writes it as one transaction.
 
 use std::sync::Arc;
 
@@ -25,9 +26,17 @@ pub struct MonitorRound {
     /// Monitors removed in the round, in order. They are applied before [`Self::put`],
     /// so a monitor removed and defined again in one round is stored.
     pub remove: Vec<Removal>,
-    /// Monitors to store (definition and state), each once, as the round left it; shared
-    /// with the engine, which publishes them once the round is durable.
+    /// Monitors whose definition changed in the round (defined, redefined, paused or
+    /// resumed), stored whole: definition and state, each once, as the round left it;
+    /// shared with the engine, which publishes them once the round is durable.
     pub put: Vec<Arc<Monitor>>,
+    /// Monitors whose state alone changed in the round (pings, deadlines, Job evidence):
+    /// their definition is the one stored, so a backend may write the state alone
+    /// ([`Monitor::state`] and [`Monitor::last_run_ms`]). A monitor is in at most one of
+    /// [`Self::put`] and `put_state`; one whose definition also changed in the round is in
+    /// `put`. A ping changes a few dozen bytes of a record of a kilobyte or more (targets,
+    /// token hash, alerting settings), and a herd of deadlines changes nothing else either.
+    pub put_state: Vec<Arc<Monitor>>,
     /// Pings to append to their monitor's history (by monitor number), in the order they
     /// came; a monitor keeps its newest [`Self::keep_pings`].
     pub pings: Vec<(u64, PingRecord)>,
@@ -48,6 +57,7 @@ impl MonitorRound {
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty()
             && self.put.is_empty()
+            && self.put_state.is_empty()
             && self.pings.is_empty()
             && self.transitions.is_empty()
             && self.trims.is_empty()

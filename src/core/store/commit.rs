@@ -135,6 +135,8 @@ pub struct CommitStats {
     pub groups: AtomicU64,
     /// Writers' records in those groups.
     pub records: AtomicU64,
+    /// Bytes those records took in the log: what a writer's record costs the disk.
+    pub bytes: AtomicU64,
 }
 
 impl Default for CommitStats {
@@ -145,6 +147,7 @@ impl Default for CommitStats {
             checkpoint: Histogram::default(),
             groups: AtomicU64::new(0),
             records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 }
@@ -874,6 +877,9 @@ impl<'a> CommitThread<'a> {
         stats
             .records
             .fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 

@@ -307,6 +307,140 @@ pub async fn a_retained_monitor_keeps_its_record_and_history(open: OpenMonitors)
     assert!(store.pings(kept.num, 10, 10).await.unwrap().is_empty());
 }
 
+/// `m` as a round that changed its state alone leaves it: pinged `pings` times, Up, its
+/// last run `pings` seconds long.
+fn pinged(m: &Monitor, pings: u64) -> Monitor {
+    let mut next = m.clone();
+    next.state.state = State::Up;
+    next.state.since = at(pings as i64);
+    next.state.last_ping_at = Some(at(pings as i64));
+    next.state.deadline = Some(at(pings as i64 + 60));
+    next.state.pings = pings;
+    next.last_run_ms = Some(pings * 1000);
+    next
+}
+
+fn whole(m: &Monitor) -> MonitorRound {
+    MonitorRound {
+        put: vec![m.clone().into()],
+        ..Default::default()
+    }
+}
+
+fn state_only(m: &Monitor) -> MonitorRound {
+    MonitorRound {
+        put_state: vec![m.clone().into()],
+        ..Default::default()
+    }
+}
+
+pub async fn a_state_round_after_a_whole_one_is_there_merged_after_a_reopen(open: OpenMonitors) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path().into()).await;
+    let store = s.monitors.as_ref();
+    let (m, other) = (monitor(store, "nightly"), monitor(store, "other"));
+    commit(store, whole(&m)).await.unwrap();
+    commit(store, whole(&other)).await.unwrap();
+    // Rounds handed over without waiting, as the engine does; the last one resolving
+    // means every one before it did.
+    for n in 1..5 {
+        store.commit_round(state_only(&pinged(&m, n)), Box::new(|_| {}));
+    }
+    commit(store, state_only(&pinged(&m, 5))).await.unwrap();
+    drop(s);
+
+    let s = open(dir.path().into()).await;
+    assert_eq!(
+        loaded(s.monitors.as_ref()).await,
+        vec![pinged(&m, 5), other.clone()]
+    );
+}
+
+pub async fn a_whole_round_after_a_state_round_wins(open: OpenMonitors) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path().into()).await;
+    let store = s.monitors.as_ref();
+    let m = monitor(store, "nightly");
+    commit(store, whole(&m)).await.unwrap();
+    commit(store, state_only(&pinged(&m, 3))).await.unwrap();
+    // Redefined (paused) with a state of its own: the whole record is all there is.
+    let mut redefined = m.clone();
+    redefined.def.paused = true;
+    redefined.def.grace_secs += 30;
+    redefined.state = MonitorState::created(&redefined.def.timing(), at(10), true);
+    commit(store, whole(&redefined)).await.unwrap();
+    drop(s);
+
+    let s = open(dir.path().into()).await;
+    let store = s.monitors.as_ref();
+    assert_eq!(loaded(store).await, vec![redefined.clone()]);
+    // And a state round after that one is laid over it again.
+    let later = pinged(&redefined, 4);
+    commit(store, state_only(&later)).await.unwrap();
+    drop(s);
+    let s = open(dir.path().into()).await;
+    assert_eq!(loaded(s.monitors.as_ref()).await, vec![later]);
+}
+
+pub async fn a_deleted_monitor_leaves_no_state_behind(open: OpenMonitors) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path().into()).await;
+    let store = s.monitors.as_ref();
+    let m = monitor(store, "nightly");
+    commit(store, whole(&m)).await.unwrap();
+    commit(store, state_only(&pinged(&m, 3))).await.unwrap();
+    let round = MonitorRound {
+        remove: vec![Removal {
+            key: m.def.key.clone(),
+            num: m.num,
+            retain: None,
+        }],
+        ..Default::default()
+    };
+    commit(store, round).await.unwrap();
+    drop(s);
+
+    let s = open(dir.path().into()).await;
+    let store = s.monitors.as_ref();
+    assert!(loaded(store).await.is_empty());
+    // Defined again under the same key: it starts from its own record, not the old state.
+    let again = monitor(store, "nightly");
+    commit(store, whole(&again)).await.unwrap();
+    drop(s);
+    let s = open(dir.path().into()).await;
+    assert_eq!(loaded(s.monitors.as_ref()).await, vec![again]);
+}
+
+pub async fn a_retained_record_carries_the_newest_state(open: OpenMonitors) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path().into()).await;
+    let store = s.monitors.as_ref();
+    let m = monitor(store, "nightly");
+    commit(store, whole(&m)).await.unwrap();
+    commit(store, state_only(&pinged(&m, 3))).await.unwrap();
+    // The engine hands over the monitor as it has it, with the state of the last round.
+    let newest = pinged(&m, 4);
+    let round = MonitorRound {
+        remove: vec![Removal {
+            key: m.def.key.clone(),
+            num: m.num,
+            retain: Some(newest.clone()),
+        }],
+        ..Default::default()
+    };
+    commit(store, round).await.unwrap();
+    drop(s);
+
+    let s = open(dir.path().into()).await;
+    let store = s.monitors.as_ref();
+    assert!(loaded(store).await.is_empty());
+    assert_eq!(
+        store.retained(m.def.key.clone()).await.unwrap(),
+        Some(newest.clone())
+    );
+    assert_eq!(store.find_retained(&m.def.key).unwrap(), Some(newest));
+}
+
 /// Queues `deliveries` the way the engine does: in a round.
 async fn queue(s: &MonitorStorage, deliveries: Vec<Delivery>) {
     let round = MonitorRound {

@@ -417,6 +417,8 @@ mod tests {
         refuse: AtomicBool,
         hold: AtomicBool,
         held: std::sync::Mutex<Vec<(MonitorRound, RoundDone)>>,
+        /// The keys each round handed over put whole and by state alone.
+        puts: std::sync::Mutex<Vec<(Vec<String>, Vec<String>)>>,
     }
 
     impl Gated {
@@ -464,6 +466,11 @@ mod tests {
         }
 
         fn commit_round(&self, round: MonitorRound, done: RoundDone) {
+            let keys = |put: &[Arc<Monitor>]| put.iter().map(|m| m.def.key.clone()).collect();
+            self.puts
+                .lock()
+                .unwrap()
+                .push((keys(&round.put), keys(&round.put_state)));
             if self.refuse.load(Ordering::Relaxed) {
                 // Reported from another thread, as a backend's writer would.
                 std::thread::spawn(move || {
@@ -641,5 +648,44 @@ mod tests {
             assert_eq!(p.await.unwrap().unwrap(), PingOutcome::Ok);
         }
         assert_eq!(engine.pings(m.num, 1).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_writes_whole_only_the_monitors_whose_definition_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let store = Gated::over(storage.monitors);
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let engine =
+            Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
+        let now = engine.clock().now();
+        engine.upsert(def("job", now)).await.unwrap();
+        engine.upsert(def("other", now)).await.unwrap();
+        engine.ping("ns/job", success()).await.unwrap();
+        engine.set_paused("ns/other", true).await.unwrap();
+        // A ping and a redefinition of one monitor in one round: written whole.
+        engine.stall(Duration::from_millis(300));
+        let mut changed = def("job", now);
+        changed.grace_secs = 30;
+        let (pinged, defined) =
+            tokio::join!(engine.ping("ns/job", success()), engine.upsert(changed));
+        pinged.unwrap();
+        assert_eq!(defined.unwrap().def.grace_secs, 30);
+        engine.ping("ns/other", success()).await.unwrap();
+
+        let keys = |k: &[&str]| k.iter().map(|k| format!("ns/{k}")).collect::<Vec<_>>();
+        assert_eq!(
+            *store.puts.lock().unwrap(),
+            vec![
+                (keys(&["job"]), keys(&[])),
+                (keys(&["other"]), keys(&[])),
+                (keys(&[]), keys(&["job"])),
+                (keys(&["other"]), keys(&[])),
+                (keys(&["job"]), keys(&[])),
+                (keys(&[]), keys(&["other"])),
+            ]
+        );
+        let job = engine.get("ns/job").unwrap();
+        assert_eq!((job.state.pings, job.def.grace_secs), (2, 30));
     }
 }

@@ -90,6 +90,10 @@ struct Round {
     /// Monitor records to store, by key: a monitor stepped several times in one round
     /// (pings in a burst) is written once, with its last state.
     monitors: HashMap<String, Monitor>,
+    /// Monitors among [`Self::monitors`] whose definition changed in the round (defined,
+    /// redefined, paused or resumed): written whole. The others changed their state alone
+    /// and are written as state ([`MonitorRound::put_state`]).
+    redefined: std::collections::HashSet<String>,
     /// About how many bytes the round's pings make their blocks take (see [`ROUND_BYTES`]).
     ping_bytes: usize,
     /// Monitors the round appended pings for.
@@ -426,7 +430,9 @@ impl Worker {
                 let done: Done = Box::new(move |r| {
                     let _ = reply.send(r.map(|_| out));
                 });
-                self.stage(&m, &effects, None, round, done);
+                let key = m.def.key.clone();
+                self.stage(m, &effects, None, round, done);
+                round.redefined.insert(key);
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -459,7 +465,9 @@ impl Worker {
         let done: Done = Box::new(move |r| {
             let _ = reply.send(r.map(|_| out));
         });
-        self.stage(&m, &effects, None, round, done);
+        let key = m.def.key.clone();
+        self.stage(m, &effects, None, round, done);
+        round.redefined.insert(key);
     }
 
     /// Applies `signal` to monitor `key` and stages the result; a ping is recorded in the
@@ -509,7 +517,7 @@ impl Worker {
             state: new_state,
             last_run_ms,
         };
-        self.stage(&next, &effects, record, round, done);
+        self.stage(next, &effects, record, round, done);
     }
 
     /// The history entry of a ping, with the run's duration when it closed one.
@@ -610,6 +618,7 @@ impl Worker {
         };
         self.transitions_since_trim.borrow_mut().remove(&m.num);
         round.monitors.remove(key);
+        round.redefined.remove(key);
         round.removed.insert(key.to_string());
         let num = m.num;
         // Kept with history and state under the retained key, so a re-created monitor
@@ -629,10 +638,12 @@ impl Worker {
     }
 
     /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
-    /// effects call for); readers see it and `done` runs once the round is on disk.
+    /// effects call for); readers see it and `done` runs once the round is on disk. It is
+    /// written as its state alone unless the caller changed its definition and marks it
+    /// in [`Round::redefined`].
     fn stage(
         &self,
-        m: &Monitor,
+        m: Monitor,
         effects: &[Effect],
         ping: Option<PingRecord>,
         round: &mut Round,
@@ -648,26 +659,26 @@ impl Worker {
             match *effect {
                 Effect::Transition { from, to, at } => {
                     let idx = u8::try_from(idx).unwrap_or(u8::MAX);
-                    self.stage_transition(m, (from, to, at), idx, round);
-                    if let Some((kind, reason)) = wording::warning(m, from, to) {
-                        self.stage_alert(m, kind, at, reason, round);
+                    self.stage_transition(&m, (from, to, at), idx, round);
+                    if let Some((kind, reason)) = wording::warning(&m, from, to) {
+                        self.stage_alert(&m, kind, at, reason, round);
                     }
                 }
                 Effect::Alert { ref reason, at } => {
-                    let reason = describe_down(reason, m, at);
-                    self.stage_alert(m, AlertKind::Down, at, reason, round);
+                    let reason = describe_down(reason, &m, at);
+                    self.stage_alert(&m, AlertKind::Down, at, reason, round);
                 }
                 Effect::Recovery { at } => {
-                    self.stage_alert(m, AlertKind::Recovery, at, RECOVERED.into(), round);
+                    self.stage_alert(&m, AlertKind::Recovery, at, RECOVERED.into(), round);
                 }
                 Effect::RunFinished { .. } => {}
             }
         }
-        round.monitors.insert(m.def.key.clone(), m.clone());
         if let Some(p) = ping {
             round.ping(m.num, p);
         }
         round.removed.remove(&m.def.key);
+        round.monitors.insert(m.def.key.clone(), m);
         round.done.push(done);
     }
 
@@ -782,7 +793,10 @@ impl Worker {
             }
         }
         let mut writes = std::mem::take(&mut round.writes);
-        writes.put = monitors.clone();
+        (writes.put, writes.put_state) = monitors
+            .iter()
+            .cloned()
+            .partition(|m| round.redefined.contains(&m.def.key));
         writes.keep_pings = self.config.ping_history;
         self.written.hand_over(commands);
         let published = Published {

@@ -21,11 +21,19 @@ pub enum Family {
     Transition = 4,
     /// A block of consecutive pings, by monitor number and block index.
     PingBlock = 5,
+    /// A monitor's state alone, by `namespace/name`, written by the rounds that changed
+    /// nothing else; newer than the state in the monitor's record while it exists.
+    State = 6,
 }
 
 /// Key of a monitor's record.
 pub fn monitor_key(key: &str) -> Vec<u8> {
     named(Family::Monitor, key)
+}
+
+/// Key of a monitor's state record.
+pub fn state_key(key: &str) -> Vec<u8> {
+    named(Family::State, key)
 }
 
 /// Key of a retained monitor's last record.
@@ -78,5 +86,6 @@ mod tests {
                 .all(|k| k.starts_with(&numbered_prefix(Family::Transition, 7)))
         );
         assert_ne!(monitor_key("a/b")[0], retained_key("a/b")[0]);
+        assert_eq!(monitor_key("a/b")[1..], state_key("a/b")[1..]);
     }
 }

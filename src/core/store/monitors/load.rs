@@ -5,7 +5,14 @@
 //! chunks, one per core decodes them, and the calling thread files the monitors as they
 //! come to the engine: a bounded number of chunks is in flight, so memory stays that of
 //! the monitors.
+//!
+//! The reading thread walks the monitor records and the state records side by side: both
+//! families are sorted by the monitor's key, so one pass over each pairs a record with
+//! its state record, if it has one, which the decoder lays over the record's state (a
+//! state record is always the newer, see [`super::state`]). A state record without a
+//! monitor record is none of a live monitor's, and is skipped.
 
+use std::iter::Peekable;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -16,13 +23,19 @@ use crate::core::store::StoreError;
 /// Records decoded as one piece of work.
 const CHUNK: usize = 2048;
 
+/// A monitor's record and its state record, if it has one, as read.
+type Raw = (sled::IVec, Option<sled::IVec>);
+
+/// What the reading thread hands the decoders.
+type RawChunk = Result<Vec<Raw>, sled::Error>;
+
 /// Hands every stored monitor to `batch`, a decoded chunk at a time.
 pub(super) fn load_monitors(
     tree: &sled::Tree,
     batch: &mut dyn FnMut(Vec<Monitor>),
 ) -> Result<(), StoreError> {
     let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let (raw_tx, raw_rx) = sync_channel::<Result<Vec<sled::IVec>, sled::Error>>(decoders * 2);
+    let (raw_tx, raw_rx) = sync_channel::<RawChunk>(decoders * 2);
     let (done_tx, done_rx) = sync_channel::<Result<Vec<Monitor>, StoreError>>(decoders * 2);
     let raw_rx = Mutex::new(raw_rx);
     std::thread::scope(|s| {
@@ -51,13 +64,15 @@ pub(super) fn load_monitors(
     })
 }
 
-/// Sends the stored monitor records in chunks; stops at the first error (which it sends)
-/// or when nobody receives any more.
-fn read_chunks(tree: &sled::Tree, out: &SyncSender<Result<Vec<sled::IVec>, sled::Error>>) {
+/// Sends the stored monitor records, each with its state record, in chunks; stops at the
+/// first error (which it sends) or when nobody receives any more.
+fn read_chunks(tree: &sled::Tree, out: &SyncSender<RawChunk>) {
+    let mut states = tree.scan_prefix([Family::State as u8]).peekable();
     let mut chunk = Vec::with_capacity(CHUNK);
-    for item in tree.scan_prefix([Family::Monitor as u8]).values() {
-        match item {
-            Ok(v) => chunk.push(v),
+    for item in tree.scan_prefix([Family::Monitor as u8]) {
+        let paired = item.and_then(|(k, v)| Ok((state_of(&mut states, &k)?, v)));
+        match paired {
+            Ok((state, v)) => chunk.push((v, state)),
             Err(e) => {
                 let _ = out.send(Err(e));
                 return;
@@ -76,9 +91,37 @@ fn read_chunks(tree: &sled::Tree, out: &SyncSender<Result<Vec<sled::IVec>, sled:
     }
 }
 
+/// The state record of the monitor whose record is under `key` (family byte and all),
+/// from the state records' scan, which is at or before it: state records of keys before
+/// it (without a monitor record) are passed over.
+fn state_of(
+    states: &mut Peekable<sled::Iter>,
+    key: &[u8],
+) -> Result<Option<sled::IVec>, sled::Error> {
+    let name = key.get(1..).unwrap_or_default();
+    while let Some(next) = states.peek() {
+        let Ok((k, _)) = next else {
+            return match states.next() {
+                Some(Err(e)) => Err(e),
+                _ => Ok(None),
+            };
+        };
+        match k.get(1..).unwrap_or_default().cmp(name) {
+            std::cmp::Ordering::Less => {
+                states.next();
+            }
+            std::cmp::Ordering::Equal => {
+                return Ok(states.next().and_then(Result::ok).map(|(_, v)| v));
+            }
+            std::cmp::Ordering::Greater => return Ok(None),
+        }
+    }
+    Ok(None)
+}
+
 /// Decodes chunks until the reader is done.
 fn decode_chunks(
-    input: &Mutex<Receiver<Result<Vec<sled::IVec>, sled::Error>>>,
+    input: &Mutex<Receiver<RawChunk>>,
     out: &SyncSender<Result<Vec<Monitor>, StoreError>>,
 ) {
     loop {
@@ -86,15 +129,7 @@ fn decode_chunks(
         let decoded = match next {
             Err(_) => return,
             Ok(Err(e)) => Err(StoreError::from(e)),
-            Ok(Ok(raw)) => raw
-                .iter()
-                .map(|v| {
-                    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-                        what: "monitor record".into(),
-                        detail: e.to_string(),
-                    })
-                })
-                .collect(),
+            Ok(Ok(raw)) => raw.iter().map(decode).collect(),
         };
         if out.send(decoded).is_err() {
             return;
@@ -102,12 +137,25 @@ fn decode_chunks(
     }
 }
 
+/// A monitor from its record, with its state record's state if it has one.
+fn decode((v, state): &Raw) -> Result<Monitor, StoreError> {
+    let mut m: Monitor = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        what: "monitor record".into(),
+        detail: e.to_string(),
+    })?;
+    if let Some(state) = state {
+        super::state::apply(&mut m, state)?;
+    }
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::monitor::engine::{Monitors, sample};
     use crate::core::monitor::state::State;
-    use crate::core::store::monitors::keys::monitor_key;
+    use crate::core::store::monitors::keys::{monitor_key, state_key};
+    use crate::core::store::monitors::state;
 
     fn load(tree: &sled::Tree) -> Result<Monitors, StoreError> {
         let mut all = Monitors::default();
@@ -142,6 +190,44 @@ mod tests {
             Some("ns/m17".into())
         );
         tree.insert(monitor_key("ns/broken"), &b"{"[..]).unwrap();
+        assert!(matches!(load(&tree), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_state_record_is_laid_over_its_monitors_record_and_one_without_a_monitor_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("monitors").unwrap();
+        // Whole records as every version writes them; state records for some, keyed so
+        // that both scans must skip ahead of each other.
+        let n = CHUNK + 100;
+        let mut expected = Vec::new();
+        for i in 0..n {
+            let mut m = sample(&format!("ns/m{i:05}"), State::New);
+            tree.insert(monitor_key(&m.def.key), serde_json::to_vec(&m).unwrap())
+                .unwrap();
+            if i % 7 == 3 {
+                m.state.state = State::Up;
+                m.state.pings = i as u64;
+                m.last_run_ms = Some(i as u64);
+                tree.insert(state_key(&m.def.key), state::encode(&m).unwrap())
+                    .unwrap();
+            }
+            expected.push(m);
+        }
+        for orphan in ["ns/a", "ns/m00003x", "ns/zz"] {
+            let m = sample(orphan, State::Down);
+            tree.insert(state_key(orphan), state::encode(&m).unwrap())
+                .unwrap();
+        }
+        let all = load(&tree).unwrap();
+        assert_eq!(all.len(), n);
+        for m in &expected {
+            assert_eq!(all.get(&m.def.key), Some(m));
+        }
+        assert_eq!(all.count(State::Down), 0);
+
+        tree.insert(state_key("ns/m00010"), &b"{"[..]).unwrap();
         assert!(matches!(load(&tree), Err(StoreError::Corrupt { .. })));
     }
 }

@@ -1,19 +1,22 @@
 //! Monitors in sled, behind [`MonitorStore`]: one tree, `monitors`, with a family byte per
-//! kind of record ([`keys`]): monitor records, ping blocks ([`pings`]), timeline entries
-//! and the records of monitors deleted with their data retained.
+//! kind of record ([`keys`]): monitor records, monitors' state records ([`state`]), ping
+//! blocks ([`pings`]), timeline entries and the records of monitors deleted with their
+//! data retained.
 //!
 //! A round of the engine becomes one commit-log record: its removals, trims and timeline
 //! entries, the ping blocks it appended to (and the blocks that fell out of the kept
-//! window), its monitor records, and last the deliveries it queues, put into the outbox's
-//! pending tree only where none is queued under the same key. The round is prepared on the
-//! engine's thread through the committer's [`PendingReader`](super::commit::PendingReader),
-//! which sees the rounds before it that are still on their way to disk, and handed to the
-//! group committer without waiting: the engine gathers the next round while the disk
-//! flushes this one.
+//! window), its monitor records (whole where the definition changed, with the state record
+//! removed; the state record alone where only the state did), and last the deliveries it
+//! queues, put into the outbox's pending tree only where none is queued under the same key.
+//! The round is prepared on the engine's thread through the committer's
+//! [`PendingReader`](super::commit::PendingReader), which sees the rounds before it that
+//! are still on their way to disk, and handed to the group committer without waiting: the
+//! engine gathers the next round while the disk flushes this one.
 
 pub mod keys;
 mod load;
 mod pings;
+mod state;
 
 use super::commit::Progress;
 use super::port::blocking;
@@ -23,7 +26,7 @@ use crate::core::alert::outbox::delivery_key;
 use crate::core::monitor::engine::{Monitor, TransitionRecord};
 use crate::core::monitor::history::PingRecord;
 use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError, StorageFuture};
-use keys::{Family, monitor_key, numbered_prefix, retained_key, transition_key};
+use keys::{Family, monitor_key, numbered_prefix, retained_key, state_key, transition_key};
 
 /// Monitors, ping history and timelines in sled.
 pub struct SledMonitors {
@@ -50,7 +53,9 @@ impl SledMonitors {
     }
 
     /// A round as writes, in the order of one record: removals, trims and timeline
-    /// entries, then ping blocks, monitor records and queued deliveries.
+    /// entries, then ping blocks, monitor and state records and queued deliveries. A
+    /// removal and a whole record remove the state record with it, so a state record
+    /// found is always newer than its monitor's record ([`state`]).
     fn round_writes(&self, round: MonitorRound) -> Result<Vec<Mutation>, StoreError> {
         let reader = self.store.committer().reader();
         let tree = &self.tree;
@@ -58,11 +63,13 @@ impl SledMonitors {
             round.remove.len()
                 + round.transitions.len()
                 + round.pings.len()
-                + round.put.len()
+                + round.put.len() * 2
+                + round.put_state.len()
                 + round.deliveries.len(),
         );
         for r in &round.remove {
             writes.push(Mutation::remove(tree, monitor_key(&r.key)));
+            writes.push(Mutation::remove(tree, state_key(&r.key)));
             if let Some(m) = &r.retain {
                 // History and state stay, under the retained key, for a re-created monitor.
                 writes.push(Mutation::put(tree, retained_key(&r.key), encode(m)?));
@@ -101,6 +108,14 @@ impl SledMonitors {
                 tree,
                 monitor_key(&m.def.key),
                 encode(m.as_ref())?,
+            ));
+            writes.push(Mutation::remove(tree, state_key(&m.def.key)));
+        }
+        for m in &round.put_state {
+            writes.push(Mutation::put(
+                tree,
+                state_key(&m.def.key),
+                state::encode(m)?,
             ));
         }
         for d in &round.deliveries {
@@ -255,7 +270,8 @@ mod tests {
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let sled = SledMonitors::open(&store).unwrap();
         let (mut kept, mut gone) = (sample("ns/kept", State::Down), sample("ns/gone", State::Up));
-        (kept.num, gone.num) = (7, 8);
+        let mut pinged = sample("ns/pinged", State::Up);
+        (kept.num, gone.num, pinged.num) = (7, 8, 9);
         let hook = Target::Webhook {
             url: "http://alerts.invalid/hook".into(),
         };
@@ -266,6 +282,7 @@ mod tests {
                 retain: None,
             }],
             put: vec![Arc::new(kept.clone())],
+            put_state: vec![Arc::new(pinged)],
             pings: vec![(kept.num, sample_ping(1)), (kept.num, sample_ping(2))],
             keep_pings: 10,
             transitions: vec![(
@@ -288,15 +305,21 @@ mod tests {
             shape(&writes),
             vec![
                 (monitors(), f(Family::Monitor), "remove"),
+                (monitors(), f(Family::State), "remove"),
                 (monitors(), f(Family::Retained), "remove"),
                 (monitors(), f(Family::Transition), "put"),
                 // Both pings in one block, written once.
                 (monitors(), f(Family::PingBlock), "put"),
+                // A whole record takes the place of the state record.
                 (monitors(), f(Family::Monitor), "put"),
+                (monitors(), f(Family::State), "remove"),
+                // The state alone where only the state changed.
+                (monitors(), f(Family::State), "put"),
                 ("outbox".to_string(), b'n', "put if absent"),
             ]
         );
-        assert_eq!(writes[3].key, pings::block_key(kept.num, 1).to_vec());
+        assert_eq!(writes[4].key, pings::block_key(kept.num, 1).to_vec());
+        assert_eq!(writes[7].key, state_key("ns/pinged"));
 
         // Handed over as one record of the commit log.
         let before = store.committer().stats().records.load(Ordering::Relaxed);

@@ -1,0 +1,103 @@
+//! A monitor's state record: what a round that changed nothing but a monitor's state
+//! (a ping, a deadline, a Job's evidence) writes in place of the whole record.
+//!
+//! The whole record holds the definition too (targets, token hash, ping hint, alerting
+//! settings), a kilobyte or more; encoding, logging and applying it for every ping was
+//! most of what a ping cost the engine and the committer. The state record holds
+//! [`MonitorState`] and the last run's duration, as JSON like every record of the tree
+//! (about 150 bytes for a monitor pinged on an interval).
+//!
+//! It lives under [`Family::State`](super::keys::Family::State) with the monitor's key, so
+//! the state records sort like the monitor records and loading merges both ranges in one
+//! pass. Ordering: a state record is always newer than the state inside the monitor's
+//! record, because every write of the whole record (and every removal) removes the state
+//! record in the same commit-log record. A store written before state records existed has
+//! none, and loads as it did.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::monitor::engine::Monitor;
+use crate::core::monitor::state::MonitorState;
+use crate::core::store::StoreError;
+
+/// The state record as written, borrowing from the monitor.
+#[derive(Serialize)]
+struct StateRef<'a> {
+    state: &'a MonitorState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_run_ms: Option<u64>,
+}
+
+/// The state record as read.
+#[derive(Deserialize)]
+struct Stored {
+    state: MonitorState,
+    #[serde(default)]
+    last_run_ms: Option<u64>,
+}
+
+/// `m`'s state record.
+pub(super) fn encode(m: &Monitor) -> Result<Vec<u8>, StoreError> {
+    let record = StateRef {
+        state: &m.state,
+        last_run_ms: m.last_run_ms,
+    };
+    serde_json::to_vec(&record)
+        .map_err(|e| StoreError::Write(format!("encoding a monitor's state: {e}")))
+}
+
+/// `m` with the state of the stored state record `v` in place of its own.
+pub(super) fn apply(m: &mut Monitor, v: &[u8]) -> Result<(), StoreError> {
+    let stored: Stored = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        what: format!("state of monitor {}", m.def.key),
+        detail: e.to_string(),
+    })?;
+    m.state = stored.state;
+    m.last_run_ms = stored.last_run_ms;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::alert::message::Target;
+    use crate::core::monitor::engine::sample;
+    use crate::core::monitor::state::State;
+
+    #[test]
+    fn a_state_record_carries_the_state_and_the_last_run_and_is_small() {
+        let mut m = sample("ns/nightly-backup", State::Up);
+        m.state.last_ping_at = Some(m.state.since);
+        m.state.deadline = Some(m.state.since);
+        m.state.pings = 1_234_567;
+        m.last_run_ms = Some(42_000);
+        m.def.targets = vec![Target::Webhook {
+            url: "https://alerts.example.com/hooks/hartslag".into(),
+        }];
+        m.def.ping_hint = "curl -fsS -X POST https://hartslag.example.com/ping/…".into();
+        let v = encode(&m).unwrap();
+        let whole = serde_json::to_vec(&m).unwrap();
+        assert!(v.len() < 200, "{} bytes", v.len());
+        assert!(
+            v.len() * 2 < whole.len(),
+            "{} of {} bytes",
+            v.len(),
+            whole.len()
+        );
+
+        eprintln!(
+            "state record {} bytes, whole record {}",
+            v.len(),
+            whole.len()
+        );
+
+        let mut loaded = m.clone();
+        (loaded.state, loaded.last_run_ms) = (sample("ns/other", State::Down).state, None);
+        apply(&mut loaded, &v).unwrap();
+        assert_eq!(loaded, m);
+        assert!(matches!(
+            apply(&mut loaded, b"{\"state\":"),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
