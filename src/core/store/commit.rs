@@ -254,7 +254,18 @@ impl Inner {
 }
 
 /// What sealing a batch gives: its record and callback, nothing, or a database failure.
-pub type Sealed = Result<Option<(Vec<Mutation>, Notify)>, CommitError>;
+pub type Sealed = Result<Option<(Vec<Mutation>, Notify)>, SealFailure>;
+
+/// A database failure while a batch was sealed, with the callback that tells the batch's
+/// writers: the commit thread stops every write first and then calls it with
+/// [`Progress::Failed`], so a writer answered "not stored" finds the committer's health
+/// failing already (a client that reads `/healthz` after a 503 never sees it pass).
+pub struct SealFailure {
+    /// What failed: the committer stops with it.
+    pub cause: CommitError,
+    /// Called once with [`Progress::Failed`] after the committer has stopped.
+    pub notify: Notify,
+}
 
 /// How the commit thread turns a writer's open batch into a record.
 pub trait Sealer<T>: Send + 'static {
@@ -754,6 +765,7 @@ impl<'a> CommitThread<'a> {
     fn seal_batches(&mut self, group: &mut Vec<Entry>) {
         let reader = PendingReader { inner: self.inner };
         let mut failure = None;
+        let mut refused = Vec::new();
         for batch in self.inner.batches().iter_mut() {
             match batch.seal(&reader) {
                 Ok(Some((writes, notify))) => {
@@ -766,16 +778,21 @@ impl<'a> CommitThread<'a> {
                     });
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    failure.get_or_insert(e);
+                Err(f) => {
+                    failure.get_or_insert(f.cause);
+                    refused.push(f.notify);
                 }
             }
         }
-        if let Some(e) = failure
-            && self.refusal().is_none()
-        {
+        let Some(e) = failure else {
+            return;
+        };
+        if self.refusal().is_none() {
             tracing::error!(error = %e, "the database failed while a record was prepared; refusing every write until a restart");
             fail_all(self.inner.halt(e.clone()), &halted(&e));
+        }
+        for mut notify in refused {
+            notify(Progress::Failed(&e));
         }
     }
 
@@ -1412,6 +1429,50 @@ mod tests {
         let bound = CHECKPOINT_BYTES + GROUP_BYTES as u64 + 4 * 1024 * 1024;
         assert!(size <= bound, "the log file grew to {size} bytes");
         assert_eq!(tree.len(), 49);
+    }
+
+    /// Fails every batch as a database that cannot be read would, and notes whether the
+    /// committer's health had already failed when its writers were told.
+    struct Broken {
+        committer: Arc<Mutex<Option<Committer>>>,
+        healthy_when_told: Arc<Mutex<Vec<bool>>>,
+    }
+
+    impl Sealer<Vec<u32>> for Broken {
+        fn seal(&mut self, _: Vec<u32>, _: &PendingReader<'_>) -> Sealed {
+            let (committer, told) = (self.committer.clone(), self.healthy_when_told.clone());
+            Err(SealFailure {
+                cause: CommitError::Stopped,
+                notify: Box::new(move |progress| {
+                    assert!(matches!(progress, Progress::Failed(_)));
+                    let c = committer.lock().unwrap();
+                    let healthy = c.as_ref().map(|c| c.health().is_ok());
+                    told.lock().unwrap().push(healthy.unwrap_or(true));
+                }),
+            })
+        }
+
+        fn fail(&mut self, _: Vec<u32>, _: &CommitError) {}
+    }
+
+    #[test]
+    fn writers_of_a_batch_that_could_not_be_sealed_hear_of_it_after_the_committer_stopped() {
+        let (_dir, _db, c, _tree) = open();
+        let committer = Arc::new(Mutex::new(Some(c.clone())));
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let batch = c.open_batch(Broken {
+            committer: committer.clone(),
+            healthy_when_told: told.clone(),
+        });
+        batch.add(|b| b.push(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while told.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the batch was never refused");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(*told.lock().unwrap(), [false]);
+        assert!(c.health().is_err());
+        committer.lock().unwrap().take();
     }
 
     /// A committer on a fresh database, with tree `t` to write to.

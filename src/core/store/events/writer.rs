@@ -18,7 +18,7 @@ use super::Visibility;
 use super::batch::{EventWrite, NameCounts, Outcome, Prepare};
 use crate::core::metrics::MetricRegistry;
 use crate::core::store::commit::{
-    CommitError, Notify, OpenBatch, PendingReader, Progress, Sealed, Sealer,
+    CommitError, Notify, OpenBatch, PendingReader, Progress, SealFailure, Sealed, Sealer,
 };
 use crate::core::store::{Store, StoreError};
 
@@ -179,13 +179,24 @@ impl Sealer<Vec<Work>> for Seal {
                 tracing::error!(error = %e, "preparing a batch of events failed");
                 // Names counted for this batch were never stored.
                 self.names.forget(None);
-                for job in jobs {
-                    let _ = job.ack.send(Err(e.to_string()));
-                }
-                // sled failing (a full disk) stops every write, as a failed write does.
+                let message = e.to_string();
+                let mut jobs = Some(jobs);
+                let mut answer = move || {
+                    for job in jobs.take().into_iter().flatten() {
+                        let _ = job.ack.send(Err(message.clone()));
+                    }
+                };
+                // sled failing (a full disk) stops every write, as a failed write does;
+                // the writers hear of it once the committer has stopped.
                 return match e {
-                    StoreError::Sled(e) => Err(CommitError::Database(Arc::new(e))),
-                    _ => Ok(None),
+                    StoreError::Sled(e) => Err(SealFailure {
+                        cause: CommitError::Database(Arc::new(e)),
+                        notify: Box::new(move |_| answer()),
+                    }),
+                    _ => {
+                        answer();
+                        Ok(None)
+                    }
                 };
             }
         };
