@@ -208,10 +208,12 @@ fn server_load(
     )
 }
 
-/// Removes namespace `ns` with its Heartbeats (which carry no finalizer).
+/// Removes namespace `ns` with its Heartbeats (which carry no finalizer) and waits until it
+/// is gone: the namespace controller deletes its thousands of objects one request at a time,
+/// and a round measured meanwhile shares the API server with that.
 fn teardown_many(ns: &str) {
     let _ = std::process::Command::new("kubectl")
-        .args(["delete", "namespace", ns, "--wait=false"])
+        .args(["delete", "namespace", ns, "--wait=true", "--timeout=600s"])
         .output();
 }
 
