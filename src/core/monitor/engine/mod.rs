@@ -539,10 +539,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_round_the_store_refuses_is_answered_with_its_error_and_never_published() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = open_monitor_storage(dir.path());
+    /// An engine over the embedded store behind a [`Gated`] one, with monitor `ns/job`.
+    async fn gated_engine(dir: &std::path::Path) -> (Arc<Gated>, Engine, Monitor) {
+        let storage = open_monitor_storage(dir);
         let store = Gated::over(storage.monitors);
         let outbox = Outbox::new(storage.outbox, Default::default());
         let engine =
@@ -551,6 +550,13 @@ mod tests {
             .upsert(def("job", engine.clock().now()))
             .await
             .unwrap();
+        (store, engine, m)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_the_store_refuses_is_answered_with_its_error_and_never_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, engine, m) = gated_engine(dir.path()).await;
         let mut changes = engine.subscribe();
         store.refuse.store(true, Ordering::Relaxed);
         let err = engine.ping("ns/job", success()).await.unwrap_err();
@@ -607,15 +613,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_worker_stops_taking_commands_while_the_store_lags_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = open_monitor_storage(dir.path());
-        let store = Gated::over(storage.monitors);
-        let outbox = Outbox::new(storage.outbox, Default::default());
-        let engine =
-            Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
-        let m = engine
-            .upsert(def("job", engine.clock().now()))
-            .await
-            .unwrap();
+        let (store, engine, m) = gated_engine(dir.path()).await;
         store.hold.store(true, Ordering::Relaxed);
         let bound = worker::MAX_IN_FLIGHT;
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
