@@ -293,15 +293,7 @@ pub async fn a_retained_monitor_keeps_its_record_and_history(open: OpenMonitors)
     assert!(store.pings(gone.num, 10, 10).await.unwrap().is_empty());
     assert!(store.transitions(gone.num, 10).await.unwrap().is_empty());
     // Defined again and deleted for good: the retained record and its history go.
-    let round = MonitorRound {
-        remove: vec![Removal {
-            key: kept.def.key.clone(),
-            num: kept.num,
-            retain: None,
-        }],
-        ..Default::default()
-    };
-    commit(store, round).await.unwrap();
+    commit(store, removal(&kept, None)).await.unwrap();
     assert_eq!(store.retained(kept.def.key.clone()).await.unwrap(), None);
     assert_eq!(store.find_retained(&kept.def.key).unwrap(), None);
     assert!(store.pings(kept.num, 10, 10).await.unwrap().is_empty());
@@ -323,6 +315,18 @@ fn pinged(m: &Monitor, pings: u64) -> Monitor {
 fn whole(m: &Monitor) -> MonitorRound {
     MonitorRound {
         put: vec![m.clone().into()],
+        ..Default::default()
+    }
+}
+
+/// `m` deleted, its data retained with `retain` as its last record, or not.
+fn removal(m: &Monitor, retain: Option<Monitor>) -> MonitorRound {
+    MonitorRound {
+        remove: vec![Removal {
+            key: m.def.key.clone(),
+            num: m.num,
+            retain,
+        }],
         ..Default::default()
     }
 }
@@ -389,15 +393,7 @@ pub async fn a_deleted_monitor_leaves_no_state_behind(open: OpenMonitors) {
     let m = monitor(store, "nightly");
     commit(store, whole(&m)).await.unwrap();
     commit(store, state_only(&pinged(&m, 3))).await.unwrap();
-    let round = MonitorRound {
-        remove: vec![Removal {
-            key: m.def.key.clone(),
-            num: m.num,
-            retain: None,
-        }],
-        ..Default::default()
-    };
-    commit(store, round).await.unwrap();
+    commit(store, removal(&m, None)).await.unwrap();
     drop(s);
 
     let s = open(dir.path().into()).await;
@@ -420,15 +416,9 @@ pub async fn a_retained_record_carries_the_newest_state(open: OpenMonitors) {
     commit(store, state_only(&pinged(&m, 3))).await.unwrap();
     // The engine hands over the monitor as it has it, with the state of the last round.
     let newest = pinged(&m, 4);
-    let round = MonitorRound {
-        remove: vec![Removal {
-            key: m.def.key.clone(),
-            num: m.num,
-            retain: Some(newest.clone()),
-        }],
-        ..Default::default()
-    };
-    commit(store, round).await.unwrap();
+    commit(store, removal(&m, Some(newest.clone())))
+        .await
+        .unwrap();
     drop(s);
 
     let s = open(dir.path().into()).await;
