@@ -22,7 +22,7 @@ use super::outbox::{Delivery, Outbox, backoff};
 use super::policy::{self, Decision, Queued, TargetHistory};
 use super::{Deliver, DeliveryError};
 use crate::core::channel::{AlertPolicy, MaintenanceWindow};
-use crate::core::storage::Finished;
+use crate::core::storage::{Finished, StorageError};
 
 /// Longest sleep between two looks at the queues, whatever they say.
 const IDLE_LOOK: Duration = Duration::from_secs(30);
@@ -62,6 +62,8 @@ pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
     // The scheduler writes every target's history from now on: read them once.
     let histories = match outbox.store().target_histories().await {
         Ok(all) => all.into_iter().collect(),
+        // The runtime is shutting down; this task ends at its next wait.
+        Err(StorageError::Stopped) => HashMap::new(),
         Err(e) => {
             tracing::error!(error = %e, "the targets' alert history could not be read; every target starts afresh");
             HashMap::new()
@@ -101,6 +103,9 @@ impl Scheduler {
         let mut queues: BTreeMap<String, Vec<(Vec<u8>, Delivery)>> = BTreeMap::new();
         let pending = match self.outbox.store().pending().await {
             Ok(pending) => pending,
+            // The runtime is shutting down, or the store has stopped (which `/healthz`
+            // reports): nothing to add to the log here; the next look tries again.
+            Err(StorageError::Stopped) => return queues,
             Err(e) => {
                 tracing::error!(error = %e, "the outbox's pending deliveries could not be read");
                 return queues;

@@ -86,6 +86,8 @@ pub(super) fn blocking<T: Send + 'static>(
     Box::pin(async move {
         match tokio::task::spawn_blocking(move || read(&store)).await {
             Ok(done) => done.map_err(StorageError::from),
+            // The runtime is shutting down: the process is stopping, nothing failed.
+            Err(e) if e.is_cancelled() => Err(StorageError::Stopped),
             Err(e) => Err(StorageError::Unavailable(format!(
                 "a storage read failed: {e}"
             ))),
