@@ -1,6 +1,6 @@
 //! Every integration test in one binary (one link step instead of one per file), with one
-//! module of shared helpers. Tests that need a cluster are `#[ignore]`d; `tests/run-all.sh`
-//! passes `--include-ignored`.
+//! module of shared helpers. Tests that need a cluster are ignored, each with the reason
+//! and how to run it; `tests/run-all.sh` passes `--include-ignored`.
 
 mod helpers;
 mod pg;

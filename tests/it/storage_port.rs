@@ -75,30 +75,38 @@ async fn reopen_sled<T, E>(
 
 /// The services on sled; a reopen waits until the last opening has let go of the directory.
 fn services_on_sled(dir: PathBuf) -> BoxFuture<'static, Services> {
-    Box::pin(async move {
-        let config = ServicesConfig {
-            data_dir: dir,
-            cache_bytes: 8 << 20,
-            ping_history: 5,
-            outbox: Default::default(),
-            limits: Default::default(),
-            hold_deadlines: false,
-            top_events: 10,
-            database: None,
-        };
-        crate::helpers::wait_for(
-            "the sled directory to be free",
-            Duration::from_secs(20),
-            || {
-                let config = config.clone();
-                async move {
-                    let metrics = &mut MetricRegistry::default();
-                    Services::open(&config, metrics).await.ok()
-                }
-            },
-        )
-        .await
-    })
+    Box::pin(open_services(dir, None))
+}
+
+/// The services over `dir`, with events, applications and tokens in `database` when given
+/// (monitors and the outbox in the directory); a reopen waits until the last opening has
+/// let go of the directory.
+async fn open_services(
+    dir: PathBuf,
+    database: Option<hartslag::core::store_pg::DatabaseUrl>,
+) -> Services {
+    let config = ServicesConfig {
+        data_dir: dir,
+        cache_bytes: 8 << 20,
+        ping_history: 5,
+        outbox: Default::default(),
+        limits: Default::default(),
+        hold_deadlines: false,
+        top_events: 10,
+        database,
+    };
+    crate::helpers::wait_for(
+        "the sled directory to be free",
+        Duration::from_secs(20),
+        || {
+            let config = config.clone();
+            async move {
+                let metrics = &mut MetricRegistry::default();
+                Services::open(&config, metrics).await.ok()
+            }
+        },
+    )
+    .await
 }
 
 /// PostgreSQL, on the database the shared test server keeps for this directory: a reopen
@@ -113,32 +121,10 @@ fn open_postgres(dir: PathBuf) -> BoxFuture<'static, Storage> {
 }
 
 /// The services with events, applications and tokens in PostgreSQL (monitors and the
-/// outbox in the directory); a reopen waits until the last opening has let go of it.
+/// outbox in the directory).
 fn services_on_postgres(dir: PathBuf) -> BoxFuture<'static, Services> {
-    Box::pin(async move {
-        let config = ServicesConfig {
-            data_dir: dir.clone(),
-            cache_bytes: 8 << 20,
-            ping_history: 5,
-            outbox: Default::default(),
-            limits: Default::default(),
-            hold_deadlines: false,
-            top_events: 10,
-            database: Some(crate::pg::database_for(&dir).parse().unwrap()),
-        };
-        crate::helpers::wait_for(
-            "the sled directory to be free",
-            Duration::from_secs(20),
-            || {
-                let config = config.clone();
-                async move {
-                    let metrics = &mut MetricRegistry::default();
-                    Services::open(&config, metrics).await.ok()
-                }
-            },
-        )
-        .await
-    })
+    let url = crate::pg::database_for(&dir).parse().unwrap();
+    Box::pin(open_services(dir, Some(url)))
 }
 
 /// Runs `work` on services opened by `open` in a runtime of its own, and drops that
