@@ -9,6 +9,7 @@
 //! [`Engine`] handle; history is read from the store.
 
 mod metrics;
+mod publish;
 mod series;
 mod snapshot;
 mod types;

@@ -11,12 +11,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::publish::{Inflight, Published, Readers, Written, arm};
 use super::snapshot::Monitors;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
 use super::wording::{self, RECOVERED, describe_down};
@@ -79,7 +79,7 @@ pub(super) enum Command {
 }
 
 /// Answers a command once its round is durable (or failed).
-type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
+pub(super) type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
 /// Changes staged by one round of commands, made durable together.
 #[derive(Default)]
@@ -147,155 +147,6 @@ pub(super) struct Worker {
     /// Tests make writes fail with this.
     #[cfg(test)]
     pub(super) fail_writes: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// A monitor as a round on its way to the store left it (`None`: removed), with the
-/// round's number.
-pub(super) type Inflight = (u64, Option<Arc<Monitor>>);
-
-/// Round numbers: the last one handed to the store (engine thread), the last one applied
-/// and the first one that failed (the store's callback).
-#[derive(Debug)]
-pub(super) struct Written {
-    submitted: AtomicU64,
-    applied: AtomicU64,
-    failed_from: AtomicU64,
-    /// Commands in rounds handed over and not settled (see [`MAX_IN_FLIGHT`]).
-    in_flight: Mutex<usize>,
-    /// Signalled whenever a round settles.
-    room: Condvar,
-}
-
-impl Default for Written {
-    fn default() -> Self {
-        Self {
-            submitted: AtomicU64::new(0),
-            applied: AtomicU64::new(0),
-            failed_from: AtomicU64::new(u64::MAX),
-            in_flight: Mutex::new(0),
-            room: Condvar::new(),
-        }
-    }
-}
-
-impl Written {
-    fn next(&self) -> u64 {
-        self.submitted.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
-    }
-
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts `commands` handed to the store in a round.
-    fn hand_over(&self, commands: usize) {
-        *self.in_flight() += commands;
-    }
-
-    /// A round of `commands` settled (written or failed): room for more.
-    fn settled(&self, commands: usize) {
-        let mut n = self.in_flight();
-        *n = n.saturating_sub(commands);
-        self.room.notify_all();
-    }
-
-    /// Waits until fewer than `max` commands are on their way to the store. A failed
-    /// round settles too, so a store that stopped never holds the worker here.
-    fn wait_for_room(&self, max: usize) {
-        let mut n = self.in_flight();
-        while *n >= max {
-            n = self.room.wait(n).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Whether round `seq`'s staged state is what the next rounds build on: handed over,
-    /// not applied yet (then readers have it) and not failed (then the disk does not).
-    fn pending(&self, seq: u64) -> bool {
-        seq > self.applied() && seq < self.failed_from.load(Ordering::Acquire)
-    }
-}
-
-/// A round handed to the store, for readers once it is applied.
-struct Published {
-    seq: u64,
-    /// Commands the round answers (see [`MAX_IN_FLIGHT`]).
-    commands: usize,
-    monitors: Vec<Arc<Monitor>>,
-    /// Removed and not defined again in the round.
-    removed: Vec<String>,
-    changes: Vec<Change>,
-    alerts: bool,
-    done: Vec<Done>,
-}
-
-/// Everyone who sees a round once it is written: the snapshot, the deadline scheduler,
-/// subscribers to state transitions and the outbox; run by the store's callback, in order.
-struct Readers {
-    snapshot: Snapshot,
-    scheduler: SchedulerHandle<String>,
-    changes: broadcast::Sender<Change>,
-    outbox: Outbox,
-    failure: Arc<std::sync::Mutex<Option<String>>>,
-    written: Arc<Written>,
-}
-
-impl Readers {
-    /// Publishes round `p` if it was written (`Ok`), then answers its callers.
-    fn settle(&self, p: Published, result: Result<(), String>) {
-        match &result {
-            Ok(()) => {
-                self.publish(&p);
-                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                self.written.applied.store(p.seq, Ordering::Release);
-                if p.alerts {
-                    self.outbox.wake();
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "a round of monitor changes was not written");
-                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
-                self.written.failed_from.fetch_min(p.seq, Ordering::Release);
-            }
-        }
-        self.written.settled(p.commands);
-        for d in p.done {
-            d(result.clone().map_err(EngineError::Write));
-        }
-    }
-
-    /// The snapshot, the deadlines and the transitions, in the order they happened.
-    fn publish(&self, p: &Published) {
-        {
-            let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
-            for key in &p.removed {
-                snapshot.remove(key);
-            }
-            for m in &p.monitors {
-                snapshot.insert(Monitor::clone(m));
-            }
-        }
-        for key in &p.removed {
-            self.scheduler.disarm(key.clone());
-        }
-        for m in &p.monitors {
-            arm(&self.scheduler, m);
-        }
-        for change in &p.changes {
-            let _ = self.changes.send(change.clone());
-        }
-    }
-}
-
-/// Arms `m`'s next deadline (or none).
-fn arm(scheduler: &SchedulerHandle<String>, m: &Monitor) {
-    match state::next_wakeup(&m.def.timing(), &m.state) {
-        Some(at) => scheduler.arm(m.def.key.clone(), at),
-        None => scheduler.disarm(m.def.key.clone()),
-    }
 }
 
 impl Worker {
