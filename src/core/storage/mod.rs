@@ -15,6 +15,7 @@
 
 mod apps;
 mod events;
+mod fence;
 mod types;
 
 mod monitors;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 pub use apps::AppStore;
 pub use events::{EventStore, ExportBatches};
+pub use fence::Fence;
 pub use types::{
     AppRecord, Bucket, EventValue, EventWrite, ExportFilter, ExportedEvent, IDEMPOTENCY_WINDOW,
     Idempotency, Outcome, PeriodTallies, StatsReport, Tally, TokenOwner, hour_of,
@@ -58,6 +60,10 @@ pub enum StorageError {
     /// The backend's writer has stopped; nothing more can be written in this process.
     #[error("the storage writer has stopped")]
     Stopped,
+    /// A write only the leader may make was refused: this process does not lead, or
+    /// another replica has taken over since it did (see [`Fence`]).
+    #[error("refused: {0}")]
+    Fenced(String),
 }
 
 /// One backend's implementations of the port, as the services hold them. Cheap to clone.

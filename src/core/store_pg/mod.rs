@@ -11,6 +11,7 @@ mod apps;
 mod connect;
 mod events;
 mod ingest;
+pub mod leader;
 mod migrate;
 mod url;
 mod writer;
