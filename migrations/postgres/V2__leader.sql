@@ -17,3 +17,17 @@ CREATE TABLE hartslag_leader (
 );
 
 INSERT INTO hartslag_leader (id, generation, holder, since) VALUES (1, 0, '', 0);
+
+-- Pings taken by replicas that do not lead, waiting for the leader to apply them. A
+-- replica answers a ping once its row is committed here (and notifies channel
+-- `hartslag_relay`); the leader applies it with the time it was taken and deletes the
+-- row in the transaction of the round that applied it.
+CREATE TABLE hartslag_ping_relay (
+    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The monitor's key, namespace/name.
+    monitor text COLLATE "C" NOT NULL,
+    -- When the replica took it, microseconds since the Unix epoch.
+    at      bigint NOT NULL,
+    -- What the ping said (kind, exit code, source, user agent, body, run id).
+    ping    jsonb NOT NULL
+);

@@ -50,6 +50,11 @@ pub struct MonitorRound {
     /// Alert deliveries the round's transitions raised; one already queued under the same
     /// [`crate::core::alert::outbox::delivery_key`] is kept as it is.
     pub deliveries: Vec<Delivery>,
+    /// Pings other replicas took and relayed through the database, applied in this round
+    /// (their entries in the relay, by number): a backend shared by replicas removes them
+    /// in the round's own transaction, so a relayed ping is applied exactly once whatever
+    /// crashes when. The embedded backend serves one process and relays nothing.
+    pub relayed: Vec<u64>,
 }
 
 impl MonitorRound {
@@ -62,6 +67,7 @@ impl MonitorRound {
             && self.transitions.is_empty()
             && self.trims.is_empty()
             && self.deliveries.is_empty()
+            && self.relayed.is_empty()
     }
 }
 

@@ -297,6 +297,7 @@ mod tests {
             )],
             trims: Vec::new(),
             deliveries: deliveries(&down(&kept), &[hook], kept.state.since),
+            relayed: Vec::new(),
         };
         let writes = sled.round_writes(round).unwrap();
         let f = |family: Family| family as u8;
