@@ -23,10 +23,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::loadgen::{Load, Outcome, run_load};
+use common::server::ServerProcess;
 use hartslag::core::calendar::{date_key, local_date};
 use hartslag::core::limits::AppLimits;
 use hartslag::core::storage::{EventValue, EventWrite};
@@ -151,20 +152,6 @@ fn fill(data: &str) {
     });
 }
 
-/// A `hartslag standalone` process with its data and manifests under `dir`.
-struct ServerProcess {
-    child: Child,
-    base: String,
-    started_in: Duration,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn manifest(retention_days: u32) -> String {
     format!(
         "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: {APP}\nspec:\n  retention: {}h\n",
@@ -172,57 +159,12 @@ fn manifest(retention_days: u32) -> String {
     )
 }
 
-impl ServerProcess {
-    /// Starts the server on `dir` and waits until it is ready: the start-up time.
-    async fn start(dir: &Path, retention_days: u32) -> Self {
-        std::fs::create_dir_all(dir.join("manifests")).expect("manifests dir");
-        std::fs::write(dir.join("manifests/app.yaml"), manifest(retention_days)).expect("manifest");
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("server.log")).expect("log file");
-        let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
-            .arg("standalone")
-            .arg("--manifests")
-            .arg(dir.join("manifests"))
-            .env("HARTSLAG_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HARTSLAG_DATA", dir.join("data"))
-            // No tenant limit: the load generator's 64 connections are one application.
-            .env("HARTSLAG_INGEST_RATE", "0")
-            .env("HARTSLAG_LOG", "info")
-            .env("HARTSLAG_LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start hartslag");
-        let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
-        loop {
-            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(600),
-                "the server did not get ready"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Self {
-            child,
-            base,
-            started_in: started.elapsed(),
-        }
-    }
-
-    /// Stops it as Kubernetes would (SIGTERM) and waits for it to exit.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
+/// Starts the store under `dir` (manifests in `dir/manifests`, data in `dir/data`) with
+/// an Application keeping `retention_days` of raw events, and waits until it is ready.
+async fn start(dir: &Path, retention_days: u32) -> ServerProcess {
+    std::fs::create_dir_all(dir.join("manifests")).expect("manifests dir");
+    std::fs::write(dir.join("manifests/app.yaml"), manifest(retention_days)).expect("manifest");
+    ServerProcess::start(&dir.join("manifests"), &dir.join("data"), &[]).await
 }
 
 fn token(dir: &Path) -> String {
@@ -445,7 +387,7 @@ fn fill_to(data: &Path, layout: Layout, from: u64, to: u64) {
 /// drops it (the retention pass runs at start) and drives ingest in one-second rounds
 /// until the server reports the purge done.
 async fn purge_while_ingesting(full_dir: &Path) {
-    let server = ServerProcess::start(full_dir, 8).await;
+    let server = start(full_dir, 8).await;
     println!(
         "retention: restarted the full store with retention 8 days (start-up {:.2} s); ingesting while it purges the old day",
         server.started_in.as_secs_f64()
@@ -453,7 +395,7 @@ async fn purge_while_ingesting(full_dir: &Path) {
     let started = Instant::now();
     let mut rounds = Vec::new();
     loop {
-        let log = std::fs::read_to_string(full_dir.join("server.log")).unwrap_or_default();
+        let log = server.log();
         if let Some(line) = log
             .lines()
             .find(|l| l.contains("deleted events past retention"))
@@ -543,7 +485,7 @@ fn main() {
     rt.block_on(async {
         // Both stores get their application (and token) from a first start.
         for dir in [&full_dir, &empty_dir] {
-            ServerProcess::start(dir, 400).await.stop();
+            start(dir, 400).await.stop();
         }
         let mut filled = 0;
         // Events the ingest rounds added to each store so far.
@@ -553,10 +495,7 @@ fn main() {
             filled = step;
             let mut full = Figures::default();
             let mut empty = Figures::default();
-            let servers = [
-                ServerProcess::start(&full_dir, 400).await,
-                ServerProcess::start(&empty_dir, 400).await,
-            ];
+            let servers = [start(&full_dir, 400).await, start(&empty_dir, 400).await];
             full.started_in = servers[0].started_in;
             empty.started_in = servers[1].started_in;
             for round in 0..rounds {

@@ -30,7 +30,6 @@ mod common;
 use common::loadgen::{self, Load, Outcome, report, run_load};
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -146,18 +145,7 @@ impl Round {
 /// One target's runs over all rounds, merged: total requests over total time, and the
 /// latency percentiles of every request.
 fn merge(runs: &[Round]) -> Outcome {
-    let mut latencies: Vec<Duration> = runs
-        .iter()
-        .flat_map(|r| r.outcome.latencies.iter().copied())
-        .collect();
-    latencies.sort();
-    Outcome {
-        requests: latencies.len(),
-        errors: runs.iter().map(|r| r.outcome.errors).sum(),
-        elapsed: runs.iter().map(|r| r.outcome.elapsed).sum(),
-        latencies,
-        client_cpu: runs.iter().map(|r| r.outcome.client_cpu).sum(),
-    }
+    Outcome::sequential(runs.iter().map(|r| &r.outcome))
 }
 
 /// The per-round ratios `num/den`.

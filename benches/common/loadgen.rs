@@ -23,6 +23,39 @@ impl Outcome {
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
+    /// Runs made one after another, as one: their requests over their summed time.
+    pub fn sequential<'a>(runs: impl IntoIterator<Item = &'a Outcome>) -> Outcome {
+        Self::merged(runs, |a, b| a + b)
+    }
+
+    /// Runs made at the same time (one generator per server), as one: their requests over
+    /// the longest of them.
+    pub fn concurrent<'a>(runs: impl IntoIterator<Item = &'a Outcome>) -> Outcome {
+        Self::merged(runs, Duration::max)
+    }
+
+    fn merged<'a>(
+        runs: impl IntoIterator<Item = &'a Outcome>,
+        elapsed: fn(Duration, Duration) -> Duration,
+    ) -> Outcome {
+        let mut all = Outcome {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latencies: Vec::new(),
+            client_cpu: Duration::ZERO,
+        };
+        for r in runs {
+            all.errors += r.errors;
+            all.elapsed = elapsed(all.elapsed, r.elapsed);
+            all.latencies.extend_from_slice(&r.latencies);
+            all.client_cpu += r.client_cpu;
+        }
+        all.latencies.sort();
+        all.requests = all.latencies.len();
+        all
+    }
+
     /// The `p` quantile of the latencies (sorted).
     pub fn pct(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {

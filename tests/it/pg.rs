@@ -7,6 +7,9 @@
 //! detached shell that stops it and removes its directory once the test process is gone,
 //! however it ended (`kill -9` included); the directory is new on each start, so a stale
 //! `postmaster.pid` from an earlier killed run is never in the way.
+//!
+//! The benchmarks include this file too (`benches/common`), so it names nothing else of
+//! the test binary.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,8 @@ pub struct PgServer {
     pub port: u16,
     bin: PathBuf,
     databases: Mutex<HashSet<String>>,
+    /// Whether the server flushes its writes (`fsync`): off for tests, on for benchmarks.
+    durable: bool,
 }
 
 /// Where the server's programs are: the newest `/usr/lib/postgresql/N/bin`.
@@ -66,6 +71,17 @@ fn as_postgres(bin: &Path, program: &str, args: &[&str]) {
 impl PgServer {
     /// Initialises and starts a server of the test's own.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that flushes every commit to disk as a production one does, for figures
+    /// that include the database's durability (the benchmarks include this file).
+    #[allow(dead_code)]
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("hartslag-pg-")
@@ -96,12 +112,13 @@ impl PgServer {
         watch(&bin, &dir);
         // A port found free may be taken before the server binds it: try another.
         for _ in 0..5 {
-            let port = crate::helpers::free_port();
+            let port = free_port();
             let server = Self {
                 dir: dir.clone(),
                 port,
                 bin: bin.clone(),
                 databases: Mutex::default(),
+                durable,
             };
             if server.try_run() {
                 return server;
@@ -115,8 +132,13 @@ impl PgServer {
         let data = self.dir.to_string_lossy().into_owned();
         // Durability of the server itself is not under test (it is never killed here),
         // hartslag's is: fsync off keeps the suite fast on a shared machine.
+        let flush = if self.durable {
+            ""
+        } else {
+            " -c fsync=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=off -c full_page_writes=off",
+            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=400{flush}",
             self.port
         );
         let log = format!("{data}/server.log");
@@ -216,6 +238,15 @@ fn watch(bin: &Path, dir: &Path) {
         .status()
         .unwrap();
     assert!(started.success(), "cannot start the PostgreSQL watcher");
+}
+
+/// A free loopback port for the server (bound and released, then tried: see
+/// [`PgServer::start`]). Not the helpers' own: the benchmarks include this file alone.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// The server shared by the test binary, started on first use.

@@ -1,0 +1,104 @@
+//! A `hartslag standalone` process for the benchmarks that measure the server as it is
+//! deployed, a process of its own (not a server inside the benchmark's runtime, which
+//! would share its worker threads with the benchmark's own work).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `hartslag standalone`.
+pub struct ServerProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// From the process's start until `/readyz` answered: its start-up time.
+    pub started_in: Duration,
+    /// Its data directory.
+    pub data: PathBuf,
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl ServerProcess {
+    /// Starts the server on `manifests` and `data` (its log goes to `data` + `.log`), with
+    /// `args` added, and waits until it is ready. Runs without a tenant ingest limit: the
+    /// load generator's connections are one application.
+    pub async fn start(manifests: &Path, data: &Path, args: &[&str]) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(data.with_extension("log")).expect("log file");
+        let started = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
+            .arg("standalone")
+            .arg("--manifests")
+            .arg(manifests)
+            .args(args)
+            .env("HARTSLAG_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HARTSLAG_DATA", data)
+            .env("HARTSLAG_INGEST_RATE", "0")
+            .env("HARTSLAG_LOG", "info")
+            .env("HARTSLAG_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start hartslag");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "the server did not get ready; see {}",
+                data.with_extension("log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Self {
+            child,
+            base,
+            started_in: started.elapsed(),
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Its resident memory now, in bytes.
+    pub fn rss(&self) -> u64 {
+        super::process_rss(self.child.id())
+    }
+
+    /// Its CPU time so far (user and system).
+    pub fn cpu(&self) -> Duration {
+        super::process_cpu(self.child.id())
+    }
+
+    /// The token of Application `app`, as the server wrote it into its data directory.
+    pub fn app_token(&self, app: &str) -> String {
+        std::fs::read_to_string(self.data.join(format!("tokens/application-{app}.token")))
+            .expect("token")
+            .trim()
+            .to_string()
+    }
+
+    /// Stops it as Kubernetes would (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
