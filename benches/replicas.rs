@@ -164,6 +164,7 @@ async fn drive(
 }
 
 fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if loadgen::run_if_generator() {
         return;
     }
