@@ -12,12 +12,13 @@ use super::alert::Deliver;
 use super::alert::channels::ChannelBook;
 use super::alert::outbox::{Outbox, OutboxConfig, OutboxError};
 use super::duration::SpecDuration;
+use super::leadership::Role;
 use super::limits::LimitDefaults;
 use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
-use super::storage::{EventStore, StorageError};
+use super::storage::{EventStore, Fence, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
 use super::store_pg::{DatabaseUrl, PgError};
@@ -91,6 +92,10 @@ pub struct Services {
     pub outbox: Outbox,
     /// The alert channels the front end resolved, and how delivery through each goes.
     pub channels: ChannelBook,
+    /// Whether this process leads, and the fence its leader-only writes carry: the sole
+    /// process of an embedded store leads from the start; replicas sharing a database
+    /// follow until elected (see [`Services::start_leading`]).
+    pub role: Role,
     /// The embedded backend, for its commit log's figures.
     store: Store,
     /// The embedded ingest writer behind `events` (on sled), for tests that hold it.
@@ -115,6 +120,11 @@ impl Services {
         };
         let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
         store.register_metrics(metrics);
+        let fence = match config.database {
+            None => Fence::sole(),
+            Some(_) => Fence::follower(),
+        };
+        let role = Role::new(fence, metrics);
         let monitor_storage =
             crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
         let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
@@ -159,6 +169,7 @@ impl Services {
             engine,
             outbox,
             channels,
+            role,
             store,
             #[cfg(test)]
             writer: _writer,
@@ -174,6 +185,14 @@ impl Services {
     /// Starts delivering queued and future alerts through `courier`.
     pub fn deliver_alerts(&self, courier: Arc<dyn Deliver>) {
         tokio::spawn(self.outbox.clone().run(courier));
+    }
+
+    /// Starts the work only the leader does: lets the held deadlines through, delivers
+    /// alerts through `courier`, and runs retention every `retention_every`.
+    pub fn start_leading(&self, courier: Arc<dyn Deliver>, retention_every: Duration) {
+        self.engine.release_deadlines();
+        self.deliver_alerts(courier);
+        self.spawn_retention(retention_every);
     }
 
     /// Deletes raw events past each application's retention, now and then every `every`;

@@ -236,8 +236,9 @@ impl ChildServer {
             }
             assert!(
                 Instant::now() < deadline,
-                "server at {} did not become ready",
-                self.base
+                "server at {} did not become ready:\n{}",
+                self.base,
+                self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

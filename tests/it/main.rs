@@ -22,6 +22,7 @@ mod image;
 mod management_api;
 mod monitors;
 mod operator_e2e;
+mod pg_failover;
 mod pg_leader;
 mod pg_replicas;
 mod pg_schema;

@@ -9,6 +9,7 @@
 
 mod apps;
 mod connect;
+pub mod elector;
 mod events;
 mod ingest;
 pub mod leader;
