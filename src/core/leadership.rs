@@ -143,14 +143,17 @@ impl Role {
         self.generation.set(i64::try_from(g).unwrap_or(i64::MAX));
     }
 
-    /// Waits until `elector` makes this process the leader, then leads under its term's
-    /// generation.
+    /// Waits until `elector` makes this process the leader. It does not lead yet: the
+    /// caller catches up with what the deposed leader wrote, then calls [`Role::lead`].
     pub async fn campaign(&self, elector: Box<dyn Elector>) -> Result<Term, LeadershipError> {
-        let term = elector.campaign().await?;
+        elector.campaign().await
+    }
+
+    /// From now on this process leads under `term`'s generation.
+    pub fn lead(&self, term: &Term) {
         self.fence.lead(term.generation);
         self.show();
         tracing::info!(generation = term.generation, "leading");
-        Ok(term)
     }
 
     /// Resolves with the reason once `term` ends or a leader-only write was refused
@@ -178,6 +181,8 @@ mod tests {
         let role = Role::new(Fence::follower(), metrics);
         assert!(!role.leads());
         let mut term = role.campaign(Box::new(Sole)).await.unwrap();
+        assert!(!role.leads());
+        role.lead(&term);
         assert!(role.leads());
         assert_eq!(role.generation.get(), 1);
         assert_eq!(role.leader.get(), 1);

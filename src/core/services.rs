@@ -187,6 +187,13 @@ impl Services {
         tokio::spawn(self.outbox.clone().run(courier));
     }
 
+    /// Makes this replica the leader under `term`, once it has caught up with what the
+    /// deposed leader wrote (the take-over behind `term` fenced it).
+    pub async fn promote(&self, term: &super::leadership::Term) -> Result<(), StorageError> {
+        self.role.lead(term);
+        Ok(())
+    }
+
     /// Starts the work only the leader does: lets the held deadlines through, delivers
     /// alerts through `courier`, and runs retention every `retention_every`.
     pub fn start_leading(&self, courier: Arc<dyn Deliver>, retention_every: Duration) {

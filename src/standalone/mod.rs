@@ -74,6 +74,9 @@ pub enum StandaloneError {
     /// The leadership could not be sought.
     #[error(transparent)]
     Leadership(#[from] crate::core::leadership::LeadershipError),
+    /// This replica won the leadership but could not take office.
+    #[error("cannot take over as the leader: {0}")]
+    Promotion(String),
     /// This replica led and no longer does; it stops so that it restarts as a follower.
     #[error("lost the leadership: {0}")]
     LeadershipLost(String),
@@ -429,7 +432,7 @@ async fn run_replica(
     let (mut term, mut serving) = match first {
         Some(term) => {
             port.waiting_for("the manifests to be applied");
-            lead(&core, &config, &manifests_dir, courier).await?;
+            lead(&core, &config, &manifests_dir, courier, &term).await?;
             (term, tokio::spawn(server.serve_on(port, stopped())))
         }
         None => {
@@ -438,7 +441,7 @@ async fn run_replica(
                 term = &mut campaign => term?,
                 served = &mut serving => return finished(served),
             };
-            lead(&core, &config, &manifests_dir, courier).await?;
+            lead(&core, &config, &manifests_dir, courier, &term).await?;
             (term, serving)
         }
     };
@@ -448,13 +451,18 @@ async fn run_replica(
     }
 }
 
-/// The leader's work: the manifests declared, then deadlines, alert delivery, retention.
+/// Takes office under `term`, then does the leader's work: the manifests declared, then
+/// deadlines, alert delivery, retention.
 async fn lead(
     core: &Services,
     config: &ServerConfig,
     manifests_dir: &Path,
     courier: Arc<dyn crate::core::alert::Deliver>,
+    term: &crate::core::leadership::Term,
 ) -> Result<(), StandaloneError> {
+    core.promote(term)
+        .await
+        .map_err(|e| StandaloneError::Promotion(e.to_string()))?;
     let m = declare(core, config, manifests_dir).await?;
     log_applied(&m, manifests_dir);
     core.start_leading(courier, RETENTION_EVERY);
