@@ -10,9 +10,11 @@
 //!
 //! Monitors and the alert outbox are checked twice: at the port ([`engine`]: rounds,
 //! history, timelines, claims and finishes) and through the services a backend opens (the
-//! engine and the scheduler on top of them).
+//! engine and the scheduler on top of them). What a backend shared by replicas adds
+//! (fenced leader writes, the changes a mirror reads) is in [`leader_writes`].
 
 mod engine;
+mod leader_writes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
