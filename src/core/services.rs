@@ -1,6 +1,7 @@
-//! The domain services of a running server, opened together from one data directory: the
-//! registry of definitions, the ingest writer, the monitor engine and the alert outbox.
-//! Front ends declare definitions into them; HTTP adapters read and write through them.
+//! The domain services of a running server, opened together from one data directory or
+//! one PostgreSQL database: the registry of definitions, the ingest writer, the monitor
+//! engine and the alert outbox. Front ends declare definitions into them; HTTP adapters
+//! read and write through them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
-use super::storage::{EventStore, Fence, StorageError};
+use super::storage::{EventStore, Fence, MonitorStorage, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
 use super::store_pg::{DatabaseUrl, PgError};
@@ -26,7 +27,7 @@ use super::store_pg::{DatabaseUrl, PgError};
 /// Where the services keep their data and how much they keep.
 #[derive(Debug, Clone)]
 pub struct ServicesConfig {
-    /// The sled directory.
+    /// The sled directory (unused with [`Self::database`]).
     pub data_dir: PathBuf,
     /// sled's page cache in bytes.
     pub cache_bytes: u64,
@@ -41,9 +42,12 @@ pub struct ServicesConfig {
     pub hold_deadlines: bool,
     /// Event names per Application with a series of their own on `/metrics`.
     pub top_events: usize,
-    /// PostgreSQL for events, applications and the token index instead of the data
-    /// directory (monitors and the alert outbox stay in the data directory).
+    /// PostgreSQL for everything (events, applications, the token index, monitors and
+    /// the alert outbox) instead of the data directory, which is then not opened.
     pub database: Option<DatabaseUrl>,
+    /// The generation this process leads under, which the leader-only writes to a shared
+    /// database carry; [`Fence::sole`] with the data directory.
+    pub fence: Fence,
 }
 
 /// The embedded backend's monitor and outbox stores over `dir`, for tests of the core's
@@ -92,12 +96,14 @@ pub struct Services {
     pub outbox: Outbox,
     /// The alert channels the front end resolved, and how delivery through each goes.
     pub channels: ChannelBook,
-    /// Whether this process leads, and the fence its leader-only writes carry: the sole
-    /// process of an embedded store leads from the start; replicas sharing a database
-    /// follow until elected (see [`Services::start_leading`]).
+    /// Whether this process leads, and the fence its leader-only writes carry: a process
+    /// opened with [`Fence::sole`] leads from the start; replicas sharing a database
+    /// follow until elected (see [`Services::promote`]).
     pub role: Role,
-    /// The embedded backend, for its commit log's figures.
-    store: Store,
+    /// The embedded backend, for its commit log's figures; `None` on PostgreSQL.
+    store: Option<Store>,
+    /// The figures of the commit log there is not, on PostgreSQL.
+    no_commit_log: Arc<CommitStats>,
     /// The embedded ingest writer behind `events` (on sled), for tests that hold it.
     #[cfg(test)]
     writer: Option<EventWriter>,
@@ -115,18 +121,20 @@ impl Services {
             path: config.data_dir.display().to_string(),
             source,
         };
-        let options = StoreOptions {
-            cache_bytes: config.cache_bytes,
+        let (store, monitor_storage) = match &config.database {
+            None => {
+                let options = StoreOptions {
+                    cache_bytes: config.cache_bytes,
+                };
+                let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
+                store.register_metrics(metrics);
+                let monitor_storage =
+                    crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
+                (Some(store), monitor_storage)
+            }
+            Some(url) => (None, open_pg_monitors(url, &config.fence).await?),
         };
-        let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
-        store.register_metrics(metrics);
-        let fence = match config.database {
-            None => Fence::sole(),
-            Some(_) => Fence::follower(),
-        };
-        let role = Role::new(fence, metrics);
-        let monitor_storage =
-            crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
+        let role = Role::new(config.fence.clone(), metrics);
         let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {
@@ -152,14 +160,15 @@ impl Services {
         }));
         let channels = outbox.channels().clone();
         // The embedded writer is kept for tests that stall it.
-        let (storage, _writer) = match &config.database {
-            None => {
+        let (storage, _writer) = match (&config.database, &store) {
+            (None, Some(store)) => {
                 let writer = EventWriter::spawn(store.clone()).map_err(open_error)?;
                 writer.register_metrics(metrics);
-                let storage = crate::core::store::port::storage(&store, writer.clone());
+                let storage = crate::core::store::port::storage(store, writer.clone());
                 (storage, Some(writer))
             }
-            Some(url) => (crate::core::store_pg::open(url, metrics).await?, None),
+            (Some(url), _) => (crate::core::store_pg::open(url, metrics).await?, None),
+            (None, None) => unreachable!("the data directory is opened without a database"),
         };
         let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
         crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
@@ -171,15 +180,20 @@ impl Services {
             channels,
             role,
             store,
+            no_commit_log: Arc::default(),
             #[cfg(test)]
             writer: _writer,
         })
     }
 
     /// The embedded backend's commit-log figures (group commits, flush latency), for
-    /// benchmarks that print them beside durable throughput.
+    /// benchmarks that print them beside durable throughput (all zero on PostgreSQL,
+    /// which has no commit log of its own).
     pub fn commit_stats(&self) -> &CommitStats {
-        self.store.committer().stats()
+        match &self.store {
+            Some(store) => store.committer().stats(),
+            None => &self.no_commit_log,
+        }
     }
 
     /// Starts delivering queued and future alerts through `courier`.
@@ -250,10 +264,26 @@ impl Services {
         }
     }
 
-    /// Waits until everything written so far is on disk.
+    /// Waits until everything written so far is on disk (on PostgreSQL every write is
+    /// durable once it resolved).
     pub async fn flush(&self) -> Result<(), StorageError> {
-        Ok(self.store.flush().await?)
+        match &self.store {
+            Some(store) => Ok(store.flush().await?),
+            None => Ok(()),
+        }
     }
+}
+
+/// The monitor and outbox stores on PostgreSQL. A process opened to lead ([`Fence::sole`])
+/// takes the leader row over at start, so one process on a database works as on the
+/// embedded backend; a replica opened as a follower leads once elected
+/// ([`Services::promote`]).
+async fn open_pg_monitors(url: &DatabaseUrl, fence: &Fence) -> Result<MonitorStorage, PgError> {
+    let stores = crate::core::store_pg::open_monitors(url, fence.clone()).await?;
+    if fence.generation().is_some() {
+        crate::core::store_pg::lead_alone_at_start(url, fence).await?;
+    }
+    Ok(stores.storage())
 }
 
 /// One application's retention pass: raw events older than its window, and idempotency
@@ -296,6 +326,7 @@ mod tests {
             hold_deadlines: false,
             top_events: 10,
             database: None,
+            fence: Fence::sole(),
         };
         Services::open(&config, &mut MetricRegistry::default())
             .await

@@ -605,6 +605,7 @@ async fn run_replica(
     port.waiting_for("the database to open");
     let mut server_config = config.server.clone();
     server_config.hold_deadlines = true;
+    server_config.elect_leader = true;
     let mut server = Server::open(server_config).await?;
     let identity = settings.identity.clone();
     // The installation's claim dates from its Lease, as when the Lease is held.

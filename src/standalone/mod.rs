@@ -403,6 +403,7 @@ async fn run_replica(
 ) -> Result<(), StandaloneError> {
     use crate::core::store_pg::elector::{AdvisoryLock, Timing};
     config.hold_deadlines = true;
+    config.elect_leader = true;
     let mut server = Server::open(config).await?;
     // A broken directory fails every replica at start, not only the one that leads.
     manifests::load_dir(&manifests_dir, server.config.min_interval)?;
