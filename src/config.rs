@@ -95,6 +95,7 @@ impl ServerConfig {
             hold_deadlines: self.hold_deadlines,
             top_events: self.metrics_top_events,
             database: self.database_url.clone(),
+            fence: crate::core::storage::Fence::sole(),
         }
     }
 }

@@ -15,9 +15,11 @@ use super::duration::SpecDuration;
 use super::limits::LimitDefaults;
 use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
+use super::monitor::engine::{PingInput, PingOutcome};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
-use super::storage::{EventStore, StorageError};
+use super::replica::{self, Mirror, PingError, Replica};
+use super::storage::{EventStore, Fence, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
 use super::store_pg::{DatabaseUrl, PgError};
@@ -43,6 +45,10 @@ pub struct ServicesConfig {
     /// PostgreSQL for events, applications and the token index instead of the data
     /// directory (monitors and the alert outbox stay in the data directory).
     pub database: Option<DatabaseUrl>,
+    /// Whether this process leads ([`Fence::sole`] on the data directory, which one
+    /// process serves). A replica that does not lead writes no monitor rounds and holds
+    /// its deadlines: it relays its pings and shows the leader's rounds.
+    pub fence: Fence,
 }
 
 /// The embedded backend's monitor and outbox stores over `dir`, for tests of the core's
@@ -91,6 +97,11 @@ pub struct Services {
     pub outbox: Outbox,
     /// The alert channels the front end resolved, and how delivery through each goes.
     pub channels: ChannelBook,
+    /// What this replica does according to whether it leads: where its pings go.
+    pub replica: Replica,
+    /// The leader's rounds, shown while this replica does not lead (a database shared
+    /// by replicas only): a replica taking over catches up with it before it leads.
+    pub mirror: Option<Arc<Mirror>>,
     /// The embedded backend, for its commit log's figures.
     store: Store,
     /// The embedded ingest writer behind `events` (on sled), for tests that hold it.
@@ -119,15 +130,27 @@ impl Services {
             crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
         let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
         outbox.register_metrics(metrics);
+        let follows = config.fence.generation().is_none();
         let engine_config = EngineConfig {
             ping_history: config.ping_history,
-            hold_deadlines: config.hold_deadlines,
+            hold_deadlines: config.hold_deadlines || follows,
         };
-        let engine = Engine::start(
+        // Asked before the monitors are loaded: the mirror misses no round after it.
+        let feed = match &monitor_storage.feed {
+            Some(feed) => Some((
+                feed.clone(),
+                feed.version()
+                    .await
+                    .map_err(|e| ServicesError::Engine(EngineError::Storage(e)))?,
+            )),
+            None => None,
+        };
+        let engine = Engine::start_as(
             monitor_storage.monitors,
             outbox.clone(),
             engine_config,
             Clock::new(),
+            config.fence.clone(),
         )?;
         engine.register_metrics(metrics);
         // A reader, not the engine: the outbox the engine holds must not keep it alive.
@@ -151,7 +174,21 @@ impl Services {
             }
             Some(url) => (crate::core::store_pg::open(url, metrics).await?, None),
         };
-        let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
+        let registry =
+            Registry::load(storage.apps.clone(), storage.events.clone(), config.limits).await?;
+        if let Some(relay) = &storage.relay {
+            replica::spawn_relay_pump(config.fence.clone(), engine.clone(), relay.clone());
+        }
+        if let Some(signal) = storage.apps_changed {
+            let (fence, apps) = (config.fence.clone(), storage.apps.clone());
+            replica::spawn_app_refresh(fence, registry.clone(), apps, signal);
+        }
+        let mirror = feed.map(|(feed, version)| {
+            let mirror = Arc::new(Mirror::new(engine.clone(), registry.clone(), feed, version));
+            mirror.clone().spawn(config.fence.clone());
+            mirror
+        });
+        let replica = Replica::new(config.fence.clone(), engine.clone(), storage.relay);
         crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
         Ok(Self {
             registry,
@@ -159,6 +196,8 @@ impl Services {
             engine,
             outbox,
             channels,
+            replica,
+            mirror,
             store,
             #[cfg(test)]
             writer: _writer,
@@ -169,6 +208,17 @@ impl Services {
     /// benchmarks that print them beside durable throughput.
     pub fn commit_stats(&self) -> &CommitStats {
         self.store.committer().stats()
+    }
+
+    /// Takes a ping for monitor `key`: applied here if this replica leads, relayed to the
+    /// leader if it does not; resolves once durable either way.
+    pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, PingError> {
+        self.replica.ping(key, input).await
+    }
+
+    /// Whether this replica leads: only then may monitors be changed through it.
+    pub fn leads(&self) -> bool {
+        self.replica.leads()
     }
 
     /// Starts delivering queued and future alerts through `courier`.
@@ -270,6 +320,7 @@ mod tests {
             hold_deadlines: false,
             top_events: 10,
             database: None,
+            fence: Fence::sole(),
         };
         Services::open(&config, &mut MetricRegistry::default())
             .await

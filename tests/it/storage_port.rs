@@ -94,6 +94,7 @@ async fn open_services(
         hold_deadlines: false,
         top_events: 10,
         database,
+        fence: hartslag::core::storage::Fence::sole(),
     };
     crate::helpers::wait_for(
         "the sled directory to be free",

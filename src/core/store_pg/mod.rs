@@ -12,7 +12,9 @@ mod connect;
 mod events;
 mod ingest;
 pub mod leader;
+mod listen;
 mod migrate;
+mod relay;
 mod url;
 mod writer;
 
@@ -58,7 +60,7 @@ pub enum PgError {
 pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Storage, PgError> {
     let tls = connect::tls()?;
     migrate::run(url, tls.clone()).await?;
-    let pool = connect::pool(url, tls)?;
+    let pool = connect::pool(url, tls.clone())?;
     let db = Db {
         pool,
         url: url.clone(),
@@ -71,7 +73,12 @@ pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Sto
             db: db.clone(),
             writer,
         }),
-        apps: Arc::new(apps::PgApps { db }),
+        apps: Arc::new(apps::PgApps { db: db.clone() }),
+        relay: Some(Arc::new(relay::PgRelay {
+            db,
+            signal: listen::spawn(url, tls.clone(), relay::CHANNEL),
+        })),
+        apps_changed: Some(listen::spawn(url, tls, apps::CHANNEL)),
     })
 }
 
