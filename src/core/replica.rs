@@ -233,7 +233,7 @@ mod tests {
     use crate::core::monitor::state::MonitorState;
     use crate::core::services::open_monitor_storage;
     use crate::core::storage::{
-        MonitorChanges, MonitorRound, MonitorStore, RelayedPing, RoundDone, StorageFuture,
+        FeedChanges, MonitorRound, MonitorStore, RelayedPing, RoundDone, StorageFuture,
     };
     use crate::core::token::{TokenHash, TokenKind};
 
@@ -475,11 +475,11 @@ mod tests {
             Box::pin(async { Ok(0) })
         }
 
-        fn changes_since(&self, version: u64) -> StorageFuture<'_, MonitorChanges> {
+        fn changes_since(&self, version: u64) -> StorageFuture<'_, FeedChanges> {
             let monitors = std::mem::take(&mut *self.changes.lock().unwrap());
             let version = version + u64::from(!monitors.is_empty());
             Box::pin(async move {
-                Ok(MonitorChanges {
+                Ok(FeedChanges {
                     monitors,
                     removed: Vec::new(),
                     version,

@@ -225,3 +225,156 @@ async fn an_application_the_leader_defines_authenticates_on_a_replica_that_does_
     .await;
     eprintln!("the follower knew the application after {took:?}");
 }
+
+/// Waits until `check` holds, failing after `within`.
+async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    wait_for(what, within, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    started.elapsed()
+}
+
+fn relay_rows(server: &crate::pg::PgServer, db: &str) -> String {
+    server.psql(db, "SELECT count(*) FROM hartslag_ping_relay")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_on_a_follower_reaches_the_leader_and_the_follower_shows_what_the_leader_made_of_it()
+{
+    let server = crate::pg::shared();
+    let url = server.database("relay_round_trip");
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let leader = services(a.path(), &url, Fence::sole()).await;
+    let follower = services(b.path(), &url, Fence::follower()).await;
+    assert!(leader.leads() && !follower.leads());
+
+    // Created on the leader: the follower shows it and its token opens it there.
+    let mut def = monitor("job", false);
+    def.interval_secs = 2;
+    leader.engine.upsert(def).await.unwrap();
+    let shown = until(
+        "the follower to show the monitor",
+        Duration::from_secs(5),
+        || {
+            follower.registry.authenticate("job").is_some()
+                && follower.engine.get("default/job").is_some()
+        },
+    )
+    .await;
+    eprintln!("a monitor the leader created was shown by the follower after {shown:?}");
+
+    // A ping on the follower: relayed, applied by the leader, shown by the follower.
+    assert_eq!(
+        follower.ping("default/job", ping("relayed")).await.unwrap(),
+        PingOutcome::Ok
+    );
+    let applied = until(
+        "the leader to apply the relayed ping",
+        Duration::from_secs(5),
+        || {
+            leader
+                .engine
+                .get("default/job")
+                .is_some_and(|m| m.state.pings == 1)
+        },
+    )
+    .await;
+    eprintln!("the leader applied the relayed ping after {applied:?}");
+    let job = leader.engine.get("default/job").unwrap();
+    assert_eq!(job.state.state, hartslag::core::monitor::state::State::Up);
+    let history = leader.engine.pings(job.num, 10).await.unwrap();
+    assert_eq!(history[0].body.as_deref(), Some("relayed"));
+    assert_eq!(
+        relay_rows(server, "relay_round_trip"),
+        "0",
+        "the round removed it"
+    );
+
+    // The leader's deadline makes it Late, then Down: the follower shows each within 2 s.
+    let mut changes = follower.engine.subscribe();
+    let down = hartslag::core::monitor::state::State::Down;
+    until("the leader to see it Down", Duration::from_secs(15), || {
+        leader
+            .engine
+            .get("default/job")
+            .is_some_and(|m| m.state.state == down)
+    })
+    .await;
+    let lag = until(
+        "the follower to show it Down",
+        Duration::from_secs(2),
+        || {
+            follower
+                .engine
+                .get("default/job")
+                .is_some_and(|m| m.state.state == down)
+        },
+    )
+    .await;
+    eprintln!("the follower showed Down {lag:?} after the leader");
+    let told = wait_for(
+        "the follower to tell subscribers",
+        Duration::from_secs(2),
+        || {
+            let next = changes.try_recv().ok().filter(|c| c.to == down);
+            async move { next }
+        },
+    )
+    .await;
+    assert_eq!(told.key, "default/job");
+    assert_eq!(
+        follower.engine.get("default/job"),
+        leader.engine.get("default/job")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_relayed_while_no_leader_applies_it_is_applied_once_by_the_next() {
+    let server = crate::pg::shared();
+    let url = server.database("relay_next_leader");
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let first_fence = Fence::sole();
+    let first = services(a.path(), &url, first_fence.clone()).await;
+    first.engine.upsert(monitor("job", false)).await.unwrap();
+    let follower = services(b.path(), &url, Fence::follower()).await;
+    until(
+        "the follower to show the monitor",
+        Duration::from_secs(5),
+        || follower.engine.get("default/job").is_some(),
+    )
+    .await;
+    // The leader dies before it applies the ping (its pump stops with its leadership).
+    first_fence.depose();
+    follower
+        .ping("default/job", ping("in flight"))
+        .await
+        .unwrap();
+    tokio::time::sleep(hartslag::core::replica::POLL * 2).await;
+    assert_eq!(relay_rows(server, "relay_next_leader"), "1");
+    assert_eq!(first.engine.get("default/job").unwrap().state.pings, 0);
+
+    // The next leader takes over and applies it, once.
+    let next = services(c.path(), &url, Fence::sole()).await;
+    until(
+        "the next leader to apply it",
+        Duration::from_secs(5),
+        || {
+            next.engine
+                .get("default/job")
+                .is_some_and(|m| m.state.pings == 1)
+        },
+    )
+    .await;
+    assert_eq!(relay_rows(server, "relay_next_leader"), "0");
+    tokio::time::sleep(hartslag::core::replica::POLL * 2).await;
+    assert_eq!(next.engine.get("default/job").unwrap().state.pings, 1);
+    let num = next.engine.get("default/job").unwrap().num;
+    assert_eq!(next.engine.pings(num, 10).await.unwrap().len(), 1);
+}

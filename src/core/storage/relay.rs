@@ -61,7 +61,7 @@ impl std::fmt::Debug for dyn PingRelay {
 
 /// What the leader's rounds changed after a version.
 #[derive(Debug, Clone, Default)]
-pub struct MonitorChanges {
+pub struct FeedChanges {
     /// Monitors written (whole or by state) after the version, as they are now.
     pub monitors: Vec<Monitor>,
     /// Monitors removed after the version: key and number (a monitor defined again under
@@ -81,7 +81,7 @@ pub trait MonitorFeed: Send + Sync + 'static {
     fn version(&self) -> StorageFuture<'_, u64>;
 
     /// What rounds written after `version` changed.
-    fn changes_since(&self, version: u64) -> StorageFuture<'_, MonitorChanges>;
+    fn changes_since(&self, version: u64) -> StorageFuture<'_, FeedChanges>;
 
     /// Raised when a round may have been written.
     fn signal(&self) -> Signal;

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use super::snapshot::Monitors;
 use super::types::{Change, Monitor};
-use crate::core::storage::MonitorChanges;
+use crate::core::storage::FeedChanges;
 use crate::core::token::TokenHash;
 
 /// What a batch of the leader's changes does to a mirror.
@@ -42,7 +42,7 @@ impl TokenChanges {
 
 /// The effect of `changes` on a mirror showing `shown`. A removal applies only to the
 /// monitor it removed (by number): one defined again under the same key stays.
-pub(super) fn mirrored(shown: &Monitors, changes: MonitorChanges) -> Mirrored {
+pub(super) fn mirrored(shown: &Monitors, changes: FeedChanges) -> Mirrored {
     let mut out = Mirrored::default();
     let written: HashSet<&str> = changes
         .monitors
@@ -109,8 +109,8 @@ mod tests {
         m
     }
 
-    fn changes(monitors: Vec<Monitor>, removed: &[(&str, u64)]) -> MonitorChanges {
-        MonitorChanges {
+    fn changes(monitors: Vec<Monitor>, removed: &[(&str, u64)]) -> FeedChanges {
+        FeedChanges {
             monitors,
             removed: removed.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
             version: 7,

@@ -38,7 +38,7 @@ use super::schedule::{self, Clock};
 use super::state::{self, State};
 use crate::core::alert::outbox::Outbox;
 use crate::core::metrics::MetricRegistry;
-use crate::core::storage::{Fence, MonitorChanges, MonitorStore, RelayedPing, StorageError};
+use crate::core::storage::{FeedChanges, Fence, MonitorStore, RelayedPing, StorageError};
 use worker::{Command, Snapshot, Worker};
 
 /// Errors of the engine.
@@ -289,7 +289,7 @@ impl Engine {
     /// Shows the leader's `changes` (on a replica that does not lead; one that leads
     /// ignores them): readers, subscribers and the deadline scheduler see them. Returns
     /// the ping tokens that changed, for the registry.
-    pub async fn mirror(&self, changes: MonitorChanges) -> Result<TokenChanges, EngineError> {
+    pub async fn mirror(&self, changes: FeedChanges) -> Result<TokenChanges, EngineError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Mirror(Box::new(changes), tx))
@@ -807,7 +807,7 @@ mod tests {
             state: state::MonitorState::created(&def("job", now).timing(), now, false),
             last_run_ms: None,
         };
-        let shown = |m: &Monitor, version| MonitorChanges {
+        let shown = |m: &Monitor, version| FeedChanges {
             monitors: vec![m.clone()],
             removed: vec![],
             version,

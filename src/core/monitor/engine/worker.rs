@@ -29,9 +29,7 @@ use crate::core::monitor::history::{PINGS_PER_BLOCK, approx_size};
 use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
-use crate::core::storage::{
-    Fence, MonitorChanges, MonitorRound, MonitorStore, RelayedPing, Removal,
-};
+use crate::core::storage::{FeedChanges, Fence, MonitorRound, MonitorStore, RelayedPing, Removal};
 
 /// The in-memory view readers share with the worker.
 pub(super) type Snapshot = Arc<RwLock<Monitors>>;
@@ -77,7 +75,7 @@ pub(super) enum Command {
     /// Pings other replicas relayed, applied with the instants they were taken.
     Relayed(Vec<RelayedPing>, oneshot::Sender<Result<(), EngineError>>),
     /// The leader's rounds, shown by a replica that does not lead.
-    Mirror(Box<MonitorChanges>, oneshot::Sender<TokenChanges>),
+    Mirror(Box<FeedChanges>, oneshot::Sender<TokenChanges>),
     Due(String),
     /// Answered as soon as the worker takes it: the thread is alive and not stuck.
     Probe(oneshot::Sender<()>),
@@ -319,7 +317,7 @@ impl Worker {
     /// Shows the leader's `changes` to readers, the deadline scheduler (whose deadlines
     /// wait until this replica leads) and subscribers; the ping tokens that changed, for
     /// the registry.
-    fn mirror(&self, changes: MonitorChanges) -> TokenChanges {
+    fn mirror(&self, changes: FeedChanges) -> TokenChanges {
         let out = mirrored(&self.read(), changes);
         let shown = Published {
             seq: 0,

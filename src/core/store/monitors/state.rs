@@ -37,7 +37,7 @@ struct Stored {
 }
 
 /// `m`'s state record.
-pub(super) fn encode(m: &Monitor) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode(m: &Monitor) -> Result<Vec<u8>, StoreError> {
     let record = StateRef {
         state: &m.state,
         last_run_ms: m.last_run_ms,
@@ -47,7 +47,7 @@ pub(super) fn encode(m: &Monitor) -> Result<Vec<u8>, StoreError> {
 }
 
 /// `m` with the state of the stored state record `v` in place of its own.
-pub(super) fn apply(m: &mut Monitor, v: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn apply(m: &mut Monitor, v: &[u8]) -> Result<(), StoreError> {
     let stored: Stored = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
         what: format!("state of monitor {}", m.def.key),
         detail: e.to_string(),
