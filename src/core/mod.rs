@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod registry;
+pub mod replica;
 pub mod services;
 pub mod spec;
 pub mod storage;

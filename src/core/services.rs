@@ -17,8 +17,10 @@ use super::leadership::Role;
 use super::limits::LimitDefaults;
 use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
+use super::monitor::engine::{PingInput, PingOutcome};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
+use super::replica::{self, Mirror, PingError, Replica};
 use super::storage::{EventStore, Fence, MonitorStorage, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
@@ -46,7 +48,9 @@ pub struct ServicesConfig {
     /// the alert outbox) instead of the data directory, which is then not opened.
     pub database: Option<DatabaseUrl>,
     /// The generation this process leads under, which the leader-only writes to a shared
-    /// database carry; [`Fence::sole`] with the data directory.
+    /// database carry; [`Fence::sole`] with the data directory. A replica that does not
+    /// lead writes no monitor rounds and holds its deadlines: it relays its pings and
+    /// shows the leader's rounds.
     pub fence: Fence,
 }
 
@@ -100,6 +104,11 @@ pub struct Services {
     /// opened with [`Fence::sole`] leads from the start; replicas sharing a database
     /// follow until elected (see [`Services::promote`]).
     pub role: Role,
+    /// What this replica does according to whether it leads: where its pings go.
+    pub replica: Replica,
+    /// The leader's rounds, shown while this replica does not lead (a database shared
+    /// by replicas only): a replica taking over catches up with it before it leads.
+    pub mirror: Option<Arc<Mirror>>,
     /// The embedded backend, for its commit log's figures; `None` on PostgreSQL.
     store: Option<Store>,
     /// The figures of the commit log there is not, on PostgreSQL.
@@ -137,15 +146,27 @@ impl Services {
         let role = Role::new(config.fence.clone(), metrics);
         let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
         outbox.register_metrics(metrics);
+        let follows = config.fence.generation().is_none();
         let engine_config = EngineConfig {
             ping_history: config.ping_history,
-            hold_deadlines: config.hold_deadlines,
+            hold_deadlines: config.hold_deadlines || follows,
         };
-        let engine = Engine::start(
+        // Asked before the monitors are loaded: the mirror misses no round after it.
+        let feed = match &monitor_storage.feed {
+            Some(feed) => Some((
+                feed.clone(),
+                feed.version()
+                    .await
+                    .map_err(|e| ServicesError::Engine(EngineError::Storage(e)))?,
+            )),
+            None => None,
+        };
+        let engine = Engine::start_as(
             monitor_storage.monitors,
             outbox.clone(),
             engine_config,
             Clock::new(),
+            config.fence.clone(),
         )?;
         engine.register_metrics(metrics);
         // A reader, not the engine: the outbox the engine holds must not keep it alive.
@@ -170,7 +191,21 @@ impl Services {
             (Some(url), _) => (crate::core::store_pg::open(url, metrics).await?, None),
             (None, None) => unreachable!("the data directory is opened without a database"),
         };
-        let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
+        let registry =
+            Registry::load(storage.apps.clone(), storage.events.clone(), config.limits).await?;
+        if let Some(relay) = &storage.relay {
+            replica::spawn_relay_pump(config.fence.clone(), engine.clone(), relay.clone());
+        }
+        if let Some(signal) = storage.apps_changed {
+            let (fence, apps) = (config.fence.clone(), storage.apps.clone());
+            replica::spawn_app_refresh(fence, registry.clone(), apps, signal);
+        }
+        let mirror = feed.map(|(feed, version)| {
+            let mirror = Arc::new(Mirror::new(engine.clone(), registry.clone(), feed, version));
+            mirror.clone().spawn(config.fence.clone());
+            mirror
+        });
+        let replica = Replica::new(config.fence.clone(), engine.clone(), storage.relay);
         crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
         Ok(Self {
             registry,
@@ -179,6 +214,8 @@ impl Services {
             outbox,
             channels,
             role,
+            replica,
+            mirror,
             store,
             no_commit_log: Arc::default(),
             #[cfg(test)]
@@ -196,6 +233,17 @@ impl Services {
         }
     }
 
+    /// Takes a ping for monitor `key`: applied here if this replica leads, relayed to the
+    /// leader if it does not; resolves once durable either way.
+    pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, PingError> {
+        self.replica.ping(key, input).await
+    }
+
+    /// Whether this replica leads: only then may monitors be changed through it.
+    pub fn leads(&self) -> bool {
+        self.replica.leads()
+    }
+
     /// Starts delivering queued and future alerts through `courier`.
     pub fn deliver_alerts(&self, courier: Arc<dyn Deliver>) {
         tokio::spawn(self.outbox.clone().run(courier));
@@ -204,6 +252,9 @@ impl Services {
     /// Makes this replica the leader under `term`, once it has caught up with what the
     /// deposed leader wrote (the take-over behind `term` fenced it).
     pub async fn promote(&self, term: &super::leadership::Term) -> Result<(), StorageError> {
+        if let Some(mirror) = &self.mirror {
+            mirror.catch_up().await?;
+        }
         self.role.lead(term);
         Ok(())
     }

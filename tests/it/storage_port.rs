@@ -94,7 +94,8 @@ async fn open_services(
         limits: Default::default(),
         hold_deadlines: false,
         top_events: 10,
-        // On a database too, services opened with a sole fence lead from the start.
+        // On a database, opening the services with a fence that leads makes this
+        // process take the lead.
         fence: Fence::sole(),
         database,
     };

@@ -17,17 +17,21 @@ mod backend;
 mod connect;
 pub mod elector;
 mod events;
+mod feed;
 mod ingest;
 pub mod leader;
+mod listen;
 mod migrate;
 mod monitors;
 mod outbox;
+mod relay;
 mod rounds;
 mod url;
 mod writer;
 
 use std::sync::Arc;
 
+pub use feed::PgFeed;
 pub use monitors::{MonitorChange, MonitorChanges, PgMonitors};
 pub use outbox::PgOutbox;
 pub use rounds::RoundStats;
@@ -71,7 +75,7 @@ pub enum PgError {
 pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Storage, PgError> {
     let tls = connect::tls()?;
     migrate::run(url, tls.clone()).await?;
-    let pool = connect::pool(url, tls)?;
+    let pool = connect::pool(url, tls.clone())?;
     let db = Db {
         pool,
         url: url.clone(),
@@ -84,7 +88,12 @@ pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Sto
             db: db.clone(),
             writer,
         }),
-        apps: Arc::new(apps::PgApps { db }),
+        apps: Arc::new(apps::PgApps { db: db.clone() }),
+        relay: Some(Arc::new(relay::PgRelay {
+            db,
+            signal: listen::spawn(url, tls.clone(), relay::CHANNEL),
+        })),
+        apps_changed: Some(listen::spawn(url, tls, apps::CHANNEL)),
     })
 }
 
@@ -96,6 +105,8 @@ pub struct PgMonitorStorage {
     pub monitors: Arc<PgMonitors>,
     /// The alert outbox.
     pub outbox: Arc<PgOutbox>,
+    /// The rounds, for replicas that mirror them.
+    pub feed: Arc<PgFeed>,
 }
 
 impl PgMonitorStorage {
@@ -104,6 +115,7 @@ impl PgMonitorStorage {
         MonitorStorage {
             monitors: self.monitors.clone(),
             outbox: self.outbox.clone(),
+            feed: Some(self.feed.clone()),
         }
     }
 }
@@ -124,9 +136,15 @@ pub async fn open_monitors(url: &DatabaseUrl, fence: Fence) -> Result<PgMonitorS
         detail: url.redact(&e.to_string()),
     })?;
     tracing::info!(database = %url, "monitors and the alert outbox are stored in PostgreSQL");
+    let monitors = Arc::new(PgMonitors::new(backend.clone()));
+    let feed = Arc::new(PgFeed {
+        monitors: monitors.clone(),
+        signal: listen::spawn(url, connect::tls()?, feed::CHANNEL),
+    });
     Ok(PgMonitorStorage {
-        monitors: Arc::new(PgMonitors::new(backend.clone())),
+        monitors,
         outbox: Arc::new(PgOutbox::new(backend)),
+        feed,
     })
 }
 

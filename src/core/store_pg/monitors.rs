@@ -102,6 +102,27 @@ impl PgMonitors {
         self.rounds.stats.clone()
     }
 
+    /// The version of the newest round that wrote or removed a monitor: a mirror that
+    /// loads the monitors after asking misses nothing by asking for the changes since.
+    pub async fn newest_version(&self) -> Result<u64, StorageError> {
+        let backend = self.backend.ctx.clone();
+        self.backend
+            .run(async move {
+                let client = backend.db.client().await?;
+                let row = client
+                    .query_one(
+                        "SELECT greatest( \
+                           (SELECT coalesce(max(version), 0) FROM hartslag_monitors), \
+                           (SELECT coalesce(max(version), 0) FROM hartslag_monitor_removals))",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| backend.db.fail(e))?;
+                Ok(from_db_id(row.get(0)))
+            })
+            .await
+    }
+
     /// What the rounds after `version` wrote, read in one snapshot; see
     /// [`MonitorChanges`]. Version 0 asks for everything.
     pub async fn changes_since(&self, version: u64) -> Result<MonitorChanges, StorageError> {
