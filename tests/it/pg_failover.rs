@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hartslag::core::token::{Token, TokenKind};
 
-use crate::helpers::{ChildServer, app_manifest, heartbeat_manifest, metric, wait_for};
+use crate::helpers::{ChildServer, SmtpSink, app_manifest, heartbeat_manifest, metric, wait_for};
 
 /// The bound the design promises between a leader's end and its successor's start.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(15);
@@ -16,7 +16,7 @@ const FAILOVER_WITHIN: Duration = Duration::from_secs(15);
 /// A manifests directory and one data directory per replica, every one holding the same
 /// tokens (as a shared Secret or token files give every replica the same ones).
 pub(crate) struct Layout {
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
     manifests: PathBuf,
     data: Vec<PathBuf>,
     url: String,
@@ -134,6 +134,32 @@ pub(crate) async fn exit_code(server: &mut ChildServer, within: Duration) -> Opt
     }
 }
 
+/// Pings the monitor whose token is `token` through the replica at `base`; the status.
+pub(crate) async fn ping(base: &str, token: &str) -> u16 {
+    let url = format!("{base}/v1/heartbeats/{token}/ping");
+    match reqwest::Client::new().post(url).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// A Heartbeat that emails ops@example.com.
+fn emailing(name: &str, interval: &str) -> String {
+    heartbeat_manifest(
+        name,
+        interval,
+        "0s",
+        "  alerts:\n    email: [\"ops@example.com\"]\n",
+    )
+}
+
+/// Waits `extra` and then asserts that `sink` holds exactly one message about `subject`.
+async fn still_one(sink: &SmtpSink, subject: &str, extra: Duration) {
+    tokio::time::sleep(extra).await;
+    let mails = sink.with_subject(subject);
+    assert_eq!(mails.len(), 1, "{} emails about {subject:?}", mails.len());
+}
+
 fn generation(text: &str) -> f64 {
     crate::helpers::metric_value(text, "hartslag_leader_generation").unwrap()
 }
@@ -147,10 +173,12 @@ async fn one_of_three_replicas_leads_and_a_killed_leader_is_replaced_within_15_s
     }
     let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
     let before = generation(&crate::helpers::metrics_text(&replicas[leader].base).await);
+    // Followers take pings too (they relay them to the leader).
     let token = layout.heartbeat_token("nightly");
-    let ping = format!("{}/v1/heartbeats/{token}/ping", replicas[leader].base);
-    let res = reqwest::Client::new().post(ping).send().await.unwrap();
-    assert_eq!(res.status(), 200);
+    for r in &replicas {
+        let res = ping(&r.base, &token).await;
+        assert_eq!(res, 200, "a ping through {}", r.base);
+    }
 
     let killed = replicas.remove(leader);
     let log = killed.log.clone();
@@ -199,4 +227,82 @@ async fn a_stalled_leader_is_deposed_and_exits_1_when_it_runs_again() {
     assert!(errors[0].contains("lost the leadership"), "{log}");
     // The successor keeps leading.
     assert_eq!(leads(&follower_base).await, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_just_after_the_leader_is_killed_sends_one_email_from_its_successor() {
+    let layout = Layout::new(3, &[emailing("payroll", "8s")]);
+    let sink = SmtpSink::start(layout._dir.path()).await;
+    let smtp = sink.url();
+    let args = ["--smtp-url", smtp.as_str(), "--min-interval", "1s"];
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(layout.start(i, &args).await);
+    }
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    // Pinged through a follower: the relay brings it to the leader; due 8 s later.
+    let token = layout.heartbeat_token("payroll");
+    let follower = (leader + 1) % 3;
+    assert_eq!(ping(&replicas[follower].base, &token).await, 200);
+    let due = Instant::now() + Duration::from_secs(8);
+    // The leader has applied the ping once the monitor is Up everywhere.
+    let base = replicas[follower].base.clone();
+    wait_for(
+        "the relayed ping to be applied",
+        Duration::from_secs(5),
+        || {
+            let base = base.clone();
+            async move {
+                metric(&base, "hartslag_monitors{state=\"Up\"}")
+                    .await
+                    .filter(|v| *v == 1.0)
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    replicas.remove(leader).kill9();
+    let successor = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+
+    let mails = sink
+        .wait_for_mail("DOWN: payroll", Duration::from_secs(40))
+        .await;
+    let late = Instant::now().saturating_duration_since(due);
+    eprintln!("the Down email came {late:?} after the deadline");
+    assert_eq!(mails.len(), 1);
+    assert!(late < FAILOVER_WITHIN, "sent {late:?} after the deadline");
+    let delivered = metric(
+        &replicas[successor].base,
+        "hartslag_alert_deliveries_total{outcome=\"delivered\"}",
+    )
+    .await;
+    assert_eq!(delivered, Some(1.0), "the successor did not send it");
+    still_one(&sink, "DOWN: payroll", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leader_woken_after_its_successor_alerted_sends_nothing_and_exits_1() {
+    let layout = Layout::new(2, &[emailing("ledger", "4s")]);
+    let sink = SmtpSink::start(layout._dir.path()).await;
+    let smtp = sink.url();
+    let args = ["--smtp-url", smtp.as_str(), "--min-interval", "1s"];
+    let mut replicas = [layout.start(0, &args).await, layout.start(1, &args).await];
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let follower = 1 - leader;
+    let token = layout.heartbeat_token("ledger");
+    assert_eq!(ping(&replicas[leader].base, &token).await, 200);
+    // The deadline falls while the leader is stalled; its successor alerts once it leads.
+    signal(&replicas[leader], "-STOP");
+    let mails = sink
+        .wait_for_mail("DOWN: ledger", Duration::from_secs(40))
+        .await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(leads(&replicas[follower].base).await, Some(true));
+
+    signal(&replicas[leader], "-CONT");
+    let code = exit_code(&mut replicas[leader], Duration::from_secs(15)).await;
+    let log = replicas[leader].log_text();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("lost the leadership"), "{log}");
+    still_one(&sink, "DOWN: ledger", Duration::from_secs(5)).await;
 }
