@@ -9,6 +9,12 @@
 //!    down, release the deadlines and report ready (`/readyz`);
 //! 6. serve until SIGTERM or until another instance took the Lease, then stop the
 //!    controllers, flush the store and release the Lease.
+//!
+//! With a database shared by replicas, 2 comes after the rest is ready: every replica
+//! opens the core (deadlines held), builds the context and serves, ready as a follower;
+//! the one that takes the Lease takes the database's leader row over, catches up, leads,
+//! and goes on with 4 and 5 (alert delivery starts with the released deadlines). Losing
+//! the Lease, or a write refused by the fence, stops it with exit code 1.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
