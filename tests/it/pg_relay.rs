@@ -112,6 +112,28 @@ async fn relayed_pings_are_read_in_the_order_posted_and_every_replica_hears_of_t
     assert_eq!(after_first.len(), 1);
     assert_eq!(after_first[0].id, second);
     assert_eq!(leader.take(0, 1).await.unwrap().len(), 1, "the limit");
+
+    // Posted at once (one transaction or a few): each is answered with its own number.
+    let posts = (0..50).map(|i| {
+        let poster = poster.clone();
+        async move {
+            let key = format!("default/m{i}");
+            (
+                poster
+                    .post(key.clone(), before, ping("burst"))
+                    .await
+                    .unwrap(),
+                key,
+            )
+        }
+    });
+    let answered = futures::future::join_all(posts).await;
+    let taken = leader.take(second, 100).await.unwrap();
+    let mut stored: Vec<_> = taken.into_iter().map(|p| (p.id, p.key)).collect();
+    let mut answered = answered;
+    answered.sort();
+    stored.sort();
+    assert_eq!(answered, stored);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
