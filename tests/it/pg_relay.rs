@@ -453,3 +453,33 @@ async fn over_http_a_follower_answers_pings_from_the_relay_and_refuses_changes_w
     assert_eq!(anonymous.status(), 401);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_ping_the_leader_cannot_read_is_dropped_and_those_after_it_are_applied() {
+    let server = crate::pg::shared();
+    let url = server.database("relay_unreadable");
+    let dir = tempfile::tempdir().unwrap();
+    let leader = services(dir.path(), &url, Fence::sole()).await;
+    leader.engine.upsert(monitor("job", false)).await.unwrap();
+    let good = serde_json::to_string(&ping("after")).unwrap();
+    server.psql(
+        "relay_unreadable",
+        &format!(
+            "INSERT INTO hartslag_ping_relay (monitor, at, ping) VALUES \
+             ('default/job', 0, '{{\"kind\": \"from-a-newer-release\"}}'), \
+             ('default/job', 0, '{good}'); NOTIFY hartslag_relay"
+        ),
+    );
+    until("the relay to be drained", Duration::from_secs(10), || {
+        leader
+            .engine
+            .get("default/job")
+            .is_some_and(|m| m.state.pings == 1)
+    })
+    .await;
+    assert_eq!(relay_rows(server, "relay_unreadable"), "0");
+    let num = leader.engine.get("default/job").unwrap().num;
+    let history = leader.engine.pings(num, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].body.as_deref(), Some("after"));
+}

@@ -88,19 +88,43 @@ impl PgRelay {
             )
             .await
             .map_err(|e| self.db.fail(e))?;
-        rows.iter()
+        Ok(rows
+            .iter()
             .map(|r| {
                 let id: i64 = r.get(0);
-                let at = Timestamp::from_microsecond(r.get(2)).map_err(|e| corrupt(id, e))?;
-                let input = serde_json::from_str(r.get(3)).map_err(|e| corrupt(id, e))?;
-                Ok(RelayedPing {
-                    id: from_db_id(id),
-                    key: r.get(1),
-                    at,
-                    input,
-                })
+                let read = || -> Result<RelayedPing, StorageError> {
+                    let at = Timestamp::from_microsecond(r.get(2)).map_err(|e| corrupt(id, e))?;
+                    let input = serde_json::from_str(r.get(3)).map_err(|e| corrupt(id, e))?;
+                    Ok(RelayedPing {
+                        id: from_db_id(id),
+                        key: r.get(1),
+                        at,
+                        input,
+                    })
+                };
+                read().unwrap_or_else(|e| unreadable(id, r.get(1), r.get(3), &e))
             })
-            .collect()
+            .collect())
+    }
+}
+
+/// A relayed ping that cannot be read (written by a newer release, or damaged): logged
+/// with what it said and handed over under no monitor's key, so the leader drops it and
+/// removes it from the relay instead of stopping at it for good.
+fn unreadable(id: i64, key: String, ping: &str, e: &StorageError) -> RelayedPing {
+    tracing::error!(id, monitor = %key, ping, error = %e, "a relayed ping cannot be read; it is dropped");
+    RelayedPing {
+        id: from_db_id(id),
+        key: String::new(),
+        at: Timestamp::UNIX_EPOCH,
+        input: PingInput {
+            kind: crate::core::monitor::engine::PingKind::Success,
+            exit_code: None,
+            source: None,
+            user_agent: None,
+            body: None,
+            rid: None,
+        },
     }
 }
 
