@@ -482,7 +482,7 @@ async fn write_states(
     let mut states = Vec::with_capacity(monitors.len());
     for m in monitors {
         keys.push(m.def.key.as_str());
-        states.push(crate::core::store::monitors::state::encode(m).map_err(StorageError::from)?);
+        states.push(crate::core::storage::state_record::encode(m)?);
     }
     let st = tx
         .prepare_cached(
