@@ -31,7 +31,7 @@ mod harness;
 #[allow(dead_code)]
 mod helpers;
 #[path = "../tests/it/pg.rs"]
-#[allow(dead_code)] // the helpers name the test database server
+#[allow(dead_code)] // the harness can put its servers on PostgreSQL
 mod pg;
 
 use std::time::{Duration, Instant};

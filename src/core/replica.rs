@@ -55,6 +55,11 @@ impl Replica {
         }
     }
 
+    /// The fence this replica leads under: whoever decides leadership sets it.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
     /// Whether this replica leads (its engine writes rounds).
     pub fn leads(&self) -> bool {
         self.fence.generation().is_some()
@@ -90,6 +95,41 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// Applies every ping in the relay, batch by batch, until it is empty: a replica that
+    /// has just taken over does so (after its mirror caught up and its fence leads)
+    /// before its deadlines are released, so no ping a replica answered is judged missing.
+    /// The relay pump does the same on its own within [`POLL`]; this waits for it.
+    pub async fn drain_relay(&self) -> Result<(), DrainError> {
+        let Some(relay) = &self.relay else {
+            return Ok(());
+        };
+        while apply_batch(&self.engine, relay.as_ref()).await? {}
+        Ok(())
+    }
+}
+
+/// Why the relay could not be drained.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// The relay could not be read.
+    #[error("reading the relayed pings failed: {0}")]
+    Read(#[from] StorageError),
+    /// The engine could not apply them.
+    #[error("applying the relayed pings failed: {0}")]
+    Apply(#[from] EngineError),
+}
+
+/// Applies the oldest batch in the relay; false when there was none.
+async fn apply_batch(engine: &Engine, relay: &dyn PingRelay) -> Result<bool, DrainError> {
+    let batch = relay.take(0, RELAY_BATCH).await?;
+    if batch.is_empty() {
+        return Ok(false);
+    }
+    engine.apply_relayed(batch).await?;
+    Ok(true)
+}
+
 /// Waits until `signal` is raised or [`POLL`] has passed.
 async fn wait(signal: &Signal) {
     let _ = tokio::time::timeout(POLL, signal.notified()).await;
@@ -107,18 +147,14 @@ pub fn spawn_relay_pump(fence: Fence, engine: Engine, relay: Arc<dyn PingRelay>)
                 wait(&signal).await;
                 continue;
             }
-            let failed = match relay.take(0, RELAY_BATCH).await {
-                Ok(batch) if batch.is_empty() => {
+            let failed = match apply_batch(&engine, relay.as_ref()).await {
+                Ok(true) => None,
+                Ok(false) => {
                     wait(&signal).await;
                     continue;
                 }
-                Ok(batch) => engine
-                    .apply_relayed(batch)
-                    .await
-                    .err()
-                    .map(|e| e.to_string()),
-                Err(StorageError::Stopped) => return,
-                Err(e) => Some(e.to_string()),
+                Err(DrainError::Read(StorageError::Stopped)) => return,
+                Err(e) => Some(e),
             };
             if let Some(e) = failed {
                 tracing::warn!(error = %e, "applying relayed pings failed; retrying");
@@ -454,11 +490,12 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let (engine, _) = engine(other.path(), &relay, &next);
         engine.upsert(def("job")).await.unwrap();
+        let replica = Replica::new(next.clone(), engine.clone(), Some(relay.clone()));
+        replica.drain_relay().await.unwrap();
+        assert!(relay.rows.lock().unwrap().is_empty());
+        assert_eq!(engine.get("ns/job").unwrap().state.pings, 1);
+        // Its pump finds nothing more to apply.
         spawn_relay_pump(next.clone(), engine.clone(), relay.clone());
-        until("the relay is drained", || {
-            relay.rows.lock().unwrap().is_empty()
-        })
-        .await;
         tokio::time::sleep(POLL * 2).await;
         assert_eq!(engine.get("ns/job").unwrap().state.pings, 1);
     }

@@ -249,13 +249,20 @@ impl Services {
         tokio::spawn(self.outbox.clone().run(courier));
     }
 
-    /// Makes this replica the leader under `term`, once it has caught up with what the
-    /// deposed leader wrote (the take-over behind `term` fenced it).
+    /// Makes this replica the leader under `term`: catches up with the rounds the deposed
+    /// leader wrote (the take-over behind `term` fenced it), leads, then applies every
+    /// ping the relay holds, so that the deadlines released after it judge no answered
+    /// ping missing.
     pub async fn promote(&self, term: &super::leadership::Term) -> Result<(), StorageError> {
         if let Some(mirror) = &self.mirror {
             mirror.catch_up().await?;
         }
         self.role.lead(term);
+        // Every ping a follower answered is applied before the deadlines are released.
+        self.replica
+            .drain_relay()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         Ok(())
     }
 

@@ -112,6 +112,28 @@ async fn relayed_pings_are_read_in_the_order_posted_and_every_replica_hears_of_t
     assert_eq!(after_first.len(), 1);
     assert_eq!(after_first[0].id, second);
     assert_eq!(leader.take(0, 1).await.unwrap().len(), 1, "the limit");
+
+    // Posted at once (one transaction or a few): each is answered with its own number.
+    let posts = (0..50).map(|i| {
+        let poster = poster.clone();
+        async move {
+            let key = format!("default/m{i}");
+            (
+                poster
+                    .post(key.clone(), before, ping("burst"))
+                    .await
+                    .unwrap(),
+                key,
+            )
+        }
+    });
+    let answered = futures::future::join_all(posts).await;
+    let taken = leader.take(second, 100).await.unwrap();
+    let mut stored: Vec<_> = taken.into_iter().map(|p| (p.id, p.key)).collect();
+    let mut answered = answered;
+    answered.sort();
+    stored.sort();
+    assert_eq!(answered, stored);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,4 +399,87 @@ async fn a_ping_relayed_while_no_leader_applies_it_is_applied_once_by_the_next()
     assert_eq!(next.engine.get("default/job").unwrap().state.pings, 1);
     let num = next.engine.get("default/job").unwrap().num;
     assert_eq!(next.engine.pings(num, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_follower_answers_pings_from_the_relay_and_refuses_changes_with_retry_after() {
+    use crate::helpers::{InProcess, app_manifest, heartbeat_manifest, read_token};
+    let server = crate::pg::shared();
+    let url = server.database("relay_http");
+    let files = vec![
+        ("a.yaml", app_manifest("team", "UTC")),
+        (
+            "hb.yaml",
+            heartbeat_manifest("nightly", "1h", "5m", "  applicationRef:\n    name: team\n"),
+        ),
+    ];
+    let s = InProcess::start_with(&files, |c| c.database_url = Some(url.parse().unwrap())).await;
+    // Declared while it led; from now on it does not.
+    s.core.replica.fence().depose();
+    let c = reqwest::Client::new();
+    let token = read_token(&s.data, "heartbeat", "nightly");
+    let pinged = c
+        .post(format!("{}/v1/heartbeats/{token}/ping", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pinged.status(), 200);
+    assert_eq!(pinged.text().await.unwrap(), r#"{"status":"ok"}"#);
+    assert_eq!(relay_rows(server, "relay_http"), "1");
+    let unknown = c
+        .get(format!("{}/v1/heartbeats/hsh_nope/ping", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    let api = format!("{}/v1/heartbeats", s.base);
+    let key = s.app_token("team");
+    let listed = c.get(&api).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(listed.status(), 200, "reads are served by every replica");
+    let created = c
+        .post(&api)
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "new", "interval_secs": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 503);
+    assert_eq!(created.headers()["retry-after"], "1");
+    let body: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(body["error"], "this replica does not lead; retry");
+    // Unauthenticated, it is told so first.
+    let anonymous = c.post(&api).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_ping_the_leader_cannot_read_is_dropped_and_those_after_it_are_applied() {
+    let server = crate::pg::shared();
+    let url = server.database("relay_unreadable");
+    let dir = tempfile::tempdir().unwrap();
+    let leader = services(dir.path(), &url, Fence::sole()).await;
+    leader.engine.upsert(monitor("job", false)).await.unwrap();
+    let good = serde_json::to_string(&ping("after")).unwrap();
+    server.psql(
+        "relay_unreadable",
+        &format!(
+            "INSERT INTO hartslag_ping_relay (monitor, at, ping) VALUES \
+             ('default/job', 0, '{{\"kind\": \"from-a-newer-release\"}}'), \
+             ('default/job', 0, '{good}'); NOTIFY hartslag_relay"
+        ),
+    );
+    until("the relay to be drained", Duration::from_secs(10), || {
+        leader
+            .engine
+            .get("default/job")
+            .is_some_and(|m| m.state.pings == 1)
+    })
+    .await;
+    assert_eq!(relay_rows(server, "relay_unreadable"), "0");
+    let num = leader.engine.get("default/job").unwrap().num;
+    let history = leader.engine.pings(num, 10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].body.as_deref(), Some("after"));
 }

@@ -14,6 +14,7 @@
 //! (fenced leader writes, the changes a mirror reads) is in [`leader_writes`].
 
 mod engine;
+mod figures;
 mod leader_writes;
 
 use std::path::PathBuf;

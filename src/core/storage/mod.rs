@@ -21,6 +21,7 @@ mod types;
 mod monitors;
 mod outbox;
 mod relay;
+pub mod state_record;
 
 use std::sync::Arc;
 

@@ -32,7 +32,8 @@ pub type Signal = Arc<tokio::sync::Notify>;
 pub struct RelayedPing {
     /// Its number in the relay: numbers grow in the order pings were posted.
     pub id: u64,
-    /// The monitor's key, `namespace/name`.
+    /// The monitor's key, `namespace/name`; empty for a stored ping the backend could
+    /// not read, which the leader drops (and removes) like one for a monitor that is gone.
     pub key: String,
     /// When the replica took it.
     pub at: Timestamp,

@@ -89,10 +89,10 @@ pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Sto
             writer,
         }),
         apps: Arc::new(apps::PgApps { db: db.clone() }),
-        relay: Some(Arc::new(relay::PgRelay {
+        relay: Some(Arc::new(relay::PgRelay::spawn(
             db,
-            signal: listen::spawn(url, tls.clone(), relay::CHANNEL),
-        })),
+            listen::spawn(url, tls.clone(), relay::CHANNEL),
+        ))),
         apps_changed: Some(listen::spawn(url, tls, apps::CHANNEL)),
     })
 }

@@ -83,7 +83,7 @@ impl MonitorChange {
 fn monitor_of(record: &[u8], state: Option<&[u8]>) -> Result<Monitor, StorageError> {
     let mut m: Monitor = decode("monitor record", record)?;
     if let Some(state) = state {
-        crate::core::store::monitors::state::apply(&mut m, state)?;
+        crate::core::storage::state_record::apply(&mut m, state)?;
     }
     Ok(m)
 }

@@ -482,7 +482,7 @@ async fn write_states(
     let mut states = Vec::with_capacity(monitors.len());
     for m in monitors {
         keys.push(m.def.key.as_str());
-        states.push(crate::core::store::monitors::state::encode(m).map_err(StorageError::from)?);
+        states.push(crate::core::storage::state_record::encode(m)?);
     }
     let st = tx
         .prepare_cached(
@@ -516,4 +516,44 @@ async fn write_deliveries(
         .await?;
     tx.execute(&st, &[&keys, &records, &notices]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::monitor::engine::sample;
+    use crate::core::monitor::state::State;
+    use crate::core::storage::Removal;
+
+    #[test]
+    fn a_statement_gets_the_last_entry_of_each_key_in_order() {
+        let items = vec![("a", 1), ("b", 2), ("a", 3), ("c", 4)];
+        assert_eq!(
+            last_by_key(items, |i| i.0),
+            vec![("b", 2), ("a", 3), ("c", 4)]
+        );
+    }
+
+    #[test]
+    fn the_overlay_holds_retained_records_until_their_round_is_committed() {
+        let m = sample("ns/kept", State::Up);
+        let removal = |retain: Option<Monitor>| MonitorRound {
+            remove: vec![Removal {
+                key: m.def.key.clone(),
+                num: m.num,
+                retain,
+            }],
+            ..Default::default()
+        };
+        let mut overlay = Overlay::default();
+        assert_eq!(overlay.retained("ns/kept"), None);
+        overlay.record(1, &removal(Some(m.clone())));
+        assert_eq!(overlay.retained("ns/kept"), Some(Some(m.clone())));
+        // Deleted for good by a later round: the overlay says there is none.
+        overlay.record(2, &removal(None));
+        overlay.committed(1);
+        assert_eq!(overlay.retained("ns/kept"), Some(None));
+        overlay.committed(2);
+        assert_eq!(overlay.retained("ns/kept"), None);
+    }
 }

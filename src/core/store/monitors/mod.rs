@@ -16,7 +16,7 @@
 pub mod keys;
 mod load;
 mod pings;
-pub(crate) mod state;
+mod state;
 
 use super::commit::Progress;
 use super::port::blocking;
