@@ -48,7 +48,12 @@ pub struct ServerConfig {
     pub hold_deadlines: bool,
     /// Event names per Application with a series of their own on `/metrics`.
     pub metrics_top_events: usize,
-    /// PostgreSQL for events, applications and tokens; `None` keeps them in `data_dir`.
+    /// Several replicas share the database and elect their leader (the front end runs the
+    /// election): the services open as a follower. Otherwise this process leads from the
+    /// start.
+    pub elect_leader: bool,
+    /// PostgreSQL for all the data (`data_dir` is then unused); `None` keeps it in
+    /// `data_dir`.
     pub database_url: Option<crate::core::store_pg::DatabaseUrl>,
 }
 
@@ -76,6 +81,7 @@ impl ServerConfig {
             hold_deadlines: false,
             metrics_top_events: crate::core::ingest::counts::DEFAULT_TOP_EVENTS,
             database_url: None,
+            elect_leader: false,
         }
     }
 
@@ -95,6 +101,11 @@ impl ServerConfig {
             hold_deadlines: self.hold_deadlines,
             top_events: self.metrics_top_events,
             database: self.database_url.clone(),
+            fence: if self.elect_leader && self.database_url.is_some() {
+                crate::core::storage::Fence::follower()
+            } else {
+                crate::core::storage::Fence::sole()
+            },
         }
     }
 }

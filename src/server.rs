@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
+use crate::core::alert::Deliver;
 use crate::core::catalogue::MonitorCatalogue;
 use crate::core::metrics::MetricRegistry;
 use crate::core::{Services, ServicesError};
@@ -45,11 +46,14 @@ pub struct Server {
     metrics: MetricRegistry,
     catalogue: Option<Arc<dyn MonitorCatalogue>>,
     ready: Option<Arc<AtomicBool>>,
+    courier: Arc<dyn Deliver>,
 }
 
 impl Server {
-    /// Opens the services (each registering its metrics) and starts delivering alerts
-    /// through the configured channels. Needs a tokio runtime.
+    /// Opens the services (each registering its metrics) and, when this process leads from
+    /// the start (an embedded store), starts delivering alerts through the configured
+    /// channels; a replica on a shared database delivers once elected
+    /// ([`Services::start_leading`] with [`Server::courier`]). Needs a tokio runtime.
     pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
         let mut metrics = MetricRegistry::default();
         let core = Services::open(&config.services(), &mut metrics).await?;
@@ -59,14 +63,23 @@ impl Server {
             config.webhooks.clone(),
             crate::notify::channel::ChannelSender::new(core.channels.clone(), config.base_url()),
         )?;
-        core.deliver_alerts(Arc::new(notifier));
+        let courier: Arc<dyn Deliver> = Arc::new(notifier);
+        if core.role.leads() {
+            core.deliver_alerts(courier.clone());
+        }
         Ok(Self {
             config,
             core,
             metrics,
             catalogue: None,
             ready: None,
+            courier,
         })
+    }
+
+    /// What delivers alerts through the configured channels.
+    pub fn courier(&self) -> Arc<dyn Deliver> {
+        self.courier.clone()
     }
 
     /// The registry a front end adds its own metric families to.

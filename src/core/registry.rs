@@ -329,6 +329,52 @@ impl Registry {
         inner.apps.get(&owner.key).cloned()
     }
 
+    /// Makes the applications this registry knows (and their tokens) those of `records`,
+    /// as another replica stored them: a replica that does not lead learns of the
+    /// applications the leader defines this way. Nothing is written.
+    pub fn sync_applications(&self, records: Vec<AppRecord>) {
+        let mut inner = self.write();
+        let mut apps = HashMap::with_capacity(records.len());
+        for rec in records.iter().filter(|r| r.retained_since.is_none()) {
+            let key = object_key(&rec.namespace, &rec.name);
+            let previous = inner.apps.get(&key).cloned();
+            let info = info_from(rec, &self.defaults, previous.as_deref());
+            apps.insert(key, Arc::new(info));
+        }
+        inner.apps = apps;
+        inner.tokens.retain(|_, o| o.kind != TokenKind::Application);
+        for rec in records.iter().filter(|r| r.retained_since.is_none()) {
+            let owner = TokenOwner {
+                kind: TokenKind::Application,
+                key: object_key(&rec.namespace, &rec.name),
+            };
+            inner.tokens.insert(rec.token.0, owner);
+        }
+    }
+
+    /// Forgets the ping tokens in `dropped` and indexes those in `added` (hash, monitor
+    /// key), as another replica stored them: a replica that does not lead learns of the
+    /// monitors the leader defines this way. Nothing is written.
+    pub fn index_monitor_tokens(&self, dropped: &[TokenHash], added: &[(TokenHash, String)]) {
+        let mut inner = self.write();
+        for hash in dropped {
+            if inner
+                .tokens
+                .get(&hash.0)
+                .is_some_and(|o| o.kind == TokenKind::Heartbeat)
+            {
+                inner.tokens.remove(&hash.0);
+            }
+        }
+        for (hash, key) in added {
+            let owner = TokenOwner {
+                kind: TokenKind::Heartbeat,
+                key: key.clone(),
+            };
+            inner.tokens.insert(hash.0, owner);
+        }
+    }
+
     /// The application under `namespace/name`.
     pub fn application(&self, key: &str) -> Option<Arc<AppInfo>> {
         self.read().apps.get(key).cloned()

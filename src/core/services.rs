@@ -1,6 +1,7 @@
-//! The domain services of a running server, opened together from one data directory: the
-//! registry of definitions, the ingest writer, the monitor engine and the alert outbox.
-//! Front ends declare definitions into them; HTTP adapters read and write through them.
+//! The domain services of a running server, opened together from one data directory or
+//! one PostgreSQL database: the registry of definitions, the ingest writer, the monitor
+//! engine and the alert outbox. Front ends declare definitions into them; HTTP adapters
+//! read and write through them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,12 +13,15 @@ use super::alert::Deliver;
 use super::alert::channels::ChannelBook;
 use super::alert::outbox::{Outbox, OutboxConfig, OutboxError};
 use super::duration::SpecDuration;
+use super::leadership::Role;
 use super::limits::LimitDefaults;
 use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
+use super::monitor::engine::{PingInput, PingOutcome};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
-use super::storage::{EventStore, StorageError};
+use super::replica::{self, Mirror, PingError, Replica};
+use super::storage::{EventStore, Fence, MonitorStorage, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
 use super::store_pg::{DatabaseUrl, PgError};
@@ -25,7 +29,7 @@ use super::store_pg::{DatabaseUrl, PgError};
 /// Where the services keep their data and how much they keep.
 #[derive(Debug, Clone)]
 pub struct ServicesConfig {
-    /// The sled directory.
+    /// The sled directory (unused with [`Self::database`]).
     pub data_dir: PathBuf,
     /// sled's page cache in bytes.
     pub cache_bytes: u64,
@@ -40,9 +44,14 @@ pub struct ServicesConfig {
     pub hold_deadlines: bool,
     /// Event names per Application with a series of their own on `/metrics`.
     pub top_events: usize,
-    /// PostgreSQL for events, applications and the token index instead of the data
-    /// directory (monitors and the alert outbox stay in the data directory).
+    /// PostgreSQL for everything (events, applications, the token index, monitors and
+    /// the alert outbox) instead of the data directory, which is then not opened.
     pub database: Option<DatabaseUrl>,
+    /// The generation this process leads under, which the leader-only writes to a shared
+    /// database carry; [`Fence::sole`] with the data directory. A replica that does not
+    /// lead writes no monitor rounds and holds its deadlines: it relays its pings and
+    /// shows the leader's rounds.
+    pub fence: Fence,
 }
 
 /// The embedded backend's monitor and outbox stores over `dir`, for tests of the core's
@@ -91,8 +100,19 @@ pub struct Services {
     pub outbox: Outbox,
     /// The alert channels the front end resolved, and how delivery through each goes.
     pub channels: ChannelBook,
-    /// The embedded backend, for its commit log's figures.
-    store: Store,
+    /// Whether this process leads, and the fence its leader-only writes carry: a process
+    /// opened with [`Fence::sole`] leads from the start; replicas sharing a database
+    /// follow until elected (see [`Services::promote`]).
+    pub role: Role,
+    /// What this replica does according to whether it leads: where its pings go.
+    pub replica: Replica,
+    /// The leader's rounds, shown while this replica does not lead (a database shared
+    /// by replicas only): a replica taking over catches up with it before it leads.
+    pub mirror: Option<Arc<Mirror>>,
+    /// The embedded backend, for its commit log's figures; `None` on PostgreSQL.
+    store: Option<Store>,
+    /// The figures of the commit log there is not, on PostgreSQL.
+    no_commit_log: Arc<CommitStats>,
     /// The embedded ingest writer behind `events` (on sled), for tests that hold it.
     #[cfg(test)]
     writer: Option<EventWriter>,
@@ -110,24 +130,43 @@ impl Services {
             path: config.data_dir.display().to_string(),
             source,
         };
-        let options = StoreOptions {
-            cache_bytes: config.cache_bytes,
+        let (store, monitor_storage) = match &config.database {
+            None => {
+                let options = StoreOptions {
+                    cache_bytes: config.cache_bytes,
+                };
+                let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
+                store.register_metrics(metrics);
+                let monitor_storage =
+                    crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
+                (Some(store), monitor_storage)
+            }
+            Some(url) => (None, open_pg_monitors(url, &config.fence).await?),
         };
-        let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
-        store.register_metrics(metrics);
-        let monitor_storage =
-            crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
+        let role = Role::new(config.fence.clone(), metrics);
         let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
         outbox.register_metrics(metrics);
+        let follows = config.fence.generation().is_none();
         let engine_config = EngineConfig {
             ping_history: config.ping_history,
-            hold_deadlines: config.hold_deadlines,
+            hold_deadlines: config.hold_deadlines || follows,
         };
-        let engine = Engine::start(
+        // Asked before the monitors are loaded: the mirror misses no round after it.
+        let feed = match &monitor_storage.feed {
+            Some(feed) => Some((
+                feed.clone(),
+                feed.version()
+                    .await
+                    .map_err(|e| ServicesError::Engine(EngineError::Storage(e)))?,
+            )),
+            None => None,
+        };
+        let engine = Engine::start_as(
             monitor_storage.monitors,
             outbox.clone(),
             engine_config,
             Clock::new(),
+            config.fence.clone(),
         )?;
         engine.register_metrics(metrics);
         // A reader, not the engine: the outbox the engine holds must not keep it alive.
@@ -142,16 +181,31 @@ impl Services {
         }));
         let channels = outbox.channels().clone();
         // The embedded writer is kept for tests that stall it.
-        let (storage, _writer) = match &config.database {
-            None => {
+        let (storage, _writer) = match (&config.database, &store) {
+            (None, Some(store)) => {
                 let writer = EventWriter::spawn(store.clone()).map_err(open_error)?;
                 writer.register_metrics(metrics);
-                let storage = crate::core::store::port::storage(&store, writer.clone());
+                let storage = crate::core::store::port::storage(store, writer.clone());
                 (storage, Some(writer))
             }
-            Some(url) => (crate::core::store_pg::open(url, metrics).await?, None),
+            (Some(url), _) => (crate::core::store_pg::open(url, metrics).await?, None),
+            (None, None) => unreachable!("the data directory is opened without a database"),
         };
-        let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
+        let registry =
+            Registry::load(storage.apps.clone(), storage.events.clone(), config.limits).await?;
+        if let Some(relay) = &storage.relay {
+            replica::spawn_relay_pump(config.fence.clone(), engine.clone(), relay.clone());
+        }
+        if let Some(signal) = storage.apps_changed {
+            let (fence, apps) = (config.fence.clone(), storage.apps.clone());
+            replica::spawn_app_refresh(fence, registry.clone(), apps, signal);
+        }
+        let mirror = feed.map(|(feed, version)| {
+            let mirror = Arc::new(Mirror::new(engine.clone(), registry.clone(), feed, version));
+            mirror.clone().spawn(config.fence.clone());
+            mirror
+        });
+        let replica = Replica::new(config.fence.clone(), engine.clone(), storage.relay);
         crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
         Ok(Self {
             registry,
@@ -159,21 +213,65 @@ impl Services {
             engine,
             outbox,
             channels,
+            role,
+            replica,
+            mirror,
             store,
+            no_commit_log: Arc::default(),
             #[cfg(test)]
             writer: _writer,
         })
     }
 
     /// The embedded backend's commit-log figures (group commits, flush latency), for
-    /// benchmarks that print them beside durable throughput.
+    /// benchmarks that print them beside durable throughput (all zero on PostgreSQL,
+    /// which has no commit log of its own).
     pub fn commit_stats(&self) -> &CommitStats {
-        self.store.committer().stats()
+        match &self.store {
+            Some(store) => store.committer().stats(),
+            None => &self.no_commit_log,
+        }
+    }
+
+    /// Takes a ping for monitor `key`: applied here if this replica leads, relayed to the
+    /// leader if it does not; resolves once durable either way.
+    pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, PingError> {
+        self.replica.ping(key, input).await
+    }
+
+    /// Whether this replica leads: only then may monitors be changed through it.
+    pub fn leads(&self) -> bool {
+        self.replica.leads()
     }
 
     /// Starts delivering queued and future alerts through `courier`.
     pub fn deliver_alerts(&self, courier: Arc<dyn Deliver>) {
         tokio::spawn(self.outbox.clone().run(courier));
+    }
+
+    /// Makes this replica the leader under `term`: catches up with the rounds the deposed
+    /// leader wrote (the take-over behind `term` fenced it), leads, then applies every
+    /// ping the relay holds, so that the deadlines released after it judge no answered
+    /// ping missing.
+    pub async fn promote(&self, term: &super::leadership::Term) -> Result<(), StorageError> {
+        if let Some(mirror) = &self.mirror {
+            mirror.catch_up().await?;
+        }
+        self.role.lead(term);
+        // Every ping a follower answered is applied before the deadlines are released.
+        self.replica
+            .drain_relay()
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Starts the work only the leader does: lets the held deadlines through, delivers
+    /// alerts through `courier`, and runs retention every `retention_every`.
+    pub fn start_leading(&self, courier: Arc<dyn Deliver>, retention_every: Duration) {
+        self.engine.release_deadlines();
+        self.deliver_alerts(courier);
+        self.spawn_retention(retention_every);
     }
 
     /// Deletes raw events past each application's retention, now and then every `every`;
@@ -224,10 +322,26 @@ impl Services {
         }
     }
 
-    /// Waits until everything written so far is on disk.
+    /// Waits until everything written so far is on disk (on PostgreSQL every write is
+    /// durable once it resolved).
     pub async fn flush(&self) -> Result<(), StorageError> {
-        Ok(self.store.flush().await?)
+        match &self.store {
+            Some(store) => Ok(store.flush().await?),
+            None => Ok(()),
+        }
     }
+}
+
+/// The monitor and outbox stores on PostgreSQL. A process opened to lead ([`Fence::sole`])
+/// takes the leader row over at start, so one process on a database works as on the
+/// embedded backend; a replica opened as a follower leads once elected
+/// ([`Services::promote`]).
+async fn open_pg_monitors(url: &DatabaseUrl, fence: &Fence) -> Result<MonitorStorage, PgError> {
+    let stores = crate::core::store_pg::open_monitors(url, fence.clone()).await?;
+    if fence.generation().is_some() {
+        crate::core::store_pg::lead_alone_at_start(url, fence).await?;
+    }
+    Ok(stores.storage())
 }
 
 /// One application's retention pass: raw events older than its window, and idempotency
@@ -270,6 +384,7 @@ mod tests {
             hold_deadlines: false,
             top_events: 10,
             database: None,
+            fence: Fence::sole(),
         };
         Services::open(&config, &mut MetricRegistry::default())
             .await

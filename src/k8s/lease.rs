@@ -88,15 +88,10 @@ impl LeaseSettings {
     }
 }
 
-/// A unique holder identity: the pod name (or host name) and a random suffix.
+/// A unique holder identity: the pod name (or host name), the process id and a random
+/// suffix.
 pub fn identity() -> String {
-    let base = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "hartslag".into());
-    let suffix = crate::core::token::random_id()
-        .map(|s| s.chars().take(8).collect::<String>())
-        .unwrap_or_default();
-    format!("{base}_{suffix}")
+    crate::core::leadership::identity()
 }
 
 /// The parts of a Lease that decide who holds it.

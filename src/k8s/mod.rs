@@ -51,4 +51,7 @@ pub enum OperatorError {
     /// Another instance took the Lease while this one ran.
     #[error("stopped: {0}")]
     LeaseLost(String),
+    /// The Lease was won but the database's leader row could not be taken over.
+    #[error("cannot take over as the leader: {0}")]
+    Promotion(String),
 }

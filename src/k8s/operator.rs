@@ -9,6 +9,12 @@
 //!    down, release the deadlines and report ready (`/readyz`);
 //! 6. serve until SIGTERM or until another instance took the Lease, then stop the
 //!    controllers, flush the store and release the Lease.
+//!
+//! With a database shared by replicas, 2 comes after the rest is ready: every replica
+//! opens the core (deadlines held), builds the context and serves, ready as a follower;
+//! the one that takes the Lease takes the database's leader row over, catches up, leads,
+//! and goes on with 4 and 5 (alert delivery starts with the released deadlines). Losing
+//! the Lease, or a write refused by the fence, stops it with exit code 1.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -359,15 +365,20 @@ struct Running {
     relisted: mpsc::UnboundedReceiver<Relisted>,
 }
 
-/// Opens the context over `server`, learns the other installations, and starts the
-/// caches, controllers, status writer and Event publisher.
-async fn start(
-    config: &OperatorConfig,
-    client: &Client,
-    server: &mut Server,
-    me: Claim,
-    stop: &watch::Receiver<bool>,
-) -> Running {
+/// The context and the parts of the controllers, built but not running: a replica that
+/// does not lead serves the management API and the metrics over them.
+struct Prepared {
+    ctx: Arc<Context>,
+    scopes: Vec<Option<String>>,
+    parts: Vec<ScopeTasks>,
+    trigger_rxs: Vec<TriggerStream>,
+    status_inbox: mpsc::UnboundedReceiver<status::writer::Nudge>,
+    status_queue: StatusQueue,
+    relisted: mpsc::UnboundedReceiver<Relisted>,
+}
+
+/// Opens the context over `server`: its management API's catalogue and metric families.
+fn prepare(config: &OperatorConfig, client: &Client, server: &mut Server, me: Claim) -> Prepared {
     let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
         vec![None]
     } else {
@@ -381,9 +392,8 @@ async fn start(
     let caches = Caches::new(parts.iter().map(|p| p.caches.clone()).collect());
     let (triggers, trigger_rxs) = Triggers::new(&scopes);
     let (status_queue, status_inbox) = StatusQueue::new();
-    let core = server.core.clone();
     let ctx = Arc::new(Context::new(
-        core.clone(),
+        server.core.clone(),
         server.config.clone(),
         client.clone(),
         caches,
@@ -393,6 +403,35 @@ async fn start(
     ));
     server.set_catalogue(Arc::new(catalogue::KubernetesCatalogue::new(ctx.clone())));
     register_metrics(server.metrics(), &ctx);
+    Prepared {
+        ctx,
+        scopes,
+        parts,
+        trigger_rxs,
+        status_inbox,
+        status_queue,
+        relisted,
+    }
+}
+
+/// Learns the other installations, and starts the caches, controllers, status writer and
+/// Event publisher.
+async fn start(
+    config: &OperatorConfig,
+    client: &Client,
+    prepared: Prepared,
+    stop: &watch::Receiver<bool>,
+) -> Running {
+    let Prepared {
+        ctx,
+        scopes,
+        parts,
+        trigger_rxs,
+        status_inbox,
+        status_queue,
+        relisted,
+    } = prepared;
+    let core = ctx.core.clone();
     // Know the other installations before reconciling anything, so that a newer one never
     // touches a namespace an older one reconciles.
     let (looked_tx, mut looked) = watch::channel(false);
@@ -426,7 +465,6 @@ async fn start(
         tasks.extend((part.run)(ctx.clone(), triggers, stop.clone()));
     }
     tasks.extend(super::cronjobs::watch::start(&ctx, &scopes, stop.clone()).await);
-    core.spawn_retention(Duration::from_secs(3600));
     Running {
         ctx,
         tasks,
@@ -438,7 +476,8 @@ async fn start(
 ///
 /// The port answers from the first moment (503 with `Retry-After` while the Lease and the
 /// database are awaited); `/readyz` turns ready once the watch caches are complete and
-/// what vanished during downtime is removed. Monitor deadlines are held until then.
+/// what vanished during downtime is removed. Monitor deadlines are held until then. With a
+/// database shared by replicas, see [`run_replica`].
 pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     let port = bind_early(config.server.listen, config.server.http).await?;
     let (stop_tx, stop) = watch::channel(false);
@@ -460,6 +499,9 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         created: jiff::Timestamp::now(),
         renewed: Some(jiff::Timestamp::now()),
     };
+    if let Some(url) = config.server.database_url.clone() {
+        return run_replica(config, client, port, settings, me, url, stop).await;
+    }
     port.waiting_for("the Lease (another instance may hold it)");
     let Some(leadership) = take_lease(&client, settings, stop.clone()).await? else {
         port.close()
@@ -483,11 +525,13 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         created: leadership.created().unwrap_or(me.created),
         ..me
     };
+    let prepared = prepare(&config, &client, &mut server, me);
     let Running {
         ctx,
         mut tasks,
         relisted,
-    } = start(&config, &client, &mut server, me, &stop).await;
+    } = start(&config, &client, prepared, &stop).await;
+    server.core.spawn_retention(RETENTION_EVERY);
     // Stop on SIGTERM, or at once when another instance took the Lease.
     let lost_reason = Arc::new(std::sync::Mutex::new(None::<String>));
     {
@@ -501,15 +545,8 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
     }
     let serving = tokio::spawn(server.serve_on(port, stopped(stop.clone())));
     tokio::select! {
-        _ = async {
-            ctx.caches.wait_synced().await;
-            ctx.cron_jobs.wait_synced().await;
-            ctx.channels.wait_synced().await;
-        } => {
-            tracing::info!("watch caches hold their first complete lists");
-            orphans::sweep(&ctx).await;
-            tracing::info!("removed what vanished while the operator was down");
-            super::cronjobs::watch::report_everything(&ctx).await;
+        _ = caches_synced(&ctx) => {
+            settle(&ctx).await;
             ctx.core.engine.release_deadlines();
             ready.store(true, Ordering::Release);
             tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));
@@ -535,6 +572,125 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
             Ok(())
         }
     }
+}
+
+/// How often the leader deletes what is past retention.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// Resolves once the watch caches hold their first complete lists.
+async fn caches_synced(ctx: &Context) {
+    ctx.caches.wait_synced().await;
+    ctx.cron_jobs.wait_synced().await;
+    ctx.channels.wait_synced().await;
+}
+
+/// Once the caches are complete: removes what vanished while no operator ran, and reports
+/// the CronJobs.
+async fn settle(ctx: &Arc<Context>) {
+    tracing::info!("watch caches hold their first complete lists");
+    orphans::sweep(ctx).await;
+    tracing::info!("removed what vanished while the operator was down");
+    super::cronjobs::watch::report_everything(ctx).await;
+}
+
+/// One of several operator replicas on a shared database. Every one serves the APIs,
+/// pings and the dashboard from the start and is ready; the one that holds the Lease takes
+/// the database's leader row over (fencing the previous leader), starts the controllers
+/// and the status writer, and once the caches are complete releases the deadlines and
+/// delivers alerts. A leader that loses the Lease, or whose write is fenced, stops with
+/// [`OperatorError::LeaseLost`] (exit code 1) and restarts as a follower.
+async fn run_replica(
+    config: OperatorConfig,
+    client: Client,
+    port: crate::http::Port,
+    settings: LeaseSettings,
+    me: Claim,
+    url: crate::core::store_pg::DatabaseUrl,
+    stop: watch::Receiver<bool>,
+) -> Result<(), OperatorError> {
+    port.waiting_for("the database to open");
+    let mut server_config = config.server.clone();
+    server_config.hold_deadlines = true;
+    server_config.elect_leader = true;
+    let mut server = Server::open(server_config).await?;
+    let identity = settings.identity.clone();
+    // The installation's claim dates from its Lease, as when the Lease is held.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.namespace);
+    let created = match leases.get_opt(&settings.name).await {
+        Ok(Some(l)) => l.metadata.creation_timestamp.map(|t| t.0),
+        _ => None,
+    };
+    let me = Claim {
+        created: created.unwrap_or(me.created),
+        ..me
+    };
+    let prepared = prepare(&config, &client, &mut server, me);
+    let (core, courier) = (server.core.clone(), server.courier());
+    let mut serving = tokio::spawn(server.serve_on(port, stopped(stop.clone())));
+    let leadership = tokio::select! {
+        l = take_lease(&client, settings, stop.clone()) => l?,
+        served = &mut serving => return finished(&config, served),
+    };
+    let Some(leadership) = leadership else {
+        return finished(&config, serving.await);
+    };
+    let generation = match crate::core::store_pg::elector::take_over(&url, &identity).await {
+        Ok(g) => g,
+        Err(e) => {
+            leadership.release().await;
+            return Err(OperatorError::Promotion(e.to_string()));
+        }
+    };
+    let mut term = crate::core::leadership::Term::new(generation, leadership.on_lost(), ());
+    if let Err(e) = core.promote(&term).await {
+        leadership.release().await;
+        return Err(OperatorError::Promotion(e.to_string()));
+    }
+    let Running {
+        ctx,
+        mut tasks,
+        relisted,
+    } = start(&config, &client, prepared, &stop).await;
+    let role = core.role.clone();
+    let outcome = tokio::select! {
+        reason = role.until_lost(&mut term) => {
+            Err(OperatorError::LeaseLost(format!("lost the leadership: {reason}")))
+        }
+        served = &mut serving => finished(&config, served),
+        () = async {
+            tokio::select! {
+                () = caches_synced(&ctx) => {}
+                () = stopped(stop.clone()) => return,
+            }
+            settle(&ctx).await;
+            core.start_leading(courier, RETENTION_EVERY);
+            tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));
+            std::future::pending::<()>().await
+        } => Ok(()),
+    };
+    for t in tasks {
+        t.abort();
+    }
+    match outcome {
+        Err(e) => {
+            drop(leadership);
+            Err(e)
+        }
+        Ok(()) => {
+            leadership.release().await;
+            Ok(())
+        }
+    }
+}
+
+/// The outcome of the serving task.
+fn finished(
+    config: &OperatorConfig,
+    served: Result<Result<(), crate::server::ServerError>, tokio::task::JoinError>,
+) -> Result<(), OperatorError> {
+    served
+        .unwrap_or_else(|e| Err(http_error(config, std::io::Error::other(e))))
+        .map_err(OperatorError::Server)
 }
 
 fn http_error(config: &OperatorConfig, source: std::io::Error) -> crate::server::ServerError {

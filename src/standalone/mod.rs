@@ -71,6 +71,15 @@ pub enum StandaloneError {
         /// Why.
         source: RegistryError,
     },
+    /// The leadership could not be sought.
+    #[error(transparent)]
+    Leadership(#[from] crate::core::leadership::LeadershipError),
+    /// This replica won the leadership but could not take office.
+    #[error("cannot take over as the leader: {0}")]
+    Promotion(String),
+    /// This replica led and no longer does; it stops so that it restarts as a follower.
+    #[error("lost the leadership: {0}")]
+    LeadershipLost(String),
 }
 
 /// Applies the manifests in `dir` to the server's services: applications and heartbeats
@@ -81,25 +90,37 @@ pub async fn apply_manifests(
     server: &mut Server,
     dir: &Path,
 ) -> Result<Manifests, StandaloneError> {
-    let m = manifests::load_dir(dir, server.config.min_interval)?;
-    let apply = Apply {
-        core: &server.core,
-        config: &server.config,
-        dir,
-    };
+    let m = declare(&server.core, &server.config, dir).await?;
+    install_catalogue(server);
+    Ok(m)
+}
+
+/// The management API's writes go to the standalone catalogue.
+fn install_catalogue(server: &mut Server) {
+    let catalogue = catalogue::StandaloneCatalogue::new(server.core.clone(), server.config.clone());
+    server.set_catalogue(Arc::new(catalogue));
+}
+
+/// Declares the manifests in `dir` into `core` (see [`apply_manifests`]): the leader's
+/// work when replicas share a database.
+async fn declare(
+    core: &Services,
+    config: &ServerConfig,
+    dir: &Path,
+) -> Result<Manifests, StandaloneError> {
+    let m = manifests::load_dir(dir, config.min_interval)?;
+    let apply = Apply { core, config, dir };
     for app in &m.applications {
         apply.application(app).await?;
     }
     apply.remove_stale_applications(&m).await?;
-    channels::load(&server.core.channels, &m, dir)?;
+    channels::load(&core.channels, &m, dir)?;
     let now = jiff::Timestamp::now();
     for hb in &m.heartbeats {
         apply.heartbeat(hb, now).await?;
     }
     apply.remove_stale_heartbeats(&m).await?;
     apply.admin_token().await?;
-    let catalogue = catalogue::StandaloneCatalogue::new(server.core.clone(), server.config.clone());
-    server.set_catalogue(Arc::new(catalogue));
     Ok(m)
 }
 
@@ -332,22 +353,132 @@ impl Apply<'_> {
 }
 
 /// Runs standalone mode until SIGTERM/Ctrl-C. The port answers (503 with `Retry-After`)
-/// while the database is recovered and the manifests are applied.
+/// while the database is recovered and the manifests are applied. With a database shared
+/// by several replicas, see [`run_replica`].
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
     let port = crate::server::bind_early(config.listen, config.http).await?;
     port.waiting_for("the database to open");
+    if let Some(url) = config.database_url.clone() {
+        return run_replica(config, url, port, manifests_dir).await;
+    }
     let mut server = Server::open(config).await?;
     port.waiting_for("the manifests to be applied");
     let m = apply_manifests(&mut server, &manifests_dir).await?;
-    tracing::info!(
-        applications = m.applications.len(),
-        heartbeats = m.heartbeats.len(),
-        manifests = %manifests_dir.display(),
-        "manifests applied"
-    );
+    log_applied(&m, &manifests_dir);
     server
         .core
         .spawn_retention(std::time::Duration::from_secs(3600));
     server.serve_on(port, shutdown_signal()).await?;
     Ok(())
+}
+
+fn log_applied(m: &Manifests, dir: &Path) {
+    tracing::info!(
+        applications = m.applications.len(),
+        heartbeats = m.heartbeats.len(),
+        manifests = %dir.display(),
+        "manifests applied"
+    );
+}
+
+/// How often a leader deletes what is past retention.
+const RETENTION_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How long a starting replica waits for its first attempt at the leadership before it
+/// serves as a follower. The lock is tried at once, so this is the time one attempt takes
+/// on a slow database; a replica that wins declares the manifests before it serves, as a
+/// single process does, so clients never see its tokens unknown.
+const FIRST_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One of several replicas on a shared database: serves requests from the start (ready as
+/// a follower), seeks the leadership through the database's advisory lock, and once it
+/// leads declares the manifests and starts the leader's work (deadlines, alert delivery,
+/// retention). A leader that loses the leadership returns
+/// [`StandaloneError::LeadershipLost`]: the process exits 1 and restarts as a follower.
+async fn run_replica(
+    mut config: ServerConfig,
+    url: crate::core::store_pg::DatabaseUrl,
+    port: crate::http::Port,
+    manifests_dir: PathBuf,
+) -> Result<(), StandaloneError> {
+    use crate::core::store_pg::elector::{AdvisoryLock, Timing};
+    config.hold_deadlines = true;
+    config.elect_leader = true;
+    let mut server = Server::open(config).await?;
+    // A broken directory fails every replica at start, not only the one that leads.
+    manifests::load_dir(&manifests_dir, server.config.min_interval)?;
+    install_catalogue(&mut server);
+    let (core, config, courier) = (server.core.clone(), server.config.clone(), server.courier());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let elector = AdvisoryLock::new(url, crate::core::leadership::identity(), Timing::default());
+    let role = core.role.clone();
+    let campaign = role.campaign(Box::new(elector));
+    tokio::pin!(campaign);
+    port.waiting_for("the first attempt at the leadership");
+    let first = tokio::select! {
+        term = &mut campaign => Some(term?),
+        () = tokio::time::sleep(FIRST_ATTEMPT) => None,
+        () = stopped() => return Ok(()),
+    };
+    let (mut term, mut serving) = match first {
+        Some(term) => {
+            port.waiting_for("the manifests to be applied");
+            lead(&core, &config, &manifests_dir, courier, &term).await?;
+            (term, tokio::spawn(server.serve_on(port, stopped())))
+        }
+        None => {
+            let mut serving = tokio::spawn(server.serve_on(port, stopped()));
+            let term = tokio::select! {
+                term = &mut campaign => term?,
+                served = &mut serving => return finished(served),
+            };
+            lead(&core, &config, &manifests_dir, courier, &term).await?;
+            (term, serving)
+        }
+    };
+    tokio::select! {
+        reason = role.until_lost(&mut term) => Err(StandaloneError::LeadershipLost(reason)),
+        served = &mut serving => finished(served),
+    }
+}
+
+/// Takes office under `term`, then does the leader's work: the manifests declared, then
+/// deadlines, alert delivery, retention.
+async fn lead(
+    core: &Services,
+    config: &ServerConfig,
+    manifests_dir: &Path,
+    courier: Arc<dyn crate::core::alert::Deliver>,
+    term: &crate::core::leadership::Term,
+) -> Result<(), StandaloneError> {
+    core.promote(term)
+        .await
+        .map_err(|e| StandaloneError::Promotion(e.to_string()))?;
+    let m = declare(core, config, manifests_dir).await?;
+    log_applied(&m, manifests_dir);
+    core.start_leading(courier, RETENTION_EVERY);
+    Ok(())
+}
+
+/// The outcome of the serving task.
+fn finished(
+    served: Result<Result<(), ServerError>, tokio::task::JoinError>,
+) -> Result<(), StandaloneError> {
+    match served {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(StandaloneError::Server(ServerError::Http {
+            addr: String::new(),
+            source: std::io::Error::other(e),
+        })),
+    }
 }

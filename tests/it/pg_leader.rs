@@ -65,3 +65,110 @@ async fn a_take_over_fences_the_deposed_leader_and_waits_for_its_transaction() {
     }
     assert_eq!(old.generation(), None, "the fence was not told");
 }
+
+/// An elector on `url` with quick retries.
+fn elector(url: &str, who: &str) -> Box<hartslag::core::store_pg::elector::AdvisoryLock> {
+    use hartslag::core::store_pg::elector::{AdvisoryLock, Timing};
+    let timing = Timing {
+        retry_every: Duration::from_millis(200),
+        ..Timing::default()
+    };
+    Box::new(AdvisoryLock::new(url.parse().unwrap(), who.into(), timing))
+}
+
+async fn migrated(name: &str) -> String {
+    let url = crate::pg::shared().database(name);
+    drop(
+        hartslag::core::store_pg::open(
+            &url.parse().unwrap(),
+            &mut hartslag::core::metrics::MetricRegistry::default(),
+        )
+        .await
+        .unwrap(),
+    );
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_elector_leads_at_a_time_and_the_next_leads_under_a_larger_generation() {
+    use hartslag::core::leadership::Elector;
+    let url = migrated("leader_elect").await;
+    let first = elector(&url, "replica-a").campaign().await.unwrap();
+    let second = tokio::spawn(elector(&url, "replica-b").campaign());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!second.is_finished(), "two electors lead at once");
+    let g = first.generation();
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the lock was not passed on")
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.generation(), g + 1);
+    let client = connect(&url).await;
+    let holder: String = client
+        .query_one("SELECT holder FROM hartslag_leader", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holder, "replica-b");
+}
+
+/// The advisory locks held in the current database.
+const LOCKS: &str = "FROM pg_locks WHERE locktype = 'advisory' AND granted \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lock_session_ends_takes_it_back_unless_another_took_over() {
+    use hartslag::core::leadership::Role;
+    let url = migrated("leader_regain").await;
+    let admin = connect(&url).await;
+    // Ends the session holding the lock, as a database restart or a network cut would.
+    let end_holder = || async {
+        admin
+            .execute(&format!("SELECT pg_terminate_backend(pid) {LOCKS}"), &[])
+            .await
+            .unwrap()
+    };
+    let role = Role::new(
+        Fence::follower(),
+        &mut hartslag::core::metrics::MetricRegistry::default(),
+    );
+    let mut term = role.campaign(elector(&url, "replica-a")).await.unwrap();
+    role.lead(&term);
+    // Nobody else wants the lock: it takes it back and leads on.
+    assert_eq!(end_holder().await, 1);
+    let lost = tokio::time::timeout(Duration::from_secs(6), role.until_lost(&mut term)).await;
+    assert!(lost.is_err(), "gave up a lock nobody else took: {lost:?}");
+    let held: i64 = admin
+        .query_one(&format!("SELECT count(*) {LOCKS}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 1, "the lock was not taken back");
+    assert!(role.leads());
+
+    // This time another replica takes the lock and the leader row first: the leader
+    // learns it lost instead of leading on.
+    end_holder().await;
+    let other = connect(&url).await;
+    let key = hartslag::core::store_pg::elector::LOCK_KEY;
+    crate::helpers::wait_for("the lock to be free", Duration::from_secs(5), || {
+        let other = &other;
+        async move {
+            let row = other
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await
+                .ok()?;
+            row.get::<_, bool>(0).then_some(())
+        }
+    })
+    .await;
+    let successor = leader::take_over(&other, "replica-b").await.unwrap();
+    assert_eq!(successor, term.generation() + 1);
+    let reason = tokio::time::timeout(Duration::from_secs(15), role.until_lost(&mut term))
+        .await
+        .expect("the deposed leader never learned it lost");
+    assert!(reason.contains("another replica"), "{reason}");
+    assert!(!role.leads());
+}

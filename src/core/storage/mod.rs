@@ -20,6 +20,8 @@ mod types;
 
 mod monitors;
 mod outbox;
+mod relay;
+pub mod state_record;
 
 use std::sync::Arc;
 
@@ -33,6 +35,7 @@ pub use types::{
 
 pub use monitors::{MonitorRound, MonitorStore, Removal, RoundDone};
 pub use outbox::{Finished, OutboxStore};
+pub use relay::{FeedChanges, MonitorFeed, PingRelay, RelayedPing, Signal};
 
 /// A future a port method returns: boxed so the traits stay object safe, `Send` so it may
 /// be awaited on any worker.
@@ -73,6 +76,12 @@ pub struct Storage {
     pub events: Arc<dyn EventStore>,
     /// Application records and the token index.
     pub apps: Arc<dyn AppStore>,
+    /// Where replicas that do not lead post their pings; `None` where one process serves
+    /// the store (it always leads).
+    pub relay: Option<Arc<dyn PingRelay>>,
+    /// Raised when another replica may have changed an application; `None` where one
+    /// process serves the store.
+    pub apps_changed: Option<Signal>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -89,6 +98,9 @@ pub struct MonitorStorage {
     pub monitors: Arc<dyn MonitorStore>,
     /// Pending and finished alert deliveries and the targets' histories.
     pub outbox: Arc<dyn OutboxStore>,
+    /// What the leader's rounds changed, for replicas that do not lead; `None` where one
+    /// process serves the store.
+    pub feed: Option<Arc<dyn MonitorFeed>>,
 }
 
 impl std::fmt::Debug for MonitorStorage {

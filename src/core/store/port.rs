@@ -57,6 +57,8 @@ pub fn storage(store: &Store, writer: EventWriter) -> Storage {
         apps: Arc::new(SledApps {
             store: store.clone(),
         }),
+        relay: None,
+        apps_changed: None,
     }
 }
 
@@ -74,6 +76,7 @@ pub fn monitor_storage(store: &Store) -> Result<MonitorStorage, StoreError> {
     Ok(MonitorStorage {
         monitors: Arc::new(SledMonitors::open(store)?),
         outbox: Arc::new(SledOutbox::open(store)?),
+        feed: None,
     })
 }
 

@@ -8,6 +8,10 @@ use super::{Db, db_id, from_db_id};
 use crate::core::storage::{AppRecord, AppStore, StorageError, StorageFuture, TokenOwner};
 use crate::core::token::TokenHash;
 
+/// The channel a change of an application record notifies, in the change's transaction:
+/// replicas that do not lead refresh their registry when they hear it.
+pub(super) const CHANNEL: &str = "hartslag_apps";
+
 /// Applications and tokens in PostgreSQL.
 pub(super) struct PgApps {
     pub(super) db: Db,
@@ -29,6 +33,11 @@ fn record(num: i64, json: &str) -> Result<AppRecord, StorageError> {
 
 fn json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StorageError> {
     serde_json::to_string(value).map_err(|e| corrupt(what, e))
+}
+
+/// Tells listening replicas, once `tx` commits, that an application changed.
+async fn notify(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&format!("NOTIFY {CHANNEL}")).await
 }
 
 impl PgApps {
@@ -85,6 +94,7 @@ impl PgApps {
         upsert_token(&tx, &rec.token, &owner_json)
             .await
             .map_err(fail)?;
+        notify(&tx).await.map_err(fail)?;
         tx.commit().await.map_err(fail)
     }
 
@@ -131,6 +141,7 @@ impl PgApps {
         )
         .await
         .map_err(fail)?;
+        notify(&tx).await.map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         Ok(Some(rec))
     }

@@ -72,5 +72,15 @@ pub(super) fn tuned(url: &DatabaseUrl) -> tokio_postgres::Config {
     if config.get_application_name().is_none() {
         config.application_name("hartslag");
     }
+    // A process stalled inside a transaction (a pause, SIGSTOP) would hold its locks, the
+    // leader row's share lock among them, for as long as it stalls: a take-over would wait
+    // that long. The server ends such a session instead.
+    if config.get_options().is_none() {
+        config.options(IDLE_IN_TRANSACTION);
+    }
     config
 }
+
+/// Longest a transaction may sit idle (no statement running) before the server ends it;
+/// every transaction of the store is a few statements sent back to back.
+const IDLE_IN_TRANSACTION: &str = "-c idle_in_transaction_session_timeout=10000";

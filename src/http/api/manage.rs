@@ -90,9 +90,37 @@ struct Managing {
 }
 
 impl FromRequestParts<HttpState> for Managing {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Response> {
+        let caller = Self::authenticate(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if parts.method != axum::http::Method::GET && !state.core.leads() {
+            return Err(not_leading());
+        }
+        Ok(caller)
+    }
+}
+
+/// A change asked of a replica that does not lead: only the leader changes monitors,
+/// and a replica it has just lost leadership to will again within seconds.
+fn not_leading() -> Response {
+    let msg = "this replica does not lead; retry";
+    let mut res = err(StatusCode::SERVICE_UNAVAILABLE, msg).into_response();
+    res.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(NOT_LEADING_RETRY_AFTER_SECS),
+    );
+    res
+}
+
+/// Seconds a client is told to wait before it retries a change a replica that does not
+/// lead refused (a load balancer most likely sends the retry to another replica).
+pub const NOT_LEADING_RETRY_AFTER_SECS: u64 = 1;
+
+impl Managing {
+    async fn authenticate(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
         let AuthenticatedApp(app) = AuthenticatedApp::from_request_parts(parts, state).await?;
         if !state.rate_limit.allow(&app.key) {
             return Err(err(

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::core::monitor::engine::{EngineError, Monitor, PingInput, PingKind, PingOutcome};
+use crate::core::monitor::engine::{Monitor, PingInput, PingKind, PingOutcome};
 use crate::core::monitor::state;
+use crate::core::replica::PingError;
 use crate::core::token::TokenKind;
 use crate::http::HttpState;
 use crate::http::auth::bearer;
@@ -118,10 +119,10 @@ pub(super) fn monitor_of(state: &HttpState, token: &str) -> Option<String> {
 
 /// Applies a ping to the monitor under `key` and answers as the ping routes do.
 pub(super) async fn record(state: &HttpState, key: &str, input: PingInput) -> Response {
-    match state.core.engine.ping(key, input).await {
+    match state.core.ping(key, input).await {
         Ok(PingOutcome::Ok) => json_body(StatusCode::OK, r#"{"status":"ok"}"#),
         Ok(PingOutcome::Paused) => json_body(StatusCode::OK, r#"{"status":"paused"}"#),
-        Err(EngineError::NotFound) => not_found(),
+        Err(PingError::NotFound) => not_found(),
         Err(e) => {
             tracing::error!(error = %e, monitor = %key, "ping not recorded");
             let msg = "the ping could not be recorded; retry";

@@ -9,7 +9,9 @@
 //! [`Engine`] handle; history is read from the store.
 
 mod metrics;
+mod mirror;
 mod publish;
+mod relayed;
 mod series;
 mod snapshot;
 mod types;
@@ -23,6 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
 pub use metrics::EngineStats;
+pub use mirror::TokenChanges;
 pub use series::MonitorSeries;
 pub use snapshot::Monitors;
 #[cfg(test)]
@@ -35,7 +38,7 @@ use super::schedule::{self, Clock};
 use super::state::{self, State};
 use crate::core::alert::outbox::Outbox;
 use crate::core::metrics::MetricRegistry;
-use crate::core::storage::{MonitorStore, StorageError};
+use crate::core::storage::{FeedChanges, Fence, MonitorStore, RelayedPing, StorageError};
 use worker::{Command, Snapshot, Worker};
 
 /// Errors of the engine.
@@ -56,6 +59,9 @@ pub enum EngineError {
     /// The engine thread could not be started.
     #[error("cannot start the monitor engine thread: {0}")]
     Thread(String),
+    /// This replica does not lead, so it changes no monitor; the leader does.
+    #[error("this replica does not lead; retry")]
+    NotLeader,
 }
 
 /// Engine settings.
@@ -113,6 +119,21 @@ impl Engine {
         config: EngineConfig,
         clock: Clock,
     ) -> Result<Self, EngineError> {
+        Self::start_as(store, outbox, config, clock, Fence::sole())
+    }
+
+    /// [`Engine::start`] for a process that leads while `fence` says so. While it does
+    /// not, the engine writes nothing: every change is refused with
+    /// [`EngineError::NotLeader`], and it shows the leader's changes
+    /// ([`Engine::mirror`]); hold its deadlines ([`EngineConfig::hold_deadlines`]) until
+    /// it leads.
+    pub fn start_as(
+        store: Arc<dyn MonitorStore>,
+        outbox: Outbox,
+        config: EngineConfig,
+        clock: Clock,
+        fence: Fence,
+    ) -> Result<Self, EngineError> {
         let started = std::time::Instant::now();
         let mut monitors = Monitors::default();
         store.load_monitors(&mut |batch| batch.into_iter().for_each(|m| monitors.insert(m)))?;
@@ -158,6 +179,7 @@ impl Engine {
             stats: stats.clone(),
             config,
             clock,
+            fence,
         };
         spawn_worker(worker, rx)?;
         tracing::info!(
@@ -255,6 +277,24 @@ impl Engine {
     pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, EngineError> {
         let key = key.to_string();
         self.call(|tx| Command::Ping(key, input, tx)).await
+    }
+
+    /// Applies pings other replicas relayed, each with the instant it was taken (never
+    /// later than now), in one round that also removes them from the relay; pings of
+    /// monitors that no longer exist are dropped (and removed). Resolves once durable.
+    pub async fn apply_relayed(&self, pings: Vec<RelayedPing>) -> Result<(), EngineError> {
+        self.call(|tx| Command::Relayed(pings, tx)).await
+    }
+
+    /// Shows the leader's `changes` (on a replica that does not lead; one that leads
+    /// ignores them): readers, subscribers and the deadline scheduler see them. Returns
+    /// the ping tokens that changed, for the registry.
+    pub async fn mirror(&self, changes: FeedChanges) -> Result<TokenChanges, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Mirror(Box::new(changes), tx))
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)
     }
 
     /// Applies evidence from a Job of the monitor's watched CronJob durably. Reporting a
@@ -420,6 +460,8 @@ mod tests {
         held: std::sync::Mutex<Vec<(MonitorRound, RoundDone)>>,
         /// The keys each round handed over put whole and by state alone.
         puts: std::sync::Mutex<Vec<(Vec<String>, Vec<String>)>>,
+        /// The relayed pings each round handed over applied.
+        relayed: std::sync::Mutex<Vec<Vec<u64>>>,
     }
 
     impl Gated {
@@ -472,6 +514,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((keys(&round.put), keys(&round.put_state)));
+            self.relayed.lock().unwrap().push(round.relayed.clone());
             if self.refuse.load(Ordering::Relaxed) {
                 // Reported from another thread, as a backend's writer would.
                 std::thread::spawn(move || {
@@ -590,6 +633,7 @@ mod tests {
             hold_deadlines: true,
             top_events: 10,
             database: None,
+            fence: Fence::sole(),
         };
         let core = Services::open(&config, &mut MetricRegistry::default())
             .await
@@ -686,5 +730,109 @@ mod tests {
         );
         let job = engine.get("ns/job").unwrap();
         assert_eq!((job.state.pings, job.def.grace_secs), (2, 30));
+    }
+
+    fn relayed(id: u64, key: &str, at: jiff::Timestamp) -> RelayedPing {
+        RelayedPing {
+            id,
+            key: key.into(),
+            at,
+            input: success(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relayed_pings_are_applied_when_taken_and_leave_the_relay_in_their_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, engine, m) = gated_engine(dir.path()).await;
+        let now = engine.clock().now();
+        let taken = now - jiff::SignedDuration::from_millis(400);
+        let batch = vec![
+            relayed(7, "ns/job", taken),
+            relayed(8, "ns/gone", taken),
+            relayed(9, "ns/job", now + jiff::SignedDuration::from_secs(3600)),
+        ];
+        engine.apply_relayed(batch).await.unwrap();
+        assert_eq!(store.relayed.lock().unwrap().last(), Some(&vec![7, 8, 9]));
+        let job = engine.get("ns/job").unwrap();
+        assert_eq!((job.state.state, job.state.pings), (State::Up, 2));
+        // The first ping counts from when it was taken; the one from a clock running an
+        // hour ahead counts from when the leader applied it, not from the future.
+        let pings = engine.pings(m.num, 10).await.unwrap();
+        assert_eq!(pings[1].at, taken);
+        assert!(pings[0].at <= engine.clock().now(), "{:?}", pings[0].at);
+        assert!(job.state.last_ping_at.unwrap() <= engine.clock().now());
+        // Only pings of monitors that are gone: a round that removes them all the same.
+        engine
+            .apply_relayed(vec![relayed(10, "ns/gone", now)])
+            .await
+            .unwrap();
+        assert_eq!(store.relayed.lock().unwrap().last(), Some(&vec![10]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_writes_nothing_and_shows_the_leaders_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let store = Gated::over(storage.monitors);
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let fence = Fence::follower();
+        let config = EngineConfig {
+            hold_deadlines: true,
+            ..Default::default()
+        };
+        let engine =
+            Engine::start_as(store.clone(), outbox, config, Clock::new(), fence.clone()).unwrap();
+        let now = engine.clock().now();
+        let refused = engine.upsert(def("job", now)).await.unwrap_err();
+        assert!(matches!(refused, EngineError::NotLeader), "{refused}");
+        assert!(matches!(
+            engine.ping("ns/job", success()).await,
+            Err(EngineError::NotLeader)
+        ));
+        assert!(matches!(
+            engine.apply_relayed(vec![relayed(1, "ns/job", now)]).await,
+            Err(EngineError::NotLeader)
+        ));
+        assert!(
+            store.puts.lock().unwrap().is_empty(),
+            "a follower wrote a round"
+        );
+
+        // The leader defines the monitor, then it goes Down.
+        let mut changes = engine.subscribe();
+        let mut m = Monitor {
+            num: 3,
+            def: def("job", now),
+            state: state::MonitorState::created(&def("job", now).timing(), now, false),
+            last_run_ms: None,
+        };
+        let shown = |m: &Monitor, version| FeedChanges {
+            monitors: vec![m.clone()],
+            removed: vec![],
+            version,
+            everything: false,
+        };
+        let tokens = engine.mirror(shown(&m, 1)).await.unwrap();
+        assert_eq!(tokens.added, vec![(m.def.token, "ns/job".to_string())]);
+        assert_eq!(engine.get("ns/job").as_ref(), Some(&m));
+        m.state.state = State::Down;
+        m.state.since = now + jiff::SignedDuration::from_secs(2);
+        let tokens = engine.mirror(shown(&m, 2)).await.unwrap();
+        assert!(tokens.is_empty(), "{tokens:?}");
+        assert_eq!(engine.get("ns/job").unwrap().state.state, State::Down);
+        let told = changes.try_recv().unwrap();
+        assert_eq!(
+            (told.from, told.to, told.at),
+            (State::New, State::Down, m.state.since)
+        );
+
+        // Once it leads, it writes, and ignores the mirror.
+        fence.lead(2);
+        let pinged = engine.ping("ns/job", success()).await.unwrap();
+        assert_eq!(pinged, PingOutcome::Ok);
+        assert_eq!(engine.get("ns/job").unwrap().state.state, State::Up);
+        engine.mirror(shown(&m, 3)).await.unwrap();
+        assert_eq!(engine.get("ns/job").unwrap().state.state, State::Up);
     }
 }

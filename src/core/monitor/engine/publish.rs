@@ -133,7 +133,7 @@ impl Readers {
     }
 
     /// The snapshot, the deadlines and the transitions, in the order they happened.
-    fn publish(&self, p: &Published) {
+    pub(super) fn publish(&self, p: &Published) {
         {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
             for key in &p.removed {

@@ -128,8 +128,8 @@ pub struct Monitor {
     pub last_run_ms: Option<u64>,
 }
 
-/// A ping as received by the HTTP layer.
-#[derive(Debug, Clone)]
+/// A ping as received by the HTTP layer (and as relayed between replicas, as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PingInput {
     /// Which route it came in on, or `Fail` for a non-zero exit code.
     pub kind: PingKind,

@@ -16,7 +16,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::mirror::{TokenChanges, mirrored};
 use super::publish::{Inflight, Published, Readers, Written, arm};
+use super::relayed::{ping_signal, relayed_at};
 use super::snapshot::Monitors;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
 use super::wording::{self, RECOVERED, describe_down};
@@ -27,7 +29,7 @@ use crate::core::monitor::history::{PINGS_PER_BLOCK, approx_size};
 use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
-use crate::core::storage::{MonitorRound, MonitorStore, Removal};
+use crate::core::storage::{FeedChanges, Fence, MonitorRound, MonitorStore, RelayedPing, Removal};
 
 /// The in-memory view readers share with the worker.
 pub(super) type Snapshot = Arc<RwLock<Monitors>>;
@@ -70,6 +72,10 @@ pub(super) enum Command {
     ),
     SetPaused(String, bool, oneshot::Sender<Result<Monitor, EngineError>>),
     Job(String, JobSignal, oneshot::Sender<Result<(), EngineError>>),
+    /// Pings other replicas relayed, applied with the instants they were taken.
+    Relayed(Vec<RelayedPing>, oneshot::Sender<Result<(), EngineError>>),
+    /// The leader's rounds, shown by a replica that does not lead.
+    Mirror(Box<FeedChanges>, oneshot::Sender<TokenChanges>),
     Due(String),
     /// Answered as soon as the worker takes it: the thread is alive and not stuck.
     Probe(oneshot::Sender<()>),
@@ -134,6 +140,8 @@ pub(super) struct Worker {
     pub(super) stats: Arc<EngineStats>,
     pub(super) config: EngineConfig,
     pub(super) clock: Clock,
+    /// Whether this process leads: only then does the worker write rounds.
+    pub(super) fence: Fence,
     /// Transitions written per monitor since start; the timeline is trimmed only every
     /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history.
     pub(super) transitions_since_trim: RefCell<HashMap<u64, u32>>,
@@ -192,12 +200,22 @@ impl Worker {
     }
 
     fn handle(&self, cmd: Command, round: &mut Round) {
+        if self.fence.generation().is_none() {
+            return self.follow(cmd);
+        }
         match cmd {
             Command::Due(key) => self.due(&key, round),
             Command::Ping(key, input, reply) => self.ping(&key, input, reply, round),
             Command::Upsert(def, reply) => self.define(*def, reply, round),
             Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
             Command::Job(key, job, reply) => self.job(&key, job, reply, round),
+            Command::Relayed(pings, reply) => self.relayed(pings, reply, round),
+            Command::Mirror(_, reply) => {
+                // A leader shows what it writes; the mirror's final catch-up comes before
+                // the fence leads.
+                tracing::debug!("ignored the leader's changes: this replica leads");
+                let _ = reply.send(TokenChanges::default());
+            }
             Command::Remove(key, reply) => {
                 self.remove(&key, round);
                 round.done.push(Box::new(move |r| {
@@ -233,12 +251,7 @@ impl Worker {
         let paused = self
             .current(key, round)
             .map(|m| m.state.state == State::Paused);
-        let signal = match (input.kind, input.rid.clone()) {
-            (PingKind::Success, Some(rid)) => Signal::SuccessFor(now, rid),
-            (PingKind::Success, None) => Signal::Success(now),
-            (PingKind::Start, _) => Signal::Start(now),
-            (PingKind::Fail, _) => Signal::Fail(now, input.exit_code),
-        };
+        let signal = ping_signal(&input, now);
         self.stats.count_ping(input.kind);
         let outcome = if paused == Some(true) {
             PingOutcome::Paused
@@ -249,6 +262,74 @@ impl Worker {
             let _ = reply.send(r.map(|_| outcome));
         });
         self.step(key, signal, Some(input), round, done);
+    }
+
+    /// Applies pings other replicas relayed, each with the instant it was taken, and
+    /// stages their numbers so the round removes them from the relay: those of monitors
+    /// that no longer exist too, which are dropped.
+    fn relayed(
+        &self,
+        pings: Vec<RelayedPing>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+        round: &mut Round,
+    ) {
+        let now = self.clock.now();
+        for p in pings {
+            round.writes.relayed.push(p.id);
+            if self.current(&p.key, round).is_none() {
+                tracing::debug!(monitor = %p.key, "dropped a relayed ping: no such monitor");
+                continue;
+            }
+            self.stats.count_ping(p.input.kind);
+            let signal = ping_signal(&p.input, relayed_at(p.at, now));
+            self.step(&p.key, signal, Some(p.input), round, Box::new(|_| {}));
+        }
+        round.done.push(Box::new(move |r| {
+            let _ = reply.send(r);
+        }));
+    }
+
+    /// A command on a replica that does not lead: it shows the leader's changes and
+    /// writes nothing, so every write is refused (a deadline waits for the leader).
+    fn follow(&self, cmd: Command) {
+        match cmd {
+            Command::Mirror(changes, reply) => {
+                let _ = reply.send(self.mirror(*changes));
+            }
+            Command::Upsert(_, reply) | Command::SetPaused(_, _, reply) => {
+                let _ = reply.send(Err(EngineError::NotLeader));
+            }
+            Command::Remove(_, reply) | Command::Job(_, _, reply) | Command::Relayed(_, reply) => {
+                let _ = reply.send(Err(EngineError::NotLeader));
+            }
+            Command::Ping(_, _, reply) => {
+                let _ = reply.send(Err(EngineError::NotLeader));
+            }
+            Command::Due(_) => {}
+            Command::Probe(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(test)]
+            Command::Stall(d) => std::thread::sleep(d),
+        }
+    }
+
+    /// Shows the leader's `changes` to readers, the deadline scheduler (whose deadlines
+    /// wait until this replica leads) and subscribers; the ping tokens that changed, for
+    /// the registry.
+    fn mirror(&self, changes: FeedChanges) -> TokenChanges {
+        let out = mirrored(&self.read(), changes);
+        let shown = Published {
+            seq: 0,
+            commands: 0,
+            monitors: out.monitors.into_iter().map(Arc::new).collect(),
+            removed: out.removed,
+            changes: out.changes,
+            alerts: false,
+            done: Vec::new(),
+        };
+        self.readers().publish(&shown);
+        out.tokens
     }
 
     /// Applies a Job's evidence; it enters the ping history like a ping, unless it told

@@ -1,0 +1,308 @@
+//! Failover between real `hartslag standalone` processes on one PostgreSQL database:
+//! every replica serves and is ready from the start, exactly one leads (`hartslag_leader`),
+//! a leader killed with SIGKILL is replaced within 15 s, and a stalled leader (SIGSTOP)
+//! is deposed by the database and, once it runs again, stops with exit code 1.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hartslag::core::token::{Token, TokenKind};
+
+use crate::helpers::{ChildServer, SmtpSink, app_manifest, heartbeat_manifest, metric, wait_for};
+
+/// The bound the design promises between a leader's end and its successor's start.
+const FAILOVER_WITHIN: Duration = Duration::from_secs(15);
+
+/// A manifests directory and one data directory per replica, every one holding the same
+/// tokens (as a shared Secret or token files give every replica the same ones).
+pub(crate) struct Layout {
+    pub _dir: tempfile::TempDir,
+    manifests: PathBuf,
+    data: Vec<PathBuf>,
+    url: String,
+}
+
+impl Layout {
+    /// `replicas` data directories over one new database; `heartbeats` are manifests.
+    pub fn new(replicas: usize, heartbeats: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+        for (i, hb) in heartbeats.iter().enumerate() {
+            std::fs::write(manifests.join(format!("hb-{i}.yaml")), hb).unwrap();
+        }
+        let mut tokens = vec![
+            ("application-shop.token".to_string(), TokenKind::Application),
+            ("admin.token".to_string(), TokenKind::Admin),
+        ];
+        for hb in heartbeats {
+            let name = manifest_name(hb);
+            tokens.push((format!("heartbeat-{name}.token"), TokenKind::Heartbeat));
+        }
+        let tokens: Vec<(String, String)> = tokens
+            .into_iter()
+            .map(|(file, kind)| (file, Token::generate(kind).unwrap().expose().to_string()))
+            .collect();
+        let data: Vec<PathBuf> = (0..replicas)
+            .map(|i| dir.path().join(format!("r{i}")))
+            .collect();
+        for d in &data {
+            std::fs::create_dir_all(d.join("tokens")).unwrap();
+            for (file, token) in &tokens {
+                std::fs::write(d.join("tokens").join(file), token).unwrap();
+            }
+        }
+        let url = crate::pg::database_for(dir.path());
+        Self {
+            _dir: dir,
+            manifests,
+            data,
+            url,
+        }
+    }
+
+    /// Heartbeat `name`'s token, the same in every replica.
+    pub fn heartbeat_token(&self, name: &str) -> String {
+        let path = self.data[0]
+            .join("tokens")
+            .join(format!("heartbeat-{name}.token"));
+        std::fs::read_to_string(path).unwrap().trim().to_string()
+    }
+
+    /// Starts replica `i` with `extra` arguments; it must be ready (`/readyz` 200) whether
+    /// it leads or not.
+    pub async fn start(&self, i: usize, extra: &[&str]) -> ChildServer {
+        let mut args = vec!["--database-url", self.url.as_str()];
+        args.extend_from_slice(extra);
+        ChildServer::start(&self.manifests, &self.data[i], &args).await
+    }
+}
+
+fn manifest_name(manifest: &str) -> String {
+    manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name: "))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Whether the replica at `base` says it leads; `None` while it does not answer.
+pub(crate) async fn leads(base: &str) -> Option<bool> {
+    metric(base, "hartslag_leader").await.map(|v| v == 1.0)
+}
+
+/// Waits until exactly one of `replicas` leads; returns its index.
+pub(crate) async fn the_leader(replicas: &[&ChildServer], within: Duration) -> usize {
+    wait_for("exactly one leader", within, || async move {
+        let mut leading = Vec::new();
+        for (i, r) in replicas.iter().enumerate() {
+            match leads(&r.base).await {
+                Some(true) => leading.push(i),
+                Some(false) => {}
+                None => return None,
+            }
+        }
+        (leading.len() == 1).then(|| leading[0])
+    })
+    .await
+}
+
+/// Sends SIGSTOP or SIGCONT to `server`.
+pub(crate) fn signal(server: &ChildServer, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits for `server` to exit; its exit code.
+pub(crate) async fn exit_code(server: &mut ChildServer, within: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            started.elapsed() < within,
+            "the process did not exit within {within:?}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pings the monitor whose token is `token` through the replica at `base`; the status.
+pub(crate) async fn ping(base: &str, token: &str) -> u16 {
+    let url = format!("{base}/v1/heartbeats/{token}/ping");
+    match reqwest::Client::new().post(url).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// A Heartbeat that emails ops@example.com.
+fn emailing(name: &str, interval: &str) -> String {
+    heartbeat_manifest(
+        name,
+        interval,
+        "0s",
+        "  alerts:\n    email: [\"ops@example.com\"]\n",
+    )
+}
+
+/// Waits `extra` and then asserts that `sink` holds exactly one message about `subject`.
+async fn still_one(sink: &SmtpSink, subject: &str, extra: Duration) {
+    tokio::time::sleep(extra).await;
+    let mails = sink.with_subject(subject);
+    assert_eq!(mails.len(), 1, "{} emails about {subject:?}", mails.len());
+}
+
+fn generation(text: &str) -> f64 {
+    crate::helpers::metric_value(text, "hartslag_leader_generation").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_three_replicas_leads_and_a_killed_leader_is_replaced_within_15_seconds() {
+    let layout = Layout::new(3, &[heartbeat_manifest("nightly", "1h", "5m", "")]);
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(layout.start(i, &[]).await);
+    }
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let before = generation(&crate::helpers::metrics_text(&replicas[leader].base).await);
+    // Followers take pings too (they relay them to the leader).
+    let token = layout.heartbeat_token("nightly");
+    for r in &replicas {
+        let res = ping(&r.base, &token).await;
+        assert_eq!(res, 200, "a ping through {}", r.base);
+    }
+
+    let killed = replicas.remove(leader);
+    let log = killed.log.clone();
+    killed.kill9();
+    let started = Instant::now();
+    let successor = the_leader(
+        &replicas.iter().collect::<Vec<_>>(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let took = started.elapsed();
+    eprintln!("a new leader after {took:?}");
+    assert!(
+        took < FAILOVER_WITHIN,
+        "the successor led {took:?} after the leader was killed"
+    );
+    let after = generation(&crate::helpers::metrics_text(&replicas[successor].base).await);
+    assert!(after > before, "generation {after} after {before}");
+    assert!(std::fs::read_to_string(log).unwrap().contains("leading"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leader_is_deposed_and_exits_1_when_it_runs_again() {
+    let layout = Layout::new(2, &[]);
+    let mut replicas = [layout.start(0, &[]).await, layout.start(1, &[]).await];
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let follower = 1 - leader;
+    signal(&replicas[leader], "-STOP");
+    let started = Instant::now();
+    let follower_base = replicas[follower].base.clone();
+    wait_for("the follower to lead", Duration::from_secs(30), || {
+        let base = follower_base.clone();
+        async move { leads(&base).await.filter(|l| *l) }
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!("the stalled leader was replaced after {took:?}");
+    assert!(took < FAILOVER_WITHIN, "replaced only after {took:?}");
+
+    signal(&replicas[leader], "-CONT");
+    let code = exit_code(&mut replicas[leader], Duration::from_secs(15)).await;
+    let log = replicas[leader].log_text();
+    assert_eq!(code, Some(1), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0].contains("lost the leadership"), "{log}");
+    // The successor keeps leading.
+    assert_eq!(leads(&follower_base).await, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_just_after_the_leader_is_killed_sends_one_email_from_its_successor() {
+    let layout = Layout::new(3, &[emailing("payroll", "8s")]);
+    let sink = SmtpSink::start(layout._dir.path()).await;
+    let smtp = sink.url();
+    let args = ["--smtp-url", smtp.as_str(), "--min-interval", "1s"];
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(layout.start(i, &args).await);
+    }
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    // Pinged through a follower: the relay brings it to the leader; due 8 s later.
+    let token = layout.heartbeat_token("payroll");
+    let follower = (leader + 1) % 3;
+    assert_eq!(ping(&replicas[follower].base, &token).await, 200);
+    let due = Instant::now() + Duration::from_secs(8);
+    // The leader has applied the ping once the monitor is Up everywhere.
+    let base = replicas[follower].base.clone();
+    wait_for(
+        "the relayed ping to be applied",
+        Duration::from_secs(5),
+        || {
+            let base = base.clone();
+            async move {
+                metric(&base, "hartslag_monitors{state=\"Up\"}")
+                    .await
+                    .filter(|v| *v == 1.0)
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    replicas.remove(leader).kill9();
+    let successor = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+
+    let mails = sink
+        .wait_for_mail("DOWN: payroll", Duration::from_secs(40))
+        .await;
+    let late = Instant::now().saturating_duration_since(due);
+    eprintln!("the Down email came {late:?} after the deadline");
+    assert_eq!(mails.len(), 1);
+    assert!(late < FAILOVER_WITHIN, "sent {late:?} after the deadline");
+    let delivered = metric(
+        &replicas[successor].base,
+        "hartslag_alert_deliveries_total{outcome=\"delivered\"}",
+    )
+    .await;
+    assert_eq!(delivered, Some(1.0), "the successor did not send it");
+    still_one(&sink, "DOWN: payroll", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_leader_woken_after_its_successor_alerted_sends_nothing_and_exits_1() {
+    let layout = Layout::new(2, &[emailing("ledger", "4s")]);
+    let sink = SmtpSink::start(layout._dir.path()).await;
+    let smtp = sink.url();
+    let args = ["--smtp-url", smtp.as_str(), "--min-interval", "1s"];
+    let mut replicas = [layout.start(0, &args).await, layout.start(1, &args).await];
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let follower = 1 - leader;
+    let token = layout.heartbeat_token("ledger");
+    assert_eq!(ping(&replicas[leader].base, &token).await, 200);
+    // The deadline falls while the leader is stalled; its successor alerts once it leads.
+    signal(&replicas[leader], "-STOP");
+    let mails = sink
+        .wait_for_mail("DOWN: ledger", Duration::from_secs(40))
+        .await;
+    assert_eq!(mails.len(), 1);
+    assert_eq!(leads(&replicas[follower].base).await, Some(true));
+
+    signal(&replicas[leader], "-CONT");
+    let code = exit_code(&mut replicas[leader], Duration::from_secs(15)).await;
+    let log = replicas[leader].log_text();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("lost the leadership"), "{log}");
+    still_one(&sink, "DOWN: ledger", Duration::from_secs(5)).await;
+}
