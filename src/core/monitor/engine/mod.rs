@@ -8,6 +8,7 @@
 //! lose an alert or send one twice. Readers use an in-memory snapshot through the
 //! [`Engine`] handle; history is read from the store.
 
+mod herd;
 mod metrics;
 mod publish;
 mod series;
@@ -118,10 +119,10 @@ impl Engine {
         store.load_monitors(&mut |batch| batch.into_iter().for_each(|m| monitors.insert(m)))?;
         let snapshot: Snapshot = Arc::new(RwLock::new(monitors));
         let loaded = started.elapsed();
-        let (scheduler, mut due) = schedule::spawn::<String>(clock);
+        let (scheduler, mut due) = schedule::spawn::<Box<str>>(clock);
         for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
             if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
-                scheduler.arm(m.def.key.clone(), at);
+                scheduler.arm(m.def.key.as_str().into(), at);
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -132,8 +133,14 @@ impl Engine {
             if released.wait_for(|r| *r).await.is_err() {
                 return;
             }
+            // Everything the scheduler fired so far goes as one command, so the worker
+            // orders a herd of deadlines by urgency as a whole.
             while let Some((key, _)) = due.recv().await {
-                if forward.send(Command::Due(key)).is_err() {
+                let mut keys = vec![String::from(key)];
+                while let Ok((key, _)) = due.try_recv() {
+                    keys.push(key.into());
+                }
+                if forward.send(Command::Due(keys)).is_err() {
                     return;
                 }
             }
@@ -609,6 +616,45 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlines_due_together_are_handled_by_when_their_down_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let config = EngineConfig {
+            hold_deadlines: true,
+            ..Default::default()
+        };
+        let engine = Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap();
+        let now = engine.clock().now();
+        // Due first, by deadline and by key, but only Late then, with seconds to go.
+        let mut late = def("a-late", now);
+        late.grace_secs = 5;
+        engine.upsert(late).await.unwrap();
+        engine.upsert(def("z-down", now)).await.unwrap();
+        engine.ping("ns/a-late", success()).await.unwrap();
+        engine.ping("ns/z-down", success()).await.unwrap();
+        let mut changes = engine.subscribe();
+        let due = engine.get("ns/z-down").unwrap().state.deadline.unwrap();
+        tokio::time::sleep_until(engine.clock().instant_for(due)).await;
+        // Both reach the worker as one herd, in the order they fell due (the scheduler's,
+        // held here so that it sends nothing itself).
+        let herd = vec!["ns/a-late".to_string(), "ns/z-down".to_string()];
+        engine.tx.send(Command::Due(herd)).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+            .await
+            .expect("a transition")
+            .unwrap();
+        let second = changes.recv().await.unwrap();
+        assert_eq!(
+            [(first.key, first.to), (second.key, second.to)],
+            [
+                ("ns/z-down".to_string(), State::Down),
+                ("ns/a-late".to_string(), State::Late)
+            ]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
