@@ -658,6 +658,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_herd_goes_before_later_commands_and_after_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let config = EngineConfig {
+            hold_deadlines: true,
+            ..Default::default()
+        };
+        let engine = Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap();
+        let now = engine.clock().now();
+        for name in ["a", "b", "c", "d", "x"] {
+            engine.upsert(def(name, now)).await.unwrap();
+        }
+        for name in ["a", "b", "c", "d"] {
+            engine.ping(&format!("ns/{name}"), success()).await.unwrap();
+        }
+        let mut changes = engine.subscribe();
+        let due = engine.get("ns/d").unwrap().state.deadline.unwrap();
+        tokio::time::sleep_until(engine.clock().instant_for(due)).await;
+        // Queued while the worker is held: a herd, a ping, then another herd.
+        engine.stall(Duration::from_millis(300));
+        let keys = |k: &[&str]| k.iter().map(|k| format!("ns/{k}")).collect::<Vec<_>>();
+        let send = |c| engine.tx.send(c).map_err(|_| ()).unwrap();
+        send(Command::Due(keys(&["c", "a", "b"])));
+        let (reply, pinged) = oneshot::channel();
+        send(Command::Ping("ns/x".into(), success(), reply));
+        send(Command::Due(keys(&["d"])));
+        let mut order = Vec::new();
+        while order.len() < 5 {
+            let c = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+                .await
+                .expect("a transition")
+                .unwrap();
+            order.push((c.key, c.to));
+        }
+        let expected = [
+            ("a", State::Down),
+            ("b", State::Down),
+            ("c", State::Down),
+            ("x", State::Up),
+            ("d", State::Down),
+        ]
+        .map(|(k, s)| (format!("ns/{k}"), s));
+        assert_eq!(order, expected);
+        assert_eq!(pinged.await.unwrap().unwrap(), PingOutcome::Ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_worker_stops_taking_commands_while_the_store_lags_behind() {
         let dir = tempfile::tempdir().unwrap();
         let (store, engine, m) = gated_engine(dir.path()).await;
