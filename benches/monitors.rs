@@ -3,8 +3,8 @@
 //! seconds the pings take; then every one misses its deadline. Prints process RSS (and its
 //! peak; target ≤ 1 GB), Down transitions per second and the p99 lateness of Down
 //! transitions behind their due time (target ≤ 1 s), the disk's and the commit log's flush
-//! latency; then a new process opens the store and prints how long the monitors take to
-//! load (target ≤ 10 s).
+//! latency; then the run flushes the store as a stopping server does, and a new process
+//! opens it and prints how long the monitors take to load (target ≤ 10 s).
 //!
 //! A third of the monitors (every `BENCH_SCHEDULED_EVERY`th, 3; 0 for none) are on the
 //! cron schedule `* * * * *`, each parsed from its text as definitions are (equal
@@ -12,10 +12,19 @@
 //! grace of 0 to 9 s: a herd of Down transitions at each of ten instants, as at the top of
 //! every hour in a real cluster.
 //!
+//! Pings keep coming while the monitors go Down, as in production: a hundredth of the
+//! monitors again (`BENCH_STEADY`), on a one-hour interval, are pinged by 64 clients as
+//! fast as the server answers from the start of the ping phase until the last Down.
+//!
+//! Lateness is the time from a Down's due time (its deadline plus grace) to the moment the
+//! round holding it is on disk and readers see it; quantiles are read from buckets about
+//! 3 % wide, printed for the Downs applied during the ping phase and after it.
+//!
 //! `cargo bench --bench monitors` (env: `BENCH_MONITORS`, `BENCH_INTERVAL_SECS` (20),
-//! `BENCH_SCHEDULED_EVERY` (3),
+//! `BENCH_SCHEDULED_EVERY` (3), `BENCH_STEADY` (monitors / 100),
 //! `BENCH_CACHE_MB`, `BENCH_DIR`, default `target/monitors-bench`, deleted afterwards
-//! unless `BENCH_KEEP=1`).
+//! unless `BENCH_KEEP=1`). `BENCH_SIZES=1` prints instead what each in-memory structure
+//! of the engine holds per monitor.
 
 mod common;
 
@@ -27,6 +36,7 @@ use hartslag::config::ServerConfig;
 use hartslag::core::cron::Schedule;
 use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
+use hartslag::core::store::latency::{LatencyRecord, LatencySnapshot};
 use hartslag::core::token::TokenHash;
 use hartslag::server::Server;
 
@@ -49,6 +59,57 @@ fn status_mb(field: &str) -> f64 {
 
 fn rss_mb() -> f64 {
     status_mb("VmRSS:")
+}
+
+/// `p50 …, p90 …, p99 …, max …` seconds of a set of lateness observations.
+fn describe_lateness(s: &LatencySnapshot) -> String {
+    let q = |q: f64| s.quantile(q).map_or(f64::NAN, |d| d.as_secs_f64());
+    format!(
+        "{} Downs: p50 {:.3} s, p90 {:.3} s, p99 {:.3} s, max {:.3} s",
+        s.count(),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(1.0)
+    )
+}
+
+/// A monitor's definition as the benchmark defines it: `scheduled` ones on `* * * * *`.
+fn bench_def(i: usize, scheduled: bool, interval: u64, now: jiff::Timestamp) -> MonitorDef {
+    MonitorDef {
+        key: format!("bench/m{i}"),
+        id: format!("{i:016x}"),
+        namespace: "bench".into(),
+        name: format!("m{i}"),
+        display_name: None,
+        interval_secs: if scheduled { 60 } else { interval },
+        grace_secs: if scheduled { i as u64 % 10 } else { 0 },
+        schedule: scheduled.then(|| Schedule::parse("* * * * *", None).expect("schedule")),
+        max_duration_secs: None,
+        cron_job: None,
+        require_ping: false,
+        paused: false,
+        targets: Vec::new(),
+        alerting: Default::default(),
+        application: None,
+        token: TokenHash::of(&format!("t{i}")),
+        ping_hint: String::new(),
+        origin: Origin::Api,
+        retain_on_delete: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn success() -> PingInput {
+    PingInput {
+        kind: PingKind::Success,
+        exit_code: None,
+        rid: None,
+        source: None,
+        user_agent: None,
+        body: None,
+    }
 }
 
 fn config(data: &std::path::Path) -> ServerConfig {
@@ -100,7 +161,77 @@ fn child(var: &str, data: &std::path::Path) {
     assert!(status.success(), "{var} failed: {status}");
 }
 
+/// Sizes mode (`BENCH_SIZES=1`, a process of its own): what each in-memory structure of
+/// the engine holds per monitor, built alone from `BENCH_MONITORS` definitions as the run
+/// makes them, measured as the growth of resident memory.
+fn sizes() {
+    use hartslag::core::monitor::engine::{Monitor, Monitors};
+    use hartslag::core::monitor::schedule::DeadlineQueue;
+    use hartslag::core::monitor::state::MonitorState;
+    let n: usize = common::env_or("BENCH_MONITORS", 100_000);
+    let every: usize = common::env_or("BENCH_SCHEDULED_EVERY", 3);
+    let now = jiff::Timestamp::now();
+    println!(
+        "sizes: Monitor {} bytes inline (MonitorDef {}, MonitorState {})",
+        std::mem::size_of::<Monitor>(),
+        std::mem::size_of::<MonitorDef>(),
+        std::mem::size_of::<MonitorState>()
+    );
+    let per = |before: f64| (rss_mb() - before) * 1024.0 * 1024.0 / n as f64;
+    let before = rss_mb();
+    let monitors: Monitors = (0..n)
+        .map(|i| Monitor {
+            num: i as u64 + 1,
+            def: bench_def(i, every > 0 && i % every == 0, 20, now),
+            state: MonitorState::new(now),
+            last_run_ms: None,
+        })
+        .collect();
+    println!(
+        "sizes: the readers' snapshot (boxed monitors by key): {:.0} bytes per monitor",
+        per(before)
+    );
+    let before = rss_mb();
+    let mut by_key = DeadlineQueue::<String>::new();
+    for m in monitors.values() {
+        by_key.arm(m.def.key.clone(), now);
+    }
+    println!(
+        "sizes: a deadline queue of keys and timestamps: {:.0} bytes per monitor",
+        per(before)
+    );
+    let before = rss_mb();
+    let mut boxed = DeadlineQueue::<Box<str>, i64>::new();
+    for m in monitors.values() {
+        boxed.arm(m.def.key.as_str().into(), now.as_microsecond());
+    }
+    println!(
+        "sizes: the scheduler's queue of boxed keys and microseconds: {:.0} bytes per monitor",
+        per(before)
+    );
+    let before = rss_mb();
+    let mut by_num = DeadlineQueue::<u64, i64>::new();
+    for m in monitors.values() {
+        by_num.arm(m.num, now.as_microsecond());
+    }
+    println!(
+        "sizes: a queue of monitor numbers and microseconds: {:.0} bytes per monitor",
+        per(before)
+    );
+    let before = rss_mb();
+    let counts: std::collections::HashMap<u64, u32> =
+        monitors.values().map(|m| (m.num, 1)).collect();
+    println!(
+        "sizes: transitions since the last trim, by number: {:.0} bytes per monitor",
+        per(before)
+    );
+    drop((by_key, boxed, by_num, counts, monitors));
+}
+
 fn main() {
+    if std::env::var("BENCH_SIZES").is_ok_and(|v| v == "1") {
+        return sizes();
+    }
     if let Ok(data) = std::env::var("MONITORS_RUN") {
         return run(&data);
     }
@@ -124,6 +255,7 @@ fn run(data: &str) {
     let n: usize = common::env_or("BENCH_MONITORS", 100_000);
     let interval: u64 = common::env_or("BENCH_INTERVAL_SECS", 20);
     let scheduled_every: usize = common::env_or("BENCH_SCHEDULED_EVERY", 3);
+    let steady: usize = common::env_or("BENCH_STEADY", n / 100);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,7 +267,7 @@ fn run(data: &str) {
         let probe = common::flush_probe(std::path::Path::new(data), 200);
         println!("disk probe: fdatasync {}; load average {}", common::describe_flushes(&probe), common::load_average());
         let share = if scheduled_every > 0 { format!("1 in {scheduled_every}") } else { "none".into() };
-        println!("monitor scale benchmark: {n} monitors on interval {interval}s with grace 0s, {share} of them on schedule \"* * * * *\" with grace 0-9s instead");
+        println!("monitor scale benchmark: {n} monitors on interval {interval}s with grace 0s, {share} of them on schedule \"* * * * *\" with grace 0-9s instead; {steady} more on interval 3600s pinged throughout");
         println!("RSS at start: {:.0} MB", rss_mb());
 
         let now = jiff::Timestamp::now();
@@ -147,31 +279,9 @@ fn run(data: &str) {
         for w in 0..CLIENTS {
             let core = core.clone();
             tasks.push(tokio::spawn(async move {
-              for i in (w..n).step_by(CLIENTS) {
-                let scheduled = scheduled_every > 0 && i % scheduled_every == 0;
-                let def = MonitorDef {
-                    key: format!("bench/m{i}"),
-                    id: format!("{i:016x}"),
-                    namespace: "bench".into(),
-                    name: format!("m{i}"),
-                    display_name: None,
-                    interval_secs: if scheduled { 60 } else { interval },
-                    grace_secs: if scheduled { i as u64 % 10 } else { 0 },
-                    schedule: scheduled.then(|| Schedule::parse("* * * * *", None).expect("schedule")),
-                    max_duration_secs: None,
-                    cron_job: None,
-                    require_ping: false,
-                    paused: false,
-                    targets: Vec::new(),
-                    alerting: Default::default(),
-                    application: None,
-                    token: TokenHash::of(&format!("t{i}")),
-                    ping_hint: String::new(),
-                    origin: Origin::Api,
-                    retain_on_delete: false,
-                    created_at: now,
-                    updated_at: now,
-                };
+              for i in (w..n + steady).step_by(CLIENTS) {
+                let scheduled = i < n && scheduled_every > 0 && i % scheduled_every == 0;
+                let def = bench_def(i, scheduled, if i < n { interval } else { 3600 }, now);
                 core.engine.upsert(def).await.expect("upsert");
               }
             }));
@@ -185,12 +295,28 @@ fn run(data: &str) {
         let flushes = services.commit_stats().flush.snapshot();
         let threads = common::Threads::of("self");
         let started = Instant::now();
+        // The steady pings: 64 clients, each on its own share of the extra monitors, until
+        // every benchmark monitor is Down.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let steady_latency = Arc::new(LatencyRecord::default());
+        let mut steady_tasks = Vec::new();
+        for w in 0..64.min(steady) {
+            let (core, stop, latency) = (core.clone(), stop.clone(), steady_latency.clone());
+            steady_tasks.push(tokio::spawn(async move {
+                let mut i = n + w;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    core.engine.ping(&format!("bench/m{i}"), success()).await.expect("steady ping");
+                    latency.observe(t.elapsed());
+                    i = if i + 64 < n + steady { i + 64 } else { n + w };
+                }
+            }));
+        }
         for w in 0..CLIENTS {
             let core = core.clone();
             tasks.push(tokio::spawn(async move {
                 for i in (w..n).step_by(CLIENTS) {
-                    let input = PingInput { kind: PingKind::Success, exit_code: None, rid: None, source: None, user_agent: None, body: None };
-                    core.engine.ping(&format!("bench/m{i}"), input).await.expect("ping");
+                    core.engine.ping(&format!("bench/m{i}"), success()).await.expect("ping");
                 }
             }));
         }
@@ -204,6 +330,11 @@ fn run(data: &str) {
         println!("CPU µs per ping by thread: {}", common::Threads::of("self").since(&threads).per(n as f64));
         let threads = common::Threads::of("self");
         println!("RSS with {n} monitors loaded: {:.0} MB", rss_mb());
+        let lateness = &core.engine.stats.down_lateness_record;
+        let late_in_pings = lateness.snapshot();
+        println!("Down lateness during the ping phase: {}", describe_lateness(&late_in_pings));
+        let steady_before = steady_latency.snapshot();
+        let down_phase = Instant::now();
 
         // Wait until every monitor is Down (deadline + a generous margin).
         // A scheduled monitor is due up to a minute after its ping, plus its grace.
@@ -225,26 +356,24 @@ fn run(data: &str) {
         let transitions = core.engine.stats.transitions.load(Ordering::Relaxed);
         println!("{transitions} Down transitions over {span:.2} s: {:.0} transitions/s", transitions as f64 / span);
         println!("CPU µs per transition by thread (with the bench's polling): {}", common::Threads::of("self").since(&threads).per(transitions as f64));
-        let mut text = String::new();
-        core.engine.stats.down_lateness.render("lateness", "", &mut text);
-        let mut buckets: Vec<(f64, u64)> = Vec::new();
-        let mut count = 0u64;
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("lateness_bucket{le=\"") {
-                let (le, v) = rest.split_once("\"} ").unwrap_or(("0", "0"));
-                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(0.0) };
-                buckets.push((le, v.parse().unwrap_or(0)));
-            }
-            if let Some(c) = line.strip_prefix("lateness_count ") {
-                count = c.parse().unwrap_or(0);
-            }
-        }
-        let p = |q: f64| buckets.iter().find(|(_, c)| *c as f64 >= q * count as f64).map(|(le, _)| *le).unwrap_or(f64::NAN);
+        stop.store(true, Ordering::Relaxed);
+        let steady_pings = steady_latency.snapshot().since(&steady_before);
         println!(
-            "Down lateness behind due time: p50 <= {} s, p99 <= {} s (histogram bucket bounds, {count} samples; target p99 ≤ 1 s: {})",
-            p(0.5),
-            p(0.99),
-            if p(0.99) <= 1.0 { "met" } else { "NOT met" }
+            "steady pings during the Down phase: {:.0}/s, latency {}",
+            steady_pings.count() as f64 / down_phase.elapsed().as_secs_f64(),
+            common::describe_flushes(&steady_pings)
+        );
+        for t in steady_tasks {
+            t.await.expect("steady task");
+        }
+        let all = lateness.snapshot();
+        println!("Down lateness after the ping phase: {}", describe_lateness(&all.since(&late_in_pings)));
+        let p99 = all.quantile(0.99).map_or(f64::NAN, |d| d.as_secs_f64());
+        println!(
+            "Down lateness behind due time + grace, to on disk and seen, whole run: {} (target p99 ≤ 1 s: {}; load average {})",
+            describe_lateness(&all),
+            if p99 <= 1.0 { "met" } else { "NOT met" },
+            common::load_average()
         );
         let peak = status_mb("VmHWM:");
         println!(
@@ -252,5 +381,9 @@ fn run(data: &str) {
             rss_mb(),
             if peak <= 1024.0 { "met" } else { "NOT met" }
         );
+        // Stopped as the server stops (a final flush: the restart replays no log).
+        let flushing = Instant::now();
+        services.flush().await.expect("final flush");
+        println!("final flush before the restart: {:.2} s", flushing.elapsed().as_secs_f64());
     });
 }

@@ -30,9 +30,8 @@ mod harness;
 #[path = "../tests/it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
-#[path = "../tests/it/pg.rs"]
-#[allow(dead_code)] // the harness can put its servers on PostgreSQL
-mod pg;
+// The harness can put its servers on PostgreSQL; it names the database helpers `crate::pg`.
+use common::pg;
 
 use std::time::{Duration, Instant};
 

@@ -8,6 +8,7 @@ pub mod channel;
 pub mod cron;
 pub mod duration;
 pub mod ingest;
+pub mod latency;
 pub mod leadership;
 pub mod limits;
 pub mod metrics;

@@ -205,7 +205,8 @@ impl<K> SchedulerHandle<K> {
 }
 
 /// Starts the driver task on the current tokio runtime. Due keys arrive on the returned
-/// channel in deadline order, once per arming, each with the wall time it was armed for.
+/// channel in deadline order, once per arming, each with the wall time it was armed for
+/// (rounded up to the microsecond).
 /// The task ends when the receiver is dropped, or when every handle is dropped and nothing
 /// armed is left to fire.
 pub fn spawn<K>(clock: Clock) -> (SchedulerHandle<K>, mpsc::UnboundedReceiver<(K, Timestamp)>)
@@ -218,6 +219,25 @@ where
     (SchedulerHandle { tx }, due_rx)
 }
 
+/// A deadline as the driver keeps it: whole microseconds, rounded up so nothing fires
+/// before its time. Half the size of a [`Timestamp`], in both of the queue's maps: with a
+/// million monitors armed, about 25 MB less.
+fn micros_up(at: Timestamp) -> i64 {
+    let m = at.as_microsecond();
+    match Timestamp::from_microsecond(m) {
+        Ok(floor) if floor < at => m.saturating_add(1),
+        _ => m,
+    }
+}
+
+fn from_micros(m: i64) -> Timestamp {
+    Timestamp::from_microsecond(m).unwrap_or(if m < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
+}
+
 async fn drive<K>(
     clock: Clock,
     mut commands: mpsc::UnboundedReceiver<Command<K>>,
@@ -225,15 +245,15 @@ async fn drive<K>(
 ) where
     K: Ord + Hash + Clone,
 {
-    let mut queue = DeadlineQueue::<K>::new();
+    let mut queue = DeadlineQueue::<K, i64>::new();
     let mut handles_alive = true;
     // One timer, reset only when the earliest deadline changes.
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
-    let mut sleeping_until: Option<Timestamp> = None;
+    let mut sleeping_until: Option<i64> = None;
     loop {
-        for fired in queue.pop_due(clock.now()) {
-            if due.send(fired).is_err() {
+        for (key, at) in queue.pop_due(clock.now().as_microsecond()) {
+            if due.send((key, from_micros(at))).is_err() {
                 return;
             }
         }
@@ -241,7 +261,7 @@ async fn drive<K>(
         match next {
             None if !handles_alive => return,
             Some(at) if sleeping_until != Some(at) => {
-                sleep.as_mut().reset(clock.instant_for(at));
+                sleep.as_mut().reset(clock.instant_for(from_micros(at)));
                 sleeping_until = Some(at);
             }
             _ => {}
@@ -256,7 +276,7 @@ async fn drive<K>(
                     let mut command = Some(first);
                     while let Some(c) = command {
                         match c {
-                            Command::Arm(key, at) => queue.arm(key, at),
+                            Command::Arm(key, at) => queue.arm(key, micros_up(at)),
                             Command::Disarm(key) => queue.disarm(&key),
                         }
                         command = commands.try_recv().ok();
@@ -330,6 +350,26 @@ mod tests {
                 .all(|w| (w[0].1, w[0].0) < (w[1].1, w[1].0))
         );
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn deadlines_are_kept_in_whole_microseconds_rounded_up() {
+        let t = base();
+        assert_eq!(micros_up(t), t.as_microsecond());
+        for at in [
+            plus(t, SignedDuration::from_nanos(1)),
+            plus(t, SignedDuration::from_nanos(999)),
+            plus(t, SignedDuration::from_nanos(-1)),
+            plus(
+                Timestamp::from_second(-1).unwrap(),
+                SignedDuration::from_nanos(-1),
+            ),
+        ] {
+            let kept = from_micros(micros_up(at));
+            assert!(kept >= at, "{kept} before {at}");
+            assert!(kept.duration_since(at) < SignedDuration::from_micros(1));
+        }
+        assert_eq!(from_micros(i64::MAX), Timestamp::MAX);
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,6 +8,7 @@
 //! lose an alert or send one twice. Readers use an in-memory snapshot through the
 //! [`Engine`] handle; history is read from the store.
 
+mod herd;
 mod metrics;
 mod mirror;
 mod publish;
@@ -139,10 +140,10 @@ impl Engine {
         store.load_monitors(&mut |batch| batch.into_iter().for_each(|m| monitors.insert(m)))?;
         let snapshot: Snapshot = Arc::new(RwLock::new(monitors));
         let loaded = started.elapsed();
-        let (scheduler, mut due) = schedule::spawn::<String>(clock);
+        let (scheduler, mut due) = schedule::spawn::<Box<str>>(clock);
         for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
             if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
-                scheduler.arm(m.def.key.clone(), at);
+                scheduler.arm(m.def.key.as_str().into(), at);
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -153,8 +154,14 @@ impl Engine {
             if released.wait_for(|r| *r).await.is_err() {
                 return;
             }
+            // Everything the scheduler fired so far goes as one command, so the worker
+            // orders a herd of deadlines by urgency as a whole.
             while let Some((key, _)) = due.recv().await {
-                if forward.send(Command::Due(key)).is_err() {
+                let mut keys = vec![String::from(key)];
+                while let Ok((key, _)) = due.try_recv() {
+                    keys.push(key.into());
+                }
+                if forward.send(Command::Due(keys)).is_err() {
                     return;
                 }
             }
@@ -653,6 +660,93 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlines_due_together_are_handled_by_when_their_down_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let config = EngineConfig {
+            hold_deadlines: true,
+            ..Default::default()
+        };
+        let engine = Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap();
+        let now = engine.clock().now();
+        // Due first, by deadline and by key, but only Late then, with seconds to go.
+        let mut late = def("a-late", now);
+        late.grace_secs = 5;
+        engine.upsert(late).await.unwrap();
+        engine.upsert(def("z-down", now)).await.unwrap();
+        engine.ping("ns/a-late", success()).await.unwrap();
+        engine.ping("ns/z-down", success()).await.unwrap();
+        let mut changes = engine.subscribe();
+        let due = engine.get("ns/z-down").unwrap().state.deadline.unwrap();
+        tokio::time::sleep_until(engine.clock().instant_for(due)).await;
+        // Both reach the worker as one herd, in the order they fell due (the scheduler's,
+        // held here so that it sends nothing itself).
+        let herd = vec!["ns/a-late".to_string(), "ns/z-down".to_string()];
+        engine.tx.send(Command::Due(herd)).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+            .await
+            .expect("a transition")
+            .unwrap();
+        let second = changes.recv().await.unwrap();
+        assert_eq!(
+            [(first.key, first.to), (second.key, second.to)],
+            [
+                ("ns/z-down".to_string(), State::Down),
+                ("ns/a-late".to_string(), State::Late)
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_herd_goes_before_later_commands_and_after_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let config = EngineConfig {
+            hold_deadlines: true,
+            ..Default::default()
+        };
+        let engine = Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap();
+        let now = engine.clock().now();
+        for name in ["a", "b", "c", "d", "x"] {
+            engine.upsert(def(name, now)).await.unwrap();
+        }
+        for name in ["a", "b", "c", "d"] {
+            engine.ping(&format!("ns/{name}"), success()).await.unwrap();
+        }
+        let mut changes = engine.subscribe();
+        let due = engine.get("ns/d").unwrap().state.deadline.unwrap();
+        tokio::time::sleep_until(engine.clock().instant_for(due)).await;
+        // Queued while the worker is held: a herd, a ping, then another herd.
+        engine.stall(Duration::from_millis(300));
+        let keys = |k: &[&str]| k.iter().map(|k| format!("ns/{k}")).collect::<Vec<_>>();
+        let send = |c| engine.tx.send(c).map_err(|_| ()).unwrap();
+        send(Command::Due(keys(&["c", "a", "b"])));
+        let (reply, pinged) = oneshot::channel();
+        send(Command::Ping("ns/x".into(), success(), reply));
+        send(Command::Due(keys(&["d"])));
+        let mut order = Vec::new();
+        while order.len() < 5 {
+            let c = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+                .await
+                .expect("a transition")
+                .unwrap();
+            order.push((c.key, c.to));
+        }
+        let expected = [
+            ("a", State::Down),
+            ("b", State::Down),
+            ("c", State::Down),
+            ("x", State::Up),
+            ("d", State::Down),
+        ]
+        .map(|(k, s)| (format!("ns/{k}"), s));
+        assert_eq!(order, expected);
+        assert_eq!(pinged.await.unwrap().unwrap(), PingOutcome::Ok);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

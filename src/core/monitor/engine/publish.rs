@@ -7,11 +7,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::broadcast;
 
-use super::EngineError;
 use super::types::{Change, Monitor};
 use super::worker::{Done, Snapshot};
+use super::{EngineError, EngineStats};
 use crate::core::alert::outbox::Outbox;
-use crate::core::monitor::schedule::SchedulerHandle;
+use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state;
 
 /// A monitor as a round on its way to the store left it (`None`: removed), with the
@@ -94,6 +94,8 @@ pub(super) struct Published {
     pub(super) removed: Vec<String>,
     pub(super) changes: Vec<Change>,
     pub(super) alerts: bool,
+    /// When each Down a deadline caused in the round was due (deadline plus grace).
+    pub(super) timed_downs: Vec<jiff::Timestamp>,
     pub(super) done: Vec<Done>,
 }
 
@@ -101,11 +103,13 @@ pub(super) struct Published {
 /// subscribers to state transitions and the outbox; run by the store's callback, in order.
 pub(super) struct Readers {
     pub(super) snapshot: Snapshot,
-    pub(super) scheduler: SchedulerHandle<String>,
+    pub(super) scheduler: SchedulerHandle<Box<str>>,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) outbox: Outbox,
     pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
     pub(super) written: Arc<Written>,
+    pub(super) stats: Arc<EngineStats>,
+    pub(super) clock: Clock,
 }
 
 impl Readers {
@@ -114,6 +118,8 @@ impl Readers {
         match &result {
             Ok(()) => {
                 self.publish(&p);
+                self.stats
+                    .observe_down_lateness(&p.timed_downs, self.clock.now());
                 *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.written.applied.store(p.seq, Ordering::Release);
                 if p.alerts {
@@ -144,7 +150,7 @@ impl Readers {
             }
         }
         for key in &p.removed {
-            self.scheduler.disarm(key.clone());
+            self.scheduler.disarm(key.as_str().into());
         }
         for m in &p.monitors {
             arm(&self.scheduler, m);
@@ -156,9 +162,9 @@ impl Readers {
 }
 
 /// Arms `m`'s next deadline (or none).
-pub(super) fn arm(scheduler: &SchedulerHandle<String>, m: &Monitor) {
+pub(super) fn arm(scheduler: &SchedulerHandle<Box<str>>, m: &Monitor) {
     match state::next_wakeup(&m.def.timing(), &m.state) {
-        Some(at) => scheduler.arm(m.def.key.clone(), at),
-        None => scheduler.disarm(m.def.key.clone()),
+        Some(at) => scheduler.arm(m.def.key.as_str().into(), at),
+        None => scheduler.disarm(m.def.key.as_str().into()),
     }
 }

@@ -9,13 +9,14 @@
 //! fails to write leaves readers with what is on disk.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::herd::{self, Herd};
 use super::mirror::{TokenChanges, mirrored};
 use super::publish::{Inflight, Published, Readers, Written, arm};
 use super::relayed::{ping_signal, relayed_at};
@@ -56,7 +57,7 @@ const TRANSITION_HISTORY: usize = 200;
 
 /// How many transitions a monitor may add before its timeline is trimmed back to
 /// [`TRANSITION_HISTORY`]; it never holds more than the sum of both plus one restart's worth.
-const TRIM_EVERY: u32 = 50;
+const TRIM_EVERY: u8 = 50;
 
 /// What the engine handle asks of the worker.
 pub(super) enum Command {
@@ -76,7 +77,8 @@ pub(super) enum Command {
     Relayed(Vec<RelayedPing>, oneshot::Sender<Result<(), EngineError>>),
     /// The leader's rounds, shown by a replica that does not lead.
     Mirror(Box<FeedChanges>, oneshot::Sender<TokenChanges>),
-    Due(String),
+    /// Monitors whose deadline came due, as many as the scheduler had fired.
+    Due(Vec<String>),
     /// Answered as soon as the worker takes it: the thread is alive and not stuck.
     Probe(oneshot::Sender<()>),
     /// Tests: holds the worker for a while, as a stuck disk would.
@@ -109,6 +111,9 @@ struct Round {
     removed: std::collections::HashSet<String>,
     /// State transitions to broadcast once the round is on disk.
     changes: Vec<Change>,
+    /// When each Down a deadline caused in the round was due: how late it was is
+    /// measured once the round is on disk and readers see it.
+    timed_downs: Vec<Timestamp>,
 }
 
 impl Round {
@@ -134,7 +139,7 @@ impl Round {
 pub(super) struct Worker {
     pub(super) store: Arc<dyn MonitorStore>,
     pub(super) outbox: Outbox,
-    pub(super) scheduler: SchedulerHandle<String>,
+    pub(super) scheduler: SchedulerHandle<Box<str>>,
     pub(super) snapshot: Snapshot,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) stats: Arc<EngineStats>,
@@ -142,11 +147,13 @@ pub(super) struct Worker {
     pub(super) clock: Clock,
     /// Whether this process leads: only then does the worker write rounds.
     pub(super) fence: Fence,
-    /// Transitions written per monitor since start; the timeline is trimmed only every
-    /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history.
-    pub(super) transitions_since_trim: RefCell<HashMap<u64, u32>>,
     /// Why the last round could not be written, until one is.
     pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Transitions written per monitor since start; the timeline is trimmed only every
+    /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history. A B-tree of
+    /// one-byte counts: after a herd every monitor has one, and a million took 36 bytes
+    /// each in a hash map, about 22 here.
+    pub(super) transitions_since_trim: RefCell<BTreeMap<u64, u8>>,
     /// Monitors as rounds handed to the store and not applied yet left them, by key: what
     /// the next rounds build on.
     pub(super) inflight: RefCell<HashMap<String, Inflight>>,
@@ -161,20 +168,65 @@ impl Worker {
     /// Handles commands until every engine handle is gone: each round takes what is queued
     /// (up to [`MAX_ROUND`]) and is written as one record while the next round gathers, with
     /// at most [`MAX_IN_FLIGHT`] commands on their way to the store.
+    ///
+    /// Deadlines that came due wait in a [`Herd`], most urgent first, and go before every
+    /// command that reached the worker after them: the first such command is held until
+    /// the herd is through, and the queue behind it is not read meanwhile, so commands
+    /// stay in the order they came and a herd of deadlines waits for no later ping.
     pub(super) fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(first) = rx.blocking_recv() {
+        let mut herd = Herd::default();
+        let mut held: Option<Command> = None;
+        loop {
+            if herd.is_empty() && held.is_none() {
+                match rx.blocking_recv() {
+                    Some(Command::Due(keys)) => self.queue_due(&mut herd, keys),
+                    Some(cmd) => held = Some(cmd),
+                    None => return,
+                }
+            }
             self.written.wait_for_room(MAX_IN_FLIGHT);
             let mut round = Round::default();
-            self.handle(first, &mut round);
-            let mut commands = 1;
+            let mut commands = 0;
             while commands < MAX_ROUND && round.ping_bytes < ROUND_BYTES {
-                match rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd, &mut round),
-                    Err(_) => break,
+                if held.is_none() {
+                    // Deadlines that came due meanwhile join the herd, until a command
+                    // arrives behind them.
+                    while let Ok(cmd) = rx.try_recv() {
+                        match cmd {
+                            Command::Due(keys) => self.queue_due(&mut herd, keys),
+                            cmd => {
+                                held = Some(cmd);
+                                break;
+                            }
+                        }
+                    }
+                }
+                if let Some(key) = herd.pop() {
+                    self.due(&key, &mut round);
+                } else if let Some(cmd) = held.take() {
+                    self.handle(cmd, &mut round);
+                } else {
+                    break;
                 }
                 commands += 1;
             }
             self.write(round, commands);
+        }
+    }
+
+    /// Adds monitors that came due to the herd, each as urgent as its Down is.
+    fn queue_due(&self, herd: &mut Herd, keys: Vec<String>) {
+        // A replica that does not lead decides no deadline: its schedule is held, and a
+        // deposed leader's rounds would be refused anyway.
+        if self.fence.generation().is_none() {
+            return;
+        }
+        let monitors = self.read();
+        for key in keys {
+            let urgency = monitors
+                .get(&key)
+                .map_or(Timestamp::MIN, |m| herd::urgency(&m.def.timing(), &m.state));
+            herd.push(key, urgency);
         }
     }
 
@@ -204,7 +256,7 @@ impl Worker {
             return self.follow(cmd);
         }
         match cmd {
-            Command::Due(key) => self.due(&key, round),
+            Command::Due(keys) => keys.iter().for_each(|key| self.due(key, round)),
             Command::Ping(key, input, reply) => self.ping(&key, input, reply, round),
             Command::Upsert(def, reply) => self.define(*def, reply, round),
             Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
@@ -327,6 +379,8 @@ impl Worker {
             changes: out.changes,
             alerts: false,
             done: Vec::new(),
+            // The leader measured how late its Downs were; a mirror only shows them.
+            timed_downs: Vec::new(),
         };
         self.readers().publish(&shown);
         out.tokens
@@ -433,8 +487,8 @@ impl Worker {
             done(Ok(()));
             return;
         }
-        if let Signal::Tick(now) = signal {
-            self.count_timed_transitions(&effects, now);
+        if let Signal::Tick(_) = signal {
+            self.count_timed_transitions(&effects, round);
         }
         let last_run_ms = effects
             .iter()
@@ -481,16 +535,14 @@ impl Worker {
         }
     }
 
-    /// Counts deadline-driven transitions and how late each Down was applied.
-    fn count_timed_transitions(&self, effects: &[Effect], now: Timestamp) {
+    /// Counts deadline-driven transitions and keeps the time each Down was due at (its
+    /// deadline plus grace), to tell how late it was once its round is on disk.
+    fn count_timed_transitions(&self, effects: &[Effect], round: &mut Round) {
         for e in effects {
             if let Effect::Transition { to, at, .. } = e {
                 self.stats.transitions.fetch_add(1, Relaxed);
                 if *to == State::Down {
-                    let late = now.duration_since(*at);
-                    self.stats
-                        .down_lateness
-                        .observe(std::time::Duration::try_from(late).unwrap_or_default());
+                    round.timed_downs.push(*at);
                 }
             }
         }
@@ -738,6 +790,7 @@ impl Worker {
             removed,
             changes: std::mem::take(&mut round.changes),
             alerts: !writes.deliveries.is_empty(),
+            timed_downs: std::mem::take(&mut round.timed_downs),
             done: std::mem::take(&mut round.done),
         };
         let readers = self.readers();
@@ -769,6 +822,8 @@ impl Worker {
             outbox: self.outbox.clone(),
             failure: self.failure.clone(),
             written: self.written.clone(),
+            stats: self.stats.clone(),
+            clock: self.clock,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A fine-grained latency record: every observation counted in a bucket about 3 % wide, so
-//! percentiles of disk flushes (tens to hundreds of microseconds, with a long tail) can be
-//! read over any interval, by diffing two snapshots, without keeping the samples.
+//! percentiles of disk flushes (tens to hundreds of microseconds, with a long tail) or of
+//! how late Down transitions were applied (milliseconds to seconds) can be read over any
+//! interval, by diffing two snapshots, without keeping the samples.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
