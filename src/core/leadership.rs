@@ -162,7 +162,7 @@ impl Role {
         let reason = tokio::select! {
             reason = &mut term.lost => reason,
             () = self.fence.deposed() => {
-                "a write was refused: another replica has taken over the leadership".to_string()
+                "a leader-only write failed: another replica has taken over the leadership, or the database refused a round of monitor changes".to_string()
             }
         };
         self.fence.depose();

@@ -410,9 +410,11 @@ async fn run_replica(
     install_catalogue(&mut server);
     let (core, config, courier) = (server.core.clone(), server.config.clone(), server.courier());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        stop_tx.send_replace(true);
+        on_signal.send_replace(true);
     });
     let stopped = move || {
         let mut stop = stop.clone();
@@ -447,10 +449,19 @@ async fn run_replica(
         }
     };
     tokio::select! {
-        reason = role.until_lost(&mut term) => Err(StandaloneError::LeadershipLost(reason)),
+        reason = role.until_lost(&mut term) => {
+            // The requests in flight are answered (a deposed leader's writes are refused
+            // anyway) before the process ends, so no client sees a dropped connection.
+            stop_tx.send_replace(true);
+            let _ = tokio::time::timeout(DRAIN_WITHIN, &mut serving).await;
+            Err(StandaloneError::LeadershipLost(reason))
+        }
         served = &mut serving => finished(served),
     }
 }
+
+/// How long a replica that lost the leadership waits for the requests in flight.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Takes office under `term`, then does the leader's work: the manifests declared, then
 /// deadlines, alert delivery, retention.

@@ -1,7 +1,9 @@
 //! Failover between real `hartslag standalone` processes on one PostgreSQL database:
 //! every replica serves and is ready from the start, exactly one leads (`hartslag_leader`),
 //! a leader killed with SIGKILL is replaced within 15 s, and a stalled leader (SIGSTOP)
-//! is deposed by the database and, once it runs again, stops with exit code 1.
+//! is deposed by the database and, once it runs again, stops with exit code 1, and a
+//! leader whose monitor round the database refused steps down for a replica that can
+//! write.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +27,11 @@ pub(crate) struct Layout {
 impl Layout {
     /// `replicas` data directories over one new database; `heartbeats` are manifests.
     pub fn new(replicas: usize, heartbeats: &[String]) -> Self {
+        Self::on(replicas, heartbeats, None)
+    }
+
+    /// [`Layout::new`] over the database at `url`, or a new one on the shared server.
+    pub fn on(replicas: usize, heartbeats: &[String], url: Option<String>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
         std::fs::create_dir_all(&manifests).unwrap();
@@ -53,7 +60,7 @@ impl Layout {
                 std::fs::write(d.join("tokens").join(file), token).unwrap();
             }
         }
-        let url = crate::pg::database_for(dir.path());
+        let url = url.unwrap_or_else(|| crate::pg::database_for(dir.path()));
         Self {
             _dir: dir,
             manifests,
@@ -305,4 +312,38 @@ async fn a_stalled_leader_woken_after_its_successor_alerted_sends_nothing_and_ex
     assert_eq!(code, Some(1), "{log}");
     assert!(log.contains("lost the leadership"), "{log}");
     still_one(&sink, "DOWN: ledger", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_round_the_database_refused_steps_down_and_another_leads_once_it_is_back() {
+    let server = crate::pg::PgServer::start();
+    let url = server.database("refused_round");
+    let hb = heartbeat_manifest("nightly", "1h", "5m", "");
+    let layout = Layout::on(2, &[hb], Some(url));
+    let mut replicas = [layout.start(0, &[]).await, layout.start(1, &[]).await];
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let follower = 1 - leader;
+    let token = layout.heartbeat_token("nightly");
+    assert_eq!(ping(&replicas[leader].base, &token).await, 200);
+
+    server.stop();
+    // The leader's engine cannot store this ping's round: the client is told, and the
+    // leader, whose engine stores nothing after a refused round, steps down.
+    let answer = ping(&replicas[leader].base, &token).await;
+    assert_eq!(answer, 503, "{}", replicas[leader].log_text());
+    let code = exit_code(&mut replicas[leader], Duration::from_secs(30)).await;
+    let log = replicas[leader].log_text();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("steps down"), "{log}");
+
+    server.resume();
+    let base = replicas[follower].base.clone();
+    wait_for("the other replica to lead", Duration::from_secs(30), || {
+        let base = base.clone();
+        async move { leads(&base).await.filter(|l| *l) }
+    })
+    .await;
+    assert_eq!(ping(&replicas[follower].base, &token).await, 200);
+    let status = crate::helpers::metrics_text(&replicas[follower].base).await;
+    assert!(generation(&status) >= 2.0, "{status}");
 }

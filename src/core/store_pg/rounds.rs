@@ -180,7 +180,12 @@ async fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, rounds = jobs.len(), "monitor rounds were not stored; none will be until a restart");
+                tracing::error!(error = %e, rounds = jobs.len(), "monitor rounds were not stored; none will be until a restart, so this replica steps down");
+                // The engine built on these rounds and can write nothing more: a leader
+                // that kept its lock now would hold every deadline and relayed ping
+                // hostage (the lock survives a database restart). Stepping down ends its
+                // term; the process stops and a replica that can write takes over.
+                backend.fence.depose();
                 let text = e.to_string();
                 for job in jobs {
                     let err = match &e {
