@@ -67,6 +67,17 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions (Application, Heartbeat) as YAML.
     Crd,
+    /// Copy a sled data directory into PostgreSQL, with hartslag stopped. Idempotent: a
+    /// second run copies what the first did not finish, and says what it copied.
+    Migrate {
+        /// The sled data directory (the --data of the hartslag that wrote it).
+        #[arg(long = "from-sled", value_name = "DIR")]
+        from_sled: PathBuf,
+        /// The PostgreSQL database to copy into (postgres://user:password@host:port/database).
+        // Parsed after clap, whose error would quote the value, password and all.
+        #[arg(long, env = "HARTSLAG_DATABASE_URL", hide_env_values = true)]
+        to: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -330,6 +341,18 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Crd => {
             print!("{}", hartslag::k8s::crd::crds_yaml()?);
+        }
+        Command::Migrate { from_sled, to } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("HARTSLAG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let to: hartslag::core::store_pg::DatabaseUrl = to.parse()?;
+            println!("copying {} into {to}", from_sled.display());
+            let report = hartslag::core::migrate::from_sled(&from_sled, &to).await?;
+            println!("{report}");
         }
     }
     Ok(())

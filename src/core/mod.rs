@@ -10,6 +10,7 @@ pub mod duration;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 pub mod monitor;
 pub mod registry;
 pub mod services;

@@ -23,6 +23,7 @@ mod management_api;
 mod monitors;
 mod operator_e2e;
 mod pg_leader;
+mod pg_migrate;
 mod pg_replicas;
 mod pg_schema;
 mod properties;

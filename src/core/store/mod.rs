@@ -9,6 +9,7 @@
 
 pub mod apps;
 pub mod commit;
+pub mod dump;
 pub mod events;
 pub mod keys;
 pub mod latency;

@@ -9,6 +9,7 @@
 
 mod apps;
 mod connect;
+pub mod copy;
 mod events;
 mod ingest;
 pub mod leader;
