@@ -56,7 +56,7 @@ impl Drop for Target {
 /// Connects to `url`, brings the schema up to date (refusing a newer one) and takes the
 /// migration lock: `Ok(None)` when another migration holds it.
 pub async fn target(url: &DatabaseUrl) -> Result<Option<Target>, PgError> {
-    let tls = super::connect::tls()?;
+    let tls = super::connect::tls(url)?;
     super::migrate::run(url, tls.clone()).await?;
     let connect_error = |detail: String| PgError::Connect {
         url: url.to_string(),

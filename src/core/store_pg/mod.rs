@@ -57,7 +57,7 @@ pub enum PgError {
 /// port's events and applications on it. Ingest counters go to `metrics`. Needs a tokio
 /// runtime; the ingest task lives as long as the returned handles.
 pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Storage, PgError> {
-    let tls = connect::tls()?;
+    let tls = connect::tls(url)?;
     migrate::run(url, tls.clone()).await?;
     let pool = connect::pool(url, tls)?;
     let db = Db {
