@@ -83,8 +83,8 @@ pub enum MigrateError {
 /// What became of one part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PartOutcome {
-    /// Copied now: rows per table.
-    Copied(Vec<(&'static str, u64)>),
+    /// Copied now: rows per table, and how long the part took.
+    Copied(Vec<(&'static str, u64)>, Duration),
     /// Copied by an earlier run: rows, and when.
     Before {
         /// Rows it copied.
@@ -111,7 +111,7 @@ impl Report {
         self.parts
             .iter()
             .map(|(_, o)| match o {
-                PartOutcome::Copied(tables) => tables.iter().map(|(_, n)| n).sum(),
+                PartOutcome::Copied(tables, _) => tables.iter().map(|(_, n)| n).sum(),
                 PartOutcome::Before { .. } => 0,
             })
             .sum()
@@ -122,7 +122,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (part, outcome) in &self.parts {
             match outcome {
-                PartOutcome::Copied(tables) => {
+                PartOutcome::Copied(tables, took) => {
                     let n: u64 = tables.iter().map(|(_, n)| n).sum();
                     write!(f, "{}: copied {n} rows", part.name())?;
                     if !tables.is_empty() {
@@ -130,7 +130,7 @@ impl std::fmt::Display for Report {
                             tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
                         write!(f, " ({})", each.join(", "))?;
                     }
-                    writeln!(f)?;
+                    writeln!(f, " in {:.1} s", took.as_secs_f64())?;
                 }
                 PartOutcome::Before { copied, at } => writeln!(
                     f,
@@ -142,7 +142,7 @@ impl std::fmt::Display for Report {
         let copied_now = self
             .parts
             .iter()
-            .any(|(_, o)| matches!(o, PartOutcome::Copied(_)));
+            .any(|(_, o)| matches!(o, PartOutcome::Copied(..)));
         if !copied_now {
             writeln!(
                 f,
@@ -181,9 +181,10 @@ pub async fn from_sled(from: &Path, to: &DatabaseUrl) -> Result<Report, MigrateE
             parts.push((part, before));
             continue;
         }
+        let part_started = Instant::now();
         let tables = copy_part(&store, &mut target, &source, part, &dir).await?;
         tracing::info!(part = part.name(), ?tables, "copied a part");
-        parts.push((part, PartOutcome::Copied(tables)));
+        parts.push((part, PartOutcome::Copied(tables, part_started.elapsed())));
     }
     Ok(Report {
         source,
