@@ -30,6 +30,9 @@ mod harness;
 #[path = "../tests/it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "../tests/it/pg.rs"]
+#[allow(dead_code)] // the harness can put its servers on PostgreSQL
+mod pg;
 
 use std::time::{Duration, Instant};
 

@@ -48,7 +48,8 @@ pub struct ServerConfig {
     pub hold_deadlines: bool,
     /// Event names per Application with a series of their own on `/metrics`.
     pub metrics_top_events: usize,
-    /// PostgreSQL for events, applications and tokens; `None` keeps them in `data_dir`.
+    /// PostgreSQL for all the data (`data_dir` is then unused); `None` keeps it in
+    /// `data_dir`.
     pub database_url: Option<crate::core::store_pg::DatabaseUrl>,
 }
 
@@ -95,6 +96,7 @@ impl ServerConfig {
             hold_deadlines: self.hold_deadlines,
             top_events: self.metrics_top_events,
             database: self.database_url.clone(),
+            fence: crate::core::storage::Fence::sole(),
         }
     }
 }

@@ -94,13 +94,14 @@ struct Common {
     /// Address of the HTTP server.
     #[arg(long, env = "HARTSLAG_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// sled data directory.
+    /// sled data directory (unused with --database-url).
     #[arg(long, env = "HARTSLAG_DATA", default_value = "./hartslag-data")]
     data: PathBuf,
-    /// PostgreSQL for events, applications and the token index
+    /// PostgreSQL for everything: events, applications, the token index, monitors, ping
+    /// history and the alert outbox
     /// (postgres://user:password@host:port/database?sslmode=require), shared by every
-    /// replica; schema migrations run at start. Monitors, ping history and the alert
-    /// outbox stay in --data for now. Unset: everything in --data.
+    /// replica; schema migrations run at start, and --data is not used. Unset: everything
+    /// in --data.
     // Parsed after clap, whose error would quote the value, password and all.
     #[arg(long, env = "HARTSLAG_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,

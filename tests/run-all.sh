@@ -65,6 +65,10 @@ command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 log "tests (cluster tests included: KUBECONFIG=$KUBECONFIG)"
 cargo test --no-fail-fast --lib --bins --tests -- --include-ignored 2>&1 | tee /tmp/hartslag-cargo-test.log
 
+log "the engine's and the management API's end-to-end tests again, on PostgreSQL"
+HARTSLAG_TEST_BACKEND=postgres cargo test --no-fail-fast --test it -- \
+    monitors:: management_api:: schedules:: alerting:: alert_delivery:: 2>&1 | tee -a /tmp/hartslag-cargo-test.log
+
 # One closing line for the whole suite.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' /tmp/hartslag-cargo-test.log

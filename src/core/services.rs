@@ -1,6 +1,7 @@
-//! The domain services of a running server, opened together from one data directory: the
-//! registry of definitions, the ingest writer, the monitor engine and the alert outbox.
-//! Front ends declare definitions into them; HTTP adapters read and write through them.
+//! The domain services of a running server, opened together from one data directory or
+//! one PostgreSQL database: the registry of definitions, the ingest writer, the monitor
+//! engine and the alert outbox. Front ends declare definitions into them; HTTP adapters
+//! read and write through them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::metrics::MetricRegistry;
 use super::monitor::engine::{Engine, EngineConfig, EngineError};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
-use super::storage::{EventStore, StorageError};
+use super::storage::{EventStore, Fence, MonitorStorage, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
 use super::store_pg::{DatabaseUrl, PgError};
@@ -25,7 +26,7 @@ use super::store_pg::{DatabaseUrl, PgError};
 /// Where the services keep their data and how much they keep.
 #[derive(Debug, Clone)]
 pub struct ServicesConfig {
-    /// The sled directory.
+    /// The sled directory (unused with [`Self::database`]).
     pub data_dir: PathBuf,
     /// sled's page cache in bytes.
     pub cache_bytes: u64,
@@ -40,9 +41,12 @@ pub struct ServicesConfig {
     pub hold_deadlines: bool,
     /// Event names per Application with a series of their own on `/metrics`.
     pub top_events: usize,
-    /// PostgreSQL for events, applications and the token index instead of the data
-    /// directory (monitors and the alert outbox stay in the data directory).
+    /// PostgreSQL for everything (events, applications, the token index, monitors and
+    /// the alert outbox) instead of the data directory, which is then not opened.
     pub database: Option<DatabaseUrl>,
+    /// The generation this process leads under, which the leader-only writes to a shared
+    /// database carry; [`Fence::sole`] with the data directory.
+    pub fence: Fence,
 }
 
 /// The embedded backend's monitor and outbox stores over `dir`, for tests of the core's
@@ -91,8 +95,10 @@ pub struct Services {
     pub outbox: Outbox,
     /// The alert channels the front end resolved, and how delivery through each goes.
     pub channels: ChannelBook,
-    /// The embedded backend, for its commit log's figures.
-    store: Store,
+    /// The embedded backend, for its commit log's figures; `None` on PostgreSQL.
+    store: Option<Store>,
+    /// The figures of the commit log there is not, on PostgreSQL.
+    no_commit_log: Arc<CommitStats>,
     /// The embedded ingest writer behind `events` (on sled), for tests that hold it.
     #[cfg(test)]
     writer: Option<EventWriter>,
@@ -110,13 +116,19 @@ impl Services {
             path: config.data_dir.display().to_string(),
             source,
         };
-        let options = StoreOptions {
-            cache_bytes: config.cache_bytes,
+        let (store, monitor_storage) = match &config.database {
+            None => {
+                let options = StoreOptions {
+                    cache_bytes: config.cache_bytes,
+                };
+                let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
+                store.register_metrics(metrics);
+                let monitor_storage =
+                    crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
+                (Some(store), monitor_storage)
+            }
+            Some(url) => (None, open_pg_monitors(url, &config.fence).await?),
         };
-        let store = Store::open(&config.data_dir, &options).map_err(open_error)?;
-        store.register_metrics(metrics);
-        let monitor_storage =
-            crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
         let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
         outbox.register_metrics(metrics);
         let engine_config = EngineConfig {
@@ -142,14 +154,15 @@ impl Services {
         }));
         let channels = outbox.channels().clone();
         // The embedded writer is kept for tests that stall it.
-        let (storage, _writer) = match &config.database {
-            None => {
+        let (storage, _writer) = match (&config.database, &store) {
+            (None, Some(store)) => {
                 let writer = EventWriter::spawn(store.clone()).map_err(open_error)?;
                 writer.register_metrics(metrics);
-                let storage = crate::core::store::port::storage(&store, writer.clone());
+                let storage = crate::core::store::port::storage(store, writer.clone());
                 (storage, Some(writer))
             }
-            Some(url) => (crate::core::store_pg::open(url, metrics).await?, None),
+            (Some(url), _) => (crate::core::store_pg::open(url, metrics).await?, None),
+            (None, None) => unreachable!("the data directory is opened without a database"),
         };
         let registry = Registry::load(storage.apps, storage.events.clone(), config.limits).await?;
         crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
@@ -160,15 +173,20 @@ impl Services {
             outbox,
             channels,
             store,
+            no_commit_log: Arc::default(),
             #[cfg(test)]
             writer: _writer,
         })
     }
 
     /// The embedded backend's commit-log figures (group commits, flush latency), for
-    /// benchmarks that print them beside durable throughput.
+    /// benchmarks that print them beside durable throughput (all zero on PostgreSQL,
+    /// which has no commit log of its own).
     pub fn commit_stats(&self) -> &CommitStats {
-        self.store.committer().stats()
+        match &self.store {
+            Some(store) => store.committer().stats(),
+            None => &self.no_commit_log,
+        }
     }
 
     /// Starts delivering queued and future alerts through `courier`.
@@ -224,10 +242,30 @@ impl Services {
         }
     }
 
-    /// Waits until everything written so far is on disk.
+    /// Waits until everything written so far is on disk (on PostgreSQL every write is
+    /// durable once it resolved).
     pub async fn flush(&self) -> Result<(), StorageError> {
-        Ok(self.store.flush().await?)
+        match &self.store {
+            Some(store) => Ok(store.flush().await?),
+            None => Ok(()),
+        }
     }
+}
+
+/// The monitor and outbox stores on PostgreSQL, with this process leading.
+async fn open_pg_monitors(url: &DatabaseUrl, fence: &Fence) -> Result<MonitorStorage, PgError> {
+    let stores = crate::core::store_pg::open_monitors(url, fence.clone()).await?;
+    take_the_lead_at_start(url, fence).await?;
+    Ok(stores.storage())
+}
+
+/// Until replicas elect their leader, the process that opens the services on a database
+/// leads it: it takes the leader row over at start, so a single replica works as the
+/// embedded backend does (a second replica started later deposes the first, whose writes
+/// are refused from then on).
+async fn take_the_lead_at_start(url: &DatabaseUrl, fence: &Fence) -> Result<(), PgError> {
+    crate::core::store_pg::lead_alone_at_start(url, fence).await?;
+    Ok(())
 }
 
 /// One application's retention pass: raw events older than its window, and idempotency
@@ -270,6 +308,7 @@ mod tests {
             hold_deadlines: false,
             top_events: 10,
             database: None,
+            fence: Fence::sole(),
         };
         Services::open(&config, &mut MetricRegistry::default())
             .await

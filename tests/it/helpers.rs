@@ -12,6 +12,15 @@ use hartslag::server::Server;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+/// With `HARTSLAG_TEST_BACKEND=postgres`, the servers these helpers start keep their data
+/// in PostgreSQL (a database of the shared test server per data directory, so a restart on
+/// the same directory finds it) instead of their sled directory: the end-to-end tests of
+/// the engine and the APIs run on either backend unchanged.
+pub fn test_database(data: &Path) -> Option<String> {
+    let backend = std::env::var("HARTSLAG_TEST_BACKEND").ok()?;
+    (backend == "postgres").then(|| crate::pg::database_for(data))
+}
+
 /// An Application manifest with a time zone.
 pub fn app_manifest(name: &str, tz: &str) -> String {
     format!(
@@ -56,6 +65,7 @@ impl InProcess {
         let mut config = ServerConfig::new(addr, data.clone());
         // Test receivers listen on loopback.
         config.webhooks.allow_all = true;
+        config.database_url = test_database(&data).map(|url| url.parse().unwrap());
         tweak(&mut config);
         let mut server = Server::open(config).await.unwrap();
         hartslag::standalone::apply_manifests(&mut server, &manifests)
@@ -197,6 +207,9 @@ impl ChildServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log_path = data.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
+        let database = test_database(data)
+            .filter(|_| !extra.iter().any(|a| a.starts_with("--database-url")))
+            .map(|url| format!("--database-url={url}"));
         let child = Command::new(binary())
             .arg("standalone")
             .arg("--manifests")
@@ -206,6 +219,7 @@ impl ChildServer {
             .arg("--listen")
             .arg(addr.to_string())
             .args(extra)
+            .args(database)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

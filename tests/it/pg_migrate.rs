@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use hartslag::core::calendar::{Periods, date_key};
 use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::spec::ApplicationSpec;
-use hartslag::core::storage::{EventValue, EventWrite, ExportFilter, Idempotency, Outcome};
+use hartslag::core::storage::{EventValue, EventWrite, ExportFilter, Fence, Idempotency, Outcome};
 use hartslag::core::store_pg::DatabaseUrl;
 use hartslag::core::token::TokenHash;
 use hartslag::core::{Services, ServicesConfig};
@@ -30,6 +30,12 @@ async fn open(dir: PathBuf, database: Option<DatabaseUrl>) -> Services {
         limits: Default::default(),
         hold_deadlines: true,
         top_events: 10,
+        // On a database, opening the services makes this process lead.
+        fence: if database.is_some() {
+            Fence::follower()
+        } else {
+            Fence::sole()
+        },
         database,
     };
     crate::helpers::wait_for(

@@ -10,9 +10,12 @@
 //!
 //! Monitors and the alert outbox are checked twice: at the port ([`engine`]: rounds,
 //! history, timelines, claims and finishes) and through the services a backend opens (the
-//! engine and the scheduler on top of them).
+//! engine and the scheduler on top of them). What a backend shared by replicas adds
+//! (fenced leader writes, the changes a mirror reads) is in [`leader_writes`].
 
 mod engine;
+mod figures;
+mod leader_writes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
 use hartslag::core::storage::{
-    AppRecord, EventValue, EventWrite, ExportFilter, IDEMPOTENCY_WINDOW, Idempotency,
+    AppRecord, EventValue, EventWrite, ExportFilter, Fence, IDEMPOTENCY_WINDOW, Idempotency,
     MonitorStorage, Outcome, Storage, Tally, TokenOwner, hour_of,
 };
 use hartslag::core::token::{TokenHash, TokenKind};
@@ -78,9 +81,8 @@ fn services_on_sled(dir: PathBuf) -> BoxFuture<'static, Services> {
     Box::pin(open_services(dir, None))
 }
 
-/// The services over `dir`, with events, applications and tokens in `database` when given
-/// (monitors and the outbox in the directory); a reopen waits until the last opening has
-/// let go of the directory.
+/// The services over `dir`, or in `database` when given; a reopen waits until the last
+/// opening has let go of the directory.
 async fn open_services(
     dir: PathBuf,
     database: Option<hartslag::core::store_pg::DatabaseUrl>,
@@ -93,6 +95,12 @@ async fn open_services(
         limits: Default::default(),
         hold_deadlines: false,
         top_events: 10,
+        // On a database, opening the services makes this process lead.
+        fence: if database.is_some() {
+            Fence::follower()
+        } else {
+            Fence::sole()
+        },
         database,
     };
     crate::helpers::wait_for(
@@ -120,8 +128,22 @@ fn open_postgres(dir: PathBuf) -> BoxFuture<'static, Storage> {
     })
 }
 
-/// The services with events, applications and tokens in PostgreSQL (monitors and the
-/// outbox in the directory).
+/// PostgreSQL's monitor and outbox stores, on the database the shared test server keeps
+/// for this directory, with this opening leading (so an opening deposes the one before).
+fn monitors_on_postgres(dir: PathBuf) -> BoxFuture<'static, MonitorStorage> {
+    Box::pin(async move {
+        let url = crate::pg::database_for(&dir).parse().unwrap();
+        let fence = Fence::follower();
+        let stores = hartslag::core::store_pg::open_monitors(&url, fence.clone());
+        let stores = stores.await.unwrap();
+        hartslag::core::store_pg::lead_alone_at_start(&url, &fence)
+            .await
+            .unwrap();
+        stores.storage()
+    })
+}
+
+/// The services with everything in PostgreSQL.
 fn services_on_postgres(dir: PathBuf) -> BoxFuture<'static, Services> {
     let url = crate::pg::database_for(&dir).parse().unwrap();
     Box::pin(open_services(dir, Some(url)))
@@ -790,5 +812,4 @@ macro_rules! contract {
 }
 
 contract!(on_sled => open_sled, services_on_sled, monitors_on_sled);
-// Monitors and the outbox stay on sled with a database until their PostgreSQL side exists.
-contract!(on_postgres => open_postgres, services_on_postgres);
+contract!(on_postgres => open_postgres, services_on_postgres, monitors_on_postgres);

@@ -20,6 +20,7 @@ mod types;
 
 mod monitors;
 mod outbox;
+pub mod state_record;
 
 use std::sync::Arc;
 

@@ -6,23 +6,35 @@
 //! ([`writer`]), whose rollups are added with `INSERT ... ON CONFLICT DO UPDATE`, so
 //! replicas writing at once keep every count exact. The schema is versioned SQL in
 //! `migrations/postgres`, applied at start ([`migrate`]).
+//!
+//! Monitors, their history and the alert outbox ([`open_monitors`]) live on a runtime and
+//! a pool of their own ([`backend`]): the monitor engine's thread calls them
+//! synchronously. Their writes are the leader's alone, fenced by the leader row
+//! ([`leader`]).
 
 mod apps;
+mod backend;
 mod connect;
 pub mod copy;
 mod events;
 mod ingest;
 pub mod leader;
 mod migrate;
+mod monitors;
+mod outbox;
+mod rounds;
 mod url;
 mod writer;
 
 use std::sync::Arc;
 
+pub use monitors::{MonitorChange, MonitorChanges, PgMonitors};
+pub use outbox::PgOutbox;
+pub use rounds::RoundStats;
 pub use url::{DatabaseUrl, UrlError};
 
 use crate::core::metrics::MetricRegistry;
-use crate::core::storage::{Storage, StorageError};
+use crate::core::storage::{Fence, MonitorStorage, Storage, StorageError};
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +86,92 @@ pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Sto
         }),
         apps: Arc::new(apps::PgApps { db }),
     })
+}
+
+/// The monitor and outbox stores on PostgreSQL, with the concrete monitor store for what
+/// only it offers (the changes a mirror asks for, the rounds' timings).
+#[derive(Clone)]
+pub struct PgMonitorStorage {
+    /// Monitors, history, timelines and the rounds.
+    pub monitors: Arc<PgMonitors>,
+    /// The alert outbox.
+    pub outbox: Arc<PgOutbox>,
+}
+
+impl PgMonitorStorage {
+    /// Both as the port's stores.
+    pub fn storage(&self) -> MonitorStorage {
+        MonitorStorage {
+            monitors: self.monitors.clone(),
+            outbox: self.outbox.clone(),
+        }
+    }
+}
+
+/// Connects to `url`, brings the schema up to date and returns the monitor and outbox
+/// stores on it, whose leader-only writes carry `fence` (a replica that does not lead
+/// reads them and writes nothing). They run on a runtime of their own, shut down when the
+/// last handle goes.
+pub async fn open_monitors(url: &DatabaseUrl, fence: Fence) -> Result<PgMonitorStorage, PgError> {
+    migrate::run(url, connect::tls(url)?).await?;
+    let backend = backend::Backend::start(url, fence)?;
+    let first = backend.run({
+        let ctx = backend.ctx.clone();
+        async move { outbox::PgOutbox::count_notices(&ctx).await }
+    });
+    first.await.map_err(|e| PgError::Connect {
+        url: url.to_string(),
+        detail: url.redact(&e.to_string()),
+    })?;
+    tracing::info!(database = %url, "monitors and the alert outbox are stored in PostgreSQL");
+    Ok(PgMonitorStorage {
+        monitors: Arc::new(PgMonitors::new(backend.clone())),
+        outbox: Arc::new(PgOutbox::new(backend)),
+    })
+}
+
+/// Makes this process the leader of the replicas on `url` at start, unconditionally, and
+/// `fence` lead under the new generation: one replica per database leads as a single
+/// process always has. (Leadership by election replaces this.)
+pub async fn lead_alone_at_start(url: &DatabaseUrl, fence: &Fence) -> Result<u64, PgError> {
+    let config = connect::tuned(url);
+    let connect_error = |detail: String| PgError::Connect {
+        url: url.to_string(),
+        detail: url.redact(&detail),
+    };
+    let (client, connection) = tokio::time::timeout(
+        connect::CONNECT_WITHIN * 2,
+        config.connect(connect::tls(url)?),
+    )
+    .await
+    .map_err(|_| connect_error("timed out".into()))?
+    .map_err(|e| connect_error(describe(&e)))?;
+    let driver = tokio::spawn(connection);
+    let holder = format!(
+        "{} (pid {})",
+        hostname().unwrap_or_else(|| "hartslag".into()),
+        std::process::id()
+    );
+    let generation = leader::take_over(&client, &holder)
+        .await
+        .map_err(|e| connect_error(describe(&e)))?;
+    drop(client);
+    let _ = driver.await;
+    fence.lead(generation);
+    tracing::info!(generation, "this replica leads");
+    Ok(generation)
+}
+
+/// This host's name, as the leader row shows it.
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
 }
 
 /// The pool and what errors need to name the database without its password.

@@ -22,12 +22,12 @@ use jiff::{SignedDuration, Timestamp};
 /// dropped.
 pub type OpenMonitors = fn(PathBuf) -> BoxFuture<'static, MonitorStorage>;
 
-fn at(secs: i64) -> Timestamp {
+pub(super) fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(1_710_417_600 + secs).unwrap()
 }
 
 /// A monitor as the engine stores it, with a number the store handed out.
-fn monitor(store: &dyn MonitorStore, name: &str) -> Monitor {
+pub(super) fn monitor(store: &dyn MonitorStore, name: &str) -> Monitor {
     let def = MonitorDef {
         retain_on_delete: false,
         ..super::monitor(name)
@@ -41,7 +41,7 @@ fn monitor(store: &dyn MonitorStore, name: &str) -> Monitor {
     }
 }
 
-fn ping(seq: u64) -> PingRecord {
+pub(super) fn ping(seq: u64) -> PingRecord {
     PingRecord {
         seq,
         at: at(seq as i64),
@@ -66,7 +66,7 @@ fn transition(secs: i64, to: State) -> TransitionRecord {
     }
 }
 
-fn delivery(monitor: &str, n: i64) -> Delivery {
+pub(super) fn delivery(monitor: &str, n: i64) -> Delivery {
     let alert = Alert {
         id: format!("default/{monitor}:{}:down", at(n).as_millisecond()),
         kind: AlertKind::Down,
@@ -98,12 +98,15 @@ fn delivery(monitor: &str, n: i64) -> Delivery {
     }
 }
 
-fn key_of(d: &Delivery) -> Vec<u8> {
+pub(super) fn key_of(d: &Delivery) -> Vec<u8> {
     delivery_key(&d.alert, &d.target)
 }
 
 /// Hands `round` over and waits for what became of it.
-async fn commit(store: &dyn MonitorStore, round: MonitorRound) -> Result<(), StorageError> {
+pub(super) async fn commit(
+    store: &dyn MonitorStore,
+    round: MonitorRound,
+) -> Result<(), StorageError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     store.commit_round(
         round,
@@ -114,14 +117,14 @@ async fn commit(store: &dyn MonitorStore, round: MonitorRound) -> Result<(), Sto
     rx.await.expect("the round's callback was called")
 }
 
-async fn loaded(store: &dyn MonitorStore) -> Vec<Monitor> {
+pub(super) async fn loaded(store: &dyn MonitorStore) -> Vec<Monitor> {
     let mut all = Vec::new();
     store.load_monitors(&mut |batch| all.extend(batch)).unwrap();
     all.sort_by(|a, b| a.def.key.cmp(&b.def.key));
     all
 }
 
-fn seqs(pings: &[PingRecord]) -> Vec<u64> {
+pub(super) fn seqs(pings: &[PingRecord]) -> Vec<u64> {
     pings.iter().map(|p| p.seq).collect()
 }
 
@@ -301,7 +304,7 @@ pub async fn a_retained_monitor_keeps_its_record_and_history(open: OpenMonitors)
 
 /// `m` as a round that changed its state alone leaves it: pinged `pings` times, Up, its
 /// last run `pings` seconds long.
-fn pinged(m: &Monitor, pings: u64) -> Monitor {
+pub(super) fn pinged(m: &Monitor, pings: u64) -> Monitor {
     let mut next = m.clone();
     next.state.state = State::Up;
     next.state.since = at(pings as i64);
@@ -312,7 +315,7 @@ fn pinged(m: &Monitor, pings: u64) -> Monitor {
     next
 }
 
-fn whole(m: &Monitor) -> MonitorRound {
+pub(super) fn whole(m: &Monitor) -> MonitorRound {
     MonitorRound {
         put: vec![m.clone().into()],
         ..Default::default()
@@ -320,7 +323,7 @@ fn whole(m: &Monitor) -> MonitorRound {
 }
 
 /// `m` deleted, its data retained with `retain` as its last record, or not.
-fn removal(m: &Monitor, retain: Option<Monitor>) -> MonitorRound {
+pub(super) fn removal(m: &Monitor, retain: Option<Monitor>) -> MonitorRound {
     MonitorRound {
         remove: vec![Removal {
             key: m.def.key.clone(),
@@ -331,7 +334,7 @@ fn removal(m: &Monitor, retain: Option<Monitor>) -> MonitorRound {
     }
 }
 
-fn state_only(m: &Monitor) -> MonitorRound {
+pub(super) fn state_only(m: &Monitor) -> MonitorRound {
     MonitorRound {
         put_state: vec![m.clone().into()],
         ..Default::default()
@@ -432,7 +435,7 @@ pub async fn a_retained_record_carries_the_newest_state(open: OpenMonitors) {
 }
 
 /// Queues `deliveries` the way the engine does: in a round.
-async fn queue(s: &MonitorStorage, deliveries: Vec<Delivery>) {
+pub(super) async fn queue(s: &MonitorStorage, deliveries: Vec<Delivery>) {
     let round = MonitorRound {
         deliveries,
         ..Default::default()

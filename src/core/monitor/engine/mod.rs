@@ -590,6 +590,7 @@ mod tests {
             hold_deadlines: true,
             top_events: 10,
             database: None,
+            fence: crate::core::storage::Fence::sole(),
         };
         let core = Services::open(&config, &mut MetricRegistry::default())
             .await

@@ -4,57 +4,33 @@
 //! The whole record holds the definition too (targets, token hash, ping hint, alerting
 //! settings), a kilobyte or more; encoding, logging and applying it for every ping was
 //! most of what a ping cost the engine and the committer. The state record holds
-//! [`MonitorState`] and the last run's duration, as JSON like every record of the tree
+//! [`MonitorState`](crate::core::monitor::state::MonitorState) and the last run's duration, as JSON like every record of the tree
 //! (about 150 bytes for a monitor pinged on an interval).
 //!
-//! It lives under [`Family::State`](super::keys::Family::State) with the monitor's key, so
+//! The encoding is the port's ([`state_record`]), shared with every backend. It lives
+//! under [`Family::State`](super::keys::Family::State) with the monitor's key, so
 //! the state records sort like the monitor records and loading merges both ranges in one
 //! pass. Ordering: a state record is always newer than the state inside the monitor's
 //! record, because every write of the whole record (and every removal) removes the state
 //! record in the same commit-log record. A store written before state records existed has
 //! none, and loads as it did.
 
-use serde::{Deserialize, Serialize};
-
 use crate::core::monitor::engine::Monitor;
-use crate::core::monitor::state::MonitorState;
+use crate::core::storage::{StorageError, state_record};
 use crate::core::store::StoreError;
 
-/// The state record as written, borrowing from the monitor.
-#[derive(Serialize)]
-struct StateRef<'a> {
-    state: &'a MonitorState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_run_ms: Option<u64>,
-}
-
-/// The state record as read.
-#[derive(Deserialize)]
-struct Stored {
-    state: MonitorState,
-    #[serde(default)]
-    last_run_ms: Option<u64>,
-}
-
-/// `m`'s state record.
+/// `m`'s state record ([`state_record::encode`]).
 pub(super) fn encode(m: &Monitor) -> Result<Vec<u8>, StoreError> {
-    let record = StateRef {
-        state: &m.state,
-        last_run_ms: m.last_run_ms,
-    };
-    serde_json::to_vec(&record)
-        .map_err(|e| StoreError::Write(format!("encoding a monitor's state: {e}")))
+    state_record::encode(m).map_err(|e| StoreError::Write(e.to_string()))
 }
 
-/// `m` with the state of the stored state record `v` in place of its own.
+/// `m` with the state of the stored state record `v` in place of its own
+/// ([`state_record::apply`]).
 pub(super) fn apply(m: &mut Monitor, v: &[u8]) -> Result<(), StoreError> {
-    let stored: Stored = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-        what: format!("state of monitor {}", m.def.key),
-        detail: e.to_string(),
-    })?;
-    m.state = stored.state;
-    m.last_run_ms = stored.last_run_ms;
-    Ok(())
+    state_record::apply(m, v).map_err(|e| match e {
+        StorageError::Corrupt { what, detail } => StoreError::Corrupt { what, detail },
+        other => StoreError::Write(other.to_string()),
+    })
 }
 
 #[cfg(test)]
