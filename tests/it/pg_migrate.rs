@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use hartslag::core::alert::message::Target;
 use hartslag::core::calendar::{Periods, date_key};
 use hartslag::core::metrics::MetricRegistry;
+use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::state::State;
 use hartslag::core::spec::ApplicationSpec;
 use hartslag::core::storage::{EventValue, EventWrite, ExportFilter, Fence, Idempotency, Outcome};
 use hartslag::core::store_pg::DatabaseUrl;
@@ -20,15 +23,16 @@ use hartslag::core::{Services, ServicesConfig};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-/// The services over `dir`, events and applications in `database` when given.
-async fn open(dir: PathBuf, database: Option<DatabaseUrl>) -> Services {
+/// The services over `dir`, everything in `database` when given; monitor deadlines fire
+/// only with `deadlines` (the fill), so what is compared stays as it was stored.
+async fn open(dir: PathBuf, database: Option<DatabaseUrl>, deadlines: bool) -> Services {
     let config = ServicesConfig {
         data_dir: dir,
         cache_bytes: 8 << 20,
         ping_history: 50,
         outbox: Default::default(),
         limits: Default::default(),
-        hold_deadlines: true,
+        hold_deadlines: !deadlines,
         top_events: 10,
         // On a database, opening the services makes this process lead.
         fence: if database.is_some() {
@@ -60,6 +64,15 @@ async fn with_services<T: Send + 'static>(
     database: Option<DatabaseUrl>,
     work: impl FnOnce(Services) -> BoxFuture<'static, T> + Send + 'static,
 ) -> T {
+    run_services(dir, database, false, work).await
+}
+
+async fn run_services<T: Send + 'static>(
+    dir: &Path,
+    database: Option<DatabaseUrl>,
+    deadlines: bool,
+    work: impl FnOnce(Services) -> BoxFuture<'static, T> + Send + 'static,
+) -> T {
     let dir = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -67,7 +80,7 @@ async fn with_services<T: Send + 'static>(
             .enable_all()
             .build()
             .unwrap();
-        let out = rt.block_on(async move { work(open(dir, database).await).await });
+        let out = rt.block_on(async move { work(open(dir, database, deadlines).await).await });
         drop(rt);
         out
     })
@@ -177,8 +190,86 @@ fn fill(s: Services) -> BoxFuture<'static, ()> {
             .unwrap();
         assert!(s.events.purge_before(blog.num, cutoff).await.unwrap() > 0);
         r.remove_application("old", "web", false).await.unwrap();
+        fill_monitors(&s).await;
         s.flush().await.unwrap();
     })
+}
+
+fn monitor(name: &str, interval_secs: u64, retain: bool) -> MonitorDef {
+    MonitorDef {
+        key: format!("shop/{name}"),
+        id: name.into(),
+        namespace: "shop".into(),
+        name: name.into(),
+        display_name: Some(format!("The {name} job")),
+        interval_secs,
+        schedule: None,
+        grace_secs: 0,
+        max_duration_secs: None,
+        cron_job: None,
+        require_ping: false,
+        paused: false,
+        targets: vec![Target::Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+        }],
+        alerting: Default::default(),
+        application: Some("web".into()),
+        token: TokenHash::of(name),
+        ping_hint: String::new(),
+        origin: Origin::Manifest,
+        retain_on_delete: retain,
+        created_at: Timestamp::now(),
+        updated_at: Timestamp::now(),
+    }
+}
+
+fn ping(kind: PingKind, body: &str) -> PingInput {
+    PingInput {
+        kind,
+        exit_code: (kind == PingKind::Fail).then_some(3),
+        source: Some("10.0.0.7".into()),
+        user_agent: Some("curl/8".into()),
+        body: Some(body.into()),
+        rid: Some("run-1".into()),
+    }
+}
+
+/// A monitor pinged forty times that is Up, one that went Down on a failed run (its Down
+/// notice queued, never sent: no delivery runs here), and one deleted with its data
+/// retained.
+async fn fill_monitors(s: &Services) {
+    let e = &s.engine;
+    e.upsert(monitor("backup", 3600, false)).await.unwrap();
+    for i in 0..40 {
+        let kind = if i % 9 == 8 {
+            PingKind::Fail
+        } else {
+            PingKind::Success
+        };
+        e.ping("shop/backup", ping(kind, &format!("log line {i}")))
+            .await
+            .unwrap();
+    }
+    e.ping("shop/backup", ping(PingKind::Success, "fine"))
+        .await
+        .unwrap();
+    e.upsert(monitor("report", 3600, false)).await.unwrap();
+    e.ping("shop/report", ping(PingKind::Success, "ok"))
+        .await
+        .unwrap();
+    e.upsert(monitor("legacy", 3600, true)).await.unwrap();
+    e.ping("shop/legacy", ping(PingKind::Start, ""))
+        .await
+        .unwrap();
+    e.remove("shop/legacy").await.unwrap();
+    // A failed run: Down at once, and its notice queued.
+    e.ping("shop/report", ping(PingKind::Fail, "exit 3"))
+        .await
+        .unwrap();
+    let report = e.get("shop/report").unwrap();
+    assert_eq!(report.state.state, State::Down, "{report:?}");
+    let pending = s.outbox.store().pending().await.unwrap();
+    assert!(!pending.is_empty(), "the Down notice is queued");
 }
 
 /// What the services serve about events and applications, as text to compare.
@@ -252,6 +343,37 @@ fn served(s: Services) -> BoxFuture<'static, Vec<String>> {
                 .await;
             out.push(format!("{num} export {rows:?}"));
         }
+        let mut monitors = s.engine.list();
+        monitors.sort_by(|a, b| a.def.key.cmp(&b.def.key));
+        for m in &monitors {
+            out.push(format!("monitor {m:?}"));
+            out.push(format!(
+                "{} pings {:?}",
+                m.def.key,
+                s.engine.pings(m.num, 100).await.unwrap()
+            ));
+            out.push(format!(
+                "{} timeline {:?}",
+                m.def.key,
+                s.engine.transitions(m.num, 100).await.unwrap()
+            ));
+        }
+        let retained = s.engine.retained("shop/legacy").await;
+        out.push(format!("retained {retained:?}"));
+        if let Some(m) = retained {
+            out.push(format!(
+                "retained pings {:?}",
+                s.engine.pings(m.num, 100).await.unwrap()
+            ));
+        }
+        let store = s.outbox.store();
+        let mut pending = store.pending().await.unwrap();
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push(format!("pending {pending:?}"));
+        out.push(format!("notices {}", store.pending_notices().unwrap()));
+        let mut targets = store.target_histories().await.unwrap();
+        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push(format!("targets {targets:?}"));
         out
     })
 }
@@ -295,6 +417,13 @@ async fn a_sled_directory_is_copied_once_and_postgres_serves_what_sled_served() 
     );
     assert!(report.contains("events: copied"), "{report}");
     assert!(report.contains("idempotency: copied 1 rows"), "{report}");
+    assert!(
+        report
+            .contains("monitors: copied 3 rows (hartslag_monitor_retained 1, hartslag_monitors 2)"),
+        "{report}"
+    );
+    assert!(report.contains("pings: copied"), "{report}");
+    assert!(report.contains("outbox: copied"), "{report}");
 
     let database: DatabaseUrl = url.parse().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
@@ -357,7 +486,7 @@ async fn a_sled_directory_is_copied_once_and_postgres_serves_what_sled_served() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_with_data_of_its_own_is_refused_and_left_as_it_was() {
     let sled = tempfile::tempdir().unwrap();
-    with_services(sled.path(), None, fill).await;
+    run_services(sled.path(), None, true, fill).await;
     let url = crate::pg::shared().database("migrate_foreign");
     let database: DatabaseUrl = url.parse().unwrap();
     // A hartslag already ran on the database and wrote an application.

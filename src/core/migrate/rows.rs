@@ -4,6 +4,10 @@
 
 use jiff::Timestamp;
 
+use crate::core::alert::outbox::{Delivery, DoneRecord};
+use crate::core::alert::policy::TargetHistory;
+use crate::core::monitor::engine::{Monitor, TransitionRecord};
+use crate::core::monitor::history::PingRecord;
 use crate::core::storage::{AppRecord, EventValue, Tally, TokenOwner};
 use crate::core::token::TokenHash;
 
@@ -19,15 +23,28 @@ pub enum Part {
     Rollups,
     /// `Idempotency-Key` records still within their window.
     Idempotency,
+    /// Monitor records (definition and newest state) and the records of monitors deleted
+    /// with their data retained.
+    Monitors,
+    /// Ping history.
+    Pings,
+    /// Timelines.
+    Timelines,
+    /// The alert outbox: pending and finished deliveries, targets' histories.
+    Outbox,
 }
 
 impl Part {
     /// Every part, in the order they are copied.
-    pub const ALL: [Part; 4] = [
+    pub const ALL: [Part; 8] = [
         Part::Applications,
         Part::Events,
         Part::Rollups,
         Part::Idempotency,
+        Part::Monitors,
+        Part::Pings,
+        Part::Timelines,
+        Part::Outbox,
     ];
 
     /// Its name, as the marker table and the report say it.
@@ -37,12 +54,16 @@ impl Part {
             Part::Events => "events",
             Part::Rollups => "rollups",
             Part::Idempotency => "idempotency",
+            Part::Monitors => "monitors",
+            Part::Pings => "pings",
+            Part::Timelines => "timelines",
+            Part::Outbox => "outbox",
         }
     }
 }
 
 /// One stored record of a part.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Row {
     /// An application record under its key (`namespace/name`).
     App {
@@ -115,4 +136,19 @@ pub enum Row {
         /// SHA-256 of what the event said.
         fingerprint: [u8; 32],
     },
+    /// A monitor: its definition and its newest state.
+    Monitor(Box<Monitor>),
+    /// The last record of a monitor deleted with its data retained (under its key).
+    Retained(Box<Monitor>),
+    /// A ping of monitor number `.0`.
+    Ping(u64, Box<PingRecord>),
+    /// A timeline entry of monitor number `.0`, at position `.1` among the entries of its
+    /// instant.
+    Transition(u64, u8, Box<TransitionRecord>),
+    /// A delivery waiting for its target.
+    Pending(Box<Delivery>),
+    /// A finished delivery.
+    Done(Box<DoneRecord>),
+    /// What a target (by identity) was sent lately.
+    Target(String, Box<TargetHistory>),
 }

@@ -6,8 +6,12 @@
 use jiff::Timestamp;
 
 use super::keys::{self, Family};
+use super::monitors::keys::Family as MonitorFamily;
 use super::{Store, StoreError};
+use crate::core::alert::outbox::{Delivery, DoneRecord};
+use crate::core::alert::policy::TargetHistory;
 use crate::core::migrate::rows::{Part, Row};
+use crate::core::monitor::engine::{Monitor, TransitionRecord};
 use crate::core::storage::{ExportFilter, IDEMPOTENCY_WINDOW, Tally};
 
 /// Rows handed over at once.
@@ -49,6 +53,10 @@ impl Store {
             Part::Events => self.dump_events(&mut rows)?,
             Part::Rollups => self.dump_rollups(&mut rows)?,
             Part::Idempotency => self.dump_idempotency(now, &mut rows)?,
+            Part::Monitors => self.dump_monitors(&mut rows)?,
+            Part::Pings => self.dump_pings(&mut rows)?,
+            Part::Timelines => self.dump_timelines(&mut rows)?,
+            Part::Outbox => self.dump_outbox(&mut rows)?,
         }
         rows.flush();
         Ok(())
@@ -152,6 +160,96 @@ impl Store {
         }
         Ok(())
     }
+}
+
+impl Store {
+    /// Retained records first, then the monitors: a monitor defined again under a
+    /// retained key is stored after its retained record.
+    fn dump_monitors(&self, rows: &mut Batcher<'_>) -> Result<(), StoreError> {
+        let tree = self.db.open_tree("monitors")?;
+        for item in tree.scan_prefix([MonitorFamily::Retained as u8]) {
+            let (k, v) = item?;
+            let m: Monitor = json("retained monitor", &k, &v)?;
+            if !rows.push(Row::Retained(Box::new(m))) {
+                return Ok(());
+            }
+        }
+        let mut open = true;
+        super::monitors::load_all(self, &mut |batch| {
+            for m in batch {
+                open = open && rows.push(Row::Monitor(Box::new(m)));
+            }
+        })
+    }
+
+    fn dump_pings(&self, rows: &mut Batcher<'_>) -> Result<(), StoreError> {
+        let tree = self.db.open_tree("monitors")?;
+        for item in tree.scan_prefix([MonitorFamily::PingBlock as u8]) {
+            let (k, v) = item?;
+            let num = number(&k).ok_or_else(|| corrupt("ping block key", &k))?;
+            for p in crate::core::monitor::history::decode(&k, &v)? {
+                if !rows.push(Row::Ping(num, Box::new(p))) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dump_timelines(&self, rows: &mut Batcher<'_>) -> Result<(), StoreError> {
+        let tree = self.db.open_tree("monitors")?;
+        for item in tree.scan_prefix([MonitorFamily::Transition as u8]) {
+            let (k, v) = item?;
+            let (Some(num), Some(&pos)) = (number(&k), k.get(17)) else {
+                return Err(corrupt("timeline key", &k));
+            };
+            let t: TransitionRecord = json("timeline entry", &k, &v)?;
+            if !rows.push(Row::Transition(num, pos, Box::new(t))) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn dump_outbox(&self, rows: &mut Batcher<'_>) -> Result<(), StoreError> {
+        for item in self.db.open_tree(super::outbox::PENDING_TREE)?.iter() {
+            let (k, v) = item?;
+            let d: Delivery = json("pending delivery", &k, &v)?;
+            if !rows.push(Row::Pending(Box::new(d))) {
+                return Ok(());
+            }
+        }
+        for item in self.db.open_tree("outbox_done")?.iter() {
+            let (k, v) = item?;
+            let d: DoneRecord = json("finished delivery", &k, &v)?;
+            if !rows.push(Row::Done(Box::new(d))) {
+                return Ok(());
+            }
+        }
+        for item in self.db.open_tree("outbox_targets")?.iter() {
+            let (k, v) = item?;
+            let identity =
+                String::from_utf8(k.to_vec()).map_err(|_| corrupt("alert target", &k))?;
+            let h: TargetHistory = json("alert target history", &k, &v)?;
+            if !rows.push(Row::Target(identity, Box::new(h))) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The monitor number in a numbered key of the monitors tree.
+fn number(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?))
+}
+
+/// A stored JSON record.
+fn json<T: serde::de::DeserializeOwned>(what: &str, k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        what: format!("{what} {}", hex::encode(k)),
+        detail: e.to_string(),
+    })
 }
 
 /// The row of a rollup record of `family` (laid out as [`keys`] writes them).

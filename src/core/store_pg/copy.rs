@@ -4,10 +4,13 @@
 //! marked, or not there at all: a run killed midway leaves nothing of the part it was
 //! copying, and the next run copies that part again from scratch.
 //!
-//! Rows go in with `COPY ... FROM STDIN (FORMAT csv)`, streamed: ten million events
-//! never sit in memory, and the server writes them without a statement per batch.
+//! Event data goes in with `COPY ... FROM STDIN (FORMAT csv)`, streamed: ten million
+//! events never sit in memory, and the server writes them without a statement per batch.
 //! Idempotency records pass through a temporary table first, so a key the source holds
-//! twice is stored once (the newest).
+//! twice is stored once (the newest). Monitors, retained records, pings, timeline entries
+//! and pending deliveries are gathered into monitor rounds written by the round writer's
+//! own code ([`super::rounds::write_round`]), finished deliveries and targets' histories by
+//! the outbox's: one encoding of each record, whoever writes it.
 
 use std::io::Cursor;
 use std::pin::Pin;
@@ -17,9 +20,13 @@ use jiff::Timestamp;
 use tokio_postgres::CopyInSink;
 
 use super::apps::json;
-use super::{DatabaseUrl, PgError, db_id, describe};
+use super::backend::TxError;
+use super::{DatabaseUrl, PgError, db_id, describe, with_causes};
 use crate::core::migrate::rows::{Part, Row};
-use crate::core::storage::{StorageError, Tally};
+use crate::core::storage::{MonitorRound, Removal, StorageError, Tally};
+
+/// Monitor rows (monitors, pings, timeline entries, deliveries) written as one round.
+const ROUND_ROWS: usize = 2048;
 
 /// Bytes of CSV gathered before they are sent.
 const CHUNK: usize = 256 * 1024;
@@ -42,15 +49,8 @@ pub struct Marker {
 
 /// The database a migration copies into, on one connection of its own.
 pub struct Target {
-    client: tokio_postgres::Client,
+    client: deadpool_postgres::Client,
     url: DatabaseUrl,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
 }
 
 /// Connects to `url`, brings the schema up to date (refusing a newer one) and takes the
@@ -62,25 +62,23 @@ pub async fn target(url: &DatabaseUrl) -> Result<Option<Target>, PgError> {
         url: url.to_string(),
         detail: url.redact(&detail),
     };
-    let (client, connection) = super::connect::tuned(url)
-        .connect(tls)
+    // A pool of its own, of which the migration takes one connection for its whole run
+    // (the lock below is that connection's): the rows go in through the transactions of
+    // the PostgreSQL store's own writes, which take a pooled connection's.
+    let pool = super::connect::pool(url, tls)?;
+    let client = pool
+        .get()
         .await
-        .map_err(|e| connect_error(describe(&e)))?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let target = Target {
-        client,
-        url: url.clone(),
-        driver,
-    };
-    let locked: bool = target
-        .client
+        .map_err(|e| connect_error(with_causes(&e)))?;
+    let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&COPY_LOCK])
         .await
         .map_err(|e| connect_error(describe(&e)))?
         .get(0);
-    Ok(locked.then_some(target))
+    Ok(locked.then_some(Target {
+        client,
+        url: url.clone(),
+    }))
 }
 
 /// The tables whose rows a part copies.
@@ -97,6 +95,14 @@ fn tables(part: Part) -> &'static [&'static str] {
             "hartslag_latest",
         ],
         Part::Idempotency => &["hartslag_idempotency"],
+        Part::Monitors => &["hartslag_monitors", "hartslag_monitor_retained"],
+        Part::Pings => &["hartslag_pings"],
+        Part::Timelines => &["hartslag_timeline"],
+        Part::Outbox => &[
+            "hartslag_outbox",
+            "hartslag_outbox_done",
+            "hartslag_outbox_targets",
+        ],
     }
 }
 
@@ -161,6 +167,8 @@ impl Target {
             url,
             part,
             open: None,
+            round: unbounded_round(),
+            staged: 0,
             counts: Vec::new(),
         })
     }
@@ -184,13 +192,32 @@ struct OpenCopy {
     rows: u64,
 }
 
-/// One part's copy: its transaction, the `COPY` under way, and the rows per table so far.
+/// One part's copy: its transaction, the `COPY` under way, the monitor rows gathered
+/// into a round not written yet, and the rows per table so far.
 pub struct PartCopy<'a> {
-    tx: tokio_postgres::Transaction<'a>,
+    tx: deadpool_postgres::Transaction<'a>,
     url: DatabaseUrl,
     part: Part,
     open: Option<OpenCopy>,
+    round: MonitorRound,
+    staged: usize,
     counts: Vec<(&'static str, u64)>,
+}
+
+/// A round that keeps every ping it is given (the history is copied as it is).
+fn unbounded_round() -> MonitorRound {
+    MonitorRound {
+        keep_pings: u64::MAX,
+        ..MonitorRound::default()
+    }
+}
+
+/// A failed write of the store's own as the port's error.
+fn tx_fail(url: &DatabaseUrl, e: TxError) -> StorageError {
+    match e {
+        TxError::Db(e) => fail_with(url, e),
+        TxError::Refused(e) => e,
+    }
 }
 
 impl PartCopy<'_> {
@@ -198,31 +225,128 @@ impl PartCopy<'_> {
         fail_with(&self.url, e)
     }
 
-    /// Adds `rows` to the part.
+    fn count(&mut self, table: &'static str, n: u64) {
+        match self.counts.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, c)) => *c += n,
+            None => self.counts.push((table, n)),
+        }
+    }
+
+    /// Adds `rows` to the part: event data through `COPY`, monitors, their history and
+    /// the outbox through the PostgreSQL store's own writes (a monitor round, the
+    /// outbox's records).
     pub async fn write(&mut self, rows: Vec<Row>) -> Result<(), StorageError> {
         for row in rows {
-            let (table, columns) = destination(&row);
-            if self.open.as_ref().is_none_or(|o| o.table != table) {
-                self.close().await?;
-                let sql = format!("COPY {table} ({columns}) FROM STDIN (FORMAT csv)");
-                let sink = self.tx.copy_in(&sql).await.map_err(|e| self.fail(e))?;
-                self.open = Some(OpenCopy {
-                    table,
-                    sink: Box::pin(sink),
-                    buffer: Vec::with_capacity(CHUNK),
-                    rows: 0,
+            match row {
+                Row::Monitor(_)
+                | Row::Retained(_)
+                | Row::Ping(..)
+                | Row::Transition(..)
+                | Row::Pending(_) => {
+                    self.close().await?;
+                    self.stage(row);
+                    if self.staged >= ROUND_ROWS {
+                        self.write_round().await?;
+                    }
+                }
+                Row::Done(done) => {
+                    self.close().await?;
+                    self.write_round().await?;
+                    let written = super::outbox::put_done(&self.tx, &done).await;
+                    written.map_err(|e| tx_fail(&self.url, e))?;
+                    self.count("hartslag_outbox_done", 1);
+                }
+                Row::Target(identity, history) => {
+                    self.close().await?;
+                    self.write_round().await?;
+                    let target = (identity, *history);
+                    let written = super::outbox::put_history(&self.tx, &target).await;
+                    written.map_err(|e| tx_fail(&self.url, e))?;
+                    self.count("hartslag_outbox_targets", 1);
+                }
+                row => self.copy_row(row).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a monitor row to the round being gathered.
+    fn stage(&mut self, row: Row) {
+        let table = match row {
+            Row::Monitor(m) => {
+                self.round.put.push(std::sync::Arc::new(*m));
+                "hartslag_monitors"
+            }
+            Row::Retained(m) => {
+                self.round.remove.push(Removal {
+                    key: m.def.key.clone(),
+                    num: m.num,
+                    retain: Some(*m),
                 });
+                "hartslag_monitor_retained"
             }
-            let Some(open) = self.open.as_mut() else {
-                continue;
-            };
-            csv_line(&row, &mut open.buffer)?;
-            open.rows += 1;
-            if open.buffer.len() >= CHUNK {
-                let chunk = std::mem::replace(&mut open.buffer, Vec::with_capacity(CHUNK));
-                let sent = open.sink.send(Cursor::new(chunk)).await;
-                sent.map_err(|e| fail_with(&self.url, e))?;
+            Row::Ping(num, p) => {
+                self.round.pings.push((num, *p));
+                "hartslag_pings"
             }
+            Row::Transition(num, pos, t) => {
+                self.round.transitions.push((num, pos, *t));
+                "hartslag_timeline"
+            }
+            Row::Pending(d) => {
+                self.round.deliveries.push(*d);
+                "hartslag_outbox"
+            }
+            _ => return,
+        };
+        self.staged += 1;
+        self.count(table, 1);
+    }
+
+    /// Writes the round gathered so far, as the round writer writes one, under a version
+    /// of its own.
+    async fn write_round(&mut self) -> Result<(), StorageError> {
+        if self.staged == 0 {
+            return Ok(());
+        }
+        let round = std::mem::replace(&mut self.round, unbounded_round());
+        self.staged = 0;
+        let version: i64 = self
+            .tx
+            .query_one("SELECT nextval('hartslag_round')", &[])
+            .await
+            .map_err(|e| fail_with(&self.url, e))?
+            .get(0);
+        super::rounds::write_round(&self.tx, &round, version)
+            .await
+            .map_err(|e| tx_fail(&self.url, e))
+    }
+
+    /// Adds a row of event data to the `COPY` of its table.
+    async fn copy_row(&mut self, row: Row) -> Result<(), StorageError> {
+        let Some((table, columns)) = destination(&row) else {
+            return Ok(());
+        };
+        if self.open.as_ref().is_none_or(|o| o.table != table) {
+            self.close().await?;
+            let sql = format!("COPY {table} ({columns}) FROM STDIN (FORMAT csv)");
+            let sink = self.tx.copy_in(&sql).await.map_err(|e| self.fail(e))?;
+            self.open = Some(OpenCopy {
+                table,
+                sink: Box::pin(sink),
+                buffer: Vec::with_capacity(CHUNK),
+                rows: 0,
+            });
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(());
+        };
+        csv_line(&row, &mut open.buffer)?;
+        open.rows += 1;
+        if open.buffer.len() >= CHUNK {
+            let chunk = std::mem::replace(&mut open.buffer, Vec::with_capacity(CHUNK));
+            let sent = open.sink.send(Cursor::new(chunk)).await;
+            sent.map_err(|e| fail_with(&self.url, e))?;
         }
         Ok(())
     }
@@ -248,10 +372,7 @@ impl PartCopy<'_> {
             "hartslag_copy_idempotency" => "hartslag_idempotency",
             t => t,
         };
-        match self.counts.iter_mut().find(|(t, _)| *t == label) {
-            Some((_, n)) => *n += open.rows,
-            None => self.counts.push((label, open.rows)),
-        }
+        self.count(label, open.rows);
         Ok(())
     }
 
@@ -259,6 +380,7 @@ impl PartCopy<'_> {
     /// Returns the rows copied per table.
     pub async fn finish(mut self, source: &str) -> Result<Vec<(&'static str, u64)>, StorageError> {
         self.close().await?;
+        self.write_round().await?;
         if self.part == Part::Idempotency {
             self.tx
                 .batch_execute(
@@ -275,7 +397,13 @@ impl PartCopy<'_> {
                 "SELECT setval('hartslag_app_num', GREATEST( \
                    (SELECT last_value FROM hartslag_app_num), \
                    (SELECT COALESCE(max(num), 1) FROM hartslag_apps), \
-                   (SELECT COALESCE(max(app), 1) FROM hartslag_totals)))",
+                   (SELECT COALESCE(max(app), 1) FROM hartslag_totals))); \
+                 SELECT setval('hartslag_monitor_num', GREATEST( \
+                   (SELECT last_value FROM hartslag_monitor_num), \
+                   (SELECT COALESCE(max(num), 1) FROM hartslag_monitors), \
+                   (SELECT COALESCE(max(num), 1) FROM hartslag_monitor_retained), \
+                   (SELECT COALESCE(max(num), 1) FROM hartslag_pings), \
+                   (SELECT COALESCE(max(num), 1) FROM hartslag_timeline)))",
             )
             .await
             .map_err(|e| self.fail(e))?;
@@ -298,9 +426,9 @@ impl PartCopy<'_> {
     }
 }
 
-/// The table and columns a row is copied into.
-fn destination(row: &Row) -> (&'static str, &'static str) {
-    match row {
+/// The table and columns a row of event data is copied into.
+fn destination(row: &Row) -> Option<(&'static str, &'static str)> {
+    Some(match row {
         Row::App { .. } => ("hartslag_apps", "key, num, record"),
         Row::Token(..) => ("hartslag_tokens", "hash, owner"),
         Row::Event { .. } => ("hartslag_events", "app, at, event, weight, user_id"),
@@ -316,7 +444,8 @@ fn destination(row: &Row) -> (&'static str, &'static str) {
         Row::Hourly { .. } => ("hartslag_hourly", "app, hour, event, count, weight"),
         Row::Latest { .. } => ("hartslag_latest", "app, at"),
         Row::Idempotency { .. } => ("hartslag_copy_idempotency", "app, key, at, fingerprint"),
-    }
+        _ => return None,
+    })
 }
 
 /// `row` as one CSV line, in [`destination`]'s columns.
@@ -390,6 +519,7 @@ fn csv_line(row: &Row, out: &mut Vec<u8>) -> Result<(), StorageError> {
             hex::encode(key),
             hex::encode(fingerprint)
         ),
+        _ => return Ok(()),
     };
     written.map_err(|e| StorageError::NotStored(e.to_string()))?;
     out.push(b'\n');
