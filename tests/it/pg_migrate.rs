@@ -547,3 +547,66 @@ async fn a_directory_a_running_hartslag_holds_is_refused() {
         text(&missing)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_that_failed_midway_left_nothing_and_is_copied_again_from_scratch() {
+    let sled = tempfile::tempdir().unwrap();
+    run_services(sled.path(), None, true, fill).await;
+    let server = crate::pg::shared();
+    let url = server.database("migrate_redo");
+    // The schema, then a trigger that fails the timelines' part after some of its rows.
+    let parsed: DatabaseUrl = url.parse().unwrap();
+    drop(
+        hartslag::core::store_pg::open(&parsed, &mut MetricRegistry::default())
+            .await
+            .unwrap(),
+    );
+    server.psql(
+        "migrate_redo",
+        "CREATE FUNCTION fail_third() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF (SELECT count(*) FROM hartslag_timeline) >= 2 THEN RAISE EXCEPTION 'disk full'; END IF; \
+         RETURN NEW; END $$",
+    );
+    server.psql(
+        "migrate_redo",
+        "CREATE TRIGGER fail_third AFTER INSERT ON hartslag_timeline \
+         FOR EACH ROW EXECUTE FUNCTION fail_third()",
+    );
+    let failed = migrate(sled.path(), &url);
+    assert!(!failed.status.success());
+    let said = text(&failed);
+    assert!(
+        said.contains("copying the timelines failed, nothing of them was kept"),
+        "{said}"
+    );
+    assert!(said.contains("disk full"), "{said}");
+    let count = |sql: &str| server.psql("migrate_redo", sql);
+    assert_eq!(count("SELECT count(*) FROM hartslag_timeline"), "0");
+    assert_eq!(
+        count("SELECT string_agg(part, ',' ORDER BY part) FROM hartslag_migrations_from_sled"),
+        "applications,events,idempotency,monitors,pings,rollups"
+    );
+    let events = count("SELECT count(*) FROM hartslag_events");
+
+    server.psql(
+        "migrate_redo",
+        "DROP TRIGGER fail_third ON hartslag_timeline",
+    );
+    let again = migrate(sled.path(), &url);
+    assert!(again.status.success(), "{}", text(&again));
+    let report = String::from_utf8_lossy(&again.stdout);
+    assert!(report.contains("events: nothing to copy"), "{report}");
+    assert!(report.contains("timelines: copied"), "{report}");
+    assert!(report.contains("outbox: copied"), "{report}");
+    assert_eq!(count("SELECT count(*) FROM hartslag_events"), events);
+    assert!(
+        count("SELECT count(*) FROM hartslag_timeline")
+            .parse::<u64>()
+            .unwrap()
+            >= 3
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM hartslag_migrations_from_sled"),
+        "8"
+    );
+}
