@@ -67,6 +67,20 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions (Application, Heartbeat) as YAML.
     Crd,
+    /// Copy a sled data directory into PostgreSQL, with hartslag stopped. Idempotent: a
+    /// second run copies what the first did not finish, and says what it copied.
+    Migrate {
+        /// The sled data directory (the --data of the hartslag that wrote it).
+        #[arg(long = "from-sled", value_name = "DIR")]
+        from_sled: PathBuf,
+        /// The PostgreSQL database to copy into (postgres://user:password@host:port/database).
+        // Parsed after clap, whose error would quote the value, password and all.
+        #[arg(long, env = "HARTSLAG_DATABASE_URL", hide_env_values = true)]
+        to: String,
+        /// PEM file of the CA that signed the database server's certificate.
+        #[arg(long, env = "HARTSLAG_DATABASE_CA_FILE")]
+        database_ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -91,6 +105,10 @@ struct Common {
     // Parsed after clap, whose error would quote the value, password and all.
     #[arg(long, env = "HARTSLAG_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// PEM file of the CA that signed the database server's certificate, trusted for the
+    /// database beside the system's roots (CloudNativePG: its `<cluster>-ca` Secret's ca.crt).
+    #[arg(long, env = "HARTSLAG_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
     /// Base URL written into issued ping URLs (default http://<listen>).
     #[arg(long, env = "HARTSLAG_EXTERNAL_URL")]
     external_url: Option<String>,
@@ -208,7 +226,7 @@ impl Common {
         c.trusted_proxies = self.trusted_proxies.clone();
         c.metrics_top_events = self.metrics_top_events;
         c.database_url = match self.database_url.as_deref().map(str::trim) {
-            Some(url) if !url.is_empty() => Some(url.parse()?),
+            Some(url) if !url.is_empty() => Some(with_ca(url.parse()?, &self.database_ca_file)),
             _ => None,
         };
         c.outbox.concurrency = self.alert_concurrency.max(1);
@@ -242,6 +260,17 @@ impl Common {
             LogFormat::Json => builder.json().init(),
             LogFormat::Text => builder.init(),
         }
+    }
+}
+
+/// `url` trusting the CA file `ca`, when one is given.
+fn with_ca(
+    url: hartslag::core::store_pg::DatabaseUrl,
+    ca: &Option<PathBuf>,
+) -> hartslag::core::store_pg::DatabaseUrl {
+    match ca {
+        Some(ca) if !ca.as_os_str().is_empty() => url.with_ca_file(ca.clone()),
+        _ => url,
     }
 }
 
@@ -331,6 +360,22 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Crd => {
             print!("{}", hartslag::k8s::crd::crds_yaml()?);
+        }
+        Command::Migrate {
+            from_sled,
+            to,
+            database_ca_file,
+        } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("HARTSLAG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let to = with_ca(to.parse()?, &database_ca_file);
+            println!("copying {} into {to}", from_sled.display());
+            let report = hartslag::core::migrate::from_sled(&from_sled, &to).await?;
+            println!("{report}");
         }
     }
     Ok(())

@@ -12,6 +12,7 @@ pub mod latency;
 pub mod leadership;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 pub mod monitor;
 pub mod registry;
 pub mod replica;

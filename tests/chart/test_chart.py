@@ -270,6 +270,59 @@ egress = find(objs, "NetworkPolicy")[0]["spec"]["egress"]
 db_rules = [r for r in egress if rule_ports(r) == [(5432, "TCP")]]
 expect(len(db_rules) == 1 and db_rules[0]["to"] == [{"podSelector": {"matchLabels": {"cnpg.io/cluster": "events"}}}], f"egress to the database: {egress}")
 
+# replicas: sled is one pod on its volume, replaced by Recreate; with a database there is no
+# volume, rollouts are rolling, and several replicas get a PodDisruptionBudget
+def shape(values):
+    objs, _ = render(values)
+    deploy = find(objs, "Deployment")[0]
+    volume = [v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "data"][0]
+    return deploy["spec"], find(objs, "PersistentVolumeClaim"), find(objs, "PodDisruptionBudget"), volume
+
+
+spec, pvcs, pdbs, volume = shape({})
+expect(spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}, f"sled: Recreate {spec['strategy']}")
+expect(len(pvcs) == 1 and volume.get("persistentVolumeClaim", {}).get("claimName") == pvcs[0]["metadata"]["name"], f"sled: the data on a PVC {volume}")
+expect(not pdbs, "sled: no PodDisruptionBudget for one replica")
+for values in [{"replicaCount": 2, "database": {"url": "postgres://hartslag:pw@db:5432/events"}},
+               {"replicaCount": 3, "database": {"existingSecret": "events-app", "existingSecretKey": "uri"}}]:
+    spec, pvcs, pdbs, volume = shape(values)
+    expect(spec["replicas"] == values["replicaCount"], f"replicas {spec['replicas']}")
+    expect(spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, f"a database: RollingUpdate {spec['strategy']}")
+    expect(not pvcs and volume == {"name": "data", "emptyDir": {}}, f"a database: no PVC {pvcs} {volume}")
+    expect(len(pdbs) == 1 and pdbs[0]["apiVersion"] == "policy/v1" and pdbs[0]["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}, f"several replicas: a PodDisruptionBudget {pdbs}")
+spec, pvcs, pdbs, volume = shape({"database": {"existingSecret": "events-app"}})
+expect(spec["strategy"]["type"] == "RollingUpdate" and not pvcs and not pdbs, f"a database, one replica: rolling, no PVC, no PDB {spec['strategy']} {pdbs}")
+try:
+    render({"replicaCount": 2})
+    expect(False, "two replicas without a database rendered")
+except helm.HelmError as e:
+    said = str(e)
+    expect(all(p in said for p in ("/replicaCount", "/database/url", "/database/existingSecret")), f"the refusal names replicaCount and the database values: {said}")
+
+# examples/kubernetes/cloudnativepg: a CloudNativePG Cluster (its CRDs are not installed
+# here: it must parse, and name what the values point at) and the chart values for it
+example = ROOT / "examples" / "kubernetes" / "cloudnativepg"
+cluster = yaml.safe_load((example / "cluster.yaml").read_text())
+expect(cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["kind"] == "Cluster", f"a CloudNativePG Cluster: {cluster.get('kind')}")
+name = cluster["metadata"]["name"]
+expect(cluster["spec"]["instances"] >= 2, "the example Cluster has a standby to fail over to")
+example_values = yaml.safe_load((example / "values.yaml").read_text())
+expect(example_values["database"] == {"existingSecret": f"{name}-app", "existingSecretKey": "uri", "caSecret": f"{name}-ca", "caSecretKey": "ca.crt"},
+       f"the values point at the Cluster's -app Secret (uri) and -ca Secret: {example_values['database']}")
+objs, _ = render(example_values)
+deploy = find(objs, "Deployment")[0]
+pod = deploy["spec"]["template"]["spec"]
+e = env(deploy)
+expect(deploy["spec"]["replicas"] == example_values["replicaCount"] > 1, "the example runs several replicas")
+expect(e["HARTSLAG_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": f"{name}-app", "key": "uri"}, f"the URL from the -app Secret: {e['HARTSLAG_DATABASE_URL']}")
+ca = [v for v in pod["volumes"] if v["name"] == "database-ca"]
+mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+expect(ca == [{"name": "database-ca", "secret": {"secretName": f"{name}-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}], f"the CA Secret mounted: {ca}")
+expect(e["HARTSLAG_DATABASE_CA_FILE"]["value"] == mounts.get("database-ca", "?") + "/ca.crt", f"the CA file is the mounted one: {e.get('HARTSLAG_DATABASE_CA_FILE')} {mounts}")
+expect(find(objs, "PodDisruptionBudget") and not find(objs, "PersistentVolumeClaim"), "the example: a PDB, no PVC")
+objs, _ = render({"database": {"caSecret": "db-ca"}})
+expect("HARTSLAG_DATABASE_CA_FILE" not in env(find(objs, "Deployment")[0]), "no CA without a database")
+
 # the configuration guide's table of chart values names every value
 guide = (ROOT / "docs" / "configuration.md").read_text()
 defaults = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -305,8 +358,7 @@ for bad, what in [
     ({"trustedProxies": "10.0.0.0/8"}, "trusted proxies not a list"),
     ({"database": {"url": "mysql://db/events"}}, "a database URL that is not PostgreSQL's"),
     ({"replicaCount": 2}, "more than one replica without a database"),
-    # Until replicas elect a leader, not even with one.
-    ({"replicaCount": 2, "database": {"url": "postgres://db/events"}}, "more than one replica before leader election"),
+    ({"replicaCount": 2, "database": {"url": ""}}, "more than one replica with an empty database URL"),
     ({"replicaCount": 0}, "no replica"),
 ]:
     try:

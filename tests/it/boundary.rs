@@ -334,10 +334,14 @@ fn the_core_names_no_adapter_and_no_framework() {
 }
 
 /// Modules that may name the embedded backend (the `sled` crate and `crate::core::store`):
-/// the backend itself and the services that open it. Everything else, the storage port,
-/// the monitor engine and the alert outbox included, reaches storage through the port's
-/// traits.
-const BACKEND_MODULES: &[&[&str]] = &[&["core", "store"], &["core", "services"]];
+/// the backend itself, the services that open it, and the migration that reads it out.
+/// Everything else, the storage port, the monitor engine and the alert outbox included,
+/// reaches storage through the port's traits.
+const BACKEND_MODULES: &[&[&str]] = &[
+    &["core", "store"],
+    &["core", "services"],
+    &["core", "migrate"],
+];
 
 /// The absolute module path `segments` names from a file of module `module`, or `None`
 /// for a path that does not start at the crate (a local name, `std`, `self::`...); a

@@ -24,6 +24,7 @@ mod monitors;
 mod operator_e2e;
 mod pg_failover;
 mod pg_leader;
+mod pg_migrate;
 mod pg_relay;
 mod pg_replicas;
 mod pg_schema;

@@ -106,3 +106,63 @@ async fn a_server_that_cannot_reach_its_database_stops_without_showing_the_passw
     assert!(!err.contains("sekrit-pw"), "the password leaked: {err}");
     assert!(err.contains("not a PostgreSQL connection URL"), "{err}");
 }
+
+/// A database whose server certificate a private CA signed (as CloudNativePG's are): with
+/// the system's roots alone the connection is refused for its unknown issuer; with the CA
+/// given (`--database-ca-file`, the chart's `database.caSecret`) it is trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_is_trusted_for_the_database_once_given() {
+    let server = crate::pg::PgServer::start();
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=hartslag-test-ca 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null
+        chmod 755 .
+        chown postgres:postgres server.key server.crt
+        chmod 600 server.key");
+    let at = |file: &str| dir.join(file).display().to_string();
+    for setting in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", at("server.crt")),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", at("server.key")),
+        "ALTER SYSTEM SET ssl = on".to_string(),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        server.psql("postgres", &setting);
+    }
+    let url = format!("{}?sslmode=require", server.database("tls"));
+    let with_ca = |url: &str| -> DatabaseUrl {
+        let parsed: DatabaseUrl = url.parse().unwrap();
+        parsed.with_ca_file(dir.join("ca.crt"))
+    };
+    // The server reads its new settings on its own time.
+    crate::helpers::wait_for(
+        "the server to take TLS connections",
+        std::time::Duration::from_secs(20),
+        || {
+            let url = with_ca(&url);
+            async move {
+                store_pg::open(&url, &mut MetricRegistry::default())
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    let refused = open(&url).await.expect_err("an unknown issuer was trusted");
+    let text = refused.to_string();
+    assert!(text.contains("UnknownIssuer"), "{text}");
+}

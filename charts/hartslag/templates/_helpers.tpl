@@ -110,3 +110,8 @@ What the operator may do in each watched namespace, and why. Nothing more.
 {{- define "hartslag.databaseSecret" -}}
 {{- if .Values.database.existingSecret -}}{{ .Values.database.existingSecret }}{{- else -}}{{ include "hartslag.fullname" . }}-database{{- end -}}
 {{- end -}}
+
+{{/* Whether the data lives in PostgreSQL (database.url or database.existingSecret): "true" or "". */}}
+{{- define "hartslag.database" -}}
+{{- if or .Values.database.existingSecret .Values.database.url -}}true{{- end -}}
+{{- end -}}

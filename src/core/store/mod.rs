@@ -9,6 +9,7 @@
 
 pub mod apps;
 pub mod commit;
+pub mod dump;
 pub mod events;
 pub mod keys;
 /// Kept here too: the commit log's flush latency was its first use.

@@ -31,7 +31,8 @@ fn record(num: i64, json: &str) -> Result<AppRecord, StorageError> {
     Ok(rec)
 }
 
-fn json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StorageError> {
+/// A record as the JSON it is stored as.
+pub(super) fn json<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StorageError> {
     serde_json::to_string(value).map_err(|e| corrupt(what, e))
 }
 

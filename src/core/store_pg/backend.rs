@@ -111,7 +111,7 @@ impl Backend {
         let handle = rt.handle().clone();
         let pool = {
             let _entered = handle.enter();
-            super::connect::pool(url, super::connect::tls()?)?
+            super::connect::pool(url, super::connect::tls(url)?)?
         };
         Ok(Self {
             ctx: Ctx {

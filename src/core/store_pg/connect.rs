@@ -19,13 +19,17 @@ const POOL_SIZE: usize = 16;
 
 /// The TLS connector, used when the URL's `sslmode` asks for TLS (`prefer`, the default,
 /// tries it; `require` insists; `disable` skips it). The server's certificate is verified
-/// against the system's roots (`SSL_CERT_FILE` or `SSL_CERT_DIR` add a private CA).
-pub(super) fn tls() -> Result<MakeRustlsConnect, PgError> {
+/// against the system's roots (`SSL_CERT_FILE` or `SSL_CERT_DIR` replace them), and the CAs
+/// of the URL's CA file when it has one ([`DatabaseUrl::with_ca_file`]).
+pub(super) fn tls(url: &DatabaseUrl) -> Result<MakeRustlsConnect, PgError> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for cert in found.certs {
         // A certificate the store cannot parse is skipped, as every TLS client does.
         let _ = roots.add(cert);
+    }
+    if let Some(path) = url.ca_file() {
+        add_ca_file(&mut roots, path)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -34,6 +38,31 @@ pub(super) fn tls() -> Result<MakeRustlsConnect, PgError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
+}
+
+/// Adds every certificate of the PEM file `path` to `roots`; a file that cannot be read,
+/// or holds no certificate, is refused: a CA the operator named and that is not trusted
+/// would only show later, as a connection refused for an unknown issuer.
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &std::path::Path) -> Result<(), PgError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let refused = |detail: String| {
+        PgError::Tls(format!(
+            "cannot use the database CA file {}: {detail}",
+            path.display()
+        ))
+    };
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| refused(e.to_string()))?;
+    let mut added = 0;
+    for cert in certs {
+        let cert = cert.map_err(|e| refused(e.to_string()))?;
+        roots.add(cert).map_err(|e| refused(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(refused("it holds no PEM certificate".into()));
+    }
+    Ok(())
 }
 
 /// The pool over `url`'s database. Connections open lazily; a broken one (the server
@@ -84,3 +113,25 @@ pub(super) fn tuned(url: &DatabaseUrl) -> tokio_postgres::Config {
 /// Longest a transaction may sit idle (no statement running) before the server ends it;
 /// every transaction of the store is a few statements sent back to back.
 const IDLE_IN_TRANSACTION: &str = "-c idle_in_transaction_session_timeout=10000";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = |file: &str| -> DatabaseUrl {
+            let url: DatabaseUrl = "postgres://h@127.0.0.1/x".parse().unwrap();
+            url.with_ca_file(dir.path().join(file))
+        };
+        let missing = tls(&url("absent.crt")).err().unwrap().to_string();
+        assert!(missing.contains("absent.crt"), "{missing}");
+        std::fs::write(dir.path().join("empty.crt"), "not a certificate\n").unwrap();
+        let empty = tls(&url("empty.crt")).err().unwrap().to_string();
+        assert!(
+            empty.contains("empty.crt") && empty.contains("no PEM certificate"),
+            "{empty}"
+        );
+    }
+}

@@ -80,7 +80,7 @@ impl AdvisoryLock {
     }
 
     async fn connect(&self) -> Result<Session, String> {
-        let tls = super::connect::tls().map_err(|e| e.to_string())?;
+        let tls = super::connect::tls(&self.url).map_err(|e| e.to_string())?;
         let config = session_config(&self.url, &self.timing);
         let (client, connection) = config
             .connect(tls)
@@ -336,7 +336,7 @@ fn session_config(url: &DatabaseUrl, timing: &Timing) -> tokio_postgres::Config 
 /// Takes the leader row over for `holder`, whose leadership something else decided (a
 /// Kubernetes Lease), on a connection of its own; returns the generation to lead under.
 pub async fn take_over(url: &DatabaseUrl, holder: &str) -> Result<u64, PgError> {
-    let tls = super::connect::tls()?;
+    let tls = super::connect::tls(url)?;
     let fail = |e: tokio_postgres::Error| PgError::Connect {
         url: url.to_string(),
         detail: url.redact(&describe(&e)),

@@ -15,6 +15,7 @@
 mod apps;
 mod backend;
 mod connect;
+pub mod copy;
 pub mod elector;
 mod events;
 mod feed;
@@ -73,7 +74,7 @@ pub enum PgError {
 /// port's events and applications on it. Ingest counters go to `metrics`. Needs a tokio
 /// runtime; the ingest task lives as long as the returned handles.
 pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Storage, PgError> {
-    let tls = connect::tls()?;
+    let tls = connect::tls(url)?;
     migrate::run(url, tls.clone()).await?;
     let pool = connect::pool(url, tls.clone())?;
     let db = Db {
@@ -125,7 +126,7 @@ impl PgMonitorStorage {
 /// reads them and writes nothing). They run on a runtime of their own, shut down when the
 /// last handle goes.
 pub async fn open_monitors(url: &DatabaseUrl, fence: Fence) -> Result<PgMonitorStorage, PgError> {
-    migrate::run(url, connect::tls()?).await?;
+    migrate::run(url, connect::tls(url)?).await?;
     let backend = backend::Backend::start(url, fence)?;
     let first = backend.run({
         let ctx = backend.ctx.clone();
@@ -139,7 +140,7 @@ pub async fn open_monitors(url: &DatabaseUrl, fence: Fence) -> Result<PgMonitorS
     let monitors = Arc::new(PgMonitors::new(backend.clone()));
     let feed = Arc::new(PgFeed {
         monitors: monitors.clone(),
-        signal: listen::spawn(url, connect::tls()?, feed::CHANNEL),
+        signal: listen::spawn(url, connect::tls(url)?, feed::CHANNEL),
     });
     Ok(PgMonitorStorage {
         monitors,
@@ -157,11 +158,13 @@ pub async fn lead_alone_at_start(url: &DatabaseUrl, fence: &Fence) -> Result<u64
         url: url.to_string(),
         detail: url.redact(&detail),
     };
-    let (client, connection) =
-        tokio::time::timeout(connect::CONNECT_WITHIN * 2, config.connect(connect::tls()?))
-            .await
-            .map_err(|_| connect_error("timed out".into()))?
-            .map_err(|e| connect_error(describe(&e)))?;
+    let (client, connection) = tokio::time::timeout(
+        connect::CONNECT_WITHIN * 2,
+        config.connect(connect::tls(url)?),
+    )
+    .await
+    .map_err(|_| connect_error("timed out".into()))?
+    .map_err(|e| connect_error(describe(&e)))?;
     let driver = tokio::spawn(connection);
     let holder = format!(
         "{} (pid {})",

@@ -104,8 +104,22 @@ async fn queue_one(tx: &deadpool_postgres::Transaction<'_>, d: &Delivery) -> Res
     Ok(())
 }
 
+/// Records a finished delivery.
+pub(super) async fn put_done(
+    tx: &deadpool_postgres::Transaction<'_>,
+    done: &DoneRecord,
+) -> Result<(), TxError> {
+    let record = encode(done)?;
+    tx.execute(
+        "INSERT INTO hartslag_outbox_done (record) VALUES ($1)",
+        &[&record],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Stores a target's history.
-async fn put_history(
+pub(super) async fn put_history(
     tx: &deadpool_postgres::Transaction<'_>,
     (identity, history): &(String, TargetHistory),
 ) -> Result<(), TxError> {
@@ -200,18 +214,14 @@ impl OutboxStore for PgOutbox {
                 for f in &done {
                     tx.execute("DELETE FROM hartslag_outbox WHERE key = $1", &[&f.key])
                         .await?;
-                    let record = encode(&DoneRecord {
+                    let record = DoneRecord {
                         key: String::from_utf8_lossy(&f.key).into_owned(),
                         outcome: f.outcome.clone(),
                         detail: f.detail.clone(),
                         attempts: f.attempts,
                         at: Timestamp::now(),
-                    })?;
-                    tx.execute(
-                        "INSERT INTO hartslag_outbox_done (record) VALUES ($1)",
-                        &[&record],
-                    )
-                    .await?;
+                    };
+                    put_done(tx, &record).await?;
                 }
                 tx.execute(
                     "DELETE FROM hartslag_outbox_done WHERE seq <= \

@@ -276,7 +276,7 @@ fn last_by_key<T, K: Eq + std::hash::Hash>(items: Vec<T>, key: impl Fn(&T) -> K)
 }
 
 /// Writes one round's rows under `version`.
-async fn write_round(
+pub(super) async fn write_round(
     tx: &deadpool_postgres::Transaction<'_>,
     round: &MonitorRound,
     version: i64,

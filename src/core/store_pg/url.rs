@@ -10,6 +10,8 @@ pub struct DatabaseUrl {
     config: tokio_postgres::Config,
     /// The password as given, to blank it out of any text that might echo it.
     password: Option<String>,
+    /// A PEM file of CAs the server's certificate may also be signed by.
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// Why a database URL was refused.
@@ -32,7 +34,11 @@ impl FromStr for DatabaseUrl {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .filter(|p| !p.is_empty());
-        Ok(Self { config, password })
+        Ok(Self {
+            config,
+            password,
+            ca_file: None,
+        })
     }
 }
 
@@ -57,6 +63,20 @@ impl DatabaseUrl {
     /// The parsed configuration, to connect with.
     pub(super) fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The same database, its server's certificate also trusted when a CA in the PEM file
+    /// `pem` signed it (a private CA, such as CloudNativePG's `<cluster>-ca`), besides the
+    /// system's roots. A flag of its own rather than `SSL_CERT_FILE`, which would replace
+    /// the roots every other TLS client of the process (SMTP, webhooks) trusts.
+    pub fn with_ca_file(mut self, pem: std::path::PathBuf) -> Self {
+        self.ca_file = Some(pem);
+        self
+    }
+
+    /// The PEM file of [`Self::with_ca_file`], if one was given.
+    pub(super) fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca_file.as_deref()
     }
 
     /// `text` without the password, wherever it appears (an error that echoes the URL).

@@ -556,6 +556,11 @@ async fn kubernetes_examples_apply_and_issue_their_secrets() {
     let examples = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(format!("{root}/examples/kubernetes")).unwrap() {
         let path = entry.unwrap().path();
+        // Directories hold examples that need more than Hartslag (cloudnativepg/: its
+        // operator); they are checked in tests/chart.
+        if !path.is_file() {
+            continue;
+        }
         let mut text = std::fs::read_to_string(&path).unwrap();
         if !batch_v1.contains("\"cronjobs\"") {
             text = text.replace(

@@ -126,6 +126,15 @@ impl SledMonitors {
     }
 }
 
+/// Every stored monitor, its state record laid over its record, in batches (for
+/// `hartslag migrate`, which reads the store while nothing else runs on it).
+pub(crate) fn load_all(
+    store: &Store,
+    batch: &mut dyn FnMut(Vec<Monitor>),
+) -> Result<(), StoreError> {
+    load::load_monitors(&store.db.open_tree("monitors")?, batch)
+}
+
 /// A record as its JSON value.
 fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Write(format!("encoding a record: {e}")))

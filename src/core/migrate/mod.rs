@@ -1,0 +1,304 @@
+//! `hartslag migrate --from-sled DIR --to postgres://...`: copies what one sled directory
+//! holds into a PostgreSQL database, part by part ([`rows::Part`]), each part in one
+//! transaction that also records it as copied. So the copy is idempotent: a second run
+//! copies nothing and says so, and a run killed midway copies the part it was in again
+//! from scratch (nothing of it was committed).
+//!
+//! It refuses a directory a running hartslag holds (sled's lock), and a database that
+//! holds data it did not copy itself: another directory's copy, or rows written by a
+//! hartslag already running on it. The directory is read through the sled backend's own
+//! decoding ([`crate::core::store::dump`]), the database written through the PostgreSQL
+//! backend's own encoding ([`crate::core::store_pg::copy`]).
+
+pub mod rows;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::core::storage::StorageError;
+use crate::core::store::{Store, StoreError, StoreOptions};
+use crate::core::store_pg::copy::{self, Marker, Target};
+use crate::core::store_pg::{DatabaseUrl, PgError};
+use rows::{Part, Row};
+
+/// Batches of rows in flight between the directory's reader and the database.
+const IN_FLIGHT: usize = 4;
+
+/// Why a migration stopped. Nothing of a part that failed was kept.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The directory holds no sled database.
+    #[error("{dir} holds no hartslag data (no sled database in it): check --from-sled")]
+    NotSled {
+        /// The directory.
+        dir: String,
+    },
+    /// A running hartslag holds the directory.
+    #[error(
+        "the sled directory {dir} is in use by a running hartslag (sled's lock is held): stop it first (in Kubernetes, scale the Deployment to 0 replicas) and run migrate again"
+    )]
+    Locked {
+        /// The directory.
+        dir: String,
+    },
+    /// The directory could not be read.
+    #[error("cannot read the sled directory {dir}: {source}")]
+    Source {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The database could not be opened or its schema brought up to date.
+    #[error(transparent)]
+    Database(#[from] PgError),
+    /// Another migration is copying into the same database.
+    #[error("another hartslag migrate is copying into {url}: wait for it to end")]
+    Busy {
+        /// The database, without its password.
+        url: String,
+    },
+    /// The database holds data this migration did not copy.
+    #[error(
+        "refusing to copy into {url}: it holds data this migration did not copy ({what}); migrate into a new, empty database, before any hartslag runs on it"
+    )]
+    Foreign {
+        /// The database, without its password.
+        url: String,
+        /// What was found.
+        what: String,
+    },
+    /// Copying a part failed; nothing of it was kept.
+    #[error("copying the {part} failed, nothing of them was kept: {source}")]
+    Copy {
+        /// The part.
+        part: &'static str,
+        /// Why.
+        source: StorageError,
+    },
+}
+
+/// What became of one part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartOutcome {
+    /// Copied now: rows per table, and how long the part took.
+    Copied(Vec<(&'static str, u64)>, Duration),
+    /// Copied by an earlier run: rows, and when.
+    Before {
+        /// Rows it copied.
+        copied: u64,
+        /// When it finished.
+        at: Timestamp,
+    },
+}
+
+/// What a migration did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The directory's identity, as the marker table records it.
+    pub source: String,
+    /// Each part, in the order copied.
+    pub parts: Vec<(Part, PartOutcome)>,
+    /// How long the run took.
+    pub took: Duration,
+}
+
+impl Report {
+    /// Rows copied by this run.
+    pub fn copied(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|(_, o)| match o {
+                PartOutcome::Copied(tables, _) => tables.iter().map(|(_, n)| n).sum(),
+                PartOutcome::Before { .. } => 0,
+            })
+            .sum()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (part, outcome) in &self.parts {
+            match outcome {
+                PartOutcome::Copied(tables, took) => {
+                    let n: u64 = tables.iter().map(|(_, n)| n).sum();
+                    write!(f, "{}: copied {n} rows", part.name())?;
+                    if !tables.is_empty() {
+                        let each: Vec<String> =
+                            tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+                        write!(f, " ({})", each.join(", "))?;
+                    }
+                    writeln!(f, " in {:.1} s", took.as_secs_f64())?;
+                }
+                PartOutcome::Before { copied, at } => writeln!(
+                    f,
+                    "{}: nothing to copy, {copied} rows were copied from this directory at {at}",
+                    part.name()
+                )?,
+            }
+        }
+        let copied_now = self
+            .parts
+            .iter()
+            .any(|(_, o)| matches!(o, PartOutcome::Copied(..)));
+        if !copied_now {
+            writeln!(
+                f,
+                "nothing copied: every part was copied from this directory before"
+            )?;
+        }
+        write!(
+            f,
+            "{} rows copied in {:.1} s",
+            self.copied(),
+            self.took.as_secs_f64()
+        )
+    }
+}
+
+/// Copies everything in the sled directory `from` into `to` that an earlier run did not.
+pub async fn from_sled(from: &Path, to: &DatabaseUrl) -> Result<Report, MigrateError> {
+    let started = Instant::now();
+    let dir = from.display().to_string();
+    let store = open_source(from.to_path_buf()).await?;
+    let source = store.source_id().map_err(|source| MigrateError::Source {
+        dir: dir.clone(),
+        source,
+    })?;
+    let mut target = copy::target(to).await?.ok_or_else(|| MigrateError::Busy {
+        url: to.to_string(),
+    })?;
+    let done = plan(&target, to, &source).await?;
+    let mut parts = Vec::new();
+    for part in Part::ALL {
+        if let Some(m) = done.iter().find(|m| m.part == part.name()) {
+            let before = PartOutcome::Before {
+                copied: m.copied,
+                at: m.finished_at,
+            };
+            parts.push((part, before));
+            continue;
+        }
+        let part_started = Instant::now();
+        let tables = copy_part(&store, &mut target, &source, part, &dir).await?;
+        tracing::info!(part = part.name(), ?tables, "copied a part");
+        parts.push((part, PartOutcome::Copied(tables, part_started.elapsed())));
+    }
+    Ok(Report {
+        source,
+        parts,
+        took: started.elapsed(),
+    })
+}
+
+/// Opens the directory, refusing one that holds no sled database or that a running
+/// hartslag holds (sled takes an exclusive lock on its files).
+async fn open_source(dir: PathBuf) -> Result<Store, MigrateError> {
+    let name = dir.display().to_string();
+    if !dir.join("conf").is_file() {
+        return Err(MigrateError::NotSled { dir: name });
+    }
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir, &StoreOptions::default()))
+        .await
+        .map_err(|e| MigrateError::Source {
+            dir: name.clone(),
+            source: StoreError::Thread(e.to_string()),
+        })?;
+    opened.map_err(|source| match &source {
+        StoreError::Sled(sled::Error::Io(e))
+            if e.to_string().contains("could not acquire lock") =>
+        {
+            MigrateError::Locked { dir: name.clone() }
+        }
+        _ => MigrateError::Source {
+            dir: name.clone(),
+            source,
+        },
+    })
+}
+
+/// The parts this directory already copied; refuses a database holding anything else.
+async fn plan(
+    target: &Target,
+    url: &DatabaseUrl,
+    source: &str,
+) -> Result<Vec<Marker>, MigrateError> {
+    let foreign = |what: String| MigrateError::Foreign {
+        url: url.to_string(),
+        what,
+    };
+    let failed = |source| MigrateError::Copy {
+        part: "markers",
+        source,
+    };
+    let markers = target.markers().await.map_err(failed)?;
+    if let Some(other) = markers.iter().find(|m| m.source != source) {
+        return Err(foreign(format!(
+            "its {} were copied from another sled directory (source {}) at {}",
+            other.part, other.source, other.finished_at
+        )));
+    }
+    for part in Part::ALL {
+        if markers.iter().any(|m| m.part == part.name()) {
+            continue;
+        }
+        let occupied = target
+            .occupied(part)
+            .await
+            .map_err(|source| MigrateError::Copy {
+                part: part.name(),
+                source,
+            })?;
+        if let Some(table) = occupied {
+            return Err(foreign(format!(
+                "table {table} has rows, and no migration from this directory copied the {}",
+                part.name()
+            )));
+        }
+    }
+    Ok(markers)
+}
+
+/// Copies one part in one transaction: the directory is read on a blocking thread while
+/// the database takes the rows read so far.
+async fn copy_part(
+    store: &Store,
+    target: &mut Target,
+    source: &str,
+    part: Part,
+    dir: &str,
+) -> Result<Vec<(&'static str, u64)>, MigrateError> {
+    let failed = |source| MigrateError::Copy {
+        part: part.name(),
+        source,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Row>>(IN_FLIGHT);
+    let reader = store.clone();
+    let now = Timestamp::now();
+    let reading = tokio::task::spawn_blocking(move || {
+        reader.dump(part, now, &mut |rows| tx.blocking_send(rows).is_ok())
+    });
+    let mut copy = target.begin(part).await.map_err(failed)?;
+    while let Some(rows) = rx.recv().await {
+        copy.write(rows).await.map_err(failed)?;
+    }
+    // Everything was read, or the part is not committed.
+    match reading.await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => {
+            return Err(MigrateError::Source {
+                dir: dir.to_string(),
+                source,
+            });
+        }
+        Err(e) => {
+            return Err(MigrateError::Source {
+                dir: dir.to_string(),
+                source: StoreError::Thread(e.to_string()),
+            });
+        }
+    }
+    copy.finish(source).await.map_err(failed)
+}
