@@ -131,13 +131,7 @@ impl PgMonitors {
             .run(async move {
                 let mut client = backend.db.client().await?;
                 let fail = |e| backend.db.fail(e);
-                let tx = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(fail)?;
+                let tx = snapshot(&mut client).await.map_err(fail)?;
                 let pruned: i64 = tx
                     .query_one("SELECT version FROM hartslag_monitor_pruned", &[])
                     .await
@@ -216,13 +210,7 @@ impl MonitorStore for PgMonitors {
             let read = async {
                 let mut client = backend.db.client().await?;
                 let fail = |e| backend.db.fail(e);
-                let db = client
-                    .build_transaction()
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .read_only(true)
-                    .start()
-                    .await
-                    .map_err(fail)?;
+                let db = snapshot(&mut client).await.map_err(fail)?;
                 let no_params = std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>();
                 let rows = db
                     .query_raw("SELECT record, state FROM hartslag_monitors", no_params)
@@ -361,4 +349,17 @@ async fn retained(backend: Ctx, key: String) -> Result<Option<Monitor>, StorageE
         .map_err(|e| backend.db.fail(e))?;
     row.map(|r| decode(&format!("retained monitor {key}"), r.get(0)))
         .transpose()
+}
+
+/// A read-only transaction that sees one snapshot throughout, for reads whose parts must
+/// agree with each other (the monitors and the version they are at).
+async fn snapshot(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
 }

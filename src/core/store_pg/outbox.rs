@@ -34,11 +34,9 @@ impl PgOutbox {
     /// Counts the pending notices for the gauge (at start; writes keep it up to date).
     pub(super) async fn count_notices(backend: &Ctx) -> Result<(), StorageError> {
         let client = backend.db.client().await?;
-        let row = client
-            .query_one("SELECT count(*) FROM hartslag_outbox WHERE notice", &[])
+        let n = pending_notices(&**client)
             .await
             .map_err(|e| backend.db.fail(e))?;
-        let n: i64 = row.get(0);
         backend
             .notices
             .store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
@@ -64,13 +62,9 @@ impl PgOutbox {
                 let tx = fenced(&mut client, &backend.fence).await?;
                 let generation = backend.fence.generation().map_or(0, super::db_id);
                 let out = write(&tx, generation).await?;
-                let notices = if recount {
-                    let row = tx
-                        .query_one("SELECT count(*) FROM hartslag_outbox WHERE notice", &[])
-                        .await?;
-                    Some(row.get::<_, i64>(0))
-                } else {
-                    None
+                let notices = match recount {
+                    true => Some(pending_notices(&*tx).await?),
+                    false => None,
                 };
                 tx.commit().await?;
                 Ok::<_, TxError>((out, notices))
@@ -91,6 +85,16 @@ impl PgOutbox {
 }
 
 /// Queues `d` unless one is pending under its key.
+/// Pending deliveries that are notices (not scheduled repetitions), for the gauge.
+pub(super) async fn pending_notices(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT count(*) FROM hartslag_outbox WHERE notice", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
 async fn queue_one(tx: &deadpool_postgres::Transaction<'_>, d: &Delivery) -> Result<(), TxError> {
     let key = delivery_key(&d.alert, &d.target);
     let notice = !is_repetition(&key);

@@ -219,13 +219,9 @@ async fn commit(backend: &Ctx, rounds: &[&MonitorRound], prune: bool) -> Result<
         if prune {
             prune_removals(&tx).await?;
         }
-        let notices = if outbox {
-            let row = tx
-                .query_one("SELECT count(*) FROM hartslag_outbox WHERE notice", &[])
-                .await?;
-            Some(row.get::<_, i64>(0))
-        } else {
-            None
+        let notices = match outbox {
+            true => Some(super::outbox::pending_notices(&*tx).await?),
+            false => None,
         };
         tx.execute(
             "SELECT pg_notify('hartslag_rounds', $1)",
