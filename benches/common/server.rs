@@ -94,7 +94,14 @@ impl ServerProcess {
     }
 
     /// Stops it as Kubernetes would (SIGTERM) and waits for it to exit.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A benchmark that panics still stops its servers: none is left running after it.
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
