@@ -84,14 +84,9 @@ impl Store {
     fn dump_events(&self, rows: &mut Batcher<'_>) -> Result<(), StoreError> {
         let mut next = Some(0u64);
         while let Some(from) = next {
-            let Some(item) = self
-                .events
-                .range(keys::event_bound(from, i64::MIN).to_vec()..vec![Family::Event as u8 + 1])
-                .next()
-            else {
+            let Some(k) = self.first_event_key_from(from)? else {
                 break;
             };
-            let (k, _) = item?;
             let Some((app, _)) = keys::parse_event_key(&k) else {
                 return Err(corrupt("event key", &k));
             };

@@ -163,14 +163,9 @@ impl Store {
     pub(crate) fn remember_newest_events(&self) -> Result<(), StoreError> {
         let mut next = Some(0u64);
         while let Some(from) = next {
-            let Some(item) = self
-                .events
-                .range(keys::event_bound(from, i64::MIN).to_vec()..vec![Family::Event as u8 + 1])
-                .next()
-            else {
+            let Some(k) = self.first_event_key_from(from)? else {
                 break;
             };
-            let (k, _) = item?;
             let Some((app, _)) = keys::parse_event_key(&k) else {
                 break;
             };
@@ -183,6 +178,17 @@ impl Store {
             next = app.checked_add(1);
         }
         Ok(())
+    }
+
+    /// The key of the first raw-event record of application `from` or a later one: event
+    /// keys sort by application first, so walking the applications that have events is
+    /// one seek each.
+    pub(crate) fn first_event_key_from(&self, from: u64) -> Result<Option<sled::IVec>, StoreError> {
+        let lo = keys::event_bound(from, i64::MIN).to_vec();
+        match self.events.range(lo..vec![Family::Event as u8 + 1]).next() {
+            Some(item) => Ok(Some(item?.0)),
+            None => Ok(None),
+        }
     }
 
     /// The newest event time found by reading blocks from the end (decoding each, so only
