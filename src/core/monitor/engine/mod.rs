@@ -662,16 +662,22 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn deadlines_due_together_are_handled_by_when_their_down_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = open_monitor_storage(dir.path());
+    /// An engine over `dir` whose scheduler sends nothing itself: the test hands the
+    /// worker its deadlines.
+    fn held_engine(dir: &std::path::Path) -> Engine {
+        let storage = open_monitor_storage(dir);
         let outbox = Outbox::new(storage.outbox, Default::default());
         let config = EngineConfig {
             hold_deadlines: true,
             ..Default::default()
         };
-        let engine = Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap();
+        Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deadlines_due_together_are_handled_by_when_their_down_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = held_engine(dir.path());
         let now = engine.clock().now();
         // Due first, by deadline and by key, but only Late then, with seconds to go.
         let mut late = def("a-late", now);
@@ -704,13 +710,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_herd_goes_before_later_commands_and_after_earlier_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = open_monitor_storage(dir.path());
-        let outbox = Outbox::new(storage.outbox, Default::default());
-        let config = EngineConfig {
-            hold_deadlines: true,
-            ..Default::default()
-        };
-        let engine = Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap();
+        let engine = held_engine(dir.path());
         let now = engine.clock().now();
         for name in ["a", "b", "c", "d", "x"] {
             engine.upsert(def(name, now)).await.unwrap();
