@@ -440,14 +440,30 @@ async fn over_http_a_follower_answers_pings_from_the_relay_and_refuses_changes_w
     let created = c
         .post(&api)
         .bearer_auth(&key)
-        .json(&serde_json::json!({"name": "new", "interval_secs": 3600}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 503);
-    assert_eq!(created.headers()["retry-after"], "1");
-    let body: serde_json::Value = created.json().await.unwrap();
-    assert_eq!(body["error"], "this replica does not lead; retry");
+        .json(&serde_json::json!({"name": "new", "interval_secs": 3600}));
+    // Every change is refused alike, in the API's usual error shape (one `error` field).
+    let id = s.core.engine.get("default/nightly").unwrap().def.id;
+    let one = format!("{api}/{id}");
+    let changes = [
+        created,
+        c.patch(&one)
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"grace_secs": 60})),
+        c.post(format!("{one}/pause")).bearer_auth(&key),
+        c.post(format!("{one}/resume")).bearer_auth(&key),
+        c.delete(&one).bearer_auth(&key),
+    ];
+    for change in changes {
+        let res = change.send().await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(res.headers()["content-type"], "application/json");
+        let body: serde_json::Value = res.json().await.unwrap();
+        let expected = serde_json::json!({"error": "this replica does not lead; retry"});
+        assert_eq!(body, expected);
+    }
+    let read = c.get(&one).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(read.status(), 200, "reads are served by every replica");
     // Unauthenticated, it is told so first.
     let anonymous = c.post(&api).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
