@@ -122,8 +122,9 @@ pub trait MonitorCatalogue: Send + Sync {
         app: &'a AppInfo,
         monitor: &'a Monitor,
     ) -> BoxFuture<'a, Result<(), CatalogueError>>;
-    /// The monitor's ping token, for the API's `token` field.
-    fn token(&self, monitor: &Monitor) -> Option<String>;
+    /// The ping tokens of `monitors`, in their order, for the API's `token` field
+    /// (`None` where it is not known). Every replica sharing a store answers alike.
+    fn tokens<'a>(&'a self, monitors: &'a [Monitor]) -> BoxFuture<'a, Vec<Option<String>>>;
 }
 
 /// Refuses a create when the Application already owns as many monitors as its limit

@@ -52,6 +52,14 @@ pub struct AppInfo {
     pub counts: Arc<EventCounts>,
 }
 
+/// The owner of every admin token.
+fn admin_owner() -> TokenOwner {
+    TokenOwner {
+        kind: TokenKind::Admin,
+        key: "admin".into(),
+    }
+}
+
 /// The key under which a namespaced object is known: `namespace/name`.
 pub fn object_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
@@ -61,6 +69,12 @@ pub fn object_key(namespace: &str, name: &str) -> String {
 struct Inner {
     apps: HashMap<String, Arc<AppInfo>>,
     tokens: HashMap<[u8; 32], TokenOwner>,
+    /// Admin token hashes found in the store (earlier releases indexed them there):
+    /// never honoured, removed from the store when this process installs its own.
+    stored_admin: Vec<TokenHash>,
+    /// The admin token this process was given; the other admin tokens in `tokens` are
+    /// those other replicas hold ([`Registry::hold_admin_token`]).
+    own_admin: Option<TokenHash>,
 }
 
 /// Shared registry; cheap to clone.
@@ -71,6 +85,8 @@ pub struct Registry {
     events: Arc<dyn EventStore>,
     inner: Arc<RwLock<Inner>>,
     defaults: LimitDefaults,
+    /// Raised when this process's admin token changes, so its hold is renewed at once.
+    admin_changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -121,6 +137,10 @@ impl Registry {
             inner.apps.insert(info.key.clone(), Arc::new(info));
         }
         for (hash, owner) in store.load_tokens().await? {
+            if owner.kind == TokenKind::Admin {
+                inner.stored_admin.push(hash);
+                continue;
+            }
             inner.tokens.insert(hash.0, owner);
         }
         Ok(Self {
@@ -128,6 +148,7 @@ impl Registry {
             events,
             inner: Arc::new(RwLock::new(inner)),
             defaults,
+            admin_changed: Arc::default(),
         })
     }
 
@@ -247,7 +268,7 @@ impl Registry {
             .collect())
     }
 
-    /// Indexes a non-application token (heartbeats, admin).
+    /// Indexes a heartbeat's token.
     pub async fn put_token(
         &self,
         hash: TokenHash,
@@ -270,30 +291,89 @@ impl Registry {
         Ok(())
     }
 
-    /// Makes `hash` the one admin token: any other admin token (an edited token file, a
-    /// rotated Secret, one left from an earlier run) stops working.
+    /// Makes `hash` this process's admin token: the one it held before (an edited token
+    /// file, a rotated Secret) stops working here at once.
+    ///
+    /// The admin token is never kept in the token index: replicas sharing a database may
+    /// be given different admin tokens (during a rolling rotation of the admin Secret),
+    /// and none may revoke another's. Each holds its own and accepts those the others hold
+    /// now ([`Registry::hold_admin_token`]); an admin token stops working once no running
+    /// replica holds it.
     pub async fn set_admin_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
-        // The new token first: if that fails, the old one still opens the dashboard.
-        self.put_token(
-            hash,
-            TokenOwner {
-                kind: TokenKind::Admin,
-                key: "admin".into(),
-            },
-            None,
-        )
-        .await?;
-        let stale: Vec<TokenHash> = self
-            .read()
-            .tokens
-            .iter()
-            .filter(|(h, o)| o.kind == TokenKind::Admin && **h != hash.0)
-            .map(|(h, _)| TokenHash(*h))
-            .collect();
-        for old in stale {
-            self.remove_token(old).await?;
+        let stored = {
+            let mut inner = self.write();
+            if let Some(existing) = inner.tokens.get(&hash.0)
+                && existing.kind != TokenKind::Admin
+            {
+                return Err(RegistryError::TokenInUse);
+            }
+            if let Some(previous) = inner.own_admin.replace(hash) {
+                inner.tokens.remove(&previous.0);
+            }
+            inner.tokens.insert(hash.0, admin_owner());
+            std::mem::take(&mut inner.stored_admin)
+        };
+        self.admin_changed.notify_one();
+        // Left by an earlier release, which indexed admin tokens in the store: nobody
+        // reads them any more.
+        for old in stored {
+            self.store.remove_token(old).await?;
         }
         Ok(())
+    }
+
+    /// Renews this process's hold on its admin token for `ttl` as replica `holder`, and
+    /// makes the admin tokens this process accepts its own and those the other replicas
+    /// hold now. Nothing happens before it has an admin token.
+    pub async fn hold_admin_token(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), RegistryError> {
+        let Some(own) = self.read().own_admin else {
+            return Ok(());
+        };
+        let held = self
+            .store
+            .hold_admin_token(holder.to_string(), own, ttl)
+            .await?;
+        let mut inner = self.write();
+        // Changed meanwhile: the next renewal, which the change raised, counts.
+        if inner.own_admin != Some(own) {
+            return Ok(());
+        }
+        inner
+            .tokens
+            .retain(|h, o| o.kind != TokenKind::Admin || *h == own.0);
+        for hash in held {
+            // A hash another kind of token has is no admin token.
+            inner.tokens.entry(hash.0).or_insert_with(admin_owner);
+        }
+        Ok(())
+    }
+
+    /// Raised when this process's admin token changes.
+    pub fn admin_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.admin_changed.clone()
+    }
+
+    /// Stores monitor `key`'s plain ping token (`None`: removes it) where every replica
+    /// sharing the store reads it; a store one process serves keeps none.
+    pub async fn share_ping_token(
+        &self,
+        key: &str,
+        token: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let token = token.map(str::to_string);
+        Ok(self.store.put_ping_token(key.to_string(), token).await?)
+    }
+
+    /// The plain ping tokens stored for the monitors in `keys`, by key.
+    pub async fn shared_ping_tokens(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<HashMap<String, String>, RegistryError> {
+        Ok(self.store.ping_tokens(keys).await?)
     }
 
     /// Drops a token so it stops working at once.

@@ -187,6 +187,32 @@ pub fn spawn_app_refresh(
     });
 }
 
+/// How long a replica's hold on its admin token lasts unless renewed: its token stops
+/// working this long after the replica stopped (or stalled), unless another holds it.
+pub const ADMIN_HOLD: Duration = Duration::from_secs(15);
+
+/// How often a replica renews its hold and learns the admin tokens the others hold.
+const ADMIN_RENEW: Duration = Duration::from_secs(3);
+
+/// Keeps this replica's admin token held in the store as replica `holder`, and its
+/// registry accepting the admin tokens every running replica holds (see
+/// [`Registry::set_admin_token`]): renewed every few seconds, and at once when its own
+/// changes.
+pub fn spawn_admin_hold(registry: Registry, holder: String) {
+    let changed = registry.admin_changed();
+    tokio::spawn(async move {
+        loop {
+            match registry.hold_admin_token(&holder, ADMIN_HOLD).await {
+                Ok(()) => {}
+                Err(super::registry::RegistryError::Storage(StorageError::Stopped)) => return,
+                // The tokens accepted stay as they are until the store answers again.
+                Err(e) => tracing::warn!(error = %e, "renewing the admin token's hold failed"),
+            }
+            let _ = tokio::time::timeout(ADMIN_RENEW, changed.notified()).await;
+        }
+    });
+}
+
 /// The leader's rounds, shown by a replica that does not lead: its engine's monitors and
 /// its registry's ping tokens follow what the leader writes.
 #[derive(Debug)]

@@ -199,6 +199,9 @@ impl Services {
         if let Some(signal) = storage.apps_changed {
             let (fence, apps) = (config.fence.clone(), storage.apps.clone());
             replica::spawn_app_refresh(fence, registry.clone(), apps, signal);
+            let holder = crate::core::token::random_id()
+                .map_err(|e| RegistryError::Storage(StorageError::Unavailable(e.to_string())))?;
+            replica::spawn_admin_hold(registry.clone(), holder);
         }
         let mirror = feed.map(|(feed, version)| {
             let mirror = Arc::new(Mirror::new(engine.clone(), registry.clone(), feed, version));

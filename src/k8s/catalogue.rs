@@ -244,9 +244,13 @@ impl MonitorCatalogue for KubernetesCatalogue {
         })
     }
 
-    fn token(&self, monitor: &Monitor) -> Option<String> {
-        self.ctx
-            .heartbeat_token(&monitor.def.namespace, &monitor.def.name)
+    fn tokens<'a>(&'a self, monitors: &'a [Monitor]) -> BoxFuture<'a, Vec<Option<String>>> {
+        // Every replica reads the same Secrets.
+        let tokens = monitors
+            .iter()
+            .map(|m| self.ctx.heartbeat_token(&m.def.namespace, &m.def.name))
+            .collect();
+        Box::pin(async move { tokens })
     }
 }
 

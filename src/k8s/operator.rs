@@ -626,6 +626,13 @@ async fn run_replica(
     };
     let prepared = prepare(&config, &client, &mut server, me);
     let (core, courier) = (server.core.clone(), server.courier());
+    // Every replica holds the admin token, not only the leader: a follower serves the
+    // dashboard too. The leader's own follows it from `start` on.
+    let admin_token = tokio::spawn(admin::keep_in_sync(
+        Api::namespaced(client.clone(), &config.admin.namespace),
+        config.admin.name.clone(),
+        core.registry.clone(),
+    ));
     let mut serving = tokio::spawn(server.serve_on(port, stopped(stop.clone())));
     let leadership = tokio::select! {
         l = take_lease(&client, settings, stop.clone()) => l?,
@@ -646,6 +653,7 @@ async fn run_replica(
         leadership.release().await;
         return Err(OperatorError::Promotion(e.to_string()));
     }
+    admin_token.abort();
     let Running {
         ctx,
         mut tasks,

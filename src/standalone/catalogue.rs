@@ -82,10 +82,14 @@ impl MonitorCatalogue for StandaloneCatalogue {
                     token.hash(),
                     TokenOwner {
                         kind: TokenKind::Heartbeat,
-                        key,
+                        key: key.clone(),
                     },
                     None,
                 )
+                .await
+                .map_err(unavailable)?;
+            core.registry
+                .share_ping_token(&key, Some(token.expose()))
                 .await
                 .map_err(unavailable)?;
             let spec = req.heartbeat_spec(app);
@@ -162,6 +166,10 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 .remove_token(monitor.def.token)
                 .await
                 .map_err(unavailable)?;
+            core.registry
+                .share_ping_token(&monitor.def.key, None)
+                .await
+                .map_err(unavailable)?;
             core.engine
                 .remove(&monitor.def.key)
                 .await
@@ -171,11 +179,31 @@ impl MonitorCatalogue for StandaloneCatalogue {
         })
     }
 
-    fn token(&self, monitor: &Monitor) -> Option<String> {
-        let path = tokens::token_path(&self.config.data_dir, "heartbeat", &monitor.def.name);
-        tokens::read_token(&path)
-            .ok()
-            .flatten()
-            .map(|t| t.expose().to_string())
+    fn tokens<'a>(&'a self, monitors: &'a [Monitor]) -> BoxFuture<'a, Vec<Option<String>>> {
+        Box::pin(async move {
+            // A store replicas share holds the tokens of the monitors created through
+            // the API, whichever replica created them: it comes first, since a token
+            // file another replica left (a monitor deleted and created again while that
+            // one followed) may be stale. The data directory has the rest.
+            let keys = monitors.iter().map(|m| m.def.key.clone()).collect();
+            let mut shared = match self.core.registry.shared_ping_tokens(keys).await {
+                Ok(shared) => shared,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the shared ping tokens failed");
+                    Default::default()
+                }
+            };
+            let data = &self.config.data_dir;
+            monitors
+                .iter()
+                .map(|m| {
+                    shared.remove(&m.def.key).or_else(|| {
+                        let path = tokens::token_path(data, "heartbeat", &m.def.name);
+                        let token = tokens::read_token(&path).ok().flatten();
+                        token.map(|t| t.expose().to_string())
+                    })
+                })
+                .collect()
+        })
     }
 }

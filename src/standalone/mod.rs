@@ -408,6 +408,11 @@ async fn run_replica(
     // A broken directory fails every replica at start, not only the one that leads.
     manifests::load_dir(&manifests_dir, server.config.min_interval)?;
     install_catalogue(&mut server);
+    // Every replica holds its admin token, not only the leader: a follower serves the
+    // dashboard too.
+    let dir = manifests_dir.as_path();
+    let (core, config) = (&server.core, &server.config);
+    Apply { core, config, dir }.admin_token().await?;
     let (core, config, courier) = (server.core.clone(), server.config.clone(), server.courier());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);

@@ -23,6 +23,7 @@ mod management_api;
 mod monitors;
 mod operator_e2e;
 mod pg_failover;
+mod pg_follower;
 mod pg_leader;
 mod pg_migrate;
 mod pg_relay;

@@ -77,6 +77,11 @@ impl Layout {
         std::fs::read_to_string(path).unwrap().trim().to_string()
     }
 
+    /// The token file `file` of replica `i` (`admin.token`, `application-shop.token`, ...).
+    pub fn token_file(&self, i: usize, file: &str) -> PathBuf {
+        self.data[i].join("tokens").join(file)
+    }
+
     /// Starts replica `i` with `extra` arguments; it must be ready (`/readyz` 200) whether
     /// it leads or not.
     pub async fn start(&self, i: usize, extra: &[&str]) -> ChildServer {

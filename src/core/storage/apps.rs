@@ -1,5 +1,8 @@
 //! Application records and the token index (hashes only): the registry's backing.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use super::StorageFuture;
 use super::types::{AppRecord, TokenOwner};
 use crate::core::token::TokenHash;
@@ -46,6 +49,35 @@ pub trait AppStore: Send + Sync + 'static {
 
     /// Every indexed token.
     fn load_tokens(&self) -> StorageFuture<'_, Vec<(TokenHash, TokenOwner)>>;
+
+    /// Stores monitor `key`'s ping token in plain text where every replica sharing the
+    /// store reads it (`None` removes it), so each shows the token through the API. A
+    /// store one process serves keeps none: the data directory's token files hold them.
+    fn put_ping_token(&self, key: String, token: Option<String>) -> StorageFuture<'_, ()> {
+        let _ = (key, token);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The stored ping tokens of the monitors in `keys`, by key (those without one are
+    /// left out).
+    fn ping_tokens(&self, keys: Vec<String>) -> StorageFuture<'_, HashMap<String, String>> {
+        let _ = keys;
+        Box::pin(async { Ok(HashMap::new()) })
+    }
+
+    /// Records that replica `holder` holds admin token `hash` for `ttl` more (by the
+    /// store's clock), forgets holds that ran out, and answers every admin token a
+    /// replica holds now, `hash` among them. A store one process serves answers `hash`
+    /// alone.
+    fn hold_admin_token(
+        &self,
+        holder: String,
+        hash: TokenHash,
+        ttl: Duration,
+    ) -> StorageFuture<'_, Vec<TokenHash>> {
+        let _ = (holder, ttl);
+        Box::pin(async move { Ok(vec![hash]) })
+    }
 }
 
 impl std::fmt::Debug for dyn AppStore {

@@ -268,4 +268,24 @@ impl AppStore for PgApps {
     fn load_tokens(&self) -> StorageFuture<'_, Vec<(TokenHash, TokenOwner)>> {
         Box::pin(self.all_tokens())
     }
+
+    fn put_ping_token(&self, key: String, token: Option<String>) -> StorageFuture<'_, ()> {
+        Box::pin(self.store_ping_token(key, token))
+    }
+
+    fn ping_tokens(
+        &self,
+        keys: Vec<String>,
+    ) -> StorageFuture<'_, std::collections::HashMap<String, String>> {
+        Box::pin(self.read_ping_tokens(keys))
+    }
+
+    fn hold_admin_token(
+        &self,
+        holder: String,
+        hash: TokenHash,
+        ttl: std::time::Duration,
+    ) -> StorageFuture<'_, Vec<TokenHash>> {
+        Box::pin(self.hold_admin(holder, hash, ttl))
+    }
 }

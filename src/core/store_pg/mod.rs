@@ -27,6 +27,7 @@ mod monitors;
 mod outbox;
 mod relay;
 mod rounds;
+mod shared_tokens;
 mod url;
 mod writer;
 

@@ -151,8 +151,10 @@ impl Managing {
     }
 
     /// The contract's Heartbeat object for `m`, with its token when the catalogue knows it.
-    fn answer(&self, state: &HttpState, status: StatusCode, m: &Monitor) -> Response {
-        let json = heartbeat_json(m, self.catalogue.token(m), state.core.engine.clock().now());
+    async fn answer(&self, state: &HttpState, status: StatusCode, m: &Monitor) -> Response {
+        let monitors = std::slice::from_ref(m);
+        let token = self.catalogue.tokens(monitors).await.pop().flatten();
+        let json = heartbeat_json(m, token, state.core.engine.clock().now());
         (status, axum::Json(json)).into_response()
     }
 }
@@ -196,14 +198,19 @@ pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) 
 }
 
 async fn list(State(state): State<HttpState>, caller: Managing) -> Response {
-    let now = state.core.engine.clock().now();
-    let items: Vec<Value> = state
+    let mine: Vec<Monitor> = state
         .core
         .engine
         .list()
-        .iter()
+        .into_iter()
         .filter(|m| m.def.application.as_deref() == Some(caller.app.key.as_str()))
-        .map(|m| heartbeat_json(m, caller.catalogue.token(m), now))
+        .collect();
+    let tokens = caller.catalogue.tokens(&mine).await;
+    let now = state.core.engine.clock().now();
+    let items: Vec<Value> = mine
+        .iter()
+        .zip(tokens)
+        .map(|(m, token)| heartbeat_json(m, token, now))
         .collect();
     (StatusCode::OK, axum::Json(json!({ "heartbeats": items }))).into_response()
 }
@@ -214,7 +221,7 @@ async fn get_one(
     Segment(id): Segment,
 ) -> Result<Response, ApiError> {
     let m = caller.find(&state, &id)?;
-    Ok(caller.answer(&state, StatusCode::OK, &m))
+    Ok(caller.answer(&state, StatusCode::OK, &m).await)
 }
 
 /// Parses a JSON object body; `Err` is the 400 answer.
@@ -372,7 +379,7 @@ async fn apply_update(
         .update(&caller.app, &m, req)
         .await
         .map_err(catalogue_error)?;
-    Ok(caller.answer(state, StatusCode::OK, &m))
+    Ok(caller.answer(state, StatusCode::OK, &m).await)
 }
 
 async fn update(
