@@ -22,10 +22,14 @@ use super::outbox::{Delivery, Outbox, backoff};
 use super::policy::{self, Decision, Queued, TargetHistory};
 use super::{Deliver, DeliveryError};
 use crate::core::channel::{AlertPolicy, MaintenanceWindow};
-use crate::core::storage::{Finished, StorageError};
+use crate::core::storage::{ATTEMPT_WITHIN, Finished, StorageError};
 
 /// Longest sleep between two looks at the queues, whatever they say.
 const IDLE_LOOK: Duration = Duration::from_secs(30);
+
+/// How long a delivery whose claim was refused (another attempt holds it: a stalled or
+/// deposed leader's, until its claim runs out) waits before it is tried again.
+const REFUSED_WAIT: Duration = Duration::from_secs(2);
 
 /// A delivery attempt's result, handed back to the scheduler task.
 struct Attempted {
@@ -51,9 +55,38 @@ struct Scheduler {
     unrecorded: HashSet<Vec<u8>>,
     /// Rescheduled, but the new attempt time could not be written.
     rescheduled: HashMap<Vec<u8>, Delivery>,
+    /// Deliveries whose claim was refused, and when to try again.
+    refused: HashMap<Vec<u8>, Timestamp>,
     permits: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<Attempted>,
     done_rx: mpsc::UnboundedReceiver<Attempted>,
+}
+
+/// Delivers `alert` to `target` unless `deadline` (the attempt's claim may have run out
+/// by then) passes first: an attempt that starts late (its process stalled after the
+/// claim) sends nothing, and one still running then is given up (the deadline's timer is
+/// looked at before each step of the delivery).
+async fn within_claim(
+    courier: &dyn Deliver,
+    alert: &super::message::Alert,
+    target: &Target,
+    deadline: tokio::time::Instant,
+) -> Result<(), DeliveryError> {
+    let outlived = || {
+        Err(DeliveryError::Transient(format!(
+            "the attempt did not end within {}s of its claim (the process stalled, or the target answers too slowly); not sent",
+            ATTEMPT_WITHIN.as_secs()
+        )))
+    };
+    // A timer past its deadline fires only at the timer's next turn: look at the clock.
+    if tokio::time::Instant::now() >= deadline {
+        return outlived();
+    }
+    tokio::select! {
+        biased;
+        () = tokio::time::sleep_until(deadline) => outlived(),
+        sent = courier.deliver(alert, target) => sent,
+    }
 }
 
 /// Runs the scheduler for `outbox` until the process ends.
@@ -78,6 +111,7 @@ pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
         in_flight: HashSet::new(),
         unrecorded: HashSet::new(),
         rescheduled: HashMap::new(),
+        refused: HashMap::new(),
         done_tx,
         done_rx,
     };
@@ -111,8 +145,9 @@ impl Scheduler {
                 return queues;
             }
         };
+        let now = Timestamp::now();
         for (key, d) in pending {
-            if self.unrecorded.contains(&key) {
+            if self.unrecorded.contains(&key) || self.refused.get(&key).is_some_and(|t| *t > now) {
                 continue;
             }
             let d = self.rescheduled.get(&key).cloned().unwrap_or(d);
@@ -135,7 +170,9 @@ impl Scheduler {
     async fn dispatch(&mut self) -> Timestamp {
         loop {
             let now = Timestamp::now();
-            let mut wake = plus(now, IDLE_LOOK);
+            self.refused.retain(|_, t| *t > now);
+            let next_refused = self.refused.values().min().copied();
+            let mut wake = plus(now, IDLE_LOOK).min(next_refused.unwrap_or(Timestamp::MAX));
             let mut changed = false;
             let queues = self.queues().await;
             // A target whose queue is empty is no longer held back by its cap.
@@ -242,8 +279,13 @@ impl Scheduler {
                 Some(held) => d.alert.settled(held),
                 None => d.alert.clone(),
             };
+            // Before the claim is asked for, so the claim runs out after this deadline.
+            let deadline = tokio::time::Instant::now() + ATTEMPT_WITHIN;
             let (claimed, result) = match store.claim(key.clone()).await {
-                Ok(true) => (true, courier.deliver(&alert, &d.target).await),
+                Ok(true) => (
+                    true,
+                    within_claim(&*courier, &alert, &d.target, deadline).await,
+                ),
                 Ok(false) => (false, Ok(())),
                 // Retried with backoff, like a target that could not be reached.
                 Err(e) => (
@@ -271,6 +313,10 @@ impl Scheduler {
         self.busy.remove(&a.identity);
         self.in_flight.remove(&a.key);
         if !a.claimed {
+            // Finished meanwhile (then it is gone), or held by another attempt until its
+            // claim ends: not tried again at once.
+            self.refused
+                .insert(a.key, plus(Timestamp::now(), REFUSED_WAIT));
             return;
         }
         let mut d = a.delivery;
@@ -694,6 +740,28 @@ mod tests {
         Target::Webhook {
             url: "http://192.0.2.1/never-answers".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_past_its_claim_sends_nothing_and_one_outliving_it_is_given_up() {
+        let courier = Courier {
+            black_hole: Some(hole()),
+            ..Default::default()
+        };
+        let a = alert("a", 1, AlertKind::Down);
+        // Woken at or past the deadline (it stalled between its claim and its send).
+        let now = tokio::time::Instant::now();
+        let late = within_claim(&courier, &a, &email(), now).await;
+        assert!(matches!(late, Err(DeliveryError::Transient(_))), "{late:?}");
+        assert!(courier.sent().is_empty(), "sent past its claim");
+        // Still running at the deadline: given up.
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        let slow = within_claim(&courier, &a, &hole(), soon).await;
+        assert!(matches!(slow, Err(DeliveryError::Transient(_))), "{slow:?}");
+        // In time: sent.
+        let later = tokio::time::Instant::now() + Duration::from_secs(10);
+        within_claim(&courier, &a, &email(), later).await.unwrap();
+        assert_eq!(courier.sent().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

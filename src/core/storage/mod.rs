@@ -34,7 +34,7 @@ pub use types::{
 };
 
 pub use monitors::{MonitorRound, MonitorStore, Removal, RoundDone};
-pub use outbox::{Finished, OutboxStore};
+pub use outbox::{ATTEMPT_WITHIN, CLAIM_FOR, Finished, OutboxStore};
 pub use relay::{FeedChanges, MonitorFeed, PingRelay, RelayedPing, Signal};
 
 /// A future a port method returns: boxed so the traits stay object safe, `Send` so it may

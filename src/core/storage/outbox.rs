@@ -3,9 +3,23 @@
 //! ([`super::MonitorRound::deliveries`]), so an alert is stored with the state change that
 //! raised it; the delivery scheduler claims, finishes and retries them here.
 
+use std::time::Duration;
+
 use super::{StorageError, StorageFuture};
 use crate::core::alert::outbox::Delivery;
 use crate::core::alert::policy::TargetHistory;
+
+/// How long a claim holds a delivery, by the store's clock, on a store replicas share:
+/// no other attempt (a new leader's, after a failover) claims the delivery before then,
+/// unless the claim ended with a finish or retry.
+pub const CLAIM_FOR: Duration = Duration::from_secs(45);
+
+/// How long one delivery attempt may take, by its process's monotonic clock from just
+/// before it asked for its claim: shorter than [`CLAIM_FOR`] by a margin for the two
+/// clocks' drift, so an attempt is over (sent, or given up unsent) before anyone else may
+/// claim the delivery. An attempt whose process stalled past it after the claim sends
+/// nothing; the delivery is retried (by its successor, if it was deposed meanwhile).
+pub const ATTEMPT_WITHIN: Duration = Duration::from_secs(30);
 
 /// A delivery that is over, as its finish records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +59,9 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Claims pending delivery `key` for one attempt: `false` when it is not pending (it
     /// was finished) or another attempt holds it. The claim ends with [`Self::finish`] or
-    /// [`Self::retry`], or with the process that holds it.
+    /// [`Self::retry`], or with the process that holds it; on a store replicas share, a
+    /// claim whose holder is gone holds the delivery until [`CLAIM_FOR`] after it was
+    /// made (its holder may only have stalled, and may still send within that time).
     fn claim(&self, key: Vec<u8>) -> StorageFuture<'_, bool>;
 
     /// Finishes `done` as one atomic step: each leaves the pending deliveries and is

@@ -4,10 +4,14 @@
 //!
 //! Every write is a fenced transaction ([`super::backend::fenced`]): a deposed leader can
 //! neither claim nor finish a delivery. A claim is stored as the generation of the leader
-//! whose attempt holds it (`claimed_by`): another attempt of the same leader is refused,
-//! while a claim by an older generation is void, so after a failover the new leader
-//! claims what its predecessor held when it went (that attempt's outcome is unknown: the
-//! alert may go out twice then, never not at all).
+//! whose attempt holds it (`claimed_by`) and when it runs out (`claim_expires`,
+//! [`CLAIM_FOR`] after the claim by the database's clock): no other attempt claims the
+//! delivery before then, a new leader's after a failover included, and the attempt itself
+//! gives up unsent once the claim may have run out by its own clock
+//! ([`crate::core::storage::ATTEMPT_WITHIN`]). So a leader that stalled between its claim
+//! and its send cannot send what its successor sends; the successor sends it once the
+//! claim ran out (the alert may still go out twice when the stall fell inside the send
+//! itself, never not at all).
 
 use std::sync::atomic::Ordering;
 
@@ -16,7 +20,11 @@ use jiff::Timestamp;
 use super::backend::{Backend, Ctx, TxError, decode, encode, fenced};
 use crate::core::alert::outbox::{Delivery, DoneRecord, delivery_key, is_repetition};
 use crate::core::alert::policy::TargetHistory;
-use crate::core::storage::{Finished, OutboxStore, StorageError, StorageFuture};
+use crate::core::storage::{CLAIM_FOR, Finished, OutboxStore, StorageError, StorageFuture};
+
+/// The database's clock in microseconds since the Unix epoch: a claim runs out by this
+/// one clock, whichever replica made it and whichever asks.
+const NOW_MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
 /// Finished deliveries kept for inspection.
 const DONE_KEEP: i64 = 10_000;
@@ -193,13 +201,18 @@ impl OutboxStore for PgOutbox {
     }
 
     fn claim(&self, key: Vec<u8>) -> StorageFuture<'_, bool> {
+        let ttl = i64::try_from(CLAIM_FOR.as_micros()).unwrap_or(i64::MAX);
         self.write(false, move |tx, generation| {
             Box::pin(async move {
                 let claimed = tx
                     .execute(
-                        "UPDATE hartslag_outbox SET claimed_by = $2 WHERE key = $1 \
-                         AND (claimed_by IS NULL OR claimed_by < $2)",
-                        &[&key, &generation],
+                        &format!(
+                            "UPDATE hartslag_outbox \
+                             SET claimed_by = $2, claim_expires = {NOW_MICROS} + $3 \
+                             WHERE key = $1 AND (claimed_by IS NULL \
+                               OR coalesce(claim_expires, 0) <= {NOW_MICROS})"
+                        ),
+                        &[&key, &generation, &ttl],
                     )
                     .await?;
                 Ok(claimed == 1)
@@ -250,7 +263,7 @@ impl OutboxStore for PgOutbox {
                 tx.execute(
                     "INSERT INTO hartslag_outbox (key, delivery, notice) VALUES ($1, $2, $3) \
                      ON CONFLICT (key) DO UPDATE SET delivery = excluded.delivery, \
-                     claimed_by = NULL",
+                     claimed_by = NULL, claim_expires = NULL",
                     &[&key, &record, &notice],
                 )
                 .await?;

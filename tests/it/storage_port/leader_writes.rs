@@ -1,6 +1,6 @@
 //! What a backend shared by replicas adds to the monitor and outbox contract (PostgreSQL):
-//! the leader's writes are fenced, so a deposed leader stores nothing and a claim it left
-//! behind is void for its successor; a replica that mirrors the monitors reads what each
+//! the leader's writes are fenced, so a deposed leader stores nothing, and a claim it left
+//! behind holds the delivery until it runs out, then its successor claims it; a replica that mirrors the monitors reads what each
 //! round wrote, in order; and a round deletes the relayed pings it applied.
 
 use hartslag::core::storage::{Fence, MonitorRound, MonitorStore, OutboxStore, StorageError};
@@ -70,28 +70,55 @@ async fn a_deposed_leader_stores_no_round_and_claims_nothing() {
     assert!(new.outbox.claim(key_of(&d)).await.unwrap());
 }
 
+/// Seconds from the database's clock to delivery `key`'s claim running out.
+fn claim_left(db: &str, key: &[u8]) -> f64 {
+    let sql = format!(
+        "SELECT (claim_expires - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
+         / 1e6 FROM hartslag_outbox WHERE key = '\\x{}'",
+        hex::encode(key)
+    );
+    crate::pg::shared().psql(db, &sql).trim().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_of_an_older_generation_is_void_for_the_new_leader() {
-    let (_, url) = database("claims");
+async fn a_claim_holds_its_delivery_until_it_runs_out_even_for_a_new_leader() {
+    let (db, url) = database("claims");
     let (old, _) = lead(&url).await;
     let d = delivery("a", 1);
+    let key = key_of(&d);
     queue(&old.storage(), vec![d.clone()]).await;
-    assert!(old.outbox.claim(key_of(&d)).await.unwrap());
+    assert!(old.outbox.claim(key.clone()).await.unwrap());
     assert!(
-        !old.outbox.claim(key_of(&d)).await.unwrap(),
+        !old.outbox.claim(key.clone()).await.unwrap(),
         "claimed twice"
     );
+    // By the database's clock, for longer than an attempt may take.
+    let left = claim_left(&db, &key);
+    let claim_for = hartslag::core::storage::CLAIM_FOR.as_secs_f64();
+    assert!(left > claim_for - 5.0 && left <= claim_for, "{left} s left");
+    assert!(hartslag::core::storage::ATTEMPT_WITHIN.as_secs_f64() < claim_for - 10.0);
 
-    // The leader goes mid-attempt; its successor claims the delivery, once.
+    // The leader stalls mid-attempt and is deposed: its claim still holds, since it may
+    // yet send within it, so its successor does not claim the delivery yet.
     let (new, _) = lead(&url).await;
-    assert!(new.outbox.claim(key_of(&d)).await.unwrap());
     assert!(
-        !new.outbox.claim(key_of(&d)).await.unwrap(),
+        !new.outbox.claim(key.clone()).await.unwrap(),
+        "claimed while held"
+    );
+    // Once the claim ran out (the stalled attempt gave up unsent by then), it claims
+    // the delivery, once.
+    crate::pg::shared().psql(
+        &db,
+        "UPDATE hartslag_outbox SET claim_expires = claim_expires - 60000000",
+    );
+    assert!(new.outbox.claim(key.clone()).await.unwrap());
+    assert!(
+        !new.outbox.claim(key.clone()).await.unwrap(),
         "claimed twice"
     );
     // The old attempt cannot finish it.
     let done = hartslag::core::storage::Finished {
-        key: key_of(&d),
+        key: key.clone(),
         outcome: "delivered".into(),
         detail: None,
         attempts: 1,
@@ -100,6 +127,58 @@ async fn a_claim_of_an_older_generation_is_void_for_the_new_leader() {
     let finished = old.outbox.finish(vec![done], history, None).await;
     assert!(fenced(finished));
     assert_eq!(new.outbox.pending().await.unwrap().len(), 1);
+    // A retry ends the claim: the next attempt claims at once.
+    new.outbox.retry(key.clone(), d.clone()).await.unwrap();
+    assert!(new.outbox.claim(key).await.unwrap());
+}
+
+/// Records the alerts it was asked to deliver.
+#[derive(Default)]
+struct Courier(std::sync::Mutex<Vec<String>>);
+
+impl hartslag::core::alert::Deliver for Courier {
+    fn deliver<'a>(
+        &'a self,
+        alert: &'a hartslag::core::alert::message::Alert,
+        _target: &'a hartslag::core::alert::message::Target,
+    ) -> futures::future::BoxFuture<'a, Result<(), hartslag::core::alert::DeliveryError>> {
+        self.0.lock().unwrap().push(alert.id.clone());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_sends_what_a_stalled_leader_claimed_once_its_claim_ran_out() {
+    use hartslag::core::alert::outbox::{Outbox, OutboxConfig};
+    let (db, url) = database("claim_takeover");
+    let (old, _) = lead(&url).await;
+    let d = delivery("a", 1);
+    queue(&old.storage(), vec![d.clone()]).await;
+    // Claimed just before the leader stalled; its successor's scheduler runs.
+    assert!(old.outbox.claim(key_of(&d)).await.unwrap());
+    let (new, _) = lead(&url).await;
+    let outbox = Outbox::new(new.storage().outbox, OutboxConfig::default());
+    let courier = std::sync::Arc::new(Courier::default());
+    tokio::spawn(outbox.clone().run(courier.clone()));
+    // While the claim holds, the successor tries (every two seconds) and sends nothing.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(courier.0.lock().unwrap().is_empty(), "sent while claimed");
+    assert_eq!(new.outbox.pending().await.unwrap().len(), 1, "not lost");
+
+    crate::pg::shared().psql(
+        &db,
+        "UPDATE hartslag_outbox SET claim_expires = claim_expires - 60000000",
+    );
+    let within = std::time::Duration::from_secs(10);
+    crate::helpers::wait_for("the successor to send it", within, || async {
+        (!courier.0.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    crate::helpers::wait_for("its finish", within, || async {
+        new.outbox.pending().await.unwrap().is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(*courier.0.lock().unwrap(), vec![d.alert.id.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
