@@ -50,6 +50,42 @@ impl StandaloneCatalogue {
     }
 }
 
+/// Monitor `m`'s token from the token file in `data`, if there is one and it is `m`'s
+/// (a file left by a monitor deleted and defined again elsewhere holds another token).
+fn token_file(data: &std::path::Path, m: &Monitor) -> Option<Token> {
+    let path = tokens::token_path(data, "heartbeat", &m.def.name);
+    let token = tokens::read_token(&path).ok().flatten()?;
+    token.hash().ct_eq(&m.def.token).then_some(token)
+}
+
+/// Stores, where replicas share a database, the tokens of the monitors created through
+/// the API that it lacks and this replica's data directory has: monitors created before
+/// the database kept them (an earlier release, or copied by `hartslag migrate`). The
+/// leader does this when it takes office, so every replica shows their tokens from then on.
+pub async fn share_tokens(core: &Services, data: &std::path::Path) -> Result<(), CatalogueError> {
+    let api: Vec<Monitor> = core
+        .engine
+        .list()
+        .into_iter()
+        .filter(|m| m.def.origin == Origin::Api)
+        .collect();
+    let keys = api.iter().map(|m| m.def.key.clone()).collect();
+    let stored = core
+        .registry
+        .shared_ping_tokens(keys)
+        .await
+        .map_err(unavailable)?;
+    for m in api.iter().filter(|m| !stored.contains_key(&m.def.key)) {
+        if let Some(token) = token_file(data, m) {
+            core.registry
+                .share_ping_token(&m.def.key, Some(token.expose()))
+                .await
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
 fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
     CatalogueError::Unavailable(e.to_string())
 }
@@ -197,11 +233,8 @@ impl MonitorCatalogue for StandaloneCatalogue {
             monitors
                 .iter()
                 .map(|m| {
-                    shared.remove(&m.def.key).or_else(|| {
-                        let path = tokens::token_path(data, "heartbeat", &m.def.name);
-                        let token = tokens::read_token(&path).ok().flatten();
-                        token.map(|t| t.expose().to_string())
-                    })
+                    let from_file = || token_file(data, m).map(|t| t.expose().to_string());
+                    shared.remove(&m.def.key).or_else(from_file)
                 })
                 .collect()
         })

@@ -482,6 +482,10 @@ async fn lead(
         .map_err(|e| StandaloneError::Promotion(e.to_string()))?;
     let m = declare(core, config, manifests_dir).await?;
     log_applied(&m, manifests_dir);
+    // Not worth refusing to lead over: the tokens it lacks show as null until next time.
+    if let Err(e) = catalogue::share_tokens(core, &config.data_dir).await {
+        tracing::warn!(error = %e, "storing the API monitors' tokens in the database failed");
+    }
     core.start_leading(courier, RETENTION_EVERY);
     Ok(())
 }

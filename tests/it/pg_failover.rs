@@ -82,6 +82,11 @@ impl Layout {
         self.data[i].join("tokens").join(file)
     }
 
+    /// The database's name (on the shared server unless [`Layout::on`] was given another).
+    pub fn database(&self) -> &str {
+        self.url.rsplit('/').next().unwrap()
+    }
+
     /// Starts replica `i` with `extra` arguments; it must be ready (`/readyz` 200) whether
     /// it leads or not.
     pub async fn start(&self, i: usize, extra: &[&str]) -> ChildServer {

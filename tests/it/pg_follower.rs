@@ -109,6 +109,43 @@ async fn a_monitor_created_through_the_leader_shows_its_token_on_every_replica_a
     assert_eq!(ping(&base, &token).await, 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_only_the_leaders_data_directory_has_is_shown_everywhere_once_it_leads() {
+    let layout = Layout::new(2, &[]);
+    let key = read(layout.token_file(0, "application-shop.token"));
+    let first = layout.start(0, &[]).await;
+    the_leader(&[&first], Duration::from_secs(15)).await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/v1/heartbeats", first.base))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Ledger", "interval_secs": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let token = created["token"].as_str().unwrap().to_string();
+    // As an earlier release (or `hartslag migrate`) left it: in the creating replica's
+    // data directory alone.
+    crate::pg::shared().psql(layout.database(), "DELETE FROM hartslag_ping_tokens");
+    first.kill9();
+
+    let first = layout.start(0, &[]).await;
+    the_leader(&[&first], Duration::from_secs(15)).await;
+    let second = layout.start(1, &[]).await;
+    // Stored by the leader once it took office (it may lead a moment before).
+    let (base, key, id, token) = (&second.base, &key, &id, &token);
+    wait_for(
+        "the token on the other replica",
+        Duration::from_secs(10),
+        || async move { (shown(base, key, id).await["token"] == token.as_str()).then_some(()) },
+    )
+    .await;
+    assert_eq!(listed(base, key, id).await["token"], token.as_str());
+}
+
 /// The status `/v1/status` answers `token` through the replica at `base`.
 async fn status_with(base: &str, token: &str) -> u16 {
     let res = reqwest::Client::new()
