@@ -3,7 +3,8 @@
 //! a leader killed with SIGKILL is replaced within 15 s, and a stalled leader (SIGSTOP)
 //! is deposed by the database and, once it runs again, stops with exit code 1, and a
 //! leader whose monitor round the database refused steps down for a replica that can
-//! write.
+//! write, and a leader stalled inside a delivery is sent for by its successor only once
+//! its claim ran out.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -356,4 +357,92 @@ async fn a_leader_whose_round_the_database_refused_steps_down_and_another_leads_
     assert_eq!(ping(&replicas[follower].base, &token).await, 200);
     let status = crate::helpers::metrics_text(&replicas[follower].base).await;
     assert!(generation(&status) >= 2.0, "{status}");
+}
+
+/// A webhook receiver that records when each request came (and its `event`) and answers
+/// it `hold` later: an attempt stays open that long.
+async fn slow_receiver(
+    hold: Duration,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    let received: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                let event = v["event"].as_str().unwrap_or_default().to_string();
+                sink.lock().unwrap().push((Instant::now(), event));
+                tokio::time::sleep(hold).await;
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stalled_inside_a_delivery_is_sent_for_by_its_successor_only_once_the_claim_ran_out()
+ {
+    let (hook, received) = slow_receiver(Duration::from_secs(3)).await;
+    let hb = heartbeat_manifest(
+        "ledger",
+        "4s",
+        "0s",
+        &format!("  alerts:\n    webhook: {hook}\n"),
+    );
+    let layout = Layout::new(2, &[hb]);
+    let args = ["--min-interval", "1s"];
+    let mut replicas = [layout.start(0, &args).await, layout.start(1, &args).await];
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let follower = 1 - leader;
+    let token = layout.heartbeat_token("ledger");
+    assert_eq!(ping(&replicas[leader].base, &token).await, 200);
+    // The Down notice goes out; the leader stalls while its attempt is open.
+    let r = received.clone();
+    let first = wait_for("the leader's attempt", Duration::from_secs(30), || {
+        let first = r.lock().unwrap().first().cloned();
+        async move { first }
+    })
+    .await;
+    signal(&replicas[leader], "-STOP");
+    assert_eq!(first.1, "down");
+
+    // Its successor leads within seconds, but sends only once the claim ran out. (The
+    // target took the stalled attempt's request: this is the repeat the guarantee names,
+    // a stall inside the send; a stall before the send would have sent nothing.)
+    let r = received.clone();
+    let second = wait_for("the successor's attempt", Duration::from_secs(90), || {
+        let second = r.lock().unwrap().get(1).cloned();
+        async move { second }
+    })
+    .await;
+    assert_eq!(leads(&replicas[follower].base).await, Some(true));
+    let gap = second.0.duration_since(first.0);
+    eprintln!("the successor sent {gap:?} after the stalled leader's attempt");
+    let claim = hartslag::core::storage::CLAIM_FOR;
+    assert!(
+        gap >= claim - Duration::from_secs(2),
+        "sent {gap:?} after, within the claim"
+    );
+    assert_eq!(second.1, "down");
+
+    // Woken, the deposed leader sends nothing more and exits 1.
+    signal(&replicas[leader], "-CONT");
+    let code = exit_code(&mut replicas[leader], Duration::from_secs(15)).await;
+    assert_eq!(code, Some(1), "{}", replicas[leader].log_text());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        received.lock().unwrap().len(),
+        2,
+        "{:?}",
+        received.lock().unwrap()
+    );
 }
