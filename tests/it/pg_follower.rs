@@ -56,6 +56,42 @@ async fn listed(base: &str, key: &str, id: &str) -> Value {
     all.iter().find(|h| h["id"] == id).unwrap().clone()
 }
 
+/// Through the Tickstem Python SDK on the replica at `base`: monitor `id`'s token from a
+/// get and from a list, then what a create answers; one line each.
+async fn sdk_on(base: &str, key: &str, id: &str) -> String {
+    const SCRIPT: &str = r#"
+import sys
+from tickstem.heartbeat import CreateParams, HeartbeatClient
+from tickstem._base import APIError
+base, key, id = sys.argv[1:4]
+c = HeartbeatClient(key, base_url=base + "/v1")
+print(c.get(id).token)
+print([h.token for h in c.list() if h.id == id][0])
+try:
+    c.create(CreateParams(name="another", interval_secs=3600))
+    print("created")
+except APIError as e:
+    print(e.status, e.message)
+"#;
+    let args = [base.to_string(), key.to_string(), id.to_string()];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", SCRIPT])
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'tickstem'"),
+        "the Tickstem SDK is missing: pip install tickstem (tests/run-all.sh installs it)"
+    );
+    assert!(out.status.success(), "{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_monitor_created_through_the_leader_shows_its_token_on_every_replica_and_after_a_failover()
  {
@@ -87,6 +123,11 @@ async fn a_monitor_created_through_the_leader_shows_its_token_on_every_replica_a
         assert_eq!(many["token"], token.as_str(), "the list through {}", r.base);
     }
     assert_eq!(ping(&replicas[follower].base, &token).await, 200);
+    // The Tickstem SDK through the follower reads the token from a get and a list, and
+    // a change raises its APIError with the 503 and the reason (it does not retry).
+    let said = sdk_on(&replicas[follower].base, &key, &id).await;
+    let expected = format!("{token}\n{token}\n503 this replica does not lead; retry\n");
+    assert_eq!(said, expected);
 
     replicas.remove(leader).kill9();
     let base = replicas[0].base.clone();
