@@ -20,9 +20,12 @@ impl Visibility {
         self.acknowledged.store(seq, Ordering::Release);
     }
 
-    /// Batch `seq` is applied to sled (or failed; nothing more will arrive for it).
+    /// Batch `seq` is applied to sled (or failed; nothing more will arrive for it). Never
+    /// goes back: after a failure, a batch already told `Durable` may hear `Failed` after
+    /// later ones did.
     pub(super) fn applied(&self, seq: u64) {
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        *applied = (*applied).max(seq);
         self.caught_up.notify_all();
     }
 
