@@ -73,4 +73,15 @@ mod tests {
         assert_eq!(*v.applied.lock().unwrap(), 1);
         applier.join().unwrap();
     }
+
+    #[test]
+    fn a_batch_that_fails_after_later_ones_does_not_take_the_mark_back() {
+        // After a failed apply, a batch already durable hears `Failed` on the apply thread
+        // after the batches queued behind it heard theirs.
+        let v = Visibility::default();
+        v.acknowledged(3);
+        v.applied(3);
+        v.applied(2);
+        assert_eq!(*v.applied.lock().unwrap(), 3);
+    }
 }
