@@ -107,7 +107,8 @@ pub enum Progress<'a> {
     Failed(&'a CommitError),
 }
 
-/// A writer's callback for its record, run on the commit thread (keep it short).
+/// A writer's callback for its record (keep it short): `Durable` runs on the commit
+/// thread, `Applied` on the apply thread, `Failed` on either.
 pub type Notify = Box<dyn FnMut(Progress<'_>) + Send>;
 
 /// One submitted record.
