@@ -9,8 +9,8 @@ use crate::core::store::keys::{self, EventValue, Family};
 use crate::core::store::{Store, StoreError};
 
 /// Keys deleted per sled batch. A sled batch holds the tree's write lock while it applies,
-/// so the commit thread's next apply (and the answers behind it) waits for at most one
-/// batch this size.
+/// so the apply thread's next apply (and, a group later, the answers behind it) waits for
+/// at most one batch this size.
 const PURGE_BATCH: usize = 512;
 
 impl Store {

@@ -20,9 +20,12 @@ impl Visibility {
         self.acknowledged.store(seq, Ordering::Release);
     }
 
-    /// Batch `seq` is applied to sled (or failed; nothing more will arrive for it).
+    /// Batch `seq` is applied to sled (or failed; nothing more will arrive for it). Never
+    /// goes back: after a failure, a batch already told `Durable` may hear `Failed` after
+    /// later ones did.
     pub(super) fn applied(&self, seq: u64) {
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        *applied = (*applied).max(seq);
         self.caught_up.notify_all();
     }
 
@@ -69,5 +72,16 @@ mod tests {
         assert!(started.elapsed() >= std::time::Duration::from_millis(50));
         assert_eq!(*v.applied.lock().unwrap(), 1);
         applier.join().unwrap();
+    }
+
+    #[test]
+    fn a_batch_that_fails_after_later_ones_does_not_take_the_mark_back() {
+        // After a failed apply, a batch already durable hears `Failed` on the apply thread
+        // after the batches queued behind it heard theirs.
+        let v = Visibility::default();
+        v.acknowledged(3);
+        v.applied(3);
+        v.applied(2);
+        assert_eq!(*v.applied.lock().unwrap(), 3);
     }
 }
