@@ -10,7 +10,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 
 use super::error::ApiError;
-use super::query::{int_param, text_param};
+use super::query::{event_param, int_param};
 use crate::core::ingest::validate::parse_created_at;
 use crate::core::registry::AppInfo;
 use crate::core::storage::{EventStore, ExportBatches, ExportFilter};
@@ -24,7 +24,7 @@ pub fn export_filter(
     Ok(ExportFilter {
         from: bound(app, "from", params.get("from"), false)?,
         to: bound(app, "to", params.get("to"), true)?,
-        event: text_param(params, "event"),
+        event: event_param(params, "event")?,
         user_id: int_param(params, "user_id")?,
     })
 }

@@ -15,6 +15,21 @@ pub fn text_param(params: &HashMap<String, String>, name: &str) -> Option<String
         .filter(|s| !s.is_empty())
 }
 
+/// An event name filter: [`text_param`], refused with a 422 when it holds a NUL character,
+/// which no stored name holds (ingest refuses it, and PostgreSQL's text cannot hold it).
+pub fn event_param(
+    params: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    match text_param(params, name) {
+        Some(s) if s.contains('\0') => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("query parameter {name} must not contain a NUL character"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// The integer value of `name`, `None` when absent or blank.
 pub fn int_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
     match params.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {

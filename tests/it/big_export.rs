@@ -13,7 +13,7 @@ use hartslag::core::Services;
 use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::storage::{EventValue, EventWrite};
 
-use crate::helpers::{ChildServer, app_manifest, read_token};
+use crate::helpers::{ChildServer, app_manifest, read_token, test_database};
 
 /// Events in the export.
 const ROWS: u64 = 3_000_000;
@@ -33,7 +33,10 @@ fn fill(manifests: &Path, data: &Path) {
             .unwrap();
         rt.block_on(async move {
             let addr = "127.0.0.1:0".parse().unwrap();
-            let config = ServerConfig::new(addr, data).services();
+            let mut config = ServerConfig::new(addr, data.clone());
+            // The server started on this directory later finds the events on either backend.
+            config.database_url = test_database(&data).map(|url| url.parse().unwrap());
+            let config = config.services();
             let core = Services::open(&config, &mut MetricRegistry::default())
                 .await
                 .unwrap();

@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: servers on real sockets over real sled
-//! directories, either in-process or as a child process that a test can kill.
+//! directories (or, with `HARTSLAG_TEST_BACKEND=postgres`, databases of a real
+//! PostgreSQL), either in-process or as a child process that a test can kill.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,29 @@ use tokio::sync::oneshot;
 pub fn test_database(data: &Path) -> Option<String> {
     let backend = std::env::var("HARTSLAG_TEST_BACKEND").ok()?;
     (backend == "postgres").then(|| crate::pg::database_for(data))
+}
+
+/// Whether the suite runs on PostgreSQL (`HARTSLAG_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("HARTSLAG_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The flags that put a `hartslag` process started by hand on the test backend for data
+/// directory `data`: `--database-url=...` on PostgreSQL, none on sled.
+pub fn backend_args(data: &Path) -> Vec<String> {
+    test_database(data)
+        .map(|url| vec![format!("--database-url={url}")])
+        .unwrap_or_default()
+}
+
+/// For a test (or the part of one) about sled itself, its directory or its file system:
+/// true on sled; on PostgreSQL false, after saying what is skipped and why.
+pub fn runs_on_sled(why: &str) -> bool {
+    if on_postgres() {
+        eprintln!("on PostgreSQL, skipped: {why}");
+        return false;
+    }
+    true
 }
 
 /// An Application manifest with a time zone.
@@ -207,9 +231,9 @@ impl ChildServer {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log_path = data.with_extension(format!("{port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let database = test_database(data)
-            .filter(|_| !extra.iter().any(|a| a.starts_with("--database-url")))
-            .map(|url| format!("--database-url={url}"));
+        let database = backend_args(data)
+            .into_iter()
+            .filter(|_| !extra.iter().any(|a| a.starts_with("--database-url")));
         let child = Command::new(binary())
             .arg("standalone")
             .arg("--manifests")

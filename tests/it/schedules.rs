@@ -121,6 +121,7 @@ async fn a_bad_schedule_stops_standalone_with_a_clear_error() {
             .arg("--data")
             .arg(dir.path().join("data"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(crate::helpers::backend_args(&dir.path().join("data")))
             .output()
     })
     .await

@@ -187,7 +187,7 @@ pub fn validate_event(body: &Value) -> Result<NewEvent, ValidationErrors> {
     }
 }
 
-/// `event`: required, a string of at most 255 characters.
+/// `event`: required, a string of at most 255 characters without a NUL.
 fn event_field(map: &Map<String, Value>, errors: &mut ValidationErrors) -> Option<String> {
     match normalise(map.get("event")) {
         None => {
@@ -198,6 +198,14 @@ fn event_field(map: &Map<String, Value>, errors: &mut ValidationErrors) -> Optio
             errors.add(
                 "event",
                 "The event field must not be greater than 255 characters.".into(),
+            );
+            None
+        }
+        // No backend keeps it alike (PostgreSQL's text cannot hold it at all).
+        Some(Value::String(s)) if s.contains('\0') => {
+            errors.add(
+                "event",
+                "The event field must not contain a NUL character.".into(),
             );
             None
         }
@@ -346,6 +354,11 @@ mod tests {
         assert_eq!(
             ok(json!({"event": "é".repeat(255)})).event.chars().count(),
             255
+        );
+        let body = err(json!({"event": "a\u{0}b"}));
+        assert_eq!(
+            body["message"],
+            "The event field must not contain a NUL character."
         );
         let body = err(json!({"event": "   "}));
         assert_eq!(body["errors"]["event"][0], "The event field is required.");

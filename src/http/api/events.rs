@@ -24,7 +24,7 @@ use crate::http::auth::AuthenticatedApp;
 use crate::http::body::read_body;
 use crate::http::error::{ApiError, json_body};
 use crate::http::export::{csv_response, export_filter};
-use crate::http::query::{int_param, text_param};
+use crate::http::query::{event_param, int_param, text_param};
 
 /// Routes of this family.
 pub fn routes() -> Router<HttpState> {
@@ -187,7 +187,7 @@ async fn stats(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let user = int_param(&params, "user_id")?;
-    let event = text_param(&params, "event");
+    let event = event_param(&params, "event")?;
     let now = Timestamp::now();
     let periods = match text_param(&params, "date") {
         None => Periods::at(now, &app.tz),

@@ -251,6 +251,9 @@ impl Drop for Install {
     }
 }
 
+/// What the operator logs once its caches are complete and it removed what vanished.
+const SETTLED: &str = "removed what vanished while the operator was down";
+
 /// The operator as a child process, authenticated as an [`Install`]'s ServiceAccount.
 pub struct Operator {
     child: Option<Child>,
@@ -258,6 +261,8 @@ pub struct Operator {
     pub base: String,
     /// Its log file.
     pub log: PathBuf,
+    /// How often [`SETTLED`] was in the log (shared by restarts on one port) before it.
+    settled_before: usize,
 }
 
 impl Operator {
@@ -275,6 +280,10 @@ impl Operator {
         let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("{}-{port}.log", install.namespace));
+        let settled_before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(SETTLED)
+            .count();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -291,6 +300,10 @@ impl Operator {
             .filter(|(flag, _)| !extra.contains(flag))
             .flat_map(|(flag, value)| [*flag, *value])
             .collect();
+        // On the PostgreSQL lane, a database per data directory, unless `extra` names one.
+        let database = crate::helpers::backend_args(data)
+            .into_iter()
+            .filter(|_| !extra.iter().any(|a| a.starts_with("--database-url")));
         let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
             .args(["operator", "--namespaces"])
             .arg(install.watched.join(","))
@@ -315,6 +328,7 @@ impl Operator {
                 "--allow-private-webhooks",
             ])
             .args(timing)
+            .args(database)
             .args(extra)
             .env("KUBECONFIG", &install.kubeconfig)
             .env(
@@ -329,6 +343,7 @@ impl Operator {
             child: Some(child),
             base,
             log,
+            settled_before,
         }
     }
 
@@ -346,6 +361,25 @@ impl Operator {
             &format!("the operator to be ready (log: {})", log.display()),
             within,
             || async { self.ready().await.then_some(()) },
+        )
+        .await;
+    }
+
+    /// Waits until it leads with complete watch caches and has removed what vanished while
+    /// no operator ran (it logs so). On sled an operator is ready only then; on PostgreSQL
+    /// it is ready at once, as a follower, and gets there once the Lease is its own (after
+    /// a SIGKILL, once the dead holder's Lease has expired).
+    pub async fn wait_settled(&self) {
+        let log = self.log.clone();
+        wait_for(
+            &format!("the operator to lead and settle (log: {})", log.display()),
+            Duration::from_secs(90),
+            || async {
+                let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let settled = text.matches(SETTLED).count() > self.settled_before;
+                let leads = crate::helpers::metric(&self.base, "hartslag_leader").await;
+                (settled && leads == Some(1.0)).then_some(())
+            },
         )
         .await;
     }
@@ -449,6 +483,7 @@ impl Scenario {
         let data = dir.path().join("data");
         let port = crate::helpers::free_port();
         let op = Operator::start(&install, &data, &sink.url(), port).await;
+        op.wait_settled().await;
         Self {
             hbs: Api::namespaced(client.clone(), &ns),
             apps: Api::namespaced(client.clone(), &ns),
@@ -471,6 +506,7 @@ impl Scenario {
     pub async fn restart(&mut self) {
         self.op.kill();
         self.op = Operator::start(&self.install, &self.data, &self.sink.url(), self.port).await;
+        self.op.wait_settled().await;
     }
 }
 
