@@ -16,7 +16,7 @@ mod state;
 pub mod track;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 
 pub use error::ApiError;
 pub use port::Port;
@@ -30,6 +30,18 @@ pub fn router(state: HttpState) -> Router {
         .merge(api::routes())
         .merge(dashboard::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        // After the merges: it applies to the routes the router has when it is called.
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
         .layer(track::TrackLayer::new(requests))
+}
+
+/// A known route asked with a method it does not take: the usual `{"error"}` body, so a
+/// client reads every refusal alike (axum's own 405 has an empty body); axum still sets
+/// `Allow` to the methods the route takes.
+async fn wrong_method(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route does not take {method}; the Allow header lists the methods it takes"),
+    )
 }

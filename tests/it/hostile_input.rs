@@ -165,3 +165,43 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
         assert_eq!(pings["pings"][0]["source"], want, "{why}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_asked_with_a_method_it_does_not_take_gets_405_with_allow_and_a_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let http = reqwest::Client::new();
+
+    for (method, path, allowed) in [
+        (reqwest::Method::GET, "/api/v1/heartbeat", "POST"),
+        (reqwest::Method::DELETE, "/api/v1/export.csv", "GET"),
+        (reqwest::Method::PUT, "/healthz", "GET"),
+    ] {
+        let res = http
+            .request(method.clone(), format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"));
+        assert_eq!(res.status(), 405, "{method} {path}");
+        let allow = res
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            allow.split(',').any(|m| m.trim() == allowed),
+            "{method} {path}: Allow {allow:?}"
+        );
+        let body: Value = res
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(method.as_str()), "{method} {path}: {body}");
+    }
+}
