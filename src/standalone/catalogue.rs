@@ -57,7 +57,7 @@ fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
 fn read_only(m: &Monitor) -> CatalogueError {
     CatalogueError::ReadOnly(format!(
         "heartbeat {} is defined by a manifest file; change or remove it there",
-        m.def.name
+        m.def.name()
     ))
 }
 
@@ -131,7 +131,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             }
             let mut def = monitor.def.clone();
             if let Some(n) = req.name.clone() {
-                def.display_name = Some(n);
+                def = def.edited(|d| d.display_name = Some(n));
             }
             (def.schedule, def.interval_secs) = updated_cadence(&monitor.def, &req);
             if let Some(g) = req.grace_secs {
@@ -166,13 +166,13 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 .remove(&monitor.def.key)
                 .await
                 .map_err(unavailable)?;
-            tokens::remove_heartbeat_files(&self.config.data_dir, &monitor.def.name);
+            tokens::remove_heartbeat_files(&self.config.data_dir, monitor.def.name());
             Ok(())
         })
     }
 
     fn token(&self, monitor: &Monitor) -> Option<String> {
-        let path = tokens::token_path(&self.config.data_dir, "heartbeat", &monitor.def.name);
+        let path = tokens::token_path(&self.config.data_dir, "heartbeat", monitor.def.name());
         tokens::read_token(&path)
             .ok()
             .flatten()

@@ -8,6 +8,7 @@
 //! lose an alert or send one twice. Readers use an in-memory snapshot through the
 //! [`Engine`] handle; history is read from the store.
 
+mod def;
 mod herd;
 mod metrics;
 mod mirror;
@@ -25,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
+pub use def::DefRecord;
 pub use metrics::EngineStats;
 pub use mirror::TokenChanges;
 pub use series::MonitorSeries;
@@ -366,9 +368,7 @@ impl Engine {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|m| {
-                m.def.application.as_deref() == Some(app) && Some(m.def.key.as_str()) != except
-            })
+            .filter(|m| m.def.application() == Some(app) && Some(m.def.key.as_str()) != except)
             .count()
     }
 
@@ -554,7 +554,7 @@ mod tests {
     }
 
     fn def(name: &str, now: jiff::Timestamp) -> MonitorDef {
-        MonitorDef {
+        DefRecord {
             key: format!("ns/{name}"),
             id: name.into(),
             namespace: "ns".into(),
@@ -577,6 +577,7 @@ mod tests {
             created_at: now,
             updated_at: now,
         }
+        .into()
     }
 
     fn success() -> PingInput {

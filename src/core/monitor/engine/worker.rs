@@ -608,7 +608,7 @@ impl Worker {
         // Kept with history and state under the retained key, so a re-created monitor
         // finds them: pings answered earlier in this round stay staged and are written
         // with it. Otherwise they go with the rest of its history.
-        let retain = m.def.retain_on_delete.then_some(m);
+        let retain = m.def.retain_on_delete().then_some(m);
         if retain.is_none() {
             round.writes.pings.retain(|(n, _)| *n != num);
             round.writes.transitions.retain(|(n, ..)| *n != num);
