@@ -142,7 +142,7 @@ impl Engine {
         store.load_monitors(&mut |batch| batch.into_iter().for_each(|m| monitors.insert(m)))?;
         let snapshot: Snapshot = Arc::new(RwLock::new(monitors));
         let loaded = started.elapsed();
-        let (scheduler, mut due) = schedule::spawn::<Box<str>>(clock);
+        let (scheduler, mut due) = schedule::spawn::<Arc<str>>(clock);
         for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
             if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
                 scheduler.arm(m.def.key.as_str().into(), at);
@@ -159,9 +159,9 @@ impl Engine {
             // Everything the scheduler fired so far goes as one command, so the worker
             // orders a herd of deadlines by urgency as a whole.
             while let Some((key, _)) = due.recv().await {
-                let mut keys = vec![String::from(key)];
+                let mut keys = vec![String::from(&*key)];
                 while let Ok((key, _)) = due.try_recv() {
-                    keys.push(key.into());
+                    keys.push(String::from(&*key));
                 }
                 if forward.send(Command::Due(keys)).is_err() {
                     return;

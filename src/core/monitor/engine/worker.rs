@@ -139,7 +139,7 @@ impl Round {
 pub(super) struct Worker {
     pub(super) store: Arc<dyn MonitorStore>,
     pub(super) outbox: Outbox,
-    pub(super) scheduler: SchedulerHandle<Box<str>>,
+    pub(super) scheduler: SchedulerHandle<Arc<str>>,
     pub(super) snapshot: Snapshot,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) stats: Arc<EngineStats>,
