@@ -398,6 +398,22 @@ mod tests {
     }
 
     #[test]
+    fn an_edited_copy_leaves_its_original_as_it_was() {
+        let mut r = record("team/x", "team", "x");
+        r.display_name = Some("X".into());
+        let original = MonitorDef::from(r);
+        let edited = original
+            .clone()
+            .edited(|d| d.display_name = Some("Y".into()));
+        assert_eq!(original.display_name(), Some("X"));
+        assert_eq!(edited.display_name(), Some("Y"));
+        // Emptied again, it holds no extras, and equals a definition that never had any.
+        let plain = edited.edited(|d| d.display_name = None);
+        assert!(plain.extras.0.is_none());
+        assert_eq!(plain, MonitorDef::from(record("team/x", "team", "x")));
+    }
+
+    #[test]
     fn the_compact_form_is_smaller() {
         assert!(
             std::mem::size_of::<MonitorDef>() + 128 <= std::mem::size_of::<DefRecord>(),
