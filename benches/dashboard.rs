@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
-use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::token::TokenHash;
 use hartslag::server::Server;
 
@@ -62,7 +62,7 @@ fn main() {
             let core = core.clone();
             let permit = sem.clone().acquire_owned().await.expect("semaphore");
             tasks.push(tokio::spawn(async move {
-                let def = MonitorDef {
+                let def: MonitorDef = DefRecord {
                     key: format!("team-{}/job-{i:05}", i % 20),
                     id: format!("{i:016x}"),
                     namespace: format!("team-{}", i % 20),
@@ -84,7 +84,7 @@ fn main() {
                     retain_on_delete: false,
                     created_at: now,
                     updated_at: now,
-                };
+                }.into();
                 let key = def.key.clone();
                 core.engine.upsert(def).await.expect("upsert");
                 if i % 4 != 0 {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
 use hartslag::core::cron::Schedule;
-use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
 use hartslag::core::store::latency::{LatencyRecord, LatencySnapshot};
 use hartslag::core::token::TokenHash;
@@ -76,7 +76,7 @@ fn describe_lateness(s: &LatencySnapshot) -> String {
 
 /// A monitor's definition as the benchmark defines it: `scheduled` ones on `* * * * *`.
 fn bench_def(i: usize, scheduled: bool, interval: u64, now: jiff::Timestamp) -> MonitorDef {
-    MonitorDef {
+    DefRecord {
         key: format!("bench/m{i}"),
         id: format!("{i:016x}"),
         namespace: "bench".into(),
@@ -99,6 +99,7 @@ fn bench_def(i: usize, scheduled: bool, interval: u64, now: jiff::Timestamp) -> 
         created_at: now,
         updated_at: now,
     }
+    .into()
 }
 
 fn success() -> PingInput {
@@ -172,9 +173,10 @@ fn sizes() {
     let every: usize = common::env_or("BENCH_SCHEDULED_EVERY", 3);
     let now = jiff::Timestamp::now();
     println!(
-        "sizes: Monitor {} bytes inline (MonitorDef {}, MonitorState {})",
+        "sizes: Monitor {} bytes inline (MonitorDef {}, field by field as stored {}; MonitorState {})",
         std::mem::size_of::<Monitor>(),
         std::mem::size_of::<MonitorDef>(),
+        std::mem::size_of::<DefRecord>(),
         std::mem::size_of::<MonitorState>()
     );
     let per = |before: f64| (rss_mb() - before) * 1024.0 * 1024.0 / n as f64;
@@ -206,7 +208,18 @@ fn sizes() {
         boxed.arm(m.def.key.as_str().into(), now.as_microsecond());
     }
     println!(
-        "sizes: the scheduler's queue of boxed keys and microseconds: {:.0} bytes per monitor",
+        "sizes: a queue of boxed keys and microseconds: {:.0} bytes per monitor",
+        per(before)
+    );
+    let before = rss_mb();
+    let mut shared = DeadlineQueue::<Arc<str>, i64>::new();
+    for m in monitors.values() {
+        shared.arm(m.def.key.as_str().into(), now.as_microsecond());
+        // Re-armed with a fresh copy, as every ping does: the queue keeps one.
+        shared.arm(m.def.key.as_str().into(), now.as_microsecond() + 1);
+    }
+    println!(
+        "sizes: the scheduler's queue (one shared key per monitor, microseconds): {:.0} bytes per monitor",
         per(before)
     );
     let before = rss_mb();
@@ -219,13 +232,13 @@ fn sizes() {
         per(before)
     );
     let before = rss_mb();
-    let counts: std::collections::HashMap<u64, u32> =
+    let counts: std::collections::BTreeMap<u64, u8> =
         monitors.values().map(|m| (m.num, 1)).collect();
     println!(
-        "sizes: transitions since the last trim, by number: {:.0} bytes per monitor",
+        "sizes: transitions since the last trim, by number (once every monitor has had one): {:.0} bytes per monitor",
         per(before)
     );
-    drop((by_key, boxed, by_num, counts, monitors));
+    drop((by_key, boxed, shared, by_num, counts, monitors));
 }
 
 fn main() {

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
 use hartslag::core::metrics::encode_with;
-use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::token::TokenHash;
 use hartslag::server::Server;
 
 fn def(i: usize, now: jiff::Timestamp) -> MonitorDef {
-    MonitorDef {
+    DefRecord {
         key: format!("bench/m{i}"),
         id: format!("{i:016x}"),
         namespace: "bench".into(),
@@ -42,6 +42,7 @@ fn def(i: usize, now: jiff::Timestamp) -> MonitorDef {
         created_at: now,
         updated_at: now,
     }
+    .into()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -289,7 +289,8 @@ mod tests {
     use super::*;
     use crate::core::alert::outbox::Outbox;
     use crate::core::monitor::engine::{
-        EngineConfig, Monitor, MonitorDef, Origin, PingKind, PingRecord, TransitionRecord,
+        DefRecord, EngineConfig, Monitor, MonitorDef, Origin, PingKind, PingRecord,
+        TransitionRecord,
     };
     use crate::core::monitor::schedule::Clock;
     use crate::core::monitor::state::MonitorState;
@@ -386,7 +387,7 @@ mod tests {
 
     fn def(name: &str) -> MonitorDef {
         let now = Timestamp::now();
-        MonitorDef {
+        DefRecord {
             key: format!("ns/{name}"),
             id: name.into(),
             namespace: "ns".into(),
@@ -409,6 +410,7 @@ mod tests {
             created_at: now,
             updated_at: now,
         }
+        .into()
     }
 
     fn success() -> PingInput {

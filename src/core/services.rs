@@ -486,7 +486,7 @@ mod tests {
     }
 
     fn monitor(name: &str) -> crate::core::monitor::engine::MonitorDef {
-        crate::core::monitor::engine::MonitorDef {
+        crate::core::monitor::engine::DefRecord {
             key: format!("default/{name}"),
             id: name.into(),
             namespace: "default".into(),
@@ -509,6 +509,7 @@ mod tests {
             created_at: Timestamp::now(),
             updated_at: Timestamp::now(),
         }
+        .into()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,16 +184,21 @@ impl MonitorCatalogue for KubernetesCatalogue {
                 return Ok(monitor.clone());
             }
             let api: Api<Heartbeat> =
-                Api::namespaced(self.ctx.client.clone(), &monitor.def.namespace);
+                Api::namespaced(self.ctx.client.clone(), monitor.def.namespace());
             api.patch(
-                &monitor.def.name,
+                monitor.def.name(),
                 &PatchParams::default(),
                 &Patch::Merge(&json!({ "spec": spec })),
             )
             .await
             .map_err(|e| match e {
                 kube::Error::Api(s) if s.code == 404 => CatalogueError::NotFound,
-                other => cluster_error("update", &monitor.def.namespace, &monitor.def.name, &other),
+                other => cluster_error(
+                    "update",
+                    monitor.def.namespace(),
+                    monitor.def.name(),
+                    &other,
+                ),
             })?;
             let key = monitor.def.key.clone();
             self.wait("applied the change", || {
@@ -202,7 +207,7 @@ impl MonitorCatalogue for KubernetesCatalogue {
                 let ok = req
                     .name
                     .as_ref()
-                    .is_none_or(|n| d.display_name.as_ref() == Some(n))
+                    .is_none_or(|n| d.display_name() == Some(n.as_str()))
                     && d.schedule == schedule
                     && d.interval_secs == interval
                     && req.grace_secs.is_none_or(|g| d.grace_secs == g)
@@ -220,16 +225,16 @@ impl MonitorCatalogue for KubernetesCatalogue {
     ) -> BoxFuture<'a, Result<(), CatalogueError>> {
         Box::pin(async move {
             let api: Api<Heartbeat> =
-                Api::namespaced(self.ctx.client.clone(), &monitor.def.namespace);
+                Api::namespaced(self.ctx.client.clone(), monitor.def.namespace());
             match api
-                .delete(&monitor.def.name, &DeleteParams::default())
+                .delete(monitor.def.name(), &DeleteParams::default())
                 .await
             {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => return Err(CatalogueError::NotFound),
                 Err(e) => {
                     let d = &monitor.def;
-                    return Err(cluster_error("delete", &d.namespace, &d.name, &e));
+                    return Err(cluster_error("delete", d.namespace(), d.name(), &e));
                 }
             }
             let (key, d) = (monitor.def.key.clone(), &monitor.def);
@@ -237,7 +242,7 @@ impl MonitorCatalogue for KubernetesCatalogue {
             // the watch's delete event runs, from the engine.
             self.wait("removed it", || {
                 let gone = self.ctx.core.engine.get(&key).is_none()
-                    && self.ctx.caches.heartbeat(&d.namespace, &d.name).is_none();
+                    && self.ctx.caches.heartbeat(d.namespace(), d.name()).is_none();
                 gone.then_some(())
             })
             .await
@@ -248,7 +253,7 @@ impl MonitorCatalogue for KubernetesCatalogue {
         // Every replica reads the same Secrets.
         let tokens = monitors
             .iter()
-            .map(|m| self.ctx.heartbeat_token(&m.def.namespace, &m.def.name))
+            .map(|m| self.ctx.heartbeat_token(m.def.namespace(), m.def.name()))
             .collect();
         Box::pin(async move { tokens })
     }

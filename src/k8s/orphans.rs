@@ -54,9 +54,9 @@ pub async fn sweep(ctx: &Arc<Context>) {
         .into_iter()
         .filter(|m| m.def.origin == Origin::Kubernetes)
         .map(|m| Defined {
+            namespace: m.def.namespace().to_string(),
+            name: m.def.name().to_string(),
             key: m.def.key,
-            namespace: m.def.namespace,
-            name: m.def.name,
         })
         .collect();
     let gone = orphans(

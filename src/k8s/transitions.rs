@@ -30,10 +30,10 @@ pub async fn publish(ctx: Arc<Context>) {
         let Some(m) = ctx.core.engine.get(&change.key) else {
             continue;
         };
-        if m.def.origin != Origin::Kubernetes || !ctx.instances.owns(&m.def.namespace) {
+        if m.def.origin != Origin::Kubernetes || !ctx.instances.owns(m.def.namespace()) {
             continue;
         }
-        let target = Target::heartbeat(&m.def.namespace, &m.def.name);
+        let target = Target::heartbeat(m.def.namespace(), m.def.name());
         let uid = ctx
             .caches
             .heartbeat(&target.namespace, &target.name)

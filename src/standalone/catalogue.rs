@@ -53,7 +53,7 @@ impl StandaloneCatalogue {
 /// Monitor `m`'s token from the token file in `data`, if there is one and it is `m`'s
 /// (a file left by a monitor deleted and defined again elsewhere holds another token).
 fn token_file(data: &std::path::Path, m: &Monitor) -> Option<Token> {
-    let path = tokens::token_path(data, "heartbeat", &m.def.name);
+    let path = tokens::token_path(data, "heartbeat", m.def.name());
     let token = tokens::read_token(&path).ok().flatten()?;
     token.hash().ct_eq(&m.def.token).then_some(token)
 }
@@ -93,7 +93,7 @@ fn unavailable(e: impl std::fmt::Display) -> CatalogueError {
 fn read_only(m: &Monitor) -> CatalogueError {
     CatalogueError::ReadOnly(format!(
         "heartbeat {} is defined by a manifest file; change or remove it there",
-        m.def.name
+        m.def.name()
     ))
 }
 
@@ -171,7 +171,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             }
             let mut def = monitor.def.clone();
             if let Some(n) = req.name.clone() {
-                def.display_name = Some(n);
+                def = def.edited(|d| d.display_name = Some(n));
             }
             (def.schedule, def.interval_secs) = updated_cadence(&monitor.def, &req);
             if let Some(g) = req.grace_secs {
@@ -210,7 +210,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 .remove(&monitor.def.key)
                 .await
                 .map_err(unavailable)?;
-            tokens::remove_heartbeat_files(&self.config.data_dir, &monitor.def.name);
+            tokens::remove_heartbeat_files(&self.config.data_dir, monitor.def.name());
             Ok(())
         })
     }

@@ -318,12 +318,12 @@ impl Apply<'_> {
                     .registry
                     .remove_token(mon.def.token)
                     .await
-                    .map_err(refused(format!("Heartbeat {}", mon.def.name)))?;
+                    .map_err(refused(format!("Heartbeat {}", mon.def.name())))?;
                 self.core
                     .engine
                     .remove(&mon.def.key)
                     .await
-                    .map_err(engine_refused(&mon.def.name))?;
+                    .map_err(engine_refused(mon.def.name()))?;
             }
         }
         Ok(())

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use hartslag::core::alert::message::Target;
 use hartslag::core::calendar::{Periods, date_key};
 use hartslag::core::metrics::MetricRegistry;
-use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
 use hartslag::core::spec::ApplicationSpec;
 use hartslag::core::storage::{EventValue, EventWrite, ExportFilter, Fence, Idempotency, Outcome};
@@ -196,7 +196,7 @@ fn fill(s: Services) -> BoxFuture<'static, ()> {
 }
 
 fn monitor(name: &str, interval_secs: u64, retain: bool) -> MonitorDef {
-    MonitorDef {
+    DefRecord {
         key: format!("shop/{name}"),
         id: name.into(),
         namespace: "shop".into(),
@@ -221,6 +221,7 @@ fn monitor(name: &str, interval_secs: u64, retain: bool) -> MonitorDef {
         created_at: Timestamp::now(),
         updated_at: Timestamp::now(),
     }
+    .into()
 }
 
 fn ping(kind: PingKind, body: &str) -> PingInput {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use hartslag::core::metrics::MetricRegistry;
-use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind, PingOutcome};
+use hartslag::core::monitor::engine::{
+    DefRecord, MonitorDef, Origin, PingInput, PingKind, PingOutcome,
+};
 use hartslag::core::replica::PingError;
 use hartslag::core::storage::{Fence, Storage};
 use hartslag::core::token::TokenHash;
@@ -51,7 +53,7 @@ async fn services(dir: &Path, url: &str, fence: Fence) -> Services {
 
 fn monitor(name: &str, paused: bool) -> MonitorDef {
     let now = jiff::Timestamp::now();
-    MonitorDef {
+    DefRecord {
         key: format!("default/{name}"),
         id: name.into(),
         namespace: "default".into(),
@@ -74,6 +76,7 @@ fn monitor(name: &str, paused: bool) -> MonitorDef {
         created_at: now,
         updated_at: now,
     }
+    .into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ use hartslag::core::alert::message::{Alert, Target};
 use hartslag::core::alert::{Deliver, DeliveryError};
 use hartslag::core::calendar::{Periods, date_key};
 use hartslag::core::metrics::MetricRegistry;
-use hartslag::core::monitor::engine::{MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
 use hartslag::core::monitor::state::State;
 use hartslag::core::storage::{
     AppRecord, EventValue, EventWrite, ExportFilter, Fence, IDEMPOTENCY_WINDOW, Idempotency,
@@ -562,7 +562,7 @@ async fn applications_and_tokens_round_trip(open: Open) {
 }
 
 fn monitor(name: &str) -> MonitorDef {
-    MonitorDef {
+    DefRecord {
         key: format!("default/{name}"),
         id: name.into(),
         namespace: "default".into(),
@@ -585,6 +585,7 @@ fn monitor(name: &str) -> MonitorDef {
         created_at: Timestamp::now(),
         updated_at: Timestamp::now(),
     }
+    .into()
 }
 
 fn ping(kind: PingKind, body: &str) -> PingInput {
@@ -696,11 +697,14 @@ async fn delivered(courier: &Courier, n: usize) -> Vec<String> {
 
 async fn an_alert_is_queued_with_its_state_and_delivered_once(open: OpenServices) {
     let dir = tempfile::tempdir().unwrap();
-    let alerting = || MonitorDef {
-        targets: vec![Target::Webhook {
-            url: "http://alerts.invalid/hook".into(),
-        }],
-        ..monitor("backup")
+    let alerting = || -> MonitorDef {
+        DefRecord {
+            targets: vec![Target::Webhook {
+                url: "http://alerts.invalid/hook".into(),
+            }],
+            ..monitor("backup").to_record()
+        }
+        .into()
     };
     // Down with nobody delivering: the alert waits in the outbox, durable with the state.
     with_services(open, dir.path(), move |core| {

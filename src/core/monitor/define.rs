@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use super::engine::{MonitorDef, Origin};
+use super::engine::{DefRecord, MonitorDef, Origin};
 use crate::core::alert::alerting::Alerting;
 use crate::core::alert::channels::ChannelRef;
 use crate::core::alert::message::{Target, resolve_targets};
@@ -67,7 +67,7 @@ impl DeclaredHeartbeat<'_> {
                 Some(s),
             ),
         };
-        let mut def = MonitorDef {
+        let mut def = MonitorDef::from(DefRecord {
             key: crate::core::registry::object_key(self.namespace, self.name),
             id: existing.map_or(self.id, |e| e.id.clone()),
             namespace: self.namespace.to_string(),
@@ -100,7 +100,7 @@ impl DeclaredHeartbeat<'_> {
             retain_on_delete: spec.deletion_policy == Some(DeletionPolicy::Retain),
             created_at: existing.map_or(now, |e| e.created_at),
             updated_at: existing.map_or(now, |e| e.updated_at),
-        };
+        });
         if existing.is_some_and(|e| *e != def) {
             def.updated_at = now;
         }
@@ -173,8 +173,8 @@ mod tests {
         assert_eq!(def.key, "team/backup");
         assert_eq!(def.id, "new-id");
         assert_eq!((def.interval_secs, def.grace_secs), (7200, 600));
-        assert_eq!(def.application.as_deref(), Some("team/shop"));
-        assert!(def.retain_on_delete);
+        assert_eq!(def.application(), Some("team/shop"));
+        assert!(def.retain_on_delete());
         assert_eq!((def.created_at, def.updated_at), (now, now));
         // The Application's targets win over the server's default webhook.
         assert_eq!(

@@ -6,4 +6,5 @@ pub mod engine;
 pub mod history;
 pub mod jobs;
 pub mod schedule;
+pub mod sparse;
 pub mod state;

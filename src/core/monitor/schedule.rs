@@ -120,10 +120,17 @@ impl<K: Ord + Hash + Clone, T: Ord + Copy> DeadlineQueue<K, T> {
 
     /// Arms `key` at `at`, replacing its previous deadline: a ping moves a monitor's deadline
     /// rather than adding a second one.
+    /// A key already armed keeps the copy the queue holds, so a key that shares its
+    /// contents when cloned (`Arc<str>`) is held once for both of the queue's maps.
     pub fn arm(&mut self, key: K, at: T) {
-        if let Some(old) = self.armed.insert(key.clone(), at) {
-            self.order.remove(&(old, key.clone()));
-        }
+        let key = match self.armed.remove_entry(&key) {
+            Some((held, old)) => {
+                self.order.remove(&(old, held.clone()));
+                held
+            }
+            None => key,
+        };
+        self.armed.insert(key.clone(), at);
         self.order.insert((at, key));
     }
 
@@ -299,6 +306,23 @@ mod tests {
 
     fn plus(at: Timestamp, d: SignedDuration) -> Timestamp {
         at.checked_add(d).unwrap()
+    }
+
+    #[test]
+    fn a_rearmed_key_is_held_once_for_both_maps() {
+        let mut q = DeadlineQueue::<std::sync::Arc<str>, i64>::new();
+        let first: std::sync::Arc<str> = "ns/a".into();
+        q.arm(first.clone(), 10);
+        // Re-armed with a copy of its own, as the engine arms: the queue keeps the first.
+        q.arm("ns/a".into(), 20);
+        assert_eq!(
+            std::sync::Arc::strong_count(&first),
+            3,
+            "ours, and one per map"
+        );
+        assert_eq!(q.deadline(&first), Some(20));
+        assert_eq!(q.pop_due(20), vec![(first.clone(), 20)]);
+        assert_eq!(std::sync::Arc::strong_count(&first), 1);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::jobs::{self, JobFailure, JobOutcome, JobSignal, Novelty, RecentPing, SeenJob};
+use super::sparse::SparseList;
 use crate::core::channel::MaintenanceWindow;
 use crate::core::cron::Schedule;
 
@@ -323,11 +324,11 @@ pub struct MonitorState {
     #[serde(default)]
     pub pings: u64,
     /// The newest Jobs of a watched CronJob, so replayed evidence counts once.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub jobs: Vec<SeenJob>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub jobs: SparseList<SeenJob>,
     /// The newest successful pings of a `requirePing` monitor, to tie to Jobs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recent_pings: Vec<RecentPing>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub recent_pings: SparseList<RecentPing>,
     /// Consecutive failed runs and missed deadlines since the last success (counted toward
     /// `failureThreshold`).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -437,8 +438,8 @@ impl MonitorState {
             pinged_while_paused: false,
             last_alert_at: None,
             pings: 0,
-            jobs: Vec::new(),
-            recent_pings: Vec::new(),
+            jobs: SparseList::new(),
+            recent_pings: SparseList::new(),
             failures: 0,
         }
     }
@@ -648,7 +649,7 @@ impl Step<'_, '_> {
     fn success(&mut self, at: Timestamp, rid: Option<&str>) {
         self.s.pings = self.s.pings.saturating_add(1);
         if self.timing.jobs.is_some_and(|j| j.require_ping) {
-            jobs::remember_ping(&mut self.s.recent_pings, at, rid);
+            jobs::remember_ping(self.s.recent_pings.vec_mut(), at, rid);
         }
         self.succeed(at);
     }
@@ -713,7 +714,7 @@ impl Step<'_, '_> {
     /// that belongs to an older run than the one in progress (Jobs that overlap) is
     /// recorded, and a failure still counts, but a success does not end the newer run.
     fn job(&mut self, job: &JobSignal) {
-        let novelty = jobs::remember(&mut self.s.jobs, job);
+        let novelty = jobs::remember(self.s.jobs.vec_mut(), job);
         if novelty == Novelty::Stale {
             return;
         }

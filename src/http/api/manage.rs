@@ -146,7 +146,7 @@ impl Managing {
             .engine
             .list()
             .into_iter()
-            .find(|m| m.def.id == id && m.def.application.as_deref() == Some(self.app.key.as_str()))
+            .find(|m| m.def.id == id && m.def.application() == Some(self.app.key.as_str()))
             .ok_or_else(|| catalogue_error(CatalogueError::NotFound))
     }
 
@@ -180,7 +180,7 @@ fn catalogue_error(e: CatalogueError) -> ApiError {
 pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) -> Value {
     json!({
         "id": m.def.id,
-        "name": m.def.display_name.clone().unwrap_or_else(|| m.def.name.clone()),
+        "name": m.def.display_name().map(str::to_string).unwrap_or_else(|| m.def.name().to_string()),
         "token": token,
         "interval_secs": m.def.interval_secs,
         "schedule": m.def.schedule.as_ref().map(Schedule::expression),
@@ -193,7 +193,7 @@ pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) 
         "created_at": m.def.created_at.to_string(),
         "updated_at": m.def.updated_at.to_string(),
         "state": m.state.state.as_str(),
-        "resource": m.def.name,
+        "resource": m.def.name(),
     })
 }
 
@@ -203,7 +203,7 @@ async fn list(State(state): State<HttpState>, caller: Managing) -> Response {
         .engine
         .list()
         .into_iter()
-        .filter(|m| m.def.application.as_deref() == Some(caller.app.key.as_str()))
+        .filter(|m| m.def.application() == Some(caller.app.key.as_str()))
         .collect();
     let tokens = caller.catalogue.tokens(&mine).await;
     let now = state.core.engine.clock().now();

@@ -233,10 +233,10 @@ ping_handler!(fail, PingKind::Fail);
 pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
     let timing = m.def.timing();
     json!({
-        "name": m.def.name,
-        "namespace": m.def.namespace,
-        "application": m.def.application.as_deref().map(|a| a.rsplit('/').next().unwrap_or(a)),
-        "display_name": m.def.display_name,
+        "name": m.def.name(),
+        "namespace": m.def.namespace(),
+        "application": m.def.application().map(|a| a.rsplit('/').next().unwrap_or(a)),
+        "display_name": m.def.display_name(),
         "state": m.state.state.as_str(),
         "status": m.state.state.tickstem_status(),
         "since": m.state.since.to_string(),
@@ -249,7 +249,7 @@ pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
         "grace_secs": m.def.grace_secs,
         "schedule": m.def.schedule.as_ref().map(|s| s.expression()),
         "time_zone": m.def.schedule.as_ref().map(|s| s.zone()),
-        "cron_job": m.def.cron_job,
+        "cron_job": m.def.cron_job(),
         "down_reason": m.why_down(),
     })
 }
@@ -272,7 +272,7 @@ async fn status(
         .engine
         .list()
         .iter()
-        .filter(|m| scope.is_none() || m.def.application == scope)
+        .filter(|m| scope.is_none() || m.def.application() == scope.as_deref())
         .filter(|m| {
             wanted_state
                 .as_deref()

@@ -162,7 +162,7 @@ pub async fn monitor_detail(
         base_url: st.dashboard.base_url.clone(),
         durations: durations_chart(&pings),
     };
-    let title = m.def.display_name.as_deref().unwrap_or(&m.def.name);
+    let title = m.def.display_name().unwrap_or(m.def.name());
     in_layout(
         &viewer,
         title,
@@ -261,7 +261,7 @@ fn monitor_counts(st: &HttpState, app: &AppInfo) -> Vec<(MonitorStateKind, usize
         let mut c = HashMap::new();
         for m in all
             .values()
-            .filter(|m| m.def.application.as_deref() == Some(app.key.as_str()))
+            .filter(|m| m.def.application() == Some(app.key.as_str()))
         {
             *c.entry(m.state.state).or_insert(0) += 1;
         }
@@ -368,7 +368,7 @@ pub async fn badge_svg(State(st): State<HttpState>, Path(file): Path<String>) ->
     });
     match found {
         Some(m) => {
-            let label = m.def.display_name.as_deref().unwrap_or(&m.def.name);
+            let label = m.def.display_name().unwrap_or(m.def.name());
             (headers, badge::render(label, m.state.state)).into_response()
         }
         None => (StatusCode::NOT_FOUND, headers, badge::render_unknown()).into_response(),

@@ -129,15 +129,15 @@ fn time_cell(at: Option<Timestamp>, now: Timestamp) -> Markup {
 fn monitor_href(m: &Monitor) -> String {
     format!(
         "/ui/monitors/{}/{}",
-        view::urlencode(&m.def.namespace),
-        view::urlencode(&m.def.name)
+        view::urlencode(m.def.namespace()),
+        view::urlencode(m.def.name())
     )
 }
 
 fn scope(m: &Monitor) -> String {
-    match &m.def.application {
-        Some(app) => app.clone(),
-        None => m.def.namespace.clone(),
+    match m.def.application() {
+        Some(app) => app.to_string(),
+        None => m.def.namespace().to_string(),
     }
 }
 
@@ -168,7 +168,7 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
                     @for m in rows {
                         tr class=(state_class(m.state.state)) {
                             th scope="row" {
-                                a href=(monitor_href(m)) { (m.def.display_name.as_deref().unwrap_or(&m.def.name)) }
+                                a href=(monitor_href(m)) { (m.def.display_name().unwrap_or(m.def.name())) }
                             }
                             td data-label="Scope" { (scope(m)) }
                             td data-label="State" { (state_pill(m.state.state)) " " span.muted { (relative(m.state.since, now)) } }
@@ -352,14 +352,14 @@ pub struct MonitorDetail<'a> {
 pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
     let m = d.monitor;
     html! {
-        p.crumbs { a href="/ui/monitors" { "Monitors" } " / " (m.def.namespace) }
-        h1 { (m.def.display_name.as_deref().unwrap_or(&m.def.name)) " " (state_pill(m.state.state)) }
+        p.crumbs { a href="/ui/monitors" { "Monitors" } " / " (m.def.namespace()) }
+        h1 { (m.def.display_name().unwrap_or(m.def.name())) " " (state_pill(m.state.state)) }
         (monitor_facts(m, now))
         section aria-labelledby="h-badge" {
             h2 #h-badge { "Status badge" }
             p { img src=(d.badge_path) alt={ "Status badge: " (m.state.state.as_str()) }; }
             p.muted { "A read-only URL that shows only the state, for READMEs and wikis:" }
-            pre.copy { code { "![" (m.def.name) "](" (d.base_url) (d.badge_path) ")" } }
+            pre.copy { code { "![" (m.def.name()) "](" (d.base_url) (d.badge_path) ")" } }
         }
         section aria-labelledby="h-durations" {
             h2 #h-durations { "Run durations" }
@@ -381,7 +381,7 @@ fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
     let secs = |s: u64| short_duration(SignedDuration::from_secs(s as i64));
     html! {
         dl.facts {
-            dt { "Name" } dd { (m.def.name) }
+            dt { "Name" } dd { (m.def.name()) }
             dt { "Namespace / application" } dd { (scope(m)) }
             dt { "State since" } dd { (time_cell(Some(st.since), now)) }
             dt { "Last ping" } dd { (time_cell(st.last_ping_at, now)) }
@@ -399,17 +399,17 @@ fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
                 },
                 None => { dt { "Interval / grace" } dd { (secs(m.def.interval_secs)) " / " (secs(m.def.grace_secs)) } },
             }
-            @if let Some(cj) = &m.def.cron_job {
-                dt { "CronJob" } dd { (cj) @if m.def.require_ping { " " span.muted { "(its Jobs must ping)" } } }
+            @if let Some(cj) = &m.def.cron_job() {
+                dt { "CronJob" } dd { (cj) @if m.def.require_ping() { " " span.muted { "(its Jobs must ping)" } } }
             }
-            @if let Some(max) = m.def.max_duration_secs {
+            @if let Some(max) = m.def.max_duration_secs() {
                 dt { "Longest run" } dd { (secs(max)) }
             }
             @if let Some(why) = m.why_down() {
                 dt { "Why Down" } dd { (why) }
             }
             dt { "Pings received" } dd { (st.pings) }
-            dt { "How to ping" } dd { code { (m.def.ping_hint) } }
+            dt { "How to ping" } dd { code { (m.def.ping_hint()) } }
         }
     }
 }

@@ -55,7 +55,7 @@ impl Principal {
     pub fn sees_monitor(&self, def: &MonitorDef) -> bool {
         match self {
             Principal::Admin => true,
-            Principal::Application(own) => def.application.as_deref() == Some(own.as_str()),
+            Principal::Application(own) => def.application() == Some(own.as_str()),
         }
     }
 

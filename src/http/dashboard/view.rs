@@ -168,12 +168,11 @@ impl MonitorQuery {
             && self
                 .namespace
                 .as_deref()
-                .is_none_or(|ns| m.def.namespace == ns)
+                .is_none_or(|ns| m.def.namespace() == ns)
             && self.text.as_deref().is_none_or(|t| {
-                m.def.name.to_lowercase().contains(t)
+                m.def.name().to_lowercase().contains(t)
                     || m.def
-                        .display_name
-                        .as_deref()
+                        .display_name()
                         .is_some_and(|d| d.to_lowercase().contains(t))
             })
     }
@@ -249,8 +248,8 @@ pub fn monitor_page<'a>(
             .entry(urgency(m.state.state))
             .or_insert((m.state.state, 0))
             .1 += 1;
-        if !out.namespaces.contains(&m.def.namespace) {
-            out.namespaces.insert(m.def.namespace.clone());
+        if !out.namespaces.contains(m.def.namespace()) {
+            out.namespaces.insert(m.def.namespace().to_string());
         }
         if query.matches(m) {
             matching.push(m);
@@ -260,11 +259,7 @@ pub fn monitor_page<'a>(
     out.pages = matching.len().div_ceil(page_size).max(1);
     out.page = query.page.clamp(1, out.pages);
     fn key<'m>(m: &&'m Monitor) -> (u8, &'m str, &'m str) {
-        (
-            urgency(m.state.state),
-            m.def.namespace.as_str(),
-            m.def.name.as_str(),
-        )
+        (urgency(m.state.state), m.def.namespace(), m.def.name())
     }
     let start = (out.page - 1) * page_size;
     let end = (start + page_size).min(matching.len());
@@ -373,7 +368,7 @@ pub fn daily_chart(buckets: &[Bucket], today: jiff::civil::Date) -> Chart {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::monitor::engine::{MonitorDef, Origin};
+    use crate::core::monitor::engine::{DefRecord, Origin};
     use crate::core::monitor::state::MonitorState;
     use crate::core::storage::Tally;
     use crate::core::token::TokenHash;
@@ -384,7 +379,7 @@ mod tests {
         st.state = state;
         Monitor {
             num: 1,
-            def: MonitorDef {
+            def: DefRecord {
                 key: format!("{ns}/{name}"),
                 id: name.into(),
                 namespace: ns.into(),
@@ -406,7 +401,8 @@ mod tests {
                 retain_on_delete: false,
                 created_at: t0,
                 updated_at: t0,
-            },
+            }
+            .into(),
             state: st,
             last_run_ms: None,
         }
@@ -442,7 +438,7 @@ mod tests {
         ];
         let q = MonitorQuery::default();
         let admin = monitor_page(all.iter(), &Principal::Admin, &q, 100);
-        let names: Vec<_> = admin.rows.iter().map(|m| m.def.name.as_str()).collect();
+        let names: Vec<_> = admin.rows.iter().map(|m| m.def.name()).collect();
         assert_eq!(names, ["down1", "late2", "late1", "up1"]);
         let shop = monitor_page(
             all.iter(),
@@ -451,7 +447,7 @@ mod tests {
             100,
         );
         assert_eq!(shop.visible, 3);
-        assert!(shop.rows.iter().all(|m| m.def.name != "late1"));
+        assert!(shop.rows.iter().all(|m| m.def.name() != "late1"));
         let only_late = MonitorQuery {
             state: Some(State::Late),
             ..q.clone()
@@ -469,7 +465,7 @@ mod tests {
             .map(|i| monitor("ns", &format!("m{i:04}"), None, states[(i * 7) % 6]))
             .collect();
         let mut sorted: Vec<&Monitor> = all.iter().collect();
-        sorted.sort_by_key(|m| (urgency(m.state.state), m.def.name.clone()));
+        sorted.sort_by_key(|m| (urgency(m.state.state), m.def.name().to_string()));
         for page in 1..=6 {
             let q = MonitorQuery {
                 page,
@@ -481,9 +477,9 @@ mod tests {
                 .iter()
                 .skip((page - 1) * 100)
                 .take(100)
-                .map(|m| m.def.name.clone())
+                .map(|m| m.def.name().to_string())
                 .collect();
-            let got: Vec<_> = p.rows.iter().map(|m| m.def.name.clone()).collect();
+            let got: Vec<_> = p.rows.iter().map(|m| m.def.name().to_string()).collect();
             assert_eq!(got, want, "page {page}");
         }
         let beyond = MonitorQuery {

@@ -428,7 +428,11 @@ pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> 
 async fn cleanup(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<(), ReconcileError> {
     let name = hb.name_any();
     let key = object_key(ns, &name);
-    let app = ctx.core.engine.get(&key).and_then(|m| m.def.application);
+    let app = ctx
+        .core
+        .engine
+        .get(&key)
+        .and_then(|m| m.def.application().map(str::to_string));
     deactivate(ctx, &key).await?;
     let target = Target::heartbeat(ns, &name);
     ctx.verdicts.remove(&target);
@@ -559,7 +563,7 @@ mod tests {
         assert_eq!(def.id, "u-1");
         assert_eq!(def.interval_secs, 3600, "default interval");
         assert_eq!(def.grace_secs, 300, "default grace");
-        assert_eq!(def.application.as_deref(), Some("shop/web"));
+        assert_eq!(def.application(), Some("shop/web"));
         assert_eq!(
             def.targets,
             vec![crate::core::alert::message::Target::Email {
@@ -568,9 +572,9 @@ mod tests {
             "the Application's targets before the server default"
         );
         assert!(
-            def.ping_hint.contains("Secret shop/backup-heartbeat"),
+            def.ping_hint().contains("Secret shop/backup-heartbeat"),
             "{}",
-            def.ping_hint
+            def.ping_hint()
         );
         let later = build(&BuildInputs {
             existing: Some(&def),

@@ -386,7 +386,7 @@ pub fn application_status(i: ApplicationInputs<'_>) -> ApplicationStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::monitor::engine::{MonitorDef, Origin};
+    use crate::core::monitor::engine::{DefRecord, Origin};
     use crate::core::monitor::state::{MonitorState, Signal, apply};
     use crate::core::storage::PeriodTallies;
     use crate::core::token::TokenHash;
@@ -398,7 +398,7 @@ mod tests {
     fn monitor(state: MonitorState) -> Monitor {
         Monitor {
             num: 1,
-            def: MonitorDef {
+            def: DefRecord {
                 key: "ns/backup".into(),
                 id: "id".into(),
                 namespace: "ns".into(),
@@ -420,7 +420,8 @@ mod tests {
                 retain_on_delete: false,
                 created_at: t(0),
                 updated_at: t(0),
-            },
+            }
+            .into(),
             state,
             last_run_ms: None,
         }

@@ -28,10 +28,10 @@ pub(super) fn at(secs: i64) -> Timestamp {
 
 /// A monitor as the engine stores it, with a number the store handed out.
 pub(super) fn monitor(store: &dyn MonitorStore, name: &str) -> Monitor {
-    let def = MonitorDef {
+    let def = MonitorDef::from(hartslag::core::monitor::engine::DefRecord {
         retain_on_delete: false,
-        ..super::monitor(name)
-    };
+        ..super::monitor(name).to_record()
+    });
     let state = MonitorState::created(&def.timing(), at(0), false);
     Monitor {
         num: store.next_monitor_num().unwrap(),

@@ -8,6 +8,7 @@
 //! lose an alert or send one twice. Readers use an in-memory snapshot through the
 //! [`Engine`] handle; history is read from the store.
 
+mod def;
 mod herd;
 mod metrics;
 mod mirror;
@@ -25,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
+pub use def::DefRecord;
 pub use metrics::EngineStats;
 pub use mirror::TokenChanges;
 pub use series::MonitorSeries;
@@ -140,7 +142,7 @@ impl Engine {
         store.load_monitors(&mut |batch| batch.into_iter().for_each(|m| monitors.insert(m)))?;
         let snapshot: Snapshot = Arc::new(RwLock::new(monitors));
         let loaded = started.elapsed();
-        let (scheduler, mut due) = schedule::spawn::<Box<str>>(clock);
+        let (scheduler, mut due) = schedule::spawn::<Arc<str>>(clock);
         for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
             if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
                 scheduler.arm(m.def.key.as_str().into(), at);
@@ -157,9 +159,9 @@ impl Engine {
             // Everything the scheduler fired so far goes as one command, so the worker
             // orders a herd of deadlines by urgency as a whole.
             while let Some((key, _)) = due.recv().await {
-                let mut keys = vec![String::from(key)];
+                let mut keys = vec![String::from(&*key)];
                 while let Ok((key, _)) = due.try_recv() {
-                    keys.push(key.into());
+                    keys.push(String::from(&*key));
                 }
                 if forward.send(Command::Due(keys)).is_err() {
                     return;
@@ -366,9 +368,7 @@ impl Engine {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|m| {
-                m.def.application.as_deref() == Some(app) && Some(m.def.key.as_str()) != except
-            })
+            .filter(|m| m.def.application() == Some(app) && Some(m.def.key.as_str()) != except)
             .count()
     }
 
@@ -554,7 +554,7 @@ mod tests {
     }
 
     fn def(name: &str, now: jiff::Timestamp) -> MonitorDef {
-        MonitorDef {
+        DefRecord {
             key: format!("ns/{name}"),
             id: name.into(),
             namespace: "ns".into(),
@@ -577,6 +577,7 @@ mod tests {
             created_at: now,
             updated_at: now,
         }
+        .into()
     }
 
     fn success() -> PingInput {

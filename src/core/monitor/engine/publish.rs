@@ -103,7 +103,7 @@ pub(super) struct Published {
 /// subscribers to state transitions and the outbox; run by the store's callback, in order.
 pub(super) struct Readers {
     pub(super) snapshot: Snapshot,
-    pub(super) scheduler: SchedulerHandle<Box<str>>,
+    pub(super) scheduler: SchedulerHandle<Arc<str>>,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) outbox: Outbox,
     pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -162,7 +162,7 @@ impl Readers {
 }
 
 /// Arms `m`'s next deadline (or none).
-pub(super) fn arm(scheduler: &SchedulerHandle<Box<str>>, m: &Monitor) {
+pub(super) fn arm(scheduler: &SchedulerHandle<Arc<str>>, m: &Monitor) {
     match state::next_wakeup(&m.def.timing(), &m.state) {
         Some(at) => scheduler.arm(m.def.key.as_str().into(), at),
         None => scheduler.disarm(m.def.key.as_str().into()),

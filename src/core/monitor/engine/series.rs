@@ -126,11 +126,11 @@ fn seconds(out: &mut String, t: Timestamp) {
 fn render(m: &Monitor, inputs: Inputs, seen: u64) -> Rendered {
     let mut labels = String::with_capacity(96);
     labels.push_str("namespace=\"");
-    label_value(&mut labels, &m.def.namespace);
+    label_value(&mut labels, m.def.namespace());
     labels.push_str("\",name=\"");
-    label_value(&mut labels, &m.def.name);
+    label_value(&mut labels, m.def.name());
     labels.push_str("\",application=\"");
-    let app = m.def.application.as_deref().unwrap_or("");
+    let app = m.def.application().unwrap_or("");
     label_value(&mut labels, app.rsplit('/').next().unwrap_or(app));
     labels.push('"');
     let mut text = String::with_capacity(12 * (labels.len() + 60));
@@ -242,7 +242,9 @@ mod tests {
     #[test]
     fn each_monitor_has_up_a_one_hot_state_and_its_timestamps() {
         let mut down = sample("nightly", State::Down);
-        down.def.application = Some("ns/billing".into());
+        down.def = down
+            .def
+            .edited(|d| d.application = Some("ns/billing".into()));
         down.state.last_ping_at = Some(Timestamp::from_millisecond(1_700_000_000_250).unwrap());
         down.state.deadline = Some(Timestamp::from_second(1_700_000_060).unwrap());
         down.last_run_ms = Some(1500);
@@ -288,7 +290,7 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let mut m = sample("x", State::Up);
-        m.def.name = "we\"ird\\\n".into();
+        m.def = m.def.edited(|d| d.name = "we\"ird\\\n".into());
         let (s, _) = series(vec![m]);
         assert!(scrape(&s).contains(r#"name="we\"ird\\\n""#));
     }

@@ -5,11 +5,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::PingKind;
-use crate::core::alert::alerting::AlertingBox;
-use crate::core::alert::message::Target;
-use crate::core::cron::Schedule;
-use crate::core::monitor::state::{JobRules, MonitorState, State, Timing, secs_saturating};
-use crate::core::token::TokenHash;
+pub use super::def::MonitorDef;
+use crate::core::monitor::state::{MonitorState, State};
 
 /// Where a monitor's definition comes from; decides who may change it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,97 +18,6 @@ pub enum Origin {
     Api,
     /// A Kubernetes custom resource.
     Kubernetes,
-}
-
-/// Everything the engine needs to know about a monitor, resolved by a front end
-/// ([`crate::core::monitor::define`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MonitorDef {
-    /// `namespace/name`: the engine's key.
-    pub key: String,
-    /// Stable id for the management API.
-    pub id: String,
-    /// Namespace (`default` in standalone mode).
-    pub namespace: String,
-    /// Resource name.
-    pub name: String,
-    /// Human name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-    /// Expected interval, seconds; for a scheduled monitor, the schedule's typical gap.
-    pub interval_secs: u64,
-    /// The cron schedule of a scheduled monitor. A stored schedule that no longer parses
-    /// (a parser upgrade that drops some syntax) is read as none, so the monitor falls back
-    /// to `interval_secs` instead of stopping the engine from starting.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "lenient_schedule"
-    )]
-    pub schedule: Option<Schedule>,
-    /// Grace, seconds.
-    pub grace_secs: u64,
-    /// Longest a run may take, seconds (`maxDuration`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_duration_secs: Option<u64>,
-    /// The watched CronJob, whose Jobs are evidence for this monitor.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cron_job: Option<String>,
-    /// A Job that completes without a ping from its code is Down.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub require_ping: bool,
-    /// Paused by spec.
-    pub paused: bool,
-    /// Resolved alert targets.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub targets: Vec<Target>,
-    /// When to notify: threshold, maintenance windows, the Heartbeat's own policy.
-    #[serde(default, skip_serializing_if = "AlertingBox::is_default")]
-    pub alerting: AlertingBox,
-    /// Owning application key, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub application: Option<String>,
-    /// Hash of the ping token.
-    pub token: TokenHash,
-    /// How to ping it, for alert text (no token).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub ping_hint: String,
-    /// Who defines it.
-    pub origin: Origin,
-    /// Keep state and history after deletion.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub retain_on_delete: bool,
-    /// When the monitor was first defined.
-    pub created_at: Timestamp,
-    /// When the definition last changed.
-    pub updated_at: Timestamp,
-}
-
-impl MonitorDef {
-    /// The timing the state machine works with.
-    pub fn timing(&self) -> Timing<'_> {
-        Timing {
-            schedule: self.schedule.as_ref(),
-            max_duration: self.max_duration_secs.map(secs_saturating),
-            jobs: self.cron_job.as_ref().map(|_| JobRules {
-                require_ping: self.require_ping,
-            }),
-            failure_threshold: self.alerting.failure_threshold,
-            maintenance: &self.alerting.maintenance,
-            ..Timing::from_secs(self.interval_secs, self.grace_secs)
-        }
-    }
-}
-
-fn lenient_schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Schedule>, D::Error> {
-    let raw = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(raw.and_then(|v| match serde_json::from_value::<Schedule>(v.clone()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(schedule = %v, error = %e, "a stored schedule no longer parses; the monitor keeps its interval");
-            None
-        }
-    }))
 }
 
 /// A monitor as readers see it.
@@ -190,6 +96,7 @@ pub(crate) use samples::sample;
 mod samples {
     use super::*;
     use crate::core::monitor::state::State;
+    use crate::core::token::TokenHash;
 
     /// A monitor under `key` in `state`, for tests.
     pub(crate) fn sample(key: &str, state: State) -> Monitor {
@@ -198,7 +105,7 @@ mod samples {
         st.state = state;
         Monitor {
             num: 1,
-            def: MonitorDef {
+            def: super::super::def::DefRecord {
                 key: key.into(),
                 id: key.into(),
                 namespace: "ns".into(),
@@ -220,7 +127,8 @@ mod samples {
                 retain_on_delete: false,
                 created_at: now,
                 updated_at: now,
-            },
+            }
+            .into(),
             state: st,
             last_run_ms: None,
         }

@@ -37,7 +37,7 @@ pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String 
             },
         },
         DownReason::NotScheduled => {
-            let cron_job = def.cron_job.as_deref().unwrap_or(&def.name);
+            let cron_job = def.cron_job().unwrap_or(def.name());
             let due = match (&def.schedule, m.state.deadline) {
                 (Some(s), Some(due)) => format!("the run due at {} ({s})", s.local_time(due)),
                 _ => format!(
@@ -73,7 +73,7 @@ pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String 
         DownReason::CompletedWithoutPing { job } => format!(
             "completed without a ping: Job {job} succeeded, but its code sent no successful ping during its run (requirePing)"
         ),
-        DownReason::RunTimeout if def.max_duration_secs.is_some() => format!(
+        DownReason::RunTimeout if def.max_duration_secs().is_some() => format!(
             "running too long: a run that signalled /start did not finish within {}",
             run_limit(def)
         ),
@@ -86,7 +86,7 @@ pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String 
 
 /// How long a run may take, in words.
 fn run_limit(def: &MonitorDef) -> String {
-    match (def.max_duration_secs, &def.schedule) {
+    match (def.max_duration_secs(), &def.schedule) {
         (Some(max), _) => format!("maxDuration {}", human_duration(max as i64)),
         (None, Some(_)) => format!(
             "the next scheduled run plus grace {}",
@@ -109,19 +109,18 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
     Alert {
         id: format!("{}:{}:{kind_word}", m.def.key, at.as_millisecond()),
         kind,
-        monitor: m.def.name.clone(),
-        display_name: m.def.display_name.clone(),
+        monitor: m.def.name().to_string(),
+        display_name: m.def.display_name().map(str::to_string),
         scope: scope(&m.def),
         reason,
         occurred_at: at,
         last_ping_at: m.state.last_ping_at,
         expected_at: m.state.deadline,
-        ping_hint: m.def.ping_hint.clone(),
-        namespace: m.def.namespace.clone(),
+        ping_hint: m.def.ping_hint().to_string(),
+        namespace: m.def.namespace().to_string(),
         application: m
             .def
-            .application
-            .as_deref()
+            .application()
             .map(|a| a.rsplit('/').next().unwrap_or(a).to_string()),
         opened_at: Some(match kind {
             AlertKind::Down => at,
@@ -171,12 +170,12 @@ pub fn warning(m: &Monitor, from: State, to: State) -> Option<(AlertKind, String
 
 /// Where to find the monitor: its namespace and, when it has one, its Application.
 fn scope(def: &MonitorDef) -> String {
-    match &def.application {
+    match &def.application() {
         Some(app) => format!(
             "namespace {}, application {}",
-            def.namespace,
+            def.namespace(),
             app.rsplit('/').next().unwrap_or(app)
         ),
-        None => format!("namespace {}", def.namespace),
+        None => format!("namespace {}", def.namespace()),
     }
 }

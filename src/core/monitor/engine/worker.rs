@@ -139,7 +139,7 @@ impl Round {
 pub(super) struct Worker {
     pub(super) store: Arc<dyn MonitorStore>,
     pub(super) outbox: Outbox,
-    pub(super) scheduler: SchedulerHandle<Box<str>>,
+    pub(super) scheduler: SchedulerHandle<Arc<str>>,
     pub(super) snapshot: Snapshot,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) stats: Arc<EngineStats>,
@@ -608,7 +608,7 @@ impl Worker {
         // Kept with history and state under the retained key, so a re-created monitor
         // finds them: pings answered earlier in this round stay staged and are written
         // with it. Otherwise they go with the rest of its history.
-        let retain = m.def.retain_on_delete.then_some(m);
+        let retain = m.def.retain_on_delete().then_some(m);
         if retain.is_none() {
             round.writes.pings.retain(|(n, _)| *n != num);
             round.writes.transitions.retain(|(n, ..)| *n != num);

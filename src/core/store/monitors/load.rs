@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(all.len(), n);
         assert_eq!(all.count(State::Down), n.div_ceil(3));
         assert_eq!(
-            all.get("ns/m17").map(|m| m.def.name.clone()),
+            all.get("ns/m17").map(|m| m.def.name().to_string()),
             Some("ns/m17".into())
         );
         tree.insert(monitor_key("ns/broken"), &b"{"[..]).unwrap();

@@ -239,7 +239,7 @@ mod tests {
         Alert {
             id: format!("{}:1:down", m.def.key),
             kind: AlertKind::Down,
-            monitor: m.def.name.clone(),
+            monitor: m.def.name().to_string(),
             display_name: None,
             scope: "namespace ns".into(),
             reason: "no ping".into(),

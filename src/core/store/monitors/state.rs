@@ -50,7 +50,9 @@ mod tests {
         m.def.targets = vec![Target::Webhook {
             url: "https://alerts.example.com/hooks/hartslag".into(),
         }];
-        m.def.ping_hint = "curl -fsS -X POST https://hartslag.example.com/ping/…".into();
+        m.def = m.def.edited(|d| {
+            d.ping_hint = "curl -fsS -X POST https://hartslag.example.com/ping/…".into()
+        });
         let v = encode(&m).unwrap();
         let whole = serde_json::to_vec(&m).unwrap();
         assert!(v.len() < 200, "{} bytes", v.len());
