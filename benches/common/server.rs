@@ -97,15 +97,30 @@ impl ServerProcess {
     pub fn stop(self) {
         drop(self);
     }
+
+    /// Sends it `signal` (`-KILL`, `-STOP`, `-CONT`), unless it has exited already.
+    pub fn signal(&mut self, signal: &str) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(self.child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Its exit code once it has exited, `None` while it runs (or if a signal ended it).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
 }
 
-/// A benchmark that panics still stops its servers: none is left running after it.
+/// A benchmark that panics still stops its servers: none is left running after it. One
+/// that has exited (killed, or stopped by itself) is only reaped: its process id may
+/// belong to another process by now.
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        self.signal("-CONT");
+        self.signal("-TERM");
         let _ = self.child.wait();
     }
 }
