@@ -187,20 +187,34 @@ impl Fleet {
         self.down.lock().expect("fleet")[i] = down;
     }
 
-    /// Whether replica `i` says it leads; `None` while it does not answer.
+    /// Whether replica `i` says it leads; `None` while it does not answer. Reads
+    /// `/metrics` only as far as the `hartslag_leader` line: with thousands of monitors
+    /// the whole body is megabytes.
     async fn leads(&self, i: usize) -> Option<bool> {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.bases[i]))
-            .timeout(Duration::from_millis(500))
-            .send()
+        let ask = async {
+            let mut r = self
+                .client
+                .get(format!("{}/metrics", self.bases[i]))
+                .send()
+                .await
+                .ok()?;
+            let mut text = Vec::new();
+            while let Some(chunk) = r.chunk().await.ok()? {
+                text.extend_from_slice(&chunk);
+                let body = String::from_utf8_lossy(&text);
+                if let Some(at) = body.find("\nhartslag_leader ") {
+                    let line = body[at + 1..].lines().next().unwrap_or_default();
+                    if body[at + 1..].contains('\n') {
+                        return Some(line.trim_end().ends_with(" 1"));
+                    }
+                }
+            }
+            None
+        };
+        tokio::time::timeout(Duration::from_secs(2), ask)
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let line = text.lines().find(|l| l.starts_with("hartslag_leader "))?;
-        Some(line.ends_with(" 1"))
+            .ok()
+            .flatten()
     }
 
     /// Waits until a replica other than `not` leads; its index.
@@ -426,9 +440,16 @@ async fn bench(n: usize, run: f64, stall: bool) {
     ];
     let mut servers = Vec::new();
     for i in 0..3 {
-        let data = dir.path().join(format!("replica-{i}"));
-        write_tokens(&data, &monitors, app_token.expose(), admin.expose());
-        let s = ServerProcess::start(&manifests, &data, &args).await;
+        // Every replica's data directory is `data` in a directory of its own, as on a
+        // Deployment's pods: a successor finds the definitions it declares unchanged.
+        let home = dir.path().join(format!("replica-{i}"));
+        write_tokens(
+            &home.join("data"),
+            &monitors,
+            app_token.expose(),
+            admin.expose(),
+        );
+        let s = ServerProcess::start_in(Some(&home), &manifests, Path::new("data"), &args).await;
         println!(
             "  replica {i} at {} ready in {:.2} s",
             s.base,
