@@ -30,16 +30,35 @@ impl ServerProcess {
     /// `args` added, and waits until it is ready. Runs without a tenant ingest limit: the
     /// load generator's connections are one application.
     pub async fn start(manifests: &Path, data: &Path, args: &[&str]) -> Self {
+        Self::start_in(None, manifests, data, args).await
+    }
+
+    /// [`ServerProcess::start`] run in directory `cwd`, with `data` relative to it when
+    /// it is relative: replicas on one machine then name their data directories alike, as
+    /// the pods of a Deployment do (what a Heartbeat's ping hint says, say).
+    pub async fn start_in(
+        cwd: Option<&Path>,
+        manifests: &Path,
+        data: &Path,
+        args: &[&str],
+    ) -> Self {
         let port = free_port();
+        let given = data;
+        let data = cwd.map_or_else(|| data.to_path_buf(), |dir| dir.join(data));
+        let data = data.as_path();
         let log = std::fs::File::create(data.with_extension("log")).expect("log file");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_hartslag"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hartslag"));
+        if let Some(dir) = cwd {
+            command.current_dir(dir);
+        }
+        let child = command
             .arg("standalone")
             .arg("--manifests")
             .arg(manifests)
             .args(args)
             .env("HARTSLAG_LISTEN", format!("127.0.0.1:{port}"))
-            .env("HARTSLAG_DATA", data)
+            .env("HARTSLAG_DATA", given)
             .env("HARTSLAG_INGEST_RATE", "0")
             .env("HARTSLAG_LOG", "info")
             .env("HARTSLAG_LOG_FORMAT", "json")
@@ -97,15 +116,30 @@ impl ServerProcess {
     pub fn stop(self) {
         drop(self);
     }
+
+    /// Sends it `signal` (`-KILL`, `-STOP`, `-CONT`), unless it has exited already.
+    pub fn signal(&mut self, signal: &str) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(self.child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Its exit code once it has exited, `None` while it runs (or if a signal ended it).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
 }
 
-/// A benchmark that panics still stops its servers: none is left running after it.
+/// A benchmark that panics still stops its servers: none is left running after it. One
+/// that has exited (killed, or stopped by itself) is only reaped: its process id may
+/// belong to another process by now.
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        self.signal("-CONT");
+        self.signal("-TERM");
         let _ = self.child.wait();
     }
 }

@@ -90,7 +90,13 @@ pub fn write_ping_url(
     base_url: &str,
 ) -> Result<PathBuf, TokenFileError> {
     let path = ping_url_path(data, name);
-    write_private(&path, &ping_url(base_url, token.expose()))?;
+    let url = ping_url(base_url, token.expose());
+    // Unchanged (every declaration after the first): not written again. A flush per
+    // Heartbeat held up a leader taking office for seconds with thousands of them.
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current.trim_end() != url {
+        write_private(&path, &url)?;
+    }
     Ok(path)
 }
 

@@ -3,10 +3,14 @@
 //! a leader killed with SIGKILL is replaced within 15 s, and a stalled leader (SIGSTOP)
 //! is deposed by the database and, once it runs again, stops with exit code 1, and a
 //! leader whose monitor round the database refused steps down for a replica that can
-//! write, and a leader stalled inside a delivery is sent for by its successor only once
-//! its claim ran out.
+//! write; a leader stalled inside a delivery is sent for by its successor only once its
+//! claim ran out; and many incidents falling due around a leader's SIGKILL each alert
+//! exactly once.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hartslag::core::token::{Token, TokenKind};
@@ -70,6 +74,12 @@ impl Layout {
         }
     }
 
+    /// The name of the database the replicas share (on the shared server unless
+    /// [`Layout::on`] was given another).
+    pub fn database(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or_default()
+    }
+
     /// Heartbeat `name`'s token, the same in every replica.
     pub fn heartbeat_token(&self, name: &str) -> String {
         let path = self.data[0]
@@ -81,11 +91,6 @@ impl Layout {
     /// The token file `file` of replica `i` (`admin.token`, `application-shop.token`, ...).
     pub fn token_file(&self, i: usize, file: &str) -> PathBuf {
         self.data[i].join("tokens").join(file)
-    }
-
-    /// The database's name (on the shared server unless [`Layout::on`] was given another).
-    pub fn database(&self) -> &str {
-        self.url.rsplit('/').next().unwrap()
     }
 
     /// Starts replica `i` with `extra` arguments; it must be ready (`/readyz` 200) whether
@@ -445,4 +450,181 @@ async fn a_leader_stalled_inside_a_delivery_is_sent_for_by_its_successor_only_on
         "{:?}",
         received.lock().unwrap()
     );
+}
+
+/// A webhook receiver with one path per monitor (`/hook/<name>`), so every monitor is a
+/// target of its own (the per-target hourly cap and one-at-a-time order stay out of the
+/// way). It accepts (200) only the monitors in `open`, or every one once `all_open` is
+/// set, and answers 503 otherwise: a refused attempt is no delivery, and the outbox
+/// retries it.
+#[derive(Clone, Default)]
+struct Receiver {
+    open: Arc<Mutex<HashSet<String>>>,
+    all_open: Arc<AtomicBool>,
+    /// Every accepted delivery: the monitor (from the path) and the alert's id and event.
+    accepted: Arc<Mutex<Vec<(String, String, String)>>>,
+}
+
+impl Receiver {
+    /// Serves on a loopback port; the URL prefix to append the monitor's name to.
+    async fn start(&self) -> String {
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/hook/{name}",
+            axum::routing::post(
+                move |axum::extract::Path(name): axum::extract::Path<String>,
+                      axum::Json(v): axum::Json<serde_json::Value>| {
+                    let me = me.clone();
+                    async move {
+                        let accept = me.all_open.load(Ordering::SeqCst)
+                            || me.open.lock().unwrap().contains(&name);
+                        if !accept {
+                            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                        let record = (name, field("alert_id"), field("event"));
+                        me.accepted.lock().unwrap().push(record);
+                        axum::http::StatusCode::OK
+                    }
+                },
+            ),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook/", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    }
+
+    /// The monitors that have at least one accepted delivery.
+    fn delivered(&self) -> HashSet<String> {
+        let accepted = self.accepted.lock().unwrap();
+        accepted.iter().map(|(name, _, _)| name.clone()).collect()
+    }
+}
+
+/// Rows in `table` of the database `db` on the shared server.
+fn rows(db: &str, table: &str) -> usize {
+    let out = crate::pg::shared().psql(db, &format!("SELECT count(*) FROM {table}"));
+    out.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_incidents_due_around_a_killed_leader_each_alert_exactly_once() {
+    // 48 monitors pinged together, due 3 to 10 s later (six a second): a few go
+    // Down and are delivered by the leader, then it is killed while the others fall due
+    // (refused by the receiver before the kill, so still in the outbox; in the failover
+    // window; and after it).
+    const MONITORS: usize = 48;
+    let receiver = Receiver::default();
+    let hook = receiver.start().await;
+    let names: Vec<String> = (0..MONITORS).map(|i| format!("m{i:02}")).collect();
+    let interval = |i: usize| Duration::from_secs(3 + i as u64 / 6);
+    let manifests: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let alerts = format!("  alerts:\n    webhook: \"{hook}{name}\"\n");
+            let every = format!("{}s", interval(i).as_secs());
+            heartbeat_manifest(name, &every, "0s", &alerts)
+        })
+        .collect();
+    // The leader may deliver the even ones of the first two seconds before it is killed.
+    let early: HashSet<String> = (0..12).step_by(2).map(|i| names[i].clone()).collect();
+    receiver.open.lock().unwrap().extend(early.iter().cloned());
+
+    let layout = Layout::new(3, &manifests);
+    let db = layout.database().to_string();
+    let args = ["--min-interval", "1s"];
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(layout.start(i, &args).await);
+    }
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    // Pings through every replica in turn, all at once: two thirds are relayed by
+    // followers. Deadlines are counted from the last answer (a ping is taken before).
+    let pings = names.iter().enumerate().map(|(i, name)| {
+        let (base, token) = (replicas[i % 3].base.clone(), layout.heartbeat_token(name));
+        async move { (name, ping(&base, &token).await) }
+    });
+    let sending = Instant::now();
+    for (name, status) in futures::future::join_all(pings).await {
+        assert_eq!(status, 200, "{name}");
+    }
+    let pinged = Instant::now();
+    eprintln!("{MONITORS} pings answered in {:?}", pinged - sending);
+    let leader_base = replicas[leader].base.clone();
+    wait_for("every ping applied", Duration::from_secs(10), || {
+        let base = leader_base.clone();
+        async move {
+            metric(&base, "hartslag_monitors{state=\"New\"}")
+                .await
+                .filter(|n| *n == 0.0)
+        }
+    })
+    .await;
+
+    // Killed only once the early deliveries are finished in the outbox (a delivery that
+    // reached its target in the instant before the kill, unrecorded, would go out again
+    // by design: the receiver's alert id tells such a repeat apart).
+    let done = wait_for("the early deliveries", Duration::from_secs(40), || {
+        let (receiver, early, db) = (receiver.clone(), early.clone(), db.clone());
+        async move {
+            let got = receiver.delivered().is_superset(&early);
+            let done = rows(&db, "hartslag_outbox_done");
+            (got && done == early.len()).then_some(done)
+        }
+    })
+    .await;
+    assert_eq!(done, early.len(), "only the open targets were delivered");
+    eprintln!(
+        "the early deliveries finished {:?} after the pings",
+        pinged.elapsed()
+    );
+    let killed_at = pinged.elapsed();
+    replicas.remove(leader).kill9();
+    let successor = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let led_at = pinged.elapsed();
+    // The dead leader's last attempts were refused before the successor led.
+    receiver.all_open.store(true, Ordering::SeqCst);
+    let due = |i: usize| interval(i);
+    let before = (0..MONITORS).filter(|i| due(*i) < killed_at).count();
+    let window = (0..MONITORS)
+        .filter(|i| due(*i) >= killed_at && due(*i) < led_at)
+        .count();
+    eprintln!(
+        "killed {killed_at:?} after the pings, a new leader at {led_at:?}: {before} due before, \
+         {window} in the window, {} after",
+        MONITORS - before - window
+    );
+
+    let all: HashSet<String> = names.iter().cloned().collect();
+    wait_for("a delivery per incident", Duration::from_secs(90), || {
+        let (receiver, all) = (receiver.clone(), all.clone());
+        async move { receiver.delivered().is_superset(&all).then_some(()) }
+    })
+    .await;
+    // Nothing left to send: whatever the replicas had queued went out.
+    wait_for("an empty outbox", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move { (rows(&db, "hartslag_outbox") == 0).then_some(()) }
+    })
+    .await;
+    let accepted = receiver.accepted.lock().unwrap().clone();
+    let mut per_monitor: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, id, event) in &accepted {
+        assert_eq!(event, "down", "{name}: {id}");
+        per_monitor.entry(name).or_default().push(id);
+    }
+    let wrong: Vec<_> = per_monitor
+        .iter()
+        .filter(|(_, ids)| ids.len() != 1)
+        .collect();
+    assert!(wrong.is_empty(), "incidents not alerted once: {wrong:?}");
+    assert_eq!(per_monitor.len(), MONITORS);
+    let delivered = metric(
+        &replicas[successor].base,
+        "hartslag_alert_deliveries_total{outcome=\"delivered\"}",
+    )
+    .await;
+    assert_eq!(delivered, Some((MONITORS - early.len()) as f64));
 }

@@ -172,3 +172,40 @@ async fn a_leader_whose_lock_session_ends_takes_it_back_unless_another_took_over
     assert!(reason.contains("another replica"), "{reason}");
     assert!(!role.leads());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_busy_taking_office_past_the_idle_limit_keeps_its_lock() {
+    use hartslag::core::leadership::Elector;
+    use hartslag::core::store_pg::elector::{AdvisoryLock, Timing};
+    let url = migrated("leader_busy").await;
+    let timing = Timing {
+        retry_every: Duration::from_millis(200),
+        check_every: Duration::from_millis(500),
+        check_within: Duration::from_secs(3),
+        idle_limit: Duration::from_secs(2),
+    };
+    let elector = AdvisoryLock::new(url.parse().unwrap(), "replica-a".into(), timing);
+    let term = Box::new(elector).campaign().await.unwrap();
+    // A new leader catches up and declares its manifests before it watches its term;
+    // that may take longer than the server leaves an idle session alone.
+    tokio::time::sleep(timing.idle_limit * 2).await;
+    let admin = connect(&url).await;
+    let held = || async {
+        let row = admin
+            .query_one(&format!("SELECT count(*) {LOCKS}"), &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0)
+    };
+    assert_eq!(
+        held().await,
+        1,
+        "the lock's session ended while its holder was busy"
+    );
+    // The lock goes with the term.
+    drop(term);
+    crate::helpers::wait_for("the lock to be freed", Duration::from_secs(10), || async {
+        (held().await == 0).then_some(())
+    })
+    .await;
+}

@@ -124,7 +124,17 @@ pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
             .min(IDLE_LOOK);
         tokio::select! {
             () = s.outbox.woken() => {}
-            Some(done) = s.done_rx.recv() => s.settle(done).await,
+            Some(done) = s.done_rx.recv() => {
+                s.settle(done).await;
+                // Every attempt that ended meanwhile is recorded before the queues are read
+                // again: one read of the pending deliveries per batch, not per delivery
+                // (a backlog after a failover drains in linear time), and an alert its
+                // target accepted waits less for its record, the window in which a lost
+                // leader's successor sends it again.
+                while let Ok(done) = s.done_rx.try_recv() {
+                    s.settle(done).await;
+                }
+            }
             () = tokio::time::sleep(sleep) => {}
         }
     }

@@ -15,7 +15,11 @@
 //! [`Timing::retry_every`]; the winner takes the leader row over (the generation every
 //! leader-only write is fenced with, [`super::leader`]).
 //!
-//! The holder proves its session alive with a query every [`Timing::check_every`]. When
+//! The holder proves its session alive with a query every [`Timing::check_every`], from
+//! the moment it wins the lock, in a task of its own: taking office (catching up with the
+//! predecessor's rounds, declaring thousands of manifests) may take longer than
+//! [`Timing::idle_limit`], and a session left idle meanwhile would be ended by the server
+//! and the lock handed to another replica. When
 //! that fails (the query takes longer than [`Timing::check_within`], the connection
 //! ends), it reconnects and takes the lock back if, and only if, nobody took the leader
 //! row over meanwhile: a database restart does not cost the leader its leadership, and a
@@ -176,9 +180,16 @@ impl AdvisoryLock {
             let session = self.win().await?;
             match super::leader::take_over(&session.client, &self.identity).await {
                 Ok(generation) => {
-                    let lost = hold(self.clone(), session, generation);
+                    let holding = tokio::spawn(hold(self.clone(), session, generation));
+                    // The term ends the task (and so frees the lock) when it is dropped.
+                    let held = EndOnDrop(holding.abort_handle());
+                    let lost = async move {
+                        holding
+                            .await
+                            .unwrap_or_else(|e| format!("the leader lock's holder ended: {e}"))
+                    };
                     tracing::info!(identity = %self.identity, generation, "holding the leader lock");
-                    return Ok(Term::new(generation, lost, ()));
+                    return Ok(Term::new(generation, lost, held));
                 }
                 Err(e) => {
                     // Dropping the session frees the lock for whoever comes next.
@@ -194,6 +205,15 @@ impl AdvisoryLock {
 impl Elector for AdvisoryLock {
     fn campaign(self: Box<Self>) -> BoxFuture<'static, Result<Term, LeadershipError>> {
         Box::pin(self.campaign_once())
+    }
+}
+
+/// Ends the task that holds the lock's session when the term is dropped.
+struct EndOnDrop(tokio::task::AbortHandle);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
