@@ -271,8 +271,10 @@ fn check_channel_names(m: &Manifests) -> Result<(), ManifestError> {
 }
 
 fn check_duplicates<S>(kind: &str, objects: &[Object<S>]) -> Result<(), ManifestError> {
-    for (i, a) in objects.iter().enumerate() {
-        if let Some(b) = objects[..i].iter().find(|b| b.name == a.name) {
+    // By name in a map: a directory of many thousand manifests is checked in one pass.
+    let mut seen: std::collections::HashMap<&str, &Object<S>> = Default::default();
+    for a in objects {
+        if let Some(b) = seen.insert(a.name.as_str(), a) {
             return Err(ManifestError::Duplicate {
                 kind: kind.into(),
                 name: a.name.clone(),
@@ -359,6 +361,34 @@ mod tests {
         );
         assert_eq!(m.heartbeats[0].spec.interval().as_secs(), 5400);
         assert_eq!(m.heartbeats[0].namespace, "default");
+    }
+
+    #[test]
+    fn a_name_defined_twice_is_refused_naming_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let hb = |name: &str| {
+            format!(
+                "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: {name}\nspec:\n  interval: 1h\n"
+            )
+        };
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            hb("backup") + "---\n" + &hb("sync"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.yaml"), hb("report")).unwrap();
+        assert_eq!(
+            load_dir(dir.path(), MIN_INTERVAL).unwrap().heartbeats.len(),
+            3
+        );
+        std::fs::write(dir.path().join("c.yaml"), hb("sync")).unwrap();
+        let e = load_dir(dir.path(), MIN_INTERVAL).unwrap_err().to_string();
+        assert!(
+            e.starts_with("Heartbeat \"sync\" is defined twice")
+                && e.contains("a.yaml")
+                && e.contains("c.yaml"),
+            "{e}"
+        );
     }
 
     #[test]

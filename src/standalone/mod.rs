@@ -8,6 +8,8 @@ pub mod tokens;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::StreamExt;
+
 use crate::config::ServerConfig;
 use crate::core::Services;
 use crate::core::monitor::define::DeclaredHeartbeat;
@@ -116,13 +118,24 @@ async fn declare(
     apply.remove_stale_applications(&m).await?;
     channels::load(&core.channels, &m, dir)?;
     let now = jiff::Timestamp::now();
-    for hb in &m.heartbeats {
-        apply.heartbeat(hb, now).await?;
+    // Several at once, so their writes share the store's commits: one at a time, each
+    // Heartbeat waited for its own database transaction, and a leader declaring thousands
+    // on PostgreSQL took minutes before it served. Each touches only its own name's files,
+    // token and monitor (names are unique: `manifests::load_dir`).
+    let mut declared = futures::stream::iter(&m.heartbeats)
+        .map(|hb| apply.heartbeat(hb, now))
+        .buffer_unordered(DECLARE_AT_ONCE);
+    while let Some(result) = declared.next().await {
+        result?;
     }
+    drop(declared);
     apply.remove_stale_heartbeats(&m).await?;
     apply.admin_token().await?;
     Ok(m)
 }
+
+/// Heartbeats declared at once (see [`declare`]).
+const DECLARE_AT_ONCE: usize = 64;
 
 /// One pass of applying a manifests directory.
 struct Apply<'a> {
