@@ -52,7 +52,7 @@ impl ServerProcess {
         if let Some(dir) = cwd {
             command.current_dir(dir);
         }
-        let child = command
+        let mut child = command
             .arg("standalone")
             .arg("--manifests")
             .arg(manifests)
@@ -73,6 +73,17 @@ impl ServerProcess {
                 && r.status().is_success()
             {
                 break;
+            }
+            // A server that refused to start (bad manifests, say) ends at once: say why
+            // instead of waiting out the deadline.
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "the server exited ({status}) before it was ready:\n{}",
+                    tail.join("\n")
+                );
             }
             assert!(
                 started.elapsed() < Duration::from_secs(600),

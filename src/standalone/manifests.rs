@@ -107,6 +107,9 @@ fn invalid(path: &Path, message: impl Into<String>) -> ManifestError {
     }
 }
 
+/// Most YAML documents one manifests file may hold.
+const MAX_DOCUMENTS: usize = 1_000_000;
+
 /// Parses the YAML documents of one file (used for files and tests alike).
 pub fn parse_documents(
     path: &Path,
@@ -114,7 +117,18 @@ pub fn parse_documents(
     min_interval: SpecDuration,
     out: &mut Manifests,
 ) -> Result<(), ManifestError> {
-    let docs: Vec<Option<RawDoc>> = serde_saphyr::from_multiple(text)
+    // The parser's default budget is for input from strangers: at most 1 024 documents
+    // and 250 000 nodes. A manifests file is the operator's own, and a generated one with
+    // thousands of Heartbeats is ordinary; its size bounds the memory anyway. Every other
+    // limit (depth, aliases, anchors) stays as it is.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: MAX_DOCUMENTS,
+            max_nodes: MAX_DOCUMENTS * 64,
+            max_events: MAX_DOCUMENTS * 128,
+        },
+    };
+    let docs: Vec<Option<RawDoc>> = serde_saphyr::from_multiple_with_options(text, options)
         .map_err(|e| invalid(path, format!("not valid YAML: {e}")))?;
     for (i, doc) in docs.into_iter().enumerate() {
         let Some(doc) = doc else { continue };
@@ -361,6 +375,16 @@ mod tests {
         );
         assert_eq!(m.heartbeats[0].spec.interval().as_secs(), 5400);
         assert_eq!(m.heartbeats[0].namespace, "default");
+    }
+
+    #[test]
+    fn a_file_of_thousands_of_heartbeats_is_read_whole() {
+        let text: String = (0..5_000)
+            .map(|i| format!("---\napiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: hb-{i}\nspec:\n  interval: 1h\n  alerts:\n    webhook: \"http://hooks.example/{i}\"\n"))
+            .collect();
+        let m = parse(&text).unwrap();
+        assert_eq!(m.heartbeats.len(), 5_000);
+        assert_eq!(m.heartbeats[4_999].name, "hb-4999");
     }
 
     #[test]
