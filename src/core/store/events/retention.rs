@@ -13,6 +13,26 @@ use crate::core::store::{Store, StoreError};
 /// at most one batch this size.
 const PURGE_BATCH: usize = 512;
 
+/// How long a purge waits for the answered ingest batches to reach sled.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Store {
+    /// Purges write to sled directly, not through the commit log, while ingest batches are
+    /// answered once durable and reach sled a moment later (on the apply thread): a purge
+    /// that ran before them would miss events it should delete, or delete keys a batch
+    /// then writes back. So each purge first waits until every answered batch is in sled.
+    fn settle_before_purge(&self) -> Result<(), StoreError> {
+        if self.visible.wait_within(PURGE_WAIT) {
+            Ok(())
+        } else {
+            Err(StoreError::Write(format!(
+                "the answered ingest batches did not reach the database within {} s; the purge waits for the next pass",
+                PURGE_WAIT.as_secs()
+            )))
+        }
+    }
+}
+
 impl Store {
     /// Deletes an application's raw events and hourly rollups older than `cutoff`; daily
     /// rollups and totals stay, so every period and `total` stay exact. Blocks that end
@@ -21,6 +41,7 @@ impl Store {
     /// that were past retention already, and the next pass deletes them again. Returns the
     /// number of events deleted.
     pub fn purge_events_before(&self, app: u64, cutoff: Timestamp) -> Result<usize, StoreError> {
+        self.settle_before_purge()?;
         let cut = keys::micros(cutoff);
         let whole = cut.saturating_sub(keys::BLOCK_SPAN_MICROS);
         let lo = keys::event_bound(app, i64::MIN).to_vec();
@@ -94,6 +115,7 @@ impl Store {
     /// Deletes an application's idempotency records of days before yesterday (UTC): they
     /// are past the window, which lookups check by time as well.
     pub fn purge_idempotency(&self, app: u64, now: Timestamp) -> Result<usize, StoreError> {
+        self.settle_before_purge()?;
         let lo = keys::idempotency_bound(app, i64::from(i32::MIN)).to_vec();
         let hi = keys::idempotency_bound(app, keys::day_of(now) - 1).to_vec();
         self.purge_range(lo, hi, |_| 1)
@@ -101,6 +123,7 @@ impl Store {
 
     /// Removes every event and rollup of an application (its deletion with data purge).
     pub fn purge_application_events(&self, app: u64) -> Result<(), StoreError> {
+        self.settle_before_purge()?;
         let mut batch = sled::Batch::default();
         for family in [
             Family::Event,

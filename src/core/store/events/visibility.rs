@@ -31,21 +31,28 @@ impl Visibility {
 
     /// Waits until everything answered so far is readable from sled.
     pub fn wait(&self) {
+        if !self.wait_within(std::time::Duration::from_secs(1)) {
+            tracing::warn!("a query gave up waiting for the ingest writer to apply its last batch");
+        }
+    }
+
+    /// Waits up to `within` until everything answered so far is in sled; whether it is.
+    pub fn wait_within(&self, within: std::time::Duration) -> bool {
         let target = self.acknowledged.load(Ordering::Acquire);
+        let deadline = std::time::Instant::now() + within;
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         while *applied < target {
-            let (guard, timeout) = self
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let (guard, _) = self
                 .caught_up
-                .wait_timeout(applied, std::time::Duration::from_secs(1))
+                .wait_timeout(applied, left)
                 .unwrap_or_else(|p| p.into_inner());
             applied = guard;
-            if timeout.timed_out() {
-                tracing::warn!(
-                    "a query gave up waiting for the ingest writer to apply its last batch"
-                );
-                break;
-            }
         }
+        true
     }
 }
 
