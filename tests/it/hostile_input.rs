@@ -20,14 +20,21 @@ fn encode(s: &str) -> String {
     s.bytes().map(|b| format!("%{b:02X}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multibyte_dates_get_422_from_ingest_export_and_the_dashboard() {
+/// A server with one Application, `shop`: its temporary directory, data directory and
+/// process.
+async fn shop() -> (tempfile::TempDir, std::path::PathBuf, ChildServer) {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
     let server = ChildServer::start(&manifests, &data, &[]).await;
+    (dir, data, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multibyte_dates_get_422_from_ingest_export_and_the_dashboard() {
+    let (_dir, data, server) = shop().await;
     let token = read_token(&data, "application", "shop");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -168,12 +175,7 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_asked_with_a_method_it_does_not_take_gets_405_with_allow_and_a_json_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&manifests).unwrap();
-    std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
-    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let (_dir, _data, server) = shop().await;
     let http = reqwest::Client::new();
 
     for (method, path, allowed) in [
