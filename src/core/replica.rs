@@ -289,8 +289,7 @@ mod tests {
     use super::*;
     use crate::core::alert::outbox::Outbox;
     use crate::core::monitor::engine::{
-        DefRecord, EngineConfig, Monitor, MonitorDef, Origin, PingKind, PingRecord,
-        TransitionRecord,
+        DefRecord, EngineConfig, Monitor, MonitorDef, Origin, PingRecord, TransitionRecord,
     };
     use crate::core::monitor::schedule::Clock;
     use crate::core::monitor::state::MonitorState;
@@ -413,14 +412,11 @@ mod tests {
         .into()
     }
 
+    /// A success ping with a body, so the relayed ping can be told in the history.
     fn success() -> PingInput {
         PingInput {
-            kind: PingKind::Success,
-            exit_code: None,
-            source: None,
-            user_agent: None,
             body: Some("done".into()),
-            rid: None,
+            ..PingInput::success()
         }
     }
 

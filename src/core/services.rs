@@ -415,17 +415,6 @@ mod tests {
         assert_eq!(core.health(WITHIN).await, Ok(()));
     }
 
-    fn success() -> PingInput {
-        PingInput {
-            kind: crate::core::monitor::engine::PingKind::Success,
-            exit_code: None,
-            source: None,
-            user_agent: None,
-            body: None,
-            rid: None,
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_state_is_published_and_broadcast_only_once_it_is_written() {
         let dir = tempfile::tempdir().unwrap();
@@ -433,7 +422,12 @@ mod tests {
         core.engine.upsert(monitor("a")).await.unwrap();
         let mut changes = core.engine.subscribe();
         core.engine.fail_writes(true);
-        assert!(core.engine.ping("default/a", success()).await.is_err());
+        assert!(
+            core.engine
+                .ping("default/a", PingInput::success())
+                .await
+                .is_err()
+        );
         // Readers, the deadline scheduler and subscribers still see what is on disk.
         let m = core.engine.get("default/a").unwrap();
         assert_eq!(m.state.state, crate::core::monitor::state::State::New);
@@ -443,7 +437,10 @@ mod tests {
             "a change that was never written was broadcast"
         );
         core.engine.fail_writes(false);
-        core.engine.ping("default/a", success()).await.unwrap();
+        core.engine
+            .ping("default/a", PingInput::success())
+            .await
+            .unwrap();
         let m = core.engine.get("default/a").unwrap();
         assert_eq!(m.state.state, crate::core::monitor::state::State::Up);
         let change = changes.try_recv().unwrap();
@@ -467,7 +464,7 @@ mod tests {
             .map(|_| {
                 let (engine, body) = (core.engine.clone(), body.clone());
                 tokio::spawn(async move {
-                    let mut p = success();
+                    let mut p = PingInput::success();
                     p.body = Some(body);
                     engine.ping("default/a", p).await
                 })

@@ -580,17 +580,6 @@ mod tests {
         .into()
     }
 
-    fn success() -> PingInput {
-        PingInput {
-            kind: PingKind::Success,
-            exit_code: None,
-            rid: None,
-            source: None,
-            user_agent: None,
-            body: None,
-        }
-    }
-
     /// An engine over the embedded store behind a [`Gated`] one, with monitor `ns/job`.
     async fn gated_engine(dir: &std::path::Path) -> (Arc<Gated>, Engine, Monitor) {
         let storage = open_monitor_storage(dir);
@@ -611,7 +600,10 @@ mod tests {
         let (store, engine, m) = gated_engine(dir.path()).await;
         let mut changes = engine.subscribe();
         store.refuse.store(true, Ordering::Relaxed);
-        let err = engine.ping("ns/job", success()).await.unwrap_err();
+        let err = engine
+            .ping("ns/job", PingInput::success())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("no space left on device"), "{err}");
         assert!(
             engine
@@ -648,7 +640,10 @@ mod tests {
             .unwrap();
         let now = core.engine.clock().now();
         core.engine.upsert(def("job", now)).await.unwrap();
-        core.engine.ping("ns/job", success()).await.unwrap();
+        core.engine
+            .ping("ns/job", PingInput::success())
+            .await
+            .unwrap();
         // Well past interval plus grace: held, so still Up.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(core.engine.get("ns/job").unwrap().state.state, State::Up);
@@ -685,8 +680,14 @@ mod tests {
         late.grace_secs = 5;
         engine.upsert(late).await.unwrap();
         engine.upsert(def("z-down", now)).await.unwrap();
-        engine.ping("ns/a-late", success()).await.unwrap();
-        engine.ping("ns/z-down", success()).await.unwrap();
+        engine
+            .ping("ns/a-late", PingInput::success())
+            .await
+            .unwrap();
+        engine
+            .ping("ns/z-down", PingInput::success())
+            .await
+            .unwrap();
         let mut changes = engine.subscribe();
         let due = engine.get("ns/z-down").unwrap().state.deadline.unwrap();
         tokio::time::sleep_until(engine.clock().instant_for(due)).await;
@@ -717,7 +718,10 @@ mod tests {
             engine.upsert(def(name, now)).await.unwrap();
         }
         for name in ["a", "b", "c", "d"] {
-            engine.ping(&format!("ns/{name}"), success()).await.unwrap();
+            engine
+                .ping(&format!("ns/{name}"), PingInput::success())
+                .await
+                .unwrap();
         }
         let mut changes = engine.subscribe();
         let due = engine.get("ns/d").unwrap().state.deadline.unwrap();
@@ -728,7 +732,7 @@ mod tests {
         let send = |c| engine.tx.send(c).map_err(|_| ()).unwrap();
         send(Command::Due(keys(&["c", "a", "b"])));
         let (reply, pinged) = oneshot::channel();
-        send(Command::Ping("ns/x".into(), success(), reply));
+        send(Command::Ping("ns/x".into(), PingInput::success(), reply));
         send(Command::Due(keys(&["d"])));
         let mut order = Vec::new();
         while order.len() < 5 {
@@ -762,7 +766,7 @@ mod tests {
                 let (engine, sent) = (engine.clone(), sent.clone());
                 tokio::spawn(async move {
                     sent.fetch_add(1, Ordering::Relaxed);
-                    engine.ping("ns/job", success()).await
+                    engine.ping("ns/job", PingInput::success()).await
                 })
             })
             .collect();
@@ -799,17 +803,19 @@ mod tests {
         let now = engine.clock().now();
         engine.upsert(def("job", now)).await.unwrap();
         engine.upsert(def("other", now)).await.unwrap();
-        engine.ping("ns/job", success()).await.unwrap();
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
         engine.set_paused("ns/other", true).await.unwrap();
         // A ping and a redefinition of one monitor in one round: written whole.
         engine.stall(Duration::from_millis(300));
         let mut changed = def("job", now);
         changed.grace_secs = 30;
-        let (pinged, defined) =
-            tokio::join!(engine.ping("ns/job", success()), engine.upsert(changed));
+        let (pinged, defined) = tokio::join!(
+            engine.ping("ns/job", PingInput::success()),
+            engine.upsert(changed)
+        );
         pinged.unwrap();
         assert_eq!(defined.unwrap().def.grace_secs, 30);
-        engine.ping("ns/other", success()).await.unwrap();
+        engine.ping("ns/other", PingInput::success()).await.unwrap();
 
         let keys = |k: &[&str]| k.iter().map(|k| format!("ns/{k}")).collect::<Vec<_>>();
         assert_eq!(
@@ -832,7 +838,7 @@ mod tests {
             id,
             key: key.into(),
             at,
-            input: success(),
+            input: PingInput::success(),
         }
     }
 
@@ -882,7 +888,7 @@ mod tests {
         let refused = engine.upsert(def("job", now)).await.unwrap_err();
         assert!(matches!(refused, EngineError::NotLeader), "{refused}");
         assert!(matches!(
-            engine.ping("ns/job", success()).await,
+            engine.ping("ns/job", PingInput::success()).await,
             Err(EngineError::NotLeader)
         ));
         assert!(matches!(
@@ -924,7 +930,7 @@ mod tests {
 
         // Once it leads, it writes, and ignores the mirror.
         fence.lead(2);
-        let pinged = engine.ping("ns/job", success()).await.unwrap();
+        let pinged = engine.ping("ns/job", PingInput::success()).await.unwrap();
         assert_eq!(pinged, PingOutcome::Ok);
         assert_eq!(engine.get("ns/job").unwrap().state.state, State::Up);
         engine.mirror(shown(&m, 3)).await.unwrap();

@@ -42,17 +42,6 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + secs).unwrap()
     }
 
-    fn success() -> PingInput {
-        PingInput {
-            kind: PingKind::Success,
-            exit_code: None,
-            source: None,
-            user_agent: None,
-            body: None,
-            rid: None,
-        }
-    }
-
     /// A monitor on a 60 s interval with 10 s of grace, pinged at `t(0)`.
     fn pinged() -> (Timing<'static>, MonitorState) {
         let timing = Timing::from_secs(60, 10);
@@ -72,7 +61,7 @@ mod tests {
         let (timing, st) = pinged();
         let (late, _) = state::apply(&timing, &st, &Signal::Success(t(30)));
         // Relayed, taken at t(20): applied after the ping of t(30).
-        let signal = ping_signal(&success(), relayed_at(t(20), t(31)));
+        let signal = ping_signal(&PingInput::success(), relayed_at(t(20), t(31)));
         let (next, effects) = state::apply(&timing, &late, &signal);
         assert_eq!(next.pings, late.pings + 1);
         assert_eq!(next.last_ping_at, Some(t(30)));
@@ -91,7 +80,7 @@ mod tests {
         // Down at t(70); the relayed ping of t(65) reaches the leader at t(71).
         let (down, _) = state::apply(&timing, &st, &Signal::Tick(t(70)));
         assert_eq!(down.state, State::Down);
-        let signal = ping_signal(&success(), relayed_at(t(65), t(71)));
+        let signal = ping_signal(&PingInput::success(), relayed_at(t(65), t(71)));
         let (next, effects) = state::apply(&timing, &down, &signal);
         assert_eq!(next.state, State::Up);
         assert_eq!(next.since, t(70), "since never goes back");
@@ -103,7 +92,7 @@ mod tests {
     fn a_ping_taken_before_a_deadline_not_applied_yet_keeps_the_monitor_up() {
         let (timing, st) = pinged();
         // Relayed ping of t(65), read at t(75): past deadline plus grace, no tick yet.
-        let signal = ping_signal(&success(), relayed_at(t(65), t(75)));
+        let signal = ping_signal(&PingInput::success(), relayed_at(t(65), t(75)));
         let (next, effects) = state::apply(&timing, &st, &signal);
         assert_eq!(next.state, State::Up);
         assert_eq!(next.deadline, Some(t(125)));
@@ -115,7 +104,7 @@ mod tests {
 
     #[test]
     fn the_kind_run_and_exit_code_make_the_signal() {
-        let mut p = success();
+        let mut p = PingInput::success();
         p.rid = Some("job-1".into());
         assert_eq!(
             ping_signal(&p, t(1)),

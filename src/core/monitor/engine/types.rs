@@ -51,6 +51,21 @@ pub struct PingInput {
     pub rid: Option<String>,
 }
 
+#[cfg(test)]
+impl PingInput {
+    /// A bare success ping, as a test sends it.
+    pub(crate) fn success() -> Self {
+        Self {
+            kind: PingKind::Success,
+            exit_code: None,
+            source: None,
+            user_agent: None,
+            body: None,
+            rid: None,
+        }
+    }
+}
+
 /// What a ping's sender is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PingOutcome {
