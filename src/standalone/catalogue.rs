@@ -109,9 +109,8 @@ impl MonitorCatalogue for StandaloneCatalogue {
             let data = &self.config.data_dir;
             let name = self.free_name(app, &req.name).await;
             let token = Token::generate(TokenKind::Heartbeat).map_err(unavailable)?;
-            let url_path =
-                tokens::write_heartbeat_files(data, &name, &token, self.config.base_url())
-                    .map_err(unavailable)?;
+            tokens::write_heartbeat_files(data, &name, &token, self.config.base_url())
+                .map_err(unavailable)?;
             let key = object_key(&app.namespace, &name);
             core.registry
                 .put_token(
@@ -136,7 +135,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 application: Some(app),
                 cron_job: None,
                 token: token.hash(),
-                ping_hint: tokens::ping_hint(&url_path),
+                ping_hint: tokens::ping_hint(&name),
                 origin: Origin::Api,
                 id: random_id().map_err(unavailable)?,
                 channels: super::channels::of_heartbeat(

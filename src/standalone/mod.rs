@@ -241,7 +241,7 @@ impl Apply<'_> {
             application: app.as_deref(),
             cron_job: None,
             token: token.hash(),
-            ping_hint: tokens::ping_hint(&url_path),
+            ping_hint: tokens::ping_hint(&hb.name),
             origin: Origin::Manifest,
             id: random_id()?,
             channels: channels::of_heartbeat(

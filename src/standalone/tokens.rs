@@ -76,9 +76,15 @@ pub fn token_path(data: &Path, kind: &str, name: &str) -> PathBuf {
     data.join("tokens").join(format!("{kind}-{name}.token"))
 }
 
+/// The file holding a Heartbeat's ping URL, relative to the data directory:
+/// `tokens/heartbeat-<name>.url`.
+pub fn ping_url_file(name: &str) -> PathBuf {
+    Path::new("tokens").join(format!("heartbeat-{name}.url"))
+}
+
 /// The file holding a Heartbeat's ping URL: `<data>/tokens/heartbeat-<name>.url`.
 pub fn ping_url_path(data: &Path, name: &str) -> PathBuf {
-    data.join("tokens").join(format!("heartbeat-{name}.url"))
+    data.join(ping_url_file(name))
 }
 
 /// Writes the ping URL file of Heartbeat `name` for `token` (the token file itself is
@@ -118,12 +124,15 @@ pub fn remove_heartbeat_files(data: &Path, name: &str) {
     let _ = std::fs::remove_file(ping_url_path(data, name));
 }
 
-/// How an alert tells people to ping a standalone monitor: by reading the URL file, so the
-/// token never appears in an alert.
-pub fn ping_hint(url_path: &Path) -> String {
+/// How an alert tells people to ping Heartbeat `name`: by reading its URL file, so the
+/// token never appears in an alert. The file is named relative to the data directory:
+/// replicas sharing a database may keep their data at different paths, and a hint naming
+/// one of them would make every definition differ on the others, so a new leader would
+/// rewrite them all before its deadlines run.
+pub fn ping_hint(name: &str) -> String {
     format!(
-        "curl -fsS -m 10 --retry 3 \"$(cat {})\"",
-        url_path.display()
+        "curl -fsS -m 10 --retry 3 \"$(cat {})\"  # in hartslag's data directory (--data)",
+        ping_url_file(name).display()
     )
 }
 
@@ -237,5 +246,50 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn replicas_with_different_data_directories_declare_equal_definitions() {
+        use crate::core::monitor::define::DeclaredHeartbeat;
+        use crate::core::monitor::engine::Origin;
+        let spec = crate::core::spec::HeartbeatSpec::default();
+        let token = Token::generate(TokenKind::Heartbeat).unwrap();
+        let now = jiff::Timestamp::now();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let defs: Vec<_> = [a.path(), b.path()]
+            .into_iter()
+            .map(|data| {
+                write_ping_url(data, "backup", &token, "http://hs").unwrap();
+                DeclaredHeartbeat {
+                    namespace: "default",
+                    name: "backup",
+                    spec: &spec,
+                    application: None,
+                    cron_job: None,
+                    token: token.hash(),
+                    ping_hint: ping_hint("backup"),
+                    origin: Origin::Manifest,
+                    id: "id".into(),
+                    channels: Vec::new(),
+                }
+                .monitor_def(None, None, now)
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(defs[0], defs[1]);
+        // The file the hint names, read in either data directory, is the one written there.
+        let hint = defs[0].ping_hint();
+        let named = hint
+            .split("cat ")
+            .nth(1)
+            .unwrap()
+            .split(')')
+            .next()
+            .unwrap();
+        for data in [a.path(), b.path()] {
+            assert!(!hint.contains(&*data.to_string_lossy()), "{hint}");
+            let url = std::fs::read_to_string(data.join(named)).unwrap();
+            assert_eq!(url.trim_end(), ping_url("http://hs", token.expose()));
+        }
     }
 }

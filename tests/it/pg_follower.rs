@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hartslag::core::token::{Token, TokenKind};
 use serde_json::{Value, json};
 
-use crate::helpers::wait_for;
+use crate::helpers::{ChildServer, heartbeat_manifest, wait_for};
 use crate::pg_failover::{Layout, leads, ping, the_leader};
 
 fn read(path: std::path::PathBuf) -> String {
@@ -185,6 +185,50 @@ async fn a_token_only_the_leaders_data_directory_has_is_shown_everywhere_once_it
     )
     .await;
     assert_eq!(listed(base, key, id).await["token"], token.as_str());
+}
+
+/// Each stored monitor's key, the round that wrote it last and its definition's digest.
+fn stored_monitors(database: &str) -> String {
+    crate::pg::shared().psql(
+        database,
+        "SELECT key || ' ' || version || ' ' || md5(record) FROM hartslag_monitors ORDER BY key",
+    )
+}
+
+/// Waits until `replica` leads and has declared the manifests.
+async fn declared(replica: &ChildServer) {
+    the_leader(&[replica], Duration::from_secs(15)).await;
+    wait_for(
+        "the manifests to be applied",
+        Duration::from_secs(30),
+        || async {
+            replica
+                .log_text()
+                .contains("manifests applied")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_another_data_path_leaves_the_definitions_as_they_are() {
+    let hbs = ["nightly", "weekly"].map(|n| heartbeat_manifest(n, "1h", "5m", ""));
+    let layout = Layout::new(2, &hbs);
+    let first = layout.start(0, &[]).await;
+    declared(&first).await;
+    let before = stored_monitors(layout.database());
+    assert_eq!(before.lines().count(), 2, "{before}");
+    first.kill9();
+
+    // Replica 1's data directory is another path (`r1` beside `r0`).
+    let second = layout.start(1, &[]).await;
+    declared(&second).await;
+    assert_eq!(
+        stored_monitors(layout.database()),
+        before,
+        "the new leader wrote the definitions again"
+    );
 }
 
 /// The status `/v1/status` answers `token` through the replica at `base`.
