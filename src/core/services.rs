@@ -21,10 +21,10 @@ use super::monitor::engine::{PingInput, PingOutcome};
 use super::monitor::schedule::Clock;
 use super::registry::{Registry, RegistryError};
 use super::replica::{self, Mirror, PingError, Replica};
-use super::storage::{EventStore, Fence, MonitorStorage, StorageError};
+use super::storage::{EventStore, Fence, StorageError};
 use super::store::events::EventWriter;
 use super::store::{CommitStats, Store, StoreError, StoreOptions};
-use super::store_pg::{DatabaseUrl, PgError};
+use super::store_pg::{DatabaseUrl, PgError, PgMonitorStorage};
 
 /// Where the services keep their data and how much they keep.
 #[derive(Debug, Clone)]
@@ -130,7 +130,8 @@ impl Services {
             path: config.data_dir.display().to_string(),
             source,
         };
-        let (store, monitor_storage) = match &config.database {
+        // On PostgreSQL, `commits` are the figures the round and ingest writers share.
+        let (store, monitor_storage, commits) = match &config.database {
             None => {
                 let options = StoreOptions {
                     cache_bytes: config.cache_bytes,
@@ -139,9 +140,12 @@ impl Services {
                 store.register_metrics(metrics);
                 let monitor_storage =
                     crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
-                (Some(store), monitor_storage)
+                (Some(store), monitor_storage, None)
             }
-            Some(url) => (None, open_pg_monitors(url, &config.fence).await?),
+            Some(url) => {
+                let stores = open_pg_monitors(url, &config.fence).await?;
+                (None, stores.storage(), Some(stores.commits))
+            }
         };
         let role = Role::new(config.fence.clone(), metrics);
         let outbox = Outbox::new(monitor_storage.outbox, config.outbox);
@@ -188,7 +192,11 @@ impl Services {
                 let storage = crate::core::store::port::storage(store, writer.clone());
                 (storage, Some(writer))
             }
-            (Some(url), _) => (crate::core::store_pg::open(url, metrics).await?, None),
+            (Some(url), _) => {
+                let commits = commits.unwrap_or_default();
+                let storage = crate::core::store_pg::open_sharing(url, metrics, commits).await?;
+                (storage, None)
+            }
             (None, None) => unreachable!("the data directory is opened without a database"),
         };
         let registry =
@@ -339,12 +347,12 @@ impl Services {
 /// takes the leader row over at start, so one process on a database works as on the
 /// embedded backend; a replica opened as a follower leads once elected
 /// ([`Services::promote`]).
-async fn open_pg_monitors(url: &DatabaseUrl, fence: &Fence) -> Result<MonitorStorage, PgError> {
+async fn open_pg_monitors(url: &DatabaseUrl, fence: &Fence) -> Result<PgMonitorStorage, PgError> {
     let stores = crate::core::store_pg::open_monitors(url, fence.clone()).await?;
     if fence.generation().is_some() {
         crate::core::store_pg::lead_alone_at_start(url, fence).await?;
     }
-    Ok(stores.storage())
+    Ok(stores)
 }
 
 /// One application's retention pass: raw events older than its window, and idempotency

@@ -289,6 +289,57 @@ async fn ping_endpoints_record_what_the_job_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_pings_and_events_wait_for_commits_shown_on_metrics() {
+    let files = [
+        ("app.yaml", crate::helpers::app_manifest("shop", "UTC")),
+        ("hb.yaml", heartbeat_manifest("backup", "1h", "5m", "")),
+    ];
+    let s = InProcess::start_with(&files, |c| {
+        let url = crate::pg::database_for(&c.data_dir);
+        c.database_url = Some(url.parse().unwrap());
+    })
+    .await;
+    let commits = || async {
+        let text = crate::helpers::metrics_text(&s.base).await;
+        let value = |name: &str| {
+            crate::helpers::metric_value(&text, name)
+                .unwrap_or_else(|| panic!("{name} missing: {text}"))
+        };
+        let groups = value("hartslag_commit_groups_total");
+        assert_eq!(
+            value("hartslag_commit_sync_seconds_count"),
+            groups,
+            "{text}"
+        );
+        assert!(value("hartslag_commit_records_total") >= groups, "{text}");
+        groups
+    };
+    let c = reqwest::Client::new();
+    let before = commits().await;
+    let r = c.post(ping_url(&s.data, "backup")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let pinged = commits().await;
+    assert!(
+        pinged > before,
+        "{before} transactions before a ping, {pinged} after"
+    );
+    let r = c
+        .post(format!("{}/api/v1/heartbeat", s.base))
+        .bearer_auth(s.app_token("shop"))
+        .json(&json!({"event": "deploy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let stored = commits().await;
+    assert!(
+        stored > pinged,
+        "{pinged} transactions before an event, {stored} after"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_receives_down_and_recovery() {
     let (hook, received) = webhook_sink("/hook").await;
     let extra = format!("  alerts:\n    webhook: {hook}\n");

@@ -14,6 +14,7 @@
 
 mod apps;
 mod backend;
+mod commits;
 mod connect;
 pub mod copy;
 pub mod elector;
@@ -33,6 +34,7 @@ mod writer;
 
 use std::sync::Arc;
 
+pub use commits::CommitMetrics;
 pub use feed::PgFeed;
 pub use monitors::{MonitorChange, MonitorChanges, PgMonitors};
 pub use outbox::PgOutbox;
@@ -72,9 +74,19 @@ pub enum PgError {
 }
 
 /// Connects to `url`, brings the schema up to date (refusing a newer one) and returns the
-/// port's events and applications on it. Ingest counters go to `metrics`. Needs a tokio
-/// runtime; the ingest task lives as long as the returned handles.
+/// port's events and applications on it. Ingest counters and the commit figures go to
+/// `metrics`. Needs a tokio runtime; the ingest task lives as long as the returned handles.
 pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Storage, PgError> {
+    open_sharing(url, metrics, CommitMetrics::default()).await
+}
+
+/// [`open`], its ingest transactions counted in `commits` (which it registers in
+/// `metrics`), shared with the monitor rounds of [`open_monitors`].
+pub async fn open_sharing(
+    url: &DatabaseUrl,
+    metrics: &mut MetricRegistry,
+    commits: CommitMetrics,
+) -> Result<Storage, PgError> {
     let tls = connect::tls(url)?;
     migrate::run(url, tls.clone()).await?;
     let pool = connect::pool(url, tls.clone())?;
@@ -82,8 +94,9 @@ pub async fn open(url: &DatabaseUrl, metrics: &mut MetricRegistry) -> Result<Sto
         pool,
         url: url.clone(),
     };
-    let writer = writer::Writer::spawn(db.clone());
+    let writer = writer::Writer::spawn(db.clone(), commits.clone());
     writer.register_metrics(metrics);
+    commits.register(metrics);
     tracing::info!(database = %url, "events, applications and tokens are stored in PostgreSQL");
     Ok(Storage {
         events: Arc::new(events::PgEvents {
@@ -109,6 +122,9 @@ pub struct PgMonitorStorage {
     pub outbox: Arc<PgOutbox>,
     /// The rounds, for replicas that mirror them.
     pub feed: Arc<PgFeed>,
+    /// The round writer's commit figures, to share with the ingest writer
+    /// ([`open_sharing`]), which registers them.
+    pub commits: CommitMetrics,
 }
 
 impl PgMonitorStorage {
@@ -138,7 +154,8 @@ pub async fn open_monitors(url: &DatabaseUrl, fence: Fence) -> Result<PgMonitorS
         detail: url.redact(&e.to_string()),
     })?;
     tracing::info!(database = %url, "monitors and the alert outbox are stored in PostgreSQL");
-    let monitors = Arc::new(PgMonitors::new(backend.clone()));
+    let commits = CommitMetrics::default();
+    let monitors = Arc::new(PgMonitors::new(backend.clone(), commits.clone()));
     let feed = Arc::new(PgFeed {
         monitors: monitors.clone(),
         signal: listen::spawn(url, connect::tls(url)?, feed::CHANNEL),
@@ -147,6 +164,7 @@ pub async fn open_monitors(url: &DatabaseUrl, fence: Fence) -> Result<PgMonitorS
         monitors,
         outbox: Arc::new(PgOutbox::new(backend)),
         feed,
+        commits,
     })
 }
 

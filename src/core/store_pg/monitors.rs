@@ -89,9 +89,9 @@ fn monitor_of(record: &[u8], state: Option<&[u8]>) -> Result<Monitor, StorageErr
 }
 
 impl PgMonitors {
-    pub(super) fn new(backend: Backend) -> Self {
+    pub(super) fn new(backend: Backend, commits: super::CommitMetrics) -> Self {
         Self {
-            rounds: Rounds::spawn(&backend),
+            rounds: Rounds::spawn(&backend, commits),
             backend,
             nums: Mutex::default(),
         }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::CommitMetrics;
 use super::backend::{Backend, Ctx, TxError, encode, fenced};
 use super::{db_id, micros};
 use crate::core::alert::outbox::{delivery_key, is_repetition};
@@ -88,6 +89,12 @@ pub struct RoundStats {
     pub micros: std::sync::atomic::AtomicU64,
 }
 
+/// What the round writer counts: its own figures and the commit figures on `/metrics`.
+struct Figures {
+    stats: Arc<RoundStats>,
+    commits: CommitMetrics,
+}
+
 /// Handle to the round writer.
 pub(super) struct Rounds {
     queue: mpsc::UnboundedSender<Job>,
@@ -98,11 +105,15 @@ pub(super) struct Rounds {
 
 impl Rounds {
     /// Starts the writer on the backend's runtime.
-    pub(super) fn spawn(backend: &Backend) -> Self {
+    pub(super) fn spawn(backend: &Backend, commits: CommitMetrics) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let overlay: Arc<Mutex<Overlay>> = Arc::default();
         let stats: Arc<RoundStats> = Arc::default();
-        backend.spawn(run(backend.ctx.clone(), rx, overlay.clone(), stats.clone()));
+        let figures = Figures {
+            stats: stats.clone(),
+            commits,
+        };
+        backend.spawn(run(backend.ctx.clone(), rx, overlay.clone(), figures));
         Self {
             queue,
             next_seq: Default::default(),
@@ -133,8 +144,9 @@ async fn run(
     backend: Ctx,
     mut rx: mpsc::UnboundedReceiver<Job>,
     overlay: Arc<Mutex<Overlay>>,
-    stats: Arc<RoundStats>,
+    figures: Figures,
 ) {
+    let Figures { stats, commits } = figures;
     let mut failed: Option<StorageError> = None;
     let mut pruned = Instant::now();
     while let Some(first) = rx.recv().await {
@@ -174,6 +186,7 @@ async fn run(
                 stats.rounds.fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 let spent = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 stats.micros.fetch_add(spent, Ordering::Relaxed);
+                commits.committed(started, jobs.len());
                 lock(&overlay).committed(last);
                 for job in jobs {
                     (job.done)(Ok(()));

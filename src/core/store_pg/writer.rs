@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use super::Db;
+use super::{CommitMetrics, Db};
 use crate::core::metrics::MetricRegistry;
 use crate::core::storage::{EventWrite, Outcome, StorageError};
 
@@ -51,10 +51,10 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the ingest task; it ends once every handle is dropped.
-    pub(super) fn spawn(db: Db) -> Self {
+    pub(super) fn spawn(db: Db, commits: CommitMetrics) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicBool::new(true));
-        tokio::spawn(run(db, rx, running.clone()));
+        tokio::spawn(run(db, rx, running.clone(), commits));
         Self {
             queue,
             room: Arc::new(Semaphore::new(MAX_WAITING)),
@@ -125,7 +125,12 @@ impl Writer {
 
 /// The task: waits for work, takes everything queued behind it (up to [`MAX_BATCH`]
 /// events), commits it as one transaction and answers.
-async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Work>, running: Arc<AtomicBool>) {
+async fn run(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    running: Arc<AtomicBool>,
+    commits: CommitMetrics,
+) {
     let mut pending = None;
     let mut failures = Failures::default();
     loop {
@@ -152,7 +157,7 @@ async fn run(db: Db, mut rx: mpsc::UnboundedReceiver<Work>, running: Arc<AtomicB
         }
         pending = next;
         if !jobs.is_empty() {
-            commit(&db, jobs, &mut failures).await;
+            commit(&db, jobs, &mut failures, &commits).await;
         }
     }
     running.store(false, Ordering::Release);
@@ -196,7 +201,8 @@ impl Failures {
 }
 
 /// Writes `jobs` as one transaction and answers each.
-async fn commit(db: &Db, jobs: Vec<Job>, failures: &mut Failures) {
+async fn commit(db: &Db, jobs: Vec<Job>, failures: &mut Failures, commits: &CommitMetrics) {
+    let started = Instant::now();
     let writes: Vec<&EventWrite> = jobs.iter().map(|j| &j.write).collect();
     let done = tokio::time::timeout(
         COMMIT_WITHIN,
@@ -211,6 +217,7 @@ async fn commit(db: &Db, jobs: Vec<Job>, failures: &mut Failures) {
     });
     match done {
         Ok(outcomes) => {
+            commits.committed(started, jobs.len());
             failures.recovered();
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
                 let _ = job.ack.send(Ok(outcome));
