@@ -215,16 +215,14 @@ impl Apply<'_> {
         now: jiff::Timestamp,
     ) -> Result<(), StandaloneError> {
         let app = self.application_of(hb)?;
-        let (token, source) = tokens::ensure_token(
+        let (token, source, url_path) = tokens::heartbeat_files(
             self.data(),
             self.dir,
-            TokenKind::Heartbeat,
-            "heartbeat",
             &hb.name,
             hb.spec.token_file.as_deref(),
-        )?;
-        let url_path =
-            tokens::write_ping_url(self.data(), &hb.name, &token, self.config.base_url())?;
+            self.config.base_url(),
+        )
+        .await?;
         let key = object_key(&hb.namespace, &hb.name);
         let existing = self.core.engine.get(&key);
         self.index_token(

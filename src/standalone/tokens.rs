@@ -99,11 +99,67 @@ pub fn write_ping_url(
     let url = ping_url(base_url, token.expose());
     // Unchanged (every declaration after the first): not written again. A flush per
     // Heartbeat held up a leader taking office for seconds with thousands of them.
-    let current = std::fs::read_to_string(&path).unwrap_or_default();
-    if current.trim_end() != url {
+    if !holds(&path, &url) {
         write_private(&path, &url)?;
     }
     Ok(path)
+}
+
+/// Whether the ping URL file at `path` holds `url`.
+fn holds(path: &Path, url: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|current| current.trim_end() == url)
+}
+
+/// A manifest Heartbeat's token and ping URL file (see [`ensure_token`] and
+/// [`write_ping_url`]), made on the blocking pool: every file written is flushed, and the
+/// Heartbeats a leader declares at once flush at the same time, which the file system's
+/// journal commits together. One after another, a fresh data directory cost one flush per
+/// file, milliseconds each, before a leader with thousands of Heartbeats served. (One sync
+/// of the directory after unflushed writes would make the names durable but not what the
+/// files hold: a crash could leave a token file empty whose hash the store keeps.)
+pub async fn heartbeat_files(
+    data: &Path,
+    manifests: &Path,
+    name: &str,
+    user_file: Option<&str>,
+    base_url: &str,
+) -> Result<(Token, TokenSource, PathBuf), TokenFileError> {
+    // Every declaration after the first finds both files right: read here, with no hop
+    // to the blocking pool (anything wrong is for the full path below to report).
+    let token_file = match user_file {
+        Some(file) => manifests.join(file),
+        None => token_path(data, "heartbeat", name),
+    };
+    if let Ok(Some(token)) = read_token(&token_file) {
+        let path = ping_url_path(data, name);
+        if holds(&path, &ping_url(base_url, token.expose())) {
+            let source = match user_file {
+                Some(_) => TokenSource::UserFile,
+                None => TokenSource::Existing,
+            };
+            return Ok((token, source, path));
+        }
+    }
+    let (data, manifests) = (data.to_path_buf(), manifests.to_path_buf());
+    let (name, user_file) = (name.to_string(), user_file.map(str::to_string));
+    let base_url = base_url.to_string();
+    let path = ping_url_path(&data, &name);
+    let made = tokio::task::spawn_blocking(move || {
+        let (token, source) = ensure_token(
+            &data,
+            &manifests,
+            TokenKind::Heartbeat,
+            "heartbeat",
+            &name,
+            user_file.as_deref(),
+        )?;
+        let path = write_ping_url(&data, &name, &token, &base_url)?;
+        Ok((token, source, path))
+    });
+    made.await.map_err(|e| TokenFileError::Io {
+        path,
+        source: std::io::Error::other(e),
+    })?
 }
 
 /// Writes both files of a new Heartbeat `name`: its token and its ping URL; returns the
@@ -291,5 +347,37 @@ mod tests {
             let url = std::fs::read_to_string(data.join(named)).unwrap();
             assert_eq!(url.trim_end(), ping_url("http://hs", token.expose()));
         }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_heartbeats_files_are_written_once_and_again_only_when_its_url_changes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let files = |base: &'static str| {
+            let data = dir.path().to_path_buf();
+            async move {
+                heartbeat_files(&data, &data, "backup", None, base)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (token, source, url_file) = files("http://a").await;
+        assert_eq!(source, TokenSource::New);
+        let token_file = token_path(dir.path(), "heartbeat", "backup");
+        let inodes = || {
+            let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+            (ino(&token_file), ino(&url_file))
+        };
+        let first = inodes();
+        let (again, source, _) = files("http://a").await;
+        assert_eq!((&again, source), (&token, TokenSource::Existing));
+        assert_eq!(inodes(), first, "an unchanged file was written again");
+        files("http://b").await;
+        let (token_ino, url_ino) = inodes();
+        assert_eq!(token_ino, first.0, "the token file was written again");
+        assert_ne!(url_ino, first.1, "a changed URL was not written");
+        let url = std::fs::read_to_string(&url_file).unwrap();
+        assert_eq!(url.trim_end(), ping_url("http://b", token.expose()));
     }
 }
