@@ -7,34 +7,79 @@
 //! behind a hundred thousand that only turn Late and have seconds to go before Down; in
 //! the order of when each one's Down is due, the Downs of every second are applied in
 //! that second, and a Late that could not be applied before its Down was due is applied
-//! as the Down it has become, in one write instead of two.
+//! as the Down it has become, in one write instead of two. How the herd shares the engine
+//! thread with pings and other commands is the [`super::intake`]'s business.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
 use crate::core::monitor::state::{MonitorState, State, Timing, next_wakeup};
 
-/// Due monitors by urgency, then key.
+/// Due monitors by urgency, then key; each at most once.
+///
+/// A monitor can leave out of turn ([`Herd::take`]): a command for it that came after its
+/// deadline fired goes after that deadline, whatever the herd's order. Its place in the
+/// heap is then stale and skipped when it comes up, so a take costs no search.
 #[derive(Debug, Default)]
 pub(super) struct Herd {
-    heap: BinaryHeap<Reverse<(Timestamp, String)>>,
+    heap: BinaryHeap<Reverse<(Timestamp, Arc<str>)>>,
+    members: HashSet<Arc<str>>,
 }
 
 impl Herd {
-    /// Queues `key`, most urgent at `urgency` (see [`urgency`]).
-    pub(super) fn push(&mut self, key: String, urgency: Timestamp) {
+    /// Queues `key`, most urgent at `urgency` (see [`urgency`]). A key already waiting
+    /// keeps its place: one step at the time it is taken decides for both.
+    pub(super) fn push(&mut self, key: &str, urgency: Timestamp) {
+        if self.members.contains(key) {
+            return;
+        }
+        let key: Arc<str> = key.into();
+        self.members.insert(key.clone());
         self.heap.push(Reverse((urgency, key)));
     }
 
+    /// The most urgent key, if it is due at or before `now`.
+    pub(super) fn pop_due(&mut self, now: Timestamp) -> Option<Arc<str>> {
+        self.skip_stale();
+        match self.heap.peek() {
+            Some(Reverse((urgency, _))) if *urgency <= now => self.pop(),
+            _ => None,
+        }
+    }
+
     /// The most urgent key.
-    pub(super) fn pop(&mut self) -> Option<String> {
-        self.heap.pop().map(|Reverse((_, key))| key)
+    pub(super) fn pop(&mut self) -> Option<Arc<str>> {
+        while let Some(Reverse((_, key))) = self.heap.pop() {
+            if self.members.remove(&key) {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Takes `key` out of turn; `true` if it was waiting.
+    pub(super) fn take(&mut self, key: &str) -> bool {
+        let taken = self.members.remove(key);
+        if self.members.is_empty() {
+            self.heap.clear();
+        }
+        taken
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.members.is_empty()
+    }
+
+    fn skip_stale(&mut self) {
+        while let Some(Reverse((_, key))) = self.heap.peek() {
+            if self.members.contains(key) {
+                return;
+            }
+            self.heap.pop();
+        }
     }
 }
 
@@ -63,12 +108,39 @@ mod tests {
     #[test]
     fn keys_leave_by_urgency_then_key() {
         let mut herd = Herd::default();
-        for (key, u) in [("c", 5), ("a", 9), ("b", 5), ("d", 0)] {
-            herd.push(key.into(), at(u));
+        for (key, u) in [("c", 5), ("a", 9), ("b", 5), ("d", 0), ("c", 1)] {
+            herd.push(key, at(u));
         }
-        let order: Vec<String> = std::iter::from_fn(|| herd.pop()).collect();
-        assert_eq!(order, ["d", "b", "c", "a"]);
+        let order: Vec<String> = std::iter::from_fn(|| herd.pop().map(|k| k.to_string())).collect();
+        assert_eq!(
+            order,
+            ["d", "b", "c", "a"],
+            "a key queued twice keeps its place"
+        );
         assert!(herd.is_empty());
+    }
+
+    #[test]
+    fn only_keys_due_by_now_leave_on_time_and_a_key_taken_out_of_turn_leaves_once() {
+        let mut herd = Herd::default();
+        for (key, u) in [("a", 1), ("b", 2), ("c", 3), ("d", 9)] {
+            herd.push(key, at(u));
+        }
+        assert!(herd.take("a"), "a was waiting");
+        assert!(!herd.take("a"), "and left");
+        assert!(!herd.take("z"));
+        assert_eq!(
+            herd.pop_due(at(2)).as_deref(),
+            Some("b"),
+            "a's place is skipped"
+        );
+        assert_eq!(herd.pop_due(at(2)), None, "c is not due at 2");
+        assert!(herd.take("c"));
+        assert_eq!(herd.pop_due(at(100)).as_deref(), Some("d"));
+        assert_eq!(herd.pop(), None);
+        assert!(herd.is_empty());
+        herd.push("a", at(5));
+        assert_eq!(herd.pop().as_deref(), Some("a"), "a key may come due again");
     }
 
     #[test]

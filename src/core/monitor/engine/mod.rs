@@ -10,6 +10,7 @@
 
 mod def;
 mod herd;
+mod intake;
 mod metrics;
 mod mirror;
 mod publish;
@@ -710,7 +711,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_herd_goes_before_later_commands_and_after_earlier_ones() {
+    async fn a_down_that_came_due_goes_before_a_ping_for_another_monitor_that_came_first() {
         let dir = tempfile::tempdir().unwrap();
         let engine = held_engine(dir.path());
         let now = engine.clock().now();
@@ -742,12 +743,13 @@ mod tests {
                 .unwrap();
             order.push((c.key, c.to));
         }
+        // Every Down is due: d's, which fired after x's ping, does not wait for it.
         let expected = [
             ("a", State::Down),
             ("b", State::Down),
             ("c", State::Down),
-            ("x", State::Up),
             ("d", State::Down),
+            ("x", State::Up),
         ]
         .map(|(k, s)| (format!("ns/{k}"), s));
         assert_eq!(order, expected);

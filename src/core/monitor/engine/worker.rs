@@ -16,7 +16,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::herd::{self, Herd};
+use super::herd;
+use super::intake::{Intake, Next};
 use super::mirror::{TokenChanges, mirrored};
 use super::publish::{Inflight, Published, Readers, Written, arm};
 use super::relayed::{ping_signal, relayed_at};
@@ -169,18 +170,16 @@ impl Worker {
     /// (up to [`MAX_ROUND`]) and is written as one record while the next round gathers, with
     /// at most [`MAX_IN_FLIGHT`] commands on their way to the store.
     ///
-    /// Deadlines that came due wait in a [`Herd`], most urgent first, and go before every
-    /// command that reached the worker after them: the first such command is held until
-    /// the herd is through, and the queue behind it is not read meanwhile, so commands
-    /// stay in the order they came and a herd of deadlines waits for no later ping.
+    /// Commands are taken in the [`Intake`]'s order: deadlines whose Down is due first,
+    /// then the other commands in the order they came (each monitor's own commands,
+    /// deadlines included, always in that order), then deadlines that only make a
+    /// monitor Late yet.
     pub(super) fn run(self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut herd = Herd::default();
-        let mut held: Option<Command> = None;
+        let mut intake = Intake::default();
         loop {
-            if herd.is_empty() && held.is_none() {
+            if intake.is_empty() {
                 match rx.blocking_recv() {
-                    Some(Command::Due(keys)) => self.queue_due(&mut herd, keys),
-                    Some(cmd) => held = Some(cmd),
+                    Some(cmd) => self.take(&mut intake, cmd),
                     None => return,
                 }
             }
@@ -188,25 +187,19 @@ impl Worker {
             let mut round = Round::default();
             let mut commands = 0;
             while commands < MAX_ROUND && round.ping_bytes < ROUND_BYTES {
-                if held.is_none() {
-                    // Deadlines that came due meanwhile join the herd, until a command
-                    // arrives behind them.
-                    while let Ok(cmd) = rx.try_recv() {
-                        match cmd {
-                            Command::Due(keys) => self.queue_due(&mut herd, keys),
-                            cmd => {
-                                held = Some(cmd);
-                                break;
-                            }
-                        }
-                    }
+                while let Ok(cmd) = rx.try_recv() {
+                    self.take(&mut intake, cmd);
                 }
-                if let Some(key) = herd.pop() {
-                    self.due(&key, &mut round);
-                } else if let Some(cmd) = held.take() {
-                    self.handle(cmd, &mut round);
-                } else {
-                    break;
+                match intake.next(self.clock.now()) {
+                    Some(Next::Due(key)) => self.due(&key, &mut round),
+                    Some(Next::Command { cmd, first }) => {
+                        for key in &first {
+                            self.due(key, &mut round);
+                        }
+                        commands += first.len();
+                        self.handle(cmd, &mut round);
+                    }
+                    None => break,
                 }
                 commands += 1;
             }
@@ -214,20 +207,22 @@ impl Worker {
         }
     }
 
-    /// Adds monitors that came due to the herd, each as urgent as its Down is.
-    fn queue_due(&self, herd: &mut Herd, keys: Vec<String>) {
+    /// Adds a command to the intake; monitors that came due each as urgent as their Down.
+    fn take(&self, intake: &mut Intake, cmd: Command) {
+        let Command::Due(keys) = cmd else {
+            return intake.push(cmd);
+        };
         // A replica that does not lead decides no deadline: its schedule is held, and a
         // deposed leader's rounds would be refused anyway.
         if self.fence.generation().is_none() {
             return;
         }
         let monitors = self.read();
-        for key in keys {
-            let urgency = monitors
-                .get(&key)
-                .map_or(Timestamp::MIN, |m| herd::urgency(&m.def.timing(), &m.state));
-            herd.push(key, urgency);
-        }
+        intake.due(keys, |key| {
+            monitors
+                .get(key)
+                .map_or(Timestamp::MIN, |m| herd::urgency(&m.def.timing(), &m.state))
+        });
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Monitors> {
