@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod monitors;
 pub mod outbox;
 pub mod port;
+mod split;
 pub mod wal;
 
 use std::path::Path;
