@@ -12,6 +12,13 @@
 //! grace of 0 to 9 s: a herd of Down transitions at each of ten instants, as at the top of
 //! every hour in a real cluster.
 //!
+//! Where the whole minute falls in the ping phase decides how hard a run is: at a minute
+//! 30–40 s into it, the whole scheduled third is due at once (those pinged before it, and
+//! those not pinged yet since they were defined), on top of the interval monitors' Downs
+//! and the pings; earlier, fewer are due and no interval monitor yet. So the run starts
+//! defining at a fixed second of the minute (`BENCH_START_SECOND`, 0; a million take about 20 s to
+//! define, so the minute falls 35–40 s into the ping phase), and says where it fell.
+//!
 //! Pings keep coming while the monitors go Down, as in production: a hundredth of the
 //! monitors again (`BENCH_STEADY`), on a one-hour interval, are pinged by 64 clients as
 //! fast as the server answers from the start of the ping phase until the last Down.
@@ -21,7 +28,8 @@
 //! 3 % wide, printed for the Downs applied during the ping phase and after it.
 //!
 //! `cargo bench --bench monitors` (env: `BENCH_MONITORS`, `BENCH_INTERVAL_SECS` (20),
-//! `BENCH_SCHEDULED_EVERY` (3), `BENCH_STEADY` (monitors / 100),
+//! `BENCH_SCHEDULED_EVERY` (3), `BENCH_STEADY` (monitors / 100), `BENCH_START_SECOND` (0;
+//! any other value than 0–59 starts at once),
 //! `BENCH_CACHE_MB`, `BENCH_DIR`, default `target/monitors-bench`, deleted afterwards
 //! unless `BENCH_KEEP=1`). `BENCH_SIZES=1` prints instead what each in-memory structure
 //! of the engine holds per monitor.
@@ -283,6 +291,14 @@ fn run(data: &str) {
         println!("monitor scale benchmark: {n} monitors on interval {interval}s with grace 0s, {share} of them on schedule \"* * * * *\" with grace 0-9s instead; {steady} more on interval 3600s pinged throughout");
         println!("RSS at start: {:.0} MB", rss_mb());
 
+        // Where the whole minute falls in the ping phase decides how hard the run is (see
+        // the module's doc): start at a fixed second of the minute, so runs compare.
+        let start_second: i64 = common::env_or("BENCH_START_SECOND", 0);
+        if scheduled_every > 0 && (0..60).contains(&start_second) {
+            let wait = (start_second - jiff::Timestamp::now().as_second().rem_euclid(60)).rem_euclid(60);
+            println!("waiting {wait} s to start at second {start_second} of a minute");
+            tokio::time::sleep(std::time::Duration::from_secs(wait as u64)).await;
+        }
         let now = jiff::Timestamp::now();
         let started = Instant::now();
         // 512 client tasks, each defining every 512th monitor: the client side of the
@@ -308,6 +324,10 @@ fn run(data: &str) {
         let flushes = services.commit_stats().flush.snapshot();
         let threads = common::Threads::of("self");
         let started = Instant::now();
+        if scheduled_every > 0 {
+            let into = 60 - jiff::Timestamp::now().as_second().rem_euclid(60);
+            println!("the next whole minute falls {into} s into the ping phase: every scheduled monitor not pinged by then, and every one pinged before it, is due then");
+        }
         // The steady pings: 64 clients, each on its own share of the extra monitors, until
         // every benchmark monitor is Down.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
