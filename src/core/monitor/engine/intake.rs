@@ -70,8 +70,8 @@ fn concerns(cmd: &Command) -> Concerns<'_> {
             Concerns::Keys(pings.iter().map(|p| p.key.as_str()).collect())
         }
         Command::Due(keys) => Concerns::Keys(keys.iter().map(String::as_str).collect()),
-        // Nothing depends on when a probe (or a test's stall) is taken relative to the
-        // work for any monitor.
+        // Nothing depends on when a probe (the worker answers it on arrival) or a test's
+        // stall is taken relative to the work for any monitor.
         Command::Probe(_) => Concerns::Keys(Vec::new()),
         #[cfg(test)]
         Command::Stall(_) => Concerns::Keys(Vec::new()),

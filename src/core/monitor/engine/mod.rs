@@ -711,6 +711,59 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_is_answered_before_a_herd_it_arrived_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = held_engine(dir.path());
+        let now = engine.clock().now();
+        const HERD: usize = 2_000;
+        let keys: Vec<String> = (0..HERD).map(|i| format!("ns/h{i}")).collect();
+        for i in 0..HERD {
+            engine.upsert(def(&format!("h{i}"), now)).await.unwrap();
+        }
+        for key in &keys {
+            engine.ping(key, PingInput::success()).await.unwrap();
+        }
+        let due = engine.get(&keys[HERD - 1]).unwrap().state.deadline.unwrap();
+        tokio::time::sleep_until(engine.clock().instant_for(due)).await;
+        let before = engine
+            .stats
+            .transitions
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Both queue while the worker is held, the probe behind the whole herd.
+        engine.stall(Duration::from_millis(300));
+        engine
+            .tx
+            .send(Command::Due(keys.clone()))
+            .map_err(|_| ())
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), engine.probe())
+            .await
+            .expect("the probe is answered")
+            .unwrap();
+        let stepped = engine
+            .stats
+            .transitions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - before;
+        assert!(
+            (stepped as usize) < HERD,
+            "the probe waited for the herd: {stepped} of {HERD} monitors went Down before it"
+        );
+        // The herd still goes through.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while keys
+            .iter()
+            .any(|k| engine.get(k).unwrap().state.state != State::Down)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the herd never went Down"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_down_that_came_due_goes_before_a_ping_for_another_monitor_that_came_first() {
         let dir = tempfile::tempdir().unwrap();
         let engine = held_engine(dir.path());

@@ -208,9 +208,17 @@ impl Worker {
     }
 
     /// Adds a command to the intake; monitors that came due each as urgent as their Down.
+    /// A probe is answered here: the thread reads its queue between any two steps, so
+    /// taking it proves the thread alive and not stuck, and a herd it would otherwise
+    /// queue behind (seconds at a million monitors) does not fail the liveness check.
     fn take(&self, intake: &mut Intake, cmd: Command) {
-        let Command::Due(keys) = cmd else {
-            return intake.push(cmd);
+        let keys = match cmd {
+            Command::Due(keys) => keys,
+            Command::Probe(reply) => {
+                let _ = reply.send(());
+                return;
+            }
+            cmd => return intake.push(cmd),
         };
         // A replica that does not lead decides no deadline: its schedule is held, and a
         // deposed leader's rounds would be refused anyway.
