@@ -20,9 +20,8 @@
 //!    Down, in one write instead of two: an engine behind its herd sheds work.
 //!
 //! A deadline that fires while an earlier command for the same monitor is queued waits
-//! behind that command, in the queue. Commands that concern no single monitor (a
-//! replica's mirror of the leader) keep every deadline that fires after
-//! them behind them too.
+//! behind that command, in the queue. A command that concerns no single monitor (a
+//! replica's mirror of the leader) keeps every deadline that fires after it behind it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -101,7 +100,7 @@ impl Intake {
         }
     }
 
-    /// Queues any command but a deadline.
+    /// Queues a command behind those before it (deadlines come in through [`Self::due`]).
     pub(super) fn push(&mut self, cmd: Command) {
         match concerns(&cmd) {
             Concerns::Keys(keys) => {
