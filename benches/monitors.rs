@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
 use hartslag::core::cron::Schedule;
-use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput};
 use hartslag::core::monitor::state::State;
 use hartslag::core::store::latency::{LatencyRecord, LatencySnapshot};
 use hartslag::core::token::TokenHash;
@@ -108,17 +108,6 @@ fn bench_def(i: usize, scheduled: bool, interval: u64, now: jiff::Timestamp) -> 
         updated_at: now,
     }
     .into()
-}
-
-fn success() -> PingInput {
-    PingInput {
-        kind: PingKind::Success,
-        exit_code: None,
-        rid: None,
-        source: None,
-        user_agent: None,
-        body: None,
-    }
 }
 
 fn config(data: &std::path::Path) -> ServerConfig {
@@ -339,7 +328,7 @@ fn run(data: &str) {
                 let mut i = n + w;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    core.engine.ping(&format!("bench/m{i}"), success()).await.expect("steady ping");
+                    core.engine.ping(&format!("bench/m{i}"), PingInput::success()).await.expect("steady ping");
                     latency.observe(t.elapsed());
                     i = if i + 64 < n + steady { i + 64 } else { n + w };
                 }
@@ -349,7 +338,7 @@ fn run(data: &str) {
             let core = core.clone();
             tasks.push(tokio::spawn(async move {
                 for i in (w..n).step_by(CLIENTS) {
-                    core.engine.ping(&format!("bench/m{i}"), success()).await.expect("ping");
+                    core.engine.ping(&format!("bench/m{i}"), PingInput::success()).await.expect("ping");
                 }
             }));
         }

@@ -124,14 +124,7 @@ fn main() {
             steady.push(scrape().0);
             // 1 % of the monitors change between two scrapes.
             for i in (round..n).step_by(100) {
-                let input = PingInput {
-                    kind: PingKind::Success,
-                    exit_code: None,
-                    source: None,
-                    user_agent: None,
-                    body: None,
-                    rid: None,
-                };
+                let input = PingInput::success();
                 core.engine
                     .ping(&format!("bench/m{i}"), input)
                     .await

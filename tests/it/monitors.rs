@@ -603,7 +603,7 @@ async fn a_burst_of_pings_to_one_monitor_is_stored_whole_across_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_history() {
     use hartslag::config::ServerConfig;
-    use hartslag::core::monitor::engine::{DefRecord, Origin, PingInput, PingKind};
+    use hartslag::core::monitor::engine::{DefRecord, Origin, PingInput};
     use hartslag::core::token::TokenHash;
     use hartslag::server::Server;
 
@@ -650,14 +650,7 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
     }
     let keys: Vec<String> = (0..MONITORS).map(|i| format!("ns/m{i}")).collect();
     let calls = keys.iter().flat_map(|key| {
-        let input = PingInput {
-            kind: PingKind::Success,
-            exit_code: None,
-            source: None,
-            user_agent: None,
-            body: None,
-            rid: None,
-        };
+        let input = PingInput::success();
         [
             futures::future::Either::Left(async move { engine.ping(key, input).await.map(|_| ()) }),
             futures::future::Either::Right(engine.remove(key)),

@@ -51,10 +51,10 @@ pub struct PingInput {
     pub rid: Option<String>,
 }
 
-#[cfg(test)]
 impl PingInput {
-    /// A bare success ping, as a test sends it.
-    pub(crate) fn success() -> Self {
+    /// A bare success ping: no exit code, source, body or run id (what tests and
+    /// benchmarks send).
+    pub fn success() -> Self {
         Self {
             kind: PingKind::Success,
             exit_code: None,
