@@ -18,7 +18,6 @@ pub mod metrics;
 pub mod monitors;
 pub mod outbox;
 pub mod port;
-mod split;
 pub mod wal;
 
 use std::path::Path;

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
-use super::wal::Mutation;
+use crate::core::store::wal::Mutation;
 
 /// Records with fewer writes are applied on the calling thread alone: handing half to
 /// the helper and waiting for it costs more than a few hundred cached inserts take.
