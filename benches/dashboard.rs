@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
-use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, PingInput, PingKind};
 use hartslag::core::token::TokenHash;
 use hartslag::server::Server;
 
@@ -62,28 +62,16 @@ fn main() {
             let core = core.clone();
             let permit = sem.clone().acquire_owned().await.expect("semaphore");
             tasks.push(tokio::spawn(async move {
+                let interval_secs = if i % 50 == 0 { 1 } else { 3600 };
                 let def: MonitorDef = DefRecord {
-                    key: format!("team-{}/job-{i:05}", i % 20),
                     id: format!("{i:016x}"),
-                    namespace: format!("team-{}", i % 20),
-                    name: format!("job-{i:05}"),
                     display_name: (i % 3 == 0).then(|| format!("Nightly job number {i}")),
-                    interval_secs: if i % 50 == 0 { 1 } else { 3600 },
                     grace_secs: if i % 50 == 0 { 0 } else { 300 },
-                    schedule: None,
-                    max_duration_secs: None,
-                    cron_job: None,
-                    require_ping: false,
                     paused: i % 97 == 0,
-                    targets: Vec::new(),
-                    alerting: Default::default(),
                     application: (i % 2 == 0).then(|| "default/shop".to_string()),
                     token: TokenHash::of(&format!("t{i}")),
                     ping_hint: format!("curl -fsS http://example/v1/heartbeats/<token of job-{i:05}>/ping"),
-                    origin: Origin::Api,
-                    retain_on_delete: false,
-                    created_at: now,
-                    updated_at: now,
+                    ..DefRecord::sample(&format!("team-{}/job-{i:05}", i % 20), interval_secs, now)
                 }.into();
                 let key = def.key.clone();
                 core.engine.upsert(def).await.expect("upsert");

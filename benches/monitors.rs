@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
 use hartslag::core::cron::Schedule;
-use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, PingInput};
 use hartslag::core::monitor::state::State;
 use hartslag::core::store::latency::{LatencyRecord, LatencySnapshot};
 use hartslag::core::token::TokenHash;
@@ -84,28 +84,13 @@ fn describe_lateness(s: &LatencySnapshot) -> String {
 
 /// A monitor's definition as the benchmark defines it: `scheduled` ones on `* * * * *`.
 fn bench_def(i: usize, scheduled: bool, interval: u64, now: jiff::Timestamp) -> MonitorDef {
+    let interval_secs = if scheduled { 60 } else { interval };
     DefRecord {
-        key: format!("bench/m{i}"),
         id: format!("{i:016x}"),
-        namespace: "bench".into(),
-        name: format!("m{i}"),
-        display_name: None,
-        interval_secs: if scheduled { 60 } else { interval },
         grace_secs: if scheduled { i as u64 % 10 } else { 0 },
         schedule: scheduled.then(|| Schedule::parse("* * * * *", None).expect("schedule")),
-        max_duration_secs: None,
-        cron_job: None,
-        require_ping: false,
-        paused: false,
-        targets: Vec::new(),
-        alerting: Default::default(),
-        application: None,
         token: TokenHash::of(&format!("t{i}")),
-        ping_hint: String::new(),
-        origin: Origin::Api,
-        retain_on_delete: false,
-        created_at: now,
-        updated_at: now,
+        ..DefRecord::sample(&format!("bench/m{i}"), interval_secs, now)
     }
     .into()
 }

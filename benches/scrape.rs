@@ -14,33 +14,18 @@ use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
 use hartslag::core::metrics::encode_with;
-use hartslag::core::monitor::engine::{DefRecord, MonitorDef, Origin, PingInput, PingKind};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, PingInput, PingKind};
 use hartslag::core::token::TokenHash;
 use hartslag::server::Server;
 
 fn def(i: usize, now: jiff::Timestamp) -> MonitorDef {
     DefRecord {
-        key: format!("bench/m{i}"),
         id: format!("{i:016x}"),
-        namespace: "bench".into(),
         name: format!("monitor-{i}"),
-        display_name: None,
-        interval_secs: 3600,
         grace_secs: 300,
-        schedule: None,
-        max_duration_secs: None,
-        cron_job: None,
-        require_ping: false,
-        paused: false,
-        targets: Vec::new(),
-        alerting: Default::default(),
         application: Some(format!("bench/app-{}", i % 100)),
         token: TokenHash::of(&format!("t{i}")),
-        ping_hint: String::new(),
-        origin: Origin::Api,
-        retain_on_delete: false,
-        created_at: now,
-        updated_at: now,
+        ..DefRecord::sample(&format!("bench/m{i}"), 3600, now)
     }
     .into()
 }

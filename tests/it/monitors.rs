@@ -603,7 +603,7 @@ async fn a_burst_of_pings_to_one_monitor_is_stored_whole_across_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_history() {
     use hartslag::config::ServerConfig;
-    use hartslag::core::monitor::engine::{DefRecord, Origin, PingInput};
+    use hartslag::core::monitor::engine::{DefRecord, PingInput};
     use hartslag::core::token::TokenHash;
     use hartslag::server::Server;
 
@@ -621,27 +621,10 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
         engine
             .upsert(
                 DefRecord {
-                    key: format!("ns/m{i}"),
                     id: format!("{i:016x}"),
-                    namespace: "ns".into(),
-                    name: format!("m{i}"),
-                    display_name: None,
-                    interval_secs: 3600,
-                    grace_secs: 0,
-                    schedule: None,
-                    max_duration_secs: None,
-                    cron_job: None,
-                    require_ping: false,
-                    paused: false,
-                    targets: Vec::new(),
-                    alerting: Default::default(),
-                    application: None,
                     token: TokenHash::of(&format!("t{i}")),
-                    ping_hint: String::new(),
-                    origin: Origin::Api,
                     retain_on_delete: true,
-                    created_at: now,
-                    updated_at: now,
+                    ..DefRecord::sample(&format!("ns/m{i}"), 3600, now)
                 }
                 .into(),
             )

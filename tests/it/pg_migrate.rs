@@ -197,29 +197,14 @@ fn fill(s: Services) -> BoxFuture<'static, ()> {
 
 fn monitor(name: &str, interval_secs: u64, retain: bool) -> MonitorDef {
     DefRecord {
-        key: format!("shop/{name}"),
-        id: name.into(),
-        namespace: "shop".into(),
-        name: name.into(),
         display_name: Some(format!("The {name} job")),
-        interval_secs,
-        schedule: None,
-        grace_secs: 0,
-        max_duration_secs: None,
-        cron_job: None,
-        require_ping: false,
-        paused: false,
         targets: vec![Target::Webhook {
             url: "http://127.0.0.1:9/hook".into(),
         }],
-        alerting: Default::default(),
         application: Some("web".into()),
-        token: TokenHash::of(name),
-        ping_hint: String::new(),
         origin: Origin::Manifest,
         retain_on_delete: retain,
-        created_at: Timestamp::now(),
-        updated_at: Timestamp::now(),
+        ..DefRecord::sample(&format!("shop/{name}"), interval_secs, Timestamp::now())
     }
     .into()
 }

@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hartslag::core::metrics::MetricRegistry;
-use hartslag::core::monitor::engine::{
-    DefRecord, MonitorDef, Origin, PingInput, PingKind, PingOutcome,
-};
+use hartslag::core::monitor::engine::{DefRecord, MonitorDef, PingInput, PingKind, PingOutcome};
 use hartslag::core::replica::PingError;
 use hartslag::core::storage::{Fence, Storage};
 use hartslag::core::token::TokenHash;
@@ -54,27 +52,8 @@ async fn services(dir: &Path, url: &str, fence: Fence) -> Services {
 fn monitor(name: &str, paused: bool) -> MonitorDef {
     let now = jiff::Timestamp::now();
     DefRecord {
-        key: format!("default/{name}"),
-        id: name.into(),
-        namespace: "default".into(),
-        name: name.into(),
-        display_name: None,
-        interval_secs: 3600,
-        grace_secs: 0,
-        schedule: None,
-        max_duration_secs: None,
-        cron_job: None,
-        require_ping: false,
         paused,
-        targets: Vec::new(),
-        alerting: Default::default(),
-        application: None,
-        token: TokenHash::of(name),
-        ping_hint: String::new(),
-        origin: Origin::Api,
-        retain_on_delete: false,
-        created_at: now,
-        updated_at: now,
+        ..DefRecord::sample(&format!("default/{name}"), 3600, now)
     }
     .into()
 }

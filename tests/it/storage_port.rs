@@ -563,27 +563,10 @@ async fn applications_and_tokens_round_trip(open: Open) {
 
 fn monitor(name: &str) -> MonitorDef {
     DefRecord {
-        key: format!("default/{name}"),
-        id: name.into(),
-        namespace: "default".into(),
-        name: name.into(),
-        display_name: None,
-        interval_secs: 3600,
-        schedule: None,
         grace_secs: 60,
-        max_duration_secs: None,
-        cron_job: None,
-        require_ping: false,
-        paused: false,
-        targets: Vec::new(),
-        alerting: Default::default(),
-        application: None,
-        token: TokenHash::of(name),
-        ping_hint: String::new(),
         origin: Origin::Manifest,
         retain_on_delete: true,
-        created_at: Timestamp::now(),
-        updated_at: Timestamp::now(),
+        ..DefRecord::sample(&format!("default/{name}"), 3600, Timestamp::now())
     }
     .into()
 }

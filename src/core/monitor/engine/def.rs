@@ -95,6 +95,39 @@ fn lenient_schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sch
     }))
 }
 
+impl DefRecord {
+    /// A plain monitor, for tests and benchmarks to start from and set what they care about
+    /// with struct update syntax: `key` is `namespace/name` (`default/key` without a slash),
+    /// id and token hash are taken from the name, no grace, schedule, targets or
+    /// application, defined through the API at `now`, not kept after deletion.
+    pub fn sample(key: &str, interval_secs: u64, now: Timestamp) -> Self {
+        let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+        Self {
+            key: format!("{namespace}/{name}"),
+            id: name.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            display_name: None,
+            interval_secs,
+            schedule: None,
+            grace_secs: 0,
+            max_duration_secs: None,
+            cron_job: None,
+            require_ping: false,
+            paused: false,
+            targets: Vec::new(),
+            alerting: AlertingBox::default(),
+            application: None,
+            token: TokenHash::of(name),
+            ping_hint: String::new(),
+            origin: Origin::Api,
+            retain_on_delete: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A monitor's definition as the engine holds it: the fields every monitor sets, and the
 /// rest behind one pointer that most monitors leave empty. Built from a [`DefRecord`];
 /// stored and serialized as one.
@@ -338,6 +371,23 @@ mod tests {
         assert!(def.extras.0.is_none());
         assert_eq!((def.namespace(), def.name()), ("team", "backup"));
         assert_eq!(def.to_record(), record("team/backup", "team", "backup"));
+    }
+
+    #[test]
+    fn a_sample_is_a_plain_definition_named_by_its_key() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let def = MonitorDef::from(DefRecord::sample("team/backup", 60, now));
+        assert!(def.extras.0.is_none());
+        assert_eq!(
+            (def.namespace(), def.name(), def.id.as_str()),
+            ("team", "backup", "backup")
+        );
+        assert_eq!(def.token, TokenHash::of("backup"));
+        let bare = DefRecord::sample("backup", 60, now);
+        assert_eq!(
+            (bare.key.as_str(), bare.namespace.as_str()),
+            ("default/backup", "default")
+        );
     }
 
     #[test]
