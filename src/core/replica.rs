@@ -289,7 +289,7 @@ mod tests {
     use super::*;
     use crate::core::alert::outbox::Outbox;
     use crate::core::monitor::engine::{
-        DefRecord, EngineConfig, Monitor, MonitorDef, Origin, PingRecord, TransitionRecord,
+        DefRecord, EngineConfig, Monitor, MonitorDef, PingRecord, TransitionRecord,
     };
     use crate::core::monitor::schedule::Clock;
     use crate::core::monitor::state::MonitorState;
@@ -297,7 +297,7 @@ mod tests {
     use crate::core::storage::{
         FeedChanges, MonitorRound, MonitorStore, RelayedPing, RoundDone, StorageFuture,
     };
-    use crate::core::token::{TokenHash, TokenKind};
+    use crate::core::token::TokenKind;
 
     /// A relay in memory.
     #[derive(Default)]
@@ -385,31 +385,7 @@ mod tests {
     }
 
     fn def(name: &str) -> MonitorDef {
-        let now = Timestamp::now();
-        DefRecord {
-            key: format!("ns/{name}"),
-            id: name.into(),
-            namespace: "ns".into(),
-            name: name.into(),
-            display_name: None,
-            interval_secs: 3600,
-            grace_secs: 0,
-            schedule: None,
-            max_duration_secs: None,
-            cron_job: None,
-            require_ping: false,
-            paused: false,
-            targets: vec![],
-            alerting: Default::default(),
-            application: None,
-            token: TokenHash::of(name),
-            ping_hint: String::new(),
-            origin: Origin::Api,
-            retain_on_delete: false,
-            created_at: now,
-            updated_at: now,
-        }
-        .into()
+        DefRecord::sample(&format!("ns/{name}"), 3600, Timestamp::now()).into()
     }
 
     /// A success ping with a body, so the relayed ping can be told in the history.

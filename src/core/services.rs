@@ -492,27 +492,12 @@ mod tests {
 
     fn monitor(name: &str) -> crate::core::monitor::engine::MonitorDef {
         crate::core::monitor::engine::DefRecord {
-            key: format!("default/{name}"),
-            id: name.into(),
-            namespace: "default".into(),
-            name: name.into(),
-            display_name: None,
-            interval_secs: 60,
-            schedule: None,
-            grace_secs: 0,
-            max_duration_secs: None,
-            cron_job: None,
-            require_ping: false,
-            paused: false,
-            targets: Vec::new(),
-            alerting: Default::default(),
-            application: None,
-            token: crate::core::token::TokenHash::of(name),
-            ping_hint: String::new(),
             origin: crate::core::monitor::engine::Origin::Manifest,
-            retain_on_delete: false,
-            created_at: Timestamp::now(),
-            updated_at: Timestamp::now(),
+            ..crate::core::monitor::engine::DefRecord::sample(
+                &format!("default/{name}"),
+                60,
+                Timestamp::now(),
+            )
         }
         .into()
     }

@@ -371,7 +371,6 @@ mod tests {
     use crate::core::monitor::engine::{DefRecord, Origin};
     use crate::core::monitor::state::MonitorState;
     use crate::core::storage::Tally;
-    use crate::core::token::TokenHash;
 
     fn monitor(ns: &str, name: &str, app: Option<&str>, state: State) -> Monitor {
         let t0 = Timestamp::UNIX_EPOCH;
@@ -380,27 +379,9 @@ mod tests {
         Monitor {
             num: 1,
             def: DefRecord {
-                key: format!("{ns}/{name}"),
-                id: name.into(),
-                namespace: ns.into(),
-                name: name.into(),
-                display_name: None,
-                interval_secs: 60,
-                grace_secs: 0,
-                schedule: None,
-                max_duration_secs: None,
-                cron_job: None,
-                require_ping: false,
-                paused: false,
-                targets: vec![],
-                alerting: Default::default(),
                 application: app.map(String::from),
-                token: TokenHash::of(name),
-                ping_hint: String::new(),
                 origin: Origin::Manifest,
-                retain_on_delete: false,
-                created_at: t0,
-                updated_at: t0,
+                ..DefRecord::sample(&format!("{ns}/{name}"), 60, t0)
             }
             .into(),
             state: st,

@@ -399,27 +399,11 @@ mod tests {
         Monitor {
             num: 1,
             def: DefRecord {
-                key: "ns/backup".into(),
                 id: "id".into(),
-                namespace: "ns".into(),
-                name: "backup".into(),
-                display_name: None,
-                interval_secs: 60,
                 grace_secs: 30,
-                schedule: None,
-                max_duration_secs: None,
-                cron_job: None,
-                require_ping: false,
-                paused: false,
-                targets: vec![],
-                alerting: Default::default(),
-                application: None,
                 token: TokenHash::of("x"),
-                ping_hint: String::new(),
                 origin: Origin::Kubernetes,
-                retain_on_delete: false,
-                created_at: t(0),
-                updated_at: t(0),
+                ..DefRecord::sample("ns/backup", 60, t(0))
             }
             .into(),
             state,
