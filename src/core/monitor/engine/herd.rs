@@ -18,41 +18,54 @@ use jiff::Timestamp;
 
 use crate::core::monitor::state::{MonitorState, State, Timing, next_wakeup};
 
-/// Due monitors by urgency, then in the order they came; each at most once.
+/// Due monitors by urgency, then by monitor number; each at most once.
 ///
-/// Ties go by arrival, not by key: a herd is thousands of monitors with one urgency, and
-/// comparing their keys on every move in the heap took a fifth of the engine thread. (The
-/// scheduler fires a tie in key order anyway.)
+/// Ties go by number: a herd is thousands of monitors with one urgency, and the store
+/// keeps everything a step writes (state record, timeline entry) under the monitor's
+/// number ([`crate::core::store::monitors::keys`]). Taken in number order, a herd's
+/// writes walk sled's leaves in order, and each leaf is fetched once for all the monitors
+/// it holds; in any other order (by key, as the scheduler fires a tie) nearly every write
+/// fetched a leaf of its own. Numbers also compare cheaply: comparing keys on every move
+/// in the heap took a fifth of the engine thread. Arrival breaks what is left of a tie
+/// (keys of no known monitor, all number 0).
 ///
 /// A monitor can leave out of turn ([`Herd::take`]): a command for it that came after its
 /// deadline fired goes after that deadline, whatever the herd's order. Its place in the
 /// heap is then stale and skipped when it comes up, so a take costs no search.
 #[derive(Debug, Default)]
 pub(super) struct Herd {
-    heap: BinaryHeap<Reverse<(Timestamp, u64, Arc<str>)>>,
+    heap: BinaryHeap<Reverse<(Place, u64, Arc<str>)>>,
     members: HashSet<Arc<str>>,
-    /// Arrivals so far: the tie-breaker.
+    /// Arrivals so far: the last tie-breaker.
     arrivals: u64,
 }
 
+/// Where a due monitor goes in the herd: when its Down is due (see [`urgency`]), then
+/// its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Place {
+    pub(super) urgency: Timestamp,
+    pub(super) num: u64,
+}
+
 impl Herd {
-    /// Queues `key`, most urgent at `urgency` (see [`urgency`]). A key already waiting
-    /// keeps its place: one step at the time it is taken decides for both.
-    pub(super) fn push(&mut self, key: &str, urgency: Timestamp) {
+    /// Queues `key` at `place`. A key already waiting keeps its place: one step at the
+    /// time it is taken decides for both.
+    pub(super) fn push(&mut self, key: &str, place: Place) {
         if self.members.contains(key) {
             return;
         }
         let key: Arc<str> = key.into();
         self.members.insert(key.clone());
         self.arrivals += 1;
-        self.heap.push(Reverse((urgency, self.arrivals, key)));
+        self.heap.push(Reverse((place, self.arrivals, key)));
     }
 
     /// The most urgent key, if it is due at or before `now`.
     pub(super) fn pop_due(&mut self, now: Timestamp) -> Option<Arc<str>> {
         self.skip_stale();
         match self.heap.peek() {
-            Some(Reverse((urgency, ..))) if *urgency <= now => self.pop(),
+            Some(Reverse((place, ..))) if place.urgency <= now => self.pop(),
             _ => None,
         }
     }
@@ -112,17 +125,37 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
     }
 
+    /// Due at second `s`, number 0: ties go by arrival.
+    fn at_s(s: i64) -> Place {
+        Place {
+            urgency: at(s),
+            num: 0,
+        }
+    }
+
     #[test]
-    fn keys_leave_by_urgency_then_arrival() {
+    fn keys_leave_by_urgency_then_number_then_arrival() {
         let mut herd = Herd::default();
-        for (key, u) in [("c", 5), ("a", 9), ("b", 5), ("d", 0), ("c", 1)] {
-            herd.push(key, at(u));
+        let place = |s: i64, num: u64| Place {
+            urgency: at(s),
+            num,
+        };
+        for (key, p) in [
+            ("c", place(5, 7)),
+            ("a", place(9, 1)),
+            ("b", place(5, 3)),
+            ("d", place(0, 9)),
+            ("c", place(1, 7)),
+            ("x", place(5, 0)),
+            ("y", place(5, 0)),
+        ] {
+            herd.push(key, p);
         }
         let order: Vec<String> = std::iter::from_fn(|| herd.pop().map(|k| k.to_string())).collect();
         assert_eq!(
             order,
-            ["d", "c", "b", "a"],
-            "ties leave in the order they came; a key queued twice keeps its place"
+            ["d", "x", "y", "b", "c", "a"],
+            "ties leave by number (equal numbers in the order they came); a key queued twice keeps its place"
         );
         assert!(herd.is_empty());
     }
@@ -131,7 +164,7 @@ mod tests {
     fn only_keys_due_by_now_leave_on_time_and_a_key_taken_out_of_turn_leaves_once() {
         let mut herd = Herd::default();
         for (key, u) in [("a", 1), ("b", 2), ("c", 3), ("d", 9)] {
-            herd.push(key, at(u));
+            herd.push(key, at_s(u));
         }
         assert!(herd.take("a"), "a was waiting");
         assert!(!herd.take("a"), "and left");
@@ -146,7 +179,7 @@ mod tests {
         assert_eq!(herd.pop_due(at(100)).as_deref(), Some("d"));
         assert_eq!(herd.pop(), None);
         assert!(herd.is_empty());
-        herd.push("a", at(5));
+        herd.push("a", at_s(5));
         assert_eq!(herd.pop().as_deref(), Some("a"), "a key may come due again");
     }
 

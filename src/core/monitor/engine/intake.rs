@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::herd::Herd;
+use super::herd::{Herd, Place};
 use super::worker::Command;
 
 /// What the engine thread takes next.
@@ -84,15 +84,15 @@ impl Intake {
         self.herd.is_empty() && self.queue.is_empty()
     }
 
-    /// Takes the monitors whose deadline fired, each as urgent as `urgency` says (see
-    /// [`super::herd::urgency`]); one with an earlier command queued waits behind it.
-    pub(super) fn due(&mut self, keys: Vec<String>, urgency: impl Fn(&str) -> Timestamp) {
+    /// Takes the monitors whose deadline fired, each at the place in the herd `place` gives
+    /// it (see [`Place`]); one with an earlier command queued waits behind it.
+    pub(super) fn due(&mut self, keys: Vec<String>, place: impl Fn(&str) -> Place) {
         let mut behind = Vec::new();
         for key in keys {
             if self.barriers > 0 || self.queued.contains_key(&key) {
                 behind.push(key);
             } else {
-                self.herd.push(&key, urgency(&key));
+                self.herd.push(&key, place(&key));
             }
         }
         if !behind.is_empty() {
@@ -182,11 +182,14 @@ mod tests {
             .collect()
     }
 
-    fn urgencies<'a>(u: &'a [(&'a str, i64)]) -> impl Fn(&str) -> Timestamp + 'a {
-        move |key| {
-            u.iter()
+    /// Places by urgency alone (every number 0: ties go by arrival).
+    fn urgencies<'a>(u: &'a [(&'a str, i64)]) -> impl Fn(&str) -> Place + 'a {
+        move |key| Place {
+            urgency: u
+                .iter()
                 .find(|(k, _)| *k == key)
-                .map_or(at(0), |(_, s)| at(*s))
+                .map_or(at(0), |(_, s)| at(*s)),
+            num: 0,
         }
     }
 

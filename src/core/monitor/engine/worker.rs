@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::herd;
+use super::herd::{self, Place};
 use super::intake::{Intake, Next};
 use super::mirror::{TokenChanges, mirrored};
 use super::publish::{Inflight, Published, Readers, Written, arm};
@@ -226,10 +226,15 @@ impl Worker {
             return;
         }
         let monitors = self.read();
-        intake.due(keys, |key| {
-            monitors
-                .get(key)
-                .map_or(Timestamp::MIN, |m| herd::urgency(&m.def.timing(), &m.state))
+        intake.due(keys, |key| match monitors.get(key) {
+            Some(m) => Place {
+                urgency: herd::urgency(&m.def.timing(), &m.state),
+                num: m.num,
+            },
+            None => Place {
+                urgency: Timestamp::MIN,
+                num: 0,
+            },
         });
     }
 
