@@ -179,7 +179,7 @@ type PendingKeys = BTreeMap<Vec<u8>, (u64, Option<sled::IVec>)>;
 
 impl Overlay {
     fn add(&mut self, seq: u64, writes: &[Mutation]) {
-        for w in writes {
+        for w in writes.iter().filter(|w| w.read_back) {
             let value = match &w.op {
                 Op::Put(v) => Some(sled::IVec::from(v.as_slice())),
                 Op::Remove => None,
@@ -195,7 +195,7 @@ impl Overlay {
 
     /// Forgets the writes of record `seq`, now in sled, unless a later record rewrote them.
     fn applied(&mut self, seq: u64, writes: &[Mutation]) {
-        for w in writes {
+        for w in writes.iter().filter(|w| w.read_back) {
             if let Some(keys) = self.trees.get_mut(&w.tree.name())
                 && keys.get(&w.key).is_some_and(|(s, _)| *s == seq)
             {
@@ -1317,6 +1317,32 @@ mod tests {
         let h = wait_for(&heard, 4);
         assert_eq!(&h[2..], &[(1, "applied"), (2, "applied")]);
         assert_eq!(tree.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+        assert!(c.inner.overlay().trees.values().all(BTreeMap::is_empty));
+    }
+
+    #[test]
+    fn a_write_nobody_reads_back_stays_out_of_the_pending_view_and_still_lands() {
+        let (_dir, _db, c, tree) = open();
+        let heard = Heard::default();
+        c.inner.apply_gate.close();
+        let writes = vec![
+            Mutation::put(&tree, b"read".to_vec(), b"1".to_vec()),
+            Mutation::put_unread(&tree, b"unread".to_vec(), b"2".to_vec()),
+        ];
+        c.submit(writes, listen(&heard, 1));
+        c.inner.apply_gate.wait_for_arrivals(1);
+        let pending: Vec<Vec<u8>> = c
+            .inner
+            .overlay()
+            .trees
+            .values()
+            .flat_map(|k| k.keys().cloned())
+            .collect();
+        assert_eq!(pending, vec![b"read".to_vec()]);
+        assert_eq!(c.reader().read(&tree, b"unread").unwrap(), None);
+        c.inner.apply_gate.open();
+        wait_for(&heard, 2);
+        assert_eq!(tree.get(b"unread").unwrap().as_deref(), Some(&b"2"[..]));
         assert!(c.inner.overlay().trees.values().all(BTreeMap::is_empty));
     }
 

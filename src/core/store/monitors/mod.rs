@@ -123,7 +123,8 @@ impl SledMonitors {
             writes.push(Mutation::remove(tree, state_key(m.num).to_vec()));
         }
         for m in &round.put_state {
-            writes.push(Mutation::put(
+            // Read back only when the monitors are loaded: never pending.
+            writes.push(Mutation::put_unread(
                 tree,
                 state_key(m.num).to_vec(),
                 state::encode(m)?,
