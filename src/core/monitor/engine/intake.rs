@@ -74,7 +74,7 @@ fn concerns(cmd: &Command) -> Concerns<'_> {
         // stall is taken relative to the work for any monitor.
         Command::Probe(_) => Concerns::Keys(Vec::new()),
         #[cfg(test)]
-        Command::Stall(_) => Concerns::Keys(Vec::new()),
+        Command::Stall(..) => Concerns::Keys(Vec::new()),
         Command::Mirror(..) => Concerns::Barrier,
     }
 }

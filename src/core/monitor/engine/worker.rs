@@ -84,7 +84,7 @@ pub(super) enum Command {
     Probe(oneshot::Sender<()>),
     /// Tests: holds the worker for a while, as a stuck disk would.
     #[cfg(test)]
-    Stall(std::time::Duration),
+    Stall(std::time::Duration, oneshot::Sender<()>),
 }
 
 /// Answers a command once its round is durable (or failed).
@@ -286,7 +286,10 @@ impl Worker {
                 let _ = reply.send(());
             }
             #[cfg(test)]
-            Command::Stall(d) => std::thread::sleep(d),
+            Command::Stall(d, started) => {
+                let _ = started.send(());
+                std::thread::sleep(d)
+            }
         }
     }
 
@@ -370,7 +373,10 @@ impl Worker {
                 let _ = reply.send(());
             }
             #[cfg(test)]
-            Command::Stall(d) => std::thread::sleep(d),
+            Command::Stall(d, started) => {
+                let _ = started.send(());
+                std::thread::sleep(d)
+            }
         }
     }
 
