@@ -410,7 +410,8 @@ mod tests {
         let core = open(dir.path()).await;
         assert_eq!(core.health(WITHIN).await, Ok(()));
 
-        core.engine.stall(Duration::from_secs(2));
+        // Held: a probe the worker took before the stall would be answered.
+        core.engine.stall(Duration::from_secs(2)).await.unwrap();
         let err = core.health(WITHIN).await.unwrap_err();
         assert!(err.contains("did not answer within"), "{err}");
         tokio::time::sleep(Duration::from_secs(2)).await;

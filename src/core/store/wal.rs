@@ -89,6 +89,12 @@ pub struct Mutation {
     pub key: Vec<u8>,
     /// The change.
     pub op: Op,
+    /// Whether its writer may read the key back before sled has it, through the
+    /// committer's [`PendingReader`](super::commit::PendingReader). A write nobody reads
+    /// back (a monitor's state record) stays out of the committer's pending view: copying
+    /// its value there and taking it out again cost the engine and the apply thread a
+    /// map insert and lookup per write, for nothing.
+    pub read_back: bool,
 }
 
 impl Mutation {
@@ -98,6 +104,20 @@ impl Mutation {
             tree: tree.clone(),
             key: key.into(),
             op: Op::Put(value.into()),
+            read_back: true,
+        }
+    }
+
+    /// Sets `key` to `value` in `tree`, for a key its writer never reads through the
+    /// committer's pending view (see [`Mutation::read_back`]).
+    pub fn put_unread(
+        tree: &sled::Tree,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
+        Self {
+            read_back: false,
+            ..Self::put(tree, key, value)
         }
     }
 
@@ -107,6 +127,7 @@ impl Mutation {
             tree: tree.clone(),
             key: key.into(),
             op: Op::Remove,
+            read_back: true,
         }
     }
 
@@ -120,6 +141,7 @@ impl Mutation {
             tree: tree.clone(),
             key: key.into(),
             op: Op::PutIfAbsent(value.into()),
+            read_back: true,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Deadlines that came due and wait for the engine thread, most urgent first.
+//! Deadlines that came due and wait for the engine thread: Downs most urgent first.
 //!
 //! A cron schedule shared by many monitors makes them all due at one instant: a third of
 //! a million monitors on `* * * * *` with graces of 0 to 9 s fall due together at the
@@ -11,57 +11,87 @@
 //! thread with pings and other commands is the [`super::intake`]'s business.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use jiff::Timestamp;
 
 use crate::core::monitor::state::{MonitorState, State, Timing, next_wakeup};
 
-/// Due monitors by urgency, then in the order they came; each at most once.
+/// Due monitors, each at most once: those whose Down is due by now most urgent first,
+/// the rest (deadlines that only make a monitor Late yet) by monitor number.
 ///
-/// Ties go by arrival, not by key: a herd is thousands of monitors with one urgency, and
-/// comparing their keys on every move in the heap took a fifth of the engine thread. (The
-/// scheduler fires a tie in key order anyway.)
+/// The store keeps everything a step writes (state record, timeline entry) under the
+/// monitor's number ([`crate::core::store::monitors::keys`]), and a sled leaf holds a
+/// dozen or so of them. A herd taken in number order walks sled's leaves in order and
+/// fetches each once for all the herd's monitors it holds; in any other order (by
+/// urgency, or by key as the scheduler fires a tie) nearly every write fetched a leaf of
+/// its own. That is why the Lates go by number alone: at the top of the minute they are
+/// the whole herd, every monitor on the schedule, while the Downs due in any one second
+/// are only those of one grace. Which Late is written first matters little, since each
+/// turns Down when its own Down comes due, wherever it waits. Among Downs due at one
+/// instant, number order is the tie-breaker for the same reason. Numbers also compare
+/// cheaply: comparing keys on every move in a heap took a fifth of the engine thread.
+/// Arrival breaks what is left of a tie (keys of no known monitor, all number 0).
 ///
-/// A monitor can leave out of turn ([`Herd::take`]): a command for it that came after its
-/// deadline fired goes after that deadline, whatever the herd's order. Its place in the
-/// heap is then stale and skipped when it comes up, so a take costs no search.
+/// A monitor can leave out of turn ([`Herd::take`]), and every monitor sits in both
+/// orders: a place whose monitor has left, or left and come back, is stale and skipped
+/// when it comes up (members are kept with their arrival), so leaving costs no search.
 #[derive(Debug, Default)]
 pub(super) struct Herd {
-    heap: BinaryHeap<Reverse<(Timestamp, u64, Arc<str>)>>,
-    members: HashSet<Arc<str>>,
-    /// Arrivals so far: the tie-breaker.
+    by_urgency: BinaryHeap<Reverse<(Place, u64, Arc<str>)>>,
+    by_number: BinaryHeap<Reverse<(u64, u64, Arc<str>)>>,
+    /// Who waits, with their arrival.
+    members: HashMap<Arc<str>, u64>,
+    /// Arrivals so far: the last tie-breaker.
     arrivals: u64,
 }
 
+/// Where a due monitor goes in the herd: when its Down is due (see [`urgency`]), then
+/// its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Place {
+    pub(super) urgency: Timestamp,
+    pub(super) num: u64,
+}
+
 impl Herd {
-    /// Queues `key`, most urgent at `urgency` (see [`urgency`]). A key already waiting
-    /// keeps its place: one step at the time it is taken decides for both.
-    pub(super) fn push(&mut self, key: &str, urgency: Timestamp) {
-        if self.members.contains(key) {
+    /// Queues `key` at `place`. A key already waiting keeps its place: one step at the
+    /// time it is taken decides for both.
+    pub(super) fn push(&mut self, key: &str, place: Place) {
+        if self.members.contains_key(key) {
             return;
         }
         let key: Arc<str> = key.into();
-        self.members.insert(key.clone());
         self.arrivals += 1;
-        self.heap.push(Reverse((urgency, self.arrivals, key)));
+        self.members.insert(key.clone(), self.arrivals);
+        self.by_number
+            .push(Reverse((place.num, self.arrivals, key.clone())));
+        self.by_urgency.push(Reverse((place, self.arrivals, key)));
     }
 
-    /// The most urgent key, if it is due at or before `now`.
+    /// The most urgent key, if its Down is due at or before `now`.
     pub(super) fn pop_due(&mut self, now: Timestamp) -> Option<Arc<str>> {
-        self.skip_stale();
-        match self.heap.peek() {
-            Some(Reverse((urgency, ..))) if *urgency <= now => self.pop(),
-            _ => None,
+        while let Some(Reverse((place, arrival, key))) = self.by_urgency.peek() {
+            if !self.waits(key, *arrival) {
+                self.by_urgency.pop();
+                continue;
+            }
+            if place.urgency > now {
+                return None;
+            }
+            let key = key.clone();
+            self.by_urgency.pop();
+            return self.leave(key);
         }
+        None
     }
 
-    /// The most urgent key.
+    /// The waiting key of the lowest number.
     pub(super) fn pop(&mut self) -> Option<Arc<str>> {
-        while let Some(Reverse((.., key))) = self.heap.pop() {
-            if self.members.remove(&key) {
-                return Some(key);
+        while let Some(Reverse((_, arrival, key))) = self.by_number.pop() {
+            if self.waits(&key, arrival) {
+                return self.leave(key);
             }
         }
         None
@@ -69,9 +99,10 @@ impl Herd {
 
     /// Takes `key` out of turn; `true` if it was waiting.
     pub(super) fn take(&mut self, key: &str) -> bool {
-        let taken = self.members.remove(key);
+        let taken = self.members.remove(key).is_some();
         if self.members.is_empty() {
-            self.heap.clear();
+            self.by_urgency.clear();
+            self.by_number.clear();
         }
         taken
     }
@@ -80,13 +111,14 @@ impl Herd {
         self.members.is_empty()
     }
 
-    fn skip_stale(&mut self) {
-        while let Some(Reverse((.., key))) = self.heap.peek() {
-            if self.members.contains(key) {
-                return;
-            }
-            self.heap.pop();
-        }
+    /// Whether the place of `key` that came at `arrival` is live.
+    fn waits(&self, key: &str, arrival: u64) -> bool {
+        self.members.get(key) == Some(&arrival)
+    }
+
+    fn leave(&mut self, key: Arc<str>) -> Option<Arc<str>> {
+        self.take(&key);
+        Some(key)
     }
 }
 
@@ -112,18 +144,80 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + s).unwrap()
     }
 
-    #[test]
-    fn keys_leave_by_urgency_then_arrival() {
-        let mut herd = Herd::default();
-        for (key, u) in [("c", 5), ("a", 9), ("b", 5), ("d", 0), ("c", 1)] {
-            herd.push(key, at(u));
+    /// Due at second `s`, number 0: ties go by arrival.
+    fn at_s(s: i64) -> Place {
+        Place {
+            urgency: at(s),
+            num: 0,
         }
-        let order: Vec<String> = std::iter::from_fn(|| herd.pop().map(|k| k.to_string())).collect();
+    }
+
+    /// A herd of `(key, due second, number)`, pushed in that order.
+    fn herd_of(members: &[(&str, i64, u64)]) -> Herd {
+        let mut herd = Herd::default();
+        for &(key, s, num) in members {
+            herd.push(
+                key,
+                Place {
+                    urgency: at(s),
+                    num,
+                },
+            );
+        }
+        herd
+    }
+
+    const MEMBERS: [(&str, i64, u64); 7] = [
+        ("c", 5, 7),
+        ("a", 9, 1),
+        ("b", 5, 3),
+        ("d", 0, 9),
+        ("c", 1, 7),
+        ("x", 5, 0),
+        ("y", 5, 0),
+    ];
+
+    #[test]
+    fn downs_due_leave_by_urgency_then_number_then_arrival() {
+        let mut herd = herd_of(&MEMBERS);
+        let due: Vec<String> =
+            std::iter::from_fn(|| herd.pop_due(at(5)).map(|k| k.to_string())).collect();
         assert_eq!(
-            order,
-            ["d", "c", "b", "a"],
-            "ties leave in the order they came; a key queued twice keeps its place"
+            due,
+            ["d", "x", "y", "b", "c"],
+            "a key queued twice keeps its first place; equal numbers leave in the order they came"
         );
+        assert_eq!(herd.pop().as_deref(), Some("a"), "not due by 5");
+        assert!(herd.is_empty());
+    }
+
+    #[test]
+    fn lates_leave_by_number_whatever_their_urgency() {
+        let mut herd = herd_of(&MEMBERS);
+        let order: Vec<String> = std::iter::from_fn(|| herd.pop().map(|k| k.to_string())).collect();
+        assert_eq!(order, ["x", "y", "a", "b", "c", "d"]);
+        assert!(herd.is_empty());
+    }
+
+    #[test]
+    fn a_key_that_left_and_came_back_has_only_its_new_place() {
+        let mut herd = herd_of(&[("a", 1, 1), ("b", 2, 2)]);
+        assert!(herd.take("a"));
+        herd.push(
+            "a",
+            Place {
+                urgency: at(3),
+                num: 3,
+            },
+        );
+        assert_eq!(
+            herd.pop_due(at(2)).as_deref(),
+            Some("b"),
+            "a's old place is stale"
+        );
+        assert_eq!(herd.pop_due(at(2)), None);
+        assert_eq!(herd.pop().as_deref(), Some("a"));
+        assert_eq!(herd.pop(), None, "and left once");
         assert!(herd.is_empty());
     }
 
@@ -131,7 +225,7 @@ mod tests {
     fn only_keys_due_by_now_leave_on_time_and_a_key_taken_out_of_turn_leaves_once() {
         let mut herd = Herd::default();
         for (key, u) in [("a", 1), ("b", 2), ("c", 3), ("d", 9)] {
-            herd.push(key, at(u));
+            herd.push(key, at_s(u));
         }
         assert!(herd.take("a"), "a was waiting");
         assert!(!herd.take("a"), "and left");
@@ -146,7 +240,7 @@ mod tests {
         assert_eq!(herd.pop_due(at(100)).as_deref(), Some("d"));
         assert_eq!(herd.pop(), None);
         assert!(herd.is_empty());
-        herd.push("a", at(5));
+        herd.push("a", at_s(5));
         assert_eq!(herd.pop().as_deref(), Some("a"), "a key may come due again");
     }
 

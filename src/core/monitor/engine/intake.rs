@@ -16,8 +16,9 @@
 //! 2. the oldest queued command; one that concerns a monitor still in the herd takes that
 //!    monitor's deadline with it first (see [`Next::Command`]);
 //! 3. the rest of the herd: deadlines that only make a monitor Late yet, taken while
-//!    nothing else waits. One still waiting when its Down comes due is then taken as that
-//!    Down, in one write instead of two: an engine behind its herd sheds work.
+//!    nothing else waits, by monitor number (see [`Herd`]). One still waiting when its
+//!    Down comes due is then taken as that Down, in one write instead of two: an engine
+//!    behind its herd sheds work.
 //!
 //! A deadline that fires while an earlier command for the same monitor is queued waits
 //! behind that command, in the queue. A command that concerns no single monitor (a
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::herd::Herd;
+use super::herd::{Herd, Place};
 use super::worker::Command;
 
 /// What the engine thread takes next.
@@ -73,7 +74,7 @@ fn concerns(cmd: &Command) -> Concerns<'_> {
         // stall is taken relative to the work for any monitor.
         Command::Probe(_) => Concerns::Keys(Vec::new()),
         #[cfg(test)]
-        Command::Stall(_) => Concerns::Keys(Vec::new()),
+        Command::Stall(..) => Concerns::Keys(Vec::new()),
         Command::Mirror(..) => Concerns::Barrier,
     }
 }
@@ -84,15 +85,15 @@ impl Intake {
         self.herd.is_empty() && self.queue.is_empty()
     }
 
-    /// Takes the monitors whose deadline fired, each as urgent as `urgency` says (see
-    /// [`super::herd::urgency`]); one with an earlier command queued waits behind it.
-    pub(super) fn due(&mut self, keys: Vec<String>, urgency: impl Fn(&str) -> Timestamp) {
+    /// Takes the monitors whose deadline fired, each at the place in the herd `place` gives
+    /// it (see [`Place`]); one with an earlier command queued waits behind it.
+    pub(super) fn due(&mut self, keys: Vec<String>, place: impl Fn(&str) -> Place) {
         let mut behind = Vec::new();
         for key in keys {
             if self.barriers > 0 || self.queued.contains_key(&key) {
                 behind.push(key);
             } else {
-                self.herd.push(&key, urgency(&key));
+                self.herd.push(&key, place(&key));
             }
         }
         if !behind.is_empty() {
@@ -182,11 +183,14 @@ mod tests {
             .collect()
     }
 
-    fn urgencies<'a>(u: &'a [(&'a str, i64)]) -> impl Fn(&str) -> Timestamp + 'a {
-        move |key| {
-            u.iter()
+    /// Places by urgency alone (every number 0: ties go by arrival).
+    fn urgencies<'a>(u: &'a [(&'a str, i64)]) -> impl Fn(&str) -> Place + 'a {
+        move |key| Place {
+            urgency: u
+                .iter()
                 .find(|(k, _)| *k == key)
-                .map_or(at(0), |(_, s)| at(*s))
+                .map_or(at(0), |(_, s)| at(*s)),
+            num: 0,
         }
     }
 
@@ -208,8 +212,9 @@ mod tests {
                 "due:down2",
                 "ping:x",
                 "ping:y",
-                "due:late2",
-                "due:late1"
+                // Lates go by number (here all 0, so as they came), not by urgency.
+                "due:late1",
+                "due:late2"
             ]
         );
         assert!(intake.is_empty());

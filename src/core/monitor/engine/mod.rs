@@ -240,10 +240,13 @@ impl Engine {
             .store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Tests: holds the engine thread for `d`, as a stuck disk would.
+    /// Tests: holds the engine thread for `d`, as a stuck disk would. The answer comes
+    /// once the thread is held: a probe sent after it is not answered until the stall ends.
     #[cfg(test)]
-    pub(crate) fn stall(&self, d: std::time::Duration) {
-        let _ = self.tx.send(Command::Stall(d));
+    pub(crate) fn stall(&self, d: std::time::Duration) -> oneshot::Receiver<()> {
+        let (started, held) = oneshot::channel();
+        let _ = self.tx.send(Command::Stall(d, started));
+        held
     }
 
     /// Lets held deadlines through (see [`EngineConfig::hold_deadlines`]); those that came

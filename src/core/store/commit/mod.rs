@@ -41,7 +41,7 @@
 //!    restart replays it); a failed write or sync is reported only after the apply
 //!    thread has finished the group before it, so callbacks keep their order.
 //! 6. **Writers read their own pending writes.** From submission until its apply, a
-//!    record's puts and removes are seen by [`Committer::read`] and [`Committer::keys`];
+//!    record's puts and removes are seen by [`PendingReader::read`] and [`PendingReader::keys`];
 //!    every other reader reads sled, which holds only durable data.
 //!
 //! A checkpoint (a sled flush, after which the log starts over) runs on the commit thread

@@ -19,7 +19,7 @@ type PendingKeys = BTreeMap<Vec<u8>, (u64, Option<sled::IVec>)>;
 
 impl Overlay {
     pub(super) fn add(&mut self, seq: u64, writes: &[Mutation]) {
-        for w in writes {
+        for w in writes.iter().filter(|w| w.read_back) {
             let value = match &w.op {
                 Op::Put(v) => Some(sled::IVec::from(v.as_slice())),
                 Op::Remove => None,
@@ -35,7 +35,7 @@ impl Overlay {
 
     /// Forgets the writes of record `seq`, now in sled, unless a later record rewrote them.
     pub(super) fn applied(&mut self, seq: u64, writes: &[Mutation]) {
-        for w in writes {
+        for w in writes.iter().filter(|w| w.read_back) {
             if let Some(keys) = self.trees.get_mut(&w.tree.name())
                 && keys.get(&w.key).is_some_and(|(s, _)| *s == seq)
             {

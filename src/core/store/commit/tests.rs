@@ -253,6 +253,32 @@ fn a_group_is_made_durable_while_the_one_before_it_is_applied() {
 }
 
 #[test]
+fn a_write_nobody_reads_back_stays_out_of_the_pending_view_and_still_lands() {
+    let (_dir, _db, c, tree) = open();
+    let heard = Heard::default();
+    c.inner.apply_gate.close();
+    let writes = vec![
+        Mutation::put(&tree, b"read".to_vec(), b"1".to_vec()),
+        Mutation::put_unread(&tree, b"unread".to_vec(), b"2".to_vec()),
+    ];
+    c.submit(writes, listen(&heard, 1));
+    c.inner.apply_gate.wait_for_arrivals(1);
+    let pending: Vec<Vec<u8>> = c
+        .inner
+        .overlay()
+        .trees
+        .values()
+        .flat_map(|k| k.keys().cloned())
+        .collect();
+    assert_eq!(pending, vec![b"read".to_vec()]);
+    assert_eq!(c.reader().read(&tree, b"unread").unwrap(), None);
+    c.inner.apply_gate.open();
+    wait_for(&heard, 2);
+    assert_eq!(tree.get(b"unread").unwrap().as_deref(), Some(&b"2"[..]));
+    assert!(c.inner.overlay().trees.values().all(BTreeMap::is_empty));
+}
+
+#[test]
 fn a_checkpoint_waits_for_the_group_being_applied_and_a_crash_meanwhile_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new()

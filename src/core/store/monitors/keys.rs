@@ -7,11 +7,18 @@ use jiff::Timestamp;
 use crate::core::store::keys::i64_key;
 
 /// Which kind of record a key in the monitors tree holds.
+///
+/// Everything a monitor writes as it goes (its state, timeline entries and ping blocks)
+/// is keyed by its number, and so is its record: a herd of deadlines is taken in number
+/// order ([`crate::core::monitor::engine`]'s herd), so its writes walk each family's
+/// leaves in order, and loading pairs each record with its state record in one pass over
+/// both ranges. Earlier versions keyed records and state records by `namespace/name`;
+/// those are converted at start ([`super::convert`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Family {
-    /// A monitor's definition and state, by `namespace/name`.
-    Monitor = 1,
+    /// A monitor's definition and state by `namespace/name`, as earlier versions wrote it.
+    NamedMonitor = 1,
     /// One ping per value, as earlier versions wrote them; converted to blocks at start.
     PingSingle = 2,
     /// The last record of a monitor deleted with `Retain`, by `namespace/name`, so a
@@ -21,19 +28,33 @@ pub enum Family {
     Transition = 4,
     /// A block of consecutive pings, by monitor number and block index.
     PingBlock = 5,
-    /// A monitor's state alone, by `namespace/name`, written by the rounds that changed
-    /// nothing else; newer than the state in the monitor's record while it exists.
-    State = 6,
+    /// A monitor's state record by `namespace/name`, as earlier versions wrote it.
+    NamedState = 6,
+    /// A monitor's definition and state, by number.
+    Monitor = 7,
+    /// A monitor's state alone, by number, written by the rounds that changed nothing
+    /// else; newer than the state in the monitor's record while it exists.
+    State = 8,
 }
 
-/// Key of a monitor's record.
-pub fn monitor_key(key: &str) -> Vec<u8> {
-    named(Family::Monitor, key)
+/// Key of monitor `num`'s record.
+pub fn monitor_key(num: u64) -> [u8; 9] {
+    numbered_prefix(Family::Monitor, num)
 }
 
-/// Key of a monitor's state record.
-pub fn state_key(key: &str) -> Vec<u8> {
-    named(Family::State, key)
+/// Key of monitor `num`'s state record.
+pub fn state_key(num: u64) -> [u8; 9] {
+    numbered_prefix(Family::State, num)
+}
+
+/// Key of a monitor's record as earlier versions wrote it.
+pub fn named_monitor_key(key: &str) -> Vec<u8> {
+    named(Family::NamedMonitor, key)
+}
+
+/// Key of a monitor's state record as earlier versions wrote it.
+pub fn named_state_key(key: &str) -> Vec<u8> {
+    named(Family::NamedState, key)
 }
 
 /// Key of a retained monitor's last record.
@@ -85,7 +106,9 @@ mod tests {
                 .iter()
                 .all(|k| k.starts_with(&numbered_prefix(Family::Transition, 7)))
         );
-        assert_ne!(monitor_key("a/b")[0], retained_key("a/b")[0]);
-        assert_eq!(monitor_key("a/b")[1..], state_key("a/b")[1..]);
+        assert_ne!(named_monitor_key("a/b")[0], retained_key("a/b")[0]);
+        assert_eq!(monitor_key(7)[1..], state_key(7)[1..]);
+        assert!(monitor_key(7) < monitor_key(8) && monitor_key(8) < monitor_key(256));
+        assert!(state_key(u64::MAX) < monitor_key(0) || state_key(0) > monitor_key(u64::MAX));
     }
 }

@@ -7,7 +7,7 @@
 //! the monitors.
 //!
 //! The reading thread walks the monitor records and the state records side by side: both
-//! families are sorted by the monitor's key, so one pass over each pairs a record with
+//! families are sorted by the monitor's number, so one pass over each pairs a record with
 //! its state record, if it has one, which the decoder lays over the record's state (a
 //! state record is always the newer, see [`super::state`]). A state record without a
 //! monitor record is none of a live monitor's, and is skipped.
@@ -65,25 +65,33 @@ pub(super) fn load_monitors(
 }
 
 /// Sends the stored monitor records, each with its state record, in chunks; stops at the
-/// first error (which it sends) or when nobody receives any more.
+/// first error (which it sends) or when nobody receives any more. Records in the layout of
+/// earlier versions (by name) are read too: `hartslag migrate` and `dump` read a store that
+/// no server has opened (and converted) since its upgrade.
 fn read_chunks(tree: &sled::Tree, out: &SyncSender<RawChunk>) {
-    let mut states = tree.scan_prefix([Family::State as u8]).peekable();
     let mut chunk = Vec::with_capacity(CHUNK);
-    for item in tree.scan_prefix([Family::Monitor as u8]) {
-        let paired = item.and_then(|(k, v)| Ok((state_of(&mut states, &k)?, v)));
-        match paired {
-            Ok((state, v)) => chunk.push((v, state)),
-            Err(e) => {
-                let _ = out.send(Err(e));
+    let layouts = [
+        (Family::NamedMonitor, Family::NamedState),
+        (Family::Monitor, Family::State),
+    ];
+    for (records, states) in layouts {
+        let mut states = tree.scan_prefix([states as u8]).peekable();
+        for item in tree.scan_prefix([records as u8]) {
+            let paired = item.and_then(|(k, v)| Ok((state_of(&mut states, &k)?, v)));
+            match paired {
+                Ok((state, v)) => chunk.push((v, state)),
+                Err(e) => {
+                    let _ = out.send(Err(e));
+                    return;
+                }
+            }
+            if chunk.len() == CHUNK
+                && out
+                    .send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
+                    .is_err()
+            {
                 return;
             }
-        }
-        if chunk.len() == CHUNK
-            && out
-                .send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
-                .is_err()
-        {
-            return;
         }
     }
     if !chunk.is_empty() {
@@ -92,8 +100,8 @@ fn read_chunks(tree: &sled::Tree, out: &SyncSender<RawChunk>) {
 }
 
 /// The state record of the monitor whose record is under `key` (family byte and all),
-/// from the state records' scan, which is at or before it: state records of keys before
-/// it (without a monitor record) are passed over.
+/// from the state records' scan of the same layout, which is at or before it: state
+/// records of keys before it (without a monitor record) are passed over.
 fn state_of(
     states: &mut Peekable<sled::Iter>,
     key: &[u8],
@@ -154,7 +162,9 @@ mod tests {
     use super::*;
     use crate::core::monitor::engine::{Monitors, sample};
     use crate::core::monitor::state::State;
-    use crate::core::store::monitors::keys::{monitor_key, state_key};
+    use crate::core::store::monitors::keys::{
+        monitor_key, named_monitor_key, named_state_key, state_key,
+    };
     use crate::core::store::monitors::state;
 
     fn load(tree: &sled::Tree) -> Result<Monitors, StoreError> {
@@ -172,15 +182,16 @@ mod tests {
         let tree = db.open_tree("monitors").unwrap();
         let n = CHUNK * 3 + 17;
         for i in 0..n {
-            let m = sample(
+            let mut m = sample(
                 &format!("ns/m{i}"),
                 if i % 3 == 0 { State::Down } else { State::New },
             );
-            tree.insert(monitor_key(&m.def.key), serde_json::to_vec(&m).unwrap())
+            m.num = i as u64 + 1;
+            tree.insert(monitor_key(m.num), serde_json::to_vec(&m).unwrap())
                 .unwrap();
         }
         // Other families are not monitors.
-        tree.insert([Family::Monitor as u8 + 1, 1], &b"not json"[..])
+        tree.insert([Family::Monitor as u8 + 2, 1], &b"not json"[..])
             .unwrap();
         let all = load(&tree).unwrap();
         assert_eq!(all.len(), n);
@@ -189,45 +200,77 @@ mod tests {
             all.get("ns/m17").map(|m| m.def.name().to_string()),
             Some("ns/m17".into())
         );
-        tree.insert(monitor_key("ns/broken"), &b"{"[..]).unwrap();
+        tree.insert(monitor_key(u64::MAX), &b"{"[..]).unwrap();
         assert!(matches!(load(&tree), Err(StoreError::Corrupt { .. })));
+    }
+
+    /// Where a layout keeps monitor `m`'s record and state record.
+    type Layout = fn(&Monitor) -> (Vec<u8>, Vec<u8>);
+
+    fn by_number(m: &Monitor) -> (Vec<u8>, Vec<u8>) {
+        (monitor_key(m.num).to_vec(), state_key(m.num).to_vec())
+    }
+
+    fn by_name(m: &Monitor) -> (Vec<u8>, Vec<u8>) {
+        (named_monitor_key(&m.def.key), named_state_key(&m.def.key))
     }
 
     #[test]
     fn a_state_record_is_laid_over_its_monitors_record_and_one_without_a_monitor_is_skipped() {
+        for layout in [by_number as Layout, by_name] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("monitors").unwrap();
+            // Whole records as every version writes them; state records for some, keyed so
+            // that both scans must skip ahead of each other.
+            let n = CHUNK + 100;
+            let mut expected = Vec::new();
+            for i in 0..n {
+                let mut m = sample(&format!("ns/m{i:05}"), State::New);
+                m.num = 10 * i as u64 + 10;
+                let (record, state_at) = layout(&m);
+                tree.insert(record, serde_json::to_vec(&m).unwrap())
+                    .unwrap();
+                if i % 7 == 3 {
+                    m.state.state = State::Up;
+                    m.state.pings = i as u64;
+                    m.last_run_ms = Some(i as u64);
+                    tree.insert(state_at, state::encode(&m).unwrap()).unwrap();
+                }
+                expected.push(m);
+            }
+            for (orphan, num) in [("ns/a", 1), ("ns/m00003x", 45), ("ns/zz", u64::MAX)] {
+                let mut m = sample(orphan, State::Down);
+                m.num = num;
+                tree.insert(layout(&m).1, state::encode(&m).unwrap())
+                    .unwrap();
+            }
+            let all = load(&tree).unwrap();
+            assert_eq!(all.len(), n);
+            for m in &expected {
+                assert_eq!(all.get(&m.def.key), Some(m));
+            }
+            assert_eq!(all.count(State::Down), 0);
+
+            tree.insert(layout(&expected[10]).1, &b"{"[..]).unwrap();
+            assert!(matches!(load(&tree), Err(StoreError::Corrupt { .. })));
+        }
+    }
+
+    #[test]
+    fn monitors_in_both_layouts_are_all_loaded() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let tree = db.open_tree("monitors").unwrap();
-        // Whole records as every version writes them; state records for some, keyed so
-        // that both scans must skip ahead of each other.
-        let n = CHUNK + 100;
-        let mut expected = Vec::new();
-        for i in 0..n {
-            let mut m = sample(&format!("ns/m{i:05}"), State::New);
-            tree.insert(monitor_key(&m.def.key), serde_json::to_vec(&m).unwrap())
-                .unwrap();
-            if i % 7 == 3 {
-                m.state.state = State::Up;
-                m.state.pings = i as u64;
-                m.last_run_ms = Some(i as u64);
-                tree.insert(state_key(&m.def.key), state::encode(&m).unwrap())
-                    .unwrap();
-            }
-            expected.push(m);
-        }
-        for orphan in ["ns/a", "ns/m00003x", "ns/zz"] {
-            let m = sample(orphan, State::Down);
-            tree.insert(state_key(orphan), state::encode(&m).unwrap())
+        for (i, layout) in [(1, by_name as Layout), (2, by_number)] {
+            let mut m = sample(&format!("ns/m{i}"), State::New);
+            m.num = i;
+            tree.insert(layout(&m).0, serde_json::to_vec(&m).unwrap())
                 .unwrap();
         }
         let all = load(&tree).unwrap();
-        assert_eq!(all.len(), n);
-        for m in &expected {
-            assert_eq!(all.get(&m.def.key), Some(m));
-        }
-        assert_eq!(all.count(State::Down), 0);
-
-        tree.insert(state_key("ns/m00010"), &b"{"[..]).unwrap();
-        assert!(matches!(load(&tree), Err(StoreError::Corrupt { .. })));
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.get("ns/m1").map(|m| m.num), Some(1));
+        assert_eq!(all.get("ns/m2").map(|m| m.num), Some(2));
     }
 }

@@ -13,6 +13,7 @@
 //! are still on their way to disk, and handed to the group committer without waiting: the
 //! engine gathers the next round while the disk flushes this one.
 
+mod convert;
 pub mod keys;
 mod load;
 mod pings;
@@ -37,13 +38,23 @@ pub struct SledMonitors {
 }
 
 impl SledMonitors {
-    /// Opens the monitors tree, converting ping history that earlier versions stored one
-    /// ping per value into blocks first.
+    /// Opens the monitors tree, converting what earlier versions stored in other layouts
+    /// first: ping history one ping per value into blocks, monitor and state records by
+    /// name to their numbers.
     pub fn open(store: &Store) -> Result<Self, StoreError> {
         let tree = store.db.open_tree("monitors")?;
         let converted = pings::convert_single_records(&tree, store.committer())?;
         if converted > 0 {
             tracing::info!(pings = converted, "converted stored ping history to blocks");
+        }
+        let started = std::time::Instant::now();
+        let converted = convert::convert_named_records(&tree, store.committer())?;
+        if converted > 0 {
+            tracing::info!(
+                monitors = converted,
+                ms = started.elapsed().as_millis() as u64,
+                "moved the stored monitors to the layout by number"
+            );
         }
         Ok(Self {
             pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
@@ -68,8 +79,8 @@ impl SledMonitors {
                 + round.deliveries.len(),
         );
         for r in &round.remove {
-            writes.push(Mutation::remove(tree, monitor_key(&r.key)));
-            writes.push(Mutation::remove(tree, state_key(&r.key)));
+            writes.push(Mutation::remove(tree, monitor_key(r.num).to_vec()));
+            writes.push(Mutation::remove(tree, state_key(r.num).to_vec()));
             if let Some(m) = &r.retain {
                 // History and state stay, under the retained key, for a re-created monitor.
                 writes.push(Mutation::put(tree, retained_key(&r.key), encode(m)?));
@@ -106,15 +117,16 @@ impl SledMonitors {
         for m in &round.put {
             writes.push(Mutation::put(
                 tree,
-                monitor_key(&m.def.key),
+                monitor_key(m.num).to_vec(),
                 encode(m.as_ref())?,
             ));
-            writes.push(Mutation::remove(tree, state_key(&m.def.key)));
+            writes.push(Mutation::remove(tree, state_key(m.num).to_vec()));
         }
         for m in &round.put_state {
-            writes.push(Mutation::put(
+            // Read back only when the monitors are loaded: never pending.
+            writes.push(Mutation::put_unread(
                 tree,
-                state_key(&m.def.key),
+                state_key(m.num).to_vec(),
                 state::encode(m)?,
             ));
         }
@@ -329,7 +341,7 @@ mod tests {
             ]
         );
         assert_eq!(writes[4].key, pings::block_key(kept.num, 1).to_vec());
-        assert_eq!(writes[7].key, state_key("ns/pinged"));
+        assert_eq!(writes[7].key, state_key(9).to_vec());
 
         // Handed over as one record of the commit log.
         let before = store.committer().stats().records.load(Ordering::Relaxed);
@@ -347,5 +359,76 @@ mod tests {
         rx.recv().unwrap().unwrap();
         let after = store.committer().stats().records.load(Ordering::Relaxed);
         assert_eq!(after - before, 1);
+    }
+
+    /// Opens the store at `dir` once sled's lock is free: the last one's committer lets
+    /// go of the database on its own thread.
+    fn open_when_free(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir, &StoreOptions::default()) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn loaded(sled: &SledMonitors) -> Vec<Monitor> {
+        let mut all = Vec::new();
+        sled.load_monitors(&mut |batch| all.extend(batch)).unwrap();
+        all.sort_by_key(|m| m.num);
+        all
+    }
+
+    #[test]
+    fn a_store_in_the_layout_by_name_opens_converted_and_keeps_its_monitors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, mut b) = (sample("ns/a", State::Up), sample("ns/b", State::New));
+        (a.num, b.num) = (5, 2);
+        {
+            // As an earlier version left it: records by name, one state record by name.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("monitors").unwrap();
+            for m in [&a, &b] {
+                tree.insert(keys::named_monitor_key(&m.def.key), encode(m).unwrap())
+                    .unwrap();
+            }
+            a.state.pings = 7;
+            a.last_run_ms = Some(1500);
+            tree.insert(keys::named_state_key("ns/a"), state::encode(&a).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let sled = SledMonitors::open(&store).unwrap();
+            assert_eq!(loaded(&sled), vec![b.clone(), a.clone()]);
+            // A round writes b's state under its number, as every round does now.
+            b.state.state = State::Up;
+            b.state.pings = 1;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let round = MonitorRound {
+                put_state: vec![Arc::new(b.clone())],
+                ..Default::default()
+            };
+            sled.commit_round(
+                round,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.recv().unwrap().unwrap();
+        }
+        let store = open_when_free(dir.path());
+        let sled = SledMonitors::open(&store).unwrap();
+        assert_eq!(
+            loaded(&sled),
+            vec![b, a],
+            "each monitor once, with its newest state"
+        );
+        for family in [Family::NamedMonitor, Family::NamedState] {
+            assert_eq!(sled.tree.scan_prefix([family as u8]).count(), 0);
+        }
     }
 }

@@ -8,9 +8,9 @@
 //! (about 150 bytes for a monitor pinged on an interval).
 //!
 //! The encoding is the port's ([`state_record`]), shared with every backend. It lives
-//! under [`Family::State`](super::keys::Family::State) with the monitor's key, so
+//! under [`Family::State`](super::keys::Family::State) with the monitor's number, so
 //! the state records sort like the monitor records and loading merges both ranges in one
-//! pass. Ordering: a state record is always newer than the state inside the monitor's
+//! pass, and a herd's state records are written in the order they sit in. Ordering: a state record is always newer than the state inside the monitor's
 //! record, because every write of the whole record (and every removal) removes the state
 //! record in the same commit-log record. A store written before state records existed has
 //! none, and loads as it did.
