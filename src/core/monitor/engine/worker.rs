@@ -661,7 +661,7 @@ impl Worker {
                 Effect::Transition { from, to, at } => {
                     let idx = u8::try_from(idx).unwrap_or(u8::MAX);
                     let reason = (to == State::Down)
-                        .then(|| m.state.down_reason.as_ref())
+                        .then_some(m.state.down_reason.as_ref())
                         .flatten()
                         .map(|r| words.say(r, &m, at));
                     self.stage_transition(&m, (from, to, at), reason, idx, round);

@@ -41,8 +41,10 @@
 //!    restart replays it); a failed write or sync is reported only after the apply
 //!    thread has finished the group before it, so callbacks keep their order.
 //! 6. **Writers read their own pending writes.** From submission until its apply, a
-//!    record's puts and removes are seen by [`PendingReader::read`] and [`PendingReader::keys`];
-//!    every other reader reads sled, which holds only durable data.
+//!    record's puts and removes are seen by [`PendingReader::read`] and
+//!    [`PendingReader::keys`] (all but puts of keys their writer never reads back that
+//!    way, [`Mutation::put_unread`](super::wal::Mutation::put_unread)); every other
+//!    reader reads sled, which holds only durable data.
 //!
 //! A checkpoint (a sled flush, after which the log starts over) runs on the commit thread
 //! between groups: when the log passes [`CHECKPOINT_BYTES`](thread::CHECKPOINT_BYTES),
