@@ -10,7 +10,9 @@
 //! cron schedule `* * * * *`, each parsed from its text as definitions are (equal
 //! schedules share one parsed form), due at the next whole minute after their ping with a
 //! grace of 0 to 9 s: a herd of Down transitions at each of ten instants, as at the top of
-//! every hour in a real cluster.
+//! every hour in a real cluster. `BENCH_GRACES` sets how many graces they spread over
+//! (10); with 1 the whole scheduled third is due Down at once, a herd of monitors that
+//! sit side by side in the store (every third).
 //!
 //! Where the whole minute falls in the ping phase decides how hard a run is: at a minute
 //! 30–40 s into it, the whole scheduled third is due at once (those pinged before it, and
@@ -28,7 +30,7 @@
 //! 3 % wide, printed for the Downs applied during the ping phase and after it.
 //!
 //! `cargo bench --bench monitors` (env: `BENCH_MONITORS`, `BENCH_INTERVAL_SECS` (20),
-//! `BENCH_SCHEDULED_EVERY` (3), `BENCH_STEADY` (monitors / 100), `BENCH_START_SECOND` (0;
+//! `BENCH_SCHEDULED_EVERY` (3), `BENCH_GRACES` (10), `BENCH_STEADY` (monitors / 100), `BENCH_START_SECOND` (0;
 //! any other value than 0–59 starts at once),
 //! `BENCH_CACHE_MB`, `BENCH_DIR`, default `target/monitors-bench`, deleted afterwards
 //! unless `BENCH_KEEP=1`). `BENCH_SIZES=1` prints instead what each in-memory structure
@@ -83,11 +85,17 @@ fn describe_lateness(s: &LatencySnapshot) -> String {
 }
 
 /// A monitor's definition as the benchmark defines it: `scheduled` ones on `* * * * *`.
+/// How many graces the scheduled monitors spread over (`BENCH_GRACES`, 10: 0 to 9 s; 1:
+/// none, so the whole scheduled third is due Down in the same instant).
+fn graces() -> u64 {
+    common::env_or::<u64>("BENCH_GRACES", 10).max(1)
+}
+
 fn bench_def(i: usize, scheduled: bool, interval: u64, now: jiff::Timestamp) -> MonitorDef {
     let interval_secs = if scheduled { 60 } else { interval };
     DefRecord {
         id: format!("{i:016x}"),
-        grace_secs: if scheduled { i as u64 % 10 } else { 0 },
+        grace_secs: if scheduled { i as u64 % graces() } else { 0 },
         schedule: scheduled.then(|| Schedule::parse("* * * * *", None).expect("schedule")),
         token: TokenHash::of(&format!("t{i}")),
         ..DefRecord::sample(&format!("bench/m{i}"), interval_secs, now)

@@ -559,27 +559,9 @@ mod tests {
 
     fn def(name: &str, now: jiff::Timestamp) -> MonitorDef {
         DefRecord {
-            key: format!("ns/{name}"),
-            id: name.into(),
-            namespace: "ns".into(),
-            name: name.into(),
-            display_name: None,
-            interval_secs: 1,
-            grace_secs: 0,
-            schedule: None,
-            max_duration_secs: None,
-            cron_job: None,
-            require_ping: false,
-            paused: false,
-            targets: vec![],
-            alerting: Default::default(),
-            application: None,
             token: TokenHash::of("job-token"),
-            ping_hint: String::new(),
             origin: Origin::Kubernetes,
-            retain_on_delete: false,
-            created_at: now,
-            updated_at: now,
+            ..DefRecord::sample(&format!("ns/{name}"), 1, now)
         }
         .into()
     }
