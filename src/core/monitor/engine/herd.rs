@@ -62,6 +62,7 @@ impl Herd {
         if self.members.contains_key(key) {
             return;
         }
+        self.compact();
         let key: Arc<str> = key.into();
         self.arrivals += 1;
         self.members.insert(key.clone(), self.arrivals);
@@ -109,6 +110,22 @@ impl Herd {
 
     pub(super) fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// Drops stale places once they could make up half of either heap. A key that left
+    /// through one order leaves its place in the other behind, and while pings keep the
+    /// queue busy the Lates' order is never walked, so its stale places would pile up
+    /// with every deadline (a million a minute at a million monitors on one schedule).
+    fn compact(&mut self) {
+        let live = self.members.len();
+        let members = &self.members;
+        let waits = |key: &Arc<str>, arrival: &u64| members.get(key) == Some(arrival);
+        if self.by_number.len() > 2 * live + 1024 {
+            self.by_number.retain(|Reverse((_, a, k))| waits(k, a));
+        }
+        if self.by_urgency.len() > 2 * live + 1024 {
+            self.by_urgency.retain(|Reverse((_, a, k))| waits(k, a));
+        }
     }
 
     /// Whether the place of `key` that came at `arrival` is live.
@@ -197,6 +214,35 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| herd.pop().map(|k| k.to_string())).collect();
         assert_eq!(order, ["x", "y", "a", "b", "c", "d"]);
         assert!(herd.is_empty());
+    }
+
+    #[test]
+    fn stale_places_do_not_pile_up_while_only_due_downs_leave() {
+        let mut herd = Herd::default();
+        for i in 0..100_000u64 {
+            let key = format!("m{i}");
+            herd.push(
+                &key,
+                Place {
+                    urgency: at(0),
+                    num: i,
+                },
+            );
+            assert!(herd.pop_due(at(0)).is_some());
+        }
+        assert!(herd.is_empty());
+        herd.push(
+            "last",
+            Place {
+                urgency: at(0),
+                num: 0,
+            },
+        );
+        assert!(
+            herd.by_number.len() <= 2 * 1024 + 2,
+            "{} places kept for one member",
+            herd.by_number.len()
+        );
     }
 
     #[test]

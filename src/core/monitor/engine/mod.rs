@@ -661,7 +661,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = held_engine(dir.path());
         let now = engine.clock().now();
-        // Due first, by deadline and by key, but only Late then, with seconds to go.
+        // Due first, by deadline and by number, but only Late then, with seconds to go.
         let mut late = def("a-late", now);
         late.grace_secs = 5;
         engine.upsert(late).await.unwrap();

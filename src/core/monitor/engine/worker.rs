@@ -774,10 +774,13 @@ impl Worker {
             );
         }
         let seq = self.written.next();
-        let monitors: Vec<Arc<Monitor>> = std::mem::take(&mut round.monitors)
+        // In number order, the order their records sit in the store: a round of a herd
+        // then writes sled's leaves in order.
+        let mut monitors: Vec<Arc<Monitor>> = std::mem::take(&mut round.monitors)
             .into_values()
             .map(Arc::new)
             .collect();
+        monitors.sort_unstable_by_key(|m| m.num);
         // A monitor staged after its removal left `removed` then.
         let removed: Vec<String> = std::mem::take(&mut round.removed).into_iter().collect();
         {

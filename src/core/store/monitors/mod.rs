@@ -345,11 +345,20 @@ mod tests {
 
         // Handed over as one record of the commit log.
         let before = store.committer().stats().records.load(Ordering::Relaxed);
+        commit(
+            &sled,
+            MonitorRound {
+                put: vec![Arc::new(kept)],
+                ..Default::default()
+            },
+        );
+        let after = store.committer().stats().records.load(Ordering::Relaxed);
+        assert_eq!(after - before, 1);
+    }
+
+    /// Hands `round` to the store and waits until it is applied.
+    fn commit(sled: &SledMonitors, round: MonitorRound) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let round = MonitorRound {
-            put: vec![Arc::new(kept)],
-            ..Default::default()
-        };
         sled.commit_round(
             round,
             Box::new(move |r| {
@@ -357,8 +366,6 @@ mod tests {
             }),
         );
         rx.recv().unwrap().unwrap();
-        let after = store.committer().stats().records.load(Ordering::Relaxed);
-        assert_eq!(after - before, 1);
     }
 
     /// Opens the store at `dir` once sled's lock is free: the last one's committer lets
@@ -407,18 +414,13 @@ mod tests {
             // A round writes b's state under its number, as every round does now.
             b.state.state = State::Up;
             b.state.pings = 1;
-            let (tx, rx) = std::sync::mpsc::channel();
-            let round = MonitorRound {
-                put_state: vec![Arc::new(b.clone())],
-                ..Default::default()
-            };
-            sled.commit_round(
-                round,
-                Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
+            commit(
+                &sled,
+                MonitorRound {
+                    put_state: vec![Arc::new(b.clone())],
+                    ..Default::default()
+                },
             );
-            rx.recv().unwrap().unwrap();
         }
         let store = open_when_free(dir.path());
         let sled = SledMonitors::open(&store).unwrap();

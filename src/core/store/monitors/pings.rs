@@ -77,9 +77,11 @@ impl RoundBlocks {
         Ok(())
     }
 
-    /// The round's blocks as writes.
+    /// The round's blocks as writes, in key order (the order they sit in the store).
     pub fn into_writes(self, tree: &sled::Tree) -> impl Iterator<Item = Mutation> {
-        self.blocks
+        let mut blocks: Vec<_> = self.blocks.into_iter().collect();
+        blocks.sort_unstable_by_key(|b| b.0);
+        blocks
             .into_iter()
             .map(move |(k, v)| Mutation::put(tree, k.to_vec(), v))
     }
