@@ -10,6 +10,25 @@ use crate::core::monitor::state::{DownReason, State};
 /// Why a recovery alert was sent.
 pub const RECOVERED: &str = "a successful ping arrived; the monitor is up again";
 
+/// The words of the last Down described in a step, by what they describe.
+#[derive(Default)]
+pub(super) struct DownWords(Option<(DownReason, Timestamp, String)>);
+
+impl DownWords {
+    /// `reason` for `m`'s Down at `at`, in words ([`describe_down`]); formatted only when
+    /// it differs from the last one asked for.
+    pub(super) fn say(&mut self, reason: &DownReason, m: &Monitor, at: Timestamp) -> String {
+        match &self.0 {
+            Some((r, t, words)) if r == reason && *t == at => words.clone(),
+            _ => {
+                let words = describe_down(reason, m, at);
+                self.0 = Some((reason.clone(), at, words.clone()));
+                words
+            }
+        }
+    }
+}
+
 /// Why the monitor went Down, in words.
 pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String {
     let def = &m.def;

@@ -23,14 +23,14 @@ use super::publish::{Inflight, Published, Readers, Written, arm};
 use super::relayed::{ping_signal, relayed_at};
 use super::snapshot::Monitors;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
-use super::wording::{self, RECOVERED, describe_down};
+use super::wording::{self, DownWords, RECOVERED};
 use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
 use crate::core::alert::message::AlertKind;
 use crate::core::alert::outbox::{self, Outbox};
 use crate::core::monitor::history::{PINGS_PER_BLOCK, approx_size};
 use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
-use crate::core::monitor::state::{self, DownReason, Effect, MonitorState, Signal, State, Timing};
+use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
 use crate::core::storage::{FeedChanges, Fence, MonitorRound, MonitorStore, RelayedPing, Removal};
 
 /// The in-memory view readers share with the worker.
@@ -847,25 +847,6 @@ impl Worker {
             written: self.written.clone(),
             stats: self.stats.clone(),
             clock: self.clock,
-        }
-    }
-}
-
-/// The words of the last Down described in a step, by what they describe.
-#[derive(Default)]
-struct DownWords(Option<(DownReason, Timestamp, String)>);
-
-impl DownWords {
-    /// `reason` for `m`'s Down at `at`, in words ([`describe_down`]); formatted only when
-    /// it differs from the last one asked for.
-    fn say(&mut self, reason: &DownReason, m: &Monitor, at: Timestamp) -> String {
-        match &self.0 {
-            Some((r, t, words)) if r == reason && *t == at => words.clone(),
-            _ => {
-                let words = describe_down(reason, m, at);
-                self.0 = Some((reason.clone(), at, words.clone()));
-                words
-            }
         }
     }
 }
