@@ -82,6 +82,14 @@ mod tests {
     use crate::core::store::monitors::keys::{named_monitor_key, named_state_key};
     use crate::core::store::monitors::state;
 
+    fn db() -> (tempfile::TempDir, Committer, sled::Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("monitors").unwrap();
+        let (committer, _) = Committer::spawn(db, dir.path()).unwrap();
+        (dir, committer, tree)
+    }
+
     fn monitor(i: u64) -> Monitor {
         let mut m = sample(&format!("ns/m{i:05}"), State::Up);
         m.num = 3 * i + 1;
@@ -91,10 +99,7 @@ mod tests {
 
     #[test]
     fn records_by_name_move_to_their_number_with_their_state_and_orphans_go() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let tree = db.open_tree("monitors").unwrap();
-        let (committer, _) = Committer::spawn(db, dir.path()).unwrap();
+        let (_dir, committer, tree) = db();
         let n = CHUNK as u64 * 2 + 5;
         for i in 0..n {
             let mut m = monitor(i);
@@ -134,10 +139,7 @@ mod tests {
 
     #[test]
     fn a_record_without_its_number_fails_the_conversion_and_moves_nothing_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let tree = db.open_tree("monitors").unwrap();
-        let (committer, _) = Committer::spawn(db, dir.path()).unwrap();
+        let (_dir, committer, tree) = db();
         tree.insert(named_monitor_key("ns/broken"), &b"{\"def\":1}"[..])
             .unwrap();
         assert!(matches!(
