@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod monitors;
 pub mod outbox;
 pub mod port;
+pub mod states;
 pub mod wal;
 
 use std::path::Path;
@@ -33,6 +34,9 @@ pub enum StoreError {
     /// A flush could not be confirmed, so the write is not known to be durable.
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// The monitors' state file failed or holds a damaged slot.
+    #[error(transparent)]
+    States(#[from] states::StatesError),
     /// A stored record could not be decoded.
     #[error("stored record {what} is corrupt: {detail}")]
     Corrupt {

@@ -34,6 +34,13 @@ impl From<StoreError> for StorageError {
             StoreError::Write(e) => StorageError::NotStored(e),
             StoreError::Corrupt { what, detail } => StorageError::Corrupt { what, detail },
             StoreError::Stopped => StorageError::Stopped,
+            StoreError::States(e @ super::states::StatesError::Corrupt { .. }) => {
+                StorageError::Corrupt {
+                    what: "state file".into(),
+                    detail: e.to_string(),
+                }
+            }
+            StoreError::States(e) => StorageError::Unavailable(e.to_string()),
         }
     }
 }

@@ -32,6 +32,8 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::states::{self, StateFile};
+
 /// File name of the log inside the database directory.
 pub const FILE_NAME: &str = "hartslag-commit.log";
 
@@ -80,11 +82,30 @@ pub enum Op {
     PutIfAbsent(Vec<u8>),
 }
 
+/// Where a write goes: a sled tree, or the monitors' state file.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A tree of the database.
+    Tree(sled::Tree),
+    /// Keyed by the monitor's number (8 bytes, big-endian).
+    States(StateFile),
+}
+
+impl Target {
+    /// The name the log records the write under.
+    pub fn name(&self) -> sled::IVec {
+        match self {
+            Self::Tree(t) => t.name(),
+            Self::States(_) => sled::IVec::from(states::LOG_NAME),
+        }
+    }
+}
+
 /// One change to one key of one tree.
 #[derive(Debug, Clone)]
 pub struct Mutation {
-    /// The tree it goes to.
-    pub tree: sled::Tree,
+    /// Where it goes.
+    pub target: Target,
     /// The key.
     pub key: Vec<u8>,
     /// The change.
@@ -101,7 +122,7 @@ impl Mutation {
     /// Sets `key` to `value` in `tree`.
     pub fn put(tree: &sled::Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
         Self {
-            tree: tree.clone(),
+            target: Target::Tree(tree.clone()),
             key: key.into(),
             op: Op::Put(value.into()),
             read_back: true,
@@ -124,7 +145,7 @@ impl Mutation {
     /// Deletes `key` from `tree`.
     pub fn remove(tree: &sled::Tree, key: impl Into<Vec<u8>>) -> Self {
         Self {
-            tree: tree.clone(),
+            target: Target::Tree(tree.clone()),
             key: key.into(),
             op: Op::Remove,
             read_back: true,
@@ -138,17 +159,50 @@ impl Mutation {
         value: impl Into<Vec<u8>>,
     ) -> Self {
         Self {
-            tree: tree.clone(),
+            target: Target::Tree(tree.clone()),
             key: key.into(),
             op: Op::PutIfAbsent(value.into()),
             read_back: true,
         }
     }
 
-    /// Applies this write to sled (not durable by itself).
-    pub fn apply(&self) -> sled::Result<()> {
-        apply_one(&self.tree, &self.key, &self.op)
+    /// Sets (`Some`) or clears monitor `num`'s state record in the state file. Never read
+    /// back through the pending view: the state file is read only when monitors load.
+    pub fn state(states: &StateFile, num: u64, record: Option<Vec<u8>>) -> Self {
+        Self {
+            target: Target::States(states.clone()),
+            key: num.to_be_bytes().to_vec(),
+            op: record.map_or(Op::Remove, Op::Put),
+            read_back: false,
+        }
     }
+
+    /// Applies this write to sled or the state file (not durable by itself).
+    pub fn apply(&self) -> sled::Result<()> {
+        match &self.target {
+            Target::Tree(tree) => apply_one(tree, &self.key, &self.op),
+            Target::States(states) => apply_state(states, &self.key, &self.op),
+        }
+    }
+}
+
+/// A state file write, its errors as sled's so both kinds of write fail alike.
+fn apply_state(states: &StateFile, key: &[u8], op: &Op) -> sled::Result<()> {
+    let num = <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| {
+            sled::Error::Unsupported(format!(
+                "a state file write keyed by {} bytes instead of a monitor number",
+                key.len()
+            ))
+        })?;
+    let record = match op {
+        Op::Put(v) | Op::PutIfAbsent(v) => Some(v.as_slice()),
+        Op::Remove => None,
+    };
+    states
+        .write(num, record)
+        .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))
 }
 
 fn apply_one(tree: &sled::Tree, key: &[u8], op: &Op) -> sled::Result<()> {
@@ -208,7 +262,7 @@ fn encoded_len(w: &Mutation) -> usize {
         Op::Put(v) | Op::PutIfAbsent(v) => 4 + v.len(),
         Op::Remove => 0,
     };
-    1 + 4 + w.tree.name().len() + 4 + w.key.len() + value
+    1 + 4 + w.target.name().len() + 4 + w.key.len() + value
 }
 
 /// Bytes the records of a round of `writes` take in the log (ignoring part headers).
@@ -280,7 +334,7 @@ fn encode_part(writes: &[Mutation], more: bool, generation: u64, out: &mut Vec<u
             Op::PutIfAbsent(v) => (TAG_PUT_IF_ABSENT, v),
         };
         out.push(tag);
-        put_bytes(out, &w.tree.name());
+        put_bytes(out, &w.target.name());
         put_bytes(out, &w.key);
         if tag != TAG_REMOVE {
             put_bytes(out, value);
@@ -455,7 +509,13 @@ fn parse_file_header(b: &[u8]) -> Option<u64> {
 /// returns how many rounds there were. Reads the file twice, one record at a time: once to
 /// find where the whole rounds end (a round cut short by a crash was never acknowledged
 /// and is dropped), then to apply them.
-fn replay(file: &File, path: &Path, generation: u64, db: &sled::Db) -> Result<usize, WalError> {
+fn replay(
+    file: &File,
+    path: &Path,
+    generation: u64,
+    db: &sled::Db,
+    states: &StateFile,
+) -> Result<usize, WalError> {
     let err = |source| WalError::Io {
         path: path.to_path_buf(),
         source,
@@ -485,6 +545,10 @@ fn replay(file: &File, path: &Path, generation: u64, db: &sled::Db) -> Result<us
     let mut trees = std::collections::HashMap::<Vec<u8>, sled::Tree>::new();
     while let Some((writes, _)) = records.next_record() {
         for w in writes {
+            if w.tree == states::LOG_NAME {
+                apply_state(states, &w.key, &w.op)?;
+                continue;
+            }
             let tree = match trees.get(&w.tree) {
                 Some(t) => t.clone(),
                 None => {
@@ -498,6 +562,9 @@ fn replay(file: &File, path: &Path, generation: u64, db: &sled::Db) -> Result<us
     }
     if rounds > 0 {
         db.flush()?;
+        states
+            .sync()
+            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
     }
     Ok(rounds)
 }
@@ -525,10 +592,10 @@ impl Log {
         }
     }
 
-    /// Opens the log in `dir`, applies whatever it holds to `db` (the writes of a process
-    /// that stopped before its last checkpoint), makes that durable in sled and starts the
-    /// log over. Returns the log and how many records were replayed.
-    pub fn open(dir: &Path, db: &sled::Db) -> Result<(Self, usize), WalError> {
+    /// Opens the log in `dir`, applies whatever it holds to `db` and `states` (the writes
+    /// of a process that stopped before its last checkpoint), makes that durable there and
+    /// starts the log over. Returns the log and how many records were replayed.
+    pub fn open(dir: &Path, db: &sled::Db, states: &StateFile) -> Result<(Self, usize), WalError> {
         let path = dir.join(FILE_NAME);
         let err = |source| WalError::Io {
             path: path.clone(),
@@ -557,7 +624,7 @@ impl Log {
                     "not a Hartslag commit log (unknown header); it was left untouched",
                 ))
             })?;
-            (generation, replay(&file, &path, generation, db)?)
+            (generation, replay(&file, &path, generation, db, states)?)
         };
         let mut log = Self {
             file,
@@ -668,6 +735,10 @@ impl Log {
 mod tests {
     use super::*;
 
+    fn state_file(dir: &Path) -> StateFile {
+        StateFile::open(dir).unwrap()
+    }
+
     fn db() -> (tempfile::TempDir, sled::Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
@@ -738,7 +809,7 @@ mod tests {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         {
             let t = db.open_tree("t").unwrap();
-            let (mut log, replayed) = Log::open(dir.path(), &db).unwrap();
+            let (mut log, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
             assert_eq!(replayed, 0);
             first_generation = log.generation();
             let g = log.generation();
@@ -784,7 +855,7 @@ mod tests {
         }
         let path = dir.path().join(FILE_NAME);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), INITIAL_BYTES);
-        let (mut log, replayed) = Log::open(dir.path(), &db).unwrap();
+        let (mut log, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 3);
         assert!(log.is_empty());
         assert!(log.generation() > first_generation);
@@ -806,13 +877,13 @@ mod tests {
         drop(log);
         t.remove(b"z").unwrap();
         t.insert(b"a", &b"changed later"[..]).unwrap();
-        let (log, replayed) = Log::open(dir.path(), &db).unwrap();
+        let (log, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 1);
         assert_eq!(t.get(b"z").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(t.get(b"a").unwrap().as_deref(), Some(&b"changed later"[..]));
         // Replaying on top of state that already holds the records changes nothing.
         drop(log);
-        let (_, replayed) = Log::open(dir.path(), &db).unwrap();
+        let (_, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 0);
     }
 
@@ -821,7 +892,7 @@ mod tests {
         let (dir, db) = db();
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, b"something else entirely").unwrap();
-        let err = Log::open(dir.path(), &db).unwrap_err();
+        let err = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap_err();
         assert!(
             err.to_string().contains("not a Hartslag commit log"),
             "{err}"
@@ -836,7 +907,7 @@ mod tests {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         {
             let t = db.open_tree("t").unwrap();
-            let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+            let (mut log, _) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
             for k in [&b"a"[..], b"b"] {
                 let mut buf = Vec::new();
                 encode_record(
@@ -850,7 +921,7 @@ mod tests {
         }
         let path = dir.path().join(FILE_NAME);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BYTES);
-        let (_, replayed) = Log::open(dir.path(), &db).unwrap();
+        let (_, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 2);
         let t = db.open_tree("t").unwrap();
         assert_eq!(t.get(b"b").unwrap().as_deref(), Some(&big[..]));
@@ -921,7 +992,7 @@ mod tests {
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let t = db.open_tree("t").unwrap();
         {
-            let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+            let (mut log, _) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
             let g = log.generation();
             let big: Vec<Mutation> = (0..8u8)
                 .map(|i| Mutation::put(&t, vec![b'b', i], vec![i; 100]))
@@ -944,7 +1015,7 @@ mod tests {
             buf.extend_from_slice(&torn[..first_part]);
             log.append(&buf).unwrap();
         }
-        let (_log, replayed) = Log::open(dir.path(), &db).unwrap();
+        let (_log, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 2);
         assert_eq!(t.get([b'b', 7]).unwrap().as_deref(), Some(&[7u8; 100][..]));
         assert_eq!(t.get(b"after").unwrap().as_deref(), Some(&b"1"[..]));
@@ -960,7 +1031,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let t = db.open_tree("t").unwrap();
-        let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+        let (mut log, _) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         let value = vec![1u8; 4 * 1024 * 1024];
         let mut written = 0;
         while written <= KEEP_BYTES {
@@ -988,7 +1059,7 @@ mod tests {
         .unwrap();
         log.append(&buf).unwrap();
         drop(log);
-        let (_, replayed) = Log::open(dir.path(), &db).unwrap();
+        let (_, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 1);
         assert_eq!(t.get(b"z").unwrap().as_deref(), Some(&b"1"[..]));
     }
@@ -1001,7 +1072,7 @@ mod tests {
         // 33 writes of 8 MiB: more than the 256 MiB one record may hold.
         let value = vec![3u8; 8 * 1024 * 1024];
         {
-            let (mut log, _) = Log::open(dir.path(), &db).unwrap();
+            let (mut log, _) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
             let big: Vec<Mutation> = (0..33u8)
                 .map(|i| Mutation::put(&t, vec![i], value.clone()))
                 .collect();
@@ -1015,7 +1086,7 @@ mod tests {
             .unwrap();
             log.append(&buf).unwrap();
         }
-        let (_log, replayed) = Log::open(dir.path(), &db).unwrap();
+        let (_log, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 2);
         assert_eq!(t.get([32u8]).unwrap().map(|v| v.len()), Some(value.len()));
         assert_eq!(

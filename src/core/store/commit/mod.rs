@@ -68,6 +68,7 @@ use self::pending::Overlay;
 pub use self::pending::PendingReader;
 use self::thread::CommitThread;
 use super::latency::LatencyRecord;
+use super::states::{StateFile, StatesError};
 use super::wal::{self, Log, Mutation, WalError};
 use crate::core::metrics::{Histogram, SYNC_BUCKETS};
 
@@ -87,6 +88,9 @@ pub enum CommitError {
     /// An earlier write to disk failed, so no later one can be trusted until a restart.
     #[error("writes are stopped until a restart, because an earlier write to disk failed: {0}")]
     Halted(Box<CommitError>),
+    /// The monitors' state file could not be opened or synced.
+    #[error("{0}")]
+    States(Arc<StatesError>),
     /// The committer is gone (the process is shutting down).
     #[error("the committer has stopped")]
     Stopped,
@@ -166,6 +170,8 @@ impl Default for CommitStats {
 
 struct Inner {
     db: sled::Db,
+    /// The monitors' state records, written and synced with sled ([`states`](super::states)).
+    states: StateFile,
     stats: CommitStats,
     state: Mutex<State>,
     /// The commit thread waits here for records, flushes or the end.
@@ -428,9 +434,12 @@ impl Committer {
     /// sled had not flushed), then starts the commit thread. Returns the handle and how
     /// many records were replayed.
     pub fn spawn(db: sled::Db, dir: &Path) -> Result<(Self, usize), CommitError> {
-        let (log, replayed) = Log::open(dir, &db).map_err(|e| CommitError::Log(Arc::new(e)))?;
+        let states = StateFile::open(dir).map_err(|e| CommitError::States(Arc::new(e)))?;
+        let (log, replayed) =
+            Log::open(dir, &db, &states).map_err(|e| CommitError::Log(Arc::new(e)))?;
         let inner = Arc::new(Inner {
             db,
+            states,
             stats: CommitStats::default(),
             state: Mutex::new(State {
                 queue: Vec::new(),
@@ -579,6 +588,11 @@ impl Committer {
         }
         self.inner.work.notify_one();
         rx.await.map_err(|_| CommitError::Stopped)?
+    }
+
+    /// The monitors' state file, whose writes go through this committer like sled's.
+    pub fn states(&self) -> &StateFile {
+        &self.inner.states
     }
 
     /// Counts and latencies of the commit log since start.

@@ -27,7 +27,7 @@ impl Overlay {
                 Op::PutIfAbsent(_) => continue,
             };
             self.trees
-                .entry(w.tree.name())
+                .entry(w.target.name())
                 .or_default()
                 .insert(w.key.clone(), (seq, value));
         }
@@ -36,7 +36,7 @@ impl Overlay {
     /// Forgets the writes of record `seq`, now in sled, unless a later record rewrote them.
     pub(super) fn applied(&mut self, seq: u64, writes: &[Mutation]) {
         for w in writes.iter().filter(|w| w.read_back) {
-            if let Some(keys) = self.trees.get_mut(&w.tree.name())
+            if let Some(keys) = self.trees.get_mut(&w.target.name())
                 && keys.get(&w.key).is_some_and(|(s, _)| *s == seq)
             {
                 keys.remove(&w.key);

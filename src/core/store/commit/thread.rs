@@ -301,6 +301,10 @@ impl<'a> CommitThread<'a> {
             .db
             .flush()
             .map_err(|e| CommitError::Flush(Arc::new(e)))?;
+        self.inner
+            .states
+            .sync()
+            .map_err(|e| CommitError::States(Arc::new(e)))?;
         if !self.log.is_empty() {
             self.log
                 .reset()

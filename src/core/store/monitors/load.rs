@@ -10,7 +10,10 @@
 //! families are sorted by the monitor's number, so one pass over each pairs a record with
 //! its state record, if it has one, which the decoder lays over the record's state (a
 //! state record is always the newer, see [`super::state`]). A state record without a
-//! monitor record is none of a live monitor's, and is skipped.
+//! monitor record is none of a live monitor's, and is skipped. A monitor's slot in the
+//! state file ([`states`](crate::core::store::states)) is read in the same pass, in
+//! number order: a slot that holds a record is the newest state (a slot and a state
+//! record in sled are never both written for one monitor, see [`super::state`]).
 
 use std::iter::Peekable;
 use std::sync::Mutex;
@@ -19,6 +22,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use super::keys::Family;
 use crate::core::monitor::engine::Monitor;
 use crate::core::store::StoreError;
+use crate::core::store::states::StateFile;
 
 /// Records decoded as one piece of work.
 const CHUNK: usize = 2048;
@@ -27,11 +31,12 @@ const CHUNK: usize = 2048;
 type Raw = (sled::IVec, Option<sled::IVec>);
 
 /// What the reading thread hands the decoders.
-type RawChunk = Result<Vec<Raw>, sled::Error>;
+type RawChunk = Result<Vec<Raw>, StoreError>;
 
 /// Hands every stored monitor to `batch`, a decoded chunk at a time.
 pub(super) fn load_monitors(
     tree: &sled::Tree,
+    states: &StateFile,
     batch: &mut dyn FnMut(Vec<Monitor>),
 ) -> Result<(), StoreError> {
     let decoders = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
@@ -39,7 +44,7 @@ pub(super) fn load_monitors(
     let (done_tx, done_rx) = sync_channel::<Result<Vec<Monitor>, StoreError>>(decoders * 2);
     let raw_rx = Mutex::new(raw_rx);
     std::thread::scope(|s| {
-        s.spawn(move || read_chunks(tree, &raw_tx));
+        s.spawn(move || read_chunks(tree, states, &raw_tx));
         for _ in 0..decoders {
             let done_tx = done_tx.clone();
             let raw_rx = &raw_rx;
@@ -68,16 +73,23 @@ pub(super) fn load_monitors(
 /// first error (which it sends) or when nobody receives any more. Records in the layout of
 /// earlier versions (by name) are read too: `hartslag migrate` and `dump` read a store that
 /// no server has opened (and converted) since its upgrade.
-fn read_chunks(tree: &sled::Tree, out: &SyncSender<RawChunk>) {
+fn read_chunks(tree: &sled::Tree, states: &StateFile, out: &SyncSender<RawChunk>) {
     let mut chunk = Vec::with_capacity(CHUNK);
+    let mut slots = states.cursor();
     let layouts = [
         (Family::NamedMonitor, Family::NamedState),
         (Family::Monitor, Family::State),
     ];
-    for (records, states) in layouts {
-        let mut states = tree.scan_prefix([states as u8]).peekable();
+    for (records, state_records) in layouts {
+        let mut state_records = tree.scan_prefix([state_records as u8]).peekable();
         for item in tree.scan_prefix([records as u8]) {
-            let paired = item.and_then(|(k, v)| Ok((state_of(&mut states, &k)?, v)));
+            let paired = item.map_err(StoreError::from).and_then(|(k, v)| {
+                let state = state_of(&mut state_records, &k)?;
+                match numbered(records, &k) {
+                    Some(num) => Ok((slots.read(num)?.map(sled::IVec::from).or(state), v)),
+                    None => Ok((state, v)),
+                }
+            });
             match paired {
                 Ok((state, v)) => chunk.push((v, state)),
                 Err(e) => {
@@ -97,6 +109,15 @@ fn read_chunks(tree: &sled::Tree, out: &SyncSender<RawChunk>) {
     if !chunk.is_empty() {
         let _ = out.send(Ok(chunk));
     }
+}
+
+/// The number in a monitor record's key, in the layout by number.
+fn numbered(family: Family, key: &[u8]) -> Option<u64> {
+    if family != Family::Monitor {
+        return None;
+    }
+    let num: [u8; 8] = key.get(1..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(num))
 }
 
 /// The state record of the monitor whose record is under `key` (family byte and all),
@@ -136,7 +157,7 @@ fn decode_chunks(
         let next = input.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let decoded = match next {
             Err(_) => return,
-            Ok(Err(e)) => Err(StoreError::from(e)),
+            Ok(Err(e)) => Err(e),
             Ok(Ok(raw)) => raw.iter().map(decode).collect(),
         };
         if out.send(decoded).is_err() {
@@ -167,12 +188,82 @@ mod tests {
     };
     use crate::core::store::monitors::state;
 
+    /// Loads `tree` with an empty state file.
     fn load(tree: &sled::Tree) -> Result<Monitors, StoreError> {
+        let dir = tempfile::tempdir().unwrap();
+        load_with(tree, &StateFile::open(dir.path()).unwrap())
+    }
+
+    fn load_with(tree: &sled::Tree, states: &StateFile) -> Result<Monitors, StoreError> {
         let mut all = Monitors::default();
-        load_monitors(tree, &mut |batch| {
+        load_monitors(tree, states, &mut |batch| {
             batch.into_iter().for_each(|m| all.insert(m))
         })?;
         Ok(all)
+    }
+
+    #[test]
+    fn a_slot_of_the_state_file_is_laid_over_the_record_and_a_damaged_one_fails_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let tree = db.open_tree("monitors").unwrap();
+        let states = StateFile::open(dir.path()).unwrap();
+        // Far more monitors than the cursor reads at once, numbered sparsely.
+        let n = 9000;
+        let mut expected = Vec::new();
+        for i in 0..n {
+            let mut m = sample(&format!("ns/m{i:05}"), State::New);
+            m.num = 3 * i as u64 + 1;
+            tree.insert(monitor_key(m.num), serde_json::to_vec(&m).unwrap())
+                .unwrap();
+            match i % 5 {
+                // In its slot.
+                1 => {
+                    m.state.state = State::Up;
+                    m.state.pings = i as u64;
+                    states
+                        .write(m.num, Some(&state::encode(&m).unwrap()))
+                        .unwrap();
+                }
+                // Kept in sled (too long for a slot, say).
+                2 => {
+                    m.state.state = State::Down;
+                    tree.insert(state_key(m.num), state::encode(&m).unwrap())
+                        .unwrap();
+                }
+                _ => {}
+            }
+            expected.push(m);
+        }
+        // A slot without a monitor record is skipped.
+        states
+            .write(2, Some(br#"{"state":{"state":"down"}}"#))
+            .unwrap();
+        let all = load_with(&tree, &states).unwrap();
+        assert_eq!(all.len(), n);
+        for m in &expected {
+            assert_eq!(all.get(&m.def.key), Some(m));
+        }
+        assert_eq!(all.count(State::Up), n / 5);
+
+        // A damaged slot names itself.
+        let raw = std::fs::OpenOptions::new()
+            .write(true)
+            .open(states.path())
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        let at = 64 + expected[6].num * crate::core::store::states::SLOT as u64 + 8;
+        raw.write_all_at(b"#", at).unwrap();
+        let err = load_with(&tree, &states).unwrap_err();
+        assert!(matches!(err, StoreError::States(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("number {}", expected[6].num)),
+            "{err}"
+        );
     }
 
     #[test]

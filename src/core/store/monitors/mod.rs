@@ -19,8 +19,12 @@ mod load;
 mod pings;
 mod state;
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use super::commit::Progress;
 use super::port::blocking;
+use super::states::StateFile;
 use super::wal::Mutation;
 use super::{Store, StoreError};
 use crate::core::alert::outbox::delivery_key;
@@ -33,6 +37,11 @@ use keys::{Family, monitor_key, numbered_prefix, retained_key, state_key, transi
 pub struct SledMonitors {
     store: Store,
     tree: sled::Tree,
+    /// Where state records go ([`state`]).
+    states: StateFile,
+    /// Monitors whose state record is too long for the state file, kept in sled instead:
+    /// the next state record that fits removes it.
+    overflow: Mutex<HashSet<u64>>,
     /// The outbox's pending deliveries, where a round queues the alerts it raised.
     pending: sled::Tree,
 }
@@ -56,8 +65,20 @@ impl SledMonitors {
                 "moved the stored monitors to the layout by number"
             );
         }
+        let started = std::time::Instant::now();
+        let moved = state::move_to_state_file(&tree, store.committer())?;
+        if moved > 0 {
+            tracing::info!(
+                monitors = moved,
+                ms = started.elapsed().as_millis() as u64,
+                "moved the stored monitors' state records to the state file"
+            );
+        }
+        let overflow = state::kept_in_sled(&tree)?;
         Ok(Self {
             pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
+            states: store.committer().states().clone(),
+            overflow: Mutex::new(overflow),
             store: store.clone(),
             tree,
         })
@@ -78,9 +99,12 @@ impl SledMonitors {
                 + round.put_state.len()
                 + round.deliveries.len(),
         );
+        let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
         for r in &round.remove {
             writes.push(Mutation::remove(tree, monitor_key(r.num).to_vec()));
             writes.push(Mutation::remove(tree, state_key(r.num).to_vec()));
+            writes.push(Mutation::state(&self.states, r.num, None));
+            overflow.remove(&r.num);
             if let Some(m) = &r.retain {
                 // History and state stay, under the retained key, for a re-created monitor.
                 writes.push(Mutation::put(tree, retained_key(&r.key), encode(m)?));
@@ -121,15 +145,19 @@ impl SledMonitors {
                 encode(m.as_ref())?,
             ));
             writes.push(Mutation::remove(tree, state_key(m.num).to_vec()));
+            writes.push(Mutation::state(&self.states, m.num, None));
+            overflow.remove(&m.num);
         }
         for m in &round.put_state {
-            // Read back only when the monitors are loaded: never pending.
-            writes.push(Mutation::put_unread(
-                tree,
-                state_key(m.num).to_vec(),
+            state::write(
+                &mut writes,
+                (tree, &self.states),
+                m.num,
                 state::encode(m)?,
-            ));
+                &mut overflow,
+            );
         }
+        drop(overflow);
         for d in &round.deliveries {
             let key = delivery_key(&d.alert, &d.target);
             writes.push(Mutation::put_if_absent(&self.pending, key, encode(d)?));
@@ -144,7 +172,8 @@ pub(crate) fn load_all(
     store: &Store,
     batch: &mut dyn FnMut(Vec<Monitor>),
 ) -> Result<(), StoreError> {
-    load::load_monitors(&store.db.open_tree("monitors")?, batch)
+    let states = store.committer().states();
+    load::load_monitors(&store.db.open_tree("monitors")?, states, batch)
 }
 
 /// A record as its JSON value.
@@ -162,7 +191,7 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, Sto
 
 impl MonitorStore for SledMonitors {
     fn load_monitors(&self, batch: &mut dyn FnMut(Vec<Monitor>)) -> Result<(), StorageError> {
-        Ok(load::load_monitors(&self.tree, batch)?)
+        Ok(load::load_monitors(&self.tree, &self.states, batch)?)
     }
 
     fn next_monitor_num(&self) -> Result<u64, StorageError> {
@@ -245,7 +274,7 @@ mod tests {
     use crate::core::monitor::state::State;
     use crate::core::storage::Removal;
     use crate::core::store::StoreOptions;
-    use crate::core::store::wal::Op;
+    use crate::core::store::wal::{Op, Target as WriteTarget};
 
     fn down(m: &Monitor) -> Alert {
         Alert {
@@ -279,7 +308,10 @@ mod tests {
                     Op::Remove => "remove",
                     Op::PutIfAbsent(_) => "put if absent",
                 };
-                let tree = String::from_utf8_lossy(&w.tree.name()).into_owned();
+                let tree = match &w.target {
+                    WriteTarget::States(_) => "state file".to_string(),
+                    WriteTarget::Tree(t) => String::from_utf8_lossy(&t.name()).into_owned(),
+                };
                 (tree, w.key.first().copied().unwrap_or(0), op)
             })
             .collect()
@@ -323,25 +355,29 @@ mod tests {
         let writes = sled.round_writes(round).unwrap();
         let f = |family: Family| family as u8;
         let monitors = || "monitors".to_string();
+        // Slots are keyed by the monitor's number: its first byte is 0 here.
+        let slot = || "state file".to_string();
         assert_eq!(
             shape(&writes),
             vec![
                 (monitors(), f(Family::Monitor), "remove"),
                 (monitors(), f(Family::State), "remove"),
+                (slot(), 0, "remove"),
                 (monitors(), f(Family::Retained), "remove"),
                 (monitors(), f(Family::Transition), "put"),
                 // Both pings in one block, written once.
                 (monitors(), f(Family::PingBlock), "put"),
-                // A whole record takes the place of the state record.
+                // A whole record takes the place of the state record, wherever it is.
                 (monitors(), f(Family::Monitor), "put"),
                 (monitors(), f(Family::State), "remove"),
-                // The state alone where only the state changed.
-                (monitors(), f(Family::State), "put"),
+                (slot(), 0, "remove"),
+                // The state alone where only the state changed, in its slot.
+                (slot(), 0, "put"),
                 ("outbox".to_string(), b'n', "put if absent"),
             ]
         );
-        assert_eq!(writes[4].key, pings::block_key(kept.num, 1).to_vec());
-        assert_eq!(writes[7].key, state_key(9).to_vec());
+        assert_eq!(writes[5].key, pings::block_key(kept.num, 1).to_vec());
+        assert_eq!(writes[9].key, 9u64.to_be_bytes().to_vec());
 
         // Handed over as one record of the commit log.
         let before = store.committer().stats().records.load(Ordering::Relaxed);

@@ -7,17 +7,33 @@
 //! [`MonitorState`](crate::core::monitor::state::MonitorState) and the last run's duration, as JSON like every record of the tree
 //! (about 150 bytes for a monitor pinged on an interval).
 //!
-//! The encoding is the port's ([`state_record`]), shared with every backend. It lives
-//! under [`Family::State`](super::keys::Family::State) with the monitor's number, so
-//! the state records sort like the monitor records and loading merges both ranges in one
-//! pass, and a herd's state records are written in the order they sit in. Ordering: a state record is always newer than the state inside the monitor's
-//! record, because every write of the whole record (and every removal) removes the state
-//! record in the same commit-log record. A store written before state records existed has
-//! none, and loads as it did.
+//! The encoding is the port's ([`state_record`]), shared with every backend. It goes to
+//! the monitor's slot in the state file ([`states`](crate::core::store::states)): one
+//! positional write, where an insert into sled fetched and copied a B-tree leaf that a
+//! million monitors keep out of sled's cache. A state record too long for a slot (a
+//! monitor that remembers many Jobs) lives in sled under
+//! [`Family::State`](super::keys::Family::State) with the monitor's number instead, and
+//! its slot is cleared in the same commit-log record; the next one that fits clears it
+//! from sled. So a monitor's state is in at most one of the two places.
+//!
+//! Ordering: a state record is always newer than the state inside the monitor's record,
+//! because every write of the whole record (and every removal) clears both places in
+//! the same commit-log record. A store written before state records existed has none,
+//! and loads as it did; one written before the state file keeps them in sled, and they
+//! move to the state file when a server opens it ([`move_to_state_file`]).
 
+use std::collections::HashSet;
+
+use super::keys::{Family, state_key};
 use crate::core::monitor::engine::Monitor;
 use crate::core::storage::{StorageError, state_record};
 use crate::core::store::StoreError;
+use crate::core::store::commit::Committer;
+use crate::core::store::states::{self, CAPACITY, StateFile};
+use crate::core::store::wal::Mutation;
+
+/// State records moved to the state file per commit-log record.
+const CHUNK: usize = 1024;
 
 /// `m`'s state record ([`state_record::encode`]).
 pub(super) fn encode(m: &Monitor) -> Result<Vec<u8>, StoreError> {
@@ -31,6 +47,90 @@ pub(super) fn apply(m: &mut Monitor, v: &[u8]) -> Result<(), StoreError> {
         StorageError::Corrupt { what, detail } => StoreError::Corrupt { what, detail },
         other => StoreError::Write(other.to_string()),
     })
+}
+
+/// Whether a state record fits a slot of the state file.
+fn fits(record: &[u8]) -> bool {
+    !record.is_empty() && record.len() <= CAPACITY
+}
+
+/// Adds the writes that make `record` monitor `num`'s state: into its slot when it fits
+/// (removing the one kept in sled, if `overflow` says there is one), otherwise into sled
+/// with the slot cleared. `overflow` follows.
+pub(super) fn write(
+    writes: &mut Vec<Mutation>,
+    (tree, states): (&sled::Tree, &StateFile),
+    num: u64,
+    record: Vec<u8>,
+    overflow: &mut HashSet<u64>,
+) {
+    if fits(&record) && states::addressable(num) {
+        writes.push(Mutation::state(states, num, Some(record)));
+        if overflow.remove(&num) {
+            writes.push(Mutation::remove(tree, state_key(num).to_vec()));
+        }
+    } else {
+        // Read back only when the monitors are loaded: never pending.
+        writes.push(Mutation::put_unread(tree, state_key(num).to_vec(), record));
+        writes.push(Mutation::state(states, num, None));
+        overflow.insert(num);
+    }
+}
+
+/// Moves the state records kept in sled that fit a slot to the state file, a chunk per
+/// commit-log record (each moved record written to its slot and removed from sled in
+/// the same record, so a crash leaves it in one place or the other); returns how many
+/// moved.
+pub(super) fn move_to_state_file(
+    tree: &sled::Tree,
+    committer: &Committer,
+) -> Result<usize, StoreError> {
+    let mut moved = 0;
+    let mut from = vec![Family::State as u8];
+    loop {
+        let mut writes = Vec::new();
+        let mut last = None;
+        for item in tree.range(from.as_slice()..).take(CHUNK) {
+            let (k, v) = item?;
+            if k.first() != Some(&(Family::State as u8)) {
+                break;
+            }
+            if let Some(num) = number(&k)
+                && fits(&v)
+                && states::addressable(num)
+            {
+                writes.push(Mutation::state(committer.states(), num, Some(v.to_vec())));
+                writes.push(Mutation::remove(tree, k.to_vec()));
+                moved += 1;
+            }
+            last = Some(k);
+        }
+        let Some(last) = last else {
+            return Ok(moved);
+        };
+        if !writes.is_empty() {
+            committer.log_blocking(writes)?;
+        }
+        // The next key after the last one read.
+        from = [last.as_ref(), &[0]].concat();
+    }
+}
+
+/// The monitors whose state record is kept in sled (too long for a slot).
+pub(super) fn kept_in_sled(tree: &sled::Tree) -> Result<HashSet<u64>, StoreError> {
+    let mut kept = HashSet::new();
+    for k in tree.scan_prefix([Family::State as u8]).keys() {
+        if let Some(num) = number(&k?) {
+            kept.insert(num);
+        }
+    }
+    Ok(kept)
+}
+
+/// The monitor number in a state record's key.
+fn number(key: &[u8]) -> Option<u64> {
+    let num: [u8; 8] = key.get(1..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(num))
 }
 
 #[cfg(test)]

@@ -1,0 +1,413 @@
+//! The state file: every monitor's state record in a slot of its own, addressed by the
+//! monitor's number, beside sled.
+//!
+//! A state record changes with every ping and every deadline, and is read back only when
+//! the monitors are loaded. In sled each of those writes was an insert into a B-tree leaf
+//! of sixteen entries: with a million monitors the leaf was rarely in sled's cache, so an
+//! insert fetched, decoded and copied a whole leaf (about 11 µs), and a herd of Downs
+//! spent half its time there. Here it is one positional write into the page cache.
+//!
+//! Durability is the commit log's, as for sled: a slot is written only after the record
+//! holding the write is durable, a checkpoint syncs this file before the log starts over,
+//! and a replay writes every slot the log holds again. So a slot torn by a crash was
+//! written after the last checkpoint and is rewritten by the replay; a slot written
+//! before it was synced whole.
+//!
+//! Layout: a header of [`HEADER`] bytes, then slot `n` at `HEADER + n * SLOT`. A slot is
+//! the record's length (2 bytes, little-endian; 0 for none), a CRC-32 of the length and
+//! the record (4 bytes), the record and zeros. Numbers that were never used read as zeros
+//! (a hole in a sparse file): no record. A state record longer than [`CAPACITY`] does not
+//! fit: the store keeps it in sled and leaves the slot empty.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file's name in the data directory.
+pub const FILE_NAME: &str = "monitor-states";
+
+/// The name the commit log gives this file's writes, in place of a sled tree's: a name
+/// no tree has (trees are named in plain words).
+pub const LOG_NAME: &[u8] = b"\0monitor-states";
+
+/// Bytes of the file's header: magic, slot size, CRC-32 of both, zeros.
+const HEADER: u64 = 64;
+
+const MAGIC: &[u8; 8] = b"HSSTATE1";
+
+/// Bytes per slot.
+pub const SLOT: usize = 256;
+
+/// Length and CRC in front of a slot's record.
+const SLOT_HEADER: usize = 6;
+
+/// The longest state record a slot holds.
+pub const CAPACITY: usize = SLOT - SLOT_HEADER;
+
+/// Slots read at once while the monitors are loaded (in number order).
+const WINDOW_SLOTS: u64 = 4096;
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StatesError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The state file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The file is not a state file of this layout.
+    #[error(
+        "{path}: not a Hartslag state file of this version (unknown header); it was left untouched"
+    )]
+    Header {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A slot does not hold what was written to it.
+    #[error("{path}: the state record of monitor number {num} is corrupt: {detail}")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// The monitor whose slot it is.
+        num: u64,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A state record longer than a slot, or a number past what a file can address.
+    #[error("the state record of monitor number {num} does not fit a slot ({detail})")]
+    DoesNotFit {
+        /// The monitor.
+        num: u64,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The open state file; clones share it.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// Opens (or creates) the state file in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StatesError> {
+        let path = dir.join(FILE_NAME);
+        let io = |source| StatesError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let mut head = [0u8; HEADER as usize];
+        let read = read_at_most(&file, &mut head, 0).map_err(io)?;
+        if read == 0 || head.iter().all(|b| *b == 0) {
+            // New, or created but never given a header before a crash: no slot written
+            // yet either (the header is synced before the first slot is written).
+            file.write_all_at(&header(), 0).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        } else if head != header() {
+            return Err(StatesError::Header { path });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner { file, path }),
+        })
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Writes monitor `num`'s state record (`None`: clears the slot). Not durable until
+    /// [`StateFile::sync`]; the commit log makes it so meanwhile.
+    pub fn write(&self, num: u64, record: Option<&[u8]>) -> Result<(), StatesError> {
+        let slot = encode_slot(num, record)?;
+        self.inner
+            .file
+            .write_all_at(&slot, offset(num)?)
+            .map_err(|source| self.io(source))
+    }
+
+    /// Monitor `num`'s state record, if its slot holds one.
+    pub fn read(&self, num: u64) -> Result<Option<Vec<u8>>, StatesError> {
+        let Ok(at) = offset(num) else {
+            return Ok(None);
+        };
+        let mut slot = [0u8; SLOT];
+        let read =
+            read_at_most(&self.inner.file, &mut slot, at).map_err(|source| self.io(source))?;
+        decode_slot(&slot[..read], num).map_err(|detail| self.corrupt(num, detail))
+    }
+
+    /// Makes every slot written so far durable.
+    pub fn sync(&self) -> Result<(), StatesError> {
+        self.inner
+            .file
+            .sync_data()
+            .map_err(|source| self.io(source))
+    }
+
+    /// A reader for monitors taken in ascending number order, which reads the file a
+    /// window at a time instead of a slot at a time.
+    pub fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            file: self,
+            window: Vec::new(),
+            first: 0,
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> StatesError {
+        StatesError::Io {
+            path: self.inner.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, num: u64, detail: String) -> StatesError {
+        StatesError::Corrupt {
+            path: self.inner.path.clone(),
+            num,
+            detail,
+        }
+    }
+}
+
+/// Reads slots in ascending number order through a window of [`WINDOW_SLOTS`].
+pub struct Cursor<'a> {
+    file: &'a StateFile,
+    window: Vec<u8>,
+    /// The number of the window's first slot.
+    first: u64,
+}
+
+impl Cursor<'_> {
+    /// Monitor `num`'s state record, if its slot holds one.
+    pub fn read(&mut self, num: u64) -> Result<Option<Vec<u8>>, StatesError> {
+        let Ok(at) = offset(num) else {
+            return Ok(None);
+        };
+        let in_window = num >= self.first && (num - self.first) < self.slots_held();
+        if !in_window {
+            self.first = num;
+            self.window.resize(WINDOW_SLOTS as usize * SLOT, 0);
+            let read = read_at_most(&self.file.inner.file, &mut self.window, at)
+                .map_err(|source| self.file.io(source))?;
+            self.window.truncate(read);
+        }
+        let start = ((num - self.first) as usize) * SLOT;
+        let slot = self.window.get(start..).unwrap_or_default();
+        let slot = slot.get(..SLOT).unwrap_or(slot);
+        decode_slot(slot, num).map_err(|detail| self.file.corrupt(num, detail))
+    }
+
+    fn slots_held(&self) -> u64 {
+        (self.window.len() / SLOT) as u64 + u64::from(self.window.len() % SLOT != 0)
+    }
+}
+
+fn header() -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&(SLOT as u32).to_le_bytes());
+    let crc = crc32fast::hash(&h[..12]);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Whether monitor `num` has a slot: numbers past what a file can address (never given
+/// out in practice) keep their state records in sled.
+pub fn addressable(num: u64) -> bool {
+    offset(num).is_ok()
+}
+
+/// Where slot `num` begins.
+fn offset(num: u64) -> Result<u64, StatesError> {
+    num.checked_mul(SLOT as u64)
+        .and_then(|o| o.checked_add(HEADER))
+        .ok_or_else(|| StatesError::DoesNotFit {
+            num,
+            detail: "the number is past what a file can address".into(),
+        })
+}
+
+fn encode_slot(num: u64, record: Option<&[u8]>) -> Result<[u8; SLOT], StatesError> {
+    let mut slot = [0u8; SLOT];
+    let Some(record) = record else {
+        return Ok(slot);
+    };
+    if record.is_empty() || record.len() > CAPACITY {
+        return Err(StatesError::DoesNotFit {
+            num,
+            detail: format!("{} bytes; a slot holds 1 to {CAPACITY}", record.len()),
+        });
+    }
+    let len = (record.len() as u16).to_le_bytes();
+    slot[..2].copy_from_slice(&len);
+    slot[SLOT_HEADER..SLOT_HEADER + record.len()].copy_from_slice(record);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&len);
+    crc.update(record);
+    slot[2..6].copy_from_slice(&crc.finalize().to_le_bytes());
+    Ok(slot)
+}
+
+/// A slot's record; `slot` may be short (past the end of the file: zeros).
+fn decode_slot(slot: &[u8], num: u64) -> Result<Option<Vec<u8>>, String> {
+    let len = match slot.get(..2) {
+        Some(b) => u16::from_le_bytes([b[0], b[1]]) as usize,
+        None => return Ok(None),
+    };
+    if len == 0 {
+        return Ok(None);
+    }
+    let (Some(stored), Some(record)) = (slot.get(2..6), slot.get(SLOT_HEADER..SLOT_HEADER + len))
+    else {
+        return Err(format!(
+            "slot {num} says {len} bytes, more than a slot holds"
+        ));
+    };
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&slot[..2]);
+    crc.update(record);
+    if crc.finalize().to_le_bytes() != stored {
+        return Err("its checksum does not match".into());
+    }
+    Ok(Some(record.to_vec()))
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; returns the bytes read.
+fn read_at_most(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut read = 0;
+    while read < buf.len() {
+        match file.read_at(&mut buf[read..], at + read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_hold_what_was_written_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::open(dir.path()).unwrap();
+        f.write(3, Some(b"{\"state\":\"up\"}")).unwrap();
+        f.write(1_000_000, Some(&[7u8; CAPACITY])).unwrap();
+        assert_eq!(
+            f.read(3).unwrap().as_deref(),
+            Some(&b"{\"state\":\"up\"}"[..])
+        );
+        assert_eq!(f.read(1_000_000).unwrap(), Some(vec![7u8; CAPACITY]));
+        // Never written: a hole, or past the end of the file.
+        assert_eq!(f.read(4).unwrap(), None);
+        assert_eq!(f.read(5_000_000).unwrap(), None);
+        f.write(3, None).unwrap();
+        assert_eq!(f.read(3).unwrap(), None);
+        f.sync().unwrap();
+        drop(f);
+        let f = StateFile::open(dir.path()).unwrap();
+        assert_eq!(f.read(1_000_000).unwrap(), Some(vec![7u8; CAPACITY]));
+    }
+
+    #[test]
+    fn a_record_too_long_or_empty_is_refused_and_the_slot_is_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::open(dir.path()).unwrap();
+        f.write(2, Some(b"x")).unwrap();
+        let err = f.write(2, Some(&[1u8; CAPACITY + 1])).unwrap_err();
+        assert!(
+            matches!(err, StatesError::DoesNotFit { num: 2, .. }),
+            "{err}"
+        );
+        assert!(f.write(2, Some(b"")).is_err());
+        assert_eq!(f.read(2).unwrap().as_deref(), Some(&b"x"[..]));
+        assert!(matches!(
+            f.write(u64::MAX / 2, Some(b"x")),
+            Err(StatesError::DoesNotFit { .. })
+        ));
+        assert!(!addressable(u64::MAX / 2) && addressable(1 << 40));
+        assert_eq!(f.read(u64::MAX).unwrap(), None);
+        assert_eq!(f.cursor().read(u64::MAX).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_slot_is_reported_with_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::open(dir.path()).unwrap();
+        f.write(9, Some(b"{\"state\":\"down\"}")).unwrap();
+        let raw = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(FILE_NAME))
+            .unwrap();
+        raw.write_all_at(b"?", HEADER + 9 * SLOT as u64 + 10)
+            .unwrap();
+        let err = f.read(9).unwrap_err();
+        assert!(matches!(err, StatesError::Corrupt { num: 9, .. }), "{err}");
+        // A length past the slot is corrupt too, not a panic.
+        raw.write_all_at(&u16::MAX.to_le_bytes(), HEADER + 9 * SLOT as u64)
+            .unwrap();
+        assert!(matches!(
+            f.cursor().read(9),
+            Err(StatesError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_file_of_another_kind_is_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), b"something else entirely").unwrap();
+        let err = StateFile::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StatesError::Header { .. }), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join(FILE_NAME)).unwrap(),
+            b"something else entirely"
+        );
+    }
+
+    #[test]
+    fn the_cursor_reads_in_number_order_across_windows_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::open(dir.path()).unwrap();
+        let nums = [1u64, 2, 4095, 4096, 4097, 9000, 2_000_000];
+        for n in nums {
+            f.write(n, Some(format!("{{\"n\":{n}}}").as_bytes()))
+                .unwrap();
+        }
+        let mut c = f.cursor();
+        for n in 0..4100 {
+            let want = nums
+                .contains(&n)
+                .then(|| format!("{{\"n\":{n}}}").into_bytes());
+            assert_eq!(c.read(n).unwrap(), want, "slot {n}");
+        }
+        assert_eq!(c.read(9000).unwrap(), Some(b"{\"n\":9000}".to_vec()));
+        assert_eq!(
+            c.read(2_000_000).unwrap(),
+            Some(b"{\"n\":2000000}".to_vec())
+        );
+        assert_eq!(c.read(3_000_000).unwrap(), None);
+    }
+}
