@@ -888,6 +888,44 @@ mod tests {
     }
 
     #[test]
+    fn state_file_writes_replay_into_their_slots_beside_the_trees() {
+        let (dir, db) = db();
+        let t = db.open_tree("t").unwrap();
+        let states = state_file(dir.path());
+        states.write(8, Some(b"{\"state\":\"stale\"}")).unwrap();
+        {
+            let (mut log, _) = Log::open(dir.path(), &db, &states).unwrap();
+            let mut buf = Vec::new();
+            encode_record(
+                &[
+                    Mutation::put(&t, b"k".to_vec(), b"v".to_vec()),
+                    Mutation::state(&states, 7, Some(b"{\"state\":\"up\"}".to_vec())),
+                    Mutation::state(&states, 8, None),
+                ],
+                log.generation(),
+                &mut buf,
+            )
+            .unwrap();
+            log.append(&buf).unwrap();
+            // Stopped before anything was applied, as a crash would.
+        }
+        let reopened = state_file(dir.path());
+        let (_, replayed) = Log::open(dir.path(), &db, &reopened).unwrap();
+        assert_eq!(replayed, 1);
+        assert_eq!(t.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            reopened.read(7).unwrap().as_deref(),
+            Some(&b"{\"state\":\"up\"}"[..])
+        );
+        assert_eq!(reopened.read(8).unwrap(), None);
+        assert!(
+            db.tree_names()
+                .iter()
+                .all(|n| n.as_ref() != states::LOG_NAME)
+        );
+    }
+
+    #[test]
     fn a_file_that_is_not_a_commit_log_is_refused_and_left_alone() {
         let (dir, db) = db();
         let path = dir.path().join(FILE_NAME);

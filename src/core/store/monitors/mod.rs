@@ -465,8 +465,120 @@ mod tests {
             vec![b, a],
             "each monitor once, with its newest state"
         );
-        for family in [Family::NamedMonitor, Family::NamedState] {
+        // The state records moved on to the state file.
+        for family in [Family::NamedMonitor, Family::NamedState, Family::State] {
             assert_eq!(sled.tree.scan_prefix([family as u8]).count(), 0);
         }
+    }
+
+    /// `m` remembering `jobs` Jobs, which makes its state record long.
+    fn with_jobs(mut m: Monitor, jobs: usize) -> Monitor {
+        use crate::core::monitor::jobs::{JobPhase, SeenJob};
+        for i in 0..jobs {
+            m.state.jobs.vec_mut().push(SeenJob {
+                name: format!("nightly-backup-2951{i:04}"),
+                started_at: m.state.since,
+                phase: JobPhase::Succeeded,
+            });
+        }
+        m
+    }
+
+    #[test]
+    fn a_state_record_too_long_for_its_slot_is_kept_in_sled_until_one_fits_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample("ns/nightly-backup", State::Up);
+        m.num = 3;
+        let state_in_sled = |sled: &SledMonitors| sled.tree.get(state_key(3)).unwrap().is_some();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let sled = SledMonitors::open(&store).unwrap();
+            let put_state = |m: &Monitor| MonitorRound {
+                put_state: vec![Arc::new(m.clone())],
+                ..Default::default()
+            };
+            commit(
+                &sled,
+                MonitorRound {
+                    put: vec![Arc::new(m.clone())],
+                    ..Default::default()
+                },
+            );
+            m.state.pings = 1;
+            commit(&sled, put_state(&m));
+            assert!(!state_in_sled(&sled));
+            m = with_jobs(m, 16);
+            assert!(state::encode(&m).unwrap().len() > crate::core::store::states::CAPACITY);
+            commit(&sled, put_state(&m));
+            assert!(state_in_sled(&sled));
+            assert_eq!(store.committer().states().read(3).unwrap(), None);
+            assert_eq!(loaded(&sled), vec![m.clone()]);
+        }
+        // Known to be in sled after a restart too: the next short one removes it.
+        let store = open_when_free(dir.path());
+        let sled = SledMonitors::open(&store).unwrap();
+        assert_eq!(loaded(&sled), vec![m.clone()]);
+        m.state.jobs = Default::default();
+        m.state.pings = 2;
+        commit(
+            &sled,
+            MonitorRound {
+                put_state: vec![Arc::new(m.clone())],
+                ..Default::default()
+            },
+        );
+        assert!(!state_in_sled(&sled));
+        assert_eq!(loaded(&sled), vec![m]);
+    }
+
+    #[test]
+    fn state_records_an_earlier_version_kept_in_sled_move_to_the_state_file_when_one_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all: Vec<Monitor> = (1..=2500u64)
+            .map(|num| {
+                let mut m = sample(&format!("ns/m{num:04}"), State::New);
+                m.num = num;
+                m
+            })
+            .collect();
+        {
+            // As the version before the state file left it: state records in sled.
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("monitors").unwrap();
+            for m in all.iter_mut() {
+                tree.insert(monitor_key(m.num), encode(&*m).unwrap())
+                    .unwrap();
+                if m.num % 2 == 0 {
+                    m.state.state = State::Up;
+                    m.state.pings = m.num;
+                    if m.num == 1000 {
+                        *m = with_jobs(m.clone(), 16);
+                    }
+                    tree.insert(state_key(m.num), state::encode(m).unwrap())
+                        .unwrap();
+                }
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let sled = SledMonitors::open(&store).unwrap();
+        assert_eq!(loaded(&sled), all);
+        // All but the one too long for its slot moved.
+        let kept: Vec<_> = sled
+            .tree
+            .scan_prefix([Family::State as u8])
+            .keys()
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            kept[0].as_ref().unwrap().as_ref(),
+            state_key(1000).as_slice()
+        );
+        assert!(store.committer().states().read(2).unwrap().is_some());
+        assert_eq!(store.committer().states().read(1000).unwrap(), None);
+        drop((sled, store));
+        let store = open_when_free(dir.path());
+        let sled = SledMonitors::open(&store).unwrap();
+        assert_eq!(loaded(&sled), all);
     }
 }
