@@ -27,7 +27,7 @@
 //!    began after the record was written; `Applied` only after `Durable`.
 //! 3. **Durable before visible.** sled gets a record's writes only after it is durable:
 //!    whatever sled holds, a replay of the log completes it.
-//! 4. **One flush at a time.** Only the commit thread syncs the log or flushes sled
+//! 4. **One flush at a time.** Only the commit thread syncs the log, the state file or flushes sled
 //!    (sled 0.34 also deadlocks when many tasks call `flush_async` at once), and a
 //!    checkpoint first waits until the apply thread has applied every group handed to it:
 //!    no apply runs during sled's flush, and the log is emptied only once sled has every
@@ -46,7 +46,8 @@
 //!    way, [`Mutation::put_unread`](super::wal::Mutation::put_unread)); every other
 //!    reader reads sled, which holds only durable data.
 //!
-//! A checkpoint (a sled flush, after which the log starts over) runs on the commit thread
+//! A checkpoint (a sled flush and a sync of the monitors' state file, after which the log
+//! starts over) runs on the commit thread
 //! between groups: when the log passes [`CHECKPOINT_BYTES`](thread::CHECKPOINT_BYTES),
 //! after [`IDLE_CHECKPOINT`](thread::IDLE_CHECKPOINT) without commits, for
 //! [`Committer::flush`], and when the last handle is dropped.
