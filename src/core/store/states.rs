@@ -170,6 +170,7 @@ impl StateFile {
             file: self,
             window: Vec::new(),
             first: 0,
+            end: None,
         }
     }
 
@@ -195,6 +196,9 @@ pub struct Cursor<'a> {
     window: Vec<u8>,
     /// The number of the window's first slot.
     first: u64,
+    /// The first number past the end of the file, once a window reached it: nothing is
+    /// written while monitors load, so no slot from there on holds a record.
+    end: Option<u64>,
 }
 
 impl Cursor<'_> {
@@ -203,6 +207,9 @@ impl Cursor<'_> {
         let Ok(at) = offset(num) else {
             return Ok(None);
         };
+        if self.end.is_some_and(|end| num >= end) {
+            return Ok(None);
+        }
         let in_window = num >= self.first && (num - self.first) < self.slots_held();
         if !in_window {
             self.first = num;
@@ -210,6 +217,9 @@ impl Cursor<'_> {
             let read = read_at_most(&self.file.inner.file, &mut self.window, at)
                 .map_err(|source| self.file.io(source))?;
             self.window.truncate(read);
+            if read < WINDOW_SLOTS as usize * SLOT {
+                self.end = Some(num + self.slots_held());
+            }
         }
         let start = ((num - self.first) as usize) * SLOT;
         let slot = self.window.get(start..).unwrap_or_default();
@@ -218,7 +228,7 @@ impl Cursor<'_> {
     }
 
     fn slots_held(&self) -> u64 {
-        (self.window.len() / SLOT) as u64 + u64::from(self.window.len() % SLOT != 0)
+        self.window.len().div_ceil(SLOT) as u64
     }
 }
 
