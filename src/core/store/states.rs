@@ -22,7 +22,9 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "monitor-states";
@@ -47,6 +49,9 @@ pub const CAPACITY: usize = SLOT - SLOT_HEADER;
 
 /// Slots read at once while the monitors are loaded (in number order).
 const WINDOW_SLOTS: u64 = 4096;
+
+/// How often the writeback thread syncs the slots written since it last did.
+const WRITE_BACK_EVERY: Duration = Duration::from_millis(250);
 
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,12 @@ pub struct StateFile {
 struct Inner {
     file: File,
     path: PathBuf,
+    /// Slots were written since the background writeback last synced.
+    dirty: AtomicBool,
+    /// Why a background sync failed: the kernel may have dropped the pages it could not
+    /// write, so a later sync that succeeds proves nothing, and every later
+    /// [`StateFile::sync`] fails with this.
+    failed: Mutex<Option<String>>,
 }
 
 impl StateFile {
@@ -124,9 +135,21 @@ impl StateFile {
         } else if head != header() {
             return Err(StatesError::Header { path });
         }
-        Ok(Self {
-            inner: Arc::new(Inner { file, path }),
-        })
+        let inner = Arc::new(Inner {
+            file,
+            path,
+            dirty: AtomicBool::new(false),
+            failed: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("hartslag-states".into())
+            .spawn(move || write_back(&weak))
+            .map_err(|source| StatesError::Io {
+                path: inner.path.clone(),
+                source,
+            })?;
+        Ok(Self { inner })
     }
 
     /// Where the file is.
@@ -141,7 +164,9 @@ impl StateFile {
         self.inner
             .file
             .write_all_at(&slot, offset(num)?)
-            .map_err(|source| self.io(source))
+            .map_err(|source| self.io(source))?;
+        self.inner.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Monitor `num`'s state record, if its slot holds one.
@@ -155,12 +180,18 @@ impl StateFile {
         decode_slot(&slot[..read], num).map_err(|detail| self.corrupt(num, detail))
     }
 
-    /// Makes every slot written so far durable.
+    /// Makes every slot written so far durable; fails for good once a sync has failed.
     pub fn sync(&self) -> Result<(), StatesError> {
-        self.inner
-            .file
-            .sync_data()
-            .map_err(|source| self.io(source))
+        if let Some(e) = self.inner.failure() {
+            return Err(self.io(std::io::Error::other(format!(
+                "an earlier sync failed, so nothing written since can be trusted: {e}"
+            ))));
+        }
+        self.inner.file.sync_data().map_err(|source| {
+            *self.inner.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(source.to_string());
+            self.io(source)
+        })
     }
 
     /// A reader for monitors taken in ascending number order, which reads the file a
@@ -186,6 +217,33 @@ impl StateFile {
             path: self.inner.path.clone(),
             num,
             detail,
+        }
+    }
+}
+
+impl Inner {
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The writeback thread: syncs written slots every [`WRITE_BACK_EVERY`] until the file is
+/// closed, so a checkpoint's sync (on the commit thread, which writes nothing meanwhile)
+/// finds little left to write. Left to the kernel, a herd's dirty pages waited for the
+/// checkpoint, whose sync then stalled the commit log for up to half a second.
+fn write_back(inner: &Weak<Inner>) {
+    loop {
+        std::thread::sleep(WRITE_BACK_EVERY);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if !inner.dirty.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        if let Err(e) = inner.file.sync_data() {
+            tracing::error!(path = %inner.path.display(), error = %e, "syncing the monitors' state file failed; the next checkpoint fails and writes stop until a restart");
+            *inner.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            return;
         }
     }
 }
