@@ -39,7 +39,7 @@ const HEADER: u64 = 64;
 const MAGIC: &[u8; 8] = b"HSSTATE1";
 
 /// Bytes per slot.
-pub const SLOT: usize = 256;
+pub const SLOT: usize = 512;
 
 /// Length and CRC in front of a slot's record.
 const SLOT_HEADER: usize = 6;
@@ -188,8 +188,7 @@ impl StateFile {
             ))));
         }
         self.inner.file.sync_data().map_err(|source| {
-            *self.inner.failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some(source.to_string());
+            *self.inner.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(source.to_string());
             self.io(source)
         })
     }
@@ -223,7 +222,10 @@ impl StateFile {
 
 impl Inner {
     fn failure(&self) -> Option<String> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

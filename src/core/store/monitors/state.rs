@@ -141,6 +141,30 @@ mod tests {
     use crate::core::monitor::state::State;
 
     #[test]
+    fn a_busy_monitors_state_record_fits_a_slot_of_the_state_file() {
+        use crate::core::monitor::state::DownReason;
+        // Every timestamp to the nanosecond, as pings and deadlines set them.
+        let at: jiff::Timestamp = "2026-12-05T22:21:40.020728805Z".parse().unwrap();
+        let mut m = sample("some-long-namespace/nightly-database-backup", State::Down);
+        m.num = u64::MAX / 1024;
+        m.state.since = at;
+        m.state.last_ping_at = Some(at);
+        m.state.run_started_at = Some(at);
+        m.state.last_fail_at = Some(at);
+        m.state.deadline = Some(at);
+        m.state.last_alert_at = Some(at);
+        m.state.down_reason = Some(DownReason::Failed {
+            exit_code: Some(255),
+        });
+        m.state.incident_open = true;
+        m.state.pings = u64::MAX;
+        m.state.failures = u32::MAX;
+        m.last_run_ms = Some(u64::MAX);
+        let v = encode(&m).unwrap();
+        assert!(v.len() <= CAPACITY, "{} bytes", v.len());
+    }
+
+    #[test]
     fn a_state_record_carries_the_state_and_the_last_run_and_is_small() {
         let mut m = sample("ns/nightly-backup", State::Up);
         m.state.last_ping_at = Some(m.state.since);
