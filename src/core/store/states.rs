@@ -33,8 +33,9 @@ pub const FILE_NAME: &str = "monitor-states";
 /// no tree has (trees are named in plain words).
 pub const LOG_NAME: &[u8] = b"\0monitor-states";
 
-/// Bytes of the file's header: magic, slot size, CRC-32 of both, zeros.
-const HEADER: u64 = 64;
+/// Bytes of the file's header: magic, slot size, CRC-32 of both, zeros. A page, so that
+/// no slot straddles two pages of the page cache.
+pub(crate) const HEADER: u64 = 4096;
 
 const MAGIC: &[u8; 8] = b"HSSTATE1";
 
@@ -49,6 +50,16 @@ pub const CAPACITY: usize = SLOT - SLOT_HEADER;
 
 /// Slots read at once while the monitors are loaded (in number order).
 const WINDOW_SLOTS: u64 = 4096;
+
+/// A monitor numbered at most this far after the one read before it is read with a
+/// window of the slots after it; one further away, alone.
+const NEAR_SLOTS: u64 = 64;
+
+/// Monitors numbered from this on keep their state records in sled: the file stays
+/// below 8 GiB (apparent size; a sparse file takes what its slots hold). Numbers are
+/// dense from 1 in stores made since the state file; earlier ones took numbers from
+/// sled's id generator, which may be far larger.
+pub const SLOTS: u64 = 1 << 24;
 
 /// How often the writeback thread syncs the slots written since it last did.
 const WRITE_BACK_EVERY: Duration = Duration::from_millis(250);
@@ -182,15 +193,15 @@ impl StateFile {
 
     /// Makes every slot written so far durable; fails for good once a sync has failed.
     pub fn sync(&self) -> Result<(), StatesError> {
-        if let Some(e) = self.inner.failure() {
-            return Err(self.io(std::io::Error::other(format!(
-                "an earlier sync failed, so nothing written since can be trusted: {e}"
-            ))));
-        }
-        self.inner.file.sync_data().map_err(|source| {
-            *self.inner.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(source.to_string());
-            self.io(source)
-        })
+        self.inner
+            .sync()
+            .map_err(|e| self.io(std::io::Error::other(e)))
+    }
+
+    /// Tests: makes every later sync fail with `reason`, as after a failed `fdatasync`.
+    #[cfg(test)]
+    pub(crate) fn fail_syncs(&self, reason: &str) {
+        *self.inner.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
     }
 
     /// A reader for monitors taken in ascending number order, which reads the file a
@@ -201,6 +212,7 @@ impl StateFile {
             window: Vec::new(),
             first: 0,
             end: None,
+            last: 0,
         }
     }
 
@@ -221,11 +233,23 @@ impl StateFile {
 }
 
 impl Inner {
-    fn failure(&self) -> Option<String> {
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Syncs the file, or fails with the failure of an earlier sync. One lock holds the
+    /// check, the sync and the record of its failure: Linux reports a failed writeback
+    /// to one `fdatasync` on the file only, so a sync by another thread between the check
+    /// and the record would find nothing wrong and a checkpoint would empty the log over
+    /// slots the kernel dropped.
+    fn sync(&self) -> Result<(), String> {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = failed.as_ref() {
+            return Err(format!(
+                "an earlier sync failed, so nothing written since can be trusted: {e}"
+            ));
+        }
+        self.dirty.store(false, Ordering::Release);
+        self.file.sync_data().map_err(|e| {
+            *failed = Some(e.to_string());
+            e.to_string()
+        })
     }
 }
 
@@ -239,12 +263,11 @@ fn write_back(inner: &Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if !inner.dirty.swap(false, Ordering::AcqRel) {
+        if !inner.dirty.load(Ordering::Acquire) {
             continue;
         }
-        if let Err(e) = inner.file.sync_data() {
-            tracing::error!(path = %inner.path.display(), error = %e, "syncing the monitors' state file failed; the next checkpoint fails and writes stop until a restart");
-            *inner.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        if let Err(e) = inner.sync() {
+            tracing::error!(path = %inner.path.display(), error = %e, "syncing the monitors' state file failed; the next checkpoint fails, and writes stop then until a restart");
             return;
         }
     }
@@ -259,6 +282,8 @@ pub struct Cursor<'a> {
     /// The first number past the end of the file, once a window reached it: nothing is
     /// written while monitors load, so no slot from there on holds a record.
     end: Option<u64>,
+    /// The number read last.
+    last: u64,
 }
 
 impl Cursor<'_> {
@@ -270,8 +295,14 @@ impl Cursor<'_> {
         if self.end.is_some_and(|end| num >= end) {
             return Ok(None);
         }
+        let near = num.saturating_sub(self.last) <= NEAR_SLOTS;
+        self.last = num;
         let in_window = num >= self.first && (num - self.first) < self.slots_held();
         if !in_window {
+            if !near {
+                // Far from the monitor before: its slot alone, not a window of holes.
+                return self.file.read(num);
+            }
             self.first = num;
             self.window.resize(WINDOW_SLOTS as usize * SLOT, 0);
             let read = read_at_most(&self.file.inner.file, &mut self.window, at)
@@ -301,20 +332,20 @@ fn header() -> [u8; HEADER as usize] {
     h
 }
 
-/// Whether monitor `num` has a slot: numbers past what a file can address (never given
-/// out in practice) keep their state records in sled.
+/// Whether monitor `num` has a slot (see [`SLOTS`]).
 pub fn addressable(num: u64) -> bool {
-    offset(num).is_ok()
+    num < SLOTS
 }
 
 /// Where slot `num` begins.
 fn offset(num: u64) -> Result<u64, StatesError> {
-    num.checked_mul(SLOT as u64)
-        .and_then(|o| o.checked_add(HEADER))
-        .ok_or_else(|| StatesError::DoesNotFit {
+    if !addressable(num) {
+        return Err(StatesError::DoesNotFit {
             num,
-            detail: "the number is past what a file can address".into(),
-        })
+            detail: format!("monitors numbered from {SLOTS} on have no slot"),
+        });
+    }
+    Ok(HEADER + num * SLOT as u64)
 }
 
 fn encode_slot(num: u64, record: Option<&[u8]>) -> Result<[u8; SLOT], StatesError> {
@@ -418,7 +449,7 @@ mod tests {
             f.write(u64::MAX / 2, Some(b"x")),
             Err(StatesError::DoesNotFit { .. })
         ));
-        assert!(!addressable(u64::MAX / 2) && addressable(1 << 40));
+        assert!(!addressable(SLOTS) && addressable(SLOTS - 1));
         assert_eq!(f.read(u64::MAX).unwrap(), None);
         assert_eq!(f.cursor().read(u64::MAX).unwrap(), None);
     }
@@ -443,6 +474,40 @@ mod tests {
             f.cursor().read(9),
             Err(StatesError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn after_a_failed_sync_every_sync_fails_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::open(dir.path()).unwrap();
+        f.write(1, Some(b"{}")).unwrap();
+        f.sync().unwrap();
+        f.fail_syncs("Input/output error");
+        for _ in 0..2 {
+            let err = f.sync().unwrap_err().to_string();
+            assert!(
+                err.contains("an earlier sync failed") && err.contains("Input/output error"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_writeback_thread_ends_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::open(dir.path()).unwrap();
+        let weak = Arc::downgrade(&f.inner);
+        f.write(1, Some(b"{}")).unwrap();
+        drop(f);
+        // The thread holds the file only while it syncs: once it is dropped, nothing does.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while weak.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the state file is still open"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

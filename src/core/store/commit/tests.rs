@@ -321,6 +321,21 @@ fn a_checkpoint_waits_for_the_group_being_applied_and_a_crash_meanwhile_loses_no
 }
 
 #[test]
+fn a_state_file_that_cannot_be_synced_fails_the_checkpoint_and_stops_every_write() {
+    let (_dir, _db, c, tree) = open();
+    c.log_blocking(vec![Mutation::state(c.states(), 1, Some(b"{}".to_vec()))])
+        .unwrap();
+    assert_eq!(c.states().read(1).unwrap().as_deref(), Some(&b"{}"[..]));
+    c.states().fail_syncs("injected: the disk went away");
+    let flush = tokio::runtime::Runtime::new().unwrap().block_on(c.flush());
+    assert!(matches!(flush, Err(CommitError::States(_))), "{flush:?}");
+    assert!(c.health().is_err());
+    let heard = Heard::default();
+    c.submit(put(&tree, b"later", b"v"), listen(&heard, 1));
+    assert_eq!(heard.lock().unwrap().last(), Some(&(1, "halted")));
+}
+
+#[test]
 fn a_failed_apply_stops_everything_and_nothing_is_applied_after_it() {
     let (_dir, _db, c, tree) = open();
     c.log_blocking(put(&tree, b"before", b"v")).unwrap();

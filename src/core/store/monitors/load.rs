@@ -255,7 +255,9 @@ mod tests {
             .open(states.path())
             .unwrap();
         use std::os::unix::fs::FileExt;
-        let at = 64 + expected[6].num * crate::core::store::states::SLOT as u64 + 8;
+        let at = crate::core::store::states::HEADER
+            + expected[6].num * crate::core::store::states::SLOT as u64
+            + 8;
         raw.write_all_at(b"#", at).unwrap();
         let err = load_with(&tree, &states).unwrap_err();
         assert!(matches!(err, StoreError::States(_)), "{err}");

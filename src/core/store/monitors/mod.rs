@@ -21,6 +21,7 @@ mod state;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::commit::Progress;
 use super::port::blocking;
@@ -42,6 +43,10 @@ pub struct SledMonitors {
     /// Monitors whose state record is too long for the state file, kept in sled instead:
     /// the next state record that fits removes it.
     overflow: Mutex<HashSet<u64>>,
+    /// The next monitor number to give out. Numbers are dense, so the state file's slots
+    /// are too; sled's id generator, which event blocks and Applications share and which
+    /// jumps ahead at every start, handed out numbers that grew without bound.
+    next_num: AtomicU64,
     /// The outbox's pending deliveries, where a round queues the alerts it raised.
     pending: sled::Tree,
 }
@@ -75,7 +80,9 @@ impl SledMonitors {
             );
         }
         let overflow = state::kept_in_sled(&tree)?;
+        let next_num = keys::first_free_num(&tree)?;
         Ok(Self {
+            next_num: AtomicU64::new(next_num),
             pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
             states: store.committer().states().clone(),
             overflow: Mutex::new(overflow),
@@ -99,12 +106,14 @@ impl SledMonitors {
                 + round.put_state.len()
                 + round.deliveries.len(),
         );
-        let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+        // Which monitors keep their state record in sled once the round is written; the
+        // set changes only once the whole round has been prepared.
+        let mut in_sled = Vec::new();
         for r in &round.remove {
             writes.push(Mutation::remove(tree, monitor_key(r.num).to_vec()));
             writes.push(Mutation::remove(tree, state_key(r.num).to_vec()));
-            writes.push(Mutation::state(&self.states, r.num, None));
-            overflow.remove(&r.num);
+            state::clear(&mut writes, &self.states, r.num);
+            in_sled.push((r.num, false));
             if let Some(m) = &r.retain {
                 // History and state stay, under the retained key, for a re-created monitor.
                 writes.push(Mutation::put(tree, retained_key(&r.key), encode(m)?));
@@ -145,22 +154,34 @@ impl SledMonitors {
                 encode(m.as_ref())?,
             ));
             writes.push(Mutation::remove(tree, state_key(m.num).to_vec()));
-            writes.push(Mutation::state(&self.states, m.num, None));
-            overflow.remove(&m.num);
+            state::clear(&mut writes, &self.states, m.num);
+            in_sled.push((m.num, false));
         }
-        for m in &round.put_state {
-            state::write(
-                &mut writes,
-                (tree, &self.states),
-                m.num,
-                state::encode(m)?,
-                &mut overflow,
-            );
+        {
+            let overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+            for m in &round.put_state {
+                let record = state::encode(m)?;
+                let now = state::write(
+                    &mut writes,
+                    (tree, &self.states),
+                    m.num,
+                    record,
+                    overflow.contains(&m.num),
+                );
+                in_sled.push((m.num, now));
+            }
         }
-        drop(overflow);
         for d in &round.deliveries {
             let key = delivery_key(&d.alert, &d.target);
             writes.push(Mutation::put_if_absent(&self.pending, key, encode(d)?));
+        }
+        let mut overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
+        for (num, kept) in in_sled {
+            if kept {
+                overflow.insert(num);
+            } else {
+                overflow.remove(&num);
+            }
         }
         Ok(writes)
     }
@@ -195,8 +216,7 @@ impl MonitorStore for SledMonitors {
     }
 
     fn next_monitor_num(&self) -> Result<u64, StorageError> {
-        let id = self.store.db.generate_id().map_err(StoreError::from)?;
-        Ok(id + 1)
+        Ok(self.next_num.fetch_add(1, Ordering::Relaxed))
     }
 
     fn find_retained(&self, key: &str) -> Result<Option<Monitor>, StorageError> {

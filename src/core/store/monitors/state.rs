@@ -55,25 +55,36 @@ fn fits(record: &[u8]) -> bool {
 }
 
 /// Adds the writes that make `record` monitor `num`'s state: into its slot when it fits
-/// (removing the one kept in sled, if `overflow` says there is one), otherwise into sled
-/// with the slot cleared. `overflow` follows.
+/// (removing the one kept in sled, if `in_sled` says there is one), otherwise into sled
+/// with the slot cleared (unless it was cleared when the record went to sled before).
+/// Returns whether monitor `num` has its state record in sled afterwards.
 pub(super) fn write(
     writes: &mut Vec<Mutation>,
     (tree, states): (&sled::Tree, &StateFile),
     num: u64,
     record: Vec<u8>,
-    overflow: &mut HashSet<u64>,
-) {
+    in_sled: bool,
+) -> bool {
     if fits(&record) && states::addressable(num) {
         writes.push(Mutation::state(states, num, Some(record)));
-        if overflow.remove(&num) {
+        if in_sled {
             writes.push(Mutation::remove(tree, state_key(num).to_vec()));
         }
+        false
     } else {
         // Read back only when the monitors are loaded: never pending.
         writes.push(Mutation::put_unread(tree, state_key(num).to_vec(), record));
+        if !in_sled {
+            clear(writes, states, num);
+        }
+        true
+    }
+}
+
+/// Adds the write that clears monitor `num`'s slot, if it has one.
+pub(super) fn clear(writes: &mut Vec<Mutation>, states: &StateFile, num: u64) {
+    if states::addressable(num) {
         writes.push(Mutation::state(states, num, None));
-        overflow.insert(num);
     }
 }
 
