@@ -62,7 +62,7 @@ const NEAR_SLOTS: u64 = 64;
 pub const SLOTS: u64 = 1 << 24;
 
 /// How often the writeback thread syncs the slots written since it last did.
-const WRITE_BACK_EVERY: Duration = Duration::from_millis(250);
+const WRITE_BACK_EVERY: Duration = Duration::from_millis(100);
 
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -297,14 +297,19 @@ impl<'a> CommitThread<'a> {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
-        self.inner
-            .db
-            .flush()
-            .map_err(|e| CommitError::Flush(Arc::new(e)))?;
-        self.inner
-            .states
-            .sync()
-            .map_err(|e| CommitError::States(Arc::new(e)))?;
+        // sled's flush and the state file's sync write different files: side by side, the
+        // log waits for the longer of the two instead of both.
+        let states = &self.inner.states;
+        let (flushed, synced) = std::thread::scope(|s| {
+            let synced = s.spawn(|| states.sync());
+            let flushed = self.inner.db.flush();
+            (flushed, synced.join())
+        });
+        flushed.map_err(|e| CommitError::Flush(Arc::new(e)))?;
+        match synced {
+            Ok(result) => result.map_err(|e| CommitError::States(Arc::new(e)))?,
+            Err(_) => return Err(CommitError::Stopped),
+        }
         if !self.log.is_empty() {
             self.log
                 .reset()
