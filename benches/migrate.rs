@@ -159,7 +159,8 @@ fn du(dir: &std::path::Path) -> u64 {
         .flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => du(&e.path()),
-            Ok(m) => m.len(),
+            // Blocks taken, not the length: the monitors' state file is sparse.
+            Ok(m) => std::os::unix::fs::MetadataExt::blocks(&m) * 512,
             Err(_) => 0,
         })
         .sum()

@@ -1,7 +1,8 @@
 //! Reading the whole store out, part by part, as the port's values: what
 //! `hartslag migrate --from-sled` copies into another backend. Reads only, except for the
 //! directory's identity, which is written once, so a database can tell which directory
-//! it was copied from.
+//! it was copied from (and opening the store makes the monitors' state file if there is
+//! none).
 
 use jiff::Timestamp;
 

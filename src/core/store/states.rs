@@ -93,6 +93,14 @@ pub enum StatesError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The database keeps its monitors' states in a state file other than this one.
+    #[error(
+        "{path} is not the state file this database was written with (it was made anew, or replaced: a restore without it?); starting would give every monitor the state of its last definition change. Restore the file the database was backed up with, or move the database aside"
+    )]
+    Foreign {
+        /// The file found.
+        path: PathBuf,
+    },
     /// A state record longer than a slot, or a number past what a file can address.
     #[error("the state record of monitor number {num} does not fit a slot ({detail})")]
     DoesNotFit {
@@ -103,6 +111,9 @@ pub enum StatesError {
     },
 }
 
+/// A state file's id (see [`StateFile::id`]).
+pub type FileId = [u8; 16];
+
 /// The open state file; clones share it.
 #[derive(Debug, Clone)]
 pub struct StateFile {
@@ -112,6 +123,9 @@ pub struct StateFile {
 #[derive(Debug)]
 struct Inner {
     file: File,
+    /// Chosen at random when the file was made; the database keeps it, so a start with a
+    /// file that is not this database's is refused ([`StatesError::Foreign`]).
+    id: FileId,
     path: PathBuf,
     /// Slots were written since the background writeback last synced.
     dirty: AtomicBool,
@@ -138,16 +152,25 @@ impl StateFile {
             .map_err(io)?;
         let mut head = [0u8; HEADER as usize];
         let read = read_at_most(&file, &mut head, 0).map_err(io)?;
-        if read == 0 || head.iter().all(|b| *b == 0) {
+        let id = if read == 0 || head.iter().all(|b| *b == 0) {
             // New, or created but never given a header before a crash: no slot written
             // yet either (the header is synced before the first slot is written).
-            file.write_all_at(&header(), 0).map_err(io)?;
+            let mut id = FileId::default();
+            getrandom::fill(&mut id)
+                .map_err(|e| io(std::io::Error::other(format!("no random id: {e}"))))?;
+            file.write_all_at(&header(&id), 0).map_err(io)?;
             file.sync_all().map_err(io)?;
-        } else if head != header() {
-            return Err(StatesError::Header { path });
-        }
+            if let Some(parent) = path.parent() {
+                // The file's name in its directory is durable too.
+                File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+            id
+        } else {
+            parse_header(&head).ok_or_else(|| StatesError::Header { path: path.clone() })?
+        };
         let inner = Arc::new(Inner {
             file,
+            id,
             path,
             dirty: AtomicBool::new(false),
             failed: Mutex::new(None),
@@ -161,6 +184,11 @@ impl StateFile {
                 source,
             })?;
         Ok(Self { inner })
+    }
+
+    /// The id the file was made with.
+    pub fn id(&self) -> FileId {
+        self.inner.id
     }
 
     /// Where the file is.
@@ -323,13 +351,21 @@ impl Cursor<'_> {
     }
 }
 
-fn header() -> [u8; HEADER as usize] {
+/// Magic, slot size, the file's id, and a CRC-32 of those.
+fn header(id: &FileId) -> [u8; HEADER as usize] {
     let mut h = [0u8; HEADER as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&(SLOT as u32).to_le_bytes());
-    let crc = crc32fast::hash(&h[..12]);
-    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h[12..28].copy_from_slice(id);
+    let crc = crc32fast::hash(&h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// The id in a header of this layout.
+fn parse_header(h: &[u8]) -> Option<FileId> {
+    let id: FileId = h.get(12..28)?.try_into().ok()?;
+    (h == header(&id).as_slice()).then_some(id)
 }
 
 /// Whether monitor `num` has a slot (see [`SLOTS`]).

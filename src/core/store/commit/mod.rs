@@ -25,13 +25,14 @@
 //!    writes to one key in the record's.
 //! 2. **No answer before the disk.** `Durable` is reported only after an `fdatasync` that
 //!    began after the record was written; `Applied` only after `Durable`.
-//! 3. **Durable before visible.** sled gets a record's writes only after it is durable:
-//!    whatever sled holds, a replay of the log completes it.
-//! 4. **One flush at a time.** Only the commit thread syncs the log, the state file or flushes sled
-//!    (sled 0.34 also deadlocks when many tasks call `flush_async` at once), and a
-//!    checkpoint first waits until the apply thread has applied every group handed to it:
-//!    no apply runs during sled's flush, and the log is emptied only once sled has every
-//!    record in it.
+//! 3. **Durable before visible.** sled and the monitors' state file get a record's writes
+//!    only after it is durable: whatever they hold, a replay of the log completes it.
+//! 4. **One flush at a time.** Only the commit thread syncs the log or flushes sled (sled
+//!    0.34 also deadlocks when many tasks call `flush_async` at once), and a checkpoint
+//!    first waits until the apply thread has applied every group handed to it: no apply
+//!    runs during sled's flush, and the log is emptied only once sled and the state file
+//!    have every record in it. (The state file's own thread also syncs it every 100 ms,
+//!    which only makes durable sooner what the checkpoint's sync would.)
 //! 5. **Stop on failure.** After a failed write, sync or apply, nothing is reported
 //!    durable or applied again: the kernel may already have dropped the pages it could not
 //!    write, so a later fsync that succeeds proves nothing. Every queued and later record

@@ -33,7 +33,9 @@ pub enum Family {
     /// A monitor's definition and state, by number.
     Monitor = 7,
     /// A monitor's state alone, by number, written by the rounds that changed nothing
-    /// else; newer than the state in the monitor's record while it exists.
+    /// else; newer than the state in the monitor's record while it exists. Only state
+    /// records too long for a slot of the state file ([`crate::core::store::states`]),
+    /// or of monitors numbered past its slots, are here.
     State = 8,
 }
 
@@ -86,6 +88,10 @@ pub fn transition_key(num: u64, at: Timestamp, idx: u8) -> [u8; 18] {
     k[17] = idx;
     k
 }
+
+/// Where the monitors tree keeps the id of the state file its monitors' states are in
+/// ([`crate::core::store::states::StateFile::id`]): outside every family.
+pub const STATE_FILE_KEY: &[u8] = b"\xffstate-file";
 
 /// The first monitor number above every number the tree keeps anything under (records,
 /// state records, timelines, ping blocks, and the records of monitors deleted with their

@@ -70,6 +70,7 @@ impl SledMonitors {
                 "moved the stored monitors to the layout by number"
             );
         }
+        state::claim_state_file(&tree, store.committer())?;
         let started = std::time::Instant::now();
         let moved = state::move_to_state_file(&tree, store.committer())?;
         if moved > 0 {
@@ -488,6 +489,52 @@ mod tests {
         // The state records moved on to the state file.
         for family in [Family::NamedMonitor, Family::NamedState, Family::State] {
             assert_eq!(sled.tree.scan_prefix([family as u8]).count(), 0);
+        }
+    }
+
+    #[test]
+    fn a_lost_or_replaced_state_file_is_refused_at_start_not_taken_for_an_empty_one() {
+        let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut m = sample("ns/a", State::Up);
+        m.num = 1;
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let sled = SledMonitors::open(&store).unwrap();
+            commit(
+                &sled,
+                MonitorRound {
+                    put: vec![Arc::new(m.clone())],
+                    ..Default::default()
+                },
+            );
+            m.state.pings = 3;
+            commit(
+                &sled,
+                MonitorRound {
+                    put_state: vec![Arc::new(m.clone())],
+                    ..Default::default()
+                },
+            );
+            // Another database's state file.
+            crate::core::store::states::StateFile::open(other.path()).unwrap();
+        }
+        let file = dir.path().join(crate::core::store::states::FILE_NAME);
+        for replace in [false, true] {
+            std::fs::remove_file(&file).unwrap();
+            if replace {
+                std::fs::copy(
+                    other.path().join(crate::core::store::states::FILE_NAME),
+                    &file,
+                )
+                .unwrap();
+            }
+            let store = open_when_free(dir.path());
+            let err = SledMonitors::open(&store).err().expect("refused");
+            assert!(
+                err.to_string()
+                    .contains("is not the state file this database was written with"),
+                "{err}"
+            );
         }
     }
 

@@ -24,12 +24,12 @@
 
 use std::collections::HashSet;
 
-use super::keys::{Family, state_key};
+use super::keys::{Family, STATE_FILE_KEY, state_key};
 use crate::core::monitor::engine::Monitor;
 use crate::core::storage::{StorageError, state_record};
 use crate::core::store::StoreError;
 use crate::core::store::commit::Committer;
-use crate::core::store::states::{self, CAPACITY, StateFile};
+use crate::core::store::states::{self, CAPACITY, StateFile, StatesError};
 use crate::core::store::wal::Mutation;
 
 /// State records moved to the state file per commit-log record.
@@ -85,6 +85,25 @@ pub(super) fn write(
 pub(super) fn clear(writes: &mut Vec<Mutation>, states: &StateFile, num: u64) {
     if states::addressable(num) {
         writes.push(Mutation::state(states, num, None));
+    }
+}
+
+/// Checks that the state file is the one the database's monitors were written with, and
+/// records its id in the database the first time (before any slot is written): a state
+/// file lost or replaced since would otherwise give every monitor the state of its last
+/// definition change, silently.
+pub(super) fn claim_state_file(tree: &sled::Tree, committer: &Committer) -> Result<(), StoreError> {
+    let states = committer.states();
+    match tree.get(STATE_FILE_KEY)? {
+        Some(id) if id.as_ref() == states.id().as_slice() => Ok(()),
+        Some(_) => Err(StoreError::States(StatesError::Foreign {
+            path: states.path().to_path_buf(),
+        })),
+        None => Ok(committer.log_blocking(vec![Mutation::put(
+            tree,
+            STATE_FILE_KEY.to_vec(),
+            states.id().to_vec(),
+        )])?),
     }
 }
 
