@@ -348,6 +348,7 @@ fn run(data: &str) {
         let lateness = &core.engine.stats.down_lateness_record;
         let late_in_pings = lateness.snapshot();
         println!("Down lateness during the ping phase: {}", describe_lateness(&late_in_pings));
+        let checkpoints = services.commit_stats().checkpoint_time.snapshot();
         let steady_before = steady_latency.snapshot();
         let down_phase = Instant::now();
 
@@ -381,6 +382,13 @@ fn run(data: &str) {
         for t in steady_tasks {
             t.await.expect("steady task");
         }
+        let checkpoints = services.commit_stats().checkpoint_time.snapshot().since(&checkpoints);
+        println!(
+            "checkpoints during the Down phase (writes wait meanwhile): {}, each p50 {:.0} ms, max {:.0} ms",
+            checkpoints.count(),
+            checkpoints.quantile(0.5).map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+            checkpoints.quantile(1.0).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        );
         let all = lateness.snapshot();
         println!("Down lateness after the ping phase: {}", describe_lateness(&all.since(&late_in_pings)));
         let p99 = all.quantile(0.99).map_or(f64::NAN, |d| d.as_secs_f64());

@@ -149,6 +149,9 @@ pub struct CommitStats {
     pub flush: LatencyRecord,
     /// How long each checkpoint (sled flush, then emptying the log) took.
     pub checkpoint: Histogram,
+    /// The same, finely: the commit thread writes nothing meanwhile, so benchmarks print
+    /// how long writers stood still for checkpoints.
+    pub checkpoint_time: LatencyRecord,
     /// Groups committed: one `fdatasync` each.
     pub groups: AtomicU64,
     /// Writers' records in those groups.
@@ -163,6 +166,7 @@ impl Default for CommitStats {
             sync: Histogram::with_bounds(&SYNC_BUCKETS),
             flush: LatencyRecord::default(),
             checkpoint: Histogram::default(),
+            checkpoint_time: LatencyRecord::default(),
             groups: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),

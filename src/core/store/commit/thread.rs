@@ -316,6 +316,7 @@ impl<'a> CommitThread<'a> {
                 .map_err(|e| CommitError::Log(Arc::new(e)))?;
         }
         self.inner.stats.checkpoint.observe(started.elapsed());
+        self.inner.stats.checkpoint_time.observe(started.elapsed());
         self.last_commit = Instant::now();
         Ok(())
     }
