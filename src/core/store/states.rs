@@ -37,7 +37,7 @@ pub const LOG_NAME: &[u8] = b"\0monitor-states";
 /// no slot straddles two pages of the page cache.
 pub(crate) const HEADER: u64 = 4096;
 
-const MAGIC: &[u8; 8] = b"HSSTATE1";
+const MAGIC: &[u8; 8] = b"HSSTATE2";
 
 /// Bytes per slot.
 pub const SLOT: usize = 512;
@@ -95,7 +95,7 @@ pub enum StatesError {
     },
     /// The database keeps its monitors' states in a state file other than this one.
     #[error(
-        "{path} is not the state file this database was written with (it was made anew, or replaced: a restore without it?); starting would give every monitor the state of its last definition change. Restore the file the database was backed up with, or move the database aside"
+        "{path} is not the state file this database was written with (it was made anew, or replaced: a restore without it?); starting would give every monitor the state of its last definition change. Restore the whole data directory from one backup (the file alone, from an older backup, would be older than the database)"
     )]
     Foreign {
         /// The file found.
@@ -224,6 +224,11 @@ impl StateFile {
         self.inner
             .sync()
             .map_err(|e| self.io(std::io::Error::other(e)))
+    }
+
+    /// A sync that could not be done, as an error of this file.
+    pub(crate) fn failed_sync(&self, why: String) -> StatesError {
+        self.io(std::io::Error::other(why))
     }
 
     /// Tests: makes every later sync fail with `reason`, as after a failed `fdatasync`.
@@ -544,6 +549,29 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn the_cursor_finds_nothing_past_the_end_of_the_file_and_reads_far_numbers_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = StateFile::open(dir.path()).unwrap();
+        for n in [3u64, 100, 5000] {
+            f.write(n, Some(format!("{{\"n\":{n}}}").as_bytes()))
+                .unwrap();
+        }
+        let mut c = f.cursor();
+        assert_eq!(c.read(3).unwrap(), Some(b"{\"n\":3}".to_vec()));
+        // A hole in the window read from 3; 5000 is far from 100, and read alone; the
+        // window read from 5001 finds the file's end.
+        assert_eq!(c.read(60).unwrap(), None);
+        assert_eq!(c.read(100).unwrap(), Some(b"{\"n\":100}".to_vec()));
+        assert_eq!(c.read(5000).unwrap(), Some(b"{\"n\":5000}".to_vec()));
+        assert_eq!(c.read(5001).unwrap(), None);
+        // Written after the cursor found the end: not read, as the cursor assumes nothing
+        // is written while monitors load.
+        f.write(5003, Some(b"{}")).unwrap();
+        assert_eq!(c.read(5003).unwrap(), None);
+        assert_eq!(f.cursor().read(5003).unwrap(), Some(b"{}".to_vec()));
     }
 
     #[test]

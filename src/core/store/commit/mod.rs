@@ -91,7 +91,7 @@ pub enum CommitError {
     #[error("writes are stopped until a restart, because an earlier write to disk failed: {0}")]
     Halted(Box<CommitError>),
     /// The monitors' state file could not be opened or synced.
-    #[error("{0}")]
+    #[error("the monitors' state file: {0}")]
     States(Arc<StatesError>),
     /// The committer is gone (the process is shutting down).
     #[error("the committer has stopped")]

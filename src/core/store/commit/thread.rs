@@ -299,17 +299,23 @@ impl<'a> CommitThread<'a> {
         }
         // sled's flush and the state file's sync write different files: side by side, the
         // log waits for the longer of the two instead of both.
+        // Without a thread to be had (a pids limit), one after the other.
         let states = &self.inner.states;
         let (flushed, synced) = std::thread::scope(|s| {
-            let synced = s.spawn(|| states.sync());
+            let syncing = std::thread::Builder::new()
+                .name("hartslag-ckpt".into())
+                .spawn_scoped(s, || states.sync());
             let flushed = self.inner.db.flush();
-            (flushed, synced.join())
+            let synced = match syncing {
+                Ok(thread) => thread.join().unwrap_or_else(|_| {
+                    Err(states.failed_sync("the thread syncing it panicked".into()))
+                }),
+                Err(_) => states.sync(),
+            };
+            (flushed, synced)
         });
         flushed.map_err(|e| CommitError::Flush(Arc::new(e)))?;
-        match synced {
-            Ok(result) => result.map_err(|e| CommitError::States(Arc::new(e)))?,
-            Err(_) => return Err(CommitError::Stopped),
-        }
+        synced.map_err(|e| CommitError::States(Arc::new(e)))?;
         if !self.log.is_empty() {
             self.log
                 .reset()

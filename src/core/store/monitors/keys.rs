@@ -93,46 +93,9 @@ pub fn transition_key(num: u64, at: Timestamp, idx: u8) -> [u8; 18] {
 /// ([`crate::core::store::states::StateFile::id`]): outside every family.
 pub const STATE_FILE_KEY: &[u8] = b"\xffstate-file";
 
-/// The first monitor number above every number the tree keeps anything under (records,
-/// state records, timelines, ping blocks, and the records of monitors deleted with their
-/// data retained, which keep their number): numbers are given out from here, densely. A
-/// number whose monitor left nothing behind (deleted without retaining its data, or never
-/// written) may be given out again, as nothing refers to it.
-pub fn first_free_num(tree: &sled::Tree) -> Result<u64, crate::core::store::StoreError> {
-    let mut max = 0;
-    for family in [
-        Family::Monitor,
-        Family::State,
-        Family::Transition,
-        Family::PingBlock,
-    ] {
-        if let Some(item) = tree.scan_prefix([family as u8]).next_back() {
-            let (k, _) = item?;
-            if let Some(num) = k.get(1..9).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-                max = max.max(u64::from_be_bytes(num));
-            }
-        }
-    }
-    for item in tree.scan_prefix([Family::Retained as u8]) {
-        let (k, v) = item?;
-        let retained: Numbered =
-            serde_json::from_slice(&v).map_err(|e| crate::core::store::StoreError::Corrupt {
-                what: format!(
-                    "retained monitor {}",
-                    String::from_utf8_lossy(k.get(1..).unwrap_or_default())
-                ),
-                detail: e.to_string(),
-            })?;
-        max = max.max(retained.num);
-    }
-    Ok(max.saturating_add(1).max(1))
-}
-
-/// The one field of a monitor's record [`first_free_num`] needs.
-#[derive(serde::Deserialize)]
-struct Numbered {
-    num: u64,
-}
+/// Where the monitors tree keeps how far monitor numbers were given out
+/// ([`super::numbers`]): outside every family.
+pub const NEXT_NUMS_KEY: &[u8] = b"\xffnext-nums";
 
 #[cfg(test)]
 mod tests {

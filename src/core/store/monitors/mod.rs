@@ -16,12 +16,12 @@
 mod convert;
 pub mod keys;
 mod load;
+mod numbers;
 mod pings;
 mod state;
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::commit::Progress;
 use super::port::blocking;
@@ -33,6 +33,7 @@ use crate::core::monitor::engine::{Monitor, TransitionRecord};
 use crate::core::monitor::history::PingRecord;
 use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError, StorageFuture};
 use keys::{Family, monitor_key, numbered_prefix, retained_key, state_key, transition_key};
+use numbers::Numbers;
 
 /// Monitors, ping history and timelines in sled.
 pub struct SledMonitors {
@@ -43,10 +44,9 @@ pub struct SledMonitors {
     /// Monitors whose state record is too long for the state file, kept in sled instead:
     /// the next state record that fits removes it.
     overflow: Mutex<HashSet<u64>>,
-    /// The next monitor number to give out. Numbers are dense, so the state file's slots
-    /// are too; sled's id generator, which event blocks and Applications share and which
-    /// jumps ahead at every start, handed out numbers that grew without bound.
-    next_num: AtomicU64,
+    /// Monitor numbers: the next ones to give out, and how far the store says they were
+    /// given out ([`numbers`]).
+    numbers: Mutex<(Numbers, Numbers)>,
     /// The outbox's pending deliveries, where a round queues the alerts it raised.
     pending: sled::Tree,
 }
@@ -81,9 +81,9 @@ impl SledMonitors {
             );
         }
         let overflow = state::kept_in_sled(&tree)?;
-        let next_num = keys::first_free_num(&tree)?;
+        let numbers = Numbers::of(&tree)?;
         Ok(Self {
-            next_num: AtomicU64::new(next_num),
+            numbers: Mutex::new((numbers, numbers)),
             pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
             states: store.committer().states().clone(),
             overflow: Mutex::new(overflow),
@@ -148,7 +148,9 @@ impl SledMonitors {
         }
         writes.extend(expired.into_iter().map(|k| Mutation::remove(tree, k)));
         writes.extend(blocks.into_writes(tree));
+        let mut numbers = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
         for m in &round.put {
+            writes.extend(Numbers::record(&mut numbers.1, m.num, tree));
             writes.push(Mutation::put(
                 tree,
                 monitor_key(m.num).to_vec(),
@@ -158,6 +160,7 @@ impl SledMonitors {
             state::clear(&mut writes, &self.states, m.num);
             in_sled.push((m.num, false));
         }
+        drop(numbers);
         {
             let overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
             for m in &round.put_state {
@@ -195,7 +198,10 @@ pub(crate) fn load_all(
     batch: &mut dyn FnMut(Vec<Monitor>),
 ) -> Result<(), StoreError> {
     let states = store.committer().states();
-    load::load_monitors(&store.db.open_tree("monitors")?, states, batch)
+    let tree = store.db.open_tree("monitors")?;
+    // A store whose state file was lost is not copied with stale states.
+    state::is_claimed(&tree, states)?;
+    load::load_monitors(&tree, states, batch)
 }
 
 /// A record as its JSON value.
@@ -217,7 +223,8 @@ impl MonitorStore for SledMonitors {
     }
 
     fn next_monitor_num(&self) -> Result<u64, StorageError> {
-        Ok(self.next_num.fetch_add(1, Ordering::Relaxed))
+        let mut numbers = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(numbers.0.take())
     }
 
     fn find_retained(&self, key: &str) -> Result<Option<Monitor>, StorageError> {
@@ -388,6 +395,8 @@ mod tests {
                 (monitors(), f(Family::Transition), "put"),
                 // Both pings in one block, written once.
                 (monitors(), f(Family::PingBlock), "put"),
+                // A number past those given out so far is stored as given out.
+                (monitors(), 0xff, "put"),
                 // A whole record takes the place of the state record, wherever it is.
                 (monitors(), f(Family::Monitor), "put"),
                 (monitors(), f(Family::State), "remove"),
@@ -398,7 +407,7 @@ mod tests {
             ]
         );
         assert_eq!(writes[5].key, pings::block_key(kept.num, 1).to_vec());
-        assert_eq!(writes[9].key, 9u64.to_be_bytes().to_vec());
+        assert_eq!(writes[10].key, 9u64.to_be_bytes().to_vec());
 
         // Handed over as one record of the commit log.
         let before = store.committer().stats().records.load(Ordering::Relaxed);
@@ -529,6 +538,8 @@ mod tests {
                 .unwrap();
             }
             let store = open_when_free(dir.path());
+            // `migrate` and `dump` read the store without opening its monitors: refused too.
+            assert!(load_all(&store, &mut |_| {}).is_err());
             let err = SledMonitors::open(&store).err().expect("refused");
             assert!(
                 err.to_string()

@@ -94,16 +94,25 @@ pub(super) fn clear(writes: &mut Vec<Mutation>, states: &StateFile, num: u64) {
 /// definition change, silently.
 pub(super) fn claim_state_file(tree: &sled::Tree, committer: &Committer) -> Result<(), StoreError> {
     let states = committer.states();
+    if is_claimed(tree, states)? {
+        return Ok(());
+    }
+    Ok(committer.log_blocking(vec![Mutation::put(
+        tree,
+        STATE_FILE_KEY.to_vec(),
+        states.id().to_vec(),
+    )])?)
+}
+
+/// Whether the database recorded `states` as its state file (`false`: none yet); another
+/// file recorded is an error. Readers of a store (`migrate`, `dump`) check this alone.
+pub(super) fn is_claimed(tree: &sled::Tree, states: &StateFile) -> Result<bool, StoreError> {
     match tree.get(STATE_FILE_KEY)? {
-        Some(id) if id.as_ref() == states.id().as_slice() => Ok(()),
+        Some(id) if id.as_ref() == states.id().as_slice() => Ok(true),
         Some(_) => Err(StoreError::States(StatesError::Foreign {
             path: states.path().to_path_buf(),
         })),
-        None => Ok(committer.log_blocking(vec![Mutation::put(
-            tree,
-            STATE_FILE_KEY.to_vec(),
-            states.id().to_vec(),
-        )])?),
+        None => Ok(false),
     }
 }
 
