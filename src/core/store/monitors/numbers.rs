@@ -108,7 +108,7 @@ impl Numbers {
         Ok(n)
     }
 
-    /// The write that stores `given` as given out, if a round storing a monitor numbered
+    /// The write that stores `num` as given out, if a round storing a monitor numbered
     /// `num` goes past what `stored` says (which follows).
     pub(super) fn record(stored: &mut Self, num: u64, tree: &sled::Tree) -> Option<Mutation> {
         if stored.covers(num) {
