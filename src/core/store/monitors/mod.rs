@@ -14,14 +14,16 @@
 //! engine gathers the next round while the disk flushes this one.
 
 mod convert;
+mod journal;
 pub mod keys;
 mod load;
+mod mover;
 mod numbers;
 mod pings;
 mod state;
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use super::commit::Progress;
 use super::port::blocking;
@@ -32,7 +34,10 @@ use crate::core::alert::outbox::delivery_key;
 use crate::core::monitor::engine::{Monitor, TransitionRecord};
 use crate::core::monitor::history::PingRecord;
 use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError, StorageFuture};
+use journal::{Index, journal_key, journal_value, split_value};
+pub(crate) use journal::{JOURNAL_TREE, split_value as split_journal_value};
 use keys::{Family, monitor_key, numbered_prefix, retained_key, state_key, transition_key};
+use mover::{Journal, Mover};
 use numbers::Numbers;
 
 /// Monitors, ping history and timelines in sled.
@@ -49,6 +54,21 @@ pub struct SledMonitors {
     numbers: Mutex<(Numbers, Numbers)>,
     /// The outbox's pending deliveries, where a round queues the alerts it raised.
     pending: sled::Tree,
+    /// Where rounds append timeline entries ([`journal`]).
+    journal: Arc<Journal>,
+    /// Carries them to their monitors ([`mover`]); stops with the store.
+    _mover: Mover,
+}
+
+/// How a round changes the journal's index, made once the round is prepared whole.
+#[derive(Default)]
+struct IndexChanges {
+    /// Monitors removed with their history.
+    removed: Vec<u64>,
+    /// Entries trimmed: (monitor, sequence number).
+    trimmed: Vec<(u64, u64)>,
+    /// Entries appended: (monitor, sequence number).
+    appended: Vec<(u64, u64)>,
 }
 
 impl SledMonitors {
@@ -82,7 +102,11 @@ impl SledMonitors {
         }
         let overflow = state::kept_in_sled(&tree)?;
         let numbers = Numbers::of(&tree)?;
+        let journal = Journal::open(&store.db)?;
+        let mover = Mover::start(&journal, tree.clone(), store.committer().clone())?;
         Ok(Self {
+            journal,
+            _mover: mover,
             numbers: Mutex::new((numbers, numbers)),
             pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
             states: store.committer().states().clone(),
@@ -96,7 +120,12 @@ impl SledMonitors {
     /// entries, then ping blocks, monitor and state records and queued deliveries. A
     /// removal and a whole record remove the state record with it, so a state record
     /// found is always newer than its monitor's record ([`state`]).
-    fn round_writes(&self, round: MonitorRound) -> Result<Vec<Mutation>, StoreError> {
+    fn round_writes(
+        &self,
+        round: MonitorRound,
+        index: &mut Index,
+        changes: &mut IndexChanges,
+    ) -> Result<Vec<Mutation>, StoreError> {
         let reader = self.store.committer().reader();
         let tree = &self.tree;
         let mut writes = Vec::with_capacity(
@@ -121,6 +150,10 @@ impl SledMonitors {
                 continue;
             }
             writes.push(Mutation::remove(tree, retained_key(&r.key)));
+            for seq in index.seqs_of(r.num) {
+                writes.push(Mutation::remove(&self.journal.tree, journal_key(seq).to_vec()));
+            }
+            changes.removed.push(r.num);
             for prefix in [
                 pings::monitor_prefix(r.num),
                 numbered_prefix(Family::Transition, r.num),
@@ -131,15 +164,14 @@ impl SledMonitors {
             }
         }
         for &(num, keep) in &round.trims {
-            let timeline =
-                reader.keys_with_prefix(tree, &numbered_prefix(Family::Transition, num))?;
-            for k in timeline.into_iter().rev().skip(keep) {
-                writes.push(Mutation::remove(tree, k));
-            }
+            self.trim(num, keep, index, &mut writes, changes)?;
         }
-        for (num, idx, record) in &round.transitions {
-            let key = transition_key(*num, record.at, *idx);
-            writes.push(Mutation::put(tree, key.to_vec(), encode(record)?));
+        let seqs = index.take_seqs(round.transitions.len());
+        for ((num, idx, record), seq) in round.transitions.iter().zip(seqs) {
+            let target = transition_key(*num, record.at, *idx);
+            let value = journal_value(&target, &encode(record)?);
+            writes.push(Mutation::put(&self.journal.tree, journal_key(seq).to_vec(), value));
+            changes.appended.push((*num, seq));
         }
         let mut blocks = pings::RoundBlocks::default();
         let mut expired = Vec::new();
@@ -188,6 +220,56 @@ impl SledMonitors {
             }
         }
         Ok(writes)
+    }
+
+    /// Removes monitor `num`'s timeline entries beyond the newest `keep`, wherever they
+    /// are: under the monitor, in the journal, or in both while a move is under way.
+    fn trim(
+        &self,
+        num: u64,
+        keep: usize,
+        index: &Index,
+        writes: &mut Vec<Mutation>,
+        changes: &mut IndexChanges,
+    ) -> Result<(), StoreError> {
+        let reader = self.store.committer().reader();
+        // Each entry by its key under the monitor: whether it is there, and where it
+        // waits in the journal.
+        let mut entries: BTreeMap<Vec<u8>, (bool, Option<u64>)> = reader
+            .keys_with_prefix(&self.tree, &numbered_prefix(Family::Transition, num))?
+            .into_iter()
+            .map(|k| (k, (true, None)))
+            .collect();
+        for seq in index.seqs_of(num) {
+            let key = journal_key(seq);
+            if let Some(v) = reader.read(&self.journal.tree, &key)? {
+                let (target, _, _) = split_value(&key, &v)?;
+                entries.entry(target).or_insert((false, None)).1 = Some(seq);
+            }
+        }
+        let beyond = entries.len().saturating_sub(keep);
+        for (k, (placed, journaled)) in entries.into_iter().take(beyond) {
+            if placed {
+                writes.push(Mutation::remove(&self.tree, k));
+            }
+            if let Some(seq) = journaled {
+                writes.push(Mutation::remove(&self.journal.tree, journal_key(seq).to_vec()));
+                changes.trimmed.push((num, seq));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IndexChanges {
+    fn apply(self, index: &mut Index, round: u64) {
+        for num in self.removed {
+            index.unlist_monitor(num);
+        }
+        for (num, seq) in self.trimmed {
+            index.unlist(num, seq);
+        }
+        index.append(&self.appended, round);
     }
 }
 
@@ -239,11 +321,17 @@ impl MonitorStore for SledMonitors {
     }
 
     fn commit_round(&self, round: MonitorRound, done: RoundDone) {
-        let writes = match self.round_writes(round) {
+        // Held until the round is submitted, so rounds and moves reach the committer in
+        // the order they changed the journal's index ([`mover`]).
+        let mut index = self.journal.lock();
+        let mut changes = IndexChanges::default();
+        let writes = match self.round_writes(round, &mut index, &mut changes) {
             Ok(w) => w,
             Err(e) => return done(Err(e.into())),
         };
+        changes.apply(&mut index, self.journal.next_round());
         let mut done = Some(done);
+        let journal = self.journal.clone();
         self.store.committer().submit(
             writes,
             Box::new(move |progress| {
@@ -253,10 +341,12 @@ impl MonitorStore for SledMonitors {
                     Progress::Failed(e) => Err(StorageError::NotStored(e.to_string())),
                 };
                 if let Some(done) = done.take() {
+                    journal.finished();
                     done(result);
                 }
             }),
         );
+        self.journal.submitted(&index);
     }
 
     fn pings(&self, num: u64, limit: usize, keep: u64) -> StorageFuture<'_, Vec<PingRecord>> {
@@ -266,14 +356,32 @@ impl MonitorStore for SledMonitors {
 
     fn transitions(&self, num: u64, limit: usize) -> StorageFuture<'_, Vec<TransitionRecord>> {
         let tree = self.tree.clone();
+        let journal = self.journal.clone();
         blocking(&self.store, move |_| {
-            tree.scan_prefix(numbered_prefix(Family::Transition, num))
+            // The journal before the monitor's range: an entry moved in between is then
+            // found in the range ([`journal`]'s invariant 2).
+            let seqs = journal.lock().seqs_of(num);
+            let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for seq in seqs {
+                let key = journal_key(seq);
+                if let Some(v) = journal.tree.get(key)? {
+                    let (target, _, json) = split_value(&key, &v)?;
+                    found.insert(target, json);
+                }
+            }
+            for item in tree
+                .scan_prefix(numbered_prefix(Family::Transition, num))
                 .rev()
                 .take(limit)
-                .map(|item| {
-                    let (_, v) = item?;
-                    decode::<TransitionRecord>("timeline entry", &v)
-                })
+            {
+                let (k, v) = item?;
+                found.insert(k.to_vec(), v.to_vec());
+            }
+            found
+                .values()
+                .rev()
+                .take(limit)
+                .map(|v| decode::<TransitionRecord>("timeline entry", v))
                 .collect()
         })
     }
@@ -288,6 +396,9 @@ impl MonitorStore for SledMonitors {
         })
     }
 }
+
+#[cfg(test)]
+mod journal_tests;
 
 #[cfg(test)]
 mod tests {
@@ -380,7 +491,10 @@ mod tests {
             deliveries: deliveries(&down(&kept), &[hook], kept.state.since),
             relayed: Vec::new(),
         };
-        let writes = sled.round_writes(round).unwrap();
+        let mut changes = IndexChanges::default();
+        let writes = sled
+            .round_writes(round, &mut sled.journal.lock(), &mut changes)
+            .unwrap();
         let f = |family: Family| family as u8;
         let monitors = || "monitors".to_string();
         // Slots are keyed by the monitor's number: its first byte is 0 here.
@@ -392,7 +506,8 @@ mod tests {
                 (monitors(), f(Family::State), "remove"),
                 (slot(), 0, "remove"),
                 (monitors(), f(Family::Retained), "remove"),
-                (monitors(), f(Family::Transition), "put"),
+                // Timeline entries are appended to the journal, the first as number 0.
+                ("timeline-journal".to_string(), 0, "put"),
                 // Both pings in one block, written once.
                 (monitors(), f(Family::PingBlock), "put"),
                 // A number past those given out so far is stored as given out.
@@ -423,7 +538,7 @@ mod tests {
     }
 
     /// Hands `round` to the store and waits until it is applied.
-    fn commit(sled: &SledMonitors, round: MonitorRound) {
+    pub(super) fn commit(sled: &SledMonitors, round: MonitorRound) {
         let (tx, rx) = std::sync::mpsc::channel();
         sled.commit_round(
             round,
@@ -436,7 +551,7 @@ mod tests {
 
     /// Opens the store at `dir` once sled's lock is free: the last one's committer lets
     /// go of the database on its own thread.
-    fn open_when_free(dir: &std::path::Path) -> Store {
+    pub(super) fn open_when_free(dir: &std::path::Path) -> Store {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match Store::open(dir, &StoreOptions::default()) {

@@ -1,0 +1,195 @@
+//! The timeline journal through the store: entries read the same wherever they are (the
+//! journal, their monitor's range, or both while a move is cut short), and trims,
+//! removals, restarts and dumps see both places.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use super::tests::{commit, open_when_free};
+use super::*;
+use crate::core::migrate::rows::{Part, Row};
+use crate::core::monitor::state::State;
+use crate::core::storage::Removal;
+
+fn entry(secs: i64, to: State) -> TransitionRecord {
+    TransitionRecord {
+        at: Timestamp::from_second(1_700_000_000 + secs).unwrap(),
+        from: State::Up,
+        to,
+        reason: Some(format!("step {secs}")),
+    }
+}
+
+/// A round of timeline entries for monitor `num`, one per second from `from`.
+fn entries(num: u64, from: i64, n: i64) -> MonitorRound {
+    MonitorRound {
+        transitions: (from..from + n).map(|s| (num, 0, entry(s, State::Down))).collect(),
+        ..Default::default()
+    }
+}
+
+fn read(sled: &SledMonitors, num: u64, limit: usize) -> Vec<i64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(sled.transitions(num, limit)).unwrap();
+    got.iter().map(|t| t.at.as_second() - 1_700_000_000).collect()
+}
+
+/// Keys of `num`'s entries under the monitor, and entries of the journal (any monitor).
+fn places(sled: &SledMonitors, num: u64) -> (usize, usize) {
+    let placed = sled
+        .tree
+        .scan_prefix(numbered_prefix(Family::Transition, num))
+        .count();
+    (placed, sled.journal.tree.len())
+}
+
+fn wait_moved(sled: &SledMonitors) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sled.journal.tree.len() > 0 || sled.journal.len() > 0 {
+        assert!(Instant::now() < deadline, "the mover left the journal full");
+        std::thread::sleep(Duration::from_millis(10));
+        // Records finished moves in the index.
+        drop(sled.journal.lock());
+    }
+}
+
+fn opened(dir: &std::path::Path) -> (Store, SledMonitors) {
+    let store = open_when_free(dir);
+    let sled = SledMonitors::open(&store).unwrap();
+    (store, sled)
+}
+
+#[test]
+fn entries_wait_in_the_journal_then_move_to_their_monitor_and_read_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, sled) = opened(dir.path());
+    sled.journal.hold.store(true, Ordering::Relaxed);
+    commit(&sled, entries(3, 0, 5));
+    commit(&sled, entries(4, 10, 2));
+    assert_eq!(places(&sled, 3), (0, 7), "appended to the journal only");
+    assert_eq!(read(&sled, 3, 10), vec![4, 3, 2, 1, 0]);
+    assert_eq!(read(&sled, 3, 2), vec![4, 3]);
+    assert_eq!(read(&sled, 4, 10), vec![11, 10]);
+
+    sled.journal.hold.store(false, Ordering::Relaxed);
+    wait_moved(&sled);
+    assert_eq!(places(&sled, 3), (5, 0), "moved under the monitor");
+    assert_eq!(read(&sled, 3, 10), vec![4, 3, 2, 1, 0]);
+    assert_eq!(read(&sled, 4, 1), vec![11]);
+}
+
+#[test]
+fn a_trim_keeps_the_newest_across_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, sled) = opened(dir.path());
+    commit(&sled, entries(5, 0, 4));
+    wait_moved(&sled);
+    sled.journal.hold.store(true, Ordering::Relaxed);
+    commit(&sled, entries(5, 4, 3));
+    assert_eq!(places(&sled, 5), (4, 3));
+
+    // Oldest three, all under the monitor.
+    commit(
+        &sled,
+        MonitorRound {
+            trims: vec![(5, 4)],
+            ..Default::default()
+        },
+    );
+    assert_eq!(places(&sled, 5), (1, 3));
+    // The one left there and the oldest in the journal.
+    commit(
+        &sled,
+        MonitorRound {
+            trims: vec![(5, 2)],
+            ..Default::default()
+        },
+    );
+    assert_eq!(places(&sled, 5), (0, 2));
+    assert_eq!(sled.journal.lock().len(), 2, "the trimmed entry is unlisted");
+    assert_eq!(read(&sled, 5, 10), vec![6, 5]);
+    sled.journal.hold.store(false, Ordering::Relaxed);
+    wait_moved(&sled);
+    assert_eq!(read(&sled, 5, 10), vec![6, 5]);
+    assert_eq!(places(&sled, 5), (2, 0), "a trimmed entry is not moved back");
+}
+
+#[test]
+fn removing_a_monitor_removes_its_entries_from_both_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, sled) = opened(dir.path());
+    commit(&sled, entries(6, 0, 2));
+    wait_moved(&sled);
+    sled.journal.hold.store(true, Ordering::Relaxed);
+    commit(&sled, entries(6, 2, 2));
+    commit(&sled, entries(7, 0, 1));
+    commit(
+        &sled,
+        MonitorRound {
+            remove: vec![Removal {
+                key: "ns/six".into(),
+                num: 6,
+                retain: None,
+            }],
+            ..Default::default()
+        },
+    );
+    assert_eq!(places(&sled, 6), (0, 1), "only monitor 7's entry is left");
+    assert_eq!(read(&sled, 6, 10), Vec::<i64>::new());
+    assert_eq!(read(&sled, 7, 10), vec![0]);
+    assert_eq!(sled.journal.lock().seqs_of(6), Vec::<u64>::new());
+}
+
+#[test]
+fn a_restart_lists_the_journal_and_a_move_cut_short_reads_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_store, sled) = opened(dir.path());
+        sled.journal.hold.store(true, Ordering::Relaxed);
+        commit(&sled, entries(8, 0, 3));
+        // A move whose first record was applied and whose second was not: the entry is
+        // under its monitor and still in the journal.
+        let first = sled.journal.tree.first().unwrap().unwrap();
+        let (target, _, json) = split_value(&first.0, &first.1).unwrap();
+        sled.tree.insert(target, json).unwrap();
+    }
+    let (store, sled) = opened(dir.path());
+    sled.journal.hold.store(true, Ordering::Relaxed);
+    assert_eq!(sled.journal.lock().seqs_of(8), vec![0, 1, 2]);
+    assert_eq!(read(&sled, 8, 10), vec![2, 1, 0], "each entry once");
+
+    let mut dumped = Vec::new();
+    store
+        .dump(Part::Timelines, Timestamp::now(), &mut |rows| {
+            dumped.extend(rows.into_iter().map(|r| match r {
+                Row::Transition(num, _, t) => (num, t.at.as_second() - 1_700_000_000),
+                _ => (0, -1),
+            }));
+            true
+        })
+        .unwrap();
+    dumped.sort_unstable();
+    assert_eq!(dumped, vec![(8, 0), (8, 1), (8, 2)], "a dump rows each entry once");
+
+    sled.journal.hold.store(false, Ordering::Relaxed);
+    wait_moved(&sled);
+    assert_eq!(places(&sled, 8), (3, 0));
+    assert_eq!(read(&sled, 8, 10), vec![2, 1, 0]);
+}
+
+#[test]
+fn a_damaged_journal_entry_is_refused_at_start_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_store, sled) = opened(dir.path());
+        sled.journal.tree.insert([1u8, 2, 3], &b"short"[..]).unwrap();
+    }
+    let store = open_when_free(dir.path());
+    let err = SledMonitors::open(&store).err().expect("refused");
+    assert!(err.to_string().contains("timeline journal entry"), "{err}");
+}

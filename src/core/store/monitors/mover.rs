@@ -1,0 +1,265 @@
+//! The timeline journal's shared state and its mover: a thread (`hartslag-timeline`) that
+//! carries the journal's entries to their monitors, a chunk at a time, while no round of
+//! the engine is on its way to disk, or also between rounds once the journal holds more
+//! than [`FORCE_AT`] entries.
+//!
+//! Moving while the store is idle is the point of the journal: a herd's entries cost an
+//! append each when the herd is due, and their scattered inserts are paid when nothing is
+//! waiting for them. [`FORCE_AT`] bounds what a store that is never idle keeps waiting
+//! (the index's memory, and the work a quiet moment then has to do).
+//!
+//! Locks: the index's lock is held by whoever prepares a record that changes the journal
+//! until it is submitted (the engine's rounds and this thread's moves), so records reach
+//! the committer in the order their index changes were made. A submit can wait for room in
+//! the committer's queue, which the apply thread makes; so the callbacks the apply thread
+//! runs never take the index's lock: they count rounds in atomics and leave finished moves
+//! in a list of their own, which the next holder of the index's lock records.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::journal::{Index, Move, journal_key, seq_of, split_value};
+use crate::core::store::commit::{Committer, Progress};
+use crate::core::store::wal::Mutation;
+use crate::core::store::StoreError;
+
+/// Entries waiting in the journal past which a chunk is moved after each move even while
+/// rounds are on their way: about two herds of a million monitors, at 12 bytes each.
+pub(super) const FORCE_AT: usize = 2_500_000;
+
+/// How long the mover sleeps when nothing wakes it: a lost wake-up costs no more.
+const NAP: Duration = Duration::from_millis(200);
+
+/// The journal tree, its index and what the mover needs to know about the engine's rounds.
+pub(super) struct Journal {
+    pub(super) tree: sled::Tree,
+    index: Mutex<Index>,
+    /// Rounds submitted (counted under the index's lock) and finished (applied or failed);
+    /// the committer finishes records in the order they were submitted.
+    submitted: AtomicU64,
+    finished: AtomicU64,
+    /// Moves whose second record finished, (chunk, whether it was applied), not yet
+    /// recorded in the index.
+    finished_moves: Mutex<Vec<(u64, bool)>>,
+    /// A move was submitted and has not finished.
+    moving: AtomicBool,
+    /// Entries listed, as of the last change under the index's lock.
+    len: AtomicUsize,
+    /// A journal entry could not be read: moves stop (reads report it).
+    broken: AtomicBool,
+    /// Set when the mover should stop; its condition variable wakes the mover.
+    stop: Mutex<bool>,
+    wake: Condvar,
+    /// Tests hold the mover to see entries while they wait in the journal.
+    #[cfg(test)]
+    pub(super) hold: AtomicBool,
+}
+
+impl Journal {
+    /// Opens the journal tree and lists what it holds.
+    pub(super) fn open(db: &sled::Db) -> Result<Arc<Self>, StoreError> {
+        let tree = db.open_tree(super::journal::JOURNAL_TREE)?;
+        let index = Index::load(&tree)?;
+        Ok(Arc::new(Self {
+            len: AtomicUsize::new(index.len()),
+            tree,
+            index: Mutex::new(index),
+            submitted: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            finished_moves: Mutex::new(Vec::new()),
+            moving: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            #[cfg(test)]
+            hold: AtomicBool::new(false),
+        }))
+    }
+
+    /// The index, with the moves finished since it was last held recorded in it. Hold it
+    /// from preparing a record that changes the journal until the record is submitted.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Index> {
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let done = std::mem::take(&mut *lock(&self.finished_moves));
+        for (id, moved) in done {
+            index.moved(id, moved);
+        }
+        self.len.store(index.len(), Ordering::Relaxed);
+        index
+    }
+
+    /// The number the round about to be submitted will have (see [`Index::append`]).
+    pub(super) fn next_round(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed) + 1
+    }
+
+    /// Counts a round as submitted; call with the index's lock held, after the submit.
+    pub(super) fn submitted(&self, index: &Index) {
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        self.len.store(index.len(), Ordering::Relaxed);
+    }
+
+    /// Counts a round as finished (from the committer's callback).
+    pub(super) fn finished(&self) {
+        self.finished.fetch_add(1, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Entries waiting to be moved.
+    pub(super) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether a move may start now, as far as the counters tell.
+    fn may_move(&self) -> bool {
+        #[cfg(test)]
+        if self.hold.load(Ordering::Relaxed) {
+            return false;
+        }
+        let idle =
+            self.finished.load(Ordering::Acquire) == self.submitted.load(Ordering::Relaxed);
+        !self.moving.load(Ordering::Acquire)
+            && !self.broken.load(Ordering::Relaxed)
+            && self.len() > 0
+            && (idle || self.len() > FORCE_AT)
+    }
+
+    /// Moves the oldest chunk if the policy allows: reads its entries still listed and
+    /// submits their puts under their monitors, then their removal from the journal.
+    /// Returns whether a move was submitted.
+    fn move_oldest(self: &Arc<Self>, monitors: &sled::Tree, committer: &Committer) -> bool {
+        let mut index = self.lock();
+        if !self.may_move() {
+            return false;
+        }
+        let Some(m) = index.start_move(self.finished.load(Ordering::Acquire)) else {
+            return false;
+        };
+        let (puts, removes) = match self.writes(&m, monitors) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "the timeline journal cannot be read; its entries stay where they are");
+                self.broken.store(true, Ordering::Relaxed);
+                index.moved(m.id, false);
+                return false;
+            }
+        };
+        self.moving.store(true, Ordering::Release);
+        if !puts.is_empty() {
+            committer.submit(puts, Box::new(|_| {}));
+        }
+        let journal = Arc::downgrade(self);
+        let id = m.id;
+        let mut reported = false;
+        committer.submit(
+            removes,
+            Box::new(move |progress| {
+                let moved = match progress {
+                    Progress::Durable => return,
+                    Progress::Applied => true,
+                    Progress::Failed(_) => false,
+                };
+                if std::mem::replace(&mut reported, true) {
+                    return;
+                }
+                if let Some(j) = journal.upgrade() {
+                    lock(&j.finished_moves).push((id, moved));
+                    j.moving.store(false, Ordering::Release);
+                    j.wake.notify_one();
+                }
+            }),
+        );
+        drop(index);
+        true
+    }
+
+    /// The two records of move `m`: puts under the monitors, removals from the journal.
+    fn writes(
+        &self,
+        m: &Move,
+        monitors: &sled::Tree,
+    ) -> Result<(Vec<Mutation>, Vec<Mutation>), StoreError> {
+        let mut puts = Vec::with_capacity(m.seqs.len());
+        let mut removes = Vec::with_capacity(m.seqs.len());
+        for item in self.tree.range(journal_key(m.first)..journal_key(m.end)) {
+            let (k, v) = item?;
+            // Entries trimmed or removed since they were appended are not moved back.
+            if m.seqs.binary_search(&seq_of(&k)?).is_err() {
+                continue;
+            }
+            let (target, _, json) = split_value(&k, &v)?;
+            puts.push(Mutation::put(monitors, target, json));
+            removes.push(Mutation::remove(&self.tree, k.to_vec()));
+        }
+        Ok((puts, removes))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The mover's thread; stopped and joined when dropped, so the store's directory is free
+/// for the next opener once the store is gone.
+pub(super) struct Mover {
+    journal: Arc<Journal>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Mover {
+    /// Starts the mover of `journal`, moving entries into `monitors` through `committer`.
+    pub(super) fn start(
+        journal: &Arc<Journal>,
+        monitors: sled::Tree,
+        committer: Committer,
+    ) -> Result<Self, StoreError> {
+        let j = journal.clone();
+        let thread = std::thread::Builder::new()
+            .name("hartslag-timeline".into())
+            .spawn(move || run(&j, &monitors, &committer))
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        Ok(Self {
+            journal: journal.clone(),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Mover {
+    fn drop(&mut self) {
+        *lock(&self.journal.stop) = true;
+        self.journal.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Moves while the policy allows, naps otherwise, until told to stop.
+fn run(journal: &Arc<Journal>, monitors: &sled::Tree, committer: &Committer) {
+    loop {
+        {
+            let stop = lock(&journal.stop);
+            if *stop {
+                return;
+            }
+            if !journal.may_move() {
+                let (stop, _) = journal
+                    .wake
+                    .wait_timeout(stop, NAP)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *stop {
+                    return;
+                }
+                continue;
+            }
+        }
+        journal.move_oldest(monitors, committer);
+        // A chunk whose rounds have not all finished waits for the next wake-up.
+        if journal.may_move() && !journal.moving.load(Ordering::Acquire) {
+            let stop = lock(&journal.stop);
+            let _ = journal.wake.wait_timeout(stop, NAP);
+        }
+    }
+}
