@@ -202,7 +202,9 @@ impl Index {
             return;
         };
         let fits = self.chunks.back().is_some_and(|c| {
-            !c.moving && c.nums.len() + entries.len() <= CHUNK_AT_MOST && hi - c.first < SPAN_AT_MOST
+            !c.moving
+                && c.nums.len() + entries.len() <= CHUNK_AT_MOST
+                && hi - c.first < SPAN_AT_MOST
         });
         match self.chunks.back_mut() {
             Some(c) if fits && lo >= c.first => {
@@ -338,9 +340,16 @@ mod tests {
         let many: Vec<u64> = (0..CHUNK_AT_MOST as u64).collect();
         appended(&mut index, &many, 2);
         appended(&mut index, &[7], 3);
-        assert_eq!(index.chunks.len(), 3, "a round too big for the tail opens a chunk");
+        assert_eq!(
+            index.chunks.len(),
+            3,
+            "a round too big for the tail opens a chunk"
+        );
         assert_eq!(index.len(), 4 + CHUNK_AT_MOST);
-        assert_eq!(index.seqs_of(7), vec![0, 2, 3 + 7, 3 + CHUNK_AT_MOST as u64]);
+        assert_eq!(
+            index.seqs_of(7),
+            vec![0, 2, 3 + 7, 3 + CHUNK_AT_MOST as u64]
+        );
         assert_eq!(index.seqs_of(3), vec![1, 3 + 3]);
         assert_eq!(index.seqs_of(1 << 40), Vec::<u64>::new());
     }
@@ -362,11 +371,17 @@ mod tests {
         let mut index = Index::default();
         appended(&mut index, &[1, 2], 1);
         appended(&mut index, &[1], 2);
-        assert!(!index.movable(1), "round 2 appended to it and has not finished");
+        assert!(
+            !index.movable(1),
+            "round 2 appended to it and has not finished"
+        );
         assert_eq!(index.start_move(1), None);
         let m = index.start_move(2).expect("movable");
         assert_eq!((m.first, m.end, m.seqs.clone()), (0, 3, vec![0, 1, 2]));
-        assert!(index.start_move(2).is_none(), "one move of a chunk at a time");
+        assert!(
+            index.start_move(2).is_none(),
+            "one move of a chunk at a time"
+        );
         // Entries appended while it moves go to a new chunk, so the move is the whole chunk.
         appended(&mut index, &[1], 3);
         assert_eq!(index.seqs_of(1), vec![0, 2, 3]);
@@ -383,7 +398,10 @@ mod tests {
         let target = super::super::keys::transition_key(9, jiff::Timestamp::UNIX_EPOCH, 1);
         let v = journal_value(&target, b"{}");
         let (k, num, json) = split_value(&journal_key(4), &v).expect("valid");
-        assert_eq!((k.as_slice(), num, json.as_slice()), (&target[..], 9, &b"{}"[..]));
+        assert_eq!(
+            (k.as_slice(), num, json.as_slice()),
+            (&target[..], 9, &b"{}"[..])
+        );
         assert!(split_value(b"k", &v[..10]).is_err());
         let mut wrong = v.clone();
         wrong[0] = Family::Monitor as u8;

@@ -25,7 +25,9 @@ fn entry(secs: i64, to: State) -> TransitionRecord {
 /// A round of timeline entries for monitor `num`, one per second from `from`.
 fn entries(num: u64, from: i64, n: i64) -> MonitorRound {
     MonitorRound {
-        transitions: (from..from + n).map(|s| (num, 0, entry(s, State::Down))).collect(),
+        transitions: (from..from + n)
+            .map(|s| (num, 0, entry(s, State::Down)))
+            .collect(),
         ..Default::default()
     }
 }
@@ -36,7 +38,9 @@ fn read(sled: &SledMonitors, num: u64, limit: usize) -> Vec<i64> {
         .build()
         .unwrap();
     let got = rt.block_on(sled.transitions(num, limit)).unwrap();
-    got.iter().map(|t| t.at.as_second() - 1_700_000_000).collect()
+    got.iter()
+        .map(|t| t.at.as_second() - 1_700_000_000)
+        .collect()
 }
 
 /// Keys of `num`'s entries under the monitor, and entries of the journal (any monitor).
@@ -111,12 +115,20 @@ fn a_trim_keeps_the_newest_across_both_places() {
         },
     );
     assert_eq!(places(&sled, 5), (0, 2));
-    assert_eq!(sled.journal.lock().len(), 2, "the trimmed entry is unlisted");
+    assert_eq!(
+        sled.journal.lock().len(),
+        2,
+        "the trimmed entry is unlisted"
+    );
     assert_eq!(read(&sled, 5, 10), vec![6, 5]);
     sled.journal.hold.store(false, Ordering::Relaxed);
     wait_moved(&sled);
     assert_eq!(read(&sled, 5, 10), vec![6, 5]);
-    assert_eq!(places(&sled, 5), (2, 0), "a trimmed entry is not moved back");
+    assert_eq!(
+        places(&sled, 5),
+        (2, 0),
+        "a trimmed entry is not moved back"
+    );
 }
 
 #[test]
@@ -174,7 +186,11 @@ fn a_restart_lists_the_journal_and_a_move_cut_short_reads_once() {
         })
         .unwrap();
     dumped.sort_unstable();
-    assert_eq!(dumped, vec![(8, 0), (8, 1), (8, 2)], "a dump rows each entry once");
+    assert_eq!(
+        dumped,
+        vec![(8, 0), (8, 1), (8, 2)],
+        "a dump rows each entry once"
+    );
 
     sled.journal.hold.store(false, Ordering::Relaxed);
     wait_moved(&sled);
@@ -187,7 +203,10 @@ fn a_damaged_journal_entry_is_refused_at_start_by_name() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (_store, sled) = opened(dir.path());
-        sled.journal.tree.insert([1u8, 2, 3], &b"short"[..]).unwrap();
+        sled.journal
+            .tree
+            .insert([1u8, 2, 3], &b"short"[..])
+            .unwrap();
     }
     let store = open_when_free(dir.path());
     let err = SledMonitors::open(&store).err().expect("refused");

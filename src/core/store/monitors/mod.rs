@@ -151,7 +151,10 @@ impl SledMonitors {
             }
             writes.push(Mutation::remove(tree, retained_key(&r.key)));
             for seq in index.seqs_of(r.num) {
-                writes.push(Mutation::remove(&self.journal.tree, journal_key(seq).to_vec()));
+                writes.push(Mutation::remove(
+                    &self.journal.tree,
+                    journal_key(seq).to_vec(),
+                ));
             }
             changes.removed.push(r.num);
             for prefix in [
@@ -170,7 +173,11 @@ impl SledMonitors {
         for ((num, idx, record), seq) in round.transitions.iter().zip(seqs) {
             let target = transition_key(*num, record.at, *idx);
             let value = journal_value(&target, &encode(record)?);
-            writes.push(Mutation::put(&self.journal.tree, journal_key(seq).to_vec(), value));
+            writes.push(Mutation::put(
+                &self.journal.tree,
+                journal_key(seq).to_vec(),
+                value,
+            ));
             changes.appended.push((*num, seq));
         }
         let mut blocks = pings::RoundBlocks::default();
@@ -253,7 +260,10 @@ impl SledMonitors {
                 writes.push(Mutation::remove(&self.tree, k));
             }
             if let Some(seq) = journaled {
-                writes.push(Mutation::remove(&self.journal.tree, journal_key(seq).to_vec()));
+                writes.push(Mutation::remove(
+                    &self.journal.tree,
+                    journal_key(seq).to_vec(),
+                ));
                 changes.trimmed.push((num, seq));
             }
         }

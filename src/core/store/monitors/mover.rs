@@ -1,12 +1,18 @@
 //! The timeline journal's shared state and its mover: a thread (`hartslag-timeline`) that
-//! carries the journal's entries to their monitors, a chunk at a time, while no round of
-//! the engine is on its way to disk, or also between rounds once the journal holds more
-//! than [`FORCE_AT`] entries.
+//! carries the journal's entries to their monitors, a chunk at a time (one move: two
+//! commit-log records, see [`journal`](super::journal)).
 //!
-//! Moving while the store is idle is the point of the journal: a herd's entries cost an
-//! append each when the herd is due, and their scattered inserts are paid when nothing is
-//! waiting for them. [`FORCE_AT`] bounds what a store that is never idle keeps waiting
-//! (the index's memory, and the work a quiet moment then has to do).
+//! When it moves is the point of the journal: a herd's entries cost an append each when
+//! the herd is due, and their scattered inserts are paid when nothing waits for them. A
+//! move of a chunk holds the apply threads for tens of milliseconds, and a round behind it
+//! waits that long; so the mover moves
+//! - back to back while the store is quiet: no round on its way to disk, and none finished
+//!   for [`QUIET`];
+//! - a chunk per [`TRICKLE_EVERY`] when more than [`STEADY_AT`] entries wait and no round is
+//!   on its way at that moment, so a store that is never quiet for long still drains
+//!   what a steady trickle of transitions adds, at a small share of the apply threads;
+//! - back to back past [`FORCE_AT`] entries, whatever the store is doing: the bound on the
+//!   index's memory (12 bytes an entry) and on what a start has to list.
 //!
 //! Locks: the index's lock is held by whoever prepares a record that changes the journal
 //! until it is submitted (the engine's rounds and this thread's moves), so records reach
@@ -17,19 +23,30 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::journal::{Index, Move, journal_key, seq_of, split_value};
+use crate::core::store::StoreError;
 use crate::core::store::commit::{Committer, Progress};
 use crate::core::store::wal::Mutation;
-use crate::core::store::StoreError;
 
-/// Entries waiting in the journal past which a chunk is moved after each move even while
-/// rounds are on their way: about two herds of a million monitors, at 12 bytes each.
+/// Entries waiting past which the mover moves back to back whatever the store does: two
+/// herds of a million monitors and more, 30 MB of index.
 pub(super) const FORCE_AT: usize = 2_500_000;
 
+/// Entries waiting past which a chunk moves every [`TRICKLE_EVERY`] between rounds.
+pub(super) const STEADY_AT: usize = 1 << 18;
+
+/// How long no round has been on its way, or finished, before the store counts as quiet: a
+/// herd or a stream of pings submits rounds every few milliseconds.
+const QUIET: Duration = Duration::from_millis(250);
+
+/// How often a chunk moves between rounds of a store that is not quiet: at 8 192 entries a
+/// move, a few percent of the apply threads.
+const TRICKLE_EVERY: Duration = Duration::from_secs(1);
+
 /// How long the mover sleeps when nothing wakes it: a lost wake-up costs no more.
-const NAP: Duration = Duration::from_millis(200);
+const NAP: Duration = Duration::from_millis(100);
 
 /// The journal tree, its index and what the mover needs to know about the engine's rounds.
 pub(super) struct Journal {
@@ -48,6 +65,9 @@ pub(super) struct Journal {
     len: AtomicUsize,
     /// A journal entry could not be read: moves stop (reads report it).
     broken: AtomicBool,
+    /// When a round was last submitted or finished, in milliseconds since `born`.
+    last_round: AtomicU64,
+    born: Instant,
     /// Set when the mover should stop; its condition variable wakes the mover.
     stop: Mutex<bool>,
     wake: Condvar,
@@ -67,6 +87,8 @@ impl Journal {
             index: Mutex::new(index),
             submitted: AtomicU64::new(0),
             finished: AtomicU64::new(0),
+            last_round: AtomicU64::new(0),
+            born: Instant::now(),
             finished_moves: Mutex::new(Vec::new()),
             moving: AtomicBool::new(false),
             broken: AtomicBool::new(false),
@@ -97,11 +119,13 @@ impl Journal {
     /// Counts a round as submitted; call with the index's lock held, after the submit.
     pub(super) fn submitted(&self, index: &Index) {
         self.submitted.fetch_add(1, Ordering::Relaxed);
+        self.touch();
         self.len.store(index.len(), Ordering::Relaxed);
     }
 
     /// Counts a round as finished (from the committer's callback).
     pub(super) fn finished(&self) {
+        self.touch();
         self.finished.fetch_add(1, Ordering::Release);
         self.wake.notify_one();
     }
@@ -111,26 +135,41 @@ impl Journal {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Whether a move may start now, as far as the counters tell.
-    fn may_move(&self) -> bool {
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_round.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether a move may start now, as far as the counters tell ([the policy](self));
+    /// `trickle` says a trickle move is due.
+    fn may_move(&self, trickle: bool) -> bool {
         #[cfg(test)]
         if self.hold.load(Ordering::Relaxed) {
             return false;
         }
-        let idle =
-            self.finished.load(Ordering::Acquire) == self.submitted.load(Ordering::Relaxed);
-        !self.moving.load(Ordering::Acquire)
-            && !self.broken.load(Ordering::Relaxed)
-            && self.len() > 0
-            && (idle || self.len() > FORCE_AT)
+        if self.moving.load(Ordering::Acquire) || self.broken.load(Ordering::Relaxed) {
+            return false;
+        }
+        let len = self.len();
+        let idle = self.finished.load(Ordering::Acquire) == self.submitted.load(Ordering::Relaxed);
+        let since = self.born.elapsed().as_millis() as u64;
+        let quiet = idle
+            && since.saturating_sub(self.last_round.load(Ordering::Relaxed))
+                >= QUIET.as_millis() as u64;
+        len > 0 && (quiet || len > FORCE_AT || (idle && trickle && len > STEADY_AT))
     }
 
     /// Moves the oldest chunk if the policy allows: reads its entries still listed and
     /// submits their puts under their monitors, then their removal from the journal.
     /// Returns whether a move was submitted.
-    fn move_oldest(self: &Arc<Self>, monitors: &sled::Tree, committer: &Committer) -> bool {
+    fn move_oldest(
+        self: &Arc<Self>,
+        monitors: &sled::Tree,
+        committer: &Committer,
+        trickle: bool,
+    ) -> bool {
         let mut index = self.lock();
-        if !self.may_move() {
+        if !self.may_move(trickle) {
             return false;
         }
         let Some(m) = index.start_move(self.finished.load(Ordering::Acquire)) else {
@@ -238,28 +277,27 @@ impl Drop for Mover {
 
 /// Moves while the policy allows, naps otherwise, until told to stop.
 fn run(journal: &Arc<Journal>, monitors: &sled::Tree, committer: &Committer) {
+    let mut last_move = Instant::now();
     loop {
-        {
-            let stop = lock(&journal.stop);
-            if *stop {
-                return;
-            }
-            if !journal.may_move() {
-                let (stop, _) = journal
-                    .wake
-                    .wait_timeout(stop, NAP)
-                    .unwrap_or_else(|p| p.into_inner());
-                if *stop {
-                    return;
-                }
-                continue;
-            }
+        if *lock(&journal.stop) {
+            return;
         }
-        journal.move_oldest(monitors, committer);
-        // A chunk whose rounds have not all finished waits for the next wake-up.
-        if journal.may_move() && !journal.moving.load(Ordering::Acquire) {
-            let stop = lock(&journal.stop);
-            let _ = journal.wake.wait_timeout(stop, NAP);
+        let trickle = last_move.elapsed() >= TRICKLE_EVERY;
+        if journal.may_move(trickle) && journal.move_oldest(monitors, committer, trickle) {
+            last_move = Instant::now();
+            continue;
+        }
+        // Nothing to move now: a finished round or move wakes us, or the nap ends.
+        let stop = lock(&journal.stop);
+        if *stop {
+            return;
+        }
+        let (stop, _) = journal
+            .wake
+            .wait_timeout(stop, NAP)
+            .unwrap_or_else(|p| p.into_inner());
+        if *stop {
+            return;
         }
     }
 }
