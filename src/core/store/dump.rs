@@ -205,11 +205,19 @@ impl Store {
             }
         }
         // Entries still waiting in the timeline journal; one already copied under its
-        // monitor by a move that a crash cut short was rowed above.
-        for item in self.db.open_tree(super::monitors::JOURNAL_TREE)?.iter() {
+        // monitor by a move that a crash cut short was rowed above. Of two under one key
+        // (two steps at one instant), the later one, as a read sees it.
+        let journal = self.db.open_tree(super::monitors::JOURNAL_TREE)?;
+        let mut last: std::collections::HashMap<Vec<u8>, sled::IVec> = Default::default();
+        for item in journal.iter() {
+            let (k, v) = item?;
+            let (target, _, _) = super::monitors::split_journal_value(&k, &v)?;
+            last.insert(target, k);
+        }
+        for item in journal.iter() {
             let (k, v) = item?;
             let (target, num, body) = super::monitors::split_journal_value(&k, &v)?;
-            if tree.contains_key(&target)? {
+            if last.get(&target) != Some(&k) || tree.contains_key(&target)? {
                 continue;
             }
             let Some(&pos) = target.get(17) else {

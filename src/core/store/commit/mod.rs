@@ -615,6 +615,19 @@ impl Committer {
     }
 }
 
+#[cfg(test)]
+impl Committer {
+    /// Holds the apply thread before its next group: tests of writers that race it.
+    pub(crate) fn hold_apply(&self) {
+        self.inner.apply_gate.close();
+    }
+
+    /// Lets the apply thread go on.
+    pub(crate) fn release_apply(&self) {
+        self.inner.apply_gate.open();
+    }
+}
+
 /// Stops the committer if the commit or the apply thread unwinds, so no writer waits
 /// forever (nor a checkpoint for the apply thread).
 struct StopOnUnwind<'a>(&'a Inner);

@@ -43,7 +43,7 @@ impl Gate {
         std::mem::take(&mut s.fail_next)
     }
 
-    fn close(&self) {
+    pub(super) fn close(&self) {
         self.lock().permits = Some(0);
     }
 
@@ -57,7 +57,7 @@ impl Gate {
         self.changed.notify_all();
     }
 
-    fn open(&self) {
+    pub(super) fn open(&self) {
         self.lock().permits = None;
         self.changed.notify_all();
     }

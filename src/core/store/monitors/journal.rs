@@ -35,9 +35,11 @@ use crate::core::store::StoreError;
 /// The journal's sled tree.
 pub(crate) const JOURNAL_TREE: &str = "timeline-journal";
 
-/// Entries per chunk of the index at most: big enough that a lookup visits few chunks,
-/// small enough that one move (a chunk) holds the apply threads for well under a second.
-pub(super) const CHUNK_AT_MOST: usize = 8192;
+/// Entries per chunk of the index at most. A chunk is what one move carries, and a round
+/// that comes due behind a move waits for it: 2 048 scattered inserts hold the apply
+/// threads for tens of milliseconds. A lookup visits every chunk (a binary search each):
+/// at the mover's bound of 2.5 M entries, about 1 200 of them, some tens of microseconds.
+pub(super) const CHUNK_AT_MOST: usize = 2048;
 
 /// Sequence numbers one chunk may span (entries trimmed or removed leave gaps): offsets
 /// are kept in 32 bits.
@@ -64,6 +66,21 @@ pub(super) fn journal_value(target: &[u8; TARGET_KEY_LEN], json: &[u8]) -> Vec<u
     v.extend_from_slice(target);
     v.extend_from_slice(json);
     v
+}
+
+/// The monitor number of a journal value, read in place; `Corrupt` unless the value starts
+/// with a timeline key.
+fn num_of(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+    match (
+        value.first(),
+        value.get(1..9),
+        value.len() >= TARGET_KEY_LEN,
+    ) {
+        (Some(&f), Some(n), true) if f == Family::Transition as u8 => <[u8; 8]>::try_from(n)
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt(key, "short")),
+        _ => Err(corrupt(key, "the value does not start with a timeline key")),
+    }
 }
 
 /// A journal value split into the entry's key in the monitors tree, its monitor's number
@@ -143,17 +160,33 @@ impl Chunk {
         lo..hi
     }
 
-    /// Adds `entries` (monitor, sequence number at least `first`), keeping the order.
+    /// Adds `entries` (monitor, sequence number at least `first`), keeping the order: the
+    /// new ones sorted, then merged into the old in one pass.
     fn add(&mut self, entries: &[(u64, u64)]) {
-        let mut merged: Vec<(u64, u32)> = self
-            .nums
+        let mut new: Vec<(u64, u32)> = entries
             .iter()
-            .copied()
-            .zip(self.offsets.iter().copied())
-            .chain(entries.iter().map(|&(n, s)| (n, (s - self.first) as u32)))
+            .map(|&(n, s)| (n, (s - self.first) as u32))
             .collect();
-        merged.sort_unstable();
-        (self.nums, self.offsets) = merged.into_iter().unzip();
+        new.sort_unstable();
+        let old = std::mem::take(&mut self.nums)
+            .into_iter()
+            .zip(std::mem::take(&mut self.offsets));
+        let mut new = new.into_iter().peekable();
+        let mut nums = Vec::with_capacity(old.len() + new.len());
+        let mut offsets = Vec::with_capacity(nums.capacity());
+        for o in old {
+            while let Some(n) = new.next_if(|n| *n < o) {
+                nums.push(n.0);
+                offsets.push(n.1);
+            }
+            nums.push(o.0);
+            offsets.push(o.1);
+        }
+        for n in new {
+            nums.push(n.0);
+            offsets.push(n.1);
+        }
+        (self.nums, self.offsets) = (nums, offsets);
     }
 
     fn remove_at(&mut self, range: std::ops::Range<usize>) {
@@ -170,7 +203,7 @@ impl Index {
         for item in tree.iter() {
             let (k, v) = item?;
             let seq = seq_of(&k)?;
-            let (_, num, _) = split_value(&k, &v)?;
+            let num = num_of(&k, &v)?;
             index.next_seq = seq + 1;
             if batch.first().is_some_and(|&(_, s)| seq - s >= SPAN_AT_MOST)
                 || batch.len() == CHUNK_AT_MOST
@@ -264,6 +297,32 @@ impl Index {
             }
             return;
         }
+    }
+
+    /// Unlists entry `seq` whatever its monitor (a damaged one).
+    pub(super) fn unlist_seq(&mut self, seq: u64) {
+        for c in &mut self.chunks {
+            if !(c.first..c.end).contains(&seq) {
+                continue;
+            }
+            if let Some(i) = (0..c.offsets.len()).find(|&i| c.seq(i) == Some(seq)) {
+                c.remove_at(i..i + 1);
+                self.len -= 1;
+            }
+            return;
+        }
+    }
+
+    /// The sequence numbers chunk `id` lists, sorted (none once it is gone).
+    pub(super) fn listed(&self, id: u64) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self
+            .chunks
+            .iter()
+            .filter(|c| c.id == id)
+            .flat_map(|c| (0..c.offsets.len()).filter_map(|i| c.seq(i)))
+            .collect();
+        seqs.sort_unstable();
+        seqs
     }
 
     /// Unlists every entry of monitor `num` (it is removed); returns their numbers.

@@ -54,7 +54,7 @@ fn places(sled: &SledMonitors, num: u64) -> (usize, usize) {
 
 fn wait_moved(sled: &SledMonitors) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while sled.journal.tree.len() > 0 || sled.journal.len() > 0 {
+    while !sled.journal.tree.is_empty() || sled.journal.len() > 0 {
         assert!(Instant::now() < deadline, "the mover left the journal full");
         std::thread::sleep(Duration::from_millis(10));
         // Records finished moves in the index.
@@ -62,17 +62,38 @@ fn wait_moved(sled: &SledMonitors) {
     }
 }
 
+/// The store at `dir` with its mover held: entries stay in the journal until released.
 fn opened(dir: &std::path::Path) -> (Store, SledMonitors) {
     let store = open_when_free(dir);
-    let sled = SledMonitors::open(&store).unwrap();
+    let sled = SledMonitors::open_with(&store, true).unwrap();
     (store, sled)
+}
+
+fn release(sled: &SledMonitors) {
+    sled.journal.hold.store(false, Ordering::Relaxed);
+}
+
+fn hold(sled: &SledMonitors) {
+    sled.journal.hold.store(true, Ordering::Relaxed);
+}
+
+/// Hands `round` over without waiting; the receiver hears when it is applied.
+fn submit(sled: &SledMonitors, round: MonitorRound) -> std::sync::mpsc::Receiver<bool> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    sled.commit_round(
+        round,
+        Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    );
+    rx
 }
 
 #[test]
 fn entries_wait_in_the_journal_then_move_to_their_monitor_and_read_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, sled) = opened(dir.path());
-    sled.journal.hold.store(true, Ordering::Relaxed);
+    hold(&sled);
     commit(&sled, entries(3, 0, 5));
     commit(&sled, entries(4, 10, 2));
     assert_eq!(places(&sled, 3), (0, 7), "appended to the journal only");
@@ -80,7 +101,7 @@ fn entries_wait_in_the_journal_then_move_to_their_monitor_and_read_the_same() {
     assert_eq!(read(&sled, 3, 2), vec![4, 3]);
     assert_eq!(read(&sled, 4, 10), vec![11, 10]);
 
-    sled.journal.hold.store(false, Ordering::Relaxed);
+    release(&sled);
     wait_moved(&sled);
     assert_eq!(places(&sled, 3), (5, 0), "moved under the monitor");
     assert_eq!(read(&sled, 3, 10), vec![4, 3, 2, 1, 0]);
@@ -92,8 +113,9 @@ fn a_trim_keeps_the_newest_across_both_places() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, sled) = opened(dir.path());
     commit(&sled, entries(5, 0, 4));
+    release(&sled);
     wait_moved(&sled);
-    sled.journal.hold.store(true, Ordering::Relaxed);
+    hold(&sled);
     commit(&sled, entries(5, 4, 3));
     assert_eq!(places(&sled, 5), (4, 3));
 
@@ -121,7 +143,7 @@ fn a_trim_keeps_the_newest_across_both_places() {
         "the trimmed entry is unlisted"
     );
     assert_eq!(read(&sled, 5, 10), vec![6, 5]);
-    sled.journal.hold.store(false, Ordering::Relaxed);
+    release(&sled);
     wait_moved(&sled);
     assert_eq!(read(&sled, 5, 10), vec![6, 5]);
     assert_eq!(
@@ -136,8 +158,9 @@ fn removing_a_monitor_removes_its_entries_from_both_places() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, sled) = opened(dir.path());
     commit(&sled, entries(6, 0, 2));
+    release(&sled);
     wait_moved(&sled);
-    sled.journal.hold.store(true, Ordering::Relaxed);
+    hold(&sled);
     commit(&sled, entries(6, 2, 2));
     commit(&sled, entries(7, 0, 1));
     commit(
@@ -155,23 +178,29 @@ fn removing_a_monitor_removes_its_entries_from_both_places() {
     assert_eq!(read(&sled, 6, 10), Vec::<i64>::new());
     assert_eq!(read(&sled, 7, 10), vec![0]);
     assert_eq!(sled.journal.lock().seqs_of(6), Vec::<u64>::new());
+    release(&sled);
+    wait_moved(&sled);
+    assert_eq!(places(&sled, 6), (0, 0), "nothing of it is moved back");
+    assert_eq!(places(&sled, 7), (1, 0));
+    assert_eq!(read(&sled, 7, 10), vec![0]);
 }
 
 #[test]
 fn a_restart_lists_the_journal_and_a_move_cut_short_reads_once() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let (_store, sled) = opened(dir.path());
-        sled.journal.hold.store(true, Ordering::Relaxed);
+        let (store, sled) = opened(dir.path());
         commit(&sled, entries(8, 0, 3));
-        // A move whose first record was applied and whose second was not: the entry is
+        // A move whose first record is on disk and whose second is not: the entry is
         // under its monitor and still in the journal.
         let first = sled.journal.tree.first().unwrap().unwrap();
         let (target, _, json) = split_value(&first.0, &first.1).unwrap();
-        sled.tree.insert(target, json).unwrap();
+        store
+            .committer()
+            .log_blocking(vec![Mutation::put(&sled.tree, target, json)])
+            .unwrap();
     }
     let (store, sled) = opened(dir.path());
-    sled.journal.hold.store(true, Ordering::Relaxed);
     assert_eq!(sled.journal.lock().seqs_of(8), vec![0, 1, 2]);
     assert_eq!(read(&sled, 8, 10), vec![2, 1, 0], "each entry once");
 
@@ -192,7 +221,7 @@ fn a_restart_lists_the_journal_and_a_move_cut_short_reads_once() {
         "a dump rows each entry once"
     );
 
-    sled.journal.hold.store(false, Ordering::Relaxed);
+    release(&sled);
     wait_moved(&sled);
     assert_eq!(places(&sled, 8), (3, 0));
     assert_eq!(read(&sled, 8, 10), vec![2, 1, 0]);
@@ -211,4 +240,118 @@ fn a_damaged_journal_entry_is_refused_at_start_by_name() {
     let store = open_when_free(dir.path());
     let err = SledMonitors::open(&store).err().expect("refused");
     assert!(err.to_string().contains("timeline journal entry"), "{err}");
+}
+
+#[test]
+fn of_two_entries_under_one_key_the_later_reads_and_a_trim_takes_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sled) = opened(dir.path());
+    commit(
+        &sled,
+        MonitorRound {
+            transitions: vec![(12, 0, entry(0, State::Down)), (12, 0, entry(0, State::Up))],
+            ..Default::default()
+        },
+    );
+    let states = |sled: &SledMonitors| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(sled.transitions(12, 10)).unwrap();
+        got.iter().map(|t| t.to).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        states(&sled),
+        vec![State::Up],
+        "the later write wins, as in sled"
+    );
+    let mut dumped = Vec::new();
+    store
+        .dump(Part::Timelines, Timestamp::now(), &mut |rows| {
+            dumped.extend(rows.into_iter().filter_map(|r| match r {
+                Row::Transition(_, _, t) => Some(t.to),
+                _ => None,
+            }));
+            true
+        })
+        .unwrap();
+    assert_eq!(dumped, vec![State::Up], "a dump rows the key once");
+
+    commit(&sled, entries(12, 5, 1));
+    commit(
+        &sled,
+        MonitorRound {
+            trims: vec![(12, 1)],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        places(&sled, 12),
+        (0, 1),
+        "both writes of the old key are trimmed"
+    );
+    release(&sled);
+    wait_moved(&sled);
+    assert_eq!(read(&sled, 12, 10), vec![5]);
+}
+
+#[test]
+fn a_trim_and_a_removal_while_a_move_is_on_its_way_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sled) = opened(dir.path());
+    commit(&sled, entries(10, 0, 3));
+    commit(&sled, entries(11, 0, 2));
+    // The move's two records wait before the apply thread.
+    store.committer().hold_apply();
+    release(&sled);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sled.journal.moving.load(Ordering::Acquire) {
+        assert!(Instant::now() < deadline, "no move started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hold(&sled);
+    let trimmed = submit(
+        &sled,
+        MonitorRound {
+            trims: vec![(10, 1)],
+            ..Default::default()
+        },
+    );
+    let removed = submit(
+        &sled,
+        MonitorRound {
+            remove: vec![Removal {
+                key: "ns/eleven".into(),
+                num: 11,
+                retain: None,
+            }],
+            ..Default::default()
+        },
+    );
+    store.committer().release_apply();
+    assert!(trimmed.recv().unwrap() && removed.recv().unwrap());
+    release(&sled);
+    wait_moved(&sled);
+    assert_eq!(places(&sled, 10), (1, 0));
+    assert_eq!(read(&sled, 10, 10), vec![2]);
+    assert_eq!(places(&sled, 11), (0, 0));
+}
+
+#[test]
+fn a_chunk_waits_for_the_rounds_that_appended_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sled) = opened(dir.path());
+    store.committer().hold_apply();
+    let appended = submit(&sled, entries(13, 0, 2));
+    release(&sled);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !sled.journal.moving.load(Ordering::Acquire),
+        "nothing moves before its round is applied"
+    );
+    store.committer().release_apply();
+    assert!(appended.recv().unwrap());
+    wait_moved(&sled);
+    assert_eq!(places(&sled, 13), (2, 0));
 }

@@ -76,6 +76,11 @@ impl SledMonitors {
     /// first: ping history one ping per value into blocks, monitor and state records by
     /// name to their numbers.
     pub fn open(store: &Store) -> Result<Self, StoreError> {
+        Self::open_with(store, false)
+    }
+
+    /// Opens as [`SledMonitors::open`] does; with `held`, the mover starts held (tests).
+    fn open_with(store: &Store, held: bool) -> Result<Self, StoreError> {
         let tree = store.db.open_tree("monitors")?;
         let converted = pings::convert_single_records(&tree, store.committer())?;
         if converted > 0 {
@@ -103,6 +108,12 @@ impl SledMonitors {
         let overflow = state::kept_in_sled(&tree)?;
         let numbers = Numbers::of(&tree)?;
         let journal = Journal::open(&store.db)?;
+        #[cfg(test)]
+        journal
+            .hold
+            .store(held, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(test))]
+        let _ = held;
         let mover = Mover::start(&journal, tree.clone(), store.committer().clone())?;
         Ok(Self {
             journal,
@@ -241,17 +252,24 @@ impl SledMonitors {
     ) -> Result<(), StoreError> {
         let reader = self.store.committer().reader();
         // Each entry by its key under the monitor: whether it is there, and where it
-        // waits in the journal.
-        let mut entries: BTreeMap<Vec<u8>, (bool, Option<u64>)> = reader
+        // waits in the journal (two steps at one instant can have written one key twice).
+        let mut entries: BTreeMap<Vec<u8>, (bool, Vec<u64>)> = reader
             .keys_with_prefix(&self.tree, &numbered_prefix(Family::Transition, num))?
             .into_iter()
-            .map(|k| (k, (true, None)))
+            .map(|k| (k, (true, Vec::new())))
             .collect();
         for seq in index.seqs_of(num) {
             let key = journal_key(seq);
-            if let Some(v) = reader.read(&self.journal.tree, &key)? {
-                let (target, _, _) = split_value(&key, &v)?;
-                entries.entry(target).or_insert((false, None)).1 = Some(seq);
+            let Some(v) = reader.read(&self.journal.tree, &key)? else {
+                continue;
+            };
+            match split_value(&key, &v) {
+                Ok((target, _, _)) => entries.entry(target).or_default().1.push(seq),
+                // Not a timeline entry: nothing to keep, and no reason to fail the round.
+                Err(_) => {
+                    writes.push(Mutation::remove(&self.journal.tree, key.to_vec()));
+                    changes.trimmed.push((num, seq));
+                }
             }
         }
         let beyond = entries.len().saturating_sub(keep);
@@ -259,7 +277,7 @@ impl SledMonitors {
             if placed {
                 writes.push(Mutation::remove(&self.tree, k));
             }
-            if let Some(seq) = journaled {
+            for seq in journaled {
                 writes.push(Mutation::remove(
                     &self.journal.tree,
                     journal_key(seq).to_vec(),
@@ -371,14 +389,15 @@ impl MonitorStore for SledMonitors {
             // The journal before the monitor's range: an entry moved in between is then
             // found in the range ([`journal`]'s invariant 2).
             let seqs = journal.lock().seqs_of(num);
-            let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut waiting = Vec::with_capacity(seqs.len());
             for seq in seqs {
                 let key = journal_key(seq);
                 if let Some(v) = journal.tree.get(key)? {
                     let (target, _, json) = split_value(&key, &v)?;
-                    found.insert(target, json);
+                    waiting.push((target, json));
                 }
             }
+            let mut found: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
             for item in tree
                 .scan_prefix(numbered_prefix(Family::Transition, num))
                 .rev()
@@ -387,6 +406,8 @@ impl MonitorStore for SledMonitors {
                 let (k, v) = item?;
                 found.insert(k.to_vec(), v.to_vec());
             }
+            // The journal's last: under one key the newest write wins, as it does in sled.
+            found.extend(waiting);
             found
                 .values()
                 .rev()

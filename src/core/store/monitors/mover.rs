@@ -41,9 +41,12 @@ pub(super) const STEADY_AT: usize = 1 << 18;
 /// herd or a stream of pings submits rounds every few milliseconds.
 const QUIET: Duration = Duration::from_millis(250);
 
-/// How often a chunk moves between rounds of a store that is not quiet: at 8 192 entries a
+/// How often a chunk moves between rounds of a store that is not quiet: at 2 048 entries a
 /// move, a few percent of the apply threads.
-const TRICKLE_EVERY: Duration = Duration::from_secs(1);
+const TRICKLE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long moves wait after a failed read, or while the committer refuses writes.
+const PAUSE: Duration = Duration::from_secs(1);
 
 /// How long the mover sleeps when nothing wakes it: a lost wake-up costs no more.
 const NAP: Duration = Duration::from_millis(100);
@@ -60,11 +63,13 @@ pub(super) struct Journal {
     /// recorded in the index.
     finished_moves: Mutex<Vec<(u64, bool)>>,
     /// A move was submitted and has not finished.
-    moving: AtomicBool,
+    pub(super) moving: AtomicBool,
     /// Entries listed, as of the last change under the index's lock.
     len: AtomicUsize,
-    /// A journal entry could not be read: moves stop (reads report it).
-    broken: AtomicBool,
+    /// No move before this, in milliseconds since `born` (see [`Journal::pause`]).
+    paused_until: AtomicU64,
+    /// Damaged entries found by a move, to unlist under the index's lock.
+    damaged: Mutex<Vec<u64>>,
     /// When a round was last submitted or finished, in milliseconds since `born`.
     last_round: AtomicU64,
     born: Instant,
@@ -91,7 +96,8 @@ impl Journal {
             born: Instant::now(),
             finished_moves: Mutex::new(Vec::new()),
             moving: AtomicBool::new(false),
-            broken: AtomicBool::new(false),
+            paused_until: AtomicU64::new(0),
+            damaged: Mutex::new(Vec::new()),
             stop: Mutex::new(false),
             wake: Condvar::new(),
             #[cfg(test)]
@@ -106,6 +112,9 @@ impl Journal {
         let done = std::mem::take(&mut *lock(&self.finished_moves));
         for (id, moved) in done {
             index.moved(id, moved);
+        }
+        for seq in std::mem::take(&mut *lock(&self.damaged)) {
+            index.unlist_seq(seq);
         }
         self.len.store(index.len(), Ordering::Relaxed);
         index
@@ -147,47 +156,74 @@ impl Journal {
         if self.hold.load(Ordering::Relaxed) {
             return false;
         }
-        if self.moving.load(Ordering::Acquire) || self.broken.load(Ordering::Relaxed) {
+        let since = self.born.elapsed().as_millis() as u64;
+        if self.moving.load(Ordering::Acquire) || since < self.paused_until.load(Ordering::Relaxed)
+        {
             return false;
         }
         let len = self.len();
         let idle = self.finished.load(Ordering::Acquire) == self.submitted.load(Ordering::Relaxed);
-        let since = self.born.elapsed().as_millis() as u64;
         let quiet = idle
             && since.saturating_sub(self.last_round.load(Ordering::Relaxed))
                 >= QUIET.as_millis() as u64;
         len > 0 && (quiet || len > FORCE_AT || (idle && trickle && len > STEADY_AT))
     }
 
-    /// Moves the oldest chunk if the policy allows: reads its entries still listed and
-    /// submits their puts under their monitors, then their removal from the journal.
-    /// Returns whether a move was submitted.
+    /// Moves the oldest chunk if the policy allows: reads its entries (outside the index's
+    /// lock: they are applied, and only ever removed), then, under the lock again, keeps
+    /// those still listed and submits their puts under their monitors, then their removal
+    /// from the journal. Returns whether a move was submitted.
     fn move_oldest(
         self: &Arc<Self>,
         monitors: &sled::Tree,
         committer: &Committer,
         trickle: bool,
     ) -> bool {
-        let mut index = self.lock();
-        if !self.may_move(trickle) {
+        if let Err(e) = committer.health() {
+            tracing::debug!(error = %e, "no timeline moves while writes are refused");
+            self.pause();
             return false;
         }
-        let Some(m) = index.start_move(self.finished.load(Ordering::Acquire)) else {
-            return false;
+        let m = {
+            let mut index = self.lock();
+            if !self.may_move(trickle) {
+                return false;
+            }
+            match index.start_move(self.finished.load(Ordering::Acquire)) {
+                Some(m) => m,
+                None => return false,
+            }
         };
-        let (puts, removes) = match self.writes(&m, monitors) {
-            Ok(w) => w,
+        let read = self.read(&m);
+        let mut index = self.lock();
+        let entries = match read {
+            Ok(entries) => entries,
             Err(e) => {
-                tracing::error!(error = %e, "the timeline journal cannot be read; its entries stay where they are");
-                self.broken.store(true, Ordering::Relaxed);
+                tracing::warn!(error = %e, "reading the timeline journal failed; trying again in a second");
                 index.moved(m.id, false);
+                self.pause();
                 return false;
             }
         };
-        self.moving.store(true, Ordering::Release);
-        if !puts.is_empty() {
-            committer.submit(puts, Box::new(|_| {}));
+        // Trimmed or removed while the lock was free: not moved back.
+        let listed = index.listed(m.id);
+        let mut puts = Vec::with_capacity(entries.len());
+        let mut removes = Vec::with_capacity(entries.len());
+        for (seq, target, json) in entries {
+            if listed.binary_search(&seq).is_ok() {
+                puts.push(Mutation::put(monitors, target, json));
+                removes.push(Mutation::remove(&self.tree, journal_key(seq).to_vec()));
+            }
         }
+        if removes.is_empty() {
+            index.moved(m.id, true);
+            return true;
+        }
+        // In key order, so neighbouring monitors share the leaves they fetch; a stable
+        // sort, so of two entries under one key the later one is written last and stays.
+        puts.sort_by(|a, b| a.key.cmp(&b.key));
+        self.moving.store(true, Ordering::Release);
+        committer.submit(puts, Box::new(|_| {}));
         let journal = Arc::downgrade(self);
         let id = m.id;
         let mut reported = false;
@@ -213,31 +249,41 @@ impl Journal {
         true
     }
 
-    /// The two records of move `m`: puts under the monitors, removals from the journal.
-    fn writes(
-        &self,
-        m: &Move,
-        monitors: &sled::Tree,
-    ) -> Result<(Vec<Mutation>, Vec<Mutation>), StoreError> {
-        let mut puts = Vec::with_capacity(m.seqs.len());
-        let mut removes = Vec::with_capacity(m.seqs.len());
+    /// Move `m`'s entries as (sequence number, key under the monitor, JSON). An entry
+    /// whose value is not a timeline entry is left where it is, unlisted, and logged: it
+    /// cannot be moved, and keeping it listed would stop every move after it.
+    fn read(&self, m: &Move) -> Result<Vec<Waiting>, StoreError> {
+        let mut entries = Vec::with_capacity(m.seqs.len());
         for item in self.tree.range(journal_key(m.first)..journal_key(m.end)) {
             let (k, v) = item?;
-            // Entries trimmed or removed since they were appended are not moved back.
-            if m.seqs.binary_search(&seq_of(&k)?).is_err() {
+            let seq = seq_of(&k)?;
+            if m.seqs.binary_search(&seq).is_err() {
                 continue;
             }
-            let (target, _, json) = split_value(&k, &v)?;
-            puts.push(Mutation::put(monitors, target, json));
-            removes.push(Mutation::remove(&self.tree, k.to_vec()));
+            match split_value(&k, &v) {
+                Ok((target, _, json)) => entries.push((seq, target, json)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a damaged timeline journal entry stays in the journal, unlisted");
+                    lock(&self.damaged).push(seq);
+                }
+            }
         }
-        Ok((puts, removes))
+        Ok(entries)
+    }
+
+    /// No move for a second (a read failed, or the committer refuses writes).
+    fn pause(&self) {
+        let until = self.born.elapsed().as_millis() as u64 + PAUSE.as_millis() as u64;
+        self.paused_until.store(until, Ordering::Relaxed);
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A journal entry read for a move: sequence number, key under its monitor, JSON.
+type Waiting = (u64, Vec<u8>, Vec<u8>);
 
 /// The mover's thread; stopped and joined when dropped, so the store's directory is free
 /// for the next opener once the store is gone.
