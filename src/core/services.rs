@@ -140,6 +140,7 @@ impl Services {
                 store.register_metrics(metrics);
                 let monitor_storage =
                     crate::core::store::port::monitor_storage(&store).map_err(open_error)?;
+                monitor_storage.monitors.register_metrics(metrics);
                 (Some(store), monitor_storage, None)
             }
             Some(url) => {

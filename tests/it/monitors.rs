@@ -285,6 +285,12 @@ async fn ping_endpoints_record_what_the_job_sent() {
         "{text}"
     );
     assert!(text.contains("hartslag_monitors{state=\"Up\"} 1"), "{text}");
+    // The monitor's timeline entries went through the journal (sled's own gauge).
+    assert!(
+        crate::helpers::metric_value(&text, "hartslag_timeline_journal_entries")
+            .is_some_and(|n| n >= 0.0),
+        "{text}"
+    );
     s.stop().await;
 }
 

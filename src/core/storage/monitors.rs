@@ -130,6 +130,9 @@ pub trait MonitorStore: Send + Sync + 'static {
 
     /// The last record of the monitor deleted with its data retained under `key`.
     fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>>;
+
+    /// Adds the backend's own families to `/metrics` (none unless it has some).
+    fn register_metrics(&self, _registry: &mut crate::core::metrics::MetricRegistry) {}
 }
 
 impl std::fmt::Debug for dyn MonitorStore {

@@ -417,6 +417,10 @@ impl MonitorStore for SledMonitors {
         })
     }
 
+    fn register_metrics(&self, registry: &mut crate::core::metrics::MetricRegistry) {
+        registry.register_collector(Box::new(mover::Backlog(self.journal.clone())));
+    }
+
     fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
         let tree = self.tree.clone();
         blocking(&self.store, move |_| {

@@ -8,9 +8,10 @@
 //! waits that long; so the mover moves
 //! - back to back while the store is quiet: no round on its way to disk, and none finished
 //!   for [`QUIET`];
-//! - a chunk per [`TRICKLE_EVERY`] when more than [`STEADY_AT`] entries wait and no round is
-//!   on its way at that moment, so a store that is never quiet for long still drains
-//!   what a steady trickle of transitions adds, at a small share of the apply threads;
+//! - a chunk per [`TRICKLE_EVERY`] when more than [`STEADY_AT`] entries wait and no round has
+//!   been on its way for [`GAP`], so a store that is never quiet for long still drains
+//!   what a steady trickle of transitions adds, in the gaps between its rounds (a herd
+//!   leaves none that long: its rounds follow each other within milliseconds);
 //! - back to back past [`FORCE_AT`] entries, whatever the store is doing: the bound on the
 //!   index's memory (12 bytes an entry) and on what a start has to list.
 //!
@@ -41,6 +42,9 @@ pub(super) const STEADY_AT: usize = 1 << 18;
 /// herd or a stream of pings submits rounds every few milliseconds.
 const QUIET: Duration = Duration::from_millis(250);
 
+/// How long no round has been on its way, or finished, before a trickle move may go.
+const GAP: Duration = Duration::from_millis(25);
+
 /// How often a chunk moves between rounds of a store that is not quiet: at 2 048 entries a
 /// move, a few percent of the apply threads.
 const TRICKLE_EVERY: Duration = Duration::from_millis(250);
@@ -49,7 +53,7 @@ const TRICKLE_EVERY: Duration = Duration::from_millis(250);
 const PAUSE: Duration = Duration::from_secs(1);
 
 /// How long the mover sleeps when nothing wakes it: a lost wake-up costs no more.
-const NAP: Duration = Duration::from_millis(100);
+const NAP: Duration = Duration::from_millis(25);
 
 /// The journal tree, its index and what the mover needs to know about the engine's rounds.
 pub(super) struct Journal {
@@ -163,10 +167,10 @@ impl Journal {
         }
         let len = self.len();
         let idle = self.finished.load(Ordering::Acquire) == self.submitted.load(Ordering::Relaxed);
-        let quiet = idle
-            && since.saturating_sub(self.last_round.load(Ordering::Relaxed))
-                >= QUIET.as_millis() as u64;
-        len > 0 && (quiet || len > FORCE_AT || (idle && trickle && len > STEADY_AT))
+        let still = since.saturating_sub(self.last_round.load(Ordering::Relaxed));
+        let quiet = idle && still >= QUIET.as_millis() as u64;
+        let gap = idle && still >= GAP.as_millis() as u64;
+        len > 0 && (quiet || len > FORCE_AT || (gap && trickle && len > STEADY_AT))
     }
 
     /// Moves the oldest chunk if the policy allows: reads its entries (outside the index's
@@ -345,5 +349,35 @@ fn run(journal: &Arc<Journal>, monitors: &sled::Tree, committer: &Committer) {
         if *stop {
             return;
         }
+    }
+}
+
+/// The `hartslag_timeline_journal_entries` gauge: timeline entries waiting to be moved
+/// under their monitors. It rises through a herd and falls when the store is quiet; one
+/// that never falls means a store never quiet for long (moves then trickle, and past 2.5
+/// million go back to back).
+pub(super) struct Backlog(pub(super) Arc<Journal>);
+
+impl std::fmt::Debug for Backlog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backlog").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for Backlog {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(
+            i64::try_from(self.0.len()).unwrap_or(i64::MAX),
+        );
+        gauge.encode(encoder.encode_descriptor(
+            "hartslag_timeline_journal_entries",
+            "Timeline entries appended by the monitor engine and not yet moved under their monitors (sled only).",
+            None,
+            gauge.metric_type(),
+        )?)
     }
 }
