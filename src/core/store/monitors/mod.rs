@@ -107,7 +107,15 @@ impl SledMonitors {
         }
         let overflow = state::kept_in_sled(&tree)?;
         let numbers = Numbers::of(&tree)?;
+        let started = std::time::Instant::now();
         let journal = Journal::open(&store.db)?;
+        if journal.len() > 0 {
+            tracing::info!(
+                entries = journal.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "listed the timeline entries waiting in the journal"
+            );
+        }
         #[cfg(test)]
         journal
             .hold

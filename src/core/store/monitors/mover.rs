@@ -15,6 +15,9 @@
 //! - back to back past [`FORCE_AT`] entries, whatever the store is doing: the bound on the
 //!   index's memory (12 bytes an entry) and on what a start has to list.
 //!
+//! Nothing moves before the engine's first round (or [`FIRST_MOVE`] after the start), so
+//! the load of a million monitors at start is not slowed by moves.
+//!
 //! Locks: the index's lock is held by whoever prepares a record that changes the journal
 //! until it is submitted (the engine's rounds and this thread's moves), so records reach
 //! the committer in the order their index changes were made. A submit can wait for room in
@@ -48,6 +51,9 @@ const GAP: Duration = Duration::from_millis(25);
 /// How often a chunk moves between rounds of a store that is not quiet: at 2 048 entries a
 /// move, a few percent of the apply threads.
 const TRICKLE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long after the start moves begin if no round came before.
+const FIRST_MOVE: Duration = Duration::from_secs(30);
 
 /// How long moves wait after a failed read, or while the committer refuses writes.
 const PAUSE: Duration = Duration::from_secs(1);
@@ -165,8 +171,14 @@ impl Journal {
         {
             return false;
         }
+        let submitted = self.submitted.load(Ordering::Relaxed);
+        // A start's load of the monitors has the cores to itself: nothing moves before the
+        // engine's first round, or a while after the start if none comes.
+        if submitted == 0 && since < FIRST_MOVE.as_millis() as u64 {
+            return false;
+        }
         let len = self.len();
-        let idle = self.finished.load(Ordering::Acquire) == self.submitted.load(Ordering::Relaxed);
+        let idle = self.finished.load(Ordering::Acquire) == submitted;
         let still = since.saturating_sub(self.last_round.load(Ordering::Relaxed));
         let quiet = idle && still >= QUIET.as_millis() as u64;
         let gap = idle && still >= GAP.as_millis() as u64;
