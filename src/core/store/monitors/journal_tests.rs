@@ -32,6 +32,26 @@ fn entries(num: u64, from: i64, n: i64) -> MonitorRound {
     }
 }
 
+/// A round that trims monitor `num`'s timeline to its newest `keep` entries.
+fn trim(num: u64, keep: usize) -> MonitorRound {
+    MonitorRound {
+        trims: vec![(num, keep)],
+        ..Default::default()
+    }
+}
+
+/// A round that removes monitor `num` with its history.
+fn removal(num: u64) -> MonitorRound {
+    MonitorRound {
+        remove: vec![Removal {
+            key: format!("ns/{num}"),
+            num,
+            retain: None,
+        }],
+        ..Default::default()
+    }
+}
+
 fn read(sled: &SledMonitors, num: u64, limit: usize) -> Vec<i64> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -120,22 +140,10 @@ fn a_trim_keeps_the_newest_across_both_places() {
     assert_eq!(places(&sled, 5), (4, 3));
 
     // Oldest three, all under the monitor.
-    commit(
-        &sled,
-        MonitorRound {
-            trims: vec![(5, 4)],
-            ..Default::default()
-        },
-    );
+    commit(&sled, trim(5, 4));
     assert_eq!(places(&sled, 5), (1, 3));
     // The one left there and the oldest in the journal.
-    commit(
-        &sled,
-        MonitorRound {
-            trims: vec![(5, 2)],
-            ..Default::default()
-        },
-    );
+    commit(&sled, trim(5, 2));
     assert_eq!(places(&sled, 5), (0, 2));
     assert_eq!(
         sled.journal.lock().len(),
@@ -163,17 +171,7 @@ fn removing_a_monitor_removes_its_entries_from_both_places() {
     hold(&sled);
     commit(&sled, entries(6, 2, 2));
     commit(&sled, entries(7, 0, 1));
-    commit(
-        &sled,
-        MonitorRound {
-            remove: vec![Removal {
-                key: "ns/six".into(),
-                num: 6,
-                retain: None,
-            }],
-            ..Default::default()
-        },
-    );
+    commit(&sled, removal(6));
     assert_eq!(places(&sled, 6), (0, 1), "only monitor 7's entry is left");
     assert_eq!(read(&sled, 6, 10), Vec::<i64>::new());
     assert_eq!(read(&sled, 7, 10), vec![0]);
@@ -281,13 +279,7 @@ fn of_two_entries_under_one_key_the_later_reads_and_a_trim_takes_both() {
     assert_eq!(dumped, vec![State::Up], "a dump rows the key once");
 
     commit(&sled, entries(12, 5, 1));
-    commit(
-        &sled,
-        MonitorRound {
-            trims: vec![(12, 1)],
-            ..Default::default()
-        },
-    );
+    commit(&sled, trim(12, 1));
     assert_eq!(
         places(&sled, 12),
         (0, 1),
@@ -313,24 +305,8 @@ fn a_trim_and_a_removal_while_a_move_is_on_its_way_leave_nothing_behind() {
         std::thread::sleep(Duration::from_millis(5));
     }
     hold(&sled);
-    let trimmed = submit(
-        &sled,
-        MonitorRound {
-            trims: vec![(10, 1)],
-            ..Default::default()
-        },
-    );
-    let removed = submit(
-        &sled,
-        MonitorRound {
-            remove: vec![Removal {
-                key: "ns/eleven".into(),
-                num: 11,
-                retain: None,
-            }],
-            ..Default::default()
-        },
-    );
+    let trimmed = submit(&sled, trim(10, 1));
+    let removed = submit(&sled, removal(11));
     store.committer().release_apply();
     assert!(trimmed.recv().unwrap() && removed.recv().unwrap());
     release(&sled);
