@@ -61,11 +61,16 @@ pub(super) fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
 }
 
 /// A journal value: the entry's key in the monitors tree, then its JSON.
-pub(super) fn journal_value(target: &[u8; TARGET_KEY_LEN], json: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(TARGET_KEY_LEN + json.len());
+pub(super) fn journal_value(
+    target: &[u8; TARGET_KEY_LEN],
+    record: &impl serde::Serialize,
+) -> Result<Vec<u8>, StoreError> {
+    // Encoded in place behind the key: one buffer per entry on the engine's thread.
+    let mut v = Vec::with_capacity(TARGET_KEY_LEN + 160);
     v.extend_from_slice(target);
-    v.extend_from_slice(json);
-    v
+    serde_json::to_writer(&mut v, record)
+        .map_err(|e| StoreError::Write(format!("encoding a timeline entry: {e}")))?;
+    Ok(v)
 }
 
 /// The monitor number of a journal value, read in place; `Corrupt` unless the value starts
@@ -455,7 +460,7 @@ mod tests {
     #[test]
     fn values_carry_their_target_key_and_bad_ones_are_corrupt() {
         let target = super::super::keys::transition_key(9, jiff::Timestamp::UNIX_EPOCH, 1);
-        let v = journal_value(&target, b"{}");
+        let v = journal_value(&target, &serde_json::json!({})).expect("encodes");
         let (k, num, json) = split_value(&journal_key(4), &v).expect("valid");
         assert_eq!(
             (k.as_slice(), num, json.as_slice()),

@@ -191,7 +191,7 @@ impl SledMonitors {
         let seqs = index.take_seqs(round.transitions.len());
         for ((num, idx, record), seq) in round.transitions.iter().zip(seqs) {
             let target = transition_key(*num, record.at, *idx);
-            let value = journal_value(&target, &encode(record)?);
+            let value = journal_value(&target, record)?;
             writes.push(Mutation::put(
                 &self.journal.tree,
                 journal_key(seq).to_vec(),

@@ -161,7 +161,7 @@ impl Journal {
 
     /// Whether a move may start now, as far as the counters tell ([the policy](self));
     /// `trickle` says a trickle move is due.
-    fn may_move(&self, trickle: bool) -> bool {
+    pub(super) fn may_move(&self, trickle: bool) -> bool {
         #[cfg(test)]
         if self.hold.load(Ordering::Relaxed) {
             return false;
