@@ -7,7 +7,7 @@
 //! mapped to wall time by [`Clock`], so the whole engine runs on a paused, virtual clock in
 //! tests.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -100,14 +100,14 @@ impl Default for Clock {
 #[derive(Debug, Clone)]
 pub struct DeadlineQueue<K, T = Timestamp> {
     order: BTreeSet<(T, K)>,
-    armed: HashMap<K, T>,
+    armed: foldhash::HashMap<K, T>,
 }
 
 impl<K, T> Default for DeadlineQueue<K, T> {
     fn default() -> Self {
         Self {
             order: BTreeSet::new(),
-            armed: HashMap::new(),
+            armed: foldhash::HashMap::default(),
         }
     }
 }

@@ -116,6 +116,11 @@ pub struct Mutation {
     /// its value there and taking it out again cost the engine and the apply thread a
     /// map insert and lookup per write, for nothing.
     pub read_back: bool,
+    /// Whether the key is one of a rising run its tree is written in (the timeline
+    /// journal's sequence numbers): such keys share the tree's rightmost leaves, so a
+    /// record's rising writes are applied on one of the committer's two apply threads,
+    /// not split over both, which would fight over those leaves.
+    pub rising: bool,
 }
 
 impl Mutation {
@@ -126,6 +131,7 @@ impl Mutation {
             key: key.into(),
             op: Op::Put(value.into()),
             read_back: true,
+            rising: false,
         }
     }
 
@@ -149,6 +155,15 @@ impl Mutation {
             key: key.into(),
             op: Op::Remove,
             read_back: true,
+            rising: false,
+        }
+    }
+
+    /// This write, marked as one of a rising run of keys (see [`Mutation::rising`]).
+    pub fn in_rising_run(self) -> Self {
+        Self {
+            rising: true,
+            ..self
         }
     }
 
@@ -163,6 +178,7 @@ impl Mutation {
             key: key.into(),
             op: Op::PutIfAbsent(value.into()),
             read_back: true,
+            rising: false,
         }
     }
 
@@ -174,6 +190,7 @@ impl Mutation {
             key: num.to_be_bytes().to_vec(),
             op: record.map_or(Op::Remove, Op::Put),
             read_back: false,
+            rising: false,
         }
     }
 

@@ -11,7 +11,7 @@
 //! thread with pings and other commands is the [`super::intake`]'s business.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -42,7 +42,7 @@ pub(super) struct Herd {
     by_urgency: BinaryHeap<Reverse<(Place, u64, Arc<str>)>>,
     by_number: BinaryHeap<Reverse<(u64, u64, Arc<str>)>>,
     /// Who waits, with their arrival.
-    members: HashMap<Arc<str>, u64>,
+    members: foldhash::HashMap<Arc<str>, u64>,
     /// Arrivals so far: the last tie-breaker.
     arrivals: u64,
 }

@@ -24,7 +24,7 @@
 //! behind that command, in the queue. A command that concerns no single monitor (a
 //! replica's mirror of the leader) keeps every deadline that fires after it behind it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -47,7 +47,7 @@ pub(super) struct Intake {
     herd: Herd,
     queue: VecDeque<Command>,
     /// How many queued commands concern each monitor, by key.
-    queued: HashMap<String, u32>,
+    queued: foldhash::HashMap<String, u32>,
     /// Queued commands that concern no single monitor.
     barriers: usize,
 }

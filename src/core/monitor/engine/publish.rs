@@ -114,10 +114,10 @@ pub(super) struct Readers {
 
 impl Readers {
     /// Publishes round `p` if it was written (`Ok`), then answers its callers.
-    pub(super) fn settle(&self, p: Published, result: Result<(), String>) {
+    pub(super) fn settle(&self, mut p: Published, result: Result<(), String>) {
         match &result {
             Ok(()) => {
-                self.publish(&p);
+                self.publish(&mut p);
                 self.stats
                     .observe_down_lateness(&p.timed_downs, self.clock.now());
                 *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -139,24 +139,29 @@ impl Readers {
     }
 
     /// The snapshot, the deadlines and the transitions, in the order they happened.
-    pub(super) fn publish(&self, p: &Published) {
+    pub(super) fn publish(&self, p: &mut Published) {
+        // Pointers swapped under the lock, the monitors they replace freed after it: the
+        // engine thread reads this lock for every monitor it steps.
+        let mut replaced = Vec::with_capacity(p.removed.len() + p.monitors.len());
         {
             let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
             for key in &p.removed {
-                snapshot.remove(key);
+                replaced.extend(snapshot.remove(key));
             }
             for m in &p.monitors {
-                snapshot.insert(Monitor::clone(m));
+                replaced.extend(snapshot.put(m.clone()));
             }
         }
+        drop(replaced);
         for key in &p.removed {
             self.scheduler.disarm(key.as_str().into());
         }
         for m in &p.monitors {
             arm(&self.scheduler, m);
         }
-        for change in &p.changes {
-            let _ = self.changes.send(change.clone());
+        // Moved, not copied: a herd's round holds thousands.
+        for change in std::mem::take(&mut p.changes) {
+            let _ = self.changes.send(change);
         }
     }
 }

@@ -1,15 +1,21 @@
 //! Every monitor as readers see it, by key, in memory.
 //!
-//! A monitor is about 440 bytes, and a hash table grows by doubling: a map holding the
+//! A monitor is about 410 bytes, and a hash table grows by doubling: a map holding the
 //! monitors themselves keeps up to twice that per monitor in empty slots (at a million
-//! monitors, about 1 GB for the table alone). So each monitor is boxed and the table holds
-//! one pointer per slot; the box is found by the key it holds, with no second copy of it.
+//! monitors, about 1 GB for the table alone). So each monitor is behind a pointer and the
+//! table holds one pointer per slot; the monitor is found by the key it holds, with no
+//! second copy of it. The pointer is shared ([`Arc`]) with the round that wrote the
+//! monitor: publishing a round of a herd swaps thousands of pointers under the readers'
+//! lock instead of copying thousands of monitors under it, and the engine thread, which
+//! reads that lock for every monitor it steps, waits that much less (see
+//! [`Monitors::put`]). The table hashes keys with foldhash, seeded per process.
 //! Counts per state are kept as monitors change, so gauges and the dashboard never walk a
 //! million boxes (and hold the engine's lock meanwhile) to count them.
 
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use super::types::Monitor;
 use crate::core::monitor::state::State;
@@ -17,7 +23,7 @@ use crate::core::monitor::state::State;
 /// The monitors by key.
 #[derive(Debug, Default, Clone)]
 pub struct Monitors {
-    set: HashSet<Entry>,
+    set: HashSet<Entry, foldhash::fast::RandomState>,
     /// How many are in each state, in the order of [`State::ALL`].
     by_state: [usize; State::ALL.len()],
 }
@@ -26,9 +32,9 @@ fn slot(state: State) -> usize {
     State::ALL.iter().position(|s| *s == state).unwrap_or(0)
 }
 
-/// A boxed monitor, hashed and compared by its key.
+/// A shared monitor, hashed and compared by its key.
 #[derive(Debug, Clone)]
-struct Entry(Box<Monitor>);
+struct Entry(Arc<Monitor>);
 
 impl Hash for Entry {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -79,15 +85,21 @@ impl Monitors {
 
     /// Stores `m` under its key, replacing the monitor there.
     pub(crate) fn insert(&mut self, m: Monitor) {
+        drop(self.put(Arc::new(m)));
+    }
+
+    /// Stores `m` under its key and hands back the monitor it replaced: a caller holding a
+    /// lock drops it after letting go, so freeing it costs the lock's holders nothing.
+    pub(crate) fn put(&mut self, m: Arc<Monitor>) -> Option<Arc<Monitor>> {
         self.by_state[slot(m.state.state)] += 1;
-        if let Some(old) = self.set.replace(Entry(Box::new(m))) {
-            self.by_state[slot(old.0.state.state)] -= 1;
-        }
+        let old = self.set.replace(Entry(m))?;
+        self.by_state[slot(old.0.state.state)] -= 1;
+        Some(old.0)
     }
 
     /// Takes the monitor under `key` out.
-    pub(crate) fn remove(&mut self, key: &str) -> Option<Monitor> {
-        let m = *self.set.take(key)?.0;
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Arc<Monitor>> {
+        let m = self.set.take(key)?.0;
         self.by_state[slot(m.state.state)] -= 1;
         Some(m)
     }
@@ -118,7 +130,10 @@ mod tests {
         assert_eq!(all.get("a").map(|m| m.state.state), Some(State::Down));
         assert!(all.get("c").is_none());
         assert_eq!((all.count(State::New), all.count(State::Down)), (1, 1));
-        assert_eq!(all.remove("b").map(|m| m.def.key), Some("b".to_string()));
+        assert_eq!(
+            all.remove("b").map(|m| m.def.key.clone()),
+            Some("b".to_string())
+        );
         assert!(all.remove("b").is_none());
         assert_eq!((all.count(State::New), all.count(State::Down)), (0, 1));
         let keys: Vec<&str> = all.values().map(|m| m.def.key.as_str()).collect();

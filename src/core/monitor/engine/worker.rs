@@ -9,7 +9,7 @@
 //! fails to write leaves readers with what is on disk.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -98,18 +98,18 @@ struct Round {
     writes: MonitorRound,
     /// Monitor records to store, by key: a monitor stepped several times in one round
     /// (pings in a burst) is written once, with its last state.
-    monitors: HashMap<String, Monitor>,
+    monitors: foldhash::HashMap<String, Monitor>,
     /// Monitors among [`Self::monitors`] whose definition changed in the round (defined,
     /// redefined, paused or resumed): written whole. The others changed their state alone
     /// and are written as state ([`MonitorRound::put_state`]).
-    redefined: std::collections::HashSet<String>,
+    redefined: foldhash::HashSet<String>,
     /// About how many bytes the round's pings make their blocks take (see [`ROUND_BYTES`]).
     ping_bytes: usize,
     /// Monitors the round appended pings for.
-    pinged: std::collections::HashSet<u64>,
+    pinged: foldhash::HashSet<u64>,
     done: Vec<Done>,
     /// Monitors removed in this round.
-    removed: std::collections::HashSet<String>,
+    removed: foldhash::HashSet<String>,
     /// State transitions to broadcast once the round is on disk.
     changes: Vec<Change>,
     /// When each Down a deadline caused in the round was due: how late it was is
@@ -157,7 +157,7 @@ pub(super) struct Worker {
     pub(super) transitions_since_trim: RefCell<BTreeMap<u64, u8>>,
     /// Monitors as rounds handed to the store and not applied yet left them, by key: what
     /// the next rounds build on.
-    pub(super) inflight: RefCell<HashMap<String, Inflight>>,
+    pub(super) inflight: RefCell<foldhash::HashMap<String, Inflight>>,
     /// How far rounds have been numbered, applied and failed.
     pub(super) written: Arc<Written>,
     /// Tests make writes fail with this.
@@ -385,7 +385,7 @@ impl Worker {
     /// the registry.
     fn mirror(&self, changes: FeedChanges) -> TokenChanges {
         let out = mirrored(&self.read(), changes);
-        let shown = Published {
+        let mut shown = Published {
             seq: 0,
             commands: 0,
             monitors: out.monitors.into_iter().map(Arc::new).collect(),
@@ -396,7 +396,7 @@ impl Worker {
             // The leader measured how late its Downs were; a mirror only shows them.
             timed_downs: Vec::new(),
         };
-        self.readers().publish(&shown);
+        self.readers().publish(&mut shown);
         out.tokens
     }
 

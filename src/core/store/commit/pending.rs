@@ -1,7 +1,7 @@
 //! The committer's view of records not applied yet: the overlay of their writes, and the
 //! reader that looks there before it reads sled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::Inner;
@@ -11,7 +11,7 @@ use crate::core::store::wal::{Mutation, Op};
 /// each key, with the sequence number of its record. `None` is a pending remove.
 #[derive(Default)]
 pub(super) struct Overlay {
-    pub(super) trees: HashMap<sled::IVec, PendingKeys>,
+    pub(super) trees: foldhash::HashMap<sled::IVec, PendingKeys>,
 }
 
 /// One tree's pending writes: key → (record, value or `None` for a remove).

@@ -9,7 +9,13 @@
 //! split in two and applied by the apply thread and a helper together.
 //!
 //! Only writes to the same key need their order: the split goes by a hash of the key,
-//! so every write to one key lands on the same thread, in the record's order. The
+//! so every write to one key lands on the same thread, in the record's order. Writes of a
+//! rising run of keys ([`Mutation::rising`]: the timeline journal's appends and removals)
+//! are the exception: they all go to the helper, with its half of the others. Rising keys
+//! share the tree's rightmost leaves, and sled copies a leaf on every insert into it, and
+//! again when a compare-and-swap lost to the other thread: two threads appending to one
+//! leaf did each other's work over. A key is rising in every write of it or in none (its
+//! tree decides), so its writes still share a thread. The
 //! record is reported applied only once both halves are, so nothing a reader is told
 //! about is missing; during the apply, readers of sled may see a record's writes to
 //! different keys in a different order than they were written, as they could already
@@ -74,8 +80,7 @@ impl Splitter {
             return writes.iter().try_for_each(Mutation::apply);
         };
         let shared = Arc::new(std::mem::take(writes));
-        let (theirs, mine): (Vec<u32>, Vec<u32>) =
-            (0..shared.len() as u32).partition(|&i| half(&shared[i as usize].key));
+        let (theirs, mine) = halves(&shared);
         if jobs.send((shared.clone(), theirs)).is_err() {
             // The helper is gone (it never is while this lives): apply alone.
             self.helper = None;
@@ -91,6 +96,15 @@ impl Splitter {
         *writes = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());
         own.and(other)
     }
+}
+
+/// The positions of the writes the helper applies, and of those the calling thread does:
+/// rising writes to the helper, the others by a hash of the key.
+fn halves(writes: &[Mutation]) -> (Vec<u32>, Vec<u32>) {
+    (0..writes.len() as u32).partition(|&i| {
+        let w = &writes[i as usize];
+        w.rising || half(&w.key)
+    })
 }
 
 /// Which half a key goes to: FNV-1a over its bytes, so keys that differ anywhere spread.
@@ -149,6 +163,36 @@ mod tests {
             assert_eq!(got.as_ref(), want.as_bytes(), "key {i}");
         }
         assert_eq!(tree.len(), 2_000);
+    }
+
+    #[test]
+    fn a_records_rising_writes_all_go_to_the_helper_and_the_rest_by_their_keys() {
+        let (_dir, tree) = tree();
+        let mut writes = Vec::new();
+        for i in 0..600u64 {
+            writes.push(Mutation::put(&tree, format!("m{i}").into_bytes(), vec![1]));
+            writes.push(
+                Mutation::put_unread(&tree, i.to_be_bytes().to_vec(), vec![2]).in_rising_run(),
+            );
+            writes
+                .push(Mutation::remove(&tree, (i + 10_000).to_be_bytes().to_vec()).in_rising_run());
+        }
+        let (theirs, mine) = halves(&writes);
+        let rising = theirs
+            .iter()
+            .filter(|&&i| writes[i as usize].rising)
+            .count();
+        assert_eq!(rising, 1_200, "every rising write on the helper");
+        assert!(mine.iter().all(|&i| !writes[i as usize].rising));
+        assert!(
+            (200..400).contains(&mine.len()),
+            "{} of 600 others",
+            mine.len()
+        );
+        let written = writes.len();
+        Splitter::start().apply(&mut writes).unwrap();
+        assert_eq!(writes.len(), written, "the record's writes are handed back");
+        assert_eq!(tree.len(), 1_200);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 
 use super::keys::Family;
 use crate::core::store::StoreError;
+use crate::core::store::wal::Mutation;
 
 /// The journal's sled tree.
 pub(crate) const JOURNAL_TREE: &str = "timeline-journal";
@@ -51,6 +52,18 @@ pub(super) const TARGET_KEY_LEN: usize = 18;
 /// Key of the journal entry numbered `seq`.
 pub(super) fn journal_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
+}
+
+/// Appends entry `seq` to the journal `tree`. Not read back: only a trim reads journal
+/// entries, and one it cannot see yet is one it keeps. Rising: journal keys share the
+/// tree's rightmost leaves ([`Mutation::rising`]).
+pub(super) fn put_entry(tree: &sled::Tree, seq: u64, value: Vec<u8>) -> Mutation {
+    Mutation::put_unread(tree, journal_key(seq).to_vec(), value).in_rising_run()
+}
+
+/// Removes entry `seq` from the journal `tree` (rising, as [`put_entry`]).
+pub(super) fn remove_entry(tree: &sled::Tree, seq: u64) -> Mutation {
+    Mutation::remove(tree, journal_key(seq).to_vec()).in_rising_run()
 }
 
 /// The sequence number of a journal key, or `Corrupt`.

@@ -34,7 +34,7 @@ use crate::core::alert::outbox::delivery_key;
 use crate::core::monitor::engine::{Monitor, TransitionRecord};
 use crate::core::monitor::history::PingRecord;
 use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError, StorageFuture};
-use journal::{Index, journal_key, journal_value, split_value};
+use journal::{Index, journal_key, journal_value, put_entry, remove_entry, split_value};
 pub(crate) use journal::{JOURNAL_TREE, split_value as split_journal_value};
 use keys::{Family, monitor_key, numbered_prefix, retained_key, state_key, transition_key};
 use mover::{Journal, Mover};
@@ -107,15 +107,9 @@ impl SledMonitors {
         }
         let overflow = state::kept_in_sled(&tree)?;
         let numbers = Numbers::of(&tree)?;
-        let started = std::time::Instant::now();
+        // Listed on a thread of its own while the monitors load; a failed listing fails
+        // the load ([`MonitorStore::load_monitors`]).
         let journal = Journal::open(&store.db)?;
-        if journal.len() > 0 {
-            tracing::info!(
-                entries = journal.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "listed the timeline entries waiting in the journal"
-            );
-        }
         #[cfg(test)]
         journal
             .hold
@@ -170,10 +164,7 @@ impl SledMonitors {
             }
             writes.push(Mutation::remove(tree, retained_key(&r.key)));
             for seq in index.seqs_of(r.num) {
-                writes.push(Mutation::remove(
-                    &self.journal.tree,
-                    journal_key(seq).to_vec(),
-                ));
+                writes.push(remove_entry(&self.journal.tree, seq));
             }
             changes.removed.push(r.num);
             for prefix in [
@@ -192,11 +183,8 @@ impl SledMonitors {
         for ((num, idx, record), seq) in round.transitions.iter().zip(seqs) {
             let target = transition_key(*num, record.at, *idx);
             let value = journal_value(&target, record)?;
-            writes.push(Mutation::put(
-                &self.journal.tree,
-                journal_key(seq).to_vec(),
-                value,
-            ));
+            // Not read back: a trim that cannot see it yet keeps it ([`Self::trim`]).
+            writes.push(put_entry(&self.journal.tree, seq, value));
             changes.appended.push((*num, seq));
         }
         let mut blocks = pings::RoundBlocks::default();
@@ -249,7 +237,10 @@ impl SledMonitors {
     }
 
     /// Removes monitor `num`'s timeline entries beyond the newest `keep`, wherever they
-    /// are: under the monitor, in the journal, or in both while a move is under way.
+    /// are: under the monitor, in the journal, or in both while a move is under way. An
+    /// entry appended by a round not applied yet is not seen here (journal puts stay out
+    /// of the committer's pending view). Unseen, it is neither counted nor removed: the
+    /// monitor keeps more than `keep` entries until a later trim, never fewer.
     fn trim(
         &self,
         num: u64,
@@ -275,7 +266,7 @@ impl SledMonitors {
                 Ok((target, _, _)) => entries.entry(target).or_default().1.push(seq),
                 // Not a timeline entry: nothing to keep, and no reason to fail the round.
                 Err(_) => {
-                    writes.push(Mutation::remove(&self.journal.tree, key.to_vec()));
+                    writes.push(remove_entry(&self.journal.tree, seq));
                     changes.trimmed.push((num, seq));
                 }
             }
@@ -286,10 +277,7 @@ impl SledMonitors {
                 writes.push(Mutation::remove(&self.tree, k));
             }
             for seq in journaled {
-                writes.push(Mutation::remove(
-                    &self.journal.tree,
-                    journal_key(seq).to_vec(),
-                ));
+                writes.push(remove_entry(&self.journal.tree, seq));
                 changes.trimmed.push((num, seq));
             }
         }
@@ -337,7 +325,9 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T, Sto
 
 impl MonitorStore for SledMonitors {
     fn load_monitors(&self, batch: &mut dyn FnMut(Vec<Monitor>)) -> Result<(), StorageError> {
-        Ok(load::load_monitors(&self.tree, &self.states, batch)?)
+        load::load_monitors(&self.tree, &self.states, batch)?;
+        // The journal was listed beside the load; a start fails here if that failed.
+        Ok(self.journal.ready()?)
     }
 
     fn next_monitor_num(&self) -> Result<u64, StorageError> {
@@ -359,7 +349,10 @@ impl MonitorStore for SledMonitors {
     fn commit_round(&self, round: MonitorRound, done: RoundDone) {
         // Held until the round is submitted, so rounds and moves reach the committer in
         // the order they changed the journal's index ([`mover`]).
-        let mut index = self.journal.lock();
+        let mut index = match self.journal.lock() {
+            Ok(index) => index,
+            Err(e) => return done(Err(e.into())),
+        };
         let mut changes = IndexChanges::default();
         let writes = match self.round_writes(round, &mut index, &mut changes) {
             Ok(w) => w,
@@ -396,7 +389,7 @@ impl MonitorStore for SledMonitors {
         blocking(&self.store, move |_| {
             // The journal before the monitor's range: an entry moved in between is then
             // found in the range ([`journal`]'s invariant 2).
-            let seqs = journal.lock().seqs_of(num);
+            let seqs = journal.lock()?.seqs_of(num);
             let mut waiting = Vec::with_capacity(seqs.len());
             for seq in seqs {
                 let key = journal_key(seq);
@@ -536,7 +529,7 @@ mod tests {
         };
         let mut changes = IndexChanges::default();
         let writes = sled
-            .round_writes(round, &mut sled.journal.lock(), &mut changes)
+            .round_writes(round, &mut sled.journal.lock().unwrap(), &mut changes)
             .unwrap();
         let f = |family: Family| family as u8;
         let monitors = || "monitors".to_string();

@@ -16,7 +16,9 @@
 //!   index's memory (12 bytes an entry) and on what a start has to list.
 //!
 //! Nothing moves before the engine's first round (or [`FIRST_MOVE`] after the start), so
-//! the load of a million monitors at start is not slowed by moves.
+//! the load of a million monitors at start is not slowed by moves. The journal itself is
+//! listed at start on a thread of its own (`hartslag-journal`) while the monitors load;
+//! whoever needs the index first waits for it ([`Journal::ready`]).
 //!
 //! Locks: the index's lock is held by whoever prepares a record that changes the journal
 //! until it is submitted (the engine's rounds and this thread's moves), so records reach
@@ -29,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::journal::{Index, Move, journal_key, seq_of, split_value};
+use super::journal::{Index, Move, journal_key, remove_entry, seq_of, split_value};
 use crate::core::store::StoreError;
 use crate::core::store::commit::{Committer, Progress};
 use crate::core::store::wal::Mutation;
@@ -64,7 +66,14 @@ const NAP: Duration = Duration::from_millis(25);
 /// The journal tree, its index and what the mover needs to know about the engine's rounds.
 pub(super) struct Journal {
     pub(super) tree: sled::Tree,
+    /// Empty until the start's listing is put in place ([`Journal::ready`]).
     index: Mutex<Index>,
+    /// The start's listing of the journal, on a thread of its own beside the monitors'
+    /// load: at a million monitors after a herd it lists millions of entries, seconds a
+    /// start would otherwise spend before the load begins.
+    listing: Mutex<Listing>,
+    /// The listing is in place: no need to take `listing`'s lock.
+    listed: AtomicBool,
     /// Rounds submitted (counted under the index's lock) and finished (applied or failed);
     /// the committer finishes records in the order they were submitted.
     submitted: AtomicU64,
@@ -91,15 +100,29 @@ pub(super) struct Journal {
     pub(super) hold: AtomicBool,
 }
 
+/// Where the start's listing of the journal stands.
+enum Listing {
+    Running(std::thread::JoinHandle<Result<Index, StoreError>>),
+    Done,
+    /// It failed: so does every use of the index after it.
+    Failed(StoreError),
+}
+
 impl Journal {
-    /// Opens the journal tree and lists what it holds.
+    /// Opens the journal tree and starts listing what it holds ([`Journal::ready`]).
     pub(super) fn open(db: &sled::Db) -> Result<Arc<Self>, StoreError> {
         let tree = db.open_tree(super::journal::JOURNAL_TREE)?;
-        let index = Index::load(&tree)?;
+        let listed = tree.clone();
+        let listing = std::thread::Builder::new()
+            .name("hartslag-journal".into())
+            .spawn(move || list(&listed))
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
         Ok(Arc::new(Self {
-            len: AtomicUsize::new(index.len()),
+            len: AtomicUsize::new(0),
             tree,
-            index: Mutex::new(index),
+            index: Mutex::new(Index::default()),
+            listing: Mutex::new(Listing::Running(listing)),
+            listed: AtomicBool::new(false),
             submitted: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             last_round: AtomicU64::new(0),
@@ -115,9 +138,52 @@ impl Journal {
         }))
     }
 
-    /// The index, with the moves finished since it was last held recorded in it. Hold it
-    /// from preparing a record that changes the journal until the record is submitted.
-    pub(super) fn lock(&self) -> MutexGuard<'_, Index> {
+    /// Waits for the start's listing and puts it in place. A listing that failed (a
+    /// damaged entry, a failed read) fails this, and every call after it.
+    pub(super) fn ready(&self) -> Result<(), StoreError> {
+        if self.listed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut listing = lock(&self.listing);
+        match std::mem::replace(&mut *listing, Listing::Done) {
+            Listing::Done => Ok(()),
+            Listing::Failed(e) => {
+                let again = repeat(&e);
+                *listing = Listing::Failed(e);
+                Err(again)
+            }
+            Listing::Running(thread) => {
+                let listed = thread.join().unwrap_or_else(|_| {
+                    Err(StoreError::Thread(
+                        "listing the timeline journal panicked".into(),
+                    ))
+                });
+                match listed {
+                    Ok(index) => {
+                        self.len.store(index.len(), Ordering::Relaxed);
+                        *lock(&self.index) = index;
+                        self.listed.store(true, Ordering::Release);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        *listing = Listing::Failed(repeat(&e));
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The index, with the moves finished since it was last held recorded in it, once the
+    /// start's listing is in place. Hold it from preparing a record that changes the
+    /// journal until the record is submitted.
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, Index>, StoreError> {
+        self.ready()?;
+        Ok(self.guard())
+    }
+
+    /// The index, the listing in place (after [`Journal::ready`] succeeded).
+    fn guard(&self) -> MutexGuard<'_, Index> {
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         let done = std::mem::take(&mut *lock(&self.finished_moves));
         for (id, moved) in done {
@@ -201,7 +267,11 @@ impl Journal {
             return false;
         }
         let m = {
-            let mut index = self.lock();
+            let Ok(mut index) = self.lock() else {
+                // The listing failed: so did the start ([`Journal::ready`]).
+                self.pause();
+                return false;
+            };
             if !self.may_move(trickle) {
                 return false;
             }
@@ -211,7 +281,7 @@ impl Journal {
             }
         };
         let read = self.read(&m);
-        let mut index = self.lock();
+        let mut index = self.guard();
         let entries = match read {
             Ok(entries) => entries,
             Err(e) => {
@@ -228,7 +298,7 @@ impl Journal {
         for (seq, target, json) in entries {
             if listed.binary_search(&seq).is_ok() {
                 puts.push(Mutation::put(monitors, target, json));
-                removes.push(Mutation::remove(&self.tree, journal_key(seq).to_vec()));
+                removes.push(remove_entry(&self.tree, seq));
             }
         }
         if removes.is_empty() {
@@ -294,6 +364,32 @@ impl Journal {
     }
 }
 
+/// Lists the journal's entries, logging how many there were and how long that took.
+fn list(tree: &sled::Tree) -> Result<Index, StoreError> {
+    let started = Instant::now();
+    let index = Index::load(tree)?;
+    if index.len() > 0 {
+        tracing::info!(
+            entries = index.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "listed the timeline entries waiting in the journal"
+        );
+    }
+    Ok(index)
+}
+
+/// A failed listing's error, again for a later use of the index: a damaged entry stays
+/// corrupt data; anything else is a store that cannot serve the journal.
+fn repeat(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Corrupt { what, detail } => StoreError::Corrupt {
+            what: what.clone(),
+            detail: detail.clone(),
+        },
+        other => StoreError::Thread(format!("listing the timeline journal failed: {other}")),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -334,6 +430,8 @@ impl Drop for Mover {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // The listing thread holds the store too: it ends before the store is released.
+        let _ = self.journal.ready();
     }
 }
 
