@@ -208,24 +208,26 @@ impl Store {
         // monitor by a move that a crash cut short was rowed above. Of two under one key
         // (two steps at one instant), the later one, as a read sees it.
         let journal = self.db.open_tree(super::monitors::JOURNAL_TREE)?;
-        let mut last: std::collections::HashMap<Vec<u8>, sled::IVec> = Default::default();
+        let mut last: std::collections::HashMap<Vec<u8>, u64> = Default::default();
         for item in journal.iter() {
             let (k, v) = item?;
-            let (target, _, _) = super::monitors::split_journal_value(&k, &v)?;
-            last.insert(target, k);
+            for (seq, (target, _, _)) in super::monitors::journal_page_entries(&k, &v)? {
+                last.insert(target, seq);
+            }
         }
         for item in journal.iter() {
             let (k, v) = item?;
-            let (target, num, body) = super::monitors::split_journal_value(&k, &v)?;
-            if last.get(&target) != Some(&k) || tree.contains_key(&target)? {
-                continue;
-            }
-            let Some(&pos) = target.get(17) else {
-                return Err(corrupt("timeline key", &target));
-            };
-            let t: TransitionRecord = json("timeline entry", &target, &body)?;
-            if !rows.push(Row::Transition(num, pos, Box::new(t))) {
-                return Ok(());
+            for (seq, (target, num, body)) in super::monitors::journal_page_entries(&k, &v)? {
+                if last.get(&target) != Some(&seq) || tree.contains_key(&target)? {
+                    continue;
+                }
+                let Some(&pos) = target.get(17) else {
+                    return Err(corrupt("timeline key", &target));
+                };
+                let t: TransitionRecord = json("timeline entry", &target, &body)?;
+                if !rows.push(Row::Transition(num, pos, Box::new(t))) {
+                    return Ok(());
+                }
             }
         }
         Ok(())

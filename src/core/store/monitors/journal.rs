@@ -8,9 +8,10 @@
 //! and the [mover](super::mover) carries them to their monitors later, while the store is
 //! idle, in batches applied on both apply threads.
 //!
-//! A journal key is the sequence number, 8 bytes big-endian; its value is the entry's key
-//! in the monitors tree (18 bytes, [`transition_key`](super::keys::transition_key))
-//! followed by the entry's JSON, so a move is a copy of bytes.
+//! Entries are kept in [pages](super::journal_page) of up to 64, a round's entries in pages
+//! of their own. An entry is the entry's key in the monitors tree (18 bytes,
+//! [`transition_key`](super::keys::transition_key)) followed by its JSON, so a move is a
+//! copy of bytes. Its sequence number names its page and its slot there.
 //!
 //! The in-memory [`Index`] finds a monitor's entries without scanning the journal. It
 //! keeps 12 bytes per entry (monitor number and offset) in chunks of up to
@@ -26,21 +27,25 @@
 //!    in one place or both, never in neither; both are the same bytes, merged by key.
 //! 3. A chunk being moved stays listed until the move's second record is applied, so
 //!    trims and removals in between see its entries and remove them from both places.
+//! 4. A page's entries are all in one chunk: chunks begin and end at page boundaries, so
+//!    a move's second record removes its pages whole. An entry a trim or removal took out
+//!    of a page after the mover read it is gone with the page, as it should be.
 
 use std::collections::VecDeque;
 
+use super::journal_page::{self, PAGE_AT_MOST};
 use super::keys::Family;
 use crate::core::store::StoreError;
-use crate::core::store::wal::Mutation;
 
 /// The journal's sled tree.
 pub(crate) const JOURNAL_TREE: &str = "timeline-journal";
 
-/// Entries per chunk of the index at most. A chunk is what one move carries, and a round
+/// Entries per chunk of the index at most, whole pages. A chunk is what one move carries, and a round
 /// that comes due behind a move waits for it: 2 048 scattered inserts hold the apply
 /// threads for tens of milliseconds. A lookup visits every chunk (a binary search each):
 /// at the mover's bound of 2.5 M entries, about 1 200 of them, some tens of microseconds.
 pub(super) const CHUNK_AT_MOST: usize = 2048;
+const _: () = assert!(CHUNK_AT_MOST.is_multiple_of(PAGE_AT_MOST));
 
 /// Sequence numbers one chunk may span (entries trimmed or removed leave gaps): offsets
 /// are kept in 32 bits.
@@ -49,44 +54,7 @@ const SPAN_AT_MOST: u64 = 1 << 24;
 /// Length of an entry's key in the monitors tree, at the start of its journal value.
 pub(super) const TARGET_KEY_LEN: usize = 18;
 
-/// Key of the journal entry numbered `seq`.
-pub(super) fn journal_key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
-/// Appends entry `seq` to the journal `tree`. Not read back: only a trim reads journal
-/// entries, and one it cannot see yet is one it keeps. Rising: journal keys share the
-/// tree's rightmost leaves ([`Mutation::rising`]).
-pub(super) fn put_entry(tree: &sled::Tree, seq: u64, value: Vec<u8>) -> Mutation {
-    Mutation::put_unread(tree, journal_key(seq).to_vec(), value).in_rising_run()
-}
-
-/// Removes entry `seq` from the journal `tree` (rising, as [`put_entry`]).
-pub(super) fn remove_entry(tree: &sled::Tree, seq: u64) -> Mutation {
-    Mutation::remove(tree, journal_key(seq).to_vec()).in_rising_run()
-}
-
-/// The sequence number of a journal key, or `Corrupt`.
-pub(super) fn seq_of(key: &[u8]) -> Result<u64, StoreError> {
-    <[u8; 8]>::try_from(key)
-        .map(u64::from_be_bytes)
-        .map_err(|_| corrupt(key, "a journal key is 8 bytes"))
-}
-
-/// A journal value: the entry's key in the monitors tree, then its JSON.
-pub(super) fn journal_value(
-    target: &[u8; TARGET_KEY_LEN],
-    record: &impl serde::Serialize,
-) -> Result<Vec<u8>, StoreError> {
-    // Encoded in place behind the key: one buffer per entry on the engine's thread.
-    let mut v = Vec::with_capacity(TARGET_KEY_LEN + 160);
-    v.extend_from_slice(target);
-    serde_json::to_writer(&mut v, record)
-        .map_err(|e| StoreError::Write(format!("encoding a timeline entry: {e}")))?;
-    Ok(v)
-}
-
-/// The monitor number of a journal value, read in place; `Corrupt` unless the value starts
+/// The monitor number of a journal entry, read in place; `Corrupt` unless the entry starts
 /// with a timeline key.
 fn num_of(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
     match (
@@ -103,7 +71,7 @@ fn num_of(key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
 
 /// A journal value split into the entry's key in the monitors tree, its monitor's number
 /// and its JSON; `Corrupt` unless the key is a timeline key.
-pub(crate) fn split_value(key: &[u8], value: &[u8]) -> Result<(Vec<u8>, u64, Vec<u8>), StoreError> {
+pub(crate) fn split_value(key: &[u8], value: &[u8]) -> Result<Entry, StoreError> {
     let target = value
         .get(..TARGET_KEY_LEN)
         .ok_or_else(|| corrupt(key, "the value is shorter than a timeline key"))?;
@@ -117,6 +85,18 @@ pub(crate) fn split_value(key: &[u8], value: &[u8]) -> Result<(Vec<u8>, u64, Vec
     Ok((target.to_vec(), num, json.to_vec()))
 }
 
+/// The entries of the journal page stored under `key`, each as its sequence number and
+/// [`split_value`]'s parts, for readers of the whole journal (dumps).
+pub(crate) fn page_entries(key: &[u8], value: &[u8]) -> Result<Vec<(u64, Entry)>, StoreError> {
+    journal_page::entries(key, value)?
+        .into_iter()
+        .map(|(seq, entry)| Ok((seq, split_value(key, entry)?)))
+        .collect()
+}
+
+/// An entry's key in the monitors tree, its monitor's number and its JSON.
+pub(crate) type Entry = (Vec<u8>, u64, Vec<u8>);
+
 fn corrupt(key: &[u8], detail: &str) -> StoreError {
     StoreError::Corrupt {
         what: format!("timeline journal entry {key:02x?}"),
@@ -127,8 +107,8 @@ fn corrupt(key: &[u8], detail: &str) -> StoreError {
 /// Entries appended by rounds, by monitor, in chunks in the order they were appended.
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    /// The sequence number the next entry gets.
-    next_seq: u64,
+    /// The page the next round's entries begin.
+    next_page: u64,
     chunks: VecDeque<Chunk>,
     /// Entries listed.
     len: usize,
@@ -220,15 +200,23 @@ impl Index {
         let mut batch: Vec<(u64, u64)> = Vec::new();
         for item in tree.iter() {
             let (k, v) = item?;
-            let seq = seq_of(&k)?;
-            let num = num_of(&k, &v)?;
-            index.next_seq = seq + 1;
-            if batch.first().is_some_and(|&(_, s)| seq - s >= SPAN_AT_MOST)
-                || batch.len() == CHUNK_AT_MOST
+            let entries = journal_page::entries(&k, &v)?;
+            index.next_page = journal_page::page_of_key(&k)? + 1;
+            let (Some(&(first, _)), Some(&(last, _))) = (entries.first(), entries.last()) else {
+                continue;
+            };
+            // A chunk ends only between pages (invariant 4).
+            if batch
+                .first()
+                .is_some_and(|&(_, s)| last - s >= SPAN_AT_MOST)
+                || batch.len() + entries.len() > CHUNK_AT_MOST
             {
                 index.push_chunk(std::mem::take(&mut batch), 0);
             }
-            batch.push((num, seq));
+            debug_assert!(batch.last().is_none_or(|&(_, s)| s < first));
+            for (seq, entry) in entries {
+                batch.push((num_of(&k, entry)?, seq));
+            }
         }
         index.push_chunk(batch, 0);
         Ok(index)
@@ -239,15 +227,17 @@ impl Index {
         self.len
     }
 
-    /// Gives out `n` sequence numbers for a round's entries, in order.
-    pub(super) fn take_seqs(&mut self, n: usize) -> std::ops::Range<u64> {
-        let first = self.next_seq;
-        self.next_seq += n as u64;
-        first..self.next_seq
+    /// Gives out `n` sequence numbers for a round's entries, in order: pages of their own,
+    /// full but for the last.
+    pub(super) fn take_seqs(&mut self, n: usize) -> Vec<u64> {
+        let first = self.next_page << journal_page::SLOT_BITS;
+        self.next_page += n.div_ceil(PAGE_AT_MOST) as u64;
+        (first..first + n as u64).collect()
     }
 
     /// Lists a round's entries (monitor, sequence number from [`Index::take_seqs`]), in
-    /// the journal once `round` rounds have finished.
+    /// the journal once `round` rounds have finished. A round too big for the last chunk
+    /// starts chunks of its own, each of whole pages (invariant 4).
     pub(super) fn append(&mut self, entries: &[(u64, u64)], round: u64) {
         let (Some(&(_, lo)), Some(&(_, hi))) = (entries.first(), entries.last()) else {
             return;
@@ -401,6 +391,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
+    use super::journal_page::page_key;
     use super::*;
 
     fn appended(index: &mut Index, nums: &[u64], round: u64) -> Vec<(u64, u64)> {
@@ -423,11 +414,11 @@ mod tests {
             "a round too big for the tail opens a chunk"
         );
         assert_eq!(index.len(), 4 + CHUNK_AT_MOST);
-        assert_eq!(
-            index.seqs_of(7),
-            vec![0, 2, 3 + 7, 3 + CHUNK_AT_MOST as u64]
-        );
-        assert_eq!(index.seqs_of(3), vec![1, 3 + 3]);
+        // Each round's entries start a page of their own: the second at page 1, the third
+        // after its 32 pages.
+        let page = PAGE_AT_MOST as u64;
+        assert_eq!(index.seqs_of(7), vec![0, 2, page + 7, 33 * page]);
+        assert_eq!(index.seqs_of(3), vec![1, page + 3]);
         assert_eq!(index.seqs_of(1 << 40), Vec::<u64>::new());
     }
 
@@ -454,27 +445,33 @@ mod tests {
         );
         assert_eq!(index.start_move(1), None);
         let m = index.start_move(2).expect("movable");
-        assert_eq!((m.first, m.end, m.seqs.clone()), (0, 3, vec![0, 1, 2]));
+        // Each round's entries in a page of their own.
+        let page = PAGE_AT_MOST as u64;
+        assert_eq!(
+            (m.first, m.end, m.seqs.clone()),
+            (0, page + 1, vec![0, 1, page])
+        );
         assert!(
             index.start_move(2).is_none(),
             "one move of a chunk at a time"
         );
         // Entries appended while it moves go to a new chunk, so the move is the whole chunk.
         appended(&mut index, &[1], 3);
-        assert_eq!(index.seqs_of(1), vec![0, 2, 3]);
+        assert_eq!(index.seqs_of(1), vec![0, page, 2 * page]);
         index.moved(m.id, false);
         let again = index.start_move(2).expect("a failed move is tried again");
         assert_eq!(again.id, m.id);
         index.moved(again.id, true);
-        assert_eq!(index.seqs_of(1), vec![3]);
+        assert_eq!(index.seqs_of(1), vec![2 * page]);
         assert_eq!(index.len(), 1);
     }
 
     #[test]
-    fn values_carry_their_target_key_and_bad_ones_are_corrupt() {
+    fn entries_carry_their_target_key_and_bad_ones_are_corrupt() {
         let target = super::super::keys::transition_key(9, jiff::Timestamp::UNIX_EPOCH, 1);
-        let v = journal_value(&target, &serde_json::json!({})).expect("encodes");
-        let (k, num, json) = split_value(&journal_key(4), &v).expect("valid");
+        let mut v = target.to_vec();
+        v.extend_from_slice(b"{}");
+        let (k, num, json) = split_value(&page_key(4), &v).expect("valid");
         assert_eq!(
             (k.as_slice(), num, json.as_slice()),
             (&target[..], 9, &b"{}"[..])
@@ -483,7 +480,46 @@ mod tests {
         let mut wrong = v.clone();
         wrong[0] = Family::Monitor as u8;
         assert!(split_value(b"k", &wrong).is_err());
-        assert!(seq_of(&[1, 2, 3]).is_err());
-        assert_eq!(seq_of(&journal_key(77)).ok(), Some(77));
+    }
+
+    #[test]
+    fn a_listing_at_start_ends_its_chunks_between_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::Config::new()
+            .path(dir.path())
+            .open()
+            .unwrap()
+            .open_tree(JOURNAL_TREE)
+            .unwrap();
+        let target = super::super::keys::transition_key(5, jiff::Timestamp::UNIX_EPOCH, 0);
+        // A page of 10, then 32 full pages: 2 058 entries, more than a chunk holds, and
+        // a chunk ended by count alone would end inside the last page.
+        let mut index = Index::default();
+        for n in std::iter::once(10).chain([PAGE_AT_MOST; 32]) {
+            let seqs = index.take_seqs(n);
+            let mut w = journal_page::PageWriter::with_room(n);
+            for &s in &seqs {
+                w.push_encoded(s, &target).unwrap();
+            }
+            tree.insert(page_key(seqs[0] >> journal_page::SLOT_BITS), w.into_value())
+                .unwrap();
+        }
+        let listed = Index::load(&tree).unwrap();
+        assert_eq!(listed.len(), 10 + 32 * PAGE_AT_MOST);
+        assert_eq!(listed.chunks.len(), 2);
+        let mut pages_before = 0;
+        for c in &listed.chunks {
+            let (first, last) = (
+                c.first >> journal_page::SLOT_BITS,
+                (c.end - 1) >> journal_page::SLOT_BITS,
+            );
+            assert!(first >= pages_before, "a page in two chunks");
+            assert!(c.nums.len() <= CHUNK_AT_MOST);
+            pages_before = last + 1;
+        }
+        assert_eq!(
+            listed.next_page, 33,
+            "the next round starts a page of its own"
+        );
     }
 }

@@ -69,7 +69,16 @@ fn places(sled: &SledMonitors, num: u64) -> (usize, usize) {
         .tree
         .scan_prefix(numbered_prefix(Family::Transition, num))
         .count();
-    (placed, sled.journal.tree.len())
+    let journaled = sled
+        .journal
+        .tree
+        .iter()
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            journal::page_entries(&k, &v).unwrap().len()
+        })
+        .sum();
+    (placed, journaled)
 }
 
 fn wait_moved(sled: &SledMonitors) {
@@ -167,6 +176,43 @@ fn a_trim_keeps_the_newest_across_both_places() {
 }
 
 #[test]
+fn a_big_round_fills_pages_and_a_trim_rewrites_or_removes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, sled) = opened(dir.path());
+    let n = 2 * journal_page::PAGE_AT_MOST as i64 + 22;
+    commit(&sled, entries(5, 0, n));
+    assert_eq!(
+        sled.journal.tree.len(),
+        3,
+        "two full pages and a part of one"
+    );
+    assert_eq!(places(&sled, 5), (0, n as usize));
+    commit(&sled, trim(5, 10));
+    assert_eq!(sled.journal.tree.len(), 1, "pages left empty are removed");
+    assert_eq!(places(&sled, 5), (0, 10), "the last page is rewritten");
+    let newest: Vec<i64> = (n - 10..n).rev().collect();
+    assert_eq!(read(&sled, 5, 100), newest);
+    release(&sled);
+    wait_moved(&sled);
+    assert_eq!(places(&sled, 5), (10, 0));
+    assert_eq!(read(&sled, 5, 100), newest);
+}
+
+#[test]
+fn a_trim_sees_the_entries_of_a_round_not_applied_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, sled) = opened(dir.path());
+    store.committer().hold_apply();
+    let appended = submit(&sled, entries(9, 0, 5));
+    let trimmed = submit(&sled, trim(9, 2));
+    store.committer().release_apply();
+    assert!(appended.recv().unwrap() && trimmed.recv().unwrap());
+    assert_eq!(places(&sled, 9), (0, 2));
+    assert_eq!(sled.journal.lock().unwrap().seqs_of(9), vec![3, 4]);
+    assert_eq!(read(&sled, 9, 10), vec![4, 3]);
+}
+
+#[test]
 fn removing_a_monitor_removes_its_entries_from_both_places() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, sled) = opened(dir.path());
@@ -194,7 +240,7 @@ fn a_restart_lists_the_journal_and_a_move_cut_short_reads_once() {
         // A move whose first record is on disk and whose second is not: the entry is
         // under its monitor and still in the journal.
         let first = sled.journal.tree.first().unwrap().unwrap();
-        let (target, _, json) = split_value(&first.0, &first.1).unwrap();
+        let (_, (target, _, json)) = journal::page_entries(&first.0, &first.1).unwrap().remove(0);
         store
             .committer()
             .log_blocking(vec![Mutation::put(&sled.tree, target, json)])

@@ -15,6 +15,7 @@
 
 mod convert;
 mod journal;
+mod journal_page;
 pub mod keys;
 mod load;
 mod mover;
@@ -34,8 +35,9 @@ use crate::core::alert::outbox::delivery_key;
 use crate::core::monitor::engine::{Monitor, TransitionRecord};
 use crate::core::monitor::history::PingRecord;
 use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError, StorageFuture};
-use journal::{Index, journal_key, journal_value, put_entry, remove_entry, split_value};
-pub(crate) use journal::{JOURNAL_TREE, split_value as split_journal_value};
+use journal::{Index, split_value};
+pub(crate) use journal::{JOURNAL_TREE, page_entries as journal_page_entries};
+use journal_page::{PageEdits, PageWriter, page_key, page_of, put_page};
 use keys::{Family, monitor_key, numbered_prefix, retained_key, state_key, transition_key};
 use mover::{Journal, Mover};
 use numbers::Numbers;
@@ -152,6 +154,8 @@ impl SledMonitors {
         // Which monitors keep their state record in sled once the round is written; the
         // set changes only once the whole round has been prepared.
         let mut in_sled = Vec::new();
+        let mut pages = PageEdits::default();
+        let journal = &self.journal.tree;
         for r in &round.remove {
             writes.push(Mutation::remove(tree, monitor_key(r.num).to_vec()));
             writes.push(Mutation::remove(tree, state_key(r.num).to_vec()));
@@ -164,7 +168,7 @@ impl SledMonitors {
             }
             writes.push(Mutation::remove(tree, retained_key(&r.key)));
             for seq in index.seqs_of(r.num) {
-                writes.push(remove_entry(&self.journal.tree, seq));
+                pages.remove(&reader, journal, seq)?;
             }
             changes.removed.push(r.num);
             for prefix in [
@@ -177,16 +181,10 @@ impl SledMonitors {
             }
         }
         for &(num, keep) in &round.trims {
-            self.trim(num, keep, index, &mut writes, changes)?;
+            self.trim(num, keep, index, &mut pages, &mut writes, changes)?;
         }
-        let seqs = index.take_seqs(round.transitions.len());
-        for ((num, idx, record), seq) in round.transitions.iter().zip(seqs) {
-            let target = transition_key(*num, record.at, *idx);
-            let value = journal_value(&target, record)?;
-            // Not read back: a trim that cannot see it yet keeps it ([`Self::trim`]).
-            writes.push(put_entry(&self.journal.tree, seq, value));
-            changes.appended.push((*num, seq));
-        }
+        writes.extend(pages.into_writes(journal));
+        self.append_pages(&round.transitions, index, &mut writes, changes)?;
         let mut blocks = pings::RoundBlocks::default();
         let mut expired = Vec::new();
         for (num, p) in &round.pings {
@@ -236,16 +234,48 @@ impl SledMonitors {
         Ok(writes)
     }
 
+    /// Appends a round's timeline entries to the journal, in pages of their own, each
+    /// entry encoded in place in its page.
+    fn append_pages(
+        &self,
+        transitions: &[(u64, u8, TransitionRecord)],
+        index: &mut Index,
+        writes: &mut Vec<Mutation>,
+        changes: &mut IndexChanges,
+    ) -> Result<(), StoreError> {
+        let journal = &self.journal.tree;
+        let seqs = index.take_seqs(transitions.len());
+        let room = transitions.len().min(journal_page::PAGE_AT_MOST);
+        let mut page: Option<(u64, PageWriter)> = None;
+        for ((num, idx, record), seq) in transitions.iter().zip(seqs) {
+            let target = transition_key(*num, record.at, *idx);
+            let p = page_of(seq);
+            if let Some((q, w)) = page.take_if(|(q, _)| *q != p) {
+                writes.push(put_page(journal, q, w.into_value()));
+            }
+            let (_, w) = page.get_or_insert_with(|| (p, PageWriter::with_room(room)));
+            w.push(seq, &target, |buf| {
+                serde_json::to_writer(buf, record)
+                    .map_err(|e| StoreError::Write(format!("encoding a timeline entry: {e}")))
+            })?;
+            changes.appended.push((*num, seq));
+        }
+        if let Some((p, w)) = page.filter(|(_, w)| !w.is_empty()) {
+            writes.push(put_page(journal, p, w.into_value()));
+        }
+        Ok(())
+    }
+
     /// Removes monitor `num`'s timeline entries beyond the newest `keep`, wherever they
-    /// are: under the monitor, in the journal, or in both while a move is under way. An
-    /// entry appended by a round not applied yet is not seen here (journal puts stay out
-    /// of the committer's pending view). Unseen, it is neither counted nor removed: the
-    /// monitor keeps more than `keep` entries until a later trim, never fewer.
+    /// are: under the monitor, in the journal, or in both while a move is under way. Both
+    /// are read as the records before this round leave them (journal pages through the
+    /// committer's pending view).
     fn trim(
         &self,
         num: u64,
         keep: usize,
         index: &Index,
+        pages: &mut PageEdits,
         writes: &mut Vec<Mutation>,
         changes: &mut IndexChanges,
     ) -> Result<(), StoreError> {
@@ -257,16 +287,21 @@ impl SledMonitors {
             .into_iter()
             .map(|k| (k, (true, Vec::new())))
             .collect();
+        let journal = &self.journal.tree;
         for seq in index.seqs_of(num) {
-            let key = journal_key(seq);
-            let Some(v) = reader.read(&self.journal.tree, &key)? else {
-                continue;
+            let key = page_key(page_of(seq));
+            let target = match pages.entry(&reader, journal, seq) {
+                Ok(Some(entry)) => split_value(&key, &entry).map(|(target, _, _)| target),
+                Ok(None) => continue,
+                // A damaged page: nothing in it to keep.
+                Err(e @ StoreError::Corrupt { .. }) => Err(e),
+                Err(other) => return Err(other),
             };
-            match split_value(&key, &v) {
-                Ok((target, _, _)) => entries.entry(target).or_default().1.push(seq),
+            match target {
+                Ok(target) => entries.entry(target).or_default().1.push(seq),
                 // Not a timeline entry: nothing to keep, and no reason to fail the round.
                 Err(_) => {
-                    writes.push(remove_entry(&self.journal.tree, seq));
+                    pages.remove(&reader, journal, seq)?;
                     changes.trimmed.push((num, seq));
                 }
             }
@@ -277,7 +312,7 @@ impl SledMonitors {
                 writes.push(Mutation::remove(&self.tree, k));
             }
             for seq in journaled {
-                writes.push(remove_entry(&self.journal.tree, seq));
+                pages.remove(&reader, journal, seq)?;
                 changes.trimmed.push((num, seq));
             }
         }
@@ -391,10 +426,18 @@ impl MonitorStore for SledMonitors {
             // found in the range ([`journal`]'s invariant 2).
             let seqs = journal.lock()?.seqs_of(num);
             let mut waiting = Vec::with_capacity(seqs.len());
+            let mut page: Option<(u64, Option<sled::IVec>)> = None;
             for seq in seqs {
-                let key = journal_key(seq);
-                if let Some(v) = journal.tree.get(key)? {
-                    let (target, _, json) = split_value(&key, &v)?;
+                let p = page_of(seq);
+                if page.as_ref().is_none_or(|(q, _)| *q != p) {
+                    page = Some((p, journal.tree.get(page_key(p))?));
+                }
+                let Some((_, Some(v))) = &page else {
+                    continue;
+                };
+                let key = page_key(p);
+                if let Some(entry) = journal_page::entry_of(&key, v, seq)? {
+                    let (target, _, json) = split_value(&key, entry)?;
                     waiting.push((target, json));
                 }
             }
@@ -542,7 +585,7 @@ mod tests {
                 (monitors(), f(Family::State), "remove"),
                 (slot(), 0, "remove"),
                 (monitors(), f(Family::Retained), "remove"),
-                // Timeline entries are appended to the journal, the first as number 0.
+                // Timeline entries are appended to the journal, in page number 0.
                 ("timeline-journal".to_string(), 0, "put"),
                 // Both pings in one block, written once.
                 (monitors(), f(Family::PingBlock), "put"),

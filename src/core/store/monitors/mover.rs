@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::journal::{Index, Move, journal_key, remove_entry, seq_of, split_value};
+use super::journal::{Index, Move, split_value};
+use super::journal_page::{self, page_key, page_of, remove_page};
 use crate::core::store::StoreError;
 use crate::core::store::commit::{Committer, Progress};
 use crate::core::store::wal::Mutation;
@@ -294,13 +295,19 @@ impl Journal {
         // Trimmed or removed while the lock was free: not moved back.
         let listed = index.listed(m.id);
         let mut puts = Vec::with_capacity(entries.len());
-        let mut removes = Vec::with_capacity(entries.len());
+        let mut pages = Vec::new();
         for (seq, target, json) in entries {
             if listed.binary_search(&seq).is_ok() {
                 puts.push(Mutation::put(monitors, target, json));
-                removes.push(remove_entry(&self.tree, seq));
+                pages.push(page_of(seq));
             }
         }
+        // Pages whole: the chunk holds every entry they have (invariant 4).
+        pages.dedup();
+        let removes: Vec<Mutation> = pages
+            .into_iter()
+            .map(|p| remove_page(&self.tree, p))
+            .collect();
         if removes.is_empty() {
             index.moved(m.id, true);
             return true;
@@ -335,22 +342,40 @@ impl Journal {
         true
     }
 
-    /// Move `m`'s entries as (sequence number, key under the monitor, JSON). An entry
-    /// whose value is not a timeline entry is left where it is, unlisted, and logged: it
-    /// cannot be moved, and keeping it listed would stop every move after it.
+    /// Move `m`'s entries as (sequence number, key under the monitor, JSON), in order. An
+    /// entry that is not a timeline entry is unlisted and logged: it cannot be moved, and
+    /// keeping it listed would stop every move after it. It goes with its page when the
+    /// page's other entries move; a page that cannot be read at all stays where it is.
     fn read(&self, m: &Move) -> Result<Vec<Waiting>, StoreError> {
         let mut entries = Vec::with_capacity(m.seqs.len());
-        for item in self.tree.range(journal_key(m.first)..journal_key(m.end)) {
+        let (Some(&first), Some(&last)) = (m.seqs.first(), m.seqs.last()) else {
+            return Ok(entries);
+        };
+        for item in self
+            .tree
+            .range(page_key(page_of(first))..=page_key(page_of(last)))
+        {
             let (k, v) = item?;
-            let seq = seq_of(&k)?;
-            if m.seqs.binary_search(&seq).is_err() {
-                continue;
-            }
-            match split_value(&k, &v) {
-                Ok((target, _, json)) => entries.push((seq, target, json)),
+            let page = match journal_page::entries(&k, &v) {
+                Ok(page) => page,
                 Err(e) => {
-                    tracing::error!(error = %e, "a damaged timeline journal entry stays in the journal, unlisted");
-                    lock(&self.damaged).push(seq);
+                    tracing::error!(error = %e, "a damaged timeline journal page stays in the journal, its entries unlisted");
+                    let p = journal_page::page_of_key(&k)?;
+                    let seqs = m.seqs.iter().filter(|&&s| page_of(s) == p);
+                    lock(&self.damaged).extend(seqs);
+                    continue;
+                }
+            };
+            for (seq, entry) in page {
+                if m.seqs.binary_search(&seq).is_err() {
+                    continue;
+                }
+                match split_value(&k, entry) {
+                    Ok((target, _, json)) => entries.push((seq, target, json)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a damaged timeline journal entry is not moved; it is unlisted");
+                        lock(&self.damaged).push(seq);
+                    }
                 }
             }
         }
