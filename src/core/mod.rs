@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod monitor;
 pub mod registry;
 pub mod replica;
+pub mod rfc3339;
 pub mod services;
 pub mod spec;
 pub mod storage;

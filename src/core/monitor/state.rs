@@ -289,21 +289,38 @@ pub struct MonitorState {
     /// Current state.
     pub state: State,
     /// When the current state began: never decreases.
+    #[serde(serialize_with = "crate::core::rfc3339::serialize")]
     pub since: Timestamp,
     /// Latest success ping heard (the maximum, even if pings arrive out of order).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::core::rfc3339::option"
+    )]
     pub last_ping_at: Option<Timestamp>,
     /// Start of the run in progress: set while Started, or while Down after a `/start`, so
     /// the run's end can report its duration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::core::rfc3339::option"
+    )]
     pub run_started_at: Option<Timestamp>,
     /// Latest failure signal heard.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::core::rfc3339::option"
+    )]
     pub last_fail_at: Option<Timestamp>,
     /// When the next ping is due: last ping plus interval, or the next scheduled time;
     /// `None` while Paused, and while an interval monitor is New (the API's
     /// `next_expected_at`, and the base of `consecutive_misses`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::core::rfc3339::option"
+    )]
     pub deadline: Option<Timestamp>,
     /// Why it is Down; `None` in every other state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,7 +334,11 @@ pub struct MonitorState {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pinged_while_paused: bool,
     /// When the last Down alert was sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::core::rfc3339::option"
+    )]
     pub last_alert_at: Option<Timestamp>,
     /// Signals received (success, start, fail, Job evidence, paused or not); numbers the
     /// ping history.

@@ -79,6 +79,7 @@ pub enum PingOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransitionRecord {
     /// When the monitor entered `to`.
+    #[serde(serialize_with = "crate::core::rfc3339::serialize")]
     pub at: Timestamp,
     /// Old state.
     pub from: State,

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use super::types::{Monitor, MonitorDef};
-use crate::core::alert::message::{Alert, AlertKind, Target, human_duration};
+use crate::core::alert::message::{Alert, AlertKind, HumanDuration, Target, human_duration};
 use crate::core::monitor::state::{DownReason, State};
 
 /// Why a recovery alert was sent.
@@ -32,7 +32,7 @@ impl DownWords {
 /// Why the monitor went Down, in words.
 pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String {
     let def = &m.def;
-    let grace = human_duration(def.grace_secs as i64);
+    let grace = HumanDuration::of(def.grace_secs as i64);
     match reason {
         DownReason::Missed => match (&def.schedule, m.state.deadline) {
             (Some(s), Some(due)) => format!(
@@ -41,7 +41,7 @@ pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String 
                 match m.state.last_ping_at {
                     Some(last) => format!(
                         "; last ping {} before",
-                        human_duration(at.duration_since(last).as_secs())
+                        HumanDuration::of(at.duration_since(last).as_secs())
                     ),
                     None => "; no ping received yet".into(),
                 }
@@ -49,8 +49,8 @@ pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String 
             _ => match m.state.last_ping_at {
                 Some(last) => format!(
                     "no ping for {} (interval {}, grace {grace})",
-                    human_duration(at.duration_since(last).as_secs()),
-                    human_duration(def.interval_secs as i64),
+                    HumanDuration::of(at.duration_since(last).as_secs()),
+                    HumanDuration::of(def.interval_secs as i64),
                 ),
                 None => "no ping received".into(),
             },
