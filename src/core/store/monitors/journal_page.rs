@@ -251,19 +251,18 @@ impl PageEdits {
     /// without them, or removed when nothing is left. A damaged page is removed: nothing
     /// in it can be read, and a trim that found it unlisted what it took out.
     pub(super) fn into_writes(self, tree: &sled::Tree) -> Vec<Mutation> {
-        let mut pages: Vec<_> = self
+        // Pages found, with entries taken out of them.
+        let mut pages: Vec<(u64, sled::IVec, Vec<u64>)> = self
             .pages
             .into_iter()
-            .filter(|(_, (v, gone))| v.is_some() && !gone.is_empty())
+            .filter_map(|(p, (v, gone))| Some((p, v?, gone)).filter(|e| !e.2.is_empty()))
             .collect();
-        pages.sort_unstable_by_key(|(p, _)| *p);
+        pages.sort_unstable_by_key(|e| e.0);
         pages
             .into_iter()
-            .filter_map(|(p, (v, gone))| {
-                Some(match without(&page_key(p), &v?, &gone) {
-                    Ok(Some(rest)) => put_page(tree, p, rest),
-                    Ok(None) | Err(_) => remove_page(tree, p),
-                })
+            .map(|(p, v, gone)| match without(&page_key(p), &v, &gone) {
+                Ok(Some(rest)) => put_page(tree, p, rest),
+                Ok(None) | Err(_) => remove_page(tree, p),
             })
             .collect()
     }
