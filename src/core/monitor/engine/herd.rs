@@ -12,10 +12,11 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use jiff::Timestamp;
 
+use super::snapshot::Monitors;
 use crate::core::monitor::state::{MonitorState, State, Timing, next_wakeup};
 
 /// Due monitors, each at most once: those whose Down is due by now most urgent first,
@@ -58,12 +59,11 @@ pub(super) struct Place {
 impl Herd {
     /// Queues `key` at `place`. A key already waiting keeps its place: one step at the
     /// time it is taken decides for both.
-    pub(super) fn push(&mut self, key: &str, place: Place) {
-        if self.members.contains_key(key) {
+    pub(super) fn push(&mut self, key: Arc<str>, place: Place) {
+        if self.members.contains_key(&key) {
             return;
         }
         self.compact();
-        let key: Arc<str> = key.into();
         self.arrivals += 1;
         self.members.insert(key.clone(), self.arrivals);
         self.by_number
@@ -139,6 +139,39 @@ impl Herd {
     }
 }
 
+/// Deadlines that fired, each with its place in the herd as the readers' view has its
+/// monitor (one of no known monitor goes first, and its step finds nothing to do).
+///
+/// Placed where the deadlines are forwarded to the engine thread, not on it: looking a
+/// monitor up among a million misses the cache several times, and the engine thread,
+/// which sets the pace in a herd, looks each one up again when it steps it. The place only
+/// orders the herd; the step decides from the monitor as it is then. The read lock is
+/// taken per [`PLACED_PER_LOCK`] keys, so a herd of a hundred thousand does not keep a
+/// round from being published for as long as placing them all takes.
+pub(super) fn placed(monitors: &RwLock<Monitors>, keys: Vec<Arc<str>>) -> Vec<(Arc<str>, Place)> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(PLACED_PER_LOCK) {
+        let monitors = monitors.read().unwrap_or_else(|p| p.into_inner());
+        out.extend(chunk.iter().map(|key| {
+            let place = match monitors.get(key) {
+                Some(m) => Place {
+                    urgency: urgency(&m.def.timing(), &m.state),
+                    num: m.num,
+                },
+                None => Place {
+                    urgency: Timestamp::MIN,
+                    num: 0,
+                },
+            };
+            (key.clone(), place)
+        }));
+    }
+    out
+}
+
+/// Keys placed under one hold of the readers' lock (see [`placed`]).
+const PLACED_PER_LOCK: usize = 1024;
+
 /// When a due monitor in `state` would be Down if nothing came first: the end of the
 /// grace for a deadline that only makes it Late, its wakeup otherwise.
 pub(super) fn urgency(timing: &Timing<'_>, state: &MonitorState) -> Timestamp {
@@ -174,7 +207,7 @@ mod tests {
         let mut herd = Herd::default();
         for &(key, s, num) in members {
             herd.push(
-                key,
+                key.into(),
                 Place {
                     urgency: at(s),
                     num,
@@ -222,7 +255,7 @@ mod tests {
         for i in 0..100_000u64 {
             let key = format!("m{i}");
             herd.push(
-                &key,
+                key.as_str().into(),
                 Place {
                     urgency: at(0),
                     num: i,
@@ -232,7 +265,7 @@ mod tests {
         }
         assert!(herd.is_empty());
         herd.push(
-            "last",
+            "last".into(),
             Place {
                 urgency: at(0),
                 num: 0,
@@ -250,7 +283,7 @@ mod tests {
         let mut herd = herd_of(&[("a", 1, 1), ("b", 2, 2)]);
         assert!(herd.take("a"));
         herd.push(
-            "a",
+            "a".into(),
             Place {
                 urgency: at(3),
                 num: 3,
@@ -271,7 +304,7 @@ mod tests {
     fn only_keys_due_by_now_leave_on_time_and_a_key_taken_out_of_turn_leaves_once() {
         let mut herd = Herd::default();
         for (key, u) in [("a", 1), ("b", 2), ("c", 3), ("d", 9)] {
-            herd.push(key, at_s(u));
+            herd.push(key.into(), at_s(u));
         }
         assert!(herd.take("a"), "a was waiting");
         assert!(!herd.take("a"), "and left");
@@ -286,7 +319,7 @@ mod tests {
         assert_eq!(herd.pop_due(at(100)).as_deref(), Some("d"));
         assert_eq!(herd.pop(), None);
         assert!(herd.is_empty());
-        herd.push("a", at_s(5));
+        herd.push("a".into(), at_s(5));
         assert_eq!(herd.pop().as_deref(), Some("a"), "a key may come due again");
     }
 

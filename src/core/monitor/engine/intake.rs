@@ -69,7 +69,7 @@ fn concerns(cmd: &Command) -> Concerns<'_> {
         Command::Relayed(pings, _) => {
             Concerns::Keys(pings.iter().map(|p| p.key.as_str()).collect())
         }
-        Command::Due(keys) => Concerns::Keys(keys.iter().map(String::as_str).collect()),
+        Command::Due(keys) => Concerns::Keys(keys.iter().map(|(key, _)| &**key).collect()),
         // Nothing depends on when a probe (the worker answers it on arrival) or a test's
         // stall is taken relative to the work for any monitor.
         Command::Probe(_) => Concerns::Keys(Vec::new()),
@@ -85,15 +85,15 @@ impl Intake {
         self.herd.is_empty() && self.queue.is_empty()
     }
 
-    /// Takes the monitors whose deadline fired, each at the place in the herd `place` gives
-    /// it (see [`Place`]); one with an earlier command queued waits behind it.
-    pub(super) fn due(&mut self, keys: Vec<String>, place: impl Fn(&str) -> Place) {
+    /// Takes the monitors whose deadline fired, each at its place in the herd (see
+    /// [`Place`]); one with an earlier command queued waits behind it.
+    pub(super) fn due(&mut self, keys: Vec<(Arc<str>, Place)>) {
         let mut behind = Vec::new();
-        for key in keys {
-            if self.barriers > 0 || self.queued.contains_key(&key) {
-                behind.push(key);
+        for (key, place) in keys {
+            if self.barriers > 0 || self.queued.contains_key(&*key) {
+                behind.push((key, place));
             } else {
-                self.herd.push(&key, place(&key));
+                self.herd.push(key, place);
             }
         }
         if !behind.is_empty() {
@@ -168,7 +168,10 @@ mod tests {
                 Next::Command { cmd, first } => {
                     let what = match cmd {
                         Command::Ping(key, ..) => format!("ping:{key}"),
-                        Command::Due(keys) => format!("due:{}", keys.join(",")),
+                        Command::Due(keys) => {
+                            let keys: Vec<&str> = keys.iter().map(|(k, _)| &**k).collect();
+                            format!("due:{}", keys.join(","))
+                        }
                         Command::Probe(_) => "probe".to_string(),
                         Command::Mirror(..) => "mirror".to_string(),
                         _ => "other".to_string(),
@@ -183,27 +186,26 @@ mod tests {
             .collect()
     }
 
-    /// Places by urgency alone (every number 0: ties go by arrival).
-    fn urgencies<'a>(u: &'a [(&'a str, i64)]) -> impl Fn(&str) -> Place + 'a {
-        move |key| Place {
-            urgency: u
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map_or(at(0), |(_, s)| at(*s)),
-            num: 0,
-        }
+    /// `keys` placed by urgency alone (every number 0: ties go by arrival).
+    fn placed(keys: &[&str], u: &[(&str, i64)]) -> Vec<(Arc<str>, Place)> {
+        keys.iter()
+            .map(|&key| {
+                let urgency = u
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(at(0), |(_, s)| at(*s));
+                (key.into(), Place { urgency, num: 0 })
+            })
+            .collect()
     }
 
     #[test]
     fn a_down_due_now_passes_pings_for_other_monitors_and_lates_wait_for_them() {
         let mut intake = Intake::default();
         let u = [("late1", 50), ("late2", 40), ("down1", 5), ("down2", 8)];
-        intake.due(
-            vec!["late1".into(), "late2".into(), "down1".into()],
-            urgencies(&u),
-        );
+        intake.due(placed(&["late1", "late2", "down1"], &u));
         intake.push(ping("x"));
-        intake.due(vec!["down2".into()], urgencies(&u));
+        intake.due(placed(&["down2"], &u));
         intake.push(ping("y"));
         assert_eq!(
             drain(&mut intake, at(10)),
@@ -225,12 +227,12 @@ mod tests {
         let mut intake = Intake::default();
         let u = [("a", 50), ("b", 5)];
         // a's deadline fired before its ping came: the ping takes the deadline first.
-        intake.due(vec!["a".into()], urgencies(&u));
+        intake.due(placed(&["a"], &u));
         intake.push(ping("a"));
         // b's ping came before b's deadline fired: the deadline waits for the ping, even
         // though b's Down is due.
         intake.push(ping("b"));
-        intake.due(vec!["b".into()], urgencies(&u));
+        intake.due(placed(&["b"], &u));
         assert_eq!(drain(&mut intake, at(10)), ["ping:a+a", "ping:b", "due:b"]);
         assert!(intake.is_empty());
     }
@@ -239,20 +241,20 @@ mod tests {
     fn a_command_for_no_single_monitor_holds_every_later_deadline_behind_it() {
         let mut intake = Intake::default();
         let u = [("a", 5), ("b", 5)];
-        intake.due(vec!["a".into()], urgencies(&u));
+        intake.due(placed(&["a"], &u));
         let (reply, _) = oneshot::channel();
         intake.push(Command::Mirror(Box::default(), reply));
-        intake.due(vec!["b".into()], urgencies(&u));
+        intake.due(placed(&["b"], &u));
         let (reply, _) = oneshot::channel();
         intake.push(Command::Probe(reply));
-        intake.due(vec!["c".into()], urgencies(&[("c", 5)]));
+        intake.due(placed(&["c"], &[("c", 5)]));
         assert_eq!(
             drain(&mut intake, at(10)),
             ["due:a", "mirror", "due:b", "probe", "due:c"]
         );
         // The barrier is gone: a later deadline joins the herd again.
         intake.push(ping("x"));
-        intake.due(vec!["d".into()], urgencies(&[("d", 5)]));
+        intake.due(placed(&["d"], &[("d", 5)]));
         assert_eq!(drain(&mut intake, at(10)), ["due:d", "ping:x"]);
     }
 }

@@ -152,6 +152,7 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         let forward = tx.clone();
         let (release, mut released) = watch::channel(!config.hold_deadlines);
+        let placing = snapshot.clone();
         tokio::spawn(async move {
             // Deadlines that come due while held wait in the scheduler's queue.
             if released.wait_for(|r| *r).await.is_err() {
@@ -160,10 +161,11 @@ impl Engine {
             // Everything the scheduler fired so far goes as one command, so the worker
             // orders a herd of deadlines by urgency as a whole.
             while let Some((key, _)) = due.recv().await {
-                let mut keys = vec![String::from(&*key)];
+                let mut keys = vec![key];
                 while let Ok((key, _)) = due.try_recv() {
-                    keys.push(String::from(&*key));
+                    keys.push(key);
                 }
+                let keys = herd::placed(&placing, keys);
                 if forward.send(Command::Due(keys)).is_err() {
                     return;
                 }
@@ -679,7 +681,10 @@ mod tests {
         tokio::time::sleep_until(engine.clock().instant_for(due)).await;
         // Both reach the worker as one herd, in the order they fell due (the scheduler's,
         // held here so that it sends nothing itself).
-        let herd = vec!["ns/a-late".to_string(), "ns/z-down".to_string()];
+        let herd = herd::placed(
+            &engine.snapshot,
+            vec!["ns/a-late".into(), "ns/z-down".into()],
+        );
         engine.tx.send(Command::Due(herd)).unwrap();
         let first = tokio::time::timeout(Duration::from_secs(10), changes.recv())
             .await
@@ -718,7 +723,10 @@ mod tests {
         engine.stall(Duration::from_millis(300));
         engine
             .tx
-            .send(Command::Due(keys.clone()))
+            .send(Command::Due(herd::placed(
+                &engine.snapshot,
+                keys.iter().map(|k| k.as_str().into()).collect(),
+            )))
             .map_err(|_| ())
             .unwrap();
         tokio::time::timeout(Duration::from_secs(10), engine.probe())
@@ -767,7 +775,10 @@ mod tests {
         tokio::time::sleep_until(engine.clock().instant_for(due)).await;
         // Queued while the worker is held: a herd, a ping, then another herd.
         engine.stall(Duration::from_millis(300));
-        let keys = |k: &[&str]| k.iter().map(|k| format!("ns/{k}")).collect::<Vec<_>>();
+        let keys = |k: &[&str]| {
+            let keys = k.iter().map(|k| format!("ns/{k}").into()).collect();
+            herd::placed(&engine.snapshot, keys)
+        };
         let send = |c| engine.tx.send(c).map_err(|_| ()).unwrap();
         send(Command::Due(keys(&["c", "a", "b"])));
         let (reply, pinged) = oneshot::channel();
@@ -944,7 +955,7 @@ mod tests {
         let mut changes = engine.subscribe();
         let mut m = Monitor {
             num: 3,
-            def: def("job", now),
+            def: def("job", now).into(),
             state: state::MonitorState::created(&def("job", now).timing(), now, false),
             last_run_ms: None,
         };

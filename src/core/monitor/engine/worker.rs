@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::herd::{self, Place};
+use super::herd::Place;
 use super::intake::{Intake, Next};
 use super::mirror::{TokenChanges, mirrored};
 use super::publish::{Inflight, Published, Readers, Written, arm};
@@ -78,8 +78,9 @@ pub(super) enum Command {
     Relayed(Vec<RelayedPing>, oneshot::Sender<Result<(), EngineError>>),
     /// The leader's rounds, shown by a replica that does not lead.
     Mirror(Box<FeedChanges>, oneshot::Sender<TokenChanges>),
-    /// Monitors whose deadline came due, as many as the scheduler had fired.
-    Due(Vec<String>),
+    /// Monitors whose deadline came due, as many as the scheduler had fired, each with its
+    /// place in the herd ([`herd::placed`]).
+    Due(Vec<(Arc<str>, Place)>),
     /// Answered as soon as the worker takes it: the thread is alive and not stuck.
     Probe(oneshot::Sender<()>),
     /// Tests: holds the worker for a while, as a stuck disk would.
@@ -207,7 +208,7 @@ impl Worker {
         }
     }
 
-    /// Adds a command to the intake; monitors that came due each as urgent as their Down.
+    /// Adds a command to the intake; monitors that came due at their place in the herd.
     /// A probe is answered here: the thread reads its queue between any two steps, so
     /// taking it proves the thread alive and not stuck, and a herd it would otherwise
     /// queue behind (seconds at a million monitors) does not fail the liveness check.
@@ -225,17 +226,7 @@ impl Worker {
         if self.fence.generation().is_none() {
             return;
         }
-        let monitors = self.read();
-        intake.due(keys, |key| match monitors.get(key) {
-            Some(m) => Place {
-                urgency: herd::urgency(&m.def.timing(), &m.state),
-                num: m.num,
-            },
-            None => Place {
-                urgency: Timestamp::MIN,
-                num: 0,
-            },
-        });
+        intake.due(keys);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Monitors> {
@@ -264,7 +255,7 @@ impl Worker {
             return self.follow(cmd);
         }
         match cmd {
-            Command::Due(keys) => keys.iter().for_each(|key| self.due(key, round)),
+            Command::Due(keys) => keys.iter().for_each(|(key, _)| self.due(key, round)),
             Command::Ping(key, input, reply) => self.ping(&key, input, reply, round),
             Command::Upsert(def, reply) => self.define(*def, reply, round),
             Command::SetPaused(key, paused, reply) => self.set_paused(&key, paused, reply, round),
@@ -452,8 +443,9 @@ impl Worker {
             let _ = reply.send(Err(EngineError::NotFound));
             return;
         };
-        m.def.paused = paused;
-        m.def.updated_at = now;
+        let def = Arc::make_mut(&mut m.def);
+        def.paused = paused;
+        def.updated_at = now;
         let signal = if paused {
             Signal::Pause(now)
         } else {
@@ -573,7 +565,7 @@ impl Worker {
         if let Some(old) = self.current(&def.key, round) {
             def.created_at = old.def.created_at;
             def.id = old.def.id.clone();
-            if def == old.def {
+            if def == *old.def {
                 return Ok((old, Vec::new()));
             }
             let mut signals = Vec::new();
@@ -602,7 +594,7 @@ impl Worker {
         Ok((
             Monitor {
                 num,
-                def,
+                def: Arc::new(def),
                 state,
                 last_run_ms: None,
             },
@@ -893,7 +885,7 @@ fn redefined(old: Monitor, def: MonitorDef, signals: Vec<Signal>) -> (Monitor, V
     (
         Monitor {
             num: old.num,
-            def,
+            def: Arc::new(def),
             state,
             last_run_ms: old.last_run_ms,
         },
