@@ -20,6 +20,13 @@ pub(super) fn monitor_prefix(num: u64) -> [u8; 9] {
     numbered_prefix(Family::PingBlock, num)
 }
 
+/// The monitor number in block key `k`.
+fn block_num(k: &BlockKey) -> u64 {
+    let mut num = [0u8; 8];
+    num.copy_from_slice(&k[1..9]);
+    u64::from_be_bytes(num)
+}
+
 /// The key of the block that holds ping `seq` of monitor `num`.
 pub(super) fn block_key(num: u64, seq: u64) -> BlockKey {
     let mut k = [0u8; 17];
@@ -34,14 +41,91 @@ pub(super) struct RoundBlocks {
     blocks: HashMap<BlockKey, Vec<u8>>,
 }
 
+/// The newest block of each monitor pinged lately, as the last round handed to the
+/// committer left it: a ping appends to its monitor's newest block, and reading that
+/// block back (from the committer's pending view, or from sled once applied) was the
+/// largest cost of a steady ping on the engine thread. A million monitors' records and
+/// timeline pages keep the blocks out of sled's cache, so most reads went to the disk
+/// and decoded a whole leaf for one value.
+///
+/// Consistency: a block enters here only from a round the committer accepted, and every
+/// accepted round is either applied in order or halts the committer for good (its
+/// invariant 5: nothing is written again until a restart, which starts with this empty).
+/// So an entry is never older than the store's newest version of its block. A monitor
+/// removed with its history takes its entry with it ([`RecentBlocks::forget`]); ping
+/// blocks have no other writer while the server runs.
+///
+/// Bounded by [`RECENT_BYTES`]: when full, every other entry goes, an eviction that
+/// costs one pass and keeps the cache useful without the bookkeeping of an LRU.
+#[derive(Default)]
+pub(super) struct RecentBlocks {
+    blocks: HashMap<u64, (BlockKey, Vec<u8>)>,
+    bytes: usize,
+}
+
+/// A monitor's newest block as a round wrote it: number, key, contents.
+pub(super) type Fresh = (u64, BlockKey, Vec<u8>);
+
+/// Bytes of blocks [`RecentBlocks`] holds at most: ten thousand monitors pinged steadily,
+/// each with a block half full of bare pings, take about six megabytes.
+const RECENT_BYTES: usize = 16 << 20;
+
+impl RecentBlocks {
+    /// Monitor `num`'s block under `key`, if it is the newest one held.
+    fn get(&self, num: u64, key: &BlockKey) -> Option<&[u8]> {
+        match self.blocks.get(&num) {
+            Some((k, v)) if k == key => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Takes the blocks of a round the committer accepted.
+    pub fn update(&mut self, fresh: Vec<Fresh>) {
+        for (num, key, block) in fresh {
+            if block.len() > RECENT_BYTES / 64 {
+                // Pings with large bodies: not worth the room, read back when needed.
+                self.forget(num);
+                continue;
+            }
+            if self.bytes + block.len() > RECENT_BYTES {
+                self.halve();
+            }
+            self.bytes += block.len();
+            if let Some((_, old)) = self.blocks.insert(num, (key, block)) {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// Drops monitor `num`'s block (its history is removed).
+    pub fn forget(&mut self, num: u64) {
+        if let Some((_, old)) = self.blocks.remove(&num) {
+            self.bytes -= old.len();
+        }
+    }
+
+    fn halve(&mut self) {
+        let mut keep = false;
+        let mut freed = 0;
+        self.blocks.retain(|_, (_, v)| {
+            keep = !keep;
+            if !keep {
+                freed += v.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
 impl RoundBlocks {
-    /// Adds `record` to its block (read from `tree` the first time the round touches it)
-    /// and, when it starts a new block, stages the removal of blocks that now lie wholly
-    /// before the newest `keep` pings. Reads go through `reader`, which sees the blocks of
-    /// earlier rounds still on their way to disk.
+    /// Adds `record` to its block (the first time the round touches it, taken from
+    /// `recent` or read from `tree`) and, when it starts a new block, stages the removal
+    /// of blocks that now lie wholly before the newest `keep` pings. Reads go through
+    /// `reader`, which sees the blocks of earlier rounds still on their way to disk.
     pub fn record(
         &mut self,
-        reader: &PendingReader<'_>,
+        (reader, recent): (&PendingReader<'_>, &RecentBlocks),
         tree: &sled::Tree,
         num: u64,
         record: &PingRecord,
@@ -57,10 +141,13 @@ impl RoundBlocks {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) if starts_block => e.insert(Vec::new()),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let stored = reader
-                    .read(tree, &key)?
-                    .map(|v| v.to_vec())
-                    .unwrap_or_default();
+                let stored = match recent.get(num, &key) {
+                    Some(block) => block.to_vec(),
+                    None => reader
+                        .read(tree, &key)?
+                        .map(|v| v.to_vec())
+                        .unwrap_or_default(),
+                };
                 e.insert(stored)
             }
         };
@@ -77,13 +164,26 @@ impl RoundBlocks {
         Ok(())
     }
 
-    /// The round's blocks as writes, in key order (the order they sit in the store).
-    pub fn into_writes(self, tree: &sled::Tree) -> impl Iterator<Item = Mutation> {
+    /// The round's blocks as writes, in key order (the order they sit in the store), and
+    /// for [`RecentBlocks::update`] the newest block of each monitor, once the committer
+    /// takes the round.
+    pub fn into_writes(self, tree: &sled::Tree) -> (Vec<Mutation>, Vec<Fresh>) {
         let mut blocks: Vec<_> = self.blocks.into_iter().collect();
         blocks.sort_unstable_by_key(|b| b.0);
-        blocks
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let writes = blocks
             .into_iter()
-            .map(move |(k, v)| Mutation::put(tree, k.to_vec(), v))
+            .map(|(k, v)| {
+                let num = block_num(&k);
+                // Keys sort by monitor, then block: a monitor's last one is its newest.
+                match fresh.last_mut() {
+                    Some(last) if last.0 == num => *last = (num, k, v.clone()),
+                    _ => fresh.push((num, k, v.clone())),
+                }
+                Mutation::put(tree, k.to_vec(), v)
+            })
+            .collect();
+        (writes, fresh)
     }
 }
 
@@ -176,7 +276,8 @@ mod tests {
     }
 
     /// Records `seqs` the way the engine does, one round per chunk, each round handed to
-    /// the committer without waiting for the previous one to reach disk.
+    /// the committer without waiting for the previous one to reach disk; later rounds
+    /// take the blocks of earlier ones from a [`RecentBlocks`] as the store's do.
     fn record_rounds(
         c: &Committer,
         tree: &sled::Tree,
@@ -185,19 +286,23 @@ mod tests {
         keep: u64,
         round: usize,
     ) {
+        let mut recent = RecentBlocks::default();
         for chunk in seqs.chunks(round) {
             let mut blocks = RoundBlocks::default();
             let mut removals = Vec::new();
             for &s in chunk {
+                let from = (&c.reader(), &recent);
                 blocks
-                    .record(&c.reader(), tree, num, &ping(s), keep, &mut removals)
+                    .record(from, tree, num, &ping(s), keep, &mut removals)
                     .unwrap();
             }
             let mut writes: Vec<Mutation> = removals
                 .into_iter()
                 .map(|k| Mutation::remove(tree, k))
                 .collect();
-            writes.extend(blocks.into_writes(tree));
+            let (puts, fresh) = blocks.into_writes(tree);
+            writes.extend(puts);
+            recent.update(fresh);
             c.submit(writes, Box::new(|_| {}));
         }
         // Records are applied in order: once this one is, every round before it is too.
@@ -223,6 +328,46 @@ mod tests {
             assert_eq!(newest(&tree, 3, 5, 40).unwrap()[0].seq, 250);
             assert_eq!(newest(&tree, 3, 5, 40).unwrap().len(), 5);
         }
+    }
+
+    #[test]
+    fn recent_blocks_hold_each_monitors_newest_block_within_their_bound() {
+        let mut recent = RecentBlocks::default();
+        let block = |n: usize| vec![7u8; n];
+        recent.update(vec![
+            (1, block_key(1, 1), block(10)),
+            (2, block_key(2, 1), block(20)),
+        ]);
+        assert_eq!(recent.get(1, &block_key(1, 1)), Some(&block(10)[..]));
+        assert_eq!(
+            recent.get(1, &block_key(1, 16)),
+            None,
+            "not its newest block"
+        );
+        recent.update(vec![(1, block_key(1, 16), block(5))]);
+        assert_eq!(
+            recent.get(1, &block_key(1, 1)),
+            None,
+            "replaced by the next block"
+        );
+        assert_eq!(recent.bytes, 25);
+        recent.forget(2);
+        assert_eq!((recent.get(2, &block_key(2, 1)), recent.bytes), (None, 5));
+        // Past the bound, half the entries go; a block too large is never held.
+        let size = RECENT_BYTES / 100;
+        for num in 10..200 {
+            recent.update(vec![(num, block_key(num, 1), block(size))]);
+            assert!(recent.bytes <= RECENT_BYTES, "{} bytes held", recent.bytes);
+        }
+        assert!(
+            recent.get(199, &block_key(199, 1)).is_some(),
+            "the newest stays"
+        );
+        assert!(recent.blocks.len() < 100);
+        recent.update(vec![(199, block_key(199, 1), block(RECENT_BYTES / 32))]);
+        assert_eq!(recent.get(199, &block_key(199, 1)), None);
+        let held: usize = recent.blocks.values().map(|(_, v)| v.len()).sum();
+        assert_eq!(held, recent.bytes, "the count of bytes stays exact");
     }
 
     #[test]
