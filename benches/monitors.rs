@@ -221,14 +221,7 @@ fn sizes() {
         "sizes: a queue of monitor numbers and microseconds: {:.0} bytes per monitor",
         per(before)
     );
-    let before = rss_mb();
-    let counts: std::collections::BTreeMap<u64, u8> =
-        monitors.values().map(|m| (m.num, 1)).collect();
-    println!(
-        "sizes: transitions since the last trim, by number (once every monitor has had one): {:.0} bytes per monitor",
-        per(before)
-    );
-    drop((by_key, boxed, shared, by_num, counts, monitors));
+    drop((by_key, boxed, shared, by_num, monitors));
 }
 
 fn main() {

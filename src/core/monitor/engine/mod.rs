@@ -8,6 +8,7 @@
 //! lose an alert or send one twice. Readers use an in-memory snapshot through the
 //! [`Engine`] handle; history is read from the store.
 
+mod counts;
 mod def;
 mod herd;
 mod intake;

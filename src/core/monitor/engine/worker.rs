@@ -9,13 +9,13 @@
 //! fails to write leaves readers with what is on disk.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::counts::Counts;
 use super::herd::Place;
 use super::intake::{Intake, Next};
 use super::mirror::{TokenChanges, mirrored};
@@ -152,10 +152,8 @@ pub(super) struct Worker {
     /// Why the last round could not be written, until one is.
     pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
     /// Transitions written per monitor since start; the timeline is trimmed only every
-    /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history. A B-tree of
-    /// one-byte counts: after a herd every monitor has one, and a million took 36 bytes
-    /// each in a hash map, about 22 here.
-    pub(super) transitions_since_trim: RefCell<BTreeMap<u64, u8>>,
+    /// [`TRIM_EVERY`] of them, so a transition costs no scan of the history.
+    pub(super) transitions_since_trim: RefCell<Counts>,
     /// Monitors as rounds handed to the store and not applied yet left them, by key: what
     /// the next rounds build on.
     pub(super) inflight: RefCell<foldhash::HashMap<String, Inflight>>,
@@ -606,7 +604,7 @@ impl Worker {
         let Some(m) = self.current(key, round) else {
             return;
         };
-        self.transitions_since_trim.borrow_mut().remove(&m.num);
+        self.transitions_since_trim.borrow_mut().clear(m.num);
         round.monitors.remove(key);
         round.redefined.remove(key);
         round.removed.insert(key.to_string());
@@ -734,7 +732,7 @@ impl Worker {
     fn trim_timeline_now_and_then(&self, num: u64, round: &mut Round) {
         let due = {
             let mut counts = self.transitions_since_trim.borrow_mut();
-            let n = counts.entry(num).or_insert(0);
+            let n = counts.get_mut(num);
             *n += 1;
             if *n >= TRIM_EVERY {
                 *n = 0;
