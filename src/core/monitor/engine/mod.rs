@@ -10,6 +10,7 @@
 
 mod counts;
 mod def;
+mod handover;
 mod herd;
 mod intake;
 mod metrics;
@@ -29,6 +30,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
 pub use def::DefRecord;
+use handover::Handover;
 pub use metrics::EngineStats;
 pub use mirror::TokenChanges;
 pub use series::MonitorSeries;
@@ -184,6 +186,8 @@ impl Engine {
             transitions_since_trim: Default::default(),
             inflight: Default::default(),
             written: Default::default(),
+            handover: Handover::spawn(store.clone(), tokio::runtime::Handle::current())
+                .map_err(|e| EngineError::Thread(e.to_string()))?,
             store: store.clone(),
             outbox,
             scheduler,

@@ -16,6 +16,7 @@ use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::counts::Counts;
+use super::handover::Handover;
 use super::herd::Place;
 use super::intake::{Intake, Next};
 use super::mirror::{TokenChanges, mirrored};
@@ -140,6 +141,8 @@ impl Round {
 /// The engine thread's state; lives on that thread alone.
 pub(super) struct Worker {
     pub(super) store: Arc<dyn MonitorStore>,
+    /// Prepares and submits the rounds this thread stages ([`super::handover`]).
+    pub(super) handover: Handover,
     pub(super) outbox: Outbox,
     pub(super) scheduler: SchedulerHandle<Arc<str>>,
     pub(super) snapshot: Snapshot,
@@ -579,6 +582,8 @@ impl Worker {
             }
             return Ok(redefined(old, def, signals));
         }
+        // The store answers from the rounds handed to it: first hand it every one staged.
+        self.handover.settle();
         if let Some(old) = self.store.find_retained(&def.key)? {
             def.created_at = old.def.created_at;
             let mut signals = vec![Signal::Retimed(now)];
@@ -747,8 +752,9 @@ impl Worker {
 
     /// Hands a round to the store as one durable unit (monitor state, pings, timeline and
     /// the alerts it queues, all or nothing) and goes on with the next round while the
-    /// store makes this one durable: the next round builds on this one's monitors through
-    /// [`Worker::current`] (and the store's own reads see it). Once the round is durable
+    /// store prepares this one ([`Handover`]) and makes it durable: the next round builds
+    /// on this one's monitors through [`Worker::current`] (and the store's own reads see
+    /// it once [`Handover::settle`] returns). Once the round is durable
     /// and visible, readers see it and its callers are answered, so whoever reads the
     /// history after an answer finds the ping there; a round that is not written is never
     /// published.
@@ -807,7 +813,7 @@ impl Worker {
             done: std::mem::take(&mut round.done),
         };
         let readers = self.readers();
-        self.store.commit_round(
+        self.handover.commit_round(
             writes,
             Box::new(move |result| {
                 let result = result.map_err(|e| format!("writing monitor state failed: {e}"));

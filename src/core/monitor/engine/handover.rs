@@ -1,0 +1,252 @@
+//! The thread that hands the engine's rounds to the store.
+//!
+//! [`MonitorStore::commit_round`] prepares a round on its caller's thread: it encodes the
+//! state records and timeline entries, builds ping blocks and journal pages, and reads
+//! what earlier rounds left pending. In a herd that was more than a quarter of the engine
+//! thread, which sets the pace there while the machine's other core has room. So the
+//! engine thread stages a round and goes on with the next, and this thread prepares and
+//! submits rounds one after another, in the order they were staged: the store still sees
+//! every round after the ones before it, as its port requires.
+//!
+//! What the engine asks of the store directly ([`MonitorStore::find_retained`]) must see
+//! every round staged before it: the engine first waits until this thread has handed
+//! them all over ([`Handover::settle`]). Dropping the handover waits for the rounds
+//! still queued, so a stopping engine leaves none behind.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError};
+
+/// Rounds staged by the engine thread and handed over here.
+#[derive(Debug, Default)]
+struct Counts {
+    staged: u64,
+    handed: u64,
+    /// The thread ended (its store panicked): nothing queued will be handed over.
+    gone: bool,
+}
+
+/// The engine thread's end of the handover thread.
+pub(super) struct Handover {
+    tx: Option<mpsc::Sender<(MonitorRound, RoundDone)>>,
+    counts: Arc<(Mutex<Counts>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Marks the thread gone when it ends, however it ends, so no one waits for it.
+struct Leaving(Arc<(Mutex<Counts>, Condvar)>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        let (counts, changed) = &*self.0;
+        counts.lock().unwrap_or_else(|p| p.into_inner()).gone = true;
+        changed.notify_all();
+    }
+}
+
+impl Handover {
+    /// Starts the thread, which hands rounds to `store` inside `runtime` (a backend may
+    /// spawn its writes there).
+    pub(super) fn spawn(
+        store: Arc<dyn MonitorStore>,
+        runtime: tokio::runtime::Handle,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<(MonitorRound, RoundDone)>();
+        let counts: Arc<(Mutex<Counts>, Condvar)> = Arc::default();
+        let leaving = Leaving(counts.clone());
+        let thread = std::thread::Builder::new()
+            .name("hartslag-rounds".into())
+            .spawn(move || {
+                let _guard = runtime.enter();
+                let leaving = leaving;
+                for (round, done) in rx {
+                    store.commit_round(round, done);
+                    let (counts, changed) = &*leaving.0;
+                    counts.lock().unwrap_or_else(|p| p.into_inner()).handed += 1;
+                    changed.notify_all();
+                }
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            counts,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `round` for the store; `done` hears what became of it, as from
+    /// [`MonitorStore::commit_round`].
+    pub(super) fn commit_round(&self, round: MonitorRound, done: RoundDone) {
+        let refused = match &self.tx {
+            Some(tx) => {
+                self.lock().staged += 1;
+                tx.send((round, done))
+                    .err()
+                    .map(|mpsc::SendError((_, done))| done)
+            }
+            None => Some(done),
+        };
+        if let Some(done) = refused {
+            self.lock().staged -= 1;
+            done(Err(StorageError::NotStored(
+                "the thread that hands rounds to the store has stopped".into(),
+            )));
+        }
+    }
+
+    /// Waits until every round queued so far is in the store's hands (or the thread is
+    /// gone, when the store's own answer for them is failure anyway).
+    pub(super) fn settle(&self) {
+        let (_, changed) = &*self.counts;
+        let mut counts = self.lock();
+        while counts.handed < counts.staged && !counts.gone {
+            counts = changed.wait(counts).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::core::monitor::engine::{Monitor, PingRecord, TransitionRecord};
+    use crate::core::storage::StorageFuture;
+
+    /// Records the rounds it is handed (each named by its `keep_pings`), taking `delay`
+    /// over each, and panics on the one named `panic_on`.
+    struct Recording {
+        rounds: Mutex<Vec<u64>>,
+        delay: Duration,
+        panic_on: Option<u64>,
+    }
+
+    impl Recording {
+        fn new(delay: Duration, panic_on: Option<u64>) -> Arc<Self> {
+            Arc::new(Self {
+                rounds: Mutex::default(),
+                delay,
+                panic_on,
+            })
+        }
+
+        fn rounds(&self) -> Vec<u64> {
+            self.rounds.lock().unwrap().clone()
+        }
+    }
+
+    fn round(name: u64) -> MonitorRound {
+        MonitorRound {
+            keep_pings: name,
+            ..Default::default()
+        }
+    }
+
+    impl MonitorStore for Recording {
+        fn load_monitors(&self, _: &mut dyn FnMut(Vec<Monitor>)) -> Result<(), StorageError> {
+            Ok(())
+        }
+
+        fn next_monitor_num(&self) -> Result<u64, StorageError> {
+            Ok(1)
+        }
+
+        fn find_retained(&self, _: &str) -> Result<Option<Monitor>, StorageError> {
+            Ok(None)
+        }
+
+        fn commit_round(&self, round: MonitorRound, done: RoundDone) {
+            std::thread::sleep(self.delay);
+            assert_ne!(Some(round.keep_pings), self.panic_on, "the store failed");
+            self.rounds.lock().unwrap().push(round.keep_pings);
+            done(Ok(()));
+        }
+
+        fn pings(&self, _: u64, _: usize, _: u64) -> StorageFuture<'_, Vec<PingRecord>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+
+        fn transitions(&self, _: u64, _: usize) -> StorageFuture<'_, Vec<TransitionRecord>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+
+        fn retained(&self, _: String) -> StorageFuture<'_, Option<Monitor>> {
+            async { Ok(None) }.boxed()
+        }
+    }
+
+    fn start(store: &Arc<Recording>) -> Handover {
+        Handover::spawn(store.clone(), tokio::runtime::Handle::current()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rounds_reach_the_store_in_order_and_settle_waits_for_them() {
+        let store = Recording::new(Duration::from_millis(20), None);
+        let handover = start(&store);
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..5 {
+            let answered = answered.clone();
+            handover.commit_round(
+                round(i),
+                Box::new(move |r| answered.lock().unwrap().push((i, r.is_ok()))),
+            );
+        }
+        assert!(store.rounds().len() < 5, "commit_round returned at once");
+        handover.settle();
+        assert_eq!(
+            store.rounds(),
+            vec![0, 1, 2, 3, 4],
+            "all handed over, in order"
+        );
+        assert_eq!(
+            *answered.lock().unwrap(),
+            (0..5).map(|i| (i, true)).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_handover_waits_for_the_rounds_still_queued() {
+        let store = Recording::new(Duration::from_millis(20), None);
+        let handover = start(&store);
+        for i in 0..3 {
+            handover.commit_round(round(i), Box::new(|_| {}));
+        }
+        drop(handover);
+        assert_eq!(store.rounds(), vec![0, 1, 2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_panics_fails_later_rounds_and_holds_no_one() {
+        let store = Recording::new(Duration::ZERO, Some(1));
+        let handover = start(&store);
+        handover.commit_round(round(0), Box::new(|_| {}));
+        handover.commit_round(round(1), Box::new(|_| {}));
+        // Returns although round 1 was never handed over: the thread is gone.
+        handover.settle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        handover.commit_round(round(2), Box::new(move |r| tx.send(r).unwrap()));
+        let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(answer, Err(StorageError::NotStored(ref e)) if e.contains("has stopped")),
+            "{answer:?}"
+        );
+        handover.settle();
+        assert_eq!(store.rounds(), vec![0]);
+    }
+}
