@@ -174,7 +174,7 @@ fn sizes() {
     let monitors: Monitors = (0..n)
         .map(|i| Monitor {
             num: i as u64 + 1,
-            def: bench_def(i, every > 0 && i % every == 0, 20, now).into(),
+            def: bench_def(i, every > 0 && i % every == 0, 20, now),
             state: MonitorState::new(now),
             last_run_ms: None,
         })

@@ -558,7 +558,7 @@ mod tests {
         let now = Timestamp::now();
         let m = Monitor {
             num: 4,
-            def: def("job").into(),
+            def: def("job"),
             state: MonitorState::created(&def("job").timing(), now, false),
             last_run_ms: None,
         };

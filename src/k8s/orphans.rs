@@ -56,7 +56,7 @@ pub async fn sweep(ctx: &Arc<Context>) {
         .map(|m| Defined {
             namespace: m.def.namespace().to_string(),
             name: m.def.name().to_string(),
-            key: m.def.key.clone(),
+            key: m.def.key,
         })
         .collect();
     let gone = orphans(

@@ -168,7 +168,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             if monitor.def.origin == Origin::Manifest {
                 return Err(read_only(monitor));
             }
-            let mut def = crate::core::monitor::engine::MonitorDef::clone(&monitor.def);
+            let mut def = monitor.def.clone();
             if let Some(n) = req.name.clone() {
                 def = def.edited(|d| d.display_name = Some(n));
             }
@@ -179,7 +179,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             if let Some(p) = req.paused {
                 def.paused = p;
             }
-            if def == *monitor.def {
+            if def == monitor.def {
                 return Ok(monitor.clone());
             }
             def.updated_at = jiff::Timestamp::now();

@@ -251,7 +251,7 @@ impl Apply<'_> {
             )?,
         }
         .monitor_def(
-            existing.as_ref().map(|e| &*e.def),
+            existing.as_ref().map(|e| &e.def),
             self.config.webhook_url.as_deref(),
             now,
         )
@@ -259,7 +259,7 @@ impl Apply<'_> {
             object: format!("Heartbeat {}", hb.name),
             source,
         })?;
-        if existing.as_ref().is_none_or(|e| *e.def != def) {
+        if existing.as_ref().is_none_or(|e| e.def != def) {
             self.core
                 .engine
                 .upsert(def)

@@ -424,7 +424,7 @@ async fn over_http_a_follower_answers_pings_from_the_relay_and_refuses_changes_w
         .bearer_auth(&key)
         .json(&serde_json::json!({"name": "new", "interval_secs": 3600}));
     // Every change is refused alike, in the API's usual error shape (one `error` field).
-    let id = s.core.engine.get("default/nightly").unwrap().def.id.clone();
+    let id = s.core.engine.get("default/nightly").unwrap().def.id;
     let one = format!("{api}/{id}");
     let changes = [
         created,

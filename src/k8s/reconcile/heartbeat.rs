@@ -143,10 +143,10 @@ async fn steps(
         secret: &secret_name,
         default_webhook: ctx.config.webhook_url.as_deref(),
         channels: &channels,
-        existing: existing.as_ref().map(|m| &*m.def),
+        existing: existing.as_ref().map(|m| &m.def),
         now: Timestamp::now(),
     })?;
-    activate(ctx, def, existing.as_ref().map(|m| &*m.def)).await?;
+    activate(ctx, def, existing.as_ref().map(|m| &m.def)).await?;
     if let Some(r) = &spec.cron_job_ref {
         crate::k8s::cronjobs::watch::report_all(ctx, ns, &r.name).await;
     }

@@ -35,7 +35,7 @@ pub(super) fn monitor(store: &dyn MonitorStore, name: &str) -> Monitor {
     let state = MonitorState::created(&def.timing(), at(0), false);
     Monitor {
         num: store.next_monitor_num().unwrap(),
-        def: def.into(),
+        def,
         state,
         last_run_ms: None,
     }
@@ -372,9 +372,8 @@ pub async fn a_whole_round_after_a_state_round_wins(open: OpenMonitors) {
     commit(store, state_only(&pinged(&m, 3))).await.unwrap();
     // Redefined (paused) with a state of its own: the whole record is all there is.
     let mut redefined = m.clone();
-    let def = std::sync::Arc::make_mut(&mut redefined.def);
-    def.paused = true;
-    def.grace_secs += 30;
+    redefined.def.paused = true;
+    redefined.def.grace_secs += 30;
     redefined.state = MonitorState::created(&redefined.def.timing(), at(10), true);
     commit(store, whole(&redefined)).await.unwrap();
     drop(s);

@@ -9,8 +9,6 @@
 //! pointer ([`Extras`]). Both forms serialize alike, so stored records and API answers are
 //! unchanged.
 
-use std::sync::Arc;
-
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -286,12 +284,6 @@ impl MonitorDef {
             maintenance: &self.alerting.maintenance,
             ..Timing::from_secs(self.interval_secs, self.grace_secs)
         }
-    }
-}
-
-impl From<DefRecord> for Arc<MonitorDef> {
-    fn from(r: DefRecord) -> Self {
-        Arc::new(r.into())
     }
 }
 

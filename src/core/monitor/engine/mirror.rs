@@ -105,7 +105,7 @@ mod tests {
     fn monitor(name: &str, num: u64) -> Monitor {
         let mut m = super::super::sample(name, State::Up);
         m.num = num;
-        std::sync::Arc::make_mut(&mut m.def).token = TokenHash::of(name);
+        m.def.token = TokenHash::of(name);
         m
     }
 
@@ -172,7 +172,7 @@ mod tests {
     fn a_rotated_token_stops_working_and_the_new_one_works() {
         let a = monitor("a", 1);
         let mut rotated = a.clone();
-        std::sync::Arc::make_mut(&mut rotated.def).token = TokenHash::of("new");
+        rotated.def.token = TokenHash::of("new");
         let out = mirrored(&shown(&[&a]), changes(vec![rotated.clone()], &[]));
         assert_eq!(out.tokens.dropped, vec![a.def.token]);
         assert_eq!(

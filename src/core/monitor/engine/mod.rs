@@ -960,7 +960,7 @@ mod tests {
         let mut changes = engine.subscribe();
         let mut m = Monitor {
             num: 3,
-            def: def("job", now).into(),
+            def: def("job", now),
             state: state::MonitorState::created(&def("job", now).timing(), now, false),
             last_run_ms: None,
         };

@@ -242,10 +242,9 @@ mod tests {
     #[test]
     fn each_monitor_has_up_a_one_hot_state_and_its_timestamps() {
         let mut down = sample("nightly", State::Down);
-        down.def = std::sync::Arc::new(
-            crate::core::monitor::engine::MonitorDef::clone(&down.def)
-                .edited(|d| d.application = Some("ns/billing".into())),
-        );
+        down.def = down
+            .def
+            .edited(|d| d.application = Some("ns/billing".into()));
         down.state.last_ping_at = Some(Timestamp::from_millisecond(1_700_000_000_250).unwrap());
         down.state.deadline = Some(Timestamp::from_second(1_700_000_060).unwrap());
         down.last_run_ms = Some(1500);
@@ -291,10 +290,7 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let mut m = sample("x", State::Up);
-        m.def = std::sync::Arc::new(
-            crate::core::monitor::engine::MonitorDef::clone(&m.def)
-                .edited(|d| d.name = "we\"ird\\\n".into()),
-        );
+        m.def = m.def.edited(|d| d.name = "we\"ird\\\n".into());
         let (s, _) = series(vec![m]);
         assert!(scrape(&s).contains(r#"name="we\"ird\\\n""#));
     }

@@ -1,8 +1,6 @@
 //! What the engine holds and hands out: monitor definitions and state, pings as received,
 //! and state transitions as stored and as broadcast.
 
-use std::sync::Arc;
-
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +25,8 @@ pub enum Origin {
 pub struct Monitor {
     /// Numeric id used in history keys.
     pub num: u64,
-    /// What its front end defined: shared, since a step changes the state alone and a
-    /// herd's steps would otherwise copy every definition (key, id, targets) they pass.
-    pub def: Arc<MonitorDef>,
+    /// What its front end defined.
+    pub def: MonitorDef,
     /// Where the state machine has it now.
     pub state: MonitorState,
     /// How long its last run (from `/start` to its end) took, in milliseconds.

@@ -444,9 +444,8 @@ impl Worker {
             let _ = reply.send(Err(EngineError::NotFound));
             return;
         };
-        let def = Arc::make_mut(&mut m.def);
-        def.paused = paused;
-        def.updated_at = now;
+        m.def.paused = paused;
+        m.def.updated_at = now;
         let signal = if paused {
             Signal::Pause(now)
         } else {
@@ -566,7 +565,7 @@ impl Worker {
         if let Some(old) = self.current(&def.key, round) {
             def.created_at = old.def.created_at;
             def.id = old.def.id.clone();
-            if def == *old.def {
+            if def == old.def {
                 return Ok((old, Vec::new()));
             }
             let mut signals = Vec::new();
@@ -597,7 +596,7 @@ impl Worker {
         Ok((
             Monitor {
                 num,
-                def: Arc::new(def),
+                def,
                 state,
                 last_run_ms: None,
             },
@@ -889,7 +888,7 @@ fn redefined(old: Monitor, def: MonitorDef, signals: Vec<Signal>) -> (Monitor, V
     (
         Monitor {
             num: old.num,
-            def: Arc::new(def),
+            def,
             state,
             last_run_ms: old.last_run_ms,
         },

@@ -38,7 +38,8 @@ pub(super) fn block_key(num: u64, seq: u64) -> BlockKey {
 /// Ping blocks changed by the engine's current round, written once at its end.
 #[derive(Default)]
 pub(super) struct RoundBlocks {
-    blocks: HashMap<BlockKey, Vec<u8>>,
+    /// Each block, and whether [`RecentBlocks`] should hold it once written.
+    blocks: HashMap<BlockKey, (Vec<u8>, bool)>,
 }
 
 /// The newest block of each monitor pinged lately, as the last round handed to the
@@ -55,22 +56,36 @@ pub(super) struct RoundBlocks {
 /// removed with its history takes its entry with it ([`RecentBlocks::forget`]); ping
 /// blocks have no other writer while the server runs.
 ///
-/// Bounded by [`RECENT_BYTES`]: when full, every other entry goes, an eviction that
-/// costs one pass and keeps the cache useful without the bookkeeping of an LRU.
+/// Only a block that had to be read back is held, or the next block of a monitor held
+/// already: a monitor pinged once (every monitor of a fleet defined and pinged for the
+/// first time) starts its first block, which no read needs, and takes no room here.
+/// Bounded by [`RECENT_BYTES`], with each entry's own cost counted: when full, every other
+/// entry goes, an eviction that costs one pass and keeps the cache useful without the
+/// bookkeeping of an LRU.
 #[derive(Default)]
 pub(super) struct RecentBlocks {
     blocks: HashMap<u64, (BlockKey, Vec<u8>)>,
     bytes: usize,
 }
 
-/// A monitor's newest block as a round wrote it: number, key, contents.
-pub(super) type Fresh = (u64, BlockKey, Vec<u8>);
+/// A monitor's newest block as a round wrote it: number, key, and its contents if
+/// [`RecentBlocks`] should hold it.
+pub(super) type Fresh = (u64, BlockKey, Option<Vec<u8>>);
 
-/// Bytes of blocks [`RecentBlocks`] holds at most: ten thousand monitors pinged steadily,
-/// each with a block half full of bare pings, take about six megabytes.
-const RECENT_BYTES: usize = 16 << 20;
+/// Bytes [`RecentBlocks`] takes at most: ten thousand monitors pinged steadily, each with
+/// a block half full of bare pings, take about six megabytes.
+const RECENT_BYTES: usize = 8 << 20;
+
+/// What an entry of [`RecentBlocks`] costs besides its block: its slot in the map (number,
+/// key, vector) and the allocator's rounding of the block.
+const ENTRY_BYTES: usize = 64;
 
 impl RecentBlocks {
+    /// Whether a block of monitor `num` is held.
+    fn holds(&self, num: u64) -> bool {
+        self.blocks.contains_key(&num)
+    }
+
     /// Monitor `num`'s block under `key`, if it is the newest one held.
     fn get(&self, num: u64, key: &BlockKey) -> Option<&[u8]> {
         match self.blocks.get(&num) {
@@ -82,17 +97,19 @@ impl RecentBlocks {
     /// Takes the blocks of a round the committer accepted.
     pub fn update(&mut self, fresh: Vec<Fresh>) {
         for (num, key, block) in fresh {
-            if block.len() > RECENT_BYTES / 64 {
-                // Pings with large bodies: not worth the room, read back when needed.
+            let Some(block) = block.filter(|b| b.len() <= RECENT_BYTES / 64) else {
+                // Not worth holding (see above), or pings with large bodies: read back
+                // when needed. An older block held for the monitor is no use either.
                 self.forget(num);
                 continue;
-            }
-            if self.bytes + block.len() > RECENT_BYTES {
+            };
+            let cost = block.len() + ENTRY_BYTES;
+            if self.bytes + cost > RECENT_BYTES {
                 self.halve();
             }
-            self.bytes += block.len();
+            self.bytes += cost;
             if let Some((_, old)) = self.blocks.insert(num, (key, block)) {
-                self.bytes -= old.len();
+                self.bytes -= old.len() + ENTRY_BYTES;
             }
         }
     }
@@ -100,7 +117,7 @@ impl RecentBlocks {
     /// Drops monitor `num`'s block (its history is removed).
     pub fn forget(&mut self, num: u64) {
         if let Some((_, old)) = self.blocks.remove(&num) {
-            self.bytes -= old.len();
+            self.bytes -= old.len() + ENTRY_BYTES;
         }
     }
 
@@ -110,7 +127,7 @@ impl RecentBlocks {
         self.blocks.retain(|_, (_, v)| {
             keep = !keep;
             if !keep {
-                freed += v.len();
+                freed += v.len() + ENTRY_BYTES;
             }
             keep
         });
@@ -137,9 +154,11 @@ impl RoundBlocks {
         // under its key: no need to look (a read that misses sled's cache costs more than
         // the rest of a ping).
         let starts_block = record.seq <= 1 || record.seq.is_multiple_of(PINGS_PER_BLOCK);
-        let block = match self.blocks.entry(key) {
+        let (block, _) = match self.blocks.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) if starts_block => e.insert(Vec::new()),
+            std::collections::hash_map::Entry::Vacant(e) if starts_block => {
+                e.insert((Vec::new(), recent.holds(num)))
+            }
             std::collections::hash_map::Entry::Vacant(e) => {
                 let stored = match recent.get(num, &key) {
                     Some(block) => block.to_vec(),
@@ -148,7 +167,7 @@ impl RoundBlocks {
                         .map(|v| v.to_vec())
                         .unwrap_or_default(),
                 };
-                e.insert(stored)
+                e.insert((stored, true))
             }
         };
         append(block, record)?;
@@ -173,12 +192,12 @@ impl RoundBlocks {
         let mut fresh: Vec<Fresh> = Vec::new();
         let writes = blocks
             .into_iter()
-            .map(|(k, v)| {
+            .map(|(k, (v, held))| {
                 let num = block_num(&k);
                 // Keys sort by monitor, then block: a monitor's last one is its newest.
                 match fresh.last_mut() {
-                    Some(last) if last.0 == num => *last = (num, k, v.clone()),
-                    _ => fresh.push((num, k, v.clone())),
+                    Some(last) if last.0 == num => *last = (num, k, held.then(|| v.clone())),
+                    _ => fresh.push((num, k, held.then(|| v.clone()))),
                 }
                 Mutation::put(tree, k.to_vec(), v)
             })
@@ -333,12 +352,14 @@ mod tests {
     #[test]
     fn recent_blocks_hold_each_monitors_newest_block_within_their_bound() {
         let mut recent = RecentBlocks::default();
-        let block = |n: usize| vec![7u8; n];
+        let block = |n: usize| Some(vec![7u8; n]);
         recent.update(vec![
             (1, block_key(1, 1), block(10)),
             (2, block_key(2, 1), block(20)),
+            (3, block_key(3, 1), None),
         ]);
-        assert_eq!(recent.get(1, &block_key(1, 1)), Some(&block(10)[..]));
+        assert_eq!(recent.get(1, &block_key(1, 1)), Some(&[7u8; 10][..]));
+        assert!(recent.get(3, &block_key(3, 1)).is_none(), "not to be held");
         assert_eq!(
             recent.get(1, &block_key(1, 16)),
             None,
@@ -350,9 +371,13 @@ mod tests {
             None,
             "replaced by the next block"
         );
-        assert_eq!(recent.bytes, 25);
-        recent.forget(2);
-        assert_eq!((recent.get(2, &block_key(2, 1)), recent.bytes), (None, 5));
+        assert_eq!(recent.bytes, 25 + 2 * ENTRY_BYTES);
+        recent.update(vec![(2, block_key(2, 16), None)]);
+        assert!(
+            !recent.holds(2),
+            "a newest block not held drops the older one"
+        );
+        assert_eq!(recent.bytes, 5 + ENTRY_BYTES);
         // Past the bound, half the entries go; a block too large is never held.
         let size = RECENT_BYTES / 100;
         for num in 10..200 {
@@ -366,8 +391,46 @@ mod tests {
         assert!(recent.blocks.len() < 100);
         recent.update(vec![(199, block_key(199, 1), block(RECENT_BYTES / 32))]);
         assert_eq!(recent.get(199, &block_key(199, 1)), None);
-        let held: usize = recent.blocks.values().map(|(_, v)| v.len()).sum();
+        let held: usize = recent
+            .blocks
+            .values()
+            .map(|(_, v)| v.len() + ENTRY_BYTES)
+            .sum();
         assert_eq!(held, recent.bytes, "the count of bytes stays exact");
+    }
+
+    #[test]
+    fn only_blocks_read_back_are_held_and_a_held_monitors_next_block_too() {
+        let (_dir, c, tree) = db();
+        let mut recent = RecentBlocks::default();
+        let round = |seqs: &[(u64, u64)], recent: &mut RecentBlocks| {
+            let mut blocks = RoundBlocks::default();
+            for &(num, seq) in seqs {
+                let from = (&c.reader(), &*recent);
+                blocks
+                    .record(from, &tree, num, &ping(seq), 1000, &mut Vec::new())
+                    .unwrap();
+            }
+            let (writes, fresh) = blocks.into_writes(&tree);
+            recent.update(fresh);
+            c.log_blocking(writes).unwrap();
+        };
+        // First pings start blocks: nothing was read, nothing is held.
+        round(&[(1, 1), (2, 1)], &mut recent);
+        assert!(!recent.holds(1) && !recent.holds(2));
+        // Monitor 1's second ping reads its block back: held from then on.
+        round(&[(1, 2)], &mut recent);
+        assert!(recent.holds(1) && !recent.holds(2));
+        for seq in 3..=17 {
+            round(&[(1, seq)], &mut recent);
+        }
+        assert!(
+            recent.get(1, &block_key(1, 17)).is_some(),
+            "its next block, started by ping 16, is held too"
+        );
+        let held = recent.get(1, &block_key(1, 17)).map(<[u8]>::to_vec);
+        let stored = tree.get(block_key(1, 17)).unwrap().map(|v| v.to_vec());
+        assert_eq!(held, stored, "as stored");
     }
 
     #[test]

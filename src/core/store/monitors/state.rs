@@ -210,15 +210,12 @@ mod tests {
         m.state.deadline = Some(m.state.since);
         m.state.pings = 1_234_567;
         m.last_run_ms = Some(42_000);
-        let mut def = crate::core::monitor::engine::MonitorDef::clone(&m.def);
-        def.targets = vec![Target::Webhook {
+        m.def.targets = vec![Target::Webhook {
             url: "https://alerts.example.com/hooks/hartslag".into(),
         }];
-        m.def = def
-            .edited(|d| {
-                d.ping_hint = "curl -fsS -X POST https://hartslag.example.com/ping/…".into()
-            })
-            .into();
+        m.def = m.def.edited(|d| {
+            d.ping_hint = "curl -fsS -X POST https://hartslag.example.com/ping/…".into()
+        });
         let v = encode(&m).unwrap();
         let whole = serde_json::to_vec(&m).unwrap();
         assert!(v.len() < 200, "{} bytes", v.len());
