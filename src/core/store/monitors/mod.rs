@@ -51,8 +51,6 @@ pub struct SledMonitors {
     /// Monitors whose state record is too long for the state file, kept in sled instead:
     /// the next state record that fits removes it.
     overflow: Mutex<HashSet<u64>>,
-    /// The newest ping block of monitors pinged lately ([`pings::RecentBlocks`]).
-    recent: Mutex<pings::RecentBlocks>,
     /// Monitor numbers: the next ones to give out, and how far the store says they were
     /// given out ([`numbers`]).
     numbers: Mutex<(Numbers, Numbers)>,
@@ -73,24 +71,6 @@ struct IndexChanges {
     trimmed: Vec<(u64, u64)>,
     /// Entries appended: (monitor, sequence number).
     appended: Vec<(u64, u64)>,
-}
-
-/// How a round changes [`SledMonitors::recent`], made once the committer takes the round.
-#[derive(Default)]
-struct RecentChanges {
-    /// Monitors removed with their history.
-    forgotten: Vec<u64>,
-    /// The newest block of each monitor the round pinged.
-    fresh: Vec<pings::Fresh>,
-}
-
-impl RecentChanges {
-    fn apply(self, recent: &mut pings::RecentBlocks) {
-        self.forgotten
-            .into_iter()
-            .for_each(|num| recent.forget(num));
-        recent.update(self.fresh);
-    }
 }
 
 impl SledMonitors {
@@ -146,7 +126,6 @@ impl SledMonitors {
             pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
             states: store.committer().states().clone(),
             overflow: Mutex::new(overflow),
-            recent: Mutex::default(),
             store: store.clone(),
             tree,
         })
@@ -160,7 +139,7 @@ impl SledMonitors {
         &self,
         round: MonitorRound,
         index: &mut Index,
-        (changes, recent): (&mut IndexChanges, &mut RecentChanges),
+        changes: &mut IndexChanges,
     ) -> Result<Vec<Mutation>, StoreError> {
         let reader = self.store.committer().reader();
         let tree = &self.tree;
@@ -178,9 +157,6 @@ impl SledMonitors {
         let mut pages = PageEdits::default();
         let journal = &self.journal.tree;
         for r in &round.remove {
-            if r.retain.is_none() {
-                recent.forgotten.push(r.num);
-            }
             writes.push(Mutation::remove(tree, monitor_key(r.num).to_vec()));
             writes.push(Mutation::remove(tree, state_key(r.num).to_vec()));
             state::clear(&mut writes, &self.states, r.num);
@@ -211,17 +187,11 @@ impl SledMonitors {
         self.append_pages(&round.transitions, index, &mut writes, changes)?;
         let mut blocks = pings::RoundBlocks::default();
         let mut expired = Vec::new();
-        {
-            let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            for (num, p) in &round.pings {
-                let from = (&reader, &*recent);
-                blocks.record(from, tree, *num, p, round.keep_pings, &mut expired)?;
-            }
+        for (num, p) in &round.pings {
+            blocks.record(&reader, tree, *num, p, round.keep_pings, &mut expired)?;
         }
         writes.extend(expired.into_iter().map(|k| Mutation::remove(tree, k)));
-        let (puts, fresh) = blocks.into_writes(tree);
-        writes.extend(puts);
-        recent.fresh = fresh;
+        writes.extend(blocks.into_writes(tree));
         let mut numbers = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
         for m in &round.put {
             writes.extend(Numbers::record(&mut numbers.1, m.num, tree));
@@ -419,13 +389,11 @@ impl MonitorStore for SledMonitors {
             Err(e) => return done(Err(e.into())),
         };
         let mut changes = IndexChanges::default();
-        let mut recent = RecentChanges::default();
-        let writes = match self.round_writes(round, &mut index, (&mut changes, &mut recent)) {
+        let writes = match self.round_writes(round, &mut index, &mut changes) {
             Ok(w) => w,
             Err(e) => return done(Err(e.into())),
         };
         changes.apply(&mut index, self.journal.next_round());
-        recent.apply(&mut self.recent.lock().unwrap_or_else(|p| p.into_inner()));
         let mut done = Some(done);
         let journal = self.journal.clone();
         self.store.committer().submit(
@@ -603,13 +571,8 @@ mod tests {
             relayed: Vec::new(),
         };
         let mut changes = IndexChanges::default();
-        let mut recent = RecentChanges::default();
         let writes = sled
-            .round_writes(
-                round,
-                &mut sled.journal.lock().unwrap(),
-                (&mut changes, &mut recent),
-            )
+            .round_writes(round, &mut sled.journal.lock().unwrap(), &mut changes)
             .unwrap();
         let f = |family: Family| family as u8;
         let monitors = || "monitors".to_string();
