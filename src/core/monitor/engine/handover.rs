@@ -13,6 +13,7 @@
 //! them all over ([`Handover::settle`]). Dropping the handover waits for the rounds
 //! still queued, so a stopping engine leaves none behind.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -24,9 +25,13 @@ use crate::core::storage::{MonitorRound, MonitorStore, RoundDone, StorageError};
 struct Counts {
     staged: u64,
     handed: u64,
-    /// The thread ended (its store panicked): nothing queued will be handed over.
+    /// The thread ended: nothing queued will be handed over.
     gone: bool,
 }
+
+/// What a round queued after the store panicked is answered with.
+const BROKEN: &str =
+    "the store failed while taking an earlier round; a restart replays what is on disk";
 
 /// The engine thread's end of the handover thread.
 pub(super) struct Handover {
@@ -61,8 +66,18 @@ impl Handover {
             .spawn(move || {
                 let _guard = runtime.enter();
                 let leaving = leaving;
+                // After a panic the store is never called again, and every later round is
+                // answered with the failure, so its commands settle and the engine is
+                // never left waiting for room (the panicking round's own answer is lost
+                // with the store's state).
+                let mut broken = false;
                 for (round, done) in rx {
-                    store.commit_round(round, done);
+                    if broken {
+                        done(Err(StorageError::NotStored(BROKEN.into())));
+                    } else {
+                        let call = AssertUnwindSafe(|| store.commit_round(round, done));
+                        broken = std::panic::catch_unwind(call).is_err();
+                    }
                     let (counts, changed) = &*leaving.0;
                     counts.lock().unwrap_or_else(|p| p.into_inner()).handed += 1;
                     changed.notify_all();
@@ -81,14 +96,15 @@ impl Handover {
         let refused = match &self.tx {
             Some(tx) => {
                 self.lock().staged += 1;
-                tx.send((round, done))
-                    .err()
-                    .map(|mpsc::SendError((_, done))| done)
+                let refused = tx.send((round, done)).err();
+                refused.map(|mpsc::SendError((_, done))| {
+                    self.lock().staged -= 1;
+                    done
+                })
             }
             None => Some(done),
         };
         if let Some(done) = refused {
-            self.lock().staged -= 1;
             done(Err(StorageError::NotStored(
                 "the thread that hands rounds to the store has stopped".into(),
             )));
@@ -232,21 +248,39 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_store_that_panics_fails_later_rounds_and_holds_no_one() {
+    async fn after_a_store_panics_later_rounds_are_answered_with_the_failure() {
         let store = Recording::new(Duration::ZERO, Some(1));
         let handover = start(&store);
         handover.commit_round(round(0), Box::new(|_| {}));
         handover.commit_round(round(1), Box::new(|_| {}));
-        // Returns although round 1 was never handed over: the thread is gone.
-        handover.settle();
         let (tx, rx) = std::sync::mpsc::channel();
         handover.commit_round(round(2), Box::new(move |r| tx.send(r).unwrap()));
+        let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(answer, Err(StorageError::NotStored(ref e)) if e == BROKEN),
+            "{answer:?}"
+        );
+        handover.settle();
+        assert_eq!(store.rounds(), vec![0], "the store was not called again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_round_queued_once_the_thread_is_gone_is_refused() {
+        let store = Recording::new(Duration::ZERO, None);
+        let mut handover = start(&store);
+        // The thread ends as it does when the engine stops: its queue closed.
+        drop(handover.tx.take());
+        if let Some(thread) = handover.thread.take() {
+            thread.join().unwrap();
+        }
+        handover.settle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        handover.commit_round(round(0), Box::new(move |r| tx.send(r).unwrap()));
         let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(
             matches!(answer, Err(StorageError::NotStored(ref e)) if e.contains("has stopped")),
             "{answer:?}"
         );
-        handover.settle();
-        assert_eq!(store.rounds(), vec![0]);
+        assert!(store.rounds().is_empty());
     }
 }
