@@ -16,9 +16,9 @@
 //! 2. the oldest queued command; one that concerns a monitor still in the herd takes that
 //!    monitor's deadline with it first (see [`Next::Command`]);
 //! 3. the rest of the herd: deadlines that only make a monitor Late yet, taken while
-//!    nothing else waits, by monitor number (see [`Herd`]). One still waiting when its
-//!    Down comes due is then taken as that Down, in one write instead of two: an engine
-//!    behind its herd sheds work.
+//!    nothing else waits, in the order their Downs come due (see [`Herd`]). One still
+//!    waiting when its Down comes due is then taken as that Down, in one write instead
+//!    of two: an engine behind its herd sheds work.
 //!
 //! A deadline that fires while an earlier command for the same monitor is queued waits
 //! behind that command, in the queue. A command that concerns no single monitor (a
@@ -214,9 +214,9 @@ mod tests {
                 "due:down2",
                 "ping:x",
                 "ping:y",
-                // Lates go by number (here all 0, so as they came), not by urgency.
-                "due:late1",
-                "due:late2"
+                // Lates in the order their Downs come due.
+                "due:late2",
+                "due:late1"
             ]
         );
         assert!(intake.is_empty());
