@@ -211,6 +211,23 @@ impl<K> SchedulerHandle<K> {
     }
 }
 
+/// A handle whose commands nobody drives, and what it was asked, in order (`arm:key`,
+/// `disarm:key`): tests of who arms what.
+#[cfg(test)]
+pub(crate) fn recording<K: std::fmt::Display>() -> (SchedulerHandle<K>, impl FnMut() -> Vec<String>)
+{
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let drain = move || {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|c| match c {
+                Command::Arm(key, _) => format!("arm:{key}"),
+                Command::Disarm(key) => format!("disarm:{key}"),
+            })
+            .collect()
+    };
+    (SchedulerHandle { tx }, drain)
+}
+
 /// Starts the driver task on the current tokio runtime. Due keys arrive on the returned
 /// channel in deadline order, once per arming, each with the wall time it was armed for
 /// (rounded up to the microsecond).

@@ -651,6 +651,35 @@ mod tests {
         }
     }
 
+    /// Waits (10 s at most) until monitor `key` is in `state`.
+    async fn until_in(engine: &Engine, key: &str, state: State) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while engine.get(key).map(|m| m.state.state) != Some(state) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_monitor_its_deadline_drove_down_is_armed_again_by_its_next_ping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, engine, _) = gated_engine(dir.path()).await;
+        let mut changes = engine.subscribe();
+        for _ in 0..2 {
+            engine.ping("ns/job", PingInput::success()).await.unwrap();
+            // Its deadline fires (1 s, no grace); the Down leaves nothing to arm.
+            until_in(&engine, "ns/job", State::Down).await;
+        }
+        let mut downs = 0;
+        while let Ok(c) = changes.try_recv() {
+            downs += usize::from(c.to == State::Down);
+        }
+        assert_eq!(downs, 2, "each ping armed a deadline that drove it Down");
+    }
+
     /// An engine over `dir` whose scheduler sends nothing itself: the test hands the
     /// worker its deadlines.
     fn held_engine(dir: &std::path::Path) -> Engine {

@@ -96,6 +96,14 @@ pub(super) struct Published {
     pub(super) alerts: bool,
     /// When each Down a deadline caused in the round was due (deadline plus grace).
     pub(super) timed_downs: Vec<jiff::Timestamp>,
+    /// Monitors (by number) whose last step in the round was driven by their deadline and
+    /// left them with none: the scheduler let go of that deadline when it fired, so
+    /// disarming them would cost a message and a search among every armed key for
+    /// nothing (a herd's Downs, a million at a time). Should one have been armed again
+    /// meanwhile, by a round written before this one, that deadline was past (or this
+    /// round's step would not have been driven to its end), so it fires at once and its
+    /// step, finding nothing to do, disarms it.
+    pub(super) unarmed: foldhash::HashSet<u64>,
     pub(super) done: Vec<Done>,
 }
 
@@ -156,7 +164,7 @@ impl Readers {
         for key in &p.removed {
             self.scheduler.disarm(key.as_str().into());
         }
-        for m in &p.monitors {
+        for m in p.monitors.iter().filter(|m| !p.unarmed.contains(&m.num)) {
             arm(&self.scheduler, m);
         }
         // Moved, not copied: a herd's round holds thousands.
@@ -171,5 +179,55 @@ pub(super) fn arm(scheduler: &SchedulerHandle<Arc<str>>, m: &Monitor) {
     match state::next_wakeup(&m.def.timing(), &m.state) {
         Some(at) => scheduler.arm(m.def.key.as_str().into(), at),
         None => scheduler.disarm(m.def.key.as_str().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::monitor::engine::types::sample;
+    use crate::core::monitor::schedule::recording;
+    use crate::core::monitor::state::State;
+    use crate::core::services::open_monitor_storage;
+
+    /// Publishes monitors `a` (Down, no deadline left) and `b` (Up, due again), with the
+    /// monitors numbered in `unarmed`; what the scheduler was asked.
+    fn published(unarmed: &[u64]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open_monitor_storage(dir.path());
+        let (scheduler, mut asked) = recording();
+        let readers = Readers {
+            snapshot: Snapshot::default(),
+            scheduler,
+            changes: broadcast::channel(16).0,
+            outbox: Outbox::new(storage.outbox, Default::default()),
+            failure: Default::default(),
+            written: Default::default(),
+            stats: Default::default(),
+            clock: Clock::new(),
+        };
+        let down = sample("a", State::Down);
+        let mut up = sample("b", State::Up);
+        up.num = 2;
+        up.state.deadline = Some(up.state.since);
+        readers.publish(&mut Published {
+            seq: 1,
+            commands: 2,
+            monitors: vec![Arc::new(down), Arc::new(up)],
+            removed: Vec::new(),
+            changes: Vec::new(),
+            alerts: false,
+            timed_downs: Vec::new(),
+            unarmed: unarmed.iter().copied().collect(),
+            done: Vec::new(),
+        });
+        assert_eq!(readers.snapshot.read().unwrap().len(), 2, "both are shown");
+        asked()
+    }
+
+    #[test]
+    fn a_monitor_its_deadline_left_with_none_is_not_disarmed_again() {
+        assert_eq!(published(&[]), ["disarm:a", "arm:b"]);
+        assert_eq!(published(&[1]), ["arm:b"]);
     }
 }

@@ -117,6 +117,8 @@ struct Round {
     /// When each Down a deadline caused in the round was due: how late it was is
     /// measured once the round is on disk and readers see it.
     timed_downs: Vec<Timestamp>,
+    /// Monitors the round leaves with nothing to arm (see [`Published::unarmed`]).
+    unarmed: foldhash::HashSet<u64>,
 }
 
 impl Round {
@@ -237,18 +239,29 @@ impl Worker {
     /// Monitor `key` as this round left it so far: staged, removed, as a round on its way
     /// to disk left it, or as published.
     fn current(&self, key: &str, round: &Round) -> Option<Monitor> {
+        self.with_current(key, round, Monitor::clone)
+    }
+
+    /// `f` of monitor `key` as [`Self::current`] finds it, where it sits: called under
+    /// the readers' lock when it is the published one, so `f` stays short.
+    fn with_current<R>(
+        &self,
+        key: &str,
+        round: &Round,
+        f: impl FnOnce(&Monitor) -> R,
+    ) -> Option<R> {
         if round.removed.contains(key) {
             return None;
         }
         if let Some(m) = round.monitors.get(key) {
-            return Some(m.clone());
+            return Some(f(m));
         }
         if let Some((seq, m)) = self.inflight.borrow().get(key)
             && self.written.pending(*seq)
         {
-            return m.as_deref().cloned();
+            return m.as_deref().map(f);
         }
-        self.read().get(key).cloned()
+        self.read().get(key).map(f)
     }
 
     fn handle(&self, cmd: Command, round: &mut Round) {
@@ -303,9 +316,7 @@ impl Worker {
         round: &mut Round,
     ) {
         let now = self.clock.now();
-        let paused = self
-            .current(key, round)
-            .map(|m| m.state.state == State::Paused);
+        let paused = self.with_current(key, round, |m| m.state.state == State::Paused);
         let signal = ping_signal(&input, now);
         self.stats.count_ping(input.kind);
         let outcome = if paused == Some(true) {
@@ -331,7 +342,7 @@ impl Worker {
         let now = self.clock.now();
         for p in pings {
             round.writes.relayed.push(p.id);
-            if self.current(&p.key, round).is_none() {
+            if self.with_current(&p.key, round, |_| ()).is_none() {
                 tracing::debug!(monitor = %p.key, "dropped a relayed ping: no such monitor");
                 continue;
             }
@@ -387,6 +398,8 @@ impl Worker {
             done: Vec::new(),
             // The leader measured how late its Downs were; a mirror only shows them.
             timed_downs: Vec::new(),
+            // No deadline fired here: every monitor is armed as the leader left it.
+            unarmed: Default::default(),
         };
         self.readers().publish(&mut shown);
         out.tokens
@@ -472,44 +485,59 @@ impl Worker {
         round: &mut Round,
         done: Done,
     ) {
-        let Some(m) = self.current(key, round) else {
+        // Stepped where it sits (a monitor is copied only once it changed, and then
+        // without its old state).
+        let stepped = self.with_current(key, round, |m| {
+            let (state, effects) = state::apply(&m.def.timing(), &m.state, &signal);
+            if ping.is_none() && state == m.state && effects.is_empty() {
+                // Nothing changed (e.g. a stale deadline): keep the schedule right, write
+                // nothing. A monitor staged in this round is armed when it is written.
+                if !round.monitors.contains_key(key) {
+                    arm(&self.scheduler, m);
+                }
+                return None;
+            }
+            // The scheduler let go of the deadline that fired: a step it drove to no
+            // next deadline (a Down) has nothing to disarm ([`Published::unarmed`]).
+            let unarmed = matches!(signal, Signal::Tick(_))
+                && state::next_wakeup(&m.def.timing(), &state).is_none();
+            let changed = state != m.state;
+            let last_run_ms = effects
+                .iter()
+                .find_map(|e| match e {
+                    Effect::RunFinished { duration } => u64::try_from(duration.as_millis()).ok(),
+                    _ => None,
+                })
+                .or(m.last_run_ms);
+            let next = Monitor {
+                num: m.num,
+                def: m.def.clone(),
+                state,
+                last_run_ms,
+            };
+            Some((next, effects, changed, unarmed))
+        });
+        let Some(stepped) = stepped else {
             done(Err(EngineError::NotFound));
             return;
         };
-        let (new_state, effects) = state::apply(&m.def.timing(), &m.state, &signal);
-        let record = match (&signal, ping) {
-            (_, Some(p)) => Some(self.ping_record(p, &signal, &new_state, &effects)),
-            (Signal::Job(job), None) if new_state != m.state => {
-                Some(job_record(job, &new_state, &effects))
-            }
-            _ => None,
-        };
-        if record.is_none() && new_state == m.state && effects.is_empty() {
-            // Nothing changed (e.g. a stale deadline): keep the schedule right, write
-            // nothing. A monitor staged in this round is armed when the round is written.
-            if !round.monitors.contains_key(key) {
-                arm(&self.scheduler, &m);
-            }
+        let Some((next, effects, changed, unarmed)) = stepped else {
             done(Ok(()));
             return;
-        }
+        };
+        let record = match (&signal, ping) {
+            (_, Some(p)) => Some(self.ping_record(p, &signal, &next.state, &effects)),
+            (Signal::Job(job), None) if changed => Some(job_record(job, &next.state, &effects)),
+            _ => None,
+        };
         if let Signal::Tick(_) = signal {
             self.count_timed_transitions(&effects, round);
         }
-        let last_run_ms = effects
-            .iter()
-            .find_map(|e| match e {
-                Effect::RunFinished { duration } => u64::try_from(duration.as_millis()).ok(),
-                _ => None,
-            })
-            .or(m.last_run_ms);
-        let next = Monitor {
-            num: m.num,
-            def: m.def,
-            state: new_state,
-            last_run_ms,
-        };
+        let num = next.num;
         self.stage(next, &effects, record, round, done);
+        if unarmed {
+            round.unarmed.insert(num);
+        }
     }
 
     /// The history entry of a ping, with the run's duration when it closed one.
@@ -676,6 +704,8 @@ impl Worker {
         if let Some(p) = ping {
             round.ping(m.num, p);
         }
+        // Armed when written, unless the step staging it says otherwise (after this).
+        round.unarmed.remove(&m.num);
         round.removed.remove(&m.def.key);
         round.monitors.insert(m.def.key.clone(), m);
         round.done.push(done);
@@ -809,6 +839,7 @@ impl Worker {
             changes: std::mem::take(&mut round.changes),
             alerts: !writes.deliveries.is_empty(),
             timed_downs: std::mem::take(&mut round.timed_downs),
+            unarmed: std::mem::take(&mut round.unarmed),
             done: std::mem::take(&mut round.done),
         };
         let readers = self.readers();
