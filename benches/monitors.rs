@@ -29,8 +29,12 @@
 //! round holding it is on disk and readers see it; quantiles are read from buckets about
 //! 3 % wide, printed for the Downs applied during the ping phase and after it.
 //!
+//! How fast the host is decides how near the herd's Downs come to their target: on shared
+//! machines that drifts by the hour. `BENCH_BUSY=1` makes a slow hour on purpose: a
+//! process of its own computes without pause for the whole run, taking about a core.
+//!
 //! `cargo bench --bench monitors` (env: `BENCH_MONITORS`, `BENCH_INTERVAL_SECS` (20),
-//! `BENCH_SCHEDULED_EVERY` (3), `BENCH_GRACES` (10), `BENCH_STEADY` (monitors / 100), `BENCH_START_SECOND` (0;
+//! `BENCH_SCHEDULED_EVERY` (3), `BENCH_GRACES` (10), `BENCH_STEADY` (monitors / 100), `BENCH_BUSY` (0), `BENCH_START_SECOND` (0;
 //! any other value than 0–59 starts at once),
 //! `BENCH_CACHE_MB`, `BENCH_DIR`, default `target/monitors-bench`, deleted afterwards
 //! unless `BENCH_KEEP=1`). `BENCH_SIZES=1` prints instead what each in-memory structure
@@ -152,6 +156,48 @@ fn child(var: &str, data: &std::path::Path) {
     assert!(status.success(), "{var} failed: {status}");
 }
 
+/// Processes that take a CPU each from the run (`BENCH_BUSY`), as a busy neighbour on a
+/// shared host does in a slow hour, so a run can tell whether the targets hold then, at
+/// any hour. Stopped when dropped, also when a run fails.
+struct Busy(Vec<std::process::Child>);
+
+impl Busy {
+    fn start(n: usize) -> Self {
+        if n > 0 {
+            println!(
+                "contention: {n} busy process(es) compete for the CPUs throughout (BENCH_BUSY)"
+            );
+        }
+        Self(
+            (0..n)
+                .map(|_| {
+                    std::process::Command::new(std::env::current_exe().expect("own executable"))
+                        .env("MONITORS_BUSY", "1")
+                        .spawn()
+                        .expect("start a busy process")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for p in &mut self.0 {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+/// Busy mode (`MONITORS_BUSY`): computes until killed.
+fn busy() {
+    let mut x = 1u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+    }
+}
+
 /// Sizes mode (`BENCH_SIZES=1`, a process of its own): what each in-memory structure of
 /// the engine holds per monitor, built alone from `BENCH_MONITORS` definitions as the run
 /// makes them, measured as the growth of resident memory.
@@ -228,6 +274,9 @@ fn main() {
     if std::env::var("BENCH_SIZES").is_ok_and(|v| v == "1") {
         return sizes();
     }
+    if std::env::var("MONITORS_BUSY").is_ok() {
+        return busy();
+    }
     if let Ok(data) = std::env::var("MONITORS_RUN") {
         return run(&data);
     }
@@ -239,8 +288,10 @@ fn main() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/target/monitors-bench").into()
         }));
     let _ = std::fs::remove_dir_all(&root);
+    let busy = Busy::start(common::env_or("BENCH_BUSY", 0));
     child("MONITORS_RUN", &root.join("data"));
     child("MONITORS_RESTART", &root.join("data"));
+    drop(busy);
     if std::env::var("BENCH_KEEP").is_err() {
         let _ = std::fs::remove_dir_all(&root);
     }
