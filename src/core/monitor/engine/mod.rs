@@ -19,6 +19,7 @@ mod publish;
 mod relayed;
 mod series;
 mod snapshot;
+mod staging;
 mod types;
 mod wording;
 mod worker;

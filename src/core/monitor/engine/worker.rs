@@ -12,7 +12,6 @@ use std::cell::RefCell;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use jiff::Timestamp;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::counts::Counts;
@@ -23,16 +22,14 @@ use super::mirror::{TokenChanges, mirrored};
 use super::publish::{Inflight, Published, Readers, Written, arm};
 use super::relayed::{ping_signal, relayed_at};
 use super::snapshot::Monitors;
-use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome, TransitionRecord};
-use super::wording::{self, DownWords, RECOVERED};
+use super::staging::Round;
+use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome};
 use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
-use crate::core::alert::message::AlertKind;
-use crate::core::alert::outbox::{self, Outbox};
-use crate::core::monitor::history::{PINGS_PER_BLOCK, approx_size};
+use crate::core::alert::outbox::Outbox;
 use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
-use crate::core::storage::{FeedChanges, Fence, MonitorRound, MonitorStore, RelayedPing, Removal};
+use crate::core::storage::{FeedChanges, Fence, MonitorStore, RelayedPing, Removal};
 
 /// The in-memory view readers share with the worker.
 pub(super) type Snapshot = Arc<RwLock<Monitors>>;
@@ -43,7 +40,7 @@ pub(super) const MAX_ROUND: usize = 1024;
 /// A round ends early once its ping blocks take about this many bytes: a burst of pings
 /// with large bodies to monitors with full blocks makes several writes of bounded size,
 /// not one that holds hundreds of megabytes.
-const ROUND_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const ROUND_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most commands in rounds handed to the store and not settled yet; past it the worker
 /// waits for the store before it takes more. Staging is faster than storing: a herd of
@@ -55,11 +52,11 @@ const ROUND_BYTES: usize = 8 * 1024 * 1024;
 pub(super) const MAX_IN_FLIGHT: usize = 8 * MAX_ROUND;
 
 /// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
-const TRANSITION_HISTORY: usize = 200;
+pub(super) const TRANSITION_HISTORY: usize = 200;
 
 /// How many transitions a monitor may add before its timeline is trimmed back to
 /// [`TRANSITION_HISTORY`]; it never holds more than the sum of both plus one restart's worth.
-const TRIM_EVERY: u8 = 50;
+pub(super) const TRIM_EVERY: u8 = 50;
 
 /// What the engine handle asks of the worker.
 pub(super) enum Command {
@@ -91,54 +88,6 @@ pub(super) enum Command {
 
 /// Answers a command once its round is durable (or failed).
 pub(super) type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
-
-/// Changes staged by one round of commands, made durable together.
-#[derive(Default)]
-struct Round {
-    /// What the round writes besides its monitor records: removals, pings, timeline
-    /// entries and trims, and the alerts it queues.
-    writes: MonitorRound,
-    /// Monitor records to store, by key: a monitor stepped several times in one round
-    /// (pings in a burst) is written once, with its last state.
-    monitors: foldhash::HashMap<String, Monitor>,
-    /// Monitors among [`Self::monitors`] whose definition changed in the round (defined,
-    /// redefined, paused or resumed): written whole. The others changed their state alone
-    /// and are written as state ([`MonitorRound::put_state`]).
-    redefined: foldhash::HashSet<String>,
-    /// About how many bytes the round's pings make their blocks take (see [`ROUND_BYTES`]).
-    ping_bytes: usize,
-    /// Monitors the round appended pings for.
-    pinged: foldhash::HashSet<u64>,
-    done: Vec<Done>,
-    /// Monitors removed in this round.
-    removed: foldhash::HashSet<String>,
-    /// State transitions to broadcast once the round is on disk.
-    changes: Vec<Change>,
-    /// When each Down a deadline caused in the round was due: how late it was is
-    /// measured once the round is on disk and readers see it.
-    timed_downs: Vec<Timestamp>,
-    /// Monitors the round leaves with nothing to arm (see [`Published::unarmed`]).
-    unarmed: foldhash::HashSet<u64>,
-}
-
-impl Round {
-    fn is_empty(&self) -> bool {
-        self.done.is_empty() && self.monitors.is_empty() && self.writes.is_empty()
-    }
-
-    /// Adds ping `p` of monitor `num`. The first ping of a monitor in a round counts the
-    /// block it goes into as a whole (its earlier pings are most likely of the same size),
-    /// since that block is written again.
-    fn ping(&mut self, num: u64, p: PingRecord) {
-        let size = approx_size(&p);
-        self.ping_bytes += if self.pinged.insert(num) {
-            size.saturating_mul(1 + (p.seq % PINGS_PER_BLOCK) as usize)
-        } else {
-            size
-        };
-        self.writes.pings.push((num, p));
-    }
-}
 
 /// The engine thread's state; lives on that thread alone.
 pub(super) struct Worker {
@@ -655,128 +604,6 @@ impl Worker {
             num,
             retain,
         });
-    }
-
-    /// Stages `m` (plus an optional ping record, its timeline entries and the alerts its
-    /// effects call for); readers see it and `done` runs once the round is on disk. It is
-    /// written as its state alone unless the caller changed its definition and marks it
-    /// in [`Round::redefined`].
-    fn stage(
-        &self,
-        m: Monitor,
-        effects: &[Effect],
-        ping: Option<PingRecord>,
-        round: &mut Round,
-        done: Done,
-    ) {
-        if effects
-            .iter()
-            .any(|e| matches!(e, Effect::Transition { .. }))
-        {
-            self.trim_timeline_now_and_then(m.num, round);
-        }
-        // A Down's words, for its timeline entry, its broadcast and its alert alike: said
-        // once per step (formatting them took a tenth of the engine thread in a herd).
-        let mut words = DownWords::default();
-        for (idx, effect) in effects.iter().enumerate() {
-            match *effect {
-                Effect::Transition { from, to, at } => {
-                    let idx = u8::try_from(idx).unwrap_or(u8::MAX);
-                    let reason = (to == State::Down)
-                        .then_some(m.state.down_reason.as_ref())
-                        .flatten()
-                        .map(|r| words.say(r, &m, at));
-                    self.stage_transition(&m, (from, to, at), reason, idx, round);
-                    if let Some((kind, reason)) = wording::warning(&m, from, to) {
-                        self.stage_alert(&m, kind, at, reason, round);
-                    }
-                }
-                Effect::Alert { ref reason, at } => {
-                    let reason = words.say(reason, &m, at);
-                    self.stage_alert(&m, AlertKind::Down, at, reason, round);
-                }
-                Effect::Recovery { at } => {
-                    self.stage_alert(&m, AlertKind::Recovery, at, RECOVERED.into(), round);
-                }
-                Effect::RunFinished { .. } => {}
-            }
-        }
-        if let Some(p) = ping {
-            round.ping(m.num, p);
-        }
-        // Armed when written, unless the step staging it says otherwise (after this).
-        round.unarmed.remove(&m.num);
-        round.removed.remove(&m.def.key);
-        round.monitors.insert(m.def.key.clone(), m);
-        round.done.push(done);
-    }
-
-    /// Stores the transition in the monitor's timeline, to be broadcast once it is written;
-    /// `reason` is a Down's, in words.
-    fn stage_transition(
-        &self,
-        m: &Monitor,
-        (from, to, at): (State, State, Timestamp),
-        reason: Option<String>,
-        idx: u8,
-        round: &mut Round,
-    ) {
-        let record = TransitionRecord {
-            at,
-            from,
-            to,
-            reason: reason.clone(),
-        };
-        round.writes.transitions.push((m.num, idx, record));
-        round.changes.push(Change {
-            key: m.def.key.clone(),
-            from,
-            to,
-            at,
-            reason,
-        });
-    }
-
-    /// Queues the alert for each of the monitor's targets, in the same round as the state
-    /// change that raised it.
-    fn stage_alert(
-        &self,
-        m: &Monitor,
-        kind: AlertKind,
-        at: Timestamp,
-        reason: String,
-        round: &mut Round,
-    ) {
-        self.stats.count_alert(kind);
-        if m.def.targets.is_empty() {
-            tracing::warn!(monitor = %m.def.key, "alert has no target: set spec.alerts, the Application's alerts or --webhook-url");
-            return;
-        }
-        let alert = wording::alert(m, kind, at, reason);
-        round.writes.deliveries.extend(outbox::deliveries(
-            &alert,
-            &m.def.targets,
-            self.clock.now(),
-        ));
-    }
-
-    /// Counts a step with transitions; every [`TRIM_EVERY`] of them, stages removal of the
-    /// timeline entries beyond the newest [`TRANSITION_HISTORY`] (minus room for this
-    /// step's own).
-    fn trim_timeline_now_and_then(&self, num: u64, round: &mut Round) {
-        let due = {
-            let mut counts = self.transitions_since_trim.borrow_mut();
-            let n = counts.get_mut(num);
-            *n += 1;
-            if *n >= TRIM_EVERY {
-                *n = 0;
-            }
-            *n == 0
-        };
-        if due {
-            let keep = TRANSITION_HISTORY.saturating_sub(2);
-            round.writes.trims.push((num, keep));
-        }
     }
 
     /// Hands a round to the store as one durable unit (monitor state, pings, timeline and
