@@ -27,7 +27,9 @@
 //!
 //! Lateness is the time from a Down's due time (its deadline plus grace) to the moment the
 //! round holding it is on disk and readers see it; quantiles are read from buckets about
-//! 3 % wide, printed for the Downs applied during the ping phase and after it.
+//! 3 % wide, printed for the Downs applied during the ping phase and after it, each with
+//! where it built up: by the engine thread's step, and on the way there for the Downs the
+//! scheduler fired (see [`Stages`]).
 //!
 //! How fast the host is decides how near the herd's Downs come to their target: on shared
 //! machines that drifts by the hour. `BENCH_BUSY=1` makes a slow hour on purpose: a
@@ -48,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use hartslag::config::ServerConfig;
 use hartslag::core::cron::Schedule;
-use hartslag::core::monitor::engine::{DefRecord, MonitorDef, PingInput};
+use hartslag::core::monitor::engine::{DefRecord, EngineStats, MonitorDef, PingInput};
 use hartslag::core::monitor::state::State;
 use hartslag::core::store::latency::{LatencyRecord, LatencySnapshot};
 use hartslag::core::token::TokenHash;
@@ -91,6 +93,52 @@ fn describe_lateness(s: &LatencySnapshot) -> String {
 /// A monitor's definition as the benchmark defines it: `scheduled` ones on `* * * * *`.
 /// How many graces the scheduled monitors spread over (`BENCH_GRACES`, 10: 0 to 9 s; 1:
 /// none, so the whole scheduled third is due Down in the same instant).
+/// Where a Down's lateness built up: on its way to the engine thread, before the engine
+/// stepped it, and what the engine thread did with its time meanwhile.
+#[derive(Default)]
+struct Stages {
+    arrived: LatencySnapshot,
+    stepped: LatencySnapshot,
+    room_wait: u64,
+    idle: u64,
+}
+
+impl Stages {
+    fn of(stats: &EngineStats) -> Self {
+        Self {
+            arrived: stats.down_arrived_record.snapshot(),
+            stepped: stats.down_stepped_record.snapshot(),
+            room_wait: stats.room_wait_micros.load(Ordering::Relaxed),
+            idle: stats.idle_micros.load(Ordering::Relaxed),
+        }
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            arrived: self.arrived.since(&before.arrived),
+            stepped: self.stepped.since(&before.stepped),
+            room_wait: self.room_wait - before.room_wait,
+            idle: self.idle - before.idle,
+        }
+    }
+
+    fn print(&self) {
+        println!(
+            "  of which when the engine stepped them: {}",
+            describe_lateness(&self.stepped)
+        );
+        println!(
+            "  Downs the scheduler fired, when they reached the engine thread: {}",
+            describe_lateness(&self.arrived)
+        );
+        println!(
+            "  the engine thread waited {:.1} s for the store's room, {:.1} s with nothing to do",
+            self.room_wait as f64 / 1e6,
+            self.idle as f64 / 1e6
+        );
+    }
+}
+
 fn graces() -> u64 {
     common::env_or::<u64>("BENCH_GRACES", 10).max(1)
 }
@@ -402,6 +450,8 @@ fn run(data: &str) {
         let lateness = &core.engine.stats.down_lateness_record;
         let late_in_pings = lateness.snapshot();
         println!("Down lateness during the ping phase: {}", describe_lateness(&late_in_pings));
+        let stages_in_pings = Stages::of(&core.engine.stats);
+        stages_in_pings.since(&Stages::default()).print();
         let checkpoints = services.commit_stats().checkpoint_time.snapshot();
         let steady_before = steady_latency.snapshot();
         let down_phase = Instant::now();
@@ -445,6 +495,7 @@ fn run(data: &str) {
         );
         let all = lateness.snapshot();
         println!("Down lateness after the ping phase: {}", describe_lateness(&all.since(&late_in_pings)));
+        Stages::of(&core.engine.stats).since(&stages_in_pings).print();
         let p99 = all.quantile(0.99).map_or(f64::NAN, |d| d.as_secs_f64());
         println!(
             "Down lateness behind due time + grace, to on disk and seen, whole run: {} (target p99 ≤ 1 s: {}; load average {})",

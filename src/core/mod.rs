@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod latency;
 pub mod leadership;
 pub mod limits;
+pub mod log_limit;
 pub mod metrics;
 pub mod migrate;
 pub mod monitor;

@@ -11,11 +11,11 @@
 //! thread with pings and other commands is the [`super::intake`]'s business.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::snapshot::Monitors;
+use super::types::Monitor;
 use crate::core::monitor::state::{MonitorState, State, Timing, next_wakeup};
 
 /// Due monitors, each at most once, in the order their Downs come due: those whose Down
@@ -44,10 +44,49 @@ pub(super) struct Herd {
 
 /// Where a due monitor goes in the herd: when its Down is due (see [`urgency`]), then
 /// its number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+///
+/// The scheduler holds one with every armed deadline (its tie among deadlines at one
+/// instant: see [`SchedulerHandle`](crate::core::monitor::schedule::SchedulerHandle)), so
+/// it is kept small: whole microseconds, rounded up (a Down leaves at most a microsecond
+/// after it is due).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Place {
-    pub(super) urgency: Timestamp,
-    pub(super) num: u64,
+    /// Microseconds since the epoch.
+    urgency: i64,
+    num: u64,
+}
+
+impl Place {
+    pub(super) fn new(urgency: Timestamp, num: u64) -> Self {
+        let micros = urgency.as_microsecond();
+        let rounded_down = Timestamp::from_microsecond(micros).is_ok_and(|t| t < urgency);
+        Self {
+            urgency: micros.saturating_add(i64::from(rounded_down)),
+            num,
+        }
+    }
+
+    /// `m`'s place, were its deadline to fire as it is now.
+    #[cfg(test)]
+    pub(super) fn of(m: &Monitor) -> Self {
+        Self::new(urgency(&m.def.timing(), &m.state), m.num)
+    }
+
+    /// Whether its Down is due by `now`.
+    pub(super) fn is_due(&self, now: Timestamp) -> bool {
+        self.urgency <= now.as_microsecond()
+    }
+
+    /// How long after its Down was due `now` is (zero before).
+    pub(super) fn late_at(&self, now: Timestamp) -> std::time::Duration {
+        let late = now.as_microsecond().saturating_sub(self.urgency);
+        std::time::Duration::from_micros(u64::try_from(late).unwrap_or(0))
+    }
+
+    /// Whether it is the place of no known monitor.
+    pub(super) fn is_unknown(&self) -> bool {
+        *self == Self::new(Timestamp::MIN, 0)
+    }
 }
 
 impl Herd {
@@ -65,7 +104,7 @@ impl Herd {
     /// The most urgent key, if its Down is due at or before `now`.
     pub(super) fn pop_due(&mut self, now: Timestamp) -> Option<Arc<str>> {
         let ((place, _), _) = self.order.first_key_value()?;
-        if place.urgency > now {
+        if !place.is_due(now) {
             return None;
         }
         self.pop()
@@ -94,38 +133,52 @@ impl Herd {
     }
 }
 
-/// Deadlines that fired, each with its place in the herd as the readers' view has its
-/// monitor (one of no known monitor goes first, and its step finds nothing to do).
-///
-/// Placed where the deadlines are forwarded to the engine thread, not on it: looking a
-/// monitor up among a million misses the cache several times, and the engine thread,
-/// which sets the pace in a herd, looks each one up again when it steps it. The place only
-/// orders the herd; the step decides from the monitor as it is then. The read lock is
-/// taken per [`PLACED_PER_LOCK`] keys, so a herd of a hundred thousand does not keep a
-/// round from being published for as long as placing them all takes.
-pub(super) fn placed(monitors: &RwLock<Monitors>, keys: Vec<Arc<str>>) -> Vec<(Arc<str>, Place)> {
-    let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(PLACED_PER_LOCK) {
-        let monitors = monitors.read().unwrap_or_else(|p| p.into_inner());
-        out.extend(chunk.iter().map(|key| {
-            let place = match monitors.get(key) {
-                Some(m) => Place {
-                    urgency: urgency(&m.def.timing(), &m.state),
-                    num: m.num,
-                },
-                None => Place {
-                    urgency: Timestamp::MIN,
-                    num: 0,
-                },
-            };
-            (key.clone(), place)
-        }));
-    }
-    out
+/// Deadlines placed as the readers' view has their monitors (one of no known monitor goes
+/// first, and its step finds nothing to do): what the scheduler fires them with, for tests
+/// that hand the worker its deadlines themselves.
+#[cfg(test)]
+pub(super) fn placed(
+    monitors: &std::sync::RwLock<super::snapshot::Monitors>,
+    keys: Vec<Arc<str>>,
+) -> Vec<(Arc<str>, Place)> {
+    let monitors = monitors.read().unwrap_or_else(|p| p.into_inner());
+    keys.into_iter()
+        .map(|key| {
+            let place = monitors
+                .get(&key)
+                .map_or(Place::new(Timestamp::MIN, 0), Place::of);
+            (key, place)
+        })
+        .collect()
 }
 
-/// Keys placed under one hold of the readers' lock (see [`placed`]).
-const PLACED_PER_LOCK: usize = 1024;
+/// A monitor's [`Place`] as the scheduler keeps it beside its armed deadline (its tie
+/// among deadlines of one instant): how long after the deadline its Down is due, in
+/// milliseconds rounded up (up to 49 days), then its number's low 32 bits, in one word.
+/// A full place there took 16 bytes more per armed monitor in each of the scheduler's
+/// two maps, about 45 MB at a million monitors; for deadlines of one instant this orders
+/// them as their places do (numbers past 2³² only break ties differently).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Tie(u64);
+
+impl Tie {
+    /// `m`'s tie for its deadline `at`.
+    pub(super) fn of(m: &Monitor, at: Timestamp) -> Self {
+        let urgency = urgency(&m.def.timing(), &m.state);
+        let after = u128::try_from(urgency.duration_since(at).as_micros()).unwrap_or(0);
+        let ms = u64::try_from(after.div_ceil(1000)).unwrap_or(u64::MAX);
+        Self((ms.min(u64::from(u32::MAX)) << 32) | (m.num & u64::from(u32::MAX)))
+    }
+
+    /// The place of a monitor whose deadline `at` fired with this tie.
+    pub(super) fn place(self, at: Timestamp) -> Place {
+        let after = jiff::SignedDuration::from_millis((self.0 >> 32) as i64);
+        Place::new(
+            at.saturating_add(after).unwrap_or(at),
+            self.0 & u64::from(u32::MAX),
+        )
+    }
+}
 
 /// When a due monitor in `state` would be Down if nothing came first: the end of the
 /// grace for a deadline that only makes it Late, its wakeup otherwise.
@@ -151,23 +204,14 @@ mod tests {
 
     /// Due at second `s`, number 0: ties go by arrival.
     fn at_s(s: i64) -> Place {
-        Place {
-            urgency: at(s),
-            num: 0,
-        }
+        Place::new(at(s), 0)
     }
 
     /// A herd of `(key, due second, number)`, pushed in that order.
     fn herd_of(members: &[(&str, i64, u64)]) -> Herd {
         let mut herd = Herd::default();
         for &(key, s, num) in members {
-            herd.push(
-                key.into(),
-                Place {
-                    urgency: at(s),
-                    num,
-                },
-            );
+            herd.push(key.into(), Place::new(at(s), num));
         }
         herd
     }
@@ -209,13 +253,7 @@ mod tests {
         let mut herd = Herd::default();
         for i in 0..10_000u64 {
             let key = format!("m{i}");
-            herd.push(
-                key.as_str().into(),
-                Place {
-                    urgency: at(0),
-                    num: i,
-                },
-            );
+            herd.push(key.as_str().into(), Place::new(at(0), i));
             assert!(herd.take(&key));
         }
         assert!(herd.is_empty());
@@ -226,13 +264,7 @@ mod tests {
     fn a_key_that_left_and_came_back_has_only_its_new_place() {
         let mut herd = herd_of(&[("a", 1, 1), ("b", 2, 2)]);
         assert!(herd.take("a"));
-        herd.push(
-            "a".into(),
-            Place {
-                urgency: at(3),
-                num: 3,
-            },
-        );
+        herd.push("a".into(), Place::new(at(3), 3));
         assert_eq!(
             herd.pop_due(at(2)).as_deref(),
             Some("b"),
@@ -265,6 +297,26 @@ mod tests {
         assert!(herd.is_empty());
         herd.push("a".into(), at_s(5));
         assert_eq!(herd.pop().as_deref(), Some("a"), "a key may come due again");
+    }
+
+    #[test]
+    fn a_tie_gives_back_the_place_to_the_millisecond_and_orders_as_places_do() {
+        use crate::core::monitor::engine::types::sample;
+        let at0 = at(60);
+        let mut places = Vec::new();
+        for (grace, num) in [(7, 3), (0, 9), (7, 1), (2, 5)] {
+            let mut m = sample("m", State::Up);
+            m.num = num;
+            m.def.grace_secs = grace;
+            m.state.deadline = Some(at0);
+            let tie = Tie::of(&m, at0);
+            assert_eq!(tie.place(at0), Place::of(&m), "grace {grace}, number {num}");
+            places.push((tie, Place::of(&m)));
+        }
+        let mut by_tie = places.clone();
+        by_tie.sort_by_key(|(tie, _)| *tie);
+        places.sort_by_key(|(_, place)| *place);
+        assert_eq!(by_tie, places);
     }
 
     #[test]

@@ -194,7 +194,7 @@ mod tests {
                     .iter()
                     .find(|(k, _)| *k == key)
                     .map_or(at(0), |(_, s)| at(*s));
-                (key.into(), Place { urgency, num: 0 })
+                (key.into(), Place::new(urgency, 0))
             })
             .collect()
     }

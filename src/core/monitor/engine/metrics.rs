@@ -46,6 +46,19 @@ pub struct EngineStats {
     pub down_lateness: Histogram,
     /// The same, finely (buckets about 3 % wide), for the benchmarks' quantiles.
     pub down_lateness_record: LatencyRecord,
+    /// How late each Down was when the engine thread stepped it, before its round went to
+    /// the store: what `down_lateness` adds on top of it is the store's share (and the
+    /// readers'), the rest came before the step (the scheduler, the herd, the engine
+    /// waiting for room). For the benchmarks, which tell the two apart.
+    pub down_stepped_record: LatencyRecord,
+    /// How late each Down that came due in the scheduler was when its deadline reached
+    /// the engine thread: the delivery's share of `down_stepped_record`.
+    pub down_arrived_record: LatencyRecord,
+    /// Microseconds the engine thread waited with nothing to do.
+    pub idle_micros: AtomicU64,
+    /// Microseconds the engine thread waited for the store to make room for a round
+    /// ([`MAX_IN_FLIGHT`](super::worker::MAX_IN_FLIGHT)).
+    pub room_wait_micros: AtomicU64,
 }
 
 impl Default for EngineStats {
@@ -64,6 +77,10 @@ impl Default for EngineStats {
             transitions: AtomicU64::new(0),
             down_lateness: Histogram::default(),
             down_lateness_record: LatencyRecord::default(),
+            down_stepped_record: LatencyRecord::default(),
+            room_wait_micros: AtomicU64::new(0),
+            down_arrived_record: LatencyRecord::default(),
+            idle_micros: AtomicU64::new(0),
         }
     }
 }

@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 pub use super::history::{PingKind, PingRecord};
 pub use def::DefRecord;
 use handover::Handover;
+use herd::Tie;
 pub use metrics::EngineStats;
 pub use mirror::TokenChanges;
 pub use series::MonitorSeries;
@@ -47,7 +48,7 @@ use super::state::{self, State};
 use crate::core::alert::outbox::Outbox;
 use crate::core::metrics::MetricRegistry;
 use crate::core::storage::{FeedChanges, Fence, MonitorStore, RelayedPing, StorageError};
-use worker::{Command, Snapshot, Worker};
+use worker::{Command, Quiet, Snapshot, Worker};
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// Most deadlines forwarded to the worker in one command (see [`Engine::start`]).
+const DUE_PER_COMMAND: usize = 4096;
+
 /// Handle to the engine; clone freely.
 #[derive(Clone)]
 pub struct Engine {
@@ -110,6 +114,9 @@ pub struct Engine {
     /// Tests make the worker's writes fail with this.
     #[cfg(test)]
     fail_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// The worker's limits on repeated warnings, for tests to read.
+    #[cfg(test)]
+    quiet: Arc<Quiet>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -147,29 +154,31 @@ impl Engine {
         store.load_monitors(&mut |batch| batch.into_iter().for_each(|m| monitors.insert(m)))?;
         let snapshot: Snapshot = Arc::new(RwLock::new(monitors));
         let loaded = started.elapsed();
-        let (scheduler, mut due) = schedule::spawn::<Arc<str>>(clock);
+        let (scheduler, mut due) = schedule::spawn::<Arc<str>, Tie>(clock);
         for m in snapshot.read().unwrap_or_else(|p| p.into_inner()).values() {
             if let Some(at) = state::next_wakeup(&m.def.timing(), &m.state) {
-                scheduler.arm(m.def.key.as_str().into(), at);
+                scheduler.arm_with(m.def.key.as_str().into(), at, Tie::of(m, at));
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let forward = tx.clone();
         let (release, mut released) = watch::channel(!config.hold_deadlines);
-        let placing = snapshot.clone();
         tokio::spawn(async move {
             // Deadlines that come due while held wait in the scheduler's queue.
             if released.wait_for(|r| *r).await.is_err() {
                 return;
             }
-            // Everything the scheduler fired so far goes as one command, so the worker
-            // orders a herd of deadlines by urgency as a whole.
-            while let Some((key, _)) = due.recv().await {
-                let mut keys = vec![key];
-                while let Ok((key, _)) = due.try_recv() {
-                    keys.push(key);
+            // The scheduler fires deadlines of one instant by their place, so a herd's
+            // Downs come first. They go in commands of a few thousand, which the worker
+            // takes one between any two steps: it steps the first Downs while the rest of
+            // a third of a million arrive, instead of placing them all first.
+            while let Some((key, at, tie)) = due.recv().await {
+                let mut keys = vec![(key, tie.place(at))];
+                while keys.len() < DUE_PER_COMMAND
+                    && let Ok((key, at, tie)) = due.try_recv()
+                {
+                    keys.push((key, tie.place(at)));
                 }
-                let keys = herd::placed(&placing, keys);
                 if forward.send(Command::Due(keys)).is_err() {
                     return;
                 }
@@ -180,6 +189,7 @@ impl Engine {
         let failure: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
         #[cfg(test)]
         let fail_writes: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let quiet: Arc<Quiet> = Arc::default();
         let worker = Worker {
             failure: failure.clone(),
             #[cfg(test)]
@@ -187,6 +197,7 @@ impl Engine {
             transitions_since_trim: Default::default(),
             inflight: Default::default(),
             written: Default::default(),
+            quiet: quiet.clone(),
             handover: Handover::spawn(store.clone(), tokio::runtime::Handle::current())
                 .map_err(|e| EngineError::Thread(e.to_string()))?,
             store: store.clone(),
@@ -220,6 +231,8 @@ impl Engine {
             failure,
             #[cfg(test)]
             fail_writes,
+            #[cfg(test)]
+            quiet,
         })
     }
 
@@ -679,6 +692,27 @@ mod tests {
             downs += usize::from(c.to == State::Down);
         }
         assert_eq!(downs, 2, "each ping armed a deadline that drove it Down");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn monitors_without_an_alert_target_going_down_together_log_one_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, engine, _) = gated_engine(dir.path()).await;
+        let now = engine.clock().now();
+        for name in ["a", "b"] {
+            engine.upsert(def(name, now)).await.unwrap();
+        }
+        for name in ["job", "a", "b"] {
+            let key = format!("ns/{name}");
+            engine.ping(&key, PingInput::success()).await.unwrap();
+        }
+        for name in ["job", "a", "b"] {
+            until_in(&engine, &format!("ns/{name}"), State::Down).await;
+        }
+        // The first Down's warning went out and the other two were held back; a line
+        // asked for within the minute is held back too, and all three are counted.
+        assert_eq!(engine.quiet.untargeted.pass(), None);
+        assert_eq!(engine.quiet.untargeted.held_back(), 3);
     }
 
     /// An engine over `dir` whose scheduler sends nothing itself: the test hands the

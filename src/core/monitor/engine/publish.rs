@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::broadcast;
 
+use super::herd::Tie;
 use super::types::{Change, Monitor};
 use super::worker::{Done, Snapshot};
 use super::{EngineError, EngineStats};
@@ -111,7 +112,7 @@ pub(super) struct Published {
 /// subscribers to state transitions and the outbox; run by the store's callback, in order.
 pub(super) struct Readers {
     pub(super) snapshot: Snapshot,
-    pub(super) scheduler: SchedulerHandle<Arc<str>>,
+    pub(super) scheduler: SchedulerHandle<Arc<str>, Tie>,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) outbox: Outbox,
     pub(super) failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -174,10 +175,10 @@ impl Readers {
     }
 }
 
-/// Arms `m`'s next deadline (or none).
-pub(super) fn arm(scheduler: &SchedulerHandle<Arc<str>>, m: &Monitor) {
+/// Arms `m`'s next deadline (or none), with its place should it come due with others.
+pub(super) fn arm(scheduler: &SchedulerHandle<Arc<str>, Tie>, m: &Monitor) {
     match state::next_wakeup(&m.def.timing(), &m.state) {
-        Some(at) => scheduler.arm(m.def.key.as_str().into(), at),
+        Some(at) => scheduler.arm_with(m.def.key.as_str().into(), at, Tie::of(m, at)),
         None => scheduler.disarm(m.def.key.as_str().into()),
     }
 }

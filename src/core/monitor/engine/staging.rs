@@ -155,7 +155,14 @@ impl Worker {
     ) {
         self.stats.count_alert(kind);
         if m.def.targets.is_empty() {
-            tracing::warn!(monitor = %m.def.key, "alert has no target: set spec.alerts, the Application's alerts or --webhook-url");
+            // One line a minute: a herd of targetless monitors would log one each.
+            if let Some(held_back) = self.quiet.untargeted.pass() {
+                tracing::warn!(
+                    monitor = %m.def.key,
+                    held_back,
+                    "alert has no target: set spec.alerts, the Application's alerts or --webhook-url (logged once a minute; held_back counts the alerts without a target since the last such line)"
+                );
+            }
             return;
         }
         let alert = wording::alert(m, kind, at, reason);

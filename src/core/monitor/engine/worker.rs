@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::counts::Counts;
 use super::handover::Handover;
-use super::herd::Place;
+use super::herd::{Place, Tie};
 use super::intake::{Intake, Next};
 use super::mirror::{TokenChanges, mirrored};
 use super::publish::{Inflight, Published, Readers, Written, arm};
@@ -26,6 +26,7 @@ use super::staging::Round;
 use super::types::{Change, Monitor, MonitorDef, PingInput, PingOutcome};
 use super::{EngineConfig, EngineError, EngineStats, PingKind, PingRecord};
 use crate::core::alert::outbox::Outbox;
+use crate::core::log_limit::LogLimit;
 use crate::core::monitor::jobs::{JobOutcome, JobSignal};
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state::{self, Effect, MonitorState, Signal, State, Timing};
@@ -86,6 +87,23 @@ pub(super) enum Command {
     Stall(std::time::Duration, oneshot::Sender<()>),
 }
 
+/// The warnings a herd would repeat once per monitor, each let through once a period.
+pub(super) struct Quiet {
+    /// A monitor with no alert target raised an alert.
+    pub(super) untargeted: LogLimit,
+    /// A round of deadline steps was not written (its round's own error is logged too).
+    pub(super) deadline_failed: LogLimit,
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        Self {
+            untargeted: LogLimit::new(std::time::Duration::from_secs(60)),
+            deadline_failed: LogLimit::new(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
 /// Answers a command once its round is durable (or failed).
 pub(super) type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
@@ -95,7 +113,7 @@ pub(super) struct Worker {
     /// Prepares and submits the rounds this thread stages ([`super::handover`]).
     pub(super) handover: Handover,
     pub(super) outbox: Outbox,
-    pub(super) scheduler: SchedulerHandle<Arc<str>>,
+    pub(super) scheduler: SchedulerHandle<Arc<str>, Tie>,
     pub(super) snapshot: Snapshot,
     pub(super) changes: broadcast::Sender<Change>,
     pub(super) stats: Arc<EngineStats>,
@@ -113,6 +131,8 @@ pub(super) struct Worker {
     pub(super) inflight: RefCell<foldhash::HashMap<String, Inflight>>,
     /// How far rounds have been numbered, applied and failed.
     pub(super) written: Arc<Written>,
+    /// Limits on the warnings a herd would repeat for each of its monitors.
+    pub(super) quiet: Arc<Quiet>,
     /// Tests make writes fail with this.
     #[cfg(test)]
     pub(super) fail_writes: Arc<std::sync::atomic::AtomicBool>,
@@ -131,17 +151,30 @@ impl Worker {
         let mut intake = Intake::default();
         loop {
             if intake.is_empty() {
-                match rx.blocking_recv() {
+                let idle = std::time::Instant::now();
+                let cmd = rx.blocking_recv();
+                let idled = u64::try_from(idle.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.stats.idle_micros.fetch_add(idled, Relaxed);
+                match cmd {
                     Some(cmd) => self.take(&mut intake, cmd),
                     None => return,
                 }
             }
+            let waiting = std::time::Instant::now();
             self.written.wait_for_room(MAX_IN_FLIGHT);
+            let waited = u64::try_from(waiting.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.stats.room_wait_micros.fetch_add(waited, Relaxed);
             let mut round = Round::default();
             let mut commands = 0;
             while commands < MAX_ROUND && round.ping_bytes < ROUND_BYTES {
+                // Deadlines come in commands of a few thousand: one between two steps,
+                // so a herd's first Downs are stepped while the rest still come in.
                 while let Ok(cmd) = rx.try_recv() {
+                    let due = matches!(cmd, Command::Due(_));
                     self.take(&mut intake, cmd);
+                    if due {
+                        break;
+                    }
                 }
                 match intake.next(self.clock.now()) {
                     Some(Next::Due(key)) => self.due(&key, &mut round),
@@ -177,6 +210,12 @@ impl Worker {
         // deposed leader's rounds would be refused anyway.
         if self.fence.generation().is_none() {
             return;
+        }
+        let now = self.clock.now();
+        for (_, place) in &keys {
+            if place.is_due(now) && !place.is_unknown() {
+                self.stats.down_arrived_record.observe(place.late_at(now));
+            }
         }
         intake.due(keys);
     }
@@ -249,9 +288,12 @@ impl Worker {
 
     fn due(&self, key: &str, round: &mut Round) {
         let signal = Signal::Tick(self.clock.now());
-        let done: Done = Box::new(|r| {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "applying a deadline failed");
+        let quiet = self.quiet.clone();
+        let done: Done = Box::new(move |r| {
+            if let Err(e) = r
+                && let Some(held_back) = quiet.deadline_failed.pass()
+            {
+                tracing::error!(error = %e, held_back, "applying a deadline failed (logged once every ten seconds; held_back counts the failures since the last such line)");
             }
         });
         self.step(key, signal, None, round, done);
@@ -526,6 +568,9 @@ impl Worker {
                 self.stats.transitions.fetch_add(1, Relaxed);
                 if *to == State::Down {
                     round.timed_downs.push(*at);
+                    let late = self.clock.now().duration_since(*at);
+                    let late = std::time::Duration::try_from(late).unwrap_or_default();
+                    self.stats.down_stepped_record.observe(late);
                 }
             }
         }
