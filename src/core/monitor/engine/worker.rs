@@ -91,18 +91,21 @@ pub(super) enum Command {
 pub(super) struct Quiet {
     /// A monitor with no alert target raised an alert.
     pub(super) untargeted: LogLimit,
-    /// A round of deadline steps was not written (its round's own error is logged too).
-    pub(super) deadline_failed: LogLimit,
 }
 
 impl Default for Quiet {
     fn default() -> Self {
         Self {
             untargeted: LogLimit::new(std::time::Duration::from_secs(60)),
-            deadline_failed: LogLimit::new(std::time::Duration::from_secs(10)),
         }
     }
 }
+
+/// A round of deadline steps was not written (its round's own error is logged too). Kept
+/// for the process, so a deadline's answer captures nothing: it is boxed for every Down,
+/// and an empty box allocates nothing.
+static DEADLINE_FAILED: std::sync::LazyLock<LogLimit> =
+    std::sync::LazyLock::new(|| LogLimit::new(std::time::Duration::from_secs(10)));
 
 /// Answers a command once its round is durable (or failed).
 pub(super) type Done = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
@@ -288,10 +291,9 @@ impl Worker {
 
     fn due(&self, key: &str, round: &mut Round) {
         let signal = Signal::Tick(self.clock.now());
-        let quiet = self.quiet.clone();
-        let done: Done = Box::new(move |r| {
+        let done: Done = Box::new(|r| {
             if let Err(e) = r
-                && let Some(held_back) = quiet.deadline_failed.pass()
+                && let Some(held_back) = DEADLINE_FAILED.pass()
             {
                 tracing::error!(error = %e, held_back, "applying a deadline failed (logged once every ten seconds; held_back counts the failures since the last such line)");
             }
