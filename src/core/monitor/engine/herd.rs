@@ -45,10 +45,9 @@ pub(super) struct Herd {
 /// Where a due monitor goes in the herd: when its Down is due (see [`urgency`]), then
 /// its number.
 ///
-/// The scheduler holds one with every armed deadline (its tie among deadlines at one
-/// instant: see [`SchedulerHandle`](crate::core::monitor::schedule::SchedulerHandle)), so
-/// it is kept small: whole microseconds, rounded up (a Down leaves at most a microsecond
-/// after it is due).
+/// Kept small, since a herd holds a third of a million: whole microseconds, rounded up (a
+/// Down leaves at most a microsecond after it is due). The scheduler keeps a smaller form
+/// beside each armed deadline ([`Tie`]), and the place is rebuilt from it when it fires.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Place {
     /// Microseconds since the epoch.
