@@ -14,7 +14,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
+use std::sync::Arc;
+
 use super::PingKind;
+use super::herd::Place;
 use super::worker::Snapshot;
 use crate::core::alert::message::AlertKind;
 use crate::core::latency::LatencyRecord;
@@ -93,6 +96,27 @@ impl EngineStats {
             PingKind::Fail => 2,
         };
         self.pings[i].inc();
+    }
+
+    /// Counts how late a Down due `at` was when the engine thread stepped it `now`.
+    pub(super) fn observe_stepped(&self, at: Timestamp, now: Timestamp) {
+        let late = Duration::try_from(now.duration_since(at)).unwrap_or_default();
+        self.down_stepped_record.observe(late);
+    }
+
+    /// Counts how late the Downs among deadlines that reached the engine thread `now` were.
+    pub(super) fn observe_arrivals(&self, keys: &[(Arc<str>, Place)], now: Timestamp) {
+        for (_, place) in keys {
+            if place.is_due(now) && !place.is_unknown() {
+                self.down_arrived_record.observe(place.late_at(now));
+            }
+        }
+    }
+
+    /// Adds the microseconds since `since` to `total`.
+    pub(super) fn add_since(total: &AtomicU64, since: std::time::Instant) {
+        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        total.fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Counts how late each Down due at one of `due` was, applied `now`.

@@ -156,8 +156,7 @@ impl Worker {
             if intake.is_empty() {
                 let idle = std::time::Instant::now();
                 let cmd = rx.blocking_recv();
-                let idled = u64::try_from(idle.elapsed().as_micros()).unwrap_or(u64::MAX);
-                self.stats.idle_micros.fetch_add(idled, Relaxed);
+                EngineStats::add_since(&self.stats.idle_micros, idle);
                 match cmd {
                     Some(cmd) => self.take(&mut intake, cmd),
                     None => return,
@@ -165,8 +164,7 @@ impl Worker {
             }
             let waiting = std::time::Instant::now();
             self.written.wait_for_room(MAX_IN_FLIGHT);
-            let waited = u64::try_from(waiting.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.stats.room_wait_micros.fetch_add(waited, Relaxed);
+            EngineStats::add_since(&self.stats.room_wait_micros, waiting);
             let mut round = Round::default();
             let mut commands = 0;
             while commands < MAX_ROUND && round.ping_bytes < ROUND_BYTES {
@@ -214,12 +212,7 @@ impl Worker {
         if self.fence.generation().is_none() {
             return;
         }
-        let now = self.clock.now();
-        for (_, place) in &keys {
-            if place.is_due(now) && !place.is_unknown() {
-                self.stats.down_arrived_record.observe(place.late_at(now));
-            }
-        }
+        self.stats.observe_arrivals(&keys, self.clock.now());
         intake.due(keys);
     }
 
@@ -570,9 +563,7 @@ impl Worker {
                 self.stats.transitions.fetch_add(1, Relaxed);
                 if *to == State::Down {
                     round.timed_downs.push(*at);
-                    let late = self.clock.now().duration_since(*at);
-                    let late = std::time::Duration::try_from(late).unwrap_or_default();
-                    self.stats.down_stepped_record.observe(late);
+                    self.stats.observe_stepped(*at, self.clock.now());
                 }
             }
         }
