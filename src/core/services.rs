@@ -155,6 +155,7 @@ impl Services {
         let engine_config = EngineConfig {
             ping_history: config.ping_history,
             hold_deadlines: config.hold_deadlines || follows,
+            ..EngineConfig::default()
         };
         // Asked before the monitors are loaded: the mirror misses no round after it.
         let feed = match &monitor_storage.feed {

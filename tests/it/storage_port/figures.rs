@@ -27,6 +27,7 @@ fn engine_on(storage: MonitorStorage) -> Engine {
         ping_history: 10,
         // Nothing falls due: the figures are of pings alone.
         hold_deadlines: true,
+        ..EngineConfig::default()
     };
     Engine::start(storage.monitors, outbox, config, Clock::new()).unwrap()
 }

@@ -130,6 +130,10 @@ impl Herd {
     pub(super) fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
+
+    pub(super) fn len(&self) -> usize {
+        self.members.len()
+    }
 }
 
 /// Deadlines placed as the readers' view has their monitors (one of no known monitor goes

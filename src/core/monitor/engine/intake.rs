@@ -85,6 +85,11 @@ impl Intake {
         self.herd.is_empty() && self.queue.is_empty()
     }
 
+    /// Monitors in the herd and commands in the queue.
+    pub(super) fn len(&self) -> usize {
+        self.herd.len() + self.queue.len()
+    }
+
     /// Takes the monitors whose deadline fired, each at its place in the herd (see
     /// [`Place`]); one with an earlier command queued waits behind it.
     pub(super) fn due(&mut self, keys: Vec<(Arc<str>, Place)>) {

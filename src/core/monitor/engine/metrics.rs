@@ -62,6 +62,11 @@ pub struct EngineStats {
     /// Microseconds the engine thread waited for the store to make room for a round
     /// ([`MAX_IN_FLIGHT`](super::worker::MAX_IN_FLIGHT)).
     pub room_wait_micros: AtomicU64,
+    /// Rounds that waited for the rounds ahead of them to reach the disk
+    /// ([`ROUNDS_AHEAD`](super::worker::ROUNDS_AHEAD)), gathering what came meanwhile.
+    pub gathered: AtomicU64,
+    /// Microseconds the engine thread spent so.
+    pub gather_micros: AtomicU64,
 }
 
 impl Default for EngineStats {
@@ -84,6 +89,8 @@ impl Default for EngineStats {
             room_wait_micros: AtomicU64::new(0),
             down_arrived_record: LatencyRecord::default(),
             idle_micros: AtomicU64::new(0),
+            gathered: AtomicU64::new(0),
+            gather_micros: AtomicU64::new(0),
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct EngineConfig {
     /// may be out of date at start (the operator, whose resources may have been deleted
     /// while it was down) first removes what is gone, so a vanished monitor never alerts.
     pub hold_deadlines: bool,
+    /// The longest a small round waits for the rounds ahead of it to reach the disk (see
+    /// [`worker::ROUNDS_AHEAD`]).
+    pub gather: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -89,6 +92,7 @@ impl Default for EngineConfig {
         Self {
             ping_history: 1000,
             hold_deadlines: false,
+            gather: worker::GATHER,
         }
     }
 }
@@ -494,6 +498,8 @@ mod tests {
         puts: std::sync::Mutex<Vec<(Vec<String>, Vec<String>)>>,
         /// The relayed pings each round handed over applied.
         relayed: std::sync::Mutex<Vec<Vec<u64>>>,
+        /// How many pings each round handed over recorded.
+        ping_counts: std::sync::Mutex<Vec<usize>>,
     }
 
     impl Gated {
@@ -547,6 +553,7 @@ mod tests {
                 .unwrap()
                 .push((keys(&round.put), keys(&round.put_state)));
             self.relayed.lock().unwrap().push(round.relayed.clone());
+            self.ping_counts.lock().unwrap().push(round.pings.len());
             if self.refuse.load(Ordering::Relaxed) {
                 // Reported from another thread, as a backend's writer would.
                 std::thread::spawn(move || {
@@ -589,11 +596,17 @@ mod tests {
 
     /// An engine over the embedded store behind a [`Gated`] one, with monitor `ns/job`.
     async fn gated_engine(dir: &std::path::Path) -> (Arc<Gated>, Engine, Monitor) {
+        gated_engine_with(dir, EngineConfig::default()).await
+    }
+
+    async fn gated_engine_with(
+        dir: &std::path::Path,
+        config: EngineConfig,
+    ) -> (Arc<Gated>, Engine, Monitor) {
         let storage = open_monitor_storage(dir);
         let store = Gated::over(storage.monitors);
         let outbox = Outbox::new(storage.outbox, Default::default());
-        let engine =
-            Engine::start(store.clone(), outbox, EngineConfig::default(), Clock::new()).unwrap();
+        let engine = Engine::start(store.clone(), outbox, config, Clock::new()).unwrap();
         let m = engine
             .upsert(def("job", engine.clock().now()))
             .await
@@ -663,6 +676,117 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A call polled once, so its command is on the engine's queue, to be awaited later.
+    fn sent<T>(
+        call: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>> {
+        let mut call = Box::pin(call);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(call.as_mut().poll(&mut cx).is_pending(), "answered at once");
+        call
+    }
+
+    /// Waits (10 s at most) until the store holds `n` rounds.
+    async fn until_held(store: &Gated, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.held.lock().unwrap().len() != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store never held {n} rounds"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Pings `ns/job` once per round until [`ROUNDS_AHEAD`](worker::ROUNDS_AHEAD) rounds
+    /// are held, as a slow disk would hold them; returns their answers.
+    async fn rounds_ahead_held(
+        store: &Gated,
+        engine: &Engine,
+    ) -> Vec<
+        std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<PingOutcome, EngineError>> + Send>,
+        >,
+    > {
+        store.hold.store(true, Ordering::Relaxed);
+        let mut answers = Vec::new();
+        for n in 1..=worker::ROUNDS_AHEAD {
+            let engine = engine.clone();
+            answers.push(sent(async move {
+                engine.ping("ns/job", PingInput::success()).await
+            }));
+            until_held(store, n).await;
+        }
+        answers
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pings_that_come_while_rounds_are_on_their_way_go_in_one_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            hold_deadlines: true,
+            gather: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let (store, engine, _) = gated_engine_with(dir.path(), config).await;
+        let mut answers = rounds_ahead_held(&store, &engine).await;
+        let first = engine.clone();
+        answers.push(sent(async move {
+            first.ping("ns/job", PingInput::success()).await
+        }));
+        // The thread took it and waits for the rounds ahead.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while engine.stats.gathered.load(Ordering::Relaxed) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the round never waited for the rounds ahead"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for _ in 0..9 {
+            let engine = engine.clone();
+            answers.push(sent(async move {
+                engine.ping("ns/job", PingInput::success()).await
+            }));
+        }
+        store.release();
+        for answer in answers {
+            assert_eq!(answer.await.unwrap(), PingOutcome::Ok);
+        }
+        let counts = store.ping_counts.lock().unwrap().clone();
+        assert_eq!(
+            counts[counts.len() - 3..],
+            [1, 1, 10],
+            "pings per round, the last three of {counts:?}"
+        );
+        assert_eq!(engine.get("ns/job").unwrap().state.pings, 12);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_round_waits_for_the_rounds_ahead_no_longer_than_its_patience() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            hold_deadlines: true,
+            gather: Duration::from_millis(50),
+            ..Default::default()
+        };
+        let (store, engine, _) = gated_engine_with(dir.path(), config).await;
+        let mut answers = rounds_ahead_held(&store, &engine).await;
+        let late = engine.clone();
+        answers.push(sent(async move {
+            late.ping("ns/job", PingInput::success()).await
+        }));
+        // Nothing ahead settles, yet the third round is handed over, and the thread
+        // still answers its probe.
+        until_held(&store, 3).await;
+        engine.probe().await.unwrap();
+        store.release();
+        for answer in answers {
+            assert_eq!(answer.await.unwrap(), PingOutcome::Ok);
+        }
+        assert_eq!(engine.get("ns/job").unwrap().state.pings, 3);
     }
 
     /// Waits (10 s at most) until monitor `key` is in `state`.

@@ -26,10 +26,18 @@ pub(super) struct Written {
     submitted: AtomicU64,
     applied: AtomicU64,
     failed_from: AtomicU64,
-    /// Commands in rounds handed over and not settled (see [`MAX_IN_FLIGHT`](super::worker::MAX_IN_FLIGHT)).
-    in_flight: Mutex<usize>,
+    in_flight: Mutex<InFlight>,
     /// Signalled whenever a round settles.
     room: Condvar,
+}
+
+/// Rounds handed over and not settled, and the commands they answer.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// See [`MAX_IN_FLIGHT`](super::worker::MAX_IN_FLIGHT).
+    commands: usize,
+    /// See [`ROUNDS_AHEAD`](super::worker::ROUNDS_AHEAD).
+    rounds: usize,
 }
 
 impl Default for Written {
@@ -38,7 +46,7 @@ impl Default for Written {
             submitted: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             failed_from: AtomicU64::new(u64::MAX),
-            in_flight: Mutex::new(0),
+            in_flight: Mutex::new(InFlight::default()),
             room: Condvar::new(),
         }
     }
@@ -53,19 +61,22 @@ impl Written {
         self.applied.load(Ordering::Acquire)
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, usize> {
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts `commands` handed to the store in a round.
+    /// Counts a round of `commands` handed to the store.
     pub(super) fn hand_over(&self, commands: usize) {
-        *self.in_flight() += commands;
+        let mut n = self.in_flight();
+        n.commands += commands;
+        n.rounds += 1;
     }
 
     /// A round of `commands` settled (written or failed): room for more.
     pub(super) fn settled(&self, commands: usize) {
         let mut n = self.in_flight();
-        *n = n.saturating_sub(commands);
+        n.commands = n.commands.saturating_sub(commands);
+        n.rounds = n.rounds.saturating_sub(1);
         self.room.notify_all();
     }
 
@@ -73,9 +84,29 @@ impl Written {
     /// round settles too, so a store that stopped never holds the worker here.
     pub(super) fn wait_for_room(&self, max: usize) {
         let mut n = self.in_flight();
-        while *n >= max {
+        while n.commands >= max {
             n = self.room.wait(n).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Waits until fewer than `max` rounds are on their way to the store, or `patience`
+    /// has passed: a slow disk delays the next round by that much at most, and never
+    /// stops the engine thread from answering its probe. Calls `waiting` first if it waits.
+    pub(super) fn wait_for_rounds(
+        &self,
+        max: usize,
+        patience: std::time::Duration,
+        waiting: impl FnOnce(),
+    ) {
+        let n = self.in_flight();
+        if n.rounds < max {
+            return;
+        }
+        waiting();
+        let _n = self
+            .room
+            .wait_timeout_while(n, patience, |n| n.rounds >= max)
+            .unwrap_or_else(|p| p.into_inner());
     }
 
     /// Whether round `seq`'s staged state is what the next rounds build on: handed over,

@@ -52,6 +52,20 @@ pub(super) const ROUND_BYTES: usize = 8 * 1024 * 1024;
 /// in flight keep the disk's groups as large as they are without the bound.
 pub(super) const MAX_IN_FLIGHT: usize = 8 * MAX_ROUND;
 
+/// Rounds on their way to the store (handed over, not settled) past which a round that
+/// would be small first waits for one of them ([`GATHER`]). Pings come one at a time: a
+/// worker that wrote whatever was queued made a round of three or four pings per wake,
+/// and every round costs the handover, the commit and the apply threads a wake and a
+/// writer record of their own. Two rounds ahead are one being made durable and one ready
+/// to follow it, so the disk never waits for the engine, and the pings that come
+/// meanwhile go in the next round together: about one round per flush.
+pub(super) const ROUNDS_AHEAD: usize = 2;
+
+/// The longest a small round waits for a round ahead of it to settle (the default of
+/// [`EngineConfig::gather`]): on a slow disk the pings go on in rounds of their own, and
+/// the thread still reads its queue (and answers its probe) this often.
+pub(super) const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Transitions kept per monitor at least; older ones are trimmed in steps of [`TRIM_EVERY`].
 pub(super) const TRANSITION_HISTORY: usize = 200;
 
@@ -161,6 +175,17 @@ impl Worker {
                     Some(cmd) => self.take(&mut intake, cmd),
                     None => return,
                 }
+            }
+            // A full round goes at once (a herd, a burst): waiting would only thin the
+            // pipeline ahead of the disk.
+            if intake.len() + rx.len() < MAX_ROUND {
+                let gathering = std::time::Instant::now();
+                let stats = &self.stats;
+                self.written
+                    .wait_for_rounds(ROUNDS_AHEAD, self.config.gather, || {
+                        stats.gathered.fetch_add(1, Relaxed);
+                    });
+                EngineStats::add_since(&self.stats.gather_micros, gathering);
             }
             let waiting = std::time::Instant::now();
             self.written.wait_for_room(MAX_IN_FLIGHT);
