@@ -66,7 +66,7 @@ pub(super) fn source(
     let is_trusted =
         |ip: std::net::IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
     if !is_trusted(peer) {
-        return Some(peer.to_string());
+        return Some(address_text(peer));
     }
     let mut hops: Vec<&str> = headers
         .get_all("x-forwarded-for")
@@ -76,16 +76,39 @@ pub(super) fn source(
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();
-    let mut client = peer.to_string();
+    let mut client = address_text(peer);
     while let Some(hop) = hops.pop() {
         match hop.parse::<std::net::IpAddr>() {
-            Ok(ip) if is_trusted(ip) => client = ip.to_canonical().to_string(),
-            Ok(ip) => return Some(ip.to_canonical().to_string()),
+            Ok(ip) if is_trusted(ip) => client = address_text(ip.to_canonical()),
+            Ok(ip) => return Some(address_text(ip.to_canonical())),
             // Not an address (a name, "unknown", garbage): nothing further left is vouched for.
             Err(_) => return Some(client),
         }
     }
     Some(client)
+}
+
+/// An address as `Display` writes it. IPv4, the common case, is written digit by digit:
+/// through `Display` it took about 2.5 % of the server's CPU per ping in the ingest
+/// benchmark, for one address.
+fn address_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 async fn receive(
@@ -294,6 +317,20 @@ async fn status(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_address_is_written_as_display_writes_it() {
+        let mut addresses: Vec<std::net::IpAddr> = (0..=255u8)
+            .map(|o| std::net::Ipv4Addr::new(o, 255 - o, o / 3, o.wrapping_mul(7)).into())
+            .collect();
+        addresses.extend(
+            ["0.0.0.0", "255.255.255.255", "10.0.100.9", "::1", "2001:db8::8a2e:370:7334"]
+                .map(|a| a.parse::<std::net::IpAddr>().unwrap()),
+        );
+        for ip in addresses {
+            assert_eq!(super::address_text(ip), ip.to_string());
+        }
+    }
+
     use super::*;
 
     fn headers(xff: &[&str]) -> HeaderMap {
