@@ -100,6 +100,8 @@ struct Stages {
     arrived: LatencySnapshot,
     stepped: LatencySnapshot,
     room_wait: u64,
+    gathered: u64,
+    gather_wait: u64,
     idle: u64,
 }
 
@@ -109,6 +111,8 @@ impl Stages {
             arrived: stats.down_arrived_record.snapshot(),
             stepped: stats.down_stepped_record.snapshot(),
             room_wait: stats.room_wait_micros.load(Ordering::Relaxed),
+            gathered: stats.gathered.load(Ordering::Relaxed),
+            gather_wait: stats.gather_micros.load(Ordering::Relaxed),
             idle: stats.idle_micros.load(Ordering::Relaxed),
         }
     }
@@ -118,6 +122,8 @@ impl Stages {
             arrived: self.arrived.since(&before.arrived),
             stepped: self.stepped.since(&before.stepped),
             room_wait: self.room_wait - before.room_wait,
+            gathered: self.gathered - before.gathered,
+            gather_wait: self.gather_wait - before.gather_wait,
             idle: self.idle - before.idle,
         }
     }
@@ -132,8 +138,11 @@ impl Stages {
             describe_lateness(&self.arrived)
         );
         println!(
-            "  the engine thread waited {:.1} s for the store's room, {:.1} s with nothing to do",
+            "  the engine thread waited {:.1} s for the store's room, {:.1} s for the rounds ahead \
+             ({} small rounds gathered), {:.1} s with nothing to do",
             self.room_wait as f64 / 1e6,
+            self.gather_wait as f64 / 1e6,
+            self.gathered,
             self.idle as f64 / 1e6
         );
     }

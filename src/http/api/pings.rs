@@ -323,8 +323,14 @@ mod tests {
             .map(|o| std::net::Ipv4Addr::new(o, 255 - o, o / 3, o.wrapping_mul(7)).into())
             .collect();
         addresses.extend(
-            ["0.0.0.0", "255.255.255.255", "10.0.100.9", "::1", "2001:db8::8a2e:370:7334"]
-                .map(|a| a.parse::<std::net::IpAddr>().unwrap()),
+            [
+                "0.0.0.0",
+                "255.255.255.255",
+                "10.0.100.9",
+                "::1",
+                "2001:db8::8a2e:370:7334",
+            ]
+            .map(|a| a.parse::<std::net::IpAddr>().unwrap()),
         );
         for ip in addresses {
             assert_eq!(super::address_text(ip), ip.to_string());
