@@ -700,42 +700,44 @@ mod tests {
         }
     }
 
-    /// Pings `ns/job` once per round until [`ROUNDS_AHEAD`](worker::ROUNDS_AHEAD) rounds
-    /// are held, as a slow disk would hold them; returns their answers.
+    type Answer = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<PingOutcome, EngineError>> + Send>,
+    >;
+
+    /// A ping of `ns/job`, on the engine's queue.
+    fn ping_sent(engine: &Engine) -> Answer {
+        let engine = engine.clone();
+        sent(async move { engine.ping("ns/job", PingInput::success()).await })
+    }
+
+    /// An engine whose small rounds wait `gather` for the rounds ahead, and
+    /// [`ROUNDS_AHEAD`](worker::ROUNDS_AHEAD) rounds of one ping each held as a slow disk
+    /// would hold them, with their answers.
     async fn rounds_ahead_held(
-        store: &Gated,
-        engine: &Engine,
-    ) -> Vec<
-        std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<PingOutcome, EngineError>> + Send>,
-        >,
-    > {
+        dir: &std::path::Path,
+        gather: Duration,
+    ) -> (Arc<Gated>, Engine, Vec<Answer>) {
+        let config = EngineConfig {
+            hold_deadlines: true,
+            gather,
+            ..Default::default()
+        };
+        let (store, engine, _) = gated_engine_with(dir, config).await;
         store.hold.store(true, Ordering::Relaxed);
         let mut answers = Vec::new();
         for n in 1..=worker::ROUNDS_AHEAD {
-            let engine = engine.clone();
-            answers.push(sent(async move {
-                engine.ping("ns/job", PingInput::success()).await
-            }));
-            until_held(store, n).await;
+            answers.push(ping_sent(&engine));
+            until_held(&store, n).await;
         }
-        answers
+        (store, engine, answers)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pings_that_come_while_rounds_are_on_their_way_go_in_one_round() {
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            hold_deadlines: true,
-            gather: Duration::from_secs(60),
-            ..Default::default()
-        };
-        let (store, engine, _) = gated_engine_with(dir.path(), config).await;
-        let mut answers = rounds_ahead_held(&store, &engine).await;
-        let first = engine.clone();
-        answers.push(sent(async move {
-            first.ping("ns/job", PingInput::success()).await
-        }));
+        let (store, engine, mut answers) =
+            rounds_ahead_held(dir.path(), Duration::from_secs(60)).await;
+        answers.push(ping_sent(&engine));
         // The thread took it and waits for the rounds ahead.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while engine.stats.gathered.load(Ordering::Relaxed) == 0 {
@@ -745,12 +747,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for _ in 0..9 {
-            let engine = engine.clone();
-            answers.push(sent(async move {
-                engine.ping("ns/job", PingInput::success()).await
-            }));
-        }
+        answers.extend((0..9).map(|_| ping_sent(&engine)));
         store.release();
         for answer in answers {
             assert_eq!(answer.await.unwrap(), PingOutcome::Ok);
@@ -767,17 +764,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_small_round_waits_for_the_rounds_ahead_no_longer_than_its_patience() {
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            hold_deadlines: true,
-            gather: Duration::from_millis(50),
-            ..Default::default()
-        };
-        let (store, engine, _) = gated_engine_with(dir.path(), config).await;
-        let mut answers = rounds_ahead_held(&store, &engine).await;
-        let late = engine.clone();
-        answers.push(sent(async move {
-            late.ping("ns/job", PingInput::success()).await
-        }));
+        let (store, engine, mut answers) =
+            rounds_ahead_held(dir.path(), Duration::from_millis(50)).await;
+        answers.push(ping_sent(&engine));
         // Nothing ahead settles, yet the third round is handed over, and the thread
         // still answers its probe.
         until_held(&store, 3).await;
