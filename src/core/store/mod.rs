@@ -54,6 +54,9 @@ pub enum StoreError {
     /// A background task stopped.
     #[error("the storage writer has stopped")]
     Stopped,
+    /// Part of the database is already open in this process.
+    #[error("the {0} of this database are already open in this process")]
+    InUse(&'static str),
 }
 
 impl<E: std::fmt::Display> From<sled::transaction::TransactionError<E>> for StoreError {
@@ -112,6 +115,8 @@ pub struct Store {
     pub(crate) visible: std::sync::Arc<events::Visibility>,
     /// Distinct event names per application, for the ingest writer's limit.
     pub(crate) names: std::sync::Arc<events::batch::NameCounts>,
+    /// Whether a `SledMonitors` holds the monitors ([`monitors::SledMonitors::open`]).
+    pub(crate) monitors_open: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -149,6 +154,7 @@ impl Store {
             tokens: db.open_tree("tokens")?,
             visible: Default::default(),
             names: Default::default(),
+            monitors_open: Default::default(),
             committer,
             db,
         };

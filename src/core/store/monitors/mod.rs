@@ -60,6 +60,29 @@ pub struct SledMonitors {
     journal: Arc<Journal>,
     /// Carries them to their monitors ([`mover`]); stops with the store.
     _mover: Mover,
+    /// Released last, once the mover has stopped.
+    _claim: Claim,
+}
+
+/// The store's monitors, held by one `SledMonitors`. A second would give out the same
+/// monitor numbers, write the same state-file slots and move the same journal, each
+/// believing it alone does: it is refused, not left to interleave.
+struct Claim(Arc<std::sync::atomic::AtomicBool>);
+
+impl Claim {
+    fn take(store: &Store) -> Result<Self, StoreError> {
+        let open = &store.monitors_open;
+        if open.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Err(StoreError::InUse("monitors"));
+        }
+        Ok(Self(open.clone()))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// How a round changes the journal's index, made once the round is prepared whole.
@@ -83,6 +106,7 @@ impl SledMonitors {
 
     /// Opens as [`SledMonitors::open`] does; with `held`, the mover starts held (tests).
     fn open_with(store: &Store, held: bool) -> Result<Self, StoreError> {
+        let claim = Claim::take(store)?;
         let tree = store.db.open_tree("monitors")?;
         let converted = pings::convert_single_records(&tree, store.committer())?;
         if converted > 0 {
@@ -122,6 +146,7 @@ impl SledMonitors {
         Ok(Self {
             journal,
             _mover: mover,
+            _claim: claim,
             numbers: Mutex::new((numbers, numbers)),
             pending: store.db.open_tree(super::outbox::PENDING_TREE)?,
             states: store.committer().states().clone(),
@@ -646,6 +671,28 @@ mod tests {
         sled.load_monitors(&mut |batch| all.extend(batch)).unwrap();
         all.sort_by_key(|m| m.num);
         all
+    }
+
+    #[test]
+    fn the_monitors_of_a_store_are_opened_once_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let first = SledMonitors::open(&store).unwrap();
+        commit(
+            &first,
+            MonitorRound {
+                put: vec![Arc::new(sample("ns/a", State::Up))],
+                ..Default::default()
+            },
+        );
+        let err = SledMonitors::open(&store.clone()).err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            "the monitors of this database are already open in this process"
+        );
+        drop(first);
+        let again = SledMonitors::open(&store).unwrap();
+        assert_eq!(loaded(&again).len(), 1);
     }
 
     #[test]
