@@ -218,8 +218,13 @@ impl SledMonitors {
         writes.extend(expired.into_iter().map(|k| Mutation::remove(tree, k)));
         writes.extend(blocks.into_writes(tree));
         let mut numbers = self.numbers.lock().unwrap_or_else(|p| p.into_inner());
+        writes.extend(Numbers::record(
+            &mut numbers.1,
+            round.put.iter().map(|m| m.num),
+            tree,
+        ));
+        drop(numbers);
         for m in &round.put {
-            writes.extend(Numbers::record(&mut numbers.1, m.num, tree));
             writes.push(Mutation::put(
                 tree,
                 monitor_key(m.num).to_vec(),
@@ -229,7 +234,6 @@ impl SledMonitors {
             state::clear(&mut writes, &self.states, m.num);
             in_sled.push((m.num, false));
         }
-        drop(numbers);
         {
             let overflow = self.overflow.lock().unwrap_or_else(|p| p.into_inner());
             for m in &round.put_state {

@@ -108,14 +108,22 @@ impl Numbers {
         Ok(n)
     }
 
-    /// The write that stores `num` as given out, if a round storing a monitor numbered
-    /// `num` goes past what `stored` says (which follows).
-    pub(super) fn record(stored: &mut Self, num: u64, tree: &sled::Tree) -> Option<Mutation> {
-        if stored.covers(num) {
-            return None;
+    /// The write that stores the numbers of a round's monitors as given out, if any goes
+    /// past what `stored` says (which follows): one write for the round, however many new
+    /// monitors it stores.
+    pub(super) fn record(
+        stored: &mut Self,
+        nums: impl IntoIterator<Item = u64>,
+        tree: &sled::Tree,
+    ) -> Option<Mutation> {
+        let mut past = false;
+        for num in nums {
+            if !stored.covers(num) {
+                stored.include(num);
+                past = true;
+            }
         }
-        stored.include(num);
-        Some(Mutation::put(tree, NEXT_NUMS_KEY.to_vec(), stored.encode()))
+        past.then(|| Mutation::put(tree, NEXT_NUMS_KEY.to_vec(), stored.encode()))
     }
 }
 
@@ -179,13 +187,18 @@ mod tests {
         // Given out and stored, then deleted: not given out again.
         let mut stored = n;
         let num = n.take();
-        let write = Numbers::record(&mut stored, num, &tree).unwrap();
+        let write = Numbers::record(&mut stored, [num], &tree).unwrap();
         write.apply().unwrap();
         assert!(
-            Numbers::record(&mut stored, num, &tree).is_none(),
+            Numbers::record(&mut stored, [num], &tree).is_none(),
             "stored once"
         );
         assert_eq!(Numbers::of(&tree).unwrap().low, 59);
+        // A round of several new monitors stores them in one write.
+        let nums = [n.take(), n.take(), n.take()];
+        let write = Numbers::record(&mut stored, nums, &tree).unwrap();
+        write.apply().unwrap();
+        assert_eq!(Numbers::of(&tree).unwrap().low, 62);
         tree.insert(NEXT_NUMS_KEY, &b"short"[..]).unwrap();
         assert!(matches!(
             Numbers::of(&tree),
