@@ -177,6 +177,53 @@ impl QuotaLocks {
     }
 }
 
+/// The versions that a patch taking the legacy finalizer off went out from, per object
+/// uid. The watch cache can hand a reconcile the object as it was before that patch (a
+/// Secret's event starts one before the patched object has come back); sending the patch
+/// again would only fail its `test` and cost a request and a retry. An entry is dropped
+/// when the object is seen without the finalizer.
+#[derive(Debug, Default)]
+pub struct FinalizerPatches(Mutex<HashMap<String, String>>);
+
+impl FinalizerPatches {
+    /// Whether the patch already went out from this version of the object.
+    pub fn sent_from(&self, uid: Option<&str>, version: Option<&str>) -> bool {
+        let (Some(uid), Some(version)) = (uid, version) else {
+            return false;
+        };
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(uid).is_some_and(|v| v == version)
+    }
+
+    /// The patch went out from `version`.
+    pub fn sent(&self, uid: Option<&str>, version: Option<&str>) {
+        if let (Some(uid), Some(version)) = (uid, version) {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.insert(uid.to_string(), version.to_string());
+        }
+    }
+
+    /// The object was seen without the finalizer.
+    pub fn forget(&self, uid: Option<&str>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(uid) = uid
+            && !map.is_empty()
+        {
+            map.remove(uid);
+        }
+    }
+
+    /// How many objects have a patch on its way back.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no patch is on its way back.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Shared state of the controllers.
 pub struct Context {
     /// The core's services.
@@ -193,6 +240,8 @@ pub struct Context {
     pub retries: Retries,
     /// Quota locks per Application.
     pub quotas: QuotaLocks,
+    /// Where the legacy finalizer's removal went out.
+    pub finalizer_patches: FinalizerPatches,
     /// The status writer's inbox.
     pub status: StatusQueue,
     /// Other operator instances and who reconciles which namespace.
@@ -234,6 +283,7 @@ impl Context {
             verdicts: Verdicts::default(),
             retries: Retries::default(),
             quotas: QuotaLocks::default(),
+            finalizer_patches: FinalizerPatches::default(),
             status,
             instances,
             triggers,

@@ -278,8 +278,9 @@ pub enum Frame {
 
 /// The frame of every reconcile: whether the object is ours to reconcile and whether it is
 /// being deleted. The finalizer that earlier versions put on every object is taken off
-/// here (one patch, only where it still is): nothing waits for it any more, and left on,
-/// it would hold the object's deletion for good once no version that knows it runs.
+/// here (one patch, only where it still is, and not again from the same version of the
+/// object): nothing waits for it any more, and left on, it would hold the object's
+/// deletion for good once no version that knows it runs.
 ///
 /// Deletion needs no finalizer: the watch's delete event cleans up (the `gone` of each
 /// kind), and what was deleted while the operator was down is found by the orphan sweep
@@ -297,7 +298,17 @@ where
     if !ctx.instances.owns(&ns) {
         return Ok(Frame::Elsewhere);
     }
-    if let Some(patch) = legacy_finalizer_removal(obj.finalizers()) {
+    let (uid, version) = (
+        obj.meta().uid.as_deref(),
+        obj.meta().resource_version.as_deref(),
+    );
+    let removal = legacy_finalizer_removal(obj.finalizers());
+    if removal.is_none() {
+        ctx.finalizer_patches.forget(uid);
+    }
+    if let Some(patch) = removal
+        && !ctx.finalizer_patches.sent_from(uid, version)
+    {
         let api: kube::Api<K> = kube::Api::namespaced(ctx.client.clone(), &ns);
         let params = kube::api::PatchParams::default();
         match api
@@ -308,7 +319,7 @@ where
             )
             .await
         {
-            Ok(_) => {}
+            Ok(_) => ctx.finalizer_patches.sent(uid, version),
             // Gone already: it was only waiting for this finalizer.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(source) => {

@@ -314,6 +314,48 @@ async fn the_legacy_finalizer_is_taken_off_with_one_patch_and_the_apply_goes_on(
 }
 
 #[tokio::test]
+async fn the_legacy_finalizer_is_not_patched_off_again_from_the_same_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, log) = mock_client(api);
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
+    ctx.caches.wait_synced().await;
+    let held = heartbeat("job", json!({"interval": "1h"}), &["hartslag.dev/cleanup"]);
+    caches.heartbeat(&held);
+    let patches = |log: &crate::k8s::testing::Log| {
+        requests(log)
+            .into_iter()
+            .filter(|(verb, path)| verb == "PATCH" && path.ends_with("/heartbeats/job"))
+            .count()
+    };
+    reconcile(Arc::new(held.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(patches(&log), 1);
+    // The watch cache has not caught up with the patch: the same version comes again.
+    reconcile(Arc::new(held.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(patches(&log), 1, "patched again from a stale cache");
+    assert_eq!(ctx.finalizer_patches.len(), 1);
+    // Someone put it back: a newer version, patched again.
+    let mut again = held.clone();
+    again.metadata.resource_version = Some("12".into());
+    caches.heartbeat(&again);
+    reconcile(Arc::new(again.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(patches(&log), 2, "a finalizer put back stays on");
+    // Seen without it: nothing more to remember.
+    let mut off = again;
+    off.metadata.resource_version = Some("13".into());
+    off.metadata.finalizers = None;
+    caches.heartbeat(&off);
+    reconcile(Arc::new(off), ctx.clone()).await.unwrap();
+    assert_eq!(patches(&log), 2);
+    assert!(ctx.finalizer_patches.is_empty());
+}
+
+#[tokio::test]
 async fn a_heartbeat_held_by_the_legacy_finalizer_is_cleaned_up_and_let_go() {
     let dir = tempfile::tempdir().unwrap();
     let (ctx, _, log, hb) = armed(dir.path(), json!({"interval": "1h"})).await;
