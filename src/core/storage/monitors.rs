@@ -58,6 +58,19 @@ pub struct MonitorRound {
 }
 
 impl MonitorRound {
+    /// How many things the round writes, all kinds together: a measure of the work of
+    /// preparing it.
+    pub fn len(&self) -> usize {
+        self.remove.len()
+            + self.put.len()
+            + self.put_state.len()
+            + self.pings.len()
+            + self.transitions.len()
+            + self.trims.len()
+            + self.deliveries.len()
+            + self.relayed.len()
+    }
+
     /// Whether the round changes nothing.
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty()

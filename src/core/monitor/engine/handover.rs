@@ -8,6 +8,12 @@
 //! submits rounds one after another, in the order they were staged: the store still sees
 //! every round after the ones before it, as its port requires.
 //!
+//! A small round goes to the store from the engine thread itself when this thread has
+//! nothing queued: handing it over would cost a wake and a switch of threads per round,
+//! more than preparing it takes (a few dozen pings). Order is kept either way, since the
+//! engine thread is the only one that stages rounds and goes direct only while none is
+//! queued here.
+//!
 //! What the engine asks of the store directly ([`MonitorStore::find_retained`]) must see
 //! every round staged before it: the engine first waits until this thread has handed
 //! them all over ([`Handover::settle`]). Dropping the handover waits for the rounds
@@ -27,7 +33,15 @@ struct Counts {
     handed: u64,
     /// The thread ended: nothing queued will be handed over.
     gone: bool,
+    /// The store panicked while taking a round: it is never called again.
+    broken: bool,
 }
+
+/// The largest round the engine thread hands to the store itself ([`MonitorRound::len`]).
+/// Pings between two flushes make rounds of a few dozen; a herd of deadlines, a restart's
+/// definitions or a burst make rounds of hundreds, which go to this thread so the engine
+/// goes on with the next.
+pub(super) const DIRECT_AT_MOST: usize = 64;
 
 /// What a round queued after the store panicked is answered with.
 const BROKEN: &str =
@@ -38,6 +52,9 @@ pub(super) struct Handover {
     tx: Option<mpsc::Sender<(MonitorRound, RoundDone)>>,
     counts: Arc<(Mutex<Counts>, Condvar)>,
     thread: Option<JoinHandle<()>>,
+    /// For the rounds the engine thread hands over itself.
+    store: Arc<dyn MonitorStore>,
+    runtime: tokio::runtime::Handle,
 }
 
 /// Marks the thread gone when it ends, however it ends, so no one waits for it.
@@ -61,25 +78,20 @@ impl Handover {
         let (tx, rx) = mpsc::channel::<(MonitorRound, RoundDone)>();
         let counts: Arc<(Mutex<Counts>, Condvar)> = Arc::default();
         let leaving = Leaving(counts.clone());
+        let (direct_store, direct_runtime) = (store.clone(), runtime.clone());
         let thread = std::thread::Builder::new()
             .name("hartslag-rounds".into())
             .spawn(move || {
                 let _guard = runtime.enter();
                 let leaving = leaving;
-                // After a panic the store is never called again, and every later round is
-                // answered with the failure, so its commands settle and the engine is
-                // never left waiting for room (the panicking round's own answer is lost
-                // with the store's state).
-                let mut broken = false;
                 for (round, done) in rx {
-                    if broken {
-                        done(Err(StorageError::NotStored(BROKEN.into())));
-                    } else {
-                        let call = AssertUnwindSafe(|| store.commit_round(round, done));
-                        broken = std::panic::catch_unwind(call).is_err();
-                    }
                     let (counts, changed) = &*leaving.0;
-                    counts.lock().unwrap_or_else(|p| p.into_inner()).handed += 1;
+                    let broken = counts.lock().unwrap_or_else(|p| p.into_inner()).broken;
+                    let broke = hand(store.as_ref(), broken, round, done);
+                    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+                    counts.handed += 1;
+                    counts.broken |= broke;
+                    drop(counts);
                     changed.notify_all();
                 }
             })?;
@@ -87,12 +99,27 @@ impl Handover {
             tx: Some(tx),
             counts,
             thread: Some(thread),
+            store: direct_store,
+            runtime: direct_runtime,
         })
     }
 
-    /// Queues `round` for the store; `done` hears what became of it, as from
-    /// [`MonitorStore::commit_round`].
-    pub(super) fn commit_round(&self, round: MonitorRound, done: RoundDone) {
+    /// Queues `round` for the store, or, when it is small and nothing is queued, hands it
+    /// to the store on this thread (then it returns `true`); `done` hears what became of
+    /// it, as from [`MonitorStore::commit_round`].
+    pub(super) fn commit_round(&self, round: MonitorRound, done: RoundDone) -> bool {
+        if round.len() <= DIRECT_AT_MOST && self.tx.is_some() {
+            let idle = {
+                let counts = self.lock();
+                (counts.handed == counts.staged && !counts.gone).then_some(counts.broken)
+            };
+            if let Some(broken) = idle {
+                let _entered = self.runtime.enter();
+                let broke = hand(self.store.as_ref(), broken, round, done);
+                self.lock().broken |= broke;
+                return true;
+            }
+        }
         let refused = match &self.tx {
             Some(tx) => {
                 self.lock().staged += 1;
@@ -109,6 +136,7 @@ impl Handover {
                 "the thread that hands rounds to the store has stopped".into(),
             )));
         }
+        false
     }
 
     /// Waits until every round queued so far is in the store's hands (or the thread is
@@ -124,6 +152,20 @@ impl Handover {
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Hands `round` to `store`, or, once the store is `broken`, answers it with the failure.
+/// After a panic the store is never called again and every later round is answered with
+/// the failure, so its commands settle and the engine is never left waiting for room (the
+/// panicking round's own answer is lost with the store's state). Returns whether the store
+/// panicked now.
+fn hand(store: &dyn MonitorStore, broken: bool, round: MonitorRound, done: RoundDone) -> bool {
+    if broken {
+        done(Err(StorageError::NotStored(BROKEN.into())));
+        return false;
+    }
+    let call = AssertUnwindSafe(|| store.commit_round(round, done));
+    std::panic::catch_unwind(call).is_err()
 }
 
 impl Drop for Handover {
@@ -149,6 +191,8 @@ mod tests {
     /// over each, and panics on the one named `panic_on`.
     struct Recording {
         rounds: Mutex<Vec<u64>>,
+        /// Whether each round was taken on the handover thread.
+        on_thread: Mutex<Vec<bool>>,
         delay: Duration,
         panic_on: Option<u64>,
     }
@@ -157,6 +201,7 @@ mod tests {
         fn new(delay: Duration, panic_on: Option<u64>) -> Arc<Self> {
             Arc::new(Self {
                 rounds: Mutex::default(),
+                on_thread: Mutex::default(),
                 delay,
                 panic_on,
             })
@@ -167,10 +212,19 @@ mod tests {
         }
     }
 
+    /// A small round named `name`.
     fn round(name: u64) -> MonitorRound {
         MonitorRound {
             keep_pings: name,
             ..Default::default()
+        }
+    }
+
+    /// A round too large to go to the store from the engine thread.
+    fn large(name: u64) -> MonitorRound {
+        MonitorRound {
+            relayed: vec![0; DIRECT_AT_MOST + 1],
+            ..round(name)
         }
     }
 
@@ -191,6 +245,8 @@ mod tests {
             std::thread::sleep(self.delay);
             assert_ne!(Some(round.keep_pings), self.panic_on, "the store failed");
             self.rounds.lock().unwrap().push(round.keep_pings);
+            let here = std::thread::current().name() == Some("hartslag-rounds");
+            self.on_thread.lock().unwrap().push(here);
             done(Ok(()));
         }
 
@@ -219,7 +275,7 @@ mod tests {
         for i in 0..5 {
             let answered = answered.clone();
             handover.commit_round(
-                round(i),
+                large(i),
                 Box::new(move |r| answered.lock().unwrap().push((i, r.is_ok()))),
             );
         }
@@ -241,7 +297,7 @@ mod tests {
         let store = Recording::new(Duration::from_millis(20), None);
         let handover = start(&store);
         for i in 0..3 {
-            handover.commit_round(round(i), Box::new(|_| {}));
+            handover.commit_round(large(i), Box::new(|_| {}));
         }
         drop(handover);
         assert_eq!(store.rounds(), vec![0, 1, 2]);
@@ -249,19 +305,50 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_store_panics_later_rounds_are_answered_with_the_failure() {
-        let store = Recording::new(Duration::ZERO, Some(1));
+        // On the handover thread and on the engine's, and one after the other.
+        let (small, large): (fn(u64) -> MonitorRound, fn(u64) -> MonitorRound) = (round, large);
+        for (first, then) in [
+            (large, large),
+            (small, small),
+            (large, small),
+            (small, large),
+        ] {
+            let store = Recording::new(Duration::ZERO, Some(1));
+            let handover = start(&store);
+            handover.commit_round(first(0), Box::new(|_| {}));
+            handover.commit_round(first(1), Box::new(|_| {}));
+            let (tx, rx) = std::sync::mpsc::channel();
+            handover.commit_round(then(2), Box::new(move |r| tx.send(r).unwrap()));
+            let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(
+                matches!(answer, Err(StorageError::NotStored(ref e)) if e == BROKEN),
+                "{answer:?}"
+            );
+            handover.settle();
+            assert_eq!(store.rounds(), vec![0], "the store was not called again");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_round_goes_to_the_store_from_the_engine_thread_only_while_none_is_queued() {
+        let store = Recording::new(Duration::from_millis(20), None);
         let handover = start(&store);
-        handover.commit_round(round(0), Box::new(|_| {}));
-        handover.commit_round(round(1), Box::new(|_| {}));
-        let (tx, rx) = std::sync::mpsc::channel();
-        handover.commit_round(round(2), Box::new(move |r| tx.send(r).unwrap()));
-        let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(
-            matches!(answer, Err(StorageError::NotStored(ref e)) if e == BROKEN),
-            "{answer:?}"
+        assert!(handover.commit_round(round(0), Box::new(|_| {})));
+        assert_eq!(
+            store.rounds(),
+            vec![0],
+            "taken before commit_round returned"
         );
+        assert!(!handover.commit_round(large(1), Box::new(|_| {})));
+        // The large round is still being taken: this one must queue behind it.
+        assert!(!handover.commit_round(round(2), Box::new(|_| {})));
         handover.settle();
-        assert_eq!(store.rounds(), vec![0], "the store was not called again");
+        assert!(handover.commit_round(round(3), Box::new(|_| {})));
+        assert_eq!(store.rounds(), vec![0, 1, 2, 3], "in the order staged");
+        assert_eq!(
+            *store.on_thread.lock().unwrap(),
+            vec![false, true, true, false]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,9 @@ pub struct EngineStats {
     pub gathered: AtomicU64,
     /// Microseconds the engine thread spent so.
     pub gather_micros: AtomicU64,
+    /// Rounds the engine thread handed to the store itself, being small while nothing was
+    /// queued for the handover thread ([`DIRECT_AT_MOST`](super::handover::DIRECT_AT_MOST)).
+    pub direct_rounds: AtomicU64,
 }
 
 impl Default for EngineStats {
@@ -91,6 +94,7 @@ impl Default for EngineStats {
             idle_micros: AtomicU64::new(0),
             gathered: AtomicU64::new(0),
             gather_micros: AtomicU64::new(0),
+            direct_rounds: AtomicU64::new(0),
         }
     }
 }

@@ -733,13 +733,16 @@ impl Worker {
             done: std::mem::take(&mut round.done),
         };
         let readers = self.readers();
-        self.handover.commit_round(
+        let direct = self.handover.commit_round(
             writes,
             Box::new(move |result| {
                 let result = result.map_err(|e| format!("writing monitor state failed: {e}"));
                 readers.settle(published, result);
             }),
         );
+        if direct {
+            self.stats.direct_rounds.fetch_add(1, Relaxed);
+        }
     }
 
     /// Answers a round that could not be handed to the store with `error`.

@@ -64,6 +64,10 @@ const PAUSE: Duration = Duration::from_secs(1);
 /// How long the mover sleeps when nothing wakes it: a lost wake-up costs no more.
 const NAP: Duration = Duration::from_millis(25);
 
+// A finished round does not wake the mover (below `FORCE_AT`): its nap must be short
+// enough to find the gaps and the quiet it waits for.
+const _: () = assert!(NAP.as_millis() <= GAP.as_millis() && GAP.as_millis() <= QUIET.as_millis());
+
 /// The journal tree, its index and what the mover needs to know about the engine's rounds.
 pub(super) struct Journal {
     pub(super) tree: sled::Tree,
@@ -209,11 +213,17 @@ impl Journal {
         self.len.store(index.len(), Ordering::Relaxed);
     }
 
-    /// Counts a round as finished (from the committer's callback).
+    /// Counts a round as finished (from the committer's callback). The mover is woken
+    /// only past [`FORCE_AT`], where it moves whatever the store does: below, a finished
+    /// round makes the store busier, not quieter, and the mover's nap finds the quiet and
+    /// the gaps it waits for (both at least a nap long). Waking it for every round cost a
+    /// switch of threads per round for nothing.
     pub(super) fn finished(&self) {
         self.touch();
         self.finished.fetch_add(1, Ordering::Release);
-        self.wake.notify_one();
+        if self.len() > FORCE_AT {
+            self.wake.notify_one();
+        }
     }
 
     /// Entries waiting to be moved.
