@@ -5,10 +5,15 @@
 //! place and wraps its future without allocating. A request's labels are the route
 //! template (never the raw path: it may hold a token), the method and the status; all three
 //! are moved or copied in, so counting an answer allocates nothing once its label set exists.
+//!
+//! Each route's layer keeps the counter of the first label set it counted (a route
+//! answers one method and status nearly always) and counts a repeat of that set there,
+//! without the family's hashing and lock, which are shared by every route and thread.
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
@@ -110,8 +115,33 @@ impl<S> tower_layer::Layer<S> for TrackLayer {
     fn layer(&self, inner: S) -> Track<S> {
         Track {
             inner,
-            requests: self.metrics.requests.clone(),
+            counts: Arc::new(Counts {
+                requests: self.metrics.requests.clone(),
+                usual: OnceLock::new(),
+            }),
         }
+    }
+}
+
+/// One route's counting: the family, and the counter of the first label set the route
+/// counted.
+struct Counts {
+    requests: Family<RequestLabels, Counter>,
+    usual: OnceLock<(RequestLabels, Counter)>,
+}
+
+impl Counts {
+    fn count(&self, labels: RequestLabels) {
+        if let Some((usual, counter)) = self.usual.get()
+            && *usual == labels
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self.requests.get_or_create(&labels).clone();
+        counter.inc();
+        // A counter shares its value with its clones: this one stays the family's.
+        let _ = self.usual.set((labels, counter));
     }
 }
 
@@ -119,7 +149,7 @@ impl<S> tower_layer::Layer<S> for TrackLayer {
 #[derive(Clone)]
 pub struct Track<S> {
     inner: S,
-    requests: Family<RequestLabels, Counter>,
+    counts: Arc<Counts>,
 }
 
 impl<S> tower_service::Service<Request> for Track<S>
@@ -140,10 +170,10 @@ where
         let method = req.method().clone();
         TrackFuture {
             inner: self.inner.call(req),
-            requests: self.requests.clone(),
+            counts: self.counts.clone(),
             route,
             method,
-            started: Instant::now(),
+            started: tracing::enabled!(tracing::Level::DEBUG).then(Instant::now),
         }
     }
 }
@@ -153,10 +183,11 @@ pin_project_lite::pin_project! {
     pub struct TrackFuture<F> {
         #[pin]
         inner: F,
-        requests: Family<RequestLabels, Counter>,
+        counts: Arc<Counts>,
         route: Option<MatchedPath>,
         method: Method,
-        started: Instant,
+        // Read only for the debug log.
+        started: Option<Instant>,
     }
 }
 
@@ -175,9 +206,80 @@ where
                 method: std::mem::take(this.method),
                 status: res.status().as_u16(),
             };
-            this.requests.get_or_create(&labels).inc();
-            tracing::debug!(route = %labels.route.as_str(), method = %labels.method, status = labels.status, elapsed_ms = this.started.elapsed().as_secs_f64() * 1e3, "request");
+            if let Some(started) = this.started {
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::debug!(route = %labels.route.as_str(), method = %labels.method, status = labels.status, elapsed_ms, "request");
+            }
+            this.counts.count(labels);
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::Query;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        status: u16,
+    }
+
+    /// Answers with the status the query asks for.
+    async fn answer(Query(a): Query<Answer>) -> StatusCode {
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::IM_A_TEAPOT)
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_counted_under_its_own_labels_usual_or_not() {
+        let mut registry = MetricRegistry::default();
+        let metrics = RequestMetrics::register(&mut registry);
+        let router = Router::new()
+            .route("/a/{x}", get(answer).post(answer))
+            .route("/b", get(answer))
+            .layer(TrackLayer::new(metrics));
+        let asked = [
+            ("GET", "/a/1?status=200"),
+            ("GET", "/a/2?status=200"),
+            ("GET", "/a/3?status=404"),
+            ("POST", "/a/4?status=200"),
+            ("GET", "/a/5?status=200"),
+            ("GET", "/a/6?status=404"),
+            ("GET", "/b?status=503"),
+            ("GET", "/b?status=200"),
+            ("GET", "/b?status=503"),
+        ];
+        for (method, uri) in asked {
+            let req = Request::builder().method(method).uri(uri);
+            let res = router
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_ne!(res.status(), StatusCode::IM_A_TEAPOT);
+        }
+        let text = crate::core::metrics::encode(&registry);
+        for (labels, count) in [
+            (r#"route="/a/{x}",method="GET",status="200""#, 3),
+            (r#"route="/a/{x}",method="GET",status="404""#, 2),
+            (r#"route="/a/{x}",method="POST",status="200""#, 1),
+            (r#"route="/b",method="GET",status="503""#, 2),
+            (r#"route="/b",method="GET",status="200""#, 1),
+        ] {
+            let line = format!("hartslag_http_requests_total{{{labels}}} {count}\n");
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("hartslag_http_requests_total{").count(),
+            5,
+            "{text}"
+        );
     }
 }
