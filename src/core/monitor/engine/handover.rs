@@ -9,10 +9,12 @@
 //! every round after the ones before it, as its port requires.
 //!
 //! A small round goes to the store from the engine thread itself when this thread has
-//! nothing queued: handing it over would cost a wake and a switch of threads per round,
-//! more than preparing it takes (a few dozen pings). Order is kept either way, since the
-//! engine thread is the only one that stages rounds and goes direct only while none is
-//! queued here.
+//! nothing queued and few commands wait for the engine: handing it over would cost a wake
+//! and a switch of threads per round, more than preparing it takes (a few dozen pings),
+//! and the engine thread has the time. Behind a herd it has not: there every round is
+//! handed over, so the engine steps the next Downs meanwhile. Order is kept either way,
+//! since the engine thread is the only one that stages rounds and goes direct only while
+//! none is queued here.
 //!
 //! What the engine asks of the store directly ([`MonitorStore::find_retained`]) must see
 //! every round staged before it: the engine first waits until this thread has handed
@@ -37,10 +39,11 @@ struct Counts {
     broken: bool,
 }
 
-/// The largest round the engine thread hands to the store itself ([`MonitorRound::len`]).
-/// Pings between two flushes make rounds of a few dozen; a herd of deadlines, a restart's
-/// definitions or a burst make rounds of hundreds, which go to this thread so the engine
-/// goes on with the next.
+/// The most a round ([`MonitorRound::len`]) and the commands waiting behind it may come to
+/// for the engine thread to hand the round to the store itself. Pings between two flushes
+/// make rounds of a few dozen with little behind them; a herd of deadlines, a restart's
+/// definitions or a burst make rounds of hundreds, or leave thousands waiting, and then
+/// the round goes to this thread so the engine goes on with the next.
 pub(super) const DIRECT_AT_MOST: usize = 64;
 
 /// What a round queued after the store panicked is answered with.
@@ -104,11 +107,17 @@ impl Handover {
         })
     }
 
-    /// Queues `round` for the store, or, when it is small and nothing is queued, hands it
-    /// to the store on this thread (then it returns `true`); `done` hears what became of
-    /// it, as from [`MonitorStore::commit_round`].
-    pub(super) fn commit_round(&self, round: MonitorRound, done: RoundDone) -> bool {
-        if round.len() <= DIRECT_AT_MOST && self.tx.is_some() {
+    /// Queues `round` for the store, or, when it is small, few commands are `waiting` for
+    /// the engine and nothing is queued here, hands it to the store on this thread (then
+    /// it returns `true`); `done` hears what became of it, as from
+    /// [`MonitorStore::commit_round`].
+    pub(super) fn commit_round(
+        &self,
+        round: MonitorRound,
+        waiting: usize,
+        done: RoundDone,
+    ) -> bool {
+        if round.len().saturating_add(waiting) <= DIRECT_AT_MOST && self.tx.is_some() {
             let idle = {
                 let counts = self.lock();
                 (counts.handed == counts.staged && !counts.gone).then_some(counts.broken)
@@ -276,6 +285,7 @@ mod tests {
             let answered = answered.clone();
             handover.commit_round(
                 large(i),
+                0,
                 Box::new(move |r| answered.lock().unwrap().push((i, r.is_ok()))),
             );
         }
@@ -297,7 +307,7 @@ mod tests {
         let store = Recording::new(Duration::from_millis(20), None);
         let handover = start(&store);
         for i in 0..3 {
-            handover.commit_round(large(i), Box::new(|_| {}));
+            handover.commit_round(large(i), 0, Box::new(|_| {}));
         }
         drop(handover);
         assert_eq!(store.rounds(), vec![0, 1, 2]);
@@ -315,10 +325,10 @@ mod tests {
         ] {
             let store = Recording::new(Duration::ZERO, Some(1));
             let handover = start(&store);
-            handover.commit_round(first(0), Box::new(|_| {}));
-            handover.commit_round(first(1), Box::new(|_| {}));
+            handover.commit_round(first(0), 0, Box::new(|_| {}));
+            handover.commit_round(first(1), 0, Box::new(|_| {}));
             let (tx, rx) = std::sync::mpsc::channel();
-            handover.commit_round(then(2), Box::new(move |r| tx.send(r).unwrap()));
+            handover.commit_round(then(2), 0, Box::new(move |r| tx.send(r).unwrap()));
             let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
             assert!(
                 matches!(answer, Err(StorageError::NotStored(ref e)) if e == BROKEN),
@@ -330,24 +340,27 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_small_round_goes_to_the_store_from_the_engine_thread_only_while_none_is_queued() {
+    async fn a_small_round_goes_to_the_store_from_the_engine_thread_only_while_little_waits() {
         let store = Recording::new(Duration::from_millis(20), None);
         let handover = start(&store);
-        assert!(handover.commit_round(round(0), Box::new(|_| {})));
+        assert!(handover.commit_round(round(0), 0, Box::new(|_| {})));
         assert_eq!(
             store.rounds(),
             vec![0],
             "taken before commit_round returned"
         );
-        assert!(!handover.commit_round(large(1), Box::new(|_| {})));
+        assert!(!handover.commit_round(large(1), 0, Box::new(|_| {})));
         // The large round is still being taken: this one must queue behind it.
-        assert!(!handover.commit_round(round(2), Box::new(|_| {})));
+        assert!(!handover.commit_round(round(2), 0, Box::new(|_| {})));
         handover.settle();
-        assert!(handover.commit_round(round(3), Box::new(|_| {})));
-        assert_eq!(store.rounds(), vec![0, 1, 2, 3], "in the order staged");
+        // Small, but a herd waits behind it: the engine thread goes on with that.
+        assert!(!handover.commit_round(round(3), DIRECT_AT_MOST + 1, Box::new(|_| {})));
+        handover.settle();
+        assert!(handover.commit_round(round(4), 0, Box::new(|_| {})));
+        assert_eq!(store.rounds(), vec![0, 1, 2, 3, 4], "in the order staged");
         assert_eq!(
             *store.on_thread.lock().unwrap(),
-            vec![false, true, true, false]
+            vec![false, true, true, true, false]
         );
     }
 
@@ -362,7 +375,7 @@ mod tests {
         }
         handover.settle();
         let (tx, rx) = std::sync::mpsc::channel();
-        handover.commit_round(round(0), Box::new(move |r| tx.send(r).unwrap()));
+        handover.commit_round(round(0), 0, Box::new(move |r| tx.send(r).unwrap()));
         let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(
             matches!(answer, Err(StorageError::NotStored(ref e)) if e.contains("has stopped")),

@@ -215,7 +215,7 @@ impl Worker {
                 }
                 commands += 1;
             }
-            self.write(round, commands);
+            self.write(round, commands, intake.len() + rx.len());
         }
     }
 
@@ -677,7 +677,7 @@ impl Worker {
     /// and visible, readers see it and its callers are answered, so whoever reads the
     /// history after an answer finds the ping there; a round that is not written is never
     /// published.
-    fn write(&self, mut round: Round, commands: usize) {
+    fn write(&self, mut round: Round, commands: usize, waiting: usize) {
         if round.is_empty() {
             return;
         }
@@ -735,6 +735,7 @@ impl Worker {
         let readers = self.readers();
         let direct = self.handover.commit_round(
             writes,
+            waiting,
             Box::new(move |result| {
                 let result = result.map_err(|e| format!("writing monitor state failed: {e}"));
                 readers.settle(published, result);
