@@ -316,7 +316,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_a_store_panics_later_rounds_are_answered_with_the_failure() {
         // On the handover thread and on the engine's, and one after the other.
-        let (small, large): (fn(u64) -> MonitorRound, fn(u64) -> MonitorRound) = (round, large);
+        type Make = fn(u64) -> MonitorRound;
+        let (small, large): (Make, Make) = (round, large);
         for (first, then) in [
             (large, large),
             (small, small),
