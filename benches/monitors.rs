@@ -102,6 +102,7 @@ struct Stages {
     room_wait: u64,
     gathered: u64,
     gather_wait: u64,
+    direct: u64,
     idle: u64,
 }
 
@@ -113,6 +114,7 @@ impl Stages {
             room_wait: stats.room_wait_micros.load(Ordering::Relaxed),
             gathered: stats.gathered.load(Ordering::Relaxed),
             gather_wait: stats.gather_micros.load(Ordering::Relaxed),
+            direct: stats.direct_rounds.load(Ordering::Relaxed),
             idle: stats.idle_micros.load(Ordering::Relaxed),
         }
     }
@@ -124,6 +126,7 @@ impl Stages {
             room_wait: self.room_wait - before.room_wait,
             gathered: self.gathered - before.gathered,
             gather_wait: self.gather_wait - before.gather_wait,
+            direct: self.direct - before.direct,
             idle: self.idle - before.idle,
         }
     }
@@ -139,11 +142,12 @@ impl Stages {
         );
         println!(
             "  the engine thread waited {:.1} s for the store's room, {:.1} s for the rounds ahead \
-             ({} small rounds gathered), {:.1} s with nothing to do",
+             ({} small rounds gathered), {:.1} s with nothing to do; it handed {} small rounds to the store itself",
             self.room_wait as f64 / 1e6,
             self.gather_wait as f64 / 1e6,
             self.gathered,
-            self.idle as f64 / 1e6
+            self.idle as f64 / 1e6,
+            self.direct
         );
     }
 }

@@ -67,8 +67,9 @@ pub struct EngineStats {
     pub gathered: AtomicU64,
     /// Microseconds the engine thread spent so.
     pub gather_micros: AtomicU64,
-    /// Rounds the engine thread handed to the store itself, being small while nothing was
-    /// queued for the handover thread ([`DIRECT_AT_MOST`](super::handover::DIRECT_AT_MOST)).
+    /// Rounds the engine thread handed to the store itself: small, with few commands
+    /// waiting behind them, while nothing was queued for the handover thread
+    /// ([`DIRECT_AT_MOST`](super::handover::DIRECT_AT_MOST)).
     pub direct_rounds: AtomicU64,
 }
 
