@@ -203,7 +203,7 @@ impl FinalizerPatches {
         }
     }
 
-    /// The object was seen without the finalizer.
+    /// The object was seen without the finalizer, or deleted.
     pub fn forget(&self, uid: Option<&str>) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(uid) = uid

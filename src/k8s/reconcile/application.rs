@@ -51,6 +51,8 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
 /// The watch saw Application `app` deleted (it is out of the cache already): its token is
 /// revoked and its events removed or retained as its `deletionPolicy` says.
 pub async fn gone(ctx: Arc<Context>, app: Application) {
+    // Deleted right after its legacy finalizer was patched off: never seen without it.
+    ctx.finalizer_patches.forget(app.meta().uid.as_deref());
     let Some(ns) = app.namespace() else {
         return;
     };

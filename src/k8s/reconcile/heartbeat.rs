@@ -54,6 +54,8 @@ pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, 
 /// The watch saw Heartbeat `hb` deleted (it is out of the cache already): its token stops
 /// working and its monitor goes.
 pub async fn gone(ctx: Arc<Context>, hb: Heartbeat) {
+    // Deleted right after its legacy finalizer was patched off: never seen without it.
+    ctx.finalizer_patches.forget(hb.meta().uid.as_deref());
     let Some(ns) = hb.namespace() else {
         return;
     };

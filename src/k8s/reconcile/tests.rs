@@ -353,6 +353,25 @@ async fn the_legacy_finalizer_is_not_patched_off_again_from_the_same_version() {
     reconcile(Arc::new(off), ctx.clone()).await.unwrap();
     assert_eq!(patches(&log), 2);
     assert!(ctx.finalizer_patches.is_empty());
+    // Patched, then deleted before it came back without the finalizer: forgotten too.
+    let other = heartbeat(
+        "other",
+        json!({"interval": "1h"}),
+        &["hartslag.dev/cleanup"],
+    );
+    caches.heartbeat(&other);
+    reconcile(Arc::new(other.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(ctx.finalizer_patches.len(), 1);
+    caches
+        .heartbeats
+        .apply_watcher_event(&Event::Delete(other.clone()));
+    super::heartbeat::gone(ctx.clone(), other).await;
+    assert!(
+        ctx.finalizer_patches.is_empty(),
+        "a deleted object is forgotten"
+    );
 }
 
 #[tokio::test]
@@ -433,7 +452,10 @@ async fn a_deleted_application_is_removed_and_its_events_kept_only_with_retain()
             .await
             .unwrap()
             .num;
+        // Its legacy finalizer was patched off just before: that is forgotten with it.
+        ctx.finalizer_patches.sent(Some("uid-web"), Some("10"));
         super::application::gone(ctx.clone(), application(json!({"deletionPolicy": policy}))).await;
+        assert!(ctx.finalizer_patches.is_empty(), "{policy}");
         assert!(registry.application("shop/web").is_none(), "{policy}");
         assert!(
             registry.authenticate("first-token-0123456789").is_none(),
