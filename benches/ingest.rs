@@ -17,8 +17,11 @@
 //! the round), the commit log's fdatasync latency during the round (p50/p99), requests per
 //! fdatasync and the disk ceiling (that group size over the mean flush latency: the rate
 //! of an ideal group commit with fsyncs back to back), the bytes the commit log takes per
-//! writer record and per request, the machine's idle share, and the
-//! CPU time per request (and per fdatasync) of every server thread and of the generator.
+//! writer record and per request, the machine's idle share, the CPU time per request (and
+//! per fdatasync) of every server thread and of the generator, and the CPU ceiling (the
+//! cores over the server's and the generator's CPU per request: the rate at which the
+//! same work would keep every core busy). The CPU ceilings give each ratio its bound on
+//! this machine: a durable route's ceiling over the no-op handler's rate in the same round.
 //!
 //! `cargo bench --bench ingest` (env: `BENCH_CONNECTIONS`, default 64; `BENCH_SECONDS`,
 //! default 3 per target and round; `BENCH_ROUNDS`, default 5; `BENCH_ONLY=noop`, `ingest`
@@ -101,6 +104,19 @@ impl Round {
         self.group_size() / self.flushes.mean().map_or(f64::NAN, |d| d.as_secs_f64())
     }
 
+    /// CPU µs per answered request, the server's and the load generator's together: on a
+    /// machine they share, this is what a request costs the cores.
+    fn cpu_per_request(&self) -> f64 {
+        let n = self.outcome.requests.max(1) as f64;
+        (self.cpu.run() + self.outcome.client_cpu).as_secs_f64() * 1e6 / n
+    }
+
+    /// The rate at which this round's CPU per request would keep every core busy: the most
+    /// any scheduling of the same work could reach on this machine.
+    fn cpu_ceiling(&self) -> f64 {
+        common::cores() * 1e6 / self.cpu_per_request()
+    }
+
     /// The lines printed under a round's figures.
     fn describe(&self) -> String {
         let o = &self.outcome;
@@ -127,9 +143,12 @@ impl Round {
             );
         }
         out += &format!(
-            "\n      CPU µs per request: server {:.1}, load generator {:.1}; by thread: {}",
+            "\n      CPU µs per request: server {:.1}, load generator {:.1}; CPU ceiling {:.0}/s on {} cores, reached {:.0} %; by thread: {}",
             self.cpu.run().as_secs_f64() * 1e6 / n,
             o.client_cpu.as_secs_f64() * 1e6 / n,
+            self.cpu_ceiling(),
+            common::cores(),
+            o.rate() / self.cpu_ceiling() * 100.0,
             self.cpu.per(n)
         );
         if self.groups > 0 {
@@ -273,11 +292,27 @@ fn main() {
                 let median = common::median(per_round.clone());
                 let p99 = merged[i].pct(0.99).as_secs_f64() * 1e3;
                 let met = median >= 0.6 && weakest >= 0.5 && p99 <= 5.0;
+                // What the ratio would be with this route's CPU per request keeping every
+                // core busy, against the no-op handler as it ran: the ratio's bound on this
+                // machine, however the waits were arranged.
+                let bound: Vec<f64> = results[i]
+                    .iter()
+                    .zip(&results[0])
+                    .map(|(r, a)| r.cpu_ceiling() / a.outcome.rate())
+                    .collect();
                 println!(
                     "ratio {name}: median of rounds {median:.2}, weakest round {weakest:.2}, over all rounds {:.2}; p99 {p99:.2} ms \
                      (target: median ≥ 0.60, weakest ≥ 0.50, p99 ≤ 5 ms: {})",
                     merged[i].rate() / merged[0].rate(),
                     if met { "met" } else { "NOT met" },
+                );
+                println!(
+                    "  bound by CPU: median of rounds {:.2}, weakest round {:.2} (this route's CPU ceiling over the no-op handler's rate; \
+                     server and generator µs per request {:.1} against {:.1})",
+                    common::median(bound.clone()),
+                    bound.iter().copied().fold(f64::MAX, f64::min),
+                    common::median(results[i].iter().map(Round::cpu_per_request).collect()),
+                    common::median(results[0].iter().map(Round::cpu_per_request).collect()),
                 );
             }
         }

@@ -172,6 +172,11 @@ impl Cpu {
     }
 }
 
+/// The cores this process may run on (one when that cannot be read).
+pub fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
 /// The machine's CPU time by state, from `/proc/stat`, in clock ticks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Machine {
