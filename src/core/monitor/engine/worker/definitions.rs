@@ -1,0 +1,231 @@
+//! Definitions: a monitor created, changed, paused or removed on the leader, and the
+//! leader's changes shown on a replica that follows.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::{Command, Done, Worker};
+use crate::core::monitor::engine::EngineError;
+use crate::core::monitor::engine::mirror::{TokenChanges, mirrored};
+use crate::core::monitor::engine::publish::Published;
+use crate::core::monitor::engine::staging::Round;
+use crate::core::monitor::engine::types::{Monitor, MonitorDef};
+use crate::core::monitor::state::{self, Effect, MonitorState, Signal, Timing};
+use crate::core::storage::{FeedChanges, Removal};
+
+impl Worker {
+    /// A command on a replica that does not lead: it shows the leader's changes and
+    /// writes nothing, so every write is refused (a deadline waits for the leader).
+    pub(super) fn follow(&self, cmd: Command) {
+        match cmd {
+            Command::Mirror(changes, reply) => {
+                let _ = reply.send(self.mirror(*changes));
+            }
+            Command::Upsert(_, reply) | Command::SetPaused(_, _, reply) => {
+                let _ = reply.send(Err(EngineError::NotLeader));
+            }
+            Command::Remove(_, reply) | Command::Job(_, _, reply) | Command::Relayed(_, reply) => {
+                let _ = reply.send(Err(EngineError::NotLeader));
+            }
+            Command::Ping(_, _, reply) => {
+                let _ = reply.send(Err(EngineError::NotLeader));
+            }
+            Command::Due(_) => {}
+            Command::Probe(reply) => {
+                let _ = reply.send(());
+            }
+            #[cfg(test)]
+            Command::Stall(d, started) => {
+                let _ = started.send(());
+                std::thread::sleep(d)
+            }
+        }
+    }
+
+    /// Shows the leader's `changes` to readers, the deadline scheduler (whose deadlines
+    /// wait until this replica leads) and subscribers; the ping tokens that changed, for
+    /// the registry.
+    fn mirror(&self, changes: FeedChanges) -> TokenChanges {
+        let out = mirrored(&self.read(), changes);
+        let mut shown = Published {
+            seq: 0,
+            commands: 0,
+            monitors: out.monitors.into_iter().map(Arc::new).collect(),
+            removed: out.removed,
+            changes: out.changes,
+            alerts: false,
+            done: Vec::new(),
+            // The leader measured how late its Downs were; a mirror only shows them.
+            timed_downs: Vec::new(),
+            // No deadline fired here: every monitor is armed as the leader left it.
+            unarmed: Default::default(),
+        };
+        self.readers().publish(&mut shown);
+        out.tokens
+    }
+
+    pub(super) fn define(
+        &self,
+        def: MonitorDef,
+        reply: oneshot::Sender<Result<Monitor, EngineError>>,
+        round: &mut Round,
+    ) {
+        match self.upsert(def, round) {
+            Ok((m, _)) if self.current(&m.def.key, round).as_ref() == Some(&m) => {
+                let _ = reply.send(Ok(m));
+            }
+            Ok((m, effects)) => {
+                let out = m.clone();
+                let done: Done = Box::new(move |r| {
+                    let _ = reply.send(r.map(|_| out));
+                });
+                let key = m.def.key.clone();
+                self.stage(m, &effects, None, round, done);
+                round.redefined.insert(key);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    pub(super) fn set_paused(
+        &self,
+        key: &str,
+        paused: bool,
+        reply: oneshot::Sender<Result<Monitor, EngineError>>,
+        round: &mut Round,
+    ) {
+        let now = self.clock.now();
+        let Some(mut m) = self.current(key, round) else {
+            let _ = reply.send(Err(EngineError::NotFound));
+            return;
+        };
+        m.def.paused = paused;
+        m.def.updated_at = now;
+        let signal = if paused {
+            Signal::Pause(now)
+        } else {
+            Signal::Resume(now)
+        };
+        let (st, effects) = state::apply(&m.def.timing(), &m.state, &signal);
+        m.state = st;
+        let out = m.clone();
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(r.map(|_| out));
+        });
+        let key = m.def.key.clone();
+        self.stage(m, &effects, None, round, done);
+        round.redefined.insert(key);
+    }
+
+    /// The monitor `def` defines, and the effects of the change: a known monitor keeps its
+    /// id, creation time and state; one deleted with `Retain` picks its state back up.
+    fn upsert(
+        &self,
+        mut def: MonitorDef,
+        round: &Round,
+    ) -> Result<(Monitor, Vec<Effect>), EngineError> {
+        let now = self.clock.now();
+        if let Some(old) = self.current(&def.key, round) {
+            def.created_at = old.def.created_at;
+            def.id = old.def.id.clone();
+            if def == old.def {
+                return Ok((old, Vec::new()));
+            }
+            let mut signals = Vec::new();
+            if def.paused != old.def.paused {
+                signals.push(if def.paused {
+                    Signal::Pause(now)
+                } else {
+                    Signal::Resume(now)
+                });
+            }
+            if def.timing() != old.def.timing() {
+                signals.push(Signal::Retimed(now));
+            }
+            return Ok(redefined(old, def, signals));
+        }
+        // The store answers from the rounds handed to it: first hand it every one staged.
+        self.handover.settle();
+        if let Some(old) = self.store.find_retained(&def.key)? {
+            def.created_at = old.def.created_at;
+            let mut signals = vec![Signal::Retimed(now)];
+            if def.paused {
+                signals.push(Signal::Pause(now));
+            }
+            return Ok(redefined(old, def, signals));
+        }
+        let num = self.store.next_monitor_num()?;
+        let state = MonitorState::created(&def.timing(), now, def.paused);
+        Ok((
+            Monitor {
+                num,
+                def,
+                state,
+                last_run_ms: None,
+            },
+            Vec::new(),
+        ))
+    }
+
+    pub(super) fn remove(&self, key: &str, round: &mut Round) {
+        let Some(m) = self.current(key, round) else {
+            return;
+        };
+        self.transitions_since_trim.borrow_mut().clear(m.num);
+        round.monitors.remove(key);
+        round.redefined.remove(key);
+        round.removed.insert(key.to_string());
+        let num = m.num;
+        // Kept with history and state under the retained key, so a re-created monitor
+        // finds them: pings answered earlier in this round stay staged and are written
+        // with it. Otherwise they go with the rest of its history.
+        let retain = m.def.retain_on_delete().then_some(m);
+        if retain.is_none() {
+            round.writes.pings.retain(|(n, _)| *n != num);
+            round.writes.transitions.retain(|(n, ..)| *n != num);
+            round.writes.trims.retain(|(n, _)| *n != num);
+        }
+        round.writes.remove.push(Removal {
+            key: key.to_string(),
+            num,
+            retain,
+        });
+    }
+}
+
+/// `old` under its new definition, with the effects of `signals` applied in order.
+fn redefined(
+    old: Monitor,
+    def: MonitorDef,
+    signals: Vec<Signal>,
+) -> (Monitor, Vec<Effect>) {
+    let (state, effects) = apply_all(&def.timing(), &old.state, signals);
+    (
+        Monitor {
+            num: old.num,
+            def,
+            state,
+            last_run_ms: old.last_run_ms,
+        },
+        effects,
+    )
+}
+
+/// Applies `signals` in order, collecting every effect.
+fn apply_all(
+    timing: &Timing,
+    state: &MonitorState,
+    signals: Vec<Signal>,
+) -> (MonitorState, Vec<Effect>) {
+    let mut st = state.clone();
+    let mut effects = Vec::new();
+    for sig in signals {
+        let (next, e) = state::apply(timing, &st, &sig);
+        st = next;
+        effects.extend(e);
+    }
+    (st, effects)
+}
