@@ -28,7 +28,10 @@ pub enum TokenFileError {
     Token(#[from] TokenError),
 }
 
-/// Writes `contents` to `path` with mode 0600, atomically (temp file + rename).
+/// Writes `contents` to `path` with mode 0600, atomically (temp file + rename), and
+/// durably: the rename is only sure to survive a crash once the directory is synced. A
+/// token file lost to a crash is issued anew at the next start, and the token already
+/// handed out would stop working.
 pub fn write_private(path: &Path, contents: &str) -> Result<(), TokenFileError> {
     let io = |source| TokenFileError::Io {
         path: path.to_path_buf(),
@@ -50,6 +53,7 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), TokenFileError> 
     f.write_all(b"\n").map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
+    crate::core::store::files::sync_parent(path).map_err(io)?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod apps;
 pub mod commit;
 pub mod dump;
 pub mod events;
+pub mod files;
 pub mod keys;
 /// Kept here too: the commit log's flush latency was its first use.
 pub use super::latency;

@@ -19,12 +19,14 @@
 //! (a hole in a sparse file): no record. A state record longer than [`CAPACITY`] does not
 //! fit: the store keeps it in sled and leaves the slot empty.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use super::files;
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "monitor-states";
@@ -143,13 +145,7 @@ impl StateFile {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let file = files::open_or_create(&path).map_err(io)?;
         let mut head = [0u8; HEADER as usize];
         let read = read_at_most(&file, &mut head, 0).map_err(io)?;
         let id = if read == 0 || head.iter().all(|b| *b == 0) {
@@ -160,10 +156,7 @@ impl StateFile {
                 .map_err(|e| io(std::io::Error::other(format!("no random id: {e}"))))?;
             file.write_all_at(&header(&id), 0).map_err(io)?;
             file.sync_all().map_err(io)?;
-            if let Some(parent) = path.parent() {
-                // The file's name in its directory is durable too.
-                File::open(parent).and_then(|d| d.sync_all()).map_err(io)?;
-            }
+            files::sync_parent(&path).map_err(io)?;
             id
         } else {
             parse_header(&head).ok_or_else(|| StatesError::Header { path: path.clone() })?
@@ -500,7 +493,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = StateFile::open(dir.path()).unwrap();
         f.write(9, Some(b"{\"state\":\"down\"}")).unwrap();
-        let raw = OpenOptions::new()
+        let raw = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.path().join(FILE_NAME))
             .unwrap();

@@ -27,11 +27,12 @@
 //! larger than that is refused before anything is written. Replay reads the file one
 //! record at a time, and a checkpoint cuts back a file that a burst grew past its bound.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::files;
 use super::states::{self, StateFile};
 
 /// File name of the log inside the database directory.
@@ -618,13 +619,7 @@ impl Log {
             path: path.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(err)?;
+        let file = files::open_or_create(&path).map_err(err)?;
         let size = file.metadata().map_err(err)?.len();
         let mut head = Vec::with_capacity(FILE_HEADER);
         (&file)
@@ -657,11 +652,7 @@ impl Log {
         }
         log.reset()?;
         // The file's directory entry must survive a crash too.
-        if let Some(parent) = log.path.parent() {
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| log.io(e))?;
-        }
+        files::sync_parent(&log.path).map_err(|e| log.io(e))?;
         Ok((log, replayed))
     }
 

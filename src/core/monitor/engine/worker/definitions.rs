@@ -197,11 +197,7 @@ impl Worker {
 }
 
 /// `old` under its new definition, with the effects of `signals` applied in order.
-fn redefined(
-    old: Monitor,
-    def: MonitorDef,
-    signals: Vec<Signal>,
-) -> (Monitor, Vec<Effect>) {
+fn redefined(old: Monitor, def: MonitorDef, signals: Vec<Signal>) -> (Monitor, Vec<Effect>) {
     let (state, effects) = apply_all(&def.timing(), &old.state, signals);
     (
         Monitor {
