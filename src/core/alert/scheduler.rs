@@ -1,5 +1,5 @@
 //! The delivery scheduler: one queue per target, a bounded number of deliveries in flight,
-//! and the notification rules of [`policy`](super::policy) deciding what each target gets.
+//! and the notification rules of [`policy`] deciding what each target gets.
 //!
 //! One task owns the bookkeeping; each delivery runs in a task of its own, at most
 //! [`OutboxConfig::concurrency`](super::outbox::OutboxConfig) at once and one per target,

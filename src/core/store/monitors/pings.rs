@@ -1,5 +1,5 @@
 //! Ping history in the monitors tree: blocks of
-//! [`PINGS_PER_BLOCK`](crate::core::monitor::history::PINGS_PER_BLOCK) consecutive pings
+//! [`PINGS_PER_BLOCK`] consecutive pings
 //! per value (the format of [`crate::core::monitor::history`]), keyed by family, monitor
 //! number and block index, so one monitor's blocks sort oldest first in one range.
 

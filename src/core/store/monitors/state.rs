@@ -8,11 +8,11 @@
 //! (about 150 bytes for a monitor pinged on an interval).
 //!
 //! The encoding is the port's ([`state_record`]), shared with every backend. It goes to
-//! the monitor's slot in the state file ([`states`](crate::core::store::states)): one
+//! the monitor's slot in the state file ([`states`]): one
 //! positional write, where an insert into sled fetched and copied a B-tree leaf that a
 //! million monitors keep out of sled's cache. A state record too long for a slot (a
 //! monitor that remembers many Jobs) lives in sled under
-//! [`Family::State`](super::keys::Family::State) with the monitor's number instead, and
+//! [`Family::State`] with the monitor's number instead, and
 //! its slot is cleared in the same commit-log record; the next one that fits clears it
 //! from sled. So a monitor's state is in at most one of the two places.
 //!

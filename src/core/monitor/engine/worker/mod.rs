@@ -93,7 +93,7 @@ pub(super) enum Command {
     /// The leader's rounds, shown by a replica that does not lead.
     Mirror(Box<FeedChanges>, oneshot::Sender<TokenChanges>),
     /// Monitors whose deadline came due, as many as the scheduler had fired, each with its
-    /// place in the herd ([`herd::placed`]).
+    /// place in the herd ([`Place`]).
     Due(Vec<(Arc<str>, Place)>),
     /// Answered as soon as the worker takes it: the thread is alive and not stuck.
     Probe(oneshot::Sender<()>),
