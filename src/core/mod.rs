@@ -7,6 +7,7 @@ pub mod catalogue;
 pub mod channel;
 pub mod cron;
 pub mod duration;
+pub mod files;
 pub mod ingest;
 pub mod latency;
 pub mod leadership;

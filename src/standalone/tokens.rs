@@ -53,7 +53,7 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), TokenFileError> 
     f.write_all(b"\n").map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
-    crate::core::store::files::sync_parent(path).map_err(io)?;
+    crate::core::files::sync_parent(path).map_err(io)?;
     Ok(())
 }
 

@@ -11,7 +11,6 @@ pub mod apps;
 pub mod commit;
 pub mod dump;
 pub mod events;
-pub mod files;
 pub mod keys;
 /// Kept here too: the commit log's flush latency was its first use.
 pub use super::latency;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::files;
+use crate::core::files;
 
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "monitor-states";

@@ -32,8 +32,8 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::files;
 use super::states::{self, StateFile};
+use crate::core::files;
 
 /// File name of the log inside the database directory.
 pub const FILE_NAME: &str = "hartslag-commit.log";

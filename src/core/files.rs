@@ -1,11 +1,12 @@
-//! Opening the store's own files and making their names durable.
+//! Files that hold durable data: the commit log and the monitor-state file are opened
+//! alike, and their names, like the token files', are made durable alike.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 /// Opens `path` for reading and writing, creating it empty if it does not exist and
 /// never truncating it: what a crash left in it is for the caller to read.
-pub(super) fn open_or_create(path: &Path) -> std::io::Result<File> {
+pub fn open_or_create(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
