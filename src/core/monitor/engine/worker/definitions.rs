@@ -75,15 +75,7 @@ impl Worker {
             Ok((m, _)) if self.current(&m.def.key, round).as_ref() == Some(&m) => {
                 let _ = reply.send(Ok(m));
             }
-            Ok((m, effects)) => {
-                let out = m.clone();
-                let done: Done = Box::new(move |r| {
-                    let _ = reply.send(r.map(|_| out));
-                });
-                let key = m.def.key.clone();
-                self.stage(m, &effects, None, round, done);
-                round.redefined.insert(key);
-            }
+            Ok((m, effects)) => self.redefine(m, &effects, reply, round),
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
@@ -111,12 +103,24 @@ impl Worker {
         };
         let (st, effects) = state::apply(&m.def.timing(), &m.state, &signal);
         m.state = st;
+        self.redefine(m, &effects, reply, round);
+    }
+
+    /// Stages `m` under its changed definition (its whole record is written, not only its
+    /// state); `reply` gets the monitor once the round is durable.
+    fn redefine(
+        &self,
+        m: Monitor,
+        effects: &[Effect],
+        reply: oneshot::Sender<Result<Monitor, EngineError>>,
+        round: &mut Round,
+    ) {
         let out = m.clone();
         let done: Done = Box::new(move |r| {
             let _ = reply.send(r.map(|_| out));
         });
         let key = m.def.key.clone();
-        self.stage(m, &effects, None, round, done);
+        self.stage(m, effects, None, round, done);
         round.redefined.insert(key);
     }
 
