@@ -22,6 +22,11 @@ run:
 bench:
     cargo bench --bench ingest
 
+# The code's documentation, private items included (the design is documented there),
+# with every broken intra-doc link an error.
+docs:
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items
+
 # Formatting and lints as CI checks them.
 lint:
     cargo fmt --all -- --check
