@@ -847,3 +847,50 @@ async fn a_nul_in_an_event_name_or_filter_is_a_422_that_says_so() {
     assert_eq!(export(&s.base, &token, "?event=ab").await.len(), 1);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn weight_sums_past_the_range_of_i64_are_answered_as_plain_integers() {
+    // Each weight is a valid i64; their sums are not: a stats answer built as a JSON value
+    // could not hold them and dropped the connection, for good, since the sums are stored.
+    let (s, token) = server().await;
+    for _ in 0..3 {
+        let body = json!({"event": "big", "weight": i64::MAX});
+        assert_eq!(post(&s.base, &token, body).await.0, StatusCode::CREATED);
+    }
+    for _ in 0..2 {
+        let body = json!({"event": "small", "weight": i64::MIN.to_string()});
+        assert_eq!(post(&s.base, &token, body).await.0, StatusCode::CREATED);
+    }
+    let read = |query: &'static str| {
+        let (base, token) = (s.base.clone(), token.clone());
+        async move {
+            let res = reqwest::Client::new()
+                .get(format!("{base}/api/v1/stats{query}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            res.text().await.unwrap()
+        }
+    };
+    let big = 3 * i128::from(i64::MAX);
+    let small = 2 * i128::from(i64::MIN);
+    let text = read("?event=big").await;
+    assert!(
+        text.contains(&format!(r#""total":{{"count":3,"weight":{big}}}"#)),
+        "{text}"
+    );
+    let text = read("").await;
+    let sum = big + small;
+    assert!(
+        text.contains(&format!(r#""total":{{"count":5,"weight":{sum}}}"#)),
+        "{text}"
+    );
+    assert!(text.contains(&format!(r#""weight":{small}"#)), "{text}");
+    // Still JSON a client parses (numbers past 64 bits become floats there).
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 2);
+    assert_eq!(v["application"], "shop");
+    s.stop().await;
+}

@@ -210,51 +210,107 @@ async fn stats(
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg));
         }
     };
-    let mut body = periods_json(&report.overall);
-    if let Value::Object(map) = &mut body {
-        map.insert("application".into(), json!(app.name));
-        map.insert("namespace".into(), json!(app.namespace));
-        map.insert("time_zone".into(), json!(app.spec.time_zone_name()));
-        map.insert("as_of".into(), json!(now.to_string()));
-        map.insert(
-            "periods".into(),
-            json!({
-                "today": periods.today.to_string(),
-                "week_start": periods.week_start.to_string(),
-                "month_start": periods.month_start.to_string(),
-            }),
-        );
-        map.insert("filters".into(), json!({ "event": event, "user_id": user }));
-        map.insert("events".into(), events_json(&report));
-    }
+    let body = StatsBody {
+        application: &app.name,
+        namespace: &app.namespace,
+        time_zone: app.spec.time_zone_name(),
+        as_of: now.to_string(),
+        periods: PeriodDates {
+            today: periods.today.to_string(),
+            week_start: periods.week_start.to_string(),
+            month_start: periods.month_start.to_string(),
+        },
+        filters: Filters {
+            event: event.as_deref(),
+            user_id: user,
+        },
+        overall: (&report.overall).into(),
+        events: event_rows(&report),
+    };
     Ok((StatusCode::OK, axum::Json(body)).into_response())
 }
 
+/// The answer of `GET /api/v1/stats`. Typed rather than built as a `serde_json::Value`:
+/// a weight sum is an `i128` (a few events of weight near `i64::MAX` pass it), which
+/// `Value` cannot hold, while serde_json writes it as the plain integer it is.
+#[derive(serde::Serialize)]
+struct StatsBody<'a> {
+    application: &'a str,
+    namespace: &'a str,
+    time_zone: &'a str,
+    as_of: String,
+    periods: PeriodDates,
+    filters: Filters<'a>,
+    #[serde(flatten)]
+    overall: PeriodsJson,
+    events: Vec<EventRow<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct PeriodDates {
+    today: String,
+    week_start: String,
+    month_start: String,
+}
+
+#[derive(serde::Serialize)]
+struct Filters<'a> {
+    event: Option<&'a str>,
+    user_id: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct TallyJson {
+    count: i64,
+    weight: i128,
+}
+
+#[derive(serde::Serialize)]
+struct PeriodsJson {
+    today: TallyJson,
+    week: TallyJson,
+    month: TallyJson,
+    total: TallyJson,
+}
+
+impl From<&Tally> for TallyJson {
+    fn from(t: &Tally) -> Self {
+        Self {
+            count: t.count,
+            weight: t.weight,
+        }
+    }
+}
+
+impl From<&PeriodTallies> for PeriodsJson {
+    fn from(p: &PeriodTallies) -> Self {
+        Self {
+            today: (&p.today).into(),
+            week: (&p.week).into(),
+            month: (&p.month).into(),
+            total: (&p.total).into(),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct EventRow<'a> {
+    event: &'a str,
+    #[serde(flatten)]
+    tallies: PeriodsJson,
+}
+
 /// Per event name, most counted first (ties by name).
-fn events_json(report: &StatsReport) -> Value {
+fn event_rows(report: &StatsReport) -> Vec<EventRow<'_>> {
     let mut events: Vec<(&String, &PeriodTallies)> = report.events.iter().collect();
     events.sort_by(|a, b| b.1.total.count.cmp(&a.1.total.count).then(a.0.cmp(b.0)));
-    let rows = events.into_iter().map(|(name, p)| {
-        let mut v = periods_json(p);
-        if let Value::Object(m) = &mut v {
-            m.insert("event".into(), json!(name));
-        }
-        v
-    });
-    Value::Array(rows.collect())
-}
-
-fn tally_json(t: &Tally) -> Value {
-    json!({ "count": t.count, "weight": t.weight })
-}
-
-fn periods_json(p: &PeriodTallies) -> Value {
-    json!({
-        "today": tally_json(&p.today),
-        "week": tally_json(&p.week),
-        "month": tally_json(&p.month),
-        "total": tally_json(&p.total),
-    })
+    events
+        .into_iter()
+        .map(|(name, p)| EventRow {
+            event: name,
+            tallies: p.into(),
+        })
+        .collect()
 }
 
 async fn export(
