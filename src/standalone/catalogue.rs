@@ -21,12 +21,20 @@ use crate::core::token::{Token, TokenKind, random_id};
 pub struct StandaloneCatalogue {
     core: Services,
     config: ServerConfig,
+    /// Held by every create and delete: a create finds a free name, then writes its token
+    /// files and defines the monitor under it, and two creates of one name at once would
+    /// otherwise both find it free and write each other's files.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl StandaloneCatalogue {
     /// A catalogue over `core`, with token files under `config`'s data directory.
     pub fn new(core: Services, config: ServerConfig) -> Self {
-        Self { core, config }
+        Self {
+            core,
+            config,
+            writes: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The slug of `display_name`, numbered (`-2`, `-3`, ...) past every name a monitor,
@@ -50,11 +58,15 @@ impl StandaloneCatalogue {
     }
 }
 
-/// Monitor `m`'s token from the token file in `data`, if there is one and it is `m`'s
-/// (a file left by a monitor deleted and defined again elsewhere holds another token).
+/// Monitor `m`'s token from its token file in `data`, or else from its ping URL file (a
+/// manifest Heartbeat whose `tokenFile` names its own), if it is `m`'s: a file left by a
+/// monitor deleted and defined again elsewhere holds another token.
 fn token_file(data: &std::path::Path, m: &Monitor) -> Option<Token> {
     let path = tokens::token_path(data, "heartbeat", m.def.name());
-    let token = tokens::read_token(&path).ok().flatten()?;
+    let token = tokens::read_token(&path)
+        .ok()
+        .flatten()
+        .or_else(|| tokens::ping_url_token(data, m.def.name()))?;
     token.hash().ct_eq(&m.def.token).then_some(token)
 }
 
@@ -104,6 +116,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
         req: CreateRequest,
     ) -> BoxFuture<'a, Result<(Monitor, String), CatalogueError>> {
         Box::pin(async move {
+            let _writing = self.writes.lock().await;
             let core = &self.core;
             check_quota(&core.engine, app)?;
             let data = &self.config.data_dir;
@@ -196,6 +209,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
             if monitor.def.origin == Origin::Manifest {
                 return Err(read_only(monitor));
             }
+            let _writing = self.writes.lock().await;
             let core = &self.core;
             core.registry
                 .remove_token(monitor.def.token)

@@ -40,21 +40,39 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), TokenFileError> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = temporary_path(path);
+    let written = write_new(&tmp, contents).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    crate::core::files::sync_parent(path).map_err(io)?;
+    Ok(())
+}
+
+/// A temporary file beside `path` that no other write uses: two writers of one file (two
+/// requests creating a monitor, each under the name it found free) must not write into
+/// each other's temporary file, nor rename one away from under the other.
+fn temporary_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+}
+
+/// Writes `contents` and a newline to a new file at `tmp` (mode 0600) and flushes it.
+fn write_new(tmp: &Path, contents: &str) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.write_all(b"\n").map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    crate::core::files::sync_parent(path).map_err(io)?;
-    Ok(())
+    let mut f = opts.open(tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
 }
 
 /// Reads a token from a file, trimmed.
@@ -107,6 +125,15 @@ pub fn write_ping_url(
         write_private(&path, &url)?;
     }
     Ok(path)
+}
+
+/// The token in Heartbeat `name`'s ping URL file. Every Heartbeat has that file, wherever
+/// its token lives (a manifest's own `tokenFile` may be anywhere); callers check the token
+/// against the monitor's hash, since a file can outlive its monitor.
+pub fn ping_url_token(data: &Path, name: &str) -> Option<Token> {
+    let url = std::fs::read_to_string(ping_url_path(data, name)).ok()?;
+    let token = url.trim_end().strip_suffix("/ping")?.rsplit('/').next()?;
+    (token.len() >= 16).then(|| Token::from_string(token))
 }
 
 /// Whether the ping URL file at `path` holds `url`.

@@ -207,3 +207,76 @@ async fn a_route_asked_with_a_method_it_does_not_take_gets_405_with_allow_and_a_
         assert!(error.contains(method.as_str()), "{method} {path}: {body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_of_one_name_at_once_each_get_a_monitor_and_a_working_token() {
+    // They once all found the name free and wrote one temporary token file: some answered
+    // 503 naming a server path, and the token file held a token no monitor had.
+    let (_dir, data, server) = shop().await;
+    let key = read_token(&data, "application", "shop");
+    let api = format!("{}/v1/heartbeats", server.base);
+    // One client, built first (building one takes milliseconds, which spread the requests
+    // out), and every request sent at once.
+    let http = reqwest::Client::new();
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(16));
+    let creates: Vec<_> = (0..16)
+        .map(|_| {
+            let (api, key, http, start) = (api.clone(), key.clone(), http.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let r = http
+                    .post(&api)
+                    .bearer_auth(&key)
+                    .json(&json!({"name": "race"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(status, 201, "{body}");
+                let field = |f: &str| body[f].as_str().unwrap().to_string();
+                (field("resource"), field("token"))
+            })
+        })
+        .collect();
+    let mut made = Vec::new();
+    for c in creates {
+        made.push(c.await.unwrap());
+    }
+    let mut names: Vec<&str> = made.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 16, "every create its own name: {names:?}");
+    let listed: Value = http
+        .get(&api)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (name, token) in &made {
+        let r = http
+            .post(format!("{}/v1/heartbeats/{token}/ping", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the token {name}'s create answered pings");
+        let file = std::fs::read_to_string(data.join(format!("tokens/heartbeat-{name}.token")));
+        assert_eq!(file.unwrap().trim(), token, "{name}'s token file");
+        let hb = listed["heartbeats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["resource"] == name.as_str())
+            .unwrap();
+        assert_eq!(hb["token"], token.as_str(), "{name} listed with its token");
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(data.join("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -158,3 +158,37 @@ async fn management_api_is_rate_limited_per_key() {
     assert_eq!(r.status(), 200, "another key has its own budget");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_heartbeat_with_its_own_token_file_is_listed_with_that_token() {
+    let token = "own-token-from-a-file-0123456789";
+    let mut files = manifests();
+    files.push(("own.token", token.to_string()));
+    files.push((
+        "own.yaml",
+        heartbeat_manifest(
+            "own-token",
+            "1h",
+            "5m",
+            "  tokenFile: own.token\n  applicationRef:\n    name: team-a\n",
+        ),
+    ));
+    let s = InProcess::start(&files).await;
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/v1/heartbeats", s.base))
+        .bearer_auth(s.app_token("team-a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hb = listed["heartbeats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["resource"] == "own-token")
+        .unwrap();
+    assert_eq!(hb["token"], token, "{hb}");
+    s.stop().await;
+}
