@@ -659,3 +659,50 @@ async fn a_ping_answered_just_before_a_retained_monitor_is_deleted_stays_in_its_
         );
     }
 }
+
+#[tokio::test]
+async fn a_ping_with_a_long_log_is_recorded_with_the_first_ten_kib_of_it() {
+    // Longer than the largest accepted event body (64 KiB): the ping once got 413 and was
+    // lost, and a job that posted its log was reported Down.
+    let s = start(
+        &[("hb.yaml", heartbeat_manifest("job", "1h", "5m", ""))],
+        None,
+    )
+    .await;
+    let url = ping_url(&s.data, "job");
+    let log: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    assert!(log.len() > 200 * 1024);
+    let c = reqwest::Client::new();
+    let r = c.post(&url).body(log.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Sent in chunks, with no declared length, too.
+    let path = url.trim_start_matches(&s.base);
+    let addr = s.base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .into_bytes();
+    for chunk in log.as_bytes().chunks(7000) {
+        request.extend(format!("{:x}\r\n", chunk.len()).bytes());
+        request.extend(chunk);
+        request.extend(b"\r\n");
+    }
+    request.extend(b"0\r\n\r\n");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(&request).await.unwrap();
+    let mut answer = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let m = s.core.engine.get("default/job").unwrap();
+    let pings = s.core.engine.pings(m.num, 10).await.unwrap();
+    assert_eq!(pings.len(), 2);
+    for p in &pings {
+        let body = p.body.as_deref().unwrap();
+        assert_eq!(body.len(), 10 * 1024);
+        assert!(log.starts_with(body));
+    }
+}

@@ -235,3 +235,52 @@ async fn sigterm_ends_live_streams_and_the_process_promptly() {
     .await;
     assert!(end.is_ok(), "the live stream did not end");
 }
+
+/// The first bytes the server answers on `stream`, waiting at most `within`.
+async fn first_answer(stream: &mut TcpStream, within: Duration) -> String {
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(within, stream.read(&mut buf))
+        .await
+        .expect("no answer in time")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_declared_over_the_limit_gets_413_at_once_not_a_408_later() {
+    let (_dir, manifests, data) = one_application();
+    std::fs::write(
+        manifests.join("hb.yaml"),
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: job\nspec:\n  interval: 1h\n",
+    )
+    .unwrap();
+    // A body timeout far past the deadline below: only an answer before reading does.
+    let server = ChildServer::start(&manifests, &data, &["--http-body-timeout", "120s"]).await;
+    let token = read_token_of(&data);
+    let ping = std::fs::read_to_string(data.join("tokens/heartbeat-job.url")).unwrap();
+    let ping_path = ping.trim().trim_start_matches(&server.base).to_string();
+    let addr = addr(&server.base);
+    let cases = [
+        (
+            format!(
+                "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            ),
+            "65536",
+        ),
+        (
+            format!("POST {ping_path} HTTP/1.1\r\nHost: x\r\n"),
+            "16777216",
+        ),
+    ];
+    for (head, limit) in cases {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let request = format!("{head}Content-Length: 99999999999\r\n\r\n{{}}");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let text = first_answer(&mut s, Duration::from_secs(20)).await;
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(
+            text.contains(&format!("the limit of {limit} bytes")),
+            "{text}"
+        );
+    }
+}

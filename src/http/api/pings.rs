@@ -19,12 +19,15 @@ use crate::core::replica::PingError;
 use crate::core::token::TokenKind;
 use crate::http::HttpState;
 use crate::http::auth::bearer;
-use crate::http::body::read_body;
+use crate::http::body::read_head;
 use crate::http::error::{ApiError, json_body};
 use crate::http::path::Segment;
 
 /// Longest ping body kept (a job's last log lines).
 pub const MAX_PING_BODY: usize = 10 * 1024;
+/// Longest ping body read: a job that posts its whole log has its ping recorded, with the
+/// log's first [`MAX_PING_BODY`] bytes; the rest is read and dropped.
+pub const MAX_PING_UPLOAD: usize = 16 * 1024 * 1024;
 /// Longest user agent kept.
 pub const MAX_USER_AGENT: usize = 200;
 
@@ -165,7 +168,13 @@ async fn ping_input(
     body: Body,
 ) -> Result<PingInput, ApiError> {
     let exit_code = failure_code(params)?;
-    let bytes = read_body(body, state.max_body_bytes, state.limits.body_timeout).await?;
+    let bytes = read_head(
+        body,
+        MAX_PING_BODY,
+        MAX_PING_UPLOAD.max(state.max_body_bytes),
+        state.limits.body_timeout,
+    )
+    .await?;
     let body =
         (!bytes.is_empty()).then(|| truncate(&String::from_utf8_lossy(&bytes), MAX_PING_BODY));
     let user_agent = user_agent(headers);
