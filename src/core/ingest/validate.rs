@@ -126,8 +126,12 @@ fn as_integer(v: &Value) -> Option<i64> {
 ///
 /// Every accepted form is ASCII, so anything else is refused before any position in the
 /// text is looked at; the positions are then read with checked slices all the same.
+///
+/// A bracketed annotation (`2024-01-17T10:30:00[Europe/Paris]`, RFC 9557) is none of the
+/// contract's forms: jiff reads it and ignores the zone, so the event would be stored at
+/// another instant than its sender meant.
 pub fn parse_created_at(s: &str) -> Option<Timestamp> {
-    if !s.is_ascii() {
+    if !s.is_ascii() || s.contains('[') {
         return None;
     }
     if let Ok(ts) = s.parse::<Timestamp>() {
@@ -312,6 +316,9 @@ mod tests {
             "\u{e9}024-01-01",
             "2024-01-01T00:00:00\u{e9}",
             "2024-01-01 00:00:00+\u{1F600}",
+            "2024-01-17T10:30:00[Europe/Paris]",
+            "2024-01-17T10:30:00+01:00[Europe/Paris]",
+            "2024-01-17[u-ca=iso8601]",
         ] {
             let body = err(json!({"event": "x", "created_at": input}));
             assert_eq!(
