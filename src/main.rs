@@ -71,12 +71,14 @@ enum Command {
     /// second run copies what the first did not finish, and says what it copied.
     Migrate {
         /// The sled data directory (the --data of the hartslag that wrote it).
-        #[arg(long = "from-sled", value_name = "DIR")]
+        #[arg(long = "from-sled", value_name = "DIR", env = "HARTSLAG_FROM_SLED")]
         from_sled: PathBuf,
-        /// The PostgreSQL database to copy into (postgres://user:password@host:port/database).
+        /// The PostgreSQL database to copy into (postgres://user:password@host:port/database);
+        /// when neither the flag nor HARTSLAG_TO is set, HARTSLAG_DATABASE_URL, the server's
+        /// own variable, so a Job can take the server's Secret as it is.
         // Parsed after clap, whose error would quote the value, password and all.
-        #[arg(long, env = "HARTSLAG_DATABASE_URL", hide_env_values = true)]
-        to: String,
+        #[arg(long, env = "HARTSLAG_TO", hide_env_values = true)]
+        to: Option<String>,
         /// PEM file of the CA that signed the database server's certificate.
         #[arg(long, env = "HARTSLAG_DATABASE_CA_FILE")]
         database_ca_file: Option<PathBuf>,
@@ -372,6 +374,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .init();
+            let Some(to) = to.or_else(|| std::env::var("HARTSLAG_DATABASE_URL").ok()) else {
+                return Err("hartslag migrate needs the database to copy into: --to, HARTSLAG_TO or HARTSLAG_DATABASE_URL".into());
+            };
             let to = with_ca(to.parse()?, &database_ca_file);
             println!("copying {} into {to}", from_sled.display());
             let report = hartslag::core::migrate::from_sled(&from_sled, &to).await?;

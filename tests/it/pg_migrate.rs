@@ -596,3 +596,40 @@ async fn a_part_that_failed_midway_left_nothing_and_is_copied_again_from_scratch
         "8"
     );
 }
+
+#[test]
+fn migrate_reads_every_flag_from_its_environment_variable_and_the_servers_database_url() {
+    let missing = tempfile::tempdir().unwrap();
+    let from = missing.path().join("no-such-directory");
+    // Nothing listens on port 1: the run fails once it has read both settings, saying
+    // what it was copying where.
+    let url = "postgres://hartslag@127.0.0.1:1/hartslag";
+    let run = |envs: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(crate::helpers::binary());
+        cmd.arg("migrate")
+            .env_remove("HARTSLAG_DATABASE_URL")
+            .env_remove("HARTSLAG_TO")
+            .env_remove("HARTSLAG_FROM_SLED");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let from_text = from.to_str().unwrap();
+    for to_variable in ["HARTSLAG_TO", "HARTSLAG_DATABASE_URL"] {
+        let out = run(&[("HARTSLAG_FROM_SLED", from_text), (to_variable, url)]);
+        let said = text(&out);
+        assert!(!out.status.success(), "{said}");
+        assert!(
+            said.contains(&format!("copying {from_text} into")) && said.contains("127.0.0.1:1"),
+            "{to_variable}: {said}"
+        );
+    }
+    let out = run(&[("HARTSLAG_FROM_SLED", from_text)]);
+    let said = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("--to, HARTSLAG_TO or HARTSLAG_DATABASE_URL"),
+        "{said}"
+    );
+}
