@@ -17,3 +17,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
         Ok(Self(path.map(|p| p.0).unwrap_or_default()))
     }
 }
+
+/// Two path parameters, read as [`Segment`] reads one: `{namespace}/{name}` that does not
+/// decode names nothing, and the page answers its own 404.
+pub struct Segments(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segments {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let path = Path::<(String, String)>::from_request_parts(parts, state).await;
+        let (a, b) = path.map(|p| p.0).unwrap_or_default();
+        Ok(Self(a, b))
+    }
+}

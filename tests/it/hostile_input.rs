@@ -280,3 +280,62 @@ async fn creates_of_one_name_at_once_each_get_a_monitor_and_a_working_token() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_segments_that_do_not_decode_get_each_routes_own_404() {
+    // Axum answered these with a plain-text 400 ("Invalid URL: ...") in no route's shape.
+    let (_dir, data, server) = shop().await;
+    let token = read_token(&data, "application", "shop");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = http
+        .post(format!("{}/v1/heartbeats/%ff/alertmanager", server.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"error": "heartbeat not found"}));
+
+    let res = http
+        .get(format!("{}/badge/%ff.svg", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("image/svg+xml")
+    );
+
+    let login = http
+        .post(format!("{}/ui/login", server.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&next=%2Fui"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    for path in [
+        "/ui/monitors/%ff/%ff",
+        "/ui/applications/%ff/shop",
+        "/ui/applications/default/%ff",
+    ] {
+        let res = http
+            .get(format!("{}{path}", server.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+        let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/html"), "{path}: {ct}");
+    }
+}

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -25,6 +25,7 @@ use crate::core::monitor::engine::{PingInput, PingKind};
 use crate::http::HttpState;
 use crate::http::body::read_body;
 use crate::http::error::ApiError;
+use crate::http::path::Segment;
 
 /// The only webhook payload version Alertmanager has sent since 0.x.
 const VERSION: &str = "4";
@@ -79,7 +80,7 @@ fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
 
 async fn receive(
     State(state): State<HttpState>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
     Query(params): Query<HashMap<String, String>>,
     req: Request,
 ) -> Response {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -15,6 +15,7 @@ use super::view;
 use crate::core::registry::{AppInfo, object_key};
 use crate::core::token::TokenHash;
 use crate::http::HttpState;
+use crate::http::path::Segments;
 
 /// Why a page was not shown.
 pub enum Refused {
@@ -75,11 +76,7 @@ impl FromRequestParts<HttpState> for AppPage {
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, Refused> {
         let viewer = Viewer::from_request_parts(parts, state).await?;
-        let Ok(Path((namespace, name))) =
-            Path::<(String, String)>::from_request_parts(parts, state).await
-        else {
-            return Err(Refused::NotFound(viewer, "application"));
-        };
+        let Ok(Segments(namespace, name)) = Segments::from_request_parts(parts, state).await;
         match state
             .core
             .registry

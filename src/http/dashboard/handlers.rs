@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
@@ -22,6 +22,7 @@ use crate::core::registry::{AppInfo, object_key};
 use crate::core::storage::{Bucket, ExportFilter, Tally, hour_of};
 use crate::http::HttpState;
 use crate::http::export::{csv_response, export_filter};
+use crate::http::path::{Segment, Segments};
 use crate::http::query::text_param;
 
 /// Rows of ping history on a monitor page.
@@ -132,7 +133,7 @@ pub async fn monitors(
 pub async fn monitor_detail(
     State(st): State<HttpState>,
     viewer: Viewer,
-    Path((namespace, name)): Path<(String, String)>,
+    Segments(namespace, name): Segments,
 ) -> Response {
     let Some(m) = st
         .core
@@ -349,7 +350,7 @@ pub async fn application_export(
     }
 }
 
-pub async fn badge_svg(State(st): State<HttpState>, Path(file): Path<String>) -> Response {
+pub async fn badge_svg(State(st): State<HttpState>, Segment(file): Segment) -> Response {
     let headers = [
         (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
         (header::CACHE_CONTROL, "no-cache, max-age=0"),
