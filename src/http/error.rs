@@ -9,6 +9,8 @@ use serde_json::json;
 pub struct ApiError {
     status: StatusCode,
     body: serde_json::Value,
+    /// Seconds for the answer's `Retry-After` (a 429 says when to come back).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -17,12 +19,17 @@ impl ApiError {
         Self {
             status,
             body: json!({ "error": message.into() }),
+            retry_after: None,
         }
     }
 
     /// A status with an arbitrary JSON body (Laravel-shaped validation errors).
     pub fn with_body(status: StatusCode, body: serde_json::Value) -> Self {
-        Self { status, body }
+        Self {
+            status,
+            body,
+            retry_after: None,
+        }
     }
 
     /// The status code.
@@ -39,9 +46,22 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The same answer, telling the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        let mut res = (self.status, axum::Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        res
     }
 }
 

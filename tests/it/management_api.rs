@@ -136,19 +136,26 @@ async fn management_api_is_rate_limited_per_key() {
     let (a, b) = (s.app_token("team-a"), s.app_token("team-b"));
     let c = reqwest::Client::new();
     let mut statuses = Vec::new();
+    let mut refused = None;
     for _ in 0..8 {
-        statuses.push(
-            c.get(format!("{}/v1/heartbeats", s.base))
-                .bearer_auth(&a)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
+        let r = c
+            .get(format!("{}/v1/heartbeats", s.base))
+            .bearer_auth(&a)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            refused = Some(r);
+        }
     }
     assert_eq!(&statuses[..5], &[200; 5]);
     assert!(statuses[5..].contains(&429), "{statuses:?}");
+    // At one request a second, the next is allowed within a second: the answer says so.
+    let refused = refused.unwrap();
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "rate limit exceeded; retry in 1s");
     let r = c
         .get(format!("{}/v1/heartbeats", s.base))
         .bearer_auth(&b)

@@ -52,8 +52,9 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `key`; false when the bucket is empty.
-    pub fn allow(&self, key: &str) -> bool {
+    /// Takes one token for `key`; `Err` holds the whole seconds until the bucket has one
+    /// again (at least 1), for the answer's `Retry-After`.
+    pub fn take(&self, key: &str) -> Result<(), u64> {
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let (tokens, last) = map.entry(key.to_string()).or_insert((self.burst, now));
@@ -62,12 +63,20 @@ impl RateLimiter {
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
-        } else {
-            false
+            return Ok(());
         }
+        let wait = if self.per_sec > 0.0 {
+            ((1.0 - *tokens) / self.per_sec).ceil()
+        } else {
+            REFILL_NEVER_RETRY_AFTER_SECS as f64
+        };
+        // A float cast saturates; NaN (a rate configured as NaN) becomes 0, then 1.
+        Err((wait as u64).max(1))
     }
 }
+
+/// The `Retry-After` of a limiter whose bucket never refills (a rate of 0).
+const REFILL_NEVER_RETRY_AFTER_SECS: u64 = 60;
 
 /// Routes of this family.
 pub fn routes() -> Router<HttpState> {
@@ -122,11 +131,9 @@ pub const NOT_LEADING_RETRY_AFTER_SECS: u64 = 1;
 impl Managing {
     async fn authenticate(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
         let AuthenticatedApp(app) = AuthenticatedApp::from_request_parts(parts, state).await?;
-        if !state.rate_limit.allow(&app.key) {
-            return Err(err(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate limit exceeded; slow down",
-            ));
+        if let Err(retry_after) = state.rate_limit.take(&app.key) {
+            let msg = format!("rate limit exceeded; retry in {retry_after}s");
+            return Err(err(StatusCode::TOO_MANY_REQUESTS, msg).retry_after(retry_after));
         }
         let catalogue = state.catalogue.clone().ok_or_else(|| {
             err(
