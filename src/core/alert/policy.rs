@@ -209,8 +209,13 @@ fn decide_monitor(
         key: q.key.to_vec(),
         settled,
     };
-    // A "flapping" notice goes first, whatever else waits.
+    // A "flapping" notice goes first, whatever else waits, but not before its own retry
+    // is due: sent at once whenever the oldest notice was, a target refusing it (a 429)
+    // had it again thousands of times a minute.
     if let Some(notice) = group.iter().find(|q| q.flapping) {
+        if notice.next_attempt_at > now {
+            return Err(notice.next_attempt_at);
+        }
         return Ok(send(notice, None));
     }
     let own = history.monitors.get(head.monitor);
@@ -409,6 +414,14 @@ mod tests {
         let mut notice = q("flap", "a", 240);
         notice.flapping = true;
         assert_eq!(decide(&c, &h, &[fifth[0], notice], at(240)), send("flap"));
+        // Refused and retrying: it waits for its retry, however ready the others are.
+        let mut retrying = notice;
+        retrying.next_attempt_at = at(300);
+        assert_eq!(
+            decide(&c, &h, &[fifth[0], retrying], at(250)),
+            Decision::Wait { until: at(300) }
+        );
+        assert_eq!(decide(&c, &h, &[fifth[0], retrying], at(300)), send("flap"));
         h.notice_sent(&c, true, at(240));
         // More flips are held until ten quiet minutes after the last one.
         let held = [fifth[0], q("n5", "a", 300), q("n6", "a", 360)];
