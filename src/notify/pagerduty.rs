@@ -1,13 +1,20 @@
 //! PagerDuty's Events API v2 (`POST https://events.pagerduty.com/v2/enqueue`).
 //!
-//! A Down notice triggers an alert whose `dedup_key` names the monitor and the incident, so
-//! re-sends fold into one PagerDuty alert and the recovery resolves exactly that one; the
-//! next incident gets a new key and so a new alert. A Late warning is its own alert (key
-//! `hartslag/<namespace>/<name>/late`, one per monitor: a Late episode comes before the
-//! incident it may open), since a trigger on an open key is dropped as a duplicate and
-//! would keep the milder severity; a recovery, or the end of the Late spell, resolves it.
+//! A Down notice triggers an alert whose `dedup_key` names the monitor
+//! (`hartslag/<namespace>/<name>`), so re-sends and a "flapping" notice fold into the one
+//! open alert, and the recovery resolves it, whichever incident it closes. PagerDuty opens
+//! a new alert for a trigger on a key whose alert is resolved, so the next incident is a
+//! new alert all the same. A key per incident left alerts open for good when the notices
+//! between two incidents were held and superseded (a flapping spell, the hourly cap): the
+//! recovery that was sent named another incident. Notices to one target go in order, so a
+//! recovery never overtakes the Down after it.
+//!
+//! A Late warning is its own alert (key `hartslag/<namespace>/<name>/late`), since a
+//! trigger on an open key is dropped as a duplicate and would keep the milder severity; a
+//! recovery, or the end of the Late spell, resolves it.
 
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::facts::{Facts, NoticeKind, stamp};
 
@@ -17,17 +24,37 @@ pub const EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// PagerDuty refuses a `payload.summary` longer than this (characters).
 const SUMMARY_MAX: usize = 1024;
 
-/// The key PagerDuty deduplicates on: stable for one monitor and incident, and for one
-/// monitor's Late warning (≤ 255 chars).
+/// PagerDuty refuses a `dedup_key` longer than this (characters).
+const DEDUP_MAX: usize = 255;
+
+/// Hex digits of the digest that stands in for a monitor name too long for the key.
+const DIGEST_HEX: usize = 16;
+
+/// The key PagerDuty deduplicates on: one per monitor, and one per monitor's Late warning.
+///
+/// A namespace and name too long for the key (Kubernetes allows 63 and 253 characters) are
+/// cut, followed by a digest of both whole: cutting the end of the key instead made a
+/// monitor's Late warning and its Down one alert (the Down, a duplicate, was dropped at the
+/// milder severity), and two long names one key.
 pub fn dedup_key(facts: &Facts, kind: NoticeKind) -> String {
-    let key = match kind {
-        NoticeKind::Late => format!("hartslag/{}/{}/late", facts.namespace, facts.name),
-        _ => format!(
-            "hartslag/{}/{}/{}",
-            facts.namespace, facts.name, facts.incident
-        ),
+    let suffix = if kind == NoticeKind::Late {
+        "/late"
+    } else {
+        ""
     };
-    key.chars().take(255).collect()
+    let monitor = format!("{}/{}", facts.namespace, facts.name);
+    let key = format!("hartslag/{monitor}{suffix}");
+    if key.chars().count() <= DEDUP_MAX {
+        return key;
+    }
+    let digest: String = Sha256::digest(monitor.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .take(DIGEST_HEX / 2)
+        .collect();
+    let room = DEDUP_MAX - "hartslag/".len() - 1 - DIGEST_HEX - suffix.len();
+    let head: String = monitor.chars().take(room).collect();
+    format!("hartslag/{head}~{digest}{suffix}")
 }
 
 fn summary(facts: &Facts) -> String {
@@ -112,31 +139,61 @@ mod tests {
         assert_eq!(down[0]["event_action"], "trigger");
         assert_eq!(up[0]["event_action"], "resolve");
         assert_eq!(down[0]["dedup_key"], up[0]["dedup_key"]);
-        assert_eq!(
-            down[0]["dedup_key"],
-            "hartslag/team-a/nightly-backup/1764903900000"
-        );
+        assert_eq!(down[0]["dedup_key"], "hartslag/team-a/nightly-backup");
         assert_eq!(down[0]["payload"]["severity"], "critical");
         assert_eq!(down[0]["links"][1]["text"], "Runbook");
     }
 
     #[test]
-    fn the_next_incident_gets_a_new_key_and_late_warnings_their_own() {
+    fn every_incident_and_flapping_share_the_monitors_key_and_late_warnings_have_their_own() {
+        // The recovery of a later incident resolves whatever the monitor left open: notices
+        // held and superseded between two incidents leave no alert behind.
         let mut next = sample(NoticeKind::Down);
         next.incident = "1764990000000".into();
         let first = events(&sample(NoticeKind::Down), KEY);
-        assert_ne!(events(&next, KEY)[0]["dedup_key"], first[0]["dedup_key"]);
+        assert_eq!(events(&next, KEY)[0]["dedup_key"], first[0]["dedup_key"]);
+        let flapping = events(&sample(NoticeKind::Flapping), KEY);
+        assert_eq!(flapping[0]["event_action"], "trigger");
+        assert_eq!(flapping[0]["dedup_key"], first[0]["dedup_key"]);
         let late = events(&sample(NoticeKind::Late), KEY);
         schema::pagerduty(&late[0]).unwrap();
         assert_eq!(late[0]["payload"]["severity"], "warning");
         let up = events(&sample(NoticeKind::Recovery), KEY);
+        assert_eq!(up[0]["dedup_key"], first[0]["dedup_key"]);
         assert_eq!(up[1]["dedup_key"], late[0]["dedup_key"]);
-        // The Late warning's key does not depend on the incident the Down opens later.
         assert_eq!(late[0]["dedup_key"], "hartslag/team-a/nightly-backup/late");
         assert_eq!(events(&next, KEY).len(), 1);
-        let mut later_up = sample(NoticeKind::Recovery);
-        later_up.incident = "1764990000000".into();
-        assert_eq!(events(&later_up, KEY)[1]["dedup_key"], late[0]["dedup_key"]);
+    }
+
+    #[test]
+    fn long_names_keep_their_keys_apart_within_the_limit() {
+        let long = |name: &str| {
+            let mut f = sample(NoticeKind::Down);
+            f.namespace = "n".repeat(63);
+            f.name = format!("{}{name}", "x".repeat(240));
+            f
+        };
+        let (a, b) = (long("-a"), long("-b"));
+        let keys = [
+            dedup_key(&a, NoticeKind::Down),
+            dedup_key(&a, NoticeKind::Late),
+            dedup_key(&b, NoticeKind::Down),
+            dedup_key(&b, NoticeKind::Late),
+        ];
+        for k in &keys {
+            assert!(k.chars().count() <= 255, "{k}");
+            assert!(k.starts_with("hartslag/nnn"), "{k}");
+            schema::pagerduty(&events(&a, KEY)[0]).unwrap();
+        }
+        let mut distinct = keys.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{keys:?}");
+        assert!(keys[1].ends_with("/late"));
+        assert_eq!(
+            dedup_key(&a, NoticeKind::Down),
+            dedup_key(&a, NoticeKind::Recovery)
+        );
     }
 
     #[test]
