@@ -124,7 +124,7 @@ pub fn facts(alert: &Alert, channel: &ResolvedChannel, base_url: &str) -> Facts 
         opened_at,
         last_ping_at: alert.last_ping_at,
         expected_at: alert.expected_at,
-        exit_code: None,
+        exit_code: alert.exit_code,
         incident: opened_at.as_millisecond().to_string(),
         runbook_url: alert.runbook_url.clone(),
         severity: channel.severity,

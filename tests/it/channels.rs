@@ -215,7 +215,7 @@ async fn pagerduty_slack_teams_and_a_templated_webhook_get_valid_notices() {
         channel(
             "AlertChannel",
             "hook",
-            "  webhook:\n    urlFile: secrets/hook\n    headersFile: secrets/headers\n    template: '{\"monitor\": {{ name }}, \"state\": {{ state }}, \"incident\": {{ incident }}}'\n",
+            "  webhook:\n    urlFile: secrets/hook\n    headersFile: secrets/headers\n    template: '{\"monitor\": {{ name }}, \"state\": {{ state }}, \"incident\": {{ incident }}, \"exit\": {{ exit_code }}}'\n",
         ),
         heartbeat_manifest(
             "backup",
@@ -239,7 +239,7 @@ async fn pagerduty_slack_teams_and_a_templated_webhook_get_valid_notices() {
     let (manifests, data) = setup(dir.path(), &docs, &files);
     let server = ChildServer::start(&manifests, &data, &[]).await;
     signal(&data, "backup", "ping").await;
-    signal(&data, "backup", "fail").await;
+    signal(&data, "backup", "fail?exit_code=3").await;
     for (what, got) in [
         ("PagerDuty", &pd_got),
         ("Slack", &slack_got),
@@ -264,6 +264,7 @@ async fn pagerduty_slack_teams_and_a_templated_webhook_get_valid_notices() {
     let trigger = pd.iter().find(|e| e["event_action"] == "trigger").unwrap();
     assert_eq!(trigger["routing_key"], key);
     assert_eq!(trigger["payload"]["severity"], "critical");
+    assert_eq!(trigger["payload"]["custom_details"]["exit_code"], 3);
     let resolve = pd
         .iter()
         .find(|e| e["event_action"] == "resolve" && e["dedup_key"] == trigger["dedup_key"]);
@@ -286,6 +287,10 @@ async fn pagerduty_slack_teams_and_a_templated_webhook_get_valid_notices() {
     assert_eq!(hooks[0].0["state"], "Down");
     assert_eq!(hooks[1].0["state"], "Up");
     assert_eq!(hooks[0].0["incident"], hooks[1].0["incident"]);
+    assert_eq!(hooks[0].0["exit"], 3, "the failing run's exit code");
+    assert_eq!(hooks[1].0["exit"], Value::Null);
+    let slack_text = bodies(&slack_got)[0].to_string();
+    assert!(slack_text.contains("Exit code"), "{slack_text}");
     assert_eq!(hooks[0].1["authorization"], "Bearer t0ken");
     assert_eq!(hooks[0].1["x-team"], "platform");
     // No secret reaches the log.

@@ -374,7 +374,9 @@ async fn webhook_receives_down_and_recovery() {
     assert_eq!(got[0]["event"], "down");
     assert!(got[0]["text"].as_str().unwrap().contains("DOWN: etl"));
     assert!(got[0]["reason"].as_str().unwrap().contains("exit code 2"));
+    assert_eq!(got[0]["exit_code"], 2, "the run's exit code, as a field");
     assert_eq!(got[1]["event"], "recovery");
+    assert_eq!(got[1]["exit_code"], Value::Null);
     assert_eq!(got[0]["monitor"]["name"], "etl");
     s.stop().await;
 }

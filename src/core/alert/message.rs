@@ -62,6 +62,10 @@ pub struct Alert {
     /// The Heartbeat's runbook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runbook_url: Option<String>,
+    /// The failing run's exit code, on a Down a run reported with one (`/fail?exit_code=`,
+    /// a failed Job's container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u8>,
     /// 0 for the notice itself; n for its n-th repetition while the monitor stays Down
     /// (`repeatEvery`, Alertmanager's re-send).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -381,6 +385,7 @@ impl Alert {
             "occurred_at": self.occurred_at.to_string(),
             "last_ping_at": self.last_ping_at.map(|t| t.to_string()),
             "expected_at": self.expected_at.map(|t| t.to_string()),
+            "exit_code": self.exit_code,
             "ping_hint": self.ping_hint,
         })
     }
@@ -407,6 +412,7 @@ mod tests {
             application: None,
             opened_at: None,
             runbook_url: None,
+            exit_code: None,
             repeat: 0,
             policy: Default::default(),
             maintenance: Vec::new(),

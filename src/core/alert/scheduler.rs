@@ -695,6 +695,7 @@ mod tests {
             application: None,
             opened_at: None,
             runbook_url: None,
+            exit_code: None,
             repeat: 0,
             policy: Default::default(),
             maintenance: Vec::new(),

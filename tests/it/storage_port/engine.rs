@@ -82,6 +82,7 @@ pub(super) fn delivery(monitor: &str, n: i64) -> Delivery {
         application: None,
         opened_at: None,
         runbook_url: None,
+        exit_code: None,
         repeat: 0,
         policy: Default::default(),
         maintenance: Vec::new(),

@@ -146,6 +146,13 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
             _ => m.state.last_alert_at.unwrap_or(at),
         }),
         runbook_url: m.def.alerting.runbook_url.clone(),
+        exit_code: match (kind, &m.state.down_reason) {
+            (
+                AlertKind::Down,
+                Some(DownReason::Failed { exit_code } | DownReason::JobFailed { exit_code, .. }),
+            ) => *exit_code,
+            _ => None,
+        },
         repeat: 0,
         policy: m.def.alerting.policy.clone(),
         maintenance: m.def.alerting.maintenance.clone(),
