@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::guard::{AddressPolicy, FilteringResolver, Refused, literal_host};
-use crate::core::alert::DeliveryError;
 use crate::core::alert::message::Alert;
+use crate::core::alert::{DeliveryError, MAX_RETRY_AFTER};
 
 /// Posts alerts; one client (connection pool) for every webhook.
 #[derive(Clone, Debug)]
@@ -77,15 +77,36 @@ impl WebhookSender {
                 "webhook answered {status}, a redirect; redirects are not followed"
             )))
         } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            Err(DeliveryError::Transient(format!(
-                "webhook answered {status}"
-            )))
+            let reason = format!("webhook answered {status}");
+            Err(match retry_after(res.headers(), jiff::Timestamp::now()) {
+                Some(after) => DeliveryError::Throttled { reason, after },
+                None => DeliveryError::Transient(reason),
+            })
         } else {
             Err(DeliveryError::Permanent(format!(
                 "webhook answered {status}"
             )))
         }
     }
+}
+
+/// How long a `Retry-After` header asks to wait: whole seconds, or an HTTP date (RFC 9110,
+/// section 10.2.3), at most [`MAX_RETRY_AFTER`]; `None` without one or with one that does not
+/// parse (the scheduler's own backoff then applies).
+pub fn retry_after(headers: &reqwest::header::HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
+    let text = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    let wait = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = jiff::fmt::rfc2822::parse(text).ok()?.timestamp();
+            Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// A request that got no answer: permanent when the resolver refused every address of the
@@ -99,4 +120,36 @@ fn failure(e: reqwest::Error) -> DeliveryError {
         source = s.source();
     }
     DeliveryError::Transient(format!("webhook: {}", e.without_url()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_within_the_cap() {
+        let now: jiff::Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            retry_after(&with("120"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after(&with("Mon, 07 Dec 2026 10:01:30 GMT"), now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            retry_after(&with("Mon, 07 Dec 2026 09:00:00 GMT"), now),
+            Some(Duration::ZERO),
+            "a date in the past: at once"
+        );
+        assert_eq!(retry_after(&with("999999999"), now), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&with("soon"), now), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
+    }
 }

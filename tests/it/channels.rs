@@ -625,3 +625,61 @@ async fn a_channels_maintenance_window_holds_its_notices_only() {
     wait_outbox_empty(&server.base).await;
     assert_eq!(count(&resting_got), 0, "{:?}", bodies(&resting_got));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_asks_to_wait_is_not_tried_again_sooner() {
+    // The first request gets 429 with `Retry-After: 3`, later ones 200: the retry comes
+    // no sooner than three seconds after the refusal.
+    let attempts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen = attempts.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let seen = seen.clone();
+            async move {
+                let mut seen = seen.lock().unwrap();
+                seen.push(Instant::now());
+                if seen.len() == 1 {
+                    (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "3")],
+                        "slow down",
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, [("retry-after", "0")], "ok")
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slack = format!("http://{}/hook", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: slack-url\n",
+        ),
+        heartbeat_manifest("throttled", "1h", "5m", "  alerts:\n    channels: [chat]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", &slack)]);
+    // The first retry's backoff is about two seconds (`--alert-retry-base`, 2s).
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "throttled", "ping").await;
+    signal(&data, "throttled", "fail").await;
+    let seen = attempts.clone();
+    wait_for("the retried notice", Duration::from_secs(20), || {
+        let n = seen.lock().unwrap().len();
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    wait_outbox_empty(&server.base).await;
+    let at = attempts.lock().unwrap().clone();
+    assert_eq!(at.len(), 2, "refused once, delivered once");
+    let waited = at[1].duration_since(at[0]);
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "retried after {waited:?}"
+    );
+}

@@ -23,6 +23,15 @@ pub enum DeliveryError {
     /// Worth retrying: the server was unreachable, timed out or asked to retry.
     #[error("temporary failure: {0}")]
     Transient(String),
+    /// Worth retrying, not before `after`: the target said when (`Retry-After` on a 429 or
+    /// a 503), and providers throttle integrations that retry sooner.
+    #[error("temporary failure: {reason}; the target asked to wait {}s", after.as_secs())]
+    Throttled {
+        /// What the target answered.
+        reason: String,
+        /// How long it asked to wait (at most [`MAX_RETRY_AFTER`]).
+        after: std::time::Duration,
+    },
     /// Retrying will not help: rejected address, 4xx from a webhook.
     #[error("permanent failure: {0}")]
     Permanent(String),
@@ -31,6 +40,10 @@ pub enum DeliveryError {
     #[error("channel not configured: {0}")]
     Unconfigured(String),
 }
+
+/// The longest wait a target's `Retry-After` is taken at: a target asking for more is
+/// tried again after this all the same, so one answer cannot hold a notice for a day.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Carries one alert to one target: the port the outbox delivers through.
 pub trait Deliver: Send + Sync {

@@ -356,12 +356,17 @@ impl Scheduler {
                 stats.failed.inc();
                 ("failed", Some(msg), false)
             }
-            Err(DeliveryError::Transient(msg)) => {
+            Err(e @ (DeliveryError::Transient(_) | DeliveryError::Throttled { .. })) => {
+                let (msg, asked) = match e {
+                    DeliveryError::Throttled { reason, after } => (reason, after),
+                    DeliveryError::Transient(msg) => (msg, std::time::Duration::ZERO),
+                    other => (other.to_string(), std::time::Duration::ZERO),
+                };
                 let given_up = SignedDuration::try_from(self.outbox.config.give_up_after)
                     .is_ok_and(|limit| Timestamp::now().duration_since(d.created_at) > limit);
                 // A failed repetition is not retried: the next one follows at its time.
                 if !given_up && !repetition {
-                    return self.reschedule(a.key, d, msg).await;
+                    return self.reschedule(a.key, d, msg, asked).await;
                 }
                 tracing::warn!(alert = %d.alert.id, error = %msg, attempts = d.attempts, "alert delivery given up");
                 stats.failed.inc();
@@ -535,8 +540,16 @@ impl Scheduler {
     }
 
     /// Schedules the next attempt of a delivery that failed for now.
-    async fn reschedule(&mut self, key: Vec<u8>, mut d: Delivery, msg: String) {
-        let delay = backoff(&self.outbox.config, d.attempts.saturating_sub(1), &key);
+    /// Retries `d` after its backoff, or after `asked` when the target asked for longer.
+    async fn reschedule(
+        &mut self,
+        key: Vec<u8>,
+        mut d: Delivery,
+        msg: String,
+        asked: std::time::Duration,
+    ) {
+        let backoff = backoff(&self.outbox.config, d.attempts.saturating_sub(1), &key);
+        let delay = backoff.max(asked.min(super::MAX_RETRY_AFTER));
         tracing::info!(alert = %d.alert.id, error = %msg, attempts = d.attempts, retry_in_ms = delay.as_millis() as u64, "alert delivery will be retried");
         self.outbox.stats.retried.inc();
         d.next_attempt_at = plus(Timestamp::now(), delay);
