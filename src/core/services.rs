@@ -177,12 +177,17 @@ impl Services {
         engine.register_metrics(metrics);
         // A reader, not the engine: the outbox the engine holds must not keep it alive.
         let monitors = engine.reader();
-        outbox.set_incident_check(Arc::new(move |key, target| {
+        outbox.set_incident_check(Arc::new(move |key, target, kind| {
+            use crate::core::alert::message::AlertKind;
+            use crate::core::monitor::state::State;
             monitors(key, &|m| {
                 // A paused monitor never alerts, though its incident stays open.
-                m.state.incident_open
-                    && m.state.state == crate::core::monitor::state::State::Down
-                    && m.def.targets.contains(target)
+                let holds = match kind {
+                    AlertKind::Down => m.state.incident_open && m.state.state == State::Down,
+                    AlertKind::Late => m.state.state == State::Late,
+                    _ => false,
+                };
+                holds && m.def.targets.contains(target)
             })
         }));
         let channels = outbox.channels().clone();

@@ -683,3 +683,91 @@ async fn a_target_that_asks_to_wait_is_not_tried_again_sooner() {
         "retried after {waited:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_hears_a_late_warning_again_while_it_lasts_so_it_does_not_expire() {
+    // Alertmanager resolves an alert that is not sent again before its endsAt: a Late
+    // warning sent once showed resolved after four re-send intervals though the monitor
+    // was still Late.
+    let posts: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = posts.clone();
+    let app = axum::Router::new().route(
+        "/api/v2/alerts",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                if let Err(e) = schema::alertmanager(&v) {
+                    return (axum::http::StatusCode::BAD_REQUEST, e.to_string());
+                }
+                sink.lock().unwrap().push(v);
+                (axum::http::StatusCode::OK, String::new())
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let am = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "am",
+            &format!(
+                "  alertmanager:\n    url: {am}\n    resendInterval: 1s\n  notifyLate: true\n"
+            ),
+        ),
+        heartbeat_manifest("slowpoke", "2s", "1h", "  alerts:\n    channels: [am]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let server = ChildServer::start(&manifests, &data, &["--min-interval", "1s"]).await;
+    signal(&data, "slowpoke", "ping").await;
+    let late_posts = |posts: &Arc<Mutex<Vec<Value>>>| {
+        posts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b[0]["labels"]["alertname"] == "HeartbeatLate")
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
+    let seen = posts.clone();
+    wait_for(
+        "HeartbeatLate sent three times",
+        Duration::from_secs(20),
+        || {
+            let n = late_posts(&seen).len();
+            async move { (n >= 3).then_some(()) }
+        },
+    )
+    .await;
+    let late = late_posts(&posts);
+    for b in &late {
+        let ends: jiff::Timestamp = b[0]["endsAt"].as_str().unwrap().parse().unwrap();
+        assert!(
+            ends > jiff::Timestamp::now(),
+            "each re-send keeps it active: {b}"
+        );
+    }
+    // The ping ends the Late spell: the warning resolves.
+    signal(&data, "slowpoke", "ping").await;
+    let seen = posts.clone();
+    let resolved = wait_for("HeartbeatLate resolved", Duration::from_secs(20), || {
+        let bodies = seen.lock().unwrap().clone();
+        async move {
+            bodies.into_iter().find(|b| {
+                b.as_array().unwrap().iter().any(|a| {
+                    a["labels"]["alertname"] == "HeartbeatLate"
+                        && a["endsAt"]
+                            .as_str()
+                            .unwrap()
+                            .parse::<jiff::Timestamp>()
+                            .unwrap()
+                            <= jiff::Timestamp::now()
+                })
+            })
+        }
+    })
+    .await;
+    assert!(resolved.is_array());
+    drop(server);
+}

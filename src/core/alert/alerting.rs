@@ -404,7 +404,12 @@ pub fn tidy(queue: &[Pending<'_>]) -> Tidy {
 fn tidy_monitor(group: &[&Pending<'_>], out: &mut Tidy) {
     for p in group {
         let later = |q: &&&Pending| q.created_at > p.created_at;
-        if p.repeat > 0 && group.iter().any(|q| later(&q) && q.repeat == 0) {
+        // A flapping notice's repetitions outlast the flips it holds: they end with the
+        // spell (the scheduler's check), not with the next notice queued.
+        if p.repeat > 0
+            && p.kind != AlertKind::Flapping
+            && group.iter().any(|q| later(&q) && q.repeat == 0)
+        {
             out.stale.push(p.key.to_vec());
             continue;
         }
@@ -438,6 +443,16 @@ mod tidy_tests {
             attempts: 0,
             held,
         }
+    }
+
+    #[test]
+    fn a_flapping_notices_repetition_outlasts_the_flips_it_holds() {
+        let q = [
+            p(b"flap-r1", AlertKind::Flapping, 1, 0, false),
+            p(b"down", AlertKind::Down, 0, 5, false),
+            p(b"up", AlertKind::Recovery, 0, 6, false),
+        ];
+        assert!(tidy(&q).stale.is_empty(), "{:?}", tidy(&q));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::channels::ChannelBook;
-use super::message::{Alert, Target};
+use super::message::{Alert, AlertKind, Target};
 use super::policy::PolicyConfig;
 use super::{Deliver, OutboxStats};
 use crate::core::storage::{OutboxStore, StorageError, StorageFuture};
@@ -123,8 +123,9 @@ pub fn delivery_key(alert: &Alert, target: &Target) -> Vec<u8> {
     format!("{}|{suffix}", alert.id).into_bytes()
 }
 
-/// Whether a monitor (`namespace/name`) is Down and alerts a target.
-pub type IncidentCheck = Arc<dyn Fn(&str, &Target) -> bool + Send + Sync>;
+/// Whether a monitor (`namespace/name`) is still in the state a notice of the kind reports
+/// (Down with its incident open, or Late) and alerts a target: repetitions stop when not.
+pub type IncidentCheck = Arc<dyn Fn(&str, &Target, AlertKind) -> bool + Send + Sync>;
 
 /// Whether `key` (a [`delivery_key`]) is that of a repetition (`...:down-r3|...`).
 pub fn is_repetition(key: &[u8]) -> bool {
@@ -207,11 +208,12 @@ impl Outbox {
         let _ = self.incidents.set(check);
     }
 
-    /// Whether the incident of the monitor `monitor` is open for `target`.
-    pub(super) fn incident_open(&self, monitor: &str, target: &Target) -> bool {
+    /// Whether the monitor `monitor` is still in the state a `kind` notice to `target`
+    /// reported.
+    pub(super) fn still_holds(&self, monitor: &str, target: &Target, kind: AlertKind) -> bool {
         self.incidents
             .get()
-            .is_none_or(|check| check(monitor, target))
+            .is_none_or(|check| check(monitor, target, kind))
     }
 
     /// Adds the outbox's families to `/metrics`.

@@ -376,7 +376,7 @@ impl Scheduler {
         let config = self.outbox.config.policy;
         let now = Timestamp::now();
         let monitor = d.alert.monitor_key().to_string();
-        let next = self.next_repetition(&d, now);
+        let next = self.next_repetition(&a.identity, &d, now);
         let history = self.history(&a.identity);
         if repetition {
             // Repetitions count neither toward flapping nor toward the cap.
@@ -439,12 +439,13 @@ impl Scheduler {
         (policy, windows)
     }
 
-    /// The repetition that follows Down notice `d` (sent or not) while its incident lasts,
-    /// when its target repeats.
-    fn next_repetition(&self, d: &Delivery, now: Timestamp) -> Option<Delivery> {
-        if d.alert.kind != AlertKind::Down
-            || !self.outbox.incident_open(d.alert.monitor_key(), &d.target)
-        {
+    /// The repetition that follows notice `d` to `identity` (sent or not) while what it
+    /// reported lasts, when its target repeats: a Down while its incident is open, through
+    /// Alertmanager or with `repeatEvery`; a Late warning while the monitor is Late, and a
+    /// "flapping" notice while the flapping spell lasts, through Alertmanager only, whose
+    /// alerts resolve themselves when they are not sent again.
+    fn next_repetition(&self, identity: &str, d: &Delivery, now: Timestamp) -> Option<Delivery> {
+        if !self.still_firing(identity, d) {
             return None;
         }
         let resend = match &d.target {
@@ -456,6 +457,9 @@ impl Scheduler {
             },
             _ => None,
         };
+        if d.alert.kind != AlertKind::Down {
+            resend?;
+        }
         let (policy, _) = self.policy_of(d);
         let every = alerting::repeat_interval(&policy, resend)?;
         Some(Delivery {
@@ -468,6 +472,22 @@ impl Scheduler {
             created_at: d.created_at,
             last_error: None,
         })
+    }
+
+    /// Whether what notice `d` to `identity` reported still holds, so its repetitions go on.
+    fn still_firing(&self, identity: &str, d: &Delivery) -> bool {
+        let monitor = d.alert.monitor_key();
+        match d.alert.kind {
+            AlertKind::Down | AlertKind::Late => {
+                self.outbox.still_holds(monitor, &d.target, d.alert.kind)
+            }
+            AlertKind::Flapping => self
+                .histories
+                .get(identity)
+                .and_then(|h| h.monitors.get(monitor))
+                .is_some_and(|m| m.flapping_since.is_some()),
+            AlertKind::Recovery | AlertKind::OnTime => false,
+        }
     }
 
     /// Finishes what nobody needs any more in `identity`'s queue (stale repetitions, Late
@@ -498,8 +518,7 @@ impl Scheduler {
             if self.in_flight.contains(key) {
                 continue;
             }
-            let over =
-                d.alert.repeat > 0 && !self.outbox.incident_open(d.alert.monitor_key(), &d.target);
+            let over = d.alert.repeat > 0 && !self.still_firing(identity, d);
             let why = if tidy.stale.contains(key) || over {
                 Some(("superseded", "the incident is over".to_string()))
             } else if tidy.cancelled.contains(key) {
