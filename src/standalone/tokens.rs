@@ -53,11 +53,12 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), TokenFileError> 
 /// A temporary file beside `path` that no other write uses: two writers of one file (two
 /// requests creating a monitor, each under the name it found free) must not write into
 /// each other's temporary file, nor rename one away from under the other.
+/// The name stays short whatever the file's: a name at the file system's limit (a
+/// Heartbeat's may be long) would leave no room for a suffix.
 fn temporary_path(path: &Path) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.{}-{n}.tmp", std::process::id()))
+    path.with_file_name(format!(".writing-{}-{n}.tmp", std::process::id()))
 }
 
 /// Writes `contents` and a newline to a new file at `tmp` (mode 0600) and flushes it.
