@@ -550,11 +550,23 @@ fn replay(
         .read_exact_at(&mut after, FILE_HEADER as u64 + end)
         .is_ok()
         && after[8..16] == generation.to_le_bytes();
-    if torn {
-        tracing::warn!(
+    // Whatever ends the whole rounds (a torn record, a damaged header, zeros), an intact
+    // record further on means the end is not where the writes stopped.
+    // The parts of a round cut short follow the whole rounds intact: they are the torn
+    // tail too, so the search starts where they end.
+    let mut tail = Records::new(
+        reader(FILE_HEADER as u64 + end).map_err(err)?,
+        generation,
+    );
+    while tail.next_record().is_some() {}
+    let after = FILE_HEADER as u64 + end + tail.read;
+    match intact_records_after(file, after, generation).map_err(err)? {
+        0 if torn => tracing::warn!(
             path = %path.display(),
             "the commit log ends in an incomplete record (a write cut short by a crash); it was never acknowledged and is dropped"
-        );
+        ),
+        0 => {}
+        intact => keep_damaged(path, after, intact)?,
     }
     let mut records = Records::new(
         reader(FILE_HEADER as u64).map_err(err)?.take(end),
@@ -585,6 +597,79 @@ fn replay(
             .map_err(|e| err(std::io::Error::other(e.to_string())))?;
     }
     Ok(rounds)
+}
+
+/// How many intact records of `generation` lie after the damaged record at `from`.
+///
+/// A crash tears only the last group, whose records were never acknowledged; intact
+/// records past a damaged one mean the damage is in the middle of the log (the disk
+/// changed bytes it had written), or a power cut wrote a group's pages out of order. The
+/// two cannot be told apart here, so replay stops at the damage either way, as a crash
+/// needs; what follows is kept aside ([`keep_damaged`]) rather than overwritten.
+fn intact_records_after(file: &File, from: u64, generation: u64) -> std::io::Result<u64> {
+    let size = file.metadata()?.len();
+    let pattern = generation.to_le_bytes();
+    if generation == 0 {
+        // Zeros, what the file is filled with: no record was written in generation 0.
+        return Ok(0);
+    }
+    let mut intact = 0;
+    let mut chunk = vec![0u8; 1 << 20];
+    // A header's generation sits at bytes 8..16; chunks overlap by a header.
+    let mut at = from.saturating_add(1);
+    while at.saturating_add(HEADER as u64) <= size {
+        let want = usize::try_from((size - at).min(chunk.len() as u64)).unwrap_or(chunk.len());
+        let buf = chunk.get_mut(..want).unwrap_or_default();
+        file.read_exact_at(buf, at)?;
+        let mut i = 0;
+        while i + HEADER <= buf.len() {
+            if buf.get(i + 8..i + 16) == Some(&pattern[..]) && record_intact_at(file, at + i as u64, generation) {
+                intact += 1;
+            }
+            i += 1;
+        }
+        let step = (buf.len() + 1).saturating_sub(HEADER).max(1);
+        at = at.saturating_add(step as u64);
+    }
+    Ok(intact)
+}
+
+/// Whether an intact record of `generation` starts at byte `at` of `file`.
+fn record_intact_at(file: &File, at: u64, generation: u64) -> bool {
+    let Ok(mut f) = file.try_clone() else {
+        return false;
+    };
+    if f.seek(SeekFrom::Start(at)).is_err() {
+        return false;
+    }
+    Records::new(BufReader::new(f), generation)
+        .next_record()
+        .is_some()
+}
+
+/// Copies a log whose damaged record at `at` has `intact` records after it beside it
+/// (`<name>.damaged-<unix ms>`) before the log starts over, and says so loudly: those
+/// records may have been acknowledged, and the copy is what is left of them. Refuses to
+/// start when the copy cannot be made.
+fn keep_damaged(path: &Path, at: u64, intact: u64) -> Result<(), WalError> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let copy = path.with_file_name(format!("{FILE_NAME}.damaged-{millis}"));
+    std::fs::copy(path, &copy)
+        .and_then(|_| files::sync_parent(&copy))
+        .map_err(|source| WalError::Io {
+            path: copy.clone(),
+            source,
+        })?;
+    tracing::error!(
+        path = %path.display(),
+        copy = %copy.display(),
+        damaged_at = at,
+        intact_after = intact,
+        "the commit log is damaged in the middle: {intact} intact records follow the damaged one and are not replayed (the disk changed written bytes, or a power cut wrote the last group out of order); the log was copied aside before starting over"
+    );
+    Ok(())
 }
 
 /// The open log file.
@@ -893,6 +978,58 @@ mod tests {
         drop(log);
         let (_, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 0);
+    }
+
+    /// Copies of the log kept aside in `dir`.
+    fn damaged_copies(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".damaged-"))
+            .collect()
+    }
+
+    #[test]
+    fn damage_in_the_middle_keeps_the_log_aside_and_a_torn_tail_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let t = db.open_tree("t").unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let write = |n: usize| {
+            let (mut log, _) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
+            let g = log.generation();
+            let mut starts = Vec::new();
+            let mut buf = Vec::new();
+            for i in 0..n {
+                starts.push(FILE_HEADER + buf.len());
+                let w = [Mutation::put(&t, format!("k{i}").into_bytes(), vec![b'v'; 100])];
+                encode_record(&w, g, &mut buf).unwrap();
+            }
+            log.append(&buf).unwrap();
+            (starts, FILE_HEADER + buf.len())
+        };
+        // A torn last record: the usual crash, nothing kept aside.
+        let (starts, end) = write(3);
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0u8; 40], (end - 40) as u64).unwrap();
+        let (_, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
+        assert_eq!(replayed, 2);
+        assert!(damaged_copies(dir.path()).is_empty());
+        // One byte changed in the second of five records: three intact ones follow it.
+        let (starts2, _) = write(5);
+        assert_eq!(starts2[0], starts[0]);
+        let byte = [0x55u8];
+        f.write_all_at(&byte, (starts2[1] + HEADER + 10) as u64).unwrap();
+        let (_, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
+        assert_eq!(replayed, 1, "replay stops at the damage");
+        let copies = damaged_copies(dir.path());
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        // The copy holds the records after the damage.
+        let copy = std::fs::read(&copies[0]).unwrap();
+        let g = u64::from_le_bytes(copy[8..16].try_into().unwrap());
+        let rest = &copy[starts2[2]..];
+        let (rounds, _) = decode_records(rest, g);
+        assert_eq!(rounds.len(), 3);
     }
 
     #[test]
