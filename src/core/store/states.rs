@@ -103,6 +103,15 @@ pub enum StatesError {
         /// The file found.
         path: PathBuf,
     },
+    /// The file holds monitors' states, but the database has no record of it: the
+    /// database was lost or made anew beside it.
+    #[error(
+        "{path} holds the states of monitors that the database has no record of (its files were removed, emptied or replaced?); starting would begin from an empty database. Restore the whole data directory from one backup, or move it aside to start afresh"
+    )]
+    Unclaimed {
+        /// The file found.
+        path: PathBuf,
+    },
     /// A state record longer than a slot, or a number past what a file can address.
     #[error("the state record of monitor number {num} does not fit a slot ({detail})")]
     DoesNotFit {
@@ -182,6 +191,12 @@ impl StateFile {
     /// The id the file was made with.
     pub fn id(&self) -> FileId {
         self.inner.id
+    }
+
+    /// Whether any slot was ever written: the file is longer than its header.
+    pub fn has_slots(&self) -> Result<bool, StatesError> {
+        let len = self.inner.file.metadata().map_err(|e| self.io(e))?.len();
+        Ok(len > HEADER)
     }
 
     /// Where the file is.

@@ -554,10 +554,7 @@ fn replay(
     // record further on means the end is not where the writes stopped.
     // The parts of a round cut short follow the whole rounds intact: they are the torn
     // tail too, so the search starts where they end.
-    let mut tail = Records::new(
-        reader(FILE_HEADER as u64 + end).map_err(err)?,
-        generation,
-    );
+    let mut tail = Records::new(reader(FILE_HEADER as u64 + end).map_err(err)?, generation);
     while tail.next_record().is_some() {}
     let after = FILE_HEADER as u64 + end + tail.read;
     match intact_records_after(file, after, generation).map_err(err)? {
@@ -623,7 +620,9 @@ fn intact_records_after(file: &File, from: u64, generation: u64) -> std::io::Res
         file.read_exact_at(buf, at)?;
         let mut i = 0;
         while i + HEADER <= buf.len() {
-            if buf.get(i + 8..i + 16) == Some(&pattern[..]) && record_intact_at(file, at + i as u64, generation) {
+            if buf.get(i + 8..i + 16) == Some(&pattern[..])
+                && record_intact_at(file, at + i as u64, generation)
+            {
                 intact += 1;
             }
             i += 1;
@@ -1002,7 +1001,11 @@ mod tests {
             let mut buf = Vec::new();
             for i in 0..n {
                 starts.push(FILE_HEADER + buf.len());
-                let w = [Mutation::put(&t, format!("k{i}").into_bytes(), vec![b'v'; 100])];
+                let w = [Mutation::put(
+                    &t,
+                    format!("k{i}").into_bytes(),
+                    vec![b'v'; 100],
+                )];
                 encode_record(&w, g, &mut buf).unwrap();
             }
             log.append(&buf).unwrap();
@@ -1019,7 +1022,8 @@ mod tests {
         let (starts2, _) = write(5);
         assert_eq!(starts2[0], starts[0]);
         let byte = [0x55u8];
-        f.write_all_at(&byte, (starts2[1] + HEADER + 10) as u64).unwrap();
+        f.write_all_at(&byte, (starts2[1] + HEADER + 10) as u64)
+            .unwrap();
         let (_, replayed) = Log::open(dir.path(), &db, &state_file(dir.path())).unwrap();
         assert_eq!(replayed, 1, "replay stops at the damage");
         let copies = damaged_copies(dir.path());

@@ -795,6 +795,56 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_state_file_beside_a_lost_database_is_refused_at_start_not_claimed_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample("ns/a", State::Up);
+        m.num = 1;
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            let sled = SledMonitors::open(&store).unwrap();
+            commit(
+                &sled,
+                MonitorRound {
+                    put: vec![Arc::new(m.clone())],
+                    ..Default::default()
+                },
+            );
+            m.state.pings = 3;
+            commit(
+                &sled,
+                MonitorRound {
+                    put_state: vec![Arc::new(m.clone())],
+                    ..Default::default()
+                },
+            );
+        }
+        // Closed for good (the lock is free once the first one is), then the database's
+        // files are gone and its commit log holds nothing more (as after a checkpoint);
+        // the state file stays.
+        drop(open_when_free(dir.path()));
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name != crate::core::store::states::FILE_NAME
+                && name != crate::core::store::wal::FILE_NAME
+            {
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path).unwrap();
+                } else {
+                    std::fs::remove_file(&path).unwrap();
+                }
+            }
+        }
+        let store = open_when_free(dir.path());
+        let err = SledMonitors::open(&store).err().expect("refused");
+        assert!(
+            err.to_string()
+                .contains("holds the states of monitors that the database has no record of"),
+            "{err}"
+        );
+    }
+
     /// `m` remembering `jobs` Jobs, which makes its state record long.
     fn with_jobs(mut m: Monitor, jobs: usize) -> Monitor {
         use crate::core::monitor::jobs::{JobPhase, SeenJob};

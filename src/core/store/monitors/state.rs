@@ -97,6 +97,13 @@ pub(super) fn claim_state_file(tree: &sled::Tree, committer: &Committer) -> Resu
     if is_claimed(tree, states)? {
         return Ok(());
     }
+    // Slots are written only after the claim: slots in an unclaimed file were written for
+    // a database that is gone.
+    if states.has_slots()? {
+        return Err(StoreError::States(StatesError::Unclaimed {
+            path: states.path().to_path_buf(),
+        }));
+    }
     Ok(committer.log_blocking(vec![Mutation::put(
         tree,
         STATE_FILE_KEY.to_vec(),
