@@ -306,13 +306,20 @@ pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, Man
         path: dir.to_path_buf(),
         source,
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_err)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
+    // Every `*.yaml` entry but a directory is read, so one that cannot be (a symlink whose
+    // target is gone, no permission) fails the start: skipped, its objects would be taken
+    // for removed, and their tokens revoked and their history deleted.
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        let yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        );
+        if yaml && !path.is_dir() {
+            files.push(path);
+        }
+    }
     files.sort();
     let mut out = Manifests::default();
     for path in files {
@@ -385,6 +392,26 @@ mod tests {
         let m = parse(&text).unwrap();
         assert_eq!(m.heartbeats.len(), 5_000);
         assert_eq!(m.heartbeats[4_999].name, "hb-4999");
+    }
+
+    #[test]
+    fn a_manifest_that_cannot_be_read_fails_the_load_and_is_not_taken_for_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere.txt");
+        std::fs::write(
+            &target,
+            "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: x\nspec:\n  interval: 1h\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("linked.yaml")).unwrap();
+        std::fs::create_dir(dir.path().join("folder.yaml")).unwrap();
+        assert_eq!(
+            load_dir(dir.path(), MIN_INTERVAL).unwrap().heartbeats.len(),
+            1
+        );
+        std::fs::remove_file(&target).unwrap();
+        let e = load_dir(dir.path(), MIN_INTERVAL).unwrap_err().to_string();
+        assert!(e.contains("linked.yaml"), "{e}");
     }
 
     #[test]
