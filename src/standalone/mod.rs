@@ -203,6 +203,9 @@ impl Apply<'_> {
                     .remove_application(&app.namespace, &app.name, false)
                     .await
                     .map_err(refused(format!("Application {}", app.name)))?;
+                // As for a Heartbeat: the revoked token must not come back with the name.
+                let _ =
+                    std::fs::remove_file(tokens::token_path(self.data(), "application", &app.name));
             }
         }
         Ok(())
@@ -335,6 +338,9 @@ impl Apply<'_> {
                     .remove(&mon.def.key)
                     .await
                     .map_err(engine_refused(mon.def.name()))?;
+                // The revoked token's files go too: kept, a Heartbeat of that name defined
+                // again later took the token up again, and its old URL answered once more.
+                tokens::remove_heartbeat_files(self.data(), mon.def.name());
             }
         }
         Ok(())

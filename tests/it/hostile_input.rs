@@ -339,3 +339,60 @@ async fn path_segments_that_do_not_decode_get_each_routes_own_404() {
         assert!(ct.starts_with("text/html"), "{path}: {ct}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_by_removing_its_manifest_does_not_come_back_with_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let defined = format!(
+        "{}---\napiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: job\nspec:\n  interval: 1h\n",
+        app_manifest("shop", "UTC")
+    );
+    std::fs::write(manifests.join("all.yaml"), &defined).unwrap();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let old_app = read_token(&data, "application", "shop");
+    let old_url = std::fs::read_to_string(data.join("tokens/heartbeat-job.url")).unwrap();
+    server.kill9();
+    // Both removed from the manifests: revoked, and their files gone.
+    std::fs::write(manifests.join("all.yaml"), "").unwrap();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    for file in [
+        "application-shop.token",
+        "heartbeat-job.token",
+        "heartbeat-job.url",
+    ] {
+        assert!(
+            !data.join("tokens").join(file).exists(),
+            "{file} left behind"
+        );
+    }
+    server.kill9();
+    // Defined again: new tokens; the old ones stay dead.
+    std::fs::write(manifests.join("all.yaml"), &defined).unwrap();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let http = reqwest::Client::new();
+    // Each start listens on a port of its own: the same path on this one.
+    let path = |url: &str| url.trim()[url.find("/v1/").unwrap()..].to_string();
+    let r = http
+        .post(format!("{}{}", server.base, path(&old_url)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the old ping URL");
+    let r = http
+        .get(format!("{}/api/v1/stats", server.base))
+        .bearer_auth(&old_app)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the old application token");
+    assert_ne!(read_token(&data, "application", "shop"), old_app);
+    let new_url = std::fs::read_to_string(data.join("tokens/heartbeat-job.url")).unwrap();
+    assert_ne!(path(&new_url), path(&old_url));
+    assert_eq!(
+        http.post(new_url.trim()).send().await.unwrap().status(),
+        200
+    );
+}
