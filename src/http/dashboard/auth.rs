@@ -90,11 +90,18 @@ impl FromRequestParts<HttpState> for AppPage {
 }
 
 /// Only paths inside the dashboard are followed after login (no open redirect).
+///
+/// The path (before `?`) may hold no escapes and no empty or `..` segment: a browser
+/// decodes `%2e%2e` to `..` before it resolves the path, so `/ui/%2e%2e/metrics` led out
+/// of the dashboard. Its own paths never need an escape (Kubernetes names are plain).
 pub fn safe_next(next: &str) -> &str {
     let inside = next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?");
+    let path = next.split(['?', '#']).next().unwrap_or_default();
     let clean = next.bytes().all(|b| b.is_ascii_graphic())
         && !next.contains('\\')
-        && !next.split(['/', '?']).any(|seg| seg == "..");
+        && !path.contains('%')
+        && !path.contains("//")
+        && !path.split('/').any(|seg| seg == ".." || seg == ".");
     if inside && clean { next } else { "/ui" }
 }
 
@@ -245,6 +252,16 @@ mod tests {
         assert_eq!(safe_next("/ui\\@evil"), "/ui");
         assert_eq!(safe_next("/ui\r\nX: y"), "/ui");
         assert_eq!(safe_next("/ui/../metrics"), "/ui");
+        assert_eq!(safe_next("/ui/%2e%2e/metrics"), "/ui");
+        assert_eq!(safe_next("/ui/%2E%2E/api/v1/stats"), "/ui");
+        assert_eq!(safe_next("/ui/%252e%252e/api/v1/stats"), "/ui");
+        assert_eq!(safe_next("/ui/%2e%2e/%2e%2e//evil.example"), "/ui");
+        assert_eq!(safe_next("/ui/.//x"), "/ui");
+        assert_eq!(
+            safe_next("/ui/monitors?q=a%20b&state=Down"),
+            "/ui/monitors?q=a%20b&state=Down",
+            "escapes in the query are fine"
+        );
         assert_eq!(safe_next("/uix"), "/ui");
     }
 
