@@ -86,15 +86,26 @@ fn state_colour(state: State) -> &'static str {
     }
 }
 
-/// A flat two-part badge: `label | state`.
+/// Most characters of a label shown: a badge sits in READMEs and status pages, and a
+/// name of hundreds of characters made it thousands of pixels wide.
+const LABEL_CHARS: usize = 40;
+
+/// A flat two-part badge: `label | state`; a long label is cut with `…` (the title and
+/// the accessible name keep it whole).
 pub fn render(label: &str, state: State) -> String {
     let value = state.as_str();
-    let lw = text_width(label) + 12;
+    let whole = escape_html(label);
+    let shown: String = if label.chars().count() > LABEL_CHARS {
+        label.chars().take(LABEL_CHARS - 1).chain(['…']).collect()
+    } else {
+        label.to_string()
+    };
+    let lw = text_width(&shown) + 12;
     let vw = text_width(value) + 12;
     let total = lw + vw;
-    let label = escape_html(label);
+    let label = escape_html(&shown);
     format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{label}: {value}"><title>{label}: {value}</title><rect width="{lw}" height="20" fill="#555"/><rect x="{lw}" width="{vw}" height="20" fill="{colour}"/><g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11" text-anchor="middle"><text x="{lx}" y="14">{label}</text><text x="{vx}" y="14">{value}</text></g></svg>"##,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="{whole}: {value}"><title>{whole}: {value}</title><rect width="{lw}" height="20" fill="#555"/><rect x="{lw}" width="{vw}" height="20" fill="{colour}"/><g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11" text-anchor="middle"><text x="{lx}" y="14">{label}</text><text x="{vx}" y="14">{value}</text></g></svg>"##,
         colour = state_colour(state),
         lx = lw / 2,
         vx = lw + vw / 2,
@@ -130,5 +141,22 @@ mod tests {
         assert!(svg.contains(">Down<"));
         assert!(svg.contains("backup &lt;db&gt;"));
         assert!(svg.contains("#c62828"));
+    }
+
+    #[test]
+    fn a_long_label_is_cut_on_the_badge_and_kept_whole_in_its_title() {
+        let name = "w".repeat(255);
+        let svg = render(&name, State::Up);
+        let width: u32 = svg
+            .split("width=\"")
+            .nth(1)
+            .and_then(|w| w.split('"').next())
+            .and_then(|w| w.parse().ok())
+            .unwrap();
+        assert!(width < 500, "{width} px wide");
+        assert!(svg.contains(&format!("<title>{name}: Up</title>")));
+        assert!(svg.contains(&format!(">{}…<", "w".repeat(39))));
+        let short = render("backup", State::Up);
+        assert!(short.contains(">backup<"));
     }
 }

@@ -168,7 +168,7 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
                     @for m in rows {
                         tr class=(state_class(m.state.state)) {
                             th scope="row" {
-                                a href=(monitor_href(m)) { (m.def.display_name().unwrap_or(m.def.name())) }
+                                a href=(monitor_href(m)) { bdi { (m.def.display_name().unwrap_or(m.def.name())) } }
                             }
                             td data-label="Scope" { (scope(m)) }
                             td data-label="State" { (state_pill(m.state.state)) " " span.muted { (relative(m.state.since, now)) } }
@@ -265,7 +265,7 @@ pub fn overview(
                     tbody {
                         @for a in apps {
                             tr {
-                                th scope="row" { a href=(app_href(&a.app)) { (a.app.spec.display_name.as_deref().unwrap_or(&a.app.name)) } " " span.muted { (a.app.namespace) } }
+                                th scope="row" { a href=(app_href(&a.app)) { bdi { (a.app.spec.display_name.as_deref().unwrap_or(&a.app.name)) } } " " span.muted { (a.app.namespace) } }
                                 td { (a.stats.overall.today.count) }
                                 td { (a.stats.overall.week.count) }
                                 td { (a.stats.overall.total.count) }
@@ -353,7 +353,7 @@ pub fn monitor_detail(d: &MonitorDetail<'_>, now: Timestamp) -> Markup {
     let m = d.monitor;
     html! {
         p.crumbs { a href="/ui/monitors" { "Monitors" } " / " (m.def.namespace()) }
-        h1 { (m.def.display_name().unwrap_or(m.def.name())) " " (state_pill(m.state.state)) }
+        h1 { bdi { (m.def.display_name().unwrap_or(m.def.name())) } " " (state_pill(m.state.state)) }
         (monitor_facts(m, now))
         section aria-labelledby="h-badge" {
             h2 #h-badge { "Status badge" }
@@ -492,7 +492,7 @@ pub fn applications(apps: &[AppSummary]) -> Markup {
         ul.app-list {
             @for a in apps {
                 li.card {
-                    h2 { a href=(app_href(&a.app)) { (a.app.spec.display_name.as_deref().unwrap_or(&a.app.name)) } }
+                    h2 { a href=(app_href(&a.app)) { bdi { (a.app.spec.display_name.as_deref().unwrap_or(&a.app.name)) } } }
                     p.muted { (a.app.namespace) " · " (a.app.spec.time_zone_name()) }
                     (period_cards(&a.stats.overall))
                 }
@@ -561,7 +561,7 @@ pub fn application_detail(d: &AppDetail<'_>) -> Markup {
     let app = &d.summary.app;
     html! {
         p.crumbs { a href="/ui/applications" { "Applications" } " / " (app.namespace) }
-        h1 { (app.spec.display_name.as_deref().unwrap_or(&app.name)) }
+        h1 { bdi { (app.spec.display_name.as_deref().unwrap_or(&app.name)) } }
         p.muted { "Periods in " (app.spec.time_zone_name()) "." }
         (app_filters(d))
         (period_cards(&d.summary.stats.overall))
