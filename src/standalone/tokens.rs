@@ -23,6 +23,10 @@ pub enum TokenFileError {
     /// A token file given by the user is empty or too short to be a secret.
     #[error("token file {0} must hold a token of at least 16 characters")]
     TooShort(PathBuf),
+    /// A token file holds more than one word (a file that is no token file, or a
+    /// token with a space or a line break inside).
+    #[error("token file {0} must hold one token on one line, without spaces or control characters")]
+    NotOneToken(PathBuf),
     /// No randomness.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -84,6 +88,9 @@ pub fn read_token(path: &Path) -> Result<Option<Token>, TokenFileError> {
             if t.len() < 16 {
                 return Err(TokenFileError::TooShort(path.to_path_buf()));
             }
+            if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(TokenFileError::NotOneToken(path.to_path_buf()));
+            }
             Ok(Some(Token::from_string(t)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -133,8 +140,25 @@ pub fn write_ping_url(
 /// against the monitor's hash, since a file can outlive its monitor.
 pub fn ping_url_token(data: &Path, name: &str) -> Option<Token> {
     let url = std::fs::read_to_string(ping_url_path(data, name)).ok()?;
-    let token = url.trim_end().strip_suffix("/ping")?.rsplit('/').next()?;
-    (token.len() >= 16).then(|| Token::from_string(token))
+    let escaped = url.trim_end().strip_suffix("/ping")?.rsplit('/').next()?;
+    let token = percent_decode(escaped)?;
+    (token.len() >= 16).then(|| Token::from_string(&token))
+}
+
+/// `text` with its `%XX` escapes decoded; `None` when one is broken or the result is not
+/// UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Whether the ping URL file at `path` holds `url`.
@@ -334,6 +358,25 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_token_of_any_characters_reads_back_from_its_ping_url_file_and_one_of_many_lines_is_refused()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let token = Token::from_string("q7Zk+9/fXh2LrT0aB1c/PQ9wYm3e==");
+        write_ping_url(dir.path(), "job", &token, "http://hs").unwrap();
+        let url = std::fs::read_to_string(ping_url_path(dir.path(), "job")).unwrap();
+        assert!(
+            url.contains("q7Zk%2B9%2FfXh2LrT0aB1c%2FPQ9wYm3e%3D%3D/ping"),
+            "{url}"
+        );
+        let back = ping_url_token(dir.path(), "job").unwrap();
+        assert_eq!(back.expose(), token.expose());
+        let many = dir.path().join("shadow");
+        std::fs::write(&many, "root:x:0:0:aaaaaaaaaaaaaaaa\ndaemon:x:1:1\n").unwrap();
+        let e = read_token(&many).unwrap_err().to_string();
+        assert!(e.contains("one token on one line"), "{e}");
     }
 
     #[test]

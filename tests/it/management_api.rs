@@ -168,7 +168,8 @@ async fn management_api_is_rate_limited_per_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_heartbeat_with_its_own_token_file_is_listed_with_that_token() {
-    let token = "own-token-from-a-file-0123456789";
+    // Not URL-safe, as `openssl rand -base64` writes them.
+    let token = "own+token/from=a-file-0123456789";
     let mut files = manifests();
     files.push(("own.token", token.to_string()));
     files.push((
@@ -197,5 +198,9 @@ async fn a_manifest_heartbeat_with_its_own_token_file_is_listed_with_that_token(
         .find(|h| h["resource"] == "own-token")
         .unwrap();
     assert_eq!(hb["token"], token, "{hb}");
+    // Its ping URL (escaped) works as written.
+    let url = std::fs::read_to_string(s.data.join("tokens/heartbeat-own-token.url")).unwrap();
+    let r = reqwest::Client::new().post(url.trim()).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
     s.stop().await;
 }

@@ -109,14 +109,37 @@ impl DeclaredHeartbeat<'_> {
 }
 
 /// The URL a job calls to ping the monitor whose token is `token`, under the server's
-/// external URL `base_url` (no trailing slash).
+/// external URL `base_url` (no trailing slash). The token is percent-encoded: one a user
+/// brings (`openssl rand -base64` writes `+` and `/`) would otherwise name another path.
+/// Issued tokens hold only characters that need no escape.
 pub fn ping_url(base_url: &str, token: &str) -> String {
-    format!("{base_url}/v1/heartbeats/{token}/ping")
+    let mut url = format!("{base_url}/v1/heartbeats/");
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            url.push(char::from(b));
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url.push_str("/ping");
+    url
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_that_is_not_url_safe_is_escaped_in_its_ping_url() {
+        assert_eq!(
+            ping_url("http://h", "hsh_abc-DEF_1"),
+            "http://h/v1/heartbeats/hsh_abc-DEF_1/ping"
+        );
+        assert_eq!(
+            ping_url("http://h", "q7Zk+9/fXh2=="),
+            "http://h/v1/heartbeats/q7Zk%2B9%2FfXh2%3D%3D/ping"
+        );
+    }
     use crate::core::spec::{AlertTargets, ApplicationSpec};
 
     fn app() -> AppInfo {
