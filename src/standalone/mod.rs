@@ -76,6 +76,17 @@ pub enum StandaloneError {
     /// The leadership could not be sought.
     #[error(transparent)]
     Leadership(#[from] crate::core::leadership::LeadershipError),
+    /// A manifest names a monitor created through the management API.
+    #[error(
+        "Heartbeat {name}: a monitor of that name was created through the management API{}; a manifest would take it over (its Application, interval and history). Rename the manifest's Heartbeat, or delete that monitor through the API first",
+        application.as_deref().map(|a| format!(" (Application {a})")).unwrap_or_default()
+    )]
+    TakesOver {
+        /// The Heartbeat's name.
+        name: String,
+        /// The API monitor's Application.
+        application: Option<String>,
+    },
     /// This replica won the leadership but could not take office.
     #[error("cannot take over as the leader: {0}")]
     Promotion(String),
@@ -228,6 +239,15 @@ impl Apply<'_> {
         .await?;
         let key = object_key(&hb.namespace, &hb.name);
         let existing = self.core.engine.get(&key);
+        if let Some(api) = existing.as_ref().filter(|e| e.def.origin == Origin::Api) {
+            return Err(StandaloneError::TakesOver {
+                name: hb.name.clone(),
+                application: api
+                    .def
+                    .application()
+                    .map(|a| a.rsplit('/').next().unwrap_or(a).to_string()),
+            });
+        }
         self.index_token(
             &token,
             key,

@@ -396,3 +396,55 @@ async fn a_token_revoked_by_removing_its_manifest_does_not_come_back_with_the_na
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_heartbeat_does_not_take_over_a_monitor_created_through_the_api() {
+    let (dir, data, server) = shop().await;
+    let key = read_token(&data, "application", "shop");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/heartbeats", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"name": "daily backup"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["resource"], "daily-backup");
+    server.kill9();
+    let manifests = dir.path().join("manifests");
+    std::fs::write(
+        manifests.join("hb.yaml"),
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: daily-backup\nspec:\n  interval: 1h\n",
+    )
+    .unwrap();
+    assert!(
+        ChildServer::try_start(&manifests, &data, &[])
+            .await
+            .is_none(),
+        "refused"
+    );
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        logs.contains("Heartbeat daily-backup: a monitor of that name was created through the management API (Application shop)"),
+        "{logs}"
+    );
+    // Without the manifest it starts, and the monitor is as it was.
+    std::fs::remove_file(manifests.join("hb.yaml")).unwrap();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/v1/heartbeats", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["heartbeats"][0]["id"], created["id"]);
+}

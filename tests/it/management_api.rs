@@ -200,7 +200,11 @@ async fn a_manifest_heartbeat_with_its_own_token_file_is_listed_with_that_token(
     assert_eq!(hb["token"], token, "{hb}");
     // Its ping URL (escaped) works as written.
     let url = std::fs::read_to_string(s.data.join("tokens/heartbeat-own-token.url")).unwrap();
-    let r = reqwest::Client::new().post(url.trim()).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(url.trim())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{url}");
     s.stop().await;
 }
