@@ -164,8 +164,7 @@ fn add_document(
     let source = path.to_path_buf();
     match doc.kind.as_deref() {
         Some("Application") => {
-            let spec: ApplicationSpec = serde_json::from_value(spec)
-                .map_err(|e| format!("Application {name}: spec is invalid: {e}"))?;
+            let spec: ApplicationSpec = strict_spec("Application", &name, spec)?;
             spec.validate()
                 .map_err(|e| format!("Application {name}: {e}"))?;
             kubernetes_only(spec.alerts.as_ref())
@@ -178,8 +177,7 @@ fn add_document(
             });
         }
         Some("Heartbeat") => {
-            let spec: HeartbeatSpec = serde_json::from_value(spec)
-                .map_err(|e| format!("Heartbeat {name}: spec is invalid: {e}"))?;
+            let spec: HeartbeatSpec = strict_spec("Heartbeat", &name, spec)?;
             spec.validate_with_min_interval(min_interval)
                 .map_err(|e| format!("Heartbeat {name}: {e}"))?;
             if spec.cron_job_ref.is_some() {
@@ -219,6 +217,58 @@ fn add_document(
     Ok(())
 }
 
+/// `spec` read as a `T`, refusing fields a `T` does not have: a misspelt one
+/// (`intervall`, `alerts.emails`) was ignored, and its default taken without a word. (The
+/// API server refuses or prunes them in the operator.)
+fn strict_spec<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<T, String> {
+    let mut unknown: Vec<String> = Vec::new();
+    // Fields read through `#[serde(flatten)]` (the alert policy beside the targets) swallow
+    // what they do not know without a trace: those objects are checked against their
+    // schema, which lists the flattened fields too.
+    match kind {
+        "Application" | "Heartbeat" => {
+            if let Some(alerts) = spec.get("alerts") {
+                unknown.extend(outside_schema::<AlertTargets>(alerts, "spec.alerts"));
+            }
+        }
+        _ => unknown.extend(outside_schema::<AlertChannelSpec>(&spec, "spec")),
+    }
+    let value: T = serde_ignored::deserialize(spec, |path| unknown.push(format!("spec.{path}")))
+        .map_err(|e| format!("{kind} {name}: spec is invalid: {e}"))?;
+    unknown.sort();
+    unknown.dedup();
+    match unknown.as_slice() {
+        [] => Ok(value),
+        [one] => Err(format!(
+            "{kind} {name}: unknown field {one} (misspelt? `hartslag crd` prints every field)"
+        )),
+        many => Err(format!(
+            "{kind} {name}: unknown fields {} (misspelt? `hartslag crd` prints every field)",
+            many.join(", ")
+        )),
+    }
+}
+
+/// The keys of object `value` that `T`'s JSON schema does not list, as `at.key`.
+fn outside_schema<T: schemars::JsonSchema>(value: &serde_json::Value, at: &str) -> Vec<String> {
+    let schema = schemars::schema_for!(T);
+    let known = schema
+        .get("properties")
+        .and_then(serde_json::Value::as_object);
+    match (value.as_object(), known) {
+        (Some(object), Some(known)) => object
+            .keys()
+            .filter(|k| !known.contains_key(k.as_str()))
+            .map(|k| format!("{at}.{k}"))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A channel document's spec, checked as standalone mode reads it (secrets from files,
 /// templates rendered once with sample data).
 fn channel_spec(
@@ -226,8 +276,7 @@ fn channel_spec(
     name: &str,
     spec: serde_json::Value,
 ) -> Result<AlertChannelSpec, String> {
-    let spec: AlertChannelSpec =
-        serde_json::from_value(spec).map_err(|e| format!("{kind} {name}: spec is invalid: {e}"))?;
+    let spec: AlertChannelSpec = strict_spec(kind, name, spec)?;
     spec.validate(Secrets::Files)
         .map_err(|e| format!("{kind} {name}: {e}"))?;
     if let Some(t) = spec.webhook.as_ref().and_then(|w| w.template.as_deref()) {
@@ -392,6 +441,46 @@ mod tests {
         let m = parse(&text).unwrap();
         assert_eq!(m.heartbeats.len(), 5_000);
         assert_eq!(m.heartbeats[4_999].name, "hb-4999");
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_naming_it() {
+        let doc = |kind: &str, spec: &str| {
+            format!(
+                "apiVersion: hartslag.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: x\nspec:\n{spec}"
+            )
+        };
+        let load = |text: String| {
+            let mut out = Manifests::default();
+            parse_documents(Path::new("m.yaml"), &text, MIN_INTERVAL, &mut out).map(|()| out)
+        };
+        let e = load(doc("Heartbeat", "  intervall: 5m\n  gracee: 1m\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Heartbeat x: unknown fields spec.gracee, spec.intervall"),
+            "{e}"
+        );
+        let e = load(doc(
+            "Heartbeat",
+            "  interval: 5m\n  alerts:\n    emails: [a@b.c]\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field spec.alerts.emails"), "{e}");
+        let e = load(doc("Application", "  retension: 30d\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Application x: unknown field spec.retension"),
+            "{e}"
+        );
+        // The examples' fields all pass.
+        let ok = load(doc(
+            "Heartbeat",
+            "  interval: 5m\n  grace: 1m\n  displayName: X\n  alerts:\n    email: [a@b.c]\n",
+        ));
+        assert_eq!(ok.unwrap().heartbeats.len(), 1);
     }
 
     #[test]
