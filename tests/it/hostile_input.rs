@@ -448,3 +448,24 @@ async fn a_manifest_heartbeat_does_not_take_over_a_monitor_created_through_the_a
         .unwrap();
     assert_eq!(listed["heartbeats"][0]["id"], created["id"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_directory_is_told_why_it_cannot_start() {
+    let (dir, data, _server) = shop().await;
+    let manifests = dir.path().join("manifests");
+    assert!(
+        ChildServer::try_start(&manifests, &data, &[])
+            .await
+            .is_none()
+    );
+    let logs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        logs.contains("is in use by another hartslag process"),
+        "{logs}"
+    );
+}

@@ -207,11 +207,7 @@ async fn open_source(dir: PathBuf) -> Result<Store, MigrateError> {
             source: StoreError::Thread(e.to_string()),
         })?;
     opened.map_err(|source| match &source {
-        StoreError::Sled(sled::Error::Io(e))
-            if e.to_string().contains("could not acquire lock") =>
-        {
-            MigrateError::Locked { dir: name.clone() }
-        }
+        StoreError::Locked(_) => MigrateError::Locked { dir: name.clone() },
         _ => MigrateError::Source {
             dir: name.clone(),
             source,

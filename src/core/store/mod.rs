@@ -54,6 +54,11 @@ pub enum StoreError {
     /// A background task stopped.
     #[error("the storage writer has stopped")]
     Stopped,
+    /// Another process holds the data directory (sled's lock).
+    #[error(
+        "the data directory {0} is in use by another hartslag process (its lock is held): stop that one, or give this one a --data of its own"
+    )]
+    Locked(String),
     /// Part of the database is already open in this process.
     #[error("the {0} of this database are already open in this process")]
     InUse(&'static str),
@@ -134,7 +139,14 @@ impl Store {
             .cache_capacity(opts.cache_bytes)
             .flush_every_ms(Some(1000))
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled says so only in words.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(dir.display().to_string())
+                }
+                other => StoreError::Sled(other),
+            })?;
         let opened = started.elapsed();
         let (committer, replayed) = Committer::spawn(db.clone(), dir)?;
         if replayed > 0 {

@@ -30,7 +30,9 @@ impl From<StoreError> for StorageError {
         match e {
             StoreError::Sled(e) => StorageError::Unavailable(e.to_string()),
             StoreError::Thread(e) => StorageError::Unavailable(e),
-            e @ StoreError::InUse(_) => StorageError::Unavailable(e.to_string()),
+            e @ (StoreError::InUse(_) | StoreError::Locked(_)) => {
+                StorageError::Unavailable(e.to_string())
+            }
             StoreError::Commit(e) => StorageError::NotStored(e.to_string()),
             StoreError::Write(e) => StorageError::NotStored(e),
             StoreError::Corrupt { what, detail } => StorageError::Corrupt { what, detail },
