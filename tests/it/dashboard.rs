@@ -270,6 +270,17 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     let a = login(&base, &admin).await;
     let overview = page(&base, "/ui", &a).await;
     assert!(overview.contains("Signed in as admin"));
+    // Every asset a page links to is served (a missing icon was a 404 on every page).
+    for asset in [
+        "/ui/static/app.css",
+        "/ui/static/app.js",
+        "/ui/static/icon.svg",
+    ] {
+        assert!(overview.contains(asset), "{asset} linked");
+        let (status, headers, _) = get(&base, asset, None).await;
+        assert_eq!(status, StatusCode::OK, "{asset}");
+        assert!(headers.contains_key("content-type"), "{asset}");
+    }
     assert!(overview.contains("Web shop") && overview.contains("billing"));
     assert!(overview.contains("No monitor is Down or Late."));
     let monitors = page(&base, "/ui/monitors", &a).await;

@@ -30,6 +30,9 @@ use session::Sessions;
 
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
+/// The pages' icon: without one, every page's request for `/favicon.ico` failed (a 404 in
+/// the browser's console).
+const ICON_SVG: &str = include_str!("assets/icon.svg");
 
 /// Dashboard state shared by its handlers.
 #[derive(Debug)]
@@ -90,6 +93,10 @@ pub fn routes() -> Router<HttpState> {
         .route(
             "/ui/static/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/ui/static/icon.svg",
+            get(|| async { asset("image/svg+xml", ICON_SVG) }),
         )
         .route("/badge/{file}", get(handlers::badge_svg))
         .layer(axum::middleware::from_fn(headers::security_headers))

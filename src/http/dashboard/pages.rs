@@ -38,6 +38,7 @@ fn head(title: &str) -> Markup {
             meta name="referrer" content="no-referrer";
             title { (title) " · Hartslag" }
             link rel="stylesheet" href="/ui/static/app.css";
+            link rel="icon" type="image/svg+xml" href="/ui/static/icon.svg";
             script src="/ui/static/app.js" defer {}
         }
     }
