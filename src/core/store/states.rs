@@ -22,7 +22,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -103,6 +103,18 @@ pub enum StatesError {
         /// The file found.
         path: PathBuf,
     },
+    /// The file is shorter than a sync before this start left it.
+    #[error(
+        "{path} is {found} bytes long, but a sync before this start left it at least {at_least}: it was cut short, and starting would give the monitors whose slots are gone the state of their last definition change. Restore the whole data directory from one backup"
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Its length at a sync before.
+        at_least: u64,
+        /// Its length now.
+        found: u64,
+    },
     /// The file holds monitors' states, but the database has no record of it: the
     /// database was lost or made anew beside it.
     #[error(
@@ -140,6 +152,8 @@ struct Inner {
     path: PathBuf,
     /// Slots were written since the background writeback last synced.
     dirty: AtomicBool,
+    /// The file's length when the last sync began: on disk once that sync returned.
+    synced_len: AtomicU64,
     /// Why a background sync failed: the kernel may have dropped the pages it could not
     /// write, so a later sync that succeeds proves nothing, and every later
     /// [`StateFile::sync`] fails with this.
@@ -170,11 +184,20 @@ impl StateFile {
         } else {
             parse_header(&head).ok_or_else(|| StatesError::Header { path: path.clone() })?
         };
+        let len = file.metadata().map_err(io)?.len();
+        if let Some(at_least) = recorded_len(&head).filter(|n| *n > len) {
+            return Err(StatesError::Truncated {
+                path,
+                at_least,
+                found: len,
+            });
+        }
         let inner = Arc::new(Inner {
             file,
             id,
             path,
             dirty: AtomicBool::new(false),
+            synced_len: AtomicU64::new(len),
             failed: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
@@ -287,10 +310,24 @@ impl Inner {
             ));
         }
         self.dirty.store(false, Ordering::Release);
-        self.file.sync_data().map_err(|e| {
+        let fail = |e: std::io::Error, failed: &mut Option<String>| {
             *failed = Some(e.to_string());
             e.to_string()
-        })
+        };
+        // The header says how long the file was at the last sync, which is on disk: a
+        // length not synced yet could reach the disk (the header page written back) before
+        // the file's size does, and a crash then would read as a truncated file.
+        let on_disk = self.synced_len.load(Ordering::Acquire);
+        let len = match self.file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return Err(fail(e, &mut failed)),
+        };
+        if let Err(e) = self.file.write_all_at(&length_field(on_disk), LENGTH_AT) {
+            return Err(fail(e, &mut failed));
+        }
+        self.file.sync_data().map_err(|e| fail(e, &mut failed))?;
+        self.synced_len.fetch_max(len, Ordering::AcqRel);
+        Ok(())
     }
 }
 
@@ -375,10 +412,31 @@ fn header(id: &FileId) -> [u8; HEADER as usize] {
     h
 }
 
-/// The id in a header of this layout.
+/// The id in a header of this layout (its first 32 bytes; the length field after them
+/// changes with every sync).
 fn parse_header(h: &[u8]) -> Option<FileId> {
     let id: FileId = h.get(12..28)?.try_into().ok()?;
-    (h == header(&id).as_slice()).then_some(id)
+    (h.get(..32)? == &header(&id)[..32]).then_some(id)
+}
+
+/// Where the header keeps the file's length at a sync: 8 bytes, little-endian, and a
+/// CRC-32 of them. Zeros (a file from before it was kept) say nothing.
+const LENGTH_AT: u64 = 32;
+
+fn length_field(len: u64) -> [u8; 12] {
+    let mut f = [0u8; 12];
+    f[..8].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&f[..8]);
+    f[8..].copy_from_slice(&crc.to_le_bytes());
+    f
+}
+
+/// The length a sync before recorded in header `h`, if it holds one.
+fn recorded_len(h: &[u8]) -> Option<u64> {
+    let f = h.get(32..44)?;
+    let len = u64::from_le_bytes(f.get(..8)?.try_into().ok()?);
+    let crc = u32::from_le_bytes(f.get(8..)?.try_into().ok()?);
+    (len > 0 && crc32fast::hash(f.get(..8)?) == crc).then_some(len)
 }
 
 /// Whether monitor `num` has a slot (see [`SLOTS`]).
@@ -480,6 +538,38 @@ mod tests {
         drop(f);
         let f = StateFile::open(dir.path()).unwrap();
         assert_eq!(f.read(1_000_000).unwrap(), Some(vec![7u8; CAPACITY]));
+    }
+
+    #[test]
+    fn a_file_cut_short_after_a_sync_is_refused_and_one_of_before_the_length_was_kept_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let f = StateFile::open(dir.path()).unwrap();
+            f.write(20, Some(b"twenty")).unwrap();
+            // The first sync records the length of the sync before (the open's); the
+            // second, the length the slots made.
+            f.sync().unwrap();
+            f.sync().unwrap();
+        }
+        let full = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(full, HEADER + 21 * SLOT as u64);
+        assert_eq!(
+            StateFile::open(dir.path())
+                .unwrap()
+                .read(20)
+                .unwrap()
+                .as_deref(),
+            Some(&b"twenty"[..])
+        );
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(full - SLOT as u64).unwrap();
+        let err = StateFile::open(dir.path()).expect_err("refused");
+        assert!(matches!(err, StatesError::Truncated { .. }), "{err}");
+        assert!(err.to_string().contains("it was cut short"), "{err}");
+        // A file written before the length was kept (zeros there) opens as before.
+        file.write_all_at(&[0u8; 12], LENGTH_AT).unwrap();
+        assert!(StateFile::open(dir.path()).is_ok());
     }
 
     #[test]
