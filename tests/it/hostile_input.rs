@@ -32,15 +32,48 @@ async fn shop() -> (tempfile::TempDir, std::path::PathBuf, ChildServer) {
     (dir, data, server)
 }
 
+/// A client that follows no redirect and gives up after ten seconds.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The dashboard session cookie for `token`.
+async fn dashboard_cookie(http: &reqwest::Client, base: &str, token: &str) -> String {
+    let login = http
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&next=%2Fui"))
+        .send()
+        .await
+        .unwrap();
+    login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string()
+}
+
+/// Everything the servers started in `dir` logged (their logs sit beside their data).
+fn logs_in(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multibyte_dates_get_422_from_ingest_export_and_the_dashboard() {
     let (_dir, data, server) = shop().await;
     let token = read_token(&data, "application", "shop");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = client();
 
     for date in MULTIBYTE_DATES {
         let res = http
@@ -80,20 +113,7 @@ async fn multibyte_dates_get_422_from_ingest_export_and_the_dashboard() {
     }
 
     // The dashboard's filters read the same parser.
-    let login = http
-        .post(format!("{}/ui/login", server.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={token}&next=%2Fui"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = login
-        .headers()
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_string();
+    let cookie = dashboard_cookie(&http, &server.base, &token).await;
     for date in MULTIBYTE_DATES {
         for path in ["", "/export.csv"] {
             let url = format!(
@@ -286,11 +306,7 @@ async fn path_segments_that_do_not_decode_get_each_routes_own_404() {
     // Axum answered these with a plain-text 400 ("Invalid URL: ...") in no route's shape.
     let (_dir, data, server) = shop().await;
     let token = read_token(&data, "application", "shop");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = client();
     let res = http
         .post(format!("{}/v1/heartbeats/%ff/alertmanager", server.base))
         .body("{}")
@@ -314,15 +330,7 @@ async fn path_segments_that_do_not_decode_get_each_routes_own_404() {
             .starts_with("image/svg+xml")
     );
 
-    let login = http
-        .post(format!("{}/ui/login", server.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={token}&next=%2Fui"))
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_string();
+    let cookie = dashboard_cookie(&http, &server.base, &token).await;
     for path in [
         "/ui/monitors/%ff/%ff",
         "/ui/applications/%ff/shop",
@@ -424,12 +432,7 @@ async fn a_manifest_heartbeat_does_not_take_over_a_monitor_created_through_the_a
             .is_none(),
         "refused"
     );
-    let logs: String = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".log"))
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
+    let logs = logs_in(dir.path());
     assert!(
         logs.contains("Heartbeat daily-backup: a monitor of that name was created through the management API (Application shop)"),
         "{logs}"
@@ -458,12 +461,7 @@ async fn a_second_server_on_the_same_data_directory_is_told_why_it_cannot_start(
             .await
             .is_none()
     );
-    let logs: String = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".log"))
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
+    let logs = logs_in(dir.path());
     assert!(
         logs.contains("is in use by another hartslag process"),
         "{logs}"
