@@ -747,29 +747,36 @@ mod tests {
         }
     }
 
+    /// Writes monitor `ns/a` (number 1), then a newer state of it, which goes to its slot.
+    fn a_monitor_with_its_state_in_a_slot(store: &Store) {
+        let sled = SledMonitors::open(store).unwrap();
+        let mut m = sample("ns/a", State::Up);
+        m.num = 1;
+        let put = vec![Arc::new(m.clone())];
+        commit(
+            &sled,
+            MonitorRound {
+                put,
+                ..Default::default()
+            },
+        );
+        m.state.pings = 3;
+        let put_state = vec![Arc::new(m)];
+        commit(
+            &sled,
+            MonitorRound {
+                put_state,
+                ..Default::default()
+            },
+        );
+    }
+
     #[test]
     fn a_lost_or_replaced_state_file_is_refused_at_start_not_taken_for_an_empty_one() {
         let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut m = sample("ns/a", State::Up);
-        m.num = 1;
         {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-            let sled = SledMonitors::open(&store).unwrap();
-            commit(
-                &sled,
-                MonitorRound {
-                    put: vec![Arc::new(m.clone())],
-                    ..Default::default()
-                },
-            );
-            m.state.pings = 3;
-            commit(
-                &sled,
-                MonitorRound {
-                    put_state: vec![Arc::new(m.clone())],
-                    ..Default::default()
-                },
-            );
+            a_monitor_with_its_state_in_a_slot(&store);
             // Another database's state file.
             crate::core::store::states::StateFile::open(other.path()).unwrap();
         }
@@ -798,26 +805,9 @@ mod tests {
     #[test]
     fn a_state_file_beside_a_lost_database_is_refused_at_start_not_claimed_anew() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = sample("ns/a", State::Up);
-        m.num = 1;
         {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-            let sled = SledMonitors::open(&store).unwrap();
-            commit(
-                &sled,
-                MonitorRound {
-                    put: vec![Arc::new(m.clone())],
-                    ..Default::default()
-                },
-            );
-            m.state.pings = 3;
-            commit(
-                &sled,
-                MonitorRound {
-                    put_state: vec![Arc::new(m.clone())],
-                    ..Default::default()
-                },
-            );
+            a_monitor_with_its_state_in_a_slot(&store);
         }
         // Closed for good (the lock is free once the first one is), then the database's
         // files are gone and its commit log holds nothing more (as after a checkpoint);
