@@ -39,7 +39,7 @@ pub fn router(state: HttpState) -> Router {
 /// A known route asked with a method it does not take: the usual `{"error"}` body, so a
 /// client reads every refusal alike (axum's own 405 has an empty body); axum still sets
 /// `Allow` to the methods the route takes.
-async fn wrong_method(method: Method) -> ApiError {
+pub(crate) async fn wrong_method(method: Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("this route does not take {method}; the Allow header lists the methods it takes"),

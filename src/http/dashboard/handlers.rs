@@ -193,6 +193,11 @@ fn durations_chart(pings: &[PingRecord]) -> Option<chart::Chart> {
     })
 }
 
+/// A path under `/ui` that is no page: the dashboard's 404, after the login like any page.
+pub async fn unknown_page(viewer: Viewer) -> Response {
+    not_found(&viewer, "page")
+}
+
 pub async fn applications(State(st): State<HttpState>, viewer: Viewer) -> Response {
     let apps = summaries(&st, &viewer, now(&st)).await;
     in_layout(

@@ -21,7 +21,7 @@ pub mod view;
 use axum::Router;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use headers::CSP;
 
@@ -99,6 +99,10 @@ pub fn routes() -> Router<HttpState> {
             get(|| async { asset("image/svg+xml", ICON_SVG) }),
         )
         .route("/badge/{file}", get(handlers::badge_svg))
+        // Unknown pages and wrong methods answer inside the layer, so they carry the
+        // security headers too; a browser gets the dashboard's own 404 page.
+        .route("/ui/{*rest}", any(handlers::unknown_page))
+        .method_not_allowed_fallback(crate::http::wrong_method)
         .layer(axum::middleware::from_fn(headers::security_headers))
 }
 
