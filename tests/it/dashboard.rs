@@ -317,6 +317,16 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
         app.contains("refund"),
         "a 10-day-old event in the daily chart and totals"
     );
+    // Its state cards count and list this application's monitors only.
+    let cards = app.split("Its monitors").nth(1).unwrap();
+    let link = "/ui/monitors?state=Up&amp;application=default%2Fshop";
+    assert!(cards.contains(link), "cards link within the application");
+    let its = page(&base, &link.replace("&amp;", "&"), &a).await;
+    assert!(its.contains("Nightly backup") && !its.contains("report") && !its.contains("orphan"));
+    assert!(
+        its.contains(r#"name="application" value="default/shop""#),
+        "the filter form keeps it"
+    );
     let users = app.split("Top users").nth(1).unwrap();
     let (u7, u8) = (users.find(">7<").unwrap(), users.find(">8<").unwrap());
     assert!(u7 < u8, "user 7 (2 events) ranks above user 8 (1 event)");
@@ -329,6 +339,18 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     assert!(
         filtered.contains("export.csv?event=order&amp;from=2000-01-01"),
         "export link keeps the filters"
+    );
+    assert!(filtered.contains(r#"type="date" name="from" value="2000-01-01""#));
+    // A time the export takes, which a date picker cannot show, stays in the form.
+    let timed = page(
+        &base,
+        "/ui/applications/default/shop?from=2000-01-01T10%3A00%3A00Z",
+        &a,
+    )
+    .await;
+    assert!(
+        timed.contains(r#"type="text" name="from" value="2000-01-01T10:00:00Z""#),
+        "an RFC 3339 bound is shown as typed"
     );
     let (status, _, bad) = get(&base, "/ui/applications/default/shop?user_id=abc", Some(&a)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -503,6 +525,69 @@ async fn removing_an_application_ends_its_sessions() {
         .unwrap();
     let (status, _, _) = get(&s.base, "/ui", Some(&cookie)).await;
     assert_eq!(status, StatusCode::SEE_OTHER, "revoked token, no session");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_pages_and_wrong_methods_under_ui_keep_the_security_headers() {
+    let s = start().await;
+    let cookie = login(&s.base, &s.app_token("shop")).await;
+    let c = client();
+    for (method, path) in [
+        (reqwest::Method::GET, "/ui/nope"),
+        (reqwest::Method::GET, "/ui/monitors/default/backup/extra"),
+        (reqwest::Method::POST, "/ui/monitors"),
+        (reqwest::Method::DELETE, "/ui/applications/default/shop"),
+    ] {
+        let res = c
+            .request(method.clone(), format!("{}{path}", s.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        assert!(
+            matches!(
+                status,
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+            ),
+            "{method} {path}: {status}"
+        );
+        let h = res.headers();
+        for name in [
+            "content-security-policy",
+            "x-frame-options",
+            "x-content-type-options",
+        ] {
+            assert!(
+                h.contains_key(name),
+                "{method} {path} ({status}) lacks {name}"
+            );
+        }
+        let ct = h["content-type"].to_str().unwrap().to_string();
+        let body = res.text().await.unwrap();
+        if status == StatusCode::NOT_FOUND {
+            assert!(
+                ct.starts_with("text/html"),
+                "{path}: a page for the browser, got {ct}"
+            );
+            assert!(
+                body.contains("Not found") && body.contains(r#"href="/ui""#),
+                "{body}"
+            );
+        }
+    }
+    // Without a session an unknown page asks for the login, as a known one does.
+    let res = c.get(format!("{}/ui/nope", s.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    // Outside the dashboard the API's JSON 404 stays.
+    let res = c
+        .get(format!("{}/api/v1/nope", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.text().await.unwrap().contains("no such route"));
     s.stop().await;
 }
 

@@ -121,7 +121,7 @@ pub fn state_pill(state: State) -> Markup {
 fn time_cell(at: Option<Timestamp>, now: Timestamp) -> Markup {
     html! {
         @match at {
-            Some(t) => time datetime=(t.to_string()) title=(exact(t)) { (relative(t, now)) },
+            Some(t) => time datetime=(view::machine_time(t)) title=(exact(t)) { (relative(t, now)) },
             None => span.muted { "—" },
         }
     }
@@ -184,12 +184,14 @@ fn monitor_table(rows: &[Monitor], now: Timestamp, caption: &str) -> Markup {
     }
 }
 
-fn count_cards(counts: &[(State, usize)]) -> Markup {
+/// Monitors per state, each card a link to its monitors within `scope` (the application
+/// the cards count, if any).
+fn count_cards(counts: &[(State, usize)], scope: &MonitorQuery) -> Markup {
     html! {
         ul.cards.states aria-label="Monitors per state" {
             @for (s, n) in counts {
                 li class={ "card " (state_class(*s)) } {
-                    a href={ "/ui/monitors?state=" (s.as_str()) } {
+                    a href=(scope.with_state(Some(*s)).href(1)) {
                         span.big { (n) }
                         (state_pill(*s))
                     }
@@ -245,7 +247,7 @@ pub fn overview(
         h1 { "Overview" }
         section aria-labelledby="h-states" {
             h2 #h-states { "Monitors" }
-            (count_cards(counts))
+            (count_cards(counts, &MonitorQuery::default()))
         }
         section aria-labelledby="h-attention" {
             h2 #h-attention { "Needs attention" }
@@ -286,8 +288,17 @@ pub fn monitors(page: &MonitorPage, query: &MonitorQuery, now: Timestamp) -> Mar
     let last = first + page.rows.len().saturating_sub(1);
     html! {
         h1 { "Monitors" }
-        (count_cards(&counts))
+        @if let Some(app) = &query.application {
+            p.scope {
+                "Application " bdi { (app) } " · "
+                a href=(MonitorQuery { application: None, ..query.clone() }.href(1)) { "all applications" }
+            }
+        }
+        (count_cards(&counts, &MonitorQuery { application: query.application.clone(), ..Default::default() }))
         form.filters method="get" action="/ui/monitors" role="search" {
+            @if let Some(app) = &query.application {
+                input type="hidden" name="application" value=(app);
+            }
             label { "State "
                 select name="state" {
                     option value="" { "All" }
@@ -393,7 +404,7 @@ fn monitor_facts(m: &Monitor, now: Timestamp) -> Markup {
                     dt { "Next runs" } dd {
                         ol.runs {
                             @for run in s.upcoming(now, NEXT_RUNS) {
-                                li { time datetime=(run.to_string()) title=(exact(run)) { (s.local_time(run)) } " " span.muted { (relative(run, now)) } }
+                                li { time datetime=(view::machine_time(run)) title=(exact(run)) { (s.local_time(run)) } " " span.muted { (relative(run, now)) } }
                             }
                         }
                     }
@@ -582,8 +593,21 @@ pub fn application_detail(d: &AppDetail<'_>) -> Markup {
         @if !d.monitor_counts.is_empty() {
             section aria-labelledby="h-app-monitors" {
                 h2 #h-app-monitors { "Its monitors" }
-                (count_cards(&d.monitor_counts))
+                (count_cards(&d.monitor_counts, &MonitorQuery { application: Some(app.key.clone()), ..Default::default() }))
             }
+        }
+    }
+}
+
+/// A `from` or `to` field: a date picker for a date, and a text field for an RFC 3339 time
+/// (the export takes both), which a date picker would show empty and the next submit drop.
+fn bound_field(name: &str, value: Option<&str>) -> Markup {
+    let is_date = value.is_none_or(|v| v.parse::<jiff::civil::Date>().is_ok());
+    html! {
+        @if is_date {
+            input type="date" name=(name) value=[value];
+        } @else {
+            input type="text" name=(name) value=[value] size="25" title="A date (YYYY-MM-DD) or an RFC 3339 time";
         }
     }
 }
@@ -604,8 +628,8 @@ fn app_filters(d: &AppDetail<'_>) -> Markup {
                 }
             }
             label { "User id " input type="text" inputmode="numeric" name="user_id" value=[f.user_id] size="8"; }
-            label { "From " input type="date" name="from" value=[f.from.as_deref()]; }
-            label { "To " input type="date" name="to" value=[f.to.as_deref()]; }
+            label { "From " (bound_field("from", f.from.as_deref())) }
+            label { "To " (bound_field("to", f.to.as_deref())) }
             button type="submit" { "Apply" }
             a.button #export href=(export) download { "Download CSV" }
         }

@@ -125,7 +125,13 @@ pub fn short_duration(d: SignedDuration) -> String {
         .join(" ")
 }
 
-/// Exact time in RFC 3339 (UTC) for `title` attributes and `datetime`.
+/// A `<time datetime>` value: RFC 3339 in UTC to the millisecond, since HTML allows at
+/// most three fraction digits there.
+pub fn machine_time(at: Timestamp) -> String {
+    format!("{:.3}", at)
+}
+
+/// Exact time (UTC) for `title` attributes.
 pub fn exact(at: Timestamp) -> String {
     at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
@@ -137,14 +143,18 @@ pub struct MonitorQuery {
     pub state: Option<State>,
     /// Only this namespace.
     pub namespace: Option<String>,
-    /// Name contains this text (case-insensitive).
+    /// Only the monitors of this Application (`namespace/name`): an application's page
+    /// links here, so its state cards count and list its own monitors.
+    pub application: Option<String>,
+    /// Name contains this text (case-insensitive), as typed, so the field shows it back.
     pub text: Option<String>,
     /// 1-based page.
     pub page: usize,
 }
 
 impl MonitorQuery {
-    /// Reads `state`, `namespace`, `q` and `page`; unknown values mean "no filter".
+    /// Reads `state`, `namespace`, `application`, `q` and `page`; unknown values mean
+    /// "no filter".
     pub fn from_params(params: &HashMap<String, String>) -> Self {
         let nonempty = |k: &str| {
             params
@@ -155,7 +165,8 @@ impl MonitorQuery {
         Self {
             state: nonempty("state").and_then(|s| parse_state(&s)),
             namespace: nonempty("namespace"),
-            text: nonempty("q").map(|s| s.to_lowercase()),
+            application: nonempty("application"),
+            text: nonempty("q"),
             page: nonempty("page")
                 .and_then(|p| p.parse().ok())
                 .filter(|p| *p >= 1)
@@ -163,18 +174,36 @@ impl MonitorQuery {
         }
     }
 
-    fn matches(&self, m: &Monitor) -> bool {
+    /// Whether `m` is in the query's application, the scope the state cards count.
+    fn in_scope(&self, m: &Monitor) -> bool {
+        self.application
+            .as_deref()
+            .is_none_or(|a| m.def.application() == Some(a))
+    }
+
+    /// Whether `m` passes every filter; `lowered` is [`Self::text`] in lower case.
+    fn matches(&self, m: &Monitor, lowered: Option<&str>) -> bool {
         self.state.is_none_or(|s| m.state.state == s)
             && self
                 .namespace
                 .as_deref()
                 .is_none_or(|ns| m.def.namespace() == ns)
-            && self.text.as_deref().is_none_or(|t| {
+            && lowered.is_none_or(|t| {
                 m.def.name().to_lowercase().contains(t)
                     || m.def
                         .display_name()
                         .is_some_and(|d| d.to_lowercase().contains(t))
             })
+    }
+
+    /// The same filters in another state (`None`: every state), from the first page: the
+    /// state cards' links.
+    pub fn with_state(&self, state: Option<State>) -> Self {
+        Self {
+            state,
+            page: 1,
+            ..self.clone()
+        }
     }
 
     /// The query string for page `page` with the same filters.
@@ -185,6 +214,9 @@ impl MonitorQuery {
         }
         if let Some(ns) = &self.namespace {
             parts.push(format!("namespace={}", urlencode(ns)));
+        }
+        if let Some(a) = &self.application {
+            parts.push(format!("application={}", urlencode(a)));
         }
         if let Some(t) = &self.text {
             parts.push(format!("q={}", urlencode(t)));
@@ -220,9 +252,9 @@ pub struct MonitorPage {
     pub rows: Vec<Monitor>,
     /// Monitors matching the filters.
     pub matching: usize,
-    /// Monitors visible to the viewer.
+    /// Monitors visible to the viewer (in the query's application, when it names one).
     pub visible: usize,
-    /// Visible monitors per state.
+    /// Visible monitors per state (in the query's application, when it names one).
     pub counts: BTreeMap<u8, (State, usize)>,
     /// Namespaces of visible monitors, for the filter.
     pub namespaces: BTreeSet<String>,
@@ -242,7 +274,8 @@ pub fn monitor_page<'a>(
 ) -> MonitorPage {
     let mut out = MonitorPage::default();
     let mut matching: Vec<&Monitor> = Vec::new();
-    for m in all.filter(|m| viewer.sees_monitor(&m.def)) {
+    let lowered = query.text.as_deref().map(str::to_lowercase);
+    for m in all.filter(|m| viewer.sees_monitor(&m.def) && query.in_scope(m)) {
         out.visible += 1;
         out.counts
             .entry(urgency(m.state.state))
@@ -251,7 +284,7 @@ pub fn monitor_page<'a>(
         if !out.namespaces.contains(m.def.namespace()) {
             out.namespaces.insert(m.def.namespace().to_string());
         }
-        if query.matches(m) {
+        if query.matches(m, lowered.as_deref()) {
             matching.push(m);
         }
     }
@@ -401,6 +434,16 @@ mod tests {
     }
 
     #[test]
+    fn machine_times_have_at_most_three_fraction_digits() {
+        let at = Timestamp::new(1_700_000_000, 123_456_789).unwrap();
+        assert_eq!(machine_time(at), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            machine_time(Timestamp::from_second(0).unwrap()),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(short_duration(SignedDuration::from_millis(250)), "250ms");
         assert_eq!(short_duration(SignedDuration::from_millis(1500)), "1.5s");
@@ -437,6 +480,51 @@ mod tests {
             monitor_page(all.iter(), &Principal::Admin, &only_late, 100).matching,
             2
         );
+    }
+
+    #[test]
+    fn an_application_scopes_the_rows_the_counts_and_the_card_links() {
+        let all = [
+            monitor("a", "up1", Some("a/shop"), State::Up),
+            monitor("a", "down1", Some("a/shop"), State::Down),
+            monitor("b", "late1", Some("b/pay"), State::Late),
+            monitor("a", "late2", None, State::Late),
+        ];
+        let mut p = HashMap::new();
+        p.insert("application".to_string(), "a/shop".to_string());
+        let q = MonitorQuery::from_params(&p);
+        let page = monitor_page(all.iter(), &Principal::Admin, &q, 100);
+        let names: Vec<_> = page.rows.iter().map(|m| m.def.name()).collect();
+        assert_eq!(names, ["down1", "up1"]);
+        assert_eq!(page.visible, 2);
+        let counted: Vec<_> = page.counts.values().copied().collect();
+        assert_eq!(counted, [(State::Down, 1), (State::Up, 1)]);
+        assert_eq!(
+            q.with_state(Some(State::Down)).href(1),
+            "/ui/monitors?state=Down&application=a%2Fshop"
+        );
+    }
+
+    #[test]
+    fn the_name_filter_matches_any_case_and_keeps_what_was_typed() {
+        let t0 = Timestamp::UNIX_EPOCH;
+        let m = Monitor {
+            num: 1,
+            def: DefRecord {
+                display_name: Some("Nightly Backup".into()),
+                ..DefRecord::sample("a/nightly", 60, t0)
+            }
+            .into(),
+            state: MonitorState::new(t0),
+            last_run_ms: None,
+        };
+        let mut p = HashMap::new();
+        p.insert("q".to_string(), "BackUp".to_string());
+        let q = MonitorQuery::from_params(&p);
+        assert_eq!(q.text.as_deref(), Some("BackUp"));
+        assert_eq!(q.href(1), "/ui/monitors?q=BackUp");
+        let page = monitor_page([m].iter(), &Principal::Admin, &q, 100);
+        assert_eq!(page.matching, 1);
     }
 
     #[test]
