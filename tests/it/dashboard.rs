@@ -433,6 +433,22 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
             .0,
         StatusCode::NOT_FOUND
     );
+    // A monitor created just after that miss (which rebuilt the badge index) has a working
+    // badge as soon as its page shows the URL, not only at the next rebuild.
+    let created = client()
+        .post(format!("{base}/v1/heartbeats"))
+        .bearer_auth(&shop)
+        .json(&json!({"name": "Fresh one"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let fresh = page(&base, "/ui/monitors/default/fresh-one", &a).await;
+    let at = fresh.find("/badge/").unwrap();
+    let fresh_badge: String = fresh[at..].chars().take_while(|c| *c != '"').collect();
+    let (status, _, svg) = get(&base, &fresh_badge, None).await;
+    assert_eq!(status, StatusCode::OK, "{fresh_badge}: {svg}");
+    assert!(svg.contains("Fresh one"));
 
     // An application token sees its application and its monitors only.
     let sh = login(&base, &shop).await;

@@ -25,7 +25,9 @@ pub fn badge_key(token: &TokenHash) -> String {
 }
 
 /// Badge key → monitor key, rebuilt from the engine when a key is not found (at most
-/// every few seconds, so unknown keys cannot make every request rebuild it).
+/// every few seconds, so unknown keys cannot make every request rebuild it). A monitor's
+/// page adds its own badge at once ([`Self::note`]), so the URL it shows works even before
+/// the next rebuild.
 #[derive(Default)]
 pub struct BadgeIndex {
     inner: RwLock<(Option<Instant>, HashMap<String, String>)>,
@@ -51,14 +53,30 @@ impl BadgeIndex {
                 return None;
             }
         }
-        let map: HashMap<String, String> = engine.view(|all| {
+        // Only the tokens are read under the engine's lock; hashing a million of them
+        // there would hold up the engine for a good part of a second.
+        let tokens: Vec<(TokenHash, String)> = engine.view(|all| {
             all.values()
-                .map(|m| (badge_key(&m.def.token), m.def.key.clone()))
+                .map(|m| (m.def.token, m.def.key.clone()))
                 .collect()
         });
+        let map: HashMap<String, String> = tokens
+            .into_iter()
+            .map(|(token, monitor)| (badge_key(&token), monitor))
+            .collect();
         let found = map.get(key).cloned();
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), map);
         found
+    }
+
+    /// Adds the badge of monitor `monitor` whose token hashes to `token`; returns its key.
+    pub fn note(&self, token: &TokenHash, monitor: &str) -> String {
+        let key = badge_key(token);
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if inner.1.get(&key).map(String::as_str) != Some(monitor) {
+            inner.1.insert(key.clone(), monitor.to_string());
+        }
+        key
     }
 }
 

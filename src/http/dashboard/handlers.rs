@@ -159,7 +159,10 @@ pub async fn monitor_detail(
         monitor: &m,
         pings: &pings,
         transitions: &transitions,
-        badge_path: format!("/badge/{}.svg", badge::badge_key(&m.def.token)),
+        badge_path: format!(
+            "/badge/{}.svg",
+            st.dashboard.badges.note(&m.def.token, &m.def.key)
+        ),
         base_url: st.dashboard.base_url.clone(),
         durations: durations_chart(&pings),
     };
