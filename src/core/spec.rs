@@ -21,6 +21,22 @@ pub const DEFAULT_GRACE: SpecDuration = SpecDuration::from_secs(300);
 pub const MIN_INTERVAL: SpecDuration = SpecDuration::from_secs(60);
 /// Longest interval or grace a monitor may have.
 pub const MAX_INTERVAL: SpecDuration = SpecDuration::from_secs(365 * 86_400);
+/// Longest `displayName`, in characters: as long as a name the management API takes. It
+/// heads every alert, and chat titles and PagerDuty summaries have room for little more.
+pub const MAX_DISPLAY_NAME: usize = 255;
+/// Longest `runbookURL`, in characters: within what every channel takes for a link.
+pub const MAX_RUNBOOK_URL: usize = 2000;
+
+/// Checks a `displayName` against [`MAX_DISPLAY_NAME`] and control characters, which
+/// would break an alert's title or an email subject across lines.
+pub fn check_display_name(name: Option<&str>) -> Result<(), SpecError> {
+    match name {
+        Some(n) if n.chars().count() > MAX_DISPLAY_NAME || n.chars().any(char::is_control) => {
+            Err(SpecError::DisplayName(n.chars().count()))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Where alerts go.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -96,8 +112,10 @@ pub struct Limits {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationSpec {
-    /// Human-readable name shown in status, alerts and the dashboard.
+    /// Human-readable name shown in status, alerts and the dashboard (at most 255
+    /// characters, no control characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
     pub display_name: Option<String>,
     /// IANA time zone in which today, this week (Monday first) and this month are counted. Default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,8 +172,10 @@ pub struct CronJobRef {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatSpec {
-    /// Human-readable name shown in status, alerts and the dashboard.
+    /// Human-readable name shown in status, alerts and the dashboard (at most 255
+    /// characters, no control characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
     pub display_name: Option<String>,
     /// Longest expected time between two successful pings (60s to 365d). Default 1h.
     /// Excludes `schedule`.
@@ -211,12 +231,14 @@ pub struct HeartbeatSpec {
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: Option<u32>,
     /// A runbook for whoever is paged: shown in alerts (Alertmanager's `runbook_url`
-    /// annotation, PagerDuty links, chat buttons).
+    /// annotation, PagerDuty links, chat buttons). An http(s) URL of at most 2000
+    /// characters.
     #[serde(
         default,
         rename = "runbookURL",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(length(max = 2000))]
     pub runbook_url: Option<String>,
     /// Windows without notifications; a monitor due during one gets a fresh deadline when
     /// it ends instead of alerting at once.
@@ -282,6 +304,16 @@ pub enum SpecError {
     /// `runbookURL` that is not http(s).
     #[error("spec.runbookURL {0:?} is not an http:// or https:// URL")]
     RunbookUrl(String),
+    /// `runbookURL` longer than [`MAX_RUNBOOK_URL`] or with spaces or control characters.
+    #[error(
+        "spec.runbookURL must be at most {MAX_RUNBOOK_URL} characters without spaces or control characters (Slack refuses a button whose URL is over 3000); got {0} characters"
+    )]
+    RunbookUrlForm(usize),
+    /// `displayName` longer than [`MAX_DISPLAY_NAME`] or with control characters.
+    #[error(
+        "spec.displayName must be at most {MAX_DISPLAY_NAME} characters without control characters (line breaks included); got {0} characters"
+    )]
+    DisplayName(usize),
     /// An alert policy or a maintenance window that cannot be applied.
     #[error("{0}")]
     Policy(#[from] ChannelError),
@@ -348,6 +380,7 @@ impl ApplicationSpec {
         if self.retention().as_secs() == 0 {
             return Err(SpecError::Retention);
         }
+        check_display_name(self.display_name.as_deref())?;
         check_alerts(self.alerts.as_ref())?;
         Ok(tz)
     }
@@ -396,11 +429,16 @@ impl HeartbeatSpec {
         {
             return Err(SpecError::FailureThreshold(n));
         }
-        if let Some(url) = &self.runbook_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(SpecError::RunbookUrl(url.clone()));
+        if let Some(url) = &self.runbook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(SpecError::RunbookUrl(url.clone()));
+            }
+            let len = url.chars().count();
+            if len > MAX_RUNBOOK_URL || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(SpecError::RunbookUrlForm(len));
+            }
         }
+        check_display_name(self.display_name.as_deref())?;
         crate::core::channel::check_windows(&self.maintenance)?;
         check_alerts(self.alerts.as_ref())
     }
@@ -507,6 +545,38 @@ mod tests {
         let mail: HeartbeatSpec =
             serde_json::from_str(r#"{"alerts":{"email":["nobody"]}}"#).unwrap();
         assert!(matches!(mail.validate(), Err(SpecError::Email(_))));
+    }
+
+    #[test]
+    fn display_names_and_runbooks_fit_every_channel() {
+        let hb =
+            |json: serde_json::Value| -> HeartbeatSpec { serde_json::from_value(json).unwrap() };
+        let at_limit = "é".repeat(MAX_DISPLAY_NAME);
+        assert!(
+            hb(serde_json::json!({"displayName": at_limit}))
+                .validate()
+                .is_ok()
+        );
+        let over = format!("{at_limit}x");
+        assert_eq!(
+            hb(serde_json::json!({"displayName": over})).validate(),
+            Err(SpecError::DisplayName(256))
+        );
+        let broken = hb(serde_json::json!({"displayName": "backup\nBcc: x@example.com"}));
+        assert!(matches!(broken.validate(), Err(SpecError::DisplayName(_))));
+        let app: ApplicationSpec =
+            serde_json::from_value(serde_json::json!({"displayName": "a\u{7}b"})).unwrap();
+        assert!(matches!(app.validate(), Err(SpecError::DisplayName(_))));
+        let url = format!("https://wiki.example.com/{}", "x".repeat(MAX_RUNBOOK_URL));
+        let e = hb(serde_json::json!({"runbookURL": url}))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("at most 2000 characters"), "{e}");
+        let spaced = hb(serde_json::json!({"runbookURL": "https://wiki.example.com/a b"}));
+        assert!(matches!(
+            spaced.validate(),
+            Err(SpecError::RunbookUrlForm(_))
+        ));
     }
 
     #[test]

@@ -186,6 +186,20 @@ pub fn teams(m: &Value) -> Result<(), SchemaError> {
                 "TextBlock" => {
                     text(el, "text")?;
                 }
+                "RichTextBlock" => {
+                    let inlines = match el.get("inlines").and_then(Value::as_array) {
+                        Some(i) if !i.is_empty() => i,
+                        _ => return fail("RichTextBlock inlines must be a non-empty array"),
+                    };
+                    for run in inlines {
+                        if !run.is_string() {
+                            if text(run, "type")? != "TextRun" {
+                                return fail("RichTextBlock inlines[] must be TextRuns");
+                            }
+                            text(run, "text")?;
+                        }
+                    }
+                }
                 "FactSet" => {
                     for f in el
                         .get("facts")

@@ -17,6 +17,14 @@ fn colour(kind: NoticeKind) -> &'static str {
     }
 }
 
+/// A block whose text Teams shows as it is. A `TextBlock` renders Markdown, so a display
+/// name like `**URGENT**` or a schedule like `*/5 * * * *` would come out bold or italic;
+/// a `RichTextBlock`'s `TextRun` takes no Markdown (the facts' values, which do, are
+/// Kubernetes names, times and numbers).
+fn literal(run: Value) -> Value {
+    json!({"type": "RichTextBlock", "inlines": [run]})
+}
+
 /// The webhook body for this notice.
 pub fn message(facts: &Facts) -> Value {
     let mut facts_list = vec![
@@ -46,9 +54,9 @@ pub fn message(facts: &Facts) -> Value {
                 "type": "AdaptiveCard",
                 "version": CARD_VERSION,
                 "body": [
-                    {"type": "TextBlock", "text": facts.headline(), "weight": "Bolder",
-                     "size": "Medium", "color": colour(facts.kind), "wrap": true},
-                    {"type": "TextBlock", "text": facts.reason, "wrap": true},
+                    literal(json!({"type": "TextRun", "text": facts.headline(), "weight": "Bolder",
+                     "size": "Medium", "color": colour(facts.kind)})),
+                    literal(json!({"type": "TextRun", "text": facts.reason})),
                     {"type": "FactSet", "facts": facts_list},
                 ],
                 "actions": actions,
@@ -72,10 +80,33 @@ mod tests {
         let m = message(&sample(NoticeKind::Recovery));
         let card = &m["attachments"][0]["content"];
         assert_eq!(card["version"], "1.4");
-        assert_eq!(card["body"][0]["color"], "Good");
+        assert_eq!(card["body"][0]["inlines"][0]["color"], "Good");
         assert_eq!(
             card["actions"][0]["url"],
             sample(NoticeKind::Recovery).dashboard_url
+        );
+    }
+
+    #[test]
+    fn names_and_reasons_are_shown_as_written_not_as_markdown() {
+        let mut f = sample(NoticeKind::Down);
+        f.display_name = Some("**URGENT** [click](https://evil.example)".into());
+        f.reason = "no ping for the run scheduled at 02:00 (*/5 * * * *, grace 5m)".into();
+        let m = message(&f);
+        schema::teams(&m).unwrap();
+        let body = &m["attachments"][0]["content"]["body"];
+        for (i, text) in [(0, "**URGENT** [click]"), (1, "*/5 * * * *")] {
+            assert_eq!(body[i]["type"], "RichTextBlock");
+            assert_eq!(body[i]["inlines"][0]["type"], "TextRun");
+            let shown = body[i]["inlines"][0]["text"].as_str().unwrap();
+            assert!(shown.contains(text), "{shown}");
+        }
+        assert!(
+            body.as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["type"] != "TextBlock"),
+            "no block renders the free text as Markdown"
         );
     }
 

@@ -78,6 +78,7 @@ async fn api_monitors_persist_and_are_validated() {
         (json!({}), "name"),
         (json!({"name": ""}), "name"),
         (json!({"name": 5}), "name"),
+        (json!({"name": "backup\nBcc: x@example.com"}), "name"),
         (json!({"name": "x", "interval_secs": 59}), "interval_secs"),
         (
             json!({"name": "x", "interval_secs": 86401}),

@@ -272,10 +272,10 @@ fn name_field(map: &Map<String, Value>, required: bool) -> Result<Option<String>
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let t = s.trim();
-            if t.is_empty() || t.chars().count() > 255 {
+            if t.is_empty() || t.chars().count() > 255 || t.chars().any(char::is_control) {
                 Err(err(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "name must be 1 to 255 characters",
+                    "name must be 1 to 255 characters without control characters (line breaks included)",
                 ))
             } else {
                 Ok(Some(t.to_string()))
