@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::core::channel::{AlertChannelSpec, Secrets};
+use crate::core::channel::{AlertChannelSpec, AlertPolicy, Secrets};
 use crate::core::duration::SpecDuration;
 use crate::core::spec::{AlertTargets, ApplicationSpec, HeartbeatSpec};
 
@@ -237,8 +237,27 @@ fn strict_spec<T: serde::de::DeserializeOwned>(
         }
         _ => unknown.extend(outside_schema::<AlertChannelSpec>(&spec, "spec")),
     }
-    let value: T = serde_ignored::deserialize(spec, |path| unknown.push(format!("spec.{path}")))
-        .map_err(|e| format!("{kind} {name}: spec is invalid: {e}"))?;
+    // The path of a field whose value does not fit (`spec.alerts.notifyLate: invalid type`)
+    // comes from serde_path_to_error; serde alone names the problem but not the field.
+    let alerts = spec.get("alerts").cloned();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(format!("spec.{path}"));
+    let ignoring = serde_ignored::Deserializer::new(spec, &mut note);
+    let value: T = serde_path_to_error::deserialize(ignoring).map_err(|e| {
+        let at = e.path().to_string();
+        let mut field = if at == "." {
+            "spec".into()
+        } else {
+            format!("spec.{at}")
+        };
+        // A flattened struct is read from a buffer, which hides the path inside it: the
+        // alert policy beside the targets is read again on its own to find the field.
+        if field == "spec.alerts"
+            && let Some(Err(inner)) = alerts.map(serde_path_to_error::deserialize::<_, AlertPolicy>)
+        {
+            field = format!("spec.alerts.{}", inner.path());
+        }
+        format!("{kind} {name}: {field} is invalid: {}", e.inner())
+    })?;
     unknown.sort();
     unknown.dedup();
     match unknown.as_slice() {
@@ -475,6 +494,25 @@ mod tests {
             e.contains("Application x: unknown field spec.retension"),
             "{e}"
         );
+        // A value of the wrong type names its field, however deep.
+        for (spec, field) in [
+            (
+                "  interval: 5m\n  alerts:\n    notifyLate: sometimes\n",
+                "spec.alerts.notifyLate",
+            ),
+            ("  paused: \"no\"\n", "spec.paused"),
+            ("  interval: [5m]\n", "spec.interval"),
+            (
+                "  maintenance:\n  - schedule: 0 2 * * *\n    duration: soon\n",
+                "spec.maintenance[0].duration",
+            ),
+        ] {
+            let e = load(doc("Heartbeat", spec)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("Heartbeat x: {field} is invalid")),
+                "{spec}: {e}"
+            );
+        }
         // The examples' fields all pass.
         let ok = load(doc(
             "Heartbeat",
