@@ -586,7 +586,7 @@ mod tests {
         let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: a\nspec:\n  timeZone: Nowhere/City\n").unwrap_err().to_string();
         assert!(e.contains("timeZone"), "{e}");
         let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  interval: soon\n").unwrap_err().to_string();
-        assert!(e.contains("Heartbeat a: spec is invalid"), "{e}");
+        assert!(e.contains("Heartbeat a: spec.interval is invalid"), "{e}");
         let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspec:\n  schedule: '0 25 * * *'\n").unwrap_err().to_string();
         assert!(
             e.contains("Heartbeat a: spec.schedule \"0 25 * * *\" is not a valid cron expression: hour field"),

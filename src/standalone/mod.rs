@@ -122,6 +122,7 @@ async fn declare(
     dir: &Path,
 ) -> Result<Manifests, StandaloneError> {
     let m = manifests::load_dir(dir, config.min_interval)?;
+    tokens::remove_stale_temporaries(&config.data_dir.join("tokens"));
     let apply = Apply { core, config, dir };
     for app in &m.applications {
         apply.application(app).await?;

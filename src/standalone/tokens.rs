@@ -6,6 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
+
 use crate::core::monitor::define::ping_url;
 use crate::core::token::{Token, TokenError, TokenKind};
 
@@ -65,6 +67,37 @@ fn temporary_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".writing-{}-{n}.tmp", std::process::id()))
 }
 
+/// Temporary files older than this are left from a write that never finished; younger
+/// ones may be another replica's write (replicas on one database may share a data
+/// directory), which takes milliseconds.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the temporary files in `dir` ([`temporary_path`]) that a process killed while
+/// writing left behind; logs how many. Each holds a token no monitor has.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut removed = 0usize;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".writing-") && name.ends_with(".tmp")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > STALE_TEMPORARY));
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed temporary token files an interrupted write left");
+    }
+}
+
 /// Writes `contents` and a newline to a new file at `tmp` (mode 0600) and flushes it.
 fn write_new(tmp: &Path, contents: &str) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
@@ -101,15 +134,43 @@ pub fn read_token(path: &Path) -> Result<Option<Token>, TokenFileError> {
     }
 }
 
-/// The token file of an object: `<data>/tokens/<kind>-<name>.token`.
+/// Longest file name the usual file systems take (ext4, XFS, btrfs), in bytes.
+const NAME_MAX: usize = 255;
+/// Hex digits of the name's digest in a shortened file name.
+const DIGEST_HEX: usize = 16;
+
+/// The start of an object's file names, `<kind>-<name>`, cut to fit with `.token` after it.
+/// A Kubernetes name may take 253 characters, more than a file name has room for with the
+/// kind before it; a longer one keeps its start, and a digest of the whole name keeps two
+/// names that share that start apart.
+fn file_stem(kind: &str, name: &str) -> String {
+    let plain = format!("{kind}-{name}");
+    if plain.len() + ".token".len() <= NAME_MAX {
+        return plain;
+    }
+    let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    let room = NAME_MAX - ".token".len() - kind.len() - 2 - DIGEST_HEX;
+    let mut cut = room.min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{kind}-{}-{}",
+        name.get(..cut).unwrap_or_default(),
+        digest.get(..DIGEST_HEX).unwrap_or_default()
+    )
+}
+
+/// The token file of an object: `<data>/tokens/<kind>-<name>.token` ([`file_stem`]).
 pub fn token_path(data: &Path, kind: &str, name: &str) -> PathBuf {
-    data.join("tokens").join(format!("{kind}-{name}.token"))
+    data.join("tokens")
+        .join(format!("{}.token", file_stem(kind, name)))
 }
 
 /// The file holding a Heartbeat's ping URL, relative to the data directory:
-/// `tokens/heartbeat-<name>.url`.
+/// `tokens/heartbeat-<name>.url` ([`file_stem`]).
 pub fn ping_url_file(name: &str) -> PathBuf {
-    Path::new("tokens").join(format!("heartbeat-{name}.url"))
+    Path::new("tokens").join(format!("{}.url", file_stem("heartbeat", name)))
 }
 
 /// The file holding a Heartbeat's ping URL: `<data>/tokens/heartbeat-<name>.url`.
@@ -290,6 +351,61 @@ pub fn ensure_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_of_any_kubernetes_length_gets_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = token_path(dir.path(), "heartbeat", "backup");
+        assert!(short.ends_with("tokens/heartbeat-backup.token"));
+        let long_a = format!("{}a", "x".repeat(252));
+        let long_b = format!("{}b", "x".repeat(252));
+        let token = Token::from_string("0123456789abcdef0123");
+        for name in [&long_a, &long_b] {
+            let url = write_heartbeat_files(dir.path(), name, &token, "http://h").unwrap();
+            let file = url.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(file.len() <= NAME_MAX, "{}", file.len());
+            assert!(file.starts_with("heartbeat-xxxx") && file.ends_with(".url"));
+            assert!(token_path(dir.path(), "heartbeat", name).exists());
+            assert_eq!(
+                ping_url_token(dir.path(), name).map(|t| t.expose().to_string()),
+                Some(token.expose().to_string())
+            );
+        }
+        assert_ne!(
+            token_path(dir.path(), "heartbeat", &long_a),
+            token_path(dir.path(), "heartbeat", &long_b),
+            "names that share their start keep apart"
+        );
+        // The longest name that still fits is kept whole.
+        let fits = "y".repeat(NAME_MAX - "heartbeat-".len() - ".token".len());
+        assert!(
+            token_path(dir.path(), "heartbeat", &fits).ends_with(format!("heartbeat-{fits}.token"))
+        );
+    }
+
+    #[test]
+    fn temporaries_a_killed_write_left_are_removed_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(".writing-4242-0.tmp");
+        let fresh = dir.path().join(".writing-4243-0.tmp");
+        let other = dir.path().join("heartbeat-x.token");
+        for f in [&old, &fresh, &other] {
+            std::fs::write(f, "secret-token-text").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        for f in [&old, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        remove_stale_temporaries(dir.path());
+        assert!(!old.exists(), "left by a killed write");
+        assert!(fresh.exists(), "maybe another replica's write under way");
+        assert!(other.exists(), "not a temporary");
+    }
 
     #[test]
     fn issues_once_then_reads_back_with_private_mode() {
