@@ -115,10 +115,10 @@ pub enum StatesError {
         /// Its length now.
         found: u64,
     },
-    /// The file holds monitors' states, but the database has no record of it: the
-    /// database was lost or made anew beside it.
+    /// The file holds monitors' states, or a database once recorded it, but the database
+    /// here has no record of it: the database was lost or made anew beside it.
     #[error(
-        "{path} holds the states of monitors that the database has no record of (its files were removed, emptied or replaced?); starting would begin from an empty database. Restore the whole data directory from one backup, or move it aside to start afresh"
+        "{path} belongs to a database that has no record of it (its files were removed, emptied or replaced?); starting would begin from an empty database, without the events and monitors it held. Restore the whole data directory from one backup, or move it aside to start afresh"
     )]
     Unclaimed {
         /// The file found.
@@ -154,6 +154,8 @@ struct Inner {
     dirty: AtomicBool,
     /// The file's length when the last sync began: on disk once that sync returned.
     synced_len: AtomicU64,
+    /// The header says a database recorded this file ([`StateFile::mark_claimed`]).
+    claimed: AtomicBool,
     /// Why a background sync failed: the kernel may have dropped the pages it could not
     /// write, so a later sync that succeeds proves nothing, and every later
     /// [`StateFile::sync`] fails with this.
@@ -198,6 +200,7 @@ impl StateFile {
             path,
             dirty: AtomicBool::new(false),
             synced_len: AtomicU64::new(len),
+            claimed: AtomicBool::new(claimed_mark(&head)),
             failed: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
@@ -220,6 +223,28 @@ impl StateFile {
     pub fn has_slots(&self) -> Result<bool, StatesError> {
         let len = self.inner.file.metadata().map_err(|e| self.io(e))?.len();
         Ok(len > HEADER)
+    }
+
+    /// Whether the header says a database recorded this file as its own.
+    pub fn marked_claimed(&self) -> bool {
+        self.inner.claimed.load(Ordering::Acquire)
+    }
+
+    /// Writes into the header, durably, that a database recorded this file as its own;
+    /// called once that record is durable. A start that finds the mark but no record in
+    /// the database knows the database is not the one the file was made with, even when
+    /// no monitor ever wrote a slot (an install with events only).
+    pub fn mark_claimed(&self) -> Result<(), StatesError> {
+        if self.marked_claimed() {
+            return Ok(());
+        }
+        self.inner
+            .file
+            .write_all_at(CLAIMED, CLAIMED_AT)
+            .and_then(|()| self.inner.file.sync_data())
+            .map_err(|e| self.io(e))?;
+        self.inner.claimed.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Where the file is.
@@ -437,6 +462,16 @@ fn recorded_len(h: &[u8]) -> Option<u64> {
     let len = u64::from_le_bytes(f.get(..8)?.try_into().ok()?);
     let crc = u32::from_le_bytes(f.get(8..)?.try_into().ok()?);
     (len > 0 && crc32fast::hash(f.get(..8)?) == crc).then_some(len)
+}
+
+/// Where the header says a database recorded the file ([`StateFile::mark_claimed`]):
+/// these 8 bytes; zeros (a file from before the mark, or not claimed yet) say nothing.
+const CLAIMED_AT: u64 = 48;
+const CLAIMED: &[u8; 8] = b"HSCLAIMD";
+
+/// Whether header `h` holds the claim mark.
+fn claimed_mark(h: &[u8]) -> bool {
+    h.get(48..56) == Some(CLAIMED.as_slice())
 }
 
 /// Whether monitor `num` has a slot (see [`SLOTS`]).

@@ -804,10 +804,22 @@ mod tests {
 
     #[test]
     fn a_state_file_beside_a_lost_database_is_refused_at_start_not_claimed_anew() {
+        // With a monitor's state in a slot, and with none (an install that tracks events
+        // only, where the file holds nothing but its header).
+        for with_monitor in [true, false] {
+            a_state_file_beside_a_lost_database_is_refused(with_monitor);
+        }
+    }
+
+    fn a_state_file_beside_a_lost_database_is_refused(with_monitor: bool) {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-            a_monitor_with_its_state_in_a_slot(&store);
+            if with_monitor {
+                a_monitor_with_its_state_in_a_slot(&store);
+            } else {
+                drop(SledMonitors::open(&store).unwrap());
+            }
         }
         // Closed for good (the lock is free once the first one is), then the database's
         // files are gone and its commit log holds nothing more (as after a checkpoint);
@@ -830,8 +842,8 @@ mod tests {
         let err = SledMonitors::open(&store).err().expect("refused");
         assert!(
             err.to_string()
-                .contains("holds the states of monitors that the database has no record of"),
-            "{err}"
+                .contains("belongs to a database that has no record of it"),
+            "with a monitor: {with_monitor}: {err}"
         );
     }
 

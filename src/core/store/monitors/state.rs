@@ -95,20 +95,23 @@ pub(super) fn clear(writes: &mut Vec<Mutation>, states: &StateFile, num: u64) {
 pub(super) fn claim_state_file(tree: &sled::Tree, committer: &Committer) -> Result<(), StoreError> {
     let states = committer.states();
     if is_claimed(tree, states)? {
-        return Ok(());
+        // A file claimed before the header kept the mark gets it now.
+        return Ok(states.mark_claimed()?);
     }
-    // Slots are written only after the claim: slots in an unclaimed file were written for
-    // a database that is gone.
-    if states.has_slots()? {
+    // Slots are written only after the claim, and the mark only once the claim is
+    // durable: either in a file the database has no record of means the database the
+    // file was made with is gone.
+    if states.has_slots()? || states.marked_claimed() {
         return Err(StoreError::States(StatesError::Unclaimed {
             path: states.path().to_path_buf(),
         }));
     }
-    Ok(committer.log_blocking(vec![Mutation::put(
+    committer.log_blocking(vec![Mutation::put(
         tree,
         STATE_FILE_KEY.to_vec(),
         states.id().to_vec(),
-    )])?)
+    )])?;
+    Ok(states.mark_claimed()?)
 }
 
 /// Whether the database recorded `states` as its state file (`false`: none yet); another
