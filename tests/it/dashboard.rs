@@ -310,8 +310,11 @@ async fn pages_show_real_data_only_to_those_who_may_see_it() {
     );
     assert!(!app.contains("<script>alert"));
     assert!(app.contains("Europe/Amsterdam"));
-    assert!(app.contains("Events per hour, last 48 hours"));
-    assert!(app.contains("Events per day, last 90 days"));
+    assert!(
+        app.contains("Events per hour, last 48 hours (Europe/Amsterdam)"),
+        "the chart names its zone"
+    );
+    assert!(app.contains("Events per day, last 90 days (Europe/Amsterdam)"));
     assert!(app.contains("<polyline"), "charts drawn");
     assert!(
         app.contains("refund"),

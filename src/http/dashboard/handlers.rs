@@ -183,7 +183,7 @@ fn durations_chart(pings: &[PingRecord]) -> Option<chart::Chart> {
         .filter_map(|p| p.duration_ms.map(|d| (p.at, d)))
         .collect();
     (!runs.is_empty()).then(|| chart::Chart {
-        title: format!("Duration of the last {} runs", runs.len()),
+        title: format!("Duration of the last {} runs (times in UTC)", runs.len()),
         x_labels: runs
             .iter()
             .map(|(at, _)| at.strftime("%m-%d %H:%M").to_string())
@@ -250,7 +250,7 @@ pub async fn application_detail(
         summary: &data.summary,
         event_names: &data.event_names,
         hourly: data.hourly.map(|h| view::hourly_chart(&h, now, &app.tz)),
-        daily: view::daily_chart(&data.daily, data.today),
+        daily: view::daily_chart(&data.daily, data.today, &app.tz),
         top_users: &data.top_users,
         filters: &filters,
         monitor_counts: monitor_counts(&st, &app),

@@ -369,15 +369,20 @@ pub fn hourly_chart(buckets: &[Bucket], now: Timestamp, tz: &TimeZone) -> Chart 
         })
         .collect();
     Chart {
-        title: "Events per hour, last 48 hours".into(),
+        title: format!("Events per hour, last 48 hours ({})", zone_name(tz)),
         x_labels: labels,
         series: series_by_event(buckets, |h| usize::try_from(h - first).ok(), 48),
         unit: "events".into(),
     }
 }
 
-/// Events per local day over the 90 days ending today in `tz`.
-pub fn daily_chart(buckets: &[Bucket], today: jiff::civil::Date) -> Chart {
+/// The name a chart gives its time zone (`UTC` for a zone without an IANA name).
+fn zone_name(tz: &TimeZone) -> &str {
+    tz.iana_name().unwrap_or("UTC")
+}
+
+/// Events per local day over the 90 days ending `today` in `tz`.
+pub fn daily_chart(buckets: &[Bucket], today: jiff::civil::Date, tz: &TimeZone) -> Chart {
     let days: Vec<jiff::civil::Date> = (0..90)
         .rev()
         .filter_map(|back| today.checked_sub(jiff::Span::new().days(back)).ok())
@@ -388,7 +393,7 @@ pub fn daily_chart(buckets: &[Bucket], today: jiff::civil::Date) -> Chart {
         .map(|(i, d)| (i64::from(crate::core::calendar::date_key(*d)), i))
         .collect();
     Chart {
-        title: "Events per day, last 90 days".into(),
+        title: format!("Events per day, last 90 days ({})", zone_name(tz)),
         x_labels: days
             .iter()
             .map(|d| d.strftime("%b %d").to_string())
