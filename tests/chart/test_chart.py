@@ -162,7 +162,15 @@ objs, _ = render({"externalURL": "https://hb.example.com/", "ingress": {"enabled
 expect(env(find(objs, "Deployment")[0])["HARTSLAG_EXTERNAL_URL"]["value"] == "https://hb.example.com", "external URL")
 ing = find(objs, "Ingress")
 expect(len(ing) == 1 and ing[0]["spec"]["tls"][0]["secretName"] == "hb-tls", "ingress with TLS")
+paths = {(p["path"], p["pathType"]) for p in ing[0]["spec"]["rules"][0]["http"]["paths"]}
+expect(paths == {("/", "Exact"), ("/api", "Prefix"), ("/v1", "Prefix"), ("/ui", "Prefix"), ("/badge", "Prefix")},
+       f"the Ingress routes the APIs, the dashboard and badges, not /metrics: {paths}")
+exposed, _ = render({"ingress": {"enabled": True, "host": "hb.example.com", "exposeMetrics": True}})
+paths = [(p["path"], p["pathType"]) for p in find(exposed, "Ingress")[0]["spec"]["rules"][0]["http"]["paths"]]
+expect(paths == [("/", "Prefix")], f"exposeMetrics routes every path: {paths}")
 expect(find(objs, "ServiceMonitor")[0]["spec"]["endpoints"][0]["path"] == "/metrics", "ServiceMonitor")
+expect(find(objs, "ServiceMonitor")[0]["spec"]["endpoints"][0].get("honorLabels") is True,
+       "the ServiceMonitor keeps the Heartbeat's own namespace label (not exported_namespace)")
 _, raw = render({})
 notes = [v for k, v in raw.items() if k.endswith("NOTES.txt")][0]
 expect("ping-url" in notes and "kubectl get heartbeats" in notes, "NOTES.txt explains the first monitor")
@@ -174,13 +182,19 @@ objs, _ = render({"prometheusRule": {"enabled": True, "labels": {"release": "kub
 rule = find(objs, "PrometheusRule")
 expect(len(rule) == 1 and rule[0]["metadata"]["labels"].get("release") == "kube-prometheus", "PrometheusRule with extra labels")
 names = [r["alert"] for g in rule[0]["spec"]["groups"] for r in g["rules"]] if rule else []
-expect(names == ["HeartbeatDown", "HeartbeatLate", "HartslagDown", "HartslagAlertDeliveryFailing"], f"rule names {names}")
+expect(names == ["HeartbeatDown", "HeartbeatLate", "HartslagDown", "HartslagLeadership", "HartslagAlertDeliveryFailing"], f"rule names {names}")
 expect(rule and 'up{job="hs-hartslag"}' in str(rule[0]["spec"]), "HartslagDown watches the Service's scrape job")
 dash = find(objs, "ConfigMap", "hs-hartslag-dashboard")
 expect(len(dash) == 1 and dash[0]["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard ConfigMap labelled grafana_dashboard")
 if dash:
     board = json.loads(dash[0]["data"]["hartslag.json"])
     exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    # Every replica exports the leader's monitor states: a panel that sums them over the
+    # replicas counts each Heartbeat once per replica.
+    for p in board["panels"]:
+        for t in p["targets"]:
+            if "hartslag_heartbeat_" in t["expr"] or "hartslag_monitors" in t["expr"]:
+                expect("max by" in t["expr"], f"panel {p['title']!r} counts each Heartbeat once over replicas: {t['expr']}")
     for metric in ["hartslag_heartbeat_up", "hartslag_heartbeat_state", "hartslag_heartbeat_last_success_timestamp_seconds", "hartslag_alert_deliveries_total"]:
         expect(metric in exprs, f"the dashboard charts {metric}")
 if len(sys.argv) > 2 and sys.argv[1] == "--rules-to" and rule:
@@ -340,6 +354,17 @@ def leaves(d, prefix=""):
 for path in leaves(defaults):
     expect(f"| `{path}` |" in guide, f"docs/configuration.md's chart value table lacks `{path}`")
 
+# values Kubernetes and Helm take are accepted: an umbrella chart's `global`, any quantity
+for good in [{"global": {"imageRegistry": "registry.example"}}, {"persistence": {"size": "10G"}},
+             {"persistence": {"size": "1.5Gi"}}, {"imagePullSecrets": [{"name": "regcred"}]},
+             {"webhooks": {"allowedCIDRs": ["fd00::/8", "10.0.0.0/8", "192.0.2.7"]}},
+             {"serviceMonitor": {"enabled": True, "interval": "1m30s"}}]:
+    try:
+        with helm.Chart.load(str(CHART)) as chart:
+            chart.validate_schema(good)
+    except helm.HelmError as e:
+        expect(False, f"schema refused good values {good}: {e}")
+
 # bad values fail at install
 for bad, what in [
     ({"logFormat": "xml"}, "logFormat"),
@@ -360,6 +385,14 @@ for bad, what in [
     ({"replicaCount": 2}, "more than one replica without a database"),
     ({"replicaCount": 2, "database": {"url": ""}}, "more than one replica with an empty database URL"),
     ({"replicaCount": 0}, "no replica"),
+    ({"imagePullSecrets": ["regcred"]}, "a pull secret that is no {name: ...}"),
+    ({"podAnnotations": {"a": 1}}, "an annotation that is no string"),
+    ({"ingress": {"annotations": {"a": True}}}, "an ingress annotation that is no string"),
+    ({"serviceMonitor": {"interval": "thirty"}}, "a scrape interval that is no duration"),
+    ({"webhooks": {"allowedCIDRs": [":"]}}, "a range that is a colon"),
+    ({"webhooks": {"allowedCIDRs": ["999.1.1.1"]}}, "an address out of range"),
+    ({"webhooks": {"allowedCIDRs": ["10.0.0.0/99"]}}, "a prefix out of range"),
+    ({"persistence": {"size": "ten"}}, "a size that is no quantity"),
 ]:
     try:
         with helm.Chart.load(str(CHART)) as chart:
