@@ -65,7 +65,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Print the CustomResourceDefinitions (Application, Heartbeat) as YAML.
+    /// Print the CustomResourceDefinitions (Application, Heartbeat, AlertChannel,
+    /// ClusterAlertChannel) as YAML.
     Crd,
     /// Copy a sled data directory into PostgreSQL, with hartslag stopped. Idempotent: a
     /// second run copies what the first did not finish, and says what it copied.
@@ -93,17 +94,18 @@ enum LogFormat {
 
 #[derive(Args)]
 struct Common {
-    /// Address of the HTTP server.
-    #[arg(long, env = "HARTSLAG_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address of the HTTP server: an IP address and a port.
+    #[arg(long, env = "HARTSLAG_LISTEN", default_value = "0.0.0.0:8080", value_parser = listen_address)]
     listen: SocketAddr,
-    /// sled data directory (unused with --database-url).
+    /// Data directory: the sled store, and in standalone mode the token files (`tokens/`),
+    /// which stay here with --database-url too (keep it across a move to PostgreSQL).
     #[arg(long, env = "HARTSLAG_DATA", default_value = "./hartslag-data")]
     data: PathBuf,
     /// PostgreSQL for everything: events, applications, the token index, monitors, ping
     /// history and the alert outbox
     /// (postgres://user:password@host:port/database?sslmode=require), shared by every
-    /// replica; schema migrations run at start, and --data is not used. Unset: everything
-    /// in --data.
+    /// replica; schema migrations run at start, and --data holds only the standalone token
+    /// files. Unset: everything in --data.
     // Parsed after clap, whose error would quote the value, password and all.
     #[arg(long, env = "HARTSLAG_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -111,8 +113,8 @@ struct Common {
     /// database beside the system's roots (CloudNativePG: its `<cluster>-ca` Secret's ca.crt).
     #[arg(long, env = "HARTSLAG_DATABASE_CA_FILE")]
     database_ca_file: Option<PathBuf>,
-    /// Base URL written into issued ping URLs (default http://<listen>).
-    #[arg(long, env = "HARTSLAG_EXTERNAL_URL")]
+    /// Base URL written into issued ping URLs, http:// or https:// (default http://<listen>).
+    #[arg(long, env = "HARTSLAG_EXTERNAL_URL", value_parser = external_url)]
     external_url: Option<String>,
     /// SMTP server for alert email: smtp://[user:pass@]host[:port], smtps://..., smtp://...?tls=starttls.
     #[arg(long, env = "HARTSLAG_SMTP_URL")]
@@ -143,7 +145,11 @@ struct Common {
     alert_retry_base: hartslag::core::duration::SpecDuration,
     /// Let alert webhooks reach any address: loopback, link-local and private ones too
     /// (tests, trusted on-prem networks).
-    #[arg(long, env = "HARTSLAG_ALLOW_PRIVATE_WEBHOOKS")]
+    #[arg(
+        long,
+        env = "HARTSLAG_ALLOW_PRIVATE_WEBHOOKS",
+        conflicts_with = "refuse_private_webhooks"
+    )]
     allow_private_webhooks: bool,
     /// Also refuse webhooks to private ranges (10/8, 172.16/12, 192.168/16, 100.64/10,
     /// fc00::/7); loopback and link-local are always refused.
@@ -252,16 +258,23 @@ impl Common {
         Ok(c)
     }
 
-    fn init_logs(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_env("HARTSLAG_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    fn init_logs(&self) -> Result<(), String> {
         let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_env_filter(log_filter("info")?)
+            .with_ansi(colour())
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Json => builder.json().init(),
             LogFormat::Text => builder.init(),
         }
+        if self.external_url.is_none() && self.listen.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %self.listen,
+                "no --external-url: issued ping URLs name http://{}, which no other host can reach; set --external-url to the address clients use",
+                self.listen
+            );
+        }
+        Ok(())
     }
 }
 
@@ -273,6 +286,49 @@ fn with_ca(
     match ca {
         Some(ca) if !ca.as_os_str().is_empty() => url.with_ca_file(ca.clone()),
         _ => url,
+    }
+}
+
+/// The log filter from `HARTSLAG_LOG`, else `default`; a filter that does not parse is an
+/// error, not a silent fall back to the default.
+fn log_filter(default: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    match std::env::var("HARTSLAG_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&v)
+            .map_err(|e| format!("HARTSLAG_LOG {v:?} is not a log filter ({e}); write it like info, debug or hartslag=debug,info")),
+        _ => Ok(tracing_subscriber::EnvFilter::new(default)),
+    }
+}
+
+/// Colour in text logs only on a terminal, and never with `NO_COLOR`: escape codes in a
+/// log file or a pipe are noise.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// `--listen`: an IP address and a port (a host name would need a lookup, and could name
+/// several addresses).
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("{text:?} is not an IP address and port, such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080")
+    })
+}
+
+/// `--external-url`: an http(s) URL with a host, which every ping URL starts with.
+fn external_url(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    let rest = t
+        .strip_prefix("http://")
+        .or_else(|| t.strip_prefix("https://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty() && !rest.starts_with('/') && !t.contains(char::is_whitespace) =>
+        {
+            Ok(t.to_string())
+        }
+        _ => Err(format!(
+            "{text:?} is not an http:// or https:// URL with a host, such as https://hartslag.example.com"
+        )),
     }
 }
 
@@ -315,7 +371,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Standalone { manifests, common } => {
-            common.init_logs();
+            common.init_logs()?;
             hartslag::standalone::run(common.config()?, manifests).await?;
         }
         Command::Operator {
@@ -329,7 +385,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             admin_namespace,
             common,
         } => {
-            common.init_logs();
+            common.init_logs()?;
             let writer = hartslag::k8s::status::WriterConfig {
                 max_per_sec: status_rate.max(1),
                 refresh: std::time::Duration::from_secs(status_period.as_secs().max(1)),
@@ -368,10 +424,9 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             to,
             database_ca_file,
         } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_env("HARTSLAG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
             tracing_subscriber::fmt()
-                .with_env_filter(filter)
+                .with_env_filter(log_filter("warn")?)
+                .with_ansi(colour())
                 .with_writer(std::io::stderr)
                 .init();
             let Some(to) = to.or_else(|| std::env::var("HARTSLAG_DATABASE_URL").ok()) else {

@@ -84,7 +84,7 @@ impl Port {
                 let _ = stopped.wait_for(|s| *s).await;
             },
         ));
-        tracing::info!(%addr, "listening; starting");
+        tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "listening; starting");
         Ok(Self {
             addr,
             slot,

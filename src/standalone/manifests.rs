@@ -17,7 +17,15 @@ pub const API_VERSION: &str = "hartslag.dev/v1alpha1";
 /// Why the manifests could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// The directory or a file could not be read.
+    /// The manifests directory itself could not be read.
+    #[error("cannot read the manifests directory {path} (--manifests): {source}")]
+    Directory {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
         /// Path.
@@ -88,6 +96,9 @@ pub struct Manifests {
     pub channels: Vec<Object<AlertChannelSpec>>,
     /// `ClusterAlertChannel` documents: usable from every namespace.
     pub cluster_channels: Vec<Object<AlertChannelSpec>>,
+    /// Manifest files read: none at all (an unmounted volume) is told apart from files
+    /// that define nothing.
+    pub files: usize,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -370,7 +381,7 @@ fn check_duplicates<S>(kind: &str, objects: &[Object<S>]) -> Result<(), Manifest
 
 /// Loads every `*.yaml` / `*.yml` file in `dir` (not recursive), in name order.
 pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, ManifestError> {
-    let read_err = |source| ManifestError::Read {
+    let read_err = |source| ManifestError::Directory {
         path: dir.to_path_buf(),
         source,
     };
@@ -389,7 +400,10 @@ pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, Man
         }
     }
     files.sort();
-    let mut out = Manifests::default();
+    let mut out = Manifests {
+        files: files.len(),
+        ..Manifests::default()
+    };
     for path in files {
         let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
             path: path.clone(),

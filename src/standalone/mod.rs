@@ -5,6 +5,7 @@ pub mod channels;
 pub mod manifests;
 pub mod tokens;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -93,6 +94,18 @@ pub enum StandaloneError {
     /// This replica led and no longer does; it stops so that it restarts as a follower.
     #[error("lost the leadership: {0}")]
     LeadershipLost(String),
+    /// The manifests directory holds no manifest file, but objects were defined from it.
+    #[error(
+        "the manifests directory {dir} holds no .yaml file, but {applications} Application(s) and {heartbeats} Heartbeat(s) were defined from it: applying it would revoke every token and delete the Heartbeats. Check that it is mounted and is the right one; to remove them all on purpose, leave an empty .yaml file in it"
+    )]
+    NoManifests {
+        /// The directory.
+        dir: PathBuf,
+        /// Applications the store holds.
+        applications: usize,
+        /// Manifest Heartbeats the store holds.
+        heartbeats: usize,
+    },
 }
 
 /// Applies the manifests in `dir` to the server's services: applications and heartbeats
@@ -122,6 +135,9 @@ async fn declare(
     dir: &Path,
 ) -> Result<Manifests, StandaloneError> {
     let m = manifests::load_dir(dir, config.min_interval)?;
+    if m.files == 0 {
+        refuse_if_defined(core, dir)?;
+    }
     tokens::remove_stale_temporaries(&config.data_dir.join("tokens"));
     let apply = Apply { core, config, dir };
     for app in &m.applications {
@@ -144,6 +160,26 @@ async fn declare(
     apply.remove_stale_heartbeats(&m).await?;
     apply.admin_token().await?;
     Ok(m)
+}
+
+/// Refuses a manifests directory without a single manifest file when objects were defined
+/// from one: an unmounted volume or a wrong path would otherwise revoke every token, and
+/// new ones would be issued when the right directory came back.
+fn refuse_if_defined(core: &Services, dir: &Path) -> Result<(), StandaloneError> {
+    let applications = core.registry.applications().len();
+    let heartbeats = core.engine.view(|all| {
+        all.values()
+            .filter(|m| m.def.origin == Origin::Manifest)
+            .count()
+    });
+    if applications + heartbeats == 0 {
+        return Ok(());
+    }
+    Err(StandaloneError::NoManifests {
+        dir: dir.to_path_buf(),
+        applications,
+        heartbeats,
+    })
 }
 
 /// Heartbeats declared at once (see [`declare`]).
@@ -202,14 +238,14 @@ impl Apply<'_> {
     }
 
     async fn remove_stale_applications(&self, m: &Manifests) -> Result<(), StandaloneError> {
-        let wanted: Vec<String> = m
+        let wanted: HashSet<String> = m
             .applications
             .iter()
             .map(|a| object_key(&a.namespace, &a.name))
             .collect();
         for app in self.core.registry.applications() {
             if !wanted.contains(&app.key) {
-                tracing::info!(application = %app.key, "application no longer in the manifests: its token is revoked, its data kept");
+                tracing::warn!(application = %app.key, "application no longer in the manifests: its token is revoked, its data kept");
                 self.core
                     .registry
                     .remove_application(&app.namespace, &app.name, false)
@@ -341,14 +377,16 @@ impl Apply<'_> {
     }
 
     async fn remove_stale_heartbeats(&self, m: &Manifests) -> Result<(), StandaloneError> {
-        let wanted: Vec<String> = m
+        // A set: thousands of Heartbeats against thousands of monitors, pairwise, took
+        // tens of millions of comparisons at every start.
+        let wanted: HashSet<String> = m
             .heartbeats
             .iter()
             .map(|h| object_key(&h.namespace, &h.name))
             .collect();
         for mon in self.core.engine.list() {
             if mon.def.origin == Origin::Manifest && !wanted.contains(&mon.def.key) {
-                tracing::info!(monitor = %mon.def.key, "heartbeat no longer in the manifests: removing it and revoking its token");
+                tracing::warn!(monitor = %mon.def.key, "heartbeat no longer in the manifests: removing it and revoking its token");
                 self.core
                     .registry
                     .remove_token(mon.def.token)
@@ -394,6 +432,8 @@ impl Apply<'_> {
 /// while the database is recovered and the manifests are applied. With a database shared
 /// by several replicas, see [`run_replica`].
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
+    // Before the store is opened: a wrong directory leaves no new data directory behind.
+    manifests::load_dir(&manifests_dir, config.min_interval)?;
     let port = crate::server::bind_early(config.listen, config.http).await?;
     port.waiting_for("the database to open");
     if let Some(url) = config.database_url.clone() {
@@ -442,9 +482,9 @@ async fn run_replica(
     use crate::core::store_pg::elector::{AdvisoryLock, Timing};
     config.hold_deadlines = true;
     config.elect_leader = true;
+    // A broken manifests directory failed every replica at start ([`run`]), not only the
+    // one that leads.
     let mut server = Server::open(config).await?;
-    // A broken directory fails every replica at start, not only the one that leads.
-    manifests::load_dir(&manifests_dir, server.config.min_interval)?;
     install_catalogue(&mut server);
     // Every replica holds its admin token, not only the leader: a follower serves the
     // dashboard too.

@@ -11,6 +11,7 @@ mod big_export;
 mod boundary;
 mod channels;
 mod chart;
+mod command_line;
 mod crds;
 mod dashboard;
 mod dashboard_browser;

@@ -1,0 +1,176 @@
+//! The command line as an operator meets it: a wrong flag, variable or directory gets one
+//! line naming the problem and a non-zero exit, before anything is written; and a
+//! manifests directory that went missing does not revoke every token.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{ChildServer, backend_args, binary, heartbeat_manifest, read_token};
+
+/// Runs `hartslag` with `args` (and `env`), expecting it to stop by itself within 30 s; one
+/// that keeps running (it started when it should have refused) is killed and fails the
+/// test.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .env_remove("HARTSLAG_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "hartslag {args:?} kept running instead of refusing:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Starts `hartslag standalone` on `manifests` and `data` with `extra`, on loopback.
+fn standalone<'a>(manifests: &'a Path, data: &'a Path, extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = ["standalone", "--listen", "127.0.0.1:0", "--manifests"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(manifests.display().to_string());
+    args.push("--data".into());
+    args.push(data.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(backend_args(data));
+    args
+}
+
+#[test]
+fn wrong_flags_and_variables_are_refused_in_one_line_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
+    std::fs::create_dir(&m).unwrap();
+    /// Flags, variables, and what the refusal says.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--listen", "localhost:8080"],
+            vec![],
+            "is not an IP address and port",
+        ),
+        (
+            vec!["--external-url", "not a url"],
+            vec![],
+            "is not an http:// or https:// URL with a host",
+        ),
+        (
+            vec!["--external-url", "https://"],
+            vec![],
+            "is not an http:// or https:// URL with a host",
+        ),
+        (
+            vec!["--allow-private-webhooks", "--refuse-private-webhooks"],
+            vec![],
+            "cannot be used with",
+        ),
+        (
+            vec![],
+            vec![("HARTSLAG_LOG", "hartslag=loud")],
+            "HARTSLAG_LOG \"hartslag=loud\" is not a log filter",
+        ),
+    ];
+    for (extra, env, says) in cases {
+        let m_path = m.display().to_string();
+        let data_path = data.display().to_string();
+        let mut args = vec!["standalone", "--manifests", &m_path, "--data", &data_path];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend(extra.iter().copied());
+        let out = run(&args, &env);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{extra:?} {env:?} started");
+        assert!(err.contains(says), "{extra:?} {env:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!data.exists(), "{extra:?} {env:?} made the data directory");
+    }
+    // `crd --help` names every definition it prints.
+    let help = String::from_utf8_lossy(&run(&["crd", "--help"], &[]).stdout).into_owned();
+    assert!(
+        help.contains("AlertChannel") && help.contains("ClusterAlertChannel"),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_missing_manifests_directory_is_named_and_leaves_no_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, data) = (dir.path().join("nosuch"), dir.path().join("data"));
+    let args = standalone(&m, &data, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot read the manifests directory") && err.contains("nosuch"),
+        "{err}"
+    );
+    assert!(!data.exists(), "a data directory was made: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_manifests_directory_does_not_revoke_every_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
+    std::fs::create_dir(&m).unwrap();
+    std::fs::write(
+        m.join("hb.yaml"),
+        heartbeat_manifest("backup", "1h", "5m", ""),
+    )
+    .unwrap();
+    let mut server = ChildServer::start(&m, &data, &[]).await;
+    let token = read_token(&data, "heartbeat", "backup");
+    assert!(server.terminate(Duration::from_secs(30)).is_some());
+
+    // The volume did not mount: the directory is there, without a manifest in it.
+    std::fs::remove_file(m.join("hb.yaml")).unwrap();
+    let args = standalone(&m, &data, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args, &[]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "started with an empty manifests directory"
+    );
+    assert!(
+        err.contains("holds no .yaml file, but 0 Application(s) and 1 Heartbeat(s)"),
+        "{err}"
+    );
+    assert_eq!(
+        read_token(&data, "heartbeat", "backup"),
+        token,
+        "the token file is kept"
+    );
+
+    // Removing them all on purpose: an empty manifest file says so.
+    std::fs::write(m.join("none.yaml"), "").unwrap();
+    let mut server = ChildServer::start(&m, &data, &[]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while data.join("tokens/heartbeat-backup.token").exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Heartbeat removed on purpose kept its token file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.terminate(Duration::from_secs(30)).is_some());
+}
