@@ -255,7 +255,12 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        text = format!("{text}: {c}");
+        // Some errors print their cause themselves (tokio-postgres' "error connecting to
+        // server: ..."): said once is enough.
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
         cause = c.source();
     }
     text
@@ -283,4 +288,36 @@ fn weight_of(text: &str) -> Result<i128, StorageError> {
         what: "weight sum".into(),
         detail: text.chars().take(64).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    /// An error that prints its cause itself, as tokio-postgres' do.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error connecting to server: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_error_already_printed_is_not_repeated() {
+        let e = Outer(std::io::Error::other("Connection refused"));
+        assert_eq!(
+            with_causes(&e),
+            "error connecting to server: Connection refused"
+        );
+        let plain = std::io::Error::other(Outer(std::io::Error::other("reset")));
+        assert_eq!(with_causes(&plain), "error connecting to server: reset");
+    }
 }
