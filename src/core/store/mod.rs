@@ -130,10 +130,32 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Makes `dir` (and its parents) when it is missing, itself readable by its owner only:
+/// it holds every event and every monitor, and sled would make it with the umask's mode
+/// (usually readable by every local user). A directory that exists keeps its mode.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(StoreError::Sled(sled::Error::Io(e)))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`, replaying the commit log first.
     pub fn open(dir: &Path, opts: &StoreOptions) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
+        private_dir(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(opts.cache_bytes)
@@ -187,5 +209,26 @@ impl Store {
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         Ok(self.committer.flush().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_new_data_directory_is_its_owners_only_and_an_existing_one_keeps_its_mode() {
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("a/b/data");
+        drop(Store::open(&fresh, &StoreOptions::default()).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o700);
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o750)).unwrap();
+        drop(Store::open(&shared, &StoreOptions::default()).unwrap());
+        assert_eq!(mode(&shared), 0o750);
     }
 }
