@@ -181,6 +181,22 @@ pub async fn bind_early(
 
 /// Resolves on SIGTERM or Ctrl-C, for graceful shutdown in pods and terminals.
 pub async fn shutdown_signal() {
+    one_signal().await;
+    tracing::info!("shutting down");
+    // A second signal, for whoever cannot wait for the requests in flight: every write
+    // acknowledged so far is on disk already (in the commit log or the database), so an
+    // exit at once loses nothing that was promised.
+    tokio::spawn(async {
+        one_signal().await;
+        tracing::warn!(
+            "a second signal: stopping at once; every acknowledged write is on disk, requests in flight get no answer"
+        );
+        std::process::exit(130);
+    });
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
+async fn one_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -199,5 +215,4 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down");
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{ChildServer, backend_args, binary, heartbeat_manifest, read_token};
+use crate::helpers::{
+    ChildServer, app_manifest, backend_args, binary, heartbeat_manifest, read_token,
+};
 
 /// Runs `hartslag` with `args` (and `env`), expecting it to stop by itself within 30 s; one
 /// that keeps running (it started when it should have refused) is killed and fails the
@@ -173,4 +175,58 @@ async fn an_emptied_manifests_directory_does_not_revoke_every_token() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(server.terminate(Duration::from_secs(30)).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_at_once_while_a_request_holds_the_first_one_up() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
+    std::fs::create_dir(&m).unwrap();
+    std::fs::write(m.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+    let mut server = ChildServer::start(&m, &data, &["--shutdown-grace", "60s"]).await;
+    let token = read_token(&data, "application", "shop");
+    // A request whose body never ends: a graceful stop waits for it up to the grace.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"event\":"
+    );
+    held.write_all(head.as_bytes()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    let signal = || {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal();
+    // Still serving its last request after the first signal, as it should.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "stopped before the grace: {}",
+        server.log_text()
+    );
+    let sent = Instant::now();
+    signal();
+    let deadline = sent + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a second signal did not stop it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(130), "{}", server.log_text());
+    assert!(
+        server
+            .log_text()
+            .contains("a second signal: stopping at once")
+    );
+    drop(held);
 }
