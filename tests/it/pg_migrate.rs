@@ -402,7 +402,8 @@ async fn a_sled_directory_is_copied_once_and_postgres_serves_what_sled_served() 
         "{report}"
     );
     assert!(report.contains("events: copied"), "{report}");
-    assert!(report.contains("idempotency: copied 1 rows"), "{report}");
+    assert!(report.contains("idempotency: copied 1 row"), "{report}");
+    assert!(!report.contains("copied 1 rows"), "{report}");
     assert!(
         report
             .contains("monitors: copied 3 rows (hartslag_monitor_retained 1, hartslag_monitors 2)"),

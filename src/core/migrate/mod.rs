@@ -118,13 +118,22 @@ impl Report {
     }
 }
 
+/// `n rows`, or `1 row`.
+fn rows(n: u64) -> String {
+    if n == 1 {
+        "1 row".into()
+    } else {
+        format!("{n} rows")
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (part, outcome) in &self.parts {
             match outcome {
                 PartOutcome::Copied(tables, took) => {
                     let n: u64 = tables.iter().map(|(_, n)| n).sum();
-                    write!(f, "{}: copied {n} rows", part.name())?;
+                    write!(f, "{}: copied {}", part.name(), rows(n))?;
                     if !tables.is_empty() {
                         let each: Vec<String> =
                             tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
@@ -134,8 +143,9 @@ impl std::fmt::Display for Report {
                 }
                 PartOutcome::Before { copied, at } => writeln!(
                     f,
-                    "{}: nothing to copy, {copied} rows were copied from this directory at {at}",
-                    part.name()
+                    "{}: nothing to copy, {} copied from this directory at {at}",
+                    part.name(),
+                    rows(*copied)
                 )?,
             }
         }
@@ -151,8 +161,8 @@ impl std::fmt::Display for Report {
         }
         write!(
             f,
-            "{} rows copied in {:.1} s",
-            self.copied(),
+            "{} copied in {:.1} s",
+            rows(self.copied()),
             self.took.as_secs_f64()
         )
     }
