@@ -156,6 +156,8 @@ struct Inner {
     synced_len: AtomicU64,
     /// The header says a database recorded this file ([`StateFile::mark_claimed`]).
     claimed: AtomicBool,
+    /// This open made the file ([`StateFile::discard_if_made_now`]).
+    made_now: bool,
     /// Why a background sync failed: the kernel may have dropped the pages it could not
     /// write, so a later sync that succeeds proves nothing, and every later
     /// [`StateFile::sync`] fails with this.
@@ -173,7 +175,8 @@ impl StateFile {
         let file = files::open_or_create(&path).map_err(io)?;
         let mut head = [0u8; HEADER as usize];
         let read = read_at_most(&file, &mut head, 0).map_err(io)?;
-        let id = if read == 0 || head.iter().all(|b| *b == 0) {
+        let made_now = read == 0 || head.iter().all(|b| *b == 0);
+        let id = if made_now {
             // New, or created but never given a header before a crash: no slot written
             // yet either (the header is synced before the first slot is written).
             let mut id = FileId::default();
@@ -201,6 +204,7 @@ impl StateFile {
             dirty: AtomicBool::new(false),
             synced_len: AtomicU64::new(len),
             claimed: AtomicBool::new(claimed_mark(&head)),
+            made_now,
             failed: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
@@ -223,6 +227,16 @@ impl StateFile {
     pub fn has_slots(&self) -> Result<bool, StatesError> {
         let len = self.inner.file.metadata().map_err(|e| self.io(e))?.len();
         Ok(len > HEADER)
+    }
+
+    /// Removes the file again when this open made it: a start refused because the
+    /// database's own file is missing leaves the directory as it found it, so restoring
+    /// that file (or the whole directory) is all a retry needs, and the next refusal still
+    /// says the file is missing rather than foreign.
+    pub fn discard_if_made_now(&self) {
+        if self.inner.made_now && std::fs::remove_file(&self.inner.path).is_ok() {
+            let _ = files::sync_parent(&self.inner.path);
+        }
     }
 
     /// Whether the header says a database recorded this file as its own.

@@ -799,6 +799,16 @@ mod tests {
                     .contains("is not the state file this database was written with"),
                 "{err}"
             );
+            // A file this start made is not left behind; one put there is not touched.
+            assert_eq!(file.exists(), replace, "replaced: {replace}");
+            if !replace {
+                drop(store);
+                std::fs::copy(
+                    other.path().join(crate::core::store::states::FILE_NAME),
+                    &file,
+                )
+                .unwrap();
+            }
         }
     }
 

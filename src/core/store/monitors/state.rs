@@ -119,9 +119,12 @@ pub(super) fn claim_state_file(tree: &sled::Tree, committer: &Committer) -> Resu
 pub(super) fn is_claimed(tree: &sled::Tree, states: &StateFile) -> Result<bool, StoreError> {
     match tree.get(STATE_FILE_KEY)? {
         Some(id) if id.as_ref() == states.id().as_slice() => Ok(true),
-        Some(_) => Err(StoreError::States(StatesError::Foreign {
-            path: states.path().to_path_buf(),
-        })),
+        Some(_) => {
+            states.discard_if_made_now();
+            Err(StoreError::States(StatesError::Foreign {
+                path: states.path().to_path_buf(),
+            }))
+        }
         None => Ok(false),
     }
 }
