@@ -65,7 +65,15 @@ pod = spec["template"]["spec"]
 c = pod["containers"][0]
 expect(c["args"] == ["operator"], "runs hartslag operator")
 psc, csc = pod["securityContext"], c["securityContext"]
-expect(psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault", f"pod security {psc}")
+expect(psc == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}, f"pod security {psc}")
+# OpenShift: its policy assigns the user; null drops the chart's.
+openshift = {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}}
+psc_os = find(render(openshift)[0], "Deployment")[0]["spec"]["template"]["spec"]["securityContext"]
+expect(psc_os == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}, f"null drops the fixed ids: {psc_os}")
+sm = find(render({"serviceMonitor": {"enabled": True, "scrapeTimeout": "25s", "sampleLimit": 500000}})[0], "ServiceMonitor")[0]["spec"]
+expect(sm["endpoints"][0]["scrapeTimeout"] == "25s" and sm["sampleLimit"] == 500000, f"scrape timeout and sample limit: {sm}")
+sm = find(render({"serviceMonitor": {"enabled": True}})[0], "ServiceMonitor")[0]["spec"]
+expect("scrapeTimeout" not in sm["endpoints"][0] and "sampleLimit" not in sm, f"none by default: {sm}")
 expect(csc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False, "capabilities": {"drop": ["ALL"]}}, f"container security {csc}")
 expect(c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz", "probes")
 startup = c["startupProbe"]
@@ -345,7 +353,7 @@ defaults = yaml.safe_load((CHART / "values.yaml").read_text())
 def leaves(d, prefix=""):
     for k, v in d.items():
         path = f"{prefix}{k}"
-        if isinstance(v, dict) and v and k not in ("resources",):
+        if isinstance(v, dict) and v and k not in ("resources", "podSecurityContext"):
             yield from leaves(v, path + ".")
         else:
             yield path
