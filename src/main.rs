@@ -145,11 +145,7 @@ struct Common {
     alert_retry_base: hartslag::core::duration::SpecDuration,
     /// Let alert webhooks reach any address: loopback, link-local and private ones too
     /// (tests, trusted on-prem networks).
-    #[arg(
-        long,
-        env = "HARTSLAG_ALLOW_PRIVATE_WEBHOOKS",
-        conflicts_with = "refuse_private_webhooks"
-    )]
+    #[arg(long, env = "HARTSLAG_ALLOW_PRIVATE_WEBHOOKS")]
     allow_private_webhooks: bool,
     /// Also refuse webhooks to private ranges (10/8, 172.16/12, 192.168/16, 100.64/10,
     /// fc00::/7); loopback and link-local are always refused.
@@ -212,7 +208,11 @@ struct Common {
 }
 
 impl Common {
-    fn config(&self) -> Result<ServerConfig, hartslag::core::store_pg::UrlError> {
+    fn config(&self) -> Result<ServerConfig, Box<dyn std::error::Error>> {
+        // Checked here, not by clap: clap counts a variable set to `false` as given.
+        if self.allow_private_webhooks && self.refuse_private_webhooks {
+            return Err("--allow-private-webhooks and --refuse-private-webhooks (or their variables) contradict each other: set one".into());
+        }
         let mut c = ServerConfig::new(self.listen, self.data.clone());
         if let Some(u) = &self.external_url {
             c.external_url = u.trim_end_matches('/').to_string();

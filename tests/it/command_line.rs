@@ -82,7 +82,12 @@ fn wrong_flags_and_variables_are_refused_in_one_line_naming_them() {
         (
             vec!["--allow-private-webhooks", "--refuse-private-webhooks"],
             vec![],
-            "cannot be used with",
+            "contradict each other",
+        ),
+        (
+            vec!["--allow-private-webhooks"],
+            vec![("HARTSLAG_REFUSE_PRIVATE_WEBHOOKS", "true")],
+            "contradict each other",
         ),
         (
             vec![],
@@ -105,6 +110,25 @@ fn wrong_flags_and_variables_are_refused_in_one_line_naming_them() {
         assert!(!err.contains("panicked"), "{err}");
         assert!(!data.exists(), "{extra:?} {env:?} made the data directory");
     }
+    // A variable set to false is no contradiction: the start goes on to the next check
+    // (here the manifests directory, which does not exist).
+    let missing = dir.path().join("nosuch").display().to_string();
+    let data_path = data.display().to_string();
+    let out = run(
+        &[
+            "standalone",
+            "--manifests",
+            &missing,
+            "--data",
+            &data_path,
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-private-webhooks",
+        ],
+        &[("HARTSLAG_REFUSE_PRIVATE_WEBHOOKS", "false")],
+    );
+    let err = stderr(&out);
+    assert!(err.contains("cannot read the manifests directory"), "{err}");
     // `crd --help` names every definition it prints.
     let help = String::from_utf8_lossy(&run(&["crd", "--help"], &[]).stdout).into_owned();
     assert!(
