@@ -56,6 +56,16 @@ impl Server {
     /// ([`Services::start_leading`] with [`Server::courier`]). Needs a tokio runtime.
     pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
         let mut metrics = MetricRegistry::default();
+        // `hartslag_build_info{version}`: which build each replica runs, during a rollout
+        // too.
+        metrics.register(
+            "hartslag_build",
+            "The version of this build",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         let core = Services::open(&config.services(), &mut metrics).await?;
         let notifier = Notifier::new(
             config.smtp_url.as_deref(),

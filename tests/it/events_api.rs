@@ -562,6 +562,11 @@ async fn health_ready_and_metrics() {
     }
     let text = crate::helpers::metrics_text(&s.base).await;
     assert!(text.contains("hartslag_http_requests_total{route=\"/api/v1/heartbeat\",method=\"POST\",status=\"201\"} 1"), "{text}");
+    let build = format!(
+        "hartslag_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build), "{text}");
     assert!(
         text.contains(
             "hartslag_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"
