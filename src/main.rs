@@ -317,9 +317,12 @@ fn listen_address(text: &str) -> Result<SocketAddr, String> {
 /// `--external-url`: an http(s) URL with a host, which every ping URL starts with.
 fn external_url(text: &str) -> Result<String, String> {
     let t = text.trim();
-    let rest = t
-        .strip_prefix("http://")
-        .or_else(|| t.strip_prefix("https://"));
+    // The scheme in any case (`HTTPS://` is one too); the rest as given.
+    let scheme = t.find("://").map_or(0, |i| i + 3);
+    let rest = match t.get(..scheme).map(str::to_ascii_lowercase).as_deref() {
+        Some("http://" | "https://") => t.get(scheme..),
+        _ => None,
+    };
     match rest {
         Some(rest)
             if !rest.is_empty() && !rest.starts_with('/') && !t.contains(char::is_whitespace) =>

@@ -192,18 +192,29 @@ pub async fn bind_early(
 /// Resolves on SIGTERM or Ctrl-C, for graceful shutdown in pods and terminals.
 pub async fn shutdown_signal() {
     one_signal().await;
+    let first = std::time::Instant::now();
     tracing::info!("shutting down");
     // A second signal, for whoever cannot wait for the requests in flight: every write
     // acknowledged so far is on disk already (in the commit log or the database), so an
-    // exit at once loses nothing that was promised.
-    tokio::spawn(async {
-        one_signal().await;
+    // exit at once loses nothing that was promised. One within a second of the first is
+    // taken for the same one delivered twice (an init that forwards a terminal's Ctrl-C
+    // the process got as well).
+    tokio::spawn(async move {
+        loop {
+            one_signal().await;
+            if first.elapsed() >= SAME_SIGNAL {
+                break;
+            }
+        }
         tracing::warn!(
             "a second signal: stopping at once; every acknowledged write is on disk, requests in flight get no answer"
         );
         std::process::exit(130);
     });
 }
+
+/// Signals this close after the first are taken for the same one ([`shutdown_signal`]).
+const SAME_SIGNAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
 async fn one_signal() {

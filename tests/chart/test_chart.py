@@ -365,7 +365,7 @@ for path in leaves(defaults):
 # values Kubernetes and Helm take are accepted: an umbrella chart's `global`, any quantity
 for good in [{"global": {"imageRegistry": "registry.example"}}, {"persistence": {"size": "10G"}},
              {"persistence": {"size": "1.5Gi"}}, {"imagePullSecrets": [{"name": "regcred"}]},
-             {"webhooks": {"allowedCIDRs": ["fd00::/8", "10.0.0.0/8", "192.0.2.7"]}},
+             {"webhooks": {"allowedCIDRs": ["fd00::/8", "10.0.0.0/8", "192.0.2.7", "::ffff:10.0.0.0/104"]}},
              {"serviceMonitor": {"enabled": True, "interval": "1m30s"}}]:
     try:
         with helm.Chart.load(str(CHART)) as chart:

@@ -124,10 +124,13 @@ fn wrong_flags_and_variables_are_refused_in_one_line_naming_them() {
             "--listen",
             "127.0.0.1:0",
             "--allow-private-webhooks",
+            "--external-url",
+            "HTTPS://hb.example.com",
         ],
         &[("HARTSLAG_REFUSE_PRIVATE_WEBHOOKS", "false")],
     );
     let err = stderr(&out);
+    // ... nor is a scheme in capitals a wrong URL.
     assert!(err.contains("cannot read the manifests directory"), "{err}");
     // `crd --help` names every definition it prints.
     let help = String::from_utf8_lossy(&run(&["crd", "--help"], &[]).stdout).into_owned();
@@ -228,9 +231,12 @@ async fn a_second_signal_stops_at_once_while_a_request_holds_the_first_one_up() 
                 .success()
         );
     };
+    // The first signal, delivered twice at once (an init forwarding a terminal's Ctrl-C
+    // that the process got too): one signal, so the drain goes on.
+    signal();
     signal();
     // Still serving its last request after the first signal, as it should.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "stopped before the grace: {}",

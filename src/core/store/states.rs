@@ -175,8 +175,12 @@ impl StateFile {
         let file = files::open_or_create(&path).map_err(io)?;
         let mut head = [0u8; HEADER as usize];
         let read = read_at_most(&file, &mut head, 0).map_err(io)?;
-        let made_now = read == 0 || head.iter().all(|b| *b == 0);
-        let id = if made_now {
+        let blank = read == 0 || head.iter().all(|b| *b == 0);
+        // Only a file no longer than its header may be thrown away again
+        // ([`StateFile::discard_if_made_now`]): one with slots behind a zeroed header holds
+        // states, and is kept for whoever recovers them.
+        let made_now = blank && file.metadata().map_err(io)?.len() <= HEADER;
+        let id = if blank {
             // New, or created but never given a header before a crash: no slot written
             // yet either (the header is synced before the first slot is written).
             let mut id = FileId::default();
@@ -719,6 +723,25 @@ mod tests {
         f.write(5003, Some(b"{}")).unwrap();
         assert_eq!(c.read(5003).unwrap(), None);
         assert_eq!(f.cursor().read(5003).unwrap(), Some(b"{}".to_vec()));
+    }
+
+    #[test]
+    fn only_a_file_no_longer_than_its_header_is_discarded_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        // Made by this open: thrown away again.
+        StateFile::open(dir.path()).unwrap().discard_if_made_now();
+        assert!(!path.exists());
+        // Slots behind a header zeroed by damage: kept for whoever recovers them.
+        {
+            let f = StateFile::open(dir.path()).unwrap();
+            f.write(3, Some(b"state")).unwrap();
+            f.sync().unwrap();
+        }
+        let raw = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        raw.write_all_at(&[0u8; HEADER as usize], 0).unwrap();
+        StateFile::open(dir.path()).unwrap().discard_if_made_now();
+        assert!(path.exists(), "a file with slots was deleted");
     }
 
     #[test]
