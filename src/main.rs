@@ -348,8 +348,65 @@ fn secs(d: hartslag::core::duration::SpecDuration) -> std::time::Duration {
     std::time::Duration::from_secs(d.as_secs().max(1))
 }
 
+/// The command line, or the exit code after clap printed why it is not one. A bad value
+/// that came from an environment variable names the variable too: clap names only the
+/// flag, and whoever set `HARTSLAG_LISTEN` in a Deployment never typed `--listen`.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    let e = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    let code = ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    match variable_behind(&e) {
+        Some(var) => {
+            let text = e.render().to_string();
+            let (error, rest) = text.split_once("\n\n").unwrap_or((text.trim_end(), ""));
+            eprint!("{error}\n  (the value comes from the environment variable {var})\n\n{rest}");
+        }
+        None => {
+            let _ = e.print();
+        }
+    }
+    Err(code)
+}
+
+/// The environment variable a refused value came from: the flag's variable is set and the
+/// flag itself is not on the command line.
+fn variable_behind(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let var = env_of(&<Cli as clap::CommandFactory>::command(), long)?;
+    let flag = format!("--{long}");
+    let given = std::env::args_os().any(|a| {
+        let a = a.to_string_lossy();
+        a == flag || a.starts_with(&format!("{flag}="))
+    });
+    (!given && std::env::var_os(&var).is_some()).then_some(var)
+}
+
+/// The variable of the flag `--long` in `cmd` or any of its subcommands.
+fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+    cmd.get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|v| v.to_string_lossy().into_owned())
+        .or_else(|| cmd.get_subcommands().find_map(|c| env_of(c, long)))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

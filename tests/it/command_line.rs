@@ -109,7 +109,23 @@ fn wrong_flags_and_variables_are_refused_in_one_line_naming_them() {
         assert!(err.contains(says), "{extra:?} {env:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(!data.exists(), "{extra:?} {env:?} made the data directory");
+        if env.is_empty() {
+            assert!(!err.contains("environment variable"), "{extra:?}: {err}");
+        }
     }
+    // A bad value from a variable names the variable, not only the flag nobody typed.
+    let (m_path, data_path) = (m.display().to_string(), data.display().to_string());
+    let out = run(
+        &["standalone", "--manifests", &m_path, "--data", &data_path],
+        &[("HARTSLAG_LISTEN", "localhost:8080")],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success(), "a bad HARTSLAG_LISTEN started");
+    assert!(
+        err.contains("is not an IP address and port")
+            && err.contains("the environment variable HARTSLAG_LISTEN"),
+        "{err}"
+    );
     // A variable set to false is no contradiction: the start goes on to the next check
     // (here the manifests directory, which does not exist).
     let missing = dir.path().join("nosuch").display().to_string();
