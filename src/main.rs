@@ -205,6 +205,11 @@ struct Common {
     /// How long a shutdown waits for requests in flight.
     #[arg(long, env = "HARTSLAG_SHUTDOWN_GRACE", default_value = "20s")]
     shutdown_grace: hartslag::core::duration::SpecDuration,
+    /// How long, after the first signal, the server goes on accepting with /readyz at 503
+    /// and every answer closing its connection, so that load balancers stop sending
+    /// requests here before it stops accepting (rolling updates of several replicas).
+    #[arg(long, env = "HARTSLAG_SHUTDOWN_DELAY", default_value = "0s")]
+    shutdown_delay: hartslag::core::duration::SpecDuration,
 }
 
 impl Common {
@@ -254,6 +259,7 @@ impl Common {
             body_timeout: secs(self.http_body_timeout),
             max_connections: self.http_max_connections.max(1),
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace.as_secs()),
+            shutdown_delay: std::time::Duration::from_secs(self.shutdown_delay.as_secs()),
         };
         Ok(c)
     }

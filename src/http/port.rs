@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use super::serve::accept;
+use super::serve::{accept, drain};
 use super::{ConnectionStats, HttpLimits, HttpState, router};
 
 /// Seconds a client is told to wait while the process starts.
@@ -121,8 +121,7 @@ impl Port {
         state.serving.store(true, Ordering::Release);
         tracing::info!(addr = %self.addr, "serving");
         shutdown.await;
-        state.serving.store(false, Ordering::Release);
-        state.dashboard.close_streams();
+        drain(&state).await;
         self.close().await
     }
 

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -43,6 +43,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// How long a shutdown waits for requests in flight before closing their connections.
     pub shutdown_grace: Duration,
+    /// How long the server goes on accepting after the first signal, not ready and closing
+    /// each connection after its answer, before it stops accepting (see [`drain`]).
+    pub shutdown_delay: Duration,
 }
 
 impl Default for HttpLimits {
@@ -52,6 +55,7 @@ impl Default for HttpLimits {
             body_timeout: Duration::from_secs(30),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(20),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -68,6 +72,9 @@ pub struct ConnectionStats {
     /// Connections closed because a request head did not arrive in time (slow or idle
     /// clients).
     pub header_timeouts: Counter,
+    /// Set while the server drains: every answer closes its connection, so each client's
+    /// next request opens a connection the load balancer sends elsewhere.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl ConnectionStats {
@@ -126,11 +133,32 @@ pub async fn serve(
         state.connections.clone(),
         async move {
             shutdown.await;
-            closing.serving.store(false, Ordering::Release);
-            closing.dashboard.close_streams();
+            drain(&closing).await;
         },
     )
     .await
+}
+
+/// The first part of a shutdown, before the server stops accepting: `/readyz` answers 503
+/// at once, and for `shutdown_delay` the server goes on serving, each answer closing its
+/// connection. Kubernetes takes a terminating pod out of its Service's endpoints while the
+/// pod is told to stop, and kube-proxy and ingress controllers learn of it a moment later:
+/// a server that stopped accepting at once would refuse the connections they still send
+/// (lost pings, in the middle of a rolling update). Then live dashboard streams end (open
+/// browser tabs would otherwise hold the shutdown up).
+pub(super) async fn drain(state: &HttpState) {
+    state.stopping.store(true, Ordering::Release);
+    state.serving.store(false, Ordering::Release);
+    let delay = state.limits.shutdown_delay;
+    if !delay.is_zero() {
+        state.connections.draining.store(true, Ordering::Release);
+        tracing::info!(
+            delay_secs = delay.as_secs_f64(),
+            "not ready; still serving, each answer closing its connection, until the load balancers have stopped sending requests here"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    state.dashboard.close_streams();
 }
 
 /// Accepts connections on `listener` and serves `app` on each (HTTP/1.1 with hyper's
@@ -191,6 +219,16 @@ pub(super) async fn accept(
             .map_request(|req: hyper::Request<hyper::body::Incoming>| {
                 req.map(axum::body::Body::new)
             });
+        let draining = stats.draining.clone();
+        let service = service.map_response(move |mut res: axum::response::Response| {
+            if draining.load(Ordering::Acquire) {
+                res.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            res
+        });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

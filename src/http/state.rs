@@ -36,6 +36,8 @@ pub struct Shared {
     pub rate_limit: RateLimiter,
     /// Set while serving.
     pub serving: AtomicBool,
+    /// Set once a shutdown began: `/readyz` says `stopping`, not `starting`.
+    pub stopping: AtomicBool,
     /// Opened by the front end once it is ready (the operator: when its watch caches are
     /// complete); `/readyz` answers ready while serving with the gate open.
     pub ready: Arc<AtomicBool>,
@@ -70,6 +72,7 @@ impl HttpState {
             connections,
             rate_limit: RateLimiter::new(config.api_rate_per_sec, config.api_rate_burst),
             serving: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             ready,
             requests,
             metrics,

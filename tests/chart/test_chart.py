@@ -312,6 +312,17 @@ for values in [{"replicaCount": 2, "database": {"url": "postgres://hartslag:pw@d
     expect(spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, f"a database: RollingUpdate {spec['strategy']}")
     expect(not pvcs and volume == {"name": "data", "emptyDir": {}}, f"a database: no PVC {pvcs} {volume}")
     expect(len(pdbs) == 1 and pdbs[0]["apiVersion"] == "policy/v1" and pdbs[0]["spec"] == {"maxUnavailable": 1, "selector": spec["selector"]}, f"several replicas: a PodDisruptionBudget {pdbs}")
+# the drain after SIGTERM: only where another replica takes the requests, unless set
+delay = lambda values: env(find(render(values)[0], "Deployment")[0])["HARTSLAG_SHUTDOWN_DELAY"]["value"]
+expect(delay({}) == "0s", f"sled (Recreate): no drain {delay({})}")
+expect(delay({"database": {"existingSecret": "events-app"}}) == "5s", "a database (rolling): a 5 s drain")
+expect(delay({"shutdownDelay": "8s"}) == "8s", "shutdownDelay as given")
+for bad in ["11s", "5", "1m"]:
+    try:
+        render({"shutdownDelay": bad})
+        expect(False, f"shutdownDelay {bad} rendered")
+    except helm.HelmError:
+        pass
 spec, pvcs, pdbs, volume = shape({"database": {"existingSecret": "events-app"}})
 expect(spec["strategy"]["type"] == "RollingUpdate" and not pvcs and not pdbs, f"a database, one replica: rolling, no PVC, no PDB {spec['strategy']} {pdbs}")
 try:

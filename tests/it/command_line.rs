@@ -276,3 +276,140 @@ async fn a_second_signal_stops_at_once_while_a_request_holds_the_first_one_up() 
     );
     drop(held);
 }
+
+/// One HTTP/1.1 exchange on `conn`: the status, the lowercased header lines, and whether
+/// the server closed the connection after the answer.
+fn exchange(conn: &mut std::net::TcpStream, request: &str) -> (u16, Vec<String>, bool) {
+    use std::io::{Read, Write};
+    conn.write_all(request.as_bytes()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before an answer to {request:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<String> = lines.map(str::to_string).collect();
+    let length: usize = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed in the middle of an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let closed = match conn.read(&mut chunk) {
+        Ok(0) => true,
+        Ok(_) => panic!("bytes after the answer"),
+        Err(_) => false,
+    };
+    (status, headers, closed)
+}
+
+#[tokio::test]
+async fn a_shutdown_delay_serves_on_not_ready_closing_each_connection_then_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
+    std::fs::create_dir(&m).unwrap();
+    std::fs::write(m.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+    let mut server = ChildServer::start(&m, &data, &["--shutdown-delay", "4s"]).await;
+    let token = read_token(&data, "application", "shop");
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let ready = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let event = |id: &str| {
+        let body = format!(r#"{{"event":"order-{id}"}}"#);
+        format!(
+            "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // A client's keep-alive connection from before the signal.
+    let mut kept = std::net::TcpStream::connect(&addr).unwrap();
+    let (status, headers, closed) = exchange(&mut kept, ready);
+    assert_eq!(status, 200);
+    assert!(!closed && !headers.contains(&"connection: close".to_string()));
+
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &server.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Not ready at once, and still accepting: a load balancer that has not yet heard of
+    // the stop gets answers, not refused connections.
+    let deadline = signalled + Duration::from_secs(3);
+    loop {
+        let mut conn = std::net::TcpStream::connect(&addr).expect("refused during the delay");
+        let (status, _, _) = exchange(
+            &mut conn,
+            &ready.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n"),
+        );
+        if status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {status} after the signal"
+        );
+    }
+    // Writes are still taken, on the old connection and on a new one; each answer closes
+    // its connection, so the client's next request goes where the Service sends it.
+    let (status, headers, closed) = exchange(&mut kept, &event("kept"));
+    assert_eq!(status, 201, "{headers:?}");
+    assert!(
+        headers.contains(&"connection: close".to_string()),
+        "{headers:?}"
+    );
+    assert!(closed, "the kept connection stayed open during the drain");
+    let mut fresh = std::net::TcpStream::connect(&addr).expect("refused during the delay");
+    let (status, headers, closed) = exchange(&mut fresh, &event("fresh"));
+    assert_eq!(status, 201, "{headers:?}");
+    assert!(closed && headers.contains(&"connection: close".to_string()));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "the checks above took longer than the delay, so they proved nothing"
+    );
+
+    let deadline = signalled + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 30 s after the signal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{}", server.log_text());
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(4),
+        "stopped before the delay was over"
+    );
+    assert!(server.log_text().contains("not ready; still serving"));
+
+    // Both events answered during the delay are stored.
+    let server = ChildServer::start(&m, &data, &[]).await;
+    let stats: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/stats", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["total"]["count"], 2, "{stats}");
+}

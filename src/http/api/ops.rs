@@ -37,9 +37,14 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
             axum::Json(serde_json::json!({"status": "ready"})),
         )
     } else {
+        let status = if state.stopping.load(Ordering::Acquire) {
+            "stopping"
+        } else {
+            "starting"
+        };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "starting"})),
+            axum::Json(serde_json::json!({ "status": status })),
         )
     }
 }
