@@ -365,9 +365,20 @@ fn parse_cli() -> Result<Cli, ExitCode> {
     let code = ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
     match variable_behind(&e) {
         Some(var) => {
-            let text = e.render().to_string();
+            use std::io::{IsTerminal, Write};
+            // In colour where clap's own print would colour it.
+            let coloured =
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let text = match coloured {
+                true => e.render().ansi().to_string(),
+                false => e.render().to_string(),
+            };
             let (error, rest) = text.split_once("\n\n").unwrap_or((text.trim_end(), ""));
-            eprint!("{error}\n  (the value comes from the environment variable {var})\n\n{rest}");
+            // Like clap's print: a closed stderr is no reason to panic.
+            let _ = write!(
+                std::io::stderr(),
+                "{error}\n  (the value comes from the environment variable {var})\n\n{rest}"
+            );
         }
         None => {
             let _ = e.print();

@@ -192,6 +192,7 @@ pub async fn bind_early(
 /// Resolves on SIGTERM or Ctrl-C, for graceful shutdown in pods and terminals.
 pub async fn shutdown_signal() {
     one_signal().await;
+    http::signal_received();
     let first = std::time::Instant::now();
     tracing::info!("shutting down");
     // A second signal, for whoever cannot wait for the requests in flight: every write

@@ -20,7 +20,7 @@ use axum::http::{Method, StatusCode};
 
 pub use error::ApiError;
 pub use port::Port;
-pub use serve::{ConnectionStats, HttpLimits, serve};
+pub use serve::{ConnectionStats, HttpLimits, serve, signal_received};
 pub use state::{HttpState, Shared};
 
 /// The complete router: the APIs plus the dashboard, all counted in the request metrics.

@@ -139,6 +139,17 @@ pub async fn serve(
     .await
 }
 
+/// Set once the process got its first SIGTERM or Ctrl-C ([`signal_received`]).
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+/// Marks the stop as asked from outside. Only such a stop drains for `shutdown_delay`: the
+/// kubelet sends SIGTERM as it takes the pod out of the Service. A stop the process decides
+/// on itself (a lost Lease, a deposed leader) is not announced to any load balancer, and a
+/// lost Lease must stop the controllers without delay.
+pub fn signal_received() {
+    SIGNALLED.store(true, Ordering::Release);
+}
+
 /// The first part of a shutdown, before the server stops accepting: `/readyz` answers 503
 /// at once, and for `shutdown_delay` the server goes on serving, each answer closing its
 /// connection. Kubernetes takes a terminating pod out of its Service's endpoints while the
@@ -149,7 +160,10 @@ pub async fn serve(
 pub(super) async fn drain(state: &HttpState) {
     state.stopping.store(true, Ordering::Release);
     state.serving.store(false, Ordering::Release);
-    let delay = state.limits.shutdown_delay;
+    let delay = match SIGNALLED.load(Ordering::Acquire) {
+        true => state.limits.shutdown_delay,
+        false => Duration::ZERO,
+    };
     if !delay.is_zero() {
         state.connections.draining.store(true, Ordering::Release);
         tracing::info!(

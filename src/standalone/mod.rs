@@ -536,17 +536,14 @@ async fn run_replica(
             // The requests in flight are answered (a deposed leader's writes are refused
             // anyway) before the process ends, so no client sees a dropped connection.
             stop_tx.send_replace(true);
-            let within = DRAIN_WITHIN.saturating_add(config.http.shutdown_delay);
-            let _ = tokio::time::timeout(within, &mut serving).await;
+            let _ = tokio::time::timeout(DRAIN_WITHIN, &mut serving).await;
             Err(StandaloneError::LeadershipLost(reason))
         }
         served = &mut serving => finished(served),
     }
 }
 
-/// How long a replica that lost the leadership waits for the requests in flight, after
-/// `--shutdown-delay` (not ready meanwhile, so the readiness probe takes it out of the
-/// Service before it exits).
+/// How long a replica that lost the leadership waits for the requests in flight.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Takes office under `term`, then does the leader's work: the manifests declared, then

@@ -317,6 +317,9 @@ delay = lambda values: env(find(render(values)[0], "Deployment")[0])["HARTSLAG_S
 expect(delay({}) == "0s", f"sled (Recreate): no drain {delay({})}")
 expect(delay({"database": {"existingSecret": "events-app"}}) == "5s", "a database (rolling): a 5 s drain")
 expect(delay({"shutdownDelay": "8s"}) == "8s", "shutdownDelay as given")
+grace = lambda values: find(render(values)[0], "Deployment")[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+expect([grace({}), grace({"database": {"existingSecret": "events-app"}}), grace({"shutdownDelay": "10s"})] == [30, 35, 40],
+       "the pod's termination grace: 30 s for the stop itself, plus the drain")
 for bad in ["11s", "5", "1m"]:
     try:
         render({"shutdownDelay": bad})

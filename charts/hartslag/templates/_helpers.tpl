@@ -115,3 +115,11 @@ What the operator may do in each watched namespace, and why. Nothing more.
 {{- define "hartslag.database" -}}
 {{- if or .Values.database.existingSecret .Values.database.url -}}true{{- end -}}
 {{- end -}}
+
+{{/*
+The drain after SIGTERM: shutdownDelay, else 5s with a database (rolling updates: another
+replica takes the requests) and 0s with sled (Recreate: no other pod to take them).
+*/}}
+{{- define "hartslag.shutdownDelay" -}}
+{{- .Values.shutdownDelay | default (ternary "5s" "0s" (eq (include "hartslag.database" .) "true")) -}}
+{{- end -}}
