@@ -413,3 +413,19 @@ async fn a_shutdown_delay_serves_on_not_ready_closing_each_connection_then_stops
         .unwrap();
     assert_eq!(stats["total"]["count"], 2, "{stats}");
 }
+
+#[tokio::test]
+async fn a_stop_the_process_decides_on_itself_does_not_wait_for_the_shutdown_delay() {
+    use crate::helpers::InProcess;
+    // A lost Lease or a deposed leader stops the server without a signal: no load balancer
+    // was told, and the controllers must stop at once, so the delay does not apply.
+    let server = InProcess::start_with(&[("app.yaml", app_manifest("shop", "UTC"))], |c| {
+        c.http.shutdown_delay = Duration::from_secs(60);
+    })
+    .await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), server.stop())
+        .await
+        .expect("a stop without a signal waited for the 60 s shutdown delay");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
