@@ -402,15 +402,7 @@ async fn a_shutdown_delay_serves_on_not_ready_closing_each_connection_then_stops
 
     // Both events answered during the delay are stored.
     let server = ChildServer::start(&m, &data, &[]).await;
-    let stats: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/stats", server.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = crate::helpers::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
     assert_eq!(stats["total"]["count"], 2, "{stats}");
 }
 
