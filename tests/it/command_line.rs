@@ -220,33 +220,58 @@ async fn an_emptied_manifests_directory_does_not_revoke_every_token() {
     assert!(server.terminate(Duration::from_secs(30)).is_some());
 }
 
+/// `hartslag standalone` with one Application, `shop`, in a temporary directory (`m/` the
+/// manifests, `data/` the data directory).
+struct Shop {
+    server: ChildServer,
+    token: String,
+    /// `127.0.0.1:PORT`, for raw sockets.
+    addr: String,
+}
+
+impl Shop {
+    async fn start(extra: &[&str]) -> (tempfile::TempDir, Self) {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, data) = (dir.path().join("m"), dir.path().join("data"));
+        std::fs::create_dir(&m).unwrap();
+        std::fs::write(m.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+        let server = ChildServer::start(&m, &data, extra).await;
+        let token = read_token(&data, "application", "shop");
+        let addr = server.base.trim_start_matches("http://").to_string();
+        (
+            dir,
+            Self {
+                server,
+                token,
+                addr,
+            },
+        )
+    }
+}
+
+/// SIGTERM to `pid`, as the kubelet sends it.
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_stops_at_once_while_a_request_holds_the_first_one_up() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
-    std::fs::create_dir(&m).unwrap();
-    std::fs::write(m.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
-    let mut server = ChildServer::start(&m, &data, &["--shutdown-grace", "60s"]).await;
-    let token = read_token(&data, "application", "shop");
+    let (_dir, mut shop) = Shop::start(&["--shutdown-grace", "60s"]).await;
+    let (server, token, addr) = (&mut shop.server, &shop.token, &shop.addr);
     // A request whose body never ends: a graceful stop waits for it up to the grace.
-    let addr = server.base.trim_start_matches("http://").to_string();
-    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    let mut held = std::net::TcpStream::connect(addr).unwrap();
     let head = format!(
         "POST /api/v1/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"event\":"
     );
     held.write_all(head.as_bytes()).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = server.child.id().to_string();
-    let signal = || {
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let pid = server.child.id();
+    let signal = || sigterm(pid);
     // The first signal, delivered twice at once (an init forwarding a terminal's Ctrl-C
     // that the process got too): one signal, so the drain goes on.
     signal();
@@ -318,13 +343,8 @@ fn exchange(conn: &mut std::net::TcpStream, request: &str) -> (u16, Vec<String>,
 
 #[tokio::test]
 async fn a_shutdown_delay_serves_on_not_ready_closing_each_connection_then_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
-    std::fs::create_dir(&m).unwrap();
-    std::fs::write(m.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
-    let mut server = ChildServer::start(&m, &data, &["--shutdown-delay", "4s"]).await;
-    let token = read_token(&data, "application", "shop");
-    let addr = server.base.trim_start_matches("http://").to_string();
+    let (dir, mut shop) = Shop::start(&["--shutdown-delay", "4s"]).await;
+    let (server, token, addr) = (&mut shop.server, &shop.token, &shop.addr);
     let ready = "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n";
     let event = |id: &str| {
         let body = format!(r#"{{"event":"order-{id}"}}"#);
@@ -334,24 +354,18 @@ async fn a_shutdown_delay_serves_on_not_ready_closing_each_connection_then_stops
         )
     };
     // A client's keep-alive connection from before the signal.
-    let mut kept = std::net::TcpStream::connect(&addr).unwrap();
+    let mut kept = std::net::TcpStream::connect(addr).unwrap();
     let (status, headers, closed) = exchange(&mut kept, ready);
     assert_eq!(status, 200);
     assert!(!closed && !headers.contains(&"connection: close".to_string()));
 
     let signalled = Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &server.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(server.child.id());
     // Not ready at once, and still accepting: a load balancer that has not yet heard of
     // the stop gets answers, not refused connections.
     let deadline = signalled + Duration::from_secs(3);
     loop {
-        let mut conn = std::net::TcpStream::connect(&addr).expect("refused during the delay");
+        let mut conn = std::net::TcpStream::connect(addr).expect("refused during the delay");
         let (status, _, _) = exchange(
             &mut conn,
             &ready.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n"),
@@ -373,7 +387,7 @@ async fn a_shutdown_delay_serves_on_not_ready_closing_each_connection_then_stops
         "{headers:?}"
     );
     assert!(closed, "the kept connection stayed open during the drain");
-    let mut fresh = std::net::TcpStream::connect(&addr).expect("refused during the delay");
+    let mut fresh = std::net::TcpStream::connect(addr).expect("refused during the delay");
     let (status, headers, closed) = exchange(&mut fresh, &event("fresh"));
     assert_eq!(status, 201, "{headers:?}");
     assert!(closed && headers.contains(&"connection: close".to_string()));
@@ -401,8 +415,9 @@ async fn a_shutdown_delay_serves_on_not_ready_closing_each_connection_then_stops
     assert!(server.log_text().contains("not ready; still serving"));
 
     // Both events answered during the delay are stored.
+    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
     let server = ChildServer::start(&m, &data, &[]).await;
-    let stats = crate::helpers::get_json(&format!("{}/api/v1/stats", server.base), &token).await;
+    let stats = crate::helpers::get_json(&format!("{}/api/v1/stats", server.base), token).await;
     assert_eq!(stats["total"]["count"], 2, "{stats}");
 }
 
