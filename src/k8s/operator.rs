@@ -500,7 +500,14 @@ pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
         renewed: Some(jiff::Timestamp::now()),
     };
     if let Some(url) = config.server.database_url.clone() {
-        return run_replica(config, client, port, settings, me, url, stop).await;
+        let replica = Replica {
+            settings,
+            me,
+            url,
+            stop,
+            stop_tx,
+        };
+        return run_replica(config, client, port, replica).await;
     }
     port.waiting_for("the Lease (another instance may hold it)");
     let Some(leadership) = take_lease(&client, settings, stop.clone()).await? else {
@@ -598,16 +605,22 @@ async fn settle(ctx: &Arc<Context>) {
 /// the database's leader row over (fencing the previous leader), starts the controllers
 /// and the status writer, and once the caches are complete releases the deadlines and
 /// delivers alerts. A leader that loses the Lease, or whose write is fenced, stops with
-/// [`OperatorError::LeaseLost`] (exit code 1) and restarts as a follower.
+/// [`OperatorError::LeaseLost`] (exit code 1) and restarts as a follower; it answers the
+/// requests in flight first, for up to [`DRAIN_WITHIN`], so that no client of a replica
+/// that stays in the Service sees its connection dropped.
 async fn run_replica(
     config: OperatorConfig,
     client: Client,
     port: crate::http::Port,
-    settings: LeaseSettings,
-    me: Claim,
-    url: crate::core::store_pg::DatabaseUrl,
-    stop: watch::Receiver<bool>,
+    replica: Replica,
 ) -> Result<(), OperatorError> {
+    let Replica {
+        settings,
+        me,
+        url,
+        stop,
+        stop_tx,
+    } = replica;
     port.waiting_for("the database to open");
     let mut server_config = config.server.clone();
     server_config.hold_deadlines = true;
@@ -660,36 +673,67 @@ async fn run_replica(
         relisted,
     } = start(&config, &client, prepared, &stop).await;
     let role = core.role.clone();
-    let outcome = tokio::select! {
-        reason = role.until_lost(&mut term) => {
-            Err(OperatorError::LeaseLost(format!("lost the leadership: {reason}")))
-        }
-        served = &mut serving => finished(&config, served),
-        () = async {
-            tokio::select! {
-                () = caches_synced(&ctx) => {}
-                () = stopped(stop.clone()) => return,
+    // The controllers run until the server has stopped (after SIGTERM: after the shutdown
+    // delay and the requests in flight), or until the leadership is lost.
+    let leading = async {
+        tokio::select! {
+            () = caches_synced(&ctx) => {
+                settle(&ctx).await;
+                core.start_leading(courier, RETENTION_EVERY);
+                tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));
             }
-            settle(&ctx).await;
-            core.start_leading(courier, RETENTION_EVERY);
-            tasks.push(tokio::spawn(keep_sweeping(ctx.clone(), relisted)));
-            std::future::pending::<()>().await
-        } => Ok(()),
+            () = stopped(stop.clone()) => {}
+        }
+        std::future::pending::<Ended>().await
+    };
+    let ended = tokio::select! {
+        reason = role.until_lost(&mut term) => Ended::Lost(reason.to_string()),
+        served = &mut serving => Ended::Served(finished(&config, served)),
+        ended = leading => ended,
     };
     for t in tasks {
         t.abort();
     }
-    match outcome {
-        Err(e) => {
+    match ended {
+        Ended::Lost(reason) => {
+            tracing::error!(%reason, "lost the leadership; answering the requests in flight, then stopping");
             drop(leadership);
-            Err(e)
+            // The controllers have stopped; the requests in flight are answered (a deposed
+            // leader's fenced writes are refused) before the process ends.
+            stop_tx.send_replace(true);
+            let _ = tokio::time::timeout(DRAIN_WITHIN, &mut serving).await;
+            Err(OperatorError::LeaseLost(format!(
+                "lost the leadership: {reason}"
+            )))
         }
-        Ok(()) => {
+        Ended::Served(served) => {
             leadership.release().await;
-            Ok(())
+            served
         }
     }
 }
+
+/// Why a leading replica stops.
+enum Ended {
+    /// Another replica took the Lease, or the database fenced this one's writes.
+    Lost(String),
+    /// The server stopped: after SIGTERM, or because it failed.
+    Served(Result<(), OperatorError>),
+}
+
+/// What [`run`] hands a replica on a shared database.
+struct Replica {
+    settings: LeaseSettings,
+    me: Claim,
+    url: crate::core::store_pg::DatabaseUrl,
+    stop: watch::Receiver<bool>,
+    /// Stops the server (and everything waiting on `stop`).
+    stop_tx: Arc<watch::Sender<bool>>,
+}
+
+/// How long a deposed leader on a shared database waits for the requests in flight before
+/// it exits.
+const DRAIN_WITHIN: Duration = Duration::from_secs(5);
 
 /// The outcome of the serving task.
 fn finished(

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    ChildServer, app_manifest, backend_args, binary, heartbeat_manifest, read_token,
+    ChildServer, app_manifest, backend_args, binary, exchange, heartbeat_manifest, read_token,
 };
 
 /// Runs `hartslag` with `args` (and `env`), expecting it to stop by itself within 30 s; one
@@ -300,45 +300,6 @@ async fn a_second_signal_stops_at_once_while_a_request_holds_the_first_one_up() 
             .contains("a second signal: stopping at once")
     );
     drop(held);
-}
-
-/// One HTTP/1.1 exchange on `conn`: the status, the lowercased header lines, and whether
-/// the server closed the connection after the answer.
-fn exchange(conn: &mut std::net::TcpStream, request: &str) -> (u16, Vec<String>, bool) {
-    use std::io::{Read, Write};
-    conn.write_all(request.as_bytes()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = conn.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed before an answer to {request:?}");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-    let mut lines = head.lines();
-    let status = lines.next().unwrap()[9..12].parse().unwrap();
-    let headers: Vec<String> = lines.map(str::to_string).collect();
-    let length: usize = headers
-        .iter()
-        .find_map(|h| h.strip_prefix("content-length: "))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    while buf.len() < head_end + length {
-        let n = conn.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed in the middle of an answer");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let closed = match conn.read(&mut chunk) {
-        Ok(0) => true,
-        Ok(_) => panic!("bytes after the answer"),
-        Err(_) => false,
-    };
-    (status, headers, closed)
 }
 
 #[tokio::test]

@@ -623,3 +623,42 @@ pub async fn get_json(url: &str, token: &str) -> serde_json::Value {
         .await
         .unwrap()
 }
+
+/// One HTTP/1.1 exchange on `conn`: the status, the lowercased header lines, and whether
+/// the server closed the connection after the answer.
+pub fn exchange(conn: &mut std::net::TcpStream, request: &str) -> (u16, Vec<String>, bool) {
+    use std::io::{Read, Write};
+    conn.write_all(request.as_bytes()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before an answer to {request:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers: Vec<String> = lines.map(str::to_string).collect();
+    let length: usize = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed in the middle of an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let closed = match conn.read(&mut chunk) {
+        Ok(0) => true,
+        Ok(_) => panic!("bytes after the answer"),
+        Err(_) => false,
+    };
+    (status, headers, closed)
+}

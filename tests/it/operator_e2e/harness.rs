@@ -404,6 +404,28 @@ impl Operator {
         c.wait().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// Sends SIGTERM, as the kubelet does, without waiting.
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; its exit code (`None`: still
+    /// running, or killed by a signal).
+    pub async fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut()?.try_wait().ok().flatten() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child

@@ -5,6 +5,7 @@
 
 mod channels;
 mod cronjobs;
+mod draining;
 mod failover;
 mod flows;
 mod harness;
