@@ -3,7 +3,7 @@
 //!
 //! Every replica takes pings. The one that leads applies them in its engine; the others
 //! post them to the relay and answer once the post is durable, and the leader's relay
-//! pump applies them ([`spawn_relay_pump`]). A replica that does not lead shows the
+//! pump applies them ([`Replica::spawn_relay_pump`]). A replica that does not lead shows the
 //! leader's rounds ([`Mirror`]) and the applications the leader defined
 //! ([`spawn_app_refresh`]). Each of these waits for the backend's change signal and also
 //! polls every [`POLL`]: a notification sent while a listening connection was down is
@@ -42,6 +42,9 @@ pub struct Replica {
     fence: Fence,
     engine: Engine,
     relay: Option<Arc<dyn PingRelay>>,
+    /// Held while a batch is read from the relay and applied: the relay pump and a
+    /// take-over's drain would otherwise read the same rows and apply each ping twice.
+    applying: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Replica {
@@ -52,6 +55,7 @@ impl Replica {
             fence,
             engine,
             relay,
+            applying: Arc::default(),
         }
     }
 
@@ -104,8 +108,54 @@ impl Replica {
         let Some(relay) = &self.relay else {
             return Ok(());
         };
-        while apply_batch(&self.engine, relay.as_ref()).await? {}
+        while self.apply_batch(relay.as_ref()).await? {}
         Ok(())
+    }
+
+    /// Applies the oldest batch in the relay; false when there was none. One batch at a
+    /// time: the next is read only once the round that applied this one is durable and
+    /// has removed its pings from the relay.
+    async fn apply_batch(&self, relay: &dyn PingRelay) -> Result<bool, DrainError> {
+        let _one_at_a_time = self.applying.lock().await;
+        let batch = relay.take(0, RELAY_BATCH).await?;
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        self.engine.apply_relayed(batch).await?;
+        Ok(true)
+    }
+
+    /// While this replica leads, applies the pings other replicas relayed, oldest first,
+    /// a batch per round. Each batch is read afresh from the relay once the round that
+    /// applied the one before is durable (and removed those from the relay), so a ping
+    /// posted in a transaction that committed after a newer one's is not passed over.
+    pub fn spawn_relay_pump(&self) {
+        let Some(relay) = self.relay.clone() else {
+            return;
+        };
+        let replica = self.clone();
+        let signal = relay.signal();
+        tokio::spawn(async move {
+            loop {
+                if !replica.leads() {
+                    wait(&signal).await;
+                    continue;
+                }
+                let failed = match replica.apply_batch(relay.as_ref()).await {
+                    Ok(true) => None,
+                    Ok(false) => {
+                        wait(&signal).await;
+                        continue;
+                    }
+                    Err(DrainError::Read(StorageError::Stopped)) => return,
+                    Err(e) => Some(e),
+                };
+                if let Some(e) = failed {
+                    tracing::warn!(error = %e, "applying relayed pings failed; retrying");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        });
     }
 }
 
@@ -120,48 +170,9 @@ pub enum DrainError {
     Apply(#[from] EngineError),
 }
 
-/// Applies the oldest batch in the relay; false when there was none.
-async fn apply_batch(engine: &Engine, relay: &dyn PingRelay) -> Result<bool, DrainError> {
-    let batch = relay.take(0, RELAY_BATCH).await?;
-    if batch.is_empty() {
-        return Ok(false);
-    }
-    engine.apply_relayed(batch).await?;
-    Ok(true)
-}
-
 /// Waits until `signal` is raised or [`POLL`] has passed.
 async fn wait(signal: &Signal) {
     let _ = tokio::time::timeout(POLL, signal.notified()).await;
-}
-
-/// While this replica leads, applies the pings other replicas relayed, oldest first, a
-/// batch per round. Each batch is read afresh from the relay once the round that applied
-/// the one before is durable (and removed those from the relay), so a ping posted in a
-/// transaction that committed after a newer one's is not passed over.
-pub fn spawn_relay_pump(fence: Fence, engine: Engine, relay: Arc<dyn PingRelay>) {
-    let signal = relay.signal();
-    tokio::spawn(async move {
-        loop {
-            if fence.generation().is_none() {
-                wait(&signal).await;
-                continue;
-            }
-            let failed = match apply_batch(&engine, relay.as_ref()).await {
-                Ok(true) => None,
-                Ok(false) => {
-                    wait(&signal).await;
-                    continue;
-                }
-                Err(DrainError::Read(StorageError::Stopped)) => return,
-                Err(e) => Some(e),
-            };
-            if let Some(e) = failed {
-                tracing::warn!(error = %e, "applying relayed pings failed; retrying");
-                tokio::time::sleep(POLL).await;
-            }
-        }
-    });
 }
 
 /// While this replica does not lead, refreshes the applications its registry knows from
@@ -445,7 +456,7 @@ mod tests {
         assert_eq!(engine.get("ns/job").unwrap().state.pings, 0);
 
         // It leads again: the pump applies both, once.
-        spawn_relay_pump(fence.clone(), engine.clone(), relay.clone());
+        replica.spawn_relay_pump();
         fence.lead(2);
         until("the relay is drained", || {
             relay.rows.lock().unwrap().is_empty()
@@ -495,9 +506,33 @@ mod tests {
         assert!(relay.rows.lock().unwrap().is_empty());
         assert_eq!(engine.get("ns/job").unwrap().state.pings, 1);
         // Its pump finds nothing more to apply.
-        spawn_relay_pump(next.clone(), engine.clone(), relay.clone());
+        replica.spawn_relay_pump();
         tokio::time::sleep(POLL * 2).await;
         assert_eq!(engine.get("ns/job").unwrap().state.pings, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_take_overs_drain_racing_the_pump_applies_each_relayed_ping_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Arc::new(Relay::default());
+        let fence = Fence::sole();
+        let (engine, _) = engine(dir.path(), &relay, &fence);
+        engine.upsert(def("job")).await.unwrap();
+        fence.depose();
+        let replica = Replica::new(fence.clone(), engine.clone(), Some(relay.clone()));
+        replica.spawn_relay_pump();
+        let relayed = 4 * RELAY_BATCH as u64 + 100;
+        for _ in 0..relayed {
+            replica.ping("ns/job", success()).await.unwrap();
+        }
+        // The take-over: it leads, a follower's post wakes the pump, and the promotion
+        // drains the relay at the same moment.
+        fence.lead(2);
+        relay.signal.notify_one();
+        replica.drain_relay().await.unwrap();
+        assert!(relay.rows.lock().unwrap().is_empty());
+        tokio::time::sleep(POLL * 2).await;
+        assert_eq!(engine.get("ns/job").unwrap().state.pings, relayed);
     }
 
     /// A feed that hands out what a test put in it.

@@ -208,9 +208,6 @@ impl Services {
         };
         let registry =
             Registry::load(storage.apps.clone(), storage.events.clone(), config.limits).await?;
-        if let Some(relay) = &storage.relay {
-            replica::spawn_relay_pump(config.fence.clone(), engine.clone(), relay.clone());
-        }
         if let Some(signal) = storage.apps_changed {
             let (fence, apps) = (config.fence.clone(), storage.apps.clone());
             replica::spawn_app_refresh(fence, registry.clone(), apps, signal);
@@ -224,6 +221,7 @@ impl Services {
             mirror
         });
         let replica = Replica::new(config.fence.clone(), engine.clone(), storage.relay);
+        replica.spawn_relay_pump();
         crate::core::ingest::counts::register_metrics(metrics, registry.clone(), config.top_events);
         Ok(Self {
             registry,

@@ -481,3 +481,46 @@ async fn a_relayed_ping_the_leader_cannot_read_is_dropped_and_those_after_it_are
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].body.as_deref(), Some("after"));
 }
+
+/// Hands `round` to `store` and waits for what became of it.
+async fn commit(
+    store: &dyn hartslag::core::storage::MonitorStore,
+    round: hartslag::core::storage::MonitorRound,
+) -> Result<(), hartslag::core::storage::StorageError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.commit_round(round, Box::new(move |r| drop(tx.send(r))));
+    rx.await.expect("the round's callback was called")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_applying_a_relayed_ping_another_round_applied_is_refused() {
+    use hartslag::core::storage::{MonitorRound, StorageError};
+    let server = crate::pg::shared();
+    let url = server.database("relay_twice");
+    let relay = storage(&url).await.relay.expect("PostgreSQL relays pings");
+    let fence = Fence::follower();
+    let parsed = url.parse().unwrap();
+    let stores = hartslag::core::store_pg::open_monitors(&parsed, fence.clone())
+        .await
+        .unwrap();
+    hartslag::core::store_pg::lead_alone_at_start(&parsed, &fence)
+        .await
+        .unwrap();
+    let monitors = stores.storage().monitors;
+    let id = relay
+        .post("default/job".into(), jiff::Timestamp::now(), ping("once"))
+        .await
+        .unwrap();
+    let applying = || MonitorRound {
+        relayed: vec![id],
+        ..Default::default()
+    };
+    let first = commit(monitors.as_ref(), applying()).await;
+    assert!(first.is_ok(), "{first:?}");
+    assert_eq!(relay_rows(server, "relay_twice"), "0");
+    let again = commit(monitors.as_ref(), applying()).await;
+    assert!(
+        matches!(&again, Err(StorageError::NotStored(m)) if m.contains("applied by another round")),
+        "{again:?}"
+    );
+}

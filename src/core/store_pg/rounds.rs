@@ -324,7 +324,16 @@ pub(super) async fn write_round(
         let st = tx
             .prepare_cached("DELETE FROM hartslag_ping_relay WHERE id = ANY($1)")
             .await?;
-        tx.execute(&st, &[&ids]).await?;
+        // A ping another round already applied (and removed) would count twice: the
+        // round is refused instead, and whoever leads next applies what is left.
+        let removed = tx.execute(&st, &[&ids]).await?;
+        if removed != ids.len() as u64 {
+            return Err(TxError::Refused(StorageError::NotStored(format!(
+                "{} of the round's {} relayed pings were applied by another round",
+                ids.len() as u64 - removed.min(ids.len() as u64),
+                ids.len()
+            ))));
+        }
     }
     Ok(())
 }
