@@ -56,6 +56,16 @@ impl StandaloneCatalogue {
         }
         name
     }
+
+    /// `monitor` as it is now (read under [`Self::writes`]); `NotFound` once it was
+    /// deleted, even if another of the same name was created since.
+    fn current(&self, monitor: &Monitor) -> Result<Monitor, CatalogueError> {
+        self.core
+            .engine
+            .get(&monitor.def.key)
+            .filter(|now| now.def.id == monitor.def.id)
+            .ok_or(CatalogueError::NotFound)
+    }
 }
 
 /// Monitor `m`'s token from its token file in `data`, or else from its ping URL file (a
@@ -181,6 +191,11 @@ impl MonitorCatalogue for StandaloneCatalogue {
             if monitor.def.origin == Origin::Manifest {
                 return Err(read_only(monitor));
             }
+            // Changes to one monitor take effect one after another, each on what the one
+            // before left: a copy read before the lock would undo a change made meanwhile,
+            // or bring back a monitor deleted meanwhile.
+            let _writing = self.writes.lock().await;
+            let monitor = &self.current(monitor)?;
             let mut def = monitor.def.clone();
             if let Some(n) = req.name.clone() {
                 def = def.edited(|d| d.display_name = Some(n));
@@ -210,6 +225,7 @@ impl MonitorCatalogue for StandaloneCatalogue {
                 return Err(read_only(monitor));
             }
             let _writing = self.writes.lock().await;
+            let monitor = &self.current(monitor)?;
             let core = &self.core;
             core.registry
                 .remove_token(monitor.def.token)

@@ -209,3 +209,68 @@ async fn a_manifest_heartbeat_with_its_own_token_file_is_listed_with_that_token(
     assert_eq!(r.status(), 200, "{url}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_to_one_monitor_at_the_same_moment_take_effect_one_after_another() {
+    let s = InProcess::start_with(&manifests(), |c| {
+        c.api_rate_per_sec = 1000.0;
+        c.api_rate_burst = 1000.0;
+    })
+    .await;
+    let key = s.app_token("team-b");
+    let c = reqwest::Client::new();
+    let api = format!("{}/v1/heartbeats", s.base);
+    let create = |name: String| {
+        let (c, api, key) = (c.clone(), api.clone(), key.clone());
+        async move {
+            let r = c.post(&api).bearer_auth(&key);
+            let r = r.json(&json!({"name": name, "interval_secs": 3600}));
+            let created: Value = r.send().await.unwrap().json().await.unwrap();
+            format!("{api}/{}", created["id"].as_str().unwrap())
+        }
+    };
+    let patch = |url: &str, body: Value| c.patch(url).bearer_auth(&key).json(&body).send();
+    let get = |url: &str| c.get(url).bearer_auth(&key).send();
+    for round in 0..12 {
+        // Two edits of different fields: both are kept.
+        let one = create(format!("edited-{round}")).await;
+        let (a, b) = tokio::join!(
+            patch(&one, json!({"name": format!("renamed-{round}")})),
+            patch(&one, json!({"grace_secs": 120 + round})),
+        );
+        assert_eq!(
+            (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+            (200, 200)
+        );
+        let now: Value = get(&one).await.unwrap().json().await.unwrap();
+        assert_eq!(now["name"], format!("renamed-{round}"), "{now}");
+        assert_eq!(now["grace_secs"], 120 + round, "{now}");
+
+        // A pause beside an edit: the pause holds.
+        let (a, b) = tokio::join!(
+            c.post(format!("{one}/pause")).bearer_auth(&key).send(),
+            patch(&one, json!({"grace_secs": 300})),
+        );
+        assert_eq!(
+            (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+            (200, 200)
+        );
+        let now: Value = get(&one).await.unwrap().json().await.unwrap();
+        assert_eq!(
+            (&now["status"], &now["grace_secs"]),
+            (&json!("paused"), &json!(300))
+        );
+
+        // A delete beside an edit: what was deleted stays deleted.
+        let gone = create(format!("deleted-{round}")).await;
+        let (deleted, edited) = tokio::join!(
+            c.delete(&gone).bearer_auth(&key).send(),
+            patch(&gone, json!({"grace_secs": 60})),
+        );
+        let edited = edited.unwrap().status();
+        assert_eq!(deleted.unwrap().status(), 204);
+        assert!(edited == 200 || edited == 404, "{edited}");
+        assert_eq!(get(&gone).await.unwrap().status(), 404, "round {round}");
+    }
+    s.stop().await;
+}
