@@ -61,6 +61,21 @@ impl Triggers {
         self.heartbeats_where(ctx, namespace, |hb| refers_to_cron_job(hb, cron_job));
     }
 
+    /// A CronJob watch has a new complete list (at start, and after a relist): every
+    /// Heartbeat with a `cronJobRef` is looked at again, those whose CronJob went while
+    /// the watch was away included.
+    pub fn cron_jobs_relisted(&self, ctx: &Context) {
+        for scope in ctx.caches.scopes() {
+            for hb in scope.heartbeats.state() {
+                if let (Some(ns), Some(name)) = (&hb.metadata.namespace, &hb.metadata.name)
+                    && hb.spec.spec.cron_job_ref.is_some()
+                {
+                    self.send(ns, name);
+                }
+            }
+        }
+    }
+
     /// Channel `id` appeared or went: the Heartbeats naming it (in its namespace, or in
     /// every namespace for a `ClusterAlertChannel`) resolve their channels again.
     pub fn channel_changed(&self, ctx: &Context, id: &crate::core::alert::channels::ChannelRef) {

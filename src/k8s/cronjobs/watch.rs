@@ -81,6 +81,21 @@ impl CronJobCaches {
         Some(self.scopes.get()?.first()?.resource.api_version.clone())
     }
 
+    /// Waits up to `within` until the caches of the scope covering `namespace` hold their
+    /// first complete lists; false if they do not by then. Until then a CronJob missing
+    /// from the cache may simply not be listed yet (the watch's first list is swapped in
+    /// whole once it is complete).
+    pub async fn ready_for(&self, namespace: &str, within: Duration) -> bool {
+        let Some(scope) = self.scope_of(namespace) else {
+            return true;
+        };
+        let both = async {
+            let _ = scope.cron_jobs.wait_until_ready().await;
+            let _ = scope.jobs.wait_until_ready().await;
+        };
+        tokio::time::timeout(within, both).await.is_ok()
+    }
+
     /// A CronJob, as last seen.
     pub fn cron_job(&self, namespace: &str, name: &str) -> Option<CronJobView> {
         let scope = self.scope_of(namespace)?;
@@ -220,15 +235,25 @@ async fn on_cron_jobs(
     events: impl futures::Stream<Item = Result<Event<DynamicObject>, watcher::Error>>,
 ) {
     let mut events = std::pin::pin!(events);
+    // CronJobs of a (re)list: the cache swaps them in only once the list is complete, so
+    // their Heartbeats are looked at then, with every CronJob the new list no longer has.
+    let mut listed = Vec::new();
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Apply(obj) | Event::InitApply(obj)) => cron_job_seen(&ctx, &obj).await,
+            Ok(Event::Apply(obj)) => cron_job_seen(&ctx, &obj).await,
+            Ok(Event::InitApply(obj)) => listed.push(obj),
             Ok(Event::Delete(obj)) => {
                 if let Some(ns) = obj.namespace() {
                     ctx.triggers.cron_job_changed(&ctx, &ns, &obj.name_any());
                 }
             }
-            Ok(Event::Init | Event::InitDone) => {}
+            Ok(Event::Init) => listed.clear(),
+            Ok(Event::InitDone) => {
+                for obj in listed.drain(..) {
+                    cron_job_seen(&ctx, &obj).await;
+                }
+                ctx.triggers.cron_jobs_relisted(&ctx);
+            }
             Err(e) => tracing::warn!(error = %e, "watching CronJobs"),
         }
     }

@@ -29,7 +29,7 @@ use crate::core::token::{TokenHash, TokenKind};
 use crate::k8s::context::Context;
 use crate::k8s::crd::Heartbeat;
 use crate::k8s::secrets::{self, Ensured, Wanted};
-use crate::k8s::status::Target;
+use crate::k8s::status::{Refusal, Target};
 
 /// Reconciles a Heartbeat.
 pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -80,14 +80,31 @@ async fn apply(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<Action, Reconc
     let target = Target::heartbeat(ns, &name);
     let live = hb.status.as_ref().map(|s| s.conditions.as_slice());
     tracing::debug!(object = %target, generation = ?hb.metadata.generation, "reconciling");
+    let key = object_key(ns, &name);
     let (concluded, news) = match steps(hb, ctx, ns, &name).await {
         Ok((secret, news)) => (Ok(secret), news),
         Err(stop) => (Err(stop), None),
     };
-    if matches!(concluded, Err(Stop::Refused { .. })) {
-        // Not Ready means not monitored: the token stops working, the monitor goes.
-        deactivate(ctx, &object_key(ns, &name)).await?;
-    }
+    let concluded = match concluded {
+        // A spec edited into an invalid one leaves the monitor as the last valid spec
+        // made it: a typo does not switch a monitor off.
+        Err(Stop::Refused { refusal, retry })
+            if refusal.reason == INVALID_SPEC && ctx.core.engine.get(&key).is_some() =>
+        {
+            let message = format!("{}; the last valid spec stays in effect", refusal.message);
+            Err(Stop::Refused {
+                refusal: Refusal::new(refusal.reason, message),
+                retry,
+            })
+        }
+        Err(Stop::Refused { refusal, retry }) => {
+            // Not Ready means not monitored: the token stops working, and the monitor is
+            // suspended with its state and history until it is accepted again.
+            suspend(ctx, &key).await?;
+            Err(Stop::Refused { refusal, retry })
+        }
+        other => other,
+    };
     let secret = concluded.as_ref().ok().cloned();
     let action = conclude(ctx, &target, &hb.metadata, live, concluded)
         .await?
@@ -110,7 +127,7 @@ async fn steps(
     let spec = &hb.spec.spec;
     validate(spec, ctx.config.min_interval)?;
     let app = application(&ctx.core.registry, ns, spec)?;
-    let cron_job = cron_job(ctx, ns, spec)?;
+    let cron_job = cron_job(ctx, ns, spec).await?;
     let channels = crate::k8s::channels::step(ctx, ns, spec, app.as_deref())
         .await
         .map_err(|refusal| Stop::Refused {
@@ -128,7 +145,7 @@ async fn steps(
         None => None,
     };
     if let Some(a) = &app {
-        quota(a, ctx.core.engine.count_for_application(&a.key, Some(&key)))?;
+        quota(a, counted_against(ctx, hb, &a.key, &key))?;
     }
     let secret_name = secret_name(spec, name);
     let ensured = token_secret(hb, ctx, ns, &secret_name).await?;
@@ -176,8 +193,11 @@ async fn resolved_alerts(
 /// Step validate: the rules the schema cannot express (an older API server enforces none).
 pub fn validate(spec: &HeartbeatSpec, min_interval: SpecDuration) -> Result<(), Stop> {
     spec.validate_with_min_interval(min_interval)
-        .map_err(|e| Stop::wait("InvalidSpec", e.to_string()))
+        .map_err(|e| Stop::wait(INVALID_SPEC, e.to_string()))
 }
+
+/// The reason of a spec the rules refuse.
+const INVALID_SPEC: &str = "InvalidSpec";
 
 /// Step application: the Application named by `applicationRef`, which must exist. Its
 /// reconcile triggers this Heartbeat again when it appears.
@@ -205,7 +225,7 @@ pub fn application(
 
 /// Step cronJob: the CronJob named by `cronJobRef`, which must exist (in the watch cache).
 /// Its watch triggers this Heartbeat again when it appears or changes.
-pub fn cron_job(
+pub async fn cron_job(
     ctx: &Context,
     ns: &str,
     spec: &HeartbeatSpec,
@@ -218,6 +238,14 @@ pub fn cron_job(
             "CronJobsNotWatched",
             "the API server serves no CronJob API the operator can read (batch/v1 or batch/v1beta1), or the operator may not list CronJobs, Jobs and Pods here; check the chart's RBAC",
         ));
+    }
+    // Before its first complete list the cache does not know the CronJob yet: a verdict
+    // now would stop monitoring a CronJob that exists (after every restart).
+    if !ctx.cron_jobs.ready_for(ns, CRON_JOBS_LISTED_WITHIN).await {
+        return Err(Stop::Failed(ReconcileError::core(
+            Step::Validate,
+            "the CronJobs are not listed yet",
+        )));
     }
     ctx.cron_jobs
         .cron_job(ns, &r.name)
@@ -233,6 +261,31 @@ pub fn cron_job(
         })
 }
 
+/// How long a reconcile waits for the CronJob watch's first complete list before it
+/// tries again later.
+const CRON_JOBS_LISTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The active monitors of application `app` that count against `hb`'s place in its
+/// quota. A new monitor counts all the others (first come, first served); one already
+/// active counts those of older Heartbeats (by creation, then name) and any whose
+/// Heartbeat is not in the cache, so that when the limit is lowered the oldest keep their
+/// places whatever order the Heartbeats are reconciled in, instead of each refusing for
+/// the others.
+fn counted_against(ctx: &Context, hb: &Heartbeat, app: &str, key: &str) -> usize {
+    if ctx.core.engine.get(key).is_none() {
+        return ctx.core.engine.count_for_application(app, Some(key));
+    }
+    let place = |h: &Heartbeat| (h.metadata.creation_timestamp.clone(), h.name_any());
+    let mine = place(hb);
+    ctx.core.engine.count_for_application_where(app, |m| {
+        m.def.key != key
+            && ctx
+                .caches
+                .heartbeat(m.def.namespace(), m.def.name())
+                .is_none_or(|other| place(&other) < mine)
+    })
+}
+
 fn quota_limit(app: &AppInfo) -> Option<u32> {
     app.spec.limits.as_ref().and_then(|l| l.heartbeats)
 }
@@ -244,7 +297,7 @@ pub fn quota(app: &AppInfo, others: usize) -> Result<(), Stop> {
         Some(limit) if others >= limit as usize => Err(Stop::wait(
             "QuotaExceeded",
             format!(
-                "Application {} may own {limit} Heartbeats and already owns {others}; this one is not activated",
+                "Application {} may own {limit} Heartbeats and already owns {others}; this one is not monitored until one of them goes or the limit is raised",
                 app.name
             ),
         )),
@@ -408,8 +461,9 @@ async fn announce(ctx: &Context, hb: &Heartbeat, ns: &str, secret: &str, news: T
     .await;
 }
 
-/// Stops monitoring `key`: its token stops working at once and its monitor goes.
-pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
+/// Stops monitoring `key` until it is accepted again: its token stops working at once,
+/// and its monitor is suspended with its state and history.
+async fn suspend(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
     if let Some(m) = ctx.core.engine.get(key) {
         ctx.core
             .registry
@@ -418,11 +472,38 @@ pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> 
             .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
         ctx.core
             .engine
-            .remove(key)
+            .suspend(key)
             .await
             .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
+        // A slot in the Application's quota is free.
+        if let Some(app) = m.def.application() {
+            ctx.triggers.quota_freed(ctx, app);
+        }
     }
     Ok(())
+}
+
+/// Stops monitoring `key` for good: its token stops working at once and its monitor goes
+/// (its data stays when its `deletionPolicy` is `Retain`), with what a suspension kept.
+pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
+    let Some(m) = ctx.core.engine.get(key) else {
+        return ctx
+            .core
+            .engine
+            .remove(key)
+            .await
+            .map_err(|e| ReconcileError::core(Step::Cleanup, e));
+    };
+    ctx.core
+        .registry
+        .remove_token(m.def.token)
+        .await
+        .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
+    ctx.core
+        .engine
+        .remove(key)
+        .await
+        .map_err(|e| ReconcileError::core(Step::Cleanup, e))
 }
 
 /// Clean-up after a deletion: the token and monitor go (the monitor's data stays when its

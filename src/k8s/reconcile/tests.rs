@@ -151,14 +151,14 @@ async fn a_secret_that_does_not_opt_in_is_refused_without_a_write() {
 }
 
 #[tokio::test]
-async fn an_invalid_spec_is_refused_and_its_monitor_removed_without_api_writes() {
+async fn an_invalid_edit_is_refused_without_api_writes_and_the_last_valid_spec_stays_in_effect() {
     let dir = tempfile::tempdir().unwrap();
     let (client, log) = mock_client(api);
     let (ctx, mut caches, _) = context(dir.path(), client).await;
     let hb = heartbeat("job", json!({"interval": "1h"}), &[]);
     caches.heartbeat(&hb);
     reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
-    assert!(ctx.core.engine.get("shop/job").is_some());
+    let before = ctx.core.engine.get("shop/job").unwrap();
     log.lock().unwrap().clear();
     let mut invalid = hb;
     invalid.spec.spec.interval = Some(crate::core::duration::SpecDuration::from_secs(400 * 86_400));
@@ -169,13 +169,20 @@ async fn an_invalid_spec_is_refused_and_its_monitor_removed_without_api_writes()
         Action::await_change(),
         "only a spec change can fix it"
     );
-    assert!(
-        ctx.core.engine.get("shop/job").is_none(),
-        "a refused Heartbeat keeps no monitor"
+    assert_eq!(
+        ctx.core.engine.get("shop/job").as_ref(),
+        Some(&before),
+        "a typo switched the monitor off or changed it"
     );
+    assert!(ctx.core.registry.owner_of_hash(&before.def.token).is_some());
     let verdict = ctx.verdicts.get(&Target::heartbeat("shop", "job")).unwrap();
     assert_eq!(verdict.generation, Some(2));
-    assert!(matches!(verdict.outcome, Outcome::Refused(r) if r.reason == "InvalidSpec"));
+    assert!(
+        matches!(&verdict.outcome, Outcome::Refused(r) if r.reason == "InvalidSpec"
+            && r.message.ends_with("the last valid spec stays in effect")),
+        "{:?}",
+        verdict.outcome
+    );
     // Only the Warning Event: the status is the writer's to write.
     assert_eq!(
         requests(&log),
@@ -183,6 +190,68 @@ async fn an_invalid_spec_is_refused_and_its_monitor_removed_without_api_writes()
             "POST".into(),
             "/apis/events.k8s.io/v1/namespaces/shop/events".into()
         )]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_heartbeat_is_suspended_and_comes_back_with_its_state_and_history() {
+    use crate::core::monitor::engine::PingInput;
+    use crate::core::monitor::state::State;
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, mut caches, _, hb) = armed(dir.path(), json!({"interval": "1h"})).await;
+    ctx.core
+        .engine
+        .ping("shop/job", PingInput::success())
+        .await
+        .unwrap();
+    let up = ctx.core.engine.get("shop/job").unwrap();
+    assert_eq!((up.state.state, up.state.pings), (State::Up, 1));
+
+    // It names an Application that does not exist: not monitored, its token refused.
+    let mut orphan = hb.clone();
+    orphan.spec.spec.application_ref = Some(crate::core::spec::ApplicationRef {
+        name: "nowhere".into(),
+    });
+    orphan.metadata.generation = Some(2);
+    caches.heartbeat(&orphan);
+    reconcile(Arc::new(orphan.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(ctx.core.engine.get("shop/job").is_none());
+    assert!(ctx.core.registry.owner_of_hash(&up.def.token).is_none());
+    assert!(ctx.core.engine.retained("shop/job").await.is_some());
+
+    // Fixed: the monitor is back where it was, history included.
+    let mut fixed = hb.clone();
+    fixed.metadata.generation = Some(3);
+    caches.heartbeat(&fixed);
+    reconcile(Arc::new(fixed), ctx.clone()).await.unwrap();
+    let back = ctx.core.engine.get("shop/job").unwrap();
+    assert_eq!(
+        (back.num, back.state.state, back.state.pings),
+        (up.num, State::Up, 1)
+    );
+    assert_eq!(ctx.core.engine.pings(back.num, 10).await.unwrap().len(), 1);
+    assert!(ctx.core.registry.owner_of_hash(&back.def.token).is_some());
+
+    // Suspended again, then deleted: what the suspension kept goes too.
+    caches.heartbeat(&orphan);
+    reconcile(Arc::new(orphan.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(ctx.core.engine.retained("shop/job").await.is_some());
+    caches
+        .heartbeats
+        .apply_watcher_event(&Event::Delete(orphan.clone()));
+    super::heartbeat::gone(ctx.clone(), orphan).await;
+    assert!(ctx.core.engine.retained("shop/job").await.is_none());
+    assert!(
+        ctx.core
+            .engine
+            .pings(back.num, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -19,7 +19,7 @@ use crate::helpers::{get_json, wait_for};
 use hartslag::k8s::crd::Heartbeat;
 
 /// The CronJob API version the server serves.
-fn batch_version() -> &'static str {
+pub(super) fn batch_version() -> &'static str {
     let v1 = kubectl_try(&["get", "--raw", "/apis/batch/v1"]).unwrap_or_default();
     if v1.contains("\"cronjobs\"") {
         "batch/v1"
@@ -29,7 +29,7 @@ fn batch_version() -> &'static str {
 }
 
 /// A CronJob whose Jobs fail at the first failed Pod.
-fn cron_job(name: &str, schedule: &str, annotations: &[(&str, &str)]) -> String {
+pub(super) fn cron_job(name: &str, schedule: &str, annotations: &[(&str, &str)]) -> String {
     let annotations: String = annotations
         .iter()
         .map(|(k, v)| format!("\n    {k}: \"{v}\""))

@@ -14,3 +14,4 @@ mod refusals;
 mod restarts;
 mod secrets;
 mod status;
+mod trust;

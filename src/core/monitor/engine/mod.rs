@@ -305,10 +305,20 @@ impl Engine {
         self.call(|tx| Command::Upsert(Box::new(def), tx)).await
     }
 
-    /// Removes a monitor (its history too, unless it is retained).
+    /// Removes a monitor (its history too, unless it is retained); without a monitor
+    /// under `key`, what a [`Self::suspend`] kept of it.
     pub async fn remove(&self, key: &str) -> Result<(), EngineError> {
         let key = key.to_string();
         self.call(|tx| Command::Remove(key, tx)).await
+    }
+
+    /// Stops monitoring `key` while keeping its state and history, whatever its deletion
+    /// policy: an [`Self::upsert`] of the key later picks them up again, as after a
+    /// deletion with `Retain`; a [`Self::remove`] without a monitor under the key drops
+    /// them.
+    pub async fn suspend(&self, key: &str) -> Result<(), EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Suspend(key, tx)).await
     }
 
     /// Applies a ping durably and tells whether the monitor is paused.
@@ -398,6 +408,20 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter(|m| m.def.application() == Some(app) && Some(m.def.key.as_str()) != except)
+            .count()
+    }
+
+    /// How many monitors belong to application `app` and satisfy `counted`.
+    pub fn count_for_application_where(
+        &self,
+        app: &str,
+        counted: impl Fn(&Monitor) -> bool,
+    ) -> usize {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|m| m.def.application() == Some(app) && counted(m))
             .count()
     }
 

@@ -25,7 +25,10 @@ impl Worker {
             Command::Upsert(_, reply) | Command::SetPaused(_, _, reply) => {
                 let _ = reply.send(Err(EngineError::NotLeader));
             }
-            Command::Remove(_, reply) | Command::Job(_, _, reply) | Command::Relayed(_, reply) => {
+            Command::Remove(_, reply)
+            | Command::Suspend(_, reply)
+            | Command::Job(_, _, reply)
+            | Command::Relayed(_, reply) => {
                 let _ = reply.send(Err(EngineError::NotLeader));
             }
             Command::Ping(_, _, reply) => {
@@ -174,8 +177,13 @@ impl Worker {
         ))
     }
 
-    pub(super) fn remove(&self, key: &str, round: &mut Round) {
+    /// Removes monitor `key`; with `keep`, its state and history stay under the retained
+    /// key whatever its deletion policy (a monitor suspended until its definition is
+    /// accepted again, which then finds them). Without a monitor under `key`, a record
+    /// kept that way (not by a `Retain` policy) goes with its history.
+    pub(super) fn remove(&self, key: &str, keep: bool, round: &mut Round) {
         let Some(m) = self.current(key, round) else {
+            self.forget_suspended(key, keep, round);
             return;
         };
         self.transitions_since_trim.borrow_mut().clear(m.num);
@@ -186,7 +194,7 @@ impl Worker {
         // Kept with history and state under the retained key, so a re-created monitor
         // finds them: pings answered earlier in this round stay staged and are written
         // with it. Otherwise they go with the rest of its history.
-        let retain = m.def.retain_on_delete().then_some(m);
+        let retain = (keep || m.def.retain_on_delete()).then_some(m);
         if retain.is_none() {
             round.writes.pings.retain(|(n, _)| *n != num);
             round.writes.transitions.retain(|(n, ..)| *n != num);
@@ -196,6 +204,33 @@ impl Worker {
             key: key.to_string(),
             num,
             retain,
+        });
+    }
+}
+
+impl Worker {
+    /// Drops the record (and history) a suspension kept under `key`, unless `keep` or
+    /// its definition asks for it to be retained.
+    fn forget_suspended(&self, key: &str, keep: bool, round: &mut Round) {
+        if keep || round.removed.contains(key) {
+            return;
+        }
+        self.handover.settle();
+        let kept = match self.store.find_retained(key) {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(monitor = key, error = %e, "reading a suspended monitor's record failed; it stays");
+                return;
+            }
+        };
+        let Some(m) = kept.filter(|m| !m.def.retain_on_delete()) else {
+            return;
+        };
+        round.removed.insert(key.to_string());
+        round.writes.remove.push(Removal {
+            key: key.to_string(),
+            num: m.num,
+            retain: None,
         });
     }
 }

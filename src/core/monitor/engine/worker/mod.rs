@@ -81,6 +81,8 @@ pub(super) enum Command {
         oneshot::Sender<Result<Monitor, EngineError>>,
     ),
     Remove(String, oneshot::Sender<Result<(), EngineError>>),
+    /// Removes the monitor keeping its state and history, as a retained one.
+    Suspend(String, oneshot::Sender<Result<(), EngineError>>),
     Ping(
         String,
         PingInput,
@@ -286,7 +288,13 @@ impl Worker {
                 let _ = reply.send(TokenChanges::default());
             }
             Command::Remove(key, reply) => {
-                self.remove(&key, round);
+                self.remove(&key, false, round);
+                round.done.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                }));
+            }
+            Command::Suspend(key, reply) => {
+                self.remove(&key, true, round);
                 round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));

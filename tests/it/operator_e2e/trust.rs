@@ -1,0 +1,116 @@
+//! What a Heartbeat's monitor survives: an operator restart does not take CronJobs for
+//! gone, and a lowered quota keeps the oldest Heartbeats monitored.
+
+use std::time::Duration;
+
+use super::cronjobs::cron_job;
+use super::harness::{Scenario, apply, condition, events_with_reason, hb_status, kubectl};
+use super::harness::{secret_value, status_where};
+use crate::helpers::wait_for;
+use hartslag::k8s::crd::Heartbeat;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+fn ready(status: &serde_json::Value) -> bool {
+    condition(status, "Ready").is_some_and(|c| c["status"] == "True")
+}
+
+fn refused_for(status: &serde_json::Value, reason: &str) -> bool {
+    condition(status, "Ready").is_some_and(|c| c["status"] == "False" && c["reason"] == reason)
+}
+
+/// The status code a ping to the Heartbeat's ping URL gets.
+async fn ping(secrets: &Api<Secret>, hb: &str) -> u16 {
+    let secret = format!("{hb}-heartbeat");
+    let url = wait_for("the ping URL", Duration::from_secs(30), || {
+        secret_value(secrets, &secret, "ping-url")
+    })
+    .await;
+    reqwest::Client::new()
+        .post(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn a_restart_keeps_the_heartbeats_of_cron_jobs_monitored() {
+    let mut s = Scenario::start("e2e-trust-restart").await;
+    let names = ["backup", "invoices", "reports"];
+    for name in names {
+        apply(
+            &s.ns,
+            &cron_job(name, "0 3 * * *", &[("hartslag.dev/monitor", "true")]),
+        );
+    }
+    for name in names {
+        status_where(&s.hbs, name, "Ready", Duration::from_secs(60), ready).await;
+    }
+    s.restart().await;
+    s.op.wait_settled().await;
+    for name in names {
+        assert_eq!(ping(&s.secrets, name).await, 200, "{name} is not monitored");
+        let st = hb_status(&s.hbs, name).await.unwrap();
+        assert!(ready(&st), "{name}: {st}");
+    }
+    // A refusal would have been published as a Warning Event by now, and its monitor
+    // switched off: look once more after a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        events_with_reason(&s.client, &s.ns, "CronJobNotFound").await,
+        0
+    );
+    for name in names {
+        assert_eq!(ping(&s.secrets, name).await, 200, "{name} is not monitored");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn a_lowered_quota_keeps_the_oldest_heartbeats_monitored() {
+    let s = Scenario::start("e2e-trust-quota").await;
+    apply(
+        &s.ns,
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: quota\nspec:\n  limits:\n    heartbeats: 5\n",
+    );
+    let names = ["hb-1", "hb-2", "hb-3", "hb-4"];
+    // Created in this order, one after the other.
+    for name in names {
+        apply(
+            &s.ns,
+            &format!(
+                "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: {name}\nspec:\n  interval: 1h\n  applicationRef:\n    name: quota\n"
+            ),
+        );
+        status_where(&s.hbs, name, "Ready", Duration::from_secs(60), ready).await;
+    }
+    kubectl(&[
+        "patch",
+        "applications.hartslag.dev",
+        "quota",
+        "-n",
+        &s.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"limits":{"heartbeats":2}}}"#,
+    ]);
+    for name in ["hb-3", "hb-4"] {
+        status_where(
+            &s.hbs,
+            name,
+            "QuotaExceeded",
+            Duration::from_secs(60),
+            |st| refused_for(st, "QuotaExceeded"),
+        )
+        .await;
+    }
+    for name in ["hb-1", "hb-2"] {
+        let st = hb_status(&s.hbs, name).await.unwrap();
+        assert!(ready(&st), "{name}: {st}");
+        assert_eq!(ping(&s.secrets, name).await, 200, "{name} is not monitored");
+    }
+    let hbs: &Api<Heartbeat> = &s.hbs;
+    assert_eq!(hbs.list(&Default::default()).await.unwrap().items.len(), 4);
+}
