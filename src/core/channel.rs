@@ -410,8 +410,8 @@ pub fn check_policy(p: &AlertPolicy) -> Result<(), ChannelError> {
     Ok(())
 }
 
-/// Maintenance windows: a schedule and a positive duration each (the schedule's syntax
-/// is checked where schedules are parsed).
+/// Maintenance windows: a valid schedule in a known time zone and a positive duration
+/// each. A window whose schedule cannot be read would never open: refused, not ignored.
 pub fn check_windows(windows: &[MaintenanceWindow]) -> Result<(), ChannelError> {
     for (i, w) in windows.iter().enumerate() {
         if w.schedule.trim().is_empty() {
@@ -429,6 +429,12 @@ pub fn check_windows(windows: &[MaintenanceWindow]) -> Result<(), ChannelError> 
             return Err(ChannelError::Maintenance(
                 i,
                 format!("timeZone {tz:?} is not a known IANA time zone"),
+            ));
+        }
+        if let Err(e) = crate::core::cron::Schedule::parse(&w.schedule, w.time_zone.as_deref()) {
+            return Err(ChannelError::Maintenance(
+                i,
+                format!("schedule {:?}: {e}", w.schedule),
             ));
         }
     }
@@ -515,6 +521,17 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("spec.maintenance[0]: timeZone")
+        );
+        let hour_25 = spec(
+            r#"{"email":{"to":["ops@example.com"]},"maintenance":[{"schedule":"0 2 * * 0","duration":"1h"},{"schedule":"* 25 * * *","duration":"1h"}]}"#,
+        );
+        let refused = hour_25
+            .validate(Secrets::Kubernetes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.starts_with("spec.maintenance[1]: schedule \"* 25 * * *\""),
+            "{refused}"
         );
     }
 }

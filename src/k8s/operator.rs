@@ -163,6 +163,12 @@ fn scope(
     let app_api = apis::<Application>(client, ns.as_deref());
     let hb_relisted = (relisted.clone(), Relisted::Heartbeats(ns.clone()));
     let app_relisted = (relisted.clone(), Relisted::Applications(ns.clone()));
+    // The shared stream the controllers watch Secrets through carries no deletions: a
+    // deleted token Secret reaches its users from here, and is issued again.
+    let (hb_gone_tx, hb_gone) = mpsc::unbounded_channel();
+    let (app_gone_tx, app_gone) = mpsc::unbounded_channel();
+    let hb_users = secret_users("Heartbeat", hb_store.clone(), heartbeat_secret);
+    let app_users = secret_users("Application", app_store.clone(), application_secret);
     let secrets_root = watcher::watcher(
         apis::<Secret>(client, ns.as_deref()),
         caches::watch_config().labels(TOKEN_LABEL),
@@ -170,7 +176,18 @@ fn scope(
     .default_backoff()
     .modify(caches::slim)
     .reflect_shared(secret_writer)
-    .for_each(|_| std::future::ready(()));
+    .for_each(move |event| {
+        if let Ok(watcher::Event::Delete(secret)) = event {
+            let secret = Arc::new(secret);
+            for user in hb_users(secret.clone()) {
+                let _ = hb_gone_tx.send(user);
+            }
+            for user in app_users(secret) {
+                let _ = app_gone_tx.send(user);
+            }
+        }
+        std::future::ready(())
+    });
     let caches = ScopeCaches {
         namespace: ns.clone(),
         applications: app_store.clone(),
@@ -203,6 +220,7 @@ fn scope(
         let mut hb = Controller::for_stream(hb_stream, hb_store.clone())
             .with_config(config.clone())
             .reconcile_on(receiver_stream(triggers))
+            .reconcile_on(receiver_stream(hb_gone))
             .reconcile_all_on(changes(ownership.clone()))
             .graceful_shutdown_on(stopped());
         if let Some(s) = hb_secrets {
@@ -214,6 +232,7 @@ fn scope(
         ));
         let mut app = Controller::for_stream(app_stream, app_store.clone())
             .with_config(config)
+            .reconcile_on(receiver_stream(app_gone))
             .reconcile_all_on(changes(ownership))
             .graceful_shutdown_on(stopped());
         if let Some(s) = app_secrets {
@@ -457,6 +476,9 @@ async fn start(
     ]);
     // Channels before the controllers: a Heartbeat naming a channel waits for this list.
     tasks.extend(super::channels::watch::start(&ctx, &scopes, &config.lease.0, stop.clone()).await);
+    // The CronJob API found (or not) before the controllers too: a Heartbeat with a
+    // `cronJobRef` reconciled before would be refused as if no CronJobs were served.
+    tasks.extend(super::cronjobs::watch::start(&ctx, &scopes, stop.clone()).await);
     for (part, triggers) in parts.into_iter().zip(trigger_rxs) {
         tracing::info!(
             namespace = part.caches.namespace.as_deref().unwrap_or("<all>"),
@@ -464,7 +486,6 @@ async fn start(
         );
         tasks.extend((part.run)(ctx.clone(), triggers, stop.clone()));
     }
-    tasks.extend(super::cronjobs::watch::start(&ctx, &scopes, stop.clone()).await);
     Running {
         ctx,
         tasks,

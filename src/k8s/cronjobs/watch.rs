@@ -249,6 +249,8 @@ async fn on_cron_jobs(
             }
             Ok(Event::Init) => listed.clear(),
             Ok(Event::InitDone) => {
+                // Annotations are turned into Heartbeats by what the Heartbeat cache holds.
+                ctx.caches.wait_synced().await;
                 for obj in listed.drain(..) {
                     cron_job_seen(&ctx, &obj).await;
                 }

@@ -218,7 +218,7 @@ pub fn heartbeat_status(i: HeartbeatInputs<'_>) -> Option<HeartbeatStatus> {
         i.now,
     )];
     let exact = match (&i.verdict.outcome, i.monitor) {
-        (Outcome::Refused(_), _) => {
+        (Outcome::Refused(_), None) => {
             conditions.extend(conflict_condition(live, i.conflict, generation, i.now));
             // Not monitored: no state, no deadline, no counters. A stale value must never
             // outlive the condition that made it stale.
@@ -229,7 +229,13 @@ pub fn heartbeat_status(i: HeartbeatInputs<'_>) -> Option<HeartbeatStatus> {
             });
         }
         (Outcome::Ready { .. }, None) => return None,
-        (Outcome::Ready { secret }, Some(m)) => {
+        (outcome, Some(m)) => {
+            // Refused with a monitor: an invalid edit, the last valid spec still in effect
+            // (and still alerting), so its state is shown beside the refusal.
+            let secret = match outcome {
+                Outcome::Ready { secret } => Some(secret.clone()),
+                Outcome::Refused(_) => i.live.token_secret_name.clone(),
+            };
             let st = &m.state;
             conditions.push(condition(
                 live,
@@ -252,7 +258,7 @@ pub fn heartbeat_status(i: HeartbeatInputs<'_>) -> Option<HeartbeatStatus> {
                 consecutive_misses: state::consecutive_misses(&m.def.timing(), st, i.now),
                 pings: st.pings,
                 last_alert_at: st.last_alert_at.map(format_time),
-                token_secret_name: Some(secret.clone()),
+                token_secret_name: secret,
                 conditions,
                 observed_generation: generation,
             }

@@ -41,6 +41,16 @@ async fn leading_operator(
         secret_value(&secrets, "shop-hartslag-token", "token")
     })
     .await;
+    // The Secret is written before the token is taken: it works once Ready says so.
+    let stats = format!("{}/api/v1/stats", op.base);
+    wait_for("the token to be taken", Duration::from_secs(30), || async {
+        let r = reqwest::Client::new()
+            .get(&stats)
+            .bearer_auth(&token)
+            .send();
+        r.await.ok().filter(|r| r.status() == 200).map(|_| ())
+    })
+    .await;
     (op, token)
 }
 

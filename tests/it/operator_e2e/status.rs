@@ -78,7 +78,7 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
     let up = status_within(hbs, "job", "Up", |s| s["state"] == "Up").await;
     assert!(up["nextDueAt"].is_string() && up["lastPingAt"].is_string());
 
-    // An invalid spec: not monitored, so no state, deadline or counters next to the reason.
+    // An invalid edit: refused, and the last valid spec stays in effect, its state shown.
     patch_spec(hbs, "job", json!({"interval": "400d"})).await;
     let invalid = status_within(hbs, "job", "Ready=False InvalidSpec", |s| {
         condition(s, "Ready").is_some_and(|c| c["reason"] == "InvalidSpec")
@@ -86,30 +86,61 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
     .await;
     let ready = condition(&invalid, "Ready").unwrap();
     assert_eq!(ready["status"], "False");
+    let message = ready["message"].as_str().unwrap();
+    assert!(message.contains("400d"), "{ready}");
     assert!(
-        ready["message"].as_str().unwrap().contains("400d"),
+        message.ends_with("the last valid spec stays in effect"),
         "{ready}"
     );
-    for gone in ["state", "lastPingAt", "nextDueAt", "tokenSecretName"] {
-        assert!(
-            invalid.get(gone).is_none(),
-            "{gone} outlived the monitor: {invalid}"
-        );
-    }
-    assert!(condition(&invalid, "Up").is_none(), "{invalid}");
+    assert_eq!(invalid["state"], "Up", "{invalid}");
+    assert!(invalid["lastPingAt"].is_string() && invalid["nextDueAt"].is_string());
     assert_eq!(invalid["observedGeneration"], 2);
     assert_eq!(
         reqwest::get(&url).await.unwrap().status(),
-        404,
-        "the token stops working"
+        200,
+        "a typo stopped the token"
     );
     wait_for("an InvalidSpec Event", Duration::from_secs(20), || async {
         (events_with_reason(client, ns, "InvalidSpec").await >= 1).then_some(())
     })
     .await;
 
-    // Fixed: Ready again; a ping brings back the deadline.
-    patch_spec(hbs, "job", json!({"interval": "1h"})).await;
+    // A refusal from elsewhere (its Application is missing): not monitored, so no state,
+    // deadline or counters next to the reason, and the token stops working.
+    patch_spec(
+        hbs,
+        "job",
+        json!({"interval": "1h", "applicationRef": {"name": "nowhere"}}),
+    )
+    .await;
+    let orphan = status_within(hbs, "job", "Ready=False ApplicationNotFound", |s| {
+        condition(s, "Ready").is_some_and(|c| c["reason"] == "ApplicationNotFound")
+    })
+    .await;
+    for gone in ["state", "lastPingAt", "nextDueAt", "tokenSecretName"] {
+        assert!(
+            orphan.get(gone).is_none(),
+            "{gone} outlived the monitor: {orphan}"
+        );
+    }
+    assert!(condition(&orphan, "Up").is_none(), "{orphan}");
+    assert_eq!(
+        reqwest::get(&url).await.unwrap().status(),
+        404,
+        "the token stops working"
+    );
+
+    // Fixed: Ready again, where it was (its pings kept); a ping brings back the deadline.
+    kubectl(&[
+        "patch",
+        "heartbeat",
+        "job",
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/applicationRef"}]"#,
+    ]);
     kubectl(&[
         "wait",
         "-n",
@@ -118,6 +149,10 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
         "heartbeat/job",
         "--timeout=60s",
     ]);
+    let back = status_within(hbs, "job", "Up", |s| s["state"] == "Up").await;
+    // Two pings before: the first, and the one that found the token working.
+    assert_eq!(back["pings"], 2, "its pings were lost: {back}");
+    assert_eq!(back["state"], "Up", "{back}");
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     status_within(hbs, "job", "Up again", |s| {
         s["state"] == "Up" && s["nextDueAt"].is_string()

@@ -51,8 +51,13 @@ async fn a_restart_keeps_the_heartbeats_of_cron_jobs_monitored() {
     s.restart().await;
     s.op.wait_settled().await;
     for name in names {
-        assert_eq!(ping(&s.secrets, name).await, 200, "{name} is not monitored");
         let st = hb_status(&s.hbs, name).await.unwrap();
+        let log = s.op.log.display();
+        assert_eq!(
+            ping(&s.secrets, name).await,
+            200,
+            "{name} is not monitored: {st}; log: {log}"
+        );
         assert!(ready(&st), "{name}: {st}");
     }
     // A refusal would have been published as a Warning Event by now, and its monitor
@@ -113,4 +118,64 @@ async fn a_lowered_quota_keeps_the_oldest_heartbeats_monitored() {
     }
     let hbs: &Api<Heartbeat> = &s.hbs;
     assert_eq!(hbs.list(&Default::default()).await.unwrap().items.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn a_deleted_token_secret_is_issued_again_at_once() {
+    let s = Scenario::start("e2e-trust-secret").await;
+    apply(
+        &s.ns,
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: shop\nspec: {}\n---\napiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: backup\nspec:\n  interval: 1h\n",
+    );
+    let app_token = wait_for("the Application's token", Duration::from_secs(30), || {
+        secret_value(&s.secrets, "shop-hartslag-token", "token")
+    })
+    .await;
+    let ping_url = wait_for("the ping URL", Duration::from_secs(30), || {
+        secret_value(&s.secrets, "backup-heartbeat", "ping-url")
+    })
+    .await;
+    for secret in ["shop-hartslag-token", "backup-heartbeat"] {
+        kubectl(&["delete", "secret", secret, "-n", &s.ns]);
+    }
+    // No resync, no restart, no edit: the deletion alone brings new tokens.
+    let new_app_token = wait_for(
+        "a new Application token",
+        Duration::from_secs(30),
+        || async {
+            secret_value(&s.secrets, "shop-hartslag-token", "token")
+                .await
+                .filter(|t| *t != app_token)
+        },
+    )
+    .await;
+    let new_ping_url = wait_for("a new ping URL", Duration::from_secs(30), || async {
+        secret_value(&s.secrets, "backup-heartbeat", "ping-url")
+            .await
+            .filter(|u| *u != ping_url)
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let status =
+        |r: reqwest::Result<reqwest::Response>| r.map(|r| r.status().as_u16()).unwrap_or(0);
+    assert_eq!(status(http.post(&new_ping_url).send().await), 200);
+    assert_eq!(
+        status(http.post(&ping_url).send().await),
+        404,
+        "the old ping URL still works"
+    );
+    let stats = format!("{}/api/v1/stats", s.op.base);
+    assert_eq!(
+        status(http.get(&stats).bearer_auth(&new_app_token).send().await),
+        200
+    );
+    assert_eq!(
+        status(http.get(&stats).bearer_auth(&app_token).send().await),
+        401
+    );
+    wait_for("TokenReissued Events", Duration::from_secs(30), || async {
+        (events_with_reason(&s.client, &s.ns, "TokenReissued").await >= 2).then_some(())
+    })
+    .await;
 }
