@@ -14,6 +14,19 @@ use super::monitor::engine::{Engine, Monitor, MonitorDef};
 use super::registry::AppInfo;
 use super::spec::{ApplicationRef, HeartbeatSpec};
 
+/// Tickstem's bounds for `interval_secs` (spec section 3): what the API accepts and what
+/// it reports.
+pub const INTERVAL_RANGE: (u64, u64) = (60, 86_400);
+/// Tickstem's bounds for `grace_secs`.
+pub const GRACE_RANGE: (u64, u64) = (0, 86_400);
+
+/// `secs` brought within [`INTERVAL_RANGE`]: the `interval_secs` the API reports for a
+/// monitor whose own cadence lies outside it (a schedule that runs less often than daily,
+/// a manifest's `interval: 7d`), so a client that writes back what it read is not refused.
+pub fn api_interval_secs(secs: u64) -> u64 {
+    secs.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
+}
+
 /// A validated create request.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -55,7 +68,8 @@ pub struct UpdateRequest {
     /// New interval; without `schedule`, it also drops a schedule the monitor had.
     pub interval_secs: Option<u64>,
     /// `Some(Some(_))` puts the monitor on this schedule; `Some(None)` takes it off its
-    /// schedule, onto `interval_secs` or else its schedule's typical gap.
+    /// schedule, onto `interval_secs` or else its schedule's typical gap brought within
+    /// [`INTERVAL_RANGE`].
     pub schedule: Option<Option<Schedule>>,
     /// New grace.
     pub grace_secs: Option<u64>,
@@ -65,13 +79,21 @@ pub struct UpdateRequest {
 
 /// The timing an update leaves a monitor with: its schedule (if any) and its interval in
 /// seconds (a schedule's typical gap when scheduled).
+///
+/// A schedule dropped without an interval leaves its typical gap as the interval, within
+/// [`INTERVAL_RANGE`]: a gap of years (`0 0 29 2 *`) would make an interval monitor the
+/// API itself refuses when a client writes back what it read.
 pub fn updated_cadence(def: &MonitorDef, req: &UpdateRequest) -> (Option<Schedule>, u64) {
     match (&req.schedule, req.interval_secs) {
         (Some(Some(s)), _) => (
             Some(s.clone()),
             u64::try_from(s.typical_gap().as_secs()).unwrap_or(u64::MAX),
         ),
-        (Some(None), i) => (None, i.unwrap_or(def.interval_secs)),
+        (Some(None), Some(i)) => (None, i),
+        (Some(None), None) if def.schedule.is_some() => {
+            (None, api_interval_secs(def.interval_secs))
+        }
+        (Some(None), None) => (None, def.interval_secs),
         (None, Some(i)) => (None, i),
         (None, None) => (def.schedule.clone(), def.interval_secs),
     }
@@ -167,5 +189,21 @@ mod tests {
         assert_eq!(slug("  --Weekly  report-- "), "weekly-report");
         assert_eq!(slug("ÄÖÜ"), "heartbeat");
         assert_eq!(slug(&"x".repeat(80)).len(), 50);
+    }
+
+    #[test]
+    fn reported_intervals_stay_within_tickstems_range() {
+        for (secs, reported) in [
+            (0, 60),
+            (30, 60),
+            (60, 60),
+            (3600, 3600),
+            (86_400, 86_400),
+            (86_401, 86_400),
+            (126_230_400, 86_400),
+            (u64::MAX, 86_400),
+        ] {
+            assert_eq!(api_interval_secs(secs), reported, "{secs}");
+        }
     }
 }

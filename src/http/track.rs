@@ -6,6 +6,11 @@
 //! template (never the raw path: it may hold a token), the method and the status; all three
 //! are moved or copied in, so counting an answer allocates nothing once its label set exists.
 //!
+//! Every label value comes from a closed set, so no client can add series: the route is a
+//! template or `unmatched`, the status is one our handlers chose, and a method outside the
+//! standard ones (any token is a valid HTTP method, and each is answered 405) is counted as
+//! [`OTHER_METHOD`].
+//!
 //! Each route's layer keeps the counter of the first label set it counted (a route
 //! answers one method and status nearly always) and counts a repeat of that set there,
 //! without the family's hashing and lock, which are shared by every route and thread.
@@ -18,7 +23,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
 use axum::response::Response;
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -81,17 +85,38 @@ impl Hash for Route {
     }
 }
 
+/// The `method` label of every request whose method is not one of [`method_label`]'s.
+pub const OTHER_METHOD: &str = "other";
+
+/// The `method` label of a request: the standard methods (RFC 9110's eight and `PATCH`) as
+/// they are spelt, anything else [`OTHER_METHOD`], so made-up methods cannot grow
+/// `/metrics` without bound.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => OTHER_METHOD,
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RequestLabels {
     route: Route,
-    method: Method,
+    method: &'static str,
     status: u16,
 }
 
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         ("route", self.route.as_str()).encode(encoder.encode_label())?;
-        ("method", self.method.as_str()).encode(encoder.encode_label())?;
+        ("method", self.method).encode(encoder.encode_label())?;
         ("status", self.status).encode(encoder.encode_label())
     }
 }
@@ -165,9 +190,9 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        // `MatchedPath` and `Method` clone without allocating.
+        // `MatchedPath` clones without allocating.
         let route = req.extensions().get::<MatchedPath>().cloned();
-        let method = req.method().clone();
+        let method = method_label(req.method());
         TrackFuture {
             inner: self.inner.call(req),
             counts: self.counts.clone(),
@@ -185,7 +210,7 @@ pin_project_lite::pin_project! {
         inner: F,
         counts: Arc<Counts>,
         route: Option<MatchedPath>,
-        method: Method,
+        method: &'static str,
         // Read only for the debug log.
         started: Option<Instant>,
     }
@@ -281,5 +306,58 @@ mod tests {
             5,
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn made_up_methods_and_unknown_paths_add_no_series() {
+        let mut registry = MetricRegistry::default();
+        let metrics = RequestMetrics::register(&mut registry);
+        let router = Router::new()
+            .route("/a/{x}", get(answer))
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(TrackLayer::new(metrics));
+        for i in 0..50 {
+            for (method, uri) in [
+                (format!("FOO{i}"), format!("/a/{i}?status=200")),
+                ("GET".to_string(), format!("/no/such/{i}")),
+                (format!("BAR{i}"), format!("/no/such/{i}")),
+            ] {
+                let req = Request::builder().method(method.as_str()).uri(uri);
+                let res = router
+                    .clone()
+                    .oneshot(req.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                assert!(res.status().is_client_error(), "{method}: {}", res.status());
+            }
+        }
+        let text = crate::core::metrics::encode(&registry);
+        for (labels, count) in [
+            (r#"route="/a/{x}",method="other",status="405""#, 50),
+            (r#"route="unmatched",method="GET",status="404""#, 50),
+            (r#"route="unmatched",method="other",status="404""#, 50),
+        ] {
+            let line = format!("hartslag_http_requests_total{{{labels}}} {count}\n");
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("hartslag_http_requests_total{").count(),
+            3,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_standard_methods_keep_their_names() {
+        for m in [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+        ] {
+            let method = axum::http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), m);
+        }
+        for m in ["get", "FOOA", "PROPFIND", "X"] {
+            let method = axum::http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), OTHER_METHOD, "{m}");
+        }
     }
 }

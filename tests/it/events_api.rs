@@ -899,3 +899,36 @@ async fn weight_sums_past_the_range_of_i64_are_answered_as_plain_integers() {
     assert_eq!(v["application"], "shop");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn events_dated_in_the_last_second_accepted_are_exported() {
+    // The last second a timestamp holds: its fractions were accepted and counted, but the
+    // export could not turn their stored microseconds back into a time and left them out.
+    let s = InProcess::start(&[("apps.yaml", app_manifest("far", "Pacific/Kiritimati"))]).await;
+    let token = s.app_token("far");
+    let dates = [
+        ("9999-12-30T22:00:00Z", "9999-12-30T22:00:00Z"),
+        ("9999-12-30T22:00:00.5Z", "9999-12-30T22:00:00.5Z"),
+        (
+            "9999-12-31T10:00:00.999999999+12:00",
+            "9999-12-30T22:00:00.999999Z",
+        ),
+    ];
+    for (sent, _) in dates {
+        let body = json!({"event": "far", "created_at": sent});
+        assert_eq!(
+            post(&s.base, &token, body).await.0,
+            StatusCode::CREATED,
+            "{sent}"
+        );
+    }
+    let rows = export(&s.base, &token, "").await;
+    let exported: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
+    let stored: Vec<&str> = dates.iter().map(|(_, stored)| *stored).collect();
+    assert_eq!(exported, stored);
+    let total = total_count(&stats(&s.base, &token, "").await);
+    assert_eq!(total, dates.len() as i64);
+    let rows = export(&s.base, &token, "?from=9999-12-30T22:00:00.5Z").await;
+    assert_eq!(rows.len(), 2);
+    s.stop().await;
+}

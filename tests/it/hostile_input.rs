@@ -472,3 +472,50 @@ async fn a_second_server_on_the_same_data_directory_is_told_why_it_cannot_start(
         "{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_state_filter_on_the_status_gets_422_naming_the_accepted_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifests, data) = (dir.path().join("manifests"), dir.path().join("data"));
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("app.yaml"), app_manifest("shop", "UTC")).unwrap();
+    let spec = "  applicationRef:\n    name: shop\n";
+    std::fs::write(
+        manifests.join("hb.yaml"),
+        crate::helpers::heartbeat_manifest("nightly", "1h", "5m", spec),
+    )
+    .unwrap();
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    let token = read_token(&data, "application", "shop");
+    let http = client();
+    let status = |query: &str| {
+        http.get(format!("{}/v1/status?state={query}", server.base))
+            .bearer_auth(&token)
+            .send()
+    };
+    for bad in ["Bogus", "%FF", "down%00", "activ"] {
+        let res = status(bad).await.unwrap();
+        assert_eq!(res.status(), 422, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_default();
+        for accepted in ["New", "Up", "Started", "Late", "Down", "Paused", "failing"] {
+            assert!(error.contains(accepted), "{bad}: {body}");
+        }
+    }
+    // Ours in any case, and Tickstem's words, which group ours (spec section 4).
+    for (query, found) in [
+        ("New", 1),
+        ("new", 1),
+        ("Down", 0),
+        ("active", 1),
+        ("failing", 0),
+        ("paused", 0),
+        ("", 1),
+    ] {
+        let res = status(query).await.unwrap();
+        assert_eq!(res.status(), 200, "{query}");
+        let body: Value = res.json().await.unwrap();
+        let monitors = body["monitors"].as_array().unwrap();
+        assert_eq!(monitors.len(), found, "{query}: {body}");
+    }
+}

@@ -269,3 +269,56 @@ async fn the_management_api_sets_and_reports_schedules() {
     assert_eq!(listed["heartbeats"][0]["schedule"], "0 3 * * *", "{listed}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_rarer_than_daily_reports_and_leaves_an_interval_the_api_accepts() {
+    // `0 0 29 2 *` runs once in four years: its typical gap (126230400 s) was reported as
+    // `interval_secs`, and dropping the schedule left an interval monitor whose interval a
+    // client could not write back (422).
+    let s = InProcess::start(&[("a.yaml", app_manifest("team", "UTC"))]).await;
+    let key = s.app_token("team");
+    let c = reqwest::Client::new();
+    let api = format!("{}/v1/heartbeats", s.base);
+    let send = |method: reqwest::Method, url: String, body: Value| {
+        let req = c.request(method, url).bearer_auth(&key).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for schedule in ["0 0 29 2 *", "@yearly", "0 0 1 */3 *"] {
+        let body = json!({"name": format!("rare {schedule}"), "schedule": schedule});
+        let (status, hb) = send(reqwest::Method::POST, api.clone(), body).await;
+        assert_eq!(status, 201, "{hb}");
+        assert_eq!(hb["interval_secs"], 86_400, "{hb}");
+        let one = format!("{api}/{}", hb["id"].as_str().unwrap());
+        let (status, got) = send(reqwest::Method::GET, one.clone(), Value::Null).await;
+        assert_eq!(
+            (status, &got["interval_secs"]),
+            (200, &json!(86_400)),
+            "{got}"
+        );
+
+        let (status, v) = send(
+            reqwest::Method::PATCH,
+            one.clone(),
+            json!({"schedule": null}),
+        )
+        .await;
+        assert_eq!(
+            (status, &v["schedule"], &v["interval_secs"]),
+            (200, &Value::Null, &json!(86_400)),
+            "{schedule}: {v}"
+        );
+        // What the client read it can write back.
+        let (status, v) = send(
+            reqwest::Method::PATCH,
+            one.clone(),
+            json!({"interval_secs": v["interval_secs"], "grace_secs": v["grace_secs"]}),
+        )
+        .await;
+        assert_eq!((status, &v["interval_secs"]), (200, &json!(86_400)), "{v}");
+    }
+    s.stop().await;
+}

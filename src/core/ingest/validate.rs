@@ -130,10 +130,16 @@ fn as_integer(v: &Value) -> Option<i64> {
 /// A bracketed annotation (`2024-01-17T10:30:00[Europe/Paris]`, RFC 9557) is none of the
 /// contract's forms: jiff reads it and ignores the zone, so the event would be stored at
 /// another instant than its sender meant.
+///
+/// Any fraction of a second is accepted (the contract says so): digits past the ninth, which
+/// jiff does not read, are dropped, and the store keeps microseconds in any case. A leap
+/// second (`23:59:60`, which RFC 3339 allows) is taken as `23:59:59` in every form, as
+/// jiff reads it: the Unix time events are stored in has no second 60.
 pub fn parse_created_at(s: &str) -> Option<Timestamp> {
     if !s.is_ascii() || s.contains('[') {
         return None;
     }
+    let s = &*nanosecond_fraction(s);
     if let Ok(ts) = s.parse::<Timestamp>() {
         return offset_in_range(s).then_some(ts);
     }
@@ -156,6 +162,26 @@ pub fn parse_created_at(s: &str) -> Option<Timestamp> {
     dt.to_zoned(jiff::tz::TimeZone::UTC)
         .ok()
         .map(|z| z.timestamp())
+}
+
+/// `s` with its fraction of a second cut to nine digits (nanoseconds), the most jiff reads.
+/// The fraction is the one run of digits after a `.` or `,` (no other part of an accepted
+/// form holds either). `s` is ASCII.
+fn nanosecond_fraction(s: &str) -> std::borrow::Cow<'_, str> {
+    const DIGITS: usize = 9;
+    let Some(start) = s.find(['.', ',']).map(|dot| dot + 1) else {
+        return s.into();
+    };
+    let digits = s
+        .get(start..)
+        .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
+    if digits <= DIGITS {
+        return s.into();
+    }
+    match (s.get(..start + DIGITS), s.get(start + digits..)) {
+        (Some(kept), Some(rest)) => format!("{kept}{rest}").into(),
+        _ => s.into(),
+    }
 }
 
 /// RFC 3339 offsets stop at ±23:59; jiff also reads ±24 and ±25 hours.
@@ -296,6 +322,28 @@ mod tests {
                 "2024-01-17T10:30:00.123456789-05:00",
                 "2024-01-17T15:30:00.123456789Z",
             ),
+            // Any fraction of a second: past nanoseconds, the digits are dropped.
+            (
+                "2024-01-17T10:30:00.1234567891Z",
+                "2024-01-17T10:30:00.123456789Z",
+            ),
+            (
+                "2024-01-17T10:30:00,99999999999999999999+01:00",
+                "2024-01-17T09:30:00.999999999Z",
+            ),
+            ("2024-01-17T10:30:00.0000000000Z", "2024-01-17T10:30:00Z"),
+            (
+                "2024-01-17 10:30:00.1234567891",
+                "2024-01-17T10:30:00.123456789Z",
+            ),
+            ("2024-01-17T10:30:00.0000000001", "2024-01-17T10:30:00Z"),
+            // A leap second, which RFC 3339 allows, is the second before it in every form:
+            // Unix time has no second 60.
+            ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59Z"),
+            ("2016-12-31T23:59:60.5Z", "2016-12-31T23:59:59.5Z"),
+            ("2017-01-01T00:59:60+01:00", "2016-12-31T23:59:59Z"),
+            ("2016-12-31T23:59:60", "2016-12-31T23:59:59Z"),
+            ("2016-12-31 23:59:60", "2016-12-31T23:59:59Z"),
         ];
         for (input, want) in cases {
             let e = ok(json!({"event": "x", "created_at": input}));
@@ -319,6 +367,10 @@ mod tests {
             "2024-01-17T10:30:00[Europe/Paris]",
             "2024-01-17T10:30:00+01:00[Europe/Paris]",
             "2024-01-17[u-ca=iso8601]",
+            "2024-01-17T10:30:61Z",
+            "2024-01-17T10:30:00.Z",
+            "2024-01-17T10:30:00.1234567891ZZ",
+            "2024-01-17T10:30:00.12345678901.5Z",
         ] {
             let body = err(json!({"event": "x", "created_at": input}));
             assert_eq!(

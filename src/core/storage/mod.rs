@@ -31,6 +31,7 @@ pub use fence::Fence;
 pub use types::{
     AppRecord, Bucket, EventValue, EventWrite, ExportFilter, ExportedEvent, IDEMPOTENCY_WINDOW,
     Idempotency, Outcome, PeriodTallies, StatsReport, Tally, TokenOwner, hour_of,
+    timestamp_from_micros,
 };
 
 pub use monitors::{MonitorRound, MonitorStore, Removal, RoundDone};

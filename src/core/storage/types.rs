@@ -167,7 +167,47 @@ impl Tally {
     }
 }
 
+/// An instant stored as microseconds since the epoch, or `None` for a number no
+/// [`Timestamp`] holds.
+///
+/// Not [`Timestamp::from_microsecond`]: its bound is [`Timestamp::MAX`]'s whole second, so
+/// it refuses every microsecond of the last second a `Timestamp` holds (an event accepted
+/// at `9999-12-30T22:00:00.5Z` could not be read back). Nanoseconds have no such gap.
+pub fn timestamp_from_micros(micros: i64) -> Option<Timestamp> {
+    Timestamp::from_nanosecond(i128::from(micros) * 1000).ok()
+}
+
 /// The hour an instant falls in, as hours since the epoch: the key of hourly buckets.
 pub fn hour_of(ts: Timestamp) -> i64 {
     ts.as_second().div_euclid(3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stored_microsecond_of_a_timestamp_reads_back() {
+        let max_second = Timestamp::MAX.as_second();
+        for ts in [
+            Timestamp::MAX,
+            Timestamp::new(max_second, 500_000_000).unwrap(),
+            Timestamp::new(max_second, 1_000).unwrap(),
+            Timestamp::new(max_second, 0).unwrap(),
+            Timestamp::MIN,
+            Timestamp::UNIX_EPOCH,
+            "2024-01-17T10:30:00.123456Z".parse().unwrap(),
+            "1960-01-17T10:30:00.123456Z".parse().unwrap(),
+        ] {
+            let micros = ts.as_microsecond();
+            let back = timestamp_from_micros(micros).unwrap();
+            assert_eq!(back.as_microsecond(), micros, "{ts}");
+            assert!(
+                back <= ts && ts.duration_since(back).as_micros() < 1,
+                "{ts}"
+            );
+        }
+        assert_eq!(timestamp_from_micros(i64::MAX), None);
+        assert_eq!(timestamp_from_micros(i64::MIN), None);
+    }
 }

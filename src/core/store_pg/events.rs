@@ -291,7 +291,7 @@ impl EventStore for PgEvents {
                 .await?;
             Ok(rows
                 .first()
-                .and_then(|r| Timestamp::from_microsecond(r.get(0)).ok()))
+                .and_then(|r| crate::core::storage::timestamp_from_micros(r.get(0))))
         })
     }
 
@@ -402,9 +402,9 @@ async fn export_pages(
         let mut batch = Vec::with_capacity(rows.len());
         for (at, seq, value) in rows {
             after = (at, seq);
-            match Timestamp::from_microsecond(at) {
-                Ok(at) => batch.push(ExportedEvent { at, value }),
-                Err(_) => {
+            match crate::core::storage::timestamp_from_micros(at) {
+                Some(at) => batch.push(ExportedEvent { at, value }),
+                None => {
                     let corrupt = StorageError::Corrupt {
                         what: "event time".into(),
                         detail: at.to_string(),

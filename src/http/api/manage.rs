@@ -18,7 +18,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
-use crate::core::catalogue::{CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest};
+use crate::core::catalogue::{
+    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, api_interval_secs,
+};
 use crate::core::cron::Schedule;
 use crate::core::monitor::engine::Monitor;
 use crate::core::monitor::state;
@@ -29,10 +31,7 @@ use crate::http::body::read_body;
 use crate::http::error::ApiError;
 use crate::http::path::Segment;
 
-/// Tickstem's bounds for `interval_secs`.
-pub const INTERVAL_RANGE: (u64, u64) = (60, 86_400);
-/// Tickstem's bounds for `grace_secs`.
-pub const GRACE_RANGE: (u64, u64) = (0, 86_400);
+pub use crate::core::catalogue::{GRACE_RANGE, INTERVAL_RANGE};
 
 /// Token bucket per API key: `burst` requests, refilled at `per_sec`.
 #[derive(Debug)]
@@ -183,13 +182,15 @@ fn catalogue_error(e: CatalogueError) -> ApiError {
 }
 
 /// The contract's Heartbeat object. A scheduled monitor reports its schedule's typical
-/// gap as `interval_secs`, so clients that only know intervals still read something true.
+/// gap as `interval_secs`, so clients that only know intervals still read something true;
+/// like every interval it is reported within the contract's 60–86400
+/// ([`api_interval_secs`]), so what a client reads it may also write back.
 pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) -> Value {
     json!({
         "id": m.def.id,
         "name": m.def.display_name().map(str::to_string).unwrap_or_else(|| m.def.name().to_string()),
         "token": token,
-        "interval_secs": m.def.interval_secs,
+        "interval_secs": api_interval_secs(m.def.interval_secs),
         "schedule": m.def.schedule.as_ref().map(Schedule::expression),
         "time_zone": m.def.schedule.as_ref().map(Schedule::zone),
         "grace_secs": m.def.grace_secs,

@@ -286,6 +286,55 @@ pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
     })
 }
 
+/// What `/v1/status?state=` keeps: one of our states, or one of Tickstem's three statuses
+/// (spec section 4: `paused`, `failing`, `active`), which group them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StateFilter {
+    State(state::State),
+    Tickstem(&'static str),
+}
+
+impl StateFilter {
+    fn matches(self, s: state::State) -> bool {
+        match self {
+            StateFilter::State(w) => s == w,
+            StateFilter::Tickstem(w) => s.tickstem_status() == w,
+        }
+    }
+}
+
+/// Tickstem's statuses, as [`state::State::tickstem_status`] spells them.
+const TICKSTEM_STATUSES: [&str; 3] = ["active", "paused", "failing"];
+
+/// The `state` parameter, compared without regard to case; blank means no filter. An
+/// unknown value is a 422 naming the accepted ones, rather than a filter nothing matches.
+fn state_filter(params: &HashMap<String, String>) -> Result<Option<StateFilter>, ApiError> {
+    let Some(wanted) = crate::http::query::text_param(params, "state") else {
+        return Ok(None);
+    };
+    if let Some(s) = state::State::ALL
+        .into_iter()
+        .find(|s| s.as_str().eq_ignore_ascii_case(&wanted))
+    {
+        return Ok(Some(StateFilter::State(s)));
+    }
+    if let Some(t) = TICKSTEM_STATUSES
+        .into_iter()
+        .find(|t| t.eq_ignore_ascii_case(&wanted))
+    {
+        return Ok(Some(StateFilter::Tickstem(t)));
+    }
+    let states: Vec<&str> = state::State::ALL.iter().map(|s| s.as_str()).collect();
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "query parameter state must be one of {} or Tickstem's {}",
+            states.join(", "),
+            TICKSTEM_STATUSES.join(", ")
+        ),
+    ))
+}
+
 async fn status(
     State(state): State<HttpState>,
     headers: HeaderMap,
@@ -297,7 +346,10 @@ async fn status(
         Some(o) if o.kind == TokenKind::Application => Some(o.key),
         _ => return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
     };
-    let wanted_state = params.get("state").map(|s| s.to_ascii_lowercase());
+    let wanted = match state_filter(&params) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     let now = state.core.engine.clock().now();
     let monitors: Vec<Value> = state
         .core
@@ -305,11 +357,7 @@ async fn status(
         .list()
         .iter()
         .filter(|m| scope.is_none() || m.def.application() == scope.as_deref())
-        .filter(|m| {
-            wanted_state
-                .as_deref()
-                .is_none_or(|w| m.state.state.as_str().eq_ignore_ascii_case(w))
-        })
+        .filter(|m| wanted.is_none_or(|w| w.matches(m.state.state)))
         .map(|m| monitor_json(m, now))
         .collect();
     let mut counts = serde_json::Map::new();
@@ -347,6 +395,33 @@ mod tests {
     }
 
     use super::*;
+
+    fn filter(value: &str) -> Result<Option<StateFilter>, ApiError> {
+        state_filter(&HashMap::from([("state".to_string(), value.to_string())]))
+    }
+
+    #[test]
+    fn the_state_filter_takes_our_states_and_tickstems_statuses_only() {
+        use state::State::*;
+        for s in state::State::ALL {
+            assert_eq!(filter(s.as_str()).unwrap(), Some(StateFilter::State(s)));
+            let lower = s.as_str().to_ascii_lowercase();
+            assert_eq!(filter(&lower).unwrap(), Some(StateFilter::State(s)));
+        }
+        assert_eq!(filter(" ").unwrap(), None);
+        let failing = filter("failing").unwrap().unwrap();
+        let active = filter("Active").unwrap().unwrap();
+        let paused = filter("paused").unwrap().unwrap();
+        assert!(failing.matches(Down) && !failing.matches(Late));
+        for s in [New, Up, Started, Late] {
+            assert!(active.matches(s) && !failing.matches(s) && !paused.matches(s));
+        }
+        assert!(paused.matches(Paused) && !active.matches(Paused) && !active.matches(Down));
+        for bad in ["Bogus", "\u{FFFD}", "down,up", "activ"] {
+            let res = filter(bad).unwrap_err().into_response();
+            assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        }
+    }
 
     fn headers(xff: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

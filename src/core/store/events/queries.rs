@@ -140,7 +140,7 @@ impl Store {
         self.visible.wait();
         Ok(self
             .latest_event_micros(app)?
-            .and_then(|m| Timestamp::from_microsecond(m).ok()))
+            .and_then(crate::core::storage::timestamp_from_micros))
     }
 
     /// The newest event time of an application in microseconds: its record, kept by the
