@@ -364,6 +364,53 @@ async fn a_leader_whose_round_the_database_refused_steps_down_and_another_leads_
     assert!(generation(&status) >= 2.0, "{status}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_leaves_the_leader_leading_under_its_generation() {
+    let server = crate::pg::PgServer::start();
+    let url = server.database("restart_keeps_leader");
+    let layout = Layout::on(3, &[], Some(url));
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        replicas.push(layout.start(i, &[]).await);
+    }
+    let leader = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    let before = generation(&crate::helpers::metrics_text(&replicas[leader].base).await);
+
+    // The outage itself is the scenario: every session ends, the lock's included.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.resume();
+    let again = "holding the leader lock again";
+    wait_for(
+        "the leader to take its lock back",
+        Duration::from_secs(30),
+        || {
+            let mut exited = replicas
+                .iter_mut()
+                .filter_map(|r| r.child.try_wait().unwrap().map(|s| (s, r.log_text())));
+            if let Some((status, log)) = exited.next() {
+                panic!("a replica exited ({status}) over a database restart:\n{log}");
+            }
+            let back = replicas[leader].log_text().contains(again);
+            async move { back.then_some(()) }
+        },
+    )
+    .await;
+    let still = the_leader(&replicas.iter().collect::<Vec<_>>(), FAILOVER_WITHIN).await;
+    assert_eq!(still, leader, "{}", replicas[still].log_text());
+    let status = crate::helpers::metrics_text(&replicas[leader].base).await;
+    assert_eq!(generation(&status), before, "{status}");
+    let row = server.psql(layout.database(), "SELECT generation FROM hartslag_leader");
+    assert_eq!(
+        row.trim(),
+        format!("{before}"),
+        "the leader row was taken over"
+    );
+    for r in &mut replicas {
+        assert!(r.child.try_wait().unwrap().is_none(), "{}", r.log_text());
+    }
+}
+
 /// A webhook receiver that records when each request came (and its `event`) and answers
 /// it `hold` later: an attempt stays open that long.
 async fn slow_receiver(

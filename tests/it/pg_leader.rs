@@ -149,21 +149,26 @@ async fn a_leader_whose_lock_session_ends_takes_it_back_unless_another_took_over
     assert!(role.leads());
 
     // This time another replica takes the lock and the leader row first: the leader
-    // learns it lost instead of leading on.
-    end_holder().await;
+    // learns it lost instead of leading on. The holder tries to take its lock back at
+    // once, on a new connection; one already open and trying without a pause gets there
+    // first.
     let other = connect(&url).await;
     let key = hartslag::core::store_pg::elector::LOCK_KEY;
-    crate::helpers::wait_for("the lock to be free", Duration::from_secs(5), || {
-        let other = &other;
-        async move {
-            let row = other
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await
-                .ok()?;
-            row.get::<_, bool>(0).then_some(())
+    end_holder().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = other
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+            .unwrap();
+        if row.get::<_, bool>(0) {
+            break;
         }
-    })
-    .await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never free"
+        );
+    }
     let successor = leader::take_over(&other, "replica-b").await.unwrap();
     assert_eq!(successor, term.generation() + 1);
     let reason = tokio::time::timeout(Duration::from_secs(15), role.until_lost(&mut term))
@@ -183,6 +188,7 @@ async fn a_leader_busy_taking_office_past_the_idle_limit_keeps_its_lock() {
         check_every: Duration::from_millis(500),
         check_within: Duration::from_secs(3),
         idle_limit: Duration::from_secs(2),
+        ..Timing::default()
     };
     let elector = AdvisoryLock::new(url.parse().unwrap(), "replica-a".into(), timing);
     let term = Box::new(elector).campaign().await.unwrap();

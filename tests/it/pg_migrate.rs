@@ -634,3 +634,49 @@ fn migrate_reads_every_flag_from_its_environment_variable_and_the_servers_databa
         "{said}"
     );
 }
+
+/// The directory was used again after it was copied (a start without the database, new
+/// events): a second run refuses, naming the part that changed and when it was copied,
+/// instead of reporting nothing to copy and leaving the new data out; the database is
+/// left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_used_again_after_its_copy_is_refused_by_a_second_run() {
+    let sled = tempfile::tempdir().unwrap();
+    with_services(sled.path(), None, fill).await;
+    let server = crate::pg::shared();
+    let url = server.database("migrate_changed");
+    let first = migrate(sled.path(), &url);
+    assert!(first.status.success(), "{}", text(&first));
+    let count = |sql: &str| server.psql("migrate_changed", sql);
+    let events = count("SELECT count(*) FROM hartslag_events");
+
+    with_services(sled.path(), None, |s| {
+        Box::pin(async move {
+            let shop = s.registry.application("shop/web").unwrap();
+            let utc = TimeZone::UTC;
+            let w = event(shop.num, &utc, Timestamp::now(), "late", 1, None);
+            assert_eq!(s.events.write(w).await.unwrap(), Outcome::Stored);
+        })
+    })
+    .await;
+    // The store closed with its runtime lets go of the directory a moment later.
+    let again = crate::helpers::wait_for(
+        "the sled directory to be free",
+        Duration::from_secs(20),
+        || {
+            let out = migrate(sled.path(), &url);
+            let held = text(&out).contains("in use by a running hartslag");
+            async move { (!held).then_some(out) }
+        },
+    )
+    .await;
+    let said = text(&again);
+    assert!(!again.status.success(), "{said}");
+    assert!(
+        said.contains("changed since its events were copied"),
+        "{said}"
+    );
+    assert!(said.contains("into a new, empty database"), "{said}");
+    assert!(!said.contains("nothing copied"), "{said}");
+    assert_eq!(count("SELECT count(*) FROM hartslag_events"), events);
+}

@@ -1,6 +1,7 @@
 //! The PostgreSQL schema and connection as an operator meets them: migrations run once
 //! however often a process starts, a schema newer than the binary is refused with a clear
-//! error before anything is written, and a URL's password appears in no log line or error.
+//! error before anything is written (and a running replica stops writing once it appears),
+//! and a URL's password appears in no log line or error.
 
 use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::store_pg::{self, DatabaseUrl, PgError};
@@ -165,4 +166,62 @@ async fn a_private_ca_is_trusted_for_the_database_once_given() {
     let refused = open(&url).await.expect_err("an unknown issuer was trusted");
     let text = refused.to_string();
     assert!(text.contains("UnknownIssuer"), "{text}");
+}
+
+/// A release migrated the database while this replica ran: within seconds it refuses to
+/// store events (503 naming the schema) and `/healthz` fails with the same reason, so it
+/// is restarted into the refused start instead of writing rows the new schema does not
+/// expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_replica_refuses_writes_once_the_schema_is_newer() {
+    use std::time::Duration;
+    let server = crate::pg::shared();
+    let url = server.database("schema_newer_running");
+    let files = [("app.yaml", crate::helpers::app_manifest("shop", "UTC"))];
+    let s = crate::helpers::InProcess::start_with(&files, |config| {
+        config.database_url = Some(url.parse().unwrap());
+    })
+    .await;
+    let token = s.app_token("shop");
+    let http = reqwest::Client::new();
+    let post = || async {
+        let res = http
+            .post(format!("{}/api/v1/heartbeat", s.base))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"event": "signup"}))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    };
+    assert_eq!(post().await.0, 201);
+
+    server.psql(
+        "schema_newer_running",
+        "INSERT INTO hartslag_schema_history (version, name, applied_on, checksum) \
+         VALUES (999, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+    );
+    let newer = "version 999, newer than this binary knows";
+    let body =
+        crate::helpers::wait_for("ingest to be refused", Duration::from_secs(20), || async {
+            let (status, body) = post().await;
+            (status != 201).then_some((status, body))
+        })
+        .await;
+    assert_eq!(body.0, 503, "{}", body.1);
+    assert!(body.1.contains(newer), "{}", body.1);
+    let health = http
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let text = health.text().await.unwrap();
+    assert!(text.contains(newer), "{text}");
+    // Nothing is written once it refused.
+    let count = "SELECT count(*) FROM hartslag_events";
+    let stored = server.psql("schema_newer_running", count);
+    assert_eq!(post().await.0, 503);
+    assert_eq!(server.psql("schema_newer_running", count), stored);
+    s.stop().await;
 }

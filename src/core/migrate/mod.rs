@@ -1,8 +1,11 @@
 //! `hartslag migrate --from-sled DIR --to postgres://...`: copies what one sled directory
 //! holds into a PostgreSQL database, part by part ([`rows::Part`]), each part in one
-//! transaction that also records it as copied. So the copy is idempotent: a second run
-//! copies nothing and says so, and a run killed midway copies the part it was in again
-//! from scratch (nothing of it was committed).
+//! transaction that also records it as copied, with a sum of the rows it read
+//! ([`SourceDigest`]). So the copy is idempotent: a second run copies nothing and says
+//! so, and a run killed midway copies the part it was in again from scratch (nothing of it
+//! was committed). A second run first reads every part copied before again, and refuses
+//! (before copying anything) when one no longer matches its sum: the directory was used
+//! again after it was copied, and the database lacks what was written since.
 //!
 //! It refuses a directory a running hartslag holds (sled's lock), and a database that
 //! holds data it did not copy itself: another directory's copy, or rows written by a
@@ -69,6 +72,24 @@ pub enum MigrateError {
         url: String,
         /// What was found.
         what: String,
+    },
+    /// The directory changed after an earlier run copied a part of it.
+    #[error(
+        "the sled directory {dir} changed since its {part} were copied into {url} at {at} ({then} then, {now} now): the database lacks what was written to the directory since, and a part copied once is never copied again. To move the directory as it is now, migrate it again into a new, empty database; to keep using the directory, start hartslag without the database on it (what was written to PostgreSQL since is not in it)"
+    )]
+    Changed {
+        /// The directory.
+        dir: String,
+        /// The part that changed.
+        part: &'static str,
+        /// The database, without its password.
+        url: String,
+        /// When the part was copied.
+        at: Timestamp,
+        /// The part's rows then, as [`SourceDigest::describe`] says it.
+        then: String,
+        /// And now.
+        now: String,
     },
     /// Copying a part failed; nothing of it was kept.
     #[error("copying the {part} failed, nothing of them was kept: {source}")]
@@ -156,7 +177,7 @@ impl std::fmt::Display for Report {
         if !copied_now {
             writeln!(
                 f,
-                "nothing copied: every part was copied from this directory before"
+                "nothing copied: every part was copied from this directory before, and it has not changed since"
             )?;
         }
         write!(
@@ -181,6 +202,7 @@ pub async fn from_sled(from: &Path, to: &DatabaseUrl) -> Result<Report, MigrateE
         url: to.to_string(),
     })?;
     let done = plan(&target, to, &source).await?;
+    unchanged(&store, &done, &dir, to).await?;
     let mut parts = Vec::new();
     for part in Part::ALL {
         if let Some(m) = done.iter().find(|m| m.part == part.name()) {
@@ -284,15 +306,21 @@ async fn copy_part(
     let reader = store.clone();
     let now = Timestamp::now();
     let reading = tokio::task::spawn_blocking(move || {
-        reader.dump(part, now, &mut |rows| tx.blocking_send(rows).is_ok())
+        let mut digest = SourceDigest::default();
+        reader
+            .dump(part, now, &mut |rows| {
+                digest.add(&rows);
+                tx.blocking_send(rows).is_ok()
+            })
+            .map(|()| digest)
     });
     let mut copy = target.begin(part).await.map_err(failed)?;
     while let Some(rows) = rx.recv().await {
         copy.write(rows).await.map_err(failed)?;
     }
     // Everything was read, or the part is not committed.
-    match reading.await {
-        Ok(Ok(())) => {}
+    let digest = match reading.await {
+        Ok(Ok(digest)) => digest,
         Ok(Err(source)) => {
             return Err(MigrateError::Source {
                 dir: dir.to_string(),
@@ -305,6 +333,107 @@ async fn copy_part(
                 source: StoreError::Thread(e.to_string()),
             });
         }
+    };
+    copy.finish(source, &digest.text()).await.map_err(failed)
+}
+
+/// Refuses to go on when a part an earlier run copied (`done`) no longer holds what it
+/// held then. The idempotency keys are not compared: which are within their 24 hours
+/// changes with the clock alone, and a new key comes with a new event.
+async fn unchanged(
+    store: &Store,
+    done: &[Marker],
+    dir: &str,
+    url: &DatabaseUrl,
+) -> Result<(), MigrateError> {
+    for part in Part::ALL {
+        if part == Part::Idempotency {
+            continue;
+        }
+        let Some(marker) = done.iter().find(|m| m.part == part.name()) else {
+            continue;
+        };
+        let Some(then) = &marker.digest else {
+            tracing::warn!(
+                part = part.name(),
+                "copied by an earlier release, which kept no sum of the rows: not checked for changes since"
+            );
+            continue;
+        };
+        let reader = store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut digest = SourceDigest::default();
+            reader
+                .dump(part, Timestamp::now(), &mut |rows| {
+                    digest.add(&rows);
+                    true
+                })
+                .map(|()| digest.text())
+        })
+        .await;
+        let now = match read {
+            Ok(Ok(now)) => now,
+            Ok(Err(source)) => {
+                return Err(MigrateError::Source {
+                    dir: dir.to_string(),
+                    source,
+                });
+            }
+            Err(e) => {
+                return Err(MigrateError::Source {
+                    dir: dir.to_string(),
+                    source: StoreError::Thread(e.to_string()),
+                });
+            }
+        };
+        if &now != then {
+            return Err(MigrateError::Changed {
+                dir: dir.to_string(),
+                part: part.name(),
+                url: url.to_string(),
+                at: marker.finished_at,
+                then: SourceDigest::describe(then),
+                now: SourceDigest::describe(&now),
+            });
+        }
     }
-    copy.finish(source).await.map_err(failed)
+    Ok(())
+}
+
+/// A part's rows summed up: how many, and the sum of each row's SHA-256 (of its debug
+/// form, the port's values as this binary reads them) in four 64-bit lanes, so the order
+/// rows come in plays no part while each row's content and count do.
+#[derive(Debug, Default)]
+struct SourceDigest {
+    rows: u64,
+    sum: [u64; 4],
+}
+
+impl SourceDigest {
+    fn add(&mut self, rows: &[Row]) {
+        use sha2::Digest;
+        for row in rows {
+            let hash = sha2::Sha256::digest(format!("{row:?}").as_bytes());
+            for (lane, chunk) in self.sum.iter_mut().zip(hash.chunks_exact(8)) {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(chunk);
+                *lane = lane.wrapping_add(u64::from_le_bytes(bytes));
+            }
+            self.rows += 1;
+        }
+    }
+
+    /// As stored: `<rows>:<hex>`.
+    fn text(&self) -> String {
+        let hex: String = self.sum.iter().map(|l| format!("{l:016x}")).collect();
+        format!("{}:{hex}", self.rows)
+    }
+
+    /// A stored text for people: the rows it counted.
+    fn describe(text: &str) -> String {
+        match text.split_once(':') {
+            Some((n, _)) => format!("{n} rows"),
+            None => text.to_string(),
+        }
+    }
 }

@@ -68,6 +68,11 @@ pub enum StorageError {
     /// another replica has taken over since it did (see [`Fence`]).
     #[error("refused: {0}")]
     Fenced(String),
+    /// The backend's data is in a form this binary does not know (a newer release
+    /// migrated the database while it ran): nothing more is read or written until a
+    /// restart, which refuses to start on it.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 /// One backend's implementations of the port, as the services hold them. Cheap to clone.

@@ -109,16 +109,13 @@ impl Backend {
                 detail: format!("cannot start the database runtime: {e}"),
             })?;
         let handle = rt.handle().clone();
-        let pool = {
+        let db = {
             let _entered = handle.enter();
-            super::connect::pool(url, super::connect::tls(url)?)?
+            Db::watched(super::connect::pool(url, super::connect::tls(url)?)?, url)
         };
         Ok(Self {
             ctx: Ctx {
-                db: Db {
-                    pool,
-                    url: url.clone(),
-                },
+                db,
                 fence,
                 notices: Arc::default(),
             },

@@ -45,6 +45,9 @@ pub struct Marker {
     pub copied: u64,
     /// When it finished.
     pub finished_at: Timestamp,
+    /// What the part's rows were when copied (migration 7); `None` for a part copied by
+    /// an earlier release.
+    pub digest: Option<String>,
 }
 
 /// The database a migration copies into, on one connection of its own.
@@ -116,8 +119,8 @@ impl Target {
         let rows = self
             .client
             .query(
-                "SELECT source, part, copied, finished_at FROM hartslag_migrations_from_sled \
-                 ORDER BY finished_at",
+                "SELECT source, part, copied, finished_at, digest \
+                 FROM hartslag_migrations_from_sled ORDER BY finished_at",
                 &[],
             )
             .await
@@ -129,6 +132,7 @@ impl Target {
                 part: r.get(1),
                 copied: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
                 finished_at: Timestamp::from_microsecond(r.get(3)).unwrap_or(Timestamp::UNIX_EPOCH),
+                digest: r.get(4),
             })
             .collect())
     }
@@ -376,9 +380,13 @@ impl PartCopy<'_> {
         Ok(())
     }
 
-    /// Ends the part: records it as copied from `source` and commits, all or nothing.
-    /// Returns the rows copied per table.
-    pub async fn finish(mut self, source: &str) -> Result<Vec<(&'static str, u64)>, StorageError> {
+    /// Ends the part: records it as copied from `source`, its rows summed up as `digest`,
+    /// and commits, all or nothing. Returns the rows copied per table.
+    pub async fn finish(
+        mut self,
+        source: &str,
+        digest: &str,
+    ) -> Result<Vec<(&'static str, u64)>, StorageError> {
         self.close().await?;
         self.write_round().await?;
         if self.part == Part::Idempotency {
@@ -411,9 +419,9 @@ impl PartCopy<'_> {
         let now = Timestamp::now().as_microsecond();
         self.tx
             .execute(
-                "INSERT INTO hartslag_migrations_from_sled (source, part, copied, finished_at) \
-                 VALUES ($1, $2, $3, $4)",
-                &[&source, &self.part.name(), &db_id(copied), &now],
+                "INSERT INTO hartslag_migrations_from_sled \
+                 (source, part, copied, finished_at, digest) VALUES ($1, $2, $3, $4, $5)",
+                &[&source, &self.part.name(), &db_id(copied), &now, &digest],
             )
             .await
             .map_err(|e| self.fail(e))?;

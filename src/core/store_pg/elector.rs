@@ -13,7 +13,10 @@
 //! The pool's connections are not used: a pool recycles and replaces connections, and a
 //! lock must not move with them. Waiting replicas try the lock every
 //! [`Timing::retry_every`]; the winner takes the leader row over (the generation every
-//! leader-only write is fenced with, [`super::leader`]).
+//! leader-only write is fenced with, [`super::leader`]), unless the database came back
+//! less than [`Timing::reclaim_grace`] ago: the holder's session ended with the restart,
+//! not with the holder, which is reconnecting to take its lock back, so the winner lets
+//! the lock go again and leaves the row alone until the grace is over.
 //!
 //! The holder proves its session alive with a query every [`Timing::check_every`], from
 //! the moment it wins the lock, in a task of its own: taking office (catching up with the
@@ -21,9 +24,11 @@
 //! [`Timing::idle_limit`], and a session left idle meanwhile would be ended by the server
 //! and the lock handed to another replica. When
 //! that fails (the query takes longer than [`Timing::check_within`], the connection
-//! ends), it reconnects and takes the lock back if, and only if, nobody took the leader
-//! row over meanwhile: a database restart does not cost the leader its leadership, and a
-//! holder whose lock went to another replica learns so and stops. Between the two, its
+//! ends), it reconnects at once and every [`Timing::regain_every`] after, and takes the
+//! lock back if, and only if, nobody took the leader row over meanwhile: a database
+//! restart does not cost the leader its leadership, and a holder whose lock went to
+//! another replica learns so and stops. Finding the lock held is not enough to stop: a
+//! waiting replica may hold it for a moment during the grace; the generation decides. Between the two, its
 //! leader-only writes are refused by the fence if someone else leads. A holder that was
 //! stalled past the idle limit stops at once.
 
@@ -51,6 +56,14 @@ pub struct Timing {
     pub check_within: Duration,
     /// A session idle this long is ended by the server (a stalled holder's lock is freed).
     pub idle_limit: Duration,
+    /// How often a holder whose lock's connection failed tries to take the lock back
+    /// (the first try is at once): more often than waiting replicas try it.
+    pub regain_every: Duration,
+    /// How long after the database (re)started, or this replica's own connection came
+    /// back, a waiting replica that wins the lock leaves the leader row to the replica
+    /// that holds it, which is reconnecting: a database restart ends every session, the
+    /// holder's too, without the holder having gone.
+    pub reclaim_grace: Duration,
 }
 
 impl Default for Timing {
@@ -61,6 +74,8 @@ impl Default for Timing {
             check_every: Duration::from_secs(2),
             check_within: Duration::from_secs(3),
             idle_limit: Duration::from_secs(10),
+            regain_every: Duration::from_millis(250),
+            reclaim_grace: Duration::from_secs(5),
         }
     }
 }
@@ -103,10 +118,16 @@ impl AdvisoryLock {
         Ok(session)
     }
 
-    /// Tries the lock until it is ours, on one connection (a new one after a failure).
+    /// Tries the lock until it is ours, on one connection (a new one after a failure),
+    /// and the leader row may be taken over ([`Timing::reclaim_grace`]).
     async fn win(&self) -> Result<Session, LeadershipError> {
         let mut last_problem: Option<String> = None;
         let mut last_holder: Option<String> = None;
+        // Whether the database was out of reach since this replica last reached it, and
+        // when it came back: the holder may be reconnecting since then.
+        let mut lost = false;
+        let mut back_at: Option<Instant> = None;
+        let mut leaving = false;
         loop {
             let session = match self.connect().await {
                 Ok(s) => s,
@@ -115,14 +136,36 @@ impl AdvisoryLock {
                         tracing::warn!(error = %why, "cannot connect to seek the leadership; retrying");
                         last_problem = Some(why);
                     }
+                    lost = true;
                     tokio::time::sleep(self.timing.retry_every).await;
                     continue;
                 }
             };
+            if std::mem::take(&mut lost) {
+                back_at = Some(Instant::now());
+            }
             loop {
-                match session.try_lock().await {
-                    Ok(true) => return Ok(session),
-                    Ok(false) => {
+                let attempt = match session.try_lock().await {
+                    Ok(true) => match self.reconnecting_holder(&session, back_at).await {
+                        Ok(None) => return Ok(session),
+                        Ok(Some(holder)) => Ok(Some(holder)),
+                        Err(e) => Err(e),
+                    },
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                match attempt {
+                    Ok(Some(holder)) => {
+                        if !std::mem::replace(&mut leaving, true) {
+                            tracing::info!(
+                                leader = %holder,
+                                grace_s = self.timing.reclaim_grace.as_secs(),
+                                "the database came back moments ago; leaving the leader lock to the replica that led while it reconnects"
+                            );
+                        }
+                    }
+                    Ok(None) => {
+                        leaving = false;
                         let holder = session.holder().await;
                         if holder != last_holder {
                             tracing::info!(
@@ -140,6 +183,7 @@ impl AdvisoryLock {
                     }
                     Err(e) => {
                         tracing::warn!(error = %self.url.redact(&describe(&e)), "lost the connection while waiting to lead; reconnecting");
+                        lost = true;
                         break;
                     }
                 }
@@ -148,28 +192,70 @@ impl AdvisoryLock {
         }
     }
 
+    /// Who holds the leader row, if a replica that just won the lock must leave the row
+    /// to it: it led before the database came back less than [`Timing::reclaim_grace`]
+    /// ago (the server's start, or `back_at`, when this replica reached it again), so its
+    /// session ended with the database, and it is reconnecting to take its lock back. On
+    /// `Some` the lock is let go again.
+    async fn reconnecting_holder(
+        &self,
+        session: &Session,
+        back_at: Option<Instant>,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        let grace = self.timing.reclaim_grace;
+        let row = session
+            .client
+            .query_one(
+                "SELECT generation, holder, \
+                 (extract(epoch FROM now() - pg_postmaster_start_time()) * 1000)::bigint \
+                 FROM hartslag_leader WHERE id = 1",
+                &[],
+            )
+            .await?;
+        let (generation, holder, up_ms): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let up = Duration::from_millis(u64::try_from(up_ms).unwrap_or(0));
+        let came_back = up < grace || back_at.is_some_and(|at| at.elapsed() < grace);
+        if generation <= 0 || holder == self.identity || !came_back {
+            return Ok(None);
+        }
+        session.unlock().await?;
+        Ok(Some(holder))
+    }
+
     /// After the lock's connection failed: takes the lock again on a new connection, as
     /// long as nobody took the leader row over meanwhile (`generation` is still current).
-    /// While the database cannot be reached nobody else can take over either, so this
-    /// keeps trying; a restarted database does not cost the leader its leadership.
+    /// Tries at once and every [`Timing::regain_every`], more often than waiting replicas
+    /// try the lock, which leave it to this holder for [`Timing::reclaim_grace`] after the
+    /// database came back. While the database cannot be reached nobody else can take over
+    /// either, so this keeps trying; a restarted database does not cost the leader its
+    /// leadership. A lock held by another session alone does not end it (a waiting replica
+    /// holds it for a moment while it checks the grace): a changed generation does.
     async fn regain(&self, generation: u64) -> Result<Session, String> {
+        let mut session: Option<Session> = None;
+        let mut first = true;
         loop {
-            tokio::time::sleep(self.timing.retry_every).await;
-            let Ok(session) = self.connect().await else {
-                continue;
-            };
-            match session.try_lock().await {
-                Ok(true) => {}
-                Ok(false) => return Err("another replica holds the leader lock".into()),
-                Err(_) => continue,
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(self.timing.regain_every).await;
             }
-            match session.generation().await {
-                Ok(current) if current == generation => return Ok(session),
-                Ok(current) => {
+            let current = match session.take() {
+                Some(s) if s.ended.borrow().is_none() => s,
+                _ => match self.connect().await {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                },
+            };
+            let locked = match current.try_lock().await {
+                Ok(locked) => locked,
+                Err(_) => continue,
+            };
+            match current.generation().await {
+                Ok(now) if now != generation => {
                     return Err(format!(
-                        "another replica led meanwhile (generation {current})"
+                        "another replica holds the leader lock and led meanwhile (generation {now})"
                     ));
                 }
+                Ok(_) if locked => return Ok(current),
+                Ok(_) => session = Some(current),
                 Err(_) => continue,
             }
         }
@@ -243,6 +329,14 @@ impl Session {
         }
     }
 
+    /// Lets go of the lock taken once by [`Session::try_lock`].
+    async fn unlock(&self) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+            .await
+            .map(|_| ())
+    }
+
     async fn try_lock(&self) -> Result<bool, tokio_postgres::Error> {
         let row = self
             .client
@@ -279,14 +373,15 @@ async fn hold(elector: AdvisoryLock, mut session: Session, generation: u64) -> S
             Liveness::Stalled(why) => return why,
             Liveness::Failed(why) => why,
         };
+        // A session that only stopped answering may still hold the lock on the server;
+        // closing it lets the server free the lock for the new one.
+        drop(session);
         tracing::warn!(reason = %elector.url.redact(&failure), "the connection holding the leader lock failed; taking the lock back unless another replica took over");
-        match elector.regain(generation).await {
-            Ok(back) => {
-                tracing::info!(generation, "holding the leader lock again");
-                session = back;
-            }
+        session = match elector.regain(generation).await {
+            Ok(back) => back,
             Err(why) => return format!("{failure}; {why}"),
-        }
+        };
+        tracing::info!(generation, "holding the leader lock again");
     }
 }
 

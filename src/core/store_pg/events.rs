@@ -368,6 +368,7 @@ impl EventStore for PgEvents {
     }
 
     fn health(&self) -> Result<(), StorageError> {
+        self.db.schema.check()?;
         self.writer.health()
     }
 

@@ -1,12 +1,20 @@
 //! The schema: versioned SQL files in `migrations/postgres`, compiled into the binary and
 //! applied at start by refinery. Replicas starting together take turns (an advisory lock
 //! held for the run), and a database whose schema is newer than this binary knows is
-//! refused before anything is written: an older replica left running during an upgrade
-//! stops instead of writing rows the new schema does not expect.
+//! refused before anything is written. A replica already running when a newer release
+//! migrates the database learns it from [`SchemaWatch`], which looks every
+//! [`CHECK_EVERY`]: from then on the process refuses every use of the database (each
+//! request that needs it is answered 503 naming the schema, and `/healthz` fails, so it
+//! is restarted into the refused start) instead of writing rows the new schema does not
+//! expect.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{DatabaseUrl, PgError, describe};
+use crate::core::storage::StorageError;
 
 refinery::embed_migrations!("migrations/postgres");
 
@@ -46,16 +54,21 @@ pub(super) async fn run(url: &DatabaseUrl, tls: MakeRustlsConnect) -> Result<(),
     done
 }
 
-async fn migrate_locked(
-    client: &mut tokio_postgres::Client,
-    url: &DatabaseUrl,
-) -> Result<(), PgError> {
-    let known = migrations::runner()
+/// The newest migration this binary has.
+fn known_version() -> i64 {
+    migrations::runner()
         .get_migrations()
         .iter()
         .map(|m| i64::from(m.version()))
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+async fn migrate_locked(
+    client: &mut tokio_postgres::Client,
+    url: &DatabaseUrl,
+) -> Result<(), PgError> {
+    let known = known_version();
     if let Some(found) = applied_version(client, url).await?
         && found > known
     {
@@ -92,4 +105,54 @@ async fn applied_version(
     let query = format!("SELECT max(version)::bigint FROM {HISTORY}");
     let row = client.query_one(&query, &[]).await.map_err(sql)?;
     Ok(row.get(0))
+}
+
+/// How often a running process looks at the schema's version: one indexed `max()` over a
+/// table of a few rows.
+pub(super) const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether the database's schema has become newer than this binary knows while it ran;
+/// shared by everything that queries the database through one pool. Cheap to clone.
+#[derive(Clone, Default)]
+pub(super) struct SchemaWatch(Arc<OnceLock<String>>);
+
+impl SchemaWatch {
+    /// `Err` naming the schema once it is newer than this binary knows: nothing more is
+    /// read or written in this process.
+    pub(super) fn check(&self) -> Result<(), StorageError> {
+        match self.0.get() {
+            Some(why) => Err(StorageError::Incompatible(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Looks at the schema's version on `pool` every [`CHECK_EVERY`], until it is newer
+    /// than this binary knows or every handle of this watch is gone. A failed look (the
+    /// database away) is tried again at the next.
+    pub(super) fn spawn(&self, pool: deadpool_postgres::Pool, url: DatabaseUrl) {
+        let weak = Arc::downgrade(&self.0);
+        tokio::spawn(watch(weak, pool, url));
+    }
+}
+
+async fn watch(seen: Weak<OnceLock<String>>, pool: deadpool_postgres::Pool, url: DatabaseUrl) {
+    let known = known_version();
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let Some(seen) = seen.upgrade() else {
+            return;
+        };
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        let Ok(Some(found)) = applied_version(&client, &url).await else {
+            continue;
+        };
+        if found > known {
+            let refusal = PgError::Newer { found, known }.to_string();
+            tracing::error!(error = %refusal, "the database was migrated past this binary while it ran; refusing every request that needs the database (/healthz fails) until a restart");
+            let _ = seen.set(refusal);
+            return;
+        }
+    }
 }

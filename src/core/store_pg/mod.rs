@@ -90,10 +90,7 @@ pub async fn open_sharing(
     let tls = connect::tls(url)?;
     migrate::run(url, tls.clone()).await?;
     let pool = connect::pool(url, tls.clone())?;
-    let db = Db {
-        pool,
-        url: url.clone(),
-    };
+    let db = Db::watched(pool, url);
     let writer = writer::Writer::spawn(db.clone(), commits.clone());
     writer.register_metrics(metrics);
     commits.register(metrics);
@@ -217,11 +214,26 @@ fn hostname() -> Option<String> {
 pub(crate) struct Db {
     pool: deadpool_postgres::Pool,
     url: DatabaseUrl,
+    /// Refuses every use of the database once its schema is newer than this binary.
+    schema: migrate::SchemaWatch,
 }
 
 impl Db {
-    /// A connection from the pool; `Unavailable` when none can be had in time.
+    /// The pool over `url`, its schema watched (needs a tokio runtime).
+    fn watched(pool: deadpool_postgres::Pool, url: &DatabaseUrl) -> Self {
+        let schema = migrate::SchemaWatch::default();
+        schema.spawn(pool.clone(), url.clone());
+        Self {
+            pool,
+            url: url.clone(),
+            schema,
+        }
+    }
+
+    /// A connection from the pool; `Unavailable` when none can be had in time,
+    /// `Incompatible` once the schema is newer than this binary knows.
     async fn client(&self) -> Result<deadpool_postgres::Client, StorageError> {
+        self.schema.check()?;
         self.pool
             .get()
             .await

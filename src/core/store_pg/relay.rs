@@ -201,6 +201,7 @@ fn clone_error(e: &StorageError) -> StorageError {
         },
         StorageError::Stopped => StorageError::Stopped,
         StorageError::Fenced(s) => StorageError::Fenced(s.clone()),
+        StorageError::Incompatible(s) => StorageError::Incompatible(s.clone()),
     }
 }
 

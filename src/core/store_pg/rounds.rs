@@ -204,6 +204,7 @@ async fn run(
                     let err = match &e {
                         StorageError::Fenced(_) => StorageError::Fenced(text.clone()),
                         StorageError::Unavailable(_) => StorageError::Unavailable(text.clone()),
+                        StorageError::Incompatible(_) => StorageError::Incompatible(text.clone()),
                         _ => StorageError::NotStored(text.clone()),
                     };
                     (job.done)(Err(err));

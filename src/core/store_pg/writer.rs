@@ -229,6 +229,7 @@ async fn commit(db: &Db, jobs: Vec<Job>, failures: &mut Failures, commits: &Comm
             for job in jobs {
                 let err = match &e {
                     StorageError::Unavailable(_) => StorageError::Unavailable(text.clone()),
+                    StorageError::Incompatible(_) => StorageError::Incompatible(text.clone()),
                     _ => StorageError::NotStored(text.clone()),
                 };
                 let _ = job.ack.send(Err(err));

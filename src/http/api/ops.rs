@@ -15,7 +15,8 @@ use crate::http::HttpState;
 const PROBE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Liveness: fails once storage, the monitor engine or the alert outbox cannot write (after
-/// a failed write to disk), or once the ingest writer or the engine thread is dead or stuck,
+/// a failed write to disk, or once a shared database's schema is newer than this binary),
+/// or once the ingest writer or the engine thread is dead or stuck,
 /// so the kubelet restarts the pod and the restart replays the commit log.
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     match state.core.health(PROBE_WITHIN).await {
