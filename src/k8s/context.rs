@@ -257,6 +257,7 @@ pub struct Context {
     /// AlertChannels, ClusterAlertChannels and the Secrets they read.
     pub channels: super::channels::ChannelCaches,
     recorder: Recorder,
+    reporter: Reporter,
 }
 
 impl Context {
@@ -275,7 +276,8 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             core,
             config,
             client,
@@ -304,16 +306,34 @@ impl Context {
         note: String,
         action: &str,
     ) {
-        let reference = ObjectReference {
-            api_version: Some("hartslag.dev/v1alpha1".into()),
-            kind: Some(about.kind.as_str().into()),
-            // Cluster-scoped objects (ClusterAlertChannel) have no namespace.
-            namespace: (!about.namespace.is_empty()).then(|| about.namespace.clone()),
-            name: Some(about.name.clone()),
-            uid,
-            ..Default::default()
+        self.event_on(&reference(about, uid), type_, reason, note, action)
+            .await;
+    }
+
+    /// Publishes a Kubernetes Event about `about` as one of its own, never folded into an
+    /// earlier one of the same reason: a series keeps the first Event's note, and every
+    /// state change has its own (which Job failed, with what exit code).
+    pub async fn event_each(
+        &self,
+        about: &Target,
+        uid: Option<String>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let reference = reference(about, uid);
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
         };
-        self.event_on(&reference, type_, reason, note, action).await;
+        let once = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = once.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, name = %about.name, reason, "cannot publish a Kubernetes Event");
+        }
     }
 
     /// Publishes a Kubernetes Event about any object (such as a CronJob); failures are
@@ -346,6 +366,19 @@ impl Context {
         };
         let s = self.caches.secret(namespace, &secret)?;
         super::secrets::token_in(&s)
+    }
+}
+
+/// The reference an Event about `about` names.
+fn reference(about: &Target, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("hartslag.dev/v1alpha1".into()),
+        kind: Some(about.kind.as_str().into()),
+        // Cluster-scoped objects (ClusterAlertChannel) have no namespace.
+        namespace: (!about.namespace.is_empty()).then(|| about.namespace.clone()),
+        name: Some(about.name.clone()),
+        uid,
+        ..Default::default()
     }
 }
 

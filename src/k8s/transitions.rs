@@ -48,7 +48,7 @@ pub async fn publish(ctx: Arc<Context>) {
         } else {
             EventType::Normal
         };
-        ctx.event(&target, uid, type_, change.to.as_str(), note, "StateChange")
+        ctx.event_each(&target, uid, type_, change.to.as_str(), note, "StateChange")
             .await;
     }
 }

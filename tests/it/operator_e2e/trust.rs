@@ -179,3 +179,47 @@ async fn a_deleted_token_secret_is_issued_again_at_once() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn every_state_change_is_an_event_with_its_own_note() {
+    let s = Scenario::start("e2e-trust-events").await;
+    apply(
+        &s.ns,
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: export\nspec:\n  interval: 1h\n",
+    );
+    let url = wait_for("the ping URL", Duration::from_secs(30), || {
+        secret_value(&s.secrets, "export-heartbeat", "ping-url")
+    })
+    .await;
+    let http = reqwest::Client::new();
+    // Two failures of the same kind with a success between: two Down Events.
+    for (code, state) in [(3, "Down"), (0, "Up"), (5, "Down")] {
+        let sent = http.post(format!("{url}?exit_code={code}")).send().await;
+        assert_eq!(sent.map(|r| r.status().as_u16()).unwrap_or(0), 200);
+        status_where(&s.hbs, "export", state, Duration::from_secs(30), |st| {
+            st["state"] == state
+        })
+        .await;
+    }
+    let notes = wait_for("two Down Events", Duration::from_secs(30), || async {
+        let api: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(s.client.clone(), &s.ns);
+        let notes: Vec<String> = api
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Down"))
+            .filter_map(|e| e.note)
+            .collect();
+        (notes.len() == 2).then_some(notes)
+    })
+    .await;
+    assert!(
+        notes.iter().any(|n| n.contains("exit code 3"))
+            && notes.iter().any(|n| n.contains("exit code 5")),
+        "{notes:?}"
+    );
+}
