@@ -322,18 +322,8 @@ impl Context {
         note: String,
         action: &str,
     ) {
-        let reference = reference(about, uid);
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
         let once = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(e) = once.publish(&ev, &reference).await {
-            tracing::warn!(error = %e, name = %about.name, reason, "cannot publish a Kubernetes Event");
-        }
+        publish(&once, &reference(about, uid), type_, reason, note, action).await;
     }
 
     /// Publishes a Kubernetes Event about any object (such as a CronJob); failures are
@@ -346,16 +336,7 @@ impl Context {
         note: String,
         action: &str,
     ) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, reference).await {
-            tracing::warn!(error = %e, kind = ?reference.kind, name = ?reference.name, reason, "cannot publish a Kubernetes Event");
-        }
+        publish(&self.recorder, reference, type_, reason, note, action).await;
     }
 
     /// The token a Heartbeat's Secret holds, read from the watch cache.
@@ -366,6 +347,27 @@ impl Context {
         };
         let s = self.caches.secret(namespace, &secret)?;
         super::secrets::token_in(&s)
+    }
+}
+
+/// Publishes `note` through `recorder`; failures are logged, not fatal.
+async fn publish(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::warn!(error = %e, kind = ?reference.kind, name = ?reference.name, reason, "cannot publish a Kubernetes Event");
     }
 }
 

@@ -464,21 +464,11 @@ async fn announce(ctx: &Context, hb: &Heartbeat, ns: &str, secret: &str, news: T
 /// Stops monitoring `key` until it is accepted again: its token stops working at once,
 /// and its monitor is suspended with its state and history.
 async fn suspend(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
-    if let Some(m) = ctx.core.engine.get(key) {
-        ctx.core
-            .registry
-            .remove_token(m.def.token)
-            .await
-            .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
-        ctx.core
-            .engine
-            .suspend(key)
-            .await
-            .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
-        // A slot in the Application's quota is free.
-        if let Some(app) = m.def.application() {
-            ctx.triggers.quota_freed(ctx, app);
-        }
+    // A slot in the Application's quota is free.
+    if let Some(m) = stop_monitoring(ctx, key, true).await?
+        && let Some(app) = m.def.application()
+    {
+        ctx.triggers.quota_freed(ctx, app);
     }
     Ok(())
 }
@@ -486,24 +476,37 @@ async fn suspend(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
 /// Stops monitoring `key` for good: its token stops working at once and its monitor goes
 /// (its data stays when its `deletionPolicy` is `Retain`), with what a suspension kept.
 pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
-    let Some(m) = ctx.core.engine.get(key) else {
-        return ctx
-            .core
-            .engine
-            .remove(key)
-            .await
-            .map_err(|e| ReconcileError::core(Step::Cleanup, e));
+    stop_monitoring(ctx, key, false).await.map(|_| ())
+}
+
+/// Revokes `key`'s token and suspends (`keep`) or removes its monitor; returns the monitor
+/// it stopped, if there was one.
+async fn stop_monitoring(
+    ctx: &Context,
+    key: &str,
+    keep: bool,
+) -> Result<Option<crate::core::monitor::engine::Monitor>, ReconcileError> {
+    let failed = |e| ReconcileError::core(Step::Cleanup, e);
+    let engine = &ctx.core.engine;
+    let Some(m) = engine.get(key) else {
+        // What an earlier suspension kept goes with a removal.
+        if !keep {
+            engine.remove(key).await.map_err(failed)?;
+        }
+        return Ok(None);
     };
     ctx.core
         .registry
         .remove_token(m.def.token)
         .await
         .map_err(|e| ReconcileError::core(Step::Cleanup, e))?;
-    ctx.core
-        .engine
-        .remove(key)
-        .await
-        .map_err(|e| ReconcileError::core(Step::Cleanup, e))
+    let stopped = if keep {
+        engine.suspend(key).await
+    } else {
+        engine.remove(key).await
+    };
+    stopped.map_err(failed)?;
+    Ok(Some(m))
 }
 
 /// Clean-up after a deletion: the token and monitor go (the monitor's data stays when its
