@@ -155,7 +155,7 @@ async fn start_job(client: &Client, ns: &str, cron_job: &str, job: &str) {
 }
 
 /// Notes of the Events about `kind/name` with `reason`.
-async fn event_notes(
+pub(super) async fn event_notes(
     client: &Client,
     ns: &str,
     kind: &str,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::cronjobs::cron_job;
+use super::cronjobs::{cron_job, event_notes};
 use super::harness::{Scenario, apply, condition, events_with_reason, hb_status, kubectl};
 use super::harness::{secret_value, status_where};
 use crate::helpers::wait_for;
@@ -19,13 +19,18 @@ fn refused_for(status: &serde_json::Value, reason: &str) -> bool {
     condition(status, "Ready").is_some_and(|c| c["status"] == "False" && c["reason"] == reason)
 }
 
-/// The status code a ping to the Heartbeat's ping URL gets.
-async fn ping(secrets: &Api<Secret>, hb: &str) -> u16 {
+/// The Heartbeat's ping URL, once its Secret holds one.
+async fn ping_url(secrets: &Api<Secret>, hb: &str) -> String {
     let secret = format!("{hb}-heartbeat");
-    let url = wait_for("the ping URL", Duration::from_secs(30), || {
+    wait_for("the ping URL", Duration::from_secs(30), || {
         secret_value(secrets, &secret, "ping-url")
     })
-    .await;
+    .await
+}
+
+/// The status code a ping to the Heartbeat's ping URL gets.
+async fn ping(secrets: &Api<Secret>, hb: &str) -> u16 {
+    let url = ping_url(secrets, hb).await;
     reqwest::Client::new()
         .post(url)
         .send()
@@ -132,10 +137,7 @@ async fn a_deleted_token_secret_is_issued_again_at_once() {
         secret_value(&s.secrets, "shop-hartslag-token", "token")
     })
     .await;
-    let ping_url = wait_for("the ping URL", Duration::from_secs(30), || {
-        secret_value(&s.secrets, "backup-heartbeat", "ping-url")
-    })
-    .await;
+    let ping_url = ping_url(&s.secrets, "backup").await;
     for secret in ["shop-hartslag-token", "backup-heartbeat"] {
         kubectl(&["delete", "secret", secret, "-n", &s.ns]);
     }
@@ -188,10 +190,7 @@ async fn every_state_change_is_an_event_with_its_own_note() {
         &s.ns,
         "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: export\nspec:\n  interval: 1h\n",
     );
-    let url = wait_for("the ping URL", Duration::from_secs(30), || {
-        secret_value(&s.secrets, "export-heartbeat", "ping-url")
-    })
-    .await;
+    let url = ping_url(&s.secrets, "export").await;
     let http = reqwest::Client::new();
     // Two failures of the same kind with a success between: two Down Events.
     for (code, state) in [(3, "Down"), (0, "Up"), (5, "Down")] {
@@ -203,17 +202,7 @@ async fn every_state_change_is_an_event_with_its_own_note() {
         .await;
     }
     let notes = wait_for("two Down Events", Duration::from_secs(30), || async {
-        let api: Api<k8s_openapi::api::events::v1::Event> =
-            Api::namespaced(s.client.clone(), &s.ns);
-        let notes: Vec<String> = api
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter(|e| e.reason.as_deref() == Some("Down"))
-            .filter_map(|e| e.note)
-            .collect();
+        let notes = event_notes(&s.client, &s.ns, "Heartbeat", "export", "Down").await;
         (notes.len() == 2).then_some(notes)
     })
     .await;
