@@ -59,16 +59,51 @@ impl BodyTemplate {
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Render(e.to_string()))?;
         let t = Self { env };
+        t.no_unknown_variables()?;
+        let quoted = source.contains("\"{{");
         for kind in [NoticeKind::Down, NoticeKind::Recovery] {
             let mut f = sample(kind);
-            t.render(&f)?;
+            t.render(&f).map_err(|e| hint_quotes(e, quoted))?;
             f.application = None;
             f.exit_code = None;
             f.last_ping_at = None;
             f.runbook_url = None;
-            t.render(&f)?;
+            t.render(&f).map_err(|e| hint_quotes(e, quoted))?;
         }
         Ok(t)
+    }
+
+    /// Refuses a variable the template reads but nothing defines, naming it and the
+    /// documented ones: minijinja's own error says only "undefined value".
+    fn no_unknown_variables(&self) -> Result<(), TemplateError> {
+        let Ok(template) = self.env.get_template(NAME) else {
+            return Ok(());
+        };
+        let documented = variables(&sample(NoticeKind::Down));
+        let documented = documented.as_object();
+        // `loop` is defined by every `for`; `range`, `dict` and the like are minijinja's.
+        let known = |name: &str| {
+            name == "loop"
+                || self.env.globals().any(|(g, _)| g == name)
+                || documented.is_some_and(|d| d.contains_key(name))
+        };
+        let mut unknown: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !known(v))
+            .collect();
+        unknown.sort();
+        match unknown.as_slice() {
+            [] => Ok(()),
+            names => Err(TemplateError::Render(format!(
+                "unknown variable{} {}; the variables are {}",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                documented
+                    .map(|d| d.keys().map(String::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+            ))),
+        }
     }
 
     /// The body for this notice, checked to be JSON.
@@ -79,6 +114,17 @@ impl BodyTemplate {
             .and_then(|t| t.render(minijinja::Value::from(Serde(&variables(facts)))))
             .map_err(|e| TemplateError::Render(e.to_string()))?;
         serde_json::from_str(&text).map_err(|e| TemplateError::NotJson(e.to_string()))
+    }
+}
+
+/// A template that writes `"{{ x }}"` renders `""value""`: each variable prints its own
+/// quotes. The JSON error alone does not say so.
+fn hint_quotes(e: TemplateError, quoted: bool) -> TemplateError {
+    match e {
+        TemplateError::NotJson(m) if quoted => TemplateError::NotJson(format!(
+            "{m} (each variable prints a JSON value with its own quotes: write {{{{ name }}}}, not \"{{{{ name }}}}\")"
+        )),
+        e => e,
     }
 }
 
@@ -112,8 +158,12 @@ mod tests {
         let t = BodyTemplate::new(
             r#"{"text": "{{ state }}: " , "monitor": {{ name }}, "who": {{ display_name }}, "code": {{ exit_code }}, "last": {{ last_ping }}, "url": {{ dashboard_url }}}"#,
         );
-        // A string literal around a variable is two literals: refused at definition.
-        assert!(matches!(t, Err(TemplateError::NotJson(_))), "{t:?}");
+        // A string literal around a variable is two literals: refused at definition, saying
+        // why.
+        assert!(
+            matches!(&t, Err(TemplateError::NotJson(m)) if m.contains("write {{ name }}, not \"{{ name }}\"")),
+            "{t:?}"
+        );
         let t = BodyTemplate::new(
             r#"{"text": {{ state ~ ": " ~ name }}, "who": {{ display_name }}, "code": {{ exit_code }}, "last": {{ last_ping }}, "url": {{ dashboard_url }}}"#,
         )
@@ -131,8 +181,21 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused_when_defined_with_a_reason() {
-        let unknown = BodyTemplate::new(r#"{"x": {{ nmae }}}"#).unwrap_err();
-        assert!(unknown.to_string().contains("undefined"), "{unknown}");
+        let unknown = BodyTemplate::new(r#"{"x": {{ nmae }}, "y": {{ stat }}}"#).unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .contains("unknown variables nmae, stat; the variables are "),
+            "{unknown}"
+        );
+        assert!(unknown.to_string().contains("display_name"), "{unknown}");
+        // Names a template defines itself, and minijinja's own functions, are no unknowns.
+        let own = r#"{% set n = name %}{"x": [{% for i in range(2) %}{{ n }}{% if not loop.last %},{% endif %}{% endfor %}]}"#;
+        assert!(BodyTemplate::new(own).is_ok());
+        // What the static look cannot see (an attribute of a variable) fails at the sample
+        // render.
+        let late = BodyTemplate::new(r#"{"x": {{ name.nope }}}"#);
+        assert!(late.is_err(), "{late:?}");
         let syntax = BodyTemplate::new(r#"{"x": {{ name }"#).unwrap_err();
         assert!(syntax.to_string().contains("syntax error"), "{syntax}");
         let endless = BodyTemplate::new(

@@ -42,24 +42,52 @@ pub enum ManifestError {
         message: String,
     },
     /// Two objects of one kind share a name.
-    #[error("{kind} {name:?} is defined twice ({first} and {second})")]
+    #[error("{kind} {name:?} is defined twice ({first} and {second}){why}")]
     Duplicate {
         /// Kind.
         kind: String,
         /// Name.
         name: String,
-        /// First file.
-        first: PathBuf,
-        /// Second file.
-        second: PathBuf,
+        /// Where the first is: its file and namespace.
+        first: String,
+        /// Where the second is.
+        second: String,
+        /// Why the two collide, when their namespaces differ.
+        why: &'static str,
     },
 }
+
+/// The fields of Kubernetes' `ObjectMeta` besides `name` and `namespace`: accepted and
+/// ignored, so a manifest saved with `kubectl get -o yaml` loads as it is.
+const IGNORED_METADATA: &[&str] = &[
+    "labels",
+    "annotations",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "generateName",
+    "selfLink",
+];
+
+/// The top-level fields of a custom resource besides those read; `status` is what a cluster
+/// wrote, ignored like the metadata it adds.
+const IGNORED_TOP_LEVEL: &[&str] = &["status"];
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawMeta {
     name: Option<String>,
     namespace: Option<String>,
+    /// Every other key: a misspelt `namespce` would otherwise put the object in `default`
+    /// without a word.
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +98,31 @@ struct RawDoc {
     metadata: Option<RawMeta>,
     #[serde(default)]
     spec: Option<serde_json::Value>,
+    /// Every other key: a misspelt `specs` would otherwise leave the object on defaults.
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+/// Refuses the keys of `other` that are not in `ignored`, naming them as `at.key`.
+fn no_unknown_keys(
+    other: &std::collections::BTreeMap<String, serde::de::IgnoredAny>,
+    ignored: &[&str],
+    at: &str,
+    known: &str,
+) -> Result<(), String> {
+    let unknown: Vec<String> = other
+        .keys()
+        .filter(|k| !ignored.contains(&k.as_str()))
+        .map(|k| format!("{at}{k}"))
+        .collect();
+    match unknown.as_slice() {
+        [] => Ok(()),
+        [one] => Err(format!("unknown field {one} (misspelt? {known})")),
+        many => Err(format!(
+            "unknown fields {} (misspelt? {known})",
+            many.join(", ")
+        )),
+    }
 }
 
 /// One object from a manifest file.
@@ -160,7 +213,19 @@ fn add_document(
     if api != API_VERSION {
         return Err(format!("apiVersion must be {API_VERSION}, found {api:?}"));
     }
+    no_unknown_keys(
+        &doc.other,
+        IGNORED_TOP_LEVEL,
+        "",
+        "an object has apiVersion, kind, metadata and spec",
+    )?;
     let meta = doc.metadata.ok_or("metadata.name is required")?;
+    no_unknown_keys(
+        &meta.other,
+        IGNORED_METADATA,
+        "metadata.",
+        "metadata has name and namespace, and Kubernetes' own fields such as labels",
+    )?;
     let name = meta.name.unwrap_or_default();
     if !valid_name(&name) {
         return Err(format!(
@@ -363,17 +428,34 @@ fn check_channel_names(m: &Manifests) -> Result<(), ManifestError> {
     Ok(())
 }
 
+/// `first` and `second` share a name: the error naming where both are.
+fn duplicate<S>(kind: &str, first: &Object<S>, second: &Object<S>) -> ManifestError {
+    let cluster = kind == "ClusterAlertChannel";
+    let place = |o: &Object<S>| match cluster {
+        true => o.source.display().to_string(),
+        false => format!("{} in namespace {}", o.source.display(), o.namespace),
+    };
+    ManifestError::Duplicate {
+        kind: kind.into(),
+        name: second.name.clone(),
+        first: place(first),
+        second: place(second),
+        why: if cluster || first.namespace == second.namespace {
+            ""
+        } else {
+            ": in standalone mode a name is unique across namespaces, since token files and ping URL files are named after it"
+        },
+    }
+}
+
+/// Refuses two objects of one kind with one name, whatever their namespaces: their token
+/// files (`tokens/<kind>-<name>.token`) would be one file.
 fn check_duplicates<S>(kind: &str, objects: &[Object<S>]) -> Result<(), ManifestError> {
     // By name in a map: a directory of many thousand manifests is checked in one pass.
     let mut seen: std::collections::HashMap<&str, &Object<S>> = Default::default();
     for a in objects {
         if let Some(b) = seen.insert(a.name.as_str(), a) {
-            return Err(ManifestError::Duplicate {
-                kind: kind.into(),
-                name: a.name.clone(),
-                first: b.source.clone(),
-                second: a.source.clone(),
-            });
+            return Err(duplicate(kind, b, a));
         }
     }
     Ok(())
@@ -419,12 +501,7 @@ pub fn load_dir(dir: &Path, min_interval: SpecDuration) -> Result<Manifests, Man
             .iter()
             .find(|b| b.name == a.name && b.namespace == a.namespace)
         {
-            return Err(ManifestError::Duplicate {
-                kind: "AlertChannel".into(),
-                name: a.name.clone(),
-                first: b.source.clone(),
-                second: a.source.clone(),
-            });
+            return Err(duplicate("AlertChannel", b, a));
         }
     }
     check_channel_names(&out)?;
@@ -577,10 +654,53 @@ mod tests {
         let e = load_dir(dir.path(), MIN_INTERVAL).unwrap_err().to_string();
         assert!(
             e.starts_with("Heartbeat \"sync\" is defined twice")
-                && e.contains("a.yaml")
-                && e.contains("c.yaml"),
+                && e.contains("a.yaml in namespace default")
+                && e.contains("c.yaml in namespace default")
+                && !e.contains("unique across namespaces"),
             "{e}"
         );
+        // In two namespaces the names still collide, and the message says why.
+        std::fs::write(
+            dir.path().join("c.yaml"),
+            hb("sync").replace("name: sync", "name: sync\n  namespace: team-b"),
+        )
+        .unwrap();
+        let e = load_dir(dir.path(), MIN_INTERVAL).unwrap_err().to_string();
+        assert!(
+            e.contains("a.yaml in namespace default and ")
+                && e.contains("c.yaml in namespace team-b")
+                && e.contains("a name is unique across namespaces, since token files"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_outside_spec_is_refused_and_kubernetes_own_fields_are_not() {
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\n  namespce: prod\nspec:\n  interval: 5m\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("document 1: unknown field metadata.namespce (misspelt?"),
+            "{e}"
+        );
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\nspecs:\n  interval: 5m\n  paused: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "unknown field specs (misspelt? an object has apiVersion, kind, metadata and spec)"
+            ),
+            "{e}"
+        );
+        let e = parse("apiVersion: hartslag.dev/v1alpha1\nkind: Application\nmetadata:\n  name: a\nspecs: {}\nextra: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown fields extra, specs"), "{e}");
+        // What `kubectl get -o yaml` writes loads as it is.
+        let saved = "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: a\n  namespace: prod\n  labels: {team: x}\n  annotations: {a: b}\n  uid: 0a1b\n  resourceVersion: \"42\"\n  generation: 3\n  creationTimestamp: \"2026-12-01T00:00:00Z\"\n  finalizers: [hartslag.dev/cleanup]\n  managedFields: [{manager: kubectl}]\nspec:\n  interval: 5m\nstatus:\n  state: Up\n";
+        let m = parse(saved).unwrap();
+        assert_eq!(m.heartbeats[0].namespace, "prod");
+        assert_eq!(m.heartbeats[0].spec.interval().as_secs(), 300);
     }
 
     #[test]
@@ -686,7 +806,9 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("AlertChannel x: spec.webhook.template: undefined value"),
+            e.contains(
+                "AlertChannel x: spec.webhook.template: unknown variable nope; the variables are"
+            ),
             "{e}"
         );
     }

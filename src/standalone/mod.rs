@@ -34,13 +34,27 @@ pub enum StandaloneError {
     /// The core failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// An object's token file cannot be used.
+    #[error("{source_file}: {object}: {cause}")]
+    ObjectTokenFile {
+        /// The manifest file defining the object.
+        source_file: String,
+        /// Which object.
+        object: String,
+        /// Why.
+        cause: tokens::TokenFileError,
+    },
     /// A Heartbeat names an Application that is not defined.
     #[error(
-        "Heartbeat {heartbeat}: spec.applicationRef names Application {application:?}, which is not defined in the manifests"
+        "{source_file}: Heartbeat {heartbeat}: spec.applicationRef names Application {application:?}, which is not defined in namespace {namespace} of the manifests"
     )]
     UnknownApplication {
+        /// The manifest file defining the Heartbeat.
+        source_file: String,
         /// Heartbeat name.
         heartbeat: String,
+        /// Its namespace, where the Application is looked for.
+        namespace: String,
         /// Referenced name.
         application: String,
     },
@@ -219,7 +233,12 @@ impl Apply<'_> {
             "application",
             &app.name,
             app.spec.token_file.as_deref(),
-        )?;
+        )
+        .map_err(|cause| StandaloneError::ObjectTokenFile {
+            source_file: app.source.display().to_string(),
+            object: format!("Application {}", app.name),
+            cause,
+        })?;
         self.core
             .registry
             .upsert_application(&app.namespace, &app.name, app.spec.clone(), token.hash())
@@ -273,7 +292,12 @@ impl Apply<'_> {
             hb.spec.token_file.as_deref(),
             self.config.base_url(),
         )
-        .await?;
+        .await
+        .map_err(|cause| StandaloneError::ObjectTokenFile {
+            source_file: hb.source.display().to_string(),
+            object: format!("Heartbeat {}", hb.name),
+            cause,
+        })?;
         let key = object_key(&hb.namespace, &hb.name);
         let existing = self.core.engine.get(&key);
         if let Some(api) = existing.as_ref().filter(|e| e.def.origin == Origin::Api) {
@@ -351,7 +375,9 @@ impl Apply<'_> {
         {
             Some(app) => Ok(Some(app)),
             None => Err(StandaloneError::UnknownApplication {
+                source_file: hb.source.display().to_string(),
                 heartbeat: hb.name.clone(),
+                namespace: hb.namespace.clone(),
                 application: r.name.clone(),
             }),
         }

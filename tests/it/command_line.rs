@@ -172,6 +172,43 @@ fn a_missing_manifests_directory_is_named_and_leaves_no_data_directory() {
     assert!(!data.exists(), "a data directory was made: {err}");
 }
 
+#[test]
+fn a_broken_reference_is_refused_naming_the_file_and_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, data) = (dir.path().join("m"), dir.path().join("data"));
+    std::fs::create_dir(&m).unwrap();
+    let head = "apiVersion: hartslag.dev/v1alpha1\n";
+    std::fs::write(
+        m.join("jobs.yaml"),
+        format!("{head}kind: Heartbeat\nmetadata:\n  name: a\n  namespace: team-a\nspec:\n  applicationRef:\n    name: nope\n"),
+    )
+    .unwrap();
+    let args = standalone(&m, &data, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("jobs.yaml: Heartbeat a: spec.applicationRef names Application \"nope\", which is not defined in namespace team-a"),
+        "{err}"
+    );
+    std::fs::remove_file(m.join("jobs.yaml")).unwrap();
+    std::fs::write(
+        m.join("apps.yaml"),
+        format!(
+            "{head}kind: Application\nmetadata:\n  name: shop\nspec:\n  tokenFile: nope.token\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&args, &[]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("apps.yaml: Application shop: token file") && err.contains("nope.token"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_manifests_directory_does_not_revoke_every_token() {
     let dir = tempfile::tempdir().unwrap();
