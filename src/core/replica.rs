@@ -577,6 +577,7 @@ mod tests {
             hold_deadlines: false,
             top_events: 10,
             database: None,
+            installation: "standalone".into(),
             fence: Fence::follower(),
         };
         let metrics = &mut crate::core::metrics::MetricRegistry::default();

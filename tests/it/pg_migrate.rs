@@ -41,6 +41,7 @@ async fn open(dir: PathBuf, database: Option<DatabaseUrl>, deadlines: bool) -> S
             Fence::sole()
         },
         database,
+        installation: "standalone".into(),
     };
     crate::helpers::wait_for(
         "the sled directory to be free",

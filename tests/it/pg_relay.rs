@@ -42,6 +42,7 @@ async fn services(dir: &Path, url: &str, fence: Fence) -> Services {
         hold_deadlines: false,
         top_events: 10,
         database: Some(url.parse().unwrap()),
+        installation: "standalone".into(),
         fence,
     };
     Services::open(&config, &mut MetricRegistry::default())

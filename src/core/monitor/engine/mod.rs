@@ -677,6 +677,7 @@ mod tests {
             hold_deadlines: true,
             top_events: 10,
             database: None,
+            installation: "standalone".into(),
             fence: Fence::sole(),
         };
         let core = Services::open(&config, &mut MetricRegistry::default())
