@@ -263,6 +263,17 @@ impl Services {
         self.replica.ping(key, input).await
     }
 
+    /// Why storage refuses every use until a restart, when it does: the shared
+    /// database's schema became newer than this binary knows. Answers name it, since a
+    /// retry will not help (a change refused by a replica that does not lead would
+    /// otherwise be told to retry).
+    pub fn storage_refusal(&self) -> Option<StorageError> {
+        match self.events.health() {
+            Err(e @ StorageError::Incompatible(_)) => Some(e),
+            _ => None,
+        }
+    }
+
     /// Whether this replica leads: only then may monitors be changed through it.
     pub fn leads(&self) -> bool {
         self.replica.leads()
