@@ -324,8 +324,9 @@ mod tests {
         }
     }
 
-    /// The debug text of a token hash shows its first four bytes only, so a sum over it
-    /// missed an Application whose token changed; the stable form tells them apart.
+    /// The debug text of a token hash shows its first four bytes only, so rows whose
+    /// hashes differ past them summed alike in the debug form; the stable form tells them
+    /// apart.
     #[test]
     fn the_stable_sum_tells_apart_rows_whose_debug_text_is_the_same() {
         for (a, b) in [
