@@ -55,7 +55,17 @@ pub struct ServerConfig {
     /// PostgreSQL for all the data (`data_dir` is then unused); `None` keeps it in
     /// `data_dir`.
     pub database_url: Option<crate::core::store_pg::DatabaseUrl>,
+    /// The name of the installation this process belongs to, which a shared database
+    /// records so that another installation's replicas refuse to use it
+    /// (`--installation`); `None`: the front end's default ([`STANDALONE_INSTALLATION`],
+    /// or the operator's Lease).
+    pub installation: Option<String>,
 }
+
+/// The installation name of a standalone process given none: every standalone replica of
+/// one installation gets the same one without being told, as an upgrade needs (a database
+/// without a name is claimed by the first replica, and the others must match it).
+pub const STANDALONE_INSTALLATION: &str = "standalone";
 
 impl ServerConfig {
     /// Defaults for `listen` and `data_dir`, as the CLI documents them.
@@ -82,6 +92,7 @@ impl ServerConfig {
             metrics_top_events: crate::core::ingest::counts::DEFAULT_TOP_EVENTS,
             database_url: None,
             elect_leader: false,
+            installation: None,
         }
     }
 
@@ -101,6 +112,10 @@ impl ServerConfig {
             hold_deadlines: self.hold_deadlines,
             top_events: self.metrics_top_events,
             database: self.database_url.clone(),
+            installation: self
+                .installation
+                .clone()
+                .unwrap_or_else(|| STANDALONE_INSTALLATION.to_string()),
             fence: if self.elect_leader && self.database_url.is_some() {
                 crate::core::storage::Fence::follower()
             } else {

@@ -113,6 +113,12 @@ struct Common {
     /// database beside the system's roots (CloudNativePG: its `<cluster>-ca` Secret's ca.crt).
     #[arg(long, env = "HARTSLAG_DATABASE_CA_FILE")]
     database_ca_file: Option<PathBuf>,
+    /// The name of this installation, which the database (--database-url) records: a
+    /// replica of another installation refuses to start on it rather than remove this
+    /// one's objects. Default: `standalone`, or the operator's Lease as
+    /// `<lease-namespace>/<lease-name>`.
+    #[arg(long, env = "HARTSLAG_INSTALLATION", value_parser = installation)]
+    installation: Option<String>,
     /// Base URL written into issued ping URLs, http:// or https:// (default http://<listen>).
     #[arg(long, env = "HARTSLAG_EXTERNAL_URL", value_parser = external_url)]
     external_url: Option<String>,
@@ -242,6 +248,7 @@ impl Common {
             Some(url) if !url.is_empty() => Some(with_ca(url.parse()?, &self.database_ca_file)),
             _ => None,
         };
+        c.installation = self.installation.clone();
         c.outbox.concurrency = self.alert_concurrency.max(1);
         c.outbox.policy = hartslag::core::alert::policy::PolicyConfig {
             flapping_notices: self.alert_flapping_notices,
@@ -339,6 +346,18 @@ fn external_url(text: &str) -> Result<String, String> {
             "{text:?} is not an http:// or https:// URL with a host, such as https://hartslag.example.com"
         )),
     }
+}
+
+/// `--installation`: a name people recognise in an error, at most 253 characters (a
+/// Kubernetes namespace and name fit), without control characters.
+fn installation(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() || t.chars().count() > 253 || t.chars().any(char::is_control) {
+        return Err(format!(
+            "{text:?} is not an installation name: 1 to 253 characters without control characters, such as hartslag/hartslag or standalone"
+        ));
+    }
+    Ok(t.to_string())
 }
 
 /// A CIDR range, or a single address as a range of one.

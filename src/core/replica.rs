@@ -31,7 +31,12 @@ pub enum PingError {
     /// No monitor under the key.
     #[error("heartbeat not found")]
     NotFound,
-    /// Neither the engine nor the relay could take it; the client should retry.
+    /// The store failed or refused it (the relay's insert, or the engine's round): which
+    /// failure, so the answer can name it (the database unreachable, its schema newer).
+    #[error("{0}")]
+    Storage(StorageError),
+    /// Neither the engine nor the relay could take it for another reason (the engine
+    /// stopped, or this replica stopped leading on the way); the client should retry.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -77,6 +82,7 @@ impl Replica {
             return match self.engine.ping(key, input).await {
                 Ok(outcome) => Ok(outcome),
                 Err(EngineError::NotFound) => Err(PingError::NotFound),
+                Err(EngineError::Write(e) | EngineError::Storage(e)) => Err(PingError::Storage(e)),
                 // Deposed between the check and the engine (the process is about to stop):
                 // the client retries, with a replica that relays it or the new leader.
                 Err(e) => Err(PingError::Unavailable(e.to_string())),
@@ -90,7 +96,7 @@ impl Replica {
         relay
             .post(key.to_string(), at, input)
             .await
-            .map_err(|e| PingError::Unavailable(e.to_string()))?;
+            .map_err(PingError::Storage)?;
         Ok(if paused {
             PingOutcome::Paused
         } else {
@@ -577,6 +583,7 @@ mod tests {
             hold_deadlines: false,
             top_events: 10,
             database: None,
+            installation: "standalone".into(),
             fence: Fence::follower(),
         };
         let metrics = &mut crate::core::metrics::MetricRegistry::default();

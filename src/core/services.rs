@@ -47,6 +47,10 @@ pub struct ServicesConfig {
     /// PostgreSQL for everything (events, applications, the token index, monitors and
     /// the alert outbox) instead of the data directory, which is then not opened.
     pub database: Option<DatabaseUrl>,
+    /// The installation these services belong to: a database records the first one to
+    /// open it, and refuses the others ([`crate::core::store_pg::claim`]). Unused with the
+    /// data directory.
+    pub installation: String,
     /// The generation this process leads under, which the leader-only writes to a shared
     /// database carry; [`Fence::sole`] with the data directory. A replica that does not
     /// lead writes no monitor rounds and holds its deadlines: it relays its pings and
@@ -144,6 +148,10 @@ impl Services {
                 (Some(store), monitor_storage, None)
             }
             Some(url) => {
+                // Before anything is written: a replica of another installation would
+                // remove this one's objects.
+                let holder = crate::core::store_pg::holder();
+                crate::core::store_pg::claim(url, &config.installation, &holder).await?;
                 let stores = open_pg_monitors(url, &config.fence).await?;
                 (None, stores.storage(), Some(stores.commits))
             }
@@ -253,6 +261,17 @@ impl Services {
     /// leader if it does not; resolves once durable either way.
     pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, PingError> {
         self.replica.ping(key, input).await
+    }
+
+    /// Why storage refuses every use until a restart, when it does: the shared
+    /// database's schema became newer than this binary knows. Answers name it, since a
+    /// retry will not help (a change refused by a replica that does not lead would
+    /// otherwise be told to retry).
+    pub fn storage_refusal(&self) -> Option<StorageError> {
+        match self.events.health() {
+            Err(e @ StorageError::Incompatible(_)) => Some(e),
+            _ => None,
+        }
     }
 
     /// Whether this replica leads: only then may monitors be changed through it.
@@ -400,6 +419,7 @@ mod tests {
             hold_deadlines: false,
             top_events: 10,
             database: None,
+            installation: "standalone".into(),
             fence: Fence::sole(),
         };
         Services::open(&config, &mut MetricRegistry::default())

@@ -356,6 +356,14 @@ fn lease_settings(config: &OperatorConfig, scope: &Scope) -> LeaseSettings {
     settings
 }
 
+/// The installation an operator given no `--installation` belongs to: its Lease, as
+/// `<namespace>/<name>`, which every replica of one installation shares and two
+/// installations in one cluster cannot (the chart names both after its release).
+fn default_installation(config: &OperatorConfig) -> String {
+    let (namespace, name) = &config.lease;
+    format!("{namespace}/{name}")
+}
+
 /// Resolves once `stop` turns true.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -499,7 +507,10 @@ async fn start(
 /// database are awaited); `/readyz` turns ready once the watch caches are complete and
 /// what vanished during downtime is removed. Monitor deadlines are held until then. With a
 /// database shared by replicas, see [`run_replica`].
-pub async fn run(config: OperatorConfig) -> Result<(), OperatorError> {
+pub async fn run(mut config: OperatorConfig) -> Result<(), OperatorError> {
+    if config.server.installation.is_none() {
+        config.server.installation = Some(default_installation(&config));
+    }
     let port = bind_early(config.server.listen, config.server.http).await?;
     let (stop_tx, stop) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);

@@ -287,6 +287,12 @@ objs, _ = render({"database": {"existingSecret": "events-app", "existingSecretKe
 expect(not [o for o in find(objs, "Secret") if o["metadata"]["name"].endswith("-database")], "no Secret of the chart's with an existing one")
 ref = env(find(objs, "Deployment")[0])["HARTSLAG_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
 expect(ref == {"name": "events-app", "key": "uri"}, f"an existing Secret (CloudNativePG's app Secret) under its key: {ref}")
+e = env(find(objs, "Deployment")[0])
+expect(e.get("HARTSLAG_INSTALLATION", {}).get("value") == "ops/hs-hartslag", f"the installation the database records is <namespace>/<fullname>, as the operator's Lease: {e.get('HARTSLAG_INSTALLATION')}")
+objs, _ = render({"database": {"existingSecret": "events-app", "installation": "ops/hartslag"}})
+e = env(find(objs, "Deployment")[0])
+expect(e.get("HARTSLAG_INSTALLATION", {}).get("value") == "ops/hartslag", f"database.installation names it (a renamed release): {e.get('HARTSLAG_INSTALLATION')}")
+expect("HARTSLAG_INSTALLATION" not in env(find(render({})[0], "Deployment")[0]), "no installation name without a database")
 objs, _ = render({"database": {"existingSecret": "events-app"}, "networkPolicy": {"enabled": True, "apiServerCIDRs": ["10.0.0.1"], "databaseTo": [{"podSelector": {"matchLabels": {"cnpg.io/cluster": "events"}}}]}})
 egress = find(objs, "NetworkPolicy")[0]["spec"]["egress"]
 db_rules = [r for r in egress if rule_ports(r) == [(5432, "TCP")]]

@@ -90,6 +90,16 @@ fn wrong_flags_and_variables_are_refused_in_one_line_naming_them() {
             "contradict each other",
         ),
         (
+            vec!["--installation", " "],
+            vec![],
+            "is not an installation name",
+        ),
+        (
+            vec![],
+            vec![("HARTSLAG_INSTALLATION", "team\na")],
+            "is not an installation name",
+        ),
+        (
             vec![],
             vec![("HARTSLAG_LOG", "hartslag=loud")],
             "HARTSLAG_LOG \"hartslag=loud\" is not a log filter",

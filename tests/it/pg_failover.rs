@@ -88,6 +88,21 @@ impl Layout {
         std::fs::read_to_string(path).unwrap().trim().to_string()
     }
 
+    /// The manifests directory every replica reads.
+    pub fn manifests(&self) -> &std::path::Path {
+        &self.manifests
+    }
+
+    /// Replica `i`'s data directory.
+    pub fn data(&self, i: usize) -> &std::path::Path {
+        &self.data[i]
+    }
+
+    /// The URL of the database the replicas share.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// The token file `file` of replica `i` (`admin.token`, `application-shop.token`, ...).
     pub fn token_file(&self, i: usize, file: &str) -> PathBuf {
         self.data[i].join("tokens").join(file)

@@ -41,6 +41,7 @@ async fn open(dir: PathBuf, database: Option<DatabaseUrl>, deadlines: bool) -> S
             Fence::sole()
         },
         database,
+        installation: "standalone".into(),
     };
     crate::helpers::wait_for(
         "the sled directory to be free",
@@ -679,4 +680,105 @@ async fn a_directory_used_again_after_its_copy_is_refused_by_a_second_run() {
     assert!(said.contains("into a new, empty database"), "{said}");
     assert!(!said.contains("nothing copied"), "{said}");
     assert_eq!(count("SELECT count(*) FROM hartslag_events"), events);
+}
+
+/// The sum of `part` of the sled directory `dir` in the first release's debug form, as
+/// that release recorded it.
+async fn debug_form_sum(dir: &Path, part: hartslag::core::migrate::rows::Part) -> String {
+    use hartslag::core::migrate::digest::{Form, SourceDigest};
+    use hartslag::core::store::{Store, StoreOptions};
+    let dir = dir.to_path_buf();
+    crate::helpers::wait_for(
+        "the sled directory to open",
+        Duration::from_secs(20),
+        || {
+            let dir = dir.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let store = Store::open(&dir, &StoreOptions::default()).ok()?;
+                    let mut digest = SourceDigest::new(Form::Debug);
+                    store
+                        .dump(part, Timestamp::now(), &mut |rows| {
+                            digest.add(&rows);
+                            true
+                        })
+                        .unwrap();
+                    Some(digest.text())
+                })
+                .await
+                .unwrap()
+            }
+        },
+    )
+    .await
+}
+
+/// Runs `hartslag migrate` once the sled directory is free (a store closed a moment ago
+/// lets go of it a moment later).
+async fn migrate_when_free(from: &Path, to: &str) -> Output {
+    crate::helpers::wait_for(
+        "the sled directory to be free",
+        Duration::from_secs(20),
+        || {
+            let out = migrate(from, to);
+            let held = text(&out).contains("in use by a running hartslag");
+            async move { (!held).then_some(out) }
+        },
+    )
+    .await
+}
+
+/// The first release of migration 7 recorded each part's sum over the rows' debug text,
+/// which can change with the build for the same rows. A later run still compares such a
+/// sum in its own form, and once it matched records the part's sum in the stable form
+/// (`v2:`), which releases compute alike; a sum in the first form that does not match is
+/// refused with a note that the release may be the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sum_recorded_in_the_first_form_is_checked_in_it_and_recorded_again_in_the_stable_one() {
+    use hartslag::core::migrate::rows::Part;
+    let sled = tempfile::tempdir().unwrap();
+    with_services(sled.path(), None, fill).await;
+    let server = crate::pg::shared();
+    let db = "migrate_first_form";
+    let url = server.database(db);
+    let first = migrate(sled.path(), &url);
+    assert!(first.status.success(), "{}", text(&first));
+    let recorded = |part: &str| {
+        server.psql(
+            db,
+            &format!("SELECT digest FROM hartslag_migrations_from_sled WHERE part = '{part}'"),
+        )
+    };
+    let stable = recorded("events");
+    assert!(stable.starts_with("v2:"), "{stable}");
+
+    let debug = debug_form_sum(sled.path(), Part::Events).await;
+    assert!(!debug.starts_with("v2:"), "{debug}");
+    let set = |digest: &str| {
+        server.psql(
+            db,
+            &format!(
+                "UPDATE hartslag_migrations_from_sled SET digest = '{digest}' WHERE part = 'events'"
+            ),
+        )
+    };
+    set(&debug);
+    let again = migrate_when_free(sled.path(), &url).await;
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("nothing copied"), "{}", text(&again));
+    assert_eq!(recorded("events"), stable);
+
+    let rows = stable.split(':').nth(1).unwrap();
+    set(&format!("{rows}:{}", "0".repeat(64)));
+    let refused = migrate_when_free(sled.path(), &url).await;
+    let said = text(&refused);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("changed since its events were copied"),
+        "{said}"
+    );
+    assert!(
+        said.contains("in a form that can differ between releases"),
+        "{said}"
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use hartslag::core::metrics::MetricRegistry;
 use hartslag::core::monitor::engine::{DefRecord, MonitorDef, PingInput, PingKind, PingOutcome};
 use hartslag::core::replica::PingError;
-use hartslag::core::storage::{Fence, Storage};
+use hartslag::core::storage::{Fence, Storage, StorageError};
 use hartslag::core::token::TokenHash;
 use hartslag::core::{Services, ServicesConfig};
 
@@ -42,6 +42,7 @@ async fn services(dir: &Path, url: &str, fence: Fence) -> Services {
         hold_deadlines: false,
         top_events: 10,
         database: Some(url.parse().unwrap()),
+        installation: "standalone".into(),
         fence,
     };
     Services::open(&config, &mut MetricRegistry::default())
@@ -154,7 +155,9 @@ async fn a_replica_that_does_not_lead_answers_a_ping_once_it_is_in_the_relay() {
     server.stop();
     let started = std::time::Instant::now();
     match core.ping("default/a", ping("lost")).await {
-        Err(PingError::Unavailable(why)) => assert!(why.contains("database"), "{why}"),
+        Err(PingError::Storage(e @ StorageError::Unavailable(_))) => {
+            assert!(e.to_string().contains("database"), "{e}")
+        }
         other => panic!("a ping the database could not take was answered {other:?}"),
     }
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -523,4 +526,96 @@ async fn a_round_applying_a_relayed_ping_another_round_applied_is_refused() {
         matches!(&again, Err(StorageError::NotStored(m)) if m.contains("applied by another round")),
         "{again:?}"
     );
+}
+
+/// What a client of the HTTP API is told when the database fails a replica: a follower's
+/// ping during a database outage is refused naming the database as unreachable (its log
+/// alone said so), and once a newer release migrated the schema, pings on a follower and
+/// on the leader, and a monitor change on either, are refused naming the schema's version
+/// and this binary's, not with "retry" (no retry helps until an operator acts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_a_refused_ping_or_change_names_what_failed_in_the_database() {
+    use crate::helpers::{InProcess, app_manifest, heartbeat_manifest, read_token};
+    let server = hartslag_pg_server();
+    let url = server.database("relay_refusals");
+    let files = vec![
+        ("a.yaml", app_manifest("team", "UTC")),
+        (
+            "hb.yaml",
+            heartbeat_manifest("nightly", "1h", "5m", "  applicationRef:\n    name: team\n"),
+        ),
+    ];
+    let s = InProcess::start_with(&files, |c| c.database_url = Some(url.parse().unwrap())).await;
+    let fence = s.core.replica.fence().clone();
+    let generation = fence.generation().unwrap();
+    fence.depose();
+    let c = reqwest::Client::new();
+    let token = read_token(&s.data, "heartbeat", "nightly");
+    let ping_url = format!("{}/v1/heartbeats/{token}/ping", s.base);
+    let ping = || async {
+        let res = c.post(&ping_url).send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    };
+    assert_eq!(ping().await.0, 200);
+
+    server.stop();
+    let (status, body) = ping().await;
+    assert_eq!(status, 503, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        error["error"],
+        "the ping could not be recorded: the database is unreachable or failing; retry later"
+    );
+    server.resume();
+    wait_for(
+        "pings to be taken again",
+        Duration::from_secs(30),
+        || async { (ping().await.0 == 200).then_some(()) },
+    )
+    .await;
+
+    server.psql(
+        "relay_refusals",
+        "INSERT INTO hartslag_schema_history (version, name, applied_on, checksum) \
+         VALUES (999, 'from_the_future', '2030-01-01T00:00:00Z', '0')",
+    );
+    let newer = "the database schema is at version 999, newer than this binary knows";
+    let (status, body) = wait_for("pings to be refused", Duration::from_secs(20), || async {
+        let (status, body) = ping().await;
+        (status != 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("the ping could not be recorded: {newer}")),
+        "{body}"
+    );
+    let api = format!("{}/v1/heartbeats", s.base);
+    let key = s.app_token("team");
+    let create = || async {
+        let res = c
+            .post(&api)
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"name": "new", "interval_secs": 3600}))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    };
+    for role in ["a follower", "the leader"] {
+        let (status, body) = create().await;
+        assert_eq!(status, 503, "{role}: {body}");
+        assert!(
+            body.contains(&format!("the heartbeat cannot be changed: {newer}")),
+            "{role}: {body}"
+        );
+        fence.lead(generation);
+    }
+    let (status, body) = ping().await;
+    assert_eq!(status, 503, "the leader: {body}");
+    assert!(
+        body.contains(&format!("the ping could not be recorded: {newer}")),
+        "the leader: {body}"
+    );
+    s.stop().await;
 }

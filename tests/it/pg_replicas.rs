@@ -359,3 +359,114 @@ async fn two_writers_at_once_never_pass_the_names_limit_or_store_a_key_twice() {
     assert_eq!(outcomes, [Outcome::Replayed, Outcome::Stored]);
     assert_eq!(writers[0].events.event_count(1).await.unwrap(), 11);
 }
+
+/// What one installation keeps in the database and another would remove: Applications
+/// (their records), token hashes, monitors (their definitions) and the API monitors' ping
+/// tokens, one line each.
+fn installation_rows(server: &PgServer, database: &str) -> Vec<String> {
+    [
+        "SELECT string_agg(key || ' ' || md5(record), ',' ORDER BY key) FROM hartslag_apps",
+        "SELECT string_agg(encode(hash, 'hex') || ' ' || owner, ',' ORDER BY hash) FROM hartslag_tokens",
+        "SELECT string_agg(key || ' ' || md5(record), ',' ORDER BY key) FROM hartslag_monitors",
+        "SELECT string_agg(key || ' ' || md5(token), ',' ORDER BY key) FROM hartslag_ping_tokens",
+    ]
+    .iter()
+    .map(|sql| server.psql(database, sql))
+    .collect()
+}
+
+/// Runs `hartslag standalone` on `manifests` and `data` with `args` until it exits; its
+/// exit code and output. Panics if it is still running after 30 s (it started: a replica
+/// that should have refused the database serves on it).
+async fn run_until_exit(manifests: &Path, data: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let log = data.with_extension("refused.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(crate::helpers::binary())
+        .args(["standalone", "--manifests"])
+        .arg(manifests)
+        .arg("--data")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0", "--allow-private-webhooks"])
+        .args(args)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the replica of the other installation did not refuse the database:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+    )
+}
+
+/// Two installations pointed at one database (each with its own manifests, tokens and
+/// installation name): the first claims the database, and a replica of the second refuses
+/// to start, exit code 1 and both names in its message, whether the first runs or not
+/// (when it does not, the second would lead and apply its own manifests, removing the
+/// first's Heartbeat and replacing its Application's token). Nothing of the first's is
+/// removed, and it starts again on its database as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_another_installation_refuses_the_database_and_removes_nothing() {
+    use crate::helpers::heartbeat_manifest;
+    use crate::pg_failover::Layout;
+    let server = crate::pg::shared();
+    let first = Layout::new(1, &[heartbeat_manifest("nightly", "1h", "5m", "")]);
+    let database = first.database().to_string();
+    let mut a = first.start(0, &["--installation", "team-a"]).await;
+    let claimed = "SELECT name FROM hartslag_installation";
+    assert_eq!(server.psql(&database, claimed), "team-a");
+    let key = std::fs::read_to_string(first.token_file(0, "application-shop.token")).unwrap();
+    let created = reqwest::Client::new()
+        .post(format!("{}/v1/heartbeats", a.base))
+        .bearer_auth(key.trim())
+        .json(&json!({"name": "From the API", "interval_secs": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let second = Layout::on(1, &[], Some(first.url().to_string()));
+    let refuse = |why: &'static str| {
+        let (manifests, data) = (second.manifests(), second.data(0));
+        let args = ["--database-url", first.url(), "--installation", "team-b"];
+        async move {
+            let (code, log) = run_until_exit(manifests, data, &args).await;
+            assert_eq!(code, Some(1), "{why}:\n{log}");
+            for said in [
+                "belongs to the installation \"team-a\"",
+                "installation is \"team-b\"",
+                "--installation \"team-a\"",
+                "a database of its own",
+            ] {
+                assert!(log.contains(said), "{why}: {said:?} missing:\n{log}");
+            }
+        }
+    };
+    refuse("while the first installation runs").await;
+    assert!(a.terminate(Duration::from_secs(30)).is_some());
+    let before = installation_rows(server, &database);
+    assert!(before[2].contains("nightly"), "{before:?}");
+    refuse("while no replica of the first installation runs").await;
+    assert_eq!(installation_rows(server, &database), before);
+    assert_eq!(server.psql(&database, claimed), "team-a");
+
+    // The first installation's replicas go on as before.
+    let a = first.start(0, &["--installation", "team-a"]).await;
+    let ping = crate::pg_failover::ping(&a.base, &first.heartbeat_token("nightly")).await;
+    assert_eq!(ping, 200);
+    assert_eq!(installation_rows(server, &database)[..2], before[..2]);
+}

@@ -99,6 +99,7 @@ async fn open_services(
         // process take the lead.
         fence: Fence::sole(),
         database,
+        installation: "standalone".into(),
     };
     crate::helpers::wait_for(
         "the sled directory to be free",

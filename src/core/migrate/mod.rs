@@ -1,7 +1,7 @@
 //! `hartslag migrate --from-sled DIR --to postgres://...`: copies what one sled directory
 //! holds into a PostgreSQL database, part by part ([`rows::Part`]), each part in one
 //! transaction that also records it as copied, with a sum of the rows it read
-//! ([`SourceDigest`]). So the copy is idempotent: a second run copies nothing and says
+//! ([`digest::SourceDigest`]). So the copy is idempotent: a second run copies nothing and says
 //! so, and a run killed midway copies the part it was in again from scratch (nothing of it
 //! was committed). A second run first reads every part copied before again, and refuses
 //! (before copying anything) when one no longer matches its sum: the directory was used
@@ -13,6 +13,7 @@
 //! decoding ([`crate::core::store::dump`]), the database written through the PostgreSQL
 //! backend's own encoding ([`crate::core::store_pg::copy`]).
 
+pub mod digest;
 pub mod rows;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use crate::core::storage::StorageError;
 use crate::core::store::{Store, StoreError, StoreOptions};
 use crate::core::store_pg::copy::{self, Marker, Target};
 use crate::core::store_pg::{DatabaseUrl, PgError};
+use digest::{Form, SourceDigest};
 use rows::{Part, Row};
 
 /// Batches of rows in flight between the directory's reader and the database.
@@ -75,7 +77,7 @@ pub enum MigrateError {
     },
     /// The directory changed after an earlier run copied a part of it.
     #[error(
-        "the sled directory {dir} changed since its {part} were copied into {url} at {at} ({then} then, {now} now): the database lacks what was written to the directory since, and a part copied once is never copied again. To move the directory as it is now, migrate it again into a new, empty database; to keep using the directory, start hartslag without the database on it (what was written to PostgreSQL since is not in it)"
+        "the sled directory {dir} changed since its {part} were copied into {url} at {at} ({then} then, {now} now): the database lacks what was written to the directory since, and a part copied once is never copied again. To move the directory as it is now, migrate it again into a new, empty database; to keep using the directory, start hartslag without the database on it (what was written to PostgreSQL since is not in it).{form}"
     )]
     Changed {
         /// The directory.
@@ -90,6 +92,8 @@ pub enum MigrateError {
         then: String,
         /// And now.
         now: String,
+        /// A note when the sum was recorded in the debug form ([`Form::Debug`]).
+        form: &'static str,
     },
     /// Copying a part failed; nothing of it was kept.
     #[error("copying the {part} failed, nothing of them was kept: {source}")]
@@ -202,7 +206,7 @@ pub async fn from_sled(from: &Path, to: &DatabaseUrl) -> Result<Report, MigrateE
         url: to.to_string(),
     })?;
     let done = plan(&target, to, &source).await?;
-    unchanged(&store, &done, &dir, to).await?;
+    unchanged(&store, &target, &done, &dir, to).await?;
     let mut parts = Vec::new();
     for part in Part::ALL {
         if let Some(m) = done.iter().find(|m| m.part == part.name()) {
@@ -306,7 +310,7 @@ async fn copy_part(
     let reader = store.clone();
     let now = Timestamp::now();
     let reading = tokio::task::spawn_blocking(move || {
-        let mut digest = SourceDigest::default();
+        let mut digest = SourceDigest::new(Form::Stable);
         reader
             .dump(part, now, &mut |rows| {
                 digest.add(&rows);
@@ -339,9 +343,12 @@ async fn copy_part(
 
 /// Refuses to go on when a part an earlier run copied (`done`) no longer holds what it
 /// held then. The idempotency keys are not compared: which are within their 24 hours
-/// changes with the clock alone, and a new key comes with a new event.
+/// changes with the clock alone, and a new key comes with a new event. A sum recorded in
+/// the first, debug form ([`Form::Debug`]) is compared in that form and, once it matched,
+/// recorded again in the stable one, which later releases compare alike.
 async fn unchanged(
     store: &Store,
+    target: &Target,
     done: &[Marker],
     dir: &str,
     url: &DatabaseUrl,
@@ -360,32 +367,8 @@ async fn unchanged(
             );
             continue;
         };
-        let reader = store.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let mut digest = SourceDigest::default();
-            reader
-                .dump(part, Timestamp::now(), &mut |rows| {
-                    digest.add(&rows);
-                    true
-                })
-                .map(|()| digest.text())
-        })
-        .await;
-        let now = match read {
-            Ok(Ok(now)) => now,
-            Ok(Err(source)) => {
-                return Err(MigrateError::Source {
-                    dir: dir.to_string(),
-                    source,
-                });
-            }
-            Err(e) => {
-                return Err(MigrateError::Source {
-                    dir: dir.to_string(),
-                    source: StoreError::Thread(e.to_string()),
-                });
-            }
-        };
+        let form = SourceDigest::form_of(then);
+        let [now, stable] = read_digests(store, part, form, dir).await?;
         if &now != then {
             return Err(MigrateError::Changed {
                 dir: dir.to_string(),
@@ -394,46 +377,66 @@ async fn unchanged(
                 at: marker.finished_at,
                 then: SourceDigest::describe(then),
                 now: SourceDigest::describe(&now),
+                form: match form {
+                    Form::Stable => "",
+                    Form::Debug => DEBUG_FORM_NOTE,
+                },
             });
+        }
+        if form == Form::Debug {
+            target
+                .record_digest(&marker.source, part, &stable)
+                .await
+                .map_err(|source| MigrateError::Copy {
+                    part: part.name(),
+                    source,
+                })?;
+            tracing::info!(
+                part = part.name(),
+                "the sum an earlier release recorded matched; recorded again in the stable form"
+            );
         }
     }
     Ok(())
 }
 
-/// A part's rows summed up: how many, and the sum of each row's SHA-256 (of its debug
-/// form, the port's values as this binary reads them) in four 64-bit lanes, so the order
-/// rows come in plays no part while each row's content and count do.
-#[derive(Debug, Default)]
-struct SourceDigest {
-    rows: u64,
-    sum: [u64; 4],
-}
+/// What [`MigrateError::Changed`] adds for a sum recorded in the debug form.
+const DEBUG_FORM_NOTE: &str = " The sum was recorded by an earlier release in a form that can differ between releases for the same rows: if the directory was not used since, the difference may come from the release alone; run the migrate of the release that copied it to check.";
 
-impl SourceDigest {
-    fn add(&mut self, rows: &[Row]) {
-        use sha2::Digest;
-        for row in rows {
-            let hash = sha2::Sha256::digest(format!("{row:?}").as_bytes());
-            for (lane, chunk) in self.sum.iter_mut().zip(hash.chunks_exact(8)) {
-                let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(chunk);
-                *lane = lane.wrapping_add(u64::from_le_bytes(bytes));
-            }
-            self.rows += 1;
-        }
-    }
-
-    /// As stored: `<rows>:<hex>`.
-    fn text(&self) -> String {
-        let hex: String = self.sum.iter().map(|l| format!("{l:016x}")).collect();
-        format!("{}:{hex}", self.rows)
-    }
-
-    /// A stored text for people: the rows it counted.
-    fn describe(text: &str) -> String {
-        match text.split_once(':') {
-            Some((n, _)) => format!("{n} rows"),
-            None => text.to_string(),
-        }
+/// Reads `part` of the directory again: its sum in `form`, and in the stable form.
+async fn read_digests(
+    store: &Store,
+    part: Part,
+    form: Form,
+    dir: &str,
+) -> Result<[String; 2], MigrateError> {
+    let reader = store.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut digest = SourceDigest::new(form);
+        let mut stable = SourceDigest::new(Form::Stable);
+        reader
+            .dump(part, Timestamp::now(), &mut |rows| {
+                digest.add(&rows);
+                if form != Form::Stable {
+                    stable.add(&rows);
+                }
+                true
+            })
+            .map(|()| match form {
+                Form::Stable => [digest.text(), digest.text()],
+                Form::Debug => [digest.text(), stable.text()],
+            })
+    })
+    .await;
+    match read {
+        Ok(Ok(texts)) => Ok(texts),
+        Ok(Err(source)) => Err(MigrateError::Source {
+            dir: dir.to_string(),
+            source,
+        }),
+        Err(e) => Err(MigrateError::Source {
+            dir: dir.to_string(),
+            source: StoreError::Thread(e.to_string()),
+        }),
     }
 }

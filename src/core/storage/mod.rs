@@ -45,7 +45,7 @@ pub type StorageFuture<'a, T> = futures::future::BoxFuture<'a, Result<T, Storage
 /// Why a storage operation failed. Callers tell the client to retry later (a write that
 /// failed was not acknowledged, so nothing acknowledged is lost); they do not branch on
 /// the backend's reasons.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// The backend cannot be reached or failed (I/O, a lost connection, a held lock).
     #[error("the database failed: {0}")]

@@ -137,6 +137,25 @@ impl Target {
             .collect())
     }
 
+    /// Records `digest` as what `source`'s `part` held when copied, in place of the sum
+    /// recorded before (an earlier release's form of the same rows).
+    pub async fn record_digest(
+        &self,
+        source: &str,
+        part: Part,
+        digest: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .execute(
+                "UPDATE hartslag_migrations_from_sled SET digest = $3 \
+                 WHERE source = $1 AND part = $2",
+                &[&source, &part.name(), &digest],
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
+
     /// The first of `part`'s tables that holds a row, if one does.
     pub async fn occupied(&self, part: Part) -> Result<Option<&'static str>, StorageError> {
         for table in tables(part) {

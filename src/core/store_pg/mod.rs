@@ -21,6 +21,7 @@ pub mod elector;
 mod events;
 mod feed;
 mod ingest;
+mod installation;
 pub mod leader;
 mod listen;
 mod migrate;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 
 pub use commits::CommitMetrics;
 pub use feed::PgFeed;
+pub use installation::claim;
 pub use monitors::{MonitorChange, MonitorChanges, PgMonitors};
 pub use outbox::PgOutbox;
 pub use rounds::RoundStats;
@@ -71,6 +73,22 @@ pub enum PgError {
     /// The TLS setup failed.
     #[error("cannot set up TLS to the database: {0}")]
     Tls(String),
+    /// The database belongs to another installation ([`claim`]).
+    #[error(
+        "the database {url} belongs to the installation {theirs:?} (claimed by {claimed_by} at {since}), and this replica's installation is {ours:?}: two installations on one database would remove each other's Applications, Heartbeats and tokens, so this replica does not start and has changed nothing. Give this installation a database of its own. If it is the same installation under a new name, start it with --installation {theirs:?} (HARTSLAG_INSTALLATION); to hand the database over to it on purpose, once the other installation is gone, run DELETE FROM hartslag_installation in it"
+    )]
+    OtherInstallation {
+        /// The database, without its password.
+        url: String,
+        /// This replica's installation.
+        ours: String,
+        /// The installation the database belongs to.
+        theirs: String,
+        /// The replica that claimed the database for it.
+        claimed_by: String,
+        /// When.
+        since: jiff::Timestamp,
+    },
 }
 
 /// Connects to `url`, brings the schema up to date (refusing a newer one) and returns the
@@ -182,12 +200,7 @@ pub async fn lead_alone_at_start(url: &DatabaseUrl, fence: &Fence) -> Result<u64
     .map_err(|_| connect_error("timed out".into()))?
     .map_err(|e| connect_error(describe(&e)))?;
     let driver = tokio::spawn(connection);
-    let holder = format!(
-        "{} (pid {})",
-        hostname().unwrap_or_else(|| "hartslag".into()),
-        std::process::id()
-    );
-    let generation = leader::take_over(&client, &holder)
+    let generation = leader::take_over(&client, &holder())
         .await
         .map_err(|e| connect_error(describe(&e)))?;
     drop(client);
@@ -195,6 +208,16 @@ pub async fn lead_alone_at_start(url: &DatabaseUrl, fence: &Fence) -> Result<u64
     fence.lead(generation);
     tracing::info!(generation, "this replica leads");
     Ok(generation)
+}
+
+/// This replica as the leader and installation rows show it: its host's name and its
+/// process id.
+pub fn holder() -> String {
+    format!(
+        "{} (pid {})",
+        hostname().unwrap_or_else(|| "hartslag".into()),
+        std::process::id()
+    )
 }
 
 /// This host's name, as the leader row shows it.

@@ -154,7 +154,7 @@ async fn write_posts(db: Db, mut queue: mpsc::UnboundedReceiver<Post>) {
             }
             Err(e) => {
                 for post in batch {
-                    let _ = post.answer.send(Err(clone_error(&e)));
+                    let _ = post.answer.send(Err(e.clone()));
                 }
             }
         }
@@ -188,21 +188,6 @@ async fn insert(db: &Db, batch: &[Post]) -> Result<Vec<u64>, StorageError> {
     let mut ids: Vec<u64> = rows.iter().map(|r| from_db_id(r.get(0))).collect();
     ids.sort_unstable();
     Ok(ids)
-}
-
-/// The same failure for each post of a batch.
-fn clone_error(e: &StorageError) -> StorageError {
-    match e {
-        StorageError::Unavailable(s) => StorageError::Unavailable(s.clone()),
-        StorageError::NotStored(s) => StorageError::NotStored(s.clone()),
-        StorageError::Corrupt { what, detail } => StorageError::Corrupt {
-            what: what.clone(),
-            detail: detail.clone(),
-        },
-        StorageError::Stopped => StorageError::Stopped,
-        StorageError::Fenced(s) => StorageError::Fenced(s.clone()),
-        StorageError::Incompatible(s) => StorageError::Incompatible(s.clone()),
-    }
 }
 
 impl PingRelay for PgRelay {

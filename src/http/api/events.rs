@@ -17,7 +17,7 @@ use crate::core::calendar::{Periods, date_key, local_date};
 use crate::core::ingest::validate::{NewEvent, ValidationErrors, validate_event};
 use crate::core::registry::AppInfo;
 use crate::core::storage::{
-    EventValue, EventWrite, Idempotency, Outcome, PeriodTallies, StatsReport, StorageError, Tally,
+    EventValue, EventWrite, Idempotency, Outcome, PeriodTallies, StatsReport, Tally,
 };
 use crate::http::HttpState;
 use crate::http::auth::AuthenticatedApp;
@@ -80,13 +80,7 @@ async fn ingest(
         }
         Err(e) => {
             tracing::error!(error = %e, application = %app.key, "event not stored");
-            let msg = match &e {
-                // Retrying here will not help; the operator must act, and the client is
-                // told why.
-                StorageError::Incompatible(why) => format!("the event could not be stored: {why}"),
-                _ => "the event could not be stored; retry later".to_string(),
-            };
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
+            ApiError::storage("the event could not be stored", &e).into_response()
         }
     }
 }

@@ -104,8 +104,14 @@ impl FromRequestParts<HttpState> for Managing {
         let caller = Self::authenticate(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
-        if parts.method != axum::http::Method::GET && !state.core.leads() {
-            return Err(not_leading());
+        if parts.method != axum::http::Method::GET {
+            if let Some(e) = state.core.storage_refusal() {
+                let what = "the heartbeat cannot be changed";
+                return Err(ApiError::storage(what, &e).into_response());
+            }
+            if !state.core.leads() {
+                return Err(not_leading());
+            }
         }
         Ok(caller)
     }

@@ -151,8 +151,12 @@ pub(super) async fn record(state: &HttpState, key: &str, input: PingInput) -> Re
         Err(PingError::NotFound) => not_found(),
         Err(e) => {
             tracing::error!(error = %e, monitor = %key, "ping not recorded");
-            let msg = "the ping could not be recorded; retry";
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response()
+            let what = "the ping could not be recorded";
+            match e {
+                PingError::Storage(e) => ApiError::storage(what, &e).into_response(),
+                _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}; retry"))
+                    .into_response(),
+            }
         }
     }
 }

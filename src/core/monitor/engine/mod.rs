@@ -62,9 +62,10 @@ pub enum EngineError {
     /// The engine thread is gone.
     #[error("the monitor engine has stopped")]
     Stopped,
-    /// Writing a round of changes failed.
+    /// Writing a round of changes failed; why, as the store said (an answer can name
+    /// what failed: the database unreachable, its schema newer than this binary).
     #[error("writing monitor state failed: {0}")]
-    Write(String),
+    Write(StorageError),
     /// The engine thread could not be started.
     #[error("cannot start the monitor engine thread: {0}")]
     Thread(String),
@@ -677,6 +678,7 @@ mod tests {
             hold_deadlines: true,
             top_events: 10,
             database: None,
+            installation: "standalone".into(),
             fence: Fence::sole(),
         };
         let core = Services::open(&config, &mut MetricRegistry::default())

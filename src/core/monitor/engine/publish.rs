@@ -14,6 +14,7 @@ use super::{EngineError, EngineStats};
 use crate::core::alert::outbox::Outbox;
 use crate::core::monitor::schedule::{Clock, SchedulerHandle};
 use crate::core::monitor::state;
+use crate::core::storage::StorageError;
 
 /// A monitor as a round on its way to the store left it (`None`: removed), with the
 /// round's number.
@@ -154,7 +155,7 @@ pub(super) struct Readers {
 
 impl Readers {
     /// Publishes round `p` if it was written (`Ok`), then answers its callers.
-    pub(super) fn settle(&self, mut p: Published, result: Result<(), String>) {
+    pub(super) fn settle(&self, mut p: Published, result: Result<(), StorageError>) {
         match &result {
             Ok(()) => {
                 self.publish(&mut p);
@@ -167,8 +168,9 @@ impl Readers {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "a round of monitor changes was not written");
-                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                let failure = EngineError::Write(e.clone()).to_string();
+                tracing::error!(error = %failure, "a round of monitor changes was not written");
+                *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
                 self.written.failed_from.fetch_min(p.seq, Ordering::Release);
             }
         }

@@ -326,7 +326,7 @@ impl Worker {
         if self.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return self.refuse(
                 round,
-                "writing monitor state failed: injected failure".into(),
+                crate::core::storage::StorageError::NotStored("injected failure".into()),
             );
         }
         let seq = self.written.next();
@@ -377,10 +377,7 @@ impl Worker {
         let direct = self.handover.commit_round(
             writes,
             waiting,
-            Box::new(move |result| {
-                let result = result.map_err(|e| format!("writing monitor state failed: {e}"));
-                readers.settle(published, result);
-            }),
+            Box::new(move |result| readers.settle(published, result)),
         );
         if direct {
             self.stats.direct_rounds.fetch_add(1, Relaxed);
@@ -389,9 +386,10 @@ impl Worker {
 
     /// Answers a round that could not be handed to the store with `error`.
     #[cfg(test)]
-    fn refuse(&self, mut round: Round, error: String) {
+    fn refuse(&self, mut round: Round, error: crate::core::storage::StorageError) {
         tracing::error!(error = %error, "a round of monitor changes was not written");
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+        let failure = EngineError::Write(error.clone()).to_string();
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(failure);
         for d in std::mem::take(&mut round.done) {
             d(Err(EngineError::Write(error.clone())));
         }
