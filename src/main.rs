@@ -185,6 +185,10 @@ struct Common {
     /// Longest time to receive a request body (408 after it).
     #[arg(long, env = "HARTSLAG_HTTP_BODY_TIMEOUT", default_value = "30s")]
     http_body_timeout: hartslag::core::duration::SpecDuration,
+    /// Longest an answer may wait for its client to take more of it: past it the
+    /// connection is closed, and an export to a client that stopped reading ends.
+    #[arg(long, env = "HARTSLAG_HTTP_WRITE_TIMEOUT", default_value = "60s")]
+    http_write_timeout: hartslag::core::duration::SpecDuration,
     /// Most HTTP connections open at once; further clients wait until one closes.
     #[arg(long, env = "HARTSLAG_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
     http_max_connections: usize,
@@ -204,6 +208,10 @@ struct Common {
     /// spec.limits.ingestBurst says otherwise.
     #[arg(long, env = "HARTSLAG_INGEST_BURST", default_value_t = 10_000)]
     ingest_burst: u32,
+    /// Stats and CSV export requests per Application running at once (one more gets 429
+    /// with Retry-After), unless its spec.limits.concurrentReads says otherwise.
+    #[arg(long, env = "HARTSLAG_MAX_CONCURRENT_READS", default_value_t = 2)]
+    max_concurrent_reads: u32,
     /// Event names per Application that get their own `hartslag_events_total` series on
     /// /metrics (the most frequent since start; bounds the series a tenant can create).
     #[arg(long, env = "HARTSLAG_METRICS_TOP_EVENTS", default_value_t = hartslag::core::ingest::counts::DEFAULT_TOP_EVENTS)]
@@ -260,10 +268,12 @@ impl Common {
             event_names: self.max_event_names.max(1),
             ingest_rate: self.ingest_rate,
             ingest_burst: self.ingest_burst.max(1),
+            concurrent_reads: self.max_concurrent_reads.max(1),
         };
         c.http = hartslag::http::HttpLimits {
             header_timeout: secs(self.http_header_timeout),
             body_timeout: secs(self.http_body_timeout),
+            write_timeout: secs(self.http_write_timeout),
             max_connections: self.http_max_connections.max(1),
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace.as_secs()),
             shutdown_delay: std::time::Duration::from_secs(self.shutdown_delay.as_secs()),

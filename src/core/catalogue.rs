@@ -27,6 +27,12 @@ pub fn api_interval_secs(secs: u64) -> u64 {
     secs.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
 }
 
+/// `secs` brought within [`GRACE_RANGE`]: the `grace_secs` the API reports for a monitor
+/// whose grace is longer (a manifest's or a resource's `grace: 2d`).
+pub fn api_grace_secs(secs: u64) -> u64 {
+    secs.clamp(GRACE_RANGE.0, GRACE_RANGE.1)
+}
+
 /// A validated create request.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
@@ -75,6 +81,27 @@ pub struct UpdateRequest {
     pub grace_secs: Option<u64>,
     /// Pause (true) or resume (false).
     pub paused: Option<bool>,
+}
+
+impl UpdateRequest {
+    /// This request without what only repeats the API's report of `def` where the report
+    /// is not the stored value: an interval monitor's `interval_secs` and any monitor's
+    /// `grace_secs` are reported within the contract's bounds, so a client that writes
+    /// back what it read (`interval: 7d` read as 86400) would otherwise shorten the
+    /// monitor. Any other value still replaces the stored one; a scheduled monitor's
+    /// `interval_secs` keeps its meaning of moving it onto an interval.
+    pub fn without_reported_values(mut self, def: &MonitorDef) -> Self {
+        let interval_as_read = def.schedule.is_none()
+            && self.schedule.is_none()
+            && self.interval_secs == Some(api_interval_secs(def.interval_secs));
+        if interval_as_read {
+            self.interval_secs = None;
+        }
+        if self.grace_secs == Some(api_grace_secs(def.grace_secs)) {
+            self.grace_secs = None;
+        }
+        self
+    }
 }
 
 /// The timing an update leaves a monitor with: its schedule (if any) and its interval in
@@ -205,5 +232,38 @@ mod tests {
         ] {
             assert_eq!(api_interval_secs(secs), reported, "{secs}");
         }
+        assert_eq!(api_grace_secs(172_800), 86_400);
+        assert_eq!(api_grace_secs(300), 300);
+    }
+
+    #[test]
+    fn writing_back_a_reported_value_leaves_a_longer_stored_one_as_it_is() {
+        let week = crate::core::monitor::engine::sample(
+            "ns/weekly",
+            crate::core::monitor::state::State::New,
+        )
+        .def
+        .edited(|d| (d.interval_secs, d.grace_secs) = (7 * 86_400, 2 * 86_400));
+        let as_read = UpdateRequest {
+            name: Some("weekly".into()),
+            interval_secs: Some(86_400),
+            grace_secs: Some(86_400),
+            ..Default::default()
+        }
+        .without_reported_values(&week);
+        assert_eq!((as_read.interval_secs, as_read.grace_secs), (None, None));
+        assert_eq!(as_read.name.as_deref(), Some("weekly"));
+        assert_eq!(updated_cadence(&week, &as_read), (None, 7 * 86_400));
+        // Another value is a change.
+        let shorter = UpdateRequest {
+            interval_secs: Some(3600),
+            grace_secs: Some(600),
+            ..Default::default()
+        }
+        .without_reported_values(&week);
+        assert_eq!(
+            (shorter.interval_secs, shorter.grace_secs),
+            (Some(3600), Some(600))
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! Per-Application limits: what one tenant may use of a shared server.
 //!
 //! Each Application may set its own in `spec.limits`; what it leaves unset comes from the
-//! server's defaults ([`LimitDefaults`], flags). Three limits keep one tenant from
+//! server's defaults ([`LimitDefaults`], flags). Four limits keep one tenant from
 //! degrading the others: Heartbeats created through the management API, distinct event
-//! names (every name is a set of rollup keys kept forever, read by every stats query), and
-//! the rate of ingested events per token.
+//! names (every name is a set of rollup keys kept forever, read by every stats query), the
+//! rate of ingested events per token, and the stats and export reads running at once
+//! ([`ReadSlots`]), each of which keeps a core busy on a large Application.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::core::spec::ApplicationSpec;
@@ -22,6 +24,8 @@ pub struct LimitDefaults {
     pub ingest_rate: u32,
     /// Events an Application may send at once above the sustained rate.
     pub ingest_burst: u32,
+    /// Stats and export reads per Application running at once.
+    pub concurrent_reads: u32,
 }
 
 impl Default for LimitDefaults {
@@ -31,6 +35,7 @@ impl Default for LimitDefaults {
             event_names: 10_000,
             ingest_rate: 2000,
             ingest_burst: 10_000,
+            concurrent_reads: 2,
         }
     }
 }
@@ -44,6 +49,8 @@ pub struct AppLimits {
     pub event_names: u32,
     /// Sustained events per second and burst; `None` is no limit.
     pub ingest: Option<(u32, u32)>,
+    /// Stats and export reads running at once (at least 1).
+    pub concurrent_reads: u32,
 }
 
 impl AppLimits {
@@ -56,6 +63,10 @@ impl AppLimits {
             heartbeats: own.heartbeats.unwrap_or(defaults.heartbeats),
             event_names: own.event_names.unwrap_or(defaults.event_names),
             ingest: (rate > 0).then_some((rate, burst)),
+            concurrent_reads: own
+                .concurrent_reads
+                .unwrap_or(defaults.concurrent_reads)
+                .max(1),
         }
     }
 }
@@ -118,6 +129,47 @@ impl RateLimiter {
     }
 }
 
+/// The stats and export reads of one Application running now. A read takes a
+/// [`ReadSlot`] before it starts and gives it back when it ends (an export: when it stops
+/// streaming), so one tenant's heavy reads occupy at most its limit's worth of the
+/// server's cores and storage connections, whatever it sends. A counter rather than a
+/// semaphore: a spec edit changes the limit without losing count of the reads running.
+#[derive(Debug, Default)]
+pub struct ReadSlots {
+    busy: AtomicU32,
+}
+
+impl ReadSlots {
+    /// A slot when fewer than `limit` reads are running; `None` at the limit.
+    pub fn take(self: &Arc<Self>, limit: u32) -> Option<ReadSlot> {
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit.max(1)).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ReadSlot {
+            slots: self.clone(),
+        })
+    }
+
+    /// Reads running now.
+    pub fn busy(&self) -> u32 {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+/// One running read's place in its Application's [`ReadSlots`], given back on drop.
+#[derive(Debug)]
+pub struct ReadSlot {
+    slots: Arc<ReadSlots>,
+}
+
+impl Drop for ReadSlot {
+    fn drop(&mut self) {
+        self.slots.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +229,8 @@ mod tests {
             AppLimits {
                 heartbeats: 1000,
                 event_names: 10_000,
-                ingest: Some((2000, 10_000))
+                ingest: Some((2000, 10_000)),
+                concurrent_reads: 2,
             }
         );
         let spec = ApplicationSpec {
@@ -186,10 +239,28 @@ mod tests {
                 event_names: Some(50),
                 ingest_rate: Some(0),
                 ingest_burst: None,
+                concurrent_reads: Some(0),
             }),
             ..Default::default()
         };
         let l = AppLimits::resolve(&spec, &d);
         assert_eq!((l.heartbeats, l.event_names, l.ingest), (3, 50, None));
+        assert_eq!(l.concurrent_reads, 1, "at least one read runs");
+    }
+
+    #[test]
+    fn read_slots_stop_at_the_limit_and_come_back_when_a_read_ends() {
+        let slots = Arc::new(ReadSlots::default());
+        let first = slots.take(2).unwrap();
+        let second = slots.take(2).unwrap();
+        assert!(slots.take(2).is_none());
+        assert_eq!(slots.busy(), 2);
+        drop(first);
+        let third = slots.take(2).unwrap();
+        // A lowered limit refuses new reads until the running ones are under it.
+        assert!(slots.take(1).is_none());
+        drop((second, third));
+        assert_eq!(slots.busy(), 0);
+        assert!(slots.take(1).is_some());
     }
 }

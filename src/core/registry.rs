@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use jiff::tz::TimeZone;
 
 use crate::core::ingest::counts::EventCounts;
-use crate::core::limits::{AppLimits, LimitDefaults, RateLimiter};
+use crate::core::limits::{AppLimits, LimitDefaults, RateLimiter, ReadSlots};
 use crate::core::spec::{ApplicationSpec, SpecError};
 use crate::core::storage::{AppRecord, AppStore, EventStore, StorageError, TokenOwner};
 use crate::core::token::{TokenHash, TokenKind};
@@ -50,6 +50,9 @@ pub struct AppInfo {
     pub ingest: Option<Arc<RateLimiter>>,
     /// Events stored since start by name, for `/metrics`; handed over like the limiter.
     pub counts: Arc<EventCounts>,
+    /// Its stats and export reads running now, held against `limits.concurrent_reads`;
+    /// handed over like the limiter, so an edit does not forget the reads running.
+    pub reads: Arc<ReadSlots>,
 }
 
 /// The owner of every admin token.
@@ -96,8 +99,8 @@ impl std::fmt::Debug for Registry {
 }
 
 /// The resolved view of `rec`; `previous` (the same application before a spec change)
-/// hands over its rate limiter, so an edit does not refill a drained bucket, and its
-/// event counts, so an edit does not reset counters.
+/// hands over its rate limiter, so an edit does not refill a drained bucket, its event
+/// counts, so an edit does not reset counters, and its running reads.
 fn info_from(rec: &AppRecord, defaults: &LimitDefaults, previous: Option<&AppInfo>) -> AppInfo {
     let tz = TimeZone::get(rec.spec.time_zone_name()).unwrap_or(TimeZone::UTC);
     let limits = AppLimits::resolve(&rec.spec, defaults);
@@ -117,6 +120,7 @@ fn info_from(rec: &AppRecord, defaults: &LimitDefaults, previous: Option<&AppInf
         limits,
         ingest,
         counts: previous.map(|p| p.counts.clone()).unwrap_or_default(),
+        reads: previous.map(|p| p.reads.clone()).unwrap_or_default(),
     }
 }
 

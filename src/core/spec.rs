@@ -83,7 +83,8 @@ impl AlertTargets {
 }
 
 /// What an Application may use of the server; unset fields take the server's defaults
-/// (flags `--max-heartbeats`, `--max-event-names`, `--ingest-rate`, `--ingest-burst`).
+/// (flags `--max-heartbeats`, `--max-event-names`, `--ingest-rate`, `--ingest-burst`,
+/// `--max-concurrent-reads`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
@@ -106,6 +107,11 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub ingest_burst: Option<u32>,
+    /// Stats and CSV export requests of this Application running at once; one more gets
+    /// 429 with Retry-After until one of them ends. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub concurrent_reads: Option<u32>,
 }
 
 /// An Application: a source of events with its own API token.

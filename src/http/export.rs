@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use super::error::ApiError;
 use super::query::{event_param, int_param};
 use crate::core::ingest::validate::parse_created_at;
+use crate::core::limits::ReadSlot;
 use crate::core::registry::AppInfo;
 use crate::core::storage::{EventStore, ExportBatches, ExportFilter};
 
@@ -72,19 +73,20 @@ pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// How long an export waits for its client to take the next chunk before giving up, so a
-/// client that stopped reading does not hold the store's reader forever.
-const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Streams an application's events as RFC 4180 CSV without building it in memory.
-pub fn csv_response(events: &dyn EventStore, app: &AppInfo, filter: ExportFilter) -> Response {
+/// Streams an application's events as RFC 4180 CSV without building it in memory. `slot`
+/// is the export's place among its Application's heavy reads, held until the export stops
+/// streaming: at the end, or once its client is gone. A client that stops reading is
+/// closed after `--http-write-timeout` without progress (see `serve`), which ends the
+/// export with it.
+pub fn csv_response(
+    events: &dyn EventStore,
+    app: &AppInfo,
+    filter: ExportFilter,
+    slot: ReadSlot,
+) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let rows = events.export(app.num, filter);
-    let chunks = Chunks {
-        tx,
-        app: app.key.clone(),
-    };
-    tokio::spawn(write_rows(rows, chunks));
+    tokio::spawn(write_rows(rows, Chunks { tx, _slot: slot }));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -105,21 +107,15 @@ pub fn csv_response(events: &dyn EventStore, app: &AppInfo, filter: ExportFilter
 /// Where an export's rows go: the response body.
 struct Chunks {
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    app: String,
+    /// Given back when the export stops.
+    _slot: ReadSlot,
 }
 
 impl Chunks {
-    /// Hands one chunk to the response; false once the client is gone or has taken
-    /// nothing for [`EXPORT_STALL`].
+    /// Hands one chunk to the response; false once the client is gone (its connection
+    /// closed, also by the write timeout).
     async fn send(&self, chunk: Result<Bytes, std::io::Error>) -> bool {
-        match tokio::time::timeout(EXPORT_STALL, self.tx.send(chunk)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) => {
-                tracing::info!(application = %self.app, "export stopped: the client took no data for a minute");
-                false
-            }
-        }
+        self.tx.send(chunk).await.is_ok()
     }
 }
 

@@ -11,9 +11,11 @@ pub mod export;
 pub mod path;
 pub mod port;
 pub mod query;
+pub mod reads;
 mod serve;
 mod state;
 pub mod track;
+mod write_timeout;
 
 use axum::Router;
 use axum::http::{Method, StatusCode};

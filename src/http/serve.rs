@@ -7,7 +7,8 @@
 //! timer, so a request head must arrive within `header_timeout` of the server being ready
 //! for it. hyper counts that time from the end of the previous response too, so the same
 //! limit is the idle keep-alive timeout. Request bodies have their own deadline
-//! ([`super::body::read_body`]). At most `max_connections` are open at once;
+//! ([`super::body::read_body`]), and answers a write deadline without progress
+//! ([`super::write_timeout`]). At most `max_connections` are open at once;
 //! further clients wait in the kernel's accept queue until one closes, which the timeouts
 //! guarantee happens.
 
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use super::write_timeout::WriteTimeout;
 use super::{HttpState, router};
 use crate::core::metrics::MetricRegistry;
 
@@ -39,6 +41,9 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Longest time to receive a whole request body.
     pub body_timeout: Duration,
+    /// Longest an answer's write may wait for its client to take data before the
+    /// connection is closed ([`super::write_timeout`]).
+    pub write_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
     /// How long a shutdown waits for requests in flight before closing their connections.
@@ -53,6 +58,7 @@ impl Default for HttpLimits {
         Self {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
@@ -72,6 +78,9 @@ pub struct ConnectionStats {
     /// Connections closed because a request head did not arrive in time (slow or idle
     /// clients).
     pub header_timeouts: Counter,
+    /// Connections closed because an answer's client took no data within the write
+    /// timeout (stopped reading an export or a live stream).
+    pub write_timeouts: Counter,
     /// Set while the server drains: every answer closes its connection, so each client's
     /// next request opens a connection the load balancer sends elsewhere.
     pub draining: Arc<AtomicBool>,
@@ -108,7 +117,20 @@ impl ConnectionStats {
             "Connections closed because a request head did not arrive within --http-header-timeout",
             stats.header_timeouts.clone(),
         );
+        registry.register(
+            "hartslag_http_write_timeouts",
+            "Connections closed because the client took no data of an answer within --http-write-timeout",
+            stats.write_timeouts.clone(),
+        );
     }
+}
+
+/// Whether `e` ended a connection because its client stopped taking data
+/// ([`WriteTimeout`]).
+fn is_write_timeout(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// How often, at most, the "connection cap reached" warning is logged during a burst.
@@ -248,14 +270,17 @@ pub(super) async fn accept(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
             .keep_alive(true);
-        let conn = graceful.watch(
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
-        );
+        let conn = graceful.watch(builder.serve_connection(
+            TokioIo::new(WriteTimeout::new(stream, limits.write_timeout)),
+            TowerToHyperService::new(service),
+        ));
         let stats = stats.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 if e.is_timeout() {
                     stats.header_timeouts.inc();
+                } else if is_write_timeout(&e) {
+                    stats.write_timeouts.inc();
                 }
                 tracing::debug!(%remote, error = %e, "connection ended with an error");
             }

@@ -276,6 +276,7 @@ mod tests {
             limits: AppLimits::resolve(&spec, &Default::default()),
             ingest: None,
             counts: Default::default(),
+            reads: Default::default(),
             spec,
             tz: jiff::tz::TimeZone::UTC,
         }

@@ -7,13 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use hartslag::config::ServerConfig;
-use hartslag::core::Services;
-use hartslag::core::metrics::MetricRegistry;
-use hartslag::core::storage::{EventValue, EventWrite};
-
-use crate::helpers::{ChildServer, app_manifest, read_token, test_database};
+use crate::helpers::{app_manifest, fill_events, read_token, start_after_fill};
 
 /// Events in the export.
 const ROWS: u64 = 3_000_000;
@@ -21,71 +15,10 @@ const ROWS: u64 = 3_000_000;
 /// Most the server may grow over its idle size while exporting them.
 const BUDGET_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Stores `ROWS` events of one instant for Application `shop`, through the ingest writer
-/// in process (HTTP would take minutes for this many), then closes the store.
+/// Stores `ROWS` events of one instant for Application `shop`.
 fn fill(manifests: &Path, data: &Path) {
-    let (manifests, data) = (manifests.to_path_buf(), data.to_path_buf());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let addr = "127.0.0.1:0".parse().unwrap();
-            let mut config = ServerConfig::new(addr, data.clone());
-            // The server started on this directory later finds the events on either backend.
-            config.database_url = test_database(&data).map(|url| url.parse().unwrap());
-            let config = config.services();
-            let core = Services::open(&config, &mut MetricRegistry::default())
-                .await
-                .unwrap();
-            // The Application as the manifest defines it; the server started on this
-            // directory later issues its token.
-            let spec = hartslag::standalone::manifests::load_dir(
-                &manifests,
-                hartslag::core::spec::MIN_INTERVAL,
-            )
-            .unwrap()
-            .applications
-            .remove(0)
-            .spec;
-            let token = hartslag::core::token::TokenHash::of("filled-by-the-test");
-            let app = core
-                .registry
-                .upsert_application("default", "shop", spec, token)
-                .await
-                .unwrap()
-                .num;
-            let at: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
-            let writes = futures::stream::iter(0..ROWS).map(|i| {
-                let events = core.events.clone();
-                async move {
-                    events
-                        .write(EventWrite {
-                            app,
-                            at,
-                            date: 20240101,
-                            value: EventValue {
-                                event: "backfill".into(),
-                                weight: 1 + (i % 3) as i64,
-                                user_id: None,
-                            },
-                            idempotency: None,
-                            name_limit: u32::MAX,
-                        })
-                        .await
-                        .unwrap()
-                }
-            });
-            writes.buffer_unordered(4096).for_each(|_| async {}).await;
-            core.flush().await.unwrap();
-        });
-        // Dropping the runtime ends the core's tasks; its threads then let go of sled.
-        drop(rt);
-    })
-    .join()
-    .unwrap();
+    let at: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+    fill_events(manifests, data, "shop", ROWS, "backfill", at);
 }
 
 /// Resident set size of process `pid` in bytes.
@@ -112,26 +45,7 @@ async fn a_three_million_row_export_of_one_instant_streams_in_bounded_memory() {
     fill(&manifests, &data);
     eprintln!("stored {ROWS} events in {:?}", started.elapsed());
 
-    // The store's lock is released once the filling core's threads have ended.
-    let server = loop {
-        let server = ChildServer::try_start(&manifests, &data, &[]).await;
-        if let Some(s) = server {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            let logs: Vec<String> = std::fs::read_dir(dir.path())
-                .unwrap()
-                .flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                .collect();
-            panic!(
-                "the server never started: {}",
-                logs.last().cloned().unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let server = start_after_fill(&manifests, &data, &[]).await;
     let token = read_token(&data, "application", "shop");
     let pid = server.child.id();
     let http = reqwest::Client::new();

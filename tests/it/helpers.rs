@@ -662,3 +662,103 @@ pub fn exchange(conn: &mut std::net::TcpStream, request: &str) -> (u16, Vec<Stri
     };
     (status, headers, closed)
 }
+
+/// Stores `rows` events named `event`, at `at`, for the Application `app` of the manifests
+/// in `manifests`, through the ingest writer in process (HTTP would take minutes for
+/// many), then closes the store. The server started on `data` afterwards (see
+/// [`start_after_fill`]) finds them, and issues the Application's token.
+pub fn fill_events(
+    manifests: &Path,
+    data: &Path,
+    app: &str,
+    rows: u64,
+    event: &str,
+    at: jiff::Timestamp,
+) {
+    use futures::StreamExt;
+    use hartslag::core::metrics::MetricRegistry;
+    use hartslag::core::storage::{EventValue, EventWrite};
+    let (manifests, data) = (manifests.to_path_buf(), data.to_path_buf());
+    let (name, event) = (app.to_string(), event.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let addr = "127.0.0.1:0".parse().unwrap();
+            let mut config = ServerConfig::new(addr, data.clone());
+            // The server started on this directory later finds the events on either backend.
+            config.database_url = test_database(&data).map(|url| url.parse().unwrap());
+            let config = config.services();
+            let core = Services::open(&config, &mut MetricRegistry::default())
+                .await
+                .unwrap();
+            // The Application as the manifest defines it.
+            let spec = hartslag::standalone::manifests::load_dir(
+                &manifests,
+                hartslag::core::spec::MIN_INTERVAL,
+            )
+            .unwrap()
+            .applications
+            .into_iter()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no Application {name} in the manifests"))
+            .spec;
+            let tz = jiff::tz::TimeZone::get(spec.time_zone_name()).unwrap();
+            let date =
+                hartslag::core::calendar::date_key(hartslag::core::calendar::local_date(at, &tz));
+            let token = hartslag::core::token::TokenHash::of("filled-by-the-test");
+            let app = core
+                .registry
+                .upsert_application("default", &name, spec, token)
+                .await
+                .unwrap()
+                .num;
+            let writes = futures::stream::iter(0..rows).map(|i| {
+                let (events, event) = (core.events.clone(), event.clone());
+                async move {
+                    events
+                        .write(EventWrite {
+                            app,
+                            at,
+                            date,
+                            value: EventValue {
+                                event,
+                                weight: 1 + (i % 3) as i64,
+                                user_id: None,
+                            },
+                            idempotency: None,
+                            name_limit: u32::MAX,
+                        })
+                        .await
+                        .unwrap()
+                }
+            });
+            writes.buffer_unordered(4096).for_each(|_| async {}).await;
+            core.flush().await.unwrap();
+        });
+        // Dropping the runtime ends the core's tasks; its threads then let go of sled.
+        drop(rt);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Starts `hartslag standalone` on a data directory [`fill_events`] has just closed: sled's
+/// lock is released once the filling core's threads have ended, so it retries until then.
+pub async fn start_after_fill(manifests: &Path, data: &Path, extra: &[&str]) -> ChildServer {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = ChildServer::try_start(manifests, data, extra).await {
+            return s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the server never started on {}",
+            data.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

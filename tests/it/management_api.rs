@@ -274,3 +274,83 @@ async fn changes_to_one_monitor_at_the_same_moment_take_effect_one_after_another
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_longer_than_the_contract_reads_within_it_and_survives_a_write_back() {
+    let s = InProcess::start(&manifests()).await;
+    let key = s.app_token("team-b");
+    let c = reqwest::Client::new();
+    let api = format!("{}/v1/heartbeats", s.base);
+    let created: Value = c
+        .post(&api)
+        .bearer_auth(&key)
+        .json(&json!({"name": "weekly report"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{api}/{}", created["id"].as_str().unwrap());
+    // Made weekly with two days of grace where it is defined (in the operator: `kubectl
+    // edit` of its Heartbeat, `interval: 7d`, `grace: 2d`), beyond what the API takes.
+    let current = |s: &InProcess| {
+        s.core
+            .engine
+            .list()
+            .into_iter()
+            .find(|m| m.def.id == created["id"].as_str().unwrap())
+            .unwrap()
+    };
+    let (week, two_days) = (7 * 86_400, 2 * 86_400);
+    let def = current(&s)
+        .def
+        .edited(|d| (d.interval_secs, d.grace_secs) = (week, two_days));
+    s.core.engine.upsert(def).await.unwrap();
+    // Read within the contract's bounds (60–86400 and 0–86400) ...
+    let read: Value = c
+        .get(&url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&read["interval_secs"], &read["grace_secs"]),
+        (&json!(86_400), &json!(86_400)),
+        "{read}"
+    );
+    // ... and written back as read, with a new name, as a client that edits one field of
+    // what it read does: the name changes, the cadence stays.
+    let r = c
+        .patch(&url)
+        .bearer_auth(&key)
+        .json(&json!({
+            "name": "weekly report (finance)",
+            "interval_secs": read["interval_secs"],
+            "grace_secs": read["grace_secs"],
+            "status": read["status"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["name"], "weekly report (finance)");
+    let stored = current(&s).def;
+    assert_eq!((stored.interval_secs, stored.grace_secs), (week, two_days));
+    // Any other value is a change.
+    let r = c
+        .patch(&url)
+        .bearer_auth(&key)
+        .json(&json!({"interval_secs": 86_000, "grace_secs": 3600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stored = current(&s).def;
+    assert_eq!((stored.interval_secs, stored.grace_secs), (86_000, 3600));
+    s.stop().await;
+}

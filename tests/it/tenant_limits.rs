@@ -1,13 +1,18 @@
 //! One tenant cannot grow without bound or crowd out the others: per-Application limits on
-//! distinct event names, on the ingest rate of its token and on Heartbeats created through
-//! the management API, against a real server process.
+//! distinct event names, on the ingest rate of its token, on Heartbeats created through
+//! the management API and on stats and export reads running at once, against a real
+//! server process.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-use crate::helpers::{ChildServer, app_manifest, read_token};
+use crate::helpers::{
+    ChildServer, app_manifest, fill_events, metric, read_token, start_after_fill, wait_for,
+};
 
 /// A manifests directory with a limited Application `busy` (its `spec.limits` as given)
 /// and an unlimited neighbour `calm`, and a data directory beside it.
@@ -142,5 +147,175 @@ async fn the_management_api_caps_heartbeats_even_without_spec_limits() {
         vec![201, 201, 201, 402, 402],
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// Events of `busy` behind the export tests: about 23 MB of CSV, far more than a stalled
+/// connection's socket buffers and the export's own queue hold, so an export whose client
+/// stops reading cannot finish.
+const EXPORT_ROWS: u64 = 100_000;
+
+/// Two tenants as [`two_tenants`], `busy` holding [`EXPORT_ROWS`] events of a 200-character
+/// name, served by a server started with `extra`.
+async fn busy_with_events(limits: &str, extra: &[&str]) -> (tempfile::TempDir, ChildServer) {
+    let (dir, manifests, data) = two_tenants(limits);
+    let name = "long-event-name-".repeat(13);
+    let now = jiff::Timestamp::now();
+    fill_events(&manifests, &data, "busy", EXPORT_ROWS, &name[..200], now);
+    let server = start_after_fill(&manifests, &data, extra).await;
+    (dir, server)
+}
+
+/// A GET of `path` whose client reads the answer's head and then stops reading, with a
+/// 4 KiB receive buffer: a large answer stalls in the server. Returns the connection (the
+/// client is gone once it is dropped) and the head.
+async fn stalled_get(base: &str, path: &str, token: &str) -> (TcpStream, String) {
+    let addr = base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let head = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                return String::from_utf8_lossy(&got[..end]).into_owned();
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the head: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("no answer head within 30 s");
+    (stream, head)
+}
+
+/// Status, `Retry-After` and body of a GET with `token`.
+async fn get(url: &str, token: &str) -> (u16, Option<String>, String) {
+    let res = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, res.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_an_applications_concurrent_reads_get_429_and_its_neighbour_is_served() {
+    let (dir, server) = busy_with_events("    concurrentReads: 2\n", &[]).await;
+    let data = dir.path().join("data");
+    let (busy, calm) = (
+        read_token(&data, "application", "busy"),
+        read_token(&data, "application", "calm"),
+    );
+    let base = &server.base;
+    let (stats, export) = (
+        format!("{base}/api/v1/stats"),
+        format!("{base}/api/v1/export.csv"),
+    );
+    // Two exports whose clients stopped reading hold both of busy's reads.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = stalled_get(base, "/api/v1/export.csv", &busy).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        stalled.push(stream);
+    }
+    // A third read is refused at once, saying which limit and when to come back.
+    for url in [&stats, &export] {
+        let (status, retry, body) = get(url, &busy).await;
+        assert_eq!(
+            (status, retry.as_deref()),
+            (429, Some("1")),
+            "{url}: {body}"
+        );
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let message = body["error"].as_str().unwrap();
+        assert!(
+            message.contains("limits.concurrentReads") && message.contains("2 at a time"),
+            "{message}"
+        );
+    }
+    // Many more at once are all refused, and cost the neighbour nothing: its events are
+    // stored and read back meanwhile.
+    let hammer: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, token) = (stats.clone(), busy.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..10 {
+                    statuses.push(get(&url, &token).await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        assert_eq!(send(base, &calm, "steady").await.0, 201);
+    }
+    for handle in hammer {
+        assert!(handle.await.unwrap().iter().all(|s| *s == 429));
+    }
+    let calm_stats = crate::helpers::get_json(&stats, &calm).await;
+    assert_eq!(calm_stats["total"]["count"], 20);
+    let (status, _, csv) = get(&export, &calm).await;
+    assert_eq!((status, csv.lines().count()), (200, 21));
+    // A client that goes away gives its read back.
+    drop(stalled.pop());
+    wait_for(
+        "busy's stats answered again",
+        Duration::from_secs(30),
+        || async { (get(&stats, &busy).await.0 == 200).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_whose_client_stops_reading_ends_after_the_write_timeout_and_frees_its_read() {
+    let extra = ["--http-write-timeout", "2s"];
+    let (dir, server) = busy_with_events("    concurrentReads: 1\n", &extra).await;
+    let busy = read_token(&dir.path().join("data"), "application", "busy");
+    let stats = format!("{}/api/v1/stats", server.base);
+    let (mut stream, head) = stalled_get(&server.base, "/api/v1/export.csv", &busy).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // While it is stalled it is busy's one read.
+    assert_eq!(get(&stats, &busy).await.0, 429);
+    // Two seconds without progress end it: the read is free again, the connection closed.
+    wait_for(
+        "the stalled export's read given back",
+        Duration::from_secs(30),
+        || async { (get(&stats, &busy).await.0 == 200).then_some(()) },
+    )
+    .await;
+    let timeouts = metric(&server.base, "hartslag_http_write_timeouts_total").await;
+    assert!(timeouts.is_some_and(|n| n >= 1.0), "{timeouts:?}");
+    // What the kernel had buffered arrives, then the end: the export was cut off (a
+    // complete chunked body ends with an empty chunk).
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    assert!(!rest.ends_with(b"\r\n0\r\n\r\n"), "the export finished");
+    assert!(
+        (rest.len() as u64) < EXPORT_ROWS * 200,
+        "{} bytes",
+        rest.len()
     );
 }

@@ -164,6 +164,7 @@ mod tests {
             ),
             ingest: None,
             counts: Default::default(),
+            reads: Default::default(),
         }
     }
 

@@ -19,7 +19,8 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use crate::core::catalogue::{
-    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, api_interval_secs,
+    CatalogueError, CreateRequest, MonitorCatalogue, UpdateRequest, api_grace_secs,
+    api_interval_secs,
 };
 use crate::core::cron::Schedule;
 use crate::core::monitor::engine::Monitor;
@@ -190,7 +191,9 @@ fn catalogue_error(e: CatalogueError) -> ApiError {
 /// The contract's Heartbeat object. A scheduled monitor reports its schedule's typical
 /// gap as `interval_secs`, so clients that only know intervals still read something true;
 /// like every interval it is reported within the contract's 60–86400
-/// ([`api_interval_secs`]), so what a client reads it may also write back.
+/// ([`api_interval_secs`]), and `grace_secs` within 0–86400 ([`api_grace_secs`]), so what
+/// a client reads it may also write back, which leaves a longer stored value as it is
+/// ([`UpdateRequest::without_reported_values`]).
 pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) -> Value {
     json!({
         "id": m.def.id,
@@ -199,7 +202,7 @@ pub fn heartbeat_json(m: &Monitor, token: Option<String>, now: jiff::Timestamp) 
         "interval_secs": api_interval_secs(m.def.interval_secs),
         "schedule": m.def.schedule.as_ref().map(Schedule::expression),
         "time_zone": m.def.schedule.as_ref().map(Schedule::zone),
-        "grace_secs": m.def.grace_secs,
+        "grace_secs": api_grace_secs(m.def.grace_secs),
         "status": m.state.state.tickstem_status(),
         "consecutive_misses": state::consecutive_misses(&m.def.timing(), &m.state, now),
         "last_pinged_at": m.state.last_ping_at.map(|t| t.to_string()),
@@ -410,7 +413,8 @@ async fn update(
         interval_secs: seconds(&map, "interval_secs", INTERVAL_RANGE)?,
         grace_secs: seconds(&map, "grace_secs", GRACE_RANGE)?,
         paused: status_field(&map)?,
-    };
+    }
+    .without_reported_values(&current.def);
     apply_update(&state, &caller, &id, req).await
 }
 

@@ -24,6 +24,7 @@ use crate::http::HttpState;
 use crate::http::export::{csv_response, export_filter};
 use crate::http::path::{Segment, Segments};
 use crate::http::query::text_param;
+use crate::http::reads::read_slot;
 
 /// Rows of ping history on a monitor page.
 const PING_ROWS: usize = 100;
@@ -352,10 +353,10 @@ pub async fn application_export(
     AppPage { app, .. }: AppPage,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    match export_filter(&app, &params) {
-        Ok(filter) => csv_response(st.core.events.as_ref(), &app, filter),
-        Err(e) => e.into_response(),
-    }
+    let started = export_filter(&app, &params)
+        .and_then(|filter| Ok((filter, read_slot(&app)?)))
+        .map(|(filter, slot)| csv_response(st.core.events.as_ref(), &app, filter, slot));
+    started.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn badge_svg(State(st): State<HttpState>, Segment(file): Segment) -> Response {

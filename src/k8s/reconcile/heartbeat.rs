@@ -566,6 +566,7 @@ mod tests {
             limits: crate::core::limits::AppLimits::resolve(&spec, &Default::default()),
             ingest: None,
             counts: Default::default(),
+            reads: Default::default(),
             spec,
             tz: jiff::tz::TimeZone::UTC,
         }
