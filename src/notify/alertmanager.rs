@@ -20,6 +20,11 @@ pub const DEFAULT_RESEND: Duration = Duration::from_secs(60);
 /// How many re-send intervals a firing alert stays active without a re-send.
 const ENDS_AFTER_RESENDS: u32 = 4;
 
+/// Where alerts are posted for an Alertmanager at base URL `base` (no trailing slash).
+pub fn endpoint(base: &str) -> String {
+    format!("{base}/api/v2/alerts")
+}
+
 /// The alert name for a notice: Late notices are a separate, milder alert.
 pub fn alertname(kind: NoticeKind) -> &'static str {
     match kind {

@@ -721,6 +721,7 @@ mod tests {
             reason: "test".into(),
             occurred_at: at,
             last_ping_at: None,
+            last_failure_at: None,
             expected_at: None,
             ping_hint: String::new(),
             namespace: String::new(),

@@ -134,6 +134,7 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
         reason,
         occurred_at: at,
         last_ping_at: m.state.last_ping_at,
+        last_failure_at: m.state.last_fail_at,
         expected_at: m.state.deadline,
         ping_hint: m.def.ping_hint().to_string(),
         namespace: m.def.namespace().to_string(),

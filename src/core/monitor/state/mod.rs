@@ -347,6 +347,15 @@ impl MonitorState {
         }
     }
 
+    /// The last signal of any kind (a success, a start still running, a failure): what
+    /// `hartslag_heartbeat_last_ping_timestamp_seconds` and `last_signal_at` tell.
+    pub fn last_signal_at(&self) -> Option<Timestamp> {
+        [self.last_ping_at, self.last_fail_at, self.run_started_at]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+
     /// `next_expected_at` as the API shows it: none while Paused, or while an interval
     /// monitor is New, where no ping is awaited.
     pub fn next_expected_at(&self) -> Option<Timestamp> {

@@ -1,0 +1,150 @@
+//! What alerts say, through real servers and receivers: email and the default webhook
+//! JSON carry the runbook and the dashboard link, a job that only ever pinged with a
+//! failure reads as failed (not "never pinged"), and an Alertmanager URL with the API's
+//! path is refused at load while delivery errors name the channel and its URL.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::channels::{channel, setup, signal};
+use crate::helpers::{
+    ChildServer, SmtpSink, binary, free_port, heartbeat_manifest, metric, monitor_status,
+    wait_for, webhook_sink,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_and_webhook_carry_the_runbook_the_dashboard_and_the_failure_they_heard() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let (hook, got) = webhook_sink("/hook").await;
+    let docs = [heartbeat_manifest(
+        "etl",
+        "1h",
+        "5m",
+        &format!(
+            "  runbookURL: https://runbooks.example.com/etl\n  alerts:\n    email: [\"ops@example.com\"]\n    webhook: {hook}\n"
+        ),
+    )];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let smtp = sink.url();
+    let server = ChildServer::start(&manifests, &data, &["--smtp-url", &smtp]).await;
+    // The job never succeeded: its first signal is a failure with exit code 7.
+    signal(&data, "etl", "ping?exit_code=7").await;
+    let dashboard = format!("{}/ui/monitors/default/etl", server.base);
+    let mail = sink
+        .wait_for_mail("DOWN: etl", Duration::from_secs(15))
+        .await
+        .remove(0);
+    for needle in [
+        "Runbook:       https://runbooks.example.com/etl",
+        &format!("Dashboard:     {dashboard}"),
+        "Last success:  never",
+        "Last failure:  ",
+        ", exit code 7",
+    ] {
+        assert!(mail.contains(needle), "missing {needle:?} in\n{mail}");
+    }
+    assert!(!mail.contains("Last ping:     never"), "{mail}");
+    assert!(!mail.contains("Expected by"), "no deadline to tell: {mail}");
+    let sent = wait_for("the webhook", Duration::from_secs(15), || {
+        let v = got.lock().unwrap().clone();
+        async move { v.first().cloned() }
+    })
+    .await;
+    assert_eq!(sent["runbook_url"], "https://runbooks.example.com/etl");
+    assert_eq!(sent["dashboard_url"], dashboard.as_str());
+    assert!(sent["last_failure_at"].is_string(), "{sent}");
+    assert_eq!(sent["last_ping_at"], Value::Null);
+    assert_eq!(sent["exit_code"], 7);
+    let text = sent["text"].as_str().unwrap();
+    assert!(
+        text.contains("Last success: never; last failure: "),
+        "{text}"
+    );
+    assert!(text.contains(", exit code 7."), "{text}");
+    // The status API keeps `last_ping_at` the last success and says what else came.
+    let admin = std::fs::read_to_string(data.join("tokens/admin.token")).unwrap();
+    let status = monitor_status(&server.base, admin.trim(), "etl")
+        .await
+        .unwrap();
+    assert_eq!(status["last_ping_at"], Value::Null, "{status}");
+    assert!(status["last_failure_at"].is_string(), "{status}");
+    assert_eq!(status["last_signal_at"], status["last_failure_at"]);
+}
+
+#[tokio::test]
+async fn an_alertmanager_url_with_the_api_path_is_refused_when_the_manifests_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "ClusterAlertChannel",
+            "am",
+            "  alertmanager:\n    url: http://127.0.0.1:9093/api/v2/alerts\n",
+        ),
+        heartbeat_manifest("job", "1h", "5m", "  alerts:\n    channels: [am]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let mut child = Command::new(binary())
+        .arg("standalone")
+        .arg("--manifests")
+        .arg(&manifests)
+        .arg("--data")
+        .arg(&data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for("the refusal", Duration::from_secs(30), || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!status.success(), "started:\n{text}");
+    assert!(text.contains("spec.alertmanager.url"), "{text}");
+    assert!(text.contains("give Alertmanager's base URL"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delivery_names_the_channel_kind_and_its_url() {
+    // Something that is no Alertmanager: every path answers 404.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/not-alertmanager", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, axum::Router::new()).await });
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "ClusterAlertChannel",
+            "am",
+            &format!("  alertmanager:\n    url: {base}\n"),
+        ),
+        heartbeat_manifest("job", "1h", "5m", "  alerts:\n    channels: [am]\n"),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let server = ChildServer::start(&manifests, &data, &[]).await;
+    signal(&data, "job", "ping").await;
+    signal(&data, "job", "fail").await;
+    wait_for("the failed delivery", Duration::from_secs(15), || async {
+        metric(
+            &server.base,
+            "hartslag_alert_deliveries_total{outcome=\"failed\"}",
+        )
+        .await
+        .filter(|v| *v >= 1.0)
+    })
+    .await;
+    let log = server.log_text();
+    let named = format!(
+        "Alertmanager {base}/api/v2/alerts (ClusterAlertChannel am) answered 404 Not Found"
+    );
+    assert!(log.contains(&named), "{named:?} not in\n{log}");
+}
