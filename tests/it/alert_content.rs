@@ -1,7 +1,8 @@
 //! What alerts say, through real servers and receivers: email and the default webhook
 //! JSON carry the runbook and the dashboard link, a job that only ever pinged with a
-//! failure reads as failed (not "never pinged"), and an Alertmanager URL with the API's
-//! path is refused at load while delivery errors name the channel and its URL.
+//! failure reads as failed (not "never pinged"), an address named inline and by an email
+//! channel gets each notice once, and an Alertmanager URL with the API's path is refused
+//! at load while delivery errors name the channel and its URL.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use crate::channels::{channel, setup, signal};
 use crate::helpers::{
     ChildServer, SmtpSink, binary, free_port, heartbeat_manifest, metric, monitor_status,
-    wait_for, webhook_sink,
+    wait_for, wait_outbox_empty, webhook_sink,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,6 +73,50 @@ async fn email_and_webhook_carry_the_runbook_the_dashboard_and_the_failure_they_
     assert_eq!(status["last_ping_at"], Value::Null, "{status}");
     assert!(status["last_failure_at"].is_string(), "{status}");
     assert_eq!(status["last_signal_at"], status["last_failure_at"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_named_inline_and_by_an_email_channel_gets_each_notice_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = SmtpSink::start(dir.path()).await;
+    let docs = [
+        channel(
+            "ClusterAlertChannel",
+            "ops-mail",
+            "  email:\n    to: [\"ops@example.com\"]\n",
+        ),
+        heartbeat_manifest(
+            "twice",
+            "1h",
+            "5m",
+            "  alerts:\n    email: [\"OPS@example.com\", \"dev@example.com\"]\n    channels: [ops-mail]\n",
+        ),
+    ];
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let smtp = sink.url();
+    let server = ChildServer::start(&manifests, &data, &["--smtp-url", &smtp]).await;
+    signal(&data, "twice", "ping").await;
+    signal(&data, "twice", "fail").await;
+    sink.wait_for_mail("DOWN: twice", Duration::from_secs(15))
+        .await;
+    signal(&data, "twice", "ping").await;
+    sink.wait_for_mail("RECOVERED: twice", Duration::from_secs(15))
+        .await;
+    wait_outbox_empty(&server.base).await;
+    for subject in ["DOWN: twice", "RECOVERED: twice"] {
+        let mails = sink.with_subject(subject);
+        // One through the channel, one inline to the address it does not cover.
+        assert_eq!(mails.len(), 2, "{subject}: {mails:#?}");
+        let to_ops = mails
+            .iter()
+            .filter(|m| m.to_lowercase().contains("to: ops@example.com"))
+            .count();
+        assert_eq!(to_ops, 1, "{subject}: {mails:#?}");
+        assert!(
+            mails.iter().any(|m| m.contains("To: dev@example.com")),
+            "{mails:#?}"
+        );
+    }
 }
 
 #[tokio::test]

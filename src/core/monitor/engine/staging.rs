@@ -9,7 +9,6 @@ use super::types::{Change, Monitor, TransitionRecord};
 use super::wording::{self, DownWords, RECOVERED};
 use super::worker::{Done, TRANSITION_HISTORY, TRIM_EVERY, Worker};
 use crate::core::alert::message::AlertKind;
-use crate::core::alert::outbox;
 use crate::core::monitor::history::{PINGS_PER_BLOCK, approx_size};
 use crate::core::monitor::state::{Effect, State};
 use crate::core::storage::MonitorRound;
@@ -166,7 +165,7 @@ impl Worker {
             return;
         }
         let alert = wording::alert(m, kind, at, reason);
-        round.writes.deliveries.extend(outbox::deliveries(
+        round.writes.deliveries.extend(self.outbox.deliveries(
             &alert,
             &m.def.targets,
             self.clock.now(),
