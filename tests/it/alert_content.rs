@@ -1,18 +1,20 @@
-//! What alerts say, through real servers and receivers: email and the default webhook
-//! JSON carry the runbook and the dashboard link, a job that only ever pinged with a
-//! failure reads as failed (not "never pinged"), an address named inline and by an email
-//! channel gets each notice once, and an Alertmanager URL with the API's path is refused
-//! at load while delivery errors name the channel and its URL.
+//! What alerts say and to whom, through real servers and receivers: email and the default
+//! webhook JSON carry the runbook and the dashboard link, a job that only ever pinged
+//! with a failure reads as failed (not "never pinged"), an address named inline and by an
+//! email channel gets each notice once, a resolved Watchdog says the pipeline stopped
+//! (no made-up exit code), and an Alertmanager URL with the API's path is refused at load
+//! while delivery errors name the channel and its URL.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::alerting::Alertmanager;
 use crate::channels::{channel, setup, signal};
 use crate::helpers::{
-    ChildServer, SmtpSink, binary, free_port, heartbeat_manifest, metric, monitor_status,
-    wait_for, wait_outbox_empty, webhook_sink,
+    ChildServer, InProcess, SmtpSink, binary, free_port, heartbeat_manifest, metric,
+    monitor_status, ping_url, wait_for, wait_outbox_empty, webhook_sink,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +119,74 @@ async fn an_address_named_inline_and_by_an_email_channel_gets_each_notice_once()
             "{mails:#?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_resolved_watchdog_says_the_pipeline_stopped_without_an_exit_code() {
+    let (hook, got) = webhook_sink("/hook").await;
+    let server = InProcess::start(&[(
+        "hb.yaml",
+        heartbeat_manifest(
+            "pipeline",
+            "10m",
+            "1m",
+            &format!("  alerts:\n    webhook: {hook}\n"),
+        ),
+    )])
+    .await;
+    let ping = ping_url(&server.data, "pipeline");
+    let receiver = format!("{}/alertmanager", ping.trim_end_matches("/ping"));
+    let am = Alertmanager::start(Some(&receiver)).await;
+    let watchdog = |ends: Option<String>| {
+        let mut alert = serde_json::json!({
+            "labels": {"alertname": "Watchdog", "severity": "none"},
+            "annotations": {"summary": "The alerting pipeline is alive"},
+        });
+        if let Some(ends) = ends {
+            alert["endsAt"] = ends.into();
+        }
+        serde_json::json!([alert])
+    };
+    let post = |body: Value| {
+        let url = format!("{}/api/v2/alerts", am.base);
+        async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(res.status().is_success(), "{}", res.status());
+        }
+    };
+    post(watchdog(None)).await;
+    let admin = std::fs::read_to_string(server.data.join("tokens/admin.token")).unwrap();
+    let admin = admin.trim();
+    wait_for("Up by the Watchdog", Duration::from_secs(20), || async {
+        let m = monitor_status(&server.base, admin, "pipeline").await?;
+        (m["state"] == "Up").then_some(())
+    })
+    .await;
+    // The pipeline stops firing it: Alertmanager sends it resolved.
+    post(watchdog(Some(jiff::Timestamp::now().to_string()))).await;
+    let down = wait_for("the Down webhook", Duration::from_secs(30), || {
+        let v = got.lock().unwrap().clone();
+        async move { v.into_iter().find(|b| b["event"] == "down") }
+    })
+    .await;
+    let reason = down["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the alerting pipeline stopped firing Watchdog"),
+        "{reason}"
+    );
+    assert!(!reason.contains("exit code"), "{reason}");
+    assert_eq!(down["exit_code"], Value::Null, "no exit code was reported");
+    let m = monitor_status(&server.base, admin, "pipeline")
+        .await
+        .unwrap();
+    assert_eq!(m["down_reason"], reason);
+    drop(am);
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -189,6 +189,7 @@ async fn ping_input(
         user_agent,
         body,
         rid: run_id(params)?,
+        stopped_alert: None,
     })
 }
 

@@ -73,6 +73,9 @@ pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String 
             format!("the job reported failure (exit code {c})")
         }
         DownReason::Failed { exit_code: None } => "the job reported failure (/fail)".into(),
+        DownReason::PipelineStopped { alert } => format!(
+            "the alerting pipeline stopped firing {alert}: Alertmanager sent it as resolved (check Prometheus, its rules and the route to Alertmanager)"
+        ),
         DownReason::JobFailed {
             job,
             reason,

@@ -140,6 +140,12 @@ pub enum DownReason {
         /// The Job's name.
         job: String,
     },
+    /// Alertmanager reported its always-firing alert resolved: the alerting pipeline
+    /// stopped firing it (`/alertmanager`, the Watchdog as a Heartbeat).
+    PipelineStopped {
+        /// The alert's name (`Watchdog`).
+        alert: String,
+    },
 }
 
 /// Everything the state machine remembers about one monitor; stored as JSON, so fields are
@@ -266,6 +272,9 @@ pub enum Signal {
     Start(Timestamp),
     /// The job failed (`/fail`, or exit code 1–255). `Some(0)` is treated as a success.
     Fail(Timestamp, Option<u8>),
+    /// Alertmanager reported the always-firing alert of this name resolved: the alerting
+    /// pipeline stopped firing it. A failure, with that reason and no exit code.
+    PipelineStopped(Timestamp, String),
     /// A Job of the watched CronJob, as its front end sees it now.
     Job(JobSignal),
     /// The monitor was paused.
@@ -297,6 +306,7 @@ impl Signal {
             | Signal::SuccessFor(at, _)
             | Signal::Start(at)
             | Signal::Fail(at, _)
+            | Signal::PipelineStopped(at, _)
             | Signal::Pause(at)
             | Signal::Resume(at)
             | Signal::Tick(at)

@@ -228,6 +228,17 @@ impl Step<'_, '_> {
         self.fail_with(at, DownReason::Failed { exit_code });
     }
 
+    /// Alertmanager reported its always-firing `alert` resolved: the alerting pipeline
+    /// stopped, a failure with that reason (and no exit code: nobody reported one).
+    fn pipeline_stopped(&mut self, at: Timestamp, alert: &str) {
+        self.s.pings = self.s.pings.saturating_add(1);
+        self.finish_run(at);
+        let reason = DownReason::PipelineStopped {
+            alert: alert.to_string(),
+        };
+        self.fail_with(at, reason);
+    }
+
     /// A failure: recorded always, Down unless paused (where no run is tracked to end).
     fn fail_with(&mut self, at: Timestamp, reason: DownReason) {
         self.s.last_fail_at = Some(self.s.last_fail_at.map_or(at, |f| f.max(at)));
@@ -425,6 +436,7 @@ pub fn apply(
         Signal::SuccessFor(at, rid) => step.success(*at, Some(rid)),
         Signal::Start(at) => step.start(*at),
         Signal::Fail(at, exit_code) => step.fail(*at, *exit_code),
+        Signal::PipelineStopped(at, alert) => step.pipeline_stopped(*at, alert),
         Signal::Job(job) => step.job(job),
         Signal::Pause(at) => step.pause(*at),
         Signal::Resume(at) => step.resume(*at),

@@ -99,7 +99,7 @@ fn invariants_hold_for_random_sequences() {
             // Mostly forward in time, sometimes a stale timestamp.
             now += i64::try_from(rng.next(400)).unwrap();
             let at = t(now - i64::try_from(rng.next(4) * rng.next(30)).unwrap());
-            let sig = match rng.next(11) {
+            let sig = match rng.next(12) {
                 0 => Success(at),
                 1 => Start(at),
                 2 => Fail(at, Some(u8::try_from(rng.next(256)).unwrap())),
@@ -109,6 +109,7 @@ fn invariants_hold_for_random_sequences() {
                 6 => Retimed(at),
                 7 => SuccessFor(at, format!("job-{}", rng.next(4))),
                 8 => random_job(&mut rng, at),
+                9 => Signal::PipelineStopped(at, "Watchdog".into()),
                 _ => Tick(t(now)),
             };
             let before = s.clone();

@@ -220,6 +220,29 @@ fn an_episode_keeps_the_reason_it_went_down_for() {
 }
 
 #[test]
+fn a_resolved_watchdog_is_down_because_the_pipeline_stopped_with_no_exit_code() {
+    let (s, all, last) = run(
+        &HOUR,
+        &[
+            Success(t(0)),
+            Signal::PipelineStopped(t(10), "Watchdog".into()),
+        ],
+    );
+    assert_eq!(s.state, State::Down);
+    assert_eq!(
+        s.down_reason,
+        Some(DownReason::PipelineStopped {
+            alert: "Watchdog".into()
+        })
+    );
+    assert_eq!(s.last_fail_at, Some(t(10)));
+    assert_eq!(s.pings, 2);
+    assert_eq!(count(&all, is_alert), 1);
+    assert_eq!(last[0], tr(State::Up, State::Down, 10));
+    assert_eq!(Signal::PipelineStopped(t(3), "W".into()).at(), t(3));
+}
+
+#[test]
 fn records_written_by_the_previous_state_machine_step_sanely() {
     // It kept the deadline while Paused: resuming to New must drop it.
     let paused = MonitorState {
