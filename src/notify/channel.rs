@@ -163,6 +163,7 @@ pub fn facts(alert: &Alert, channel: &ResolvedChannel, base_url: &str) -> Facts 
             AlertKind::Recovery | AlertKind::OnTime => NoticeKind::Recovery,
             AlertKind::Flapping => NoticeKind::Flapping,
             AlertKind::Late => NoticeKind::Late,
+            AlertKind::Stopped => NoticeKind::Stopped,
         },
         dashboard_url: dashboard_url(alert, base_url),
         namespace,

@@ -22,20 +22,24 @@ pub enum NoticeKind {
     Recovery,
     /// Flipping between Down and up; notices are held until it settles.
     Flapping,
+    /// Monitoring stopped while it was Down (paused, removed, suspended): the incident is
+    /// closed, as by a recovery, though the monitor did not recover.
+    Stopped,
 }
 
 impl NoticeKind {
     /// Every kind, for tests and checks that cover them all.
-    pub const ALL: [NoticeKind; 4] = [
+    pub const ALL: [NoticeKind; 5] = [
         NoticeKind::Down,
         NoticeKind::Late,
         NoticeKind::Recovery,
         NoticeKind::Flapping,
+        NoticeKind::Stopped,
     ];
 
     /// Whether the notice opens (or keeps open) an alert, rather than closing it.
     pub fn is_firing(self) -> bool {
-        !matches!(self, NoticeKind::Recovery)
+        !matches!(self, NoticeKind::Recovery | NoticeKind::Stopped)
     }
 
     /// The word people see in titles.
@@ -45,15 +49,18 @@ impl NoticeKind {
             NoticeKind::Late => "LATE",
             NoticeKind::Recovery => "RECOVERED",
             NoticeKind::Flapping => "FLAPPING",
+            NoticeKind::Stopped => "NO LONGER MONITORED",
         }
     }
 
-    /// The monitor state the notice reports, as status and metrics spell it.
+    /// The monitor state the notice reports, as status and metrics spell it;
+    /// `Unmonitored` for a stopped notice (paused or removed: nobody watches it).
     pub fn state(self) -> &'static str {
         match self {
             NoticeKind::Down | NoticeKind::Flapping => "Down",
             NoticeKind::Late => "Late",
             NoticeKind::Recovery => "Up",
+            NoticeKind::Stopped => "Unmonitored",
         }
     }
 }

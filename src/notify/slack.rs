@@ -32,6 +32,7 @@ fn icon(kind: NoticeKind) -> &'static str {
         NoticeKind::Late => ":large_yellow_circle:",
         NoticeKind::Recovery => ":large_green_circle:",
         NoticeKind::Flapping => ":large_orange_circle:",
+        NoticeKind::Stopped => ":white_circle:",
     }
 }
 

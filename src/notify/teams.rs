@@ -14,6 +14,7 @@ fn colour(kind: NoticeKind) -> &'static str {
         NoticeKind::Down | NoticeKind::Flapping => "Attention",
         NoticeKind::Late => "Warning",
         NoticeKind::Recovery => "Good",
+        NoticeKind::Stopped => "Accent",
     }
 }
 

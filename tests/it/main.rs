@@ -5,6 +5,7 @@
 mod helpers;
 mod pg;
 
+mod alert_closing;
 mod alert_content;
 mod alert_delivery;
 mod alerting;

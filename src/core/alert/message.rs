@@ -23,6 +23,10 @@ pub enum AlertKind {
     /// The monitor went Down and up so often that its notices are held until it settles
     /// (sent once, by the delivery scheduler, instead of each pair).
     Flapping,
+    /// Monitoring stopped while the monitor was Down (it was paused, removed or
+    /// suspended): its incident is closed where it is open (PagerDuty, Alertmanager) and
+    /// people are told nobody watches it any more. Goes wherever a recovery would.
+    Stopped,
 }
 
 /// One alert about one monitor.
@@ -304,6 +308,7 @@ impl Alert {
             AlertKind::OnTime => "ON TIME",
             AlertKind::Recovery => "RECOVERED",
             AlertKind::Flapping => "FLAPPING",
+            AlertKind::Stopped => "NO LONGER MONITORED",
         }
     }
 
@@ -360,6 +365,10 @@ impl Alert {
                 "Heartbeat monitor \"{}\" is FLAPPING between Down and up.",
                 self.title()
             ),
+            AlertKind::Stopped => format!(
+                "Heartbeat monitor \"{}\" is NO LONGER MONITORED: it was Down when monitoring stopped.",
+                self.title()
+            ),
         }
     }
 
@@ -410,6 +419,7 @@ impl Alert {
             AlertKind::OnTime => "on_time",
             AlertKind::Recovery => "recovery",
             AlertKind::Flapping => "flapping",
+            AlertKind::Stopped => "stopped",
         };
         let mut text = format!(
             "{} {}: {} ({}) — {}. {}.",
@@ -419,6 +429,7 @@ impl Alert {
                 AlertKind::OnTime => ":large_green_circle:",
                 AlertKind::Recovery => ":large_green_circle:",
                 AlertKind::Flapping => ":large_orange_circle:",
+                AlertKind::Stopped => ":white_circle:",
             },
             self.state_word(),
             self.title(),

@@ -486,7 +486,7 @@ impl Scheduler {
                 .get(identity)
                 .and_then(|h| h.monitors.get(monitor))
                 .is_some_and(|m| m.flapping_since.is_some()),
-            AlertKind::Recovery | AlertKind::OnTime => false,
+            AlertKind::Recovery | AlertKind::OnTime | AlertKind::Stopped => false,
         }
     }
 

@@ -19,8 +19,11 @@
 //!   (a tick long after the deadline goes Up → Down, never through a zero-length Late);
 //! - `since` never decreases, whatever the order in which signals arrive;
 //! - Down with no open incident opens one and alerts; Up with an open incident closes it and
-//!   sends the recovery: at most one alert and one recovery per episode, and ticks are
-//!   idempotent;
+//!   sends the recovery; Paused with an open incident closes it with [`Effect::Closed`]
+//!   (nobody watches it while paused, so no recovery would come; resuming starts a new
+//!   episode): at most one alert and one closing (recovery or `Closed`) per episode, and
+//!   ticks are idempotent; [`stop`] (a monitor removed or suspended) closes an open
+//!   incident the same way;
 //! - the deadline of an interval monitor is its last ping plus the interval, and it has none
 //!   while New; a scheduled monitor's deadline is always a scheduled time, and it has one
 //!   in every state but Paused (while the schedule fires at all);
@@ -41,8 +44,8 @@ use super::sparse::SparseList;
 mod step;
 mod timing;
 
-pub use step::apply;
 use step::run_deadline;
+pub use step::{apply, stop};
 pub use timing::{JobRules, Timing, TimingError, secs_saturating};
 
 /// Where a monitor stands; the single value status pages, metrics and alerting key on.
@@ -192,8 +195,8 @@ pub struct MonitorState {
     /// Why it is Down; `None` in every other state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<DownReason>,
-    /// A Down alert was sent and its recovery has not been; survives pause and resume so an
-    /// episode gets exactly one alert and one recovery.
+    /// A Down alert was sent and neither its recovery nor its closing (paused, removed) has
+    /// been: an episode gets exactly one alert and one of those.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incident_open: bool,
     /// A success ping arrived while paused: resume goes to Up (judged by that ping) instead
@@ -251,6 +254,13 @@ pub enum Effect {
     /// Send a recovery notice: once per episode, when it is Up again.
     Recovery {
         /// When it recovered.
+        at: Timestamp,
+    },
+    /// Close the open incident without a recovery: the monitor is no longer watched
+    /// (paused, removed or suspended while Down), so wherever the incident is open
+    /// (PagerDuty, Alertmanager) it is resolved, and people are told monitoring stopped.
+    Closed {
+        /// When monitoring stopped.
         at: Timestamp,
     },
     /// A started run ended (success or failure) after this long; for the ping history.

@@ -400,6 +400,13 @@ impl Step<'_, '_> {
             effects.push(Effect::RunFinished { duration });
         }
         match self.s.state {
+            // Paused, it is watched no more: whoever was told of the incident is told it
+            // is closed, since no recovery would follow while paused (nor ever, if it is
+            // removed while paused). Resuming starts afresh: still Down, it alerts again.
+            State::Paused if self.s.incident_open => {
+                self.s.incident_open = false;
+                effects.push(Effect::Closed { at });
+            }
             State::Down if !self.s.incident_open => {
                 self.s.incident_open = true;
                 self.s.last_alert_at = Some(at);
@@ -444,4 +451,19 @@ pub fn apply(
         Signal::Retimed(now) => step.retime(*now),
     }
     step.finish(signal.at())
+}
+
+/// Monitoring of a monitor in `state` ends at `at` (it is removed, or suspended until its
+/// definition is accepted again): an open incident is closed, with [`Effect::Closed`],
+/// since no recovery can follow. Nothing else changes, so a record kept (`Retain`, a
+/// suspension) that is defined again while still Down opens a new incident and alerts.
+pub fn stop(state: &MonitorState, at: Timestamp) -> (MonitorState, Option<Effect>) {
+    let mut s = state.clone();
+    let closed = s.incident_open.then(|| {
+        s.incident_open = false;
+        Effect::Closed {
+            at: s.since.max(at),
+        }
+    });
+    (s, closed)
 }
