@@ -86,6 +86,7 @@ fn main() {
                                 user_agent: Some("curl/8.5.0".into()),
                                 body: Some("ok".into()),
                                 rid: None,
+                                stopped_alert: None,
                             },
                         )
                         .await
@@ -110,6 +111,7 @@ fn main() {
                             user_agent: Some("backup-cron/2.1 (linux; amd64) with a long user agent string".into()),
                             body: Some("x".repeat(400)),
                             rid: None,
+                            stopped_alert: None,
                         },
                     )
                     .await

@@ -77,6 +77,7 @@ fn main() {
                             user_agent: None,
                             body: None,
                             rid: None,
+                            stopped_alert: None,
                         };
                         core.engine
                             .ping(&format!("bench/m{i}"), input)

@@ -233,6 +233,12 @@ pub enum ChannelError {
     /// A URL that is not http(s).
     #[error("spec.{0} {1:?} is not an http:// or https:// URL")]
     Url(&'static str, String),
+    /// An Alertmanager URL that holds the API's path: alerts would go to
+    /// `.../api/v2/alerts/api/v2/alerts`, which answers 404.
+    #[error(
+        "spec.alertmanager.url {0:?} includes the API path; give Alertmanager's base URL (such as http://alertmanager.monitoring:9093, with its --web.route-prefix if it has one): Hartslag posts to <url>/api/v2/alerts itself"
+    )]
+    AlertmanagerPath(String),
     /// A required secret is missing, or given in the other front end's spelling.
     #[error("spec.{field}: set {wanted}{other}")]
     Secret {
@@ -263,6 +269,23 @@ fn http_url(field: &'static str, url: &str) -> Result<(), ChannelError> {
     } else {
         Err(ChannelError::Url(field, url.into()))
     }
+}
+
+/// Refuses an Alertmanager URL ending in the API's path (`/api/v2/alerts`, `/api/v1`, ...)
+/// rather than guessing what else it may mean: the field is the base URL, as Prometheus'
+/// own `alertmanagers` setting takes it.
+fn alertmanager_base(url: &str) -> Result<(), ChannelError> {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .trim_end_matches('/')
+        .to_ascii_lowercase();
+    let api = ["/api/v1", "/api/v2", "/api/v1/alerts", "/api/v2/alerts"];
+    if api.iter().any(|suffix| path.ends_with(suffix)) {
+        return Err(ChannelError::AlertmanagerPath(url.to_string()));
+    }
+    Ok(())
 }
 
 /// Checks that the secret is given once, in the spelling `secrets` reads.
@@ -336,6 +359,7 @@ impl AlertChannelSpec {
         let kind = self.kind()?;
         if let Some(a) = &self.alertmanager {
             http_url("alertmanager.url", &a.url)?;
+            alertmanager_base(&a.url)?;
             if a.resend_interval.is_some_and(|d| d.as_secs() == 0) {
                 return Err(ChannelError::ZeroDuration("alertmanager.resendInterval"));
             }
@@ -465,6 +489,26 @@ mod tests {
         );
         let am = spec(r#"{"alertmanager":{"url":"http://am:9093"},"severity":"warning"}"#);
         assert_eq!(am.validate(Secrets::Files), Ok(ChannelKind::Alertmanager));
+        // A route prefix is a base URL; the API's own path is not.
+        let prefixed = spec(r#"{"alertmanager":{"url":"http://monitoring/alertmanager/"}}"#);
+        assert_eq!(
+            prefixed.validate(Secrets::Files),
+            Ok(ChannelKind::Alertmanager)
+        );
+        for url in [
+            "http://am:9093/api/v2/alerts",
+            "http://am:9093/api/v2/alerts/",
+            "https://am.example.com/prefix/api/v1/alerts",
+            "http://am:9093/api/v2",
+        ] {
+            let full = spec(&format!(r#"{{"alertmanager":{{"url":"{url}"}}}}"#));
+            let e = full.validate(Secrets::Files).unwrap_err();
+            assert_eq!(e, ChannelError::AlertmanagerPath(url.into()));
+            assert!(
+                e.to_string().contains("give Alertmanager's base URL"),
+                "{e}"
+            );
+        }
         assert_eq!(am.resend_interval().as_secs(), 60);
         assert_eq!(am.severity, Some(Severity::Warning));
     }

@@ -20,11 +20,18 @@ pub const DEFAULT_RESEND: Duration = Duration::from_secs(60);
 /// How many re-send intervals a firing alert stays active without a re-send.
 const ENDS_AFTER_RESENDS: u32 = 4;
 
+/// Where alerts are posted for an Alertmanager at base URL `base` (no trailing slash).
+pub fn endpoint(base: &str) -> String {
+    format!("{base}/api/v2/alerts")
+}
+
 /// The alert name for a notice: Late notices are a separate, milder alert.
 pub fn alertname(kind: NoticeKind) -> &'static str {
     match kind {
         NoticeKind::Late => "HeartbeatLate",
-        NoticeKind::Down | NoticeKind::Recovery | NoticeKind::Flapping => "HeartbeatDown",
+        NoticeKind::Down | NoticeKind::Recovery | NoticeKind::Flapping | NoticeKind::Stopped => {
+            "HeartbeatDown"
+        }
     }
 }
 
@@ -48,15 +55,13 @@ pub fn labels(facts: &Facts, kind: NoticeKind) -> Map<String, Value> {
 
 fn annotations(facts: &Facts) -> Map<String, Value> {
     let mut a = Map::new();
+    let state = match facts.kind {
+        NoticeKind::Stopped => "no longer monitored".to_string(),
+        other => other.state().to_lowercase(),
+    };
     a.insert(
         "summary".into(),
-        format!(
-            "Heartbeat {}/{} is {}",
-            facts.namespace,
-            facts.name,
-            facts.kind.state().to_lowercase()
-        )
-        .into(),
+        format!("Heartbeat {}/{} is {state}", facts.namespace, facts.name).into(),
     );
     a.insert("description".into(), facts.description().into());
     if let Some(url) = &facts.runbook_url {
@@ -73,10 +78,11 @@ fn rfc3339(t: Timestamp) -> String {
 /// The body of one `POST /api/v2/alerts` for this notice at `now`.
 ///
 /// A Down (or Flapping) notice fires `HeartbeatDown`; a Late notice fires `HeartbeatLate`;
-/// a recovery resolves both (resolving an alert Alertmanager does not hold is a no-op).
+/// a recovery resolves both (resolving an alert Alertmanager does not hold is a no-op), and
+/// so does a stopped notice (paused or removed while Down: no recovery will come).
 pub fn body(facts: &Facts, now: Timestamp, resend: Duration) -> Value {
     let kinds: &[NoticeKind] = match facts.kind {
-        NoticeKind::Recovery => &[NoticeKind::Down, NoticeKind::Late],
+        NoticeKind::Recovery | NoticeKind::Stopped => &[NoticeKind::Down, NoticeKind::Late],
         other => &[other][..],
     };
     let ahead = SignedDuration::try_from(resend.saturating_mul(ENDS_AFTER_RESENDS))
@@ -159,6 +165,29 @@ mod tests {
             assert_eq!(a["startsAt"], "2026-12-05T03:05:00Z");
             assert!(a["annotations"]["summary"].is_string());
         }
+    }
+
+    #[test]
+    fn monitoring_stopped_while_down_ends_the_alerts_now_and_says_why() {
+        let mut f = sample(NoticeKind::Stopped);
+        f.since = now();
+        let body = body(&f, now(), DEFAULT_RESEND);
+        let alerts = body.as_array().unwrap();
+        assert_eq!(alerts.len(), 2);
+        assert_eq!(
+            alerts[0]["labels"],
+            Value::Object(labels(&sample(NoticeKind::Down), NoticeKind::Down)),
+            "the same labels as the Down it ends"
+        );
+        assert_eq!(alerts[1]["labels"]["alertname"], "HeartbeatLate");
+        for a in alerts {
+            assert_eq!(a["endsAt"], "2026-12-05T03:10:00Z");
+            assert_eq!(
+                a["annotations"]["summary"],
+                "Heartbeat team-a/nightly-backup is no longer monitored"
+            );
+        }
+        assert_eq!(endpoint("http://am:9093"), "http://am:9093/api/v2/alerts");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::webhook::WebhookSender;
 use super::{alertmanager, pagerduty, slack, teams};
 use crate::core::alert::DeliveryError;
 use crate::core::alert::channels::{ChannelBook, ChannelRef, Destination, ResolvedChannel};
-use crate::core::alert::message::{Alert, AlertKind};
+use crate::core::alert::message::{Alert, AlertKind, Links};
 
 /// Sends alerts through the channels the front end handed to the core.
 #[derive(Clone, Debug)]
@@ -38,6 +38,11 @@ impl ChannelSender {
         }
     }
 
+    /// The dashboard page of `alert`'s monitor, for notices outside channels too.
+    pub fn dashboard_url(&self, alert: &Alert) -> String {
+        dashboard_url(alert, &self.base_url)
+    }
+
     /// One attempt to deliver `alert` through channel `id`.
     pub async fn send(
         &self,
@@ -53,14 +58,18 @@ impl ChannelSender {
             )));
         };
         let facts = facts(alert, &channel, &self.base_url);
+        let links = Links {
+            dashboard: Some(&facts.dashboard_url),
+        };
         let http = senders.http;
+        let what = target_name(&channel);
         match &channel.destination {
             Destination::Alertmanager {
                 url,
                 resend_interval,
             } => {
                 let body = alertmanager::body(&facts, Timestamp::now(), *resend_interval);
-                http.post_json(&format!("{url}/api/v2/alerts"), &body, &[])
+                http.post_json_as(&what, &alertmanager::endpoint(url), &body, &[])
                     .await
             }
             Destination::PagerDuty {
@@ -68,16 +77,16 @@ impl ChannelSender {
                 events_url,
             } => {
                 for event in pagerduty::events(&facts, routing_key) {
-                    http.post_json(events_url, &event, &[]).await?;
+                    http.post_json_as(&what, events_url, &event, &[]).await?;
                 }
                 Ok(())
             }
             Destination::Slack { webhook_url } => {
-                http.post_json(webhook_url, &slack::message(&facts), &[])
+                http.post_json_as(&what, webhook_url, &slack::message(&facts), &[])
                     .await
             }
             Destination::Teams { webhook_url } => {
-                http.post_json(webhook_url, &teams::message(&facts), &[])
+                http.post_json_as(&what, webhook_url, &teams::message(&facts), &[])
                     .await
             }
             Destination::Webhook {
@@ -88,19 +97,60 @@ impl ChannelSender {
                 let body = match template {
                     Some(source) => BodyTemplate::new(source)
                         .and_then(|t| t.render(&facts))
-                        .map_err(|e| DeliveryError::Permanent(format!("webhook.{e}")))?,
-                    None => alert.webhook_json(),
+                        .map_err(|e| DeliveryError::Permanent(format!("{what}: webhook.{e}")))?,
+                    None => alert.webhook_json(links),
                 };
-                http.post_json(url, &body, headers).await
+                http.post_json_as(&what, url, &body, headers).await
             }
             Destination::Email { to } => match senders.email {
-                Some(sender) => sender.send(alert, to).await,
+                Some(sender) => sender.send(alert, to, links).await,
                 None => Err(DeliveryError::Unconfigured(
                     "no SMTP server is configured (--smtp-url)".into(),
                 )),
             },
         }
     }
+}
+
+/// How delivery errors name a channel: its kind and name, and its URL where that is no
+/// secret (Alertmanager's and PagerDuty's endpoints; a chat or webhook URL is a password,
+/// so only its host is told).
+pub fn target_name(channel: &ResolvedChannel) -> String {
+    let id = &channel.id;
+    match &channel.destination {
+        Destination::Alertmanager { url, .. } => {
+            format!("Alertmanager {} ({id})", alertmanager::endpoint(url))
+        }
+        Destination::PagerDuty { events_url, .. } => format!("PagerDuty {events_url} ({id})"),
+        Destination::Slack { webhook_url } => format!("Slack webhook {} ({id})", host(webhook_url)),
+        Destination::Teams { webhook_url } => format!("Teams webhook {} ({id})", host(webhook_url)),
+        Destination::Webhook { url, .. } => format!("webhook {} ({id})", host(url)),
+        Destination::Email { .. } => format!("email ({id})"),
+    }
+}
+
+/// `scheme://host[:port]/...` of `url`, its path and query left out: they may hold the
+/// secret.
+fn host(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/...",
+            u.scheme(),
+            u.host_str().unwrap_or_default(),
+            u.port().map_or(String::new(), |p| format!(":{p}"))
+        ),
+        Err(_) => "(a URL that does not parse)".into(),
+    }
+}
+
+/// The monitor's dashboard page under `base_url` (the server's external URL, no
+/// trailing slash): the link every kind of notice carries.
+pub fn dashboard_url(alert: &Alert, base_url: &str) -> String {
+    format!(
+        "{base_url}/ui/monitors/{}/{}",
+        alert.namespace(),
+        alert.monitor
+    )
 }
 
 /// The provider facts of `alert` sent through `channel`.
@@ -113,8 +163,9 @@ pub fn facts(alert: &Alert, channel: &ResolvedChannel, base_url: &str) -> Facts 
             AlertKind::Recovery | AlertKind::OnTime => NoticeKind::Recovery,
             AlertKind::Flapping => NoticeKind::Flapping,
             AlertKind::Late => NoticeKind::Late,
+            AlertKind::Stopped => NoticeKind::Stopped,
         },
-        dashboard_url: format!("{base_url}/ui/monitors/{namespace}/{}", alert.monitor),
+        dashboard_url: dashboard_url(alert, base_url),
         namespace,
         name: alert.monitor.clone(),
         display_name: alert.display_name.clone(),
@@ -123,10 +174,58 @@ pub fn facts(alert: &Alert, channel: &ResolvedChannel, base_url: &str) -> Facts 
         since: alert.occurred_at,
         opened_at,
         last_ping_at: alert.last_ping_at,
+        last_failure_at: alert.failure_since_success().map(|(at, _)| at),
         expected_at: alert.expected_at,
         exit_code: alert.exit_code,
         incident: opened_at.as_millisecond().to_string(),
         runbook_url: alert.runbook_url.clone(),
         severity: channel.severity,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::channel::Severity;
+
+    fn channel(destination: Destination) -> ResolvedChannel {
+        ResolvedChannel {
+            id: ChannelRef::namespaced("team-a", "ops"),
+            destination,
+            severity: Severity::Critical,
+            policy: Default::default(),
+            maintenance: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_kind_and_a_url_only_where_it_is_no_secret() {
+        let am = channel(Destination::Alertmanager {
+            url: "http://am:9093".into(),
+            resend_interval: std::time::Duration::from_secs(60),
+        });
+        assert_eq!(
+            target_name(&am),
+            "Alertmanager http://am:9093/api/v2/alerts (AlertChannel team-a/ops)"
+        );
+        let slack = channel(Destination::Slack {
+            webhook_url: "https://hooks.slack.com/services/T0/B0/s3cr3t".into(),
+        });
+        let name = target_name(&slack);
+        assert_eq!(
+            name,
+            "Slack webhook https://hooks.slack.com/... (AlertChannel team-a/ops)"
+        );
+        let hook = channel(Destination::Webhook {
+            url: "http://127.0.0.1:8081/hook?token=s3cr3t".into(),
+            headers: Vec::new(),
+            template: None,
+        });
+        let name = target_name(&hook);
+        assert!(
+            name.starts_with("webhook http://127.0.0.1:8081/..."),
+            "{name}"
+        );
+        assert!(!name.contains("s3cr3t"), "{name}");
     }
 }

@@ -11,7 +11,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::core::alert::DeliveryError;
-use crate::core::alert::message::Alert;
+use crate::core::alert::message::{Alert, Links};
 
 /// Why an SMTP URL or sender address is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -227,8 +227,13 @@ impl EmailSender {
         })
     }
 
-    /// Sends `alert` to `to` as one message.
-    pub async fn send(&self, alert: &Alert, to: &[String]) -> Result<(), DeliveryError> {
+    /// Sends `alert` to `to` as one message, with `links` in its body.
+    pub async fn send(
+        &self,
+        alert: &Alert,
+        to: &[String],
+        links: Links<'_>,
+    ) -> Result<(), DeliveryError> {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .subject(alert.subject());
@@ -251,7 +256,7 @@ impl EmailSender {
         }
         let message = builder
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
-            .body(alert.body())
+            .body(alert.body(links))
             .map_err(|e| DeliveryError::Permanent(format!("cannot build the message: {e}")))?;
         // lettre's timeout covers connecting, not a server that accepts and then stalls.
         let sent =

@@ -22,20 +22,24 @@ pub enum NoticeKind {
     Recovery,
     /// Flipping between Down and up; notices are held until it settles.
     Flapping,
+    /// Monitoring stopped while it was Down (paused, removed, suspended): the incident is
+    /// closed, as by a recovery, though the monitor did not recover.
+    Stopped,
 }
 
 impl NoticeKind {
     /// Every kind, for tests and checks that cover them all.
-    pub const ALL: [NoticeKind; 4] = [
+    pub const ALL: [NoticeKind; 5] = [
         NoticeKind::Down,
         NoticeKind::Late,
         NoticeKind::Recovery,
         NoticeKind::Flapping,
+        NoticeKind::Stopped,
     ];
 
     /// Whether the notice opens (or keeps open) an alert, rather than closing it.
     pub fn is_firing(self) -> bool {
-        !matches!(self, NoticeKind::Recovery)
+        !matches!(self, NoticeKind::Recovery | NoticeKind::Stopped)
     }
 
     /// The word people see in titles.
@@ -45,15 +49,18 @@ impl NoticeKind {
             NoticeKind::Late => "LATE",
             NoticeKind::Recovery => "RECOVERED",
             NoticeKind::Flapping => "FLAPPING",
+            NoticeKind::Stopped => "NO LONGER MONITORED",
         }
     }
 
-    /// The monitor state the notice reports, as status and metrics spell it.
+    /// The monitor state the notice reports, as status and metrics spell it;
+    /// `Unmonitored` for a stopped notice (paused or removed: nobody watches it).
     pub fn state(self) -> &'static str {
         match self {
             NoticeKind::Down | NoticeKind::Flapping => "Down",
             NoticeKind::Late => "Late",
             NoticeKind::Recovery => "Up",
+            NoticeKind::Stopped => "Unmonitored",
         }
     }
 }
@@ -79,6 +86,9 @@ pub struct Facts {
     pub opened_at: Timestamp,
     /// The last successful ping.
     pub last_ping_at: Option<Timestamp>,
+    /// The last failure, when it came after the last success (with `exit_code`, when
+    /// the notice knows it).
+    pub last_failure_at: Option<Timestamp>,
     /// When a ping was expected.
     pub expected_at: Option<Timestamp>,
     /// The failing run's exit code, when it reported one.
@@ -114,9 +124,19 @@ impl Facts {
     /// The whole notice as one sentence or two, for descriptions and summaries.
     pub fn description(&self) -> String {
         let mut text = format!("{} {}.", self.headline(), self.reason);
-        text.push_str(&format!(" Last ping: {}.", stamp(self.last_ping_at)));
+        text.push_str(&format!(" {}.", self.last_heard()));
         if let Some(code) = self.exit_code {
             text.push_str(&format!(" Exit code: {code}."));
+        }
+        text
+    }
+
+    /// "Last success: never; last failure: 2026-12-05T03:04:00Z": what the monitor last
+    /// heard, whichever kind of signal it was.
+    pub fn last_heard(&self) -> String {
+        let mut text = format!("Last success: {}", stamp(self.last_ping_at));
+        if let Some(at) = self.last_failure_at {
+            text.push_str(&format!("; last failure: {}", stamp(Some(at))));
         }
         text
     }
@@ -143,6 +163,7 @@ pub fn sample(kind: NoticeKind) -> Facts {
         since: at("2026-12-05T03:05:00Z"),
         opened_at: at("2026-12-05T03:05:00Z"),
         last_ping_at: Some(at("2026-12-05T02:00:00Z")),
+        last_failure_at: Some(at("2026-12-05T03:05:00Z")),
         expected_at: Some(at("2026-12-05T03:00:00Z")),
         exit_code: Some(2),
         incident: "1764903900000".into(),

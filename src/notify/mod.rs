@@ -15,7 +15,7 @@ pub mod webhook;
 
 use futures::future::BoxFuture;
 
-use crate::core::alert::message::{Alert, Target};
+use crate::core::alert::message::{Alert, Links, Target};
 use crate::core::alert::{Deliver, DeliveryError};
 use email::{EmailConfigError, EmailSender, SmtpConfig};
 use webhook::WebhookSender;
@@ -70,14 +70,18 @@ impl Deliver for Notifier {
         target: &'a Target,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
+            let dashboard = self.channels.dashboard_url(alert);
+            let links = Links {
+                dashboard: Some(&dashboard),
+            };
             match target {
                 Target::Email { to } => match &self.email {
-                    Some(sender) => sender.send(alert, to).await,
+                    Some(sender) => sender.send(alert, to, links).await,
                     None => Err(DeliveryError::Unconfigured(
                         "no SMTP server is configured (--smtp-url)".into(),
                     )),
                 },
-                Target::Webhook { url } => self.webhook.send(alert, url).await,
+                Target::Webhook { url } => self.webhook.send(alert, url, links).await,
                 Target::Channel { channel } => {
                     let senders = channel::Senders {
                         http: &self.webhook,

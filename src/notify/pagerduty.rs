@@ -90,7 +90,8 @@ fn trigger(facts: &Facts, routing_key: &str, kind: NoticeKind) -> Value {
                 "reason": facts.reason,
                 "since": stamp(Some(facts.since)),
                 "last_ping": stamp(facts.last_ping_at),
-                "expected_at": stamp(facts.expected_at),
+                "last_failure": facts.last_failure_at.map(|t| stamp(Some(t))),
+                "expected_at": facts.expected_at.map(|t| stamp(Some(t))),
                 "exit_code": facts.exit_code,
                 "namespace": facts.namespace,
                 "application": facts.application,
@@ -114,7 +115,8 @@ pub fn events(facts: &Facts, routing_key: &str) -> Vec<Value> {
             vec![trigger(facts, routing_key, NoticeKind::Down)]
         }
         NoticeKind::Late => vec![trigger(facts, routing_key, NoticeKind::Late)],
-        NoticeKind::Recovery => vec![
+        // Paused or removed while Down: nothing would ever resolve the alert else.
+        NoticeKind::Recovery | NoticeKind::Stopped => vec![
             resolve(facts, routing_key, NoticeKind::Down),
             resolve(facts, routing_key, NoticeKind::Late),
         ],
@@ -163,6 +165,39 @@ mod tests {
         assert_eq!(up[1]["dedup_key"], late[0]["dedup_key"]);
         assert_eq!(late[0]["dedup_key"], "hartslag/team-a/nightly-backup/late");
         assert_eq!(events(&next, KEY).len(), 1);
+    }
+
+    #[test]
+    fn monitoring_stopped_while_down_resolves_what_the_monitor_left_open() {
+        let down = events(&sample(NoticeKind::Down), KEY);
+        let stopped = events(&sample(NoticeKind::Stopped), KEY);
+        for e in &stopped {
+            schema::pagerduty(e).unwrap();
+            assert_eq!(e["event_action"], "resolve");
+        }
+        assert_eq!(stopped[0]["dedup_key"], down[0]["dedup_key"]);
+        assert_eq!(
+            stopped[1]["dedup_key"],
+            "hartslag/team-a/nightly-backup/late"
+        );
+    }
+
+    #[test]
+    fn a_trigger_tells_the_last_failure_and_no_made_up_deadline() {
+        let mut f = sample(NoticeKind::Down);
+        f.last_ping_at = None;
+        f.expected_at = None;
+        let e = &events(&f, KEY)[0];
+        schema::pagerduty(e).unwrap();
+        let details = &e["payload"]["custom_details"];
+        assert_eq!(details["last_ping"], "never");
+        assert_eq!(details["last_failure"], "2026-12-05T03:05:00Z");
+        assert_eq!(details["expected_at"], Value::Null);
+        let summary = e["payload"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("Last success: never; last failure: 2026-12-05T03:05:00Z."),
+            "{summary}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ fn icon(kind: NoticeKind) -> &'static str {
         NoticeKind::Late => ":large_yellow_circle:",
         NoticeKind::Recovery => ":large_green_circle:",
         NoticeKind::Flapping => ":large_orange_circle:",
+        NoticeKind::Stopped => ":white_circle:",
     }
 }
 
@@ -40,13 +41,19 @@ pub fn message(facts: &Facts) -> Value {
     let mut fields = vec![
         field("State", facts.kind.state()),
         field("Since", &stamp(Some(facts.since))),
-        field("Last ping", &stamp(facts.last_ping_at)),
-        field("Expected", &stamp(facts.expected_at)),
-        field(
-            "Application",
-            facts.application.as_deref().unwrap_or("none"),
-        ),
+        field("Last success", &stamp(facts.last_ping_at)),
     ];
+    if let Some(at) = facts.last_failure_at {
+        fields.push(field("Last failure", &stamp(Some(at))));
+    }
+    // No deadline (a monitor that never succeeded, or one paused): no "Expected" to tell.
+    if let Some(at) = facts.expected_at {
+        fields.push(field("Expected", &stamp(Some(at))));
+    }
+    fields.push(field(
+        "Application",
+        facts.application.as_deref().unwrap_or("none"),
+    ));
     if let Some(code) = facts.exit_code {
         fields.push(field("Exit code", &code.to_string()));
     }
@@ -89,6 +96,23 @@ mod tests {
             m["blocks"][3]["elements"][0]["url"],
             sample(NoticeKind::Down).dashboard_url
         );
+    }
+
+    #[test]
+    fn a_job_that_only_failed_shows_its_failure_and_no_expected_never() {
+        let mut f = sample(NoticeKind::Down);
+        f.last_ping_at = None;
+        f.expected_at = None;
+        let m = message(&f);
+        schema::slack(&m).unwrap();
+        let fields = m["blocks"][2]["fields"].to_string();
+        assert!(fields.contains("*Last success*\\nnever"), "{fields}");
+        assert!(
+            fields.contains("*Last failure*\\n2026-12-05T03:05:00Z"),
+            "{fields}"
+        );
+        assert!(!fields.contains("Expected"), "{fields}");
+        assert!(!fields.contains("Last ping"), "{fields}");
     }
 
     #[test]

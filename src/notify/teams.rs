@@ -14,6 +14,7 @@ fn colour(kind: NoticeKind) -> &'static str {
         NoticeKind::Down | NoticeKind::Flapping => "Attention",
         NoticeKind::Late => "Warning",
         NoticeKind::Recovery => "Good",
+        NoticeKind::Stopped => "Accent",
     }
 }
 
@@ -30,11 +31,19 @@ pub fn message(facts: &Facts) -> Value {
     let mut facts_list = vec![
         json!({"title": "State", "value": facts.kind.state()}),
         json!({"title": "Since", "value": stamp(Some(facts.since))}),
-        json!({"title": "Last ping", "value": stamp(facts.last_ping_at)}),
-        json!({"title": "Expected", "value": stamp(facts.expected_at)}),
-        json!({"title": "Namespace", "value": facts.namespace}),
-        json!({"title": "Application", "value": facts.application.as_deref().unwrap_or("none")}),
+        json!({"title": "Last success", "value": stamp(facts.last_ping_at)}),
     ];
+    if let Some(at) = facts.last_failure_at {
+        facts_list.push(json!({"title": "Last failure", "value": stamp(Some(at))}));
+    }
+    // No deadline (a monitor that never succeeded, or one paused): no "Expected" to tell.
+    if let Some(at) = facts.expected_at {
+        facts_list.push(json!({"title": "Expected", "value": stamp(Some(at))}));
+    }
+    facts_list.push(json!({"title": "Namespace", "value": facts.namespace}));
+    facts_list.push(
+        json!({"title": "Application", "value": facts.application.as_deref().unwrap_or("none")}),
+    );
     if let Some(code) = facts.exit_code {
         facts_list.push(json!({"title": "Exit code", "value": code.to_string()}));
     }

@@ -7,8 +7,9 @@
 //! and rendering is bounded (fuel, recursion), since templates come from users.
 //!
 //! Variables: `name`, `namespace`, `display_name`, `application`, `state`, `event`,
-//! `reason`, `since`, `last_ping`, `expected_at`, `exit_code`, `dashboard_url`,
-//! `runbook_url`, `severity`, `incident` (absent values are `null`).
+//! `reason`, `since`, `last_ping` (the last success), `last_failure` (a failure after
+//! it), `expected_at`, `exit_code`, `dashboard_url`, `runbook_url`, `severity`, `incident`
+//! (absent values are `null`).
 
 use minijinja::value::Serde;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
@@ -67,6 +68,8 @@ impl BodyTemplate {
             f.application = None;
             f.exit_code = None;
             f.last_ping_at = None;
+            f.last_failure_at = None;
+            f.expected_at = None;
             f.runbook_url = None;
             t.render(&f).map_err(|e| hint_quotes(e, quoted))?;
         }
@@ -140,6 +143,7 @@ pub fn variables(facts: &Facts) -> Value {
         "reason": facts.reason,
         "since": stamp(Some(facts.since)),
         "last_ping": facts.last_ping_at.map(|t| stamp(Some(t))),
+        "last_failure": facts.last_failure_at.map(|t| stamp(Some(t))),
         "expected_at": facts.expected_at.map(|t| stamp(Some(t))),
         "exit_code": facts.exit_code,
         "dashboard_url": facts.dashboard_url,

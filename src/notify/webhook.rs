@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::guard::{AddressPolicy, FilteringResolver, Refused, literal_host};
-use crate::core::alert::message::Alert;
+use crate::core::alert::message::{Alert, Links};
 use crate::core::alert::{DeliveryError, MAX_RETRY_AFTER};
 
 /// Posts alerts; one client (connection pool) for every webhook.
@@ -40,8 +40,13 @@ impl WebhookSender {
 
     /// POSTs `alert` to `url`: 2xx delivered; 408, 429, 5xx and network errors are retried;
     /// a refused address, a redirect and other statuses are permanent failures.
-    pub async fn send(&self, alert: &Alert, url: &str) -> Result<(), DeliveryError> {
-        self.post_json(url, &alert.webhook_json(), &[]).await
+    pub async fn send(
+        &self,
+        alert: &Alert,
+        url: &str,
+        links: Links<'_>,
+    ) -> Result<(), DeliveryError> {
+        self.post_json(url, &alert.webhook_json(links), &[]).await
     }
 
     /// POSTs `body` as JSON to `url` with `headers`, by the rules of [`WebhookSender::send`].
@@ -52,39 +57,51 @@ impl WebhookSender {
         body: &serde_json::Value,
         headers: &[(String, String)],
     ) -> Result<(), DeliveryError> {
+        self.post_json_as("webhook", url, body, headers).await
+    }
+
+    /// [`WebhookSender::post_json`], with errors that call the target `what` (the kind of
+    /// channel and, where it is no secret, its URL: "Alertmanager at http://am:9093/...").
+    pub async fn post_json_as(
+        &self,
+        what: &str,
+        url: &str,
+        body: &serde_json::Value,
+        headers: &[(String, String)],
+    ) -> Result<(), DeliveryError> {
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| DeliveryError::Permanent(format!("webhook URL is not valid: {e}")))?;
+            .map_err(|e| DeliveryError::Permanent(format!("{what}: URL is not valid: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(DeliveryError::Permanent(
-                "webhook URL must be http:// or https://".into(),
-            ));
+            return Err(DeliveryError::Permanent(format!(
+                "{what}: URL must be http:// or https://"
+            )));
         }
         if let Some(ip) = literal_host(&parsed) {
             self.policy
                 .check(ip)
-                .map_err(|r| DeliveryError::Permanent(r.to_string()))?;
+                .map_err(|r| DeliveryError::Permanent(refused(what, &r)))?;
         }
         let mut request = self.client.post(parsed).json(body);
         for (name, value) in headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let res = request.send().await.map_err(failure)?;
+        let res = request.send().await.map_err(|e| failure(what, e))?;
         let status = res.status();
         if status.is_success() {
             Ok(())
         } else if status.is_redirection() {
             Err(DeliveryError::Permanent(format!(
-                "webhook answered {status}, a redirect; redirects are not followed"
+                "{what} answered {status}, a redirect; redirects are not followed"
             )))
         } else if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
-            let reason = format!("webhook answered {status}");
+            let reason = format!("{what} answered {status}");
             Err(match retry_after(res.headers(), jiff::Timestamp::now()) {
                 Some(after) => DeliveryError::Throttled { reason, after },
                 None => DeliveryError::Transient(reason),
             })
         } else {
             Err(DeliveryError::Permanent(format!(
-                "webhook answered {status}"
+                "{what} answered {status}"
             )))
         }
     }
@@ -109,17 +126,26 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap, now: jiff::Timestamp) -
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
+/// A refused address, said of `what` (its message names webhooks already).
+fn refused(what: &str, r: &Refused) -> String {
+    if what == "webhook" {
+        r.to_string()
+    } else {
+        format!("{what}: {r}")
+    }
+}
+
 /// A request that got no answer: permanent when the resolver refused every address of the
 /// host, worth retrying otherwise.
-fn failure(e: reqwest::Error) -> DeliveryError {
+fn failure(what: &str, e: reqwest::Error) -> DeliveryError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
         if let Some(refused) = s.downcast_ref::<Refused>() {
-            return DeliveryError::Permanent(refused.to_string());
+            return DeliveryError::Permanent(self::refused(what, refused));
         }
         source = s.source();
     }
-    DeliveryError::Transient(format!("webhook: {}", e.without_url()))
+    DeliveryError::Transient(format!("{what}: {}", e.without_url()))
 }
 
 #[cfg(test)]

@@ -17,17 +17,19 @@ use crate::helpers::{
 };
 
 /// What a receiver was sent: each body with its request headers.
-type Received = Arc<Mutex<Vec<(Value, axum::http::HeaderMap)>>>;
+pub(crate) type Received = Arc<Mutex<Vec<(Value, axum::http::HeaderMap)>>>;
 
 /// A loopback receiver at `/hook` that checks each body with `check` (answering 400 with
 /// the reason when it fails, as the provider would) and keeps what it accepted.
-async fn receiver(check: fn(&Value) -> Result<(), schema::SchemaError>) -> (String, Received) {
+pub(crate) async fn receiver(
+    check: fn(&Value) -> Result<(), schema::SchemaError>,
+) -> (String, Received) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     receiver_on(l, check)
 }
 
 /// [`receiver`] on a listener the test bound.
-fn receiver_on(
+pub(crate) fn receiver_on(
     l: tokio::net::TcpListener,
     check: fn(&Value) -> Result<(), schema::SchemaError>,
 ) -> (String, Received) {
@@ -53,7 +55,7 @@ fn receiver_on(
     (url, received)
 }
 
-fn any_json(_: &Value) -> Result<(), schema::SchemaError> {
+pub(crate) fn any_json(_: &Value) -> Result<(), schema::SchemaError> {
     Ok(())
 }
 
@@ -70,14 +72,14 @@ async fn black_hole() -> String {
     url
 }
 
-fn channel(kind: &str, name: &str, spec: &str) -> String {
+pub(crate) fn channel(kind: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: hartslag.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}"
     )
 }
 
 /// A manifests directory with `docs` and secret `files`, and a data directory beside it.
-fn setup(dir: &Path, docs: &[String], files: &[(&str, &str)]) -> (PathBuf, PathBuf) {
+pub(crate) fn setup(dir: &Path, docs: &[String], files: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     std::fs::write(manifests.join("all.yaml"), docs.join("---\n")).unwrap();
@@ -87,7 +89,7 @@ fn setup(dir: &Path, docs: &[String], files: &[(&str, &str)]) -> (PathBuf, PathB
     (manifests, dir.join("data"))
 }
 
-async fn signal(data: &Path, name: &str, what: &str) {
+pub(crate) async fn signal(data: &Path, name: &str, what: &str) {
     let url = ping_url(data, name).replace("/ping", &format!("/{what}"));
     let res = reqwest::Client::new().post(url).send().await.unwrap();
     assert!(res.status().is_success(), "{what}: {}", res.status());
@@ -98,11 +100,11 @@ async fn received(r: &Received, n: usize, what: &str, within: Duration) {
     wait_for(what, within, || async { (count(r) == n).then_some(()) }).await;
 }
 
-fn count(r: &Received) -> usize {
+pub(crate) fn count(r: &Received) -> usize {
     r.lock().unwrap().len()
 }
 
-fn bodies(r: &Received) -> Vec<Value> {
+pub(crate) fn bodies(r: &Received) -> Vec<Value> {
     r.lock().unwrap().iter().map(|(v, _)| v.clone()).collect()
 }
 

@@ -5,6 +5,8 @@
 mod helpers;
 mod pg;
 
+mod alert_closing;
+mod alert_content;
 mod alert_delivery;
 mod alerting;
 mod big_export;

@@ -64,7 +64,7 @@ async fn down_then_recovery_send_exactly_one_email_each() {
         "Monitor:       backup",
         "namespace default",
         "no ping for",
-        "Last ping:",
+        "Last success:",
         "Expected by:",
         "heartbeat-backup.url",
     ] {

@@ -218,6 +218,7 @@ fn ping(kind: PingKind, body: &str) -> PingInput {
         user_agent: Some("curl/8".into()),
         body: Some(body.into()),
         rid: Some("run-1".into()),
+        stopped_alert: None,
     }
 }
 

@@ -580,6 +580,7 @@ fn ping(kind: PingKind, body: &str) -> PingInput {
         user_agent: Some("contract".into()),
         body: Some(body.into()),
         rid: None,
+        stopped_alert: None,
     }
 }
 

@@ -413,14 +413,17 @@ fn tidy_monitor(group: &[&Pending<'_>], out: &mut Tidy) {
             out.stale.push(p.key.to_vec());
             continue;
         }
-        let closer = match p.kind {
-            AlertKind::Down => AlertKind::Recovery,
-            AlertKind::Late => AlertKind::OnTime,
-            _ => continue,
+        // A Down ends with its recovery, or with the notice that monitoring stopped.
+        let closes = |q: &&&Pending| match p.kind {
+            AlertKind::Down => matches!(q.kind, AlertKind::Recovery | AlertKind::Stopped),
+            _ => q.kind == AlertKind::OnTime,
         };
+        if !matches!(p.kind, AlertKind::Down | AlertKind::Late) {
+            continue;
+        }
         let unsent = p.repeat == 0 && p.attempts == 0 && p.held;
         if unsent
-            && let Some(recovery) = group.iter().filter(later).find(|q| q.kind == closer)
+            && let Some(recovery) = group.iter().filter(later).find(closes)
             && !out.cancelled.iter().any(|k| k == recovery.key)
         {
             out.cancelled.push(p.key.to_vec());
@@ -468,6 +471,12 @@ mod tidy_tests {
             p(b"up", AlertKind::Recovery, 0, 5, false),
         ];
         assert_eq!(tidy(&q).cancelled, vec![b"down".to_vec(), b"up".to_vec()]);
+        // Monitoring stopped before anyone was told of the Down: neither goes.
+        let q = [
+            p(b"down", AlertKind::Down, 0, 0, true),
+            p(b"stop", AlertKind::Stopped, 0, 5, false),
+        ];
+        assert_eq!(tidy(&q).cancelled, vec![b"down".to_vec(), b"stop".to_vec()]);
         // A Down that may go (or was tried) is sent, and its recovery after it.
         let q = [
             p(b"down", AlertKind::Down, 0, 0, false),

@@ -23,6 +23,10 @@ pub enum AlertKind {
     /// The monitor went Down and up so often that its notices are held until it settles
     /// (sent once, by the delivery scheduler, instead of each pair).
     Flapping,
+    /// Monitoring stopped while the monitor was Down (it was paused, removed or
+    /// suspended): its incident is closed where it is open (PagerDuty, Alertmanager) and
+    /// people are told nobody watches it any more. Goes wherever a recovery would.
+    Stopped,
 }
 
 /// One alert about one monitor.
@@ -44,6 +48,11 @@ pub struct Alert {
     pub occurred_at: Timestamp,
     /// Last successful ping.
     pub last_ping_at: Option<Timestamp>,
+    /// Last failure signal (`/fail`, a non-zero exit code, a failed Job, the Watchdog
+    /// resolved): told beside the last success, so a job that pinged only with failures
+    /// does not read as one that never pinged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_at: Option<Timestamp>,
     /// When a ping was expected.
     pub expected_at: Option<Timestamp>,
     /// How to ping it, without the token.
@@ -217,6 +226,13 @@ fn when(at: Option<Timestamp>, now: Timestamp) -> String {
     }
 }
 
+/// The links an alert carries where its Heartbeat (and the server) has them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Links<'a> {
+    /// The monitor's dashboard page, absolute (`<external URL>/ui/monitors/<ns>/<name>`).
+    pub dashboard: Option<&'a str>,
+}
+
 impl Alert {
     /// The monitor's `namespace/name`: the id without its instant and kind.
     pub fn monitor_key(&self) -> &str {
@@ -292,7 +308,31 @@ impl Alert {
             AlertKind::OnTime => "ON TIME",
             AlertKind::Recovery => "RECOVERED",
             AlertKind::Flapping => "FLAPPING",
+            AlertKind::Stopped => "NO LONGER MONITORED",
         }
+    }
+
+    /// The last failure when it is newer than the last success (an older one is over),
+    /// with the failing run's exit code when this alert knows it.
+    pub fn failure_since_success(&self) -> Option<(Timestamp, Option<u8>)> {
+        let failed = self.last_failure_at?;
+        if self.last_ping_at.is_some_and(|ok| ok >= failed) {
+            return None;
+        }
+        Some((failed, self.exit_code))
+    }
+
+    /// "Last success: never; last failure: 2024-05-01T03:05:00Z (5m ago), exit code 7":
+    /// what the monitor last heard, true whichever kinds of signal it got.
+    pub fn last_heard(&self, now: Timestamp) -> String {
+        let mut text = format!("Last success: {}", when(self.last_ping_at, now));
+        if let Some((at, code)) = self.failure_since_success() {
+            text.push_str(&format!("; last failure: {}", when(Some(at), now)));
+            if let Some(code) = code {
+                text.push_str(&format!(", exit code {code}"));
+            }
+        }
+        text
     }
 
     /// Email subject.
@@ -305,10 +345,9 @@ impl Alert {
         )
     }
 
-    /// Plain-text email body.
-    pub fn body(&self) -> String {
-        let now = self.occurred_at;
-        let headline = match self.kind {
+    /// The email's first line: the monitor and what became of it.
+    fn headline(&self) -> String {
+        match self.kind {
             AlertKind::Down => format!("Heartbeat monitor \"{}\" is DOWN.", self.title()),
             AlertKind::Late => format!(
                 "Heartbeat monitor \"{}\" is LATE: it will be Down when its grace ends.",
@@ -326,52 +365,84 @@ impl Alert {
                 "Heartbeat monitor \"{}\" is FLAPPING between Down and up.",
                 self.title()
             ),
-        };
-        format!(
+            AlertKind::Stopped => format!(
+                "Heartbeat monitor \"{}\" is NO LONGER MONITORED: it was Down when monitoring stopped.",
+                self.title()
+            ),
+        }
+    }
+
+    /// Plain-text email body, with the runbook and the dashboard page where there are.
+    pub fn body(&self, links: Links<'_>) -> String {
+        let now = self.occurred_at;
+        let mut body = format!(
             "{headline}\n\n\
              Monitor:       {monitor}\n\
              Where:         {scope}\n\
              What happened: {reason}\n\
              When:          {at}\n\
-             Last ping:     {last}\n\
-             Expected by:   {expected}\n\n\
-             How to ping it:\n  {hint}\n\n\
-             -- \nHartslag, alert {id}\n",
+             Last success:  {last}\n",
+            headline = self.headline(),
             monitor = self.monitor,
             scope = self.scope,
             reason = self.reason,
             at = self.occurred_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             last = when(self.last_ping_at, now),
-            expected = when(self.expected_at, now),
+        );
+        if let Some((at, code)) = self.failure_since_success() {
+            let code = code.map_or(String::new(), |c| format!(", exit code {c}"));
+            body.push_str(&format!("Last failure:  {}{code}\n", when(Some(at), now)));
+        }
+        if let Some(expected) = self.expected_at {
+            body.push_str(&format!("Expected by:   {}\n", when(Some(expected), now)));
+        }
+        if let Some(url) = &self.runbook_url {
+            body.push_str(&format!("Runbook:       {url}\n"));
+        }
+        if let Some(url) = links.dashboard {
+            body.push_str(&format!("Dashboard:     {url}\n"));
+        }
+        body.push_str(&format!(
+            "\nHow to ping it:\n  {hint}\n\n-- \nHartslag, alert {id}\n",
             hint = self.ping_hint,
             id = self.id,
-        )
+        ));
+        body
     }
 
-    /// Webhook payload: Slack-compatible `text` plus structured fields.
-    pub fn webhook_json(&self) -> serde_json::Value {
+    /// Webhook payload: Slack-compatible `text` plus structured fields (fields are only
+    /// ever added: receivers parse them).
+    pub fn webhook_json(&self, links: Links<'_>) -> serde_json::Value {
         let event = match self.kind {
             AlertKind::Down => "down",
             AlertKind::Late => "late",
             AlertKind::OnTime => "on_time",
             AlertKind::Recovery => "recovery",
             AlertKind::Flapping => "flapping",
+            AlertKind::Stopped => "stopped",
         };
-        let text = format!(
-            "{} {}: {} ({}) — {}. Last ping: {}.",
+        let mut text = format!(
+            "{} {}: {} ({}) — {}. {}.",
             match self.kind {
                 AlertKind::Down => ":red_circle:",
                 AlertKind::Late => ":large_yellow_circle:",
                 AlertKind::OnTime => ":large_green_circle:",
                 AlertKind::Recovery => ":large_green_circle:",
                 AlertKind::Flapping => ":large_orange_circle:",
+                AlertKind::Stopped => ":white_circle:",
             },
             self.state_word(),
             self.title(),
             self.scope,
             self.reason,
-            when(self.last_ping_at, self.occurred_at),
+            self.last_heard(self.occurred_at),
         );
+        if let Some(url) = &self.runbook_url {
+            text.push_str(&format!(" Runbook: {url}"));
+        }
+        if let Some(url) = links.dashboard {
+            text.push_str(&format!(" Dashboard: {url}"));
+        }
         serde_json::json!({
             "text": text,
             "event": event,
@@ -387,6 +458,9 @@ impl Alert {
             "expected_at": self.expected_at.map(|t| t.to_string()),
             "exit_code": self.exit_code,
             "ping_hint": self.ping_hint,
+            "last_failure_at": self.last_failure_at.map(|t| t.to_string()),
+            "runbook_url": self.runbook_url,
+            "dashboard_url": links.dashboard,
         })
     }
 }
@@ -405,6 +479,7 @@ mod tests {
             reason: "no ping for 1h 5m (interval 1h, grace 5m)".into(),
             occurred_at: "2024-05-01T03:05:00Z".parse().unwrap(),
             last_ping_at: Some("2024-05-01T02:00:00Z".parse().unwrap()),
+            last_failure_at: None,
             expected_at: Some("2024-05-01T03:00:00Z".parse().unwrap()),
             ping_hint: "curl -fsS \"$PING_URL\" (ping-url in Secret team-a/backup-heartbeat)"
                 .into(),
@@ -426,13 +501,13 @@ mod tests {
             a.subject(),
             "[Hartslag] DOWN: Nightly backup (namespace team-a)"
         );
-        let body = a.body();
+        let body = a.body(Links::default());
         for needle in [
             "is DOWN",
             "Monitor:       backup",
             "namespace team-a",
             "no ping for 1h 5m",
-            "Last ping:     2024-05-01T02:00:00Z (1h 5m ago)",
+            "Last success:  2024-05-01T02:00:00Z (1h 5m ago)",
             "Expected by:   2024-05-01T03:00:00Z (5m ago)",
             "ping-url in Secret team-a/backup-heartbeat",
         ] {
@@ -447,7 +522,7 @@ mod tests {
 
     #[test]
     fn webhook_has_text_and_fields() {
-        let v = alert(AlertKind::Down).webhook_json();
+        let v = alert(AlertKind::Down).webhook_json(Links::default());
         assert_eq!(v["event"], "down");
         assert_eq!(v["monitor"]["name"], "backup");
         assert_eq!(v["last_ping_at"], "2024-05-01T02:00:00Z");
@@ -457,6 +532,75 @@ mod tests {
                 .unwrap()
                 .contains("DOWN: Nightly backup (namespace team-a)")
         );
+    }
+
+    #[test]
+    fn email_and_the_default_webhook_carry_the_runbook_and_the_dashboard() {
+        let mut a = alert(AlertKind::Down);
+        a.runbook_url = Some("https://runbooks.example.com/backup".into());
+        let links = Links {
+            dashboard: Some("https://hartslag.example.com/ui/monitors/team-a/backup"),
+        };
+        let body = a.body(links);
+        assert!(
+            body.contains("Runbook:       https://runbooks.example.com/backup\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "Dashboard:     https://hartslag.example.com/ui/monitors/team-a/backup\n"
+            ),
+            "{body}"
+        );
+        let v = a.webhook_json(links);
+        assert_eq!(v["runbook_url"], "https://runbooks.example.com/backup");
+        assert_eq!(
+            v["dashboard_url"],
+            "https://hartslag.example.com/ui/monitors/team-a/backup"
+        );
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.contains("Runbook: https://runbooks.example.com/backup"),
+            "{text}"
+        );
+        // Without them, nothing is made up.
+        a.runbook_url = None;
+        assert!(!a.body(Links::default()).contains("Runbook"));
+        let v = a.webhook_json(Links::default());
+        assert_eq!(v["runbook_url"], serde_json::Value::Null);
+        assert_eq!(v["dashboard_url"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_job_that_only_failed_reads_as_having_failed_not_as_never_pinged() {
+        let mut a = alert(AlertKind::Down);
+        a.last_ping_at = None;
+        a.last_failure_at = Some("2024-05-01T03:04:00Z".parse().unwrap());
+        a.exit_code = Some(7);
+        a.expected_at = None;
+        let body = a.body(Links::default());
+        assert!(body.contains("Last success:  never\n"), "{body}");
+        assert!(
+            body.contains("Last failure:  2024-05-01T03:04:00Z (1m ago), exit code 7\n"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("Expected by"),
+            "no deadline, no line: {body}"
+        );
+        let v = a.webhook_json(Links::default());
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.contains(
+                "Last success: never; last failure: 2024-05-01T03:04:00Z (1m ago), exit code 7."
+            ),
+            "{text}"
+        );
+        assert_eq!(v["last_failure_at"], "2024-05-01T03:04:00Z");
+        assert_eq!(v["last_ping_at"], serde_json::Value::Null);
+        // A failure before the last success is over: not told as the last thing heard.
+        a.last_ping_at = Some("2024-05-01T03:04:30Z".parse().unwrap());
+        assert!(!a.body(Links::default()).contains("Last failure"));
     }
 
     #[test]
@@ -475,11 +619,12 @@ mod tests {
                 .starts_with("[Hartslag] FLAPPING: Nightly backup")
         );
         assert!(
-            f.body().contains("7 Down and recovery notices within 30m"),
+            f.body(Links::default())
+                .contains("7 Down and recovery notices within 30m"),
             "{}",
-            f.body()
+            f.body(Links::default())
         );
-        assert_eq!(f.webhook_json()["event"], "flapping");
+        assert_eq!(f.webhook_json(Links::default())["event"], "flapping");
         let s = a.settled(3);
         assert!(
             s.reason

@@ -9,6 +9,7 @@ pub mod message;
 mod metrics;
 pub mod outbox;
 pub mod policy;
+pub mod recipients;
 mod scheduler;
 
 pub use metrics::OutboxStats;

@@ -216,6 +216,16 @@ impl Outbox {
             .is_none_or(|check| check(monitor, target, kind))
     }
 
+    /// The deliveries of `alert` to `targets`, each recipient once: an inline address or
+    /// URL that one of the channels among `targets` also reaches is left to the channel
+    /// ([`recipients::distinct`](super::recipients::distinct)), as the channels stand now.
+    pub fn deliveries(&self, alert: &Alert, targets: &[Target], now: Timestamp) -> Vec<Delivery> {
+        let targets = super::recipients::distinct(targets, |id| {
+            self.channels.get(id).map(|c| c.destination.clone())
+        });
+        deliveries(alert, &targets, now)
+    }
+
     /// Adds the outbox's families to `/metrics`.
     pub fn register_metrics(&self, registry: &mut crate::core::metrics::MetricRegistry) {
         self.stats.register(self.store.clone(), registry);

@@ -486,7 +486,7 @@ impl Scheduler {
                 .get(identity)
                 .and_then(|h| h.monitors.get(monitor))
                 .is_some_and(|m| m.flapping_since.is_some()),
-            AlertKind::Recovery | AlertKind::OnTime => false,
+            AlertKind::Recovery | AlertKind::OnTime | AlertKind::Stopped => false,
         }
     }
 
@@ -721,6 +721,7 @@ mod tests {
             reason: "test".into(),
             occurred_at: at,
             last_ping_at: None,
+            last_failure_at: None,
             expected_at: None,
             ping_hint: String::new(),
             namespace: String::new(),

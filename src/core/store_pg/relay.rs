@@ -124,6 +124,7 @@ fn unreadable(id: i64, key: String, ping: &str, e: &StorageError) -> RelayedPing
             user_agent: None,
             body: None,
             rid: None,
+            stopped_alert: None,
         },
     }
 }

@@ -193,6 +193,7 @@ async fn ping_input(
         user_agent,
         body,
         rid: run_id(params)?,
+        stopped_alert: None,
     })
 }
 
@@ -276,7 +277,10 @@ pub fn monitor_json(m: &Monitor, now: jiff::Timestamp) -> Value {
         "state": m.state.state.as_str(),
         "status": m.state.state.tickstem_status(),
         "since": m.state.since.to_string(),
+        // The last success (Tickstem's sense of a ping); the others say what else came.
         "last_ping_at": m.state.last_ping_at.map(|t| t.to_string()),
+        "last_failure_at": m.state.last_fail_at.map(|t| t.to_string()),
+        "last_signal_at": m.state.last_signal_at().map(|t| t.to_string()),
         "next_due_at": m.state.next_expected_at().map(|t| t.to_string()),
         "consecutive_misses": state::consecutive_misses(&timing, &m.state, now),
         "pings": m.state.pings,

@@ -123,7 +123,9 @@ async fn receive(
     let user_agent = user_agent(&headers);
     let input = PingInput {
         kind,
-        exit_code: (kind == PingKind::Fail).then_some(1),
+        // Nobody reported an exit code: Down says the pipeline stopped firing the alert.
+        exit_code: None,
+        stopped_alert: (kind == PingKind::Fail).then(|| alertname.to_string()),
         source: source(&headers, peer, &state.trusted_proxies),
         user_agent,
         body: Some(format!(

@@ -76,6 +76,7 @@ pub(super) fn delivery(monitor: &str, n: i64) -> Delivery {
         reason: "no ping".into(),
         occurred_at: at(n),
         last_ping_at: None,
+        last_failure_at: None,
         expected_at: None,
         ping_hint: String::new(),
         namespace: "default".into(),

@@ -148,8 +148,9 @@ impl EngineStats {
             AlertKind::Recovery => {
                 self.alerts[1].inc();
             }
-            // Warnings are no alerts of their own.
-            AlertKind::Late | AlertKind::OnTime => {}
+            // Warnings are no alerts of their own, nor is the notice that an incident
+            // closed because monitoring stopped (no recovery happened).
+            AlertKind::Late | AlertKind::OnTime | AlertKind::Stopped => {}
         }
     }
 

@@ -23,7 +23,10 @@ pub(super) fn ping_signal(input: &PingInput, at: Timestamp) -> Signal {
         (PingKind::Success, Some(rid)) => Signal::SuccessFor(at, rid),
         (PingKind::Success, None) => Signal::Success(at),
         (PingKind::Start, _) => Signal::Start(at),
-        (PingKind::Fail, _) => Signal::Fail(at, input.exit_code),
+        (PingKind::Fail, _) => match &input.stopped_alert {
+            Some(alert) => Signal::PipelineStopped(at, alert.clone()),
+            None => Signal::Fail(at, input.exit_code),
+        },
     }
 }
 

@@ -62,10 +62,7 @@ struct Inputs {
 impl Inputs {
     fn of(m: &Monitor) -> Self {
         let s = &m.state;
-        let last_signal = [s.last_ping_at, s.last_fail_at, s.run_started_at]
-            .into_iter()
-            .flatten()
-            .max();
+        let last_signal = s.last_signal_at();
         let next_due = match s.state {
             State::New | State::Paused => None,
             _ => s.deadline,

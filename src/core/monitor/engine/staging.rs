@@ -6,10 +6,9 @@ use jiff::Timestamp;
 
 use super::PingRecord;
 use super::types::{Change, Monitor, TransitionRecord};
-use super::wording::{self, DownWords, RECOVERED};
+use super::wording::{self, DownWords, RECOVERED, Stopping};
 use super::worker::{Done, TRANSITION_HISTORY, TRIM_EVERY, Worker};
 use crate::core::alert::message::AlertKind;
-use crate::core::alert::outbox;
 use crate::core::monitor::history::{PINGS_PER_BLOCK, approx_size};
 use crate::core::monitor::state::{Effect, State};
 use crate::core::storage::MonitorRound;
@@ -104,6 +103,12 @@ impl Worker {
                 Effect::Recovery { at } => {
                     self.stage_alert(&m, AlertKind::Recovery, at, RECOVERED.into(), round);
                 }
+                // A step closes an incident only by pausing the monitor (removals close
+                // theirs in `stop_watching`).
+                Effect::Closed { at } => {
+                    let reason = wording::stopped(&m, Stopping::Paused);
+                    self.stage_alert(&m, AlertKind::Stopped, at, reason, round);
+                }
                 Effect::RunFinished { .. } => {}
             }
         }
@@ -145,7 +150,7 @@ impl Worker {
 
     /// Queues the alert for each of the monitor's targets, in the same round as the state
     /// change that raised it.
-    fn stage_alert(
+    pub(super) fn stage_alert(
         &self,
         m: &Monitor,
         kind: AlertKind,
@@ -166,7 +171,7 @@ impl Worker {
             return;
         }
         let alert = wording::alert(m, kind, at, reason);
-        round.writes.deliveries.extend(outbox::deliveries(
+        round.writes.deliveries.extend(self.outbox.deliveries(
             &alert,
             &m.def.targets,
             self.clock.now(),

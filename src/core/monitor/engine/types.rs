@@ -49,6 +49,11 @@ pub struct PingInput {
     pub body: Option<String>,
     /// The run it belongs to (`?rid=`): a Job's or Pod's name, or any id the job chose.
     pub rid: Option<String>,
+    /// A failure Alertmanager reported (`/alertmanager`): the always-firing alert
+    /// (`Watchdog`) it sent as resolved. The monitor is Down for that reason, with no
+    /// exit code, instead of as a job that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_alert: Option<String>,
 }
 
 impl PingInput {
@@ -62,6 +67,7 @@ impl PingInput {
             user_agent: None,
             body: None,
             rid: None,
+            stopped_alert: None,
         }
     }
 }

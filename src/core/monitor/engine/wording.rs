@@ -10,6 +10,37 @@ use crate::core::monitor::state::{DownReason, State};
 /// Why a recovery alert was sent.
 pub const RECOVERED: &str = "a successful ping arrived; the monitor is up again";
 
+/// Why monitoring of a monitor stopped, for the notice that closes an incident it left
+/// open ([`stopped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopping {
+    /// Paused (its spec, the API, a suspended CronJob).
+    Paused,
+    /// Removed (deleted, or gone from the manifests).
+    Removed,
+    /// Suspended until its definition is accepted again (Kubernetes).
+    Suspended,
+}
+
+/// The reason a notice gives when monitoring of `m` stopped, as `how` says, while its
+/// incident was open.
+pub fn stopped(m: &Monitor, how: Stopping) -> String {
+    let since = m.state.last_alert_at.map_or(String::new(), |t| {
+        format!(" (Down since {})", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    });
+    match how {
+        Stopping::Paused => format!(
+            "monitoring was paused while it was Down{since}; the incident is closed here and nothing more is sent about it while it is paused (resumed and still Down, it alerts again)"
+        ),
+        Stopping::Removed => format!(
+            "the Heartbeat was removed while it was Down{since}; the incident is closed here and Hartslag no longer watches it"
+        ),
+        Stopping::Suspended => format!(
+            "monitoring stopped while it was Down{since}: the Heartbeat is not accepted at the moment (see its status); the incident is closed here, and it alerts again if it is still Down once accepted"
+        ),
+    }
+}
+
 /// The words of the last Down described in a step, by what they describe.
 #[derive(Default)]
 pub(super) struct DownWords(Option<(DownReason, Timestamp, String)>);
@@ -73,6 +104,9 @@ pub fn describe_down(reason: &DownReason, m: &Monitor, at: Timestamp) -> String 
             format!("the job reported failure (exit code {c})")
         }
         DownReason::Failed { exit_code: None } => "the job reported failure (/fail)".into(),
+        DownReason::PipelineStopped { alert } => format!(
+            "the alerting pipeline stopped firing {alert}: Alertmanager sent it as resolved (check Prometheus, its rules and the route to Alertmanager)"
+        ),
         DownReason::JobFailed {
             job,
             reason,
@@ -124,6 +158,7 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
         AlertKind::OnTime => "on_time",
         AlertKind::Recovery => "recovery",
         AlertKind::Flapping => "flapping",
+        AlertKind::Stopped => "stopped",
     };
     Alert {
         id: format!("{}:{}:{kind_word}", m.def.key, at.as_millisecond()),
@@ -134,6 +169,7 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
         reason,
         occurred_at: at,
         last_ping_at: m.state.last_ping_at,
+        last_failure_at: m.state.last_fail_at,
         expected_at: m.state.deadline,
         ping_hint: m.def.ping_hint().to_string(),
         namespace: m.def.namespace().to_string(),
@@ -148,7 +184,7 @@ pub fn alert(m: &Monitor, kind: AlertKind, at: Timestamp, reason: String) -> Ale
         runbook_url: m.def.alerting.runbook_url.clone(),
         exit_code: match (kind, &m.state.down_reason) {
             (
-                AlertKind::Down,
+                AlertKind::Down | AlertKind::Stopped,
                 Some(DownReason::Failed { exit_code } | DownReason::JobFailed { exit_code, .. }),
             ) => *exit_code,
             _ => None,

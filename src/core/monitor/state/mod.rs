@@ -19,8 +19,11 @@
 //!   (a tick long after the deadline goes Up → Down, never through a zero-length Late);
 //! - `since` never decreases, whatever the order in which signals arrive;
 //! - Down with no open incident opens one and alerts; Up with an open incident closes it and
-//!   sends the recovery: at most one alert and one recovery per episode, and ticks are
-//!   idempotent;
+//!   sends the recovery; Paused with an open incident closes it with [`Effect::Closed`]
+//!   (nobody watches it while paused, so no recovery would come; resuming starts a new
+//!   episode): at most one alert and one closing (recovery or `Closed`) per episode, and
+//!   ticks are idempotent; [`stop`] (a monitor removed or suspended) closes an open
+//!   incident the same way;
 //! - the deadline of an interval monitor is its last ping plus the interval, and it has none
 //!   while New; a scheduled monitor's deadline is always a scheduled time, and it has one
 //!   in every state but Paused (while the schedule fires at all);
@@ -41,8 +44,8 @@ use super::sparse::SparseList;
 mod step;
 mod timing;
 
-pub use step::apply;
 use step::run_deadline;
+pub use step::{apply, stop};
 pub use timing::{JobRules, Timing, TimingError, secs_saturating};
 
 /// Where a monitor stands; the single value status pages, metrics and alerting key on.
@@ -140,6 +143,12 @@ pub enum DownReason {
         /// The Job's name.
         job: String,
     },
+    /// Alertmanager reported its always-firing alert resolved: the alerting pipeline
+    /// stopped firing it (`/alertmanager`, the Watchdog as a Heartbeat).
+    PipelineStopped {
+        /// The alert's name (`Watchdog`).
+        alert: String,
+    },
 }
 
 /// Everything the state machine remembers about one monitor; stored as JSON, so fields are
@@ -186,8 +195,8 @@ pub struct MonitorState {
     /// Why it is Down; `None` in every other state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_reason: Option<DownReason>,
-    /// A Down alert was sent and its recovery has not been; survives pause and resume so an
-    /// episode gets exactly one alert and one recovery.
+    /// A Down alert was sent and neither its recovery nor its closing (paused, removed) has
+    /// been: an episode gets exactly one alert and one of those.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub incident_open: bool,
     /// A success ping arrived while paused: resume goes to Up (judged by that ping) instead
@@ -247,6 +256,13 @@ pub enum Effect {
         /// When it recovered.
         at: Timestamp,
     },
+    /// Close the open incident without a recovery: the monitor is no longer watched
+    /// (paused, removed or suspended while Down), so wherever the incident is open
+    /// (PagerDuty, Alertmanager) it is resolved, and people are told monitoring stopped.
+    Closed {
+        /// When monitoring stopped.
+        at: Timestamp,
+    },
     /// A started run ended (success or failure) after this long; for the ping history.
     RunFinished {
         /// Its duration, never negative.
@@ -266,6 +282,9 @@ pub enum Signal {
     Start(Timestamp),
     /// The job failed (`/fail`, or exit code 1–255). `Some(0)` is treated as a success.
     Fail(Timestamp, Option<u8>),
+    /// Alertmanager reported the always-firing alert of this name resolved: the alerting
+    /// pipeline stopped firing it. A failure, with that reason and no exit code.
+    PipelineStopped(Timestamp, String),
     /// A Job of the watched CronJob, as its front end sees it now.
     Job(JobSignal),
     /// The monitor was paused.
@@ -297,6 +316,7 @@ impl Signal {
             | Signal::SuccessFor(at, _)
             | Signal::Start(at)
             | Signal::Fail(at, _)
+            | Signal::PipelineStopped(at, _)
             | Signal::Pause(at)
             | Signal::Resume(at)
             | Signal::Tick(at)
@@ -345,6 +365,15 @@ impl MonitorState {
             deadline: timing.schedule.and_then(|s| s.next_after(at)),
             ..Self::new(at)
         }
+    }
+
+    /// The last signal of any kind (a success, a start still running, a failure): what
+    /// `hartslag_heartbeat_last_ping_timestamp_seconds` and `last_signal_at` tell.
+    pub fn last_signal_at(&self) -> Option<Timestamp> {
+        [self.last_ping_at, self.last_fail_at, self.run_started_at]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
     /// `next_expected_at` as the API shows it: none while Paused, or while an interval

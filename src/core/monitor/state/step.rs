@@ -228,6 +228,17 @@ impl Step<'_, '_> {
         self.fail_with(at, DownReason::Failed { exit_code });
     }
 
+    /// Alertmanager reported its always-firing `alert` resolved: the alerting pipeline
+    /// stopped, a failure with that reason (and no exit code: nobody reported one).
+    fn pipeline_stopped(&mut self, at: Timestamp, alert: &str) {
+        self.s.pings = self.s.pings.saturating_add(1);
+        self.finish_run(at);
+        let reason = DownReason::PipelineStopped {
+            alert: alert.to_string(),
+        };
+        self.fail_with(at, reason);
+    }
+
     /// A failure: recorded always, Down unless paused (where no run is tracked to end).
     fn fail_with(&mut self, at: Timestamp, reason: DownReason) {
         self.s.last_fail_at = Some(self.s.last_fail_at.map_or(at, |f| f.max(at)));
@@ -389,6 +400,13 @@ impl Step<'_, '_> {
             effects.push(Effect::RunFinished { duration });
         }
         match self.s.state {
+            // Paused, it is watched no more: whoever was told of the incident is told it
+            // is closed, since no recovery would follow while paused (nor ever, if it is
+            // removed while paused). Resuming starts afresh: still Down, it alerts again.
+            State::Paused if self.s.incident_open => {
+                self.s.incident_open = false;
+                effects.push(Effect::Closed { at });
+            }
             State::Down if !self.s.incident_open => {
                 self.s.incident_open = true;
                 self.s.last_alert_at = Some(at);
@@ -425,6 +443,7 @@ pub fn apply(
         Signal::SuccessFor(at, rid) => step.success(*at, Some(rid)),
         Signal::Start(at) => step.start(*at),
         Signal::Fail(at, exit_code) => step.fail(*at, *exit_code),
+        Signal::PipelineStopped(at, alert) => step.pipeline_stopped(*at, alert),
         Signal::Job(job) => step.job(job),
         Signal::Pause(at) => step.pause(*at),
         Signal::Resume(at) => step.resume(*at),
@@ -432,4 +451,19 @@ pub fn apply(
         Signal::Retimed(now) => step.retime(*now),
     }
     step.finish(signal.at())
+}
+
+/// Monitoring of a monitor in `state` ends at `at` (it is removed, or suspended until its
+/// definition is accepted again): an open incident is closed, with [`Effect::Closed`],
+/// since no recovery can follow. Nothing else changes, so a record kept (`Retain`, a
+/// suspension) that is defined again while still Down opens a new incident and alerts.
+pub fn stop(state: &MonitorState, at: Timestamp) -> (MonitorState, Option<Effect>) {
+    let mut s = state.clone();
+    let closed = s.incident_open.then(|| {
+        s.incident_open = false;
+        Effect::Closed {
+            at: s.since.max(at),
+        }
+    });
+    (s, closed)
 }

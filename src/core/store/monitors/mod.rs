@@ -533,6 +533,7 @@ mod tests {
             reason: "no ping".into(),
             occurred_at: m.state.since,
             last_ping_at: None,
+            last_failure_at: None,
             expected_at: None,
             ping_hint: String::new(),
             namespace: "ns".into(),

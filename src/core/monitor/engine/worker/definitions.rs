@@ -186,6 +186,7 @@ impl Worker {
             self.forget_suspended(key, keep, round);
             return;
         };
+        let m = self.stop_watching(m, keep, round);
         self.transitions_since_trim.borrow_mut().clear(m.num);
         round.monitors.remove(key);
         round.redefined.remove(key);

@@ -32,6 +32,7 @@ use crate::core::storage::{FeedChanges, Fence, MonitorStore, RelayedPing};
 
 mod definitions;
 mod signals;
+mod stopping;
 
 /// The in-memory view readers share with the worker.
 pub(super) type Snapshot = Arc<RwLock<Monitors>>;

@@ -176,7 +176,8 @@ impl Worker {
                 Signal::Success(at)
                 | Signal::SuccessFor(at, _)
                 | Signal::Start(at)
-                | Signal::Fail(at, _) => *at,
+                | Signal::Fail(at, _)
+                | Signal::PipelineStopped(at, _) => *at,
                 _ => self.clock.now(),
             },
             kind: p.kind,

@@ -99,7 +99,27 @@ fn invariants_hold_for_random_sequences() {
             // Mostly forward in time, sometimes a stale timestamp.
             now += i64::try_from(rng.next(400)).unwrap();
             let at = t(now - i64::try_from(rng.next(4) * rng.next(30)).unwrap());
-            let sig = match rng.next(11) {
+            // Monitoring stops (removed, suspended): an open incident closes, once; a
+            // record kept and defined again alerts afresh while still Down. The
+            // sequence then goes on with a monitor defined again.
+            if rng.next(40) == 0 {
+                let (stopped, effect) = stop(&s, t(now));
+                let ctx = format!("stop on {s:?} gave {effect:?}");
+                assert_eq!(effect.is_some(), s.incident_open, "{ctx}");
+                assert!(!stopped.incident_open, "{ctx}");
+                assert_eq!(stopped.state, s.state, "{ctx}");
+                assert_eq!(stop(&stopped, t(now)).1, None, "{ctx}");
+                recoveries += usize::from(effect.is_some());
+                let (again, e) = apply(&timing, &stopped, &Retimed(t(now)));
+                if again.state == State::Down {
+                    assert!(again.incident_open, "{ctx} then {e:?}");
+                }
+                alerts += count(&e, is_alert);
+                recoveries += count(&e, is_recovery) + count(&e, is_closed);
+                s = again;
+                continue;
+            }
+            let sig = match rng.next(12) {
                 0 => Success(at),
                 1 => Start(at),
                 2 => Fail(at, Some(u8::try_from(rng.next(256)).unwrap())),
@@ -109,6 +129,7 @@ fn invariants_hold_for_random_sequences() {
                 6 => Retimed(at),
                 7 => SuccessFor(at, format!("job-{}", rng.next(4))),
                 8 => random_job(&mut rng, at),
+                9 => Signal::PipelineStopped(at, "Watchdog".into()),
                 _ => Tick(t(now)),
             };
             let before = s.clone();
@@ -135,10 +156,18 @@ fn invariants_hold_for_random_sequences() {
                 }
                 _ => panic!("several transitions: {ctx}"),
             }
-            // Alerts only open an episode, recoveries only close one.
+            // Alerts only open an episode, recoveries (or the closing of a pause) only
+            // close one.
             let a = count(&effects, is_alert);
+            let c = count(&effects, is_closed);
             let r = count(&effects, is_recovery);
-            assert!(a + r <= 1, "{ctx}");
+            assert!(a + r + c <= 1, "{ctx}");
+            if c == 1 {
+                assert!(
+                    before.incident_open && !next.incident_open && next.state == State::Paused,
+                    "{ctx}"
+                );
+            }
             if a == 1 {
                 assert!(
                     !before.incident_open && next.incident_open && next.state == State::Down,
@@ -152,7 +181,7 @@ fn invariants_hold_for_random_sequences() {
                 );
             }
             alerts += a;
-            recoveries += r;
+            recoveries += r + c;
             assert!(alerts == recoveries || alerts == recoveries + 1, "{ctx}");
             assert_eq!(next.incident_open, alerts > recoveries, "{ctx}");
             // Shape of the state.

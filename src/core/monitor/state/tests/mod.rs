@@ -70,6 +70,14 @@ fn recovery(at: i64) -> Effect {
     Effect::Recovery { at: t(at) }
 }
 
+fn is_closed(e: &Effect) -> bool {
+    matches!(e, Effect::Closed { .. })
+}
+
+fn closed(at: i64) -> Effect {
+    Effect::Closed { at: t(at) }
+}
+
 fn ran(s: i64) -> Effect {
     Effect::RunFinished { duration: secs(s) }
 }

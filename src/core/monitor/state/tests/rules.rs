@@ -216,7 +216,58 @@ fn an_episode_keeps_the_reason_it_went_down_for() {
     assert_eq!(s.down_reason, Some(failed(Some(3))));
     let (s, _, _) = run(&HOUR, &[Fail(t(1), None), Pause(t(2)), Resume(t(3))]);
     assert_eq!(s.down_reason, None, "only Down has a reason");
-    assert!(s.incident_open);
+    assert!(!s.incident_open, "the pause closed it");
+}
+
+#[test]
+fn monitoring_that_stops_closes_an_open_incident_once_and_a_kept_record_alerts_afresh() {
+    // Down with its incident open, then removed or suspended.
+    let (down, _, _) = run(&HOUR, &[Success(t(0)), Fail(t(10), Some(7))]);
+    assert!(down.incident_open);
+    let (stopped, effect) = stop(&down, t(20));
+    assert_eq!(effect, Some(closed(20)));
+    assert!(!stopped.incident_open);
+    assert_eq!(
+        (stopped.state, stopped.since, stopped.last_alert_at),
+        (State::Down, down.since, down.last_alert_at),
+        "nothing else changes"
+    );
+    // Stopping again closes nothing more.
+    assert_eq!(stop(&stopped, t(30)), (stopped.clone(), None));
+    // Defined again (a retained or suspended record) while still Down: a new incident.
+    let (again, e) = apply(&HOUR, &stopped, &Retimed(t(40)));
+    assert_eq!(e, vec![alert(failed(Some(7)), 40)]);
+    assert!(again.incident_open);
+    // Without an open incident (Up, or already closed by a pause) there is nothing to close.
+    let (up, _, _) = run(&HOUR, &[Success(t(0))]);
+    assert_eq!(stop(&up, t(5)).1, None);
+    let (paused, all, last) = run(&HOUR, &[Fail(t(1), None), Pause(t(2))]);
+    assert_eq!(count(&all, is_closed), 1);
+    assert_eq!(last, vec![tr(State::Down, State::Paused, 2), closed(2)]);
+    assert_eq!(stop(&paused, t(3)).1, None);
+}
+
+#[test]
+fn a_resolved_watchdog_is_down_because_the_pipeline_stopped_with_no_exit_code() {
+    let (s, all, last) = run(
+        &HOUR,
+        &[
+            Success(t(0)),
+            Signal::PipelineStopped(t(10), "Watchdog".into()),
+        ],
+    );
+    assert_eq!(s.state, State::Down);
+    assert_eq!(
+        s.down_reason,
+        Some(DownReason::PipelineStopped {
+            alert: "Watchdog".into()
+        })
+    );
+    assert_eq!(s.last_fail_at, Some(t(10)));
+    assert_eq!(s.pings, 2);
+    assert_eq!(count(&all, is_alert), 1);
+    assert_eq!(last[0], tr(State::Up, State::Down, 10));
+    assert_eq!(Signal::PipelineStopped(t(3), "W".into()).at(), t(3));
 }
 
 #[test]
@@ -264,7 +315,7 @@ fn counts_pings_and_alert_times() {
         "success, start, fail and the paused ping; not pause or tick"
     );
     assert_eq!(s.last_alert_at, Some(t(2)));
-    assert!(s.incident_open);
+    assert!(!s.incident_open, "paused: closed");
 }
 
 #[test]
