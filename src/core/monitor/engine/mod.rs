@@ -638,6 +638,65 @@ mod tests {
         (store, engine, m)
     }
 
+    /// How many rounds the store was handed.
+    fn rounds_of(store: &Gated) -> usize {
+        store.puts.lock().unwrap().len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removal_after_a_suspension_in_the_same_round_drops_what_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, engine, m) = gated_engine(dir.path()).await;
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        // A ping, a suspension and a removal of one monitor, queued while the worker is
+        // held: one round.
+        let before = rounds_of(&store);
+        engine.stall(Duration::from_millis(300)).await.unwrap();
+        let (pinged, suspended, removed) = tokio::join!(
+            engine.ping("ns/job", PingInput::success()),
+            engine.suspend("ns/job"),
+            engine.remove("ns/job")
+        );
+        pinged.unwrap();
+        suspended.unwrap();
+        removed.unwrap();
+        assert_eq!(rounds_of(&store) - before, 1, "not one round");
+        assert!(engine.get("ns/job").is_none());
+        assert!(
+            engine.retained("ns/job").await.is_none(),
+            "the suspension's record outlived the removal that came after it"
+        );
+        assert!(engine.pings(m.num, 10).await.unwrap().is_empty());
+        assert!(engine.transitions(m.num, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_suspension_alone_or_under_a_retain_policy_keeps_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, engine, m) = gated_engine(dir.path()).await;
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        // Suspended alone: kept, history included.
+        engine.suspend("ns/job").await.unwrap();
+        assert!(engine.retained("ns/job").await.is_some());
+        assert_eq!(engine.pings(m.num, 10).await.unwrap().len(), 1);
+        // Defined again (it picks its record up), then suspended and removed in one round
+        // under a `Retain` policy: the policy keeps it.
+        let kept = DefRecord {
+            token: TokenHash::of("job-token"),
+            origin: Origin::Kubernetes,
+            retain_on_delete: true,
+            ..DefRecord::sample("ns/job", 1, engine.clock().now())
+        };
+        let back = engine.upsert(kept.into()).await.unwrap();
+        assert_eq!(back.num, m.num);
+        engine.stall(Duration::from_millis(300)).await.unwrap();
+        let (suspended, removed) = tokio::join!(engine.suspend("ns/job"), engine.remove("ns/job"));
+        suspended.unwrap();
+        removed.unwrap();
+        assert!(engine.retained("ns/job").await.is_some());
+        assert_eq!(engine.pings(m.num, 10).await.unwrap().len(), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_round_the_store_refuses_is_answered_with_its_error_and_never_published() {
         let dir = tempfile::tempdir().unwrap();

@@ -186,6 +186,11 @@ impl Worker {
             self.forget_suspended(key, keep, round);
             return;
         };
+        if !keep {
+            // Suspended earlier in this round, then defined again: the removal goes for
+            // what the suspension kept too.
+            unkeep_staged(key, round);
+        }
         self.transitions_since_trim.borrow_mut().clear(m.num);
         round.monitors.remove(key);
         round.redefined.remove(key);
@@ -212,7 +217,13 @@ impl Worker {
     /// Drops the record (and history) a suspension kept under `key`, unless `keep` or
     /// its definition asks for it to be retained.
     fn forget_suspended(&self, key: &str, keep: bool, round: &mut Round) {
-        if keep || round.removed.contains(key) {
+        if keep {
+            return;
+        }
+        if round.removed.contains(key) {
+            // Removed earlier in this round: the store does not see that round yet, and a
+            // suspension there is undone here (the removal came after it, and wins).
+            unkeep_staged(key, round);
             return;
         }
         self.handover.settle();
@@ -233,6 +244,27 @@ impl Worker {
             retain: None,
         });
     }
+}
+
+/// Turns the removals this round staged for `key` that keep its record only because it
+/// was suspended (not by its `Retain` policy) into plain removals, and drops the history
+/// they would have kept: a removal that follows a suspension in one round wins, as it
+/// would in the next round.
+fn unkeep_staged(key: &str, round: &mut Round) {
+    let mut dropped = Vec::new();
+    for r in round.writes.remove.iter_mut().filter(|r| r.key == key) {
+        if r.retain.as_ref().is_some_and(|m| !m.def.retain_on_delete()) {
+            r.retain = None;
+            dropped.push(r.num);
+        }
+    }
+    if dropped.is_empty() {
+        return;
+    }
+    let gone = |n: &u64| dropped.contains(n);
+    round.writes.pings.retain(|(n, _)| !gone(n));
+    round.writes.transitions.retain(|(n, ..)| !gone(n));
+    round.writes.trims.retain(|(n, _)| !gone(n));
 }
 
 /// `old` under its new definition, with the effects of `signals` applied in order.
