@@ -255,6 +255,87 @@ async fn a_refused_heartbeat_is_suspended_and_comes_back_with_its_state_and_hist
     );
 }
 
+/// Arms Heartbeat `name` (with `spec`) in `ctx`, pings it once and has it refused (its
+/// Application does not exist): its monitor is suspended. Returns the refused Heartbeat.
+async fn suspended_one(
+    ctx: &Arc<crate::k8s::context::Context>,
+    caches: &mut crate::k8s::testing::CacheWriters,
+    name: &str,
+    spec: Value,
+) -> crate::k8s::crd::Heartbeat {
+    use crate::core::monitor::engine::PingInput;
+    let hb = heartbeat(name, spec, &[]);
+    caches.heartbeat(&hb);
+    reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
+    let key = format!("shop/{name}");
+    ctx.core
+        .engine
+        .ping(&key, PingInput::success())
+        .await
+        .unwrap();
+    let mut refused = hb;
+    refused.spec.spec.application_ref = Some(crate::core::spec::ApplicationRef {
+        name: "nowhere".into(),
+    });
+    refused.metadata.generation = Some(2);
+    caches.heartbeat(&refused);
+    reconcile(Arc::new(refused.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(ctx.core.engine.get(&key).is_none(), "{name} not suspended");
+    assert!(ctx.core.engine.retained(&key).await.is_some(), "{name}");
+    refused
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_drops_suspended_monitors_whose_heartbeat_went_unless_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _) = mock_client(api);
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
+    ctx.caches.wait_synced().await;
+    let interval = json!({"interval": "1h"});
+    let retain = json!({"interval": "1h", "deletionPolicy": "Retain"});
+    let gone = suspended_one(&ctx, &mut caches, "gone", interval.clone()).await;
+    let replaced = suspended_one(&ctx, &mut caches, "replaced", interval.clone()).await;
+    let kept = suspended_one(&ctx, &mut caches, "kept", retain).await;
+    suspended_one(&ctx, &mut caches, "waiting", interval).await;
+    let num = ctx.core.engine.retained("shop/gone").await.unwrap().num;
+    assert_eq!(ctx.core.engine.pings(num, 10).await.unwrap().len(), 1);
+    // While no operator ran: `gone` and `kept` were deleted, `replaced` deleted and
+    // created again under its name (another uid). The watch's relist shows only that.
+    caches.heartbeats.apply_watcher_event(&Event::Delete(gone));
+    caches.heartbeats.apply_watcher_event(&Event::Delete(kept));
+    let mut other = replaced;
+    other.metadata.uid = Some("uid-another".into());
+    other.spec.spec.application_ref = None;
+    caches.heartbeat(&other);
+    crate::k8s::orphans::sweep(&ctx).await;
+    for (name, left) in [
+        ("gone", false),
+        ("replaced", false),
+        ("kept", true),
+        ("waiting", true),
+    ] {
+        assert_eq!(
+            ctx.core
+                .engine
+                .retained(&format!("shop/{name}"))
+                .await
+                .is_some(),
+            left,
+            "{name}"
+        );
+    }
+    assert!(ctx.core.engine.pings(num, 10).await.unwrap().is_empty());
+    // The new Heartbeat of the same name starts afresh.
+    reconcile(Arc::new(other), ctx.clone()).await.unwrap();
+    let fresh = ctx.core.engine.get("shop/replaced").unwrap();
+    assert_eq!(
+        fresh.state.pings, 0,
+        "picked up the old Heartbeat's monitor"
+    );
+}
+
 /// Arms Heartbeat `job` (with `spec`) in a fresh context, with its Secret in the cache as
 /// the watch would bring it; the request log starts empty.
 async fn armed(
