@@ -26,7 +26,7 @@ use crate::core::token::TokenKind;
 use crate::k8s::context::Context;
 use crate::k8s::crd::Application;
 use crate::k8s::secrets::{self, Ensured, Wanted};
-use crate::k8s::status::Target;
+use crate::k8s::status::{Lane, Target};
 
 /// Reconciles an Application.
 pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -35,6 +35,9 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
         Frame::Elsewhere => Ok(Action::await_change()),
         Frame::Deleting(ns) => {
             cleanup(&app, ctx, &ns).await?;
+            // Its status says it is being deleted: its token no longer works.
+            let target = Target::application(&ns, &app.name_any());
+            ctx.status.nudge(target, Lane::Verdict);
             Ok(Action::await_change())
         }
         Frame::Live(ns) => {

@@ -29,7 +29,7 @@ use crate::core::token::{TokenHash, TokenKind};
 use crate::k8s::context::Context;
 use crate::k8s::crd::Heartbeat;
 use crate::k8s::secrets::{self, Ensured, Wanted};
-use crate::k8s::status::{Refusal, Target};
+use crate::k8s::status::{Lane, Refusal, Target};
 
 /// Reconciles a Heartbeat.
 pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -38,6 +38,9 @@ pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, 
         Frame::Elsewhere => Ok(Action::await_change()),
         Frame::Deleting(ns) => {
             cleanup(&hb, ctx, &ns).await?;
+            // Its status says it is being deleted: its token no longer works.
+            let target = Target::heartbeat(&ns, &hb.name_any());
+            ctx.status.nudge(target, Lane::Verdict);
             Ok(Action::await_change())
         }
         Frame::Live(ns) => {
