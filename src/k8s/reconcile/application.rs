@@ -150,13 +150,20 @@ async fn token_secret(
     let owner = app
         .controller_owner_ref(&())
         .ok_or(ReconcileError::Incomplete("uid"))?;
-    let taken = taken_by_another(
-        &ctx.core.registry,
-        &TokenOwner {
-            kind: TokenKind::Application,
-            key: object_key(ns, &app.name_any()),
-        },
-    );
+    let owner_key = TokenOwner {
+        kind: TokenKind::Application,
+        key: object_key(ns, &app.name_any()),
+    };
+    let taken = taken_by_another(&ctx.core.registry, &owner_key);
+    // Defined with a token: a new one works before its Secret is written.
+    let hold = ctx
+        .core
+        .registry
+        .application(&owner_key.key)
+        .map(|_| secrets::Hold {
+            registry: &ctx.core.registry,
+            owner: owner_key.clone(),
+        });
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let cached = ctx.caches.secret(ns, secret_name);
     secrets::ensure(
@@ -169,6 +176,7 @@ async fn token_secret(
             ping_url: &|_| None,
             taken: &taken,
             cache_complete: ctx.caches.synced(),
+            hold,
         },
     )
     .await

@@ -579,6 +579,124 @@ async fn a_token_issued_again_is_announced_and_the_old_one_stops_working() {
     assert!(ctx.core.registry.owner_of_hash(&new).is_some());
 }
 
+/// What the token of each Secret the operator created (or tried to) authenticated as at
+/// the moment the API server received the create.
+type AtCreate = Arc<std::sync::Mutex<Vec<(String, Option<crate::core::storage::TokenOwner>)>>>;
+
+/// An API server like [`api`] that answers Secret creates with 500 while `fail` is set and
+/// records in `seen` what each created Secret's token authenticated as then, in `registry`.
+fn recording_api(
+    registry: Arc<std::sync::OnceLock<crate::core::registry::Registry>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    seen: AtCreate,
+) -> impl Fn(&Seen) -> (u16, Value) + Send + Sync + 'static {
+    move |req| {
+        if req.method == "POST"
+            && req
+                .uri
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .ends_with("/secrets")
+        {
+            let secret: k8s_openapi::api::core::v1::Secret =
+                serde_json::from_value(req.body.clone()).unwrap();
+            let token = crate::k8s::secrets::token_in(&secret).unwrap();
+            let owner = registry.get().unwrap().authenticate(&token);
+            seen.lock().unwrap().push((token, owner));
+            if fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return (500, status_error(500, "etcd is down"));
+            }
+        }
+        api(req)
+    }
+}
+
+#[tokio::test]
+async fn a_token_issued_again_works_before_its_secret_is_written_and_not_if_the_write_fails() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(std::sync::OnceLock::new());
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: AtCreate = Arc::default();
+    let (client, _) = mock_client(recording_api(registry.clone(), fail.clone(), seen.clone()));
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
+    registry.set(ctx.core.registry.clone()).unwrap();
+    ctx.caches.wait_synced().await;
+    let hb = heartbeat("job", json!({"interval": "1h"}), &[]);
+    let app = application(json!({}));
+    caches.heartbeat(&hb);
+    caches
+        .applications
+        .apply_watcher_event(&Event::Apply(app.clone()));
+    let reconcile_both = || async {
+        let h = reconcile(Arc::new(hb.clone()), ctx.clone()).await;
+        let a = super::application::reconcile(Arc::new(app.clone()), ctx.clone()).await;
+        (h, a)
+    };
+    let (h, a) = reconcile_both().await;
+    h.unwrap();
+    a.unwrap();
+    let first: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(first.len(), 2);
+    // A first token works once its monitor and Application are defined, after the Secret.
+    assert!(first.iter().all(|(_, owner)| owner.is_none()), "{first:?}");
+    let old: Vec<String> = first.into_iter().map(|(t, _)| t).collect();
+
+    // Both Secrets are deleted; writing their replacements fails at first.
+    fail.store(true, SeqCst);
+    let (h, a) = reconcile_both().await;
+    assert!(h.is_err() && a.is_err(), "{h:?} {a:?}");
+    let failed: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(failed.len(), 2);
+    for ((token, owner), kind) in failed.iter().zip(["Heartbeat", "Application"]) {
+        assert!(
+            owner.is_some(),
+            "{kind}: the new token did not work when its Secret was written"
+        );
+        assert!(
+            ctx.core.registry.authenticate(token).is_none(),
+            "{kind}: a token whose Secret was never written works"
+        );
+    }
+    for token in &old {
+        assert!(
+            ctx.core.registry.authenticate(token).is_some(),
+            "a failed reissue revoked the token in use"
+        );
+    }
+
+    // Written: the new tokens work from the start, and stay; the old ones stop.
+    fail.store(false, SeqCst);
+    let (h, a) = reconcile_both().await;
+    h.unwrap();
+    a.unwrap();
+    let written: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    let owners: Vec<_> = written
+        .iter()
+        .map(|(_, o)| o.as_ref().map(|o| o.key.clone()))
+        .collect();
+    assert_eq!(
+        owners,
+        vec![Some("shop/job".to_string()), Some("shop/web".to_string())]
+    );
+    for (token, _) in &written {
+        assert!(ctx.core.registry.authenticate(token).is_some());
+        assert!(
+            !ctx.core
+                .registry
+                .is_held(&crate::core::token::TokenHash::of(token))
+        );
+    }
+    assert_eq!(
+        ctx.core.engine.get("shop/job").unwrap().def.token,
+        crate::core::token::TokenHash::of(&written[0].0)
+    );
+    for token in &old {
+        assert!(ctx.core.registry.authenticate(token).is_none());
+    }
+}
+
 fn application(spec: Value) -> crate::k8s::crd::Application {
     serde_json::from_value(json!({
         "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application",
