@@ -4,7 +4,7 @@
 //! here; request handlers authenticate and resolve against memory, never against the
 //! store, so a bearer check costs a hash and a map lookup.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use jiff::tz::TimeZone;
@@ -78,6 +78,33 @@ struct Inner {
     /// The admin token this process was given; the other admin tokens in `tokens` are
     /// those other replicas hold ([`Registry::hold_admin_token`]).
     own_admin: Option<TokenHash>,
+    /// Tokens in `tokens` that are not stored yet ([`Registry::hold_token`]).
+    held: HashSet<[u8; 32]>,
+}
+
+/// A token that works in this process ahead of its store write ([`Registry::hold_token`]).
+/// Dropping it takes the token back, unless it was stored meanwhile (by
+/// [`Registry::put_token`] or [`Registry::upsert_application`]): whoever holds one drops it
+/// once it has stored the token, or given up.
+#[must_use = "the token stops working when this is dropped, unless it was stored"]
+pub struct HeldToken {
+    registry: Registry,
+    hash: TokenHash,
+}
+
+impl std::fmt::Debug for HeldToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldToken")
+    }
+}
+
+impl Drop for HeldToken {
+    fn drop(&mut self) {
+        let mut inner = self.registry.write();
+        if inner.held.remove(&self.hash.0) {
+            inner.tokens.remove(&self.hash.0);
+        }
+    }
 }
 
 /// Shared registry; cheap to clone.
@@ -224,6 +251,7 @@ impl Registry {
                 key: key.clone(),
             },
         );
+        inner.held.remove(&token.0);
         inner.apps.insert(key, info.clone());
         Ok(info)
     }
@@ -244,6 +272,8 @@ impl Registry {
             inner
                 .tokens
                 .retain(|_, o| !(o.kind == TokenKind::Application && o.key == key));
+            let Inner { tokens, held, .. } = &mut *inner;
+            held.retain(|h| tokens.contains_key(h));
         }
         if purge {
             if let Some(rec) = self.store.delete_app(key).await? {
@@ -279,15 +309,19 @@ impl Registry {
         owner: TokenOwner,
         old: Option<TokenHash>,
     ) -> Result<(), RegistryError> {
-        if let Some(existing) = self.read().tokens.get(&hash.0) {
-            if existing != &owner {
-                return Err(RegistryError::TokenInUse);
-            }
-            // Indexed for this owner already, and the index mirrors the store: nothing to
-            // write. A leader taking office re-declares thousands of unchanged manifests
-            // before its deadlines run; a write each would hold them up for seconds.
-            if old.is_none_or(|old| old == hash) {
-                return Ok(());
+        {
+            let inner = self.read();
+            if let Some(existing) = inner.tokens.get(&hash.0) {
+                if existing != &owner {
+                    return Err(RegistryError::TokenInUse);
+                }
+                // Indexed for this owner already, and the index mirrors the store: nothing
+                // to write. A leader taking office re-declares thousands of unchanged
+                // manifests before its deadlines run; a write each would hold them up for
+                // seconds.
+                if old.is_none_or(|old| old == hash) && !inner.held.contains(&hash.0) {
+                    return Ok(());
+                }
             }
         }
         self.store.put_token(hash, owner.clone(), old).await?;
@@ -298,6 +332,7 @@ impl Registry {
             inner.tokens.remove(&old.0);
         }
         inner.tokens.insert(hash.0, owner);
+        inner.held.remove(&hash.0);
         Ok(())
     }
 
@@ -386,9 +421,44 @@ impl Registry {
         Ok(self.store.ping_tokens(keys).await?)
     }
 
+    /// Makes `hash` work as `owner`'s token in this process at once, ahead of the store
+    /// write that makes it last ([`Self::put_token`], [`Self::upsert_application`]): a
+    /// front end takes a token it issues again to a defined owner before it hands the
+    /// token out, so the token works from the moment anyone can read it. Nothing is
+    /// written, so a crash before the store write forgets it. `None` when the token works
+    /// for `owner` already.
+    pub fn hold_token(
+        &self,
+        hash: TokenHash,
+        owner: TokenOwner,
+    ) -> Result<Option<HeldToken>, RegistryError> {
+        let mut inner = self.write();
+        match inner.tokens.get(&hash.0) {
+            Some(existing) if *existing != owner => Err(RegistryError::TokenInUse),
+            Some(_) => Ok(None),
+            None => {
+                inner.tokens.insert(hash.0, owner);
+                inner.held.insert(hash.0);
+                Ok(Some(HeldToken {
+                    registry: self.clone(),
+                    hash,
+                }))
+            }
+        }
+    }
+
+    /// Whether `hash` works only because it is held ([`Self::hold_token`]), not stored.
+    pub fn is_held(&self, hash: &TokenHash) -> bool {
+        self.read().held.contains(&hash.0)
+    }
+
     /// Drops a token so it stops working at once.
     pub async fn remove_token(&self, hash: TokenHash) -> Result<(), RegistryError> {
-        self.write().tokens.remove(&hash.0);
+        {
+            let mut inner = self.write();
+            inner.tokens.remove(&hash.0);
+            inner.held.remove(&hash.0);
+        }
         self.store.remove_token(hash).await?;
         Ok(())
     }

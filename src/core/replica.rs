@@ -399,6 +399,10 @@ mod tests {
         fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
             self.inner.retained(key)
         }
+
+        fn retained_all(&self) -> StorageFuture<'_, Vec<Monitor>> {
+            self.inner.retained_all()
+        }
     }
 
     fn def(name: &str) -> MonitorDef {

@@ -215,7 +215,9 @@ pub struct HeartbeatStatus {
     /// are on the dashboard and the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ping_at: Option<String>,
-    /// The deadline set by `lastPingAt` (it plus interval); absent while New or Paused.
+    /// When the next ping is due: the deadline set by `lastPingAt` (it plus interval, or
+    /// the next scheduled time); while Down, the next one after now in that rhythm. Absent
+    /// while Paused, and while an interval Heartbeat is New.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_due_at: Option<String>,
     /// Whole intervals missed since the deadline while Down.

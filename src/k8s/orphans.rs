@@ -6,6 +6,9 @@
 //! another installation — is found here, by comparing the core's definitions with the
 //! watch caches after every complete (re)list. An orphan's token stops working at once and
 //! it never alerts again; its data is removed or retained as its `deletionPolicy` said.
+//! The same goes for what a suspension kept of a refused Heartbeat's monitor: it goes with
+//! its Heartbeat (unless `deletionPolicy: Retain`), also when a Heartbeat of the same name
+//! (another uid) took its place meanwhile, which must not pick it up.
 
 use std::sync::Arc;
 
@@ -24,6 +27,8 @@ pub struct Defined {
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// The uid of the resource it was defined from (a monitor's id).
+    pub id: String,
 }
 
 /// The definitions that have no live resource: their namespace is not ours to reconcile
@@ -31,13 +36,22 @@ pub struct Defined {
 pub fn orphans(
     defined: &[Defined],
     ours: impl Fn(&str) -> bool,
-    exists: impl Fn(&str, &str) -> bool,
+    exists: impl Fn(&Defined) -> bool,
 ) -> Vec<Defined> {
     defined
         .iter()
-        .filter(|d| !ours(&d.namespace) || !exists(&d.namespace, &d.name))
+        .filter(|d| !ours(&d.namespace) || !exists(d))
         .cloned()
         .collect()
+}
+
+fn defined(m: &crate::core::monitor::engine::Monitor) -> Defined {
+    Defined {
+        namespace: m.def.namespace().to_string(),
+        name: m.def.name().to_string(),
+        key: m.def.key.clone(),
+        id: m.def.id.clone(),
+    }
 }
 
 fn ours(ctx: &Context, namespace: &str) -> bool {
@@ -51,18 +65,14 @@ pub async fn sweep(ctx: &Arc<Context>) {
         .core
         .engine
         .list()
-        .into_iter()
+        .iter()
         .filter(|m| m.def.origin == Origin::Kubernetes)
-        .map(|m| Defined {
-            namespace: m.def.namespace().to_string(),
-            name: m.def.name().to_string(),
-            key: m.def.key,
-        })
+        .map(defined)
         .collect();
     let gone = orphans(
         &monitors,
         |ns| ours(ctx, ns),
-        |ns, name| ctx.caches.heartbeat(ns, name).is_some(),
+        |d| ctx.caches.heartbeat(&d.namespace, &d.name).is_some(),
     );
     for d in gone {
         tracing::info!(heartbeat = %d.key, "its Heartbeat is gone (or not ours to reconcile); removing the monitor");
@@ -70,6 +80,7 @@ pub async fn sweep(ctx: &Arc<Context>) {
             tracing::warn!(heartbeat = %d.key, error = %e, "cannot remove an orphaned monitor; will try again");
         }
     }
+    sweep_suspended(ctx).await;
     let apps: Vec<Defined> = ctx
         .core
         .registry
@@ -79,12 +90,13 @@ pub async fn sweep(ctx: &Arc<Context>) {
             key: a.key.clone(),
             namespace: a.namespace.clone(),
             name: a.name.clone(),
+            id: String::new(),
         })
         .collect();
     let gone = orphans(
         &apps,
         |ns| ours(ctx, ns),
-        |ns, name| ctx.caches.application(ns, name).is_some(),
+        |d| ctx.caches.application(&d.namespace, &d.name).is_some(),
     );
     for d in gone {
         let purge = ctx
@@ -119,6 +131,41 @@ pub async fn sweep(ctx: &Arc<Context>) {
     });
 }
 
+/// Drops what suspensions kept of monitors whose Heartbeat is gone, is not ours to
+/// reconcile, or was replaced by another of the same name (another uid): the active
+/// monitors' sweep never sees them, and a Heartbeat of that name created later would pick
+/// up their state and ping history. Records kept by `deletionPolicy: Retain` stay (the
+/// engine keeps them), and so does a monitor defined under the key meanwhile.
+async fn sweep_suspended(ctx: &Context) {
+    let kept = match ctx.core.engine.retained_all().await {
+        Ok(kept) => kept,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the suspended monitors; will look again after the next relist");
+            return;
+        }
+    };
+    let suspended: Vec<Defined> = kept
+        .iter()
+        .filter(|m| m.def.origin == Origin::Kubernetes && !m.def.retain_on_delete())
+        .map(defined)
+        .collect();
+    let gone = orphans(
+        &suspended,
+        |ns| ours(ctx, ns),
+        |d| {
+            ctx.caches
+                .heartbeat(&d.namespace, &d.name)
+                .is_some_and(|h| h.metadata.uid.as_deref() == Some(d.id.as_str()))
+        },
+    );
+    for d in gone {
+        tracing::info!(heartbeat = %d.key, "the Heartbeat of a suspended monitor is gone (or not ours to reconcile); removing what the suspension kept");
+        if let Err(e) = ctx.core.engine.forget_suspended(&d.key).await {
+            tracing::warn!(heartbeat = %d.key, error = %e, "cannot remove a suspended monitor's record; will try again after the next relist");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +175,7 @@ mod tests {
             key: format!("{ns}/{name}"),
             namespace: ns.into(),
             name: name.into(),
+            id: format!("uid-{name}"),
         }
     }
 
@@ -137,7 +185,7 @@ mod tests {
         let gone = orphans(
             &defined,
             |ns| ns == "a",
-            |ns, name| ns == "a" && name == "kept",
+            |d| d.namespace == "a" && d.name == "kept",
         );
         assert_eq!(gone, vec![d("a", "deleted"), d("dropped", "x")]);
     }

@@ -14,6 +14,14 @@
 //!
 //! Every Secret the operator writes carries the label `hartslag.dev/token`, and the operator
 //! watches only Secrets with that label: a ping or a resync never costs a Secret request.
+//!
+//! A token issued again to a resource that has one (its Secret was deleted, or lost its
+//! token) is taken into the registry before the Secret is written ([`Wanted::hold`]), and
+//! given back if the write fails, so it works from the moment anyone can read it. A first
+//! token works once its monitor or Application is defined, after the Secret is written:
+//! defining them first would arm a monitor (or accept an Application its Heartbeats then
+//! rely on) for a resource that a conflicting, unadoptable Secret can still get refused,
+//! and that cannot be taken back without effects; `Ready=True` says the token works.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +31,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
+use crate::core::registry::{HeldToken, Registry, RegistryError};
+use crate::core::storage::TokenOwner;
 use crate::core::token::{Token, TokenKind};
 
 /// Label on every Secret the operator creates (the contract's `managed-by`).
@@ -61,6 +71,9 @@ pub enum SecretError {
     /// No randomness.
     #[error(transparent)]
     Token(#[from] crate::core::token::TokenError),
+    /// A token issued again could not be taken into the registry.
+    #[error("cannot take the new token: {0}")]
+    Hold(#[source] RegistryError),
 }
 
 impl SecretError {
@@ -225,6 +238,25 @@ pub struct Ensured {
     pub issued: bool,
     /// The user's Secret was adopted now.
     pub adopted: bool,
+    /// A token issued again, working ahead of its store write ([`Wanted::hold`]): keep it
+    /// until the token is stored (or the pipeline gave up), then drop it.
+    pub held: Option<HeldToken>,
+}
+
+/// Where a token issued again to a defined owner is taken before its Secret is written.
+pub struct Hold<'a> {
+    /// The registry.
+    pub registry: &'a Registry,
+    /// The owner, which the registry knows already.
+    pub owner: TokenOwner,
+}
+
+impl Hold<'_> {
+    fn take(&self, token: &Token) -> Result<Option<HeldToken>, SecretError> {
+        self.registry
+            .hold_token(token.hash(), self.owner.clone())
+            .map_err(SecretError::Hold)
+    }
 }
 
 /// What [`ensure`] needs to know about the resource.
@@ -243,12 +275,28 @@ pub struct Wanted<'a> {
     /// Whether the watch cache holds its complete list: only then does a Secret missing
     /// from it mean one that is (almost certainly) missing.
     pub cache_complete: bool,
+    /// For an owner with a token already (monitor armed, Application defined): a new
+    /// token is taken here before the Secret is written, and given back if the write fails.
+    pub hold: Option<Hold<'a>>,
+}
+
+impl Wanted<'_> {
+    /// A new token, taken into the registry first when [`Wanted::hold`] says so.
+    fn new_token(&self) -> Result<(Token, Option<HeldToken>), SecretError> {
+        let token = Token::generate(self.kind)?;
+        let held = match &self.hold {
+            Some(h) => h.take(&token)?,
+            None => None,
+        };
+        Ok((token, held))
+    }
 }
 
 /// Issues a new token into a new Secret `wanted.name`; `None` when a Secret of that name
 /// exists already (the API server answers 409 and writes nothing).
 async fn issue(api: &Api<Secret>, wanted: &Wanted<'_>) -> Result<Option<Ensured>, SecretError> {
-    let token = Token::generate(wanted.kind)?;
+    // A held token is given back (dropped) on every way out but success.
+    let (token, held) = wanted.new_token()?;
     let secret = issued(
         wanted.name,
         wanted.owner.clone(),
@@ -260,6 +308,7 @@ async fn issue(api: &Api<Secret>, wanted: &Wanted<'_>) -> Result<Option<Ensured>
             token,
             issued: true,
             adopted: false,
+            held,
         })),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(source) => Err(SecretError::Api {
@@ -319,10 +368,11 @@ pub async fn ensure(
                 token,
                 issued: false,
                 adopted: false,
+                held: None,
             })
         }
         (Classified::Ours(None), Some(s)) => {
-            let token = Token::generate(wanted.kind)?;
+            let (token, held) = wanted.new_token()?;
             let url = (wanted.ping_url)(&token);
             if let Some(p) = patch_for(s, "issued", Some(&token), url.as_deref()) {
                 patch(p).await?;
@@ -331,6 +381,7 @@ pub async fn ensure(
                 token,
                 issued: true,
                 adopted: false,
+                held,
             })
         }
         (Classified::Adoptable(t), Some(s)) => {
@@ -347,6 +398,7 @@ pub async fn ensure(
                 token,
                 issued: false,
                 adopted,
+                held: None,
             })
         }
         (Classified::NotAdoptable(why), _) => Err(SecretError::NotAdoptable(why)),

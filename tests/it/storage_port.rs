@@ -640,13 +640,15 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
     let retained = with_services(open, dir.path(), |core| {
         Box::pin(async move {
             let retained = core.engine.retained("default/nightly").await;
-            (core.engine.get("default/nightly"), retained)
+            let all = core.engine.retained_all().await.unwrap();
+            (core.engine.get("default/nightly"), retained, all)
         })
     })
     .await;
     assert_eq!(retained.0, None, "a removed monitor came back");
     let kept = retained.1.expect("the retained record");
     assert_eq!((kept.num, kept.state.pings), (written.0.num, 7));
+    assert_eq!(retained.2, vec![kept], "every retained record is listed");
 }
 
 /// A channel that takes every alert and remembers it, as `(alert id, target)`.

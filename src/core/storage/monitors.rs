@@ -144,6 +144,10 @@ pub trait MonitorStore: Send + Sync + 'static {
     /// The last record of the monitor deleted with its data retained under `key`.
     fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>>;
 
+    /// Every retained record (see [`Removal::retain`]), in no particular order: a front
+    /// end finds those whose resource is gone.
+    fn retained_all(&self) -> StorageFuture<'_, Vec<Monitor>>;
+
     /// Adds the backend's own families to `/metrics` (none unless it has some).
     fn register_metrics(&self, _registry: &mut crate::core::metrics::MetricRegistry) {}
 }

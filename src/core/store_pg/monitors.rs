@@ -335,6 +335,10 @@ impl MonitorStore for PgMonitors {
     fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
         self.backend.run(retained(self.backend.ctx.clone(), key))
     }
+
+    fn retained_all(&self) -> StorageFuture<'_, Vec<Monitor>> {
+        self.backend.run(retained_all(self.backend.ctx.clone()))
+    }
 }
 
 /// The retained record under `key`, as committed.
@@ -349,6 +353,18 @@ async fn retained(backend: Ctx, key: String) -> Result<Option<Monitor>, StorageE
         .map_err(|e| backend.db.fail(e))?;
     row.map(|r| decode(&format!("retained monitor {key}"), r.get(0)))
         .transpose()
+}
+
+/// Every retained record, as committed.
+async fn retained_all(backend: Ctx) -> Result<Vec<Monitor>, StorageError> {
+    let client = backend.db.client().await?;
+    let rows = client
+        .query("SELECT record FROM hartslag_monitor_retained", &[])
+        .await
+        .map_err(|e| backend.db.fail(e))?;
+    rows.iter()
+        .map(|r| decode("retained monitor", r.get(0)))
+        .collect()
 }
 
 /// A read-only transaction that sees one snapshot throughout, for reads whose parts must

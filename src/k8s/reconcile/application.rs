@@ -26,7 +26,7 @@ use crate::core::token::TokenKind;
 use crate::k8s::context::Context;
 use crate::k8s::crd::Application;
 use crate::k8s::secrets::{self, Ensured, Wanted};
-use crate::k8s::status::Target;
+use crate::k8s::status::{Lane, Target};
 
 /// Reconciles an Application.
 pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -35,6 +35,9 @@ pub async fn reconcile(app: Arc<Application>, ctx: Arc<Context>) -> Result<Actio
         Frame::Elsewhere => Ok(Action::await_change()),
         Frame::Deleting(ns) => {
             cleanup(&app, ctx, &ns).await?;
+            // Its status says it is being deleted: its token no longer works.
+            let target = Target::application(&ns, &app.name_any());
+            ctx.status.nudge(target, Lane::Verdict);
             Ok(Action::await_change())
         }
         Frame::Live(ns) => {
@@ -147,13 +150,20 @@ async fn token_secret(
     let owner = app
         .controller_owner_ref(&())
         .ok_or(ReconcileError::Incomplete("uid"))?;
-    let taken = taken_by_another(
-        &ctx.core.registry,
-        &TokenOwner {
-            kind: TokenKind::Application,
-            key: object_key(ns, &app.name_any()),
-        },
-    );
+    let owner_key = TokenOwner {
+        kind: TokenKind::Application,
+        key: object_key(ns, &app.name_any()),
+    };
+    let taken = taken_by_another(&ctx.core.registry, &owner_key);
+    // Defined with a token: a new one works before its Secret is written.
+    let hold = ctx
+        .core
+        .registry
+        .application(&owner_key.key)
+        .map(|_| secrets::Hold {
+            registry: &ctx.core.registry,
+            owner: owner_key.clone(),
+        });
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let cached = ctx.caches.secret(ns, secret_name);
     secrets::ensure(
@@ -166,6 +176,7 @@ async fn token_secret(
             ping_url: &|_| None,
             taken: &taken,
             cache_complete: ctx.caches.synced(),
+            hold,
         },
     )
     .await

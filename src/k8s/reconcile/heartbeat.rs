@@ -29,7 +29,7 @@ use crate::core::token::{TokenHash, TokenKind};
 use crate::k8s::context::Context;
 use crate::k8s::crd::Heartbeat;
 use crate::k8s::secrets::{self, Ensured, Wanted};
-use crate::k8s::status::{Refusal, Target};
+use crate::k8s::status::{Lane, Refusal, Target};
 
 /// Reconciles a Heartbeat.
 pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -38,6 +38,9 @@ pub async fn reconcile(hb: Arc<Heartbeat>, ctx: Arc<Context>) -> Result<Action, 
         Frame::Elsewhere => Ok(Action::await_change()),
         Frame::Deleting(ns) => {
             cleanup(&hb, ctx, &ns).await?;
+            // Its status says it is being deleted: its token no longer works.
+            let target = Target::heartbeat(&ns, &hb.name_any());
+            ctx.status.nudge(target, Lane::Verdict);
             Ok(Action::await_change())
         }
         Frame::Live(ns) => {
@@ -329,6 +332,11 @@ async fn token_secret(
         key: object_key(ns, &hb.name_any()),
     };
     let taken = taken_by_another(&ctx.core.registry, &owner_key);
+    // Armed with a token: a new one works before its Secret is written.
+    let hold = ctx.core.engine.get(&owner_key.key).map(|_| secrets::Hold {
+        registry: &ctx.core.registry,
+        owner: owner_key.clone(),
+    });
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let cached = ctx.caches.secret(ns, secret_name);
     secrets::ensure(
@@ -341,6 +349,7 @@ async fn token_secret(
             ping_url: &url,
             taken: &taken,
             cache_complete: ctx.caches.synced(),
+            hold,
         },
     )
     .await
@@ -415,7 +424,8 @@ async fn activate(
         key: def.key.clone(),
     };
     let registry = &ctx.core.registry;
-    if registry.owner_of_hash(&def.token).as_ref() != Some(&owner) {
+    // A token held ahead of its Secret is stored here.
+    if registry.owner_of_hash(&def.token).as_ref() != Some(&owner) || registry.is_held(&def.token) {
         match registry
             .put_token(def.token, owner, existing.map(|d| d.token))
             .await

@@ -255,6 +255,87 @@ async fn a_refused_heartbeat_is_suspended_and_comes_back_with_its_state_and_hist
     );
 }
 
+/// Arms Heartbeat `name` (with `spec`) in `ctx`, pings it once and has it refused (its
+/// Application does not exist): its monitor is suspended. Returns the refused Heartbeat.
+async fn suspended_one(
+    ctx: &Arc<crate::k8s::context::Context>,
+    caches: &mut crate::k8s::testing::CacheWriters,
+    name: &str,
+    spec: Value,
+) -> crate::k8s::crd::Heartbeat {
+    use crate::core::monitor::engine::PingInput;
+    let hb = heartbeat(name, spec, &[]);
+    caches.heartbeat(&hb);
+    reconcile(Arc::new(hb.clone()), ctx.clone()).await.unwrap();
+    let key = format!("shop/{name}");
+    ctx.core
+        .engine
+        .ping(&key, PingInput::success())
+        .await
+        .unwrap();
+    let mut refused = hb;
+    refused.spec.spec.application_ref = Some(crate::core::spec::ApplicationRef {
+        name: "nowhere".into(),
+    });
+    refused.metadata.generation = Some(2);
+    caches.heartbeat(&refused);
+    reconcile(Arc::new(refused.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert!(ctx.core.engine.get(&key).is_none(), "{name} not suspended");
+    assert!(ctx.core.engine.retained(&key).await.is_some(), "{name}");
+    refused
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_drops_suspended_monitors_whose_heartbeat_went_unless_retained() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _) = mock_client(api);
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
+    ctx.caches.wait_synced().await;
+    let interval = json!({"interval": "1h"});
+    let retain = json!({"interval": "1h", "deletionPolicy": "Retain"});
+    let gone = suspended_one(&ctx, &mut caches, "gone", interval.clone()).await;
+    let replaced = suspended_one(&ctx, &mut caches, "replaced", interval.clone()).await;
+    let kept = suspended_one(&ctx, &mut caches, "kept", retain).await;
+    suspended_one(&ctx, &mut caches, "waiting", interval).await;
+    let num = ctx.core.engine.retained("shop/gone").await.unwrap().num;
+    assert_eq!(ctx.core.engine.pings(num, 10).await.unwrap().len(), 1);
+    // While no operator ran: `gone` and `kept` were deleted, `replaced` deleted and
+    // created again under its name (another uid). The watch's relist shows only that.
+    caches.heartbeats.apply_watcher_event(&Event::Delete(gone));
+    caches.heartbeats.apply_watcher_event(&Event::Delete(kept));
+    let mut other = replaced;
+    other.metadata.uid = Some("uid-another".into());
+    other.spec.spec.application_ref = None;
+    caches.heartbeat(&other);
+    crate::k8s::orphans::sweep(&ctx).await;
+    for (name, left) in [
+        ("gone", false),
+        ("replaced", false),
+        ("kept", true),
+        ("waiting", true),
+    ] {
+        assert_eq!(
+            ctx.core
+                .engine
+                .retained(&format!("shop/{name}"))
+                .await
+                .is_some(),
+            left,
+            "{name}"
+        );
+    }
+    assert!(ctx.core.engine.pings(num, 10).await.unwrap().is_empty());
+    // The new Heartbeat of the same name starts afresh.
+    reconcile(Arc::new(other), ctx.clone()).await.unwrap();
+    let fresh = ctx.core.engine.get("shop/replaced").unwrap();
+    assert_eq!(
+        fresh.state.pings, 0,
+        "picked up the old Heartbeat's monitor"
+    );
+}
+
 /// Arms Heartbeat `job` (with `spec`) in a fresh context, with its Secret in the cache as
 /// the watch would bring it; the request log starts empty.
 async fn armed(
@@ -496,6 +577,124 @@ async fn a_token_issued_again_is_announced_and_the_old_one_stops_working() {
     assert_ne!(new, old);
     assert!(ctx.core.registry.owner_of_hash(&old).is_none());
     assert!(ctx.core.registry.owner_of_hash(&new).is_some());
+}
+
+/// What the token of each Secret the operator created (or tried to) authenticated as at
+/// the moment the API server received the create.
+type AtCreate = Arc<std::sync::Mutex<Vec<(String, Option<crate::core::storage::TokenOwner>)>>>;
+
+/// An API server like [`api`] that answers Secret creates with 500 while `fail` is set and
+/// records in `seen` what each created Secret's token authenticated as then, in `registry`.
+fn recording_api(
+    registry: Arc<std::sync::OnceLock<crate::core::registry::Registry>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+    seen: AtCreate,
+) -> impl Fn(&Seen) -> (u16, Value) + Send + Sync + 'static {
+    move |req| {
+        if req.method == "POST"
+            && req
+                .uri
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .ends_with("/secrets")
+        {
+            let secret: k8s_openapi::api::core::v1::Secret =
+                serde_json::from_value(req.body.clone()).unwrap();
+            let token = crate::k8s::secrets::token_in(&secret).unwrap();
+            let owner = registry.get().unwrap().authenticate(&token);
+            seen.lock().unwrap().push((token, owner));
+            if fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return (500, status_error(500, "etcd is down"));
+            }
+        }
+        api(req)
+    }
+}
+
+#[tokio::test]
+async fn a_token_issued_again_works_before_its_secret_is_written_and_not_if_the_write_fails() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(std::sync::OnceLock::new());
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: AtCreate = Arc::default();
+    let (client, _) = mock_client(recording_api(registry.clone(), fail.clone(), seen.clone()));
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
+    registry.set(ctx.core.registry.clone()).unwrap();
+    ctx.caches.wait_synced().await;
+    let hb = heartbeat("job", json!({"interval": "1h"}), &[]);
+    let app = application(json!({}));
+    caches.heartbeat(&hb);
+    caches
+        .applications
+        .apply_watcher_event(&Event::Apply(app.clone()));
+    let reconcile_both = || async {
+        let h = reconcile(Arc::new(hb.clone()), ctx.clone()).await;
+        let a = super::application::reconcile(Arc::new(app.clone()), ctx.clone()).await;
+        (h, a)
+    };
+    let (h, a) = reconcile_both().await;
+    h.unwrap();
+    a.unwrap();
+    let first: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(first.len(), 2);
+    // A first token works once its monitor and Application are defined, after the Secret.
+    assert!(first.iter().all(|(_, owner)| owner.is_none()), "{first:?}");
+    let old: Vec<String> = first.into_iter().map(|(t, _)| t).collect();
+
+    // Both Secrets are deleted; writing their replacements fails at first.
+    fail.store(true, SeqCst);
+    let (h, a) = reconcile_both().await;
+    assert!(h.is_err() && a.is_err(), "{h:?} {a:?}");
+    let failed: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(failed.len(), 2);
+    for ((token, owner), kind) in failed.iter().zip(["Heartbeat", "Application"]) {
+        assert!(
+            owner.is_some(),
+            "{kind}: the new token did not work when its Secret was written"
+        );
+        assert!(
+            ctx.core.registry.authenticate(token).is_none(),
+            "{kind}: a token whose Secret was never written works"
+        );
+    }
+    for token in &old {
+        assert!(
+            ctx.core.registry.authenticate(token).is_some(),
+            "a failed reissue revoked the token in use"
+        );
+    }
+
+    // Written: the new tokens work from the start, and stay; the old ones stop.
+    fail.store(false, SeqCst);
+    let (h, a) = reconcile_both().await;
+    h.unwrap();
+    a.unwrap();
+    let written: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    let owners: Vec<_> = written
+        .iter()
+        .map(|(_, o)| o.as_ref().map(|o| o.key.clone()))
+        .collect();
+    assert_eq!(
+        owners,
+        vec![Some("shop/job".to_string()), Some("shop/web".to_string())]
+    );
+    for (token, _) in &written {
+        assert!(ctx.core.registry.authenticate(token).is_some());
+        assert!(
+            !ctx.core
+                .registry
+                .is_held(&crate::core::token::TokenHash::of(token))
+        );
+    }
+    assert_eq!(
+        ctx.core.engine.get("shop/job").unwrap().def.token,
+        crate::core::token::TokenHash::of(&written[0].0)
+    );
+    for token in &old {
+        assert!(ctx.core.registry.authenticate(token).is_none());
+    }
 }
 
 fn application(spec: Value) -> crate::k8s::crd::Application {

@@ -50,6 +50,30 @@ pub enum Outcome {
     Refused(Refusal),
 }
 
+impl Verdict {
+    /// The verdict on an object whose deletion started while a finalizer that is not ours
+    /// holds it, at `generation` (a deletion bumps it): not Ready, whatever the last
+    /// reconcile concluded, since its token was revoked (and a Heartbeat's monitor removed
+    /// or retained) when the deletion started. `message` is [`HEARTBEAT_DELETING`] or
+    /// [`APPLICATION_DELETING`].
+    pub fn deleting(generation: Option<i64>, message: &str) -> Self {
+        Self {
+            generation,
+            outcome: Outcome::Refused(Refusal::new(DELETING, message)),
+        }
+    }
+}
+
+/// The `Ready=False` reason of an object being deleted (see [`Verdict::deleting`]).
+pub const DELETING: &str = "Deleting";
+
+/// The `Ready=False` message of a Heartbeat being deleted.
+pub const HEARTBEAT_DELETING: &str = "the Heartbeat is being deleted (a finalizer holds it): its token no longer works and it is not monitored";
+
+/// The `Ready=False` message of an Application being deleted.
+pub const APPLICATION_DELETING: &str =
+    "the Application is being deleted (a finalizer holds it): its token no longer works";
+
 /// Why an object is not active: a `Ready=False` reason and a message that says what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -173,8 +197,41 @@ fn up_message(m: &Monitor, now: Timestamp) -> String {
         (State::Down, Some(r)) if !matches!(r, DownReason::Missed | DownReason::RunTimeout) => {
             crate::core::monitor::engine::describe_down(r, m, now)
         }
+        // Resumed with nothing heard while paused: New again, but it was pinged before.
+        (State::New, _) if m.state.last_ping_at.is_some() => {
+            "no ping received since it was resumed".into()
+        }
         (s, _) => state_words(*s).into(),
     }
+}
+
+/// When the next ping is due, as `nextDueAt` shows it. A Down monitor keeps the deadline
+/// it missed, or the one a failed run left behind, in its state (its misses count from
+/// it): the status shows the next time its rhythm expects a ping instead, the next
+/// scheduled time or the next whole interval after that deadline, so a monitor that went
+/// Down does not show a time in the past as its next due.
+pub fn next_due(m: &Monitor, now: Timestamp) -> Option<Timestamp> {
+    let st = &m.state;
+    let due = st.next_expected_at()?;
+    if st.state != State::Down || due > now {
+        return Some(due);
+    }
+    let timing = m.def.timing();
+    if let Some(schedule) = timing.schedule {
+        return schedule.next_after(now);
+    }
+    let interval = timing.interval.as_nanos();
+    if interval <= 0 {
+        return Some(due);
+    }
+    let behind = now.duration_since(due).as_nanos();
+    let ahead = behind
+        .checked_div(interval)
+        .and_then(|whole| whole.checked_add(1))
+        .and_then(|n| n.checked_mul(interval))
+        .and_then(|n| i64::try_from(n).ok())?;
+    due.checked_add(jiff::SignedDuration::from_nanos(ahead))
+        .ok()
 }
 
 fn state_words(s: State) -> &'static str {
@@ -254,7 +311,7 @@ pub fn heartbeat_status(i: HeartbeatInputs<'_>) -> Option<HeartbeatStatus> {
             HeartbeatStatus {
                 state: Some(shown_state(st.state)),
                 last_ping_at: st.last_ping_at.map(format_time),
-                next_due_at: st.next_expected_at().map(format_time),
+                next_due_at: next_due(m, i.now).map(format_time),
                 consecutive_misses: state::consecutive_misses(&m.def.timing(), st, i.now),
                 pings: st.pings,
                 last_alert_at: st.last_alert_at.map(format_time),
@@ -265,7 +322,7 @@ pub fn heartbeat_status(i: HeartbeatInputs<'_>) -> Option<HeartbeatStatus> {
         }
     };
     let m = i.monitor?;
-    Some(coarsen(exact, i.live, m, i.refresh))
+    Some(coarsen(exact, i.live, m, i.now, i.refresh))
 }
 
 /// How stale the shown last ping may get before it is refreshed: the refresh period, or
@@ -278,11 +335,14 @@ pub fn ping_refresh_after(m: &Monitor, refresh: Duration) -> Duration {
 }
 
 /// Keeps the shown last-ping facts (`lastPingAt`, `nextDueAt`, `pings`) while everything
-/// else matches and they are not stale; any other difference writes the exact status.
+/// else matches and they are not stale; any other difference writes the exact status. A
+/// Down monitor's shown `nextDueAt` is stale once it has passed ([`next_due`] moves on
+/// with its rhythm, at most once an interval or scheduled time).
 fn coarsen(
     exact: HeartbeatStatus,
     live: &HeartbeatStatus,
     m: &Monitor,
+    now: Timestamp,
     refresh: Duration,
 ) -> HeartbeatStatus {
     let same_otherwise = HeartbeatStatus {
@@ -292,6 +352,16 @@ fn coarsen(
         ..exact.clone()
     } == *live;
     if !same_otherwise {
+        return exact;
+    }
+    let due_passed = m.state.state == State::Down
+        && live.next_due_at != exact.next_due_at
+        && live
+            .next_due_at
+            .as_deref()
+            .and_then(parse_time)
+            .is_some_and(|shown| shown <= now);
+    if due_passed {
         return exact;
     }
     let shown = live.last_ping_at.as_deref().and_then(parse_time);
@@ -523,6 +593,104 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_heartbeat_that_was_pinged_before_does_not_say_it_never_was() {
+        let up = pinged(&monitor(MonitorState::new(t(0))), 10);
+        let timing = up.def.timing();
+        let (paused, _) = apply(&timing, &up.state, &Signal::Pause(t(20)));
+        let (resumed, _) = apply(&timing, &paused, &Signal::Resume(t(30)));
+        assert_eq!(resumed.state, State::New);
+        let st = hb(&ready(1), Some(&monitor(resumed)), &up_status(&up), 31);
+        let c = cond(&st, "Up");
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "New"));
+        assert_eq!(c.message, "no ping received since it was resumed");
+        // One never pinged says so.
+        let new = hb(
+            &ready(1),
+            Some(&monitor(MonitorState::new(t(0)))),
+            &HeartbeatStatus::default(),
+            1,
+        );
+        assert_eq!(cond(&new, "Up").message, "no ping received yet");
+    }
+
+    fn up_status(m: &Monitor) -> HeartbeatStatus {
+        hb(&ready(1), Some(m), &HeartbeatStatus::default(), 11)
+    }
+
+    /// Monitor `ns/backup` of a CronJob that runs hourly, created at `t(0)` (22:13:20).
+    fn hourly_cron_job() -> Monitor {
+        let def: crate::core::monitor::engine::MonitorDef = DefRecord {
+            id: "id".into(),
+            grace_secs: 300,
+            token: TokenHash::of("x"),
+            origin: Origin::Kubernetes,
+            schedule: Some(crate::core::cron::Schedule::parse("0 * * * *", None).unwrap()),
+            cron_job: Some("backup".into()),
+            ..DefRecord::sample("ns/backup", 3600, t(0))
+        }
+        .into();
+        let state = MonitorState::created(&def.timing(), t(0), false);
+        Monitor {
+            num: 1,
+            def,
+            state,
+            last_run_ms: None,
+        }
+    }
+
+    #[test]
+    fn after_a_failed_run_the_next_due_time_is_the_next_scheduled_run() {
+        let m = hourly_cron_job();
+        // Created at 22:13:20: the first run is due at 23:00 (t(2800)).
+        assert_eq!(m.state.deadline, Some(t(2800)));
+        let job = crate::core::monitor::jobs::JobSignal {
+            name: "backup-1".into(),
+            started_at: t(2800),
+            outcome: crate::core::monitor::jobs::JobOutcome::Failed {
+                at: t(2900),
+                reason: crate::core::monitor::jobs::JobFailure::BackoffLimitExceeded,
+                exit_code: Some(3),
+            },
+            run_ids: Vec::new(),
+        };
+        let (failed, _) = apply(&m.def.timing(), &m.state, &Signal::Job(job));
+        assert_eq!(failed.state, State::Down);
+        let down = Monitor { state: failed, ..m };
+        let st = hb(&ready(1), Some(&down), &HeartbeatStatus::default(), 2901);
+        assert_eq!(st.state, Some(HeartbeatState::Down));
+        assert_eq!(
+            st.next_due_at.as_deref(),
+            Some(format_time(t(6400)).as_str()),
+            "the next run, at midnight, not the failed one's 23:00"
+        );
+        // Still Down after midnight: the shown time has passed, the next is at 01:00.
+        let later = hb(&ready(1), Some(&down), &st, 6500);
+        assert_eq!(
+            later.next_due_at.as_deref(),
+            Some(format_time(t(10_000)).as_str())
+        );
+    }
+
+    #[test]
+    fn a_down_interval_monitor_shows_the_next_interval_once_its_deadline_passed() {
+        let up = pinged(&monitor(MonitorState::new(t(0))), 10);
+        // Failed before its deadline (70): that deadline is still ahead.
+        let (s, _) = apply(&up.def.timing(), &up.state, &Signal::Fail(t(20), Some(1)));
+        let down = monitor(s);
+        let st = hb(&ready(1), Some(&down), &up_status(&up), 21);
+        assert_eq!(st.state, Some(HeartbeatState::Down));
+        assert_eq!(st.next_due_at.as_deref(), Some(format_time(t(70)).as_str()));
+        // Past it, with nothing else changed: the next interval, not a time in the past.
+        let later = hb(&ready(1), Some(&down), &st, 80);
+        assert_eq!(
+            later.next_due_at.as_deref(),
+            Some(format_time(t(130)).as_str())
+        );
+        // And nothing to write while it is still ahead.
+        assert_eq!(hb(&ready(1), Some(&down), &later, 100), later);
+    }
+
+    #[test]
     fn frequent_pings_refresh_the_last_ping_only_when_it_is_stale() {
         let m0 = monitor(MonitorState::new(t(0)));
         let up = pinged(&m0, 10);
@@ -587,6 +755,23 @@ mod tests {
                 .iter()
                 .all(|c| c.type_ != "OperatorConflict")
         );
+    }
+
+    #[test]
+    fn a_heartbeat_being_deleted_is_not_ready_and_shows_no_state() {
+        let up = pinged(&monitor(MonitorState::new(t(0))), 10);
+        let live = hb(&ready(1), Some(&up), &HeartbeatStatus::default(), 11);
+        let deleting = Verdict::deleting(Some(2), HEARTBEAT_DELETING);
+        let st = hb(&deleting, None, &live, 20);
+        let c = cond(&st, "Ready");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Deleting")
+        );
+        assert!(c.message.contains("token no longer works"), "{}", c.message);
+        assert_eq!((st.state, st.next_due_at.as_deref()), (None, None));
+        assert!(st.conditions.iter().all(|c| c.type_ != "Up"));
+        assert_eq!(st.observed_generation, Some(2));
     }
 
     #[test]

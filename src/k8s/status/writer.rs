@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::apply::apply_status;
-use super::model::{self, AppCounts, ApplicationInputs, HeartbeatInputs};
+use super::model::{self, AppCounts, ApplicationInputs, HeartbeatInputs, Verdict};
 use super::{Kind, Target, WriterConfig};
 use crate::core::monitor::engine::Origin;
 use crate::k8s::context::{Context, spread};
@@ -198,16 +198,22 @@ fn heartbeat_write(
     unseen: &mut Unseen,
 ) -> Option<(Option<String>, HeartbeatStatus)> {
     let live = ctx.caches.heartbeat(&t.namespace, &t.name)?;
-    if live.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
     let rv = live.metadata.resource_version.clone();
-    let verdict = ctx.verdicts.get(t)?;
     let monitor = ctx
         .core
         .engine
         .get(&t.key())
         .filter(|m| m.def.origin == Origin::Kubernetes);
+    let verdict = if live.metadata.deletion_timestamp.is_some() {
+        // Held by someone else's finalizer: not Ready any more once its clean-up took the
+        // monitor (and token) away, which nudges this writer.
+        if monitor.is_some() {
+            return None;
+        }
+        Verdict::deleting(live.metadata.generation, model::HEARTBEAT_DELETING)
+    } else {
+        ctx.verdicts.get(t)?
+    };
     let live_status = match unseen.live(t, &rv) {
         Some(Write::Heartbeat(st)) => st,
         _ => live.status.clone().unwrap_or_default(),
@@ -242,11 +248,16 @@ async fn application_write(
     unseen: &mut Unseen,
 ) -> Option<(Option<String>, ApplicationStatus)> {
     let live = ctx.caches.application(&t.namespace, &t.name)?;
-    if live.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
     let rv = live.metadata.resource_version.clone();
-    let verdict = ctx.verdicts.get(t)?;
+    let verdict = if live.metadata.deletion_timestamp.is_some() {
+        // As for a Heartbeat: not Ready once its clean-up revoked the token.
+        if ctx.core.registry.application(&t.key()).is_some() {
+            return None;
+        }
+        Verdict::deleting(live.metadata.generation, model::APPLICATION_DELETING)
+    } else {
+        ctx.verdicts.get(t)?
+    };
     let counts = counts(ctx, &t.key()).await;
     let live_status = match unseen.live(t, &rv) {
         Some(Write::Application(st)) => st,
@@ -607,6 +618,79 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn an_object_held_in_its_deletion_is_shown_not_ready_once_its_token_is_revoked() {
+        use crate::core::monitor::engine::{DefRecord, Origin};
+        let dir = tempfile::tempdir().unwrap();
+        let (client, _) = mock_client(api);
+        let (ctx, mut caches, _) = context(dir.path(), client).await;
+        // Ready and armed; then deleted while another finalizer holds it.
+        let mut hb = heartbeat("job", json!({"interval": "1h"}), &["example.com/hold"]);
+        let target = Target::heartbeat("shop", "job");
+        let ready = Verdict {
+            generation: Some(1),
+            outcome: Outcome::Ready {
+                secret: "job-heartbeat".into(),
+            },
+        };
+        ctx.verdicts.set(&target, ready);
+        let now = ctx.core.engine.clock().now();
+        let def = DefRecord {
+            origin: Origin::Kubernetes,
+            ..DefRecord::sample("shop/job", 3600, now)
+        };
+        ctx.core.engine.upsert(def.into()).await.unwrap();
+        hb.status = Some(
+            model::heartbeat_status(HeartbeatInputs {
+                verdict: &ctx.verdicts.get(&target).unwrap(),
+                monitor: ctx.core.engine.get("shop/job").as_ref(),
+                live: &HeartbeatStatus::default(),
+                conflict: None,
+                now,
+                refresh: Duration::from_secs(60),
+            })
+            .unwrap(),
+        );
+        hb.metadata.generation = Some(2);
+        hb.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        caches.heartbeat(&hb);
+        let refresh = Duration::from_secs(60);
+        // Its clean-up has not run yet: its token still works, and the status says so.
+        assert!(heartbeat_write(&ctx, &target, refresh, &mut Unseen::default()).is_none());
+        // Cleaned up (monitor and verdict gone): not Ready, no state.
+        ctx.core.engine.remove("shop/job").await.unwrap();
+        ctx.verdicts.remove(&target);
+        let (_, st) = heartbeat_write(&ctx, &target, refresh, &mut Unseen::default())
+            .expect("a status for the Heartbeat being deleted");
+        let ready = st.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", model::DELETING)
+        );
+        assert_eq!((st.state, st.observed_generation), (None, Some(2)));
+
+        // An Application likewise, once its token is revoked.
+        let app: crate::k8s::crd::Application = serde_json::from_value(json!({
+            "apiVersion": "hartslag.dev/v1alpha1", "kind": "Application",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "uid-web", "generation": 3,
+                         "finalizers": ["example.com/hold"],
+                         "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {},
+        }))
+        .unwrap();
+        caches
+            .applications
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(app));
+        let target = Target::application("shop", "web");
+        let (_, st) = application_write(&ctx, &target, &mut Unseen::default())
+            .await
+            .expect("a status for the Application being deleted");
+        assert_eq!(st.conditions[0].reason, model::DELETING);
+        assert_eq!(st.token_secret_name, None);
     }
 
     #[tokio::test(start_paused = true)]

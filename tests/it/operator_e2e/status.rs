@@ -199,3 +199,54 @@ async fn status_clears_what_is_no_longer_true_and_explains_refusals() {
     let described = kubectl(&["describe", "heartbeat", "waits", "-n", ns]);
     assert!(described.contains("ApplicationNotFound"), "{described}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn a_heartbeat_held_in_its_deletion_says_it_is_no_longer_ready() {
+    let s = Scenario::start("e2e-status-deleting").await;
+    let (ns, hbs, secrets) = (&s.ns, &s.hbs, &s.secrets);
+    // Someone else's finalizer holds its deletion.
+    apply(
+        ns,
+        "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\nspec:\n  interval: 1h\n",
+    );
+    let url = wait_for("the ping URL", Duration::from_secs(30), || {
+        secret_value(secrets, "held-heartbeat", "ping-url")
+    })
+    .await;
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    status_within(hbs, "held", "Up", |s| s["state"] == "Up").await;
+
+    kubectl(&["delete", "heartbeat", "held", "-n", ns, "--wait=false"]);
+    let deleting = status_within(hbs, "held", "Ready=False Deleting", |s| {
+        condition(s, "Ready").is_some_and(|c| c["status"] == "False" && c["reason"] == "Deleting")
+    })
+    .await;
+    for gone in ["state", "lastPingAt", "nextDueAt", "tokenSecretName"] {
+        assert!(
+            deleting.get(gone).is_none(),
+            "{gone} outlived the monitor: {deleting}"
+        );
+    }
+    assert!(condition(&deleting, "Up").is_none(), "{deleting}");
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 404);
+    let table = kubectl(&["get", "heartbeats", "-n", ns]);
+    let row = table.lines().find(|l| l.starts_with("held ")).unwrap();
+    assert!(row.contains("False") && !row.contains("Up"), "{table}");
+
+    // Let go: it goes.
+    kubectl(&[
+        "patch",
+        "heartbeat",
+        "held",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    wait_for("held gone", Duration::from_secs(30), || async {
+        hbs.get_opt("held").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}

@@ -1,10 +1,13 @@
 //! What a Heartbeat's monitor survives: an operator restart does not take CronJobs for
-//! gone, and a lowered quota keeps the oldest Heartbeats monitored.
+//! gone, and a lowered quota keeps the oldest Heartbeats monitored. What it does not: a
+//! suspended monitor goes with its Heartbeat, even while no operator runs.
 
 use std::time::Duration;
 
 use super::cronjobs::{cron_job, event_notes};
-use super::harness::{Scenario, apply, condition, events_with_reason, hb_status, kubectl};
+use super::harness::{
+    Operator, Scenario, apply, condition, events_with_reason, hb_status, kubectl,
+};
 use super::harness::{secret_value, status_where};
 use crate::helpers::wait_for;
 use hartslag::k8s::crd::Heartbeat;
@@ -211,4 +214,61 @@ async fn every_state_change_is_an_event_with_its_own_note() {
             && notes.iter().any(|n| n.contains("exit code 5")),
         "{notes:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn a_suspended_monitor_deleted_while_no_operator_runs_is_not_picked_up_later() {
+    let mut s = Scenario::start("e2e-trust-suspended").await;
+    let names = ["again", "later"];
+    // Pinged, then refused (its Application is missing): suspended with its history.
+    for name in names {
+        apply(
+            &s.ns,
+            &format!(
+                "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: {name}\nspec:\n  interval: 1h\n"
+            ),
+        );
+        assert_eq!(ping(&s.secrets, name).await, 200);
+        status_where(&s.hbs, name, "Up", Duration::from_secs(30), |st| {
+            st["state"] == "Up"
+        })
+        .await;
+        kubectl(&[
+            "patch",
+            "heartbeat",
+            name,
+            "-n",
+            &s.ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"applicationRef":{"name":"nowhere"}}}"#,
+        ]);
+        status_where(
+            &s.hbs,
+            name,
+            "ApplicationNotFound",
+            Duration::from_secs(30),
+            |st| refused_for(st, "ApplicationNotFound"),
+        )
+        .await;
+    }
+    // While no operator runs both are deleted, and `again` is created anew at once.
+    s.op.kill();
+    for name in names {
+        kubectl(&["delete", "heartbeat", name, "-n", &s.ns]);
+    }
+    let fresh = "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: NAME\nspec:\n  interval: 1h\n";
+    apply(&s.ns, &fresh.replace("NAME", "again"));
+    s.op = Operator::start(&s.install, &s.data, &s.sink.url(), s.port).await;
+    s.op.wait_settled().await;
+    // `later` is created anew after the start.
+    apply(&s.ns, &fresh.replace("NAME", "later"));
+    for name in names {
+        let st = status_where(&s.hbs, name, "Ready", Duration::from_secs(60), ready).await;
+        assert!(
+            st["state"] == "New" && st.get("lastPingAt").is_none() && st.get("pings").is_none(),
+            "{name} picked up the deleted Heartbeat's monitor: {st}"
+        );
+    }
 }

@@ -270,6 +270,10 @@ mod tests {
         fn retained(&self, _: String) -> StorageFuture<'_, Option<Monitor>> {
             async { Ok(None) }.boxed()
         }
+
+        fn retained_all(&self) -> StorageFuture<'_, Vec<Monitor>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
     }
 
     fn start(store: &Arc<Recording>) -> Handover {

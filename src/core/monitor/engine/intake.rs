@@ -64,6 +64,7 @@ fn concerns(cmd: &Command) -> Concerns<'_> {
         Command::Upsert(def, _) => Concerns::Keys(vec![def.key.as_str()]),
         Command::Remove(key, _)
         | Command::Suspend(key, _)
+        | Command::Forget(key, _)
         | Command::Ping(key, _, _)
         | Command::SetPaused(key, _, _)
         | Command::Job(key, _, _) => Concerns::Keys(vec![key.as_str()]),

@@ -322,6 +322,14 @@ impl Engine {
         self.call(|tx| Command::Suspend(key, tx)).await
     }
 
+    /// Drops the record and history a [`Self::suspend`] kept under `key` (not one its
+    /// `Retain` policy keeps), and nothing else: a monitor defined under the key meanwhile
+    /// stays as it is. For a suspended monitor whose resource is gone.
+    pub async fn forget_suspended(&self, key: &str) -> Result<(), EngineError> {
+        let key = key.to_string();
+        self.call(|tx| Command::Forget(key, tx)).await
+    }
+
     /// Applies a ping durably and tells whether the monitor is paused.
     pub async fn ping(&self, key: &str, input: PingInput) -> Result<PingOutcome, EngineError> {
         let key = key.to_string();
@@ -456,6 +464,12 @@ impl Engine {
                 None
             }
         }
+    }
+
+    /// Every retained record: those of monitors deleted with `Retain` and those a
+    /// [`Self::suspend`] kept, as written (a round on its way to the store is not seen).
+    pub async fn retained_all(&self) -> Result<Vec<Monitor>, EngineError> {
+        Ok(self.store.retained_all().await?)
     }
 
     /// Subscribes to state transitions.
@@ -608,6 +622,10 @@ mod tests {
         fn retained(&self, key: String) -> StorageFuture<'_, Option<Monitor>> {
             self.inner().retained(key)
         }
+
+        fn retained_all(&self) -> StorageFuture<'_, Vec<Monitor>> {
+            self.inner().retained_all()
+        }
     }
 
     fn def(name: &str, now: jiff::Timestamp) -> MonitorDef {
@@ -637,6 +655,123 @@ mod tests {
             .await
             .unwrap();
         (store, engine, m)
+    }
+
+    /// How many rounds the store was handed.
+    fn rounds_of(store: &Gated) -> usize {
+        store.puts.lock().unwrap().len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removal_after_a_suspension_in_the_same_round_drops_what_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, engine, m) = gated_engine(dir.path()).await;
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        // A ping, a suspension and a removal of one monitor, queued while the worker is
+        // held: one round.
+        let before = rounds_of(&store);
+        engine.stall(Duration::from_millis(300)).await.unwrap();
+        let (pinged, suspended, removed) = tokio::join!(
+            engine.ping("ns/job", PingInput::success()),
+            engine.suspend("ns/job"),
+            engine.remove("ns/job")
+        );
+        pinged.unwrap();
+        suspended.unwrap();
+        removed.unwrap();
+        assert_eq!(rounds_of(&store) - before, 1, "not one round");
+        assert!(engine.get("ns/job").is_none());
+        assert!(
+            engine.retained("ns/job").await.is_none(),
+            "the suspension's record outlived the removal that came after it"
+        );
+        assert!(engine.pings(m.num, 10).await.unwrap().is_empty());
+        assert!(engine.transitions(m.num, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_suspension_alone_or_under_a_retain_policy_keeps_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, engine, m) = gated_engine(dir.path()).await;
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        // Suspended alone: kept, history included.
+        engine.suspend("ns/job").await.unwrap();
+        assert!(engine.retained("ns/job").await.is_some());
+        assert_eq!(engine.pings(m.num, 10).await.unwrap().len(), 1);
+        // Defined again (it picks its record up), then suspended and removed in one round
+        // under a `Retain` policy: the policy keeps it.
+        let kept = DefRecord {
+            token: TokenHash::of("job-token"),
+            origin: Origin::Kubernetes,
+            retain_on_delete: true,
+            ..DefRecord::sample("ns/job", 1, engine.clock().now())
+        };
+        let back = engine.upsert(kept.into()).await.unwrap();
+        assert_eq!(back.num, m.num);
+        engine.stall(Duration::from_millis(300)).await.unwrap();
+        let (suspended, removed) = tokio::join!(engine.suspend("ns/job"), engine.remove("ns/job"));
+        suspended.unwrap();
+        removed.unwrap();
+        assert!(engine.retained("ns/job").await.is_some());
+        assert_eq!(engine.pings(m.num, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_suspended_record_is_picked_up_by_its_own_resource_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, engine, m) = gated_engine(dir.path()).await;
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        let now = engine.clock().now();
+        let same = |id: &str, retain| -> MonitorDef {
+            DefRecord {
+                id: id.into(),
+                token: TokenHash::of("job-token"),
+                origin: Origin::Kubernetes,
+                retain_on_delete: retain,
+                ..DefRecord::sample("ns/job", 1, now)
+            }
+            .into()
+        };
+        // The same resource (same id) comes back where it was.
+        engine.suspend("ns/job").await.unwrap();
+        let back = engine.upsert(same(&m.def.id, false)).await.unwrap();
+        assert_eq!((back.num, back.state.pings), (m.num, 1));
+        // Another resource of that name (the first was deleted meanwhile) starts afresh,
+        // and what the suspension kept is gone.
+        engine.suspend("ns/job").await.unwrap();
+        let other = engine.upsert(same("another-uid", false)).await.unwrap();
+        assert_ne!(other.num, m.num);
+        assert_eq!(other.state.pings, 0);
+        assert!(engine.pings(m.num, 10).await.unwrap().is_empty());
+        // A record its `Retain` policy kept is for any resource of that name.
+        engine.upsert(same("another-uid", true)).await.unwrap();
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        engine.suspend("ns/job").await.unwrap();
+        let third = engine.upsert(same("third-uid", false)).await.unwrap();
+        assert_eq!((third.num, third.state.pings), (other.num, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgetting_a_suspension_drops_its_record_and_never_a_monitor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, engine, m) = gated_engine(dir.path()).await;
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        // Defined under the key: it stays, whatever was kept.
+        engine.forget_suspended("ns/job").await.unwrap();
+        assert_eq!(engine.get("ns/job").unwrap().state.pings, 1);
+        engine.suspend("ns/job").await.unwrap();
+        let listed = engine.retained_all().await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|m| m.def.key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ns/job"]
+        );
+        engine.forget_suspended("ns/job").await.unwrap();
+        assert!(engine.retained("ns/job").await.is_none());
+        assert!(engine.retained_all().await.unwrap().is_empty());
+        assert!(engine.pings(m.num, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

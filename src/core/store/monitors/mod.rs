@@ -503,6 +503,18 @@ impl MonitorStore for SledMonitors {
             }
         })
     }
+
+    fn retained_all(&self) -> StorageFuture<'_, Vec<Monitor>> {
+        let tree = self.tree.clone();
+        blocking(&self.store, move |_| {
+            tree.scan_prefix([Family::Retained as u8])
+                .map(|item| {
+                    let (_, v) = item?;
+                    decode("retained monitor", &v)
+                })
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]

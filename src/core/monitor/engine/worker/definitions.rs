@@ -27,6 +27,7 @@ impl Worker {
             }
             Command::Remove(_, reply)
             | Command::Suspend(_, reply)
+            | Command::Forget(_, reply)
             | Command::Job(_, _, reply)
             | Command::Relayed(_, reply) => {
                 let _ = reply.send(Err(EngineError::NotLeader));
@@ -128,11 +129,14 @@ impl Worker {
     }
 
     /// The monitor `def` defines, and the effects of the change: a known monitor keeps its
-    /// id, creation time and state; one deleted with `Retain` picks its state back up.
+    /// id, creation time and state; one deleted with `Retain` picks its state back up, and
+    /// so does one suspended, when it is the same resource again (the same id). What a
+    /// suspension kept of another resource of that name went with it: it is dropped here,
+    /// whatever the order in which that deletion and this definition are learnt.
     fn upsert(
         &self,
         mut def: MonitorDef,
-        round: &Round,
+        round: &mut Round,
     ) -> Result<(Monitor, Vec<Effect>), EngineError> {
         let now = self.clock.now();
         if let Some(old) = self.current(&def.key, round) {
@@ -156,7 +160,15 @@ impl Worker {
         }
         // The store answers from the rounds handed to it: first hand it every one staged.
         self.handover.settle();
-        if let Some(old) = self.store.find_retained(&def.key)? {
+        let kept = self.store.find_retained(&def.key)?;
+        if let Some(old) = kept.as_ref().filter(|old| !picks_up(old, &def)) {
+            round.writes.remove.push(Removal {
+                key: def.key.clone(),
+                num: old.num,
+                retain: None,
+            });
+        }
+        if let Some(old) = kept.filter(|old| picks_up(old, &def)) {
             def.created_at = old.def.created_at;
             let mut signals = vec![Signal::Retimed(now)];
             if def.paused {
@@ -186,6 +198,11 @@ impl Worker {
             self.forget_suspended(key, keep, round);
             return;
         };
+        if !keep {
+            // Suspended earlier in this round, then defined again: the removal goes for
+            // what the suspension kept too.
+            unkeep_staged(key, round);
+        }
         let m = self.stop_watching(m, keep, round);
         self.transitions_since_trim.borrow_mut().clear(m.num);
         round.monitors.remove(key);
@@ -210,10 +227,25 @@ impl Worker {
 }
 
 impl Worker {
+    /// Drops the record (and history) a suspension kept under `key`, never a monitor
+    /// defined under it: what [`super::Command::Forget`] asks, for a suspended monitor
+    /// whose resource is gone.
+    pub(super) fn forget(&self, key: &str, round: &mut Round) {
+        if self.current(key, round).is_none() {
+            self.forget_suspended(key, false, round);
+        }
+    }
+
     /// Drops the record (and history) a suspension kept under `key`, unless `keep` or
     /// its definition asks for it to be retained.
     fn forget_suspended(&self, key: &str, keep: bool, round: &mut Round) {
-        if keep || round.removed.contains(key) {
+        if keep {
+            return;
+        }
+        if round.removed.contains(key) {
+            // Removed earlier in this round: the store does not see that round yet, and a
+            // suspension there is undone here (the removal came after it, and wins).
+            unkeep_staged(key, round);
             return;
         }
         self.handover.settle();
@@ -234,6 +266,33 @@ impl Worker {
             retain: None,
         });
     }
+}
+
+/// Whether `def` picks up the retained record `old`: always when a `Retain` policy kept
+/// it, and when a suspension kept it only for the same resource.
+fn picks_up(old: &Monitor, def: &MonitorDef) -> bool {
+    old.def.retain_on_delete() || old.def.id == def.id
+}
+
+/// Turns the removals this round staged for `key` that keep its record only because it
+/// was suspended (not by its `Retain` policy) into plain removals, and drops the history
+/// they would have kept: a removal that follows a suspension in one round wins, as it
+/// would in the next round.
+fn unkeep_staged(key: &str, round: &mut Round) {
+    let mut dropped = Vec::new();
+    for r in round.writes.remove.iter_mut().filter(|r| r.key == key) {
+        if r.retain.as_ref().is_some_and(|m| !m.def.retain_on_delete()) {
+            r.retain = None;
+            dropped.push(r.num);
+        }
+    }
+    if dropped.is_empty() {
+        return;
+    }
+    let gone = |n: &u64| dropped.contains(n);
+    round.writes.pings.retain(|(n, _)| !gone(n));
+    round.writes.transitions.retain(|(n, ..)| !gone(n));
+    round.writes.trims.retain(|(n, _)| !gone(n));
 }
 
 /// `old` under its new definition, with the effects of `signals` applied in order.

@@ -84,6 +84,8 @@ pub(super) enum Command {
     Remove(String, oneshot::Sender<Result<(), EngineError>>),
     /// Removes the monitor keeping its state and history, as a retained one.
     Suspend(String, oneshot::Sender<Result<(), EngineError>>),
+    /// Drops what a suspension kept under the key; a monitor defined under it stays.
+    Forget(String, oneshot::Sender<Result<(), EngineError>>),
     Ping(
         String,
         PingInput,
@@ -296,6 +298,12 @@ impl Worker {
             }
             Command::Suspend(key, reply) => {
                 self.remove(&key, true, round);
+                round.done.push(Box::new(move |r| {
+                    let _ = reply.send(r);
+                }));
+            }
+            Command::Forget(key, reply) => {
+                self.forget(&key, round);
                 round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));
