@@ -240,8 +240,13 @@ async fn a_slack_channel_reads_its_labelled_secret_and_unknown_names_are_channel
         .unwrap();
     wait_ready("orphan", "ChannelNotFound", || hb_status(&hbs, "orphan")).await;
 
-    // A restart with nothing changed writes no channel status (nightly goes first, so no
-    // delivery can change the channel's status meanwhile).
+    // A restart with nothing changed writes no channel status. nightly goes first, so no
+    // delivery can change the channel's status meanwhile: deleted while Down, it tells the
+    // channel once that it is no longer monitored, and that delivery must be in the status
+    // before the restart. The status shows whole seconds, so the notice may leave it as it
+    // was: it is read until it holds a delivery from the deletion's second on and stays
+    // the same across a status period (1 s).
+    let deleted = jiff::Timestamp::now().as_second();
     s.hbs
         .delete("nightly", &DeleteParams::default())
         .await
@@ -250,7 +255,31 @@ async fn a_slack_channel_reads_its_labelled_secret_and_unknown_names_are_channel
         hbs.get_opt("nightly").await.ok()?.is_none().then_some(())
     })
     .await;
-    let before = channel_status(&channels, "team-slack").await.unwrap();
+    wait_for(
+        "the Slack notice that nightly is no longer monitored",
+        Duration::from_secs(30),
+        || async {
+            let got = received.lock().unwrap().clone();
+            got.iter()
+                .any(|b| b.to_string().contains("NO LONGER MONITORED"))
+                .then_some(())
+        },
+    )
+    .await;
+    let before = wait_for(
+        "the channel's status to show that delivery and settle",
+        Duration::from_secs(30),
+        || async {
+            let first = channel_status(&channels, "team-slack").await?;
+            let since = first["lastDeliveryAt"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let second = channel_status(&channels, "team-slack").await?;
+            (since.as_second() >= deleted && first == second).then_some(second)
+        },
+    )
+    .await;
     let restarted = jiff::Timestamp::now();
     s.restart().await;
     // Give the channel watch and a few status sweeps (--status-period 1s) time to write.
