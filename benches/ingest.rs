@@ -113,6 +113,11 @@ impl Round {
 
     /// The rate at which this round's CPU per request would keep every core busy: the most
     /// any scheduling of the same work could reach on this machine.
+    /// Times the server's threads were put on a core, per request.
+    fn switches_per_request(&self) -> f64 {
+        self.cpu.switches() as f64 / self.outcome.requests.max(1) as f64
+    }
+
     fn cpu_ceiling(&self) -> f64 {
         common::cores() * 1e6 / self.cpu_per_request()
     }
@@ -151,10 +156,17 @@ impl Round {
             o.rate() / self.cpu_ceiling() * 100.0,
             self.cpu.per(n)
         );
+        out += &format!(
+            "\n      thread switches per request: {:.2} ({})",
+            self.cpu.switches() as f64 / n,
+            self.cpu.switches_per(n)
+        );
         if self.groups > 0 {
             out += &format!(
-                "\n      CPU µs per fdatasync: {}",
-                self.cpu.per(self.groups as f64)
+                "\n      CPU µs per fdatasync: {}\n      thread switches per fdatasync: {:.1} ({})",
+                self.cpu.per(self.groups as f64),
+                self.cpu.switches() as f64 / self.groups as f64,
+                self.cpu.switches_per(self.groups as f64)
             );
         }
         out
@@ -313,6 +325,11 @@ fn main() {
                     bound.iter().copied().fold(f64::MAX, f64::min),
                     common::median(results[i].iter().map(Round::cpu_per_request).collect()),
                     common::median(results[0].iter().map(Round::cpu_per_request).collect()),
+                );
+                println!(
+                    "  server thread switches per request: median of rounds {:.2} against {:.2} for the no-op handler",
+                    common::median(results[i].iter().map(Round::switches_per_request).collect()),
+                    common::median(results[0].iter().map(Round::switches_per_request).collect()),
                 );
             }
         }

@@ -73,10 +73,11 @@ pub fn describe_flushes(s: &LatencySnapshot) -> String {
 }
 
 /// CPU time (run and run-queue wait, from `/proc/<pid>/task/*/schedstat`) of every thread
-/// of a process, by thread id, with its name.
+/// of a process, by thread id, with its name and how many times it was put on a core (each
+/// time is a switch of threads: a wake after sleeping, or a turn after a preemption).
 #[derive(Debug, Clone, Default)]
 pub struct Threads {
-    by_tid: BTreeMap<u32, (String, u64, u64)>,
+    by_tid: BTreeMap<u32, (String, u64, u64, u64)>,
 }
 
 impl Threads {
@@ -96,7 +97,8 @@ impl Threads {
                 .split_whitespace()
                 .map(|v| v.parse::<u64>().unwrap_or(0));
             let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
-            by_tid.insert(tid, (name.trim().to_string(), run, wait));
+            let slices = f.next().unwrap_or(0);
+            by_tid.insert(tid, (name.trim().to_string(), run, wait, slices));
         }
         Self { by_tid }
     }
@@ -104,26 +106,33 @@ impl Threads {
     /// Run and wait time per thread kind (name without trailing digits) since `earlier`.
     pub fn since(&self, earlier: &Threads) -> Cpu {
         let mut kinds: BTreeMap<String, (Duration, Duration)> = BTreeMap::new();
-        for (tid, (name, run, wait)) in &self.by_tid {
-            let (run0, wait0) = earlier.by_tid.get(tid).map_or((0, 0), |(_, r, w)| (*r, *w));
+        let mut switches: BTreeMap<String, u64> = BTreeMap::new();
+        for (tid, (name, run, wait, slices)) in &self.by_tid {
+            let (run0, wait0, slices0) = earlier
+                .by_tid
+                .get(tid)
+                .map_or((0, 0, 0), |(_, r, w, s)| (*r, *w, *s));
             let kind = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
             let e = kinds.entry(kind.to_string()).or_default();
             e.0 += Duration::from_nanos(run.saturating_sub(run0));
             e.1 += Duration::from_nanos(wait.saturating_sub(wait0));
+            *switches.entry(kind.to_string()).or_default() += slices.saturating_sub(slices0);
         }
-        Cpu { kinds }
+        Cpu { kinds, switches }
     }
 
     /// CPU time of all threads together.
     pub fn total_run(&self) -> Duration {
-        Duration::from_nanos(self.by_tid.values().map(|(_, r, _)| r).sum())
+        Duration::from_nanos(self.by_tid.values().map(|(_, r, _, _)| r).sum())
     }
 }
 
-/// CPU time spent per thread kind over an interval: (running, waiting for a CPU).
+/// CPU time spent per thread kind over an interval: (running, waiting for a CPU); and how
+/// many times the threads of each kind were put on a core.
 #[derive(Debug, Clone, Default)]
 pub struct Cpu {
     pub kinds: BTreeMap<String, (Duration, Duration)>,
+    pub switches: BTreeMap<String, u64>,
 }
 
 impl Cpu {
@@ -148,6 +157,22 @@ impl Cpu {
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, (_, w))| *w)
             .sum()
+    }
+
+    /// Times the server's threads were put on a core, in all.
+    pub fn switches(&self) -> u64 {
+        self.switches.values().sum()
+    }
+
+    /// `kind n` switches onto a core per `per` units, every kind that ran, most first.
+    pub fn switches_per(&self, per: f64) -> String {
+        let mut kinds: Vec<_> = self.switches.iter().filter(|(_, n)| **n > 0).collect();
+        kinds.sort_by_key(|k| std::cmp::Reverse(*k.1));
+        kinds
+            .iter()
+            .map(|(k, n)| format!("{k} {:.2}", **n as f64 / per))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `kind run µs (wait µs)` per `per` units, every kind that ran, busiest first.
