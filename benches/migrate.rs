@@ -71,7 +71,7 @@ async fn run(server: &str, events: u64) {
     let started = Instant::now();
     let report = loop {
         // The fill's store lets go of the directory once its threads have ended.
-        match migrate::from_sled(&data, &target).await {
+        match migrate::from_sled(&data, &target, "standalone").await {
             Err(MigrateError::Locked { .. }) if started.elapsed() < Duration::from_secs(30) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -67,6 +67,13 @@ pub struct ServerConfig {
 /// without a name is claimed by the first replica, and the others must match it).
 pub const STANDALONE_INSTALLATION: &str = "standalone";
 
+/// The installation name of an operator given none: its Lease, as `<namespace>/<name>`,
+/// which every replica of one installation shares and two installations in one cluster
+/// cannot (the chart names both after its release).
+pub fn operator_installation(lease_namespace: &str, lease_name: &str) -> String {
+    format!("{lease_namespace}/{lease_name}")
+}
+
 impl ServerConfig {
     /// Defaults for `listen` and `data_dir`, as the CLI documents them.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {

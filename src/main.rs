@@ -51,7 +51,7 @@ enum Command {
         #[arg(long, env = "HARTSLAG_RECONCILE_CONCURRENCY", default_value_t = hartslag::k8s::operator::CONCURRENCY)]
         reconcile_concurrency: u16,
         /// Lease that keeps the operator to one running instance.
-        #[arg(long, env = "HARTSLAG_LEASE_NAME", default_value = "hartslag")]
+        #[arg(long, env = "HARTSLAG_LEASE_NAME", default_value = LEASE_NAME)]
         lease_name: String,
         /// Namespace of that Lease; the operator's own namespace when unset.
         #[arg(long, env = "HARTSLAG_LEASE_NAMESPACE")]
@@ -83,8 +83,19 @@ enum Command {
         /// PEM file of the CA that signed the database server's certificate.
         #[arg(long, env = "HARTSLAG_DATABASE_CA_FILE")]
         database_ca_file: Option<PathBuf>,
+        /// The installation the database is for, as the server started on it will name
+        /// itself (--installation): a database that belongs to another installation is
+        /// refused, and one that belongs to none yet is recorded as this one's. Default: the
+        /// server's, `standalone`, or in a Kubernetes pod the operator's
+        /// `<lease-namespace>/<lease-name>` (HARTSLAG_LEASE_NAMESPACE, else the pod's
+        /// namespace; HARTSLAG_LEASE_NAME, else `hartslag`).
+        #[arg(long, env = "HARTSLAG_INSTALLATION", value_parser = installation)]
+        installation: Option<String>,
     },
 }
+
+/// The operator's Lease when `--lease-name` is not given.
+const LEASE_NAME: &str = "hartslag";
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -370,6 +381,33 @@ fn installation(text: &str) -> Result<String, String> {
     Ok(t.to_string())
 }
 
+/// The installation `hartslag migrate` records when given none, and why: the default of
+/// the server that will run on the database. Outside Kubernetes that is standalone's
+/// (the operator runs in a pod); in a pod (`KUBERNETES_SERVICE_HOST`, which Kubernetes
+/// sets in every container) the operator's, from its Lease's variables as a Job that
+/// copies the Deployment's environment has them, or their defaults.
+fn migrate_installation() -> (String, &'static str) {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    if var("KUBERNETES_SERVICE_HOST").is_none() {
+        return (
+            hartslag::config::STANDALONE_INSTALLATION.to_string(),
+            "standalone's default; give the server's --installation if it has one",
+        );
+    }
+    let namespace =
+        var("HARTSLAG_LEASE_NAMESPACE").unwrap_or_else(hartslag::k8s::admin::own_namespace);
+    let name = var("HARTSLAG_LEASE_NAME").unwrap_or_else(|| LEASE_NAME.to_string());
+    (
+        hartslag::config::operator_installation(&namespace, &name),
+        "in a Kubernetes pod: the operator's default, its Lease; the chart sets HARTSLAG_INSTALLATION to <namespace>/<fullname> or database.installation, give that",
+    )
+}
+
 /// A CIDR range, or a single address as a range of one.
 fn cidr(text: &str) -> Result<ipnet::IpNet, String> {
     let text = text.trim();
@@ -532,6 +570,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             from_sled,
             to,
             database_ca_file,
+            installation,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(log_filter("warn")?)
@@ -542,8 +581,15 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
                 return Err("hartslag migrate needs the database to copy into: --to, HARTSLAG_TO or HARTSLAG_DATABASE_URL".into());
             };
             let to = with_ca(to.parse()?, &database_ca_file);
-            println!("copying {} into {to}", from_sled.display());
-            let report = hartslag::core::migrate::from_sled(&from_sled, &to).await?;
+            let (installation, why) = match installation {
+                Some(given) => (given, "--installation or HARTSLAG_INSTALLATION"),
+                None => migrate_installation(),
+            };
+            println!(
+                "copying {} into {to}, for the installation {installation:?} ({why})",
+                from_sled.display()
+            );
+            let report = hartslag::core::migrate::from_sled(&from_sled, &to, &installation).await?;
             println!("{report}");
         }
     }

@@ -356,12 +356,11 @@ fn lease_settings(config: &OperatorConfig, scope: &Scope) -> LeaseSettings {
     settings
 }
 
-/// The installation an operator given no `--installation` belongs to: its Lease, as
-/// `<namespace>/<name>`, which every replica of one installation shares and two
-/// installations in one cluster cannot (the chart names both after its release).
+/// The installation an operator given no `--installation` belongs to
+/// ([`crate::config::operator_installation`]).
 fn default_installation(config: &OperatorConfig) -> String {
     let (namespace, name) = &config.lease;
-    format!("{namespace}/{name}")
+    crate::config::operator_installation(namespace, name)
 }
 
 /// Resolves once `stop` turns true.

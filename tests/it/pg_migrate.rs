@@ -26,7 +26,25 @@ use jiff::tz::TimeZone;
 /// The services over `dir`, everything in `database` when given; monitor deadlines fire
 /// only with `deadlines` (the fill), so what is compared stays as it was stored.
 async fn open(dir: PathBuf, database: Option<DatabaseUrl>, deadlines: bool) -> Services {
-    let config = ServicesConfig {
+    let config = services_config(dir, database, deadlines);
+    crate::helpers::wait_for(
+        "the sled directory to be free",
+        Duration::from_secs(20),
+        || {
+            let config = config.clone();
+            async move {
+                Services::open(&config, &mut MetricRegistry::default())
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await
+}
+
+/// The services' configuration for [`open`], of the installation `standalone`.
+fn services_config(dir: PathBuf, database: Option<DatabaseUrl>, deadlines: bool) -> ServicesConfig {
+    ServicesConfig {
         data_dir: dir,
         cache_bytes: 8 << 20,
         ping_history: 50,
@@ -42,20 +60,7 @@ async fn open(dir: PathBuf, database: Option<DatabaseUrl>, deadlines: bool) -> S
         },
         database,
         installation: "standalone".into(),
-    };
-    crate::helpers::wait_for(
-        "the sled directory to be free",
-        Duration::from_secs(20),
-        || {
-            let config = config.clone();
-            async move {
-                Services::open(&config, &mut MetricRegistry::default())
-                    .await
-                    .ok()
-            }
-        },
-    )
-    .await
+    }
 }
 
 /// Runs `work` on the services over `dir` in a runtime of its own, dropped after, so the
@@ -366,15 +371,34 @@ fn served(s: Services) -> BoxFuture<'static, Vec<String>> {
     })
 }
 
-/// Runs `hartslag migrate` with `args`.
+/// Runs `hartslag migrate`, outside Kubernetes and given no installation.
 fn migrate(from: &Path, to: &str) -> Output {
-    std::process::Command::new(crate::helpers::binary())
-        .args(["migrate", "--from-sled"])
+    migrate_with(from, to, &[], &[])
+}
+
+/// Variables that choose the installation `hartslag migrate` records: none of the test
+/// process's own reach it.
+const INSTALLATION_VARIABLES: [&str; 4] = [
+    "HARTSLAG_INSTALLATION",
+    "KUBERNETES_SERVICE_HOST",
+    "HARTSLAG_LEASE_NAMESPACE",
+    "HARTSLAG_LEASE_NAME",
+];
+
+/// Runs `hartslag migrate` with `args` after the sled directory and the database, and
+/// `envs` (of [`INSTALLATION_VARIABLES`], or others).
+fn migrate_with(from: &Path, to: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = std::process::Command::new(crate::helpers::binary());
+    cmd.args(["migrate", "--from-sled"])
         .arg(from)
         .args(["--to", to])
-        .env_remove("HARTSLAG_DATABASE_URL")
-        .output()
-        .unwrap()
+        .args(args)
+        .env_remove("HARTSLAG_DATABASE_URL");
+    for var in INSTALLATION_VARIABLES {
+        cmd.env_remove(var);
+    }
+    cmd.envs(envs.iter().copied());
+    cmd.output().unwrap()
 }
 
 fn text(out: &Output) -> String {
@@ -504,6 +528,171 @@ async fn a_database_with_data_of_its_own_is_refused_and_left_as_it_was() {
     assert_eq!(
         server.psql(db, "SELECT count(*) FROM hartslag_migrations_from_sled"),
         "0"
+    );
+
+    // A database an earlier release wrote (data, no installation yet) is refused alike,
+    // and the refused migration does not claim it: its own installation still can.
+    server.psql(db, "DELETE FROM hartslag_installation");
+    let out = migrate_with(sled.path(), &url, &["--installation", "team-a"], &[]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("holds data this migration did not copy"),
+        "{said}"
+    );
+    assert_eq!(
+        server.psql(db, "SELECT count(*) FROM hartslag_installation"),
+        "0"
+    );
+}
+
+const OWNER: &str = "SELECT name || ' / ' || claimed_by FROM hartslag_installation";
+
+/// A database that belongs to another installation (its replica claimed it, or another
+/// migration did) is refused before anything is copied, naming both installations; the
+/// same installation under the name the database records (here from the variable)
+/// copies, and the record stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_another_installation_is_refused_before_anything_is_copied() {
+    let sled = tempfile::tempdir().unwrap();
+    with_services(sled.path(), None, fill).await;
+    let server = crate::pg::shared();
+    let db = "migrate_other_installation";
+    let url = server.database(db);
+    let parsed: DatabaseUrl = url.parse().unwrap();
+    hartslag::core::store_pg::claim(&parsed, "team-b", "a replica of team-b")
+        .await
+        .unwrap();
+
+    let out = migrate_with(sled.path(), &url, &["--installation", "team-a"], &[]);
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    for part in [
+        "refusing to copy into",
+        "belongs to the installation \"team-b\" (claimed by a replica of team-b at",
+        "this migration is for the installation \"team-a\"",
+        "Nothing was copied",
+        "--installation \"team-b\"",
+    ] {
+        assert!(said.contains(part), "{part:?} missing: {said}");
+    }
+    let count = |sql: &str| server.psql(db, sql);
+    assert_eq!(count("SELECT count(*) FROM hartslag_apps"), "0");
+    assert_eq!(count("SELECT count(*) FROM hartslag_events"), "0");
+    assert_eq!(
+        count("SELECT count(*) FROM hartslag_migrations_from_sled"),
+        "0"
+    );
+    assert_eq!(count(OWNER), "team-b / a replica of team-b");
+
+    let out = migrate_with(
+        sled.path(),
+        &url,
+        &[],
+        &[("HARTSLAG_INSTALLATION", "team-b")],
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("events: copied"), "{said}");
+    assert!(
+        said.contains("installation: the database belongs to the installation \"team-b\"\n"),
+        "{said}"
+    );
+    assert_eq!(count(OWNER), "team-b / a replica of team-b");
+}
+
+/// A database that belongs to no installation yet is recorded as the migration's before
+/// its first row goes in, so it is the installation's from then on, not the first
+/// server's to start on it: a replica of another installation refuses the copy, and this
+/// installation's opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_database_belongs_to_the_migrations_installation_before_a_server_starts() {
+    let sled = tempfile::tempdir().unwrap();
+    with_services(sled.path(), None, fill).await;
+    let server = crate::pg::shared();
+    let db = "migrate_records_installation";
+    let url = server.database(db);
+    let out = migrate_with(sled.path(), &url, &["--installation", "team-a"], &[]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("for the installation \"team-a\" (--installation or HARTSLAG_INSTALLATION)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("installation: the database now belongs to the installation \"team-a\""),
+        "{said}"
+    );
+    let owner = server.psql(db, OWNER);
+    assert!(
+        owner.starts_with("team-a / hartslag migrate from ")
+            && owner.contains(&sled.path().display().to_string()),
+        "{owner}"
+    );
+
+    let database: DatabaseUrl = url.parse().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut config = services_config(elsewhere.path().to_path_buf(), Some(database), false);
+    config.installation = "team-b".into();
+    let refused = Services::open(&config, &mut MetricRegistry::default()).await;
+    let said = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        said.contains("belongs to the installation \"team-a\"")
+            && said.contains("installation is \"team-b\""),
+        "{said}"
+    );
+    config.installation = "team-a".into();
+    let opened = Services::open(&config, &mut MetricRegistry::default())
+        .await
+        .unwrap();
+    assert!(opened.registry.application("shop/web").is_some());
+    assert_eq!(server.psql(db, OWNER), owner);
+}
+
+/// Given no installation, migrate records the one the server it prepares the database for
+/// takes by default: `standalone` outside Kubernetes; in a pod, the operator's Lease
+/// (`<lease-namespace>/<lease-name>`, from the operator's variables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_records_the_servers_default_installation_outside_and_inside_kubernetes() {
+    let sled = tempfile::tempdir().unwrap();
+    with_services(sled.path(), None, fill).await;
+    let server = crate::pg::shared();
+    let url = server.database("migrate_default_standalone");
+    let out = migrate(sled.path(), &url);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("for the installation \"standalone\" (standalone's default"),
+        "{said}"
+    );
+    assert_eq!(
+        server.psql(
+            "migrate_default_standalone",
+            "SELECT name FROM hartslag_installation"
+        ),
+        "standalone"
+    );
+
+    let url = server.database("migrate_default_operator");
+    let in_pod = [
+        // Only read, as Kubernetes sets it in every container; nothing is sent there.
+        ("KUBERNETES_SERVICE_HOST", "kubernetes.invalid"),
+        ("HARTSLAG_LEASE_NAMESPACE", "ops"),
+        ("HARTSLAG_LEASE_NAME", "beats"),
+    ];
+    let out = migrate_with(sled.path(), &url, &[], &in_pod);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("for the installation \"ops/beats\" (in a Kubernetes pod"),
+        "{said}"
+    );
+    assert_eq!(
+        server.psql(
+            "migrate_default_operator",
+            "SELECT name FROM hartslag_installation"
+        ),
+        "ops/beats"
     );
 }
 

@@ -95,6 +95,22 @@ pub enum MigrateError {
         /// A note when the sum was recorded in the debug form ([`Form::Debug`]).
         form: &'static str,
     },
+    /// The database belongs to another installation than the one this migration is for.
+    #[error(
+        "refusing to copy into {url}: it belongs to the installation {theirs:?} (claimed by {claimed_by} at {since}), and this migration is for the installation {ours:?} (--installation, HARTSLAG_INSTALLATION): the two installations' Applications, Heartbeats and tokens would be mixed in one database, and each one's leader would remove the other's. Nothing was copied. Migrate into a database of this installation's own; if {theirs:?} is this installation under another name, run migrate again with --installation {theirs:?}"
+    )]
+    OtherInstallation {
+        /// The database, without its password.
+        url: String,
+        /// The installation this migration is for.
+        ours: String,
+        /// The installation the database belongs to.
+        theirs: String,
+        /// Who claimed the database for it.
+        claimed_by: String,
+        /// When.
+        since: Timestamp,
+    },
     /// Copying a part failed; nothing of it was kept.
     #[error("copying the {part} failed, nothing of them was kept: {source}")]
     Copy {
@@ -124,6 +140,8 @@ pub enum PartOutcome {
 pub struct Report {
     /// The directory's identity, as the marker table records it.
     pub source: String,
+    /// The installation the database belongs to, and whether this run recorded it.
+    pub installation: (String, bool),
     /// Each part, in the order copied.
     pub parts: Vec<(Part, PartOutcome)>,
     /// How long the run took.
@@ -184,6 +202,17 @@ impl std::fmt::Display for Report {
                 "nothing copied: every part was copied from this directory before, and it has not changed since"
             )?;
         }
+        let (installation, now) = &self.installation;
+        match now {
+            true => writeln!(
+                f,
+                "installation: the database now belongs to the installation {installation:?}: start hartslag on it with that --installation (HARTSLAG_INSTALLATION)"
+            )?,
+            false => writeln!(
+                f,
+                "installation: the database belongs to the installation {installation:?}"
+            )?,
+        }
         write!(
             f,
             "{} copied in {:.1} s",
@@ -193,8 +222,17 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// Copies everything in the sled directory `from` into `to` that an earlier run did not.
-pub async fn from_sled(from: &Path, to: &DatabaseUrl) -> Result<Report, MigrateError> {
+/// Copies everything in the sled directory `from` into `to` that an earlier run did not,
+/// for the installation `installation`: a database that belongs to another one is refused
+/// before anything is copied, and one that belongs to none yet is recorded as this one's
+/// before the first row goes in (as a starting replica claims it,
+/// [`crate::core::store_pg::claim`]), so that no other installation's replica starts on
+/// the copy and removes what it does not declare.
+pub async fn from_sled(
+    from: &Path,
+    to: &DatabaseUrl,
+    installation: &str,
+) -> Result<Report, MigrateError> {
     let started = Instant::now();
     let dir = from.display().to_string();
     let store = open_source(from.to_path_buf()).await?;
@@ -205,8 +243,28 @@ pub async fn from_sled(from: &Path, to: &DatabaseUrl) -> Result<Report, MigrateE
     let mut target = copy::target(to).await?.ok_or_else(|| MigrateError::Busy {
         url: to.to_string(),
     })?;
+    let owner = |e| MigrateError::Copy {
+        part: "installation",
+        source: e,
+    };
+    // Named first: "another installation's" says more than "holds data it did not copy".
+    if let Some(found) = target.installation().await.map_err(owner)? {
+        ours(found, to, installation)?;
+    }
     let done = plan(&target, to, &source).await?;
     unchanged(&store, &target, &done, &dir, to).await?;
+    // Only once the database is known to take this copy: a refused one keeps no claim
+    // (it may hold an earlier release's data, whose installation has not claimed it yet).
+    let holder = format!(
+        "hartslag migrate from {dir} on {}",
+        crate::core::store_pg::holder()
+    );
+    let claimed = target.claim(installation, &holder).await.map_err(owner)?;
+    let recorded_now = claimed.now;
+    ours(claimed, to, installation)?;
+    if recorded_now {
+        tracing::info!(%installation, "the database now belongs to this installation");
+    }
     let mut parts = Vec::new();
     for part in Part::ALL {
         if let Some(m) = done.iter().find(|m| m.part == part.name()) {
@@ -224,8 +282,27 @@ pub async fn from_sled(from: &Path, to: &DatabaseUrl) -> Result<Report, MigrateE
     }
     Ok(Report {
         source,
+        installation: (installation.to_string(), recorded_now),
         parts,
         took: started.elapsed(),
+    })
+}
+
+/// Refuses a database that belongs to another installation than `installation`.
+fn ours(
+    found: crate::core::store_pg::Installation,
+    url: &DatabaseUrl,
+    installation: &str,
+) -> Result<(), MigrateError> {
+    if found.name == installation {
+        return Ok(());
+    }
+    Err(MigrateError::OtherInstallation {
+        url: url.to_string(),
+        ours: installation.to_string(),
+        theirs: found.name,
+        claimed_by: found.claimed_by,
+        since: found.since,
     })
 }
 

@@ -137,6 +137,27 @@ impl Target {
             .collect())
     }
 
+    /// The installation the database belongs to, if it belongs to one yet
+    /// (`hartslag_installation`).
+    pub async fn installation(&self) -> Result<Option<super::Installation>, StorageError> {
+        super::installation::recorded(&self.client)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Records `name` as the installation the database belongs to unless it belongs to one
+    /// already, as a starting replica does ([`super::claim`]); the row as found after.
+    /// `holder` names this migration for people reading the row.
+    pub async fn claim(
+        &self,
+        name: &str,
+        holder: &str,
+    ) -> Result<super::Installation, StorageError> {
+        super::installation::record(&self.client, name, holder)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
     /// Records `digest` as what `source`'s `part` held when copied, in place of the sum
     /// recorded before (an earlier release's form of the same rows).
     pub async fn record_digest(

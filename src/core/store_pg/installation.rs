@@ -53,17 +53,39 @@ pub async fn claim(url: &DatabaseUrl, name: &str, holder: &str) -> Result<(), Pg
 }
 
 /// The row as found after the claim.
-struct Recorded {
-    name: String,
-    claimed_by: String,
-    since: Timestamp,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The installation the database belongs to.
+    pub name: String,
+    /// Who claimed it for that installation.
+    pub claimed_by: String,
+    /// When.
+    pub since: Timestamp,
     /// Whether this claim wrote it.
-    now: bool,
+    pub now: bool,
+}
+
+/// The row, if the database belongs to an installation yet (read only).
+pub(super) async fn recorded(
+    client: &tokio_postgres::Client,
+) -> Result<Option<Recorded>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT name, claimed_by, claimed_at FROM hartslag_installation WHERE id = 1",
+            &[],
+        )
+        .await?;
+    Ok(row.map(|row| Recorded {
+        name: row.get(0),
+        claimed_by: row.get(1),
+        since: Timestamp::from_microsecond(row.get(2)).unwrap_or(Timestamp::UNIX_EPOCH),
+        now: false,
+    }))
 }
 
 /// Inserts the row unless there is one (replicas starting together: one insert wins, the
 /// others find it), then reads it.
-async fn record(
+pub(super) async fn record(
     client: &tokio_postgres::Client,
     name: &str,
     holder: &str,

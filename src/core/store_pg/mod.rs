@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 pub use commits::CommitMetrics;
 pub use feed::PgFeed;
-pub use installation::claim;
+pub use installation::{Recorded as Installation, claim};
 pub use monitors::{MonitorChange, MonitorChanges, PgMonitors};
 pub use outbox::PgOutbox;
 pub use rounds::RoundStats;
