@@ -2,6 +2,7 @@
 
 pub mod catalogue;
 pub mod channels;
+pub mod installation;
 pub mod manifests;
 pub mod tokens;
 
@@ -459,11 +460,11 @@ impl Apply<'_> {
 /// by several replicas, see [`run_replica`].
 pub async fn run(config: ServerConfig, manifests_dir: PathBuf) -> Result<(), StandaloneError> {
     // Before the store is opened: a wrong directory leaves no new data directory behind.
-    manifests::load_dir(&manifests_dir, config.min_interval)?;
+    let loaded = manifests::load_dir(&manifests_dir, config.min_interval)?;
     let port = crate::server::bind_early(config.listen, config.http).await?;
     port.waiting_for("the database to open");
     if let Some(url) = config.database_url.clone() {
-        return run_replica(config, url, port, manifests_dir).await;
+        return run_replica(config, url, port, manifests_dir, loaded).await;
     }
     let mut server = Server::open(config).await?;
     port.waiting_for("the manifests to be applied");
@@ -504,13 +505,26 @@ async fn run_replica(
     url: crate::core::store_pg::DatabaseUrl,
     port: crate::http::Port,
     manifests_dir: PathBuf,
+    loaded: Manifests,
 ) -> Result<(), StandaloneError> {
     use crate::core::store_pg::elector::{AdvisoryLock, Timing};
     config.hold_deadlines = true;
     config.elect_leader = true;
+    let named = config.installation.is_some();
     // A broken manifests directory failed every replica at start ([`run`]), not only the
     // one that leads.
     let mut server = Server::open(config).await?;
+    // Before this replica writes anything, leader or not: under the default name another
+    // standalone installation on this database is not refused.
+    if !named {
+        installation::warn_if_shared(
+            &server.core.registry,
+            crate::config::STANDALONE_INSTALLATION,
+            &loaded,
+            &manifests_dir,
+            &server.config.data_dir,
+        );
+    }
     install_catalogue(&mut server);
     // Every replica holds its admin token, not only the leader: a follower serves the
     // dashboard too.

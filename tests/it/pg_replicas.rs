@@ -470,3 +470,78 @@ async fn a_replica_of_another_installation_refuses_the_database_and_removes_noth
     assert_eq!(ping, 200);
     assert_eq!(installation_rows(server, &database)[..2], before[..2]);
 }
+
+/// What a standalone replica under the default installation name says when the
+/// database's Applications are not what its manifests declare.
+const SHARED_WARNING: &str = "keeps the default installation name \"standalone\"";
+
+/// Two standalone installations that both keep the default name `standalone` on one
+/// database are one installation to the database, so the second is not refused. Its
+/// replica says at start, before it writes anything, what it would change (the
+/// Application it declares that the database lacks, the one both declare with another
+/// token) and what that means if the database is another installation's. Replicas of the
+/// first, which share its manifests and tokens, are not warned; nor is a replica that
+/// names its installation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_standalone_installation_under_the_default_name_is_warned_and_replicas_are_not() {
+    use crate::pg_failover::Layout;
+    let first = Layout::new(2, &[]);
+    let a = first.start(0, &[]).await;
+    let b = first.start(1, &[]).await;
+    let server = crate::pg::shared();
+    let database = first.database().to_string();
+    assert_eq!(
+        server.psql(&database, "SELECT name FROM hartslag_installation"),
+        "standalone"
+    );
+    for replica in [&a, &b] {
+        let log = replica.log_text();
+        assert!(!log.contains(SHARED_WARNING), "{log}");
+    }
+
+    // Another installation: its own manifests (`shop` too, and `blog`) and tokens.
+    let second = Layout::on(1, &[], Some(first.url().to_string()));
+    std::fs::write(
+        second.manifests().join("blog.yaml"),
+        crate::helpers::app_manifest("blog", "UTC"),
+    )
+    .unwrap();
+    let before = installation_rows(server, &database);
+    let mut c = second.start(0, &[]).await;
+    let log = c.log_text();
+    for said in [
+        SHARED_WARNING,
+        "these manifests declare and the database does not hold: default/blog",
+        "with another token than this replica's, which the leader would replace: default/shop",
+        "give each installation a database of its own and its own --installation",
+    ] {
+        assert!(log.contains(said), "{said:?} missing:\n{log}");
+    }
+    assert!(
+        !log.contains("the leader would revoke the tokens of"),
+        "{log}"
+    );
+    assert!(c.terminate(Duration::from_secs(30)).is_some());
+    // It followed (the first installation leads) and changed nothing.
+    assert_eq!(installation_rows(server, &database)[..2], before[..2]);
+
+    // Without `shop` in its manifests, it says the leader would revoke `shop`'s tokens.
+    std::fs::remove_file(second.manifests().join("app.yaml")).unwrap();
+    let mut c = second.start(0, &[]).await;
+    let log = c.log_text();
+    for said in [
+        SHARED_WARNING,
+        "these manifests do not declare, and the leader would revoke the tokens of: default/shop",
+        "these manifests declare and the database does not hold: default/blog",
+    ] {
+        assert!(log.contains(said), "{said:?} missing:\n{log}");
+    }
+    assert!(c.terminate(Duration::from_secs(30)).is_some());
+    assert_eq!(installation_rows(server, &database)[..2], before[..2]);
+
+    // Named on purpose: not warned.
+    let mut named = second.start(0, &["--installation", "standalone"]).await;
+    let log = named.log_text();
+    assert!(!log.contains(SHARED_WARNING), "{log}");
+    assert!(named.terminate(Duration::from_secs(30)).is_some());
+}
