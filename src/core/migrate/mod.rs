@@ -9,7 +9,10 @@
 //!
 //! It refuses a directory a running hartslag holds (sled's lock), and a database that
 //! holds data it did not copy itself: another directory's copy, or rows written by a
-//! hartslag already running on it. The directory is read through the sled backend's own
+//! hartslag already running on it. It copies for one installation, as the server that
+//! will run on the database names itself: a database that belongs to another is refused
+//! before anything is copied, and one that belongs to none is recorded as this one's
+//! before the first row goes in ([`from_sled`]). The directory is read through the sled backend's own
 //! decoding ([`crate::core::store::dump`]), the database written through the PostgreSQL
 //! backend's own encoding ([`crate::core::store_pg::copy`]).
 
@@ -248,8 +251,10 @@ pub async fn from_sled(
         source: e,
     };
     // Named first: "another installation's" says more than "holds data it did not copy".
-    if let Some(found) = target.installation().await.map_err(owner)? {
-        ours(found, to, installation)?;
+    if let Some(found) = target.installation().await.map_err(owner)?
+        && let Some(refused) = not_ours(found, to, installation)
+    {
+        return Err(refused);
     }
     let done = plan(&target, to, &source).await?;
     unchanged(&store, &target, &done, &dir, to).await?;
@@ -261,7 +266,9 @@ pub async fn from_sled(
     );
     let claimed = target.claim(installation, &holder).await.map_err(owner)?;
     let recorded_now = claimed.now;
-    ours(claimed, to, installation)?;
+    if let Some(refused) = not_ours(claimed, to, installation) {
+        return Err(refused);
+    }
     if recorded_now {
         tracing::info!(%installation, "the database now belongs to this installation");
     }
@@ -288,16 +295,13 @@ pub async fn from_sled(
     })
 }
 
-/// Refuses a database that belongs to another installation than `installation`.
-fn ours(
+/// The refusal of a database that belongs to another installation than `installation`.
+fn not_ours(
     found: crate::core::store_pg::Installation,
     url: &DatabaseUrl,
     installation: &str,
-) -> Result<(), MigrateError> {
-    if found.name == installation {
-        return Ok(());
-    }
-    Err(MigrateError::OtherInstallation {
+) -> Option<MigrateError> {
+    (found.name != installation).then(|| MigrateError::OtherInstallation {
         url: url.to_string(),
         ours: installation.to_string(),
         theirs: found.name,
