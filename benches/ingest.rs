@@ -113,7 +113,7 @@ impl Round {
 
     /// The rate at which this round's CPU per request would keep every core busy: the most
     /// any scheduling of the same work could reach on this machine.
-    /// Times the server's threads were put on a core, per request.
+    /// Times the server's threads went to sleep to wait, per request.
     fn switches_per_request(&self) -> f64 {
         self.cpu.switches() as f64 / self.outcome.requests.max(1) as f64
     }
@@ -157,13 +157,13 @@ impl Round {
             self.cpu.per(n)
         );
         out += &format!(
-            "\n      thread switches per request: {:.2} ({})",
+            "\n      sleeps (voluntary switches) per request: {:.2} ({})",
             self.cpu.switches() as f64 / n,
             self.cpu.switches_per(n)
         );
         if self.groups > 0 {
             out += &format!(
-                "\n      CPU µs per fdatasync: {}\n      thread switches per fdatasync: {:.1} ({})",
+                "\n      CPU µs per fdatasync: {}\n      sleeps per fdatasync: {:.1} ({})",
                 self.cpu.per(self.groups as f64),
                 self.cpu.switches() as f64 / self.groups as f64,
                 self.cpu.switches_per(self.groups as f64)
@@ -327,7 +327,7 @@ fn main() {
                     common::median(results[0].iter().map(Round::cpu_per_request).collect()),
                 );
                 println!(
-                    "  server thread switches per request: median of rounds {:.2} against {:.2} for the no-op handler",
+                    "  server threads' sleeps (voluntary switches) per request: median of rounds {:.2} against {:.2} for the no-op handler",
                     common::median(results[i].iter().map(Round::switches_per_request).collect()),
                     common::median(results[0].iter().map(Round::switches_per_request).collect()),
                 );

@@ -73,8 +73,10 @@ pub fn describe_flushes(s: &LatencySnapshot) -> String {
 }
 
 /// CPU time (run and run-queue wait, from `/proc/<pid>/task/*/schedstat`) of every thread
-/// of a process, by thread id, with its name and how many times it was put on a core (each
-/// time is a switch of threads: a wake after sleeping, or a turn after a preemption).
+/// of a process, by thread id, with its name and how many times it went to sleep to wait
+/// for something (`voluntary_ctxt_switches`: each is a switch of threads there and another
+/// when it is woken). Preemptions are left out: they follow the host's load, the sleeps
+/// follow the design.
 #[derive(Debug, Clone, Default)]
 pub struct Threads {
     by_tid: BTreeMap<u32, (String, u64, u64, u64)>,
@@ -97,7 +99,12 @@ impl Threads {
                 .split_whitespace()
                 .map(|v| v.parse::<u64>().unwrap_or(0));
             let (run, wait) = (f.next().unwrap_or(0), f.next().unwrap_or(0));
-            let slices = f.next().unwrap_or(0);
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            let slices = status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
             by_tid.insert(tid, (name.trim().to_string(), run, wait, slices));
         }
         Self { by_tid }
@@ -128,7 +135,7 @@ impl Threads {
 }
 
 /// CPU time spent per thread kind over an interval: (running, waiting for a CPU); and how
-/// many times the threads of each kind were put on a core.
+/// many times the threads of each kind went to sleep to wait.
 #[derive(Debug, Clone, Default)]
 pub struct Cpu {
     pub kinds: BTreeMap<String, (Duration, Duration)>,
@@ -159,12 +166,12 @@ impl Cpu {
             .sum()
     }
 
-    /// Times the server's threads were put on a core, in all.
+    /// Times the threads went to sleep to wait, in all.
     pub fn switches(&self) -> u64 {
         self.switches.values().sum()
     }
 
-    /// `kind n` switches onto a core per `per` units, every kind that ran, most first.
+    /// `kind n` sleeps per `per` units, every kind that slept, most first.
     pub fn switches_per(&self, per: f64) -> String {
         let mut kinds: Vec<_> = self.switches.iter().filter(|(_, n)| **n > 0).collect();
         kinds.sort_by_key(|k| std::cmp::Reverse(*k.1));
