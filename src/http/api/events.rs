@@ -25,7 +25,6 @@ use crate::http::body::read_body;
 use crate::http::error::{ApiError, json_body};
 use crate::http::export::{csv_response, export_filter};
 use crate::http::query::{event_param, int_param, text_param};
-use crate::http::reads::read_slot;
 
 /// Routes of this family.
 pub fn routes() -> Router<HttpState> {
@@ -199,7 +198,7 @@ async fn stats(
         })?),
     };
     // Held until the answer is serialized: with many event names that is work too.
-    let _slot = read_slot(&app)?;
+    let _permit = state.reads.permit(&app)?;
     let read = state
         .core
         .events
@@ -372,8 +371,13 @@ async fn export(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let filter = export_filter(&app, &params)?;
-    let slot = read_slot(&app)?;
-    Ok(csv_response(state.core.events.as_ref(), &app, filter, slot))
+    let permit = state.reads.permit(&app)?;
+    Ok(csv_response(
+        state.core.events.as_ref(),
+        &app,
+        filter,
+        permit,
+    ))
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use crate::http::HttpState;
 use crate::http::export::{csv_response, export_filter};
 use crate::http::path::{Segment, Segments};
 use crate::http::query::text_param;
-use crate::http::reads::read_slot;
 
 /// Rows of ping history on a monitor page.
 const PING_ROWS: usize = 100;
@@ -354,8 +353,8 @@ pub async fn application_export(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let started = export_filter(&app, &params)
-        .and_then(|filter| Ok((filter, read_slot(&app)?)))
-        .map(|(filter, slot)| csv_response(st.core.events.as_ref(), &app, filter, slot));
+        .and_then(|filter| Ok((filter, st.reads.permit(&app)?)))
+        .map(|(filter, permit)| csv_response(st.core.events.as_ref(), &app, filter, permit));
     started.unwrap_or_else(IntoResponse::into_response)
 }
 
