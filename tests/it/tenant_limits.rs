@@ -346,6 +346,105 @@ fn tenants(apps: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, manifests, data)
 }
 
+/// Logs in to the dashboard with `token`; returns the session cookie (`name=value`).
+async fn login(base: &str, token: &str) -> String {
+    let body = format!("token={token}&next=%2Fui");
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 303, "login");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// Status, `Retry-After` and body of a dashboard page read with the session `cookie`.
+async fn page(base: &str, path: &str, cookie: &str) -> (u16, Option<String>, String) {
+    let res = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, res.text().await.unwrap())
+}
+
+/// What a dashboard list page shows in place of the stats it did not read.
+const NOT_READ: &str = "Not read now: too many stats are being read at once.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_stats_charts_and_top_users_are_reads_under_the_applications_limit() {
+    let (dir, server) = busy_with_events("    concurrentReads: 2\n", &[]).await;
+    let data = dir.path().join("data");
+    let base = &server.base;
+    let (busy, calm) = (
+        read_token(&data, "application", "busy"),
+        read_token(&data, "application", "calm"),
+    );
+    let admin = std::fs::read_to_string(data.join("tokens/admin.token")).unwrap();
+    let (busy_ui, admin_ui) = (login(base, &busy).await, login(base, admin.trim()).await);
+    assert_eq!(send(base, &calm, "steady").await.0, 201);
+    let page_of = |app: &str| format!("/ui/applications/default/{app}");
+    // Busy's page, with and without filters (stats, hourly and daily charts, top users),
+    // while nothing else runs.
+    let filtered = format!("{}?event=x&user_id=7", page_of("busy"));
+    for path in [page_of("busy"), filtered.clone()] {
+        let (status, _, body) = page(base, &path, &busy_ui).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // Two exports whose clients stopped reading hold both of busy's reads.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = stalled_get(base, "/api/v1/export.csv", &busy).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        stalled.push(stream);
+    }
+    // Its page reads nothing more, for its own session or the admin's: 429 naming the
+    // limit, with Retry-After; and so for the dashboard's download.
+    let download = format!("{}/export.csv", page_of("busy"));
+    for (path, cookie) in [
+        (page_of("busy"), &busy_ui),
+        (filtered, &busy_ui),
+        (page_of("busy"), &admin_ui),
+        (download, &admin_ui),
+    ] {
+        let (status, retry, body) = page(base, &path, cookie).await;
+        assert_eq!(
+            (status, retry.as_deref()),
+            (429, Some("1")),
+            "{path}: {body}"
+        );
+        assert!(body.contains("limits.concurrentReads"), "{path}: {body}");
+    }
+    // The lists still answer, with busy's stats left out and said so, and calm's read.
+    for path in ["/ui", "/ui/applications"] {
+        let (status, _, body) = page(base, path, &admin_ui).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body.matches(NOT_READ).count(), 1, "{path}: {body}");
+    }
+    let (status, _, body) = page(base, &page_of("calm"), &admin_ui).await;
+    assert_eq!(status, 200, "{body}");
+    // A client that goes away gives its read back, and the page is served again.
+    drop(stalled.pop());
+    wait_for(
+        "busy's page served again",
+        Duration::from_secs(30),
+        || async { (page(base, &page_of("busy"), &busy_ui).await.0 == 200).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_past_the_servers_total_get_503_on_every_application_and_ingest_goes_on() {
     // Three large Applications within their own limit (2 each, the default) hold the
@@ -395,6 +494,14 @@ async fn reads_past_the_servers_total_get_503_on_every_application_and_ingest_go
     }
     let (status, _, body) = get(&format!("{base}/api/v1/stats"), &token("big-0")).await;
     assert_eq!(status, 429, "{body}");
+    // The dashboard's reads are refused alike: a page is 503, a list leaves them out.
+    let small_ui = login(base, &token("small-0")).await;
+    let (status, retry, body) = page(base, "/ui/applications/default/small-0", &small_ui).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+    assert!(body.contains("--max-concurrent-reads-total"), "{body}");
+    let (status, _, body) = page(base, "/ui", &small_ui).await;
+    assert!(status == 200 && body.contains(NOT_READ), "{status}: {body}");
+    refused += 2.0;
     // Ingest is not a heavy read: every Application's events are stored meanwhile.
     for app in smalls.iter().chain(&bigs) {
         for _ in 0..5 {
