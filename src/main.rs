@@ -223,6 +223,11 @@ struct Common {
     /// with Retry-After), unless its spec.limits.concurrentReads says otherwise.
     #[arg(long, env = "HARTSLAG_MAX_CONCURRENT_READS", default_value_t = 2)]
     max_concurrent_reads: u32,
+    /// Stats and CSV export requests running at once over every Application together (one
+    /// more gets 503 with Retry-After): many tenants each within their own limit still
+    /// leave cores and database connections to ingest.
+    #[arg(long, env = "HARTSLAG_MAX_CONCURRENT_READS_TOTAL", default_value_t = hartslag::http::reads::DEFAULT_MAX_TOTAL)]
+    max_concurrent_reads_total: u32,
     /// Event names per Application that get their own `hartslag_events_total` series on
     /// /metrics (the most frequent since start; bounds the series a tenant can create).
     #[arg(long, env = "HARTSLAG_METRICS_TOP_EVENTS", default_value_t = hartslag::core::ingest::counts::DEFAULT_TOP_EVENTS)]
@@ -286,6 +291,7 @@ impl Common {
             body_timeout: secs(self.http_body_timeout),
             write_timeout: secs(self.http_write_timeout),
             max_connections: self.http_max_connections.max(1),
+            max_concurrent_reads_total: self.max_concurrent_reads_total.max(1),
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace.as_secs()),
             shutdown_delay: std::time::Duration::from_secs(self.shutdown_delay.as_secs()),
         };

@@ -129,7 +129,8 @@ impl RateLimiter {
     }
 }
 
-/// The stats and export reads of one Application running now. A read takes a
+/// The stats and export reads running now, of one Application (or of the whole server:
+/// the HTTP layer keeps one more for every Application together). A read takes a
 /// [`ReadSlot`] before it starts and gives it back when it ends (an export: when it stops
 /// streaming), so one tenant's heavy reads occupy at most its limit's worth of the
 /// server's cores and storage connections, whatever it sends. A counter rather than a
@@ -158,7 +159,7 @@ impl ReadSlots {
     }
 }
 
-/// One running read's place in its Application's [`ReadSlots`], given back on drop.
+/// One running read's place in its [`ReadSlots`], given back on drop.
 #[derive(Debug)]
 pub struct ReadSlot {
     slots: Arc<ReadSlots>,

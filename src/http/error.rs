@@ -54,6 +54,11 @@ impl ApiError {
         self.retry_after = Some(secs);
         self
     }
+
+    /// The seconds of its `Retry-After`, for callers that answer with a page instead.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+    }
 }
 
 impl ApiError {

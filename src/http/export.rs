@@ -11,8 +11,8 @@ use jiff::Timestamp;
 
 use super::error::ApiError;
 use super::query::{event_param, int_param};
+use super::reads::ReadPermit;
 use crate::core::ingest::validate::parse_created_at;
-use crate::core::limits::ReadSlot;
 use crate::core::registry::AppInfo;
 use crate::core::storage::{EventStore, ExportBatches, ExportFilter};
 
@@ -73,20 +73,26 @@ pub fn neutralise_formula(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Streams an application's events as RFC 4180 CSV without building it in memory. `slot`
-/// is the export's place among its Application's heavy reads, held until the export stops
-/// streaming: at the end, or once its client is gone. A client that stops reading is
+/// Streams an application's events as RFC 4180 CSV without building it in memory.
+/// `permit` is the export's place among its Application's and the server's heavy reads,
+/// held until the export stops streaming: at the end, or once its client is gone. A client that stops reading is
 /// closed after `--http-write-timeout` without progress (see `serve`), which ends the
 /// export with it.
 pub fn csv_response(
     events: &dyn EventStore,
     app: &AppInfo,
     filter: ExportFilter,
-    slot: ReadSlot,
+    permit: ReadPermit,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let rows = events.export(app.num, filter);
-    tokio::spawn(write_rows(rows, Chunks { tx, _slot: slot }));
+    tokio::spawn(write_rows(
+        rows,
+        Chunks {
+            tx,
+            _permit: permit,
+        },
+    ));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
@@ -108,7 +114,7 @@ pub fn csv_response(
 struct Chunks {
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     /// Given back when the export stops.
-    _slot: ReadSlot,
+    _permit: ReadPermit,
 }
 
 impl Chunks {

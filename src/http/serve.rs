@@ -46,6 +46,9 @@ pub struct HttpLimits {
     pub write_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most heavy reads (stats, exports, the dashboard's charts) running at once over every
+    /// Application together ([`super::reads`]).
+    pub max_concurrent_reads_total: u32,
     /// How long a shutdown waits for requests in flight before closing their connections.
     pub shutdown_grace: Duration,
     /// How long the server goes on accepting after the first signal, not ready and closing
@@ -60,6 +63,7 @@ impl Default for HttpLimits {
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(60),
             max_connections: 4096,
+            max_concurrent_reads_total: super::reads::DEFAULT_MAX_TOTAL,
             shutdown_grace: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
         }

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::api::manage::RateLimiter;
 use super::dashboard::Dashboard;
+use super::reads::HeavyReads;
 use super::track::RequestMetrics;
 use super::{ConnectionStats, HttpLimits};
 use crate::config::ServerConfig;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub connections: ConnectionStats,
     /// Per-key rate limit of the management API.
     pub rate_limit: RateLimiter,
+    /// The heavy reads running over every Application, and both bounds on them.
+    pub reads: HeavyReads,
     /// Set while serving.
     pub serving: AtomicBool,
     /// Set once a shutdown began: `/readyz` says `stopping`, not `starting`.
@@ -63,6 +66,8 @@ impl HttpState {
     ) -> Self {
         let requests = RequestMetrics::register(&mut metrics);
         connections.register(&mut metrics, config.http.max_connections);
+        let reads = HeavyReads::new(config.http.max_concurrent_reads_total);
+        reads.register(&mut metrics);
         Self(Arc::new(Shared {
             core,
             catalogue,
@@ -71,6 +76,7 @@ impl HttpState {
             trusted_proxies: config.trusted_proxies.clone(),
             connections,
             rate_limit: RateLimiter::new(config.api_rate_per_sec, config.api_rate_burst),
+            reads,
             serving: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             ready,

@@ -84,6 +84,9 @@ expect(e["HARTSLAG_ADMIN_SECRET"]["value"] == "hs-hartslag-admin", "admin Secret
 expect(e["HARTSLAG_ADMIN_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", "admin Secret in the pod's namespace")
 expect(e["HARTSLAG_EXTERNAL_URL"]["value"] == "http://hs-hartslag.ops.svc:8080", f"external URL default {e['HARTSLAG_EXTERNAL_URL']}")
 expect("HARTSLAG_NAMESPACES" not in e and "HARTSLAG_SMTP_URL" not in e, "cluster-wide, no email by default")
+expect(e["HARTSLAG_MAX_CONCURRENT_READS_TOTAL"]["value"] == "8", f"server-wide bound on heavy reads: {e['HARTSLAG_MAX_CONCURRENT_READS_TOTAL']}")
+reads_total = env(find(render({"maxConcurrentReadsTotal": 3})[0], "Deployment")[0])["HARTSLAG_MAX_CONCURRENT_READS_TOTAL"]
+expect(reads_total["value"] == "3", f"maxConcurrentReadsTotal reaches the flag: {reads_total}")
 pvc = find(objs, "PersistentVolumeClaim")
 expect(len(pvc) == 1 and pvc[0]["spec"]["resources"]["requests"]["storage"] == "1Gi", "a 1Gi PVC")
 expect(pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "hs-hartslag-data", "data on the PVC")
@@ -398,6 +401,7 @@ for bad, what in [
     ({"logFormat": "xml"}, "logFormat"),
     ({"scope": {"clusterWide": False, "namespaces": []}}, "namespaced scope without namespaces"),
     ({"statusRate": 0}, "statusRate"),
+    ({"maxConcurrentReadsTotal": 0}, "maxConcurrentReadsTotal"),
     ({"smtp": {"url": "mail.example.com"}}, "smtp.url scheme"),
     ({"ingress": {"enabled": True}}, "ingress without host"),
     ({"replicas": 3}, "unknown key"),

@@ -675,11 +675,25 @@ pub fn fill_events(
     event: &str,
     at: jiff::Timestamp,
 ) {
+    fill_events_of(manifests, data, &[app], rows, event, at);
+}
+
+/// [`fill_events`] for each of `apps`, in one opening of the store (sled's lock outlives a
+/// closed store for a moment, so a second opening right after the first may fail).
+pub fn fill_events_of(
+    manifests: &Path,
+    data: &Path,
+    apps: &[&str],
+    rows: u64,
+    event: &str,
+    at: jiff::Timestamp,
+) {
     use futures::StreamExt;
     use hartslag::core::metrics::MetricRegistry;
     use hartslag::core::storage::{EventValue, EventWrite};
     let (manifests, data) = (manifests.to_path_buf(), data.to_path_buf());
-    let (name, event) = (app.to_string(), event.to_string());
+    let names: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+    let event = event.to_string();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -695,48 +709,53 @@ pub fn fill_events(
             let core = Services::open(&config, &mut MetricRegistry::default())
                 .await
                 .unwrap();
-            // The Application as the manifest defines it.
-            let spec = hartslag::standalone::manifests::load_dir(
+            let defined = hartslag::standalone::manifests::load_dir(
                 &manifests,
                 hartslag::core::spec::MIN_INTERVAL,
             )
             .unwrap()
-            .applications
-            .into_iter()
-            .find(|a| a.name == name)
-            .unwrap_or_else(|| panic!("no Application {name} in the manifests"))
-            .spec;
-            let tz = jiff::tz::TimeZone::get(spec.time_zone_name()).unwrap();
-            let date =
-                hartslag::core::calendar::date_key(hartslag::core::calendar::local_date(at, &tz));
-            let token = hartslag::core::token::TokenHash::of("filled-by-the-test");
-            let app = core
-                .registry
-                .upsert_application("default", &name, spec, token)
-                .await
-                .unwrap()
-                .num;
-            let writes = futures::stream::iter(0..rows).map(|i| {
-                let (events, event) = (core.events.clone(), event.clone());
-                async move {
-                    events
-                        .write(EventWrite {
-                            app,
-                            at,
-                            date,
-                            value: EventValue {
-                                event,
-                                weight: 1 + (i % 3) as i64,
-                                user_id: None,
-                            },
-                            idempotency: None,
-                            name_limit: u32::MAX,
-                        })
-                        .await
-                        .unwrap()
-                }
-            });
-            writes.buffer_unordered(4096).for_each(|_| async {}).await;
+            .applications;
+            for name in names {
+                // The Application as the manifest defines it.
+                let spec = defined
+                    .iter()
+                    .find(|a| a.name == name)
+                    .unwrap_or_else(|| panic!("no Application {name} in the manifests"))
+                    .spec
+                    .clone();
+                let tz = jiff::tz::TimeZone::get(spec.time_zone_name()).unwrap();
+                let date = hartslag::core::calendar::date_key(
+                    hartslag::core::calendar::local_date(at, &tz),
+                );
+                let token = hartslag::core::token::TokenHash::of(&format!("filled-{name}"));
+                let app = core
+                    .registry
+                    .upsert_application("default", &name, spec, token)
+                    .await
+                    .unwrap()
+                    .num;
+                let writes = futures::stream::iter(0..rows).map(|i| {
+                    let (events, event) = (core.events.clone(), event.clone());
+                    async move {
+                        events
+                            .write(EventWrite {
+                                app,
+                                at,
+                                date,
+                                value: EventValue {
+                                    event,
+                                    weight: 1 + (i % 3) as i64,
+                                    user_id: None,
+                                },
+                                idempotency: None,
+                                name_limit: u32::MAX,
+                            })
+                            .await
+                            .unwrap()
+                    }
+                });
+                writes.buffer_unordered(4096).for_each(|_| async {}).await;
+            }
             core.flush().await.unwrap();
         });
         // Dropping the runtime ends the core's tasks; its threads then let go of sled.

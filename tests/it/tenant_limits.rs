@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    ChildServer, app_manifest, fill_events, metric, read_token, start_after_fill, wait_for,
+    ChildServer, app_manifest, fill_events, fill_events_of, metric, read_token, start_after_fill,
+    wait_for,
 };
 
 /// A manifests directory with a limited Application `busy` (its `spec.limits` as given)
@@ -269,6 +270,14 @@ async fn reads_past_an_applications_concurrent_reads_get_429_and_its_neighbour_i
     assert_eq!(calm_stats["total"]["count"], 20);
     let (status, _, csv) = get(&export, &calm).await;
     assert_eq!((status, csv.lines().count()), (200, 21));
+    // Each refusal is counted under the limit that made it; the server's made none.
+    let text = crate::helpers::metrics_text(base).await;
+    let refused = |limit: &str| {
+        let series = format!("hartslag_http_heavy_reads_refused_total{{limit=\"{limit}\"}}");
+        crate::helpers::metric_value(&text, &series)
+    };
+    assert!(refused("application").is_some_and(|n| n >= 82.0), "{text}");
+    assert_eq!(refused("server"), Some(0.0), "{text}");
     // A client that goes away gives its read back.
     drop(stalled.pop());
     wait_for(
@@ -318,4 +327,207 @@ async fn an_export_whose_client_stops_reading_ends_after_the_write_timeout_and_f
         "{} bytes",
         rest.len()
     );
+}
+
+/// A manifests directory with the Applications `apps` (name, `spec.limits` lines, empty for
+/// none) and a data directory beside it.
+fn tenants(apps: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&manifests).unwrap();
+    for (name, limits) in apps {
+        let mut manifest = app_manifest(name, "UTC");
+        if !limits.is_empty() {
+            manifest.push_str(&format!("  limits:\n{limits}"));
+        }
+        std::fs::write(manifests.join(format!("{name}.yaml")), manifest).unwrap();
+    }
+    (dir, manifests, data)
+}
+
+/// Logs in to the dashboard with `token`; returns the session cookie (`name=value`).
+async fn login(base: &str, token: &str) -> String {
+    let body = format!("token={token}&next=%2Fui");
+    let res = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 303, "login");
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// Status, `Retry-After` and body of a dashboard page read with the session `cookie`.
+async fn page(base: &str, path: &str, cookie: &str) -> (u16, Option<String>, String) {
+    let res = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, res.text().await.unwrap())
+}
+
+/// What a dashboard list page shows in place of the stats it did not read.
+const NOT_READ: &str = "Not read now: too many stats are being read at once.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_stats_charts_and_top_users_are_reads_under_the_applications_limit() {
+    let (dir, server) = busy_with_events("    concurrentReads: 2\n", &[]).await;
+    let data = dir.path().join("data");
+    let base = &server.base;
+    let (busy, calm) = (
+        read_token(&data, "application", "busy"),
+        read_token(&data, "application", "calm"),
+    );
+    let admin = std::fs::read_to_string(data.join("tokens/admin.token")).unwrap();
+    let (busy_ui, admin_ui) = (login(base, &busy).await, login(base, admin.trim()).await);
+    assert_eq!(send(base, &calm, "steady").await.0, 201);
+    let page_of = |app: &str| format!("/ui/applications/default/{app}");
+    // Busy's page, with and without filters (stats, hourly and daily charts, top users),
+    // while nothing else runs.
+    let filtered = format!("{}?event=x&user_id=7", page_of("busy"));
+    for path in [page_of("busy"), filtered.clone()] {
+        let (status, _, body) = page(base, &path, &busy_ui).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // Two exports whose clients stopped reading hold both of busy's reads.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = stalled_get(base, "/api/v1/export.csv", &busy).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        stalled.push(stream);
+    }
+    // Its page reads nothing more, for its own session or the admin's: 429 naming the
+    // limit, with Retry-After; and so for the dashboard's download.
+    let download = format!("{}/export.csv", page_of("busy"));
+    for (path, cookie) in [
+        (page_of("busy"), &busy_ui),
+        (filtered, &busy_ui),
+        (page_of("busy"), &admin_ui),
+        (download, &admin_ui),
+    ] {
+        let (status, retry, body) = page(base, &path, cookie).await;
+        assert_eq!(
+            (status, retry.as_deref()),
+            (429, Some("1")),
+            "{path}: {body}"
+        );
+        assert!(body.contains("limits.concurrentReads"), "{path}: {body}");
+    }
+    // The lists still answer, with busy's stats left out and said so, and calm's read.
+    for path in ["/ui", "/ui/applications"] {
+        let (status, _, body) = page(base, path, &admin_ui).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body.matches(NOT_READ).count(), 1, "{path}: {body}");
+    }
+    let (status, _, body) = page(base, &page_of("calm"), &admin_ui).await;
+    assert_eq!(status, 200, "{body}");
+    // A client that goes away gives its read back, and the page is served again.
+    drop(stalled.pop());
+    wait_for(
+        "busy's page served again",
+        Duration::from_secs(30),
+        || async { (page(base, &page_of("busy"), &busy_ui).await.0 == 200).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_the_servers_total_get_503_on_every_application_and_ingest_goes_on() {
+    // Three large Applications within their own limit (2 each, the default) hold the
+    // server's four reads; four small ones read and send beside them.
+    let bigs = ["big-0", "big-1", "big-2"];
+    let smalls = ["small-0", "small-1", "small-2", "small-3"];
+    let apps: Vec<(&str, &str)> = bigs.iter().chain(&smalls).map(|a| (*a, "")).collect();
+    let (dir, manifests, data) = tenants(&apps);
+    let name = "long-event-name-".repeat(13);
+    let now = jiff::Timestamp::now();
+    fill_events_of(&manifests, &data, &bigs, EXPORT_ROWS, &name[..200], now);
+    let server = start_after_fill(&manifests, &data, &["--max-concurrent-reads-total", "4"]).await;
+    let base = &server.base;
+    let token = |app: &str| read_token(&data, "application", app);
+    assert_eq!(
+        metric(base, "hartslag_http_heavy_reads_max").await,
+        Some(4.0)
+    );
+    // big-0 runs both of its own reads, big-1 and big-2 one each: four in all.
+    let mut stalled = Vec::new();
+    for big in ["big-0", "big-0", "big-1", "big-2"] {
+        let (stream, head) = stalled_get(base, "/api/v1/export.csv", &token(big)).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{big}: {head}");
+        stalled.push(stream);
+    }
+    assert_eq!(metric(base, "hartslag_http_heavy_reads").await, Some(4.0));
+    // Any other Application's read is refused with 503, naming the server-wide limit; so
+    // is one of big-1, which has room under its own limit. big-0 is past its own: 429.
+    let server_wide = |status: u16, retry: Option<&str>, body: &str| {
+        assert_eq!((status, retry), (503, Some("1")), "{body}");
+        let body: Value = serde_json::from_str(body).unwrap();
+        let message = body["error"].as_str().unwrap();
+        assert!(
+            message.contains("--max-concurrent-reads-total")
+                && message.contains("4 at a time")
+                && message.contains("all Applications together"),
+            "{message}"
+        );
+    };
+    let mut refused = 0.0;
+    for app in smalls.iter().chain(&["big-1"]) {
+        for path in ["/api/v1/stats", "/api/v1/export.csv"] {
+            let (status, retry, body) = get(&format!("{base}{path}"), &token(app)).await;
+            server_wide(status, retry.as_deref(), &body);
+            refused += 1.0;
+        }
+    }
+    let (status, _, body) = get(&format!("{base}/api/v1/stats"), &token("big-0")).await;
+    assert_eq!(status, 429, "{body}");
+    // The dashboard's reads are refused alike: a page is 503, a list leaves them out.
+    let small_ui = login(base, &token("small-0")).await;
+    let (status, retry, body) = page(base, "/ui/applications/default/small-0", &small_ui).await;
+    assert_eq!((status, retry.as_deref()), (503, Some("1")), "{body}");
+    assert!(body.contains("--max-concurrent-reads-total"), "{body}");
+    let (status, _, body) = page(base, "/ui", &small_ui).await;
+    assert!(status == 200 && body.contains(NOT_READ), "{status}: {body}");
+    refused += 2.0;
+    // Ingest is not a heavy read: every Application's events are stored meanwhile.
+    for app in smalls.iter().chain(&bigs) {
+        for _ in 0..5 {
+            assert_eq!(send(base, &token(app), "steady").await.0, 201, "{app}");
+        }
+    }
+    let text = crate::helpers::metrics_text(base).await;
+    let series = "hartslag_http_heavy_reads_refused_total{limit=\"server\"}";
+    assert_eq!(crate::helpers::metric_value(&text, series), Some(refused));
+    // One read ending lets the next one in.
+    drop(stalled.pop());
+    let stats = format!("{base}/api/v1/stats");
+    let counted = wait_for("small-0's stats answered", Duration::from_secs(30), || {
+        let (url, token) = (stats.clone(), token("small-0"));
+        async move {
+            let res = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
+            (res.status() == 200).then_some(())?;
+            res.json::<Value>().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(counted["total"]["count"], 5);
+    drop(dir);
 }

@@ -14,8 +14,8 @@ use super::{DatabaseUrl, PgError};
 pub(super) const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 
 /// Connections per process: the ingest task holds one at a time, queries and retention
-/// share the rest.
-const POOL_SIZE: usize = 16;
+/// share the rest (the HTTP layer's bound on heavy reads is sized against it).
+pub const POOL_SIZE: usize = 16;
 
 /// The TLS connector, used when the URL's `sslmode` asks for TLS (`prefer`, the default,
 /// tries it; `require` insists; `disable` skips it). The server's certificate is verified

@@ -36,6 +36,7 @@ mod writer;
 use std::sync::Arc;
 
 pub use commits::CommitMetrics;
+pub use connect::POOL_SIZE;
 pub use feed::PgFeed;
 pub use installation::{Recorded as Installation, claim};
 pub use monitors::{MonitorChange, MonitorChanges, PgMonitors};

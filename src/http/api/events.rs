@@ -25,7 +25,6 @@ use crate::http::body::read_body;
 use crate::http::error::{ApiError, json_body};
 use crate::http::export::{csv_response, export_filter};
 use crate::http::query::{event_param, int_param, text_param};
-use crate::http::reads::read_slot;
 
 /// Routes of this family.
 pub fn routes() -> Router<HttpState> {
@@ -199,7 +198,7 @@ async fn stats(
         })?),
     };
     // Held until the answer is serialized: with many event names that is work too.
-    let _slot = read_slot(&app)?;
+    let _permit = state.reads.permit(&app)?;
     let read = state
         .core
         .events
@@ -218,7 +217,17 @@ async fn stats(
     let written = tokio::task::spawn_blocking(move || {
         stats_json(&app, &periods, now, event.as_deref(), user, &report)
     });
-    match written.await {
+    stats_answer(written.await)
+}
+
+/// The answer for stats that were read, from the blocking task that wrote their JSON. Each
+/// way it can fail says what happened, so a client knows whether to retry: a JSON error or
+/// a panic is a bug (500, the log has the details), a task cancelled because the runtime
+/// is shutting down is not (503: another replica, or this one restarted, answers).
+fn stats_answer(
+    written: Result<serde_json::Result<Vec<u8>>, tokio::task::JoinError>,
+) -> Result<Response, ApiError> {
+    match written {
         Ok(Ok(body)) => Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -226,14 +235,21 @@ async fn stats(
         )
             .into_response()),
         Ok(Err(e)) => {
-            tracing::error!(error = %e, "stats not written");
-            let msg = "stats could not be written";
+            tracing::error!(error = %e, "the stats were read but could not be written as JSON");
+            let msg = "the stats were read but could not be written as JSON; this is a bug, \
+                       and the server's log has the details";
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg))
         }
-        Err(e) => {
-            tracing::error!(error = %e, "stats not written");
-            let msg = "stats could not be written";
+        Err(e) if e.is_cancelled() => {
+            tracing::warn!("the stats answer was not written: the server is shutting down");
+            let msg = "the stats were read but not written: the server is shutting down; retry";
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "writing the stats answer panicked");
+            let msg = "the stats were read but writing the answer failed unexpectedly (it \
+                       panicked); this is a bug, and the server's log has the details";
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg))
         }
     }
 }
@@ -355,6 +371,47 @@ async fn export(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let filter = export_filter(&app, &params)?;
-    let slot = read_slot(&app)?;
-    Ok(csv_response(state.core.events.as_ref(), &app, filter, slot))
+    let permit = state.reads.permit(&app)?;
+    Ok(csv_response(
+        state.core.events.as_ref(),
+        &app,
+        filter,
+        permit,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a failed stats answer says, and its status.
+    fn failed(
+        written: Result<serde_json::Result<Vec<u8>>, tokio::task::JoinError>,
+    ) -> (u16, String) {
+        let e = stats_answer(written).expect_err("an error answer");
+        (e.status().as_u16(), e.message())
+    }
+
+    #[tokio::test]
+    async fn each_way_the_stats_answer_can_fail_says_what_happened() {
+        let not_json = serde_json::from_str::<u8>("x").expect_err("not a number");
+        let (status, json) = failed(Ok(Err(not_json)));
+        assert_eq!(status, 500);
+        assert!(json.contains("could not be written as JSON"), "{json}");
+
+        let cancelled = tokio::spawn(std::future::pending::<serde_json::Result<Vec<u8>>>());
+        cancelled.abort();
+        let (status, stopping) = failed(cancelled.await);
+        assert_eq!(status, 503);
+        assert!(stopping.contains("shutting down"), "{stopping}");
+
+        let panicked = tokio::task::spawn_blocking(|| -> serde_json::Result<Vec<u8>> {
+            panic!("a bug in the stats writer")
+        });
+        let (status, bug) = failed(panicked.await);
+        assert_eq!(status, 500);
+        assert!(bug.contains("panicked"), "{bug}");
+
+        assert!(json != stopping && stopping != bug && json != bug);
+    }
 }

@@ -1,6 +1,8 @@
 //! The dashboard's pages: each reads the engine snapshot and the store for one viewer and
 //! hands plain data to [`view`] and [`pages`]. Rollup scans run off the async workers, so a
-//! busy page never stalls pings.
+//! busy page never stalls pings. Every read of the rollups (stats, charts, top users) and
+//! the export is a heavy read under its Application's and the server's bounds
+//! ([`crate::http::reads`]), as the event API's are: the dashboard is no way around them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,12 +21,11 @@ use crate::core::calendar::{Periods, date_key};
 use crate::core::monitor::engine::{Monitor, PingRecord};
 use crate::core::monitor::state::State as MonitorStateKind;
 use crate::core::registry::{AppInfo, object_key};
-use crate::core::storage::{Bucket, ExportFilter, Tally, hour_of};
-use crate::http::HttpState;
+use crate::core::storage::{Bucket, ExportFilter, StatsReport, Tally, hour_of};
 use crate::http::export::{csv_response, export_filter};
 use crate::http::path::{Segment, Segments};
 use crate::http::query::text_param;
-use crate::http::reads::read_slot;
+use crate::http::{ApiError, HttpState};
 
 /// Rows of ping history on a monitor page.
 const PING_ROWS: usize = 100;
@@ -41,21 +42,30 @@ fn now(st: &HttpState) -> Timestamp {
     st.core.engine.clock().now()
 }
 
-/// An application with its stats for today, this week, this month and in total.
-async fn summary(st: &HttpState, app: Arc<AppInfo>, now: Timestamp) -> AppSummary {
-    let stats = st
-        .core
+/// The stats of `app` for today, this week, this month and in total; the caller holds a
+/// permit for the read ([`HttpState::reads`]).
+async fn read_stats(st: &HttpState, app: &AppInfo, now: Timestamp) -> StatsReport {
+    st.core
         .events
         .stats(app.num, Periods::at(now, &app.tz), None, None)
         .await
         .unwrap_or_else(|e| {
             tracing::warn!(application = %app.key, error = %e, "stats for the dashboard failed");
             Default::default()
-        });
+        })
+}
+
+/// An application with its stats, when its and the server's bounds on heavy reads let
+/// them be read now; without them otherwise, which the page says.
+async fn summary(st: &HttpState, app: Arc<AppInfo>, now: Timestamp) -> AppSummary {
+    let stats = match st.reads.permit(&app) {
+        Ok(_permit) => Some(read_stats(st, &app, now).await),
+        Err(_) => None,
+    };
     AppSummary { app, stats }
 }
 
-/// Summaries of the viewer's applications, one after the other.
+/// Summaries of the viewer's applications, one after the other: one heavy read at a time.
 async fn summaries(st: &HttpState, viewer: &Viewer, now: Timestamp) -> Vec<AppSummary> {
     let apps: Vec<Arc<AppInfo>> = st
         .core
@@ -214,7 +224,7 @@ pub async fn applications(State(st): State<HttpState>, viewer: Viewer) -> Respon
 
 /// What an application's page shows, read from the rollups in one go.
 struct AppData {
-    summary: AppSummary,
+    stats: StatsReport,
     event_names: Vec<String>,
     hourly: Option<Vec<Bucket>>,
     today: jiff::civil::Date,
@@ -246,9 +256,14 @@ pub async fn application_detail(
         to: text_param(&params, "to"),
     };
     let now = now(&st);
-    let data = read_app_data(&st, app.clone(), &filter, now).await;
+    // One permit for the page's reads, which run one after the other.
+    let data = match st.reads.permit(&app) {
+        Ok(_permit) => read_app_data(&st, &app, &filter, now).await,
+        Err(refused) => return busy(&viewer, &refused),
+    };
     let detail = AppDetail {
-        summary: &data.summary,
+        app: &app,
+        stats: &data.stats,
         event_names: &data.event_names,
         hourly: data.hourly.map(|h| view::hourly_chart(&h, now, &app.tz)),
         daily: view::daily_chart(&data.daily, data.today, &app.tz),
@@ -263,6 +278,24 @@ pub async fn application_detail(
         Section::Applications,
         pages::application_detail(&detail),
     )
+}
+
+/// The page refused because a bound on heavy reads was reached: the refusal's status
+/// (429 for the Application's own limit, 503 for the server's), its `Retry-After` and its
+/// message, in the layout.
+fn busy(viewer: &Viewer, refused: &ApiError) -> Response {
+    let mut res = message(
+        refused.status(),
+        viewer,
+        Section::Applications,
+        "Too many reads at once",
+        &refused.message(),
+    );
+    if let Some(secs) = refused.retry_after_secs() {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+    }
+    res
 }
 
 /// The application's monitors per state; empty when it has none.
@@ -289,24 +322,20 @@ fn monitor_counts(st: &HttpState, app: &AppInfo) -> Vec<(MonitorStateKind, usize
 /// than shown unfiltered.
 async fn read_app_data(
     st: &HttpState,
-    app: Arc<AppInfo>,
+    app: &AppInfo,
     filter: &ExportFilter,
     now: Timestamp,
 ) -> AppData {
     let store = &st.core.events;
-    let all = summary(st, app.clone(), now).await;
-    let event_names: Vec<String> = all.stats.events.keys().cloned().collect();
+    let all = read_stats(st, app, now).await;
+    let event_names: Vec<String> = all.events.keys().cloned().collect();
     let (event, user) = (filter.event.clone(), filter.user_id);
-    let summary = if event.is_some() || user.is_some() {
+    let stats = if event.is_some() || user.is_some() {
         let periods = Periods::at(now, &app.tz);
-        let stats = store
+        store
             .stats(app.num, periods, event.clone(), user)
             .await
-            .unwrap_or_default();
-        AppSummary {
-            app: app.clone(),
-            stats,
-        }
+            .unwrap_or_default()
     } else {
         all
     };
@@ -339,7 +368,7 @@ async fn read_app_data(
         .await
         .unwrap_or_default();
     AppData {
-        summary,
+        stats,
         event_names,
         hourly,
         today,
@@ -354,8 +383,8 @@ pub async fn application_export(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let started = export_filter(&app, &params)
-        .and_then(|filter| Ok((filter, read_slot(&app)?)))
-        .map(|(filter, slot)| csv_response(st.core.events.as_ref(), &app, filter, slot));
+        .and_then(|filter| Ok((filter, st.reads.permit(&app)?)))
+        .map(|(filter, permit)| csv_response(st.core.events.as_ref(), &app, filter, permit));
     started.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -206,9 +206,13 @@ fn count_cards(counts: &[(State, usize)], scope: &MonitorQuery) -> Markup {
 pub struct AppSummary {
     /// The application.
     pub app: Arc<AppInfo>,
-    /// Its stats.
-    pub stats: StatsReport,
+    /// Its stats; `None` when they were not read, because the application or the server
+    /// was running as many heavy reads as it may ([`crate::http::reads`]).
+    pub stats: Option<StatsReport>,
 }
+
+/// What a list page shows for an application whose stats were not read now.
+const NOT_READ: &str = "Not read now: too many stats are being read at once. Reload in a moment.";
 
 fn tally_text(t: &Tally) -> Markup {
     html! { (t.count) " " span.muted { "events, weight " (t.weight) } }
@@ -269,9 +273,13 @@ pub fn overview(
                         @for a in apps {
                             tr {
                                 th scope="row" { a href=(app_href(&a.app)) { bdi { (a.app.spec.display_name.as_deref().unwrap_or(&a.app.name)) } } " " span.muted { (a.app.namespace) } }
-                                td { (a.stats.overall.today.count) }
-                                td { (a.stats.overall.week.count) }
-                                td { (a.stats.overall.total.count) }
+                                @if let Some(s) = &a.stats {
+                                    td { (s.overall.today.count) }
+                                    td { (s.overall.week.count) }
+                                    td { (s.overall.total.count) }
+                                } @else {
+                                    td.muted colspan="3" { (NOT_READ) }
+                                }
                             }
                         }
                     }
@@ -506,7 +514,11 @@ pub fn applications(apps: &[AppSummary]) -> Markup {
                 li.card {
                     h2 { a href=(app_href(&a.app)) { bdi { (a.app.spec.display_name.as_deref().unwrap_or(&a.app.name)) } } }
                     p.muted { (a.app.namespace) " · " (a.app.spec.time_zone_name()) }
-                    (period_cards(&a.stats.overall))
+                    @if let Some(s) = &a.stats {
+                        (period_cards(&s.overall))
+                    } @else {
+                        p.muted { (NOT_READ) }
+                    }
                 }
             }
         }
@@ -552,8 +564,10 @@ impl AppFilters {
 
 /// Everything on one application's page.
 pub struct AppDetail<'a> {
-    /// The application and its stats (filtered).
-    pub summary: &'a AppSummary,
+    /// The application.
+    pub app: &'a AppInfo,
+    /// Its stats (filtered).
+    pub stats: &'a StatsReport,
     /// Every event name it has, for the filter.
     pub event_names: &'a [String],
     /// Hourly chart; `None` with a user filter (hourly rollups are not kept per user).
@@ -570,13 +584,13 @@ pub struct AppDetail<'a> {
 
 /// One application: period cards, charts, per-event table, top users, export.
 pub fn application_detail(d: &AppDetail<'_>) -> Markup {
-    let app = &d.summary.app;
+    let app = d.app;
     html! {
         p.crumbs { a href="/ui/applications" { "Applications" } " / " (app.namespace) }
         h1 { bdi { (app.spec.display_name.as_deref().unwrap_or(&app.name)) } }
         p.muted { "Periods in " (app.spec.time_zone_name()) "." }
         (app_filters(d))
-        (period_cards(&d.summary.stats.overall))
+        (period_cards(&d.stats.overall))
         section aria-labelledby="h-hourly" {
             h2 #h-hourly { "Per hour, last 48 hours" }
             @match &d.hourly {
@@ -588,7 +602,7 @@ pub fn application_detail(d: &AppDetail<'_>) -> Markup {
             h2 #h-daily { "Per day, last 90 days" }
             (chart_figure(&d.daily))
         }
-        (per_event(&d.summary.stats))
+        (per_event(d.stats))
         (top_users(d.top_users))
         @if !d.monitor_counts.is_empty() {
             section aria-labelledby="h-app-monitors" {
@@ -614,7 +628,7 @@ fn bound_field(name: &str, value: Option<&str>) -> Markup {
 
 /// The filter form, the CSV link that keeps its filters, and what the cards are filtered by.
 fn app_filters(d: &AppDetail<'_>) -> Markup {
-    let app = &d.summary.app;
+    let app = d.app;
     let f = d.filters;
     let export = format!("{}/export.csv{}", app_href(app), f.query());
     html! {
