@@ -24,6 +24,7 @@ pub struct ChannelSender {
 }
 
 /// What the channel sender shares with the other senders.
+#[derive(Clone, Copy)]
 pub struct Senders<'a> {
     /// JSON POSTs.
     pub http: &'a WebhookSender,
@@ -111,6 +112,39 @@ impl ChannelSender {
                 )),
             },
         }
+    }
+
+    /// One attempt to deliver all of `alerts` through channel `id`: to Alertmanager, whose
+    /// API takes a list, in one `POST` (their alerts in the order given), accepted or failed
+    /// as a whole; through any other kind of channel one after another, stopping at the
+    /// first failure (the scheduler batches only for Alertmanager).
+    pub async fn send_batch(
+        &self,
+        senders: Senders<'_>,
+        alerts: &[Alert],
+        id: &ChannelRef,
+    ) -> Result<(), DeliveryError> {
+        if let Some(channel) = self.book.get(id)
+            && let Destination::Alertmanager {
+                url,
+                resend_interval,
+            } = &channel.destination
+        {
+            let facts: Vec<Facts> = alerts
+                .iter()
+                .map(|a| facts(a, &channel, &self.base_url))
+                .collect();
+            let body = alertmanager::batch_body(&facts, Timestamp::now(), *resend_interval);
+            let what = target_name(&channel);
+            return senders
+                .http
+                .post_json_as(&what, &alertmanager::endpoint(url), &body, &[])
+                .await;
+        }
+        for alert in alerts {
+            self.send(senders, alert, id).await?;
+        }
+        Ok(())
     }
 }
 
