@@ -266,6 +266,12 @@ impl Common {
             refuse_private: self.refuse_private_webhooks,
             allowed: self.webhook_allowed_cidrs.clone(),
         };
+        // A default webhook whose every delivery would be refused stops the start.
+        if let Some(url) = &c.webhook_url {
+            c.webhooks
+                .check_url(url)
+                .map_err(|e| format!("--webhook-url (HARTSLAG_WEBHOOK_URL): {e}"))?;
+        }
         c.trusted_proxies = self.trusted_proxies.clone();
         c.metrics_top_events = self.metrics_top_events;
         c.database_url = match self.database_url.as_deref().map(str::trim) {

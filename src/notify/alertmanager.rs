@@ -75,12 +75,33 @@ fn rfc3339(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// The body of one `POST /api/v2/alerts` for this notice at `now`.
+/// The body of one `POST /api/v2/alerts` for this notice at `now`: [`alerts`] as a list.
+pub fn body(facts: &Facts, now: Timestamp, resend: Duration) -> Value {
+    Value::Array(alerts(facts, now, resend))
+}
+
+/// The body of one `POST /api/v2/alerts` for several notices at `now`: their alerts in one
+/// list, in the order given (Alertmanager takes them in order, so a later notice about a
+/// monitor wins over an earlier one in the same list).
+pub fn batch_body<'a>(
+    notices: impl IntoIterator<Item = &'a Facts>,
+    now: Timestamp,
+    resend: Duration,
+) -> Value {
+    Value::Array(
+        notices
+            .into_iter()
+            .flat_map(|facts| alerts(facts, now, resend))
+            .collect(),
+    )
+}
+
+/// The postable alerts of this notice at `now`.
 ///
 /// A Down (or Flapping) notice fires `HeartbeatDown`; a Late notice fires `HeartbeatLate`;
 /// a recovery resolves both (resolving an alert Alertmanager does not hold is a no-op), and
 /// so does a stopped notice (paused or removed while Down: no recovery will come).
-pub fn body(facts: &Facts, now: Timestamp, resend: Duration) -> Value {
+pub fn alerts(facts: &Facts, now: Timestamp, resend: Duration) -> Vec<Value> {
     let kinds: &[NoticeKind] = match facts.kind {
         NoticeKind::Recovery | NoticeKind::Stopped => &[NoticeKind::Down, NoticeKind::Late],
         other => &[other][..],
@@ -92,7 +113,7 @@ pub fn body(facts: &Facts, now: Timestamp, resend: Duration) -> Value {
     } else {
         now.max(facts.opened_at)
     };
-    let alerts: Vec<Value> = kinds
+    kinds
         .iter()
         .map(|&kind| {
             json!({
@@ -103,8 +124,7 @@ pub fn body(facts: &Facts, now: Timestamp, resend: Duration) -> Value {
                 "generatorURL": facts.dashboard_url,
             })
         })
-        .collect();
-    Value::Array(alerts)
+        .collect()
 }
 
 #[cfg(test)]
@@ -196,5 +216,42 @@ mod tests {
         f.application = None;
         let body = body(&f, now(), DEFAULT_RESEND);
         assert!(body[0]["labels"].get("application").is_none());
+    }
+
+    #[test]
+    fn several_notices_share_one_list_in_their_order() {
+        let mut other = sample(NoticeKind::Down);
+        other.name = "hourly-export".into();
+        let recovery = sample(NoticeKind::Recovery);
+        let list = batch_body(
+            [&sample(NoticeKind::Down), &other, &recovery],
+            now(),
+            DEFAULT_RESEND,
+        );
+        let alerts = list.as_array().unwrap();
+        // A Down is one alert each; the recovery ends HeartbeatDown and HeartbeatLate.
+        let named: Vec<(&str, &str)> = alerts
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"]["heartbeat"].as_str().unwrap(),
+                    a["labels"]["alertname"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("nightly-backup", "HeartbeatDown"),
+                ("hourly-export", "HeartbeatDown"),
+                ("nightly-backup", "HeartbeatDown"),
+                ("nightly-backup", "HeartbeatLate"),
+            ]
+        );
+        assert_eq!(
+            alerts[1],
+            body(&other, now(), DEFAULT_RESEND)[0],
+            "each alert as it would be posted alone"
+        );
     }
 }

@@ -7,12 +7,14 @@ use jiff::Timestamp;
 
 use super::email::EmailSender;
 use super::facts::{Facts, NoticeKind};
+use super::guard::{AddressPolicy, RefusedHost};
 use super::template::BodyTemplate;
 use super::webhook::WebhookSender;
 use super::{alertmanager, pagerduty, slack, teams};
 use crate::core::alert::DeliveryError;
 use crate::core::alert::channels::{ChannelBook, ChannelRef, Destination, ResolvedChannel};
 use crate::core::alert::message::{Alert, AlertKind, Links};
+use crate::core::channel::{AlertChannelSpec, Secrets};
 
 /// Sends alerts through the channels the front end handed to the core.
 #[derive(Clone, Debug)]
@@ -22,6 +24,7 @@ pub struct ChannelSender {
 }
 
 /// What the channel sender shares with the other senders.
+#[derive(Clone, Copy)]
 pub struct Senders<'a> {
     /// JSON POSTs.
     pub http: &'a WebhookSender,
@@ -110,6 +113,90 @@ impl ChannelSender {
             },
         }
     }
+
+    /// One attempt to deliver all of `alerts` through channel `id`: to Alertmanager, whose
+    /// API takes a list, in one `POST` (their alerts in the order given), accepted or failed
+    /// as a whole; through any other kind of channel one after another, stopping at the
+    /// first failure (the scheduler batches only for Alertmanager).
+    pub async fn send_batch(
+        &self,
+        senders: Senders<'_>,
+        alerts: &[Alert],
+        id: &ChannelRef,
+    ) -> Result<(), DeliveryError> {
+        if let Some(channel) = self.book.get(id)
+            && let Destination::Alertmanager {
+                url,
+                resend_interval,
+            } = &channel.destination
+        {
+            let facts: Vec<Facts> = alerts
+                .iter()
+                .map(|a| facts(a, &channel, &self.base_url))
+                .collect();
+            let body = alertmanager::batch_body(&facts, Timestamp::now(), *resend_interval);
+            let what = target_name(&channel);
+            return senders
+                .http
+                .post_json_as(&what, &alertmanager::endpoint(url), &body, &[])
+                .await;
+        }
+        for alert in alerts {
+            self.send(senders, alert, id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A channel posting to a URL whose host the address policy refuses whatever DNS says,
+/// found when the channel is defined: every delivery through it would be refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {refused}")]
+pub struct AddressRefused {
+    /// The field the URL came from, as the front end spells it (`webhook.urlFile`).
+    pub field: &'static str,
+    /// Why.
+    pub refused: RefusedHost,
+}
+
+/// Checks the URL `channel` posts to against `policy`, as far as that needs no DNS
+/// ([`AddressPolicy::check_url`]): the check each delivery makes, made when the channel is
+/// defined, so a channel nobody can reach is refused then instead of losing its first
+/// alert. `spec` and `secrets` (the front end's spelling) name the field in the refusal.
+pub fn check_addresses(
+    policy: &AddressPolicy,
+    spec: &AlertChannelSpec,
+    channel: &ResolvedChannel,
+    secrets: Secrets,
+) -> Result<(), AddressRefused> {
+    let from_secret = |secret_ref: &'static str, file: &'static str| match secrets {
+        Secrets::Kubernetes => secret_ref,
+        Secrets::Files => file,
+    };
+    let (field, url) = match &channel.destination {
+        Destination::Alertmanager { url, .. } => ("alertmanager.url", url),
+        Destination::PagerDuty { events_url, .. } => ("pagerduty.url", events_url),
+        Destination::Slack { webhook_url } => (
+            from_secret("slack.webhookSecretRef", "slack.webhookFile"),
+            webhook_url,
+        ),
+        Destination::Teams { webhook_url } => (
+            from_secret("teams.webhookSecretRef", "teams.webhookFile"),
+            webhook_url,
+        ),
+        Destination::Webhook { url, .. } => {
+            let literal = spec.webhook.as_ref().is_some_and(|w| w.url.is_some());
+            let field = match literal {
+                true => "webhook.url",
+                false => from_secret("webhook.urlSecretRef", "webhook.urlFile"),
+            };
+            (field, url)
+        }
+        Destination::Email { .. } => return Ok(()),
+    };
+    policy
+        .check_url(url)
+        .map_err(|refused| AddressRefused { field, refused })
 }
 
 /// How delivery errors name a channel: its kind and name, and its URL where that is no
@@ -227,5 +314,65 @@ mod tests {
             "{name}"
         );
         assert!(!name.contains("s3cr3t"), "{name}");
+    }
+
+    #[test]
+    fn a_refused_address_names_the_field_in_the_front_ends_spelling() {
+        let policy = AddressPolicy::default();
+        let spec = |json: &str| -> AlertChannelSpec { serde_json::from_str(json).unwrap() };
+        let hook = |url: &str| {
+            channel(Destination::Webhook {
+                url: url.into(),
+                headers: Vec::new(),
+                template: None,
+            })
+        };
+        let literal = spec(r#"{"webhook":{"url":"http://127.0.0.1:8081/hook"}}"#);
+        let from_file = spec(r#"{"webhook":{"urlFile":"hook-url"}}"#);
+        let local = hook("http://127.0.0.1:8081/hook?token=s3cr3t");
+        let field = |spec: &AlertChannelSpec, c: &ResolvedChannel, s: Secrets| {
+            check_addresses(&policy, spec, c, s).map_err(|e| (e.field, e.to_string()))
+        };
+        assert_eq!(
+            field(&literal, &local, Secrets::Files).unwrap_err().0,
+            "webhook.url"
+        );
+        let (name, msg) = field(&from_file, &local, Secrets::Files).unwrap_err();
+        assert_eq!(name, "webhook.urlFile");
+        assert!(
+            msg.starts_with("spec.webhook.urlFile: host 127.0.0.1 is loopback")
+                && !msg.contains("s3cr3t"),
+            "{msg}"
+        );
+        assert_eq!(
+            field(&from_file, &local, Secrets::Kubernetes)
+                .unwrap_err()
+                .0,
+            "webhook.urlSecretRef"
+        );
+        let teams = channel(Destination::Teams {
+            webhook_url: "http://[::1]/x".into(),
+        });
+        assert_eq!(
+            field(&spec("{}"), &teams, Secrets::Files).unwrap_err().0,
+            "teams.webhookFile"
+        );
+        let pd = channel(Destination::PagerDuty {
+            routing_key: "k".into(),
+            events_url: "https://events.pagerduty.com/v2/enqueue".into(),
+        });
+        assert_eq!(field(&spec("{}"), &pd, Secrets::Files), Ok(()));
+        let mail = channel(Destination::Email {
+            to: vec!["ops@example.com".into()],
+        });
+        assert_eq!(field(&spec("{}"), &mail, Secrets::Files), Ok(()));
+        assert_eq!(
+            field(
+                &literal,
+                &hook("https://hooks.example.com/x"),
+                Secrets::Files
+            ),
+            Ok(())
+        );
     }
 }

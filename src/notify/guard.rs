@@ -125,6 +125,58 @@ pub fn literal_host(url: &reqwest::Url) -> Option<IpAddr> {
         .ok()
 }
 
+/// A URL refused before anything is sent to it: its host is an address the policy refuses
+/// whatever DNS says (a literal address, or `localhost`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "host {host} is {what}: alerts are not sent there unless --webhook-allowed-cidrs covers it or --allow-private-webhooks is set"
+)]
+pub struct RefusedHost {
+    /// The URL's host as written (never its path or query: they may hold a secret).
+    pub host: String,
+    /// What kind of address it is.
+    pub what: &'static str,
+}
+
+impl AddressPolicy {
+    /// Checks the host of `url` as far as that needs no DNS, so that a definition whose
+    /// every delivery would be refused is refused when it is loaded, not when its first
+    /// alert is lost: a literal address is checked as a delivery would check it, and
+    /// `localhost` (with the names under `.localhost`, which resolve to loopback, RFC
+    /// 6761) as loopback. Any other host name passes here: what it resolves to can
+    /// change, so it is checked at each delivery, by the resolver. A URL that does not
+    /// parse passes too (the definition's own checks, or its delivery, say why).
+    pub fn check_url(&self, url: &str) -> Result<(), RefusedHost> {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return Ok(());
+        };
+        let Some(host) = parsed.host_str() else {
+            return Ok(());
+        };
+        if let Some(ip) = literal_host(&parsed) {
+            return self.check(ip).map_err(|r| RefusedHost {
+                host: host.to_string(),
+                what: r.what,
+            });
+        }
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if name == "localhost" || name.ends_with(".localhost") {
+            // Either loopback address allowed is enough: the resolver keeps the allowed ones.
+            let loopback = [
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ];
+            if loopback.iter().all(|ip| self.check(*ip).is_err()) {
+                return Err(RefusedHost {
+                    host: host.to_string(),
+                    what: "loopback (localhost)",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A resolver that hands the HTTP client only addresses the policy allows; a name with
 /// none left fails with [`Refused`].
 #[derive(Debug, Clone)]
@@ -259,6 +311,66 @@ mod tests {
             msg.contains("link-local") && msg.contains("--allow-private-webhooks"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn urls_whose_host_needs_no_dns_are_checked_when_defined() {
+        let default = AddressPolicy::default();
+        let refused = |p: &AddressPolicy, u: &str| p.check_url(u).err();
+        for (url, what) in [
+            ("http://127.0.0.1:9093", "loopback"),
+            ("http://[::1]:8080/hook", "loopback"),
+            ("https://169.254.169.254/latest/meta-data", "link-local"),
+            ("http://0.0.0.0/", "unspecified"),
+            ("http://localhost:9093", "loopback (localhost)"),
+            ("http://LocalHost.:9093", "loopback (localhost)"),
+            ("http://am.localhost/", "loopback (localhost)"),
+            ("http://2130706433/x", "loopback"),
+        ] {
+            let r = refused(&default, url).unwrap_or_else(|| panic!("{url} passed"));
+            assert!(r.what.starts_with(what), "{url}: {r:?}");
+        }
+        // The message names the host, never the path, and the flags that allow it.
+        let msg = refused(&default, "http://127.0.0.1:8081/services/T0/s3cr3t")
+            .unwrap()
+            .to_string();
+        assert!(
+            msg.starts_with("host 127.0.0.1 is loopback")
+                && msg.contains("--webhook-allowed-cidrs")
+                && msg.contains("--allow-private-webhooks")
+                && !msg.contains("s3cr3t"),
+            "{msg}"
+        );
+        // Names that need DNS, public and private literals pass (by default).
+        for url in [
+            "http://alertmanager.monitoring:9093",
+            "https://hooks.slack.com/services/x",
+            "http://10.0.0.5:9093",
+            "http://localhost-proxy.example.com/",
+            "not a url",
+        ] {
+            assert_eq!(refused(&default, url), None, "{url}");
+        }
+        let strict = AddressPolicy {
+            refuse_private: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(&strict, "http://10.0.0.5:9093").map(|r| r.what),
+            Some("private (RFC 1918)")
+        );
+        let all = AddressPolicy {
+            allow_all: true,
+            ..Default::default()
+        };
+        assert_eq!(refused(&all, "http://localhost:9093"), None);
+        let cidr = AddressPolicy {
+            allowed: vec!["127.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(refused(&cidr, "http://127.0.0.1:9093"), None);
+        assert_eq!(refused(&cidr, "http://localhost:9093"), None);
+        assert!(refused(&cidr, "http://[::1]:9093").is_some());
     }
 
     #[test]

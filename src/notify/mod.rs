@@ -83,13 +83,43 @@ impl Deliver for Notifier {
                 },
                 Target::Webhook { url } => self.webhook.send(alert, url, links).await,
                 Target::Channel { channel } => {
-                    let senders = channel::Senders {
-                        http: &self.webhook,
-                        email: self.email.as_ref(),
-                    };
-                    self.channels.send(senders, alert, channel).await
+                    self.channels.send(self.senders(), alert, channel).await
                 }
             }
         })
+    }
+
+    /// Through an Alertmanager channel, one `POST` of every alert's list; to any other
+    /// target one after another.
+    fn deliver_batch<'a>(
+        &'a self,
+        alerts: &'a [Alert],
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            match target {
+                Target::Channel { channel } => {
+                    self.channels
+                        .send_batch(self.senders(), alerts, channel)
+                        .await
+                }
+                _ => {
+                    for alert in alerts {
+                        self.deliver(alert, target).await?;
+                    }
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
+impl Notifier {
+    /// What the channel sender shares with the other senders.
+    fn senders(&self) -> channel::Senders<'_> {
+        channel::Senders {
+            http: &self.webhook,
+            email: self.email.as_ref(),
+        }
     }
 }

@@ -7,8 +7,11 @@ use std::path::Path;
 use crate::core::alert::channels::{
     ChannelBook, ChannelRef, ResolvedChannel, SecretSource, channel_names, resolve_names,
 };
+use crate::core::channel::Secrets;
 use crate::core::registry::AppInfo;
 use crate::core::spec::HeartbeatSpec;
+use crate::notify::channel::check_addresses;
+use crate::notify::guard::AddressPolicy;
 
 use super::manifests::Manifests;
 
@@ -23,6 +26,17 @@ pub enum ChannelsError {
         /// Why.
         source: crate::core::alert::channels::ResolveError,
     },
+    /// A channel posts to an address the server refuses to post alerts to
+    /// (`--allow-private-webhooks`, `--webhook-allowed-cidrs`): each delivery would fail.
+    #[error("{source_file}: {channel}: {source}")]
+    AddressRefused {
+        /// The manifest file defining the channel.
+        source_file: String,
+        /// Which channel.
+        channel: ChannelRef,
+        /// Which field, and why (boxed: a rare error keeps the `Result` small).
+        source: Box<crate::notify::channel::AddressRefused>,
+    },
     /// A Heartbeat names a channel no document defines.
     #[error("Heartbeat {heartbeat}: {source} (ChannelNotFound)")]
     NotFound {
@@ -34,8 +48,16 @@ pub enum ChannelsError {
 }
 
 /// Reads every channel document of `m` (secret files relative to `dir`) and hands the
-/// whole set to `book`, replacing what it held.
-pub fn load(book: &ChannelBook, m: &Manifests, dir: &Path) -> Result<(), ChannelsError> {
+/// whole set to `book`, replacing what it held. A channel posting to an address `policy`
+/// refuses whatever DNS says (loopback, link-local, ... written as such) stops the load,
+/// naming its file, its field and the flags that would allow it: its every delivery would
+/// be refused, and nobody would learn it before an alert was lost.
+pub fn load(
+    book: &ChannelBook,
+    m: &Manifests,
+    dir: &Path,
+    policy: &AddressPolicy,
+) -> Result<(), ChannelsError> {
     let read = |src: SecretSource<'_>| match src {
         SecretSource::File(f) => {
             let path = dir.join(f);
@@ -47,17 +69,24 @@ pub fn load(book: &ChannelBook, m: &Manifests, dir: &Path) -> Result<(), Channel
     let namespaced = m
         .channels
         .iter()
-        .map(|c| (ChannelRef::namespaced(&c.namespace, &c.name), &c.spec));
+        .map(|c| (ChannelRef::namespaced(&c.namespace, &c.name), c));
     let cluster = m
         .cluster_channels
         .iter()
-        .map(|c| (ChannelRef::cluster(&c.name), &c.spec));
+        .map(|c| (ChannelRef::cluster(&c.name), c));
     let mut resolved = Vec::new();
-    for (id, spec) in namespaced.chain(cluster) {
-        let channel = ResolvedChannel::resolve(id.clone(), spec, read).map_err(|source| {
+    for (id, doc) in namespaced.chain(cluster) {
+        let channel = ResolvedChannel::resolve(id.clone(), &doc.spec, read).map_err(|source| {
             ChannelsError::Resolve {
-                channel: id,
+                channel: id.clone(),
                 source,
+            }
+        })?;
+        check_addresses(policy, &doc.spec, &channel, Secrets::Files).map_err(|source| {
+            ChannelsError::AddressRefused {
+                source_file: doc.source.display().to_string(),
+                channel: id,
+                source: Box::new(source),
             }
         })?;
         resolved.push(channel);

@@ -81,6 +81,17 @@ pub enum StandaloneError {
     /// An alert channel cannot be used.
     #[error(transparent)]
     Channels(#[from] channels::ChannelsError),
+    /// An inline `spec.alerts.webhook` posts to an address the server refuses to post
+    /// alerts to: each delivery would fail.
+    #[error("{source_file}: {object}: spec.alerts.webhook: {source}")]
+    WebhookRefused {
+        /// The manifest file defining the object.
+        source_file: String,
+        /// Which object.
+        object: String,
+        /// Why.
+        source: crate::notify::guard::RefusedHost,
+    },
     /// A definition was refused.
     #[error("{object}: {source}")]
     Registry {
@@ -154,12 +165,15 @@ async fn declare(
         refuse_if_defined(core, dir)?;
     }
     tokens::remove_stale_temporaries(&config.data_dir.join("tokens"));
+    // Before anything is applied: a webhook or channel that could never be delivered to
+    // stops the start with the file, the object and the flag to use.
+    check_inline_webhooks(&m, &config.webhooks)?;
+    channels::load(&core.channels, &m, dir, &config.webhooks)?;
     let apply = Apply { core, config, dir };
     for app in &m.applications {
         apply.application(app).await?;
     }
     apply.remove_stale_applications(&m).await?;
-    channels::load(&core.channels, &m, dir)?;
     let now = jiff::Timestamp::now();
     // Several at once, so their writes share the store's commits: one at a time, each
     // Heartbeat waited for its own database transaction, and a leader declaring thousands
@@ -175,6 +189,36 @@ async fn declare(
     apply.remove_stale_heartbeats(&m).await?;
     apply.admin_token().await?;
     Ok(m)
+}
+
+/// Refuses an Application's or Heartbeat's `spec.alerts.webhook` whose host `policy`
+/// refuses whatever DNS says ([`AddressPolicy::check_url`](crate::notify::guard::AddressPolicy::check_url)):
+/// every alert to it would be refused at delivery. Host names are checked at delivery.
+fn check_inline_webhooks(
+    m: &Manifests,
+    policy: &crate::notify::guard::AddressPolicy,
+) -> Result<(), StandaloneError> {
+    let apps = m
+        .applications
+        .iter()
+        .map(|o| ("Application", &o.name, o.spec.alerts.as_ref(), &o.source));
+    let heartbeats = m
+        .heartbeats
+        .iter()
+        .map(|o| ("Heartbeat", &o.name, o.spec.alerts.as_ref(), &o.source));
+    for (kind, name, alerts, source) in apps.chain(heartbeats) {
+        let Some(url) = alerts.and_then(|a| a.webhook.as_deref()) else {
+            continue;
+        };
+        policy
+            .check_url(url)
+            .map_err(|source_err| StandaloneError::WebhookRefused {
+                source_file: source.display().to_string(),
+                object: format!("{kind} {name}"),
+                source: source_err,
+            })?;
+    }
+    Ok(())
 }
 
 /// Refuses a manifests directory without a single manifest file when objects were defined

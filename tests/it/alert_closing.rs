@@ -143,6 +143,16 @@ async fn a_heartbeat_removed_or_paused_while_down_resolves_its_incident_everywhe
     .await;
     assert_eq!(heartbeats_in(&active), ["steady"], "{active:?}");
     wait_outbox_empty(&server.base).await;
+    // Both closings are counted among the alerts raised, under their own kind (this
+    // process raised nothing else).
+    assert_eq!(
+        metric(&server.base, "hartslag_alerts_total{kind=\"stopped\"}").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&server.base, "hartslag_alerts_total{kind=\"down\"}").await,
+        Some(0.0)
+    );
     // People are told why, once each; the Heartbeat that stays Down is not resolved.
     let told: Vec<String> = bodies(&slack_got)
         .iter()

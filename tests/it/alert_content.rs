@@ -2,8 +2,9 @@
 //! webhook JSON carry the runbook and the dashboard link, a job that only ever pinged
 //! with a failure reads as failed (not "never pinged"), an address named inline and by an
 //! email channel gets each notice once, a resolved Watchdog says the pipeline stopped
-//! (no made-up exit code), and an Alertmanager URL with the API's path is refused at load
-//! while delivery errors name the channel and its URL.
+//! (no made-up exit code), and an Alertmanager URL with the API's path, or a channel posting
+//! to a loopback address, is refused at load while delivery errors name the channel and
+//! its URL.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use crate::alerting::Alertmanager;
 use crate::channels::{channel, setup, signal};
 use crate::helpers::{
     ChildServer, InProcess, SmtpSink, binary, free_port, heartbeat_manifest, metric,
-    monitor_status, ping_url, wait_for, wait_outbox_empty, webhook_sink,
+    monitor_status, ping_url, start_fails, wait_for, wait_outbox_empty, webhook_sink,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +228,64 @@ async fn an_alertmanager_url_with_the_api_path_is_refused_when_the_manifests_loa
     assert!(!status.success(), "started:\n{text}");
     assert!(text.contains("spec.alertmanager.url"), "{text}");
     assert!(text.contains("give Alertmanager's base URL"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_posting_to_a_loopback_address_is_refused_when_the_manifests_load() {
+    let am = |url: &str| {
+        vec![
+            channel(
+                "ClusterAlertChannel",
+                "am",
+                &format!("  alertmanager:\n    url: {url}\n"),
+            ),
+            heartbeat_manifest("job", "1h", "5m", "  alerts:\n    channels: [am]\n"),
+        ]
+    };
+    // Without --allow-private-webhooks or a range covering it, every delivery would be
+    // refused: the start fails, naming the file, the channel, the field and the flags.
+    let dir = tempfile::tempdir().unwrap();
+    let (manifests, data) = setup(dir.path(), &am("http://127.0.0.1:9093"), &[]);
+    let text = start_fails(&manifests, &data, &[]).await;
+    let file = manifests.join("all.yaml").display().to_string();
+    for needed in [
+        file.as_str(),
+        "ClusterAlertChannel am",
+        "spec.alertmanager.url: host 127.0.0.1 is loopback",
+        "--webhook-allowed-cidrs",
+        "--allow-private-webhooks",
+    ] {
+        assert!(text.contains(needed), "{needed:?} not in\n{text}");
+    }
+    // A URL read from a file: named by its field and host, its secret path never shown.
+    let dir = tempfile::tempdir().unwrap();
+    let docs = [
+        channel(
+            "AlertChannel",
+            "chat",
+            "  slack:\n    webhookFile: slack-url\n",
+        ),
+        heartbeat_manifest("job", "1h", "5m", "  alerts:\n    channels: [chat]\n"),
+    ];
+    let hook = "http://localhost:8080/services/T000/B000/s3cr3t";
+    let (manifests, data) = setup(dir.path(), &docs, &[("slack-url", hook)]);
+    let text = start_fails(&manifests, &data, &[]).await;
+    assert!(
+        text.contains(
+            "AlertChannel default/chat: spec.slack.webhookFile: host localhost is loopback"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("s3cr3t"), "the secret URL leaked:\n{text}");
+    // Allowed by a range, the same channel loads; a host name is left to the check at
+    // each delivery (what it resolves to may change).
+    let dir = tempfile::tempdir().unwrap();
+    let (manifests, data) = setup(dir.path(), &am("http://127.0.0.1:9093"), &[]);
+    let args = ["--webhook-allowed-cidrs", "127.0.0.1/32"];
+    drop(ChildServer::start_exactly(&manifests, &data, &args).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (manifests, data) = setup(dir.path(), &am("http://alertmanager.invalid:9093"), &[]);
+    drop(ChildServer::start_exactly(&manifests, &data, &[]).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,8 @@
 //! naming channels (AlertChannel documents with `...File` secrets) alerts a real
 //! Alertmanager (Debian's) and local receivers that validate each provider's documented
 //! schema (PagerDuty Events v2, Slack Block Kit, Teams Adaptive Card 1.4); a channel that
-//! never answers delays no other; notifyAfter, failureThreshold and maintenance windows.
+//! never answers delays no other; notifyAfter, failureThreshold and maintenance windows;
+//! the alerts of many monitors reach Alertmanager in one POST per re-send.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -772,4 +773,157 @@ async fn alertmanager_hears_a_late_warning_again_while_it_lasts_so_it_does_not_e
     .await;
     assert!(resolved.is_array());
     drop(server);
+}
+
+/// What a stand-in Alertmanager was posted: each request's alerts, and whether it was
+/// accepted.
+type Posts = Arc<Mutex<Vec<(Vec<Value>, bool)>>>;
+
+/// A stand-in Alertmanager at its base URL that keeps each `POST /api/v2/alerts` as the
+/// list of alerts it carried. It holds the first request until `release` is set (at most
+/// 20 s) and refuses it and the second with 503, as an Alertmanager that is down; it
+/// accepts every later one.
+async fn counting_alertmanager(release: Arc<std::sync::atomic::AtomicBool>) -> (String, Posts) {
+    let posts: Posts = Arc::default();
+    let sink = posts.clone();
+    let app = axum::Router::new().route(
+        "/api/v2/alerts",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let (sink, release) = (sink.clone(), release.clone());
+            async move {
+                let alerts = v.as_array().cloned().unwrap_or_default();
+                let n = sink.lock().unwrap().len();
+                if n == 0 {
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    while !release.load(std::sync::atomic::Ordering::SeqCst)
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let accept = n >= 2;
+                sink.lock().unwrap().push((alerts, accept));
+                match accept {
+                    true => axum::http::StatusCode::OK,
+                    false => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (base, posts)
+}
+
+/// The Heartbeats a list of alerts is about, sorted.
+fn heartbeats_of(alerts: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = alerts
+        .iter()
+        .filter_map(|a| a["labels"]["heartbeat"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_gets_the_alerts_of_many_monitors_in_one_post_per_re_send() {
+    let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (base, posts) = counting_alertmanager(release.clone()).await;
+    let names: Vec<String> = (0..20).map(|i| format!("job-{i:02}")).collect();
+    let mut docs = vec![channel(
+        "ClusterAlertChannel",
+        "am",
+        &format!("  alertmanager:\n    url: {base}\n    resendInterval: 2s\n"),
+    )];
+    docs.extend(
+        names
+            .iter()
+            .map(|n| heartbeat_manifest(n, "1h", "5m", "  alerts:\n    channels: [am]\n")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (manifests, data) = setup(dir.path(), &docs, &[]);
+    let server = ChildServer::start(&manifests, &data, &["--alert-retry-base", "1s"]).await;
+    // The first Down goes (alone, or nearly) and is held; the others are raised meanwhile.
+    for name in &names {
+        signal(&data, name, "ping").await;
+        signal(&data, name, "fail").await;
+    }
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lists = || posts.lock().unwrap().clone();
+    wait_for(
+        "the two refused requests",
+        Duration::from_secs(20),
+        || async { (lists().len() >= 2).then_some(()) },
+    )
+    .await;
+    let refused = lists();
+    // The Downs that waited for the first request went in one POST, refused as a whole;
+    // each of them is retried, at one time: again in one POST, accepted.
+    let first = heartbeats_of(&refused[0].0);
+    let waited = heartbeats_of(&refused[1].0);
+    let mut both = [first.clone(), waited.clone()].concat();
+    both.sort();
+    assert_eq!(
+        both, names,
+        "the first request, then one for the others: {refused:?}"
+    );
+    assert!(!waited.is_empty(), "{refused:?}");
+    wait_for(
+        "the retried 19 in one POST",
+        Duration::from_secs(20),
+        || async {
+            lists()
+                .iter()
+                .skip(2)
+                .any(|(alerts, ok)| {
+                    let got = heartbeats_of(alerts);
+                    *ok && waited.iter().all(|n| got.contains(n))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // The re-sends share one time: a POST with every monitor's alert, and so each
+    // re-send interval from then on.
+    let full = wait_for("a POST with all 20", Duration::from_secs(20), || async {
+        lists()
+            .iter()
+            .position(|(alerts, ok)| *ok && heartbeats_of(alerts) == names)
+    })
+    .await;
+    wait_for("two more re-sends", Duration::from_secs(15), || async {
+        (lists().len() >= full + 3).then_some(())
+    })
+    .await;
+    for (alerts, ok) in &lists()[full..full + 3] {
+        assert!(ok);
+        assert_eq!(
+            heartbeats_of(alerts),
+            names,
+            "one POST per re-send interval"
+        );
+        assert!(
+            alerts
+                .iter()
+                .all(|a| a["labels"]["alertname"] == "HeartbeatDown"),
+            "{alerts:?}"
+        );
+    }
+    // Each notice is still a delivery of its own: 20 retried once, none failed, none left.
+    wait_outbox_empty(&server.base).await;
+    let outcome = |o: &str| format!("hartslag_alert_deliveries_total{{outcome=\"{o}\"}}");
+    assert_eq!(metric(&server.base, &outcome("retried")).await, Some(20.0));
+    assert_eq!(metric(&server.base, &outcome("failed")).await, Some(0.0));
+    // 20 notices and at least the two re-sends of all 20 after the first full POST.
+    wait_for(
+        "the deliveries recorded",
+        Duration::from_secs(10),
+        || async {
+            metric(&server.base, &outcome("delivered"))
+                .await
+                .filter(|n| *n >= 60.0)
+        },
+    )
+    .await;
 }

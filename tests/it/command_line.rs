@@ -90,6 +90,11 @@ fn wrong_flags_and_variables_are_refused_in_one_line_naming_them() {
             "contradict each other",
         ),
         (
+            vec!["--webhook-url", "http://127.0.0.1:8080/hook"],
+            vec![],
+            "--webhook-url (HARTSLAG_WEBHOOK_URL): host 127.0.0.1 is loopback: alerts are not sent there unless --webhook-allowed-cidrs covers it or --allow-private-webhooks is set",
+        ),
+        (
             vec!["--installation", " "],
             vec![],
             "is not an installation name",

@@ -361,6 +361,48 @@ where
     }
 }
 
+/// Runs `hartslag standalone` on `manifests` with exactly the `extra` args (on the test
+/// backend), expects it to exit with a failure while starting, and returns its output.
+pub async fn start_fails(manifests: &Path, data: &Path, extra: &[&str]) -> String {
+    let mut child = Command::new(binary())
+        .arg("standalone")
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--data")
+        .arg(data)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(extra)
+        .args(backend_args(data))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // Still running: it started. Stopped here, not left behind the test.
+            let _ = child.kill();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "it started ({status:?}):\n{text}"
+    );
+    text
+}
+
 /// A real SMTP server (Python's aiosmtpd) that stores every message in a maildir.
 pub struct SmtpSink {
     /// Port it listens on.

@@ -46,7 +46,7 @@ pub enum DeliveryError {
 /// tried again after this all the same, so one answer cannot hold a notice for a day.
 pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Carries one alert to one target: the port the outbox delivers through.
+/// Carries alerts to a target: the port the outbox delivers through.
 pub trait Deliver: Send + Sync {
     /// One attempt; `Ok` only once the target has accepted the alert.
     fn deliver<'a>(
@@ -54,4 +54,22 @@ pub trait Deliver: Send + Sync {
         alert: &'a Alert,
         target: &'a Target,
     ) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// One attempt to carry every one of `alerts` to `target` in one request, for targets
+    /// whose API takes a list (Alertmanager): `Ok` only once the target accepted them all;
+    /// on an error none counts as delivered and each is retried. The scheduler hands over
+    /// several only for such targets; this default, for a courier that cannot send lists,
+    /// delivers them one after another and stops at the first failure.
+    fn deliver_batch<'a>(
+        &'a self,
+        alerts: &'a [Alert],
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            for alert in alerts {
+                self.deliver(alert, target).await?;
+            }
+            Ok(())
+        })
+    }
 }

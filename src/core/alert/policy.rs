@@ -158,6 +158,58 @@ pub fn decide(
     wait.map_or(Decision::Idle, |until| Decision::Wait { until })
 }
 
+/// The notices that may go to the target together with `first` (the one [`decide`] chose
+/// to send, with its `settled`), in one request to a target whose API takes a list: at
+/// most `room` more, each about another monitor (one monitor's notices stay one per
+/// request, in order), each one [`decide`] would choose next if the ones before it had
+/// been sent at `now`: the cap and the flapping rule count them as sent. A monitor whose
+/// next step is no send (a flapping notice to queue, older notices to supersede, a retry
+/// not due) is left for after this request.
+pub fn more_to_send(
+    config: &PolicyConfig,
+    history: &TargetHistory,
+    queue: &[Queued<'_>],
+    first: (&[u8], Option<usize>),
+    now: Timestamp,
+    room: usize,
+) -> Vec<(Vec<u8>, Option<usize>)> {
+    let mut sent = history.clone();
+    let count = |h: &mut TargetHistory, q: &Queued<'_>, settled: Option<usize>| {
+        if q.flapping {
+            h.notice_sent(config, true, now);
+        } else {
+            h.record(
+                config,
+                q.monitor,
+                q.created_at,
+                true,
+                settled.is_some(),
+                now,
+            );
+        }
+    };
+    let Some(head) = queue.iter().find(|q| q.key == first.0) else {
+        return Vec::new();
+    };
+    count(&mut sent, head, first.1);
+    let mut more = Vec::new();
+    for group in by_monitor(queue) {
+        if more.len() >= room || cap_reached(config, &sent, now).is_some() {
+            break;
+        }
+        if group[0].monitor == head.monitor {
+            continue;
+        }
+        if let Ok(Decision::Send { key, settled }) = decide_monitor(config, &sent, &group, now)
+            && let Some(q) = group.iter().find(|q| q.key == key.as_slice())
+        {
+            count(&mut sent, q, settled);
+            more.push((key, settled));
+        }
+    }
+    more
+}
+
 /// When the cap lets the next notice go, if it is reached now.
 fn cap_reached(
     config: &PolicyConfig,
@@ -369,6 +421,80 @@ mod tests {
             key: key.as_bytes().to_vec(),
             settled: None,
         }
+    }
+
+    #[test]
+    fn notices_of_other_monitors_go_along_within_the_cap_and_the_flapping_rule() {
+        let c = config();
+        let h = TargetHistory::default();
+        let queue = [
+            q("a-down", "a", 0),
+            q("b-down", "b", 1),
+            q("a-up", "a", 2),
+            q("c-down", "c", 3),
+        ];
+        assert_eq!(decide(&c, &h, &queue, at(5)), send("a-down"));
+        let keys = |v: Vec<(Vec<u8>, Option<usize>)>| -> Vec<String> {
+            v.into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect()
+        };
+        // One notice per monitor: a's recovery waits for the request with its Down.
+        let more = more_to_send(&c, &h, &queue, (b"a-down", None), at(5), 10);
+        assert_eq!(keys(more), ["b-down", "c-down"]);
+        assert_eq!(
+            keys(more_to_send(&c, &h, &queue, (b"a-down", None), at(5), 1)),
+            ["b-down"],
+            "no more than room"
+        );
+        // A retry not yet due stays behind.
+        let mut retrying = queue;
+        retrying[1].next_attempt_at = at(60);
+        assert_eq!(
+            keys(more_to_send(
+                &c,
+                &h,
+                &retrying,
+                (b"a-down", None),
+                at(5),
+                10
+            )),
+            ["c-down"]
+        );
+        // The cap (5 an hour) counts them: 3 sent this hour leave room for the first and
+        // one more.
+        let mut busy = TargetHistory::default();
+        for t in [0, 1, 2] {
+            busy.record(&c, "z", at(t), true, false, at(t));
+        }
+        assert_eq!(
+            keys(more_to_send(
+                &c,
+                &busy,
+                &queue,
+                (b"a-down", None),
+                at(5),
+                10
+            )),
+            ["b-down"]
+        );
+        // A monitor about to flap is left for after the request (its notice is queued then).
+        let mut flappy = TargetHistory::default();
+        for t in [0, 1, 2, 3] {
+            flappy.record(&c, "b", at(t), true, false, at(t));
+        }
+        let c = PolicyConfig { hourly_cap: 0, ..c };
+        assert_eq!(
+            keys(more_to_send(
+                &c,
+                &flappy,
+                &queue,
+                (b"a-down", None),
+                at(5),
+                10
+            )),
+            ["c-down"]
+        );
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! another monitor's email goes out meanwhile. Targets are told apart by
 //! [`Target::identity`](super::message::Target::identity), whatever kind of channel they
 //! are, so a new kind of target gets its queue, order, flapping rule and cap for free.
+//!
+//! A target whose API takes a list (an Alertmanager channel) gets what is due for it in
+//! one request: the notices the rules let go now (one per monitor) and the re-sends due
+//! (with those due within the next interval, early), up to [`BATCH_AT_MOST`], so many
+//! monitors Down cost one `POST` per re-send interval, not one each. Each delivery in it
+//! is still claimed, finished or retried on its own; a request that fails retries every
+//! delivery in it, together.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -31,7 +38,12 @@ const IDLE_LOOK: Duration = Duration::from_secs(30);
 /// deposed leader's, until its claim runs out) waits before it is tried again.
 const REFUSED_WAIT: Duration = Duration::from_secs(2);
 
-/// A delivery attempt's result, handed back to the scheduler task.
+/// Most deliveries sent in one request to a target that takes a list: a few hundred
+/// Alertmanager alerts (a recovery ends two), a body of some hundred KiB.
+pub const BATCH_AT_MOST: usize = 128;
+
+/// One delivery's part of an attempt, handed back to the scheduler task (all of one
+/// request together).
 struct Attempted {
     identity: String,
     key: Vec<u8>,
@@ -58,17 +70,20 @@ struct Scheduler {
     /// Deliveries whose claim was refused, and when to try again.
     refused: HashMap<Vec<u8>, Timestamp>,
     permits: Arc<Semaphore>,
-    done_tx: mpsc::UnboundedSender<Attempted>,
-    done_rx: mpsc::UnboundedReceiver<Attempted>,
+    done_tx: mpsc::UnboundedSender<Vec<Attempted>>,
+    done_rx: mpsc::UnboundedReceiver<Vec<Attempted>>,
 }
 
-/// Delivers `alert` to `target` unless `deadline` (the attempt's claim may have run out
-/// by then) passes first: an attempt that starts late (its process stalled after the
-/// claim) sends nothing, and one still running then is given up (the deadline's timer is
-/// looked at before each step of the delivery).
+/// A delivery to start: its key, the delivery, and `settled` (see [`Decision::Send`]).
+type Start = (Vec<u8>, Delivery, Option<usize>);
+
+/// Delivers `alerts` (one, or a list in one request) to `target` unless `deadline` (the
+/// attempt's claims may have run out by then) passes first: an attempt that starts late
+/// (its process stalled after the claim) sends nothing, and one still running then is
+/// given up (the deadline's timer is looked at before each step of the delivery).
 async fn within_claim(
     courier: &dyn Deliver,
-    alert: &super::message::Alert,
+    alerts: &[super::message::Alert],
     target: &Target,
     deadline: tokio::time::Instant,
 ) -> Result<(), DeliveryError> {
@@ -82,10 +97,16 @@ async fn within_claim(
     if tokio::time::Instant::now() >= deadline {
         return outlived();
     }
+    let send = async {
+        match alerts {
+            [alert] => courier.deliver(alert, target).await,
+            many => courier.deliver_batch(many, target).await,
+        }
+    };
     tokio::select! {
         biased;
         () = tokio::time::sleep_until(deadline) => outlived(),
-        sent = courier.deliver(alert, target) => sent,
+        sent = send => sent,
     }
 }
 
@@ -125,14 +146,14 @@ pub(super) async fn run(outbox: Outbox, courier: Arc<dyn Deliver>) {
         tokio::select! {
             () = s.outbox.woken() => {}
             Some(done) = s.done_rx.recv() => {
-                s.settle(done).await;
+                s.settle_all(done).await;
                 // Every attempt that ended meanwhile is recorded before the queues are read
                 // again: one read of the pending deliveries per batch, not per delivery
                 // (a backlog after a failover drains in linear time), and an alert its
                 // target accepted waits less for its record, the window in which a lost
                 // leader's successor sends it again.
                 while let Ok(done) = s.done_rx.try_recv() {
-                    s.settle(done).await;
+                    s.settle_all(done).await;
                 }
             }
             () = tokio::time::sleep(sleep) => {}
@@ -208,15 +229,17 @@ impl Scheduler {
                     .iter()
                     .enumerate()
                     .filter(|(_, (_, d))| d.alert.repeat > 0);
+                let resend = self.takes_lists(&queue);
                 if let Some((i, (key, d))) = repeats.min_by_key(|(i, (_, d))| not_before(*i, d)) {
                     let at = not_before(i, d);
-                    if at <= now {
-                        if !self.start(&identity, key.clone(), d.clone(), None) {
+                    if at > now {
+                        wake = wake.min(at);
+                    } else if resend.is_none() {
+                        if !self.start(&identity, vec![(key.clone(), d.clone(), None)]) {
                             break;
                         }
                         continue;
                     }
-                    wake = wake.min(at);
                 }
                 let config = self.outbox.config.policy;
                 let queued: Vec<Queued> = queue
@@ -232,12 +255,22 @@ impl Scheduler {
                     })
                     .collect();
                 let decision = policy::decide(&config, self.history(&identity), &queued, now);
+                if let Some(resend) = resend {
+                    let batch =
+                        self.batch(&identity, &queue, &gates, &queued, &decision, now, resend);
+                    if !batch.is_empty() {
+                        if !self.start(&identity, batch) {
+                            break;
+                        }
+                        continue;
+                    }
+                }
                 match decision {
                     Decision::Send { key, settled } => {
                         let Some((_, d)) = queue.iter().find(|(k, _)| *k == key) else {
                             continue;
                         };
-                        if !self.start(&identity, key.clone(), d.clone(), settled) {
+                        if !self.start(&identity, vec![(key.clone(), d.clone(), settled)]) {
                             // Every permit is taken: a finishing delivery wakes the loop.
                             break;
                         }
@@ -272,54 +305,193 @@ impl Scheduler {
         }
     }
 
-    /// Starts delivering `d` to its target in a task of its own; false when no permit is
-    /// free.
-    fn start(&mut self, identity: &str, key: Vec<u8>, d: Delivery, settled: Option<usize>) -> bool {
+    /// The re-send interval of the target of `queue` when it takes lists (an Alertmanager
+    /// channel, as the book holds it now); `None` for every other target.
+    fn takes_lists(&self, queue: &[(Vec<u8>, Delivery)]) -> Option<Duration> {
+        let (_, first) = queue.first()?;
+        let Target::Channel { channel } = &first.target else {
+            return None;
+        };
+        match self.outbox.channels.get(channel)?.destination {
+            Destination::Alertmanager {
+                resend_interval, ..
+            } => Some(resend_interval),
+            _ => None,
+        }
+    }
+
+    /// What goes in one request to a target that takes lists (re-sent every `resend`):
+    /// the notice `decision` sends with the others the rules let go with it
+    /// ([`policy::more_to_send`]), and the re-sends due; once one is due, every re-send
+    /// due within the next interval goes with it, early (Alertmanager holds an alert for
+    /// four intervals), so re-sends whose notices went in different requests share one
+    /// time from then on: one request per interval, not one per group. At most
+    /// [`BATCH_AT_MOST`], in the order raised (a monitor's later notice after its earlier
+    /// re-send). Empty when nothing is due.
+    #[allow(clippy::too_many_arguments)]
+    fn batch(
+        &mut self,
+        identity: &str,
+        queue: &[(Vec<u8>, Delivery)],
+        gates: &[Gate],
+        queued: &[Queued<'_>],
+        decision: &Decision,
+        now: Timestamp,
+        resend: Duration,
+    ) -> Vec<Start> {
+        let mut chosen: Vec<(Vec<u8>, Option<usize>)> = Vec::new();
+        if let Decision::Send { key, settled } = decision {
+            chosen.push((key.clone(), *settled));
+            let config = self.outbox.config.policy;
+            let room = BATCH_AT_MOST.saturating_sub(1);
+            let first = (key.as_slice(), *settled);
+            let history = self.history(identity);
+            chosen.extend(policy::more_to_send(
+                &config, history, queued, first, now, room,
+            ));
+        }
+        // Re-sends, each with when it is due and whether it may go early: not one held
+        // by a maintenance window or `notifyAfter`.
+        let mut resends: Vec<(Timestamp, usize, bool)> = queue
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, d))| d.alert.repeat > 0)
+            .map(|(i, (_, d))| match gates[i] {
+                Gate::HoldUntil(t) => (d.next_attempt_at.max(t), i, false),
+                _ => (d.next_attempt_at, i, true),
+            })
+            .collect();
+        let due_now = resends.iter().any(|(at, _, _)| *at <= now);
+        if chosen.is_empty() && !due_now {
+            return Vec::new();
+        }
+        let early = if due_now { plus(now, resend) } else { now };
+        resends.retain(|(at, _, may)| *at <= now || (*may && *at <= early));
+        resends.sort();
+        let room = BATCH_AT_MOST.saturating_sub(chosen.len());
+        chosen.extend(
+            resends
+                .into_iter()
+                .take(room)
+                .filter_map(|(_, i, _)| queue.get(i).map(|(key, _)| (key.clone(), None))),
+        );
+        let mut batch: Vec<Start> = chosen
+            .into_iter()
+            .filter_map(|(key, settled)| {
+                let (_, d) = queue.iter().find(|(k, _)| *k == key)?;
+                Some((key, d.clone(), settled))
+            })
+            .collect();
+        batch.sort_by(|a, b| (a.1.created_at, &a.0).cmp(&(b.1.created_at, &b.0)));
+        batch
+    }
+
+    /// Starts delivering `batch` (one delivery, or several to one target that takes lists,
+    /// in one request) in a task of its own; false when no permit is free. Each delivery is
+    /// claimed on its own; those claimed go in the request.
+    fn start(&mut self, identity: &str, batch: Vec<Start>) -> bool {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return false;
         };
         self.busy.insert(identity.to_string());
-        self.in_flight.insert(key.clone());
+        self.in_flight
+            .extend(batch.iter().map(|(key, _, _)| key.clone()));
         let courier = self.courier.clone();
         let store = self.outbox.store().clone();
         let done = self.done_tx.clone();
         let identity = identity.to_string();
         tokio::spawn(async move {
-            let alert = match settled {
-                Some(held) => d.alert.settled(held),
-                None => d.alert.clone(),
-            };
-            // Before the claim is asked for, so the claim runs out after this deadline.
+            // Before the claims are asked for, so they run out after this deadline.
             let deadline = tokio::time::Instant::now() + ATTEMPT_WITHIN;
-            let (claimed, result) = match store.claim(key.clone()).await {
-                Ok(true) => (
-                    true,
-                    within_claim(&*courier, &alert, &d.target, deadline).await,
-                ),
-                Ok(false) => (false, Ok(())),
-                // Retried with backoff, like a target that could not be reached.
-                Err(e) => (
-                    true,
-                    Err(DeliveryError::Transient(format!(
-                        "the outbox could not claim it: {e}"
-                    ))),
-                ),
-            };
+            let claims =
+                futures::future::join_all(batch.iter().map(|(key, _, _)| store.claim(key.clone())))
+                    .await;
+            let mut attempted = Vec::with_capacity(batch.len());
+            let mut sending = Vec::new();
+            for ((key, d, settled), claim) in batch.into_iter().zip(claims) {
+                let (claimed, result) = match claim {
+                    Ok(true) => {
+                        sending.push((key, d, settled));
+                        continue;
+                    }
+                    Ok(false) => (false, Ok(())),
+                    // Retried with backoff, like a target that could not be reached.
+                    Err(e) => (
+                        true,
+                        Err(DeliveryError::Transient(format!(
+                            "the outbox could not claim it: {e}"
+                        ))),
+                    ),
+                };
+                attempted.push(Attempted {
+                    identity: identity.clone(),
+                    key,
+                    delivery: d,
+                    settled,
+                    claimed,
+                    result,
+                });
+            }
+            if let Some((_, first, _)) = sending.first() {
+                let target = first.target.clone();
+                let alerts: Vec<_> = sending
+                    .iter()
+                    .map(|(_, d, settled)| match settled {
+                        Some(held) => d.alert.settled(*held),
+                        None => d.alert.clone(),
+                    })
+                    .collect();
+                let result = within_claim(&*courier, &alerts, &target, deadline).await;
+                attempted.extend(sending.into_iter().map(|(key, d, settled)| Attempted {
+                    identity: identity.clone(),
+                    key,
+                    delivery: d,
+                    settled,
+                    claimed: true,
+                    result: result.clone(),
+                }));
+            }
             drop(permit);
-            let _ = done.send(Attempted {
-                identity,
-                key,
-                delivery: d,
-                settled,
-                claimed,
-                result,
-            });
+            let _ = done.send(attempted);
         });
         true
     }
 
-    /// Records a finished attempt: delivered, failed, skipped, or rescheduled.
-    async fn settle(&mut self, a: Attempted) {
+    /// Records the attempts of one request as of one moment, so the re-sends they leave
+    /// come due together, and a failure worth retrying retries every delivery in it at one
+    /// time (the longest of their backoffs): they go together again.
+    async fn settle_all(&mut self, batch: Vec<Attempted>) {
+        let now = Timestamp::now();
+        let retry_at = (batch.len() > 1)
+            .then(|| self.shared_retry(&batch))
+            .flatten();
+        for a in batch {
+            self.settle(a, retry_at, now).await;
+        }
+    }
+
+    /// When the deliveries of a request that failed for now are all tried again: after the
+    /// longest wait any of them is owed (its own backoff, or what the target asked).
+    fn shared_retry(&self, batch: &[Attempted]) -> Option<Timestamp> {
+        let wait = batch
+            .iter()
+            .filter(|a| a.claimed && a.delivery.alert.repeat == 0)
+            .filter_map(|a| {
+                let asked = match &a.result {
+                    Err(DeliveryError::Throttled { after, .. }) => *after,
+                    Err(DeliveryError::Transient(_)) => Duration::ZERO,
+                    _ => return None,
+                };
+                let own = backoff(&self.outbox.config, a.delivery.attempts, &a.key);
+                Some(own.max(asked.min(super::MAX_RETRY_AFTER)))
+            })
+            .max()?;
+        Some(plus(Timestamp::now(), wait))
+    }
+
+    /// Records a finished attempt, ended `now`: delivered, failed, skipped, or rescheduled
+    /// (at `retry_at` when its request's deliveries are retried together).
+    async fn settle(&mut self, a: Attempted, retry_at: Option<Timestamp>, now: Timestamp) {
         self.busy.remove(&a.identity);
         self.in_flight.remove(&a.key);
         if !a.claimed {
@@ -366,7 +538,7 @@ impl Scheduler {
                     .is_ok_and(|limit| Timestamp::now().duration_since(d.created_at) > limit);
                 // A failed repetition is not retried: the next one follows at its time.
                 if !given_up && !repetition {
-                    return self.reschedule(a.key, d, msg, asked).await;
+                    return self.reschedule(a.key, d, msg, asked, retry_at).await;
                 }
                 tracing::warn!(alert = %d.alert.id, error = %msg, attempts = d.attempts, "alert delivery given up");
                 stats.failed.inc();
@@ -374,7 +546,6 @@ impl Scheduler {
             }
         };
         let config = self.outbox.config.policy;
-        let now = Timestamp::now();
         let monitor = d.alert.monitor_key().to_string();
         let next = self.next_repetition(&a.identity, &d, now);
         let history = self.history(&a.identity);
@@ -559,19 +730,24 @@ impl Scheduler {
     }
 
     /// Schedules the next attempt of a delivery that failed for now.
-    /// Retries `d` after its backoff, or after `asked` when the target asked for longer.
+    /// Retries `d` after its backoff, or after `asked` when the target asked for longer, or
+    /// at `at` with the other deliveries of its request.
     async fn reschedule(
         &mut self,
         key: Vec<u8>,
         mut d: Delivery,
         msg: String,
         asked: std::time::Duration,
+        at: Option<Timestamp>,
     ) {
         let backoff = backoff(&self.outbox.config, d.attempts.saturating_sub(1), &key);
         let delay = backoff.max(asked.min(super::MAX_RETRY_AFTER));
-        tracing::info!(alert = %d.alert.id, error = %msg, attempts = d.attempts, retry_in_ms = delay.as_millis() as u64, "alert delivery will be retried");
+        let next = at.unwrap_or_else(|| plus(Timestamp::now(), delay));
+        let retry_in =
+            u64::try_from(Timestamp::now().duration_until(next).as_millis()).unwrap_or(0);
+        tracing::info!(alert = %d.alert.id, error = %msg, attempts = d.attempts, retry_in_ms = retry_in, "alert delivery will be retried");
         self.outbox.stats.retried.inc();
-        d.next_attempt_at = plus(Timestamp::now(), delay);
+        d.next_attempt_at = next;
         d.last_error = Some(msg);
         let write = self.outbox.store().retry(key.clone(), d.clone());
         if let Err(e) = self.outbox.record(write).await {
@@ -683,6 +859,10 @@ mod tests {
     struct Courier {
         black_hole: Option<Target>,
         sent: Mutex<Vec<(Alert, Target)>>,
+        /// Each request: the `repeat` of each alert in it, and whether it was accepted.
+        requests: Mutex<Vec<(Vec<u32>, bool)>>,
+        /// How many more requests of several alerts to refuse, as an unavailable target.
+        refuse_lists: std::sync::atomic::AtomicUsize,
     }
 
     impl Deliver for Courier {
@@ -699,6 +879,31 @@ mod tests {
                     .lock()
                     .unwrap()
                     .push((alert.clone(), target.clone()));
+                self.requests
+                    .lock()
+                    .unwrap()
+                    .push((vec![alert.repeat], true));
+                Ok(())
+            })
+        }
+
+        fn deliver_batch<'a>(
+            &'a self,
+            alerts: &'a [Alert],
+            target: &'a Target,
+        ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+            Box::pin(async move {
+                let repeats = alerts.iter().map(|a| a.repeat).collect();
+                let refuse = self
+                    .refuse_lists
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                self.requests.lock().unwrap().push((repeats, !refuse));
+                if refuse {
+                    return Err(DeliveryError::Transient("503 Service Unavailable".into()));
+                }
+                let mut sent = self.sent.lock().unwrap();
+                sent.extend(alerts.iter().map(|a| (a.clone(), target.clone())));
                 Ok(())
             })
         }
@@ -708,6 +913,118 @@ mod tests {
         fn sent(&self) -> Vec<(Alert, Target)> {
             self.sent.lock().unwrap().clone()
         }
+
+        fn requests(&self) -> Vec<(Vec<u32>, bool)> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        /// How many alerts with `repeat` were delivered.
+        fn delivered(&self, repeat: u32) -> usize {
+            self.sent()
+                .iter()
+                .filter(|(a, _)| a.repeat == repeat)
+                .count()
+        }
+    }
+
+    /// An Alertmanager channel re-sent every `resend`, as the book holds it, and the target
+    /// naming it.
+    fn alertmanager(outbox: &Outbox, resend: Duration) -> Target {
+        use crate::core::alert::channels::{ChannelRef, ResolvedChannel};
+        let id = ChannelRef::cluster("am");
+        outbox.channels().upsert(ResolvedChannel {
+            id: id.clone(),
+            destination: Destination::Alertmanager {
+                url: "http://am:9093".into(),
+                resend_interval: resend,
+            },
+            severity: Default::default(),
+            policy: Default::default(),
+            maintenance: Vec::new(),
+        });
+        Target::Channel { channel: id }
+    }
+
+    fn uncapped() -> OutboxConfig {
+        OutboxConfig {
+            policy: PolicyConfig {
+                hourly_cap: 0,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_alertmanager_channel_gets_what_is_due_in_few_bounded_requests() {
+        let (_dir, outbox) = open(uncapped());
+        let target = alertmanager(&outbox, Duration::from_secs(1));
+        let now = Timestamp::now();
+        for i in 0..150 {
+            let down = alert(&format!("m{i}"), i, AlertKind::Down);
+            queue(&outbox, &down, &target, now).await;
+        }
+        let courier = Arc::new(Courier::default());
+        tokio::spawn(outbox.clone().run(courier.clone()));
+        until("the Downs", || courier.delivered(0) == 150).await;
+        // How many alerts of each request are the `repeat`-th (re-sends may share a
+        // request with notices).
+        let sizes = |r: &[(Vec<u32>, bool)], repeat: u32| -> Vec<usize> {
+            r.iter()
+                .map(|(repeats, _)| repeats.iter().filter(|n| **n == repeat).count())
+                .filter(|n| *n > 0)
+                .collect()
+        };
+        // Every notice due at once: two requests, the first as large as allowed.
+        assert_eq!(sizes(&courier.requests(), 0), [BATCH_AT_MOST, 22]);
+        // Each re-send interval, the re-sends go in as few requests again, each once.
+        until("the second re-sends", || courier.delivered(2) == 150).await;
+        let requests = courier.requests();
+        assert!(
+            requests.iter().all(|(r, _)| r.len() <= BATCH_AT_MOST),
+            "{requests:?}"
+        );
+        for repeat in [1, 2] {
+            let round = sizes(&requests, repeat);
+            assert!(round.len() <= 3, "re-send {repeat} took {round:?}");
+            assert_eq!(courier.delivered(repeat), 150);
+        }
+        // Each counted as delivered on its own.
+        until("the records", || outbox.stats.delivered.get() >= 450).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_request_retries_every_delivery_in_it_together() {
+        let config = OutboxConfig {
+            base_delay: Duration::from_millis(200),
+            ..uncapped()
+        };
+        let (_dir, outbox) = open(config);
+        let target = alertmanager(&outbox, Duration::from_secs(3600));
+        let now = Timestamp::now();
+        for i in 0..5 {
+            let down = alert(&format!("m{i}"), i, AlertKind::Down);
+            queue(&outbox, &down, &target, now).await;
+        }
+        let courier = Arc::new(Courier::default());
+        courier.refuse_lists.store(1, Ordering::SeqCst);
+        tokio::spawn(outbox.clone().run(courier.clone()));
+        until("the Downs", || courier.delivered(0) == 5).await;
+        // Refused as a whole, each delivery was retried, all at one time: one request again.
+        assert_eq!(
+            courier.requests(),
+            [(vec![0; 5], false), (vec![0; 5], true)]
+        );
+        // Each finished on its own: only their re-sends, an hour ahead, are left.
+        until_pending("the re-sends", &outbox, |p| {
+            p.len() == 5
+                && p.iter()
+                    .all(|(_, d)| d.alert.repeat == 1 && d.attempts == 0)
+        })
+        .await;
+        assert_eq!(waiting(&outbox), 0);
+        assert_eq!(outbox.stats.retried.get(), 5);
+        assert_eq!(outbox.stats.delivered.get(), 5);
     }
 
     fn alert(monitor: &str, n: i64, kind: AlertKind) -> Alert {
@@ -795,16 +1112,18 @@ mod tests {
         let a = alert("a", 1, AlertKind::Down);
         // Woken at or past the deadline (it stalled between its claim and its send).
         let now = tokio::time::Instant::now();
-        let late = within_claim(&courier, &a, &email(), now).await;
+        let late = within_claim(&courier, std::slice::from_ref(&a), &email(), now).await;
         assert!(matches!(late, Err(DeliveryError::Transient(_))), "{late:?}");
         assert!(courier.sent().is_empty(), "sent past its claim");
         // Still running at the deadline: given up.
         let soon = tokio::time::Instant::now() + Duration::from_millis(50);
-        let slow = within_claim(&courier, &a, &hole(), soon).await;
+        let slow = within_claim(&courier, std::slice::from_ref(&a), &hole(), soon).await;
         assert!(matches!(slow, Err(DeliveryError::Transient(_))), "{slow:?}");
         // In time: sent.
         let later = tokio::time::Instant::now() + Duration::from_secs(10);
-        within_claim(&courier, &a, &email(), later).await.unwrap();
+        within_claim(&courier, std::slice::from_ref(&a), &email(), later)
+            .await
+            .unwrap();
         assert_eq!(courier.sent().len(), 1);
     }
 

@@ -17,6 +17,8 @@ use crate::core::alert::channels::{
 };
 use crate::core::channel::{AlertChannelSpec, Secrets};
 use crate::k8s::status::Refusal;
+use crate::notify::channel::check_addresses;
+use crate::notify::guard::AddressPolicy;
 
 /// Label a Secret needs before channels may read it (any value). The operator watches only
 /// Secrets that carry it, so a channel costs no Secret request; and only Secrets whose owner
@@ -114,12 +116,15 @@ fn secret_url(d: &Destination) -> Option<(&'static str, &str)> {
 
 /// Checks `spec` as Kubernetes reads it and resolves channel `id` with the Secrets `lookup`
 /// finds in `namespace` (the channel's own, or the operator's for a `ClusterAlertChannel`).
-/// Refusals: `Invalid`, `SecretNotFound`, `SecretKeyNotFound`, `SecretInvalid`.
+/// Refusals: `Invalid`, `SecretNotFound`, `SecretKeyNotFound`, `SecretInvalid`, and
+/// `AddressRefused` for a URL whose host `policy` (the operator's webhook flags) refuses
+/// whatever DNS says: every delivery through the channel would be refused.
 pub fn resolve(
     id: ChannelRef,
     spec: &AlertChannelSpec,
     namespace: &str,
     lookup: impl Fn(&str) -> Option<Arc<Secret>>,
+    policy: &AddressPolicy,
 ) -> Result<ResolvedChannel, Refusal> {
     spec.validate(Secrets::Kubernetes)
         .map_err(|e| Refusal::new("Invalid", e.to_string()))?;
@@ -143,6 +148,8 @@ pub fn resolve(
             format!("the Secret named by spec.{field} does not hold an http:// or https:// URL"),
         ));
     }
+    check_addresses(policy, spec, &resolved, Secrets::Kubernetes)
+        .map_err(|e| Refusal::new("AddressRefused", e.to_string()))?;
     Ok(resolved)
 }
 
@@ -172,6 +179,16 @@ mod tests {
 
     fn id() -> ChannelRef {
         ChannelRef::namespaced("shop", "team")
+    }
+
+    /// [`super::resolve`] under the default address policy.
+    fn resolve(
+        id: ChannelRef,
+        spec: &AlertChannelSpec,
+        namespace: &str,
+        lookup: impl Fn(&str) -> Option<Arc<Secret>>,
+    ) -> Result<ResolvedChannel, Refusal> {
+        super::resolve(id, spec, namespace, lookup, &AddressPolicy::default())
     }
 
     const HOOK: &str = "https://hooks.slack.com/services/T000/B000/secret-part";
@@ -282,5 +299,45 @@ mod tests {
             resolve(id(), &file, "ns", |_| None).unwrap_err().reason,
             "Invalid"
         );
+    }
+
+    #[test]
+    fn a_channel_posting_to_a_refused_address_is_not_ready_and_says_which_field_and_flag() {
+        let am = spec(r#"{"alertmanager":{"url":"http://127.0.0.1:9093"}}"#);
+        let r = resolve(id(), &am, "ns", |_| None).unwrap_err();
+        assert_eq!(r.reason, "AddressRefused");
+        assert!(
+            r.message
+                .starts_with("spec.alertmanager.url: host 127.0.0.1 is loopback")
+                && r.message.contains("--allow-private-webhooks"),
+            "{}",
+            r.message
+        );
+        // A URL from a Secret: the field is named, the secret URL's path is not shown.
+        let slack = spec(r#"{"slack":{"webhookSecretRef":{"name":"slack","key":"url"}}}"#);
+        let local = "http://localhost:8080/services/T000/B000/secret-part";
+        let r = resolve(id(), &slack, "shop", |_| Some(secret(&[("url", local)]))).unwrap_err();
+        assert_eq!(r.reason, "AddressRefused");
+        assert!(
+            r.message
+                .starts_with("spec.slack.webhookSecretRef: host localhost"),
+            "{}",
+            r.message
+        );
+        assert!(!r.message.contains("secret-part"), "{}", r.message);
+        let hook = spec(r#"{"webhook":{"url":"http://169.254.169.254/latest"}}"#);
+        let r = resolve(id(), &hook, "ns", |_| None).unwrap_err();
+        assert!(
+            r.message
+                .starts_with("spec.webhook.url: host 169.254.169.254 is link-local")
+        );
+        // Allowed by the flags, or a name that needs DNS: usable (checked at delivery).
+        let allow = AddressPolicy {
+            allowed: vec!["127.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(super::resolve(id(), &am, "ns", |_| None, &allow).is_ok());
+        let named = spec(r#"{"alertmanager":{"url":"http://am.monitoring:9093"}}"#);
+        assert!(resolve(id(), &named, "ns", |_| None).is_ok());
     }
 }

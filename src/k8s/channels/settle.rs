@@ -46,17 +46,19 @@ pub fn channel_of(t: &Target) -> Option<ChannelRef> {
     }
 }
 
-/// Resolves one channel against the Secrets `lookup` finds in `namespace`.
+/// Resolves one channel against the Secrets `lookup` finds in `namespace`, its URL checked
+/// against the webhook address `policy`.
 pub fn settle_one(
     id: ChannelRef,
     spec: &AlertChannelSpec,
     meta: &ObjectMeta,
     namespace: &str,
     lookup: impl Fn(&str) -> Option<std::sync::Arc<k8s_openapi::api::core::v1::Secret>>,
+    policy: &crate::notify::guard::AddressPolicy,
 ) -> Settled {
     Settled {
         generation: meta.generation,
-        result: resolve::resolve(id, spec, namespace, lookup),
+        result: resolve::resolve(id, spec, namespace, lookup, policy),
         uid: meta.uid.clone(),
     }
 }
@@ -74,9 +76,9 @@ fn current(ctx: &Context) -> BTreeMap<ChannelRef, (Settled, Vec<Condition>)> {
             continue;
         }
         let id = ChannelRef::namespaced(ns, name);
-        let s = settle_one(id.clone(), &ch.spec.spec, &ch.metadata, ns, |n| {
-            caches.secret(ns, n)
-        });
+        let lookup = |n: &str| caches.secret(ns, n);
+        let policy = &ctx.config.webhooks;
+        let s = settle_one(id.clone(), &ch.spec.spec, &ch.metadata, ns, lookup, policy);
         let live = ch.status.clone().unwrap_or_default().conditions;
         out.insert(id, (s, live));
     }
@@ -89,9 +91,16 @@ fn current(ctx: &Context) -> BTreeMap<ChannelRef, (Settled, Vec<Condition>)> {
             continue;
         }
         let id = ChannelRef::cluster(name);
-        let s = settle_one(id.clone(), &ch.spec.spec, &ch.metadata, &home, |n| {
-            caches.secret(&home, n)
-        });
+        let lookup = |n: &str| caches.secret(&home, n);
+        let policy = &ctx.config.webhooks;
+        let s = settle_one(
+            id.clone(),
+            &ch.spec.spec,
+            &ch.metadata,
+            &home,
+            lookup,
+            policy,
+        );
         let live = ch.status.clone().unwrap_or_default().conditions;
         out.insert(id, (s, live));
     }

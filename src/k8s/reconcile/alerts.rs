@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::Stop;
 use crate::core::spec::{AlertTargets, SecretKeyRef};
 use crate::k8s::context::Context;
+use crate::notify::guard::AddressPolicy;
 
 /// How long one read of a webhook Secret is reused.
 const REUSE: Duration = Duration::from_secs(30);
@@ -114,7 +115,9 @@ async fn read(ctx: &Context, namespace: &str, name: &str) -> Result<Option<Secre
     Ok(secret)
 }
 
-/// `alerts` with a `webhookSecretRef` replaced by the `webhook` it points to.
+/// `alerts` with a `webhookSecretRef` replaced by the `webhook` it points to; a webhook
+/// whose host the operator's address policy refuses whatever DNS says is refused
+/// ([`address_allowed`]).
 pub async fn resolve(
     ctx: &Context,
     namespace: &str,
@@ -124,15 +127,34 @@ pub async fn resolve(
         return Ok(None);
     };
     let Some(r) = &a.webhook_secret_ref else {
+        if let Some(url) = &a.webhook {
+            let field = "spec.alerts.webhook";
+            address_allowed(&ctx.config.webhooks, url, field)
+                .map_err(|m| Stop::wait(REFUSED, m))?;
+        }
         return Ok(Some(a.clone()));
     };
     let secret = read(ctx, namespace, &r.name).await?;
     let url = url_in(secret.as_ref(), r, namespace)?;
+    // The Secret is not watched: look again, as for a Secret without a URL.
+    let field = "spec.alerts.webhookSecretRef";
+    address_allowed(&ctx.config.webhooks, &url, field).map_err(|m| Stop::retry(REFUSED, m))?;
     Ok(Some(AlertTargets {
         webhook: Some(url),
         webhook_secret_ref: None,
         ..a.clone()
     }))
+}
+
+/// The reason of a webhook refused by [`address_allowed`].
+const REFUSED: &str = "WebhookAddressRefused";
+
+/// Why a webhook `url`, given by `field`, cannot be used: its host is one `policy` refuses
+/// whatever DNS says, so every alert to it would be refused at delivery, and nobody would
+/// know before one was lost. Host names that need DNS pass: they are checked at each
+/// delivery. Pure.
+pub fn address_allowed(policy: &AddressPolicy, url: &str, field: &str) -> Result<(), String> {
+    policy.check_url(url).map_err(|e| format!("{field}: {e}"))
 }
 
 #[cfg(test)]
@@ -183,5 +205,25 @@ mod tests {
         let (reason, m) = refusal(url_in(Some(&secret("url", "hunter2-password")), &r, "shop"));
         assert_eq!(reason, "WebhookSecretInvalid");
         assert!(!m.contains("hunter2"), "the value leaked: {m}");
+    }
+
+    #[test]
+    fn a_webhook_to_an_address_refused_whatever_dns_says_is_not_usable() {
+        let policy = AddressPolicy::default();
+        let m = address_allowed(&policy, "http://127.0.0.1:8080/hook", "spec.alerts.webhook")
+            .unwrap_err();
+        assert!(
+            m.starts_with("spec.alerts.webhook: host 127.0.0.1 is loopback")
+                && m.contains("--allow-private-webhooks")
+                && !m.contains("/hook"),
+            "{m}"
+        );
+        let field = "spec.alerts.webhookSecretRef";
+        assert!(address_allowed(&policy, "https://hooks.slack.com/services/x", field).is_ok());
+        let all = AddressPolicy {
+            allow_all: true,
+            ..Default::default()
+        };
+        assert!(address_allowed(&all, "http://127.0.0.1:8080/hook", field).is_ok());
     }
 }

@@ -41,7 +41,7 @@ pub struct EngineStats {
     ping_family: Family<KindLabel, Counter>,
     alert_family: Family<KindLabel, Counter>,
     pings: [Counter; 3],
-    alerts: [Counter; 2],
+    alerts: [Counter; 3],
     /// Time-driven transitions applied (read by the monitors benchmark).
     pub transitions: AtomicU64,
     /// How long after its due time (deadline plus grace) each Down transition was
@@ -79,8 +79,8 @@ impl Default for EngineStats {
         let alert_family = Family::<KindLabel, Counter>::default();
         let pings = ["success", "start", "fail"]
             .map(|kind| ping_family.get_or_create_owned(&KindLabel { kind }));
-        let alerts =
-            ["down", "recovery"].map(|kind| alert_family.get_or_create_owned(&KindLabel { kind }));
+        let alerts = ["down", "recovery", "stopped"]
+            .map(|kind| alert_family.get_or_create_owned(&KindLabel { kind }));
         Self {
             ping_family,
             alert_family,
@@ -148,9 +148,14 @@ impl EngineStats {
             AlertKind::Recovery => {
                 self.alerts[1].inc();
             }
-            // Warnings are no alerts of their own, nor is the notice that an incident
-            // closed because monitoring stopped (no recovery happened).
-            AlertKind::Late | AlertKind::OnTime | AlertKind::Stopped => {}
+            // The notice that closes an incident because monitoring stopped (paused,
+            // removed, suspended while Down): it pages no one but ends what was paged, as
+            // a recovery does, so it is counted beside the recoveries, under its own kind.
+            AlertKind::Stopped => {
+                self.alerts[2].inc();
+            }
+            // Warnings are no alerts of their own.
+            AlertKind::Late | AlertKind::OnTime => {}
         }
     }
 
@@ -204,5 +209,47 @@ impl Collector for MonitorsByState {
             ConstGauge::new(n).encode(family.encode_family(&label)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `hartslag_alerts_total` lines of `stats`.
+    fn alerts_text(stats: &EngineStats) -> String {
+        let mut registry = MetricRegistry::default();
+        registry.register("hartslag_alerts", "Alerts", stats.alert_family.clone());
+        crate::core::metrics::encode(&registry)
+    }
+
+    #[test]
+    fn a_closing_because_monitoring_stopped_is_counted_under_its_own_kind() {
+        let stats = EngineStats::default();
+        for kind in [
+            AlertKind::Down,
+            AlertKind::Stopped,
+            AlertKind::Stopped,
+            AlertKind::Recovery,
+            AlertKind::Late,
+            AlertKind::OnTime,
+            AlertKind::Flapping,
+        ] {
+            stats.count_alert(kind);
+        }
+        let text = alerts_text(&stats);
+        for line in [
+            "hartslag_alerts_total{kind=\"down\"} 2",
+            "hartslag_alerts_total{kind=\"recovery\"} 1",
+            "hartslag_alerts_total{kind=\"stopped\"} 2",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
+        // Every kind is there from the start, at zero.
+        let fresh = alerts_text(&EngineStats::default());
+        assert!(
+            fresh.contains("hartslag_alerts_total{kind=\"stopped\"} 0"),
+            "{fresh}"
+        );
     }
 }
