@@ -30,7 +30,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
-pub use def::DefRecord;
+pub use def::{DefRecord, resource_uid, same_resource};
 use handover::Handover;
 use herd::Tie;
 pub use metrics::EngineStats;
