@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::{Command, Done, Worker};
 use crate::core::monitor::engine::EngineError;
+use crate::core::monitor::engine::def::same_resource;
 use crate::core::monitor::engine::mirror::{TokenChanges, mirrored};
 use crate::core::monitor::engine::publish::Published;
 use crate::core::monitor::engine::staging::Round;
@@ -25,9 +26,9 @@ impl Worker {
             Command::Upsert(_, reply) | Command::SetPaused(_, _, reply) => {
                 let _ = reply.send(Err(EngineError::NotLeader));
             }
-            Command::Remove(_, reply)
+            Command::Remove(_, _, reply)
             | Command::Suspend(_, reply)
-            | Command::Forget(_, reply)
+            | Command::Forget(_, _, reply)
             | Command::Job(_, _, reply)
             | Command::Relayed(_, reply) => {
                 let _ = reply.send(Err(EngineError::NotLeader));
@@ -234,12 +235,16 @@ impl Worker {
     /// Removes monitor `key`; with `keep`, its state and history stay under the retained
     /// key whatever its deletion policy (a monitor suspended until its definition is
     /// accepted again, which then finds them). Without a monitor under `key`, a record
-    /// kept that way (not by a `Retain` policy) goes with its history.
-    pub(super) fn remove(&self, key: &str, keep: bool, round: &mut Round) {
+    /// kept that way (not by a `Retain` policy) goes with its history. With `uid`, only
+    /// a monitor (or record) of that resource, or of none ([`same_resource`]), goes.
+    pub(super) fn remove(&self, key: &str, keep: bool, uid: Option<&str>, round: &mut Round) {
         let Some(m) = self.current(key, round) else {
-            self.forget_suspended(key, keep, round);
+            self.forget_suspended(key, keep, uid, round);
             return;
         };
+        if !same_resource(m.def.resource_uid(), uid) {
+            return;
+        }
         if !keep {
             // Suspended earlier in this round, then defined again: the removal goes for
             // what the suspension kept too.
@@ -272,15 +277,16 @@ impl Worker {
     /// Drops the record (and history) a suspension kept under `key`, never a monitor
     /// defined under it: what [`super::Command::Forget`] asks, for a suspended monitor
     /// whose resource is gone.
-    pub(super) fn forget(&self, key: &str, round: &mut Round) {
+    pub(super) fn forget(&self, key: &str, uid: Option<&str>, round: &mut Round) {
         if self.current(key, round).is_none() {
-            self.forget_suspended(key, false, round);
+            self.forget_suspended(key, false, uid, round);
         }
     }
 
     /// Drops the record (and history) a suspension kept under `key`, unless `keep` or
-    /// its definition asks for it to be retained.
-    fn forget_suspended(&self, key: &str, keep: bool, round: &mut Round) {
+    /// its definition asks for it to be retained, or it was kept for another resource
+    /// than the one with `uid`.
+    fn forget_suspended(&self, key: &str, keep: bool, uid: Option<&str>, round: &mut Round) {
         if keep {
             return;
         }
@@ -298,7 +304,9 @@ impl Worker {
                 return;
             }
         };
-        let Some(m) = kept.filter(|m| !m.def.retain_on_delete()) else {
+        let Some(m) =
+            kept.filter(|m| !m.def.retain_on_delete() && same_resource(m.def.resource_uid(), uid))
+        else {
             return;
         };
         round.removed.insert(key.to_string());
