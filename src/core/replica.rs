@@ -12,6 +12,7 @@
 //! The embedded backend serves one process, which always leads: none of this runs there.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::monitor::engine::{Engine, EngineError, PingInput, PingOutcome};
@@ -239,6 +240,11 @@ pub struct Mirror {
     feed: Arc<dyn MonitorFeed>,
     /// The version of the newest round shown.
     version: tokio::sync::Mutex<u64>,
+    /// Catch-ups begun (numbered from 1, under `version`'s lock), and the number of the
+    /// newest one that succeeded: whoever asks for a catch-up that began after its own
+    /// arrival shares one with the others who asked meanwhile ([`Mirror::catch_up_fresh`]).
+    begun: AtomicU64,
+    finished: AtomicU64,
 }
 
 impl Mirror {
@@ -254,6 +260,8 @@ impl Mirror {
             registry,
             feed,
             version: tokio::sync::Mutex::new(version),
+            begun: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
         }
     }
 
@@ -262,6 +270,36 @@ impl Mirror {
     /// builds on every round the deposed leader wrote.
     pub async fn catch_up(&self) -> Result<(), StorageError> {
         let mut version = self.version.lock().await;
+        self.catch_up_from(&mut version).await
+    }
+
+    /// Shows every round written before the call, as [`Self::catch_up`] does, without
+    /// waiting for the change signal: for a ping whose token this replica does not know
+    /// yet, which may be that of a monitor the leader has just defined (its `Ready`
+    /// condition written, its Secret read by a job), so that a token that works on the
+    /// leader works here too. Callers that come while one catch-up runs share the next:
+    /// a burst of unknown tokens costs a read of the database or two, not one each.
+    pub async fn catch_up_fresh(&self) -> Result<(), StorageError> {
+        self.catch_up_after(self.ticket()).await
+    }
+
+    /// The number of the first catch-up that begins after now.
+    fn ticket(&self) -> u64 {
+        self.begun.load(Ordering::Acquire) + 1
+    }
+
+    /// Catches up unless a catch-up numbered `wanted` or later has succeeded meanwhile.
+    async fn catch_up_after(&self, wanted: u64) -> Result<(), StorageError> {
+        let mut version = self.version.lock().await;
+        if self.finished.load(Ordering::Acquire) >= wanted {
+            return Ok(());
+        }
+        self.catch_up_from(&mut version).await
+    }
+
+    /// Catches up from `version` (its lock held) and moves it on.
+    async fn catch_up_from(&self, version: &mut u64) -> Result<(), StorageError> {
+        let number = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
         let changes = self.feed.changes_since(*version).await?;
         let next = changes.version;
         let empty = changes.monitors.is_empty() && changes.removed.is_empty();
@@ -275,6 +313,7 @@ impl Mirror {
                 .index_monitor_tokens(&tokens.dropped, &tokens.added);
         }
         *version = next.max(*version);
+        self.finished.fetch_max(number, Ordering::AcqRel);
         Ok(())
     }
 
@@ -545,11 +584,14 @@ mod tests {
         assert_eq!(engine.get("ns/job").unwrap().state.pings, relayed);
     }
 
-    /// A feed that hands out what a test put in it.
+    /// A feed that hands out what a test put in it, counting its reads.
     #[derive(Default)]
     struct Feed {
         changes: Mutex<Vec<Monitor>>,
         signal: Signal,
+        reads: std::sync::atomic::AtomicUsize,
+        /// Held for writing, it holds every read.
+        gate: tokio::sync::RwLock<()>,
     }
 
     impl MonitorFeed for Feed {
@@ -558,9 +600,11 @@ mod tests {
         }
 
         fn changes_since(&self, version: u64) -> StorageFuture<'_, FeedChanges> {
-            let monitors = std::mem::take(&mut *self.changes.lock().unwrap());
-            let version = version + u64::from(!monitors.is_empty());
+            self.reads.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
+                let _open = self.gate.read().await;
+                let monitors = std::mem::take(&mut *self.changes.lock().unwrap());
+                let version = version + u64::from(!monitors.is_empty());
                 Ok(FeedChanges {
                     monitors,
                     removed: Vec::new(),
@@ -573,6 +617,94 @@ mod tests {
         fn signal(&self) -> Signal {
             self.signal.clone()
         }
+    }
+
+    /// The services over `dir`'s embedded store, following, and their fence.
+    async fn following(dir: &std::path::Path) -> (crate::core::Services, Fence) {
+        let config = crate::core::ServicesConfig {
+            data_dir: dir.to_path_buf(),
+            cache_bytes: 8 << 20,
+            ping_history: 10,
+            outbox: Default::default(),
+            limits: Default::default(),
+            hold_deadlines: false,
+            top_events: 10,
+            database: None,
+            installation: "standalone".into(),
+            fence: Fence::follower(),
+        };
+        let metrics = &mut crate::core::metrics::MetricRegistry::default();
+        let core = crate::core::Services::open(&config, metrics).await.unwrap();
+        (core, config.fence)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_ping_token_on_a_follower_is_looked_for_in_the_leaders_rounds_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut core, fence) = following(dir.path()).await;
+        let feed = Arc::new(Feed::default());
+        let mirror = Arc::new(Mirror::new(
+            core.engine.clone(),
+            core.registry.clone(),
+            feed.clone(),
+            0,
+        ));
+        // Not spawned, and the feed never signals: only the lookup reads it.
+        core.mirror = Some(mirror.clone());
+        let now = Timestamp::now();
+        let m = Monitor {
+            num: 4,
+            def: def("job"),
+            state: MonitorState::created(&def("job").timing(), now, false),
+            last_run_ms: None,
+        };
+        feed.changes.lock().unwrap().push(m);
+        assert_eq!(
+            core.monitor_for_ping_token("job").await.as_deref(),
+            Some("ns/job")
+        );
+        assert_eq!(feed.reads.load(Ordering::SeqCst), 1);
+        // Known now: no read. Unknown tokens asked at once share reads.
+        assert!(core.monitor_for_ping_token("job").await.is_some());
+        assert_eq!(feed.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(core.monitor_for_ping_token("nope").await, None);
+        assert_eq!(feed.reads.load(Ordering::SeqCst), 2);
+        // A replica that leads knows every token it has: it reads nothing.
+        fence.lead(1);
+        assert_eq!(core.monitor_for_ping_token("nope").await, None);
+        assert_eq!(feed.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asks_that_come_while_a_catch_up_runs_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (core, _) = following(dir.path()).await;
+        let feed = Arc::new(Feed::default());
+        let mirror = Mirror::new(core.engine.clone(), core.registry.clone(), feed.clone(), 0);
+        let mirror = Arc::new(mirror);
+        let closed = feed.gate.write().await;
+        let first = tokio::spawn({
+            let mirror = mirror.clone();
+            async move { mirror.catch_up_fresh().await }
+        });
+        until("the first read begins", || {
+            feed.reads.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // Two asks while it reads: what it reads may predate them, so one more read is
+        // made, for both.
+        let later: Vec<_> = (0..2)
+            .map(|_| {
+                let (mirror, ticket) = (mirror.clone(), mirror.ticket());
+                tokio::spawn(async move { mirror.catch_up_after(ticket).await })
+            })
+            .collect();
+        drop(closed);
+        first.await.unwrap().unwrap();
+        for ask in later {
+            ask.await.unwrap().unwrap();
+        }
+        assert_eq!(feed.reads.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

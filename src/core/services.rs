@@ -263,6 +263,27 @@ impl Services {
         self.replica.ping(key, input).await
     }
 
+    /// The monitor ping token `token` opens. A replica that does not lead and does not know
+    /// the token first shows the leader's rounds written until now
+    /// ([`Mirror::catch_up_fresh`]): a monitor the leader has just defined works here as
+    /// soon as it works there, not only once the change signal or the next poll came.
+    pub async fn monitor_for_ping_token(&self, token: &str) -> Option<String> {
+        let monitor = || {
+            self.registry
+                .authenticate(token)
+                .filter(|o| o.kind == crate::core::token::TokenKind::Heartbeat)
+                .map(|o| o.key)
+        };
+        if let Some(key) = monitor() {
+            return Some(key);
+        }
+        let mirror = self.mirror.as_ref().filter(|_| !self.leads())?;
+        if let Err(e) = mirror.catch_up_fresh().await {
+            tracing::debug!(error = %e, "could not read the leader's rounds for an unknown ping token");
+        }
+        monitor()
+    }
+
     /// Why storage refuses every use until a restart, when it does: the shared
     /// database's schema became newer than this binary knows. Answers name it, since a
     /// retry will not help (a change refused by a replica that does not lead would

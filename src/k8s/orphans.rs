@@ -6,16 +6,22 @@
 //! another installation — is found here, by comparing the core's definitions with the
 //! watch caches after every complete (re)list. An orphan's token stops working at once and
 //! it never alerts again; its data is removed or retained as its `deletionPolicy` said.
-//! The same goes for what a suspension kept of a refused Heartbeat's monitor: it goes with
-//! its Heartbeat (unless `deletionPolicy: Retain`), also when a Heartbeat of the same name
-//! (another uid) took its place meanwhile, which must not pick it up.
+//! A monitor belongs to its Heartbeat's uid: one whose Heartbeat was deleted and created
+//! again under its name meanwhile is an orphan too (its incident closed, its history
+//! removed or retained as its policy said), so the new Heartbeat starts afresh (or picks
+//! up what `Retain` kept). A monitor recorded without a uid (see
+//! [`crate::core::monitor::engine::resource_uid`]) belongs to whichever Heartbeat has its
+//! name, which records its uid. The same goes for what a suspension kept of a refused
+//! Heartbeat's monitor: it goes with its Heartbeat (unless `deletionPolicy: Retain`), also
+//! when a Heartbeat of the same name (another uid) took its place meanwhile, which must not
+//! pick it up.
 
 use std::sync::Arc;
 
 use super::context::Context;
 use super::reconcile::heartbeat::deactivate;
 use super::status::Kind;
-use crate::core::monitor::engine::Origin;
+use crate::core::monitor::engine::{Origin, same_resource};
 use crate::core::spec::DeletionPolicy;
 
 /// A definition in the core, by namespace and name.
@@ -27,8 +33,16 @@ pub struct Defined {
     pub namespace: String,
     /// Name.
     pub name: String,
-    /// The uid of the resource it was defined from (a monitor's id).
-    pub id: String,
+    /// The uid of the resource it was defined from, as recorded; `None`: whichever
+    /// resource has its name is its own.
+    pub uid: Option<String>,
+}
+
+impl Defined {
+    /// Whether a live resource with uid `uid` is the one this was defined from.
+    pub fn is_of(&self, uid: Option<&str>) -> bool {
+        same_resource(self.uid.as_deref(), uid)
+    }
 }
 
 /// The definitions that have no live resource: their namespace is not ours to reconcile
@@ -50,8 +64,15 @@ fn defined(m: &crate::core::monitor::engine::Monitor) -> Defined {
         namespace: m.def.namespace().to_string(),
         name: m.def.name().to_string(),
         key: m.def.key.clone(),
-        id: m.def.id.clone(),
+        uid: m.def.resource_uid().map(str::to_string),
     }
+}
+
+/// Whether `d` has its live Heartbeat: one of its name, and of its uid if it recorded one.
+fn heartbeat_of(ctx: &Context, d: &Defined) -> bool {
+    ctx.caches
+        .heartbeat(&d.namespace, &d.name)
+        .is_some_and(|h| d.is_of(h.metadata.uid.as_deref()))
 }
 
 fn ours(ctx: &Context, namespace: &str) -> bool {
@@ -69,14 +90,10 @@ pub async fn sweep(ctx: &Arc<Context>) {
         .filter(|m| m.def.origin == Origin::Kubernetes)
         .map(defined)
         .collect();
-    let gone = orphans(
-        &monitors,
-        |ns| ours(ctx, ns),
-        |d| ctx.caches.heartbeat(&d.namespace, &d.name).is_some(),
-    );
+    let gone = orphans(&monitors, |ns| ours(ctx, ns), |d| heartbeat_of(ctx, d));
     for d in gone {
-        tracing::info!(heartbeat = %d.key, "its Heartbeat is gone (or not ours to reconcile); removing the monitor");
-        if let Err(e) = deactivate(ctx, &d.key).await {
+        tracing::info!(heartbeat = %d.key, uid = ?d.uid, "its Heartbeat is gone, or was created again (another uid), or is not ours to reconcile; removing the monitor");
+        if let Err(e) = deactivate(ctx, &d.key, d.uid.as_deref()).await {
             tracing::warn!(heartbeat = %d.key, error = %e, "cannot remove an orphaned monitor; will try again");
         }
     }
@@ -90,7 +107,7 @@ pub async fn sweep(ctx: &Arc<Context>) {
             key: a.key.clone(),
             namespace: a.namespace.clone(),
             name: a.name.clone(),
-            id: String::new(),
+            uid: None,
         })
         .collect();
     let gone = orphans(
@@ -149,18 +166,14 @@ async fn sweep_suspended(ctx: &Context) {
         .filter(|m| m.def.origin == Origin::Kubernetes && !m.def.retain_on_delete())
         .map(defined)
         .collect();
-    let gone = orphans(
-        &suspended,
-        |ns| ours(ctx, ns),
-        |d| {
-            ctx.caches
-                .heartbeat(&d.namespace, &d.name)
-                .is_some_and(|h| h.metadata.uid.as_deref() == Some(d.id.as_str()))
-        },
-    );
+    let gone = orphans(&suspended, |ns| ours(ctx, ns), |d| heartbeat_of(ctx, d));
     for d in gone {
         tracing::info!(heartbeat = %d.key, "the Heartbeat of a suspended monitor is gone (or not ours to reconcile); removing what the suspension kept");
-        if let Err(e) = ctx.core.engine.forget_suspended(&d.key).await {
+        let forgotten = match &d.uid {
+            Some(uid) => ctx.core.engine.forget_suspended_of(&d.key, uid).await,
+            None => ctx.core.engine.forget_suspended(&d.key).await,
+        };
+        if let Err(e) = forgotten {
             tracing::warn!(heartbeat = %d.key, error = %e, "cannot remove a suspended monitor's record; will try again after the next relist");
         }
     }
@@ -175,7 +188,7 @@ mod tests {
             key: format!("{ns}/{name}"),
             namespace: ns.into(),
             name: name.into(),
-            id: format!("uid-{name}"),
+            uid: Some(format!("uid-{name}")),
         }
     }
 
@@ -188,5 +201,28 @@ mod tests {
             |d| d.namespace == "a" && d.name == "kept",
         );
         assert_eq!(gone, vec![d("a", "deleted"), d("dropped", "x")]);
+    }
+
+    #[test]
+    fn a_definition_whose_resource_was_created_again_is_an_orphan() {
+        // Live: `again` under another uid, `kept` under its own, `legacy` under a uid
+        // its definition did not record.
+        let live = |d: &Defined| match d.name.as_str() {
+            "again" => Some("uid-new"),
+            "kept" => Some("uid-kept"),
+            "legacy" => Some("uid-legacy"),
+            _ => None,
+        };
+        let legacy = Defined {
+            uid: None,
+            ..d("a", "legacy")
+        };
+        let defined = vec![d("a", "again"), d("a", "kept"), legacy];
+        let gone = orphans(
+            &defined,
+            |_| true,
+            |d| live(d).is_some_and(|uid| d.is_of(Some(uid))),
+        );
+        assert_eq!(gone, vec![d("a", "again")]);
     }
 }

@@ -651,6 +651,92 @@ async fn monitor_state_pings_and_timeline_survive_a_reopen(open: OpenServices) {
     assert_eq!(retained.2, vec![kept], "every retained record is listed");
 }
 
+/// Monitor `ns/job` of the Kubernetes object with uid `uid`.
+fn of_object(uid: &str, retain: bool) -> MonitorDef {
+    DefRecord {
+        id: uid.into(),
+        origin: Origin::Kubernetes,
+        retain_on_delete: retain,
+        ..DefRecord::sample("ns/job", 3600, Timestamp::now())
+    }
+    .into()
+}
+
+/// A monitor belongs to its object: another object of its name (deleted and created again
+/// while no operator looked) gets a new monitor, the old one's history goes with it (or is
+/// picked up, under `Retain`), and one recorded without a uid takes its object's.
+async fn an_object_created_again_under_its_name_starts_afresh(open: OpenServices) {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let e = &core.engine;
+            let old = e.upsert(of_object("uid-1", false)).await.unwrap();
+            e.ping("ns/job", ping(PingKind::Fail, "failed"))
+                .await
+                .unwrap();
+            let new = e.upsert(of_object("uid-2", false)).await.unwrap();
+            (old, new)
+        })
+    })
+    .await;
+    assert_ne!(new.num, old.num);
+    assert_eq!((new.state.state, new.state.pings), (State::New, 0));
+    let (stored, old_pings, old_timeline, kept) = with_services(open, dir.path(), move |core| {
+        Box::pin(async move {
+            let e = &core.engine;
+            (
+                e.get("ns/job"),
+                e.pings(old.num, 10).await.unwrap(),
+                e.transitions(old.num, 10).await.unwrap(),
+                e.retained("ns/job").await,
+            )
+        })
+    })
+    .await;
+    assert_eq!(stored, Some(new.clone()), "the new monitor after a reopen");
+    assert!(old_pings.is_empty() && old_timeline.is_empty());
+    assert_eq!(kept, None);
+
+    // Kept by `Retain`: the next object picks the history up under the same number.
+    let retained = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let e = &core.engine;
+            e.upsert(of_object("uid-2", true)).await.unwrap();
+            e.ping("ns/job", ping(PingKind::Success, "ok"))
+                .await
+                .unwrap();
+            e.upsert(of_object("uid-3", true)).await.unwrap()
+        })
+    })
+    .await;
+    assert_eq!((retained.num, retained.state.pings), (new.num, 1));
+    assert_eq!(retained.def.id, "uid-3");
+
+    // Recorded without a uid (its id is its key): taken over, and the uid recorded.
+    let adopted = with_services(open, dir.path(), |core| {
+        Box::pin(async move {
+            let e = &core.engine;
+            e.upsert(of_object("uid-3", false)).await.unwrap();
+            e.remove("ns/job").await.unwrap();
+            let unnamed = e.upsert(of_object("ns/job", false)).await.unwrap();
+            e.ping("ns/job", ping(PingKind::Success, "ok"))
+                .await
+                .unwrap();
+            (
+                unnamed.num,
+                e.upsert(of_object("uid-4", false)).await.unwrap(),
+            )
+        })
+    })
+    .await;
+    assert_eq!((adopted.1.num, adopted.1.state.pings), (adopted.0, 1));
+    let reread = with_services(open, dir.path(), |core| {
+        Box::pin(async move { core.engine.get("ns/job") })
+    })
+    .await;
+    assert_eq!(reread.map(|m| m.def.id), Some("uid-4".to_string()));
+}
+
 /// A channel that takes every alert and remembers it, as `(alert id, target)`.
 #[derive(Default)]
 struct Courier(std::sync::Mutex<Vec<String>>);
@@ -753,6 +839,7 @@ macro_rules! contract {
             contract!(@tests $services;
                 monitor_state_pings_and_timeline_survive_a_reopen,
                 an_alert_is_queued_with_its_state_and_delivered_once,
+                an_object_created_again_under_its_name_starts_afresh,
             );
             contract!(@tests $open;
                 acknowledged_writes_are_there_after_a_reopen,

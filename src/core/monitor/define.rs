@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use super::engine::{DefRecord, MonitorDef, Origin};
+use super::engine::{DefRecord, MonitorDef, Origin, resource_uid, same_resource};
 use crate::core::alert::alerting::Alerting;
 use crate::core::alert::channels::ChannelRef;
 use crate::core::alert::message::{Target, resolve_targets};
@@ -40,7 +40,10 @@ pub struct DeclaredHeartbeat<'a> {
     pub ping_hint: String,
     /// Who defines it, which decides who may change it.
     pub origin: Origin,
-    /// The id a new monitor gets; an existing monitor keeps its own.
+    /// The id a new monitor gets. An existing monitor keeps its own, unless the id is a
+    /// Kubernetes object's uid ([`resource_uid`]): then it is the object's monitor's id,
+    /// recorded over a record that names none, and a monitor recorded for another uid is
+    /// not this object's (see [`DeclaredHeartbeat::monitor_def`]).
     pub id: String,
     /// The alert channels its `alerts.channels` (or its Application's) name, resolved by
     /// the front end ([`channels::resolve_names`](crate::core::alert::channels::resolve_names)).
@@ -51,14 +54,25 @@ impl DeclaredHeartbeat<'_> {
     /// The monitor definition this Heartbeat asks for. Against `existing` (the definition
     /// the engine holds now) the id and creation time are kept, and `updated_at` moves to
     /// `now` only when something else changed: a result equal to `existing` means there is
-    /// nothing to write. Fails only when the timing cannot be read (the spec's, or the
-    /// CronJob's schedule).
+    /// nothing to write. A Kubernetes object's uid is its monitor's id: an `existing`
+    /// recorded for another uid (an object of the same name, deleted since) is ignored,
+    /// so the definition is a new monitor's, which the engine puts in that one's place; one
+    /// that records no uid takes this one's. Fails only when the timing cannot be read
+    /// (the spec's, or the CronJob's schedule).
     pub fn monitor_def(
         self,
         existing: Option<&MonitorDef>,
         default_webhook: Option<&str>,
         now: Timestamp,
     ) -> Result<MonitorDef, SpecError> {
+        let key = crate::core::registry::object_key(self.namespace, self.name);
+        let uid = resource_uid(self.origin, &self.id, &key);
+        let existing = existing.filter(|e| same_resource(e.resource_uid(), uid));
+        // A uid is recorded (over a record without one); other ids are the monitor's own.
+        let id = match (existing, uid) {
+            (Some(e), None) => e.id.clone(),
+            _ => self.id.clone(),
+        };
         let spec = self.spec;
         let (interval_secs, schedule) = match spec.cadence(self.cron_job.map(|c| &c.schedule))? {
             Cadence::Every(d) => (d.as_secs(), None),
@@ -68,8 +82,8 @@ impl DeclaredHeartbeat<'_> {
             ),
         };
         let mut def = MonitorDef::from(DefRecord {
-            key: crate::core::registry::object_key(self.namespace, self.name),
-            id: existing.map_or(self.id, |e| e.id.clone()),
+            key,
+            id,
             namespace: self.namespace.to_string(),
             name: self.name.to_string(),
             display_name: spec.display_name.clone(),
@@ -220,12 +234,20 @@ mod tests {
         let then = Timestamp::from_second(1_600_000_000).unwrap();
         let now = Timestamp::from_second(1_700_000_000).unwrap();
         let existing = declared(&spec, None).monitor_def(None, None, then).unwrap();
-        let mut again = declared(&spec, None);
-        again.id = "another-id".into();
         assert_eq!(
-            again.monitor_def(Some(&existing), None, now).unwrap(),
+            declared(&spec, None)
+                .monitor_def(Some(&existing), None, now)
+                .unwrap(),
             existing
         );
+        // A front end whose ids are the monitors' own (a manifest read again) keeps it.
+        let mut manifest = declared(&spec, None);
+        manifest.origin = Origin::Manifest;
+        let kept = manifest.monitor_def(None, None, then).unwrap();
+        let mut again = declared(&spec, None);
+        again.origin = Origin::Manifest;
+        again.id = "another-id".into();
+        assert_eq!(again.monitor_def(Some(&kept), None, now).unwrap(), kept);
         let paused = HeartbeatSpec {
             paused: true,
             ..Default::default()
@@ -236,5 +258,37 @@ mod tests {
         assert_eq!(changed.id, existing.id);
         assert_eq!(changed.created_at, then);
         assert_eq!(changed.updated_at, now);
+    }
+
+    #[test]
+    fn an_object_of_the_same_name_with_another_uid_defines_a_new_monitor() {
+        let spec = HeartbeatSpec::default();
+        let then = Timestamp::from_second(1_600_000_000).unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let existing = declared(&spec, None).monitor_def(None, None, then).unwrap();
+        let mut recreated = declared(&spec, None);
+        recreated.id = "another-uid".into();
+        let def = recreated.monitor_def(Some(&existing), None, now).unwrap();
+        assert_eq!(def.id, "another-uid");
+        assert_eq!((def.created_at, def.updated_at), (now, now));
+        assert!(existing.is_of_another_resource(&def));
+    }
+
+    #[test]
+    fn a_monitor_recorded_without_a_uid_takes_its_objects_and_keeps_its_age() {
+        let spec = HeartbeatSpec::default();
+        let then = Timestamp::from_second(1_600_000_000).unwrap();
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        // Written for an object that had no uid: its id is its key.
+        let mut unnamed = declared(&spec, None);
+        unnamed.id = "team/backup".into();
+        let existing = unnamed.monitor_def(None, None, then).unwrap();
+        assert_eq!(existing.resource_uid(), None);
+        let def = declared(&spec, None)
+            .monitor_def(Some(&existing), None, now)
+            .unwrap();
+        assert_eq!(def.id, "new-id");
+        assert_eq!((def.created_at, def.updated_at), (then, now));
+        assert!(!existing.is_of_another_resource(&def));
     }
 }

@@ -123,7 +123,7 @@ async fn receive(
     peer: Option<SocketAddr>,
     body: Body,
 ) -> Response {
-    let Some(key) = monitor_of(&state, &token) else {
+    let Some(key) = monitor_of(&state, &token).await else {
         return not_found();
     };
     let input = match ping_input(&state, kind, &params, headers, peer, body).await {
@@ -133,14 +133,10 @@ async fn receive(
     record(&state, &key, input).await
 }
 
-/// The monitor a ping token belongs to.
-pub(super) fn monitor_of(state: &HttpState, token: &str) -> Option<String> {
-    state
-        .core
-        .registry
-        .authenticate(token)
-        .filter(|o| o.kind == TokenKind::Heartbeat)
-        .map(|o| o.key)
+/// The monitor a ping token belongs to (on a replica that does not lead, one the leader
+/// has defined a moment ago too).
+pub(super) async fn monitor_of(state: &HttpState, token: &str) -> Option<String> {
+    state.core.monitor_for_ping_token(token).await
 }
 
 /// Applies a ping to the monitor under `key` and answers as the ping routes do.

@@ -85,7 +85,7 @@ async fn receive(
     req: Request,
 ) -> Response {
     let (headers, peer, body) = split(req);
-    let Some(key) = monitor_of(&state, &token) else {
+    let Some(key) = monitor_of(&state, &token).await else {
         return not_found();
     };
     let bytes = match read_body(body, state.max_body_bytes, state.limits.body_timeout).await {

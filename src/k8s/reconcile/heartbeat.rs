@@ -21,7 +21,7 @@ use super::{
 };
 use crate::core::duration::SpecDuration;
 use crate::core::monitor::define::{DeclaredHeartbeat, WatchedCronJob, ping_url};
-use crate::core::monitor::engine::{MonitorDef, Origin};
+use crate::core::monitor::engine::{MonitorDef, Origin, same_resource};
 use crate::core::registry::{AppInfo, RegistryError, object_key};
 use crate::core::spec::HeartbeatSpec;
 use crate::core::storage::TokenOwner;
@@ -475,7 +475,7 @@ async fn announce(ctx: &Context, hb: &Heartbeat, ns: &str, secret: &str, news: T
 /// and its monitor is suspended with its state and history.
 async fn suspend(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
     // A slot in the Application's quota is free.
-    if let Some(m) = stop_monitoring(ctx, key, true).await?
+    if let Some(m) = stop_monitoring(ctx, key, true, None).await?
         && let Some(app) = m.def.application()
     {
         ctx.triggers.quota_freed(ctx, app);
@@ -485,26 +485,41 @@ async fn suspend(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
 
 /// Stops monitoring `key` for good: its token stops working at once and its monitor goes
 /// (its data stays when its `deletionPolicy` is `Retain`), with what a suspension kept.
-pub async fn deactivate(ctx: &Context, key: &str) -> Result<(), ReconcileError> {
-    stop_monitoring(ctx, key, false).await.map(|_| ())
+/// With `uid` (the Heartbeat that is gone), only what was defined from that Heartbeat
+/// (or from one whose uid was not recorded): a Heartbeat of its name created since keeps
+/// its own monitor.
+pub async fn deactivate(ctx: &Context, key: &str, uid: Option<&str>) -> Result<(), ReconcileError> {
+    stop_monitoring(ctx, key, false, uid).await.map(|_| ())
 }
 
-/// Revokes `key`'s token and suspends (`keep`) or removes its monitor; returns the monitor
-/// it stopped, if there was one.
+/// Revokes `key`'s token and suspends (`keep`) or removes its monitor, the one of the
+/// Heartbeat with `uid` only if one is given; returns the monitor it stopped, if there
+/// was one.
 async fn stop_monitoring(
     ctx: &Context,
     key: &str,
     keep: bool,
+    uid: Option<&str>,
 ) -> Result<Option<crate::core::monitor::engine::Monitor>, ReconcileError> {
     let failed = |e| ReconcileError::core(Step::Cleanup, e);
     let engine = &ctx.core.engine;
+    let remove = || async {
+        match uid {
+            Some(uid) => engine.remove_of(key, uid).await,
+            None => engine.remove(key).await,
+        }
+    };
     let Some(m) = engine.get(key) else {
         // What an earlier suspension kept goes with a removal.
         if !keep {
-            engine.remove(key).await.map_err(failed)?;
+            remove().await.map_err(failed)?;
         }
         return Ok(None);
     };
+    if !same_resource(m.def.resource_uid(), uid) {
+        // Another Heartbeat's of that name, created since.
+        return Ok(None);
+    }
     ctx.core
         .registry
         .remove_token(m.def.token)
@@ -513,7 +528,7 @@ async fn stop_monitoring(
     let stopped = if keep {
         engine.suspend(key).await
     } else {
-        engine.remove(key).await
+        remove().await
     };
     stopped.map_err(failed)?;
     Ok(Some(m))
@@ -529,7 +544,7 @@ async fn cleanup(hb: &Heartbeat, ctx: &Context, ns: &str) -> Result<(), Reconcil
         .engine
         .get(&key)
         .and_then(|m| m.def.application().map(str::to_string));
-    deactivate(ctx, &key).await?;
+    deactivate(ctx, &key, hb.metadata.uid.as_deref()).await?;
     let target = Target::heartbeat(ns, &name);
     ctx.verdicts.remove(&target);
     ctx.retries.reset(&target);

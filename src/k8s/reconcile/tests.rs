@@ -336,6 +336,98 @@ async fn the_orphan_sweep_drops_suspended_monitors_whose_heartbeat_went_unless_r
     );
 }
 
+#[tokio::test]
+async fn a_heartbeat_created_again_under_its_name_starts_afresh_whoever_sees_it_first() {
+    use crate::core::monitor::engine::{DefRecord, Origin, PingInput, PingKind};
+    let dir = tempfile::tempdir().unwrap();
+    let (client, _) = mock_client(api);
+    let (ctx, mut caches, _) = context(dir.path(), client).await;
+    ctx.caches.wait_synced().await;
+    let failed = PingInput {
+        kind: PingKind::Fail,
+        exit_code: Some(1),
+        ..PingInput::success()
+    };
+    let mut old = Vec::new();
+    for name in ["swept", "reconciled"] {
+        let hb = heartbeat(name, json!({"interval": "1h"}), &[]);
+        caches.heartbeat(&hb);
+        reconcile(Arc::new(hb), ctx.clone()).await.unwrap();
+        let key = format!("shop/{name}");
+        ctx.core.engine.ping(&key, failed.clone()).await.unwrap();
+        old.push(ctx.core.engine.get(&key).unwrap());
+    }
+    // Written by a build that recorded no uid (the id is the key).
+    let now = jiff::Timestamp::now();
+    let legacy = DefRecord {
+        id: "shop/legacy".into(),
+        origin: Origin::Kubernetes,
+        ..DefRecord::sample("shop/legacy", 3600, now)
+    };
+    let legacy = ctx.core.engine.upsert(legacy.into()).await.unwrap();
+    ctx.core
+        .engine
+        .ping("shop/legacy", PingInput::success())
+        .await
+        .unwrap();
+    // While no operator ran, both were deleted and created again (new uids).
+    let again = |name: &str| {
+        let mut hb = heartbeat(name, json!({"interval": "1h"}), &[]);
+        hb.metadata.uid = Some(format!("uid-{name}-again"));
+        hb
+    };
+    for name in ["swept", "reconciled"] {
+        caches.heartbeat(&again(name));
+    }
+    caches.heartbeat(&heartbeat("legacy", json!({"interval": "1h"}), &[]));
+    // `reconciled` is reconciled before the sweep runs, `swept` after it.
+    reconcile(Arc::new(again("reconciled")), ctx.clone())
+        .await
+        .unwrap();
+    crate::k8s::orphans::sweep(&ctx).await;
+    assert!(
+        ctx.core.engine.get("shop/swept").is_none(),
+        "the sweep left the old monitor"
+    );
+    assert_eq!(ctx.core.registry.owner_of_hash(&old[0].def.token), None);
+    assert!(
+        ctx.core.engine.get("shop/legacy").is_some(),
+        "a monitor without a uid is its Heartbeat's"
+    );
+    reconcile(Arc::new(again("swept")), ctx.clone())
+        .await
+        .unwrap();
+    reconcile(
+        Arc::new(heartbeat("legacy", json!({"interval": "1h"}), &[])),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    for (name, old) in [("swept", &old[0]), ("reconciled", &old[1])] {
+        let fresh = ctx.core.engine.get(&format!("shop/{name}")).unwrap();
+        assert_ne!(fresh.num, old.num, "{name}");
+        assert_eq!(fresh.def.id, format!("uid-{name}-again"));
+        assert_eq!(
+            (fresh.state.pings, fresh.state.incident_open),
+            (0, false),
+            "{name} picked up the old Heartbeat's monitor"
+        );
+        assert!(
+            ctx.core.engine.pings(old.num, 10).await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(ctx.core.registry.owner_of_hash(&old.def.token), None);
+    }
+    let adopted = ctx.core.engine.get("shop/legacy").unwrap();
+    assert_eq!((adopted.num, adopted.state.pings), (legacy.num, 1));
+    assert_eq!(adopted.def.id, "uid-legacy");
+    // The old Heartbeat's deletion, learnt late, leaves its successor's monitor alone.
+    let successor = ctx.core.engine.get("shop/reconciled").unwrap();
+    let late = heartbeat("reconciled", json!({"interval": "1h"}), &[]);
+    super::heartbeat::gone(ctx.clone(), late).await;
+    assert_eq!(ctx.core.engine.get("shop/reconciled"), Some(successor));
+}
+
 /// Arms Heartbeat `job` (with `spec`) in a fresh context, with its Secret in the cache as
 /// the watch would bring it; the request log starts empty.
 async fn armed(

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::harness::{Install, Operator, SERIAL, hb_status, prepare, secret_value, teardown};
+use super::harness::{
+    Install, Operator, SERIAL, condition, hb_status, prepare, secret_value, status_where, teardown,
+};
 use crate::helpers::{SmtpSink, free_port, metric, wait_for};
 use hartslag::k8s::crd::{Application, Heartbeat};
 use k8s_openapi::api::core::v1::Secret;
@@ -78,6 +80,13 @@ async fn two_operators_on_one_database_fail_over_when_the_lease_holder_is_killed
     }))
     .unwrap();
     hbs.create(&PostParams::default(), &hb).await.unwrap();
+    // A first token works once its Heartbeat is Ready (not as soon as its Secret appears:
+    // the leader takes it after writing the Secret), then on every replica: a follower
+    // that does not know it yet reads the leader's rounds before it answers 404.
+    status_where(&hbs, "payroll", "Ready", Duration::from_secs(30), |st| {
+        condition(st, "Ready").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
     let ping_url = wait_for("the ping URL", Duration::from_secs(30), || {
         secret_value(&secrets, "payroll-heartbeat", "ping-url")
     })

@@ -272,3 +272,67 @@ async fn a_suspended_monitor_deleted_while_no_operator_runs_is_not_picked_up_lat
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: run tests/run-all.sh, or set KUBECONFIG and pass --include-ignored"]
+async fn a_down_heartbeat_deleted_and_created_again_while_no_operator_runs_starts_afresh() {
+    let mut s = Scenario::start("e2e-trust-recreated").await;
+    let manifest = "apiVersion: hartslag.dev/v1alpha1\nkind: Heartbeat\nmetadata:\n  name: nightly\nspec:\n  interval: 1h\n  alerts:\n    email: [ops@example.com]\n";
+    apply(&s.ns, manifest);
+    let old_url = ping_url(&s.secrets, "nightly").await;
+    let http = reqwest::Client::new();
+    let sent = http.post(format!("{old_url}?exit_code=3")).send().await;
+    assert_eq!(sent.map(|r| r.status().as_u16()).unwrap_or(0), 200);
+    status_where(&s.hbs, "nightly", "Down", Duration::from_secs(30), |st| {
+        st["state"] == "Down"
+    })
+    .await;
+    wait_for("the DOWN email", Duration::from_secs(30), || async {
+        (!s.sink.with_subject("DOWN: nightly").is_empty()).then_some(())
+    })
+    .await;
+    // While no operator runs, it is deleted and created again under its name (a new uid);
+    // the old Secret goes with the old Heartbeat.
+    s.op.kill();
+    kubectl(&["delete", "heartbeat", "nightly", "-n", &s.ns]);
+    apply(&s.ns, manifest);
+    s.op = Operator::start(&s.install, &s.data, &s.sink.url(), s.port).await;
+    s.op.wait_settled().await;
+    let st = status_where(&s.hbs, "nightly", "Ready", Duration::from_secs(60), |st| {
+        ready(st) && st["state"].is_string()
+    })
+    .await;
+    assert!(
+        st["state"] == "New" && st.get("lastPingAt").is_none() && st.get("pings").is_none(),
+        "the new Heartbeat inherited the old one's monitor: {st}"
+    );
+    // The old incident is resolved, once; the new Heartbeat has nothing to alert about.
+    wait_for(
+        "the NO LONGER MONITORED email",
+        Duration::from_secs(30),
+        || async {
+            (!s.sink
+                .with_subject("NO LONGER MONITORED: nightly")
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    let new_url = wait_for("a new ping URL", Duration::from_secs(30), || async {
+        secret_value(&s.secrets, "nightly-heartbeat", "ping-url")
+            .await
+            .filter(|u| *u != old_url)
+    })
+    .await;
+    let status =
+        |r: reqwest::Result<reqwest::Response>| r.map(|r| r.status().as_u16()).unwrap_or(0);
+    assert_eq!(status(http.post(&old_url).send().await), 404);
+    assert_eq!(status(http.post(&new_url).send().await), 200);
+    status_where(&s.hbs, "nightly", "Up", Duration::from_secs(30), |st| {
+        st["state"] == "Up" && st["pings"] == 1
+    })
+    .await;
+    assert_eq!(s.sink.with_subject("NO LONGER MONITORED").len(), 1);
+    assert_eq!(s.sink.with_subject("DOWN").len(), 1);
+    assert!(s.sink.with_subject("RECOVERED").is_empty());
+}

@@ -233,6 +233,20 @@ impl MonitorDef {
         self.rare().is_some_and(|r| r.retain_on_delete)
     }
 
+    /// The uid of the resource this monitor was defined from (a Kubernetes object's), as
+    /// recorded in its id; see [`resource_uid`].
+    pub fn resource_uid(&self) -> Option<&str> {
+        resource_uid(self.origin, &self.id, &self.key)
+    }
+
+    /// Whether this definition (a monitor's, or a record kept of one) belongs to another
+    /// resource than `def`, defined under the same key: a Heartbeat deleted and created
+    /// again under its name, which must not inherit what its predecessor left (see
+    /// [`same_resource`]).
+    pub fn is_of_another_resource(&self, def: &MonitorDef) -> bool {
+        !same_resource(self.resource_uid(), def.resource_uid())
+    }
+
     fn rare(&self) -> Option<&Rare> {
         self.extras.0.as_deref()
     }
@@ -284,6 +298,26 @@ impl MonitorDef {
             maintenance: &self.alerting.maintenance,
             ..Timing::from_secs(self.interval_secs, self.grace_secs)
         }
+    }
+}
+
+/// The uid of the resource a monitor of `origin` under `key` was defined from, as recorded
+/// in its `id`. Only a Kubernetes object has one (manifests and the management API give
+/// their monitors ids of their own). `None` also for a record that names none: written for
+/// an object the API server had given no uid, whose id then is its key.
+pub fn resource_uid<'a>(origin: Origin, id: &'a str, key: &str) -> Option<&'a str> {
+    (origin == Origin::Kubernetes && !id.is_empty() && id != key).then_some(id)
+}
+
+/// Whether what was recorded for the resource with uid `recorded` belongs to the resource
+/// with uid `uid` under the same key: the same uid, or either side has none. A record that
+/// names no uid goes to whichever resource defines that key next, which records its own:
+/// records of earlier builds, and of other front ends, stay with the name they were
+/// defined under.
+pub fn same_resource(recorded: Option<&str>, uid: Option<&str>) -> bool {
+    match (recorded, uid) {
+        (Some(recorded), Some(uid)) => recorded == uid,
+        _ => true,
     }
 }
 
@@ -363,6 +397,46 @@ mod tests {
             created_at: now,
             updated_at: now,
         }
+    }
+
+    #[test]
+    fn a_kubernetes_monitor_names_its_resource_by_the_uid_in_its_id() {
+        let def = |origin, id: &str| {
+            MonitorDef::from(DefRecord {
+                origin,
+                id: id.into(),
+                ..record("team/backup", "team", "backup")
+            })
+        };
+        let first = def(Origin::Kubernetes, "uid-1");
+        assert_eq!(first.resource_uid(), Some("uid-1"));
+        // Created again under its name: another resource.
+        let again = def(Origin::Kubernetes, "uid-2");
+        assert!(first.is_of_another_resource(&again));
+        assert!(again.is_of_another_resource(&first));
+        assert!(!first.is_of_another_resource(&first.clone()));
+        // Records that name no resource belong to whichever defines their key next: one
+        // written for an object without a uid (its id is its key, or empty), and those of
+        // the other front ends, whose ids are their own.
+        for none in [
+            def(Origin::Kubernetes, "team/backup"),
+            def(Origin::Kubernetes, ""),
+            def(Origin::Manifest, "uid-1"),
+            def(Origin::Api, "0123abcd"),
+        ] {
+            assert_eq!(none.resource_uid(), None, "{none:?}");
+            assert!(!none.is_of_another_resource(&again), "{none:?}");
+            assert!(!again.is_of_another_resource(&none), "{none:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_without_a_uid_belongs_to_any_resource_of_its_name() {
+        assert!(same_resource(Some("a"), Some("a")));
+        assert!(!same_resource(Some("a"), Some("b")));
+        assert!(same_resource(None, Some("b")));
+        assert!(same_resource(Some("a"), None));
+        assert!(same_resource(None, None));
     }
 
     #[test]

@@ -62,9 +62,9 @@ enum Concerns<'a> {
 fn concerns(cmd: &Command) -> Concerns<'_> {
     match cmd {
         Command::Upsert(def, _) => Concerns::Keys(vec![def.key.as_str()]),
-        Command::Remove(key, _)
+        Command::Remove(key, _, _)
         | Command::Suspend(key, _)
-        | Command::Forget(key, _)
+        | Command::Forget(key, _, _)
         | Command::Ping(key, _, _)
         | Command::SetPaused(key, _, _)
         | Command::Job(key, _, _) => Concerns::Keys(vec![key.as_str()]),

@@ -30,7 +30,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use super::history::{PingKind, PingRecord};
-pub use def::DefRecord;
+pub use def::{DefRecord, resource_uid, same_resource};
 use handover::Handover;
 use herd::Tie;
 pub use metrics::EngineStats;
@@ -310,7 +310,16 @@ impl Engine {
     /// under `key`, what a [`Self::suspend`] kept of it.
     pub async fn remove(&self, key: &str) -> Result<(), EngineError> {
         let key = key.to_string();
-        self.call(|tx| Command::Remove(key, tx)).await
+        self.call(|tx| Command::Remove(key, None, tx)).await
+    }
+
+    /// [`Self::remove`] for the resource with uid `uid` only: a monitor (or what a
+    /// suspension kept) recorded for another resource of that name, created since, stays.
+    /// Decided on the engine's thread, so a definition that overtakes the caller is never
+    /// removed by it.
+    pub async fn remove_of(&self, key: &str, uid: &str) -> Result<(), EngineError> {
+        let (key, uid) = (key.to_string(), uid.to_string());
+        self.call(|tx| Command::Remove(key, Some(uid), tx)).await
     }
 
     /// Stops monitoring `key` while keeping its state and history, whatever its deletion
@@ -327,7 +336,14 @@ impl Engine {
     /// stays as it is. For a suspended monitor whose resource is gone.
     pub async fn forget_suspended(&self, key: &str) -> Result<(), EngineError> {
         let key = key.to_string();
-        self.call(|tx| Command::Forget(key, tx)).await
+        self.call(|tx| Command::Forget(key, None, tx)).await
+    }
+
+    /// [`Self::forget_suspended`] for the resource with uid `uid` only: a record kept for
+    /// another resource of that name stays.
+    pub async fn forget_suspended_of(&self, key: &str, uid: &str) -> Result<(), EngineError> {
+        let (key, uid) = (key.to_string(), uid.to_string());
+        self.call(|tx| Command::Forget(key, Some(uid), tx)).await
     }
 
     /// Applies a ping durably and tells whether the monitor is paused.

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::{Command, Done, Worker};
 use crate::core::monitor::engine::EngineError;
+use crate::core::monitor::engine::def::same_resource;
 use crate::core::monitor::engine::mirror::{TokenChanges, mirrored};
 use crate::core::monitor::engine::publish::Published;
 use crate::core::monitor::engine::staging::Round;
@@ -25,9 +26,9 @@ impl Worker {
             Command::Upsert(_, reply) | Command::SetPaused(_, _, reply) => {
                 let _ = reply.send(Err(EngineError::NotLeader));
             }
-            Command::Remove(_, reply)
+            Command::Remove(_, _, reply)
             | Command::Suspend(_, reply)
-            | Command::Forget(_, reply)
+            | Command::Forget(_, _, reply)
             | Command::Job(_, _, reply)
             | Command::Relayed(_, reply) => {
                 let _ = reply.send(Err(EngineError::NotLeader));
@@ -132,7 +133,10 @@ impl Worker {
     /// id, creation time and state; one deleted with `Retain` picks its state back up, and
     /// so does one suspended, when it is the same resource again (the same id). What a
     /// suspension kept of another resource of that name went with it: it is dropped here,
-    /// whatever the order in which that deletion and this definition are learnt.
+    /// whatever the order in which that deletion and this definition are learnt. So does a
+    /// monitor of another resource of that name ([`Self::replace`]). A record that names
+    /// no resource ([`MonitorDef::resource_uid`]) is taken over by `def`, which records
+    /// its own.
     fn upsert(
         &self,
         mut def: MonitorDef,
@@ -140,8 +144,13 @@ impl Worker {
     ) -> Result<(Monitor, Vec<Effect>), EngineError> {
         let now = self.clock.now();
         if let Some(old) = self.current(&def.key, round) {
+            if old.def.is_of_another_resource(&def) {
+                return self.replace(old, def, round);
+            }
             def.created_at = old.def.created_at;
-            def.id = old.def.id.clone();
+            if old.def.resource_uid().is_some() || def.resource_uid().is_none() {
+                def.id = old.def.id.clone();
+            }
             if def == old.def {
                 return Ok((old, Vec::new()));
             }
@@ -169,13 +178,14 @@ impl Worker {
             });
         }
         if let Some(old) = kept.filter(|old| picks_up(old, &def)) {
-            def.created_at = old.def.created_at;
-            let mut signals = vec![Signal::Retimed(now)];
-            if def.paused {
-                signals.push(Signal::Pause(now));
-            }
-            return Ok(redefined(old, def, signals));
+            return Ok(picked_up(old, def, now));
         }
+        self.created(def)
+    }
+
+    /// A new monitor defined by `def`, with a number no monitor has had.
+    fn created(&self, def: MonitorDef) -> Result<(Monitor, Vec<Effect>), EngineError> {
+        let now = self.clock.now();
         let num = self.store.next_monitor_num()?;
         let state = MonitorState::created(&def.timing(), now, def.paused);
         Ok((
@@ -189,15 +199,52 @@ impl Worker {
         ))
     }
 
+    /// `def`, of another resource than the monitor `old` under its key (one deleted and
+    /// created again under its name while its front end did not look): `old` stops as a
+    /// removal stops it, in this round — its open incident closed, its Late warning ended,
+    /// its record and history kept only by its `Retain` policy — and `def` is a new
+    /// monitor, which picks up what that policy kept, as it would after a removal.
+    fn replace(
+        &self,
+        old: Monitor,
+        def: MonitorDef,
+        round: &mut Round,
+    ) -> Result<(Monitor, Vec<Effect>), EngineError> {
+        tracing::info!(
+            monitor = %def.key,
+            "defined by another resource of its name (deleted and created again): the old monitor stops, the new one starts afresh"
+        );
+        let old = self.stop_watching(old, false, round);
+        if old.def.retain_on_delete() {
+            return Ok(picked_up(old, def, self.clock.now()));
+        }
+        let num = old.num;
+        self.transitions_since_trim.borrow_mut().clear(num);
+        round.monitors.remove(&def.key);
+        round.writes.pings.retain(|(n, _)| *n != num);
+        round.writes.transitions.retain(|(n, ..)| *n != num);
+        round.writes.trims.retain(|(n, _)| *n != num);
+        round.writes.remove.push(Removal {
+            key: def.key.clone(),
+            num,
+            retain: None,
+        });
+        self.created(def)
+    }
+
     /// Removes monitor `key`; with `keep`, its state and history stay under the retained
     /// key whatever its deletion policy (a monitor suspended until its definition is
     /// accepted again, which then finds them). Without a monitor under `key`, a record
-    /// kept that way (not by a `Retain` policy) goes with its history.
-    pub(super) fn remove(&self, key: &str, keep: bool, round: &mut Round) {
+    /// kept that way (not by a `Retain` policy) goes with its history. With `uid`, only
+    /// a monitor (or record) of that resource, or of none ([`same_resource`]), goes.
+    pub(super) fn remove(&self, key: &str, keep: bool, uid: Option<&str>, round: &mut Round) {
         let Some(m) = self.current(key, round) else {
-            self.forget_suspended(key, keep, round);
+            self.forget_suspended(key, keep, uid, round);
             return;
         };
+        if !same_resource(m.def.resource_uid(), uid) {
+            return;
+        }
         if !keep {
             // Suspended earlier in this round, then defined again: the removal goes for
             // what the suspension kept too.
@@ -230,15 +277,16 @@ impl Worker {
     /// Drops the record (and history) a suspension kept under `key`, never a monitor
     /// defined under it: what [`super::Command::Forget`] asks, for a suspended monitor
     /// whose resource is gone.
-    pub(super) fn forget(&self, key: &str, round: &mut Round) {
+    pub(super) fn forget(&self, key: &str, uid: Option<&str>, round: &mut Round) {
         if self.current(key, round).is_none() {
-            self.forget_suspended(key, false, round);
+            self.forget_suspended(key, false, uid, round);
         }
     }
 
     /// Drops the record (and history) a suspension kept under `key`, unless `keep` or
-    /// its definition asks for it to be retained.
-    fn forget_suspended(&self, key: &str, keep: bool, round: &mut Round) {
+    /// its definition asks for it to be retained, or it was kept for another resource
+    /// than the one with `uid`.
+    fn forget_suspended(&self, key: &str, keep: bool, uid: Option<&str>, round: &mut Round) {
         if keep {
             return;
         }
@@ -256,7 +304,9 @@ impl Worker {
                 return;
             }
         };
-        let Some(m) = kept.filter(|m| !m.def.retain_on_delete()) else {
+        let Some(m) =
+            kept.filter(|m| !m.def.retain_on_delete() && same_resource(m.def.resource_uid(), uid))
+        else {
             return;
         };
         round.removed.insert(key.to_string());
@@ -269,9 +319,21 @@ impl Worker {
 }
 
 /// Whether `def` picks up the retained record `old`: always when a `Retain` policy kept
-/// it, and when a suspension kept it only for the same resource.
+/// it, and when a suspension kept it only for the same resource (or for one a record of an
+/// earlier build does not name).
 fn picks_up(old: &Monitor, def: &MonitorDef) -> bool {
-    old.def.retain_on_delete() || old.def.id == def.id
+    old.def.retain_on_delete() || !old.def.is_of_another_resource(def)
+}
+
+/// `def` picking up the retained record `old` (its state and history, its number and age),
+/// re-armed from `now`, and paused at once if `def` is.
+fn picked_up(old: Monitor, mut def: MonitorDef, now: jiff::Timestamp) -> (Monitor, Vec<Effect>) {
+    def.created_at = old.def.created_at;
+    let mut signals = vec![Signal::Retimed(now)];
+    if def.paused {
+        signals.push(Signal::Pause(now));
+    }
+    redefined(old, def, signals)
 }
 
 /// Turns the removals this round staged for `key` that keep its record only because it

@@ -81,11 +81,21 @@ pub(super) enum Command {
         Box<MonitorDef>,
         oneshot::Sender<Result<Monitor, EngineError>>,
     ),
-    Remove(String, oneshot::Sender<Result<(), EngineError>>),
+    /// Removes the monitor, for the resource with the uid given only, if one is.
+    Remove(
+        String,
+        Option<String>,
+        oneshot::Sender<Result<(), EngineError>>,
+    ),
     /// Removes the monitor keeping its state and history, as a retained one.
     Suspend(String, oneshot::Sender<Result<(), EngineError>>),
-    /// Drops what a suspension kept under the key; a monitor defined under it stays.
-    Forget(String, oneshot::Sender<Result<(), EngineError>>),
+    /// Drops what a suspension kept under the key (for the resource with the uid given
+    /// only, if one is); a monitor defined under it stays.
+    Forget(
+        String,
+        Option<String>,
+        oneshot::Sender<Result<(), EngineError>>,
+    ),
     Ping(
         String,
         PingInput,
@@ -290,20 +300,20 @@ impl Worker {
                 tracing::debug!("ignored the leader's changes: this replica leads");
                 let _ = reply.send(TokenChanges::default());
             }
-            Command::Remove(key, reply) => {
-                self.remove(&key, false, round);
+            Command::Remove(key, uid, reply) => {
+                self.remove(&key, false, uid.as_deref(), round);
                 round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));
             }
             Command::Suspend(key, reply) => {
-                self.remove(&key, true, round);
+                self.remove(&key, true, None, round);
                 round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));
             }
-            Command::Forget(key, reply) => {
-                self.forget(&key, round);
+            Command::Forget(key, uid, reply) => {
+                self.forget(&key, uid.as_deref(), round);
                 round.done.push(Box::new(move |r| {
                     let _ = reply.send(r);
                 }));

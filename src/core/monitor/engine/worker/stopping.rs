@@ -48,7 +48,9 @@ impl Worker {
 mod tests {
     use crate::core::alert::message::{AlertKind, Target};
     use crate::core::alert::outbox::{Delivery, Outbox};
-    use crate::core::monitor::engine::{DefRecord, Engine, EngineConfig, PingInput, PingKind};
+    use crate::core::monitor::engine::{
+        DefRecord, Engine, EngineConfig, Monitor, MonitorDef, Origin, PingInput, PingKind,
+    };
     use crate::core::monitor::schedule::Clock;
     use crate::core::monitor::state::State;
     use crate::core::services::open_monitor_storage;
@@ -136,6 +138,150 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// Monitor `ns/job` of the Kubernetes object with uid `uid`, alerting [`hook`].
+    fn of_object(uid: &str, retain: bool, now: jiff::Timestamp) -> MonitorDef {
+        DefRecord {
+            id: uid.into(),
+            origin: Origin::Kubernetes,
+            targets: vec![hook()],
+            retain_on_delete: retain,
+            ..DefRecord::sample("ns/job", 3600, now)
+        }
+        .into()
+    }
+
+    /// An engine with `ns/job` of object `uid-1` Down (with a failed run in its history).
+    async fn down_object(dir: &std::path::Path, retain: bool) -> (Engine, Outbox, Monitor) {
+        let storage = open_monitor_storage(dir);
+        let outbox = Outbox::new(storage.outbox, Default::default());
+        let config = EngineConfig::default();
+        let engine = Engine::start(storage.monitors, outbox.clone(), config, Clock::new()).unwrap();
+        let now = engine.clock().now();
+        engine
+            .upsert(of_object("uid-1", retain, now))
+            .await
+            .unwrap();
+        let fail = PingInput {
+            kind: PingKind::Fail,
+            exit_code: Some(7),
+            ..PingInput::success()
+        };
+        engine.ping("ns/job", fail).await.unwrap();
+        let m = engine.get("ns/job").unwrap();
+        assert!(m.state.incident_open && m.state.state == State::Down);
+        // Alerts are named by their millisecond: a Down alerted again must not share it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while engine.clock().now().as_millisecond() <= m.state.since.as_millisecond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock stands still"
+            );
+            tokio::task::yield_now().await;
+        }
+        (engine, outbox, m)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_of_the_same_name_with_another_uid_starts_afresh_and_closes_the_old_incident()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, outbox, old) = down_object(dir.path(), false).await;
+        let now = engine.clock().now();
+        let new = engine.upsert(of_object("uid-2", false, now)).await.unwrap();
+        assert_ne!(new.num, old.num);
+        assert_eq!(
+            (new.def.id.as_str(), new.state.state),
+            ("uid-2", State::New)
+        );
+        assert_eq!((new.state.pings, new.state.last_ping_at), (0, None));
+        assert!(!new.state.incident_open);
+        assert_eq!(engine.get("ns/job"), Some(new.clone()));
+        // The old monitor went as a deletion takes it: history gone, incident closed.
+        assert!(engine.pings(old.num, 10).await.unwrap().is_empty());
+        assert!(engine.transitions(old.num, 10).await.unwrap().is_empty());
+        assert!(engine.pings(new.num, 10).await.unwrap().is_empty());
+        let closing = queued(&outbox, "job", AlertKind::Stopped).await;
+        assert_eq!(closing.len(), 1, "{closing:?}");
+        assert!(
+            closing[0]
+                .alert
+                .reason
+                .contains("the Heartbeat was removed while it was Down"),
+            "{}",
+            closing[0].alert.reason
+        );
+        assert_eq!(queued(&outbox, "job", AlertKind::Down).await.len(), 1);
+        // Nothing was kept for a later Heartbeat of that name either.
+        assert!(engine.retained("ns/job").await.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_retain_the_new_object_picks_up_the_old_history_with_its_incident_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, outbox, old) = down_object(dir.path(), true).await;
+        let now = engine.clock().now();
+        let new = engine.upsert(of_object("uid-2", true, now)).await.unwrap();
+        // As a deletion with `Retain` and a creation would: the history stays, the
+        // incident was closed, and still Down the new object alerts afresh.
+        assert_eq!((new.num, new.def.id.as_str()), (old.num, "uid-2"));
+        assert_eq!((new.state.state, new.state.pings), (State::Down, 1));
+        assert_eq!(new.def.created_at, old.def.created_at);
+        assert_eq!(engine.pings(old.num, 10).await.unwrap().len(), 1);
+        assert_eq!(queued(&outbox, "job", AlertKind::Stopped).await.len(), 1);
+        assert!(engine.get("ns/job").unwrap().state.incident_open);
+        let downs = queued(&outbox, "job", AlertKind::Down).await;
+        assert_eq!(downs.len(), 2, "{downs:#?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_that_names_no_object_is_taken_over_and_records_its_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, outbox, _) = down_object(dir.path(), false).await;
+        // As an earlier build wrote it for an object without a uid: its id is its key.
+        let now = engine.clock().now();
+        let legacy = engine
+            .upsert(of_object("ns/job", false, now))
+            .await
+            .unwrap();
+        assert_eq!(legacy.def.id, "uid-1", "a uid recorded stays");
+        engine.remove("ns/job").await.unwrap();
+        let unnamed = engine
+            .upsert(of_object("ns/job", false, now))
+            .await
+            .unwrap();
+        assert_eq!(unnamed.def.resource_uid(), None);
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        let adopted = engine.upsert(of_object("uid-2", false, now)).await.unwrap();
+        assert_eq!((adopted.num, adopted.state.pings), (unnamed.num, 1));
+        assert_eq!(adopted.def.id, "uid-2");
+        assert_eq!(
+            engine.get("ns/job").unwrap().def.resource_uid(),
+            Some("uid-2")
+        );
+        // So is a suspended one: its object picks it up.
+        engine.suspend("ns/job").await.unwrap();
+        let kept = engine.retained("ns/job").await.unwrap();
+        assert_eq!(kept.def.id, "uid-2");
+        drop(outbox);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_suspended_record_that_names_no_object_is_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _outbox, _) = down_object(dir.path(), false).await;
+        engine.remove("ns/job").await.unwrap();
+        let now = engine.clock().now();
+        let unnamed = engine
+            .upsert(of_object("ns/job", false, now))
+            .await
+            .unwrap();
+        engine.ping("ns/job", PingInput::success()).await.unwrap();
+        engine.suspend("ns/job").await.unwrap();
+        let back = engine.upsert(of_object("uid-3", false, now)).await.unwrap();
+        assert_eq!((back.num, back.state.pings), (unnamed.num, 1));
+        assert_eq!(back.def.id, "uid-3");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
