@@ -19,7 +19,7 @@ pub(super) fn apply_groups(inner: &Inner, groups: Receiver<Vec<Entry>>) {
 }
 
 /// Applies one durable group record by record; on failure stops everything.
-fn apply_group(inner: &Inner, group: Vec<Entry>, splitter: &mut Splitter) {
+pub(super) fn apply_group(inner: &Inner, group: Vec<Entry>, splitter: &mut Splitter) {
     #[cfg(test)]
     let injected = inner.apply_gate.pass();
     if let Some(refusal) = inner.refusal() {

@@ -7,6 +7,13 @@
 //! CPU work around it. At most one group is applied while one more is written and flushed
 //! (the commit thread waits to hand over the next), so a slow sled slows the log too.
 //!
+//! A small group (fewer than [`APPLY_HERE_BELOW`](thread::APPLY_HERE_BELOW) writes: a
+//! flush of ingest or of pings) is applied by the commit thread itself when the apply
+//! thread has nothing left: its apply takes tens of microseconds, less than the wake and
+//! sleep of a second thread per flush cost, and on two cores it would compete with the
+//! commit thread for a core anyway (measured in `docs/benchmarks.md`, "Thread switches
+//! per flush"). Large groups (a herd's round of Downs) keep the pipeline.
+//!
 //! A writer either submits a finished record with [`Committer::submit`], or keeps an
 //! [`OpenBatch`] in the committer that the commit thread seals into one record when it
 //! starts a group: whatever arrived while the disk flushed the previous group becomes one
@@ -14,13 +21,14 @@
 //! became of its record through a [`Notify`] callback: [`Progress::Durable`] once the
 //! record is on disk (answer the client now; run on the commit thread), then
 //! [`Progress::Applied`] once sled has it (readers of sled see it now; run on the apply
-//! thread), or [`Progress::Failed`]. A writer that prepares its next record from what it
+//! thread, or on the commit thread for a small group), or [`Progress::Failed`]. A writer that prepares its next record from what it
 //! wrote before reads through a [`PendingReader`], which sees records not applied yet.
 //!
 //! The invariants, each tested below:
 //! 1. **Order.** Records are written, made durable, reported and applied in the order they
 //!    were submitted, across all writers; each stage keeps the order across the two
-//!    threads (a group is applied only after the group before it). Inside one large
+//!    threads (a group is applied only after the group before it: the commit thread
+//!    applies one only when the apply thread has finished every group handed to it). Inside one large
 //!    record, writes to different keys may be applied in any order ([`split`]),
 //!    writes to one key in the record's.
 //! 2. **No answer before the disk.** `Durable` is reported only after an `fdatasync` that
@@ -113,8 +121,9 @@ pub enum Progress<'a> {
     Failed(&'a CommitError),
 }
 
-/// A writer's callback for its record (keep it short): `Durable` runs on the commit
-/// thread, `Applied` on the apply thread, `Failed` on either.
+/// A writer's callback for its record (keep it short, and never wait in it for the
+/// committer): `Durable` runs on the commit thread, `Applied` on the apply thread or, for
+/// a small group, the commit thread, `Failed` on either.
 pub type Notify = Box<dyn FnMut(Progress<'_>) + Send>;
 
 /// One submitted record.

@@ -71,6 +71,11 @@ impl Splitter {
         }
     }
 
+    /// Applies everything on the calling thread.
+    pub(super) fn alone() -> Self {
+        Self { helper: None }
+    }
+
     /// Applies `writes` to sled, half of them on the helper when there are at least
     /// [`SPLIT_FROM`]. Stops at the first failure of either half (the other half may have
     /// gone on: the record is durable, and a restart replays it whole).

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::thread::{CHECKPOINT_BYTES, GROUP_BYTES};
+use super::thread::{APPLY_HERE_BELOW, CHECKPOINT_BYTES, GROUP_BYTES};
 use super::*;
 
 /// Holds the commit thread before a group's write and sync, and injects failures.
@@ -41,6 +41,10 @@ impl Gate {
             *n -= 1;
         }
         std::mem::take(&mut s.fail_next)
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.lock().permits.is_some()
     }
 
     pub(super) fn close(&self) {
@@ -729,4 +733,106 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A callback that records the thread `Applied` ran on, after running `then` there.
+fn applied_on(
+    seen: &Arc<Mutex<Vec<(u32, String)>>>,
+    id: u32,
+    then: impl FnOnce() + Send + 'static,
+) -> Notify {
+    let seen = seen.clone();
+    let mut then = Some(then);
+    Box::new(move |p| {
+        if let Progress::Applied = p {
+            if let Some(then) = then.take() {
+                then();
+            }
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            seen.lock().unwrap().push((id, name));
+        }
+    })
+}
+
+fn many_puts(tree: &sled::Tree, n: usize) -> Vec<Mutation> {
+    (0..n)
+        .map(|i| Mutation::put(tree, (i as u32).to_be_bytes().to_vec(), b"v".to_vec()))
+        .collect()
+}
+
+fn wait_for_applied(seen: &Arc<Mutex<Vec<(u32, String)>>>, n: usize) -> Vec<(u32, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = seen.lock().unwrap().clone();
+        if s.len() >= n {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "only applied {s:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_small_group_is_applied_on_the_commit_thread_and_a_large_one_on_the_apply_thread() {
+    let (_dir, _db, c, tree) = open();
+    let seen = Arc::default();
+    c.submit(put(&tree, b"small", b"v"), applied_on(&seen, 0, || {}));
+    assert_eq!(wait_for_applied(&seen, 1)[0].1, "hartslag-commit");
+    c.submit(
+        many_puts(&tree, APPLY_HERE_BELOW),
+        applied_on(&seen, 1, || {}),
+    );
+    assert_eq!(wait_for_applied(&seen, 2)[1].1, "hartslag-apply");
+    assert_eq!(tree.get(b"small").unwrap().unwrap().as_ref(), b"v");
+    assert_eq!(tree.len(), APPLY_HERE_BELOW + 1);
+}
+
+#[test]
+fn a_small_group_behind_one_still_being_applied_waits_its_turn_on_the_apply_thread() {
+    let (_dir, _db, c, tree) = open();
+    let seen = Arc::default();
+    // The large group's `Applied` holds the apply thread until the small group is durable.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let mut writes = many_puts(&tree, APPLY_HERE_BELOW);
+    writes.push(Mutation::put(&tree, b"k".to_vec(), b"first".to_vec()));
+    let heard = Heard::default();
+    let first_durable = heard.clone();
+    let mut first = applied_on(&seen, 0, move || {
+        let _ = wait.recv_timeout(Duration::from_secs(60));
+    });
+    c.submit(
+        writes,
+        Box::new(move |p| {
+            if let Progress::Durable = p {
+                first_durable.lock().unwrap().push((0, "durable"));
+            }
+            first(p)
+        }),
+    );
+    // In a group of its own: the first one is durable and on its way to the apply thread.
+    wait_for(&heard, 1);
+    let (durable, applied) = (heard.clone(), seen.clone());
+    c.submit(
+        put(&tree, b"k", b"second"),
+        Box::new(move |p| match p {
+            Progress::Durable => durable.lock().unwrap().push((1, "durable")),
+            Progress::Applied => {
+                let name = std::thread::current().name().unwrap_or("?").to_string();
+                applied.lock().unwrap().push((1, name));
+            }
+            Progress::Failed(_) => durable.lock().unwrap().push((1, "failed")),
+        }),
+    );
+    wait_for(&heard, 2);
+    go.send(()).unwrap();
+    let s = wait_for_applied(&seen, 2);
+    assert_eq!(
+        s,
+        vec![
+            (0, "hartslag-apply".to_string()),
+            (1, "hartslag-apply".to_string())
+        ],
+        "the small group was applied before the one ahead of it, or beside it"
+    );
+    assert_eq!(tree.get(b"k").unwrap().unwrap().as_ref(), b"second");
 }

@@ -1,5 +1,5 @@
 //! The commit thread: turns of the queue, sealing open batches, writing and syncing each
-//! group, handing it to the apply thread, and checkpoints.
+//! group, applying a small one itself or handing it to the apply thread, and checkpoints.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::split::Splitter;
 use super::{
-    CommitError, Entry, Inner, PendingReader, Progress, StopOnUnwind, fail_all, finished_group,
-    halted,
+    CommitError, Entry, Inner, PendingReader, Progress, StopOnUnwind, apply, fail_all,
+    finished_group, halted,
 };
 #[cfg(test)]
 use crate::core::store::wal::WalError;
@@ -27,6 +28,13 @@ pub(super) const GROUP_BYTES: usize = 32 * 1024 * 1024;
 /// A log with records in it is checkpointed after this long without commits.
 pub(super) const IDLE_CHECKPOINT: Duration = Duration::from_secs(10);
 
+/// Groups of fewer writes are applied on the commit thread when the apply thread has
+/// nothing left to do. A flush of ingest (one record of a few rollups and an event block)
+/// or of pings (a round or two: state records and ping blocks) has well under this; a
+/// herd's round of Downs, thousands. The bound keeps what the next `fdatasync` waits for
+/// small: a few dozen cached inserts, tens of microseconds.
+pub(super) const APPLY_HERE_BELOW: usize = 32;
+
 /// What the commit thread takes from the queue in one turn.
 struct Turn {
     group: Vec<Entry>,
@@ -38,13 +46,16 @@ struct Turn {
 }
 
 /// The commit thread: the only one that writes and syncs the log and checkpoints; it
-/// hands each durable group to the apply thread.
+/// applies each small durable group itself when the apply thread is idle, and hands the
+/// others to the apply thread.
 pub(super) struct CommitThread<'a> {
     inner: &'a Inner,
     log: Log,
     buf: Vec<u8>,
     last_commit: Instant,
     to_apply: SyncSender<Vec<Entry>>,
+    /// Applies small groups on this thread, without a helper.
+    alone: Splitter,
 }
 
 impl<'a> CommitThread<'a> {
@@ -55,6 +66,7 @@ impl<'a> CommitThread<'a> {
             buf: Vec::new(),
             last_commit: Instant::now(),
             to_apply,
+            alone: Splitter::alone(),
         }
     }
 
@@ -209,8 +221,8 @@ impl<'a> CommitThread<'a> {
         }
     }
 
-    /// Writes, syncs and reports one group and hands it to the apply thread; on failure
-    /// stops everything and returns `false`.
+    /// Writes, syncs and reports one group, and applies it or hands it to the apply
+    /// thread; on failure stops everything and returns `false`.
     fn commit_group(&mut self, mut group: Vec<Entry>) -> bool {
         if let Some(refusal) = self.refusal() {
             fail_all(group, &refusal);
@@ -240,6 +252,10 @@ impl<'a> CommitThread<'a> {
         }
         // Durable first, then visible: sled never holds a write whose record could still
         // be lost, so a replay can always complete what sled kept.
+        if self.apply_here(&group) {
+            apply::apply_group(self.inner, group, &mut self.alone);
+            return self.refusal().is_none();
+        }
         self.inner.pipeline().outstanding += 1;
         if let Err(std::sync::mpsc::SendError(group)) = self.to_apply.send(group) {
             // The apply thread is gone (it stopped the committer as it went).
@@ -248,6 +264,21 @@ impl<'a> CommitThread<'a> {
             return false;
         }
         true
+    }
+
+    /// Whether to apply `group` on this thread: a small group with nothing before it left
+    /// to apply (so the order of applies holds). Handing it to the apply thread would cost
+    /// that thread a wake and a sleep per flush, and the apply would compete for a core
+    /// with this thread's next write anyway; a large one keeps the pipeline, where its
+    /// apply overlaps the next group's `fdatasync`.
+    fn apply_here(&self, group: &[Entry]) -> bool {
+        // Tests that hold the apply thread mean every group to wait there.
+        #[cfg(test)]
+        if self.inner.apply_gate.is_closed() {
+            return false;
+        }
+        let writes: usize = group.iter().map(|e| e.writes.len()).sum();
+        writes < APPLY_HERE_BELOW && self.inner.pipeline().outstanding == 0
     }
 
     fn finished_group(&self) {
