@@ -710,20 +710,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_monitor_the_leader_created_authenticates_on_a_follower_once_mirrored() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::core::ServicesConfig {
-            data_dir: dir.path().to_path_buf(),
-            cache_bytes: 8 << 20,
-            ping_history: 10,
-            outbox: Default::default(),
-            limits: Default::default(),
-            hold_deadlines: false,
-            top_events: 10,
-            database: None,
-            installation: "standalone".into(),
-            fence: Fence::follower(),
-        };
-        let metrics = &mut crate::core::metrics::MetricRegistry::default();
-        let core = crate::core::Services::open(&config, metrics).await.unwrap();
+        let (core, fence) = following(dir.path()).await;
         let feed = Arc::new(Feed::default());
         let mirror = Arc::new(Mirror::new(
             core.engine.clone(),
@@ -731,7 +718,7 @@ mod tests {
             feed.clone(),
             0,
         ));
-        mirror.clone().spawn(config.fence.clone());
+        mirror.clone().spawn(fence.clone());
         assert!(core.registry.authenticate("job").is_none());
         let now = Timestamp::now();
         let m = Monitor {
