@@ -197,12 +197,12 @@ async fn stalled_get(base: &str, path: &str, token: &str) -> (TcpStream, String)
 
 /// Status, `Retry-After` and body of a GET with `token`.
 async fn get(url: &str, token: &str) -> (u16, Option<String>, String) {
-    let res = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    answer(reqwest::Client::new().get(url).bearer_auth(token)).await
+}
+
+/// Status, `Retry-After` and body of the answer to `req`.
+async fn answer(req: reqwest::RequestBuilder) -> (u16, Option<String>, String) {
+    let res = req.send().await.unwrap();
     let status = res.status().as_u16();
     let retry = res
         .headers()
@@ -366,18 +366,12 @@ async fn login(base: &str, token: &str) -> String {
 
 /// Status, `Retry-After` and body of a dashboard page read with the session `cookie`.
 async fn page(base: &str, path: &str, cookie: &str) -> (u16, Option<String>, String) {
-    let res = reqwest::Client::new()
-        .get(format!("{base}{path}"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let retry = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, retry, res.text().await.unwrap())
+    answer(
+        reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .header("cookie", cookie),
+    )
+    .await
 }
 
 /// What a dashboard list page shows in place of the stats it did not read.
